@@ -1,0 +1,151 @@
+//! The engine's public data types: what callers append and what they read back.
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// A log position: the byte offset of a record in the shard's log, across all segments.
+/// Ordered and monotonic; clients treat it as opaque. Position 0 means "the start".
+pub type Position = u64;
+
+/// The version a stream must be at for an append to succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must have at least one event.
+    StreamExists,
+    /// The stream's last event must have exactly this version.
+    Exact(u64),
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::StreamExists => f.write_str("stream exists"),
+            ExpectedVersion::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Unique id; appending the same ids again is an idempotent retry.
+    pub id: Uuid,
+    /// Application-defined type name.
+    pub event_type: String,
+    /// Payload.
+    pub data: Bytes,
+    /// Application-defined metadata.
+    pub metadata: Bytes,
+}
+
+/// Events for one stream inside an append request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppend {
+    /// Stream name (UTF-8, no control characters, not starting with `$`).
+    pub stream: String,
+    /// Version check applied atomically with the write.
+    pub expected: ExpectedVersion,
+    /// Events, in order; at least one.
+    pub events: Vec<NewEvent>,
+}
+
+/// One atomic append: one or more streams, written as one record or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// Per-stream parts; stream names must be distinct.
+    pub streams: Vec<StreamAppend>,
+    /// Timestamp given to every event of the request (microseconds since the Unix epoch, or a
+    /// hybrid-logical-clock value); the engine never reads a clock itself.
+    pub timestamp_us: u64,
+}
+
+impl AppendRequest {
+    /// A request appending `events` to one stream.
+    pub fn single(
+        stream: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        timestamp_us: u64,
+    ) -> AppendRequest {
+        AppendRequest {
+            streams: vec![StreamAppend {
+                stream: stream.into(),
+                expected,
+                events,
+            }],
+            timestamp_us,
+        }
+    }
+}
+
+/// The outcome for one stream of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppendResult {
+    /// Stream name.
+    pub stream: String,
+    /// Version of the first appended event.
+    pub first_version: u64,
+    /// Version of the last appended event (the stream's new current version).
+    pub last_version: u64,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Position of the record holding the events.
+    pub position: Position,
+    /// Per-stream versions, in request order.
+    pub streams: Vec<StreamAppendResult>,
+    /// True when the request was a retry of an append already committed: nothing new was
+    /// written and this is the original result.
+    pub deduplicated: bool,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Stream name.
+    pub stream: String,
+    /// Version within the stream (0, 1, 2, …).
+    pub version: u64,
+    /// Event id.
+    pub id: Uuid,
+    /// Type name.
+    pub event_type: String,
+    /// Payload.
+    pub data: Bytes,
+    /// Metadata.
+    pub metadata: Bytes,
+    /// Timestamp given by the appender.
+    pub timestamp_us: u64,
+    /// Position of the record holding the event.
+    pub position: Position,
+}
+
+/// One record of the log: one atomic append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Position of the record.
+    pub position: Position,
+    /// Sequence number: records are numbered 1, 2, 3, … without gaps.
+    pub seq: u64,
+    /// Timestamp of the append.
+    pub timestamp_us: u64,
+    /// The events, in append order.
+    pub events: Vec<RecordedEvent>,
+}
+
+/// Direction of a stream read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Ascending versions.
+    Forwards,
+    /// Descending versions.
+    Backwards,
+}

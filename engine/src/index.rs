@@ -1,0 +1,311 @@
+//! The indexes, derived from the log and rebuildable from it at any time:
+//!
+//! ```text
+//! "c"                               -> { next_position: u64 | next_seq: u64 }   checkpoint
+//! "s" stream 0x00 version: u64 BE   -> { position: u64 | offset: u32 | len: u32 }  stream index
+//! "v" stream                        -> { last_version: u64 | position: u64 }      stream head
+//! "e" event_id: [u8; 16]            -> { position: u64 | version: u64 | stream }  idempotency
+//! "p" position: u64 BE              -> { seq: u64 | timestamp_us: u64 }           record index
+//! "t" timestamp_us: u64 BE position: u64 BE -> {}                                 time index
+//! ```
+//! Values are little-endian. Stream names hold no control characters, so `0x00` ends a name
+//! and keys of one stream sort by version. The checkpoint is written in the same atomic batch
+//! as the entries it covers: the index always describes exactly the records before
+//! `next_position`.
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::{Direction, Position};
+use crate::format::{u32_at, u64_at, EventSlot};
+use crate::index_store::{IndexBatch, IndexStore};
+
+const CHECKPOINT_KEY: &[u8] = b"c";
+
+/// How far the index covers the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Position after the last indexed record.
+    pub next_position: Position,
+    /// Sequence number of the next record.
+    pub next_seq: u64,
+}
+
+/// Where one event of a stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSlot {
+    /// Position of its record.
+    pub position: Position,
+    /// Offset and length of the event frame inside the record.
+    pub slot: EventSlot,
+}
+
+/// The committed copy of an event id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdEntry {
+    /// Position of its record.
+    pub position: Position,
+    /// Its version.
+    pub version: u64,
+    /// Its stream.
+    pub stream: String,
+}
+
+/// An event's index entries, as the writer knows them.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexedEvent<'a> {
+    /// Stream name.
+    pub stream: &'a str,
+    /// Version.
+    pub version: u64,
+    /// Id.
+    pub id: Uuid,
+    /// Where it sits in its record.
+    pub slot: EventSlot,
+}
+
+fn corrupt_index(what: &str) -> Error {
+    Error::Index(format!("malformed index value for {what}; rebuild the index from the log"))
+}
+
+/// Key of a stream index entry.
+pub fn stream_key(stream: &str, version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 10);
+    key.push(b's');
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn head_key(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 1);
+    key.push(b'v');
+    key.extend_from_slice(stream.as_bytes());
+    key
+}
+
+fn id_key(id: Uuid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17);
+    key.push(b'e');
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn record_key(position: Position) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(b'p');
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+fn time_key(timestamp_us: u64, position: Position) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17);
+    key.push(b't');
+    key.extend_from_slice(&timestamp_us.to_be_bytes());
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// The indexes over one index store.
+#[derive(Debug)]
+pub struct Index {
+    store: Box<dyn IndexStore>,
+}
+
+impl Index {
+    /// Indexes kept in `store`.
+    pub fn new(store: Box<dyn IndexStore>) -> Index {
+        Index { store }
+    }
+
+    /// How far the index covers the log, or `None` for an empty index.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let Some(v) = self.store.get(CHECKPOINT_KEY)? else {
+            return Ok(None);
+        };
+        if v.len() != 16 {
+            return Err(corrupt_index("the checkpoint"));
+        }
+        Ok(Some(Checkpoint {
+            next_position: u64_at(&v, 0),
+            next_seq: u64_at(&v, 8),
+        }))
+    }
+
+    /// The last version of a stream and the position holding it.
+    pub fn stream_head(&self, stream: &str) -> Result<Option<(u64, Position)>> {
+        let Some(v) = self.store.get(&head_key(stream))? else {
+            return Ok(None);
+        };
+        if v.len() != 16 {
+            return Err(corrupt_index("a stream head"));
+        }
+        Ok(Some((u64_at(&v, 0), u64_at(&v, 8))))
+    }
+
+    /// Where the committed event with this id is.
+    pub fn event_by_id(&self, id: Uuid) -> Result<Option<IdEntry>> {
+        let Some(v) = self.store.get(&id_key(id))? else {
+            return Ok(None);
+        };
+        if v.len() < 16 {
+            return Err(corrupt_index("an event id"));
+        }
+        let stream = String::from_utf8(v[16..].to_vec()).map_err(|_| corrupt_index("an event id"))?;
+        Ok(Some(IdEntry {
+            position: u64_at(&v, 0),
+            version: u64_at(&v, 8),
+            stream,
+        }))
+    }
+
+    /// Where one version of a stream is.
+    pub fn stream_slot(&self, stream: &str, version: u64) -> Result<Option<StreamSlot>> {
+        self.store
+            .get(&stream_key(stream, version))?
+            .map(|v| decode_slot(&v))
+            .transpose()
+    }
+
+    /// Up to `limit` events of a stream from `from` (inclusive) in `direction`; `None` starts
+    /// at the first (forwards) or last (backwards) version.
+    pub fn stream_range(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<(u64, StreamSlot)>> {
+        let (start, end) = match (direction, from) {
+            (Direction::Forwards, from) => (stream_key(stream, from.unwrap_or(0)), stream_key_end(stream)),
+            (Direction::Backwards, Some(from)) => match from.checked_add(1) {
+                Some(next) => (stream_key(stream, 0), stream_key(stream, next)),
+                None => (stream_key(stream, 0), stream_key_end(stream)),
+            },
+            (Direction::Backwards, None) => (stream_key(stream, 0), stream_key_end(stream)),
+        };
+        let reverse = direction == Direction::Backwards;
+        self.store
+            .scan(&start, &end, reverse, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                if k.len() < 8 {
+                    return Err(corrupt_index("a stream key"));
+                }
+                Ok((u64::from_be_bytes(tail8(&k)), decode_slot(&v)?))
+            })
+            .collect()
+    }
+
+    /// Sequence number and timestamp of the record at `position`, if one starts there.
+    pub fn record_at(&self, position: Position) -> Result<Option<(u64, u64)>> {
+        let Some(v) = self.store.get(&record_key(position))? else {
+            return Ok(None);
+        };
+        if v.len() != 16 {
+            return Err(corrupt_index("a record"));
+        }
+        Ok(Some((u64_at(&v, 0), u64_at(&v, 8))))
+    }
+
+    /// The first record whose timestamp is at or after `timestamp_us`.
+    pub fn first_position_at_or_after(&self, timestamp_us: u64) -> Result<Option<Position>> {
+        let found = self.store.scan(&time_key(timestamp_us, 0), b"u", false, 1)?;
+        Ok(found.first().map(|(k, _)| u64::from_be_bytes(tail8(k))))
+    }
+
+    /// Applies a batch built with the functions below.
+    pub fn write(&self, batch: IndexBatch, sync: bool) -> Result<()> {
+        self.store.write(batch, sync)
+    }
+}
+
+fn stream_key_end(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 2);
+    key.push(b's');
+    key.extend_from_slice(stream.as_bytes());
+    key.push(1);
+    key
+}
+
+fn tail8(k: &[u8]) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[k.len() - 8..]);
+    b
+}
+
+fn decode_slot(v: &[u8]) -> Result<StreamSlot> {
+    if v.len() != 16 {
+        return Err(corrupt_index("a stream entry"));
+    }
+    Ok(StreamSlot {
+        position: u64_at(v, 0),
+        slot: EventSlot {
+            offset: u32_at(v, 8),
+            len: u32_at(v, 12),
+        },
+    })
+}
+
+/// Adds a record's entries. Events of one stream must come in ascending versions.
+pub fn add_record(
+    batch: &mut IndexBatch,
+    position: Position,
+    seq: u64,
+    timestamp_us: u64,
+    events: &[IndexedEvent<'_>],
+) {
+    for (i, e) in events.iter().enumerate() {
+        let mut slot = Vec::with_capacity(16);
+        slot.extend_from_slice(&position.to_le_bytes());
+        slot.extend_from_slice(&e.slot.offset.to_le_bytes());
+        slot.extend_from_slice(&e.slot.len.to_le_bytes());
+        batch.put(stream_key(e.stream, e.version), slot);
+        let mut id = Vec::with_capacity(16 + e.stream.len());
+        id.extend_from_slice(&position.to_le_bytes());
+        id.extend_from_slice(&e.version.to_le_bytes());
+        id.extend_from_slice(e.stream.as_bytes());
+        batch.put(id_key(e.id), id);
+        let last_of_stream = events[i + 1..].iter().all(|later| later.stream != e.stream);
+        if last_of_stream {
+            set_stream_head(batch, e.stream, Some((e.version, position)));
+        }
+    }
+    let mut record = Vec::with_capacity(16);
+    record.extend_from_slice(&seq.to_le_bytes());
+    record.extend_from_slice(&timestamp_us.to_le_bytes());
+    batch.put(record_key(position), record);
+    batch.put(time_key(timestamp_us, position), Vec::new());
+}
+
+/// Removes a record's entries (log truncation). The caller fixes the stream heads.
+pub fn remove_record(batch: &mut IndexBatch, position: Position, timestamp_us: u64, events: &[IndexedEvent<'_>]) {
+    for e in events {
+        batch.delete(stream_key(e.stream, e.version));
+        batch.delete(id_key(e.id));
+    }
+    batch.delete(record_key(position));
+    batch.delete(time_key(timestamp_us, position));
+}
+
+/// Sets (or with `None` removes) a stream's head.
+pub fn set_stream_head(batch: &mut IndexBatch, stream: &str, head: Option<(u64, Position)>) {
+    match head {
+        Some((version, position)) => {
+            let mut v = Vec::with_capacity(16);
+            v.extend_from_slice(&version.to_le_bytes());
+            v.extend_from_slice(&position.to_le_bytes());
+            batch.put(head_key(stream), v);
+        }
+        None => batch.delete(head_key(stream)),
+    }
+}
+
+/// Sets the checkpoint.
+pub fn set_checkpoint(batch: &mut IndexBatch, checkpoint: Checkpoint) {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&checkpoint.next_position.to_le_bytes());
+    v.extend_from_slice(&checkpoint.next_seq.to_le_bytes());
+    batch.put(CHECKPOINT_KEY.to_vec(), v);
+}

@@ -1,0 +1,196 @@
+//! Where the indexes live: a small ordered key-value trait with two implementations.
+//! [`RocksIndexStore`] is the production store (RocksDB over Debian's system library; only this
+//! file knows about RocksDB). [`MemIndexStore`] is the in-memory store for tests and the
+//! simulator; like RocksDB without a synced WAL it can lose its latest unsynced batches on a
+//! simulated crash, always as a consistent prefix.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+
+/// One atomic batch of puts and deletes.
+#[derive(Debug, Default, Clone)]
+pub struct IndexBatch {
+    /// `(key, Some(value))` puts, `(key, None)` deletes, applied in order.
+    pub ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Delete every key first (a rebuild).
+    pub clear_all: bool,
+}
+
+impl IndexBatch {
+    /// Adds a put.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+    /// Adds a delete.
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.ops.push((key, None));
+    }
+}
+
+/// An ordered key-value store for the indexes.
+pub trait IndexStore: Send + Sync + std::fmt::Debug {
+    /// The value of a key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Applies a batch atomically; with `sync` it is durable when this returns.
+    fn write(&self, batch: IndexBatch, sync: bool) -> Result<()>;
+    /// Up to `limit` pairs with `start <= key < end`, ascending, or descending from the end.
+    fn scan(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// The production index store: one RocksDB database.
+pub struct RocksIndexStore {
+    db: rocksdb::DB,
+}
+
+impl std::fmt::Debug for RocksIndexStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksIndexStore").field("path", &self.db.path()).finish()
+    }
+}
+
+fn rocks_err(e: rocksdb::Error) -> Error {
+    Error::Index(e.into_string())
+}
+
+impl RocksIndexStore {
+    /// Opens (or creates) the index database in `dir`.
+    pub fn open(dir: &Path) -> Result<RocksIndexStore> {
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.set_max_background_jobs(2);
+        // Index writes are not synced: the log is the truth and the index checkpoint says how
+        // far the index is known to cover; after a crash only the tail past it is re-indexed.
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_block_cache(&rocksdb::Cache::new_lru_cache(64 << 20).map_err(rocks_err)?);
+        options.set_block_based_table_factory(&table);
+        let db = rocksdb::DB::open(&options, dir).map_err(rocks_err)?;
+        Ok(RocksIndexStore { db })
+    }
+}
+
+impl IndexStore for RocksIndexStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key).map_err(rocks_err)
+    }
+
+    fn write(&self, batch: IndexBatch, sync: bool) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        if batch.clear_all {
+            wb.delete_range(&[0u8][..], &[0xffu8; 8][..]);
+        }
+        for (key, value) in batch.ops {
+            match value {
+                Some(v) => wb.put(key, v),
+                None => wb.delete(key),
+            }
+        }
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(sync);
+        self.db.write_opt(wb, &options).map_err(rocks_err)
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(start.to_vec());
+        options.set_iterate_upper_bound(end.to_vec());
+        let mode = if reverse {
+            rocksdb::IteratorMode::End
+        } else {
+            rocksdb::IteratorMode::Start
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_opt(mode, options) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(rocks_err)?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemState {
+    current: BTreeMap<Vec<u8>, Vec<u8>>,
+    durable: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// The in-memory index store. Cloning shares the same data.
+#[derive(Debug, Default, Clone)]
+pub struct MemIndexStore {
+    state: Arc<Mutex<MemState>>,
+}
+
+impl MemIndexStore {
+    /// An empty store.
+    pub fn new() -> MemIndexStore {
+        MemIndexStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes every write so far durable (as a RocksDB memtable flush would).
+    pub fn persist(&self) {
+        let mut state = self.lock();
+        state.durable = state.current.clone();
+    }
+
+    /// Simulates a crash: unsynced, unpersisted writes are lost.
+    pub fn crash(&self) {
+        let mut state = self.lock();
+        state.current = state.durable.clone();
+    }
+
+    /// Loses everything (a wiped index directory).
+    pub fn wipe(&self) {
+        let mut state = self.lock();
+        state.current.clear();
+        state.durable.clear();
+    }
+}
+
+fn apply(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, batch: &IndexBatch) {
+    if batch.clear_all {
+        map.clear();
+    }
+    for (key, value) in &batch.ops {
+        match value {
+            Some(v) => map.insert(key.clone(), v.clone()),
+            None => map.remove(key),
+        };
+    }
+}
+
+impl IndexStore for MemIndexStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().current.get(key).cloned())
+    }
+
+    fn write(&self, batch: IndexBatch, sync: bool) -> Result<()> {
+        let mut state = self.lock();
+        apply(&mut state.current, &batch);
+        if sync {
+            // A synced write persists everything before it too, as RocksDB's WAL does.
+            state.durable = state.current.clone();
+        }
+        Ok(())
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let state = self.lock();
+        let range = state.current.range(start.to_vec()..end.to_vec());
+        let pairs = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+        Ok(if reverse {
+            range.rev().take(limit).map(pairs).collect()
+        } else {
+            range.take(limit).map(pairs).collect()
+        })
+    }
+}

@@ -1,0 +1,33 @@
+//! strata-engine: one shard's storage on one node. An append-only log of checksummed records in
+//! segment files (the data), RocksDB indexes derived from it (stream versions, event-id dedup,
+//! time), group commit, crash recovery and offline verification. No Raft, no network: those
+//! layers drive [`Store`] (synchronously) or [`Engine`] (a group-commit thread) from above.
+//!
+//! Every file access goes through [`fs::FileSystem`] and time never comes from the wall clock,
+//! so the simulator can run this code over [`sim_fs::SimFs`] deterministically.
+
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod format;
+pub mod fs;
+pub mod index;
+pub mod index_store;
+pub mod log;
+pub mod reader;
+pub mod rng;
+pub mod segment;
+pub mod sim_fs;
+pub mod stats;
+pub mod store;
+pub mod validate;
+pub mod verify;
+
+pub use config::{EngineConfig, Limits, TailRecovery};
+pub use engine::Engine;
+pub use error::{Error, Result};
+pub use event::{AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, Position, Record, RecordedEvent, StreamAppend, StreamAppendResult};
+pub use reader::{ReadAllBatch, Reader};
+pub use store::Store;

@@ -1,0 +1,716 @@
+//! The segmented log of one shard: the write side ([`LogWriter`], one owner), the read side
+//! ([`LogReader`], shared by every reader) and recovery.
+//!
+//! Invariants: records are contiguous from the first segment's header to the tail's end;
+//! sequence numbers increase by one per record; everything before `LogWriter::next_position`
+//! was fsynced before it was acknowledged; readers never see past `LogReader::end`, which the
+//! store advances only after a group is durable and indexed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::config::{EngineConfig, TailRecovery, SEGMENT_FOOTER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::error::{Error, Result};
+use crate::event::{Position, RecordedEvent};
+use crate::format::{self, check_frame, read_header, FrameCheck, RecordHeader, EventSlot, FRAME_BYTES, HEADER_BYTES, RECORD_MAGIC};
+use crate::fs::{read_exact_at, FileHandle, FileSystem, OpenMode};
+use crate::segment::{
+    decode_manifest, encode_manifest, parse_segment_file_name, segment_path, Footer, ManifestEntry, SegmentHeader,
+    MANIFEST_NAME,
+};
+
+/// One segment file as the log knows it.
+#[derive(Debug)]
+pub struct Segment {
+    /// Position of the file's first byte.
+    pub base: Position,
+    /// The file's path.
+    pub path: PathBuf,
+    /// The open file.
+    pub file: Arc<dyn FileHandle>,
+    /// Sequence number of its first record.
+    pub first_seq: u64,
+    /// The footer, once sealed.
+    pub footer: Option<Footer>,
+}
+
+impl Segment {
+    /// Position of the first record.
+    pub fn records_start(&self) -> Position {
+        self.base + SEGMENT_HEADER_BYTES
+    }
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments in the log after recovery.
+    pub segments: usize,
+    /// Where a torn tail was cut off (file, byte offset), if it was.
+    pub torn_tail: Option<(PathBuf, u64)>,
+    /// Bytes removed with the torn tail.
+    pub torn_bytes: u64,
+    /// Segment files left behind by an interrupted truncation and removed.
+    pub stale_files_removed: usize,
+}
+
+/// The shared read side of the log.
+#[derive(Debug)]
+pub struct LogReader {
+    segments: RwLock<Vec<Arc<Segment>>>,
+    end: AtomicU64,
+    end_tx: watch::Sender<Position>,
+    record_len_max: usize,
+    read_chunk_bytes: usize,
+}
+
+/// A record read from the log: its header and its whole frame.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// The parsed header.
+    pub header: RecordHeader,
+    /// The frame's bytes (length, checksum, header, body).
+    pub frame: Bytes,
+}
+
+impl RawRecord {
+    /// The record's events, or `Corruption` naming where it sits.
+    pub fn events(&self, reader: &LogReader) -> Result<Vec<RecordedEvent>> {
+        format::decode_events(&self.frame).map_err(|e| reader.corruption_at(self.header.position, e.0))
+    }
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // The lock is only held for vector updates that cannot panic halfway.
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LogReader {
+    /// The end of what readers may see: every record before it is durable and indexed.
+    pub fn end(&self) -> Position {
+        self.end.load(Ordering::Acquire)
+    }
+
+    /// A receiver that changes whenever `end` moves (forwards on commit, back on truncation).
+    pub fn watch_end(&self) -> watch::Receiver<Position> {
+        self.end_tx.subscribe()
+    }
+
+    pub(crate) fn publish_end(&self, end: Position) {
+        self.end.store(end, Ordering::Release);
+        self.end_tx.send_replace(end);
+    }
+
+    /// The segments, oldest first.
+    pub fn segments(&self) -> Vec<Arc<Segment>> {
+        read_lock(&self.segments).clone()
+    }
+
+    /// The segment holding `position`.
+    pub fn segment_at(&self, position: Position) -> Option<Arc<Segment>> {
+        let segments = read_lock(&self.segments);
+        let i = segments.partition_point(|s| s.base <= position);
+        i.checked_sub(1).map(|i| segments[i].clone())
+    }
+
+    /// Position of the first record in the log.
+    pub fn start(&self) -> Position {
+        read_lock(&self.segments).first().map_or(SEGMENT_HEADER_BYTES, |s| s.records_start())
+    }
+
+    pub(crate) fn corruption_at(&self, position: Position, reason: impl Into<String>) -> Error {
+        match self.segment_at(position) {
+            Some(s) => Error::corruption(&s.path, position - s.base, reason),
+            None => Error::corruption("<log>", position, reason),
+        }
+    }
+
+    /// Reads and verifies one event frame.
+    pub fn read_event(&self, position: Position, slot: EventSlot) -> Result<RecordedEvent> {
+        let segment = self
+            .segment_at(position)
+            .ok_or_else(|| Error::corruption("<log>", position, "index points outside the log"))?;
+        let offset = position - segment.base + slot.offset as u64;
+        let mut buf = vec![0u8; slot.len as usize];
+        read_exact_at(segment.file.as_ref(), &mut buf, offset)
+            .map_err(|e| Error::io(format!("reading {}", segment.path.display()), e))?;
+        format::decode_event(Bytes::from(buf), position).map_err(|e| Error::corruption(&segment.path, offset, e.0))
+    }
+
+    /// Reads records forwards from `from` (a record position, a segment boundary or 0 for the
+    /// start) up to `end`, at most `max_records` and about `max_bytes`. Returns the records and
+    /// the position to continue from.
+    pub fn scan(
+        &self,
+        from: Position,
+        end: Position,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<RawRecord>, Position)> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut pos = if from == 0 { self.start() } else { from };
+        let segments = self.segments();
+        let mut i = segments.partition_point(|s| s.base <= pos).saturating_sub(1);
+        while out.len() < max_records && bytes < max_bytes && pos < end {
+            let Some(segment) = segments.get(i) else { break };
+            if pos < segment.records_start() {
+                pos = segment.records_start();
+            }
+            let segment_end = segment.footer.map_or(end, |f| f.records_end.min(end));
+            if pos >= segment_end {
+                if segment.footer.is_some() && i + 1 < segments.len() {
+                    i += 1;
+                    pos = segments[i].records_start();
+                    continue;
+                }
+                break;
+            }
+            let want = (segment_end - pos).min(self.read_chunk_bytes as u64);
+            let chunk = self.read_chunk(segment, pos, want as usize)?;
+            let mut at = 0usize;
+            while at < chunk.len() && out.len() < max_records && bytes < max_bytes {
+                match check_frame(&chunk[at..], self.record_len_max) {
+                    FrameCheck::Valid(n) => {
+                        let header = read_header(&chunk[at..]);
+                        if header.position != pos {
+                            return Err(Error::corruption(&segment.path, pos - segment.base, format!("record claims position {} ", header.position)));
+                        }
+                        out.push(RawRecord { header, frame: chunk.slice(at..at + n) });
+                        at += n;
+                        pos += n as u64;
+                        bytes += n;
+                    }
+                    FrameCheck::Incomplete if at > 0 => break,
+                    FrameCheck::Incomplete => {
+                        // A record larger than the chunk: read exactly its frame.
+                        let frame = self.read_frame(segment, pos, segment_end)?;
+                        let header = read_header(&frame);
+                        bytes += frame.len();
+                        pos += frame.len() as u64;
+                        out.push(RawRecord { header, frame });
+                        break;
+                    }
+                    FrameCheck::NotARecord => return Err(Error::corruption(&segment.path, pos - segment.base, "expected a record here (bad magic or length)")),
+                    FrameCheck::BadChecksum => return Err(Error::corruption(&segment.path, pos - segment.base, "record checksum mismatch")),
+                }
+            }
+        }
+        // Continue from the next segment's first record rather than from a footer.
+        if let Some(footer) = segments.get(i).and_then(|s| s.footer) {
+            if pos >= footer.records_end {
+                if let Some(next) = segments.get(i + 1) {
+                    pos = next.records_start();
+                }
+            }
+        }
+        Ok((out, pos))
+    }
+
+    fn read_chunk(&self, segment: &Segment, pos: Position, len: usize) -> Result<Bytes> {
+        let mut buf = vec![0u8; len];
+        read_exact_at(segment.file.as_ref(), &mut buf, pos - segment.base)
+            .map_err(|e| Error::io(format!("reading {}", segment.path.display()), e))?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn read_frame(&self, segment: &Segment, pos: Position, segment_end: Position) -> Result<Bytes> {
+        let prefix = self.read_chunk(segment, pos, FRAME_BYTES.min((segment_end - pos) as usize))?;
+        let offset = pos - segment.base;
+        if prefix.len() < FRAME_BYTES {
+            return Err(Error::corruption(&segment.path, offset, "record cut short"));
+        }
+        let len = FRAME_BYTES + format::u32_at(&prefix, 0) as usize;
+        if len > self.record_len_max + FRAME_BYTES || pos + len as u64 > segment_end {
+            return Err(Error::corruption(&segment.path, offset, "record length out of bounds"));
+        }
+        let frame = self.read_chunk(segment, pos, len)?;
+        match check_frame(&frame, self.record_len_max) {
+            FrameCheck::Valid(n) if n == len && read_header(&frame).position == pos => Ok(frame),
+            FrameCheck::BadChecksum => Err(Error::corruption(&segment.path, offset, "record checksum mismatch")),
+            _ => Err(Error::corruption(&segment.path, offset, "malformed record")),
+        }
+    }
+}
+
+/// Facts about a segment's records gathered by scanning it.
+#[derive(Debug, Clone)]
+struct SegmentScan {
+    /// Offset just past the last good record.
+    records_len: u64,
+    record_count: u64,
+    crc: crc32fast::Hasher,
+    /// A valid footer found right after the records.
+    footer: Option<Footer>,
+    /// Offset of a torn (cut off) tail.
+    torn_at: Option<u64>,
+}
+
+/// Scans a whole segment's bytes. Damage that cannot be a torn last write is an error.
+fn scan_segment(
+    buf: &[u8],
+    path: &Path,
+    base: Position,
+    first_seq: u64,
+    record_len_max: usize,
+    tail_recovery: TailRecovery,
+) -> Result<SegmentScan> {
+    let mut off = SEGMENT_HEADER_BYTES as usize;
+    let mut seq = first_seq;
+    let mut crc = crc32fast::Hasher::new();
+    let mut record_count = 0;
+    loop {
+        if off == buf.len() {
+            return Ok(SegmentScan { records_len: off as u64, record_count, crc, footer: None, torn_at: None });
+        }
+        if Footer::looks_like_footer(&buf[off..]) && off + SEGMENT_FOOTER_BYTES as usize == buf.len() {
+            let footer = Footer::decode(&buf[off..], path, off as u64)?;
+            if footer.records_end != base + off as u64 || footer.record_count != record_count {
+                return Err(Error::corruption(path, off as u64, "footer does not match the segment's records"));
+            }
+            return Ok(SegmentScan { records_len: off as u64, record_count, crc, footer: Some(footer), torn_at: None });
+        }
+        let damage = match check_frame(&buf[off..], record_len_max) {
+            FrameCheck::Valid(n) => {
+                let header = read_header(&buf[off..]);
+                if header.position != base + off as u64 {
+                    Some(format!("record claims position {}", header.position))
+                } else if header.seq != seq {
+                    Some(format!("record has sequence number {}, expected {seq}", header.seq))
+                } else {
+                    crc.update(&buf[off..off + n]);
+                    off += n;
+                    seq += 1;
+                    record_count += 1;
+                    None
+                }
+            }
+            FrameCheck::Incomplete => Some("record cut short".to_string()),
+            FrameCheck::NotARecord => Some("bad record magic or length".to_string()),
+            FrameCheck::BadChecksum => Some("record checksum mismatch".to_string()),
+        };
+        let Some(reason) = damage else { continue };
+        let position = base + off as u64;
+        if tail_recovery == TailRecovery::Refuse {
+            return Err(Error::corruption(path, off as u64, format!("{reason} (tail recovery is set to refuse)")));
+        }
+        // A torn write can only damage the last group commit. A valid record from a later group
+        // proves the damaged bytes were synced before it: that is corruption, not a tear.
+        if let Some(later) = later_group_record(buf, base, off, position, record_len_max) {
+            return Err(Error::corruption(
+                path,
+                off as u64,
+                format!("{reason}; synced records follow it (next intact record at byte {later})"),
+            ));
+        }
+        return Ok(SegmentScan { records_len: off as u64, record_count, crc, footer: None, torn_at: Some(off as u64) });
+    }
+}
+
+/// The offset of an intact record after `off` that a later group commit wrote, if any.
+fn later_group_record(buf: &[u8], base: Position, off: usize, position: Position, record_len_max: usize) -> Option<usize> {
+    let magic = RECORD_MAGIC.to_le_bytes();
+    let last = buf.len().checked_sub(FRAME_BYTES + HEADER_BYTES)?;
+    (off + 1..=last).find(|&o| {
+        buf[o + FRAME_BYTES..o + FRAME_BYTES + 4] == magic
+            && matches!(check_frame(&buf[o..], record_len_max), FrameCheck::Valid(_))
+            && {
+                let h = read_header(&buf[o..]);
+                h.position == base + o as u64 && h.group_start > position
+            }
+    })
+}
+
+/// The single writer of the log.
+#[derive(Debug)]
+pub struct LogWriter {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    segment_bytes_max: u64,
+    record_len_max: usize,
+    tail: Arc<Segment>,
+    tail_len: u64,
+    tail_records: u64,
+    tail_crc: crc32fast::Hasher,
+    next_seq: u64,
+    manifest: Vec<ManifestEntry>,
+    reader: Arc<LogReader>,
+    poisoned: Option<String>,
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::io(context, e)
+}
+
+fn read_whole(fs: &dyn FileSystem, path: &Path) -> Result<(Arc<dyn FileHandle>, Vec<u8>)> {
+    let file = fs.open(path, OpenMode::ReadWrite).map_err(io_err(format!("opening {}", path.display())))?;
+    let len = file.len().map_err(io_err(format!("sizing {}", path.display())))?;
+    let mut buf = vec![0u8; len as usize];
+    read_exact_at(file.as_ref(), &mut buf, 0).map_err(io_err(format!("reading {}", path.display())))?;
+    Ok((file, buf))
+}
+
+impl LogWriter {
+    /// Opens the log in `dir` (creating it if empty), recovering the tail.
+    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path, config: &EngineConfig) -> Result<(LogWriter, Arc<LogReader>, RecoveryReport)> {
+        fs.create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let record_len_max = config.limits.batch_bytes_max;
+        let names = fs.list(dir).map_err(io_err(format!("listing {}", dir.display())))?;
+        let manifest_path = dir.join(MANIFEST_NAME);
+        let on_disk: Vec<Position> = names.iter().filter_map(|n| parse_segment_file_name(n)).collect();
+        if !names.iter().any(|n| n == MANIFEST_NAME) {
+            if !on_disk.is_empty() {
+                return Err(Error::corruption(&manifest_path, 0, "manifest is missing but segment files exist"));
+            }
+            return LogWriter::create(fs, dir, config);
+        }
+        let (_, manifest_bytes) = read_whole(fs.as_ref(), &manifest_path)?;
+        let entries = decode_manifest(&manifest_bytes, &manifest_path)?;
+        let Some((tail_entry, sealed_entries)) = entries.split_last() else {
+            return Err(Error::corruption(&manifest_path, 0, "manifest lists no segments"));
+        };
+        let mut segments = Vec::with_capacity(entries.len());
+        let mut expected_base = entries[0].base_position;
+        let mut next_seq = 1;
+        for entry in sealed_entries {
+            let expected_seq = if segments.is_empty() { None } else { Some(next_seq) };
+            let segment = open_sealed(fs.as_ref(), dir, *entry, expected_base, expected_seq)?;
+            next_seq = segment.footer.map_or(next_seq, |f| f.last_seq + 1);
+            expected_base = entry.base_position + entry.file_len;
+            segments.push(Arc::new(segment));
+        }
+        if tail_entry.base_position != expected_base {
+            return Err(Error::corruption(&manifest_path, 0, "manifest's tail does not follow its last sealed segment"));
+        }
+        let mut report = RecoveryReport::default();
+        let mut tail_base = tail_entry.base_position;
+        let mut manifest = sealed_entries.to_vec();
+        loop {
+            let path = segment_path(dir, tail_base);
+            let (file, buf) = read_whole(fs.as_ref(), &path)?;
+            let header = SegmentHeader::decode(&buf, &path)?;
+            if header.base_position != tail_base || (!segments.is_empty() && header.first_seq != next_seq) {
+                return Err(Error::corruption(&path, 0, "segment header does not continue the log"));
+            }
+            let scan = scan_segment(&buf, &path, tail_base, header.first_seq, record_len_max, config.tail_recovery)?;
+            if let Some(footer) = scan.footer {
+                // Sealed, but the manifest was not rewritten before a crash: the next segment
+                // is the tail, or must be created.
+                manifest.push(ManifestEntry { base_position: tail_base, file_len: buf.len() as u64 });
+                segments.push(Arc::new(Segment { base: tail_base, path, file, first_seq: header.first_seq, footer: Some(footer) }));
+                next_seq = footer.last_seq + 1;
+                tail_base += buf.len() as u64;
+                if !fs.exists(&segment_path(dir, tail_base)).map_err(io_err(format!("checking {}", dir.display())))? {
+                    create_segment(fs.as_ref(), dir, tail_base, next_seq)?;
+                }
+                continue;
+            }
+            let stale: Vec<Position> = on_disk.iter().copied().filter(|b| *b > tail_base).collect();
+            if let Some(torn) = scan.torn_at {
+                if !stale.is_empty() {
+                    return Err(Error::corruption(&path, torn, "damaged record in a segment that later segments follow"));
+                }
+                tracing::warn!(file = %path.display(), offset = torn, bytes = buf.len() as u64 - torn, "truncating torn tail");
+                file.set_len(torn).map_err(io_err(format!("truncating {}", path.display())))?;
+                file.sync_data().map_err(io_err(format!("syncing {}", path.display())))?;
+                report.torn_tail = Some((path.clone(), torn));
+                report.torn_bytes = buf.len() as u64 - torn;
+            }
+            for base in &stale {
+                let stale_path = segment_path(dir, *base);
+                tracing::warn!(file = %stale_path.display(), "removing segment left by an interrupted truncation");
+                fs.remove_file(&stale_path).map_err(io_err(format!("removing {}", stale_path.display())))?;
+                report.stale_files_removed += 1;
+            }
+            if !stale.is_empty() {
+                fs.sync_dir(dir).map_err(io_err(format!("syncing {}", dir.display())))?;
+            }
+            let tail = Arc::new(Segment { base: tail_base, path, file, first_seq: header.first_seq, footer: None });
+            segments.push(tail.clone());
+            manifest.push(ManifestEntry { base_position: tail_base, file_len: 0 });
+            let next_position = tail_base + scan.records_len;
+            report.segments = segments.len();
+            let reader = Arc::new(LogReader {
+                segments: RwLock::new(segments),
+                end: AtomicU64::new(0),
+                end_tx: watch::channel(0).0,
+                record_len_max,
+                read_chunk_bytes: config.read_chunk_bytes,
+            });
+            let writer = LogWriter {
+                fs,
+                dir: dir.to_path_buf(),
+                segment_bytes_max: config.segment_bytes_max,
+                record_len_max,
+                tail,
+                tail_len: scan.records_len,
+                tail_records: scan.record_count,
+                tail_crc: scan.crc,
+                next_seq: header.first_seq + scan.record_count,
+                manifest,
+                reader: reader.clone(),
+                poisoned: None,
+            };
+            writer.write_manifest()?;
+            debug_assert_eq!(writer.next_position(), next_position);
+            return Ok((writer, reader, report));
+        }
+    }
+
+    fn create(fs: Arc<dyn FileSystem>, dir: &Path, config: &EngineConfig) -> Result<(LogWriter, Arc<LogReader>, RecoveryReport)> {
+        let (path, file) = create_segment(fs.as_ref(), dir, 0, 1)?;
+        let tail = Arc::new(Segment { base: 0, path, file, first_seq: 1, footer: None });
+        let reader = Arc::new(LogReader {
+            segments: RwLock::new(vec![tail.clone()]),
+            end: AtomicU64::new(0),
+            end_tx: watch::channel(0).0,
+            record_len_max: config.limits.batch_bytes_max,
+            read_chunk_bytes: config.read_chunk_bytes,
+        });
+        let writer = LogWriter {
+            fs,
+            dir: dir.to_path_buf(),
+            segment_bytes_max: config.segment_bytes_max,
+            record_len_max: config.limits.batch_bytes_max,
+            tail,
+            tail_len: SEGMENT_HEADER_BYTES,
+            tail_records: 0,
+            tail_crc: crc32fast::Hasher::new(),
+            next_seq: 1,
+            manifest: vec![ManifestEntry { base_position: 0, file_len: 0 }],
+            reader: reader.clone(),
+            poisoned: None,
+        };
+        writer.write_manifest()?;
+        Ok((writer, reader, RecoveryReport { segments: 1, ..RecoveryReport::default() }))
+    }
+
+    /// Position the next record will get.
+    pub fn next_position(&self) -> Position {
+        self.tail.base + self.tail_len
+    }
+
+    /// Sequence number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Bytes that still fit in the tail segment before it must roll.
+    pub fn room(&self) -> u64 {
+        self.segment_bytes_max.saturating_sub(self.tail_len + SEGMENT_FOOTER_BYTES)
+    }
+
+    /// Why the writer stopped, if it did.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, why: String) -> Error {
+        tracing::error!(reason = %why, "log writer stopped");
+        self.poisoned = Some(why.clone());
+        Error::Poisoned(why)
+    }
+
+    /// Writes one group of encoded records at `next_position` and fsyncs them. Either the
+    /// group is durable when this returns `Ok`, or nothing of it counts.
+    pub fn write_group(&mut self, buf: &[u8], records: u64) -> Result<()> {
+        self.check_poison()?;
+        debug_assert!(self.tail_len + buf.len() as u64 + SEGMENT_FOOTER_BYTES <= self.segment_bytes_max);
+        let offset = self.tail_len;
+        if let Err(e) = self.tail.file.write_all_at(buf, offset) {
+            // Cut off whatever part did land so the next group starts on a record boundary.
+            if let Err(undo) = self.tail.file.set_len(offset) {
+                return Err(self.poison(format!("could not undo a failed write: {undo}")));
+            }
+            return Err(Error::io(format!("writing {}", self.tail.path.display()), e));
+        }
+        if let Err(e) = self.tail.file.sync_data() {
+            // After a failed fdatasync the kernel may have dropped the dirty pages: the state of
+            // the file is unknown until it is recovered from disk.
+            return Err(self.poison(format!("fdatasync of {} failed: {e}", self.tail.path.display())));
+        }
+        self.tail_len += buf.len() as u64;
+        self.tail_records += records;
+        self.tail_crc.update(buf);
+        self.next_seq += records;
+        Ok(())
+    }
+
+    /// Seals the tail with its footer and starts a new tail segment.
+    pub fn roll(&mut self) -> Result<()> {
+        self.check_poison()?;
+        match self.try_roll() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.poison(format!("rolling segment failed: {e}"))),
+        }
+    }
+
+    fn try_roll(&mut self) -> Result<()> {
+        let first_seq = self.tail.first_seq;
+        let footer = Footer {
+            record_count: self.tail_records,
+            first_seq,
+            last_seq: first_seq + self.tail_records - 1,
+            records_end: self.next_position(),
+            records_crc: self.tail_crc.clone().finalize(),
+        };
+        let path = self.tail.path.clone();
+        self.tail.file.write_all_at(&footer.encode(), self.tail_len).map_err(io_err(format!("writing footer of {}", path.display())))?;
+        self.tail.file.sync_data().map_err(io_err(format!("syncing {}", path.display())))?;
+        let file_len = self.tail_len + SEGMENT_FOOTER_BYTES;
+        let new_base = self.tail.base + file_len;
+        let (new_path, new_file) = create_segment(self.fs.as_ref(), &self.dir, new_base, self.next_seq)?;
+        let sealed = Arc::new(Segment { base: self.tail.base, path, file: self.tail.file.clone(), first_seq, footer: Some(footer) });
+        if let Some(last) = self.manifest.last_mut() {
+            last.file_len = file_len;
+        }
+        self.manifest.push(ManifestEntry { base_position: new_base, file_len: 0 });
+        self.write_manifest()?;
+        let tail = Arc::new(Segment { base: new_base, path: new_path, file: new_file, first_seq: self.next_seq, footer: None });
+        {
+            let mut segments = write_lock(&self.reader.segments);
+            if let Some(last) = segments.last_mut() {
+                *last = sealed;
+            }
+            segments.push(tail.clone());
+        }
+        self.tail = tail;
+        self.tail_len = SEGMENT_HEADER_BYTES;
+        self.tail_records = 0;
+        self.tail_crc = crc32fast::Hasher::new();
+        Ok(())
+    }
+
+    /// Removes every record at or after `position` (a record position), durably. Readers must
+    /// already have been moved back before `position`.
+    pub fn truncate_from(&mut self, position: Position) -> Result<()> {
+        self.check_poison()?;
+        match self.try_truncate(position) {
+            Ok(()) => Ok(()),
+            Err(e @ Error::InvalidArgument { .. }) => Err(e),
+            Err(e) => Err(self.poison(format!("truncation failed: {e}"))),
+        }
+    }
+
+    fn try_truncate(&mut self, position: Position) -> Result<()> {
+        if position >= self.next_position() {
+            return Ok(());
+        }
+        let segments = self.reader.segments();
+        let i = segments.partition_point(|s| s.base <= position).saturating_sub(1);
+        let segment = segments[i].clone();
+        if position < segment.records_start() {
+            return Err(Error::invalid("position", format!("{position} is not a record position")));
+        }
+        let offset = position - segment.base;
+        if i + 1 < segments.len() {
+            // Reaching back into a sealed segment: make it the tail in the manifest first, so a
+            // crash either keeps the old log whole or finishes the truncation on open.
+            self.manifest.truncate(i + 1);
+            if let Some(last) = self.manifest.last_mut() {
+                last.file_len = 0;
+            }
+            self.write_manifest()?;
+        }
+        segment.file.set_len(offset).map_err(io_err(format!("truncating {}", segment.path.display())))?;
+        segment.file.sync_data().map_err(io_err(format!("syncing {}", segment.path.display())))?;
+        for later in &segments[i + 1..] {
+            self.fs.remove_file(&later.path).map_err(io_err(format!("removing {}", later.path.display())))?;
+        }
+        if i + 1 < segments.len() {
+            self.fs.sync_dir(&self.dir).map_err(io_err(format!("syncing {}", self.dir.display())))?;
+        }
+        let (_, buf) = read_whole(self.fs.as_ref(), &segment.path)?;
+        let scan = scan_segment(&buf, &segment.path, segment.base, segment.first_seq, self.record_len_max, TailRecovery::Refuse)?;
+        let tail = Arc::new(Segment { base: segment.base, path: segment.path.clone(), file: segment.file.clone(), first_seq: segment.first_seq, footer: None });
+        {
+            let mut shared = write_lock(&self.reader.segments);
+            shared.truncate(i);
+            shared.push(tail.clone());
+        }
+        self.tail = tail;
+        self.tail_len = offset;
+        self.tail_records = scan.record_count;
+        self.tail_crc = scan.crc;
+        self.next_seq = segment.first_seq + scan.record_count;
+        Ok(())
+    }
+
+    fn write_manifest(&self) -> Result<()> {
+        let tmp = self.dir.join(format!("{MANIFEST_NAME}.tmp"));
+        let path = self.dir.join(MANIFEST_NAME);
+        let file = self.fs.open(&tmp, OpenMode::CreateTruncate).map_err(io_err(format!("creating {}", tmp.display())))?;
+        file.write_all_at(&encode_manifest(&self.manifest), 0).map_err(io_err(format!("writing {}", tmp.display())))?;
+        file.sync_data().map_err(io_err(format!("syncing {}", tmp.display())))?;
+        self.fs.rename(&tmp, &path).map_err(io_err(format!("renaming {}", tmp.display())))?;
+        self.fs.sync_dir(&self.dir).map_err(io_err(format!("syncing {}", self.dir.display())))
+    }
+}
+
+fn create_segment(fs: &dyn FileSystem, dir: &Path, base: Position, first_seq: u64) -> Result<(PathBuf, Arc<dyn FileHandle>)> {
+    let path = segment_path(dir, base);
+    let file = fs.open(&path, OpenMode::CreateTruncate).map_err(io_err(format!("creating {}", path.display())))?;
+    let header = SegmentHeader { base_position: base, first_seq }.encode();
+    file.write_all_at(&header, 0).map_err(io_err(format!("writing {}", path.display())))?;
+    file.sync_data().map_err(io_err(format!("syncing {}", path.display())))?;
+    fs.sync_dir(dir).map_err(io_err(format!("syncing {}", dir.display())))?;
+    Ok((path, file))
+}
+
+fn open_sealed(fs: &dyn FileSystem, dir: &Path, entry: ManifestEntry, expected_base: Position, expected_seq: Option<u64>) -> Result<Segment> {
+    let path = segment_path(dir, entry.base_position);
+    if entry.base_position != expected_base {
+        return Err(Error::corruption(dir.join(MANIFEST_NAME), 0, format!("segment {} does not follow the previous one", path.display())));
+    }
+    let file = fs.open(&path, OpenMode::Read).map_err(io_err(format!("opening sealed segment {}", path.display())))?;
+    let len = file.len().map_err(io_err(format!("sizing {}", path.display())))?;
+    if len != entry.file_len || len < SEGMENT_HEADER_BYTES + SEGMENT_FOOTER_BYTES {
+        return Err(Error::corruption(&path, len, format!("sealed segment is {len} bytes, manifest says {}", entry.file_len)));
+    }
+    let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
+    read_exact_at(file.as_ref(), &mut header, 0).map_err(io_err(format!("reading {}", path.display())))?;
+    let header = SegmentHeader::decode(&header, &path)?;
+    let mut footer = [0u8; SEGMENT_FOOTER_BYTES as usize];
+    let footer_at = len - SEGMENT_FOOTER_BYTES;
+    read_exact_at(file.as_ref(), &mut footer, footer_at).map_err(io_err(format!("reading {}", path.display())))?;
+    let footer = Footer::decode(&footer, &path, footer_at)?;
+    if header.base_position != entry.base_position || footer.records_end != entry.base_position + footer_at || footer.first_seq != header.first_seq {
+        return Err(Error::corruption(&path, footer_at, "segment header and footer disagree"));
+    }
+    if expected_seq.is_some_and(|s| s != header.first_seq) {
+        return Err(Error::corruption(&path, 0, "segment's first sequence number does not continue the log"));
+    }
+    Ok(Segment { base: entry.base_position, path, file, first_seq: header.first_seq, footer: Some(footer) })
+}
+
+/// Scans a segment's bytes for `verify`: every record, the footer's agreement with them.
+pub(crate) fn verify_segment_bytes(buf: &[u8], path: &Path, base: Position, first_seq: u64, sealed: bool, record_len_max: usize) -> Result<(u64, Option<u64>)> {
+    let scan = scan_segment(buf, path, base, first_seq, record_len_max, TailRecovery::TruncateTorn)?;
+    if sealed {
+        let Some(footer) = scan.footer else {
+            let at = scan.torn_at.unwrap_or(scan.records_len);
+            return Err(Error::corruption(path, at, "sealed segment's records or footer are damaged"));
+        };
+        if footer.records_crc != scan.crc.finalize() {
+            return Err(Error::corruption(path, scan.records_len, "footer's records checksum does not match the records"));
+        }
+    } else if scan.footer.is_some() {
+        return Ok((scan.record_count, None));
+    }
+    Ok((scan.record_count, scan.torn_at))
+}

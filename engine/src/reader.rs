@@ -1,0 +1,131 @@
+//! Reads: streams by version through the stream index, the whole log by position. Readers
+//! share the log and the index with the writer and never see past the log's visible end.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::event::{Direction, Position, Record, RecordedEvent};
+use crate::index::Index;
+use crate::log::LogReader;
+use crate::validate::validate_stream_name;
+
+/// A batch of records read from the whole log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadAllBatch {
+    /// The records, in log order.
+    pub records: Vec<Record>,
+    /// Where to continue reading.
+    pub next: Position,
+}
+
+/// The read side of a store; cheap to clone and share between threads.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pub(crate) log: Arc<LogReader>,
+    pub(crate) index: Arc<Index>,
+    pub(crate) limits: Limits,
+}
+
+impl Reader {
+    /// Reads up to `limit` events of `stream` starting at version `from` (inclusive). `None`
+    /// starts at the first version forwards, or the last one backwards.
+    pub fn read_stream(&self, stream: &str, from: Option<u64>, direction: Direction, limit: usize) -> Result<Vec<RecordedEvent>> {
+        validate_stream_name("stream", stream, &self.limits)?;
+        if limit > self.limits.read_events_max {
+            return Err(Error::LimitExceeded {
+                limit: "read_events_max",
+                value: limit as u64,
+                max: self.limits.read_events_max as u64,
+            });
+        }
+        let end = self.log.end();
+        let slots = self.index.stream_range(stream, from, direction, limit)?;
+        let mut events = Vec::with_capacity(slots.len());
+        for (version, slot) in slots {
+            if slot.position >= end {
+                // Being truncated, or indexed a moment before it became visible.
+                continue;
+            }
+            let event = self.log.read_event(slot.position, slot.slot)?;
+            if event.stream != stream || event.version != version {
+                return Err(self.log.corruption_at(
+                    slot.position,
+                    format!("index says {stream}@{version}, log holds {}@{}", event.stream, event.version),
+                ));
+            }
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// Reads up to `limit` records from `from` (0 for the start, or a position returned by an
+    /// earlier read or append).
+    pub fn read_all(&self, from: Position, limit: usize) -> Result<ReadAllBatch> {
+        if limit > self.limits.read_records_max {
+            return Err(Error::LimitExceeded {
+                limit: "read_records_max",
+                value: limit as u64,
+                max: self.limits.read_records_max as u64,
+            });
+        }
+        let end = self.log.end();
+        if from != 0 && from != end && !self.is_record_position(from)? {
+            return Err(Error::invalid("position", format!("{from} is not the position of a record in this log")));
+        }
+        let (raw, next) = self.log.scan(from, end, limit, self.limits.read_bytes_max)?;
+        let mut records = Vec::with_capacity(raw.len());
+        for r in raw {
+            let events = r.events(&self.log)?;
+            records.push(Record { position: r.header.position, seq: r.header.seq, timestamp_us: r.header.timestamp_us, events });
+        }
+        let next = if from == 0 && records.is_empty() { next.max(from) } else { next };
+        Ok(ReadAllBatch { records, next })
+    }
+
+    /// Whether a record starts at `position`.
+    pub fn is_record_position(&self, position: Position) -> Result<bool> {
+        Ok(position < self.log.end() && self.index.record_at(position)?.is_some())
+    }
+
+    /// The last version of a stream, or `None` if it has no events.
+    pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
+        validate_stream_name("stream", stream, &self.limits)?;
+        Ok(self.index.stream_head(stream)?.filter(|(_, p)| *p < self.log.end()).map(|(v, _)| v))
+    }
+
+    /// The committed event with this id, if any.
+    pub fn event_by_id(&self, id: Uuid) -> Result<Option<RecordedEvent>> {
+        let Some(entry) = self.index.event_by_id(id)? else { return Ok(None) };
+        let Some(slot) = self.index.stream_slot(&entry.stream, entry.version)? else {
+            return Err(Error::Index(format!("event {id} has an id entry but no stream entry")));
+        };
+        if slot.position >= self.log.end() {
+            return Ok(None);
+        }
+        self.log.read_event(slot.position, slot.slot).map(Some)
+    }
+
+    /// Position of the first record whose timestamp is at or after `timestamp_us`.
+    pub fn position_at_or_after(&self, timestamp_us: u64) -> Result<Option<Position>> {
+        Ok(self.index.first_position_at_or_after(timestamp_us)?.filter(|p| *p < self.log.end()))
+    }
+
+    /// The end of the log as readers see it: every record before it is durable.
+    pub fn end(&self) -> Position {
+        self.log.end()
+    }
+
+    /// Changes whenever `end` moves; live subscriptions wait on it instead of polling.
+    pub fn watch_end(&self) -> watch::Receiver<Position> {
+        self.log.watch_end()
+    }
+
+    /// The limits requests are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+}

@@ -1,0 +1,103 @@
+//! Checks on a request before anything is written: names, sizes, counts, ids. A request that
+//! fails any check is rejected whole with an error naming the field or the limit.
+
+use std::collections::HashSet;
+
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::event::AppendRequest;
+use crate::format::{event_frame_len, FRAME_BYTES, HEADER_BYTES};
+
+/// Checks a stream name: non-empty, bounded, no control characters, not reserved (`$`).
+pub fn validate_stream_name(field: &str, stream: &str, limits: &Limits) -> Result<()> {
+    if stream.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if stream.len() > limits.stream_name_bytes_max {
+        return Err(Error::LimitExceeded {
+            limit: "stream_name_bytes_max",
+            value: stream.len() as u64,
+            max: limits.stream_name_bytes_max as u64,
+        });
+    }
+    if let Some((at, c)) = stream.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(Error::invalid(field, format!("control character U+{:04X} at byte {at}", c as u32)));
+    }
+    if stream.starts_with('$') {
+        return Err(Error::invalid(field, "names starting with '$' are reserved for the system"));
+    }
+    Ok(())
+}
+
+/// Checks a whole append request; returns the size of the record it encodes to.
+pub fn validate_request(request: &AppendRequest, limits: &Limits) -> Result<usize> {
+    if request.streams.is_empty() {
+        return Err(Error::invalid("streams", "an append needs at least one stream"));
+    }
+    if request.streams.len() > limits.batch_streams_max {
+        return Err(Error::LimitExceeded {
+            limit: "batch_streams_max",
+            value: request.streams.len() as u64,
+            max: limits.batch_streams_max as u64,
+        });
+    }
+    let events: usize = request.streams.iter().map(|s| s.events.len()).sum();
+    if events > limits.batch_events_max {
+        return Err(Error::LimitExceeded {
+            limit: "batch_events_max",
+            value: events as u64,
+            max: limits.batch_events_max as u64,
+        });
+    }
+    let mut streams = HashSet::with_capacity(request.streams.len());
+    let mut ids = HashSet::with_capacity(events);
+    let mut bytes = FRAME_BYTES + HEADER_BYTES + 4;
+    for (i, part) in request.streams.iter().enumerate() {
+        validate_stream_name(&format!("streams[{i}].stream"), &part.stream, limits)?;
+        if !streams.insert(part.stream.as_str()) {
+            return Err(Error::invalid(format!("streams[{i}].stream"), format!("stream `{}` appears twice in one append", part.stream)));
+        }
+        if part.events.is_empty() {
+            return Err(Error::invalid(format!("streams[{i}].events"), "at least one event per stream"));
+        }
+        for (j, e) in part.events.iter().enumerate() {
+            let field = |name: &str| format!("streams[{i}].events[{j}].{name}");
+            if e.id.is_nil() {
+                return Err(Error::invalid(field("id"), "must not be the nil UUID"));
+            }
+            if !ids.insert(e.id) {
+                return Err(Error::invalid(field("id"), format!("event id {} appears twice in one append", e.id)));
+            }
+            if e.event_type.is_empty() {
+                return Err(Error::invalid(field("type"), "must not be empty"));
+            }
+            if e.event_type.len() > limits.event_type_bytes_max {
+                return Err(Error::LimitExceeded {
+                    limit: "event_type_bytes_max",
+                    value: e.event_type.len() as u64,
+                    max: limits.event_type_bytes_max as u64,
+                });
+            }
+            if e.event_type.chars().any(char::is_control) {
+                return Err(Error::invalid(field("type"), "contains a control character"));
+            }
+            let size = part.stream.len() + e.event_type.len() + e.data.len() + e.metadata.len();
+            if size > limits.event_bytes_max {
+                return Err(Error::LimitExceeded {
+                    limit: "event_bytes_max",
+                    value: size as u64,
+                    max: limits.event_bytes_max as u64,
+                });
+            }
+            bytes += event_frame_len(&part.stream, &e.event_type, e.data.len(), e.metadata.len());
+        }
+    }
+    if bytes > limits.batch_bytes_max {
+        return Err(Error::LimitExceeded {
+            limit: "batch_bytes_max",
+            value: bytes as u64,
+            max: limits.batch_bytes_max as u64,
+        });
+    }
+    Ok(bytes)
+}
