@@ -24,8 +24,15 @@ use crate::store::Store;
 use crate::validate::validate_request;
 
 enum Command {
-    Append { request: AppendRequest, bytes: usize, reply: oneshot::Sender<Result<AppendResult>> },
-    Truncate { position: Position, reply: oneshot::Sender<Result<()>> },
+    Append {
+        request: AppendRequest,
+        bytes: usize,
+        reply: oneshot::Sender<Result<AppendResult>>,
+    },
+    Truncate {
+        position: Position,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Shutdown,
 }
 
@@ -44,9 +51,16 @@ impl Engine {
     /// Opens (or creates) a store in `dir`: the log in `dir/log`, the RocksDB index in
     /// `dir/index`, on the real file system.
     pub fn open_dir(dir: &Path, config: EngineConfig) -> Result<Engine> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let index = RocksIndexStore::open(&dir.join("index"))?;
-        let store = Store::open(Arc::new(StdFs), dir, Box::new(index), config, Arc::new(MonotonicClock::default()))?;
+        let store = Store::open(
+            Arc::new(StdFs),
+            dir,
+            Box::new(index),
+            config,
+            Arc::new(MonotonicClock::default()),
+        )?;
         Engine::start(store)
     }
 
@@ -62,7 +76,14 @@ impl Engine {
             .name("strata-group-commit".into())
             .spawn(move || run_writer(store, rx, &config))
             .map_err(|e| Error::io("starting the group-commit thread", e))?;
-        Ok(Engine { reader, tx, worker: Mutex::new(Some(worker)), stats, recovery, queue_depth_max })
+        Ok(Engine {
+            reader,
+            tx,
+            worker: Mutex::new(Some(worker)),
+            stats,
+            recovery,
+            queue_depth_max,
+        })
     }
 
     /// Appends atomically; resolves once durable. Waits while the queue is full.
@@ -70,7 +91,14 @@ impl Engine {
         let bytes = validate_request(&request, self.reader.limits())?;
         let (reply, answer) = oneshot::channel();
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        let sent = self.tx.send(Command::Append { request, bytes, reply }).await;
+        let sent = self
+            .tx
+            .send(Command::Append {
+                request,
+                bytes,
+                reply,
+            })
+            .await;
         if sent.is_err() {
             self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::Closed);
@@ -82,9 +110,17 @@ impl Engine {
     pub async fn append_or_busy(&self, request: AppendRequest) -> Result<AppendResult> {
         let bytes = validate_request(&request, self.reader.limits())?;
         let (reply, answer) = oneshot::channel();
-        match self.tx.try_send(Command::Append { request, bytes, reply }) {
+        match self.tx.try_send(Command::Append {
+            request,
+            bytes,
+            reply,
+        }) {
             Ok(()) => self.stats.queue_depth.fetch_add(1, Ordering::Relaxed),
-            Err(mpsc::error::TrySendError::Full(_)) => return Err(Error::Busy { queue_depth_max: self.queue_depth_max }),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(Error::Busy {
+                    queue_depth_max: self.queue_depth_max,
+                })
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Closed),
         };
         answer.await.map_err(|_| Error::Closed)?
@@ -95,7 +131,15 @@ impl Engine {
         let bytes = validate_request(&request, self.reader.limits())?;
         let (reply, answer) = oneshot::channel();
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        if self.tx.blocking_send(Command::Append { request, bytes, reply }).is_err() {
+        if self
+            .tx
+            .blocking_send(Command::Append {
+                request,
+                bytes,
+                reply,
+            })
+            .is_err()
+        {
             self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::Closed);
         }
@@ -105,7 +149,10 @@ impl Engine {
     /// Removes every record at or after `position`, after the appends queued before it.
     pub async fn truncate_from(&self, position: Position) -> Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Command::Truncate { position, reply }).await.map_err(|_| Error::Closed)?;
+        self.tx
+            .send(Command::Truncate { position, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
@@ -128,8 +175,16 @@ impl Engine {
     pub fn close(&self) {
         let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(worker) = worker {
-            // A full queue still drains, so this send completes; if the writer is gone, fine.
-            let _ = self.tx.blocking_send(Command::Shutdown);
+            // Queued behind every pending request, so they finish first. Sent from a plain
+            // thread because `close` may run inside an async runtime (e.g. on drop).
+            let tx = self.tx.clone();
+            let sender = std::thread::spawn(move || {
+                // If the writer is already gone there is nothing to stop.
+                let _ = tx.blocking_send(Command::Shutdown);
+            });
+            if sender.join().is_err() {
+                tracing::error!("shutdown sender panicked");
+            }
             if worker.join().is_err() {
                 tracing::error!("group-commit thread panicked");
             }
@@ -159,13 +214,23 @@ fn run_writer(mut store: Store, mut rx: mpsc::Receiver<Command>, config: &Engine
             Command::Truncate { position, reply } => {
                 let _ = reply.send(store.truncate_from(position));
             }
-            Command::Append { request, bytes, reply } => {
+            Command::Append {
+                request,
+                bytes,
+                reply,
+            } => {
                 let mut requests = vec![request];
                 let mut replies = vec![reply];
                 let mut group_bytes = bytes;
-                while requests.len() < config.group_requests_max && group_bytes < config.group_bytes_max {
+                while requests.len() < config.group_requests_max
+                    && group_bytes < config.group_bytes_max
+                {
                     match rx.try_recv() {
-                        Ok(Command::Append { request, bytes, reply }) => {
+                        Ok(Command::Append {
+                            request,
+                            bytes,
+                            reply,
+                        }) => {
                             group_bytes += bytes;
                             requests.push(request);
                             replies.push(reply);
@@ -177,7 +242,9 @@ fn run_writer(mut store: Store, mut rx: mpsc::Receiver<Command>, config: &Engine
                         Err(_) => break,
                     }
                 }
-                stats.queue_depth.fetch_sub(requests.len() as u64, Ordering::Relaxed);
+                stats
+                    .queue_depth
+                    .fetch_sub(requests.len() as u64, Ordering::Relaxed);
                 for (answer, reply) in store.commit(requests).into_iter().zip(replies) {
                     // The caller may have given up waiting; its append still happened.
                     let _ = reply.send(answer);

@@ -124,7 +124,10 @@ pub fn encode_record(
     let crc = crc32fast::hash(&out[start + FRAME_BYTES..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    debug_assert_eq!(check_frame(&out[start..], u32::MAX as usize), FrameCheck::Valid(out.len() - start));
+    debug_assert_eq!(
+        check_frame(&out[start..], u32::MAX as usize),
+        FrameCheck::Valid(out.len() - start)
+    );
     slots
 }
 
@@ -182,14 +185,22 @@ pub struct DecodeError(pub String);
 
 /// Decodes the events of a valid record frame (`frame` is exactly the frame's bytes).
 pub fn decode_events(frame: &Bytes) -> Result<Vec<RecordedEvent>, DecodeError> {
-    Ok(decode_events_with_slots(frame)?.into_iter().map(|(e, _)| e).collect())
+    Ok(decode_events_with_slots(frame)?
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect())
 }
 
 /// Decodes the events of a valid record frame, with where each sits in the frame.
-pub fn decode_events_with_slots(frame: &Bytes) -> Result<Vec<(RecordedEvent, EventSlot)>, DecodeError> {
+pub fn decode_events_with_slots(
+    frame: &Bytes,
+) -> Result<Vec<(RecordedEvent, EventSlot)>, DecodeError> {
     let header = read_header(frame);
     if frame[FRAME_BYTES + 4] != KIND_EVENTS {
-        return Err(DecodeError(format!("unknown record kind {}", frame[FRAME_BYTES + 4])));
+        return Err(DecodeError(format!(
+            "unknown record kind {}",
+            frame[FRAME_BYTES + 4]
+        )));
     }
     let mut at = FRAME_BYTES + HEADER_BYTES;
     let count = u32_at(frame, at) as usize;
@@ -204,7 +215,13 @@ pub fn decode_events_with_slots(frame: &Bytes) -> Result<Vec<(RecordedEvent, Eve
             return Err(DecodeError("event frame past end of record".into()));
         }
         let event = decode_event(frame.slice(at..at + len), header.position)?;
-        events.push((event, EventSlot { offset: at as u32, len: len as u32 }));
+        events.push((
+            event,
+            EventSlot {
+                offset: at as u32,
+                len: len as u32,
+            },
+        ));
         at += len;
     }
     if at != frame.len() {
@@ -221,7 +238,9 @@ pub fn decode_event(frame: Bytes, position: Position) -> Result<RecordedEvent, D
     }
     let len = u32_at(&frame, 0) as usize;
     if len + 8 != frame.len() {
-        return Err(DecodeError(format!("event length {len} does not match its frame")));
+        return Err(DecodeError(format!(
+            "event length {len} does not match its frame"
+        )));
     }
     if crc32fast::hash(&frame[8..]) != u32_at(&frame, 4) {
         return Err(DecodeError("event checksum mismatch".into()));
@@ -296,10 +315,33 @@ mod tests {
 
     fn sample(out: &mut Vec<u8>, position: u64) -> Vec<EventSlot> {
         let events = [
-            EventFields { stream: "orders-1", version: 0, id: Uuid::from_u128(1), event_type: "Placed", data: b"{\"a\":1}", metadata: b"" },
-            EventFields { stream: "orders-1", version: 1, id: Uuid::from_u128(2), event_type: "Paid", data: b"", metadata: b"m" },
+            EventFields {
+                stream: "orders-1",
+                version: 0,
+                id: Uuid::from_u128(1),
+                event_type: "Placed",
+                data: b"{\"a\":1}",
+                metadata: b"",
+            },
+            EventFields {
+                stream: "orders-1",
+                version: 1,
+                id: Uuid::from_u128(2),
+                event_type: "Paid",
+                data: b"",
+                metadata: b"m",
+            },
         ];
-        encode_record(out, RecordHeader { position, seq: 7, group_start: position, timestamp_us: 99 }, &events)
+        encode_record(
+            out,
+            RecordHeader {
+                position,
+                seq: 7,
+                group_start: position,
+                timestamp_us: 99,
+            },
+            &events,
+        )
     }
 
     #[test]
@@ -308,13 +350,20 @@ mod tests {
         let slots = sample(&mut out, 4096);
         assert_eq!(check_frame(&out, 1 << 20), FrameCheck::Valid(out.len()));
         let header = read_header(&out);
-        assert_eq!((header.position, header.seq, header.timestamp_us), (4096, 7, 99));
+        assert_eq!(
+            (header.position, header.seq, header.timestamp_us),
+            (4096, 7, 99)
+        );
         let frame = Bytes::from(out);
         let events = decode_events(&frame).unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[1].event_type, "Paid");
         assert_eq!(&events[1].metadata[..], b"m");
-        let one = decode_event(frame.slice(slots[0].offset as usize..(slots[0].offset + slots[0].len) as usize), 4096).unwrap();
+        let one = decode_event(
+            frame.slice(slots[0].offset as usize..(slots[0].offset + slots[0].len) as usize),
+            4096,
+        )
+        .unwrap();
         assert_eq!(one, events[0]);
     }
 
@@ -325,7 +374,11 @@ mod tests {
         for byte in 0..out.len() {
             let mut damaged = out.clone();
             damaged[byte] ^= 0x10;
-            assert_ne!(check_frame(&damaged, 1 << 20), FrameCheck::Valid(out.len()), "byte {byte}");
+            assert_ne!(
+                check_frame(&damaged, 1 << 20),
+                FrameCheck::Valid(out.len()),
+                "byte {byte}"
+            );
         }
     }
 
@@ -334,7 +387,11 @@ mod tests {
         let mut out = Vec::new();
         sample(&mut out, 0);
         for cut in 0..out.len() {
-            assert_eq!(check_frame(&out[..cut], 1 << 20), FrameCheck::Incomplete, "cut at {cut}");
+            assert_eq!(
+                check_frame(&out[..cut], 1 << 20),
+                FrameCheck::Incomplete,
+                "cut at {cut}"
+            );
         }
     }
 }

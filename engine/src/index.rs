@@ -65,7 +65,9 @@ pub struct IndexedEvent<'a> {
 }
 
 fn corrupt_index(what: &str) -> Error {
-    Error::Index(format!("malformed index value for {what}; rebuild the index from the log"))
+    Error::Index(format!(
+        "malformed index value for {what}; rebuild the index from the log"
+    ))
 }
 
 /// Key of a stream index entry.
@@ -152,7 +154,8 @@ impl Index {
         if v.len() < 16 {
             return Err(corrupt_index("an event id"));
         }
-        let stream = String::from_utf8(v[16..].to_vec()).map_err(|_| corrupt_index("an event id"))?;
+        let stream =
+            String::from_utf8(v[16..].to_vec()).map_err(|_| corrupt_index("an event id"))?;
         Ok(Some(IdEntry {
             position: u64_at(&v, 0),
             version: u64_at(&v, 8),
@@ -178,7 +181,10 @@ impl Index {
         limit: usize,
     ) -> Result<Vec<(u64, StreamSlot)>> {
         let (start, end) = match (direction, from) {
-            (Direction::Forwards, from) => (stream_key(stream, from.unwrap_or(0)), stream_key_end(stream)),
+            (Direction::Forwards, from) => (
+                stream_key(stream, from.unwrap_or(0)),
+                stream_key_end(stream),
+            ),
             (Direction::Backwards, Some(from)) => match from.checked_add(1) {
                 Some(next) => (stream_key(stream, 0), stream_key(stream, next)),
                 None => (stream_key(stream, 0), stream_key_end(stream)),
@@ -211,7 +217,9 @@ impl Index {
 
     /// The first record whose timestamp is at or after `timestamp_us`.
     pub fn first_position_at_or_after(&self, timestamp_us: u64) -> Result<Option<Position>> {
-        let found = self.store.scan(&time_key(timestamp_us, 0), b"u", false, 1)?;
+        let found = self
+            .store
+            .scan(&time_key(timestamp_us, 0), b"u", false, 1)?;
         Ok(found.first().map(|(k, _)| u64::from_be_bytes(tail8(k))))
     }
 
@@ -280,7 +288,12 @@ pub fn add_record(
 }
 
 /// Removes a record's entries (log truncation). The caller fixes the stream heads.
-pub fn remove_record(batch: &mut IndexBatch, position: Position, timestamp_us: u64, events: &[IndexedEvent<'_>]) {
+pub fn remove_record(
+    batch: &mut IndexBatch,
+    position: Position,
+    timestamp_us: u64,
+    events: &[IndexedEvent<'_>],
+) {
     for e in events {
         batch.delete(stream_key(e.stream, e.version));
         batch.delete(id_key(e.id));

@@ -37,7 +37,13 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
     /// Applies a batch atomically; with `sync` it is durable when this returns.
     fn write(&self, batch: IndexBatch, sync: bool) -> Result<()>;
     /// Up to `limit` pairs with `start <= key < end`, ascending, or descending from the end.
-    fn scan(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 }
 
 /// The production index store: one RocksDB database.
@@ -47,7 +53,9 @@ pub struct RocksIndexStore {
 
 impl std::fmt::Debug for RocksIndexStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksIndexStore").field("path", &self.db.path()).finish()
+        f.debug_struct("RocksIndexStore")
+            .field("path", &self.db.path())
+            .finish()
     }
 }
 
@@ -93,7 +101,13 @@ impl IndexStore for RocksIndexStore {
         self.db.write_opt(wb, &options).map_err(rocks_err)
     }
 
-    fn scan(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut options = rocksdb::ReadOptions::default();
         options.set_iterate_lower_bound(start.to_vec());
         options.set_iterate_upper_bound(end.to_vec());
@@ -133,7 +147,9 @@ impl MemIndexStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, MemState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Makes every write so far durable (as a RocksDB memtable flush would).
@@ -183,7 +199,13 @@ impl IndexStore for MemIndexStore {
         Ok(())
     }
 
-    fn scan(&self, start: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let state = self.lock();
         let range = state.current.range(start.to_vec()..end.to_vec());
         let pairs = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());

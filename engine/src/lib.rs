@@ -28,6 +28,9 @@ pub mod verify;
 pub use config::{EngineConfig, Limits, TailRecovery};
 pub use engine::Engine;
 pub use error::{Error, Result};
-pub use event::{AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, Position, Record, RecordedEvent, StreamAppend, StreamAppendResult};
+pub use event::{
+    AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, Position, Record,
+    RecordedEvent, StreamAppend, StreamAppendResult,
+};
 pub use reader::{ReadAllBatch, Reader};
 pub use store::Store;

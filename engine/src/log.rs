@@ -16,11 +16,14 @@ use tokio::sync::watch;
 use crate::config::{EngineConfig, TailRecovery, SEGMENT_FOOTER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::error::{Error, Result};
 use crate::event::{Position, RecordedEvent};
-use crate::format::{self, check_frame, read_header, FrameCheck, RecordHeader, EventSlot, FRAME_BYTES, HEADER_BYTES, RECORD_MAGIC};
+use crate::format::{
+    self, check_frame, read_header, EventSlot, FrameCheck, RecordHeader, FRAME_BYTES, HEADER_BYTES,
+    RECORD_MAGIC,
+};
 use crate::fs::{read_exact_at, FileHandle, FileSystem, OpenMode};
 use crate::segment::{
-    decode_manifest, encode_manifest, parse_segment_file_name, segment_path, Footer, ManifestEntry, SegmentHeader,
-    MANIFEST_NAME,
+    decode_manifest, encode_manifest, parse_segment_file_name, segment_path, Footer, ManifestEntry,
+    SegmentHeader, MANIFEST_NAME,
 };
 
 /// One segment file as the log knows it.
@@ -80,7 +83,8 @@ pub struct RawRecord {
 impl RawRecord {
     /// The record's events, or `Corruption` naming where it sits.
     pub fn events(&self, reader: &LogReader) -> Result<Vec<RecordedEvent>> {
-        format::decode_events(&self.frame).map_err(|e| reader.corruption_at(self.header.position, e.0))
+        format::decode_events(&self.frame)
+            .map_err(|e| reader.corruption_at(self.header.position, e.0))
     }
 }
 
@@ -123,7 +127,9 @@ impl LogReader {
 
     /// Position of the first record in the log.
     pub fn start(&self) -> Position {
-        read_lock(&self.segments).first().map_or(SEGMENT_HEADER_BYTES, |s| s.records_start())
+        read_lock(&self.segments)
+            .first()
+            .map_or(SEGMENT_HEADER_BYTES, |s| s.records_start())
     }
 
     pub(crate) fn corruption_at(&self, position: Position, reason: impl Into<String>) -> Error {
@@ -142,7 +148,8 @@ impl LogReader {
         let mut buf = vec![0u8; slot.len as usize];
         read_exact_at(segment.file.as_ref(), &mut buf, offset)
             .map_err(|e| Error::io(format!("reading {}", segment.path.display()), e))?;
-        format::decode_event(Bytes::from(buf), position).map_err(|e| Error::corruption(&segment.path, offset, e.0))
+        format::decode_event(Bytes::from(buf), position)
+            .map_err(|e| Error::corruption(&segment.path, offset, e.0))
     }
 
     /// Reads records forwards from `from` (a record position, a segment boundary or 0 for the
@@ -159,9 +166,13 @@ impl LogReader {
         let mut bytes = 0usize;
         let mut pos = if from == 0 { self.start() } else { from };
         let segments = self.segments();
-        let mut i = segments.partition_point(|s| s.base <= pos).saturating_sub(1);
+        let mut i = segments
+            .partition_point(|s| s.base <= pos)
+            .saturating_sub(1);
         while out.len() < max_records && bytes < max_bytes && pos < end {
-            let Some(segment) = segments.get(i) else { break };
+            let Some(segment) = segments.get(i) else {
+                break;
+            };
             if pos < segment.records_start() {
                 pos = segment.records_start();
             }
@@ -182,9 +193,16 @@ impl LogReader {
                     FrameCheck::Valid(n) => {
                         let header = read_header(&chunk[at..]);
                         if header.position != pos {
-                            return Err(Error::corruption(&segment.path, pos - segment.base, format!("record claims position {} ", header.position)));
+                            return Err(Error::corruption(
+                                &segment.path,
+                                pos - segment.base,
+                                format!("record claims position {} ", header.position),
+                            ));
                         }
-                        out.push(RawRecord { header, frame: chunk.slice(at..at + n) });
+                        out.push(RawRecord {
+                            header,
+                            frame: chunk.slice(at..at + n),
+                        });
                         at += n;
                         pos += n as u64;
                         bytes += n;
@@ -199,8 +217,20 @@ impl LogReader {
                         out.push(RawRecord { header, frame });
                         break;
                     }
-                    FrameCheck::NotARecord => return Err(Error::corruption(&segment.path, pos - segment.base, "expected a record here (bad magic or length)")),
-                    FrameCheck::BadChecksum => return Err(Error::corruption(&segment.path, pos - segment.base, "record checksum mismatch")),
+                    FrameCheck::NotARecord => {
+                        return Err(Error::corruption(
+                            &segment.path,
+                            pos - segment.base,
+                            "expected a record here (bad magic or length)",
+                        ))
+                    }
+                    FrameCheck::BadChecksum => {
+                        return Err(Error::corruption(
+                            &segment.path,
+                            pos - segment.base,
+                            "record checksum mismatch",
+                        ))
+                    }
                 }
             }
         }
@@ -223,19 +253,28 @@ impl LogReader {
     }
 
     fn read_frame(&self, segment: &Segment, pos: Position, segment_end: Position) -> Result<Bytes> {
-        let prefix = self.read_chunk(segment, pos, FRAME_BYTES.min((segment_end - pos) as usize))?;
+        let prefix =
+            self.read_chunk(segment, pos, FRAME_BYTES.min((segment_end - pos) as usize))?;
         let offset = pos - segment.base;
         if prefix.len() < FRAME_BYTES {
             return Err(Error::corruption(&segment.path, offset, "record cut short"));
         }
         let len = FRAME_BYTES + format::u32_at(&prefix, 0) as usize;
         if len > self.record_len_max + FRAME_BYTES || pos + len as u64 > segment_end {
-            return Err(Error::corruption(&segment.path, offset, "record length out of bounds"));
+            return Err(Error::corruption(
+                &segment.path,
+                offset,
+                "record length out of bounds",
+            ));
         }
         let frame = self.read_chunk(segment, pos, len)?;
         match check_frame(&frame, self.record_len_max) {
             FrameCheck::Valid(n) if n == len && read_header(&frame).position == pos => Ok(frame),
-            FrameCheck::BadChecksum => Err(Error::corruption(&segment.path, offset, "record checksum mismatch")),
+            FrameCheck::BadChecksum => Err(Error::corruption(
+                &segment.path,
+                offset,
+                "record checksum mismatch",
+            )),
             _ => Err(Error::corruption(&segment.path, offset, "malformed record")),
         }
     }
@@ -269,14 +308,32 @@ fn scan_segment(
     let mut record_count = 0;
     loop {
         if off == buf.len() {
-            return Ok(SegmentScan { records_len: off as u64, record_count, crc, footer: None, torn_at: None });
+            return Ok(SegmentScan {
+                records_len: off as u64,
+                record_count,
+                crc,
+                footer: None,
+                torn_at: None,
+            });
         }
-        if Footer::looks_like_footer(&buf[off..]) && off + SEGMENT_FOOTER_BYTES as usize == buf.len() {
+        if Footer::looks_like_footer(&buf[off..])
+            && off + SEGMENT_FOOTER_BYTES as usize == buf.len()
+        {
             let footer = Footer::decode(&buf[off..], path, off as u64)?;
             if footer.records_end != base + off as u64 || footer.record_count != record_count {
-                return Err(Error::corruption(path, off as u64, "footer does not match the segment's records"));
+                return Err(Error::corruption(
+                    path,
+                    off as u64,
+                    "footer does not match the segment's records",
+                ));
             }
-            return Ok(SegmentScan { records_len: off as u64, record_count, crc, footer: Some(footer), torn_at: None });
+            return Ok(SegmentScan {
+                records_len: off as u64,
+                record_count,
+                crc,
+                footer: Some(footer),
+                torn_at: None,
+            });
         }
         let damage = match check_frame(&buf[off..], record_len_max) {
             FrameCheck::Valid(n) => {
@@ -284,7 +341,10 @@ fn scan_segment(
                 if header.position != base + off as u64 {
                     Some(format!("record claims position {}", header.position))
                 } else if header.seq != seq {
-                    Some(format!("record has sequence number {}, expected {seq}", header.seq))
+                    Some(format!(
+                        "record has sequence number {}, expected {seq}",
+                        header.seq
+                    ))
                 } else {
                     crc.update(&buf[off..off + n]);
                     off += n;
@@ -300,7 +360,11 @@ fn scan_segment(
         let Some(reason) = damage else { continue };
         let position = base + off as u64;
         if tail_recovery == TailRecovery::Refuse {
-            return Err(Error::corruption(path, off as u64, format!("{reason} (tail recovery is set to refuse)")));
+            return Err(Error::corruption(
+                path,
+                off as u64,
+                format!("{reason} (tail recovery is set to refuse)"),
+            ));
         }
         // A torn write can only damage the last group commit. A valid record from a later group
         // proves the damaged bytes were synced before it: that is corruption, not a tear.
@@ -311,12 +375,24 @@ fn scan_segment(
                 format!("{reason}; synced records follow it (next intact record at byte {later})"),
             ));
         }
-        return Ok(SegmentScan { records_len: off as u64, record_count, crc, footer: None, torn_at: Some(off as u64) });
+        return Ok(SegmentScan {
+            records_len: off as u64,
+            record_count,
+            crc,
+            footer: None,
+            torn_at: Some(off as u64),
+        });
     }
 }
 
 /// The offset of an intact record after `off` that a later group commit wrote, if any.
-fn later_group_record(buf: &[u8], base: Position, off: usize, position: Position, record_len_max: usize) -> Option<usize> {
+fn later_group_record(
+    buf: &[u8],
+    base: Position,
+    off: usize,
+    position: Position,
+    record_len_max: usize,
+) -> Option<usize> {
     let magic = RECORD_MAGIC.to_le_bytes();
     let last = buf.len().checked_sub(FRAME_BYTES + HEADER_BYTES)?;
     (off + 1..=last).find(|&o| {
@@ -351,44 +427,75 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 fn read_whole(fs: &dyn FileSystem, path: &Path) -> Result<(Arc<dyn FileHandle>, Vec<u8>)> {
-    let file = fs.open(path, OpenMode::ReadWrite).map_err(io_err(format!("opening {}", path.display())))?;
-    let len = file.len().map_err(io_err(format!("sizing {}", path.display())))?;
+    let file = fs
+        .open(path, OpenMode::ReadWrite)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    let len = file
+        .len()
+        .map_err(io_err(format!("sizing {}", path.display())))?;
     let mut buf = vec![0u8; len as usize];
-    read_exact_at(file.as_ref(), &mut buf, 0).map_err(io_err(format!("reading {}", path.display())))?;
+    read_exact_at(file.as_ref(), &mut buf, 0)
+        .map_err(io_err(format!("reading {}", path.display())))?;
     Ok((file, buf))
 }
 
 impl LogWriter {
     /// Opens the log in `dir` (creating it if empty), recovering the tail.
-    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path, config: &EngineConfig) -> Result<(LogWriter, Arc<LogReader>, RecoveryReport)> {
-        fs.create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    pub fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        config: &EngineConfig,
+    ) -> Result<(LogWriter, Arc<LogReader>, RecoveryReport)> {
+        fs.create_dir_all(dir)
+            .map_err(io_err(format!("creating {}", dir.display())))?;
         let record_len_max = config.limits.batch_bytes_max;
-        let names = fs.list(dir).map_err(io_err(format!("listing {}", dir.display())))?;
+        let names = fs
+            .list(dir)
+            .map_err(io_err(format!("listing {}", dir.display())))?;
         let manifest_path = dir.join(MANIFEST_NAME);
-        let on_disk: Vec<Position> = names.iter().filter_map(|n| parse_segment_file_name(n)).collect();
+        let on_disk: Vec<Position> = names
+            .iter()
+            .filter_map(|n| parse_segment_file_name(n))
+            .collect();
         if !names.iter().any(|n| n == MANIFEST_NAME) {
             if !on_disk.is_empty() {
-                return Err(Error::corruption(&manifest_path, 0, "manifest is missing but segment files exist"));
+                return Err(Error::corruption(
+                    &manifest_path,
+                    0,
+                    "manifest is missing but segment files exist",
+                ));
             }
             return LogWriter::create(fs, dir, config);
         }
         let (_, manifest_bytes) = read_whole(fs.as_ref(), &manifest_path)?;
         let entries = decode_manifest(&manifest_bytes, &manifest_path)?;
         let Some((tail_entry, sealed_entries)) = entries.split_last() else {
-            return Err(Error::corruption(&manifest_path, 0, "manifest lists no segments"));
+            return Err(Error::corruption(
+                &manifest_path,
+                0,
+                "manifest lists no segments",
+            ));
         };
         let mut segments = Vec::with_capacity(entries.len());
         let mut expected_base = entries[0].base_position;
         let mut next_seq = 1;
         for entry in sealed_entries {
-            let expected_seq = if segments.is_empty() { None } else { Some(next_seq) };
+            let expected_seq = if segments.is_empty() {
+                None
+            } else {
+                Some(next_seq)
+            };
             let segment = open_sealed(fs.as_ref(), dir, *entry, expected_base, expected_seq)?;
             next_seq = segment.footer.map_or(next_seq, |f| f.last_seq + 1);
             expected_base = entry.base_position + entry.file_len;
             segments.push(Arc::new(segment));
         }
         if tail_entry.base_position != expected_base {
-            return Err(Error::corruption(&manifest_path, 0, "manifest's tail does not follow its last sealed segment"));
+            return Err(Error::corruption(
+                &manifest_path,
+                0,
+                "manifest's tail does not follow its last sealed segment",
+            ));
         }
         let mut report = RecoveryReport::default();
         let mut tail_base = tail_entry.base_position;
@@ -397,18 +504,43 @@ impl LogWriter {
             let path = segment_path(dir, tail_base);
             let (file, buf) = read_whole(fs.as_ref(), &path)?;
             let header = SegmentHeader::decode(&buf, &path)?;
-            if header.base_position != tail_base || (!segments.is_empty() && header.first_seq != next_seq) {
-                return Err(Error::corruption(&path, 0, "segment header does not continue the log"));
+            if header.base_position != tail_base
+                || (!segments.is_empty() && header.first_seq != next_seq)
+            {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    "segment header does not continue the log",
+                ));
             }
-            let scan = scan_segment(&buf, &path, tail_base, header.first_seq, record_len_max, config.tail_recovery)?;
+            let scan = scan_segment(
+                &buf,
+                &path,
+                tail_base,
+                header.first_seq,
+                record_len_max,
+                config.tail_recovery,
+            )?;
             if let Some(footer) = scan.footer {
                 // Sealed, but the manifest was not rewritten before a crash: the next segment
                 // is the tail, or must be created.
-                manifest.push(ManifestEntry { base_position: tail_base, file_len: buf.len() as u64 });
-                segments.push(Arc::new(Segment { base: tail_base, path, file, first_seq: header.first_seq, footer: Some(footer) }));
+                manifest.push(ManifestEntry {
+                    base_position: tail_base,
+                    file_len: buf.len() as u64,
+                });
+                segments.push(Arc::new(Segment {
+                    base: tail_base,
+                    path,
+                    file,
+                    first_seq: header.first_seq,
+                    footer: Some(footer),
+                }));
                 next_seq = footer.last_seq + 1;
                 tail_base += buf.len() as u64;
-                if !fs.exists(&segment_path(dir, tail_base)).map_err(io_err(format!("checking {}", dir.display())))? {
+                if !fs
+                    .exists(&segment_path(dir, tail_base))
+                    .map_err(io_err(format!("checking {}", dir.display())))?
+                {
                     create_segment(fs.as_ref(), dir, tail_base, next_seq)?;
                 }
                 continue;
@@ -416,26 +548,43 @@ impl LogWriter {
             let stale: Vec<Position> = on_disk.iter().copied().filter(|b| *b > tail_base).collect();
             if let Some(torn) = scan.torn_at {
                 if !stale.is_empty() {
-                    return Err(Error::corruption(&path, torn, "damaged record in a segment that later segments follow"));
+                    return Err(Error::corruption(
+                        &path,
+                        torn,
+                        "damaged record in a segment that later segments follow",
+                    ));
                 }
                 tracing::warn!(file = %path.display(), offset = torn, bytes = buf.len() as u64 - torn, "truncating torn tail");
-                file.set_len(torn).map_err(io_err(format!("truncating {}", path.display())))?;
-                file.sync_data().map_err(io_err(format!("syncing {}", path.display())))?;
+                file.set_len(torn)
+                    .map_err(io_err(format!("truncating {}", path.display())))?;
+                file.sync_data()
+                    .map_err(io_err(format!("syncing {}", path.display())))?;
                 report.torn_tail = Some((path.clone(), torn));
                 report.torn_bytes = buf.len() as u64 - torn;
             }
             for base in &stale {
                 let stale_path = segment_path(dir, *base);
                 tracing::warn!(file = %stale_path.display(), "removing segment left by an interrupted truncation");
-                fs.remove_file(&stale_path).map_err(io_err(format!("removing {}", stale_path.display())))?;
+                fs.remove_file(&stale_path)
+                    .map_err(io_err(format!("removing {}", stale_path.display())))?;
                 report.stale_files_removed += 1;
             }
             if !stale.is_empty() {
-                fs.sync_dir(dir).map_err(io_err(format!("syncing {}", dir.display())))?;
+                fs.sync_dir(dir)
+                    .map_err(io_err(format!("syncing {}", dir.display())))?;
             }
-            let tail = Arc::new(Segment { base: tail_base, path, file, first_seq: header.first_seq, footer: None });
+            let tail = Arc::new(Segment {
+                base: tail_base,
+                path,
+                file,
+                first_seq: header.first_seq,
+                footer: None,
+            });
             segments.push(tail.clone());
-            manifest.push(ManifestEntry { base_position: tail_base, file_len: 0 });
+            manifest.push(ManifestEntry {
+                base_position: tail_base,
+                file_len: 0,
+            });
             let next_position = tail_base + scan.records_len;
             report.segments = segments.len();
             let reader = Arc::new(LogReader {
@@ -465,9 +614,19 @@ impl LogWriter {
         }
     }
 
-    fn create(fs: Arc<dyn FileSystem>, dir: &Path, config: &EngineConfig) -> Result<(LogWriter, Arc<LogReader>, RecoveryReport)> {
+    fn create(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        config: &EngineConfig,
+    ) -> Result<(LogWriter, Arc<LogReader>, RecoveryReport)> {
         let (path, file) = create_segment(fs.as_ref(), dir, 0, 1)?;
-        let tail = Arc::new(Segment { base: 0, path, file, first_seq: 1, footer: None });
+        let tail = Arc::new(Segment {
+            base: 0,
+            path,
+            file,
+            first_seq: 1,
+            footer: None,
+        });
         let reader = Arc::new(LogReader {
             segments: RwLock::new(vec![tail.clone()]),
             end: AtomicU64::new(0),
@@ -485,12 +644,22 @@ impl LogWriter {
             tail_records: 0,
             tail_crc: crc32fast::Hasher::new(),
             next_seq: 1,
-            manifest: vec![ManifestEntry { base_position: 0, file_len: 0 }],
+            manifest: vec![ManifestEntry {
+                base_position: 0,
+                file_len: 0,
+            }],
             reader: reader.clone(),
             poisoned: None,
         };
         writer.write_manifest()?;
-        Ok((writer, reader, RecoveryReport { segments: 1, ..RecoveryReport::default() }))
+        Ok((
+            writer,
+            reader,
+            RecoveryReport {
+                segments: 1,
+                ..RecoveryReport::default()
+            },
+        ))
     }
 
     /// Position the next record will get.
@@ -505,7 +674,8 @@ impl LogWriter {
 
     /// Bytes that still fit in the tail segment before it must roll.
     pub fn room(&self) -> u64 {
-        self.segment_bytes_max.saturating_sub(self.tail_len + SEGMENT_FOOTER_BYTES)
+        self.segment_bytes_max
+            .saturating_sub(self.tail_len + SEGMENT_FOOTER_BYTES)
     }
 
     /// Why the writer stopped, if it did.
@@ -530,19 +700,27 @@ impl LogWriter {
     /// group is durable when this returns `Ok`, or nothing of it counts.
     pub fn write_group(&mut self, buf: &[u8], records: u64) -> Result<()> {
         self.check_poison()?;
-        debug_assert!(self.tail_len + buf.len() as u64 + SEGMENT_FOOTER_BYTES <= self.segment_bytes_max);
+        debug_assert!(
+            self.tail_len + buf.len() as u64 + SEGMENT_FOOTER_BYTES <= self.segment_bytes_max
+        );
         let offset = self.tail_len;
         if let Err(e) = self.tail.file.write_all_at(buf, offset) {
             // Cut off whatever part did land so the next group starts on a record boundary.
             if let Err(undo) = self.tail.file.set_len(offset) {
                 return Err(self.poison(format!("could not undo a failed write: {undo}")));
             }
-            return Err(Error::io(format!("writing {}", self.tail.path.display()), e));
+            return Err(Error::io(
+                format!("writing {}", self.tail.path.display()),
+                e,
+            ));
         }
         if let Err(e) = self.tail.file.sync_data() {
             // After a failed fdatasync the kernel may have dropped the dirty pages: the state of
             // the file is unknown until it is recovered from disk.
-            return Err(self.poison(format!("fdatasync of {} failed: {e}", self.tail.path.display())));
+            return Err(self.poison(format!(
+                "fdatasync of {} failed: {e}",
+                self.tail.path.display()
+            )));
         }
         self.tail_len += buf.len() as u64;
         self.tail_records += records;
@@ -570,18 +748,40 @@ impl LogWriter {
             records_crc: self.tail_crc.clone().finalize(),
         };
         let path = self.tail.path.clone();
-        self.tail.file.write_all_at(&footer.encode(), self.tail_len).map_err(io_err(format!("writing footer of {}", path.display())))?;
-        self.tail.file.sync_data().map_err(io_err(format!("syncing {}", path.display())))?;
+        self.tail
+            .file
+            .write_all_at(&footer.encode(), self.tail_len)
+            .map_err(io_err(format!("writing footer of {}", path.display())))?;
+        self.tail
+            .file
+            .sync_data()
+            .map_err(io_err(format!("syncing {}", path.display())))?;
         let file_len = self.tail_len + SEGMENT_FOOTER_BYTES;
         let new_base = self.tail.base + file_len;
-        let (new_path, new_file) = create_segment(self.fs.as_ref(), &self.dir, new_base, self.next_seq)?;
-        let sealed = Arc::new(Segment { base: self.tail.base, path, file: self.tail.file.clone(), first_seq, footer: Some(footer) });
+        let (new_path, new_file) =
+            create_segment(self.fs.as_ref(), &self.dir, new_base, self.next_seq)?;
+        let sealed = Arc::new(Segment {
+            base: self.tail.base,
+            path,
+            file: self.tail.file.clone(),
+            first_seq,
+            footer: Some(footer),
+        });
         if let Some(last) = self.manifest.last_mut() {
             last.file_len = file_len;
         }
-        self.manifest.push(ManifestEntry { base_position: new_base, file_len: 0 });
+        self.manifest.push(ManifestEntry {
+            base_position: new_base,
+            file_len: 0,
+        });
         self.write_manifest()?;
-        let tail = Arc::new(Segment { base: new_base, path: new_path, file: new_file, first_seq: self.next_seq, footer: None });
+        let tail = Arc::new(Segment {
+            base: new_base,
+            path: new_path,
+            file: new_file,
+            first_seq: self.next_seq,
+            footer: None,
+        });
         {
             let mut segments = write_lock(&self.reader.segments);
             if let Some(last) = segments.last_mut() {
@@ -612,10 +812,15 @@ impl LogWriter {
             return Ok(());
         }
         let segments = self.reader.segments();
-        let i = segments.partition_point(|s| s.base <= position).saturating_sub(1);
+        let i = segments
+            .partition_point(|s| s.base <= position)
+            .saturating_sub(1);
         let segment = segments[i].clone();
         if position < segment.records_start() {
-            return Err(Error::invalid("position", format!("{position} is not a record position")));
+            return Err(Error::invalid(
+                "position",
+                format!("{position} is not a record position"),
+            ));
         }
         let offset = position - segment.base;
         if i + 1 < segments.len() {
@@ -627,17 +832,40 @@ impl LogWriter {
             }
             self.write_manifest()?;
         }
-        segment.file.set_len(offset).map_err(io_err(format!("truncating {}", segment.path.display())))?;
-        segment.file.sync_data().map_err(io_err(format!("syncing {}", segment.path.display())))?;
+        segment
+            .file
+            .set_len(offset)
+            .map_err(io_err(format!("truncating {}", segment.path.display())))?;
+        segment
+            .file
+            .sync_data()
+            .map_err(io_err(format!("syncing {}", segment.path.display())))?;
         for later in &segments[i + 1..] {
-            self.fs.remove_file(&later.path).map_err(io_err(format!("removing {}", later.path.display())))?;
+            self.fs
+                .remove_file(&later.path)
+                .map_err(io_err(format!("removing {}", later.path.display())))?;
         }
         if i + 1 < segments.len() {
-            self.fs.sync_dir(&self.dir).map_err(io_err(format!("syncing {}", self.dir.display())))?;
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(io_err(format!("syncing {}", self.dir.display())))?;
         }
         let (_, buf) = read_whole(self.fs.as_ref(), &segment.path)?;
-        let scan = scan_segment(&buf, &segment.path, segment.base, segment.first_seq, self.record_len_max, TailRecovery::Refuse)?;
-        let tail = Arc::new(Segment { base: segment.base, path: segment.path.clone(), file: segment.file.clone(), first_seq: segment.first_seq, footer: None });
+        let scan = scan_segment(
+            &buf,
+            &segment.path,
+            segment.base,
+            segment.first_seq,
+            self.record_len_max,
+            TailRecovery::Refuse,
+        )?;
+        let tail = Arc::new(Segment {
+            base: segment.base,
+            path: segment.path.clone(),
+            file: segment.file.clone(),
+            first_seq: segment.first_seq,
+            footer: None,
+        });
         {
             let mut shared = write_lock(&self.reader.segments);
             shared.truncate(i);
@@ -654,60 +882,148 @@ impl LogWriter {
     fn write_manifest(&self) -> Result<()> {
         let tmp = self.dir.join(format!("{MANIFEST_NAME}.tmp"));
         let path = self.dir.join(MANIFEST_NAME);
-        let file = self.fs.open(&tmp, OpenMode::CreateTruncate).map_err(io_err(format!("creating {}", tmp.display())))?;
-        file.write_all_at(&encode_manifest(&self.manifest), 0).map_err(io_err(format!("writing {}", tmp.display())))?;
-        file.sync_data().map_err(io_err(format!("syncing {}", tmp.display())))?;
-        self.fs.rename(&tmp, &path).map_err(io_err(format!("renaming {}", tmp.display())))?;
-        self.fs.sync_dir(&self.dir).map_err(io_err(format!("syncing {}", self.dir.display())))
+        let file = self
+            .fs
+            .open(&tmp, OpenMode::CreateTruncate)
+            .map_err(io_err(format!("creating {}", tmp.display())))?;
+        file.write_all_at(&encode_manifest(&self.manifest), 0)
+            .map_err(io_err(format!("writing {}", tmp.display())))?;
+        file.sync_data()
+            .map_err(io_err(format!("syncing {}", tmp.display())))?;
+        self.fs
+            .rename(&tmp, &path)
+            .map_err(io_err(format!("renaming {}", tmp.display())))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(io_err(format!("syncing {}", self.dir.display())))
     }
 }
 
-fn create_segment(fs: &dyn FileSystem, dir: &Path, base: Position, first_seq: u64) -> Result<(PathBuf, Arc<dyn FileHandle>)> {
+fn create_segment(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    base: Position,
+    first_seq: u64,
+) -> Result<(PathBuf, Arc<dyn FileHandle>)> {
     let path = segment_path(dir, base);
-    let file = fs.open(&path, OpenMode::CreateTruncate).map_err(io_err(format!("creating {}", path.display())))?;
-    let header = SegmentHeader { base_position: base, first_seq }.encode();
-    file.write_all_at(&header, 0).map_err(io_err(format!("writing {}", path.display())))?;
-    file.sync_data().map_err(io_err(format!("syncing {}", path.display())))?;
-    fs.sync_dir(dir).map_err(io_err(format!("syncing {}", dir.display())))?;
+    let file = fs
+        .open(&path, OpenMode::CreateTruncate)
+        .map_err(io_err(format!("creating {}", path.display())))?;
+    let header = SegmentHeader {
+        base_position: base,
+        first_seq,
+    }
+    .encode();
+    file.write_all_at(&header, 0)
+        .map_err(io_err(format!("writing {}", path.display())))?;
+    file.sync_data()
+        .map_err(io_err(format!("syncing {}", path.display())))?;
+    fs.sync_dir(dir)
+        .map_err(io_err(format!("syncing {}", dir.display())))?;
     Ok((path, file))
 }
 
-fn open_sealed(fs: &dyn FileSystem, dir: &Path, entry: ManifestEntry, expected_base: Position, expected_seq: Option<u64>) -> Result<Segment> {
+fn open_sealed(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    entry: ManifestEntry,
+    expected_base: Position,
+    expected_seq: Option<u64>,
+) -> Result<Segment> {
     let path = segment_path(dir, entry.base_position);
     if entry.base_position != expected_base {
-        return Err(Error::corruption(dir.join(MANIFEST_NAME), 0, format!("segment {} does not follow the previous one", path.display())));
+        return Err(Error::corruption(
+            dir.join(MANIFEST_NAME),
+            0,
+            format!(
+                "segment {} does not follow the previous one",
+                path.display()
+            ),
+        ));
     }
-    let file = fs.open(&path, OpenMode::Read).map_err(io_err(format!("opening sealed segment {}", path.display())))?;
-    let len = file.len().map_err(io_err(format!("sizing {}", path.display())))?;
+    let file = fs
+        .open(&path, OpenMode::Read)
+        .map_err(io_err(format!("opening sealed segment {}", path.display())))?;
+    let len = file
+        .len()
+        .map_err(io_err(format!("sizing {}", path.display())))?;
     if len != entry.file_len || len < SEGMENT_HEADER_BYTES + SEGMENT_FOOTER_BYTES {
-        return Err(Error::corruption(&path, len, format!("sealed segment is {len} bytes, manifest says {}", entry.file_len)));
+        return Err(Error::corruption(
+            &path,
+            len,
+            format!(
+                "sealed segment is {len} bytes, manifest says {}",
+                entry.file_len
+            ),
+        ));
     }
     let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
-    read_exact_at(file.as_ref(), &mut header, 0).map_err(io_err(format!("reading {}", path.display())))?;
+    read_exact_at(file.as_ref(), &mut header, 0)
+        .map_err(io_err(format!("reading {}", path.display())))?;
     let header = SegmentHeader::decode(&header, &path)?;
     let mut footer = [0u8; SEGMENT_FOOTER_BYTES as usize];
     let footer_at = len - SEGMENT_FOOTER_BYTES;
-    read_exact_at(file.as_ref(), &mut footer, footer_at).map_err(io_err(format!("reading {}", path.display())))?;
+    read_exact_at(file.as_ref(), &mut footer, footer_at)
+        .map_err(io_err(format!("reading {}", path.display())))?;
     let footer = Footer::decode(&footer, &path, footer_at)?;
-    if header.base_position != entry.base_position || footer.records_end != entry.base_position + footer_at || footer.first_seq != header.first_seq {
-        return Err(Error::corruption(&path, footer_at, "segment header and footer disagree"));
+    if header.base_position != entry.base_position
+        || footer.records_end != entry.base_position + footer_at
+        || footer.first_seq != header.first_seq
+    {
+        return Err(Error::corruption(
+            &path,
+            footer_at,
+            "segment header and footer disagree",
+        ));
     }
     if expected_seq.is_some_and(|s| s != header.first_seq) {
-        return Err(Error::corruption(&path, 0, "segment's first sequence number does not continue the log"));
+        return Err(Error::corruption(
+            &path,
+            0,
+            "segment's first sequence number does not continue the log",
+        ));
     }
-    Ok(Segment { base: entry.base_position, path, file, first_seq: header.first_seq, footer: Some(footer) })
+    Ok(Segment {
+        base: entry.base_position,
+        path,
+        file,
+        first_seq: header.first_seq,
+        footer: Some(footer),
+    })
 }
 
 /// Scans a segment's bytes for `verify`: every record, the footer's agreement with them.
-pub(crate) fn verify_segment_bytes(buf: &[u8], path: &Path, base: Position, first_seq: u64, sealed: bool, record_len_max: usize) -> Result<(u64, Option<u64>)> {
-    let scan = scan_segment(buf, path, base, first_seq, record_len_max, TailRecovery::TruncateTorn)?;
+pub(crate) fn verify_segment_bytes(
+    buf: &[u8],
+    path: &Path,
+    base: Position,
+    first_seq: u64,
+    sealed: bool,
+    record_len_max: usize,
+) -> Result<(u64, Option<u64>)> {
+    let scan = scan_segment(
+        buf,
+        path,
+        base,
+        first_seq,
+        record_len_max,
+        TailRecovery::TruncateTorn,
+    )?;
     if sealed {
         let Some(footer) = scan.footer else {
             let at = scan.torn_at.unwrap_or(scan.records_len);
-            return Err(Error::corruption(path, at, "sealed segment's records or footer are damaged"));
+            return Err(Error::corruption(
+                path,
+                at,
+                "sealed segment's records or footer are damaged",
+            ));
         };
         if footer.records_crc != scan.crc.finalize() {
-            return Err(Error::corruption(path, scan.records_len, "footer's records checksum does not match the records"));
+            return Err(Error::corruption(
+                path,
+                scan.records_len,
+                "footer's records checksum does not match the records",
+            ));
         }
     } else if scan.footer.is_some() {
         return Ok((scan.record_count, None));

@@ -33,7 +33,13 @@ pub struct Reader {
 impl Reader {
     /// Reads up to `limit` events of `stream` starting at version `from` (inclusive). `None`
     /// starts at the first version forwards, or the last one backwards.
-    pub fn read_stream(&self, stream: &str, from: Option<u64>, direction: Direction, limit: usize) -> Result<Vec<RecordedEvent>> {
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
         validate_stream_name("stream", stream, &self.limits)?;
         if limit > self.limits.read_events_max {
             return Err(Error::LimitExceeded {
@@ -54,7 +60,10 @@ impl Reader {
             if event.stream != stream || event.version != version {
                 return Err(self.log.corruption_at(
                     slot.position,
-                    format!("index says {stream}@{version}, log holds {}@{}", event.stream, event.version),
+                    format!(
+                        "index says {stream}@{version}, log holds {}@{}",
+                        event.stream, event.version
+                    ),
                 ));
             }
             events.push(event);
@@ -74,15 +83,29 @@ impl Reader {
         }
         let end = self.log.end();
         if from != 0 && from != end && !self.is_record_position(from)? {
-            return Err(Error::invalid("position", format!("{from} is not the position of a record in this log")));
+            return Err(Error::invalid(
+                "position",
+                format!("{from} is not the position of a record in this log"),
+            ));
         }
-        let (raw, next) = self.log.scan(from, end, limit, self.limits.read_bytes_max)?;
+        let (raw, next) = self
+            .log
+            .scan(from, end, limit, self.limits.read_bytes_max)?;
         let mut records = Vec::with_capacity(raw.len());
         for r in raw {
             let events = r.events(&self.log)?;
-            records.push(Record { position: r.header.position, seq: r.header.seq, timestamp_us: r.header.timestamp_us, events });
+            records.push(Record {
+                position: r.header.position,
+                seq: r.header.seq,
+                timestamp_us: r.header.timestamp_us,
+                events,
+            });
         }
-        let next = if from == 0 && records.is_empty() { next.max(from) } else { next };
+        let next = if from == 0 && records.is_empty() {
+            next.max(from)
+        } else {
+            next
+        };
         Ok(ReadAllBatch { records, next })
     }
 
@@ -94,14 +117,22 @@ impl Reader {
     /// The last version of a stream, or `None` if it has no events.
     pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
         validate_stream_name("stream", stream, &self.limits)?;
-        Ok(self.index.stream_head(stream)?.filter(|(_, p)| *p < self.log.end()).map(|(v, _)| v))
+        Ok(self
+            .index
+            .stream_head(stream)?
+            .filter(|(_, p)| *p < self.log.end())
+            .map(|(v, _)| v))
     }
 
     /// The committed event with this id, if any.
     pub fn event_by_id(&self, id: Uuid) -> Result<Option<RecordedEvent>> {
-        let Some(entry) = self.index.event_by_id(id)? else { return Ok(None) };
+        let Some(entry) = self.index.event_by_id(id)? else {
+            return Ok(None);
+        };
         let Some(slot) = self.index.stream_slot(&entry.stream, entry.version)? else {
-            return Err(Error::Index(format!("event {id} has an id entry but no stream entry")));
+            return Err(Error::Index(format!(
+                "event {id} has an id entry but no stream entry"
+            )));
         };
         if slot.position >= self.log.end() {
             return Ok(None);
@@ -111,7 +142,10 @@ impl Reader {
 
     /// Position of the first record whose timestamp is at or after `timestamp_us`.
     pub fn position_at_or_after(&self, timestamp_us: u64) -> Result<Option<Position>> {
-        Ok(self.index.first_position_at_or_after(timestamp_us)?.filter(|p| *p < self.log.end()))
+        Ok(self
+            .index
+            .first_position_at_or_after(timestamp_us)?
+            .filter(|p| *p < self.log.end()))
     }
 
     /// The end of the log as readers see it: every record before it is durable.

@@ -67,11 +67,19 @@ impl SegmentHeader {
             return Err(Error::corruption(path, 0, "not a segment file (bad magic)"));
         }
         if crc32fast::hash(&b[0..32]) != u32_at(b, 32) {
-            return Err(Error::corruption(path, 0, "segment header checksum mismatch"));
+            return Err(Error::corruption(
+                path,
+                0,
+                "segment header checksum mismatch",
+            ));
         }
         let version = u32_at(b, 24);
         if version != FORMAT_VERSION {
-            return Err(Error::corruption(path, 24, format!("unknown segment format version {version}")));
+            return Err(Error::corruption(
+                path,
+                24,
+                format!("unknown segment format version {version}"),
+            ));
         }
         Ok(SegmentHeader {
             base_position: u64_at(b, 8),
@@ -120,10 +128,18 @@ impl Footer {
     /// Parses and checks a footer found at `offset` of `path`.
     pub fn decode(b: &[u8], path: &Path, offset: u64) -> Result<Footer> {
         if b.len() < SEGMENT_FOOTER_BYTES as usize || !Footer::looks_like_footer(b) {
-            return Err(Error::corruption(path, offset, "segment footer missing or incomplete"));
+            return Err(Error::corruption(
+                path,
+                offset,
+                "segment footer missing or incomplete",
+            ));
         }
         if crc32fast::hash(&b[0..52]) != u32_at(b, 52) {
-            return Err(Error::corruption(path, offset, "segment footer checksum mismatch"));
+            return Err(Error::corruption(
+                path,
+                offset,
+                "segment footer checksum mismatch",
+            ));
         }
         Ok(Footer {
             record_count: u64_at(b, 8),
@@ -176,15 +192,27 @@ pub fn encode_manifest(entries: &[ManifestEntry]) -> Vec<u8> {
 /// Decodes and checks a manifest.
 pub fn decode_manifest(b: &[u8], path: &Path) -> Result<Vec<ManifestEntry>> {
     if b.len() < 20 || &b[0..8] != MANIFEST_MAGIC {
-        return Err(Error::corruption(path, 0, "not a manifest (bad magic or too short)"));
+        return Err(Error::corruption(
+            path,
+            0,
+            "not a manifest (bad magic or too short)",
+        ));
     }
     let count = u32_at(b, 8) as usize;
     if count > MANIFEST_SEGMENTS_MAX || b.len() != 16 + count * 16 + 4 {
-        return Err(Error::corruption(path, 8, "manifest length does not match its segment count"));
+        return Err(Error::corruption(
+            path,
+            8,
+            "manifest length does not match its segment count",
+        ));
     }
     let body = b.len() - 4;
     if crc32fast::hash(&b[..body]) != u32_at(b, body) {
-        return Err(Error::corruption(path, body as u64, "manifest checksum mismatch"));
+        return Err(Error::corruption(
+            path,
+            body as u64,
+            "manifest checksum mismatch",
+        ));
     }
     Ok((0..count)
         .map(|i| ManifestEntry {
@@ -206,15 +234,36 @@ mod tests {
     #[test]
     fn header_footer_manifest_round_trip() {
         let p = Path::new("x");
-        let h = SegmentHeader { base_position: 123, first_seq: 9 };
+        let h = SegmentHeader {
+            base_position: 123,
+            first_seq: 9,
+        };
         assert_eq!(SegmentHeader::decode(&h.encode(), p).unwrap(), h);
-        let f = Footer { record_count: 3, first_seq: 9, last_seq: 11, records_end: 500, records_crc: 77 };
+        let f = Footer {
+            record_count: 3,
+            first_seq: 9,
+            last_seq: 11,
+            records_end: 500,
+            records_crc: 77,
+        };
         assert_eq!(Footer::decode(&f.encode(), p, 0).unwrap(), f);
-        let m = vec![ManifestEntry { base_position: 0, file_len: 900 }, ManifestEntry { base_position: 900, file_len: 0 }];
+        let m = vec![
+            ManifestEntry {
+                base_position: 0,
+                file_len: 900,
+            },
+            ManifestEntry {
+                base_position: 900,
+                file_len: 0,
+            },
+        ];
         assert_eq!(decode_manifest(&encode_manifest(&m), p).unwrap(), m);
         let mut bad = encode_manifest(&m);
         bad[17] ^= 1;
-        assert!(matches!(decode_manifest(&bad, p), Err(Error::Corruption { .. })));
+        assert!(matches!(
+            decode_manifest(&bad, p),
+            Err(Error::Corruption { .. })
+        ));
     }
 
     #[test]

@@ -67,11 +67,16 @@ struct SimFile {
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic while holding this lock is a bug in a test; keep going with the data as is.
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not found", path.display()),
+    )
 }
 
 impl SimFs {
@@ -118,7 +123,8 @@ impl SimFs {
             };
             if let Some(file) = state.files.get_mut(&id) {
                 let durable_len = file.durable.len();
-                file.durable.extend_from_slice(&file.current[durable_len..durable_len + keep].to_vec());
+                file.durable
+                    .extend_from_slice(&file.current[durable_len..durable_len + keep].to_vec());
                 file.current = file.durable.clone();
             }
         }
@@ -131,7 +137,10 @@ impl SimFs {
         let file = state.files.get_mut(&id).ok_or_else(|| not_found(path))?;
         let offset = offset as usize;
         if offset >= file.current.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "offset past end"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "offset past end",
+            ));
         }
         file.current[offset] ^= 1 << (bit % 8);
         if offset < file.durable.len() {
@@ -166,7 +175,10 @@ impl SimFs {
 impl FileHandle for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let state = lock(&self.state);
-        let file = state.files.get(&self.id).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let file = state
+            .files
+            .get(&self.id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let offset = offset as usize;
         if offset >= file.current.len() {
             return Ok(0);
@@ -178,7 +190,10 @@ impl FileHandle for SimFile {
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if !self.writable {
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "opened read-only"));
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ));
         }
         let mut state = lock(&self.state);
         let end = offset as usize + buf.len();
@@ -190,7 +205,10 @@ impl FileHandle for SimFile {
                 }
             }
         }
-        let file = state.files.get_mut(&self.id).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let file = state
+            .files
+            .get_mut(&self.id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         if end > file.current.len() {
             file.current.resize(end, 0);
         }
@@ -204,19 +222,28 @@ impl FileHandle for SimFile {
             state.syncs_to_fail -= 1;
             return Err(io::Error::other("injected fsync failure (EIO)"));
         }
-        let file = state.files.get_mut(&self.id).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let file = state
+            .files
+            .get_mut(&self.id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         file.durable = file.current.clone();
         Ok(())
     }
 
     fn len(&self) -> io::Result<u64> {
         let state = lock(&self.state);
-        Ok(state.files.get(&self.id).map_or(0, |f| f.current.len() as u64))
+        Ok(state
+            .files
+            .get(&self.id)
+            .map_or(0, |f| f.current.len() as u64))
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut state = lock(&self.state);
-        let file = state.files.get_mut(&self.id).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let file = state
+            .files
+            .get_mut(&self.id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         file.current.resize(len as usize, 0);
         Ok(())
     }
@@ -276,7 +303,11 @@ impl FileSystem for SimFs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut state = lock(&self.state);
-        state.names.remove(path).map(|_| ()).ok_or_else(|| not_found(path))
+        state
+            .names
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| not_found(path))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -4,7 +4,20 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Buckets of the fsync latency histogram: upper bounds in microseconds (last is +inf).
-pub const FSYNC_BUCKETS_US: [u64; 12] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, u64::MAX];
+pub const FSYNC_BUCKETS_US: [u64; 12] = [
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    u64::MAX,
+];
 
 /// Engine counters.
 #[derive(Debug, Default)]
@@ -34,7 +47,10 @@ impl Stats {
         self.groups.fetch_add(1, Ordering::Relaxed);
         self.sync_ns_total.fetch_add(ns, Ordering::Relaxed);
         let us = ns / 1000;
-        let bucket = FSYNC_BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(FSYNC_BUCKETS_US.len() - 1);
+        let bucket = FSYNC_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(FSYNC_BUCKETS_US.len() - 1);
         self.sync_buckets[bucket].fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -21,10 +21,16 @@ pub fn validate_stream_name(field: &str, stream: &str, limits: &Limits) -> Resul
         });
     }
     if let Some((at, c)) = stream.char_indices().find(|(_, c)| c.is_control()) {
-        return Err(Error::invalid(field, format!("control character U+{:04X} at byte {at}", c as u32)));
+        return Err(Error::invalid(
+            field,
+            format!("control character U+{:04X} at byte {at}", c as u32),
+        ));
     }
     if stream.starts_with('$') {
-        return Err(Error::invalid(field, "names starting with '$' are reserved for the system"));
+        return Err(Error::invalid(
+            field,
+            "names starting with '$' are reserved for the system",
+        ));
     }
     Ok(())
 }
@@ -32,7 +38,10 @@ pub fn validate_stream_name(field: &str, stream: &str, limits: &Limits) -> Resul
 /// Checks a whole append request; returns the size of the record it encodes to.
 pub fn validate_request(request: &AppendRequest, limits: &Limits) -> Result<usize> {
     if request.streams.is_empty() {
-        return Err(Error::invalid("streams", "an append needs at least one stream"));
+        return Err(Error::invalid(
+            "streams",
+            "an append needs at least one stream",
+        ));
     }
     if request.streams.len() > limits.batch_streams_max {
         return Err(Error::LimitExceeded {
@@ -55,10 +64,16 @@ pub fn validate_request(request: &AppendRequest, limits: &Limits) -> Result<usiz
     for (i, part) in request.streams.iter().enumerate() {
         validate_stream_name(&format!("streams[{i}].stream"), &part.stream, limits)?;
         if !streams.insert(part.stream.as_str()) {
-            return Err(Error::invalid(format!("streams[{i}].stream"), format!("stream `{}` appears twice in one append", part.stream)));
+            return Err(Error::invalid(
+                format!("streams[{i}].stream"),
+                format!("stream `{}` appears twice in one append", part.stream),
+            ));
         }
         if part.events.is_empty() {
-            return Err(Error::invalid(format!("streams[{i}].events"), "at least one event per stream"));
+            return Err(Error::invalid(
+                format!("streams[{i}].events"),
+                "at least one event per stream",
+            ));
         }
         for (j, e) in part.events.iter().enumerate() {
             let field = |name: &str| format!("streams[{i}].events[{j}].{name}");
@@ -66,7 +81,10 @@ pub fn validate_request(request: &AppendRequest, limits: &Limits) -> Result<usiz
                 return Err(Error::invalid(field("id"), "must not be the nil UUID"));
             }
             if !ids.insert(e.id) {
-                return Err(Error::invalid(field("id"), format!("event id {} appears twice in one append", e.id)));
+                return Err(Error::invalid(
+                    field("id"),
+                    format!("event id {} appears twice in one append", e.id),
+                ));
             }
             if e.event_type.is_empty() {
                 return Err(Error::invalid(field("type"), "must not be empty"));
@@ -79,7 +97,10 @@ pub fn validate_request(request: &AppendRequest, limits: &Limits) -> Result<usiz
                 });
             }
             if e.event_type.chars().any(char::is_control) {
-                return Err(Error::invalid(field("type"), "contains a control character"));
+                return Err(Error::invalid(
+                    field("type"),
+                    "contains a control character",
+                ));
             }
             let size = part.stream.len() + e.event_type.len() + e.data.len() + e.metadata.len();
             if size > limits.event_bytes_max {

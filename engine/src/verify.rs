@@ -55,20 +55,36 @@ impl VerifyReport {
 }
 
 /// Verifies the log of the store in `dir` (the directory given to `Store::open`).
-pub fn verify(fs: &dyn FileSystem, dir: &Path, config: &EngineConfig, mut progress: impl FnMut(VerifyProgress)) -> Result<VerifyReport> {
+pub fn verify(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    config: &EngineConfig,
+    mut progress: impl FnMut(VerifyProgress),
+) -> Result<VerifyReport> {
     let log_dir = dir.join("log");
     let manifest_path = log_dir.join(MANIFEST_NAME);
-    let manifest_file = fs.open(&manifest_path, OpenMode::Read).map_err(|e| Error::io(format!("opening {}", manifest_path.display()), e))?;
-    let len = manifest_file.len().map_err(|e| Error::io("sizing the manifest", e))?;
+    let manifest_file = fs
+        .open(&manifest_path, OpenMode::Read)
+        .map_err(|e| Error::io(format!("opening {}", manifest_path.display()), e))?;
+    let len = manifest_file
+        .len()
+        .map_err(|e| Error::io("sizing the manifest", e))?;
     let mut bytes = vec![0u8; len as usize];
-    read_exact_at(manifest_file.as_ref(), &mut bytes, 0).map_err(|e| Error::io("reading the manifest", e))?;
+    read_exact_at(manifest_file.as_ref(), &mut bytes, 0)
+        .map_err(|e| Error::io("reading the manifest", e))?;
     let entries = decode_manifest(&bytes, &manifest_path)?;
     let mut report = VerifyReport::default();
     let mut next_seq = None;
     for (i, entry) in entries.iter().enumerate() {
         let sealed = i + 1 < entries.len();
         let path = segment_path(&log_dir, entry.base_position);
-        let mut note = |offset: u64, reason: String| report.corruption.push(Problem { file: path.clone(), offset, reason });
+        let mut note = |offset: u64, reason: String| {
+            report.corruption.push(Problem {
+                file: path.clone(),
+                offset,
+                reason,
+            })
+        };
         let file = match fs.open(&path, OpenMode::Read) {
             Ok(f) => f,
             Err(e) => {
@@ -76,23 +92,52 @@ pub fn verify(fs: &dyn FileSystem, dir: &Path, config: &EngineConfig, mut progre
                 continue;
             }
         };
-        let len = file.len().map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
+        let len = file
+            .len()
+            .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
         let mut buf = vec![0u8; len as usize];
-        read_exact_at(file.as_ref(), &mut buf, 0).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        read_exact_at(file.as_ref(), &mut buf, 0)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         report.segments += 1;
         report.bytes += len;
         match SegmentHeader::decode(&buf, &path) {
             Err(Error::Corruption { offset, reason, .. }) => note(offset, reason),
             Err(e) => return Err(e),
-            Ok(header) if header.base_position != entry.base_position => note(0, "header's base position does not match the file name".into()),
-            Ok(header) if next_seq.is_some_and(|s| s != header.first_seq) => note(0, "first sequence number does not continue the previous segment".into()),
-            Ok(_) if sealed && len != entry.file_len => note(len, format!("sealed segment is {len} bytes, manifest says {}", entry.file_len)),
-            Ok(header) => match verify_segment_bytes(&buf, &path, entry.base_position, header.first_seq, sealed, config.limits.batch_bytes_max) {
+            Ok(header) if header.base_position != entry.base_position => note(
+                0,
+                "header's base position does not match the file name".into(),
+            ),
+            Ok(header) if next_seq.is_some_and(|s| s != header.first_seq) => note(
+                0,
+                "first sequence number does not continue the previous segment".into(),
+            ),
+            Ok(_) if sealed && len != entry.file_len => note(
+                len,
+                format!(
+                    "sealed segment is {len} bytes, manifest says {}",
+                    entry.file_len
+                ),
+            ),
+            Ok(header) => match verify_segment_bytes(
+                &buf,
+                &path,
+                entry.base_position,
+                header.first_seq,
+                sealed,
+                config.limits.batch_bytes_max,
+            ) {
                 Ok((records, torn)) => {
                     report.records += records;
                     next_seq = Some(header.first_seq + records);
                     if let Some(offset) = torn {
-                        report.torn_tail = Some(Problem { file: path.clone(), offset, reason: format!("torn tail of {} bytes (open truncates it)", len - offset) });
+                        report.torn_tail = Some(Problem {
+                            file: path.clone(),
+                            offset,
+                            reason: format!(
+                                "torn tail of {} bytes (open truncates it)",
+                                len - offset
+                            ),
+                        });
                     }
                 }
                 Err(Error::Corruption { offset, reason, .. }) => note(offset, reason),
@@ -102,7 +147,11 @@ pub fn verify(fs: &dyn FileSystem, dir: &Path, config: &EngineConfig, mut progre
         if len < SEGMENT_HEADER_BYTES {
             continue;
         }
-        progress(VerifyProgress { segments_done: i + 1, segments_total: entries.len(), bytes_done: report.bytes });
+        progress(VerifyProgress {
+            segments_done: i + 1,
+            segments_total: entries.len(),
+            bytes_done: report.bytes,
+        });
     }
     Ok(report)
 }
