@@ -832,13 +832,17 @@ impl LogWriter {
             }
             self.write_manifest()?;
         }
-        segment
-            .file
-            .set_len(offset)
+        // A sealed segment was opened read-only; as the tail it needs a writable handle.
+        let file = match segment.footer {
+            Some(_) => self
+                .fs
+                .open(&segment.path, OpenMode::ReadWrite)
+                .map_err(io_err(format!("opening {}", segment.path.display())))?,
+            None => segment.file.clone(),
+        };
+        file.set_len(offset)
             .map_err(io_err(format!("truncating {}", segment.path.display())))?;
-        segment
-            .file
-            .sync_data()
+        file.sync_data()
             .map_err(io_err(format!("syncing {}", segment.path.display())))?;
         for later in &segments[i + 1..] {
             self.fs
@@ -862,7 +866,7 @@ impl LogWriter {
         let tail = Arc::new(Segment {
             base: segment.base,
             path: segment.path.clone(),
-            file: segment.file.clone(),
+            file,
             first_seq: segment.first_seq,
             footer: None,
         });

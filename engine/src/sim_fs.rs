@@ -166,6 +166,11 @@ impl SimFs {
         Ok(state.files.get(id).map_or(0, |f| f.current.len() as u64))
     }
 
+    /// Total bytes of all files' current contents (what the space limit counts).
+    pub fn used_bytes(&self) -> u64 {
+        lock(&self.state).used_bytes()
+    }
+
     /// Number of simulated crashes so far.
     pub fn crashes(&self) -> u64 {
         lock(&self.state).crashes
@@ -239,6 +244,12 @@ impl FileHandle for SimFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened read-only",
+            ));
+        }
         let mut state = lock(&self.state);
         let file = state
             .files
