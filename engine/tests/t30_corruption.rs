@@ -1,0 +1,247 @@
+//! Corruption on real files: a flipped bit in a sealed segment is found by verify and on read;
+//! one in the middle of the tail refuses open naming file and offset; a torn last record is
+//! truncated with everything before it intact.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use common::{append, event, small_config};
+use strata_engine::fs::StdFs;
+use strata_engine::verify::verify;
+use strata_engine::{
+    Direction, Engine, EngineConfig, Error, ExpectedVersion, Position, TailRecovery,
+};
+
+/// Appends `count` single-event records to stream "s"; returns their positions.
+fn fill(dir: &Path, count: u128) -> Vec<Position> {
+    let engine = Engine::open_dir(dir, small_config()).unwrap();
+    let positions = (0..count)
+        .map(|i| {
+            engine
+                .append_blocking(append(
+                    "s",
+                    ExpectedVersion::Any,
+                    vec![event(i + 1, &"d".repeat(300))],
+                ))
+                .unwrap()
+                .position
+        })
+        .collect();
+    engine.close();
+    positions
+}
+
+fn segments(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .strip_suffix(".log")
+                .map(|n| (n.parse().unwrap(), p.clone()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn flip(path: &Path, offset: u64) {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x04;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+/// The segment holding `position`, and the position's offset in it.
+fn locate(dir: &Path, position: Position) -> (PathBuf, u64) {
+    let (base, path) = segments(dir)
+        .into_iter()
+        .filter(|(b, _)| *b <= position)
+        .last()
+        .unwrap();
+    (path, position - base)
+}
+
+#[test]
+fn flipped_bit_in_sealed_segment_is_found_by_verify_and_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let positions = fill(dir.path(), 120);
+    assert!(segments(dir.path()).len() > 2);
+    // Version 3's record is in the first, sealed segment; damage its payload.
+    let (path, offset) = locate(dir.path(), positions[3]);
+    assert_eq!(path, segments(dir.path())[0].1);
+    flip(&path, offset + 120);
+    let report = verify(&StdFs, dir.path(), &small_config(), |_| {}).unwrap();
+    assert!(!report.is_clean());
+    assert_eq!(report.corruption[0].file, path);
+    assert_eq!(
+        report.corruption[0].offset, offset,
+        "verify names the damaged record"
+    );
+    // Opening does not scan sealed segments, but reading the damaged event fails loudly.
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    match engine
+        .reader()
+        .read_stream("s", Some(3), Direction::Forwards, 1)
+    {
+        Err(Error::Corruption { file, .. }) => assert_eq!(file, path),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    assert!(matches!(
+        engine.reader().read_all(0, 100),
+        Err(Error::Corruption { .. })
+    ));
+    // Undamaged events still read.
+    assert_eq!(
+        engine
+            .reader()
+            .read_stream("s", Some(100), Direction::Forwards, 5)
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+#[test]
+fn flipped_bit_mid_tail_refuses_open_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let positions = fill(dir.path(), 120);
+    let (tail_base, tail) = segments(dir.path()).pop().unwrap();
+    let in_tail: Vec<Position> = positions
+        .iter()
+        .copied()
+        .filter(|p| *p > tail_base)
+        .collect();
+    assert!(in_tail.len() >= 3, "the tail holds several records");
+    let damaged = in_tail[in_tail.len() / 2];
+    flip(&tail, damaged - tail_base + 60);
+    match Engine::open_dir(dir.path(), small_config()) {
+        Err(Error::Corruption {
+            file,
+            offset,
+            reason,
+        }) => {
+            assert_eq!(file, tail);
+            assert_eq!(offset, damaged - tail_base, "{reason}");
+        }
+        other => panic!("expected open to refuse, got {other:?}"),
+    }
+    // Nothing was changed by the refused open.
+    let report = verify(&StdFs, dir.path(), &small_config(), |_| {}).unwrap();
+    assert_eq!(report.corruption.len(), 1);
+}
+
+#[test]
+fn torn_last_record_is_truncated_and_the_rest_is_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let positions = fill(dir.path(), 50);
+    let (tail_base, tail) = segments(dir.path()).pop().unwrap();
+    let last = *positions.last().unwrap();
+    let len = std::fs::metadata(&tail).unwrap().len();
+    // Cut the last record in half, as a crash during its write would.
+    let cut = (last - tail_base) + (len - (last - tail_base)) / 2;
+    OpenOptions::new()
+        .write(true)
+        .open(&tail)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let report = verify(&StdFs, dir.path(), &small_config(), |_| {}).unwrap();
+    assert!(report.is_clean());
+    assert_eq!(report.torn_tail.as_ref().unwrap().offset, last - tail_base);
+    // Strict recovery refuses to cut anything.
+    let strict = EngineConfig {
+        tail_recovery: TailRecovery::Refuse,
+        ..small_config()
+    };
+    assert!(matches!(
+        Engine::open_dir(dir.path(), strict),
+        Err(Error::Corruption { .. })
+    ));
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    assert_eq!(
+        engine.recovery().torn_tail,
+        Some((tail.clone(), last - tail_base))
+    );
+    let events = engine
+        .reader()
+        .read_stream("s", None, Direction::Forwards, 100)
+        .unwrap();
+    assert_eq!(events.len(), 49);
+    assert!(events
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.id.as_u128() == i as u128 + 1 && e.data.len() == 300));
+    assert_eq!(std::fs::metadata(&tail).unwrap().len(), last - tail_base);
+    // Appends continue where the log now ends.
+    let r = engine
+        .append_blocking(append(
+            "s",
+            ExpectedVersion::Exact(48),
+            vec![event(999, "again")],
+        ))
+        .unwrap();
+    assert_eq!(r.position, last);
+}
+
+#[test]
+fn garbage_after_the_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 10);
+    let (_, tail) = segments(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&tail).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&tail)
+        .unwrap()
+        .write_all_at(&[0xAB; 100], len)
+        .unwrap();
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    assert_eq!(engine.recovery().torn_bytes, 100);
+    assert_eq!(engine.reader().stream_version("s").unwrap(), Some(9));
+}
+
+#[test]
+fn damaged_manifest_refuses_open() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 60);
+    flip(&dir.path().join("log/MANIFEST"), 20);
+    match Engine::open_dir(dir.path(), small_config()) {
+        Err(Error::Corruption { file, .. }) => assert!(file.ends_with("MANIFEST")),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_lost_index_is_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 80);
+    std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    let events = engine
+        .reader()
+        .read_stream("s", None, Direction::Forwards, 100)
+        .unwrap();
+    assert_eq!(events.len(), 80);
+    assert!(
+        engine
+            .append_blocking(append(
+                "s",
+                ExpectedVersion::Any,
+                vec![event(5, &"d".repeat(300))]
+            ))
+            .unwrap()
+            .deduplicated
+    );
+}
