@@ -6,7 +6,7 @@
 //! record = { len: u32 | crc: u32 | header | body }          len = |header| + |body|
 //!                                                           crc = crc32(header ++ body)
 //! header = { magic: u32 = "STRr" | kind: u8 = 1 | flags: u8 = 0 | reserved: u16 = 0 |
-//!            position: u64 | seq: u64 | group_start: u64 | timestamp_us: u64 }  (40 bytes)
+//!            position: u64 | seq: u64 | synced_end: u64 | timestamp_us: u64 }  (40 bytes)
 //! body   = { event_count: u32 | event * event_count }
 //! event  = { event_len: u32 | event_crc: u32 | stream_len: u16 | stream | version: u64 |
 //!            id: [u8; 16] | timestamp_us: u64 | type_len: u16 | type |
@@ -15,9 +15,11 @@
 //! ```
 //!
 //! `position` is the record's own position, so a read at a position that is not a record
-//! boundary is told apart from damage. `group_start` is the position of the first record of
-//! the group commit (one write + one fdatasync) that wrote this record: recovery uses it to
-//! tell a torn last write from corruption of synced data. Each event has its own CRC so a stream
+//! boundary is told apart from damage. `synced_end` is how far the log was known to be synced
+//! (fdatasync returned) when this record was written: recovery uses it to tell a torn write
+//! from corruption. Damage at P followed by an intact record whose `synced_end` is past P means
+//! P had been synced, so it is corruption; otherwise P belongs to writes still in flight at the
+//! crash, a torn tail. Each event has its own CRC so a stream
 //! read can fetch and verify one event without reading the whole record.
 
 use bytes::{Buf, Bytes};
@@ -43,8 +45,8 @@ pub struct RecordHeader {
     pub position: Position,
     /// Sequence number.
     pub seq: u64,
-    /// Position of the first record of the same group commit.
-    pub group_start: Position,
+    /// How far the log was synced when this record was written.
+    pub synced_end: Position,
     /// Timestamp of the append.
     pub timestamp_us: u64,
 }
@@ -92,7 +94,7 @@ pub fn encode_record(
     out.extend_from_slice(&[KIND_EVENTS, 0, 0, 0]);
     out.extend_from_slice(&header.position.to_le_bytes());
     out.extend_from_slice(&header.seq.to_le_bytes());
-    out.extend_from_slice(&header.group_start.to_le_bytes());
+    out.extend_from_slice(&header.synced_end.to_le_bytes());
     out.extend_from_slice(&header.timestamp_us.to_le_bytes());
     out.extend_from_slice(&(events.len() as u32).to_le_bytes());
     let mut slots = Vec::with_capacity(events.len());
@@ -174,7 +176,7 @@ pub fn read_header(frame: &[u8]) -> RecordHeader {
     RecordHeader {
         position: u64_at(frame, FRAME_BYTES + 8),
         seq: u64_at(frame, FRAME_BYTES + 16),
-        group_start: u64_at(frame, FRAME_BYTES + 24),
+        synced_end: u64_at(frame, FRAME_BYTES + 24),
         timestamp_us: u64_at(frame, FRAME_BYTES + 32),
     }
 }
@@ -337,7 +339,7 @@ mod tests {
             RecordHeader {
                 position,
                 seq: 7,
-                group_start: position,
+                synced_end: position,
                 timestamp_us: 99,
             },
             &events,

@@ -223,6 +223,11 @@ impl Index {
         Ok(found.first().map(|(k, _)| u64::from_be_bytes(tail8(k))))
     }
 
+    /// Makes every index write so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.store.flush()
+    }
+
     /// Applies a batch built with the functions below.
     pub fn write(&self, batch: IndexBatch, sync: bool) -> Result<()> {
         self.store.write(batch, sync)

@@ -34,8 +34,11 @@ impl IndexBatch {
 pub trait IndexStore: Send + Sync + std::fmt::Debug {
     /// The value of a key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
-    /// Applies a batch atomically; with `sync` it is durable when this returns.
+    /// Applies a batch atomically; with `sync` it (and all before it) is durable when this
+    /// returns. Without, a crash may lose it and later batches, never earlier ones.
     fn write(&self, batch: IndexBatch, sync: bool) -> Result<()>;
+    /// Makes every write so far durable (on a clean close, so reopening needs no catch-up).
+    fn flush(&self) -> Result<()>;
     /// Up to `limit` pairs with `start <= key < end`, ascending, or descending from the end.
     fn scan(
         &self,
@@ -75,6 +78,10 @@ impl RocksIndexStore {
         table.set_bloom_filter(10.0, false);
         table.set_block_cache(&rocksdb::Cache::new_lru_cache(64 << 20).map_err(rocks_err)?);
         options.set_block_based_table_factory(&table);
+        // Appends look up every new event id, and nearly all are absent: a memtable bloom
+        // filter answers those without walking the skiplist.
+        options.set_memtable_whole_key_filtering(true);
+        options.set_memtable_prefix_bloom_ratio(0.1);
         let db = rocksdb::DB::open(&options, dir).map_err(rocks_err)?;
         Ok(RocksIndexStore { db })
     }
@@ -97,8 +104,18 @@ impl IndexStore for RocksIndexStore {
             }
         }
         let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(sync);
-        self.db.write_opt(wb, &options).map_err(rocks_err)
+        // No WAL: the log is the write-ahead log. The checkpoint travels in the same batch, so
+        // whatever survives a crash is a consistent prefix and open re-indexes the rest.
+        options.disable_wal(true);
+        self.db.write_opt(wb, &options).map_err(rocks_err)?;
+        if sync {
+            self.db.flush().map_err(rocks_err)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(rocks_err)
     }
 
     fn scan(
@@ -187,6 +204,11 @@ fn apply(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, batch: &IndexBatch) {
 impl IndexStore for MemIndexStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.lock().current.get(key).cloned())
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.persist();
+        Ok(())
     }
 
     fn write(&self, batch: IndexBatch, sync: bool) -> Result<()> {

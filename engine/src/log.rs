@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -139,6 +139,24 @@ impl LogReader {
         }
     }
 
+    /// The canonical form of a position: the end of a sealed segment's records and the next
+    /// segment's first record are the same point of the log; this returns the latter.
+    pub fn normalize(&self, position: Position) -> Position {
+        let segments = read_lock(&self.segments);
+        let i = segments.partition_point(|s| s.base <= position);
+        match i
+            .checked_sub(1)
+            .map(|i| (&segments[i], segments.get(i + 1)))
+        {
+            Some((segment, Some(next)))
+                if segment.footer.is_some_and(|f| position == f.records_end) =>
+            {
+                next.records_start()
+            }
+            _ => position,
+        }
+    }
+
     /// Reads and verifies one event frame.
     pub fn read_event(&self, position: Position, slot: EventSlot) -> Result<RecordedEvent> {
         let segment = self
@@ -234,14 +252,6 @@ impl LogReader {
                 }
             }
         }
-        // Continue from the next segment's first record rather than from a footer.
-        if let Some(footer) = segments.get(i).and_then(|s| s.footer) {
-            if pos >= footer.records_end {
-                if let Some(next) = segments.get(i + 1) {
-                    pos = next.records_start();
-                }
-            }
-        }
         Ok((out, pos))
     }
 
@@ -301,6 +311,7 @@ fn scan_segment(
     first_seq: u64,
     record_len_max: usize,
     tail_recovery: TailRecovery,
+    known_synced: Position,
 ) -> Result<SegmentScan> {
     let mut off = SEGMENT_HEADER_BYTES as usize;
     let mut seq = first_seq;
@@ -366,9 +377,16 @@ fn scan_segment(
                 format!("{reason} (tail recovery is set to refuse)"),
             ));
         }
-        // A torn write can only damage the last group commit. A valid record from a later group
-        // proves the damaged bytes were synced before it: that is corruption, not a tear.
-        if let Some(later) = later_group_record(buf, base, off, position, record_len_max) {
+        if position < known_synced {
+            return Err(Error::corruption(
+                path,
+                off as u64,
+                format!("{reason}; the index already covered it, so it had been synced"),
+            ));
+        }
+        // A torn write can only damage bytes not yet synced. An intact record written after
+        // the damaged bytes were synced proves it: that is corruption, not a tear.
+        if let Some(later) = record_written_after_sync(buf, base, off, position, record_len_max) {
             return Err(Error::corruption(
                 path,
                 off as u64,
@@ -385,8 +403,8 @@ fn scan_segment(
     }
 }
 
-/// The offset of an intact record after `off` that a later group commit wrote, if any.
-fn later_group_record(
+/// The offset of an intact record after `off` written once `position` had been synced.
+fn record_written_after_sync(
     buf: &[u8],
     base: Position,
     off: usize,
@@ -400,7 +418,7 @@ fn later_group_record(
             && matches!(check_frame(&buf[o..], record_len_max), FrameCheck::Valid(_))
             && {
                 let h = read_header(&buf[o..]);
-                h.position == base + o as u64 && h.group_start > position
+                h.position == base + o as u64 && h.synced_end > position
             }
     })
 }
@@ -419,7 +437,7 @@ pub struct LogWriter {
     next_seq: u64,
     manifest: Vec<ManifestEntry>,
     reader: Arc<LogReader>,
-    poisoned: Option<String>,
+    poisoned: Arc<OnceLock<String>>,
 }
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -445,6 +463,7 @@ impl LogWriter {
         fs: Arc<dyn FileSystem>,
         dir: &Path,
         config: &EngineConfig,
+        known_synced: Position,
     ) -> Result<(LogWriter, Arc<LogReader>, RecoveryReport)> {
         fs.create_dir_all(dir)
             .map_err(io_err(format!("creating {}", dir.display())))?;
@@ -520,6 +539,7 @@ impl LogWriter {
                 header.first_seq,
                 record_len_max,
                 config.tail_recovery,
+                known_synced,
             )?;
             if let Some(footer) = scan.footer {
                 // Sealed, but the manifest was not rewritten before a crash: the next segment
@@ -606,7 +626,7 @@ impl LogWriter {
                 next_seq: header.first_seq + scan.record_count,
                 manifest,
                 reader: reader.clone(),
-                poisoned: None,
+                poisoned: Arc::new(OnceLock::new()),
             };
             writer.write_manifest()?;
             debug_assert_eq!(writer.next_position(), next_position);
@@ -649,7 +669,7 @@ impl LogWriter {
                 file_len: 0,
             }],
             reader: reader.clone(),
-            poisoned: None,
+            poisoned: Arc::new(OnceLock::new()),
         };
         writer.write_manifest()?;
         Ok((
@@ -680,11 +700,11 @@ impl LogWriter {
 
     /// Why the writer stopped, if it did.
     pub fn poisoned(&self) -> Option<&str> {
-        self.poisoned.as_deref()
+        self.poisoned.get().map(String::as_str)
     }
 
     fn check_poison(&self) -> Result<()> {
-        match &self.poisoned {
+        match self.poisoned.get() {
             Some(why) => Err(Error::Poisoned(why.clone())),
             None => Ok(()),
         }
@@ -692,13 +712,14 @@ impl LogWriter {
 
     fn poison(&mut self, why: String) -> Error {
         tracing::error!(reason = %why, "log writer stopped");
-        self.poisoned = Some(why.clone());
-        Error::Poisoned(why)
+        let _ = self.poisoned.set(why);
+        Error::Poisoned(self.poisoned.get().cloned().unwrap_or_default())
     }
 
-    /// Writes one group of encoded records at `next_position` and fsyncs them. Either the
-    /// group is durable when this returns `Ok`, or nothing of it counts.
-    pub fn write_group(&mut self, buf: &[u8], records: u64) -> Result<()> {
+    /// Writes one group of encoded records at `next_position`, without syncing. The caller
+    /// must `sync_data` the returned file before acknowledging any of them, and on failure
+    /// poison the log through [`LogWriter::poison_handle`].
+    pub fn write(&mut self, buf: &[u8], records: u64) -> Result<Arc<dyn FileHandle>> {
         self.check_poison()?;
         debug_assert!(
             self.tail_len + buf.len() as u64 + SEGMENT_FOOTER_BYTES <= self.segment_bytes_max
@@ -714,19 +735,16 @@ impl LogWriter {
                 e,
             ));
         }
-        if let Err(e) = self.tail.file.sync_data() {
-            // After a failed fdatasync the kernel may have dropped the dirty pages: the state of
-            // the file is unknown until it is recovered from disk.
-            return Err(self.poison(format!(
-                "fdatasync of {} failed: {e}",
-                self.tail.path.display()
-            )));
-        }
         self.tail_len += buf.len() as u64;
         self.tail_records += records;
         self.tail_crc.update(buf);
         self.next_seq += records;
-        Ok(())
+        Ok(self.tail.file.clone())
+    }
+
+    /// The shared stop flag: set once, by the writer or by whoever syncs its writes.
+    pub fn poison_handle(&self) -> Arc<OnceLock<String>> {
+        self.poisoned.clone()
     }
 
     /// Seals the tail with its footer and starts a new tail segment.
@@ -862,6 +880,7 @@ impl LogWriter {
             segment.first_seq,
             self.record_len_max,
             TailRecovery::Refuse,
+            0,
         )?;
         let tail = Arc::new(Segment {
             base: segment.base,
@@ -1012,6 +1031,7 @@ pub(crate) fn verify_segment_bytes(
         first_seq,
         record_len_max,
         TailRecovery::TruncateTorn,
+        0,
     )?;
     if sealed {
         let Some(footer) = scan.footer else {

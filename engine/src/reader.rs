@@ -82,7 +82,9 @@ impl Reader {
             });
         }
         let end = self.log.end();
-        if from != 0 && from != end && !self.is_record_position(from)? {
+        let from = self.log.normalize(from);
+        let at_end = from == self.log.normalize(end);
+        if from != 0 && !at_end && !self.is_record_position(from)? {
             return Err(Error::invalid(
                 "position",
                 format!("{from} is not the position of a record in this log"),
@@ -101,11 +103,6 @@ impl Reader {
                 events,
             });
         }
-        let next = if from == 0 && records.is_empty() {
-            next.max(from)
-        } else {
-            next
-        };
         Ok(ReadAllBatch { records, next })
     }
 

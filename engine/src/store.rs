@@ -1,16 +1,25 @@
-//! The store: one shard's log and indexes, driven synchronously by one owner. `commit` takes a
-//! group of append requests and, for each, decides (idempotent retry, expected-version check),
-//! encodes, writes the group with one fdatasync, indexes it and only then answers. This core
-//! holds no threads and reads no clock of its own, so the simulator and the Raft state machine
-//! can drive it directly; [`crate::Engine`] wraps it with a group-commit thread.
+//! The store: one shard's log and indexes. An append goes through three stages:
 //!
-//! Invariants: the index checkpoint equals the log's next position after every `commit` and
-//! `truncate_from`; a request's events are either all in one durable record or not written.
+//! 1. **write** (`write_requests`, one owner): validate, decide (idempotent retry or expected-
+//!    version check) against the index plus the effects of groups still in flight, encode,
+//!    and write the group to the tail segment without syncing;
+//! 2. **sync** ([`Finisher::sync`]): one fdatasync covers every group written so far;
+//! 3. **finish** ([`Finisher::finish`]): index the synced groups, publish the new end to readers,
+//!    and only then answer.
+//!
+//! [`Store::commit`] runs the three in a row (the simulator and the Raft state machine drive it
+//! this way); [`crate::Engine`] runs them on three threads so that encoding, the disk and the
+//! index overlap. Nothing here reads a clock except to time syncs for statistics.
+//!
+//! Invariants: a group is answered `Ok` only after an fdatasync that started after its write
+//! returned; effects of written groups stay in `inflight` until their index batch is applied,
+//! so decisions never miss them; the index checkpoint equals the published end after every
+//! finish and truncation; a request's events are all in one record or not written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use uuid::Uuid;
 
@@ -21,7 +30,7 @@ use crate::event::{
     AppendRequest, AppendResult, ExpectedVersion, NewEvent, Position, StreamAppendResult,
 };
 use crate::format::{self, EventFields, RecordHeader};
-use crate::fs::FileSystem;
+use crate::fs::{FileHandle, FileSystem};
 use crate::index::{self, Checkpoint, Index, IndexedEvent};
 use crate::index_store::{IndexBatch, IndexStore};
 use crate::log::{LogWriter, RecoveryReport};
@@ -40,7 +49,8 @@ enum Plan {
     Write(Vec<u64>),
 }
 
-/// An event written in the current group but not yet indexed.
+/// An event written but not yet indexed.
+#[derive(Debug)]
 struct PendingEvent {
     position: Position,
     stream: String,
@@ -48,28 +58,158 @@ struct PendingEvent {
     event: NewEvent,
 }
 
-/// The state of the group being built: bytes to write and what they change.
-struct Group {
-    buf: Vec<u8>,
-    records: u64,
-    batch: IndexBatch,
-    answers: Vec<(usize, AppendResult)>,
+/// What a written group changes, kept until its index batch is applied.
+#[derive(Debug, Default)]
+struct Effects {
     heads: HashMap<String, u64>,
     ids: HashMap<Uuid, PendingEvent>,
-    events: u64,
+    versions: HashMap<(String, u64), Position>,
 }
 
-impl Group {
-    fn new() -> Group {
+type Inflight = Arc<Mutex<VecDeque<Arc<Effects>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Only short, panic-free updates happen under these locks.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The group being built by the writer.
+struct Group<T> {
+    buf: Vec<u8>,
+    records: u64,
+    events: u64,
+    batch: IndexBatch,
+    answers: Vec<(T, AppendResult)>,
+    effects: Effects,
+}
+
+impl<T> Group<T> {
+    fn new() -> Group<T> {
         Group {
             buf: Vec::new(),
             records: 0,
+            events: 0,
             batch: IndexBatch::default(),
             answers: Vec::new(),
-            heads: HashMap::new(),
-            ids: HashMap::new(),
-            events: 0,
+            effects: Effects::default(),
         }
+    }
+}
+
+/// A group written to the log file but not yet synced. `T` tags each answer with its caller.
+#[derive(Debug)]
+pub struct WrittenGroup<T> {
+    file: Arc<dyn FileHandle>,
+    end: Position,
+    next_seq: u64,
+    events: u64,
+    bytes: u64,
+    batch: IndexBatch,
+    answers: Vec<(T, AppendResult)>,
+}
+
+/// Stages 2 and 3: syncs written groups, indexes them, publishes and answers. Cheap to clone;
+/// may run on other threads than the writer.
+#[derive(Debug, Clone)]
+pub struct Finisher {
+    reader: Reader,
+    inflight: Inflight,
+    stats: Arc<Stats>,
+    clock: Arc<dyn Clock>,
+    poison: Arc<OnceLock<String>>,
+    synced_end: Arc<AtomicU64>,
+}
+
+impl Finisher {
+    /// Makes the groups durable: one fdatasync per file they were written to.
+    pub fn sync<T>(&self, groups: &[WrittenGroup<T>]) -> Result<()> {
+        if let Some(why) = self.poison.get() {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        let Some(last) = groups.last() else {
+            return Ok(());
+        };
+        let started = self.clock.now_ns();
+        let mut synced: Vec<&Arc<dyn FileHandle>> = Vec::with_capacity(2);
+        for g in groups {
+            if synced.iter().any(|f| Arc::ptr_eq(f, &g.file)) {
+                continue;
+            }
+            if let Err(e) = g.file.sync_data() {
+                // After a failed fdatasync the kernel may have dropped the dirty pages: what is
+                // on disk is unknown until a reopen recovers the log.
+                let why = format!("fdatasync failed: {e}");
+                tracing::error!(reason = %why, "log writer stopped");
+                let _ = self.poison.set(why);
+                return Err(Error::Poisoned(
+                    self.poison.get().cloned().unwrap_or_default(),
+                ));
+            }
+            synced.push(&g.file);
+        }
+        self.stats
+            .record_sync(self.clock.now_ns().saturating_sub(started));
+        // Before anything is answered: records written from now on may rely on it.
+        self.synced_end.fetch_max(last.end, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Indexes synced groups, publishes the new end and returns the answers. With a failed
+    /// sync every answer is that failure.
+    pub fn finish<T>(
+        &self,
+        groups: Vec<WrittenGroup<T>>,
+        synced: &Result<()>,
+    ) -> Vec<(T, Result<AppendResult>)> {
+        let mut out = Vec::new();
+        let Some(last) = groups.last() else {
+            return out;
+        };
+        let (end, next_seq) = (last.end, last.next_seq);
+        if let Err(e) = synced {
+            for g in groups {
+                lock(&self.inflight).pop_front();
+                out.extend(g.answers.into_iter().map(|(t, _)| (t, Err(e.duplicate()))));
+            }
+            return out;
+        }
+        let mut batch = IndexBatch::default();
+        let (mut events, mut bytes) = (0, 0);
+        for g in &groups {
+            batch.ops.extend(g.batch.ops.iter().cloned());
+            events += g.events;
+            bytes += g.bytes;
+        }
+        index::set_checkpoint(
+            &mut batch,
+            Checkpoint {
+                next_position: end,
+                next_seq,
+            },
+        );
+        if let Err(e) = self.reader.index.write(batch, false) {
+            // The records are durable, so their appends succeeded; but decisions need the index,
+            // so stop writing until a reopen catches it up from the log.
+            tracing::error!(error = %e, "index write failed after a durable group; stopping writes");
+            let _ = self.poison.set(format!("index write failed: {e}"));
+        }
+        self.reader.log.publish_end(end);
+        {
+            let mut inflight = lock(&self.inflight);
+            for _ in &groups {
+                inflight.pop_front();
+            }
+        }
+        let appends: usize = groups.iter().map(|g| g.answers.len()).sum();
+        self.stats
+            .appends
+            .fetch_add(appends as u64, Ordering::Relaxed);
+        self.stats.events.fetch_add(events, Ordering::Relaxed);
+        self.stats.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+        for g in groups {
+            out.extend(g.answers.into_iter().map(|(t, a)| (t, Ok(a))));
+        }
+        out
     }
 }
 
@@ -79,10 +219,11 @@ pub struct Store {
     config: EngineConfig,
     log: LogWriter,
     reader: Reader,
-    clock: Arc<dyn Clock>,
     stats: Arc<Stats>,
     recovery: RecoveryReport,
-    poisoned: Option<String>,
+    inflight: Inflight,
+    finisher: Finisher,
+    synced_end: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -96,20 +237,37 @@ impl Store {
         clock: Arc<dyn Clock>,
     ) -> Result<Store> {
         config.validate()?;
-        let (log, log_reader, recovery) = LogWriter::open(fs, &dir.join("log"), &config)?;
+        let index = Arc::new(Index::new(index_store));
+        // Everything the index covered was synced before it was indexed: recovery treats damage
+        // there as corruption even where it would otherwise look like a torn tail.
+        let known_synced = index.checkpoint()?.map_or(0, |c| c.next_position);
+        let (log, log_reader, recovery) =
+            LogWriter::open(fs, &dir.join("log"), &config, known_synced)?;
         let reader = Reader {
             log: log_reader,
-            index: Arc::new(Index::new(index_store)),
+            index,
             limits: config.limits.clone(),
+        };
+        let stats = Arc::new(Stats::default());
+        let inflight: Inflight = Arc::default();
+        let synced_end = Arc::new(AtomicU64::new(log.next_position()));
+        let finisher = Finisher {
+            reader: reader.clone(),
+            inflight: inflight.clone(),
+            stats: stats.clone(),
+            clock,
+            poison: log.poison_handle(),
+            synced_end: synced_end.clone(),
         };
         let store = Store {
             config,
             log,
             reader,
-            clock,
-            stats: Arc::new(Stats::default()),
+            stats,
             recovery,
-            poisoned: None,
+            inflight,
+            finisher,
+            synced_end,
         };
         store.catch_up_index()?;
         store.reader.log.publish_end(store.log.next_position());
@@ -211,6 +369,11 @@ impl Store {
         &self.reader
     }
 
+    /// Stages 2 and 3, to run beside the writer.
+    pub fn finisher(&self) -> Finisher {
+        self.finisher.clone()
+    }
+
     /// Counters.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
@@ -231,94 +394,224 @@ impl Store {
         self.log.next_position()
     }
 
+    /// Whether groups are written but not yet finished.
+    pub fn has_inflight(&self) -> bool {
+        !lock(&self.inflight).is_empty()
+    }
+
     fn check_poison(&self) -> Result<()> {
-        if let Some(why) = self
-            .poisoned
-            .as_ref()
-            .map(String::as_str)
-            .or(self.log.poisoned())
-        {
-            return Err(Error::Poisoned(why.to_string()));
+        match self.log.poisoned() {
+            Some(why) => Err(Error::Poisoned(why.to_string())),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Appends a group of requests with as few fdatasyncs as possible (one, unless the group
     /// crosses a segment boundary). Each answer is final: `Ok` means durable and indexed.
     pub fn commit(&mut self, requests: Vec<AppendRequest>) -> Vec<Result<AppendResult>> {
-        let mut answers: Vec<Option<Result<AppendResult>>> =
-            (0..requests.len()).map(|_| None).collect();
+        let count = requests.len();
+        let (mut answers, written) =
+            self.write_requests(requests.into_iter().enumerate().collect());
+        let synced = self.finisher.sync(&written);
+        answers.extend(self.finisher.finish(written, &synced));
+        let mut ordered: Vec<Option<Result<AppendResult>>> = (0..count).map(|_| None).collect();
+        for (i, answer) in answers {
+            ordered[i] = Some(answer);
+        }
+        ordered
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(Error::Poisoned("request left unanswered".into()))))
+            .collect()
+    }
+
+    /// Stage 1: decides, encodes and writes the requests (rolling segments as needed) without
+    /// syncing. Returns the answers known now (rejections, retries of committed appends) and
+    /// the written groups, whose answers wait for [`Finisher::sync`] and [`Finisher::finish`].
+    pub fn write_requests<T>(
+        &mut self,
+        requests: Vec<(T, AppendRequest)>,
+    ) -> (Vec<(T, Result<AppendResult>)>, Vec<WrittenGroup<T>>) {
+        let mut now = Vec::new();
+        let mut written = Vec::new();
         let mut group = Group::new();
-        for (i, request) in requests.into_iter().enumerate() {
+        for (tag, request) in requests {
             if let Err(e) = self.check_poison() {
-                answers[i] = Some(Err(e));
+                now.push((tag, Err(e)));
                 continue;
             }
             let size = match validate_request(&request, &self.config.limits) {
                 Ok(size) => size,
                 Err(e) => {
-                    answers[i] = Some(Err(e));
+                    now.push((tag, Err(e)));
                     continue;
                 }
             };
-            let first_versions = match self.plan(&request, &group) {
-                Ok(Plan::Write(first_versions)) => first_versions,
+            let mut plan = self.plan(&request, &group.effects);
+            if matches!(plan, Ok(Plan::Write(_)))
+                && (group.buf.len() + size) as u64 > self.log.room()
+            {
+                self.write_group(
+                    std::mem::replace(&mut group, Group::new()),
+                    &mut written,
+                    &mut now,
+                );
+                if let Err(e) = self.log.roll() {
+                    now.push((tag, Err(e)));
+                    continue;
+                }
+                // Decide again: the group just written is in flight now, or failed and changed
+                // nothing.
+                plan = self.plan(&request, &group.effects);
+            }
+            match plan {
+                Ok(Plan::Write(first_versions)) => {
+                    self.encode(tag, request, first_versions, &mut group)
+                }
                 Ok(Plan::Duplicate(original)) => {
                     self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                    answers[i] = Some(Ok(original));
-                    continue;
+                    now.push((tag, Ok(original)));
                 }
-                Err(e) => {
-                    answers[i] = Some(Err(e));
-                    continue;
-                }
-            };
-            if (group.buf.len() + size) as u64 > self.log.room() {
-                self.flush(&mut group, &mut answers);
-                group = Group::new();
-                if let Err(e) = self.log.roll() {
-                    answers[i] = Some(Err(e));
-                    continue;
-                }
-                // Plan again: the flushed group is indexed now, or failed and changed nothing.
-                match self.plan(&request, &group) {
-                    Ok(Plan::Write(first_versions)) => {
-                        self.encode(i, request, first_versions, &mut group)
-                    }
-                    Ok(Plan::Duplicate(original)) => answers[i] = Some(Ok(original)),
-                    Err(e) => answers[i] = Some(Err(e)),
-                }
-                continue;
+                Err(e) => now.push((tag, Err(e))),
             }
-            self.encode(i, request, first_versions, &mut group);
         }
-        self.flush(&mut group, &mut answers);
-        answers
-            .into_iter()
-            .map(|a| {
-                let a = a.unwrap_or_else(|| Err(Error::Poisoned("request left unanswered".into())));
-                if a.is_err() {
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                }
-                a
-            })
-            .collect()
+        self.write_group(group, &mut written, &mut now);
+        let rejected = now.iter().filter(|(_, a)| a.is_err()).count();
+        self.stats
+            .rejected
+            .fetch_add(rejected as u64, Ordering::Relaxed);
+        (now, written)
     }
 
-    /// Decides what to do with a request given the index and the group so far.
-    fn plan(&self, request: &AppendRequest, group: &Group) -> Result<Plan> {
-        let index = &self.reader.index;
+    fn write_group<T>(
+        &mut self,
+        group: Group<T>,
+        written: &mut Vec<WrittenGroup<T>>,
+        now: &mut Vec<(T, Result<AppendResult>)>,
+    ) {
+        if group.records == 0 {
+            return;
+        }
+        match self.log.write(&group.buf, group.records) {
+            Ok(file) => {
+                lock(&self.inflight).push_back(Arc::new(group.effects));
+                written.push(WrittenGroup {
+                    file,
+                    end: self.log.next_position(),
+                    next_seq: self.log.next_seq(),
+                    events: group.events,
+                    bytes: group.buf.len() as u64,
+                    batch: group.batch,
+                    answers: group.answers,
+                });
+            }
+            Err(e) => now.extend(
+                group
+                    .answers
+                    .into_iter()
+                    .map(|(t, _)| (t, Err(e.duplicate()))),
+            ),
+        }
+    }
+
+    /// Where an event id was written: the group being built, groups in flight, or the index.
+    fn find_id(&self, id: Uuid, current: &Effects) -> Result<Option<(Position, u64, String)>> {
+        let hit = |p: &PendingEvent| (p.position, p.version, p.stream.clone());
+        if let Some(p) = current.ids.get(&id) {
+            return Ok(Some(hit(p)));
+        }
+        if let Some(p) = lock(&self.inflight)
+            .iter()
+            .rev()
+            .find_map(|e| e.ids.get(&id).map(hit))
+        {
+            return Ok(Some(p));
+        }
+        Ok(self
+            .reader
+            .index
+            .event_by_id(id)?
+            .map(|x| (x.position, x.version, x.stream)))
+    }
+
+    fn stream_head(&self, stream: &str, current: &Effects) -> Result<Option<u64>> {
+        if let Some(v) = current.heads.get(stream) {
+            return Ok(Some(*v));
+        }
+        if let Some(v) = lock(&self.inflight)
+            .iter()
+            .rev()
+            .find_map(|e| e.heads.get(stream).copied())
+        {
+            return Ok(Some(v));
+        }
+        Ok(self.reader.index.stream_head(stream)?.map(|(v, _)| v))
+    }
+
+    fn position_of(
+        &self,
+        stream: &str,
+        version: u64,
+        current: &Effects,
+    ) -> Result<Option<Position>> {
+        let key = (stream.to_string(), version);
+        if let Some(p) = current.versions.get(&key) {
+            return Ok(Some(*p));
+        }
+        if let Some(p) = lock(&self.inflight)
+            .iter()
+            .rev()
+            .find_map(|e| e.versions.get(&key).copied())
+        {
+            return Ok(Some(p));
+        }
+        Ok(self
+            .reader
+            .index
+            .stream_slot(stream, version)?
+            .map(|s| s.position))
+    }
+
+    fn same_content(
+        &self,
+        event: &NewEvent,
+        stream: &str,
+        version: u64,
+        current: &Effects,
+    ) -> Result<bool> {
+        let pending = current.ids.get(&event.id).map(|p| p.event == *event);
+        let pending = pending.or_else(|| {
+            lock(&self.inflight)
+                .iter()
+                .rev()
+                .find_map(|e| e.ids.get(&event.id).map(|p| p.event == *event))
+        });
+        if let Some(same) = pending {
+            return Ok(same);
+        }
+        let slot = self
+            .reader
+            .index
+            .stream_slot(stream, version)?
+            .ok_or_else(|| {
+                Error::Index(format!(
+                    "event {} has an id entry but no stream entry",
+                    event.id
+                ))
+            })?;
+        let stored = self.reader.log.read_event(slot.position, slot.slot)?;
+        Ok(stored.id == event.id
+            && stored.event_type == event.event_type
+            && stored.data == event.data
+            && stored.metadata == event.metadata)
+    }
+
+    /// Decides what to do with a request given everything written before it.
+    fn plan(&self, request: &AppendRequest, current: &Effects) -> Result<Plan> {
         let mut found = Vec::new();
         let mut missing = None;
         for part in &request.streams {
             for e in &part.events {
-                let entry = match group.ids.get(&e.id) {
-                    Some(p) => Some((p.position, p.version, p.stream.clone())),
-                    None => index
-                        .event_by_id(e.id)?
-                        .map(|x| (x.position, x.version, x.stream)),
-                };
-                match entry {
+                match self.find_id(e.id, current)? {
                     Some(entry) => found.push((e, entry)),
                     None => missing = missing.or(Some(e.id)),
                 }
@@ -332,15 +625,12 @@ impl Store {
                 });
             }
             return self
-                .original_result(request, group, &found)
+                .original_result(request, current, &found)
                 .map(Plan::Duplicate);
         }
         let mut first_versions = Vec::with_capacity(request.streams.len());
         for part in &request.streams {
-            let current = match group.heads.get(&part.stream) {
-                Some(v) => Some(*v),
-                None => index.stream_head(&part.stream)?.map(|(v, _)| v),
-            };
+            let current = self.stream_head(&part.stream, current)?;
             let ok = match part.expected {
                 ExpectedVersion::Any => true,
                 ExpectedVersion::NoStream => current.is_none(),
@@ -364,7 +654,7 @@ impl Store {
     fn original_result(
         &self,
         request: &AppendRequest,
-        group: &Group,
+        current: &Effects,
         found: &[(&NewEvent, (Position, u64, String))],
     ) -> Result<AppendResult> {
         let conflict = |id: Uuid, reason: String| Error::IdempotencyConflict {
@@ -395,7 +685,7 @@ impl Store {
                             .into(),
                     ));
                 }
-                if !self.same_content(event, stream, *version, group)? {
+                if !self.same_content(event, stream, *version, current)? {
                     return Err(conflict(
                         event.id,
                         "already committed with different type, data or metadata".into(),
@@ -404,12 +694,11 @@ impl Store {
             }
             let last = first + part.events.len() as u64 - 1;
             // The original append must not have held more events of this stream.
-            let before = first
-                .checked_sub(1)
-                .map(|v| self.position_of(&part.stream, v, group))
-                .transpose()?
-                .flatten();
-            let after = self.position_of(&part.stream, last + 1, group)?;
+            let before = match first.checked_sub(1) {
+                Some(v) => self.position_of(&part.stream, v, current)?,
+                None => None,
+            };
+            let after = self.position_of(&part.stream, last + 1, current)?;
             if before == Some(position) || after == Some(position) {
                 return Err(conflict(
                     entries[0].0.id,
@@ -429,59 +718,17 @@ impl Store {
         })
     }
 
-    fn position_of(&self, stream: &str, version: u64, group: &Group) -> Result<Option<Position>> {
-        if let Some(p) = group
-            .ids
-            .values()
-            .find(|p| p.stream == stream && p.version == version)
-        {
-            return Ok(Some(p.position));
-        }
-        Ok(self
-            .reader
-            .index
-            .stream_slot(stream, version)?
-            .map(|s| s.position))
-    }
-
-    fn same_content(
-        &self,
-        event: &NewEvent,
-        stream: &str,
-        version: u64,
-        group: &Group,
-    ) -> Result<bool> {
-        if let Some(pending) = group.ids.get(&event.id) {
-            return Ok(pending.event == *event);
-        }
-        let slot = self
-            .reader
-            .index
-            .stream_slot(stream, version)?
-            .ok_or_else(|| {
-                Error::Index(format!(
-                    "event {} has an id entry but no stream entry",
-                    event.id
-                ))
-            })?;
-        let stored = self.reader.log.read_event(slot.position, slot.slot)?;
-        Ok(stored.id == event.id
-            && stored.event_type == event.event_type
-            && stored.data == event.data
-            && stored.metadata == event.metadata)
-    }
-
     /// Encodes a planned request into the group.
-    fn encode(
+    fn encode<T>(
         &self,
-        i: usize,
+        tag: T,
         request: AppendRequest,
         first_versions: Vec<u64>,
-        group: &mut Group,
+        group: &mut Group<T>,
     ) {
         let position = self.log.next_position() + group.buf.len() as u64;
         let seq = self.log.next_seq() + group.records;
-        let group_start = self.log.next_position();
+        let synced_end = self.synced_end.load(Ordering::Acquire);
         let mut fields = Vec::new();
         for (part, first) in request.streams.iter().zip(&first_versions) {
             for (k, e) in part.events.iter().enumerate() {
@@ -495,16 +742,13 @@ impl Store {
                 });
             }
         }
-        let slots = format::encode_record(
-            &mut group.buf,
-            RecordHeader {
-                position,
-                seq,
-                group_start,
-                timestamp_us: request.timestamp_us,
-            },
-            &fields,
-        );
+        let header = RecordHeader {
+            position,
+            seq,
+            synced_end,
+            timestamp_us: request.timestamp_us,
+        };
+        let slots = format::encode_record(&mut group.buf, header, &fields);
         let indexed: Vec<IndexedEvent<'_>> = fields
             .iter()
             .zip(&slots)
@@ -527,14 +771,19 @@ impl Store {
         let mut streams = Vec::with_capacity(request.streams.len());
         for (part, first) in request.streams.into_iter().zip(first_versions) {
             let last = first + part.events.len() as u64 - 1;
-            group.heads.insert(part.stream.clone(), last);
+            group.effects.heads.insert(part.stream.clone(), last);
             for (k, event) in part.events.into_iter().enumerate() {
-                group.ids.insert(
+                let version = first + k as u64;
+                group
+                    .effects
+                    .versions
+                    .insert((part.stream.clone(), version), position);
+                group.effects.ids.insert(
                     event.id,
                     PendingEvent {
                         position,
                         stream: part.stream.clone(),
-                        version: first + k as u64,
+                        version,
                         event,
                     },
                 );
@@ -546,7 +795,7 @@ impl Store {
             });
         }
         group.answers.push((
-            i,
+            tag,
             AppendResult {
                 position,
                 streams,
@@ -555,52 +804,16 @@ impl Store {
         ));
     }
 
-    /// Writes, syncs and indexes the group, then answers its requests.
-    fn flush(&mut self, group: &mut Group, answers: &mut [Option<Result<AppendResult>>]) {
-        if group.records == 0 {
-            return;
-        }
-        let started = self.clock.now_ns();
-        if let Err(e) = self.log.write_group(&group.buf, group.records) {
-            for (i, _) in group.answers.drain(..) {
-                answers[i] = Some(Err(e.duplicate()));
-            }
-            return;
-        }
-        self.stats
-            .record_sync(self.clock.now_ns().saturating_sub(started));
-        let end = self.log.next_position();
-        let mut batch = std::mem::take(&mut group.batch);
-        index::set_checkpoint(
-            &mut batch,
-            Checkpoint {
-                next_position: end,
-                next_seq: self.log.next_seq(),
-            },
-        );
-        if let Err(e) = self.reader.index.write(batch, false) {
-            // The records are durable, so their appends succeeded; but decisions need the index,
-            // so stop writing until a reopen catches it up from the log.
-            tracing::error!(error = %e, "index write failed after a durable group; stopping writes");
-            self.poisoned = Some(format!("index write failed: {e}"));
-        }
-        self.reader.log.publish_end(end);
-        self.stats
-            .appends
-            .fetch_add(group.answers.len() as u64, Ordering::Relaxed);
-        self.stats.events.fetch_add(group.events, Ordering::Relaxed);
-        self.stats
-            .bytes_written
-            .fetch_add(group.buf.len() as u64, Ordering::Relaxed);
-        for (i, answer) in group.answers.drain(..) {
-            answers[i] = Some(Ok(answer));
-        }
-    }
-
     /// Removes every record at or after `position` (a record position), from the log and the
     /// indexes. Raft uses this to drop uncommitted entries that a new leader overrode.
     pub fn truncate_from(&mut self, position: Position) -> Result<()> {
         self.check_poison()?;
+        if !lock(&self.inflight).is_empty() {
+            return Err(Error::invalid(
+                "position",
+                "cannot truncate while appends are in flight",
+            ));
+        }
         let end = self.log.next_position();
         if position == end {
             return Ok(());
@@ -666,5 +879,15 @@ impl Store {
         );
         self.reader.index.write(batch, true)?;
         Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // A clean close persists the index so the next open needs no catch-up. After a crash
+        // (no drop) open re-indexes the log tail past the index checkpoint instead.
+        if let Err(e) = self.reader.index.flush() {
+            tracing::warn!(error = %e, "flushing the index on close failed; the next open re-indexes the tail");
+        }
     }
 }

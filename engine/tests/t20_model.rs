@@ -466,7 +466,8 @@ impl Harness {
     }
 
     fn crash_and_reopen(&mut self, tear: bool, lose_index: bool, wipe_index: bool) {
-        drop(self.store.take());
+        // A crash runs no destructor: nothing gets flushed on the way down.
+        std::mem::forget(self.store.take());
         self.fs.crash(if tear {
             CrashMode::TearUnsynced
         } else {
@@ -512,7 +513,17 @@ impl Harness {
         let mut positions = Vec::new();
         let mut from = 0;
         loop {
-            let batch = reader.read_all(from, 3).unwrap();
+            let batch = reader.read_all(from, 3).unwrap_or_else(|e| {
+                panic!(
+                    "read_all({from}) failed: {e}; end {}; model {:?}",
+                    reader.end(),
+                    self.model
+                        .records
+                        .iter()
+                        .map(|r| r.position)
+                        .collect::<Vec<_>>()
+                )
+            });
             if batch.records.is_empty() {
                 break;
             }

@@ -147,19 +147,20 @@ fn torn_last_record_is_truncated_and_the_rest_is_intact() {
     let dir = tempfile::tempdir().unwrap();
     let positions = fill(dir.path(), 50);
     let (tail_base, tail) = segments(dir.path()).pop().unwrap();
-    let last = *positions.last().unwrap();
-    let len = std::fs::metadata(&tail).unwrap().len();
-    // Cut the last record in half, as a crash during its write would.
-    let cut = (last - tail_base) + (len - (last - tail_base)) / 2;
-    OpenOptions::new()
+    let end = std::fs::metadata(&tail).unwrap().len();
+    // A crash in the middle of writing one more record: its first half reached the disk.
+    let last = *positions.last().unwrap() - tail_base;
+    let mut frame = vec![0u8; (end - last) as usize];
+    let file = OpenOptions::new()
+        .read(true)
         .write(true)
         .open(&tail)
-        .unwrap()
-        .set_len(cut)
         .unwrap();
+    file.read_exact_at(&mut frame, last).unwrap();
+    file.write_all_at(&frame[..frame.len() / 2], end).unwrap();
     let report = verify(&StdFs, dir.path(), &small_config(), |_| {}).unwrap();
     assert!(report.is_clean());
-    assert_eq!(report.torn_tail.as_ref().unwrap().offset, last - tail_base);
+    assert_eq!(report.torn_tail.as_ref().unwrap().offset, end);
     // Strict recovery refuses to cut anything.
     let strict = EngineConfig {
         tail_recovery: TailRecovery::Refuse,
@@ -170,29 +171,47 @@ fn torn_last_record_is_truncated_and_the_rest_is_intact() {
         Err(Error::Corruption { .. })
     ));
     let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
-    assert_eq!(
-        engine.recovery().torn_tail,
-        Some((tail.clone(), last - tail_base))
-    );
+    assert_eq!(engine.recovery().torn_tail, Some((tail.clone(), end)));
     let events = engine
         .reader()
         .read_stream("s", None, Direction::Forwards, 100)
         .unwrap();
-    assert_eq!(events.len(), 49);
+    assert_eq!(events.len(), 50);
     assert!(events
         .iter()
         .enumerate()
         .all(|(i, e)| e.id.as_u128() == i as u128 + 1 && e.data.len() == 300));
-    assert_eq!(std::fs::metadata(&tail).unwrap().len(), last - tail_base);
+    assert_eq!(std::fs::metadata(&tail).unwrap().len(), end);
     // Appends continue where the log now ends.
     let r = engine
         .append_blocking(append(
             "s",
-            ExpectedVersion::Exact(48),
+            ExpectedVersion::Exact(49),
             vec![event(999, "again")],
         ))
         .unwrap();
-    assert_eq!(r.position, last);
+    assert_eq!(r.position, tail_base + end);
+}
+
+#[test]
+fn a_cut_acknowledged_record_is_corruption_not_a_tear() {
+    let dir = tempfile::tempdir().unwrap();
+    let positions = fill(dir.path(), 50);
+    let (tail_base, tail) = segments(dir.path()).pop().unwrap();
+    let last = *positions.last().unwrap() - tail_base;
+    let end = std::fs::metadata(&tail).unwrap().len();
+    // The last record was acknowledged, so synced: a crash cannot have torn it. The index
+    // checkpoint covers it, which is how open knows.
+    OpenOptions::new()
+        .write(true)
+        .open(&tail)
+        .unwrap()
+        .set_len(last + (end - last) / 2)
+        .unwrap();
+    match Engine::open_dir(dir.path(), small_config()) {
+        Err(Error::Corruption { file, offset, .. }) => assert_eq!((file, offset), (tail, last)),
+        other => panic!("expected corruption, got {other:?}"),
+    }
 }
 
 #[test]
