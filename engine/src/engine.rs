@@ -1,12 +1,21 @@
-//! The group-commit shell around a [`Store`]: callers on any thread or task queue append
-//! requests on a bounded channel; one writer thread drains whatever is queued (up to
-//! `group_requests_max` requests and `group_bytes_max` bytes), commits it with one write and
-//! one fdatasync, and answers each caller only after its bytes are synced. A full queue makes
-//! `append` wait (backpressure) and `append_or_busy` fail with `Busy`.
+//! The group-commit pipeline around a [`Store`]. Callers on any thread or task queue append
+//! requests on a bounded channel; three threads carry them through the store's stages:
+//!
+//! ```text
+//! callers ──queue (queue_depth_max)──▶ writer ──(PIPELINE_GROUPS_MAX)──▶ syncer ──▶ indexer ──▶ answers
+//!            decide, encode, write()          one fdatasync for all        index, publish end
+//! ```
+//!
+//! The writer drains whatever is queued (up to `group_requests_max` requests and
+//! `group_bytes_max` bytes) into one group and writes it without waiting for the disk; the
+//! syncer covers every group written so far with one fdatasync; the indexer applies their index
+//! batches and only then answers. So encoding, the disk and the index work overlap, and every
+//! caller is answered only after its bytes are synced. A full queue makes `append` wait
+//! (backpressure) and `append_or_busy` fail with `Busy`.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
@@ -20,14 +29,20 @@ use crate::index_store::RocksIndexStore;
 use crate::log::RecoveryReport;
 use crate::reader::Reader;
 use crate::stats::Stats;
-use crate::store::Store;
+use crate::store::{Finisher, Store, WrittenGroup};
 use crate::validate::validate_request;
+
+/// Most groups written but not yet answered. Bounds the memory of index batches in flight;
+/// past it the writer waits for the disk.
+pub const PIPELINE_GROUPS_MAX: usize = 64;
+
+type Reply = oneshot::Sender<Result<AppendResult>>;
 
 enum Command {
     Append {
         request: AppendRequest,
         bytes: usize,
-        reply: oneshot::Sender<Result<AppendResult>>,
+        reply: Reply,
     },
     Truncate {
         position: Position,
@@ -36,15 +51,29 @@ enum Command {
     Shutdown,
 }
 
-/// An open store with its group-commit writer thread.
+enum Stage {
+    Written(WrittenGroup<Reply>),
+    Synced(Vec<WrittenGroup<Reply>>, Result<()>),
+    /// Everything sent before it has been answered once this is acknowledged.
+    Barrier(std_mpsc::SyncSender<()>),
+}
+
+/// An open store with its group-commit pipeline.
 #[derive(Debug)]
 pub struct Engine {
     reader: Reader,
     tx: mpsc::Sender<Command>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<Stats>,
     recovery: RecoveryReport,
     queue_depth_max: usize,
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::io(format!("starting thread {name}"), e))
 }
 
 impl Engine {
@@ -64,22 +93,31 @@ impl Engine {
         Engine::start(store)
     }
 
-    /// Starts the writer thread over an open store.
+    /// Starts the pipeline threads over an open store.
     pub fn start(store: Store) -> Result<Engine> {
         let config = store.config().clone();
         let (tx, rx) = mpsc::channel(config.limits.queue_depth_max);
         let reader = store.reader().clone();
         let stats = store.stats().clone();
         let recovery = store.recovery().clone();
+        let finisher = store.finisher();
+        let (to_syncer, syncer_rx) = std_mpsc::sync_channel(PIPELINE_GROUPS_MAX);
+        let (to_indexer, indexer_rx) = std_mpsc::sync_channel(PIPELINE_GROUPS_MAX);
+        let indexer = {
+            let finisher = finisher.clone();
+            spawn("strata-indexer", move || run_indexer(&finisher, indexer_rx))?
+        };
+        let syncer = spawn("strata-syncer", move || {
+            run_syncer(&finisher, syncer_rx, to_indexer)
+        })?;
         let queue_depth_max = config.limits.queue_depth_max;
-        let worker = std::thread::Builder::new()
-            .name("strata-group-commit".into())
-            .spawn(move || run_writer(store, rx, &config))
-            .map_err(|e| Error::io("starting the group-commit thread", e))?;
+        let writer = spawn("strata-writer", move || {
+            run_writer(store, rx, to_syncer, &config)
+        })?;
         Ok(Engine {
             reader,
             tx,
-            worker: Mutex::new(Some(worker)),
+            threads: Mutex::new(vec![writer, syncer, indexer]),
             stats,
             recovery,
             queue_depth_max,
@@ -171,22 +209,26 @@ impl Engine {
         &self.recovery
     }
 
-    /// Finishes every queued request, then stops the writer. Later appends fail with `Closed`.
+    /// Finishes every queued request, then stops the pipeline and flushes the index. Later
+    /// appends fail with `Closed`.
     pub fn close(&self) {
-        let worker = self.worker.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(worker) = worker {
-            // Queued behind every pending request, so they finish first. Sent from a plain
-            // thread because `close` may run inside an async runtime (e.g. on drop).
-            let tx = self.tx.clone();
-            let sender = std::thread::spawn(move || {
-                // If the writer is already gone there is nothing to stop.
-                let _ = tx.blocking_send(Command::Shutdown);
-            });
-            if sender.join().is_err() {
-                tracing::error!("shutdown sender panicked");
-            }
-            if worker.join().is_err() {
-                tracing::error!("group-commit thread panicked");
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        if threads.is_empty() {
+            return;
+        }
+        // Queued behind every pending request, so they finish first. Sent from a plain thread
+        // because `close` may run inside an async runtime (e.g. on drop).
+        let tx = self.tx.clone();
+        let sender = std::thread::spawn(move || {
+            // If the writer is already gone there is nothing to stop.
+            let _ = tx.blocking_send(Command::Shutdown);
+        });
+        if sender.join().is_err() {
+            tracing::error!("shutdown sender panicked");
+        }
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("an engine thread panicked");
             }
         }
     }
@@ -198,7 +240,21 @@ impl Drop for Engine {
     }
 }
 
-fn run_writer(mut store: Store, mut rx: mpsc::Receiver<Command>, config: &EngineConfig) {
+/// Waits until everything sent down the pipeline so far has been answered.
+fn drain(to_syncer: &std_mpsc::SyncSender<Stage>) {
+    let (done, wait) = std_mpsc::sync_channel(1);
+    if to_syncer.send(Stage::Barrier(done)).is_ok() {
+        // An error means the pipeline is gone, so nothing is in flight either.
+        let _ = wait.recv();
+    }
+}
+
+fn run_writer(
+    mut store: Store,
+    mut rx: mpsc::Receiver<Command>,
+    to_syncer: std_mpsc::SyncSender<Stage>,
+    config: &EngineConfig,
+) {
     let stats = store.stats().clone();
     let mut next = None;
     loop {
@@ -206,12 +262,13 @@ fn run_writer(mut store: Store, mut rx: mpsc::Receiver<Command>, config: &Engine
             Some(c) => c,
             None => match rx.blocking_recv() {
                 Some(c) => c,
-                None => return,
+                None => break,
             },
         };
         match command {
-            Command::Shutdown => return,
+            Command::Shutdown => break,
             Command::Truncate { position, reply } => {
+                drain(&to_syncer);
                 let _ = reply.send(store.truncate_from(position));
             }
             Command::Append {
@@ -219,8 +276,7 @@ fn run_writer(mut store: Store, mut rx: mpsc::Receiver<Command>, config: &Engine
                 bytes,
                 reply,
             } => {
-                let mut requests = vec![request];
-                let mut replies = vec![reply];
+                let mut requests = vec![(reply, request)];
                 let mut group_bytes = bytes;
                 while requests.len() < config.group_requests_max
                     && group_bytes < config.group_bytes_max
@@ -232,8 +288,7 @@ fn run_writer(mut store: Store, mut rx: mpsc::Receiver<Command>, config: &Engine
                             reply,
                         }) => {
                             group_bytes += bytes;
-                            requests.push(request);
-                            replies.push(reply);
+                            requests.push((reply, request));
                         }
                         Ok(other) => {
                             next = Some(other);
@@ -245,11 +300,76 @@ fn run_writer(mut store: Store, mut rx: mpsc::Receiver<Command>, config: &Engine
                 stats
                     .queue_depth
                     .fetch_sub(requests.len() as u64, Ordering::Relaxed);
-                for (answer, reply) in store.commit(requests).into_iter().zip(replies) {
-                    // The caller may have given up waiting; its append still happened.
+                let (now, written) = store.write_requests(requests);
+                for (reply, answer) in now {
+                    // The caller may have stopped waiting; nothing to do then.
+                    let _ = reply.send(answer);
+                }
+                for group in written {
+                    if let Err(std_mpsc::SendError(Stage::Written(group))) =
+                        to_syncer.send(Stage::Written(group))
+                    {
+                        // The syncer is gone (it only stops when this thread does).
+                        for (reply, _) in group.into_answers() {
+                            let _ = reply.send(Err(Error::Closed));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Let every written group finish before the store (and its index) is closed.
+    drain(&to_syncer);
+}
+
+fn run_syncer(
+    finisher: &Finisher,
+    rx: std_mpsc::Receiver<Stage>,
+    to_indexer: std_mpsc::SyncSender<Stage>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut groups = Vec::new();
+        let mut barrier = None;
+        let mut stage = Some(first);
+        while let Some(s) = stage.take() {
+            match s {
+                Stage::Written(g) => groups.push(g),
+                Stage::Barrier(b) => {
+                    barrier = Some(b);
+                    break;
+                }
+                Stage::Synced(..) => {}
+            }
+            if groups.len() < PIPELINE_GROUPS_MAX {
+                stage = rx.try_recv().ok();
+            }
+        }
+        if !groups.is_empty() {
+            let synced = finisher.sync(&groups);
+            if to_indexer.send(Stage::Synced(groups, synced)).is_err() {
+                return;
+            }
+        }
+        if let Some(b) = barrier {
+            if to_indexer.send(Stage::Barrier(b)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn run_indexer(finisher: &Finisher, rx: std_mpsc::Receiver<Stage>) {
+    while let Ok(stage) = rx.recv() {
+        match stage {
+            Stage::Synced(groups, synced) => {
+                for (reply, answer) in finisher.finish(groups, &synced) {
                     let _ = reply.send(answer);
                 }
             }
+            Stage::Barrier(done) => {
+                let _ = done.send(());
+            }
+            Stage::Written(_) => {}
         }
     }
 }

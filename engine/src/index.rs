@@ -3,9 +3,7 @@
 //! ```text
 //! "c"                               -> { next_position: u64 | next_seq: u64 }   checkpoint
 //! "s" stream 0x00 version: u64 BE   -> { position: u64 | offset: u32 | len: u32 }  stream index
-//! "v" stream                        -> { last_version: u64 | position: u64 }      stream head
 //! "e" event_id: [u8; 16]            -> { position: u64 | version: u64 | stream }  idempotency
-//! "p" position: u64 BE              -> { seq: u64 | timestamp_us: u64 }           record index
 //! "t" timestamp_us: u64 BE position: u64 BE -> {}                                 time index
 //! ```
 //! Values are little-endian. Stream names hold no control characters, so `0x00` ends a name
@@ -80,24 +78,10 @@ pub fn stream_key(stream: &str, version: u64) -> Vec<u8> {
     key
 }
 
-fn head_key(stream: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.len() + 1);
-    key.push(b'v');
-    key.extend_from_slice(stream.as_bytes());
-    key
-}
-
 fn id_key(id: Uuid) -> Vec<u8> {
     let mut key = Vec::with_capacity(17);
     key.push(b'e');
     key.extend_from_slice(id.as_bytes());
-    key
-}
-
-fn record_key(position: Position) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9);
-    key.push(b'p');
-    key.extend_from_slice(&position.to_be_bytes());
     key
 }
 
@@ -137,13 +121,10 @@ impl Index {
 
     /// The last version of a stream and the position holding it.
     pub fn stream_head(&self, stream: &str) -> Result<Option<(u64, Position)>> {
-        let Some(v) = self.store.get(&head_key(stream))? else {
-            return Ok(None);
-        };
-        if v.len() != 16 {
-            return Err(corrupt_index("a stream head"));
-        }
-        Ok(Some((u64_at(&v, 0), u64_at(&v, 8))))
+        Ok(self
+            .stream_range(stream, None, Direction::Backwards, 1)?
+            .first()
+            .map(|(v, slot)| (*v, slot.position)))
     }
 
     /// Where the committed event with this id is.
@@ -204,17 +185,6 @@ impl Index {
             .collect()
     }
 
-    /// Sequence number and timestamp of the record at `position`, if one starts there.
-    pub fn record_at(&self, position: Position) -> Result<Option<(u64, u64)>> {
-        let Some(v) = self.store.get(&record_key(position))? else {
-            return Ok(None);
-        };
-        if v.len() != 16 {
-            return Err(corrupt_index("a record"));
-        }
-        Ok(Some((u64_at(&v, 0), u64_at(&v, 8))))
-    }
-
     /// The first record whose timestamp is at or after `timestamp_us`.
     pub fn first_position_at_or_after(&self, timestamp_us: u64) -> Result<Option<Position>> {
         let found = self
@@ -265,11 +235,10 @@ fn decode_slot(v: &[u8]) -> Result<StreamSlot> {
 pub fn add_record(
     batch: &mut IndexBatch,
     position: Position,
-    seq: u64,
     timestamp_us: u64,
     events: &[IndexedEvent<'_>],
 ) {
-    for (i, e) in events.iter().enumerate() {
+    for e in events {
         let mut slot = Vec::with_capacity(16);
         slot.extend_from_slice(&position.to_le_bytes());
         slot.extend_from_slice(&e.slot.offset.to_le_bytes());
@@ -280,19 +249,11 @@ pub fn add_record(
         id.extend_from_slice(&e.version.to_le_bytes());
         id.extend_from_slice(e.stream.as_bytes());
         batch.put(id_key(e.id), id);
-        let last_of_stream = events[i + 1..].iter().all(|later| later.stream != e.stream);
-        if last_of_stream {
-            set_stream_head(batch, e.stream, Some((e.version, position)));
-        }
     }
-    let mut record = Vec::with_capacity(16);
-    record.extend_from_slice(&seq.to_le_bytes());
-    record.extend_from_slice(&timestamp_us.to_le_bytes());
-    batch.put(record_key(position), record);
     batch.put(time_key(timestamp_us, position), Vec::new());
 }
 
-/// Removes a record's entries (log truncation). The caller fixes the stream heads.
+/// Removes a record's entries (log truncation).
 pub fn remove_record(
     batch: &mut IndexBatch,
     position: Position,
@@ -303,21 +264,7 @@ pub fn remove_record(
         batch.delete(stream_key(e.stream, e.version));
         batch.delete(id_key(e.id));
     }
-    batch.delete(record_key(position));
     batch.delete(time_key(timestamp_us, position));
-}
-
-/// Sets (or with `None` removes) a stream's head.
-pub fn set_stream_head(batch: &mut IndexBatch, stream: &str, head: Option<(u64, Position)>) {
-    match head {
-        Some((version, position)) => {
-            let mut v = Vec::with_capacity(16);
-            v.extend_from_slice(&version.to_le_bytes());
-            v.extend_from_slice(&position.to_le_bytes());
-            batch.put(head_key(stream), v);
-        }
-        None => batch.delete(head_key(stream)),
-    }
 }
 
 /// Sets the checkpoint.

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::event::{Direction, Position, Record, RecordedEvent};
+use crate::format;
 use crate::index::Index;
 use crate::log::LogReader;
 use crate::validate::validate_stream_name;
@@ -106,9 +107,27 @@ impl Reader {
         Ok(ReadAllBatch { records, next })
     }
 
-    /// Whether a record starts at `position`.
+    /// Whether a record starts at `position`: an intact frame is there and the stream index
+    /// places its first event there. (A frame forged inside some event's data fails this.)
     pub fn is_record_position(&self, position: Position) -> Result<bool> {
-        Ok(position < self.log.end() && self.index.record_at(position)?.is_some())
+        let end = self.log.end();
+        if position >= end {
+            return Ok(false);
+        }
+        let Ok((raw, _)) = self.log.scan(position, end, 1, 1) else {
+            return Ok(false);
+        };
+        let Some(record) = raw.first() else {
+            return Ok(false);
+        };
+        let Ok(events) = format::decode_events_with_slots(&record.frame) else {
+            return Ok(false);
+        };
+        let Some((first, _)) = events.first() else {
+            return Ok(false);
+        };
+        let indexed = self.index.stream_slot(&first.stream, first.version)?;
+        Ok(record.header.position == position && indexed.is_some_and(|s| s.position == position))
     }
 
     /// The last version of a stream, or `None` if it has no events.

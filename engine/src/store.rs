@@ -38,6 +38,10 @@ use crate::reader::Reader;
 use crate::stats::Stats;
 use crate::validate::validate_request;
 
+/// Most stream heads (last versions) the writer keeps in memory. Past it the cache starts over
+/// and misses read the stream index. Default 100,000 streams (a few MiB).
+pub const STREAM_HEADS_CACHED_MAX: usize = 100_000;
+
 /// Records indexed per batch while catching the index up at open.
 const CATCH_UP_RECORDS_MAX: usize = 1024;
 
@@ -108,6 +112,13 @@ pub struct WrittenGroup<T> {
     answers: Vec<(T, AppendResult)>,
 }
 
+impl<T> WrittenGroup<T> {
+    /// The callers' tags, for answering them when the group cannot go on.
+    pub fn into_answers(self) -> Vec<(T, AppendResult)> {
+        self.answers
+    }
+}
+
 /// Stages 2 and 3: syncs written groups, indexes them, publishes and answers. Cheap to clone;
 /// may run on other threads than the writer.
 #[derive(Debug, Clone)]
@@ -158,7 +169,7 @@ impl Finisher {
     /// sync every answer is that failure.
     pub fn finish<T>(
         &self,
-        groups: Vec<WrittenGroup<T>>,
+        mut groups: Vec<WrittenGroup<T>>,
         synced: &Result<()>,
     ) -> Vec<(T, Result<AppendResult>)> {
         let mut out = Vec::new();
@@ -175,8 +186,8 @@ impl Finisher {
         }
         let mut batch = IndexBatch::default();
         let (mut events, mut bytes) = (0, 0);
-        for g in &groups {
-            batch.ops.extend(g.batch.ops.iter().cloned());
+        for g in &mut groups {
+            batch.ops.append(&mut g.batch.ops);
             events += g.events;
             bytes += g.bytes;
         }
@@ -224,6 +235,9 @@ pub struct Store {
     inflight: Inflight,
     finisher: Finisher,
     synced_end: Arc<AtomicU64>,
+    /// Last versions of recently written streams, including groups not yet indexed. Only the
+    /// writer changes streams, so an entry here is the truth.
+    heads: HashMap<String, u64>,
 }
 
 impl Store {
@@ -268,6 +282,7 @@ impl Store {
             inflight,
             finisher,
             synced_end,
+            heads: HashMap::new(),
         };
         store.catch_up_index()?;
         store.reader.log.publish_end(store.log.next_position());
@@ -320,7 +335,6 @@ impl Store {
                 index::add_record(
                     &mut batch,
                     r.header.position,
-                    r.header.seq,
                     r.header.timestamp_us,
                     &indexed,
                 );
@@ -493,6 +507,12 @@ impl Store {
         }
         match self.log.write(&group.buf, group.records) {
             Ok(file) => {
+                if self.heads.len() + group.effects.heads.len() > STREAM_HEADS_CACHED_MAX {
+                    self.heads.clear();
+                }
+                for (stream, version) in &group.effects.heads {
+                    self.heads.insert(stream.clone(), *version);
+                }
                 lock(&self.inflight).push_back(Arc::new(group.effects));
                 written.push(WrittenGroup {
                     file,
@@ -534,7 +554,7 @@ impl Store {
     }
 
     fn stream_head(&self, stream: &str, current: &Effects) -> Result<Option<u64>> {
-        if let Some(v) = current.heads.get(stream) {
+        if let Some(v) = current.heads.get(stream).or_else(|| self.heads.get(stream)) {
             return Ok(Some(*v));
         }
         if let Some(v) = lock(&self.inflight)
@@ -759,13 +779,7 @@ impl Store {
                 slot: *slot,
             })
             .collect();
-        index::add_record(
-            &mut group.batch,
-            position,
-            seq,
-            request.timestamp_us,
-            &indexed,
-        );
+        index::add_record(&mut group.batch, position, request.timestamp_us, &indexed);
         group.records += 1;
         group.events += fields.len() as u64;
         let mut streams = Vec::with_capacity(request.streams.len());
@@ -818,7 +832,7 @@ impl Store {
         if position == end {
             return Ok(());
         }
-        if position > end || self.reader.index.record_at(position)?.is_none() {
+        if position > end || !self.reader.is_record_position(position)? {
             return Err(Error::invalid(
                 "position",
                 format!("{position} is not the position of a record in this log"),
@@ -831,7 +845,6 @@ impl Store {
             .log
             .scan(position, end, usize::MAX, usize::MAX)?;
         let mut batch = IndexBatch::default();
-        let mut first_removed: HashMap<String, u64> = HashMap::new();
         for r in &raw {
             let events = r.events(&self.reader.log)?;
             let slots = format::decode_events_with_slots(&r.frame)
@@ -852,20 +865,6 @@ impl Store {
                 r.header.timestamp_us,
                 &indexed,
             );
-            for e in &events {
-                first_removed.entry(e.stream.clone()).or_insert(e.version);
-            }
-        }
-        for (stream, first) in &first_removed {
-            let head = match first.checked_sub(1) {
-                Some(v) => self
-                    .reader
-                    .index
-                    .stream_slot(stream, v)?
-                    .map(|s| (v, s.position)),
-                None => None,
-            };
-            index::set_stream_head(&mut batch, stream, head);
         }
         // Log first: a crash between the two leaves the index ahead of the log, which open
         // detects and repairs by rebuilding the index.
@@ -878,6 +877,7 @@ impl Store {
             },
         );
         self.reader.index.write(batch, true)?;
+        self.heads.clear();
         Ok(())
     }
 }
