@@ -124,7 +124,7 @@ impl SimFs {
             if let Some(file) = state.files.get_mut(&id) {
                 let durable_len = file.durable.len();
                 file.durable
-                    .extend_from_slice(&file.current[durable_len..durable_len + keep].to_vec());
+                    .extend_from_slice(&file.current[durable_len..durable_len + keep]);
                 file.current = file.durable.clone();
             }
         }

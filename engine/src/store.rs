@@ -100,6 +100,9 @@ impl<T> Group<T> {
     }
 }
 
+/// Answers tagged with whatever identifies their callers.
+pub type Answers<T> = Vec<(T, Result<AppendResult>)>;
+
 /// A group written to the log file but not yet synced. `T` tags each answer with its caller.
 #[derive(Debug)]
 pub struct WrittenGroup<T> {
@@ -444,7 +447,7 @@ impl Store {
     pub fn write_requests<T>(
         &mut self,
         requests: Vec<(T, AppendRequest)>,
-    ) -> (Vec<(T, Result<AppendResult>)>, Vec<WrittenGroup<T>>) {
+    ) -> (Answers<T>, Vec<WrittenGroup<T>>) {
         let mut now = Vec::new();
         let mut written = Vec::new();
         let mut group = Group::new();

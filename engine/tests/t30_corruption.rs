@@ -67,8 +67,7 @@ fn flip(path: &Path, offset: u64) {
 fn locate(dir: &Path, position: Position) -> (PathBuf, u64) {
     let (base, path) = segments(dir)
         .into_iter()
-        .filter(|(b, _)| *b <= position)
-        .last()
+        .rfind(|(b, _)| *b <= position)
         .unwrap();
     (path, position - base)
 }

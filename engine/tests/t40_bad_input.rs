@@ -9,6 +9,9 @@ use strata_engine::{
 };
 use uuid::Uuid;
 
+/// What a rejected request's error must look like.
+type Check = Box<dyn Fn(&Error) -> bool>;
+
 fn snapshot(engine: &Engine) -> (u64, Option<u64>, usize) {
     let r = engine.reader();
     (
@@ -56,7 +59,7 @@ fn each_bad_request_is_a_typed_error_and_writes_nothing() {
         ],
         timestamp_us: 1,
     };
-    let cases: Vec<(&str, AppendRequest, Box<dyn Fn(&Error) -> bool>)> = vec![
+    let cases: Vec<(&str, AppendRequest, Check)> = vec![
         (
             "oversized event",
             append("acct", ExpectedVersion::Any, vec![big]),

@@ -54,12 +54,13 @@ fn child_appender() {
             let engine = engine.clone();
             std::thread::spawn(move || {
                 let stream = format!("writer-{t}");
-                let mut next = engine
+                let start = engine
                     .reader()
                     .stream_version(&stream)
                     .unwrap()
                     .map_or(0, |v| v + 1);
                 for i in 0u128.. {
+                    let next = start + i as u64;
                     let id = (round << 64) | ((t as u128) << 48) | (i + 1);
                     let events = vec![NewEvent {
                         id: Uuid::from_u128(id),
@@ -81,7 +82,6 @@ fn child_appender() {
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "ack {stream} {next} {id}").unwrap();
                     out.flush().unwrap();
-                    next += 1;
                 }
             })
         })
