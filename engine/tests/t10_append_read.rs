@@ -267,3 +267,62 @@ async fn concurrent_appenders_share_fsyncs_and_lose_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_when_records_become_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = std::sync::Arc::new(Engine::open_dir(dir.path(), small_config()).unwrap());
+    let mut end = engine.reader().watch_end();
+    let start = *end.borrow_and_update();
+    let appender = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .append(append("live", ExpectedVersion::Any, vec![event(1, "x")]))
+                .await
+                .unwrap()
+        })
+    };
+    // No polling: this wakes only when the writer publishes a new end.
+    end.changed().await.unwrap();
+    let now = *end.borrow();
+    assert!(now > start);
+    let r = appender.await.unwrap();
+    let batch = engine.reader().read_all(r.position, 10).unwrap();
+    assert_eq!(batch.records[0].events[0].id.as_u128(), 1);
+    assert_eq!(batch.next, engine.reader().end());
+}
+
+#[test]
+fn time_index_finds_the_first_record_at_or_after_a_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    let mut positions = Vec::new();
+    for (i, ts) in [100u64, 200, 300].iter().enumerate() {
+        let request = AppendRequest::single(
+            "t",
+            ExpectedVersion::Any,
+            vec![event(i as u128 + 1, "x")],
+            *ts,
+        );
+        positions.push(engine.append_blocking(request).unwrap().position);
+    }
+    let reader = engine.reader();
+    assert_eq!(reader.position_at_or_after(0).unwrap(), Some(positions[0]));
+    assert_eq!(
+        reader.position_at_or_after(200).unwrap(),
+        Some(positions[1])
+    );
+    assert_eq!(
+        reader.position_at_or_after(201).unwrap(),
+        Some(positions[2])
+    );
+    assert_eq!(reader.position_at_or_after(301).unwrap(), None);
+    let events = reader
+        .read_stream("t", None, Direction::Forwards, 10)
+        .unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.timestamp_us).collect::<Vec<_>>(),
+        vec![100, 200, 300]
+    );
+}
