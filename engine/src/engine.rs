@@ -101,6 +101,7 @@ impl Engine {
         let stats = store.stats().clone();
         let recovery = store.recovery().clone();
         let finisher = store.finisher();
+        let writer_finisher = store.finisher();
         let (to_syncer, syncer_rx) = std_mpsc::sync_channel(PIPELINE_GROUPS_MAX);
         let (to_indexer, indexer_rx) = std_mpsc::sync_channel(PIPELINE_GROUPS_MAX);
         let indexer = {
@@ -112,7 +113,7 @@ impl Engine {
         })?;
         let queue_depth_max = config.limits.queue_depth_max;
         let writer = spawn("strata-writer", move || {
-            run_writer(store, rx, to_syncer, &config)
+            run_writer(store, &writer_finisher, rx, to_syncer, &config)
         })?;
         Ok(Engine {
             reader,
@@ -251,6 +252,7 @@ fn drain(to_syncer: &std_mpsc::SyncSender<Stage>) {
 
 fn run_writer(
     mut store: Store,
+    finisher: &Finisher,
     mut rx: mpsc::Receiver<Command>,
     to_syncer: std_mpsc::SyncSender<Stage>,
     config: &EngineConfig,
@@ -304,6 +306,16 @@ fn run_writer(
                 for (reply, answer) in now {
                     // The caller may have stopped waiting; nothing to do then.
                     let _ = reply.send(answer);
+                }
+                // Alone in an idle pipeline (nothing else in flight or queued): sync and
+                // finish here, sparing a lone appender two thread hops. Order is kept: no other
+                // group is between the writer and the answers.
+                if written.len() == 1 && store.inflight_groups() == 1 && rx.is_empty() {
+                    let synced = finisher.sync(&written);
+                    for (reply, answer) in finisher.finish(written, &synced) {
+                        let _ = reply.send(answer);
+                    }
+                    continue;
                 }
                 for group in written {
                     if let Err(std_mpsc::SendError(Stage::Written(group))) =

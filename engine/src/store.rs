@@ -411,9 +411,9 @@ impl Store {
         self.log.next_position()
     }
 
-    /// Whether groups are written but not yet finished.
-    pub fn has_inflight(&self) -> bool {
-        !lock(&self.inflight).is_empty()
+    /// How many groups are written but not yet finished.
+    pub fn inflight_groups(&self) -> usize {
+        lock(&self.inflight).len()
     }
 
     fn check_poison(&self) -> Result<()> {
