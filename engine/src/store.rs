@@ -359,7 +359,9 @@ impl Store {
             index::set_checkpoint(&mut batch, checkpoint);
             index.write(batch, done)?;
             if done {
-                tracing::info!(records, "index caught up with the log");
+                if records > 0 {
+                    tracing::info!(records, "index caught up with the log");
+                }
                 return Ok(());
             }
             position = next;

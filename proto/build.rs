@@ -1,0 +1,14 @@
+//! Compiles the .proto contracts with a vendored protoc (no install step; pinned by
+//! Cargo.lock) and writes the descriptor set that server reflection serves.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("strata_v1_descriptor.bin"))
+        .compile_protos(&["proto/strata/v1/streams.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! The client commands: each connects to `--server` (env `STRATA_SERVER`), makes one call and
+//! prints JSON lines.
+
+use std::path::PathBuf;
+
+use strata_proto::v1 as pb;
+use strata_proto::v1::streams_client::StreamsClient;
+use strata_shard::status::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY};
+use tonic::transport::Channel;
+
+use crate::{output, Failure, EXIT_WRONG_VERSION};
+
+/// Where the server is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArg {
+    /// Server address (host:port).
+    #[arg(long, env = "STRATA_SERVER", default_value = "127.0.0.1:50051")]
+    server: String,
+}
+
+/// `strata append`.
+#[derive(Debug, clap::Args)]
+pub struct AppendArgs {
+    /// Stream name.
+    stream: String,
+    /// Expected version: any, no-stream, exists, or a version number.
+    #[arg(long, default_value = "any")]
+    expected: String,
+    /// Event type.
+    #[arg(long = "type", default_value = "Event")]
+    event_type: String,
+    /// Event id (UUID); generated when absent. Reuse it to retry idempotently.
+    #[arg(long)]
+    id: Option<String>,
+    /// Event data as JSON.
+    #[arg(long, group = "payload")]
+    data: Option<String>,
+    /// Read the event data from a file (any bytes).
+    #[arg(long, group = "payload")]
+    data_file: Option<PathBuf>,
+    /// Append several events, one JSON object per line: {"type", "data", "metadata", "id"}.
+    #[arg(long, group = "payload")]
+    jsonl: Option<PathBuf>,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// `strata read`.
+#[derive(Debug, clap::Args)]
+pub struct ReadArgs {
+    /// Stream name.
+    stream: String,
+    /// First version to read (default: the first, or the last with --backwards).
+    #[arg(long)]
+    from: Option<u64>,
+    /// Read towards older events.
+    #[arg(long)]
+    backwards: bool,
+    /// Most events (0: the server's default, 1000).
+    #[arg(long, default_value_t = 0)]
+    limit: u32,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// `strata read-all`.
+#[derive(Debug, clap::Args)]
+pub struct ReadAllArgs {
+    /// Position to read from (0: the start; or a `next_position` printed before).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Most records (0: the server's default, 1000).
+    #[arg(long, default_value_t = 0)]
+    limit: u32,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// `strata subscribe`.
+#[derive(Debug, clap::Args)]
+pub struct SubscribeArgs {
+    /// Stream to follow (or use --all).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    stream: Option<String>,
+    /// Follow all streams.
+    #[arg(long)]
+    all: bool,
+    /// Start: a version (stream), a position to continue after (--all), or `end`.
+    #[arg(long)]
+    from: Option<String>,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// `strata stream-info`.
+#[derive(Debug, clap::Args)]
+pub struct StreamInfoArgs {
+    /// Stream name.
+    stream: String,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        message: message.into(),
+        exit_code: 2,
+    }
+}
+
+async fn connect(server: &ServerArg) -> Result<StreamsClient<Channel>, Failure> {
+    let url = if server.server.contains("://") {
+        server.server.clone()
+    } else {
+        format!("http://{}", server.server)
+    };
+    StreamsClient::connect(url)
+        .await
+        .map_err(|e| Failure::new(format!("cannot reach the server at {}: {e}", server.server)))
+}
+
+/// A server error as a failure; a wrong expected version exits with status 3.
+fn failure(status: tonic::Status) -> Failure {
+    let kind = status
+        .metadata()
+        .get(ERROR_KIND_KEY)
+        .and_then(|v| v.to_str().ok());
+    if kind == Some("wrong-expected-version") {
+        let actual = status
+            .metadata()
+            .get(ACTUAL_VERSION_KEY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown");
+        return Failure {
+            message: format!("{}\nactual version: {actual}", status.message()),
+            exit_code: EXIT_WRONG_VERSION,
+        };
+    }
+    Failure::new(format!("{:?}: {}", status.code(), status.message()))
+}
+
+fn expected(text: &str) -> Result<pb::ExpectedVersion, Failure> {
+    use pb::expected_version::Kind;
+    let kind = match text {
+        "any" => Kind::Any(pb::Empty {}),
+        "no-stream" => Kind::NoStream(pb::Empty {}),
+        "exists" => Kind::StreamExists(pb::Empty {}),
+        n => Kind::Exact(n.parse().map_err(|_| {
+            usage(format!(
+                "--expected must be any, no-stream, exists or a version number, not `{n}`"
+            ))
+        })?),
+    };
+    Ok(pb::ExpectedVersion { kind: Some(kind) })
+}
+
+fn json_bytes(value: Option<&serde_json::Value>) -> Vec<u8> {
+    match value {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(v) => v.to_string().into_bytes(),
+    }
+}
+
+fn events(args: &AppendArgs) -> Result<Vec<pb::NewEvent>, Failure> {
+    let one = |data: Vec<u8>| pb::NewEvent {
+        id: args.id.clone().unwrap_or_default(),
+        r#type: args.event_type.clone(),
+        data,
+        metadata: Vec::new(),
+    };
+    if let Some(data) = &args.data {
+        serde_json::from_str::<serde_json::Value>(data)
+            .map_err(|e| usage(format!("--data is not valid JSON: {e}")))?;
+        return Ok(vec![one(data.clone().into_bytes())]);
+    }
+    if let Some(path) = &args.data_file {
+        let data =
+            std::fs::read(path).map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
+        return Ok(vec![one(data)]);
+    }
+    if let Some(path) = &args.jsonl {
+        if args.id.is_some() {
+            return Err(usage(
+                "--id applies to a single event; put ids in the --jsonl lines",
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
+        let mut out = Vec::new();
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| usage(format!("{}:{}: not JSON: {e}", path.display(), n + 1)))?;
+            let field = |name: &str| v.get(name).and_then(|x| x.as_str()).map(str::to_string);
+            out.push(pb::NewEvent {
+                id: field("id").unwrap_or_default(),
+                r#type: field("type").unwrap_or_else(|| args.event_type.clone()),
+                data: json_bytes(v.get("data")),
+                metadata: json_bytes(v.get("metadata")),
+            });
+        }
+        return Ok(out);
+    }
+    Ok(vec![one(Vec::new())])
+}
+
+/// `strata append`.
+pub async fn append(args: AppendArgs) -> Result<(), Failure> {
+    let request = pb::AppendRequest {
+        stream: args.stream.clone(),
+        expected: Some(expected(&args.expected)?),
+        events: events(&args)?,
+    };
+    let mut client = connect(&args.server).await?;
+    let r = client.append(request).await.map_err(failure)?.into_inner();
+    output::line(&serde_json::json!({
+        "position": r.position,
+        "deduplicated": r.deduplicated,
+        "streams": r.streams.iter().map(|s| serde_json::json!({"stream": s.stream, "first_version": s.first_version, "last_version": s.last_version})).collect::<Vec<_>>(),
+    }));
+    Ok(())
+}
+
+/// `strata read`.
+pub async fn read(args: ReadArgs) -> Result<(), Failure> {
+    let direction = if args.backwards {
+        pb::Direction::Backwards
+    } else {
+        pb::Direction::Forwards
+    };
+    let request = pb::ReadRequest {
+        stream: args.stream,
+        from_version: args.from,
+        direction: direction as i32,
+        limit: args.limit,
+    };
+    let mut client = connect(&args.server).await?;
+    for e in client
+        .read(request)
+        .await
+        .map_err(failure)?
+        .into_inner()
+        .events
+    {
+        output::line(&output::event(&e));
+    }
+    Ok(())
+}
+
+/// `strata read-all`: events, then `{"next_position": N}`.
+pub async fn read_all(args: ReadAllArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.server).await?;
+    let r = client
+        .read_all(pb::ReadAllRequest {
+            from_position: args.from,
+            limit: args.limit,
+            filter: None,
+        })
+        .await
+        .map_err(failure)?
+        .into_inner();
+    for e in &r.events {
+        output::line(&output::event(e));
+    }
+    output::line(&serde_json::json!({ "next_position": r.next_position }));
+    Ok(())
+}
+
+/// `strata subscribe`: events as they come, and `{"caught_up": true}` once.
+pub async fn subscribe(args: SubscribeArgs) -> Result<(), Failure> {
+    use pb::subscribe_request::{Start, Target};
+    let target = match &args.stream {
+        Some(s) => Target::Stream(s.clone()),
+        None => Target::All(pb::Empty {}),
+    };
+    let start = match args.from.as_deref() {
+        None => None,
+        Some("end") => Some(Start::FromEnd(pb::Empty {})),
+        Some(n) => {
+            let n: u64 = n
+                .parse()
+                .map_err(|_| usage(format!("--from must be a number or `end`, not `{n}`")))?;
+            Some(if args.all {
+                Start::AfterPosition(n)
+            } else {
+                Start::FromVersion(n)
+            })
+        }
+    };
+    let mut client = connect(&args.server).await?;
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            target: Some(target),
+            start,
+            filter: None,
+        })
+        .await
+        .map_err(failure)?
+        .into_inner();
+    loop {
+        tokio::select! {
+            item = stream.message() => match item.map_err(failure)? {
+                Some(pb::SubscribeResponse { item: Some(pb::subscribe_response::Item::Event(e)) }) => output::line(&output::event(&e)),
+                Some(pb::SubscribeResponse { item: Some(pb::subscribe_response::Item::CaughtUp(_)) }) => output::line(&serde_json::json!({ "caught_up": true })),
+                Some(_) => {}
+                None => return Ok(()),
+            },
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// `strata stream-info`.
+pub async fn stream_info(args: StreamInfoArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.server).await?;
+    let r = client
+        .get_stream(pb::GetStreamRequest {
+            stream: args.stream,
+        })
+        .await
+        .map_err(failure)?
+        .into_inner();
+    let current = if r.exists {
+        serde_json::json!(r.current_version)
+    } else {
+        serde_json::Value::Null
+    };
+    output::line(
+        &serde_json::json!({ "stream": r.stream, "exists": r.exists, "current_version": current }),
+    );
+    Ok(())
+}

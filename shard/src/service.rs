@@ -1,0 +1,218 @@
+//! The `strata.v1.Streams` service over one engine. Appends go through the engine's
+//! group-commit queue; reads run on the blocking pool so disk reads never stall the runtime.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use strata_engine::{Direction, Engine, Reader};
+use strata_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::clock::WallClock;
+use crate::convert;
+use crate::status::{invalid, to_single_append_status, to_status};
+use crate::subscription::{self, Subscription};
+
+/// Events a read returns when the request's limit is 0.
+pub const READ_LIMIT_DEFAULT: u32 = 1000;
+
+/// Settings of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Records buffered per subscription before a slow consumer is cut off. Default 256 (so
+    /// at most 256 × `batch_bytes_max` bytes, and far less for ordinary events).
+    pub subscription_buffer_records_max: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            subscription_buffer_records_max: 256,
+        }
+    }
+}
+
+/// Live counters the metrics endpoint reports.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    /// Open subscriptions.
+    pub subscriptions: AtomicU64,
+    /// Requests served, for request ids.
+    pub requests: AtomicU64,
+}
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct StreamsService {
+    engine: Arc<Engine>,
+    clock: Arc<dyn WallClock>,
+    config: ServiceConfig,
+    stats: Arc<ServiceStats>,
+}
+
+impl StreamsService {
+    /// A service over `engine`, stamping appends with `clock`.
+    pub fn new(
+        engine: Arc<Engine>,
+        clock: Arc<dyn WallClock>,
+        config: ServiceConfig,
+        stats: Arc<ServiceStats>,
+    ) -> StreamsService {
+        StreamsService {
+            engine,
+            clock,
+            config,
+            stats,
+        }
+    }
+
+    fn request_id(&self) -> u64 {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Runs a read on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    reader: &Reader,
+    f: impl FnOnce(Reader) -> strata_engine::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    let reader = reader.clone();
+    tokio::task::spawn_blocking(move || f(reader))
+        .await
+        .map_err(|e| Status::internal(format!("read task failed: {e}")))?
+        .map_err(to_status)
+}
+
+fn limit(requested: u32, max: usize) -> Result<usize, Status> {
+    let limit = if requested == 0 {
+        READ_LIMIT_DEFAULT
+    } else {
+        requested
+    } as usize;
+    if limit > max {
+        return Err(to_status(strata_engine::Error::LimitExceeded {
+            limit: "read_limit_max",
+            value: limit as u64,
+            max: max as u64,
+        }));
+    }
+    Ok(limit)
+}
+
+#[tonic::async_trait]
+impl pb::streams_server::Streams for StreamsService {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let id = self.request_id();
+        let request = convert::append(request.into_inner(), self.clock.now_us())?;
+        tracing::debug!(request_id = id, stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
+        let result = self
+            .engine
+            .append(request)
+            .await
+            .map_err(to_single_append_status)?;
+        Ok(Response::new(convert::append_response(result)))
+    }
+
+    async fn append_multi(
+        &self,
+        request: Request<pb::AppendMultiRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let id = self.request_id();
+        let request = convert::append_multi(request.into_inner(), self.clock.now_us())?;
+        tracing::debug!(
+            request_id = id,
+            streams = request.streams.len(),
+            "append multi"
+        );
+        let result = self.engine.append(request).await.map_err(to_status)?;
+        Ok(Response::new(convert::append_response(result)))
+    }
+
+    async fn read(
+        &self,
+        request: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
+        let r = request.into_inner();
+        let limit = limit(r.limit, self.engine.reader().limits().read_events_max)?;
+        let direction = match pb::Direction::try_from(r.direction) {
+            Ok(pb::Direction::Forwards) => Direction::Forwards,
+            Ok(pb::Direction::Backwards) => Direction::Backwards,
+            Err(_) => {
+                return Err(invalid(
+                    "direction",
+                    format!("unknown direction {}", r.direction),
+                ))
+            }
+        };
+        let events = blocking(self.engine.reader(), move |reader| {
+            reader.read_stream(&r.stream, r.from_version, direction, limit)
+        })
+        .await?;
+        Ok(Response::new(pb::ReadResponse {
+            events: events.into_iter().map(convert::recorded).collect(),
+        }))
+    }
+
+    async fn read_all(
+        &self,
+        request: Request<pb::ReadAllRequest>,
+    ) -> Result<Response<pb::ReadAllResponse>, Status> {
+        let r = request.into_inner();
+        let limit = limit(r.limit, self.engine.reader().limits().read_records_max)?;
+        let batch = blocking(self.engine.reader(), move |reader| {
+            reader.read_all(r.from_position, limit)
+        })
+        .await?;
+        let events = batch
+            .records
+            .into_iter()
+            .flat_map(|rec| rec.events)
+            .filter(|e| convert::matches(r.filter.as_ref(), e))
+            .map(convert::recorded)
+            .collect();
+        Ok(Response::new(pb::ReadAllResponse {
+            events,
+            next_position: batch.next,
+        }))
+    }
+
+    type SubscribeStream = subscription::EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        let reader = self.engine.reader().clone();
+        let subscription = Subscription::from_request(&reader, r)?;
+        let (tx, rx) = mpsc::channel(self.config.subscription_buffer_records_max.max(2));
+        let stats = self.stats.clone();
+        stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            subscription::run(reader, subscription, tx).await;
+            stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(Response::new(subscription::event_stream(rx)))
+    }
+
+    async fn get_stream(
+        &self,
+        request: Request<pb::GetStreamRequest>,
+    ) -> Result<Response<pb::GetStreamResponse>, Status> {
+        let stream = request.into_inner().stream;
+        let name = stream.clone();
+        let version = blocking(self.engine.reader(), move |reader| {
+            reader.stream_version(&name)
+        })
+        .await?;
+        Ok(Response::new(pb::GetStreamResponse {
+            stream,
+            exists: version.is_some(),
+            current_version: version.unwrap_or(0),
+        }))
+    }
+}

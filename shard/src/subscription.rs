@@ -1,0 +1,281 @@
+//! Subscriptions: catch up from the requested point, then follow live, as one loop. The cursor
+//! (a stream version, or a log position for `$all`) only moves past what was delivered, and
+//! the loop reads again after every change of the log's published end before waiting, so the
+//! switch from catch-up to live has no gap and no duplicate.
+//!
+//! Delivery is by record (a record's events always go out together) through a bounded buffer
+//! of `subscription_buffer_records_max` records. A consumer that lets it fill is cut off with
+//! `RESOURCE_EXHAUSTED` naming where to resume; one slot is kept free for that status.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use strata_engine::validate::validate_stream_name;
+use strata_engine::{Direction, Position, Reader, RecordedEvent};
+use strata_proto::v1 as pb;
+use strata_proto::v1::subscribe_request::{Start, Target};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::Status;
+
+use crate::convert;
+use crate::status::{invalid, to_status};
+
+/// Records (or, for a stream, events) read per catch-up step.
+const READ_BATCH: usize = 256;
+
+/// What a subscription delivers to the gRPC stream: one record's events at a time.
+pub type Unit = Vec<Result<pb::SubscribeResponse, Status>>;
+/// The stream handed to tonic.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+#[derive(Debug, Clone)]
+enum Cursor {
+    /// The next version of the stream to deliver.
+    Stream { name: String, next_version: u64 },
+    /// Where to read the log from; `skip` is a record already delivered.
+    All {
+        from: Position,
+        skip: Option<Position>,
+    },
+}
+
+/// A validated subscription request.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    cursor: Cursor,
+    filter: Option<pb::Filter>,
+}
+
+impl Subscription {
+    /// Checks a request and fixes its starting point.
+    pub fn from_request(reader: &Reader, r: pb::SubscribeRequest) -> Result<Subscription, Status> {
+        let cursor = match r.target {
+            None => return Err(invalid("target", "set `stream` or `all`")),
+            Some(Target::Stream(name)) => {
+                validate_stream_name("stream", &name, reader.limits()).map_err(to_status)?;
+                let next_version =
+                    match r.start {
+                        None => 0,
+                        Some(Start::FromVersion(v)) => v,
+                        Some(Start::FromEnd(_)) => reader
+                            .stream_version(&name)
+                            .map_err(to_status)?
+                            .map_or(0, |v| v + 1),
+                        Some(Start::AfterPosition(_)) => return Err(invalid(
+                            "after_position",
+                            "is for $all subscriptions; a stream subscription starts from_version",
+                        )),
+                    };
+                Cursor::Stream { name, next_version }
+            }
+            Some(Target::All(_)) => match r.start {
+                None | Some(Start::AfterPosition(0)) => Cursor::All {
+                    from: 0,
+                    skip: None,
+                },
+                Some(Start::AfterPosition(p)) => {
+                    if !reader.is_record_position(p).map_err(to_status)? {
+                        return Err(invalid(
+                            "after_position",
+                            format!("{p} is not the position of a record in this log"),
+                        ));
+                    }
+                    Cursor::All {
+                        from: p,
+                        skip: Some(p),
+                    }
+                }
+                Some(Start::FromEnd(_)) => Cursor::All {
+                    from: reader.end(),
+                    skip: None,
+                },
+                Some(Start::FromVersion(_)) => {
+                    return Err(invalid(
+                        "from_version",
+                        "is for stream subscriptions; $all starts after_position",
+                    ))
+                }
+            },
+        };
+        Ok(Subscription {
+            cursor,
+            filter: r.filter,
+        })
+    }
+
+    fn resume_hint(&self) -> String {
+        match &self.cursor {
+            Cursor::Stream { next_version, .. } => format!("resume from_version {next_version}"),
+            Cursor::All { from, skip } => {
+                format!("resume after_position {}", skip.unwrap_or(*from))
+            }
+        }
+    }
+}
+
+/// Flattens delivered units into the event stream tonic sends.
+pub fn event_stream(rx: mpsc::Receiver<Unit>) -> EventStream {
+    Box::pin(Units {
+        rx,
+        pending: VecDeque::new(),
+    })
+}
+
+struct Units {
+    rx: mpsc::Receiver<Unit>,
+    pending: VecDeque<Result<pb::SubscribeResponse, Status>>,
+}
+
+impl Stream for Units {
+    type Item = Result<pb::SubscribeResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(unit)) => self.pending.extend(unit),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+fn event(e: RecordedEvent) -> Result<pb::SubscribeResponse, Status> {
+    Ok(pb::SubscribeResponse {
+        item: Some(pb::subscribe_response::Item::Event(convert::recorded(e))),
+    })
+}
+
+/// One read step: the units to deliver and the cursor after each.
+async fn step(
+    reader: &Reader,
+    sub: &Subscription,
+) -> Result<Vec<(Vec<RecordedEvent>, Cursor)>, Status> {
+    let reader = reader.clone();
+    let cursor = sub.cursor.clone();
+    let filter = sub.filter.clone();
+    let read = tokio::task::spawn_blocking(
+        move || -> strata_engine::Result<Vec<(Vec<RecordedEvent>, Cursor)>> {
+            match cursor {
+                Cursor::Stream { name, next_version } => {
+                    let events = reader.read_stream(
+                        &name,
+                        Some(next_version),
+                        Direction::Forwards,
+                        READ_BATCH,
+                    )?;
+                    Ok(events
+                        .into_iter()
+                        .map(|e| {
+                            let next = Cursor::Stream {
+                                name: name.clone(),
+                                next_version: e.version + 1,
+                            };
+                            let keep = if convert::matches(filter.as_ref(), &e) {
+                                vec![e]
+                            } else {
+                                Vec::new()
+                            };
+                            (keep, next)
+                        })
+                        .collect())
+                }
+                Cursor::All { from, skip } => {
+                    let batch = reader.read_all(from, READ_BATCH)?;
+                    let count = batch.records.len();
+                    Ok(batch
+                        .records
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(_, r)| Some(r.position) != skip)
+                        .map(|(i, r)| {
+                            // After the last record, continue from where the read ended.
+                            let next = if i + 1 == count {
+                                Cursor::All {
+                                    from: batch.next,
+                                    skip: None,
+                                }
+                            } else {
+                                Cursor::All {
+                                    from: r.position,
+                                    skip: Some(r.position),
+                                }
+                            };
+                            let events = r
+                                .events
+                                .into_iter()
+                                .filter(|e| convert::matches(filter.as_ref(), e))
+                                .collect();
+                            (events, next)
+                        })
+                        .collect())
+                }
+            }
+        },
+    );
+    read.await
+        .map_err(|e| Status::internal(format!("subscription read failed: {e}")))?
+        .map_err(to_status)
+}
+
+/// Delivers the subscription until the client goes away, the log fails, or the client is too
+/// slow.
+pub async fn run(reader: Reader, mut sub: Subscription, tx: mpsc::Sender<Unit>) {
+    let mut end = reader.watch_end();
+    let mut caught_up = false;
+    loop {
+        end.borrow_and_update();
+        let units = match step(&reader, &sub).await {
+            Ok(units) => units,
+            Err(status) => {
+                let _ = tx.send(vec![Err(status)]).await;
+                return;
+            }
+        };
+        if units.is_empty() {
+            if !caught_up {
+                let item = Some(pb::subscribe_response::Item::CaughtUp(pb::Empty {}));
+                if tx
+                    .send(vec![Ok(pb::SubscribeResponse { item })])
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                caught_up = true;
+            }
+            tokio::select! {
+                changed = end.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+            continue;
+        }
+        for (events, next) in units {
+            if !events.is_empty() {
+                // Keep one slot for the status that ends a slow subscription.
+                if tx.capacity() < 2 {
+                    let status = Status::resource_exhausted(format!(
+                        "subscriber too slow: its buffer of {} records (subscription_buffer_records_max) is full; {}",
+                        tx.max_capacity(),
+                        sub.resume_hint()
+                    ));
+                    let _ = tx.send(vec![Err(status)]).await;
+                    return;
+                }
+                if tx
+                    .send(events.into_iter().map(event).collect())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            sub.cursor = next;
+        }
+    }
+}
