@@ -10,6 +10,7 @@ use std::sync::Arc;
 use strata_engine::{Engine, EngineConfig};
 use strata_proto::v1 as pb;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::clock::SystemWallClock;
@@ -35,6 +36,7 @@ pub struct Node {
     listener: TcpListener,
     service: StreamsService,
     stats: Arc<ServiceStats>,
+    stop: watch::Sender<bool>,
 }
 
 /// Why a node could not start or stopped.
@@ -87,17 +89,20 @@ impl Node {
                     source,
                 })?;
         let stats = Arc::new(ServiceStats::default());
+        let (stop, stopped) = watch::channel(false);
         let service = StreamsService::new(
             engine.clone(),
             Arc::new(SystemWallClock::default()),
             config.service,
             stats.clone(),
+            stopped,
         );
         Ok(Node {
             engine,
             listener,
             service,
             stats,
+            stop,
         })
     }
 
@@ -129,7 +134,11 @@ impl Node {
             .add_service(health)
             .add_service(reflection)
             .add_service(pb::streams_server::StreamsServer::new(self.service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+                shutdown.await;
+                // Subscriptions never end by themselves: tell them to, so the server can drain.
+                self.stop.send_replace(true);
+            })
             .await;
         // In-flight calls have finished; let queued appends finish too, then close.
         let engine = self.engine;

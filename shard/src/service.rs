@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use strata_engine::{Direction, Engine, Reader};
 use strata_proto::v1 as pb;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
 use crate::clock::WallClock;
@@ -20,15 +20,18 @@ pub const READ_LIMIT_DEFAULT: u32 = 1000;
 /// Settings of the service.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    /// Records buffered per subscription before a slow consumer is cut off. Default 256 (so
-    /// at most 256 × `batch_bytes_max` bytes, and far less for ordinary events).
+    /// Records buffered per subscription. Default 256 (so at most 256 × `batch_bytes_max`
+    /// bytes, and far less for ordinary events).
     pub subscription_buffer_records_max: usize,
+    /// How long a subscriber may leave its buffer full before it is cut off. Default 10 s.
+    pub subscription_stall_timeout: std::time::Duration,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
             subscription_buffer_records_max: 256,
+            subscription_stall_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -49,6 +52,7 @@ pub struct StreamsService {
     clock: Arc<dyn WallClock>,
     config: ServiceConfig,
     stats: Arc<ServiceStats>,
+    stop: watch::Receiver<bool>,
 }
 
 impl StreamsService {
@@ -58,12 +62,14 @@ impl StreamsService {
         clock: Arc<dyn WallClock>,
         config: ServiceConfig,
         stats: Arc<ServiceStats>,
+        stop: watch::Receiver<bool>,
     ) -> StreamsService {
         StreamsService {
             engine,
             clock,
             config,
             stats,
+            stop,
         }
     }
 
@@ -189,14 +195,21 @@ impl pb::streams_server::Streams for StreamsService {
         let r = request.into_inner();
         let reader = self.engine.reader().clone();
         let subscription = Subscription::from_request(&reader, r)?;
-        let (tx, rx) = mpsc::channel(self.config.subscription_buffer_records_max.max(2));
+        let (tx, rx) = mpsc::channel(self.config.subscription_buffer_records_max.max(1));
+        let last = subscription::FinalStatus::default();
+        let delivery = subscription::Delivery {
+            tx,
+            last: last.clone(),
+            stop: self.stop.clone(),
+            stall_timeout: self.config.subscription_stall_timeout,
+        };
         let stats = self.stats.clone();
         stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            subscription::run(reader, subscription, tx).await;
+            subscription::run(reader, subscription, delivery).await;
             stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
         });
-        Ok(Response::new(subscription::event_stream(rx)))
+        Ok(Response::new(subscription::event_stream(rx, last)))
     }
 
     async fn get_stream(

@@ -4,18 +4,23 @@
 //! switch from catch-up to live has no gap and no duplicate.
 //!
 //! Delivery is by record (a record's events always go out together) through a bounded buffer
-//! of `subscription_buffer_records_max` records. A consumer that lets it fill is cut off with
-//! `RESOURCE_EXHAUSTED` naming where to resume; one slot is kept free for that status.
+//! of `subscription_buffer_records_max` records; the loop reads the log only when there is
+//! room, so memory stays bounded however slow the consumer. A consumer that leaves the buffer
+//! full for `subscription_stall_timeout` is cut off with `RESOURCE_EXHAUSTED`, and node
+//! shutdown ends subscriptions with `UNAVAILABLE`; both statuses come after the events already
+//! buffered and name where to resume.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use strata_engine::validate::validate_stream_name;
 use strata_engine::{Direction, Position, Reader, RecordedEvent};
 use strata_proto::v1 as pb;
 use strata_proto::v1::subscribe_request::{Start, Target};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::Status;
 
@@ -115,17 +120,22 @@ impl Subscription {
     }
 }
 
-/// Flattens delivered units into the event stream tonic sends.
-pub fn event_stream(rx: mpsc::Receiver<Unit>) -> EventStream {
+/// Where a subscription leaves the status that ends it, delivered after the buffered events.
+pub type FinalStatus = Arc<Mutex<Option<Status>>>;
+
+/// Flattens delivered units into the event stream tonic sends, ending with the final status.
+pub fn event_stream(rx: mpsc::Receiver<Unit>, last: FinalStatus) -> EventStream {
     Box::pin(Units {
         rx,
         pending: VecDeque::new(),
+        last,
     })
 }
 
 struct Units {
     rx: mpsc::Receiver<Unit>,
     pending: VecDeque<Result<pb::SubscribeResponse, Status>>,
+    last: FinalStatus,
 }
 
 impl Stream for Units {
@@ -138,7 +148,10 @@ impl Stream for Units {
             }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(unit)) => self.pending.extend(unit),
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) => {
+                    let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    return Poll::Ready(last.map(Err));
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -223,24 +236,51 @@ async fn step(
         .map_err(to_status)
 }
 
-/// Delivers the subscription until the client goes away, the log fails, or the client is too
-/// slow.
-pub async fn run(reader: Reader, mut sub: Subscription, tx: mpsc::Sender<Unit>) {
+/// How a subscription is delivered.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The bounded buffer towards the client.
+    pub tx: mpsc::Sender<Unit>,
+    /// Where the ending status goes.
+    pub last: FinalStatus,
+    /// Turns true when the node shuts down.
+    pub stop: watch::Receiver<bool>,
+    /// How long the buffer may stay full before the consumer is cut off.
+    pub stall_timeout: Duration,
+}
+
+impl Delivery {
+    fn end(&self, status: Status) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+}
+
+/// Delivers the subscription until the client goes away, the node stops, the log fails, or
+/// the client stalls.
+pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) {
     let mut end = reader.watch_end();
     let mut caught_up = false;
     loop {
+        if *delivery.stop.borrow() {
+            delivery.end(Status::unavailable(format!(
+                "the node is shutting down; {}",
+                sub.resume_hint()
+            )));
+            return;
+        }
         end.borrow_and_update();
         let units = match step(&reader, &sub).await {
             Ok(units) => units,
             Err(status) => {
-                let _ = tx.send(vec![Err(status)]).await;
+                delivery.end(status);
                 return;
             }
         };
         if units.is_empty() {
             if !caught_up {
                 let item = Some(pb::subscribe_response::Item::CaughtUp(pb::Empty {}));
-                if tx
+                if delivery
+                    .tx
                     .send(vec![Ok(pb::SubscribeResponse { item })])
                     .await
                     .is_err()
@@ -251,29 +291,33 @@ pub async fn run(reader: Reader, mut sub: Subscription, tx: mpsc::Sender<Unit>) 
             }
             tokio::select! {
                 changed = end.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
+                _ = delivery.stop.changed() => {},
+                _ = delivery.tx.closed() => return,
             }
             continue;
         }
         for (events, next) in units {
             if !events.is_empty() {
-                // Keep one slot for the status that ends a slow subscription.
-                if tx.capacity() < 2 {
-                    let status = Status::resource_exhausted(format!(
-                        "subscriber too slow: its buffer of {} records (subscription_buffer_records_max) is full; {}",
-                        tx.max_capacity(),
-                        sub.resume_hint()
-                    ));
-                    let _ = tx.send(vec![Err(status)]).await;
-                    return;
-                }
-                if tx
-                    .send(events.into_iter().map(event).collect())
-                    .await
-                    .is_err()
+                let permit = match tokio::time::timeout(
+                    delivery.stall_timeout,
+                    delivery.tx.reserve(),
+                )
+                .await
                 {
-                    return;
-                }
+                    Ok(Ok(permit)) => permit,
+                    // The client went away.
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        delivery.end(Status::resource_exhausted(format!(
+                            "subscriber too slow: its buffer of {} records (subscription_buffer_records_max) stayed full for {} ms (subscription_stall_timeout); {}",
+                            delivery.tx.max_capacity(),
+                            delivery.stall_timeout.as_millis(),
+                            sub.resume_hint()
+                        )));
+                        return;
+                    }
+                };
+                permit.send(events.into_iter().map(event).collect());
             }
             sub.cursor = next;
         }

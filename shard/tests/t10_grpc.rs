@@ -1,0 +1,546 @@
+//! End to end over real gRPC on loopback, against a node started by the test: appends and
+//! reads, version conflicts, idempotent retries, every bad input with its status code,
+//! subscriptions under concurrent writers, and the slow-subscriber limit.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use strata_proto::v1 as pb;
+use strata_proto::v1::streams_client::StreamsClient;
+use strata_shard::status::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY};
+use strata_shard::{Node, NodeConfig, ServiceConfig};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct TestNode {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    async fn start(service: ServiceConfig) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NodeConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            engine: Default::default(),
+            service,
+        };
+        let node = Node::bind(config).await.unwrap();
+        let addr = node.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            node.serve(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestNode {
+            addr,
+            stop: Some(stop),
+            done: Some(done),
+            _dir: dir,
+        }
+    }
+
+    async fn client(&self) -> StreamsClient<Channel> {
+        StreamsClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.unwrap();
+        }
+    }
+}
+
+fn event(id: &str, data: &str) -> pb::NewEvent {
+    pb::NewEvent {
+        id: id.into(),
+        r#type: "Tested".into(),
+        data: data.as_bytes().to_vec(),
+        metadata: Vec::new(),
+    }
+}
+
+fn uuid(n: u128) -> String {
+    uuid::Uuid::from_u128(n).to_string()
+}
+
+fn exact(v: u64) -> Option<pb::ExpectedVersion> {
+    Some(pb::ExpectedVersion {
+        kind: Some(pb::expected_version::Kind::Exact(v)),
+    })
+}
+
+fn no_stream() -> Option<pb::ExpectedVersion> {
+    Some(pb::ExpectedVersion {
+        kind: Some(pb::expected_version::Kind::NoStream(pb::Empty {})),
+    })
+}
+
+fn append(
+    stream: &str,
+    expected: Option<pb::ExpectedVersion>,
+    events: Vec<pb::NewEvent>,
+) -> pb::AppendRequest {
+    pb::AppendRequest {
+        stream: stream.into(),
+        expected,
+        events,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_read_conflict_and_idempotent_retry() {
+    let node = TestNode::start(ServiceConfig::default()).await;
+    let mut c = node.client().await;
+    let first = c
+        .append(append(
+            "acct-1",
+            no_stream(),
+            vec![event(&uuid(1), "{\"a\":1}"), event(&uuid(2), "{\"a\":2}")],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            first.streams[0].first_version,
+            first.streams[0].last_version,
+            first.deduplicated
+        ),
+        (0, 1, false)
+    );
+    let read = c
+        .read(pb::ReadRequest {
+            stream: "acct-1".into(),
+            from_version: None,
+            direction: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        read.events
+            .iter()
+            .map(|e| (e.version, e.id.clone()))
+            .collect::<Vec<_>>(),
+        vec![(0, uuid(1)), (1, uuid(2))]
+    );
+    assert_eq!(read.events[0].data, b"{\"a\":1}");
+    // Conflict: the actual version comes back in metadata and the message.
+    let err = c
+        .append(append("acct-1", exact(0), vec![event(&uuid(3), "x")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(err.metadata().get(ACTUAL_VERSION_KEY).unwrap(), "1");
+    assert!(err.message().contains("actual 1"), "{}", err.message());
+    // A retry returns the original result, whatever the expectation now says.
+    let retry = c
+        .append(append(
+            "acct-1",
+            no_stream(),
+            vec![event(&uuid(1), "{\"a\":1}"), event(&uuid(2), "{\"a\":2}")],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.deduplicated);
+    assert_eq!(
+        (retry.position, retry.streams.clone()),
+        (first.position, first.streams.clone())
+    );
+    let info = c
+        .get_stream(pb::GetStreamRequest {
+            stream: "acct-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((info.exists, info.current_version), (true, 1));
+    // Multi-stream appends are atomic.
+    let multi = pb::AppendMultiRequest {
+        streams: vec![
+            pb::StreamAppend {
+                stream: "order-9".into(),
+                expected: no_stream(),
+                events: vec![event(&uuid(10), "o")],
+            },
+            pb::StreamAppend {
+                stream: "acct-1".into(),
+                expected: exact(7),
+                events: vec![event(&uuid(11), "a")],
+            },
+        ],
+    };
+    assert_eq!(
+        c.append_multi(multi).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    let none = c
+        .get_stream(pb::GetStreamRequest {
+            stream: "order-9".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!none.exists);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_has_its_status_and_writes_nothing() {
+    let node = TestNode::start(ServiceConfig::default()).await;
+    let mut c = node.client().await;
+    c.append(append("s", None, vec![event(&uuid(1), "one")]))
+        .await
+        .unwrap();
+    let big = "x".repeat(2 << 20);
+    let cases: Vec<(&str, pb::AppendRequest, Code, &str)> = vec![
+        (
+            "empty stream",
+            append("", None, vec![event(&uuid(2), "x")]),
+            Code::InvalidArgument,
+            "`stream`",
+        ),
+        (
+            "control char",
+            append("a\tb", None, vec![event(&uuid(2), "x")]),
+            Code::InvalidArgument,
+            "`stream`",
+        ),
+        (
+            "no events",
+            append("s", None, vec![]),
+            Code::InvalidArgument,
+            "`events`",
+        ),
+        (
+            "bad uuid",
+            append("s", None, vec![event("not-a-uuid", "x")]),
+            Code::InvalidArgument,
+            "`events[0].id`",
+        ),
+        (
+            "empty type",
+            append(
+                "s",
+                None,
+                vec![pb::NewEvent {
+                    r#type: String::new(),
+                    ..event(&uuid(2), "x")
+                }],
+            ),
+            Code::InvalidArgument,
+            "`events[0].type`",
+        ),
+        (
+            "duplicate ids",
+            append("s", None, vec![event(&uuid(3), "x"), event(&uuid(3), "x")]),
+            Code::InvalidArgument,
+            "`events[1].id`",
+        ),
+        (
+            "oversized event",
+            append("s", None, vec![event(&uuid(4), &big)]),
+            Code::ResourceExhausted,
+            "event_bytes_max",
+        ),
+        (
+            "wrong version",
+            append("s", exact(9), vec![event(&uuid(5), "x")]),
+            Code::FailedPrecondition,
+            "actual 0",
+        ),
+        (
+            "same id, new content",
+            append("s", None, vec![event(&uuid(1), "changed")]),
+            Code::AlreadyExists,
+            "different",
+        ),
+    ];
+    for (name, request, code, needle) in cases {
+        let err = c.append(request).await.unwrap_err();
+        assert_eq!(err.code(), code, "{name}: {}", err.message());
+        assert!(err.message().contains(needle), "{name}: {}", err.message());
+        assert!(err.metadata().get(ERROR_KIND_KEY).is_some(), "{name}");
+    }
+    let bad_read = c
+        .read(pb::ReadRequest {
+            stream: "s".into(),
+            from_version: None,
+            direction: 0,
+            limit: 1_000_000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_read.code(), Code::ResourceExhausted);
+    let bad_pos = c
+        .read_all(pb::ReadAllRequest {
+            from_position: 7,
+            limit: 0,
+            filter: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_pos.code(), Code::InvalidArgument);
+    let bad_dir = c
+        .read(pb::ReadRequest {
+            stream: "s".into(),
+            from_version: None,
+            direction: 9,
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_dir.code(), Code::InvalidArgument);
+    let bad_sub = c
+        .subscribe(pb::SubscribeRequest {
+            target: None,
+            start: None,
+            filter: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_sub.code(), Code::InvalidArgument);
+    // Nothing was written by any of them.
+    let all = c
+        .read_all(pb::ReadAllRequest {
+            from_position: 0,
+            limit: 0,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.events.len(), 1);
+    node.stop().await;
+}
+
+async fn next_event(
+    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+) -> Result<Option<pb::RecordedEvent>, tonic::Status> {
+    loop {
+        match stream.message().await? {
+            Some(pb::SubscribeResponse {
+                item: Some(pb::subscribe_response::Item::Event(e)),
+            }) => return Ok(Some(e)),
+            Some(_) => continue,
+            None => return Ok(None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_sees_every_event_once_in_order_under_concurrent_writers() {
+    const WRITERS: u128 = 8;
+    const PER_WRITER: u128 = 60;
+    let node = TestNode::start(ServiceConfig::default()).await;
+    let mut c = node.client().await;
+    // Some history first, so the subscription has to catch up before going live.
+    for w in 0..WRITERS {
+        c.append(append(
+            &format!("w-{w}"),
+            no_stream(),
+            vec![event(&uuid((w << 32) | 1_000_000), "old")],
+        ))
+        .await
+        .unwrap();
+    }
+    let mut sub = c
+        .subscribe(pb::SubscribeRequest {
+            target: Some(pb::subscribe_request::Target::All(pb::Empty {})),
+            start: None,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let addr = node.addr;
+            tokio::spawn(async move {
+                let mut c = StreamsClient::connect(format!("http://{addr}"))
+                    .await
+                    .unwrap();
+                for i in 1..=PER_WRITER {
+                    c.append(append(
+                        &format!("w-{w}"),
+                        exact(i as u64 - 1),
+                        vec![event(&uuid((w << 32) | i), "new")],
+                    ))
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut positions = Vec::new();
+    for _ in 0..WRITERS * (PER_WRITER + 1) {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(30), next_event(&mut sub))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let next = seen.entry(e.stream.clone()).or_insert(0);
+        assert_eq!(
+            e.version, *next,
+            "per-stream order, no gap, no duplicate ({})",
+            e.stream
+        );
+        *next += 1;
+        positions.push(e.position);
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(positions.windows(2).all(|p| p[0] < p[1]), "log order");
+    assert!(seen.values().all(|v| *v == PER_WRITER as u64 + 1));
+    // Nothing more arrives: no duplicates after the last event.
+    let extra =
+        tokio::time::timeout(std::time::Duration::from_millis(300), next_event(&mut sub)).await;
+    assert!(extra.is_err(), "an extra event arrived: {extra:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_cut_off_and_can_resume_without_gap() {
+    const EVENTS: u128 = 400;
+    let config = ServiceConfig {
+        subscription_buffer_records_max: 4,
+        subscription_stall_timeout: std::time::Duration::from_millis(200),
+    };
+    let node = TestNode::start(config).await;
+    let mut c = node.client().await;
+    // Enough bytes to fill the transport's buffers as well as the subscription's.
+    let payload = "x".repeat(64 << 10);
+    for i in 0..EVENTS {
+        c.append(append("s", None, vec![event(&uuid(i + 1), &payload)]))
+            .await
+            .unwrap();
+    }
+    let all = || Some(pb::subscribe_request::Target::All(pb::Empty {}));
+    let mut sub = c
+        .subscribe(pb::SubscribeRequest {
+            target: all(),
+            start: None,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Read nothing for a while: the buffer stays full and the server gives up on us.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let mut got = Vec::new();
+    let status = loop {
+        let next =
+            tokio::time::timeout(std::time::Duration::from_secs(10), next_event(&mut sub)).await;
+        match next.unwrap_or_else(|_| panic!("stuck after {} events before the cut-off", got.len()))
+        {
+            Ok(Some(e)) => got.push(e),
+            Ok(None) => panic!(
+                "the subscription ended without a status after {} events",
+                got.len()
+            ),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("subscription_buffer_records_max"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        (got.len() as u128) < EVENTS,
+        "cut off before the end ({} events)",
+        got.len()
+    );
+    let last = got.last().map_or(0, |e| e.position);
+    assert!(
+        status.message().contains(&format!("after_position {last}")),
+        "{}",
+        status.message()
+    );
+    // Resume after the last event received: the rest, without gap or duplicate.
+    let start = Some(pb::subscribe_request::Start::AfterPosition(last));
+    let mut sub = c
+        .subscribe(pb::SubscribeRequest {
+            target: all(),
+            start,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while (got.len() as u128) < EVENTS {
+        let next =
+            tokio::time::timeout(std::time::Duration::from_secs(10), next_event(&mut sub)).await;
+        got.push(
+            next.unwrap_or_else(|_| panic!("stuck at {} events after resuming", got.len()))
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let ids: Vec<String> = got.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, (0..EVENTS).map(|i| uuid(i + 1)).collect::<Vec<_>>());
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_subscription_from_a_version_and_from_the_end() {
+    let node = TestNode::start(ServiceConfig::default()).await;
+    let mut c = node.client().await;
+    for i in 0..5u128 {
+        c.append(append("s", None, vec![event(&uuid(i + 1), "x")]))
+            .await
+            .unwrap();
+    }
+    let target = || Some(pb::subscribe_request::Target::Stream("s".into()));
+    let mut from3 = c
+        .subscribe(pb::SubscribeRequest {
+            target: target(),
+            start: Some(pb::subscribe_request::Start::FromVersion(3)),
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut from_end = c
+        .subscribe(pb::SubscribeRequest {
+            target: target(),
+            start: Some(pb::subscribe_request::Start::FromEnd(pb::Empty {})),
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.append(append("s", None, vec![event(&uuid(6), "live")]))
+        .await
+        .unwrap();
+    let ten_s = std::time::Duration::from_secs(10);
+    for v in [3, 4, 5] {
+        let e = tokio::time::timeout(ten_s, next_event(&mut from3))
+            .await
+            .unwrap_or_else(|_| panic!("from 3: version {v} never came"));
+        assert_eq!(e.unwrap().unwrap().version, v);
+    }
+    let e = tokio::time::timeout(ten_s, next_event(&mut from_end))
+        .await
+        .expect("from the end: version 5 never came");
+    assert_eq!(e.unwrap().unwrap().version, 5);
+    node.stop().await;
+}
