@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sourced by scripts/dev.sh and scripts/test.sh: installs the Debian packages the build links
+# against (the system RocksDB, its compression libraries, libclang for bindgen) when missing,
+# and points cargo at one persistent target directory outside the clone.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
+need=()
+for pkg in librocksdb-dev libclang-dev libsnappy-dev liblz4-dev libzstd-dev libbz2-dev zlib1g-dev; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing ${need[*]}" >&2
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
