@@ -12,6 +12,7 @@ use strata_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::clock::SystemWallClock;
 use crate::service::{ServiceConfig, ServiceStats, StreamsService};
@@ -130,11 +131,19 @@ impl Node {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
+        // Small responses must not wait for delayed ACKs (Nagle): ~40 ms stalls otherwise.
+        let incoming = TcpListenerStream::new(self.listener).map(|conn| {
+            conn.inspect(|stream| {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY on a connection");
+                }
+            })
+        });
         let result = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
             .add_service(pb::streams_server::StreamsServer::new(self.service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
                 // Subscriptions never end by themselves: tell them to, so the server can drain.
                 self.stop.send_replace(true);

@@ -108,7 +108,7 @@ fn usage(message: impl Into<String>) -> Failure {
     }
 }
 
-async fn connect(server: &ServerArg) -> Result<StreamsClient<Channel>, Failure> {
+pub async fn connect(server: &ServerArg) -> Result<StreamsClient<Channel>, Failure> {
     let url = if server.server.contains("://") {
         server.server.clone()
     } else {

@@ -3,6 +3,7 @@
 //! stdout. Exit status: 0 success, 3 wrong expected version (the actual version goes to
 //! stderr), 1 any other error (the server's message goes to stderr), 2 bad usage.
 
+mod bench;
 mod client;
 mod output;
 
@@ -42,6 +43,9 @@ enum Command {
     Subscribe(client::SubscribeArgs),
     /// Show a stream's current version.
     StreamInfo(client::StreamInfoArgs),
+    /// Load generators over real gRPC.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Verify a data directory offline (every segment, record and footer).
     Check {
         /// The node's data directory.
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             Command::ReadAll(args) => client::read_all(args).await,
             Command::Subscribe(args) => client::subscribe(args).await,
             Command::StreamInfo(args) => client::stream_info(args).await,
+            Command::Bench(command) => bench::run(command).await,
             Command::Check { dir } => check(dir),
         }
     });

@@ -1,0 +1,139 @@
+//! `strata bench append`: a load generator over real gRPC. N clients append K events of B bytes
+//! per append, as fast as acknowledgements come back, for a fixed time; prints events/s, MiB/s
+//! and append latency percentiles. Bounded: it stops at the deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_proto::v1 as pb;
+use strata_proto::v1::streams_client::StreamsClient;
+
+use crate::client::ServerArg;
+use crate::{output, Failure};
+
+/// `strata bench append`.
+#[derive(Debug, clap::Args)]
+pub struct BenchAppendArgs {
+    /// Concurrent clients, each waiting for its append before sending the next.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Bytes of data per event.
+    #[arg(long, default_value_t = 1024)]
+    event_bytes: usize,
+    /// Events per append.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Streams to spread the appends over (default: one per client).
+    #[arg(long)]
+    streams: Option<usize>,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+/// Which benchmark.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Durable appends.
+    Append(BenchAppendArgs),
+}
+
+/// Clients share this many HTTP/2 connections.
+const CONNECTIONS: usize = 4;
+
+/// Runs a benchmark.
+pub async fn run(command: BenchCommand) -> Result<(), Failure> {
+    let BenchCommand::Append(args) = command;
+    if args.clients == 0 || args.batch == 0 || args.duration == 0 {
+        return Err(Failure {
+            message: "--clients, --batch and --duration must be at least 1".into(),
+            exit_code: 2,
+        });
+    }
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS.min(args.clients) {
+        channels.push(crate::client::connect(&args.server).await?);
+    }
+    let streams = args.streams.unwrap_or(args.clients).max(1);
+    let data = Arc::new(vec![0x5au8; args.event_bytes]);
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let run = uuid::Uuid::new_v4().as_u128();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|c| {
+            let mut client: StreamsClient<_> = channels[c % channels.len()].clone();
+            let data = data.clone();
+            let batch = args.batch;
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let stream = format!("bench-{:x}-{}", run as u32, c % streams);
+                while Instant::now() < deadline {
+                    let events = (0..batch)
+                        .map(|_| pb::NewEvent {
+                            id: String::new(),
+                            r#type: "BenchEvent".into(),
+                            data: data.to_vec(),
+                            metadata: Vec::new(),
+                        })
+                        .collect();
+                    let t = Instant::now();
+                    match client
+                        .append(pb::AppendRequest {
+                            stream: stream.clone(),
+                            expected: None,
+                            events,
+                        })
+                        .await
+                    {
+                        Ok(_) => latencies.push(t.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t
+            .await
+            .map_err(|e| Failure::new(format!("a bench client failed: {e}")))?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    if latencies.is_empty() {
+        return Err(Failure::new(format!(
+            "no append succeeded ({errors} errors)"
+        )));
+    }
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1e3
+    };
+    let events = (latencies.len() * args.batch) as f64;
+    let summary = serde_json::json!({
+        "clients": args.clients,
+        "event_bytes": args.event_bytes,
+        "events_per_append": args.batch,
+        "seconds": elapsed,
+        "appends": latencies.len(),
+        "errors": errors,
+        "events_per_s": (events / elapsed).round(),
+        "mib_per_s": events * args.event_bytes as f64 / elapsed / (1 << 20) as f64,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999),
+    });
+    eprintln!(
+        "strata    clients={} events_per_append={} event_bytes={}  events/s={:.0}  MiB/s={:.1}  append p50={:.2}ms p99={:.2}ms p99.9={:.2}ms  errors={}",
+        args.clients, args.batch, args.event_bytes, events / elapsed, events * args.event_bytes as f64 / elapsed / (1 << 20) as f64, pct(0.5), pct(0.99), pct(0.999), errors
+    );
+    output::line(&summary);
+    Ok(())
+}
