@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod convert;
+pub mod metrics;
 pub mod node;
 pub mod service;
 pub mod status;

@@ -28,6 +28,8 @@ pub struct NodeConfig {
     pub engine: EngineConfig,
     /// Service settings.
     pub service: ServiceConfig,
+    /// The HTTP address of `/metrics` and `/health`; `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A node bound to its address, not yet serving.
@@ -38,6 +40,8 @@ pub struct Node {
     service: StreamsService,
     stats: Arc<ServiceStats>,
     stop: watch::Sender<bool>,
+    metrics: Option<TcpListener>,
+    data_dir: PathBuf,
 }
 
 /// Why a node could not start or stopped.
@@ -89,6 +93,14 @@ impl Node {
                     addr: config.listen,
                     source,
                 })?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                crate::metrics::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let stats = Arc::new(ServiceStats::default());
         let (stop, stopped) = watch::channel(false);
         let service = StreamsService::new(
@@ -104,12 +116,19 @@ impl Node {
             service,
             stats,
             stop,
+            metrics,
+            data_dir: config.data_dir,
         })
     }
 
     /// The bound gRPC address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The bound metrics address, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The engine (for metrics and tests).
@@ -131,6 +150,15 @@ impl Node {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
+        if let Some(listener) = self.metrics {
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                self.engine.clone(),
+                self.stats.clone(),
+                self.data_dir.clone(),
+                self.stop.subscribe(),
+            ));
+        }
         // Small responses must not wait for delayed ACKs (Nagle): ~40 ms stalls otherwise.
         let incoming = TcpListenerStream::new(self.listener).map(|conn| {
             conn.inspect(|stream| {

@@ -43,6 +43,8 @@ pub struct ServiceStats {
     pub subscriptions: AtomicU64,
     /// Requests served, for request ids.
     pub requests: AtomicU64,
+    /// Append latency, request to durable answer.
+    pub append_latency: crate::metrics::LatencyHistogram,
 }
 
 /// The service.
@@ -115,11 +117,15 @@ impl pb::streams_server::Streams for StreamsService {
         let id = self.request_id();
         let request = convert::append(request.into_inner(), self.clock.now_us())?;
         tracing::debug!(request_id = id, stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
+        let started = std::time::Instant::now();
         let result = self
             .engine
             .append(request)
             .await
             .map_err(to_single_append_status)?;
+        self.stats
+            .append_latency
+            .observe_us(started.elapsed().as_micros() as u64);
         Ok(Response::new(convert::append_response(result)))
     }
 
@@ -134,7 +140,11 @@ impl pb::streams_server::Streams for StreamsService {
             streams = request.streams.len(),
             "append multi"
         );
+        let started = std::time::Instant::now();
         let result = self.engine.append(request).await.map_err(to_status)?;
+        self.stats
+            .append_latency
+            .observe_us(started.elapsed().as_micros() as u64);
         Ok(Response::new(convert::append_response(result)))
     }
 

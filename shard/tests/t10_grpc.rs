@@ -15,6 +15,7 @@ use tonic::Code;
 
 struct TestNode {
     addr: SocketAddr,
+    metrics: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -28,9 +29,11 @@ impl TestNode {
             listen: "127.0.0.1:0".parse().unwrap(),
             engine: Default::default(),
             service,
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         };
         let node = Node::bind(config).await.unwrap();
         let addr = node.local_addr().unwrap();
+        let metrics = node.metrics_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
             node.serve(async {
@@ -41,6 +44,7 @@ impl TestNode {
         });
         TestNode {
             addr,
+            metrics,
             stop: Some(stop),
             done: Some(done),
             _dir: dir,
@@ -542,5 +546,61 @@ async fn stream_subscription_from_a_version_and_from_the_end() {
         .await
         .expect("from the end: version 5 never came");
     assert_eq!(e.unwrap().unwrap().version, 5);
+    node.stop().await;
+}
+
+/// A plain HTTP/1.1 GET on loopback; returns the status line and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_over_http() {
+    let node = TestNode::start(ServiceConfig::default()).await;
+    let mut c = node.client().await;
+    for i in 0..3u128 {
+        c.append(append("m", None, vec![event(&uuid(i + 1), "x")]))
+            .await
+            .unwrap();
+    }
+    let _sub = c
+        .subscribe(pb::SubscribeRequest {
+            target: Some(pb::subscribe_request::Target::Stream("m".into())),
+            start: None,
+            filter: None,
+        })
+        .await
+        .unwrap();
+    let (status, body) = http_get(node.metrics, "/health").await;
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("serving"));
+    let (status, body) = http_get(node.metrics, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{body}"))
+    };
+    assert_eq!(value("strata_appends_total"), 3.0);
+    assert_eq!(value("strata_events_appended_total"), 3.0);
+    assert_eq!(value("strata_append_seconds_count"), 3.0);
+    assert!(value("strata_fsync_seconds_count") >= 1.0);
+    assert!(value("strata_disk_bytes") > 0.0);
+    assert_eq!(value("strata_subscriptions"), 1.0);
+    assert!(body.contains("strata_append_seconds_bucket{le=\"+Inf\"} 3"));
+    let (status, _) = http_get(node.metrics, "/nope").await;
+    assert!(status.contains("404"), "{status}");
     node.stop().await;
 }

@@ -32,6 +32,9 @@ enum Command {
         /// gRPC address.
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: std::net::SocketAddr,
+        /// HTTP address of /metrics and /health.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics: std::net::SocketAddr,
     },
     /// Append events to a stream (one atomic append).
     Append(client::AppendArgs),
@@ -71,7 +74,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Dev { data, listen } => dev(data, listen).await,
+            Command::Dev {
+                data,
+                listen,
+                metrics,
+            } => dev(data, listen, metrics).await,
             Command::Append(args) => client::append(args).await,
             Command::Read(args) => client::read(args).await,
             Command::ReadAll(args) => client::read_all(args).await,
@@ -109,12 +116,17 @@ impl Failure {
     }
 }
 
-async fn dev(data: PathBuf, listen: std::net::SocketAddr) -> Result<(), Failure> {
+async fn dev(
+    data: PathBuf,
+    listen: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+) -> Result<(), Failure> {
     let config = strata_shard::NodeConfig {
         data_dir: data.clone(),
         listen,
         engine: Default::default(),
         service: Default::default(),
+        metrics_listen: Some(metrics),
     };
     let node = strata_shard::Node::bind(config)
         .await

@@ -28,7 +28,7 @@ impl Dev {
         let child = Command::new(STRATA)
             .args(["dev", "--data"])
             .arg(data)
-            .args(["--listen", &addr])
+            .args(["--listen", &addr, "--metrics", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

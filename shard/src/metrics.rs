@@ -1,0 +1,247 @@
+//! The node's HTTP side: `/metrics` (Prometheus text format) and `/health`. Rendered on each
+//! scrape from the engine's and the service's counters; nothing is kept per scrape.
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use strata_engine::stats::FSYNC_BUCKETS_US;
+use strata_engine::Engine;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::service::ServiceStats;
+
+/// Upper bounds of the append latency histogram, in microseconds (last is +Inf).
+pub const APPEND_BUCKETS_US: [u64; 12] = [
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    u64::MAX,
+];
+
+/// A fixed-bucket latency histogram, updated without locks.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; 12],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe_us(&self, us: u64) {
+        let i = APPEND_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(APPEND_BUCKETS_US.len() - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    bounds_us: &[u64],
+    counts: &[u64],
+    sum_us: u64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bound, count) in bounds_us.iter().zip(counts) {
+        cumulative += count;
+        let le = if *bound == u64::MAX {
+            "+Inf".to_string()
+        } else {
+            format!("{}", *bound as f64 / 1e6)
+        };
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_sum {}\n{name}_count {cumulative}",
+        sum_us as f64 / 1e6
+    );
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Renders every metric.
+pub fn render(engine: &Engine, service: &ServiceStats, data_dir: &Path) -> String {
+    let s = engine.stats();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::with_capacity(4096);
+    metric(
+        &mut out,
+        "strata_appends_total",
+        "counter",
+        "Appends that wrote a record.",
+        load(&s.appends),
+    );
+    metric(
+        &mut out,
+        "strata_appends_deduplicated_total",
+        "counter",
+        "Appends answered as retries of committed ones.",
+        load(&s.deduplicated),
+    );
+    metric(
+        &mut out,
+        "strata_appends_rejected_total",
+        "counter",
+        "Appends rejected (bad input, version conflicts, failures).",
+        load(&s.rejected),
+    );
+    metric(
+        &mut out,
+        "strata_events_appended_total",
+        "counter",
+        "Events written.",
+        load(&s.events),
+    );
+    metric(
+        &mut out,
+        "strata_log_bytes_written_total",
+        "counter",
+        "Record bytes written to the log.",
+        load(&s.bytes_written),
+    );
+    metric(
+        &mut out,
+        "strata_append_queue_depth",
+        "gauge",
+        "Appends waiting for the group-commit writer.",
+        load(&s.queue_depth),
+    );
+    metric(
+        &mut out,
+        "strata_subscriptions",
+        "gauge",
+        "Open subscriptions.",
+        load(&service.subscriptions),
+    );
+    metric(
+        &mut out,
+        "strata_disk_bytes",
+        "gauge",
+        "Bytes on disk in the data directory (log and index).",
+        dir_bytes(data_dir),
+    );
+    let sync: Vec<u64> = s.sync_buckets.iter().map(load).collect();
+    histogram(
+        &mut out,
+        "strata_fsync_seconds",
+        "Group commit write + fdatasync time.",
+        &FSYNC_BUCKETS_US,
+        &sync,
+        load(&s.sync_ns_total) / 1000,
+    );
+    let append: Vec<u64> = service.append_latency.buckets.iter().map(load).collect();
+    histogram(
+        &mut out,
+        "strata_append_seconds",
+        "Append latency as the server sees it (request to durable answer).",
+        &APPEND_BUCKETS_US,
+        &append,
+        load(&service.append_latency.sum_us),
+    );
+    out
+}
+
+/// Serves `/metrics` and `/health` on `addr` until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    service: Arc<ServiceStats>,
+    data_dir: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let (stream, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener failed to accept");
+                continue;
+            }
+        };
+        let (engine, service, data_dir) = (engine.clone(), service.clone(), data_dir.clone());
+        tokio::spawn(async move {
+            let handler =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let response = match request.uri().path() {
+                        "/metrics" => {
+                            let body = render(&engine, &service, &data_dir);
+                            Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(Full::new(Bytes::from(body)))
+                        }
+                        "/health" => Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(b"{\"status\":\"serving\"}\n"))),
+                        _ => Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(
+                                b"not found: try /metrics or /health\n",
+                            ))),
+                    };
+                    async move {
+                        Ok::<_, Infallible>(
+                            response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
+                        )
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, handler)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Binds the metrics address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
