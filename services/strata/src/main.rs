@@ -5,6 +5,7 @@
 
 mod bench;
 mod client;
+mod node_config;
 mod output;
 
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics: std::net::SocketAddr,
     },
+    /// Run a node for deployments, configured by --config FILE (TOML) and flags.
+    Node(node_config::NodeArgs),
     /// Append events to a stream (one atomic append).
     Append(client::AppendArgs),
     /// Read a stream.
@@ -78,7 +81,20 @@ fn main() -> ExitCode {
                 data,
                 listen,
                 metrics,
-            } => dev(data, listen, metrics).await,
+            } => {
+                let config = strata_shard::NodeConfig {
+                    data_dir: data,
+                    listen,
+                    engine: Default::default(),
+                    service: Default::default(),
+                    metrics_listen: Some(metrics),
+                };
+                serve(config, "strata dev").await
+            }
+            Command::Node(args) => match node_config::resolve(args) {
+                Ok(config) => serve(config, "strata node").await,
+                Err(e) => Err(e),
+            },
             Command::Append(args) => client::append(args).await,
             Command::Read(args) => client::read(args).await,
             Command::ReadAll(args) => client::read_all(args).await,
@@ -116,18 +132,9 @@ impl Failure {
     }
 }
 
-async fn dev(
-    data: PathBuf,
-    listen: std::net::SocketAddr,
-    metrics: std::net::SocketAddr,
-) -> Result<(), Failure> {
-    let config = strata_shard::NodeConfig {
-        data_dir: data.clone(),
-        listen,
-        engine: Default::default(),
-        service: Default::default(),
-        metrics_listen: Some(metrics),
-    };
+/// Runs a node until SIGTERM or SIGINT.
+async fn serve(config: strata_shard::NodeConfig, name: &str) -> Result<(), Failure> {
+    let data = config.data_dir.clone();
     let node = strata_shard::Node::bind(config)
         .await
         .map_err(|e| Failure::new(e.to_string()))?;
@@ -136,18 +143,18 @@ async fn dev(
     if let Some((file, offset)) = &recovery.torn_tail {
         tracing::warn!(file = %file.display(), offset, bytes = recovery.torn_bytes, "a torn tail was truncated on open");
     }
-    println!(
-        "strata dev: serving gRPC on {addr}, data in {}",
-        data.display()
-    );
-    println!("  try: strata append orders-1 --type OrderPlaced --data '{{\"total\": 42}}'");
-    println!("       strata read orders-1");
+    println!("{name}: serving gRPC on {addr}, data in {}", data.display());
+    if let Some(metrics) = node.metrics_addr() {
+        println!("  metrics: http://{metrics}/metrics   health: http://{metrics}/health");
+    }
+    println!("  try: strata --help; strata append orders-1 --type OrderPlaced --data '{{\"total\": 42}}' --server {addr}");
+    println!("       strata read orders-1 --server {addr}");
     println!("       grpcurl -plaintext {addr} list");
-    println!("  stop with Ctrl-C");
+    println!("  stop with Ctrl-C (or SIGTERM)");
     node.serve(strata_shard::termination_signal())
         .await
         .map_err(|e| Failure::new(e.to_string()))?;
-    eprintln!("strata dev: stopped cleanly");
+    eprintln!("{name}: stopped cleanly");
     Ok(())
 }
 
