@@ -8,6 +8,7 @@ use strata_engine::{Direction, Engine, Reader};
 use strata_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::clock::WallClock;
 use crate::convert;
@@ -114,86 +115,128 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let id = self.request_id();
-        let request = convert::append(request.into_inner(), self.clock.now_us())?;
-        tracing::debug!(request_id = id, stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
-        let started = std::time::Instant::now();
-        let result = self
-            .engine
-            .append(request)
-            .await
-            .map_err(to_single_append_status)?;
-        self.stats
-            .append_latency
-            .observe_us(started.elapsed().as_micros() as u64);
-        Ok(Response::new(convert::append_response(result)))
+        let span = tracing::debug_span!("rpc", method = "Append", request_id = self.request_id());
+        let result: Result<_, Status> = async move {
+            let request = convert::append(request.into_inner(), self.clock.now_us())?;
+            tracing::debug!(stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
+            let started = std::time::Instant::now();
+            let result = self
+                .engine
+                .append(request)
+                .await
+                .map_err(to_single_append_status)?;
+            self.stats
+                .append_latency
+                .observe_us(started.elapsed().as_micros() as u64);
+            Ok(Response::new(convert::append_response(result)))
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(status) = &result {
+            span.in_scope(
+                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
+            );
+        }
+        result
     }
 
     async fn append_multi(
         &self,
         request: Request<pb::AppendMultiRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let id = self.request_id();
-        let request = convert::append_multi(request.into_inner(), self.clock.now_us())?;
-        tracing::debug!(
-            request_id = id,
-            streams = request.streams.len(),
-            "append multi"
+        let span = tracing::debug_span!(
+            "rpc",
+            method = "AppendMulti",
+            request_id = self.request_id()
         );
-        let started = std::time::Instant::now();
-        let result = self.engine.append(request).await.map_err(to_status)?;
-        self.stats
-            .append_latency
-            .observe_us(started.elapsed().as_micros() as u64);
-        Ok(Response::new(convert::append_response(result)))
+        let result: Result<_, Status> = async move {
+            let request = convert::append_multi(request.into_inner(), self.clock.now_us())?;
+            tracing::debug!(streams = request.streams.len(), "append multi");
+            let started = std::time::Instant::now();
+            let result = self.engine.append(request).await.map_err(to_status)?;
+            self.stats
+                .append_latency
+                .observe_us(started.elapsed().as_micros() as u64);
+            Ok(Response::new(convert::append_response(result)))
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(status) = &result {
+            span.in_scope(
+                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
+            );
+        }
+        result
     }
 
     async fn read(
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
-        let r = request.into_inner();
-        let limit = limit(r.limit, self.engine.reader().limits().read_events_max)?;
-        let direction = match pb::Direction::try_from(r.direction) {
-            Ok(pb::Direction::Forwards) => Direction::Forwards,
-            Ok(pb::Direction::Backwards) => Direction::Backwards,
-            Err(_) => {
-                return Err(invalid(
-                    "direction",
-                    format!("unknown direction {}", r.direction),
-                ))
-            }
-        };
-        let events = blocking(self.engine.reader(), move |reader| {
-            reader.read_stream(&r.stream, r.from_version, direction, limit)
-        })
-        .await?;
-        Ok(Response::new(pb::ReadResponse {
-            events: events.into_iter().map(convert::recorded).collect(),
-        }))
+        let span = tracing::debug_span!("rpc", method = "Read", request_id = self.request_id());
+        let result: Result<_, Status> = async move {
+            let r = request.into_inner();
+            let limit = limit(r.limit, self.engine.reader().limits().read_events_max)?;
+            let direction = match pb::Direction::try_from(r.direction) {
+                Ok(pb::Direction::Forwards) => Direction::Forwards,
+                Ok(pb::Direction::Backwards) => Direction::Backwards,
+                Err(_) => {
+                    return Err(invalid(
+                        "direction",
+                        format!("unknown direction {}", r.direction),
+                    ))
+                }
+            };
+            let events = blocking(self.engine.reader(), move |reader| {
+                reader.read_stream(&r.stream, r.from_version, direction, limit)
+            })
+            .await?;
+            Ok(Response::new(pb::ReadResponse {
+                events: events.into_iter().map(convert::recorded).collect(),
+            }))
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(status) = &result {
+            span.in_scope(
+                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
+            );
+        }
+        result
     }
 
     async fn read_all(
         &self,
         request: Request<pb::ReadAllRequest>,
     ) -> Result<Response<pb::ReadAllResponse>, Status> {
-        let r = request.into_inner();
-        let limit = limit(r.limit, self.engine.reader().limits().read_records_max)?;
-        let batch = blocking(self.engine.reader(), move |reader| {
-            reader.read_all(r.from_position, limit)
-        })
-        .await?;
-        let events = batch
-            .records
-            .into_iter()
-            .flat_map(|rec| rec.events)
-            .filter(|e| convert::matches(r.filter.as_ref(), e))
-            .map(convert::recorded)
-            .collect();
-        Ok(Response::new(pb::ReadAllResponse {
-            events,
-            next_position: batch.next,
-        }))
+        let span = tracing::debug_span!("rpc", method = "ReadAll", request_id = self.request_id());
+        let result: Result<_, Status> = async move {
+            let r = request.into_inner();
+            let limit = limit(r.limit, self.engine.reader().limits().read_records_max)?;
+            let batch = blocking(self.engine.reader(), move |reader| {
+                reader.read_all(r.from_position, limit)
+            })
+            .await?;
+            let events = batch
+                .records
+                .into_iter()
+                .flat_map(|rec| rec.events)
+                .filter(|e| convert::matches(r.filter.as_ref(), e))
+                .map(convert::recorded)
+                .collect();
+            Ok(Response::new(pb::ReadAllResponse {
+                events,
+                next_position: batch.next,
+            }))
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(status) = &result {
+            span.in_scope(
+                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
+            );
+        }
+        result
     }
 
     type SubscribeStream = subscription::EventStream;
@@ -202,40 +245,64 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let r = request.into_inner();
-        let reader = self.engine.reader().clone();
-        let subscription = Subscription::from_request(&reader, r)?;
-        let (tx, rx) = mpsc::channel(self.config.subscription_buffer_records_max.max(1));
-        let last = subscription::FinalStatus::default();
-        let delivery = subscription::Delivery {
-            tx,
-            last: last.clone(),
-            stop: self.stop.clone(),
-            stall_timeout: self.config.subscription_stall_timeout,
-        };
-        let stats = self.stats.clone();
-        stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            subscription::run(reader, subscription, delivery).await;
-            stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        });
-        Ok(Response::new(subscription::event_stream(rx, last)))
+        let span =
+            tracing::debug_span!("rpc", method = "Subscribe", request_id = self.request_id());
+        let result: Result<_, Status> = async move {
+            let r = request.into_inner();
+            let reader = self.engine.reader().clone();
+            let subscription = Subscription::from_request(&reader, r)?;
+            let (tx, rx) = mpsc::channel(self.config.subscription_buffer_records_max.max(1));
+            let last = subscription::FinalStatus::default();
+            let delivery = subscription::Delivery {
+                tx,
+                last: last.clone(),
+                stop: self.stop.clone(),
+                stall_timeout: self.config.subscription_stall_timeout,
+            };
+            let stats = self.stats.clone();
+            stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                subscription::run(reader, subscription, delivery).await;
+                stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            });
+            Ok(Response::new(subscription::event_stream(rx, last)))
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(status) = &result {
+            span.in_scope(
+                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
+            );
+        }
+        result
     }
 
     async fn get_stream(
         &self,
         request: Request<pb::GetStreamRequest>,
     ) -> Result<Response<pb::GetStreamResponse>, Status> {
-        let stream = request.into_inner().stream;
-        let name = stream.clone();
-        let version = blocking(self.engine.reader(), move |reader| {
-            reader.stream_version(&name)
-        })
-        .await?;
-        Ok(Response::new(pb::GetStreamResponse {
-            stream,
-            exists: version.is_some(),
-            current_version: version.unwrap_or(0),
-        }))
+        let span =
+            tracing::debug_span!("rpc", method = "GetStream", request_id = self.request_id());
+        let result: Result<_, Status> = async move {
+            let stream = request.into_inner().stream;
+            let name = stream.clone();
+            let version = blocking(self.engine.reader(), move |reader| {
+                reader.stream_version(&name)
+            })
+            .await?;
+            Ok(Response::new(pb::GetStreamResponse {
+                stream,
+                exists: version.is_some(),
+                current_version: version.unwrap_or(0),
+            }))
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(status) = &result {
+            span.in_scope(
+                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
+            );
+        }
+        result
     }
 }
