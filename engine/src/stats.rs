@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Buckets of the fsync latency histogram: upper bounds in microseconds (last is +inf).
+/// Upper bounds of the fsync latency histogram in microseconds (the last is +Inf).
 pub const FSYNC_BUCKETS_US: [u64; 12] = [
     50,
     100,
@@ -19,8 +19,49 @@ pub const FSYNC_BUCKETS_US: [u64; 12] = [
     u64::MAX,
 ];
 
+/// A fixed-bucket latency histogram in microseconds, updated without locks.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    bounds_us: &'static [u64],
+    buckets: Vec<AtomicU64>,
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// A histogram with these bucket upper bounds (ascending; make the last `u64::MAX`).
+    pub fn new(bounds_us: &'static [u64]) -> LatencyHistogram {
+        LatencyHistogram {
+            bounds_us,
+            buckets: bounds_us.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe_us(&self, us: u64) {
+        let i = self
+            .bounds_us
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(self.bounds_us.len() - 1);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// `(upper bound, count in that bucket)` for every bucket, and the sum of observations.
+    pub fn snapshot(&self) -> (Vec<(u64, u64)>, u64) {
+        let buckets = self
+            .bounds_us
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .collect();
+        (buckets, self.sum_us.load(Ordering::Relaxed))
+    }
+}
+
 /// Engine counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     /// Append requests that wrote a record.
     pub appends: AtomicU64,
@@ -34,23 +75,30 @@ pub struct Stats {
     pub bytes_written: AtomicU64,
     /// Group commits (each one write and one fdatasync).
     pub groups: AtomicU64,
-    /// Total time spent writing and syncing groups.
-    pub sync_ns_total: AtomicU64,
-    /// Group commits per latency bucket (see [`FSYNC_BUCKETS_US`]).
-    pub sync_buckets: [AtomicU64; 12],
+    /// Time to sync each group (see [`FSYNC_BUCKETS_US`]).
+    pub sync: LatencyHistogram,
     /// Requests waiting in the group-commit queue.
     pub queue_depth: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            appends: AtomicU64::new(0),
+            deduplicated: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            groups: AtomicU64::new(0),
+            sync: LatencyHistogram::new(&FSYNC_BUCKETS_US),
+            queue_depth: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Stats {
     pub(crate) fn record_sync(&self, ns: u64) {
         self.groups.fetch_add(1, Ordering::Relaxed);
-        self.sync_ns_total.fetch_add(ns, Ordering::Relaxed);
-        let us = ns / 1000;
-        let bucket = FSYNC_BUCKETS_US
-            .iter()
-            .position(|b| us <= *b)
-            .unwrap_or(FSYNC_BUCKETS_US.len() - 1);
-        self.sync_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sync.observe_us(ns / 1000);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
-use strata_engine::stats::FSYNC_BUCKETS_US;
+use strata_engine::stats::LatencyHistogram;
 use strata_engine::Engine;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,43 +34,16 @@ pub const APPEND_BUCKETS_US: [u64; 12] = [
     u64::MAX,
 ];
 
-/// A fixed-bucket latency histogram, updated without locks.
-#[derive(Debug, Default)]
-pub struct LatencyHistogram {
-    buckets: [AtomicU64; 12],
-    sum_us: AtomicU64,
-    count: AtomicU64,
-}
-
-impl LatencyHistogram {
-    /// Records one observation.
-    pub fn observe_us(&self, us: u64) {
-        let i = APPEND_BUCKETS_US
-            .iter()
-            .position(|b| us <= *b)
-            .unwrap_or(APPEND_BUCKETS_US.len() - 1);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn histogram(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    bounds_us: &[u64],
-    counts: &[u64],
-    sum_us: u64,
-) {
+fn histogram(out: &mut String, name: &str, help: &str, h: &LatencyHistogram) {
+    let (buckets, sum_us) = h.snapshot();
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     let mut cumulative = 0;
-    for (bound, count) in bounds_us.iter().zip(counts) {
+    for (bound, count) in buckets {
         cumulative += count;
-        let le = if *bound == u64::MAX {
+        let le = if bound == u64::MAX {
             "+Inf".to_string()
         } else {
-            format!("{}", *bound as f64 / 1e6)
+            format!("{}", bound as f64 / 1e6)
         };
         let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
     }
@@ -163,23 +136,17 @@ pub fn render(engine: &Engine, service: &ServiceStats, data_dir: &Path) -> Strin
         "Bytes on disk in the data directory (log and index).",
         dir_bytes(data_dir),
     );
-    let sync: Vec<u64> = s.sync_buckets.iter().map(load).collect();
     histogram(
         &mut out,
         "strata_fsync_seconds",
         "Group commit write + fdatasync time.",
-        &FSYNC_BUCKETS_US,
-        &sync,
-        load(&s.sync_ns_total) / 1000,
+        &s.sync,
     );
-    let append: Vec<u64> = service.append_latency.buckets.iter().map(load).collect();
     histogram(
         &mut out,
         "strata_append_seconds",
         "Append latency as the server sees it (request to durable answer).",
-        &APPEND_BUCKETS_US,
-        &append,
-        load(&service.append_latency.sum_us),
+        &service.append_latency,
     );
     out
 }

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use strata_engine::stats::LatencyHistogram;
 use strata_engine::{Direction, Engine, Reader};
 use strata_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
@@ -38,14 +39,24 @@ impl Default for ServiceConfig {
 }
 
 /// Live counters the metrics endpoint reports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServiceStats {
     /// Open subscriptions.
     pub subscriptions: AtomicU64,
     /// Requests served, for request ids.
     pub requests: AtomicU64,
     /// Append latency, request to durable answer.
-    pub append_latency: crate::metrics::LatencyHistogram,
+    pub append_latency: LatencyHistogram,
+}
+
+impl Default for ServiceStats {
+    fn default() -> Self {
+        ServiceStats {
+            subscriptions: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            append_latency: LatencyHistogram::new(&crate::metrics::APPEND_BUCKETS_US),
+        }
+    }
 }
 
 /// The service.
@@ -74,6 +85,22 @@ impl StreamsService {
             stats,
             stop,
         }
+    }
+
+    /// Runs one call in a span carrying its method and a request id, logging rejections.
+    async fn traced<T>(
+        &self,
+        method: &'static str,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let span = tracing::debug_span!("rpc", method, request_id = self.request_id());
+        let result = call.instrument(span.clone()).await;
+        if let Err(status) = &result {
+            span.in_scope(
+                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
+            );
+        }
+        result
     }
 
     fn request_id(&self) -> u64 {
@@ -115,8 +142,7 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let span = tracing::debug_span!("rpc", method = "Append", request_id = self.request_id());
-        let result: Result<_, Status> = async move {
+        self.traced("Append", async move {
             let request = convert::append(request.into_inner(), self.clock.now_us())?;
             tracing::debug!(stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
             let started = std::time::Instant::now();
@@ -129,27 +155,15 @@ impl pb::streams_server::Streams for StreamsService {
                 .append_latency
                 .observe_us(started.elapsed().as_micros() as u64);
             Ok(Response::new(convert::append_response(result)))
-        }
-        .instrument(span.clone())
-        .await;
-        if let Err(status) = &result {
-            span.in_scope(
-                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
-            );
-        }
-        result
+        })
+        .await
     }
 
     async fn append_multi(
         &self,
         request: Request<pb::AppendMultiRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let span = tracing::debug_span!(
-            "rpc",
-            method = "AppendMulti",
-            request_id = self.request_id()
-        );
-        let result: Result<_, Status> = async move {
+        self.traced("AppendMulti", async move {
             let request = convert::append_multi(request.into_inner(), self.clock.now_us())?;
             tracing::debug!(streams = request.streams.len(), "append multi");
             let started = std::time::Instant::now();
@@ -158,23 +172,15 @@ impl pb::streams_server::Streams for StreamsService {
                 .append_latency
                 .observe_us(started.elapsed().as_micros() as u64);
             Ok(Response::new(convert::append_response(result)))
-        }
-        .instrument(span.clone())
-        .await;
-        if let Err(status) = &result {
-            span.in_scope(
-                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
-            );
-        }
-        result
+        })
+        .await
     }
 
     async fn read(
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
-        let span = tracing::debug_span!("rpc", method = "Read", request_id = self.request_id());
-        let result: Result<_, Status> = async move {
+        self.traced("Read", async move {
             let r = request.into_inner();
             let limit = limit(r.limit, self.engine.reader().limits().read_events_max)?;
             let direction = match pb::Direction::try_from(r.direction) {
@@ -194,23 +200,15 @@ impl pb::streams_server::Streams for StreamsService {
             Ok(Response::new(pb::ReadResponse {
                 events: events.into_iter().map(convert::recorded).collect(),
             }))
-        }
-        .instrument(span.clone())
-        .await;
-        if let Err(status) = &result {
-            span.in_scope(
-                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
-            );
-        }
-        result
+        })
+        .await
     }
 
     async fn read_all(
         &self,
         request: Request<pb::ReadAllRequest>,
     ) -> Result<Response<pb::ReadAllResponse>, Status> {
-        let span = tracing::debug_span!("rpc", method = "ReadAll", request_id = self.request_id());
-        let result: Result<_, Status> = async move {
+        self.traced("ReadAll", async move {
             let r = request.into_inner();
             let limit = limit(r.limit, self.engine.reader().limits().read_records_max)?;
             let batch = blocking(self.engine.reader(), move |reader| {
@@ -228,15 +226,8 @@ impl pb::streams_server::Streams for StreamsService {
                 events,
                 next_position: batch.next,
             }))
-        }
-        .instrument(span.clone())
-        .await;
-        if let Err(status) = &result {
-            span.in_scope(
-                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
-            );
-        }
-        result
+        })
+        .await
     }
 
     type SubscribeStream = subscription::EventStream;
@@ -245,9 +236,7 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let span =
-            tracing::debug_span!("rpc", method = "Subscribe", request_id = self.request_id());
-        let result: Result<_, Status> = async move {
+        self.traced("Subscribe", async move {
             let r = request.into_inner();
             let reader = self.engine.reader().clone();
             let subscription = Subscription::from_request(&reader, r)?;
@@ -266,24 +255,15 @@ impl pb::streams_server::Streams for StreamsService {
                 stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
             });
             Ok(Response::new(subscription::event_stream(rx, last)))
-        }
-        .instrument(span.clone())
-        .await;
-        if let Err(status) = &result {
-            span.in_scope(
-                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
-            );
-        }
-        result
+        })
+        .await
     }
 
     async fn get_stream(
         &self,
         request: Request<pb::GetStreamRequest>,
     ) -> Result<Response<pb::GetStreamResponse>, Status> {
-        let span =
-            tracing::debug_span!("rpc", method = "GetStream", request_id = self.request_id());
-        let result: Result<_, Status> = async move {
+        self.traced("GetStream", async move {
             let stream = request.into_inner().stream;
             let name = stream.clone();
             let version = blocking(self.engine.reader(), move |reader| {
@@ -295,14 +275,7 @@ impl pb::streams_server::Streams for StreamsService {
                 exists: version.is_some(),
                 current_version: version.unwrap_or(0),
             }))
-        }
-        .instrument(span.clone())
-        .await;
-        if let Err(status) = &result {
-            span.in_scope(
-                || tracing::debug!(code = ?status.code(), message = status.message(), "rejected"),
-            );
-        }
-        result
+        })
+        .await
     }
 }
