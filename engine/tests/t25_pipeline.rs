@@ -122,3 +122,75 @@ async fn contended_appends_and_retries_through_the_pipeline() {
     let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
     check(&engine, &acked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn truncation_waits_for_the_pipeline_and_appends_continue_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = strata_engine::EngineConfig {
+        group_requests_max: 2,
+        ..small_config()
+    };
+    let engine = Arc::new(Engine::open_dir(dir.path(), config.clone()).unwrap());
+    // Appends in flight from several tasks while the truncation is queued behind them.
+    let mut tasks = Vec::new();
+    for t in 0..4u128 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut positions = Vec::new();
+            for i in 0..40u128 {
+                let r = engine
+                    .append(append(
+                        &format!("t-{t}"),
+                        ExpectedVersion::Any,
+                        vec![event((t << 32) | (i + 1), &"p".repeat(100))],
+                    ))
+                    .await
+                    .unwrap();
+                positions.push(r.position);
+            }
+            positions
+        }));
+    }
+    let mut positions: Vec<u64> = Vec::new();
+    for t in tasks {
+        positions.extend(t.await.unwrap());
+    }
+    positions.sort();
+    let cut = positions[positions.len() / 2];
+    engine.truncate_from(cut).await.unwrap();
+    let reader = engine.reader();
+    assert_eq!(reader.end(), cut);
+    let mut kept = 0;
+    for t in 0..4u128 {
+        let events = reader
+            .read_stream(&format!("t-{t}"), None, Direction::Forwards, 4096)
+            .unwrap();
+        assert!(events.iter().all(|e| e.position < cut));
+        assert!(events
+            .iter()
+            .enumerate()
+            .all(|(v, e)| e.version == v as u64));
+        kept += events.len();
+    }
+    assert_eq!(kept, positions.len() / 2);
+    // Truncated ids are free again; versions continue from what is left.
+    let again = engine
+        .append(append(
+            "t-0",
+            ExpectedVersion::Any,
+            vec![event(40, "again")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again.position, cut);
+    let left = reader.stream_version("t-1").unwrap();
+    engine.close();
+    drop(engine);
+    let engine = Engine::open_dir(dir.path(), config).unwrap();
+    assert_eq!(engine.reader().stream_version("t-1").unwrap(), left);
+    assert!(engine
+        .reader()
+        .event_by_id(uuid::Uuid::from_u128(40))
+        .unwrap()
+        .is_some());
+}
