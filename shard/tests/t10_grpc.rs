@@ -57,13 +57,15 @@ impl TestNode {
             .unwrap()
     }
 
-    async fn stop(mut self) {
+    /// Stops the node (draining it) and hands back its data directory.
+    async fn stop(mut self) -> tempfile::TempDir {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(done) = self.done.take() {
             done.await.unwrap();
         }
+        self._dir
     }
 }
 
@@ -650,4 +652,74 @@ async fn health_and_reflection_answer_as_grpcurl_expects() {
         other => panic!("unexpected reflection answer {other:?}"),
     }
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_appends_and_loses_no_acknowledged_one() {
+    let node = TestNode::start(ServiceConfig::default()).await;
+    let writers: Vec<_> = (0..8u128)
+        .map(|w| {
+            let addr = node.addr;
+            tokio::spawn(async move {
+                let mut c = StreamsClient::connect(format!("http://{addr}"))
+                    .await
+                    .unwrap();
+                let mut acked = Vec::new();
+                for i in 0..10_000u128 {
+                    let expected = if i == 0 {
+                        no_stream()
+                    } else {
+                        exact(i as u64 - 1)
+                    };
+                    match c
+                        .append(append(
+                            &format!("d-{w}"),
+                            expected,
+                            vec![event(&uuid((w << 32) | (i + 1)), "x")],
+                        ))
+                        .await
+                    {
+                        Ok(_) => acked.push(uuid((w << 32) | (i + 1))),
+                        // The node is going away: Unavailable, or the connection closing.
+                        Err(_) => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let dir = node.stop().await;
+    let mut total = 0;
+    let engine = strata_engine::Engine::open_dir(dir.path(), Default::default()).unwrap();
+    for (w, writer) in writers.into_iter().enumerate() {
+        let acked = writer.await.unwrap();
+        assert!(
+            !acked.is_empty(),
+            "writer {w} got acknowledgements before the stop"
+        );
+        let events = engine
+            .reader()
+            .read_stream(
+                &format!("d-{w}"),
+                None,
+                strata_engine::Direction::Forwards,
+                4096,
+            )
+            .unwrap();
+        assert!(
+            events
+                .iter()
+                .enumerate()
+                .all(|(v, e)| e.version == v as u64),
+            "contiguous versions"
+        );
+        let stored: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+        assert!(
+            acked.iter().all(|id| stored.contains(id)),
+            "writer {w}: an acknowledged append is missing"
+        );
+        total += acked.len();
+    }
+    assert!(total > 0);
 }
