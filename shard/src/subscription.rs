@@ -298,12 +298,15 @@ pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) 
         }
         for (events, next) in units {
             if !events.is_empty() {
-                let permit = match tokio::time::timeout(
-                    delivery.stall_timeout,
-                    delivery.tx.reserve(),
-                )
-                .await
-                {
+                let mut stop = delivery.stop.clone();
+                let waited = tokio::select! {
+                    waited = tokio::time::timeout(delivery.stall_timeout, delivery.tx.reserve()) => waited,
+                    _ = stop.wait_for(|stopping| *stopping) => {
+                        delivery.end(Status::unavailable(format!("the node is shutting down; {}", sub.resume_hint())));
+                        return;
+                    }
+                };
+                let permit = match waited {
                     Ok(Ok(permit)) => permit,
                     // The client went away.
                     Ok(Err(_)) => return,
