@@ -33,11 +33,26 @@ pub struct BenchAppendArgs {
     server: ServerArg,
 }
 
+/// `strata bench get-stream`: the gRPC path's own ceiling on this machine.
+#[derive(Debug, clap::Args)]
+pub struct BenchGetStreamArgs {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
 /// Which benchmark.
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
     /// Durable appends.
     Append(BenchAppendArgs),
+    /// A trivial call (GetStream of a missing stream): the transport's request rate ceiling.
+    GetStream(BenchGetStreamArgs),
 }
 
 /// Clients share this many HTTP/2 connections.
@@ -45,7 +60,10 @@ const CONNECTIONS: usize = 4;
 
 /// Runs a benchmark.
 pub async fn run(command: BenchCommand) -> Result<(), Failure> {
-    let BenchCommand::Append(args) = command;
+    let args = match command {
+        BenchCommand::Append(args) => args,
+        BenchCommand::GetStream(args) => return get_stream(args).await,
+    };
     if args.clients == 0 || args.batch == 0 || args.duration == 0 {
         return Err(Failure {
             message: "--clients, --batch and --duration must be at least 1".into(),
@@ -135,5 +153,53 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         args.clients, args.batch, args.event_bytes, events / elapsed, events * args.event_bytes as f64 / elapsed / (1 << 20) as f64, pct(0.5), pct(0.99), pct(0.999), errors
     );
     output::line(&summary);
+    Ok(())
+}
+
+async fn get_stream(args: BenchGetStreamArgs) -> Result<(), Failure> {
+    if args.clients == 0 || args.duration == 0 {
+        return Err(Failure {
+            message: "--clients and --duration must be at least 1".into(),
+            exit_code: 2,
+        });
+    }
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS.min(args.clients) {
+        channels.push(crate::client::connect(&args.server).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|c| {
+            let mut client = channels[c % channels.len()].clone();
+            tokio::spawn(async move {
+                let mut calls = 0u64;
+                while Instant::now() < deadline {
+                    if client
+                        .get_stream(pb::GetStreamRequest {
+                            stream: "bench-missing".into(),
+                        })
+                        .await
+                        .is_ok()
+                    {
+                        calls += 1;
+                    }
+                }
+                calls
+            })
+        })
+        .collect();
+    let mut calls = 0;
+    for t in tasks {
+        calls += t
+            .await
+            .map_err(|e| Failure::new(format!("a bench client failed: {e}")))?;
+    }
+    let rate = calls as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "strata    clients={} get-stream calls/s={rate:.0}",
+        args.clients
+    );
+    output::line(&serde_json::json!({ "clients": args.clients, "calls_per_s": rate.round() }));
     Ok(())
 }
