@@ -72,7 +72,8 @@ pub struct EngineConfig {
     pub group_requests_max: usize,
     /// Most bytes coalesced into one group commit. Default 32 MiB.
     pub group_bytes_max: usize,
-    /// Size of the reads used to scan the log forwards. Default 1 MiB.
+    /// Size of the reads used to scan the log forwards (reads, recovery, verification): with
+    /// one record, the most a scan holds in memory. Default 1 MiB.
     pub read_chunk_bytes: usize,
     /// What recovery does with a damaged tail.
     pub tail_recovery: TailRecovery,

@@ -303,9 +303,62 @@ struct SegmentScan {
     torn_at: Option<u64>,
 }
 
-/// Scans a whole segment's bytes. Damage that cannot be a torn last write is an error.
+/// Bytes of a segment file read through a bounded window, so scanning a segment holds at most
+/// about `max(read_chunk_bytes, one record)` in memory however large the segment.
+struct Window<'a> {
+    file: &'a dyn FileHandle,
+    path: &'a Path,
+    len: u64,
+    start: u64,
+    buf: Vec<u8>,
+    window_bytes: usize,
+}
+
+impl<'a> Window<'a> {
+    fn new(file: &'a dyn FileHandle, path: &'a Path, len: u64, window_bytes: usize) -> Window<'a> {
+        Window {
+            file,
+            path,
+            len,
+            start: 0,
+            buf: Vec::new(),
+            window_bytes,
+        }
+    }
+
+    /// The bytes `[off, off + n)`, fewer only where the file ends.
+    fn get(&mut self, off: u64, n: usize) -> Result<&[u8]> {
+        let end = (off + n as u64).min(self.len);
+        if off < self.start || end > self.start + self.buf.len() as u64 {
+            let read = (self.len - off).min(n.max(self.window_bytes) as u64) as usize;
+            self.buf.resize(read, 0);
+            read_exact_at(self.file, &mut self.buf, off)
+                .map_err(io_err(format!("reading {}", self.path.display())))?;
+            self.start = off;
+        }
+        let from = (off - self.start) as usize;
+        Ok(&self.buf[from..from + (end - off) as usize])
+    }
+
+    /// The frame that starts at `off` (as much of it as the file holds), checked.
+    fn frame(&mut self, off: u64, record_len_max: usize) -> Result<(FrameCheck, &[u8])> {
+        let head = self.get(off, FRAME_BYTES + HEADER_BYTES)?;
+        let want = if head.len() >= 4 {
+            (format::u32_at(head, 0) as usize).min(record_len_max) + FRAME_BYTES
+        } else {
+            head.len()
+        };
+        let frame = self.get(off, want.max(FRAME_BYTES + HEADER_BYTES))?;
+        Ok((check_frame(frame, record_len_max), frame))
+    }
+}
+
+/// Scans a segment file. Damage that cannot be a torn last write is an error.
+#[allow(clippy::too_many_arguments)]
 fn scan_segment(
-    buf: &[u8],
+    file: &dyn FileHandle,
+    len: u64,
+    window_bytes: usize,
     path: &Path,
     base: Position,
     first_seq: u64,
@@ -313,43 +366,46 @@ fn scan_segment(
     tail_recovery: TailRecovery,
     known_synced: Position,
 ) -> Result<SegmentScan> {
-    let mut off = SEGMENT_HEADER_BYTES as usize;
+    let mut window = Window::new(file, path, len, window_bytes);
+    let mut off = SEGMENT_HEADER_BYTES;
     let mut seq = first_seq;
     let mut crc = crc32fast::Hasher::new();
     let mut record_count = 0;
     loop {
-        if off == buf.len() {
+        if off == len {
             return Ok(SegmentScan {
-                records_len: off as u64,
+                records_len: off,
                 record_count,
                 crc,
                 footer: None,
                 torn_at: None,
             });
         }
-        if Footer::looks_like_footer(&buf[off..])
-            && off + SEGMENT_FOOTER_BYTES as usize == buf.len()
-        {
-            let footer = Footer::decode(&buf[off..], path, off as u64)?;
-            if footer.records_end != base + off as u64 || footer.record_count != record_count {
-                return Err(Error::corruption(
-                    path,
-                    off as u64,
-                    "footer does not match the segment's records",
-                ));
+        if off + SEGMENT_FOOTER_BYTES == len {
+            let bytes = window.get(off, SEGMENT_FOOTER_BYTES as usize)?;
+            if Footer::looks_like_footer(bytes) {
+                let footer = Footer::decode(bytes, path, off)?;
+                if footer.records_end != base + off || footer.record_count != record_count {
+                    return Err(Error::corruption(
+                        path,
+                        off,
+                        "footer does not match the segment's records",
+                    ));
+                }
+                return Ok(SegmentScan {
+                    records_len: off,
+                    record_count,
+                    crc,
+                    footer: Some(footer),
+                    torn_at: None,
+                });
             }
-            return Ok(SegmentScan {
-                records_len: off as u64,
-                record_count,
-                crc,
-                footer: Some(footer),
-                torn_at: None,
-            });
         }
-        let damage = match check_frame(&buf[off..], record_len_max) {
+        let (check, frame) = window.frame(off, record_len_max)?;
+        let damage = match check {
             FrameCheck::Valid(n) => {
-                let header = read_header(&buf[off..]);
-                if header.position != base + off as u64 {
+                let header = read_header(frame);
+                if header.position != base + off {
                     Some(format!("record claims position {}", header.position))
                 } else if header.seq != seq {
                     Some(format!(
@@ -357,8 +413,8 @@ fn scan_segment(
                         header.seq
                     ))
                 } else {
-                    crc.update(&buf[off..off + n]);
-                    off += n;
+                    crc.update(&frame[..n]);
+                    off += n as u64;
                     seq += 1;
                     record_count += 1;
                     None
@@ -369,58 +425,72 @@ fn scan_segment(
             FrameCheck::BadChecksum => Some("record checksum mismatch".to_string()),
         };
         let Some(reason) = damage else { continue };
-        let position = base + off as u64;
+        let position = base + off;
         if tail_recovery == TailRecovery::Refuse {
             return Err(Error::corruption(
                 path,
-                off as u64,
+                off,
                 format!("{reason} (tail recovery is set to refuse)"),
             ));
         }
         if position < known_synced {
             return Err(Error::corruption(
                 path,
-                off as u64,
+                off,
                 format!("{reason}; the index already covered it, so it had been synced"),
             ));
         }
         // A torn write can only damage bytes not yet synced. An intact record written after
         // the damaged bytes were synced proves it: that is corruption, not a tear.
-        if let Some(later) = record_written_after_sync(buf, base, off, position, record_len_max) {
+        if let Some(later) =
+            record_written_after_sync(&mut window, base, off, position, record_len_max)?
+        {
             return Err(Error::corruption(
                 path,
-                off as u64,
+                off,
                 format!("{reason}; synced records follow it (next intact record at byte {later})"),
             ));
         }
         return Ok(SegmentScan {
-            records_len: off as u64,
+            records_len: off,
             record_count,
             crc,
             footer: None,
-            torn_at: Some(off as u64),
+            torn_at: Some(off),
         });
     }
 }
 
 /// The offset of an intact record after `off` written once `position` had been synced.
 fn record_written_after_sync(
-    buf: &[u8],
+    window: &mut Window<'_>,
     base: Position,
-    off: usize,
+    off: u64,
     position: Position,
     record_len_max: usize,
-) -> Option<usize> {
+) -> Result<Option<u64>> {
     let magic = RECORD_MAGIC.to_le_bytes();
-    let last = buf.len().checked_sub(FRAME_BYTES + HEADER_BYTES)?;
-    (off + 1..=last).find(|&o| {
-        buf[o + FRAME_BYTES..o + FRAME_BYTES + 4] == magic
-            && matches!(check_frame(&buf[o..], record_len_max), FrameCheck::Valid(_))
-            && {
-                let h = read_header(&buf[o..]);
-                h.position == base + o as u64 && h.synced_end > position
+    let min_frame = (FRAME_BYTES + HEADER_BYTES) as u64;
+    let mut from = off + 1;
+    while from + min_frame <= window.len {
+        // Candidates in [from, to): offsets whose magic bytes match.
+        let to = (from + window.window_bytes as u64).min(window.len - min_frame + 1);
+        let bytes = window.get(from, (to - from) as usize + FRAME_BYTES + 4)?;
+        let candidates: Vec<u64> = (0..(to - from) as usize)
+            .filter(|i| bytes.get(i + FRAME_BYTES..i + FRAME_BYTES + 4) == Some(&magic[..]))
+            .map(|i| from + i as u64)
+            .collect();
+        for o in candidates {
+            if let (FrameCheck::Valid(_), frame) = window.frame(o, record_len_max)? {
+                let h = read_header(frame);
+                if h.position == base + o && h.synced_end > position {
+                    return Ok(Some(o));
+                }
             }
-    })
+        }
+        from = to;
+    }
+    Ok(None)
 }
 
 /// The single writer of the log.
@@ -442,6 +512,25 @@ pub struct LogWriter {
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(context, e)
+}
+
+/// Opens a segment file and reads its header; returns the file, its length and the header.
+fn open_segment(
+    fs: &dyn FileSystem,
+    path: &Path,
+    mode: OpenMode,
+) -> Result<(Arc<dyn FileHandle>, u64, SegmentHeader)> {
+    let file = fs
+        .open(path, mode)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    let len = file
+        .len()
+        .map_err(io_err(format!("sizing {}", path.display())))?;
+    let mut header = vec![0u8; len.min(SEGMENT_HEADER_BYTES) as usize];
+    read_exact_at(file.as_ref(), &mut header, 0)
+        .map_err(io_err(format!("reading {}", path.display())))?;
+    let header = SegmentHeader::decode(&header, path)?;
+    Ok((file, len, header))
 }
 
 fn read_whole(fs: &dyn FileSystem, path: &Path) -> Result<(Arc<dyn FileHandle>, Vec<u8>)> {
@@ -521,8 +610,7 @@ impl LogWriter {
         let mut manifest = sealed_entries.to_vec();
         loop {
             let path = segment_path(dir, tail_base);
-            let (file, buf) = read_whole(fs.as_ref(), &path)?;
-            let header = SegmentHeader::decode(&buf, &path)?;
+            let (file, len, header) = open_segment(fs.as_ref(), &path, OpenMode::ReadWrite)?;
             if header.base_position != tail_base
                 || (!segments.is_empty() && header.first_seq != next_seq)
             {
@@ -533,7 +621,9 @@ impl LogWriter {
                 ));
             }
             let scan = scan_segment(
-                &buf,
+                file.as_ref(),
+                len,
+                config.read_chunk_bytes,
                 &path,
                 tail_base,
                 header.first_seq,
@@ -546,7 +636,7 @@ impl LogWriter {
                 // is the tail, or must be created.
                 manifest.push(ManifestEntry {
                     base_position: tail_base,
-                    file_len: buf.len() as u64,
+                    file_len: len,
                 });
                 segments.push(Arc::new(Segment {
                     base: tail_base,
@@ -556,7 +646,7 @@ impl LogWriter {
                     footer: Some(footer),
                 }));
                 next_seq = footer.last_seq + 1;
-                tail_base += buf.len() as u64;
+                tail_base += len;
                 if !fs
                     .exists(&segment_path(dir, tail_base))
                     .map_err(io_err(format!("checking {}", dir.display())))?
@@ -574,13 +664,13 @@ impl LogWriter {
                         "damaged record in a segment that later segments follow",
                     ));
                 }
-                tracing::warn!(file = %path.display(), offset = torn, bytes = buf.len() as u64 - torn, "truncating torn tail");
+                tracing::warn!(file = %path.display(), offset = torn, bytes = len - torn, "truncating torn tail");
                 file.set_len(torn)
                     .map_err(io_err(format!("truncating {}", path.display())))?;
                 file.sync_data()
                     .map_err(io_err(format!("syncing {}", path.display())))?;
                 report.torn_tail = Some((path.clone(), torn));
-                report.torn_bytes = buf.len() as u64 - torn;
+                report.torn_bytes = len - torn;
             }
             for base in &stale {
                 let stale_path = segment_path(dir, *base);
@@ -872,9 +962,10 @@ impl LogWriter {
                 .sync_dir(&self.dir)
                 .map_err(io_err(format!("syncing {}", self.dir.display())))?;
         }
-        let (_, buf) = read_whole(self.fs.as_ref(), &segment.path)?;
         let scan = scan_segment(
-            &buf,
+            file.as_ref(),
+            offset,
+            self.reader.read_chunk_bytes,
             &segment.path,
             segment.base,
             segment.first_seq,
@@ -1015,20 +1106,39 @@ fn open_sealed(
     })
 }
 
-/// Scans a segment's bytes for `verify`: every record, the footer's agreement with them.
-pub(crate) fn verify_segment_bytes(
-    buf: &[u8],
+/// Checks a whole segment for `verify`: every record, and a sealed one's footer against its
+/// records. Returns the record count and where a torn tail starts, if there is one.
+pub(crate) fn verify_segment(
+    fs: &dyn FileSystem,
+    window_bytes: usize,
     path: &Path,
     base: Position,
-    first_seq: u64,
+    expected_first_seq: Option<u64>,
     sealed: bool,
     record_len_max: usize,
-) -> Result<(u64, Option<u64>)> {
+) -> Result<(u64, u64, Option<u64>)> {
+    let (file, len, header) = open_segment(fs, path, OpenMode::Read)?;
+    if header.base_position != base {
+        return Err(Error::corruption(
+            path,
+            0,
+            "header's base position does not match the file name",
+        ));
+    }
+    if expected_first_seq.is_some_and(|s| s != header.first_seq) {
+        return Err(Error::corruption(
+            path,
+            0,
+            "first sequence number does not continue the previous segment",
+        ));
+    }
     let scan = scan_segment(
-        buf,
+        file.as_ref(),
+        len,
+        window_bytes,
         path,
         base,
-        first_seq,
+        header.first_seq,
         record_len_max,
         TailRecovery::TruncateTorn,
         0,
@@ -1049,8 +1159,7 @@ pub(crate) fn verify_segment_bytes(
                 "footer's records checksum does not match the records",
             ));
         }
-    } else if scan.footer.is_some() {
-        return Ok((scan.record_count, None));
+        return Ok((header.first_seq, scan.record_count, None));
     }
-    Ok((scan.record_count, scan.torn_at))
+    Ok((header.first_seq, scan.record_count, scan.torn_at))
 }

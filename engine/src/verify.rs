@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::config::{EngineConfig, SEGMENT_HEADER_BYTES};
 use crate::error::{Error, Result};
 use crate::fs::{read_exact_at, FileSystem, OpenMode};
-use crate::log::verify_segment_bytes;
-use crate::segment::{decode_manifest, segment_path, SegmentHeader, MANIFEST_NAME};
+use crate::log::verify_segment;
+use crate::segment::{decode_manifest, segment_path, MANIFEST_NAME};
 
 /// Progress of a verification, reported after each segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,50 +85,36 @@ pub fn verify(
                 reason,
             })
         };
-        let file = match fs.open(&path, OpenMode::Read) {
-            Ok(f) => f,
+        let len = match fs.open(&path, OpenMode::Read).and_then(|f| f.len()) {
+            Ok(len) => len,
             Err(e) => {
                 note(0, format!("cannot open: {e}"));
                 continue;
             }
         };
-        let len = file
-            .len()
-            .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
-        let mut buf = vec![0u8; len as usize];
-        read_exact_at(file.as_ref(), &mut buf, 0)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         report.segments += 1;
         report.bytes += len;
-        match SegmentHeader::decode(&buf, &path) {
-            Err(Error::Corruption { offset, reason, .. }) => note(offset, reason),
-            Err(e) => return Err(e),
-            Ok(header) if header.base_position != entry.base_position => note(
-                0,
-                "header's base position does not match the file name".into(),
-            ),
-            Ok(header) if next_seq.is_some_and(|s| s != header.first_seq) => note(
-                0,
-                "first sequence number does not continue the previous segment".into(),
-            ),
-            Ok(_) if sealed && len != entry.file_len => note(
+        if sealed && len != entry.file_len {
+            note(
                 len,
                 format!(
                     "sealed segment is {len} bytes, manifest says {}",
                     entry.file_len
                 ),
-            ),
-            Ok(header) => match verify_segment_bytes(
-                &buf,
+            );
+        } else {
+            match verify_segment(
+                fs,
+                config.read_chunk_bytes,
                 &path,
                 entry.base_position,
-                header.first_seq,
+                next_seq,
                 sealed,
                 config.limits.batch_bytes_max,
             ) {
-                Ok((records, torn)) => {
+                Ok((first_seq, records, torn)) => {
                     report.records += records;
-                    next_seq = Some(header.first_seq + records);
+                    next_seq = Some(first_seq + records);
                     if let Some(offset) = torn {
                         report.torn_tail = Some(Problem {
                             file: path.clone(),
@@ -142,7 +128,7 @@ pub fn verify(
                 }
                 Err(Error::Corruption { offset, reason, .. }) => note(offset, reason),
                 Err(e) => return Err(e),
-            },
+            }
         }
         if len < SEGMENT_HEADER_BYTES {
             continue;

@@ -239,6 +239,7 @@ impl Harness {
         let mut config = EngineConfig {
             segment_bytes_max: 8 << 10,
             group_bytes_max: 4 << 10,
+            read_chunk_bytes: 4096,
             ..EngineConfig::default()
         };
         config.limits.batch_bytes_max = 4 << 10;

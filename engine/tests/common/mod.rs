@@ -26,8 +26,10 @@ pub fn append(stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) ->
 
 /// Small segments so tests roll often.
 pub fn small_config() -> EngineConfig {
+    // Small segments so tests roll often; small reads so scans cross window boundaries.
     let mut config = EngineConfig {
         segment_bytes_max: 16 << 10,
+        read_chunk_bytes: 4096,
         ..EngineConfig::default()
     };
     config.limits.batch_bytes_max = 8 << 10;
