@@ -566,7 +566,15 @@ impl LogWriter {
             .filter_map(|n| parse_segment_file_name(n))
             .collect();
         if !names.iter().any(|n| n == MANIFEST_NAME) {
-            if !on_disk.is_empty() {
+            // Creating a new log writes segment 0's header, then the first manifest, and no
+            // record before both: a lone segment 0 holding at most a header is an interrupted
+            // creation, so start over.
+            let interrupted_creation = on_disk == [0]
+                && fs
+                    .open(&segment_path(dir, 0), OpenMode::Read)
+                    .and_then(|f| f.len())
+                    .is_ok_and(|len| len <= SEGMENT_HEADER_BYTES);
+            if !on_disk.is_empty() && !interrupted_creation {
                 return Err(Error::corruption(
                     &manifest_path,
                     0,
@@ -647,10 +655,22 @@ impl LogWriter {
                 }));
                 next_seq = footer.last_seq + 1;
                 tail_base += len;
-                if !fs
-                    .exists(&segment_path(dir, tail_base))
-                    .map_err(io_err(format!("checking {}", dir.display())))?
-                {
+                // Records go to a new segment only once the manifest lists it, so a successor
+                // the manifest does not list holds none: if its creation was interrupted (no
+                // complete header), make it again. A complete one is kept: it may be the rest
+                // of the log left by an interrupted truncation, which then did not happen.
+                let next = segment_path(dir, tail_base);
+                let exists = fs
+                    .exists(&next)
+                    .map_err(io_err(format!("checking {}", dir.display())))?;
+                let complete = exists
+                    && open_segment(fs.as_ref(), &next, OpenMode::Read).is_ok_and(|(_, _, h)| {
+                        h.base_position == tail_base && h.first_seq == next_seq
+                    });
+                if !complete {
+                    if exists {
+                        tracing::warn!(file = %next.display(), "recreating a segment whose creation was interrupted");
+                    }
                     create_segment(fs.as_ref(), dir, tail_base, next_seq)?;
                 }
                 continue;

@@ -263,3 +263,89 @@ fn a_lost_index_is_rebuilt_from_the_log() {
             .deduplicated
     );
 }
+
+/// Regression: killed after sealing a segment and creating the next file, before writing that
+/// file's header (and before the manifest named it). Open refused the empty file as corruption.
+#[test]
+fn regression_kill_between_creating_a_segment_and_writing_its_header() {
+    use strata_engine::segment::{segment_file_name, Footer};
+    let dir = tempfile::tempdir().unwrap();
+    let positions = fill(dir.path(), 50);
+    let (tail_base, tail) = segments(dir.path()).pop().unwrap();
+    let bytes = std::fs::read(&tail).unwrap();
+    let len = bytes.len() as u64;
+    // Seal the tail as the roll would have: footer written and synced...
+    let first_seq = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+    let record_count = positions.iter().filter(|p| **p > tail_base).count() as u64;
+    let footer = Footer {
+        record_count,
+        first_seq,
+        last_seq: first_seq + record_count - 1,
+        records_end: tail_base + len,
+        records_crc: crc32fast::hash(&bytes[40..]),
+    };
+    OpenOptions::new()
+        .write(true)
+        .open(&tail)
+        .unwrap()
+        .write_all_at(&footer.encode(), len)
+        .unwrap();
+    // ...and the next segment's file created, empty; the manifest still names the old tail.
+    let next_base = tail_base + len + footer.encode().len() as u64;
+    std::fs::File::create(dir.path().join("log").join(segment_file_name(next_base))).unwrap();
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    let events = engine
+        .reader()
+        .read_stream("s", None, Direction::Forwards, 100)
+        .unwrap();
+    assert_eq!(events.len(), 50);
+    let r = engine
+        .append_blocking(append(
+            "s",
+            ExpectedVersion::Exact(49),
+            vec![event(500, "after")],
+        ))
+        .unwrap();
+    assert_eq!(
+        r.position,
+        next_base + 40,
+        "appends continue in the recreated segment"
+    );
+    engine.close();
+    drop(engine);
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    assert_eq!(engine.reader().stream_version("s").unwrap(), Some(50));
+    assert!(verify(&StdFs, dir.path(), &small_config(), |_| {})
+        .unwrap()
+        .is_clean());
+}
+
+/// Regression: killed during the very first open of a new directory, after segment 0 was
+/// created and before the first manifest was written.
+#[test]
+fn regression_kill_during_the_first_open_of_a_new_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("log")).unwrap();
+    std::fs::File::create(
+        dir.path()
+            .join("log")
+            .join(strata_engine::segment::segment_file_name(0)),
+    )
+    .unwrap();
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    engine
+        .append_blocking(append(
+            "s",
+            ExpectedVersion::NoStream,
+            vec![event(1, "first")],
+        ))
+        .unwrap();
+    engine.close();
+    drop(engine);
+    // A directory whose manifest is missing while segments hold records still refuses to open.
+    std::fs::remove_file(dir.path().join("log/MANIFEST")).unwrap();
+    assert!(matches!(
+        Engine::open_dir(dir.path(), small_config()),
+        Err(Error::Corruption { .. })
+    ));
+}

@@ -155,7 +155,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_append() {
 
         let report = verify(&StdFs, dir.path(), &config(), |_| {}).unwrap();
         assert!(report.is_clean(), "round {round}: {:?}", report.corruption);
-        let engine = Engine::open_dir(dir.path(), config()).unwrap();
+        let engine = Engine::open_dir(dir.path(), config())
+            .unwrap_or_else(|e| panic!("round {round}: reopening failed: {e} (seed {seed})"));
         let reader = engine.reader();
         for (id, (stream, version)) in &acked {
             let e = reader
