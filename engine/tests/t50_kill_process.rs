@@ -18,18 +18,29 @@ use strata_engine::{AppendRequest, Direction, Engine, EngineConfig, ExpectedVers
 use uuid::Uuid;
 
 const CHILD_ENV: &str = "STRATA_KILL_TEST_CHILD_DIR";
-const ROUNDS: u64 = 6;
+/// Kill rounds; `STRATA_KILL_TEST_ROUNDS` raises it for longer local runs.
+fn rounds() -> u64 {
+    std::env::var("STRATA_KILL_TEST_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6)
+}
 const THREADS: u64 = 4;
 
 fn config() -> EngineConfig {
-    // Small segments so kills also land around segment rolls.
+    // Small segments so kills also land around segment rolls; `STRATA_KILL_TEST_SEGMENT_BYTES`
+    // makes them smaller still (rolls on nearly every group).
+    let segment_bytes_max = std::env::var("STRATA_KILL_TEST_SEGMENT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256 << 10);
     let mut config = EngineConfig {
-        segment_bytes_max: 256 << 10,
+        segment_bytes_max,
         ..EngineConfig::default()
     };
-    config.limits.batch_bytes_max = 64 << 10;
-    config.limits.event_bytes_max = 32 << 10;
-    config.group_bytes_max = 64 << 10;
+    config.limits.batch_bytes_max = 4 << 10;
+    config.limits.event_bytes_max = 2 << 10;
+    config.group_bytes_max = 4 << 10;
     config
 }
 
@@ -106,7 +117,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_append() {
     eprintln!("kill-test seed {seed}");
     let mut rng = strata_engine::rng::SplitMix64::new(seed);
     let mut acked: HashMap<u128, (String, u64)> = HashMap::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -188,7 +199,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_append() {
         engine.close();
     }
     eprintln!(
-        "{} acknowledged appends survived {ROUNDS} kills",
-        acked.len()
+        "{} acknowledged appends survived {} kills",
+        acked.len(),
+        rounds()
     );
 }
