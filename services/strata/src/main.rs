@@ -13,6 +13,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Most threads serving reads (tokio's blocking pool) in one process.
+const BLOCKING_THREADS_MAX: usize = 64;
+
 /// Exit status for a wrong expected version.
 pub const EXIT_WRONG_VERSION: u8 = 3;
 
@@ -68,7 +71,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Reads run on the blocking pool; bound it (tokio's default allows 512 threads).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS_MAX)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
