@@ -30,7 +30,7 @@ use crate::log::RecoveryReport;
 use crate::reader::Reader;
 use crate::stats::Stats;
 use crate::store::{Finisher, Store, WrittenGroup};
-use crate::validate::validate_request;
+use crate::validate::Validated;
 
 /// Most groups written but not yet answered. Bounds the memory of index batches in flight;
 /// past it the writer waits for the disk.
@@ -40,8 +40,7 @@ type Reply = oneshot::Sender<Result<AppendResult>>;
 
 enum Command {
     Append {
-        request: AppendRequest,
-        bytes: usize,
+        request: Validated,
         reply: Reply,
     },
     Truncate {
@@ -125,21 +124,30 @@ impl Engine {
         })
     }
 
-    /// Appends atomically; resolves once durable. Waits while the queue is full.
-    pub async fn append(&self, request: AppendRequest) -> Result<AppendResult> {
-        let bytes = validate_request(&request, self.reader.limits())?;
+    /// Validates a request (in the caller's thread, so bad input never occupies the queue)
+    /// and builds its command, counted as queued.
+    fn command(
+        &self,
+        request: AppendRequest,
+    ) -> Result<(Command, oneshot::Receiver<Result<AppendResult>>)> {
+        let request = Validated::new(request, self.reader.limits()).inspect_err(|_| {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        })?;
         let (reply, answer) = oneshot::channel();
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        let sent = self
-            .tx
-            .send(Command::Append {
-                request,
-                bytes,
-                reply,
-            })
-            .await;
-        if sent.is_err() {
-            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        Ok((Command::Append { request, reply }, answer))
+    }
+
+    /// Undoes the queue count of a command that was not queued.
+    fn not_queued(&self) {
+        self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Appends atomically; resolves once durable. Waits while the queue is full.
+    pub async fn append(&self, request: AppendRequest) -> Result<AppendResult> {
+        let (command, answer) = self.command(request)?;
+        if self.tx.send(command).await.is_err() {
+            self.not_queued();
             return Err(Error::Closed);
         }
         answer.await.map_err(|_| Error::Closed)?
@@ -147,39 +155,24 @@ impl Engine {
 
     /// Like [`Engine::append`], but fails with `Busy` instead of waiting when the queue is full.
     pub async fn append_or_busy(&self, request: AppendRequest) -> Result<AppendResult> {
-        let bytes = validate_request(&request, self.reader.limits())?;
-        let (reply, answer) = oneshot::channel();
-        match self.tx.try_send(Command::Append {
-            request,
-            bytes,
-            reply,
-        }) {
-            Ok(()) => self.stats.queue_depth.fetch_add(1, Ordering::Relaxed),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(Error::Busy {
+        let (command, answer) = self.command(request)?;
+        if let Err(e) = self.tx.try_send(command) {
+            self.not_queued();
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => Error::Busy {
                     queue_depth_max: self.queue_depth_max,
-                })
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Closed),
-        };
+                },
+                mpsc::error::TrySendError::Closed(_) => Error::Closed,
+            });
+        }
         answer.await.map_err(|_| Error::Closed)?
     }
 
     /// Appends from a plain thread (not from inside an async runtime); blocks until durable.
     pub fn append_blocking(&self, request: AppendRequest) -> Result<AppendResult> {
-        let bytes = validate_request(&request, self.reader.limits())?;
-        let (reply, answer) = oneshot::channel();
-        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        if self
-            .tx
-            .blocking_send(Command::Append {
-                request,
-                bytes,
-                reply,
-            })
-            .is_err()
-        {
-            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        let (command, answer) = self.command(request)?;
+        if self.tx.blocking_send(command).is_err() {
+            self.not_queued();
             return Err(Error::Closed);
         }
         answer.blocking_recv().map_err(|_| Error::Closed)?
@@ -273,23 +266,15 @@ fn run_writer(
                 drain(&to_syncer);
                 let _ = reply.send(store.truncate_from(position));
             }
-            Command::Append {
-                request,
-                bytes,
-                reply,
-            } => {
+            Command::Append { request, reply } => {
+                let mut group_bytes = request.bytes();
                 let mut requests = vec![(reply, request)];
-                let mut group_bytes = bytes;
                 while requests.len() < config.group_requests_max
                     && group_bytes < config.group_bytes_max
                 {
                     match rx.try_recv() {
-                        Ok(Command::Append {
-                            request,
-                            bytes,
-                            reply,
-                        }) => {
-                            group_bytes += bytes;
+                        Ok(Command::Append { request, reply }) => {
+                            group_bytes += request.bytes();
                             requests.push((reply, request));
                         }
                         Ok(other) => {
@@ -302,7 +287,7 @@ fn run_writer(
                 stats
                     .queue_depth
                     .fetch_sub(requests.len() as u64, Ordering::Relaxed);
-                let (now, written) = store.write_requests(requests);
+                let (now, written) = store.write_validated(requests);
                 for (reply, answer) in now {
                     // The caller may have stopped waiting; nothing to do then.
                     let _ = reply.send(answer);

@@ -36,7 +36,7 @@ use crate::index_store::{IndexBatch, IndexStore};
 use crate::log::{LogWriter, RecoveryReport};
 use crate::reader::Reader;
 use crate::stats::Stats;
-use crate::validate::validate_request;
+use crate::validate::Validated;
 
 /// Most stream heads (last versions) the writer keeps in memory. Past it the cache starts over
 /// and misses read the stream index. Default 100,000 streams (a few MiB).
@@ -450,21 +450,37 @@ impl Store {
         &mut self,
         requests: Vec<(T, AppendRequest)>,
     ) -> (Answers<T>, Vec<WrittenGroup<T>>) {
+        let mut rejected = Vec::new();
+        let mut valid = Vec::with_capacity(requests.len());
+        for (tag, request) in requests {
+            match Validated::new(request, &self.config.limits) {
+                Ok(v) => valid.push((tag, v)),
+                Err(e) => rejected.push((tag, Err(e))),
+            }
+        }
+        self.stats
+            .rejected
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+        let (now, written) = self.write_validated(valid);
+        rejected.extend(now);
+        (rejected, written)
+    }
+
+    /// [`Store::write_requests`] for requests already validated.
+    pub fn write_validated<T>(
+        &mut self,
+        requests: Vec<(T, Validated)>,
+    ) -> (Answers<T>, Vec<WrittenGroup<T>>) {
         let mut now = Vec::new();
         let mut written = Vec::new();
         let mut group = Group::new();
-        for (tag, request) in requests {
+        for (tag, validated) in requests {
             if let Err(e) = self.check_poison() {
                 now.push((tag, Err(e)));
                 continue;
             }
-            let size = match validate_request(&request, &self.config.limits) {
-                Ok(size) => size,
-                Err(e) => {
-                    now.push((tag, Err(e)));
-                    continue;
-                }
-            };
+            let size = validated.bytes();
+            let request = validated.into_request();
             let mut plan = self.plan(&request, &group.effects);
             if matches!(plan, Ok(Plan::Write(_)))
                 && (group.buf.len() + size) as u64 > self.log.room()

@@ -122,3 +122,29 @@ pub fn validate_request(request: &AppendRequest, limits: &Limits) -> Result<usiz
     }
     Ok(bytes)
 }
+
+/// An append request that passed [`validate_request`]; only that check builds one, so the
+/// writer never checks a request twice.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    request: AppendRequest,
+    bytes: usize,
+}
+
+impl Validated {
+    /// Checks `request` against `limits`.
+    pub fn new(request: AppendRequest, limits: &Limits) -> Result<Validated> {
+        let bytes = validate_request(&request, limits)?;
+        Ok(Validated { request, bytes })
+    }
+
+    /// The size of the record it encodes to.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The request, taken out.
+    pub fn into_request(self) -> AppendRequest {
+        self.request
+    }
+}
