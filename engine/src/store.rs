@@ -67,7 +67,6 @@ struct PendingEvent {
 struct Effects {
     heads: HashMap<String, u64>,
     ids: HashMap<Uuid, PendingEvent>,
-    versions: HashMap<(String, u64), Position>,
 }
 
 type Inflight = Arc<Mutex<VecDeque<Arc<Effects>>>>;
@@ -594,15 +593,17 @@ impl Store {
         version: u64,
         current: &Effects,
     ) -> Result<Option<Position>> {
-        let key = (stream.to_string(), version);
-        if let Some(p) = current.versions.get(&key) {
-            return Ok(Some(*p));
+        // Only a retry's check asks this, so a scan of the unindexed events is fine.
+        let find = |e: &Effects| {
+            e.ids
+                .values()
+                .find(|p| p.stream == stream && p.version == version)
+                .map(|p| p.position)
+        };
+        if let Some(p) = find(current) {
+            return Ok(Some(p));
         }
-        if let Some(p) = lock(&self.inflight)
-            .iter()
-            .rev()
-            .find_map(|e| e.versions.get(&key).copied())
-        {
+        if let Some(p) = lock(&self.inflight).iter().rev().find_map(|e| find(e)) {
             return Ok(Some(p));
         }
         Ok(self
@@ -809,10 +810,6 @@ impl Store {
             group.effects.heads.insert(part.stream.clone(), last);
             for (k, event) in part.events.into_iter().enumerate() {
                 let version = first + k as u64;
-                group
-                    .effects
-                    .versions
-                    .insert((part.stream.clone(), version), position);
                 group.effects.ids.insert(
                     event.id,
                     PendingEvent {
