@@ -50,10 +50,16 @@ enum Command {
     Shutdown,
 }
 
-enum Stage {
+/// What the writer hands the syncer.
+enum ToSyncer {
     Written(WrittenGroup<Reply>),
-    Synced(Vec<WrittenGroup<Reply>>, Result<()>),
     /// Everything sent before it has been answered once this is acknowledged.
+    Barrier(std_mpsc::SyncSender<()>),
+}
+
+/// What the syncer hands the indexer.
+enum ToIndexer {
+    Synced(Vec<WrittenGroup<Reply>>, Result<()>),
     Barrier(std_mpsc::SyncSender<()>),
 }
 
@@ -235,9 +241,9 @@ impl Drop for Engine {
 }
 
 /// Waits until everything sent down the pipeline so far has been answered.
-fn drain(to_syncer: &std_mpsc::SyncSender<Stage>) {
+fn drain(to_syncer: &std_mpsc::SyncSender<ToSyncer>) {
     let (done, wait) = std_mpsc::sync_channel(1);
-    if to_syncer.send(Stage::Barrier(done)).is_ok() {
+    if to_syncer.send(ToSyncer::Barrier(done)).is_ok() {
         // An error means the pipeline is gone, so nothing is in flight either.
         let _ = wait.recv();
     }
@@ -247,7 +253,7 @@ fn run_writer(
     mut store: Store,
     finisher: &Finisher,
     mut rx: mpsc::Receiver<Command>,
-    to_syncer: std_mpsc::SyncSender<Stage>,
+    to_syncer: std_mpsc::SyncSender<ToSyncer>,
     config: &EngineConfig,
 ) {
     let stats = store.stats().clone();
@@ -303,8 +309,8 @@ fn run_writer(
                     continue;
                 }
                 for group in written {
-                    if let Err(std_mpsc::SendError(Stage::Written(group))) =
-                        to_syncer.send(Stage::Written(group))
+                    if let Err(std_mpsc::SendError(ToSyncer::Written(group))) =
+                        to_syncer.send(ToSyncer::Written(group))
                     {
                         // The syncer is gone (it only stops when this thread does).
                         for (reply, _) in group.into_answers() {
@@ -321,8 +327,8 @@ fn run_writer(
 
 fn run_syncer(
     finisher: &Finisher,
-    rx: std_mpsc::Receiver<Stage>,
-    to_indexer: std_mpsc::SyncSender<Stage>,
+    rx: std_mpsc::Receiver<ToSyncer>,
+    to_indexer: std_mpsc::SyncSender<ToIndexer>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut groups = Vec::new();
@@ -330,12 +336,11 @@ fn run_syncer(
         let mut stage = Some(first);
         while let Some(s) = stage.take() {
             match s {
-                Stage::Written(g) => groups.push(g),
-                Stage::Barrier(b) => {
+                ToSyncer::Written(g) => groups.push(g),
+                ToSyncer::Barrier(b) => {
                     barrier = Some(b);
                     break;
                 }
-                Stage::Synced(..) => {}
             }
             if groups.len() < PIPELINE_GROUPS_MAX {
                 stage = rx.try_recv().ok();
@@ -343,30 +348,29 @@ fn run_syncer(
         }
         if !groups.is_empty() {
             let synced = finisher.sync(&groups);
-            if to_indexer.send(Stage::Synced(groups, synced)).is_err() {
+            if to_indexer.send(ToIndexer::Synced(groups, synced)).is_err() {
                 return;
             }
         }
         if let Some(b) = barrier {
-            if to_indexer.send(Stage::Barrier(b)).is_err() {
+            if to_indexer.send(ToIndexer::Barrier(b)).is_err() {
                 return;
             }
         }
     }
 }
 
-fn run_indexer(finisher: &Finisher, rx: std_mpsc::Receiver<Stage>) {
+fn run_indexer(finisher: &Finisher, rx: std_mpsc::Receiver<ToIndexer>) {
     while let Ok(stage) = rx.recv() {
         match stage {
-            Stage::Synced(groups, synced) => {
+            ToIndexer::Synced(groups, synced) => {
                 for (reply, answer) in finisher.finish(groups, &synced) {
                     let _ = reply.send(answer);
                 }
             }
-            Stage::Barrier(done) => {
+            ToIndexer::Barrier(done) => {
                 let _ = done.send(());
             }
-            Stage::Written(_) => {}
         }
     }
 }
