@@ -738,7 +738,11 @@ impl LogWriter {
                 reader: reader.clone(),
                 poisoned: Arc::new(OnceLock::new()),
             };
-            writer.write_manifest()?;
+            // Recovery may have sealed a tail or added a segment; otherwise the manifest on
+            // disk is already right and opening writes nothing.
+            if writer.manifest != entries {
+                writer.write_manifest()?;
+            }
             debug_assert_eq!(writer.next_position(), next_position);
             return Ok((writer, reader, report));
         }
