@@ -5,9 +5,12 @@
 //! ```text
 //! record = { len: u32 | crc: u32 | header | body }          len = |header| + |body|
 //!                                                           crc = crc32(header ++ body)
-//! header = { magic: u32 = "STRr" | kind: u8 = 1 | flags: u8 = 0 | reserved: u16 = 0 |
-//!            position: u64 | seq: u64 | synced_end: u64 | timestamp_us: u64 }  (40 bytes)
-//! body   = { event_count: u32 | event * event_count }
+//! header = { magic: u32 = "STRr" | kind: u8 | flags: u8 = 0 | reserved: u16 = 0 |
+//!            position: u64 | seq: u64 | synced_end: u64 | timestamp_us: u64 |
+//!            term: u64 | leader: u64 }                                      (56 bytes)
+//! body   = kind 1 (events):     { event_count: u32 | event * event_count }
+//!          kind 2 (blank):      {}                (a Raft leader's no-op, or a rejected append)
+//!          kind 3 (membership): opaque bytes      (a Raft membership change, JSON)
 //! event  = { event_len: u32 | event_crc: u32 | stream_len: u16 | stream | version: u64 |
 //!            id: [u8; 16] | timestamp_us: u64 | type_len: u16 | type |
 //!            data_len: u32 | data | metadata_len: u32 | metadata }
@@ -19,7 +22,8 @@
 //! (fdatasync returned) when this record was written: recovery uses it to tell a torn write
 //! from corruption. Damage at P followed by an intact record whose `synced_end` is past P means
 //! P had been synced, so it is corruption; otherwise P belongs to writes still in flight at the
-//! crash, a torn tail. Each event has its own CRC so a stream
+//! crash, a torn tail. `seq` is the Raft log index and (`term`, `leader`) the Raft leader that
+//! wrote the entry; a single node writes term 0. Each event has its own CRC so a stream
 //! read can fetch and verify one event without reading the whole record.
 
 use bytes::{Buf, Bytes};
@@ -30,11 +34,16 @@ use crate::event::{Position, RecordedEvent};
 /// Bytes of `len` + `crc`.
 pub const FRAME_BYTES: usize = 8;
 /// Bytes of the record header.
-pub const HEADER_BYTES: usize = 40;
+pub const HEADER_BYTES: usize = 56;
 /// Record magic, "STRr".
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"STRr");
 /// Kind of a record holding an append batch.
 pub const KIND_EVENTS: u8 = 1;
+/// Kind of a record without events: a Raft leader's no-op, or an append rejected at its log
+/// index (the rejection is decided from the log before it, the same on every replica).
+pub const KIND_BLANK: u8 = 2;
+/// Kind of a record holding a Raft membership change (opaque bytes to the engine).
+pub const KIND_MEMBERSHIP: u8 = 3;
 /// Fixed bytes of an event frame besides its variable fields.
 pub const EVENT_FIXED_BYTES: usize = 4 + 4 + 2 + 8 + 16 + 8 + 2 + 4 + 4;
 
@@ -49,6 +58,10 @@ pub struct RecordHeader {
     pub synced_end: Position,
     /// Timestamp of the append.
     pub timestamp_us: u64,
+    /// Raft term of the leader that wrote the entry (0 on a single node).
+    pub term: u64,
+    /// Raft node id of that leader (0 on a single node).
+    pub leader: u64,
 }
 
 /// Where one event sits inside its record (for the stream index).
@@ -89,13 +102,7 @@ pub fn encode_record(
     events: &[EventFields<'_>],
 ) -> Vec<EventSlot> {
     let start = out.len();
-    out.extend_from_slice(&[0u8; FRAME_BYTES]);
-    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
-    out.extend_from_slice(&[KIND_EVENTS, 0, 0, 0]);
-    out.extend_from_slice(&header.position.to_le_bytes());
-    out.extend_from_slice(&header.seq.to_le_bytes());
-    out.extend_from_slice(&header.synced_end.to_le_bytes());
-    out.extend_from_slice(&header.timestamp_us.to_le_bytes());
+    put_header(out, KIND_EVENTS, &header);
     out.extend_from_slice(&(events.len() as u32).to_le_bytes());
     let mut slots = Vec::with_capacity(events.len());
     for e in events {
@@ -122,15 +129,71 @@ pub fn encode_record(
             len: (out.len() - event_start) as u32,
         });
     }
-    let len = (out.len() - start - FRAME_BYTES) as u32;
-    let crc = crc32fast::hash(&out[start + FRAME_BYTES..]);
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    debug_assert_eq!(
-        check_frame(&out[start..], u32::MAX as usize),
-        FrameCheck::Valid(out.len() - start)
-    );
+    seal_frame(&mut out[start..]);
     slots
+}
+
+/// Appends one record frame without events: `kind` is [`KIND_BLANK`] (with an empty body) or
+/// [`KIND_MEMBERSHIP`].
+pub fn encode_meta_record(out: &mut Vec<u8>, kind: u8, header: RecordHeader, body: &[u8]) {
+    debug_assert!(kind == KIND_BLANK || kind == KIND_MEMBERSHIP);
+    let start = out.len();
+    put_header(out, kind, &header);
+    out.extend_from_slice(body);
+    seal_frame(&mut out[start..]);
+}
+
+fn put_header(out: &mut Vec<u8>, kind: u8, header: &RecordHeader) {
+    out.extend_from_slice(&[0u8; FRAME_BYTES]);
+    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&header.position.to_le_bytes());
+    out.extend_from_slice(&header.seq.to_le_bytes());
+    out.extend_from_slice(&header.synced_end.to_le_bytes());
+    out.extend_from_slice(&header.timestamp_us.to_le_bytes());
+    out.extend_from_slice(&header.term.to_le_bytes());
+    out.extend_from_slice(&header.leader.to_le_bytes());
+}
+
+/// Fills in `len` and `crc` of the frame that is all of `frame`.
+fn seal_frame(frame: &mut [u8]) {
+    let len = (frame.len() - FRAME_BYTES) as u32;
+    let crc = crc32fast::hash(&frame[FRAME_BYTES..]);
+    frame[0..4].copy_from_slice(&len.to_le_bytes());
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(
+        check_frame(frame, u32::MAX as usize),
+        FrameCheck::Valid(frame.len())
+    );
+}
+
+/// Gives a record frame copied from another replica this log's `position` and `synced_end`
+/// (the only header fields that are local) and a fresh CRC. Event slots are relative to the
+/// frame, so they stay valid.
+pub fn restamp(frame: &mut [u8], position: Position, synced_end: Position) {
+    frame[FRAME_BYTES + 8..FRAME_BYTES + 16].copy_from_slice(&position.to_le_bytes());
+    frame[FRAME_BYTES + 24..FRAME_BYTES + 32].copy_from_slice(&synced_end.to_le_bytes());
+    seal_frame(frame);
+}
+
+/// The kind of a frame already checked by [`check_frame`].
+pub fn read_kind(frame: &[u8]) -> u8 {
+    frame[FRAME_BYTES + 4]
+}
+
+/// The body of a frame already checked by [`check_frame`] (after the header).
+pub fn body(frame: &[u8]) -> &[u8] {
+    &frame[FRAME_BYTES + HEADER_BYTES..]
+}
+
+/// The bytes of a frame that every replica agrees on: all of it except the frame's CRC and
+/// the header's local fields (`position`, `synced_end`). Replicas compare these.
+pub fn replicated_bytes(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[4..8].fill(0);
+    out[FRAME_BYTES + 8..FRAME_BYTES + 16].fill(0);
+    out[FRAME_BYTES + 24..FRAME_BYTES + 32].fill(0);
+    out
 }
 
 /// What the bytes at a supposed record boundary hold.
@@ -159,7 +222,7 @@ pub fn check_frame(buf: &[u8], len_max: usize) -> FrameCheck {
         return FrameCheck::NotARecord;
     }
     let len = u32_at(buf, 0) as usize;
-    if !(HEADER_BYTES + 4..=len_max).contains(&len) {
+    if !(HEADER_BYTES..=len_max).contains(&len) {
         return FrameCheck::NotARecord;
     }
     if buf.len() < FRAME_BYTES + len {
@@ -178,6 +241,8 @@ pub fn read_header(frame: &[u8]) -> RecordHeader {
         seq: u64_at(frame, FRAME_BYTES + 16),
         synced_end: u64_at(frame, FRAME_BYTES + 24),
         timestamp_us: u64_at(frame, FRAME_BYTES + 32),
+        term: u64_at(frame, FRAME_BYTES + 40),
+        leader: u64_at(frame, FRAME_BYTES + 48),
     }
 }
 
@@ -198,11 +263,10 @@ pub fn decode_events_with_slots(
     frame: &Bytes,
 ) -> Result<Vec<(RecordedEvent, EventSlot)>, DecodeError> {
     let header = read_header(frame);
-    if frame[FRAME_BYTES + 4] != KIND_EVENTS {
-        return Err(DecodeError(format!(
-            "unknown record kind {}",
-            frame[FRAME_BYTES + 4]
-        )));
+    match read_kind(frame) {
+        KIND_EVENTS => {}
+        KIND_BLANK | KIND_MEMBERSHIP => return Ok(Vec::new()),
+        kind => return Err(DecodeError(format!("unknown record kind {kind}"))),
     }
     let mut at = FRAME_BYTES + HEADER_BYTES;
     let count = u32_at(frame, at) as usize;
@@ -341,6 +405,8 @@ mod tests {
                 seq: 7,
                 synced_end: position,
                 timestamp_us: 99,
+                term: 3,
+                leader: 2,
             },
             &events,
         )

@@ -5,6 +5,8 @@
 //! "s" stream 0x00 version: u64 BE   -> { position: u64 | offset: u32 | len: u32 }  stream index
 //! "e" event_id: [u8; 16]            -> { position: u64 | version: u64 | stream }  idempotency
 //! "t" timestamp_us: u64 BE position: u64 BE -> {}                                 time index
+//! "q" seq: u64 BE                    -> { position: u64 }                        Raft index
+//! "r" name                           -> opaque                                   Raft state
 //! ```
 //! Values are little-endian. Stream names hold no control characters, so `0x00` ends a name
 //! and keys of one stream sort by version. The checkpoint is written in the same atomic batch
@@ -82,6 +84,20 @@ fn id_key(id: Uuid) -> Vec<u8> {
     let mut key = Vec::with_capacity(17);
     key.push(b'e');
     key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn seq_key(seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(b'q');
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(b'r');
+    key.extend_from_slice(name.as_bytes());
     key
 }
 
@@ -193,6 +209,20 @@ impl Index {
         Ok(found.first().map(|(k, _)| u64::from_be_bytes(tail8(k))))
     }
 
+    /// Position of the indexed record with sequence number (Raft index) `seq`.
+    pub fn position_of_seq(&self, seq: u64) -> Result<Option<Position>> {
+        match self.store.get(&seq_key(seq))? {
+            Some(v) if v.len() == 8 => Ok(Some(u64_at(&v, 0))),
+            Some(_) => Err(corrupt_index("a sequence number")),
+            None => Ok(None),
+        }
+    }
+
+    /// A value the layer above stored with [`set_meta`] (the Raft state machine's state).
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.store.get(&meta_key(name))
+    }
+
     /// Makes every index write so far durable.
     pub fn flush(&self) -> Result<()> {
         self.store.flush()
@@ -235,9 +265,11 @@ fn decode_slot(v: &[u8]) -> Result<StreamSlot> {
 pub fn add_record(
     batch: &mut IndexBatch,
     position: Position,
+    seq: u64,
     timestamp_us: u64,
     events: &[IndexedEvent<'_>],
 ) {
+    batch.put(seq_key(seq), position.to_le_bytes().to_vec());
     for e in events {
         let mut slot = Vec::with_capacity(16);
         slot.extend_from_slice(&position.to_le_bytes());
@@ -250,21 +282,27 @@ pub fn add_record(
         id.extend_from_slice(e.stream.as_bytes());
         batch.put(id_key(e.id), id);
     }
-    batch.put(time_key(timestamp_us, position), Vec::new());
+    if !events.is_empty() {
+        batch.put(time_key(timestamp_us, position), Vec::new());
+    }
 }
 
 /// Removes a record's entries (log truncation).
 pub fn remove_record(
     batch: &mut IndexBatch,
     position: Position,
+    seq: u64,
     timestamp_us: u64,
     events: &[IndexedEvent<'_>],
 ) {
+    batch.delete(seq_key(seq));
     for e in events {
         batch.delete(stream_key(e.stream, e.version));
         batch.delete(id_key(e.id));
     }
-    batch.delete(time_key(timestamp_us, position));
+    if !events.is_empty() {
+        batch.delete(time_key(timestamp_us, position));
+    }
 }
 
 /// Sets the checkpoint.
@@ -273,4 +311,9 @@ pub fn set_checkpoint(batch: &mut IndexBatch, checkpoint: Checkpoint) {
     v.extend_from_slice(&checkpoint.next_position.to_le_bytes());
     v.extend_from_slice(&checkpoint.next_seq.to_le_bytes());
     batch.put(CHECKPOINT_KEY.to_vec(), v);
+}
+
+/// Stores a value for the layer above, in the same atomic batch as the records it describes.
+pub fn set_meta(batch: &mut IndexBatch, name: &str, value: Vec<u8>) {
+    batch.put(meta_key(name), value);
 }

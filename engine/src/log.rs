@@ -806,6 +806,55 @@ impl LogWriter {
         self.next_seq
     }
 
+    /// Whether the log holds no record at all.
+    pub fn is_empty(&self) -> bool {
+        self.manifest.len() == 1 && self.tail_records == 0
+    }
+
+    /// The tail segment's file (to sync records found there at open).
+    pub fn tail_file(&self) -> Arc<dyn FileHandle> {
+        self.tail.file.clone()
+    }
+
+    /// Makes an empty log's first record get sequence number `first_seq` (a Raft log may
+    /// start at any index). Fails if the log holds records.
+    pub fn restart_seq(&mut self, first_seq: u64) -> Result<()> {
+        self.check_poison()?;
+        if !self.is_empty() {
+            return Err(Error::invalid(
+                "seq",
+                "only an empty log can restart its sequence numbers",
+            ));
+        }
+        if first_seq == self.next_seq {
+            return Ok(());
+        }
+        let header = SegmentHeader {
+            base_position: self.tail.base,
+            first_seq,
+        }
+        .encode();
+        let path = self.tail.path.clone();
+        self.tail
+            .file
+            .write_all_at(&header, 0)
+            .and_then(|()| self.tail.file.sync_data())
+            .map_err(io_err(format!("rewriting header of {}", path.display())))?;
+        let tail = Arc::new(Segment {
+            base: self.tail.base,
+            path,
+            file: self.tail.file.clone(),
+            first_seq,
+            footer: None,
+        });
+        if let Some(last) = write_lock(&self.reader.segments).last_mut() {
+            *last = tail.clone();
+        }
+        self.tail = tail;
+        self.next_seq = first_seq;
+        Ok(())
+    }
+
     /// Bytes that still fit in the tail segment before it must roll.
     pub fn room(&self) -> u64 {
         self.segment_bytes_max

@@ -38,6 +38,9 @@ use crate::reader::Reader;
 use crate::stats::Stats;
 use crate::validate::Validated;
 
+mod replica;
+pub use replica::{EntryBody, LogEntry, WrittenEntry};
+
 /// Most stream heads (last versions) the writer keeps in memory. Past it the cache starts over
 /// and misses read the stream index. Default 100,000 streams (a few MiB).
 pub const STREAM_HEADS_CACHED_MAX: usize = 100_000;
@@ -65,6 +68,9 @@ struct PendingEvent {
 /// What a written group changes, kept until its index batch is applied.
 #[derive(Debug, Default)]
 struct Effects {
+    /// Position and sequence number of the group's first record.
+    position: Position,
+    seq: u64,
     heads: HashMap<String, u64>,
     ids: HashMap<Uuid, PendingEvent>,
 }
@@ -171,8 +177,19 @@ impl Finisher {
     /// sync every answer is that failure.
     pub fn finish<T>(
         &self,
+        groups: Vec<WrittenGroup<T>>,
+        synced: &Result<()>,
+    ) -> Vec<(T, Result<AppendResult>)> {
+        self.finish_with(groups, synced, IndexBatch::default())
+    }
+
+    /// [`Finisher::finish`] that also writes `extra` (the Raft state machine's own state) in
+    /// the same atomic index batch.
+    pub fn finish_with<T>(
+        &self,
         mut groups: Vec<WrittenGroup<T>>,
         synced: &Result<()>,
+        extra: IndexBatch,
     ) -> Vec<(T, Result<AppendResult>)> {
         let mut out = Vec::new();
         let Some(last) = groups.last() else {
@@ -186,7 +203,7 @@ impl Finisher {
             }
             return out;
         }
-        let mut batch = IndexBatch::default();
+        let mut batch = extra;
         let (mut events, mut bytes) = (0, 0);
         for g in &mut groups {
             batch.ops.append(&mut g.batch.ops);
@@ -252,6 +269,20 @@ impl Store {
         config: EngineConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Store> {
+        let store = Store::open_log(fs, dir, index_store, config, clock)?;
+        store.catch_up_index()?;
+        store.reader.log.publish_end(store.log.next_position());
+        Ok(store)
+    }
+
+    /// Opens the log and the index without reconciling them.
+    fn open_log(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        index_store: Box<dyn IndexStore>,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Store> {
         config.validate()?;
         let index = Arc::new(Index::new(index_store));
         // Everything the index covered was synced before it was indexed: recovery treats damage
@@ -286,8 +317,6 @@ impl Store {
             synced_end,
             heads: HashMap::new(),
         };
-        store.catch_up_index()?;
-        store.reader.log.publish_end(store.log.next_position());
         Ok(store)
     }
 
@@ -337,6 +366,7 @@ impl Store {
                 index::add_record(
                     &mut batch,
                     r.header.position,
+                    r.header.seq,
                     r.header.timestamp_us,
                     &indexed,
                 );
@@ -525,6 +555,9 @@ impl Store {
         if group.records == 0 {
             return;
         }
+        let mut group = group;
+        group.effects.position = self.log.next_position();
+        group.effects.seq = self.log.next_seq();
         match self.log.write(&group.buf, group.records) {
             Ok(file) => {
                 if self.heads.len() + group.effects.heads.len() > STREAM_HEADS_CACHED_MAX {
@@ -768,6 +801,18 @@ impl Store {
         first_versions: Vec<u64>,
         group: &mut Group<T>,
     ) {
+        self.encode_as(tag, request, first_versions, group, (0, 0))
+    }
+
+    /// [`Store::encode`] for a Raft entry of leader `(term, node id)`.
+    fn encode_as<T>(
+        &self,
+        tag: T,
+        request: AppendRequest,
+        first_versions: Vec<u64>,
+        group: &mut Group<T>,
+        (term, leader): (u64, u64),
+    ) {
         let position = self.log.next_position() + group.buf.len() as u64;
         let seq = self.log.next_seq() + group.records;
         let synced_end = self.synced_end.load(Ordering::Acquire);
@@ -789,6 +834,8 @@ impl Store {
             seq,
             synced_end,
             timestamp_us: request.timestamp_us,
+            term,
+            leader,
         };
         let slots = format::encode_record(&mut group.buf, header, &fields);
         let indexed: Vec<IndexedEvent<'_>> = fields
@@ -801,7 +848,13 @@ impl Store {
                 slot: *slot,
             })
             .collect();
-        index::add_record(&mut group.batch, position, request.timestamp_us, &indexed);
+        index::add_record(
+            &mut group.batch,
+            position,
+            seq,
+            request.timestamp_us,
+            &indexed,
+        );
         group.records += 1;
         group.events += fields.len() as u64;
         let mut streams = Vec::with_capacity(request.streams.len());
@@ -837,9 +890,8 @@ impl Store {
     }
 
     /// Removes every record at or after `position` (a record position), from the log and the
-    /// indexes. Raft uses this to drop uncommitted entries that a new leader overrode.
+    /// indexes. Nothing may be in flight (the engine drains its pipeline first).
     pub fn truncate_from(&mut self, position: Position) -> Result<()> {
-        self.check_poison()?;
         if !lock(&self.inflight).is_empty() {
             return Err(Error::invalid(
                 "position",
@@ -847,56 +899,83 @@ impl Store {
             ));
         }
         let end = self.log.next_position();
-        if position == end {
-            return Ok(());
-        }
-        if position > end || !self.reader.is_record_position(position)? {
+        if position < end && !self.reader.is_record_position(position)? || position > end {
             return Err(Error::invalid(
                 "position",
                 format!("{position} is not the position of a record in this log"),
             ));
         }
-        // Readers first, so none reads what is about to go.
-        self.reader.log.publish_end(position);
-        let (raw, _) = self
+        self.truncate_inner(position).map(|_| ())
+    }
+
+    /// Removes every record at or after `position`: written-but-unfinished groups there are
+    /// forgotten (their owner drops them; the count is returned), indexed records leave the
+    /// index. Raft uses this to drop uncommitted entries that a new leader overrode.
+    /// `position` must be a record's position (or the end).
+    fn truncate_inner(&mut self, position: Position) -> Result<usize> {
+        self.check_poison()?;
+        if position == self.log.next_position() {
+            return Ok(0);
+        }
+        let dropped = {
+            let mut inflight = lock(&self.inflight);
+            let before = inflight.len();
+            // Groups written through `write_entries` hold one record each, so none straddles
+            // `position`.
+            while inflight.back().is_some_and(|e| e.position >= position) {
+                inflight.pop_back();
+            }
+            before - inflight.len()
+        };
+        let indexed_end = self
             .reader
-            .log
-            .scan(position, end, usize::MAX, usize::MAX)?;
+            .index
+            .checkpoint()?
+            .map_or(0, |c| c.next_position);
         let mut batch = IndexBatch::default();
-        for r in &raw {
-            let events = r.events(&self.reader.log)?;
-            let slots = format::decode_events_with_slots(&r.frame)
-                .map_err(|e| self.reader.log.corruption_at(r.header.position, e.0))?;
-            let indexed: Vec<IndexedEvent<'_>> = events
-                .iter()
-                .zip(&slots)
-                .map(|(e, (_, slot))| IndexedEvent {
-                    stream: &e.stream,
-                    version: e.version,
-                    id: e.id,
-                    slot: *slot,
-                })
-                .collect();
-            index::remove_record(
-                &mut batch,
-                r.header.position,
-                r.header.timestamp_us,
-                &indexed,
-            );
+        if position < indexed_end {
+            // Readers first, so none reads what is about to go.
+            self.reader.log.publish_end(position);
+            let (raw, _) = self
+                .reader
+                .log
+                .scan(position, indexed_end, usize::MAX, usize::MAX)?;
+            for r in &raw {
+                let slots = format::decode_events_with_slots(&r.frame)
+                    .map_err(|e| self.reader.log.corruption_at(r.header.position, e.0))?;
+                let indexed: Vec<IndexedEvent<'_>> = slots
+                    .iter()
+                    .map(|(e, slot)| IndexedEvent {
+                        stream: &e.stream,
+                        version: e.version,
+                        id: e.id,
+                        slot: *slot,
+                    })
+                    .collect();
+                index::remove_record(
+                    &mut batch,
+                    r.header.position,
+                    r.header.seq,
+                    r.header.timestamp_us,
+                    &indexed,
+                );
+            }
         }
         // Log first: a crash between the two leaves the index ahead of the log, which open
         // detects and repairs by rebuilding the index.
         self.log.truncate_from(position)?;
-        index::set_checkpoint(
-            &mut batch,
-            Checkpoint {
-                next_position: position,
-                next_seq: self.log.next_seq(),
-            },
-        );
-        self.reader.index.write(batch, true)?;
+        if position < indexed_end {
+            index::set_checkpoint(
+                &mut batch,
+                Checkpoint {
+                    next_position: position,
+                    next_seq: self.log.next_seq(),
+                },
+            );
+            self.reader.index.write(batch, true)?;
+        }
         self.heads.clear();
-        Ok(())
+        Ok(dropped)
     }
 }
 

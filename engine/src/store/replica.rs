@@ -1,0 +1,444 @@
+//! The store as a Raft log (strata-raft drives it). Every Raft entry is one record: its `seq` is
+//! the entry's index and its header names the leader (term, node) that wrote it, so the event
+//! log *is* the Raft log, with no second copy.
+//!
+//! - **write** ([`Store::write_entries`]): each entry becomes one record, written without
+//!   syncing. A client append (on the leader) is decided here against everything before it in
+//!   the log, committed or not: exactly the prefix every replica holds before that index, so the
+//!   decision is a function of the log and a leader change cannot break it. A rejected append,
+//!   or a retry of a committed one, is written as a blank record and its answer travels in
+//!   [`WrittenEntry::decided`]. Followers write the leader's frames ([`EntryBody::Frame`]) as
+//!   they are, except for the header's local fields (position, synced end).
+//! - **sync**: [`crate::store::Finisher::sync`] on the written groups, then Raft's flush
+//!   callback.
+//! - **apply**: [`crate::store::Finisher::finish_with`] on the groups of committed entries
+//!   indexes them and publishes them; readers and subscriptions see only applied records.
+//! - **truncate** ([`Store::truncate_entries`]): drops entries from an index on.
+//! - **open** ([`Store::open_replica`]): never indexes past the checkpoint; the records after it
+//!   come back as unfinished entries for Raft to apply once it knows they are committed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{lock, Effects, Group, PendingEvent, Plan, Store, WrittenGroup};
+use crate::clock::Clock;
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::event::{AppendResult, NewEvent, Position};
+use crate::format::{
+    self, check_frame, FrameCheck, RecordHeader, FRAME_BYTES, HEADER_BYTES, KIND_BLANK,
+    KIND_MEMBERSHIP,
+};
+use crate::fs::FileSystem;
+use crate::index::{self, IndexedEvent};
+use crate::index_store::{IndexBatch, IndexStore};
+use crate::log::RawRecord;
+use crate::validate::Validated;
+
+/// Records read per scan while loading the unfinished tail at open.
+const OPEN_SCAN_RECORDS_MAX: usize = 1024;
+
+/// What a Raft entry holds.
+#[derive(Debug)]
+pub enum EntryBody {
+    /// A client's append, proposed on the leader: decided when written.
+    Append(Validated),
+    /// A leader's no-op.
+    Blank,
+    /// A membership change (opaque bytes).
+    Membership(Vec<u8>),
+    /// A whole record frame as the leader wrote it (a follower replicating it).
+    Frame(Bytes),
+}
+
+/// One Raft entry to write.
+#[derive(Debug)]
+pub struct LogEntry {
+    /// Raft log index; must follow the log's last entry (or start an empty log).
+    pub seq: u64,
+    /// Term of the leader that created it.
+    pub term: u64,
+    /// Node id of that leader.
+    pub leader: u64,
+    /// Contents.
+    pub body: EntryBody,
+}
+
+/// An entry written to the log file, not yet synced or applied.
+#[derive(Debug)]
+pub struct WrittenEntry {
+    /// Its Raft log index.
+    pub seq: u64,
+    /// The written record, to sync and later finish (apply).
+    pub group: WrittenGroup<()>,
+    /// For an append decided by this node: its outcome, to answer the client once the entry is
+    /// committed and applied.
+    pub decided: Option<Result<AppendResult>>,
+}
+
+impl Store {
+    /// Opens a store whose log is a Raft log: the index is left at its checkpoint (the last
+    /// applied entry) and every record after it is returned as an unfinished entry. The tail is
+    /// synced first, so every entry returned is durable.
+    pub fn open_replica(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        index_store: Box<dyn IndexStore>,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Store, Vec<WrittenEntry>)> {
+        let mut store = Store::open_log(fs, dir, index_store, config, clock)?;
+        let end = store.log.next_position();
+        let from = match store.reader.index.checkpoint()? {
+            Some(c)
+                if c.next_position == end && c.next_seq == store.log.next_seq()
+                    || c.next_position < end && store.continues_at(c)? =>
+            {
+                c.next_position
+            }
+            Some(c) => {
+                tracing::warn!(
+                    checkpoint = c.next_position,
+                    log_end = end,
+                    "index does not match the log; dropping it (Raft re-applies the log)"
+                );
+                store.reader.index.write(
+                    IndexBatch {
+                        clear_all: true,
+                        ..IndexBatch::default()
+                    },
+                    true,
+                )?;
+                0
+            }
+            None => 0,
+        };
+        store.reader.log.publish_end(from);
+        let tail = store.log.tail_file();
+        tail.sync_data()
+            .map_err(|e| Error::io("syncing the log tail at open", e))?;
+        let mut out = Vec::new();
+        let mut position = from;
+        while position < end || (position == 0 && !store.log.is_empty()) {
+            let (raw, next) =
+                store
+                    .reader
+                    .log
+                    .scan(position, end, OPEN_SCAN_RECORDS_MAX, 32 << 20)?;
+            if raw.is_empty() {
+                break;
+            }
+            for r in raw {
+                let (effects, batch, events) = store.absorb(&r.frame, r.header)?;
+                let group = store.adopt(tail.clone(), &r, effects, batch, events);
+                out.push(WrittenEntry {
+                    seq: r.header.seq,
+                    group,
+                    decided: None,
+                });
+            }
+            position = next;
+        }
+        Ok((store, out))
+    }
+
+    /// Writes entries, one record each, without syncing. Stops at the first failure (earlier
+    /// entries stay written).
+    pub fn write_entries(&mut self, entries: Vec<LogEntry>) -> Result<Vec<WrittenEntry>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            self.check_poison()?;
+            if entry.seq != self.log.next_seq() {
+                if self.log.is_empty() {
+                    self.log.restart_seq(entry.seq)?;
+                } else {
+                    return Err(Error::invalid(
+                        "seq",
+                        format!(
+                            "entry {} does not follow the log's last entry {}",
+                            entry.seq,
+                            self.log.next_seq().saturating_sub(1)
+                        ),
+                    ));
+                }
+            }
+            let (group, decided) = self.build_entry(entry)?;
+            let mut written = Vec::with_capacity(1);
+            let mut failed = Vec::new();
+            let seq = self.log.next_seq();
+            self.write_group(group, &mut written, &mut failed);
+            if let Some((_, Err(e))) = failed.pop() {
+                return Err(e);
+            }
+            let group = written
+                .pop()
+                .ok_or_else(|| Error::Poisoned(format!("entry {seq} was not written")))?;
+            out.push(WrittenEntry {
+                seq,
+                group,
+                decided,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Encodes one entry as a one-record group, rolling the segment first if it does not fit.
+    fn build_entry(
+        &mut self,
+        entry: LogEntry,
+    ) -> Result<(Group<()>, Option<Result<AppendResult>>)> {
+        let leader = (entry.term, entry.leader);
+        let blank_bytes = (FRAME_BYTES + HEADER_BYTES) as u64;
+        let needed = match &entry.body {
+            EntryBody::Append(v) => v.bytes() as u64,
+            EntryBody::Blank => blank_bytes,
+            EntryBody::Membership(b) => blank_bytes + b.len() as u64,
+            EntryBody::Frame(f) => f.len() as u64,
+        };
+        if needed > self.log.room() {
+            self.log.roll()?;
+        }
+        let mut group = Group::new();
+        let decided = match entry.body {
+            EntryBody::Append(validated) => {
+                let request = validated.into_request();
+                match self.plan(&request, &group.effects) {
+                    Ok(Plan::Write(first_versions)) => {
+                        self.encode_as((), request, first_versions, &mut group, leader);
+                        group.answers.first().map(|(_, a)| Ok(a.clone()))
+                    }
+                    Ok(Plan::Duplicate(original)) => {
+                        self.encode_meta(KIND_BLANK, &[], &mut group, leader);
+                        Some(Ok(original))
+                    }
+                    Err(e) => {
+                        self.encode_meta(KIND_BLANK, &[], &mut group, leader);
+                        Some(Err(e))
+                    }
+                }
+            }
+            EntryBody::Blank => {
+                self.encode_meta(KIND_BLANK, &[], &mut group, leader);
+                None
+            }
+            EntryBody::Membership(body) => {
+                self.encode_meta(KIND_MEMBERSHIP, &body, &mut group, leader);
+                None
+            }
+            EntryBody::Frame(frame) => {
+                self.copy_frame(&frame, entry.seq, &mut group)?;
+                None
+            }
+        };
+        Ok((group, decided))
+    }
+
+    fn header_here(&self, (term, leader): (u64, u64), timestamp_us: u64) -> RecordHeader {
+        RecordHeader {
+            position: self.log.next_position(),
+            seq: self.log.next_seq(),
+            synced_end: self.synced_end.load(std::sync::atomic::Ordering::Acquire),
+            timestamp_us,
+            term,
+            leader,
+        }
+    }
+
+    fn encode_meta(&self, kind: u8, body: &[u8], group: &mut Group<()>, leader: (u64, u64)) {
+        let header = self.header_here(leader, 0);
+        format::encode_meta_record(&mut group.buf, kind, header, body);
+        index::add_record(&mut group.batch, header.position, header.seq, 0, &[]);
+        group.records = 1;
+    }
+
+    /// A leader's record frame, checked and given this log's local header fields.
+    fn copy_frame(&self, frame: &Bytes, seq: u64, group: &mut Group<()>) -> Result<()> {
+        let bad = |why: String| Error::invalid("entry", why);
+        match check_frame(frame, self.config.limits.batch_bytes_max) {
+            FrameCheck::Valid(n) if n == frame.len() => {}
+            other => return Err(bad(format!("not one intact record frame ({other:?})"))),
+        }
+        let header = format::read_header(frame);
+        if header.seq != seq {
+            return Err(bad(format!(
+                "frame holds entry {} where entry {seq} was expected",
+                header.seq
+            )));
+        }
+        let mut buf = frame.to_vec();
+        let here = self.header_here((header.term, header.leader), header.timestamp_us);
+        format::restamp(&mut buf, here.position, here.synced_end);
+        let stamped = format::read_header(&buf);
+        let (effects, batch, events) = self
+            .absorb(&Bytes::from(buf.clone()), stamped)
+            .map_err(|e| bad(format!("undecodable record: {e}")))?;
+        group.buf = buf;
+        group.records = 1;
+        group.events = events;
+        group.batch = batch;
+        group.effects = effects;
+        Ok(())
+    }
+
+    /// What a record already encoded changes: index entries and in-flight effects.
+    fn absorb(&self, frame: &Bytes, header: RecordHeader) -> Result<(Effects, IndexBatch, u64)> {
+        let events = format::decode_events_with_slots(frame)
+            .map_err(|e| self.reader.log.corruption_at(header.position, e.0))?;
+        let mut batch = IndexBatch::default();
+        let indexed: Vec<IndexedEvent<'_>> = events
+            .iter()
+            .map(|(e, slot)| IndexedEvent {
+                stream: &e.stream,
+                version: e.version,
+                id: e.id,
+                slot: *slot,
+            })
+            .collect();
+        let timestamp = if events.is_empty() {
+            0
+        } else {
+            header.timestamp_us
+        };
+        index::add_record(&mut batch, header.position, header.seq, timestamp, &indexed);
+        let mut effects = Effects::default();
+        for (e, _) in &events {
+            effects.heads.insert(e.stream.clone(), e.version);
+            effects.ids.insert(
+                e.id,
+                PendingEvent {
+                    position: header.position,
+                    stream: e.stream.clone(),
+                    version: e.version,
+                    event: NewEvent {
+                        id: e.id,
+                        event_type: e.event_type.clone(),
+                        data: e.data.clone(),
+                        metadata: e.metadata.clone(),
+                    },
+                },
+            );
+        }
+        Ok((effects, batch, events.len() as u64))
+    }
+
+    /// Takes a record found in the log at open as written and unfinished.
+    fn adopt(
+        &mut self,
+        file: Arc<dyn crate::fs::FileHandle>,
+        r: &RawRecord,
+        mut effects: Effects,
+        batch: IndexBatch,
+        events: u64,
+    ) -> WrittenGroup<()> {
+        effects.position = r.header.position;
+        effects.seq = r.header.seq;
+        for (stream, version) in &effects.heads {
+            self.heads.insert(stream.clone(), *version);
+        }
+        lock(&self.inflight).push_back(Arc::new(effects));
+        WrittenGroup {
+            file,
+            end: r.header.position + r.frame.len() as u64,
+            next_seq: r.header.seq + 1,
+            events,
+            bytes: r.frame.len() as u64,
+            batch,
+            answers: Vec::new(),
+        }
+    }
+
+    /// Removes the entries from `seq` on; returns how many of them were unfinished (their
+    /// [`WrittenEntry`]s must be dropped by the caller).
+    pub fn truncate_entries(&mut self, seq: u64) -> Result<usize> {
+        if seq >= self.log.next_seq() {
+            return Ok(0);
+        }
+        match self.entry_position(seq)? {
+            Some(position) => self.truncate_inner(position),
+            None => Err(Error::invalid(
+                "seq",
+                format!("entry {seq} is before the log's first entry"),
+            )),
+        }
+    }
+
+    /// Sequence number of the log's first record, if it has any.
+    pub fn first_seq(&self) -> Option<u64> {
+        if self.log.is_empty() {
+            return None;
+        }
+        self.reader.log.segments().first().map(|s| s.first_seq)
+    }
+
+    /// Sequence number the next entry must have.
+    pub fn next_seq(&self) -> u64 {
+        self.log.next_seq()
+    }
+
+    /// Where entry `seq` is, if the log holds it.
+    pub fn entry_position(&self, seq: u64) -> Result<Option<Position>> {
+        if seq >= self.log.next_seq() || self.first_seq().is_none_or(|f| seq < f) {
+            return Ok(None);
+        }
+        let anchor = lock(&self.inflight)
+            .iter()
+            .rev()
+            .find(|e| e.seq <= seq)
+            .map(|e| (e.position, e.seq));
+        match anchor {
+            Some((position, s)) if s == seq => Ok(Some(position)),
+            Some((position, _)) => {
+                // A multi-record group (the engine's pipeline): walk it.
+                let (raw, _) = self.reader.log.scan(
+                    position,
+                    self.log.next_position(),
+                    usize::MAX,
+                    usize::MAX,
+                )?;
+                Ok(raw
+                    .iter()
+                    .find(|r| r.header.seq == seq)
+                    .map(|r| r.header.position))
+            }
+            None => self.reader.index.position_of_seq(seq),
+        }
+    }
+
+    /// Entries `from..to` (clipped to what the log holds), at most `max_bytes` of them (but at
+    /// least one).
+    pub fn read_entries(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<RawRecord>> {
+        let Some(first) = self.first_seq() else {
+            return Ok(Vec::new());
+        };
+        let from = from.max(first);
+        let to = to.min(self.log.next_seq());
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let Some(position) = self.entry_position(from)? else {
+            return Err(Error::Index(format!("entry {from} has no position")));
+        };
+        let (mut raw, _) = self.reader.log.scan(
+            position,
+            self.log.next_position(),
+            (to - from) as usize,
+            max_bytes,
+        )?;
+        raw.retain(|r| r.header.seq < to);
+        Ok(raw)
+    }
+
+    /// Header of the log's last record.
+    pub fn last_entry(&self) -> Result<Option<RecordHeader>> {
+        if self.log.is_empty() {
+            return Ok(None);
+        }
+        let last = self.log.next_seq() - 1;
+        Ok(self
+            .read_entries(last, last + 1, 1)?
+            .first()
+            .map(|r| r.header))
+    }
+}
