@@ -63,6 +63,10 @@ pub enum Error {
     /// The index (RocksDB) failed.
     #[error("index error: {0}")]
     Index(String),
+    /// The replicated shard could not take the request now (no leader, leadership lost,
+    /// replication failed); the message says why. Retrying later, or at the leader, may work.
+    #[error("shard unavailable: {0}")]
+    Unavailable(String),
 }
 
 fn display_version(v: Option<u64>) -> String {
@@ -151,6 +155,7 @@ impl Error {
             Error::Poisoned(why) => Error::Poisoned(why.clone()),
             Error::Closed => Error::Closed,
             Error::Index(why) => Error::Index(why.clone()),
+            Error::Unavailable(why) => Error::Unavailable(why.clone()),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! body   = kind 1 (events):     { event_count: u32 | event * event_count }
 //!          kind 2 (blank):      {}                (a Raft leader's no-op, or a rejected append)
 //!          kind 3 (membership): opaque bytes      (a Raft membership change, JSON)
+//!          kind 4 (gap):        {}                (an index skipped by the Raft log)
 //! event  = { event_len: u32 | event_crc: u32 | stream_len: u16 | stream | version: u64 |
 //!            id: [u8; 16] | timestamp_us: u64 | type_len: u16 | type |
 //!            data_len: u32 | data | metadata_len: u32 | metadata }
@@ -44,6 +45,9 @@ pub const KIND_EVENTS: u8 = 1;
 pub const KIND_BLANK: u8 = 2;
 /// Kind of a record holding a Raft membership change (opaque bytes to the engine).
 pub const KIND_MEMBERSHIP: u8 = 3;
+/// Kind of a record standing for a Raft index that was never appended (a log that continues
+/// past a gap); it is not a Raft entry and holds nothing.
+pub const KIND_GAP: u8 = 4;
 /// Fixed bytes of an event frame besides its variable fields.
 pub const EVENT_FIXED_BYTES: usize = 4 + 4 + 2 + 8 + 16 + 8 + 2 + 4 + 4;
 
@@ -136,7 +140,7 @@ pub fn encode_record(
 /// Appends one record frame without events: `kind` is [`KIND_BLANK`] (with an empty body) or
 /// [`KIND_MEMBERSHIP`].
 pub fn encode_meta_record(out: &mut Vec<u8>, kind: u8, header: RecordHeader, body: &[u8]) {
-    debug_assert!(kind == KIND_BLANK || kind == KIND_MEMBERSHIP);
+    debug_assert!(matches!(kind, KIND_BLANK | KIND_MEMBERSHIP | KIND_GAP));
     let start = out.len();
     put_header(out, kind, &header);
     out.extend_from_slice(body);
@@ -265,7 +269,7 @@ pub fn decode_events_with_slots(
     let header = read_header(frame);
     match read_kind(frame) {
         KIND_EVENTS => {}
-        KIND_BLANK | KIND_MEMBERSHIP => return Ok(Vec::new()),
+        KIND_BLANK | KIND_MEMBERSHIP | KIND_GAP => return Ok(Vec::new()),
         kind => return Err(DecodeError(format!("unknown record kind {kind}"))),
     }
     let mut at = FRAME_BYTES + HEADER_BYTES;

@@ -33,4 +33,4 @@ pub use event::{
     RecordedEvent, StreamAppend, StreamAppendResult,
 };
 pub use reader::{ReadAllBatch, Reader};
-pub use store::Store;
+pub use store::{EntryBody, LogEntry, Store, SyncPoint, WrittenEntry};

@@ -32,6 +32,16 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// The log's segments, oldest first (for copying the log whole: snapshots by segments).
+    pub fn segments(&self) -> Vec<Arc<crate::log::Segment>> {
+        self.log.segments()
+    }
+
+    /// The segment holding `position`.
+    pub fn segment_at(&self, position: Position) -> Option<Arc<crate::log::Segment>> {
+        self.log.segment_at(position)
+    }
+
     /// Reads up to `limit` events of `stream` starting at version `from` (inclusive). `None`
     /// starts at the first version forwards, or the last one backwards.
     pub fn read_stream(

@@ -125,6 +125,21 @@ impl<T> WrittenGroup<T> {
     pub fn into_answers(self) -> Vec<(T, AppendResult)> {
         self.answers
     }
+
+    /// What must be synced to make this group durable.
+    pub fn sync_point(&self) -> SyncPoint {
+        SyncPoint {
+            file: self.file.clone(),
+            end: self.end,
+        }
+    }
+}
+
+/// A written group's file and end: what [`Finisher::sync_points`] needs, without the group.
+#[derive(Debug, Clone)]
+pub struct SyncPoint {
+    file: Arc<dyn FileHandle>,
+    end: Position,
 }
 
 /// Stages 2 and 3: syncs written groups, indexes them, publishes and answers. Cheap to clone;
@@ -142,6 +157,12 @@ pub struct Finisher {
 impl Finisher {
     /// Makes the groups durable: one fdatasync per file they were written to.
     pub fn sync<T>(&self, groups: &[WrittenGroup<T>]) -> Result<()> {
+        let points: Vec<SyncPoint> = groups.iter().map(WrittenGroup::sync_point).collect();
+        self.sync_points(&points)
+    }
+
+    /// [`Finisher::sync`] for groups held elsewhere (the Raft log syncs on its own thread).
+    pub fn sync_points(&self, groups: &[SyncPoint]) -> Result<()> {
         if let Some(why) = self.poison.get() {
             return Err(Error::Poisoned(why.clone()));
         }
@@ -181,6 +202,16 @@ impl Finisher {
         synced: &Result<()>,
     ) -> Vec<(T, Result<AppendResult>)> {
         self.finish_with(groups, synced, IndexBatch::default())
+    }
+
+    /// A value stored with [`crate::index::set_meta`].
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.reader.index.meta(name)
+    }
+
+    /// Writes an index batch that holds no records (the Raft state machine's own state).
+    pub fn write_meta(&self, batch: IndexBatch) -> Result<()> {
+        self.reader.index.write(batch, false)
     }
 
     /// [`Finisher::finish`] that also writes `extra` (the Raft state machine's own state) in

@@ -45,6 +45,7 @@ pub fn to_status(error: Error) -> Status {
         Error::Corruption { .. } => with_kind(Code::DataLoss, message, "corruption"),
         Error::Closed => with_kind(Code::Unavailable, message, "closed"),
         Error::Poisoned(_) => with_kind(Code::Unavailable, message, "stopped"),
+        Error::Unavailable(_) => with_kind(Code::Unavailable, message, "unavailable"),
         Error::Io { .. } | Error::Index(_) => with_kind(Code::Internal, message, "internal"),
     }
 }

@@ -28,7 +28,7 @@ use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, NewEvent, Position};
 use crate::format::{
-    self, check_frame, FrameCheck, RecordHeader, FRAME_BYTES, HEADER_BYTES, KIND_BLANK,
+    self, check_frame, FrameCheck, RecordHeader, FRAME_BYTES, HEADER_BYTES, KIND_BLANK, KIND_GAP,
     KIND_MEMBERSHIP,
 };
 use crate::fs::FileSystem;
@@ -39,6 +39,9 @@ use crate::validate::Validated;
 
 /// Records read per scan while loading the unfinished tail at open.
 const OPEN_SCAN_RECORDS_MAX: usize = 1024;
+/// Largest gap of Raft indexes a write may skip (each skipped index becomes a gap record).
+/// Raft appends contiguously; openraft's storage suite appends across small gaps.
+pub const GAP_ENTRIES_MAX: u64 = 4096;
 
 /// What a Raft entry holds.
 #[derive(Debug)]
@@ -51,6 +54,8 @@ pub enum EntryBody {
     Membership(Vec<u8>),
     /// A whole record frame as the leader wrote it (a follower replicating it).
     Frame(Bytes),
+    /// Stands for an index the Raft log skipped (see [`GAP_ENTRIES_MAX`]).
+    Gap,
 }
 
 /// One Raft entry to write.
@@ -153,6 +158,18 @@ impl Store {
             if entry.seq != self.log.next_seq() {
                 if self.log.is_empty() {
                     self.log.restart_seq(entry.seq)?;
+                } else if entry.seq > self.log.next_seq()
+                    && entry.seq - self.log.next_seq() <= GAP_ENTRIES_MAX
+                {
+                    while self.log.next_seq() < entry.seq {
+                        let gap = LogEntry {
+                            seq: self.log.next_seq(),
+                            term: entry.term,
+                            leader: entry.leader,
+                            body: EntryBody::Gap,
+                        };
+                        out.extend(self.write_entries(vec![gap])?);
+                    }
                 } else {
                     return Err(Error::invalid(
                         "seq",
@@ -195,7 +212,9 @@ impl Store {
             EntryBody::Append(v) => v.bytes() as u64,
             EntryBody::Blank => blank_bytes,
             EntryBody::Membership(b) => blank_bytes + b.len() as u64,
-            EntryBody::Frame(f) => f.len() as u64,
+            EntryBody::Gap => blank_bytes,
+            // Followers roll where the leader's frame says it rolled.
+            EntryBody::Frame(_) => 0,
         };
         if needed > self.log.room() {
             self.log.roll()?;
@@ -227,6 +246,10 @@ impl Store {
                 self.encode_meta(KIND_MEMBERSHIP, &body, &mut group, leader);
                 None
             }
+            EntryBody::Gap => {
+                self.encode_meta(KIND_GAP, &[], &mut group, leader);
+                None
+            }
             EntryBody::Frame(frame) => {
                 self.copy_frame(&frame, entry.seq, &mut group)?;
                 None
@@ -254,13 +277,25 @@ impl Store {
     }
 
     /// A leader's record frame, checked and given this log's local header fields.
-    fn copy_frame(&self, frame: &Bytes, seq: u64, group: &mut Group<()>) -> Result<()> {
+    fn copy_frame(&mut self, frame: &Bytes, seq: u64, group: &mut Group<()>) -> Result<()> {
         let bad = |why: String| Error::invalid("entry", why);
         match check_frame(frame, self.config.limits.batch_bytes_max) {
             FrameCheck::Valid(n) if n == frame.len() => {}
             other => return Err(bad(format!("not one intact record frame ({other:?})"))),
         }
         let header = format::read_header(frame);
+        if header.position > self.log.next_position() && !self.log.is_empty() {
+            // The leader rolled its segment here; roll too, so positions stay the same on
+            // every replica.
+            self.log.roll()?;
+        }
+        if header.position != self.log.next_position() {
+            return Err(bad(format!(
+                "frame at position {} but this log continues at {} (every replica needs the same segment_bytes_max)",
+                header.position,
+                self.log.next_position()
+            )));
+        }
         if header.seq != seq {
             return Err(bad(format!(
                 "frame holds entry {} where entry {seq} was expected",

@@ -1,0 +1,17 @@
+//! strata-raft: one shard as a Raft group on openraft 0.9. The engine's event log is the Raft
+//! log — an entry is one record, its index the record's sequence number — so nothing is stored
+//! twice; the state machine is the engine's index, and a snapshot is a list of log ranges.
+//!
+//! - [`storage`]: openraft's `RaftLogStorage` and `RaftStateMachine` over the engine.
+//! - [`hard_state`]: vote, committed log id and purge mark, synced on every save.
+//! - [`snapshot`]: snapshot manifests, and staging a snapshot by fetching segments.
+//! - [`wire`]: what entries carry and what applying them answers.
+
+pub mod hard_state;
+pub mod snapshot;
+pub mod storage;
+pub mod types;
+pub mod wire;
+
+pub use storage::{LogStore, Shard, ShardOptions, StateMachine};
+pub use types::{NodeId, Raft, TypeConfig};

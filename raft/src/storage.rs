@@ -1,0 +1,849 @@
+//! openraft's storage over the engine: [`LogStore`] (`RaftLogStorage`) and [`StateMachine`]
+//! (`RaftStateMachine`) share one [`Shard`]. The Raft log *is* the event log: an entry is one
+//! record, its index the record's `seq` (see `strata_engine::store::replica`).
+//!
+//! - `append` writes the entries (a client append is decided as it is written) and hands the
+//!   fdatasync to the syncer thread, which calls openraft's flush callback only after it.
+//! - `apply` indexes committed records (the engine's finish stage), in the same RocksDB batch
+//!   as the state machine's own state (last applied log id, membership); only then do readers
+//!   and subscriptions see them.
+//! - `truncate` removes uncommitted records; `purge` only moves the purge mark: the log is the
+//!   data and is never deleted by Raft.
+//! - vote, committed log id and purge mark live in [`crate::hard_state`], synced on every save.
+//! - a snapshot is a manifest of log byte ranges (see [`crate::snapshot`]).
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, Vote,
+};
+use serde::{Deserialize, Serialize};
+use strata_engine::clock::Clock;
+use strata_engine::format::{self, KIND_BLANK, KIND_EVENTS, KIND_GAP, KIND_MEMBERSHIP};
+use strata_engine::fs::FileSystem;
+use strata_engine::index;
+use strata_engine::index_store::{IndexBatch, IndexStore};
+use strata_engine::log::RawRecord;
+use strata_engine::store::Finisher;
+use strata_engine::validate::Validated;
+use strata_engine::{
+    EngineConfig, EntryBody, Error, LogEntry, Reader, Result, Store, SyncPoint, WrittenEntry,
+};
+
+use crate::hard_state::{HardState, HardStateFile};
+use crate::snapshot::{self, Manifest};
+use crate::types::{Entry, LogId, NodeId, StorageError, StoredMembership, TypeConfig};
+use crate::wire::{Command, Reply};
+
+/// Most bytes of entries one `limited_get_log_entries` returns (one AppendEntries message).
+pub const ENTRIES_BYTES_MAX: usize = 4 << 20;
+/// Most flush requests the syncer thread has queued; past it `append` waits.
+pub const SYNC_QUEUE_MAX: usize = 1024;
+
+const APPLIED_KEY: &str = "applied";
+const SNAPSHOT_KEY: &str = "snapshot";
+
+/// Opens an index store in a directory (RocksDB in production, in memory in tests).
+pub type IndexOpener = Arc<dyn Fn(&Path) -> Result<Box<dyn IndexStore>> + Send + Sync>;
+
+/// What the state machine keeps besides the index.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Applied {
+    last: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// Everything a shard's storage needs to (re)open its store.
+#[derive(Clone)]
+pub struct ShardOptions {
+    /// This node.
+    pub node_id: NodeId,
+    /// The shard's data directory.
+    pub dir: PathBuf,
+    /// Engine settings (equal on every replica: segment boundaries must match).
+    pub engine: EngineConfig,
+    /// File system seam.
+    pub fs: Arc<dyn FileSystem>,
+    /// Clock seam.
+    pub clock: Arc<dyn Clock>,
+    /// Index store seam.
+    pub open_index: IndexOpener,
+}
+
+impl Debug for ShardOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardOptions")
+            .field("node_id", &self.node_id)
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+struct State {
+    store: Store,
+    /// Written, not yet applied, oldest first (one record each).
+    pending: VecDeque<WrittenEntry>,
+    /// Which data generation (`gen-N`) is live; a snapshot install starts a new one.
+    generation: u64,
+}
+
+struct Inner {
+    options: ShardOptions,
+    state: Mutex<State>,
+    hard: Mutex<HardStateFile>,
+    syncer: mpsc::SyncSender<SyncJob>,
+}
+
+struct SyncJob {
+    points: Vec<SyncPoint>,
+    finisher: Finisher,
+    callback: LogFlushed<TypeConfig>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One replica of a shard's storage; cheap to clone.
+#[derive(Clone)]
+pub struct Shard {
+    inner: Arc<Inner>,
+}
+
+impl Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+fn storage_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: Error) -> StorageError {
+    StorageError::from_io_error(subject, verb, io::Error::other(e.to_string()))
+}
+
+fn log_error(e: Error) -> StorageError {
+    storage_error(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+fn sm_error(e: Error) -> StorageError {
+    storage_error(ErrorSubject::StateMachine, ErrorVerb::Write, e)
+}
+
+fn current_path(dir: &Path) -> PathBuf {
+    dir.join("CURRENT")
+}
+
+/// The directory of data generation `generation`.
+pub fn generation_dir(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("gen-{generation}"))
+}
+
+fn read_generation(options: &ShardOptions) -> Result<u64> {
+    let path = current_path(&options.dir);
+    if !options
+        .fs
+        .exists(&path)
+        .map_err(|e| Error::io("checking CURRENT", e))?
+    {
+        return Ok(0);
+    }
+    let file = options
+        .fs
+        .open(&path, strata_engine::fs::OpenMode::Read)
+        .map_err(|e| Error::io("opening CURRENT", e))?;
+    let len = file.len().map_err(|e| Error::io("sizing CURRENT", e))?;
+    let mut buf = vec![0u8; len.min(64) as usize];
+    strata_engine::fs::read_exact_at(file.as_ref(), &mut buf, 0)
+        .map_err(|e| Error::io("reading CURRENT", e))?;
+    String::from_utf8_lossy(&buf)
+        .trim()
+        .parse()
+        .map_err(|_| Error::corruption(path, 0, "CURRENT does not hold a generation number"))
+}
+
+/// Durably makes `generation` the live one (write a temporary file, sync, rename, sync dir).
+pub(crate) fn write_generation(options: &ShardOptions, generation: u64) -> Result<()> {
+    let fs = &options.fs;
+    let tmp = options.dir.join("CURRENT.tmp");
+    let io = |what: &'static str| move |e| Error::io(what, e);
+    let file = fs
+        .open(&tmp, strata_engine::fs::OpenMode::CreateTruncate)
+        .map_err(io("creating CURRENT.tmp"))?;
+    file.write_all_at(format!("{generation}\n").as_bytes(), 0)
+        .and_then(|()| file.sync_data())
+        .map_err(io("writing CURRENT.tmp"))?;
+    fs.rename(&tmp, &current_path(&options.dir))
+        .map_err(io("renaming CURRENT.tmp"))?;
+    fs.sync_dir(&options.dir)
+        .map_err(io("syncing the data directory"))
+}
+
+fn open_generation(options: &ShardOptions, generation: u64) -> Result<(Store, Vec<WrittenEntry>)> {
+    let dir = generation_dir(&options.dir, generation);
+    options
+        .fs
+        .create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let index = (options.open_index)(&dir.join("index"))?;
+    Store::open_replica(
+        options.fs.clone(),
+        &dir,
+        index,
+        options.engine.clone(),
+        options.clock.clone(),
+    )
+}
+
+fn run_syncer(jobs: mpsc::Receiver<SyncJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = jobs.try_recv() {
+            batch.push(more);
+        }
+        let points: Vec<SyncPoint> = batch
+            .iter()
+            .flat_map(|j| j.points.iter().cloned())
+            .collect();
+        // Every job shares the store's poison flag and synced end; one sync covers them all.
+        let result = batch[0].finisher.sync_points(&points);
+        for job in batch {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::other(e.to_string())),
+            };
+            job.callback.log_io_completed(r);
+        }
+    }
+}
+
+impl Shard {
+    /// Opens (or creates) a replica's storage in `options.dir`.
+    pub fn open(options: ShardOptions) -> Result<Shard> {
+        options
+            .fs
+            .create_dir_all(&options.dir)
+            .map_err(|e| Error::io(format!("creating {}", options.dir.display()), e))?;
+        let generation = read_generation(&options)?;
+        let (store, pending) = open_generation(&options, generation)?;
+        if !pending.is_empty() {
+            tracing::info!(
+                entries = pending.len(),
+                "log entries after the last applied one await Raft's commit"
+            );
+        }
+        let hard = HardStateFile::open(options.fs.as_ref(), &options.dir.join("raft-state"))?;
+        let (syncer, jobs) = mpsc::sync_channel(SYNC_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name(format!("raft-sync-{}", options.node_id))
+            .spawn(move || run_syncer(jobs))
+            .map_err(|e| Error::io("starting the raft syncer thread", e))?;
+        Ok(Shard {
+            inner: Arc::new(Inner {
+                options,
+                state: Mutex::new(State {
+                    store,
+                    pending: pending.into(),
+                    generation,
+                }),
+                hard: Mutex::new(hard),
+                syncer,
+            }),
+        })
+    }
+
+    /// The storage halves openraft takes.
+    pub fn split(&self) -> (LogStore, StateMachine) {
+        (
+            LogStore {
+                shard: self.clone(),
+            },
+            StateMachine {
+                shard: self.clone(),
+            },
+        )
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.options.node_id
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &ShardOptions {
+        &self.inner.options
+    }
+
+    /// The read side: only applied (committed) records. Take a fresh one per request: a
+    /// snapshot install replaces the store.
+    pub fn reader(&self) -> Reader {
+        lock(&self.inner.state).store.reader().clone()
+    }
+
+    /// Engine counters.
+    pub fn stats(&self) -> Arc<strata_engine::stats::Stats> {
+        lock(&self.inner.state).store.stats().clone()
+    }
+
+    /// How many entries are written but not applied.
+    pub fn pending_entries(&self) -> usize {
+        lock(&self.inner.state).pending.len()
+    }
+
+    /// Reads raw log bytes at `position` (segment headers, records and footers alike), at most
+    /// `max_bytes`, never past the end of the last applied record: what a replica installing a
+    /// snapshot fetches.
+    pub fn read_log_bytes(&self, position: u64, max_bytes: usize) -> Result<Vec<u8>> {
+        let reader = self.reader();
+        let end = reader.end();
+        let segment = reader
+            .segment_at(position)
+            .ok_or_else(|| Error::invalid("position", format!("{position} is not in this log")))?;
+        let file_len = segment
+            .file
+            .len()
+            .map_err(|e| Error::io("sizing a segment", e))?;
+        let in_file = position - segment.base;
+        let mut len = (file_len.saturating_sub(in_file)).min(max_bytes as u64);
+        if segment.footer.is_none() {
+            // The tail: only up to the applied end.
+            len = len.min(end.saturating_sub(position));
+        }
+        let mut buf = vec![0u8; len as usize];
+        strata_engine::fs::read_exact_at(segment.file.as_ref(), &mut buf, in_file)
+            .map_err(|e| Error::io("reading a segment", e))?;
+        Ok(buf)
+    }
+
+    /// The replicated bytes of applied entries `from..to` (see
+    /// [`strata_engine::format::replicated_bytes`]): equal on every replica for the same range.
+    pub fn replicated_entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let state = lock(&self.inner.state);
+        let applied = self.applied()?.last.map_or(0, |l| l.index + 1);
+        let mut out = Vec::new();
+        let mut at = from;
+        let to = to.min(applied);
+        while at < to {
+            let raw = state.store.read_entries(at, to, ENTRIES_BYTES_MAX)?;
+            let Some(last) = raw.last() else { break };
+            at = last.header.seq + 1;
+            out.extend(
+                raw.iter()
+                    .map(|r| (r.header.seq, format::replicated_bytes(&r.frame))),
+            );
+        }
+        Ok(out)
+    }
+
+    fn applied(&self) -> Result<Applied> {
+        let finisher = lock(&self.inner.state).store.finisher();
+        match finisher.meta(APPLIED_KEY)? {
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::Index(format!("malformed applied state: {e}"))),
+            None => Ok(Applied::default()),
+        }
+    }
+
+    fn hard(&self) -> HardState {
+        lock(&self.inner.hard).get().clone()
+    }
+
+    fn save_hard(&self, change: impl FnOnce(&mut HardState)) -> Result<()> {
+        let mut file = lock(&self.inner.hard);
+        let mut state = file.get().clone();
+        change(&mut state);
+        file.save(state)
+    }
+
+    fn read_range(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Entry>> {
+        let purged_next = self.hard().purged.map_or(0, |p| p.index + 1);
+        let from = from.max(purged_next);
+        let state = lock(&self.inner.state);
+        let mut out = Vec::new();
+        let mut at = from;
+        let mut bytes = 0usize;
+        while at < to && bytes < max_bytes {
+            let raw = state.store.read_entries(at, to, max_bytes - bytes)?;
+            let Some(last) = raw.last() else { break };
+            at = last.header.seq + 1;
+            for r in &raw {
+                bytes += r.frame.len();
+                out.extend(to_entry(r)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The openraft entry a record holds (`None` for a gap record, which is no entry).
+pub fn to_entry(r: &RawRecord) -> Result<Option<Entry>> {
+    let log_id = LogId::new(
+        CommittedLeaderId::new(r.header.term, r.header.leader),
+        r.header.seq,
+    );
+    let payload = match format::read_kind(&r.frame) {
+        KIND_EVENTS => EntryPayload::Normal(Command::Frame(r.frame.clone())),
+        KIND_BLANK => EntryPayload::Blank,
+        KIND_GAP => return Ok(None),
+        KIND_MEMBERSHIP => EntryPayload::Membership(
+            serde_json::from_slice(format::body(&r.frame)).map_err(|e| {
+                Error::corruption(
+                    "<log>",
+                    r.header.position,
+                    format!("membership entry does not decode: {e}"),
+                )
+            })?,
+        ),
+        kind => {
+            return Err(Error::corruption(
+                "<log>",
+                r.header.position,
+                format!("unknown record kind {kind}"),
+            ))
+        }
+    };
+    Ok(Some(Entry { log_id, payload }))
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(x) => *x,
+        Bound::Excluded(x) => x.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(x) => x.saturating_add(1),
+        Bound::Excluded(x) => *x,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+/// openraft's log storage over the shard's log.
+#[derive(Clone, Debug)]
+pub struct LogStore {
+    shard: Shard,
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> std::result::Result<Vec<Entry>, StorageError> {
+        let (from, to) = bounds(&range);
+        self.shard
+            .read_range(from, to, usize::MAX)
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> std::result::Result<Vec<Entry>, StorageError> {
+        self.shard
+            .read_range(start, end, ENTRIES_BYTES_MAX)
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> std::result::Result<LogState<TypeConfig>, StorageError> {
+        let last = {
+            let state = lock(&self.shard.inner.state);
+            state
+                .store
+                .last_entry()
+                .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?
+        };
+        let last = last.map(|h| LogId::new(CommittedLeaderId::new(h.term, h.leader), h.seq));
+        let purged = self.shard.hard().purged;
+        let last_log_id = match (last, purged) {
+            (Some(l), Some(p)) => Some(if l.index > p.index { l } else { p }),
+            (l, p) => l.or(p),
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> std::result::Result<(), StorageError> {
+        let vote = *vote;
+        self.shard
+            .save_hard(|h| h.vote = Some(vote))
+            .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> std::result::Result<Option<Vote<NodeId>>, StorageError> {
+        Ok(self.shard.hard().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId>,
+    ) -> std::result::Result<(), StorageError> {
+        self.shard
+            .save_hard(|h| h.committed = committed)
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> std::result::Result<Option<LogId>, StorageError> {
+        Ok(self.shard.hard().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> std::result::Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let limits = self.shard.inner.options.engine.limits.clone();
+        let mut invalid = Vec::new();
+        let mut batch = Vec::new();
+        for entry in entries {
+            let seq = entry.log_id.index;
+            let body = match entry.payload {
+                EntryPayload::Blank => EntryBody::Blank,
+                EntryPayload::Normal(Command::Append(append)) => {
+                    match Validated::new(append.into(), &limits) {
+                        Ok(v) => EntryBody::Append(v),
+                        Err(e) => {
+                            invalid.push((seq, e));
+                            EntryBody::Blank
+                        }
+                    }
+                }
+                EntryPayload::Normal(Command::Frame(frame)) => EntryBody::Frame(frame),
+                EntryPayload::Membership(m) => EntryBody::Membership(
+                    serde_json::to_vec(&m)
+                        .map_err(|e| log_error(Error::invalid("membership", e.to_string())))?,
+                ),
+            };
+            batch.push(LogEntry {
+                seq,
+                term: entry.log_id.leader_id.term,
+                leader: entry.log_id.leader_id.node_id,
+                body,
+            });
+        }
+        let (points, finisher) = {
+            let mut state = lock(&self.shard.inner.state);
+            let written = state.store.write_entries(batch).map_err(log_error)?;
+            let mut points = Vec::with_capacity(written.len());
+            for mut w in written {
+                if let Some(i) = invalid.iter().position(|(s, _)| *s == w.seq) {
+                    w.decided = Some(Err(invalid.swap_remove(i).1));
+                }
+                points.push(w.group.sync_point());
+                state.pending.push_back(w);
+            }
+            (points, state.store.finisher())
+        };
+        self.shard
+            .inner
+            .syncer
+            .send(SyncJob {
+                points,
+                finisher,
+                callback,
+            })
+            .map_err(|_| log_error(Error::Closed))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {
+        let mut state = lock(&self.shard.inner.state);
+        let dropped = state
+            .store
+            .truncate_entries(log_id.index)
+            .map_err(log_error)?;
+        let before = state.pending.len();
+        state.pending.retain(|p| p.seq < log_id.index);
+        debug_assert_eq!(before - state.pending.len(), dropped);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {
+        // The entries stay in the log: they are the data. They only stop being Raft entries.
+        self.shard
+            .save_hard(|h| {
+                if h.purged.is_none_or(|p| p.index < log_id.index) {
+                    h.purged = Some(log_id);
+                }
+            })
+            .map_err(log_error)
+    }
+}
+
+/// openraft's state machine: the shard's indexes.
+#[derive(Clone, Debug)]
+pub struct StateMachine {
+    shard: Shard,
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> std::result::Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = self.shard.applied().map_err(sm_error)?;
+        Ok((a.last, a.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> std::result::Result<Vec<Reply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut applied = self.shard.applied().map_err(sm_error)?;
+        let mut state = lock(&self.shard.inner.state);
+        let mut groups = Vec::new();
+        let mut replies = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            // Gap records before it are no entries; they are applied with it.
+            while state.pending.front().is_some_and(|p| p.seq < index) {
+                if let Some(w) = state.pending.pop_front() {
+                    groups.push(w.group);
+                }
+            }
+            let written = match state.pending.front() {
+                Some(p) if p.seq == index => state.pending.pop_front(),
+                _ => None,
+            };
+            match (written, &entry.payload) {
+                (Some(w), _) => {
+                    groups.push(w.group);
+                    replies.push(w.decided.map(Reply::from).unwrap_or_default());
+                }
+                (None, EntryPayload::Normal(_)) => {
+                    return Err(sm_error(Error::Index(format!(
+                        "committed entry {index} is not in this replica's log"
+                    ))));
+                }
+                // Blank and membership entries carry no data: the state machine only notes them.
+                (None, _) => replies.push(Reply::None),
+            }
+            if let EntryPayload::Membership(m) = &entry.payload {
+                applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+            }
+            applied.last = Some(entry.log_id);
+        }
+        let mut extra = IndexBatch::default();
+        index::set_meta(
+            &mut extra,
+            APPLIED_KEY,
+            serde_json::to_vec(&applied).map_err(|e| sm_error(Error::Index(e.to_string())))?,
+        );
+        let finisher = state.store.finisher();
+        drop(state);
+        if groups.is_empty() {
+            finisher.write_meta(extra).map_err(sm_error)?;
+        } else {
+            for (_, answer) in finisher.finish_with(groups, &Ok(()), extra) {
+                answer.map_err(sm_error)?;
+            }
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> std::result::Result<Box<std::io::Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(std::io::Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<std::io::Cursor<Vec<u8>>>,
+    ) -> std::result::Result<(), StorageError> {
+        let manifest = Manifest::decode(snapshot.get_ref()).map_err(sm_error)?;
+        self.shard.install(meta, &manifest).map_err(|e| {
+            storage_error(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> std::result::Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let finisher = lock(&self.shard.inner.state).store.finisher();
+        let Some(bytes) = finisher.meta(SNAPSHOT_KEY).map_err(sm_error)? else {
+            return Ok(None);
+        };
+        let manifest = Manifest::decode(&bytes).map_err(sm_error)?;
+        Ok(Some(Snapshot {
+            meta: manifest.meta.clone(),
+            snapshot: Box::new(std::io::Cursor::new(bytes)),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> std::result::Result<Snapshot<TypeConfig>, StorageError> {
+        let manifest = self.shard.build_manifest().map_err(sm_error)?;
+        let bytes = manifest.encode();
+        let mut batch = IndexBatch::default();
+        index::set_meta(&mut batch, SNAPSHOT_KEY, bytes.clone());
+        lock(&self.shard.inner.state)
+            .store
+            .finisher()
+            .write_meta(batch)
+            .map_err(sm_error)?;
+        Ok(Snapshot {
+            meta: manifest.meta,
+            snapshot: Box::new(std::io::Cursor::new(bytes)),
+        })
+    }
+}
+
+impl Shard {
+    /// A snapshot of everything applied: the log's byte ranges up to the last applied record.
+    fn build_manifest(&self) -> Result<Manifest> {
+        let applied = self.applied()?;
+        let state = lock(&self.inner.state);
+        let end = match applied.last {
+            Some(last) => match state
+                .store
+                .read_entries(last.index, last.index + 1, 1)?
+                .first()
+            {
+                Some(r) if r.header.term == last.leader_id.term => {
+                    Some(r.header.position + r.frame.len() as u64)
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        let segments = match end {
+            Some(end) => snapshot::ranges_up_to(&state.store.reader().segments(), end)?,
+            None => Vec::new(),
+        };
+        let id = format!(
+            "{}-{}-g{}",
+            applied.last.map_or(0, |l| l.leader_id.term),
+            applied.last.map_or(0, |l| l.index),
+            state.generation
+        );
+        Ok(Manifest {
+            meta: SnapshotMeta {
+                last_log_id: applied.last,
+                last_membership: applied.membership,
+                snapshot_id: id,
+            },
+            source: self.inner.options.node_id,
+            segments,
+        })
+    }
+
+    /// Installs a snapshot whose segments were staged by [`crate::snapshot::stage`] (or that
+    /// needs none): the staged generation becomes the live one, its records are indexed, and
+    /// the state machine stands at the snapshot's last log id.
+    fn install(
+        &self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        manifest: &Manifest,
+    ) -> Result<()> {
+        let mut state = lock(&self.inner.state);
+        let options = &self.inner.options;
+        let last = meta.last_log_id;
+        // If this log already holds the snapshot's last entry, it holds everything before it:
+        // apply up to there in place.
+        let holds_last = match last {
+            Some(l) => state
+                .store
+                .read_entries(l.index, l.index + 1, 1)?
+                .first()
+                .is_some_and(|r| {
+                    r.header.term == l.leader_id.term && r.header.leader == l.leader_id.node_id
+                }),
+            None => true,
+        };
+        let generation = if holds_last || manifest.segments.is_empty() {
+            // Nothing to copy: this log already holds the snapshot's records (or the snapshot
+            // holds none).
+            state.generation
+        } else {
+            let next = state.generation + 1;
+            let staged = snapshot::staging_dir(&options.dir, &meta.snapshot_id);
+            let target = generation_dir(&options.dir, next);
+            if !options
+                .fs
+                .exists(&staged)
+                .map_err(|e| Error::io("checking the staged snapshot", e))?
+            {
+                return Err(Error::invalid(
+                    "snapshot",
+                    format!(
+                        "snapshot {} was not staged before install",
+                        meta.snapshot_id
+                    ),
+                ));
+            }
+            options
+                .fs
+                .rename(&staged, &target)
+                .map_err(|e| Error::io("moving the staged snapshot into place", e))?;
+            let (store, pending) = open_generation(options, next)?;
+            state.store = store;
+            state.pending = pending.into();
+            write_generation(options, next)?;
+            state.generation = next;
+            next
+        };
+        // Apply (index) every record up to the snapshot's last entry.
+        let upto = last.map_or(0, |l| l.index + 1);
+        let mut groups = Vec::new();
+        while state.pending.front().is_some_and(|p| p.seq < upto) {
+            if let Some(w) = state.pending.pop_front() {
+                groups.push(w.group);
+            }
+        }
+        let applied = Applied {
+            last,
+            membership: meta.last_membership.clone(),
+        };
+        let mut extra = IndexBatch::default();
+        index::set_meta(
+            &mut extra,
+            APPLIED_KEY,
+            serde_json::to_vec(&applied).map_err(|e| Error::Index(e.to_string()))?,
+        );
+        index::set_meta(&mut extra, SNAPSHOT_KEY, manifest.encode());
+        let finisher = state.store.finisher();
+        if groups.is_empty() {
+            finisher.write_meta(extra)?;
+        } else {
+            for (_, answer) in finisher.finish_with(groups, &Ok(()), extra) {
+                answer?;
+            }
+        }
+        tracing::info!(snapshot = %meta.snapshot_id, generation, "snapshot installed");
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+//! What Raft entries carry and what applying them answers. The engine's types stay free of
+//! serde; these mirror them.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use strata_engine::{
+    AppendRequest, AppendResult, Error, ExpectedVersion, NewEvent, StreamAppend, StreamAppendResult,
+};
+use uuid::Uuid;
+
+/// The application data of a Raft entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// A client's append, proposed on the leader. The leader's log decides it (expected
+    /// versions, idempotent retries) when it writes the entry, against the whole log before it.
+    Append(WireAppend),
+    /// A record frame read back from a log: how entries travel to followers.
+    Frame(Bytes),
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Append(a) => write!(f, "append({} streams)", a.streams.len()),
+            Command::Frame(b) => write!(f, "frame({} bytes)", b.len()),
+        }
+    }
+}
+
+/// An [`AppendRequest`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireAppend {
+    /// Per-stream parts.
+    pub streams: Vec<WireStream>,
+    /// Timestamp of every event.
+    pub timestamp_us: u64,
+}
+
+/// A [`StreamAppend`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireStream {
+    /// Stream name.
+    pub stream: String,
+    /// Expected version: `None` any, `Some(u64::MAX)` no stream, `Some(u64::MAX - 1)` stream
+    /// exists, else exact.
+    pub expected: WireExpected,
+    /// Events.
+    pub events: Vec<WireEvent>,
+}
+
+/// An [`ExpectedVersion`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub enum WireExpected {
+    /// No check.
+    Any,
+    /// Must not exist.
+    NoStream,
+    /// Must exist.
+    StreamExists,
+    /// Exactly this last version.
+    Exact(u64),
+}
+
+/// A [`NewEvent`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireEvent {
+    /// Id.
+    pub id: u128,
+    /// Type.
+    pub event_type: String,
+    /// Payload.
+    pub data: Bytes,
+    /// Metadata.
+    pub metadata: Bytes,
+}
+
+impl From<AppendRequest> for WireAppend {
+    fn from(r: AppendRequest) -> WireAppend {
+        WireAppend {
+            timestamp_us: r.timestamp_us,
+            streams: r
+                .streams
+                .into_iter()
+                .map(|s| WireStream {
+                    stream: s.stream,
+                    expected: match s.expected {
+                        ExpectedVersion::Any => WireExpected::Any,
+                        ExpectedVersion::NoStream => WireExpected::NoStream,
+                        ExpectedVersion::StreamExists => WireExpected::StreamExists,
+                        ExpectedVersion::Exact(v) => WireExpected::Exact(v),
+                    },
+                    events: s
+                        .events
+                        .into_iter()
+                        .map(|e| WireEvent {
+                            id: e.id.as_u128(),
+                            event_type: e.event_type,
+                            data: e.data,
+                            metadata: e.metadata,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<WireAppend> for AppendRequest {
+    fn from(w: WireAppend) -> AppendRequest {
+        AppendRequest {
+            timestamp_us: w.timestamp_us,
+            streams: w
+                .streams
+                .into_iter()
+                .map(|s| StreamAppend {
+                    stream: s.stream,
+                    expected: match s.expected {
+                        WireExpected::Any => ExpectedVersion::Any,
+                        WireExpected::NoStream => ExpectedVersion::NoStream,
+                        WireExpected::StreamExists => ExpectedVersion::StreamExists,
+                        WireExpected::Exact(v) => ExpectedVersion::Exact(v),
+                    },
+                    events: s
+                        .events
+                        .into_iter()
+                        .map(|e| NewEvent {
+                            id: Uuid::from_u128(e.id),
+                            event_type: e.event_type,
+                            data: e.data,
+                            metadata: e.metadata,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What applying an entry answers. Only the node that decided an append (the leader that
+/// wrote it) answers with its outcome; every other entry answers [`Reply::None`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub enum Reply {
+    /// Nothing to report.
+    #[default]
+    None,
+    /// The append is committed (or was a retry of a committed one).
+    Appended {
+        /// Position of its record.
+        position: u64,
+        /// `(stream, first version, last version)` per stream.
+        streams: Vec<(String, u64, u64)>,
+        /// Whether it was a retry answered with the original result.
+        deduplicated: bool,
+    },
+    /// The append was rejected at its log index.
+    Rejected(WireError),
+}
+
+/// The errors an append can meet when its entry is written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum WireError {
+    /// Expected version check failed.
+    WrongExpectedVersion {
+        /// Stream.
+        stream: String,
+        /// What the request expected.
+        expected: String,
+        /// The stream's actual last version.
+        actual: Option<u64>,
+    },
+    /// An idempotency conflict.
+    IdempotencyConflict {
+        /// The event id.
+        event_id: u128,
+        /// Why.
+        reason: String,
+    },
+    /// A field of the request is invalid.
+    InvalidArgument {
+        /// Field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// Anything else (the message).
+    Other(String),
+}
+
+impl From<Result<AppendResult, Error>> for Reply {
+    fn from(r: Result<AppendResult, Error>) -> Reply {
+        match r {
+            Ok(a) => Reply::Appended {
+                position: a.position,
+                streams: a
+                    .streams
+                    .into_iter()
+                    .map(|s| (s.stream, s.first_version, s.last_version))
+                    .collect(),
+                deduplicated: a.deduplicated,
+            },
+            Err(Error::WrongExpectedVersion {
+                stream,
+                expected,
+                actual,
+            }) => Reply::Rejected(WireError::WrongExpectedVersion {
+                stream,
+                expected,
+                actual,
+            }),
+            Err(Error::IdempotencyConflict { event_id, reason }) => {
+                Reply::Rejected(WireError::IdempotencyConflict {
+                    event_id: event_id.as_u128(),
+                    reason,
+                })
+            }
+            Err(Error::InvalidArgument { field, reason }) => {
+                Reply::Rejected(WireError::InvalidArgument { field, reason })
+            }
+            Err(e) => Reply::Rejected(WireError::Other(e.to_string())),
+        }
+    }
+}
+
+impl Reply {
+    /// The append's outcome, or `None` for a reply that carries none.
+    pub fn into_result(self) -> Option<Result<AppendResult, Error>> {
+        match self {
+            Reply::None => None,
+            Reply::Appended {
+                position,
+                streams,
+                deduplicated,
+            } => Some(Ok(AppendResult {
+                position,
+                streams: streams
+                    .into_iter()
+                    .map(|(stream, first_version, last_version)| StreamAppendResult {
+                        stream,
+                        first_version,
+                        last_version,
+                    })
+                    .collect(),
+                deduplicated,
+            })),
+            Reply::Rejected(e) => Some(Err(match e {
+                WireError::WrongExpectedVersion {
+                    stream,
+                    expected,
+                    actual,
+                } => Error::WrongExpectedVersion {
+                    stream,
+                    expected,
+                    actual,
+                },
+                WireError::IdempotencyConflict { event_id, reason } => Error::IdempotencyConflict {
+                    event_id: Uuid::from_u128(event_id),
+                    reason,
+                },
+                WireError::InvalidArgument { field, reason } => {
+                    Error::InvalidArgument { field, reason }
+                }
+                WireError::Other(m) => Error::Unavailable(m),
+            })),
+        }
+    }
+}
