@@ -8,7 +8,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("strata_v1_descriptor.bin"))
-        .compile_protos(&["proto/strata/v1/streams.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/strata/v1/streams.proto",
+                "proto/strata/v1/cluster.proto",
+                "proto/strata/internal/v1/raft.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

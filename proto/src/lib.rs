@@ -9,3 +9,8 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("strata_v1_descriptor");
 }
+
+/// Node-to-node Raft traffic, `strata.internal.v1` (not a public API).
+pub mod internal {
+    tonic::include_proto!("strata.internal.v1");
+}

@@ -6,12 +6,18 @@
 //! - [`hard_state`]: vote, committed log id and purge mark, synced on every save.
 //! - [`snapshot`]: snapshot manifests, and staging a snapshot by fetching segments.
 //! - [`wire`]: what entries carry and what applying them answers.
+//! - [`network`]: Raft traffic over tonic, behind the [`RaftTransport`] seam.
+//! - [`replica`]: the Raft node and the operations the server needs.
 
 pub mod hard_state;
+pub mod network;
+pub mod replica;
 pub mod snapshot;
 pub mod storage;
 pub mod types;
 pub mod wire;
 
+pub use network::{GrpcTransport, RaftService, RaftTransport};
+pub use replica::{RaftSettings, Replica, ReplicaError};
 pub use storage::{LogStore, Shard, ShardOptions, StateMachine};
-pub use types::{NodeId, Raft, TypeConfig};
+pub use types::{NodeId, Raft, StrataNode, TypeConfig};

@@ -47,7 +47,7 @@ pub struct Range {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// openraft's metadata: last log id, membership, id.
-    pub meta: openraft::SnapshotMeta<NodeId, openraft::BasicNode>,
+    pub meta: crate::types::SnapshotMeta,
     /// The node whose log the ranges are in.
     pub source: NodeId,
     /// The ranges, in log order; empty when the snapshot holds no records.

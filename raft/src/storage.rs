@@ -22,7 +22,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
-    RaftSnapshotBuilder, SnapshotMeta, Vote,
+    RaftSnapshotBuilder, Vote,
 };
 use serde::{Deserialize, Serialize};
 use strata_engine::clock::Clock;
@@ -340,6 +340,19 @@ impl Shard {
             );
         }
         Ok(out)
+    }
+
+    /// Whether this log holds the entry `log_id` (same index, same leader).
+    pub fn holds(&self, log_id: LogId) -> Result<bool> {
+        let state = lock(&self.inner.state);
+        Ok(state
+            .store
+            .read_entries(log_id.index, log_id.index + 1, 1)?
+            .first()
+            .is_some_and(|r| {
+                r.header.term == log_id.leader_id.term
+                    && r.header.leader == log_id.leader_id.node_id
+            }))
     }
 
     fn applied(&self) -> Result<Applied> {
@@ -676,7 +689,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        meta: &crate::types::SnapshotMeta,
         snapshot: Box<std::io::Cursor<Vec<u8>>>,
     ) -> std::result::Result<(), StorageError> {
         let manifest = Manifest::decode(snapshot.get_ref()).map_err(sm_error)?;
@@ -751,7 +764,7 @@ impl Shard {
             state.generation
         );
         Ok(Manifest {
-            meta: SnapshotMeta {
+            meta: crate::types::SnapshotMeta {
                 last_log_id: applied.last,
                 last_membership: applied.membership,
                 snapshot_id: id,
@@ -764,11 +777,7 @@ impl Shard {
     /// Installs a snapshot whose segments were staged by [`crate::snapshot::stage`] (or that
     /// needs none): the staged generation becomes the live one, its records are indexed, and
     /// the state machine stands at the snapshot's last log id.
-    fn install(
-        &self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        manifest: &Manifest,
-    ) -> Result<()> {
+    fn install(&self, meta: &crate::types::SnapshotMeta, manifest: &Manifest) -> Result<()> {
         let mut state = lock(&self.inner.state);
         let options = &self.inner.options;
         let last = meta.last_log_id;

@@ -2,7 +2,29 @@
 
 use std::io::Cursor;
 
+use serde::{Deserialize, Serialize};
+
 use crate::wire::{Command, Reply};
+
+/// A member of a shard's Raft group: where clients reach it and where the other nodes send
+/// Raft traffic (often the same address).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrataNode {
+    /// Client (gRPC `strata.v1`) address, `host:port`.
+    pub addr: String,
+    /// Raft (gRPC `strata.internal.v1`) address, `host:port`.
+    pub raft_addr: String,
+}
+
+impl std::fmt::Display for StrataNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.addr == self.raft_addr {
+            f.write_str(&self.addr)
+        } else {
+            write!(f, "{} (raft {})", self.addr, self.raft_addr)
+        }
+    }
+}
 
 openraft::declare_raft_types!(
     /// A Strata shard's Raft types: entries carry [`Command`]s, applying one yields a [`Reply`],
@@ -11,7 +33,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = Reply,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = StrataNode,
         SnapshotData = Cursor<Vec<u8>>,
 );
 
@@ -26,6 +48,8 @@ pub type Entry = openraft::Entry<TypeConfig>;
 /// openraft's storage error.
 pub type StorageError = openraft::StorageError<NodeId>;
 /// A membership with node addresses.
-pub type Membership = openraft::Membership<NodeId, openraft::BasicNode>;
+pub type Membership = openraft::Membership<NodeId, StrataNode>;
 /// A membership and the log id that set it.
-pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, StrataNode>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, StrataNode>;

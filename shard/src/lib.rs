@@ -1,7 +1,10 @@
-//! strata-shard: a Strata node. Today one node serves one shard (one engine) over gRPC; the
-//! multi-shard node, routing and Raft arrive in later layers.
+//! strata-shard: a Strata node. A node serves one shard over gRPC: one engine on its own, or a
+//! replica of a Raft-replicated shard (strata-raft). The multi-shard node and routing arrive in
+//! later layers.
 
+pub mod backend;
 pub mod clock;
+pub mod cluster;
 pub mod convert;
 pub mod metrics;
 pub mod node;
@@ -9,5 +12,6 @@ pub mod service;
 pub mod status;
 pub mod subscription;
 
-pub use node::{termination_signal, Node, NodeConfig, NodeError};
+pub use backend::Backend;
+pub use node::{termination_signal, ClusterConfig, Node, NodeConfig, NodeError};
 pub use service::{ServiceConfig, StreamsService};

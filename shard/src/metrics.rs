@@ -12,10 +12,10 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use strata_engine::stats::LatencyHistogram;
-use strata_engine::Engine;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::backend::Backend;
 use crate::service::ServiceStats;
 
 /// Upper bounds of the append latency histogram, in microseconds (last is +Inf).
@@ -76,8 +76,8 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// Renders every metric.
-pub fn render(engine: &Engine, service: &ServiceStats, data_dir: &Path) -> String {
-    let s = engine.stats();
+pub fn render(backend: &Backend, service: &ServiceStats, data_dir: &Path) -> String {
+    let s = backend.stats();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::with_capacity(4096);
     metric(
@@ -136,6 +136,37 @@ pub fn render(engine: &Engine, service: &ServiceStats, data_dir: &Path) -> Strin
         "Bytes on disk in the data directory (log and index).",
         dir_bytes(data_dir),
     );
+    if let Backend::Replicated(replica) = backend {
+        let status = replica.status();
+        metric(
+            &mut out,
+            "strata_raft_term",
+            "gauge",
+            "Current Raft term.",
+            status.term,
+        );
+        metric(
+            &mut out,
+            "strata_raft_is_leader",
+            "gauge",
+            "1 if this node leads its shard.",
+            u64::from(status.leader == Some(status.node_id)),
+        );
+        metric(
+            &mut out,
+            "strata_raft_last_log_index",
+            "gauge",
+            "Index of the last entry in this node's log.",
+            status.last_log_index,
+        );
+        metric(
+            &mut out,
+            "strata_raft_last_applied_index",
+            "gauge",
+            "Index of the last entry applied (indexed and readable) here.",
+            status.last_applied,
+        );
+    }
     histogram(
         &mut out,
         "strata_fsync_seconds",
@@ -154,7 +185,7 @@ pub fn render(engine: &Engine, service: &ServiceStats, data_dir: &Path) -> Strin
 /// Serves `/metrics` and `/health` on `addr` until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
-    engine: Arc<Engine>,
+    backend: Backend,
     service: Arc<ServiceStats>,
     data_dir: PathBuf,
     mut stop: watch::Receiver<bool>,
@@ -171,13 +202,13 @@ pub async fn serve(
                 continue;
             }
         };
-        let (engine, service, data_dir) = (engine.clone(), service.clone(), data_dir.clone());
+        let (backend, service, data_dir) = (backend.clone(), service.clone(), data_dir.clone());
         tokio::spawn(async move {
             let handler =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let response = match request.uri().path() {
                         "/metrics" => {
-                            let body = render(&engine, &service, &data_dir);
+                            let body = render(&backend, &service, &data_dir);
                             Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4")
                                 .body(Full::new(Bytes::from(body)))

@@ -1,21 +1,52 @@
-//! A single Strata node: the engine, the `Streams` gRPC service, the standard gRPC health
-//! service and server reflection (so `grpcurl` works without .proto files). Shutdown stops
-//! accepting calls, lets in-flight calls finish, then drains the engine's queue and closes it.
+//! A Strata node: its storage (one engine, or a replica of a Raft-replicated shard), the
+//! `Streams` and `Cluster` gRPC services, the internal Raft service (on the client port or its
+//! own), the standard gRPC health service and server reflection (so `grpcurl` works without
+//! .proto files). Shutdown stops accepting calls, lets in-flight calls finish, then drains the
+//! engine's queue (or stops the Raft node).
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use strata_engine::clock::MonotonicClock;
+use strata_engine::fs::StdFs;
+use strata_engine::index_store::RocksIndexStore;
 use strata_engine::{Engine, EngineConfig};
+use strata_proto::internal::raft_internal_server::RaftInternalServer;
 use strata_proto::v1 as pb;
+use strata_raft::network::MESSAGE_BYTES_MAX;
+use strata_raft::{
+    GrpcTransport, RaftService, RaftSettings, Replica, Shard, ShardOptions, StrataNode,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
+use crate::backend::Backend;
 use crate::clock::SystemWallClock;
+use crate::cluster::ClusterService;
 use crate::service::{ServiceConfig, ServiceStats, StreamsService};
+
+/// How a node joins a replicated shard.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's id (unique in the cluster, not 0-reserved: any u64).
+    pub node_id: u64,
+    /// The other members (id → addresses); `Cluster.Init` forms the cluster from these and
+    /// this node.
+    pub peers: BTreeMap<u64, StrataNode>,
+    /// Where Raft traffic is served; `None` shares the client port.
+    pub raft_listen: Option<SocketAddr>,
+    /// The client address others are told (leader hints); `None` is the bound one.
+    pub advertise_addr: Option<String>,
+    /// The Raft address peers dial; `None` is the bound one.
+    pub advertise_raft_addr: Option<String>,
+    /// Raft timing and housekeeping.
+    pub raft: RaftSettings,
+}
 
 /// How to run a node.
 #[derive(Debug, Clone)]
@@ -30,14 +61,19 @@ pub struct NodeConfig {
     pub service: ServiceConfig,
     /// The HTTP address of `/metrics` and `/health`; `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Replication; `None` runs one engine on its own.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// A node bound to its address, not yet serving.
 #[derive(Debug)]
 pub struct Node {
-    engine: Arc<Engine>,
+    backend: Backend,
     listener: TcpListener,
+    raft_listener: Option<TcpListener>,
+    raft_service: Option<RaftService<GrpcTransport>>,
     service: StreamsService,
+    cluster: ClusterService,
     stats: Arc<ServiceStats>,
     stop: watch::Sender<bool>,
     metrics: Option<TcpListener>,
@@ -70,22 +106,6 @@ pub enum NodeError {
 impl Node {
     /// Opens the store and binds the address (port 0 picks a free port).
     pub async fn bind(config: NodeConfig) -> Result<Node, NodeError> {
-        let dir = config.data_dir.clone();
-        let engine_config = config.engine.clone();
-        let engine = tokio::task::spawn_blocking(move || Engine::open_dir(&dir, engine_config))
-            .await
-            .map_err(|e| NodeError::Engine {
-                dir: config.data_dir.clone(),
-                source: strata_engine::Error::Io {
-                    context: "opening the store".into(),
-                    source: std::io::Error::other(e.to_string()),
-                },
-            })?
-            .map_err(|source| NodeError::Engine {
-                dir: config.data_dir.clone(),
-                source,
-            })?;
-        let engine = Arc::new(engine);
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -93,6 +113,10 @@ impl Node {
                     addr: config.listen,
                     source,
                 })?;
+        let local = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let metrics = match config.metrics_listen {
             Some(addr) => Some(
                 crate::metrics::bind(addr)
@@ -101,19 +125,35 @@ impl Node {
             ),
             None => None,
         };
+        let (backend, raft_listener, raft_service) = match &config.cluster {
+            None => (Backend::Single(open_engine(&config).await?), None, None),
+            Some(cluster) => {
+                let (replica, raft_listener, service) =
+                    open_replica(&config, cluster, local).await?;
+                (Backend::Replicated(replica), raft_listener, Some(service))
+            }
+        };
         let stats = Arc::new(ServiceStats::default());
         let (stop, stopped) = watch::channel(false);
         let service = StreamsService::new(
-            engine.clone(),
+            backend.clone(),
             Arc::new(SystemWallClock::default()),
             config.service,
             stats.clone(),
             stopped,
         );
+        let replica = match &backend {
+            Backend::Replicated(r) => Some(r.clone()),
+            Backend::Single(_) => None,
+        };
+        let cluster = ClusterService::new(replica, local.to_string());
         Ok(Node {
-            engine,
+            backend,
             listener,
+            raft_listener,
+            raft_service,
             service,
+            cluster,
             stats,
             stop,
             metrics,
@@ -131,9 +171,16 @@ impl Node {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The engine (for metrics and tests).
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
+    /// The storage it serves.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The bound Raft address, when Raft has its own port.
+    pub fn raft_addr(&self) -> Option<SocketAddr> {
+        self.raft_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The service's counters.
@@ -153,38 +200,165 @@ impl Node {
         if let Some(listener) = self.metrics {
             tokio::spawn(crate::metrics::serve(
                 listener,
-                self.engine.clone(),
+                self.backend.clone(),
                 self.stats.clone(),
                 self.data_dir.clone(),
                 self.stop.subscribe(),
             ));
         }
-        // Small responses must not wait for delayed ACKs (Nagle): ~40 ms stalls otherwise.
-        let incoming = TcpListenerStream::new(self.listener).map(|conn| {
-            conn.inspect(|stream| {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::warn!(error = %e, "cannot set TCP_NODELAY on a connection");
-                }
-            })
+        let raft_server = self.raft_service.map(|s| {
+            RaftInternalServer::new(s)
+                .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(MESSAGE_BYTES_MAX)
         });
+        let mut stop_raft = self.stop.subscribe();
+        let separate_raft = match (self.raft_listener, &raft_server) {
+            (Some(listener), Some(server)) => {
+                let server = server.clone();
+                Some(tokio::spawn(async move {
+                    tonic::transport::Server::builder()
+                        .add_service(server)
+                        .serve_with_incoming_shutdown(incoming(listener), async move {
+                            let _ = stop_raft.wait_for(|s| *s).await;
+                        })
+                        .await
+                }))
+            }
+            _ => None,
+        };
+        let shared_raft = if separate_raft.is_none() {
+            raft_server
+        } else {
+            None
+        };
         let result = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
             .add_service(pb::streams_server::StreamsServer::new(self.service))
-            .serve_with_incoming_shutdown(incoming, async {
+            .add_service(pb::cluster_server::ClusterServer::new(self.cluster))
+            .add_optional_service(shared_raft)
+            .serve_with_incoming_shutdown(incoming(self.listener), async {
                 shutdown.await;
                 // Subscriptions never end by themselves: tell them to, so the server can drain.
                 self.stop.send_replace(true);
             })
             .await;
-        // In-flight calls have finished; let queued appends finish too, then close.
-        let engine = self.engine;
-        let closed = tokio::task::spawn_blocking(move || engine.close()).await;
-        if let Err(e) = closed {
-            tracing::error!(error = %e, "closing the store failed");
+        self.stop.send_replace(true);
+        if let Some(task) = separate_raft {
+            match task.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "raft server failed"),
+                Err(e) => tracing::warn!(error = %e, "raft server task failed"),
+                Ok(Ok(())) => {}
+            }
         }
+        // In-flight calls have finished; let queued appends finish too, then close.
+        self.backend.close().await;
         result.map_err(NodeError::from)
     }
+}
+
+/// Accepted connections with TCP_NODELAY: small responses must not wait for delayed ACKs
+/// (Nagle), ~40 ms stalls otherwise.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY on a connection");
+            }
+        })
+    })
+}
+
+fn engine_error(dir: &std::path::Path, source: strata_engine::Error) -> NodeError {
+    NodeError::Engine {
+        dir: dir.to_path_buf(),
+        source,
+    }
+}
+
+async fn open_engine(config: &NodeConfig) -> Result<Arc<Engine>, NodeError> {
+    let dir = config.data_dir.clone();
+    let engine_config = config.engine.clone();
+    let engine = tokio::task::spawn_blocking(move || Engine::open_dir(&dir, engine_config))
+        .await
+        .map_err(|e| {
+            engine_error(
+                &config.data_dir,
+                strata_engine::Error::Io {
+                    context: "opening the store".into(),
+                    source: std::io::Error::other(e.to_string()),
+                },
+            )
+        })?
+        .map_err(|e| engine_error(&config.data_dir, e))?;
+    Ok(Arc::new(engine))
+}
+
+async fn open_replica(
+    config: &NodeConfig,
+    cluster: &ClusterConfig,
+    local: SocketAddr,
+) -> Result<(Replica, Option<TcpListener>, RaftService<GrpcTransport>), NodeError> {
+    let raft_listener = match cluster.raft_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let raft_local = match &raft_listener {
+        Some(l) => l.local_addr().map_err(|source| NodeError::Bind {
+            addr: local,
+            source,
+        })?,
+        None => local,
+    };
+    let me = StrataNode {
+        addr: cluster
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| local.to_string()),
+        raft_addr: cluster
+            .advertise_raft_addr
+            .clone()
+            .unwrap_or_else(|| raft_local.to_string()),
+    };
+    let mut members = cluster.peers.clone();
+    members.insert(cluster.node_id, me.clone());
+    let options = ShardOptions {
+        node_id: cluster.node_id,
+        dir: config.data_dir.clone(),
+        engine: config.engine.clone(),
+        fs: Arc::new(StdFs),
+        clock: Arc::new(MonotonicClock::default()),
+        open_index: Arc::new(|p| Ok(Box::new(RocksIndexStore::open(p)?))),
+    };
+    let shard = tokio::task::spawn_blocking(move || Shard::open(options))
+        .await
+        .map_err(|e| {
+            engine_error(
+                &config.data_dir,
+                strata_engine::Error::Io {
+                    context: "opening the shard".into(),
+                    source: std::io::Error::other(e.to_string()),
+                },
+            )
+        })?
+        .map_err(|e| engine_error(&config.data_dir, e))?;
+    let transport = Arc::new(GrpcTransport::default());
+    let replica = Replica::start(shard, me, members, cluster.raft.clone(), transport.clone())
+        .await
+        .map_err(|e| {
+            engine_error(
+                &config.data_dir,
+                strata_engine::Error::Unavailable(e.to_string()),
+            )
+        })?;
+    let service = RaftService::new(HashMap::from([(0, replica.served())]), transport);
+    Ok((replica, raft_listener, service))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

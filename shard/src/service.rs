@@ -1,16 +1,19 @@
-//! The `strata.v1.Streams` service over one engine. Appends go through the engine's
-//! group-commit queue; reads run on the blocking pool so disk reads never stall the runtime.
+//! The `strata.v1.Streams` service over a [`Backend`]: one engine (appends through its
+//! group-commit queue) or a Raft replica (appends through Raft). Reads run on the blocking pool
+//! so disk reads never stall the runtime; on a replica they first pass the read barrier their
+//! consistency asks for.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use strata_engine::stats::LatencyHistogram;
-use strata_engine::{Direction, Engine, Reader};
+use strata_engine::{Direction, Reader};
 use strata_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::backend::{replica_status, Backend};
 use crate::clock::WallClock;
 use crate::convert;
 use crate::status::{invalid, to_single_append_status, to_status};
@@ -62,7 +65,7 @@ impl Default for ServiceStats {
 /// The service.
 #[derive(Debug, Clone)]
 pub struct StreamsService {
-    engine: Arc<Engine>,
+    backend: Backend,
     clock: Arc<dyn WallClock>,
     config: ServiceConfig,
     stats: Arc<ServiceStats>,
@@ -70,16 +73,16 @@ pub struct StreamsService {
 }
 
 impl StreamsService {
-    /// A service over `engine`, stamping appends with `clock`.
+    /// A service over `backend`, stamping appends with `clock`.
     pub fn new(
-        engine: Arc<Engine>,
+        backend: Backend,
         clock: Arc<dyn WallClock>,
         config: ServiceConfig,
         stats: Arc<ServiceStats>,
         stop: watch::Receiver<bool>,
     ) -> StreamsService {
         StreamsService {
-            engine,
+            backend,
             clock,
             config,
             stats,
@@ -146,11 +149,10 @@ impl pb::streams_server::Streams for StreamsService {
             let request = convert::append(request.into_inner(), self.clock.now_us())?;
             tracing::debug!(stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
             let started = std::time::Instant::now();
-            let result = self
-                .engine
-                .append(request)
-                .await
-                .map_err(to_single_append_status)?;
+            let result = self.backend.append(request).await.map_err(|e| match e {
+                strata_raft::ReplicaError::Engine(e) => to_single_append_status(e),
+                other => replica_status(other),
+            })?;
             self.stats
                 .append_latency
                 .observe_us(started.elapsed().as_micros() as u64);
@@ -167,7 +169,7 @@ impl pb::streams_server::Streams for StreamsService {
             let request = convert::append_multi(request.into_inner(), self.clock.now_us())?;
             tracing::debug!(streams = request.streams.len(), "append multi");
             let started = std::time::Instant::now();
-            let result = self.engine.append(request).await.map_err(to_status)?;
+            let result = self.backend.append(request).await.map_err(replica_status)?;
             self.stats
                 .append_latency
                 .observe_us(started.elapsed().as_micros() as u64);
@@ -182,7 +184,8 @@ impl pb::streams_server::Streams for StreamsService {
     ) -> Result<Response<pb::ReadResponse>, Status> {
         self.traced("Read", async move {
             let r = request.into_inner();
-            let limit = limit(r.limit, self.engine.reader().limits().read_events_max)?;
+            let reader = self.backend.reader();
+            let limit = limit(r.limit, reader.limits().read_events_max)?;
             let direction = match pb::Direction::try_from(r.direction) {
                 Ok(pb::Direction::Forwards) => Direction::Forwards,
                 Ok(pb::Direction::Backwards) => Direction::Backwards,
@@ -193,7 +196,8 @@ impl pb::streams_server::Streams for StreamsService {
                     ))
                 }
             };
-            let events = blocking(self.engine.reader(), move |reader| {
+            self.backend.read_barrier(r.consistency).await?;
+            let events = blocking(&self.backend.reader(), move |reader| {
                 reader.read_stream(&r.stream, r.from_version, direction, limit)
             })
             .await?;
@@ -210,8 +214,9 @@ impl pb::streams_server::Streams for StreamsService {
     ) -> Result<Response<pb::ReadAllResponse>, Status> {
         self.traced("ReadAll", async move {
             let r = request.into_inner();
-            let limit = limit(r.limit, self.engine.reader().limits().read_records_max)?;
-            let batch = blocking(self.engine.reader(), move |reader| {
+            let limit = limit(r.limit, self.backend.reader().limits().read_records_max)?;
+            self.backend.read_barrier(r.consistency).await?;
+            let batch = blocking(&self.backend.reader(), move |reader| {
                 reader.read_all(r.from_position, limit)
             })
             .await?;
@@ -238,7 +243,7 @@ impl pb::streams_server::Streams for StreamsService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         self.traced("Subscribe", async move {
             let r = request.into_inner();
-            let reader = self.engine.reader().clone();
+            let reader = self.backend.reader();
             let subscription = Subscription::from_request(&reader, r)?;
             let (tx, rx) = mpsc::channel(self.config.subscription_buffer_records_max.max(1));
             let last = subscription::FinalStatus::default();
@@ -264,9 +269,11 @@ impl pb::streams_server::Streams for StreamsService {
         request: Request<pb::GetStreamRequest>,
     ) -> Result<Response<pb::GetStreamResponse>, Status> {
         self.traced("GetStream", async move {
-            let stream = request.into_inner().stream;
+            let r = request.into_inner();
+            self.backend.read_barrier(r.consistency).await?;
+            let stream = r.stream;
             let name = stream.clone();
-            let version = blocking(self.engine.reader(), move |reader| {
+            let version = blocking(&self.backend.reader(), move |reader| {
                 reader.stream_version(&name)
             })
             .await?;

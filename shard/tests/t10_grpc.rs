@@ -29,6 +29,7 @@ impl TestNode {
             listen: "127.0.0.1:0".parse().unwrap(),
             engine: Default::default(),
             service,
+            cluster: None,
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         };
         let node = Node::bind(config).await.unwrap();
@@ -129,6 +130,7 @@ async fn append_read_conflict_and_idempotent_retry() {
     );
     let read = c
         .read(pb::ReadRequest {
+            consistency: 0,
             stream: "acct-1".into(),
             from_version: None,
             direction: 0,
@@ -170,6 +172,7 @@ async fn append_read_conflict_and_idempotent_retry() {
     );
     let info = c
         .get_stream(pb::GetStreamRequest {
+            consistency: 0,
             stream: "acct-1".into(),
         })
         .await
@@ -197,6 +200,7 @@ async fn append_read_conflict_and_idempotent_retry() {
     );
     let none = c
         .get_stream(pb::GetStreamRequest {
+            consistency: 0,
             stream: "order-9".into(),
         })
         .await
@@ -285,6 +289,7 @@ async fn every_bad_input_has_its_status_and_writes_nothing() {
     }
     let bad_read = c
         .read(pb::ReadRequest {
+            consistency: 0,
             stream: "s".into(),
             from_version: None,
             direction: 0,
@@ -295,6 +300,7 @@ async fn every_bad_input_has_its_status_and_writes_nothing() {
     assert_eq!(bad_read.code(), Code::ResourceExhausted);
     let bad_pos = c
         .read_all(pb::ReadAllRequest {
+            consistency: 0,
             from_position: 7,
             limit: 0,
             filter: None,
@@ -304,6 +310,7 @@ async fn every_bad_input_has_its_status_and_writes_nothing() {
     assert_eq!(bad_pos.code(), Code::InvalidArgument);
     let bad_dir = c
         .read(pb::ReadRequest {
+            consistency: 0,
             stream: "s".into(),
             from_version: None,
             direction: 9,
@@ -324,6 +331,7 @@ async fn every_bad_input_has_its_status_and_writes_nothing() {
     // Nothing was written by any of them.
     let all = c
         .read_all(pb::ReadAllRequest {
+            consistency: 0,
             from_position: 0,
             limit: 0,
             filter: None,

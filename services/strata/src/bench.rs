@@ -70,9 +70,13 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             exit_code: 2,
         });
     }
+    // On a replicated shard, load the leader.
+    let server = crate::client::ServerArg {
+        server: crate::cluster_cmd::leader_addr(&args.server.server).await?,
+    };
     let mut channels = Vec::new();
     for _ in 0..CONNECTIONS.min(args.clients) {
-        channels.push(crate::client::connect(&args.server).await?);
+        channels.push(crate::client::connect(&server).await?);
     }
     let streams = args.streams.unwrap_or(args.clients).max(1);
     let data = Arc::new(vec![0x5au8; args.event_bytes]);
@@ -178,6 +182,7 @@ async fn get_stream(args: BenchGetStreamArgs) -> Result<(), Failure> {
                     if client
                         .get_stream(pb::GetStreamRequest {
                             stream: "bench-missing".into(),
+                            consistency: pb::Consistency::Follower as i32,
                         })
                         .await
                         .is_ok()

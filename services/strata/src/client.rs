@@ -1,12 +1,22 @@
 //! The client commands: each connects to `--server` (env `STRATA_SERVER`), makes one call and
-//! prints JSON lines.
+//! prints JSON lines. A node that is not its shard's leader answers UNAVAILABLE naming the
+//! leader (`strata-leader`); the commands follow it (at most [`LEADER_HOPS_MAX`] hops) and wait
+//! out an election (up to [`ELECTION_WAIT`]).
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use strata_proto::v1 as pb;
 use strata_proto::v1::streams_client::StreamsClient;
+use strata_shard::backend::LEADER_KEY;
 use strata_shard::status::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY};
 use tonic::transport::Channel;
+
+/// Most redirects to a named leader one command follows.
+pub const LEADER_HOPS_MAX: usize = 3;
+/// How long a command waits for a leader to be elected.
+pub const ELECTION_WAIT: Duration = Duration::from_secs(5);
 
 use crate::{output, Failure, EXIT_WRONG_VERSION};
 
@@ -15,7 +25,26 @@ use crate::{output, Failure, EXIT_WRONG_VERSION};
 pub struct ServerArg {
     /// Server address (host:port).
     #[arg(long, env = "STRATA_SERVER", default_value = "127.0.0.1:50051")]
-    server: String,
+    pub server: String,
+}
+
+/// How fresh a read must be on a replicated shard.
+#[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
+pub enum Consistency {
+    /// Reflects every append acknowledged before it (served by the leader).
+    #[default]
+    Linearizable,
+    /// Whatever the node asked has applied: committed, possibly stale.
+    Follower,
+}
+
+impl Consistency {
+    fn wire(self) -> i32 {
+        match self {
+            Consistency::Linearizable => pb::Consistency::Linearizable as i32,
+            Consistency::Follower => pb::Consistency::Follower as i32,
+        }
+    }
 }
 
 /// `strata append`.
@@ -59,6 +88,9 @@ pub struct ReadArgs {
     /// Most events (0: the server's default, 1000).
     #[arg(long, default_value_t = 0)]
     limit: u32,
+    /// Read consistency on a replicated shard.
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+    consistency: Consistency,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -72,6 +104,9 @@ pub struct ReadAllArgs {
     /// Most records (0: the server's default, 1000).
     #[arg(long, default_value_t = 0)]
     limit: u32,
+    /// Read consistency on a replicated shard.
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+    consistency: Consistency,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -97,6 +132,9 @@ pub struct SubscribeArgs {
 pub struct StreamInfoArgs {
     /// Stream name.
     stream: String,
+    /// Read consistency on a replicated shard.
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+    consistency: Consistency,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -109,18 +147,73 @@ fn usage(message: impl Into<String>) -> Failure {
 }
 
 pub async fn connect(server: &ServerArg) -> Result<StreamsClient<Channel>, Failure> {
-    let url = if server.server.contains("://") {
-        server.server.clone()
+    Ok(StreamsClient::new(channel(&server.server).await?))
+}
+
+/// A connection to `addr` (host:port or a URL).
+pub async fn channel(addr: &str) -> Result<Channel, Failure> {
+    let url = if addr.contains("://") {
+        addr.to_string()
     } else {
-        format!("http://{}", server.server)
+        format!("http://{addr}")
     };
-    StreamsClient::connect(url)
+    tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| usage(format!("bad server address `{addr}`: {e}")))?
+        .connect()
         .await
-        .map_err(|e| Failure::new(format!("cannot reach the server at {}: {e}", server.server)))
+        .map_err(|e| Failure::new(format!("cannot reach the server at {addr}: {e}")))
+}
+
+/// Where a "not the leader" answer says to go, and whether it was one at all.
+pub fn redirect(status: &tonic::Status) -> Option<Option<String>> {
+    let kind = status
+        .metadata()
+        .get(ERROR_KIND_KEY)
+        .and_then(|v| v.to_str().ok());
+    if status.code() != tonic::Code::Unavailable || kind != Some("not-leader") {
+        return None;
+    }
+    Some(
+        status
+            .metadata()
+            .get(LEADER_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    )
+}
+
+/// Makes a call at `addr`, following "not the leader" answers to the leader and waiting out an
+/// election.
+pub async fn following_leader<T, F, Fut>(addr: &str, mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let mut addr = addr.to_string();
+    let mut hops = 0;
+    let started = std::time::Instant::now();
+    loop {
+        let ch = channel(&addr)
+            .await
+            .map_err(|f| tonic::Status::unavailable(f.message))?;
+        match call(ch).await {
+            Ok(v) => return Ok(v),
+            Err(status) => match redirect(&status) {
+                Some(Some(leader)) if leader != addr && hops < LEADER_HOPS_MAX => {
+                    hops += 1;
+                    addr = leader;
+                }
+                Some(_) if started.elapsed() < ELECTION_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                _ => return Err(status),
+            },
+        }
+    }
 }
 
 /// A server error as a failure; a wrong expected version exits with status 3.
-fn failure(status: tonic::Status) -> Failure {
+pub fn failure(status: tonic::Status) -> Failure {
     let kind = status
         .metadata()
         .get(ERROR_KIND_KEY)
@@ -214,8 +307,13 @@ pub async fn append(args: AppendArgs) -> Result<(), Failure> {
         expected: Some(expected(&args.expected)?),
         events: events(&args)?,
     };
-    let mut client = connect(&args.server).await?;
-    let r = client.append(request).await.map_err(failure)?.into_inner();
+    let r = following_leader(&args.server.server, |ch| {
+        let request = request.clone();
+        async move { StreamsClient::new(ch).append(request).await }
+    })
+    .await
+    .map_err(failure)?
+    .into_inner();
     output::line(&serde_json::json!({
         "position": r.position,
         "deduplicated": r.deduplicated,
@@ -236,14 +334,16 @@ pub async fn read(args: ReadArgs) -> Result<(), Failure> {
         from_version: args.from,
         direction: direction as i32,
         limit: args.limit,
+        consistency: args.consistency.wire(),
     };
-    let mut client = connect(&args.server).await?;
-    for e in client
-        .read(request)
-        .await
-        .map_err(failure)?
-        .into_inner()
-        .events
+    for e in following_leader(&args.server.server, |ch| {
+        let request = request.clone();
+        async move { StreamsClient::new(ch).read(request).await }
+    })
+    .await
+    .map_err(failure)?
+    .into_inner()
+    .events
     {
         output::line(&output::event(&e));
     }
@@ -252,16 +352,19 @@ pub async fn read(args: ReadArgs) -> Result<(), Failure> {
 
 /// `strata read-all`: events, then `{"next_position": N}`.
 pub async fn read_all(args: ReadAllArgs) -> Result<(), Failure> {
-    let mut client = connect(&args.server).await?;
-    let r = client
-        .read_all(pb::ReadAllRequest {
-            from_position: args.from,
-            limit: args.limit,
-            filter: None,
-        })
-        .await
-        .map_err(failure)?
-        .into_inner();
+    let request = pb::ReadAllRequest {
+        from_position: args.from,
+        limit: args.limit,
+        filter: None,
+        consistency: args.consistency.wire(),
+    };
+    let r = following_leader(&args.server.server, |ch| {
+        let request = request.clone();
+        async move { StreamsClient::new(ch).read_all(request).await }
+    })
+    .await
+    .map_err(failure)?
+    .into_inner();
     for e in &r.events {
         output::line(&output::event(e));
     }
@@ -315,14 +418,17 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<(), Failure> {
 
 /// `strata stream-info`.
 pub async fn stream_info(args: StreamInfoArgs) -> Result<(), Failure> {
-    let mut client = connect(&args.server).await?;
-    let r = client
-        .get_stream(pb::GetStreamRequest {
-            stream: args.stream,
-        })
-        .await
-        .map_err(failure)?
-        .into_inner();
+    let request = pb::GetStreamRequest {
+        stream: args.stream,
+        consistency: args.consistency.wire(),
+    };
+    let r = following_leader(&args.server.server, |ch| {
+        let request = request.clone();
+        async move { StreamsClient::new(ch).get_stream(request).await }
+    })
+    .await
+    .map_err(failure)?
+    .into_inner();
     let current = if r.exists {
         serde_json::json!(r.current_version)
     } else {

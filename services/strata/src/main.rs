@@ -5,6 +5,8 @@
 
 mod bench;
 mod client;
+mod cluster_cmd;
+mod dev_cluster;
 mod node_config;
 mod output;
 
@@ -28,17 +30,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a single embedded node with data in a local folder.
+    /// Run a single embedded node with data in a local folder, or a local cluster (--nodes 3).
     Dev {
-        /// Data directory.
+        /// Data directory (a cluster puts node N under DIR/node-N).
         #[arg(long, default_value = "./strata-data")]
         data: PathBuf,
-        /// gRPC address.
+        /// gRPC address (a cluster puts node N on port 50050+N of this address's host).
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: std::net::SocketAddr,
-        /// HTTP address of /metrics and /health.
+        /// HTTP address of /metrics and /health (node N of a cluster: port 9463+N).
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics: std::net::SocketAddr,
+        /// Nodes: 1 runs one engine without replication; 3 (or 5) runs a replicated cluster
+        /// of that many local processes.
+        #[arg(long, default_value_t = 1)]
+        nodes: u64,
     },
     /// Run a node for deployments, configured by --config FILE (TOML) and flags.
     Node(node_config::NodeArgs),
@@ -55,6 +61,9 @@ enum Command {
     /// Load generators over real gRPC.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Membership and status of a replicated shard.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
     /// Verify a data directory offline (every segment, record and footer).
     Check {
         /// The node's data directory.
@@ -89,13 +98,27 @@ fn main() -> ExitCode {
                 data,
                 listen,
                 metrics,
+                nodes,
+            } if nodes > 1 => dev_cluster::run(data, listen.ip(), metrics.ip(), nodes).await,
+            Command::Dev {
+                data,
+                listen,
+                metrics,
+                nodes,
             } => {
+                if nodes == 0 {
+                    return Err(Failure {
+                        message: "--nodes must be at least 1".into(),
+                        exit_code: 2,
+                    });
+                }
                 let config = strata_shard::NodeConfig {
                     data_dir: data,
                     listen,
                     engine: Default::default(),
                     service: Default::default(),
                     metrics_listen: Some(metrics),
+                    cluster: None,
                 };
                 serve(config, "strata dev").await
             }
@@ -109,6 +132,7 @@ fn main() -> ExitCode {
             Command::Subscribe(args) => client::subscribe(args).await,
             Command::StreamInfo(args) => client::stream_info(args).await,
             Command::Bench(command) => bench::run(command).await,
+            Command::Cluster(command) => cluster_cmd::run(command).await,
             Command::Check { dir } => check(dir),
         }
     });
@@ -147,11 +171,16 @@ async fn serve(config: strata_shard::NodeConfig, name: &str) -> Result<(), Failu
         .await
         .map_err(|e| Failure::new(e.to_string()))?;
     let addr = node.local_addr().map_err(|e| Failure::new(e.to_string()))?;
-    let recovery = node.engine().recovery();
-    if let Some((file, offset)) = &recovery.torn_tail {
-        tracing::warn!(file = %file.display(), offset, bytes = recovery.torn_bytes, "a torn tail was truncated on open");
+    if let strata_shard::Backend::Single(engine) = node.backend() {
+        let recovery = engine.recovery();
+        if let Some((file, offset)) = &recovery.torn_tail {
+            tracing::warn!(file = %file.display(), offset, bytes = recovery.torn_bytes, "a torn tail was truncated on open");
+        }
     }
     println!("{name}: serving gRPC on {addr}, data in {}", data.display());
+    if let Some(raft) = node.raft_addr() {
+        println!("  raft traffic on {raft}");
+    }
     if let Some(metrics) = node.metrics_addr() {
         println!("  metrics: http://{metrics}/metrics   health: http://{metrics}/health");
     }

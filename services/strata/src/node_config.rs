@@ -10,6 +10,18 @@
 //! queue_depth_max = 4096              # --queue-depth-max
 //! subscription_buffer_records_max = 256    # --subscription-buffer-records-max
 //! subscription_stall_timeout_ms = 10000    # --subscription-stall-timeout-ms
+//!
+//! # Replication (all optional; with `id` the node is a replica of a Raft-replicated shard)
+//! id = 1                              # --id
+//! peers = ["2=10.0.0.2:50051", "3=10.0.0.3:50051"]   # --peer ID=ADDR[,RAFT_ADDR] (repeat)
+//! raft_listen = "0.0.0.0:7001"        # --raft-listen (default: share the gRPC port)
+//! advertise = "10.0.0.1:50051"        # --advertise (client address told to others)
+//! advertise_raft = "10.0.0.1:7001"    # --advertise-raft (Raft address peers dial)
+//! heartbeat_ms = 100                  # --heartbeat-ms
+//! election_timeout_ms = [500, 1000]   # --election-timeout-ms MIN,MAX
+//! snapshot_every_entries = 50000      # --snapshot-every-entries
+//! keep_entries = 10000                # --keep-entries
+//! append_timeout_ms = 5000            # --append-timeout-ms
 //! ```
 
 use std::net::SocketAddr;
@@ -47,6 +59,36 @@ pub struct NodeArgs {
     /// How long a subscriber may leave its buffer full before it is cut off.
     #[arg(long)]
     subscription_stall_timeout_ms: Option<u64>,
+    /// This node's id in its cluster; makes the node a replica of a Raft-replicated shard.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Another member: ID=ADDR, or ID=ADDR,RAFT_ADDR when its Raft port differs (repeat).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Serve Raft traffic on its own address (default: the gRPC port).
+    #[arg(long)]
+    raft_listen: Option<SocketAddr>,
+    /// Client address to tell others (default: the bound --listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Raft address peers should dial (default: the bound Raft address).
+    #[arg(long)]
+    advertise_raft: Option<String>,
+    /// Leader heartbeat interval.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Election timeout range: MIN,MAX milliseconds.
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    election_timeout_ms: Option<Vec<u64>>,
+    /// Build a Raft snapshot after this many entries.
+    #[arg(long)]
+    snapshot_every_entries: Option<u64>,
+    /// Entries kept as Raft entries behind a snapshot.
+    #[arg(long)]
+    keep_entries: Option<u64>,
+    /// How long an append may wait to commit.
+    #[arg(long)]
+    append_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +101,47 @@ struct FileConfig {
     queue_depth_max: Option<usize>,
     subscription_buffer_records_max: Option<usize>,
     subscription_stall_timeout_ms: Option<u64>,
+    id: Option<u64>,
+    #[serde(default)]
+    peers: Vec<String>,
+    raft_listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    advertise_raft: Option<String>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<Vec<u64>>,
+    snapshot_every_entries: Option<u64>,
+    keep_entries: Option<u64>,
+    append_timeout_ms: Option<u64>,
+}
+
+/// Parses `ID=ADDR` or `ID=ADDR,RAFT_ADDR`.
+pub fn parse_peer(text: &str) -> Result<(u64, strata_raft::StrataNode), String> {
+    let (id, addrs) = text
+        .split_once('=')
+        .ok_or_else(|| format!("peer `{text}`: expected ID=HOST:PORT"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("peer `{text}`: `{id}` is not a node id"))?;
+    let (addr, raft_addr) = match addrs.split_once(',') {
+        Some((a, r)) => (a.trim(), r.trim()),
+        None => (addrs.trim(), addrs.trim()),
+    };
+    for a in [addr, raft_addr] {
+        if a.rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(format!("peer `{text}`: `{a}` is not HOST:PORT"));
+        }
+    }
+    Ok((
+        id,
+        strata_raft::StrataNode {
+            addr: addr.to_string(),
+            raft_addr: raft_addr.to_string(),
+        },
+    ))
 }
 
 fn bad(message: String) -> Failure {
@@ -79,6 +162,7 @@ pub fn resolve(args: NodeArgs) -> Result<strata_shard::NodeConfig, Failure> {
         }
         None => FileConfig::default(),
     };
+    let cluster = cluster(&args, &file)?;
     let data = args.data.or(file.data).ok_or_else(|| {
         bad("set the data directory: --data DIR or `data` in the config file".into())
     })?;
@@ -121,7 +205,79 @@ pub fn resolve(args: NodeArgs) -> Result<strata_shard::NodeConfig, Failure> {
         engine,
         service,
         metrics_listen: metrics,
+        cluster,
     })
+}
+
+fn cluster(
+    args: &NodeArgs,
+    file: &FileConfig,
+) -> Result<Option<strata_shard::ClusterConfig>, Failure> {
+    let peers_given = if args.peers.is_empty() {
+        &file.peers
+    } else {
+        &args.peers
+    };
+    let Some(node_id) = args.id.or(file.id) else {
+        if !peers_given.is_empty() {
+            return Err(bad(
+                "--peer needs --id (this node's id in the cluster)".into()
+            ));
+        }
+        return Ok(None);
+    };
+    let mut peers = std::collections::BTreeMap::new();
+    for p in peers_given {
+        let (id, node) = parse_peer(p).map_err(bad)?;
+        if id == node_id {
+            return Err(bad(format!("peer `{p}` has this node's own id {node_id}")));
+        }
+        if peers.insert(id, node).is_some() {
+            return Err(bad(format!("peer id {id} is given twice")));
+        }
+    }
+    let mut raft = strata_raft::RaftSettings::default();
+    if let Some(v) = args.heartbeat_ms.or(file.heartbeat_ms) {
+        raft.heartbeat = Duration::from_millis(v);
+    }
+    if let Some(v) = args
+        .election_timeout_ms
+        .clone()
+        .or(file.election_timeout_ms.clone())
+    {
+        match v.as_slice() {
+            [min, max] if min < max => {
+                raft.election_timeout = (Duration::from_millis(*min), Duration::from_millis(*max))
+            }
+            _ => {
+                return Err(bad(
+                    "election_timeout_ms must be MIN,MAX with MIN < MAX".into()
+                ))
+            }
+        }
+    }
+    if raft.heartbeat >= raft.election_timeout.0 {
+        return Err(bad(
+            "the heartbeat must be shorter than the minimum election timeout".into(),
+        ));
+    }
+    if let Some(v) = args.snapshot_every_entries.or(file.snapshot_every_entries) {
+        raft.snapshot_every_entries = v.max(1);
+    }
+    if let Some(v) = args.keep_entries.or(file.keep_entries) {
+        raft.keep_entries = v;
+    }
+    if let Some(v) = args.append_timeout_ms.or(file.append_timeout_ms) {
+        raft.append_timeout = Duration::from_millis(v.max(1));
+    }
+    Ok(Some(strata_shard::ClusterConfig {
+        node_id,
+        peers,
+        raft_listen: args.raft_listen.or(file.raft_listen),
+        advertise_addr: args.advertise.clone().or(file.advertise.clone()),
+        advertise_raft_addr: args.advertise_raft.clone().or(file.advertise_raft.clone()),
+        raft,
+    }))
 }
 
 #[cfg(test)]
@@ -180,5 +336,37 @@ mod tests {
             .unwrap_err()
             .message
             .contains("data directory"));
+    }
+
+    #[test]
+    fn cluster_flags_and_file() {
+        let (_d, path) = write("data = \"/srv/a\"\nid = 1\npeers = [\"2=127.0.0.1:50052\", \"3=127.0.0.1:50053,127.0.0.1:7003\"]\n");
+        let config = resolve(NodeArgs {
+            config: Some(path),
+            ..NodeArgs::default()
+        })
+        .unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.node_id, 1);
+        assert_eq!(cluster.peers[&2].raft_addr, "127.0.0.1:50052");
+        assert_eq!(cluster.peers[&3].addr, "127.0.0.1:50053");
+        assert_eq!(cluster.peers[&3].raft_addr, "127.0.0.1:7003");
+        let err = resolve(NodeArgs {
+            data: Some("/srv/a".into()),
+            peers: vec!["2=127.0.0.1:50052".into()],
+            ..NodeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.message.contains("--id"), "{}", err.message);
+        for bad_peer in ["2", "x=127.0.0.1:1", "2=nohost", "1=127.0.0.1:5"] {
+            let err = resolve(NodeArgs {
+                data: Some("/srv/a".into()),
+                id: Some(1),
+                peers: vec![bad_peer.into()],
+                ..NodeArgs::default()
+            })
+            .unwrap_err();
+            assert_eq!(err.exit_code, 2, "{bad_peer}: {}", err.message);
+        }
     }
 }

@@ -1,0 +1,497 @@
+//! Raft traffic between nodes over tonic (`strata.internal.v1.RaftInternal`). Every message
+//! names its shard (multi-Raft shares the connections); openraft's requests and responses travel
+//! bincode-encoded. Connections are pooled per address and reused; every call has a deadline;
+//! messages are bounded by [`MESSAGE_BYTES_MAX`].
+//!
+//! Snapshots are sent whole (`full_snapshot`): the leader sends its manifest, the receiver
+//! fetches the named log ranges from the leader (`FetchLog`, chunks of at most
+//! [`crate::snapshot::FETCH_CHUNK_BYTES`]), checks them, and only then installs.
+//!
+//! [`RaftTransport`] is the seam: [`GrpcTransport`] is the real network; the simulator can put
+//! its own in its place.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{Snapshot, Vote};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use strata_proto::internal as pb;
+use strata_proto::internal::raft_internal_client::RaftInternalClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::snapshot::{self, Manifest, FETCH_CHUNK_BYTES};
+use crate::storage::Shard;
+use crate::types::{NodeId, Raft, SnapshotMeta, StrataNode, TypeConfig};
+
+/// Largest Raft message, either way: AppendEntries carries at most
+/// [`crate::storage::ENTRIES_BYTES_MAX`] of entries, fetches at most 1 MiB.
+pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
+/// How long to wait for a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a whole snapshot transfer (fetch, check, install) may take.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Which RPC a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    /// AppendEntries.
+    AppendEntries,
+    /// RequestVote.
+    Vote,
+    /// A whole snapshot.
+    InstallSnapshot,
+}
+
+/// How Raft messages reach other nodes: the real network or the simulator's.
+pub trait RaftTransport: Send + Sync + 'static {
+    /// Sends one encoded message to the node at `addr` and returns the encoded answer.
+    fn call(
+        &self,
+        addr: &str,
+        rpc: Rpc,
+        message: pb::RaftMessage,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<pb::RaftMessage, Status>> + Send;
+
+    /// Fetches raw log bytes from the node at `addr` (for a snapshot install).
+    fn fetch_log(
+        &self,
+        addr: &str,
+        request: pb::FetchLogRequest,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<Vec<u8>, Status>> + Send;
+}
+
+/// The real network: one lazily connected, reused tonic channel per address.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcTransport {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl GrpcTransport {
+    fn client(&self, addr: &str) -> Result<RaftInternalClient<Channel>, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true);
+                let channel = endpoint.connect_lazy();
+                channels.insert(addr.to_string(), channel.clone());
+                channel
+            }
+        };
+        Ok(RaftInternalClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX))
+    }
+}
+
+impl RaftTransport for GrpcTransport {
+    async fn call(
+        &self,
+        addr: &str,
+        rpc: Rpc,
+        message: pb::RaftMessage,
+        deadline: Duration,
+    ) -> Result<pb::RaftMessage, Status> {
+        let mut client = self.client(addr)?;
+        let mut request = Request::new(message);
+        request.set_timeout(deadline);
+        let call = async {
+            match rpc {
+                Rpc::AppendEntries => client.append_entries(request).await,
+                Rpc::Vote => client.vote(request).await,
+                Rpc::InstallSnapshot => client.install_snapshot(request).await,
+            }
+        };
+        match tokio::time::timeout(deadline, call).await {
+            Ok(r) => r.map(Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "{rpc:?} to {addr} took longer than {deadline:?}"
+            ))),
+        }
+    }
+
+    async fn fetch_log(
+        &self,
+        addr: &str,
+        request: pb::FetchLogRequest,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, Status> {
+        let mut client = self.client(addr)?;
+        let mut request = Request::new(request);
+        request.set_timeout(deadline);
+        match tokio::time::timeout(deadline, client.fetch_log(request)).await {
+            Ok(r) => r.map(|r| r.into_inner().data),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "fetching log bytes from {addr} took longer than {deadline:?}"
+            ))),
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    bincode::serialize(value).map_err(|e| Status::internal(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    bincode::deserialize(bytes)
+        .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+}
+
+/// What the leader sends to install a snapshot.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotOffer {
+    vote: Vote<NodeId>,
+    manifest: Vec<u8>,
+    /// Where to fetch the manifest's ranges (the sender's Raft address).
+    source_addr: String,
+}
+
+/// openraft's network factory for one shard.
+#[derive(Debug, Clone)]
+pub struct Network<T> {
+    shard_id: u64,
+    self_node: StrataNode,
+    transport: Arc<T>,
+}
+
+impl<T: RaftTransport> Network<T> {
+    /// Raft traffic of shard `shard_id`, sent from `self_node`.
+    pub fn new(shard_id: u64, self_node: StrataNode, transport: Arc<T>) -> Network<T> {
+        Network {
+            shard_id,
+            self_node,
+            transport,
+        }
+    }
+}
+
+impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for Network<T> {
+    type Network = Connection<T>;
+
+    async fn new_client(&mut self, target: NodeId, node: &StrataNode) -> Connection<T> {
+        Connection {
+            shard_id: self.shard_id,
+            target,
+            addr: node.raft_addr.clone(),
+            self_addr: self.self_node.raft_addr.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+/// openraft's connection to one peer.
+#[derive(Debug)]
+pub struct Connection<T> {
+    shard_id: u64,
+    target: NodeId,
+    addr: String,
+    self_addr: String,
+    transport: Arc<T>,
+}
+
+fn is_unreachable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    )
+}
+
+impl<T: RaftTransport> Connection<T> {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned, E>(
+        &self,
+        rpc: Rpc,
+        request: &Req,
+        deadline: Duration,
+    ) -> Result<Resp, RPCError<NodeId, StrataNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let message = pb::RaftMessage {
+            shard_id: self.shard_id,
+            payload,
+        };
+        let answer = match self
+            .transport
+            .call(&self.addr, rpc, message, deadline)
+            .await
+        {
+            Ok(a) => a,
+            Err(status) if is_unreachable(&status) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)))
+            }
+            Err(status) => return Err(RPCError::Network(NetworkError::new(&status))),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&answer.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl<T: RaftTransport> RaftNetwork<TypeConfig> for Connection<T> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, StrataNode, RaftError<NodeId>>>
+    {
+        self.rpc(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, StrataNode, RaftError<NodeId>>> {
+        self.rpc(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    /// Chunked snapshot transfer is not used: `full_snapshot` below sends a manifest and the
+    /// receiver fetches the log ranges itself. openraft calls this only from the default
+    /// `full_snapshot`, which is replaced.
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, StrataNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        Err(RPCError::Network(NetworkError::new(
+            &std::io::Error::other(
+                "chunked snapshot transfer is not supported; snapshots are sent whole",
+            ),
+        )))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let offer = SnapshotOffer {
+            vote,
+            manifest: snapshot.snapshot.into_inner(),
+            source_addr: self.self_addr.clone(),
+        };
+        let send = self.rpc::<_, SnapshotResponse<NodeId>, SnapshotRefused>(
+            Rpc::InstallSnapshot,
+            &offer,
+            SNAPSHOT_TIMEOUT,
+        );
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            result = send => result.map_err(|e| match e {
+                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                RPCError::Timeout(t) => StreamingError::Timeout(t),
+                RPCError::Network(n) => StreamingError::Network(n),
+                RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
+                RPCError::PayloadTooLarge(p) => StreamingError::Network(NetworkError::new(&p)),
+            }),
+        }
+    }
+}
+
+/// Why a replica did not install an offered snapshot.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+#[error("snapshot refused: {0}")]
+pub struct SnapshotRefused(pub String);
+
+/// One shard's Raft node as the server side sees it.
+#[derive(Clone)]
+pub struct ServedShard {
+    /// The Raft node.
+    pub raft: Raft,
+    /// Its storage.
+    pub shard: Shard,
+}
+
+/// The server side of `RaftInternal`: dispatches by shard id.
+#[derive(Clone)]
+pub struct RaftService<T> {
+    shards: Arc<HashMap<u64, ServedShard>>,
+    transport: Arc<T>,
+}
+
+impl<T> std::fmt::Debug for RaftService<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService")
+            .field("shards", &self.shards.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<T: RaftTransport> RaftService<T> {
+    /// Serves these shards; fetches for snapshot installs go through `transport`.
+    pub fn new(shards: HashMap<u64, ServedShard>, transport: Arc<T>) -> RaftService<T> {
+        RaftService {
+            shards: Arc::new(shards),
+            transport,
+        }
+    }
+
+    fn shard(&self, id: u64) -> Result<&ServedShard, Status> {
+        self.shards
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("shard {id} is not on this node")))
+    }
+
+    async fn take_snapshot(
+        &self,
+        served: &ServedShard,
+        offer: SnapshotOffer,
+    ) -> Result<SnapshotResponse<NodeId>, SnapshotRefused> {
+        let refuse = |e: &dyn std::fmt::Display| SnapshotRefused(e.to_string());
+        let mine = served.raft.metrics().borrow().vote;
+        if offer.vote < mine {
+            // A stale leader: answer with the newer vote so it steps down.
+            return Ok(SnapshotResponse { vote: mine });
+        }
+        let manifest = Manifest::decode(&offer.manifest).map_err(|e| refuse(&e))?;
+        let meta: SnapshotMeta = manifest.meta.clone();
+        let holds = match meta.last_log_id {
+            Some(l) => served.shard.holds(l).map_err(|e| refuse(&e))?,
+            None => true,
+        };
+        if !holds && !manifest.segments.is_empty() {
+            let total = manifest.bytes();
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                bytes = total,
+                source = %offer.source_addr,
+                "fetching snapshot segments"
+            );
+            let options = served.shard.options().clone();
+            let shard_id = manifest_shard(&served.shard);
+            let transport = self.transport.clone();
+            let source = offer.source_addr.clone();
+            let mut last_report = 0u64;
+            snapshot::stage(
+                options.fs.as_ref(),
+                &options.dir,
+                &manifest,
+                |position, len| {
+                    let transport = transport.clone();
+                    let source = source.clone();
+                    async move {
+                        transport
+                            .fetch_log(
+                                &source,
+                                pb::FetchLogRequest {
+                                    shard_id,
+                                    position,
+                                    max_bytes: len as u32,
+                                },
+                                Duration::from_secs(30),
+                            )
+                            .await
+                            .map_err(|s| strata_engine::Error::Unavailable(s.message().to_string()))
+                    }
+                },
+                |done, total| {
+                    if done - last_report >= 64 << 20 || done == total {
+                        last_report = done;
+                        tracing::info!(done, total, "snapshot fetch progress");
+                    }
+                },
+            )
+            .await
+            .map_err(|e| refuse(&e))?;
+        }
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(std::io::Cursor::new(offer.manifest)),
+        };
+        served
+            .raft
+            .install_full_snapshot(offer.vote, snapshot)
+            .await
+            .map_err(|e| refuse(&e))
+    }
+}
+
+fn manifest_shard(_shard: &Shard) -> u64 {
+    // One shard per node today; multi-Raft gives each its id.
+    0
+}
+
+fn message(shard_id: u64, payload: Vec<u8>) -> Response<pb::RaftMessage> {
+    Response::new(pb::RaftMessage { shard_id, payload })
+}
+
+#[tonic::async_trait]
+impl<T: RaftTransport> pb::raft_internal_server::RaftInternal for RaftService<T> {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        let served = self.shard(m.shard_id)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
+        let result = served.raft.append_entries(rpc).await;
+        Ok(message(m.shard_id, encode(&result)?))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        let served = self.shard(m.shard_id)?;
+        let rpc: VoteRequest<NodeId> = decode(&m.payload)?;
+        let result = served.raft.vote(rpc).await;
+        Ok(message(m.shard_id, encode(&result)?))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        let served = self.shard(m.shard_id)?.clone();
+        let offer: SnapshotOffer = decode(&m.payload)?;
+        let result: Result<SnapshotResponse<NodeId>, RaftError<NodeId, SnapshotRefused>> = self
+            .take_snapshot(&served, offer)
+            .await
+            .map_err(RaftError::APIError);
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "snapshot not installed");
+        }
+        Ok(message(m.shard_id, encode(&result)?))
+    }
+
+    async fn fetch_log(
+        &self,
+        request: Request<pb::FetchLogRequest>,
+    ) -> Result<Response<pb::FetchLogResponse>, Status> {
+        let r = request.into_inner();
+        let served = self.shard(r.shard_id)?;
+        let max = (r.max_bytes as usize).min(FETCH_CHUNK_BYTES);
+        let shard = served.shard.clone();
+        let data = tokio::task::spawn_blocking(move || shard.read_log_bytes(r.position, max))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(Response::new(pb::FetchLogResponse { data }))
+    }
+}

@@ -1,0 +1,349 @@
+//! One node's replica of a shard: the Raft node over [`Shard`] storage and a transport, with
+//! the operations the server needs — append through Raft, linearizable-read barriers, cluster
+//! formation and safe membership changes, and a status view.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use strata_engine::{AppendRequest, AppendResult, Error};
+
+use crate::network::{Network, RaftTransport, ServedShard};
+use crate::storage::Shard;
+use crate::types::{NodeId, Raft, StrataNode};
+use crate::wire::Command;
+
+/// Raft timing and housekeeping.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    /// Leader heartbeat. Default 100 ms.
+    pub heartbeat: Duration,
+    /// A follower that hears no leader for a random time in this range starts an election.
+    /// Default 500–1000 ms, so a dead leader is replaced well within 3 s.
+    pub election_timeout: (Duration, Duration),
+    /// Build a snapshot after this many entries since the last one. Default 50,000.
+    pub snapshot_every_entries: u64,
+    /// Entries kept as Raft entries behind a snapshot (so slightly lagging followers catch up
+    /// from the log rather than a snapshot). Default 10,000. The data itself is never deleted.
+    pub keep_entries: u64,
+    /// How long an append may wait to commit before the client is told the outcome is unknown.
+    /// Default 5 s.
+    pub append_timeout: Duration,
+    /// How long a linearizable read may wait to confirm leadership. Default 2 s.
+    pub read_timeout: Duration,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            snapshot_every_entries: 50_000,
+            keep_entries: 10_000,
+            append_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a replicated operation did not happen here.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The engine's answer (a conflict, bad input, …).
+    #[error(transparent)]
+    Engine(#[from] Error),
+    /// This node is not the leader; the leader, if known, is named.
+    #[error("this node is not the leader{}", leader_hint(.leader))]
+    NotLeader {
+        /// The leader's id and node, if known.
+        leader: Option<(NodeId, StrataNode)>,
+    },
+    /// The shard cannot answer now (no quorum, timed out, shutting down).
+    #[error("shard unavailable: {0}")]
+    Unavailable(String),
+}
+
+fn leader_hint(leader: &Option<(NodeId, StrataNode)>) -> String {
+    match leader {
+        Some((id, node)) => format!("; the leader is node {id} at {}", node.addr),
+        None => "; no leader is known yet".to_string(),
+    }
+}
+
+/// A member's view in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Node id.
+    pub id: NodeId,
+    /// Its addresses.
+    pub node: StrataNode,
+    /// "leader", "follower", "candidate" or "learner".
+    pub role: &'static str,
+    /// Last log index known replicated to it (the leader's view), else 0.
+    pub matched: u64,
+}
+
+/// This node's view of the cluster.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// This node.
+    pub node_id: NodeId,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Members.
+    pub members: Vec<MemberStatus>,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Last applied index.
+    pub last_applied: u64,
+}
+
+/// A shard replica on this node.
+#[derive(Clone)]
+pub struct Replica {
+    raft: Raft,
+    shard: Shard,
+    node_id: NodeId,
+    node: StrataNode,
+    members: BTreeMap<NodeId, StrataNode>,
+    settings: RaftSettings,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("node_id", &self.node_id)
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Starts the Raft node of `shard` (shard id 0). `members` are the configured members
+    /// (this node included) that [`Replica::init`] forms the cluster from.
+    pub async fn start<T: RaftTransport>(
+        shard: Shard,
+        node: StrataNode,
+        members: BTreeMap<NodeId, StrataNode>,
+        settings: RaftSettings,
+        transport: Arc<T>,
+    ) -> Result<Replica, ReplicaError> {
+        let config = openraft::Config {
+            cluster_name: "strata".into(),
+            heartbeat_interval: settings.heartbeat.as_millis() as u64,
+            election_timeout_min: settings.election_timeout.0.as_millis() as u64,
+            election_timeout_max: settings.election_timeout.1.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: settings.keep_entries,
+            // Entries are whole records (up to the engine's batch limit); bound the count per
+            // message too.
+            max_payload_entries: 512,
+            ..openraft::Config::default()
+        };
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| ReplicaError::Unavailable(format!("raft settings: {e}")))?,
+        );
+        let node_id = shard.node_id();
+        let (log, sm) = shard.split();
+        let network = Network::new(0, node.clone(), transport);
+        let raft = Raft::new(node_id, config, network, log, sm)
+            .await
+            .map_err(|e| ReplicaError::Unavailable(format!("starting raft: {e}")))?;
+        Ok(Replica {
+            raft,
+            shard,
+            node_id,
+            node,
+            members,
+            settings,
+        })
+    }
+
+    /// What the Raft server side needs.
+    pub fn served(&self) -> ServedShard {
+        ServedShard {
+            raft: self.raft.clone(),
+            shard: self.shard.clone(),
+        }
+    }
+
+    /// The Raft node.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The storage.
+    pub fn shard(&self) -> &Shard {
+        &self.shard
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Forms the cluster from the configured members. Does nothing on a node that already
+    /// belongs to one.
+    pub async fn init(&self) -> Result<(), ReplicaError> {
+        match self.raft.initialize(self.members.clone()).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ReplicaError::Unavailable(format!("init: {e}"))),
+        }
+    }
+
+    /// The leader's id and node, if known.
+    pub fn leader(&self) -> Option<(NodeId, StrataNode)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let id = metrics.current_leader?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)?
+            .clone();
+        Some((id, node))
+    }
+
+    fn not_leader(&self, hinted: Option<(NodeId, Option<StrataNode>)>) -> ReplicaError {
+        let leader = match hinted {
+            Some((id, Some(node))) => Some((id, node)),
+            _ => self.leader().filter(|(id, _)| *id != self.node_id),
+        };
+        ReplicaError::NotLeader { leader }
+    }
+
+    /// Appends through Raft: answered once committed (on a majority, each after fdatasync) and
+    /// applied here. The expected-version check and retry detection happen when the leader
+    /// writes the entry, against its whole log before it.
+    pub async fn append(&self, request: AppendRequest) -> Result<AppendResult, ReplicaError> {
+        let write = self.raft.client_write(Command::Append(request.into()));
+        match tokio::time::timeout(self.settings.append_timeout, write).await {
+            Err(_) => Err(ReplicaError::Unavailable(format!(
+                "the append did not commit within {:?}; it may still commit, so retry it with the same event ids",
+                self.settings.append_timeout
+            ))),
+            Ok(Ok(response)) => match response.data.into_result() {
+                Some(Ok(result)) => Ok(result),
+                Some(Err(e)) => Err(ReplicaError::Engine(e)),
+                None => Err(ReplicaError::Unavailable(
+                    "the entry committed without an outcome".into(),
+                )),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(self.not_leader(f.leader_id.map(|id| (id, f.leader_node))))
+            }
+            Ok(Err(e)) => Err(ReplicaError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Waits until a read here reflects every append acknowledged before this call: this node
+    /// confirms with a quorum that it still leads, then waits to apply up to the commit point.
+    pub async fn linearizable_barrier(&self) -> Result<(), ReplicaError> {
+        let check = self.raft.ensure_linearizable();
+        match tokio::time::timeout(self.settings.read_timeout, check).await {
+            Err(_) => Err(ReplicaError::Unavailable(format!(
+                "could not confirm leadership within {:?}",
+                self.settings.read_timeout
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                f,
+            )))) => Err(self.not_leader(f.leader_id.map(|id| (id, f.leader_node)))),
+            Ok(Err(e)) => Err(ReplicaError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Adds a node the safe way: as a learner first, waiting until it has caught up, then
+    /// promoted to a voter.
+    pub async fn add_node(&self, id: NodeId, node: StrataNode) -> Result<(), ReplicaError> {
+        let map = |e: RaftError<NodeId, ClientWriteError<NodeId, StrataNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                self.not_leader(f.leader_id.map(|id| (id, f.leader_node)))
+            }
+            other => ReplicaError::Unavailable(other.to_string()),
+        };
+        self.raft.add_learner(id, node, true).await.map_err(map)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(map)?;
+        Ok(())
+    }
+
+    /// Removes a node from the membership (voter or learner).
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ReplicaError> {
+        let map = |e: RaftError<NodeId, ClientWriteError<NodeId, StrataNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                self.not_leader(f.leader_id.map(|id| (id, f.leader_node)))
+            }
+            other => ReplicaError::Unavailable(other.to_string()),
+        };
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        if membership.voter_ids().any(|v| v == id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(map)?;
+        } else if membership.membership().get_node(&id).is_some() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(map)?;
+        }
+        Ok(())
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let matched = |id: &NodeId| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map_or(0, |l| l.index)
+        };
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let role = if Some(*id) == m.current_leader {
+                    "leader"
+                } else if !voters.contains(id) {
+                    "learner"
+                } else if *id == self.node_id && m.state == ServerState::Candidate {
+                    "candidate"
+                } else {
+                    "follower"
+                };
+                MemberStatus {
+                    id: *id,
+                    node: node.clone(),
+                    role,
+                    matched: matched(id),
+                }
+            })
+            .collect();
+        Status {
+            node_id: self.node_id,
+            leader: m.current_leader,
+            term: m.current_term,
+            members,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+        }
+    }
+
+    /// Stops the Raft node.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown failed");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! `strata cluster init|status|add-node|remove-node`: membership of a replicated shard. Changes
+//! go to the leader (followed from any node); `status --json` prints one JSON object with at
+//! least `leader` (node id, or null) and `nodes` (`[{id, addr, role}]`).
+
+use strata_proto::v1 as pb;
+use strata_proto::v1::cluster_client::ClusterClient;
+
+use crate::client::{failure, following_leader, ServerArg};
+use crate::{output, Failure};
+
+/// `strata cluster …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Form the cluster from the members the node at --server was started with (--peer).
+    Init {
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Show the leader, the term and every member with its role.
+    Status {
+        /// Print one JSON object (default: a table).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Add a node: as a learner first, promoted to voter once it has caught up.
+    AddNode {
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// Its client address.
+        #[arg(long)]
+        addr: String,
+        /// Its Raft address, when not the client address.
+        #[arg(long)]
+        raft_addr: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Remove a node from the membership.
+    RemoveNode {
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+fn json(s: &pb::ClusterStatus) -> serde_json::Value {
+    serde_json::json!({
+        "node_id": s.node_id,
+        "leader": if s.has_leader { serde_json::json!(s.leader) } else { serde_json::Value::Null },
+        "term": s.term,
+        "last_log_index": s.last_log_index,
+        "last_applied": s.last_applied,
+        "nodes": s.nodes.iter().map(|n| serde_json::json!({
+            "id": n.id, "addr": n.addr, "raft_addr": n.raft_addr, "role": n.role, "matched": n.matched,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn table(s: &pb::ClusterStatus) {
+    let leader = if s.has_leader {
+        s.leader.to_string()
+    } else {
+        "none".into()
+    };
+    println!(
+        "asked node {}: term {}, leader {leader}, last log index {}, applied {}",
+        s.node_id, s.term, s.last_log_index, s.last_applied
+    );
+    println!(
+        "{:>6}  {:<22} {:<22} {:<9} {:>8}",
+        "id", "addr", "raft_addr", "role", "matched"
+    );
+    for n in &s.nodes {
+        println!(
+            "{:>6}  {:<22} {:<22} {:<9} {:>8}",
+            n.id, n.addr, n.raft_addr, n.role, n.matched
+        );
+    }
+}
+
+/// Runs a cluster command.
+pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
+    match command {
+        ClusterCommand::Init { server } => {
+            let s = following_leader(&server.server, |ch| async move {
+                ClusterClient::new(ch).init(pb::InitRequest {}).await
+            })
+            .await
+            .map_err(failure)?
+            .into_inner();
+            output::line(&json(&s));
+        }
+        ClusterCommand::Status {
+            json: as_json,
+            server,
+        } => {
+            let ch = crate::client::channel(&server.server).await?;
+            let s = ClusterClient::new(ch)
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(failure)?
+                .into_inner();
+            if as_json {
+                output::line(&json(&s));
+            } else {
+                table(&s);
+            }
+        }
+        ClusterCommand::AddNode {
+            id,
+            addr,
+            raft_addr,
+            server,
+        } => {
+            let request = pb::AddNodeRequest {
+                id,
+                addr,
+                raft_addr: raft_addr.unwrap_or_default(),
+            };
+            let s = following_leader(&server.server, |ch| {
+                let request = request.clone();
+                async move { ClusterClient::new(ch).add_node(request).await }
+            })
+            .await
+            .map_err(failure)?
+            .into_inner();
+            output::line(&json(&s));
+        }
+        ClusterCommand::RemoveNode { id, server } => {
+            let s = following_leader(&server.server, |ch| async move {
+                ClusterClient::new(ch)
+                    .remove_node(pb::RemoveNodeRequest { id })
+                    .await
+            })
+            .await
+            .map_err(failure)?
+            .into_inner();
+            output::line(&json(&s));
+        }
+    }
+    Ok(())
+}
+
+/// The leader's client address as the node at `server` sees it (the node itself when it runs
+/// without replication or knows no leader).
+pub async fn leader_addr(server: &str) -> Result<String, Failure> {
+    let ch = crate::client::channel(server).await?;
+    let s = ClusterClient::new(ch)
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(failure)?
+        .into_inner();
+    Ok(s.nodes
+        .iter()
+        .find(|n| s.has_leader && n.id == s.leader && !n.addr.is_empty() && s.node_id != 0)
+        .map_or_else(|| server.to_string(), |n| n.addr.clone()))
+}

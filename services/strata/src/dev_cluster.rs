@@ -1,0 +1,170 @@
+//! `strata dev --nodes N`: a local replicated cluster of N node processes (this same binary,
+//! `strata node`), node N serving clients on port 50050+N with data under DIR/node-N. Once all
+//! answer, the cluster is formed through node 1 and its status printed. Ctrl-C (or SIGTERM)
+//! stops every node gracefully.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use strata_proto::v1 as pb;
+use strata_proto::v1::cluster_client::ClusterClient;
+use tokio::process::{Child, Command};
+
+use crate::Failure;
+
+/// How long the nodes get to start and elect a leader.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn client_port(n: u64) -> u64 {
+    50050 + n
+}
+
+async fn status(addr: &str) -> Option<pb::ClusterStatus> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .ok()?;
+    ClusterClient::new(ch)
+        .status(pb::StatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+fn stop(children: &mut [Child]) {
+    for child in children.iter() {
+        if let Some(pid) = child.id() {
+            // SIGTERM: each node drains and closes cleanly.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+/// Runs the cluster until Ctrl-C or SIGTERM.
+pub async fn run(
+    data: PathBuf,
+    host: IpAddr,
+    metrics_host: IpAddr,
+    nodes: u64,
+) -> Result<(), Failure> {
+    if !(2..=9).contains(&nodes) {
+        return Err(Failure {
+            message: "--nodes must be 1 (no replication) or 2 to 9".into(),
+            exit_code: 2,
+        });
+    }
+    let exe = std::env::current_exe().map_err(|e| Failure::new(format!("finding strata: {e}")))?;
+    let addr = |n: u64| format!("{host}:{}", client_port(n));
+    let mut children = Vec::new();
+    for n in 1..=nodes {
+        let dir = data.join(format!("node-{n}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Failure::new(format!("creating {}: {e}", dir.display())))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("node")
+            .arg("--id")
+            .arg(n.to_string())
+            .arg("--data")
+            .arg(&dir)
+            .arg("--listen")
+            .arg(addr(n))
+            .arg("--metrics")
+            .arg(format!("{metrics_host}:{}", 9463 + n));
+        for p in (1..=nodes).filter(|p| *p != n) {
+            cmd.arg("--peer").arg(format!("{p}={}", addr(p)));
+        }
+        let log = std::fs::File::create(dir.join("node.log"))
+            .map_err(|e| Failure::new(format!("creating the log of node {n}: {e}")))?;
+        cmd.stdout(std::process::Stdio::null()).stderr(log);
+        let child = cmd
+            .spawn()
+            .map_err(|e| Failure::new(format!("starting node {n}: {e}")))?;
+        children.push(child);
+    }
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut formed = None;
+    while formed.is_none() {
+        if Instant::now() > deadline {
+            stop(&mut children);
+            return Err(Failure::new(format!(
+                "the cluster did not form within {START_TIMEOUT:?}; see {}/node-*/node.log",
+                data.display()
+            )));
+        }
+        for (i, child) in children.iter_mut().enumerate() {
+            if let Ok(Some(exit)) = child.try_wait() {
+                let n = i + 1;
+                stop(&mut children);
+                return Err(Failure::new(format!(
+                    "node {n} exited ({exit}); see {}/node-{n}/node.log",
+                    data.display()
+                )));
+            }
+        }
+        let mut up = 0;
+        for n in 1..=nodes {
+            if status(&addr(n)).await.is_some() {
+                up += 1;
+            }
+        }
+        if up == nodes {
+            if let Ok(ch) = crate::client::channel(&addr(1)).await {
+                let _ = ClusterClient::new(ch).init(pb::InitRequest {}).await;
+            }
+            if let Some(s) = status(&addr(1)).await.filter(|s| s.has_leader) {
+                formed = Some(s);
+            }
+        }
+        if formed.is_none() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let s = formed.unwrap_or_default();
+    println!(
+        "strata dev: {nodes}-node cluster, leader is node {} (term {}), data in {}",
+        s.leader,
+        s.term,
+        data.display()
+    );
+    for n in 1..=nodes {
+        println!(
+            "  node {n}: gRPC {}  metrics http://{metrics_host}:{}/metrics  log {}/node-{n}/node.log",
+            addr(n),
+            9463 + n,
+            data.display()
+        );
+    }
+    println!(
+        "  try: strata append orders-1 --type OrderPlaced --data '{{\"total\": 42}}' --server {}",
+        addr(2)
+    );
+    println!("       strata cluster status --server {}", addr(1));
+    println!("  stop with Ctrl-C (or SIGTERM)");
+    let mut exited = vec![false; children.len()];
+    loop {
+        tokio::select! {
+            _ = strata_shard::termination_signal() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for (i, child) in children.iter_mut().enumerate() {
+                    if !exited[i] {
+                        if let Ok(Some(exit)) = child.try_wait() {
+                            exited[i] = true;
+                            eprintln!("strata dev: node {} exited ({exit}); the others go on", i + 1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    stop(&mut children);
+    for child in &mut children {
+        let _ = child.wait().await;
+    }
+    eprintln!("strata dev: stopped cleanly");
+    Ok(())
+}

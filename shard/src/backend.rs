@@ -1,0 +1,117 @@
+//! What the services run over: one engine on its own (`strata dev`), or a replica of a
+//! Raft-replicated shard. Appends, read barriers and errors differ; reads do not.
+
+use std::sync::Arc;
+
+use strata_engine::stats::Stats;
+use strata_engine::{AppendRequest, AppendResult, Engine, Reader};
+use strata_proto::v1 as pb;
+use strata_raft::{Replica, ReplicaError};
+use tonic::metadata::MetadataValue;
+use tonic::Status;
+
+use crate::status::{to_status, ERROR_KIND_KEY};
+
+/// Metadata key carrying the leader's client address when a node is not the leader.
+pub const LEADER_KEY: &str = "strata-leader";
+/// Metadata key carrying the leader's node id.
+pub const LEADER_ID_KEY: &str = "strata-leader-id";
+
+/// The storage a node serves.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// One engine, no replication.
+    Single(Arc<Engine>),
+    /// A replica of a Raft-replicated shard.
+    Replicated(Replica),
+}
+
+impl Backend {
+    /// The read side (committed records only). Take a fresh one per request.
+    pub fn reader(&self) -> Reader {
+        match self {
+            Backend::Single(e) => e.reader().clone(),
+            Backend::Replicated(r) => r.shard().reader(),
+        }
+    }
+
+    /// Engine counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        match self {
+            Backend::Single(e) => e.stats().clone(),
+            Backend::Replicated(r) => r.shard().stats(),
+        }
+    }
+
+    /// Appends: through the engine's queue, or through Raft (answered once committed).
+    pub async fn append(&self, request: AppendRequest) -> Result<AppendResult, ReplicaError> {
+        match self {
+            Backend::Single(e) => e.append(request).await.map_err(ReplicaError::Engine),
+            Backend::Replicated(r) => r.append(request).await,
+        }
+    }
+
+    /// Waits until a read at this consistency may be served here.
+    pub async fn read_barrier(&self, consistency: i32) -> Result<(), Status> {
+        let Backend::Replicated(replica) = self else {
+            return Ok(());
+        };
+        match pb::Consistency::try_from(consistency) {
+            Ok(pb::Consistency::Follower) => Ok(()),
+            Ok(pb::Consistency::Linearizable) => {
+                replica.linearizable_barrier().await.map_err(replica_status)
+            }
+            Err(_) => Err(crate::status::invalid(
+                "consistency",
+                format!("unknown consistency {consistency}"),
+            )),
+        }
+    }
+
+    /// Stops it: drains the engine's queue, or stops the Raft node.
+    pub async fn close(&self) {
+        match self {
+            Backend::Single(engine) => {
+                let engine = engine.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || engine.close()).await {
+                    tracing::error!(error = %e, "closing the store failed");
+                }
+            }
+            Backend::Replicated(r) => r.shutdown().await,
+        }
+    }
+}
+
+/// The gRPC status for a replicated operation's error. A node that is not the leader answers
+/// UNAVAILABLE with the leader's client address in `strata-leader` (clients retry there).
+pub fn replica_status(error: ReplicaError) -> Status {
+    match error {
+        ReplicaError::Engine(e) => to_status(e),
+        ReplicaError::NotLeader { leader } => {
+            let mut status = Status::unavailable(
+                ReplicaError::NotLeader {
+                    leader: leader.clone(),
+                }
+                .to_string(),
+            );
+            let md = status.metadata_mut();
+            md.insert(ERROR_KIND_KEY, MetadataValue::from_static("not-leader"));
+            if let Some((id, node)) = leader {
+                if let Ok(v) = node.addr.parse() {
+                    md.insert(LEADER_KEY, v);
+                }
+                if let Ok(v) = id.to_string().parse() {
+                    md.insert(LEADER_ID_KEY, v);
+                }
+            }
+            status
+        }
+        ReplicaError::Unavailable(m) => {
+            let mut status = Status::unavailable(format!("shard unavailable: {m}"));
+            status
+                .metadata_mut()
+                .insert(ERROR_KIND_KEY, MetadataValue::from_static("unavailable"));
+            status
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The `strata.v1.Cluster` service: forming a replicated shard, its status, and membership
+//! changes (learner → caught up → voter; removal). On a node without replication only
+//! `Status` answers (a one-node view); the rest fail with FAILED_PRECONDITION.
+
+use strata_proto::v1 as pb;
+use strata_raft::{Replica, StrataNode};
+use tonic::{Request, Response, Status};
+
+use crate::backend::replica_status;
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct ClusterService {
+    replica: Option<Replica>,
+    /// This node's client address (for the one-node view).
+    addr: String,
+}
+
+impl ClusterService {
+    /// The service of a replica, or of a node without replication (`None`).
+    pub fn new(replica: Option<Replica>, addr: String) -> ClusterService {
+        ClusterService { replica, addr }
+    }
+
+    fn replica(&self) -> Result<&Replica, Status> {
+        self.replica.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node runs without replication (strata dev); start it with `strata node --id N --peer …` to form a cluster",
+            )
+        })
+    }
+
+    fn status(&self) -> pb::ClusterStatus {
+        let Some(replica) = &self.replica else {
+            return pb::ClusterStatus {
+                node_id: 0,
+                leader: 0,
+                has_leader: true,
+                term: 0,
+                nodes: vec![pb::NodeStatus {
+                    id: 0,
+                    addr: self.addr.clone(),
+                    raft_addr: String::new(),
+                    role: "leader".into(),
+                    matched: 0,
+                }],
+                last_log_index: 0,
+                last_applied: 0,
+            };
+        };
+        let s = replica.status();
+        pb::ClusterStatus {
+            node_id: s.node_id,
+            leader: s.leader.unwrap_or(0),
+            has_leader: s.leader.is_some(),
+            term: s.term,
+            nodes: s
+                .members
+                .into_iter()
+                .map(|m| pb::NodeStatus {
+                    id: m.id,
+                    addr: m.node.addr,
+                    raft_addr: m.node.raft_addr,
+                    role: m.role.into(),
+                    matched: m.matched,
+                })
+                .collect(),
+            last_log_index: s.last_log_index,
+            last_applied: s.last_applied,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn init(
+        &self,
+        _request: Request<pb::InitRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.replica()?.init().await.map_err(replica_status)?;
+        Ok(Response::new(self.status()))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        Ok(Response::new(self.status()))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let r = request.into_inner();
+        if r.addr.is_empty() {
+            return Err(crate::status::invalid("addr", "must not be empty"));
+        }
+        let raft_addr = if r.raft_addr.is_empty() {
+            r.addr.clone()
+        } else {
+            r.raft_addr
+        };
+        self.replica()?
+            .add_node(
+                r.id,
+                StrataNode {
+                    addr: r.addr,
+                    raft_addr,
+                },
+            )
+            .await
+            .map_err(replica_status)?;
+        Ok(Response::new(self.status()))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let id = request.into_inner().id;
+        self.replica()?
+            .remove_node(id)
+            .await
+            .map_err(replica_status)?;
+        Ok(Response::new(self.status()))
+    }
+}
