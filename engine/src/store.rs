@@ -209,6 +209,12 @@ impl Finisher {
         self.reader.index.meta(name)
     }
 
+    /// Makes every index write so far durable (the index keeps no write-ahead log of its own:
+    /// the log is the WAL, so index writes are otherwise durable only when RocksDB flushes).
+    pub fn flush_index(&self) -> Result<()> {
+        self.reader.index.flush()
+    }
+
     /// Writes an index batch that holds no records (the Raft state machine's own state).
     pub fn write_meta(&self, batch: IndexBatch) -> Result<()> {
         self.reader.index.write(batch, false)

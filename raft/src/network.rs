@@ -170,15 +170,25 @@ pub struct Network<T> {
     shard_id: u64,
     self_node: StrataNode,
     transport: Arc<T>,
+    /// Raft addresses this node was configured with for its peers; they win over the
+    /// membership's (each node may reach a peer by its own route).
+    routes: HashMap<NodeId, String>,
 }
 
 impl<T: RaftTransport> Network<T> {
-    /// Raft traffic of shard `shard_id`, sent from `self_node`.
-    pub fn new(shard_id: u64, self_node: StrataNode, transport: Arc<T>) -> Network<T> {
+    /// Raft traffic of shard `shard_id`, sent from `self_node`, reaching the peers in `routes`
+    /// at those addresses and any other member at its membership address.
+    pub fn new(
+        shard_id: u64,
+        self_node: StrataNode,
+        transport: Arc<T>,
+        routes: HashMap<NodeId, String>,
+    ) -> Network<T> {
         Network {
             shard_id,
             self_node,
             transport,
+            routes,
         }
     }
 }
@@ -190,7 +200,11 @@ impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for Network<T> {
         Connection {
             shard_id: self.shard_id,
             target,
-            addr: node.raft_addr.clone(),
+            addr: self
+                .routes
+                .get(&target)
+                .cloned()
+                .unwrap_or_else(|| node.raft_addr.clone()),
             self_addr: self.self_node.raft_addr.clone(),
             transport: self.transport.clone(),
         }

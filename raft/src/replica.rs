@@ -151,7 +151,12 @@ impl Replica {
         );
         let node_id = shard.node_id();
         let (log, sm) = shard.split();
-        let network = Network::new(0, node.clone(), transport);
+        let routes = members
+            .iter()
+            .filter(|(id, _)| **id != node_id)
+            .map(|(id, n)| (*id, n.raft_addr.clone()))
+            .collect();
+        let network = Network::new(0, node.clone(), transport, routes);
         let raft = Raft::new(node_id, config, network, log, sm)
             .await
             .map_err(|e| ReplicaError::Unavailable(format!("starting raft: {e}")))?;

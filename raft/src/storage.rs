@@ -325,8 +325,8 @@ impl Shard {
     /// The replicated bytes of applied entries `from..to` (see
     /// [`strata_engine::format::replicated_bytes`]): equal on every replica for the same range.
     pub fn replicated_entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        let state = lock(&self.inner.state);
         let applied = self.applied()?.last.map_or(0, |l| l.index + 1);
+        let state = lock(&self.inner.state);
         let mut out = Vec::new();
         let mut at = from;
         let to = to.min(applied);
@@ -723,11 +723,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let bytes = manifest.encode();
         let mut batch = IndexBatch::default();
         index::set_meta(&mut batch, SNAPSHOT_KEY, bytes.clone());
-        lock(&self.shard.inner.state)
-            .store
-            .finisher()
-            .write_meta(batch)
-            .map_err(sm_error)?;
+        let finisher = lock(&self.shard.inner.state).store.finisher();
+        finisher.write_meta(batch).map_err(sm_error)?;
+        // openraft purges up to a snapshot once it is built: the applied state it covers must
+        // survive a crash from now on (the hard state's purge mark does).
+        finisher.flush_index().map_err(sm_error)?;
         Ok(Snapshot {
             meta: manifest.meta,
             snapshot: Box::new(std::io::Cursor::new(bytes)),
@@ -852,6 +852,7 @@ impl Shard {
                 answer?;
             }
         }
+        finisher.flush_index()?;
         tracing::info!(snapshot = %meta.snapshot_id, generation, "snapshot installed");
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! metrics = "0.0.0.0:9464"            # --metrics ("off" disables)
 //! segment_bytes_max = 268435456       # --segment-bytes-max
 //! queue_depth_max = 4096              # --queue-depth-max
+//! batch_bytes_max = 16777216          # --batch-bytes-max (largest append)
 //! subscription_buffer_records_max = 256    # --subscription-buffer-records-max
 //! subscription_stall_timeout_ms = 10000    # --subscription-stall-timeout-ms
 //!
@@ -53,6 +54,9 @@ pub struct NodeArgs {
     /// Appends that may wait for the writer.
     #[arg(long)]
     queue_depth_max: Option<usize>,
+    /// Largest append (one record) in bytes; segments must hold at least one.
+    #[arg(long)]
+    batch_bytes_max: Option<usize>,
     /// Records buffered per subscription.
     #[arg(long)]
     subscription_buffer_records_max: Option<usize>,
@@ -99,6 +103,7 @@ struct FileConfig {
     metrics: Option<String>,
     segment_bytes_max: Option<u64>,
     queue_depth_max: Option<usize>,
+    batch_bytes_max: Option<usize>,
     subscription_buffer_records_max: Option<usize>,
     subscription_stall_timeout_ms: Option<u64>,
     id: Option<u64>,
@@ -184,6 +189,11 @@ pub fn resolve(args: NodeArgs) -> Result<strata_shard::NodeConfig, Failure> {
     }
     if let Some(v) = args.queue_depth_max.or(file.queue_depth_max) {
         engine.limits.queue_depth_max = v;
+    }
+    if let Some(v) = args.batch_bytes_max.or(file.batch_bytes_max) {
+        engine.limits.batch_bytes_max = v;
+        engine.limits.event_bytes_max = engine.limits.event_bytes_max.min(v);
+        engine.group_bytes_max = engine.group_bytes_max.max(v);
     }
     engine.validate().map_err(|e| bad(e.to_string()))?;
     let mut service = strata_shard::ServiceConfig::default();

@@ -1,0 +1,842 @@
+//! Three-node clusters of real `strata node` processes on loopback: failover under continuous
+//! writers (SIGKILL the leader), restart and catch-up, a wiped follower rejoining through a
+//! snapshot, an isolated leader (fault-injecting TCP proxies on every Raft link), idempotent
+//! retries across a failover, and membership 3 → 4 → 3 under writes. Every test ends by
+//! checking that every acknowledged event is on every replica exactly once and that the
+//! replicas' committed logs are byte-identical.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use strata_proto::v1 as pb;
+use strata_proto::v1::cluster_client::ClusterClient;
+use strata_proto::v1::streams_client::StreamsClient;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+const STRATA: &str = env!("CARGO_BIN_EXE_strata");
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// One `strata node` process.
+struct NodeProc {
+    id: u64,
+    port: u16,
+    raft_port: Option<u16>,
+    data: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.with_extension("log"))
+            .unwrap();
+        let mut cmd = Command::new(STRATA);
+        cmd.args(["node", "--id", &self.id.to_string(), "--data"])
+            .arg(&self.data)
+            .args(["--listen", &addr(self.port), "--metrics", "off"]);
+        if let Some(r) = self.raft_port {
+            cmd.args(["--raft-listen", &addr(r)]);
+        }
+        cmd.args(&self.args)
+            .env("STRATA_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let panics: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.contains("panicked") && !l.contains("core_result"))
+            .copied()
+            .take(3)
+            .collect();
+        format!(
+            "{}\n...\n{}",
+            panics.join("\n"),
+            lines[lines.len().saturating_sub(12)..].join("\n")
+        )
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: BTreeMap<u64, NodeProc>,
+}
+
+/// Settings that make snapshots and segment rolls happen within a test's few thousand events.
+fn small_log_args() -> Vec<String> {
+    [
+        "--segment-bytes-max",
+        "262144",
+        "--batch-bytes-max",
+        "65536",
+        "--snapshot-every-entries",
+        "300",
+        "--keep-entries",
+        "50",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl Cluster {
+    /// `n` nodes; `routes(i, j)` is how node i reaches node j's Raft port (`None`: directly).
+    fn new(n: u64, separate_raft: bool, extra: Vec<String>) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            nodes.insert(
+                id,
+                NodeProc {
+                    id,
+                    port: free_port(),
+                    raft_port: separate_raft.then(free_port),
+                    data: dir.path().join(format!("node-{id}")),
+                    args: extra.clone(),
+                    child: None,
+                },
+            );
+        }
+        Cluster { _dir: dir, nodes }
+    }
+
+    fn peer_args(&mut self, route: impl Fn(u64, u64, &NodeProc) -> String) {
+        let view: Vec<(u64, u16, Option<u16>)> = self
+            .nodes
+            .values()
+            .map(|n| (n.id, n.port, n.raft_port))
+            .collect();
+        for node in self.nodes.values_mut() {
+            for (j, port, raft_port) in &view {
+                if *j == node.id {
+                    continue;
+                }
+                let probe = NodeProc {
+                    id: *j,
+                    port: *port,
+                    raft_port: *raft_port,
+                    data: PathBuf::new(),
+                    args: Vec::new(),
+                    child: None,
+                };
+                let raft = route(node.id, *j, &probe);
+                node.args
+                    .extend(["--peer".to_string(), format!("{j}={},{raft}", addr(*port))]);
+            }
+        }
+    }
+
+    async fn start_all(&mut self) {
+        for n in self.nodes.values_mut() {
+            n.start();
+        }
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            self.wait_up(id).await;
+        }
+        let first = self.addr(1);
+        let out = Command::new(STRATA)
+            .args(["cluster", "init", "--server", &first])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    async fn wait_up(&self, id: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status(&self.addr(id)).await.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not come up:\n{}",
+                self.nodes[&id].log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn addr(&self, id: u64) -> String {
+        addr(self.nodes[&id].port)
+    }
+
+    fn live(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The leader every live node agrees on (waits up to `within`).
+    async fn leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut seen = Vec::new();
+            for id in self.live() {
+                // Nodes not (yet) in the membership have no say.
+                if let Some(s) = status(&self.addr(id))
+                    .await
+                    .filter(|s| s.nodes.iter().any(|n| n.id == s.node_id))
+                {
+                    seen.push(s.has_leader.then_some(s.leader));
+                }
+            }
+            if let Some(Some(l)) = seen.first() {
+                if seen.iter().all(|s| *s == Some(*l)) && self.live().contains(l) {
+                    return *l;
+                }
+            }
+            if Instant::now() > deadline {
+                for n in self.nodes.values() {
+                    eprintln!("--- node {} ---\n{}", n.id, n.log_tail());
+                }
+                panic!("no agreed leader: {seen:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every live node has applied as far as the leader.
+    async fn converge(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = self.leader(Duration::from_secs(10)).await;
+            let target = status(&self.addr(leader)).await.map(|s| s.last_applied);
+            let mut applied = Vec::new();
+            for id in self.live() {
+                applied.push(status(&self.addr(id)).await.map(|s| s.last_applied));
+            }
+            if target.is_some() && applied.iter().all(|a| *a == target) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge: leader {target:?}, all {applied:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn channel(addr: &str) -> Option<Channel> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .ok()
+}
+
+async fn status(addr: &str) -> Option<pb::ClusterStatus> {
+    let ch = channel(addr).await?;
+    ClusterClient::new(ch)
+        .status(pb::StatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+fn event(id: u128, data: &str) -> pb::NewEvent {
+    pb::NewEvent {
+        id: uuid::Uuid::from_u128(id).to_string(),
+        r#type: "T".into(),
+        data: data.as_bytes().to_vec(),
+        metadata: Vec::new(),
+    }
+}
+
+fn append_request(stream: &str, id: u128) -> pb::AppendRequest {
+    pb::AppendRequest {
+        stream: stream.into(),
+        expected: None,
+        events: vec![event(id, &format!("{{\"n\":{id}}}"))],
+    }
+}
+
+/// What the writers got acknowledged: stream → event ids in ack order.
+type Acked = Arc<Mutex<BTreeMap<String, Vec<u128>>>>;
+
+#[derive(Default)]
+struct WriterReport {
+    acks: u64,
+    /// Calls that did not return Ok (retried with the same id).
+    errors: u64,
+    /// When each ack came.
+    ack_times: Vec<Instant>,
+}
+
+/// Appends to `stream` until `stop`, one event at a time, each retried with the same id at
+/// whichever node answers until it is acknowledged.
+async fn writer(
+    addrs: Vec<String>,
+    stream: String,
+    base: u128,
+    acked: Acked,
+    stop: Arc<AtomicBool>,
+) -> WriterReport {
+    let mut report = WriterReport::default();
+    let mut at = 0usize;
+    let mut n = 0u128;
+    while !stop.load(Ordering::Relaxed) {
+        let id = base + n;
+        n += 1;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "append {id} never acknowledged");
+            let target = addrs[at % addrs.len()].clone();
+            let result = match channel(&target).await {
+                Some(ch) => StreamsClient::new(ch)
+                    .append(append_request(&stream, id))
+                    .await
+                    .map(|r| r.into_inner()),
+                None => Err(tonic::Status::unavailable("connect failed")),
+            };
+            match result {
+                Ok(r) => {
+                    assert_eq!(r.streams[0].first_version, r.streams[0].last_version);
+                    let mut a = acked.lock().unwrap();
+                    let list = a.entry(stream.clone()).or_default();
+                    assert_eq!(
+                        r.streams[0].first_version as usize,
+                        list.len(),
+                        "event {id} acknowledged at version {} but {} came before it",
+                        r.streams[0].first_version,
+                        list.len()
+                    );
+                    list.push(id);
+                    report.acks += 1;
+                    report.ack_times.push(Instant::now());
+                    break;
+                }
+                Err(status) => {
+                    report.errors += 1;
+                    let leader = status
+                        .metadata()
+                        .get("strata-leader")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    match leader.and_then(|l| addrs.iter().position(|a| *a == l)) {
+                        Some(i) => at = i,
+                        None => {
+                            at += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    report
+}
+
+/// Every acknowledged event is on every live replica exactly once, in order, nothing else.
+async fn check_replicas(cluster: &Cluster, acked: &BTreeMap<String, Vec<u128>>) {
+    cluster.converge().await;
+    for id in cluster.live() {
+        let ch = channel(&cluster.addr(id)).await.unwrap();
+        let mut client = StreamsClient::new(ch);
+        for (stream, ids) in acked {
+            let mut got = Vec::new();
+            let mut from = 0;
+            loop {
+                let events = client
+                    .read(pb::ReadRequest {
+                        stream: stream.clone(),
+                        from_version: Some(from),
+                        direction: 0,
+                        limit: 4096,
+                        consistency: pb::Consistency::Follower as i32,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .events;
+                if events.is_empty() {
+                    break;
+                }
+                for e in &events {
+                    assert_eq!(e.version, got.len() as u64, "gap in {stream} on node {id}");
+                    got.push(uuid::Uuid::parse_str(&e.id).unwrap().as_u128());
+                }
+                from = got.len() as u64;
+            }
+            assert_eq!(
+                &got, ids,
+                "node {id}: stream {stream} differs from what was acknowledged"
+            );
+        }
+    }
+}
+
+/// Stops every node and compares their committed logs record by record (all but the header's
+/// local fields).
+fn check_logs_identical(cluster: &mut Cluster) {
+    for n in cluster.nodes.values_mut() {
+        n.stop();
+    }
+    // (node, [(raft index, replicated bytes)])
+    type Log = Vec<(u64, Vec<u8>)>;
+    let mut logs: Vec<(u64, Log)> = Vec::new();
+    for n in cluster.nodes.values() {
+        if !n.data.exists() {
+            continue;
+        }
+        let shard = strata_raft::Shard::open(strata_raft::ShardOptions {
+            node_id: n.id,
+            dir: n.data.clone(),
+            engine: engine_config(&n.args),
+            fs: Arc::new(strata_engine::fs::StdFs),
+            clock: Arc::new(strata_engine::clock::MonotonicClock::default()),
+            open_index: Arc::new(|p| {
+                Ok(Box::new(strata_engine::index_store::RocksIndexStore::open(
+                    p,
+                )?))
+            }),
+        })
+        .unwrap();
+        logs.push((n.id, shard.replicated_entries(0, u64::MAX).unwrap()));
+    }
+    let (first_id, first) = &logs[0];
+    assert!(
+        first.len() > 10,
+        "the logs hold only {} entries",
+        first.len()
+    );
+    for (id, log) in &logs[1..] {
+        assert_eq!(
+            log.len(),
+            first.len(),
+            "node {id} has {} committed entries, node {first_id} {}",
+            log.len(),
+            first.len()
+        );
+        for ((s1, b1), (s2, b2)) in first.iter().zip(log) {
+            assert_eq!(s1, s2);
+            assert!(
+                b1 == b2,
+                "entry {s1} differs between node {first_id} and node {id}"
+            );
+        }
+    }
+}
+
+fn engine_config(args: &[String]) -> strata_engine::EngineConfig {
+    let mut config = strata_engine::EngineConfig::default();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    if let Some(v) = value("--segment-bytes-max") {
+        config.segment_bytes_max = v;
+    }
+    if let Some(v) = value("--batch-bytes-max") {
+        config.limits.batch_bytes_max = v as usize;
+        config.limits.event_bytes_max = config.limits.event_bytes_max.min(v as usize);
+    }
+    config
+}
+
+fn spawn_writers(
+    cluster: &Cluster,
+    count: usize,
+    acked: &Acked,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<WriterReport>> {
+    let addrs: Vec<String> = cluster.nodes.keys().map(|id| cluster.addr(*id)).collect();
+    (0..count)
+        .map(|w| {
+            tokio::spawn(writer(
+                addrs.clone(),
+                format!("w-{w}"),
+                (w as u128 + 1) << 64,
+                acked.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect()
+}
+
+async fn join(writers: Vec<tokio::task::JoinHandle<WriterReport>>) -> Vec<WriterReport> {
+    let mut out = Vec::new();
+    for w in writers {
+        out.push(w.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_restart_and_snapshot_rejoin_lose_nothing() {
+    let mut cluster = Cluster::new(3, false, small_log_args());
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    cluster.start_all().await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&cluster, 4, &acked, &stop);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // An append whose acknowledgement will be "lost" in the failover.
+    let ch = channel(&cluster.addr(leader)).await.unwrap();
+    let retry_id = 7u128 << 100;
+    let original = StreamsClient::new(ch)
+        .append(append_request("retried", retry_id))
+        .await
+        .unwrap()
+        .into_inner();
+    acked
+        .lock()
+        .unwrap()
+        .insert("retried".into(), vec![retry_id]);
+
+    // SIGKILL the leader; a new one must be elected within 3 s.
+    let before = status(&cluster.addr(leader)).await.unwrap();
+    let killed_at = Instant::now();
+    cluster.nodes.get_mut(&leader).unwrap().kill();
+    let new_leader = cluster.leader(Duration::from_secs(10)).await;
+    let elected_after = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    assert!(
+        elected_after <= Duration::from_secs(3),
+        "new leader after {elected_after:?}"
+    );
+    let after = status(&cluster.addr(new_leader)).await.unwrap();
+    assert!(after.term > before.term);
+
+    // The retry at the new leader answers with the original result.
+    let ch = channel(&cluster.addr(new_leader)).await.unwrap();
+    let retried = StreamsClient::new(ch)
+        .append(append_request("retried", retry_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retried.deduplicated);
+    assert_eq!(retried.position, original.position);
+    assert_eq!(retried.streams, original.streams);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Restart the killed node: it catches up.
+    cluster.nodes.get_mut(&leader).unwrap().start();
+    cluster.wait_up(leader).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Wipe a follower's data directory and restart it: it rejoins through a snapshot.
+    let current = cluster.leader(Duration::from_secs(10)).await;
+    let wiped = *cluster.nodes.keys().find(|id| **id != current).unwrap();
+    {
+        let node = cluster.nodes.get_mut(&wiped).unwrap();
+        node.kill();
+        std::fs::remove_dir_all(&node.data).unwrap();
+        node.start();
+    }
+    cluster.wait_up(wiped).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let reports = join(writers).await;
+    let first_ack_after_kill = reports
+        .iter()
+        .flat_map(|r| r.ack_times.iter())
+        .filter(|t| **t > killed_at)
+        .min()
+        .map(|t| t.duration_since(killed_at));
+    eprintln!(
+        "acks {}, errors {}, elected after {elected_after:?}, first write after kill {first_ack_after_kill:?}",
+        reports.iter().map(|r| r.acks).sum::<u64>(),
+        reports.iter().map(|r| r.errors).sum::<u64>()
+    );
+    let acked = acked.lock().unwrap().clone();
+    check_replicas(&cluster, &acked).await;
+    let wiped_dir = cluster.nodes[&wiped].data.clone();
+    assert!(
+        wiped_dir.join("gen-1").exists(),
+        "the wiped node did not install a snapshot:\n{}",
+        cluster.nodes[&wiped].log_tail()
+    );
+    check_logs_identical(&mut cluster);
+}
+
+/// A TCP proxy that can cut its link: new connections are refused and open ones dropped.
+struct Proxy {
+    port: u16,
+    blocked: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (blocked, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut rx = rx.clone();
+                if *rx.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(addr(target)).await else {
+                        return;
+                    };
+                    let (mut a, mut b) = (inbound, outbound);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
+                        _ = rx.wait_for(|b| *b) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, blocked }
+    }
+
+    fn block(&self, on: bool) {
+        self.blocked.send_replace(on);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
+    let mut extra = small_log_args();
+    extra.extend(["--append-timeout-ms".to_string(), "1500".to_string()]);
+    let mut cluster = Cluster::new(3, true, extra);
+    // One proxy per directed Raft link i → j.
+    let mut proxies: HashMap<(u64, u64), Proxy> = HashMap::new();
+    for i in 1..=3u64 {
+        for j in 1..=3u64 {
+            if i != j {
+                let target = cluster.nodes[&j].raft_port.unwrap();
+                proxies.insert((i, j), Proxy::start(target).await);
+            }
+        }
+    }
+    let routes: HashMap<(u64, u64), u16> = proxies.iter().map(|(k, p)| (*k, p.port)).collect();
+    cluster.peer_args(|i, j, _| addr(routes[&(i, j)]));
+    cluster.start_all().await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&cluster, 3, &acked, &stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Cut every Raft link to and from the leader; clients still reach it directly.
+    for ((i, j), p) in &proxies {
+        if *i == leader || *j == leader {
+            p.block(true);
+        }
+    }
+    let ch = channel(&cluster.addr(leader)).await.unwrap();
+    let mut old = StreamsClient::new(ch);
+    let lost_id = 9u128 << 100;
+    let write = old.append(append_request("isolated", lost_id)).await;
+    assert!(
+        write.is_err(),
+        "the isolated leader acknowledged a write: {write:?}"
+    );
+    let read = old
+        .read(pb::ReadRequest {
+            stream: "w-0".into(),
+            from_version: None,
+            direction: 0,
+            limit: 10,
+            consistency: pb::Consistency::Linearizable as i32,
+        })
+        .await;
+    assert!(
+        read.is_err(),
+        "the isolated leader served a linearizable read"
+    );
+    // The majority elects a leader of its own and goes on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let majority: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let new_leader = loop {
+        let s = status(&cluster.addr(majority[0])).await;
+        if let Some(s) = s.filter(|s| s.has_leader && s.leader != leader) {
+            break s.leader;
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let count_before = acked.lock().unwrap().values().map(Vec::len).sum::<usize>();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let count_after = acked.lock().unwrap().values().map(Vec::len).sum::<usize>();
+    assert!(
+        count_after > count_before,
+        "no writes acknowledged by the majority (leader {new_leader})"
+    );
+    // Heal.
+    for p in proxies.values() {
+        p.block(false);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    join(writers).await;
+    let acked = acked.lock().unwrap().clone();
+    check_replicas(&cluster, &acked).await;
+    // The write the isolated leader took was never committed: it is gone everywhere.
+    for id in cluster.live() {
+        let ch = channel(&cluster.addr(id)).await.unwrap();
+        let events = StreamsClient::new(ch)
+            .read(pb::ReadRequest {
+                stream: "isolated".into(),
+                from_version: None,
+                direction: 0,
+                limit: 10,
+                consistency: pb::Consistency::Follower as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        assert!(events.is_empty(), "node {id} kept an uncommitted write");
+    }
+    check_logs_identical(&mut cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_grows_and_shrinks_under_writes_without_a_failed_operation() {
+    let mut cluster = Cluster::new(4, false, small_log_args());
+    // Nodes 1–3 form the cluster; node 4 knows them but is not a member yet.
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    for id in 1..=3 {
+        let args = &mut cluster.nodes.get_mut(&id).unwrap().args;
+        let at = args.iter().position(|a| a.starts_with("4=")).unwrap();
+        args.drain(at - 1..=at);
+    }
+    for id in 1..=3 {
+        cluster.nodes.get_mut(&id).unwrap().start();
+    }
+    for id in 1..=3 {
+        cluster.wait_up(id).await;
+    }
+    let out = Command::new(STRATA)
+        .args(["cluster", "init", "--server", &cluster.addr(1)])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    cluster.nodes.get_mut(&4).unwrap().start();
+    cluster.wait_up(4).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let addrs = vec![cluster.addr(leader)];
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            tokio::spawn(writer(
+                addrs.clone(),
+                format!("m-{w}"),
+                (w as u128 + 1) << 64,
+                acked.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let run = |args: &[&str]| {
+        let out = Command::new(STRATA).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let leader_addr = cluster.addr(leader);
+    let grown = run(&[
+        "cluster",
+        "add-node",
+        "--id",
+        "4",
+        "--addr",
+        &cluster.addr(4),
+        "--server",
+        &leader_addr,
+    ]);
+    let voters = |s: &serde_json::Value| {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["role"] != "learner")
+            .count()
+    };
+    assert_eq!(voters(&grown), 4, "{grown}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let shrunk = run(&[
+        "cluster",
+        "remove-node",
+        "--id",
+        "4",
+        "--server",
+        &leader_addr,
+    ]);
+    assert_eq!(shrunk["nodes"].as_array().unwrap().len(), 3, "{shrunk}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let reports = join(writers).await;
+    let errors: u64 = reports.iter().map(|r| r.errors).sum();
+    let acks: u64 = reports.iter().map(|r| r.acks).sum();
+    assert!(acks > 0);
+    assert_eq!(errors, 0, "operations failed during membership changes");
+    let status_json = run(&["cluster", "status", "--json", "--server", &leader_addr]);
+    assert_eq!(status_json["leader"], leader);
+    cluster.nodes.get_mut(&4).unwrap().stop();
+    let acked = acked.lock().unwrap().clone();
+    check_replicas(&cluster, &acked).await;
+    cluster.nodes.remove(&4);
+    check_logs_identical(&mut cluster);
+}
