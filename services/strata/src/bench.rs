@@ -29,6 +29,10 @@ pub struct BenchAppendArgs {
     /// Streams to spread the appends over (default: one per client).
     #[arg(long)]
     streams: Option<usize>,
+    /// Total appends per second to offer (paced evenly over the clients); default: as fast as
+    /// acknowledgements come back.
+    #[arg(long)]
+    rate: Option<f64>,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -82,17 +86,33 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
     let data = Arc::new(vec![0x5au8; args.event_bytes]);
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let run = uuid::Uuid::new_v4().as_u128();
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(Failure {
+            message: "--rate must be a positive number of appends per second".into(),
+            exit_code: 2,
+        });
+    }
+    // Each client sends one append per `period`, offset so the load is even.
+    let period = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.clients as f64 / r));
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.clients)
         .map(|c| {
             let mut client: StreamsClient<_> = channels[c % channels.len()].clone();
             let data = data.clone();
             let batch = args.batch;
+            let clients = args.clients as u32;
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
                 let stream = format!("bench-{:x}-{}", run as u32, c % streams);
+                let mut next = period.map(|p| started + p * c as u32 / clients);
                 while Instant::now() < deadline {
+                    if let (Some(at), Some(p)) = (next.as_mut(), period) {
+                        tokio::time::sleep_until((*at).into()).await;
+                        *at += p;
+                    }
                     let events = (0..batch)
                         .map(|_| pb::NewEvent {
                             id: String::new(),
@@ -151,6 +171,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "p999_ms": pct(0.999),
+        "offered_rate": args.rate,
     });
     eprintln!(
         "strata    clients={} events_per_append={} event_bytes={}  events/s={:.0}  MiB/s={:.1}  append p50={:.2}ms p99={:.2}ms p99.9={:.2}ms  errors={}",
