@@ -848,29 +848,47 @@ impl Store {
         request: AppendRequest,
         first_versions: Vec<u64>,
         group: &mut Group<T>,
+        leader: (u64, u64),
+    ) {
+        self.encode_many(vec![(tag, request, first_versions)], group, leader)
+    }
+
+    /// Encodes planned requests (on distinct streams) as ONE record of the group: they share
+    /// its position and commit together. The record's timestamp is the latest request's.
+    fn encode_many<T>(
+        &self,
+        items: Vec<(T, AppendRequest, Vec<u64>)>,
+        group: &mut Group<T>,
         (term, leader): (u64, u64),
     ) {
         let position = self.log.next_position() + group.buf.len() as u64;
         let seq = self.log.next_seq() + group.records;
         let synced_end = self.synced_end.load(Ordering::Acquire);
+        let timestamp_us = items
+            .iter()
+            .map(|(_, r, _)| r.timestamp_us)
+            .max()
+            .unwrap_or(0);
         let mut fields = Vec::new();
-        for (part, first) in request.streams.iter().zip(&first_versions) {
-            for (k, e) in part.events.iter().enumerate() {
-                fields.push(EventFields {
-                    stream: &part.stream,
-                    version: first + k as u64,
-                    id: e.id,
-                    event_type: &e.event_type,
-                    data: &e.data,
-                    metadata: &e.metadata,
-                });
+        for (_, request, first_versions) in &items {
+            for (part, first) in request.streams.iter().zip(first_versions) {
+                for (k, e) in part.events.iter().enumerate() {
+                    fields.push(EventFields {
+                        stream: &part.stream,
+                        version: first + k as u64,
+                        id: e.id,
+                        event_type: &e.event_type,
+                        data: &e.data,
+                        metadata: &e.metadata,
+                    });
+                }
             }
         }
         let header = RecordHeader {
             position,
             seq,
             synced_end,
-            timestamp_us: request.timestamp_us,
+            timestamp_us,
             term,
             leader,
         };
@@ -885,45 +903,20 @@ impl Store {
                 slot: *slot,
             })
             .collect();
-        index::add_record(
-            &mut group.batch,
-            position,
-            seq,
-            request.timestamp_us,
-            &indexed,
-        );
+        index::add_record(&mut group.batch, position, seq, timestamp_us, &indexed);
         group.records += 1;
         group.events += fields.len() as u64;
-        let mut streams = Vec::with_capacity(request.streams.len());
-        for (part, first) in request.streams.into_iter().zip(first_versions) {
-            let last = first + part.events.len() as u64 - 1;
-            group.effects.heads.insert(part.stream.clone(), last);
-            for (k, event) in part.events.into_iter().enumerate() {
-                let version = first + k as u64;
-                group.effects.ids.insert(
-                    event.id,
-                    PendingEvent {
-                        position,
-                        stream: part.stream.clone(),
-                        version,
-                        event,
-                    },
-                );
-            }
-            streams.push(StreamAppendResult {
-                stream: part.stream,
-                first_version: first,
-                last_version: last,
-            });
+        for (tag, request, first_versions) in items {
+            let streams = note_effects(&mut group.effects, position, request, &first_versions);
+            group.answers.push((
+                tag,
+                AppendResult {
+                    position,
+                    streams,
+                    deduplicated: false,
+                },
+            ));
         }
-        group.answers.push((
-            tag,
-            AppendResult {
-                position,
-                streams,
-                deduplicated: false,
-            },
-        ));
     }
 
     /// Removes every record at or after `position` (a record position), from the log and the
@@ -1014,6 +1007,38 @@ impl Store {
         self.heads.clear();
         Ok(dropped)
     }
+}
+
+/// Records what a planned request changes (stream heads, event ids at `position`) in
+/// `effects`, so later decisions see it; returns its per-stream result.
+fn note_effects(
+    effects: &mut Effects,
+    position: Position,
+    request: AppendRequest,
+    first_versions: &[u64],
+) -> Vec<StreamAppendResult> {
+    let mut streams = Vec::with_capacity(request.streams.len());
+    for (part, first) in request.streams.into_iter().zip(first_versions) {
+        let last = first + part.events.len() as u64 - 1;
+        effects.heads.insert(part.stream.clone(), last);
+        for (k, event) in part.events.into_iter().enumerate() {
+            effects.ids.insert(
+                event.id,
+                PendingEvent {
+                    position,
+                    stream: part.stream.clone(),
+                    version: first + k as u64,
+                    event,
+                },
+            );
+        }
+        streams.push(StreamAppendResult {
+            stream: part.stream,
+            first_version: *first,
+            last_version: last,
+        });
+    }
+    streams
 }
 
 impl Drop for Store {

@@ -1,7 +1,13 @@
 //! The Raft state that is not in the log: the vote, the committed log id and how far the log
-//! is purged. Kept in one small file with two slots written alternately, each with a counter
-//! and a CRC, so a torn write leaves the other slot intact; every save is fdatasync'ed before
-//! it returns (openraft may then act on it).
+//! is purged. Kept in a small file with two slots written alternately, each with a counter and
+//! a CRC, so a torn write leaves the other slot intact.
+//!
+//! Two such files: `raft-state` (vote and purge mark) is fdatasync'ed on every save before it
+//! returns — losing a vote could elect two leaders in one term. `raft-committed` (the committed
+//! log id) is written on every commit but not synced: it only tells a restarting node how far
+//! it may re-apply before hearing from the leader, so losing it to a power cut costs nothing but
+//! that head start, and never syncing it keeps an fdatasync off every commit. (An unsynced save
+//! may only ever overwrite other unsynced saves, which is why the two live in separate files.)
 //!
 //! ```text
 //! slot (4 KiB) = { magic: u64 = "STRRAFT1" | counter: u64 | len: u32 | crc: u32 | json }
@@ -38,11 +44,12 @@ pub struct HardStateFile {
     file: Arc<dyn FileHandle>,
     counter: u64,
     state: HardState,
+    durable: bool,
 }
 
 impl HardStateFile {
-    /// Opens (or creates) the file at `path`.
-    pub fn open(fs: &dyn FileSystem, path: &Path) -> Result<HardStateFile> {
+    /// Opens (or creates) the file at `path`; with `durable`, every save is fdatasync'ed.
+    pub fn open(fs: &dyn FileSystem, path: &Path, durable: bool) -> Result<HardStateFile> {
         let io = |what: &str| {
             let what = format!("{what} {}", path.display());
             move |e| Error::io(what, e)
@@ -83,6 +90,7 @@ impl HardStateFile {
             file,
             counter,
             state,
+            durable,
         })
     }
 
@@ -91,7 +99,7 @@ impl HardStateFile {
         &self.state
     }
 
-    /// Durably replaces the values.
+    /// Replaces the values (durably when the file is durable).
     pub fn save(&mut self, state: HardState) -> Result<()> {
         if state == self.state {
             return Ok(());
@@ -114,7 +122,13 @@ impl HardStateFile {
         let at = (counter % 2) * SLOT_BYTES as u64;
         self.file
             .write_all_at(&buf, at)
-            .and_then(|()| self.file.sync_data())
+            .and_then(|()| {
+                if self.durable {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|e| Error::io("saving the Raft hard state", e))?;
         self.counter = counter;
         self.state = state;
@@ -148,7 +162,7 @@ mod tests {
     fn survives_reopen_and_a_torn_slot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft").join("state");
-        let mut f = HardStateFile::open(&StdFs, &path).unwrap();
+        let mut f = HardStateFile::open(&StdFs, &path, true).unwrap();
         assert_eq!(f.get(), &HardState::default());
         let one = HardState {
             vote: Some(openraft::Vote::new(3, 1)),
@@ -161,11 +175,17 @@ mod tests {
         };
         f.save(two.clone()).unwrap();
         drop(f);
-        assert_eq!(HardStateFile::open(&StdFs, &path).unwrap().get(), &two);
+        assert_eq!(
+            HardStateFile::open(&StdFs, &path, true).unwrap().get(),
+            &two
+        );
         // Tear the newer slot (counter 2 lives in slot 0): the older one wins.
         let raw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         use std::os::unix::fs::FileExt;
         raw.write_all_at(b"garbage", 30).unwrap();
-        assert_eq!(HardStateFile::open(&StdFs, &path).unwrap().get(), &one);
+        assert_eq!(
+            HardStateFile::open(&StdFs, &path, true).unwrap().get(),
+            &one
+        );
     }
 }

@@ -2,18 +2,39 @@
 //! the operations the server needs — append through Raft, linearizable-read barriers, cluster
 //! formation and safe membership changes, and a status view.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
-use strata_engine::{AppendRequest, AppendResult, Error};
+use strata_engine::format::{FRAME_BYTES, HEADER_BYTES};
+use strata_engine::validate::Validated;
+use strata_engine::{AppendRequest, AppendResult, Error, Limits};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::network::{Network, RaftTransport, ServedShard};
 use crate::storage::Shard;
 use crate::types::{NodeId, Raft, StrataNode};
-use crate::wire::Command;
+use crate::wire::{Command, Reply};
+
+/// Most appends one Raft entry carries.
+pub const BATCH_APPENDS_MAX: usize = 256;
+/// Entries of appends proposed and not yet answered at once. While they are out, new appends
+/// queue and then go together in one entry: the group commit of the replicated path.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// Appends waiting to be proposed; past it callers wait (within their append timeout).
+pub const APPEND_QUEUE_MAX: usize = 4096;
+/// Bytes of a record besides its events.
+const RECORD_OVERHEAD: usize = FRAME_BYTES + HEADER_BYTES + 4;
+
+/// An append waiting to be proposed.
+struct Proposal {
+    request: AppendRequest,
+    /// Its events' encoded bytes.
+    bytes: usize,
+    reply: oneshot::Sender<Result<AppendResult, ReplicaError>>,
+}
 
 /// Raft timing and housekeeping.
 #[derive(Debug, Clone)]
@@ -65,6 +86,109 @@ pub enum ReplicaError {
     Unavailable(String),
 }
 
+fn leader_of(raft: &Raft) -> Option<(NodeId, StrataNode)> {
+    let metrics = raft.metrics().borrow().clone();
+    let id = metrics.current_leader?;
+    let node = metrics
+        .membership_config
+        .membership()
+        .get_node(&id)?
+        .clone();
+    Some((id, node))
+}
+
+fn not_leader(
+    raft: &Raft,
+    me: NodeId,
+    hinted: Option<(NodeId, Option<StrataNode>)>,
+) -> ReplicaError {
+    let leader = match hinted {
+        Some((id, Some(node))) => Some((id, node)),
+        _ => leader_of(raft).filter(|(id, _)| *id != me),
+    };
+    ReplicaError::NotLeader { leader }
+}
+
+/// Proposes queued appends: while [`BATCHES_IN_FLIGHT_MAX`] entries are out, appends queue; the
+/// next entry takes as many as are waiting (on distinct streams, within `bytes_max` and
+/// [`BATCH_APPENDS_MAX`]).
+async fn propose(raft: Raft, me: NodeId, mut queue: mpsc::Receiver<Proposal>, bytes_max: usize) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    let mut carried: Option<Proposal> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match queue.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut streams: HashSet<String> = first
+            .request
+            .streams
+            .iter()
+            .map(|s| s.stream.clone())
+            .collect();
+        let mut bytes = RECORD_OVERHEAD + first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < BATCH_APPENDS_MAX {
+            let Ok(next) = queue.try_recv() else { break };
+            let disjoint = next
+                .request
+                .streams
+                .iter()
+                .all(|s| !streams.contains(&s.stream));
+            if !disjoint || bytes + next.bytes > bytes_max {
+                carried = Some(next);
+                break;
+            }
+            streams.extend(next.request.streams.iter().map(|s| s.stream.clone()));
+            bytes += next.bytes;
+            batch.push(next);
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let (requests, replies): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|p| (p.request.into(), p.reply))
+                .unzip();
+            let count = replies.len();
+            let outcomes: Vec<Result<AppendResult, ReplicaError>> =
+                match raft.client_write(Command::Append(requests)).await {
+                    Ok(response) => match response.data {
+                        Reply::Outcomes(o) if o.len() == count => o
+                            .into_iter()
+                            .map(|o| o.into_result().map_err(ReplicaError::Engine))
+                            .collect(),
+                        _ => (0..count)
+                            .map(|_| {
+                                Err(ReplicaError::Unavailable(
+                                    "the entry committed without outcomes".into(),
+                                ))
+                            })
+                            .collect(),
+                    },
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        let hinted = f.leader_id.map(|id| (id, f.leader_node));
+                        (0..count)
+                            .map(|_| Err(not_leader(&raft, me, hinted.clone())))
+                            .collect()
+                    }
+                    Err(e) => (0..count)
+                        .map(|_| Err(ReplicaError::Unavailable(e.to_string())))
+                        .collect(),
+                };
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        });
+    }
+}
+
 fn leader_hint(leader: &Option<(NodeId, StrataNode)>) -> String {
     match leader {
         Some((id, node)) => format!("; the leader is node {id} at {}", node.addr),
@@ -111,6 +235,8 @@ pub struct Replica {
     node: StrataNode,
     members: BTreeMap<NodeId, StrataNode>,
     settings: RaftSettings,
+    limits: Limits,
+    proposals: mpsc::Sender<Proposal>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -150,6 +276,7 @@ impl Replica {
                 .map_err(|e| ReplicaError::Unavailable(format!("raft settings: {e}")))?,
         );
         let node_id = shard.node_id();
+        let limits = shard.options().engine.limits.clone();
         let (log, sm) = shard.split();
         let routes = members
             .iter()
@@ -160,6 +287,13 @@ impl Replica {
         let raft = Raft::new(node_id, config, network, log, sm)
             .await
             .map_err(|e| ReplicaError::Unavailable(format!("starting raft: {e}")))?;
+        let (proposals, queue) = mpsc::channel(APPEND_QUEUE_MAX);
+        tokio::spawn(propose(
+            raft.clone(),
+            node_id,
+            queue,
+            limits.batch_bytes_max,
+        ));
         Ok(Replica {
             raft,
             shard,
@@ -167,6 +301,8 @@ impl Replica {
             node,
             members,
             settings,
+            limits,
+            proposals,
         })
     }
 
@@ -225,25 +361,32 @@ impl Replica {
 
     /// Appends through Raft: answered once committed (on a majority, each after fdatasync) and
     /// applied here. The expected-version check and retry detection happen when the leader
-    /// writes the entry, against its whole log before it.
+    /// writes the entry, against its whole log before it. Concurrent appends on distinct
+    /// streams share an entry (see [`BATCHES_IN_FLIGHT_MAX`]).
     pub async fn append(&self, request: AppendRequest) -> Result<AppendResult, ReplicaError> {
-        let write = self.raft.client_write(Command::Append(request.into()));
-        match tokio::time::timeout(self.settings.append_timeout, write).await {
+        let validated = Validated::new(request, &self.limits)?;
+        let bytes = validated.bytes().saturating_sub(RECORD_OVERHEAD);
+        let (reply, answer) = oneshot::channel();
+        let proposal = Proposal {
+            request: validated.into_request(),
+            bytes,
+            reply,
+        };
+        let wait = async {
+            self.proposals
+                .send(proposal)
+                .await
+                .map_err(|_| ReplicaError::Unavailable("the node is stopping".into()))?;
+            answer
+                .await
+                .map_err(|_| ReplicaError::Unavailable("the node is stopping".into()))?
+        };
+        match tokio::time::timeout(self.settings.append_timeout, wait).await {
+            Ok(result) => result,
             Err(_) => Err(ReplicaError::Unavailable(format!(
                 "the append did not commit within {:?}; it may still commit, so retry it with the same event ids",
                 self.settings.append_timeout
             ))),
-            Ok(Ok(response)) => match response.data.into_result() {
-                Some(Ok(result)) => Ok(result),
-                Some(Err(e)) => Err(ReplicaError::Engine(e)),
-                None => Err(ReplicaError::Unavailable(
-                    "the entry committed without an outcome".into(),
-                )),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(self.not_leader(f.leader_id.map(|id| (id, f.leader_node))))
-            }
-            Ok(Err(e)) => Err(ReplicaError::Unavailable(e.to_string())),
         }
     }
 

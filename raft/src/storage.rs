@@ -9,7 +9,8 @@
 //!   and subscriptions see them.
 //! - `truncate` removes uncommitted records; `purge` only moves the purge mark: the log is the
 //!   data and is never deleted by Raft.
-//! - vote, committed log id and purge mark live in [`crate::hard_state`], synced on every save.
+//! - vote and purge mark live in [`crate::hard_state`] files, synced on every save; the
+//!   committed log id in another, written on every commit but not synced.
 //! - a snapshot is a manifest of log byte ranges (see [`crate::snapshot`]).
 
 use std::collections::VecDeque;
@@ -40,7 +41,7 @@ use strata_engine::{
 use crate::hard_state::{HardState, HardStateFile};
 use crate::snapshot::{self, Manifest};
 use crate::types::{Entry, LogId, NodeId, StorageError, StoredMembership, TypeConfig};
-use crate::wire::{Command, Reply};
+use crate::wire::{Command, Outcome, Reply};
 
 /// Most bytes of entries one `limited_get_log_entries` returns (one AppendEntries message).
 pub const ENTRIES_BYTES_MAX: usize = 4 << 20;
@@ -98,6 +99,7 @@ struct Inner {
     options: ShardOptions,
     state: Mutex<State>,
     hard: Mutex<HardStateFile>,
+    committed: Mutex<HardStateFile>,
     syncer: mpsc::SyncSender<SyncJob>,
 }
 
@@ -239,7 +241,12 @@ impl Shard {
                 "log entries after the last applied one await Raft's commit"
             );
         }
-        let hard = HardStateFile::open(options.fs.as_ref(), &options.dir.join("raft-state"))?;
+        let hard = HardStateFile::open(options.fs.as_ref(), &options.dir.join("raft-state"), true)?;
+        let committed = HardStateFile::open(
+            options.fs.as_ref(),
+            &options.dir.join("raft-committed"),
+            false,
+        )?;
         let (syncer, jobs) = mpsc::sync_channel(SYNC_QUEUE_MAX);
         std::thread::Builder::new()
             .name(format!("raft-sync-{}", options.node_id))
@@ -254,6 +261,7 @@ impl Shard {
                     generation,
                 }),
                 hard: Mutex::new(hard),
+                committed: Mutex::new(committed),
                 syncer,
             }),
         })
@@ -509,13 +517,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId>,
     ) -> std::result::Result<(), StorageError> {
-        self.shard
-            .save_hard(|h| h.committed = committed)
+        let mut file = lock(&self.shard.inner.committed);
+        let mut state = file.get().clone();
+        state.committed = committed;
+        file.save(state)
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> std::result::Result<Option<LogId>, StorageError> {
-        Ok(self.shard.hard().committed)
+        Ok(lock(&self.shard.inner.committed).get().committed)
     }
 
     async fn append<I>(
@@ -528,20 +538,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let limits = self.shard.inner.options.engine.limits.clone();
-        let mut invalid = Vec::new();
+        // Per entry: the appends that failed validation, by their place in the entry.
+        let mut invalid: Vec<(u64, Vec<(usize, Error)>)> = Vec::new();
         let mut batch = Vec::new();
         for entry in entries {
             let seq = entry.log_id.index;
             let body = match entry.payload {
                 EntryPayload::Blank => EntryBody::Blank,
-                EntryPayload::Normal(Command::Append(append)) => {
-                    match Validated::new(append.into(), &limits) {
-                        Ok(v) => EntryBody::Append(v),
-                        Err(e) => {
-                            invalid.push((seq, e));
-                            EntryBody::Blank
+                EntryPayload::Normal(Command::Append(appends)) => {
+                    let mut valid = Vec::with_capacity(appends.len());
+                    let mut bad = Vec::new();
+                    for (i, append) in appends.into_iter().enumerate() {
+                        match Validated::new(append.into(), &limits) {
+                            Ok(v) => valid.push(v),
+                            Err(e) => bad.push((i, e)),
                         }
                     }
+                    if !bad.is_empty() {
+                        invalid.push((seq, bad));
+                    }
+                    EntryBody::Appends(valid)
                 }
                 EntryPayload::Normal(Command::Frame(frame)) => EntryBody::Frame(frame),
                 EntryPayload::Membership(m) => EntryBody::Membership(
@@ -562,7 +578,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut points = Vec::with_capacity(written.len());
             for mut w in written {
                 if let Some(i) = invalid.iter().position(|(s, _)| *s == w.seq) {
-                    w.decided = Some(Err(invalid.swap_remove(i).1));
+                    // Put the validation failures back in their places.
+                    let mut decided = w.decided.take().unwrap_or_default();
+                    for (at, e) in invalid.swap_remove(i).1 {
+                        decided.insert(at.min(decided.len()), Err(e));
+                    }
+                    w.decided = Some(decided);
                 }
                 points.push(w.group.sync_point());
                 state.pending.push_back(w);
@@ -644,7 +665,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match (written, &entry.payload) {
                 (Some(w), _) => {
                     groups.push(w.group);
-                    replies.push(w.decided.map(Reply::from).unwrap_or_default());
+                    replies.push(match w.decided {
+                        Some(d) => Reply::Outcomes(d.into_iter().map(Outcome::from).collect()),
+                        None => Reply::None,
+                    });
                 }
                 (None, EntryPayload::Normal(_)) => {
                     return Err(sm_error(Error::Index(format!(

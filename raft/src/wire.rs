@@ -11,9 +11,10 @@ use uuid::Uuid;
 /// The application data of a Raft entry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
-    /// A client's append, proposed on the leader. The leader's log decides it (expected
-    /// versions, idempotent retries) when it writes the entry, against the whole log before it.
-    Append(WireAppend),
+    /// Client appends on distinct streams, proposed together on the leader. The leader's log
+    /// decides each (expected versions, idempotent retries) when it writes the entry, against
+    /// the whole log before it; the accepted ones share one record.
+    Append(Vec<WireAppend>),
     /// A record frame read back from a log: how entries travel to followers.
     Frame(Bytes),
 }
@@ -21,7 +22,7 @@ pub enum Command {
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Append(a) => write!(f, "append({} streams)", a.streams.len()),
+            Command::Append(a) => write!(f, "append({} requests)", a.len()),
             Command::Frame(b) => write!(f, "frame({} bytes)", b.len()),
         }
     }
@@ -136,13 +137,20 @@ impl From<WireAppend> for AppendRequest {
     }
 }
 
-/// What applying an entry answers. Only the node that decided an append (the leader that
-/// wrote it) answers with its outcome; every other entry answers [`Reply::None`].
+/// What applying an entry answers. Only the node that decided the appends (the leader that
+/// wrote the entry) answers with their outcomes; every other entry answers [`Reply::None`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub enum Reply {
     /// Nothing to report.
     #[default]
     None,
+    /// One outcome per append of the entry, in order.
+    Outcomes(Vec<Outcome>),
+}
+
+/// The outcome of one append.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Outcome {
     /// The append is committed (or was a retry of a committed one).
     Appended {
         /// Position of its record.
@@ -186,10 +194,10 @@ pub enum WireError {
     Other(String),
 }
 
-impl From<Result<AppendResult, Error>> for Reply {
-    fn from(r: Result<AppendResult, Error>) -> Reply {
+impl From<Result<AppendResult, Error>> for Outcome {
+    fn from(r: Result<AppendResult, Error>) -> Outcome {
         match r {
-            Ok(a) => Reply::Appended {
+            Ok(a) => Outcome::Appended {
                 position: a.position,
                 streams: a
                     .streams
@@ -202,35 +210,34 @@ impl From<Result<AppendResult, Error>> for Reply {
                 stream,
                 expected,
                 actual,
-            }) => Reply::Rejected(WireError::WrongExpectedVersion {
+            }) => Outcome::Rejected(WireError::WrongExpectedVersion {
                 stream,
                 expected,
                 actual,
             }),
             Err(Error::IdempotencyConflict { event_id, reason }) => {
-                Reply::Rejected(WireError::IdempotencyConflict {
+                Outcome::Rejected(WireError::IdempotencyConflict {
                     event_id: event_id.as_u128(),
                     reason,
                 })
             }
             Err(Error::InvalidArgument { field, reason }) => {
-                Reply::Rejected(WireError::InvalidArgument { field, reason })
+                Outcome::Rejected(WireError::InvalidArgument { field, reason })
             }
-            Err(e) => Reply::Rejected(WireError::Other(e.to_string())),
+            Err(e) => Outcome::Rejected(WireError::Other(e.to_string())),
         }
     }
 }
 
-impl Reply {
-    /// The append's outcome, or `None` for a reply that carries none.
-    pub fn into_result(self) -> Option<Result<AppendResult, Error>> {
+impl Outcome {
+    /// As the engine's result.
+    pub fn into_result(self) -> Result<AppendResult, Error> {
         match self {
-            Reply::None => None,
-            Reply::Appended {
+            Outcome::Appended {
                 position,
                 streams,
                 deduplicated,
-            } => Some(Ok(AppendResult {
+            } => Ok(AppendResult {
                 position,
                 streams: streams
                     .into_iter()
@@ -241,8 +248,8 @@ impl Reply {
                     })
                     .collect(),
                 deduplicated,
-            })),
-            Reply::Rejected(e) => Some(Err(match e {
+            }),
+            Outcome::Rejected(e) => Err(match e {
                 WireError::WrongExpectedVersion {
                     stream,
                     expected,
@@ -260,7 +267,7 @@ impl Reply {
                     Error::InvalidArgument { field, reason }
                 }
                 WireError::Other(m) => Error::Unavailable(m),
-            })),
+            }),
         }
     }
 }

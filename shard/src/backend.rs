@@ -23,7 +23,7 @@ pub enum Backend {
     /// One engine, no replication.
     Single(Arc<Engine>),
     /// A replica of a Raft-replicated shard.
-    Replicated(Replica),
+    Replicated(Box<Replica>),
 }
 
 impl Backend {

@@ -130,7 +130,11 @@ impl Node {
             Some(cluster) => {
                 let (replica, raft_listener, service) =
                     open_replica(&config, cluster, local).await?;
-                (Backend::Replicated(replica), raft_listener, Some(service))
+                (
+                    Backend::Replicated(Box::new(replica)),
+                    raft_listener,
+                    Some(service),
+                )
             }
         };
         let stats = Arc::new(ServiceStats::default());
@@ -143,7 +147,7 @@ impl Node {
             stopped,
         );
         let replica = match &backend {
-            Backend::Replicated(r) => Some(r.clone()),
+            Backend::Replicated(r) => Some(r.as_ref().clone()),
             Backend::Single(_) => None,
         };
         let cluster = ClusterService::new(replica, local.to_string());

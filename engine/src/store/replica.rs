@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{lock, Effects, Group, PendingEvent, Plan, Store, WrittenGroup};
+use super::{lock, note_effects, Effects, Group, PendingEvent, Plan, Store, WrittenGroup};
 use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
@@ -43,11 +43,15 @@ const OPEN_SCAN_RECORDS_MAX: usize = 1024;
 /// Raft appends contiguously; openraft's storage suite appends across small gaps.
 pub const GAP_ENTRIES_MAX: u64 = 4096;
 
+/// The outcomes of an entry's appends, when this node decided them.
+type Decided = Option<Vec<Result<AppendResult>>>;
+
 /// What a Raft entry holds.
 #[derive(Debug)]
 pub enum EntryBody {
-    /// A client's append, proposed on the leader: decided when written.
-    Append(Validated),
+    /// Client appends on distinct streams, proposed together on the leader: each is decided
+    /// when written, and those accepted share one record.
+    Appends(Vec<Validated>),
     /// A leader's no-op.
     Blank,
     /// A membership change (opaque bytes).
@@ -78,9 +82,9 @@ pub struct WrittenEntry {
     pub seq: u64,
     /// The written record, to sync and later finish (apply).
     pub group: WrittenGroup<()>,
-    /// For an append decided by this node: its outcome, to answer the client once the entry is
-    /// committed and applied.
-    pub decided: Option<Result<AppendResult>>,
+    /// For appends decided by this node: their outcomes in order, to answer the clients once
+    /// the entry is committed and applied.
+    pub decided: Decided,
 }
 
 impl Store {
@@ -155,6 +159,19 @@ impl Store {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             self.check_poison()?;
+            if let EntryBody::Frame(frame) = &entry.body {
+                // Refuse a frame for another index before anything is written for it.
+                let at = FRAME_BYTES + 16;
+                let seq = frame
+                    .get(at..at + 8)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+                if seq != Some(entry.seq) {
+                    return Err(Error::invalid(
+                        "entry",
+                        format!("frame does not hold entry {} ({seq:?} found)", entry.seq),
+                    ));
+                }
+            }
             if entry.seq != self.log.next_seq() {
                 if self.log.is_empty() {
                     self.log.restart_seq(entry.seq)?;
@@ -202,14 +219,18 @@ impl Store {
     }
 
     /// Encodes one entry as a one-record group, rolling the segment first if it does not fit.
-    fn build_entry(
-        &mut self,
-        entry: LogEntry,
-    ) -> Result<(Group<()>, Option<Result<AppendResult>>)> {
+    fn build_entry(&mut self, entry: LogEntry) -> Result<(Group<()>, Decided)> {
         let leader = (entry.term, entry.leader);
         let blank_bytes = (FRAME_BYTES + HEADER_BYTES) as u64;
         let needed = match &entry.body {
-            EntryBody::Append(v) => v.bytes() as u64,
+            EntryBody::Appends(list) => {
+                let overhead = blank_bytes + 4;
+                overhead
+                    + list
+                        .iter()
+                        .map(|v| v.bytes() as u64 - overhead)
+                        .sum::<u64>()
+            }
             EntryBody::Blank => blank_bytes,
             EntryBody::Membership(b) => blank_bytes + b.len() as u64,
             EntryBody::Gap => blank_bytes,
@@ -221,22 +242,47 @@ impl Store {
         }
         let mut group = Group::new();
         let decided = match entry.body {
-            EntryBody::Append(validated) => {
-                let request = validated.into_request();
-                match self.plan(&request, &group.effects) {
-                    Ok(Plan::Write(first_versions)) => {
-                        self.encode_as((), request, first_versions, &mut group, leader);
-                        group.answers.first().map(|(_, a)| Ok(a.clone()))
-                    }
-                    Ok(Plan::Duplicate(original)) => {
-                        self.encode_meta(KIND_BLANK, &[], &mut group, leader);
-                        Some(Ok(original))
-                    }
-                    Err(e) => {
-                        self.encode_meta(KIND_BLANK, &[], &mut group, leader);
-                        Some(Err(e))
+            EntryBody::Appends(list) => {
+                let position = self.log.next_position();
+                let mut decided: Vec<Option<Result<AppendResult>>> = Vec::with_capacity(list.len());
+                let mut accepted = Vec::new();
+                for validated in list {
+                    let request = validated.into_request();
+                    match self.plan(&request, &group.effects) {
+                        Ok(Plan::Write(first_versions)) => {
+                            // Visible to the rest of the batch before the record is encoded.
+                            note_effects(
+                                &mut group.effects,
+                                position,
+                                request.clone(),
+                                &first_versions,
+                            );
+                            decided.push(None);
+                            accepted.push(((), request, first_versions));
+                        }
+                        Ok(Plan::Duplicate(original)) => decided.push(Some(Ok(original))),
+                        Err(e) => decided.push(Some(Err(e))),
                     }
                 }
+                if accepted.is_empty() {
+                    self.encode_meta(KIND_BLANK, &[], &mut group, leader);
+                } else {
+                    self.encode_many(accepted, &mut group, leader);
+                    let mut answers = group.answers.iter().map(|(_, a)| a.clone());
+                    for d in decided.iter_mut().filter(|d| d.is_none()) {
+                        *d = answers.next().map(Ok);
+                    }
+                }
+                Some(
+                    decided
+                        .into_iter()
+                        .map(|d| {
+                            d.unwrap_or_else(|| {
+                                Err(Error::Poisoned("an accepted append lost its answer".into()))
+                            })
+                        })
+                        .collect(),
+                )
             }
             EntryBody::Blank => {
                 self.encode_meta(KIND_BLANK, &[], &mut group, leader);

@@ -1,0 +1,178 @@
+//! The store driven as a Raft log (what strata-raft does): entries by index, a batch of appends
+//! decided one by one into one record, rejections and retries answered in place, truncation
+//! of unfinished entries, reopen with the unapplied tail handed back, and a follower copying
+//! the leader's frames byte for byte (but for the local header fields).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{append, event, small_config};
+use strata_engine::clock::ManualClock;
+use strata_engine::format::{self, KIND_BLANK, KIND_EVENTS};
+use strata_engine::fs::StdFs;
+use strata_engine::index_store::RocksIndexStore;
+use strata_engine::validate::Validated;
+use strata_engine::{Direction, EntryBody, Error, ExpectedVersion, LogEntry, Store, WrittenEntry};
+
+fn open(dir: &std::path::Path) -> (Store, Vec<WrittenEntry>) {
+    let index = RocksIndexStore::open(&dir.join("index")).unwrap();
+    Store::open_replica(
+        Arc::new(StdFs),
+        dir,
+        Box::new(index),
+        small_config(),
+        Arc::new(ManualClock::default()),
+    )
+    .unwrap()
+}
+
+fn entry(seq: u64, body: EntryBody) -> LogEntry {
+    LogEntry {
+        seq,
+        term: 3,
+        leader: 1,
+        body,
+    }
+}
+
+fn appends(requests: Vec<strata_engine::AppendRequest>) -> EntryBody {
+    let limits = small_config().limits;
+    EntryBody::Appends(
+        requests
+            .into_iter()
+            .map(|r| Validated::new(r, &limits).unwrap())
+            .collect(),
+    )
+}
+
+/// Syncs and applies (finishes) written entries, as the Raft state machine does.
+fn apply(store: &Store, entries: Vec<WrittenEntry>) {
+    let finisher = store.finisher();
+    let groups: Vec<_> = entries.into_iter().map(|e| e.group).collect();
+    let points: Vec<_> = groups.iter().map(|g| g.sync_point()).collect();
+    finisher.sync_points(&points).unwrap();
+    for (_, answer) in finisher.finish(groups, &Ok(())) {
+        answer.unwrap();
+    }
+}
+
+#[test]
+fn a_batch_is_decided_in_order_into_one_record_and_retries_answer_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, pending) = open(dir.path());
+    assert!(pending.is_empty());
+    // A leader's no-op at index 0 (an empty log may start at any index).
+    let mut written = store
+        .write_entries(vec![entry(0, EntryBody::Blank)])
+        .unwrap();
+    let batch = vec![
+        append("s1", ExpectedVersion::NoStream, vec![event(1, "a")]),
+        append("s2", ExpectedVersion::Exact(5), vec![event(2, "b")]),
+        append(
+            "s3",
+            ExpectedVersion::Any,
+            vec![event(3, "c"), event(4, "d")],
+        ),
+    ];
+    written.extend(store.write_entries(vec![entry(1, appends(batch))]).unwrap());
+    let decided = written[1].decided.as_ref().unwrap();
+    let a = decided[0].as_ref().unwrap();
+    assert!(matches!(
+        decided[1],
+        Err(Error::WrongExpectedVersion { actual: None, .. })
+    ));
+    let c = decided[2].as_ref().unwrap();
+    assert_eq!(a.position, c.position, "accepted appends share the record");
+    assert_eq!(
+        (c.streams[0].first_version, c.streams[0].last_version),
+        (0, 1)
+    );
+    // A retry of the first append, proposed before anything is applied: answered with the
+    // original result from the in-flight effects, written as a blank record.
+    let retry = vec![append("s1", ExpectedVersion::NoStream, vec![event(1, "a")])];
+    let more = store.write_entries(vec![entry(2, appends(retry))]).unwrap();
+    let again = more[0].decided.as_ref().unwrap()[0].as_ref().unwrap();
+    assert!(again.deduplicated);
+    assert_eq!(again.position, a.position);
+    // A new leader overrides index 2: truncating drops that unfinished entry.
+    assert_eq!(store.truncate_entries(2).unwrap(), 1);
+    assert_eq!(store.next_seq(), 2);
+    drop(more);
+    let raw = store.read_entries(0, 10, usize::MAX).unwrap();
+    assert_eq!(raw.len(), 2);
+    assert_eq!(format::read_kind(&raw[0].frame), KIND_BLANK);
+    assert_eq!(format::read_kind(&raw[1].frame), KIND_EVENTS);
+    assert_eq!(
+        (raw[1].header.term, raw[1].header.leader, raw[1].header.seq),
+        (3, 1, 1)
+    );
+    // Nothing is readable before it is applied.
+    assert!(store
+        .reader()
+        .read_stream("s1", None, Direction::Forwards, 10)
+        .unwrap()
+        .is_empty());
+    apply(&store, written);
+    let s3 = store
+        .reader()
+        .read_stream("s3", None, Direction::Forwards, 10)
+        .unwrap();
+    assert_eq!(s3.len(), 2);
+    assert!(store
+        .reader()
+        .read_stream("s2", None, Direction::Forwards, 10)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn reopen_hands_back_the_unapplied_tail_and_a_follower_copies_frames_exactly() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    {
+        let (mut store, _) = open(leader_dir.path());
+        let w = store
+            .write_entries(vec![
+                entry(5, EntryBody::Blank),
+                entry(
+                    6,
+                    appends(vec![append("x", ExpectedVersion::Any, vec![event(9, "x")])]),
+                ),
+                entry(7, EntryBody::Membership(b"{\"m\":1}".to_vec())),
+            ])
+            .unwrap();
+        let mut w = w.into_iter();
+        // Apply only index 5; 6 and 7 stay unapplied.
+        apply(&store, vec![w.next().unwrap()]);
+        let points: Vec<_> = w.map(|e| e.group.sync_point()).collect();
+        store.finisher().sync_points(&points).unwrap();
+    }
+    let (leader, pending) = open(leader_dir.path());
+    assert_eq!(
+        pending.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        vec![6, 7],
+        "the unapplied tail comes back"
+    );
+    let (mut follower, _) = open(follower_dir.path());
+    let frames = leader.read_entries(5, 8, usize::MAX).unwrap();
+    let copy: Vec<LogEntry> = frames
+        .iter()
+        .map(|r| entry(r.header.seq, EntryBody::Frame(r.frame.clone())))
+        .collect();
+    follower.write_entries(copy).unwrap();
+    let copied = follower.read_entries(5, 8, usize::MAX).unwrap();
+    for (l, f) in frames.iter().zip(&copied) {
+        assert_eq!(
+            format::replicated_bytes(&l.frame),
+            format::replicated_bytes(&f.frame)
+        );
+        assert_eq!(l.header.position, f.header.position);
+    }
+    // A frame for the wrong index is refused and changes nothing.
+    let wrong = follower
+        .write_entries(vec![entry(9, EntryBody::Frame(frames[0].frame.clone()))])
+        .unwrap_err();
+    assert!(matches!(wrong, Error::InvalidArgument { .. }), "{wrong}");
+    assert_eq!(follower.next_seq(), 8);
+}
