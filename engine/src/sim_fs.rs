@@ -323,8 +323,59 @@ impl FileSystem for SimFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = lock(&self.state);
-        let id = state.names.remove(from).ok_or_else(|| not_found(from))?;
-        state.names.insert(to.to_path_buf(), id);
+        if let Some(id) = state.names.remove(from) {
+            state.names.insert(to.to_path_buf(), id);
+            return Ok(());
+        }
+        if !state.dirs.contains(from) {
+            return Err(not_found(from));
+        }
+        // A directory: move it and everything under it.
+        let moved = |p: &Path| p.strip_prefix(from).ok().map(|rest| to.join(rest));
+        let names: Vec<(PathBuf, FileId)> = state
+            .names
+            .iter()
+            .filter(|(p, _)| p.starts_with(from))
+            .map(|(p, id)| (p.clone(), *id))
+            .collect();
+        for (p, id) in names {
+            state.names.remove(&p);
+            if let Some(q) = moved(&p) {
+                state.names.insert(q, id);
+            }
+        }
+        let dirs: Vec<PathBuf> = state
+            .dirs
+            .iter()
+            .filter(|d| d.starts_with(from))
+            .cloned()
+            .collect();
+        for d in dirs {
+            state.dirs.remove(&d);
+            if let Some(q) = moved(&d) {
+                state.dirs.insert(q);
+            }
+        }
+        Ok(())
+    }
+
+    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = lock(&self.state);
+        if !state.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(state
+            .dirs
+            .iter()
+            .filter(|d| d.parent() == Some(dir))
+            .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        state.names.retain(|p, _| !p.starts_with(dir));
+        state.dirs.retain(|d| !d.starts_with(dir));
         Ok(())
     }
 

@@ -188,6 +188,26 @@ pub(crate) fn write_generation(options: &ShardOptions, generation: u64) -> Resul
         .map_err(io("syncing the data directory"))
 }
 
+/// Removes data generations a snapshot install replaced and snapshots left half-fetched.
+fn remove_stale(options: &ShardOptions, live: u64) -> Result<()> {
+    let fs = &options.fs;
+    let names = fs
+        .list_dirs(&options.dir)
+        .map_err(|e| Error::io("listing the data directory", e))?;
+    for name in names {
+        let stale = match name.strip_prefix("gen-") {
+            Some(n) => n.parse::<u64>().is_ok_and(|n| n != live),
+            None => name.starts_with("incoming-"),
+        };
+        if stale {
+            tracing::info!(dir = %name, "removing data left by an earlier snapshot install");
+            fs.remove_dir_all(&options.dir.join(&name))
+                .map_err(|e| Error::io(format!("removing {name}"), e))?;
+        }
+    }
+    Ok(())
+}
+
 fn open_generation(options: &ShardOptions, generation: u64) -> Result<(Store, Vec<WrittenEntry>)> {
     let dir = generation_dir(&options.dir, generation);
     options
@@ -234,6 +254,7 @@ impl Shard {
             .create_dir_all(&options.dir)
             .map_err(|e| Error::io(format!("creating {}", options.dir.display()), e))?;
         let generation = read_generation(&options)?;
+        remove_stale(&options, generation)?;
         let (store, pending) = open_generation(&options, generation)?;
         if !pending.is_empty() {
             tracing::info!(

@@ -604,6 +604,9 @@ async fn failover_restart_and_snapshot_rejoin_lose_nothing() {
         cluster.nodes[&wiped].log_tail()
     );
     check_logs_identical(&mut cluster);
+    // Reopening removed the generation the snapshot replaced.
+    assert!(!wiped_dir.join("gen-0").exists());
+    assert!(wiped_dir.join("gen-1").exists());
 }
 
 /// A TCP proxy that can cut its link: new connections are refused and open ones dropped.
