@@ -204,6 +204,18 @@ impl Finisher {
         self.finish_with(groups, synced, IndexBatch::default())
     }
 
+    /// Makes sure the groups are durable: returns at once when an earlier sync already covered
+    /// them, else syncs. (A Raft leader may learn an entry is committed — a majority of
+    /// followers flushed it — before its own sync of it finished; indexing it must still wait,
+    /// because recovery treats everything below the index checkpoint as synced.)
+    pub fn ensure_synced(&self, groups: &[SyncPoint]) -> Result<()> {
+        let end = groups.iter().map(|g| g.end).max().unwrap_or(0);
+        if self.synced_end.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        self.sync_points(groups)
+    }
+
     /// A value stored with [`crate::index::set_meta`].
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.reader.index.meta(name)

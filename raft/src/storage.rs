@@ -100,6 +100,8 @@ struct Inner {
     state: Mutex<State>,
     hard: Mutex<HardStateFile>,
     committed: Mutex<HardStateFile>,
+    /// The live data generation; changes when a snapshot install replaces the store.
+    generation: tokio::sync::watch::Sender<u64>,
     syncer: mpsc::SyncSender<SyncJob>,
 }
 
@@ -283,6 +285,7 @@ impl Shard {
                 }),
                 hard: Mutex::new(hard),
                 committed: Mutex::new(committed),
+                generation: tokio::sync::watch::channel(generation).0,
                 syncer,
             }),
         })
@@ -314,6 +317,13 @@ impl Shard {
     /// snapshot install replaces the store.
     pub fn reader(&self) -> Reader {
         lock(&self.inner.state).store.reader().clone()
+    }
+
+    /// Changes when a snapshot install replaces the store: readers taken before must be taken
+    /// again (positions stay valid: the new store holds the same log bytes at the same
+    /// positions, and more).
+    pub fn watch_generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.generation.subscribe()
     }
 
     /// Engine counters.
@@ -715,6 +725,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if groups.is_empty() {
             finisher.write_meta(extra).map_err(sm_error)?;
         } else {
+            let points: Vec<SyncPoint> = groups.iter().map(|g| g.sync_point()).collect();
+            finisher.ensure_synced(&points).map_err(sm_error)?;
             for (_, answer) in finisher.finish_with(groups, &Ok(()), extra) {
                 answer.map_err(sm_error)?;
             }
@@ -898,6 +910,8 @@ impl Shard {
             }
         }
         finisher.flush_index()?;
+        drop(state);
+        self.inner.generation.send_replace(generation);
         tracing::info!(snapshot = %meta.snapshot_id, generation, "snapshot installed");
         Ok(())
     }

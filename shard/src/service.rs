@@ -252,6 +252,16 @@ impl pb::streams_server::Streams for StreamsService {
                 last: last.clone(),
                 stop: self.stop.clone(),
                 stall_timeout: self.config.subscription_stall_timeout,
+                source: match &self.backend {
+                    Backend::Replicated(r) => {
+                        let shard = r.shard().clone();
+                        Some(subscription::ReaderSource {
+                            generation: shard.watch_generation(),
+                            fresh: Arc::new(move || shard.reader()),
+                        })
+                    }
+                    Backend::Single(_) => None,
+                },
             };
             let stats = self.stats.clone();
             stats.subscriptions.fetch_add(1, Ordering::Relaxed);

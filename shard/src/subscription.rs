@@ -236,6 +236,35 @@ async fn step(
         .map_err(to_status)
 }
 
+/// Where a replica's subscriptions get a fresh reader when a snapshot install replaces its
+/// store (the old reader would never see another record).
+#[derive(Clone)]
+pub struct ReaderSource {
+    /// Changes when the store is replaced.
+    pub generation: watch::Receiver<u64>,
+    /// A reader of the live store.
+    pub fresh: Arc<dyn Fn() -> Reader + Send + Sync>,
+}
+
+impl std::fmt::Debug for ReaderSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReaderSource")
+            .field("generation", &*self.generation.borrow())
+            .finish()
+    }
+}
+
+async fn replaced(source: &mut Option<ReaderSource>) {
+    match source {
+        Some(s) => {
+            if s.generation.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 /// How a subscription is delivered.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -247,6 +276,8 @@ pub struct Delivery {
     pub stop: watch::Receiver<bool>,
     /// How long the buffer may stay full before the consumer is cut off.
     pub stall_timeout: Duration,
+    /// On a replica: where to get a fresh reader when the store is replaced.
+    pub source: Option<ReaderSource>,
 }
 
 impl Delivery {
@@ -258,9 +289,17 @@ impl Delivery {
 /// Delivers the subscription until the client goes away, the node stops, the log fails, or
 /// the client stalls.
 pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) {
+    let mut reader = reader;
     let mut end = reader.watch_end();
     let mut caught_up = false;
     loop {
+        if let Some(source) = delivery.source.as_mut() {
+            if source.generation.has_changed().unwrap_or(false) {
+                source.generation.borrow_and_update();
+                reader = (source.fresh)();
+                end = reader.watch_end();
+            }
+        }
         if *delivery.stop.borrow() {
             delivery.end(Status::unavailable(format!(
                 "the node is shutting down; {}",
@@ -289,10 +328,12 @@ pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) 
                 }
                 caught_up = true;
             }
+            let mut source = delivery.source.clone();
             tokio::select! {
                 changed = end.changed() => if changed.is_err() { return },
                 _ = delivery.stop.changed() => {},
                 _ = delivery.tx.closed() => return,
+                _ = replaced(&mut source) => {},
             }
             continue;
         }

@@ -22,6 +22,10 @@ use tonic::transport::Channel;
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
+/// One cluster at a time: three clusters plus their writers on a 2-core machine would turn the
+/// 3-second failover bound into a measure of CPU starvation.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
@@ -517,6 +521,7 @@ async fn join(writers: Vec<tokio::task::JoinHandle<WriterReport>>) -> Vec<Writer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failover_restart_and_snapshot_rejoin_lose_nothing() {
+    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::new(3, false, small_log_args());
     cluster.peer_args(|_, _, peer| addr(peer.port));
     cluster.start_all().await;
@@ -581,6 +586,32 @@ async fn failover_restart_and_snapshot_rejoin_lose_nothing() {
         node.start();
     }
     cluster.wait_up(wiped).await;
+    // A subscriber on the wiped node, from before it installs the snapshot: it must go on
+    // across the store being replaced and see the stream whole.
+    let seen: Arc<Mutex<Vec<u128>>> = Arc::default();
+    let subscriber = {
+        let seen = seen.clone();
+        let addr = cluster.addr(wiped);
+        tokio::spawn(async move {
+            let ch = channel(&addr).await.unwrap();
+            let mut stream = StreamsClient::new(ch)
+                .subscribe(pb::SubscribeRequest {
+                    target: Some(pb::subscribe_request::Target::Stream("w-0".into())),
+                    start: Some(pb::subscribe_request::Start::FromVersion(0)),
+                    filter: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            while let Ok(Some(item)) = stream.message().await {
+                if let Some(pb::subscribe_response::Item::Event(e)) = item.item {
+                    seen.lock()
+                        .unwrap()
+                        .push(uuid::Uuid::parse_str(&e.id).unwrap().as_u128());
+                }
+            }
+        })
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let reports = join(writers).await;
@@ -597,6 +628,16 @@ async fn failover_restart_and_snapshot_rejoin_lose_nothing() {
     );
     let acked = acked.lock().unwrap().clone();
     check_replicas(&cluster, &acked).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.lock().unwrap().len() < acked["w-0"].len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        acked["w-0"],
+        "the subscriber on the rebuilt node missed or repeated events"
+    );
+    subscriber.abort();
     let wiped_dir = cluster.nodes[&wiped].data.clone();
     let installed = std::fs::read_to_string(wiped_dir.join("CURRENT")).unwrap_or_default();
     assert!(
@@ -659,6 +700,7 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
+    let _serial = SERIAL.lock().await;
     let mut extra = small_log_args();
     extra.extend(["--append-timeout-ms".to_string(), "1500".to_string()]);
     let mut cluster = Cluster::new(3, true, extra);
@@ -758,6 +800,7 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_grows_and_shrinks_under_writes_without_a_failed_operation() {
+    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::new(4, false, small_log_args());
     // Nodes 1–3 form the cluster; node 4 knows them but is not a member yet.
     cluster.peer_args(|_, _, peer| addr(peer.port));
