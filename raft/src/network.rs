@@ -372,6 +372,7 @@ impl<T: RaftTransport> RaftService<T> {
 
     async fn take_snapshot(
         &self,
+        shard_id: u64,
         served: &ServedShard,
         offer: SnapshotOffer,
     ) -> Result<SnapshotResponse<NodeId>, SnapshotRefused> {
@@ -396,7 +397,6 @@ impl<T: RaftTransport> RaftService<T> {
                 "fetching snapshot segments"
             );
             let options = served.shard.options().clone();
-            let shard_id = manifest_shard(&served.shard);
             let transport = self.transport.clone();
             let source = offer.source_addr.clone();
             let mut last_report = 0u64;
@@ -444,11 +444,6 @@ impl<T: RaftTransport> RaftService<T> {
     }
 }
 
-fn manifest_shard(_shard: &Shard) -> u64 {
-    // One shard per node today; multi-Raft gives each its id.
-    0
-}
-
 fn message(shard_id: u64, payload: Vec<u8>) -> Response<pb::RaftMessage> {
     Response::new(pb::RaftMessage { shard_id, payload })
 }
@@ -485,7 +480,7 @@ impl<T: RaftTransport> pb::raft_internal_server::RaftInternal for RaftService<T>
         let served = self.shard(m.shard_id)?.clone();
         let offer: SnapshotOffer = decode(&m.payload)?;
         let result: Result<SnapshotResponse<NodeId>, RaftError<NodeId, SnapshotRefused>> = self
-            .take_snapshot(&served, offer)
+            .take_snapshot(m.shard_id, &served, offer)
             .await
             .map_err(RaftError::APIError);
         if let Err(e) = &result {
