@@ -306,6 +306,8 @@ pub struct Store {
     /// Last versions of recently written streams, including groups not yet indexed. Only the
     /// writer changes streams, so an entry here is the truth.
     heads: HashMap<String, u64>,
+    /// Whether the log is a Raft log (records are then also indexed by sequence number).
+    raft: bool,
 }
 
 impl Store {
@@ -365,6 +367,7 @@ impl Store {
             finisher,
             synced_end,
             heads: HashMap::new(),
+            raft: false,
         };
         Ok(store)
     }
@@ -415,7 +418,7 @@ impl Store {
                 index::add_record(
                     &mut batch,
                     r.header.position,
-                    r.header.seq,
+                    self.raft.then_some(r.header.seq),
                     r.header.timestamp_us,
                     &indexed,
                 );
@@ -915,6 +918,7 @@ impl Store {
                 slot: *slot,
             })
             .collect();
+        let seq = self.raft.then_some(seq);
         index::add_record(&mut group.batch, position, seq, timestamp_us, &indexed);
         group.records += 1;
         group.events += fields.len() as u64;

@@ -99,6 +99,7 @@ impl Store {
         clock: Arc<dyn Clock>,
     ) -> Result<(Store, Vec<WrittenEntry>)> {
         let mut store = Store::open_log(fs, dir, index_store, config, clock)?;
+        store.raft = true;
         let end = store.log.next_position();
         let from = match store.reader.index.checkpoint()? {
             Some(c)
@@ -318,7 +319,7 @@ impl Store {
     fn encode_meta(&self, kind: u8, body: &[u8], group: &mut Group<()>, leader: (u64, u64)) {
         let header = self.header_here(leader, 0);
         format::encode_meta_record(&mut group.buf, kind, header, body);
-        index::add_record(&mut group.batch, header.position, header.seq, 0, &[]);
+        index::add_record(&mut group.batch, header.position, Some(header.seq), 0, &[]);
         group.records = 1;
     }
 
@@ -382,7 +383,13 @@ impl Store {
         } else {
             header.timestamp_us
         };
-        index::add_record(&mut batch, header.position, header.seq, timestamp, &indexed);
+        index::add_record(
+            &mut batch,
+            header.position,
+            Some(header.seq),
+            timestamp,
+            &indexed,
+        );
         let mut effects = Effects::default();
         for (e, _) in &events {
             effects.heads.insert(e.stream.clone(), e.version);
