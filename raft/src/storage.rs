@@ -556,7 +556,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> std::result::Result<Option<LogId>, StorageError> {
-        Ok(lock(&self.shard.inner.committed).get().committed)
+        let committed = lock(&self.shard.inner.committed).get().committed;
+        let Some(c) = committed else {
+            return Ok(None);
+        };
+        // The file is not synced: after a power cut it may name an entry the log lost. Then
+        // claim nothing; the leader tells this node again how far the log is committed.
+        let holds = self
+            .shard
+            .holds(c)
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        let purged = self.shard.hard().purged.is_some_and(|p| p.index >= c.index);
+        Ok((holds || purged).then_some(c))
     }
 
     async fn append<I>(
