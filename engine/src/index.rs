@@ -16,7 +16,7 @@
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::event::{Direction, Position};
+use crate::event::{Direction, Position, RecordedEvent};
 use crate::format::{u32_at, u64_at, EventSlot};
 use crate::index_store::{IndexBatch, IndexStore};
 
@@ -259,6 +259,20 @@ fn decode_slot(v: &[u8]) -> Result<StreamSlot> {
             len: u32_at(v, 12),
         },
     })
+}
+
+/// The index entries of a record's decoded events (as `format::decode_events_with_slots`
+/// returns them).
+pub fn indexed_events(decoded: &[(RecordedEvent, EventSlot)]) -> Vec<IndexedEvent<'_>> {
+    decoded
+        .iter()
+        .map(|(e, slot)| IndexedEvent {
+            stream: &e.stream,
+            version: e.version,
+            id: e.id,
+            slot: *slot,
+        })
+        .collect()
 }
 
 /// Adds a record's entries. Events of one stream must come in ascending versions.

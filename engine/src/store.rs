@@ -21,15 +21,17 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::{
-    AppendRequest, AppendResult, ExpectedVersion, NewEvent, Position, StreamAppendResult,
+    AppendRequest, AppendResult, ExpectedVersion, NewEvent, Position, RecordedEvent,
+    StreamAppendResult,
 };
-use crate::format::{self, EventFields, RecordHeader};
+use crate::format::{self, EventFields, EventSlot, RecordHeader};
 use crate::fs::{FileHandle, FileSystem};
 use crate::index::{self, Checkpoint, Index, IndexedEvent};
 use crate::index_store::{IndexBatch, IndexStore};
@@ -378,7 +380,7 @@ impl Store {
         let index = &self.reader.index;
         let mut from = match index.checkpoint()? {
             Some(c) if c.next_position == end && c.next_seq == next_seq => return Ok(()),
-            Some(c) if c.next_position < end && self.continues_at(c)? => Some(c.next_position),
+            Some(c) if self.checkpoint_fits(c)? => Some(c.next_position),
             Some(c) => {
                 tracing::warn!(
                     checkpoint = c.next_position,
@@ -404,23 +406,13 @@ impl Store {
             clear = false;
             let mut last_seq = None;
             for r in &raw {
-                let events = format::decode_events_with_slots(&r.frame)
-                    .map_err(|e| self.reader.log.corruption_at(r.header.position, e.0))?;
-                let indexed: Vec<IndexedEvent<'_>> = events
-                    .iter()
-                    .map(|(e, slot)| IndexedEvent {
-                        stream: &e.stream,
-                        version: e.version,
-                        id: e.id,
-                        slot: *slot,
-                    })
-                    .collect();
+                let events = self.decode(&r.frame, r.header.position)?;
                 index::add_record(
                     &mut batch,
                     r.header.position,
                     self.raft.then_some(r.header.seq),
                     r.header.timestamp_us,
-                    &indexed,
+                    &index::indexed_events(&events),
                 );
                 last_seq = Some(r.header.seq);
             }
@@ -447,6 +439,20 @@ impl Store {
             }
             position = next;
         }
+    }
+
+    /// Whether the index checkpoint describes a prefix of this log: it ends where the log does,
+    /// or the record at its position is the one it expects next.
+    fn checkpoint_fits(&self, c: Checkpoint) -> Result<bool> {
+        let end = self.log.next_position();
+        Ok(c.next_position == end && c.next_seq == self.log.next_seq()
+            || c.next_position < end && self.continues_at(c)?)
+    }
+
+    /// A record's events with where each sits in it; damage is corruption at `position`.
+    fn decode(&self, frame: &Bytes, position: Position) -> Result<Vec<(RecordedEvent, EventSlot)>> {
+        format::decode_events_with_slots(frame)
+            .map_err(|e| self.reader.log.corruption_at(position, e.0))
     }
 
     /// Whether the record at the checkpoint's position is the one it expects.
@@ -987,23 +993,13 @@ impl Store {
                 .log
                 .scan(position, indexed_end, usize::MAX, usize::MAX)?;
             for r in &raw {
-                let slots = format::decode_events_with_slots(&r.frame)
-                    .map_err(|e| self.reader.log.corruption_at(r.header.position, e.0))?;
-                let indexed: Vec<IndexedEvent<'_>> = slots
-                    .iter()
-                    .map(|(e, slot)| IndexedEvent {
-                        stream: &e.stream,
-                        version: e.version,
-                        id: e.id,
-                        slot: *slot,
-                    })
-                    .collect();
+                let events = self.decode(&r.frame, r.header.position)?;
                 index::remove_record(
                     &mut batch,
                     r.header.position,
                     r.header.seq,
                     r.header.timestamp_us,
-                    &indexed,
+                    &index::indexed_events(&events),
                 );
             }
         }

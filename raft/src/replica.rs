@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ClientWriteError, ForwardToLeader, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use strata_engine::format::{FRAME_BYTES, HEADER_BYTES};
 use strata_engine::validate::Validated;
@@ -86,6 +86,19 @@ pub enum ReplicaError {
     Unavailable(String),
 }
 
+impl ReplicaError {
+    /// A copy, for answering every append of an entry.
+    pub fn duplicate(&self) -> ReplicaError {
+        match self {
+            ReplicaError::Engine(e) => ReplicaError::Engine(e.duplicate()),
+            ReplicaError::NotLeader { leader } => ReplicaError::NotLeader {
+                leader: leader.clone(),
+            },
+            ReplicaError::Unavailable(m) => ReplicaError::Unavailable(m.clone()),
+        }
+    }
+}
+
 fn leader_of(raft: &Raft) -> Option<(NodeId, StrataNode)> {
     let metrics = raft.metrics().borrow().clone();
     let id = metrics.current_leader?;
@@ -97,16 +110,25 @@ fn leader_of(raft: &Raft) -> Option<(NodeId, StrataNode)> {
     Some((id, node))
 }
 
-fn not_leader(
-    raft: &Raft,
-    me: NodeId,
-    hinted: Option<(NodeId, Option<StrataNode>)>,
-) -> ReplicaError {
-    let leader = match hinted {
-        Some((id, Some(node))) => Some((id, node)),
+/// "Not the leader", naming the leader openraft pointed to, else the one this node knows of.
+fn not_leader(raft: &Raft, me: NodeId, hint: ForwardToLeader<NodeId, StrataNode>) -> ReplicaError {
+    let leader = match (hint.leader_id, hint.leader_node) {
+        (Some(id), Some(node)) => Some((id, node)),
         _ => leader_of(raft).filter(|(id, _)| *id != me),
     };
     ReplicaError::NotLeader { leader }
+}
+
+/// A failed Raft write (client write or membership change) as this layer's error.
+fn write_error(
+    raft: &Raft,
+    me: NodeId,
+    e: RaftError<NodeId, ClientWriteError<NodeId, StrataNode>>,
+) -> ReplicaError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(raft, me, f),
+        other => ReplicaError::Unavailable(other.to_string()),
+    }
 }
 
 /// Proposes queued appends: while [`BATCHES_IN_FLIGHT_MAX`] entries are out, appends queue; the
@@ -172,15 +194,10 @@ async fn propose(raft: Raft, me: NodeId, mut queue: mpsc::Receiver<Proposal>, by
                             })
                             .collect(),
                     },
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                        let hinted = f.leader_id.map(|id| (id, f.leader_node));
-                        (0..count)
-                            .map(|_| Err(not_leader(&raft, me, hinted.clone())))
-                            .collect()
+                    Err(e) => {
+                        let error = write_error(&raft, me, e);
+                        (0..count).map(|_| Err(error.duplicate())).collect()
                     }
-                    Err(e) => (0..count)
-                        .map(|_| Err(ReplicaError::Unavailable(e.to_string())))
-                        .collect(),
                 };
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
@@ -341,22 +358,7 @@ impl Replica {
 
     /// The leader's id and node, if known.
     pub fn leader(&self) -> Option<(NodeId, StrataNode)> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let id = metrics.current_leader?;
-        let node = metrics
-            .membership_config
-            .membership()
-            .get_node(&id)?
-            .clone();
-        Some((id, node))
-    }
-
-    fn not_leader(&self, hinted: Option<(NodeId, Option<StrataNode>)>) -> ReplicaError {
-        let leader = match hinted {
-            Some((id, Some(node))) => Some((id, node)),
-            _ => self.leader().filter(|(id, _)| *id != self.node_id),
-        };
-        ReplicaError::NotLeader { leader }
+        leader_of(&self.raft)
     }
 
     /// Appends through Raft: answered once committed (on a majority, each after fdatasync) and
@@ -402,7 +404,7 @@ impl Replica {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
                 f,
-            )))) => Err(self.not_leader(f.leader_id.map(|id| (id, f.leader_node)))),
+            )))) => Err(not_leader(&self.raft, self.node_id, f)),
             Ok(Err(e)) => Err(ReplicaError::Unavailable(e.to_string())),
         }
     }
@@ -410,12 +412,7 @@ impl Replica {
     /// Adds a node the safe way: as a learner first, waiting until it has caught up, then
     /// promoted to a voter.
     pub async fn add_node(&self, id: NodeId, node: StrataNode) -> Result<(), ReplicaError> {
-        let map = |e: RaftError<NodeId, ClientWriteError<NodeId, StrataNode>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                self.not_leader(f.leader_id.map(|id| (id, f.leader_node)))
-            }
-            other => ReplicaError::Unavailable(other.to_string()),
-        };
+        let map = |e| write_error(&self.raft, self.node_id, e);
         self.raft.add_learner(id, node, true).await.map_err(map)?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
@@ -426,12 +423,7 @@ impl Replica {
 
     /// Removes a node from the membership (voter or learner).
     pub async fn remove_node(&self, id: NodeId) -> Result<(), ReplicaError> {
-        let map = |e: RaftError<NodeId, ClientWriteError<NodeId, StrataNode>>| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                self.not_leader(f.leader_id.map(|id| (id, f.leader_node)))
-            }
-            other => ReplicaError::Unavailable(other.to_string()),
-        };
+        let map = |e| write_error(&self.raft, self.node_id, e);
         let membership = self.raft.metrics().borrow().membership_config.clone();
         if membership.voter_ids().any(|v| v == id) {
             self.raft

@@ -89,6 +89,9 @@ impl Debug for ShardOptions {
 
 struct State {
     store: Store,
+    /// The state machine's own state, as last written to the index with the records it covers
+    /// (kept here so applying never reads it back).
+    applied: Applied,
     /// Written, not yet applied, oldest first (one record each).
     pending: VecDeque<WrittenEntry>,
     /// Which data generation (`gen-N`) is live; a snapshot install starts a new one.
@@ -226,6 +229,71 @@ fn open_generation(options: &ShardOptions, generation: u64) -> Result<(Store, Ve
     )
 }
 
+fn read_applied(store: &Store) -> Result<Applied> {
+    match store.finisher().meta(APPLIED_KEY)? {
+        Some(b) => serde_json::from_slice(&b)
+            .map_err(|e| Error::Index(format!("malformed applied state: {e}"))),
+        None => Ok(Applied::default()),
+    }
+}
+
+/// The record holding entry `log_id` (same index and leader), if this log has it.
+fn record_of(store: &Store, log_id: LogId) -> Result<Option<RawRecord>> {
+    Ok(store
+        .read_entries(log_id.index, log_id.index + 1, 1)?
+        .into_iter()
+        .next()
+        .filter(|r| {
+            r.header.term == log_id.leader_id.term && r.header.leader == log_id.leader_id.node_id
+        }))
+}
+
+/// Calls `each` on the records of entries `from..to`, in order, until `max_bytes` of them
+/// were read (at least one).
+fn scan_entries(
+    store: &Store,
+    from: u64,
+    to: u64,
+    max_bytes: usize,
+    mut each: impl FnMut(&RawRecord) -> Result<()>,
+) -> Result<()> {
+    let (mut at, mut bytes) = (from, 0usize);
+    while at < to && bytes < max_bytes {
+        let raw = store.read_entries(at, to, max_bytes - bytes)?;
+        let Some(last) = raw.last() else { break };
+        at = last.header.seq + 1;
+        for r in &raw {
+            bytes += r.frame.len();
+            each(r)?;
+        }
+    }
+    Ok(())
+}
+
+/// Indexes applied records together with the state machine's new state, in one index batch,
+/// after making sure they are synced.
+fn finish_applied(
+    finisher: &Finisher,
+    groups: Vec<strata_engine::store::WrittenGroup<()>>,
+    applied: &Applied,
+    mut extra: IndexBatch,
+) -> Result<()> {
+    index::set_meta(
+        &mut extra,
+        APPLIED_KEY,
+        serde_json::to_vec(applied).map_err(|e| Error::Index(e.to_string()))?,
+    );
+    if groups.is_empty() {
+        return finisher.write_meta(extra);
+    }
+    let points: Vec<SyncPoint> = groups.iter().map(|g| g.sync_point()).collect();
+    finisher.ensure_synced(&points)?;
+    for (_, answer) in finisher.finish_with(groups, &Ok(()), extra) {
+        answer?;
+    }
+    Ok(())
+}
+
 fn run_syncer(jobs: mpsc::Receiver<SyncJob>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -258,6 +326,7 @@ impl Shard {
         let generation = read_generation(&options)?;
         remove_stale(&options, generation)?;
         let (store, pending) = open_generation(&options, generation)?;
+        let applied = read_applied(&store)?;
         if !pending.is_empty() {
             tracing::info!(
                 entries = pending.len(),
@@ -280,6 +349,7 @@ impl Shard {
                 options,
                 state: Mutex::new(State {
                     store,
+                    applied,
                     pending: pending.into(),
                     generation,
                 }),
@@ -364,43 +434,19 @@ impl Shard {
     /// The replicated bytes of applied entries `from..to` (see
     /// [`strata_engine::format::replicated_bytes`]): equal on every replica for the same range.
     pub fn replicated_entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        let applied = self.applied()?.last.map_or(0, |l| l.index + 1);
         let state = lock(&self.inner.state);
+        let applied = state.applied.last.map_or(0, |l| l.index + 1);
         let mut out = Vec::new();
-        let mut at = from;
-        let to = to.min(applied);
-        while at < to {
-            let raw = state.store.read_entries(at, to, ENTRIES_BYTES_MAX)?;
-            let Some(last) = raw.last() else { break };
-            at = last.header.seq + 1;
-            out.extend(
-                raw.iter()
-                    .map(|r| (r.header.seq, format::replicated_bytes(&r.frame))),
-            );
-        }
+        scan_entries(&state.store, from, to.min(applied), usize::MAX, |r| {
+            out.push((r.header.seq, format::replicated_bytes(&r.frame)));
+            Ok(())
+        })?;
         Ok(out)
     }
 
     /// Whether this log holds the entry `log_id` (same index, same leader).
     pub fn holds(&self, log_id: LogId) -> Result<bool> {
-        let state = lock(&self.inner.state);
-        Ok(state
-            .store
-            .read_entries(log_id.index, log_id.index + 1, 1)?
-            .first()
-            .is_some_and(|r| {
-                r.header.term == log_id.leader_id.term
-                    && r.header.leader == log_id.leader_id.node_id
-            }))
-    }
-
-    fn applied(&self) -> Result<Applied> {
-        let finisher = lock(&self.inner.state).store.finisher();
-        match finisher.meta(APPLIED_KEY)? {
-            Some(b) => serde_json::from_slice(&b)
-                .map_err(|e| Error::Index(format!("malformed applied state: {e}"))),
-            None => Ok(Applied::default()),
-        }
+        Ok(record_of(&lock(&self.inner.state).store, log_id)?.is_some())
     }
 
     fn hard(&self) -> HardState {
@@ -419,17 +465,10 @@ impl Shard {
         let from = from.max(purged_next);
         let state = lock(&self.inner.state);
         let mut out = Vec::new();
-        let mut at = from;
-        let mut bytes = 0usize;
-        while at < to && bytes < max_bytes {
-            let raw = state.store.read_entries(at, to, max_bytes - bytes)?;
-            let Some(last) = raw.last() else { break };
-            at = last.header.seq + 1;
-            for r in &raw {
-                bytes += r.frame.len();
-                out.extend(to_entry(r)?);
-            }
-        }
+        scan_entries(&state.store, from, to, max_bytes, |r| {
+            out.extend(to_entry(r)?);
+            Ok(())
+        })?;
         Ok(out)
     }
 }
@@ -679,7 +718,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> std::result::Result<(Option<LogId>, StoredMembership), StorageError> {
-        let a = self.shard.applied().map_err(sm_error)?;
+        let a = lock(&self.shard.inner.state).applied.clone();
         Ok((a.last, a.membership))
     }
 
@@ -688,8 +727,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut applied = self.shard.applied().map_err(sm_error)?;
         let mut state = lock(&self.shard.inner.state);
+        let mut applied = state.applied.clone();
         let mut groups = Vec::new();
         let mut replies = Vec::new();
         for entry in entries {
@@ -725,23 +764,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             applied.last = Some(entry.log_id);
         }
-        let mut extra = IndexBatch::default();
-        index::set_meta(
-            &mut extra,
-            APPLIED_KEY,
-            serde_json::to_vec(&applied).map_err(|e| sm_error(Error::Index(e.to_string())))?,
-        );
         let finisher = state.store.finisher();
+        // Readers and the Raft log go on while the index is written.
         drop(state);
-        if groups.is_empty() {
-            finisher.write_meta(extra).map_err(sm_error)?;
-        } else {
-            let points: Vec<SyncPoint> = groups.iter().map(|g| g.sync_point()).collect();
-            finisher.ensure_synced(&points).map_err(sm_error)?;
-            for (_, answer) in finisher.finish_with(groups, &Ok(()), extra) {
-                answer.map_err(sm_error)?;
-            }
-        }
+        finish_applied(&finisher, groups, &applied, IndexBatch::default()).map_err(sm_error)?;
+        lock(&self.shard.inner.state).applied = applied;
         Ok(replies)
     }
 
@@ -806,19 +833,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 impl Shard {
     /// A snapshot of everything applied: the log's byte ranges up to the last applied record.
     fn build_manifest(&self) -> Result<Manifest> {
-        let applied = self.applied()?;
         let state = lock(&self.inner.state);
+        let applied = state.applied.clone();
         let end = match applied.last {
-            Some(last) => match state
-                .store
-                .read_entries(last.index, last.index + 1, 1)?
-                .first()
-            {
-                Some(r) if r.header.term == last.leader_id.term => {
-                    Some(r.header.position + r.frame.len() as u64)
-                }
-                _ => None,
-            },
+            Some(last) => {
+                record_of(&state.store, last)?.map(|r| r.header.position + r.frame.len() as u64)
+            }
             None => None,
         };
         let segments = match end {
@@ -852,13 +872,7 @@ impl Shard {
         // If this log already holds the snapshot's last entry, it holds everything before it:
         // apply up to there in place.
         let holds_last = match last {
-            Some(l) => state
-                .store
-                .read_entries(l.index, l.index + 1, 1)?
-                .first()
-                .is_some_and(|r| {
-                    r.header.term == l.leader_id.term && r.header.leader == l.leader_id.node_id
-                }),
+            Some(l) => record_of(&state.store, l)?.is_some(),
             None => true,
         };
         let generation = if holds_last || manifest.segments.is_empty() {
@@ -906,21 +920,11 @@ impl Shard {
             membership: meta.last_membership.clone(),
         };
         let mut extra = IndexBatch::default();
-        index::set_meta(
-            &mut extra,
-            APPLIED_KEY,
-            serde_json::to_vec(&applied).map_err(|e| Error::Index(e.to_string()))?,
-        );
         index::set_meta(&mut extra, SNAPSHOT_KEY, manifest.encode());
         let finisher = state.store.finisher();
-        if groups.is_empty() {
-            finisher.write_meta(extra)?;
-        } else {
-            for (_, answer) in finisher.finish_with(groups, &Ok(()), extra) {
-                answer?;
-            }
-        }
+        finish_applied(&finisher, groups, &applied, extra)?;
         finisher.flush_index()?;
+        state.applied = applied;
         drop(state);
         self.inner.generation.send_replace(generation);
         tracing::info!(snapshot = %meta.snapshot_id, generation, "snapshot installed");

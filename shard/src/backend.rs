@@ -85,15 +85,11 @@ impl Backend {
 /// The gRPC status for a replicated operation's error. A node that is not the leader answers
 /// UNAVAILABLE with the leader's client address in `strata-leader` (clients retry there).
 pub fn replica_status(error: ReplicaError) -> Status {
+    let message = error.to_string();
     match error {
         ReplicaError::Engine(e) => to_status(e),
         ReplicaError::NotLeader { leader } => {
-            let mut status = Status::unavailable(
-                ReplicaError::NotLeader {
-                    leader: leader.clone(),
-                }
-                .to_string(),
-            );
+            let mut status = Status::unavailable(message);
             let md = status.metadata_mut();
             md.insert(ERROR_KIND_KEY, MetadataValue::from_static("not-leader"));
             if let Some((id, node)) = leader {
@@ -106,8 +102,8 @@ pub fn replica_status(error: ReplicaError) -> Status {
             }
             status
         }
-        ReplicaError::Unavailable(m) => {
-            let mut status = Status::unavailable(format!("shard unavailable: {m}"));
+        ReplicaError::Unavailable(_) => {
+            let mut status = Status::unavailable(message);
             status
                 .metadata_mut()
                 .insert(ERROR_KIND_KEY, MetadataValue::from_static("unavailable"));

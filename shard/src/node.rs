@@ -282,21 +282,32 @@ fn engine_error(dir: &std::path::Path, source: strata_engine::Error) -> NodeErro
     }
 }
 
-async fn open_engine(config: &NodeConfig) -> Result<Arc<Engine>, NodeError> {
-    let dir = config.data_dir.clone();
-    let engine_config = config.engine.clone();
-    let engine = tokio::task::spawn_blocking(move || Engine::open_dir(&dir, engine_config))
+/// Opens storage in `dir` on the blocking pool (recovery reads and syncs files).
+async fn open_blocking<T: Send + 'static>(
+    dir: &std::path::Path,
+    open: impl FnOnce() -> strata_engine::Result<T> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(open)
         .await
         .map_err(|e| {
             engine_error(
-                &config.data_dir,
+                dir,
                 strata_engine::Error::Io {
                     context: "opening the store".into(),
                     source: std::io::Error::other(e.to_string()),
                 },
             )
         })?
-        .map_err(|e| engine_error(&config.data_dir, e))?;
+        .map_err(|e| engine_error(dir, e))
+}
+
+async fn open_engine(config: &NodeConfig) -> Result<Arc<Engine>, NodeError> {
+    let dir = config.data_dir.clone();
+    let engine_config = config.engine.clone();
+    let engine = open_blocking(&config.data_dir, move || {
+        Engine::open_dir(&dir, engine_config)
+    })
+    .await?;
     Ok(Arc::new(engine))
 }
 
@@ -340,18 +351,7 @@ async fn open_replica(
         clock: Arc::new(MonotonicClock::default()),
         open_index: Arc::new(|p| Ok(Box::new(RocksIndexStore::open(p)?))),
     };
-    let shard = tokio::task::spawn_blocking(move || Shard::open(options))
-        .await
-        .map_err(|e| {
-            engine_error(
-                &config.data_dir,
-                strata_engine::Error::Io {
-                    context: "opening the shard".into(),
-                    source: std::io::Error::other(e.to_string()),
-                },
-            )
-        })?
-        .map_err(|e| engine_error(&config.data_dir, e))?;
+    let shard = open_blocking(&config.data_dir, move || Shard::open(options)).await?;
     let transport = Arc::new(GrpcTransport::default());
     let replica = Replica::start(shard, me, members, cluster.raft.clone(), transport.clone())
         .await

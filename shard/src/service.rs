@@ -216,6 +216,7 @@ impl pb::streams_server::Streams for StreamsService {
             let r = request.into_inner();
             let limit = limit(r.limit, self.backend.reader().limits().read_records_max)?;
             self.backend.read_barrier(r.consistency).await?;
+            // After the barrier: a snapshot install may have replaced the store meanwhile.
             let batch = blocking(&self.backend.reader(), move |reader| {
                 reader.read_all(r.from_position, limit)
             })

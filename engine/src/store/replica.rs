@@ -32,7 +32,7 @@ use crate::format::{
     KIND_MEMBERSHIP,
 };
 use crate::fs::FileSystem;
-use crate::index::{self, IndexedEvent};
+use crate::index;
 use crate::index_store::{IndexBatch, IndexStore};
 use crate::log::RawRecord;
 use crate::validate::Validated;
@@ -102,12 +102,7 @@ impl Store {
         store.raft = true;
         let end = store.log.next_position();
         let from = match store.reader.index.checkpoint()? {
-            Some(c)
-                if c.next_position == end && c.next_seq == store.log.next_seq()
-                    || c.next_position < end && store.continues_at(c)? =>
-            {
-                c.next_position
-            }
+            Some(c) if store.checkpoint_fits(c)? => c.next_position,
             Some(c) => {
                 tracing::warn!(
                     checkpoint = c.next_position,
@@ -161,17 +156,8 @@ impl Store {
         for entry in entries {
             self.check_poison()?;
             if let EntryBody::Frame(frame) = &entry.body {
-                // Refuse a frame for another index before anything is written for it.
-                let at = FRAME_BYTES + 16;
-                let seq = frame
-                    .get(at..at + 8)
-                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
-                if seq != Some(entry.seq) {
-                    return Err(Error::invalid(
-                        "entry",
-                        format!("frame does not hold entry {} ({seq:?} found)", entry.seq),
-                    ));
-                }
+                // Refuse a bad frame before anything (a gap record) is written for it.
+                self.check_copied_frame(frame, entry.seq)?;
             }
             if entry.seq != self.log.next_seq() {
                 if self.log.is_empty() {
@@ -324,13 +310,26 @@ impl Store {
     }
 
     /// A leader's record frame, checked and given this log's local header fields.
-    fn copy_frame(&mut self, frame: &Bytes, seq: u64, group: &mut Group<()>) -> Result<()> {
+    /// A leader's frame must be one intact record holding entry `seq`.
+    fn check_copied_frame(&self, frame: &Bytes, seq: u64) -> Result<RecordHeader> {
         let bad = |why: String| Error::invalid("entry", why);
         match check_frame(frame, self.config.limits.batch_bytes_max) {
             FrameCheck::Valid(n) if n == frame.len() => {}
             other => return Err(bad(format!("not one intact record frame ({other:?})"))),
         }
         let header = format::read_header(frame);
+        if header.seq != seq {
+            return Err(bad(format!(
+                "frame holds entry {} where entry {seq} was expected",
+                header.seq
+            )));
+        }
+        Ok(header)
+    }
+
+    fn copy_frame(&mut self, frame: &Bytes, seq: u64, group: &mut Group<()>) -> Result<()> {
+        let bad = |why: String| Error::invalid("entry", why);
+        let header = self.check_copied_frame(frame, seq)?;
         if header.position > self.log.next_position() && !self.log.is_empty() {
             // The leader rolled its segment here; roll too, so positions stay the same on
             // every replica.
@@ -341,12 +340,6 @@ impl Store {
                 "frame at position {} but this log continues at {} (every replica needs the same segment_bytes_max)",
                 header.position,
                 self.log.next_position()
-            )));
-        }
-        if header.seq != seq {
-            return Err(bad(format!(
-                "frame holds entry {} where entry {seq} was expected",
-                header.seq
             )));
         }
         let mut buf = frame.to_vec();
@@ -366,29 +359,14 @@ impl Store {
 
     /// What a record already encoded changes: index entries and in-flight effects.
     fn absorb(&self, frame: &Bytes, header: RecordHeader) -> Result<(Effects, IndexBatch, u64)> {
-        let events = format::decode_events_with_slots(frame)
-            .map_err(|e| self.reader.log.corruption_at(header.position, e.0))?;
+        let events = self.decode(frame, header.position)?;
         let mut batch = IndexBatch::default();
-        let indexed: Vec<IndexedEvent<'_>> = events
-            .iter()
-            .map(|(e, slot)| IndexedEvent {
-                stream: &e.stream,
-                version: e.version,
-                id: e.id,
-                slot: *slot,
-            })
-            .collect();
-        let timestamp = if events.is_empty() {
-            0
-        } else {
-            header.timestamp_us
-        };
         index::add_record(
             &mut batch,
             header.position,
             Some(header.seq),
-            timestamp,
-            &indexed,
+            header.timestamp_us,
+            &index::indexed_events(&events),
         );
         let mut effects = Effects::default();
         for (e, _) in &events {

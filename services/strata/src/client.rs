@@ -38,9 +38,17 @@ pub enum Consistency {
     Follower,
 }
 
-impl Consistency {
-    fn wire(self) -> i32 {
-        match self {
+/// `--consistency` of the read commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsistencyArg {
+    /// Read consistency on a replicated shard.
+    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
+    consistency: Consistency,
+}
+
+impl ConsistencyArg {
+    fn wire(&self) -> i32 {
+        match self.consistency {
             Consistency::Linearizable => pb::Consistency::Linearizable as i32,
             Consistency::Follower => pb::Consistency::Follower as i32,
         }
@@ -88,9 +96,8 @@ pub struct ReadArgs {
     /// Most events (0: the server's default, 1000).
     #[arg(long, default_value_t = 0)]
     limit: u32,
-    /// Read consistency on a replicated shard.
-    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
-    consistency: Consistency,
+    #[command(flatten)]
+    consistency: ConsistencyArg,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -104,9 +111,8 @@ pub struct ReadAllArgs {
     /// Most records (0: the server's default, 1000).
     #[arg(long, default_value_t = 0)]
     limit: u32,
-    /// Read consistency on a replicated shard.
-    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
-    consistency: Consistency,
+    #[command(flatten)]
+    consistency: ConsistencyArg,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -132,9 +138,8 @@ pub struct SubscribeArgs {
 pub struct StreamInfoArgs {
     /// Stream name.
     stream: String,
-    /// Read consistency on a replicated shard.
-    #[arg(long, value_enum, default_value_t = Consistency::Linearizable)]
-    consistency: Consistency,
+    #[command(flatten)]
+    consistency: ConsistencyArg,
     #[command(flatten)]
     server: ServerArg,
 }

@@ -146,8 +146,8 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The leader's client address as the node at `server` sees it (the node itself when it runs
-/// without replication or knows no leader).
+/// The leader's client address as the node at `server` sees it: `server` itself when that node
+/// leads (or runs without replication, where it is its own leader) or knows no leader.
 pub async fn leader_addr(server: &str) -> Result<String, Failure> {
     let ch = crate::client::channel(server).await?;
     let s = ClusterClient::new(ch)
@@ -157,6 +157,6 @@ pub async fn leader_addr(server: &str) -> Result<String, Failure> {
         .into_inner();
     Ok(s.nodes
         .iter()
-        .find(|n| s.has_leader && n.id == s.leader && !n.addr.is_empty() && s.node_id != 0)
+        .find(|n| s.has_leader && n.id == s.leader && s.leader != s.node_id)
         .map_or_else(|| server.to_string(), |n| n.addr.clone()))
 }
