@@ -54,6 +54,10 @@ pub struct RaftSettings {
     pub append_timeout: Duration,
     /// How long a linearizable read may wait to confirm leadership. Default 2 s.
     pub read_timeout: Duration,
+    /// How long a node being added may take, as a learner, to replicate the log as it stood
+    /// when it was added, before it is promoted to voter. Default 60 s; past it the node stays
+    /// a learner and the call fails.
+    pub learner_catch_up_timeout: Duration,
 }
 
 impl Default for RaftSettings {
@@ -65,6 +69,7 @@ impl Default for RaftSettings {
             keep_entries: 10_000,
             append_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(2),
+            learner_catch_up_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -409,11 +414,47 @@ impl Replica {
         }
     }
 
-    /// Adds a node the safe way: as a learner first, waiting until it has caught up, then
-    /// promoted to a voter.
+    /// Adds a node the safe way: as a learner first, waiting until it has replicated the log
+    /// as it stood when it was added, then promoted to a voter. A node that does not catch up
+    /// within [`RaftSettings::learner_catch_up_timeout`] stays a learner (the call fails), so an
+    /// unreachable node never becomes a voter that the quorum would have to count.
     pub async fn add_node(&self, id: NodeId, node: StrataNode) -> Result<(), ReplicaError> {
         let map = |e| write_error(&self.raft, self.node_id, e);
-        self.raft.add_learner(id, node, true).await.map_err(map)?;
+        let already_voter = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .any(|v| v == id);
+        if already_voter {
+            return Ok(());
+        }
+        // openraft's own "blocking" add only waits until the learner lags less than its
+        // replication threshold, which a short log always meets.
+        self.raft.add_learner(id, node, false).await.map_err(map)?;
+        let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + self.settings.learner_catch_up_timeout;
+        loop {
+            let matched = self
+                .raft
+                .metrics()
+                .borrow()
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|l| l.index);
+            if matched.is_some_and(|m| m >= target) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReplicaError::Unavailable(format!(
+                    "node {id} has not replicated the log up to index {target} within {:?}; it stays a learner (check that it runs and is reachable, or remove it with remove-node)",
+                    self.settings.learner_catch_up_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
@@ -425,12 +466,18 @@ impl Replica {
     pub async fn remove_node(&self, id: NodeId) -> Result<(), ReplicaError> {
         let map = |e| write_error(&self.raft, self.node_id, e);
         let membership = self.raft.metrics().borrow().membership_config.clone();
+        if membership.membership().get_node(&id).is_none() {
+            return Err(ReplicaError::Engine(Error::invalid(
+                "id",
+                format!("node {id} is not a member of this cluster"),
+            )));
+        }
         if membership.voter_ids().any(|v| v == id) {
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
                 .map_err(map)?;
-        } else if membership.membership().get_node(&id).is_some() {
+        } else {
             self.raft
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 .await

@@ -47,7 +47,7 @@ enum Command {
         nodes: u64,
     },
     /// Run a node for deployments, configured by --config FILE (TOML) and flags.
-    Node(node_config::NodeArgs),
+    Node(Box<node_config::NodeArgs>),
     /// Append events to a stream (one atomic append).
     Append(client::AppendArgs),
     /// Read a stream.
@@ -122,7 +122,7 @@ fn main() -> ExitCode {
                 };
                 serve(config, "strata dev").await
             }
-            Command::Node(args) => match node_config::resolve(args) {
+            Command::Node(args) => match node_config::resolve(*args) {
                 Ok(config) => serve(config, "strata node").await,
                 Err(e) => Err(e),
             },

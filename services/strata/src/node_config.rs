@@ -23,6 +23,7 @@
 //! snapshot_every_entries = 50000      # --snapshot-every-entries
 //! keep_entries = 10000                # --keep-entries
 //! append_timeout_ms = 5000            # --append-timeout-ms
+//! learner_catch_up_timeout_ms = 60000 # --learner-catch-up-timeout-ms (add-node)
 //! ```
 
 use std::net::SocketAddr;
@@ -93,6 +94,9 @@ pub struct NodeArgs {
     /// How long an append may wait to commit.
     #[arg(long)]
     append_timeout_ms: Option<u64>,
+    /// How long a node being added may take to catch up before it would be made a voter.
+    #[arg(long)]
+    learner_catch_up_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +121,7 @@ struct FileConfig {
     snapshot_every_entries: Option<u64>,
     keep_entries: Option<u64>,
     append_timeout_ms: Option<u64>,
+    learner_catch_up_timeout_ms: Option<u64>,
 }
 
 /// Parses `ID=ADDR` or `ID=ADDR,RAFT_ADDR`.
@@ -279,6 +284,12 @@ fn cluster(
     }
     if let Some(v) = args.append_timeout_ms.or(file.append_timeout_ms) {
         raft.append_timeout = Duration::from_millis(v.max(1));
+    }
+    if let Some(v) = args
+        .learner_catch_up_timeout_ms
+        .or(file.learner_catch_up_timeout_ms)
+    {
+        raft.learner_catch_up_timeout = Duration::from_millis(v.max(1));
     }
     Ok(Some(strata_shard::ClusterConfig {
         node_id,

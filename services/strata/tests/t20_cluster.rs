@@ -801,7 +801,12 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_grows_and_shrinks_under_writes_without_a_failed_operation() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::new(4, false, small_log_args());
+    let mut args = small_log_args();
+    args.extend([
+        "--learner-catch-up-timeout-ms".to_string(),
+        "1500".to_string(),
+    ]);
+    let mut cluster = Cluster::new(4, false, args);
     // Nodes 1–3 form the cluster; node 4 knows them but is not a member yet.
     cluster.peer_args(|_, _, peer| addr(peer.port));
     for id in 1..=3 {
@@ -878,6 +883,38 @@ async fn membership_grows_and_shrinks_under_writes_without_a_failed_operation() 
         &leader_addr,
     ]);
     assert_eq!(shrunk["nodes"].as_array().unwrap().len(), 3, "{shrunk}");
+    // A node nobody can reach is not made a voter: it stays a learner and the call fails.
+    let out = Command::new(STRATA)
+        .args(["cluster", "add-node", "--id", "5", "--addr", "127.0.0.1:1"])
+        .args(["--server", &leader_addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stays a learner"));
+    let with_learner = run(&["cluster", "status", "--json", "--server", &leader_addr]);
+    assert_eq!(voters(&with_learner), 3, "{with_learner}");
+    run(&[
+        "cluster",
+        "remove-node",
+        "--id",
+        "5",
+        "--server",
+        &leader_addr,
+    ]);
+    // Removing a node that is not a member is an error naming it.
+    let out = Command::new(STRATA)
+        .args([
+            "cluster",
+            "remove-node",
+            "--id",
+            "77",
+            "--server",
+            &leader_addr,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node 77 is not a member"));
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let reports = join(writers).await;
