@@ -155,10 +155,11 @@ impl Store {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             self.check_poison()?;
-            if let EntryBody::Frame(frame) = &entry.body {
-                // Refuse a bad frame before anything (a gap record) is written for it.
-                self.check_copied_frame(frame, entry.seq)?;
-            }
+            // Refuse a bad frame before anything (a gap record) is written for it.
+            let frame_header = match &entry.body {
+                EntryBody::Frame(frame) => Some(self.check_copied_frame(frame, entry.seq)?),
+                _ => None,
+            };
             if entry.seq != self.log.next_seq() {
                 if self.log.is_empty() {
                     self.log.restart_seq(entry.seq)?;
@@ -185,7 +186,7 @@ impl Store {
                     ));
                 }
             }
-            let (group, decided) = self.build_entry(entry)?;
+            let (group, decided) = self.build_entry(entry, frame_header)?;
             let mut written = Vec::with_capacity(1);
             let mut failed = Vec::new();
             let seq = self.log.next_seq();
@@ -206,7 +207,12 @@ impl Store {
     }
 
     /// Encodes one entry as a one-record group, rolling the segment first if it does not fit.
-    fn build_entry(&mut self, entry: LogEntry) -> Result<(Group<()>, Decided)> {
+    /// `frame_header`: for a copied frame, its header as [`Store::check_copied_frame`] read it.
+    fn build_entry(
+        &mut self,
+        entry: LogEntry,
+        frame_header: Option<RecordHeader>,
+    ) -> Result<(Group<()>, Decided)> {
         let leader = (entry.term, entry.leader);
         let blank_bytes = (FRAME_BYTES + HEADER_BYTES) as u64;
         let needed = match &entry.body {
@@ -284,7 +290,9 @@ impl Store {
                 None
             }
             EntryBody::Frame(frame) => {
-                self.copy_frame(&frame, entry.seq, &mut group)?;
+                let header = frame_header
+                    .ok_or_else(|| Error::invalid("entry", "a copied frame was not checked"))?;
+                self.copy_frame(&frame, header, &mut group)?;
                 None
             }
         };
@@ -327,9 +335,14 @@ impl Store {
         Ok(header)
     }
 
-    fn copy_frame(&mut self, frame: &Bytes, seq: u64, group: &mut Group<()>) -> Result<()> {
+    /// Writes a checked leader frame (see [`Store::check_copied_frame`]) into the group.
+    fn copy_frame(
+        &mut self,
+        frame: &Bytes,
+        header: RecordHeader,
+        group: &mut Group<()>,
+    ) -> Result<()> {
         let bad = |why: String| Error::invalid("entry", why);
-        let header = self.check_copied_frame(frame, seq)?;
         if header.position > self.log.next_position() && !self.log.is_empty() {
             // The leader rolled its segment here; roll too, so positions stay the same on
             // every replica.
