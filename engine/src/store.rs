@@ -154,6 +154,8 @@ pub struct Finisher {
     clock: Arc<dyn Clock>,
     poison: Arc<OnceLock<String>>,
     synced_end: Arc<AtomicU64>,
+    /// Woken whenever `synced_end` moves or a sync fails.
+    synced: Arc<tokio::sync::Notify>,
 }
 
 impl Finisher {
@@ -183,6 +185,7 @@ impl Finisher {
                 let why = format!("fdatasync failed: {e}");
                 tracing::error!(reason = %why, "log writer stopped");
                 let _ = self.poison.set(why);
+                self.synced.notify_waiters();
                 return Err(Error::Poisoned(
                     self.poison.get().cloned().unwrap_or_default(),
                 ));
@@ -193,6 +196,7 @@ impl Finisher {
             .record_sync(self.clock.now_ns().saturating_sub(started));
         // Before anything is answered: records written from now on may rely on it.
         self.synced_end.fetch_max(last.end, Ordering::AcqRel);
+        self.synced.notify_waiters();
         Ok(())
     }
 
@@ -216,6 +220,23 @@ impl Finisher {
             return Ok(());
         }
         self.sync_points(groups)
+    }
+
+    /// Like [`Finisher::ensure_synced`] for groups some other thread is already syncing (the
+    /// Raft log's syncer): waits for that sync instead of issuing a second fdatasync.
+    pub async fn synced(&self, groups: &[SyncPoint]) -> Result<()> {
+        let end = groups.iter().map(|g| g.end).max().unwrap_or(0);
+        loop {
+            // Created before the checks, so a sync finishing in between still wakes it.
+            let woken = self.synced.notified();
+            if let Some(why) = self.poison.get() {
+                return Err(Error::Poisoned(why.clone()));
+            }
+            if self.synced_end.load(Ordering::Acquire) >= end {
+                return Ok(());
+            }
+            woken.await;
+        }
     }
 
     /// A value stored with [`crate::index::set_meta`].
@@ -358,6 +379,7 @@ impl Store {
             clock,
             poison: log.poison_handle(),
             synced_end: synced_end.clone(),
+            synced: Arc::default(),
         };
         let store = Store {
             config,
@@ -1006,6 +1028,8 @@ impl Store {
         // Log first: a crash between the two leaves the index ahead of the log, which open
         // detects and repairs by rebuilding the index.
         self.log.truncate_from(position)?;
+        // Whatever is written at `position` from now on has not been synced.
+        self.synced_end.fetch_min(position, Ordering::AcqRel);
         if position < indexed_end {
             index::set_checkpoint(
                 &mut batch,

@@ -95,10 +95,23 @@ fn a_batch_is_decided_in_order_into_one_record_and_retries_answer_in_place() {
     let again = more[0].decided.as_ref().unwrap()[0].as_ref().unwrap();
     assert!(again.deduplicated);
     assert_eq!(again.position, a.position);
-    // A new leader overrides index 2: truncating drops that unfinished entry.
+    // It was synced; then a new leader overrides index 2: truncating drops that unfinished
+    // entry, and what replaces it does not count as synced.
+    let points: Vec<_> = more.iter().map(|e| e.group.sync_point()).collect();
+    store.finisher().sync_points(&points).unwrap();
     assert_eq!(store.truncate_entries(2).unwrap(), 1);
     assert_eq!(store.next_seq(), 2);
     drop(more);
+    let replaced = store
+        .write_entries(vec![entry(2, EntryBody::Blank)])
+        .unwrap();
+    let header = store.read_entries(2, 3, usize::MAX).unwrap()[0].header;
+    assert!(
+        header.synced_end <= header.position,
+        "a rewritten position claimed synced: {header:?}"
+    );
+    assert_eq!(store.truncate_entries(2).unwrap(), 1);
+    drop(replaced);
     let raw = store.read_entries(0, 10, usize::MAX).unwrap();
     assert_eq!(raw.len(), 2);
     assert_eq!(format::read_kind(&raw[0].frame), KIND_BLANK);

@@ -712,21 +712,19 @@ pub struct StateMachine {
     shard: Shard,
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = StateMachine;
+/// Committed entries taken out of the pending queue, ready to index.
+struct Committed {
+    groups: Vec<strata_engine::store::WrittenGroup<()>>,
+    replies: Vec<Reply>,
+    /// The state machine's state after them.
+    applied: Applied,
+    finisher: Finisher,
+}
 
-    async fn applied_state(
-        &mut self,
-    ) -> std::result::Result<(Option<LogId>, StoredMembership), StorageError> {
-        let a = lock(&self.shard.inner.state).applied.clone();
-        Ok((a.last, a.membership))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> std::result::Result<Vec<Reply>, StorageError>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
+impl StateMachine {
+    /// Takes the written records of committed `entries` out of the pending queue, with each
+    /// entry's reply.
+    fn take_committed(&self, entries: impl IntoIterator<Item = Entry>) -> Result<Committed> {
         let mut state = lock(&self.shard.inner.state);
         let mut applied = state.applied.clone();
         let mut groups = Vec::new();
@@ -752,9 +750,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     });
                 }
                 (None, EntryPayload::Normal(_)) => {
-                    return Err(sm_error(Error::Index(format!(
+                    return Err(Error::Index(format!(
                         "committed entry {index} is not in this replica's log"
-                    ))));
+                    )));
                 }
                 // Blank and membership entries carry no data: the state machine only notes them.
                 (None, _) => replies.push(Reply::None),
@@ -764,9 +762,41 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             applied.last = Some(entry.log_id);
         }
-        let finisher = state.store.finisher();
-        // Readers and the Raft log go on while the index is written.
-        drop(state);
+        Ok(Committed {
+            groups,
+            replies,
+            applied,
+            finisher: state.store.finisher(),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> std::result::Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = lock(&self.shard.inner.state).applied.clone();
+        Ok((a.last, a.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> std::result::Result<Vec<Reply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let Committed {
+            groups,
+            replies,
+            applied,
+            finisher,
+        } = self.take_committed(entries).map_err(sm_error)?;
+        // The store's lock is not held from here: readers and the Raft log go on meanwhile.
+        // A leader learns an entry committed once followers flushed it, possibly before its own
+        // syncer has: wait for that sync (never index unsynced bytes), without a second one.
+        let points: Vec<SyncPoint> = groups.iter().map(|g| g.sync_point()).collect();
+        finisher.synced(&points).await.map_err(sm_error)?;
         finish_applied(&finisher, groups, &applied, IndexBatch::default()).map_err(sm_error)?;
         lock(&self.shard.inner.state).applied = applied;
         Ok(replies)
