@@ -19,7 +19,7 @@
 //! advertise = "10.0.0.1:50051"        # --advertise (client address told to others)
 //! advertise_raft = "10.0.0.1:7001"    # --advertise-raft (Raft address peers dial)
 //! heartbeat_ms = 100                  # --heartbeat-ms
-//! election_timeout_ms = [500, 1000]   # --election-timeout-ms MIN,MAX
+//! election_timeout_ms = [400, 800]    # --election-timeout-ms MIN,MAX
 //! snapshot_every_entries = 50000      # --snapshot-every-entries
 //! keep_entries = 10000                # --keep-entries
 //! append_timeout_ms = 5000            # --append-timeout-ms
