@@ -40,6 +40,10 @@ struct State {
     space_bytes_max: Option<u64>,
     syncs_to_fail: u64,
     crashes: u64,
+    /// Bumped by [`SimFs::fence`]: handles opened under an older epoch fail.
+    epoch: u64,
+    /// Directory renames (from, to) not yet made durable: a sync of the new parent does.
+    pending_renames: Vec<(PathBuf, PathBuf)>,
 }
 
 impl State {
@@ -63,6 +67,20 @@ struct SimFile {
     state: Arc<Mutex<State>>,
     id: FileId,
     writable: bool,
+    epoch: u64,
+}
+
+impl SimFile {
+    /// The disk, unless this handle belongs to a process that crashed since it was opened.
+    fn lock(&self) -> io::Result<MutexGuard<'_, State>> {
+        let state = lock(&self.state);
+        if state.epoch != self.epoch {
+            return Err(io::Error::other(
+                "stale file handle: its process crashed (simulated)",
+            ));
+        }
+        Ok(state)
+    }
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -93,6 +111,8 @@ impl SimFs {
                 space_bytes_max: None,
                 syncs_to_fail: 0,
                 crashes: 0,
+                epoch: 0,
+                pending_renames: Vec::new(),
             })),
         }
     }
@@ -103,7 +123,10 @@ impl SimFs {
         let mut state = lock(&self.state);
         state.crashes += 1;
         state.names = state.durable_names.clone();
-        let ids: Vec<FileId> = state.files.keys().copied().collect();
+        state.pending_renames.clear();
+        let mut ids: Vec<FileId> = state.files.keys().copied().collect();
+        // In id order: the torn lengths drawn below must not depend on hash order.
+        ids.sort_unstable();
         for id in ids {
             let keep_extra = {
                 let file = &state.files[&id];
@@ -171,6 +194,17 @@ impl SimFs {
         lock(&self.state).used_bytes()
     }
 
+    /// Makes every handle opened so far fail from now on, as a crashed process's handles are
+    /// gone: whatever the old process still runs cannot touch the restarted one's files.
+    pub fn fence(&self) {
+        lock(&self.state).epoch += 1;
+    }
+
+    /// Paths of all files, in order.
+    pub fn files(&self) -> Vec<PathBuf> {
+        lock(&self.state).names.keys().cloned().collect()
+    }
+
     /// Number of simulated crashes so far.
     pub fn crashes(&self) -> u64 {
         lock(&self.state).crashes
@@ -179,7 +213,7 @@ impl SimFs {
 
 impl FileHandle for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let state = lock(&self.state);
+        let state = self.lock()?;
         let file = state
             .files
             .get(&self.id)
@@ -200,7 +234,7 @@ impl FileHandle for SimFile {
                 "opened read-only",
             ));
         }
-        let mut state = lock(&self.state);
+        let mut state = self.lock()?;
         let end = offset as usize + buf.len();
         let len = state.files.get(&self.id).map_or(0, |f| f.current.len());
         if end > len {
@@ -222,7 +256,7 @@ impl FileHandle for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let mut state = lock(&self.state);
+        let mut state = self.lock()?;
         if state.syncs_to_fail > 0 {
             state.syncs_to_fail -= 1;
             return Err(io::Error::other("injected fsync failure (EIO)"));
@@ -236,7 +270,7 @@ impl FileHandle for SimFile {
     }
 
     fn len(&self) -> io::Result<u64> {
-        let state = lock(&self.state);
+        let state = self.lock()?;
         Ok(state
             .files
             .get(&self.id)
@@ -250,7 +284,7 @@ impl FileHandle for SimFile {
                 "opened read-only",
             ));
         }
-        let mut state = lock(&self.state);
+        let mut state = self.lock()?;
         let file = state
             .files
             .get_mut(&self.id)
@@ -296,6 +330,7 @@ impl FileSystem for SimFs {
             state: self.state.clone(),
             id,
             writable: mode != OpenMode::Read,
+            epoch: state.epoch,
         }))
     }
 
@@ -356,6 +391,9 @@ impl FileSystem for SimFs {
                 state.dirs.insert(q);
             }
         }
+        state
+            .pending_renames
+            .push((from.to_path_buf(), to.to_path_buf()));
         Ok(())
     }
 
@@ -390,6 +428,23 @@ impl FileSystem for SimFs {
             .collect();
         for (p, id) in state.names.iter().filter(|(p, _)| p.parent() == Some(dir)) {
             durable.insert(p.clone(), *id);
+        }
+        // A directory renamed into this one moves, durably, with everything durable in it.
+        let (done, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut state.pending_renames)
+            .into_iter()
+            .partition(|(_, to)| to.parent() == Some(dir));
+        state.pending_renames = pending;
+        for (from, to) in done {
+            let inside: Vec<PathBuf> = durable
+                .keys()
+                .filter(|p| p.starts_with(&from))
+                .cloned()
+                .collect();
+            for p in inside {
+                if let (Some(id), Ok(rest)) = (durable.remove(&p), p.strip_prefix(&from)) {
+                    durable.insert(to.join(rest), id);
+                }
+            }
         }
         state.durable_names = durable;
         Ok(())

@@ -479,14 +479,12 @@ impl Store {
 
     /// Whether the record at the checkpoint's position is the one it expects.
     fn continues_at(&self, c: Checkpoint) -> Result<bool> {
-        match self
-            .reader
-            .log
-            .scan(c.next_position, self.log.next_position(), 1, 1)
-        {
-            Ok((raw, _)) => Ok(raw.first().is_some_and(|r| {
-                r.header.position == c.next_position && r.header.seq == c.next_seq
-            })),
+        // A checkpoint at the end of a sealed segment continues at the next one's first record.
+        let at = self.reader.log.normalize(c.next_position);
+        match self.reader.log.scan(at, self.log.next_position(), 1, 1) {
+            Ok((raw, _)) => Ok(raw
+                .first()
+                .is_some_and(|r| r.header.position == at && r.header.seq == c.next_seq)),
             Err(Error::Corruption { .. }) => Ok(false),
             Err(e) => Err(e),
         }

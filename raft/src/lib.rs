@@ -8,10 +8,12 @@
 //! - [`wire`]: what entries carry and what applying them answers.
 //! - [`network`]: Raft traffic over tonic, behind the [`RaftTransport`] seam.
 //! - [`replica`]: the Raft node and the operations the server needs.
+//! - [`runtime`]: openraft's async runtime, with seedable randomness and per-node timer pace.
 
 pub mod hard_state;
 pub mod network;
 pub mod replica;
+pub mod runtime;
 pub mod snapshot;
 pub mod storage;
 pub mod types;
@@ -19,5 +21,5 @@ pub mod wire;
 
 pub use network::{GrpcTransport, RaftService, RaftTransport};
 pub use replica::{RaftSettings, Replica, ReplicaError};
-pub use storage::{LogStore, Shard, ShardOptions, StateMachine};
+pub use storage::{LogStore, LogSync, Shard, ShardOptions, StateMachine};
 pub use types::{NodeId, Raft, StrataNode, TypeConfig};

@@ -43,6 +43,12 @@ pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a whole snapshot transfer (fetch, check, install) may take.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// HTTP/2 keep-alive ping interval on Raft connections.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// A peer that answers no keep-alive ping for this long is dead: calls on the connection fail
+/// then, instead of waiting out their deadline (a snapshot offer's is [`SNAPSHOT_TIMEOUT`]).
+/// The simulator's network fails hung calls after the same time.
+pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which RPC a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +96,10 @@ impl GrpcTransport {
                 let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                     .map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?
                     .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true);
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(DEAD_PEER_TIMEOUT)
+                    .keep_alive_while_idle(true);
                 let channel = endpoint.connect_lazy();
                 channels.insert(addr.to_string(), channel.clone());
                 channel

@@ -18,7 +18,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -61,6 +62,17 @@ struct Applied {
     membership: StoredMembership,
 }
 
+/// Where the log's fdatasyncs run (the flush callback follows each one).
+#[derive(Clone, Default)]
+pub enum LogSync {
+    /// On a dedicated thread per shard: production.
+    #[default]
+    Thread,
+    /// On a tokio task of the caller's runtime, each batch of syncs first waiting the latency
+    /// this returns: the simulator's disk, where nothing may run outside its one thread.
+    Task(Arc<dyn Fn() -> Duration + Send + Sync>),
+}
+
 /// Everything a shard's storage needs to (re)open its store.
 #[derive(Clone)]
 pub struct ShardOptions {
@@ -76,6 +88,8 @@ pub struct ShardOptions {
     pub clock: Arc<dyn Clock>,
     /// Index store seam.
     pub open_index: IndexOpener,
+    /// Where log syncs run.
+    pub log_sync: LogSync,
 }
 
 impl Debug for ShardOptions {
@@ -103,9 +117,11 @@ struct Inner {
     state: Mutex<State>,
     hard: Mutex<HardStateFile>,
     committed: Mutex<HardStateFile>,
+    /// The committed log id openraft saved since this shard was opened.
+    committed_now: Mutex<Option<LogId>>,
     /// The live data generation; changes when a snapshot install replaces the store.
     generation: tokio::sync::watch::Sender<u64>,
-    syncer: mpsc::SyncSender<SyncJob>,
+    syncer: tokio::sync::mpsc::Sender<SyncJob>,
 }
 
 struct SyncJob {
@@ -294,25 +310,45 @@ fn finish_applied(
     Ok(())
 }
 
-fn run_syncer(jobs: mpsc::Receiver<SyncJob>) {
-    while let Ok(first) = jobs.recv() {
+/// Syncs a batch of jobs (one fdatasync covers them all: they share the store's poison flag
+/// and synced end) and completes their flush callbacks.
+fn sync_batch(batch: Vec<SyncJob>) {
+    let points: Vec<SyncPoint> = batch
+        .iter()
+        .flat_map(|j| j.points.iter().cloned())
+        .collect();
+    let Some(first) = batch.first() else { return };
+    let result = first.finisher.sync_points(&points);
+    for job in batch {
+        let r = match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        };
+        job.callback.log_io_completed(r);
+    }
+}
+
+fn run_syncer_thread(mut jobs: tokio::sync::mpsc::Receiver<SyncJob>) {
+    while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(more) = jobs.try_recv() {
             batch.push(more);
         }
-        let points: Vec<SyncPoint> = batch
-            .iter()
-            .flat_map(|j| j.points.iter().cloned())
-            .collect();
-        // Every job shares the store's poison flag and synced end; one sync covers them all.
-        let result = batch[0].finisher.sync_points(&points);
-        for job in batch {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::other(e.to_string())),
-            };
-            job.callback.log_io_completed(r);
+        sync_batch(batch);
+    }
+}
+
+async fn run_syncer_task(
+    mut jobs: tokio::sync::mpsc::Receiver<SyncJob>,
+    latency: Arc<dyn Fn() -> Duration + Send + Sync>,
+) {
+    while let Some(first) = jobs.recv().await {
+        tokio::time::sleep(latency()).await;
+        let mut batch = vec![first];
+        while let Ok(more) = jobs.try_recv() {
+            batch.push(more);
         }
+        sync_batch(batch);
     }
 }
 
@@ -339,11 +375,18 @@ impl Shard {
             &options.dir.join("raft-committed"),
             false,
         )?;
-        let (syncer, jobs) = mpsc::sync_channel(SYNC_QUEUE_MAX);
-        std::thread::Builder::new()
-            .name(format!("raft-sync-{}", options.node_id))
-            .spawn(move || run_syncer(jobs))
-            .map_err(|e| Error::io("starting the raft syncer thread", e))?;
+        let (syncer, jobs) = tokio::sync::mpsc::channel(SYNC_QUEUE_MAX);
+        match &options.log_sync {
+            LogSync::Thread => {
+                std::thread::Builder::new()
+                    .name(format!("raft-sync-{}", options.node_id))
+                    .spawn(move || run_syncer_thread(jobs))
+                    .map_err(|e| Error::io("starting the raft syncer thread", e))?;
+            }
+            LogSync::Task(latency) => {
+                tokio::spawn(run_syncer_task(jobs, latency.clone()));
+            }
+        }
         Ok(Shard {
             inner: Arc::new(Inner {
                 options,
@@ -355,6 +398,7 @@ impl Shard {
                 }),
                 hard: Mutex::new(hard),
                 committed: Mutex::new(committed),
+                committed_now: Mutex::new(None),
                 generation: tokio::sync::watch::channel(generation).0,
                 syncer,
             }),
@@ -444,6 +488,17 @@ impl Shard {
         Ok(out)
     }
 
+    /// The committed log id openraft saved since this shard was opened (the file may hold an
+    /// older one, or, after a power loss, one the log no longer has).
+    pub fn committed(&self) -> Option<LogId> {
+        *lock(&self.inner.committed_now)
+    }
+
+    /// The last entry's index in the log (written, maybe not yet committed).
+    pub fn last_index(&self) -> Result<Option<u64>> {
+        Ok(lock(&self.inner.state).store.last_entry()?.map(|h| h.seq))
+    }
+
     /// Whether this log holds the entry `log_id` (same index, same leader).
     pub fn holds(&self, log_id: LogId) -> Result<bool> {
         Ok(record_of(&lock(&self.inner.state).store, log_id)?.is_some())
@@ -460,9 +515,9 @@ impl Shard {
         file.save(state)
     }
 
+    /// Entries `from..to`. Purged entries are served too: the log keeps them (they are the
+    /// data), and openraft asks for them when it re-applies a log whose index was dropped.
     fn read_range(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Entry>> {
-        let purged_next = self.hard().purged.map_or(0, |p| p.index + 1);
-        let from = from.max(purged_next);
         let state = lock(&self.inner.state);
         let mut out = Vec::new();
         scan_entries(&state.store, from, to, max_bytes, |r| {
@@ -591,7 +646,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut state = file.get().clone();
         state.committed = committed;
         file.save(state)
-            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
+            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        *lock(&self.shard.inner.committed_now) = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> std::result::Result<Option<LogId>, StorageError> {
@@ -679,6 +736,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 finisher,
                 callback,
             })
+            .await
             .map_err(|_| log_error(Error::Closed))
     }
 

@@ -35,6 +35,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = StrataNode,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = crate::runtime::StrataRuntime,
 );
 
 /// A node's id in its Raft group.

@@ -23,6 +23,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
             fs: Arc::new(StdFs),
             clock: Arc::new(MonotonicClock::default()),
             open_index: Arc::new(|p| Ok(Box::new(RocksIndexStore::open(p)?))),
+            log_sync: Default::default(),
         })
         .expect("open shard");
         let (log, sm) = shard.split();

@@ -350,6 +350,7 @@ async fn open_replica(
         fs: Arc::new(StdFs),
         clock: Arc::new(MonotonicClock::default()),
         open_index: Arc::new(|p| Ok(Box::new(RocksIndexStore::open(p)?))),
+        log_sync: Default::default(),
     };
     let shard = open_blocking(&config.data_dir, move || Shard::open(options)).await?;
     let transport = Arc::new(GrpcTransport::default());

@@ -1,11 +1,20 @@
-//! strata-sim: history checkers for Strata's consistency testing. Today: a linearizability
-//! checker ([`wgl`]: Wing–Gong search with Lowe's memoisation, per-key partitioning as in
-//! Porcupine) with three models ([`models`]: compare-and-set register, string key-value map,
-//! Strata stream), behind `strata-sim check-history`. The deterministic cluster simulator is
-//! not built yet.
+//! strata-sim: Strata's consistency testing.
+//!
+//! - The deterministic simulator: [`cluster`] (real engine + Raft + shard-layer subscriptions
+//!   of 3–5 nodes on one thread, over simulated disks, network and clocks), [`workload`]
+//!   (clients and subscribers, and the history they leave), [`check`] (the properties),
+//!   [`run`] (one seed: safety phase, liveness phase, checks), [`trace`] (the hashed trace).
+//! - A linearizability checker ([`wgl`]: Wing–Gong search with Lowe's memoisation, per-key
+//!   partitioning as in Porcupine) with three models ([`models`]: compare-and-set register,
+//!   string key-value map, Strata stream), behind `strata-sim check-history`.
 
+pub mod check;
+pub mod cluster;
 pub mod models;
+pub mod run;
+pub mod trace;
 pub mod wgl;
+pub mod workload;
 
 use std::time::{Duration, Instant};
 

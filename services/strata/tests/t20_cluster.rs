@@ -445,6 +445,7 @@ fn check_logs_identical(cluster: &mut Cluster) {
                     p,
                 )?))
             }),
+            log_sync: Default::default(),
         })
         .unwrap();
         logs.push((n.id, shard.replicated_entries(0, u64::MAX).unwrap()));

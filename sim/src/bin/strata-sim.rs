@@ -1,17 +1,24 @@
 //! `strata-sim check-history --model cas-register|kv|stream FILE`: prints `linearizable`,
 //! `not-linearizable` or `unknown` as its last line; exit status 0, 1 or 2 (and 3 for a file
 //! that cannot be read or parsed).
+//!
+//! `strata-sim run --seed S`: replays one simulated run with its trace; the last line is
+//! `trace-hash: HEX`. `strata-sim run --seeds N`: a sweep; prints seeds/s, the fault classes
+//! exercised, and every failing seed with the property it broke. Exit status 1 on a failure.
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use strata_sim::run::{run, FaultSet, RunConfig, RunReport};
 use strata_sim::wgl::Verdict;
 use strata_sim::{check_history, Limits, ModelKind};
 
 #[derive(Debug, Parser)]
-#[command(name = "strata-sim", version, about = "Strata's history checkers")]
+#[command(name = "strata-sim", version, about = "Strata's deterministic simulator and history checkers")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,16 +47,182 @@ enum Command {
         /// The history file.
         file: PathBuf,
     },
+    /// Simulate whole clusters: one seed with its trace, or a sweep of many.
+    Run {
+        /// Replay this seed, printing its trace; the last line is `trace-hash: HEX`.
+        #[arg(long, conflicts_with = "seeds")]
+        seed: Option<u64>,
+        /// Sweep this many seeds (from --first, else from a random start that is printed).
+        #[arg(long)]
+        seeds: Option<u64>,
+        /// First seed of a sweep.
+        #[arg(long)]
+        first: Option<u64>,
+        /// Stop a sweep after this many seconds (wall time), whatever --seeds says.
+        #[arg(long)]
+        time_limit: Option<u64>,
+        /// Fault classes: all, none, or a comma list of network, partitions, crashes, disk,
+        /// clock, membership.
+        #[arg(long, default_value = "all")]
+        faults: String,
+        /// Simulated seconds of the safety phase (faults and clients).
+        #[arg(long, default_value_t = 20)]
+        safety_secs: u64,
+        /// Simulated seconds the cluster has to recover in the liveness phase.
+        #[arg(long, default_value_t = 30)]
+        liveness_secs: u64,
+        /// With --seed: no trace, only the summary and the hash.
+        #[arg(long)]
+        quiet: bool,
+        /// With --seed: also print the nodes' own logs at this filter (e.g. `warn`,
+        /// `openraft=debug`) to stderr.
+        #[arg(long)]
+        log: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
-    let Command::CheckHistory {
-        model,
-        time_limit,
-        states_max,
-        file,
-    } = Cli::parse().command;
-    let text = match std::fs::read_to_string(&file) {
+    match Cli::parse().command {
+        Command::CheckHistory {
+            model,
+            time_limit,
+            states_max,
+            file,
+        } => check(model, time_limit, states_max, &file),
+        Command::Run {
+            seed,
+            seeds,
+            first,
+            time_limit,
+            faults,
+            safety_secs,
+            liveness_secs,
+            quiet,
+            log,
+        } => {
+            if let Some(filter) = log {
+                tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                    .without_time()
+                    .with_writer(std::io::stderr)
+                    .init();
+            }
+            let faults = match FaultSet::parse(&faults) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("error: --faults: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let config = |seed| RunConfig {
+                faults,
+                safety: Duration::from_secs(safety_secs),
+                liveness: Duration::from_secs(liveness_secs),
+                ..RunConfig::new(seed)
+            };
+            match (seed, seeds) {
+                (Some(seed), _) => replay(RunConfig {
+                    print: !quiet,
+                    ..config(seed)
+                }),
+                (None, Some(n)) => sweep(n, first, time_limit.map(Duration::from_secs), config),
+                (None, None) => {
+                    eprintln!("error: give --seed S or --seeds N");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn print_violations(report: &RunReport) {
+    for v in &report.violations {
+        println!("seed {}: VIOLATED {}: {}", report.seed, v.property, v.detail);
+    }
+}
+
+fn replay(config: RunConfig) -> ExitCode {
+    let report = run(&config);
+    print_violations(&report);
+    println!(
+        "seed {}: {} · {} ops, {} acknowledged appends, {} entries, {:.1} s simulated, faults {:?}",
+        report.seed,
+        if report.violations.is_empty() { "ok" } else { "FAILED" },
+        report.ops,
+        report.acked,
+        report.entries,
+        report.simulated.as_secs_f64(),
+        report.faults
+    );
+    println!("trace-hash: {:016x}", report.trace_hash);
+    if report.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn sweep(
+    count: u64,
+    first: Option<u64>,
+    time_limit: Option<Duration>,
+    config: impl Fn(u64) -> RunConfig,
+) -> ExitCode {
+    let first = first.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    println!("sweep: seeds {first}..{} (at most {count})", first.wrapping_add(count));
+    let started = Instant::now();
+    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut failed = Vec::new();
+    let (mut done, mut ops, mut unknown) = (0u64, 0usize, 0usize);
+    for i in 0..count {
+        if time_limit.is_some_and(|t| started.elapsed() >= t) {
+            println!("sweep: time limit reached");
+            break;
+        }
+        let seed = first.wrapping_add(i);
+        let report = run(&config(seed));
+        done += 1;
+        ops += report.ops;
+        unknown += report.unknown_streams;
+        for (class, n) in &report.faults {
+            *faults.entry(class).or_default() += n;
+        }
+        if !report.violations.is_empty() {
+            print_violations(&report);
+            println!("seed {seed}: FAILED — replay with: strata-sim run --seed {seed}");
+            failed.push(seed);
+        }
+        if done % 10 == 0 {
+            let rate = done as f64 / started.elapsed().as_secs_f64();
+            eprint!("\r{done} seeds, {rate:.2} seeds/s, {} failed   ", failed.len());
+            let _ = std::io::stderr().flush();
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!();
+    println!(
+        "sweep: {done} seeds in {secs:.1} s ({:.2} seeds/s), {ops} operations, {unknown} stream checks unknown",
+        done as f64 / secs.max(1e-9)
+    );
+    println!("faults exercised:");
+    for (class, n) in &faults {
+        println!("  {class:<18} {n}");
+    }
+    if failed.is_empty() {
+        println!("sweep: all {done} seeds passed");
+        ExitCode::SUCCESS
+    } else {
+        println!("sweep: {} FAILED: {failed:?}", failed.len());
+        ExitCode::from(1)
+    }
+}
+
+fn check(model: Model, time_limit: u64, states_max: usize, file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: reading {}: {e}", file.display());

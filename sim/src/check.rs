@@ -1,0 +1,430 @@
+//! The properties a run must keep: Raft invariants watched while it runs ([`Monitor`]), and
+//! after it, no lost acknowledged event, no duplicate, contiguous versions, linearizability
+//! of appends and linearizable reads (the WGL checker with the stream model), follower reads
+//! that only show committed prefixes, and gap-free, duplicate-free subscriptions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use strata_raft::types::NodeId;
+
+use crate::cluster::{is_corruption, lock, Cluster};
+use crate::models::{Stream, StreamOp};
+use crate::wgl::{self, Budget, Operation, Verdict};
+use crate::workload::{Input, Op, Outcome};
+
+/// A broken property.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which property.
+    pub property: &'static str,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// Violations found so far; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Violations(Arc<Mutex<Vec<Violation>>>);
+
+impl Violations {
+    /// Records one (and traces it).
+    pub fn add(&self, cluster: &Cluster, property: &'static str, detail: String) {
+        cluster
+            .trace()
+            .log(format!("VIOLATION {property}: {detail}"));
+        lock(&self.0).push(Violation { property, detail });
+    }
+
+    /// All of them.
+    pub fn all(&self) -> Vec<Violation> {
+        lock(&self.0).clone()
+    }
+}
+
+/// Watches the running nodes: notices nodes that stopped on a storage error, and checks the
+/// Raft invariants — no node leads under another's leader id, applied ≤ committed ≤ last log
+/// index, and an entry once applied anywhere never changes (same bytes on every node, forever).
+pub struct Monitor {
+    cluster: Cluster,
+    violations: Violations,
+    /// Nodes whose disk had a bit flipped (corruption may be reported there, nowhere else).
+    tainted: Arc<Mutex<BTreeSet<NodeId>>>,
+    /// Replicated bytes of every entry applied anywhere, by index.
+    applied: BTreeMap<u64, Vec<u8>>,
+    /// Per node: the next index to compare.
+    checked: BTreeMap<NodeId, u64>,
+    /// Highest committed index any node saved.
+    committed_max: u64,
+    /// Leader ids seen, with the node that led under each.
+    leaders: BTreeMap<(u64, NodeId), NodeId>,
+}
+
+impl Monitor {
+    /// A monitor of `cluster`.
+    pub fn new(
+        cluster: Cluster,
+        violations: Violations,
+        tainted: Arc<Mutex<BTreeSet<NodeId>>>,
+    ) -> Monitor {
+        Monitor {
+            cluster,
+            violations,
+            tainted,
+            applied: BTreeMap::new(),
+            checked: BTreeMap::new(),
+            committed_max: 0,
+            leaders: BTreeMap::new(),
+        }
+    }
+
+    fn violation(&self, property: &'static str, detail: String) {
+        self.violations.add(&self.cluster, property, detail);
+    }
+
+    /// A node reported corruption: fine where a bit was flipped, a bug anywhere else.
+    pub fn corruption(&self, id: NodeId, why: String) {
+        if !lock(&self.tainted).contains(&id) {
+            self.violation(
+                "false corruption",
+                format!("n{id} reported corruption though its disk had no bit flip: {why}"),
+            );
+        }
+        self.cluster.mark_corrupt(id, why);
+    }
+
+    /// One look at every running node.
+    pub fn sample(&mut self) {
+        for id in self.cluster.up_ids() {
+            let Some(replica) = self.cluster.replica(id) else {
+                continue;
+            };
+            let m = replica.raft().metrics().borrow().clone();
+            if let Err(fatal) = &m.running_state {
+                let why = fatal.to_string();
+                if why.contains("panic") {
+                    self.violation("no panic", format!("n{id}: {why}"));
+                }
+                if is_corruption(&why) {
+                    self.corruption(id, why);
+                } else {
+                    self.cluster
+                        .kill(id, None, &format!("raft stopped: {why}"));
+                }
+                continue;
+            }
+            if m.state == ServerState::Leader {
+                let leader_id = (m.vote.leader_id().term, m.vote.leader_id().node_id);
+                if leader_id.1 != id {
+                    self.violation(
+                        "election safety",
+                        format!("n{id} leads under leader id {leader_id:?}"),
+                    );
+                }
+                if self.leaders.insert(leader_id, id).is_none() {
+                    self.cluster.trace().log(format!(
+                        "n{id} leads (term {}, last log {:?})",
+                        leader_id.0, m.last_log_index
+                    ));
+                }
+            }
+            let shard = replica.shard();
+            let applied = m.last_applied.map(|l| l.index);
+            let committed = shard.committed().map(|c| c.index);
+            let last = match shard.last_index() {
+                Ok(l) => l,
+                Err(e) => {
+                    let why = e.to_string();
+                    if is_corruption(&why) {
+                        self.corruption(id, why);
+                    }
+                    continue;
+                }
+            };
+            if let Some(c) = committed {
+                self.committed_max = self.committed_max.max(c);
+            }
+            if committed > last {
+                self.violation(
+                    "committed <= last log index",
+                    format!("n{id}: committed {committed:?} > last log index {last:?}"),
+                );
+            }
+            if applied > last {
+                self.violation(
+                    "applied <= last log index",
+                    format!("n{id}: applied {applied:?} > last log index {last:?}"),
+                );
+            }
+            if let Some(a) = applied {
+                if a > self.committed_max {
+                    self.violation(
+                        "applied <= committed",
+                        format!("n{id}: applied {a} but no node committed past {}", self.committed_max),
+                    );
+                }
+                self.compare_entries(id, shard, a + 1);
+            }
+        }
+    }
+
+    fn compare_entries(&mut self, id: NodeId, shard: &strata_raft::Shard, to: u64) {
+        let from = *self.checked.get(&id).unwrap_or(&0);
+        if from >= to {
+            return;
+        }
+        let entries = match shard.replicated_entries(from, to) {
+            Ok(e) => e,
+            Err(e) => {
+                let why = e.to_string();
+                if is_corruption(&why) {
+                    self.corruption(id, why);
+                }
+                return;
+            }
+        };
+        let mut next = from;
+        for (seq, bytes) in entries {
+            match self.applied.get(&seq) {
+                Some(seen) if *seen != bytes => {
+                    self.violation(
+                        "committed entries never change",
+                        format!("entry {seq} on n{id} differs from the one applied before"),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.applied.insert(seq, bytes);
+                }
+            }
+            next = seq + 1;
+        }
+        self.checked.insert(id, next.max(from));
+    }
+
+    /// Entries applied anywhere.
+    pub fn applied_entries(&self) -> usize {
+        self.applied.len()
+    }
+
+    /// Distinct leader ids seen.
+    pub fn leader_ids(&self) -> usize {
+        self.leaders.len()
+    }
+}
+
+/// The final contents of each stream: event ids by version.
+pub type Final = BTreeMap<String, Vec<(u64, String)>>;
+
+/// Checks the history and the final log: every acknowledged append is there, in place; no
+/// event twice; versions contiguous; refused appends absent; unknown ones all-or-nothing;
+/// nothing that no client appended.
+pub fn check_log(ops: &[Op], last: &Final) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut v = |property, detail| out.push(Violation { property, detail });
+    let mut at: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+    for (stream, events) in last {
+        for (i, (version, id)) in events.iter().enumerate() {
+            if *version != i as u64 {
+                v(
+                    "versions contiguous",
+                    format!("{stream}: event {i} has version {version}"),
+                );
+            }
+            if at.insert(id, (stream, *version)).is_some() {
+                v("no duplicate", format!("event {id} appears twice"));
+            }
+        }
+    }
+    let mut appended: BTreeSet<&str> = BTreeSet::new();
+    for op in ops {
+        let Input::Append { stream, ids, .. } = &op.input else {
+            continue;
+        };
+        appended.extend(ids.iter().map(String::as_str));
+        let found: Vec<Option<(&str, u64)>> = ids.iter().map(|id| at.get(id.as_str()).copied()).collect();
+        match &op.outcome {
+            Outcome::Appended(first) => {
+                for (i, (id, f)) in ids.iter().zip(&found).enumerate() {
+                    let want = (stream.as_str(), first + i as u64);
+                    match f {
+                        None => v(
+                            "no lost acknowledged event",
+                            format!("{id} acknowledged at {stream}@{} is not in the log", want.1),
+                        ),
+                        Some(got) if *got != want => v(
+                            "no lost acknowledged event",
+                            format!("{id} acknowledged at {stream}@{} is at {}@{}", want.1, got.0, got.1),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+            }
+            Outcome::Conflict(_) => {
+                if let Some((id, _)) = ids.iter().zip(&found).find(|(_, f)| f.is_some()) {
+                    v(
+                        "refused appends leave nothing",
+                        format!("{id} was refused (wrong expected version) but is in the log"),
+                    );
+                }
+            }
+            Outcome::Unknown | Outcome::Read(_) => {
+                let present = found.iter().filter(|f| f.is_some()).count();
+                if present != 0 && present != ids.len() {
+                    v(
+                        "appends are atomic",
+                        format!("{present} of {} events of one append are in the log", ids.len()),
+                    );
+                }
+            }
+        }
+    }
+    for id in at.keys() {
+        if !appended.contains(id) {
+            v("no phantom events", format!("{id} is in the log but no client appended it"));
+        }
+    }
+    out
+}
+
+/// Follower reads may lag, but must show a prefix of the final stream.
+pub fn check_follower_reads(ops: &[Op], last: &Final) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for op in ops {
+        let (Input::Read { stream, follower: Some(node) }, Outcome::Read(ids)) = (&op.input, &op.outcome) else {
+            continue;
+        };
+        let full: Vec<&str> = last.get(stream).map_or(Vec::new(), |e| e.iter().map(|(_, id)| id.as_str()).collect());
+        let prefix = ids.len() <= full.len() && ids.iter().zip(&full).all(|(a, b)| a == b);
+        if !prefix {
+            out.push(Violation {
+                property: "follower reads show committed prefixes",
+                detail: format!("read of {stream} on n{node} returned {} events that are not a prefix of the log", ids.len()),
+            });
+        }
+    }
+    out
+}
+
+/// Each subscriber saw its stream in order from version 0, no gap, no duplicate, the same
+/// events as the log.
+pub fn check_subscribers(received: &[(String, Vec<(String, u64, String)>)], last: &Final) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (name, events) in received {
+        for (i, (stream, version, id)) in events.iter().enumerate() {
+            let ok_version = *version == i as u64;
+            let in_log = last
+                .get(stream)
+                .and_then(|e| e.get(*version as usize))
+                .is_some_and(|(_, lid)| lid == id);
+            if !ok_version || !in_log {
+                out.push(Violation {
+                    property: "subscriptions: in order, no gap, no duplicate",
+                    detail: format!(
+                        "subscriber {name}: delivery {i} was {stream}@{version} ({id}){}",
+                        if in_log { "" } else { ", which is not that version in the log" }
+                    ),
+                });
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Operations of one stream, as the linearizability checker takes them.
+fn stream_ops(ops: &[Op], stream: &str) -> Vec<Operation<StreamOp>> {
+    ops.iter()
+        .filter_map(|o| {
+            let op = match (&o.input, &o.outcome) {
+                (Input::Append { stream: s, expected, ids }, outcome) if s == stream => StreamOp::Append {
+                    expected: *expected,
+                    events: ids.clone(),
+                    result: match outcome {
+                        Outcome::Appended(first) => Some(Ok(*first)),
+                        Outcome::Conflict(actual) => Some(Err(*actual)),
+                        _ => None,
+                    },
+                },
+                (Input::Read { stream: s, follower: None }, Outcome::Read(ids)) if s == stream => {
+                    StreamOp::Read(Some(ids.clone()))
+                }
+                _ => return None,
+            };
+            Some(Operation {
+                client: o.client,
+                op,
+                call: o.call,
+                ret: o.ret,
+            })
+        })
+        .collect()
+}
+
+fn linearizable(ops: &[Operation<StreamOp>], time: Duration) -> Verdict {
+    wgl::check(
+        &Stream,
+        ops,
+        Budget {
+            deadline: Instant::now() + time,
+            states_max: 2_000_000,
+        },
+    )
+}
+
+/// Shrinks a non-linearizable history: drops operations one at a time while it stays
+/// non-linearizable (bounded work).
+fn shrink(mut ops: Vec<Operation<StreamOp>>) -> Vec<Operation<StreamOp>> {
+    let mut i = 0;
+    let mut tries = 0;
+    while i < ops.len() && tries < 400 {
+        tries += 1;
+        let mut fewer = ops.clone();
+        fewer.remove(i);
+        if linearizable(&fewer, Duration::from_millis(200)) == Verdict::NotLinearizable {
+            ops = fewer;
+        } else {
+            i += 1;
+        }
+    }
+    ops
+}
+
+/// Linearizability of appends and linearizable reads, stream by stream. Returns the violation
+/// (with the shortest failing sub-history found) and how many streams were left unknown.
+pub fn check_linearizable(ops: &[Op], time: Duration) -> (Vec<Violation>, usize) {
+    let streams: BTreeSet<&str> = ops
+        .iter()
+        .map(|o| match &o.input {
+            Input::Append { stream, .. } | Input::Read { stream, .. } => stream.as_str(),
+        })
+        .collect();
+    let mut unknown = 0;
+    for stream in streams {
+        let part = stream_ops(ops, stream);
+        match linearizable(&part, time) {
+            Verdict::Linearizable => {}
+            Verdict::Unknown => unknown += 1,
+            Verdict::NotLinearizable => {
+                let small = shrink(part);
+                let lines: Vec<String> = small
+                    .iter()
+                    .map(|o| format!("  client {} [{}..{:?}] {:?}", o.client, o.call, o.ret, o.op))
+                    .collect();
+                return (
+                    vec![Violation {
+                        property: "linearizable",
+                        detail: format!(
+                            "stream {stream}: {} operations, none of whose orders explains them:\n{}",
+                            small.len(),
+                            lines.join("\n")
+                        ),
+                    }],
+                    unknown,
+                );
+            }
+        }
+    }
+    (Vec::new(), unknown)
+}

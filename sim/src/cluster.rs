@@ -1,0 +1,684 @@
+//! The simulated cluster: nodes of the real engine and Raft code on one thread, each with its
+//! own disk ([`SimFs`] and an in-memory index store with RocksDB's crash behaviour), its own
+//! clock (timer drift through [`strata_raft::runtime`], wall-clock skew for event
+//! timestamps), and a network ([`SimNet`]) that delays, drops, duplicates and reorders messages
+//! and cuts links one way or both. Every choice comes from the run's one seeded generator.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use strata_engine::clock::Clock;
+use strata_engine::index_store::{IndexBatch, IndexStore, MemIndexStore};
+use strata_engine::rng::SplitMix64;
+use strata_engine::sim_fs::{CrashMode, SimFs};
+use strata_engine::fs::FileSystem;
+use strata_engine::{EngineConfig, Error};
+use strata_proto::internal as pb;
+use strata_proto::internal::raft_internal_server::RaftInternal;
+use strata_raft::network::{Rpc, DEAD_PEER_TIMEOUT};
+use strata_raft::runtime::{with_clock_rate, ClockRate};
+use strata_raft::types::NodeId;
+use strata_raft::{LogSync, RaftService, RaftSettings, RaftTransport, Replica, Shard, ShardOptions};
+use strata_raft::StrataNode;
+use tonic::{Request, Status};
+
+use crate::trace::Trace;
+
+/// The run's random source, shared by everything in it (one thread: draws happen in a fixed
+/// order, so one seed gives one run).
+#[derive(Debug, Clone)]
+pub struct SimRng(Arc<Mutex<SplitMix64>>);
+
+impl SimRng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> SimRng {
+        SimRng(Arc::new(Mutex::new(SplitMix64::new(seed))))
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&self) -> u64 {
+        lock(&self.0).next_u64()
+    }
+
+    /// A number in `0..bound`.
+    pub fn below(&self, bound: u64) -> u64 {
+        lock(&self.0).below(bound)
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    /// A duration in `lo..=hi` milliseconds.
+    pub fn millis(&self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi.saturating_sub(lo) + 1))
+    }
+
+    /// One of `items`.
+    pub fn pick<T: Clone>(&self, items: &[T]) -> Option<T> {
+        if items.is_empty() {
+            return None;
+        }
+        Some(items[self.below(items.len() as u64) as usize].clone())
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A node's address on the simulated network.
+pub fn addr(id: NodeId) -> String {
+    format!("n{id}")
+}
+
+fn id_of(addr: &str) -> Option<NodeId> {
+    addr.strip_prefix('n')?.parse().ok()
+}
+
+/// The simulated time since the run started, for clocks and traces.
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch(pub tokio::time::Instant);
+
+impl Epoch {
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// The engine's monotonic clock (statistics only), on simulated time.
+#[derive(Debug)]
+struct SimClock(Epoch);
+
+impl Clock for SimClock {
+    fn now_ns(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+/// An index store on a node's simulated disk: crash loses what RocksDB would lose; a handle
+/// from before a crash fails (its process is gone).
+#[derive(Debug)]
+struct SimIndex {
+    store: MemIndexStore,
+    epoch: u64,
+    current: Arc<AtomicU64>,
+}
+
+impl SimIndex {
+    fn live(&self) -> strata_engine::Result<()> {
+        if self.current.load(Ordering::SeqCst) != self.epoch {
+            return Err(Error::Index("stale index handle: its process crashed".into()));
+        }
+        Ok(())
+    }
+}
+
+impl IndexStore for SimIndex {
+    fn get(&self, key: &[u8]) -> strata_engine::Result<Option<Vec<u8>>> {
+        self.live()?;
+        self.store.get(key)
+    }
+
+    fn write(&self, batch: IndexBatch, sync: bool) -> strata_engine::Result<()> {
+        self.live()?;
+        self.store.write(batch, sync)
+    }
+
+    fn flush(&self) -> strata_engine::Result<()> {
+        self.live()?;
+        self.store.flush()
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> strata_engine::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.live()?;
+        self.store.scan(start, end, reverse, limit)
+    }
+}
+
+/// A node's disk: its files and its index stores (by directory).
+#[derive(Debug, Clone)]
+struct Disk {
+    fs: SimFs,
+    indexes: Arc<Mutex<BTreeMap<PathBuf, MemIndexStore>>>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl Disk {
+    fn new(seed: u64) -> Disk {
+        Disk {
+            fs: SimFs::new(seed),
+            indexes: Arc::default(),
+            epoch: Arc::default(),
+        }
+    }
+
+    /// Opens the index in `dir`; a directory the file system no longer has (a removed data
+    /// generation) starts empty, as a deleted RocksDB directory would.
+    fn open_index(&self, dir: &Path) -> strata_engine::Result<Box<dyn IndexStore>> {
+        let exists = self
+            .fs
+            .exists(dir)
+            .map_err(|e| Error::io("checking an index directory", e))?;
+        let mut indexes = lock(&self.indexes);
+        if !exists {
+            self.fs
+                .create_dir_all(dir)
+                .map_err(|e| Error::io("creating an index directory", e))?;
+            indexes.insert(dir.to_path_buf(), MemIndexStore::new());
+        }
+        let store = indexes.entry(dir.to_path_buf()).or_default().clone();
+        Ok(Box::new(SimIndex {
+            store,
+            epoch: self.epoch.load(Ordering::SeqCst),
+            current: self.epoch.clone(),
+        }))
+    }
+
+    /// The process is gone: its handles stop working. With `power`, unsynced data is lost too
+    /// (`tear`: a random prefix of it survives).
+    fn kill(&self, power: Option<CrashMode>) {
+        self.fs.fence();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(mode) = power {
+            self.fs.crash(mode);
+            for store in lock(&self.indexes).values() {
+                store.crash();
+            }
+        }
+    }
+}
+
+/// Why a node is not running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Down {
+    /// Crashed or stopped; it may be restarted.
+    Stopped(String),
+    /// It reported corruption of its data; it stays down (a real operator would rebuild it).
+    Corrupt(String),
+}
+
+struct Up {
+    replica: Arc<Replica>,
+    service: Arc<RaftService<SimNet>>,
+}
+
+struct NodeState {
+    disk: Disk,
+    /// Timer pace (1.0 exact).
+    rate: ClockRate,
+    /// Offset of its wall clock, microseconds.
+    skew_us: i64,
+    up: Option<Up>,
+    down: Option<Down>,
+    /// Times started.
+    incarnations: u64,
+}
+
+/// Network conditions.
+#[derive(Debug, Clone, Default)]
+pub struct NetConditions {
+    /// Links cut, as (from, to).
+    pub cut: BTreeSet<(NodeId, NodeId)>,
+    /// Chance a message (or its answer) is lost.
+    pub loss: f64,
+    /// Chance a message is delivered twice.
+    pub duplicate: f64,
+    /// Most one-way delay, milliseconds (at least 1).
+    pub delay_max_ms: u64,
+}
+
+struct State {
+    nodes: BTreeMap<NodeId, NodeState>,
+    net: NetConditions,
+    /// Disk latency bound per sync, milliseconds.
+    disk_latency_max_ms: u64,
+}
+
+/// What the whole run shares.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    pub(crate) rng: SimRng,
+    pub(crate) trace: Trace,
+    pub(crate) epoch: Epoch,
+    settings: RaftSettings,
+    engine: EngineConfig,
+    initial: BTreeMap<NodeId, StrataNode>,
+}
+
+/// The cluster; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster(pub(crate) Arc<Shared>);
+
+/// The Raft settings of simulated nodes: production timing, snapshots much sooner (so they,
+/// purging and installs happen within a short run).
+pub fn sim_settings() -> RaftSettings {
+    RaftSettings {
+        snapshot_every_entries: 64,
+        keep_entries: 16,
+        append_timeout: Duration::from_secs(3),
+        read_timeout: Duration::from_secs(2),
+        learner_catch_up_timeout: Duration::from_secs(10),
+        ..RaftSettings::default()
+    }
+}
+
+/// Engine settings of simulated nodes: small segments, so segments seal, roll and are copied
+/// by snapshot installs.
+pub fn sim_engine() -> EngineConfig {
+    let mut config = EngineConfig {
+        segment_bytes_max: 32 << 10,
+        ..EngineConfig::default()
+    };
+    config.limits.batch_bytes_max = 8 << 10;
+    config.limits.event_bytes_max = 4 << 10;
+    config
+}
+
+impl Cluster {
+    /// `nodes` nodes (ids 1..=nodes) of which the first three form the initial membership.
+    pub fn new(seed: u64, nodes: u64, trace: Trace) -> Cluster {
+        let rng = SimRng::new(seed);
+        let mut states = BTreeMap::new();
+        for id in 1..=nodes {
+            states.insert(
+                id,
+                NodeState {
+                    disk: Disk::new(rng.next_u64()),
+                    rate: ClockRate::default(),
+                    skew_us: 0,
+                    up: None,
+                    down: Some(Down::Stopped("not started".into())),
+                    incarnations: 0,
+                },
+            );
+        }
+        let initial = (1..=nodes.min(3))
+            .map(|id| {
+                (
+                    id,
+                    StrataNode {
+                        addr: addr(id),
+                        raft_addr: addr(id),
+                    },
+                )
+            })
+            .collect();
+        Cluster(Arc::new(Shared {
+            state: Mutex::new(State {
+                nodes: states,
+                net: NetConditions {
+                    delay_max_ms: 5,
+                    ..NetConditions::default()
+                },
+                disk_latency_max_ms: 2,
+            }),
+            rng,
+            trace,
+            epoch: Epoch(tokio::time::Instant::now()),
+            settings: sim_settings(),
+            engine: sim_engine(),
+            initial,
+        }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.0.state)
+    }
+
+    /// The run's random source.
+    pub fn rng(&self) -> &SimRng {
+        &self.0.rng
+    }
+
+    /// The trace.
+    pub fn trace(&self) -> &Trace {
+        &self.0.trace
+    }
+
+    /// All node ids.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.state().nodes.keys().copied().collect()
+    }
+
+    /// The nodes of the initial membership.
+    pub fn initial_members(&self) -> Vec<NodeId> {
+        self.0.initial.keys().copied().collect()
+    }
+
+    /// Running nodes.
+    pub fn up_ids(&self) -> Vec<NodeId> {
+        self.state()
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.up.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// A running node's replica.
+    pub fn replica(&self, id: NodeId) -> Option<Arc<Replica>> {
+        self.state()
+            .nodes
+            .get(&id)
+            .and_then(|n| n.up.as_ref().map(|u| u.replica.clone()))
+    }
+
+    /// Why a node is down, if it is.
+    pub fn down(&self, id: NodeId) -> Option<Down> {
+        self.state().nodes.get(&id).and_then(|n| n.down.clone())
+    }
+
+    /// A node's wall clock, microseconds (simulated time plus its skew, never below zero):
+    /// what its appends are stamped with.
+    pub fn wall_clock_us(&self, id: NodeId) -> u64 {
+        let skew = self.state().nodes.get(&id).map_or(0, |n| n.skew_us);
+        let base: i64 = 1_700_000_000_000_000 + self.0.epoch.elapsed().as_micros() as i64;
+        (base + skew).max(0) as u64
+    }
+
+    /// Sets a node's timer pace (1.0 exact) and wall-clock skew.
+    pub fn set_clock(&self, id: NodeId, rate: f64, skew_us: i64) {
+        if let Some(n) = self.state().nodes.get_mut(&id) {
+            n.rate.set(rate);
+            n.skew_us = skew_us;
+        }
+    }
+
+    /// Changes the network.
+    pub fn set_net(&self, change: impl FnOnce(&mut NetConditions)) {
+        change(&mut self.state().net);
+    }
+
+    /// Sets the bound of simulated sync latency.
+    pub fn set_disk_latency(&self, max_ms: u64) {
+        self.state().disk_latency_max_ms = max_ms;
+    }
+
+    /// A node's simulated file system (for disk faults).
+    pub fn fs(&self, id: NodeId) -> Option<SimFs> {
+        self.state().nodes.get(&id).map(|n| n.disk.fs.clone())
+    }
+
+    /// Starts (or restarts) a node that is stopped; a node found corrupt stays down.
+    pub async fn start(&self, id: NodeId) -> Result<(), String> {
+        let (disk, rate) = {
+            let mut state = self.state();
+            let Some(n) = state.nodes.get_mut(&id) else {
+                return Err(format!("no node {id}"));
+            };
+            match &n.down {
+                None => return Ok(()),
+                Some(Down::Corrupt(why)) => return Err(format!("node {id} is corrupt: {why}")),
+                Some(Down::Stopped(_)) => {}
+            }
+            n.incarnations += 1;
+            (n.disk.clone(), n.rate.clone())
+        };
+        let shared = Arc::downgrade(&self.0);
+        let latency_rng = self.0.rng.clone();
+        let latency_of = Arc::downgrade(&self.0);
+        let opener_disk = disk.clone();
+        let options = ShardOptions {
+            node_id: id,
+            dir: PathBuf::from(format!("/n{id}")),
+            engine: self.0.engine.clone(),
+            fs: Arc::new(disk.fs.clone()),
+            clock: Arc::new(SimClock(self.0.epoch)),
+            open_index: Arc::new(move |p| opener_disk.open_index(p)),
+            log_sync: LogSync::Task(Arc::new(move || {
+                let max = latency_of
+                    .upgrade()
+                    .map_or(1, |s| lock(&s.state).disk_latency_max_ms);
+                latency_rng.millis(0, max)
+            })),
+        };
+        let me = StrataNode {
+            addr: addr(id),
+            raft_addr: addr(id),
+        };
+        let transport = Arc::new(SimNet { from: id, shared });
+        let settings = self.0.settings.clone();
+        let members = self.0.initial.clone();
+        let started = with_clock_rate(rate, async {
+            let shard = Shard::open(options).map_err(|e| e.to_string())?;
+            Replica::start(shard, me, members, settings, transport.clone())
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        let mut state = self.state();
+        let Some(n) = state.nodes.get_mut(&id) else {
+            return Err(format!("no node {id}"));
+        };
+        match started {
+            Ok(replica) => {
+                let service = Arc::new(RaftService::new(
+                    HashMap::from([(0, replica.served())]),
+                    transport,
+                ));
+                n.up = Some(Up {
+                    replica: Arc::new(replica),
+                    service,
+                });
+                n.down = None;
+                drop(state);
+                self.trace().log(format!("node {id} started"));
+                Ok(())
+            }
+            Err(e) => {
+                disk.kill(None);
+                let down = if is_corruption(&e) {
+                    Down::Corrupt(e.clone())
+                } else {
+                    Down::Stopped(e.clone())
+                };
+                n.down = Some(down);
+                drop(state);
+                self.trace().log(format!("node {id} failed to start: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops a node at once. `power`: the machine lost power too (unsynced writes are lost,
+    /// or torn); otherwise only the process died (the OS keeps what it wrote).
+    pub fn kill(&self, id: NodeId, power: Option<CrashMode>, why: &str) {
+        let up = {
+            let mut state = self.state();
+            let Some(n) = state.nodes.get_mut(&id) else {
+                return;
+            };
+            let Some(up) = n.up.take() else { return };
+            n.disk.kill(power);
+            if n.down.is_none() {
+                n.down = Some(Down::Stopped(why.to_string()));
+            }
+            up
+        };
+        self.trace().log(format!("node {id} down: {why}"));
+        tokio::spawn(async move { up.replica.shutdown().await });
+    }
+
+    /// Marks a node corrupt (it reported corruption) and stops it.
+    pub fn mark_corrupt(&self, id: NodeId, why: String) {
+        if let Some(n) = self.state().nodes.get_mut(&id) {
+            n.down = Some(Down::Corrupt(why.clone()));
+        }
+        self.kill(id, None, &format!("reported corruption: {why}"));
+    }
+
+    /// Stops every node (end of run: breaks the reference cycles through the network).
+    pub async fn shutdown(&self) {
+        let ups: Vec<Up> = {
+            let mut state = self.state();
+            state.nodes.values_mut().filter_map(|n| n.up.take()).collect()
+        };
+        for up in ups {
+            up.replica.shutdown().await;
+        }
+    }
+
+    /// How a message from `from` to `to` fares: its delay, and whether the link is cut, the
+    /// connection resets, or the message arrives twice.
+    fn route(&self, from: NodeId, to: NodeId) -> Route {
+        let state = self.state();
+        let net = &state.net;
+        Route {
+            delay: self.0.rng.millis(1, net.delay_max_ms.max(1)),
+            cut: net.cut.contains(&(from, to)),
+            reset: self.0.rng.chance(net.loss),
+            duplicated: self.0.rng.chance(net.duplicate),
+        }
+    }
+
+    fn service(&self, to: NodeId) -> Option<Arc<RaftService<SimNet>>> {
+        self.state()
+            .nodes
+            .get(&to)
+            .and_then(|n| n.up.as_ref().map(|u| u.service.clone()))
+    }
+
+    fn shard(&self, to: NodeId) -> Option<Shard> {
+        self.state()
+            .nodes
+            .get(&to)
+            .and_then(|n| n.up.as_ref().map(|u| u.replica.shard().clone()))
+    }
+}
+
+struct Route {
+    delay: Duration,
+    cut: bool,
+    reset: bool,
+    duplicated: bool,
+}
+
+/// Whether an error message reports corrupt data (as opposed to an I/O failure).
+pub fn is_corruption(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("corrupt") || m.contains("crc")
+}
+
+/// The simulated network as one node's Raft transport.
+pub struct SimNet {
+    from: NodeId,
+    shared: Weak<Shared>,
+}
+
+fn unreachable(why: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("simulated network: {why}"))
+}
+
+impl SimNet {
+    fn cluster(&self) -> Result<Cluster, Status> {
+        self.shared
+            .upgrade()
+            .map(Cluster)
+            .ok_or_else(|| unreachable("the simulation ended"))
+    }
+
+    /// Carries one request to `to` and its answer back, with the network's faults. As on
+    /// the real transport (gRPC over TCP with keep-alives): a lost message is a reset
+    /// connection, an error soon after sending; a cut link or a dead peer is silence, an
+    /// error after [`DEAD_PEER_TIMEOUT`] (or the call's own deadline if shorter).
+    async fn carry<R, F, Fut>(&self, to: NodeId, deadline: Duration, deliver: F) -> Result<R, Status>
+    where
+        F: Fn(Cluster) -> Fut,
+        Fut: std::future::Future<Output = Result<R, Status>>,
+    {
+        let cluster = self.cluster()?;
+        let silence = deadline.min(DEAD_PEER_TIMEOUT);
+        let trip = async {
+            let out = cluster.route(self.from, to);
+            tokio::time::sleep(out.delay).await;
+            if out.cut {
+                tokio::time::sleep(silence).await;
+                return Err(unreachable(format!("no answer from n{to} within {silence:?}")));
+            }
+            if out.reset {
+                return Err(unreachable(format!("connection to n{to} reset")));
+            }
+            if out.duplicated {
+                // The copy's answer is lost; the copy still acts on the receiver.
+                let _ = deliver(cluster.clone()).await;
+            }
+            let answer = deliver(cluster.clone()).await;
+            let back = cluster.route(to, self.from);
+            tokio::time::sleep(back.delay).await;
+            if back.cut {
+                tokio::time::sleep(silence).await;
+                return Err(unreachable(format!("no answer from n{to} within {silence:?}")));
+            }
+            if back.reset {
+                return Err(unreachable(format!("connection to n{to} reset")));
+            }
+            answer
+        };
+        match tokio::time::timeout(deadline, trip).await {
+            Ok(r) => r,
+            Err(_) => Err(unreachable(format!("no answer from n{to} within {deadline:?}"))),
+        }
+    }
+}
+
+impl RaftTransport for SimNet {
+    async fn call(
+        &self,
+        addr: &str,
+        rpc: Rpc,
+        message: pb::RaftMessage,
+        deadline: Duration,
+    ) -> Result<pb::RaftMessage, Status> {
+        let to = id_of(addr).ok_or_else(|| unreachable(format!("no node at {addr}")))?;
+        self.carry(to, deadline, |cluster| {
+            let message = message.clone();
+            async move {
+                let service = cluster
+                    .service(to)
+                    .ok_or_else(|| unreachable(format!("n{to} is down")))?;
+                let request = Request::new(message);
+                let answer = match rpc {
+                    Rpc::AppendEntries => service.append_entries(request).await,
+                    Rpc::Vote => service.vote(request).await,
+                    Rpc::InstallSnapshot => service.install_snapshot(request).await,
+                }?;
+                Ok(answer.into_inner())
+            }
+        })
+        .await
+    }
+
+    async fn fetch_log(
+        &self,
+        addr: &str,
+        request: pb::FetchLogRequest,
+        deadline: Duration,
+    ) -> Result<Vec<u8>, Status> {
+        let to = id_of(addr).ok_or_else(|| unreachable(format!("no node at {addr}")))?;
+        self.carry(to, deadline, |cluster| {
+            let request = request.clone();
+            async move {
+                let shard = cluster
+                    .shard(to)
+                    .ok_or_else(|| unreachable(format!("n{to} is down")))?;
+                let max = (request.max_bytes as usize).min(strata_raft::snapshot::FETCH_CHUNK_BYTES);
+                shard
+                    .read_log_bytes(request.position, max)
+                    .map_err(|e| Status::failed_precondition(e.to_string()))
+            }
+        })
+        .await
+    }
+}

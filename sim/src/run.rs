@@ -1,0 +1,699 @@
+//! One simulated run, decided by one u64 seed: a safety phase (faults on, clients running),
+//! then a liveness phase (faults off, every stopped node restarted; the cluster must elect a
+//! leader, take an append and bring every running member level within a bounded time), then
+//! the checks of [`crate::check`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use strata_engine::sim_fs::CrashMode;
+use strata_engine::{AppendRequest, Direction, ExpectedVersion, NewEvent};
+use strata_raft::types::NodeId;
+use strata_raft::StrataNode;
+use tokio::time::Instant;
+
+use crate::check::{self, Final, Monitor, Violation, Violations};
+use crate::cluster::{addr, lock, Cluster, Down};
+use crate::trace::Trace;
+use crate::workload::{self, History, Received, STREAMS};
+
+/// Fault classes a run may inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultSet {
+    /// Message delay, loss, duplication (and so reordering).
+    pub network: bool,
+    /// Partitions: symmetric, one-way, the leader isolated.
+    pub partitions: bool,
+    /// Power loss (unsynced writes lost or torn) and process kills, with restarts.
+    pub crashes: bool,
+    /// Bit flips in sealed segments, a full disk, failing fsyncs, slow syncs.
+    pub disk: bool,
+    /// Clock drift (timer pace) and skew (wall clock).
+    pub clock: bool,
+    /// Adding and removing members.
+    pub membership: bool,
+}
+
+impl FaultSet {
+    /// Every class.
+    pub const ALL: FaultSet = FaultSet {
+        network: true,
+        partitions: true,
+        crashes: true,
+        disk: true,
+        clock: true,
+        membership: true,
+    };
+
+    /// Parses `all`, `none`, or a comma list of `network,partitions,crashes,disk,clock,membership`.
+    pub fn parse(text: &str) -> Result<FaultSet, String> {
+        let mut f = FaultSet {
+            network: false,
+            partitions: false,
+            crashes: false,
+            disk: false,
+            clock: false,
+            membership: false,
+        };
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "all" => f = FaultSet::ALL,
+                "none" => {}
+                "network" => f.network = true,
+                "partitions" => f.partitions = true,
+                "crashes" => f.crashes = true,
+                "disk" => f.disk = true,
+                "clock" => f.clock = true,
+                "membership" => f.membership = true,
+                other => {
+                    return Err(format!(
+                        "unknown fault class `{other}` (all, none, network, partitions, crashes, disk, clock, membership)"
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// How one run goes.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Decides everything.
+    pub seed: u64,
+    /// Faults to inject.
+    pub faults: FaultSet,
+    /// Simulated time with faults and clients.
+    pub safety: Duration,
+    /// Simulated time the cluster has to recover.
+    pub liveness: Duration,
+    /// Print the trace as it happens.
+    pub print: bool,
+    /// Wall time the linearizability check of one stream may take.
+    pub check_time: Duration,
+}
+
+impl RunConfig {
+    /// Defaults for `seed`.
+    pub fn new(seed: u64) -> RunConfig {
+        RunConfig {
+            seed,
+            faults: FaultSet::ALL,
+            safety: Duration::from_secs(20),
+            liveness: Duration::from_secs(30),
+            print: false,
+            check_time: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The seed.
+    pub seed: u64,
+    /// Hash of the trace.
+    pub trace_hash: u64,
+    /// Broken properties (empty: the run passed).
+    pub violations: Vec<Violation>,
+    /// Faults injected, by class name.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Operations in the history.
+    pub ops: usize,
+    /// Acknowledged appends.
+    pub acked: usize,
+    /// Entries applied anywhere.
+    pub entries: usize,
+    /// Streams whose linearizability check ran out of budget.
+    pub unknown_streams: usize,
+    /// Simulated time.
+    pub simulated: Duration,
+}
+
+/// Panics seen on this thread since the last [`take_panics`] (a panic inside a node's task
+/// is caught by tokio and would otherwise only stop that node).
+static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            lock(&PANICS).push(format!("{message}{at}"));
+        }));
+    });
+}
+
+fn take_panics() -> Vec<String> {
+    std::mem::take(&mut *lock(&PANICS))
+}
+
+/// Runs one seed on a fresh single-threaded runtime with paused (simulated) time.
+pub fn run(config: &RunConfig) -> RunReport {
+    let seed = config.seed;
+    install_panic_hook();
+    take_panics();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
+            .build()
+            .map_err(|e| e.to_string())?;
+        strata_raft::runtime::seed_thread_rng(seed ^ 0x5eed_0f_7a1f);
+        Ok::<RunReport, String>(runtime.block_on(simulate(config.clone())))
+    }));
+    let panics = take_panics();
+    match outcome {
+        Ok(Ok(mut report)) => {
+            for p in panics {
+                report.violations.push(Violation {
+                    property: "no panic",
+                    detail: p,
+                });
+            }
+            report
+        }
+        Ok(Err(e)) => failed(seed, "simulator set-up", e),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            failed(seed, "no panic", message)
+        }
+    }
+}
+
+fn failed(seed: u64, property: &'static str, detail: String) -> RunReport {
+    RunReport {
+        seed,
+        trace_hash: 0,
+        violations: vec![Violation { property, detail }],
+        faults: BTreeMap::new(),
+        ops: 0,
+        acked: 0,
+        entries: 0,
+        unknown_streams: 0,
+        simulated: Duration::ZERO,
+    }
+}
+
+#[derive(Clone, Default)]
+struct FaultLog(Arc<Mutex<BTreeMap<&'static str, u64>>>);
+
+impl FaultLog {
+    fn note(&self, cluster: &Cluster, class: &'static str, what: String) {
+        *lock(&self.0).entry(class).or_default() += 1;
+        cluster.trace().log(format!("FAULT {class}: {what}"));
+    }
+}
+
+fn leader_of(cluster: &Cluster) -> Option<NodeId> {
+    cluster.up_ids().into_iter().find(|id| {
+        cluster
+            .replica(*id)
+            .is_some_and(|r| r.raft().metrics().borrow().state == ServerState::Leader)
+    })
+}
+
+fn voters(cluster: &Cluster) -> BTreeSet<NodeId> {
+    let Some(l) = leader_of(cluster).and_then(|l| cluster.replica(l)) else {
+        return BTreeSet::new();
+    };
+    let m = l.raft().metrics().borrow().clone();
+    m.membership_config.membership().voter_ids().collect()
+}
+
+fn members(cluster: &Cluster) -> BTreeSet<NodeId> {
+    let Some(l) = leader_of(cluster).and_then(|l| cluster.replica(l)) else {
+        return BTreeSet::new();
+    };
+    let m = l.raft().metrics().borrow().clone();
+    m.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+}
+
+/// Sealed segment files of a node (a flip there is detectable; one in the last record of the
+/// tail is indistinguishable from a torn write).
+fn sealed_segments(cluster: &Cluster, id: NodeId) -> Vec<std::path::PathBuf> {
+    let Some(fs) = cluster.fs(id) else {
+        return Vec::new();
+    };
+    let mut by_dir: BTreeMap<std::path::PathBuf, Vec<std::path::PathBuf>> = BTreeMap::new();
+    for path in fs.files() {
+        let in_gen = path
+            .parent()
+            .and_then(|d| d.file_name())
+            .is_some_and(|n| n.to_string_lossy().starts_with("gen-"));
+        if in_gen && path.extension().is_some_and(|e| e == "log") {
+            if let Some(dir) = path.parent() {
+                by_dir.entry(dir.to_path_buf()).or_default().push(path.clone());
+            }
+        }
+    }
+    by_dir
+        .into_values()
+        .flat_map(|mut files| {
+            files.sort();
+            files.pop();
+            files
+        })
+        .collect()
+}
+
+/// Injects faults until `until`.
+async fn nemesis(
+    cluster: Cluster,
+    faults: FaultSet,
+    log: FaultLog,
+    tainted: Arc<Mutex<BTreeSet<NodeId>>>,
+    until: Instant,
+) {
+    let rng = cluster.rng().clone();
+    let mut classes: Vec<&str> = Vec::new();
+    for (on, name) in [
+        (faults.network, "network"),
+        (faults.partitions, "partitions"),
+        (faults.crashes, "crashes"),
+        (faults.disk, "disk"),
+        (faults.clock, "clock"),
+        (faults.membership, "membership"),
+    ] {
+        if on {
+            classes.push(name);
+        }
+    }
+    // Each stopped node is restarted a while later (the liveness phase restarts the rest).
+    loop {
+        tokio::time::sleep(rng.millis(200, 1500)).await;
+        if Instant::now() >= until {
+            return;
+        }
+        for id in cluster.ids() {
+            if matches!(cluster.down(id), Some(Down::Stopped(_))) && rng.chance(0.5) {
+                let _ = cluster.start(id).await;
+            }
+        }
+        let Some(class) = rng.pick(&classes) else {
+            continue;
+        };
+        let ids = cluster.ids();
+        let up = cluster.up_ids();
+        match class {
+            "network" => {
+                let loss = rng.below(20) as f64 / 100.0;
+                let dup = rng.below(10) as f64 / 100.0;
+                let delay = 1 + rng.below(120);
+                cluster.set_net(|n| {
+                    n.loss = loss;
+                    n.duplicate = dup;
+                    n.delay_max_ms = delay;
+                });
+                log.note(&cluster, "network", format!("loss {loss}, duplicate {dup}, delay ≤ {delay} ms"));
+            }
+            "partitions" => match rng.below(4) {
+                0 => {
+                    let side: BTreeSet<NodeId> = ids.iter().copied().filter(|_| rng.chance(0.5)).collect();
+                    let mut cut = BTreeSet::new();
+                    for a in &ids {
+                        for b in &ids {
+                            if side.contains(a) != side.contains(b) {
+                                cut.insert((*a, *b));
+                            }
+                        }
+                    }
+                    cluster.set_net(|n| n.cut = cut);
+                    log.note(&cluster, "partition", format!("{side:?} | rest"));
+                }
+                1 => {
+                    if let (Some(a), Some(b)) = (rng.pick(&ids), rng.pick(&ids)) {
+                        if a != b {
+                            cluster.set_net(|n| {
+                                n.cut.insert((a, b));
+                            });
+                            log.note(&cluster, "one-way partition", format!("n{a} -> n{b} cut"));
+                        }
+                    }
+                }
+                2 => {
+                    if let Some(l) = leader_of(&cluster) {
+                        let cut = ids
+                            .iter()
+                            .filter(|o| **o != l)
+                            .flat_map(|o| [(l, *o), (*o, l)])
+                            .collect();
+                        cluster.set_net(|n| n.cut = cut);
+                        log.note(&cluster, "leader isolated", format!("n{l}"));
+                    }
+                }
+                _ => {
+                    cluster.set_net(|n| n.cut.clear());
+                    log.note(&cluster, "heal", "all links restored".into());
+                }
+            },
+            "crashes" => {
+                let Some(id) = rng.pick(&up) else { continue };
+                match rng.below(3) {
+                    0 => {
+                        cluster.kill(id, Some(CrashMode::DropUnsynced), "power loss");
+                        log.note(&cluster, "power loss", format!("n{id}"));
+                    }
+                    1 => {
+                        cluster.kill(id, Some(CrashMode::TearUnsynced), "power loss, torn writes");
+                        log.note(&cluster, "torn write", format!("n{id}"));
+                    }
+                    _ => {
+                        cluster.kill(id, None, "process killed");
+                        log.note(&cluster, "process kill", format!("n{id}"));
+                    }
+                }
+            }
+            "disk" => {
+                let Some(id) = rng.pick(&ids) else { continue };
+                let Some(fs) = cluster.fs(id) else { continue };
+                match rng.below(4) {
+                    0 => {
+                        // At most one node's data is corrupted: a majority stays intact.
+                        let allowed = {
+                            let t = lock(&tainted);
+                            t.is_empty() || t.contains(&id)
+                        };
+                        let sealed = sealed_segments(&cluster, id);
+                        if let (true, Some(path)) = (allowed, rng.pick(&sealed)) {
+                            let len = fs.file_len(&path).unwrap_or(0);
+                            if len > 0 {
+                                let offset = rng.below(len);
+                                let bit = rng.below(8) as u8;
+                                if fs.flip_bit(&path, offset, bit).is_ok() {
+                                    lock(&tainted).insert(id);
+                                    log.note(
+                                        &cluster,
+                                        "bit flip",
+                                        format!("n{id} {} byte {offset} bit {bit}", path.display()),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    1 => {
+                        let room = rng.below(32 << 10);
+                        fs.set_space_limit(Some(fs.used_bytes() + room));
+                        log.note(&cluster, "disk full", format!("n{id} after {room} more bytes"));
+                        let fs = fs.clone();
+                        let lift = rng.millis(500, 4000);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(lift).await;
+                            fs.set_space_limit(None);
+                        });
+                    }
+                    2 => {
+                        fs.fail_next_syncs(1);
+                        log.note(&cluster, "fsync failure", format!("n{id}"));
+                    }
+                    _ => {
+                        let max = 1 + rng.below(60);
+                        cluster.set_disk_latency(max);
+                        log.note(&cluster, "slow disk", format!("syncs take ≤ {max} ms"));
+                    }
+                }
+            }
+            "clock" => {
+                let Some(id) = rng.pick(&ids) else { continue };
+                let rate = 0.7 + rng.below(61) as f64 / 100.0;
+                let skew = rng.below(4_000_001) as i64 - 2_000_000;
+                cluster.set_clock(id, rate, skew);
+                log.note(&cluster, "clock", format!("n{id} runs at {rate:.2}x, skew {skew} us"));
+            }
+            "membership" => {
+                let Some(l) = leader_of(&cluster) else { continue };
+                let Some(leader) = cluster.replica(l) else { continue };
+                let voters = voters(&cluster);
+                let spare: Vec<NodeId> = ids.iter().copied().filter(|i| !voters.contains(i)).collect();
+                let removable: Vec<NodeId> = voters.iter().copied().filter(|v| *v != l).collect();
+                let no_corruption = lock(&tainted).is_empty();
+                if rng.chance(0.5) || voters.len() <= 3 || !no_corruption {
+                    let Some(id) = rng.pick(&spare) else { continue };
+                    log.note(&cluster, "add node", format!("n{id} via n{l}"));
+                    let c = cluster.clone();
+                    tokio::spawn(async move {
+                        let node = StrataNode { addr: addr(id), raft_addr: addr(id) };
+                        let r = leader.add_node(id, node).await;
+                        c.trace().log(format!("add n{id}: {r:?}"));
+                    });
+                } else if let Some(id) = rng.pick(&removable) {
+                    log.note(&cluster, "remove node", format!("n{id} via n{l}"));
+                    let c = cluster.clone();
+                    tokio::spawn(async move {
+                        let r = leader.remove_node(id).await;
+                        c.trace().log(format!("remove n{id}: {r:?}"));
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Heals everything and waits for the cluster to serve again; `Err` names what did not
+/// recover in time.
+async fn recover(cluster: &Cluster, monitor: &Arc<Mutex<Monitor>>, within: Duration) -> Result<NodeId, String> {
+    cluster.set_net(|n| {
+        n.cut.clear();
+        n.loss = 0.0;
+        n.duplicate = 0.0;
+        n.delay_max_ms = 5;
+    });
+    cluster.set_disk_latency(2);
+    for id in cluster.ids() {
+        cluster.set_clock(id, 1.0, 0);
+        if let Some(fs) = cluster.fs(id) {
+            fs.set_space_limit(None);
+            fs.fail_next_syncs(0);
+        }
+    }
+    let deadline = Instant::now() + within;
+    let mut last_problem = String::from("no leader");
+    while Instant::now() < deadline {
+        for id in cluster.ids() {
+            if matches!(cluster.down(id), Some(Down::Stopped(_))) {
+                let _ = cluster.start(id).await;
+            }
+        }
+        lock(monitor).sample();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(l) = leader_of(cluster) else {
+            last_problem = "no leader".into();
+            continue;
+        };
+        let Some(leader) = cluster.replica(l) else { continue };
+        let probe = AppendRequest::single(
+            "liveness-probe",
+            ExpectedVersion::Any,
+            vec![NewEvent {
+                id: uuid::Uuid::from_u64_pair(cluster.rng().next_u64(), cluster.rng().next_u64()),
+                event_type: "probe".into(),
+                data: bytes::Bytes::from_static(b"{}"),
+                metadata: bytes::Bytes::new(),
+            }],
+            cluster.wall_clock_us(l),
+        );
+        if let Err(e) = leader.append(probe).await {
+            last_problem = format!("leader n{l} refused an append: {e}");
+            continue;
+        }
+        if let Err(e) = leader.linearizable_barrier().await {
+            last_problem = format!("leader n{l} failed a linearizable read: {e}");
+            continue;
+        }
+        // Then every running member must apply up to the probe (no new probes meanwhile).
+        let target = leader.raft().metrics().borrow().last_applied;
+        let lagging = loop {
+            let lagging: Vec<NodeId> = members(cluster)
+                .into_iter()
+                .filter(|id| !matches!(cluster.down(*id), Some(Down::Corrupt(_))))
+                .filter(|id| {
+                    cluster
+                        .replica(*id)
+                        .is_none_or(|r| r.raft().metrics().borrow().last_applied < target)
+                })
+                .collect();
+            if lagging.is_empty() {
+                return Ok(l);
+            }
+            if Instant::now() >= deadline || leader_of(cluster) != Some(l) {
+                break lagging;
+            }
+            for id in &lagging {
+                if matches!(cluster.down(*id), Some(Down::Stopped(_))) {
+                    let _ = cluster.start(*id).await;
+                }
+            }
+            lock(monitor).sample();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let views: Vec<String> = lagging
+            .iter()
+            .map(|id| match cluster.replica(*id) {
+                None => format!("n{id} down ({:?})", cluster.down(*id)),
+                Some(r) => {
+                    let m = r.raft().metrics().borrow().clone();
+                    format!(
+                        "n{id} {:?} term {} last log {:?} applied {:?} snapshot {:?}",
+                        m.state, m.current_term, m.last_log_index,
+                        m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index)
+                    )
+                }
+            })
+            .collect();
+        let replication = leader.raft().metrics().borrow().replication.clone();
+        last_problem = format!(
+            "members {lagging:?} have not applied up to {:?} [{}] leader n{l} replication {replication:?}",
+            target.map(|t| t.index),
+            views.join("; ")
+        );
+    }
+    Err(last_problem)
+}
+
+fn final_log(cluster: &Cluster, leader: NodeId) -> Result<Final, String> {
+    let replica = cluster.replica(leader).ok_or("the leader went down")?;
+    let reader = replica.shard().reader();
+    let mut out = Final::new();
+    for stream in STREAMS {
+        let events = reader
+            .read_stream(stream, None, Direction::Forwards, reader.limits().read_events_max)
+            .map_err(|e| format!("reading {stream}: {e}"))?;
+        out.insert(
+            stream.to_string(),
+            events.iter().map(|e| (e.version, e.id.to_string())).collect(),
+        );
+    }
+    Ok(out)
+}
+
+async fn simulate(config: RunConfig) -> RunReport {
+    let trace = Trace::new(config.print);
+    let boot = crate::cluster::SimRng::new(config.seed);
+    let nodes = if config.faults.membership { 4 + boot.below(2) } else { 3 + boot.below(3) };
+    let cluster = Cluster::new(config.seed, nodes, trace.clone());
+    trace.log(format!("seed {} · {nodes} nodes · faults {:?}", config.seed, config.faults));
+    let violations = Violations::default();
+    let tainted: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
+    let monitor = Arc::new(Mutex::new(Monitor::new(cluster.clone(), violations.clone(), tainted.clone())));
+    for id in cluster.ids() {
+        if let Err(e) = cluster.start(id).await {
+            violations.add(&cluster, "nodes start", format!("n{id}: {e}"));
+        }
+    }
+    if let Some(first) = cluster.replica(1) {
+        if let Err(e) = first.init().await {
+            violations.add(&cluster, "cluster forms", e.to_string());
+        }
+    }
+    let start = Instant::now();
+    let safety_end = start + config.safety;
+    let watching = {
+        let monitor = monitor.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                lock(&monitor).sample();
+            }
+        })
+    };
+    let history = History::default();
+    let mut tasks = Vec::new();
+    for c in 0..3 {
+        tasks.push(tokio::spawn(workload::client(cluster.clone(), history.clone(), c, safety_end)));
+    }
+    let mut subscribers = Vec::new();
+    for (i, stream) in STREAMS.iter().take(2).enumerate() {
+        let received = Received::default();
+        subscribers.push((format!("s{i}-{stream}"), received.clone()));
+        tasks.push(tokio::spawn(workload::subscriber(
+            cluster.clone(),
+            stream.to_string(),
+            received,
+            safety_end + config.liveness,
+        )));
+    }
+    let faults = FaultLog::default();
+    let _ = tokio::spawn(nemesis(
+        cluster.clone(),
+        config.faults,
+        faults.clone(),
+        tainted.clone(),
+        safety_end,
+    ))
+    .await;
+    trace.log("liveness phase: faults off, stopped nodes restarted");
+    let recovered = recover(&cluster, &monitor, config.liveness).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    watching.abort();
+    lock(&monitor).sample();
+    let ops = history.ops();
+    match recovered {
+        Err(e) => violations.add(&cluster, "liveness", format!("not recovered within {:?}: {e}", config.liveness)),
+        Ok(leader) => match final_log(&cluster, leader) {
+            Err(e) => violations.add(&cluster, "liveness", e),
+            Ok(last) => {
+                let received: Vec<(String, Vec<(String, u64, String)>)> =
+                    subscribers.iter().map(|(n, r)| (n.clone(), r.all())).collect();
+                let mut found = check::check_log(&ops, &last);
+                found.extend(check::check_follower_reads(&ops, &last));
+                found.extend(check::check_subscribers(&received, &last));
+                for v in found {
+                    violations.add(&cluster, v.property, v.detail);
+                }
+            }
+        },
+    }
+    let (lin, unknown_streams) = check::check_linearizable(&ops, config.check_time);
+    for v in lin {
+        violations.add(&cluster, v.property, v.detail);
+    }
+    if unknown_streams > 0 {
+        trace.log(format!("linearizability unknown for {unknown_streams} stream(s) (budget)"));
+    }
+    let simulated = start.elapsed();
+    let (entries, leaders) = {
+        let m = lock(&monitor);
+        (m.applied_entries(), m.leader_ids())
+    };
+    let acked = ops
+        .iter()
+        .filter(|o| matches!(o.outcome, workload::Outcome::Appended(_)))
+        .count();
+    trace.log(format!(
+        "end: {} ops ({acked} acknowledged appends), {entries} entries applied, {leaders} leader ids",
+        ops.len()
+    ));
+    cluster.shutdown().await;
+    let faults = lock(&faults.0).clone();
+    RunReport {
+        seed: config.seed,
+        trace_hash: trace.hash(),
+        violations: violations.all(),
+        faults,
+        ops: ops.len(),
+        acked,
+        entries,
+        unknown_streams,
+        simulated,
+    }
+}
