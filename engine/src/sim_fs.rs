@@ -44,6 +44,9 @@ struct State {
     epoch: u64,
     /// Directory renames (from, to) not yet made durable: a sync of the new parent does.
     pending_renames: Vec<(PathBuf, PathBuf)>,
+    /// A disk that lies: `sync_data` succeeds without making anything durable (for checking
+    /// that the simulator's checkers catch lost data).
+    lying: bool,
 }
 
 impl State {
@@ -113,6 +116,7 @@ impl SimFs {
                 crashes: 0,
                 epoch: 0,
                 pending_renames: Vec::new(),
+                lying: false,
             })),
         }
     }
@@ -200,6 +204,11 @@ impl SimFs {
         lock(&self.state).epoch += 1;
     }
 
+    /// Makes `sync_data` succeed without making data durable (a disk that lies), or stops it.
+    pub fn set_lying(&self, lying: bool) {
+        lock(&self.state).lying = lying;
+    }
+
     /// Paths of all files, in order.
     pub fn files(&self) -> Vec<PathBuf> {
         lock(&self.state).names.keys().cloned().collect()
@@ -260,6 +269,9 @@ impl FileHandle for SimFile {
         if state.syncs_to_fail > 0 {
             state.syncs_to_fail -= 1;
             return Err(io::Error::other("injected fsync failure (EIO)"));
+        }
+        if state.lying {
+            return Ok(());
         }
         let file = state
             .files

@@ -189,3 +189,44 @@ fn reopen_hands_back_the_unapplied_tail_and_a_follower_copies_frames_exactly() {
     assert!(matches!(wrong, Error::InvalidArgument { .. }), "{wrong}");
     assert_eq!(follower.next_seq(), 8);
 }
+
+/// Found by the simulator (seed 28): an index checkpoint standing exactly at the end of a
+/// sealed segment's records was taken for a mismatch at reopen, and the whole index dropped.
+#[test]
+fn a_checkpoint_at_the_end_of_a_sealed_segment_keeps_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = "x".repeat(1500);
+    let mut seq = 1;
+    {
+        let (mut store, _) = open(dir.path());
+        loop {
+            let body = appends(vec![append(
+                "s",
+                ExpectedVersion::Any,
+                vec![event(seq as u128, &data)],
+            )]);
+            let written = store.write_entries(vec![entry(seq, body)]).unwrap();
+            if store.reader().segments().len() > 1 {
+                // This entry rolled the log: leave it unapplied, so the checkpoint stays at the
+                // sealed segment's end.
+                let points: Vec<_> = written.iter().map(|e| e.group.sync_point()).collect();
+                store.finisher().sync_points(&points).unwrap();
+                break;
+            }
+            apply(&store, written);
+            seq += 1;
+        }
+        store.finisher().flush_index().unwrap();
+    }
+    let (store, pending) = open(dir.path());
+    assert_eq!(
+        pending.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        vec![seq],
+        "only the unapplied entry comes back; the index was kept"
+    );
+    let events = store
+        .reader()
+        .read_stream("s", None, Direction::Forwards, 1000)
+        .unwrap();
+    assert_eq!(events.len() as u64, seq - 1);
+}

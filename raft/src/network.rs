@@ -392,6 +392,8 @@ impl<T: RaftTransport> RaftService<T> {
             return Ok(SnapshotResponse { vote: mine });
         }
         let manifest = Manifest::decode(&offer.manifest).map_err(|e| refuse(&e))?;
+        // One offer at a time: a duplicate waits here, then finds the snapshot installed.
+        let _installing = served.shard.lock_install().await;
         let meta: SnapshotMeta = manifest.meta.clone();
         let holds = match meta.last_log_id {
             Some(l) => served.shard.holds(l).map_err(|e| refuse(&e))?,

@@ -140,7 +140,13 @@ fn write_error(
 /// Proposes queued appends: while [`BATCHES_IN_FLIGHT_MAX`] entries are out, appends queue; the
 /// next entry takes as many as are waiting (on distinct streams, within `bytes_max` and
 /// [`BATCH_APPENDS_MAX`]).
-async fn propose(raft: Raft, me: NodeId, mut queue: mpsc::Receiver<Proposal>, bytes_max: usize) {
+async fn propose(
+    raft: Raft,
+    me: NodeId,
+    mut queue: mpsc::Receiver<Proposal>,
+    bytes_max: usize,
+    wait_max: Duration,
+) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     let mut carried: Option<Proposal> = None;
     loop {
@@ -185,8 +191,23 @@ async fn propose(raft: Raft, me: NodeId, mut queue: mpsc::Receiver<Proposal>, by
                 .map(|p| (p.request.into(), p.reply))
                 .unzip();
             let count = replies.len();
-            let outcomes: Vec<Result<AppendResult, ReplicaError>> =
-                match raft.client_write(Command::Append(requests)).await {
+            // openraft answers a write when its entry is applied or truncated here; an entry
+            // replaced some other way (a snapshot install after this node lost leadership)
+            // would hold its slot for ever, so the wait is bounded.
+            let write =
+                tokio::time::timeout(wait_max, raft.client_write(Command::Append(requests)));
+            let outcomes: Vec<Result<AppendResult, ReplicaError>> = match write.await {
+                Err(_) => {
+                    tracing::warn!(
+                        appends = count,
+                        "a Raft write went unanswered; its slot is released"
+                    );
+                    let error = ReplicaError::Unavailable(format!(
+                        "no answer from Raft within {wait_max:?}; the append may still commit, so retry it with the same event ids"
+                    ));
+                    (0..count).map(|_| Err(error.duplicate())).collect()
+                }
+                Ok(written) => match written {
                     Ok(response) => match response.data {
                         Reply::Outcomes(o) if o.len() == count => o
                             .into_iter()
@@ -204,7 +225,8 @@ async fn propose(raft: Raft, me: NodeId, mut queue: mpsc::Receiver<Proposal>, by
                         let error = write_error(&raft, me, e);
                         (0..count).map(|_| Err(error.duplicate())).collect()
                     }
-                };
+                },
+            };
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
             }
@@ -316,6 +338,7 @@ impl Replica {
             node_id,
             queue,
             limits.batch_bytes_max,
+            settings.append_timeout * 2,
         ));
         Ok(Replica {
             raft,

@@ -119,6 +119,9 @@ struct Inner {
     committed: Mutex<HardStateFile>,
     /// The committed log id openraft saved since this shard was opened.
     committed_now: Mutex<Option<LogId>>,
+    /// Held while a snapshot offer is fetched and installed: offers (a retried or duplicated
+    /// one, or a newer one) are taken one at a time, never staged into the same place at once.
+    installing: tokio::sync::Mutex<()>,
     /// The live data generation; changes when a snapshot install replaces the store.
     generation: tokio::sync::watch::Sender<u64>,
     syncer: tokio::sync::mpsc::Sender<SyncJob>,
@@ -369,7 +372,22 @@ impl Shard {
                 "log entries after the last applied one await Raft's commit"
             );
         }
-        let hard = HardStateFile::open(options.fs.as_ref(), &options.dir.join("raft-state"), true)?;
+        let mut hard =
+            HardStateFile::open(options.fs.as_ref(), &options.dir.join("raft-state"), true)?;
+        let purged = hard.get().purged;
+        if purged.is_some_and(|p| applied.last.is_none_or(|a| a.index < p.index)) {
+            // The index was dropped (it did not match the log) and with it the applied state:
+            // Raft re-applies the log, so entries past what is applied are Raft entries again.
+            // Purging only moved this mark; the entries are all in the log.
+            tracing::warn!(
+                purged = ?purged,
+                applied = ?applied.last,
+                "the purge mark is past what is applied; moving it back"
+            );
+            let mut state = hard.get().clone();
+            state.purged = applied.last;
+            hard.save(state)?;
+        }
         let committed = HardStateFile::open(
             options.fs.as_ref(),
             &options.dir.join("raft-committed"),
@@ -399,6 +417,7 @@ impl Shard {
                 hard: Mutex::new(hard),
                 committed: Mutex::new(committed),
                 committed_now: Mutex::new(None),
+                installing: tokio::sync::Mutex::new(()),
                 generation: tokio::sync::watch::channel(generation).0,
                 syncer,
             }),
@@ -488,10 +507,16 @@ impl Shard {
         Ok(out)
     }
 
-    /// The committed log id openraft saved since this shard was opened (the file may hold an
-    /// older one, or, after a power loss, one the log no longer has).
+    /// The committed log id openraft saved since this shard was opened, or a snapshot installed
+    /// since covers (the file may hold an older one, or, after a power loss, one the log no
+    /// longer has).
     pub fn committed(&self) -> Option<LogId> {
         *lock(&self.inner.committed_now)
+    }
+
+    /// Waits for any other snapshot offer being taken here to finish.
+    pub(crate) async fn lock_install(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.installing.lock().await
     }
 
     /// The last entry's index in the log (written, maybe not yet committed).
@@ -515,9 +540,9 @@ impl Shard {
         file.save(state)
     }
 
-    /// Entries `from..to`. Purged entries are served too: the log keeps them (they are the
-    /// data), and openraft asks for them when it re-applies a log whose index was dropped.
     fn read_range(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Entry>> {
+        let purged_next = self.hard().purged.map_or(0, |p| p.index + 1);
+        let from = from.max(purged_next);
         let state = lock(&self.inner.state);
         let mut out = Vec::new();
         scan_entries(&state.store, from, to, max_bytes, |r| {
@@ -1014,6 +1039,10 @@ impl Shard {
         finisher.flush_index()?;
         state.applied = applied;
         drop(state);
+        // A snapshot holds committed entries only: openraft saves no commit for it.
+        let mut committed = lock(&self.inner.committed_now);
+        *committed = (*committed).max(last);
+        drop(committed);
         self.inner.generation.send_replace(generation);
         tracing::info!(snapshot = %meta.snapshot_id, generation, "snapshot installed");
         Ok(())

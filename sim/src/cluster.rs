@@ -11,18 +11,20 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use strata_engine::clock::Clock;
+use strata_engine::fs::FileSystem;
 use strata_engine::index_store::{IndexBatch, IndexStore, MemIndexStore};
 use strata_engine::rng::SplitMix64;
 use strata_engine::sim_fs::{CrashMode, SimFs};
-use strata_engine::fs::FileSystem;
 use strata_engine::{EngineConfig, Error};
 use strata_proto::internal as pb;
 use strata_proto::internal::raft_internal_server::RaftInternal;
 use strata_raft::network::{Rpc, DEAD_PEER_TIMEOUT};
 use strata_raft::runtime::{with_clock_rate, ClockRate};
 use strata_raft::types::NodeId;
-use strata_raft::{LogSync, RaftService, RaftSettings, RaftTransport, Replica, Shard, ShardOptions};
 use strata_raft::StrataNode;
+use strata_raft::{
+    LogSync, RaftService, RaftSettings, RaftTransport, Replica, Shard, ShardOptions,
+};
 use tonic::{Request, Status};
 
 use crate::trace::Trace;
@@ -113,7 +115,9 @@ struct SimIndex {
 impl SimIndex {
     fn live(&self) -> strata_engine::Result<()> {
         if self.current.load(Ordering::SeqCst) != self.epoch {
-            return Err(Error::Index("stale index handle: its process crashed".into()));
+            return Err(Error::Index(
+                "stale index handle: its process crashed".into(),
+            ));
         }
         Ok(())
     }
@@ -523,7 +527,11 @@ impl Cluster {
     pub async fn shutdown(&self) {
         let ups: Vec<Up> = {
             let mut state = self.state();
-            state.nodes.values_mut().filter_map(|n| n.up.take()).collect()
+            state
+                .nodes
+                .values_mut()
+                .filter_map(|n| n.up.take())
+                .collect()
         };
         for up in ups {
             up.replica.shutdown().await;
@@ -593,7 +601,12 @@ impl SimNet {
     /// the real transport (gRPC over TCP with keep-alives): a lost message is a reset
     /// connection, an error soon after sending; a cut link or a dead peer is silence, an
     /// error after [`DEAD_PEER_TIMEOUT`] (or the call's own deadline if shorter).
-    async fn carry<R, F, Fut>(&self, to: NodeId, deadline: Duration, deliver: F) -> Result<R, Status>
+    async fn carry<R, F, Fut>(
+        &self,
+        to: NodeId,
+        deadline: Duration,
+        deliver: F,
+    ) -> Result<R, Status>
     where
         F: Fn(Cluster) -> Fut,
         Fut: std::future::Future<Output = Result<R, Status>>,
@@ -605,7 +618,9 @@ impl SimNet {
             tokio::time::sleep(out.delay).await;
             if out.cut {
                 tokio::time::sleep(silence).await;
-                return Err(unreachable(format!("no answer from n{to} within {silence:?}")));
+                return Err(unreachable(format!(
+                    "no answer from n{to} within {silence:?}"
+                )));
             }
             if out.reset {
                 return Err(unreachable(format!("connection to n{to} reset")));
@@ -619,7 +634,9 @@ impl SimNet {
             tokio::time::sleep(back.delay).await;
             if back.cut {
                 tokio::time::sleep(silence).await;
-                return Err(unreachable(format!("no answer from n{to} within {silence:?}")));
+                return Err(unreachable(format!(
+                    "no answer from n{to} within {silence:?}"
+                )));
             }
             if back.reset {
                 return Err(unreachable(format!("connection to n{to} reset")));
@@ -628,7 +645,9 @@ impl SimNet {
         };
         match tokio::time::timeout(deadline, trip).await {
             Ok(r) => r,
-            Err(_) => Err(unreachable(format!("no answer from n{to} within {deadline:?}"))),
+            Err(_) => Err(unreachable(format!(
+                "no answer from n{to} within {deadline:?}"
+            ))),
         }
     }
 }
@@ -667,17 +686,14 @@ impl RaftTransport for SimNet {
         deadline: Duration,
     ) -> Result<Vec<u8>, Status> {
         let to = id_of(addr).ok_or_else(|| unreachable(format!("no node at {addr}")))?;
-        self.carry(to, deadline, |cluster| {
-            let request = request.clone();
-            async move {
-                let shard = cluster
-                    .shard(to)
-                    .ok_or_else(|| unreachable(format!("n{to} is down")))?;
-                let max = (request.max_bytes as usize).min(strata_raft::snapshot::FETCH_CHUNK_BYTES);
-                shard
-                    .read_log_bytes(request.position, max)
-                    .map_err(|e| Status::failed_precondition(e.to_string()))
-            }
+        self.carry(to, deadline, |cluster| async move {
+            let shard = cluster
+                .shard(to)
+                .ok_or_else(|| unreachable(format!("n{to} is down")))?;
+            let max = (request.max_bytes as usize).min(strata_raft::snapshot::FETCH_CHUNK_BYTES);
+            shard
+                .read_log_bytes(request.position, max)
+                .map_err(|e| Status::failed_precondition(e.to_string()))
         })
         .await
     }

@@ -94,6 +94,9 @@ pub struct RunConfig {
     pub print: bool,
     /// Wall time the linearizability check of one stream may take.
     pub check_time: Duration,
+    /// Every disk acknowledges syncs without persisting (a planted bug: the checkers must
+    /// catch what it loses).
+    pub lying_disks: bool,
 }
 
 impl RunConfig {
@@ -106,6 +109,7 @@ impl RunConfig {
             liveness: Duration::from_secs(30),
             print: false,
             check_time: Duration::from_secs(10),
+            lying_disks: false,
         }
     }
 }
@@ -172,7 +176,7 @@ pub fn run(config: &RunConfig) -> RunReport {
             .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
             .build()
             .map_err(|e| e.to_string())?;
-        strata_raft::runtime::seed_thread_rng(seed ^ 0x5eed_0f_7a1f);
+        strata_raft::runtime::seed_thread_rng(seed ^ 0x005e_ed0f_7a1f);
         Ok::<RunReport, String>(runtime.block_on(simulate(config.clone())))
     }));
     let panics = take_panics();
@@ -243,7 +247,11 @@ fn members(cluster: &Cluster) -> BTreeSet<NodeId> {
         return BTreeSet::new();
     };
     let m = l.raft().metrics().borrow().clone();
-    m.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+    m.membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 /// Sealed segment files of a node (a flip there is detectable; one in the last record of the
@@ -260,7 +268,10 @@ fn sealed_segments(cluster: &Cluster, id: NodeId) -> Vec<std::path::PathBuf> {
             .is_some_and(|n| n.to_string_lossy().starts_with("gen-"));
         if in_gen && path.extension().is_some_and(|e| e == "log") {
             if let Some(dir) = path.parent() {
-                by_dir.entry(dir.to_path_buf()).or_default().push(path.clone());
+                by_dir
+                    .entry(dir.to_path_buf())
+                    .or_default()
+                    .push(path.clone());
             }
         }
     }
@@ -322,11 +333,16 @@ async fn nemesis(
                     n.duplicate = dup;
                     n.delay_max_ms = delay;
                 });
-                log.note(&cluster, "network", format!("loss {loss}, duplicate {dup}, delay ≤ {delay} ms"));
+                log.note(
+                    &cluster,
+                    "network",
+                    format!("loss {loss}, duplicate {dup}, delay ≤ {delay} ms"),
+                );
             }
             "partitions" => match rng.below(4) {
                 0 => {
-                    let side: BTreeSet<NodeId> = ids.iter().copied().filter(|_| rng.chance(0.5)).collect();
+                    let side: BTreeSet<NodeId> =
+                        ids.iter().copied().filter(|_| rng.chance(0.5)).collect();
                     let mut cut = BTreeSet::new();
                     for a in &ids {
                         for b in &ids {
@@ -411,7 +427,11 @@ async fn nemesis(
                     1 => {
                         let room = rng.below(32 << 10);
                         fs.set_space_limit(Some(fs.used_bytes() + room));
-                        log.note(&cluster, "disk full", format!("n{id} after {room} more bytes"));
+                        log.note(
+                            &cluster,
+                            "disk full",
+                            format!("n{id} after {room} more bytes"),
+                        );
                         let fs = fs.clone();
                         let lift = rng.millis(500, 4000);
                         tokio::spawn(async move {
@@ -435,13 +455,25 @@ async fn nemesis(
                 let rate = 0.7 + rng.below(61) as f64 / 100.0;
                 let skew = rng.below(4_000_001) as i64 - 2_000_000;
                 cluster.set_clock(id, rate, skew);
-                log.note(&cluster, "clock", format!("n{id} runs at {rate:.2}x, skew {skew} us"));
+                log.note(
+                    &cluster,
+                    "clock",
+                    format!("n{id} runs at {rate:.2}x, skew {skew} us"),
+                );
             }
             "membership" => {
-                let Some(l) = leader_of(&cluster) else { continue };
-                let Some(leader) = cluster.replica(l) else { continue };
+                let Some(l) = leader_of(&cluster) else {
+                    continue;
+                };
+                let Some(leader) = cluster.replica(l) else {
+                    continue;
+                };
                 let voters = voters(&cluster);
-                let spare: Vec<NodeId> = ids.iter().copied().filter(|i| !voters.contains(i)).collect();
+                let spare: Vec<NodeId> = ids
+                    .iter()
+                    .copied()
+                    .filter(|i| !voters.contains(i))
+                    .collect();
                 let removable: Vec<NodeId> = voters.iter().copied().filter(|v| *v != l).collect();
                 let no_corruption = lock(&tainted).is_empty();
                 if rng.chance(0.5) || voters.len() <= 3 || !no_corruption {
@@ -449,7 +481,10 @@ async fn nemesis(
                     log.note(&cluster, "add node", format!("n{id} via n{l}"));
                     let c = cluster.clone();
                     tokio::spawn(async move {
-                        let node = StrataNode { addr: addr(id), raft_addr: addr(id) };
+                        let node = StrataNode {
+                            addr: addr(id),
+                            raft_addr: addr(id),
+                        };
                         let r = leader.add_node(id, node).await;
                         c.trace().log(format!("add n{id}: {r:?}"));
                     });
@@ -467,9 +502,36 @@ async fn nemesis(
     }
 }
 
+/// What each node says of itself, for a liveness failure's report.
+fn views(cluster: &Cluster, ids: &[NodeId]) -> String {
+    ids.iter()
+        .map(|id| match cluster.replica(*id) {
+            None => format!("n{id} down ({:?})", cluster.down(*id)),
+            Some(r) => {
+                let m = r.raft().metrics().borrow().clone();
+                format!(
+                    "n{id} {:?} vote {} last log {:?} applied {:?} snapshot {:?} members {:?} replication {:?}",
+                    m.state,
+                    m.vote,
+                    m.last_log_index,
+                    m.last_applied.map(|l| l.index),
+                    m.snapshot.map(|l| l.index),
+                    m.membership_config.membership(),
+                    m.replication
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Heals everything and waits for the cluster to serve again; `Err` names what did not
 /// recover in time.
-async fn recover(cluster: &Cluster, monitor: &Arc<Mutex<Monitor>>, within: Duration) -> Result<NodeId, String> {
+async fn recover(
+    cluster: &Cluster,
+    monitor: &Arc<Mutex<Monitor>>,
+    within: Duration,
+) -> Result<NodeId, String> {
     cluster.set_net(|n| {
         n.cut.clear();
         n.loss = 0.0;
@@ -498,7 +560,9 @@ async fn recover(cluster: &Cluster, monitor: &Arc<Mutex<Monitor>>, within: Durat
             last_problem = "no leader".into();
             continue;
         };
-        let Some(leader) = cluster.replica(l) else { continue };
+        let Some(leader) = cluster.replica(l) else {
+            continue;
+        };
         let probe = AppendRequest::single(
             "liveness-probe",
             ExpectedVersion::Any,
@@ -511,7 +575,10 @@ async fn recover(cluster: &Cluster, monitor: &Arc<Mutex<Monitor>>, within: Durat
             cluster.wall_clock_us(l),
         );
         if let Err(e) = leader.append(probe).await {
-            last_problem = format!("leader n{l} refused an append: {e}");
+            last_problem = format!(
+                "leader n{l} refused an append: {e} [{}]",
+                views(cluster, &cluster.ids())
+            );
             continue;
         }
         if let Err(e) = leader.linearizable_barrier().await {
@@ -544,25 +611,10 @@ async fn recover(cluster: &Cluster, monitor: &Arc<Mutex<Monitor>>, within: Durat
             lock(monitor).sample();
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let views: Vec<String> = lagging
-            .iter()
-            .map(|id| match cluster.replica(*id) {
-                None => format!("n{id} down ({:?})", cluster.down(*id)),
-                Some(r) => {
-                    let m = r.raft().metrics().borrow().clone();
-                    format!(
-                        "n{id} {:?} term {} last log {:?} applied {:?} snapshot {:?}",
-                        m.state, m.current_term, m.last_log_index,
-                        m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index)
-                    )
-                }
-            })
-            .collect();
-        let replication = leader.raft().metrics().borrow().replication.clone();
         last_problem = format!(
-            "members {lagging:?} have not applied up to {:?} [{}] leader n{l} replication {replication:?}",
+            "members {lagging:?} have not applied up to {:?} [{}]",
             target.map(|t| t.index),
-            views.join("; ")
+            views(cluster, &lagging)
         );
     }
     Err(last_problem)
@@ -574,11 +626,19 @@ fn final_log(cluster: &Cluster, leader: NodeId) -> Result<Final, String> {
     let mut out = Final::new();
     for stream in STREAMS {
         let events = reader
-            .read_stream(stream, None, Direction::Forwards, reader.limits().read_events_max)
+            .read_stream(
+                stream,
+                None,
+                Direction::Forwards,
+                reader.limits().read_events_max,
+            )
             .map_err(|e| format!("reading {stream}: {e}"))?;
         out.insert(
             stream.to_string(),
-            events.iter().map(|e| (e.version, e.id.to_string())).collect(),
+            events
+                .iter()
+                .map(|e| (e.version, e.id.to_string()))
+                .collect(),
         );
     }
     Ok(out)
@@ -587,12 +647,30 @@ fn final_log(cluster: &Cluster, leader: NodeId) -> Result<Final, String> {
 async fn simulate(config: RunConfig) -> RunReport {
     let trace = Trace::new(config.print);
     let boot = crate::cluster::SimRng::new(config.seed);
-    let nodes = if config.faults.membership { 4 + boot.below(2) } else { 3 + boot.below(3) };
+    let nodes = if config.faults.membership {
+        4 + boot.below(2)
+    } else {
+        3 + boot.below(3)
+    };
     let cluster = Cluster::new(config.seed, nodes, trace.clone());
-    trace.log(format!("seed {} · {nodes} nodes · faults {:?}", config.seed, config.faults));
+    trace.log(format!(
+        "seed {} · {nodes} nodes · faults {:?}",
+        config.seed, config.faults
+    ));
+    if config.lying_disks {
+        for id in cluster.ids() {
+            if let Some(fs) = cluster.fs(id) {
+                fs.set_lying(true);
+            }
+        }
+    }
     let violations = Violations::default();
     let tainted: Arc<Mutex<BTreeSet<NodeId>>> = Arc::default();
-    let monitor = Arc::new(Mutex::new(Monitor::new(cluster.clone(), violations.clone(), tainted.clone())));
+    let monitor = Arc::new(Mutex::new(Monitor::new(
+        cluster.clone(),
+        violations.clone(),
+        tainted.clone(),
+    )));
     for id in cluster.ids() {
         if let Err(e) = cluster.start(id).await {
             violations.add(&cluster, "nodes start", format!("n{id}: {e}"));
@@ -617,7 +695,12 @@ async fn simulate(config: RunConfig) -> RunReport {
     let history = History::default();
     let mut tasks = Vec::new();
     for c in 0..3 {
-        tasks.push(tokio::spawn(workload::client(cluster.clone(), history.clone(), c, safety_end)));
+        tasks.push(tokio::spawn(workload::client(
+            cluster.clone(),
+            history.clone(),
+            c,
+            safety_end,
+        )));
     }
     let mut subscribers = Vec::new();
     for (i, stream) in STREAMS.iter().take(2).enumerate() {
@@ -648,12 +731,18 @@ async fn simulate(config: RunConfig) -> RunReport {
     lock(&monitor).sample();
     let ops = history.ops();
     match recovered {
-        Err(e) => violations.add(&cluster, "liveness", format!("not recovered within {:?}: {e}", config.liveness)),
+        Err(e) => violations.add(
+            &cluster,
+            "liveness",
+            format!("not recovered within {:?}: {e}", config.liveness),
+        ),
         Ok(leader) => match final_log(&cluster, leader) {
             Err(e) => violations.add(&cluster, "liveness", e),
             Ok(last) => {
-                let received: Vec<(String, Vec<(String, u64, String)>)> =
-                    subscribers.iter().map(|(n, r)| (n.clone(), r.all())).collect();
+                let received: Vec<check::SubscriberLog> = subscribers
+                    .iter()
+                    .map(|(n, r)| (n.clone(), r.all()))
+                    .collect();
                 let mut found = check::check_log(&ops, &last);
                 found.extend(check::check_follower_reads(&ops, &last));
                 found.extend(check::check_subscribers(&received, &last));
@@ -668,7 +757,9 @@ async fn simulate(config: RunConfig) -> RunReport {
         violations.add(&cluster, v.property, v.detail);
     }
     if unknown_streams > 0 {
-        trace.log(format!("linearizability unknown for {unknown_streams} stream(s) (budget)"));
+        trace.log(format!(
+            "linearizability unknown for {unknown_streams} stream(s) (budget)"
+        ));
     }
     let simulated = start.elapsed();
     let (entries, leaders) = {

@@ -35,7 +35,12 @@ impl Trace {
     pub fn log(&self, line: impl AsRef<str>) {
         let mut s = lock(&self.0);
         let at = s.start.elapsed();
-        let text = format!("{:>6}.{:03} {}", at.as_secs(), at.subsec_millis(), line.as_ref());
+        let text = format!(
+            "{:>6}.{:03} {}",
+            at.as_secs(),
+            at.subsec_millis(),
+            line.as_ref()
+        );
         for b in text.bytes().chain(std::iter::once(b'\n')) {
             s.hash = (s.hash ^ u64::from(b)).wrapping_mul(FNV_PRIME);
         }

@@ -133,13 +133,16 @@ impl History {
     }
 }
 
-/// What a subscriber received: (version, event id) in order of delivery, per stream.
+/// One delivered event: (stream, version, event id).
+pub type Delivered = (String, u64, String);
+
+/// What a subscriber received, in order of delivery.
 #[derive(Clone, Default)]
-pub struct Received(Arc<Mutex<Vec<(String, u64, String)>>>);
+pub struct Received(Arc<Mutex<Vec<Delivered>>>);
 
 impl Received {
-    /// Deliveries so far: (stream, version, id).
-    pub fn all(&self) -> Vec<(String, u64, String)> {
+    /// Deliveries so far.
+    pub fn all(&self) -> Vec<Delivered> {
         lock(&self.0).clone()
     }
 }
@@ -377,9 +380,9 @@ pub async fn subscriber(cluster: Cluster, stream: String, received: Received, un
             }),
         };
         let task = tokio::spawn(subscription::run(reader, sub, delivery));
-        cluster
-            .trace()
-            .log(format!("subscriber {stream}: on n{node} from version {next_version}"));
+        cluster.trace().log(format!(
+            "subscriber {stream}: on n{node} from version {next_version}"
+        ));
         loop {
             if Instant::now() >= until {
                 break;

@@ -18,7 +18,11 @@ use strata_sim::wgl::Verdict;
 use strata_sim::{check_history, Limits, ModelKind};
 
 #[derive(Debug, Parser)]
-#[command(name = "strata-sim", version, about = "Strata's deterministic simulator and history checkers")]
+#[command(
+    name = "strata-sim",
+    version,
+    about = "Strata's deterministic simulator and history checkers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,6 +78,10 @@ enum Command {
         /// With --seed: no trace, only the summary and the hash.
         #[arg(long)]
         quiet: bool,
+        /// Plant a bug: every disk acknowledges syncs without persisting (to see the checkers
+        /// catch lost data).
+        #[arg(long)]
+        lying_disks: bool,
         /// With --seed: also print the nodes' own logs at this filter (e.g. `warn`,
         /// `openraft=debug`) to stderr.
         #[arg(long)]
@@ -99,6 +107,7 @@ fn main() -> ExitCode {
             liveness_secs,
             quiet,
             log,
+            lying_disks,
         } => {
             if let Some(filter) = log {
                 tracing_subscriber::fmt()
@@ -118,6 +127,7 @@ fn main() -> ExitCode {
                 faults,
                 safety: Duration::from_secs(safety_secs),
                 liveness: Duration::from_secs(liveness_secs),
+                lying_disks,
                 ..RunConfig::new(seed)
             };
             match (seed, seeds) {
@@ -137,7 +147,10 @@ fn main() -> ExitCode {
 
 fn print_violations(report: &RunReport) {
     for v in &report.violations {
-        println!("seed {}: VIOLATED {}: {}", report.seed, v.property, v.detail);
+        println!(
+            "seed {}: VIOLATED {}: {}",
+            report.seed, v.property, v.detail
+        );
     }
 }
 
@@ -147,7 +160,11 @@ fn replay(config: RunConfig) -> ExitCode {
     println!(
         "seed {}: {} · {} ops, {} acknowledged appends, {} entries, {:.1} s simulated, faults {:?}",
         report.seed,
-        if report.violations.is_empty() { "ok" } else { "FAILED" },
+        if report.violations.is_empty() {
+            "ok"
+        } else {
+            "FAILED"
+        },
         report.ops,
         report.acked,
         report.entries,
@@ -173,7 +190,10 @@ fn sweep(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
     });
-    println!("sweep: seeds {first}..{} (at most {count})", first.wrapping_add(count));
+    println!(
+        "sweep: seeds {first}..{} (at most {count})",
+        first.wrapping_add(count)
+    );
     let started = Instant::now();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failed = Vec::new();
@@ -198,7 +218,10 @@ fn sweep(
         }
         if done % 10 == 0 {
             let rate = done as f64 / started.elapsed().as_secs_f64();
-            eprint!("\r{done} seeds, {rate:.2} seeds/s, {} failed   ", failed.len());
+            eprint!(
+                "\r{done} seeds, {rate:.2} seeds/s, {} failed   ",
+                failed.len()
+            );
             let _ = std::io::stderr().flush();
         }
     }
