@@ -15,6 +15,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 log=$(mktemp); trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+# A time-boxed random sweep of the deterministic simulator (regression seeds ran above).
+echo "==> simulator sweep (${STRATA_SIM_SWEEP_SECS:-180} s)"
+cargo build --release --locked -p strata-sim
+"$CARGO_TARGET_DIR/release/strata-sim" run --seeds 1000000000 \
+  --time-limit "${STRATA_SIM_SWEEP_SECS:-180}"
 # One closing line with the totals over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

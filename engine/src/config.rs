@@ -4,9 +4,9 @@
 use crate::error::{Error, Result};
 
 /// Bytes in a segment file's header. See `segment.rs`.
-pub(crate) const SEGMENT_HEADER_BYTES: u64 = 40;
+pub const SEGMENT_HEADER_BYTES: u64 = 40;
 /// Bytes in a sealed segment's footer. See `segment.rs`.
-pub(crate) const SEGMENT_FOOTER_BYTES: u64 = 56;
+pub const SEGMENT_FOOTER_BYTES: u64 = 56;
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -988,14 +988,41 @@ impl LogWriter {
         }
     }
 
+    /// Undoes the roll that started an empty tail segment when the log is to continue at
+    /// `position`, the end of the previous (sealed) segment's records: a follower whose own
+    /// roll was not followed by a record (it was truncated or torn) while the leader's log
+    /// went on in that segment. Returns whether it did.
+    pub fn unroll_to(&mut self, position: Position) -> Result<bool> {
+        let segments = self.reader.segments();
+        let [.., previous, tail] = segments.as_slice() else {
+            return Ok(false);
+        };
+        let empty_tail = self.tail_records == 0 && self.next_position() == tail.records_start();
+        if !empty_tail || previous.footer.is_none_or(|f| f.records_end != position) {
+            return Ok(false);
+        }
+        self.truncate_from(tail.records_start())?;
+        Ok(true)
+    }
+
     fn try_truncate(&mut self, position: Position) -> Result<()> {
+        let segments = self.reader.segments();
+        let mut i = segments
+            .partition_point(|s| s.base <= position)
+            .saturating_sub(1);
+        let mut position = position;
+        // Truncating at a segment's first record also undoes the roll that started it (rolls
+        // happen only when a record does not fit), so the log is exactly as it was when the
+        // last kept record was written — as on every other replica.
+        if i > 0 && position == segments[i].records_start() {
+            if let Some(footer) = segments[i - 1].footer {
+                i -= 1;
+                position = footer.records_end;
+            }
+        }
         if position >= self.next_position() {
             return Ok(());
         }
-        let segments = self.reader.segments();
-        let i = segments
-            .partition_point(|s| s.base <= position)
-            .saturating_sub(1);
         let segment = segments[i].clone();
         if position < segment.records_start() {
             return Err(Error::invalid(

@@ -467,8 +467,10 @@ impl Store {
     /// or the record at its position is the one it expects next.
     fn checkpoint_fits(&self, c: Checkpoint) -> Result<bool> {
         let end = self.log.next_position();
-        Ok(c.next_position == end && c.next_seq == self.log.next_seq()
-            || c.next_position < end && self.continues_at(c)?)
+        // A checkpoint at the end of a sealed segment continues at the next one's first
+        // record (or at the log's end, when that segment is still empty).
+        let at = self.reader.log.normalize(c.next_position);
+        Ok(at == end && c.next_seq == self.log.next_seq() || at < end && self.continues_at(c)?)
     }
 
     /// A record's events with where each sits in it; damage is corruption at `position`.
@@ -1026,13 +1028,16 @@ impl Store {
         // Log first: a crash between the two leaves the index ahead of the log, which open
         // detects and repairs by rebuilding the index.
         self.log.truncate_from(position)?;
-        // Whatever is written at `position` from now on has not been synced.
-        self.synced_end.fetch_min(position, Ordering::AcqRel);
+        // The log now ends at or before `position` (before it when the truncation undid a
+        // segment roll); whatever is written from there has not been synced.
+        let end = self.log.next_position();
+        self.synced_end.fetch_min(end, Ordering::AcqRel);
         if position < indexed_end {
+            self.reader.log.publish_end(end);
             index::set_checkpoint(
                 &mut batch,
                 Checkpoint {
-                    next_position: position,
+                    next_position: end,
                     next_seq: self.log.next_seq(),
                 },
             );

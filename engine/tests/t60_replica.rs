@@ -230,3 +230,119 @@ fn a_checkpoint_at_the_end_of_a_sealed_segment_keeps_the_index() {
         .unwrap();
     assert_eq!(events.len() as u64, seq - 1);
 }
+
+fn one_event(seq: u64, data: &str) -> EntryBody {
+    appends(vec![append(
+        "s",
+        ExpectedVersion::Any,
+        vec![event(seq as u128, data)],
+    )])
+}
+
+/// Fills most of the first segment with applied entries 1..N (1 KiB events); returns N + 1.
+fn fill(store: &mut Store) -> u64 {
+    let mut seq = 1;
+    loop {
+        let written = store
+            .write_entries(vec![entry(seq, one_event(seq, &"x".repeat(1000)))])
+            .unwrap();
+        apply(store, written);
+        let r = store.read_entries(seq, seq + 1, usize::MAX).unwrap();
+        seq += 1;
+        if r[0].header.position + r[0].frame.len() as u64 > 13_000 {
+            return seq;
+        }
+    }
+}
+
+/// Writes entry `seq` with a 3.5 KiB event, which does not fit in the first segment and rolls
+/// the log (left written and synced, not applied).
+fn write_rolling(store: &mut Store, seq: u64) {
+    let written = store
+        .write_entries(vec![entry(seq, one_event(seq, &"z".repeat(3500)))])
+        .unwrap();
+    assert_eq!(
+        store.reader().segments().len(),
+        2,
+        "the entry rolled the log"
+    );
+    let points: Vec<_> = written.iter().map(|e| e.group.sync_point()).collect();
+    store.finisher().sync_points(&points).unwrap();
+}
+
+/// Found by the simulator (seed 100579): a follower truncated the record that had made it
+/// roll, kept the sealed segment and the empty new one, and could never take the leader's
+/// next frame, which went on in the old segment.
+#[test]
+fn truncating_the_record_that_rolled_the_log_undoes_the_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(dir.path());
+    let rolled = fill(&mut store);
+    write_rolling(&mut store, rolled);
+    let sealed_end = store.reader().segments()[0].footer.unwrap().records_end;
+    assert_eq!(store.truncate_entries(rolled).unwrap(), 1);
+    assert_eq!(
+        store.reader().segments().len(),
+        1,
+        "the empty segment is gone"
+    );
+    // A small entry fits where the big one did not: it goes on in the first segment.
+    let small = appends(vec![append(
+        "s",
+        ExpectedVersion::Any,
+        vec![event(99_999, "y")],
+    )]);
+    let written = store.write_entries(vec![entry(rolled, small)]).unwrap();
+    apply(&store, written);
+    let r = store.read_entries(rolled, rolled + 1, usize::MAX).unwrap();
+    assert_eq!(r[0].header.position, sealed_end);
+    drop(store);
+    let (store, pending) = open(dir.path());
+    assert!(pending.is_empty());
+    assert_eq!(store.reader().segments().len(), 1);
+}
+
+/// A follower whose own roll lost its record to a torn write (the empty segment survives
+/// the crash) takes a leader frame that goes on in the previous segment.
+#[test]
+fn a_follower_unrolls_an_empty_segment_to_take_the_leaders_frame() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (mut leader, _) = open(leader_dir.path());
+    let (mut follower, _) = open(follower_dir.path());
+    let rolled = fill(&mut follower);
+    write_rolling(&mut follower, rolled);
+    // The leader has the same entries before it, then a small one that fits.
+    assert_eq!(fill(&mut leader), rolled);
+    let written = leader
+        .write_entries(vec![entry(rolled, one_event(99_999, "y"))])
+        .unwrap();
+    apply(&leader, written);
+    // The follower loses the record that rolled it but keeps the new segment's header.
+    let segments = follower.reader().segments();
+    let tail = segments.last().unwrap();
+    let (tail_path, header_len) = (tail.path.clone(), tail.records_start() - tail.base);
+    drop(follower);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&tail_path)
+        .unwrap()
+        .set_len(header_len)
+        .unwrap();
+    let (mut follower, pending) = open(follower_dir.path());
+    assert!(
+        pending.is_empty(),
+        "{:?}",
+        pending.iter().map(|p| p.seq).collect::<Vec<_>>()
+    );
+    assert_eq!(follower.reader().segments().len(), 2, "sealed + empty tail");
+    let frame = leader.read_entries(rolled, rolled + 1, usize::MAX).unwrap();
+    let copy = vec![entry(rolled, EntryBody::Frame(frame[0].frame.clone()))];
+    let written = follower.write_entries(copy).unwrap();
+    apply(&follower, written);
+    let mine = follower
+        .read_entries(rolled, rolled + 1, usize::MAX)
+        .unwrap();
+    assert_eq!(mine[0].header.position, frame[0].header.position);
+    assert_eq!(follower.reader().segments().len(), 1);
+}

@@ -343,6 +343,11 @@ impl Store {
         group: &mut Group<()>,
     ) -> Result<()> {
         let bad = |why: String| Error::invalid("entry", why);
+        if header.position < self.log.next_position() {
+            // This log rolled where the leader's did not (the record that made it roll was
+            // truncated or torn away): go back into the previous segment.
+            self.log.unroll_to(header.position)?;
+        }
         if header.position > self.log.next_position() && !self.log.is_empty() {
             // The leader rolled its segment here; roll too, so positions stay the same on
             // every replica.
