@@ -575,8 +575,7 @@ struct Route {
 
 /// Whether an error message reports corrupt data (as opposed to an I/O failure).
 pub fn is_corruption(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("corrupt") || m.contains("crc")
+    message.to_ascii_lowercase().contains("corrupt")
 }
 
 /// The simulated network as one node's Raft transport.

@@ -703,6 +703,7 @@ async fn simulate(config: RunConfig) -> RunReport {
         )));
     }
     let mut subscribers = Vec::new();
+    let (subscribers_until, until) = tokio::sync::watch::channel(safety_end + config.liveness);
     for (i, stream) in STREAMS.iter().take(2).enumerate() {
         let received = Received::default();
         subscribers.push((format!("s{i}-{stream}"), received.clone()));
@@ -710,7 +711,7 @@ async fn simulate(config: RunConfig) -> RunReport {
             cluster.clone(),
             stream.to_string(),
             received,
-            safety_end + config.liveness,
+            until.clone(),
         )));
     }
     let faults = FaultLog::default();
@@ -724,6 +725,8 @@ async fn simulate(config: RunConfig) -> RunReport {
     .await;
     trace.log("liveness phase: faults off, stopped nodes restarted");
     let recovered = recover(&cluster, &monitor, config.liveness).await;
+    // Subscribers get a moment to deliver what the recovered cluster applied.
+    subscribers_until.send_replace(Instant::now() + Duration::from_secs(2));
     for t in tasks {
         let _ = t.await;
     }

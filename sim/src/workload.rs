@@ -344,10 +344,17 @@ async fn follower_read(cluster: &Cluster, history: &History, client: u64, stream
 }
 
 /// A subscriber to `stream` from version 0: follows it on some running node, and when that
-/// node goes down, resubscribes elsewhere from the next version it needs.
-pub async fn subscriber(cluster: Cluster, stream: String, received: Received, until: Instant) {
+/// node goes down, resubscribes elsewhere from the next version it needs; stops at `until`
+/// (which the run may move).
+pub async fn subscriber(
+    cluster: Cluster,
+    stream: String,
+    received: Received,
+    until: tokio::sync::watch::Receiver<Instant>,
+) {
     let mut next_version = 0u64;
-    while Instant::now() < until {
+    let until = || *until.borrow();
+    while Instant::now() < until() {
         let Some(node) = pick_node(&cluster, None) else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -384,7 +391,7 @@ pub async fn subscriber(cluster: Cluster, stream: String, received: Received, un
             "subscriber {stream}: on n{node} from version {next_version}"
         ));
         loop {
-            if Instant::now() >= until {
+            if Instant::now() >= until() {
                 break;
             }
             // Stop following a node that went down (or was restarted: a new incarnation).
