@@ -411,9 +411,10 @@ impl<T: RaftTransport> RaftService<T> {
             let transport = self.transport.clone();
             let source = offer.source_addr.clone();
             let mut last_report = 0u64;
-            snapshot::stage(
+            let staged = snapshot::stage(
                 options.fs.as_ref(),
                 &options.dir,
+                served.shard.next_staging_attempt(),
                 &manifest,
                 |position, len| {
                     let transport = transport.clone();
@@ -442,6 +443,7 @@ impl<T: RaftTransport> RaftService<T> {
             )
             .await
             .map_err(|e| refuse(&e))?;
+            served.shard.staged(&meta.snapshot_id, staged);
         }
         let snapshot = Snapshot {
             meta,

@@ -102,8 +102,9 @@ pub fn ranges_up_to(segments: &[Arc<Segment>], end: u64) -> Result<Vec<Range>> {
     Ok(out)
 }
 
-/// Where a snapshot is staged before it is installed.
-pub fn staging_dir(data_dir: &Path, snapshot_id: &str) -> PathBuf {
+/// Where a snapshot is staged before it is installed; `attempt` makes each offer's directory
+/// its own (a retried offer may stage while openraft still installs the first one).
+pub fn staging_dir(data_dir: &Path, snapshot_id: &str, attempt: u64) -> PathBuf {
     let safe: String = snapshot_id
         .chars()
         .map(|c| {
@@ -114,7 +115,7 @@ pub fn staging_dir(data_dir: &Path, snapshot_id: &str) -> PathBuf {
             }
         })
         .collect();
-    data_dir.join(format!("incoming-{safe}"))
+    data_dir.join(format!("incoming-{safe}-{attempt}"))
 }
 
 /// Fetches and checks a snapshot's ranges into its staging directory. `fetch(position, len)`
@@ -123,6 +124,7 @@ pub fn staging_dir(data_dir: &Path, snapshot_id: &str) -> PathBuf {
 pub async fn stage<F, Fut>(
     fs: &dyn FileSystem,
     data_dir: &Path,
+    attempt: u64,
     manifest: &Manifest,
     mut fetch: F,
     mut progress: impl FnMut(u64, u64),
@@ -131,7 +133,7 @@ where
     F: FnMut(u64, usize) -> Fut,
     Fut: Future<Output = Result<Vec<u8>>>,
 {
-    let staged = staging_dir(data_dir, &manifest.meta.snapshot_id);
+    let staged = staging_dir(data_dir, &manifest.meta.snapshot_id, attempt);
     let log_dir = staged.join("log");
     let io = |what: String| move |e| Error::io(what, e);
     fs.create_dir_all(&log_dir)

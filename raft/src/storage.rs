@@ -119,9 +119,14 @@ struct Inner {
     committed: Mutex<HardStateFile>,
     /// The committed log id openraft saved since this shard was opened.
     committed_now: Mutex<Option<LogId>>,
-    /// Held while a snapshot offer is fetched and installed: offers (a retried or duplicated
-    /// one, or a newer one) are taken one at a time, never staged into the same place at once.
+    /// Held while a snapshot offer is fetched: offers (a retried or duplicated one, or a newer
+    /// one) are staged one at a time.
     installing: tokio::sync::Mutex<()>,
+    /// Numbers staging directories: each offer stages into its own.
+    staging_attempts: std::sync::atomic::AtomicU64,
+    /// Fully staged snapshots by id, awaiting openraft's install (which may run after the
+    /// offer that staged it was cancelled, while a retry stages again elsewhere).
+    staged: Mutex<std::collections::BTreeMap<String, PathBuf>>,
     /// The live data generation; changes when a snapshot install replaces the store.
     generation: tokio::sync::watch::Sender<u64>,
     syncer: tokio::sync::mpsc::Sender<SyncJob>,
@@ -418,6 +423,8 @@ impl Shard {
                 committed: Mutex::new(committed),
                 committed_now: Mutex::new(None),
                 installing: tokio::sync::Mutex::new(()),
+                staging_attempts: std::sync::atomic::AtomicU64::new(0),
+                staged: Mutex::new(std::collections::BTreeMap::new()),
                 generation: tokio::sync::watch::channel(generation).0,
                 syncer,
             }),
@@ -512,6 +519,24 @@ impl Shard {
     /// longer has).
     pub fn committed(&self) -> Option<LogId> {
         *lock(&self.inner.committed_now)
+    }
+
+    /// A fresh staging directory number.
+    pub(crate) fn next_staging_attempt(&self) -> u64 {
+        self.inner
+            .staging_attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes that snapshot `id` is fully staged in `dir`, ready to install.
+    pub(crate) fn staged(&self, id: &str, dir: PathBuf) {
+        let earlier = lock(&self.inner.staged).insert(id.to_string(), dir);
+        if let Some(earlier) = earlier {
+            // Staged twice (a retried offer): the copies are equal; keep one.
+            if let Err(e) = self.inner.options.fs.remove_dir_all(&earlier) {
+                tracing::warn!(error = %e, dir = %earlier.display(), "removing a duplicate staged snapshot");
+            }
+        }
     }
 
     /// Waits for any other snapshot offer being taken here to finish.
@@ -994,13 +1019,9 @@ impl Shard {
             state.generation
         } else {
             let next = state.generation + 1;
-            let staged = snapshot::staging_dir(&options.dir, &meta.snapshot_id);
+            let staged = lock(&self.inner.staged).remove(&meta.snapshot_id);
             let target = generation_dir(&options.dir, next);
-            if !options
-                .fs
-                .exists(&staged)
-                .map_err(|e| Error::io("checking the staged snapshot", e))?
-            {
+            let Some(staged) = staged else {
                 return Err(Error::invalid(
                     "snapshot",
                     format!(
@@ -1008,7 +1029,7 @@ impl Shard {
                         meta.snapshot_id
                     ),
                 ));
-            }
+            };
             options
                 .fs
                 .rename(&staged, &target)
@@ -1039,6 +1060,13 @@ impl Shard {
         finisher.flush_index()?;
         state.applied = applied;
         drop(state);
+        // A retried offer may have staged the same snapshot again meanwhile.
+        let duplicate = lock(&self.inner.staged).remove(&meta.snapshot_id);
+        if let Some(dir) = duplicate {
+            if let Err(e) = options.fs.remove_dir_all(&dir) {
+                tracing::warn!(error = %e, dir = %dir.display(), "removing a duplicate staged snapshot");
+            }
+        }
         // A snapshot holds committed entries only: openraft saves no commit for it.
         let mut committed = lock(&self.inner.committed_now);
         *committed = (*committed).max(last);
