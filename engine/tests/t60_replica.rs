@@ -346,3 +346,37 @@ fn a_follower_unrolls_an_empty_segment_to_take_the_leaders_frame() {
     assert_eq!(mine[0].header.position, frame[0].header.position);
     assert_eq!(follower.reader().segments().len(), 1);
 }
+
+/// Found by the simulator (seed 303422): a leader rolls its segment on the estimated size of a
+/// batch of appends; when every append is refused the record is a small blank one in the new
+/// segment. A follower placing a blank entry by itself would keep it in the old segment, so it
+/// must copy the leader's frame (the Raft layer sends blank records as frames).
+#[test]
+fn a_refused_batch_that_rolled_the_leader_is_copied_where_the_leader_put_it() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (mut leader, _) = open(leader_dir.path());
+    let (mut follower, _) = open(follower_dir.path());
+    let next = fill(&mut leader);
+    assert_eq!(fill(&mut follower), next);
+    // Too big for the room left, and refused: the stream's version is not 1000.
+    let refused = appends(vec![append(
+        "s",
+        ExpectedVersion::Exact(1000),
+        vec![event(77_777, &"z".repeat(3500))],
+    )]);
+    let written = leader.write_entries(vec![entry(next, refused)]).unwrap();
+    apply(&leader, written);
+    let record = leader.read_entries(next, next + 1, usize::MAX).unwrap();
+    assert_eq!(format::read_kind(&record[0].frame), KIND_BLANK);
+    assert_eq!(
+        leader.reader().segments().len(),
+        2,
+        "the estimate rolled the log"
+    );
+    let copy = vec![entry(next, EntryBody::Frame(record[0].frame.clone()))];
+    let written = follower.write_entries(copy).unwrap();
+    apply(&follower, written);
+    let mine = follower.read_entries(next, next + 1, usize::MAX).unwrap();
+    assert_eq!(mine[0].header.position, record[0].header.position);
+}

@@ -585,8 +585,10 @@ pub fn to_entry(r: &RawRecord) -> Result<Option<Entry>> {
         r.header.seq,
     );
     let payload = match format::read_kind(&r.frame) {
-        KIND_EVENTS => EntryPayload::Normal(Command::Frame(r.frame.clone())),
-        KIND_BLANK => EntryPayload::Blank,
+        // A blank record travels as its frame too: its place in the log (which segment) was
+        // decided by the leader — a batch of appends whose estimate rolled the segment can end
+        // up a small blank record when every append is refused — and followers must copy it.
+        KIND_EVENTS | KIND_BLANK => EntryPayload::Normal(Command::Frame(r.frame.clone())),
         KIND_GAP => return Ok(None),
         KIND_MEMBERSHIP => EntryPayload::Membership(
             serde_json::from_slice(format::body(&r.frame)).map_err(|e| {
