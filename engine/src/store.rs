@@ -159,6 +159,14 @@ pub struct Finisher {
 }
 
 impl Finisher {
+    /// Stops the store for good (every later write fails with `why`): for damage found
+    /// outside the write path, such as corruption in a sealed segment.
+    pub fn stop(&self, why: String) {
+        tracing::error!(reason = %why, "store stopped");
+        let _ = self.poison.set(why);
+        self.synced.notify_waiters();
+    }
+
     /// Makes the groups durable: one fdatasync per file they were written to.
     pub fn sync<T>(&self, groups: &[WrittenGroup<T>]) -> Result<()> {
         let points: Vec<SyncPoint> = groups.iter().map(WrittenGroup::sync_point).collect();

@@ -332,6 +332,19 @@ impl Replica {
         let raft = Raft::new(node_id, config, network, log, sm)
             .await
             .map_err(|e| ReplicaError::Unavailable(format!("starting raft: {e}")))?;
+        // A replica that finds its own data corrupt stops: leading (or voting) on damaged data
+        // would hand it on, and a snapshot it serves would be refused everywhere.
+        let mut corrupt = shard.watch_corruption();
+        let stopping = raft.clone();
+        tokio::spawn(async move {
+            if corrupt.wait_for(Option::is_some).await.is_ok() {
+                let why = corrupt.borrow().clone().unwrap_or_default();
+                tracing::error!(reason = %why, "stopping this replica: its data is corrupt");
+                if let Err(e) = stopping.shutdown().await {
+                    tracing::warn!(error = %e, "raft shutdown failed");
+                }
+            }
+        });
         let (proposals, queue) = mpsc::channel(APPEND_QUEUE_MAX);
         tokio::spawn(propose(
             raft.clone(),

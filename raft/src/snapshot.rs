@@ -215,8 +215,12 @@ fn read(
     Ok(buf)
 }
 
-/// A copied sealed segment: its records' CRC must match its footer.
-fn check_sealed(file: &dyn strata_engine::fs::FileHandle, path: &Path, len: u64) -> Result<()> {
+/// A sealed segment (copied, or about to be served): its records' CRC must match its footer.
+pub(crate) fn check_sealed(
+    file: &dyn strata_engine::fs::FileHandle,
+    path: &Path,
+    len: u64,
+) -> Result<()> {
     if len < SEGMENT_HEADER_BYTES + SEGMENT_FOOTER_BYTES {
         return Err(Error::corruption(
             path,

@@ -124,6 +124,9 @@ struct Inner {
     installing: tokio::sync::Mutex<()>,
     /// Numbers staging directories: each offer stages into its own.
     staging_attempts: std::sync::atomic::AtomicU64,
+    /// Set when this replica found its own data corrupt outside the write path; the Raft
+    /// node stops on it (see [`crate::replica::Replica::start`]).
+    corrupt: tokio::sync::watch::Sender<Option<String>>,
     /// Fully staged snapshots by id, awaiting openraft's install (which may run after the
     /// offer that staged it was cancelled, while a retry stages again elsewhere).
     staged: Mutex<std::collections::BTreeMap<String, PathBuf>>,
@@ -424,6 +427,7 @@ impl Shard {
                 committed_now: Mutex::new(None),
                 installing: tokio::sync::Mutex::new(()),
                 staging_attempts: std::sync::atomic::AtomicU64::new(0),
+                corrupt: tokio::sync::watch::channel(None).0,
                 staged: Mutex::new(std::collections::BTreeMap::new()),
                 generation: tokio::sync::watch::channel(generation).0,
                 syncer,
@@ -490,6 +494,17 @@ impl Shard {
             .len()
             .map_err(|e| Error::io("sizing a segment", e))?;
         let in_file = position - segment.base;
+        if in_file == 0 && segment.footer.is_some() {
+            // Serving a sealed segment from its start: check it whole first. Damage found here
+            // stops this node (it would otherwise go on offering a snapshot every replica
+            // refuses, and lead with corrupt data).
+            if let Err(e) = snapshot::check_sealed(segment.file.as_ref(), &segment.path, file_len) {
+                let why = format!("corruption found serving a snapshot: {e}");
+                lock(&self.inner.state).store.finisher().stop(why.clone());
+                self.inner.corrupt.send_replace(Some(why.clone()));
+                return Err(Error::corruption(&segment.path, 0, why));
+            }
+        }
         let mut len = (file_len.saturating_sub(in_file)).min(max_bytes as u64);
         if segment.footer.is_none() {
             // The tail: only up to the applied end.
@@ -519,6 +534,11 @@ impl Shard {
     /// longer has).
     pub fn committed(&self) -> Option<LogId> {
         *lock(&self.inner.committed_now)
+    }
+
+    /// Turns `Some(reason)` when this replica found its own data corrupt; the Raft node stops.
+    pub fn watch_corruption(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.corrupt.subscribe()
     }
 
     /// A fresh staging directory number.

@@ -107,7 +107,11 @@ impl Monitor {
             };
             let m = replica.raft().metrics().borrow().clone();
             if let Err(fatal) = &m.running_state {
-                let why = fatal.to_string();
+                // A replica that stopped itself on corruption says why through its shard.
+                let why = match replica.shard().watch_corruption().borrow().clone() {
+                    Some(reason) => reason,
+                    None => fatal.to_string(),
+                };
                 if why.contains("panic") {
                     self.violation("no panic", format!("n{id}: {why}"));
                 }

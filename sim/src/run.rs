@@ -262,10 +262,10 @@ fn sealed_segments(cluster: &Cluster, id: NodeId) -> Vec<std::path::PathBuf> {
     };
     let mut by_dir: BTreeMap<std::path::PathBuf, Vec<std::path::PathBuf>> = BTreeMap::new();
     for path in fs.files() {
+        // Segments of a live data generation (`/nN/gen-G/log/*.log`), not staged ones.
         let in_gen = path
-            .parent()
-            .and_then(|d| d.file_name())
-            .is_some_and(|n| n.to_string_lossy().starts_with("gen-"));
+            .components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with("gen-"));
         if in_gen && path.extension().is_some_and(|e| e == "log") {
             if let Some(dir) = path.parent() {
                 by_dir
@@ -620,8 +620,26 @@ async fn recover(
     Err(last_problem)
 }
 
-fn final_log(cluster: &Cluster, leader: NodeId) -> Result<Final, String> {
-    let replica = cluster.replica(leader).ok_or("the leader went down")?;
+/// The final log, read on a running node whose disk had no bit flip (their applied logs are
+/// byte-identical, which the monitor checks), else on the leader.
+fn final_log(
+    cluster: &Cluster,
+    leader: NodeId,
+    tainted: &BTreeSet<NodeId>,
+) -> Result<Final, String> {
+    let applied = |id: &NodeId| {
+        cluster
+            .replica(*id)
+            .and_then(|r| r.raft().metrics().borrow().last_applied)
+    };
+    let source = cluster
+        .up_ids()
+        .into_iter()
+        .filter(|id| !tainted.contains(id))
+        .max_by_key(|id| (applied(id), *id == leader))
+        .filter(|id| applied(id) >= applied(&leader))
+        .unwrap_or(leader);
+    let replica = cluster.replica(source).ok_or("the leader went down")?;
     let reader = replica.shard().reader();
     let mut out = Final::new();
     for stream in STREAMS {
@@ -739,7 +757,7 @@ async fn simulate(config: RunConfig) -> RunReport {
             "liveness",
             format!("not recovered within {:?}: {e}", config.liveness),
         ),
-        Ok(leader) => match final_log(&cluster, leader) {
+        Ok(leader) => match final_log(&cluster, leader, &lock(&tainted).clone()) {
             Err(e) => violations.add(&cluster, "liveness", e),
             Ok(last) => {
                 let received: Vec<check::SubscriberLog> = subscribers
