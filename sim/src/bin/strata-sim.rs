@@ -7,7 +7,7 @@
 //! exercised, and every failing seed with the property it broke. Exit status 1 on a failure.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -195,6 +195,8 @@ fn sweep(
         first.wrapping_add(count)
     );
     let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = Instant::now();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failed = Vec::new();
     let (mut done, mut ops, mut unknown) = (0u64, 0usize, 0usize);
@@ -216,17 +218,23 @@ fn sweep(
             println!("seed {seed}: FAILED — replay with: strata-sim run --seed {seed}");
             failed.push(seed);
         }
-        if done % 10 == 0 {
-            let rate = done as f64 / started.elapsed().as_secs_f64();
+        // Progress: a line rewritten in place on a terminal, a line every 30 s in a log.
+        let rate = done as f64 / started.elapsed().as_secs_f64();
+        if tty && done % 10 == 0 {
             eprint!(
                 "\r{done} seeds, {rate:.2} seeds/s, {} failed   ",
                 failed.len()
             );
             let _ = std::io::stderr().flush();
+        } else if !tty && last_line.elapsed() >= Duration::from_secs(30) {
+            last_line = Instant::now();
+            println!("{done} seeds, {rate:.2} seeds/s, {} failed", failed.len());
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    eprintln!();
+    if tty {
+        eprintln!();
+    }
     println!(
         "sweep: {done} seeds in {secs:.1} s ({:.2} seeds/s), {ops} operations, {unknown} stream checks unknown",
         done as f64 / secs.max(1e-9)
