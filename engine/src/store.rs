@@ -339,6 +339,10 @@ pub struct Store {
     heads: HashMap<String, u64>,
     /// Whether the log is a Raft log (records are then also indexed by sequence number).
     raft: bool,
+    /// The hybrid logical clock: the largest record timestamp in the log. A new record's
+    /// timestamp is its requests' (the writer's wall clock) or one microsecond past this,
+    /// whichever is later, so timestamps increase along the log whatever the clocks do.
+    last_timestamp_us: AtomicU64,
 }
 
 impl Store {
@@ -400,8 +404,50 @@ impl Store {
             synced_end,
             heads: HashMap::new(),
             raft: false,
+            last_timestamp_us: AtomicU64::new(0),
         };
+        let last = store.scan_last_timestamp()?;
+        store.last_timestamp_us.store(last, Ordering::Release);
         Ok(store)
+    }
+
+    /// The largest record timestamp of the last segment holding records with one (meta
+    /// records carry none): where the clock resumes at open.
+    fn scan_last_timestamp(&self) -> Result<u64> {
+        let log = &self.reader.log;
+        let end = self.log.next_position();
+        for segment in log.segments().iter().rev() {
+            let to = segment.footer.map_or(end, |f| f.records_end).min(end);
+            let mut from = segment.records_start();
+            let mut last = 0;
+            while from < to {
+                let (raw, next) = log.scan(from, to, 4096, 16 << 20)?;
+                if raw.is_empty() {
+                    break;
+                }
+                last = raw.iter().fold(last, |m, r| m.max(r.header.timestamp_us));
+                from = next;
+            }
+            if last > 0 {
+                return Ok(last);
+            }
+        }
+        Ok(0)
+    }
+
+    /// The timestamp for a record of requests stamped `requested`: later than every record
+    /// before it (see `last_timestamp_us`).
+    fn next_timestamp(&self, requested: u64) -> u64 {
+        let last = self.last_timestamp_us.load(Ordering::Acquire);
+        let next = requested.max(last.saturating_add(1));
+        self.last_timestamp_us.fetch_max(next, Ordering::AcqRel);
+        next
+    }
+
+    /// Notes a record written with `timestamp_us` (a follower's copy of the leader's).
+    pub(crate) fn saw_timestamp(&self, timestamp_us: u64) {
+        self.last_timestamp_us
+            .fetch_max(timestamp_us, Ordering::AcqRel);
     }
 
     fn catch_up_index(&self) -> Result<()> {
@@ -915,11 +961,13 @@ impl Store {
         let position = self.log.next_position() + group.buf.len() as u64;
         let seq = self.log.next_seq() + group.records;
         let synced_end = self.synced_end.load(Ordering::Acquire);
-        let timestamp_us = items
-            .iter()
-            .map(|(_, r, _)| r.timestamp_us)
-            .max()
-            .unwrap_or(0);
+        let timestamp_us = self.next_timestamp(
+            items
+                .iter()
+                .map(|(_, r, _)| r.timestamp_us)
+                .max()
+                .unwrap_or(0),
+        );
         let mut fields = Vec::new();
         for (_, request, first_versions) in &items {
             for (part, first) in request.streams.iter().zip(first_versions) {

@@ -380,3 +380,63 @@ fn a_refused_batch_that_rolled_the_leader_is_copied_where_the_leader_put_it() {
     let mine = follower.read_entries(next, next + 1, usize::MAX).unwrap();
     assert_eq!(mine[0].header.position, record[0].header.position);
 }
+
+/// The hybrid logical clock: a record's timestamp is its request's or one microsecond past the
+/// log's last, whichever is later — across a clock stepping back, a reopen, and a follower
+/// that copied a later leader's records.
+#[test]
+fn timestamps_increase_along_the_log_whatever_the_clocks_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let stamped = |seq: u64, ts: u64| {
+        appends(vec![strata_engine::AppendRequest::single(
+            "s",
+            ExpectedVersion::Any,
+            vec![event(seq as u128, "x")],
+            ts,
+        )])
+    };
+    let timestamps = |store: &Store, from: u64, to: u64| -> Vec<u64> {
+        store
+            .read_entries(from, to, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| r.header.timestamp_us)
+            .collect()
+    };
+    {
+        let (mut store, _) = open(dir.path());
+        for (seq, ts) in [(1, 5_000), (2, 1_000), (3, 5_000), (4, 9_000)] {
+            let written = store
+                .write_entries(vec![entry(seq, stamped(seq, ts))])
+                .unwrap();
+            apply(&store, written);
+        }
+        assert_eq!(timestamps(&store, 1, 5), [5_000, 5_001, 5_002, 9_000]);
+    }
+    let (mut store, _) = open(dir.path());
+    let written = store.write_entries(vec![entry(5, stamped(5, 10))]).unwrap();
+    apply(&store, written);
+    assert_eq!(
+        timestamps(&store, 5, 6),
+        [9_001],
+        "the clock resumes after a reopen"
+    );
+    // A follower copies a leader's record stamped far ahead, then leads: it continues after.
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (mut leader, _) = open(leader_dir.path());
+    let (mut follower, _) = open(follower_dir.path());
+    let written = leader
+        .write_entries(vec![entry(1, stamped(1, 50_000))])
+        .unwrap();
+    apply(&leader, written);
+    let frame = leader.read_entries(1, 2, usize::MAX).unwrap();
+    let copy = vec![entry(1, EntryBody::Frame(frame[0].frame.clone()))];
+    let written = follower.write_entries(copy).unwrap();
+    apply(&follower, written);
+    let written = follower
+        .write_entries(vec![entry(2, stamped(2, 20))])
+        .unwrap();
+    apply(&follower, written);
+    assert_eq!(timestamps(&follower, 1, 3), [50_000, 50_001]);
+}

@@ -305,6 +305,23 @@ pub fn check_log(ops: &[Op], last: &Final) -> Vec<Violation> {
     out
 }
 
+/// Event records' timestamps (the hybrid logical clock) increase along the log, whatever the
+/// nodes' clocks did and whichever node led: `records` are (position, timestamp) in log order.
+pub fn check_timestamps(records: &[(u64, u64)]) -> Vec<Violation> {
+    records
+        .windows(2)
+        .find(|w| w[1].1 <= w[0].1)
+        .map(|w| Violation {
+            property: "timestamps increase along the log",
+            detail: format!(
+                "record at {} has timestamp {} after {} at {}",
+                w[1].0, w[1].1, w[0].1, w[0].0
+            ),
+        })
+        .into_iter()
+        .collect()
+}
+
 /// Follower reads may lag, but must show a prefix of the final stream.
 pub fn check_follower_reads(ops: &[Op], last: &Final) -> Vec<Violation> {
     let mut out = Vec::new();
@@ -559,6 +576,13 @@ mod tests {
         )]);
         let both = vec![append(0, "s", &["a", "b"], Outcome::Unknown, 0, None)];
         assert_eq!(properties(&check_log(&both, &gap)), ["versions contiguous"]);
+    }
+
+    #[test]
+    fn timestamps_must_increase() {
+        assert!(check_timestamps(&[(0, 5), (10, 6), (20, 9)]).is_empty());
+        assert_eq!(check_timestamps(&[(0, 5), (10, 5)]).len(), 1);
+        assert_eq!(check_timestamps(&[(0, 5), (10, 4), (20, 3)]).len(), 1);
     }
 
     #[test]

@@ -626,7 +626,7 @@ fn final_log(
     cluster: &Cluster,
     leader: NodeId,
     tainted: &BTreeSet<NodeId>,
-) -> Result<Final, String> {
+) -> Result<(Final, Vec<(u64, u64)>), String> {
     let applied = |id: &NodeId| {
         cluster
             .replica(*id)
@@ -641,6 +641,25 @@ fn final_log(
         .unwrap_or(leader);
     let replica = cluster.replica(source).ok_or("the leader went down")?;
     let reader = replica.shard().reader();
+    // Every event record in log order, with its timestamp.
+    let mut stamps = Vec::new();
+    let mut from = 0;
+    loop {
+        let batch = reader
+            .read_all(from, reader.limits().read_records_max)
+            .map_err(|e| format!("reading the log: {e}"))?;
+        if batch.records.is_empty() {
+            break;
+        }
+        stamps.extend(
+            batch
+                .records
+                .iter()
+                .filter(|r| !r.events.is_empty())
+                .map(|r| (r.position, r.timestamp_us)),
+        );
+        from = batch.next;
+    }
     let mut out = Final::new();
     for stream in STREAMS {
         let events = reader
@@ -659,7 +678,7 @@ fn final_log(
                 .collect(),
         );
     }
-    Ok(out)
+    Ok((out, stamps))
 }
 
 async fn simulate(config: RunConfig) -> RunReport {
@@ -759,7 +778,7 @@ async fn simulate(config: RunConfig) -> RunReport {
         ),
         Ok(leader) => match final_log(&cluster, leader, &lock(&tainted).clone()) {
             Err(e) => violations.add(&cluster, "liveness", e),
-            Ok(last) => {
+            Ok((last, stamps)) => {
                 let received: Vec<check::SubscriberLog> = subscribers
                     .iter()
                     .map(|(n, r)| (n.clone(), r.all()))
@@ -767,6 +786,7 @@ async fn simulate(config: RunConfig) -> RunReport {
                 let mut found = check::check_log(&ops, &last);
                 found.extend(check::check_follower_reads(&ops, &last));
                 found.extend(check::check_subscribers(&received, &last));
+                found.extend(check::check_timestamps(&stamps));
                 for v in found {
                     violations.add(&cluster, v.property, v.detail);
                 }

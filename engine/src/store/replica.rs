@@ -360,6 +360,7 @@ impl Store {
                 self.log.next_position()
             )));
         }
+        self.saw_timestamp(header.timestamp_us);
         let mut buf = frame.to_vec();
         let here = self.header_here((header.term, header.leader), header.timestamp_us);
         format::restamp(&mut buf, here.position, here.synced_end);
