@@ -32,5 +32,5 @@ pub use event::{
     AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, Position, Record,
     RecordedEvent, StreamAppend, StreamAppendResult,
 };
-pub use reader::{ReadAllBatch, Reader};
+pub use reader::{AsOf, ReadAllBatch, Reader};
 pub use store::{EntryBody, LogEntry, Store, SyncPoint, WrittenEntry};

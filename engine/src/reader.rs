@@ -23,6 +23,19 @@ pub struct ReadAllBatch {
     pub next: Position,
 }
 
+/// A point in a log's history that a read can be taken as of: it returns exactly what a
+/// reader at that point saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// A stream as it was when its event `version` was its last (stream reads only).
+    Version(u64),
+    /// The log as it was once the record at `position` (and every one before it) was in it.
+    Position(Position),
+    /// The log as it was at `timestamp_us`: records stamped at or before it. Timestamps
+    /// increase along the log (the store's hybrid logical clock), so this is a prefix too.
+    Timestamp(u64),
+}
+
 /// The read side of a store; cheap to clone and share between threads.
 #[derive(Debug, Clone)]
 pub struct Reader {
@@ -51,6 +64,74 @@ impl Reader {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
+        self.read_stream_as_of(stream, from, direction, limit, None)
+    }
+
+    /// The end of the log prefix a read as of `point` sees: records before it (for
+    /// [`AsOf::Version`], the whole visible log; the version bounds the stream instead).
+    pub fn as_of_end(&self, point: AsOf) -> Result<Position> {
+        let end = self.log.end();
+        Ok(match point {
+            AsOf::Version(_) => end,
+            AsOf::Position(p) => {
+                if p >= end {
+                    end
+                } else {
+                    // The record at `p` is in: the prefix ends where the next one starts.
+                    let at = self.log.normalize(p);
+                    if !self.is_record_position(at)? {
+                        return Err(Error::invalid(
+                            "as_of_position",
+                            format!("{p} is not the position of a record in this log"),
+                        ));
+                    }
+                    self.log.scan(at, end, 1, 1)?.1
+                }
+            }
+            AsOf::Timestamp(t) => match t.checked_add(1) {
+                Some(after) => self.position_at_or_after(after)?.unwrap_or(end),
+                None => end,
+            },
+        })
+    }
+
+    /// The last version of `stream` whose event lies before `end`, found by binary search
+    /// over the stream index (versions and positions increase together).
+    fn version_before(&self, stream: &str, end: Position) -> Result<Option<u64>> {
+        let Some((head, head_position)) = self.index.stream_head(stream)? else {
+            return Ok(None);
+        };
+        if head_position < end {
+            return Ok(Some(head));
+        }
+        let position_of = |v: u64| -> Result<Position> {
+            self.index
+                .stream_slot(stream, v)?
+                .map(|s| s.position)
+                .ok_or_else(|| Error::Index(format!("{stream}@{v} has no stream entry")))
+        };
+        // Invariant: every version < lo is before `end`; every version >= hi is not.
+        let (mut lo, mut hi) = (0u64, head);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if position_of(mid)? < end {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo.checked_sub(1))
+    }
+
+    /// [`Reader::read_stream`] as of a point in the log's history (`None`: now).
+    pub fn read_stream_as_of(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        direction: Direction,
+        limit: usize,
+        as_of: Option<AsOf>,
+    ) -> Result<Vec<RecordedEvent>> {
         validate_stream_name("stream", stream, &self.limits)?;
         if limit > self.limits.read_events_max {
             return Err(Error::LimitExceeded {
@@ -59,12 +140,29 @@ impl Reader {
                 max: self.limits.read_events_max as u64,
             });
         }
-        let end = self.log.end();
+        let end = match as_of {
+            Some(point) => self.as_of_end(point)?,
+            None => self.log.end(),
+        };
+        // The stream's last version visible as of the point.
+        let last = match as_of {
+            Some(AsOf::Version(v)) => Some(v),
+            Some(_) => match self.version_before(stream, end)? {
+                Some(v) => Some(v),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        let from = match (direction, last) {
+            (Direction::Backwards, Some(last)) => Some(from.map_or(last, |f| f.min(last))),
+            _ => from,
+        };
         let slots = self.index.stream_range(stream, from, direction, limit)?;
         let mut events = Vec::with_capacity(slots.len());
         for (version, slot) in slots {
-            if slot.position >= end {
-                // Being truncated, or indexed a moment before it became visible.
+            if slot.position >= end || last.is_some_and(|l| version > l) {
+                // Past the point read as of; or being truncated, or indexed a moment before
+                // it became visible.
                 continue;
             }
             let event = self.log.read_event(slot.position, slot.slot)?;
@@ -85,6 +183,23 @@ impl Reader {
     /// Reads up to `limit` records from `from` (0 for the start, or a position returned by an
     /// earlier read or append).
     pub fn read_all(&self, from: Position, limit: usize) -> Result<ReadAllBatch> {
+        self.read_all_as_of(from, limit, None)
+    }
+
+    /// [`Reader::read_all`] as of a point (a position or a timestamp; `None`: now): the log
+    /// ends there for this read.
+    pub fn read_all_as_of(
+        &self,
+        from: Position,
+        limit: usize,
+        as_of: Option<AsOf>,
+    ) -> Result<ReadAllBatch> {
+        if let Some(AsOf::Version(_)) = as_of {
+            return Err(Error::invalid(
+                "as_of_version",
+                "is for stream reads; read the whole log as of a position or a timestamp",
+            ));
+        }
         if limit > self.limits.read_records_max {
             return Err(Error::LimitExceeded {
                 limit: "read_records_max",
@@ -101,9 +216,19 @@ impl Reader {
                 format!("{from} is not the position of a record in this log"),
             ));
         }
+        let upto = match as_of {
+            Some(point) => self.as_of_end(point)?,
+            None => end,
+        };
+        if from >= upto {
+            return Ok(ReadAllBatch {
+                records: Vec::new(),
+                next: from,
+            });
+        }
         let (raw, next) = self
             .log
-            .scan(from, end, limit, self.limits.read_bytes_max)?;
+            .scan(from, upto, limit, self.limits.read_bytes_max)?;
         let mut records = Vec::with_capacity(raw.len());
         for r in raw {
             let events = r.events(&self.log)?;
