@@ -119,3 +119,13 @@ pub fn matches(filter: Option<&pb::Filter>, e: &RecordedEvent) -> bool {
             && (f.event_types.is_empty() || f.event_types.contains(&e.event_type))
     })
 }
+
+/// The point a read is taken as of (`None`: now).
+pub fn as_of(as_of: Option<pb::AsOf>) -> Option<strata_engine::AsOf> {
+    use pb::as_of::Point;
+    Some(match as_of?.point? {
+        Point::Version(v) => strata_engine::AsOf::Version(v),
+        Point::Position(p) => strata_engine::AsOf::Position(p),
+        Point::TimestampUs(t) => strata_engine::AsOf::Timestamp(t),
+    })
+}

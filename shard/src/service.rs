@@ -196,9 +196,10 @@ impl pb::streams_server::Streams for StreamsService {
                     ))
                 }
             };
+            let as_of = convert::as_of(r.as_of);
             self.backend.read_barrier(r.consistency).await?;
             let events = blocking(&self.backend.reader(), move |reader| {
-                reader.read_stream(&r.stream, r.from_version, direction, limit)
+                reader.read_stream_as_of(&r.stream, r.from_version, direction, limit, as_of)
             })
             .await?;
             Ok(Response::new(pb::ReadResponse {
@@ -215,10 +216,11 @@ impl pb::streams_server::Streams for StreamsService {
         self.traced("ReadAll", async move {
             let r = request.into_inner();
             let limit = limit(r.limit, self.backend.reader().limits().read_records_max)?;
+            let as_of = convert::as_of(r.as_of);
             self.backend.read_barrier(r.consistency).await?;
             // After the barrier: a snapshot install may have replaced the store meanwhile.
             let batch = blocking(&self.backend.reader(), move |reader| {
-                reader.read_all(r.from_position, limit)
+                reader.read_all_as_of(r.from_position, limit, as_of)
             })
             .await?;
             let events = batch

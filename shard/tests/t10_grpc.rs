@@ -131,6 +131,7 @@ async fn append_read_conflict_and_idempotent_retry() {
     let read = c
         .read(pb::ReadRequest {
             consistency: 0,
+            as_of: None,
             stream: "acct-1".into(),
             from_version: None,
             direction: 0,
@@ -290,6 +291,7 @@ async fn every_bad_input_has_its_status_and_writes_nothing() {
     let bad_read = c
         .read(pb::ReadRequest {
             consistency: 0,
+            as_of: None,
             stream: "s".into(),
             from_version: None,
             direction: 0,
@@ -301,6 +303,7 @@ async fn every_bad_input_has_its_status_and_writes_nothing() {
     let bad_pos = c
         .read_all(pb::ReadAllRequest {
             consistency: 0,
+            as_of: None,
             from_position: 7,
             limit: 0,
             filter: None,
@@ -311,6 +314,7 @@ async fn every_bad_input_has_its_status_and_writes_nothing() {
     let bad_dir = c
         .read(pb::ReadRequest {
             consistency: 0,
+            as_of: None,
             stream: "s".into(),
             from_version: None,
             direction: 9,
@@ -332,6 +336,7 @@ async fn every_bad_input_has_its_status_and_writes_nothing() {
     let all = c
         .read_all(pb::ReadAllRequest {
             consistency: 0,
+            as_of: None,
             from_position: 0,
             limit: 0,
             filter: None,
@@ -730,4 +735,102 @@ async fn shutdown_drains_in_flight_appends_and_loses_no_acknowledged_one() {
         total += acked.len();
     }
     assert!(total > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_as_of_a_version_a_position_and_a_time() {
+    let node = TestNode::start(ServiceConfig::default()).await;
+    let mut c = node.client().await;
+    let mut answers = Vec::new();
+    for i in 1..=3u128 {
+        let a = c
+            .append(append("acct-9", None, vec![event(&uuid(i), "{}")]))
+            .await
+            .unwrap()
+            .into_inner();
+        answers.push(a);
+    }
+    let read = |as_of: pb::as_of::Point| pb::ReadRequest {
+        consistency: 0,
+        as_of: Some(pb::AsOf { point: Some(as_of) }),
+        stream: "acct-9".into(),
+        from_version: None,
+        direction: 0,
+        limit: 0,
+    };
+    let ids =
+        |events: &[pb::RecordedEvent]| events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    let by_version = c
+        .read(read(pb::as_of::Point::Version(0)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&by_version.events), [uuid(1)]);
+    let by_position = c
+        .read(read(pb::as_of::Point::Position(answers[1].position)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&by_position.events), [uuid(1), uuid(2)]);
+    let all = c
+        .read(read(pb::as_of::Point::Version(9)))
+        .await
+        .unwrap()
+        .into_inner();
+    let second_ts = all.events[1].timestamp_us;
+    let by_time = c
+        .read(read(pb::as_of::Point::TimestampUs(second_ts)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&by_time.events), [uuid(1), uuid(2)]);
+    let before = c
+        .read(read(pb::as_of::Point::TimestampUs(
+            all.events[0].timestamp_us - 1,
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(before.events.is_empty());
+    // The whole log as of the first append's position.
+    let log = c
+        .read_all(pb::ReadAllRequest {
+            consistency: 0,
+            as_of: Some(pb::AsOf {
+                point: Some(pb::as_of::Point::Position(answers[0].position)),
+            }),
+            from_position: 0,
+            limit: 0,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(&log.events), [uuid(1)]);
+    // Bad points: a version for the whole log; a position that is no record.
+    let err = c
+        .read_all(pb::ReadAllRequest {
+            consistency: 0,
+            as_of: Some(pb::AsOf {
+                point: Some(pb::as_of::Point::Version(1)),
+            }),
+            from_position: 0,
+            limit: 0,
+            filter: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("as_of_version"), "{}", err.message());
+    let err = c
+        .read(read(pb::as_of::Point::Position(answers[0].position + 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("as_of_position"),
+        "{}",
+        err.message()
+    );
+    node.stop().await;
 }

@@ -156,6 +156,16 @@ fn commands_print_json_lines_and_exit_with_the_documented_codes() {
     let all = json(&dev.run(&["read-all"]));
     assert_eq!(all.len(), 2, "one event and the next position");
     assert!(all[1]["next_position"].as_u64().unwrap() > 0);
+    // As-of reads: by version, by position, by time (RFC 3339), and a time that is no time.
+    let as_of = |flag: &str, value: &str| json(&dev.run(&["read", "orders-1", flag, value])).len();
+    assert_eq!(as_of("--as-of-version", "0"), 1);
+    let position = events[0]["position"].as_u64().unwrap().to_string();
+    assert_eq!(as_of("--as-of-position", &position), 1);
+    assert_eq!(as_of("--as-of", "1970-01-01T00:00:01Z"), 0);
+    assert_eq!(as_of("--as-of", "2999-01-01T00:00:00Z"), 1);
+    let bad = dev.run(&["read", "orders-1", "--as-of", "yesterday"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("RFC 3339"));
     // SIGTERM: a clean stop.
     let status = dev.signal(libc::SIGTERM);
     assert!(status.success(), "{status:?}");

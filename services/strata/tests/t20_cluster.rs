@@ -399,6 +399,7 @@ async fn check_replicas(cluster: &Cluster, acked: &BTreeMap<String, Vec<u128>>) 
                         direction: 0,
                         limit: 4096,
                         consistency: pb::Consistency::Follower as i32,
+                        as_of: None,
                     })
                     .await
                     .unwrap()
@@ -746,6 +747,7 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
             direction: 0,
             limit: 10,
             consistency: pb::Consistency::Linearizable as i32,
+            as_of: None,
         })
         .await;
     assert!(
@@ -789,6 +791,7 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
                 direction: 0,
                 limit: 10,
                 consistency: pb::Consistency::Follower as i32,
+                as_of: None,
             })
             .await
             .unwrap()
