@@ -75,7 +75,12 @@ impl Reader {
             AsOf::Version(_) => end,
             AsOf::Position(p) => {
                 if p >= end {
-                    end
+                    return Err(Error::invalid(
+                        "as_of_position",
+                        format!(
+                            "{p} is not in this log yet (not written, or not yet applied on this node)"
+                        ),
+                    ));
                 } else {
                     // The record at `p` is in: the prefix ends where the next one starts.
                     let at = self.log.normalize(p);

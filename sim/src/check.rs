@@ -13,7 +13,7 @@ use strata_raft::types::NodeId;
 use crate::cluster::{is_corruption, lock, Cluster};
 use crate::models::{Stream, StreamOp};
 use crate::wgl::{self, Budget, Operation, Verdict};
-use crate::workload::{Delivered, Input, Op, Outcome};
+use crate::workload::{AsOfRead, Delivered, Input, Op, Outcome};
 
 /// A subscriber's name and what it received.
 pub type SubscriberLog = (String, Vec<Delivered>);
@@ -320,6 +320,35 @@ pub fn check_timestamps(records: &[(u64, u64)]) -> Vec<Violation> {
         })
         .into_iter()
         .collect()
+}
+
+/// Where each event of the final log is: id → (stream, record position, record timestamp).
+pub type EventPlaces = BTreeMap<String, (String, u64, u64)>;
+
+/// Reads of a stream as of an acknowledged append's position (on whichever node, across
+/// leader changes and snapshot installs) equal the final log's prefix of that stream there.
+pub fn check_as_of_reads(reads: &[AsOfRead], last: &Final, places: &EventPlaces) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (stream, position, ids, node) in reads {
+        let want: Vec<&String> = last
+            .get(stream)
+            .into_iter()
+            .flatten()
+            .filter(|(_, e)| places.get(e).is_some_and(|p| p.1 <= *position))
+            .map(|(_, e)| e)
+            .collect();
+        if ids.iter().collect::<Vec<_>>() != want {
+            out.push(Violation {
+                property: "as-of reads equal the log's prefix",
+                detail: format!(
+                    "n{node}: {stream} as of position {position} returned {} events, the log's prefix has {}",
+                    ids.len(),
+                    want.len()
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// Follower reads may lag, but must show a prefix of the final stream.

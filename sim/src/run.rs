@@ -620,13 +620,21 @@ async fn recover(
     Err(last_problem)
 }
 
+/// The final log: each stream's events, every event record's (position, timestamp) in log
+/// order, and where each event is.
+struct FinalLog {
+    streams: Final,
+    stamps: Vec<(u64, u64)>,
+    places: check::EventPlaces,
+}
+
 /// The final log, read on a running node whose disk had no bit flip (their applied logs are
 /// byte-identical, which the monitor checks), else on the leader.
 fn final_log(
     cluster: &Cluster,
     leader: NodeId,
     tainted: &BTreeSet<NodeId>,
-) -> Result<(Final, Vec<(u64, u64)>), String> {
+) -> Result<FinalLog, String> {
     let applied = |id: &NodeId| {
         cluster
             .replica(*id)
@@ -641,8 +649,9 @@ fn final_log(
         .unwrap_or(leader);
     let replica = cluster.replica(source).ok_or("the leader went down")?;
     let reader = replica.shard().reader();
-    // Every event record in log order, with its timestamp.
+    // Every event record in log order, with its timestamp; where each event is.
     let mut stamps = Vec::new();
+    let mut places = check::EventPlaces::new();
     let mut from = 0;
     loop {
         let batch = reader
@@ -651,13 +660,15 @@ fn final_log(
         if batch.records.is_empty() {
             break;
         }
-        stamps.extend(
-            batch
-                .records
-                .iter()
-                .filter(|r| !r.events.is_empty())
-                .map(|r| (r.position, r.timestamp_us)),
-        );
+        for r in batch.records.iter().filter(|r| !r.events.is_empty()) {
+            stamps.push((r.position, r.timestamp_us));
+            for e in &r.events {
+                places.insert(
+                    e.id.to_string(),
+                    (e.stream.clone(), r.position, r.timestamp_us),
+                );
+            }
+        }
         from = batch.next;
     }
     let mut out = Final::new();
@@ -678,7 +689,84 @@ fn final_log(
                 .collect(),
         );
     }
-    Ok((out, stamps))
+    Ok(FinalLog {
+        streams: out,
+        stamps,
+        places,
+    })
+}
+
+/// After the run: every running member that applied the whole log reads each stream as of
+/// random timestamps (around records', under the nodes' skewed clocks and leader changes) and
+/// must return the final log's prefix up to there.
+fn as_of_timestamps(
+    cluster: &Cluster,
+    tainted: &BTreeSet<NodeId>,
+    last: &Final,
+    stamps: &[(u64, u64)],
+    places: &check::EventPlaces,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if stamps.is_empty() {
+        return out;
+    }
+    let newest = stamps.iter().map(|(_, t)| *t).max().unwrap_or(0);
+    let rng = cluster.rng();
+    for _ in 0..8 {
+        let t = stamps[rng.below(stamps.len() as u64) as usize].1 - rng.below(2);
+        // Nodes whose disk had a bit flip may rightly report corruption instead.
+        for id in cluster
+            .up_ids()
+            .into_iter()
+            .filter(|id| !tainted.contains(id))
+        {
+            let Some(replica) = cluster.replica(id) else {
+                continue;
+            };
+            let reader = replica.shard().reader();
+            // Only nodes that hold the whole final log answer for it.
+            if reader.position_at_or_after(newest).ok().flatten().is_none() {
+                continue;
+            }
+            for stream in STREAMS {
+                let want: Vec<&str> = last
+                    .get(stream)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, e)| places.get(e).is_some_and(|p| p.2 <= t))
+                    .map(|(_, e)| e.as_str())
+                    .collect();
+                let got = reader.read_stream_as_of(
+                    stream,
+                    None,
+                    Direction::Forwards,
+                    reader.limits().read_events_max,
+                    Some(strata_engine::AsOf::Timestamp(t)),
+                );
+                let got: Vec<String> = match got {
+                    Ok(events) => events.iter().map(|e| e.id.to_string()).collect(),
+                    Err(e) => {
+                        out.push(Violation {
+                            property: "as-of reads equal the log's prefix",
+                            detail: format!("n{id}: {stream} as of {t}: {e}"),
+                        });
+                        continue;
+                    }
+                };
+                if got != want {
+                    out.push(Violation {
+                        property: "as-of reads equal the log's prefix",
+                        detail: format!(
+                            "n{id}: {stream} as of time {t} returned {} events, the log's prefix has {}",
+                            got.len(),
+                            want.len()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 async fn simulate(config: RunConfig) -> RunReport {
@@ -730,11 +818,13 @@ async fn simulate(config: RunConfig) -> RunReport {
         })
     };
     let history = History::default();
+    let as_of_reads = workload::AsOfReads::default();
     let mut tasks = Vec::new();
     for c in 0..3 {
         tasks.push(tokio::spawn(workload::client(
             cluster.clone(),
             history.clone(),
+            as_of_reads.clone(),
             c,
             safety_end,
         )));
@@ -770,15 +860,41 @@ async fn simulate(config: RunConfig) -> RunReport {
     watching.abort();
     lock(&monitor).sample();
     let ops = history.ops();
+    // (Taken here: a lock guard in a `match` scrutinee would live through the whole match.)
+    let tainted_now = lock(&tainted).clone();
+    if let Ok(leader) = &recovered {
+        // Appends retried past the safety phase may have committed after the probe: give a
+        // node whose disk had no bit flip a moment to apply them too.
+        for _ in 0..50 {
+            let applied = |id: NodeId| {
+                cluster
+                    .replica(id)
+                    .and_then(|r| r.raft().metrics().borrow().last_applied)
+            };
+            let target = applied(*leader);
+            let caught_up = cluster
+                .up_ids()
+                .into_iter()
+                .any(|id| !tainted_now.contains(&id) && applied(id) >= target);
+            if caught_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     match recovered {
         Err(e) => violations.add(
             &cluster,
             "liveness",
             format!("not recovered within {:?}: {e}", config.liveness),
         ),
-        Ok(leader) => match final_log(&cluster, leader, &lock(&tainted).clone()) {
+        Ok(leader) => match final_log(&cluster, leader, &tainted_now) {
             Err(e) => violations.add(&cluster, "liveness", e),
-            Ok((last, stamps)) => {
+            Ok(FinalLog {
+                streams: last,
+                stamps,
+                places,
+            }) => {
                 let received: Vec<check::SubscriberLog> = subscribers
                     .iter()
                     .map(|(n, r)| (n.clone(), r.all()))
@@ -787,6 +903,14 @@ async fn simulate(config: RunConfig) -> RunReport {
                 found.extend(check::check_follower_reads(&ops, &last));
                 found.extend(check::check_subscribers(&received, &last));
                 found.extend(check::check_timestamps(&stamps));
+                found.extend(check::check_as_of_reads(&as_of_reads.all(), &last, &places));
+                found.extend(as_of_timestamps(
+                    &cluster,
+                    &tainted_now,
+                    &last,
+                    &stamps,
+                    &places,
+                ));
                 for v in found {
                     violations.add(&cluster, v.property, v.detail);
                 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_engine::{AppendRequest, Direction, Error, ExpectedVersion, NewEvent};
+use strata_engine::{AppendRequest, AsOf, Direction, Error, ExpectedVersion, NewEvent};
 use strata_proto::v1 as pb;
 use strata_raft::types::NodeId;
 use strata_raft::ReplicaError;
@@ -136,6 +136,22 @@ impl History {
 /// One delivered event: (stream, version, event id).
 pub type Delivered = (String, u64, String);
 
+/// A read of a stream as of the position of an acknowledged append: (stream, position, event
+/// ids returned, node). It must equal the final log's prefix of that stream up to there,
+/// whichever node answered and whatever happened in between.
+pub type AsOfRead = (String, u64, Vec<String>, NodeId);
+
+/// The as-of reads clients made; cheap to clone.
+#[derive(Clone, Default)]
+pub struct AsOfReads(Arc<Mutex<Vec<AsOfRead>>>);
+
+impl AsOfReads {
+    /// All of them.
+    pub fn all(&self) -> Vec<AsOfRead> {
+        lock(&self.0).clone()
+    }
+}
+
 /// What a subscriber received, in order of delivery.
 #[derive(Clone, Default)]
 pub struct Received(Arc<Mutex<Vec<Delivered>>>);
@@ -161,23 +177,58 @@ fn pick_node(cluster: &Cluster, guess: Option<NodeId>) -> Option<NodeId> {
 }
 
 /// One client: random operations until `until`.
-pub async fn client(cluster: Cluster, history: History, client: u64, until: Instant) {
+pub async fn client(
+    cluster: Cluster,
+    history: History,
+    as_of_reads: AsOfReads,
+    client: u64,
+    until: Instant,
+) {
     let mut leader: Option<NodeId> = None;
     let mut known: BTreeMap<String, Option<u64>> = BTreeMap::new();
+    // Positions of this client's acknowledged appends.
+    let mut acked: Vec<(String, u64)> = Vec::new();
     while Instant::now() < until {
         tokio::time::sleep(cluster.rng().millis(0, 40)).await;
         let stream = cluster.rng().pick(&STREAMS).unwrap_or("acct-a").to_string();
         let roll = cluster.rng().below(100);
         if roll < 60 {
-            append(&cluster, &history, client, &stream, &mut leader, &mut known).await;
-        } else if roll < 85 {
+            let position =
+                append(&cluster, &history, client, &stream, &mut leader, &mut known).await;
+            acked.extend(position.map(|p| (stream, p)));
+        } else if roll < 80 {
             linearizable_read(&cluster, &history, client, &stream, &mut leader).await;
-        } else {
+        } else if roll < 92 {
             follower_read(&cluster, &history, client, &stream).await;
+        } else if let Some((stream, position)) = cluster.rng().pick(&acked) {
+            as_of_read(&cluster, &as_of_reads, &stream, position);
         }
     }
 }
 
+/// Reads `stream` as of `position` on a random running node (which may lag: then it refuses).
+fn as_of_read(cluster: &Cluster, reads: &AsOfReads, stream: &str, position: u64) {
+    let Some(node) = pick_node(cluster, None) else {
+        return;
+    };
+    let Some(replica) = cluster.replica(node) else {
+        return;
+    };
+    let read = replica.shard().reader().read_stream_as_of(
+        stream,
+        None,
+        Direction::Forwards,
+        READ_LIMIT,
+        Some(AsOf::Position(position)),
+    );
+    if let Ok(events) = read {
+        let ids = events.iter().map(|e| e.id.to_string()).collect();
+        lock(&reads.0).push((stream.to_string(), position, ids, node));
+    }
+}
+
+/// One append, retried with the same event ids until answered or given up on; returns the
+/// record's position when acknowledged.
 async fn append(
     cluster: &Cluster,
     history: &History,
@@ -185,7 +236,7 @@ async fn append(
     stream: &str,
     leader: &mut Option<NodeId>,
     known: &mut BTreeMap<String, Option<u64>>,
-) {
+) -> Option<u64> {
     let rng = cluster.rng();
     let ids: Vec<Uuid> = (0..1 + rng.below(3)).map(|_| event_id(cluster)).collect();
     let expected = match rng.below(3) {
@@ -220,6 +271,7 @@ async fn append(
     let trace = cluster.trace();
     let give_up = Instant::now() + APPEND_PATIENCE;
     let mut attempt = 0;
+    let mut position = None;
     let outcome = loop {
         let now = Instant::now();
         if now >= give_up {
@@ -246,6 +298,7 @@ async fn append(
                 };
                 known.insert(stream.to_string(), Some(s.last_version));
                 *leader = Some(node);
+                position = Some(r.position);
                 break Outcome::Appended(s.first_version);
             }
             Ok(Err(ReplicaError::Engine(Error::WrongExpectedVersion { actual, .. }))) => {
@@ -272,6 +325,7 @@ async fn append(
         ids.len()
     ));
     history.complete(call, outcome);
+    position
 }
 
 fn read_ids(cluster: &Cluster, node: NodeId, stream: &str) -> Option<Vec<String>> {

@@ -179,6 +179,9 @@ fn replay(config: RunConfig) -> ExitCode {
     }
 }
 
+/// Wall time one seed of a sweep may take before it counts as hung (a seed takes ~50 ms).
+const SEED_WALL_MAX: Duration = Duration::from_secs(120);
+
 fn sweep(
     count: u64,
     first: Option<u64>,
@@ -206,7 +209,25 @@ fn sweep(
             break;
         }
         let seed = first.wrapping_add(i);
-        let report = run(&config(seed));
+        // Each seed on its own thread, under a watchdog: a run that deadlocks is a failure
+        // too (its thread is left behind).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let one = config(seed);
+        std::thread::spawn(move || {
+            let _ = tx.send(run(&one));
+        });
+        let report = match rx.recv_timeout(SEED_WALL_MAX) {
+            Ok(report) => report,
+            Err(_) => {
+                println!(
+                    "seed {seed}: VIOLATED no hang: no result within {SEED_WALL_MAX:?} of wall time"
+                );
+                println!("seed {seed}: FAILED — replay with: strata-sim run --seed {seed}");
+                failed.push(seed);
+                done += 1;
+                continue;
+            }
+        };
         done += 1;
         ops += report.ops;
         unknown += report.unknown_streams;
