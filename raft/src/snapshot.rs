@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use strata_engine::format::{check_frame, FrameCheck, FRAME_BYTES};
 use strata_engine::fs::{read_exact_at, FileSystem, OpenMode};
 use strata_engine::log::Segment;
-use strata_engine::segment::{encode_manifest, segment_path, Footer, ManifestEntry};
+use strata_engine::segment::{encode_manifest, segment_path, Footer, ManifestEntry, SegmentHeader};
 use strata_engine::{Error, Result};
 
 use crate::types::NodeId;
@@ -215,7 +215,14 @@ fn read(
     Ok(buf)
 }
 
-/// A sealed segment (copied, or about to be served): its records' CRC must match its footer.
+/// A segment's header must decode (its checksum): a copy carries its bytes, and a damaged one
+/// fails the whole segment at open.
+pub(crate) fn check_header(file: &dyn strata_engine::fs::FileHandle, path: &Path) -> Result<()> {
+    SegmentHeader::decode(&read(file, path, 0, SEGMENT_HEADER_BYTES as usize)?, path).map(|_| ())
+}
+
+/// A sealed segment (copied, or about to be served): its header must decode and its records'
+/// CRC must match its footer.
 pub(crate) fn check_sealed(
     file: &dyn strata_engine::fs::FileHandle,
     path: &Path,
@@ -228,6 +235,7 @@ pub(crate) fn check_sealed(
             "copied sealed segment is too short",
         ));
     }
+    check_header(file, path)?;
     let footer_at = len - SEGMENT_FOOTER_BYTES;
     let footer = Footer::decode(
         &read(file, path, footer_at, SEGMENT_FOOTER_BYTES as usize)?,
@@ -253,6 +261,7 @@ pub(crate) fn check_sealed(
 
 /// A copied partial segment: whole, intact records up to exactly `len`.
 fn check_records(file: &dyn strata_engine::fs::FileHandle, path: &Path, len: u64) -> Result<()> {
+    check_header(file, path)?;
     let mut at = SEGMENT_HEADER_BYTES;
     while at < len {
         if len - at < FRAME_BYTES as u64 {

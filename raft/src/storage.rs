@@ -494,11 +494,15 @@ impl Shard {
             .len()
             .map_err(|e| Error::io("sizing a segment", e))?;
         let in_file = position - segment.base;
-        if in_file == 0 && segment.footer.is_some() {
-            // Serving a sealed segment from its start: check it whole first. Damage found here
-            // stops this node (it would otherwise go on offering a snapshot every replica
-            // refuses, and lead with corrupt data).
-            if let Err(e) = snapshot::check_sealed(segment.file.as_ref(), &segment.path, file_len) {
+        if in_file == 0 {
+            // Serving a segment from its start: check it first (a sealed one whole, the tail's
+            // header). Damage found here stops this node (it would otherwise go on offering a
+            // snapshot every replica refuses, and lead with corrupt data).
+            let checked = match segment.footer {
+                Some(_) => snapshot::check_sealed(segment.file.as_ref(), &segment.path, file_len),
+                None => snapshot::check_header(segment.file.as_ref(), &segment.path),
+            };
+            if let Err(e) = checked {
                 let why = format!("corruption found serving a snapshot: {e}");
                 lock(&self.inner.state).store.finisher().stop(why.clone());
                 self.inner.corrupt.send_replace(Some(why.clone()));
