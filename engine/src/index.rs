@@ -209,6 +209,16 @@ impl Index {
         Ok(found.first().map(|(k, _)| u64::from_be_bytes(tail8(k))))
     }
 
+    /// The largest timestamp in the time index.
+    pub fn last_timestamp(&self) -> Result<Option<u64>> {
+        let found = self.store.scan(&time_key(0, 0), b"u", true, 1)?;
+        Ok(found.first().map(|(k, _)| {
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&k[1..9]);
+            u64::from_be_bytes(ts)
+        }))
+    }
+
     /// Position of the indexed record with sequence number (Raft index) `seq`.
     pub fn position_of_seq(&self, seq: u64) -> Result<Option<Position>> {
         match self.store.get(&seq_key(seq))? {

@@ -357,6 +357,8 @@ impl Store {
     ) -> Result<Store> {
         let store = Store::open_log(fs, dir, index_store, config, clock)?;
         store.catch_up_index()?;
+        // The clock resumes past the newest timestamp: the index now covers every record.
+        store.saw_timestamp(store.reader.index.last_timestamp()?.unwrap_or(0));
         store.reader.log.publish_end(store.log.next_position());
         Ok(store)
     }
@@ -406,33 +408,7 @@ impl Store {
             raft: false,
             last_timestamp_us: AtomicU64::new(0),
         };
-        let last = store.scan_last_timestamp()?;
-        store.last_timestamp_us.store(last, Ordering::Release);
         Ok(store)
-    }
-
-    /// The largest record timestamp of the last segment holding records with one (meta
-    /// records carry none): where the clock resumes at open.
-    fn scan_last_timestamp(&self) -> Result<u64> {
-        let log = &self.reader.log;
-        let end = self.log.next_position();
-        for segment in log.segments().iter().rev() {
-            let to = segment.footer.map_or(end, |f| f.records_end).min(end);
-            let mut from = segment.records_start();
-            let mut last = 0;
-            while from < to {
-                let (raw, next) = log.scan(from, to, 4096, 16 << 20)?;
-                if raw.is_empty() {
-                    break;
-                }
-                last = raw.iter().fold(last, |m, r| m.max(r.header.timestamp_us));
-                from = next;
-            }
-            if last > 0 {
-                return Ok(last);
-            }
-        }
-        Ok(0)
     }
 
     /// The timestamp for a record of requests stamped `requested`: later than every record

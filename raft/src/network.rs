@@ -32,7 +32,7 @@ use strata_proto::internal::raft_internal_client::RaftInternalClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::snapshot::{self, Manifest, FETCH_CHUNK_BYTES};
+use crate::snapshot::{self, Manifest};
 use crate::storage::Shard;
 use crate::types::{NodeId, Raft, SnapshotMeta, StrataNode, TypeConfig};
 
@@ -508,9 +508,8 @@ impl<T: RaftTransport> pb::raft_internal_server::RaftInternal for RaftService<T>
     ) -> Result<Response<pb::FetchLogResponse>, Status> {
         let r = request.into_inner();
         let served = self.shard(r.shard_id)?;
-        let max = (r.max_bytes as usize).min(FETCH_CHUNK_BYTES);
         let shard = served.shard.clone();
-        let data = tokio::task::spawn_blocking(move || shard.read_log_bytes(r.position, max))
+        let data = tokio::task::spawn_blocking(move || shard.fetch_chunk(r.position, r.max_bytes))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::failed_precondition(e.to_string()))?;

@@ -520,6 +520,15 @@ impl Shard {
         Ok(buf)
     }
 
+    /// Serves one `FetchLog` request: [`Shard::read_log_bytes`], at most
+    /// [`crate::snapshot::FETCH_CHUNK_BYTES`] whatever was asked.
+    pub fn fetch_chunk(&self, position: u64, max_bytes: u32) -> Result<Vec<u8>> {
+        self.read_log_bytes(
+            position,
+            (max_bytes as usize).min(snapshot::FETCH_CHUNK_BYTES),
+        )
+    }
+
     /// The replicated bytes of applied entries `from..to` (see
     /// [`strata_engine::format::replicated_bytes`]): equal on every replica for the same range.
     pub fn replicated_entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
@@ -554,12 +563,15 @@ impl Shard {
 
     /// Notes that snapshot `id` is fully staged in `dir`, ready to install.
     pub(crate) fn staged(&self, id: &str, dir: PathBuf) {
+        // Staged twice (a retried offer): the copies are equal; keep one.
         let earlier = lock(&self.inner.staged).insert(id.to_string(), dir);
-        if let Some(earlier) = earlier {
-            // Staged twice (a retried offer): the copies are equal; keep one.
-            if let Err(e) = self.inner.options.fs.remove_dir_all(&earlier) {
-                tracing::warn!(error = %e, dir = %earlier.display(), "removing a duplicate staged snapshot");
-            }
+        self.remove_duplicate_staging(earlier);
+    }
+
+    fn remove_duplicate_staging(&self, dir: Option<PathBuf>) {
+        let Some(dir) = dir else { return };
+        if let Err(e) = self.inner.options.fs.remove_dir_all(&dir) {
+            tracing::warn!(error = %e, dir = %dir.display(), "removing a duplicate staged snapshot");
         }
     }
 
@@ -1088,11 +1100,7 @@ impl Shard {
         drop(state);
         // A retried offer may have staged the same snapshot again meanwhile.
         let duplicate = lock(&self.inner.staged).remove(&meta.snapshot_id);
-        if let Some(dir) = duplicate {
-            if let Err(e) = options.fs.remove_dir_all(&dir) {
-                tracing::warn!(error = %e, dir = %dir.display(), "removing a duplicate staged snapshot");
-            }
-        }
+        self.remove_duplicate_staging(duplicate);
         // A snapshot holds committed entries only: openraft saves no commit for it.
         let mut committed = lock(&self.inner.committed_now);
         *committed = (*committed).max(last);

@@ -325,19 +325,29 @@ pub fn check_timestamps(records: &[(u64, u64)]) -> Vec<Violation> {
 /// Where each event of the final log is: id → (stream, record position, record timestamp).
 pub type EventPlaces = BTreeMap<String, (String, u64, u64)>;
 
+/// The ids of `stream`'s events in the final log whose place `keep` admits, in order: what a
+/// read as of a point must return.
+pub fn log_prefix<'a>(
+    last: &'a Final,
+    places: &EventPlaces,
+    stream: &str,
+    keep: impl Fn(&(String, u64, u64)) -> bool,
+) -> Vec<&'a str> {
+    last.get(stream)
+        .into_iter()
+        .flatten()
+        .filter(|(_, e)| places.get(e).is_some_and(&keep))
+        .map(|(_, e)| e.as_str())
+        .collect()
+}
+
 /// Reads of a stream as of an acknowledged append's position (on whichever node, across
 /// leader changes and snapshot installs) equal the final log's prefix of that stream there.
 pub fn check_as_of_reads(reads: &[AsOfRead], last: &Final, places: &EventPlaces) -> Vec<Violation> {
     let mut out = Vec::new();
     for (stream, position, ids, node) in reads {
-        let want: Vec<&String> = last
-            .get(stream)
-            .into_iter()
-            .flatten()
-            .filter(|(_, e)| places.get(e).is_some_and(|p| p.1 <= *position))
-            .map(|(_, e)| e)
-            .collect();
-        if ids.iter().collect::<Vec<_>>() != want {
+        let want = log_prefix(last, places, stream, |p| p.1 <= *position);
+        if ids.iter().map(String::as_str).collect::<Vec<_>>() != want {
             out.push(Violation {
                 property: "as-of reads equal the log's prefix",
                 detail: format!(

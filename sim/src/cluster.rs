@@ -689,9 +689,8 @@ impl RaftTransport for SimNet {
             let shard = cluster
                 .shard(to)
                 .ok_or_else(|| unreachable(format!("n{to} is down")))?;
-            let max = (request.max_bytes as usize).min(strata_raft::snapshot::FETCH_CHUNK_BYTES);
             shard
-                .read_log_bytes(request.position, max)
+                .fetch_chunk(request.position, request.max_bytes)
                 .map_err(|e| Status::failed_precondition(e.to_string()))
         })
         .await

@@ -729,13 +729,7 @@ fn as_of_timestamps(
                 continue;
             }
             for stream in STREAMS {
-                let want: Vec<&str> = last
-                    .get(stream)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(_, e)| places.get(e).is_some_and(|p| p.2 <= t))
-                    .map(|(_, e)| e.as_str())
-                    .collect();
+                let want = check::log_prefix(last, places, stream, |p| p.2 <= t);
                 let got = reader.read_stream_as_of(
                     stream,
                     None,

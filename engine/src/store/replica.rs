@@ -124,6 +124,8 @@ impl Store {
         let tail = store.log.tail_file();
         tail.sync_data()
             .map_err(|e| Error::io("syncing the log tail at open", e))?;
+        // The clock resumes past the newest timestamp: the indexed records', then the tail's.
+        store.saw_timestamp(store.reader.index.last_timestamp()?.unwrap_or(0));
         let mut out = Vec::new();
         let mut position = from;
         while position < end || (position == 0 && !store.log.is_empty()) {
@@ -136,6 +138,7 @@ impl Store {
                 break;
             }
             for r in raw {
+                store.saw_timestamp(r.header.timestamp_us);
                 let (effects, batch, events) = store.absorb(&r.frame, r.header)?;
                 let group = store.adopt(tail.clone(), &r, effects, batch, events);
                 out.push(WrittenEntry {
