@@ -135,6 +135,10 @@ fn main() -> ExitCode {
                     print: !quiet,
                     ..config(seed)
                 }),
+                (None, Some(0)) => {
+                    eprintln!("error: --seeds must be at least 1");
+                    ExitCode::from(2)
+                }
                 (None, Some(n)) => sweep(n, first, time_limit.map(Duration::from_secs), config),
                 (None, None) => {
                     eprintln!("error: give --seed S or --seeds N");
