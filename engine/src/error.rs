@@ -63,6 +63,9 @@ pub enum Error {
     /// The index (RocksDB) failed.
     #[error("index error: {0}")]
     Index(String),
+    /// The stream was hard-deleted (it has a tombstone); nothing can be appended to it again.
+    #[error("stream `{stream}` is deleted (hard delete: it cannot be appended to again)")]
+    StreamDeleted { stream: String },
     /// The replicated shard could not take the request now (no leader, leadership lost,
     /// replication failed); the message says why. Retrying later, or at the leader, may work.
     #[error("shard unavailable: {0}")]
@@ -156,6 +159,9 @@ impl Error {
             Error::Closed => Error::Closed,
             Error::Index(why) => Error::Index(why.clone()),
             Error::Unavailable(why) => Error::Unavailable(why.clone()),
+            Error::StreamDeleted { stream } => Error::StreamDeleted {
+                stream: stream.clone(),
+            },
         }
     }
 }

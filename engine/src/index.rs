@@ -203,10 +203,19 @@ impl Index {
 
     /// The first record whose timestamp is at or after `timestamp_us`.
     pub fn first_position_at_or_after(&self, timestamp_us: u64) -> Result<Option<Position>> {
+        Ok(self.first_at_or_after(timestamp_us)?.map(|(_, p)| p))
+    }
+
+    /// The timestamp and position of the first record stamped at or after `timestamp_us`.
+    pub fn first_at_or_after(&self, timestamp_us: u64) -> Result<Option<(u64, Position)>> {
         let found = self
             .store
             .scan(&time_key(timestamp_us, 0), b"u", false, 1)?;
-        Ok(found.first().map(|(k, _)| u64::from_be_bytes(tail8(k))))
+        Ok(found.first().map(|(k, _)| {
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&k[1..9]);
+            (u64::from_be_bytes(ts), u64::from_be_bytes(tail8(k)))
+        }))
     }
 
     /// The largest timestamp in the time index.

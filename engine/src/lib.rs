@@ -22,8 +22,10 @@ pub mod segment;
 pub mod sim_fs;
 pub mod stats;
 pub mod store;
+pub mod system;
 pub mod validate;
 pub mod verify;
+pub mod views;
 
 pub use config::{EngineConfig, Limits, TailRecovery};
 pub use engine::Engine;
@@ -33,4 +35,5 @@ pub use event::{
     RecordedEvent, StreamAppend, StreamAppendResult,
 };
 pub use reader::{AsOf, ReadAllBatch, Reader};
+pub use views::{State, StreamInfo};
 pub use store::{EntryBody, LogEntry, Store, SyncPoint, WrittenEntry};

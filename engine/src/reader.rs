@@ -102,7 +102,7 @@ impl Reader {
 
     /// The last version of `stream` whose event lies before `end`, found by binary search
     /// over the stream index (versions and positions increase together).
-    fn version_before(&self, stream: &str, end: Position) -> Result<Option<u64>> {
+    pub(crate) fn version_before(&self, stream: &str, end: Position) -> Result<Option<u64>> {
         let Some((head, head_position)) = self.index.stream_head(stream)? else {
             return Ok(None);
         };

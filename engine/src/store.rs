@@ -815,6 +815,16 @@ impl Store {
         }
         let mut first_versions = Vec::with_capacity(request.streams.len());
         for part in &request.streams {
+            if let Some(base) = crate::system::deletable_base(&part.stream) {
+                // Decided here, at apply time, like the version check: a tombstone committed
+                // before this request (in this group, in flight or indexed) refuses it.
+                let tombstone = crate::system::deleted_stream(base);
+                if self.stream_head(&tombstone, current)?.is_some() {
+                    return Err(Error::StreamDeleted {
+                        stream: base.to_string(),
+                    });
+                }
+            }
             let current = self.stream_head(&part.stream, current)?;
             let ok = match part.expected {
                 ExpectedVersion::Any => true,

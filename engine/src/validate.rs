@@ -8,8 +8,18 @@ use crate::error::{Error, Result};
 use crate::event::AppendRequest;
 use crate::format::{event_frame_len, FRAME_BYTES, HEADER_BYTES};
 
-/// Checks a stream name: non-empty, bounded, no control characters, not reserved (`$`).
+/// Checks a stream name: non-empty, bounded, no control characters; a name starting with `$`
+/// must be one of the system streams ([`crate::system`]) about a valid stream.
 pub fn validate_stream_name(field: &str, stream: &str, limits: &Limits) -> Result<()> {
+    if stream.starts_with('$') {
+        return crate::system::validate_system_name(field, stream, limits);
+    }
+    validate_user_stream_name(field, stream, limits)
+}
+
+/// Checks a name clients may append to: non-empty, bounded, no control characters, not
+/// reserved (`$`).
+pub fn validate_user_stream_name(field: &str, stream: &str, limits: &Limits) -> Result<()> {
     if stream.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }

@@ -192,6 +192,11 @@ pub enum WireError {
     },
     /// Anything else (the message).
     Other(String),
+    /// The stream is hard-deleted. (Added last: bincode numbers variants in order.)
+    StreamDeleted {
+        /// The stream.
+        stream: String,
+    },
 }
 
 impl From<Result<AppendResult, Error>> for Outcome {
@@ -223,6 +228,9 @@ impl From<Result<AppendResult, Error>> for Outcome {
             }
             Err(Error::InvalidArgument { field, reason }) => {
                 Outcome::Rejected(WireError::InvalidArgument { field, reason })
+            }
+            Err(Error::StreamDeleted { stream }) => {
+                Outcome::Rejected(WireError::StreamDeleted { stream })
             }
             Err(e) => Outcome::Rejected(WireError::Other(e.to_string())),
         }
@@ -267,6 +275,7 @@ impl Outcome {
                     Error::InvalidArgument { field, reason }
                 }
                 WireError::Other(m) => Error::Unavailable(m),
+                WireError::StreamDeleted { stream } => Error::StreamDeleted { stream },
             }),
         }
     }

@@ -49,6 +49,7 @@ fn events(prefix: &str, events: Vec<pb::NewEvent>) -> Result<Vec<NewEvent>, Stat
 
 /// An engine append for one stream.
 pub fn append(request: pb::AppendRequest, timestamp_us: u64) -> Result<AppendRequest, Status> {
+    user_target("stream", &request.stream)?;
     let events = events("", request.events)?;
     Ok(AppendRequest::single(
         request.stream,
@@ -68,6 +69,7 @@ pub fn append_multi(
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
+            user_target(&format!("streams[{i}].stream"), &s.stream)?;
             Ok(StreamAppend {
                 events: events(&format!("streams[{i}]."), s.events)?,
                 stream: s.stream,
@@ -112,12 +114,28 @@ pub fn recorded(e: RecordedEvent) -> pb::RecordedEvent {
     }
 }
 
-/// Whether an event passes a filter (absent filter: everything).
+/// Whether an event passes a filter (absent filter: every event of a user stream). Events of
+/// system streams (`$meta:…`, `$closed`, …) pass only a filter whose prefix starts with `$`.
 pub fn matches(filter: Option<&pb::Filter>, e: &RecordedEvent) -> bool {
+    let prefix = filter.map_or("", |f| f.stream_prefix.as_str());
+    if e.stream.starts_with('$') && !prefix.starts_with('$') {
+        return false;
+    }
     filter.is_none_or(|f| {
         e.stream.starts_with(&f.stream_prefix)
             && (f.event_types.is_empty() || f.event_types.contains(&e.event_type))
     })
+}
+
+/// Refuses a system stream (`$…`) as an append target: the server writes those itself.
+fn user_target(field: &str, stream: &str) -> Result<(), Status> {
+    if stream.starts_with('$') {
+        return Err(invalid(
+            field,
+            "names starting with '$' are reserved for the system",
+        ));
+    }
+    Ok(())
 }
 
 /// The point a read is taken as of (`None`: now).

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod clock;
 pub mod cluster;
 pub mod convert;
+pub mod history;
 pub mod metrics;
 pub mod node;
 pub mod service;

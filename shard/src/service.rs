@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::backend::{replica_status, Backend};
 use crate::clock::WallClock;
 use crate::convert;
+use crate::history::History;
 use crate::status::{invalid, to_single_append_status, to_status};
 use crate::subscription::{self, Subscription};
 
@@ -70,6 +71,7 @@ pub struct StreamsService {
     config: ServiceConfig,
     stats: Arc<ServiceStats>,
     stop: watch::Receiver<bool>,
+    history: History,
 }
 
 impl StreamsService {
@@ -82,6 +84,7 @@ impl StreamsService {
         stop: watch::Receiver<bool>,
     ) -> StreamsService {
         StreamsService {
+            history: History::new(backend.clone(), clock.clone()),
             backend,
             clock,
             config,
@@ -104,6 +107,15 @@ impl StreamsService {
             );
         }
         result
+    }
+
+    /// For a read as of a timestamp: waits until the shard is closed through it and returns
+    /// the timestamp it is closed through (0 for other reads).
+    async fn close_for(&self, as_of: Option<strata_engine::AsOf>) -> Result<u64, Status> {
+        match as_of {
+            Some(strata_engine::AsOf::Timestamp(t)) => self.history.close_through(t).await,
+            _ => Ok(0),
+        }
     }
 
     fn request_id(&self) -> u64 {
@@ -198,12 +210,15 @@ impl pb::streams_server::Streams for StreamsService {
             };
             let as_of = convert::as_of(r.as_of);
             self.backend.read_barrier(r.consistency).await?;
+            let closed = self.close_for(as_of).await?;
+            let now = self.clock.now_us();
             let events = blocking(&self.backend.reader(), move |reader| {
-                reader.read_stream_as_of(&r.stream, r.from_version, direction, limit, as_of)
+                reader.read_stream_visible(&r.stream, r.from_version, direction, limit, as_of, now)
             })
             .await?;
             Ok(Response::new(pb::ReadResponse {
                 events: events.into_iter().map(convert::recorded).collect(),
+                closed_timestamp_us: closed,
             }))
         })
         .await
@@ -218,6 +233,7 @@ impl pb::streams_server::Streams for StreamsService {
             let limit = limit(r.limit, self.backend.reader().limits().read_records_max)?;
             let as_of = convert::as_of(r.as_of);
             self.backend.read_barrier(r.consistency).await?;
+            let closed = self.close_for(as_of).await?;
             // After the barrier: a snapshot install may have replaced the store meanwhile.
             let batch = blocking(&self.backend.reader(), move |reader| {
                 reader.read_all_as_of(r.from_position, limit, as_of)
@@ -233,6 +249,7 @@ impl pb::streams_server::Streams for StreamsService {
             Ok(Response::new(pb::ReadAllResponse {
                 events,
                 next_position: batch.next,
+                closed_timestamp_us: closed,
             }))
         })
         .await
@@ -284,17 +301,66 @@ impl pb::streams_server::Streams for StreamsService {
         self.traced("GetStream", async move {
             let r = request.into_inner();
             self.backend.read_barrier(r.consistency).await?;
-            let stream = r.stream;
-            let name = stream.clone();
-            let version = blocking(&self.backend.reader(), move |reader| {
-                reader.stream_version(&name)
-            })
-            .await?;
-            Ok(Response::new(pb::GetStreamResponse {
-                stream,
-                exists: version.is_some(),
-                current_version: version.unwrap_or(0),
-            }))
+            Ok(Response::new(self.history.get_stream(r.stream).await?))
+        })
+        .await
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        request: Request<pb::SetStreamMetadataRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        self.traced("SetStreamMetadata", async move {
+            Ok(Response::new(
+                self.history.set_metadata(request.into_inner()).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn delete_stream(
+        &self,
+        request: Request<pb::DeleteStreamRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        self.traced("DeleteStream", async move {
+            Ok(Response::new(self.history.delete(request.into_inner()).await?))
+        })
+        .await
+    }
+
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        self.traced("SaveSnapshot", async move {
+            Ok(Response::new(
+                self.history.save_snapshot(request.into_inner()).await?,
+            ))
+        })
+        .await
+    }
+
+    async fn read_state(
+        &self,
+        request: Request<pb::ReadStateRequest>,
+    ) -> Result<Response<pb::ReadStateResponse>, Status> {
+        self.traced("ReadState", async move {
+            let r = request.into_inner();
+            let limit = limit(r.limit, self.backend.reader().limits().read_events_max)?;
+            self.backend.read_barrier(r.consistency).await?;
+            Ok(Response::new(self.history.read_state(r, limit).await?))
+        })
+        .await
+    }
+
+    async fn set_snapshot_policy(
+        &self,
+        request: Request<pb::SnapshotPolicy>,
+    ) -> Result<Response<pb::SnapshotPolicies>, Status> {
+        self.traced("SetSnapshotPolicy", async move {
+            Ok(Response::new(
+                self.history.set_policy(request.into_inner()).await?,
+            ))
         })
         .await
     }

@@ -46,6 +46,9 @@ pub fn to_status(error: Error) -> Status {
         Error::Closed => with_kind(Code::Unavailable, message, "closed"),
         Error::Poisoned(_) => with_kind(Code::Unavailable, message, "stopped"),
         Error::Unavailable(_) => with_kind(Code::Unavailable, message, "unavailable"),
+        Error::StreamDeleted { .. } => {
+            with_kind(Code::FailedPrecondition, message, "stream-deleted")
+        }
         Error::Io { .. } | Error::Index(_) => with_kind(Code::Internal, message, "internal"),
     }
 }

@@ -5,6 +5,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+mod common;
+
+use common::*;
 use strata_proto::v1 as pb;
 use strata_proto::v1::streams_client::StreamsClient;
 use strata_shard::status::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY};
@@ -12,100 +15,6 @@ use strata_shard::{Node, NodeConfig, ServiceConfig};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::Code;
-
-struct TestNode {
-    addr: SocketAddr,
-    metrics: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl TestNode {
-    async fn start(service: ServiceConfig) -> TestNode {
-        let dir = tempfile::tempdir().unwrap();
-        let config = NodeConfig {
-            data_dir: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            engine: Default::default(),
-            service,
-            cluster: None,
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        };
-        let node = Node::bind(config).await.unwrap();
-        let addr = node.local_addr().unwrap();
-        let metrics = node.metrics_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let done = tokio::spawn(async move {
-            node.serve(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        TestNode {
-            addr,
-            metrics,
-            stop: Some(stop),
-            done: Some(done),
-            _dir: dir,
-        }
-    }
-
-    async fn client(&self) -> StreamsClient<Channel> {
-        StreamsClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    /// Stops the node (draining it) and hands back its data directory.
-    async fn stop(mut self) -> tempfile::TempDir {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(done) = self.done.take() {
-            done.await.unwrap();
-        }
-        self._dir
-    }
-}
-
-fn event(id: &str, data: &str) -> pb::NewEvent {
-    pb::NewEvent {
-        id: id.into(),
-        r#type: "Tested".into(),
-        data: data.as_bytes().to_vec(),
-        metadata: Vec::new(),
-    }
-}
-
-fn uuid(n: u128) -> String {
-    uuid::Uuid::from_u128(n).to_string()
-}
-
-fn exact(v: u64) -> Option<pb::ExpectedVersion> {
-    Some(pb::ExpectedVersion {
-        kind: Some(pb::expected_version::Kind::Exact(v)),
-    })
-}
-
-fn no_stream() -> Option<pb::ExpectedVersion> {
-    Some(pb::ExpectedVersion {
-        kind: Some(pb::expected_version::Kind::NoStream(pb::Empty {})),
-    })
-}
-
-fn append(
-    stream: &str,
-    expected: Option<pb::ExpectedVersion>,
-    events: Vec<pb::NewEvent>,
-) -> pb::AppendRequest {
-    pb::AppendRequest {
-        stream: stream.into(),
-        expected,
-        events,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_read_conflict_and_idempotent_retry() {

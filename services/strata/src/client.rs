@@ -47,7 +47,8 @@ pub struct ConsistencyArg {
 }
 
 impl ConsistencyArg {
-    fn wire(&self) -> i32 {
+    /// The wire value.
+    pub fn wire(&self) -> i32 {
         match self.consistency {
             Consistency::Linearizable => pb::Consistency::Linearizable as i32,
             Consistency::Follower => pb::Consistency::Follower as i32,
@@ -98,7 +99,8 @@ pub struct AsOfArg {
 }
 
 impl AsOfArg {
-    fn wire(&self) -> Option<pb::AsOf> {
+    /// The wire value.
+    pub fn wire(&self) -> Option<pb::AsOf> {
         use pb::as_of::Point;
         let point = match (self.as_of, self.as_of_version, self.as_of_position) {
             (Some(t), _, _) => Point::TimestampUs(t),
@@ -339,7 +341,8 @@ pub fn failure(status: tonic::Status) -> Failure {
     Failure::new(format!("{:?}: {}", status.code(), status.message()))
 }
 
-fn expected(text: &str) -> Result<pb::ExpectedVersion, Failure> {
+/// The wire form of `--expected`.
+pub fn expected(text: &str) -> Result<pb::ExpectedVersion, Failure> {
     use pb::expected_version::Kind;
     let kind = match text {
         "any" => Kind::Any(pb::Empty {}),
@@ -477,7 +480,11 @@ pub async fn read_all(args: ReadAllArgs) -> Result<(), Failure> {
     for e in &r.events {
         output::line(&output::event(e));
     }
-    output::line(&serde_json::json!({ "next_position": r.next_position }));
+    let mut end = serde_json::json!({ "next_position": r.next_position });
+    if r.closed_timestamp_us != 0 {
+        end["closed_timestamp_us"] = serde_json::json!(r.closed_timestamp_us);
+    }
+    output::line(&end);
     Ok(())
 }
 
@@ -543,9 +550,21 @@ pub async fn stream_info(args: StreamInfoArgs) -> Result<(), Failure> {
     } else {
         serde_json::Value::Null
     };
-    output::line(
-        &serde_json::json!({ "stream": r.stream, "exists": r.exists, "current_version": current }),
-    );
+    let metadata = r.metadata.unwrap_or_default();
+    output::line(&serde_json::json!({
+        "stream": r.stream,
+        "exists": r.exists,
+        "current_version": current,
+        "first_visible_version": r.first_visible_version,
+        "deleted": r.deleted,
+        "tombstoned": r.tombstoned,
+        "metadata": {
+            "max_age_us": metadata.max_age_us,
+            "max_count": metadata.max_count,
+            "truncate_before": metadata.truncate_before,
+        },
+        "metadata_version": r.metadata_version,
+    }));
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod bench;
 mod client;
 mod cluster_cmd;
 mod dev_cluster;
+mod history_cmd;
 mod node_config;
 mod output;
 
@@ -58,6 +59,18 @@ enum Command {
     Subscribe(client::SubscribeArgs),
     /// Show a stream's current version.
     StreamInfo(client::StreamInfoArgs),
+    /// Set a stream's metadata: max age, max count, truncate-before.
+    StreamMeta(history_cmd::MetaArgs),
+    /// Delete a stream: soft (appending recreates it) or --hard (a tombstone).
+    Delete(history_cmd::DeleteArgs),
+    /// Store a snapshot of a stream's aggregate state at a version.
+    Snapshot(history_cmd::SnapshotArgs),
+    /// A stream's state at a point: its newest snapshot and the events after it.
+    State(history_cmd::StateArgs),
+    /// Set how often streams with a name prefix should be snapshotted.
+    SnapshotPolicy(history_cmd::PolicyArgs),
+    /// The events between two points of a stream and a structural diff of its JSON state.
+    Diff(history_cmd::DiffArgs),
     /// Load generators over real gRPC.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -131,6 +144,12 @@ fn main() -> ExitCode {
             Command::ReadAll(args) => client::read_all(args).await,
             Command::Subscribe(args) => client::subscribe(args).await,
             Command::StreamInfo(args) => client::stream_info(args).await,
+            Command::StreamMeta(args) => history_cmd::set_meta(args).await,
+            Command::Delete(args) => history_cmd::delete(args).await,
+            Command::Snapshot(args) => history_cmd::save_snapshot(args).await,
+            Command::State(args) => history_cmd::state(args).await,
+            Command::SnapshotPolicy(args) => history_cmd::set_policy(args).await,
+            Command::Diff(args) => history_cmd::run_diff(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Cluster(command) => cluster_cmd::run(command).await,
             Command::Check { dir } => check(dir),

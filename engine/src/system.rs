@@ -1,0 +1,284 @@
+//! System streams: what the store keeps about streams is itself written as events, in streams
+//! whose names start with `$`, so it replicates, truncates, snapshots and restores with the log
+//! (everything is the log). Clients never write these streams directly; the server writes them
+//! for the metadata, deletion, snapshot and closed-timestamp calls.
+//!
+//! ```text
+//! $meta:S       "$metadata"  S's metadata (max_age, max_count, truncate_before); the last wins
+//! $deleted:S    "$tombstone" S is hard-deleted: every later append to S is refused
+//! $snap:S       "$snapshot"  a client's snapshot of S's aggregate (data: the state; metadata:
+//!                            the version it covers and the snapshot schema version)
+//! $settings     "$snapshot-policy"  a snapshot policy for a stream prefix
+//! $closed       "$tick"      an empty event stamped to close a timestamp (see the shard)
+//! ```
+
+use crate::config::Limits;
+use crate::error::{Error, Result};
+
+/// Stream of closed-timestamp ticks.
+pub const CLOSED_STREAM: &str = "$closed";
+/// Stream of server-wide settings (snapshot policies).
+pub const SETTINGS_STREAM: &str = "$settings";
+/// Prefix of a stream's metadata stream.
+pub const META_PREFIX: &str = "$meta:";
+/// Prefix of a stream's snapshot stream.
+pub const SNAPSHOT_PREFIX: &str = "$snap:";
+/// Prefix of a stream's tombstone stream.
+pub const DELETED_PREFIX: &str = "$deleted:";
+
+/// Event type of a metadata event.
+pub const METADATA_TYPE: &str = "$metadata";
+/// Event type of a tombstone.
+pub const TOMBSTONE_TYPE: &str = "$tombstone";
+/// Event type of a snapshot.
+pub const SNAPSHOT_TYPE: &str = "$snapshot";
+/// Event type of a snapshot policy.
+pub const POLICY_TYPE: &str = "$snapshot-policy";
+/// Event type of a closed-timestamp tick.
+pub const TICK_TYPE: &str = "$tick";
+
+/// A system stream, by kind; the ones about a stream carry its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemStream<'a> {
+    /// `$closed`.
+    Closed,
+    /// `$settings`.
+    Settings,
+    /// `$meta:S`.
+    Meta(&'a str),
+    /// `$snap:S`.
+    Snapshot(&'a str),
+    /// `$deleted:S`.
+    Deleted(&'a str),
+}
+
+/// The system stream `name` is, if it is one.
+pub fn parse(name: &str) -> Option<SystemStream<'_>> {
+    if name == CLOSED_STREAM {
+        return Some(SystemStream::Closed);
+    }
+    if name == SETTINGS_STREAM {
+        return Some(SystemStream::Settings);
+    }
+    if let Some(s) = name.strip_prefix(META_PREFIX) {
+        return Some(SystemStream::Meta(s));
+    }
+    if let Some(s) = name.strip_prefix(SNAPSHOT_PREFIX) {
+        return Some(SystemStream::Snapshot(s));
+    }
+    name.strip_prefix(DELETED_PREFIX).map(SystemStream::Deleted)
+}
+
+/// The user stream whose deletion also closes `name` to appends: `name` itself, or the stream
+/// a `$meta:`, `$snap:` or `$deleted:` stream is about. `None` for `$closed` and `$settings`.
+pub fn deletable_base(name: &str) -> Option<&str> {
+    match parse(name) {
+        None => Some(name),
+        Some(SystemStream::Meta(s) | SystemStream::Snapshot(s) | SystemStream::Deleted(s)) => {
+            Some(s)
+        }
+        Some(SystemStream::Closed | SystemStream::Settings) => None,
+    }
+}
+
+/// `$meta:S`.
+pub fn meta_stream(stream: &str) -> String {
+    format!("{META_PREFIX}{stream}")
+}
+
+/// `$snap:S`.
+pub fn snapshot_stream(stream: &str) -> String {
+    format!("{SNAPSHOT_PREFIX}{stream}")
+}
+
+/// `$deleted:S`.
+pub fn deleted_stream(stream: &str) -> String {
+    format!("{DELETED_PREFIX}{stream}")
+}
+
+/// Checks the part of a system stream's name that names a user stream. (Called by
+/// [`crate::validate::validate_stream_name`] for names starting with `$`.)
+pub fn validate_system_name(field: &str, name: &str, limits: &Limits) -> Result<()> {
+    match parse(name) {
+        Some(SystemStream::Closed | SystemStream::Settings) => Ok(()),
+        Some(SystemStream::Meta(s) | SystemStream::Snapshot(s) | SystemStream::Deleted(s)) => {
+            crate::validate::validate_user_stream_name(field, s, limits)
+        }
+        None => Err(Error::invalid(
+            field,
+            "names starting with '$' are reserved for the system",
+        )),
+    }
+}
+
+/// A stream's metadata: what readers see of it, and so what retention may reclaim. Every
+/// field is optional; absent means "no limit".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamMeta {
+    /// Events older than this (by timestamp, relative to the time read as of) are gone.
+    pub max_age_us: Option<u64>,
+    /// Only the newest `max_count` events are kept.
+    pub max_count: Option<u64>,
+    /// Versions below this are gone (a soft delete sets it past the last version).
+    pub truncate_before: Option<u64>,
+}
+
+const META_FORMAT: u8 = 1;
+const META_BYTES: usize = 2 + 3 * 8;
+
+impl StreamMeta {
+    /// The event data of a metadata event: a format byte, a presence bitmap, three u64 LE.
+    pub fn encode(&self) -> Vec<u8> {
+        let fields = [self.max_age_us, self.max_count, self.truncate_before];
+        let mut out = Vec::with_capacity(META_BYTES);
+        out.push(META_FORMAT);
+        let present = fields
+            .iter()
+            .enumerate()
+            .fold(0u8, |bits, (i, f)| bits | (u8::from(f.is_some()) << i));
+        out.push(present);
+        for f in fields {
+            out.extend_from_slice(&f.unwrap_or(0).to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads [`StreamMeta::encode`]'s bytes.
+    pub fn decode(data: &[u8]) -> Result<StreamMeta> {
+        if data.len() != META_BYTES || data[0] != META_FORMAT {
+            return Err(Error::Index(format!(
+                "stream metadata event of {} bytes is not metadata format {META_FORMAT}",
+                data.len()
+            )));
+        }
+        let field = |i: usize| {
+            (data[1] & (1 << i) != 0).then(|| crate::format::u64_at(data, 2 + 8 * i))
+        };
+        Ok(StreamMeta {
+            max_age_us: field(0),
+            max_count: field(1),
+            truncate_before: field(2),
+        })
+    }
+
+    /// The lowest version a reader sees, given the stream's last version `head`, and the
+    /// first version stamped at or after `now_us - max_age` (`young_from`, computed by the
+    /// caller only when `max_age_us` is set).
+    pub fn floor(&self, head: u64, young_from: Option<u64>) -> u64 {
+        let by_count = self
+            .max_count
+            .map_or(0, |n| (head + 1).saturating_sub(n));
+        let by_truncate = self.truncate_before.unwrap_or(0);
+        by_count.max(by_truncate).max(young_from.unwrap_or(0))
+    }
+}
+
+/// What a snapshot event's metadata says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The stream version whose state the snapshot holds (events up to and including it).
+    pub version: u64,
+    /// The client's snapshot schema version.
+    pub schema_version: u32,
+}
+
+const SNAPSHOT_INFO_BYTES: usize = 12;
+
+impl SnapshotInfo {
+    /// Event metadata: version u64 LE, schema version u32 LE.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SNAPSHOT_INFO_BYTES);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.schema_version.to_le_bytes());
+        out
+    }
+
+    /// Reads [`SnapshotInfo::encode`]'s bytes.
+    pub fn decode(metadata: &[u8]) -> Result<SnapshotInfo> {
+        if metadata.len() != SNAPSHOT_INFO_BYTES {
+            return Err(Error::Index(format!(
+                "snapshot event metadata of {} bytes, expected {SNAPSHOT_INFO_BYTES}",
+                metadata.len()
+            )));
+        }
+        Ok(SnapshotInfo {
+            version: crate::format::u64_at(metadata, 0),
+            schema_version: crate::format::u32_at(metadata, 8),
+        })
+    }
+}
+
+/// A snapshot policy: streams whose name starts with `prefix` should be snapshotted every
+/// `every` events (readers of state are told when one is due).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Stream name prefix ("" matches every stream).
+    pub prefix: String,
+    /// Events between snapshots; 0 turns snapshots off for the prefix.
+    pub every: u64,
+}
+
+impl SnapshotPolicy {
+    /// Event data: `every` u64 LE, then the prefix's UTF-8 bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.every.to_le_bytes().to_vec();
+        out.extend_from_slice(self.prefix.as_bytes());
+        out
+    }
+
+    /// Reads [`SnapshotPolicy::encode`]'s bytes.
+    pub fn decode(data: &[u8]) -> Result<SnapshotPolicy> {
+        if data.len() < 8 {
+            return Err(Error::Index("snapshot policy event shorter than 8 bytes".into()));
+        }
+        let prefix = String::from_utf8(data[8..].to_vec())
+            .map_err(|_| Error::Index("snapshot policy prefix is not UTF-8".into()))?;
+        Ok(SnapshotPolicy {
+            prefix,
+            every: crate::format::u64_at(data, 0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_to_their_kind() {
+        assert_eq!(parse("$meta:a:b"), Some(SystemStream::Meta("a:b")));
+        assert_eq!(parse("$snap:x"), Some(SystemStream::Snapshot("x")));
+        assert_eq!(parse("$deleted:x"), Some(SystemStream::Deleted("x")));
+        assert_eq!(parse("$closed"), Some(SystemStream::Closed));
+        assert_eq!(parse("$other"), None);
+        assert_eq!(parse("orders"), None);
+        assert_eq!(deletable_base("$snap:x"), Some("x"));
+        assert_eq!(deletable_base("$closed"), None);
+        assert_eq!(deletable_base("x"), Some("x"));
+    }
+
+    #[test]
+    fn metadata_round_trips_and_floors() {
+        let m = StreamMeta {
+            max_age_us: None,
+            max_count: Some(3),
+            truncate_before: Some(2),
+        };
+        assert_eq!(StreamMeta::decode(&m.encode()).unwrap(), m);
+        assert_eq!(m.floor(10, None), 8);
+        assert_eq!(m.floor(3, None), 2);
+        assert_eq!(m.floor(3, Some(4)), 4);
+        assert_eq!(StreamMeta::default().floor(5, None), 0);
+        assert!(StreamMeta::decode(&[2; META_BYTES]).is_err());
+        let p = SnapshotPolicy {
+            prefix: "acct-".into(),
+            every: 1000,
+        };
+        assert_eq!(SnapshotPolicy::decode(&p.encode()).unwrap(), p);
+        let s = SnapshotInfo {
+            version: 7,
+            schema_version: 2,
+        };
+        assert_eq!(SnapshotInfo::decode(&s.encode()).unwrap(), s);
+    }
+}

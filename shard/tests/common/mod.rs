@@ -1,0 +1,106 @@
+//! Shared by the gRPC tests: a node started on loopback, and request builders.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use strata_proto::v1 as pb;
+use strata_proto::v1::streams_client::StreamsClient;
+use strata_shard::{Node, NodeConfig, ServiceConfig};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// A node on loopback with its data in a temporary directory.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+    pub _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub async fn start(service: ServiceConfig) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NodeConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            engine: Default::default(),
+            service,
+            cluster: None,
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        };
+        let node = Node::bind(config).await.unwrap();
+        let addr = node.local_addr().unwrap();
+        let metrics = node.metrics_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            node.serve(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestNode {
+            addr,
+            metrics,
+            stop: Some(stop),
+            done: Some(done),
+            _dir: dir,
+        }
+    }
+
+    pub async fn client(&self) -> StreamsClient<Channel> {
+        StreamsClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    /// Stops the node (draining it) and hands back its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.unwrap();
+        }
+        self._dir
+    }
+}
+
+pub fn event(id: &str, data: &str) -> pb::NewEvent {
+    pb::NewEvent {
+        id: id.into(),
+        r#type: "Tested".into(),
+        data: data.as_bytes().to_vec(),
+        metadata: Vec::new(),
+    }
+}
+
+pub fn uuid(n: u128) -> String {
+    uuid::Uuid::from_u128(n).to_string()
+}
+
+pub fn exact(v: u64) -> Option<pb::ExpectedVersion> {
+    Some(pb::ExpectedVersion {
+        kind: Some(pb::expected_version::Kind::Exact(v)),
+    })
+}
+
+pub fn no_stream() -> Option<pb::ExpectedVersion> {
+    Some(pb::ExpectedVersion {
+        kind: Some(pb::expected_version::Kind::NoStream(pb::Empty {})),
+    })
+}
+
+pub fn append(
+    stream: &str,
+    expected: Option<pb::ExpectedVersion>,
+    events: Vec<pb::NewEvent>,
+) -> pb::AppendRequest {
+    pb::AppendRequest {
+        stream: stream.into(),
+        expected,
+        events,
+    }
+}
+
