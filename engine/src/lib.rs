@@ -35,5 +35,5 @@ pub use event::{
     RecordedEvent, StreamAppend, StreamAppendResult,
 };
 pub use reader::{AsOf, ReadAllBatch, Reader};
-pub use views::{State, StreamInfo};
 pub use store::{EntryBody, LogEntry, Store, SyncPoint, WrittenEntry};
+pub use views::{State, StreamInfo};

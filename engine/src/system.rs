@@ -151,9 +151,8 @@ impl StreamMeta {
                 data.len()
             )));
         }
-        let field = |i: usize| {
-            (data[1] & (1 << i) != 0).then(|| crate::format::u64_at(data, 2 + 8 * i))
-        };
+        let field =
+            |i: usize| (data[1] & (1 << i) != 0).then(|| crate::format::u64_at(data, 2 + 8 * i));
         Ok(StreamMeta {
             max_age_us: field(0),
             max_count: field(1),
@@ -165,9 +164,7 @@ impl StreamMeta {
     /// first version stamped at or after `now_us - max_age` (`young_from`, computed by the
     /// caller only when `max_age_us` is set).
     pub fn floor(&self, head: u64, young_from: Option<u64>) -> u64 {
-        let by_count = self
-            .max_count
-            .map_or(0, |n| (head + 1).saturating_sub(n));
+        let by_count = self.max_count.map_or(0, |n| (head + 1).saturating_sub(n));
         let by_truncate = self.truncate_before.unwrap_or(0);
         by_count.max(by_truncate).max(young_from.unwrap_or(0))
     }
@@ -229,7 +226,9 @@ impl SnapshotPolicy {
     /// Reads [`SnapshotPolicy::encode`]'s bytes.
     pub fn decode(data: &[u8]) -> Result<SnapshotPolicy> {
         if data.len() < 8 {
-            return Err(Error::Index("snapshot policy event shorter than 8 bytes".into()));
+            return Err(Error::Index(
+                "snapshot policy event shorter than 8 bytes".into(),
+            ));
         }
         let prefix = String::from_utf8(data[8..].to_vec())
             .map_err(|_| Error::Index("snapshot policy prefix is not UTF-8".into()))?;

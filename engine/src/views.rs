@@ -200,7 +200,9 @@ impl Reader {
         events.retain(|e| e.version <= version);
         let complete = start > version || events.last().is_some_and(|e| e.version == version);
         let every = self.snapshot_every(stream, end)?;
-        let since = snapshot.as_ref().map_or(version + 1, |(s, _)| version - s.version);
+        let since = snapshot
+            .as_ref()
+            .map_or(version + 1, |(s, _)| version - s.version);
         Ok(State {
             snapshot,
             events,
@@ -256,7 +258,9 @@ impl Reader {
             }
             let p = SnapshotPolicy::decode(&e.data)?;
             if stream.starts_with(&p.prefix)
-                && best.as_ref().is_none_or(|b| p.prefix.len() >= b.prefix.len())
+                && best
+                    .as_ref()
+                    .is_none_or(|b| p.prefix.len() >= b.prefix.len())
             {
                 best = Some(p);
             }
@@ -274,7 +278,10 @@ impl Reader {
             None,
         )?;
         let mut policies: Vec<SnapshotPolicy> = Vec::new();
-        for e in events.iter().filter(|e| e.event_type == system::POLICY_TYPE) {
+        for e in events
+            .iter()
+            .filter(|e| e.event_type == system::POLICY_TYPE)
+        {
             let p = SnapshotPolicy::decode(&e.data)?;
             policies.retain(|q| q.prefix != p.prefix);
             policies.push(p);

@@ -132,7 +132,10 @@ impl History {
     }
 
     async fn closed(&self, timestamp_us: u64) -> Result<Option<u64>, Status> {
-        blocking(self.backend.reader(), move |r| r.closed_through(timestamp_us)).await
+        blocking(self.backend.reader(), move |r| {
+            r.closed_through(timestamp_us)
+        })
+        .await
     }
 
     /// `GetStream`: head, metadata and deletion state, now.
@@ -183,7 +186,11 @@ impl History {
         let request = AppendRequest::single(
             system::meta_stream(stream),
             expected,
-            vec![system_event(system::METADATA_TYPE, meta.encode(), Vec::new())],
+            vec![system_event(
+                system::METADATA_TYPE,
+                meta.encode(),
+                Vec::new(),
+            )],
             self.now_us(),
         );
         Ok(pb::WriteResponse {
@@ -200,7 +207,9 @@ impl History {
         let name = r.stream.clone();
         let info = blocking(reader, move |r| r.stream_info(&name, None, now)).await?;
         if info.hard_deleted {
-            return Err(to_status(strata_engine::Error::StreamDeleted { stream: r.stream }));
+            return Err(to_status(strata_engine::Error::StreamDeleted {
+                stream: r.stream,
+            }));
         }
         let expected = crate::convert::expected(r.expected);
         let ok = match expected {
@@ -336,7 +345,11 @@ impl History {
         let request = AppendRequest::single(
             system::SETTINGS_STREAM,
             ExpectedVersion::Any,
-            vec![system_event(system::POLICY_TYPE, policy.encode(), Vec::new())],
+            vec![system_event(
+                system::POLICY_TYPE,
+                policy.encode(),
+                Vec::new(),
+            )],
             self.now_us(),
         );
         self.write(request).await?;

@@ -323,7 +323,9 @@ impl pb::streams_server::Streams for StreamsService {
         request: Request<pb::DeleteStreamRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         self.traced("DeleteStream", async move {
-            Ok(Response::new(self.history.delete(request.into_inner()).await?))
+            Ok(Response::new(
+                self.history.delete(request.into_inner()).await?,
+            ))
         })
         .await
     }

@@ -45,11 +45,7 @@ async fn all_as_of(c: &mut StreamsClient<Channel>, t: u64) -> (Vec<(String, u64,
             .unwrap()
             .into_inner();
         closed.get_or_insert(page.closed_timestamp_us);
-        out.extend(
-            page.events
-                .into_iter()
-                .map(|e| (e.stream, e.version, e.id)),
-        );
+        out.extend(page.events.into_iter().map(|e| (e.stream, e.version, e.id)));
         if page.next_position == from {
             return (out, closed.unwrap_or(0));
         }
@@ -379,7 +375,11 @@ async fn read_state_returns_the_newest_snapshot_and_the_events_after_it() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(at_nine.snapshot.unwrap().version, 9, "the snapshot at 9 covers 9");
+    assert_eq!(
+        at_nine.snapshot.unwrap().version,
+        9,
+        "the snapshot at 9 covers 9"
+    );
     assert!(at_nine.events.is_empty() && at_nine.complete);
     // As of version 4's record, before its snapshot was stored: five events, none
     // snapshotted, and the policy (every 5) says one is due.

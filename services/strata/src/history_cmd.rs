@@ -126,9 +126,10 @@ pub fn parse_point(text: &str) -> Result<pb::AsOf, String> {
     } else if let Some(p) = text.strip_prefix("position:") {
         Point::Position(number(p)?)
     } else {
-        Point::TimestampUs(client::parse_rfc3339_us(text).map_err(|e| {
-            format!("{e}, or version:N, or position:P")
-        })?)
+        Point::TimestampUs(
+            client::parse_rfc3339_us(text)
+                .map_err(|e| format!("{e}, or version:N, or position:P"))?,
+        )
     };
     Ok(pb::AsOf { point: Some(point) })
 }
@@ -144,7 +145,9 @@ fn usage(message: impl Into<String>) -> Failure {
 pub async fn set_meta(args: MetaArgs) -> Result<(), Failure> {
     let max_age_us = match args.max_age {
         Some(s) if !(s.is_finite() && s > 0.0) => {
-            return Err(usage(format!("--max-age must be a positive number of seconds, not {s}")))
+            return Err(usage(format!(
+                "--max-age must be a positive number of seconds, not {s}"
+            )))
         }
         Some(s) => Some((s * 1e6) as u64),
         None => None,
@@ -252,7 +255,11 @@ pub async fn state(args: StateArgs) -> Result<(), Failure> {
         },
     )
     .await?;
-    let version = if r.exists { json!(r.version) } else { Value::Null };
+    let version = if r.exists {
+        json!(r.version)
+    } else {
+        Value::Null
+    };
     output::line(&json!({
         "stream": r.stream,
         "snapshot": r.snapshot.as_ref().map(snapshot_json),

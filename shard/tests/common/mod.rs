@@ -103,4 +103,3 @@ pub fn append(
         events,
     }
 }
-
