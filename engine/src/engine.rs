@@ -47,6 +47,9 @@ enum Command {
         position: Position,
         reply: oneshot::Sender<Result<()>>,
     },
+    DropReclaimed {
+        reply: oneshot::Sender<Result<usize>>,
+    },
     Shutdown,
 }
 
@@ -72,6 +75,7 @@ pub struct Engine {
     stats: Arc<Stats>,
     recovery: RecoveryReport,
     queue_depth_max: usize,
+    retention: crate::retention::Retention,
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
@@ -107,6 +111,7 @@ impl Engine {
         let recovery = store.recovery().clone();
         let finisher = store.finisher();
         let writer_finisher = store.finisher();
+        let retention = store.retention();
         let (to_syncer, syncer_rx) = std_mpsc::sync_channel(PIPELINE_GROUPS_MAX);
         let (to_indexer, indexer_rx) = std_mpsc::sync_channel(PIPELINE_GROUPS_MAX);
         let indexer = {
@@ -127,6 +132,7 @@ impl Engine {
             stats,
             recovery,
             queue_depth_max,
+            retention,
         })
     }
 
@@ -189,6 +195,23 @@ impl Engine {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Command::Truncate { position, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Retention over this store: run [`crate::retention::Retention::pass`] beside the
+    /// writer, then [`Engine::drop_reclaimed`].
+    pub fn retention(&self) -> &crate::retention::Retention {
+        &self.retention
+    }
+
+    /// Drops the prefix of sealed segments retention left holding nothing but holes (on the
+    /// writer's thread, between groups). Returns how many went.
+    pub async fn drop_reclaimed(&self) -> Result<usize> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::DropReclaimed { reply })
             .await
             .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
@@ -271,6 +294,9 @@ fn run_writer(
             Command::Truncate { position, reply } => {
                 drain(&to_syncer);
                 let _ = reply.send(store.truncate_from(position));
+            }
+            Command::DropReclaimed { reply } => {
+                let _ = reply.send(store.drop_reclaimed());
             }
             Command::Append { request, reply } => {
                 let mut group_bytes = request.bytes();

@@ -12,6 +12,8 @@
 //!          kind 2 (blank):      {}                (a Raft leader's no-op, or a rejected append)
 //!          kind 3 (membership): opaque bytes      (a Raft membership change, JSON)
 //!          kind 4 (gap):        {}                (an index skipped by the Raft log)
+//!          kind 5 (hole):       { records: u64 | zeros }  (a run of records retention reclaimed;
+//!                               the zeros are a hole in a sparse file, not disk blocks)
 //! event  = { event_len: u32 | event_crc: u32 | stream_len: u16 | stream | version: u64 |
 //!            id: [u8; 16] | timestamp_us: u64 | type_len: u16 | type |
 //!            data_len: u32 | data | metadata_len: u32 | metadata }
@@ -48,6 +50,12 @@ pub const KIND_MEMBERSHIP: u8 = 3;
 /// Kind of a record standing for a Raft index that was never appended (a log that continues
 /// past a gap); it is not a Raft entry and holds nothing.
 pub const KIND_GAP: u8 = 4;
+/// Kind of a record standing for a run of `records` consecutive records whose events were all
+/// dead and were reclaimed by retention: same position, first sequence number and length as
+/// the run, a body of zeros that the rewritten segment file leaves as a hole.
+pub const KIND_HOLE: u8 = 5;
+/// Bytes of a hole frame that are written (frame, header, record count); the rest is zeros.
+pub const HOLE_PREFIX_BYTES: usize = FRAME_BYTES + HEADER_BYTES + 8;
 /// Fixed bytes of an event frame besides its variable fields.
 pub const EVENT_FIXED_BYTES: usize = 4 + 4 + 2 + 8 + 16 + 8 + 2 + 4 + 4;
 
@@ -180,6 +188,39 @@ pub fn restamp(frame: &mut [u8], position: Position, synced_end: Position) {
     seal_frame(frame);
 }
 
+/// The written prefix of a hole frame of `frame_len` bytes standing for `records` records
+/// starting at `header` (its position and first sequence number), with the CRC computed as if
+/// the zeros after it were written too. `frame_len` is at least [`HOLE_PREFIX_BYTES`].
+pub fn hole_prefix(header: RecordHeader, records: u64, frame_len: usize) -> Vec<u8> {
+    debug_assert!(frame_len >= HOLE_PREFIX_BYTES);
+    let mut out = Vec::with_capacity(HOLE_PREFIX_BYTES);
+    put_header(&mut out, KIND_HOLE, &header);
+    out.extend_from_slice(&records.to_le_bytes());
+    let len = (frame_len - FRAME_BYTES) as u32;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[FRAME_BYTES..]);
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let mut left = frame_len - HOLE_PREFIX_BYTES;
+    while left > 0 {
+        let n = left.min(ZEROS.len());
+        crc.update(&ZEROS[..n]);
+        left -= n;
+    }
+    out[0..4].copy_from_slice(&len.to_le_bytes());
+    out[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    out
+}
+
+/// How many records a frame already checked by [`check_frame`] stands for: one, or a hole's
+/// count.
+pub fn records_in(frame: &[u8]) -> u64 {
+    if read_kind(frame) == KIND_HOLE && frame.len() >= HOLE_PREFIX_BYTES {
+        u64_at(frame, FRAME_BYTES + HEADER_BYTES)
+    } else {
+        1
+    }
+}
+
 /// The kind of a frame already checked by [`check_frame`].
 pub fn read_kind(frame: &[u8]) -> u8 {
     frame[FRAME_BYTES + 4]
@@ -269,7 +310,7 @@ pub fn decode_events_with_slots(
     let header = read_header(frame);
     match read_kind(frame) {
         KIND_EVENTS => {}
-        KIND_BLANK | KIND_MEMBERSHIP | KIND_GAP => return Ok(Vec::new()),
+        KIND_BLANK | KIND_MEMBERSHIP | KIND_GAP | KIND_HOLE => return Ok(Vec::new()),
         kind => return Err(DecodeError(format!("unknown record kind {kind}"))),
     }
     let mut at = FRAME_BYTES + HEADER_BYTES;

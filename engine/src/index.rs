@@ -7,6 +7,7 @@
 //! "t" timestamp_us: u64 BE position: u64 BE -> {}                                 time index
 //! "q" seq: u64 BE                    -> { position: u64 }          Raft index (replicas only)
 //! "r" name                           -> opaque                                   Raft state
+//! "h" start: u64 BE                  -> { end: u64 }   a range of the log retention reclaimed
 //! ```
 //! Values are little-endian. Stream names hold no control characters, so `0x00` ends a name
 //! and keys of one stream sort by version. The checkpoint is written in the same atomic batch
@@ -98,6 +99,13 @@ fn meta_key(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
     key.push(b'r');
     key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn hole_key(start: Position) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(b'h');
+    key.extend_from_slice(&start.to_be_bytes());
     key
 }
 
@@ -237,6 +245,20 @@ impl Index {
         }
     }
 
+    /// The ranges of the log retention reclaimed, `(start, end)`, in order.
+    pub fn reclaimed_ranges(&self) -> Result<Vec<(Position, Position)>> {
+        self.store
+            .scan(&hole_key(0), b"i", false, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                if k.len() != 9 || v.len() != 8 {
+                    return Err(corrupt_index("a reclaimed range"));
+                }
+                Ok((u64::from_be_bytes(tail8(&k)), u64_at(&v, 0)))
+            })
+            .collect()
+    }
+
     /// A value the layer above stored with [`set_meta`] (the Raft state machine's state).
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         self.store.get(&meta_key(name))
@@ -340,6 +362,11 @@ pub fn remove_record(
     if !events.is_empty() {
         batch.delete(time_key(timestamp_us, position));
     }
+}
+
+/// Records that `[start, end)` of the log was reclaimed (a hole record stands there).
+pub fn add_hole(batch: &mut IndexBatch, start: Position, end: Position) {
+    batch.put(hole_key(start), end.to_le_bytes().to_vec());
 }
 
 /// Sets the checkpoint.

@@ -17,6 +17,7 @@ pub mod index;
 pub mod index_store;
 pub mod log;
 pub mod reader;
+pub mod retention;
 pub mod rng;
 pub mod segment;
 pub mod sim_fs;

@@ -132,6 +132,18 @@ impl LogReader {
             .map_or(SEGMENT_HEADER_BYTES, |s| s.records_start())
     }
 
+    /// Puts a rewritten sealed segment (same base, same length) in place of the old one.
+    /// Readers that hold the old one keep reading its file, which the rewrite only renamed over.
+    pub(crate) fn replace_sealed(&self, segment: Arc<Segment>) {
+        let mut segments = write_lock(&self.segments);
+        if let Some(slot) = segments
+            .iter_mut()
+            .find(|s| s.base == segment.base && s.footer.is_some())
+        {
+            *slot = segment;
+        }
+    }
+
     pub(crate) fn corruption_at(&self, position: Position, reason: impl Into<String>) -> Error {
         match self.segment_at(position) {
             Some(s) => Error::corruption(&s.path, position - s.base, reason),
@@ -415,8 +427,9 @@ fn scan_segment(
                 } else {
                     crc.update(&frame[..n]);
                     off += n as u64;
-                    seq += 1;
-                    record_count += 1;
+                    let records = format::records_in(&frame[..n]);
+                    seq += records;
+                    record_count += records;
                     None
                 }
             }
@@ -592,6 +605,14 @@ impl LogWriter {
                 "manifest lists no segments",
             ));
         };
+        // Segments retention dropped (the manifest no longer lists them) whose files a crash
+        // left behind.
+        for base in on_disk.iter().filter(|b| **b < entries[0].base_position) {
+            let path = segment_path(dir, *base);
+            tracing::warn!(file = %path.display(), "removing a segment retention dropped");
+            fs.remove_file(&path)
+                .map_err(io_err(format!("removing {}", path.display())))?;
+        }
         let mut segments = Vec::with_capacity(entries.len());
         let mut expected_base = entries[0].base_position;
         let mut next_seq = 1;
@@ -794,6 +815,47 @@ impl LogWriter {
                 ..RecoveryReport::default()
             },
         ))
+    }
+
+    /// The file system the log lives on.
+    pub fn fs(&self) -> &Arc<dyn FileSystem> {
+        &self.fs
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Removes the sealed segments that end at or before `before` from the log, durably: the
+    /// manifest stops listing them first, then their files go. Returns how many went. (Retention
+    /// drops a prefix of segments holding nothing but reclaimed records.)
+    pub fn drop_prefix(&mut self, before: Position) -> Result<usize> {
+        self.check_poison()?;
+        let sealed = self.manifest.len() - 1;
+        let count = self.manifest[..sealed]
+            .iter()
+            .take_while(|e| e.base_position + e.file_len <= before)
+            .count();
+        if count == 0 {
+            return Ok(0);
+        }
+        let dropped: Vec<ManifestEntry> = self.manifest.drain(..count).collect();
+        if let Err(e) = self.write_manifest() {
+            return Err(self.poison(format!("dropping segments failed: {e}")));
+        }
+        write_lock(&self.reader.segments).drain(..count);
+        for entry in dropped {
+            let path = segment_path(&self.dir, entry.base_position);
+            // Not listed any more: a file left behind is removed again at the next drop.
+            if let Err(e) = self.fs.remove_file(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "could not remove a dropped segment");
+            }
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(io_err(format!("syncing {}", self.dir.display())))?;
+        Ok(count)
     }
 
     /// Position the next record will get.

@@ -42,6 +42,7 @@ pub struct Reader {
     pub(crate) log: Arc<LogReader>,
     pub(crate) index: Arc<Index>,
     pub(crate) limits: Limits,
+    pub(crate) reclaimed: Arc<crate::retention::Reclaimed>,
 }
 
 impl Reader {
@@ -74,6 +75,9 @@ impl Reader {
         Ok(match point {
             AsOf::Version(_) => end,
             AsOf::Position(p) => {
+                if p < self.log.start() || self.reclaimed.contains(p) {
+                    return Err(self.before_horizon("as_of_position", p));
+                }
                 if p >= end {
                     return Err(Error::invalid(
                         "as_of_position",
@@ -90,14 +94,49 @@ impl Reader {
                             format!("{p} is not the position of a record in this log"),
                         ));
                     }
-                    self.log.scan(at, end, 1, 1)?.1
+                    let (record, next) = self.log.scan(at, end, 1, 1)?;
+                    if record
+                        .first()
+                        .is_some_and(|r| r.header.timestamp_us < self.reclaimed.horizon_us())
+                    {
+                        return Err(self.before_horizon("as_of_position", p));
+                    }
+                    next
                 }
+            }
+            AsOf::Timestamp(t) if t < self.reclaimed.horizon_us() => {
+                return Err(self.before_horizon("as_of.timestamp_us", t));
             }
             AsOf::Timestamp(t) => match t.checked_add(1) {
                 Some(after) => self.position_at_or_after(after)?.unwrap_or(end),
                 None => end,
             },
         })
+    }
+
+    fn before_horizon(&self, field: &str, point: u64) -> Error {
+        Error::invalid(
+            field,
+            format!(
+                "{point} is before the retention horizon (timestamp {} µs): events a reader saw then may have been reclaimed",
+                self.reclaimed.horizon_us()
+            ),
+        )
+    }
+
+    /// Whether the event or record at `position` was reclaimed by retention (dead, its bytes
+    /// gone): reads skip it.
+    pub fn is_reclaimed(&self, position: Position) -> bool {
+        position < self.log.start() || self.reclaimed.contains(position)
+    }
+
+    /// Where reading continues from a reclaimed `position`.
+    fn reclaimed_end(&self, position: Position) -> Position {
+        if position < self.log.start() {
+            self.log.start()
+        } else {
+            self.reclaimed.end_of(position)
+        }
     }
 
     /// The last version of `stream` whose event lies before `end`, found by binary search
@@ -165,9 +204,12 @@ impl Reader {
         let slots = self.index.stream_range(stream, from, direction, limit)?;
         let mut events = Vec::with_capacity(slots.len());
         for (version, slot) in slots {
-            if slot.position >= end || last.is_some_and(|l| version > l) {
+            if slot.position >= end
+                || last.is_some_and(|l| version > l)
+                || self.is_reclaimed(slot.position)
+            {
                 // Past the point read as of; or being truncated, or indexed a moment before
-                // it became visible.
+                // it became visible; or dead and reclaimed.
                 continue;
             }
             let event = self.log.read_event(slot.position, slot.slot)?;
@@ -213,6 +255,16 @@ impl Reader {
             });
         }
         let end = self.log.end();
+        // Before the log's first segment (dropped by retention) or inside a reclaimed run:
+        // everything there was dead, so continue from the next record.
+        let mut from = from;
+        while from != 0 && self.is_reclaimed(from) {
+            let next = self.log.normalize(self.reclaimed_end(from));
+            if next == from {
+                break;
+            }
+            from = next;
+        }
         let from = self.log.normalize(from);
         let at_end = from == self.log.normalize(end);
         if from != 0 && !at_end && !self.is_record_position(from)? {
@@ -290,7 +342,7 @@ impl Reader {
                 "event {id} has an id entry but no stream entry"
             )));
         };
-        if slot.position >= self.log.end() {
+        if slot.position >= self.log.end() || self.is_reclaimed(slot.position) {
             return Ok(None);
         }
         self.log.read_event(slot.position, slot.slot).map(Some)

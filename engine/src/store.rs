@@ -357,6 +357,7 @@ impl Store {
     ) -> Result<Store> {
         let store = Store::open_log(fs, dir, index_store, config, clock)?;
         store.catch_up_index()?;
+        store.reader.reclaimed.load(&store.reader.index)?;
         // The clock resumes past the newest timestamp: the index now covers every record.
         store.saw_timestamp(store.reader.index.last_timestamp()?.unwrap_or(0));
         store.reader.log.publish_end(store.log.next_position());
@@ -382,6 +383,7 @@ impl Store {
             log: log_reader,
             index,
             limits: config.limits.clone(),
+            reclaimed: Arc::default(),
         };
         let stats = Arc::new(Stats::default());
         let inflight: Inflight = Arc::default();
@@ -466,7 +468,11 @@ impl Store {
                     r.header.timestamp_us,
                     &index::indexed_events(&events),
                 );
-                last_seq = Some(r.header.seq);
+                if format::read_kind(&r.frame) == format::KIND_HOLE {
+                    let end = r.header.position + r.frame.len() as u64;
+                    index::add_hole(&mut batch, r.header.position, end);
+                }
+                last_seq = Some(r.header.seq + format::records_in(&r.frame) - 1);
             }
             records += raw.len() as u64;
             let done = raw.is_empty() || next >= end;
@@ -520,6 +526,18 @@ impl Store {
             Err(Error::Corruption { .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    pub(crate) fn log_fs(&self) -> Arc<dyn crate::fs::FileSystem> {
+        self.log.fs().clone()
+    }
+
+    pub(crate) fn log_dir(&self) -> std::path::PathBuf {
+        self.log.dir().to_path_buf()
+    }
+
+    pub(crate) fn drop_prefix(&mut self, before: Position) -> Result<usize> {
+        self.log.drop_prefix(before)
     }
 
     /// The read side, to share with readers.
@@ -783,6 +801,11 @@ impl Store {
                     event.id
                 ))
             })?;
+        if self.reader.is_reclaimed(slot.position) {
+            // Retention reclaimed the original (it was dead): its ids still count, its
+            // content can no longer be compared.
+            return Ok(true);
+        }
         let stored = self.reader.log.read_event(slot.position, slot.slot)?;
         Ok(stored.id == event.id
             && stored.event_type == event.event_type

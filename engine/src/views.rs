@@ -68,6 +68,9 @@ impl Reader {
             .index
             .stream_slot(stream, version)?
             .ok_or_else(|| Error::Index(format!("{stream}@{version} has no stream entry")))?;
+        if self.is_reclaimed(slot.position) {
+            return Ok(None);
+        }
         self.log.read_event(slot.position, slot.slot).map(Some)
     }
 
