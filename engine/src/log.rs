@@ -125,6 +125,12 @@ impl LogReader {
         i.checked_sub(1).map(|i| segments[i].clone())
     }
 
+    /// Position of the first segment's first byte: 0, unless retention dropped segments
+    /// before it.
+    pub fn first_base(&self) -> Position {
+        read_lock(&self.segments).first().map_or(0, |s| s.base)
+    }
+
     /// Position of the first record in the log.
     pub fn start(&self) -> Position {
         read_lock(&self.segments)

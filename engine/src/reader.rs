@@ -75,7 +75,7 @@ impl Reader {
         Ok(match point {
             AsOf::Version(_) => end,
             AsOf::Position(p) => {
-                if p < self.log.start() || self.reclaimed.contains(p) {
+                if self.is_reclaimed(p) {
                     return Err(self.before_horizon("as_of_position", p));
                 }
                 if p >= end {
@@ -127,12 +127,12 @@ impl Reader {
     /// Whether the event or record at `position` was reclaimed by retention (dead, its bytes
     /// gone): reads skip it.
     pub fn is_reclaimed(&self, position: Position) -> bool {
-        position < self.log.start() || self.reclaimed.contains(position)
+        position < self.log.first_base() || self.reclaimed.contains(position)
     }
 
     /// Where reading continues from a reclaimed `position`.
     fn reclaimed_end(&self, position: Position) -> Position {
-        if position < self.log.start() {
+        if position < self.log.first_base() {
             self.log.start()
         } else {
             self.reclaimed.end_of(position)

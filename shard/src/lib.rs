@@ -9,6 +9,7 @@ pub mod convert;
 pub mod history;
 pub mod metrics;
 pub mod node;
+pub mod retention;
 pub mod service;
 pub mod status;
 pub mod subscription;

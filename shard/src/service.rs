@@ -17,6 +17,7 @@ use crate::backend::{replica_status, Backend};
 use crate::clock::WallClock;
 use crate::convert;
 use crate::history::History;
+use crate::retention::{Pins, RetentionSettings, RetentionStats};
 use crate::status::{invalid, to_single_append_status, to_status};
 use crate::subscription::{self, Subscription};
 
@@ -31,6 +32,8 @@ pub struct ServiceConfig {
     pub subscription_buffer_records_max: usize,
     /// How long a subscriber may leave its buffer full before it is cut off. Default 10 s.
     pub subscription_stall_timeout: std::time::Duration,
+    /// Retention (single-node shards).
+    pub retention: RetentionSettings,
 }
 
 impl Default for ServiceConfig {
@@ -38,6 +41,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             subscription_buffer_records_max: 256,
             subscription_stall_timeout: std::time::Duration::from_secs(10),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -51,6 +55,8 @@ pub struct ServiceStats {
     pub requests: AtomicU64,
     /// Append latency, request to durable answer.
     pub append_latency: LatencyHistogram,
+    /// What retention did.
+    pub retention: RetentionStats,
 }
 
 impl Default for ServiceStats {
@@ -59,6 +65,7 @@ impl Default for ServiceStats {
             subscriptions: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             append_latency: LatencyHistogram::new(&crate::metrics::APPEND_BUCKETS_US),
+            retention: RetentionStats::default(),
         }
     }
 }
@@ -72,6 +79,7 @@ pub struct StreamsService {
     stats: Arc<ServiceStats>,
     stop: watch::Receiver<bool>,
     history: History,
+    pins: Pins,
 }
 
 impl StreamsService {
@@ -85,6 +93,7 @@ impl StreamsService {
     ) -> StreamsService {
         StreamsService {
             history: History::new(backend.clone(), clock.clone()),
+            pins: Pins::default(),
             backend,
             clock,
             config,
@@ -107,6 +116,16 @@ impl StreamsService {
             );
         }
         result
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// The positions open `$all` subscriptions still have to deliver (retention's bound).
+    pub fn pins(&self) -> &Pins {
+        &self.pins
     }
 
     /// For a read as of a timestamp: waits until the shard is closed through it and returns
@@ -272,6 +291,9 @@ impl pb::streams_server::Streams for StreamsService {
                 last: last.clone(),
                 stop: self.stop.clone(),
                 stall_timeout: self.config.subscription_stall_timeout,
+                pin: subscription
+                    .all_from()
+                    .map(|from| Arc::new(self.pins.pin(from))),
                 source: match &self.backend {
                     Backend::Replicated(r) => {
                         let shard = r.shard().clone();

@@ -80,6 +80,12 @@ impl Subscription {
                     from: 0,
                     skip: None,
                 },
+                // Retention reclaimed it (and the records around it were dead): continue
+                // with the next record still there.
+                Some(Start::AfterPosition(p)) if reader.is_reclaimed(p) => Cursor::All {
+                    from: p,
+                    skip: None,
+                },
                 Some(Start::AfterPosition(p)) => {
                     if !reader.is_record_position(p).map_err(to_status)? {
                         return Err(invalid(
@@ -108,6 +114,14 @@ impl Subscription {
             cursor,
             filter: r.filter,
         })
+    }
+
+    /// Where a `$all` subscription starts reading (`None` for a stream subscription).
+    pub fn all_from(&self) -> Option<Position> {
+        match &self.cursor {
+            Cursor::All { from, .. } => Some(*from),
+            Cursor::Stream { .. } => None,
+        }
     }
 
     fn resume_hint(&self) -> String {
@@ -278,6 +292,8 @@ pub struct Delivery {
     pub stall_timeout: Duration,
     /// On a replica: where to get a fresh reader when the store is replaced.
     pub source: Option<ReaderSource>,
+    /// For `$all`: holds retention below what is still to be delivered.
+    pub pin: Option<Arc<crate::retention::Pin>>,
 }
 
 impl Delivery {
@@ -362,6 +378,9 @@ pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) 
                     }
                 };
                 permit.send(events.into_iter().map(event).collect());
+            }
+            if let (Some(pin), Cursor::All { from, .. }) = (&delivery.pin, &next) {
+                pin.advance(*from);
             }
             sub.cursor = next;
         }

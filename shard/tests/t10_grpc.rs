@@ -3,7 +3,6 @@
 //! subscriptions under concurrent writers, and the slow-subscriber limit.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 mod common;
 
@@ -11,8 +10,7 @@ use common::*;
 use strata_proto::v1 as pb;
 use strata_proto::v1::streams_client::StreamsClient;
 use strata_shard::status::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY};
-use strata_shard::{Node, NodeConfig, ServiceConfig};
-use tokio::sync::oneshot;
+use strata_shard::ServiceConfig;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -350,6 +348,7 @@ async fn a_slow_subscriber_is_cut_off_and_can_resume_without_gap() {
     let config = ServiceConfig {
         subscription_buffer_records_max: 4,
         subscription_stall_timeout: std::time::Duration::from_millis(200),
+        ..ServiceConfig::default()
     };
     let node = TestNode::start(config).await;
     let mut c = node.client().await;
@@ -474,20 +473,6 @@ async fn stream_subscription_from_a_version_and_from_the_end() {
 }
 
 /// A plain HTTP/1.1 GET on loopback; returns the status line and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_over_http() {
     let node = TestNode::start(ServiceConfig::default()).await;

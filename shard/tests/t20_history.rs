@@ -420,3 +420,79 @@ async fn read_state_returns_the_newest_snapshot_and_the_events_after_it() {
     assert!(err.message().contains("version"));
     node.stop().await;
 }
+
+/// Bytes the log's files occupy on disk (allocated blocks: holes do not count).
+fn log_disk_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_shrinks_the_log_while_writers_keep_appending() {
+    let mut service = ServiceConfig::default();
+    service.retention.interval = Duration::from_millis(100);
+    service.retention.engine.as_of_window_us = 0;
+    let mut engine = strata_engine::EngineConfig {
+        segment_bytes_max: 512 << 10,
+        ..Default::default()
+    };
+    engine.limits.batch_bytes_max = 128 << 10;
+    engine.limits.event_bytes_max = 64 << 10;
+    let node = TestNode::start_with(service, engine).await;
+    let mut c = node.client().await;
+    c.set_stream_metadata(meta("hot", Some(50), None))
+        .await
+        .unwrap();
+    // An $all subscriber that keeps up does not hold retention back; one that stopped reading
+    // would (it pins what it has yet to deliver) — here it keeps reading.
+    let mut sub = c
+        .subscribe(pb::SubscribeRequest {
+            target: Some(pb::subscribe_request::Target::All(pb::Empty {})),
+            start: None,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reading = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Ok(Some(_)) = sub.message().await {
+            n += 1;
+        }
+        n
+    });
+    let payload = "x".repeat(4000);
+    let mut written = 0u64;
+    let started = std::time::Instant::now();
+    let mut appends = 0u64;
+    while started.elapsed() < Duration::from_secs(3) {
+        let events = (0..8).map(|_| event("", &payload)).collect();
+        c.append(append("hot", None, events)).await.unwrap();
+        written += 8 * 4000;
+        appends += 1;
+    }
+    // Let the last passes run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let on_disk = log_disk_bytes(node._dir.path());
+    assert!(appends > 0);
+    assert!(
+        on_disk * 2 < written,
+        "log holds {on_disk} bytes on disk after {written} bytes of events were written"
+    );
+    let kept = versions(&mut c, "hot").await;
+    assert_eq!(kept.len(), 50);
+    assert_eq!(*kept.last().unwrap() + 1, appends * 8);
+    let (_, metrics) = http_get(node.metrics, "/metrics").await;
+    let reclaimed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_retention_bytes_reclaimed_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reclaimed > 0);
+    node.stop().await;
+    assert!(reading.await.unwrap() > 0);
+}

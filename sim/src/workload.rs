@@ -439,6 +439,7 @@ pub async fn subscriber(
                 generation: shard.watch_generation(),
                 fresh: Arc::new(move || fresh_shard.reader()),
             }),
+            pin: None,
         };
         let task = tokio::spawn(subscription::run(reader, sub, delivery));
         cluster.trace().log(format!(

@@ -12,6 +12,12 @@
 //! subscription_buffer_records_max = 256    # --subscription-buffer-records-max
 //! subscription_stall_timeout_ms = 10000    # --subscription-stall-timeout-ms
 //!
+//! # Retention (single-node shards; see docs/ARCHITECTURE.md "Retention")
+//! retention = true                    # --retention true|false
+//! retention_interval_ms = 60000       # --retention-interval-ms
+//! retention_as_of_window_s = 3600     # --retention-as-of-window-s (as-of reads stay exact)
+//! retention_bytes_per_sec = 67108864  # --retention-bytes-per-sec (the throttle)
+//!
 //! # Replication (all optional; with `id` the node is a replica of a Raft-replicated shard)
 //! id = 1                              # --id
 //! peers = ["2=10.0.0.2:50051", "3=10.0.0.3:50051"]   # --peer ID=ADDR[,RAFT_ADDR] (repeat)
@@ -64,6 +70,18 @@ pub struct NodeArgs {
     /// How long a subscriber may leave its buffer full before it is cut off.
     #[arg(long)]
     subscription_stall_timeout_ms: Option<u64>,
+    /// Reclaim the space of dead events in the background (true or false).
+    #[arg(long)]
+    retention: Option<bool>,
+    /// Time between retention passes.
+    #[arg(long)]
+    retention_interval_ms: Option<u64>,
+    /// As-of reads within this many seconds of now stay exact (retention keeps what they see).
+    #[arg(long)]
+    retention_as_of_window_s: Option<u64>,
+    /// Most bytes per second a retention pass reads and writes.
+    #[arg(long)]
+    retention_bytes_per_sec: Option<u64>,
     /// This node's id in its cluster; makes the node a replica of a Raft-replicated shard.
     #[arg(long)]
     id: Option<u64>,
@@ -110,6 +128,10 @@ struct FileConfig {
     batch_bytes_max: Option<usize>,
     subscription_buffer_records_max: Option<usize>,
     subscription_stall_timeout_ms: Option<u64>,
+    retention: Option<bool>,
+    retention_interval_ms: Option<u64>,
+    retention_as_of_window_s: Option<u64>,
+    retention_bytes_per_sec: Option<u64>,
     id: Option<u64>,
     #[serde(default)]
     peers: Vec<String>,
@@ -213,6 +235,31 @@ pub fn resolve(args: NodeArgs) -> Result<strata_shard::NodeConfig, Failure> {
         .or(file.subscription_stall_timeout_ms)
     {
         service.subscription_stall_timeout = Duration::from_millis(v);
+    }
+    let retention = &mut service.retention;
+    if let Some(v) = args.retention.or(file.retention) {
+        retention.enabled = v;
+    }
+    if let Some(v) = args.retention_interval_ms.or(file.retention_interval_ms) {
+        if v == 0 {
+            return Err(bad("retention_interval_ms must be at least 1".into()));
+        }
+        retention.interval = Duration::from_millis(v);
+    }
+    if let Some(v) = args
+        .retention_as_of_window_s
+        .or(file.retention_as_of_window_s)
+    {
+        retention.engine.as_of_window_us = v.saturating_mul(1_000_000);
+    }
+    if let Some(v) = args
+        .retention_bytes_per_sec
+        .or(file.retention_bytes_per_sec)
+    {
+        if v == 0 {
+            return Err(bad("retention_bytes_per_sec must be at least 1".into()));
+        }
+        retention.engine.bytes_per_sec = v;
     }
     Ok(strata_shard::NodeConfig {
         data_dir: data,

@@ -20,11 +20,18 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(service: ServiceConfig) -> TestNode {
+        TestNode::start_with(service, Default::default()).await
+    }
+
+    pub async fn start_with(
+        service: ServiceConfig,
+        engine: strata_engine::EngineConfig,
+    ) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let config = NodeConfig {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
-            engine: Default::default(),
+            engine,
             service,
             cluster: None,
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -102,4 +109,19 @@ pub fn append(
         expected,
         events,
     }
+}
+
+/// One HTTP/1.1 GET: (status line, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
 }
