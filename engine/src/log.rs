@@ -188,6 +188,52 @@ impl LogReader {
             .map_err(|e| Error::corruption(&segment.path, offset, e.0))
     }
 
+    /// Reads and verifies several event frames of the record at `position` with one read of
+    /// the bytes spanning them (`slots` in ascending offset order).
+    pub fn read_events(
+        &self,
+        position: Position,
+        slots: &[EventSlot],
+    ) -> Result<Vec<RecordedEvent>> {
+        let (Some(first), Some(last)) = (slots.first(), slots.last()) else {
+            return Ok(Vec::new());
+        };
+        if slots.len() == 1 {
+            return self.read_event(position, *first).map(|e| vec![e]);
+        }
+        let segment = self
+            .segment_at(position)
+            .ok_or_else(|| Error::corruption("<log>", position, "index points outside the log"))?;
+        let start = first.offset as u64;
+        let end = last.offset as u64 + last.len as u64;
+        if end < start || end - start > self.record_len_max as u64 {
+            return Err(Error::corruption(
+                &segment.path,
+                position - segment.base,
+                "index slots out of order",
+            ));
+        }
+        let offset = position - segment.base + start;
+        let mut buf = vec![0u8; (end - start) as usize];
+        read_exact_at(segment.file.as_ref(), &mut buf, offset)
+            .map_err(|e| Error::io(format!("reading {}", segment.path.display()), e))?;
+        let buf = Bytes::from(buf);
+        slots
+            .iter()
+            .map(|slot| {
+                let at = (slot.offset as u64 - start) as usize;
+                let frame = buf
+                    .get(at..at + slot.len as usize)
+                    .map(|b| buf.slice_ref(b))
+                    .ok_or_else(|| {
+                        Error::corruption(&segment.path, offset, "index slots out of order")
+                    })?;
+                format::decode_event(frame, position)
+                    .map_err(|e| Error::corruption(&segment.path, offset + at as u64, e.0))
+            })
+            .collect()
+    }
+
     /// Reads records forwards from `from` (a record position, a segment boundary or 0 for the
     /// start) up to `end`, at most `max_records` and about `max_bytes`. Returns the records and
     /// the position to continue from.

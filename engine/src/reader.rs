@@ -201,28 +201,50 @@ impl Reader {
             (Direction::Backwards, Some(last)) => Some(from.map_or(last, |f| f.min(last))),
             _ => from,
         };
-        let slots = self.index.stream_range(stream, from, direction, limit)?;
+        // Forwards as of a version: nothing past it is wanted, so do not scan for it.
+        let limit = match (direction, last) {
+            (Direction::Forwards, Some(l)) => match l.checked_sub(from.unwrap_or(0)) {
+                Some(span) => limit.min(
+                    usize::try_from(span)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(1),
+                ),
+                None => return Ok(Vec::new()),
+            },
+            _ => limit,
+        };
+        let slots: Vec<(u64, crate::index::StreamSlot)> = self
+            .index
+            .stream_range(stream, from, direction, limit)?
+            .into_iter()
+            // Past the point read as of; or being truncated, or indexed a moment before it
+            // became visible; or dead and reclaimed.
+            .filter(|(version, slot)| {
+                slot.position < end
+                    && last.is_none_or(|l| *version <= l)
+                    && !self.is_reclaimed(slot.position)
+            })
+            .collect();
         let mut events = Vec::with_capacity(slots.len());
-        for (version, slot) in slots {
-            if slot.position >= end
-                || last.is_some_and(|l| version > l)
-                || self.is_reclaimed(slot.position)
-            {
-                // Past the point read as of; or being truncated, or indexed a moment before
-                // it became visible; or dead and reclaimed.
-                continue;
+        // Events of one record that sit next to each other are read with one read.
+        for run in
+            slots.chunk_by(|a, b| a.1.position == b.1.position && a.1.slot.offset < b.1.slot.offset)
+        {
+            let position = run[0].1.position;
+            let frames: Vec<_> = run.iter().map(|(_, s)| s.slot).collect();
+            let read = self.log.read_events(position, &frames)?;
+            for ((version, _), event) in run.iter().zip(read) {
+                if event.stream != stream || event.version != *version {
+                    return Err(self.log.corruption_at(
+                        position,
+                        format!(
+                            "index says {stream}@{version}, log holds {}@{}",
+                            event.stream, event.version
+                        ),
+                    ));
+                }
+                events.push(event);
             }
-            let event = self.log.read_event(slot.position, slot.slot)?;
-            if event.stream != stream || event.version != version {
-                return Err(self.log.corruption_at(
-                    slot.position,
-                    format!(
-                        "index says {stream}@{version}, log holds {}@{}",
-                        event.stream, event.version
-                    ),
-                ));
-            }
-            events.push(event);
         }
         Ok(events)
     }

@@ -195,10 +195,18 @@ impl Reader {
         let start = snapshot
             .as_ref()
             .map_or(info.floor, |(s, _)| (s.version + 1).max(info.floor));
+        // Every version up to `version` lies before the point (it is the last one there), so
+        // reading as of that version is the same read without finding it again.
         let mut events = if start > version {
             Vec::new()
         } else {
-            self.read_stream_as_of(stream, Some(start), Direction::Forwards, limit, as_of)?
+            self.read_stream_as_of(
+                stream,
+                Some(start),
+                Direction::Forwards,
+                limit,
+                Some(AsOf::Version(version)),
+            )?
         };
         events.retain(|e| e.version <= version);
         let complete = start > version || events.last().is_some_and(|e| e.version == version);

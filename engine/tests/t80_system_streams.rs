@@ -160,6 +160,9 @@ fn metadata_floors_apply_to_reads_as_of_their_time() {
     );
 }
 
+/// The model after one record: its position, the stream's head, the snapshots so far.
+type Point = (u64, Option<u64>, Vec<(u64, Vec<u8>)>);
+
 /// A history for one stream: appends of 1..3 events, and snapshots of a version then current.
 fn ops() -> impl Strategy<Value = Vec<(bool, usize, u64)>> {
     prop::collection::vec((any::<bool>(), 1..3usize, any::<u64>()), 1..50)
@@ -181,7 +184,7 @@ proptest! {
             store.commit(vec![at(system::SETTINGS_STREAM, vec![typed(next_id(), system::POLICY_TYPE, policy.encode(), vec![])], ts)]).remove(0).unwrap();
         }
         // Model: after each record, (position, head version, snapshots so far as (version, data)).
-        let mut points: Vec<(u64, Option<u64>, Vec<(u64, Vec<u8>)>)> = Vec::new();
+        let mut points: Vec<Point> = Vec::new();
         let mut head: Option<u64> = None;
         let mut snaps: Vec<(u64, Vec<u8>)> = Vec::new();
         for (snapshot, n, pick) in ops {

@@ -33,6 +33,10 @@ pub struct BenchAppendArgs {
     /// acknowledgements come back.
     #[arg(long)]
     rate: Option<f64>,
+    /// Before starting, give every bench stream this max-count metadata, so retention (when the
+    /// node runs it) has dead events to reclaim while the bench writes.
+    #[arg(long)]
+    max_count: Option<u64>,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -57,6 +61,8 @@ pub enum BenchCommand {
     Append(BenchAppendArgs),
     /// A trivial call (GetStream of a missing stream): the transport's request rate ceiling.
     GetStream(BenchGetStreamArgs),
+    /// ReadState of one large aggregate with periodic snapshots, at random past times.
+    State(crate::bench_state::BenchStateArgs),
 }
 
 /// Clients share this many HTTP/2 connections.
@@ -67,6 +73,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
     let args = match command {
         BenchCommand::Append(args) => args,
         BenchCommand::GetStream(args) => return get_stream(args).await,
+        BenchCommand::State(args) => return crate::bench_state::run(args).await,
     };
     if args.clients == 0 || args.batch == 0 || args.duration == 0 {
         return Err(Failure {
@@ -91,6 +98,23 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             message: "--rate must be a positive number of appends per second".into(),
             exit_code: 2,
         });
+    }
+    if let Some(max_count) = args.max_count {
+        let mut client = channels[0].clone();
+        for s in 0..streams {
+            client
+                .set_stream_metadata(pb::SetStreamMetadataRequest {
+                    stream: format!("bench-{:x}-{s}", run as u32),
+                    metadata: Some(pb::StreamMetadata {
+                        max_age_us: None,
+                        max_count: Some(max_count),
+                        truncate_before: None,
+                    }),
+                    expected_metadata_version: None,
+                })
+                .await
+                .map_err(crate::client::failure)?;
+        }
     }
     // Each client sends one append per `period`, offset so the load is even.
     let period = args

@@ -306,7 +306,7 @@ async fn state_at(server: &str, stream: &str, point: &pb::AsOf) -> Result<StateA
         server,
         pb::ReadStateRequest {
             stream: stream.to_string(),
-            as_of: Some(point.clone()),
+            as_of: Some(*point),
             limit: 0,
             consistency: pb::Consistency::Linearizable as i32,
         },
@@ -358,7 +358,7 @@ async fn read_between(
         direction: pb::Direction::Forwards as i32,
         limit: 1000,
         consistency: pb::Consistency::Linearizable as i32,
-        as_of: Some(to.clone()),
+        as_of: Some(*to),
     };
     Ok(following_leader(server, |ch| {
         let request = request.clone();

@@ -4,6 +4,7 @@
 //! stderr), 1 any other error (the server's message goes to stderr), 2 bad usage.
 
 mod bench;
+mod bench_state;
 mod client;
 mod cluster_cmd;
 mod dev_cluster;

@@ -162,7 +162,10 @@ fn commands_print_json_lines_and_exit_with_the_documented_codes() {
     let position = events[0]["position"].as_u64().unwrap().to_string();
     assert_eq!(as_of("--as-of-position", &position), 1);
     assert_eq!(as_of("--as-of", "1970-01-01T00:00:01Z"), 0);
-    assert_eq!(as_of("--as-of", "2999-01-01T00:00:00Z"), 1);
+    // A time far ahead of the server's clock cannot be closed: refused, naming the field.
+    let ahead = dev.run(&["read", "orders-1", "--as-of", "2999-01-01T00:00:00Z"]);
+    assert_eq!(ahead.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ahead.stderr).contains("as_of.timestamp_us"));
     let bad = dev.run(&["read", "orders-1", "--as-of", "yesterday"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("RFC 3339"));
@@ -241,4 +244,83 @@ fn sigkill_under_load_then_restart_keeps_every_acknowledged_append() {
             .enumerate()
             .all(|(v, e)| e["version"] == v as u64));
     }
+}
+
+#[test]
+fn snapshots_state_diff_metadata_and_deletion_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path(), free_port());
+    let ok = |args: &[&str]| {
+        let out = dev.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json(&out)
+    };
+    ok(&[
+        "append",
+        "acct-1",
+        "--data",
+        r#"{"balance": 10, "owner": "ann"}"#,
+    ]);
+    ok(&["append", "acct-1", "--data", r#"{"balance": 25}"#]);
+    ok(&[
+        "snapshot",
+        "acct-1",
+        "--version",
+        "1",
+        "--data",
+        r#"{"balance": 25, "owner": "ann"}"#,
+    ]);
+    ok(&[
+        "append",
+        "acct-1",
+        "--data",
+        r#"{"owner": null, "city": "x"}"#,
+    ]);
+    // State: the snapshot at 1 and the one event after it.
+    let state = ok(&["state", "acct-1"]);
+    assert_eq!(state[0]["snapshot"]["version"], 1);
+    assert_eq!(state[0]["version"], 2);
+    assert_eq!(state.len(), 2);
+    let before = ok(&["state", "acct-1", "--as-of-version", "0"]);
+    assert!(before[0]["snapshot"].is_null());
+    // Diff from version 0 to 2: the two events after 0, then the structural diff of the folded
+    // JSON states ({"balance":10,"owner":"ann"} → {"balance":25,"city":"x"}).
+    let diff = ok(&["diff", "acct-1", "--from", "version:0", "--to", "version:2"]);
+    assert_eq!(diff.len(), 3);
+    let ops = diff[2]["diff"].as_array().unwrap();
+    assert!(ops.contains(
+        &serde_json::json!({"op": "replace", "path": "/balance", "old": 10, "value": 25})
+    ));
+    assert!(ops.contains(&serde_json::json!({"op": "remove", "path": "/owner", "old": "ann"})));
+    assert!(ops.contains(&serde_json::json!({"op": "add", "path": "/city", "value": "x"})));
+    assert_eq!(ops.len(), 3);
+    // A bad point is a usage error.
+    assert_eq!(
+        dev.run(&["diff", "acct-1", "--from", "soon", "--to", "version:1"])
+            .status
+            .code(),
+        Some(2)
+    );
+    // Metadata, then soft and hard deletion.
+    ok(&["stream-meta", "acct-1", "--max-count", "1"]);
+    assert_eq!(ok(&["read", "acct-1"]).len(), 1);
+    let info = ok(&["stream-info", "acct-1"]);
+    assert_eq!(info[0]["first_visible_version"], 2);
+    assert_eq!(info[0]["metadata"]["max_count"], 1);
+    ok(&["delete", "acct-1"]);
+    assert!(ok(&["read", "acct-1"]).is_empty());
+    assert_eq!(ok(&["stream-info", "acct-1"])[0]["deleted"], true);
+    ok(&["delete", "acct-1", "--hard"]);
+    let refused = dev.run(&["append", "acct-1", "--data", "{}"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("deleted"));
+    let policies = ok(&["snapshot-policy", "acct-", "--every", "100"]);
+    assert_eq!(
+        policies[0],
+        serde_json::json!({"prefix": "acct-", "every": 100})
+    );
 }
