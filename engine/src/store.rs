@@ -748,6 +748,19 @@ impl Store {
         Ok(self.reader.index.stream_head(stream)?.map(|(v, _)| v))
     }
 
+    /// Whether `stream` has a tombstone: its `$deleted:` stream has an event, which is
+    /// always version 0 (the only append to it expects no stream), so the index is asked with
+    /// a point lookup (a bloom-filtered miss for nearly every stream) rather than a seek.
+    fn tombstoned(&self, stream: &str, current: &Effects) -> Result<bool> {
+        let tombstone = crate::system::deleted_stream(stream);
+        let pending = current.heads.contains_key(&tombstone)
+            || self.heads.contains_key(&tombstone)
+            || lock(&self.inflight)
+                .iter()
+                .any(|e| e.heads.contains_key(&tombstone));
+        Ok(pending || self.reader.index.stream_slot(&tombstone, 0)?.is_some())
+    }
+
     fn position_of(
         &self,
         stream: &str,
@@ -841,8 +854,7 @@ impl Store {
             if let Some(base) = crate::system::deletable_base(&part.stream) {
                 // Decided here, at apply time, like the version check: a tombstone committed
                 // before this request (in this group, in flight or indexed) refuses it.
-                let tombstone = crate::system::deleted_stream(base);
-                if self.stream_head(&tombstone, current)?.is_some() {
+                if self.tombstoned(base, current)? {
                     return Err(Error::StreamDeleted {
                         stream: base.to_string(),
                     });
