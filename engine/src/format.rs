@@ -12,8 +12,9 @@
 //!          kind 2 (blank):      {}                (a Raft leader's no-op, or a rejected append)
 //!          kind 3 (membership): opaque bytes      (a Raft membership change, JSON)
 //!          kind 4 (gap):        {}                (an index skipped by the Raft log)
-//!          kind 5 (hole):       { records: u64 | zeros }  (a run of records retention reclaimed;
-//!                               the zeros are a hole in a sparse file, not disk blocks)
+//!          kind 5 (hole):       { records: u64 | horizon_us: u64 | zeros }  (a run of records
+//!                               retention reclaimed, and the as-of horizon it set; the zeros
+//!                               are a hole in a sparse file, not disk blocks)
 //! event  = { event_len: u32 | event_crc: u32 | stream_len: u16 | stream | version: u64 |
 //!            id: [u8; 16] | timestamp_us: u64 | type_len: u16 | type |
 //!            data_len: u32 | data | metadata_len: u32 | metadata }
@@ -54,8 +55,9 @@ pub const KIND_GAP: u8 = 4;
 /// dead and were reclaimed by retention: same position, first sequence number and length as
 /// the run, a body of zeros that the rewritten segment file leaves as a hole.
 pub const KIND_HOLE: u8 = 5;
-/// Bytes of a hole frame that are written (frame, header, record count); the rest is zeros.
-pub const HOLE_PREFIX_BYTES: usize = FRAME_BYTES + HEADER_BYTES + 8;
+/// Bytes of a hole frame that are written (frame, header, record count, horizon); the rest is
+/// zeros.
+pub const HOLE_PREFIX_BYTES: usize = FRAME_BYTES + HEADER_BYTES + 16;
 /// Fixed bytes of an event frame besides its variable fields.
 pub const EVENT_FIXED_BYTES: usize = 4 + 4 + 2 + 8 + 16 + 8 + 2 + 4 + 4;
 
@@ -189,13 +191,20 @@ pub fn restamp(frame: &mut [u8], position: Position, synced_end: Position) {
 }
 
 /// The written prefix of a hole frame of `frame_len` bytes standing for `records` records
-/// starting at `header` (its position and first sequence number), with the CRC computed as if
-/// the zeros after it were written too. `frame_len` is at least [`HOLE_PREFIX_BYTES`].
-pub fn hole_prefix(header: RecordHeader, records: u64, frame_len: usize) -> Vec<u8> {
+/// starting at `header` (its position and first sequence number), written by a retention pass
+/// that set the as-of horizon `horizon_us`, with the CRC computed as if the zeros after it were
+/// written too. `frame_len` is at least [`HOLE_PREFIX_BYTES`].
+pub fn hole_prefix(
+    header: RecordHeader,
+    records: u64,
+    horizon_us: u64,
+    frame_len: usize,
+) -> Vec<u8> {
     debug_assert!(frame_len >= HOLE_PREFIX_BYTES);
     let mut out = Vec::with_capacity(HOLE_PREFIX_BYTES);
     put_header(&mut out, KIND_HOLE, &header);
     out.extend_from_slice(&records.to_le_bytes());
+    out.extend_from_slice(&horizon_us.to_le_bytes());
     let len = (frame_len - FRAME_BYTES) as u32;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&out[FRAME_BYTES..]);
@@ -218,6 +227,15 @@ pub fn records_in(frame: &[u8]) -> u64 {
         u64_at(frame, FRAME_BYTES + HEADER_BYTES)
     } else {
         1
+    }
+}
+
+/// The as-of horizon a hole frame records (0 for any other frame).
+pub fn hole_horizon(frame: &[u8]) -> u64 {
+    if read_kind(frame) == KIND_HOLE && frame.len() >= HOLE_PREFIX_BYTES {
+        u64_at(frame, FRAME_BYTES + HEADER_BYTES + 8)
+    } else {
+        0
     }
 }
 

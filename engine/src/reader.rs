@@ -148,10 +148,17 @@ impl Reader {
         if head_position < end {
             return Ok(Some(head));
         }
+        // The position of `v`, or of the first version after it that has an entry: versions
+        // retention reclaimed have none once the index was rebuilt from the log (the stream's
+        // newest always has one).
         let position_of = |v: u64| -> Result<Position> {
+            if let Some(slot) = self.index.stream_slot(stream, v)? {
+                return Ok(slot.position);
+            }
             self.index
-                .stream_slot(stream, v)?
-                .map(|s| s.position)
+                .stream_range(stream, Some(v), Direction::Forwards, 1)?
+                .first()
+                .map(|(_, s)| s.position)
                 .ok_or_else(|| Error::Index(format!("{stream}@{v} has no stream entry")))
         };
         // Invariant: every version < lo is before `end`; every version >= hi is not.

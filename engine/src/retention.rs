@@ -48,7 +48,8 @@ use crate::segment::Footer;
 use crate::system::{self, SystemStream};
 use crate::views::StreamInfo;
 
-const HORIZON_META: &str = "retention_horizon_us";
+/// Index meta key of the as-of horizon (also recorded in every hole, so a rebuilt index has it).
+pub const HORIZON_META: &str = "retention_horizon_us";
 
 /// Settings of retention.
 #[derive(Debug, Clone)]
@@ -354,6 +355,7 @@ impl Retention {
         read_exact_at(segment.file.as_ref(), &mut header, 0)
             .map_err(io("reading", &segment.path))?;
         file.write_all_at(&header, 0).map_err(io("writing", &tmp))?;
+        let horizon = window_start.max(self.reader.reclaimed.horizon_us());
         let mut crc = crc32fast::Hasher::new();
         let mut runs: Vec<(Position, Position)> = Vec::new();
         let record_len_max = self.reader.limits.batch_bytes_max as u64;
@@ -385,7 +387,7 @@ impl Retention {
                 timestamp_us: last.timestamp_us,
                 ..p.header
             };
-            let prefix = format::hole_prefix(hole_header, records, len as usize);
+            let prefix = format::hole_prefix(hole_header, records, horizon, len as usize);
             file.write_all_at(&prefix, offset)
                 .map_err(io("writing", &tmp))?;
             crc.update(&prefix);
@@ -408,7 +410,6 @@ impl Retention {
         drop(file);
         // The index learns of the holes before they exist: until the rename, reads skip
         // events that are dead anyway.
-        let horizon = window_start.max(self.reader.reclaimed.horizon_us());
         let mut batch = IndexBatch::default();
         for (start, end) in &runs {
             index::add_hole(&mut batch, *start, *end);

@@ -448,6 +448,7 @@ impl Store {
         let mut clear = from.is_none();
         let mut position = from.take().unwrap_or(0);
         let mut records = 0u64;
+        let mut horizon = 0u64;
         loop {
             let (raw, next) =
                 self.reader
@@ -471,6 +472,7 @@ impl Store {
                 if format::read_kind(&r.frame) == format::KIND_HOLE {
                     let end = r.header.position + r.frame.len() as u64;
                     index::add_hole(&mut batch, r.header.position, end);
+                    horizon = horizon.max(format::hole_horizon(&r.frame));
                 }
                 last_seq = Some(r.header.seq + format::records_in(&r.frame) - 1);
             }
@@ -488,6 +490,19 @@ impl Store {
                 }
             };
             index::set_checkpoint(&mut batch, checkpoint);
+            if horizon > 0 {
+                let known = match index.meta(crate::retention::HORIZON_META)? {
+                    Some(v) if v.len() == 8 => format::u64_at(&v, 0),
+                    _ => 0,
+                };
+                if horizon > known {
+                    index::set_meta(
+                        &mut batch,
+                        crate::retention::HORIZON_META,
+                        horizon.to_le_bytes().to_vec(),
+                    );
+                }
+            }
             index.write(batch, done)?;
             if done {
                 if records > 0 {

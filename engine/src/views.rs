@@ -64,10 +64,10 @@ impl Reader {
         let Some(version) = self.version_before(stream, end)? else {
             return Ok(None);
         };
-        let slot = self
-            .index
-            .stream_slot(stream, version)?
-            .ok_or_else(|| Error::Index(format!("{stream}@{version} has no stream entry")))?;
+        // No entry: retention reclaimed it and the index was rebuilt since.
+        let Some(slot) = self.index.stream_slot(stream, version)? else {
+            return Ok(None);
+        };
         if self.is_reclaimed(slot.position) {
             return Ok(None);
         }

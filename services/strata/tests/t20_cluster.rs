@@ -934,3 +934,75 @@ async fn membership_grows_and_shrinks_under_writes_without_a_failed_operation() 
     cluster.nodes.remove(&4);
     check_logs_identical(&mut cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_snapshots_and_closed_timestamps_hold_across_a_leader_change() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::new(3, false, small_log_args());
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    cluster.start_all().await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let mut c = StreamsClient::new(channel(&cluster.addr(leader)).await.unwrap());
+    for i in 0..5u128 {
+        c.append(append_request("acct", 100 + i)).await.unwrap();
+        c.append(append_request("doomed", 200 + i)).await.unwrap();
+    }
+    c.save_snapshot(pb::SaveSnapshotRequest {
+        stream: "acct".into(),
+        version: 2,
+        schema_version: 1,
+        data: b"{\"n\":102}".to_vec(),
+    })
+    .await
+    .unwrap();
+    c.delete_stream(pb::DeleteStreamRequest {
+        stream: "doomed".into(),
+        hard: true,
+        expected: None,
+    })
+    .await
+    .unwrap();
+    // An as-of-now read of $all through Raft: closed, and the same later.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let read_all = |t: u64| pb::ReadAllRequest {
+        from_position: 0,
+        limit: 4096,
+        filter: None,
+        consistency: 0,
+        as_of: Some(pb::AsOf {
+            point: Some(pb::as_of::Point::TimestampUs(t)),
+        }),
+    };
+    let first = c.read_all(read_all(now)).await.unwrap().into_inner();
+    assert!(first.closed_timestamp_us >= now);
+    assert_eq!(first.events.len(), 10);
+
+    // A new leader decides appends with the tombstone and serves the same state.
+    cluster.nodes.get_mut(&leader).unwrap().kill();
+    let new_leader = cluster.leader(Duration::from_secs(10)).await;
+    let mut c = StreamsClient::new(channel(&cluster.addr(new_leader)).await.unwrap());
+    let err = c.append(append_request("doomed", 300)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("deleted"), "{err:?}");
+    let state = c
+        .read_state(pb::ReadStateRequest {
+            stream: "acct".into(),
+            as_of: None,
+            limit: 0,
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state.snapshot.unwrap().version, 2);
+    assert_eq!(
+        state.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    let again = c.read_all(read_all(now)).await.unwrap().into_inner();
+    let ids = |r: &pb::ReadAllResponse| r.events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ids(&again));
+}
