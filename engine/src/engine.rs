@@ -296,7 +296,7 @@ fn run_writer(
                 let _ = reply.send(store.truncate_from(position));
             }
             Command::DropReclaimed { reply } => {
-                let _ = reply.send(store.drop_reclaimed());
+                let _ = reply.send(store.drop_reclaimed(Position::MAX));
             }
             Command::Append { request, reply } => {
                 let mut group_bytes = request.bytes();

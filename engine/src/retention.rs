@@ -454,21 +454,40 @@ impl crate::store::Store {
         Retention::new(self.reader().clone(), self.log_fs(), &self.log_dir())
     }
 
-    /// Drops the prefix of sealed segments that hold nothing but reclaimed records. Returns
-    /// how many segments went.
-    pub fn drop_reclaimed(&mut self) -> Result<usize> {
-        let reclaimed = self.reader().reclaimed.clone();
+    /// Drops the prefix of sealed segments that hold nothing but reclaimed records and end at
+    /// or before `limit`. Returns how many segments went.
+    pub fn drop_reclaimed(&mut self, limit: Position) -> Result<usize> {
         let mut before = None;
         for segment in self.reader().segments() {
             let Some(footer) = segment.footer else { break };
-            if !reclaimed.covers(segment.records_start(), footer.records_end) {
+            let end = footer.records_end + SEGMENT_FOOTER_BYTES;
+            if end > limit || !self.reader().is_segment_reclaimed(&segment) {
                 break;
             }
-            before = Some(footer.records_end + SEGMENT_FOOTER_BYTES);
+            before = Some(end);
         }
         match before {
             Some(before) => self.drop_prefix(before),
             None => Ok(0),
         }
+    }
+}
+
+impl Reader {
+    /// Whether `segment` is sealed and holds nothing but reclaimed records (a snapshot need
+    /// not list it; retention may drop it).
+    pub fn is_segment_reclaimed(&self, segment: &Segment) -> bool {
+        segment.footer.is_some_and(|f| {
+            self.reclaimed
+                .covers(segment.records_start(), f.records_end)
+        })
+    }
+}
+
+impl crate::store::Store {
+    /// Reloads the reclaimed ranges and horizon from the index (after records were indexed
+    /// outside the store's own open, as a snapshot install does).
+    pub fn reload_reclaimed(&self) -> Result<()> {
+        self.reader().reclaimed.load(&self.reader().index)
     }
 }

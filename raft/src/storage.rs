@@ -531,12 +531,16 @@ impl Shard {
 
     /// The replicated bytes of applied entries `from..to` (see
     /// [`strata_engine::format::replicated_bytes`]): equal on every replica for the same range.
+    /// Entries retention reclaimed here (each replica on its own clock) are left out.
     pub fn replicated_entries(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>> {
         let state = lock(&self.inner.state);
         let applied = state.applied.last.map_or(0, |l| l.index + 1);
         let mut out = Vec::new();
         scan_entries(&state.store, from, to.min(applied), usize::MAX, |r| {
-            out.push((r.header.seq, format::replicated_bytes(&r.frame)));
+            // Records this replica's retention reclaimed are no entries any more.
+            if format::read_kind(&r.frame) != format::KIND_HOLE {
+                out.push((r.header.seq, format::replicated_bytes(&r.frame)));
+            }
             Ok(())
         })?;
         Ok(out)
@@ -1007,6 +1011,44 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 impl Shard {
+    /// One retention pass over this replica's log (`strata_engine::retention`), then the drop
+    /// of its reclaimed prefix. A pass stays below the purge point — the purged entry and
+    /// everything after it may still be sent to a follower as entries — and below `pinned`;
+    /// the drop stays below the first segment the current snapshot lists (a follower may be
+    /// fetching it). Each replica reclaims on its own clock; what a replica decides is never
+    /// affected (a stream's newest event and tombstones are never reclaimed).
+    pub fn retention_pass(
+        &self,
+        config: &strata_engine::retention::RetentionConfig,
+        now_us: u64,
+        pinned: u64,
+        pace: &mut dyn FnMut(u64),
+    ) -> Result<(strata_engine::retention::PassReport, usize)> {
+        let Some(purged) = self.hard().purged else {
+            return Ok(Default::default());
+        };
+        let (retention, bound, generation) = {
+            let state = lock(&self.inner.state);
+            let bound = state.store.entry_position(purged.index)?.unwrap_or(0);
+            (state.store.retention(), bound.min(pinned), state.generation)
+        };
+        let report = retention.pass(config, now_us, bound, pace)?;
+        let mut state = lock(&self.inner.state);
+        if state.generation != generation {
+            // A snapshot install replaced the store meanwhile.
+            return Ok((report, 0));
+        }
+        let listed = match state.store.finisher().meta(SNAPSHOT_KEY)? {
+            Some(bytes) => Manifest::decode(&bytes)?
+                .segments
+                .first()
+                .map_or(0, |r| r.base),
+            None => 0,
+        };
+        let dropped = state.store.drop_reclaimed(listed)?;
+        Ok((report, dropped))
+    }
+
     /// A snapshot of everything applied: the log's byte ranges up to the last applied record.
     fn build_manifest(&self) -> Result<Manifest> {
         let state = lock(&self.inner.state);
@@ -1017,8 +1059,16 @@ impl Shard {
             }
             None => None,
         };
+        // Segments retention left holding nothing but holes are not shipped: a receiver needs
+        // no record in them, and the next drop here removes them.
+        let reader = state.store.reader();
+        let live: Vec<_> = reader
+            .segments()
+            .into_iter()
+            .skip_while(|s| reader.is_segment_reclaimed(s))
+            .collect();
         let segments = match end {
-            Some(end) => snapshot::ranges_up_to(&state.store.reader().segments(), end)?,
+            Some(end) => snapshot::ranges_up_to(&live, end)?,
             None => Vec::new(),
         };
         let id = format!(
@@ -1096,6 +1146,7 @@ impl Shard {
         let finisher = state.store.finisher();
         finish_applied(&finisher, groups, &applied, extra)?;
         finisher.flush_index()?;
+        state.store.reload_reclaimed()?;
         state.applied = applied;
         drop(state);
         // A retried offer may have staged the same snapshot again meanwhile.

@@ -201,18 +201,16 @@ impl Node {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        if let Backend::Single(engine) = &self.backend {
-            let settings = self.service.config().retention.clone();
-            if settings.enabled {
-                tokio::spawn(crate::retention::run(
-                    engine.clone(),
-                    settings,
-                    Arc::new(SystemWallClock::default()),
-                    self.service.pins().clone(),
-                    self.stats.clone(),
-                    self.stop.subscribe(),
-                ));
-            }
+        let settings = self.service.config().retention.clone();
+        if settings.enabled {
+            tokio::spawn(crate::retention::run(
+                self.backend.clone(),
+                settings,
+                Arc::new(SystemWallClock::default()),
+                self.service.pins().clone(),
+                self.stats.clone(),
+                self.stop.subscribe(),
+            ));
         }
         if let Some(listener) = self.metrics {
             tokio::spawn(crate::metrics::serve(

@@ -1,8 +1,8 @@
 //! The node's retention loop: every `interval`, one throttled pass of the engine's retention
 //! (`strata_engine::retention`) on the blocking pool, then the drop of a reclaimed prefix of
 //! segments. Bounded by the open `$all` subscriptions: nothing at or after the lowest position
-//! one of them has yet to deliver is touched. Runs on a single-node shard; a replicated shard
-//! does not run it yet (see docs/ARCHITECTURE.md, "Retention").
+//! one of them has yet to deliver is touched. On a replica the pass also stays below Raft's
+//! purge point and the drop below the current snapshot (`strata_raft::Shard::retention_pass`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strata_engine::retention::{PassReport, RetentionConfig};
-use strata_engine::{Engine, Position};
+use strata_engine::Position;
 use tokio::sync::watch;
 
+use crate::backend::Backend;
 use crate::clock::WallClock;
 
 /// Retention settings of a node.
@@ -122,29 +123,44 @@ impl Throttle {
 
 /// One pass now: rewrite, then drop the reclaimed prefix.
 pub async fn pass_once(
-    engine: &Arc<Engine>,
+    backend: &Backend,
     settings: &RetentionSettings,
     now_us: u64,
     bound: Position,
 ) -> Result<(PassReport, usize), strata_engine::Error> {
-    let retention = engine.retention().clone();
     let config = settings.engine.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        let mut throttle = Throttle {
-            bytes_per_sec: config.bytes_per_sec,
-            owed: 0,
-        };
-        retention.pass(&config, now_us, bound, &mut |n| throttle.pace(n))
-    })
-    .await
-    .map_err(|e| strata_engine::Error::Unavailable(format!("retention task failed: {e}")))??;
-    let dropped = engine.drop_reclaimed().await?;
-    Ok((report, dropped))
+    let mut throttle = Throttle {
+        bytes_per_sec: config.bytes_per_sec,
+        owed: 0,
+    };
+    let failed = |e: tokio::task::JoinError| {
+        strata_engine::Error::Unavailable(format!("retention task failed: {e}"))
+    };
+    match backend {
+        Backend::Single(engine) => {
+            let retention = engine.retention().clone();
+            let report = tokio::task::spawn_blocking(move || {
+                retention.pass(&config, now_us, bound, &mut |n| throttle.pace(n))
+            })
+            .await
+            .map_err(failed)??;
+            let dropped = engine.drop_reclaimed().await?;
+            Ok((report, dropped))
+        }
+        Backend::Replicated(replica) => {
+            let shard = replica.shard().clone();
+            tokio::task::spawn_blocking(move || {
+                shard.retention_pass(&config, now_us, bound, &mut |n| throttle.pace(n))
+            })
+            .await
+            .map_err(failed)?
+        }
+    }
 }
 
 /// Runs passes every `settings.interval` until `stop` turns true.
 pub async fn run(
-    engine: Arc<Engine>,
+    backend: Backend,
     settings: RetentionSettings,
     clock: Arc<dyn WallClock>,
     pins: Pins,
@@ -158,7 +174,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => return,
         }
         let bound = pins.lowest();
-        match pass_once(&engine, &settings, clock.now_us(), bound).await {
+        match pass_once(&backend, &settings, clock.now_us(), bound).await {
             Ok((report, dropped)) => {
                 stats.passes.fetch_add(1, Ordering::Relaxed);
                 stats

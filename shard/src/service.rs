@@ -32,7 +32,7 @@ pub struct ServiceConfig {
     pub subscription_buffer_records_max: usize,
     /// How long a subscriber may leave its buffer full before it is cut off. Default 10 s.
     pub subscription_stall_timeout: std::time::Duration,
-    /// Retention (single-node shards).
+    /// Retention of dead events.
     pub retention: RetentionSettings,
 }
 

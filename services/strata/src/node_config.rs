@@ -12,7 +12,7 @@
 //! subscription_buffer_records_max = 256    # --subscription-buffer-records-max
 //! subscription_stall_timeout_ms = 10000    # --subscription-stall-timeout-ms
 //!
-//! # Retention (single-node shards; see docs/ARCHITECTURE.md "Retention")
+//! # Retention (see docs/ARCHITECTURE.md "Retention")
 //! retention = true                    # --retention true|false
 //! retention_interval_ms = 60000       # --retention-interval-ms
 //! retention_as_of_window_s = 3600     # --retention-as-of-window-s (as-of reads stay exact)

@@ -423,8 +423,9 @@ async fn check_replicas(cluster: &Cluster, acked: &BTreeMap<String, Vec<u128>>) 
 }
 
 /// Stops every node and compares their committed logs record by record (all but the header's
-/// local fields).
-fn check_logs_identical(cluster: &mut Cluster) {
+/// local fields). With `reclaimed`, replicas may each have reclaimed dead entries (retention):
+/// then only the entries all of them still hold are compared, and where the logs end.
+fn check_logs_identical(cluster: &mut Cluster, reclaimed: bool) {
     for n in cluster.nodes.values_mut() {
         n.stop();
     }
@@ -451,25 +452,43 @@ fn check_logs_identical(cluster: &mut Cluster) {
         .unwrap();
         logs.push((n.id, shard.replicated_entries(0, u64::MAX).unwrap()));
     }
-    let (first_id, first) = &logs[0];
+    // Each replica purges entries behind its own snapshots and reclaims dead ones on its own
+    // clock: the entries every replica still holds must be byte-identical, and every log must
+    // end at the same entry.
+    let held: Vec<BTreeMap<u64, &Vec<u8>>> = logs
+        .iter()
+        .map(|(_, log)| log.iter().map(|(seq, b)| (*seq, b)).collect())
+        .collect();
+    let (first_id, first) = (&logs[0].0, &held[0]);
+    let common: Vec<u64> = first
+        .keys()
+        .copied()
+        .filter(|seq| held.iter().all(|h| h.contains_key(seq)))
+        .collect();
     assert!(
-        first.len() > 10,
-        "the logs hold only {} entries",
-        first.len()
+        common.len() > 10,
+        "the logs hold only {} entries in common",
+        common.len()
     );
-    for (id, log) in &logs[1..] {
+    for ((id, _), log) in logs.iter().zip(&held).skip(1) {
+        if !reclaimed {
+            assert_eq!(
+                log.len(),
+                first.len(),
+                "node {id} has {} committed entries, node {first_id} {}",
+                log.len(),
+                first.len()
+            );
+        }
         assert_eq!(
-            log.len(),
-            first.len(),
-            "node {id} has {} committed entries, node {first_id} {}",
-            log.len(),
-            first.len()
+            log.keys().last(),
+            first.keys().last(),
+            "node {id} ends at another entry than node {first_id}"
         );
-        for ((s1, b1), (s2, b2)) in first.iter().zip(log) {
-            assert_eq!(s1, s2);
+        for seq in &common {
             assert!(
-                b1 == b2,
-                "entry {s1} differs between node {first_id} and node {id}"
+                log[seq] == first[seq],
+                "entry {seq} differs between node {first_id} and node {id}"
             );
         }
     }
@@ -647,7 +666,7 @@ async fn failover_restart_and_snapshot_rejoin_lose_nothing() {
         "the wiped node did not install a snapshot:\n{}",
         cluster.nodes[&wiped].log_tail()
     );
-    check_logs_identical(&mut cluster);
+    check_logs_identical(&mut cluster, false);
     // Reopening removed the generations snapshots replaced: only CURRENT's is left.
     let current = std::fs::read_to_string(wiped_dir.join("CURRENT")).unwrap();
     let gens: Vec<String> = std::fs::read_dir(&wiped_dir)
@@ -799,7 +818,7 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
             .events;
         assert!(events.is_empty(), "node {id} kept an uncommitted write");
     }
-    check_logs_identical(&mut cluster);
+    check_logs_identical(&mut cluster, false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -932,7 +951,7 @@ async fn membership_grows_and_shrinks_under_writes_without_a_failed_operation() 
     let acked = acked.lock().unwrap().clone();
     check_replicas(&cluster, &acked).await;
     cluster.nodes.remove(&4);
-    check_logs_identical(&mut cluster);
+    check_logs_identical(&mut cluster, false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1005,4 +1024,132 @@ async fn deletion_snapshots_and_closed_timestamps_hold_across_a_leader_change() 
     let again = c.read_all(read_all(now)).await.unwrap().into_inner();
     let ids = |r: &pb::ReadAllResponse| r.events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&first), ids(&again));
+}
+
+/// Bytes the segment files under `dir` (in any `log/` directory) have allocated on disk: holes
+/// take none.
+fn log_allocated_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let in_log = dir.file_name().is_some_and(|n| n == "log");
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => log_allocated_bytes(&e.path()),
+            _ if in_log => e.metadata().map_or(0, |m| m.blocks() * 512),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_reclaims_on_every_replica_and_a_wiped_follower_rejoins() {
+    let _serial = SERIAL.lock().await;
+    let mut args = small_log_args();
+    args.extend(
+        [
+            "--retention-interval-ms",
+            "200",
+            "--retention-as-of-window-s",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let mut cluster = Cluster::new(3, false, args);
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    cluster.start_all().await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let mut c = StreamsClient::new(channel(&cluster.addr(leader)).await.unwrap());
+    c.set_stream_metadata(pb::SetStreamMetadataRequest {
+        stream: "hot".into(),
+        metadata: Some(pb::StreamMetadata {
+            max_age_us: None,
+            max_count: Some(10),
+            truncate_before: None,
+        }),
+        expected_metadata_version: None,
+    })
+    .await
+    .unwrap();
+    let payload = "x".repeat(8000);
+    let mut keep = Vec::new();
+    for i in 1..=1500u128 {
+        let request = if i % 100 == 0 {
+            keep.push(i);
+            pb::AppendRequest {
+                stream: "keep".into(),
+                expected: None,
+                events: vec![event(i, "{}")],
+            }
+        } else {
+            pb::AppendRequest {
+                stream: "hot".into(),
+                expected: None,
+                events: vec![event(i, &payload)],
+            }
+        };
+        c.append(request).await.unwrap();
+    }
+    let written = 1485 * 8000u64; // the "hot" events
+    cluster.converge().await;
+    // Every replica reclaims on its own (below its purge point and its snapshot).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sizes: Vec<u64> = cluster
+            .nodes
+            .values()
+            .map(|n| log_allocated_bytes(&n.data))
+            .collect();
+        if sizes.iter().all(|s| *s * 2 < written) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas still hold {sizes:?} bytes after {written} bytes of mostly dead events"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let read = |stream: &str| pb::ReadRequest {
+        stream: stream.into(),
+        from_version: None,
+        direction: 0,
+        limit: 4096,
+        consistency: pb::Consistency::Follower as i32,
+        as_of: None,
+    };
+    let view = |events: Vec<pb::RecordedEvent>| {
+        events
+            .into_iter()
+            .map(|e| (e.version, e.id))
+            .collect::<Vec<_>>()
+    };
+    // ("hot", "keep") as (version, id) pairs, as the first node answered.
+    type Streams = (Vec<(u64, String)>, Vec<(u64, String)>);
+    let mut first: Option<Streams> = None;
+    for id in cluster.live() {
+        let mut c = StreamsClient::new(channel(&cluster.addr(id)).await.unwrap());
+        let hot = view(c.read(read("hot")).await.unwrap().into_inner().events);
+        let kept = view(c.read(read("keep")).await.unwrap().into_inner().events);
+        assert_eq!(hot.len(), 10, "node {id}");
+        assert_eq!(kept.len(), keep.len(), "node {id}");
+        match &first {
+            None => first = Some((hot, kept)),
+            Some(f) => assert_eq!(f, &(hot, kept), "node {id} differs"),
+        }
+    }
+    // A follower that loses its disk rejoins by snapshot from a log with holes.
+    let follower = cluster.live().into_iter().find(|id| *id != leader).unwrap();
+    cluster.nodes.get_mut(&follower).unwrap().kill();
+    std::fs::remove_dir_all(&cluster.nodes[&follower].data).unwrap();
+    cluster.nodes.get_mut(&follower).unwrap().start();
+    cluster.wait_up(follower).await;
+    cluster.converge().await;
+    let mut c = StreamsClient::new(channel(&cluster.addr(follower)).await.unwrap());
+    let hot = view(c.read(read("hot")).await.unwrap().into_inner().events);
+    let kept = view(c.read(read("keep")).await.unwrap().into_inner().events);
+    assert_eq!(first, Some((hot, kept)), "the rejoined follower differs");
+    check_logs_identical(&mut cluster, true);
 }
