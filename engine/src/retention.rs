@@ -474,6 +474,11 @@ impl crate::store::Store {
 }
 
 impl Reader {
+    /// As-of reads at times before this are refused here (0: nothing reclaimed yet).
+    pub fn retention_horizon_us(&self) -> u64 {
+        self.reclaimed.horizon_us()
+    }
+
     /// Whether `segment` is sealed and holds nothing but reclaimed records (a snapshot need
     /// not list it; retention may drop it).
     pub fn is_segment_reclaimed(&self, segment: &Segment) -> bool {

@@ -724,8 +724,11 @@ fn as_of_timestamps(
                 continue;
             };
             let reader = replica.shard().reader();
-            // Only nodes that hold the whole final log answer for it.
-            if reader.position_at_or_after(newest).ok().flatten().is_none() {
+            // Only nodes that hold the whole final log answer for it; reads before a node's
+            // retention horizon are refused there, by design.
+            if reader.position_at_or_after(newest).ok().flatten().is_none()
+                || t < reader.retention_horizon_us()
+            {
                 continue;
             }
             for stream in STREAMS {
@@ -758,6 +761,118 @@ fn as_of_timestamps(
                     });
                 }
             }
+        }
+    }
+    out
+}
+
+/// Retention passes on every running node every 300–900 ms of simulated time until `until`,
+/// under the run's faults (a pass that fails — a crash, a full disk — is retried next time).
+async fn janitor(cluster: Cluster, faults: FaultLog, until: Instant) {
+    let config = strata_engine::retention::RetentionConfig {
+        as_of_window_us: 2_000_000,
+        rewrite_dead_fraction: 0.3,
+        bytes_per_sec: u64::MAX,
+    };
+    while Instant::now() < until {
+        tokio::time::sleep(cluster.rng().millis(300, 900)).await;
+        for id in cluster.up_ids() {
+            let Some(replica) = cluster.replica(id) else {
+                continue;
+            };
+            let now = cluster.wall_clock_us(id);
+            match replica
+                .shard()
+                .retention_pass(&config, now, u64::MAX, &mut |_| {})
+            {
+                Ok((report, dropped)) if report.segments_rewritten > 0 || dropped > 0 => {
+                    faults.note(
+                        &cluster,
+                        "retention",
+                        format!(
+                            "n{id}: {} segments rewritten, {dropped} dropped, {} bytes",
+                            report.segments_rewritten, report.bytes_reclaimed
+                        ),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => cluster
+                    .trace()
+                    .log(format!("n{id}: retention pass failed: {e}")),
+            }
+        }
+    }
+}
+
+/// After a run with retention: every running member that applied the whole log shows the
+/// reclaimable stream the same way — its newest `RECLAIMABLE_KEEP` versions, contiguous and
+/// ending at its head — whatever each node reclaimed.
+fn check_reclaimable(
+    cluster: &Cluster,
+    tainted: &BTreeSet<NodeId>,
+    stamps: &[(u64, u64)],
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let newest = stamps.iter().map(|(_, t)| *t).max().unwrap_or(0);
+    let mut first: Option<(NodeId, Vec<(u64, String)>)> = None;
+    for id in cluster
+        .up_ids()
+        .into_iter()
+        .filter(|id| !tainted.contains(id))
+    {
+        let Some(replica) = cluster.replica(id) else {
+            continue;
+        };
+        let reader = replica.shard().reader();
+        if reader.position_at_or_after(newest).ok().flatten().is_none() {
+            continue;
+        }
+        let stream = workload::RECLAIMABLE;
+        let seen = reader
+            .read_stream_visible(
+                stream,
+                None,
+                Direction::Forwards,
+                reader.limits().read_events_max,
+                None,
+                cluster.wall_clock_us(id),
+            )
+            .and_then(|events| Ok((events, reader.stream_version(stream)?)));
+        let (events, head) = match seen {
+            Ok(seen) => seen,
+            Err(e) => {
+                out.push(Violation {
+                    property: "reclaimed streams read the same everywhere",
+                    detail: format!("n{id}: reading {stream}: {e}"),
+                });
+                continue;
+            }
+        };
+        let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+        let want: Vec<u64> = match head {
+            Some(h) => (h + 1).saturating_sub(workload::RECLAIMABLE_KEEP)..=h,
+            None => 1..=0,
+        }
+        .collect();
+        if versions != want {
+            out.push(Violation {
+                property: "reclaimed streams read the same everywhere",
+                detail: format!(
+                    "n{id}: {stream} shows versions {versions:?}, its metadata keeps {want:?}"
+                ),
+            });
+        }
+        let view: Vec<(u64, String)> = events
+            .iter()
+            .map(|e| (e.version, e.id.to_string()))
+            .collect();
+        match &first {
+            None => first = Some((id, view)),
+            Some((other, seen)) if *seen != view => out.push(Violation {
+                property: "reclaimed streams read the same everywhere",
+                detail: format!("{stream} differs between n{other} and n{id}"),
+            }),
+            Some(_) => {}
         }
     }
     out
@@ -836,6 +951,21 @@ async fn simulate(config: RunConfig) -> RunReport {
         )));
     }
     let faults = FaultLog::default();
+    // One seed in four also runs retention (no draw from the seed's generator decides it, so
+    // the other seeds run exactly as before).
+    let retention = config.seed % 4 == 0;
+    if retention {
+        trace.log("retention: on (a reclaimable stream, passes on every node)");
+        tasks.push(tokio::spawn(workload::reclaimable_writer(
+            cluster.clone(),
+            safety_end,
+        )));
+        tasks.push(tokio::spawn(janitor(
+            cluster.clone(),
+            faults.clone(),
+            safety_end,
+        )));
+    }
     let _ = tokio::spawn(nemesis(
         cluster.clone(),
         config.faults,
@@ -905,6 +1035,9 @@ async fn simulate(config: RunConfig) -> RunReport {
                     &stamps,
                     &places,
                 ));
+                if retention {
+                    found.extend(check_reclaimable(&cluster, &tainted_now, &stamps));
+                }
                 for v in found {
                     violations.add(&cluster, v.property, v.detail);
                 }

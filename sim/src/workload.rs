@@ -206,6 +206,61 @@ pub async fn client(
     }
 }
 
+/// The stream retention is allowed to reclaim from: it has max-count metadata, is written by
+/// [`reclaimable_writer`] (outside the checked history) and checked on its own after the run.
+pub const RECLAIMABLE: &str = "r";
+/// Events of [`RECLAIMABLE`] readers keep.
+pub const RECLAIMABLE_KEEP: u64 = 4;
+
+/// Gives [`RECLAIMABLE`] its metadata, then appends to it until `until` (results ignored: the
+/// stream is only checked for being the same on every replica and for its floor).
+pub async fn reclaimable_writer(cluster: Cluster, until: Instant) {
+    let meta = strata_engine::system::StreamMeta {
+        max_count: Some(RECLAIMABLE_KEEP),
+        ..Default::default()
+    };
+    let mut placed = false;
+    while Instant::now() < until {
+        tokio::time::sleep(cluster.rng().millis(5, 30)).await;
+        let Some(node) = pick_node(&cluster, None) else {
+            continue;
+        };
+        let Some(replica) = cluster.replica(node) else {
+            continue;
+        };
+        let (stream, event) = if placed {
+            (
+                RECLAIMABLE.to_string(),
+                NewEvent {
+                    id: event_id(&cluster),
+                    event_type: "filler".into(),
+                    data: Bytes::from(vec![b'x'; 600]),
+                    metadata: Bytes::new(),
+                },
+            )
+        } else {
+            (
+                strata_engine::system::meta_stream(RECLAIMABLE),
+                NewEvent {
+                    id: event_id(&cluster),
+                    event_type: strata_engine::system::METADATA_TYPE.into(),
+                    data: Bytes::from(meta.encode()),
+                    metadata: Bytes::new(),
+                },
+            )
+        };
+        let request = AppendRequest::single(
+            stream,
+            ExpectedVersion::Any,
+            vec![event],
+            cluster.wall_clock_us(node),
+        );
+        if let Ok(Ok(_)) = tokio::time::timeout(APPEND_PATIENCE, replica.append(request)).await {
+            placed = true;
+        }
+    }
+}
+
 /// Reads `stream` as of `position` on a random running node (which may lag: then it refuses).
 fn as_of_read(cluster: &Cluster, reads: &AsOfReads, stream: &str, position: u64) {
     let Some(node) = pick_node(cluster, None) else {
