@@ -2,7 +2,8 @@
 //! `--snapshot-every` events, then `ReadState` as of random past times, timed one at a time.
 //! Beside it, the same number of plain `Read`s of `--snapshot-every` events from random
 //! versions: what rebuilding a state between two snapshots costs without the snapshot lookup.
-//! Prints p50/p99/p99.9 of both and their ratio.
+//! Prints p50/p99/p99.9 of both and their ratio. Timing starts after a settle pause and an
+//! untimed warm-up.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,10 @@ pub struct BenchStateArgs {
     /// Seed of the random points (same seed, same points).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seconds to wait after loading before timing (the index's background compactions of
+    /// the load share the machine's cores with the reads otherwise).
+    #[arg(long, default_value_t = 10)]
+    settle_secs: u64,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -144,7 +149,27 @@ pub async fn run(args: BenchStateArgs) -> Result<(), Failure> {
     let load_started = Instant::now();
     let (first_ts, last_ts) = load(&mut client, &stream, &args).await?;
     let load_secs = load_started.elapsed().as_secs_f64();
+    eprintln!(
+        "loaded in {load_secs:.1} s; settling for {} s",
+        args.settle_secs
+    );
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let mut rng = Rng(args.seed.max(1));
+    // Warm-up: a tenth as many reads, untimed (page cache, connection, allocator).
+    for _ in 0..args.reads / 10 {
+        let t = first_ts + rng.below(last_ts - first_ts + 1);
+        client
+            .read_state(pb::ReadStateRequest {
+                stream: stream.clone(),
+                as_of: Some(pb::AsOf {
+                    point: Some(pb::as_of::Point::TimestampUs(t)),
+                }),
+                limit: 4096,
+                consistency: pb::Consistency::Linearizable as i32,
+            })
+            .await
+            .map_err(failed("ReadState"))?;
+    }
     let mut state_latencies = Vec::with_capacity(args.reads);
     let mut events_returned = 0u64;
     for _ in 0..args.reads {
