@@ -294,6 +294,7 @@ impl pb::streams_server::Streams for StreamsService {
                 pin: subscription
                     .all_from()
                     .map(|from| Arc::new(self.pins.pin(from))),
+                clock: self.clock.clone(),
                 source: match &self.backend {
                     Backend::Replicated(r) => {
                         let shard = r.shard().clone();

@@ -182,6 +182,7 @@ fn event(e: RecordedEvent) -> Result<pb::SubscribeResponse, Status> {
 async fn step(
     reader: &Reader,
     sub: &Subscription,
+    now_us: u64,
 ) -> Result<Vec<(Vec<RecordedEvent>, Cursor)>, Status> {
     let reader = reader.clone();
     let cursor = sub.cursor.clone();
@@ -190,11 +191,15 @@ async fn step(
         move || -> strata_engine::Result<Vec<(Vec<RecordedEvent>, Cursor)>> {
             match cursor {
                 Cursor::Stream { name, next_version } => {
-                    let events = reader.read_stream(
+                    // As a read would: versions below the stream's floor (its metadata) are
+                    // skipped; a tombstone ends the subscription.
+                    let events = reader.read_stream_visible(
                         &name,
                         Some(next_version),
                         Direction::Forwards,
                         READ_BATCH,
+                        None,
+                        now_us,
                     )?;
                     Ok(events
                         .into_iter()
@@ -294,6 +299,8 @@ pub struct Delivery {
     pub source: Option<ReaderSource>,
     /// For `$all`: holds retention below what is still to be delivered.
     pub pin: Option<Arc<crate::retention::Pin>>,
+    /// "Now" for stream metadata's max age.
+    pub clock: Arc<dyn crate::clock::WallClock>,
 }
 
 impl Delivery {
@@ -324,7 +331,7 @@ pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) 
             return;
         }
         end.borrow_and_update();
-        let units = match step(&reader, &sub).await {
+        let units = match step(&reader, &sub, delivery.clock.now_us()).await {
             Ok(units) => units,
             Err(status) => {
                 delivery.end(status);

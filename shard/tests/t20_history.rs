@@ -503,3 +503,57 @@ async fn retention_shrinks_the_log_while_writers_keep_appending() {
     node.stop().await;
     assert!(reading.await.unwrap() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_subscriptions_skip_hidden_versions_and_end_on_a_tombstone() {
+    let node = TestNode::start(ServiceConfig::default()).await;
+    let mut c = node.client().await;
+    let five: Vec<_> = (0..5).map(|_| event("", "{}")).collect();
+    c.append(append("sub", None, five)).await.unwrap();
+    c.set_stream_metadata(meta("sub", None, Some(3)))
+        .await
+        .unwrap();
+    let mut stream = c
+        .subscribe(pb::SubscribeRequest {
+            target: Some(pb::subscribe_request::Target::Stream("sub".into())),
+            start: None,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut versions = Vec::new();
+    loop {
+        match stream.message().await.unwrap().unwrap().item.unwrap() {
+            pb::subscribe_response::Item::Event(e) => versions.push(e.version),
+            pb::subscribe_response::Item::CaughtUp(_) => break,
+        }
+    }
+    assert_eq!(
+        versions,
+        [3, 4],
+        "versions below truncate_before are not delivered"
+    );
+    c.delete_stream(pb::DeleteStreamRequest {
+        stream: "sub".into(),
+        hard: true,
+        expected: None,
+    })
+    .await
+    .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .unwrap()
+    .expect("the subscription ends with a status");
+    assert_eq!(end.code(), Code::FailedPrecondition);
+    assert_eq!(kind(&end), "stream-deleted");
+    node.stop().await;
+}

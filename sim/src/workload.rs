@@ -206,6 +206,24 @@ pub async fn client(
     }
 }
 
+/// A node's simulated wall clock, for the shard code that asks for "now".
+struct NodeClock {
+    cluster: Cluster,
+    node: NodeId,
+}
+
+impl std::fmt::Debug for NodeClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeClock(n{})", self.node)
+    }
+}
+
+impl strata_shard::clock::WallClock for NodeClock {
+    fn now_us(&self) -> u64 {
+        self.cluster.wall_clock_us(self.node)
+    }
+}
+
 /// The stream retention is allowed to reclaim from: it has max-count metadata, is written by
 /// [`reclaimable_writer`] (outside the checked history) and checked on its own after the run.
 pub const RECLAIMABLE: &str = "r";
@@ -495,6 +513,10 @@ pub async fn subscriber(
                 fresh: Arc::new(move || fresh_shard.reader()),
             }),
             pin: None,
+            clock: Arc::new(NodeClock {
+                cluster: cluster.clone(),
+                node,
+            }),
         };
         let task = tokio::spawn(subscription::run(reader, sub, delivery));
         cluster.trace().log(format!(
