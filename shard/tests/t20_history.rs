@@ -523,11 +523,11 @@ async fn stream_subscriptions_skip_hidden_versions_and_end_on_a_tombstone() {
         .unwrap()
         .into_inner();
     let mut versions = Vec::new();
-    loop {
-        match stream.message().await.unwrap().unwrap().item.unwrap() {
-            pb::subscribe_response::Item::Event(e) => versions.push(e.version),
-            pb::subscribe_response::Item::CaughtUp(_) => break,
-        }
+    // Events until the caught-up marker.
+    while let pb::subscribe_response::Item::Event(e) =
+        stream.message().await.unwrap().unwrap().item.unwrap()
+    {
+        versions.push(e.version);
     }
     assert_eq!(
         versions,
