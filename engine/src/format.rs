@@ -442,6 +442,32 @@ pub fn u64_at(buf: &[u8], at: usize) -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_hole_is_a_valid_frame_once_its_zeros_follow() {
+        let header = RecordHeader {
+            position: 4096,
+            seq: 7,
+            synced_end: 0,
+            timestamp_us: 99,
+            term: 2,
+            leader: 1,
+        };
+        for len in [HOLE_PREFIX_BYTES, 5000, 70_000] {
+            let mut frame = hole_prefix(header, 3, 1234, len);
+            frame.resize(len, 0);
+            assert_eq!(check_frame(&frame, 1 << 20), FrameCheck::Valid(len));
+            assert_eq!(read_kind(&frame), KIND_HOLE);
+            assert_eq!(read_header(&frame), header);
+            assert_eq!((records_in(&frame), hole_horizon(&frame)), (3, 1234));
+            assert!(decode_events(&Bytes::from(frame.clone()))
+                .unwrap()
+                .is_empty());
+            // Any changed byte, in the hole too, is damage.
+            frame[len - 1] ^= 1;
+            assert_eq!(check_frame(&frame, 1 << 20), FrameCheck::BadChecksum);
+        }
+    }
+
     fn sample(out: &mut Vec<u8>, position: u64) -> Vec<EventSlot> {
         let events = [
             EventFields {
