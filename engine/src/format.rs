@@ -208,16 +208,20 @@ pub fn hole_prefix(
     let len = (frame_len - FRAME_BYTES) as u32;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&out[FRAME_BYTES..]);
-    const ZEROS: [u8; 4096] = [0; 4096];
-    let mut left = frame_len - HOLE_PREFIX_BYTES;
-    while left > 0 {
-        let n = left.min(ZEROS.len());
-        crc.update(&ZEROS[..n]);
-        left -= n;
-    }
+    crc_zeros(&mut crc, frame_len - HOLE_PREFIX_BYTES);
     out[0..4].copy_from_slice(&len.to_le_bytes());
     out[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
     out
+}
+
+/// Feeds `n` zero bytes (a hole's body) to a CRC.
+pub fn crc_zeros(crc: &mut crc32fast::Hasher, mut n: usize) {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    while n > 0 {
+        let k = n.min(ZEROS.len());
+        crc.update(&ZEROS[..k]);
+        n -= k;
+    }
 }
 
 /// How many records a frame already checked by [`check_frame`] stands for: one, or a hole's

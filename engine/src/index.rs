@@ -7,7 +7,8 @@
 //! "t" timestamp_us: u64 BE position: u64 BE -> {}                                 time index
 //! "q" seq: u64 BE                    -> { position: u64 }          Raft index (replicas only)
 //! "r" name                           -> opaque                                   Raft state
-//! "h" start: u64 BE                  -> { end: u64 }   a range of the log retention reclaimed
+//! "h" start: u64 BE                  -> { end: u64 | horizon_us: u64 }  a range of the log
+//!                                       retention reclaimed, and the as-of horizon it set
 //! ```
 //! Values are little-endian. Stream names hold no control characters, so `0x00` ends a name
 //! and keys of one stream sort by version. The checkpoint is written in the same atomic batch
@@ -219,21 +220,15 @@ impl Index {
         let found = self
             .store
             .scan(&time_key(timestamp_us, 0), b"u", false, 1)?;
-        Ok(found.first().map(|(k, _)| {
-            let mut ts = [0u8; 8];
-            ts.copy_from_slice(&k[1..9]);
-            (u64::from_be_bytes(ts), u64::from_be_bytes(tail8(k)))
-        }))
+        Ok(found
+            .first()
+            .map(|(k, _)| (time_key_timestamp(k), u64::from_be_bytes(tail8(k)))))
     }
 
     /// The largest timestamp in the time index.
     pub fn last_timestamp(&self) -> Result<Option<u64>> {
         let found = self.store.scan(&time_key(0, 0), b"u", true, 1)?;
-        Ok(found.first().map(|(k, _)| {
-            let mut ts = [0u8; 8];
-            ts.copy_from_slice(&k[1..9]);
-            u64::from_be_bytes(ts)
-        }))
+        Ok(found.first().map(|(k, _)| time_key_timestamp(k)))
     }
 
     /// Position of the indexed record with sequence number (Raft index) `seq`.
@@ -245,16 +240,16 @@ impl Index {
         }
     }
 
-    /// The ranges of the log retention reclaimed, `(start, end)`, in order.
-    pub fn reclaimed_ranges(&self) -> Result<Vec<(Position, Position)>> {
+    /// The ranges of the log retention reclaimed, `(start, end, horizon_us)`, in order.
+    pub fn reclaimed_ranges(&self) -> Result<Vec<(Position, Position, u64)>> {
         self.store
             .scan(&hole_key(0), b"i", false, usize::MAX)?
             .into_iter()
             .map(|(k, v)| {
-                if k.len() != 9 || v.len() != 8 {
+                if k.len() != 9 || v.len() != 16 {
                     return Err(corrupt_index("a reclaimed range"));
                 }
-                Ok((u64::from_be_bytes(tail8(&k)), u64_at(&v, 0)))
+                Ok((u64::from_be_bytes(tail8(&k)), u64_at(&v, 0), u64_at(&v, 8)))
             })
             .collect()
     }
@@ -281,6 +276,13 @@ fn stream_key_end(stream: &str) -> Vec<u8> {
     key.extend_from_slice(stream.as_bytes());
     key.push(1);
     key
+}
+
+/// The timestamp of a time index key (`"t"`, then the timestamp, then the position).
+fn time_key_timestamp(k: &[u8]) -> u64 {
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&k[1..9]);
+    u64::from_be_bytes(ts)
 }
 
 fn tail8(k: &[u8]) -> [u8; 8] {
@@ -364,9 +366,22 @@ pub fn remove_record(
     }
 }
 
-/// Records that `[start, end)` of the log was reclaimed (a hole record stands there).
-pub fn add_hole(batch: &mut IndexBatch, start: Position, end: Position) {
-    batch.put(hole_key(start), end.to_le_bytes().to_vec());
+/// Records that `[start, end)` of the log was reclaimed (a hole record stands there) by a
+/// retention pass that set the as-of horizon `horizon_us`.
+pub fn add_hole(batch: &mut IndexBatch, start: Position, end: Position, horizon_us: u64) {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&end.to_le_bytes());
+    v.extend_from_slice(&horizon_us.to_le_bytes());
+    batch.put(hole_key(start), v);
+}
+
+/// [`add_hole`] for the record frame at `position` when it is a hole (a log being indexed
+/// from its records, or a copy of another replica's); nothing for any other record.
+pub fn add_if_hole(batch: &mut IndexBatch, position: Position, frame: &[u8]) {
+    if crate::format::read_kind(frame) == crate::format::KIND_HOLE {
+        let end = position + frame.len() as u64;
+        add_hole(batch, position, end, crate::format::hole_horizon(frame));
+    }
 }
 
 /// Sets the checkpoint.

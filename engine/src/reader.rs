@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::event::{Direction, Position, Record, RecordedEvent};
 use crate::format;
 use crate::index::Index;
-use crate::log::LogReader;
+use crate::log::{LogReader, RawRecord};
 use crate::validate::validate_stream_name;
 
 /// A batch of records read from the whole log.
@@ -87,18 +87,13 @@ impl Reader {
                     ));
                 } else {
                     // The record at `p` is in: the prefix ends where the next one starts.
-                    let at = self.log.normalize(p);
-                    if !self.is_record_position(at)? {
+                    let Some((record, next)) = self.record_at(self.log.normalize(p))? else {
                         return Err(Error::invalid(
                             "as_of_position",
                             format!("{p} is not the position of a record in this log"),
                         ));
-                    }
-                    let (record, next) = self.log.scan(at, end, 1, 1)?;
-                    if record
-                        .first()
-                        .is_some_and(|r| r.header.timestamp_us < self.reclaimed.horizon_us())
-                    {
+                    };
+                    if record.header.timestamp_us < self.reclaimed.horizon_us() {
                         return Err(self.before_horizon("as_of_position", p));
                     }
                     next
@@ -112,6 +107,14 @@ impl Reader {
                 None => end,
             },
         })
+    }
+
+    /// The end of the prefix `as_of` sees (`None`: the whole visible log).
+    pub(crate) fn end_of(&self, as_of: Option<AsOf>) -> Result<Position> {
+        match as_of {
+            Some(point) => self.as_of_end(point),
+            None => Ok(self.log.end()),
+        }
     }
 
     fn before_horizon(&self, field: &str, point: u64) -> Error {
@@ -191,10 +194,7 @@ impl Reader {
                 max: self.limits.read_events_max as u64,
             });
         }
-        let end = match as_of {
-            Some(point) => self.as_of_end(point)?,
-            None => self.log.end(),
-        };
+        let end = self.end_of(as_of)?;
         // The stream's last version visible as of the point.
         let last = match as_of {
             Some(AsOf::Version(v)) => Some(v),
@@ -331,24 +331,32 @@ impl Reader {
     /// Whether a record starts at `position`: an intact frame is there and the stream index
     /// places its first event there. (A frame forged inside some event's data fails this.)
     pub fn is_record_position(&self, position: Position) -> Result<bool> {
+        Ok(self.record_at(position)?.is_some())
+    }
+
+    /// The record starting at `position` (as [`Reader::is_record_position`] decides) and the
+    /// position after it.
+    fn record_at(&self, position: Position) -> Result<Option<(RawRecord, Position)>> {
         let end = self.log.end();
         if position >= end {
-            return Ok(false);
+            return Ok(None);
         }
-        let Ok((raw, _)) = self.log.scan(position, end, 1, 1) else {
-            return Ok(false);
+        let Ok((mut raw, next)) = self.log.scan(position, end, 1, 1) else {
+            return Ok(None);
         };
-        let Some(record) = raw.first() else {
-            return Ok(false);
+        let Some(record) = raw.pop() else {
+            return Ok(None);
         };
         let Ok(events) = format::decode_events_with_slots(&record.frame) else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some((first, _)) = events.first() else {
-            return Ok(false);
+            return Ok(None);
         };
         let indexed = self.index.stream_slot(&first.stream, first.version)?;
-        Ok(record.header.position == position && indexed.is_some_and(|s| s.position == position))
+        let here =
+            record.header.position == position && indexed.is_some_and(|s| s.position == position);
+        Ok(here.then_some((record, next)))
     }
 
     /// The last version of a stream, or `None` if it has no events.

@@ -48,9 +48,6 @@ use crate::segment::Footer;
 use crate::system::{self, SystemStream};
 use crate::views::StreamInfo;
 
-/// Index meta key of the as-of horizon (also recorded in every hole, so a rebuilt index has it).
-pub const HORIZON_META: &str = "retention_horizon_us";
-
 /// Settings of retention.
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
@@ -86,7 +83,8 @@ pub struct PassReport {
     pub horizon_us: u64,
 }
 
-/// The reclaimed ranges of the log and the as-of horizon, shared by every reader.
+/// The reclaimed ranges of the log and the as-of horizon (the latest any of them set), shared
+/// by every reader.
 #[derive(Debug, Default)]
 pub struct Reclaimed {
     ranges: RwLock<BTreeMap<Position, Position>>,
@@ -97,24 +95,17 @@ impl Reclaimed {
     /// Loads what the index records.
     pub(crate) fn load(&self, index: &Index) -> Result<()> {
         let ranges = index.reclaimed_ranges()?;
+        let horizon = ranges.iter().map(|(_, _, h)| *h).max().unwrap_or(0);
         let mut map = self.ranges.write().unwrap_or_else(|p| p.into_inner());
         map.clear();
-        map.extend(ranges);
-        let horizon = match index.meta(HORIZON_META)? {
-            Some(v) if v.len() == 8 => format::u64_at(&v, 0),
-            Some(_) => return Err(Error::Index("malformed retention horizon".into())),
-            None => 0,
-        };
+        map.extend(ranges.into_iter().map(|(start, end, _)| (start, end)));
         self.horizon_us.store(horizon, Ordering::Release);
         Ok(())
     }
 
     /// Whether the record or event at `position` was reclaimed.
     pub fn contains(&self, position: Position) -> bool {
-        let map = self.ranges.read().unwrap_or_else(|p| p.into_inner());
-        map.range(..=position)
-            .next_back()
-            .is_some_and(|(_, end)| position < *end)
+        self.end_of(position) > position
     }
 
     /// The end of the reclaimed range holding `position` (`position` if none does).
@@ -122,8 +113,7 @@ impl Reclaimed {
         let map = self.ranges.read().unwrap_or_else(|p| p.into_inner());
         map.range(..=position)
             .next_back()
-            .filter(|(_, end)| position < **end)
-            .map_or(position, |(_, end)| *end)
+            .map_or(position, |(_, end)| (*end).max(position))
     }
 
     /// Whether all of `[start, end)` was reclaimed.
@@ -173,6 +163,8 @@ struct Judge<'a> {
     window_start: u64,
     now_us: u64,
     streams: HashMap<String, (StreamInfo, StreamInfo)>,
+    /// `$closed`'s last version, once asked.
+    closed_head: Option<Option<u64>>,
 }
 
 impl Judge<'_> {
@@ -194,7 +186,12 @@ impl Judge<'_> {
     fn dead(&mut self, e: &RecordedEvent) -> Result<bool> {
         match system::parse(&e.stream) {
             Some(SystemStream::Closed) => {
-                let head = self.reader.stream_version(system::CLOSED_STREAM)?;
+                let head = match self.closed_head {
+                    Some(head) => head,
+                    None => *self
+                        .closed_head
+                        .insert(self.reader.stream_version(system::CLOSED_STREAM)?),
+                };
                 Ok(head.is_some_and(|h| e.version < h) && e.timestamp_us < self.window_start)
             }
             Some(SystemStream::Meta(s) | SystemStream::Snapshot(s)) => {
@@ -247,14 +244,11 @@ impl Retention {
             .max(reclaimed.horizon_us());
         let mut report = PassReport::default();
         let segments = self.reader.segments();
-        for segment in segments.iter().filter(|s| s.footer.is_some()) {
-            let Some(footer) = segment.footer else {
-                continue;
-            };
+        for (segment, footer) in segments.iter().filter_map(|s| Some((s, s.footer?))) {
             if footer.records_end + SEGMENT_FOOTER_BYTES > bound {
                 break;
             }
-            if reclaimed.covers(segment.records_start(), footer.records_end) {
+            if self.reader.is_segment_reclaimed(segment) {
                 continue;
             }
             report.segments_examined += 1;
@@ -263,6 +257,7 @@ impl Retention {
                 window_start,
                 now_us,
                 streams: HashMap::new(),
+                closed_head: None,
             };
             let plan = self.plan(segment, footer.records_end, &mut judge, pace)?;
             let total: u64 = plan.iter().map(|p| p.len).sum();
@@ -391,7 +386,7 @@ impl Retention {
             file.write_all_at(&prefix, offset)
                 .map_err(io("writing", &tmp))?;
             crc.update(&prefix);
-            update_zeros(&mut crc, len as usize - HOLE_PREFIX_BYTES);
+            format::crc_zeros(&mut crc, len as usize - HOLE_PREFIX_BYTES);
             runs.push((p.header.position, p.header.position + len));
             pace(HOLE_PREFIX_BYTES as u64);
             i = j;
@@ -412,9 +407,8 @@ impl Retention {
         // events that are dead anyway.
         let mut batch = IndexBatch::default();
         for (start, end) in &runs {
-            index::add_hole(&mut batch, *start, *end);
+            index::add_hole(&mut batch, *start, *end, horizon);
         }
-        index::set_meta(&mut batch, HORIZON_META, horizon.to_le_bytes().to_vec());
         self.reader.index.write(batch, true)?;
         self.reader.reclaimed.add(&runs, horizon);
         self.fs
@@ -438,41 +432,6 @@ impl Retention {
     }
 }
 
-/// Feeds `n` zero bytes to a CRC.
-fn update_zeros(crc: &mut crc32fast::Hasher, mut n: usize) {
-    const ZEROS: [u8; 4096] = [0; 4096];
-    while n > 0 {
-        let k = n.min(ZEROS.len());
-        crc.update(&ZEROS[..k]);
-        n -= k;
-    }
-}
-
-impl crate::store::Store {
-    /// Retention over this store, to run beside it.
-    pub fn retention(&self) -> Retention {
-        Retention::new(self.reader().clone(), self.log_fs(), &self.log_dir())
-    }
-
-    /// Drops the prefix of sealed segments that hold nothing but reclaimed records and end at
-    /// or before `limit`. Returns how many segments went.
-    pub fn drop_reclaimed(&mut self, limit: Position) -> Result<usize> {
-        let mut before = None;
-        for segment in self.reader().segments() {
-            let Some(footer) = segment.footer else { break };
-            let end = footer.records_end + SEGMENT_FOOTER_BYTES;
-            if end > limit || !self.reader().is_segment_reclaimed(&segment) {
-                break;
-            }
-            before = Some(end);
-        }
-        match before {
-            Some(before) => self.drop_prefix(before),
-            None => Ok(0),
-        }
-    }
-}
-
 impl Reader {
     /// As-of reads at times before this are refused here (0: nothing reclaimed yet).
     pub fn retention_horizon_us(&self) -> u64 {
@@ -486,13 +445,5 @@ impl Reader {
             self.reclaimed
                 .covers(segment.records_start(), f.records_end)
         })
-    }
-}
-
-impl crate::store::Store {
-    /// Reloads the reclaimed ranges and horizon from the index (after records were indexed
-    /// outside the store's own open, as a snapshot install does).
-    pub fn reload_reclaimed(&self) -> Result<()> {
-        self.reader().reclaimed.load(&self.reader().index)
     }
 }

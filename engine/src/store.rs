@@ -25,11 +25,10 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, SEGMENT_FOOTER_BYTES};
 use crate::error::{Error, Result};
 use crate::event::{
-    AppendRequest, AppendResult, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StreamAppendResult,
+    AppendRequest, AppendResult, NewEvent, Position, RecordedEvent, StreamAppendResult,
 };
 use crate::format::{self, EventFields, EventSlot, RecordHeader};
 use crate::fs::{FileHandle, FileSystem};
@@ -357,7 +356,7 @@ impl Store {
     ) -> Result<Store> {
         let store = Store::open_log(fs, dir, index_store, config, clock)?;
         store.catch_up_index()?;
-        store.reader.reclaimed.load(&store.reader.index)?;
+        store.reload_reclaimed()?;
         // The clock resumes past the newest timestamp: the index now covers every record.
         store.saw_timestamp(store.reader.index.last_timestamp()?.unwrap_or(0));
         store.reader.log.publish_end(store.log.next_position());
@@ -448,7 +447,6 @@ impl Store {
         let mut clear = from.is_none();
         let mut position = from.take().unwrap_or(0);
         let mut records = 0u64;
-        let mut horizon = 0u64;
         loop {
             let (raw, next) =
                 self.reader
@@ -469,11 +467,7 @@ impl Store {
                     r.header.timestamp_us,
                     &index::indexed_events(&events),
                 );
-                if format::read_kind(&r.frame) == format::KIND_HOLE {
-                    let end = r.header.position + r.frame.len() as u64;
-                    index::add_hole(&mut batch, r.header.position, end);
-                    horizon = horizon.max(format::hole_horizon(&r.frame));
-                }
+                index::add_if_hole(&mut batch, r.header.position, &r.frame);
                 last_seq = Some(r.header.seq + format::records_in(&r.frame) - 1);
             }
             records += raw.len() as u64;
@@ -490,19 +484,6 @@ impl Store {
                 }
             };
             index::set_checkpoint(&mut batch, checkpoint);
-            if horizon > 0 {
-                let known = match index.meta(crate::retention::HORIZON_META)? {
-                    Some(v) if v.len() == 8 => format::u64_at(&v, 0),
-                    _ => 0,
-                };
-                if horizon > known {
-                    index::set_meta(
-                        &mut batch,
-                        crate::retention::HORIZON_META,
-                        horizon.to_le_bytes().to_vec(),
-                    );
-                }
-            }
             index.write(batch, done)?;
             if done {
                 if records > 0 {
@@ -543,16 +524,33 @@ impl Store {
         }
     }
 
-    pub(crate) fn log_fs(&self) -> Arc<dyn crate::fs::FileSystem> {
-        self.log.fs().clone()
+    /// Retention over this store, to run beside it.
+    pub fn retention(&self) -> crate::retention::Retention {
+        crate::retention::Retention::new(self.reader.clone(), self.log.fs().clone(), self.log.dir())
     }
 
-    pub(crate) fn log_dir(&self) -> std::path::PathBuf {
-        self.log.dir().to_path_buf()
+    /// Drops the prefix of sealed segments that hold nothing but reclaimed records and end at
+    /// or before `limit`. Returns how many segments went.
+    pub fn drop_reclaimed(&mut self, limit: Position) -> Result<usize> {
+        let mut before = None;
+        for segment in self.reader.segments() {
+            let Some(footer) = segment.footer else { break };
+            let end = footer.records_end + SEGMENT_FOOTER_BYTES;
+            if end > limit || !self.reader.is_segment_reclaimed(&segment) {
+                break;
+            }
+            before = Some(end);
+        }
+        match before {
+            Some(before) => self.log.drop_prefix(before),
+            None => Ok(0),
+        }
     }
 
-    pub(crate) fn drop_prefix(&mut self, before: Position) -> Result<usize> {
-        self.log.drop_prefix(before)
+    /// Reloads the reclaimed ranges and horizon from the index (after records were indexed
+    /// outside the store's own open, as a snapshot install does).
+    pub fn reload_reclaimed(&self) -> Result<()> {
+        self.reader.reclaimed.load(&self.reader.index)
     }
 
     /// The read side, to share with readers.
@@ -763,9 +761,9 @@ impl Store {
         Ok(self.reader.index.stream_head(stream)?.map(|(v, _)| v))
     }
 
-    /// Whether `stream` has a tombstone: its `$deleted:` stream has an event, which is
-    /// always version 0 (the only append to it expects no stream), so the index is asked with
-    /// a point lookup (a bloom-filtered miss for nearly every stream) rather than a seek.
+    /// Whether `stream` has a tombstone written before the request being decided: in the
+    /// group being built, in flight, or indexed (a point lookup: a bloom-filtered miss for
+    /// nearly every stream).
     fn tombstoned(&self, stream: &str, current: &Effects) -> Result<bool> {
         let tombstone = crate::system::deleted_stream(stream);
         let pending = current.heads.contains_key(&tombstone)
@@ -773,7 +771,7 @@ impl Store {
             || lock(&self.inflight)
                 .iter()
                 .any(|e| e.heads.contains_key(&tombstone));
-        Ok(pending || self.reader.index.stream_slot(&tombstone, 0)?.is_some())
+        Ok(pending || self.reader.tombstoned_before(stream, Position::MAX)?)
     }
 
     fn position_of(
@@ -876,13 +874,7 @@ impl Store {
                 }
             }
             let current = self.stream_head(&part.stream, current)?;
-            let ok = match part.expected {
-                ExpectedVersion::Any => true,
-                ExpectedVersion::NoStream => current.is_none(),
-                ExpectedVersion::StreamExists => current.is_some(),
-                ExpectedVersion::Exact(v) => current == Some(v),
-            };
-            if !ok {
+            if !part.expected.matches(current) {
                 return Err(Error::WrongExpectedVersion {
                     stream: part.stream.clone(),
                     expected: part.expected.to_string(),

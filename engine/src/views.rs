@@ -51,14 +51,6 @@ pub struct State {
 }
 
 impl Reader {
-    /// The end of the prefix `as_of` sees (`None`: the whole visible log).
-    fn end_of(&self, as_of: Option<AsOf>) -> Result<Position> {
-        match as_of {
-            Some(point) => self.as_of_end(point),
-            None => Ok(self.end()),
-        }
-    }
-
     /// The last event of `stream` before `end`.
     fn last_event_before(&self, stream: &str, end: Position) -> Result<Option<RecordedEvent>> {
         let Some(version) = self.version_before(stream, end)? else {
@@ -82,15 +74,23 @@ impl Reader {
         as_of: Option<AsOf>,
         now_us: u64,
     ) -> Result<StreamInfo> {
+        Ok(self.stream_info_and_end(stream, as_of, now_us)?.0)
+    }
+
+    /// [`Reader::stream_info`] and the end of the prefix it was taken over.
+    fn stream_info_and_end(
+        &self,
+        stream: &str,
+        as_of: Option<AsOf>,
+        now_us: u64,
+    ) -> Result<(StreamInfo, Position)> {
         crate::validate::validate_stream_name("stream", stream, &self.limits)?;
         let end = self.end_of(as_of)?;
         let mut head = self.version_before(stream, end)?;
         if let (Some(AsOf::Version(v)), Some(h)) = (as_of, head) {
             head = Some(v.min(h));
         }
-        let hard_deleted = self
-            .version_before(&system::deleted_stream(stream), end)?
-            .is_some();
+        let hard_deleted = self.tombstoned_before(stream, end)?;
         let meta_event = self.last_event_before(&system::meta_stream(stream), end)?;
         let meta = match &meta_event {
             Some(e) => StreamMeta::decode(&e.data)?,
@@ -117,13 +117,40 @@ impl Reader {
                 meta.floor(h, young_from)
             }
         };
-        Ok(StreamInfo {
+        let info = StreamInfo {
             head,
             meta,
             meta_version: meta_event.map(|e| e.version),
             floor,
             hard_deleted,
-        })
+        };
+        Ok((info, end))
+    }
+
+    /// Whether `stream`'s tombstone lies before `end`. A tombstone is always version 0 of
+    /// `$deleted:S` (the only append to it expects no stream), so this is a point lookup.
+    pub(crate) fn tombstoned_before(&self, stream: &str, end: Position) -> Result<bool> {
+        Ok(self
+            .index
+            .stream_slot(&system::deleted_stream(stream), 0)?
+            .is_some_and(|s| s.position < end))
+    }
+
+    /// [`Reader::stream_info_and_end`] for a read of the stream's visible events: a
+    /// hard-deleted stream is an error.
+    fn readable_info(
+        &self,
+        stream: &str,
+        as_of: Option<AsOf>,
+        now_us: u64,
+    ) -> Result<(StreamInfo, Position)> {
+        let (info, end) = self.stream_info_and_end(stream, as_of, now_us)?;
+        if info.hard_deleted {
+            return Err(Error::StreamDeleted {
+                stream: stream.to_string(),
+            });
+        }
+        Ok((info, end))
     }
 
     /// The first version of `stream` stamped at or after `timestamp_us` (`head + 1` if none).
@@ -151,17 +178,18 @@ impl Reader {
         as_of: Option<AsOf>,
         now_us: u64,
     ) -> Result<Vec<RecordedEvent>> {
-        let info = self.stream_info(stream, as_of, now_us)?;
-        if info.hard_deleted {
-            return Err(Error::StreamDeleted {
-                stream: stream.to_string(),
-            });
-        }
+        let (info, _) = self.readable_info(stream, as_of, now_us)?;
+        let Some(head) = info.head else {
+            return Ok(Vec::new());
+        };
         let from = match direction {
             Direction::Forwards => Some(from.unwrap_or(0).max(info.floor)),
             Direction::Backwards => from,
         };
-        let mut events = self.read_stream_as_of(stream, from, direction, limit, as_of)?;
+        // Every version up to `head` lies before the point (it is the last one there), so
+        // reading as of that version is the same read without finding the point again.
+        let mut events =
+            self.read_stream_as_of(stream, from, direction, limit, Some(AsOf::Version(head)))?;
         events.retain(|e| e.version >= info.floor);
         Ok(events)
     }
@@ -175,13 +203,7 @@ impl Reader {
         limit: usize,
         now_us: u64,
     ) -> Result<State> {
-        let info = self.stream_info(stream, as_of, now_us)?;
-        if info.hard_deleted {
-            return Err(Error::StreamDeleted {
-                stream: stream.to_string(),
-            });
-        }
-        let end = self.end_of(as_of)?;
+        let (info, end) = self.readable_info(stream, as_of, now_us)?;
         let Some(version) = info.head.filter(|h| *h >= info.floor) else {
             return Ok(State {
                 snapshot: None,
@@ -195,9 +217,8 @@ impl Reader {
         let start = snapshot
             .as_ref()
             .map_or(info.floor, |(s, _)| (s.version + 1).max(info.floor));
-        // Every version up to `version` lies before the point (it is the last one there), so
-        // reading as of that version is the same read without finding it again.
-        let mut events = if start > version {
+        // As in `read_stream_visible`: as of `version`, the last one at the point.
+        let events = if start > version {
             Vec::new()
         } else {
             self.read_stream_as_of(
@@ -208,7 +229,6 @@ impl Reader {
                 Some(AsOf::Version(version)),
             )?
         };
-        events.retain(|e| e.version <= version);
         let complete = start > version || events.last().is_some_and(|e| e.version == version);
         let every = self.snapshot_every(stream, end)?;
         let since = snapshot
@@ -253,34 +273,24 @@ impl Reader {
     }
 
     /// Events between snapshots the policy asks for `stream` (0: none), as of `end`: the
-    /// policy with the longest matching prefix; a later policy for the same prefix wins.
+    /// policy with the longest matching prefix.
     pub fn snapshot_every(&self, stream: &str, end: Position) -> Result<u64> {
-        let policies = self.read_stream_as_of(
-            system::SETTINGS_STREAM,
-            None,
-            Direction::Forwards,
-            SNAPSHOT_POLICIES_MAX.min(self.limits.read_events_max),
-            None,
-        )?;
-        let mut best: Option<SnapshotPolicy> = None;
-        for e in policies.iter().filter(|e| e.position < end) {
-            if e.event_type != system::POLICY_TYPE {
-                continue;
-            }
-            let p = SnapshotPolicy::decode(&e.data)?;
-            if stream.starts_with(&p.prefix)
-                && best
-                    .as_ref()
-                    .is_none_or(|b| p.prefix.len() >= b.prefix.len())
-            {
-                best = Some(p);
-            }
-        }
-        Ok(best.map_or(0, |p| p.every))
+        Ok(self
+            .policies_before(end)?
+            .into_iter()
+            .filter(|p| stream.starts_with(&p.prefix))
+            .max_by_key(|p| p.prefix.len())
+            .map_or(0, |p| p.every))
     }
 
     /// The snapshot policies in force now, one per prefix.
     pub fn snapshot_policies(&self) -> Result<Vec<SnapshotPolicy>> {
+        self.policies_before(self.end())
+    }
+
+    /// The snapshot policies stored before `end`, one per prefix (the later one wins), by
+    /// prefix.
+    fn policies_before(&self, end: Position) -> Result<Vec<SnapshotPolicy>> {
         let events = self.read_stream_as_of(
             system::SETTINGS_STREAM,
             None,
@@ -291,7 +301,7 @@ impl Reader {
         let mut policies: Vec<SnapshotPolicy> = Vec::new();
         for e in events
             .iter()
-            .filter(|e| e.event_type == system::POLICY_TYPE)
+            .filter(|e| e.position < end && e.event_type == system::POLICY_TYPE)
         {
             let p = SnapshotPolicy::decode(&e.data)?;
             policies.retain(|q| q.prefix != p.prefix);

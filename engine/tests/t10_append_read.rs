@@ -27,16 +27,7 @@ fn append_read_reopen_across_segment_rolls() {
         positions.windows(2).all(|w| w[0] < w[1]),
         "positions increase"
     );
-    let segments = std::fs::read_dir(dir.path().join("log"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".log")
-        })
-        .count();
+    let segments = common::segment_files(dir.path());
     assert!(segments > 3, "small segments rolled: {segments}");
     let check = |engine: &Engine| {
         let reader = engine.reader();

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::event;
+use common::{event, segment_files};
 use strata_engine::clock::ManualClock;
 use strata_engine::fs::StdFs;
 use strata_engine::index_store::MemIndexStore;
@@ -50,17 +50,21 @@ fn disk_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn segment_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("log"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".log")
-        })
-        .count()
+/// Writes `stream`'s metadata (event id `id`, stamped `ts`).
+fn set_meta(store: &mut Store, stream: &str, meta: StreamMeta, id: u128, ts: u64) {
+    store
+        .commit(vec![AppendRequest::single(
+            system::meta_stream(stream),
+            ExpectedVersion::Any,
+            vec![NewEvent {
+                event_type: system::METADATA_TYPE.into(),
+                data: Bytes::from(meta.encode()),
+                ..event(id, "")
+            }],
+            ts,
+        )])
+        .remove(0)
+        .unwrap();
 }
 
 fn big(id: u128) -> NewEvent {
@@ -133,19 +137,7 @@ fn retention_reclaims_dead_events_and_keeps_everything_else_exact() {
         ..StreamMeta::default()
     };
     let meta_at = clock.get().1 + 1_000;
-    store
-        .commit(vec![AppendRequest::single(
-            system::meta_stream("old"),
-            ExpectedVersion::Any,
-            vec![NewEvent {
-                event_type: system::METADATA_TYPE.into(),
-                data: Bytes::from(meta.encode()),
-                ..event(999_999, "")
-            }],
-            meta_at,
-        )])
-        .remove(0)
-        .unwrap();
+    set_meta(&mut store, "old", meta, 999_999, meta_at);
     // Roll so every record so far is in a sealed segment.
     for _ in 0..70 {
         next(&mut store, "tail");
@@ -230,20 +222,7 @@ fn retention_reclaims_dead_events_and_keeps_everything_else_exact() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
     // Lowering truncate_before cannot bring reclaimed events back, and reads do not fail.
-    let lower = StreamMeta::default();
-    store
-        .commit(vec![AppendRequest::single(
-            system::meta_stream("old"),
-            ExpectedVersion::Any,
-            vec![NewEvent {
-                event_type: system::METADATA_TYPE.into(),
-                data: Bytes::from(lower.encode()),
-                ..event(999_998, "")
-            }],
-            now,
-        )])
-        .remove(0)
-        .unwrap();
+    set_meta(&mut store, "old", StreamMeta::default(), 999_998, now);
     let visible = versions(&store, "old");
     assert!(
         visible.len() >= 10 && visible.len() < 650,

@@ -35,6 +35,19 @@ impl Backend {
         }
     }
 
+    /// Runs a read on the blocking pool (disk reads never stall the runtime), over a fresh
+    /// reader (a snapshot install may have replaced the store).
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Reader) -> strata_engine::Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let reader = self.reader();
+        tokio::task::spawn_blocking(move || f(reader))
+            .await
+            .map_err(|e| Status::internal(format!("read task failed: {e}")))?
+            .map_err(to_status)
+    }
+
     /// Engine counters.
     pub fn stats(&self) -> Arc<Stats> {
         match self {

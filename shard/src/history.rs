@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_engine::system::{self, SnapshotInfo, SnapshotPolicy, StreamMeta};
-use strata_engine::{AppendRequest, ExpectedVersion, NewEvent, Reader};
+use strata_engine::{AppendRequest, ExpectedVersion, NewEvent};
 use strata_proto::v1 as pb;
 use tokio::sync::Mutex;
 use tonic::Status;
@@ -32,17 +32,6 @@ pub struct History {
     tick: Arc<Mutex<()>>,
 }
 
-/// Runs a read on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    reader: Reader,
-    f: impl FnOnce(Reader) -> strata_engine::Result<T> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(move || f(reader))
-        .await
-        .map_err(|e| Status::internal(format!("read task failed: {e}")))?
-        .map_err(to_status)
-}
-
 fn system_event(event_type: &str, data: Vec<u8>, metadata: Vec<u8>) -> NewEvent {
     NewEvent {
         id: Uuid::new_v4(),
@@ -50,11 +39,6 @@ fn system_event(event_type: &str, data: Vec<u8>, metadata: Vec<u8>) -> NewEvent 
         data: Bytes::from(data),
         metadata: Bytes::from(metadata),
     }
-}
-
-fn user_stream(reader: &Reader, stream: &str) -> Result<(), Status> {
-    strata_engine::validate::validate_user_stream_name("stream", stream, reader.limits())
-        .map_err(to_status)
 }
 
 impl History {
@@ -65,6 +49,13 @@ impl History {
             clock,
             tick: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Checks a name clients may append to (`field` names it in the error).
+    fn user_stream(&self, field: &str, stream: &str) -> Result<(), Status> {
+        let reader = self.backend.reader();
+        strata_engine::validate::validate_user_stream_name(field, stream, reader.limits())
+            .map_err(to_status)
     }
 
     /// Microseconds now, on this node's clock.
@@ -132,20 +123,19 @@ impl History {
     }
 
     async fn closed(&self, timestamp_us: u64) -> Result<Option<u64>, Status> {
-        blocking(self.backend.reader(), move |r| {
-            r.closed_through(timestamp_us)
-        })
-        .await
+        self.backend
+            .read(move |r| r.closed_through(timestamp_us))
+            .await
     }
 
     /// `GetStream`: head, metadata and deletion state, now.
     pub async fn get_stream(&self, stream: String) -> Result<pb::GetStreamResponse, Status> {
         let now = self.now_us();
         let name = stream.clone();
-        let info = blocking(self.backend.reader(), move |r| {
-            r.stream_info(&name, None, now)
-        })
-        .await?;
+        let info = self
+            .backend
+            .read(move |r| r.stream_info(&name, None, now))
+            .await?;
         Ok(pb::GetStreamResponse {
             stream,
             exists: info.head.is_some(),
@@ -163,7 +153,7 @@ impl History {
         &self,
         r: pb::SetStreamMetadataRequest,
     ) -> Result<pb::WriteResponse, Status> {
-        user_stream(&self.backend.reader(), &r.stream)?;
+        self.user_stream("stream", &r.stream)?;
         let meta = r.metadata.map(meta_from_wire).unwrap_or_default();
         if meta.max_count == Some(0) {
             return Err(invalid(
@@ -201,24 +191,20 @@ impl History {
     /// `DeleteStream`: a soft delete sets `truncate_before` past the last version (keeping
     /// the other metadata); a hard delete appends a tombstone to `$deleted:S`.
     pub async fn delete(&self, r: pb::DeleteStreamRequest) -> Result<pb::WriteResponse, Status> {
-        let reader = self.backend.reader();
-        user_stream(&reader, &r.stream)?;
+        self.user_stream("stream", &r.stream)?;
         let now = self.now_us();
         let name = r.stream.clone();
-        let info = blocking(reader, move |r| r.stream_info(&name, None, now)).await?;
+        let info = self
+            .backend
+            .read(move |r| r.stream_info(&name, None, now))
+            .await?;
         if info.hard_deleted {
             return Err(to_status(strata_engine::Error::StreamDeleted {
                 stream: r.stream,
             }));
         }
         let expected = crate::convert::expected(r.expected);
-        let ok = match expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => info.head.is_none(),
-            ExpectedVersion::StreamExists => info.head.is_some(),
-            ExpectedVersion::Exact(v) => info.head == Some(v),
-        };
-        if !ok {
+        if !expected.matches(info.head) {
             return Err(to_status(strata_engine::Error::WrongExpectedVersion {
                 stream: r.stream,
                 expected: expected.to_string(),
@@ -259,10 +245,9 @@ impl History {
         &self,
         r: pb::SaveSnapshotRequest,
     ) -> Result<pb::WriteResponse, Status> {
-        let reader = self.backend.reader();
-        user_stream(&reader, &r.stream)?;
+        self.user_stream("stream", &r.stream)?;
         let name = r.stream.clone();
-        let head = blocking(reader, move |r| r.stream_version(&name)).await?;
+        let head = self.backend.read(move |r| r.stream_version(&name)).await?;
         if head.is_none_or(|h| r.version > h) {
             return Err(invalid(
                 "version",
@@ -301,10 +286,10 @@ impl History {
         };
         let now = self.now_us();
         let stream = r.stream.clone();
-        let state = blocking(self.backend.reader(), move |reader| {
-            reader.read_state(&stream, as_of, limit, now)
-        })
-        .await?;
+        let state = self
+            .backend
+            .read(move |reader| reader.read_state(&stream, as_of, limit, now))
+            .await?;
         Ok(pb::ReadStateResponse {
             stream: r.stream,
             snapshot: state.snapshot.map(|(info, e)| pb::Snapshot {
@@ -329,14 +314,8 @@ impl History {
 
     /// `SetSnapshotPolicy`: appends it to `$settings`; answers with every policy in force.
     pub async fn set_policy(&self, p: pb::SnapshotPolicy) -> Result<pb::SnapshotPolicies, Status> {
-        let reader = self.backend.reader();
         if !p.stream_prefix.is_empty() {
-            strata_engine::validate::validate_user_stream_name(
-                "stream_prefix",
-                &p.stream_prefix,
-                reader.limits(),
-            )
-            .map_err(to_status)?;
+            self.user_stream("stream_prefix", &p.stream_prefix)?;
         }
         let policy = SnapshotPolicy {
             prefix: p.stream_prefix,
@@ -353,7 +332,7 @@ impl History {
             self.now_us(),
         );
         self.write(request).await?;
-        let policies = blocking(self.backend.reader(), |r| r.snapshot_policies()).await?;
+        let policies = self.backend.read(|r| r.snapshot_policies()).await?;
         Ok(pb::SnapshotPolicies {
             policies: policies
                 .into_iter()

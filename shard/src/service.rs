@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use strata_engine::stats::LatencyHistogram;
-use strata_engine::{Direction, Reader};
+use strata_engine::Direction;
 use strata_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
@@ -142,18 +142,6 @@ impl StreamsService {
     }
 }
 
-/// Runs a read on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    reader: &Reader,
-    f: impl FnOnce(Reader) -> strata_engine::Result<T> + Send + 'static,
-) -> Result<T, Status> {
-    let reader = reader.clone();
-    tokio::task::spawn_blocking(move || f(reader))
-        .await
-        .map_err(|e| Status::internal(format!("read task failed: {e}")))?
-        .map_err(to_status)
-}
-
 fn limit(requested: u32, max: usize) -> Result<usize, Status> {
     let limit = if requested == 0 {
         READ_LIMIT_DEFAULT
@@ -231,10 +219,19 @@ impl pb::streams_server::Streams for StreamsService {
             self.backend.read_barrier(r.consistency).await?;
             let closed = self.close_for(as_of).await?;
             let now = self.clock.now_us();
-            let events = blocking(&self.backend.reader(), move |reader| {
-                reader.read_stream_visible(&r.stream, r.from_version, direction, limit, as_of, now)
-            })
-            .await?;
+            let events = self
+                .backend
+                .read(move |reader| {
+                    reader.read_stream_visible(
+                        &r.stream,
+                        r.from_version,
+                        direction,
+                        limit,
+                        as_of,
+                        now,
+                    )
+                })
+                .await?;
             Ok(Response::new(pb::ReadResponse {
                 events: events.into_iter().map(convert::recorded).collect(),
                 closed_timestamp_us: closed,
@@ -254,10 +251,10 @@ impl pb::streams_server::Streams for StreamsService {
             self.backend.read_barrier(r.consistency).await?;
             let closed = self.close_for(as_of).await?;
             // After the barrier: a snapshot install may have replaced the store meanwhile.
-            let batch = blocking(&self.backend.reader(), move |reader| {
-                reader.read_all_as_of(r.from_position, limit, as_of)
-            })
-            .await?;
+            let batch = self
+                .backend
+                .read(move |reader| reader.read_all_as_of(r.from_position, limit, as_of))
+                .await?;
             let events = batch
                 .records
                 .into_iter()

@@ -285,15 +285,7 @@ async fn subscription_sees_every_event_once_in_order_under_concurrent_writers() 
         .await
         .unwrap();
     }
-    let mut sub = c
-        .subscribe(pb::SubscribeRequest {
-            target: Some(pb::subscribe_request::Target::All(pb::Empty {})),
-            start: None,
-            filter: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut sub = c.subscribe(subscribe_all()).await.unwrap().into_inner();
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let addr = node.addr;

@@ -448,15 +448,7 @@ async fn retention_shrinks_the_log_while_writers_keep_appending() {
         .unwrap();
     // An $all subscriber that keeps up does not hold retention back; one that stopped reading
     // would (it pins what it has yet to deliver) — here it keeps reading.
-    let mut sub = c
-        .subscribe(pb::SubscribeRequest {
-            target: Some(pb::subscribe_request::Target::All(pb::Empty {})),
-            start: None,
-            filter: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut sub = c.subscribe(subscribe_all()).await.unwrap().into_inner();
     let reading = tokio::spawn(async move {
         let mut n = 0u64;
         while let Ok(Some(_)) = sub.message().await {

@@ -699,6 +699,24 @@ fn final_log(
 /// After the run: every running member that applied the whole log reads each stream as of
 /// random timestamps (around records', under the nodes' skewed clocks and leader changes) and
 /// must return the final log's prefix up to there.
+/// The readers of the running members that hold the whole final log (`stamps`: its event
+/// records' timestamps), leaving out nodes whose disk had a bit flip (they may rightly report
+/// corruption instead).
+fn whole_log_readers(
+    cluster: &Cluster,
+    tainted: &BTreeSet<NodeId>,
+    stamps: &[(u64, u64)],
+) -> Vec<(NodeId, strata_engine::Reader)> {
+    let newest = stamps.iter().map(|(_, t)| *t).max().unwrap_or(0);
+    cluster
+        .up_ids()
+        .into_iter()
+        .filter(|id| !tainted.contains(id))
+        .filter_map(|id| Some((id, cluster.replica(id)?.shard().reader())))
+        .filter(|(_, reader)| reader.position_at_or_after(newest).ok().flatten().is_some())
+        .collect()
+}
+
 fn as_of_timestamps(
     cluster: &Cluster,
     tainted: &BTreeSet<NodeId>,
@@ -710,25 +728,13 @@ fn as_of_timestamps(
     if stamps.is_empty() {
         return out;
     }
-    let newest = stamps.iter().map(|(_, t)| *t).max().unwrap_or(0);
+    let readers = whole_log_readers(cluster, tainted, stamps);
     let rng = cluster.rng();
     for _ in 0..8 {
         let t = stamps[rng.below(stamps.len() as u64) as usize].1 - rng.below(2);
-        // Nodes whose disk had a bit flip may rightly report corruption instead.
-        for id in cluster
-            .up_ids()
-            .into_iter()
-            .filter(|id| !tainted.contains(id))
-        {
-            let Some(replica) = cluster.replica(id) else {
-                continue;
-            };
-            let reader = replica.shard().reader();
-            // Only nodes that hold the whole final log answer for it; reads before a node's
-            // retention horizon are refused there, by design.
-            if reader.position_at_or_after(newest).ok().flatten().is_none()
-                || t < reader.retention_horizon_us()
-            {
+        for (id, reader) in &readers {
+            // Reads before a node's retention horizon are refused there, by design.
+            if t < reader.retention_horizon_us() {
                 continue;
             }
             for stream in STREAMS {
@@ -813,20 +819,8 @@ fn check_reclaimable(
     stamps: &[(u64, u64)],
 ) -> Vec<Violation> {
     let mut out = Vec::new();
-    let newest = stamps.iter().map(|(_, t)| *t).max().unwrap_or(0);
     let mut first: Option<(NodeId, Vec<(u64, String)>)> = None;
-    for id in cluster
-        .up_ids()
-        .into_iter()
-        .filter(|id| !tainted.contains(id))
-    {
-        let Some(replica) = cluster.replica(id) else {
-            continue;
-        };
-        let reader = replica.shard().reader();
-        if reader.position_at_or_after(newest).ok().flatten().is_none() {
-            continue;
-        }
+    for (id, reader) in whole_log_readers(cluster, tainted, stamps) {
         let stream = workload::RECLAIMABLE;
         let seen = reader
             .read_stream_visible(

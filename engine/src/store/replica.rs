@@ -392,21 +392,8 @@ impl Store {
             header.timestamp_us,
             &index::indexed_events(&events),
         );
-        if format::read_kind(frame) == format::KIND_HOLE {
-            // A run of records the source's retention reclaimed (copied with a snapshot):
-            // the ranges and horizon come along; holes come in log order, so the last
-            // horizon written is the largest.
-            index::add_hole(
-                &mut batch,
-                header.position,
-                header.position + frame.len() as u64,
-            );
-            index::set_meta(
-                &mut batch,
-                crate::retention::HORIZON_META,
-                format::hole_horizon(frame).to_le_bytes().to_vec(),
-            );
-        }
+        // A run of records the source's retention reclaimed (copied with a snapshot).
+        index::add_if_hole(&mut batch, header.position, frame);
         let mut effects = Effects::default();
         for (e, _) in &events {
             effects.heads.insert(e.stream.clone(), e.version);

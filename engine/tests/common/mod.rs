@@ -51,3 +51,17 @@ pub fn open_sim(
         Arc::new(ManualClock::default()),
     )
 }
+
+/// Segment files in `dir`'s log.
+pub fn segment_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")
+        })
+        .count()
+}

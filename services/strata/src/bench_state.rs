@@ -155,38 +155,35 @@ pub async fn run(args: BenchStateArgs) -> Result<(), Failure> {
     );
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let mut rng = Rng(args.seed.max(1));
+    // ReadState as of a random time between the first and the last event.
+    let mut state_at_random_time = |client: &StreamsClient<Channel>| {
+        let t = first_ts + rng.below(last_ts - first_ts + 1);
+        let request = pb::ReadStateRequest {
+            stream: stream.clone(),
+            as_of: Some(pb::AsOf {
+                point: Some(pb::as_of::Point::TimestampUs(t)),
+            }),
+            limit: 4096,
+            consistency: pb::Consistency::Linearizable as i32,
+        };
+        let mut client = client.clone();
+        async move {
+            let r = client
+                .read_state(request)
+                .await
+                .map_err(failed("ReadState"));
+            r.map(|r| (t, r.into_inner()))
+        }
+    };
     // Warm-up: a tenth as many reads, untimed (page cache, connection, allocator).
     for _ in 0..args.reads / 10 {
-        let t = first_ts + rng.below(last_ts - first_ts + 1);
-        client
-            .read_state(pb::ReadStateRequest {
-                stream: stream.clone(),
-                as_of: Some(pb::AsOf {
-                    point: Some(pb::as_of::Point::TimestampUs(t)),
-                }),
-                limit: 4096,
-                consistency: pb::Consistency::Linearizable as i32,
-            })
-            .await
-            .map_err(failed("ReadState"))?;
+        state_at_random_time(&client).await?;
     }
     let mut state_latencies = Vec::with_capacity(args.reads);
     let mut events_returned = 0u64;
     for _ in 0..args.reads {
-        let t = first_ts + rng.below(last_ts - first_ts + 1);
         let started = Instant::now();
-        let r = client
-            .read_state(pb::ReadStateRequest {
-                stream: stream.clone(),
-                as_of: Some(pb::AsOf {
-                    point: Some(pb::as_of::Point::TimestampUs(t)),
-                }),
-                limit: 4096,
-                consistency: pb::Consistency::Linearizable as i32,
-            })
-            .await
-            .map_err(failed("ReadState"))?
-            .into_inner();
+        let (t, r) = state_at_random_time(&client).await?;
         state_latencies.push(started.elapsed());
         if !r.complete {
             return Err(Failure::new(format!(

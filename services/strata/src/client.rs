@@ -248,7 +248,8 @@ pub struct StreamInfoArgs {
     server: ServerArg,
 }
 
-fn usage(message: impl Into<String>) -> Failure {
+/// A usage error (exit status 2).
+pub fn usage(message: impl Into<String>) -> Failure {
     Failure {
         message: message.into(),
         exit_code: 2,
@@ -319,6 +320,24 @@ where
             },
         }
     }
+}
+
+/// One `Streams` call with `request` at `server`, following "not the leader" answers (see
+/// [`following_leader`]); a server error becomes the command's failure.
+pub async fn streams_call<Req, Resp, F, Fut>(
+    server: &str,
+    request: Req,
+    call: F,
+) -> Result<Resp, Failure>
+where
+    Req: Clone,
+    F: Fn(StreamsClient<Channel>, Req) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    following_leader(server, |ch| call(StreamsClient::new(ch), request.clone()))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(failure)
 }
 
 /// A server error as a failure; a wrong expected version exits with status 3.
@@ -417,13 +436,10 @@ pub async fn append(args: AppendArgs) -> Result<(), Failure> {
         expected: Some(expected(&args.expected)?),
         events: events(&args)?,
     };
-    let r = following_leader(&args.server.server, |ch| {
-        let request = request.clone();
-        async move { StreamsClient::new(ch).append(request).await }
+    let r = streams_call(&args.server.server, request, |mut c, r| async move {
+        c.append(r).await
     })
-    .await
-    .map_err(failure)?
-    .into_inner();
+    .await?;
     output::line(&serde_json::json!({
         "position": r.position,
         "deduplicated": r.deduplicated,
@@ -447,13 +463,10 @@ pub async fn read(args: ReadArgs) -> Result<(), Failure> {
         consistency: args.consistency.wire(),
         as_of: args.as_of.wire(),
     };
-    for e in following_leader(&args.server.server, |ch| {
-        let request = request.clone();
-        async move { StreamsClient::new(ch).read(request).await }
+    for e in streams_call(&args.server.server, request, |mut c, r| async move {
+        c.read(r).await
     })
-    .await
-    .map_err(failure)?
-    .into_inner()
+    .await?
     .events
     {
         output::line(&output::event(&e));
@@ -470,13 +483,10 @@ pub async fn read_all(args: ReadAllArgs) -> Result<(), Failure> {
         consistency: args.consistency.wire(),
         as_of: args.as_of.wire(),
     };
-    let r = following_leader(&args.server.server, |ch| {
-        let request = request.clone();
-        async move { StreamsClient::new(ch).read_all(request).await }
+    let r = streams_call(&args.server.server, request, |mut c, r| async move {
+        c.read_all(r).await
     })
-    .await
-    .map_err(failure)?
-    .into_inner();
+    .await?;
     for e in &r.events {
         output::line(&output::event(e));
     }
@@ -538,13 +548,10 @@ pub async fn stream_info(args: StreamInfoArgs) -> Result<(), Failure> {
         stream: args.stream,
         consistency: args.consistency.wire(),
     };
-    let r = following_leader(&args.server.server, |ch| {
-        let request = request.clone();
-        async move { StreamsClient::new(ch).get_stream(request).await }
+    let r = streams_call(&args.server.server, request, |mut c, r| async move {
+        c.get_stream(r).await
     })
-    .await
-    .map_err(failure)?
-    .into_inner();
+    .await?;
     let current = if r.exists {
         serde_json::json!(r.current_version)
     } else {

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 use strata_proto::v1 as pb;
-use strata_proto::v1::streams_client::StreamsClient;
 
-use crate::client::{self, failure, following_leader, AsOfArg, ConsistencyArg, ServerArg};
+use crate::client::{self, streams_call, usage, AsOfArg, ConsistencyArg, ServerArg};
 use crate::{output, Failure};
 
 /// Events one `diff` reads between its two points at most (it says so when it stops).
@@ -134,13 +133,6 @@ pub fn parse_point(text: &str) -> Result<pb::AsOf, String> {
     Ok(pb::AsOf { point: Some(point) })
 }
 
-fn usage(message: impl Into<String>) -> Failure {
-    Failure {
-        message: message.into(),
-        exit_code: 2,
-    }
-}
-
 /// `strata stream-meta`: prints the position of the metadata record.
 pub async fn set_meta(args: MetaArgs) -> Result<(), Failure> {
     let max_age_us = match args.max_age {
@@ -161,13 +153,10 @@ pub async fn set_meta(args: MetaArgs) -> Result<(), Failure> {
         }),
         expected_metadata_version: args.expected_metadata_version,
     };
-    let r = following_leader(&args.server.server, |ch| {
-        let request = request.clone();
-        async move { StreamsClient::new(ch).set_stream_metadata(request).await }
+    let r = streams_call(&args.server.server, request, |mut c, r| async move {
+        c.set_stream_metadata(r).await
     })
-    .await
-    .map_err(failure)?
-    .into_inner();
+    .await?;
     output::line(&json!({ "position": r.position }));
     Ok(())
 }
@@ -179,13 +168,10 @@ pub async fn delete(args: DeleteArgs) -> Result<(), Failure> {
         hard: args.hard,
         expected: Some(client::expected(&args.expected)?),
     };
-    let r = following_leader(&args.server.server, |ch| {
-        let request = request.clone();
-        async move { StreamsClient::new(ch).delete_stream(request).await }
+    let r = streams_call(&args.server.server, request, |mut c, r| async move {
+        c.delete_stream(r).await
     })
-    .await
-    .map_err(failure)?
-    .into_inner();
+    .await?;
     output::line(&json!({ "position": r.position, "hard": args.hard }));
     Ok(())
 }
@@ -208,13 +194,10 @@ pub async fn save_snapshot(args: SnapshotArgs) -> Result<(), Failure> {
         schema_version: args.schema_version,
         data,
     };
-    let r = following_leader(&args.server.server, |ch| {
-        let request = request.clone();
-        async move { StreamsClient::new(ch).save_snapshot(request).await }
+    let r = streams_call(&args.server.server, request, |mut c, r| async move {
+        c.save_snapshot(r).await
     })
-    .await
-    .map_err(failure)?
-    .into_inner();
+    .await?;
     output::line(&json!({ "position": r.position }));
     Ok(())
 }
@@ -223,13 +206,12 @@ async fn read_state(
     server: &str,
     request: pb::ReadStateRequest,
 ) -> Result<pb::ReadStateResponse, Failure> {
-    Ok(following_leader(server, |ch| {
-        let request = request.clone();
-        async move { StreamsClient::new(ch).read_state(request).await }
-    })
+    streams_call(
+        server,
+        request,
+        |mut c, r| async move { c.read_state(r).await },
+    )
     .await
-    .map_err(failure)?
-    .into_inner())
 }
 
 fn snapshot_json(s: &pb::Snapshot) -> Value {
@@ -280,13 +262,10 @@ pub async fn set_policy(args: PolicyArgs) -> Result<(), Failure> {
         stream_prefix: args.prefix,
         every: args.every,
     };
-    let r = following_leader(&args.server.server, |ch| {
-        let request = request.clone();
-        async move { StreamsClient::new(ch).set_snapshot_policy(request).await }
+    let r = streams_call(&args.server.server, request, |mut c, r| async move {
+        c.set_snapshot_policy(r).await
     })
-    .await
-    .map_err(failure)?
-    .into_inner();
+    .await?;
     for p in r.policies {
         output::line(&json!({ "prefix": p.stream_prefix, "every": p.every }));
     }
@@ -360,14 +339,8 @@ async fn read_between(
         consistency: pb::Consistency::Linearizable as i32,
         as_of: Some(*to),
     };
-    Ok(following_leader(server, |ch| {
-        let request = request.clone();
-        async move { StreamsClient::new(ch).read(request).await }
-    })
-    .await
-    .map_err(failure)?
-    .into_inner()
-    .events)
+    let r = streams_call(server, request, |mut c, r| async move { c.read(r).await }).await?;
+    Ok(r.events)
 }
 
 /// RFC 7386: applies `patch` to `target`.

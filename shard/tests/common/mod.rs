@@ -125,3 +125,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     (head.lines().next().unwrap().to_string(), body.to_string())
 }
+
+/// A `$all` subscription from the start, unfiltered.
+pub fn subscribe_all() -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        target: Some(pb::subscribe_request::Target::All(pb::Empty {})),
+        start: None,
+        filter: None,
+    }
+}
