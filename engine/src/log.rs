@@ -925,6 +925,11 @@ impl LogWriter {
         self.manifest.len() == 1 && self.tail_records == 0
     }
 
+    /// Whether the tail segment holds no record yet (a fresh log, or just rolled).
+    pub fn tail_is_empty(&self) -> bool {
+        self.tail_records == 0
+    }
+
     /// The tail segment's file (to sync records found there at open).
     pub fn tail_file(&self) -> Arc<dyn FileHandle> {
         self.tail.file.clone()

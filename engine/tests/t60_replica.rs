@@ -347,6 +347,47 @@ fn a_follower_unrolls_an_empty_segment_to_take_the_leaders_frame() {
     assert_eq!(follower.reader().segments().len(), 1);
 }
 
+/// Found by the simulator (seed 1795675209575810142): a follower whose log differed from the
+/// leader's was handed a frame further on than its empty tail segment; it rolled again on every
+/// retry, piling up empty segments. A roll is always followed by a record, so a frame beyond
+/// an empty tail means the logs differ: refused, and nothing changes.
+#[test]
+fn a_frame_beyond_an_empty_tail_is_refused_without_rolling_again() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (mut leader, _) = open(leader_dir.path());
+    let (mut follower, _) = open(follower_dir.path());
+    let rolled = fill(&mut follower);
+    write_rolling(&mut follower, rolled);
+    assert_eq!(fill(&mut leader), rolled);
+    write_rolling(&mut leader, rolled);
+    // The follower loses the record that rolled it but keeps the new segment's header.
+    let tail = follower.reader().segments().last().unwrap().clone();
+    drop(follower);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&tail.path)
+        .unwrap()
+        .set_len(tail.records_start() - tail.base)
+        .unwrap();
+    let (mut follower, _) = open(follower_dir.path());
+    let end = follower.reader().segments().last().unwrap().records_start();
+    // The leader's frame for that entry, as if the leader's log ran 5,000 bytes further.
+    let record = leader.read_entries(rolled, rolled + 1, usize::MAX).unwrap();
+    let mut frame = record[0].frame.to_vec();
+    format::restamp(&mut frame, end + 5_000, 0);
+    for _ in 0..3 {
+        let copy = vec![entry(rolled, EntryBody::Frame(frame.clone().into()))];
+        let err = follower.write_entries(copy).unwrap_err();
+        assert!(
+            err.to_string().contains("but this log continues at"),
+            "{err}"
+        );
+        assert_eq!(follower.reader().segments().len(), 2, "no new segment");
+        assert_eq!(follower.reader().segments()[1].records_start(), end);
+    }
+}
+
 /// Found by the simulator (seed 303422): a leader rolls its segment on the estimated size of a
 /// batch of appends; when every append is refused the record is a small blank one in the new
 /// segment. A follower placing a blank entry by itself would keep it in the old segment, so it

@@ -271,7 +271,10 @@ fn record_of(store: &Store, log_id: LogId) -> Result<Option<RawRecord>> {
         .into_iter()
         .next()
         .filter(|r| {
-            r.header.term == log_id.leader_id.term && r.header.leader == log_id.leader_id.node_id
+            // A gap record stands for an index the log skipped: it holds no entry.
+            format::read_kind(&r.frame) != KIND_GAP
+                && r.header.term == log_id.leader_id.term
+                && r.header.leader == log_id.leader_id.node_id
         }))
 }
 
@@ -605,6 +608,8 @@ impl Shard {
         file.save(state)
     }
 
+    /// Entries `from..to` this log holds, from the purge point on (at most `max_bytes` of
+    /// them, at least one).
     fn read_range(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<Entry>> {
         let purged_next = self.hard().purged.map_or(0, |p| p.index + 1);
         let from = from.max(purged_next);
@@ -615,6 +620,31 @@ impl Shard {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// Entries for a replication stream, which sends what it gets as the entries right after
+    /// `start - 1`: the unbroken run of entries from `start` on, or none. None when `start`
+    /// is below the purge point — a replication task of a leader that has just stepped down
+    /// may still ask (openraft holds back purging only while this node leads); answering with
+    /// the entries after the purge point instead would make a follower fill the difference
+    /// with gap records that no leader would ever correct.
+    fn replication_range(&self, start: u64, end: u64) -> Result<Vec<Entry>> {
+        let mut entries = self.read_range(start, end, ENTRIES_BYTES_MAX)?;
+        let unbroken = entries
+            .iter()
+            .zip(start..)
+            .take_while(|(e, index)| e.log_id.index == *index)
+            .count();
+        if unbroken < entries.len() {
+            tracing::debug!(
+                start,
+                end,
+                unbroken,
+                "entries asked for are purged or missing here; sending only those before"
+            );
+            entries.truncate(unbroken);
+        }
+        Ok(entries)
     }
 }
 
@@ -687,7 +717,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         end: u64,
     ) -> std::result::Result<Vec<Entry>, StorageError> {
         self.shard
-            .read_range(start, end, ENTRIES_BYTES_MAX)
+            .replication_range(start, end)
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
 }
@@ -1159,5 +1189,88 @@ impl Shard {
         self.inner.generation.send_replace(generation);
         tracing::info!(snapshot = %meta.snapshot_id, generation, "snapshot installed");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_engine::clock::MonotonicClock;
+    use strata_engine::fs::StdFs;
+    use strata_engine::index_store::RocksIndexStore;
+
+    use super::*;
+
+    fn open(dir: &Path) -> Shard {
+        Shard::open(ShardOptions {
+            node_id: 1,
+            dir: dir.to_path_buf(),
+            engine: EngineConfig::default(),
+            fs: Arc::new(StdFs),
+            clock: Arc::new(MonotonicClock::default()),
+            open_index: Arc::new(|p| Ok(Box::new(RocksIndexStore::open(p)?))),
+            log_sync: Default::default(),
+        })
+        .expect("open shard")
+    }
+
+    fn write_blanks(shard: &Shard, seqs: impl IntoIterator<Item = u64>) {
+        let entries = seqs
+            .into_iter()
+            .map(|seq| LogEntry {
+                seq,
+                term: 1,
+                leader: 1,
+                body: EntryBody::Blank,
+            })
+            .collect();
+        lock(&shard.inner.state)
+            .store
+            .write_entries(entries)
+            .expect("write");
+    }
+
+    fn indexes(entries: Vec<Entry>) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// Found by the simulator (seed 1795675209575810142): a leader that had just stepped down
+    /// purged while its replication task still sent from below the purge point, and got the
+    /// entries after it — which the follower took as following the earlier entry.
+    #[test]
+    fn replication_gets_the_entries_asked_for_or_none() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shard = open(dir.path());
+        write_blanks(&shard, 0..10);
+        assert_eq!(
+            indexes(shard.replication_range(3, 10).unwrap()),
+            (3..10).collect::<Vec<_>>()
+        );
+        shard.save_hard(|h| h.purged = Some(log_id(5))).unwrap();
+        // openraft's own reads leave purged entries out ("an entry not found is allowed").
+        assert_eq!(
+            indexes(shard.read_range(3, 10, usize::MAX).unwrap()),
+            (6..10).collect::<Vec<_>>()
+        );
+        assert!(shard.replication_range(3, 10).unwrap().is_empty());
+        assert_eq!(
+            indexes(shard.replication_range(6, 10).unwrap()),
+            (6..10).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_gap_record_holds_no_entry_and_replication_stops_before_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shard = open(dir.path());
+        write_blanks(&shard, [0, 1, 5]);
+        assert!(shard.holds(log_id(1)).unwrap());
+        assert!(!shard.holds(log_id(3)).unwrap(), "index 3 is a gap record");
+        assert!(shard.holds(log_id(5)).unwrap());
+        assert_eq!(indexes(shard.replication_range(0, 6).unwrap()), vec![0, 1]);
+        assert!(shard.replication_range(2, 6).unwrap().is_empty());
     }
 }

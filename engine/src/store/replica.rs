@@ -353,9 +353,11 @@ impl Store {
             // truncated or torn away): go back into the previous segment.
             self.log.unroll_to(header.position)?;
         }
-        if header.position > self.log.next_position() && !self.log.is_empty() {
+        if header.position > self.log.next_position() && !self.log.tail_is_empty() {
             // The leader rolled its segment here; roll too, so positions stay the same on
-            // every replica.
+            // every replica. (Never an empty tail: a roll is followed by a record, so a frame
+            // further on means the logs differ, and rolling again would only pile up empty
+            // segments on every retry.)
             self.log.roll()?;
         }
         if header.position != self.log.next_position() {
