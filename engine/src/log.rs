@@ -714,7 +714,11 @@ impl LogWriter {
             )?;
             if let Some(footer) = scan.footer {
                 // Sealed, but the manifest was not rewritten before a crash: the next segment
-                // is the tail, or must be created.
+                // is the tail, or must be created. The roll's sync may have failed or never
+                // run (the process died between the footer and the sync): the records and the
+                // footer reach the disk before the manifest lists the segment as sealed.
+                file.sync_data()
+                    .map_err(io_err(format!("syncing {}", path.display())))?;
                 manifest.push(ManifestEntry {
                     base_position: tail_base,
                     file_len: len,
@@ -760,11 +764,14 @@ impl LogWriter {
                 tracing::warn!(file = %path.display(), offset = torn, bytes = len - torn, "truncating torn tail");
                 file.set_len(torn)
                     .map_err(io_err(format!("truncating {}", path.display())))?;
-                file.sync_data()
-                    .map_err(io_err(format!("syncing {}", path.display())))?;
                 report.torn_tail = Some((path.clone(), torn));
                 report.torn_bytes = len - torn;
             }
+            // The tail's records may have been written and never synced (the process died
+            // before its sync, or the sync failed): sync them (and a truncation) before anything
+            // reads, indexes or acknowledges them.
+            file.sync_data()
+                .map_err(io_err(format!("syncing {}", path.display())))?;
             for base in &stale {
                 let stale_path = segment_path(dir, *base);
                 tracing::warn!(file = %stale_path.display(), "removing segment left by an interrupted truncation");

@@ -89,8 +89,8 @@ pub struct WrittenEntry {
 
 impl Store {
     /// Opens a store whose log is a Raft log: the index is left at its checkpoint (the last
-    /// applied entry) and every record after it is returned as an unfinished entry. The tail is
-    /// synced first, so every entry returned is durable.
+    /// applied entry) and every record after it is returned as an unfinished entry, durable
+    /// (opening the log syncs what it finds).
     pub fn open_replica(
         fs: Arc<dyn FileSystem>,
         dir: &Path,
@@ -121,9 +121,9 @@ impl Store {
             None => 0,
         };
         store.reader.log.publish_end(from);
+        // Opening the log synced the tail (and any segment it found sealed): every entry
+        // handed back below is durable.
         let tail = store.log.tail_file();
-        tail.sync_data()
-            .map_err(|e| Error::io("syncing the log tail at open", e))?;
         // The clock resumes past the newest timestamp: the indexed records', then the tail's.
         store.saw_timestamp(store.reader.index.last_timestamp()?.unwrap_or(0));
         let mut out = Vec::new();
