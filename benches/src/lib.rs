@@ -43,6 +43,7 @@ pub fn one_each(streams: &[String], id_base: u128, bytes: usize) -> AppendReques
         .collect();
     AppendRequest {
         streams: parts,
+        conditions: Vec::new(),
         timestamp_us: 0,
     }
 }

@@ -67,11 +67,24 @@ pub struct StreamAppend {
     pub events: Vec<NewEvent>,
 }
 
-/// One atomic append: one or more streams, written as one record or not at all.
+/// A version check on a stream the append writes nothing to, decided with the write.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamCondition {
+    /// Stream name.
+    pub stream: String,
+    /// The version it must be at when the append is written.
+    pub expected: ExpectedVersion,
+}
+
+/// One atomic append: one or more streams, written as one record or not at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppendRequest {
     /// Per-stream parts; stream names must be distinct.
     pub streams: Vec<StreamAppend>,
+    /// Checks on other streams, decided atomically with the write like the parts' expected
+    /// versions (the server uses them: a deletion writes to `$meta:S` or `$deleted:S` only if
+    /// `S` is at the version it was read at). Names distinct from the parts'.
+    pub conditions: Vec<StreamCondition>,
     /// Timestamp given to every event of the request (microseconds since the Unix epoch, or a
     /// hybrid-logical-clock value); the engine never reads a clock itself.
     pub timestamp_us: u64,
@@ -91,8 +104,19 @@ impl AppendRequest {
                 expected,
                 events,
             }],
+            conditions: Vec::new(),
             timestamp_us,
         }
+    }
+
+    /// This request, written only if `stream` is at `expected` (see
+    /// [`AppendRequest::conditions`]).
+    pub fn on_condition(mut self, stream: impl Into<String>, expected: ExpectedVersion) -> Self {
+        self.conditions.push(StreamCondition {
+            stream: stream.into(),
+            expected,
+        });
+        self
     }
 }
 

@@ -33,7 +33,7 @@ pub use engine::Engine;
 pub use error::{Error, Result};
 pub use event::{
     AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, Position, Record,
-    RecordedEvent, StreamAppend, StreamAppendResult,
+    RecordedEvent, StreamAppend, StreamAppendResult, StreamCondition,
 };
 pub use reader::{AsOf, ReadAllBatch, Reader};
 pub use store::{EntryBody, LogEntry, Store, SyncPoint, WrittenEntry};

@@ -883,6 +883,16 @@ impl Store {
             }
             first_versions.push(current.map_or(0, |v| v + 1));
         }
+        for c in &request.conditions {
+            let current = self.stream_head(&c.stream, current)?;
+            if !c.expected.matches(current) {
+                return Err(Error::WrongExpectedVersion {
+                    stream: c.stream.clone(),
+                    expected: c.expected.to_string(),
+                    actual: current,
+                });
+            }
+        }
         Ok(Plan::Write(first_versions))
     }
 

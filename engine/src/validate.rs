@@ -53,10 +53,11 @@ pub fn validate_request(request: &AppendRequest, limits: &Limits) -> Result<usiz
             "an append needs at least one stream",
         ));
     }
-    if request.streams.len() > limits.batch_streams_max {
+    let named = request.streams.len() + request.conditions.len();
+    if named > limits.batch_streams_max {
         return Err(Error::LimitExceeded {
             limit: "batch_streams_max",
-            value: request.streams.len() as u64,
+            value: named as u64,
             max: limits.batch_streams_max as u64,
         });
     }
@@ -121,6 +122,16 @@ pub fn validate_request(request: &AppendRequest, limits: &Limits) -> Result<usiz
                 });
             }
             bytes += event_frame_len(&part.stream, &e.event_type, e.data.len(), e.metadata.len());
+        }
+    }
+    for (i, c) in request.conditions.iter().enumerate() {
+        let field = format!("conditions[{i}].stream");
+        validate_stream_name(&field, &c.stream, limits)?;
+        if !streams.insert(c.stream.as_str()) {
+            return Err(Error::invalid(
+                field,
+                format!("stream `{}` appears twice in one append", c.stream),
+            ));
         }
     }
     if bytes > limits.batch_bytes_max {

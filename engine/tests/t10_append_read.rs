@@ -180,6 +180,7 @@ fn multi_stream_append_is_atomic() {
                 events: vec![event(11, "s"), event(12, "t")],
             },
         ],
+        conditions: Vec::new(),
         timestamp_us: 5,
     };
     // One part fails: nothing is written.
@@ -205,6 +206,65 @@ fn multi_stream_append_is_atomic() {
             .unwrap()
             .deduplicated
     );
+}
+
+/// A condition is a version check on a stream the append does not write, decided with the
+/// write — also against an append earlier in the same group commit.
+#[test]
+fn a_condition_on_another_stream_is_decided_with_the_write() {
+    let fs = strata_engine::sim_fs::SimFs::new(3);
+    let index = strata_engine::index_store::MemIndexStore::default();
+    let mut store = common::open_sim(&fs, &index, small_config()).unwrap();
+    store
+        .commit(vec![append(
+            "acct",
+            ExpectedVersion::Any,
+            vec![event(1, "a")],
+        )])
+        .remove(0)
+        .unwrap();
+    let guarded = |id: u128, acct: ExpectedVersion| {
+        append("audit", ExpectedVersion::Any, vec![event(id, "g")]).on_condition("acct", acct)
+    };
+    // In one group: an append moves `acct` to version 1, then a write guarded on version 0.
+    let answers = store.commit(vec![
+        append("acct", ExpectedVersion::Any, vec![event(2, "b")]),
+        guarded(3, ExpectedVersion::Exact(0)),
+    ]);
+    assert!(answers[0].is_ok());
+    match &answers[1] {
+        Err(Error::WrongExpectedVersion { stream, actual, .. }) => {
+            assert_eq!((stream.as_str(), *actual), ("acct", Some(1)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.reader().stream_version("audit").unwrap(), None);
+    let ok = store
+        .commit(vec![guarded(4, ExpectedVersion::Exact(1))])
+        .remove(0)
+        .unwrap();
+    assert_eq!(
+        ok.streams.len(),
+        1,
+        "a condition writes nothing to its stream"
+    );
+    assert_eq!(store.reader().stream_version("acct").unwrap(), Some(1));
+    assert_eq!(store.reader().stream_version("audit").unwrap(), Some(0));
+    // A retry is answered with the original result, whatever the condition says now.
+    store
+        .commit(vec![append(
+            "acct",
+            ExpectedVersion::Any,
+            vec![event(5, "c")],
+        )])
+        .remove(0)
+        .unwrap();
+    let again = store
+        .commit(vec![guarded(4, ExpectedVersion::Exact(1))])
+        .remove(0)
+        .unwrap();
+    assert!(again.deduplicated);
+    assert_eq!(again.position, ok.position);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -331,6 +331,7 @@ impl Harness {
         }
         AppendRequest {
             streams: parts,
+            conditions: Vec::new(),
             timestamp_us: self.next_id as u64,
         }
     }

@@ -57,6 +57,7 @@ fn each_bad_request_is_a_typed_error_and_writes_nothing() {
                 events: vec![event(61, "ok")],
             },
         ],
+        conditions: Vec::new(),
         timestamp_us: 1,
     };
     let cases: Vec<(&str, AppendRequest, Check)> = vec![
@@ -113,6 +114,7 @@ fn each_bad_request_is_a_typed_error_and_writes_nothing() {
             "no streams",
             AppendRequest {
                 streams: vec![],
+                conditions: Vec::new(),
                 timestamp_us: 1,
             },
             Box::new(|e| matches!(e, Error::InvalidArgument { field, .. } if field == "streams")),
@@ -182,6 +184,49 @@ fn each_bad_request_is_a_typed_error_and_writes_nothing() {
             Box::new(
                 |e| matches!(e, Error::InvalidArgument { field, .. } if field == "streams[1].stream"),
             ),
+        ),
+        (
+            "a condition on a stream the append writes",
+            append("acct", ExpectedVersion::Any, vec![event(20, "x")])
+                .on_condition("acct", ExpectedVersion::Exact(0)),
+            Box::new(
+                |e| matches!(e, Error::InvalidArgument { field, .. } if field == "conditions[0].stream"),
+            ),
+        ),
+        (
+            "a condition on a bad stream name",
+            append("acct", ExpectedVersion::Any, vec![event(21, "x")])
+                .on_condition("", ExpectedVersion::Any),
+            Box::new(
+                |e| matches!(e, Error::InvalidArgument { field, .. } if field == "conditions[0].stream"),
+            ),
+        ),
+        (
+            "too many streams with the conditions",
+            (0..limits.batch_streams_max).fold(
+                append("acct", ExpectedVersion::Any, vec![event(22, "x")]),
+                |r, i| r.on_condition(format!("other-{i}"), ExpectedVersion::Any),
+            ),
+            Box::new(|e| {
+                matches!(
+                    e,
+                    Error::LimitExceeded {
+                        limit: "batch_streams_max",
+                        ..
+                    }
+                )
+            }),
+        ),
+        (
+            "a condition that does not hold",
+            append("other", ExpectedVersion::Any, vec![event(23, "x")])
+                .on_condition("acct", ExpectedVersion::NoStream),
+            Box::new(|e| {
+                matches!(
+                    e,
+                    Error::WrongExpectedVersion { stream, actual: Some(0), .. } if stream == "acct"
+                )
+            }),
         ),
         (
             "wrong expected version",

@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strata_engine::{
-    AppendRequest, AppendResult, Error, ExpectedVersion, NewEvent, StreamAppend, StreamAppendResult,
+    AppendRequest, AppendResult, Error, ExpectedVersion, NewEvent, StreamAppend,
+    StreamAppendResult, StreamCondition,
 };
 use uuid::Uuid;
 
@@ -35,6 +36,8 @@ pub struct WireAppend {
     pub streams: Vec<WireStream>,
     /// Timestamp of every event.
     pub timestamp_us: u64,
+    /// Version checks on streams the append does not write: `(stream, expected)`.
+    pub conditions: Vec<(String, WireExpected)>,
 }
 
 /// A [`StreamAppend`].
@@ -75,6 +78,28 @@ pub struct WireEvent {
     pub metadata: Bytes,
 }
 
+impl From<ExpectedVersion> for WireExpected {
+    fn from(e: ExpectedVersion) -> WireExpected {
+        match e {
+            ExpectedVersion::Any => WireExpected::Any,
+            ExpectedVersion::NoStream => WireExpected::NoStream,
+            ExpectedVersion::StreamExists => WireExpected::StreamExists,
+            ExpectedVersion::Exact(v) => WireExpected::Exact(v),
+        }
+    }
+}
+
+impl From<WireExpected> for ExpectedVersion {
+    fn from(e: WireExpected) -> ExpectedVersion {
+        match e {
+            WireExpected::Any => ExpectedVersion::Any,
+            WireExpected::NoStream => ExpectedVersion::NoStream,
+            WireExpected::StreamExists => ExpectedVersion::StreamExists,
+            WireExpected::Exact(v) => ExpectedVersion::Exact(v),
+        }
+    }
+}
+
 impl From<AppendRequest> for WireAppend {
     fn from(r: AppendRequest) -> WireAppend {
         WireAppend {
@@ -84,12 +109,7 @@ impl From<AppendRequest> for WireAppend {
                 .into_iter()
                 .map(|s| WireStream {
                     stream: s.stream,
-                    expected: match s.expected {
-                        ExpectedVersion::Any => WireExpected::Any,
-                        ExpectedVersion::NoStream => WireExpected::NoStream,
-                        ExpectedVersion::StreamExists => WireExpected::StreamExists,
-                        ExpectedVersion::Exact(v) => WireExpected::Exact(v),
-                    },
+                    expected: s.expected.into(),
                     events: s
                         .events
                         .into_iter()
@@ -101,6 +121,11 @@ impl From<AppendRequest> for WireAppend {
                         })
                         .collect(),
                 })
+                .collect(),
+            conditions: r
+                .conditions
+                .into_iter()
+                .map(|c| (c.stream, c.expected.into()))
                 .collect(),
         }
     }
@@ -115,12 +140,7 @@ impl From<WireAppend> for AppendRequest {
                 .into_iter()
                 .map(|s| StreamAppend {
                     stream: s.stream,
-                    expected: match s.expected {
-                        WireExpected::Any => ExpectedVersion::Any,
-                        WireExpected::NoStream => ExpectedVersion::NoStream,
-                        WireExpected::StreamExists => ExpectedVersion::StreamExists,
-                        WireExpected::Exact(v) => ExpectedVersion::Exact(v),
-                    },
+                    expected: s.expected.into(),
                     events: s
                         .events
                         .into_iter()
@@ -131,6 +151,14 @@ impl From<WireAppend> for AppendRequest {
                             metadata: e.metadata,
                         })
                         .collect(),
+                })
+                .collect(),
+            conditions: w
+                .conditions
+                .into_iter()
+                .map(|(stream, expected)| StreamCondition {
+                    stream,
+                    expected: expected.into(),
                 })
                 .collect(),
         }

@@ -79,6 +79,7 @@ pub fn append_multi(
         .collect::<Result<Vec<_>, Status>>()?;
     Ok(AppendRequest {
         streams,
+        conditions: Vec::new(),
         timestamp_us,
     })
 }

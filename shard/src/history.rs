@@ -14,6 +14,8 @@ use tokio::sync::Mutex;
 use tonic::Status;
 use uuid::Uuid;
 
+use strata_raft::ReplicaError;
+
 use crate::backend::{replica_status, Backend};
 use crate::clock::WallClock;
 use crate::status::{invalid, to_status};
@@ -23,6 +25,9 @@ use crate::status::{invalid, to_status};
 pub const CLOSE_AHEAD_MAX: Duration = Duration::from_secs(2);
 /// How long a read waits for the shard to close past its timestamp once the clock has.
 pub const CLOSE_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Times a soft delete reads the stream and tries its conditional write when appends keep
+/// landing in between.
+pub const DELETE_ATTEMPTS_MAX: u32 = 8;
 
 /// What the calls share: the backend, the clock, and one tick in flight at a time.
 #[derive(Debug, Clone)]
@@ -173,7 +178,20 @@ impl History {
         meta: StreamMeta,
         expected: ExpectedVersion,
     ) -> Result<pb::WriteResponse, Status> {
-        let request = AppendRequest::single(
+        let request = self.meta_request(stream, meta, expected);
+        Ok(pb::WriteResponse {
+            position: self.write(request).await?,
+        })
+    }
+
+    /// The append of `meta` to `$meta:S`, which must be at `expected`.
+    fn meta_request(
+        &self,
+        stream: &str,
+        meta: StreamMeta,
+        expected: ExpectedVersion,
+    ) -> AppendRequest {
+        AppendRequest::single(
             system::meta_stream(stream),
             expected,
             vec![system_event(
@@ -182,61 +200,78 @@ impl History {
                 Vec::new(),
             )],
             self.now_us(),
-        );
-        Ok(pb::WriteResponse {
-            position: self.write(request).await?,
-        })
+        )
     }
 
     /// `DeleteStream`: a soft delete sets `truncate_before` past the last version (keeping
-    /// the other metadata); a hard delete appends a tombstone to `$deleted:S`.
+    /// the other metadata); a hard delete appends a tombstone to `$deleted:S`. Either write is
+    /// conditional on `S` (and a soft delete's on `$meta:S` too) being as it was read, decided
+    /// with the write: an append landing in between can neither slip past the caller's
+    /// expected version nor survive a soft delete. A soft delete that loses such a race while
+    /// the caller's expected version still holds reads again and retries (at most
+    /// [`DELETE_ATTEMPTS_MAX`] times, then the last conflict is the answer).
     pub async fn delete(&self, r: pb::DeleteStreamRequest) -> Result<pb::WriteResponse, Status> {
         self.user_stream("stream", &r.stream)?;
-        let now = self.now_us();
-        let name = r.stream.clone();
-        let info = self
-            .backend
-            .read(move |r| r.stream_info(&name, None, now))
-            .await?;
-        if info.hard_deleted {
-            return Err(to_status(strata_engine::Error::StreamDeleted {
-                stream: r.stream,
-            }));
-        }
         let expected = crate::convert::expected(r.expected);
-        if !expected.matches(info.head) {
-            return Err(to_status(strata_engine::Error::WrongExpectedVersion {
-                stream: r.stream,
-                expected: expected.to_string(),
-                actual: info.head,
-            }));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let now = self.now_us();
+            let name = r.stream.clone();
+            let info = self
+                .backend
+                .read(move |r| r.stream_info(&name, None, now))
+                .await?;
+            if info.hard_deleted {
+                return Err(to_status(strata_engine::Error::StreamDeleted {
+                    stream: r.stream,
+                }));
+            }
+            if !expected.matches(info.head) {
+                return Err(to_status(strata_engine::Error::WrongExpectedVersion {
+                    stream: r.stream,
+                    expected: expected.to_string(),
+                    actual: info.head,
+                }));
+            }
+            let request = if r.hard {
+                AppendRequest::single(
+                    system::deleted_stream(&r.stream),
+                    ExpectedVersion::NoStream,
+                    vec![system_event(system::TOMBSTONE_TYPE, Vec::new(), Vec::new())],
+                    now,
+                )
+                .on_condition(&r.stream, expected)
+            } else {
+                let Some(head) = info.head else {
+                    return Err(to_status(strata_engine::Error::WrongExpectedVersion {
+                        stream: r.stream,
+                        expected: "stream exists".into(),
+                        actual: None,
+                    }));
+                };
+                let meta = StreamMeta {
+                    truncate_before: Some(head + 1),
+                    ..info.meta
+                };
+                let meta_expected = info
+                    .meta_version
+                    .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                self.meta_request(&r.stream, meta, meta_expected)
+                    .on_condition(&r.stream, ExpectedVersion::Exact(head))
+            };
+            match self.backend.append(request).await {
+                Ok(done) => {
+                    return Ok(pb::WriteResponse {
+                        position: done.position,
+                    })
+                }
+                Err(ReplicaError::Engine(strata_engine::Error::WrongExpectedVersion {
+                    ..
+                })) if !r.hard && attempt < DELETE_ATTEMPTS_MAX => {}
+                Err(e) => return Err(replica_status(e)),
+            }
         }
-        if r.hard {
-            let request = AppendRequest::single(
-                system::deleted_stream(&r.stream),
-                ExpectedVersion::NoStream,
-                vec![system_event(system::TOMBSTONE_TYPE, Vec::new(), Vec::new())],
-                now,
-            );
-            return Ok(pb::WriteResponse {
-                position: self.write(request).await?,
-            });
-        }
-        let Some(head) = info.head else {
-            return Err(to_status(strata_engine::Error::WrongExpectedVersion {
-                stream: r.stream,
-                expected: "stream exists".into(),
-                actual: None,
-            }));
-        };
-        let meta = StreamMeta {
-            truncate_before: Some(head + 1),
-            ..info.meta
-        };
-        let meta_expected = info
-            .meta_version
-            .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-        self.write_meta(&r.stream, meta, meta_expected).await
     }
 
     /// `SaveSnapshot`: appends the state to `$snap:S`. The version must exist (a snapshot of a

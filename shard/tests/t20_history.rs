@@ -190,6 +190,66 @@ fn kind(status: &tonic::Status) -> &str {
         .unwrap_or("")
 }
 
+/// A soft delete hides exactly the versions before its own record: an append landing between
+/// the delete's read of the head and its write must not survive it (the write is conditional
+/// on the head it read, decided with the write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_delete_under_concurrent_appends_hides_everything_before_it() {
+    let node = TestNode::start(ServiceConfig::default()).await;
+    let mut c = node.client().await;
+    c.append(append("race", None, vec![event("", "{}")]))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for _ in 0..3 {
+        let mut w = node.client().await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                w.append(append("race", None, vec![event("", "{}")]))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let (mut done, mut lost_races) = (0, 0);
+    for _ in 0..30 {
+        match c
+            .delete_stream(pb::DeleteStreamRequest {
+                stream: "race".into(),
+                hard: false,
+                expected: None,
+            })
+            .await
+        {
+            Ok(r) => {
+                done += 1;
+                let at = r.into_inner().position;
+                let visible = c.read(read("race")).await.unwrap().into_inner().events;
+                for e in visible {
+                    assert!(
+                        e.position > at,
+                        "version {} at {} survived the delete at {at}",
+                        e.version,
+                        e.position
+                    );
+                }
+            }
+            Err(e) => {
+                // Appends kept landing between the read and the write on every attempt.
+                assert_eq!(kind(&e), "wrong-expected-version", "{e:?}");
+                lost_races += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(done > 0, "every delete lost its race ({lost_races})");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_soft_and_hard_delete_behave_as_documented() {
     let node = TestNode::start(ServiceConfig::default()).await;
