@@ -28,7 +28,8 @@ use crate::clock::Clock;
 use crate::config::{EngineConfig, SEGMENT_FOOTER_BYTES};
 use crate::error::{Error, Result};
 use crate::event::{
-    AppendRequest, AppendResult, NewEvent, Position, RecordedEvent, StreamAppendResult,
+    AppendRequest, AppendResult, ExpectedVersion, NewEvent, Position, RecordedEvent,
+    StreamAppendResult,
 };
 use crate::format::{self, EventFields, EventSlot, RecordHeader};
 use crate::fs::{FileHandle, FileSystem};
@@ -873,27 +874,31 @@ impl Store {
                     });
                 }
             }
-            let current = self.stream_head(&part.stream, current)?;
-            if !part.expected.matches(current) {
-                return Err(Error::WrongExpectedVersion {
-                    stream: part.stream.clone(),
-                    expected: part.expected.to_string(),
-                    actual: current,
-                });
-            }
-            first_versions.push(current.map_or(0, |v| v + 1));
+            let head = self.head_as_expected(&part.stream, part.expected, current)?;
+            first_versions.push(head.map_or(0, |v| v + 1));
         }
         for c in &request.conditions {
-            let current = self.stream_head(&c.stream, current)?;
-            if !c.expected.matches(current) {
-                return Err(Error::WrongExpectedVersion {
-                    stream: c.stream.clone(),
-                    expected: c.expected.to_string(),
-                    actual: current,
-                });
-            }
+            self.head_as_expected(&c.stream, c.expected, current)?;
         }
         Ok(Plan::Write(first_versions))
+    }
+
+    /// The stream's head (counting what `current` holds), if it is as `expected`.
+    fn head_as_expected(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        current: &Effects,
+    ) -> Result<Option<u64>> {
+        let head = self.stream_head(stream, current)?;
+        if !expected.matches(head) {
+            return Err(Error::WrongExpectedVersion {
+                stream: stream.to_string(),
+                expected: expected.to_string(),
+                actual: head,
+            });
+        }
+        Ok(head)
     }
 
     /// Every event id of `request` is committed: answer with the original result if the request

@@ -215,14 +215,17 @@ fn a_condition_on_another_stream_is_decided_with_the_write() {
     let fs = strata_engine::sim_fs::SimFs::new(3);
     let index = strata_engine::index_store::MemIndexStore::default();
     let mut store = common::open_sim(&fs, &index, small_config()).unwrap();
-    store
-        .commit(vec![append(
-            "acct",
-            ExpectedVersion::Any,
-            vec![event(1, "a")],
-        )])
-        .remove(0)
-        .unwrap();
+    let to_acct = |store: &mut strata_engine::Store, id: u128| {
+        store
+            .commit(vec![append(
+                "acct",
+                ExpectedVersion::Any,
+                vec![event(id, "a")],
+            )])
+            .remove(0)
+            .unwrap();
+    };
+    to_acct(&mut store, 1);
     let guarded = |id: u128, acct: ExpectedVersion| {
         append("audit", ExpectedVersion::Any, vec![event(id, "g")]).on_condition("acct", acct)
     };
@@ -251,14 +254,7 @@ fn a_condition_on_another_stream_is_decided_with_the_write() {
     assert_eq!(store.reader().stream_version("acct").unwrap(), Some(1));
     assert_eq!(store.reader().stream_version("audit").unwrap(), Some(0));
     // A retry is answered with the original result, whatever the condition says now.
-    store
-        .commit(vec![append(
-            "acct",
-            ExpectedVersion::Any,
-            vec![event(5, "c")],
-        )])
-        .remove(0)
-        .unwrap();
+    to_acct(&mut store, 5);
     let again = store
         .commit(vec![guarded(4, ExpectedVersion::Exact(1))])
         .remove(0)

@@ -270,6 +270,20 @@ fn write_rolling(store: &mut Store, seq: u64) {
     store.finisher().sync_points(&points).unwrap();
 }
 
+/// The store in `dir` loses the record that rolled it (a torn write) but keeps the new
+/// segment's header; reopened.
+fn tear_off_rolling_record(store: Store, dir: &std::path::Path) -> (Store, Vec<WrittenEntry>) {
+    let tail = store.reader().segments().last().unwrap().clone();
+    drop(store);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&tail.path)
+        .unwrap()
+        .set_len(tail.records_start() - tail.base)
+        .unwrap();
+    open(dir)
+}
+
 /// Found by the simulator (seed 100579): a follower truncated the record that had made it
 /// roll, kept the sealed segment and the empty new one, and could never take the leader's
 /// next frame, which went on in the old segment.
@@ -318,18 +332,7 @@ fn a_follower_unrolls_an_empty_segment_to_take_the_leaders_frame() {
         .write_entries(vec![entry(rolled, one_event(99_999, "y"))])
         .unwrap();
     apply(&leader, written);
-    // The follower loses the record that rolled it but keeps the new segment's header.
-    let segments = follower.reader().segments();
-    let tail = segments.last().unwrap();
-    let (tail_path, header_len) = (tail.path.clone(), tail.records_start() - tail.base);
-    drop(follower);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&tail_path)
-        .unwrap()
-        .set_len(header_len)
-        .unwrap();
-    let (mut follower, pending) = open(follower_dir.path());
+    let (mut follower, pending) = tear_off_rolling_record(follower, follower_dir.path());
     assert!(
         pending.is_empty(),
         "{:?}",
@@ -361,16 +364,7 @@ fn a_frame_beyond_an_empty_tail_is_refused_without_rolling_again() {
     write_rolling(&mut follower, rolled);
     assert_eq!(fill(&mut leader), rolled);
     write_rolling(&mut leader, rolled);
-    // The follower loses the record that rolled it but keeps the new segment's header.
-    let tail = follower.reader().segments().last().unwrap().clone();
-    drop(follower);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&tail.path)
-        .unwrap()
-        .set_len(tail.records_start() - tail.base)
-        .unwrap();
-    let (mut follower, _) = open(follower_dir.path());
+    let (mut follower, _) = tear_off_rolling_record(follower, follower_dir.path());
     let end = follower.reader().segments().last().unwrap().records_start();
     // The leader's frame for that entry, as if the leader's log ran 5,000 bytes further.
     let record = leader.read_entries(rolled, rolled + 1, usize::MAX).unwrap();
