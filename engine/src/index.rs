@@ -240,6 +240,20 @@ impl Index {
         }
     }
 
+    /// The greatest sequence number at or below `seq` that has a position, with it.
+    pub fn seq_at_or_before(&self, seq: u64) -> Result<Option<(u64, Position)>> {
+        let found = self
+            .store
+            .scan(&seq_key(0), &seq_key(seq.saturating_add(1)), true, 1)?;
+        match found.first() {
+            Some((k, v)) if k.len() == 9 && v.len() == 8 => {
+                Ok(Some((u64::from_be_bytes(tail8(k)), u64_at(v, 0))))
+            }
+            Some(_) => Err(corrupt_index("a sequence number")),
+            None => Ok(None),
+        }
+    }
+
     /// The ranges of the log retention reclaimed, `(start, end, horizon_us)`, in order.
     pub fn reclaimed_ranges(&self) -> Result<Vec<(Position, Position, u64)>> {
         self.store

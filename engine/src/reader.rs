@@ -134,7 +134,7 @@ impl Reader {
     }
 
     /// Where reading continues from a reclaimed `position`.
-    fn reclaimed_end(&self, position: Position) -> Position {
+    pub(crate) fn reclaimed_end(&self, position: Position) -> Position {
         if position < self.log.first_base() {
             self.log.start()
         } else {

@@ -120,6 +120,9 @@ pub struct WrittenGroup<T> {
     bytes: u64,
     batch: IndexBatch,
     answers: Vec<(T, AppendResult)>,
+    /// Holds a hole record (a log's unapplied tail copied or reopened after retention):
+    /// finishing it updates the reclaimed ranges readers consult.
+    holes: bool,
 }
 
 impl<T> WrittenGroup<T> {
@@ -285,6 +288,7 @@ impl Finisher {
         }
         let mut batch = extra;
         let (mut events, mut bytes) = (0, 0);
+        let holes = groups.iter().any(|g| g.holes);
         for g in &mut groups {
             batch.ops.append(&mut g.batch.ops);
             events += g.events;
@@ -302,6 +306,13 @@ impl Finisher {
             // so stop writing until a reopen catches it up from the log.
             tracing::error!(error = %e, "index write failed after a durable group; stopping writes");
             let _ = self.poison.set(format!("index write failed: {e}"));
+        } else if holes {
+            if let Err(e) = self.reader.reclaimed.load(&self.reader.index) {
+                tracing::error!(error = %e, "reloading reclaimed ranges failed; stopping writes");
+                let _ = self
+                    .poison
+                    .set(format!("reloading reclaimed ranges failed: {e}"));
+            }
         }
         self.reader.log.publish_end(end);
         {
@@ -717,6 +728,7 @@ impl Store {
                     bytes: group.buf.len() as u64,
                     batch: group.batch,
                     answers: group.answers,
+                    holes: false,
                 });
             }
             Err(e) => now.extend(

@@ -35,17 +35,26 @@ fn one_seed_gives_one_trace_in_process_and_across_processes() {
 #[test]
 fn regression_seeds_pass() {
     let list = include_str!("../regression-seeds.txt");
-    let seeds: Vec<u64> = list
+    // `SEED` or `SEED@FAULTS` (the `--faults` the seed failed with).
+    let runs: Vec<RunConfig> = list
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|token| {
+            let (seed, faults) = token.split_once('@').unwrap_or((token, "all"));
+            RunConfig {
+                faults: FaultSet::parse(faults).expect("fault classes"),
+                ..RunConfig::new(seed.parse().expect("seed"))
+            }
+        })
         .collect();
-    assert!(!seeds.is_empty());
-    for seed in seeds {
-        let report = run(&RunConfig::new(seed));
+    assert!(!runs.is_empty());
+    for config in runs {
+        let report = run(&config);
         assert!(
             report.violations.is_empty(),
-            "seed {seed}: {:?}",
+            "seed {}: {:?}",
+            config.seed,
             report.violations
         );
     }

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::event::{AppendResult, NewEvent, Position};
 use crate::format::{
     self, check_frame, FrameCheck, RecordHeader, FRAME_BYTES, HEADER_BYTES, KIND_BLANK, KIND_GAP,
-    KIND_MEMBERSHIP,
+    KIND_HOLE, KIND_MEMBERSHIP,
 };
 use crate::fs::FileSystem;
 use crate::index;
@@ -435,11 +435,12 @@ impl Store {
         WrittenGroup {
             file,
             end: r.header.position + r.frame.len() as u64,
-            next_seq: r.header.seq + 1,
+            next_seq: r.header.seq + format::records_in(&r.frame),
             events,
             bytes: r.frame.len() as u64,
             batch,
             answers: Vec::new(),
+            holes: format::read_kind(&r.frame) == KIND_HOLE,
         }
     }
 
@@ -471,7 +472,8 @@ impl Store {
         self.log.next_seq()
     }
 
-    /// Where entry `seq` is, if the log holds it.
+    /// Where entry `seq` is, if the log holds it — for an entry retention reclaimed, where its
+    /// hole is (or, on the node that reclaimed it, where the entry was: inside the hole).
     pub fn entry_position(&self, seq: u64) -> Result<Option<Position>> {
         if seq >= self.log.next_seq() || self.first_seq().is_none_or(|f| seq < f) {
             return Ok(None);
@@ -493,11 +495,30 @@ impl Store {
                 )?;
                 Ok(raw
                     .iter()
-                    .find(|r| r.header.seq == seq)
+                    .find(|r| covers(r, seq))
                     .map(|r| r.header.position))
             }
-            None => self.reader.index.position_of_seq(seq),
+            None => match self.reader.index.position_of_seq(seq)? {
+                Some(position) => Ok(Some(position)),
+                None => self.hole_of(seq),
+            },
         }
+    }
+
+    /// The position of the hole holding entry `seq`, if retention reclaimed it: a log indexed
+    /// from its records (a snapshot's copy, an index rebuild) knows only a hole's first entry.
+    fn hole_of(&self, seq: u64) -> Result<Option<Position>> {
+        let Some((_, position)) = self.reader.index.seq_at_or_before(seq)? else {
+            return Ok(None);
+        };
+        let (raw, _) = self
+            .reader
+            .log
+            .scan(position, self.log.next_position(), 1, usize::MAX)?;
+        Ok(raw
+            .first()
+            .filter(|r| format::read_kind(&r.frame) == KIND_HOLE && covers(r, seq))
+            .map(|r| r.header.position))
     }
 
     /// Entries `from..to` (clipped to what the log holds), at most `max_bytes` of them (but at
@@ -514,13 +535,22 @@ impl Store {
         let Some(position) = self.entry_position(from)? else {
             return Err(Error::Index(format!("entry {from} has no position")));
         };
+        // On the node that reclaimed it, an entry's indexed position lies inside its hole.
+        let position = match self.reader.is_reclaimed(position) {
+            true => self
+                .reader
+                .log
+                .normalize(self.reader.reclaimed_end(position)),
+            false => position,
+        };
         let (mut raw, _) = self.reader.log.scan(
             position,
             self.log.next_position(),
             (to - from) as usize,
             max_bytes,
         )?;
-        raw.retain(|r| r.header.seq < to);
+        // Entries retention reclaimed are no entries any more.
+        raw.retain(|r| r.header.seq < to && format::read_kind(&r.frame) != KIND_HOLE);
         Ok(raw)
     }
 
@@ -535,4 +565,9 @@ impl Store {
             .first()
             .map(|r| r.header))
     }
+}
+
+/// Whether record `r` holds entry `seq` (a hole holds every entry it reclaimed).
+fn covers(r: &RawRecord, seq: u64) -> bool {
+    r.header.seq <= seq && seq < r.header.seq + format::records_in(&r.frame)
 }

@@ -116,6 +116,21 @@ fn main() -> ExitCode {
                     .with_writer(std::io::stderr)
                     .init();
             }
+            // What a failed seed of a sweep must be replayed with besides `--seed`.
+            let defaults = RunConfig::new(0);
+            let mut replay_flags = String::new();
+            if faults != "all" {
+                replay_flags += &format!(" --faults {faults}");
+            }
+            if Duration::from_secs(safety_secs) != defaults.safety {
+                replay_flags += &format!(" --safety-secs {safety_secs}");
+            }
+            if Duration::from_secs(liveness_secs) != defaults.liveness {
+                replay_flags += &format!(" --liveness-secs {liveness_secs}");
+            }
+            if lying_disks {
+                replay_flags += " --lying-disks";
+            }
             let faults = match FaultSet::parse(&faults) {
                 Ok(f) => f,
                 Err(e) => {
@@ -139,7 +154,13 @@ fn main() -> ExitCode {
                     eprintln!("error: --seeds must be at least 1");
                     ExitCode::from(2)
                 }
-                (None, Some(n)) => sweep(n, first, time_limit.map(Duration::from_secs), config),
+                (None, Some(n)) => sweep(
+                    n,
+                    first,
+                    time_limit.map(Duration::from_secs),
+                    config,
+                    &replay_flags,
+                ),
                 (None, None) => {
                     eprintln!("error: give --seed S or --seeds N");
                     ExitCode::from(2)
@@ -191,6 +212,7 @@ fn sweep(
     first: Option<u64>,
     time_limit: Option<Duration>,
     config: impl Fn(u64) -> RunConfig,
+    replay_flags: &str,
 ) -> ExitCode {
     let first = first.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -226,7 +248,9 @@ fn sweep(
                 println!(
                     "seed {seed}: VIOLATED no hang: no result within {SEED_WALL_MAX:?} of wall time"
                 );
-                println!("seed {seed}: FAILED — replay with: strata-sim run --seed {seed}");
+                println!(
+                    "seed {seed}: FAILED — replay with: strata-sim run --seed {seed}{replay_flags}"
+                );
                 failed.push(seed);
                 done += 1;
                 continue;
@@ -240,7 +264,9 @@ fn sweep(
         }
         if !report.violations.is_empty() {
             print_violations(&report);
-            println!("seed {seed}: FAILED — replay with: strata-sim run --seed {seed}");
+            println!(
+                "seed {seed}: FAILED — replay with: strata-sim run --seed {seed}{replay_flags}"
+            );
             failed.push(seed);
         }
         // Progress: a line rewritten in place on a terminal, a line every 30 s in a log.
