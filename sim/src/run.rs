@@ -307,6 +307,10 @@ async fn nemesis(
             classes.push(name);
         }
     }
+    // Nodes the nemesis asked to remove and has not added back: a removal may still take
+    // effect after its call failed or after the leader's view was read, so they never count
+    // as voters when deciding whether another removal keeps three.
+    let mut removing: BTreeSet<NodeId> = BTreeSet::new();
     // Each stopped node is restarted a while later (the liveness phase restarts the rest).
     loop {
         tokio::time::sleep(rng.millis(200, 1500)).await;
@@ -468,7 +472,8 @@ async fn nemesis(
                 let Some(leader) = cluster.replica(l) else {
                     continue;
                 };
-                let voters = voters(&cluster);
+                let voters: BTreeSet<NodeId> =
+                    voters(&cluster).difference(&removing).copied().collect();
                 let spare: Vec<NodeId> = ids
                     .iter()
                     .copied()
@@ -478,6 +483,7 @@ async fn nemesis(
                 let no_corruption = lock(&tainted).is_empty();
                 if rng.chance(0.5) || voters.len() <= 3 || !no_corruption {
                     let Some(id) = rng.pick(&spare) else { continue };
+                    removing.remove(&id);
                     log.note(&cluster, "add node", format!("n{id} via n{l}"));
                     let c = cluster.clone();
                     tokio::spawn(async move {
@@ -489,6 +495,7 @@ async fn nemesis(
                         c.trace().log(format!("add n{id}: {r:?}"));
                     });
                 } else if let Some(id) = rng.pick(&removable) {
+                    removing.insert(id);
                     log.note(&cluster, "remove node", format!("n{id} via n{l}"));
                     let c = cluster.clone();
                     tokio::spawn(async move {
