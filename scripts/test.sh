@@ -20,6 +20,11 @@ echo "==> simulator sweep (${STRATA_SIM_SWEEP_SECS:-180} s)"
 cargo build --release --locked -p strata-sim
 "$CARGO_TARGET_DIR/release/strata-sim" run --seeds 1000000000 \
   --time-limit "${STRATA_SIM_SWEEP_SECS:-180}"
+# Storage and membership faults only: fewer seeds per second, more crashes and disk faults
+# per seed.
+echo "==> simulator sweep, storage and membership faults (${STRATA_SIM_FOCUSED_SECS:-90} s)"
+"$CARGO_TARGET_DIR/release/strata-sim" run --seeds 1000000000 \
+  --faults crashes,disk,membership,partitions --time-limit "${STRATA_SIM_FOCUSED_SECS:-90}"
 # One closing line with the totals over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
