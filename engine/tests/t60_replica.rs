@@ -270,6 +270,19 @@ fn write_rolling(store: &mut Store, seq: u64) {
     store.finisher().sync_points(&points).unwrap();
 }
 
+/// A leader and a follower (in their directories) holding the same applied entries 1..N,
+/// after which the follower wrote entry N + 1, which rolled its log. Returns N + 1 last.
+fn rolled_follower() -> (tempfile::TempDir, Store, tempfile::TempDir, Store, u64) {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let (mut leader, _) = open(leader_dir.path());
+    let (mut follower, _) = open(follower_dir.path());
+    let rolled = fill(&mut follower);
+    write_rolling(&mut follower, rolled);
+    assert_eq!(fill(&mut leader), rolled);
+    (leader_dir, leader, follower_dir, follower, rolled)
+}
+
 /// The store in `dir` loses the record that rolled it (a torn write) but keeps the new
 /// segment's header; reopened.
 fn tear_off_rolling_record(store: Store, dir: &std::path::Path) -> (Store, Vec<WrittenEntry>) {
@@ -320,14 +333,8 @@ fn truncating_the_record_that_rolled_the_log_undoes_the_roll() {
 /// the crash) takes a leader frame that goes on in the previous segment.
 #[test]
 fn a_follower_unrolls_an_empty_segment_to_take_the_leaders_frame() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let follower_dir = tempfile::tempdir().unwrap();
-    let (mut leader, _) = open(leader_dir.path());
-    let (mut follower, _) = open(follower_dir.path());
-    let rolled = fill(&mut follower);
-    write_rolling(&mut follower, rolled);
-    // The leader has the same entries before it, then a small one that fits.
-    assert_eq!(fill(&mut leader), rolled);
+    let (_leader_dir, mut leader, follower_dir, follower, rolled) = rolled_follower();
+    // Where the follower's entry did not fit, the leader's is a small one that does.
     let written = leader
         .write_entries(vec![entry(rolled, one_event(99_999, "y"))])
         .unwrap();
@@ -356,13 +363,7 @@ fn a_follower_unrolls_an_empty_segment_to_take_the_leaders_frame() {
 /// an empty tail means the logs differ: refused, and nothing changes.
 #[test]
 fn a_frame_beyond_an_empty_tail_is_refused_without_rolling_again() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let follower_dir = tempfile::tempdir().unwrap();
-    let (mut leader, _) = open(leader_dir.path());
-    let (mut follower, _) = open(follower_dir.path());
-    let rolled = fill(&mut follower);
-    write_rolling(&mut follower, rolled);
-    assert_eq!(fill(&mut leader), rolled);
+    let (_leader_dir, mut leader, follower_dir, follower, rolled) = rolled_follower();
     write_rolling(&mut leader, rolled);
     let (mut follower, _) = tear_off_rolling_record(follower, follower_dir.path());
     let end = follower.reader().segments().last().unwrap().records_start();
