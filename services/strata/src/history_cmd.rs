@@ -42,7 +42,9 @@ pub struct DeleteArgs {
     /// recreates it, continuing its versions).
     #[arg(long)]
     hard: bool,
-    /// Expected version: any, no-stream, exists, or a version number.
+    /// Expected version: any, no-stream, exists, or a version number. Checked when the
+    /// deletion is written: an append that lands first makes it fail with exit status 3 (a
+    /// soft delete with `any` reads again and retries, a few times).
     #[arg(long, default_value = "any")]
     expected: String,
     #[command(flatten)]
