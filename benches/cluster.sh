@@ -10,11 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}; kills=${2:-10}; parent=${3:-/tmp}
-source scripts/deps.sh
-cargo build --release --locked -q -p strata
-strata="$CARGO_TARGET_DIR/release/strata"
+source benches/lib.sh
 data=$(mktemp -d "$parent/strata-cluster-bench.XXXXXX")
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 declare -A pid port
 cleanup() {
   for p in "${pid[@]}"; do kill -TERM "$p" 2>/dev/null || true; done

@@ -9,11 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}; rounds=${2:-2}; parent=${3:-/tmp}
-source scripts/deps.sh
-cargo build --release --locked -q -p strata
-strata="$CARGO_TARGET_DIR/release/strata"
+source benches/lib.sh
 data=$(mktemp -d "$parent/strata-retention-bench.XXXXXX")
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 node_pid=""
 cleanup() { [ -n "$node_pid" ] && kill -TERM "$node_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$data"; }
 trap cleanup EXIT

@@ -6,12 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}; parent=${2:-/tmp}
-source scripts/deps.sh
-cargo build --release --locked -q -p strata
-strata="$CARGO_TARGET_DIR/release/strata"
+source benches/lib.sh
 peer="$(cd .. && pwd)/shared/bench/peers/postgres.sh"
 data=$(mktemp -d "$parent/strata-bench.XXXXXX")
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+port=$(free_port)
 "$strata" dev --data "$data/node" --listen "127.0.0.1:$port" >"$data/dev.log" 2>&1 &
 dev=$!
 trap 'kill -INT $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$data"' EXIT

@@ -28,7 +28,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use strata_engine::clock::Clock;
-use strata_engine::format::{self, KIND_BLANK, KIND_EVENTS, KIND_GAP, KIND_MEMBERSHIP};
+use strata_engine::format::{self, KIND_BLANK, KIND_EVENTS, KIND_MEMBERSHIP};
 use strata_engine::fs::FileSystem;
 use strata_engine::index;
 use strata_engine::index_store::{IndexBatch, IndexStore};
@@ -271,10 +271,7 @@ fn record_of(store: &Store, log_id: LogId) -> Result<Option<RawRecord>> {
         .into_iter()
         .next()
         .filter(|r| {
-            // A gap record stands for an index the log skipped: it holds no entry.
-            format::read_kind(&r.frame) != KIND_GAP
-                && r.header.term == log_id.leader_id.term
-                && r.header.leader == log_id.leader_id.node_id
+            r.header.term == log_id.leader_id.term && r.header.leader == log_id.leader_id.node_id
         }))
 }
 
@@ -540,10 +537,7 @@ impl Shard {
         let applied = state.applied.last.map_or(0, |l| l.index + 1);
         let mut out = Vec::new();
         scan_entries(&state.store, from, to.min(applied), usize::MAX, |r| {
-            // Records this replica's retention reclaimed are no entries any more.
-            if format::read_kind(&r.frame) != format::KIND_HOLE {
-                out.push((r.header.seq, format::replicated_bytes(&r.frame)));
-            }
+            out.push((r.header.seq, format::replicated_bytes(&r.frame)));
             Ok(())
         })?;
         Ok(out)
@@ -616,7 +610,7 @@ impl Shard {
         let state = lock(&self.inner.state);
         let mut out = Vec::new();
         scan_entries(&state.store, from, to, max_bytes, |r| {
-            out.extend(to_entry(r)?);
+            out.push(to_entry(r)?);
             Ok(())
         })?;
         Ok(out)
@@ -648,8 +642,8 @@ impl Shard {
     }
 }
 
-/// The openraft entry a record holds (`None` for a gap record, which is no entry).
-pub fn to_entry(r: &RawRecord) -> Result<Option<Entry>> {
+/// The openraft entry a record holds.
+pub fn to_entry(r: &RawRecord) -> Result<Entry> {
     let log_id = LogId::new(
         CommittedLeaderId::new(r.header.term, r.header.leader),
         r.header.seq,
@@ -659,7 +653,6 @@ pub fn to_entry(r: &RawRecord) -> Result<Option<Entry>> {
         // decided by the leader — a batch of appends whose estimate rolled the segment can end
         // up a small blank record when every append is refused — and followers must copy it.
         KIND_EVENTS | KIND_BLANK => EntryPayload::Normal(Command::Frame(r.frame.clone())),
-        KIND_GAP => return Ok(None),
         KIND_MEMBERSHIP => EntryPayload::Membership(
             serde_json::from_slice(format::body(&r.frame)).map_err(|e| {
                 Error::corruption(
@@ -677,7 +670,7 @@ pub fn to_entry(r: &RawRecord) -> Result<Option<Entry>> {
             ))
         }
     };
-    Ok(Some(Entry { log_id, payload }))
+    Ok(Entry { log_id, payload })
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {

@@ -522,7 +522,7 @@ impl Store {
     }
 
     /// Entries `from..to` (clipped to what the log holds), at most `max_bytes` of them (but at
-    /// least one).
+    /// least one). Records that hold no entry (gap records, holes) are left out.
     pub fn read_entries(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<RawRecord>> {
         let Some(first) = self.first_seq() else {
             return Ok(Vec::new());
@@ -549,8 +549,11 @@ impl Store {
             (to - from) as usize,
             max_bytes,
         )?;
-        // Entries retention reclaimed are no entries any more.
-        raw.retain(|r| r.header.seq < to && format::read_kind(&r.frame) != KIND_HOLE);
+        // Records that hold no entry: gap records (indexes the log skipped) and holes (entries
+        // retention reclaimed).
+        raw.retain(|r| {
+            r.header.seq < to && !matches!(format::read_kind(&r.frame), KIND_GAP | KIND_HOLE)
+        });
         Ok(raw)
     }
 
