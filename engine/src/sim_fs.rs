@@ -17,7 +17,8 @@ use crate::rng::SplitMix64;
 pub enum CrashMode {
     /// All unsynced bytes are lost.
     DropUnsynced,
-    /// A random prefix of each file's unsynced appended bytes survives (a torn write).
+    /// A random prefix of each file's unsynced changes survives (a torn write), the old
+    /// contents after it.
     TearUnsynced,
 }
 
@@ -86,6 +87,16 @@ impl SimFile {
     }
 }
 
+/// Where `now` first differs from `durable` (the shorter one's length if one is a prefix of the
+/// other), or `None` if they are equal.
+fn first_difference(durable: &[u8], now: &[u8]) -> Option<usize> {
+    match durable.iter().zip(now).position(|(a, b)| a != b) {
+        Some(at) => Some(at),
+        None if durable.len() != now.len() => Some(durable.len().min(now.len())),
+        None => None,
+    }
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic while holding this lock is a bug in a test; keep going with the data as is.
     state
@@ -132,26 +143,26 @@ impl SimFs {
         // In id order: the torn lengths drawn below must not depend on hash order.
         ids.sort_unstable();
         for id in ids {
-            let keep_extra = {
-                let file = &state.files[&id];
-                let extends = file.current.len() > file.durable.len()
-                    && file.current.starts_with(&file.durable);
-                match mode {
-                    CrashMode::TearUnsynced if extends => {
-                        let extra = (file.current.len() - file.durable.len()) as u64;
-                        Some(extra)
-                    }
-                    _ => None,
+            // Unsynced changes start at the first byte where the file differs from its
+            // durable contents; a torn crash keeps a random prefix of them (writes reach the
+            // disk in order), the old bytes after it.
+            let changed = match mode {
+                CrashMode::TearUnsynced => {
+                    let file = &state.files[&id];
+                    first_difference(&file.durable, &file.current)
+                        .map(|at| (at, file.current.len() - at))
                 }
+                CrashMode::DropUnsynced => None,
             };
-            let keep = match keep_extra {
-                Some(extra) => state.rng.below(extra + 1) as usize,
-                None => 0,
-            };
+            let torn = changed.map(|(at, extra)| (at, state.rng.below(extra as u64 + 1) as usize));
             if let Some(file) = state.files.get_mut(&id) {
-                let durable_len = file.durable.len();
-                file.durable
-                    .extend_from_slice(&file.current[durable_len..durable_len + keep]);
+                if let Some((at, keep)) = torn {
+                    let mut kept = file.current[..at + keep].to_vec();
+                    if let Some(old) = file.durable.get(at + keep..) {
+                        kept.extend_from_slice(old);
+                    }
+                    file.durable = kept;
+                }
                 file.current = file.durable.clone();
             }
         }

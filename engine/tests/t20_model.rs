@@ -12,7 +12,9 @@ use bytes::Bytes;
 use common::open_sim;
 use proptest::prelude::*;
 use strata_engine::config::{SEGMENT_FOOTER_BYTES, SEGMENT_HEADER_BYTES};
+use strata_engine::fs::{FileSystem, OpenMode};
 use strata_engine::index_store::MemIndexStore;
+use strata_engine::segment::parse_segment_file_name;
 use strata_engine::sim_fs::{CrashMode, SimFs};
 use strata_engine::{
     AppendRequest, AppendResult, Direction, EngineConfig, Error, ExpectedVersion, NewEvent,
@@ -397,6 +399,9 @@ impl Harness {
         if sync_fails {
             self.fs.fail_next_syncs(1);
         } else {
+            // A full disk fails only writes that need space: cut the zeros preallocated past
+            // the tail's records so this one does.
+            self.cut_preallocated();
             self.fs.set_space_limit(Some(self.fs.used_bytes()));
         }
         let answer = self.store().commit(vec![request.clone()]).remove(0);
@@ -436,6 +441,25 @@ impl Harness {
         }
         if self.store().commit(Vec::new()).is_empty() && self.is_poisoned() {
             self.crash_and_reopen(false, false, false);
+        }
+    }
+
+    /// Cuts the tail segment file back to its records (the writer preallocates zeros past them).
+    fn cut_preallocated(&mut self) {
+        let end = self.store().next_position();
+        let tail = self
+            .fs
+            .files()
+            .into_iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?.to_string();
+                Some((parse_segment_file_name(&name)?, p))
+            })
+            .max_by_key(|(base, _)| *base);
+        let Some((base, path)) = tail else { return };
+        if self.fs.file_len(&path).unwrap() > end - base {
+            let file = FileSystem::open(&self.fs, &path, OpenMode::ReadWrite).unwrap();
+            file.set_len(end - base).unwrap();
         }
     }
 

@@ -34,6 +34,21 @@ fn fill(dir: &Path, count: u128) -> Vec<Position> {
     positions
 }
 
+/// The tail segment (base, path) and the offset where its records end: the file runs on past
+/// it with the zeros the writer preallocates.
+fn tail_records_end(dir: &Path) -> (u64, PathBuf, u64) {
+    let engine = Engine::open_dir(dir, small_config()).unwrap();
+    let end = engine.reader().end();
+    engine.close();
+    drop(engine);
+    let (base, path) = segments(dir).pop().unwrap();
+    assert!(
+        std::fs::metadata(&path).unwrap().len() > end - base,
+        "no zeros past the records"
+    );
+    (base, path, end - base)
+}
+
 fn segments(dir: &Path) -> Vec<(u64, PathBuf)> {
     let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join("log"))
         .unwrap()
@@ -145,8 +160,7 @@ fn flipped_bit_mid_tail_refuses_open_naming_file_and_offset() {
 fn torn_last_record_is_truncated_and_the_rest_is_intact() {
     let dir = tempfile::tempdir().unwrap();
     let positions = fill(dir.path(), 50);
-    let (tail_base, tail) = segments(dir.path()).pop().unwrap();
-    let end = std::fs::metadata(&tail).unwrap().len();
+    let (tail_base, tail, end) = tail_records_end(dir.path());
     // A crash in the middle of writing one more record: its first half reached the disk.
     let last = *positions.last().unwrap() - tail_base;
     let mut frame = vec![0u8; (end - last) as usize];
@@ -196,9 +210,8 @@ fn torn_last_record_is_truncated_and_the_rest_is_intact() {
 fn a_cut_acknowledged_record_is_corruption_not_a_tear() {
     let dir = tempfile::tempdir().unwrap();
     let positions = fill(dir.path(), 50);
-    let (tail_base, tail) = segments(dir.path()).pop().unwrap();
+    let (tail_base, tail, end) = tail_records_end(dir.path());
     let last = *positions.last().unwrap() - tail_base;
-    let end = std::fs::metadata(&tail).unwrap().len();
     // The last record was acknowledged, so synced: a crash cannot have torn it. The index
     // checkpoint covers it, which is how open knows.
     OpenOptions::new()
@@ -217,16 +230,18 @@ fn a_cut_acknowledged_record_is_corruption_not_a_tear() {
 fn garbage_after_the_last_record_is_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path(), 10);
-    let (_, tail) = segments(dir.path()).pop().unwrap();
+    let (_, tail, end) = tail_records_end(dir.path());
     let len = std::fs::metadata(&tail).unwrap().len();
     OpenOptions::new()
         .write(true)
         .open(&tail)
         .unwrap()
-        .write_all_at(&[0xAB; 100], len)
+        .write_all_at(&[0xAB; 100], end)
         .unwrap();
     let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
-    assert_eq!(engine.recovery().torn_bytes, 100);
+    assert_eq!(engine.recovery().torn_tail, Some((tail.clone(), end)));
+    assert_eq!(engine.recovery().torn_bytes, len - end);
+    assert_eq!(std::fs::metadata(&tail).unwrap().len(), end);
     assert_eq!(engine.reader().stream_version("s").unwrap(), Some(9));
 }
 
@@ -271,10 +286,10 @@ fn regression_kill_between_creating_a_segment_and_writing_its_header() {
     use strata_engine::segment::{segment_file_name, Footer};
     let dir = tempfile::tempdir().unwrap();
     let positions = fill(dir.path(), 50);
-    let (tail_base, tail) = segments(dir.path()).pop().unwrap();
-    let bytes = std::fs::read(&tail).unwrap();
-    let len = bytes.len() as u64;
-    // Seal the tail as the roll would have: footer written and synced...
+    let (tail_base, tail, len) = tail_records_end(dir.path());
+    let mut bytes = std::fs::read(&tail).unwrap();
+    bytes.truncate(len as usize);
+    // Seal the tail as the roll would have: zeros cut, footer written and synced...
     let first_seq = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
     let record_count = positions.iter().filter(|p| **p > tail_base).count() as u64;
     let footer = Footer {
@@ -284,12 +299,9 @@ fn regression_kill_between_creating_a_segment_and_writing_its_header() {
         records_end: tail_base + len,
         records_crc: crc32fast::hash(&bytes[40..]),
     };
-    OpenOptions::new()
-        .write(true)
-        .open(&tail)
-        .unwrap()
-        .write_all_at(&footer.encode(), len)
-        .unwrap();
+    let file = OpenOptions::new().write(true).open(&tail).unwrap();
+    file.set_len(len).unwrap();
+    file.write_all_at(&footer.encode(), len).unwrap();
     // ...and the next segment's file created, empty; the manifest still names the old tail.
     let next_base = tail_base + len + footer.encode().len() as u64;
     std::fs::File::create(dir.path().join("log").join(segment_file_name(next_base))).unwrap();
@@ -348,4 +360,42 @@ fn regression_kill_during_the_first_open_of_a_new_directory() {
         Engine::open_dir(dir.path(), small_config()),
         Err(Error::Corruption { .. })
     ));
+}
+
+/// The writer keeps zeros written past the tail's records (so most syncs flush data alone):
+/// they are where the log ends, not a torn tail, and reopening keeps them.
+#[test]
+fn preallocated_zeros_past_the_records_are_a_clean_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let positions = fill(dir.path(), 50);
+    let (tail_base, tail, end) = tail_records_end(dir.path());
+    let len = std::fs::metadata(&tail).unwrap().len();
+    assert!(
+        segments(dir.path()).len() > 1,
+        "the fill rolled (sealed segments are cut to their footer)"
+    );
+    let strict = EngineConfig {
+        tail_recovery: TailRecovery::Refuse,
+        ..small_config()
+    };
+    let engine = Engine::open_dir(dir.path(), strict).unwrap();
+    assert_eq!(engine.recovery().torn_tail, None);
+    assert_eq!(engine.recovery().torn_bytes, 0);
+    assert_eq!(std::fs::metadata(&tail).unwrap().len(), len);
+    let r = engine
+        .append_blocking(append(
+            "s",
+            ExpectedVersion::Exact(49),
+            vec![event(500, "after")],
+        ))
+        .unwrap();
+    assert_eq!(r.position, tail_base + end);
+    assert!(r.position > *positions.last().unwrap());
+    engine.close();
+    drop(engine);
+    let report = verify(&StdFs, dir.path(), &small_config(), |_| {}).unwrap();
+    assert!(report.is_clean());
+    assert_eq!(report.torn_tail, None);
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    assert_eq!(engine.reader().stream_version("s").unwrap(), Some(50));
 }

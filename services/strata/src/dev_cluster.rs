@@ -49,7 +49,7 @@ fn stop(children: &mut [Child]) {
 pub async fn run(
     data: PathBuf,
     host: IpAddr,
-    metrics_host: IpAddr,
+    metrics_host: Option<IpAddr>,
     nodes: u64,
 ) -> Result<(), Failure> {
     if !(2..=9).contains(&nodes) {
@@ -74,7 +74,10 @@ pub async fn run(
             .arg("--listen")
             .arg(addr(n))
             .arg("--metrics")
-            .arg(format!("{metrics_host}:{}", 9463 + n));
+            .arg(match metrics_host {
+                Some(h) => format!("{h}:{}", 9463 + n),
+                None => "off".to_string(),
+            });
         for p in (1..=nodes).filter(|p| *p != n) {
             cmd.arg("--peer").arg(format!("{p}={}", addr(p)));
         }
@@ -132,10 +135,13 @@ pub async fn run(
         data.display()
     );
     for n in 1..=nodes {
+        let metrics = match metrics_host {
+            Some(h) => format!("  metrics http://{h}:{}/metrics", 9463 + n),
+            None => String::new(),
+        };
         println!(
-            "  node {n}: gRPC {}  metrics http://{metrics_host}:{}/metrics  log {}/node-{n}/node.log",
+            "  node {n}: gRPC {}{metrics}  log {}/node-{n}/node.log",
             addr(n),
-            9463 + n,
             data.display()
         );
     }

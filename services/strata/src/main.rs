@@ -40,9 +40,9 @@ enum Command {
         /// gRPC address (a cluster puts node N on port 50050+N of this address's host).
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: std::net::SocketAddr,
-        /// HTTP address of /metrics and /health (node N of a cluster: port 9463+N).
-        #[arg(long, default_value = "127.0.0.1:9464")]
-        metrics: std::net::SocketAddr,
+        /// HTTP address of /metrics and /health (node N of a cluster: port 9463+N), or `off`.
+        #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics)]
+        metrics: Metrics,
         /// Nodes: 1 runs one engine without replication; 3 (or 5) runs a replicated cluster
         /// of that many local processes.
         #[arg(long, default_value_t = 1)]
@@ -85,6 +85,19 @@ enum Command {
     },
 }
 
+/// `--metrics`: an address, or none (`off`).
+type Metrics = Option<std::net::SocketAddr>;
+
+fn parse_metrics(value: &str) -> Result<Metrics, String> {
+    if value == "off" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("expected HOST:PORT or `off`: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -113,7 +126,9 @@ fn main() -> ExitCode {
                 listen,
                 metrics,
                 nodes,
-            } if nodes > 1 => dev_cluster::run(data, listen.ip(), metrics.ip(), nodes).await,
+            } if nodes > 1 => {
+                dev_cluster::run(data, listen.ip(), metrics.map(|m| m.ip()), nodes).await
+            }
             Command::Dev {
                 data,
                 listen,
@@ -131,7 +146,7 @@ fn main() -> ExitCode {
                     listen,
                     engine: Default::default(),
                     service: Default::default(),
-                    metrics_listen: Some(metrics),
+                    metrics_listen: metrics,
                     cluster: None,
                 };
                 serve(config, "strata dev").await

@@ -24,11 +24,15 @@ struct Dev {
 
 impl Dev {
     fn start(data: &Path, port: u16) -> Dev {
+        Dev::start_with_metrics(data, port, "127.0.0.1:0")
+    }
+
+    fn start_with_metrics(data: &Path, port: u16, metrics: &str) -> Dev {
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(STRATA)
             .args(["dev", "--data"])
             .arg(data)
-            .args(["--listen", &addr, "--metrics", "127.0.0.1:0"])
+            .args(["--listen", &addr, "--metrics", metrics])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -169,6 +173,9 @@ fn commands_print_json_lines_and_exit_with_the_documented_codes() {
     let bad = dev.run(&["read", "orders-1", "--as-of", "yesterday"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("RFC 3339"));
+    let bad = dev.run(&["dev", "--metrics", "banana"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("HOST:PORT or `off`"));
     // SIGTERM: a clean stop.
     let status = dev.signal(libc::SIGTERM);
     assert!(status.success(), "{status:?}");
@@ -228,7 +235,8 @@ fn sigkill_under_load_then_restart_keeps_every_acknowledged_append() {
         acked.iter().all(|a| !a.is_empty()),
         "every writer got acknowledgements before the kill"
     );
-    let dev = Dev::start(dir.path(), port);
+    // Restarted without its metrics endpoint (`--metrics off`).
+    let dev = Dev::start_with_metrics(dir.path(), port, "off");
     for (w, ids) in acked.iter().enumerate() {
         let events = json(&dev.run(&["read", &format!("load-{w}"), "--limit", "4096"]));
         let stored: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
