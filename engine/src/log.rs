@@ -375,6 +375,19 @@ struct SegmentScan {
     torn_at: Option<u64>,
 }
 
+impl SegmentScan {
+    /// Records that end cleanly at `records_len`, with no footer.
+    fn ended(records_len: u64, record_count: u64, crc: crc32fast::Hasher) -> SegmentScan {
+        SegmentScan {
+            records_len,
+            record_count,
+            crc,
+            footer: None,
+            torn_at: None,
+        }
+    }
+}
+
 /// Bytes of a segment file read through a bounded window, so scanning a segment holds at most
 /// about `max(read_chunk_bytes, one record)` in memory however large the segment.
 struct Window<'a> {
@@ -458,13 +471,7 @@ fn scan_segment(
     let mut record_count = 0;
     loop {
         if off == len {
-            return Ok(SegmentScan {
-                records_len: off,
-                record_count,
-                crc,
-                footer: None,
-                torn_at: None,
-            });
+            return Ok(SegmentScan::ended(off, record_count, crc));
         }
         if off + SEGMENT_FOOTER_BYTES == len {
             let bytes = window.get(off, SEGMENT_FOOTER_BYTES as usize)?;
@@ -514,13 +521,7 @@ fn scan_segment(
         if window.zeros_from(off)? {
             // Preallocated zeros (see PREALLOCATE_BYTES), or a last write none of which
             // reached the disk: the records end here.
-            return Ok(SegmentScan {
-                records_len: off,
-                record_count,
-                crc,
-                footer: None,
-                torn_at: None,
-            });
+            return Ok(SegmentScan::ended(off, record_count, crc));
         }
         let position = base + off;
         if tail_recovery == TailRecovery::Refuse {

@@ -196,14 +196,19 @@ fn torn_last_record_is_truncated_and_the_rest_is_intact() {
         .all(|(i, e)| e.id.as_u128() == i as u128 + 1 && e.data.len() == 300));
     assert_eq!(std::fs::metadata(&tail).unwrap().len(), end);
     // Appends continue where the log now ends.
-    let r = engine
+    assert_eq!(append_51st(&engine, 999), tail_base + end);
+}
+
+/// Appends event 51 (after `fill(_, 50)`); returns its position.
+fn append_51st(engine: &Engine, id: u128) -> Position {
+    engine
         .append_blocking(append(
             "s",
             ExpectedVersion::Exact(49),
-            vec![event(999, "again")],
+            vec![event(id, "after")],
         ))
-        .unwrap();
-    assert_eq!(r.position, tail_base + end);
+        .unwrap()
+        .position
 }
 
 #[test]
@@ -311,15 +316,8 @@ fn regression_kill_between_creating_a_segment_and_writing_its_header() {
         .read_stream("s", None, Direction::Forwards, 100)
         .unwrap();
     assert_eq!(events.len(), 50);
-    let r = engine
-        .append_blocking(append(
-            "s",
-            ExpectedVersion::Exact(49),
-            vec![event(500, "after")],
-        ))
-        .unwrap();
     assert_eq!(
-        r.position,
+        append_51st(&engine, 500),
         next_base + 40,
         "appends continue in the recreated segment"
     );
@@ -382,15 +380,9 @@ fn preallocated_zeros_past_the_records_are_a_clean_end() {
     assert_eq!(engine.recovery().torn_tail, None);
     assert_eq!(engine.recovery().torn_bytes, 0);
     assert_eq!(std::fs::metadata(&tail).unwrap().len(), len);
-    let r = engine
-        .append_blocking(append(
-            "s",
-            ExpectedVersion::Exact(49),
-            vec![event(500, "after")],
-        ))
-        .unwrap();
-    assert_eq!(r.position, tail_base + end);
-    assert!(r.position > *positions.last().unwrap());
+    let position = append_51st(&engine, 500);
+    assert_eq!(position, tail_base + end);
+    assert!(position > *positions.last().unwrap());
     engine.close();
     drop(engine);
     let report = verify(&StdFs, dir.path(), &small_config(), |_| {}).unwrap();
