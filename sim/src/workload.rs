@@ -356,6 +356,7 @@ async fn append(
             continue;
         };
         let Some(replica) = cluster.replica(node) else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let request = AppendRequest::single(
@@ -487,6 +488,7 @@ pub async fn subscriber(
             continue;
         };
         let Some(replica) = cluster.replica(node) else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let shard = replica.shard().clone();
@@ -503,9 +505,10 @@ pub async fn subscriber(
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let fresh_shard = shard.clone();
+        let last: subscription::FinalStatus = Arc::default();
         let delivery = Delivery {
             tx,
-            last: Arc::default(),
+            last: last.clone(),
             stop,
             stall_timeout: Duration::from_secs(30),
             source: Some(ReaderSource {
@@ -543,7 +546,19 @@ pub async fn subscriber(
                         }
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    // The subscription ended (a corrupt log here answers DataLoss): try again
+                    // later, maybe elsewhere. Retrying at once would spin without letting
+                    // simulated time move (seeds 53007249, 53008880 with crashes,disk).
+                    let why = lock(&last).as_ref().map(|s| s.message().to_string());
+                    cluster.trace().log(format!(
+                        "subscriber {stream}: ended on n{node}: {}",
+                        why.unwrap_or_default()
+                    ));
+                    let _ = stop_tx.send(true);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
                 Err(_) => {}
             }
         }
