@@ -70,6 +70,12 @@ impl HardStateFile {
             }
             f
         };
+        if durable {
+            // A slot the last process wrote may never have been synced (its fsync failed, or
+            // it died first) and still be in the page cache: what open reads must be what a
+            // power cut would keep, or a vote or purge mark could be acted on and then lost.
+            file.sync_data().map_err(io("syncing"))?;
+        }
         let len = file.len().map_err(io("sizing"))?;
         let mut best: Option<(u64, HardState)> = None;
         for slot in 0..2u64 {
@@ -187,5 +193,33 @@ mod tests {
             HardStateFile::open(&StdFs, &path, true).unwrap().get(),
             &one
         );
+    }
+
+    /// A save whose fsync failed leaves its slot in the page cache; a restarted process
+    /// reading it must make it durable before acting on it, or a power cut takes back a vote
+    /// (or purge mark) that was already used.
+    #[test]
+    fn what_open_reads_survives_a_power_cut() {
+        use strata_engine::sim_fs::{CrashMode, SimFs};
+        let fs = SimFs::new(7);
+        let path = Path::new("/n1/raft-state");
+        let mut f = HardStateFile::open(&fs, path, true).unwrap();
+        let one = HardState {
+            vote: Some(openraft::Vote::new(3, 1)),
+            ..HardState::default()
+        };
+        f.save(one.clone()).unwrap();
+        let two = HardState {
+            vote: Some(openraft::Vote::new(4, 2)),
+            ..HardState::default()
+        };
+        fs.fail_next_syncs(1);
+        assert!(f.save(two).is_err());
+        drop(f);
+        // The process restarts (the page cache keeps the unsynced slot), reads, and a power
+        // cut follows.
+        let seen = HardStateFile::open(&fs, path, true).unwrap().get().clone();
+        fs.crash(CrashMode::DropUnsynced);
+        assert_eq!(HardStateFile::open(&fs, path, true).unwrap().get(), &seen);
     }
 }
