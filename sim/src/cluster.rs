@@ -515,6 +515,21 @@ impl Cluster {
         tokio::spawn(async move { up.replica.shutdown().await });
     }
 
+    /// Lets a node that stopped for corruption be started again, its data as it is (what an
+    /// operator tries first when the cluster has no leader without it). Returns whether it
+    /// was down for corruption.
+    pub fn forgive_corruption(&self, id: NodeId) -> bool {
+        let mut state = self.state();
+        let Some(n) = state.nodes.get_mut(&id) else {
+            return false;
+        };
+        let Some(Down::Corrupt(why)) = &n.down else {
+            return false;
+        };
+        n.down = Some(Down::Stopped(format!("restarted after corruption: {why}")));
+        true
+    }
+
     /// Marks a node corrupt (it reported corruption) and stops it.
     pub fn mark_corrupt(&self, id: NodeId, why: String) {
         if let Some(n) = self.state().nodes.get_mut(&id) {
