@@ -583,10 +583,8 @@ impl Shard {
 
     /// The last entry's index in the log (written, maybe not yet committed).
     pub fn last_index(&self) -> Result<Option<u64>> {
-        // The log's last index, whatever holds it: an entry retention reclaimed (the log of an
-        // installed snapshot can end inside a hole) is no entry to read, but the log holds it.
-        let state = lock(&self.inner.state);
-        Ok(state.store.first_seq().map(|_| state.store.next_seq() - 1))
+        // Not the last entry's: the log of an installed snapshot can end inside a hole.
+        Ok(lock(&self.inner.state).store.last_seq())
     }
 
     /// Whether this log holds the entry `log_id` (same index, same leader).

@@ -555,7 +555,8 @@ async fn recover(
     }
     let started = Instant::now();
     let deadline = started + within;
-    let mut last_problem = String::from("no leader");
+    // `None`: no leader (described with every node's view when it is the answer).
+    let mut last_problem: Option<String> = None;
     let mut forgiven = false;
     while Instant::now() < deadline {
         for id in cluster.ids() {
@@ -566,7 +567,7 @@ async fn recover(
         lock(monitor).sample();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let Some(l) = leader_of(cluster) else {
-            last_problem = format!("no leader [{}]", views(cluster, &cluster.ids()));
+            last_problem = None;
             // A voter that stopped for corruption while a membership change was in flight can
             // leave no electable node: the one whose log is longest holds an uncommitted
             // joint configuration that needs the new member's vote, and the new member holds
@@ -600,14 +601,14 @@ async fn recover(
             cluster.wall_clock_us(l),
         );
         if let Err(e) = leader.append(probe).await {
-            last_problem = format!(
+            last_problem = Some(format!(
                 "leader n{l} refused an append: {e} [{}]",
                 views(cluster, &cluster.ids())
-            );
+            ));
             continue;
         }
         if let Err(e) = leader.linearizable_barrier().await {
-            last_problem = format!("leader n{l} failed a linearizable read: {e}");
+            last_problem = Some(format!("leader n{l} failed a linearizable read: {e}"));
             continue;
         }
         // Then every running member must apply up to the probe (no new probes meanwhile).
@@ -636,13 +637,13 @@ async fn recover(
             lock(monitor).sample();
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        last_problem = format!(
+        last_problem = Some(format!(
             "members {lagging:?} have not applied up to {:?} [{}]",
             target.map(|t| t.index),
             views(cluster, &lagging)
-        );
+        ));
     }
-    Err(last_problem)
+    Err(last_problem.unwrap_or_else(|| format!("no leader [{}]", views(cluster, &cluster.ids()))))
 }
 
 /// The final log: each stream's events, every event record's (position, timestamp) in log

@@ -525,6 +525,7 @@ pub async fn subscriber(
         cluster.trace().log(format!(
             "subscriber {stream}: on n{node} from version {next_version}"
         ));
+        let mut ended = false;
         loop {
             if Instant::now() >= until() {
                 break;
@@ -547,16 +548,12 @@ pub async fn subscriber(
                     }
                 }
                 Ok(None) => {
-                    // The subscription ended (a corrupt log here answers DataLoss): try again
-                    // later, maybe elsewhere. Retrying at once would spin without letting
-                    // simulated time move (seeds 53007249, 53008880 with crashes,disk).
                     let why = lock(&last).as_ref().map(|s| s.message().to_string());
                     cluster.trace().log(format!(
                         "subscriber {stream}: ended on n{node}: {}",
                         why.unwrap_or_default()
                     ));
-                    let _ = stop_tx.send(true);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    ended = true;
                     break;
                 }
                 Err(_) => {}
@@ -565,5 +562,11 @@ pub async fn subscriber(
         let _ = stop_tx.send(true);
         drop(rx);
         task.abort();
+        if ended {
+            // The subscription ended (a corrupt log here answers DataLoss): try again later,
+            // maybe elsewhere. Retrying at once would spin without letting simulated time move
+            // (seeds 53007249, 53008880 with crashes,disk).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

@@ -557,12 +557,17 @@ impl Store {
         Ok(raw)
     }
 
-    /// Header of the log's last record.
+    /// The log's last index, whatever record holds it (an entry retention reclaimed is no
+    /// entry to read, but the log holds it).
+    pub fn last_seq(&self) -> Option<u64> {
+        (!self.log.is_empty()).then(|| self.log.next_seq() - 1)
+    }
+
+    /// Header of the log's last entry (`None` too when it lies in a hole).
     pub fn last_entry(&self) -> Result<Option<RecordHeader>> {
-        if self.log.is_empty() {
+        let Some(last) = self.last_seq() else {
             return Ok(None);
-        }
-        let last = self.log.next_seq() - 1;
+        };
         Ok(self
             .read_entries(last, last + 1, 1)?
             .first()

@@ -60,6 +60,7 @@ pub async fn run(
     }
     let exe = std::env::current_exe().map_err(|e| Failure::new(format!("finding strata: {e}")))?;
     let addr = |n: u64| format!("{host}:{}", client_port(n));
+    let metrics_addr = |n: u64| metrics_host.map(|h| format!("{h}:{}", 9463 + n));
     let mut children = Vec::new();
     for n in 1..=nodes {
         let dir = data.join(format!("node-{n}"));
@@ -74,10 +75,7 @@ pub async fn run(
             .arg("--listen")
             .arg(addr(n))
             .arg("--metrics")
-            .arg(match metrics_host {
-                Some(h) => format!("{h}:{}", 9463 + n),
-                None => "off".to_string(),
-            });
+            .arg(metrics_addr(n).unwrap_or_else(|| "off".to_string()));
         for p in (1..=nodes).filter(|p| *p != n) {
             cmd.arg("--peer").arg(format!("{p}={}", addr(p)));
         }
@@ -135,10 +133,9 @@ pub async fn run(
         data.display()
     );
     for n in 1..=nodes {
-        let metrics = match metrics_host {
-            Some(h) => format!("  metrics http://{h}:{}/metrics", 9463 + n),
-            None => String::new(),
-        };
+        let metrics = metrics_addr(n)
+            .map(|a| format!("  metrics http://{a}/metrics"))
+            .unwrap_or_default();
         println!(
             "  node {n}: gRPC {}{metrics}  log {}/node-{n}/node.log",
             addr(n),
