@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}; kills=${2:-10}; parent=${3:-/tmp}; rounds=${4:-3}
+[[ $secs =~ ^[1-9][0-9]*$ && $kills =~ ^[0-9]+$ && $rounds =~ ^[1-9][0-9]*$ ]] ||
+  { echo "usage: benches/cluster.sh [SECONDS>0] [KILLS>=0] [DATA_PARENT] [ROUNDS>0]" >&2; exit 2; }
 source benches/lib.sh
 data=$(mktemp -d "$parent/strata-cluster-bench.XXXXXX")
 declare -A pid port
