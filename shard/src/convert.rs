@@ -9,6 +9,7 @@ use strata_proto::v1 as pb;
 use tonic::Status;
 use uuid::Uuid;
 
+use crate::ids::IdSource;
 use crate::status::invalid;
 
 /// The engine's expected version; absent means any.
@@ -22,13 +23,17 @@ pub fn expected(version: Option<pb::ExpectedVersion>) -> ExpectedVersion {
     }
 }
 
-fn events(prefix: &str, events: Vec<pb::NewEvent>) -> Result<Vec<NewEvent>, Status> {
+fn events(
+    prefix: &str,
+    events: Vec<pb::NewEvent>,
+    ids: &dyn IdSource,
+) -> Result<Vec<NewEvent>, Status> {
     events
         .into_iter()
         .enumerate()
         .map(|(i, e)| {
             let id = if e.id.is_empty() {
-                Uuid::new_v4()
+                ids.new_id()
             } else {
                 Uuid::parse_str(&e.id).map_err(|err| {
                     invalid(
@@ -47,10 +52,14 @@ fn events(prefix: &str, events: Vec<pb::NewEvent>) -> Result<Vec<NewEvent>, Stat
         .collect()
 }
 
-/// An engine append for one stream.
-pub fn append(request: pb::AppendRequest, timestamp_us: u64) -> Result<AppendRequest, Status> {
+/// An engine append for one stream (events without an id get one from `ids`).
+pub fn append(
+    request: pb::AppendRequest,
+    timestamp_us: u64,
+    ids: &dyn IdSource,
+) -> Result<AppendRequest, Status> {
     user_target("stream", &request.stream)?;
-    let events = events("", request.events)?;
+    let events = events("", request.events, ids)?;
     Ok(AppendRequest::single(
         request.stream,
         expected(request.expected),
@@ -59,10 +68,11 @@ pub fn append(request: pb::AppendRequest, timestamp_us: u64) -> Result<AppendReq
     ))
 }
 
-/// An engine append for several streams.
+/// An engine append for several streams (events without an id get one from `ids`).
 pub fn append_multi(
     request: pb::AppendMultiRequest,
     timestamp_us: u64,
+    ids: &dyn IdSource,
 ) -> Result<AppendRequest, Status> {
     let streams = request
         .streams
@@ -71,7 +81,7 @@ pub fn append_multi(
         .map(|(i, s)| {
             user_target(&format!("streams[{i}].stream"), &s.stream)?;
             Ok(StreamAppend {
-                events: events(&format!("streams[{i}]."), s.events)?,
+                events: events(&format!("streams[{i}]."), s.events, ids)?,
                 stream: s.stream,
                 expected: expected(s.expected),
             })
@@ -147,4 +157,44 @@ pub fn as_of(as_of: Option<pb::AsOf>) -> Option<strata_engine::AsOf> {
         Point::Position(p) => strata_engine::AsOf::Position(p),
         Point::TimestampUs(t) => strata_engine::AsOf::Timestamp(t),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SeededIds;
+
+    fn request(ids: &[&str]) -> pb::AppendRequest {
+        pb::AppendRequest {
+            stream: "orders-1".into(),
+            events: ids
+                .iter()
+                .map(|id| pb::NewEvent {
+                    id: id.to_string(),
+                    r#type: "Placed".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_without_an_id_are_named_by_the_id_source_and_given_ids_are_kept() {
+        let given = "5f0c3f4e-8a1b-4c2d-9e3f-0a1b2c3d4e5f";
+        let ids_of = |seed| {
+            append(request(&["", given, ""]), 1, &SeededIds::new(seed))
+                .map(|r| r.streams[0].events.iter().map(|e| e.id).collect::<Vec<_>>())
+        };
+        let a = ids_of(3).expect("a valid request");
+        assert_eq!(a[1].to_string(), given);
+        let expected = SeededIds::new(3);
+        assert_eq!(a[0], expected.new_id());
+        assert_eq!(a[2], expected.new_id());
+        assert_eq!(a, ids_of(3).expect("a valid request"));
+        assert_ne!(a[0], ids_of(4).expect("a valid request")[0]);
+        let bad = append(request(&["not-a-uuid"]), 1, &SeededIds::new(3))
+            .expect_err("a bad id is refused");
+        assert!(bad.message().contains("events[0].id"), "{}", bad.message());
+    }
 }

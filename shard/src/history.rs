@@ -12,12 +12,12 @@ use strata_engine::{AppendRequest, ExpectedVersion, NewEvent};
 use strata_proto::v1 as pb;
 use tokio::sync::Mutex;
 use tonic::Status;
-use uuid::Uuid;
 
 use strata_raft::ReplicaError;
 
 use crate::backend::{replica_status, Backend};
 use crate::clock::WallClock;
+use crate::ids::IdSource;
 use crate::status::{invalid, to_status};
 
 /// How far ahead of this node's clock an as-of timestamp may be: the read waits for the
@@ -29,30 +29,34 @@ pub const CLOSE_WAIT_MAX: Duration = Duration::from_secs(5);
 /// landing in between.
 pub const DELETE_ATTEMPTS_MAX: u32 = 8;
 
-/// What the calls share: the backend, the clock, and one tick in flight at a time.
+/// What the calls share: the backend, the clock, the id source, and one tick in flight at a
+/// time.
 #[derive(Debug, Clone)]
 pub struct History {
     backend: Backend,
     clock: Arc<dyn WallClock>,
+    ids: Arc<dyn IdSource>,
     tick: Arc<Mutex<()>>,
 }
 
-fn system_event(event_type: &str, data: Vec<u8>, metadata: Vec<u8>) -> NewEvent {
-    NewEvent {
-        id: Uuid::new_v4(),
-        event_type: event_type.to_string(),
-        data: Bytes::from(data),
-        metadata: Bytes::from(metadata),
-    }
-}
-
 impl History {
-    /// Over `backend`, stamping with `clock`.
-    pub fn new(backend: Backend, clock: Arc<dyn WallClock>) -> History {
+    /// Over `backend`, stamping with `clock` and naming its events from `ids`.
+    pub fn new(backend: Backend, clock: Arc<dyn WallClock>, ids: Arc<dyn IdSource>) -> History {
         History {
             backend,
             clock,
+            ids,
             tick: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// An event the server writes (a marker, a setting), with a new id.
+    fn system_event(&self, event_type: &str, data: Vec<u8>, metadata: Vec<u8>) -> NewEvent {
+        NewEvent {
+            id: self.ids.new_id(),
+            event_type: event_type.to_string(),
+            data: Bytes::from(data),
+            metadata: Bytes::from(metadata),
         }
     }
 
@@ -108,7 +112,7 @@ impl History {
         let tick = AppendRequest::single(
             system::CLOSED_STREAM,
             ExpectedVersion::Any,
-            vec![system_event(system::TICK_TYPE, Vec::new(), Vec::new())],
+            vec![self.system_event(system::TICK_TYPE, Vec::new(), Vec::new())],
             self.clock.now_us().max(timestamp_us),
         );
         match tokio::time::timeout(CLOSE_WAIT_MAX, self.write(tick)).await {
@@ -194,11 +198,7 @@ impl History {
         AppendRequest::single(
             system::meta_stream(stream),
             expected,
-            vec![system_event(
-                system::METADATA_TYPE,
-                meta.encode(),
-                Vec::new(),
-            )],
+            vec![self.system_event(system::METADATA_TYPE, meta.encode(), Vec::new())],
             self.now_us(),
         )
     }
@@ -238,7 +238,7 @@ impl History {
                 AppendRequest::single(
                     system::deleted_stream(&r.stream),
                     ExpectedVersion::NoStream,
-                    vec![system_event(system::TOMBSTONE_TYPE, Vec::new(), Vec::new())],
+                    vec![self.system_event(system::TOMBSTONE_TYPE, Vec::new(), Vec::new())],
                     now,
                 )
                 .on_condition(&r.stream, expected)
@@ -300,7 +300,7 @@ impl History {
         let request = AppendRequest::single(
             system::snapshot_stream(&r.stream),
             ExpectedVersion::Any,
-            vec![system_event(system::SNAPSHOT_TYPE, r.data, info.encode())],
+            vec![self.system_event(system::SNAPSHOT_TYPE, r.data, info.encode())],
             self.now_us(),
         );
         Ok(pb::WriteResponse {
@@ -359,11 +359,7 @@ impl History {
         let request = AppendRequest::single(
             system::SETTINGS_STREAM,
             ExpectedVersion::Any,
-            vec![system_event(
-                system::POLICY_TYPE,
-                policy.encode(),
-                Vec::new(),
-            )],
+            vec![self.system_event(system::POLICY_TYPE, policy.encode(), Vec::new())],
             self.now_us(),
         );
         self.write(request).await?;

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod cluster;
 pub mod convert;
 pub mod history;
+pub mod ids;
 pub mod metrics;
 pub mod node;
 pub mod retention;

@@ -28,6 +28,7 @@ use tokio_stream::StreamExt;
 use crate::backend::Backend;
 use crate::clock::SystemWallClock;
 use crate::cluster::ClusterService;
+use crate::ids::RandomIds;
 use crate::service::{ServiceConfig, ServiceStats, StreamsService};
 
 /// How a node joins a replicated shard.
@@ -142,6 +143,7 @@ impl Node {
         let service = StreamsService::new(
             backend.clone(),
             Arc::new(SystemWallClock::default()),
+            Arc::new(RandomIds),
             config.service,
             stats.clone(),
             stopped,

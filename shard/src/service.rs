@@ -17,6 +17,7 @@ use crate::backend::{replica_status, Backend};
 use crate::clock::WallClock;
 use crate::convert;
 use crate::history::History;
+use crate::ids::IdSource;
 use crate::retention::{Pins, RetentionSettings, RetentionStats};
 use crate::status::{invalid, to_single_append_status, to_status};
 use crate::subscription::{self, Subscription};
@@ -75,6 +76,7 @@ impl Default for ServiceStats {
 pub struct StreamsService {
     backend: Backend,
     clock: Arc<dyn WallClock>,
+    ids: Arc<dyn IdSource>,
     config: ServiceConfig,
     stats: Arc<ServiceStats>,
     stop: watch::Receiver<bool>,
@@ -83,19 +85,22 @@ pub struct StreamsService {
 }
 
 impl StreamsService {
-    /// A service over `backend`, stamping appends with `clock`.
+    /// A service over `backend`, stamping appends with `clock`, naming events that come without
+    /// an id from `ids`.
     pub fn new(
         backend: Backend,
         clock: Arc<dyn WallClock>,
+        ids: Arc<dyn IdSource>,
         config: ServiceConfig,
         stats: Arc<ServiceStats>,
         stop: watch::Receiver<bool>,
     ) -> StreamsService {
         StreamsService {
-            history: History::new(backend.clone(), clock.clone()),
+            history: History::new(backend.clone(), clock.clone(), ids.clone()),
             pins: Pins::default(),
             backend,
             clock,
+            ids,
             config,
             stats,
             stop,
@@ -165,7 +170,7 @@ impl pb::streams_server::Streams for StreamsService {
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         self.traced("Append", async move {
-            let request = convert::append(request.into_inner(), self.clock.now_us())?;
+            let request = convert::append(request.into_inner(), self.clock.now_us(), self.ids.as_ref())?;
             tracing::debug!(stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
             let started = std::time::Instant::now();
             let result = self.backend.append(request).await.map_err(|e| match e {
@@ -185,7 +190,11 @@ impl pb::streams_server::Streams for StreamsService {
         request: Request<pb::AppendMultiRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         self.traced("AppendMulti", async move {
-            let request = convert::append_multi(request.into_inner(), self.clock.now_us())?;
+            let request = convert::append_multi(
+                request.into_inner(),
+                self.clock.now_us(),
+                self.ids.as_ref(),
+            )?;
             tracing::debug!(streams = request.streams.len(), "append multi");
             let started = std::time::Instant::now();
             let result = self.backend.append(request).await.map_err(replica_status)?;
