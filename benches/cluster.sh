@@ -100,47 +100,24 @@ for r in $(seq "$rounds"); do
   if [ "$r" -lt "$rounds" ]; then for n in 1 2 3; do stop "$n"; done; rm -rf "$data/round-$r"; fi
 done
 
-# 2. Half the cluster's maximum load on the last round's cluster.
-half=$(python3 -c "
-import json,statistics,sys
-rs=[json.loads(a) for a in sys.argv[1:]]
-print(round(max(statistics.median(r['events_per_s'] for r in rs[k::6]) for k in (3, 4, 5)) / 2))" "${results[@]}")
-for k in 1 2 3; do
-  ch=$(bench "127.0.0.1:${port[1]}" 256 "$half"); echo "$ch" >"$data/half-$k.json"
-  echo "cluster 256 clients at half its maximum load ($half appends/s), run $k: $ch"
-done
-
-# 3. Failover distribution.
-times=()
-for k in $(seq "$kills"); do
-  l=$(leader 1); [ -z "$l" ] && l=$(leader 2)
-  other=1; [ "$l" = 1 ] && other=2
-  t0=$(date +%s%N)
-  kill -KILL "${pid[$l]}"; wait "${pid[$l]}" 2>/dev/null || true
-  until "$strata" append failover --type Probe --server "127.0.0.1:${port[$other]}" >/dev/null 2>&1; do :; done
-  t1=$(date +%s%N)
-  ms=$(( (t1 - t0) / 1000000 )); times+=("$ms")
-  echo "failover $k: node $l killed, next append acknowledged after ${ms} ms"
-  start_node "$l" "$rounds"; wait_up "${port[$l]}"
-  # Let it catch up before the next kill.
-  for _ in $(seq 100); do
-    a=$("$strata" cluster status --json --server "127.0.0.1:${port[$l]}" | python3 -c 'import json,sys;print(json.load(sys.stdin)["last_applied"])')
-    b=$("$strata" cluster status --json --server "127.0.0.1:${port[$other]}" | python3 -c 'import json,sys;print(json.load(sys.stdin)["last_applied"])')
-    [ "$a" = "$b" ] && break; sleep 0.1
-  done
-done
-python3 - "$data" "${times[*]:-}" "${results[@]}" <<'EOF'
+# The rounds' results grouped by setup and client count: `summary half` prints half the
+# cluster's maximum load, `summary all` the JSON summary (after the half-load runs and kills).
+summary() { # mode
+  python3 - "$1" "$data" "${times[*]:-}" "${results[@]}" <<'EOF'
 import json, os, statistics, sys
-halves = [json.load(open(f"{sys.argv[1]}/half-{k}.json")) for k in (1, 2, 3)]
-times = sorted(int(t) for t in sys.argv[2].split())
-rs = [json.loads(a) for a in sys.argv[3:]]
+mode, data, times, rs = sys.argv[1], sys.argv[2], sys.argv[3], [json.loads(a) for a in sys.argv[4:]]
 counts = ("16", "64", "256")
 runs = {f"{setup}_{c}": rs[i * 3 + j::6] for i, setup in enumerate(("single", "cluster"))
         for j, c in enumerate(counts)}
 rate = {k: [r["events_per_s"] for r in v] for k, v in runs.items()}
 med = {k: statistics.median(v) for k, v in rate.items()}
-p99 = {k: statistics.median(r["p99_ms"] for r in v) for k, v in runs.items()}
 maximum = {s: max(med[f"{s}_{c}"] for c in counts) for s in ("single", "cluster")}
+if mode == "half":
+    print(round(maximum["cluster"] / 2))
+    sys.exit()
+halves = [json.load(open(f"{data}/half-{k}.json")) for k in (1, 2, 3)]
+times = sorted(int(t) for t in times.split())
+p99 = {k: statistics.median(r["p99_ms"] for r in v) for k, v in runs.items()}
 cores = os.cpu_count()
 cost = {k: statistics.median(r["server_cpu_us_per_event"] + r["client_cpu_us_per_event"] for r in v)
         for k, v in runs.items()}
@@ -176,3 +153,32 @@ print(json.dumps({
                     "p90": pct(0.9), "max": times[-1] if times else None, "all": times},
 }, indent=1))
 EOF
+}
+
+# 2. Half the cluster's maximum load on the last round's cluster.
+half=$(summary half)
+for k in 1 2 3; do
+  ch=$(bench "127.0.0.1:${port[1]}" 256 "$half"); echo "$ch" >"$data/half-$k.json"
+  echo "cluster 256 clients at half its maximum load ($half appends/s), run $k: $ch"
+done
+
+# 3. Failover distribution.
+times=()
+for k in $(seq "$kills"); do
+  l=$(leader 1); [ -z "$l" ] && l=$(leader 2)
+  other=1; [ "$l" = 1 ] && other=2
+  t0=$(date +%s%N)
+  kill -KILL "${pid[$l]}"; wait "${pid[$l]}" 2>/dev/null || true
+  until "$strata" append failover --type Probe --server "127.0.0.1:${port[$other]}" >/dev/null 2>&1; do :; done
+  t1=$(date +%s%N)
+  ms=$(( (t1 - t0) / 1000000 )); times+=("$ms")
+  echo "failover $k: node $l killed, next append acknowledged after ${ms} ms"
+  start_node "$l" "$rounds"; wait_up "${port[$l]}"
+  # Let it catch up before the next kill.
+  for _ in $(seq 100); do
+    a=$("$strata" cluster status --json --server "127.0.0.1:${port[$l]}" | python3 -c 'import json,sys;print(json.load(sys.stdin)["last_applied"])')
+    b=$("$strata" cluster status --json --server "127.0.0.1:${port[$other]}" | python3 -c 'import json,sys;print(json.load(sys.stdin)["last_applied"])')
+    [ "$a" = "$b" ] && break; sleep 0.1
+  done
+done
+summary all

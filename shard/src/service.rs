@@ -170,7 +170,11 @@ impl pb::streams_server::Streams for StreamsService {
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         self.traced("Append", async move {
-            let request = convert::append(request.into_inner(), self.clock.now_us(), self.ids.as_ref())?;
+            let request = convert::append(
+                request.into_inner(),
+                self.clock.now_us(),
+                self.ids.as_ref(),
+            )?;
             tracing::debug!(stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
             let started = std::time::Instant::now();
             let result = self.backend.append(request).await.map_err(|e| match e {

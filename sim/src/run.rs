@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::{Membership, ServerState};
 use strata_engine::sim_fs::CrashMode;
 use strata_engine::{AppendRequest, Direction, ExpectedVersion, NewEvent};
 use strata_raft::types::NodeId;
@@ -234,17 +234,27 @@ fn leader_of(cluster: &Cluster) -> Option<NodeId> {
     })
 }
 
+/// The leader's view of the membership (empty without a leader).
+fn leader_membership(cluster: &Cluster) -> Membership<NodeId, StrataNode> {
+    leader_of(cluster)
+        .and_then(|l| cluster.replica(l))
+        .map(|l| {
+            l.raft()
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .clone()
+        })
+        .unwrap_or_default()
+}
+
 /// The voters of the leader's newest configuration: the one a removal starts from. (During a
 /// change, the voters of both halves of the joint configuration are more: counting them let a
 /// removal from {1,2,3,4}→{1,3,4} take the cluster to {3,4}, where one damaged disk stops all
 /// progress; seed 1795694877857510229.)
 fn voters(cluster: &Cluster) -> BTreeSet<NodeId> {
-    let Some(l) = leader_of(cluster).and_then(|l| cluster.replica(l)) else {
-        return BTreeSet::new();
-    };
-    let m = l.raft().metrics().borrow().clone();
-    m.membership_config
-        .membership()
+    leader_membership(cluster)
         .get_joint_config()
         .last()
         .cloned()
@@ -252,12 +262,7 @@ fn voters(cluster: &Cluster) -> BTreeSet<NodeId> {
 }
 
 fn members(cluster: &Cluster) -> BTreeSet<NodeId> {
-    let Some(l) = leader_of(cluster).and_then(|l| cluster.replica(l)) else {
-        return BTreeSet::new();
-    };
-    let m = l.raft().metrics().borrow().clone();
-    m.membership_config
-        .membership()
+    leader_membership(cluster)
         .nodes()
         .map(|(id, _)| *id)
         .collect()
