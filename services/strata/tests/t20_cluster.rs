@@ -107,6 +107,23 @@ impl Drop for NodeProc {
     }
 }
 
+/// A failing test prints the tail of each node's log (the data directory goes with the test).
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for node in self.nodes.values() {
+            let log = std::fs::read_to_string(node.data.with_extension("log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- node {} log, last 40 lines ---", node.id);
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 struct Cluster {
     _dir: tempfile::TempDir,
     nodes: BTreeMap<u64, NodeProc>,
