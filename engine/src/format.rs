@@ -30,6 +30,9 @@
 //! wrote the entry; a single node writes term 0. Each event has its own CRC so a stream
 //! read can fetch and verify one event without reading the whole record.
 
+// Bytes decoded here come from disks and peers: no input may index past a slice's end.
+#![deny(clippy::indexing_slicing)]
+
 use bytes::{Buf, Bytes};
 use uuid::Uuid;
 
@@ -110,6 +113,7 @@ pub fn event_frame_len(stream: &str, event_type: &str, data: usize, metadata: us
 }
 
 /// Appends one record frame to `out`; returns where each event landed.
+#[allow(clippy::indexing_slicing)] // indexes only bytes it has just written
 pub fn encode_record(
     out: &mut Vec<u8>,
     header: RecordHeader,
@@ -149,6 +153,7 @@ pub fn encode_record(
 
 /// Appends one record frame without events: `kind` is [`KIND_BLANK`] (with an empty body) or
 /// [`KIND_MEMBERSHIP`].
+#[allow(clippy::indexing_slicing)] // indexes only bytes it has just written
 pub fn encode_meta_record(out: &mut Vec<u8>, kind: u8, header: RecordHeader, body: &[u8]) {
     debug_assert!(matches!(kind, KIND_BLANK | KIND_MEMBERSHIP | KIND_GAP));
     let start = out.len();
@@ -170,6 +175,7 @@ fn put_header(out: &mut Vec<u8>, kind: u8, header: &RecordHeader) {
 }
 
 /// Fills in `len` and `crc` of the frame that is all of `frame`.
+#[allow(clippy::indexing_slicing)] // a frame built here is at least a header long
 fn seal_frame(frame: &mut [u8]) {
     let len = (frame.len() - FRAME_BYTES) as u32;
     let crc = crc32fast::hash(&frame[FRAME_BYTES..]);
@@ -184,6 +190,7 @@ fn seal_frame(frame: &mut [u8]) {
 /// Gives a record frame copied from another replica this log's `position` and `synced_end`
 /// (the only header fields that are local) and a fresh CRC. Event slots are relative to the
 /// frame, so they stay valid.
+#[allow(clippy::indexing_slicing)] // callers pass frames [`check_frame`] found valid
 pub fn restamp(frame: &mut [u8], position: Position, synced_end: Position) {
     frame[FRAME_BYTES + 8..FRAME_BYTES + 16].copy_from_slice(&position.to_le_bytes());
     frame[FRAME_BYTES + 24..FRAME_BYTES + 32].copy_from_slice(&synced_end.to_le_bytes());
@@ -207,10 +214,11 @@ pub fn hole_prefix(
     out.extend_from_slice(&horizon_us.to_le_bytes());
     let len = (frame_len - FRAME_BYTES) as u32;
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&out[FRAME_BYTES..]);
-    crc_zeros(&mut crc, frame_len - HOLE_PREFIX_BYTES);
-    out[0..4].copy_from_slice(&len.to_le_bytes());
-    out[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
+    crc.update(out.get(FRAME_BYTES..).unwrap_or_default());
+    crc_zeros(&mut crc, frame_len.saturating_sub(HOLE_PREFIX_BYTES));
+    let mut prefix = len.to_le_bytes().to_vec();
+    prefix.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.splice(0..FRAME_BYTES, prefix);
     out
 }
 
@@ -219,7 +227,7 @@ pub fn crc_zeros(crc: &mut crc32fast::Hasher, mut n: usize) {
     const ZEROS: [u8; 4096] = [0; 4096];
     while n > 0 {
         let k = n.min(ZEROS.len());
-        crc.update(&ZEROS[..k]);
+        crc.update(ZEROS.get(..k).unwrap_or_default());
         n -= k;
     }
 }
@@ -227,34 +235,39 @@ pub fn crc_zeros(crc: &mut crc32fast::Hasher, mut n: usize) {
 /// How many records a frame already checked by [`check_frame`] stands for: one, or a hole's
 /// count.
 pub fn records_in(frame: &[u8]) -> u64 {
-    if read_kind(frame) == KIND_HOLE && frame.len() >= HOLE_PREFIX_BYTES {
-        u64_at(frame, FRAME_BYTES + HEADER_BYTES)
-    } else {
-        1
+    match u64_at(frame, FRAME_BYTES + HEADER_BYTES) {
+        Some(records) if read_kind(frame) == KIND_HOLE => records,
+        _ => 1,
     }
 }
 
 /// The as-of horizon a hole frame records (0 for any other frame).
 pub fn hole_horizon(frame: &[u8]) -> u64 {
-    if read_kind(frame) == KIND_HOLE && frame.len() >= HOLE_PREFIX_BYTES {
-        u64_at(frame, FRAME_BYTES + HEADER_BYTES + 8)
-    } else {
-        0
+    match u64_at(frame, FRAME_BYTES + HEADER_BYTES + 8) {
+        Some(horizon) if read_kind(frame) == KIND_HOLE => horizon,
+        _ => 0,
     }
 }
 
-/// The kind of a frame already checked by [`check_frame`].
+/// The kind of a frame already checked by [`check_frame`] (0, no kind, for bytes too short to
+/// be a frame: a caller's bug, loud in debug builds).
 pub fn read_kind(frame: &[u8]) -> u8 {
-    frame[FRAME_BYTES + 4]
+    let kind = frame.get(FRAME_BYTES + 4).copied();
+    debug_assert!(kind.is_some(), "read_kind of {} bytes", frame.len());
+    kind.unwrap_or(0)
 }
 
-/// The body of a frame already checked by [`check_frame`] (after the header).
+/// The body of a frame already checked by [`check_frame`] (after the header; empty for bytes
+/// too short to be a frame).
 pub fn body(frame: &[u8]) -> &[u8] {
-    &frame[FRAME_BYTES + HEADER_BYTES..]
+    let body = frame.get(FRAME_BYTES + HEADER_BYTES..);
+    debug_assert!(body.is_some(), "body of {} bytes", frame.len());
+    body.unwrap_or_default()
 }
 
 /// The bytes of a frame that every replica agrees on: all of it except the frame's CRC and
 /// the header's local fields (`position`, `synced_end`). Replicas compare these.
+#[allow(clippy::indexing_slicing)] // callers pass frames [`check_frame`] found valid
 pub fn replicated_bytes(frame: &[u8]) -> Vec<u8> {
     let mut out = frame.to_vec();
     out[4..8].fill(0);
@@ -278,38 +291,46 @@ pub enum FrameCheck {
 
 /// Checks the frame starting at `buf[0]`. `len_max` bounds a plausible record length.
 pub fn check_frame(buf: &[u8], len_max: usize) -> FrameCheck {
+    let magic = u32_at(buf, FRAME_BYTES);
+    let (Some(len), Some(crc), Some(RECORD_MAGIC)) = (u32_at(buf, 0), u32_at(buf, 4), magic) else {
+        // A frame too short to hold its magic can only be incomplete if its bytes so far agree.
+        return match magic {
+            Some(_) => FrameCheck::NotARecord,
+            None => FrameCheck::Incomplete,
+        };
+    };
     if buf.len() < FRAME_BYTES + HEADER_BYTES {
-        // A frame too short to hold its header can only be incomplete if its bytes so far agree.
-        if buf.len() >= FRAME_BYTES + 4 && u32_at(buf, FRAME_BYTES) != RECORD_MAGIC {
-            return FrameCheck::NotARecord;
-        }
         return FrameCheck::Incomplete;
     }
-    if u32_at(buf, FRAME_BYTES) != RECORD_MAGIC {
-        return FrameCheck::NotARecord;
-    }
-    let len = u32_at(buf, 0) as usize;
+    let len = len as usize;
     if !(HEADER_BYTES..=len_max).contains(&len) {
         return FrameCheck::NotARecord;
     }
-    if buf.len() < FRAME_BYTES + len {
+    let Some(checked) = buf.get(FRAME_BYTES..FRAME_BYTES + len) else {
         return FrameCheck::Incomplete;
-    }
-    if crc32fast::hash(&buf[FRAME_BYTES..FRAME_BYTES + len]) != u32_at(buf, 4) {
+    };
+    if crc32fast::hash(checked) != crc {
         return FrameCheck::BadChecksum;
     }
     FrameCheck::Valid(FRAME_BYTES + len)
 }
 
-/// Reads the header of a frame already checked by [`check_frame`].
+/// Reads the header of a frame already checked by [`check_frame`] (zeros for bytes too short
+/// to be a frame: a caller's bug, loud in debug builds).
 pub fn read_header(frame: &[u8]) -> RecordHeader {
+    debug_assert!(
+        frame.len() >= FRAME_BYTES + HEADER_BYTES,
+        "read_header of {} bytes",
+        frame.len()
+    );
+    let field = |at: usize| u64_at(frame, FRAME_BYTES + at).unwrap_or(0);
     RecordHeader {
-        position: u64_at(frame, FRAME_BYTES + 8),
-        seq: u64_at(frame, FRAME_BYTES + 16),
-        synced_end: u64_at(frame, FRAME_BYTES + 24),
-        timestamp_us: u64_at(frame, FRAME_BYTES + 32),
-        term: u64_at(frame, FRAME_BYTES + 40),
-        leader: u64_at(frame, FRAME_BYTES + 48),
+        position: field(8),
+        seq: field(16),
+        synced_end: field(24),
+        timestamp_us: field(32),
+        term: field(40),
+        leader: field(48),
     }
 }
 
@@ -336,16 +357,17 @@ pub fn decode_events_with_slots(
         kind => return Err(DecodeError(format!("unknown record kind {kind}"))),
     }
     let mut at = FRAME_BYTES + HEADER_BYTES;
-    let count = u32_at(frame, at) as usize;
+    let count = u32_at(frame, at)
+        .ok_or_else(|| DecodeError("events record too short for its event count".into()))?
+        as usize;
     at += 4;
-    let mut events = Vec::with_capacity(count.min(65_536));
+    // Each event takes at least its fixed bytes, so the count is bounded by the frame's length.
+    let mut events = Vec::with_capacity(count.min(frame.len() / EVENT_FIXED_BYTES));
     for _ in 0..count {
-        if frame.len() < at + 8 {
-            return Err(DecodeError("event frame past end of record".into()));
-        }
-        let len = 8 + u32_at(frame, at) as usize;
+        let past_end = || DecodeError("event frame past end of record".into());
+        let len = 8 + u32_at(frame, at).ok_or_else(past_end)? as usize;
         if frame.len() < at + len {
-            return Err(DecodeError("event frame past end of record".into()));
+            return Err(past_end());
         }
         let event = decode_event(frame.slice(at..at + len), header.position)?;
         events.push((
@@ -369,13 +391,16 @@ pub fn decode_event(frame: Bytes, position: Position) -> Result<RecordedEvent, D
     if frame.len() < EVENT_FIXED_BYTES {
         return Err(short());
     }
-    let len = u32_at(&frame, 0) as usize;
+    let (Some(len), Some(crc)) = (u32_at(&frame, 0), u32_at(&frame, 4)) else {
+        return Err(short());
+    };
+    let len = len as usize;
     if len + 8 != frame.len() {
         return Err(DecodeError(format!(
             "event length {len} does not match its frame"
         )));
     }
-    if crc32fast::hash(&frame[8..]) != u32_at(&frame, 4) {
+    if crc32fast::hash(frame.get(8..).unwrap_or_default()) != crc {
         return Err(DecodeError("event checksum mismatch".into()));
     }
     let mut b = frame.slice(8..);
@@ -428,23 +453,74 @@ fn take_bytes(b: &mut Bytes) -> Option<Bytes> {
     Some(b.split_to(len))
 }
 
-/// Little-endian u32 at `at`; the caller has checked the bounds.
-pub fn u32_at(buf: &[u8], at: usize) -> u32 {
-    let mut bytes = [0u8; 4];
-    bytes.copy_from_slice(&buf[at..at + 4]);
-    u32::from_le_bytes(bytes)
+/// The `N` bytes at `at`, or `None` when `buf` ends before them.
+pub fn bytes_at<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
+    buf.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 
-/// Little-endian u64 at `at`; the caller has checked the bounds.
-pub fn u64_at(buf: &[u8], at: usize) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&buf[at..at + 8]);
-    u64::from_le_bytes(bytes)
+/// Little-endian u32 at `at`, or `None` when `buf` ends before it.
+pub fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+    bytes_at(buf, at).map(u32::from_le_bytes)
+}
+
+/// Little-endian u64 at `at`, or `None` when `buf` ends before it.
+pub fn u64_at(buf: &[u8], at: usize) -> Option<u64> {
+    bytes_at(buf, at).map(u64::from_le_bytes)
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    fn header_only_frame(kind: u8) -> Vec<u8> {
+        let mut frame = Vec::new();
+        put_header(
+            &mut frame,
+            kind,
+            &RecordHeader {
+                position: 0,
+                seq: 1,
+                synced_end: 0,
+                timestamp_us: 5,
+                term: 1,
+                leader: 1,
+            },
+        );
+        seal_frame(&mut frame);
+        frame
+    }
+
+    /// Regression: an events record whose length is exactly its header passed `check_frame`
+    /// (its CRC is valid) and decoding then read the event count past the frame's end — a
+    /// panic reachable from a peer's AppendEntries or a crafted segment.
+    #[test]
+    fn an_events_frame_with_only_a_header_is_a_decode_error_not_a_panic() {
+        let frame = header_only_frame(KIND_EVENTS);
+        assert_eq!(frame.len(), FRAME_BYTES + HEADER_BYTES);
+        assert_eq!(check_frame(&frame, 1 << 20), FrameCheck::Valid(frame.len()));
+        let error = decode_events(&Bytes::from(frame)).expect_err("no event count");
+        assert!(error.0.contains("event count"), "{error:?}");
+        // Other kinds with an empty body hold nothing, and say so without a panic.
+        for kind in [KIND_BLANK, KIND_GAP, KIND_HOLE, KIND_MEMBERSHIP] {
+            let frame = header_only_frame(kind);
+            assert_eq!(records_in(&frame), 1);
+            assert_eq!(hole_horizon(&frame), 0);
+            assert!(decode_events(&Bytes::from(frame))
+                .expect("no events")
+                .is_empty());
+        }
+    }
+
+    #[test]
+    fn reads_past_the_end_are_none() {
+        let buf = [1u8, 0, 0, 0, 2, 0, 0, 0];
+        assert_eq!(u32_at(&buf, 4), Some(2));
+        assert_eq!(u32_at(&buf, 5), None);
+        assert_eq!(u64_at(&buf, 0), Some(0x2_0000_0001));
+        assert_eq!(u64_at(&buf, 1), None);
+        assert_eq!(u64_at(&buf, usize::MAX - 2), None);
+    }
 
     #[test]
     fn a_hole_is_a_valid_frame_once_its_zeros_follow() {

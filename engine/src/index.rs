@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::{Direction, Position, RecordedEvent};
-use crate::format::{u32_at, u64_at, EventSlot};
+use crate::format::{bytes_at, u32_at, u64_at, EventSlot};
 use crate::index_store::{IndexBatch, IndexStore};
 
 const CHECKPOINT_KEY: &[u8] = b"c";
@@ -135,13 +135,13 @@ impl Index {
         let Some(v) = self.store.get(CHECKPOINT_KEY)? else {
             return Ok(None);
         };
-        if v.len() != 16 {
-            return Err(corrupt_index("the checkpoint"));
+        match (v.len(), u64_at(&v, 0), u64_at(&v, 8)) {
+            (16, Some(next_position), Some(next_seq)) => Ok(Some(Checkpoint {
+                next_position,
+                next_seq,
+            })),
+            _ => Err(corrupt_index("the checkpoint")),
         }
-        Ok(Some(Checkpoint {
-            next_position: u64_at(&v, 0),
-            next_seq: u64_at(&v, 8),
-        }))
     }
 
     /// The last version of a stream and the position holding it.
@@ -157,14 +157,16 @@ impl Index {
         let Some(v) = self.store.get(&id_key(id))? else {
             return Ok(None);
         };
-        if v.len() < 16 {
+        let (Some(position), Some(version), Some(stream)) =
+            (u64_at(&v, 0), u64_at(&v, 8), v.get(16..))
+        else {
             return Err(corrupt_index("an event id"));
-        }
+        };
         let stream =
-            String::from_utf8(v[16..].to_vec()).map_err(|_| corrupt_index("an event id"))?;
+            String::from_utf8(stream.to_vec()).map_err(|_| corrupt_index("an event id"))?;
         Ok(Some(IdEntry {
-            position: u64_at(&v, 0),
-            version: u64_at(&v, 8),
+            position,
+            version,
             stream,
         }))
     }
@@ -202,10 +204,8 @@ impl Index {
             .scan(&start, &end, reverse, limit)?
             .into_iter()
             .map(|(k, v)| {
-                if k.len() < 8 {
-                    return Err(corrupt_index("a stream key"));
-                }
-                Ok((u64::from_be_bytes(tail8(&k)), decode_slot(&v)?))
+                let version = tail8(&k).ok_or_else(|| corrupt_index("a stream key"))?;
+                Ok((version, decode_slot(&v)?))
             })
             .collect()
     }
@@ -220,21 +220,23 @@ impl Index {
         let found = self
             .store
             .scan(&time_key(timestamp_us, 0), b"u", false, 1)?;
-        Ok(found
-            .first()
-            .map(|(k, _)| (time_key_timestamp(k), u64::from_be_bytes(tail8(k)))))
+        found.first().map(|(k, _)| time_key_fields(k)).transpose()
     }
 
     /// The largest timestamp in the time index.
     pub fn last_timestamp(&self) -> Result<Option<u64>> {
         let found = self.store.scan(&time_key(0, 0), b"u", true, 1)?;
-        Ok(found.first().map(|(k, _)| time_key_timestamp(k)))
+        Ok(found
+            .first()
+            .map(|(k, _)| time_key_fields(k))
+            .transpose()?
+            .map(|(timestamp, _)| timestamp))
     }
 
     /// Position of the indexed record with sequence number (Raft index) `seq`.
     pub fn position_of_seq(&self, seq: u64) -> Result<Option<Position>> {
         match self.store.get(&seq_key(seq))? {
-            Some(v) if v.len() == 8 => Ok(Some(u64_at(&v, 0))),
+            Some(v) if v.len() == 8 => Ok(u64_at(&v, 0)),
             Some(_) => Err(corrupt_index("a sequence number")),
             None => Ok(None),
         }
@@ -246,9 +248,7 @@ impl Index {
             .store
             .scan(&seq_key(0), &seq_key(seq.saturating_add(1)), true, 1)?;
         match found.first() {
-            Some((k, v)) if k.len() == 9 && v.len() == 8 => {
-                Ok(Some((u64::from_be_bytes(tail8(k)), u64_at(v, 0))))
-            }
+            Some((k, v)) if k.len() == 9 && v.len() == 8 => Ok(tail8(k).zip(u64_at(v, 0))),
             Some(_) => Err(corrupt_index("a sequence number")),
             None => Ok(None),
         }
@@ -259,12 +259,12 @@ impl Index {
         self.store
             .scan(&hole_key(0), b"i", false, usize::MAX)?
             .into_iter()
-            .map(|(k, v)| {
-                if k.len() != 9 || v.len() != 16 {
-                    return Err(corrupt_index("a reclaimed range"));
-                }
-                Ok((u64::from_be_bytes(tail8(&k)), u64_at(&v, 0), u64_at(&v, 8)))
-            })
+            .map(
+                |(k, v)| match (k.len(), tail8(&k), u64_at(&v, 0), u64_at(&v, 8), v.len()) {
+                    (9, Some(start), Some(end), Some(horizon), 16) => Ok((start, end, horizon)),
+                    _ => Err(corrupt_index("a reclaimed range")),
+                },
+            )
             .collect()
     }
 
@@ -292,30 +292,32 @@ fn stream_key_end(stream: &str) -> Vec<u8> {
     key
 }
 
-/// The timestamp of a time index key (`"t"`, then the timestamp, then the position).
-fn time_key_timestamp(k: &[u8]) -> u64 {
-    let mut ts = [0u8; 8];
-    ts.copy_from_slice(&k[1..9]);
-    u64::from_be_bytes(ts)
+/// The timestamp and position of a time index key (`"t"`, timestamp, position).
+fn time_key_fields(k: &[u8]) -> Result<(u64, Position)> {
+    match (k.len(), key_u64(k, 1), key_u64(k, 9)) {
+        (17, Some(timestamp), Some(position)) => Ok((timestamp, position)),
+        _ => Err(corrupt_index("a time key")),
+    }
 }
 
-fn tail8(k: &[u8]) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&k[k.len() - 8..]);
-    b
+/// The big-endian u64 at `at` of an index key.
+fn key_u64(k: &[u8], at: usize) -> Option<u64> {
+    bytes_at(k, at).map(u64::from_be_bytes)
+}
+
+/// The big-endian u64 that ends an index key.
+fn tail8(k: &[u8]) -> Option<u64> {
+    key_u64(k, k.len().checked_sub(8)?)
 }
 
 fn decode_slot(v: &[u8]) -> Result<StreamSlot> {
-    if v.len() != 16 {
-        return Err(corrupt_index("a stream entry"));
+    match (v.len(), u64_at(v, 0), u32_at(v, 8), u32_at(v, 12)) {
+        (16, Some(position), Some(offset), Some(len)) => Ok(StreamSlot {
+            position,
+            slot: EventSlot { offset, len },
+        }),
+        _ => Err(corrupt_index("a stream entry")),
     }
-    Ok(StreamSlot {
-        position: u64_at(v, 0),
-        slot: EventSlot {
-            offset: u32_at(v, 8),
-            len: u32_at(v, 12),
-        },
-    })
 }
 
 /// The index entries of a record's decoded events (as `format::decode_events_with_slots`

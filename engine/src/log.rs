@@ -341,7 +341,7 @@ impl LogReader {
         if prefix.len() < FRAME_BYTES {
             return Err(Error::corruption(&segment.path, offset, "record cut short"));
         }
-        let len = FRAME_BYTES + format::u32_at(&prefix, 0) as usize;
+        let len = FRAME_BYTES + format::u32_at(&prefix, 0).unwrap_or(0) as usize;
         if len > self.record_len_max + FRAME_BYTES || pos + len as u64 > segment_end {
             return Err(Error::corruption(
                 &segment.path,
@@ -441,10 +441,9 @@ impl<'a> Window<'a> {
     /// The frame that starts at `off` (as much of it as the file holds), checked.
     fn frame(&mut self, off: u64, record_len_max: usize) -> Result<(FrameCheck, &[u8])> {
         let head = self.get(off, FRAME_BYTES + HEADER_BYTES)?;
-        let want = if head.len() >= 4 {
-            (format::u32_at(head, 0) as usize).min(record_len_max) + FRAME_BYTES
-        } else {
-            head.len()
+        let want = match format::u32_at(head, 0) {
+            Some(len) => (len as usize).min(record_len_max) + FRAME_BYTES,
+            None => head.len(),
         };
         let frame = self.get(off, want.max(FRAME_BYTES + HEADER_BYTES))?;
         Ok((check_frame(frame, record_len_max), frame))

@@ -17,12 +17,15 @@
 //! previous file's length. Only the last segment (the tail) is open for writes; a sealed segment
 //! ends with its footer and never changes, except when a truncation reaches back into it.
 
+// Bytes decoded here come from disk: no input may index past a slice's end.
+#![deny(clippy::indexing_slicing)]
+
 use std::path::{Path, PathBuf};
 
 use crate::config::{SEGMENT_FOOTER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::error::{Error, Result};
 use crate::event::Position;
-use crate::format::{u32_at, u64_at};
+use crate::format::{bytes_at, u32_at, u64_at};
 
 const HEADER_MAGIC: &[u8; 8] = b"STRSEG01";
 const FOOTER_MAGIC: &[u8; 8] = b"STRFOOT1";
@@ -60,20 +63,21 @@ impl SegmentHeader {
 
     /// Parses and checks a header.
     pub fn decode(b: &[u8], path: &Path) -> Result<SegmentHeader> {
-        if b.len() < SEGMENT_HEADER_BYTES as usize {
+        let (Some(fields), Some(crc)) = (b.get(0..32), u32_at(b, 32)) else {
             return Err(Error::corruption(path, 0, "segment header is incomplete"));
-        }
-        if &b[0..8] != HEADER_MAGIC {
+        };
+        if bytes_at::<8>(fields, 0).as_ref() != Some(HEADER_MAGIC) {
             return Err(Error::corruption(path, 0, "not a segment file (bad magic)"));
         }
-        if crc32fast::hash(&b[0..32]) != u32_at(b, 32) {
+        if crc32fast::hash(fields) != crc {
             return Err(Error::corruption(
                 path,
                 0,
                 "segment header checksum mismatch",
             ));
         }
-        let version = u32_at(b, 24);
+        let field = |at: usize| u64_at(fields, at).unwrap_or(0);
+        let version = u32_at(fields, 24).unwrap_or(0);
         if version != FORMAT_VERSION {
             return Err(Error::corruption(
                 path,
@@ -82,8 +86,8 @@ impl SegmentHeader {
             ));
         }
         Ok(SegmentHeader {
-            base_position: u64_at(b, 8),
-            first_seq: u64_at(b, 16),
+            base_position: field(8),
+            first_seq: field(16),
         })
     }
 }
@@ -122,31 +126,39 @@ impl Footer {
 
     /// Whether `b` starts with a footer's magic.
     pub fn looks_like_footer(b: &[u8]) -> bool {
-        b.len() >= 8 && &b[0..8] == FOOTER_MAGIC
+        bytes_at::<8>(b, 0).as_ref() == Some(FOOTER_MAGIC)
     }
 
     /// Parses and checks a footer found at `offset` of `path`.
     pub fn decode(b: &[u8], path: &Path, offset: u64) -> Result<Footer> {
-        if b.len() < SEGMENT_FOOTER_BYTES as usize || !Footer::looks_like_footer(b) {
+        let (Some(fields), Some(crc)) = (b.get(0..52), u32_at(b, 52)) else {
+            return Err(Error::corruption(
+                path,
+                offset,
+                "segment footer missing or incomplete",
+            ));
+        };
+        if !Footer::looks_like_footer(fields) {
             return Err(Error::corruption(
                 path,
                 offset,
                 "segment footer missing or incomplete",
             ));
         }
-        if crc32fast::hash(&b[0..52]) != u32_at(b, 52) {
+        if crc32fast::hash(fields) != crc {
             return Err(Error::corruption(
                 path,
                 offset,
                 "segment footer checksum mismatch",
             ));
         }
+        let field = |at: usize| u64_at(fields, at).unwrap_or(0);
         Ok(Footer {
-            record_count: u64_at(b, 8),
-            first_seq: u64_at(b, 16),
-            last_seq: u64_at(b, 24),
-            records_end: u64_at(b, 32),
-            records_crc: u32_at(b, 40),
+            record_count: field(8),
+            first_seq: field(16),
+            last_seq: field(24),
+            records_end: field(32),
+            records_crc: u32_at(fields, 40).unwrap_or(0),
         })
     }
 }
@@ -191,14 +203,14 @@ pub fn encode_manifest(entries: &[ManifestEntry]) -> Vec<u8> {
 
 /// Decodes and checks a manifest.
 pub fn decode_manifest(b: &[u8], path: &Path) -> Result<Vec<ManifestEntry>> {
-    if b.len() < 20 || &b[0..8] != MANIFEST_MAGIC {
+    if b.len() < 20 || bytes_at::<8>(b, 0).as_ref() != Some(MANIFEST_MAGIC) {
         return Err(Error::corruption(
             path,
             0,
             "not a manifest (bad magic or too short)",
         ));
     }
-    let count = u32_at(b, 8) as usize;
+    let count = u32_at(b, 8).unwrap_or(0) as usize;
     if count > MANIFEST_SEGMENTS_MAX || b.len() != 16 + count * 16 + 4 {
         return Err(Error::corruption(
             path,
@@ -207,19 +219,23 @@ pub fn decode_manifest(b: &[u8], path: &Path) -> Result<Vec<ManifestEntry>> {
         ));
     }
     let body = b.len() - 4;
-    if crc32fast::hash(&b[..body]) != u32_at(b, body) {
+    let crc = u32_at(b, body);
+    if Some(crc32fast::hash(b.get(..body).unwrap_or_default())) != crc {
         return Err(Error::corruption(
             path,
             body as u64,
             "manifest checksum mismatch",
         ));
     }
-    Ok((0..count)
-        .map(|i| ManifestEntry {
-            base_position: u64_at(b, 16 + i * 16),
-            file_len: u64_at(b, 24 + i * 16),
+    (0..count)
+        .map(|i| match (u64_at(b, 16 + i * 16), u64_at(b, 24 + i * 16)) {
+            (Some(base_position), Some(file_len)) => Ok(ManifestEntry {
+                base_position,
+                file_len,
+            }),
+            _ => Err(Error::corruption(path, 16, "manifest entry cut short")),
         })
-        .collect())
+        .collect()
 }
 
 /// Path of a segment in `dir`.
@@ -228,6 +244,7 @@ pub fn segment_path(dir: &Path, base_position: Position) -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

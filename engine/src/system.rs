@@ -145,14 +145,19 @@ impl StreamMeta {
 
     /// Reads [`StreamMeta::encode`]'s bytes.
     pub fn decode(data: &[u8]) -> Result<StreamMeta> {
-        if data.len() != META_BYTES || data[0] != META_FORMAT {
+        let (Some(&META_FORMAT), Some(&present), META_BYTES) =
+            (data.first(), data.get(1), data.len())
+        else {
             return Err(Error::Index(format!(
                 "stream metadata event of {} bytes is not metadata format {META_FORMAT}",
                 data.len()
             )));
-        }
-        let field =
-            |i: usize| (data[1] & (1 << i) != 0).then(|| crate::format::u64_at(data, 2 + 8 * i));
+        };
+        let field = |i: usize| {
+            (present & (1 << i) != 0)
+                .then(|| crate::format::u64_at(data, 2 + 8 * i))
+                .flatten()
+        };
         Ok(StreamMeta {
             max_age_us: field(0),
             max_count: field(1),
@@ -192,16 +197,20 @@ impl SnapshotInfo {
 
     /// Reads [`SnapshotInfo::encode`]'s bytes.
     pub fn decode(metadata: &[u8]) -> Result<SnapshotInfo> {
-        if metadata.len() != SNAPSHOT_INFO_BYTES {
-            return Err(Error::Index(format!(
+        match (
+            metadata.len(),
+            crate::format::u64_at(metadata, 0),
+            crate::format::u32_at(metadata, 8),
+        ) {
+            (SNAPSHOT_INFO_BYTES, Some(version), Some(schema_version)) => Ok(SnapshotInfo {
+                version,
+                schema_version,
+            }),
+            _ => Err(Error::Index(format!(
                 "snapshot event metadata of {} bytes, expected {SNAPSHOT_INFO_BYTES}",
                 metadata.len()
-            )));
+            ))),
         }
-        Ok(SnapshotInfo {
-            version: crate::format::u64_at(metadata, 0),
-            schema_version: crate::format::u32_at(metadata, 8),
-        })
     }
 }
 
@@ -225,17 +234,14 @@ impl SnapshotPolicy {
 
     /// Reads [`SnapshotPolicy::encode`]'s bytes.
     pub fn decode(data: &[u8]) -> Result<SnapshotPolicy> {
-        if data.len() < 8 {
+        let (Some(every), Some(prefix)) = (crate::format::u64_at(data, 0), data.get(8..)) else {
             return Err(Error::Index(
                 "snapshot policy event shorter than 8 bytes".into(),
             ));
-        }
-        let prefix = String::from_utf8(data[8..].to_vec())
+        };
+        let prefix = String::from_utf8(prefix.to_vec())
             .map_err(|_| Error::Index("snapshot policy prefix is not UTF-8".into()))?;
-        Ok(SnapshotPolicy {
-            prefix,
-            every: crate::format::u64_at(data, 0),
-        })
+        Ok(SnapshotPolicy { prefix, every })
     }
 }
 

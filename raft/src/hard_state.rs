@@ -14,10 +14,14 @@
 //!                crc = crc32(counter ++ len ++ json)
 //! ```
 
+// Bytes decoded here come from disk: no input may index past a slice's end.
+#![deny(clippy::indexing_slicing)]
+
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use strata_engine::format::{bytes_at, u32_at, u64_at};
 use strata_engine::fs::{read_exact_at, FileHandle, FileSystem, OpenMode};
 use strata_engine::{Error, Result};
 
@@ -121,7 +125,8 @@ impl HardStateFile {
         buf.extend_from_slice(&counter.to_le_bytes());
         buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
         let mut crc = crc32fast::Hasher::new();
-        crc.update(&buf[8..20]);
+        crc.update(&counter.to_le_bytes());
+        crc.update(&(json.len() as u32).to_le_bytes());
         crc.update(&json);
         buf.extend_from_slice(&crc.finalize().to_le_bytes());
         buf.extend_from_slice(&json);
@@ -142,16 +147,17 @@ impl HardStateFile {
     }
 }
 
-fn decode_slot(buf: &[u8]) -> Option<(u64, HardState)> {
-    if buf.len() < SLOT_HEADER_BYTES || &buf[..8] != MAGIC {
+/// A slot's counter and state, or `None` for a slot that is empty, torn or damaged.
+pub fn decode_slot(buf: &[u8]) -> Option<(u64, HardState)> {
+    if bytes_at::<8>(buf, 0).as_ref() != Some(MAGIC) {
         return None;
     }
-    let counter = u64::from_le_bytes(buf[8..16].try_into().ok()?);
-    let len = u32::from_le_bytes(buf[16..20].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(buf[20..24].try_into().ok()?);
-    let json = buf.get(SLOT_HEADER_BYTES..SLOT_HEADER_BYTES + len)?;
+    let counter = u64_at(buf, 8)?;
+    let len = u32_at(buf, 16)? as usize;
+    let crc = u32_at(buf, 20)?;
+    let json = buf.get(SLOT_HEADER_BYTES..SLOT_HEADER_BYTES.checked_add(len)?)?;
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&buf[8..20]);
+    hasher.update(buf.get(8..20)?);
     hasher.update(json);
     if hasher.finalize() != crc {
         return None;
@@ -160,6 +166,7 @@ fn decode_slot(buf: &[u8]) -> Option<(u64, HardState)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use strata_engine::fs::StdFs;
