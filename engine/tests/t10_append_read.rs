@@ -1,6 +1,9 @@
 //! Appends and reads on the real engine (files + RocksDB): stream semantics, idempotency,
 //! segment rolls and reopen.
 
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{append, event, small_config};

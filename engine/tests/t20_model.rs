@@ -4,6 +4,9 @@
 //! Every acknowledged append survives; an unacknowledged one is all there or not at all;
 //! reads equal the model. More cases: PROPTEST_CASES=2000 cargo test --test t20_model.
 
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -3,6 +3,9 @@
 //! segments roll. Every acknowledged append must sit exactly at its acknowledged versions, every
 //! retry must return the original result, and nothing unacknowledged may exist.
 
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;

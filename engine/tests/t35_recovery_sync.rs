@@ -2,6 +2,9 @@
 //! acknowledges it: records a process wrote and never synced (it died first, or the sync
 //! failed) must not be served and then lost to a power cut.
 
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{append, event, open_sim, small_config};

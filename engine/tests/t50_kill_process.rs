@@ -3,6 +3,9 @@
 //! SIGKILLs it at random moments, over several rounds. After every kill the store reopens and
 //! every acknowledged append is present, once, intact, at its acknowledged version.
 
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -1,6 +1,9 @@
 //! As-of reads: random histories (timestamps from a clock that wanders backwards too) read as
 //! of random versions, positions and times must equal a model of the log.
 
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{event, open_sim, small_config};

@@ -1,6 +1,9 @@
 //! openraft's own storage test suite against the real storage: engine log, RocksDB index,
 //! hard-state file, on disk.
 
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use openraft::testing::{StoreBuilder, Suite};

@@ -1,5 +1,8 @@
 //! The stream model on small hand-made histories, each with a known answer.
 
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use strata_sim::wgl::Verdict;
 use strata_sim::{check_history, Limits, ModelKind};
 

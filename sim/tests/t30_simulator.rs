@@ -1,6 +1,9 @@
 //! The simulator itself: one seed decides a run byte for byte (also across processes), the
 //! regression seeds pass, and the checkers catch a planted durability bug.
 
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 use strata_sim::run::{run, FaultSet, RunConfig};

@@ -1,4 +1,7 @@
 //! Helpers shared by the engine's integration tests.
+
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::path::Path;

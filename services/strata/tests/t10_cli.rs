@@ -2,6 +2,9 @@
 //! on SIGTERM, and SIGKILL under load followed by a restart on the same directory that still
 //! has every acknowledged append.
 
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

@@ -5,6 +5,9 @@
 //! checking that every acknowledged event is on every replica exactly once and that the
 //! replicas' committed logs are byte-identical.
 
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;

@@ -1,4 +1,7 @@
 //! Shared by the gRPC tests: a node started on loopback, and request builders.
+
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
