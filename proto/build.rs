@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Undecodable messages are the caller's error (INVALID_ARGUMENT), not INTERNAL.
+        .codec_path("crate::codec::StrictCodec")
         .file_descriptor_set_path(out.join("strata_v1_descriptor.bin"))
         .compile_protos(
             &[

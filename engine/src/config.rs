@@ -30,8 +30,9 @@ pub struct Limits {
     pub read_events_max: usize,
     /// Most records one read of the whole log returns. Default 4096.
     pub read_records_max: usize,
-    /// About how many bytes one read of the whole log returns (at least one record).
-    /// Default 32 MiB.
+    /// Most bytes of records (a read of the whole log) or event frames (a stream read) one
+    /// read takes from the log; at least one record or event, whatever its size. Default
+    /// 4 MiB.
     pub read_bytes_max: usize,
 }
 
@@ -47,7 +48,7 @@ impl Default for Limits {
             queue_depth_max: 4096,
             read_events_max: 4096,
             read_records_max: 4096,
-            read_bytes_max: 32 << 20,
+            read_bytes_max: 4 << 20,
         }
     }
 }

@@ -64,7 +64,7 @@ pub enum Error {
     #[error("index error: {0}")]
     Index(String),
     /// The stream was hard-deleted (it has a tombstone); nothing can be appended to it again.
-    #[error("stream `{stream}` is deleted (hard delete: it cannot be appended to again)")]
+    #[error("stream `{stream}` is hard-deleted: it can neither be read nor appended to again (reads as of a point before the delete still answer)")]
     StreamDeleted { stream: String },
     /// The replicated shard could not take the request now (no leader, leadership lost,
     /// replication failed); the message says why. Retrying later, or at the leader, may work.

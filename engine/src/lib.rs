@@ -35,6 +35,6 @@ pub use event::{
     AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, Position, Record,
     RecordedEvent, StreamAppend, StreamAppendResult, StreamCondition,
 };
-pub use reader::{AsOf, ReadAllBatch, Reader};
+pub use reader::{AsOf, ReadAllBatch, Reader, StreamPage};
 pub use store::{EntryBody, LogEntry, Store, SyncPoint, WrittenEntry};
 pub use views::{State, StreamInfo};

@@ -243,8 +243,9 @@ impl LogReader {
     }
 
     /// Reads records forwards from `from` (a record position, a segment boundary or 0 for the
-    /// start) up to `end`, at most `max_records` and about `max_bytes`. Returns the records and
-    /// the position to continue from.
+    /// start) up to `end`, at most `max_records` and at most `max_bytes` of frames — or one
+    /// record, whatever its size, when the first is larger. Returns the records and the
+    /// position to continue from. (Raft messages and read answers are sized from this bound.)
     pub fn scan(
         &self,
         from: Position,
@@ -280,6 +281,9 @@ impl LogReader {
             let mut at = 0usize;
             while at < chunk.len() && out.len() < max_records && bytes < max_bytes {
                 match check_frame(&chunk[at..], self.record_len_max) {
+                    FrameCheck::Valid(n) if !out.is_empty() && bytes + n > max_bytes => {
+                        return Ok((out, pos));
+                    }
                     FrameCheck::Valid(n) => {
                         let header = read_header(&chunk[at..]);
                         if header.position != pos {
@@ -299,7 +303,12 @@ impl LogReader {
                     }
                     FrameCheck::Incomplete if at > 0 => break,
                     FrameCheck::Incomplete => {
-                        // A record larger than the chunk: read exactly its frame.
+                        // A record larger than the chunk: read exactly its frame (unless it
+                        // would take the answer past `max_bytes`: it starts the next one).
+                        let len = format::u32_at(&chunk[at..], 0).map_or(0, |l| l as usize);
+                        if !out.is_empty() && bytes + FRAME_BYTES + len > max_bytes {
+                            return Ok((out, pos));
+                        }
                         let frame = self.read_frame(segment, pos, segment_end)?;
                         let header = read_header(&frame);
                         bytes += frame.len();

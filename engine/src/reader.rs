@@ -177,7 +177,8 @@ impl Reader {
         Ok(lo.checked_sub(1))
     }
 
-    /// [`Reader::read_stream`] as of a point in the log's history (`None`: now).
+    /// [`Reader::read_stream`] as of a point in the log's history (`None`: now). Bounded by
+    /// `read_bytes_max` too: [`Reader::read_stream_page`] says whether that cut the answer.
     pub fn read_stream_as_of(
         &self,
         stream: &str,
@@ -186,6 +187,23 @@ impl Reader {
         limit: usize,
         as_of: Option<AsOf>,
     ) -> Result<Vec<RecordedEvent>> {
+        let bytes_max = self.limits.read_bytes_max;
+        self.read_stream_page(stream, from, direction, limit, bytes_max, as_of)
+            .map(|page| page.events)
+    }
+
+    /// Up to `limit` events of `stream` as of a point, and at most `bytes_max` bytes of event
+    /// frames (always at least one event): the page stops before the event that would pass
+    /// either bound, and says when the bytes cut it. Nothing past the bound is read.
+    pub fn read_stream_page(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        direction: Direction,
+        limit: usize,
+        bytes_max: usize,
+        as_of: Option<AsOf>,
+    ) -> Result<StreamPage> {
         validate_stream_name("stream", stream, &self.limits)?;
         if limit > self.limits.read_events_max {
             return Err(Error::LimitExceeded {
@@ -200,7 +218,7 @@ impl Reader {
             Some(AsOf::Version(v)) => Some(v),
             Some(_) => match self.version_before(stream, end)? {
                 Some(v) => Some(v),
-                None => return Ok(Vec::new()),
+                None => return Ok(StreamPage::default()),
             },
             None => None,
         };
@@ -216,7 +234,7 @@ impl Reader {
                         .unwrap_or(usize::MAX)
                         .saturating_add(1),
                 ),
-                None => return Ok(Vec::new()),
+                None => return Ok(StreamPage::default()),
             },
             _ => limit,
         };
@@ -232,6 +250,7 @@ impl Reader {
                     && !self.is_reclaimed(slot.position)
             })
             .collect();
+        let (slots, cut) = within_bytes(slots, bytes_max);
         let mut events = Vec::with_capacity(slots.len());
         // Events of one record that sit next to each other are read with one read.
         for run in
@@ -253,7 +272,7 @@ impl Reader {
                 events.push(event);
             }
         }
-        Ok(events)
+        Ok(StreamPage { events, cut })
     }
 
     /// Reads up to `limit` records from `from` (0 for the start, or a position returned by an
@@ -407,4 +426,32 @@ impl Reader {
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
+}
+
+/// One page of a stream read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamPage {
+    /// The events, in the read's direction.
+    pub events: Vec<RecordedEvent>,
+    /// The byte bound stopped the page before its event limit: more events may follow.
+    pub cut: bool,
+}
+
+/// The longest prefix of `slots` whose event frames fit in `bytes_max` (at least one), and
+/// whether that left any out.
+fn within_bytes(
+    mut slots: Vec<(u64, crate::index::StreamSlot)>,
+    bytes_max: usize,
+) -> (Vec<(u64, crate::index::StreamSlot)>, bool) {
+    let mut bytes = 0usize;
+    let keep = slots
+        .iter()
+        .position(|(_, s)| {
+            bytes = bytes.saturating_add(s.slot.len as usize);
+            bytes > bytes_max
+        })
+        .map_or(slots.len(), |over| over.max(1));
+    let cut = keep < slots.len();
+    slots.truncate(keep);
+    (slots, cut)
 }

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::event::{Direction, Position, RecordedEvent};
-use crate::reader::{AsOf, Reader};
+use crate::reader::{AsOf, Reader, StreamPage};
 use crate::system::{self, SnapshotInfo, SnapshotPolicy, StreamMeta};
 
 /// Snapshot policies read at most; later ones past it are ignored (documented bound).
@@ -177,10 +177,10 @@ impl Reader {
         limit: usize,
         as_of: Option<AsOf>,
         now_us: u64,
-    ) -> Result<Vec<RecordedEvent>> {
+    ) -> Result<StreamPage> {
         let (info, _) = self.readable_info(stream, as_of, now_us)?;
         let Some(head) = info.head else {
-            return Ok(Vec::new());
+            return Ok(StreamPage::default());
         };
         let from = match direction {
             Direction::Forwards => Some(from.unwrap_or(0).max(info.floor)),
@@ -188,10 +188,16 @@ impl Reader {
         };
         // Every version up to `head` lies before the point (it is the last one there), so
         // reading as of that version is the same read without finding the point again.
-        let mut events =
-            self.read_stream_as_of(stream, from, direction, limit, Some(AsOf::Version(head)))?;
-        events.retain(|e| e.version >= info.floor);
-        Ok(events)
+        let mut page = self.read_stream_page(
+            stream,
+            from,
+            direction,
+            limit,
+            self.limits.read_bytes_max,
+            Some(AsOf::Version(head)),
+        )?;
+        page.events.retain(|e| e.version >= info.floor);
+        Ok(page)
     }
 
     /// The state of `stream` as of a point: the newest snapshot stored at or before it whose
@@ -217,17 +223,21 @@ impl Reader {
         let start = snapshot
             .as_ref()
             .map_or(info.floor, |(s, _)| (s.version + 1).max(info.floor));
-        // As in `read_stream_visible`: as of `version`, the last one at the point.
+        // As in `read_stream_visible`: as of `version`, the last one at the point. The
+        // snapshot's bytes count against the answer's byte bound.
+        let snapshot_bytes = snapshot.as_ref().map_or(0, |(_, e)| e.data.len());
         let events = if start > version {
             Vec::new()
         } else {
-            self.read_stream_as_of(
+            self.read_stream_page(
                 stream,
                 Some(start),
                 Direction::Forwards,
                 limit,
+                self.limits.read_bytes_max.saturating_sub(snapshot_bytes),
                 Some(AsOf::Version(version)),
             )?
+            .events
         };
         let complete = start > version || events.last().is_some_and(|e| e.version == version);
         let every = self.snapshot_every(stream, end)?;

@@ -87,7 +87,8 @@ fn a_tombstone_refuses_later_appends_in_the_same_group_and_after_reopening() {
             Some(AsOf::Position(first)),
             30,
         )
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(before.len(), 1);
     // Names starting with '$' must be system streams about a valid stream.
     for bad in ["$x", "$meta:", "$snap:$meta:s"] {
@@ -135,6 +136,7 @@ fn metadata_floors_apply_to_reads_as_of_their_time() {
         reader
             .read_stream_visible("s", None, Direction::Forwards, 100, as_of, now)
             .unwrap()
+            .events
             .iter()
             .map(|e| e.version)
             .collect()
@@ -145,6 +147,7 @@ fn metadata_floors_apply_to_reads_as_of_their_time() {
     let back: Vec<u64> = reader
         .read_stream_visible("s", None, Direction::Backwards, 100, None, 12_000)
         .unwrap()
+        .events
         .iter()
         .map(|e| e.version)
         .collect();

@@ -82,6 +82,7 @@ fn versions(store: &Store, stream: &str) -> Vec<u64> {
         .reader()
         .read_stream_visible(stream, None, Direction::Forwards, 4096, None, u64::MAX / 2)
         .unwrap()
+        .events
         .iter()
         .map(|e| e.version)
         .collect()
@@ -206,7 +207,8 @@ fn retention_reclaims_dead_events_and_keeps_everything_else_exact() {
     assert_eq!(as_of.len(), 50);
     let old_then = reader
         .read_stream_visible("old", None, Direction::Forwards, 100, inside, 0)
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(old_then.len(), 10);
     // A position older than the horizon is refused too.
     let err = reader
@@ -252,7 +254,8 @@ fn retention_reclaims_dead_events_and_keeps_everything_else_exact() {
         .is_err());
     let old_then = rebuilt
         .read_stream_visible("old", None, Direction::Forwards, 100, inside, 0)
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(old_then.len(), 10);
     let appended = store
         .commit(vec![AppendRequest::single(

@@ -36,9 +36,44 @@ use crate::snapshot::{self, Manifest};
 use crate::storage::Shard;
 use crate::types::{NodeId, Raft, SnapshotMeta, StrataNode, TypeConfig};
 
-/// Largest Raft message, either way: AppendEntries carries at most
-/// [`crate::storage::ENTRIES_BYTES_MAX`] of entries, fetches at most 1 MiB.
-pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
+/// Largest Raft message, either way. An AppendEntries carries at most
+/// [`crate::storage::ENTRIES_BYTES_MAX`] of entries or one entry whatever its size (one record,
+/// up to the engine's `batch_bytes_max`), so a node refuses at start-up a `batch_bytes_max`
+/// whose AppendEntries would not fit ([`check_limits`]); a fetch carries at most
+/// [`crate::snapshot::FETCH_CHUNK_BYTES`].
+pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// Most entries one AppendEntries carries (openraft's `max_payload_entries`).
+pub const ENTRIES_PER_MESSAGE_MAX: u64 = 512;
+/// Most bytes the wire adds to one entry's record bytes (its log id, the payload's and the
+/// command's tags, the bytes' length; bincode's fixed-width integers). Checked by a test
+/// against the worst case.
+pub const ENTRY_WIRE_OVERHEAD_BYTES: usize = 64;
+/// Most bytes the wire adds to a whole AppendEntries besides its entries (vote, previous log
+/// id, commit point, the entries' count, the `RaftMessage` envelope and gRPC's frame).
+pub const MESSAGE_WIRE_OVERHEAD_BYTES: usize = 256;
+
+/// The largest AppendEntries a shard whose records are at most `batch_bytes_max` sends.
+pub fn append_entries_bytes_max(batch_bytes_max: usize) -> usize {
+    crate::storage::ENTRIES_BYTES_MAX.max(batch_bytes_max)
+        + ENTRIES_PER_MESSAGE_MAX as usize * ENTRY_WIRE_OVERHEAD_BYTES
+        + MESSAGE_WIRE_OVERHEAD_BYTES
+}
+
+/// Refuses engine limits whose largest append would not fit one Raft message: a leader could
+/// take it, and replication would then stall on it for good.
+pub fn check_limits(limits: &strata_engine::Limits) -> strata_engine::Result<()> {
+    let needed = append_entries_bytes_max(limits.batch_bytes_max);
+    if needed > MESSAGE_BYTES_MAX {
+        return Err(strata_engine::Error::invalid(
+            "batch_bytes_max",
+            format!(
+                "{} makes an AppendEntries of up to {needed} bytes, above the Raft message limit of {MESSAGE_BYTES_MAX}",
+                limits.batch_bytes_max
+            ),
+        ));
+    }
+    Ok(())
+}
 /// How long to wait for a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a whole snapshot transfer (fetch, check, install) may take.
@@ -159,18 +194,22 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
     bincode::serialize(value).map_err(|e| Status::internal(format!("encoding: {e}")))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+/// Decodes a Raft message's payload (bincode). Whatever the bytes, the answer is the message or
+/// `INVALID_ARGUMENT`, never a panic or an allocation beyond the bytes' own length.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     bincode::deserialize(bytes)
         .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
 }
 
 /// What the leader sends to install a snapshot.
 #[derive(Debug, Serialize, Deserialize)]
-struct SnapshotOffer {
-    vote: Vote<NodeId>,
-    manifest: Vec<u8>,
+pub struct SnapshotOffer {
+    /// The sender's vote.
+    pub vote: Vote<NodeId>,
+    /// The snapshot's [`Manifest`], encoded.
+    pub manifest: Vec<u8>,
     /// Where to fetch the manifest's ranges (the sender's Raft address).
-    source_addr: String,
+    pub source_addr: String,
 }
 
 /// openraft's network factory for one shard.
@@ -514,5 +553,61 @@ impl<T: RaftTransport> pb::raft_internal_server::RaftInternal for RaftService<T>
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(pb::FetchLogResponse { data }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Entry, LogId};
+    use crate::wire::Command;
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use prost::Message;
+
+    fn worst_append_entries(entries: usize, frame_bytes: usize) -> usize {
+        let log_id = LogId::new(CommittedLeaderId::new(u64::MAX, u64::MAX), u64::MAX);
+        let entry = Entry {
+            log_id,
+            payload: EntryPayload::Normal(Command::Frame(bytes::Bytes::from(vec![
+                0xff;
+                frame_bytes
+            ]))),
+        };
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(u64::MAX, u64::MAX),
+            prev_log_id: Some(log_id),
+            entries: vec![entry; entries],
+            leader_commit: Some(log_id),
+        };
+        let payload = encode(&rpc).expect("encodes");
+        let message = pb::RaftMessage {
+            shard_id: u64::MAX,
+            payload,
+        };
+        // gRPC's frame: a compression flag and a 4-byte length.
+        message.encoded_len() + 5
+    }
+
+    #[test]
+    fn the_wire_overheads_bound_the_worst_append_entries() {
+        for (entries, frame_bytes) in [(0, 0), (1, 0), (1, 1 << 20), (512, 100), (3, 70_000)] {
+            let wire = worst_append_entries(entries, frame_bytes);
+            let bound =
+                entries * (frame_bytes + ENTRY_WIRE_OVERHEAD_BYTES) + MESSAGE_WIRE_OVERHEAD_BYTES;
+            assert!(wire <= bound, "{entries} × {frame_bytes}: {wire} > {bound}");
+        }
+    }
+
+    #[test]
+    fn limits_whose_largest_append_does_not_fit_a_message_are_refused() {
+        let mut limits = strata_engine::Limits::default();
+        assert!(check_limits(&limits).is_ok());
+        limits.batch_bytes_max = MESSAGE_BYTES_MAX - MESSAGE_WIRE_OVERHEAD_BYTES;
+        let refused = check_limits(&limits).expect_err("too large for a message");
+        assert!(refused.to_string().contains("batch_bytes_max"), "{refused}");
+        limits.batch_bytes_max = MESSAGE_BYTES_MAX
+            - MESSAGE_WIRE_OVERHEAD_BYTES
+            - ENTRIES_PER_MESSAGE_MAX as usize * ENTRY_WIRE_OVERHEAD_BYTES;
+        assert!(check_limits(&limits).is_ok());
     }
 }

@@ -312,7 +312,7 @@ impl Replica {
             max_in_snapshot_log_to_keep: settings.keep_entries,
             // Entries are whole records (up to the engine's batch limit); bound the count per
             // message too.
-            max_payload_entries: 512,
+            max_payload_entries: crate::network::ENTRIES_PER_MESSAGE_MAX,
             ..openraft::Config::default()
         };
         let config = Arc::new(

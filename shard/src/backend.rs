@@ -10,12 +10,9 @@ use strata_raft::{Replica, ReplicaError};
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
-use crate::status::{to_status, ERROR_KIND_KEY};
-
-/// Metadata key carrying the leader's client address when a node is not the leader.
-pub const LEADER_KEY: &str = "strata-leader";
-/// Metadata key carrying the leader's node id.
-pub const LEADER_ID_KEY: &str = "strata-leader-id";
+use crate::status::to_status;
+use strata_proto::metadata::ERROR_KIND_KEY;
+pub use strata_proto::metadata::{LEADER_ID_KEY, LEADER_KEY};
 
 /// The storage a node serves.
 #[derive(Debug, Clone)]
@@ -65,19 +62,15 @@ impl Backend {
     }
 
     /// Waits until a read at this consistency may be served here.
-    pub async fn read_barrier(&self, consistency: i32) -> Result<(), Status> {
+    pub async fn read_barrier(&self, consistency: pb::Consistency) -> Result<(), Status> {
         let Backend::Replicated(replica) = self else {
             return Ok(());
         };
-        match pb::Consistency::try_from(consistency) {
-            Ok(pb::Consistency::Follower) => Ok(()),
-            Ok(pb::Consistency::Linearizable) => {
+        match consistency {
+            pb::Consistency::Follower => Ok(()),
+            pb::Consistency::Linearizable => {
                 replica.linearizable_barrier().await.map_err(replica_status)
             }
-            Err(_) => Err(crate::status::invalid(
-                "consistency",
-                format!("unknown consistency {consistency}"),
-            )),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use strata_engine::{
-    AppendRequest, AppendResult, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend,
+    AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend,
 };
 use strata_proto::v1 as pb;
 use tonic::Status;
@@ -147,6 +147,98 @@ fn user_target(field: &str, stream: &str) -> Result<(), Status> {
         ));
     }
     Ok(())
+}
+
+/// Events or records a read returns when the request's limit is 0.
+pub const READ_LIMIT_DEFAULT: u32 = 1000;
+
+/// A read's direction. Every enum of a request is checked the same way: an unknown value is
+/// refused naming its field, before anything else happens.
+pub fn direction(value: i32) -> Result<Direction, Status> {
+    match pb::Direction::try_from(value) {
+        Ok(pb::Direction::Forwards) => Ok(Direction::Forwards),
+        Ok(pb::Direction::Backwards) => Ok(Direction::Backwards),
+        Err(_) => Err(invalid("direction", format!("unknown direction {value}"))),
+    }
+}
+
+/// A read's consistency (refused when unknown on every node, a single one too).
+pub fn consistency(value: i32) -> Result<pb::Consistency, Status> {
+    pb::Consistency::try_from(value)
+        .map_err(|_| invalid("consistency", format!("unknown consistency {value}")))
+}
+
+/// The events (or records) a read may return: `requested`, 0 meaning [`READ_LIMIT_DEFAULT`];
+/// above `max` is refused naming the limit.
+pub fn read_limit(requested: u32, max: usize) -> Result<usize, Status> {
+    let limit = match requested {
+        0 => READ_LIMIT_DEFAULT,
+        n => n,
+    } as usize;
+    if limit > max {
+        return Err(crate::status::to_status(
+            strata_engine::Error::LimitExceeded {
+                limit: "read_limit_max",
+                value: limit as u64,
+                max: max as u64,
+            },
+        ));
+    }
+    Ok(limit)
+}
+
+/// Whether [`fit_events`] left events out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fit {
+    /// Events were left out to keep the answer within its bound.
+    pub cut: bool,
+}
+
+/// Bytes `event` takes in an answer's repeated field (its tag and length prefix too).
+fn answer_bytes(event: &pb::RecordedEvent) -> usize {
+    let len = prost::Message::encoded_len(event);
+    1 + prost::length_delimiter_len(len) + len
+}
+
+/// Keeps the longest prefix of `events` whose encoded size fits `bytes_max` (at least one).
+pub fn fit_events(events: &mut Vec<pb::RecordedEvent>, bytes_max: usize) -> Fit {
+    let mut bytes = 0usize;
+    let keep = events
+        .iter()
+        .position(|e| {
+            bytes = bytes.saturating_add(answer_bytes(e));
+            bytes > bytes_max
+        })
+        .map_or(events.len(), |over| over.max(1));
+    let cut = keep < events.len();
+    events.truncate(keep);
+    Fit { cut }
+}
+
+/// A `ReadAll` page: the filtered events of `batch`'s records, whole records only, within
+/// `bytes_max` encoded (at least one record), and where to go on — past the last record kept.
+pub fn read_all_page(
+    batch: strata_engine::ReadAllBatch,
+    filter: Option<&pb::Filter>,
+    bytes_max: usize,
+) -> (Vec<pb::RecordedEvent>, u64) {
+    let mut events = Vec::new();
+    let mut bytes = 0usize;
+    for (i, record) in batch.records.into_iter().enumerate() {
+        let kept: Vec<_> = record
+            .events
+            .into_iter()
+            .filter(|e| matches(filter, e))
+            .map(recorded)
+            .collect();
+        let record_bytes: usize = kept.iter().map(answer_bytes).sum();
+        if i > 0 && bytes.saturating_add(record_bytes) > bytes_max {
+            return (events, record.position);
+        }
+        bytes = bytes.saturating_add(record_bytes);
+        events.extend(kept);
+    }
+    (events, batch.next)
 }
 
 /// The point a read is taken as of (`None`: now).

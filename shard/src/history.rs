@@ -308,11 +308,13 @@ impl History {
         })
     }
 
-    /// `ReadState` (after the caller's read barrier).
+    /// `ReadState` (after the caller's read barrier): at most `limit` events, and an answer of
+    /// at most `bytes_max` encoded (but one event at least; `complete` is false when cut).
     pub async fn read_state(
         &self,
         r: pb::ReadStateRequest,
         limit: usize,
+        bytes_max: usize,
     ) -> Result<pb::ReadStateResponse, Status> {
         let as_of = crate::convert::as_of(r.as_of);
         let closed = match as_of {
@@ -325,23 +327,27 @@ impl History {
             .backend
             .read(move |reader| reader.read_state(&stream, as_of, limit, now))
             .await?;
+        let snapshot = state.snapshot.map(|(info, e)| pb::Snapshot {
+            version: info.version,
+            schema_version: info.schema_version,
+            data: e.data.to_vec(),
+            timestamp_us: e.timestamp_us,
+            position: e.position,
+        });
+        let mut events: Vec<_> = state
+            .events
+            .into_iter()
+            .map(crate::convert::recorded)
+            .collect();
+        let snapshot_bytes = snapshot.as_ref().map_or(0, prost::Message::encoded_len);
+        let fit = crate::convert::fit_events(&mut events, bytes_max.saturating_sub(snapshot_bytes));
         Ok(pb::ReadStateResponse {
             stream: r.stream,
-            snapshot: state.snapshot.map(|(info, e)| pb::Snapshot {
-                version: info.version,
-                schema_version: info.schema_version,
-                data: e.data.to_vec(),
-                timestamp_us: e.timestamp_us,
-                position: e.position,
-            }),
-            events: state
-                .events
-                .into_iter()
-                .map(crate::convert::recorded)
-                .collect(),
+            snapshot,
+            events,
             exists: state.version.is_some(),
             version: state.version.unwrap_or(0),
-            complete: state.complete,
+            complete: state.complete && !fit.cut,
             snapshot_due: state.snapshot_due,
             closed_timestamp_us: closed,
         })

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod convert;
 pub mod history;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod retention;

@@ -102,11 +102,20 @@ pub enum NodeError {
     /// Reflection could not be set up.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The limits do not fit together (see [`crate::limits`]).
+    #[error("limits: {0}")]
+    Limits(strata_engine::Error),
 }
 
 impl Node {
     /// Opens the store and binds the address (port 0 picks a free port).
     pub async fn bind(config: NodeConfig) -> Result<Node, NodeError> {
+        crate::limits::check(
+            &config.engine.limits,
+            config.service.response_bytes_max,
+            config.cluster.is_some(),
+        )
+        .map_err(NodeError::Limits)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -251,7 +260,7 @@ impl Node {
         let result = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
-            .add_service(pb::streams_server::StreamsServer::new(self.service))
+            .add_service(streams_server(self.service))
             .add_service(pb::cluster_server::ClusterServer::new(self.cluster))
             .add_optional_service(shared_raft)
             .serve_with_incoming_shutdown(incoming(self.listener), async {
@@ -272,6 +281,18 @@ impl Node {
         self.backend.close().await;
         result.map_err(NodeError::from)
     }
+}
+
+/// The `Streams` service with its message limits derived from the engine's (see
+/// [`crate::limits`]), not gRPC's 4 MiB default, which would make the documented batch limit
+/// unreachable.
+fn streams_server(service: StreamsService) -> pb::streams_server::StreamsServer<StreamsService> {
+    let limits = service.limits().clone();
+    let answers =
+        crate::limits::encoded_answer_bytes_max(&limits, service.config().response_bytes_max);
+    pb::streams_server::StreamsServer::new(service)
+        .max_decoding_message_size(crate::limits::request_bytes_max(&limits))
+        .max_encoding_message_size(answers)
 }
 
 /// Accepted connections with TCP_NODELAY: small responses must not wait for delayed ACKs

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use strata_engine::stats::LatencyHistogram;
-use strata_engine::Direction;
 use strata_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
@@ -19,11 +18,10 @@ use crate::convert;
 use crate::history::History;
 use crate::ids::IdSource;
 use crate::retention::{Pins, RetentionSettings, RetentionStats};
-use crate::status::{invalid, to_single_append_status, to_status};
+use crate::status::to_single_append_status;
 use crate::subscription::{self, Subscription};
 
-/// Events a read returns when the request's limit is 0.
-pub const READ_LIMIT_DEFAULT: u32 = 1000;
+pub use crate::convert::READ_LIMIT_DEFAULT;
 
 /// Settings of the service.
 #[derive(Debug, Clone)]
@@ -35,6 +33,11 @@ pub struct ServiceConfig {
     pub subscription_stall_timeout: std::time::Duration,
     /// Retention of dead events.
     pub retention: RetentionSettings,
+    /// Most bytes of a read's answer, encoded (`Read`, `ReadAll`, `ReadState`): a page ends
+    /// before the event (or record) that would pass it, and says where to go on — but holds
+    /// at least one. Default 4 MiB, gRPC's default receive limit, so any gRPC client can read
+    /// any stream. See [`crate::limits`].
+    pub response_bytes_max: usize,
 }
 
 impl Default for ServiceConfig {
@@ -43,9 +46,13 @@ impl Default for ServiceConfig {
             subscription_buffer_records_max: 256,
             subscription_stall_timeout: std::time::Duration::from_secs(10),
             retention: RetentionSettings::default(),
+            response_bytes_max: RESPONSE_BYTES_MAX_DEFAULT,
         }
     }
 }
+
+/// Default [`ServiceConfig::response_bytes_max`]: gRPC's default receive limit.
+pub const RESPONSE_BYTES_MAX_DEFAULT: usize = 4 << 20;
 
 /// Live counters the metrics endpoint reports.
 #[derive(Debug)]
@@ -128,6 +135,11 @@ impl StreamsService {
         &self.config
     }
 
+    /// The engine's limits requests are checked against.
+    pub fn limits(&self) -> strata_engine::Limits {
+        self.backend.reader().limits().clone()
+    }
+
     /// The positions open `$all` subscriptions still have to deliver (retention's bound).
     pub fn pins(&self) -> &Pins {
         &self.pins
@@ -145,22 +157,6 @@ impl StreamsService {
     fn request_id(&self) -> u64 {
         self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
-}
-
-fn limit(requested: u32, max: usize) -> Result<usize, Status> {
-    let limit = if requested == 0 {
-        READ_LIMIT_DEFAULT
-    } else {
-        requested
-    } as usize;
-    if limit > max {
-        return Err(to_status(strata_engine::Error::LimitExceeded {
-            limit: "read_limit_max",
-            value: limit as u64,
-            max: max as u64,
-        }));
-    }
-    Ok(limit)
 }
 
 #[tonic::async_trait]
@@ -217,22 +213,14 @@ impl pb::streams_server::Streams for StreamsService {
         self.traced("Read", async move {
             let r = request.into_inner();
             let reader = self.backend.reader();
-            let limit = limit(r.limit, reader.limits().read_events_max)?;
-            let direction = match pb::Direction::try_from(r.direction) {
-                Ok(pb::Direction::Forwards) => Direction::Forwards,
-                Ok(pb::Direction::Backwards) => Direction::Backwards,
-                Err(_) => {
-                    return Err(invalid(
-                        "direction",
-                        format!("unknown direction {}", r.direction),
-                    ))
-                }
-            };
+            let limit = convert::read_limit(r.limit, reader.limits().read_events_max)?;
+            let direction = convert::direction(r.direction)?;
+            let consistency = convert::consistency(r.consistency)?;
             let as_of = convert::as_of(r.as_of);
-            self.backend.read_barrier(r.consistency).await?;
+            self.backend.read_barrier(consistency).await?;
             let closed = self.close_for(as_of).await?;
             let now = self.clock.now_us();
-            let events = self
+            let page = self
                 .backend
                 .read(move |reader| {
                     reader.read_stream_visible(
@@ -245,8 +233,11 @@ impl pb::streams_server::Streams for StreamsService {
                     )
                 })
                 .await?;
+            let mut events: Vec<_> = page.events.into_iter().map(convert::recorded).collect();
+            let fit = convert::fit_events(&mut events, self.config.response_bytes_max);
             Ok(Response::new(pb::ReadResponse {
-                events: events.into_iter().map(convert::recorded).collect(),
+                events,
+                truncated: page.cut || fit.cut,
                 closed_timestamp_us: closed,
             }))
         })
@@ -259,25 +250,22 @@ impl pb::streams_server::Streams for StreamsService {
     ) -> Result<Response<pb::ReadAllResponse>, Status> {
         self.traced("ReadAll", async move {
             let r = request.into_inner();
-            let limit = limit(r.limit, self.backend.reader().limits().read_records_max)?;
+            let limit =
+                convert::read_limit(r.limit, self.backend.reader().limits().read_records_max)?;
+            let consistency = convert::consistency(r.consistency)?;
             let as_of = convert::as_of(r.as_of);
-            self.backend.read_barrier(r.consistency).await?;
+            self.backend.read_barrier(consistency).await?;
             let closed = self.close_for(as_of).await?;
             // After the barrier: a snapshot install may have replaced the store meanwhile.
             let batch = self
                 .backend
                 .read(move |reader| reader.read_all_as_of(r.from_position, limit, as_of))
                 .await?;
-            let events = batch
-                .records
-                .into_iter()
-                .flat_map(|rec| rec.events)
-                .filter(|e| convert::matches(r.filter.as_ref(), e))
-                .map(convert::recorded)
-                .collect();
+            let (events, next_position) =
+                convert::read_all_page(batch, r.filter.as_ref(), self.config.response_bytes_max);
             Ok(Response::new(pb::ReadAllResponse {
                 events,
-                next_position: batch.next,
+                next_position,
                 closed_timestamp_us: closed,
             }))
         })
@@ -333,7 +321,8 @@ impl pb::streams_server::Streams for StreamsService {
     ) -> Result<Response<pb::GetStreamResponse>, Status> {
         self.traced("GetStream", async move {
             let r = request.into_inner();
-            self.backend.read_barrier(r.consistency).await?;
+            let consistency = convert::consistency(r.consistency)?;
+            self.backend.read_barrier(consistency).await?;
             Ok(Response::new(self.history.get_stream(r.stream).await?))
         })
         .await
@@ -381,9 +370,14 @@ impl pb::streams_server::Streams for StreamsService {
     ) -> Result<Response<pb::ReadStateResponse>, Status> {
         self.traced("ReadState", async move {
             let r = request.into_inner();
-            let limit = limit(r.limit, self.backend.reader().limits().read_events_max)?;
-            self.backend.read_barrier(r.consistency).await?;
-            Ok(Response::new(self.history.read_state(r, limit).await?))
+            let limit =
+                convert::read_limit(r.limit, self.backend.reader().limits().read_events_max)?;
+            let consistency = convert::consistency(r.consistency)?;
+            self.backend.read_barrier(consistency).await?;
+            let bytes_max = self.config.response_bytes_max;
+            Ok(Response::new(
+                self.history.read_state(r, limit, bytes_max).await?,
+            ))
         })
         .await
     }

@@ -6,10 +6,7 @@ use strata_engine::Error;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-/// Metadata key naming the kind of error.
-pub const ERROR_KIND_KEY: &str = "strata-error";
-/// Metadata key carrying a stream's actual version ("none" when it does not exist).
-pub const ACTUAL_VERSION_KEY: &str = "strata-actual-version";
+pub use strata_proto::metadata::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY};
 
 fn with_kind(code: Code, message: String, kind: &'static str) -> Status {
     let mut status = Status::new(code, message);

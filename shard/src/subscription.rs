@@ -202,6 +202,7 @@ async fn step(
                         now_us,
                     )?;
                     Ok(events
+                        .events
                         .into_iter()
                         .map(|e| {
                             let next = Cursor::Stream {

@@ -872,7 +872,7 @@ fn check_reclaimable(
                 None,
                 cluster.wall_clock_us(id),
             )
-            .and_then(|events| Ok((events, reader.stream_version(stream)?)));
+            .and_then(|page| Ok((page.events, reader.stream_version(stream)?)));
         let (events, head) = match seen {
             Ok(seen) => seen,
             Err(e) => {

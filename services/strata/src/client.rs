@@ -7,10 +7,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use strata_proto::metadata::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY, LEADER_KEY};
 use strata_proto::v1 as pb;
 use strata_proto::v1::streams_client::StreamsClient;
-use strata_shard::backend::LEADER_KEY;
-use strata_shard::status::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY};
 use tonic::transport::Channel;
 
 /// Most redirects to a named leader one command follows.
@@ -257,7 +256,16 @@ pub fn usage(message: impl Into<String>) -> Failure {
 }
 
 pub async fn connect(server: &ServerArg) -> Result<StreamsClient<Channel>, Failure> {
-    Ok(StreamsClient::new(channel(&server.server).await?))
+    Ok(streams_client(channel(&server.server).await?))
+}
+
+/// A `Streams` client that sends and takes messages up to the largest any node may send
+/// ([`strata_proto::MESSAGE_BYTES_HARD_MAX`]), not gRPC's 4 MiB default: an append near
+/// `batch_bytes_max`, and a `$all` page holding one large record whole, are larger.
+pub fn streams_client(channel: Channel) -> StreamsClient<Channel> {
+    StreamsClient::new(channel)
+        .max_decoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
+        .max_encoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
 }
 
 /// A connection to `addr` (host:port or a URL).
@@ -334,7 +342,7 @@ where
     F: Fn(StreamsClient<Channel>, Req) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
-    following_leader(server, |ch| call(StreamsClient::new(ch), request.clone()))
+    following_leader(server, |ch| call(streams_client(ch), request.clone()))
         .await
         .map(tonic::Response::into_inner)
         .map_err(failure)
@@ -408,25 +416,36 @@ fn events(args: &AppendArgs) -> Result<Vec<pb::NewEvent>, Failure> {
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| usage(format!("reading {}: {e}", path.display())))?;
-        let mut out = Vec::new();
-        for (n, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| usage(format!("{}:{}: not JSON: {e}", path.display(), n + 1)))?;
-            let field = |name: &str| v.get(name).and_then(|x| x.as_str()).map(str::to_string);
-            out.push(pb::NewEvent {
-                id: field("id").unwrap_or_default(),
-                r#type: field("type").unwrap_or_else(|| args.event_type.clone()),
-                data: json_bytes(v.get("data")),
-                metadata: json_bytes(v.get("metadata")),
-            });
-        }
-        return Ok(out);
+        return parse_jsonl(&text, &args.event_type)
+            .map_err(|e| usage(format!("{}:{e}", path.display())));
     }
     Ok(vec![one(Vec::new())])
+}
+
+/// The events of `strata append --jsonl`: one JSON object a line (blank lines skipped), with
+/// optional `id`, `type` (default `default_type`), `data` and `metadata` (any JSON, stored as
+/// its text). An error names the line: `LINE: why`.
+pub fn parse_jsonl(text: &str, default_type: &str) -> Result<Vec<pb::NewEvent>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("{}: not JSON: {e}", n + 1))?;
+        if !v.is_object() {
+            return Err(format!("{}: not a JSON object", n + 1));
+        }
+        let field = |name: &str| v.get(name).and_then(|x| x.as_str()).map(str::to_string);
+        out.push(pb::NewEvent {
+            id: field("id").unwrap_or_default(),
+            r#type: field("type").unwrap_or_else(|| default_type.to_string()),
+            data: json_bytes(v.get("data")),
+            metadata: json_bytes(v.get("metadata")),
+        });
+    }
+    Ok(out)
 }
 
 /// `strata append`.
@@ -455,23 +474,39 @@ pub async fn read(args: ReadArgs) -> Result<(), Failure> {
     } else {
         pb::Direction::Forwards
     };
-    let request = pb::ReadRequest {
-        stream: args.stream,
-        from_version: args.from,
-        direction: direction as i32,
-        limit: args.limit,
-        consistency: args.consistency.wire(),
-        as_of: args.as_of.wire(),
+    // A page the server cut at its byte bound (`truncated`) is followed by the next one, until
+    // `--limit` events (the server's default, 1000, for 0) or the stream's end.
+    let mut left = match args.limit {
+        0 => 1000,
+        n => n,
     };
-    for e in streams_call(&args.server.server, request, |mut c, r| async move {
-        c.read(r).await
-    })
-    .await?
-    .events
-    {
-        output::line(&output::event(&e));
+    let mut from = args.from;
+    loop {
+        let request = pb::ReadRequest {
+            stream: args.stream.clone(),
+            from_version: from,
+            direction: direction as i32,
+            limit: left,
+            consistency: args.consistency.wire(),
+            as_of: args.as_of.wire(),
+        };
+        let page = streams_call(&args.server.server, request, |mut c, r| async move {
+            c.read(r).await
+        })
+        .await?;
+        for e in &page.events {
+            output::line(&output::event(e));
+        }
+        left = left.saturating_sub(page.events.len() as u32);
+        let next = page.events.last().and_then(|e| match direction {
+            pb::Direction::Forwards => e.version.checked_add(1),
+            pb::Direction::Backwards => e.version.checked_sub(1),
+        });
+        match next {
+            Some(next) if page.truncated && left > 0 => from = Some(next),
+            _ => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 /// `strata read-all`: events, then `{"next_position": N}`.

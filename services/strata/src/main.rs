@@ -3,25 +3,14 @@
 //! stdout. Exit status: 0 success, 3 wrong expected version (the actual version goes to
 //! stderr), 1 any other error (the server's message goes to stderr), 2 bad usage.
 
-mod bench;
-mod bench_state;
-mod client;
-mod cluster_cmd;
-mod dev_cluster;
-mod history_cmd;
-mod node_config;
-mod output;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use strata::{bench, client, cluster_cmd, dev_cluster, history_cmd, node_config, output, Failure};
 
 /// Most threads serving reads (tokio's blocking pool) in one process.
 const BLOCKING_THREADS_MAX: usize = 64;
-
-/// Exit status for a wrong expected version.
-pub const EXIT_WRONG_VERSION: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about = "Strata: an event-log store")]
@@ -176,25 +165,6 @@ fn main() -> ExitCode {
         Err(failure) => {
             eprintln!("error: {}", failure.message);
             ExitCode::from(failure.exit_code)
-        }
-    }
-}
-
-/// A command's failure: what to print and the exit status.
-#[derive(Debug)]
-pub struct Failure {
-    /// The message for stderr.
-    pub message: String,
-    /// The exit status.
-    pub exit_code: u8,
-}
-
-impl Failure {
-    /// A failure with exit status 1.
-    pub fn new(message: impl Into<String>) -> Failure {
-        Failure {
-            message: message.into(),
-            exit_code: 1,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! batch_bytes_max = 16777216          # --batch-bytes-max (largest append)
 //! subscription_buffer_records_max = 256    # --subscription-buffer-records-max
 //! subscription_stall_timeout_ms = 10000    # --subscription-stall-timeout-ms
+//! response_bytes_max = 4194304        # --response-bytes-max (largest read answer, encoded)
 //!
 //! # Retention (see docs/ARCHITECTURE.md "Retention")
 //! retention = true                    # --retention true|false
@@ -70,6 +71,9 @@ pub struct NodeArgs {
     /// How long a subscriber may leave its buffer full before it is cut off.
     #[arg(long)]
     subscription_stall_timeout_ms: Option<u64>,
+    /// Most bytes of one read's answer, encoded (a page ends early and says where to go on).
+    #[arg(long)]
+    response_bytes_max: Option<usize>,
     /// Reclaim the space of dead events in the background (true or false).
     #[arg(long)]
     retention: Option<bool>,
@@ -128,6 +132,7 @@ struct FileConfig {
     batch_bytes_max: Option<usize>,
     subscription_buffer_records_max: Option<usize>,
     subscription_stall_timeout_ms: Option<u64>,
+    response_bytes_max: Option<usize>,
     retention: Option<bool>,
     retention_interval_ms: Option<u64>,
     retention_as_of_window_s: Option<u64>,
@@ -185,13 +190,30 @@ fn bad(message: String) -> Failure {
 
 /// The node configuration from the file and the flags.
 pub fn resolve(args: NodeArgs) -> Result<strata_shard::NodeConfig, Failure> {
-    let file = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| bad(format!("reading {}: {e}", path.display())))?;
-            toml::from_str::<FileConfig>(&text)
-                .map_err(|e| bad(format!("{}: {e}", path.display())))?
-        }
+    let text = match &args.config {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| bad(format!("reading {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    resolve_text(args, text.as_deref())
+}
+
+/// The node configuration from the flags and the configuration file's text (`None`: no file).
+/// Everything `strata node` checks before it starts is checked here.
+pub fn resolve_text(
+    args: NodeArgs,
+    text: Option<&str>,
+) -> Result<strata_shard::NodeConfig, Failure> {
+    let file = match text {
+        Some(text) => toml::from_str::<FileConfig>(text).map_err(|e| {
+            let path = args
+                .config
+                .as_deref()
+                .unwrap_or(std::path::Path::new("config"));
+            bad(format!("{}: {e}", path.display()))
+        })?,
         None => FileConfig::default(),
     };
     let cluster = cluster(&args, &file)?;
@@ -236,6 +258,15 @@ pub fn resolve(args: NodeArgs) -> Result<strata_shard::NodeConfig, Failure> {
     {
         service.subscription_stall_timeout = Duration::from_millis(v);
     }
+    if let Some(v) = args.response_bytes_max.or(file.response_bytes_max) {
+        service.response_bytes_max = v;
+    }
+    strata_shard::limits::check(
+        &engine.limits,
+        service.response_bytes_max,
+        cluster.is_some(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
     let retention = &mut service.retention;
     if let Some(v) = args.retention.or(file.retention) {
         retention.enabled = v;
