@@ -10,11 +10,16 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+echo "==> module cycles"
+python3 scripts/module-cycles.py
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 log=$(mktemp); trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+# Every fuzz target for a bounded time, from its committed corpus and regression inputs.
+echo "==> fuzzing (${STRATA_FUZZ_SECS:-30} s per target)"
+bash scripts/fuzz.sh "${STRATA_FUZZ_SECS:-30}"
 # A time-boxed random sweep of the deterministic simulator (regression seeds ran above).
 echo "==> simulator sweep (${STRATA_SIM_SWEEP_SECS:-180} s)"
 cargo build --release --locked -p strata-sim

@@ -58,21 +58,14 @@ pub struct Latencies {
 impl Latencies {
     /// Records operation latencies and the wall time they took together.
     pub fn record(&self, latencies: Vec<Duration>, elapsed: Duration) {
-        self.samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(latencies);
-        *self.elapsed.lock().unwrap_or_else(|p| p.into_inner()) += elapsed;
+        strata_engine::sync::lock(&self.samples).extend(latencies);
+        *strata_engine::sync::lock(&self.elapsed) += elapsed;
     }
 
     /// One line: operations, events/s, MiB/s, p50, p99, p99.9.
     pub fn summary(&self, name: &str, events_per_op: usize, bytes_per_event: usize) -> String {
-        let mut samples = self
-            .samples
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let elapsed = *self.elapsed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut samples = strata_engine::sync::lock(&self.samples).clone();
+        let elapsed = *strata_engine::sync::lock(&self.elapsed);
         samples.sort();
         if samples.is_empty() || elapsed.is_zero() {
             return format!("{name}: no samples");

@@ -235,7 +235,7 @@ impl Engine {
     /// Finishes every queued request, then stops the pipeline and flushes the index. Later
     /// appends fail with `Closed`.
     pub fn close(&self) {
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let threads = std::mem::take(&mut *crate::sync::lock(&self.threads));
         if threads.is_empty() {
             return;
         }

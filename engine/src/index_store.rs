@@ -164,9 +164,7 @@ impl MemIndexStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, MemState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Makes every write so far durable (as a RocksDB memtable flush would).

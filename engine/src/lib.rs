@@ -6,6 +6,19 @@
 //! Every file access goes through [`fs::FileSystem`] and time never comes from the wall clock,
 //! so the simulator can run this code over [`sim_fs::SimFs`] deterministically.
 
+/// Asserts an invariant of stored state where the state changes: in debug builds (every test)
+/// and whenever the calling crate's `invariants` feature is on (the simulator turns it on, so
+/// its release-build sweeps check them too); compiled out of a production release build. A
+/// failure is a bug in Strata, never bad input.
+#[macro_export]
+macro_rules! invariant {
+    ($($arg:tt)*) => {
+        if cfg!(any(debug_assertions, feature = "invariants")) {
+            assert!($($arg)*);
+        }
+    };
+}
+
 pub mod clock;
 pub mod config;
 pub mod engine;
@@ -17,12 +30,14 @@ pub mod index;
 pub mod index_store;
 pub mod log;
 pub mod reader;
+pub mod reclaimed;
 pub mod retention;
 pub mod rng;
 pub mod segment;
 pub mod sim_fs;
 pub mod stats;
 pub mod store;
+pub mod sync;
 pub mod system;
 pub mod validate;
 pub mod verify;

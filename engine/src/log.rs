@@ -96,14 +96,7 @@ impl RawRecord {
     }
 }
 
-fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    // The lock is only held for vector updates that cannot panic halfway.
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::{read as read_lock, write as write_lock};
 
 impl LogReader {
     /// The end of what readers may see: every record before it is durable and indexed.

@@ -42,7 +42,7 @@ pub struct Reader {
     pub(crate) log: Arc<LogReader>,
     pub(crate) index: Arc<Index>,
     pub(crate) limits: Limits,
-    pub(crate) reclaimed: Arc<crate::retention::Reclaimed>,
+    pub(crate) reclaimed: Arc<crate::reclaimed::Reclaimed>,
 }
 
 impl Reader {

@@ -30,20 +30,20 @@
 //! and id entries of reclaimed events (about 60 bytes each), so versions continue and retries of
 //! reclaimed appends are still recognised (without a content check) until the index is rebuilt.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crate::config::{SEGMENT_FOOTER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::error::{Error, Result};
 use crate::event::{Position, RecordedEvent};
 use crate::format::{self, RecordHeader, HOLE_PREFIX_BYTES};
 use crate::fs::{read_exact_at, FileSystem, OpenMode};
-use crate::index::{self, Index};
+use crate::index;
 use crate::index_store::IndexBatch;
 use crate::log::Segment;
 use crate::reader::{AsOf, Reader};
+pub use crate::reclaimed::Reclaimed;
 use crate::segment::Footer;
 use crate::system::{self, SystemStream};
 use crate::views::StreamInfo;
@@ -81,70 +81,6 @@ pub struct PassReport {
     pub bytes_reclaimed: u64,
     /// As-of reads before this are refused (0: none reclaimed yet).
     pub horizon_us: u64,
-}
-
-/// The reclaimed ranges of the log and the as-of horizon (the latest any of them set), shared
-/// by every reader.
-#[derive(Debug, Default)]
-pub struct Reclaimed {
-    ranges: RwLock<BTreeMap<Position, Position>>,
-    horizon_us: AtomicU64,
-}
-
-impl Reclaimed {
-    /// Loads what the index records.
-    pub(crate) fn load(&self, index: &Index) -> Result<()> {
-        let ranges = index.reclaimed_ranges()?;
-        let horizon = ranges.iter().map(|(_, _, h)| *h).max().unwrap_or(0);
-        let mut map = self.ranges.write().unwrap_or_else(|p| p.into_inner());
-        map.clear();
-        map.extend(ranges.into_iter().map(|(start, end, _)| (start, end)));
-        self.horizon_us.store(horizon, Ordering::Release);
-        Ok(())
-    }
-
-    /// Whether the record or event at `position` was reclaimed.
-    pub fn contains(&self, position: Position) -> bool {
-        self.end_of(position) > position
-    }
-
-    /// The end of the reclaimed range holding `position` (`position` if none does).
-    pub(crate) fn end_of(&self, position: Position) -> Position {
-        let map = self.ranges.read().unwrap_or_else(|p| p.into_inner());
-        map.range(..=position)
-            .next_back()
-            .map_or(position, |(_, end)| (*end).max(position))
-    }
-
-    /// Whether all of `[start, end)` was reclaimed.
-    fn covers(&self, start: Position, end: Position) -> bool {
-        let map = self.ranges.read().unwrap_or_else(|p| p.into_inner());
-        let mut at = start;
-        for (s, e) in map.range(..end) {
-            if *e <= at {
-                continue;
-            }
-            if *s > at {
-                return false;
-            }
-            at = *e;
-            if at >= end {
-                return true;
-            }
-        }
-        at >= end
-    }
-
-    /// As-of reads at times before this are refused: events they saw may be gone.
-    pub fn horizon_us(&self) -> u64 {
-        self.horizon_us.load(Ordering::Acquire)
-    }
-
-    fn add(&self, ranges: &[(Position, Position)], horizon_us: u64) {
-        let mut map = self.ranges.write().unwrap_or_else(|p| p.into_inner());
-        map.extend(ranges.iter().copied());
-        self.horizon_us.fetch_max(horizon_us, Ordering::AcqRel);
-    }
 }
 
 /// One record of a segment as retention sees it.

@@ -97,12 +97,7 @@ fn first_difference(durable: &[u8], now: &[u8]) -> Option<usize> {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    // A panic while holding this lock is a bug in a test; keep going with the data as is.
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::sync::lock;
 
 fn not_found(path: &Path) -> io::Error {
     io::Error::new(

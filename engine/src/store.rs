@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use uuid::Uuid;
@@ -79,10 +79,7 @@ struct Effects {
 
 type Inflight = Arc<Mutex<VecDeque<Arc<Effects>>>>;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Only short, panic-free updates happen under these locks.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 /// The group being built by the writer.
 struct Group<T> {
@@ -279,6 +276,12 @@ impl Finisher {
             return out;
         };
         let (end, next_seq) = (last.end, last.next_seq);
+        crate::invariant!(
+            groups
+                .windows(2)
+                .all(|w| w[0].end < w[1].end && w[0].next_seq <= w[1].next_seq),
+            "groups finish in the order they were written"
+        );
         if let Err(e) = synced {
             for g in groups {
                 lock(&self.inflight).pop_front();
@@ -314,6 +317,11 @@ impl Finisher {
                     .set(format!("reloading reclaimed ranges failed: {e}"));
             }
         }
+        crate::invariant!(
+            end >= self.reader.log.end(),
+            "the published end moves back on finish: {} -> {end}",
+            self.reader.log.end()
+        );
         self.reader.log.publish_end(end);
         {
             let mut inflight = lock(&self.inflight);

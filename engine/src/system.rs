@@ -12,7 +12,6 @@
 //! $closed       "$tick"      an empty event stamped to close a timestamp (see the shard)
 //! ```
 
-use crate::config::Limits;
 use crate::error::{Error, Result};
 
 /// Stream of closed-timestamp ticks.
@@ -96,21 +95,6 @@ pub fn deleted_stream(stream: &str) -> String {
     format!("{DELETED_PREFIX}{stream}")
 }
 
-/// Checks the part of a system stream's name that names a user stream. (Called by
-/// [`crate::validate::validate_stream_name`] for names starting with `$`.)
-pub fn validate_system_name(field: &str, name: &str, limits: &Limits) -> Result<()> {
-    match parse(name) {
-        Some(SystemStream::Closed | SystemStream::Settings) => Ok(()),
-        Some(SystemStream::Meta(s) | SystemStream::Snapshot(s) | SystemStream::Deleted(s)) => {
-            crate::validate::validate_user_stream_name(field, s, limits)
-        }
-        None => Err(Error::invalid(
-            field,
-            "names starting with '$' are reserved for the system",
-        )),
-    }
-}
-
 /// A stream's metadata: what readers see of it, and so what retention may reclaim. Every
 /// field is optional; absent means "no limit".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -169,7 +153,11 @@ impl StreamMeta {
     /// first version stamped at or after `now_us - max_age` (`young_from`, computed by the
     /// caller only when `max_age_us` is set).
     pub fn floor(&self, head: u64, young_from: Option<u64>) -> u64 {
-        let by_count = self.max_count.map_or(0, |n| (head + 1).saturating_sub(n));
+        // head + 1 - n, without overflowing at the last representable version.
+        let by_count = self.max_count.map_or(0, |n| match n.checked_sub(1) {
+            Some(older) => head.saturating_sub(older),
+            None => head.saturating_add(1),
+        });
         let by_truncate = self.truncate_before.unwrap_or(0);
         by_count.max(by_truncate).max(young_from.unwrap_or(0))
     }
@@ -274,6 +262,8 @@ mod tests {
         assert_eq!(m.floor(3, None), 2);
         assert_eq!(m.floor(3, Some(4)), 4);
         assert_eq!(StreamMeta::default().floor(5, None), 0);
+        // Found by the system_events fuzz target: `head + 1` overflowed at the last version.
+        assert_eq!(m.floor(u64::MAX, None), u64::MAX - 2);
         assert!(StreamMeta::decode(&[2; META_BYTES]).is_err());
         let p = SnapshotPolicy {
             prefix: "acct-".into(),

@@ -12,9 +12,25 @@ use crate::format::{event_frame_len, FRAME_BYTES, HEADER_BYTES};
 /// must be one of the system streams ([`crate::system`]) about a valid stream.
 pub fn validate_stream_name(field: &str, stream: &str, limits: &Limits) -> Result<()> {
     if stream.starts_with('$') {
-        return crate::system::validate_system_name(field, stream, limits);
+        return validate_system_name(field, stream, limits);
     }
     validate_user_stream_name(field, stream, limits)
+}
+
+/// Checks a system stream's name (`$…`): one of the system streams, and the part that names
+/// a user stream a valid user stream name.
+pub fn validate_system_name(field: &str, name: &str, limits: &Limits) -> Result<()> {
+    use crate::system::{parse, SystemStream};
+    match parse(name) {
+        Some(SystemStream::Closed | SystemStream::Settings) => Ok(()),
+        Some(SystemStream::Meta(s) | SystemStream::Snapshot(s) | SystemStream::Deleted(s)) => {
+            validate_user_stream_name(field, s, limits)
+        }
+        None => Err(Error::invalid(
+            field,
+            "names starting with '$' are reserved for the system",
+        )),
+    }
 }
 
 /// Checks a name clients may append to: non-empty, bounded, no control characters, not

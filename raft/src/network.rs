@@ -124,7 +124,7 @@ pub struct GrpcTransport {
 
 impl GrpcTransport {
     fn client(&self, addr: &str) -> Result<RaftInternalClient<Channel>, Status> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channels = strata_engine::sync::lock(&self.channels);
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {

@@ -18,7 +18,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -141,9 +141,7 @@ struct SyncJob {
     callback: LogFlushed<TypeConfig>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use strata_engine::sync::lock;
 
 /// One replica of a shard's storage; cheap to clone.
 #[derive(Clone)]
@@ -858,6 +856,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {
         let mut state = lock(&self.shard.inner.state);
+        strata_engine::invariant!(
+            state.applied.last.is_none_or(|a| a.index < log_id.index),
+            "truncating applied (so committed) entries: from {} with {:?} applied",
+            log_id.index,
+            state.applied.last
+        );
         let dropped = state
             .store
             .truncate_entries(log_id.index)
@@ -870,6 +874,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> std::result::Result<(), StorageError> {
         // The entries stay in the log: they are the data. They only stop being Raft entries.
+        // (No "purged ≤ applied" check here: openraft purges up to a snapshot it is installing
+        // from its core while its state machine worker may not have installed it yet. Purging
+        // deletes nothing, so that order is harmless.)
         self.shard
             .save_hard(|h| {
                 if h.purged.is_none_or(|p| p.index < log_id.index) {
@@ -905,6 +912,11 @@ impl StateMachine {
         let mut replies = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
+            strata_engine::invariant!(
+                applied.last.is_none_or(|a| a.index < index),
+                "applied goes back or repeats: {:?} then {index}",
+                applied.last
+            );
             // Gap records before it are no entries; they are applied with it.
             while state.pending.front().is_some_and(|p| p.seq < index) {
                 if let Some(w) = state.pending.pop_front() {

@@ -39,7 +39,7 @@ impl Backend {
         f: impl FnOnce(Reader) -> strata_engine::Result<T> + Send + 'static,
     ) -> Result<T, Status> {
         let reader = self.reader();
-        tokio::task::spawn_blocking(move || f(reader))
+        crate::blocking::run(move || f(reader))
             .await
             .map_err(|e| Status::internal(format!("read task failed: {e}")))?
             .map_err(to_status)

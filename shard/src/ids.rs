@@ -40,7 +40,7 @@ impl SeededIds {
 
 impl IdSource for SeededIds {
     fn new_id(&self) -> Uuid {
-        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rng = strata_engine::sync::lock(&self.rng);
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
         bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());

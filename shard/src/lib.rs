@@ -3,6 +3,7 @@
 //! later layers.
 
 pub mod backend;
+pub mod blocking;
 pub mod clock;
 pub mod cluster;
 pub mod convert;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod node;
 pub mod retention;
 pub mod service;
+pub mod stats;
 pub mod status;
 pub mod subscription;
 

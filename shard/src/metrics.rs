@@ -16,23 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backend::Backend;
-use crate::service::ServiceStats;
-
-/// Upper bounds of the append latency histogram, in microseconds (last is +Inf).
-pub const APPEND_BUCKETS_US: [u64; 12] = [
-    100,
-    250,
-    500,
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    u64::MAX,
-];
+use crate::stats::ServiceStats;
+pub use crate::stats::APPEND_BUCKETS_US;
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &LatencyHistogram) {
     let (buckets, sum_us) = h.snapshot();

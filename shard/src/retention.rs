@@ -5,7 +5,7 @@
 //! purge point and the drop below the current snapshot (`strata_raft::Shard::retention_pass`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,21 +37,6 @@ impl Default for RetentionSettings {
     }
 }
 
-/// Counters for /metrics.
-#[derive(Debug, Default)]
-pub struct RetentionStats {
-    /// Passes run.
-    pub passes: AtomicU64,
-    /// Segments rewritten with holes.
-    pub segments_rewritten: AtomicU64,
-    /// Segments dropped whole.
-    pub segments_dropped: AtomicU64,
-    /// Record bytes reclaimed.
-    pub bytes_reclaimed: AtomicU64,
-    /// The as-of horizon, µs since the epoch (0: nothing reclaimed yet).
-    pub horizon_us: AtomicU64,
-}
-
 /// Positions open `$all` subscriptions have yet to deliver; retention stays below the lowest.
 #[derive(Debug, Clone, Default)]
 pub struct Pins {
@@ -68,7 +53,7 @@ pub struct Pin {
 impl Pins {
     /// Pins `position` until the returned pin moves or is dropped.
     pub fn pin(&self, position: Position) -> Pin {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = strata_engine::sync::lock(&self.inner);
         inner.0 += 1;
         let id = inner.0;
         inner.1.insert(id, position);
@@ -80,7 +65,7 @@ impl Pins {
 
     /// The lowest pinned position (`Position::MAX` when none).
     pub fn lowest(&self) -> Position {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = strata_engine::sync::lock(&self.inner);
         inner.1.values().copied().min().unwrap_or(Position::MAX)
     }
 }
@@ -88,14 +73,14 @@ impl Pins {
 impl Pin {
     /// The subscription has delivered everything before `position`.
     pub fn advance(&self, position: Position) {
-        let mut inner = self.pins.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = strata_engine::sync::lock(&self.pins.inner);
         inner.1.insert(self.id, position);
     }
 }
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        let mut inner = self.pins.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = strata_engine::sync::lock(&self.pins.inner);
         inner.1.remove(&self.id);
     }
 }
@@ -133,13 +118,12 @@ pub async fn pass_once(
         bytes_per_sec: config.bytes_per_sec,
         owed: 0,
     };
-    let failed = |e: tokio::task::JoinError| {
-        strata_engine::Error::Unavailable(format!("retention task failed: {e}"))
-    };
+    let failed =
+        |e: String| strata_engine::Error::Unavailable(format!("retention task failed: {e}"));
     match backend {
         Backend::Single(engine) => {
             let retention = engine.retention().clone();
-            let report = tokio::task::spawn_blocking(move || {
+            let report = crate::blocking::run(move || {
                 retention.pass(&config, now_us, bound, &mut |n| throttle.pace(n))
             })
             .await
@@ -149,7 +133,7 @@ pub async fn pass_once(
         }
         Backend::Replicated(replica) => {
             let shard = replica.shard().clone();
-            tokio::task::spawn_blocking(move || {
+            crate::blocking::run(move || {
                 shard.retention_pass(&config, now_us, bound, &mut |n| throttle.pace(n))
             })
             .await
@@ -164,7 +148,7 @@ pub async fn run(
     settings: RetentionSettings,
     clock: Arc<dyn WallClock>,
     pins: Pins,
-    service: Arc<crate::service::ServiceStats>,
+    service: Arc<crate::stats::ServiceStats>,
     mut stop: watch::Receiver<bool>,
 ) {
     let stats = &service.retention;

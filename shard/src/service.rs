@@ -3,10 +3,9 @@
 //! so disk reads never stall the runtime; on a replica they first pass the read barrier their
 //! consistency asks for.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use strata_engine::stats::LatencyHistogram;
 use strata_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
@@ -17,7 +16,8 @@ use crate::clock::WallClock;
 use crate::convert;
 use crate::history::History;
 use crate::ids::IdSource;
-use crate::retention::{Pins, RetentionSettings, RetentionStats};
+use crate::retention::{Pins, RetentionSettings};
+pub use crate::stats::ServiceStats;
 use crate::status::to_single_append_status;
 use crate::subscription::{self, Subscription};
 
@@ -53,30 +53,6 @@ impl Default for ServiceConfig {
 
 /// Default [`ServiceConfig::response_bytes_max`]: gRPC's default receive limit.
 pub const RESPONSE_BYTES_MAX_DEFAULT: usize = 4 << 20;
-
-/// Live counters the metrics endpoint reports.
-#[derive(Debug)]
-pub struct ServiceStats {
-    /// Open subscriptions.
-    pub subscriptions: AtomicU64,
-    /// Requests served, for request ids.
-    pub requests: AtomicU64,
-    /// Append latency, request to durable answer.
-    pub append_latency: LatencyHistogram,
-    /// What retention did.
-    pub retention: RetentionStats,
-}
-
-impl Default for ServiceStats {
-    fn default() -> Self {
-        ServiceStats {
-            subscriptions: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            append_latency: LatencyHistogram::new(&crate::metrics::APPEND_BUCKETS_US),
-            retention: RetentionStats::default(),
-        }
-    }
-}
 
 /// The service.
 #[derive(Debug, Clone)]

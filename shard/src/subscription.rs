@@ -163,7 +163,7 @@ impl Stream for Units {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(unit)) => self.pending.extend(unit),
                 Poll::Ready(None) => {
-                    let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let last = strata_engine::sync::lock(&self.last).take();
                     return Poll::Ready(last.map(Err));
                 }
                 Poll::Pending => return Poll::Pending,
@@ -187,7 +187,7 @@ async fn step(
     let reader = reader.clone();
     let cursor = sub.cursor.clone();
     let filter = sub.filter.clone();
-    let read = tokio::task::spawn_blocking(
+    let read = crate::blocking::run(
         move || -> strata_engine::Result<Vec<(Vec<RecordedEvent>, Cursor)>> {
             match cursor {
                 Cursor::Stream { name, next_version } => {
@@ -306,7 +306,7 @@ pub struct Delivery {
 
 impl Delivery {
     fn end(&self, status: Status) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+        *strata_engine::sync::lock(&self.last) = Some(status);
     }
 }
 

@@ -25,6 +25,10 @@ use strata_raft::StrataNode;
 use strata_raft::{
     LogSync, RaftService, RaftSettings, RaftTransport, Replica, Shard, ShardOptions,
 };
+use strata_shard::backend::Backend;
+use strata_shard::ids::SeededIds;
+use strata_shard::service::{ServiceConfig, ServiceStats, StreamsService};
+use tokio::sync::watch;
 use tonic::{Request, Status};
 
 use crate::trace::Trace;
@@ -69,9 +73,7 @@ impl SimRng {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use strata_engine::sync::lock;
 
 /// A node's address on the simulated network.
 pub fn addr(id: NodeId) -> String {
@@ -216,6 +218,30 @@ pub enum Down {
 struct Up {
     replica: Arc<Replica>,
     service: Arc<RaftService<SimNet>>,
+    /// The node's client API, in process: what simulated clients call.
+    streams: StreamsService,
+    /// Tells the node's service to stop (ends its subscriptions), as a shutdown would.
+    stop: watch::Sender<bool>,
+}
+
+/// A node's simulated wall clock, for the service code that asks for "now".
+pub struct NodeClock {
+    shared: Weak<Shared>,
+    node: NodeId,
+}
+
+impl std::fmt::Debug for NodeClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeClock(n{})", self.node)
+    }
+}
+
+impl strata_shard::clock::WallClock for NodeClock {
+    fn now_us(&self) -> u64 {
+        self.shared
+            .upgrade()
+            .map_or(0, |s| Cluster(s).wall_clock_us(self.node))
+    }
 }
 
 struct NodeState {
@@ -275,6 +301,15 @@ pub fn sim_settings() -> RaftSettings {
         read_timeout: Duration::from_secs(2),
         learner_catch_up_timeout: Duration::from_secs(10),
         ..RaftSettings::default()
+    }
+}
+
+/// The service settings of a simulated node: the defaults, with a subscriber cut off after a
+/// stall longer than any fault lasts.
+pub fn sim_service() -> ServiceConfig {
+    ServiceConfig {
+        subscription_stall_timeout: Duration::from_secs(30),
+        ..ServiceConfig::default()
     }
 }
 
@@ -379,6 +414,23 @@ impl Cluster {
             .and_then(|n| n.up.as_ref().map(|u| u.replica.clone()))
     }
 
+    /// A running node's client API (the `strata.v1.Streams` service, in process) and the
+    /// replica under it.
+    pub fn streams(&self, id: NodeId) -> Option<(StreamsService, Arc<Replica>)> {
+        self.state().nodes.get(&id).and_then(|n| {
+            n.up.as_ref()
+                .map(|u| (u.streams.clone(), u.replica.clone()))
+        })
+    }
+
+    /// A node's wall clock as the service's seam.
+    pub fn node_clock(&self, id: NodeId) -> Arc<NodeClock> {
+        Arc::new(NodeClock {
+            shared: Arc::downgrade(&self.0),
+            node: id,
+        })
+    }
+
     /// Why a node is down, if it is.
     pub fn down(&self, id: NodeId) -> Option<Down> {
         self.state().nodes.get(&id).and_then(|n| n.down.clone())
@@ -472,9 +524,20 @@ impl Cluster {
                     HashMap::from([(0, replica.served())]),
                     transport,
                 ));
+                let (stop, stopped) = watch::channel(false);
+                let streams = StreamsService::new(
+                    Backend::Replicated(Box::new(replica.clone())),
+                    self.node_clock(id),
+                    Arc::new(SeededIds::new(self.0.rng.next_u64())),
+                    sim_service(),
+                    Arc::new(ServiceStats::default()),
+                    stopped,
+                );
                 n.up = Some(Up {
                     replica: Arc::new(replica),
                     service,
+                    streams,
+                    stop,
                 });
                 n.down = None;
                 drop(state);
@@ -505,6 +568,7 @@ impl Cluster {
                 return;
             };
             let Some(up) = n.up.take() else { return };
+            up.stop.send_replace(true);
             n.disk.kill(power);
             if n.down.is_none() {
                 n.down = Some(Down::Stopped(why.to_string()));

@@ -12,6 +12,7 @@ pub mod check;
 pub mod cluster;
 pub mod models;
 pub mod run;
+pub mod system_ops;
 pub mod trace;
 pub mod wgl;
 pub mod workload;

@@ -667,6 +667,8 @@ struct FinalLog {
     streams: Final,
     stamps: Vec<(u64, u64)>,
     places: check::EventPlaces,
+    /// The snapshotted stream's events (`system_ops::SNAPPED`): (version, id).
+    snapped: Vec<(u64, String)>,
 }
 
 /// The final log, read on a running node whose disk had no bit flip (their applied logs are
@@ -730,10 +732,22 @@ fn final_log(
                 .collect(),
         );
     }
+    let snapped = reader
+        .read_stream(
+            crate::system_ops::SNAPPED,
+            None,
+            Direction::Forwards,
+            reader.limits().read_events_max,
+        )
+        .map_err(|e| format!("reading {}: {e}", crate::system_ops::SNAPPED))?
+        .iter()
+        .map(|e| (e.version, e.id.to_string()))
+        .collect();
     Ok(FinalLog {
         streams: out,
         stamps,
         places,
+        snapped,
     })
 }
 
@@ -814,24 +828,29 @@ fn as_of_timestamps(
 }
 
 /// Retention passes on every running node every 300–900 ms of simulated time until `until`,
-/// under the run's faults (a pass that fails — a crash, a full disk — is retried next time).
+/// under the run's faults (a pass that fails — a crash, a full disk — is retried next time):
+/// the node's own pass (`strata_shard::retention::pass_once`), bounded by the positions its
+/// service's open subscriptions still have to deliver, as the node's retention loop runs it.
 async fn janitor(cluster: Cluster, faults: FaultLog, until: Instant) {
-    let config = strata_engine::retention::RetentionConfig {
-        as_of_window_us: 2_000_000,
-        rewrite_dead_fraction: 0.3,
-        bytes_per_sec: u64::MAX,
+    let settings = strata_shard::retention::RetentionSettings {
+        enabled: true,
+        interval: Duration::from_millis(600),
+        engine: strata_engine::retention::RetentionConfig {
+            as_of_window_us: 2_000_000,
+            rewrite_dead_fraction: 0.3,
+            bytes_per_sec: u64::MAX,
+        },
     };
     while Instant::now() < until {
         tokio::time::sleep(cluster.rng().millis(300, 900)).await;
         for id in cluster.up_ids() {
-            let Some(replica) = cluster.replica(id) else {
+            let Some((service, replica)) = cluster.streams(id) else {
                 continue;
             };
+            let backend = strata_shard::Backend::Replicated(Box::new(replica.as_ref().clone()));
             let now = cluster.wall_clock_us(id);
-            match replica
-                .shard()
-                .retention_pass(&config, now, u64::MAX, &mut |_| {})
-            {
+            let pinned = service.pins().lowest();
+            match strata_shard::retention::pass_once(&backend, &settings, now, pinned).await {
                 Ok((report, dropped)) if report.segments_rewritten > 0 || dropped > 0 => {
                     faults.note(
                         &cluster,
@@ -984,6 +1003,12 @@ async fn simulate(config: RunConfig) -> RunReport {
             until.clone(),
         )));
     }
+    let system_observed = crate::system_ops::Observations::default();
+    tasks.push(tokio::spawn(crate::system_ops::client(
+        cluster.clone(),
+        system_observed.clone(),
+        safety_end,
+    )));
     let faults = FaultLog::default();
     // One seed in four also runs retention (no draw from the seed's generator decides it, so
     // the other seeds run exactly as before).
@@ -1052,6 +1077,7 @@ async fn simulate(config: RunConfig) -> RunReport {
                 streams: last,
                 stamps,
                 places,
+                snapped,
             }) => {
                 let received: Vec<check::SubscriberLog> = subscribers
                     .iter()
@@ -1062,6 +1088,11 @@ async fn simulate(config: RunConfig) -> RunReport {
                 found.extend(check::check_subscribers(&received, &last));
                 found.extend(check::check_timestamps(&stamps));
                 found.extend(check::check_as_of_reads(&as_of_reads.all(), &last, &places));
+                found.extend(crate::system_ops::check(
+                    &system_observed.all(),
+                    &places,
+                    &snapped,
+                ));
                 found.extend(as_of_timestamps(
                     &cluster,
                     &tainted_now,

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::cluster::lock;
+use strata_engine::sync::lock;
 
 struct State {
     start: tokio::time::Instant,

@@ -1,19 +1,23 @@
 //! What simulated clients do, and the history they leave: appends with expected versions
 //! (retried with the same event ids after timeouts and leader changes, so a retry is
-//! idempotent), linearizable reads (leader barrier, then read), follower reads (no barrier),
-//! and subscriptions through the shard layer's real subscription loop.
+//! idempotent), linearizable reads, follower reads, as-of reads and subscriptions. Every
+//! operation goes through a node's `strata.v1.Streams` service in process (the node's real
+//! request path: conversion, limits, read barriers, the subscription loop), and reads its
+//! answer as a gRPC client would (status codes and metadata).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use strata_engine::{AppendRequest, AsOf, Direction, Error, ExpectedVersion, NewEvent};
+use strata_engine::ExpectedVersion;
+use strata_proto::metadata::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY, LEADER_ID_KEY};
 use strata_proto::v1 as pb;
+use strata_proto::v1::streams_server::Streams;
 use strata_raft::types::NodeId;
-use strata_raft::ReplicaError;
-use strata_shard::subscription::{self, Delivery, ReaderSource, Subscription};
+use strata_shard::service::StreamsService;
 use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tonic::{Request, Status};
 use uuid::Uuid;
 
 use crate::cluster::{lock, Cluster};
@@ -22,8 +26,8 @@ use crate::cluster::{lock, Cluster};
 pub const STREAMS: [&str; 3] = ["acct-a", "acct-b", "acct-c"];
 /// How long one append may keep retrying before the client gives up (its outcome unknown).
 pub const APPEND_PATIENCE: Duration = Duration::from_secs(8);
-/// Most events a stream read returns (more than a run writes).
-const READ_LIMIT: usize = 10_000;
+/// Events one read asks for (the service's most); a read pages on until the stream's end.
+const READ_PAGE: u32 = 4096;
 
 /// What an operation observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,26 +205,8 @@ pub async fn client(
         } else if roll < 92 {
             follower_read(&cluster, &history, client, &stream).await;
         } else if let Some((stream, position)) = cluster.rng().pick(&acked) {
-            as_of_read(&cluster, &as_of_reads, &stream, position);
+            as_of_read(&cluster, &as_of_reads, &stream, position).await;
         }
-    }
-}
-
-/// A node's simulated wall clock, for the shard code that asks for "now".
-struct NodeClock {
-    cluster: Cluster,
-    node: NodeId,
-}
-
-impl std::fmt::Debug for NodeClock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NodeClock(n{})", self.node)
-    }
-}
-
-impl strata_shard::clock::WallClock for NodeClock {
-    fn now_us(&self) -> u64 {
-        self.cluster.wall_clock_us(self.node)
     }
 }
 
@@ -230,72 +216,113 @@ pub const RECLAIMABLE: &str = "r";
 /// Events of [`RECLAIMABLE`] readers keep.
 pub const RECLAIMABLE_KEEP: u64 = 4;
 
-/// Gives [`RECLAIMABLE`] its metadata, then appends to it until `until` (results ignored: the
-/// stream is only checked for being the same on every replica and for its floor).
-pub async fn reclaimable_writer(cluster: Cluster, until: Instant) {
-    let meta = strata_engine::system::StreamMeta {
-        max_count: Some(RECLAIMABLE_KEEP),
-        ..Default::default()
+/// What a node's error answer means to a client.
+enum Refusal {
+    /// The expected version did not hold: the stream's actual last version.
+    Conflict(Option<u64>),
+    /// Not the leader; the leader's id when the node knows it.
+    NotLeader(Option<NodeId>),
+    /// Anything else (unavailable, a storage error, a deadline): the status, for the trace.
+    Other(String),
+}
+
+/// Reads an error answer as a gRPC client does: by its `strata-error` kind and metadata.
+fn refusal(status: &Status) -> Refusal {
+    let md = |key: &str| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     };
+    match md(ERROR_KIND_KEY).as_deref() {
+        Some("wrong-expected-version") => {
+            Refusal::Conflict(md(ACTUAL_VERSION_KEY).and_then(|v| v.parse().ok()))
+        }
+        Some("not-leader") => Refusal::NotLeader(md(LEADER_ID_KEY).and_then(|v| v.parse().ok())),
+        _ => Refusal::Other(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// A running node's service, chosen as [`pick_node`] does.
+fn pick_service(
+    cluster: &Cluster,
+    guess: Option<NodeId>,
+) -> Option<(NodeId, StreamsService, Arc<strata_raft::Replica>)> {
+    let node = pick_node(cluster, guess)?;
+    let (service, replica) = cluster.streams(node)?;
+    Some((node, service, replica))
+}
+
+fn wire_expected(expected: ExpectedVersion) -> Option<pb::ExpectedVersion> {
+    use pb::expected_version::Kind;
+    let kind = match expected {
+        ExpectedVersion::Any => Kind::Any(pb::Empty {}),
+        ExpectedVersion::NoStream => Kind::NoStream(pb::Empty {}),
+        ExpectedVersion::StreamExists => Kind::StreamExists(pb::Empty {}),
+        ExpectedVersion::Exact(v) => Kind::Exact(v),
+    };
+    Some(pb::ExpectedVersion { kind: Some(kind) })
+}
+
+fn wire_event(id: Uuid, event_type: &str, data: Vec<u8>) -> pb::NewEvent {
+    pb::NewEvent {
+        id: id.to_string(),
+        r#type: event_type.to_string(),
+        data,
+        metadata: Vec::new(),
+    }
+}
+
+/// Gives [`RECLAIMABLE`] its metadata (`SetStreamMetadata`), then appends to it until `until`
+/// (results ignored: the stream is only checked for being the same on every replica and for
+/// its floor).
+pub async fn reclaimable_writer(cluster: Cluster, until: Instant) {
     let mut placed = false;
     while Instant::now() < until {
         tokio::time::sleep(cluster.rng().millis(5, 30)).await;
-        let Some(node) = pick_node(&cluster, None) else {
+        let Some((_, service, _)) = pick_service(&cluster, None) else {
             continue;
         };
-        let Some(replica) = cluster.replica(node) else {
-            continue;
-        };
-        let (stream, event) = if placed {
-            (
-                RECLAIMABLE.to_string(),
-                NewEvent {
-                    id: event_id(&cluster),
-                    event_type: "filler".into(),
-                    data: Bytes::from(vec![b'x'; 600]),
-                    metadata: Bytes::new(),
-                },
-            )
+        let done = if placed {
+            let event = wire_event(event_id(&cluster), "filler", vec![b'x'; 600]);
+            let request = pb::AppendRequest {
+                stream: RECLAIMABLE.to_string(),
+                expected: None,
+                events: vec![event],
+            };
+            let call = service.append(Request::new(request));
+            tokio::time::timeout(APPEND_PATIENCE, call)
+                .await
+                .is_ok_and(|r| r.is_ok())
         } else {
-            (
-                strata_engine::system::meta_stream(RECLAIMABLE),
-                NewEvent {
-                    id: event_id(&cluster),
-                    event_type: strata_engine::system::METADATA_TYPE.into(),
-                    data: Bytes::from(meta.encode()),
-                    metadata: Bytes::new(),
-                },
-            )
+            let request = pb::SetStreamMetadataRequest {
+                stream: RECLAIMABLE.to_string(),
+                metadata: Some(pb::StreamMetadata {
+                    max_count: Some(RECLAIMABLE_KEEP),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let call = service.set_stream_metadata(Request::new(request));
+            tokio::time::timeout(APPEND_PATIENCE, call)
+                .await
+                .is_ok_and(|r| r.is_ok())
         };
-        let request = AppendRequest::single(
-            stream,
-            ExpectedVersion::Any,
-            vec![event],
-            cluster.wall_clock_us(node),
-        );
-        if let Ok(Ok(_)) = tokio::time::timeout(APPEND_PATIENCE, replica.append(request)).await {
-            placed = true;
-        }
+        placed |= done;
     }
 }
 
 /// Reads `stream` as of `position` on a random running node (which may lag: then it refuses).
-fn as_of_read(cluster: &Cluster, reads: &AsOfReads, stream: &str, position: u64) {
-    let Some(node) = pick_node(cluster, None) else {
+async fn as_of_read(cluster: &Cluster, reads: &AsOfReads, stream: &str, position: u64) {
+    let Some((node, service, _)) = pick_service(cluster, None) else {
         return;
     };
-    let Some(replica) = cluster.replica(node) else {
-        return;
+    let as_of = pb::AsOf {
+        point: Some(pb::as_of::Point::Position(position)),
     };
-    let read = replica.shard().reader().read_stream_as_of(
-        stream,
-        None,
-        Direction::Forwards,
-        READ_LIMIT,
-        Some(AsOf::Position(position)),
-    );
-    if let Ok(events) = read {
-        let ids = events.iter().map(|e| e.id.to_string()).collect();
+    let read = read_ids(&service, stream, pb::Consistency::Follower, Some(as_of)).await;
+    if let Ok(ids) = read {
         lock(&reads.0).push((stream.to_string(), position, ids, node));
     }
 }
@@ -324,15 +351,14 @@ async fn append(
         ExpectedVersion::NoStream => Some(None),
         ExpectedVersion::Exact(v) => Some(Some(v)),
     };
-    let events: Vec<NewEvent> = ids
-        .iter()
-        .map(|id| NewEvent {
-            id: *id,
-            event_type: "deposited".into(),
-            data: Bytes::from(format!("{{\"client\":{client}}}")),
-            metadata: Bytes::new(),
-        })
-        .collect();
+    let request = pb::AppendRequest {
+        stream: stream.to_string(),
+        expected: wire_expected(expected),
+        events: ids
+            .iter()
+            .map(|id| wire_event(*id, "deposited", format!("{{\"client\":{client}}}").into()))
+            .collect(),
+    };
     let call = history.invoke(
         client,
         Input::Append {
@@ -351,22 +377,14 @@ async fn append(
             break Outcome::Unknown;
         }
         attempt += 1;
-        let Some(node) = pick_node(cluster, *leader) else {
+        let Some((node, service, _)) = pick_service(cluster, *leader) else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Some(replica) = cluster.replica(node) else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let request = AppendRequest::single(
-            stream,
-            expected,
-            events.clone(),
-            cluster.wall_clock_us(node),
-        );
-        match tokio::time::timeout(give_up - now, replica.append(request)).await {
+        let answer = service.append(Request::new(request.clone()));
+        match tokio::time::timeout(give_up - now, answer).await {
             Ok(Ok(r)) => {
+                let r = r.into_inner();
                 let Some(s) = r.streams.first() else {
                     break Outcome::Unknown;
                 };
@@ -375,22 +393,24 @@ async fn append(
                 position = Some(r.position);
                 break Outcome::Appended(s.first_version);
             }
-            Ok(Err(ReplicaError::Engine(Error::WrongExpectedVersion { actual, .. }))) => {
-                known.insert(stream.to_string(), actual);
-                *leader = Some(node);
-                break Outcome::Conflict(actual);
-            }
-            Ok(Err(ReplicaError::NotLeader { leader: hint })) => {
-                *leader = hint.map(|(id, _)| id);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Ok(Err(e)) => {
-                trace.log(format!(
-                    "client {client}: append attempt {attempt} on n{node}: {e}"
-                ));
-                *leader = None;
-                tokio::time::sleep(cluster.rng().millis(20, 200)).await;
-            }
+            Ok(Err(status)) => match refusal(&status) {
+                Refusal::Conflict(actual) => {
+                    known.insert(stream.to_string(), actual);
+                    *leader = Some(node);
+                    break Outcome::Conflict(actual);
+                }
+                Refusal::NotLeader(hint) => {
+                    *leader = hint;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Refusal::Other(e) => {
+                    trace.log(format!(
+                        "client {client}: append attempt {attempt} on n{node}: {e}"
+                    ));
+                    *leader = None;
+                    tokio::time::sleep(cluster.rng().millis(20, 200)).await;
+                }
+            },
             Err(_) => {}
         }
     };
@@ -402,14 +422,32 @@ async fn append(
     position
 }
 
-fn read_ids(cluster: &Cluster, node: NodeId, stream: &str) -> Option<Vec<String>> {
-    let replica = cluster.replica(node)?;
-    let events = replica
-        .shard()
-        .reader()
-        .read_stream(stream, None, Direction::Forwards, READ_LIMIT)
-        .ok()?;
-    Some(events.iter().map(|e| e.id.to_string()).collect())
+/// The ids of `stream`'s events through `Read`, page after page to the stream's end.
+async fn read_ids(
+    service: &StreamsService,
+    stream: &str,
+    consistency: pb::Consistency,
+    as_of: Option<pb::AsOf>,
+) -> Result<Vec<String>, Status> {
+    let mut ids = Vec::new();
+    let mut from = None;
+    loop {
+        let request = pb::ReadRequest {
+            stream: stream.to_string(),
+            from_version: from,
+            direction: pb::Direction::Forwards as i32,
+            limit: READ_PAGE,
+            consistency: consistency as i32,
+            as_of,
+        };
+        let page = service.read(Request::new(request)).await?.into_inner();
+        let full = page.truncated || page.events.len() == READ_PAGE as usize;
+        from = page.events.last().map(|e| e.version + 1);
+        ids.extend(page.events.into_iter().map(|e| e.id));
+        if !full || from.is_none() {
+            return Ok(ids);
+        }
+    }
 }
 
 async fn linearizable_read(
@@ -419,10 +457,7 @@ async fn linearizable_read(
     stream: &str,
     leader: &mut Option<NodeId>,
 ) {
-    let Some(node) = pick_node(cluster, *leader) else {
-        return;
-    };
-    let Some(replica) = cluster.replica(node) else {
+    let Some((node, service, _)) = pick_service(cluster, *leader) else {
         return;
     };
     let call = history.invoke(
@@ -432,30 +467,26 @@ async fn linearizable_read(
             follower: None,
         },
     );
-    match replica.linearizable_barrier().await {
-        Ok(()) => match read_ids(cluster, node, stream) {
-            Some(ids) => {
-                cluster.trace().log(format!(
-                    "client {client}: read {stream} on n{node} -> {} events",
-                    ids.len()
-                ));
-                history.complete(call, Outcome::Read(ids));
-            }
-            None => history.abandon(call),
-        },
-        Err(ReplicaError::NotLeader { leader: hint }) => {
-            *leader = hint.map(|(id, _)| id);
-            history.abandon(call);
+    match read_ids(&service, stream, pb::Consistency::Linearizable, None).await {
+        Ok(ids) => {
+            cluster.trace().log(format!(
+                "client {client}: read {stream} on n{node} -> {} events",
+                ids.len()
+            ));
+            history.complete(call, Outcome::Read(ids));
         }
-        Err(_) => {
-            *leader = None;
+        Err(status) => {
+            *leader = match refusal(&status) {
+                Refusal::NotLeader(hint) => hint,
+                _ => None,
+            };
             history.abandon(call);
         }
     }
 }
 
 async fn follower_read(cluster: &Cluster, history: &History, client: u64, stream: &str) {
-    let Some(node) = pick_node(cluster, None) else {
+    let Some((node, service, _)) = pick_service(cluster, None) else {
         return;
     };
     let call = history.invoke(
@@ -465,15 +496,15 @@ async fn follower_read(cluster: &Cluster, history: &History, client: u64, stream
             follower: Some(node),
         },
     );
-    match read_ids(cluster, node, stream) {
-        Some(ids) => history.complete(call, Outcome::Read(ids)),
-        None => history.abandon(call),
+    match read_ids(&service, stream, pb::Consistency::Follower, None).await {
+        Ok(ids) => history.complete(call, Outcome::Read(ids)),
+        Err(_) => history.abandon(call),
     }
 }
 
-/// A subscriber to `stream` from version 0: follows it on some running node, and when that
-/// node goes down, resubscribes elsewhere from the next version it needs; stops at `until`
-/// (which the run may move).
+/// A subscriber to `stream` from version 0, through a node's `Subscribe`: follows it on some
+/// running node, and when that node goes down (its service ends the subscription), resubscribes
+/// elsewhere from the next version it needs; stops at `until` (which the run may move).
 pub async fn subscriber(
     cluster: Cluster,
     stream: String,
@@ -483,45 +514,26 @@ pub async fn subscriber(
     let mut next_version = 0u64;
     let until = || *until.borrow();
     while Instant::now() < until() {
-        let Some(node) = pick_node(&cluster, None) else {
+        let Some((node, service, replica)) = pick_service(&cluster, None) else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Some(replica) = cluster.replica(node) else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let shard = replica.shard().clone();
-        let reader = shard.reader();
         let request = pb::SubscribeRequest {
             target: Some(pb::subscribe_request::Target::Stream(stream.clone())),
             start: Some(pb::subscribe_request::Start::FromVersion(next_version)),
             filter: None,
         };
-        let Ok(sub) = Subscription::from_request(&reader, request) else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+        let mut events = match service.subscribe(Request::new(request)).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                cluster.trace().log(format!(
+                    "subscriber {stream}: refused on n{node}: {}",
+                    status.message()
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let fresh_shard = shard.clone();
-        let last: subscription::FinalStatus = Arc::default();
-        let delivery = Delivery {
-            tx,
-            last: last.clone(),
-            stop,
-            stall_timeout: Duration::from_secs(30),
-            source: Some(ReaderSource {
-                generation: shard.watch_generation(),
-                fresh: Arc::new(move || fresh_shard.reader()),
-            }),
-            pin: None,
-            clock: Arc::new(NodeClock {
-                cluster: cluster.clone(),
-                node,
-            }),
-        };
-        let task = tokio::spawn(subscription::run(reader, sub, delivery));
         cluster.trace().log(format!(
             "subscriber {stream}: on n{node} from version {next_version}"
         ));
@@ -537,31 +549,29 @@ pub async fn subscriber(
             if !same {
                 break;
             }
-            match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-                Ok(Some(unit)) => {
-                    for item in unit {
-                        let Ok(response) = item else { continue };
-                        if let Some(pb::subscribe_response::Item::Event(e)) = response.item {
-                            next_version = e.version + 1;
-                            lock(&received.0).push((e.stream, e.version, e.id));
-                        }
+            match tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+                Ok(Some(Ok(response))) => {
+                    if let Some(pb::subscribe_response::Item::Event(e)) = response.item {
+                        next_version = e.version + 1;
+                        lock(&received.0).push((e.stream, e.version, e.id));
                     }
                 }
-                Ok(None) => {
-                    let why = lock(&last).as_ref().map(|s| s.message().to_string());
+                Ok(Some(Err(status))) => {
                     cluster.trace().log(format!(
                         "subscriber {stream}: ended on n{node}: {}",
-                        why.unwrap_or_default()
+                        status.message()
                     ));
+                    ended = true;
+                    break;
+                }
+                Ok(None) => {
                     ended = true;
                     break;
                 }
                 Err(_) => {}
             }
         }
-        let _ = stop_tx.send(true);
-        drop(rx);
-        task.abort();
+        drop(events);
         if ended {
             // The subscription ended (a corrupt log here answers DataLoss): try again later,
             // maybe elsewhere. Retrying at once would spin without letting simulated time move

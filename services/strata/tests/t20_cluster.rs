@@ -1173,3 +1173,98 @@ async fn retention_reclaims_on_every_replica_and_a_wiped_follower_rejoins() {
     assert_eq!(first, Some((hot, kept)), "the rejoined follower differs");
     check_logs_identical(&mut cluster, true);
 }
+
+/// A client that sends and takes the largest messages a node may (as Strata's own do).
+fn big_client(ch: Channel) -> StreamsClient<Channel> {
+    StreamsClient::new(ch)
+        .max_decoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
+        .max_encoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
+}
+
+/// An append to `stream` of `events` events whose record is exactly `record_bytes` long (the
+/// engine's measure of `batch_bytes_max`), every event within `event_bytes_max`.
+fn append_of_record_bytes(stream: &str, events: u128, record_bytes: usize) -> pb::AppendRequest {
+    use strata_engine::format::{event_frame_len, FRAME_BYTES, HEADER_BYTES};
+    let limits = strata_engine::Limits::default();
+    let per_event_max = limits.event_bytes_max - stream.len() - 1;
+    let mut left = record_bytes
+        - FRAME_BYTES
+        - HEADER_BYTES
+        - 4
+        - events as usize * event_frame_len(stream, "T", 0, 0);
+    let events = (0..events)
+        .map(|i| {
+            let bytes = left.min(per_event_max);
+            left -= bytes;
+            pb::NewEvent {
+                id: uuid::Uuid::from_u128(7000 + i).to_string(),
+                r#type: "T".into(),
+                data: vec![b'e'; bytes],
+                metadata: Vec::new(),
+            }
+        })
+        .collect();
+    assert_eq!(left, 0, "the events cannot hold {record_bytes} bytes");
+    pb::AppendRequest {
+        stream: stream.into(),
+        expected: None,
+        events,
+    }
+}
+
+/// The limits are tied across layers: the largest batch the default limits allow (a record of
+/// exactly `batch_bytes_max`, 16 MiB) passes the client API, is written as one Raft entry,
+/// replicates in one AppendEntries and reads back on every replica; one byte more is refused
+/// by the engine, naming the limit. (Before the limits were tied, the request met gRPC's 4 MiB
+/// default, and past that the AppendEntries met a 16 MiB Raft message limit: replication of
+/// that entry would have stalled for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_batch_the_limits_allow_replicates_to_every_replica() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::new(3, false, Vec::new());
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    cluster.start_all().await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let mut c = big_client(channel(&cluster.addr(leader)).await.unwrap());
+    let batch_bytes_max = strata_engine::Limits::default().batch_bytes_max;
+    let over = append_of_record_bytes("edge-over", 16, batch_bytes_max + 1);
+    let refused = c.append(over).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("batch_bytes_max"), "{refused:?}");
+    let edge = append_of_record_bytes("edge", 16, batch_bytes_max);
+    let sent: Vec<Vec<u8>> = edge.events.iter().map(|e| e.data.clone()).collect();
+    let ok = c.append(edge).await.unwrap().into_inner();
+    assert_eq!(ok.streams[0].last_version, 15);
+    cluster.converge().await;
+    for id in cluster.live() {
+        let mut c = big_client(channel(&cluster.addr(id)).await.unwrap());
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let page = c
+                .read(pb::ReadRequest {
+                    stream: "edge".into(),
+                    from_version: Some(got.len() as u64),
+                    direction: 0,
+                    limit: 0,
+                    consistency: pb::Consistency::Follower as i32,
+                    as_of: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                !page.events.is_empty(),
+                "node {id}: nothing at {}",
+                got.len()
+            );
+            got.extend(page.events.into_iter().map(|e| e.data));
+        }
+        assert!(got == sent, "node {id} holds other bytes");
+    }
+    // The edge-size entry is replicated like any other: appends after it commit too.
+    c.append(append_request("after-edge", 1)).await.unwrap();
+}
