@@ -14,7 +14,6 @@ use strata_proto::v1 as pb;
 use strata_proto::v1::streams_client::StreamsClient;
 use strata_shard::status::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY};
 use strata_shard::ServiceConfig;
-use tonic::transport::Channel;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,11 +515,7 @@ async fn health_and_reflection_answer_as_grpcurl_expects() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     let node = TestNode::start(ServiceConfig::default()).await;
-    let channel = Channel::from_shared(format!("http://{}", node.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = node.channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let answer = health
         .check(tonic_health::pb::HealthCheckRequest {

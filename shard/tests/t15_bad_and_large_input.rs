@@ -25,13 +25,8 @@ struct RawStreamAppend {
     stream: Vec<u8>,
 }
 
-async fn raw_append(addr: std::net::SocketAddr, stream: Vec<u8>) -> tonic::Status {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+async fn raw_append(node: &TestNode, stream: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(node.channel().await);
     grpc.ready().await.unwrap();
     let codec = tonic_prost::ProstCodec::<RawStreamAppend, pb::AppendResponse>::default();
     let path = http::uri::PathAndQuery::from_static("/strata.v1.Streams/Append");
@@ -71,7 +66,7 @@ fn read(stream: &str, from: Option<u64>, consistency: i32) -> pb::ReadRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_request_is_invalid_argument_naming_the_field() {
     let node = TestNode::start(ServiceConfig::default()).await;
-    let bad = raw_append(node.addr, vec![b'a', 0xff, 0xfe]).await;
+    let bad = raw_append(&node, vec![b'a', 0xff, 0xfe]).await;
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
     assert!(
         bad.message().contains("AppendRequest.stream"),
@@ -83,7 +78,7 @@ async fn an_undecodable_request_is_invalid_argument_naming_the_field() {
         "invalid-argument"
     );
     // The same field as valid UTF-8 decodes and reaches the service's own checks.
-    let ok_bytes = raw_append(node.addr, b"a".to_vec()).await;
+    let ok_bytes = raw_append(&node, b"a".to_vec()).await;
     assert_eq!(ok_bytes.code(), Code::InvalidArgument);
     assert!(
         ok_bytes.message().contains("`events`"),
@@ -285,12 +280,7 @@ async fn reading_a_hard_deleted_stream_says_it_is_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_recovers_after_a_burst_of_cancelled_calls() {
     let node = TestNode::start(ServiceConfig::default()).await;
-    let channel = Channel::from_shared(format!("http://{}", node.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let client = StreamsClient::new(channel);
+    let client = StreamsClient::new(node.channel().await);
     let mut calls = Vec::new();
     for i in 0..2000u128 {
         let mut c = client.clone();

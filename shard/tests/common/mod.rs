@@ -59,6 +59,15 @@ impl TestNode {
         }
     }
 
+    /// A connected channel to the node.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     pub async fn client(&self) -> StreamsClient<Channel> {
         StreamsClient::connect(format!("http://{}", self.addr))
             .await
