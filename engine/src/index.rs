@@ -15,6 +15,9 @@
 //! as the entries it covers: the index always describes exactly the records before
 //! `next_position`.
 
+// Bytes decoded here come from disks, peers or clients: no input may index past a slice's end.
+#![deny(clippy::indexing_slicing)]
+
 use uuid::Uuid;
 
 use crate::error::{Error, Result};

@@ -12,6 +12,9 @@
 //! $closed       "$tick"      an empty event stamped to close a timestamp (see the shard)
 //! ```
 
+// Bytes decoded here come from disks, peers or clients: no input may index past a slice's end.
+#![deny(clippy::indexing_slicing)]
+
 use crate::error::{Error, Result};
 
 /// Stream of closed-timestamp ticks.
@@ -234,6 +237,7 @@ impl SnapshotPolicy {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -13,6 +13,9 @@
 //!
 //! The index is rebuilt from the copied log rather than shipped: it is derived data.
 
+// Bytes decoded here come from disks, peers or clients: no input may index past a slice's end.
+#![deny(clippy::indexing_slicing)]
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -272,8 +275,8 @@ fn check_records(file: &dyn strata_engine::fs::FileHandle, path: &Path, len: u64
             ));
         }
         let head = read(file, path, at, FRAME_BYTES)?;
-        let frame_len = FRAME_BYTES as u64
-            + u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+        let frame_len =
+            FRAME_BYTES as u64 + u64::from(strata_engine::format::u32_at(&head, 0).unwrap_or(0));
         if at + frame_len > len {
             return Err(Error::corruption(
                 path,

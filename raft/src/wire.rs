@@ -1,6 +1,9 @@
 //! What Raft entries carry and what applying them answers. The engine's types stay free of
 //! serde; these mirror them.
 
+// Bytes decoded here come from disks, peers or clients: no input may index past a slice's end.
+#![deny(clippy::indexing_slicing)]
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use strata_engine::{

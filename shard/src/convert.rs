@@ -1,6 +1,9 @@
 //! Conversions between the wire types (`strata.v1`) and the engine's types. Field names in
 //! errors are the wire's (`events[2].id`, `streams[1].events[0].id`).
 
+// Bytes decoded here come from disks, peers or clients: no input may index past a slice's end.
+#![deny(clippy::indexing_slicing)]
+
 use bytes::Bytes;
 use strata_engine::{
     AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend,
@@ -252,6 +255,7 @@ pub fn as_of(as_of: Option<pb::AsOf>) -> Option<strata_engine::AsOf> {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::ids::SeededIds;
