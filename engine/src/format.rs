@@ -385,6 +385,40 @@ pub fn decode_events_with_slots(
     Ok(events)
 }
 
+/// Checks that the body of a valid frame has the structure its kind says, without decoding or
+/// checksumming the events (a follower copies a leader's frames only once they pass this, so
+/// what enters its log also decodes when it is applied): events records hold exactly their
+/// counted event frames, each at least its fixed fields long; hole frames hold their count and
+/// horizon; blank and gap records are empty; membership bodies are opaque here.
+pub fn check_structure(frame: &[u8]) -> Result<(), DecodeError> {
+    let body = body(frame);
+    match read_kind(frame) {
+        KIND_EVENTS => {
+            let count = u32_at(body, 0)
+                .ok_or_else(|| DecodeError("events record too short for its event count".into()))?;
+            let mut at = 4usize;
+            for i in 0..count {
+                let len = u32_at(body, at)
+                    .map(|l| 8 + l as usize)
+                    .filter(|len| *len >= EVENT_FIXED_BYTES && at + len <= body.len())
+                    .ok_or_else(|| DecodeError(format!("event {i} does not fit its record")))?;
+                at += len;
+            }
+            if at != body.len() {
+                return Err(DecodeError("bytes after the last event".into()));
+            }
+            Ok(())
+        }
+        KIND_BLANK | KIND_GAP if body.is_empty() => Ok(()),
+        KIND_HOLE if body.len() >= 16 => Ok(()),
+        KIND_MEMBERSHIP => Ok(()),
+        kind => Err(DecodeError(format!(
+            "a record of kind {kind} with a body of {} bytes",
+            body.len()
+        ))),
+    }
+}
+
 /// Decodes one event frame, checking its own CRC.
 pub fn decode_event(frame: Bytes, position: Position) -> Result<RecordedEvent, DecodeError> {
     let short = || DecodeError("event frame too short".into());

@@ -191,6 +191,21 @@ fn reopen_hands_back_the_unapplied_tail_and_a_follower_copies_frames_exactly() {
         .unwrap_err();
     assert!(matches!(wrong, Error::InvalidArgument { .. }), "{wrong}");
     assert_eq!(follower.next_seq(), 8);
+    // A frame whose checksum holds but whose events do not fit it (what a corrupt or crafted
+    // AppendEntries could carry) is refused before it enters the log, not found undecodable
+    // when applied.
+    let mut cut = frames[1].frame.to_vec();
+    let events_end = cut.len() - 3;
+    cut.truncate(events_end);
+    // Entry 8 at the follower's next position: only its body is wrong.
+    cut[format::FRAME_BYTES + 16..format::FRAME_BYTES + 24].copy_from_slice(&8u64.to_le_bytes());
+    let last = copied.last().unwrap();
+    format::restamp(&mut cut, last.header.position + last.frame.len() as u64, 0);
+    let refused = follower
+        .write_entries(vec![entry(8, EntryBody::Frame(cut.into()))])
+        .unwrap_err();
+    assert!(refused.to_string().contains("does not fit"), "{refused}");
+    assert_eq!(follower.next_seq(), 8);
 }
 
 /// Found by the simulator (seed 28): an index checkpoint standing exactly at the end of a

@@ -2,8 +2,9 @@
 //! `check_frame`, the header, kind and hole accessors, and the event decoders. Inputs whose
 //! first byte is odd get their frame's length and CRC fixed first, so the fuzzer explores what
 //! lies behind the checksum (a peer's frame has a valid one). Properties: no panic; a frame that
-//! checks decodes to events or an error; each decoded event decodes the same from its own slot
-//! (the stream index reads events one at a time through these slots).
+//! checks decodes to events or an error; what decodes passes the structure check a follower
+//! makes before copying a frame; each decoded event decodes the same from its own slot (the
+//! stream index reads events one at a time through these slots).
 #![no_main]
 
 use bytes::Bytes;
@@ -31,9 +32,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = (format::read_kind(&frame), format::body(&frame));
     let _ = (format::records_in(&frame), format::hole_horizon(&frame));
     assert_eq!(format::replicated_bytes(&frame).len(), n);
+    let structure = format::check_structure(&frame);
     let Ok(events) = format::decode_events_with_slots(&frame) else {
         return;
     };
+    // What decodes has the structure a follower checks before copying a frame.
+    assert!(structure.is_ok(), "{structure:?}");
     for (event, slot) in events {
         let (at, len) = (slot.offset as usize, slot.len as usize);
         let alone = format::decode_event(frame.slice(at..at + len), header.position)

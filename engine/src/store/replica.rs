@@ -330,6 +330,7 @@ impl Store {
             FrameCheck::Valid(n) if n == frame.len() => {}
             other => return Err(bad(format!("not one intact record frame ({other:?})"))),
         }
+        format::check_structure(frame).map_err(|e| bad(e.0))?;
         let header = format::read_header(frame);
         if header.seq != seq {
             return Err(bad(format!(
