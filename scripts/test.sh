@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md and .ci/run run it. Installs what it needs when missing
 # (scripts/deps.sh), reuses one cargo target directory outside the clone, then runs format,
-# lint and every test.
+# the module-cycle check, lint, every test, the fuzz targets (scripts/fuzz.sh, which installs
+# cargo-fuzz) and the time-boxed simulator sweeps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
