@@ -87,19 +87,23 @@ impl NodeProc {
         }
     }
 
-    fn log_tail(&self) -> String {
+    /// The node's first panics (each with the two lines after it: the message) and the last
+    /// `tail` lines of its log. Panics come first because repeated errors after one (a Raft
+    /// core that died answers every call with "panicked") push it out of any tail.
+    fn log_tail(&self, tail: usize) -> String {
         let text = std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        let panics: Vec<&str> = lines
+        let panics: Vec<String> = lines
             .iter()
-            .filter(|l| l.contains("panicked") && !l.contains("core_result"))
-            .copied()
+            .enumerate()
+            .filter(|(_, l)| l.contains("panicked at"))
             .take(3)
+            .map(|(i, _)| lines[i..(i + 3).min(lines.len())].join("\n"))
             .collect();
         format!(
             "{}\n...\n{}",
             panics.join("\n"),
-            lines[lines.len().saturating_sub(12)..].join("\n")
+            lines[lines.len().saturating_sub(tail)..].join("\n")
         )
     }
 }
@@ -117,12 +121,11 @@ impl Drop for Cluster {
             return;
         }
         for node in self.nodes.values() {
-            let log = std::fs::read_to_string(node.data.with_extension("log")).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!("--- node {} log, last 40 lines ---", node.id);
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                eprintln!("{line}");
-            }
+            eprintln!(
+                "--- node {} log: its panics, then its last 40 lines ---\n{}",
+                node.id,
+                node.log_tail(40)
+            );
         }
     }
 }
@@ -221,7 +224,7 @@ impl Cluster {
             assert!(
                 Instant::now() < deadline,
                 "node {id} did not come up:\n{}",
-                self.nodes[&id].log_tail()
+                self.nodes[&id].log_tail(12)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -260,7 +263,7 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 for n in self.nodes.values() {
-                    eprintln!("--- node {} ---\n{}", n.id, n.log_tail());
+                    eprintln!("--- node {} ---\n{}", n.id, n.log_tail(12));
                 }
                 panic!("no agreed leader: {seen:?}");
             }
@@ -684,7 +687,7 @@ async fn failover_restart_and_snapshot_rejoin_lose_nothing() {
     assert!(
         installed.trim().parse::<u64>().is_ok_and(|g| g >= 1),
         "the wiped node did not install a snapshot:\n{}",
-        cluster.nodes[&wiped].log_tail()
+        cluster.nodes[&wiped].log_tail(12)
     );
     check_logs_identical(&mut cluster, false);
     // Reopening removed the generations snapshots replaced: only CURRENT's is left.
