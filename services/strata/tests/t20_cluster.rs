@@ -1240,7 +1240,26 @@ async fn the_largest_batch_the_limits_allow_replicates_to_every_replica() {
     assert!(refused.message().contains("batch_bytes_max"), "{refused:?}");
     let edge = append_of_record_bytes("edge", 16, batch_bytes_max);
     let sent: Vec<Vec<u8>> = edge.events.iter().map(|e| e.data.clone()).collect();
-    let ok = c.append(edge).await.unwrap().into_inner();
+    // 16 MiB through a debug build on a loaded machine can take longer than the append
+    // timeout (5 s): then the answer is UNAVAILABLE and, as documented, the client retries with
+    // the same event ids (at the leader of the moment), which answers the original result.
+    let mut answer = None;
+    for _ in 0..10 {
+        let leader = cluster.leader(Duration::from_secs(10)).await;
+        let mut c = big_client(channel(&cluster.addr(leader)).await.unwrap());
+        match c.append(edge.clone()).await {
+            Ok(r) => {
+                answer = Some(r.into_inner());
+                break;
+            }
+            Err(e) if e.code() == tonic::Code::Unavailable => {
+                eprintln!("edge append: {e:?}; retrying with the same ids");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("edge append refused: {e:?}"),
+        }
+    }
+    let ok = answer.expect("the edge-size append is acknowledged");
     assert_eq!(ok.streams[0].last_version, 15);
     cluster.converge().await;
     for id in cluster.live() {
@@ -1269,5 +1288,7 @@ async fn the_largest_batch_the_limits_allow_replicates_to_every_replica() {
         assert!(got == sent, "node {id} holds other bytes");
     }
     // The edge-size entry is replicated like any other: appends after it commit too.
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let mut c = big_client(channel(&cluster.addr(leader)).await.unwrap());
     c.append(append_request("after-edge", 1)).await.unwrap();
 }
