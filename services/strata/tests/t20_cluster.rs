@@ -405,6 +405,42 @@ async fn writer(
     report
 }
 
+/// Every event of `stream` on node `node`, by follower reads page after page (a page may end
+/// early at the node's byte bound) until an empty one; versions must run on without a gap.
+async fn follower_read_all(
+    client: &mut StreamsClient<Channel>,
+    stream: &str,
+    node: u64,
+) -> Vec<pb::RecordedEvent> {
+    let mut got: Vec<pb::RecordedEvent> = Vec::new();
+    loop {
+        let events = client
+            .read(pb::ReadRequest {
+                stream: stream.to_string(),
+                from_version: Some(got.len() as u64),
+                direction: 0,
+                limit: 4096,
+                consistency: pb::Consistency::Follower as i32,
+                as_of: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        if events.is_empty() {
+            return got;
+        }
+        for e in events {
+            assert_eq!(
+                e.version,
+                got.len() as u64,
+                "gap in {stream} on node {node}"
+            );
+            got.push(e);
+        }
+    }
+}
+
 /// Every acknowledged event is on every live replica exactly once, in order, nothing else.
 async fn check_replicas(cluster: &Cluster, acked: &BTreeMap<String, Vec<u128>>) {
     cluster.converge().await;
@@ -412,31 +448,11 @@ async fn check_replicas(cluster: &Cluster, acked: &BTreeMap<String, Vec<u128>>) 
         let ch = channel(&cluster.addr(id)).await.unwrap();
         let mut client = StreamsClient::new(ch);
         for (stream, ids) in acked {
-            let mut got = Vec::new();
-            let mut from = 0;
-            loop {
-                let events = client
-                    .read(pb::ReadRequest {
-                        stream: stream.clone(),
-                        from_version: Some(from),
-                        direction: 0,
-                        limit: 4096,
-                        consistency: pb::Consistency::Follower as i32,
-                        as_of: None,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .events;
-                if events.is_empty() {
-                    break;
-                }
-                for e in &events {
-                    assert_eq!(e.version, got.len() as u64, "gap in {stream} on node {id}");
-                    got.push(uuid::Uuid::parse_str(&e.id).unwrap().as_u128());
-                }
-                from = got.len() as u64;
-            }
+            let got: Vec<u128> = follower_read_all(&mut client, stream, id)
+                .await
+                .iter()
+                .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128())
+                .collect();
             assert_eq!(
                 &got, ids,
                 "node {id}: stream {stream} differs from what was acknowledged"
@@ -1264,27 +1280,11 @@ async fn the_largest_batch_the_limits_allow_replicates_to_every_replica() {
     cluster.converge().await;
     for id in cluster.live() {
         let mut c = big_client(channel(&cluster.addr(id)).await.unwrap());
-        let mut got = Vec::new();
-        while got.len() < sent.len() {
-            let page = c
-                .read(pb::ReadRequest {
-                    stream: "edge".into(),
-                    from_version: Some(got.len() as u64),
-                    direction: 0,
-                    limit: 0,
-                    consistency: pb::Consistency::Follower as i32,
-                    as_of: None,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            assert!(
-                !page.events.is_empty(),
-                "node {id}: nothing at {}",
-                got.len()
-            );
-            got.extend(page.events.into_iter().map(|e| e.data));
-        }
+        let got: Vec<Vec<u8>> = follower_read_all(&mut c, "edge", id)
+            .await
+            .into_iter()
+            .map(|e| e.data)
+            .collect();
         assert!(got == sent, "node {id} holds other bytes");
     }
     // The edge-size entry is replicated like any other: appends after it commit too.
