@@ -2,6 +2,7 @@
 //! replica of a Raft-replicated shard (strata-raft). The multi-shard node and routing arrive in
 //! later layers.
 
+pub mod append_stream;
 pub mod backend;
 pub mod blocking;
 pub mod clock;

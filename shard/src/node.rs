@@ -116,6 +116,7 @@ impl Node {
             config.cluster.is_some(),
         )
         .map_err(NodeError::Limits)?;
+        config.service.validate().map_err(NodeError::Limits)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await

@@ -38,6 +38,48 @@ pub struct ServiceConfig {
     /// at least one. Default 4 MiB, gRPC's default receive limit, so any gRPC client can read
     /// any stream. See [`crate::limits`].
     pub response_bytes_max: usize,
+    /// Most appends one `AppendStream` call has in flight; past it the node reads no further
+    /// message of the call (the client is pushed back). Default 4096, 1 to 65,536.
+    pub append_window: usize,
+    /// Most bytes (encoded appends) one `AppendStream` call has in flight, plus at most one
+    /// message. Default 32 MiB, 64 KiB to 1 GiB.
+    pub append_window_bytes: usize,
+}
+
+/// Bounds of [`ServiceConfig::append_window`].
+pub const APPEND_WINDOW_RANGE: std::ops::RangeInclusive<usize> = 1..=65_536;
+/// Bounds of [`ServiceConfig::append_window_bytes`].
+pub const APPEND_WINDOW_BYTES_RANGE: std::ops::RangeInclusive<usize> = (64 << 10)..=(1 << 30);
+
+impl ServiceConfig {
+    /// Refuses settings outside their documented bounds, naming the setting.
+    pub fn validate(&self) -> strata_engine::Result<()> {
+        let outside = |field: &'static str, v: usize, r: &std::ops::RangeInclusive<usize>| {
+            Err(strata_engine::Error::invalid(
+                field,
+                format!("{v} is outside {}..={}", r.start(), r.end()),
+            ))
+        };
+        if !APPEND_WINDOW_RANGE.contains(&self.append_window) {
+            return outside("append_window", self.append_window, &APPEND_WINDOW_RANGE);
+        }
+        if !APPEND_WINDOW_BYTES_RANGE.contains(&self.append_window_bytes) {
+            return outside(
+                "append_window_bytes",
+                self.append_window_bytes,
+                &APPEND_WINDOW_BYTES_RANGE,
+            );
+        }
+        Ok(())
+    }
+
+    /// The `AppendStream` window.
+    pub fn window(&self) -> crate::append_stream::Window {
+        crate::append_stream::Window {
+            appends: self.append_window,
+            bytes: self.append_window_bytes,
+        }
+    }
 }
 
 impl Default for ServiceConfig {
@@ -47,6 +89,8 @@ impl Default for ServiceConfig {
             subscription_stall_timeout: std::time::Duration::from_secs(10),
             retention: RetentionSettings::default(),
             response_bytes_max: RESPONSE_BYTES_MAX_DEFAULT,
+            append_window: 4096,
+            append_window_bytes: 32 << 20,
         }
     }
 }
@@ -130,6 +174,24 @@ impl StreamsService {
         }
     }
 
+    /// One single-stream append, as `Append` and each append of `AppendStream` make it.
+    pub(crate) async fn append_one(
+        &self,
+        request: pb::AppendRequest,
+    ) -> Result<pb::AppendResponse, Status> {
+        let request = convert::append(request, self.clock.now_us(), self.ids.as_ref())?;
+        tracing::debug!(stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
+        let started = std::time::Instant::now();
+        let result = self.backend.append(request).await.map_err(|e| match e {
+            strata_raft::ReplicaError::Engine(e) => to_single_append_status(e),
+            other => replica_status(other),
+        })?;
+        self.stats
+            .append_latency
+            .observe_us(started.elapsed().as_micros() as u64);
+        Ok(convert::append_response(result))
+    }
+
     fn request_id(&self) -> u64 {
         self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -141,24 +203,23 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        self.traced("Append", async move {
-            let request = convert::append(
-                request.into_inner(),
-                self.clock.now_us(),
-                self.ids.as_ref(),
-            )?;
-            tracing::debug!(stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
-            let started = std::time::Instant::now();
-            let result = self.backend.append(request).await.map_err(|e| match e {
-                strata_raft::ReplicaError::Engine(e) => to_single_append_status(e),
-                other => replica_status(other),
-            })?;
-            self.stats
-                .append_latency
-                .observe_us(started.elapsed().as_micros() as u64);
-            Ok(Response::new(convert::append_response(result)))
-        })
-        .await
+        self.traced("Append", self.append_one(request.into_inner()))
+            .await
+            .map(Response::new)
+    }
+
+    type AppendStreamStream = crate::append_stream::AnswerStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::AppendStreamRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let window = self.config.window();
+        Ok(Response::new(crate::append_stream::start(
+            self.clone(),
+            request.into_inner(),
+            window,
+        )))
     }
 
     async fn append_multi(

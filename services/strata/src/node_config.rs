@@ -12,6 +12,8 @@
 //! subscription_buffer_records_max = 256    # --subscription-buffer-records-max
 //! subscription_stall_timeout_ms = 10000    # --subscription-stall-timeout-ms
 //! response_bytes_max = 4194304        # --response-bytes-max (largest read answer, encoded)
+//! append_window = 4096                # --append-window (appends in flight per AppendStream call)
+//! append_window_bytes = 33554432      # --append-window-bytes (their bytes)
 //!
 //! # Retention (see docs/ARCHITECTURE.md "Retention")
 //! retention = true                    # --retention true|false
@@ -74,6 +76,13 @@ pub struct NodeArgs {
     /// Most bytes of one read's answer, encoded (a page ends early and says where to go on).
     #[arg(long)]
     response_bytes_max: Option<usize>,
+    /// Most appends one pipelined call (AppendStream) has in flight before the node stops
+    /// reading it.
+    #[arg(long)]
+    append_window: Option<usize>,
+    /// Most bytes of appends one pipelined call has in flight.
+    #[arg(long)]
+    append_window_bytes: Option<usize>,
     /// Reclaim the space of dead events in the background (true or false).
     #[arg(long)]
     retention: Option<bool>,
@@ -133,6 +142,8 @@ struct FileConfig {
     subscription_buffer_records_max: Option<usize>,
     subscription_stall_timeout_ms: Option<u64>,
     response_bytes_max: Option<usize>,
+    append_window: Option<usize>,
+    append_window_bytes: Option<usize>,
     retention: Option<bool>,
     retention_interval_ms: Option<u64>,
     retention_as_of_window_s: Option<u64>,
@@ -261,6 +272,13 @@ pub fn resolve_text(
     if let Some(v) = args.response_bytes_max.or(file.response_bytes_max) {
         service.response_bytes_max = v;
     }
+    if let Some(v) = args.append_window.or(file.append_window) {
+        service.append_window = v;
+    }
+    if let Some(v) = args.append_window_bytes.or(file.append_window_bytes) {
+        service.append_window_bytes = v;
+    }
+    service.validate().map_err(|e| bad(e.to_string()))?;
     strata_shard::limits::check(
         &engine.limits,
         service.response_bytes_max,

@@ -1,0 +1,338 @@
+//! [`Client`]: every `strata.v1` call, through the retry loop of [`crate::conn`].
+
+use strata_proto::v1 as pb;
+
+use crate::config::ClientConfig;
+use crate::conn::Connections;
+use crate::error::Error;
+use crate::pipeline::Appender;
+use crate::subscribe::{Start, Subscription, Target};
+
+/// The version a stream must be at for an append to go in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpectedVersion {
+    /// Whatever it is.
+    #[default]
+    Any,
+    /// The stream must not exist.
+    NoStream,
+    /// The stream must exist.
+    StreamExists,
+    /// Its last version must be this.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// The wire form.
+    pub fn wire(self) -> pb::ExpectedVersion {
+        use pb::expected_version::Kind;
+        let kind = match self {
+            ExpectedVersion::Any => Kind::Any(pb::Empty {}),
+            ExpectedVersion::NoStream => Kind::NoStream(pb::Empty {}),
+            ExpectedVersion::StreamExists => Kind::StreamExists(pb::Empty {}),
+            ExpectedVersion::Exact(v) => Kind::Exact(v),
+        };
+        pb::ExpectedVersion { kind: Some(kind) }
+    }
+}
+
+/// A new event of type `event_type` with `data` (an id is given when it is appended).
+pub fn event(event_type: impl Into<String>, data: impl Into<Vec<u8>>) -> pb::NewEvent {
+    pb::NewEvent {
+        id: String::new(),
+        r#type: event_type.into(),
+        data: data.into(),
+        metadata: Vec::new(),
+    }
+}
+
+/// Gives every event without an id a fresh one, so retries of the append are recognised as
+/// retries (never a duplicate).
+pub(crate) fn with_ids(events: &mut [pb::NewEvent]) {
+    for e in events.iter_mut().filter(|e| e.id.is_empty()) {
+        e.id = uuid::Uuid::new_v4().to_string();
+    }
+}
+
+/// A connection to a Strata cluster (or a single node). Cheap to clone; clones share
+/// connections.
+#[derive(Debug, Clone)]
+pub struct Client {
+    conn: Connections,
+}
+
+impl Client {
+    /// A client for `config` (checked; no connection is made until the first call).
+    pub fn new(config: ClientConfig) -> Result<Client, Error> {
+        Ok(Client {
+            conn: Connections::new(config)?,
+        })
+    }
+
+    pub(crate) fn from_connections(conn: Connections) -> Client {
+        Client { conn }
+    }
+
+    /// A client of these addresses with the default settings.
+    pub fn connect<S: Into<String>>(
+        addresses: impl IntoIterator<Item = S>,
+    ) -> Result<Client, Error> {
+        Client::new(ClientConfig::new(addresses))
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &ClientConfig {
+        self.conn.config()
+    }
+
+    /// The node calls go to now (the leader, once one has been named).
+    pub fn target(&self) -> String {
+        self.conn.target()
+    }
+
+    /// Appends `events` to `stream` atomically if it is at `expected`. Events without an id
+    /// get one first, so the append is retried safely when its outcome is unknown.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<pb::NewEvent>,
+    ) -> Result<pb::AppendResponse, Error> {
+        self.append_request(pb::AppendRequest {
+            stream: stream.to_string(),
+            expected: Some(expected.wire()),
+            events,
+        })
+        .await
+    }
+
+    /// [`Client::append`] of a request as the wire has it.
+    pub async fn append_request(
+        &self,
+        mut request: pb::AppendRequest,
+    ) -> Result<pb::AppendResponse, Error> {
+        with_ids(&mut request.events);
+        self.conn
+            .call(true, |mut c| {
+                let r = request.clone();
+                async move { c.append(r).await }
+            })
+            .await
+    }
+
+    /// Appends to several streams in one atomic append (ids given as by [`Client::append`]).
+    pub async fn append_multi(
+        &self,
+        mut request: pb::AppendMultiRequest,
+    ) -> Result<pb::AppendResponse, Error> {
+        for s in &mut request.streams {
+            with_ids(&mut s.events);
+        }
+        self.conn
+            .call(true, |mut c| {
+                let r = request.clone();
+                async move { c.append_multi(r).await }
+            })
+            .await
+    }
+
+    /// One page of a stream (see `ReadResponse.truncated`); as of a past point with `as_of`.
+    pub async fn read(&self, request: pb::ReadRequest) -> Result<pb::ReadResponse, Error> {
+        self.conn
+            .call(true, |mut c| {
+                let r = request.clone();
+                async move { c.read(r).await }
+            })
+            .await
+    }
+
+    /// Every event of a stream from `from` (the first when `None`) forwards, page after page,
+    /// at most `limit` events.
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<pb::RecordedEvent>, Error> {
+        let mut out: Vec<pb::RecordedEvent> = Vec::new();
+        let mut from = from;
+        while out.len() < limit {
+            let page = self
+                .read(pb::ReadRequest {
+                    stream: stream.to_string(),
+                    from_version: from,
+                    limit: (limit - out.len()).min(4096) as u32,
+                    ..Default::default()
+                })
+                .await?;
+            let Some(last) = page.events.last().map(|e| e.version) else {
+                break;
+            };
+            out.extend(page.events);
+            match last.checked_add(1) {
+                Some(next) => from = Some(next),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// One page of the whole log in order (`next_position` says where to go on).
+    pub async fn read_all(
+        &self,
+        request: pb::ReadAllRequest,
+    ) -> Result<pb::ReadAllResponse, Error> {
+        self.conn
+            .call(true, |mut c| {
+                let r = request.clone();
+                async move { c.read_all(r).await }
+            })
+            .await
+    }
+
+    /// A stream's current version, metadata and state.
+    pub async fn stream_info(
+        &self,
+        stream: &str,
+        consistency: pb::Consistency,
+    ) -> Result<pb::GetStreamResponse, Error> {
+        let request = pb::GetStreamRequest {
+            stream: stream.to_string(),
+            consistency: consistency as i32,
+        };
+        self.conn
+            .call(true, |mut c| {
+                let r = request.clone();
+                async move { c.get_stream(r).await }
+            })
+            .await
+    }
+
+    /// Replaces a stream's metadata. Retried after an unknown outcome only when no expected
+    /// metadata version is given (then setting it twice is setting it once).
+    pub async fn set_metadata(
+        &self,
+        request: pb::SetStreamMetadataRequest,
+    ) -> Result<pb::WriteResponse, Error> {
+        let idempotent = request.expected_metadata_version.is_none();
+        self.conn
+            .call(idempotent, |mut c| {
+                let r = request.clone();
+                async move { c.set_stream_metadata(r).await }
+            })
+            .await
+    }
+
+    /// Soft- or hard-deletes a stream. Never retried after an unknown outcome (a repeated hard
+    /// delete would report the stream deleted).
+    pub async fn delete(
+        &self,
+        request: pb::DeleteStreamRequest,
+    ) -> Result<pb::WriteResponse, Error> {
+        self.conn
+            .call(false, |mut c| {
+                let r = request.clone();
+                async move { c.delete_stream(r).await }
+            })
+            .await
+    }
+
+    /// Stores a snapshot of a stream's state at a version.
+    pub async fn save_snapshot(
+        &self,
+        request: pb::SaveSnapshotRequest,
+    ) -> Result<pb::WriteResponse, Error> {
+        self.conn
+            .call(true, |mut c| {
+                let r = request.clone();
+                async move { c.save_snapshot(r).await }
+            })
+            .await
+    }
+
+    /// A stream's state at a point: its newest snapshot and the events after it.
+    pub async fn read_state(
+        &self,
+        request: pb::ReadStateRequest,
+    ) -> Result<pb::ReadStateResponse, Error> {
+        self.conn
+            .call(true, |mut c| {
+                let r = request.clone();
+                async move { c.read_state(r).await }
+            })
+            .await
+    }
+
+    /// Sets a snapshot policy; answers with every policy in force.
+    pub async fn set_snapshot_policy(
+        &self,
+        policy: pb::SnapshotPolicy,
+    ) -> Result<pb::SnapshotPolicies, Error> {
+        self.conn
+            .call(true, |mut c| {
+                let r = policy.clone();
+                async move { c.set_snapshot_policy(r).await }
+            })
+            .await
+    }
+
+    /// The cluster's status as the node at `addr` sees it (one attempt: a status is about
+    /// one node).
+    pub async fn cluster_status(&self, addr: &str) -> Result<pb::ClusterStatus, Error> {
+        let mut c = self.conn.cluster(addr)?;
+        let timeout = self.config().attempt_timeout;
+        match tokio::time::timeout(timeout, c.status(pb::StatusRequest {})).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(crate::error::Failed::from_status(&s).error),
+            Err(_) => Err(Error::Unavailable(format!(
+                "no status from {addr} within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// Initialises a new replicated shard with its configured peers (a no-op when it is
+    /// initialised already).
+    pub async fn cluster_init(&self) -> Result<pb::ClusterStatus, Error> {
+        self.conn
+            .call_on(Connections::cluster, true, |mut c| async move {
+                c.init(pb::InitRequest {}).await
+            })
+            .await
+    }
+
+    /// Adds a node to the shard's membership (at the leader).
+    pub async fn cluster_add_node(
+        &self,
+        request: pb::AddNodeRequest,
+    ) -> Result<pb::ClusterStatus, Error> {
+        self.conn
+            .call_on(Connections::cluster, true, |mut c| {
+                let r = request.clone();
+                async move { c.add_node(r).await }
+            })
+            .await
+    }
+
+    /// Removes a node from the shard's membership (at the leader).
+    pub async fn cluster_remove_node(
+        &self,
+        request: pb::RemoveNodeRequest,
+    ) -> Result<pb::ClusterStatus, Error> {
+        self.conn
+            .call_on(Connections::cluster, true, |mut c| async move {
+                c.remove_node(request).await
+            })
+            .await
+    }
+
+    /// Follows a stream or the whole log from `start`: catches up, then live; reconnects and
+    /// resumes after the last event delivered (no gap, no duplicate).
+    pub fn subscribe(&self, target: Target, start: Start) -> Subscription {
+        Subscription::new(self.conn.clone(), target, start)
+    }
+
+    /// A pipelined appender over its own connection (see [`Appender`]).
+    pub fn appender(&self) -> Appender {
+        Appender::start(self.conn.clone())
+    }
+}

@@ -1,0 +1,276 @@
+//! Connections and the retry loop every call goes through.
+//!
+//! The client keeps one lazily connected channel per node address and a *target*: the node it
+//! believes leads. A node that is not the leader names the leader (`strata-leader`): the next
+//! attempt goes there at once. A node that does not answer moves the target to the next
+//! address, after a backoff. A call is attempted again only when that cannot duplicate it:
+//! always after a refusal (not the leader, busy), and after an unknown outcome (a broken
+//! connection, a timeout) only for idempotent calls — reads, and appends whose every event
+//! carries an id (the client gives each event one before the first attempt, so a retry is
+//! answered with the original result). Attempts are bounded by `attempts_max` and the call's
+//! `deadline`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use strata_proto::v1::cluster_client::ClusterClient;
+use strata_proto::v1::streams_client::StreamsClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::ClientConfig;
+use crate::error::{Error, Failed, Retry};
+
+/// Addresses a client learns from leader hints, beyond those it was given.
+const LEARNED_ADDRESSES_MAX: usize = 64;
+
+#[derive(Debug)]
+struct Targets {
+    /// Given addresses first, then learned ones.
+    known: Vec<String>,
+    /// Index into `known` of the node calls go to.
+    current: usize,
+    channels: HashMap<String, Channel>,
+}
+
+/// The nodes of one cluster, and where calls go.
+#[derive(Debug, Clone)]
+pub(crate) struct Connections {
+    config: Arc<ClientConfig>,
+    targets: Arc<Mutex<Targets>>,
+    jitter: Arc<AtomicU64>,
+}
+
+impl Connections {
+    pub(crate) fn new(config: ClientConfig) -> Result<Connections, Error> {
+        config.validate()?;
+        let known = config.addresses.clone();
+        let connections = Connections {
+            config: Arc::new(config),
+            targets: Arc::new(Mutex::new(Targets {
+                known,
+                current: 0,
+                channels: HashMap::new(),
+            })),
+            jitter: Arc::new(AtomicU64::new((uuid::Uuid::new_v4().as_u128() as u64) | 1)),
+        };
+        // Every address must at least parse (a channel is made lazily: no network yet).
+        for a in &connections.config.addresses {
+            connections.endpoint(a)?;
+        }
+        Ok(connections)
+    }
+
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Targets> {
+        // The state is a plain cache; a panic elsewhere cannot leave it inconsistent.
+        self.targets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, Error> {
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(url)
+            .map_err(|e| Error::Config(format!("address `{addr}`: {e}")))?
+            .connect_timeout(self.config.connect_timeout)
+            .tcp_nodelay(true);
+        #[cfg(feature = "tls")]
+        let endpoint = match &self.config.tls {
+            Some(tls) => endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Error::Config(format!("tls for `{addr}`: {e}")))?,
+            None => endpoint,
+        };
+        Ok(endpoint)
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Error> {
+        if let Some(c) = self.lock().channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = self.endpoint(addr)?.connect_lazy();
+        self.lock()
+            .channels
+            .insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// The node calls go to now.
+    pub(crate) fn target(&self) -> String {
+        let t = self.lock();
+        t.known[t.current % t.known.len()].clone()
+    }
+
+    /// A `Streams` client of `addr`, with Strata's message limits.
+    pub(crate) fn streams(&self, addr: &str) -> Result<StreamsClient<Channel>, Error> {
+        Ok(StreamsClient::new(self.channel(addr)?)
+            .max_decoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
+            .max_encoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX))
+    }
+
+    /// A `Cluster` client of `addr`.
+    pub(crate) fn cluster(&self, addr: &str) -> Result<ClusterClient<Channel>, Error> {
+        Ok(ClusterClient::new(self.channel(addr)?))
+    }
+
+    /// Calls go to `leader` from now on.
+    pub(crate) fn follow(&self, leader: &str) {
+        let mut t = self.lock();
+        match t.known.iter().position(|k| k == leader) {
+            Some(i) => t.current = i,
+            None if t.known.len() < self.config.addresses.len() + LEARNED_ADDRESSES_MAX => {
+                t.known.push(leader.to_string());
+                t.current = t.known.len() - 1;
+            }
+            // Too many learned: forget them, keep the given ones.
+            None => {
+                let given = self.config.addresses.len();
+                t.known.truncate(given);
+                t.known.push(leader.to_string());
+                t.current = given;
+            }
+        }
+    }
+
+    /// `addr` did not answer: calls go to the next node (unless another call moved on first).
+    pub(crate) fn skip(&self, addr: &str) {
+        let mut t = self.lock();
+        let n = t.known.len();
+        if t.known[t.current % n] == addr {
+            t.current = (t.current + 1) % n;
+        }
+    }
+
+    /// The wait before retry `attempt`, with jitter from a small xorshift.
+    pub(crate) fn backoff(&self, attempt: u32) -> std::time::Duration {
+        let mut x = self.jitter.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter.store(x, Ordering::Relaxed);
+        self.config
+            .backoff(attempt, (x >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
+    /// After failed attempt `attempt` of a call started at `started`: moves the target as the
+    /// failure says and waits; `Err` when the call must stop here (not retryable, or out of
+    /// attempts or time).
+    pub(crate) async fn after_failure(
+        &self,
+        addr: &str,
+        failed: Failed,
+        idempotent: bool,
+        attempt: u32,
+        started: Instant,
+    ) -> Result<(), Error> {
+        let wait = match &failed.retry {
+            Retry::No => return Err(failed.error),
+            Retry::Unknown if !idempotent => return Err(failed.error),
+            Retry::Refused {
+                leader: Some(leader),
+            } if leader != addr => {
+                self.follow(leader);
+                std::time::Duration::ZERO
+            }
+            Retry::Refused { .. } => self.backoff(attempt),
+            Retry::Unknown => {
+                self.skip(addr);
+                self.backoff(attempt)
+            }
+        };
+        if attempt >= self.config.attempts_max {
+            return Err(Error::Unavailable(format!(
+                "gave up after {attempt} attempts, the last at {addr}: {}",
+                failed.error
+            )));
+        }
+        if started.elapsed() + wait >= self.config.deadline {
+            return Err(Error::DeadlineExceeded {
+                deadline: self.config.deadline,
+                attempts: attempt,
+                last: failed.error.to_string(),
+            });
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// Makes a unary `Streams` call, retrying as the module says.
+    pub(crate) async fn call<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T, Error>
+    where
+        F: FnMut(StreamsClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_on(Connections::streams, idempotent, f).await
+    }
+
+    /// Makes a unary call on the client `make` gives for the target node, retrying as the
+    /// module says.
+    pub(crate) async fn call_on<C, T, F, Fut>(
+        &self,
+        make: fn(&Connections, &str) -> Result<C, Error>,
+        idempotent: bool,
+        mut f: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(C) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let addr = self.target();
+            let left = self.config.deadline.saturating_sub(started.elapsed());
+            let limit = self.config.attempt_timeout.min(left);
+            let failed = match tokio::time::timeout(limit, f(make(self, &addr)?)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(status)) => Failed::from_status(&status),
+                Err(_) => Failed {
+                    error: Error::Unavailable(format!("no answer from {addr} within {limit:?}")),
+                    retry: Retry::Unknown,
+                },
+            };
+            tracing::debug!(%addr, attempt, error = %failed.error, "call failed");
+            self.after_failure(&addr, failed, idempotent, attempt, started)
+                .await?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_hints_and_skips_move_the_target() {
+        let c = Connections::new(ClientConfig::new(["a:1", "b:1", "c:1"])).unwrap();
+        assert_eq!(c.target(), "a:1");
+        c.skip("a:1");
+        assert_eq!(c.target(), "b:1");
+        c.skip("a:1"); // another call already moved on
+        assert_eq!(c.target(), "b:1");
+        c.follow("c:1");
+        assert_eq!(c.target(), "c:1");
+        c.follow("d:1"); // learned from a hint
+        assert_eq!(c.target(), "d:1");
+        c.skip("d:1");
+        assert_eq!(c.target(), "a:1");
+    }
+
+    #[test]
+    fn a_bad_address_is_refused_up_front() {
+        assert!(matches!(
+            Connections::new(ClientConfig::new(["http://[::1"])),
+            Err(Error::Config(_))
+        ));
+    }
+}

@@ -1,0 +1,425 @@
+//! Pipelined appends: an [`Appender`] keeps up to `window` appends in flight on one
+//! `AppendStream` call and batches those that arrive within `linger` into one message.
+//!
+//! ```text
+//!  append() ──(window: a semaphore)──▶ queue ──▶ pending ──linger/full──▶ outbox ──▶ call ──▶ node
+//!     ▲                                                                              │
+//!     └──────────────── PendingAppend resolves ◀── in flight (FIFO) ◀── answers ◀────┘
+//! ```
+//!
+//! One task owns the call. It never waits on one side only: it sends while it reads answers
+//! (a node that stops reading is waiting for us to read its answers). Answers come in the
+//! order sent, so the oldest in-flight batch is the one answered. An append the node refused
+//! (not the leader, busy) and every append in flight on a call that broke go back, in order,
+//! to the front of the next call (to the named leader, or the next node) with the same event
+//! ids, so a retry of one that did commit is answered with its original result. An append is
+//! given up after `attempts_max` calls or when the appender's calls keep failing past the
+//! `deadline` (then `Unavailable`: it may have committed; the same ids can be retried).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use strata_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant as TokioInstant;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::client::{with_ids, ExpectedVersion};
+use crate::conn::Connections;
+use crate::error::{Error, Failed, Retry};
+
+/// Messages handed to the transport and not yet sent.
+const MESSAGES_QUEUED: usize = 4;
+
+type Reply = oneshot::Sender<Result<pb::AppendResponse, Error>>;
+
+/// One append on its way.
+struct Item {
+    request: pb::AppendRequest,
+    bytes: usize,
+    reply: Reply,
+    /// Calls it was in flight on that failed.
+    attempts: u32,
+    _room: OwnedSemaphorePermit,
+}
+
+/// The result of one pipelined append, once the node answers it.
+pub struct PendingAppend(oneshot::Receiver<Result<pb::AppendResponse, Error>>);
+
+impl Future for PendingAppend {
+    type Output = Result<pb::AppendResponse, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(Error::Appender("the appender stopped".into()))))
+    }
+}
+
+/// Pipelined appends over one connection. Cheap to clone (clones share the call and the
+/// window); the call ends when the last clone is dropped and every append is answered.
+#[derive(Clone)]
+pub struct Appender {
+    queue: mpsc::UnboundedSender<Item>,
+    room: Arc<Semaphore>,
+    window: usize,
+}
+
+impl Appender {
+    pub(crate) fn start(conn: Connections) -> Appender {
+        // Unbounded in type, bounded by `room`: every queued item holds a window permit.
+        let (queue, rx) = mpsc::unbounded_channel();
+        let window = conn.config().window;
+        let room = Arc::new(Semaphore::new(window));
+        tokio::spawn(Pipeline::new(conn, rx).run());
+        Appender {
+            queue,
+            room,
+            window,
+        }
+    }
+
+    /// Queues an append of `events` to `stream` at `expected` once the window has room, and
+    /// returns its answer to come. Events without an id get one.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<pb::NewEvent>,
+    ) -> Result<PendingAppend, Error> {
+        self.append_request(pb::AppendRequest {
+            stream: stream.to_string(),
+            expected: Some(expected.wire()),
+            events,
+        })
+        .await
+    }
+
+    /// [`Appender::append`] of a request as the wire has it.
+    pub async fn append_request(&self, request: pb::AppendRequest) -> Result<PendingAppend, Error> {
+        let room = self
+            .room
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Appender("closed".into()))?;
+        self.queue_with(request, room)
+    }
+
+    /// Like [`Appender::append_request`], but fails at once when the window is full.
+    pub fn try_append_request(&self, request: pb::AppendRequest) -> Result<PendingAppend, Error> {
+        let room = self.room.clone().try_acquire_owned().map_err(|_| {
+            Error::Appender("the window is full (appends in flight reached `window`)".into())
+        })?;
+        self.queue_with(request, room)
+    }
+
+    fn queue_with(
+        &self,
+        mut request: pb::AppendRequest,
+        room: OwnedSemaphorePermit,
+    ) -> Result<PendingAppend, Error> {
+        with_ids(&mut request.events);
+        let (reply, answer) = oneshot::channel();
+        let bytes = prost_len(&request);
+        self.queue
+            .send(Item {
+                request,
+                bytes,
+                reply,
+                attempts: 0,
+                _room: room,
+            })
+            .map_err(|_| Error::Appender("the appender stopped".into()))?;
+        Ok(PendingAppend(answer))
+    }
+
+    /// Appends in flight (queued, sent or being retried) now.
+    pub fn in_flight(&self) -> usize {
+        self.window.saturating_sub(self.room.available_permits())
+    }
+}
+
+fn prost_len(request: &pb::AppendRequest) -> usize {
+    prost::Message::encoded_len(request)
+}
+
+/// The task behind an [`Appender`].
+struct Pipeline {
+    conn: Connections,
+    queue: mpsc::UnboundedReceiver<Item>,
+    queue_open: bool,
+    /// Queued items being lingered over, in order.
+    pending: Vec<Item>,
+    /// When `pending` goes out at the latest.
+    flush_at: Option<TokioInstant>,
+    /// Batches ready to send, in order (retries first).
+    outbox: VecDeque<Vec<Item>>,
+    /// Batches sent on the current call, oldest first.
+    in_flight: VecDeque<Vec<Item>>,
+    /// Consecutive failed calls, and since when.
+    failures: u32,
+    failing_since: Option<Instant>,
+}
+
+impl Pipeline {
+    fn new(conn: Connections, queue: mpsc::UnboundedReceiver<Item>) -> Pipeline {
+        Pipeline {
+            conn,
+            queue,
+            queue_open: true,
+            pending: Vec::new(),
+            flush_at: None,
+            outbox: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            failures: 0,
+            failing_since: None,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.pending.is_empty() && self.outbox.is_empty() && self.in_flight.is_empty()
+    }
+
+    async fn run(mut self) {
+        loop {
+            if self.idle() {
+                if !self.queue_open {
+                    return;
+                }
+                // No call is kept open while there is nothing to send.
+                match self.queue.recv().await {
+                    Some(item) => self.take(item),
+                    None => return,
+                }
+            }
+            let addr = self.conn.target();
+            let failed = self.call(&addr).await;
+            if let Some(failed) = failed {
+                self.after_failure(&addr, failed).await;
+            }
+        }
+    }
+
+    /// Adds a queued item (and whatever else is queued now) to `pending`; flushes when full or
+    /// when there is no linger.
+    fn take(&mut self, item: Item) {
+        self.pending.push(item);
+        while self.pending.len() < self.conn.config().batch_appends_max {
+            match self.queue.try_recv() {
+                Ok(item) => self.pending.push(item),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.queue_open = false;
+                    break;
+                }
+            }
+        }
+        let linger = self.conn.config().linger;
+        let full = self.pending.len() >= self.conn.config().batch_appends_max;
+        if linger.is_zero() || full {
+            self.flush();
+        } else if self.flush_at.is_none() {
+            self.flush_at = Some(TokioInstant::now() + linger);
+        }
+    }
+
+    /// Moves `pending` into batches within the count and byte bounds.
+    fn flush(&mut self) {
+        let config = self.conn.config();
+        let mut batch: Vec<Item> = Vec::new();
+        let mut bytes = 0;
+        for item in self.pending.drain(..) {
+            if !batch.is_empty()
+                && (batch.len() >= config.batch_appends_max
+                    || bytes + item.bytes > config.batch_bytes_max)
+            {
+                self.outbox.push_back(std::mem::take(&mut batch));
+                bytes = 0;
+            }
+            bytes += item.bytes;
+            batch.push(item);
+        }
+        if !batch.is_empty() {
+            self.outbox.push_back(batch);
+        }
+        self.flush_at = None;
+    }
+
+    /// Runs one call until it breaks (`Some`) or there is nothing left to do (`None`).
+    async fn call(&mut self, addr: &str) -> Option<Failed> {
+        let mut client = match self.conn.streams(addr) {
+            Ok(c) => c,
+            Err(error) => {
+                return Some(Failed {
+                    error,
+                    retry: Retry::No,
+                })
+            }
+        };
+        let (tx, rx) = mpsc::channel(MESSAGES_QUEUED);
+        let opened = tokio::time::timeout(
+            self.conn.config().attempt_timeout,
+            client.append_stream(ReceiverStream::new(rx)),
+        )
+        .await;
+        let mut answers = match opened {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return Some(Failed::from_status(&status)),
+            Err(_) => {
+                return Some(Failed {
+                    error: Error::Unavailable(format!("{addr} did not open the append stream")),
+                    retry: Retry::Unknown,
+                })
+            }
+        };
+        loop {
+            if self.idle() && !self.queue_open {
+                return None;
+            }
+            let flush_at = self.flush_at;
+            tokio::select! {
+                biased;
+                answer = answers.message() => {
+                    let failed = match answer {
+                        Ok(Some(answer)) => self.answered(answer),
+                        Ok(None) => Some(Failed { error: Error::Unavailable(format!("{addr} ended the append stream")), retry: Retry::Unknown }),
+                        Err(status) => Some(Failed::from_status(&status)),
+                    };
+                    if failed.is_some() {
+                        return failed;
+                    }
+                    // A good answer: the node serves us.
+                    self.failures = 0;
+                    self.failing_since = None;
+                }
+                permit = tx.reserve(), if !self.outbox.is_empty() => {
+                    let Ok(permit) = permit else {
+                        return Some(Failed { error: Error::Unavailable("the append stream closed".into()), retry: Retry::Unknown });
+                    };
+                    if let Some(batch) = self.outbox.pop_front() {
+                        let appends = batch.iter().map(|i| i.request.clone()).collect();
+                        permit.send(pb::AppendStreamRequest { appends });
+                        self.in_flight.push_back(batch);
+                    }
+                }
+                item = self.queue.recv(), if self.queue_open => match item {
+                    Some(item) => self.take(item),
+                    None => {
+                        self.queue_open = false;
+                        self.flush();
+                    }
+                },
+                _ = sleep_until(flush_at), if flush_at.is_some() => self.flush(),
+            }
+            if self.in_flight.is_empty() && self.outbox.is_empty() && self.pending.is_empty() {
+                // Idle: end this call; the next append opens a new one.
+                return None;
+            }
+        }
+    }
+
+    /// Answers the oldest batch in flight; `Some` when the call must be given up (an append
+    /// was refused and must go elsewhere, or the answer does not fit).
+    fn answered(&mut self, answer: pb::AppendStreamResponse) -> Option<Failed> {
+        let Some(batch) = self.in_flight.pop_front() else {
+            return Some(Failed {
+                error: Error::Unavailable("an answer came with nothing in flight".into()),
+                retry: Retry::Unknown,
+            });
+        };
+        if answer.results.len() != batch.len() {
+            let failed = Failed {
+                error: Error::Unavailable(format!(
+                    "{} results answered a batch of {}",
+                    answer.results.len(),
+                    batch.len()
+                )),
+                retry: Retry::Unknown,
+            };
+            self.in_flight.push_front(batch);
+            return Some(failed);
+        }
+        let mut refused: Option<Failed> = None;
+        let mut again = Vec::new();
+        for (item, result) in batch.into_iter().zip(answer.results) {
+            use pb::append_result::Outcome;
+            let failed = match result.outcome {
+                Some(Outcome::Appended(r)) => {
+                    let _ = item.reply.send(Ok(r));
+                    continue;
+                }
+                Some(Outcome::Error(e)) => Failed::from_append_error(e),
+                None => Failed {
+                    error: Error::Unavailable("an empty result".into()),
+                    retry: Retry::Unknown,
+                },
+            };
+            match failed.retry {
+                Retry::No => {
+                    let _ = item.reply.send(Err(failed.error));
+                }
+                _ => {
+                    again.push(item);
+                    refused.get_or_insert(failed);
+                }
+            }
+        }
+        if !again.is_empty() {
+            // They go first on the next call, before what is still in flight here.
+            self.in_flight.push_front(again);
+        }
+        refused
+    }
+
+    /// A call broke: what was in flight goes back to the front, in order, each counting an
+    /// attempt; then the target moves and the task waits as for any call.
+    async fn after_failure(&mut self, addr: &str, failed: Failed) {
+        let attempts_max = self.conn.config().attempts_max;
+        let mut back: Vec<Item> = Vec::new();
+        for item in self.in_flight.drain(..).flatten() {
+            let mut item = item;
+            item.attempts += 1;
+            if item.attempts >= attempts_max {
+                let _ = item.reply.send(Err(Error::Unavailable(format!(
+                    "gave up after {} attempts (it may have committed; retry with the same event ids): {}",
+                    item.attempts, failed.error
+                ))));
+            } else {
+                back.push(item);
+            }
+        }
+        // Re-batched within the bounds: in flight first, then what was waiting to go.
+        back.extend(self.outbox.drain(..).flatten());
+        back.append(&mut self.pending);
+        self.pending = back;
+        self.flush();
+        self.failures += 1;
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        tracing::debug!(%addr, failures = self.failures, error = %failed.error, "append stream broke");
+        if let Err(error) = self
+            .conn
+            .after_failure(addr, failed, true, self.failures, since)
+            .await
+        {
+            // Out of attempts or time: everything waiting fails; later appends start afresh.
+            self.flush();
+            for item in self.outbox.drain(..).flatten() {
+                let _ = item.reply.send(Err(error.clone()));
+            }
+            self.failures = 0;
+            self.failing_since = None;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<TokioInstant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

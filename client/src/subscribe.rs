@@ -1,0 +1,310 @@
+//! Subscriptions that survive their node: when the call breaks (the node is killed, restarts,
+//! shuts down, or cuts off a slow reader), the subscription reconnects — to the next node if
+//! that one does not answer — and resumes right after the last event it delivered.
+//!
+//! No gap, no duplicate: a stream subscription resumes at the version after the last one
+//! delivered. A `$all` subscription delivers a record's events together but may break inside
+//! one; it resumes after the last record it finished and skips the events of the unfinished
+//! record it has already delivered (every node holds the same log, and the filter is the
+//! same, so the same events come back in the same order). `CaughtUp` is delivered once.
+//! Reconnecting is bounded like any call: `attempts_max` attempts in a row and `deadline`
+//! from the first failure since the last event.
+
+use std::time::Instant;
+
+use strata_proto::v1 as pb;
+use tonic::Code;
+
+use crate::conn::Connections;
+use crate::error::{Error, Failed, Retry};
+
+/// What a subscription follows.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One stream.
+    Stream(String),
+    /// The whole log, optionally filtered.
+    All(Option<pb::Filter>),
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The first event.
+    Beginning,
+    /// A stream subscription: this version first.
+    Version(u64),
+    /// A `$all` subscription: the records after this position.
+    AfterPosition(u64),
+    /// What is appended from now on. Resuming is exact from the first event delivered; a
+    /// stream subscription pins "now" to a version when it starts.
+    End,
+}
+
+/// What a subscription delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// The next event.
+    Event(pb::RecordedEvent),
+    /// Everything that existed at the start has been delivered; live events follow.
+    CaughtUp,
+}
+
+/// Where to resume.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    /// Stream: the next version to deliver.
+    next_version: Option<u64>,
+    /// `$all`: the last record delivered whole.
+    after: Option<u64>,
+    /// `$all`: the record being delivered and how many of its events were.
+    current: Option<(u64, usize)>,
+}
+
+/// A live subscription (see the module docs). Read it with [`Subscription::next`].
+pub struct Subscription {
+    conn: Connections,
+    target: Target,
+    start: Start,
+    cursor: Cursor,
+    call: Option<tonic::Streaming<pb::SubscribeResponse>>,
+    /// Events of the current record to drop after a resume.
+    skip: usize,
+    caught_up: bool,
+    failures: u32,
+    failing_since: Option<Instant>,
+}
+
+impl Subscription {
+    pub(crate) fn new(conn: Connections, target: Target, start: Start) -> Subscription {
+        Subscription {
+            conn,
+            target,
+            start,
+            cursor: Cursor::default(),
+            call: None,
+            skip: 0,
+            caught_up: false,
+            failures: 0,
+            failing_since: None,
+        }
+    }
+
+    /// The request that resumes where the subscription is.
+    fn request(&self) -> pb::SubscribeRequest {
+        use pb::subscribe_request::{Start as S, Target as T};
+        let (target, filter) = match &self.target {
+            Target::Stream(s) => (T::Stream(s.clone()), None),
+            Target::All(f) => (T::All(pb::Empty {}), f.clone()),
+        };
+        let start = match (self.cursor.next_version, self.cursor.after, self.start) {
+            (Some(v), _, _) => Some(S::FromVersion(v)),
+            (_, Some(p), _) => Some(S::AfterPosition(p)),
+            // Nothing finished yet: the original start (a record being delivered is skipped
+            // into by `skip`).
+            (_, _, Start::Beginning) => None,
+            (_, _, Start::Version(v)) => Some(S::FromVersion(v)),
+            (_, _, Start::AfterPosition(p)) => Some(S::AfterPosition(p)),
+            (_, _, Start::End) => Some(S::FromEnd(pb::Empty {})),
+        };
+        pb::SubscribeRequest {
+            target: Some(target),
+            start,
+            filter,
+        }
+    }
+
+    /// A stream subscription from the end starts at the version after the current one, so a
+    /// reconnect before the first event misses nothing.
+    async fn pin_end(&mut self) -> Result<(), Error> {
+        if let (Target::Stream(stream), Start::End) = (&self.target, self.start) {
+            let info = crate::Client::from_connections(self.conn.clone())
+                .stream_info(stream, pb::Consistency::Linearizable)
+                .await?;
+            let next = if info.exists {
+                info.current_version.saturating_add(1)
+            } else {
+                0
+            };
+            self.start = Start::Version(next);
+        }
+        Ok(())
+    }
+
+    /// The next event (or `CaughtUp`); `None` never comes while the subscription is healthy:
+    /// it ends with an error when it cannot resume.
+    pub async fn next(&mut self) -> Result<Item, Error> {
+        loop {
+            let failed = match self.call.as_mut() {
+                None => match self.open().await {
+                    Ok(()) => continue,
+                    Err(f) => f,
+                },
+                Some(call) => match call.message().await {
+                    Ok(Some(pb::SubscribeResponse { item: Some(item) })) => {
+                        if let Some(out) = self.deliver(item) {
+                            return Ok(out);
+                        }
+                        continue;
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => Failed {
+                        error: Error::Unavailable("the node ended the subscription".into()),
+                        retry: Retry::Unknown,
+                    },
+                    Err(status) => resumable(Failed::from_status(&status)),
+                },
+            };
+            self.call = None;
+            self.recover(failed).await?;
+        }
+    }
+
+    async fn open(&mut self) -> Result<(), Failed> {
+        let unavailable = |error: Error| Failed {
+            retry: match &error {
+                Error::Unavailable(_) | Error::DeadlineExceeded { .. } => Retry::Unknown,
+                _ => Retry::No,
+            },
+            error,
+        };
+        self.pin_end().await.map_err(unavailable)?;
+        let addr = self.conn.target();
+        let mut client = self.conn.streams(&addr).map_err(unavailable)?;
+        let request = self.request();
+        self.skip = if self.cursor.next_version.is_none() {
+            self.cursor.current.map_or(0, |(_, n)| n)
+        } else {
+            0
+        };
+        let opened = tokio::time::timeout(
+            self.conn.config().attempt_timeout,
+            client.subscribe(request),
+        )
+        .await;
+        match opened {
+            Ok(Ok(r)) => {
+                self.call = Some(r.into_inner());
+                Ok(())
+            }
+            Ok(Err(status)) => Err(resumable(Failed::from_status(&status))),
+            Err(_) => Err(Failed {
+                error: Error::Unavailable(format!("{addr} did not open the subscription")),
+                retry: Retry::Unknown,
+            }),
+        }
+    }
+
+    /// Moves the target as the failure says and waits; `Err` when the subscription must end.
+    async fn recover(&mut self, failed: Failed) -> Result<(), Error> {
+        self.failures += 1;
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        let addr = self.conn.target();
+        tracing::debug!(%addr, failures = self.failures, error = %failed.error, "subscription broke; resuming");
+        self.conn
+            .after_failure(&addr, failed, true, self.failures, since)
+            .await
+    }
+
+    /// Advances the cursor past one delivered item; `None` for an item not to hand on (a
+    /// repeat after a resume).
+    fn deliver(&mut self, item: pb::subscribe_response::Item) -> Option<Item> {
+        use pb::subscribe_response::Item as I;
+        let event = match item {
+            I::CaughtUp(_) if self.caught_up => return None,
+            I::CaughtUp(_) => {
+                self.caught_up = true;
+                return Some(Item::CaughtUp);
+            }
+            I::Event(e) => e,
+        };
+        if let Target::Stream(_) = self.target {
+            self.cursor.next_version = event.version.checked_add(1);
+        } else {
+            match self.cursor.current {
+                Some((p, n)) if p == event.position => {
+                    if self.skip > 0 {
+                        self.skip -= 1;
+                        return None;
+                    }
+                    self.cursor.current = Some((p, n + 1));
+                }
+                previous => {
+                    if let Some((p, _)) = previous {
+                        self.cursor.after = Some(p);
+                    }
+                    self.skip = 0;
+                    self.cursor.current = Some((event.position, 1));
+                }
+            }
+        }
+        self.failures = 0;
+        self.failing_since = None;
+        Some(Item::Event(event))
+    }
+}
+
+/// A subscription also resumes after a node cut it off for reading too slowly.
+fn resumable(failed: Failed) -> Failed {
+    match &failed.error {
+        Error::Server {
+            code: Code::ResourceExhausted,
+            ..
+        } => Failed {
+            retry: Retry::Unknown,
+            ..failed
+        },
+        _ => failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClientConfig;
+
+    fn ev(position: u64, version: u64) -> pb::subscribe_response::Item {
+        pb::subscribe_response::Item::Event(pb::RecordedEvent {
+            stream: "s".into(),
+            version,
+            position,
+            ..Default::default()
+        })
+    }
+
+    fn sub(target: Target, start: Start) -> Subscription {
+        let conn = Connections::new(ClientConfig::new(["127.0.0.1:1"])).unwrap();
+        Subscription::new(conn, target, start)
+    }
+
+    #[test]
+    fn an_all_subscription_resumes_after_the_last_whole_record_and_skips_what_it_gave() {
+        use pb::subscribe_request::Start as S;
+        let mut s = sub(Target::All(None), Start::AfterPosition(5));
+        assert_eq!(s.request().start, Some(S::AfterPosition(5)));
+        assert!(s.deliver(ev(10, 0)).is_some());
+        assert!(s.deliver(ev(10, 1)).is_some());
+        // Broke inside record 10: resume from the original start, skip the two given.
+        assert_eq!(s.request().start, Some(S::AfterPosition(5)));
+        s.skip = 2;
+        assert!(s.deliver(ev(10, 0)).is_none());
+        assert!(s.deliver(ev(10, 1)).is_none());
+        assert!(s.deliver(ev(10, 2)).is_some());
+        assert!(s.deliver(ev(20, 0)).is_some());
+        assert_eq!(s.request().start, Some(S::AfterPosition(10)));
+        assert_eq!(s.cursor.current, Some((20, 1)));
+    }
+
+    #[test]
+    fn a_stream_subscription_resumes_at_the_next_version_and_caught_up_comes_once() {
+        use pb::subscribe_request::Start as S;
+        let mut s = sub(Target::Stream("s".into()), Start::Beginning);
+        assert_eq!(s.request().start, None);
+        assert!(s.deliver(ev(1, 0)).is_some());
+        assert!(s.deliver(ev(2, 1)).is_some());
+        assert_eq!(s.request().start, Some(S::FromVersion(2)));
+        let caught = pb::subscribe_response::Item::CaughtUp(pb::Empty {});
+        assert_eq!(s.deliver(caught.clone()), Some(Item::CaughtUp));
+        assert_eq!(s.deliver(caught), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! `AppendStream`: many appends in flight on one call, answered in order.
+//!
+//! ```text
+//!  client ──request messages──▶ read (while the window has room) ──▶ in flight (FIFO) ──▶ answers
+//!          (1..=1024 appends)      each append handed on at once     ≤ window appends     ≤ 16 msgs
+//!                                  (engine queue or Raft proposals)  ≤ window bytes
+//! ```
+//!
+//! Each append goes the unary `Append`'s way (same checks, same errors), so the engine's group
+//! commit or one Raft entry takes many of them together. Answers leave in the order the
+//! requests came. Flow control is by not reading: once the appends (or bytes) in flight reach
+//! the window, the call reads no further message until an answer leaves, and an answer waits
+//! while the client leaves [`ANSWERS_BUFFERED`] answers unread — so HTTP/2 flow control stops
+//! the client, and a call holds at most the window plus one message. A client that goes away
+//! loses nothing acknowledged: appends already handed on still commit (their answers are
+//! dropped); a retry with the same ids is answered with the original result.
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use strata_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use crate::service::StreamsService;
+use crate::status::invalid;
+use strata_proto::metadata::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY, LEADER_KEY};
+
+/// Most appends in one `AppendStreamRequest`.
+pub const APPENDS_PER_MESSAGE_MAX: usize = 1024;
+/// Answer messages a call buffers for a client that does not read them, before it stops.
+pub const ANSWERS_BUFFERED: usize = 16;
+
+/// How much one call may have in flight: see [`crate::ServiceConfig::append_window`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Appends.
+    pub appends: usize,
+    /// Bytes of appends, encoded.
+    pub bytes: usize,
+}
+
+/// The answers of one call.
+pub type AnswerStream = ReceiverStream<Result<pb::AppendStreamResponse, Status>>;
+
+/// Starts serving one call.
+pub fn start(
+    service: StreamsService,
+    inbound: Streaming<pb::AppendStreamRequest>,
+    window: Window,
+) -> AnswerStream {
+    let (tx, rx) = mpsc::channel(ANSWERS_BUFFERED);
+    tokio::spawn(run(service, inbound, tx, window));
+    ReceiverStream::new(rx)
+}
+
+/// A request message's appends, checked for count; with their encoded size.
+fn appends_of(message: pb::AppendStreamRequest) -> Result<(Vec<pb::AppendRequest>, usize), Status> {
+    let n = message.appends.len();
+    if n == 0 || n > APPENDS_PER_MESSAGE_MAX {
+        return Err(invalid(
+            "appends",
+            format!("a message carries 1 to {APPENDS_PER_MESSAGE_MAX} appends, not {n}"),
+        ));
+    }
+    let bytes = message
+        .appends
+        .iter()
+        .map(prost::Message::encoded_len)
+        .sum();
+    Ok((message.appends, bytes))
+}
+
+async fn run(
+    service: StreamsService,
+    mut inbound: Streaming<pb::AppendStreamRequest>,
+    tx: mpsc::Sender<Result<pb::AppendStreamResponse, Status>>,
+    window: Window,
+) {
+    let mut in_flight = FuturesOrdered::new();
+    let (mut appends, mut bytes) = (0usize, 0usize);
+    let mut reading = true;
+    loop {
+        let room = appends < window.appends && bytes < window.bytes;
+        tokio::select! {
+            biased;
+            Some((answer, n, b)) = in_flight.next(), if !in_flight.is_empty() => {
+                appends -= n;
+                bytes -= b;
+                if tx.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+            message = inbound.message(), if reading && room => match message.and_then(|m| m.map(appends_of).transpose()) {
+                Ok(Some((batch, size))) => {
+                    let n = batch.len();
+                    appends += n;
+                    bytes += size;
+                    let service = service.clone();
+                    in_flight.push_back(async move {
+                        let results = futures_util::future::join_all(
+                            batch.into_iter().map(|a| service.append_one(a)),
+                        )
+                        .await
+                        .into_iter()
+                        .map(result)
+                        .collect();
+                        (pb::AppendStreamResponse { results }, n, size)
+                    });
+                }
+                Ok(None) => reading = false,
+                Err(status) => {
+                    // Answers already due go first; then the call ends with the error.
+                    while let Some((answer, _, _)) = in_flight.next().await {
+                        if tx.send(Ok(answer)).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            },
+            else => return,
+        }
+    }
+}
+
+/// One append's outcome as the stream answers it.
+fn result(outcome: Result<pb::AppendResponse, Status>) -> pb::AppendResult {
+    use pb::append_result::Outcome;
+    pb::AppendResult {
+        outcome: Some(match outcome {
+            Ok(r) => Outcome::Appended(r),
+            Err(status) => Outcome::Error(append_error(&status)),
+        }),
+    }
+}
+
+/// A status as an [`pb::AppendError`]: the same code, message and metadata.
+pub fn append_error(status: &Status) -> pb::AppendError {
+    let md = |key: &str| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    pb::AppendError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        kind: md(ERROR_KIND_KEY).unwrap_or_default(),
+        actual_version: md(ACTUAL_VERSION_KEY).and_then(|v| v.parse().ok()),
+        leader: md(LEADER_KEY).unwrap_or_default(),
+    }
+}
