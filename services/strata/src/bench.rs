@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_proto::v1 as pb;
-use strata_proto::v1::streams_client::StreamsClient;
+use strata_client::pb;
 
 use crate::client::ServerArg;
 use crate::{output, Failure};
@@ -37,6 +36,14 @@ pub struct BenchAppendArgs {
     /// node runs it) has dead events to reclaim while the bench writes.
     #[arg(long)]
     max_count: Option<u64>,
+    /// Appends in flight per connection, pipelined on one AppendStream call (then --clients
+    /// is the number of connections); 0: each client waits for its append (unary Append).
+    #[arg(long, default_value_t = 0)]
+    pipeline: usize,
+    /// With --pipeline: microseconds to wait for more appends to batch into one message after
+    /// the first (0: send what is queued at once).
+    #[arg(long, default_value_t = 0)]
+    linger_us: u64,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -65,8 +72,15 @@ pub enum BenchCommand {
     State(crate::bench_state::BenchStateArgs),
 }
 
-/// Clients share this many HTTP/2 connections.
+/// Unpipelined clients share this many HTTP/2 connections.
 const CONNECTIONS: usize = 4;
+
+fn bad_usage(message: &str) -> Failure {
+    Failure {
+        message: message.into(),
+        exit_code: 2,
+    }
+}
 
 /// Runs a benchmark.
 pub async fn run(command: BenchCommand) -> Result<(), Failure> {
@@ -76,35 +90,34 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         BenchCommand::State(args) => return crate::bench_state::run(args).await,
     };
     if args.clients == 0 || args.batch == 0 || args.duration == 0 {
-        return Err(Failure {
-            message: "--clients, --batch and --duration must be at least 1".into(),
-            exit_code: 2,
-        });
+        return Err(bad_usage(
+            "--clients, --batch and --duration must be at least 1",
+        ));
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(bad_usage(
+            "--rate must be a positive number of appends per second",
+        ));
+    }
+    if args.pipeline > 0 && args.rate.is_some() {
+        return Err(bad_usage(
+            "--rate paces one append at a time; drop --pipeline",
+        ));
     }
     // On a replicated shard, load the leader.
-    let server = crate::client::ServerArg {
-        server: crate::cluster_cmd::leader_addr(&args.server.server).await?,
+    let server = ServerArg {
+        server: crate::cluster_cmd::leader_addr(&args.server).await?,
     };
-    let mut channels = Vec::new();
-    for _ in 0..CONNECTIONS.min(args.clients) {
-        channels.push(crate::client::connect(&server).await?);
-    }
+    let nodes = node_addresses(&server).await?;
     let streams = args.streams.unwrap_or(args.clients).max(1);
-    let data = Arc::new(vec![0x5au8; args.event_bytes]);
-    let deadline = Instant::now() + Duration::from_secs(args.duration);
-    let run = uuid::Uuid::new_v4().as_u128();
-    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err(Failure {
-            message: "--rate must be a positive number of appends per second".into(),
-            exit_code: 2,
-        });
-    }
+    let run = uuid::Uuid::new_v4().as_u128() as u32;
+    let stream_name = move |i: usize| format!("bench-{run:x}-{}", i % streams);
     if let Some(max_count) = args.max_count {
-        let mut client = channels[0].clone();
+        let client = server.client()?;
         for s in 0..streams {
             client
-                .set_stream_metadata(pb::SetStreamMetadataRequest {
-                    stream: format!("bench-{:x}-{s}", run as u32),
+                .set_metadata(pb::SetStreamMetadataRequest {
+                    stream: stream_name(s),
                     metadata: Some(pb::StreamMetadata {
                         max_age_us: None,
                         max_count: Some(max_count),
@@ -116,52 +129,18 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
                 .map_err(crate::client::failure)?;
         }
     }
-    // Each client sends one append per `period`, offset so the load is even.
-    let period = args
-        .rate
-        .map(|r| Duration::from_secs_f64(args.clients as f64 / r));
+    let load = Load {
+        data: Arc::new(vec![0x5au8; args.event_bytes]),
+        batch: args.batch,
+        deadline: Instant::now() + Duration::from_secs(args.duration),
+    };
+    let cpu_before = (cluster_cpu_us(&server, &nodes).await, process_cpu_us());
     let started = Instant::now();
-    let tasks: Vec<_> = (0..args.clients)
-        .map(|c| {
-            let mut client: StreamsClient<_> = channels[c % channels.len()].clone();
-            let data = data.clone();
-            let batch = args.batch;
-            let clients = args.clients as u32;
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut errors = 0u64;
-                let stream = format!("bench-{:x}-{}", run as u32, c % streams);
-                let mut next = period.map(|p| started + p * c as u32 / clients);
-                while Instant::now() < deadline {
-                    if let (Some(at), Some(p)) = (next.as_mut(), period) {
-                        tokio::time::sleep_until((*at).into()).await;
-                        *at += p;
-                    }
-                    let events = (0..batch)
-                        .map(|_| pb::NewEvent {
-                            id: String::new(),
-                            r#type: "BenchEvent".into(),
-                            data: data.to_vec(),
-                            metadata: Vec::new(),
-                        })
-                        .collect();
-                    let t = Instant::now();
-                    match client
-                        .append(pb::AppendRequest {
-                            stream: stream.clone(),
-                            expected: None,
-                            events,
-                        })
-                        .await
-                    {
-                        Ok(_) => latencies.push(t.elapsed()),
-                        Err(_) => errors += 1,
-                    }
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
+    let tasks = if args.pipeline > 0 {
+        pipelined(&args, &server, &load, &stream_name)?
+    } else {
+        one_at_a_time(&args, &server, &load, &stream_name, started)?
+    };
     let mut latencies = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -172,6 +151,166 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = (cluster_cpu_us(&server, &nodes).await, process_cpu_us());
+    report(&args, latencies, errors, elapsed, cpu_before, cpu_after)
+}
+
+/// What every bench client sends.
+#[derive(Clone)]
+struct Load {
+    data: Arc<Vec<u8>>,
+    batch: usize,
+    deadline: Instant,
+}
+
+impl Load {
+    fn request(&self, stream: String) -> pb::AppendRequest {
+        pb::AppendRequest {
+            stream,
+            expected: None,
+            events: (0..self.batch)
+                .map(|_| pb::NewEvent {
+                    id: String::new(),
+                    r#type: "BenchEvent".into(),
+                    data: self.data.to_vec(),
+                    metadata: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+}
+
+type ClientTask = tokio::task::JoinHandle<(Vec<Duration>, u64)>;
+
+/// `--clients` tasks each waiting for its append before the next (unary `Append`), over
+/// [`CONNECTIONS`] connections.
+fn one_at_a_time(
+    args: &BenchAppendArgs,
+    server: &ServerArg,
+    load: &Load,
+    stream_name: &(impl Fn(usize) -> String + Clone + Send + 'static),
+    started: Instant,
+) -> Result<Vec<ClientTask>, Failure> {
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS.min(args.clients) {
+        clients.push(server.client()?);
+    }
+    // Each client sends one append per `period`, offset so the load is even.
+    let period = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.clients as f64 / r));
+    Ok((0..args.clients)
+        .map(|c| {
+            let client = clients[c % clients.len()].clone();
+            let load = load.clone();
+            let count = args.clients as u32;
+            let stream = stream_name(c);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let mut next = period.map(|p| started + p * c as u32 / count);
+                while Instant::now() < load.deadline {
+                    if let (Some(at), Some(p)) = (next.as_mut(), period) {
+                        tokio::time::sleep_until((*at).into()).await;
+                        *at += p;
+                    }
+                    let t = Instant::now();
+                    match client.append_request(load.request(stream.clone())).await {
+                        Ok(_) => latencies.push(t.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect())
+}
+
+/// `--clients` connections, each one `AppendStream` call keeping `--pipeline` appends in
+/// flight; latency is from queueing an append to its answer.
+fn pipelined(
+    args: &BenchAppendArgs,
+    server: &ServerArg,
+    load: &Load,
+    stream_name: &(impl Fn(usize) -> String + Clone + Send + 'static),
+) -> Result<Vec<ClientTask>, Failure> {
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let window = args.pipeline;
+        let linger = Duration::from_micros(args.linger_us);
+        let client = server.client_with(|config| {
+            config.window = window;
+            config.linger = linger;
+        })?;
+        let appender = client.appender();
+        let load = load.clone();
+        let stream = stream_name(c);
+        // Answers are awaited in order by a second task, so sending never waits on them
+        // beyond the window.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(window);
+        tokio::spawn(async move {
+            while Instant::now() < load.deadline {
+                let t = Instant::now();
+                let Ok(pending) = appender.append_request(load.request(stream.clone())).await
+                else {
+                    break;
+                };
+                if tx.send((t, pending)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while let Some((t, pending)) = rx.recv().await {
+                match pending.await {
+                    Ok(_) => latencies.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    Ok(tasks)
+}
+
+/// The client addresses of every node of the shard `server` leads (itself alone when it runs
+/// without replication).
+async fn node_addresses(server: &ServerArg) -> Result<Vec<String>, Failure> {
+    let client = server.client()?;
+    let s = client
+        .cluster_status(&server.server)
+        .await
+        .map_err(crate::client::failure)?;
+    Ok(match s.node_id {
+        0 => vec![server.server.clone()],
+        _ => s.nodes.into_iter().map(|n| n.addr).collect(),
+    })
+}
+
+/// CPU microseconds used so far by every node's process (`None` when one does not say).
+async fn cluster_cpu_us(server: &ServerArg, nodes: &[String]) -> Option<u64> {
+    let client = server.client().ok()?;
+    let mut total = 0;
+    for n in nodes {
+        total += client.cluster_status(n).await.ok()?.process_cpu_us;
+    }
+    Some(total)
+}
+
+fn process_cpu_us() -> u64 {
+    strata_shard::cluster::process_cpu_us()
+}
+
+fn report(
+    args: &BenchAppendArgs,
+    mut latencies: Vec<Duration>,
+    errors: u64,
+    elapsed: f64,
+    cpu_before: (Option<u64>, u64),
+    cpu_after: (Option<u64>, u64),
+) -> Result<(), Failure> {
     latencies.sort();
     if latencies.is_empty() {
         return Err(Failure::new(format!(
@@ -183,23 +322,35 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             * 1e3
     };
     let events = (latencies.len() * args.batch) as f64;
+    let per_event = |before: u64, after: u64| after.saturating_sub(before) as f64 / events;
+    let server_us = match (cpu_before.0, cpu_after.0) {
+        (Some(b), Some(a)) => Some(per_event(b, a)),
+        _ => None,
+    };
+    let client_us = per_event(cpu_before.1, cpu_after.1);
+    let mib = events * args.event_bytes as f64 / elapsed / (1 << 20) as f64;
     let summary = serde_json::json!({
         "clients": args.clients,
+        "pipeline": args.pipeline,
+        "linger_us": args.linger_us,
         "event_bytes": args.event_bytes,
         "events_per_append": args.batch,
         "seconds": elapsed,
         "appends": latencies.len(),
         "errors": errors,
         "events_per_s": (events / elapsed).round(),
-        "mib_per_s": events * args.event_bytes as f64 / elapsed / (1 << 20) as f64,
+        "mib_per_s": mib,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "p999_ms": pct(0.999),
         "offered_rate": args.rate,
+        "server_cpu_us_per_event": server_us,
+        "client_cpu_us_per_event": client_us,
     });
     eprintln!(
-        "strata    clients={} events_per_append={} event_bytes={}  events/s={:.0}  MiB/s={:.1}  append p50={:.2}ms p99={:.2}ms p99.9={:.2}ms  errors={}",
-        args.clients, args.batch, args.event_bytes, events / elapsed, events * args.event_bytes as f64 / elapsed / (1 << 20) as f64, pct(0.5), pct(0.99), pct(0.999), errors
+        "strata    clients={} pipeline={} linger_us={} events_per_append={} event_bytes={}  events/s={:.0}  MiB/s={:.1}  append p50={:.2}ms p99={:.2}ms p99.9={:.2}ms  server_cpu_us/event={}  client_cpu_us/event={:.1}  errors={}",
+        args.clients, args.pipeline, args.linger_us, args.batch, args.event_bytes, events / elapsed, mib, pct(0.5), pct(0.99), pct(0.999),
+        server_us.map_or("?".to_string(), |u| format!("{u:.1}")), client_us, errors
     );
     output::line(&summary);
     Ok(())
@@ -212,23 +363,20 @@ async fn get_stream(args: BenchGetStreamArgs) -> Result<(), Failure> {
             exit_code: 2,
         });
     }
-    let mut channels = Vec::new();
+    let mut clients = Vec::new();
     for _ in 0..CONNECTIONS.min(args.clients) {
-        channels.push(crate::client::connect(&args.server).await?);
+        clients.push(args.server.client()?);
     }
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.clients)
         .map(|c| {
-            let mut client = channels[c % channels.len()].clone();
+            let client = clients[c % clients.len()].clone();
             tokio::spawn(async move {
                 let mut calls = 0u64;
                 while Instant::now() < deadline {
                     if client
-                        .get_stream(pb::GetStreamRequest {
-                            stream: "bench-missing".into(),
-                            consistency: pb::Consistency::Follower as i32,
-                        })
+                        .stream_info("bench-missing", pb::Consistency::Follower)
                         .await
                         .is_ok()
                     {

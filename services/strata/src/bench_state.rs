@@ -7,9 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use strata_proto::v1 as pb;
-use strata_proto::v1::streams_client::StreamsClient;
-use tonic::transport::Channel;
+use strata_client::{pb, Client};
 
 use crate::client::ServerArg;
 use crate::{output, Failure};
@@ -43,8 +41,8 @@ pub struct BenchStateArgs {
     server: ServerArg,
 }
 
-fn failed(what: &str) -> impl Fn(tonic::Status) -> Failure + '_ {
-    move |s| Failure::new(format!("{what}: {:?}: {}", s.code(), s.message()))
+fn failed(what: &str) -> impl Fn(strata_client::Error) -> Failure + '_ {
+    move |e| Failure::new(format!("{what}: {e}"))
 }
 
 /// A small deterministic generator (xorshift64*), so runs are repeatable.
@@ -65,11 +63,7 @@ fn percentiles(mut d: Vec<Duration>) -> (f64, f64, f64) {
     (at(0.5), at(0.99), at(0.999))
 }
 
-async fn load(
-    client: &mut StreamsClient<Channel>,
-    stream: &str,
-    args: &BenchStateArgs,
-) -> Result<(u64, u64), Failure> {
+async fn load(client: &Client, stream: &str, args: &BenchStateArgs) -> Result<(u64, u64), Failure> {
     let filler = "x".repeat(args.event_bytes.saturating_sub(24));
     let mut written = 0u64;
     let started = Instant::now();
@@ -87,7 +81,7 @@ async fn load(
             })
             .collect();
         client
-            .append(pb::AppendRequest {
+            .append_request(pb::AppendRequest {
                 stream: stream.into(),
                 expected: None,
                 events,
@@ -116,7 +110,7 @@ async fn load(
         }
     }
     let ts = |version: u64| {
-        let mut client = client.clone();
+        let client = client.clone();
         let stream = stream.to_string();
         async move {
             client
@@ -130,7 +124,7 @@ async fn load(
                 })
                 .await
                 .map_err(failed("reading a timestamp"))
-                .map(|r| r.into_inner().events.first().map_or(0, |e| e.timestamp_us))
+                .map(|r| r.events.first().map_or(0, |e| e.timestamp_us))
         }
     };
     Ok((ts(0).await?, ts(args.events - 1).await?))
@@ -144,10 +138,10 @@ pub async fn run(args: BenchStateArgs) -> Result<(), Failure> {
             exit_code: 2,
         });
     }
-    let mut client = crate::client::connect(&args.server).await?;
+    let client = args.server.client()?;
     let stream = format!("bench-agg-{:x}", uuid::Uuid::new_v4().as_u128() as u32);
     let load_started = Instant::now();
-    let (first_ts, last_ts) = load(&mut client, &stream, &args).await?;
+    let (first_ts, last_ts) = load(&client, &stream, &args).await?;
     let load_secs = load_started.elapsed().as_secs_f64();
     eprintln!(
         "loaded in {load_secs:.1} s; settling for {} s",
@@ -156,7 +150,7 @@ pub async fn run(args: BenchStateArgs) -> Result<(), Failure> {
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let mut rng = Rng(args.seed.max(1));
     // ReadState as of a random time between the first and the last event.
-    let mut state_at_random_time = |client: &StreamsClient<Channel>| {
+    let mut state_at_random_time = |client: &Client| {
         let t = first_ts + rng.below(last_ts - first_ts + 1);
         let request = pb::ReadStateRequest {
             stream: stream.clone(),
@@ -166,13 +160,13 @@ pub async fn run(args: BenchStateArgs) -> Result<(), Failure> {
             limit: 4096,
             consistency: pb::Consistency::Linearizable as i32,
         };
-        let mut client = client.clone();
+        let client = client.clone();
         async move {
             let r = client
                 .read_state(request)
                 .await
                 .map_err(failed("ReadState"));
-            r.map(|r| (t, r.into_inner()))
+            r.map(|r| (t, r))
         }
     };
     // Warm-up: a tenth as many reads, untimed (page cache, connection, allocator).

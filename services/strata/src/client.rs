@@ -1,30 +1,43 @@
-//! The client commands: each connects to `--server` (env `STRATA_SERVER`), makes one call and
-//! prints JSON lines. A node that is not its shard's leader answers UNAVAILABLE naming the
-//! leader (`strata-leader`); the commands follow it (at most [`LEADER_HOPS_MAX`] hops) and wait
-//! out an election (up to [`ELECTION_WAIT`]).
+//! The client commands: each talks to `--server` (env `STRATA_SERVER`; one address or a
+//! comma-separated list) through `strata-client` — which follows the leader, waits out an
+//! election and retries what is safe to retry — makes its call and prints JSON lines.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use strata_proto::metadata::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY, LEADER_KEY};
-use strata_proto::v1 as pb;
-use strata_proto::v1::streams_client::StreamsClient;
-use tonic::transport::Channel;
-
-/// Most redirects to a named leader one command follows.
-pub const LEADER_HOPS_MAX: usize = 3;
-/// How long a command waits for a leader to be elected.
-pub const ELECTION_WAIT: Duration = Duration::from_secs(5);
+use strata_client::{pb, Client, ClientConfig, ExpectedVersion};
 
 use crate::{output, Failure, EXIT_WRONG_VERSION};
 
 /// Where the server is.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArg {
-    /// Server address (host:port).
+    /// Server address (host:port), or several separated by commas (the nodes of a cluster:
+    /// calls go to the leader and move on when a node does not answer).
     #[arg(long, env = "STRATA_SERVER", default_value = "127.0.0.1:50051")]
     pub server: String,
+}
+
+impl ServerArg {
+    /// The addresses given.
+    pub fn addresses(&self) -> Vec<String> {
+        self.server
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect()
+    }
+
+    /// A client of these addresses with the default settings.
+    pub fn client(&self) -> Result<Client, Failure> {
+        self.client_with(|_| {})
+    }
+
+    /// A client of these addresses with settings changed by `tune`.
+    pub fn client_with(&self, tune: impl FnOnce(&mut ClientConfig)) -> Result<Client, Failure> {
+        let mut config = ClientConfig::new(self.addresses());
+        tune(&mut config);
+        Client::new(config).map_err(|e| usage(format!("--server: {e}")))
+    }
 }
 
 /// How fresh a read must be on a replicated shard.
@@ -47,10 +60,10 @@ pub struct ConsistencyArg {
 
 impl ConsistencyArg {
     /// The wire value.
-    pub fn wire(&self) -> i32 {
+    pub fn wire(&self) -> pb::Consistency {
         match self.consistency {
-            Consistency::Linearizable => pb::Consistency::Linearizable as i32,
-            Consistency::Follower => pb::Consistency::Follower as i32,
+            Consistency::Linearizable => pb::Consistency::Linearizable,
+            Consistency::Follower => pb::Consistency::Follower,
         }
     }
 }
@@ -255,133 +268,35 @@ pub fn usage(message: impl Into<String>) -> Failure {
     }
 }
 
-pub async fn connect(server: &ServerArg) -> Result<StreamsClient<Channel>, Failure> {
-    Ok(streams_client(channel(&server.server).await?))
-}
-
-/// A `Streams` client that sends and takes messages up to the largest any node may send
-/// ([`strata_proto::MESSAGE_BYTES_HARD_MAX`]), not gRPC's 4 MiB default: an append near
-/// `batch_bytes_max`, and a `$all` page holding one large record whole, are larger.
-pub fn streams_client(channel: Channel) -> StreamsClient<Channel> {
-    StreamsClient::new(channel)
-        .max_decoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
-        .max_encoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
-}
-
-/// A connection to `addr` (host:port or a URL).
-pub async fn channel(addr: &str) -> Result<Channel, Failure> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| usage(format!("bad server address `{addr}`: {e}")))?
-        .connect()
-        .await
-        .map_err(|e| Failure::new(format!("cannot reach the server at {addr}: {e}")))
-}
-
-/// Where a "not the leader" answer says to go, and whether it was one at all.
-pub fn redirect(status: &tonic::Status) -> Option<Option<String>> {
-    let kind = status
-        .metadata()
-        .get(ERROR_KIND_KEY)
-        .and_then(|v| v.to_str().ok());
-    if status.code() != tonic::Code::Unavailable || kind != Some("not-leader") {
-        return None;
-    }
-    Some(
-        status
-            .metadata()
-            .get(LEADER_KEY)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-    )
-}
-
-/// Makes a call at `addr`, following "not the leader" answers to the leader and waiting out an
-/// election.
-pub async fn following_leader<T, F, Fut>(addr: &str, mut call: F) -> Result<T, tonic::Status>
-where
-    F: FnMut(Channel) -> Fut,
-    Fut: Future<Output = Result<T, tonic::Status>>,
-{
-    let mut addr = addr.to_string();
-    let mut hops = 0;
-    let started = std::time::Instant::now();
-    loop {
-        let ch = channel(&addr)
-            .await
-            .map_err(|f| tonic::Status::unavailable(f.message))?;
-        match call(ch).await {
-            Ok(v) => return Ok(v),
-            Err(status) => match redirect(&status) {
-                Some(Some(leader)) if leader != addr && hops < LEADER_HOPS_MAX => {
-                    hops += 1;
-                    addr = leader;
-                }
-                Some(_) if started.elapsed() < ELECTION_WAIT => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                _ => return Err(status),
-            },
-        }
-    }
-}
-
-/// One `Streams` call with `request` at `server`, following "not the leader" answers (see
-/// [`following_leader`]); a server error becomes the command's failure.
-pub async fn streams_call<Req, Resp, F, Fut>(
-    server: &str,
-    request: Req,
-    call: F,
-) -> Result<Resp, Failure>
-where
-    Req: Clone,
-    F: Fn(StreamsClient<Channel>, Req) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
-{
-    following_leader(server, |ch| call(streams_client(ch), request.clone()))
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(failure)
-}
-
-/// A server error as a failure; a wrong expected version exits with status 3.
-pub fn failure(status: tonic::Status) -> Failure {
-    let kind = status
-        .metadata()
-        .get(ERROR_KIND_KEY)
-        .and_then(|v| v.to_str().ok());
-    if kind == Some("wrong-expected-version") {
-        let actual = status
-            .metadata()
-            .get(ACTUAL_VERSION_KEY)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("unknown");
-        return Failure {
-            message: format!("{}\nactual version: {actual}", status.message()),
+/// A server answer as the command's failure; a wrong expected version exits with status 3
+/// and puts the actual version on its own line.
+pub fn failure(error: strata_client::Error) -> Failure {
+    use strata_client::Error;
+    match error {
+        Error::WrongExpectedVersion { actual, message } => Failure {
+            message: format!(
+                "{message}\nactual version: {}",
+                actual.map_or_else(|| "none".to_string(), |v| v.to_string())
+            ),
             exit_code: EXIT_WRONG_VERSION,
-        };
+        },
+        Error::Config(m) => usage(m),
+        other => Failure::new(other.to_string()),
     }
-    Failure::new(format!("{:?}: {}", status.code(), status.message()))
 }
 
-/// The wire form of `--expected`.
-pub fn expected(text: &str) -> Result<pb::ExpectedVersion, Failure> {
-    use pb::expected_version::Kind;
-    let kind = match text {
-        "any" => Kind::Any(pb::Empty {}),
-        "no-stream" => Kind::NoStream(pb::Empty {}),
-        "exists" => Kind::StreamExists(pb::Empty {}),
-        n => Kind::Exact(n.parse().map_err(|_| {
+/// `--expected`.
+pub fn expected(text: &str) -> Result<ExpectedVersion, Failure> {
+    Ok(match text {
+        "any" => ExpectedVersion::Any,
+        "no-stream" => ExpectedVersion::NoStream,
+        "exists" => ExpectedVersion::StreamExists,
+        n => ExpectedVersion::Exact(n.parse().map_err(|_| {
             usage(format!(
                 "--expected must be any, no-stream, exists or a version number, not `{n}`"
             ))
         })?),
-    };
-    Ok(pb::ExpectedVersion { kind: Some(kind) })
+    })
 }
 
 fn json_bytes(value: Option<&serde_json::Value>) -> Vec<u8> {
@@ -450,15 +365,12 @@ pub fn parse_jsonl(text: &str, default_type: &str) -> Result<Vec<pb::NewEvent>, 
 
 /// `strata append`.
 pub async fn append(args: AppendArgs) -> Result<(), Failure> {
-    let request = pb::AppendRequest {
-        stream: args.stream.clone(),
-        expected: Some(expected(&args.expected)?),
-        events: events(&args)?,
-    };
-    let r = streams_call(&args.server.server, request, |mut c, r| async move {
-        c.append(r).await
-    })
-    .await?;
+    let r = args
+        .server
+        .client()?
+        .append(&args.stream, expected(&args.expected)?, events(&args)?)
+        .await
+        .map_err(failure)?;
     output::line(&serde_json::json!({
         "position": r.position,
         "deduplicated": r.deduplicated,
@@ -481,19 +393,17 @@ pub async fn read(args: ReadArgs) -> Result<(), Failure> {
         n => n,
     };
     let mut from = args.from;
+    let client = args.server.client()?;
     loop {
         let request = pb::ReadRequest {
             stream: args.stream.clone(),
             from_version: from,
             direction: direction as i32,
             limit: left,
-            consistency: args.consistency.wire(),
+            consistency: args.consistency.wire() as i32,
             as_of: args.as_of.wire(),
         };
-        let page = streams_call(&args.server.server, request, |mut c, r| async move {
-            c.read(r).await
-        })
-        .await?;
+        let page = client.read(request).await.map_err(failure)?;
         for e in &page.events {
             output::line(&output::event(e));
         }
@@ -515,13 +425,15 @@ pub async fn read_all(args: ReadAllArgs) -> Result<(), Failure> {
         from_position: args.from,
         limit: args.limit,
         filter: None,
-        consistency: args.consistency.wire(),
+        consistency: args.consistency.wire() as i32,
         as_of: args.as_of.wire(),
     };
-    let r = streams_call(&args.server.server, request, |mut c, r| async move {
-        c.read_all(r).await
-    })
-    .await?;
+    let r = args
+        .server
+        .client()?
+        .read_all(request)
+        .await
+        .map_err(failure)?;
     for e in &r.events {
         output::line(&output::event(e));
     }
@@ -533,44 +445,35 @@ pub async fn read_all(args: ReadAllArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `strata subscribe`: events as they come, and `{"caught_up": true}` once.
+/// `strata subscribe`: events as they come, and `{"caught_up": true}` once. It resumes
+/// after the last event printed when its node goes away (another of `--server`'s, or the same
+/// once it is back).
 pub async fn subscribe(args: SubscribeArgs) -> Result<(), Failure> {
-    use pb::subscribe_request::{Start, Target};
+    use strata_client::{Item, Start, Target};
     let target = match &args.stream {
         Some(s) => Target::Stream(s.clone()),
-        None => Target::All(pb::Empty {}),
+        None => Target::All(None),
     };
     let start = match args.from.as_deref() {
-        None => None,
-        Some("end") => Some(Start::FromEnd(pb::Empty {})),
+        None => Start::Beginning,
+        Some("end") => Start::End,
         Some(n) => {
             let n: u64 = n
                 .parse()
                 .map_err(|_| usage(format!("--from must be a number or `end`, not `{n}`")))?;
-            Some(if args.all {
+            if args.all {
                 Start::AfterPosition(n)
             } else {
-                Start::FromVersion(n)
-            })
+                Start::Version(n)
+            }
         }
     };
-    let mut client = connect(&args.server).await?;
-    let mut stream = client
-        .subscribe(pb::SubscribeRequest {
-            target: Some(target),
-            start,
-            filter: None,
-        })
-        .await
-        .map_err(failure)?
-        .into_inner();
+    let mut subscription = args.server.client()?.subscribe(target, start);
     loop {
         tokio::select! {
-            item = stream.message() => match item.map_err(failure)? {
-                Some(pb::SubscribeResponse { item: Some(pb::subscribe_response::Item::Event(e)) }) => output::line(&output::event(&e)),
-                Some(pb::SubscribeResponse { item: Some(pb::subscribe_response::Item::CaughtUp(_)) }) => output::line(&serde_json::json!({ "caught_up": true })),
-                Some(_) => {}
-                None => return Ok(()),
+            item = subscription.next() => match item.map_err(failure)? {
+                Item::Event(e) => output::line(&output::event(&e)),
+                Item::CaughtUp => output::line(&serde_json::json!({ "caught_up": true })),
             },
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
@@ -579,14 +482,12 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<(), Failure> {
 
 /// `strata stream-info`.
 pub async fn stream_info(args: StreamInfoArgs) -> Result<(), Failure> {
-    let request = pb::GetStreamRequest {
-        stream: args.stream,
-        consistency: args.consistency.wire(),
-    };
-    let r = streams_call(&args.server.server, request, |mut c, r| async move {
-        c.get_stream(r).await
-    })
-    .await?;
+    let r = args
+        .server
+        .client()?
+        .stream_info(&args.stream, args.consistency.wire())
+        .await
+        .map_err(failure)?;
     let current = if r.exists {
         serde_json::json!(r.current_version)
     } else {

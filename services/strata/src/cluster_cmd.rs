@@ -2,10 +2,9 @@
 //! go to the leader (followed from any node); `status --json` prints one JSON object with at
 //! least `leader` (node id, or null) and `nodes` (`[{id, addr, role}]`).
 
-use strata_proto::v1 as pb;
-use strata_proto::v1::cluster_client::ClusterClient;
+use strata_client::pb;
 
-use crate::client::{failure, following_leader, ServerArg};
+use crate::client::{failure, ServerArg};
 use crate::{output, Failure};
 
 /// `strata cluster …`.
@@ -87,24 +86,14 @@ fn table(s: &pb::ClusterStatus) {
 pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
     match command {
         ClusterCommand::Init { server } => {
-            let s = following_leader(&server.server, |ch| async move {
-                ClusterClient::new(ch).init(pb::InitRequest {}).await
-            })
-            .await
-            .map_err(failure)?
-            .into_inner();
+            let s = server.client()?.cluster_init().await.map_err(failure)?;
             output::line(&json(&s));
         }
         ClusterCommand::Status {
             json: as_json,
             server,
         } => {
-            let ch = crate::client::channel(&server.server).await?;
-            let s = ClusterClient::new(ch)
-                .status(pb::StatusRequest {})
-                .await
-                .map_err(failure)?
-                .into_inner();
+            let s = status(&server).await?;
             if as_json {
                 output::line(&json(&s));
             } else {
@@ -122,41 +111,39 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
                 addr,
                 raft_addr: raft_addr.unwrap_or_default(),
             };
-            let s = following_leader(&server.server, |ch| {
-                let request = request.clone();
-                async move { ClusterClient::new(ch).add_node(request).await }
-            })
-            .await
-            .map_err(failure)?
-            .into_inner();
+            let s = server
+                .client()?
+                .cluster_add_node(request)
+                .await
+                .map_err(failure)?;
             output::line(&json(&s));
         }
         ClusterCommand::RemoveNode { id, server } => {
-            let s = following_leader(&server.server, |ch| async move {
-                ClusterClient::new(ch)
-                    .remove_node(pb::RemoveNodeRequest { id })
-                    .await
-            })
-            .await
-            .map_err(failure)?
-            .into_inner();
+            let s = server
+                .client()?
+                .cluster_remove_node(pb::RemoveNodeRequest { id })
+                .await
+                .map_err(failure)?;
             output::line(&json(&s));
         }
     }
     Ok(())
 }
 
-/// The leader's client address as the node at `server` sees it: `server` itself when that node
+/// The status as the first node of `--server` sees it.
+async fn status(server: &ServerArg) -> Result<pb::ClusterStatus, Failure> {
+    let client = server.client()?;
+    let first = server.addresses().into_iter().next().unwrap_or_default();
+    client.cluster_status(&first).await.map_err(failure)
+}
+
+/// The leader's client address as the node at `server` sees it: that node itself when it
 /// leads (or runs without replication, where it is its own leader) or knows no leader.
-pub async fn leader_addr(server: &str) -> Result<String, Failure> {
-    let ch = crate::client::channel(server).await?;
-    let s = ClusterClient::new(ch)
-        .status(pb::StatusRequest {})
-        .await
-        .map_err(failure)?
-        .into_inner();
+pub async fn leader_addr(server: &ServerArg) -> Result<String, Failure> {
+    let s = status(server).await?;
+    let first = server.addresses().into_iter().next().unwrap_or_default();
     Ok(s.nodes
         .iter()
         .find(|n| s.has_leader && n.id == s.leader && s.leader != s.node_id)
-        .map_or_else(|| server.to_string(), |n| n.addr.clone()))
+        .map_or(first, |n| n.addr.clone()))
 }

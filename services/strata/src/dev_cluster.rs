@@ -7,8 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use strata_proto::v1 as pb;
-use strata_proto::v1::cluster_client::ClusterClient;
+use strata_client::{pb, Client, ClientConfig};
 use tokio::process::{Child, Command};
 
 use crate::Failure;
@@ -20,18 +19,19 @@ fn client_port(n: u64) -> u64 {
     50050 + n
 }
 
+/// A client of one starting node: one quick attempt per call (the caller polls).
+fn quick_client(addr: &str) -> Option<Client> {
+    Client::new(ClientConfig {
+        connect_timeout: Duration::from_millis(300),
+        attempt_timeout: Duration::from_secs(2),
+        attempts_max: 1,
+        ..ClientConfig::new([addr])
+    })
+    .ok()
+}
+
 async fn status(addr: &str) -> Option<pb::ClusterStatus> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect_timeout(Duration::from_millis(300))
-        .connect()
-        .await
-        .ok()?;
-    ClusterClient::new(ch)
-        .status(pb::StatusRequest {})
-        .await
-        .ok()
-        .map(|r| r.into_inner())
+    quick_client(addr)?.cluster_status(addr).await.ok()
 }
 
 fn stop(children: &mut [Child]) {
@@ -114,8 +114,8 @@ pub async fn run(
             }
         }
         if up == nodes {
-            if let Ok(ch) = crate::client::channel(&addr(1)).await {
-                let _ = ClusterClient::new(ch).init(pb::InitRequest {}).await;
+            if let Some(c) = quick_client(&addr(1)) {
+                let _ = c.cluster_init().await;
             }
             if let Some(s) = status(&addr(1)).await.filter(|s| s.has_leader) {
                 formed = Some(s);

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use serde_json::{json, Map, Value};
 use strata_proto::v1 as pb;
 
-use crate::client::{self, streams_call, usage, AsOfArg, ConsistencyArg, ServerArg};
+use crate::client::{self, failure, usage, AsOfArg, ConsistencyArg, ServerArg};
 use crate::{output, Failure};
+use strata_client::Client;
 
 /// Events one `diff` reads between its two points at most (it says so when it stops).
 pub const DIFF_EVENTS_MAX: usize = 100_000;
@@ -155,10 +156,12 @@ pub async fn set_meta(args: MetaArgs) -> Result<(), Failure> {
         }),
         expected_metadata_version: args.expected_metadata_version,
     };
-    let r = streams_call(&args.server.server, request, |mut c, r| async move {
-        c.set_stream_metadata(r).await
-    })
-    .await?;
+    let r = args
+        .server
+        .client()?
+        .set_metadata(request)
+        .await
+        .map_err(failure)?;
     output::line(&json!({ "position": r.position }));
     Ok(())
 }
@@ -168,12 +171,14 @@ pub async fn delete(args: DeleteArgs) -> Result<(), Failure> {
     let request = pb::DeleteStreamRequest {
         stream: args.stream,
         hard: args.hard,
-        expected: Some(client::expected(&args.expected)?),
+        expected: Some(client::expected(&args.expected)?.wire()),
     };
-    let r = streams_call(&args.server.server, request, |mut c, r| async move {
-        c.delete_stream(r).await
-    })
-    .await?;
+    let r = args
+        .server
+        .client()?
+        .delete(request)
+        .await
+        .map_err(failure)?;
     output::line(&json!({ "position": r.position, "hard": args.hard }));
     Ok(())
 }
@@ -196,24 +201,21 @@ pub async fn save_snapshot(args: SnapshotArgs) -> Result<(), Failure> {
         schema_version: args.schema_version,
         data,
     };
-    let r = streams_call(&args.server.server, request, |mut c, r| async move {
-        c.save_snapshot(r).await
-    })
-    .await?;
+    let r = args
+        .server
+        .client()?
+        .save_snapshot(request)
+        .await
+        .map_err(failure)?;
     output::line(&json!({ "position": r.position }));
     Ok(())
 }
 
 async fn read_state(
-    server: &str,
+    client: &Client,
     request: pb::ReadStateRequest,
 ) -> Result<pb::ReadStateResponse, Failure> {
-    streams_call(
-        server,
-        request,
-        |mut c, r| async move { c.read_state(r).await },
-    )
-    .await
+    client.read_state(request).await.map_err(failure)
 }
 
 fn snapshot_json(s: &pb::Snapshot) -> Value {
@@ -230,12 +232,12 @@ fn snapshot_json(s: &pb::Snapshot) -> Value {
 /// events after the snapshot.
 pub async fn state(args: StateArgs) -> Result<(), Failure> {
     let r = read_state(
-        &args.server.server,
+        &args.server.client()?,
         pb::ReadStateRequest {
             stream: args.stream,
             as_of: args.as_of.wire(),
             limit: args.limit,
-            consistency: args.consistency.wire(),
+            consistency: args.consistency.wire() as i32,
         },
     )
     .await?;
@@ -264,10 +266,12 @@ pub async fn set_policy(args: PolicyArgs) -> Result<(), Failure> {
         stream_prefix: args.prefix,
         every: args.every,
     };
-    let r = streams_call(&args.server.server, request, |mut c, r| async move {
-        c.set_snapshot_policy(r).await
-    })
-    .await?;
+    let r = args
+        .server
+        .client()?
+        .set_snapshot_policy(request)
+        .await
+        .map_err(failure)?;
     for p in r.policies {
         output::line(&json!({ "prefix": p.stream_prefix, "every": p.every }));
     }
@@ -282,9 +286,9 @@ struct StateAt {
     state: Option<Value>,
 }
 
-async fn state_at(server: &str, stream: &str, point: &pb::AsOf) -> Result<StateAt, Failure> {
+async fn state_at(client: &Client, stream: &str, point: &pb::AsOf) -> Result<StateAt, Failure> {
     let r = read_state(
-        server,
+        client,
         pb::ReadStateRequest {
             stream: stream.to_string(),
             as_of: Some(*point),
@@ -315,7 +319,7 @@ async fn state_at(server: &str, stream: &str, point: &pb::AsOf) -> Result<StateA
         let Some(from) = next.filter(|n| *n <= r.version) else {
             break;
         };
-        events = read_between(server, stream, from, point).await?;
+        events = read_between(client, stream, from, point).await?;
         if events.is_empty() {
             break;
         }
@@ -328,7 +332,7 @@ async fn state_at(server: &str, stream: &str, point: &pb::AsOf) -> Result<StateA
 }
 
 async fn read_between(
-    server: &str,
+    client: &Client,
     stream: &str,
     from: u64,
     to: &pb::AsOf,
@@ -341,7 +345,7 @@ async fn read_between(
         consistency: pb::Consistency::Linearizable as i32,
         as_of: Some(*to),
     };
-    let r = streams_call(server, request, |mut c, r| async move { c.read(r).await }).await?;
+    let r = client.read(request).await.map_err(failure)?;
     Ok(r.events)
 }
 
@@ -396,7 +400,7 @@ fn diff_at(path: String, a: &Value, b: &Value, out: &mut Vec<Value>) {
 /// `strata diff`: the events after `--from` up to `--to`, one per line, then one line
 /// `{"from_version", "to_version", "diff"}` — `diff` is null unless both states are JSON.
 pub async fn run_diff(args: DiffArgs) -> Result<(), Failure> {
-    let server = &args.server.server;
+    let server = &args.server.client()?;
     let before = state_at(server, &args.stream, &args.from).await?;
     let after = state_at(server, &args.stream, &args.to).await?;
     if before.version > after.version {
