@@ -157,12 +157,21 @@ impl Engine {
 
     /// Appends atomically; resolves once durable. Waits while the queue is full.
     pub async fn append(&self, request: AppendRequest) -> Result<AppendResult> {
+        self.submit(request).await?.await
+    }
+
+    /// Queues an append (waiting while the queue is full) and returns its answer to come,
+    /// resolving once durable. Appends submitted one after another are decided in that order.
+    pub async fn submit(
+        &self,
+        request: AppendRequest,
+    ) -> Result<impl std::future::Future<Output = Result<AppendResult>> + Send + 'static> {
         let (command, answer) = self.command(request)?;
         if self.tx.send(command).await.is_err() {
             self.not_queued();
             return Err(Error::Closed);
         }
-        answer.await.map_err(|_| Error::Closed)?
+        Ok(async move { answer.await.map_err(|_| Error::Closed)? })
     }
 
     /// Like [`Engine::append`], but fails with `Busy` instead of waiting when the queue is full.

@@ -2,6 +2,7 @@
 //! the operations the server needs — append through Raft, linearizable-read barriers, cluster
 //! formation and safe membership changes, and a status view.
 
+use std::future::Future;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -408,6 +409,17 @@ impl Replica {
     /// writes the entry, against its whole log before it. Concurrent appends on distinct
     /// streams share an entry (see [`BATCHES_IN_FLIGHT_MAX`]).
     pub async fn append(&self, request: AppendRequest) -> Result<AppendResult, ReplicaError> {
+        self.submit(request).await?.await
+    }
+
+    /// Queues an append for proposal (waiting while the queue is full) and returns its answer
+    /// to come. Appends submitted one after another are proposed, and decided, in that order.
+    /// Queueing and committing together are bounded by `append_timeout`.
+    pub async fn submit(
+        &self,
+        request: AppendRequest,
+    ) -> Result<impl Future<Output = Result<AppendResult, ReplicaError>> + Send + 'static, ReplicaError>
+    {
         let validated = Validated::new(request, &self.limits)?;
         let bytes = validated.bytes().saturating_sub(RECORD_OVERHEAD);
         let (reply, answer) = oneshot::channel();
@@ -416,22 +428,26 @@ impl Replica {
             bytes,
             reply,
         };
-        let wait = async {
-            self.proposals
-                .send(proposal)
-                .await
-                .map_err(|_| ReplicaError::Unavailable("the node is stopping".into()))?;
-            answer
-                .await
-                .map_err(|_| ReplicaError::Unavailable("the node is stopping".into()))?
+        let timeout = self.settings.append_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let late = move || {
+            ReplicaError::Unavailable(format!(
+                "the append did not commit within {timeout:?}; it may still commit, so retry it with the same event ids"
+            ))
         };
-        match tokio::time::timeout(self.settings.append_timeout, wait).await {
-            Ok(result) => result,
-            Err(_) => Err(ReplicaError::Unavailable(format!(
-                "the append did not commit within {:?}; it may still commit, so retry it with the same event ids",
-                self.settings.append_timeout
-            ))),
+        let stopping = || ReplicaError::Unavailable("the node is stopping".into());
+        match tokio::time::timeout_at(deadline, self.proposals.send(proposal)).await {
+            Err(_) => return Err(late()),
+            Ok(Err(_)) => return Err(stopping()),
+            Ok(Ok(())) => {}
         }
+        Ok(async move {
+            match tokio::time::timeout_at(deadline, answer).await {
+                Err(_) => Err(late()),
+                Ok(Err(_)) => Err(stopping()),
+                Ok(Ok(result)) => result,
+            }
+        })
     }
 
     /// Waits until a read here reflects every append acknowledged before this call: this node

@@ -7,13 +7,18 @@
 //! ```
 //!
 //! Each append goes the unary `Append`'s way (same checks, same errors), so the engine's group
-//! commit or one Raft entry takes many of them together. Answers leave in the order the
-//! requests came. Flow control is by not reading: once the appends (or bytes) in flight reach
+//! commit or one Raft entry takes many of them together. The appends of a call are queued one
+//! after another as they are read — not from futures polled in whatever order the runtime
+//! chooses (tokio's cooperative budget can make a ready send wait) — so they are decided in
+//! the order sent. Answers leave in that order too. Flow control is by not reading: once the appends (or bytes) in flight reach
 //! the window, the call reads no further message until an answer leaves, and an answer waits
 //! while the client leaves [`ANSWERS_BUFFERED`] answers unread — so HTTP/2 flow control stops
 //! the client, and a call holds at most the window plus one message. A client that goes away
 //! loses nothing acknowledged: appends already handed on still commit (their answers are
 //! dropped); a retry with the same ids is answered with the original result.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use strata_proto::v1 as pb;
@@ -22,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use crate::service::StreamsService;
+use crate::stats::ServiceStats;
 use crate::status::invalid;
 use strata_proto::metadata::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY, LEADER_KEY};
 
@@ -76,16 +82,19 @@ async fn run(
     tx: mpsc::Sender<Result<pb::AppendStreamResponse, Status>>,
     window: Window,
 ) {
+    let mut count = InFlight {
+        stats: service.stats().clone(),
+        appends: 0,
+        bytes: 0,
+    };
     let mut in_flight = FuturesOrdered::new();
-    let (mut appends, mut bytes) = (0usize, 0usize);
     let mut reading = true;
     loop {
-        let room = appends < window.appends && bytes < window.bytes;
+        let room = count.appends < window.appends && count.bytes < window.bytes;
         tokio::select! {
             biased;
             Some((answer, n, b)) = in_flight.next(), if !in_flight.is_empty() => {
-                appends -= n;
-                bytes -= b;
+                count.sub(n, b);
                 if tx.send(Ok(answer)).await.is_err() {
                     return;
                 }
@@ -93,19 +102,8 @@ async fn run(
             message = inbound.message(), if reading && room => match message.and_then(|m| m.map(appends_of).transpose()) {
                 Ok(Some((batch, size))) => {
                     let n = batch.len();
-                    appends += n;
-                    bytes += size;
-                    let service = service.clone();
-                    in_flight.push_back(async move {
-                        let results = futures_util::future::join_all(
-                            batch.into_iter().map(|a| service.append_one(a)),
-                        )
-                        .await
-                        .into_iter()
-                        .map(result)
-                        .collect();
-                        (pb::AppendStreamResponse { results }, n, size)
-                    });
+                    count.add(n, size);
+                    in_flight.push_back(submit(&service, batch, n, size).await);
                 }
                 Ok(None) => reading = false,
                 Err(status) => {
@@ -121,6 +119,66 @@ async fn run(
             },
             else => return,
         }
+    }
+}
+
+/// What one call has in flight, mirrored in the node's gauges (also when the call ends with
+/// appends still in flight: their answers are dropped).
+struct InFlight {
+    stats: Arc<ServiceStats>,
+    appends: usize,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn add(&mut self, appends: usize, bytes: usize) {
+        self.appends += appends;
+        self.bytes += bytes;
+        let s = &self.stats;
+        s.append_stream_in_flight
+            .fetch_add(appends as u64, Ordering::Relaxed);
+        s.append_stream_call_peak
+            .fetch_max(self.appends as u64, Ordering::Relaxed);
+    }
+
+    fn sub(&mut self, appends: usize, bytes: usize) {
+        self.appends -= appends;
+        self.bytes -= bytes;
+        self.stats
+            .append_stream_in_flight
+            .fetch_sub(appends as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.stats
+            .append_stream_in_flight
+            .fetch_sub(self.appends as u64, Ordering::Relaxed);
+    }
+}
+
+/// Queues a message's appends one after another (so they are decided in the order sent) and
+/// returns their answer to come. The node's queue pushing back makes this wait.
+async fn submit(
+    service: &StreamsService,
+    batch: Vec<pb::AppendRequest>,
+    n: usize,
+    size: usize,
+) -> impl std::future::Future<Output = (pb::AppendStreamResponse, usize, usize)> {
+    let mut answers = Vec::with_capacity(n);
+    for append in batch {
+        answers.push(service.submit_one(append).await);
+    }
+    async move {
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(result(match answer {
+                Ok(pending) => pending.await,
+                Err(status) => Err(status),
+            }));
+        }
+        (pb::AppendStreamResponse { results }, n, size)
     }
 }
 

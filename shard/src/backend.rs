@@ -14,6 +14,11 @@ use crate::status::to_status;
 use strata_proto::metadata::ERROR_KIND_KEY;
 pub use strata_proto::metadata::{LEADER_ID_KEY, LEADER_KEY};
 
+/// An append's answer to come.
+pub type PendingAppend = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<AppendResult, ReplicaError>> + Send + 'static>,
+>;
+
 /// The storage a node serves.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -55,10 +60,19 @@ impl Backend {
 
     /// Appends: through the engine's queue, or through Raft (answered once committed).
     pub async fn append(&self, request: AppendRequest) -> Result<AppendResult, ReplicaError> {
-        match self {
-            Backend::Single(e) => e.append(request).await.map_err(ReplicaError::Engine),
-            Backend::Replicated(r) => r.append(request).await,
-        }
+        self.submit(request).await?.await
+    }
+
+    /// Queues an append and returns its answer to come; appends submitted one after another
+    /// are decided in that order (what `AppendStream` promises).
+    pub async fn submit(&self, request: AppendRequest) -> Result<PendingAppend, ReplicaError> {
+        Ok(match self {
+            Backend::Single(e) => {
+                let answer = e.submit(request).await.map_err(ReplicaError::Engine)?;
+                Box::pin(async move { answer.await.map_err(ReplicaError::Engine) })
+            }
+            Backend::Replicated(r) => Box::pin(r.submit(request).await?),
+        })
     }
 
     /// Waits until a read at this consistency may be served here.

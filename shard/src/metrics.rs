@@ -112,6 +112,20 @@ pub fn render(backend: &Backend, service: &ServiceStats, data_dir: &Path) -> Str
     );
     metric(
         &mut out,
+        "strata_append_stream_in_flight",
+        "gauge",
+        "Appends in flight on pipelined (AppendStream) calls.",
+        load(&service.append_stream_in_flight),
+    );
+    metric(
+        &mut out,
+        "strata_append_stream_call_peak",
+        "gauge",
+        "The most appends one AppendStream call has had in flight (its window bounds it).",
+        load(&service.append_stream_call_peak),
+    );
+    metric(
+        &mut out,
         "strata_subscriptions",
         "gauge",
         "Open subscriptions.",

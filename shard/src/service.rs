@@ -150,6 +150,11 @@ impl StreamsService {
         result
     }
 
+    /// Its live counters.
+    pub fn stats(&self) -> &Arc<ServiceStats> {
+        &self.stats
+    }
+
     /// Its settings.
     pub fn config(&self) -> &ServiceConfig {
         &self.config
@@ -174,22 +179,37 @@ impl StreamsService {
         }
     }
 
-    /// One single-stream append, as `Append` and each append of `AppendStream` make it.
+    /// One single-stream append, as `Append` makes it.
     pub(crate) async fn append_one(
         &self,
         request: pb::AppendRequest,
     ) -> Result<pb::AppendResponse, Status> {
+        self.submit_one(request).await?.await
+    }
+
+    /// Checks and queues one single-stream append (as each append of `AppendStream`), and
+    /// returns its answer to come: appends submitted one after another are decided in order.
+    pub(crate) async fn submit_one(
+        &self,
+        request: pb::AppendRequest,
+    ) -> Result<impl std::future::Future<Output = Result<pb::AppendResponse, Status>>, Status>
+    {
         let request = convert::append(request, self.clock.now_us(), self.ids.as_ref())?;
         tracing::debug!(stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
         let started = std::time::Instant::now();
-        let result = self.backend.append(request).await.map_err(|e| match e {
+        let status = |e| match e {
             strata_raft::ReplicaError::Engine(e) => to_single_append_status(e),
             other => replica_status(other),
-        })?;
-        self.stats
-            .append_latency
-            .observe_us(started.elapsed().as_micros() as u64);
-        Ok(convert::append_response(result))
+        };
+        let answer = self.backend.submit(request).await.map_err(status)?;
+        let stats = self.stats.clone();
+        Ok(async move {
+            let result = answer.await.map_err(status)?;
+            stats
+                .append_latency
+                .observe_us(started.elapsed().as_micros() as u64);
+            Ok(convert::append_response(result))
+        })
     }
 
     fn request_id(&self) -> u64 {

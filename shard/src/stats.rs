@@ -27,6 +27,10 @@ pub const APPEND_BUCKETS_US: [u64; 12] = [
 pub struct ServiceStats {
     /// Open subscriptions.
     pub subscriptions: AtomicU64,
+    /// Appends in flight on `AppendStream` calls now (every call).
+    pub append_stream_in_flight: AtomicU64,
+    /// The most appends one `AppendStream` call has had in flight (bounded by its window).
+    pub append_stream_call_peak: AtomicU64,
     /// Requests served, for request ids.
     pub requests: AtomicU64,
     /// Append latency, request to durable answer.
@@ -39,6 +43,8 @@ impl Default for ServiceStats {
     fn default() -> Self {
         ServiceStats {
             subscriptions: AtomicU64::new(0),
+            append_stream_in_flight: AtomicU64::new(0),
+            append_stream_call_peak: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             append_latency: LatencyHistogram::new(&APPEND_BUCKETS_US),
             retention: RetentionStats::default(),
