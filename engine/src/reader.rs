@@ -369,12 +369,19 @@ impl Reader {
         let Ok(events) = format::decode_events_with_slots(&record.frame) else {
             return Ok(None);
         };
-        let Some((first, _)) = events.first() else {
+        if record.header.position != position {
             return Ok(None);
+        }
+        let here = match events.first() {
+            Some((first, _)) => self
+                .index
+                .stream_slot(&first.stream, first.version)?
+                .is_some_and(|s| s.position == position),
+            // A record without events (a new Raft leader's blank entry, a membership change):
+            // its seq entry places it, where the log keeps one (a replica's always does). A
+            // caught-up `$all` subscription resumes at exactly such a record after a failover.
+            None => self.index.position_of_seq(record.header.seq)? == Some(position),
         };
-        let indexed = self.index.stream_slot(&first.stream, first.version)?;
-        let here =
-            record.header.position == position && indexed.is_some_and(|s| s.position == position);
         Ok(here.then_some((record, next)))
     }
 

@@ -571,3 +571,39 @@ fn entries_retention_reclaimed_are_absent_not_an_error() {
     apply(&store, pending);
     check(&store);
 }
+
+/// Regression (found by `strata-client`'s subscription test): a `$all` subscription caught up
+/// at the log's end, when a new leader then writes its blank entry there, reads on from the
+/// blank record's position. It was refused as "not the position of a record" (only records
+/// with events were recognised), ending the subscription after every failover.
+#[test]
+fn a_blank_records_position_is_a_record_position_to_read_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(dir.path());
+    let first = store
+        .write_entries(vec![entry(
+            0,
+            appends(vec![append("s", ExpectedVersion::Any, vec![event(1, "a")])]),
+        )])
+        .unwrap();
+    apply(&store, first);
+    let blank_at = store.reader().end();
+    let blank = store
+        .write_entries(vec![entry(1, EntryBody::Blank)])
+        .unwrap();
+    apply(&store, blank);
+    let after = store
+        .write_entries(vec![entry(
+            2,
+            appends(vec![append("s", ExpectedVersion::Any, vec![event(2, "b")])]),
+        )])
+        .unwrap();
+    apply(&store, after);
+    let reader = store.reader();
+    assert!(reader.is_record_position(blank_at).unwrap());
+    let batch = reader.read_all_as_of(blank_at, 10, None).unwrap();
+    let events: Vec<_> = batch.records.iter().flat_map(|r| &r.events).collect();
+    assert_eq!(events.len(), 1, "the event after the blank record");
+    // Inside a record is still no record position.
+    assert!(!reader.is_record_position(blank_at + 1).unwrap());
+}

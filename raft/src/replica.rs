@@ -2,8 +2,8 @@
 //! the operations the server needs — append through Raft, linearizable-read barriers, cluster
 //! formation and safe membership changes, and a status view.
 
-use std::future::Future;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -418,8 +418,10 @@ impl Replica {
     pub async fn submit(
         &self,
         request: AppendRequest,
-    ) -> Result<impl Future<Output = Result<AppendResult, ReplicaError>> + Send + 'static, ReplicaError>
-    {
+    ) -> Result<
+        impl Future<Output = Result<AppendResult, ReplicaError>> + Send + 'static,
+        ReplicaError,
+    > {
         let validated = Validated::new(request, &self.limits)?;
         let bytes = validated.bytes().saturating_sub(RECORD_OVERHEAD);
         let (reply, answer) = oneshot::channel();

@@ -192,8 +192,7 @@ impl StreamsService {
     pub(crate) async fn submit_one(
         &self,
         request: pb::AppendRequest,
-    ) -> Result<impl std::future::Future<Output = Result<pb::AppendResponse, Status>>, Status>
-    {
+    ) -> Result<impl std::future::Future<Output = Result<pb::AppendResponse, Status>>, Status> {
         let request = convert::append(request, self.clock.now_us(), self.ids.as_ref())?;
         tracing::debug!(stream = %request.streams[0].stream, events = request.streams[0].events.len(), "append");
         let started = std::time::Instant::now();
@@ -338,7 +337,8 @@ impl pb::streams_server::Streams for StreamsService {
         self.traced("Subscribe", async move {
             let r = request.into_inner();
             let reader = self.backend.reader();
-            let subscription = Subscription::from_request(&reader, r)?;
+            let replicated = matches!(self.backend, Backend::Replicated(_));
+            let subscription = Subscription::from_request(&reader, r, replicated)?;
             let (tx, rx) = mpsc::channel(self.config.subscription_buffer_records_max.max(1));
             let last = subscription::FinalStatus::default();
             let delivery = subscription::Delivery {

@@ -55,7 +55,13 @@ pub struct Subscription {
 
 impl Subscription {
     /// Checks a request and fixes its starting point.
-    pub fn from_request(reader: &Reader, r: pb::SubscribeRequest) -> Result<Subscription, Status> {
+    /// `replicated`: other replicas may be further along (a position past this node's end is
+    /// then UNAVAILABLE, to retry; on a single node it is the caller's error).
+    pub fn from_request(
+        reader: &Reader,
+        r: pb::SubscribeRequest,
+        replicated: bool,
+    ) -> Result<Subscription, Status> {
         let cursor = match r.target {
             None => return Err(invalid("target", "set `stream` or `all`")),
             Some(Target::Stream(name)) => {
@@ -86,6 +92,15 @@ impl Subscription {
                     from: p,
                     skip: None,
                 },
+                // A subscriber resuming here after another replica delivered `p`: this node has
+                // not applied that far yet. Not the caller's error: another node, or this one
+                // a moment later, can serve it.
+                Some(Start::AfterPosition(p)) if replicated && p >= reader.end() => {
+                    return Err(to_status(strata_engine::Error::Unavailable(format!(
+                        "after_position {p} is beyond this node's log (it ends at {}): it has not replicated that far yet; retry, or ask another node",
+                        reader.end()
+                    ))))
+                }
                 Some(Start::AfterPosition(p)) => {
                     if !reader.is_record_position(p).map_err(to_status)? {
                         return Err(invalid(

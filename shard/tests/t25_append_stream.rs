@@ -213,7 +213,10 @@ async fn a_client_that_stops_reading_is_pushed_back() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(peak <= 4, "one call had {peak} appends in flight; its window is 4");
+    assert!(
+        peak <= 4,
+        "one call had {peak} appends in flight; its window is 4"
+    );
     let mut versions = Vec::new();
     while let Some(answer) = answers.message().await.unwrap() {
         versions.push(ok(&answer.results[0]).streams[0].first_version);

@@ -1,0 +1,291 @@
+//! `strata-client` against three real `strata node` processes: appends (pipelined and one at a
+//! time) through a SIGKILL of the leader with only the client's own retries — every
+//! acknowledged append is there exactly once and nothing is written twice — and
+//! subscriptions (one stream and `$all`) through leader kills and restarts, with no gap and
+//! no duplicate.
+
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use strata_client::{event, Client, ClientConfig, ExpectedVersion, Item, Start, Target};
+use strata_proto::v1::streams_client::StreamsClient;
+
+async fn three_nodes() -> Cluster {
+    let mut cluster = Cluster::new(3, false, small_log_args());
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    cluster.start_all().await;
+    cluster.leader(Duration::from_secs(10)).await;
+    cluster
+}
+
+fn client_of(cluster: &Cluster, tune: impl FnOnce(&mut ClientConfig)) -> Client {
+    let mut config = ClientConfig::new(cluster.nodes.keys().map(|id| cluster.addr(*id)));
+    // Enough to ride out a failover (an election takes about a second here).
+    config.attempts_max = 40;
+    config.deadline = Duration::from_secs(60);
+    tune(&mut config);
+    Client::new(config).unwrap()
+}
+
+/// Stream → event ids acknowledged, in acknowledgement order.
+type Acked = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
+
+/// Every event of `stream` on every live node (follower reads): each id at most once, and
+/// every acknowledged one present. Returns how many events the stream holds.
+async fn check_exactly_once(cluster: &Cluster, stream: &str, acked: &[String]) -> usize {
+    cluster.converge().await;
+    let mut held = 0;
+    for id in cluster.live() {
+        let ch = channel(&cluster.addr(id)).await.unwrap();
+        let mut client = StreamsClient::new(ch);
+        let events = follower_read_all(&mut client, stream, id).await;
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let unique: HashSet<&str> = ids.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "node {id}: an event of {stream} is there twice"
+        );
+        for a in acked {
+            assert!(
+                unique.contains(a.as_str()),
+                "node {id}: acknowledged {a} of {stream} is missing"
+            );
+        }
+        held = ids.len();
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_ride_out_a_leader_kill_on_the_clients_own_retries_exactly_once() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = three_nodes().await;
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Two pipelined appenders (a window of 64, batches lingering 200 µs) …
+    for p in 0..2 {
+        let client = client_of(&cluster, |c| {
+            c.window = 64;
+            c.linger = Duration::from_micros(200);
+        });
+        let (acked, stop, failures) = (acked.clone(), stop.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let appender = client.appender();
+            let stream = format!("piped-{p}");
+            let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+            let feeder = tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut e = event("T", "{}");
+                    e.id = uuid::Uuid::new_v4().to_string();
+                    let id = e.id.clone();
+                    let pending = appender
+                        .append(&stream, ExpectedVersion::Any, vec![e])
+                        .await
+                        .unwrap();
+                    if tx.send((stream.clone(), id, pending)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            while let Some((stream, id, pending)) = rx.recv().await {
+                match pending.await {
+                    Ok(_) => acked.lock().unwrap().entry(stream).or_default().push(id),
+                    Err(e) => failures.lock().unwrap().push(e.to_string()),
+                }
+            }
+            feeder.await.unwrap();
+        }));
+    }
+    // … and two writers one append at a time, each on its own stream with exact versions.
+    for w in 0..2 {
+        let client = client_of(&cluster, |_| {});
+        let (acked, stop, failures) = (acked.clone(), stop.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let stream = format!("unary-{w}");
+            let mut version: Option<u64> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let mut e = event("T", "{}");
+                e.id = uuid::Uuid::new_v4().to_string();
+                let id = e.id.clone();
+                let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                match client.append(&stream, expected, vec![e]).await {
+                    Ok(r) => {
+                        // A retry answered with the original result keeps versions in step.
+                        version = Some(r.streams[0].last_version);
+                        acked
+                            .lock()
+                            .unwrap()
+                            .entry(stream.clone())
+                            .or_default()
+                            .push(id);
+                    }
+                    Err(e) => failures.lock().unwrap().push(e.to_string()),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let before = acked.lock().unwrap().values().map(Vec::len).sum::<usize>();
+    cluster.nodes.get_mut(&leader).unwrap().kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.nodes.get_mut(&leader).unwrap().start();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let after = acked.values().map(Vec::len).sum::<usize>();
+    assert!(
+        after > before + 100,
+        "writes did not go on after the kill: {before} → {after}"
+    );
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "the client gave up on {} appends: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    cluster.wait_up(leader).await;
+    for (stream, ids) in &acked {
+        let held = check_exactly_once(&cluster, stream, ids).await;
+        assert_eq!(
+            held,
+            ids.len(),
+            "{stream}: every append was acknowledged, so all are there"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscriptions_resume_across_leader_kills_and_restarts_without_gap_or_duplicate() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = three_nodes().await;
+    let client = client_of(&cluster, |_| {});
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(Mutex::new(0u64));
+    let writer = {
+        let (client, stop, written) = (client.clone(), stop.clone(), written.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let r = client
+                    .append(
+                        "followed",
+                        ExpectedVersion::Any,
+                        vec![event("T", format!("{{\"n\":{n}}}"))],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(r.streams[0].last_version, n, "each append is written once");
+                n += 1;
+                *written.lock().unwrap() = n;
+                // Another stream's events interleave in $all.
+                client
+                    .append(
+                        "other",
+                        ExpectedVersion::Any,
+                        vec![event("U", "{}"), event("U", "{}")],
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut stream_sub = client.subscribe(Target::Stream("followed".into()), Start::Beginning);
+    let mut all_sub = client.subscribe(Target::All(None), Start::Beginning);
+    let seen_stream = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let seen_all = Arc::new(Mutex::new(Vec::<(u64, String, u64)>::new()));
+    let readers = {
+        let (a, b) = (seen_stream.clone(), seen_all.clone());
+        let r1 = tokio::spawn(async move {
+            loop {
+                if let Item::Event(e) = stream_sub.next().await.unwrap() {
+                    a.lock().unwrap().push(e.version);
+                }
+            }
+        });
+        let r2 = tokio::spawn(async move {
+            loop {
+                if let Item::Event(e) = all_sub.next().await.unwrap() {
+                    b.lock().unwrap().push((e.position, e.stream, e.version));
+                }
+            }
+        });
+        [r1, r2]
+    };
+    // Two leader kills, each node back after a pause, and a restart of a follower.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let leader = cluster.leader(Duration::from_secs(10)).await;
+        cluster.nodes.get_mut(&leader).unwrap().kill();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.nodes.get_mut(&leader).unwrap().start();
+        cluster.wait_up(leader).await;
+    }
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.nodes.get_mut(&follower).unwrap().stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.nodes.get_mut(&follower).unwrap().start();
+    cluster.wait_up(follower).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let total = *written.lock().unwrap();
+    // Wait for the subscriptions to deliver everything written.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (seen_stream.lock().unwrap().len() as u64) < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream subscription stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for r in readers {
+        r.abort();
+    }
+    let versions = seen_stream.lock().unwrap().clone();
+    assert!(total > 50, "only {total} appends were made");
+    assert_eq!(
+        versions,
+        (0..total).collect::<Vec<_>>(),
+        "a gap or a duplicate in the stream subscription"
+    );
+    let all = seen_all.lock().unwrap().clone();
+    let mut keys = HashSet::new();
+    for (p, s, v) in &all {
+        assert!(
+            keys.insert((s.clone(), *v)),
+            "{s}@{v} (position {p}) delivered twice on $all"
+        );
+    }
+    assert!(
+        all.windows(2).all(|w| w[0].0 <= w[1].0),
+        "$all went backwards"
+    );
+    let followed: Vec<u64> = all
+        .iter()
+        .filter(|(_, s, _)| s == "followed")
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert_eq!(
+        followed,
+        (0..total).collect::<Vec<_>>(),
+        "$all missed or repeated an event"
+    );
+}
