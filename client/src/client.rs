@@ -208,6 +208,18 @@ impl Client {
             .await
     }
 
+    /// The log's end position, and with `at_timestamp_us` the first record stamped at or
+    /// after that time.
+    pub async fn get_log(&self, at_timestamp_us: Option<u64>) -> Result<pb::GetLogResponse, Error> {
+        let request = pb::GetLogRequest {
+            at_timestamp_us,
+            consistency: pb::Consistency::Linearizable as i32,
+        };
+        self.conn
+            .call(true, |mut c| async move { c.get_log(request).await })
+            .await
+    }
+
     /// Replaces a stream's metadata. Retried after an unknown outcome only when no expected
     /// metadata version is given (then setting it twice is setting it once).
     pub async fn set_metadata(

@@ -36,6 +36,8 @@ pub enum Start {
     Version(u64),
     /// A `$all` subscription: the records after this position.
     AfterPosition(u64),
+    /// A `$all` subscription: the record at this position and those after it.
+    FromPosition(u64),
     /// What is appended from now on. Resuming is exact from the first event delivered; a
     /// stream subscription pins "now" to a version when it starts.
     End,
@@ -105,6 +107,7 @@ impl Subscription {
             (_, _, Start::Beginning) => None,
             (_, _, Start::Version(v)) => Some(S::FromVersion(v)),
             (_, _, Start::AfterPosition(p)) => Some(S::AfterPosition(p)),
+            (_, _, Start::FromPosition(p)) => Some(S::FromPosition(p)),
             (_, _, Start::End) => Some(S::FromEnd(pb::Empty {})),
         };
         pb::SubscribeRequest {

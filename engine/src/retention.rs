@@ -45,7 +45,7 @@ use crate::log::Segment;
 use crate::reader::{AsOf, Reader};
 pub use crate::reclaimed::Reclaimed;
 use crate::segment::Footer;
-use crate::system::{self, SystemStream};
+use crate::system::{self, GroupPart, SystemStream};
 use crate::views::StreamInfo;
 
 /// Settings of retention.
@@ -134,6 +134,13 @@ impl Judge<'_> {
                 Ok(self.infos(s)?.0.hard_deleted)
             }
             Some(SystemStream::Deleted(_) | SystemStream::Settings) => Ok(false),
+            // Heartbeats and partition commits: only the newest matter; keep a history.
+            Some(SystemStream::Group(_, GroupPart::Members | GroupPart::Partition(_))) => {
+                let head = self.infos(&e.stream)?.1.head;
+                Ok(head.is_some_and(|h| e.version + system::GROUP_EVENTS_KEPT <= h)
+                    && e.timestamp_us < self.window_start)
+            }
+            Some(SystemStream::Group(..)) => Ok(false),
             None => {
                 let (then, now) = self.infos(&e.stream)?;
                 if now.head == Some(e.version) {

@@ -1,7 +1,8 @@
 //! System streams: what the store keeps about streams is itself written as events, in streams
 //! whose names start with `$`, so it replicates, truncates, snapshots and restores with the log
-//! (everything is the log). Clients never write these streams directly; the server writes them
-//! for the metadata, deletion, snapshot and closed-timestamp calls.
+//! (everything is the log). The server writes them for the metadata, deletion, snapshot and
+//! closed-timestamp calls; clients write only consumer groups' streams, and only the group
+//! protocol's events (the shard checks them).
 //!
 //! ```text
 //! $meta:S       "$metadata"  S's metadata (max_age, max_count, truncate_before); the last wins
@@ -10,6 +11,12 @@
 //!                            the version it covers and the snapshot schema version)
 //! $settings     "$snapshot-policy"  a snapshot policy for a stream prefix
 //! $closed       "$tick"      an empty event stamped to close a timestamp (see the shard)
+//! $group:G      consumer group G (written by clients, checked by the shard; see `GroupPart`):
+//!   $group:G          "$group-created" / "$group-reset" / "$group-deleted"  its definition
+//!   $group:G/members  "$group-heartbeat" / "$group-left"   who works in it (the newest kept)
+//!   $group:G/p/N      "$group-claim" / "$group-commit"      partition N's owner and position
+//!   $group:G/parked   "$group-parked"   events a worker gave up on
+//!   $group:G/retry    "$group-parked"   parked events replayed, handled like partition events
 //! ```
 
 // Bytes decoded here come from disks, peers or clients: no input may index past a slice's end.
@@ -27,6 +34,15 @@ pub const META_PREFIX: &str = "$meta:";
 pub const SNAPSHOT_PREFIX: &str = "$snap:";
 /// Prefix of a stream's tombstone stream.
 pub const DELETED_PREFIX: &str = "$deleted:";
+/// Prefix of a consumer group's streams.
+pub const GROUP_PREFIX: &str = "$group:";
+/// Most bytes of a consumer group's name.
+pub const GROUP_NAME_BYTES_MAX: usize = 128;
+/// Most partitions a consumer group has.
+pub const GROUP_PARTITIONS_MAX: u32 = 1024;
+/// Events of a group's members stream and of each partition stream retention keeps (the
+/// newest); older ones (and out of the as-of window) are dead.
+pub const GROUP_EVENTS_KEPT: u64 = 1000;
 
 /// Event type of a metadata event.
 pub const METADATA_TYPE: &str = "$metadata";
@@ -52,6 +68,77 @@ pub enum SystemStream<'a> {
     Snapshot(&'a str),
     /// `$deleted:S`.
     Deleted(&'a str),
+    /// `$group:G…`: one of consumer group G's streams.
+    Group(&'a str, GroupPart),
+}
+
+/// Which of a consumer group's streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupPart {
+    /// `$group:G`: created, reset, deleted.
+    Definition,
+    /// `$group:G/members`: heartbeats and leaves.
+    Members,
+    /// `$group:G/p/N`: claims and commits of partition N.
+    Partition(u32),
+    /// `$group:G/parked`.
+    Parked,
+    /// `$group:G/retry`.
+    Retry,
+}
+
+impl GroupPart {
+    /// The event types clients may append to this stream.
+    pub fn event_types(self) -> &'static [&'static str] {
+        match self {
+            GroupPart::Definition => &["$group-created", "$group-reset", "$group-deleted"],
+            GroupPart::Members => &["$group-heartbeat", "$group-left"],
+            GroupPart::Partition(_) => &["$group-claim", "$group-commit"],
+            GroupPart::Parked | GroupPart::Retry => &["$group-parked"],
+        }
+    }
+}
+
+/// Splits `$group:` names (after the prefix): `G`, `G/members`, `G/p/N`, `G/parked`,
+/// `G/retry`; `None` for anything else (a bad name or part).
+fn parse_group(rest: &str) -> Option<(&str, GroupPart)> {
+    let (name, part) = match rest.split_once('/') {
+        None => (rest, GroupPart::Definition),
+        Some((name, "members")) => (name, GroupPart::Members),
+        Some((name, "parked")) => (name, GroupPart::Parked),
+        Some((name, "retry")) => (name, GroupPart::Retry),
+        Some((name, tail)) => {
+            let n = tail.strip_prefix("p/")?;
+            // Canonical decimal only, so one partition has one stream name.
+            if n.is_empty() || (n.len() > 1 && n.starts_with('0')) {
+                return None;
+            }
+            let n: u32 = n.parse().ok()?;
+            (n < GROUP_PARTITIONS_MAX).then_some(())?;
+            (name, GroupPart::Partition(n))
+        }
+    };
+    valid_group_name(name).then_some((name, part))
+}
+
+/// A group name: 1 to [`GROUP_NAME_BYTES_MAX`] bytes of ASCII letters, digits, `.`, `_`, `-`.
+pub fn valid_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= GROUP_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The name of one of group `name`'s streams.
+pub fn group_stream(name: &str, part: GroupPart) -> String {
+    match part {
+        GroupPart::Definition => format!("{GROUP_PREFIX}{name}"),
+        GroupPart::Members => format!("{GROUP_PREFIX}{name}/members"),
+        GroupPart::Partition(n) => format!("{GROUP_PREFIX}{name}/p/{n}"),
+        GroupPart::Parked => format!("{GROUP_PREFIX}{name}/parked"),
+        GroupPart::Retry => format!("{GROUP_PREFIX}{name}/retry"),
+    }
 }
 
 /// The system stream `name` is, if it is one.
@@ -68,6 +155,9 @@ pub fn parse(name: &str) -> Option<SystemStream<'_>> {
     if let Some(s) = name.strip_prefix(SNAPSHOT_PREFIX) {
         return Some(SystemStream::Snapshot(s));
     }
+    if let Some(rest) = name.strip_prefix(GROUP_PREFIX) {
+        return parse_group(rest).map(|(g, part)| SystemStream::Group(g, part));
+    }
     name.strip_prefix(DELETED_PREFIX).map(SystemStream::Deleted)
 }
 
@@ -79,7 +169,7 @@ pub fn deletable_base(name: &str) -> Option<&str> {
         Some(SystemStream::Meta(s) | SystemStream::Snapshot(s) | SystemStream::Deleted(s)) => {
             Some(s)
         }
-        Some(SystemStream::Closed | SystemStream::Settings) => None,
+        Some(SystemStream::Closed | SystemStream::Settings | SystemStream::Group(..)) => None,
     }
 }
 
@@ -240,6 +330,33 @@ impl SnapshotPolicy {
 #[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_stream_names_parse_and_round_trip() {
+        for part in [
+            GroupPart::Definition,
+            GroupPart::Members,
+            GroupPart::Partition(0),
+            GroupPart::Partition(17),
+            GroupPart::Parked,
+            GroupPart::Retry,
+        ] {
+            let name = group_stream("billing-v2", part);
+            assert_eq!(parse(&name), Some(SystemStream::Group("billing-v2", part)));
+        }
+        for bad in [
+            "$group:",
+            "$group:a b",
+            "$group:g/p/",
+            "$group:g/p/01",
+            "$group:g/p/1024",
+            "$group:g/p/x",
+            "$group:g/other",
+            "$group:g/members/x",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn names_parse_to_their_kind() {

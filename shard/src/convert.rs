@@ -61,7 +61,7 @@ pub fn append(
     timestamp_us: u64,
     ids: &dyn IdSource,
 ) -> Result<AppendRequest, Status> {
-    user_target("stream", &request.stream)?;
+    user_target("stream", &request.stream, "", &request.events)?;
     let events = events("", request.events, ids)?;
     Ok(AppendRequest::single(
         request.stream,
@@ -82,7 +82,8 @@ pub fn append_multi(
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
-            user_target(&format!("streams[{i}].stream"), &s.stream)?;
+            let prefix = format!("streams[{i}].");
+            user_target(&format!("{prefix}stream"), &s.stream, &prefix, &s.events)?;
             Ok(StreamAppend {
                 events: events(&format!("streams[{i}]."), s.events, ids)?,
                 stream: s.stream,
@@ -142,7 +143,19 @@ pub fn matches(filter: Option<&pb::Filter>, e: &RecordedEvent) -> bool {
 }
 
 /// Refuses a system stream (`$…`) as an append target: the server writes those itself.
-fn user_target(field: &str, stream: &str) -> Result<(), Status> {
+/// Clients append to their own streams and to consumer groups' streams (checked by
+/// [`crate::groups::check_events`]); every other `$` name is the server's.
+fn user_target(
+    field: &str,
+    stream: &str,
+    prefix: &str,
+    events: &[pb::NewEvent],
+) -> Result<(), Status> {
+    if let Some(strata_engine::system::SystemStream::Group(_, part)) =
+        strata_engine::system::parse(stream)
+    {
+        return crate::groups::check_events(part, stream, prefix, events);
+    }
     if stream.starts_with('$') {
         return Err(invalid(
             field,

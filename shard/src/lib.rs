@@ -8,6 +8,7 @@ pub mod blocking;
 pub mod clock;
 pub mod cluster;
 pub mod convert;
+pub mod groups;
 pub mod history;
 pub mod ids;
 pub mod limits;

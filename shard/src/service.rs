@@ -385,6 +385,33 @@ impl pb::streams_server::Streams for StreamsService {
         .await
     }
 
+    async fn get_log(
+        &self,
+        request: Request<pb::GetLogRequest>,
+    ) -> Result<Response<pb::GetLogResponse>, Status> {
+        self.traced("GetLog", async move {
+            let r = request.into_inner();
+            let consistency = convert::consistency(r.consistency)?;
+            self.backend.read_barrier(consistency).await?;
+            let at = r.at_timestamp_us;
+            let (end, first) = self
+                .backend
+                .read(move |reader| {
+                    let first = match at {
+                        Some(t) => reader.position_at_or_after(t)?,
+                        None => None,
+                    };
+                    Ok((reader.end(), first))
+                })
+                .await?;
+            Ok(Response::new(pb::GetLogResponse {
+                end_position: end,
+                first_position_at_or_after: first,
+            }))
+        })
+        .await
+    }
+
     async fn set_stream_metadata(
         &self,
         request: Request<pb::SetStreamMetadataRequest>,

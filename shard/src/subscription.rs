@@ -78,6 +78,10 @@ impl Subscription {
                             "after_position",
                             "is for $all subscriptions; a stream subscription starts from_version",
                         )),
+                        Some(Start::FromPosition(_)) => return Err(invalid(
+                            "from_position",
+                            "is for $all subscriptions; a stream subscription starts from_version",
+                        )),
                     };
                 Cursor::Stream { name, next_version }
             }
@@ -111,6 +115,28 @@ impl Subscription {
                     Cursor::All {
                         from: p,
                         skip: Some(p),
+                    }
+                }
+                Some(Start::FromPosition(p)) if replicated && p > reader.end() => {
+                    return Err(to_status(strata_engine::Error::Unavailable(format!(
+                        "from_position {p} is beyond this node's log (it ends at {}): it has not replicated that far yet; retry, or ask another node",
+                        reader.end()
+                    ))))
+                }
+                Some(Start::FromPosition(p)) => {
+                    let here = p == 0
+                        || p == reader.end()
+                        || reader.is_reclaimed(p)
+                        || reader.is_record_position(p).map_err(to_status)?;
+                    if !here {
+                        return Err(invalid(
+                            "from_position",
+                            format!("{p} is not the position of a record in this log"),
+                        ));
+                    }
+                    Cursor::All {
+                        from: p,
+                        skip: None,
                     }
                 }
                 Some(Start::FromEnd(_)) => Cursor::All {
