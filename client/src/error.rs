@@ -51,6 +51,10 @@ pub enum Error {
     /// The client is configured wrongly (the message names the setting).
     #[error("bad client configuration: {0}")]
     Config(String),
+    /// A consumer group worker no longer holds the partition it tried to commit: another
+    /// worker claimed it, or the group was reset. Nothing of the commit was written.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// A pipelined appender is closed, or its window is full (`try_append`).
     #[error("appender: {0}")]
     Appender(String),

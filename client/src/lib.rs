@@ -59,6 +59,7 @@ mod client;
 mod config;
 mod conn;
 mod error;
+pub mod group;
 mod pipeline;
 mod subscribe;
 

@@ -137,8 +137,10 @@ impl Judge<'_> {
             // Heartbeats and partition commits: only the newest matter; keep a history.
             Some(SystemStream::Group(_, GroupPart::Members | GroupPart::Partition(_))) => {
                 let head = self.infos(&e.stream)?.1.head;
-                Ok(head.is_some_and(|h| e.version + system::GROUP_EVENTS_KEPT <= h)
-                    && e.timestamp_us < self.window_start)
+                Ok(
+                    head.is_some_and(|h| e.version + system::GROUP_EVENTS_KEPT <= h)
+                        && e.timestamp_us < self.window_start,
+                )
             }
             Some(SystemStream::Group(..)) => Ok(false),
             None => {

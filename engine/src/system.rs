@@ -17,6 +17,7 @@
 //!   $group:G/p/N      "$group-claim" / "$group-commit"      partition N's owner and position
 //!   $group:G/parked   "$group-parked"   events a worker gave up on
 //!   $group:G/retry    "$group-parked"   parked events replayed, handled like partition events
+//! $groups        "$group-created" / "$group-deleted"   the registry of groups
 //! ```
 
 // Bytes decoded here come from disks, peers or clients: no input may index past a slice's end.
@@ -36,6 +37,8 @@ pub const SNAPSHOT_PREFIX: &str = "$snap:";
 pub const DELETED_PREFIX: &str = "$deleted:";
 /// Prefix of a consumer group's streams.
 pub const GROUP_PREFIX: &str = "$group:";
+/// The registry of consumer groups: every group's creation and deletion.
+pub const GROUPS_STREAM: &str = "$groups";
 /// Most bytes of a consumer group's name.
 pub const GROUP_NAME_BYTES_MAX: usize = 128;
 /// Most partitions a consumer group has.
@@ -85,6 +88,8 @@ pub enum GroupPart {
     Parked,
     /// `$group:G/retry`.
     Retry,
+    /// `$groups` (the group name is empty): the registry of groups.
+    Registry,
 }
 
 impl GroupPart {
@@ -92,6 +97,7 @@ impl GroupPart {
     pub fn event_types(self) -> &'static [&'static str] {
         match self {
             GroupPart::Definition => &["$group-created", "$group-reset", "$group-deleted"],
+            GroupPart::Registry => &["$group-created", "$group-deleted"],
             GroupPart::Members => &["$group-heartbeat", "$group-left"],
             GroupPart::Partition(_) => &["$group-claim", "$group-commit"],
             GroupPart::Parked | GroupPart::Retry => &["$group-parked"],
@@ -121,9 +127,12 @@ fn parse_group(rest: &str) -> Option<(&str, GroupPart)> {
     valid_group_name(name).then_some((name, part))
 }
 
-/// A group name: 1 to [`GROUP_NAME_BYTES_MAX`] bytes of ASCII letters, digits, `.`, `_`, `-`.
+/// A group name: 1 to [`GROUP_NAME_BYTES_MAX`] bytes of ASCII letters, digits, `.`, `_`, `-`,
+/// starting with a letter or digit.
 pub fn valid_group_name(name: &str) -> bool {
-    !name.is_empty()
+    name.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
         && name.len() <= GROUP_NAME_BYTES_MAX
         && name
             .bytes()
@@ -138,6 +147,7 @@ pub fn group_stream(name: &str, part: GroupPart) -> String {
         GroupPart::Partition(n) => format!("{GROUP_PREFIX}{name}/p/{n}"),
         GroupPart::Parked => format!("{GROUP_PREFIX}{name}/parked"),
         GroupPart::Retry => format!("{GROUP_PREFIX}{name}/retry"),
+        GroupPart::Registry => GROUPS_STREAM.to_string(),
     }
 }
 
@@ -154,6 +164,9 @@ pub fn parse(name: &str) -> Option<SystemStream<'_>> {
     }
     if let Some(s) = name.strip_prefix(SNAPSHOT_PREFIX) {
         return Some(SystemStream::Snapshot(s));
+    }
+    if name == GROUPS_STREAM {
+        return Some(SystemStream::Group("", GroupPart::Registry));
     }
     if let Some(rest) = name.strip_prefix(GROUP_PREFIX) {
         return parse_group(rest).map(|(g, part)| SystemStream::Group(g, part));
@@ -344,6 +357,10 @@ mod tests {
             let name = group_stream("billing-v2", part);
             assert_eq!(parse(&name), Some(SystemStream::Group("billing-v2", part)));
         }
+        assert_eq!(
+            parse(GROUPS_STREAM),
+            Some(SystemStream::Group("", GroupPart::Registry))
+        );
         for bad in [
             "$group:",
             "$group:a b",
@@ -353,6 +370,7 @@ mod tests {
             "$group:g/p/x",
             "$group:g/other",
             "$group:g/members/x",
+            "$group:-g",
         ] {
             assert_eq!(parse(bad), None, "{bad}");
         }

@@ -61,13 +61,34 @@ mod tests {
     #[test]
     fn only_the_protocols_events_go_into_group_streams() {
         let p = GroupPart::Partition(3);
-        assert!(check_events(p, "$group:g/p/3", "", &[ev("$group-commit", "{\"after\":1}")]).is_ok());
+        assert!(check_events(
+            p,
+            "$group:g/p/3",
+            "",
+            &[ev("$group-commit", "{\"after\":1}")]
+        )
+        .is_ok());
         let wrong = check_events(p, "$group:g/p/3", "", &[ev("Placed", "{}")]).unwrap_err();
-        assert!(wrong.message().contains("events[0].type"), "{}", wrong.message());
-        let not_json = check_events(p, "$group:g/p/3", "streams[1].", &[ev("$group-claim", "[1]")])
-            .unwrap_err();
+        assert!(
+            wrong.message().contains("events[0].type"),
+            "{}",
+            wrong.message()
+        );
+        let not_json = check_events(
+            p,
+            "$group:g/p/3",
+            "streams[1].",
+            &[ev("$group-claim", "[1]")],
+        )
+        .unwrap_err();
         assert!(not_json.message().contains("streams[1].events[0].data"));
         // Parked events keep the original bytes.
-        assert!(check_events(GroupPart::Parked, "$group:g/parked", "", &[ev("$group-parked", "\u{1}")]).is_ok());
+        assert!(check_events(
+            GroupPart::Parked,
+            "$group:g/parked",
+            "",
+            &[ev("$group-parked", "\u{1}")]
+        )
+        .is_ok());
     }
 }

@@ -8,6 +8,7 @@ pub mod bench_state;
 pub mod client;
 pub mod cluster_cmd;
 pub mod dev_cluster;
+pub mod group_cmd;
 pub mod history_cmd;
 pub mod node_config;
 pub mod output;

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use strata::{bench, client, cluster_cmd, dev_cluster, history_cmd, node_config, output, Failure};
+use strata::{
+    bench, client, cluster_cmd, dev_cluster, group_cmd, history_cmd, node_config, output, Failure,
+};
 
 /// Most threads serving reads (tokio's blocking pool) in one process.
 const BLOCKING_THREADS_MAX: usize = 64;
@@ -67,6 +69,9 @@ enum Command {
     /// Membership and status of a replicated shard.
     #[command(subcommand)]
     Cluster(cluster_cmd::ClusterCommand),
+    /// Consumer groups: create, list, info, reset, parked events, and a worker.
+    #[command(subcommand)]
+    Group(group_cmd::GroupCommand),
     /// Verify a data directory offline (every segment, record and footer).
     Check {
         /// The node's data directory.
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
             Command::Diff(args) => history_cmd::run_diff(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Cluster(command) => cluster_cmd::run(command).await,
+            Command::Group(command) => group_cmd::run(command).await,
             Command::Check { dir } => check(dir),
         }
     });

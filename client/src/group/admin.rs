@@ -1,0 +1,347 @@
+//! Managing consumer groups: create, list, describe, reset, and parked events with replay.
+//! Each is a few appends and reads of the group's streams (see [`super::protocol`]).
+
+use strata_proto::v1 as pb;
+
+use super::protocol::{self as p, Definition, GroupTarget, ParkedFrom, PartitionEvent, Position};
+use crate::client::{Client, ExpectedVersion};
+use crate::error::Error;
+
+/// Most groups `list` reads from the registry (creations and deletions).
+pub const REGISTRY_EVENTS_MAX: usize = 100_000;
+/// Most parked events one replay copies (it can be run again for more).
+pub const REPLAY_EVENTS_MAX: usize = 10_000;
+
+/// What `info` tells of a group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupInfo {
+    /// Its name.
+    pub name: String,
+    /// What it consumes and how it is split.
+    pub definition: Definition,
+    /// Members heard from in the members window: (name, last heartbeat µs, live).
+    pub members: Vec<(String, u64, bool)>,
+    /// Partitions `0..partitions`, then the retry partition.
+    pub partitions: Vec<PartitionInfo>,
+    /// Events parked so far.
+    pub parked: u64,
+    /// Parked events replayed so far.
+    pub replayed: u64,
+}
+
+/// One partition's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Its number (`partitions` is the retry partition).
+    pub number: u32,
+    /// Its owner ("" when none).
+    pub owner: String,
+    /// Handled through here.
+    pub position: Position,
+    /// Commits and claims so far (its stream's version + 1).
+    pub events: u64,
+}
+
+/// A parked event with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parked {
+    /// Its version in the parked stream.
+    pub parked_version: u64,
+    /// Where it came from and why it was parked.
+    pub from: ParkedFrom,
+    /// Its data.
+    pub data: Vec<u8>,
+}
+
+/// Consumer group administration through a [`Client`].
+#[derive(Debug, Clone)]
+pub struct Groups {
+    client: Client,
+}
+
+impl Groups {
+    /// Administration over `client`.
+    pub fn new(client: Client) -> Groups {
+        Groups { client }
+    }
+
+    /// Creates group `name` on `target` with `partitions` partitions (1 to
+    /// [`p::PARTITIONS_MAX`] − 1; one more is its retry partition), new partitions starting at
+    /// `start`. Fails if it exists.
+    pub async fn create(
+        &self,
+        name: &str,
+        target: GroupTarget,
+        partitions: u32,
+        start: Position,
+    ) -> Result<Definition, Error> {
+        p::check_name(name)?;
+        if partitions == 0 || partitions >= p::PARTITIONS_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "partitions: 1 to {}, not {partitions}",
+                p::PARTITIONS_MAX - 1
+            )));
+        }
+        if let GroupTarget::Stream(s) | GroupTarget::Prefix(s) = &target {
+            if s.is_empty() || s.starts_with('$') {
+                return Err(Error::InvalidArgument(format!(
+                    "target `{s}`: a user stream name or prefix (not empty, not starting with '$')"
+                )));
+            }
+        }
+        self.check_position(start).await?;
+        let definition = Definition {
+            target,
+            partitions,
+            start,
+        };
+        let created = |stream: String, expected: ExpectedVersion, data: Vec<u8>| pb::StreamAppend {
+            stream,
+            expected: Some(expected.wire()),
+            events: vec![crate::client::event("$group-created", data)],
+        };
+        let request = pb::AppendMultiRequest {
+            streams: vec![
+                created(
+                    p::definition_stream(name),
+                    ExpectedVersion::NoStream,
+                    p::to_json(&definition),
+                ),
+                created(
+                    p::REGISTRY.into(),
+                    ExpectedVersion::Any,
+                    p::to_json(&p::RegistryEvent { name: name.into() }),
+                ),
+            ],
+        };
+        match self.client.append_multi(request).await {
+            Ok(_) => Ok(definition),
+            Err(Error::WrongExpectedVersion { .. }) => Err(Error::InvalidArgument(format!(
+                "group `{name}` exists already"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every group created (in creation order).
+    pub async fn list(&self) -> Result<Vec<String>, Error> {
+        let events = self
+            .client
+            .read_stream(p::REGISTRY, None, REGISTRY_EVENTS_MAX)
+            .await?;
+        let mut names: Vec<String> = Vec::new();
+        for e in events {
+            let r: p::RegistryEvent = p::from_json(p::REGISTRY, &e.data)?;
+            match e.r#type.as_str() {
+                "$group-deleted" => names.retain(|n| *n != r.name),
+                _ if !names.contains(&r.name) => names.push(r.name),
+                _ => {}
+            }
+        }
+        Ok(names)
+    }
+
+    /// A group's definition; `NotFound` when there is no such group.
+    pub async fn definition(&self, name: &str) -> Result<Definition, Error> {
+        p::check_name(name)?;
+        let stream = p::definition_stream(name);
+        let page = self
+            .client
+            .read(pb::ReadRequest {
+                stream: stream.clone(),
+                limit: 1,
+                ..Default::default()
+            })
+            .await?;
+        match page.events.first() {
+            Some(e) => p::from_json(&stream, &e.data),
+            None => Err(Error::NotFound(format!("no consumer group `{name}`"))),
+        }
+    }
+
+    /// The last event of partition `n`'s stream: (its version, the state); `None` before the
+    /// first claim.
+    pub(crate) async fn partition(
+        &self,
+        name: &str,
+        n: u32,
+    ) -> Result<Option<(u64, PartitionEvent)>, Error> {
+        let stream = p::partition_stream(name, n);
+        let page = self
+            .client
+            .read(pb::ReadRequest {
+                stream: stream.clone(),
+                direction: pb::Direction::Backwards as i32,
+                limit: 1,
+                ..Default::default()
+            })
+            .await?;
+        match page.events.first() {
+            Some(e) => Ok(Some((e.version, p::from_json(&stream, &e.data)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Everything `strata group info` shows.
+    pub async fn info(&self, name: &str) -> Result<GroupInfo, Error> {
+        let definition = self.definition(name).await?;
+        let members = super::worker::members(&self.client, name, None).await?;
+        let mut partitions = Vec::new();
+        for n in 0..=definition.partitions {
+            let (version, state) = match self.partition(name, n).await? {
+                Some((v, s)) => (Some(v), s),
+                None => (
+                    None,
+                    PartitionEvent {
+                        member: String::new(),
+                        position: definition.start,
+                    },
+                ),
+            };
+            partitions.push(PartitionInfo {
+                number: n,
+                owner: state.member,
+                position: state.position,
+                events: version.map_or(0, |v| v + 1),
+            });
+        }
+        let count = |info: pb::GetStreamResponse| {
+            if info.exists {
+                info.current_version + 1
+            } else {
+                0
+            }
+        };
+        let parked = count(
+            self.client
+                .stream_info(&p::parked_stream(name), pb::Consistency::Linearizable)
+                .await?,
+        );
+        let replayed = count(
+            self.client
+                .stream_info(&p::retry_stream(name), pb::Consistency::Linearizable)
+                .await?,
+        );
+        Ok(GroupInfo {
+            name: name.into(),
+            definition,
+            members,
+            partitions,
+            parked,
+            replayed,
+        })
+    }
+
+    /// Refuses a position that is not a record's (or the log's end): the node names why.
+    async fn check_position(&self, position: Position) -> Result<(), Error> {
+        let (Position::After(at) | Position::From(at)) = position;
+        if at == 0 {
+            return Ok(());
+        }
+        self.client
+            .read_all(pb::ReadAllRequest {
+                from_position: at,
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Where "the end now" and "time T" are, as a position to consume from.
+    pub async fn position_at(&self, at_timestamp_us: Option<u64>) -> Result<Position, Error> {
+        let log = self.client.get_log(at_timestamp_us).await?;
+        Ok(Position::From(
+            log.first_position_at_or_after.unwrap_or(log.end_position),
+        ))
+    }
+
+    /// Moves every partition (not the retry partition) to `position`, releasing them: their
+    /// workers' next commits fail, and they (or others) go on from there. One atomic append.
+    pub async fn reset(&self, name: &str, position: Position) -> Result<(), Error> {
+        let definition = self.definition(name).await?;
+        self.check_position(position).await?;
+        let event = |stream: String, event_type: &str, data: Vec<u8>| pb::StreamAppend {
+            stream,
+            expected: Some(ExpectedVersion::Any.wire()),
+            events: vec![crate::client::event(event_type, data)],
+        };
+        let released = p::to_json(&PartitionEvent {
+            member: String::new(),
+            position,
+        });
+        let mut streams = vec![event(
+            p::definition_stream(name),
+            "$group-reset",
+            p::to_json(&p::Reset { position }),
+        )];
+        for n in 0..definition.partitions {
+            streams.push(event(
+                p::partition_stream(name, n),
+                "$group-commit",
+                released.clone(),
+            ));
+        }
+        self.client
+            .append_multi(pb::AppendMultiRequest { streams })
+            .await
+            .map(|_| ())
+    }
+
+    /// Parked events from parked version `from` on, at most `limit`.
+    pub async fn parked(&self, name: &str, from: u64, limit: usize) -> Result<Vec<Parked>, Error> {
+        self.definition(name).await?;
+        let stream = p::parked_stream(name);
+        let events = self.client.read_stream(&stream, Some(from), limit).await?;
+        events
+            .into_iter()
+            .map(|e| {
+                Ok(Parked {
+                    parked_version: e.version,
+                    from: p::from_json(&stream, &e.metadata)?,
+                    data: e.data,
+                })
+            })
+            .collect()
+    }
+
+    /// Copies the parked events not replayed yet (at most [`REPLAY_EVENTS_MAX`]) to the retry
+    /// stream, where the group's workers handle them again. Returns how many.
+    pub async fn replay_parked(&self, name: &str) -> Result<usize, Error> {
+        self.definition(name).await?;
+        let retry = p::retry_stream(name);
+        let info = self
+            .client
+            .stream_info(&retry, pb::Consistency::Linearizable)
+            .await?;
+        let (replayed, expected) = match info.exists {
+            true => (
+                info.current_version + 1,
+                ExpectedVersion::Exact(info.current_version),
+            ),
+            false => (0, ExpectedVersion::NoStream),
+        };
+        // The retry stream holds the parked events in order, so its length is how far the
+        // parked stream has been replayed.
+        let parked = self
+            .client
+            .read_stream(&p::parked_stream(name), Some(replayed), REPLAY_EVENTS_MAX)
+            .await?;
+        if parked.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<pb::NewEvent> = parked
+            .iter()
+            .map(|e| pb::NewEvent {
+                id: String::new(),
+                r#type: "$group-parked".into(),
+                data: e.data.clone(),
+                metadata: e.metadata.clone(),
+            })
+            .collect();
+        let n = events.len();
+        // Expected version: two replays at once cannot copy the same events twice.
+        self.client.append(&retry, expected, events).await?;
+        Ok(n)
+    }
+}

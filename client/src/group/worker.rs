@@ -1,0 +1,551 @@
+//! A worker of a consumer group: heart-beats, takes the partitions the live members' rendezvous
+//! hashing gives it, reads their events in log order and hands them out in batches of one
+//! partition; commits positions (at-least-once), or commits them in the same atomic append as
+//! its own output (exactly-once inside Strata); parks events it gives up on.
+//!
+//! Every `heartbeat_interval` (checked whenever the worker is called) it appends a heartbeat,
+//! reads who is live (a heartbeat within `session_timeout` of the newest, by the node's
+//! timestamps), checks that the partitions it holds are still its own (their stream's version
+//! is the one it last wrote), releases those no longer assigned to it and claims those newly
+//! assigned once their previous owner released them or went silent. A worker that was not
+//! called for `session_timeout` (killed, paused, or stuck in a handler) has lost its lease: it
+//! re-checks before handing out anything more, and its commits fail (`Fenced`) once another
+//! worker has claimed the partition, so a stream is handled by one worker at a time and the
+//! group's position never goes back. Commit (or drop) a batch before asking for the next.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use strata_proto::v1 as pb;
+use tokio::time::Instant;
+
+use super::admin::Groups;
+use super::protocol::{self as p, Definition, MemberEvent, ParkedFrom, PartitionEvent, Position};
+use crate::client::{event, Client, ExpectedVersion};
+use crate::error::Error;
+use crate::subscribe::{Item, Start, Subscription, Target};
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Its name in the group, unique among the group's workers.
+    pub member: String,
+    /// Time between heartbeats. Default 500 ms.
+    pub heartbeat_interval: Duration,
+    /// A member silent this long is taken for gone and its partitions move. Default 5 s;
+    /// at least twice `heartbeat_interval`.
+    pub session_timeout: Duration,
+    /// Most events in one batch (a batch ends at a record's end, so one record's events for a
+    /// partition are never split). Default 100.
+    pub batch_events_max: usize,
+    /// Most events read ahead and held for handing out. Default 4096.
+    pub buffer_events_max: usize,
+}
+
+impl WorkerConfig {
+    /// Defaults for member `member`.
+    pub fn new(member: impl Into<String>) -> WorkerConfig {
+        WorkerConfig {
+            member: member.into(),
+            heartbeat_interval: Duration::from_millis(500),
+            session_timeout: Duration::from_secs(5),
+            batch_events_max: 100,
+            buffer_events_max: 4096,
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.member.is_empty() || self.member.len() > 128 {
+            return bad("member: 1 to 128 bytes".into());
+        }
+        if self.heartbeat_interval.is_zero() || self.session_timeout < self.heartbeat_interval * 2 {
+            return bad(format!(
+                "session_timeout ({:?}) must be at least twice heartbeat_interval ({:?}), which is above zero",
+                self.session_timeout, self.heartbeat_interval
+            ));
+        }
+        if self.batch_events_max == 0 || self.buffer_events_max < self.batch_events_max {
+            return bad(format!(
+                "batch_events_max ({}) must be at least 1 and buffer_events_max ({}) at least that",
+                self.batch_events_max, self.buffer_events_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Events of one partition to handle, in log order.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The partition (the group's `partitions` for replayed parked events).
+    pub partition: u32,
+    /// Its events.
+    pub events: Vec<pb::RecordedEvent>,
+    /// The partition stream's version when it was handed out (the fencing token).
+    pub token: u64,
+}
+
+impl Batch {
+    fn last_position(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.position)
+    }
+}
+
+/// A partition this worker holds.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// Its stream's version after this worker's last event there.
+    version: u64,
+    position: Position,
+}
+
+/// One worker of a group (see the module docs).
+pub struct Worker {
+    client: Client,
+    group: String,
+    config: WorkerConfig,
+    definition: Definition,
+    held: BTreeMap<u32, Held>,
+    buffers: BTreeMap<u32, VecDeque<pb::RecordedEvent>>,
+    buffered: usize,
+    source: Option<Subscription>,
+    retry: Option<Subscription>,
+    next_tick: Instant,
+    lease_until: Instant,
+}
+
+impl Worker {
+    /// Joins group `group` (which must exist) as `config.member`.
+    pub async fn join(client: Client, group: &str, config: WorkerConfig) -> Result<Worker, Error> {
+        config.validate()?;
+        p::check_name(group)?;
+        let definition = Groups::new(client.clone()).definition(group).await?;
+        let now = Instant::now();
+        let mut worker = Worker {
+            client,
+            group: group.into(),
+            config,
+            definition,
+            held: BTreeMap::new(),
+            buffers: BTreeMap::new(),
+            buffered: 0,
+            source: None,
+            retry: None,
+            next_tick: now,
+            lease_until: now,
+        };
+        worker.tick().await?;
+        Ok(worker)
+    }
+
+    /// The partitions it holds now.
+    pub fn partitions(&self) -> Vec<u32> {
+        self.held.keys().copied().collect()
+    }
+
+    /// Its name.
+    pub fn member(&self) -> &str {
+        &self.config.member
+    }
+
+    /// The next batch: waits for events of its partitions (heart-beating meanwhile).
+    pub async fn next_batch(&mut self) -> Result<Batch, Error> {
+        loop {
+            let now = Instant::now();
+            if now >= self.next_tick || now >= self.lease_until {
+                self.tick().await?;
+            }
+            if let Some(batch) = self.take_batch() {
+                return Ok(batch);
+            }
+            if self.held.is_empty() {
+                tokio::time::sleep_until(self.next_tick).await;
+                continue;
+            }
+            match tokio::time::timeout_at(self.next_tick, self.pull()).await {
+                Err(_) => continue,
+                Ok(item) => self.dispatch(item?),
+            }
+            // What is already here joins the batch without waiting.
+            while self.buffered < self.config.buffer_events_max {
+                match tokio::time::timeout(Duration::ZERO, self.pull()).await {
+                    Ok(item) => self.dispatch(item?),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Records that `batch` was handled (at-least-once: a crash before this hands its events
+    /// out again). `Fenced` when the partition was taken meanwhile.
+    pub async fn commit(&mut self, batch: &Batch) -> Result<(), Error> {
+        self.commit_with(batch, Vec::new()).await.map(|_| ())
+    }
+
+    /// Appends `outputs` and the batch's commit in one atomic append: both happen or neither
+    /// (exactly-once inside Strata). `Fenced` when the partition was taken meanwhile — then
+    /// nothing of `outputs` was written either.
+    pub async fn commit_with(
+        &mut self,
+        batch: &Batch,
+        mut outputs: Vec<pb::StreamAppend>,
+    ) -> Result<pb::AppendResponse, Error> {
+        let stream = p::partition_stream(&self.group, batch.partition);
+        let held = match self.held.get(&batch.partition) {
+            Some(h) if h.version == batch.token => *h,
+            _ => return Err(self.fenced(batch.partition)),
+        };
+        let position = match held.position {
+            Position::After(p) if p >= batch.last_position() => held.position,
+            _ => Position::After(batch.last_position()),
+        };
+        outputs.push(pb::StreamAppend {
+            stream: stream.clone(),
+            expected: Some(ExpectedVersion::Exact(held.version).wire()),
+            events: vec![event(
+                "$group-commit",
+                p::to_json(&PartitionEvent {
+                    member: self.config.member.clone(),
+                    position,
+                }),
+            )],
+        });
+        match self
+            .client
+            .append_multi(pb::AppendMultiRequest { streams: outputs })
+            .await
+        {
+            Ok(r) => {
+                let version = r
+                    .streams
+                    .iter()
+                    .find(|s| s.stream == stream)
+                    .map_or(held.version + 1, |s| s.last_version);
+                self.held
+                    .insert(batch.partition, Held { version, position });
+                Ok(r)
+            }
+            Err(Error::WrongExpectedVersion { message, .. }) if message.contains(&stream) => {
+                self.lose(batch.partition);
+                Err(self.fenced(batch.partition))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives up on `event` of `batch`: a copy goes to the group's parked stream, with where it
+    /// came from and `reason`. The batch is still to be committed.
+    pub async fn park(&mut self, event: &pb::RecordedEvent, reason: &str) -> Result<(), Error> {
+        // A replayed event parked again keeps its first origin.
+        let from = match p::from_json::<ParkedFrom>("", &event.metadata) {
+            Ok(mut from) if event.stream == p::retry_stream(&self.group) => {
+                from.reason = reason.into();
+                from.member = self.config.member.clone();
+                from
+            }
+            _ => ParkedFrom {
+                stream: event.stream.clone(),
+                version: event.version,
+                position: event.position,
+                event_type: event.r#type.clone(),
+                reason: reason.into(),
+                member: self.config.member.clone(),
+            },
+        };
+        let parked = pb::NewEvent {
+            id: String::new(),
+            r#type: "$group-parked".into(),
+            data: event.data.clone(),
+            metadata: p::to_json(&from),
+        };
+        self.client
+            .append(
+                &p::parked_stream(&self.group),
+                ExpectedVersion::Any,
+                vec![parked],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Leaves the group: releases its partitions (each at its last commit) and says so, so
+    /// others take over at once instead of after `session_timeout`.
+    pub async fn leave(mut self) -> Result<(), Error> {
+        for n in self.partitions() {
+            self.release(n).await;
+        }
+        let left = event(
+            "$group-left",
+            p::to_json(&MemberEvent {
+                member: self.config.member.clone(),
+            }),
+        );
+        self.client
+            .append(
+                &p::members_stream(&self.group),
+                ExpectedVersion::Any,
+                vec![left],
+            )
+            .await
+            .map(|_| ())
+    }
+
+    fn fenced(&self, partition: u32) -> Error {
+        Error::Fenced(format!(
+            "partition {partition} of group `{}` is no longer {}'s (another worker claimed it, or the group was reset); its uncommitted events will be handled again from its last commit",
+            self.group, self.config.member
+        ))
+    }
+
+    /// The next item of either subscription.
+    async fn pull(&mut self) -> Result<(u32, Item), Error> {
+        let k = self.definition.partitions;
+        match (self.source.as_mut(), self.retry.as_mut()) {
+            (Some(s), Some(r)) => tokio::select! {
+                item = s.next() => item.map(|i| (0, i)),
+                item = r.next() => item.map(|i| (k, i)),
+            },
+            (Some(s), None) => s.next().await.map(|i| (0, i)),
+            (None, Some(r)) => r.next().await.map(|i| (k, i)),
+            (None, None) => std::future::pending().await,
+        }
+    }
+
+    /// Files an event under its partition if it is still to be handled there.
+    fn dispatch(&mut self, (from, item): (u32, Item)) {
+        let Item::Event(e) = item else { return };
+        let k = self.definition.partitions;
+        let n = if from == k {
+            k
+        } else if self.definition.target.matches(&e.stream) {
+            p::partition_of(&e.stream, k)
+        } else {
+            return;
+        };
+        if self
+            .held
+            .get(&n)
+            .is_some_and(|h| h.position.wants(e.position))
+        {
+            self.buffers.entry(n).or_default().push_back(e);
+            self.buffered += 1;
+        }
+    }
+
+    /// A batch of the partition with the most waiting, ending at a record's end.
+    fn take_batch(&mut self) -> Option<Batch> {
+        let (&n, _) = self
+            .buffers
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .max_by_key(|(_, b)| b.len())?;
+        let token = self.held.get(&n)?.version;
+        let buffer = self.buffers.get_mut(&n)?;
+        let mut events: Vec<pb::RecordedEvent> = Vec::new();
+        while let Some(e) = buffer.front() {
+            let same_record = events.last().is_some_and(|l| l.position == e.position);
+            if events.len() >= self.config.batch_events_max && !same_record {
+                break;
+            }
+            if let Some(e) = buffer.pop_front() {
+                events.push(e);
+            }
+        }
+        self.buffered -= events.len();
+        Some(Batch {
+            partition: n,
+            events,
+            token,
+        })
+    }
+
+    /// Forgets a partition it no longer holds, and what it read ahead for it.
+    fn lose(&mut self, n: u32) {
+        self.held.remove(&n);
+        if let Some(b) = self.buffers.remove(&n) {
+            self.buffered -= b.len();
+        }
+        self.restart_reading();
+    }
+
+    /// The held set changed: read again from the earliest position it needs.
+    fn restart_reading(&mut self) {
+        let k = self.definition.partitions;
+        let start = |p: Position| match p {
+            Position::After(at) => Start::AfterPosition(at),
+            Position::From(at) => Start::FromPosition(at),
+        };
+        let sources = self
+            .held
+            .iter()
+            .filter(|(n, _)| **n < k)
+            .map(|(_, h)| h.position);
+        self.source = Position::earliest(sources).map(|at| {
+            let filter = pb::Filter {
+                stream_prefix: self.definition.target.filter_prefix().into(),
+                event_types: Vec::new(),
+            };
+            self.client.subscribe(Target::All(Some(filter)), start(at))
+        });
+        self.retry = self.held.get(&k).map(|h| {
+            let filter = pb::Filter {
+                stream_prefix: p::retry_stream(&self.group),
+                event_types: Vec::new(),
+            };
+            self.client
+                .subscribe(Target::All(Some(filter)), start(h.position))
+        });
+        // What was read ahead is read again from the new start.
+        self.buffers.clear();
+        self.buffered = 0;
+    }
+
+    /// Heartbeat, liveness, and the partitions' moves (see the module docs).
+    async fn tick(&mut self) -> Result<(), Error> {
+        let sent = Instant::now();
+        let beat = event(
+            "$group-heartbeat",
+            p::to_json(&MemberEvent {
+                member: self.config.member.clone(),
+            }),
+        );
+        self.client
+            .append(
+                &p::members_stream(&self.group),
+                ExpectedVersion::Any,
+                vec![beat],
+            )
+            .await?;
+        self.lease_until = sent + self.config.session_timeout;
+        self.next_tick = sent + self.config.heartbeat_interval;
+        let members = members(&self.client, &self.group, Some(self.config.session_timeout)).await?;
+        let live: Vec<String> = members
+            .into_iter()
+            .filter(|(_, _, live)| *live)
+            .map(|(m, _, _)| m)
+            .collect();
+        let groups = Groups::new(self.client.clone());
+        let before: Vec<(u32, Position)> = self.held.iter().map(|(n, h)| (*n, h.position)).collect();
+        // Still ours? A claim by another, or a reset, moved the version on.
+        for (n, _) in &before {
+            let head = groups.partition(&self.group, *n).await?;
+            if head.map(|(v, _)| v) != self.held.get(n).map(|h| h.version) {
+                self.held.remove(n);
+            }
+        }
+        for n in 0..=self.definition.partitions {
+            let mine = p::owner(&live, n) == Some(self.config.member.as_str());
+            match (mine, self.held.contains_key(&n)) {
+                (false, true) => self.release(n).await,
+                (true, false) => self.claim(&groups, n, &live).await?,
+                _ => {}
+            }
+        }
+        // Reclaimed after a reset: same partitions, new positions — read again too.
+        let after: Vec<(u32, Position)> = self.held.iter().map(|(n, h)| (*n, h.position)).collect();
+        if after != before {
+            tracing::debug!(member = %self.config.member, partitions = ?self.partitions(), "partitions moved");
+            self.restart_reading();
+        }
+        Ok(())
+    }
+
+    /// Takes partition `n` if its owner released it or is not live.
+    async fn claim(&mut self, groups: &Groups, n: u32, live: &[String]) -> Result<(), Error> {
+        let head = groups.partition(&self.group, n).await?;
+        let (expected, position) = match &head {
+            Some((_, s))
+                if !s.member.is_empty()
+                    && s.member != self.config.member
+                    && live.contains(&s.member) =>
+            {
+                return Ok(());
+            }
+            Some((v, s)) => (ExpectedVersion::Exact(*v), s.position),
+            None => (ExpectedVersion::NoStream, self.definition.start),
+        };
+        let claim = event(
+            "$group-claim",
+            p::to_json(&PartitionEvent {
+                member: self.config.member.clone(),
+                position,
+            }),
+        );
+        match self
+            .client
+            .append(&p::partition_stream(&self.group, n), expected, vec![claim])
+            .await
+        {
+            Ok(r) => {
+                let version = r.streams.first().map_or(0, |s| s.last_version);
+                self.held.insert(n, Held { version, position });
+                Ok(())
+            }
+            // Someone else was quicker; the next tick looks again.
+            Err(Error::WrongExpectedVersion { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives partition `n` up at its last commit (if still ours).
+    async fn release(&mut self, n: u32) {
+        let Some(held) = self.held.remove(&n) else {
+            return;
+        };
+        let released = event(
+            "$group-claim",
+            p::to_json(&PartitionEvent {
+                member: String::new(),
+                position: held.position,
+            }),
+        );
+        // Failing is fine: then it was not ours any more anyway.
+        let _ = self
+            .client
+            .append(
+                &p::partition_stream(&self.group, n),
+                ExpectedVersion::Exact(held.version),
+                vec![released],
+            )
+            .await;
+        if let Some(b) = self.buffers.remove(&n) {
+            self.buffered -= b.len();
+        }
+    }
+}
+
+/// The members heard from in the newest [`p::MEMBERS_WINDOW_EVENTS`] events of the members
+/// stream: (name, last event's timestamp µs, live). Live: its last event is a heartbeat within
+/// `session_timeout` (default 5 s) of the newest event's timestamp.
+pub async fn members(
+    client: &Client,
+    group: &str,
+    session_timeout: Option<Duration>,
+) -> Result<Vec<(String, u64, bool)>, Error> {
+    let stream = p::members_stream(group);
+    let page = client
+        .read(pb::ReadRequest {
+            stream: stream.clone(),
+            direction: pb::Direction::Backwards as i32,
+            limit: p::MEMBERS_WINDOW_EVENTS,
+            ..Default::default()
+        })
+        .await?;
+    let newest = page.events.first().map_or(0, |e| e.timestamp_us);
+    let timeout_us = session_timeout
+        .unwrap_or(Duration::from_secs(5))
+        .as_micros() as u64;
+    let mut out: Vec<(String, u64, bool)> = Vec::new();
+    for e in &page.events {
+        let m: MemberEvent = p::from_json(&stream, &e.data)?;
+        if out.iter().any(|(name, _, _)| *name == m.member) || out.len() >= p::MEMBERS_MAX {
+            continue;
+        }
+        let live =
+            e.r#type == "$group-heartbeat" && newest.saturating_sub(e.timestamp_us) <= timeout_us;
+        out.push((m.member, e.timestamp_us, live));
+    }
+    out.sort();
+    Ok(out)
+}
