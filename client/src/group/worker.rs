@@ -426,7 +426,8 @@ impl Worker {
             .map(|(m, _, _)| m)
             .collect();
         let groups = Groups::new(self.client.clone());
-        let before: Vec<(u32, Position)> = self.held.iter().map(|(n, h)| (*n, h.position)).collect();
+        let before: Vec<(u32, Position)> =
+            self.held.iter().map(|(n, h)| (*n, h.position)).collect();
         // Still ours? A claim by another, or a reset, moved the version on.
         for (n, _) in &before {
             let head = groups.partition(&self.group, *n).await?;

@@ -1,0 +1,394 @@
+//! Consumer groups with real worker processes (`strata group work`) on a real node: three
+//! workers, one killed with SIGKILL mid-batch and one paused past its session (SIGSTOP), while
+//! events keep coming. With atomic position commits every event's copy is written exactly once
+//! and in each stream's order; with commits after the copies (at-least-once) every event is
+//! copied at least once and never before the event ahead of it. A reset to the beginning or to
+//! a position replays; parked events are listed and replayed; bad input is refused precisely.
+
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use strata_client::{event, pb, Client, ExpectedVersion};
+
+const STREAMS: usize = 8;
+
+fn strata(args: &[&str]) -> Output {
+    Command::new(STRATA).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn one_node() -> Cluster {
+    let mut cluster = Cluster::new(1, false, Vec::new());
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    cluster.start_all().await;
+    cluster.leader(Duration::from_secs(10)).await;
+    cluster
+}
+
+fn worker(addr: &str, member: &str, extra: &[&str]) -> Child {
+    Command::new(STRATA)
+        .args(["group", "work", "g", "--member", member, "--server", addr])
+        .args(["--heartbeat-ms", "200", "--session-timeout-ms", "1500"])
+        .args(extra)
+        .env("STRATA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// `n` events to each source stream, `from` onwards, a few streams per append.
+async fn write(client: &Client, from: usize, n: usize) {
+    for i in from..from + n {
+        let streams = (0..STREAMS)
+            .map(|s| pb::StreamAppend {
+                stream: format!("src-{s}"),
+                expected: None,
+                events: vec![event("T", format!("{{\"i\":{i}}}"))],
+            })
+            .collect();
+        client
+            .append_multi(pb::AppendMultiRequest { streams })
+            .await
+            .unwrap();
+    }
+}
+
+/// Each output stream's copies: the source versions in the order written.
+async fn copies(client: &Client) -> BTreeMap<String, Vec<u64>> {
+    let mut out = BTreeMap::new();
+    for s in 0..STREAMS {
+        let events = client
+            .read_stream(&format!("out-src-{s}"), None, 1 << 20)
+            .await
+            .unwrap();
+        let versions = events
+            .iter()
+            .map(|e| {
+                let m: serde_json::Value = serde_json::from_slice(&e.metadata).unwrap();
+                m["source_version"].as_u64().unwrap()
+            })
+            .collect();
+        out.insert(format!("src-{s}"), versions);
+    }
+    out
+}
+
+/// Waits until every output stream holds at least `n` copies.
+async fn wait_copies(client: &Client, n: usize, what: &str) -> BTreeMap<String, Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = copies(client).await;
+        if c.values().all(|v| v.len() >= n) {
+            // Late duplicates would show within a moment.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            return copies(client).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: copies stalled at {:?}",
+            c.values().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts three workers, writes more while one is SIGKILLed and one paused past its session;
+/// returns the workers still running.
+async fn run_with_faults(client: &Client, addr: &str, extra: &[&str]) -> Vec<Child> {
+    let mut workers: Vec<Child> = (1..=3)
+        .map(|w| worker(addr, &format!("w{w}"), extra))
+        .collect();
+    let more = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for chunk in 0..6 {
+                write(&client, 40 + chunk * 10, 10).await;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut killed = workers.remove(0);
+    signal(&killed, libc::SIGKILL);
+    let _ = killed.wait();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&workers[0], libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    signal(&workers[0], libc::SIGCONT);
+    more.await.unwrap();
+    workers
+}
+
+fn stop(workers: Vec<Child>) {
+    for mut w in workers {
+        signal(&w, libc::SIGTERM);
+        let status = w.wait().unwrap();
+        assert!(status.success(), "a worker ended with {status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atomic_commits_copy_every_event_exactly_once_through_a_kill_and_a_pause_and_resets_replay()
+{
+    let _serial = SERIAL.lock().await;
+    let cluster = one_node().await;
+    let addr = cluster.addr(1);
+    let client = Client::connect([addr.clone()]).unwrap();
+    write(&client, 0, 40).await;
+    ok(strata(&[
+        "group",
+        "create",
+        "g",
+        "--prefix",
+        "src-",
+        "--partitions",
+        "6",
+        "--server",
+        &addr,
+    ]));
+    // Handling (100 ms a batch) is slower than the writes: the workers are always mid-batch,
+    // so the kill and the pause land inside one.
+    let extra = ["--exactly-once", "--batch", "7", "--handle-ms", "100"];
+    let workers = run_with_faults(&client, &addr, &extra).await;
+    let total = 100u64;
+    let once = wait_copies(&client, total as usize, "exactly-once").await;
+    for (stream, versions) in &once {
+        assert_eq!(
+            versions,
+            &(0..total).collect::<Vec<_>>(),
+            "{stream}: each event copied exactly once, in order"
+        );
+    }
+    // Every partition's position is committed past the last record.
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(strata(&["group", "info", "g", "--server", &addr]))).unwrap();
+    assert_eq!(info["positions"].as_array().unwrap().len(), 7);
+
+    // Reset to the beginning: everything once more, still exactly once.
+    ok(strata(&[
+        "group",
+        "reset",
+        "g",
+        "--to",
+        "beginning",
+        "--server",
+        &addr,
+    ]));
+    let twice = wait_copies(&client, 2 * total as usize, "after a reset").await;
+    for (stream, versions) in &twice {
+        let expected: Vec<u64> = (0..total).chain(0..total).collect();
+        assert_eq!(versions, &expected, "{stream} after the reset");
+    }
+    // Reset to a position: the records from there on, again.
+    let from = client
+        .read(pb::ReadRequest {
+            stream: "src-0".into(),
+            from_version: Some(60),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .events[0]
+        .position;
+    ok(strata(&[
+        "group",
+        "reset",
+        "g",
+        "--to",
+        &from.to_string(),
+        "--server",
+        &addr,
+    ]));
+    let thrice = wait_copies(
+        &client,
+        2 * total as usize + 40,
+        "after a reset to a position",
+    )
+    .await;
+    for (stream, versions) in &thrice {
+        assert_eq!(
+            versions[2 * total as usize..].to_vec(),
+            (60..total).collect::<Vec<_>>(),
+            "{stream}: the events from position {from} on"
+        );
+    }
+    stop(workers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_workers_lose_nothing_and_keep_each_streams_order() {
+    let _serial = SERIAL.lock().await;
+    let cluster = one_node().await;
+    let addr = cluster.addr(1);
+    let client = Client::connect([addr.clone()]).unwrap();
+    write(&client, 0, 40).await;
+    ok(strata(&[
+        "group", "create", "g", "--prefix", "src-", "--server", &addr,
+    ]));
+    let workers = run_with_faults(&client, &addr, &["--batch", "5", "--handle-ms", "100"]).await;
+    let total = 100u64;
+    let copied = wait_copies(&client, total as usize, "at-least-once").await;
+    let mut duplicates = 0;
+    for (stream, versions) in &copied {
+        // Every event, and none before the one ahead of it in its stream.
+        let mut seen = vec![false; total as usize];
+        for v in versions {
+            assert!(
+                *v == 0 || seen[*v as usize - 1],
+                "{stream}: {v} was copied before {}",
+                v - 1
+            );
+            duplicates += usize::from(seen[*v as usize]);
+            seen[*v as usize] = true;
+        }
+        assert!(
+            seen.iter().all(|s| *s),
+            "{stream}: an event was never copied"
+        );
+    }
+    eprintln!("at-least-once: {duplicates} events copied again after the kill and the pause");
+    stop(workers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_events_are_listed_and_replayed_and_bad_input_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let cluster = one_node().await;
+    let addr = cluster.addr(1);
+    let client = Client::connect([addr.clone()]).unwrap();
+    ok(strata(&[
+        "group", "create", "g", "--stream", "src-0", "--server", &addr,
+    ]));
+    let mut events = vec![
+        event("T", "{}"),
+        event("Poison", "{\"bad\":1}"),
+        event("T", "{}"),
+    ];
+    events.push(event("Poison", "{\"bad\":2}"));
+    client
+        .append("src-0", ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let w = worker(&addr, "p1", &["--park-type", "Poison"]);
+    let parked = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = ok(strata(&["group", "parked", "g", "--server", &addr]));
+            if text.lines().count() == 2 {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "parked: {text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let first: serde_json::Value = serde_json::from_str(parked.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (first["stream"].as_str(), first["version"].as_u64()),
+        (Some("src-0"), Some(1))
+    );
+    assert_eq!(first["type"], "Poison");
+    stop(vec![w]);
+    // Replayed to a worker that takes them: copied with their origin.
+    let replayed = ok(strata(&[
+        "group", "parked", "g", "--replay", "--server", &addr,
+    ]));
+    assert!(replayed.contains("\"replayed\":2"), "{replayed}");
+    let again = ok(strata(&[
+        "group", "parked", "g", "--replay", "--server", &addr,
+    ]));
+    assert!(
+        again.contains("\"replayed\":0"),
+        "a second replay copies nothing new: {again}"
+    );
+    let w = worker(&addr, "p2", &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let copies = client.read_stream("out-src-0", None, 100).await.unwrap();
+        let versions: Vec<u64> = copies
+            .iter()
+            .map(|e| serde_json::from_slice::<serde_json::Value>(&e.metadata).unwrap())
+            .filter(|m| {
+                m["source_stream"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("/retry"))
+            })
+            .map(|m| m["source_version"].as_u64().unwrap())
+            .collect();
+        if versions.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replayed events not handled: {versions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop(vec![w]);
+
+    // Bad input: each refused with what is wrong, nothing created.
+    let refused = |args: &[&str], says: &str| {
+        let mut all = args.to_vec();
+        all.extend(["--server", addr.as_str()]);
+        let out = strata(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    };
+    refused(&["group", "info", "nope"], "no consumer group `nope`");
+    refused(
+        &["group", "reset", "g", "--to", "12345"],
+        "not the position of a record",
+    );
+    refused(
+        &["group", "reset", "g", "--to", "soon"],
+        "`beginning`, `end` or a log position",
+    );
+    refused(&["group", "create", "g", "--stream", "x"], "exists already");
+    refused(&["group", "create", "a/b", "--stream", "x"], "group name");
+    refused(
+        &["group", "create", "h", "--stream", "$x"],
+        "not starting with '$'",
+    );
+    refused(
+        &["group", "create", "h", "--stream", "x", "--partitions", "0"],
+        "partitions",
+    );
+    refused(
+        &[
+            "group",
+            "work",
+            "g",
+            "--batch",
+            "5",
+            "--heartbeat-ms",
+            "1000",
+            "--session-timeout-ms",
+            "1000",
+        ],
+        "session_timeout",
+    );
+    let list = ok(strata(&["group", "list", "--server", &addr]));
+    assert_eq!(list.trim(), "{\"name\":\"g\"}");
+}
