@@ -81,7 +81,10 @@ pub struct Engine {
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(f)
+        .spawn(move || {
+            crate::index_store::quiet_thread();
+            f()
+        })
         .map_err(|e| Error::io(format!("starting thread {name}"), e))
 }
 

@@ -105,6 +105,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS_MAX)
+        .on_thread_start(strata_engine::index_store::quiet_thread)
         .build()
     {
         Ok(r) => r,
