@@ -70,6 +70,33 @@ pub enum BenchCommand {
     GetStream(BenchGetStreamArgs),
     /// ReadState of one large aggregate with periodic snapshots, at random past times.
     State(crate::bench_state::BenchStateArgs),
+    /// A consumer group's workers handling events already written, committing positions.
+    Group(BenchGroupArgs),
+}
+
+/// `strata bench group`.
+#[derive(Debug, clap::Args)]
+pub struct BenchGroupArgs {
+    /// Events to write first and then handle.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Streams they are spread over.
+    #[arg(long, default_value_t = 100)]
+    streams: u64,
+    /// Bytes of data per event.
+    #[arg(long, default_value_t = 256)]
+    event_bytes: usize,
+    /// Workers (in this process) sharing the group.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Events per batch: a position commit after each.
+    #[arg(long, default_value_t = 100)]
+    commit_every: usize,
+    /// The group's partitions.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    #[command(flatten)]
+    server: ServerArg,
 }
 
 /// Unpipelined clients share this many HTTP/2 connections.
@@ -88,6 +115,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Append(args) => args,
         BenchCommand::GetStream(args) => return get_stream(args).await,
         BenchCommand::State(args) => return crate::bench_state::run(args).await,
+        BenchCommand::Group(args) => return group(args).await,
     };
     if args.clients == 0 || args.batch == 0 || args.duration == 0 {
         return Err(bad_usage(
@@ -399,5 +427,123 @@ async fn get_stream(args: BenchGetStreamArgs) -> Result<(), Failure> {
         args.clients
     );
     output::line(&serde_json::json!({ "clients": args.clients, "calls_per_s": rate.round() }));
+    Ok(())
+}
+
+/// Writes `--events` events (pipelined), then times `--workers` workers of a new group handling
+/// them all with a commit every `--commit-every` events.
+async fn group(args: BenchGroupArgs) -> Result<(), Failure> {
+    use strata_client::group::{GroupTarget, Groups, Position, Worker, WorkerConfig};
+    if args.events == 0 || args.streams == 0 || args.workers == 0 || args.commit_every == 0 {
+        return Err(bad_usage(
+            "--events, --streams, --workers and --commit-every must be at least 1",
+        ));
+    }
+    let server = ServerArg {
+        server: crate::cluster_cmd::leader_addr(&args.server).await?,
+    };
+    let client = server.client_with(|c| c.window = 4096)?;
+    let run = uuid::Uuid::new_v4().as_u128() as u32;
+    let prefix = format!("gb-{run:x}-");
+    let data = vec![b'x'; args.event_bytes];
+    let appender = client.appender();
+    let mut pending = std::collections::VecDeque::new();
+    let load_started = Instant::now();
+    for i in 0..args.events {
+        let stream = format!("{prefix}{}", i % args.streams);
+        let e = strata_client::event("BenchEvent", data.clone());
+        pending.push_back(
+            appender
+                .append(&stream, strata_client::ExpectedVersion::Any, vec![e])
+                .await
+                .map_err(crate::client::failure)?,
+        );
+        while pending.len() >= 4096 {
+            if let Some(p) = pending.pop_front() {
+                p.await.map_err(crate::client::failure)?;
+            }
+        }
+    }
+    for p in pending {
+        p.await.map_err(crate::client::failure)?;
+    }
+    eprintln!(
+        "loaded {} events in {:.1} s",
+        args.events,
+        load_started.elapsed().as_secs_f64()
+    );
+    let name = format!("gb-{run:x}");
+    Groups::new(client.clone())
+        .create(
+            &name,
+            GroupTarget::Prefix(prefix),
+            args.partitions,
+            Position::From(0),
+        )
+        .await
+        .map_err(crate::client::failure)?;
+    let nodes = node_addresses(&server).await?;
+    let cpu_before = (cluster_cpu_us(&server, &nodes).await, process_cpu_us());
+    let handled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..args.workers {
+        let mut config = WorkerConfig::new(format!("bench-{w}"));
+        config.batch_events_max = args.commit_every;
+        config.buffer_events_max = config.buffer_events_max.max(args.commit_every * 4);
+        let mut worker = Worker::join(client.clone(), &name, config)
+            .await
+            .map_err(crate::client::failure)?;
+        let (handled, total) = (handled.clone(), args.events);
+        tasks.push(tokio::spawn(async move {
+            let mut commits = 0u64;
+            while handled.load(std::sync::atomic::Ordering::Relaxed) < total {
+                let batch = tokio::select! {
+                    b = worker.next_batch() => b?,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                };
+                worker.commit(&batch).await?;
+                commits += 1;
+                handled.fetch_add(
+                    batch.events.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            worker.leave().await?;
+            Ok::<u64, strata_client::Error>(commits)
+        }));
+    }
+    let mut commits = 0;
+    for t in tasks {
+        commits += t
+            .await
+            .map_err(|e| Failure::new(format!("a worker failed: {e}")))?
+            .map_err(crate::client::failure)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu_after = (cluster_cpu_us(&server, &nodes).await, process_cpu_us());
+    let events = handled.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let server_us = match (cpu_before.0, cpu_after.0) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / events),
+        _ => None,
+    };
+    let client_us = cpu_after.1.saturating_sub(cpu_before.1) as f64 / events;
+    eprintln!(
+        "strata    group workers={} commit_every={} partitions={} event_bytes={}  events/s={:.0}  commits={commits}  server_cpu_us/event={}  client_cpu_us/event={client_us:.1}",
+        args.workers, args.commit_every, args.partitions, args.event_bytes, events / secs,
+        server_us.map_or("?".to_string(), |u| format!("{u:.1}"))
+    );
+    output::line(&serde_json::json!({
+        "workers": args.workers,
+        "commit_every": args.commit_every,
+        "partitions": args.partitions,
+        "event_bytes": args.event_bytes,
+        "events": events,
+        "seconds": secs,
+        "events_per_s": (events / secs).round(),
+        "commits": commits,
+        "server_cpu_us_per_event": server_us,
+        "client_cpu_us_per_event": client_us,
+    }));
     Ok(())
 }
