@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Appends through strata-client, each run on a fresh release `strata dev` node, beside the
+# disk's own limits measured in the same run (../shared/bench/disk-limits.sh on the same
+# directory): pipelined 1 KiB appends at 16 and 64 connections, unpipelined single-event
+# appends at 1 and 64 clients, 16 clients x 100-event appends, and a consumer group handling
+# events with a commit every 100. Prints one line per run and a summary of ratios.
+#   usage: benches/client.sh [SECONDS=10] [DATA_PARENT=/tmp]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}; parent=${2:-/tmp}
+source benches/lib.sh
+limits=$(bash ../shared/bench/disk-limits.sh "$parent" 5)
+echo "$limits"
+out=$(mktemp)
+run() { # bench args…
+  local data port dev
+  data=$(mktemp -d "$parent/strata-bench.XXXXXX"); port=$(free_port)
+  "$strata" dev --data "$data/node" --listen "127.0.0.1:$port" --metrics off >"$data/dev.log" 2>&1 &
+  dev=$!
+  for _ in $(seq 100); do "$strata" stream-info probe --server "127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.1; done
+  "$strata" bench "$@" --server "127.0.0.1:$port" 2>&1 | tee -a "$out" | grep -v '^{' | sed 's/  */ /g'
+  kill -INT $dev; wait $dev 2>/dev/null || true; rm -rf "$data"
+}
+run append --clients 16 --pipeline 256 --duration "$secs"
+run append --clients 64 --pipeline 64 --duration "$secs"
+run append --clients 1 --duration "$secs"
+run append --clients 64 --duration "$secs"
+run append --clients 16 --batch 100 --duration "$secs"
+run group --events 200000 --workers 2 --commit-every 100
+LIMITS="$limits" python3 - "$out" <<'PY'
+import json, os, re, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+limit = {m.group(1): float(m.group(3)) for m in re.finditer(r"^(\S+)\s+(write|read)\s+\d+ ops/s\s+([\d.]+) MiB/s", os.environ["LIMITS"], re.M)}
+seq = limit.get("seq_write_1m_fsync")
+for r in runs:
+    if "mib_per_s" in r and seq:
+        print(f"clients={r['clients']} pipeline={r['pipeline']} batch={r['events_per_append']}: "
+              f"{r['events_per_s']:.0f} events/s = {r['mib_per_s']:.1f} MiB/s = {r['mib_per_s']/seq:.1%} of the disk's "
+              f"sequential fsync'd {seq:.0f} MiB/s; server {r['server_cpu_us_per_event']:.1f} µs CPU/event")
+PY
+rm -f "$out"
