@@ -478,3 +478,46 @@ impl pb::streams_server::Streams for StreamsService {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_append_window_of_zero_or_beyond_its_bound_is_refused_naming_it() {
+        assert!(ServiceConfig::default().validate().is_ok());
+        for (config, named) in [
+            (
+                ServiceConfig {
+                    append_window: 0,
+                    ..ServiceConfig::default()
+                },
+                "append_window",
+            ),
+            (
+                ServiceConfig {
+                    append_window: 1 << 20,
+                    ..ServiceConfig::default()
+                },
+                "append_window",
+            ),
+            (
+                ServiceConfig {
+                    append_window_bytes: 100,
+                    ..ServiceConfig::default()
+                },
+                "append_window_bytes",
+            ),
+            (
+                ServiceConfig {
+                    append_window_bytes: 2 << 30,
+                    ..ServiceConfig::default()
+                },
+                "append_window_bytes",
+            ),
+        ] {
+            let e = config.validate().unwrap_err().to_string();
+            assert!(e.contains(named), "{e}");
+        }
+    }
+}
