@@ -15,6 +15,8 @@ echo "==> module cycles"
 python3 scripts/module-cycles.py
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo doc (strata-client: its examples and links)"
+RUSTDOCFLAGS="-D warnings" cargo doc -p strata-client --no-deps --locked -q
 echo "==> cargo test"
 log=$(mktemp); trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
