@@ -36,7 +36,57 @@ use crate::validate::Validated;
 /// past it the writer waits for the disk.
 pub const PIPELINE_GROUPS_MAX: usize = 64;
 
-type Reply = oneshot::Sender<Result<AppendResult>>;
+/// Where an append's answer goes: its own caller, or one slot of a batch submitted together
+/// (answered with one wake-up when its last append is, not one per append).
+enum Reply {
+    One(oneshot::Sender<Result<AppendResult>>),
+    Part(Arc<Gather>, usize),
+}
+
+impl Reply {
+    /// Hands the answer on (a caller that stopped waiting is no error).
+    fn send(self, answer: Result<AppendResult>) {
+        match self {
+            Reply::One(tx) => {
+                let _ = tx.send(answer);
+            }
+            Reply::Part(gather, slot) => gather.put(slot, answer),
+        }
+    }
+}
+
+/// The answers of a batch of appends submitted together, sent once all are in.
+struct Gather {
+    slots: Mutex<Vec<Option<Result<AppendResult>>>>,
+    left: std::sync::atomic::AtomicUsize,
+    done: Mutex<Option<oneshot::Sender<Vec<Result<AppendResult>>>>>,
+}
+
+impl Gather {
+    fn new(n: usize, done: oneshot::Sender<Vec<Result<AppendResult>>>) -> Gather {
+        Gather {
+            slots: Mutex::new((0..n).map(|_| None).collect()),
+            left: std::sync::atomic::AtomicUsize::new(n),
+            done: Mutex::new(Some(done)),
+        }
+    }
+
+    fn put(&self, slot: usize, answer: Result<AppendResult>) {
+        if let Some(s) = crate::sync::lock(&self.slots).get_mut(slot) {
+            *s = Some(answer);
+        }
+        // The last answer in sends them all (AcqRel: every earlier put is visible to it).
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let answers = std::mem::take(&mut *crate::sync::lock(&self.slots))
+                .into_iter()
+                .map(|a| a.unwrap_or(Err(Error::Closed)))
+                .collect();
+            if let Some(done) = crate::sync::lock(&self.done).take() {
+                let _ = done.send(answers);
+            }
+        }
+    }
+}
 
 enum Command {
     Append {
@@ -150,7 +200,13 @@ impl Engine {
         })?;
         let (reply, answer) = oneshot::channel();
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        Ok((Command::Append { request, reply }, answer))
+        Ok((
+            Command::Append {
+                request,
+                reply: Reply::One(reply),
+            },
+            answer,
+        ))
     }
 
     /// Undoes the queue count of a command that was not queued.
@@ -175,6 +231,44 @@ impl Engine {
             return Err(Error::Closed);
         }
         Ok(async move { answer.await.map_err(|_| Error::Closed)? })
+    }
+
+    /// Queues several independent appends one after another (each decided on its own, in
+    /// this order; an invalid one is answered at once) and returns all their answers to come,
+    /// together: one wake-up for the batch instead of one per append.
+    pub async fn submit_many(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> impl std::future::Future<Output = Vec<Result<AppendResult>>> + Send + 'static {
+        let n = requests.len();
+        let (done, answers) = oneshot::channel();
+        let gather = Arc::new(Gather::new(n, done));
+        for (slot, request) in requests.into_iter().enumerate() {
+            let request = match Validated::new(request, self.reader.limits()) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    gather.put(slot, Err(e));
+                    continue;
+                }
+            };
+            self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+            let command = Command::Append {
+                request,
+                reply: Reply::Part(gather.clone(), slot),
+            };
+            if let Err(mpsc::error::SendError(command)) = self.tx.send(command).await {
+                self.not_queued();
+                if let Command::Append { reply, .. } = command {
+                    reply.send(Err(Error::Closed));
+                }
+            }
+        }
+        async move {
+            answers
+                .await
+                .unwrap_or_else(|_| (0..n).map(|_| Err(Error::Closed)).collect())
+        }
     }
 
     /// Like [`Engine::append`], but fails with `Busy` instead of waiting when the queue is full.
@@ -334,7 +428,7 @@ fn run_writer(
                 let (now, written) = store.write_validated(requests);
                 for (reply, answer) in now {
                     // The caller may have stopped waiting; nothing to do then.
-                    let _ = reply.send(answer);
+                    reply.send(answer);
                 }
                 // Alone in an idle pipeline (nothing else in flight or queued): sync and
                 // finish here, sparing a lone appender two thread hops. Order is kept: no other
@@ -342,7 +436,7 @@ fn run_writer(
                 if written.len() == 1 && store.inflight_groups() == 1 && rx.is_empty() {
                     let synced = finisher.sync(&written);
                     for (reply, answer) in finisher.finish(written, &synced) {
-                        let _ = reply.send(answer);
+                        reply.send(answer);
                     }
                     continue;
                 }
@@ -352,7 +446,7 @@ fn run_writer(
                     {
                         // The syncer is gone (it only stops when this thread does).
                         for (reply, _) in group.into_answers() {
-                            let _ = reply.send(Err(Error::Closed));
+                            reply.send(Err(Error::Closed));
                         }
                     }
                 }
@@ -403,7 +497,7 @@ fn run_indexer(finisher: &Finisher, rx: std_mpsc::Receiver<ToIndexer>) {
         match stage {
             ToIndexer::Synced(groups, synced) => {
                 for (reply, answer) in finisher.finish(groups, &synced) {
-                    let _ = reply.send(answer);
+                    reply.send(answer);
                 }
             }
             ToIndexer::Barrier(done) => {

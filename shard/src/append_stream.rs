@@ -166,18 +166,9 @@ async fn submit(
     n: usize,
     size: usize,
 ) -> impl std::future::Future<Output = (pb::AppendStreamResponse, usize, usize)> {
-    let mut answers = Vec::with_capacity(n);
-    for append in batch {
-        answers.push(service.submit_one(append).await);
-    }
+    let answers = service.submit_batch(batch).await;
     async move {
-        let mut results = Vec::with_capacity(answers.len());
-        for answer in answers {
-            results.push(result(match answer {
-                Ok(pending) => pending.await,
-                Err(status) => Err(status),
-            }));
-        }
+        let results = answers.await.into_iter().map(result).collect();
         (pb::AppendStreamResponse { results }, n, size)
     }
 }

@@ -14,6 +14,11 @@ use crate::status::to_status;
 use strata_proto::metadata::ERROR_KIND_KEY;
 pub use strata_proto::metadata::{LEADER_ID_KEY, LEADER_KEY};
 
+/// The answers to come of appends submitted together.
+pub type PendingAppends = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Vec<Result<AppendResult, ReplicaError>>> + Send + 'static>,
+>;
+
 /// An append's answer to come.
 pub type PendingAppend = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<AppendResult, ReplicaError>> + Send + 'static>,
@@ -73,6 +78,40 @@ impl Backend {
             }
             Backend::Replicated(r) => Box::pin(r.submit(request).await?),
         })
+    }
+
+    /// Queues independent appends one after another (decided in this order) and returns their
+    /// answers to come together: one engine wake-up per batch on a single node; through Raft
+    /// each is proposed as [`Backend::submit`] does (the proposer packs them into entries).
+    pub async fn submit_many(&self, requests: Vec<AppendRequest>) -> PendingAppends {
+        match self {
+            Backend::Single(e) => {
+                let answers = e.submit_many(requests).await;
+                Box::pin(async move {
+                    answers
+                        .await
+                        .into_iter()
+                        .map(|a| a.map_err(ReplicaError::Engine))
+                        .collect()
+                })
+            }
+            Backend::Replicated(r) => {
+                let mut pending = Vec::with_capacity(requests.len());
+                for request in requests {
+                    pending.push(r.submit(request).await);
+                }
+                Box::pin(async move {
+                    let mut out = Vec::with_capacity(pending.len());
+                    for p in pending {
+                        out.push(match p {
+                            Ok(answer) => answer.await,
+                            Err(e) => Err(e),
+                        });
+                    }
+                    out
+                })
+            }
+        }
     }
 
     /// Waits until a read at this consistency may be served here.

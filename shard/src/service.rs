@@ -211,6 +211,51 @@ impl StreamsService {
         })
     }
 
+    /// Checks and queues a pipelined message's appends one after another (decided in that
+    /// order; one that fails its checks is answered at once) and returns their outcomes to
+    /// come, in order.
+    pub(crate) async fn submit_batch(
+        &self,
+        batch: Vec<pb::AppendRequest>,
+    ) -> impl std::future::Future<Output = Vec<Result<pb::AppendResponse, Status>>> {
+        let started = std::time::Instant::now();
+        let now = self.clock.now_us();
+        let mut outcomes: Vec<Option<Result<pb::AppendResponse, Status>>> = Vec::new();
+        let mut requests = Vec::with_capacity(batch.len());
+        for append in batch {
+            match convert::append(append, now, self.ids.as_ref()) {
+                Ok(r) => {
+                    requests.push(r);
+                    outcomes.push(None);
+                }
+                Err(status) => outcomes.push(Some(Err(status))),
+            }
+        }
+        let answers = self.backend.submit_many(requests).await;
+        let stats = self.stats.clone();
+        async move {
+            let mut answers = answers.await.into_iter();
+            let elapsed_us = started.elapsed().as_micros() as u64;
+            outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Some(done) => done,
+                    None => match answers.next() {
+                        Some(Ok(result)) => {
+                            stats.append_latency.observe_us(elapsed_us);
+                            Ok(convert::append_response(result))
+                        }
+                        Some(Err(strata_raft::ReplicaError::Engine(e))) => {
+                            Err(to_single_append_status(e))
+                        }
+                        Some(Err(other)) => Err(replica_status(other)),
+                        None => Err(Status::internal("an append went unanswered")),
+                    },
+                })
+                .collect()
+        }
+    }
+
     fn request_id(&self) -> u64 {
         self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
