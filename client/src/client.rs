@@ -5,54 +5,9 @@ use strata_proto::v1 as pb;
 use crate::config::ClientConfig;
 use crate::conn::Connections;
 use crate::error::Error;
+use crate::events::{with_ids, ExpectedVersion};
 use crate::pipeline::Appender;
 use crate::subscribe::{Start, Subscription, Target};
-
-/// The version a stream must be at for an append to go in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ExpectedVersion {
-    /// Whatever it is.
-    #[default]
-    Any,
-    /// The stream must not exist.
-    NoStream,
-    /// The stream must exist.
-    StreamExists,
-    /// Its last version must be this.
-    Exact(u64),
-}
-
-impl ExpectedVersion {
-    /// The wire form.
-    pub fn wire(self) -> pb::ExpectedVersion {
-        use pb::expected_version::Kind;
-        let kind = match self {
-            ExpectedVersion::Any => Kind::Any(pb::Empty {}),
-            ExpectedVersion::NoStream => Kind::NoStream(pb::Empty {}),
-            ExpectedVersion::StreamExists => Kind::StreamExists(pb::Empty {}),
-            ExpectedVersion::Exact(v) => Kind::Exact(v),
-        };
-        pb::ExpectedVersion { kind: Some(kind) }
-    }
-}
-
-/// A new event of type `event_type` with `data` (an id is given when it is appended).
-pub fn event(event_type: impl Into<String>, data: impl Into<Vec<u8>>) -> pb::NewEvent {
-    pb::NewEvent {
-        id: String::new(),
-        r#type: event_type.into(),
-        data: data.into(),
-        metadata: Vec::new(),
-    }
-}
-
-/// Gives every event without an id a fresh one, so retries of the append are recognised as
-/// retries (never a duplicate).
-pub(crate) fn with_ids(events: &mut [pb::NewEvent]) {
-    for e in events.iter_mut().filter(|e| e.id.is_empty()) {
-        e.id = uuid::Uuid::new_v4().to_string();
-    }
-}
 
 /// A connection to a Strata cluster (or a single node). Cheap to clone; clones share
 /// connections.
@@ -67,10 +22,6 @@ impl Client {
         Ok(Client {
             conn: Connections::new(config)?,
         })
-    }
-
-    pub(crate) fn from_connections(conn: Connections) -> Client {
-        Client { conn }
     }
 
     /// A client of these addresses with the default settings.

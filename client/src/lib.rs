@@ -59,15 +59,17 @@ mod client;
 mod config;
 mod conn;
 mod error;
+mod events;
 pub mod group;
 mod pipeline;
 mod subscribe;
 
-pub use client::{event, Client, ExpectedVersion};
+pub use client::Client;
 pub use config::{
     ClientConfig, ADDRESSES_MAX, ATTEMPTS_LIMIT, BATCH_APPENDS_LIMIT, LINGER_MAX, WINDOW_RANGE,
 };
 pub use error::Error;
+pub use events::{event, ExpectedVersion};
 pub use pipeline::{Appender, PendingAppend};
 pub use strata_proto::v1 as pb;
 pub use subscribe::{Item, Start, Subscription, Target};

@@ -28,9 +28,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant as TokioInstant;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::client::{with_ids, ExpectedVersion};
 use crate::conn::Connections;
 use crate::error::{Error, Failed, Retry};
+use crate::events::{with_ids, ExpectedVersion};
 
 /// Messages handed to the transport and not yet sent.
 const MESSAGES_QUEUED: usize = 4;

@@ -121,8 +121,16 @@ impl Subscription {
     /// reconnect before the first event misses nothing.
     async fn pin_end(&mut self) -> Result<(), Error> {
         if let (Target::Stream(stream), Start::End) = (&self.target, self.start) {
-            let info = crate::Client::from_connections(self.conn.clone())
-                .stream_info(stream, pb::Consistency::Linearizable)
+            let request = pb::GetStreamRequest {
+                stream: stream.clone(),
+                consistency: pb::Consistency::Linearizable as i32,
+            };
+            let info = self
+                .conn
+                .call(true, |mut c| {
+                    let r = request.clone();
+                    async move { c.get_stream(r).await }
+                })
                 .await?;
             let next = if info.exists {
                 info.current_version.saturating_add(1)

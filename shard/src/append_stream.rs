@@ -26,7 +26,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use crate::service::StreamsService;
 use crate::stats::ServiceStats;
 use crate::status::invalid;
 use strata_proto::metadata::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY, LEADER_KEY};
@@ -48,9 +47,26 @@ pub struct Window {
 /// The answers of one call.
 pub type AnswerStream = ReceiverStream<Result<pb::AppendStreamResponse, Status>>;
 
+/// A boxed future.
+pub type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Outcomes of a message's appends to come, in order.
+pub type Outcomes = Boxed<'static, Vec<Result<pb::AppendResponse, Status>>>;
+
+/// What serves a call's appends (the `Streams` service; a trait so this module does not
+/// import the service that imports it).
+pub trait Submit: Clone + Send + Sync + 'static {
+    /// Checks and queues a message's appends one after another (resolving once they are
+    /// queued) and returns their outcomes to come, in order.
+    fn submit_batch(&self, batch: Vec<pb::AppendRequest>) -> Boxed<'_, Outcomes>;
+
+    /// The node's counters.
+    fn stats(&self) -> &Arc<ServiceStats>;
+}
+
 /// Starts serving one call.
 pub fn start(
-    service: StreamsService,
+    service: impl Submit,
     inbound: Streaming<pb::AppendStreamRequest>,
     window: Window,
 ) -> AnswerStream {
@@ -77,7 +93,7 @@ fn appends_of(message: pb::AppendStreamRequest) -> Result<(Vec<pb::AppendRequest
 }
 
 async fn run(
-    service: StreamsService,
+    service: impl Submit,
     mut inbound: Streaming<pb::AppendStreamRequest>,
     tx: mpsc::Sender<Result<pb::AppendStreamResponse, Status>>,
     window: Window,
@@ -161,7 +177,7 @@ impl Drop for InFlight {
 /// Queues a message's appends one after another (so they are decided in the order sent) and
 /// returns their answer to come. The node's queue pushing back makes this wait.
 async fn submit(
-    service: &StreamsService,
+    service: &impl Submit,
     batch: Vec<pb::AppendRequest>,
     n: usize,
     size: usize,

@@ -150,11 +150,6 @@ impl StreamsService {
         result
     }
 
-    /// Its live counters.
-    pub fn stats(&self) -> &Arc<ServiceStats> {
-        &self.stats
-    }
-
     /// Its settings.
     pub fn config(&self) -> &ServiceConfig {
         &self.config
@@ -211,13 +206,32 @@ impl StreamsService {
         })
     }
 
+    fn request_id(&self) -> u64 {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+impl crate::append_stream::Submit for StreamsService {
     /// Checks and queues a pipelined message's appends one after another (decided in that
     /// order; one that fails its checks is answered at once) and returns their outcomes to
     /// come, in order.
-    pub(crate) async fn submit_batch(
+    fn submit_batch(
         &self,
         batch: Vec<pb::AppendRequest>,
-    ) -> impl std::future::Future<Output = Vec<Result<pb::AppendResponse, Status>>> {
+    ) -> crate::append_stream::Boxed<'_, crate::append_stream::Outcomes> {
+        Box::pin(self.submit_batch_now(batch))
+    }
+
+    fn stats(&self) -> &Arc<ServiceStats> {
+        &self.stats
+    }
+}
+
+impl StreamsService {
+    async fn submit_batch_now(
+        &self,
+        batch: Vec<pb::AppendRequest>,
+    ) -> crate::append_stream::Outcomes {
         let started = std::time::Instant::now();
         let now = self.clock.now_us();
         let mut outcomes: Vec<Option<Result<pb::AppendResponse, Status>>> = Vec::new();
@@ -233,7 +247,7 @@ impl StreamsService {
         }
         let answers = self.backend.submit_many(requests).await;
         let stats = self.stats.clone();
-        async move {
+        Box::pin(async move {
             let mut answers = answers.await.into_iter();
             let elapsed_us = started.elapsed().as_micros() as u64;
             outcomes
@@ -253,11 +267,7 @@ impl StreamsService {
                     },
                 })
                 .collect()
-        }
-    }
-
-    fn request_id(&self) -> u64 {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1
+        })
     }
 }
 

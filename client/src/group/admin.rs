@@ -4,8 +4,9 @@
 use strata_proto::v1 as pb;
 
 use super::protocol::{self as p, Definition, GroupTarget, ParkedFrom, PartitionEvent, Position};
-use crate::client::{Client, ExpectedVersion};
+use crate::client::Client;
 use crate::error::Error;
+use crate::events::ExpectedVersion;
 
 /// Most groups `list` reads from the registry (creations and deletions).
 pub const REGISTRY_EVENTS_MAX: usize = 100_000;
@@ -98,7 +99,7 @@ impl Groups {
         let created = |stream: String, expected: ExpectedVersion, data: Vec<u8>| pb::StreamAppend {
             stream,
             expected: Some(expected.wire()),
-            events: vec![crate::client::event("$group-created", data)],
+            events: vec![crate::events::event("$group-created", data)],
         };
         let request = pb::AppendMultiRequest {
             streams: vec![
@@ -264,7 +265,7 @@ impl Groups {
         let event = |stream: String, event_type: &str, data: Vec<u8>| pb::StreamAppend {
             stream,
             expected: Some(ExpectedVersion::Any.wire()),
-            events: vec![crate::client::event(event_type, data)],
+            events: vec![crate::events::event(event_type, data)],
         };
         let released = p::to_json(&PartitionEvent {
             member: String::new(),

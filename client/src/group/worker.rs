@@ -21,8 +21,9 @@ use tokio::time::Instant;
 
 use super::admin::Groups;
 use super::protocol::{self as p, Definition, MemberEvent, ParkedFrom, PartitionEvent, Position};
-use crate::client::{event, Client, ExpectedVersion};
+use crate::client::Client;
 use crate::error::Error;
+use crate::events::{event, ExpectedVersion};
 use crate::subscribe::{Item, Start, Subscription, Target};
 
 /// How a worker runs.
