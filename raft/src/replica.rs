@@ -2,7 +2,7 @@
 //! the operations the server needs — append through Raft, linearizable-read barriers, cluster
 //! formation and safe membership changes, and a status view.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub const BATCH_APPENDS_MAX: usize = 256;
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
 /// Appends waiting to be proposed; past it callers wait (within their append timeout).
 pub const APPEND_QUEUE_MAX: usize = 4096;
+/// Appends set aside for a later entry (their stream is in the entry being made) at most.
+pub const SET_ASIDE_MAX: usize = 4096;
 /// Bytes of a record besides its events.
 const RECORD_OVERHEAD: usize = FRAME_BYTES + HEADER_BYTES + 4;
 
@@ -139,8 +141,13 @@ fn write_error(
 }
 
 /// Proposes queued appends: while [`BATCHES_IN_FLIGHT_MAX`] entries are out, appends queue; the
-/// next entry takes as many as are waiting (on distinct streams, within `bytes_max` and
-/// [`BATCH_APPENDS_MAX`]).
+/// next entry takes as many as are waiting on distinct streams (one record holds at most one
+/// append per stream, so that every version a stream had is a record boundary for as-of
+/// reads), within `bytes_max` and [`BATCH_APPENDS_MAX`]. An append on a stream the entry
+/// already has is set aside, in order, for the next entry — and so is every later one on a
+/// stream set aside, so a stream's appends keep their order — while the scan goes on for other
+/// streams (a pipelined client sends runs of appends on one stream). At most
+/// [`SET_ASIDE_MAX`] wait set aside.
 async fn propose(
     raft: Raft,
     me: NodeId,
@@ -149,41 +156,18 @@ async fn propose(
     wait_max: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
-    let mut carried: Option<Proposal> = None;
+    let mut aside: VecDeque<Proposal> = VecDeque::new();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let first = match carried.take() {
-            Some(p) => p,
-            None => match queue.recv().await {
-                Some(p) => p,
+        if aside.is_empty() {
+            match queue.recv().await {
+                Some(p) => aside.push_back(p),
                 None => return,
-            },
-        };
-        let mut streams: HashSet<String> = first
-            .request
-            .streams
-            .iter()
-            .map(|s| s.stream.clone())
-            .collect();
-        let mut bytes = RECORD_OVERHEAD + first.bytes;
-        let mut batch = vec![first];
-        while batch.len() < BATCH_APPENDS_MAX {
-            let Ok(next) = queue.try_recv() else { break };
-            let disjoint = next
-                .request
-                .streams
-                .iter()
-                .all(|s| !streams.contains(&s.stream));
-            if !disjoint || bytes + next.bytes > bytes_max {
-                carried = Some(next);
-                break;
             }
-            streams.extend(next.request.streams.iter().map(|s| s.stream.clone()));
-            bytes += next.bytes;
-            batch.push(next);
         }
+        let batch = next_batch(&mut aside, &mut queue, bytes_max);
         let raft = raft.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -233,6 +217,72 @@ async fn propose(
             }
         });
     }
+}
+
+/// The next entry's appends: first from those set aside (in order), then from the queue,
+/// each on a stream no earlier one of the entry (or still set aside) has.
+fn next_batch(
+    aside: &mut VecDeque<Proposal>,
+    queue: &mut mpsc::Receiver<Proposal>,
+    bytes_max: usize,
+) -> Vec<Proposal> {
+    let mut taken: HashSet<String> = HashSet::new();
+    let mut blocked: HashSet<String> = HashSet::new();
+    let mut bytes = RECORD_OVERHEAD;
+    let mut batch: Vec<Proposal> = Vec::new();
+    let mut kept: VecDeque<Proposal> = VecDeque::new();
+    let fits = |p: &Proposal, taken: &HashSet<String>, blocked: &HashSet<String>| {
+        p.request
+            .streams
+            .iter()
+            .all(|s| !taken.contains(&s.stream) && !blocked.contains(&s.stream))
+    };
+    let consider = |p: Proposal,
+                    batch: &mut Vec<Proposal>,
+                    kept: &mut VecDeque<Proposal>,
+                    taken: &mut HashSet<String>,
+                    blocked: &mut HashSet<String>,
+                    bytes: &mut usize| {
+        let first = batch.is_empty();
+        if batch.len() < BATCH_APPENDS_MAX
+            && fits(&p, taken, blocked)
+            && (first || *bytes + p.bytes <= bytes_max)
+        {
+            taken.extend(p.request.streams.iter().map(|s| s.stream.clone()));
+            *bytes += p.bytes;
+            batch.push(p);
+        } else {
+            blocked.extend(p.request.streams.iter().map(|s| s.stream.clone()));
+            kept.push_back(p);
+        }
+    };
+    while let Some(p) = aside.pop_front() {
+        consider(
+            p,
+            &mut batch,
+            &mut kept,
+            &mut taken,
+            &mut blocked,
+            &mut bytes,
+        );
+    }
+    while batch.len() < BATCH_APPENDS_MAX && kept.len() < SET_ASIDE_MAX {
+        let Ok(p) = queue.try_recv() else { break };
+        consider(
+            p,
+            &mut batch,
+            &mut kept,
+            &mut taken,
+            &mut blocked,
+            &mut bytes,
+        );
+    }
+    *aside = kept;
+    debug_assert!(
+        !batch.is_empty(),
+        "an entry takes at least the first append"
+    );
+    batch
 }
 
 fn leader_hint(leader: &Option<(NodeId, StrataNode)>) -> String {
@@ -587,5 +637,51 @@ impl Replica {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_engine::ExpectedVersion;
+
+    fn proposal(stream: &str, n: u64) -> Proposal {
+        let (reply, _) = oneshot::channel();
+        let mut request = AppendRequest::single(stream, ExpectedVersion::Any, Vec::new(), n);
+        request.timestamp_us = n;
+        Proposal {
+            request,
+            bytes: 10,
+            reply,
+        }
+    }
+
+    fn names(ps: &[Proposal]) -> Vec<(String, u64)> {
+        ps.iter()
+            .map(|p| (p.request.streams[0].stream.clone(), p.request.timestamp_us))
+            .collect()
+    }
+
+    /// A pipelined client's runs of appends on one stream: each entry takes one per stream and
+    /// the rest wait, in order (the first version stopped at the first repeat: one append per
+    /// entry, 536 events/s on a 3-node cluster).
+    #[tokio::test]
+    async fn an_entry_takes_one_append_per_stream_and_the_rest_keep_their_order() {
+        let (tx, mut queue) = mpsc::channel(64);
+        for (i, s) in ["a", "a", "b", "a", "c", "b"].iter().enumerate() {
+            tx.send(proposal(s, i as u64)).await.unwrap();
+        }
+        let mut aside = VecDeque::new();
+        let first = next_batch(&mut aside, &mut queue, 1 << 20);
+        let pair = |s: &str, n| (s.to_string(), n);
+        assert_eq!(
+            names(&first),
+            vec![pair("a", 0), pair("b", 2), pair("c", 4)]
+        );
+        let second = next_batch(&mut aside, &mut queue, 1 << 20);
+        assert_eq!(names(&second), vec![pair("a", 1), pair("b", 5)]);
+        let third = next_batch(&mut aside, &mut queue, 1 << 20);
+        assert_eq!(names(&third), vec![pair("a", 3)]);
+        assert!(aside.is_empty());
     }
 }
