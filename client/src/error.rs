@@ -93,13 +93,7 @@ pub(crate) struct Failed {
 impl Failed {
     /// A gRPC status, read.
     pub(crate) fn from_status(status: &tonic::Status) -> Failed {
-        let md = |key: &str| {
-            status
-                .metadata()
-                .get(key)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let md = |key: &str| strata_proto::metadata::text(status, key);
         let actual = md(ACTUAL_VERSION_KEY).and_then(|v| v.parse().ok());
         classify(
             status.code(),

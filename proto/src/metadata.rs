@@ -17,3 +17,13 @@ pub const LEADER_ID_KEY: &str = "strata-leader-id";
 pub const ERROR_KIND_INVALID_ARGUMENT: &str = "invalid-argument";
 /// The error kind of a request over a limit.
 pub const ERROR_KIND_LIMIT_EXCEEDED: &str = "limit-exceeded";
+
+/// A status's metadata value under `key` as text (absent, or not text: `None`). What clients,
+/// the service and the simulator read an error's kind, actual version and leader with.
+pub fn text(status: &tonic::Status, key: &str) -> Option<String> {
+    status
+        .metadata()
+        .get(key)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}

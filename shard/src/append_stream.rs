@@ -202,13 +202,7 @@ fn result(outcome: Result<pb::AppendResponse, Status>) -> pb::AppendResult {
 
 /// A status as an [`pb::AppendError`]: the same code, message and metadata.
 pub fn append_error(status: &Status) -> pb::AppendError {
-    let md = |key: &str| {
-        status
-            .metadata()
-            .get(key)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let md = |key: &str| strata_proto::metadata::text(status, key);
     pb::AppendError {
         code: status.code() as i32,
         message: status.message().to_string(),

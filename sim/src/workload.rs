@@ -228,13 +228,7 @@ enum Refusal {
 
 /// Reads an error answer as a gRPC client does: by its `strata-error` kind and metadata.
 fn refusal(status: &Status) -> Refusal {
-    let md = |key: &str| {
-        status
-            .metadata()
-            .get(key)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let md = |key: &str| strata_proto::metadata::text(status, key);
     match md(ERROR_KIND_KEY).as_deref() {
         Some("wrong-expected-version") => {
             Refusal::Conflict(md(ACTUAL_VERSION_KEY).and_then(|v| v.parse().ok()))

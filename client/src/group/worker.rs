@@ -276,17 +276,20 @@ impl Worker {
         for n in self.partitions() {
             self.release(n).await;
         }
-        let left = event(
-            "$group-left",
-            p::to_json(&MemberEvent {
-                member: self.config.member.clone(),
-            }),
-        );
+        self.say("$group-left").await
+    }
+
+    /// Appends a members-stream event (`$group-heartbeat`, `$group-left`) for this worker.
+    async fn say(&self, event_type: &str) -> Result<(), Error> {
+        let member = MemberEvent {
+            member: self.config.member.clone(),
+        };
+        let e = event(event_type, p::to_json(&member));
         self.client
             .append(
                 &p::members_stream(&self.group),
                 ExpectedVersion::Any,
-                vec![left],
+                vec![e],
             )
             .await
             .map(|_| ())
@@ -405,19 +408,7 @@ impl Worker {
     /// Heartbeat, liveness, and the partitions' moves (see the module docs).
     async fn tick(&mut self) -> Result<(), Error> {
         let sent = Instant::now();
-        let beat = event(
-            "$group-heartbeat",
-            p::to_json(&MemberEvent {
-                member: self.config.member.clone(),
-            }),
-        );
-        self.client
-            .append(
-                &p::members_stream(&self.group),
-                ExpectedVersion::Any,
-                vec![beat],
-            )
-            .await?;
+        self.say("$group-heartbeat").await?;
         self.lease_until = sent + self.config.session_timeout;
         self.next_tick = sent + self.config.heartbeat_interval;
         let members = members(&self.client, &self.group, Some(self.config.session_timeout)).await?;
