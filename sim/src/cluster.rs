@@ -414,6 +414,15 @@ impl Cluster {
             .and_then(|n| n.up.as_ref().map(|u| u.replica.clone()))
     }
 
+    /// A running node's replica with the number of times the node was started (the replica
+    /// of one incarnation).
+    pub fn replica_incarnation(&self, id: NodeId) -> Option<(Arc<Replica>, u64)> {
+        self.state()
+            .nodes
+            .get(&id)
+            .and_then(|n| n.up.as_ref().map(|u| (u.replica.clone(), n.incarnations)))
+    }
+
     /// A running node's client API (the `strata.v1.Streams` service, in process) and the
     /// replica under it.
     pub fn streams(&self, id: NodeId) -> Option<(StreamsService, Arc<Replica>)> {
