@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! "c"                               -> { next_position: u64 | next_seq: u64 }   checkpoint
-//! "s" stream 0x00 version: u64 BE   -> { position: u64 | offset: u32 | len: u32 }  stream index
+//! "s" stream 0x00 last: u64 BE      -> { position: u64 | first: u64 |            stream index:
+//!                                        (offset: u32 | len: u32) × (last-first+1) } one run
+//! "v"                               -> { format: u32 }               this layout's version
 //! "e" event_id: [u8; 16]            -> { position: u64 | version: u64 | stream }  idempotency
 //! "t" timestamp_us: u64 BE position: u64 BE -> {}                                 time index
 //! "q" seq: u64 BE                    -> { position: u64 }          Raft index (replicas only)
@@ -11,7 +13,12 @@
 //!                                       retention reclaimed, and the as-of horizon it set
 //! ```
 //! Values are little-endian. Stream names hold no control characters, so `0x00` ends a name
-//! and keys of one stream sort by version. The checkpoint is written in the same atomic batch
+//! and keys of one stream sort by version. A stream entry covers a *run*: the consecutive
+//! versions of one stream that one record holds (an append's events), keyed by the run's last
+//! version, each event's frame placed inside the record. An append of 100 events is one key,
+//! not 100 (the memtable's insert cost is per key); the run holding version `v` is the first
+//! key at or after `v`. An index written in another layout (no `"v"`, or another number) does
+//! not fit the log and is rebuilt from it. The checkpoint is written in the same atomic batch
 //! as the entries it covers: the index always describes exactly the records before
 //! `next_position`.
 
@@ -26,6 +33,11 @@ use crate::format::{bytes_at, u32_at, u64_at, EventSlot};
 use crate::index_store::{IndexBatch, IndexStore};
 
 const CHECKPOINT_KEY: &[u8] = b"c";
+const FORMAT_KEY: &[u8] = b"v";
+/// The layout described above. 1 had one stream key per event (and no `"v"` key).
+const FORMAT: u32 = 2;
+/// Runs read per index scan while expanding a stream range.
+const RUNS_PER_SCAN: usize = 64;
 
 /// How far the index covers the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +55,38 @@ pub struct StreamSlot {
     pub position: Position,
     /// Offset and length of the event frame inside the record.
     pub slot: EventSlot,
+}
+
+/// One stream entry: versions `first..=last` of a stream, in one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Run {
+    position: Position,
+    first: u64,
+    last: u64,
+    /// `(offset, len)` of each version's frame, little-endian u32 pairs.
+    slots: Vec<u8>,
+}
+
+impl Run {
+    fn slot(&self, version: u64) -> Option<StreamSlot> {
+        let i = usize::try_from(version.checked_sub(self.first)?).ok()?;
+        let at = i.checked_mul(8)?;
+        Some(StreamSlot {
+            position: self.position,
+            slot: EventSlot {
+                offset: u32_at(&self.slots, at)?,
+                len: u32_at(&self.slots, at.checked_add(4)?)?,
+            },
+        })
+    }
+
+    /// Its versions from `at` on in `direction` (all of them when `at` is outside the run).
+    fn versions_from(&self, at: u64, direction: Direction) -> Box<dyn Iterator<Item = u64>> {
+        match direction {
+            Direction::Forwards => Box::new(at.max(self.first)..=self.last),
+            Direction::Backwards => Box::new((self.first..=at.min(self.last)).rev()),
+        }
+    }
 }
 
 /// The committed copy of an event id.
@@ -147,12 +191,29 @@ impl Index {
         }
     }
 
+    /// Whether the index is in this build's layout (an index with no checkpoint is empty, and
+    /// in any layout).
+    pub fn format_is_current(&self) -> Result<bool> {
+        Ok(match self.store.get(FORMAT_KEY)? {
+            Some(v) => u32_at(&v, 0) == Some(FORMAT) && v.len() == 4,
+            None => self.checkpoint()?.is_none(),
+        })
+    }
+
     /// The last version of a stream and the position holding it.
     pub fn stream_head(&self, stream: &str) -> Result<Option<(u64, Position)>> {
-        Ok(self
-            .stream_range(stream, None, Direction::Backwards, 1)?
+        let found = self
+            .store
+            .scan(&stream_key(stream, 0), &stream_key_end(stream), true, 1)?;
+        found
             .first()
-            .map(|(v, slot)| (*v, slot.position)))
+            .map(|(k, v)| {
+                Ok((
+                    tail8(k).ok_or_else(|| corrupt_index("a stream key"))?,
+                    run_position(v)?,
+                ))
+            })
+            .transpose()
     }
 
     /// Where the committed event with this id is.
@@ -176,10 +237,10 @@ impl Index {
 
     /// Where one version of a stream is.
     pub fn stream_slot(&self, stream: &str, version: u64) -> Result<Option<StreamSlot>> {
-        self.store
-            .get(&stream_key(stream, version))?
-            .map(|v| decode_slot(&v))
-            .transpose()
+        Ok(self
+            .runs(stream, version, Direction::Forwards, 1)?
+            .first()
+            .and_then(|run| run.slot(version)))
     }
 
     /// Up to `limit` events of a stream from `from` (inclusive) in `direction`; `None` starts
@@ -191,26 +252,70 @@ impl Index {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<(u64, StreamSlot)>> {
-        let (start, end) = match (direction, from) {
-            (Direction::Forwards, from) => (
-                stream_key(stream, from.unwrap_or(0)),
-                stream_key_end(stream),
-            ),
-            (Direction::Backwards, Some(from)) => match from.checked_add(1) {
-                Some(next) => (stream_key(stream, 0), stream_key(stream, next)),
-                None => (stream_key(stream, 0), stream_key_end(stream)),
-            },
-            (Direction::Backwards, None) => (stream_key(stream, 0), stream_key_end(stream)),
+        let mut out = Vec::new();
+        let mut next = match (direction, from) {
+            (_, Some(v)) => Some(v),
+            (Direction::Forwards, None) => Some(0),
+            (Direction::Backwards, None) => Some(u64::MAX),
         };
-        let reverse = direction == Direction::Backwards;
-        self.store
-            .scan(&start, &end, reverse, limit)?
-            .into_iter()
-            .map(|(k, v)| {
-                let version = tail8(&k).ok_or_else(|| corrupt_index("a stream key"))?;
-                Ok((version, decode_slot(&v)?))
-            })
-            .collect()
+        while let Some(at) = next.filter(|_| out.len() < limit) {
+            let chunk = (limit - out.len()).min(RUNS_PER_SCAN);
+            let runs = self.runs(stream, at, direction, chunk)?;
+            next = None;
+            for run in &runs {
+                let versions = run.versions_from(at, direction);
+                out.extend(
+                    versions
+                        .take(limit - out.len())
+                        .filter_map(|v| run.slot(v).map(|slot| (v, slot))),
+                );
+                next = match direction {
+                    Direction::Forwards => run.last.checked_add(1),
+                    Direction::Backwards => run.first.checked_sub(1),
+                };
+            }
+            if runs.len() < chunk {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` runs of a stream in `direction`: the one holding `at` first (when one
+    /// does), then the ones after it (forwards) or before it (backwards).
+    fn runs(&self, stream: &str, at: u64, direction: Direction, limit: usize) -> Result<Vec<Run>> {
+        let from = stream_key(stream, at);
+        let decode = |found: Vec<(Vec<u8>, Vec<u8>)>| -> Result<Vec<Run>> {
+            found.iter().map(|(k, v)| decode_run(k, v)).collect()
+        };
+        if direction == Direction::Forwards {
+            // The first key at or after `at` is the run holding it, or the next one.
+            return decode(
+                self.store
+                    .scan(&from, &stream_key_end(stream), false, limit)?,
+            );
+        }
+        let mut runs = Vec::new();
+        let holding = decode(self.store.scan(&from, &stream_key_end(stream), false, 1)?)?;
+        // Runs before the one holding `at`, or before `at` when none holds it.
+        let before = match holding.into_iter().next() {
+            Some(run) if run.first <= at => {
+                let first = run.first;
+                runs.push(run);
+                stream_key(stream, first)
+            }
+            _ => from,
+        };
+        let want = limit.saturating_sub(runs.len());
+        if want > 0 {
+            runs.extend(decode(self.store.scan(
+                &stream_key(stream, 0),
+                &before,
+                true,
+                want,
+            )?)?);
+        }
+        Ok(runs)
     }
 
     /// The first record whose timestamp is at or after `timestamp_us`.
@@ -313,14 +418,48 @@ fn tail8(k: &[u8]) -> Option<u64> {
     key_u64(k, k.len().checked_sub(8)?)
 }
 
-fn decode_slot(v: &[u8]) -> Result<StreamSlot> {
-    match (v.len(), u64_at(v, 0), u32_at(v, 8), u32_at(v, 12)) {
-        (16, Some(position), Some(offset), Some(len)) => Ok(StreamSlot {
-            position,
-            slot: EventSlot { offset, len },
-        }),
-        _ => Err(corrupt_index("a stream entry")),
+/// A stream entry (its key ends with the run's last version).
+fn decode_run(k: &[u8], v: &[u8]) -> Result<Run> {
+    let bad = || corrupt_index("a stream entry");
+    let last = tail8(k).ok_or_else(bad)?;
+    let (Some(position), Some(first), Some(slots)) = (u64_at(v, 0), u64_at(v, 8), v.get(16..))
+    else {
+        return Err(bad());
+    };
+    let count = (slots.len() / 8) as u64;
+    if slots.is_empty() || slots.len() % 8 != 0 || first.checked_add(count - 1) != Some(last) {
+        return Err(bad());
     }
+    Ok(Run {
+        position,
+        first,
+        last,
+        slots: slots.to_vec(),
+    })
+}
+
+/// The record position of a stream entry's value.
+fn run_position(v: &[u8]) -> Result<Position> {
+    u64_at(v, 0).ok_or_else(|| corrupt_index("a stream entry"))
+}
+
+/// The runs of a record's events: `(start, end)` ranges of `events` that are consecutive
+/// versions of one stream.
+fn run_bounds(events: &[IndexedEvent<'_>]) -> Vec<(usize, usize)> {
+    let mut bounds: Vec<(usize, usize)> = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let extends = match bounds.last().and_then(|(_, end)| end.checked_sub(1)) {
+            Some(prev) => events.get(prev).is_some_and(|p| {
+                p.stream == e.stream && p.version.checked_add(1) == Some(e.version)
+            }),
+            None => false,
+        };
+        match bounds.last_mut() {
+            Some((_, end)) if extends => *end = i + 1,
+            _ => bounds.push((i, i + 1)),
+        }
+    }
+    bounds
 }
 
 /// The index entries of a record's decoded events (as `format::decode_events_with_slots`
@@ -350,12 +489,21 @@ pub fn add_record(
     if let Some(seq) = seq {
         batch.put(seq_key(seq), position.to_le_bytes().to_vec());
     }
+    for (start, end) in run_bounds(events) {
+        let run = events.get(start..end).unwrap_or_default();
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            continue;
+        };
+        let mut value = Vec::with_capacity(16 + 8 * run.len());
+        value.extend_from_slice(&position.to_le_bytes());
+        value.extend_from_slice(&first.version.to_le_bytes());
+        for e in run {
+            value.extend_from_slice(&e.slot.offset.to_le_bytes());
+            value.extend_from_slice(&e.slot.len.to_le_bytes());
+        }
+        batch.put(stream_key(last.stream, last.version), value);
+    }
     for e in events {
-        let mut slot = Vec::with_capacity(16);
-        slot.extend_from_slice(&position.to_le_bytes());
-        slot.extend_from_slice(&e.slot.offset.to_le_bytes());
-        slot.extend_from_slice(&e.slot.len.to_le_bytes());
-        batch.put(stream_key(e.stream, e.version), slot);
         let mut id = Vec::with_capacity(16 + e.stream.len());
         id.extend_from_slice(&position.to_le_bytes());
         id.extend_from_slice(&e.version.to_le_bytes());
@@ -376,8 +524,12 @@ pub fn remove_record(
     events: &[IndexedEvent<'_>],
 ) {
     batch.delete(seq_key(seq));
+    for (_, end) in run_bounds(events) {
+        if let Some(last) = end.checked_sub(1).and_then(|i| events.get(i)) {
+            batch.delete(stream_key(last.stream, last.version));
+        }
+    }
     for e in events {
-        batch.delete(stream_key(e.stream, e.version));
         batch.delete(id_key(e.id));
     }
     if !events.is_empty() {
@@ -409,9 +561,187 @@ pub fn set_checkpoint(batch: &mut IndexBatch, checkpoint: Checkpoint) {
     v.extend_from_slice(&checkpoint.next_position.to_le_bytes());
     v.extend_from_slice(&checkpoint.next_seq.to_le_bytes());
     batch.put(CHECKPOINT_KEY.to_vec(), v);
+    batch.put(FORMAT_KEY.to_vec(), FORMAT.to_le_bytes().to_vec());
 }
 
 /// Stores a value for the layer above, in the same atomic batch as the records it describes.
 pub fn set_meta(batch: &mut IndexBatch, name: &str, value: Vec<u8>) {
     batch.put(meta_key(name), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index_store::MemIndexStore;
+
+    /// `(stream, version)` events of one record; event `i`'s frame is at offset `100 + 10 i`.
+    fn record(index: &Index, position: Position, events: &[(&str, u64)]) {
+        let ids: Vec<Uuid> = events
+            .iter()
+            .map(|(s, v)| {
+                Uuid::from_u128(position as u128 * 1_000_000 + *v as u128 + s.len() as u128)
+            })
+            .collect();
+        let indexed: Vec<IndexedEvent<'_>> = events
+            .iter()
+            .zip(&ids)
+            .enumerate()
+            .map(|(i, ((stream, version), id))| IndexedEvent {
+                stream,
+                version: *version,
+                id: *id,
+                slot: EventSlot {
+                    offset: 100 + 10 * i as u32,
+                    len: 10,
+                },
+            })
+            .collect();
+        let mut batch = IndexBatch::default();
+        add_record(&mut batch, position, None, position, &indexed);
+        index.write(batch, false).expect("write");
+    }
+
+    fn versions(found: Vec<(u64, StreamSlot)>) -> Vec<u64> {
+        found.into_iter().map(|(v, _)| v).collect()
+    }
+
+    #[test]
+    fn runs_place_every_version_and_ranges_cross_runs_both_ways() {
+        let index = Index::new(Box::new(MemIndexStore::new()));
+        record(&index, 1000, &[("x", 0), ("x", 1), ("x", 2)]);
+        record(&index, 2000, &[("x", 3)]);
+        // Streams interleaved in one record: x 4, y 0, x 5 are three runs.
+        record(&index, 3000, &[("x", 4), ("y", 0), ("x", 5)]);
+        let slot = |v| index.stream_slot("x", v).expect("slot");
+        assert_eq!(
+            slot(1),
+            Some(StreamSlot {
+                position: 1000,
+                slot: EventSlot {
+                    offset: 110,
+                    len: 10
+                }
+            })
+        );
+        assert_eq!(
+            slot(3).map(|s| (s.position, s.slot.offset)),
+            Some((2000, 100))
+        );
+        assert_eq!(
+            slot(5).map(|s| (s.position, s.slot.offset)),
+            Some((3000, 120))
+        );
+        assert_eq!(slot(6), None);
+        assert_eq!(
+            index.stream_slot("y", 0).expect("y").map(|s| s.slot.offset),
+            Some(110)
+        );
+        assert_eq!(index.stream_head("x").expect("head"), Some((5, 3000)));
+        let range = |from, direction, limit| {
+            versions(
+                index
+                    .stream_range("x", from, direction, limit)
+                    .expect("range"),
+            )
+        };
+        assert_eq!(range(Some(1), Direction::Forwards, 3), [1, 2, 3]);
+        assert_eq!(range(None, Direction::Forwards, 100), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(range(Some(4), Direction::Backwards, 10), [4, 3, 2, 1, 0]);
+        assert_eq!(range(Some(1), Direction::Backwards, 10), [1, 0]);
+        assert_eq!(range(None, Direction::Backwards, 2), [5, 4]);
+        assert_eq!(range(Some(9), Direction::Backwards, 2), [5, 4]);
+        assert!(range(Some(6), Direction::Forwards, 2).is_empty());
+
+        // Truncating the last record takes its runs away.
+        let mut batch = IndexBatch::default();
+        let gone = [("x", 4u64), ("y", 0), ("x", 5)];
+        let events: Vec<IndexedEvent<'_>> = gone
+            .iter()
+            .map(|(stream, version)| IndexedEvent {
+                stream,
+                version: *version,
+                id: Uuid::nil(),
+                slot: EventSlot { offset: 0, len: 0 },
+            })
+            .collect();
+        remove_record(&mut batch, 3000, 3, 3000, &events);
+        index.write(batch, false).expect("truncate");
+        assert_eq!(index.stream_head("x").expect("head"), Some((3, 2000)));
+        assert_eq!(index.stream_head("y").expect("head"), None);
+    }
+
+    #[test]
+    fn long_ranges_go_on_past_a_scan_of_runs() {
+        let index = Index::new(Box::new(MemIndexStore::new()));
+        let singles = RUNS_PER_SCAN as u64 * 3 + 5;
+        for v in 0..singles {
+            record(&index, 10 + v, &[("s", v)]);
+        }
+        let long: Vec<(&str, u64)> = (singles..singles + 150).map(|v| ("s", v)).collect();
+        record(&index, 100_000, &long);
+        let all: Vec<u64> = (0..singles + 150).collect();
+        let forwards = versions(
+            index
+                .stream_range("s", None, Direction::Forwards, 10_000)
+                .expect("f"),
+        );
+        assert_eq!(forwards, all);
+        let backwards = versions(
+            index
+                .stream_range("s", None, Direction::Backwards, 10_000)
+                .expect("b"),
+        );
+        assert_eq!(backwards, all.iter().rev().copied().collect::<Vec<_>>());
+        let middle = versions(
+            index
+                .stream_range("s", Some(singles + 10), Direction::Backwards, 20)
+                .expect("m"),
+        );
+        assert_eq!(
+            middle,
+            (singles - 9..=singles + 10).rev().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn an_index_in_another_layout_is_not_current() {
+        let store = MemIndexStore::new();
+        let old_layout = {
+            let mut batch = IndexBatch::default();
+            let mut v = Vec::new();
+            v.extend_from_slice(&5u64.to_le_bytes());
+            v.extend_from_slice(&1u64.to_le_bytes());
+            batch.put(CHECKPOINT_KEY.to_vec(), v);
+            batch
+        };
+        store.write(old_layout, false).expect("write");
+        let index = Index::new(Box::new(store));
+        assert!(!index.format_is_current().expect("format"));
+        let mut batch = IndexBatch::default();
+        set_checkpoint(
+            &mut batch,
+            Checkpoint {
+                next_position: 5,
+                next_seq: 1,
+            },
+        );
+        index.write(batch, false).expect("write");
+        assert!(index.format_is_current().expect("format"));
+        assert!(Index::new(Box::new(MemIndexStore::new()))
+            .format_is_current()
+            .expect("empty"));
+    }
+
+    #[test]
+    fn a_malformed_run_is_an_index_error() {
+        let key = stream_key("x", 3);
+        let mut value = Vec::new();
+        value.extend_from_slice(&7u64.to_le_bytes());
+        value.extend_from_slice(&1u64.to_le_bytes());
+        value.extend_from_slice(&[0; 8]); // one slot, but versions 1..=3 need three
+        assert!(decode_run(&key, &value).is_err());
+        value.extend_from_slice(&[0; 16]);
+        assert!(decode_run(&key, &value).is_ok());
+        assert!(decode_run(&key, &value[..20]).is_err());
+    }
 }

@@ -452,7 +452,13 @@ impl Store {
         let next_seq = self.log.next_seq();
         let index = &self.reader.index;
         let mut from = match index.checkpoint()? {
-            Some(c) if c.next_position == end && c.next_seq == next_seq => return Ok(()),
+            Some(c)
+                if c.next_position == end
+                    && c.next_seq == next_seq
+                    && index.format_is_current()? =>
+            {
+                return Ok(())
+            }
             Some(c) if self.checkpoint_fits(c)? => Some(c.next_position),
             Some(c) => {
                 tracing::warn!(
@@ -517,7 +523,11 @@ impl Store {
 
     /// Whether the index checkpoint describes a prefix of this log: it ends where the log does,
     /// or the record at its position is the one it expects next.
+    /// An index in another layout (an older build's) fits no log: it is rebuilt.
     fn checkpoint_fits(&self, c: Checkpoint) -> Result<bool> {
+        if !self.reader.index.format_is_current()? {
+            return Ok(false);
+        }
         let end = self.log.next_position();
         // A checkpoint at the end of a sealed segment continues at the next one's first
         // record (or at the log's end, when that segment is still empty).

@@ -376,3 +376,45 @@ fn time_index_finds_the_first_record_at_or_after_a_timestamp() {
         vec![100, 200, 300]
     );
 }
+
+#[test]
+fn an_index_in_an_older_layout_is_rebuilt_at_open() {
+    use strata_engine::index_store::{IndexBatch, IndexStore, RocksIndexStore};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    let ids = [(1u128, "a"), (2, "b"), (3, "c")];
+    engine
+        .append_blocking(AppendRequest {
+            streams: vec![StreamAppend {
+                stream: "x".into(),
+                expected: ExpectedVersion::NoStream,
+                events: ids.iter().map(|(id, data)| event(*id, data)).collect(),
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+    engine.close();
+    drop(engine);
+    // What an older build left: its checkpoint, no layout key, one key per event with a
+    // 16-byte value (read in this layout, a malformed run).
+    {
+        let index = RocksIndexStore::open(&dir.path().join("index")).unwrap();
+        let mut batch = IndexBatch::default();
+        batch.delete(b"v".to_vec());
+        let mut old_key = b"sx\0".to_vec();
+        old_key.extend_from_slice(&1u64.to_be_bytes());
+        batch.put(old_key, vec![0; 16]);
+        index.write(batch, true).unwrap();
+    }
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    let read = engine
+        .reader()
+        .read_stream("x", None, Direction::Forwards, 10)
+        .unwrap();
+    assert_eq!(
+        read.iter()
+            .map(|e| (e.version, e.id.as_u128()))
+            .collect::<Vec<_>>(),
+        [(0, 1), (1, 2), (2, 3)]
+    );
+}

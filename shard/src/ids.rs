@@ -1,5 +1,6 @@
 //! Where the ids of events the server names come from (an append whose event has no id, the
-//! markers a soft delete or a tombstone writes): random version-4 UUIDs. Behind a trait, like
+//! markers a soft delete or a tombstone writes): time-ordered version-7 UUIDs (new ids land at
+//! the end of the index's id keys instead of all over them). Behind a trait, like
 //! the clock, so tests and the simulator can make them a function of a seed.
 
 use std::sync::Mutex;
@@ -9,7 +10,7 @@ use uuid::Uuid;
 
 /// Ids for events the server names.
 pub trait IdSource: Send + Sync + std::fmt::Debug {
-    /// A new version-4 UUID.
+    /// A new, unique UUID.
     fn new_id(&self) -> Uuid;
 }
 
@@ -19,7 +20,7 @@ pub struct RandomIds;
 
 impl IdSource for RandomIds {
     fn new_id(&self) -> Uuid {
-        Uuid::new_v4()
+        Uuid::now_v7()
     }
 }
 
