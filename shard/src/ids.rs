@@ -54,6 +54,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_servers_ids_are_time_ordered_and_distinct() {
+        let ids: Vec<Uuid> = (0..1000).map(|_| RandomIds.new_id()).collect();
+        assert!(ids.iter().all(|id| id.get_version_num() == 7));
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        let first_ms = |id: &Uuid| id.as_u128() >> 80;
+        assert!(ids.windows(2).all(|w| first_ms(&w[0]) <= first_ms(&w[1])));
+    }
+
+    #[test]
     fn seeded_ids_are_version_4_distinct_and_follow_from_the_seed() {
         let draw = |seed| {
             let ids = SeededIds::new(seed);
