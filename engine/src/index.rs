@@ -17,7 +17,8 @@
 //! versions of one stream that one record holds (an append's events), keyed by the run's last
 //! version, each event's frame placed inside the record. An append of 100 events is one key,
 //! not 100 (the memtable's insert cost is per key); the run holding version `v` is the first
-//! key at or after `v`. An index written in another layout (no `"v"`, or another number) does
+//! key at or after `v`. Version 0 is always a run of its own, so a point lookup says whether
+//! a stream exists. An index written in another layout (no `"v"`, or another number) does
 //! not fit the log and is rebuilt from it. The checkpoint is written in the same atomic batch
 //! as the entries it covers: the index always describes exactly the records before
 //! `next_position`.
@@ -235,8 +236,17 @@ impl Index {
         }))
     }
 
-    /// Where one version of a stream is.
+    /// Where one version of a stream is. A point lookup when the version ends a run — a
+    /// stream's head always does, and version 0 is always a run of its own, so whether a
+    /// stream exists (a tombstone, say) is answered by the key's bloom filter — else a seek.
     pub fn stream_slot(&self, stream: &str, version: u64) -> Result<Option<StreamSlot>> {
+        let key = stream_key(stream, version);
+        if let Some(v) = self.store.get(&key)? {
+            return Ok(decode_run(&key, &v)?.slot(version));
+        }
+        if version == 0 {
+            return Ok(None);
+        }
         Ok(self
             .runs(stream, version, Direction::Forwards, 1)?
             .first()
@@ -449,8 +459,9 @@ fn run_bounds(events: &[IndexedEvent<'_>]) -> Vec<(usize, usize)> {
     let mut bounds: Vec<(usize, usize)> = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let extends = match bounds.last().and_then(|(_, end)| end.checked_sub(1)) {
+            // Version 0 is always a run of its own (see `Index::stream_slot`).
             Some(prev) => events.get(prev).is_some_and(|p| {
-                p.stream == e.stream && p.version.checked_add(1) == Some(e.version)
+                p.stream == e.stream && p.version > 0 && p.version.checked_add(1) == Some(e.version)
             }),
             None => false,
         };
@@ -609,6 +620,13 @@ mod tests {
     fn runs_place_every_version_and_ranges_cross_runs_both_ways() {
         let index = Index::new(Box::new(MemIndexStore::new()));
         record(&index, 1000, &[("x", 0), ("x", 1), ("x", 2)]);
+        // Version 0 is a run of its own: [0], [1, 2].
+        let keys = index
+            .store
+            .scan(&stream_key("x", 0), &stream_key_end("x"), false, 10)
+            .expect("scan");
+        let lasts: Vec<u64> = keys.iter().filter_map(|(k, _)| tail8(k)).collect();
+        assert_eq!(lasts, [0, 2]);
         record(&index, 2000, &[("x", 3)]);
         // Streams interleaved in one record: x 4, y 0, x 5 are three runs.
         record(&index, 3000, &[("x", 4), ("y", 0), ("x", 5)]);

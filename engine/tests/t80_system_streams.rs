@@ -235,3 +235,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_tombstone_written_after_a_stream_was_checked_still_refuses_it() {
+    // The writer remembers streams the index holds no tombstone for; a tombstone written in a
+    // later group must still count.
+    let fs = SimFs::new(2);
+    let index = MemIndexStore::new();
+    let mut store = open_sim(&fs, &index, small_config()).unwrap();
+    assert!(store.commit(vec![at("s", vec![event(1, "a")], 1)])[0].is_ok());
+    assert!(store.commit(vec![at("s", vec![event(2, "b")], 2)])[0].is_ok());
+    let tombstone = at(
+        &system::deleted_stream("s"),
+        vec![typed(100, system::TOMBSTONE_TYPE, vec![], vec![])],
+        3,
+    );
+    assert!(store.commit(vec![tombstone])[0].is_ok());
+    let refused = store.commit(vec![at("s", vec![event(3, "c")], 4)]).remove(0);
+    assert!(
+        matches!(refused, Err(Error::StreamDeleted { .. })),
+        "{refused:?}"
+    );
+}

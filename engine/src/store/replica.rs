@@ -238,7 +238,7 @@ impl Store {
         if needed > self.log.room() {
             self.log.roll()?;
         }
-        let mut group = Group::new();
+        let mut group = Group::new(std::mem::take(&mut self.spare_buf));
         let decided = match entry.body {
             EntryBody::Appends(list) => {
                 let position = self.log.next_position();
