@@ -251,7 +251,9 @@ fn a_tombstone_written_after_a_stream_was_checked_still_refuses_it() {
         3,
     );
     assert!(store.commit(vec![tombstone])[0].is_ok());
-    let refused = store.commit(vec![at("s", vec![event(3, "c")], 4)]).remove(0);
+    let refused = store
+        .commit(vec![at("s", vec![event(3, "c")], 4)])
+        .remove(0);
     assert!(
         matches!(refused, Err(Error::StreamDeleted { .. })),
         "{refused:?}"
