@@ -13,7 +13,9 @@ use proptest::prelude::*;
 use strata_engine::index_store::MemIndexStore;
 use strata_engine::sim_fs::SimFs;
 use strata_engine::system::{self, SnapshotInfo, SnapshotPolicy, StreamMeta};
-use strata_engine::{AppendRequest, AsOf, Direction, Error, ExpectedVersion, NewEvent};
+use strata_engine::{
+    AppendRequest, AppendResult, AsOf, Direction, Error, ExpectedVersion, NewEvent,
+};
 
 fn at(stream: &str, events: Vec<NewEvent>, ts: u64) -> AppendRequest {
     AppendRequest::single(stream, ExpectedVersion::Any, events, ts)
@@ -28,16 +30,28 @@ fn typed(id: u128, event_type: &str, data: Vec<u8>, metadata: Vec<u8>) -> NewEve
     }
 }
 
+/// The hard deletion of `stream`: its tombstone (event id 100) stamped `timestamp_us`.
+fn tombstone_of(stream: &str, timestamp_us: u64) -> AppendRequest {
+    at(
+        &system::deleted_stream(stream),
+        vec![typed(100, system::TOMBSTONE_TYPE, vec![], vec![])],
+        timestamp_us,
+    )
+}
+
+fn assert_deleted(answer: &Result<AppendResult, Error>) {
+    assert!(
+        matches!(answer, Err(Error::StreamDeleted { .. })),
+        "{answer:?}"
+    );
+}
+
 #[test]
 fn a_tombstone_refuses_later_appends_in_the_same_group_and_after_reopening() {
     let fs = SimFs::new(1);
     let index = MemIndexStore::new();
     let mut store = open_sim(&fs, &index, small_config()).unwrap();
-    let tombstone = at(
-        &system::deleted_stream("s"),
-        vec![typed(100, system::TOMBSTONE_TYPE, vec![], vec![])],
-        10,
-    );
+    let tombstone = tombstone_of("s", 10);
     let answers = store.commit(vec![
         at("s", vec![event(1, "a")], 1),
         tombstone,
@@ -67,10 +81,7 @@ fn a_tombstone_refuses_later_appends_in_the_same_group_and_after_reopening() {
     let again = store
         .commit(vec![at("s", vec![event(5, "d")], 20)])
         .remove(0);
-    assert!(
-        matches!(again, Err(Error::StreamDeleted { .. })),
-        "{again:?}"
-    );
+    assert_deleted(&again);
     let reader = store.reader();
     assert!(matches!(
         reader.read_stream_visible("s", None, Direction::Forwards, 10, None, 30),
@@ -245,17 +256,9 @@ fn a_tombstone_written_after_a_stream_was_checked_still_refuses_it() {
     let mut store = open_sim(&fs, &index, small_config()).unwrap();
     assert!(store.commit(vec![at("s", vec![event(1, "a")], 1)])[0].is_ok());
     assert!(store.commit(vec![at("s", vec![event(2, "b")], 2)])[0].is_ok());
-    let tombstone = at(
-        &system::deleted_stream("s"),
-        vec![typed(100, system::TOMBSTONE_TYPE, vec![], vec![])],
-        3,
-    );
-    assert!(store.commit(vec![tombstone])[0].is_ok());
+    assert!(store.commit(vec![tombstone_of("s", 3)])[0].is_ok());
     let refused = store
         .commit(vec![at("s", vec![event(3, "c")], 4)])
         .remove(0);
-    assert!(
-        matches!(refused, Err(Error::StreamDeleted { .. })),
-        "{refused:?}"
-    );
+    assert_deleted(&refused);
 }

@@ -226,63 +226,68 @@ fn next_batch(
     queue: &mut mpsc::Receiver<Proposal>,
     bytes_max: usize,
 ) -> Vec<Proposal> {
-    let mut taken: HashSet<String> = HashSet::new();
-    let mut blocked: HashSet<String> = HashSet::new();
-    let mut bytes = RECORD_OVERHEAD;
-    let mut batch: Vec<Proposal> = Vec::new();
-    let mut kept: VecDeque<Proposal> = VecDeque::new();
-    let fits = |p: &Proposal, taken: &HashSet<String>, blocked: &HashSet<String>| {
-        p.request
-            .streams
-            .iter()
-            .all(|s| !taken.contains(&s.stream) && !blocked.contains(&s.stream))
-    };
-    let consider = |p: Proposal,
-                    batch: &mut Vec<Proposal>,
-                    kept: &mut VecDeque<Proposal>,
-                    taken: &mut HashSet<String>,
-                    blocked: &mut HashSet<String>,
-                    bytes: &mut usize| {
-        let first = batch.is_empty();
-        if batch.len() < BATCH_APPENDS_MAX
-            && fits(&p, taken, blocked)
-            && (first || *bytes + p.bytes <= bytes_max)
-        {
-            taken.extend(p.request.streams.iter().map(|s| s.stream.clone()));
-            *bytes += p.bytes;
-            batch.push(p);
-        } else {
-            blocked.extend(p.request.streams.iter().map(|s| s.stream.clone()));
-            kept.push_back(p);
-        }
+    let mut entry = EntryBuilder {
+        batch: Vec::new(),
+        kept: VecDeque::new(),
+        taken: HashSet::new(),
+        blocked: HashSet::new(),
+        bytes: RECORD_OVERHEAD,
+        bytes_max,
     };
     while let Some(p) = aside.pop_front() {
-        consider(
-            p,
-            &mut batch,
-            &mut kept,
-            &mut taken,
-            &mut blocked,
-            &mut bytes,
-        );
+        entry.consider(p);
     }
-    while batch.len() < BATCH_APPENDS_MAX && kept.len() < SET_ASIDE_MAX {
+    while entry.batch.len() < BATCH_APPENDS_MAX && entry.kept.len() < SET_ASIDE_MAX {
         let Ok(p) = queue.try_recv() else { break };
-        consider(
-            p,
-            &mut batch,
-            &mut kept,
-            &mut taken,
-            &mut blocked,
-            &mut bytes,
-        );
+        entry.consider(p);
     }
-    *aside = kept;
+    *aside = entry.kept;
     debug_assert!(
-        !batch.is_empty(),
+        !entry.batch.is_empty(),
         "an entry takes at least the first append"
     );
-    batch
+    entry.batch
+}
+
+/// One entry being filled by [`next_batch`].
+struct EntryBuilder {
+    /// Appends taken into the entry, in order.
+    batch: Vec<Proposal>,
+    /// Appends set aside for a later entry, in order.
+    kept: VecDeque<Proposal>,
+    /// Streams the entry holds.
+    taken: HashSet<String>,
+    /// Streams of appends set aside: a later append on one waits behind them.
+    blocked: HashSet<String>,
+    /// The entry's size so far, and its bound.
+    bytes: usize,
+    bytes_max: usize,
+}
+
+impl EntryBuilder {
+    /// Takes `p` into the entry if it fits (count, bytes — the first always — and no stream
+    /// taken or blocked), else sets it aside.
+    fn consider(&mut self, p: Proposal) {
+        let first = self.batch.is_empty();
+        let free = p
+            .request
+            .streams
+            .iter()
+            .all(|s| !self.taken.contains(&s.stream) && !self.blocked.contains(&s.stream));
+        if self.batch.len() < BATCH_APPENDS_MAX
+            && free
+            && (first || self.bytes + p.bytes <= self.bytes_max)
+        {
+            self.taken
+                .extend(p.request.streams.iter().map(|s| s.stream.clone()));
+            self.bytes += p.bytes;
+            self.batch.push(p);
+        } else {
+            self.blocked
+                .extend(p.request.streams.iter().map(|s| s.stream.clone()));
+            self.kept.push_back(p);
+        }
+    }
 }
 
 fn leader_hint(leader: &Option<(NodeId, StrataNode)>) -> String {
