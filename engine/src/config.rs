@@ -78,6 +78,11 @@ pub struct EngineConfig {
     pub read_chunk_bytes: usize,
     /// What recovery does with a damaged tail.
     pub tail_recovery: TailRecovery,
+    /// Most bytes of memory the event-id filter may take (`id_filter.rs`: 16 bits per id, so
+    /// 256 MiB covers ~134 million ids before its false-positive rate starts to rise). It
+    /// spares the append path an index lookup per new event id; 0 turns it off. Built at
+    /// open from the index (one scan of the ids). Default 256 MiB.
+    pub id_filter_bytes_max: usize,
     /// Request limits.
     pub limits: Limits,
 }
@@ -90,6 +95,7 @@ impl Default for EngineConfig {
             group_bytes_max: 32 << 20,
             read_chunk_bytes: 1 << 20,
             tail_recovery: TailRecovery::TruncateTorn,
+            id_filter_bytes_max: 256 << 20,
             limits: Limits::default(),
         }
     }

@@ -236,6 +236,26 @@ impl Index {
         }))
     }
 
+    /// Calls `f` with every event id the index holds, in key order, until it returns false (one
+    /// pass over the id keys: what filling the id filter costs).
+    pub fn for_each_id(&self, mut f: impl FnMut(Uuid) -> bool) -> Result<()> {
+        let mut bad = false;
+        self.store.for_each_key(b"e", b"f", &mut |key| match key
+            .get(1..17)
+            .and_then(|b| Uuid::from_slice(b).ok())
+        {
+            Some(id) => f(id),
+            None => {
+                bad = true;
+                false
+            }
+        })?;
+        if bad {
+            return Err(corrupt_index("an event id key"));
+        }
+        Ok(())
+    }
+
     /// Where one version of a stream is. A point lookup when the version ends a run — a
     /// stream's head always does, and version 0 is always a run of its own, so whether a
     /// stream exists (a tombstone, say) is answered by the key's bloom filter — else a seek.

@@ -47,7 +47,36 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
         reverse: bool,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Calls `f` with every key in `start <= key < end`, ascending, until it returns false (a
+    /// whole-range pass, such as filling the id filter). By default in [`KEY_PASS_CHUNK`]-key
+    /// `scan`s.
+    fn for_each_key(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
+        let mut from = start.to_vec();
+        loop {
+            let pairs = self.scan(&from, end, false, KEY_PASS_CHUNK)?;
+            for (key, _) in &pairs {
+                if !f(key) {
+                    return Ok(());
+                }
+            }
+            match pairs.last() {
+                Some((last, _)) if pairs.len() == KEY_PASS_CHUNK => {
+                    from = last.clone();
+                    from.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
 }
+
+/// Keys read per `scan` by the default [`IndexStore::for_each_key`].
+pub const KEY_PASS_CHUNK: usize = 4096;
 
 /// The production index store: one RocksDB database.
 pub struct RocksIndexStore {
@@ -155,6 +184,31 @@ impl IndexStore for RocksIndexStore {
             out.push((k.into_vec(), v.into_vec()));
         }
         Ok(out)
+    }
+
+    fn for_each_key(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
+        // One raw iterator that lends its keys (no copy per key) and leaves the block cache to
+        // the reads that need it: a pass over millions of ids took ~1.1 µs per key through
+        // `scan`.
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(start.to_vec());
+        options.set_iterate_upper_bound(end.to_vec());
+        options.fill_cache(false);
+        options.set_readahead_size(2 << 20);
+        let mut it = self.db.raw_iterator_opt(options);
+        it.seek_to_first();
+        while let Some(key) = it.key() {
+            if !f(key) {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status().map_err(rocks_err)
     }
 }
 

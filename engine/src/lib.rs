@@ -26,6 +26,7 @@ pub mod error;
 pub mod event;
 pub mod format;
 pub mod fs;
+pub mod id_filter;
 pub mod index;
 pub mod index_store;
 pub mod log;

@@ -79,6 +79,11 @@ pub struct Stats {
     pub sync: LatencyHistogram,
     /// Requests waiting in the group-commit queue.
     pub queue_depth: AtomicU64,
+    /// Event ids looked up in the index (the id filter could not rule them out, or is still
+    /// being read at open).
+    pub id_index_lookups: AtomicU64,
+    /// Bytes of the event-id filter; 0 while it is read at open, or when it is off.
+    pub id_filter_bytes: AtomicU64,
 }
 
 impl Default for Stats {
@@ -92,6 +97,8 @@ impl Default for Stats {
             groups: AtomicU64::new(0),
             sync: LatencyHistogram::new(&FSYNC_BUCKETS_US),
             queue_depth: AtomicU64::new(0),
+            id_index_lookups: AtomicU64::new(0),
+            id_filter_bytes: AtomicU64::new(0),
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::event::{
 };
 use crate::format::{self, EventFields, EventSlot, RecordHeader};
 use crate::fs::{FileHandle, FileSystem};
+use crate::id_filter::KnownIds;
 use crate::index::{self, Checkpoint, Index, IndexedEvent};
 use crate::index_store::{IndexBatch, IndexStore};
 use crate::log::{LogWriter, RecoveryReport};
@@ -367,6 +368,10 @@ pub struct Store {
     /// A written group's buffer, cleared, for the next group (at most [`GROUP_BUF_KEPT_MAX`]
     /// bytes of capacity kept): growing a fresh one was 5 % of the writer's CPU.
     spare_buf: Vec<u8>,
+    /// Every event id in the index or in flight (and some deleted since): an id it has never
+    /// seen needs no index lookup. Read from the index at open by a thread of its own, and fed
+    /// every group handed to the indexer (`publish`).
+    ids: KnownIds,
     /// Whether the log is a Raft log (records are then also indexed by sequence number).
     raft: bool,
     /// The hybrid logical clock: the largest record timestamp in the log. A new record's
@@ -385,8 +390,9 @@ impl Store {
         config: EngineConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Store> {
-        let store = Store::open_log(fs, dir, index_store, config, clock)?;
+        let mut store = Store::open_log(fs, dir, index_store, config, clock)?;
         store.catch_up_index()?;
+        store.load_id_filter();
         store.reload_reclaimed()?;
         // The clock resumes past the newest timestamp: the index now covers every record.
         store.saw_timestamp(store.reader.index.last_timestamp()?.unwrap_or(0));
@@ -439,6 +445,7 @@ impl Store {
             heads: HashMap::new(),
             untombstoned: HashSet::new(),
             spare_buf: Vec::new(),
+            ids: KnownIds::off(),
             raft: false,
             last_timestamp_us: AtomicU64::new(0),
         };
@@ -532,6 +539,25 @@ impl Store {
             }
             position = next;
         }
+    }
+
+    /// Starts reading every id the index holds into the id filter (a replica's tail is
+    /// absorbed after this and reaches the filter through `publish`).
+    pub(crate) fn load_id_filter(&mut self) {
+        self.ids = KnownIds::load(self.reader.index.clone(), self.config.id_filter_bytes_max);
+    }
+
+    /// Hands a written group's effects to the indexer's side (groups in flight), its ids to
+    /// the filter first: an id leaves `inflight` only once indexed, and the filter has it by
+    /// then.
+    fn publish(&mut self, effects: Effects) {
+        for id in effects.ids.keys() {
+            self.ids.insert(*id);
+        }
+        self.stats
+            .id_filter_bytes
+            .store(self.ids.bytes() as u64, Ordering::Relaxed);
+        lock(&self.inflight).push_back(Arc::new(effects));
     }
 
     /// Whether the index checkpoint describes a prefix of this log: it ends where the log does,
@@ -749,7 +775,7 @@ impl Store {
                 for (stream, version) in &group.effects.heads {
                     self.heads.insert(stream.clone(), *version);
                 }
-                lock(&self.inflight).push_back(Arc::new(group.effects));
+                self.publish(group.effects);
                 written.push(WrittenGroup {
                     file,
                     end: self.log.next_position(),
@@ -788,6 +814,10 @@ impl Store {
         {
             return Ok(Some(p));
         }
+        if self.ids.certainly_absent(id) {
+            return Ok(None);
+        }
+        self.stats.id_index_lookups.fetch_add(1, Ordering::Relaxed);
         Ok(self
             .reader
             .index
@@ -899,6 +929,7 @@ impl Store {
 
     /// Decides what to do with a request given everything written before it.
     fn plan(&mut self, request: &AppendRequest, current: &Effects) -> Result<Plan> {
+        self.ids.poll();
         let mut found = Vec::new();
         let mut missing = None;
         for part in &request.streams {

@@ -418,3 +418,88 @@ fn an_index_in_an_older_layout_is_rebuilt_at_open() {
         [(0, 1), (1, 2), (2, 3)]
     );
 }
+
+/// The id filter must know every committed id once it has read the index (by a thread of its
+/// own, at open): after reopening, a retry is answered with the original result and a partly
+/// repeated append is refused — with the filter on, at the smallest size, and off — and with
+/// the filter in, new ids are not looked up in the index.
+#[test]
+fn committed_ids_are_found_after_reopening_whatever_the_id_filter_size() {
+    use std::sync::atomic::Ordering::Relaxed;
+    for filter_bytes in [256 << 20, 64, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || strata_engine::EngineConfig {
+            id_filter_bytes_max: filter_bytes,
+            ..small_config()
+        };
+        let first = {
+            let engine = Engine::open_dir(dir.path(), config()).unwrap();
+            for i in 0..50u128 {
+                engine
+                    .append_blocking(append(
+                        "many",
+                        ExpectedVersion::Any,
+                        vec![event(1000 + i, "m")],
+                    ))
+                    .unwrap();
+            }
+            engine
+                .append_blocking(append(
+                    "acct",
+                    ExpectedVersion::NoStream,
+                    vec![event(1, "a"), event(2, "b")],
+                ))
+                .unwrap()
+        };
+        let engine = Engine::open_dir(dir.path(), config()).unwrap();
+        // Appends take the filter in once it is read; wait for it (when on).
+        let stats = engine.stats().clone();
+        for i in 0..500u128 {
+            if filter_bytes == 0 || stats.id_filter_bytes.load(Relaxed) > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            engine
+                .append_blocking(append(
+                    "warm",
+                    ExpectedVersion::Any,
+                    vec![event(5000 + i, "w")],
+                ))
+                .unwrap();
+        }
+        assert_eq!(stats.id_filter_bytes.load(Relaxed) > 0, filter_bytes > 0);
+        let end = engine.reader().end();
+        let retry = engine
+            .append_blocking(append(
+                "acct",
+                ExpectedVersion::NoStream,
+                vec![event(1, "a"), event(2, "b")],
+            ))
+            .unwrap();
+        assert!(retry.deduplicated, "filter of {filter_bytes} bytes");
+        assert_eq!(retry.position, first.position);
+        match engine.append_blocking(append(
+            "elsewhere",
+            ExpectedVersion::Any,
+            vec![event(7, "new"), event(1030, "old")],
+        )) {
+            Err(Error::IdempotencyConflict { .. }) => {}
+            other => panic!("filter of {filter_bytes} bytes: expected a conflict, got {other:?}"),
+        }
+        assert_eq!(engine.reader().end(), end, "nothing written");
+        let lookups = stats.id_index_lookups.load(Relaxed);
+        let new_ids: Vec<_> = (0..100u128).map(|i| event(90_000 + i, "n")).collect();
+        engine
+            .append_blocking(append("fresh", ExpectedVersion::Any, new_ids))
+            .unwrap();
+        let looked_up = stats.id_index_lookups.load(Relaxed) - lookups;
+        if filter_bytes == 256 << 20 {
+            assert!(
+                looked_up < 5,
+                "{looked_up} of 100 new ids went to the index"
+            );
+        } else if filter_bytes == 0 {
+            assert_eq!(looked_up, 100);
+        }
+    }
+}

@@ -165,6 +165,20 @@ pub fn render(backend: &Backend, service: &ServiceStats, data_dir: &Path) -> Str
     }
     metric(
         &mut out,
+        "strata_id_index_lookups_total",
+        "counter",
+        "Event ids looked up in the index (the id filter could not rule them out, or is still being read at open).",
+        load(&s.id_index_lookups),
+    );
+    metric(
+        &mut out,
+        "strata_id_filter_bytes",
+        "gauge",
+        "Memory of the event-id filter; 0 while it is read at open, or when it is off.",
+        load(&s.id_filter_bytes),
+    );
+    metric(
+        &mut out,
         "strata_retention_horizon_us",
         "gauge",
         "As-of reads before this time (µs since the epoch) are refused; 0 until retention reclaims.",

@@ -121,6 +121,7 @@ impl Store {
             None => 0,
         };
         store.reader.log.publish_end(from);
+        store.load_id_filter();
         // Opening the log synced the tail (and any segment it found sealed): every entry
         // handed back below is durable.
         let tail = store.log.tail_file();
@@ -432,7 +433,7 @@ impl Store {
         for (stream, version) in &effects.heads {
             self.heads.insert(stream.clone(), *version);
         }
-        lock(&self.inflight).push_back(Arc::new(effects));
+        self.publish(effects);
         WrittenGroup {
             file,
             end: r.header.position + r.frame.len() as u64,

@@ -9,6 +9,7 @@
 //! segment_bytes_max = 268435456       # --segment-bytes-max
 //! queue_depth_max = 4096              # --queue-depth-max
 //! batch_bytes_max = 16777216          # --batch-bytes-max (largest append)
+//! id_filter_bytes_max = 268435456     # --id-filter-bytes-max (memory for new-id checks; 0 = off)
 //! subscription_buffer_records_max = 256    # --subscription-buffer-records-max
 //! subscription_stall_timeout_ms = 10000    # --subscription-stall-timeout-ms
 //! response_bytes_max = 4194304        # --response-bytes-max (largest read answer, encoded)
@@ -67,6 +68,9 @@ pub struct NodeArgs {
     /// Largest append (one record) in bytes; segments must hold at least one.
     #[arg(long)]
     batch_bytes_max: Option<usize>,
+    /// Memory in bytes for the event-id filter (16 bits per id; 0 turns it off).
+    #[arg(long)]
+    id_filter_bytes_max: Option<usize>,
     /// Records buffered per subscription.
     #[arg(long)]
     subscription_buffer_records_max: Option<usize>,
@@ -139,6 +143,7 @@ struct FileConfig {
     segment_bytes_max: Option<u64>,
     queue_depth_max: Option<usize>,
     batch_bytes_max: Option<usize>,
+    id_filter_bytes_max: Option<usize>,
     subscription_buffer_records_max: Option<usize>,
     subscription_stall_timeout_ms: Option<u64>,
     response_bytes_max: Option<usize>,
@@ -254,6 +259,9 @@ pub fn resolve_text(
         engine.limits.batch_bytes_max = v;
         engine.limits.event_bytes_max = engine.limits.event_bytes_max.min(v);
         engine.group_bytes_max = engine.group_bytes_max.max(v);
+    }
+    if let Some(v) = args.id_filter_bytes_max.or(file.id_filter_bytes_max) {
+        engine.id_filter_bytes_max = v;
     }
     engine.validate().map_err(|e| bad(e.to_string()))?;
     let mut service = strata_shard::ServiceConfig::default();
