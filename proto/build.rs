@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Undecodable messages are the caller's error (INVALID_ARGUMENT), not INTERNAL.
         .codec_path("crate::codec::StrictCodec")
+        // Event data and metadata as `Bytes`: decoding slices the received buffer instead of
+        // copying each payload, and a payload is shared, not copied, into a request or answer.
+        .bytes(".strata.v1")
         .file_descriptor_set_path(out.join("strata_v1_descriptor.bin"))
         .compile_protos(
             &[

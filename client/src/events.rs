@@ -36,8 +36,8 @@ pub fn event(event_type: impl Into<String>, data: impl Into<Vec<u8>>) -> pb::New
     pb::NewEvent {
         id: String::new(),
         r#type: event_type.into(),
-        data: data.into(),
-        metadata: Vec::new(),
+        data: data.into().into(),
+        metadata: Default::default(),
     }
 }
 

@@ -4,7 +4,6 @@
 // Bytes decoded here come from disks, peers or clients: no input may index past a slice's end.
 #![deny(clippy::indexing_slicing)]
 
-use bytes::Bytes;
 use strata_engine::{
     AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend,
 };
@@ -48,8 +47,8 @@ fn events(
             Ok(NewEvent {
                 id,
                 event_type: e.r#type,
-                data: Bytes::from(e.data),
-                metadata: Bytes::from(e.metadata),
+                data: e.data,
+                metadata: e.metadata,
             })
         })
         .collect()
@@ -122,8 +121,8 @@ pub fn recorded(e: RecordedEvent) -> pb::RecordedEvent {
         version: e.version,
         id: e.id.to_string(),
         r#type: e.event_type,
-        data: e.data.to_vec(),
-        metadata: e.metadata.to_vec(),
+        data: e.data,
+        metadata: e.metadata,
         timestamp_us: e.timestamp_us,
         position: e.position,
     }

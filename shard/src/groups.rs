@@ -53,7 +53,7 @@ mod tests {
     fn ev(t: &str, data: &str) -> pb::NewEvent {
         pb::NewEvent {
             r#type: t.into(),
-            data: data.into(),
+            data: data.as_bytes().to_vec().into(),
             ..Default::default()
         }
     }

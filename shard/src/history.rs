@@ -300,7 +300,7 @@ impl History {
         let request = AppendRequest::single(
             system::snapshot_stream(&r.stream),
             ExpectedVersion::Any,
-            vec![self.system_event(system::SNAPSHOT_TYPE, r.data, info.encode())],
+            vec![self.system_event(system::SNAPSHOT_TYPE, r.data.to_vec(), info.encode())],
             self.now_us(),
         );
         Ok(pb::WriteResponse {
@@ -330,7 +330,7 @@ impl History {
         let snapshot = state.snapshot.map(|(info, e)| pb::Snapshot {
             version: info.version,
             schema_version: info.schema_version,
-            data: e.data.to_vec(),
+            data: e.data.clone(),
             timestamp_us: e.timestamp_us,
             position: e.position,
         });

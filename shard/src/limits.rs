@@ -110,8 +110,8 @@ mod tests {
                 .map(|_| pb::NewEvent {
                     id: "5f0c3f4e-8a1b-4c2d-9e3f-0a1b2c3d4e5f".into(),
                     r#type: event_type.clone(),
-                    data: vec![0xff; 1000],
-                    metadata: vec![0xff; 1000],
+                    data: vec![0xff; 1000].into(),
+                    metadata: vec![0xff; 1000].into(),
                 })
                 .collect(),
         }
@@ -149,8 +149,8 @@ mod tests {
             version: u64::MAX,
             id: "5f0c3f4e-8a1b-4c2d-9e3f-0a1b2c3d4e5f".into(),
             r#type: "t".into(),
-            data: Vec::new(),
-            metadata: Vec::new(),
+            data: Default::default(),
+            metadata: Default::default(),
             timestamp_us: u64::MAX,
             position: u64::MAX,
         };

@@ -31,6 +31,11 @@ use crate::cluster::ClusterService;
 use crate::ids::RandomIds;
 use crate::service::{ServiceConfig, ServiceStats, StreamsService};
 
+/// Largest HTTP/2 frame a client may send (h2's default is 16 KiB: a 100 KiB append took 7
+/// frames). Flow-control windows stay hyper's (1 MiB per call and per connection): they bound
+/// what a connection can buffer in the server before the service reads it.
+const HTTP2_FRAME_BYTES_MAX: u32 = 1 << 20;
+
 /// How a node joins a replicated shard.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -259,6 +264,7 @@ impl Node {
             None
         };
         let result = tonic::transport::Server::builder()
+            .max_frame_size(Some(HTTP2_FRAME_BYTES_MAX))
             .add_service(health)
             .add_service(reflection)
             .add_service(streams_server(self.service))

@@ -56,7 +56,7 @@ async fn append_read_conflict_and_idempotent_retry() {
             .collect::<Vec<_>>(),
         vec![(0, uuid(1)), (1, uuid(2))]
     );
-    assert_eq!(read.events[0].data, b"{\"a\":1}");
+    assert_eq!(&read.events[0].data[..], b"{\"a\":1}");
     // Conflict: the actual version comes back in metadata and the message.
     let err = c
         .append(append("acct-1", exact(0), vec![event(&uuid(3), "x")]))

@@ -47,8 +47,8 @@ fn sized_event(n: u128, bytes: usize) -> pb::NewEvent {
     pb::NewEvent {
         id: uuid(n),
         r#type: "Big".into(),
-        data: vec![b'x'; bytes],
-        metadata: Vec::new(),
+        data: vec![b'x'; bytes].into(),
+        metadata: Default::default(),
     }
 }
 

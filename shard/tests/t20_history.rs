@@ -400,7 +400,7 @@ async fn read_state_returns_the_newest_snapshot_and_the_events_after_it() {
                 stream: "acct-1".into(),
                 version: i,
                 schema_version: 2,
-                data: format!("state@{i}").into_bytes(),
+                data: format!("state@{i}").into_bytes().into(),
             })
             .await
             .unwrap();
@@ -415,7 +415,7 @@ async fn read_state_returns_the_newest_snapshot_and_the_events_after_it() {
     let now = c.read_state(state(None)).await.unwrap().into_inner();
     let snap = now.snapshot.unwrap();
     assert_eq!((snap.version, snap.schema_version), (9, 2));
-    assert_eq!(snap.data, b"state@9");
+    assert_eq!(&snap.data[..], b"state@9");
     assert_eq!(
         now.events.iter().map(|e| e.version).collect::<Vec<_>>(),
         [10, 11]
@@ -475,7 +475,7 @@ async fn read_state_returns_the_newest_snapshot_and_the_events_after_it() {
             stream: "acct-1".into(),
             version: 12,
             schema_version: 1,
-            data: Vec::new(),
+            data: Default::default(),
         })
         .await
         .unwrap_err();

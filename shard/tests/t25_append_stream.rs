@@ -178,8 +178,8 @@ async fn a_client_that_stops_reading_is_pushed_back() {
             vec![pb::NewEvent {
                 id: uuid(1_000_000 + i as u128),
                 r#type: "Big".into(),
-                data: data.clone(),
-                metadata: Vec::new(),
+                data: data.clone().into(),
+                metadata: Default::default(),
             }],
         )])
     });

@@ -78,8 +78,8 @@ fn new_event(cluster: &Cluster, data: Vec<u8>) -> (String, pb::NewEvent) {
     let event = pb::NewEvent {
         id: id.clone(),
         r#type: "noted".into(),
-        data,
-        metadata: Vec::new(),
+        data: data.into(),
+        metadata: Default::default(),
     };
     (id, event)
 }
@@ -180,7 +180,7 @@ async fn save_snapshot(
         stream: SNAPPED.to_string(),
         version,
         schema_version: 1,
-        data: id.clone().into_bytes(),
+        data: id.clone().into_bytes().into(),
     };
     let _ = tokio::time::timeout(PATIENCE, service.save_snapshot(Request::new(request))).await;
 }

@@ -263,8 +263,8 @@ fn wire_event(id: Uuid, event_type: &str, data: Vec<u8>) -> pb::NewEvent {
     pb::NewEvent {
         id: id.to_string(),
         r#type: event_type.to_string(),
-        data,
-        metadata: Vec::new(),
+        data: data.into(),
+        metadata: Default::default(),
     }
 }
 

@@ -300,7 +300,7 @@ impl Groups {
                 Ok(Parked {
                     parked_version: e.version,
                     from: p::from_json(&stream, &e.metadata)?,
-                    data: e.data,
+                    data: e.data.to_vec(),
                 })
             })
             .collect()

@@ -258,7 +258,7 @@ impl Worker {
             id: String::new(),
             r#type: "$group-parked".into(),
             data: event.data.clone(),
-            metadata: p::to_json(&from),
+            metadata: p::to_json(&from).into(),
         };
         self.client
             .append(

@@ -158,7 +158,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         }
     }
     let load = Load {
-        data: Arc::new(vec![0x5au8; args.event_bytes]),
+        data: bytes::Bytes::from(vec![0x5au8; args.event_bytes]),
         batch: args.batch,
         deadline: Instant::now() + Duration::from_secs(args.duration),
     };
@@ -186,7 +186,8 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
 /// What every bench client sends.
 #[derive(Clone)]
 struct Load {
-    data: Arc<Vec<u8>>,
+    /// The payload every event shares (a reference, not a copy, per event).
+    data: bytes::Bytes,
     batch: usize,
     deadline: Instant,
 }
@@ -200,8 +201,8 @@ impl Load {
                 .map(|_| pb::NewEvent {
                     id: String::new(),
                     r#type: "BenchEvent".into(),
-                    data: self.data.to_vec(),
-                    metadata: Vec::new(),
+                    data: self.data.clone(),
+                    metadata: Default::default(),
                 })
                 .collect(),
         }

@@ -76,8 +76,10 @@ async fn load(client: &Client, stream: &str, args: &BenchStateArgs) -> Result<(u
             .map(|i| pb::NewEvent {
                 id: String::new(),
                 r#type: "Deposited".into(),
-                data: format!("{{\"n\":{},\"f\":\"{filler}\"}}", written + i).into_bytes(),
-                metadata: Vec::new(),
+                data: format!("{{\"n\":{},\"f\":\"{filler}\"}}", written + i)
+                    .into_bytes()
+                    .into(),
+                metadata: Default::default(),
             })
             .collect();
         client
@@ -95,7 +97,7 @@ async fn load(client: &Client, stream: &str, args: &BenchStateArgs) -> Result<(u
                     stream: stream.into(),
                     version: written - 1,
                     schema_version: 1,
-                    data: format!("{{\"n\":{}}}", written - 1).into_bytes(),
+                    data: format!("{{\"n\":{}}}", written - 1).into_bytes().into(),
                 })
                 .await
                 .map_err(failed("saving a snapshot"))?;

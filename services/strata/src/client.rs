@@ -310,8 +310,8 @@ fn events(args: &AppendArgs) -> Result<Vec<pb::NewEvent>, Failure> {
     let one = |data: Vec<u8>| pb::NewEvent {
         id: args.id.clone().unwrap_or_default(),
         r#type: args.event_type.clone(),
-        data,
-        metadata: Vec::new(),
+        data: data.into(),
+        metadata: Default::default(),
     };
     if let Some(data) = &args.data {
         serde_json::from_str::<serde_json::Value>(data)
@@ -356,8 +356,8 @@ pub fn parse_jsonl(text: &str, default_type: &str) -> Result<Vec<pb::NewEvent>, 
         out.push(pb::NewEvent {
             id: field("id").unwrap_or_default(),
             r#type: field("type").unwrap_or_else(|| default_type.to_string()),
-            data: json_bytes(v.get("data")),
-            metadata: json_bytes(v.get("metadata")),
+            data: json_bytes(v.get("data")).into(),
+            metadata: json_bytes(v.get("metadata")).into(),
         });
     }
     Ok(out)

@@ -310,7 +310,8 @@ async fn handle(
                 "source_position": e.position,
                 "member": worker.member(),
             }))
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .into(),
         };
         match outputs.iter_mut().find(|o| o.stream == stream) {
             Some(o) => o.events.push(copy),

@@ -199,7 +199,7 @@ pub async fn save_snapshot(args: SnapshotArgs) -> Result<(), Failure> {
         stream: args.stream,
         version: args.version,
         schema_version: args.schema_version,
-        data,
+        data: data.into(),
     };
     let r = args
         .server

@@ -27,8 +27,8 @@ fn event(id: u128, data: &str) -> pb::NewEvent {
     pb::NewEvent {
         id: uuid::Uuid::from_u128(id).to_string(),
         r#type: "T".into(),
-        data: data.as_bytes().to_vec(),
-        metadata: Vec::new(),
+        data: data.as_bytes().to_vec().into(),
+        metadata: Default::default(),
     }
 }
 
@@ -684,7 +684,7 @@ async fn deletion_snapshots_and_closed_timestamps_hold_across_a_leader_change() 
         stream: "acct".into(),
         version: 2,
         schema_version: 1,
-        data: b"{\"n\":102}".to_vec(),
+        data: b"{\"n\":102}".to_vec().into(),
     })
     .await
     .unwrap();
@@ -893,8 +893,8 @@ fn append_of_record_bytes(stream: &str, events: u128, record_bytes: usize) -> pb
             pb::NewEvent {
                 id: uuid::Uuid::from_u128(7000 + i).to_string(),
                 r#type: "T".into(),
-                data: vec![b'e'; bytes],
-                metadata: Vec::new(),
+                data: vec![b'e'; bytes].into(),
+                metadata: Default::default(),
             }
         })
         .collect();
@@ -930,7 +930,7 @@ async fn the_largest_batch_the_limits_allow_replicates_to_every_replica() {
     );
     assert!(refused.message().contains("batch_bytes_max"), "{refused:?}");
     let edge = append_of_record_bytes("edge", 16, batch_bytes_max);
-    let sent: Vec<Vec<u8>> = edge.events.iter().map(|e| e.data.clone()).collect();
+    let sent: Vec<Vec<u8>> = edge.events.iter().map(|e| e.data.to_vec()).collect();
     // 16 MiB through a debug build on a loaded machine can take longer than the append
     // timeout (5 s): then the answer is UNAVAILABLE and, as documented, the client retries with
     // the same event ids (at the leader of the moment), which answers the original result.
@@ -958,7 +958,7 @@ async fn the_largest_batch_the_limits_allow_replicates_to_every_replica() {
         let got: Vec<Vec<u8>> = follower_read_all(&mut c, "edge", id)
             .await
             .into_iter()
-            .map(|e| e.data)
+            .map(|e| e.data.to_vec())
             .collect();
         assert!(got == sent, "node {id} holds other bytes");
     }

@@ -90,8 +90,8 @@ pub fn event(id: &str, data: &str) -> pb::NewEvent {
     pb::NewEvent {
         id: id.into(),
         r#type: "Tested".into(),
-        data: data.as_bytes().to_vec(),
-        metadata: Vec::new(),
+        data: data.as_bytes().to_vec().into(),
+        metadata: Default::default(),
     }
 }
 
