@@ -66,7 +66,8 @@ enum Plan {
 #[derive(Debug)]
 struct PendingEvent {
     position: Position,
-    stream: String,
+    /// Shared by the events of one stream in one append (one allocation, not one per event).
+    stream: Arc<str>,
     version: u64,
     event: NewEvent,
 }
@@ -802,10 +803,14 @@ impl Store {
     }
 
     /// Where an event id was written: the group being built, groups in flight, or the index.
+    /// The id filter holds every id in flight too (`publish`), so it is asked before them.
     fn find_id(&self, id: Uuid, current: &Effects) -> Result<Option<(Position, u64, String)>> {
-        let hit = |p: &PendingEvent| (p.position, p.version, p.stream.clone());
+        let hit = |p: &PendingEvent| (p.position, p.version, p.stream.to_string());
         if let Some(p) = current.ids.get(&id) {
             return Ok(Some(hit(p)));
+        }
+        if self.ids.certainly_absent(id) {
+            return Ok(None);
         }
         if let Some(p) = lock(&self.inflight)
             .iter()
@@ -813,9 +818,6 @@ impl Store {
             .find_map(|e| e.ids.get(&id).map(hit))
         {
             return Ok(Some(p));
-        }
-        if self.ids.certainly_absent(id) {
-            return Ok(None);
         }
         self.stats.id_index_lookups.fetch_add(1, Ordering::Relaxed);
         Ok(self
@@ -872,7 +874,7 @@ impl Store {
         let find = |e: &Effects| {
             e.ids
                 .values()
-                .find(|p| p.stream == stream && p.version == version)
+                .find(|p| &*p.stream == stream && p.version == version)
                 .map(|p| p.position)
         };
         if let Some(p) = find(current) {
@@ -1248,12 +1250,13 @@ fn note_effects(
     for (part, first) in request.streams.into_iter().zip(first_versions) {
         let last = first + part.events.len() as u64 - 1;
         effects.heads.insert(part.stream.clone(), last);
+        let stream: Arc<str> = Arc::from(part.stream.as_str());
         for (k, event) in part.events.into_iter().enumerate() {
             effects.ids.insert(
                 event.id,
                 PendingEvent {
                     position,
-                    stream: part.stream.clone(),
+                    stream: stream.clone(),
                     version: first + k as u64,
                     event,
                 },

@@ -405,7 +405,7 @@ impl Store {
                 e.id,
                 PendingEvent {
                     position: header.position,
-                    stream: e.stream.clone(),
+                    stream: Arc::from(e.stream.as_str()),
                     version: e.version,
                     event: NewEvent {
                         id: e.id,
