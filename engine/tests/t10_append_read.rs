@@ -9,6 +9,15 @@ mod common;
 use common::{append, event, small_config};
 use strata_engine::{AppendRequest, Direction, Engine, Error, ExpectedVersion, StreamAppend};
 
+/// The append that opens stream "acct" with events 1 and 2 (retried by the idempotency tests).
+fn acct_opening() -> AppendRequest {
+    append(
+        "acct",
+        ExpectedVersion::NoStream,
+        vec![event(1, "a"), event(2, "b")],
+    )
+}
+
 #[test]
 fn append_read_reopen_across_segment_rolls() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,13 +93,7 @@ fn append_read_reopen_across_segment_rolls() {
 fn expected_versions_and_idempotent_retries() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
-    let first = engine
-        .append_blocking(append(
-            "acct",
-            ExpectedVersion::NoStream,
-            vec![event(1, "a"), event(2, "b")],
-        ))
-        .unwrap();
+    let first = engine.append_blocking(acct_opening()).unwrap();
     assert_eq!(
         (
             first.streams[0].first_version,
@@ -117,13 +120,7 @@ fn expected_versions_and_idempotent_retries() {
     // A retry of the committed append returns the original result, even with a stale
     // expectation, and writes nothing.
     let end = engine.reader().end();
-    let retry = engine
-        .append_blocking(append(
-            "acct",
-            ExpectedVersion::NoStream,
-            vec![event(1, "a"), event(2, "b")],
-        ))
-        .unwrap();
+    let retry = engine.append_blocking(acct_opening()).unwrap();
     assert!(retry.deduplicated);
     assert_eq!(
         (retry.position, retry.streams.clone()),
@@ -443,13 +440,7 @@ fn committed_ids_are_found_after_reopening_whatever_the_id_filter_size() {
                     ))
                     .unwrap();
             }
-            engine
-                .append_blocking(append(
-                    "acct",
-                    ExpectedVersion::NoStream,
-                    vec![event(1, "a"), event(2, "b")],
-                ))
-                .unwrap()
+            engine.append_blocking(acct_opening()).unwrap()
         };
         let engine = Engine::open_dir(dir.path(), config()).unwrap();
         // Appends take the filter in once it is read; wait for it (when on).
@@ -469,13 +460,7 @@ fn committed_ids_are_found_after_reopening_whatever_the_id_filter_size() {
         }
         assert_eq!(stats.id_filter_bytes.load(Relaxed) > 0, filter_bytes > 0);
         let end = engine.reader().end();
-        let retry = engine
-            .append_blocking(append(
-                "acct",
-                ExpectedVersion::NoStream,
-                vec![event(1, "a"), event(2, "b")],
-            ))
-            .unwrap();
+        let retry = engine.append_blocking(acct_opening()).unwrap();
         assert!(retry.deduplicated, "filter of {filter_bytes} bytes");
         assert_eq!(retry.position, first.position);
         match engine.append_blocking(append(
