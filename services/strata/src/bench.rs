@@ -102,6 +102,19 @@ pub struct BenchGroupArgs {
 /// Unpipelined clients share this many HTTP/2 connections.
 const CONNECTIONS: usize = 4;
 
+impl BenchCommand {
+    /// How many tasks of the load generator are busy at once (clients or workers), when the
+    /// benchmark has such a number: the process needs no more runtime threads than that.
+    pub fn busy_tasks(&self) -> Option<usize> {
+        match self {
+            BenchCommand::Append(a) => Some(a.clients),
+            BenchCommand::GetStream(a) => Some(a.clients),
+            BenchCommand::Group(a) => Some(a.workers),
+            BenchCommand::State(_) => None,
+        }
+    }
+}
+
 fn bad_usage(message: &str) -> Failure {
     Failure {
         message: message.into(),

@@ -107,7 +107,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     // Reads run on the blocking pool; bound it (tokio's default allows 512 threads).
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads(&cli.command) {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS_MAX)
         .on_thread_start(strata_engine::index_store::quiet_thread)
@@ -178,6 +182,19 @@ fn main() -> ExitCode {
             eprintln!("error: {}", failure.message);
             ExitCode::from(failure.exit_code)
         }
+    }
+}
+
+/// Runtime worker threads for a command, or `None` for tokio's default (one per core): a
+/// load generator gets no more than it has busy tasks. With more workers than tasks an answer
+/// read on one thread wakes its task on another, and idle workers spin looking for work:
+/// measured on 2 vCPUs, one client's unary append p50 went from 0.43 to 0.30 ms and the
+/// client's CPU per append from 181 to 87 µs with one worker instead of two.
+fn worker_threads(command: &Command) -> Option<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match command {
+        Command::Bench(bench) => bench.busy_tasks().map(|n| n.clamp(1, cores)),
+        _ => None,
     }
 }
 
