@@ -12,9 +12,17 @@
 //! batches and only then answers. So encoding, the disk and the index work overlap, and every
 //! caller is answered only after its bytes are synced. A full queue makes `append` wait
 //! (backpressure) and `append_or_busy` fail with `Busy`.
+//!
+//! A lone append skips the threads: when nothing is queued, being written or in flight,
+//! [`Engine::submit`] writes, syncs and indexes it on the caller's own thread (holding the
+//! store, as the writer would). Each hand-off between threads costs a wake-up of a sleeping
+//! thread — tens of µs on a virtual machine — and an idle pipeline has nothing to overlap, so
+//! one appender waiting for each answer is answered sooner. At most one caller at a time
+//! does this, for one group's write and fdatasync; anything submitted meanwhile queues behind
+//! it, so order is kept.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -116,10 +124,46 @@ enum ToIndexer {
     Barrier(std_mpsc::SyncSender<()>),
 }
 
+/// The store, shared by the writer thread and a lone appender ([`Engine::submit`]).
+struct Shared {
+    /// `None` once the writer has stopped (and dropped it, flushing the index).
+    store: Mutex<Option<Store>>,
+    /// Commands sent to the writer that it has not finished handling, plus one while a lone
+    /// append runs (and one for ever once shutdown is sent). A lone append starts only by
+    /// moving this from 0 to 1, so it never overtakes a command sent before it, and nothing
+    /// sent after it is handled before it is answered (the writer waits for the store).
+    unhandled: AtomicUsize,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("unhandled", &self.unhandled.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// An append's answer to come: decided already (a lone append), or from the pipeline.
+enum Answer {
+    Now(Result<AppendResult>),
+    Later(oneshot::Receiver<Result<AppendResult>>),
+}
+
+impl Answer {
+    async fn get(self) -> Result<AppendResult> {
+        match self {
+            Answer::Now(answer) => answer,
+            Answer::Later(rx) => rx.await.map_err(|_| Error::Closed)?,
+        }
+    }
+}
+
 /// An open store with its group-commit pipeline.
 #[derive(Debug)]
 pub struct Engine {
     reader: Reader,
+    shared: Arc<Shared>,
+    finisher: Finisher,
     tx: mpsc::Sender<Command>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stats: Arc<Stats>,
@@ -164,6 +208,7 @@ impl Engine {
         let recovery = store.recovery().clone();
         let finisher = store.finisher();
         let writer_finisher = store.finisher();
+        let finisher_for_callers = store.finisher();
         let retention = store.retention();
         let (to_syncer, syncer_rx) = std_mpsc::sync_channel(PIPELINE_GROUPS_MAX);
         let (to_indexer, indexer_rx) = std_mpsc::sync_channel(PIPELINE_GROUPS_MAX);
@@ -175,11 +220,21 @@ impl Engine {
             run_syncer(&finisher, syncer_rx, to_indexer)
         })?;
         let queue_depth_max = config.limits.queue_depth_max;
-        let writer = spawn("strata-writer", move || {
-            run_writer(store, &writer_finisher, rx, to_syncer, &config)
-        })?;
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Some(store)),
+            unhandled: AtomicUsize::new(0),
+        });
+        let writer = {
+            let shared = shared.clone();
+            let stats = stats.clone();
+            spawn("strata-writer", move || {
+                run_writer(&shared, &stats, &writer_finisher, rx, to_syncer, &config)
+            })?
+        };
         Ok(Engine {
             reader,
+            shared,
+            finisher: finisher_for_callers,
             tx,
             threads: Mutex::new(vec![writer, syncer, indexer]),
             stats,
@@ -198,20 +253,63 @@ impl Engine {
         let request = Validated::new(request, self.reader.limits()).inspect_err(|_| {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
         })?;
+        Ok(self.queued(request))
+    }
+
+    /// The command of a validated append, counted as queued.
+    fn queued(&self, request: Validated) -> (Command, oneshot::Receiver<Result<AppendResult>>) {
         let (reply, answer) = oneshot::channel();
-        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        Ok((
+        self.counted(1);
+        (
             Command::Append {
                 request,
                 reply: Reply::One(reply),
             },
             answer,
-        ))
+        )
+    }
+
+    /// Counts `n` appends about to be sent to the writer.
+    fn counted(&self, n: usize) {
+        self.stats
+            .queue_depth
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.shared.unhandled.fetch_add(n, Ordering::AcqRel);
     }
 
     /// Undoes the queue count of a command that was not queued.
     fn not_queued(&self) {
         self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        self.shared.unhandled.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Writes, syncs and indexes `request` on this thread if the pipeline is idle (nothing
+    /// queued, being written or in flight); gives it back otherwise.
+    fn append_alone(
+        &self,
+        request: Validated,
+    ) -> std::result::Result<Result<AppendResult>, Validated> {
+        let unhandled = &self.shared.unhandled;
+        if unhandled
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(request);
+        }
+        let answer = {
+            let mut store = crate::sync::lock(&self.shared.store);
+            match store.as_mut() {
+                None => Ok(Err(Error::Closed)),
+                // Groups the writer handed on are still being synced or indexed.
+                Some(store) if store.inflight_groups() > 0 => Err(request),
+                Some(store) => {
+                    self.stats.appends_alone.fetch_add(1, Ordering::Relaxed);
+                    Ok(write_alone(store, &self.finisher, request))
+                }
+            }
+        };
+        unhandled.fetch_sub(1, Ordering::AcqRel);
+        answer
     }
 
     /// Appends atomically; resolves once durable. Waits while the queue is full.
@@ -221,16 +319,27 @@ impl Engine {
 
     /// Queues an append (waiting while the queue is full) and returns its answer to come,
     /// resolving once durable. Appends submitted one after another are decided in that order.
+    /// An append alone in an idle pipeline is decided on the caller's thread before this
+    /// returns (see the module's notes).
     pub async fn submit(
         &self,
         request: AppendRequest,
     ) -> Result<impl std::future::Future<Output = Result<AppendResult>> + Send + 'static> {
-        let (command, answer) = self.command(request)?;
-        if self.tx.send(command).await.is_err() {
-            self.not_queued();
-            return Err(Error::Closed);
-        }
-        Ok(async move { answer.await.map_err(|_| Error::Closed)? })
+        let request = Validated::new(request, self.reader.limits()).inspect_err(|_| {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let answer = match self.append_alone(request) {
+            Ok(answer) => Answer::Now(answer),
+            Err(request) => {
+                let (command, answer) = self.queued(request);
+                if self.tx.send(command).await.is_err() {
+                    self.not_queued();
+                    return Err(Error::Closed);
+                }
+                Answer::Later(answer)
+            }
+        };
+        Ok(answer.get())
     }
 
     /// Queues several independent appends one after another (each decided on its own, in
@@ -252,7 +361,7 @@ impl Engine {
                     continue;
                 }
             };
-            self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+            self.counted(1);
             let command = Command::Append {
                 request,
                 reply: Reply::Part(gather.clone(), slot),
@@ -299,11 +408,19 @@ impl Engine {
     /// Removes every record at or after `position`, after the appends queued before it.
     pub async fn truncate_from(&self, position: Position) -> Result<()> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::Truncate { position, reply })
-            .await
-            .map_err(|_| Error::Closed)?;
+        self.send_other(Command::Truncate { position, reply })
+            .await?;
         answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Sends a command other than an append, counted as unhandled until the writer is done.
+    async fn send_other(&self, command: Command) -> Result<()> {
+        self.shared.unhandled.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(command).await.is_err() {
+            self.shared.unhandled.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Closed);
+        }
+        Ok(())
     }
 
     /// Retention over this store: run [`crate::retention::Retention::pass`] beside the
@@ -316,10 +433,7 @@ impl Engine {
     /// writer's thread, between groups). Returns how many went.
     pub async fn drop_reclaimed(&self) -> Result<usize> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Command::DropReclaimed { reply })
-            .await
-            .map_err(|_| Error::Closed)?;
+        self.send_other(Command::DropReclaimed { reply }).await?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
@@ -346,7 +460,9 @@ impl Engine {
             return;
         }
         // Queued behind every pending request, so they finish first. Sent from a plain thread
-        // because `close` may run inside an async runtime (e.g. on drop).
+        // because `close` may run inside an async runtime (e.g. on drop). Counted as unhandled
+        // for ever: no lone append starts after it.
+        self.shared.unhandled.fetch_add(1, Ordering::AcqRel);
         let tx = self.tx.clone();
         let sender = std::thread::spawn(move || {
             // If the writer is already gone there is nothing to stop.
@@ -379,13 +495,13 @@ fn drain(to_syncer: &std_mpsc::SyncSender<ToSyncer>) {
 }
 
 fn run_writer(
-    mut store: Store,
+    shared: &Shared,
+    stats: &Stats,
     finisher: &Finisher,
     mut rx: mpsc::Receiver<Command>,
     to_syncer: std_mpsc::SyncSender<ToSyncer>,
     config: &EngineConfig,
 ) {
-    let stats = store.stats().clone();
     let mut next = None;
     loop {
         let command = match next.take() {
@@ -395,66 +511,118 @@ fn run_writer(
                 None => break,
             },
         };
-        match command {
+        let handled = match command {
             Command::Shutdown => break,
             Command::Truncate { position, reply } => {
                 drain(&to_syncer);
-                let _ = reply.send(store.truncate_from(position));
+                let _ = reply.send(with_store(shared, |s| s.truncate_from(position)));
+                1
             }
             Command::DropReclaimed { reply } => {
-                let _ = reply.send(store.drop_reclaimed(Position::MAX));
+                let _ = reply.send(with_store(shared, |s| s.drop_reclaimed(Position::MAX)));
+                1
             }
             Command::Append { request, reply } => {
-                let mut group_bytes = request.bytes();
-                let mut requests = vec![(reply, request)];
-                while requests.len() < config.group_requests_max
-                    && group_bytes < config.group_bytes_max
-                {
-                    match rx.try_recv() {
-                        Ok(Command::Append { request, reply }) => {
-                            group_bytes += request.bytes();
-                            requests.push((reply, request));
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+                let requests = gather(vec![(reply, request)], &mut rx, &mut next, config);
+                let n = requests.len();
+                stats.queue_depth.fetch_sub(n as u64, Ordering::Relaxed);
+                let mut store = crate::sync::lock(&shared.store);
+                match store.as_mut() {
+                    Some(store) => write(store, finisher, requests, &to_syncer, rx.is_empty()),
+                    None => requests
+                        .into_iter()
+                        .for_each(|(reply, _)| reply.send(Err(Error::Closed))),
                 }
-                stats
-                    .queue_depth
-                    .fetch_sub(requests.len() as u64, Ordering::Relaxed);
-                let (now, written) = store.write_validated(requests);
-                for (reply, answer) in now {
-                    // The caller may have stopped waiting; nothing to do then.
-                    reply.send(answer);
-                }
-                // Alone in an idle pipeline (nothing else in flight or queued): sync and
-                // finish here, sparing a lone appender two thread hops. Order is kept: no other
-                // group is between the writer and the answers.
-                if written.len() == 1 && store.inflight_groups() == 1 && rx.is_empty() {
-                    let synced = finisher.sync(&written);
-                    for (reply, answer) in finisher.finish(written, &synced) {
-                        reply.send(answer);
-                    }
-                    continue;
-                }
-                for group in written {
-                    if let Err(std_mpsc::SendError(ToSyncer::Written(group))) =
-                        to_syncer.send(ToSyncer::Written(group))
-                    {
-                        // The syncer is gone (it only stops when this thread does).
-                        for (reply, _) in group.into_answers() {
-                            reply.send(Err(Error::Closed));
-                        }
-                    }
-                }
+                n
             }
-        }
+        };
+        shared.unhandled.fetch_sub(handled, Ordering::AcqRel);
     }
     // Let every written group finish before the store (and its index) is closed.
     drain(&to_syncer);
+    drop(crate::sync::lock(&shared.store).take());
+}
+
+/// Runs `f` on the store, or answers `Closed` once it is gone.
+fn with_store<R>(shared: &Shared, f: impl FnOnce(&mut Store) -> Result<R>) -> Result<R> {
+    crate::sync::lock(&shared.store)
+        .as_mut()
+        .map_or(Err(Error::Closed), f)
+}
+
+/// Adds whatever appends are queued behind the first to its group, within the group's bounds;
+/// a command of another kind is kept in `next`.
+fn gather(
+    mut requests: Vec<(Reply, Validated)>,
+    rx: &mut mpsc::Receiver<Command>,
+    next: &mut Option<Command>,
+    config: &EngineConfig,
+) -> Vec<(Reply, Validated)> {
+    let mut group_bytes: usize = requests.iter().map(|(_, r)| r.bytes()).sum();
+    while requests.len() < config.group_requests_max && group_bytes < config.group_bytes_max {
+        match rx.try_recv() {
+            Ok(Command::Append { request, reply }) => {
+                group_bytes += request.bytes();
+                requests.push((reply, request));
+            }
+            Ok(other) => {
+                *next = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    requests
+}
+
+/// Writes one group of requests and hands what was written to the syncer, or (alone in an
+/// idle pipeline) syncs and finishes it here.
+fn write(
+    store: &mut Store,
+    finisher: &Finisher,
+    requests: Vec<(Reply, Validated)>,
+    to_syncer: &std_mpsc::SyncSender<ToSyncer>,
+    queue_empty: bool,
+) {
+    let (now, written) = store.write_validated(requests);
+    for (reply, answer) in now {
+        // The caller may have stopped waiting; nothing to do then.
+        reply.send(answer);
+    }
+    // Alone in an idle pipeline (nothing else in flight or queued): sync and finish here,
+    // sparing the appenders two thread hops. Order is kept: no other group is between the
+    // writer and the answers.
+    if written.len() == 1 && store.inflight_groups() == 1 && queue_empty {
+        let synced = finisher.sync(&written);
+        for (reply, answer) in finisher.finish(written, &synced) {
+            reply.send(answer);
+        }
+        return;
+    }
+    for group in written {
+        if let Err(std_mpsc::SendError(ToSyncer::Written(group))) =
+            to_syncer.send(ToSyncer::Written(group))
+        {
+            // The syncer is gone (it only stops when the writer does).
+            for (reply, _) in group.into_answers() {
+                reply.send(Err(Error::Closed));
+            }
+        }
+    }
+}
+
+/// A lone append, on the caller's thread: write, sync, index, answer.
+fn write_alone(store: &mut Store, finisher: &Finisher, request: Validated) -> Result<AppendResult> {
+    let (now, written) = store.write_validated(vec![((), request)]);
+    if let Some((_, answer)) = now.into_iter().next() {
+        return answer;
+    }
+    let synced = finisher.sync(&written);
+    finisher
+        .finish(written, &synced)
+        .into_iter()
+        .next()
+        .map_or(Err(Error::Closed), |(_, answer)| answer)
 }
 
 fn run_syncer(

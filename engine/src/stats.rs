@@ -79,6 +79,9 @@ pub struct Stats {
     pub sync: LatencyHistogram,
     /// Requests waiting in the group-commit queue.
     pub queue_depth: AtomicU64,
+    /// Appends that found the pipeline idle and were written, synced and indexed on their
+    /// caller's thread (see [`crate::Engine::submit`]).
+    pub appends_alone: AtomicU64,
     /// Event ids looked up in the index (the id filter could not rule them out, or is still
     /// being read at open).
     pub id_index_lookups: AtomicU64,
@@ -97,6 +100,7 @@ impl Default for Stats {
             groups: AtomicU64::new(0),
             sync: LatencyHistogram::new(&FSYNC_BUCKETS_US),
             queue_depth: AtomicU64::new(0),
+            appends_alone: AtomicU64::new(0),
             id_index_lookups: AtomicU64::new(0),
             id_filter_bytes: AtomicU64::new(0),
         }

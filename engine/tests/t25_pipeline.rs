@@ -197,3 +197,75 @@ async fn truncation_waits_for_the_pipeline_and_appends_continue_after_it() {
         .unwrap()
         .is_some());
 }
+
+type Pending =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<AppendResult, Error>> + Send>>;
+
+/// `Engine::submit` promises that appends submitted one after another are decided in that
+/// order, whether an append finds the pipeline idle and runs alone on the caller's thread or
+/// queues for the writer. A chain of appends, each expecting the version the one before it
+/// creates, is submitted in bursts (some find the pipeline idle) while other tasks keep it busy
+/// part of the time: every link must land, in order, and both paths must have been taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submitted_appends_keep_their_order_whether_alone_or_queued() {
+    const LINKS: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let config = strata_engine::EngineConfig {
+        group_requests_max: 2,
+        ..small_config()
+    };
+    let engine = Arc::new(Engine::open_dir(dir.path(), config).unwrap());
+    let noise: Vec<_> = (1..=3u128)
+        .map(|t| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                for i in 0..150u128 {
+                    let request = append(
+                        &format!("noise-{t}"),
+                        ExpectedVersion::Any,
+                        vec![event((t << 32) | (i + 1), "n")],
+                    );
+                    engine.append(request).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut burst = Vec::new();
+    for i in 0..LINKS {
+        let expected = match i {
+            0 => ExpectedVersion::NoStream,
+            _ => ExpectedVersion::Exact(i - 1),
+        };
+        let request = append("chain", expected, vec![event(u128::from(i) + 1, "c")]);
+        // Every third link goes through `submit_many`, which always queues: the next link,
+        // submitted at once, must wait behind it rather than run alone.
+        let answer: Pending = if i % 3 == 1 {
+            let answers = engine.submit_many(vec![request]).await;
+            Box::pin(async move { answers.await.pop().unwrap() })
+        } else {
+            Box::pin(engine.submit(request).await.unwrap())
+        };
+        burst.push((i, answer));
+        if burst.len() == (i % 5 + 1) as usize {
+            for (link, answer) in burst.drain(..) {
+                let result = answer.await.unwrap_or_else(|e| panic!("link {link}: {e}"));
+                assert_eq!(result.streams[0].first_version, link, "link {link}");
+            }
+        }
+    }
+    for (link, answer) in burst {
+        assert_eq!(answer.await.unwrap().streams[0].first_version, link);
+    }
+    for task in noise {
+        task.await.unwrap();
+    }
+    let stats = engine.stats();
+    let alone = stats
+        .appends_alone
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let all = stats.appends.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        alone > 0 && alone < all,
+        "both paths taken: {alone} of {all} appends alone"
+    );
+}

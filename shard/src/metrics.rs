@@ -112,6 +112,13 @@ pub fn render(backend: &Backend, service: &ServiceStats, data_dir: &Path) -> Str
     );
     metric(
         &mut out,
+        "strata_appends_alone_total",
+        "counter",
+        "Appends that found the pipeline idle and were written, synced and indexed by the request's own thread.",
+        load(&s.appends_alone),
+    );
+    metric(
+        &mut out,
         "strata_append_stream_in_flight",
         "gauge",
         "Appends in flight on pipelined (AppendStream) calls.",
