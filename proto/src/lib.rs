@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod metadata;
+pub mod routing;
 
 /// The largest gRPC message Strata's own clients accept and any node may send: a node refuses
 /// at start-up limits that would make a larger one (`strata_shard::limits`). gRPC's default

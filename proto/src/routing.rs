@@ -1,0 +1,482 @@
+//! Slots and routing: which shard holds a stream. Clients and nodes must agree on it exactly,
+//! for ever (a stream's events live in the shard its slot maps to), so it lives here, beside
+//! the wire contract, and the hash is pinned by tests.
+//!
+//! ```text
+//! stream name ──routing key──▶ CRC-32 ──mod slots──▶ slot ──cluster map (epoch N)──▶ shard
+//! "order-{42}-payments"   "42"                        0..slots    sorted slot ranges
+//! ```
+//!
+//! - **Routing key**: the text between the first `{` and the next `}` when that text is not
+//!   empty, else the whole name. `order-{42}` and `order-{42}-payments` share a slot, so an
+//!   `AppendMulti` over them stays on one shard.
+//! - **Hash**: CRC-32 (ISO-HDLC, the zlib/Ethernet one) of the key's UTF-8 bytes, modulo the
+//!   number of slots. The number of slots is chosen when a cluster is created
+//!   ([`SLOTS_DEFAULT`]) and never changes; shards own ranges of slots.
+//! - **Cluster map**: slot ranges covering every slot exactly once, each owned by one shard,
+//!   and an epoch that increases on every change. A node or client holding an older epoch is
+//!   redirected.
+
+use std::fmt;
+
+/// Slots of a cluster unless chosen otherwise at creation.
+pub const SLOTS_DEFAULT: u32 = 4096;
+/// Most slots a cluster may have (a slot number fits in 16 bits).
+pub const SLOTS_MAX: u32 = 1 << 16;
+
+/// A shard: one Raft group holding the streams of its slot ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardId(pub u32);
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "shard {}", self.0)
+    }
+}
+
+/// The part of a stream name that chooses its slot (see the module's notes).
+pub fn routing_key(stream: &str) -> &str {
+    if let Some(open) = stream.find('{') {
+        let rest = &stream[open + 1..];
+        if let Some(close) = rest.find('}') {
+            if close > 0 {
+                return &rest[..close];
+            }
+        }
+    }
+    stream
+}
+
+/// The slot of `stream` in a cluster of `slots` slots (1..=[`SLOTS_MAX`]; 0 is treated as 1).
+pub fn slot_of(stream: &str, slots: u32) -> u32 {
+    crc32fast::hash(routing_key(stream).as_bytes()) % slots.max(1)
+}
+
+/// Slots `start..end` (end excluded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRange {
+    /// First slot.
+    pub start: u32,
+    /// One past the last slot.
+    pub end: u32,
+}
+
+impl fmt::Display for SlotRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "slots {}..{}", self.start, self.end)
+    }
+}
+
+/// A cluster map that cannot be built or changed as asked; the map is left as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapError {
+    /// The number of slots is 0 or above [`SLOTS_MAX`].
+    SlotCount { slots: u32 },
+    /// No shard was given.
+    NoShards,
+    /// A range holds no slot or ends past the last slot.
+    BadRange { range: SlotRange, slots: u32 },
+    /// Slots no range covers.
+    Gap { range: SlotRange },
+    /// A slot two ranges cover.
+    Overlap { slot: u32 },
+    /// The shard named is not in the map.
+    UnknownShard { shard: ShardId },
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MapError::SlotCount { slots } => {
+                write!(f, "a cluster has 1 to {SLOTS_MAX} slots, not {slots}")
+            }
+            MapError::NoShards => write!(f, "a cluster map needs at least one shard"),
+            MapError::BadRange { range, slots } => write!(
+                f,
+                "{range} is empty or ends past the cluster's {slots} slots"
+            ),
+            MapError::Gap { range } => write!(f, "no shard owns {range}"),
+            MapError::Overlap { slot } => write!(f, "slot {slot} is owned by two ranges"),
+            MapError::UnknownShard { shard } => write!(f, "{shard} is not in the cluster map"),
+        }
+    }
+}
+
+impl std::error::Error for MapError {}
+
+/// An append over streams of several shards (one append is atomic only within a shard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossShard {
+    /// Every stream of the append with its shard, in the append's order.
+    pub streams: Vec<(String, ShardId)>,
+}
+
+impl fmt::Display for CrossShard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "an append is atomic within one shard, and these streams are in different shards:"
+        )?;
+        for (stream, shard) in &self.streams {
+            write!(f, " {stream:?} ({shard})")?;
+        }
+        write!(
+            f,
+            "; give related streams one routing key (e.g. order-{{42}} and order-{{42}}-payments), or coordinate the shards with a saga"
+        )
+    }
+}
+
+impl std::error::Error for CrossShard {}
+
+/// Which shard owns each slot, at an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMap {
+    epoch: u64,
+    slots: u32,
+    /// Sorted by start; together they cover `0..slots` exactly once.
+    ranges: Vec<(SlotRange, ShardId)>,
+}
+
+impl ClusterMap {
+    /// A map from its parts, checked: every slot owned by exactly one range.
+    pub fn new(
+        epoch: u64,
+        slots: u32,
+        mut ranges: Vec<(SlotRange, ShardId)>,
+    ) -> Result<ClusterMap, MapError> {
+        if slots == 0 || slots > SLOTS_MAX {
+            return Err(MapError::SlotCount { slots });
+        }
+        if ranges.is_empty() {
+            return Err(MapError::NoShards);
+        }
+        ranges.sort_by_key(|(r, _)| r.start);
+        let mut next = 0;
+        for (range, _) in &ranges {
+            if range.start >= range.end || range.end > slots {
+                return Err(MapError::BadRange {
+                    range: *range,
+                    slots,
+                });
+            }
+            if range.start < next {
+                return Err(MapError::Overlap { slot: range.start });
+            }
+            if range.start > next {
+                return Err(MapError::Gap {
+                    range: SlotRange {
+                        start: next,
+                        end: range.start,
+                    },
+                });
+            }
+            next = range.end;
+        }
+        if next < slots {
+            return Err(MapError::Gap {
+                range: SlotRange {
+                    start: next,
+                    end: slots,
+                },
+            });
+        }
+        Ok(ClusterMap {
+            epoch,
+            slots,
+            ranges,
+        })
+    }
+
+    /// The first map of a new cluster (epoch 1): `shards` shards numbered from 0, each owning
+    /// one contiguous range, their sizes within one slot of each other.
+    pub fn even(slots: u32, shards: u32) -> Result<ClusterMap, MapError> {
+        if shards == 0 {
+            return Err(MapError::NoShards);
+        }
+        if slots == 0 || slots > SLOTS_MAX || shards > slots {
+            return Err(MapError::SlotCount { slots });
+        }
+        let bound = |i: u32| (u64::from(slots) * u64::from(i) / u64::from(shards)) as u32;
+        let ranges = (0..shards)
+            .map(|i| {
+                let range = SlotRange {
+                    start: bound(i),
+                    end: bound(i + 1),
+                };
+                (range, ShardId(i))
+            })
+            .collect();
+        ClusterMap::new(1, slots, ranges)
+    }
+
+    /// The map's epoch: higher is newer.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The cluster's number of slots.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// The ranges, sorted by first slot, with their shards.
+    pub fn ranges(&self) -> &[(SlotRange, ShardId)] {
+        &self.ranges
+    }
+
+    /// The shard owning `slot` (a slot past the last is taken modulo the slots).
+    pub fn shard_of_slot(&self, slot: u32) -> ShardId {
+        let slot = slot % self.slots;
+        let i = self
+            .ranges
+            .partition_point(|(r, _)| r.end <= slot)
+            .min(self.ranges.len() - 1);
+        self.ranges[i].1
+    }
+
+    /// The shard holding `stream`.
+    pub fn shard_of(&self, stream: &str) -> ShardId {
+        self.shard_of_slot(slot_of(stream, self.slots))
+    }
+
+    /// The one shard holding all of `streams` (an `AppendMulti`'s), or the streams with their
+    /// shards when they are spread over several.
+    pub fn shard_of_all<'a>(
+        &self,
+        streams: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Option<ShardId>, CrossShard> {
+        let placed: Vec<(&str, ShardId)> =
+            streams.into_iter().map(|s| (s, self.shard_of(s))).collect();
+        let first = placed.first().map(|(_, shard)| *shard);
+        if placed.iter().all(|(_, shard)| Some(*shard) == first) {
+            return Ok(first);
+        }
+        Err(CrossShard {
+            streams: placed
+                .into_iter()
+                .map(|(s, shard)| (s.to_string(), shard))
+                .collect(),
+        })
+    }
+
+    /// The map after `range` moves to shard `to` (the switch step of a slot-range move): the
+    /// next epoch, neighbouring ranges of one shard merged. `to` must already own a range, or be
+    /// the shard one past the highest (a new shard).
+    pub fn with_range_moved(&self, range: SlotRange, to: ShardId) -> Result<ClusterMap, MapError> {
+        if range.start >= range.end || range.end > self.slots {
+            return Err(MapError::BadRange {
+                range,
+                slots: self.slots,
+            });
+        }
+        let newest = self.ranges.iter().map(|(_, s)| s.0).max().unwrap_or(0);
+        if !self.ranges.iter().any(|(_, s)| *s == to) && to.0 != newest + 1 {
+            return Err(MapError::UnknownShard { shard: to });
+        }
+        let mut ranges = Vec::with_capacity(self.ranges.len() + 2);
+        for (r, shard) in &self.ranges {
+            // The parts of `r` outside `range` stay where they were.
+            for part in [
+                SlotRange {
+                    start: r.start,
+                    end: r.end.min(range.start),
+                },
+                SlotRange {
+                    start: r.start.max(range.end),
+                    end: r.end,
+                },
+            ] {
+                if part.start < part.end {
+                    ranges.push((part, *shard));
+                }
+            }
+        }
+        ranges.push((range, to));
+        ranges.sort_by_key(|(r, _)| r.start);
+        let mut merged: Vec<(SlotRange, ShardId)> = Vec::with_capacity(ranges.len());
+        for (r, shard) in ranges {
+            match merged.last_mut() {
+                Some((last, owner)) if *owner == shard && last.end == r.start => last.end = r.end,
+                _ => merged.push((r, shard)),
+            }
+        }
+        ClusterMap::new(self.epoch + 1, self.slots, merged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_routing_key_is_the_first_non_empty_braced_part() {
+        assert_eq!(routing_key("order-{42}-payments"), "42");
+        assert_eq!(routing_key("{42}"), "42");
+        assert_eq!(routing_key("a{x}b{y}"), "x");
+        assert_eq!(routing_key("order-{}-42"), "order-{}-42");
+        assert_eq!(routing_key("order-{42"), "order-{42");
+        assert_eq!(routing_key("order-42}"), "order-42}");
+        assert_eq!(routing_key("plain"), "plain");
+        assert_eq!(slot_of("order-{42}", 4096), slot_of("invoice-{42}-x", 4096));
+    }
+
+    /// Routing decides where data lives: these values must never change.
+    #[test]
+    fn the_slot_hash_is_pinned() {
+        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926);
+        let pinned: Vec<u32> = ["orders-1", "orders-2", "order-{42}-payments", "$all", "é"]
+            .iter()
+            .map(|s| slot_of(s, SLOTS_DEFAULT))
+            .collect();
+        let by_hand: Vec<u32> = ["orders-1", "orders-2", "42", "$all", "é"]
+            .iter()
+            .map(|s| crc32fast::hash(s.as_bytes()) % 4096)
+            .collect();
+        assert_eq!(pinned, by_hand);
+        // Computed independently: Python's zlib.crc32(key.encode()) % 4096.
+        assert_eq!(pinned, vec![3526, 3196, 136, 4026, 3390]);
+    }
+
+    #[test]
+    fn slots_spread_streams_evenly() {
+        let mut counts = vec![0u32; 64];
+        for i in 0..64_000 {
+            counts[slot_of(&format!("stream-{i}"), 64) as usize] += 1;
+        }
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(*min > 800 && *max < 1200, "min {min} max {max}");
+    }
+
+    #[test]
+    fn an_even_map_covers_every_slot_once_in_near_equal_ranges() {
+        for (slots, shards) in [(4096, 1), (4096, 8), (4096, 7), (10, 10), (65_536, 3)] {
+            let map = ClusterMap::even(slots, shards).unwrap();
+            assert_eq!(map.epoch(), 1);
+            assert_eq!(map.ranges().len() as u32, shards);
+            let sizes: Vec<u32> = map.ranges().iter().map(|(r, _)| r.end - r.start).collect();
+            let spread = sizes.iter().max().unwrap() - sizes.iter().min().unwrap();
+            assert!(spread <= 1, "{slots}/{shards}: {sizes:?}");
+            for slot in 0..slots {
+                let shard = map.shard_of_slot(slot);
+                let (range, _) = map.ranges()[shard.0 as usize];
+                assert!(range.start <= slot && slot < range.end);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_maps_are_refused_with_the_slots_at_fault() {
+        let r = |start, end| SlotRange { start, end };
+        let s = ShardId;
+        assert_eq!(
+            ClusterMap::new(1, 0, vec![(r(0, 1), s(0))]),
+            Err(MapError::SlotCount { slots: 0 })
+        );
+        assert_eq!(ClusterMap::new(1, 8, vec![]), Err(MapError::NoShards));
+        assert_eq!(
+            ClusterMap::new(1, 8, vec![(r(0, 4), s(0)), (r(5, 8), s(1))]),
+            Err(MapError::Gap { range: r(4, 5) })
+        );
+        assert_eq!(
+            ClusterMap::new(1, 8, vec![(r(0, 5), s(0)), (r(4, 8), s(1))]),
+            Err(MapError::Overlap { slot: 4 })
+        );
+        assert_eq!(
+            ClusterMap::new(1, 8, vec![(r(0, 6), s(0))]),
+            Err(MapError::Gap { range: r(6, 8) })
+        );
+        assert_eq!(
+            ClusterMap::new(1, 8, vec![(r(0, 9), s(0))]),
+            Err(MapError::BadRange {
+                range: r(0, 9),
+                slots: 8
+            })
+        );
+        assert_eq!(
+            ClusterMap::even(4, 5),
+            Err(MapError::SlotCount { slots: 4 })
+        );
+        assert_eq!(ClusterMap::even(4, 0), Err(MapError::NoShards));
+    }
+
+    #[test]
+    fn moving_a_range_reassigns_exactly_its_slots_at_the_next_epoch() {
+        let map = ClusterMap::even(4096, 4).unwrap();
+        let range = SlotRange {
+            start: 1000,
+            end: 1100,
+        };
+        let moved = map.with_range_moved(range, ShardId(4)).unwrap();
+        assert_eq!(moved.epoch(), 2);
+        for slot in 0..4096 {
+            let want = if (1000..1100).contains(&slot) {
+                ShardId(4)
+            } else {
+                map.shard_of_slot(slot)
+            };
+            assert_eq!(moved.shard_of_slot(slot), want, "slot {slot}");
+        }
+        // The range spanned shards 0 and 1; moving each part back merges the ranges again.
+        let back = moved
+            .with_range_moved(
+                SlotRange {
+                    start: 1000,
+                    end: 1024,
+                },
+                ShardId(0),
+            )
+            .and_then(|m| {
+                m.with_range_moved(
+                    SlotRange {
+                        start: 1024,
+                        end: 1100,
+                    },
+                    ShardId(1),
+                )
+            })
+            .unwrap();
+        assert_eq!(back.ranges(), map.ranges());
+        assert_eq!(back.epoch(), 4);
+        // Refused, the map unchanged: an unknown shard, an empty or out-of-bounds range.
+        assert_eq!(
+            map.with_range_moved(range, ShardId(9)),
+            Err(MapError::UnknownShard { shard: ShardId(9) })
+        );
+        let empty = SlotRange { start: 5, end: 5 };
+        assert!(matches!(
+            map.with_range_moved(empty, ShardId(1)),
+            Err(MapError::BadRange { .. })
+        ));
+        assert_eq!(map.epoch(), 1);
+    }
+
+    #[test]
+    fn a_multi_stream_append_across_shards_names_each_streams_shard() {
+        let map = ClusterMap::even(4096, 8).unwrap();
+        let together = ["order-{7}", "order-{7}-payments", "order-{7}-shipping"];
+        assert_eq!(
+            map.shard_of_all(together).unwrap(),
+            Some(map.shard_of("order-{7}"))
+        );
+        assert_eq!(map.shard_of_all([]).unwrap(), None);
+        // Find two streams on different shards.
+        let a = "orders-1";
+        let b = (2..)
+            .map(|i| format!("orders-{i}"))
+            .find(|s| map.shard_of(s) != map.shard_of(a))
+            .unwrap();
+        let err = map.shard_of_all([a, b.as_str()]).unwrap_err();
+        assert_eq!(
+            err.streams,
+            vec![
+                (a.to_string(), map.shard_of(a)),
+                (b.clone(), map.shard_of(&b))
+            ]
+        );
+        let text = err.to_string();
+        assert!(text.contains(a) && text.contains(&b) && text.contains("routing key"));
+    }
+}
