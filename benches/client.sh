@@ -37,5 +37,12 @@ for r in runs:
         print(f"clients={r['clients']} pipeline={r['pipeline']} batch={r['events_per_append']}: "
               f"{r['events_per_s']:.0f} events/s = {r['mib_per_s']:.1f} MiB/s = {r['mib_per_s']/seq:.1%} of the disk's "
               f"sequential fsync'd {seq:.0f} MiB/s; server {r['server_cpu_us_per_event']:.1f} µs CPU/event")
+fsync_ops = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\S+)\s+write\s+(\d+) ops/s", os.environ["LIMITS"], re.M)}.get("fsync_4k_seq")
+for r in runs:
+    if r.get("clients") == 1 and r.get("pipeline") == 0 and r.get("events_per_append") == 1 and fsync_ops:
+        sync_ms = 1000 / fsync_ops
+        bound = sync_ms + 0.1
+        print(f"one client: append p50 {r['p50_ms']:.3f} ms against a 4 KiB write + fdatasync of {sync_ms:.3f} ms "
+              f"(fio, same run) + 0.1 ms = {bound:.3f} ms: {'within' if r['p50_ms'] <= bound else 'above'}")
 PY
 rm -f "$out"
