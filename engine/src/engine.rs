@@ -33,8 +33,8 @@ use crate::clock::MonotonicClock;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::{AppendRequest, AppendResult, Position};
-use crate::fs::StdFs;
-use crate::index_store::RocksIndexStore;
+use crate::fs::{FileSystem, StdFs};
+use crate::index_store::{IndexCache, RocksIndexStore, INDEX_CACHE_BYTES_DEFAULT};
 use crate::log::RecoveryReport;
 use crate::reader::Reader;
 use crate::stats::Stats;
@@ -178,6 +178,8 @@ pub struct Engine {
     recovery: RecoveryReport,
     queue_depth_max: usize,
     retention: crate::retention::Retention,
+    /// [`EngineConfig::lone_appends`].
+    lone_appends: bool,
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
@@ -194,11 +196,23 @@ impl Engine {
     /// Opens (or creates) a store in `dir`: the log in `dir/log`, the RocksDB index in
     /// `dir/index`, on the real file system.
     pub fn open_dir(dir: &Path, config: EngineConfig) -> Result<Engine> {
+        let cache = IndexCache::new(INDEX_CACHE_BYTES_DEFAULT)?;
+        Engine::open_dir_with(dir, config, Arc::new(StdFs), &cache)
+    }
+
+    /// [`Engine::open_dir`] over a file system of the caller's (a node's shards share one
+    /// whose syncs go in rounds, [`crate::sync_round::RoundFs`]) and a shared index cache.
+    pub fn open_dir_with(
+        dir: &Path,
+        config: EngineConfig,
+        fs: Arc<dyn FileSystem>,
+        cache: &IndexCache,
+    ) -> Result<Engine> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let index = RocksIndexStore::open(&dir.join("index"))?;
+        let index = RocksIndexStore::open_shared(&dir.join("index"), cache)?;
         let store = Store::open(
-            Arc::new(StdFs),
+            fs,
             dir,
             Box::new(index),
             config,
@@ -228,6 +242,7 @@ impl Engine {
             run_syncer(&finisher, syncer_rx, to_indexer)
         })?;
         let queue_depth_max = config.limits.queue_depth_max;
+        let lone_appends = config.lone_appends;
         let shared = Arc::new(Shared {
             store: Mutex::new(Some(store)),
             unhandled: AtomicUsize::new(0),
@@ -250,6 +265,7 @@ impl Engine {
             recovery,
             queue_depth_max,
             retention,
+            lone_appends,
         })
     }
 
@@ -300,7 +316,8 @@ impl Engine {
         request: Validated,
     ) -> std::result::Result<Result<AppendResult>, Validated> {
         let unhandled = &self.shared.unhandled;
-        if self.shared.last_group_requests.load(Ordering::Relaxed) > 1
+        if !self.lone_appends
+            || self.shared.last_group_requests.load(Ordering::Relaxed) > 1
             || unhandled
                 .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()

@@ -28,6 +28,26 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes written data durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
+    /// Starts writing the file's dirty pages to its device, without waiting and without
+    /// flushing the device's cache (`sync_file_range(WRITE)`). `Ok(false)`: not supported here,
+    /// so whoever wanted the writeback must `sync_data` instead (the default; [`SimFs`]'s
+    /// files model durability per file only).
+    ///
+    /// [`SimFs`]: crate::sim_fs::SimFs
+    fn start_writeback(&self) -> io::Result<bool> {
+        Ok(false)
+    }
+    /// Waits until every page dirty when it is called has reached the device (which may
+    /// still hold it in a volatile cache: only a flush, such as an fdatasync's, makes it
+    /// durable). Only after [`FileHandle::start_writeback`] returned `Ok(true)`.
+    fn wait_writeback(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// The device the file lives on (`st_dev`), when known: one device flush covers every
+    /// file on it whose pages reached it.
+    fn device(&self) -> Option<u64> {
+        None
+    }
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
     /// Whether the file is empty.
@@ -81,23 +101,56 @@ pub fn read_exact_at(file: &dyn FileHandle, mut buf: &mut [u8], mut offset: u64)
 pub struct StdFs;
 
 #[derive(Debug)]
-struct StdFile(File);
+struct StdFile {
+    file: File,
+    device: Option<u64>,
+}
+
+/// `sync_file_range(2)` over the whole file.
+#[cfg(target_os = "linux")]
+fn sync_file_range(file: &File, flags: libc::c_uint) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for as long as `file` is borrowed; offset 0 and
+    // length 0 mean "to the end of the file", and the flags are sync_file_range's own.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 impl FileHandle for StdFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.0.read_at(buf, offset)
+        self.file.read_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.0.write_all_at(buf, offset)
+        self.file.write_all_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()
+    }
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&self) -> io::Result<bool> {
+        sync_file_range(&self.file, libc::SYNC_FILE_RANGE_WRITE).map(|()| true)
+    }
+    #[cfg(target_os = "linux")]
+    fn wait_writeback(&self) -> io::Result<()> {
+        sync_file_range(
+            &self.file,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    }
+    fn device(&self) -> Option<u64> {
+        self.device
     }
     fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.file.set_len(len)
     }
 }
 
@@ -112,7 +165,12 @@ impl FileSystem for StdFs {
             OpenMode::ReadWrite => options.read(true).write(true),
             OpenMode::CreateTruncate => options.read(true).write(true).create(true).truncate(true),
         };
-        Ok(Arc::new(StdFile(options.open(path)?)))
+        let file = options.open(path)?;
+        let device = {
+            use std::os::unix::fs::MetadataExt;
+            file.metadata().ok().map(|m| m.dev())
+        };
+        Ok(Arc::new(StdFile { file, device }))
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();

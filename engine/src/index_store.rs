@@ -102,9 +102,38 @@ pub fn quiet_thread() {
     rocksdb::perf::set_perf_stats(rocksdb::perf::PerfStatsLevel::Disable);
 }
 
+/// Bytes of RocksDB block cache an index gets (shared by every index opened with one
+/// [`IndexCache`]).
+pub const INDEX_CACHE_BYTES_DEFAULT: usize = 64 << 20;
+
+/// A block cache several indexes share: the shards of one node hold one between them, so the
+/// node's cache memory does not grow with its shards.
+#[derive(Clone)]
+pub struct IndexCache(rocksdb::Cache);
+
+impl std::fmt::Debug for IndexCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IndexCache").finish_non_exhaustive()
+    }
+}
+
+impl IndexCache {
+    /// An LRU cache of `bytes`.
+    pub fn new(bytes: usize) -> Result<IndexCache> {
+        rocksdb::Cache::new_lru_cache(bytes)
+            .map(IndexCache)
+            .map_err(rocks_err)
+    }
+}
+
 impl RocksIndexStore {
-    /// Opens (or creates) the index database in `dir`.
+    /// Opens (or creates) the index database in `dir` with a block cache of its own.
     pub fn open(dir: &Path) -> Result<RocksIndexStore> {
+        RocksIndexStore::open_shared(dir, &IndexCache::new(INDEX_CACHE_BYTES_DEFAULT)?)
+    }
+
+    /// Opens (or creates) the index database in `dir` over a shared block cache.
+    pub fn open_shared(dir: &Path, cache: &IndexCache) -> Result<RocksIndexStore> {
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
         options.set_max_background_jobs(2);
@@ -112,7 +141,7 @@ impl RocksIndexStore {
         // far the index is known to cover; after a crash only the tail past it is re-indexed.
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
-        table.set_block_cache(&rocksdb::Cache::new_lru_cache(64 << 20).map_err(rocks_err)?);
+        table.set_block_cache(&cache.0);
         options.set_block_based_table_factory(&table);
         // Appends look up every new event id, and nearly all are absent: a memtable bloom
         // filter answers those without walking the skiplist.

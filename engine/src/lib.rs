@@ -39,6 +39,7 @@ pub mod sim_fs;
 pub mod stats;
 pub mod store;
 pub mod sync;
+pub mod sync_round;
 pub mod system;
 pub mod validate;
 pub mod verify;

@@ -48,6 +48,15 @@ impl LatencyHistogram {
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
+    /// Adds `other`'s observations (same bounds) to this one.
+    pub fn add(&self, other: &LatencyHistogram) {
+        for (mine, theirs) in self.buckets.iter().zip(&other.buckets) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_us
+            .fetch_add(other.sum_us.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// `(upper bound, count in that bucket)` for every bucket, and the sum of observations.
     pub fn snapshot(&self) -> (Vec<(u64, u64)>, u64) {
         let buckets = self
@@ -108,6 +117,43 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// The counters of several stores added up (a node's shards), as of now.
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a Stats>) -> Stats {
+        let total = Stats::default();
+        for s in all {
+            // Every field named: a new counter must be added up here too.
+            let Stats {
+                appends,
+                deduplicated,
+                rejected,
+                events,
+                bytes_written,
+                groups,
+                sync,
+                queue_depth,
+                appends_alone,
+                id_index_lookups,
+                id_filter_bytes,
+            } = s;
+            for (t, v) in [
+                (&total.appends, appends),
+                (&total.deduplicated, deduplicated),
+                (&total.rejected, rejected),
+                (&total.events, events),
+                (&total.bytes_written, bytes_written),
+                (&total.groups, groups),
+                (&total.queue_depth, queue_depth),
+                (&total.appends_alone, appends_alone),
+                (&total.id_index_lookups, id_index_lookups),
+                (&total.id_filter_bytes, id_filter_bytes),
+            ] {
+                t.fetch_add(v.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            total.sync.add(sync);
+        }
+        total
+    }
+
     pub(crate) fn record_sync(&self, ns: u64) {
         self.groups.fetch_add(1, Ordering::Relaxed);
         self.sync.observe_us(ns / 1000);

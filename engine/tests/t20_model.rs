@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use common::open_sim;
+use common::{open_sim, open_sim_rounds};
 use proptest::prelude::*;
 use strata_engine::config::{SEGMENT_FOOTER_BYTES, SEGMENT_HEADER_BYTES};
 use strata_engine::fs::{FileSystem, OpenMode};
@@ -228,6 +228,19 @@ enum Decision {
     Conflict,
 }
 
+fn open(
+    rounds: bool,
+    fs: &SimFs,
+    index: &MemIndexStore,
+    config: EngineConfig,
+) -> strata_engine::Result<Store> {
+    if rounds {
+        open_sim_rounds(fs, index, config)
+    } else {
+        open_sim(fs, index, config)
+    }
+}
+
 struct Harness {
     fs: SimFs,
     index: MemIndexStore,
@@ -236,6 +249,8 @@ struct Harness {
     issued: Vec<AppendRequest>,
     next_id: u128,
     config: EngineConfig,
+    /// Whether the store syncs through a sync round (odd seeds).
+    rounds: bool,
 }
 
 impl Harness {
@@ -250,8 +265,10 @@ impl Harness {
         };
         config.limits.batch_bytes_max = 4 << 10;
         config.limits.event_bytes_max = 2 << 10;
-        let store = open_sim(&fs, &index, config.clone()).unwrap();
+        let rounds = seed % 2 == 1;
+        let store = open(rounds, &fs, &index, config.clone()).unwrap();
         Harness {
+            rounds,
             fs,
             index,
             store: Some(store),
@@ -517,7 +534,7 @@ impl Harness {
         } else {
             self.index.persist();
         }
-        self.store = Some(open_sim(&self.fs, &self.index, self.config.clone()).unwrap());
+        self.store = Some(open(self.rounds, &self.fs, &self.index, self.config.clone()).unwrap());
     }
 
     fn check_all(&mut self) {

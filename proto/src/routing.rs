@@ -82,6 +82,8 @@ pub enum MapError {
     Overlap { slot: u32 },
     /// The shard named is not in the map.
     UnknownShard { shard: ShardId },
+    /// A map's text ([`ClusterMap::decode`]) is not one.
+    Text { line: usize, why: String },
 }
 
 impl fmt::Display for MapError {
@@ -98,6 +100,7 @@ impl fmt::Display for MapError {
             MapError::Gap { range } => write!(f, "no shard owns {range}"),
             MapError::Overlap { slot } => write!(f, "slot {slot} is owned by two ranges"),
             MapError::UnknownShard { shard } => write!(f, "{shard} is not in the cluster map"),
+            MapError::Text { line, why } => write!(f, "cluster map, line {line}: {why}"),
         }
     }
 }
@@ -305,6 +308,88 @@ impl ClusterMap {
     }
 }
 
+/// First line of a map's text.
+const MAP_TEXT_HEADER: &str = "strata-cluster-map 1";
+
+impl ClusterMap {
+    /// The map as text, one fact per line (a node keeps its map in a file this way):
+    ///
+    /// ```text
+    /// strata-cluster-map 1
+    /// epoch 1
+    /// slots 4096
+    /// range 0 2048 0        first slot, one past the last, shard
+    /// range 2048 4096 1
+    /// ```
+    pub fn encode(&self) -> String {
+        let mut out = format!(
+            "{MAP_TEXT_HEADER}\nepoch {}\nslots {}\n",
+            self.epoch, self.slots
+        );
+        for (r, shard) in &self.ranges {
+            out.push_str(&format!("range {} {} {}\n", r.start, r.end, shard.0));
+        }
+        out
+    }
+
+    /// A map from [`ClusterMap::encode`]'s text, checked as [`ClusterMap::new`] checks.
+    pub fn decode(text: &str) -> Result<ClusterMap, MapError> {
+        let bad = |line: usize, why: String| MapError::Text { line, why };
+        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim()));
+        match lines.next() {
+            Some((_, MAP_TEXT_HEADER)) => {}
+            other => {
+                return Err(bad(
+                    1,
+                    format!(
+                        "expected {MAP_TEXT_HEADER:?}, found {:?}",
+                        other.map_or("", |(_, l)| l)
+                    ),
+                ))
+            }
+        }
+        let (mut epoch, mut slots, mut ranges) = (None, None, Vec::new());
+        for (n, line) in lines.filter(|(_, l)| !l.is_empty()) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let number = |w: &str| {
+                w.parse::<u64>()
+                    .map_err(|_| bad(n, format!("{w:?} is not a number")))
+            };
+            let small = |w: &str| {
+                number(w).and_then(|v| {
+                    u32::try_from(v).map_err(|_| bad(n, format!("{v} does not fit in 32 bits")))
+                })
+            };
+            match words.as_slice() {
+                ["epoch", e] if epoch.is_none() => epoch = Some(number(e)?),
+                ["slots", s] if slots.is_none() => slots = Some(small(s)?),
+                ["range", start, end, shard] => ranges.push((
+                    SlotRange {
+                        start: small(start)?,
+                        end: small(end)?,
+                    },
+                    ShardId(small(shard)?),
+                )),
+                _ => return Err(bad(n, format!("unexpected {line:?}"))),
+            }
+        }
+        let missing = |what: &str| bad(0, format!("no {what} line"));
+        ClusterMap::new(
+            epoch.ok_or_else(|| missing("epoch"))?,
+            slots.ok_or_else(|| missing("slots"))?,
+            ranges,
+        )
+    }
+
+    /// The distinct shards of the map, in id order.
+    pub fn shards(&self) -> Vec<ShardId> {
+        let mut ids: Vec<ShardId> = self.ranges.iter().map(|(_, s)| *s).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -478,5 +563,46 @@ mod tests {
         );
         let text = err.to_string();
         assert!(text.contains(a) && text.contains(&b) && text.contains("routing key"));
+    }
+
+    #[test]
+    fn a_map_survives_its_text_and_bad_text_is_refused_naming_the_line() {
+        let map = ClusterMap::even(4096, 3)
+            .unwrap()
+            .with_range_moved(SlotRange { start: 10, end: 20 }, ShardId(3))
+            .unwrap();
+        let text = map.encode();
+        assert_eq!(ClusterMap::decode(&text).unwrap(), map);
+        assert_eq!(
+            map.shards(),
+            vec![ShardId(0), ShardId(1), ShardId(2), ShardId(3)]
+        );
+        for (text, says) in [
+            ("", "line 1"),
+            (
+                "strata-cluster-map 2\nepoch 1\nslots 1\nrange 0 1 0",
+                "line 1",
+            ),
+            (
+                "strata-cluster-map 1\nepoch x\n",
+                "line 2: \"x\" is not a number",
+            ),
+            (
+                "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 4 0\n",
+                "no shard owns slots 4..8",
+            ),
+            (
+                "strata-cluster-map 1\nslots 8\nrange 0 8 0\n",
+                "no epoch line",
+            ),
+            ("strata-cluster-map 1\nepoch 1\nepoch 2\n", "line 3"),
+            (
+                "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 99999999999\n",
+                "32 bits",
+            ),
+        ] {
+            let e = ClusterMap::decode(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
     }
 }

@@ -7,31 +7,57 @@ use strata_raft::{Replica, StrataNode};
 use tonic::{Request, Response, Status};
 
 use crate::backend::replica_status;
+use crate::shards::LocalShards;
 
 /// The service.
 #[derive(Debug, Clone)]
 pub struct ClusterService {
-    replica: Option<Replica>,
+    shards: LocalShards,
     /// This node's client address (for the one-node view).
     addr: String,
 }
 
 impl ClusterService {
-    /// The service of a replica, or of a node without replication (`None`).
-    pub fn new(replica: Option<Replica>, addr: String) -> ClusterService {
-        ClusterService { replica, addr }
+    /// The service of a node's shards (a replica, or engines without replication).
+    pub fn new(shards: LocalShards, addr: String) -> ClusterService {
+        ClusterService { shards, addr }
     }
 
     fn replica(&self) -> Result<&Replica, Status> {
-        self.replica.as_ref().ok_or_else(|| {
+        self.shards.replica().ok_or_else(|| {
             Status::failed_precondition(
                 "this node runs without replication (strata dev); start it with `strata node --id N --peer …` to form a cluster",
             )
         })
     }
 
+    /// Each shard with its slot ranges; `leader` and `replicas` as the caller knows them.
+    fn shard_statuses(&self, leader: u64, replicas: &[u64]) -> Vec<pb::ShardStatus> {
+        self.shards
+            .backends
+            .iter()
+            .map(|(id, _)| pb::ShardStatus {
+                id: id.0,
+                leader,
+                replicas: replicas.to_vec(),
+                slots: self
+                    .shards
+                    .map
+                    .ranges()
+                    .iter()
+                    .filter(|(_, owner)| owner == id)
+                    .map(|(r, _)| pb::SlotRange {
+                        start: r.start,
+                        end: r.end,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
     fn status(&self) -> pb::ClusterStatus {
-        let Some(replica) = &self.replica else {
+        let map = &self.shards.map;
+        let Some(replica) = self.shards.replica() else {
             return pb::ClusterStatus {
                 node_id: 0,
                 leader: 0,
@@ -47,14 +73,20 @@ impl ClusterService {
                 last_log_index: 0,
                 process_cpu_us: process_cpu_us(),
                 last_applied: 0,
+                log_fdatasyncs: self.shards.fdatasyncs(),
+                map_epoch: map.epoch(),
+                slots: map.slots(),
+                shards: self.shard_statuses(0, &[0]),
             };
         };
         let s = replica.status();
+        let members: Vec<u64> = s.members.iter().map(|m| m.id).collect();
         pb::ClusterStatus {
             node_id: s.node_id,
             leader: s.leader.unwrap_or(0),
             has_leader: s.leader.is_some(),
             term: s.term,
+            shards: self.shard_statuses(s.leader.unwrap_or(0), &members),
             nodes: s
                 .members
                 .into_iter()
@@ -69,6 +101,9 @@ impl ClusterService {
             last_log_index: s.last_log_index,
             last_applied: s.last_applied,
             process_cpu_us: process_cpu_us(),
+            log_fdatasyncs: self.shards.fdatasyncs(),
+            map_epoch: map.epoch(),
+            slots: map.slots(),
         }
     }
 }

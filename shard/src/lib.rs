@@ -1,6 +1,6 @@
-//! strata-shard: a Strata node. A node serves one shard over gRPC: one engine on its own, or a
-//! replica of a Raft-replicated shard (strata-raft). The multi-shard node and routing arrive in
-//! later layers.
+//! strata-shard: a Strata node. A node serves over gRPC one engine on its own, several engines
+//! as the shards of one map (`router.rs`), or a replica of a Raft-replicated shard
+//! (strata-raft). Replicated shards by the map arrive in later layers.
 
 pub mod append_stream;
 pub mod backend;
@@ -15,7 +15,9 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod retention;
+pub mod router;
 pub mod service;
+pub mod shards;
 pub mod stats;
 pub mod status;
 pub mod subscription;

@@ -15,7 +15,7 @@ use strata_engine::stats::LatencyHistogram;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::backend::Backend;
+use crate::shards::LocalShards;
 use crate::stats::ServiceStats;
 pub use crate::stats::APPEND_BUCKETS_US;
 
@@ -64,10 +64,46 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// Renders every metric.
-pub fn render(backend: &Backend, service: &ServiceStats, data_dir: &Path) -> String {
-    let s = backend.stats();
+pub fn render(shards: &LocalShards, service: &ServiceStats, data_dir: &Path) -> String {
+    let s = shards.stats();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::with_capacity(4096);
+    metric(
+        &mut out,
+        "strata_shards",
+        "gauge",
+        "Shards this node serves.",
+        shards.backends.len() as u64,
+    );
+    metric(
+        &mut out,
+        "strata_log_fdatasyncs_total",
+        "counter",
+        "fdatasyncs issued for the shards' logs (one sync round covers every shard on a device); 0 on a replica, which does not count them.",
+        shards.fdatasyncs(),
+    );
+    if let Some(round) = &shards.round {
+        let r = round.stats();
+        for (name, help, value) in [
+            (
+                "strata_log_sync_rounds_total",
+                "Sync rounds the shards' logs shared.",
+                &r.rounds,
+            ),
+            (
+                "strata_log_sync_requests_total",
+                "Log syncs the rounds answered (one per shard per round at most).",
+                &r.requests,
+            ),
+            (
+                "strata_log_writebacks_total",
+                "Files a round wrote back for another file's fdatasync to flush.",
+                &r.writebacks,
+            ),
+        ] {
+            metric(&mut out, name, "counter", help, load(value));
+        }
+    }
     metric(
         &mut out,
         "strata_appends_total",
@@ -191,7 +227,7 @@ pub fn render(backend: &Backend, service: &ServiceStats, data_dir: &Path) -> Str
         "As-of reads before this time (µs since the epoch) are refused; 0 until retention reclaims.",
         load(&r.horizon_us),
     );
-    if let Backend::Replicated(replica) = backend {
+    if let Some(replica) = shards.replica() {
         let status = replica.status();
         metric(
             &mut out,
@@ -240,7 +276,7 @@ pub fn render(backend: &Backend, service: &ServiceStats, data_dir: &Path) -> Str
 /// Serves `/metrics` and `/health` on `addr` until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
-    backend: Backend,
+    shards: LocalShards,
     service: Arc<ServiceStats>,
     data_dir: PathBuf,
     mut stop: watch::Receiver<bool>,
@@ -257,13 +293,13 @@ pub async fn serve(
                 continue;
             }
         };
-        let (backend, service, data_dir) = (backend.clone(), service.clone(), data_dir.clone());
+        let (shards, service, data_dir) = (shards.clone(), service.clone(), data_dir.clone());
         tokio::spawn(async move {
             let handler =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let response = match request.uri().path() {
                         "/metrics" => {
-                            let body = render(&backend, &service, &data_dir);
+                            let body = render(&shards, &service, &data_dir);
                             Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4")
                                 .body(Full::new(Bytes::from(body)))

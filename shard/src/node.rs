@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use strata_engine::clock::MonotonicClock;
 use strata_engine::fs::StdFs;
-use strata_engine::index_store::RocksIndexStore;
+use strata_engine::index_store::{IndexCache, RocksIndexStore, INDEX_CACHE_BYTES_DEFAULT};
+use strata_engine::sync_round::RoundFs;
 use strata_engine::{Engine, EngineConfig};
 use strata_proto::internal::raft_internal_server::RaftInternalServer;
+use strata_proto::routing::{ClusterMap, ShardId, SLOTS_DEFAULT};
 use strata_proto::v1 as pb;
 use strata_raft::network::MESSAGE_BYTES_MAX;
 use strata_raft::{
@@ -29,7 +31,9 @@ use crate::backend::Backend;
 use crate::clock::SystemWallClock;
 use crate::cluster::ClusterService;
 use crate::ids::RandomIds;
+use crate::router::Router;
 use crate::service::{ServiceConfig, ServiceStats, StreamsService};
+use crate::shards::LocalShards;
 
 /// Largest HTTP/2 frame a client may send (h2's default is 16 KiB: a 100 KiB append took 7
 /// frames). Flow-control windows stay hyper's (1 MiB per call and per connection): they bound
@@ -67,18 +71,22 @@ pub struct NodeConfig {
     pub service: ServiceConfig,
     /// The HTTP address of `/metrics` and `/health`; `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
-    /// Replication; `None` runs one engine on its own.
+    /// Replication; `None` runs engines on their own.
     pub cluster: Option<ClusterConfig>,
+    /// Shards of a node without replication: `None` opens what `data_dir` holds (one shard
+    /// when new); `Some(n)` must match it, or makes `n` in a new directory (see
+    /// [`crate::shards`]).
+    pub shards: Option<u32>,
 }
 
 /// A node bound to its address, not yet serving.
 #[derive(Debug)]
 pub struct Node {
-    backend: Backend,
+    shards: LocalShards,
     listener: TcpListener,
     raft_listener: Option<TcpListener>,
     raft_service: Option<RaftService<GrpcTransport>>,
-    service: StreamsService,
+    router: Router,
     cluster: ClusterService,
     stats: Arc<ServiceStats>,
     stop: watch::Sender<bool>,
@@ -110,6 +118,9 @@ pub enum NodeError {
     /// The limits do not fit together (see [`crate::limits`]).
     #[error("limits: {0}")]
     Limits(strata_engine::Error),
+    /// The data directory's shards are not what was asked (see [`crate::shards`]).
+    #[error("{0}")]
+    Shards(String),
 }
 
 impl Node {
@@ -141,39 +152,52 @@ impl Node {
             ),
             None => None,
         };
-        let (backend, raft_listener, raft_service) = match &config.cluster {
-            None => (Backend::Single(open_engine(&config).await?), None, None),
+        let (shards, raft_listener, raft_service) = match &config.cluster {
+            None => (open_engines(&config).await?, None, None),
             Some(cluster) => {
+                if config.shards.is_some_and(|n| n > 1) {
+                    return Err(NodeError::Shards(
+                        "a replicated node serves one shard today: --shards with --peer is not built yet"
+                            .into(),
+                    ));
+                }
                 let (replica, raft_listener, service) =
                     open_replica(&config, cluster, local).await?;
-                (
-                    Backend::Replicated(Box::new(replica)),
-                    raft_listener,
-                    Some(service),
-                )
+                let map = ClusterMap::even(SLOTS_DEFAULT, 1)
+                    .map_err(|e| NodeError::Shards(e.to_string()))?;
+                let shards = LocalShards {
+                    backends: vec![(ShardId(0), Backend::Replicated(Box::new(replica)))],
+                    map: Arc::new(map),
+                    round: None,
+                };
+                (shards, raft_listener, Some(service))
             }
         };
         let stats = Arc::new(ServiceStats::default());
         let (stop, stopped) = watch::channel(false);
-        let service = StreamsService::new(
-            backend.clone(),
-            Arc::new(SystemWallClock::default()),
-            Arc::new(RandomIds),
-            config.service,
-            stats.clone(),
-            stopped,
-        );
-        let replica = match &backend {
-            Backend::Replicated(r) => Some(r.as_ref().clone()),
-            Backend::Single(_) => None,
-        };
-        let cluster = ClusterService::new(replica, local.to_string());
+        let services = shards
+            .backends
+            .iter()
+            .map(|(id, backend)| {
+                let service = StreamsService::new(
+                    backend.clone(),
+                    Arc::new(SystemWallClock::default()),
+                    Arc::new(RandomIds),
+                    config.service.clone(),
+                    stats.clone(),
+                    stopped.clone(),
+                );
+                (*id, service)
+            })
+            .collect();
+        let router = Router::new((*shards.map).clone(), services).map_err(NodeError::Shards)?;
+        let cluster = ClusterService::new(shards.clone(), local.to_string());
         Ok(Node {
-            backend,
+            shards,
             listener,
             raft_listener,
             raft_service,
-            service,
+            router,
             cluster,
             stats,
             stop,
@@ -192,9 +216,9 @@ impl Node {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The storage it serves.
-    pub fn backend(&self) -> &Backend {
-        &self.backend
+    /// The storage it serves: its shards by id.
+    pub fn backends(&self) -> &[(ShardId, Backend)] {
+        &self.shards.backends
     }
 
     /// The bound Raft address, when Raft has its own port.
@@ -213,26 +237,30 @@ impl Node {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), NodeError> {
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
-            .set_serving::<pb::streams_server::StreamsServer<StreamsService>>()
+            .set_serving::<pb::streams_server::StreamsServer<Router>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let settings = self.service.config().retention.clone();
+        let settings = self.router.config().retention.clone();
         if settings.enabled {
-            tokio::spawn(crate::retention::run(
-                self.backend.clone(),
-                settings,
-                Arc::new(SystemWallClock::default()),
-                self.service.pins().clone(),
-                self.stats.clone(),
-                self.stop.subscribe(),
-            ));
+            for ((_, backend), (_, service)) in
+                self.shards.backends.iter().zip(self.router.shards())
+            {
+                tokio::spawn(crate::retention::run(
+                    backend.clone(),
+                    settings.clone(),
+                    Arc::new(SystemWallClock::default()),
+                    service.pins().clone(),
+                    self.stats.clone(),
+                    self.stop.subscribe(),
+                ));
+            }
         }
         if let Some(listener) = self.metrics {
             tokio::spawn(crate::metrics::serve(
                 listener,
-                self.backend.clone(),
+                self.shards.clone(),
                 self.stats.clone(),
                 self.data_dir.clone(),
                 self.stop.subscribe(),
@@ -267,7 +295,7 @@ impl Node {
             .max_frame_size(Some(HTTP2_FRAME_BYTES_MAX))
             .add_service(health)
             .add_service(reflection)
-            .add_service(streams_server(self.service))
+            .add_service(streams_server(self.router))
             .add_service(pb::cluster_server::ClusterServer::new(self.cluster))
             .add_optional_service(shared_raft)
             .serve_with_incoming_shutdown(incoming(self.listener), async {
@@ -285,7 +313,8 @@ impl Node {
             }
         }
         // In-flight calls have finished; let queued appends finish too, then close.
-        self.backend.close().await;
+        let closing = self.shards.backends.iter().map(|(_, b)| b.close());
+        futures_util::future::join_all(closing).await;
         result.map_err(NodeError::from)
     }
 }
@@ -293,8 +322,8 @@ impl Node {
 /// The `Streams` service with its message limits derived from the engine's (see
 /// [`crate::limits`]), not gRPC's 4 MiB default, which would make the documented batch limit
 /// unreachable.
-fn streams_server(service: StreamsService) -> pb::streams_server::StreamsServer<StreamsService> {
-    let limits = service.limits().clone();
+fn streams_server(service: Router) -> pb::streams_server::StreamsServer<Router> {
+    let limits = service.limits();
     let answers =
         crate::limits::encoded_answer_bytes_max(&limits, service.config().response_bytes_max);
     pb::streams_server::StreamsServer::new(service)
@@ -342,14 +371,35 @@ async fn open_blocking<T: Send + 'static>(
         .map_err(|e| engine_error(dir, e))
 }
 
-async fn open_engine(config: &NodeConfig) -> Result<Arc<Engine>, NodeError> {
-    let dir = config.data_dir.clone();
-    let engine_config = config.engine.clone();
-    let engine = open_blocking(&config.data_dir, move || {
-        Engine::open_dir(&dir, engine_config)
+/// Opens the engines of a node without replication: the shards its directory holds, over one
+/// sync round and one index cache.
+async fn open_engines(config: &NodeConfig) -> Result<LocalShards, NodeError> {
+    let (dir, shards) = (config.data_dir.clone(), config.shards);
+    let layout = tokio::task::spawn_blocking(move || crate::shards::layout(&dir, shards))
+        .await
+        .map_err(|e| NodeError::Shards(format!("reading the data directory: {e}")))?
+        .map_err(NodeError::Shards)?;
+    let round = RoundFs::new(Arc::new(StdFs));
+    let cache = IndexCache::new(INDEX_CACHE_BYTES_DEFAULT)
+        .map_err(|e| engine_error(&config.data_dir, e))?;
+    let mut backends = Vec::with_capacity(layout.dirs.len());
+    let several = layout.dirs.len() > 1;
+    for (id, dir) in layout.dirs {
+        let (mut engine_config, fs, cache) = (config.engine.clone(), round.clone(), cache.clone());
+        // A lone append would wait for the other shards' rounds on a runtime thread.
+        engine_config.lone_appends &= !several;
+        let at = dir.clone();
+        let engine = open_blocking(&at, move || {
+            Engine::open_dir_with(&dir, engine_config, Arc::new(fs), &cache)
+        })
+        .await?;
+        backends.push((id, Backend::Single(Arc::new(engine))));
+    }
+    Ok(LocalShards {
+        backends,
+        map: Arc::new(layout.map),
+        round: Some(round),
     })
-    .await?;
-    Ok(Arc::new(engine))
 }
 
 async fn open_replica(

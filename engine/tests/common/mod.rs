@@ -55,6 +55,24 @@ pub fn open_sim(
     )
 }
 
+/// [`open_sim`] with the log's syncs going through a sync round
+/// ([`strata_engine::sync_round::RoundFs`], as a node's shards share one).
+pub fn open_sim_rounds(
+    fs: &SimFs,
+    index: &MemIndexStore,
+    config: EngineConfig,
+) -> strata_engine::Result<Store> {
+    Store::open(
+        Arc::new(strata_engine::sync_round::RoundFs::new(Arc::new(
+            fs.clone(),
+        ))),
+        Path::new("/data"),
+        Box::new(index.clone()),
+        config,
+        Arc::new(ManualClock::default()),
+    )
+}
+
 /// Segment files in `dir`'s log.
 pub fn segment_files(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("log"))

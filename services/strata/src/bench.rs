@@ -175,6 +175,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         batch: args.batch,
         deadline: Instant::now() + Duration::from_secs(args.duration),
     };
+    let syncs_before = cluster_fdatasyncs(&server, &nodes).await;
     let cpu_before = (cluster_cpu_us(&server, &nodes).await, process_cpu_us());
     let started = Instant::now();
     let tasks = if args.pipeline > 0 {
@@ -193,7 +194,18 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_after = (cluster_cpu_us(&server, &nodes).await, process_cpu_us());
-    report(&args, latencies, errors, elapsed, cpu_before, cpu_after)
+    let syncs = match (syncs_before, cluster_fdatasyncs(&server, &nodes).await) {
+        (Some(b), Some(a)) if a > b => Some(a - b),
+        _ => None,
+    };
+    report(
+        &args,
+        latencies,
+        errors,
+        elapsed,
+        (cpu_before, cpu_after),
+        syncs,
+    )
 }
 
 /// What every bench client sends.
@@ -341,6 +353,16 @@ async fn cluster_cpu_us(server: &ServerArg, nodes: &[String]) -> Option<u64> {
     Some(total)
 }
 
+/// Log fdatasyncs issued so far by every node (`None` when one does not say or counts none).
+async fn cluster_fdatasyncs(server: &ServerArg, nodes: &[String]) -> Option<u64> {
+    let client = server.client().ok()?;
+    let mut total = 0;
+    for n in nodes {
+        total += client.cluster_status(n).await.ok()?.log_fdatasyncs;
+    }
+    Some(total)
+}
+
 fn process_cpu_us() -> u64 {
     strata_shard::cluster::process_cpu_us()
 }
@@ -350,8 +372,8 @@ fn report(
     mut latencies: Vec<Duration>,
     errors: u64,
     elapsed: f64,
-    cpu_before: (Option<u64>, u64),
-    cpu_after: (Option<u64>, u64),
+    (cpu_before, cpu_after): ((Option<u64>, u64), (Option<u64>, u64)),
+    fdatasyncs: Option<u64>,
 ) -> Result<(), Failure> {
     latencies.sort();
     if latencies.is_empty() {
@@ -388,11 +410,13 @@ fn report(
         "offered_rate": args.rate,
         "server_cpu_us_per_event": server_us,
         "client_cpu_us_per_event": client_us,
+        "fdatasyncs_per_s": fdatasyncs.map(|n| (n as f64 / elapsed).round()),
     });
     eprintln!(
-        "strata    clients={} pipeline={} linger_us={} events_per_append={} event_bytes={}  events/s={:.0}  MiB/s={:.1}  append p50={:.2}ms p99={:.2}ms p99.9={:.2}ms  server_cpu_us/event={}  client_cpu_us/event={:.1}  errors={}",
+        "strata    clients={} pipeline={} linger_us={} events_per_append={} event_bytes={}  events/s={:.0}  MiB/s={:.1}  append p50={:.2}ms p99={:.2}ms p99.9={:.2}ms  server_cpu_us/event={}  client_cpu_us/event={:.1}  fdatasyncs/s={}  errors={}",
         args.clients, args.pipeline, args.linger_us, args.batch, args.event_bytes, events / elapsed, mib, pct(0.5), pct(0.99), pct(0.999),
-        server_us.map_or("?".to_string(), |u| format!("{u:.1}")), client_us, errors
+        server_us.map_or("?".to_string(), |u| format!("{u:.1}")), client_us,
+        fdatasyncs.map_or("?".to_string(), |n| format!("{:.0}", n as f64 / elapsed)), errors
     );
     output::line(&summary);
     Ok(())

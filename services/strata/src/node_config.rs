@@ -53,6 +53,10 @@ pub struct NodeArgs {
     /// Data directory.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Shards of a node without replication (1-64): a new data directory gets this many;
+    /// an existing one must hold as many (default: what it holds, 1 when new).
+    #[arg(long)]
+    shards: Option<u32>,
     /// gRPC address.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -138,6 +142,7 @@ pub struct NodeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data: Option<PathBuf>,
+    shards: Option<u32>,
     listen: Option<SocketAddr>,
     metrics: Option<String>,
     segment_bytes_max: Option<u64>,
@@ -325,6 +330,7 @@ pub fn resolve_text(
         service,
         metrics_listen: metrics,
         cluster,
+        shards: args.shards.or(file.shards),
     })
 }
 

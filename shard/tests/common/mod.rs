@@ -30,7 +30,20 @@ impl TestNode {
         service: ServiceConfig,
         engine: strata_engine::EngineConfig,
     ) -> TestNode {
-        let dir = tempfile::tempdir().unwrap();
+        TestNode::start_in(tempfile::tempdir().unwrap(), service, engine, None).await
+    }
+
+    /// A node of `shards` shards (a new directory), or reopening the one `dir` holds.
+    pub async fn start_sharded(dir: tempfile::TempDir, shards: Option<u32>) -> TestNode {
+        TestNode::start_in(dir, ServiceConfig::default(), Default::default(), shards).await
+    }
+
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        service: ServiceConfig,
+        engine: strata_engine::EngineConfig,
+        shards: Option<u32>,
+    ) -> TestNode {
         let config = NodeConfig {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -38,6 +51,7 @@ impl TestNode {
             service,
             cluster: None,
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            shards,
         };
         let node = Node::bind(config).await.unwrap();
         let addr = node.local_addr().unwrap();

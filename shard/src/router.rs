@@ -1,0 +1,300 @@
+//! The `Streams` service of a node with several shards: each call goes to the shard whose
+//! slots hold its stream (see `strata_proto::routing`), where a [`StreamsService`] of its own
+//! serves it exactly as on a one-shard node.
+//!
+//! ```text
+//!   call ──▶ Router ── stream name ──▶ slot (CRC-32 of the routing key) ──▶ map ──▶ shard k
+//!                                                                         StreamsService k
+//!                                                                         (engine k, history k)
+//! ```
+//!
+//! An `AppendMulti` must stay within one shard (it is atomic there); across shards it is
+//! refused naming every stream's shard. An `AppendStream` message may mix shards: its appends
+//! are handed to their shards in the order sent (so each shard decides its own in that order)
+//! and answered in the order sent. Snapshot policies apply to every shard. What spans all
+//! shards — `ReadAll`, `$all` subscriptions, `GetLog` — answers UNIMPLEMENTED on a node with
+//! more than one shard until the merged `$all` lands (ARCHITECTURE.md, "Sharding", step 4).
+
+use std::sync::Arc;
+
+use strata_proto::routing::{ClusterMap, ShardId};
+use strata_proto::v1 as pb;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use crate::append_stream::{Boxed, Outcomes, Submit};
+use crate::service::{ServiceConfig, StreamsService};
+use crate::stats::ServiceStats;
+use strata_proto::metadata::ERROR_KIND_KEY;
+
+/// A node's shards and the map routing streams to them.
+#[derive(Debug, Clone)]
+pub struct Router {
+    map: Arc<ClusterMap>,
+    /// Sorted by id.
+    shards: Arc<[(ShardId, StreamsService)]>,
+}
+
+impl Router {
+    /// Routes by `map` to `shards`, which must be exactly the map's shards.
+    pub fn new(
+        map: ClusterMap,
+        mut shards: Vec<(ShardId, StreamsService)>,
+    ) -> Result<Router, String> {
+        shards.sort_by_key(|(id, _)| *id);
+        let have: Vec<ShardId> = shards.iter().map(|(id, _)| *id).collect();
+        if have != map.shards() {
+            return Err(format!(
+                "the map has shards {:?}, the node opened {:?}",
+                map.shards(),
+                have
+            ));
+        }
+        Ok(Router {
+            map: Arc::new(map),
+            shards: shards.into(),
+        })
+    }
+
+    /// The map it routes by.
+    pub fn map(&self) -> &ClusterMap {
+        &self.map
+    }
+
+    /// The shards' services, by id.
+    pub fn shards(&self) -> &[(ShardId, StreamsService)] {
+        &self.shards
+    }
+
+    /// Every shard's service settings (they are the same).
+    pub fn config(&self) -> &ServiceConfig {
+        self.first().config()
+    }
+
+    /// The limits requests are checked against (the same on every shard).
+    pub fn limits(&self) -> strata_engine::Limits {
+        self.first().limits()
+    }
+
+    fn first(&self) -> &StreamsService {
+        &self.shards[0].1
+    }
+
+    /// The service of the shard holding `stream`.
+    fn shard(&self, stream: &str) -> Result<&StreamsService, Status> {
+        if self.shards.len() == 1 {
+            return Ok(self.first());
+        }
+        let id = self.map.shard_of(stream);
+        self.shards
+            .binary_search_by_key(&id, |(s, _)| *s)
+            .map(|i| &self.shards[i].1)
+            .map_err(|_| Status::unavailable(format!("{id} is not served by this node")))
+    }
+
+    /// The one shard's service, for a call spanning every shard.
+    fn whole(&self, call: &str) -> Result<&StreamsService, Status> {
+        if self.shards.len() == 1 {
+            return Ok(self.first());
+        }
+        Err(Status::unimplemented(format!(
+            "{call} across {} shards is not built yet (the merged $all, issue 15); read or subscribe to streams one by one",
+            self.shards.len()
+        )))
+    }
+}
+
+/// The status of an `AppendMulti` over streams of several shards.
+fn cross_shard(e: &strata_proto::routing::CrossShard) -> Status {
+    let mut status = Status::failed_precondition(e.to_string());
+    status
+        .metadata_mut()
+        .insert(ERROR_KIND_KEY, MetadataValue::from_static("cross-shard"));
+    status
+}
+
+impl Submit for Router {
+    #[allow(clippy::async_yields_async)] // the answers to come are the point: see the trait
+    fn submit_batch(&self, batch: Vec<pb::AppendRequest>) -> Boxed<'_, Outcomes> {
+        Box::pin(async move {
+            if self.shards.len() == 1 {
+                return self.first().submit_batch(batch).await;
+            }
+            // Each shard's appends in the order sent; the answers put back in that order.
+            let mut parts: Vec<(usize, Vec<usize>, Vec<pb::AppendRequest>)> = Vec::new();
+            let mut routed: Vec<Result<usize, Status>> = Vec::with_capacity(batch.len());
+            for (i, append) in batch.into_iter().enumerate() {
+                let id = self.map.shard_of(&append.stream);
+                match self.shards.binary_search_by_key(&id, |(s, _)| *s) {
+                    Ok(at) => {
+                        let part = match parts.iter().position(|(s, _, _)| *s == at) {
+                            Some(p) => p,
+                            None => {
+                                parts.push((at, Vec::new(), Vec::new()));
+                                parts.len() - 1
+                            }
+                        };
+                        parts[part].1.push(i);
+                        parts[part].2.push(append);
+                        routed.push(Ok(part));
+                    }
+                    Err(_) => routed.push(Err(Status::unavailable(format!(
+                        "the shard of {:?} is not served by this node",
+                        append.stream
+                    )))),
+                }
+            }
+            let mut pending = Vec::with_capacity(parts.len());
+            for (at, _, appends) in parts {
+                pending.push(self.shards[at].1.submit_batch(appends).await);
+            }
+            let outcomes: Outcomes = Box::pin(async move {
+                let mut answers = Vec::with_capacity(pending.len());
+                for p in pending {
+                    answers.push(p.await.into_iter());
+                }
+                routed
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(part) => answers[part]
+                            .next()
+                            .unwrap_or_else(|| Err(Status::internal("an append went unanswered"))),
+                        Err(status) => Err(status),
+                    })
+                    .collect()
+            });
+            outcomes
+        })
+    }
+
+    fn stats(&self) -> &Arc<ServiceStats> {
+        Submit::stats(self.first())
+    }
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::streams_server::Streams for Router {
+    async fn append(&self, request: Request<pb::AppendRequest>) -> Answer<pb::AppendResponse> {
+        self.shard(&request.get_ref().stream)?.append(request).await
+    }
+
+    type AppendStreamStream = crate::append_stream::AnswerStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::AppendStreamRequest>>,
+    ) -> Answer<Self::AppendStreamStream> {
+        let window = self.config().window();
+        Ok(Response::new(crate::append_stream::start(
+            self.clone(),
+            request.into_inner(),
+            window,
+        )))
+    }
+
+    async fn append_multi(
+        &self,
+        request: Request<pb::AppendMultiRequest>,
+    ) -> Answer<pb::AppendResponse> {
+        let names = request.get_ref().streams.iter().map(|s| s.stream.as_str());
+        if let Err(e) = self.map.shard_of_all(names) {
+            return Err(cross_shard(&e));
+        }
+        let service = match request.get_ref().streams.first() {
+            Some(first) => self.shard(&first.stream)?,
+            None => self.first(),
+        };
+        service.append_multi(request).await
+    }
+
+    async fn read(&self, request: Request<pb::ReadRequest>) -> Answer<pb::ReadResponse> {
+        self.shard(&request.get_ref().stream)?.read(request).await
+    }
+
+    async fn read_all(&self, request: Request<pb::ReadAllRequest>) -> Answer<pb::ReadAllResponse> {
+        self.whole("ReadAll")?.read_all(request).await
+    }
+
+    type SubscribeStream = crate::subscription::EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Answer<Self::SubscribeStream> {
+        use pb::subscribe_request::Target;
+        let service = match &request.get_ref().target {
+            Some(Target::Stream(name)) => self.shard(name)?,
+            _ => self.whole("Subscribe to $all")?,
+        };
+        service.subscribe(request).await
+    }
+
+    async fn get_stream(
+        &self,
+        request: Request<pb::GetStreamRequest>,
+    ) -> Answer<pb::GetStreamResponse> {
+        self.shard(&request.get_ref().stream)?
+            .get_stream(request)
+            .await
+    }
+
+    async fn get_log(&self, request: Request<pb::GetLogRequest>) -> Answer<pb::GetLogResponse> {
+        self.whole("GetLog")?.get_log(request).await
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        request: Request<pb::SetStreamMetadataRequest>,
+    ) -> Answer<pb::WriteResponse> {
+        self.shard(&request.get_ref().stream)?
+            .set_stream_metadata(request)
+            .await
+    }
+
+    async fn delete_stream(
+        &self,
+        request: Request<pb::DeleteStreamRequest>,
+    ) -> Answer<pb::WriteResponse> {
+        self.shard(&request.get_ref().stream)?
+            .delete_stream(request)
+            .await
+    }
+
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Answer<pb::WriteResponse> {
+        self.shard(&request.get_ref().stream)?
+            .save_snapshot(request)
+            .await
+    }
+
+    async fn read_state(
+        &self,
+        request: Request<pb::ReadStateRequest>,
+    ) -> Answer<pb::ReadStateResponse> {
+        self.shard(&request.get_ref().stream)?
+            .read_state(request)
+            .await
+    }
+
+    /// Sets the policy on every shard, in id order (a policy is a value: a retry after a
+    /// partial failure sets the same one again); answers with the last shard's policies.
+    async fn set_snapshot_policy(
+        &self,
+        request: Request<pb::SnapshotPolicy>,
+    ) -> Answer<pb::SnapshotPolicies> {
+        let policy = request.into_inner();
+        let mut last = None;
+        for (_, service) in self.shards.iter() {
+            last = Some(
+                service
+                    .set_snapshot_policy(Request::new(policy.clone()))
+                    .await?,
+            );
+        }
+        last.ok_or_else(|| Status::internal("a node without shards"))
+    }
+}

@@ -1,0 +1,249 @@
+//! A node of several shards over real gRPC: each stream lands in the shard its slot maps to
+//! (checked by opening the shards' engines afterwards) and only there; reads find it there;
+//! an `AppendMulti` across shards is refused naming each stream's shard, within one routing
+//! key it commits; an `AppendStream` message mixing shards is answered in order with a bad
+//! append failing alone; calls spanning every shard answer UNIMPLEMENTED; the node reports
+//! its map and shares fdatasyncs; a restart finds everything again.
+
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use strata_proto::routing::{ClusterMap, ShardId};
+use strata_proto::v1 as pb;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+const SHARDS: u32 = 4;
+const STREAMS: u64 = 40;
+
+fn stream(i: u64) -> String {
+    format!("order-{i}")
+}
+
+async fn status(node: &TestNode) -> pb::ClusterStatus {
+    pb::cluster_client::ClusterClient::new(node.channel().await)
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn streams_live_in_the_shard_of_their_slot_and_survive_a_restart() {
+    let node = TestNode::start_sharded(tempfile::tempdir().unwrap(), Some(SHARDS)).await;
+    let mut client = node.client().await;
+    for i in 0..STREAMS {
+        for v in 0..2u64 {
+            let expected = if v == 0 { no_stream() } else { exact(v - 1) };
+            let events = vec![event(&uuid(u128::from(i * 10 + v + 1)), "{}")];
+            client
+                .append(append(&stream(i), expected, events))
+                .await
+                .unwrap();
+        }
+    }
+    // The node says what its map is.
+    let s = status(&node).await;
+    assert_eq!((s.slots, s.map_epoch, s.shards.len()), (4096, 1, 4));
+    let owned: u32 = s
+        .shards
+        .iter()
+        .flat_map(|sh| sh.slots.iter().map(|r| r.end - r.start))
+        .sum();
+    assert_eq!(owned, 4096, "every slot owned once: {:?}", s.shards);
+    // 80 appends, 4 shards: far fewer fdatasyncs than one per shard per append would be
+    // impossible to tell apart from sequential appends, but each append took at least one.
+    assert!(s.log_fdatasyncs >= STREAMS * 2, "{}", s.log_fdatasyncs);
+    let (_, metrics) = http_get(node.metrics, "/metrics").await;
+    assert!(metrics.contains("\nstrata_shards 4\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nstrata_events_appended_total 80\n"),
+        "{metrics}"
+    );
+    // A restart without --shards finds the four shards and every event.
+    let dir = node.stop().await;
+    let node = TestNode::start_sharded(dir, None).await;
+    let mut client = node.client().await;
+    for i in 0..STREAMS {
+        let read = client
+            .read(pb::ReadRequest {
+                stream: stream(i),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(read.events.len(), 2, "{}", stream(i));
+    }
+    let dir = node.stop().await;
+    // Each stream is in its own shard's engine and in no other.
+    let map = ClusterMap::even(4096, SHARDS).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for id in 0..SHARDS {
+        let engine = strata_engine::Engine::open_dir(
+            &dir.path().join("shards").join(id.to_string()),
+            Default::default(),
+        )
+        .unwrap();
+        for i in 0..STREAMS {
+            let version = engine.reader().stream_version(&stream(i)).unwrap();
+            let here = map.shard_of(&stream(i)) == ShardId(id);
+            assert_eq!(version.is_some(), here, "{} in shard {id}", stream(i));
+            if here {
+                used.insert(id);
+                assert_eq!(version, Some(1));
+            }
+        }
+        engine.close();
+    }
+    assert_eq!(used.len(), SHARDS as usize, "40 streams reach every shard");
+}
+
+#[tokio::test]
+async fn a_multi_stream_append_stays_within_one_shard() {
+    let node = TestNode::start_sharded(tempfile::tempdir().unwrap(), Some(SHARDS)).await;
+    let mut client = node.client().await;
+    let map = ClusterMap::even(4096, SHARDS).unwrap();
+    // Two plain names in different shards.
+    let (a, b) = (0..)
+        .map(|i| (stream(0), stream(i)))
+        .find(|(a, b)| map.shard_of(a) != map.shard_of(b))
+        .unwrap();
+    let multi = |streams: Vec<(&str, u128)>| pb::AppendMultiRequest {
+        streams: streams
+            .into_iter()
+            .map(|(s, id)| pb::StreamAppend {
+                stream: s.into(),
+                expected: None,
+                events: vec![event(&uuid(id), "{}")],
+            })
+            .collect(),
+    };
+    let refused = client
+        .append_multi(multi(vec![(&a, 1), (&b, 2)]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let says = refused.message();
+    for (s, shard) in [(&a, map.shard_of(&a)), (&b, map.shard_of(&b))] {
+        assert!(says.contains(&format!("{s:?} ({shard})")), "{says}");
+    }
+    assert_eq!(
+        refused
+            .metadata()
+            .get(strata_proto::metadata::ERROR_KIND_KEY)
+            .unwrap(),
+        "cross-shard"
+    );
+    for s in [&a, &b] {
+        let read = client
+            .read(pb::ReadRequest {
+                stream: s.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            read.events.is_empty(),
+            "nothing of the refused append in {s}"
+        );
+    }
+    // One routing key: one shard, one atomic append.
+    let done = client
+        .append_multi(multi(vec![("order-{7}", 3), ("order-{7}-payments", 4)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.streams.len(), 2);
+}
+
+#[tokio::test]
+async fn a_pipelined_message_over_several_shards_is_answered_in_order() {
+    let node = TestNode::start_sharded(tempfile::tempdir().unwrap(), Some(SHARDS)).await;
+    let mut client = node.client().await;
+    let mut appends: Vec<pb::AppendRequest> = (0..20u64)
+        .map(|i| {
+            append(
+                &stream(i),
+                no_stream(),
+                vec![event(&uuid(u128::from(i) + 100), "{}")],
+            )
+        })
+        .collect();
+    // The 11th expects a version its stream does not have: it alone fails.
+    appends[10].expected = exact(5);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::AppendStreamRequest { appends }).await.unwrap();
+    drop(tx);
+    let mut answers = client
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut results = Vec::new();
+    while let Some(message) = answers.next().await {
+        results.extend(message.unwrap().results);
+    }
+    assert_eq!(results.len(), 20);
+    for (i, r) in results.iter().enumerate() {
+        match (&r.outcome, i) {
+            (Some(pb::append_result::Outcome::Error(e)), 10) => {
+                assert_eq!(e.kind, "wrong-expected-version", "{e:?}")
+            }
+            (Some(pb::append_result::Outcome::Appended(a)), _) if i != 10 => {
+                assert_eq!(a.streams[0].stream, stream(i as u64), "answer {i} in order")
+            }
+            other => panic!("answer {i}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn calls_spanning_every_shard_say_they_are_not_built_yet() {
+    let node = TestNode::start_sharded(tempfile::tempdir().unwrap(), Some(2)).await;
+    let mut client = node.client().await;
+    let e = client
+        .read_all(pb::ReadAllRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(
+        e.message().contains("ReadAll across 2 shards"),
+        "{}",
+        e.message()
+    );
+    let e = client.subscribe(subscribe_all()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    let e = client
+        .get_log(pb::GetLogRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn a_directory_refuses_another_number_of_shards() {
+    let node = TestNode::start_sharded(tempfile::tempdir().unwrap(), Some(2)).await;
+    let dir = node.stop().await;
+    let config = strata_shard::NodeConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        engine: Default::default(),
+        service: Default::default(),
+        cluster: None,
+        metrics_listen: None,
+        shards: Some(3),
+    };
+    let e = strata_shard::Node::bind(config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("holds 2 shards") && e.contains("--shards 2"),
+        "{e}"
+    );
+}
