@@ -557,7 +557,11 @@ fn run_writer(
                 stats.queue_depth.fetch_sub(n as u64, Ordering::Relaxed);
                 let mut store = crate::sync::lock(&shared.store);
                 match store.as_mut() {
-                    Some(store) => write(store, finisher, requests, &to_syncer, rx.is_empty()),
+                    Some(store) => {
+                        // Idle (nothing queued) and allowed to: the writer finishes the group.
+                        let alone = config.lone_appends && rx.is_empty();
+                        write(store, finisher, requests, &to_syncer, alone)
+                    }
                     None => requests
                         .into_iter()
                         .for_each(|(reply, _)| reply.send(Err(Error::Closed))),
@@ -611,7 +615,7 @@ fn write(
     finisher: &Finisher,
     requests: Vec<(Reply, Validated)>,
     to_syncer: &std_mpsc::SyncSender<ToSyncer>,
-    queue_empty: bool,
+    idle: bool,
 ) {
     let (now, written) = store.write_validated(requests);
     for (reply, answer) in now {
@@ -621,7 +625,7 @@ fn write(
     // Alone in an idle pipeline (nothing else in flight or queued): sync and finish here,
     // sparing the appenders two thread hops. Order is kept: no other group is between the
     // writer and the answers.
-    if written.len() == 1 && store.inflight_groups() == 1 && queue_empty {
+    if written.len() == 1 && store.inflight_groups() == 1 && idle {
         let synced = finisher.sync(&written);
         for (reply, answer) in finisher.finish(written, &synced) {
             reply.send(answer);

@@ -27,16 +27,21 @@
 //! reach is the device: files are grouped by `st_dev` ([`FileHandle::device`]), each group a
 //! round of its own; a file that cannot write back (the simulator's) is fdatasynced.
 //!
+//! Rounds are timed on the monotonic clock (a leader may linger, see `Round::linger`): this
+//! is a component for real disks, like the engine's threads. Over the simulator's file system
+//! a store syncs one file at a time, so no leader ever waits and runs stay deterministic.
+//!
 //! Crash windows: nothing is answered before step 2 has returned for the caller's device, so a
 //! crash during a round loses only unanswered writes. A failure anywhere in a device's group
 //! fails every caller in it (whether the flush covered their pages is unknown); their stores
 //! stop as after any failed fdatasync.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::fs::{FileHandle, FileSystem, OpenMode};
 use crate::sync::lock;
@@ -166,6 +171,8 @@ type Outcome = Result<(), (io::ErrorKind, String)>;
 struct Round {
     state: Mutex<State>,
     done: Condvar,
+    /// Woken when a file joins the queue while a leader lingers.
+    arrived: Condvar,
     stats: RoundStats,
 }
 
@@ -175,8 +182,31 @@ struct State {
     queue: Vec<(u64, Arc<Core>)>,
     next_ticket: u64,
     running: bool,
+    /// A leader is waiting for the files of the last round to queue again.
+    lingering: bool,
+    /// Distinct files of each of the last [`ROUNDS_REMEMBERED`] rounds, newest last: a leader
+    /// waits for as many as the largest.
+    last_files: VecDeque<usize>,
+    /// How long the last round's syncs took.
+    last_round: Duration,
     /// Outcomes not yet collected by their callers, by ticket.
     outcomes: HashMap<u64, Outcome>,
+}
+
+/// Longest a round's leader waits for the files of recent rounds to queue again.
+pub const LINGER_MAX: Duration = Duration::from_micros(1000);
+/// Rounds whose file counts a leader remembers.
+const ROUNDS_REMEMBERED: usize = 8;
+
+/// Distinct files among `queue`.
+fn distinct(queue: &[(u64, Arc<Core>)]) -> usize {
+    let mut seen: Vec<&Arc<Core>> = Vec::with_capacity(queue.len());
+    for (_, core) in queue {
+        if !seen.iter().any(|c| Arc::ptr_eq(c, core)) {
+            seen.push(core);
+        }
+    }
+    seen.len()
 }
 
 impl Round {
@@ -186,6 +216,9 @@ impl Round {
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.queue.push((ticket, core.clone()));
+        if state.lingering {
+            self.arrived.notify_one();
+        }
         loop {
             if let Some(outcome) = state.outcomes.remove(&ticket) {
                 return outcome.map_err(|(kind, message)| io::Error::new(kind, message));
@@ -195,14 +228,48 @@ impl Round {
                 continue;
             }
             state.running = true;
+            state = self.linger(state);
             let batch = std::mem::take(&mut state.queue);
+            if state.last_files.len() == ROUNDS_REMEMBERED {
+                state.last_files.pop_front();
+            }
+            let files = distinct(&batch);
+            state.last_files.push_back(files);
             drop(state);
+            let started = Instant::now();
             let outcomes = self.run(&batch);
             state = lock(&self.state);
+            state.last_round = started.elapsed();
             state.running = false;
             state.outcomes.extend(outcomes);
             self.done.notify_all();
         }
+    }
+
+    /// Before a round: waits until as many files are queued as the last round had, for at most
+    /// half the last round's time and [`LINGER_MAX`]. Shards whose round just ended need a
+    /// moment to write their next group; a round started at once would take only the others,
+    /// and rounds would alternate between two halves of the shards, each paying an fdatasync.
+    /// A lone file (one shard) never waits.
+    fn linger<'a>(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let want = state.last_files.iter().copied().max().unwrap_or(0);
+        if distinct(&state.queue) >= want {
+            return state;
+        }
+        let deadline = Instant::now() + state.last_round.min(LINGER_MAX);
+        state.lingering = true;
+        while distinct(&state.queue) < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .arrived
+                .wait_timeout(state, left)
+                .map_or_else(|p| p.into_inner().0, |(s, _)| s);
+        }
+        state.lingering = false;
+        state
     }
 
     /// One round over `batch`: a group per device, each answered as a whole.
