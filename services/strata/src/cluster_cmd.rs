@@ -57,7 +57,26 @@ fn json(s: &pb::ClusterStatus) -> serde_json::Value {
         "nodes": s.nodes.iter().map(|n| serde_json::json!({
             "id": n.id, "addr": n.addr, "raft_addr": n.raft_addr, "role": n.role, "matched": n.matched,
         })).collect::<Vec<_>>(),
+        "map_epoch": s.map_epoch,
+        "slots": s.slots,
+        "log_fdatasyncs": s.log_fdatasyncs,
+        // Each shard's slot ranges as [first, one past the last].
+        "shards": s.shards.iter().map(|sh| serde_json::json!({
+            "id": sh.id,
+            "leader": sh.leader,
+            "replicas": sh.replicas,
+            "slots": sh.slots.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+            "slot_count": slot_count(sh),
+        })).collect::<Vec<_>>(),
     })
+}
+
+fn slot_count(shard: &pb::ShardStatus) -> u32 {
+    shard
+        .slots
+        .iter()
+        .map(|r| r.end.saturating_sub(r.start))
+        .sum()
 }
 
 fn table(s: &pb::ClusterStatus) {
@@ -78,6 +97,35 @@ fn table(s: &pb::ClusterStatus) {
         println!(
             "{:>6}  {:<22} {:<22} {:<9} {:>8}",
             n.id, n.addr, n.raft_addr, n.role, n.matched
+        );
+    }
+    if s.shards.is_empty() {
+        return;
+    }
+    println!(
+        "map epoch {}: {} slots over {} shards",
+        s.map_epoch,
+        s.slots,
+        s.shards.len()
+    );
+    println!(
+        "{:>6}  {:>6}  {:<12} {:>6}  ranges",
+        "shard", "leader", "replicas", "slots"
+    );
+    for sh in &s.shards {
+        let replicas: Vec<String> = sh.replicas.iter().map(u64::to_string).collect();
+        let ranges: Vec<String> = sh
+            .slots
+            .iter()
+            .map(|r| format!("{}..{}", r.start, r.end))
+            .collect();
+        println!(
+            "{:>6}  {:>6}  {:<12} {:>6}  {}",
+            sh.id,
+            sh.leader,
+            replicas.join(","),
+            slot_count(sh),
+            ranges.join(" ")
         );
     }
 }
