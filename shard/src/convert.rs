@@ -210,7 +210,7 @@ pub struct Fit {
 }
 
 /// Bytes `event` takes in an answer's repeated field (its tag and length prefix too).
-fn answer_bytes(event: &pb::RecordedEvent) -> usize {
+pub(crate) fn answer_bytes(event: &pb::RecordedEvent) -> usize {
     let len = prost::Message::encoded_len(event);
     1 + prost::length_delimiter_len(len) + len
 }

@@ -12,6 +12,7 @@ pub mod groups;
 pub mod history;
 pub mod ids;
 pub mod limits;
+pub mod merge;
 pub mod metrics;
 pub mod node;
 pub mod retention;

@@ -11,9 +11,10 @@
 //! An `AppendMulti` must stay within one shard (it is atomic there); across shards it is
 //! refused naming every stream's shard. An `AppendStream` message may mix shards: its appends
 //! are handed to their shards in the order sent (so each shard decides its own in that order)
-//! and answered in the order sent. Snapshot policies apply to every shard. What spans all
-//! shards — `ReadAll`, `$all` subscriptions, `GetLog` — answers UNIMPLEMENTED on a node with
-//! more than one shard until the merged `$all` lands (ARCHITECTURE.md, "Sharding", step 4).
+//! and answered in the order sent. Snapshot policies apply to every shard. `ReadAll` and
+//! `GetLog` span every shard: a page of each shard merged by timestamp, resumed from a cursor
+//! of per-shard positions (`merge.rs`). `$all` subscriptions answer UNIMPLEMENTED on a node of
+//! several shards until their merge lands (ARCHITECTURE.md, "Sharding", step 4).
 
 use std::sync::Arc;
 
@@ -22,9 +23,14 @@ use strata_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
+use futures_util::future::join_all;
+
 use crate::append_stream::{Boxed, Outcomes, Submit};
+use crate::convert;
+use crate::merge::{merge, Cursor};
 use crate::service::{ServiceConfig, StreamsService};
 use crate::stats::ServiceStats;
+use crate::status::invalid;
 use strata_proto::metadata::ERROR_KIND_KEY;
 
 /// A node's shards and the map routing streams to them.
@@ -101,6 +107,53 @@ impl Router {
             "{call} across {} shards is not built yet (the merged $all, issue 15); read or subscribe to streams one by one",
             self.shards.len()
         )))
+    }
+}
+
+impl Router {
+    /// `ReadAll` over several shards: a page of each from the cursor, merged.
+    async fn read_all_merged(
+        &self,
+        r: pb::ReadAllRequest,
+        cursor: Cursor,
+    ) -> Answer<pb::ReadAllResponse> {
+        if r.from_position != 0 {
+            return Err(invalid(
+                "from_position",
+                format!(
+                    "names a place in one shard's log; on a node of {} shards continue from next_cursor (from_cursor)",
+                    self.shards.len()
+                ),
+            ));
+        }
+        let limit = convert::read_limit(r.limit, self.limits().read_records_max)?;
+        let consistency = convert::consistency(r.consistency)?;
+        let as_of = convert::as_of(r.as_of);
+        if let Some(strata_engine::AsOf::Position(_)) = as_of {
+            return Err(invalid(
+                "as_of.position",
+                "names a place in one shard's log; read several shards as of a timestamp",
+            ));
+        }
+        let pages = join_all(self.shards.iter().map(|(id, service)| {
+            service.read_all_batch(cursor.get(*id), limit, consistency, as_of)
+        }))
+        .await;
+        let mut batches = Vec::with_capacity(pages.len());
+        let mut closed = u64::MAX;
+        for ((id, _), page) in self.shards.iter().zip(pages) {
+            let (batch, shard_closed) = page?;
+            closed = closed.min(shard_closed);
+            batches.push((*id, batch));
+        }
+        let bytes_max = self.config().response_bytes_max;
+        let (events, next) = merge(batches, &cursor, limit, r.filter.as_ref(), bytes_max);
+        Ok(Response::new(pb::ReadAllResponse {
+            events,
+            next_position: 0,
+            closed_timestamp_us: if closed == u64::MAX { 0 } else { closed },
+            next_cursor: next.encode().into(),
+        }))
     }
 }
 
@@ -214,7 +267,25 @@ impl pb::streams_server::Streams for Router {
     }
 
     async fn read_all(&self, request: Request<pb::ReadAllRequest>) -> Answer<pb::ReadAllResponse> {
-        self.whole("ReadAll")?.read_all(request).await
+        let r = request.get_ref();
+        if !r.from_cursor.is_empty() && r.from_position != 0 {
+            return Err(invalid(
+                "from_position",
+                "must be 0 with from_cursor: continue from one or the other",
+            ));
+        }
+        let cursor = Cursor::decode("from_cursor", &r.from_cursor, &self.map)?;
+        if let [(id, service)] = &self.shards[..] {
+            let (id, mut request) = (*id, request);
+            if !request.get_ref().from_cursor.is_empty() {
+                request.get_mut().from_position = cursor.get(id);
+            }
+            let mut answer = service.read_all(request).await?;
+            let next = answer.get_ref().next_position;
+            answer.get_mut().next_cursor = Cursor::at(&[id], next).encode().into();
+            return Ok(answer);
+        }
+        self.read_all_merged(request.into_inner(), cursor).await
     }
 
     type SubscribeStream = crate::subscription::EventStream;
@@ -241,7 +312,30 @@ impl pb::streams_server::Streams for Router {
     }
 
     async fn get_log(&self, request: Request<pb::GetLogRequest>) -> Answer<pb::GetLogResponse> {
-        self.whole("GetLog")?.get_log(request).await
+        let r = request.into_inner();
+        let consistency = convert::consistency(r.consistency)?;
+        let points = join_all(
+            self.shards
+                .iter()
+                .map(|(_, service)| service.log_point(consistency, r.at_timestamp_us)),
+        )
+        .await;
+        let (mut ends, mut firsts) = (Cursor::default(), Cursor::default());
+        let mut answer = pb::GetLogResponse::default();
+        for ((id, _), point) in self.shards.iter().zip(points) {
+            let (end, first) = point?;
+            ends.set(*id, end);
+            firsts.set(*id, first.unwrap_or(end));
+            if self.shards.len() == 1 {
+                answer.end_position = end;
+                answer.first_position_at_or_after = first;
+            }
+        }
+        answer.end_cursor = ends.encode().into();
+        if r.at_timestamp_us.is_some() {
+            answer.cursor_at_or_after = firsts.encode().into();
+        }
+        Ok(Response::new(answer))
     }
 
     async fn set_stream_metadata(

@@ -206,6 +206,43 @@ impl StreamsService {
         })
     }
 
+    /// Up to `limit` records of the log from `from` (`$all`'s raw page), after the read barrier
+    /// and, for a read as of a timestamp, once the shard is closed through it (returned).
+    pub(crate) async fn read_all_batch(
+        &self,
+        from: u64,
+        limit: usize,
+        consistency: pb::Consistency,
+        as_of: Option<strata_engine::AsOf>,
+    ) -> Result<(strata_engine::ReadAllBatch, u64), Status> {
+        self.backend.read_barrier(consistency).await?;
+        let closed = self.close_for(as_of).await?;
+        // After the barrier: a snapshot install may have replaced the store meanwhile.
+        let batch = self
+            .backend
+            .read(move |reader| reader.read_all_as_of(from, limit, as_of))
+            .await?;
+        Ok((batch, closed))
+    }
+
+    /// The log's end and, with `at`, its first record stamped at or after it.
+    pub(crate) async fn log_point(
+        &self,
+        consistency: pb::Consistency,
+        at: Option<u64>,
+    ) -> Result<(u64, Option<u64>), Status> {
+        self.backend.read_barrier(consistency).await?;
+        self.backend
+            .read(move |reader| {
+                let first = match at {
+                    Some(t) => reader.position_at_or_after(t)?,
+                    None => None,
+                };
+                Ok((reader.end(), first))
+            })
+            .await
+    }
+
     fn request_id(&self) -> u64 {
         self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -365,12 +402,8 @@ impl pb::streams_server::Streams for StreamsService {
                 convert::read_limit(r.limit, self.backend.reader().limits().read_records_max)?;
             let consistency = convert::consistency(r.consistency)?;
             let as_of = convert::as_of(r.as_of);
-            self.backend.read_barrier(consistency).await?;
-            let closed = self.close_for(as_of).await?;
-            // After the barrier: a snapshot install may have replaced the store meanwhile.
-            let batch = self
-                .backend
-                .read(move |reader| reader.read_all_as_of(r.from_position, limit, as_of))
+            let (batch, closed) = self
+                .read_all_batch(r.from_position, limit, consistency, as_of)
                 .await?;
             let (events, next_position) =
                 convert::read_all_page(batch, r.filter.as_ref(), self.config.response_bytes_max);
@@ -378,6 +411,7 @@ impl pb::streams_server::Streams for StreamsService {
                 events,
                 next_position,
                 closed_timestamp_us: closed,
+                next_cursor: Default::default(),
             }))
         })
         .await
@@ -447,21 +481,12 @@ impl pb::streams_server::Streams for StreamsService {
         self.traced("GetLog", async move {
             let r = request.into_inner();
             let consistency = convert::consistency(r.consistency)?;
-            self.backend.read_barrier(consistency).await?;
-            let at = r.at_timestamp_us;
-            let (end, first) = self
-                .backend
-                .read(move |reader| {
-                    let first = match at {
-                        Some(t) => reader.position_at_or_after(t)?,
-                        None => None,
-                    };
-                    Ok((reader.end(), first))
-                })
-                .await?;
+            let (end, first) = self.log_point(consistency, r.at_timestamp_us).await?;
             Ok(Response::new(pb::GetLogResponse {
                 end_position: end,
                 first_position_at_or_after: first,
+                end_cursor: Default::default(),
+                cursor_at_or_after: Default::default(),
             }))
         })
         .await

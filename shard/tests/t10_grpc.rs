@@ -216,6 +216,7 @@ async fn every_bad_input_has_its_status_and_writes_nothing() {
             from_position: 7,
             limit: 0,
             filter: None,
+            from_cursor: Default::default(),
         })
         .await
         .unwrap_err();
@@ -249,6 +250,7 @@ async fn every_bad_input_has_its_status_and_writes_nothing() {
             from_position: 0,
             limit: 0,
             filter: None,
+            from_cursor: Default::default(),
         })
         .await
         .unwrap()
@@ -686,6 +688,7 @@ async fn reads_as_of_a_version_a_position_and_a_time() {
             from_position: 0,
             limit: 0,
             filter: None,
+            from_cursor: Default::default(),
         })
         .await
         .unwrap()
@@ -701,6 +704,7 @@ async fn reads_as_of_a_version_a_position_and_a_time() {
             from_position: 0,
             limit: 0,
             filter: None,
+            from_cursor: Default::default(),
         })
         .await
         .unwrap_err();

@@ -152,6 +152,7 @@ async fn large_events_come_back_in_pages_a_default_client_can_read() {
                 filter: None,
                 consistency: 0,
                 as_of: None,
+                from_cursor: Default::default(),
             })
             .await
             .unwrap()
@@ -206,6 +207,7 @@ async fn unknown_enum_values_are_refused_naming_the_field_on_a_single_node() {
             filter: None,
             consistency: 9,
             as_of: None,
+            from_cursor: Default::default(),
         })
         .await
         .unwrap_err(),

@@ -43,6 +43,7 @@ async fn all_as_of(c: &mut StreamsClient<Channel>, t: u64) -> (Vec<(String, u64,
                 filter: None,
                 consistency: 0,
                 as_of: at_time(t),
+                from_cursor: Default::default(),
             })
             .await
             .unwrap()
@@ -111,6 +112,7 @@ async fn an_as_of_time_read_of_all_under_writers_never_changes_later() {
             filter: None,
             consistency: 0,
             as_of: at_time(now_us() + 60_000_000),
+            from_cursor: Default::default(),
         })
         .await
         .unwrap_err();
@@ -129,6 +131,7 @@ async fn an_as_of_time_read_of_all_under_writers_never_changes_later() {
             }),
             consistency: 0,
             as_of: None,
+            from_cursor: Default::default(),
         })
         .await
         .unwrap()

@@ -2,8 +2,9 @@
 //! (checked by opening the shards' engines afterwards) and only there; reads find it there;
 //! an `AppendMulti` across shards is refused naming each stream's shard, within one routing
 //! key it commits; an `AppendStream` message mixing shards is answered in order with a bad
-//! append failing alone; calls spanning every shard answer UNIMPLEMENTED; the node reports
-//! its map and shares fdatasyncs; a restart finds everything again.
+//! append failing alone; `$all` is read across shards in time order page by page from a
+//! cursor (also as of a time, and from `GetLog`'s cursors), a `$all` subscription answers
+//! UNIMPLEMENTED; the node reports its map and shares fdatasyncs; a restart finds everything.
 
 // Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -202,27 +203,173 @@ async fn a_pipelined_message_over_several_shards_is_answered_in_order() {
     }
 }
 
+/// Pages of `$all` from `cursor` until the cursor stops moving.
+async fn read_all_pages(
+    client: &mut pb::streams_client::StreamsClient<tonic::transport::Channel>,
+    mut cursor: Vec<u8>,
+    limit: u32,
+    as_of: Option<pb::AsOf>,
+) -> Vec<pb::RecordedEvent> {
+    let mut events = Vec::new();
+    loop {
+        let page = client
+            .read_all(pb::ReadAllRequest {
+                from_cursor: cursor.clone().into(),
+                limit,
+                as_of,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.next_position, 0, "several shards: no single position");
+        events.extend(page.events);
+        if page.next_cursor.as_ref() == cursor.as_slice() {
+            return events;
+        }
+        cursor = page.next_cursor.to_vec();
+    }
+}
+
 #[tokio::test]
-async fn calls_spanning_every_shard_say_they_are_not_built_yet() {
-    let node = TestNode::start_sharded(tempfile::tempdir().unwrap(), Some(2)).await;
+async fn all_is_read_across_shards_in_time_order_page_by_page_without_gap_or_repeat() {
+    let node = TestNode::start_sharded(tempfile::tempdir().unwrap(), Some(SHARDS)).await;
     let mut client = node.client().await;
-    let e = client
-        .read_all(pb::ReadAllRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    assert!(
-        e.message().contains("ReadAll across 2 shards"),
-        "{}",
-        e.message()
-    );
-    let e = client.subscribe(subscribe_all()).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    let e = client
+    let mut appended = Vec::new();
+    for round in 0..2u64 {
+        for i in 0..STREAMS {
+            let expected = if round == 0 { no_stream() } else { exact(0) };
+            let id = uuid(u128::from(round * 1000 + i + 1));
+            client
+                .append(append(&stream(i), expected, vec![event(&id, "{}")]))
+                .await
+                .unwrap();
+            appended.push(id);
+        }
+    }
+    // Appended one after another: the merge by timestamp gives back exactly that order,
+    // whatever the page size.
+    for limit in [1, 7, 1000] {
+        let events = read_all_pages(&mut client, Vec::new(), limit, None).await;
+        let ids: Vec<&String> = events.iter().map(|e| &e.id).collect();
+        assert_eq!(ids, appended.iter().collect::<Vec<_>>(), "limit {limit}");
+    }
+    // The log's end as a cursor: nothing after it; a cursor at a time: what came since.
+    let log = client
         .get_log(pb::GetLogRequest::default())
         .await
+        .unwrap()
+        .into_inner();
+    let after_end = read_all_pages(&mut client, log.end_cursor.to_vec(), 100, None).await;
+    assert!(after_end.is_empty());
+    let all = read_all_pages(&mut client, Vec::new(), 1000, None).await;
+    let t = all[STREAMS as usize].timestamp_us;
+    let since = client
+        .get_log(pb::GetLogRequest {
+            at_timestamp_us: Some(t),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let later = read_all_pages(&mut client, since.cursor_at_or_after.to_vec(), 9, None).await;
+    assert_eq!(later.len(), STREAMS as usize, "the second round's appends");
+    assert_eq!(later[0].id, appended[STREAMS as usize]);
+    // As of a time: every shard's prefix up to it, once all are closed through it.
+    let as_of = Some(pb::AsOf {
+        point: Some(pb::as_of::Point::TimestampUs(t - 1)),
+    });
+    let before = read_all_pages(&mut client, Vec::new(), 13, as_of).await;
+    assert_eq!(before.len(), STREAMS as usize, "the first round's appends");
+    // Bad cursors and mixed starts change nothing and say what is wrong.
+    let e = client
+        .read_all(pb::ReadAllRequest {
+            from_position: 40,
+            ..Default::default()
+        })
+        .await
         .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("next_cursor"), "{}", e.message());
+    let e = client
+        .read_all(pb::ReadAllRequest {
+            from_cursor: vec![1, 9, 0].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("from_cursor"), "{}", e.message());
+    let e = client
+        .read_all(pb::ReadAllRequest {
+            as_of: Some(pb::AsOf {
+                point: Some(pb::as_of::Point::Position(10)),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_subscription_to_all_across_shards_says_it_is_not_built_yet() {
+    let node = TestNode::start_sharded(tempfile::tempdir().unwrap(), Some(2)).await;
+    let mut client = node.client().await;
+    let e = client.subscribe(subscribe_all()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
+    assert!(e.message().contains("across 2 shards"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn a_one_shard_node_answers_with_a_cursor_too() {
+    let node = TestNode::start_sharded(tempfile::tempdir().unwrap(), None).await;
+    let mut client = node.client().await;
+    for i in 0..5u64 {
+        client
+            .append(append(
+                "s",
+                None,
+                vec![event(&uuid(u128::from(i) + 1), "{}")],
+            ))
+            .await
+            .unwrap();
+    }
+    let page = client
+        .read_all(pb::ReadAllRequest {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.next_position > 0);
+    let rest = read_all_pages_one(&mut client, page.next_cursor.to_vec()).await;
+    assert_eq!(page.events.len() + rest, 5);
+}
+
+/// Events from `cursor` to the end on a one-shard node (positions move too).
+async fn read_all_pages_one(
+    client: &mut pb::streams_client::StreamsClient<tonic::transport::Channel>,
+    mut cursor: Vec<u8>,
+) -> usize {
+    let mut n = 0;
+    loop {
+        let page = client
+            .read_all(pb::ReadAllRequest {
+                from_cursor: cursor.clone().into(),
+                limit: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        n += page.events.len();
+        if page.next_cursor.as_ref() == cursor.as_slice() {
+            return n;
+        }
+        cursor = page.next_cursor.to_vec();
+    }
 }
 
 #[tokio::test]

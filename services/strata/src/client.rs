@@ -220,8 +220,12 @@ pub struct ReadArgs {
 #[derive(Debug, clap::Args)]
 pub struct ReadAllArgs {
     /// Position to read from (0: the start; or a `next_position` printed before).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "cursor")]
     from: u64,
+    /// Cursor to read from: a `next_cursor` printed before (hex; how a node of several shards
+    /// is read page after page).
+    #[arg(long, value_parser = parse_hex)]
+    cursor: Option<Vec<u8>>,
     /// Most records (0: the server's default, 1000).
     #[arg(long, default_value_t = 0)]
     limit: u32,
@@ -419,7 +423,26 @@ pub async fn read(args: ReadArgs) -> Result<(), Failure> {
     }
 }
 
-/// `strata read-all`: events, then `{"next_position": N}`.
+/// Bytes from hex (a cursor).
+fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    if text.len() % 2 != 0 {
+        return Err("hex needs an even number of digits".into());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| format!("{text:?} is not hex"))
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `strata read-all`: events, then `{"next_position": N, "next_cursor": "HEX"}`.
 pub async fn read_all(args: ReadAllArgs) -> Result<(), Failure> {
     let request = pb::ReadAllRequest {
         from_position: args.from,
@@ -427,6 +450,7 @@ pub async fn read_all(args: ReadAllArgs) -> Result<(), Failure> {
         filter: None,
         consistency: args.consistency.wire() as i32,
         as_of: args.as_of.wire(),
+        from_cursor: args.cursor.unwrap_or_default().into(),
     };
     let r = args
         .server
@@ -437,7 +461,10 @@ pub async fn read_all(args: ReadAllArgs) -> Result<(), Failure> {
     for e in &r.events {
         output::line(&output::event(e));
     }
-    let mut end = serde_json::json!({ "next_position": r.next_position });
+    let mut end = serde_json::json!({
+        "next_position": r.next_position,
+        "next_cursor": hex(&r.next_cursor),
+    });
     if r.closed_timestamp_us != 0 {
         end["closed_timestamp_us"] = serde_json::json!(r.closed_timestamp_us);
     }

@@ -708,6 +708,7 @@ async fn deletion_snapshots_and_closed_timestamps_hold_across_a_leader_change() 
         as_of: Some(pb::AsOf {
             point: Some(pb::as_of::Point::TimestampUs(t)),
         }),
+        from_cursor: Default::default(),
     };
     let first = c.read_all(read_all(now)).await.unwrap().into_inner();
     assert!(first.closed_timestamp_us >= now);
