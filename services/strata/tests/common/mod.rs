@@ -21,12 +21,21 @@ pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 /// 3-second failover bound into a measure of CPU starvation.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A port nobody listens on, below the kernel's ephemeral range (32768 and up on Linux): a
+/// port taken from that range and bound again later (a restarted node keeps its port) can by
+/// then be the source port of some outgoing connection ("Address already in use", seen in
+/// CI). Each test process takes its own block of 1,000 ports, one after another.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 12) as u16 * 1_000;
+    for _ in 0..1_000 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 1_000;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + 1_000);
 }
 
 pub fn addr(port: u16) -> String {
