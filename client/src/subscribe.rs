@@ -6,10 +6,15 @@
 //! delivered. A `$all` subscription delivers a record's events together but may break inside
 //! one; it resumes after the last record it finished and skips the events of the unfinished
 //! record it has already delivered (every node holds the same log, and the filter is the
-//! same, so the same events come back in the same order). `CaughtUp` is delivered once.
+//! same, so the same events come back in the same order). On a node of several shards the
+//! events carry a cursor instead (the shards' records interleave as they come, so a resume
+//! need not repeat them in order): the subscription hands on a record's events once it has
+//! them all, and resumes from the cursor of the last record handed on. `CaughtUp` is
+//! delivered once.
 //! Reconnecting is bounded like any call: `attempts_max` attempts in a row and `deadline`
 //! from the first failure since the last event.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use strata_proto::v1 as pb;
@@ -53,8 +58,10 @@ pub enum Item {
 }
 
 /// Where to resume.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Cursor {
+    /// `$all` on several shards: the cursor after the last record handed on.
+    merged: Option<bytes::Bytes>,
     /// Stream: the next version to deliver.
     next_version: Option<u64>,
     /// `$all`: the last record delivered whole.
@@ -72,6 +79,10 @@ pub struct Subscription {
     call: Option<tonic::Streaming<pb::SubscribeResponse>>,
     /// Events of the current record to drop after a resume.
     skip: usize,
+    /// `$all` on several shards: the events of a record not yet received whole.
+    partial: Vec<pb::RecordedEvent>,
+    /// Items received and not yet handed on.
+    ready: VecDeque<Item>,
     caught_up: bool,
     failures: u32,
     failing_since: Option<Instant>,
@@ -86,6 +97,8 @@ impl Subscription {
             cursor: Cursor::default(),
             call: None,
             skip: 0,
+            partial: Vec::new(),
+            ready: VecDeque::new(),
             caught_up: false,
             failures: 0,
             failing_since: None,
@@ -99,6 +112,13 @@ impl Subscription {
             Target::Stream(s) => (T::Stream(s.clone()), None),
             Target::All(f) => (T::All(pb::Empty {}), f.clone()),
         };
+        if let Some(cursor) = &self.cursor.merged {
+            return pb::SubscribeRequest {
+                target: Some(target),
+                start: Some(S::Cursor(cursor.clone())),
+                filter,
+            };
+        }
         let start = match (self.cursor.next_version, self.cursor.after, self.start) {
             (Some(v), _, _) => Some(S::FromVersion(v)),
             (_, Some(p), _) => Some(S::AfterPosition(p)),
@@ -146,14 +166,21 @@ impl Subscription {
     /// it ends with an error when it cannot resume.
     pub async fn next(&mut self) -> Result<Item, Error> {
         loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Ok(item);
+            }
             let failed = match self.call.as_mut() {
                 None => match self.open().await {
                     Ok(()) => continue,
                     Err(f) => f,
                 },
                 Some(call) => match call.message().await {
-                    Ok(Some(pb::SubscribeResponse { item: Some(item) })) => {
-                        if let Some(out) = self.deliver(item) {
+                    Ok(Some(pb::SubscribeResponse {
+                        item: Some(item),
+                        cursor,
+                        more_in_record,
+                    })) => {
+                        if let Some(out) = self.deliver(item, cursor, more_in_record) {
                             return Ok(out);
                         }
                         continue;
@@ -167,6 +194,8 @@ impl Subscription {
                 },
             };
             self.call = None;
+            // A record received in part comes again whole after the cursor.
+            self.partial.clear();
             self.recover(failed).await?;
         }
     }
@@ -218,8 +247,13 @@ impl Subscription {
     }
 
     /// Advances the cursor past one delivered item; `None` for an item not to hand on (a
-    /// repeat after a resume).
-    fn deliver(&mut self, item: pb::subscribe_response::Item) -> Option<Item> {
+    /// repeat after a resume, or part of a record on several shards not yet received whole).
+    fn deliver(
+        &mut self,
+        item: pb::subscribe_response::Item,
+        cursor: bytes::Bytes,
+        more_in_record: bool,
+    ) -> Option<Item> {
         use pb::subscribe_response::Item as I;
         let event = match item {
             I::CaughtUp(_) if self.caught_up => return None,
@@ -229,6 +263,17 @@ impl Subscription {
             }
             I::Event(e) => e,
         };
+        if !cursor.is_empty() {
+            self.partial.push(event);
+            if more_in_record {
+                return None;
+            }
+            self.cursor.merged = Some(cursor);
+            self.ready.extend(self.partial.drain(..).map(Item::Event));
+            self.failures = 0;
+            self.failing_since = None;
+            return self.ready.pop_front();
+        }
         if let Target::Stream(_) = self.target {
             self.cursor.next_version = event.version.checked_add(1);
         } else {
@@ -283,6 +328,31 @@ mod tests {
         })
     }
 
+    impl Subscription {
+        fn deliver_plain(&mut self, item: pb::subscribe_response::Item) -> Option<Item> {
+            self.deliver(item, bytes::Bytes::new(), false)
+        }
+    }
+
+    #[test]
+    fn on_several_shards_a_record_is_handed_on_whole_and_resumes_from_its_cursor() {
+        use pb::subscribe_request::Start as S;
+        let mut s = sub(Target::All(None), Start::Beginning);
+        let c1 = bytes::Bytes::from_static(&[1, 2, 10]);
+        assert!(s.deliver(ev(10, 0), c1.clone(), true).is_none());
+        assert!(s.deliver(ev(10, 1), c1.clone(), false).is_some());
+        assert!(matches!(s.ready.pop_front(), Some(Item::Event(e)) if e.version == 1));
+        assert_eq!(s.request().start, Some(S::Cursor(c1.clone())));
+        // A record received in part is not handed on; the resume starts after the last whole one.
+        let c2 = bytes::Bytes::from_static(&[1, 3, 20]);
+        assert!(s.deliver(ev(20, 0), c2.clone(), true).is_none());
+        assert_eq!(s.request().start, Some(S::Cursor(c1)));
+        s.partial.clear();
+        assert!(s.deliver(ev(20, 0), c2.clone(), true).is_none());
+        assert!(s.deliver(ev(20, 1), c2.clone(), false).is_some());
+        assert_eq!(s.request().start, Some(S::Cursor(c2)));
+    }
+
     fn sub(target: Target, start: Start) -> Subscription {
         let conn = Connections::new(ClientConfig::new(["127.0.0.1:1"])).unwrap();
         Subscription::new(conn, target, start)
@@ -293,15 +363,15 @@ mod tests {
         use pb::subscribe_request::Start as S;
         let mut s = sub(Target::All(None), Start::AfterPosition(5));
         assert_eq!(s.request().start, Some(S::AfterPosition(5)));
-        assert!(s.deliver(ev(10, 0)).is_some());
-        assert!(s.deliver(ev(10, 1)).is_some());
+        assert!(s.deliver_plain(ev(10, 0)).is_some());
+        assert!(s.deliver_plain(ev(10, 1)).is_some());
         // Broke inside record 10: resume from the original start, skip the two given.
         assert_eq!(s.request().start, Some(S::AfterPosition(5)));
         s.skip = 2;
-        assert!(s.deliver(ev(10, 0)).is_none());
-        assert!(s.deliver(ev(10, 1)).is_none());
-        assert!(s.deliver(ev(10, 2)).is_some());
-        assert!(s.deliver(ev(20, 0)).is_some());
+        assert!(s.deliver_plain(ev(10, 0)).is_none());
+        assert!(s.deliver_plain(ev(10, 1)).is_none());
+        assert!(s.deliver_plain(ev(10, 2)).is_some());
+        assert!(s.deliver_plain(ev(20, 0)).is_some());
         assert_eq!(s.request().start, Some(S::AfterPosition(10)));
         assert_eq!(s.cursor.current, Some((20, 1)));
     }
@@ -311,11 +381,11 @@ mod tests {
         use pb::subscribe_request::Start as S;
         let mut s = sub(Target::Stream("s".into()), Start::Beginning);
         assert_eq!(s.request().start, None);
-        assert!(s.deliver(ev(1, 0)).is_some());
-        assert!(s.deliver(ev(2, 1)).is_some());
+        assert!(s.deliver_plain(ev(1, 0)).is_some());
+        assert!(s.deliver_plain(ev(2, 1)).is_some());
         assert_eq!(s.request().start, Some(S::FromVersion(2)));
         let caught = pb::subscribe_response::Item::CaughtUp(pb::Empty {});
-        assert_eq!(s.deliver(caught.clone()), Some(Item::CaughtUp));
-        assert_eq!(s.deliver(caught), None);
+        assert_eq!(s.deliver_plain(caught.clone()), Some(Item::CaughtUp));
+        assert_eq!(s.deliver_plain(caught), None);
     }
 }

@@ -2,6 +2,7 @@
 //! as the shards of one map (`router.rs`), or a replica of a Raft-replicated shard
 //! (strata-raft). Replicated shards by the map arrive in later layers.
 
+pub mod all_subscription;
 pub mod append_stream;
 pub mod backend;
 pub mod blocking;

@@ -1,9 +1,12 @@
 //! `$all` over several shards: the cursor (a position per shard) and the merge of the shards'
 //! pages.
 //!
-//! A cursor is opaque to users. Its bytes: a version (1), then for each shard in id order its
-//! id and the position to read from there, each a LEB128 varint. A shard the cursor does not
-//! name (one made by a split after the cursor was) is read from its start.
+//! A cursor is opaque to users. Its bytes: a version (1), then for each shard in id order
+//! `id × 2 + after` and a position, each a LEB128 varint: read that shard from the position
+//! (`after` 0: `ReadAll`'s `next_cursor`, `GetLog`'s cursors) or after the record there
+//! (`after` 1: a subscription's cursor, the last record it delivered). Both kinds are accepted
+//! wherever a cursor is. A shard the cursor does not name (one made by a split after the
+//! cursor was) is read from its start.
 //!
 //! The merge takes each shard's records in its log's order and interleaves the shards by
 //! record timestamp (ties by shard id): every record of every shard is delivered once, and
@@ -24,9 +27,18 @@ const CURSOR_VERSION: u64 = 1;
 /// Most bytes a cursor may have: 64 shards of (5 + 10) bytes, and the version.
 pub const CURSOR_BYTES_MAX: usize = 1 + 64 * 15;
 
-/// A position in every shard's log.
+/// Where to go on in one shard's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// From the record at this position (0: the start).
+    From(u64),
+    /// After the record at this position.
+    After(u64),
+}
+
+/// A point in every shard's log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Cursor(BTreeMap<ShardId, u64>);
+pub struct Cursor(BTreeMap<ShardId, Point>);
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -50,28 +62,44 @@ fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
 }
 
 impl Cursor {
-    /// Every shard at `position`.
+    /// Every shard from `position`.
     pub fn at(shards: &[ShardId], position: u64) -> Cursor {
-        Cursor(shards.iter().map(|s| (*s, position)).collect())
+        Cursor(shards.iter().map(|s| (*s, Point::From(position))).collect())
     }
 
-    /// Where to read `shard` from.
+    /// Where to go on in `shard`.
+    pub fn point(&self, shard: ShardId) -> Point {
+        self.0.get(&shard).copied().unwrap_or(Point::From(0))
+    }
+
+    /// Where to read `shard` from, for a cursor of `From` points (what `ReadAll` makes).
     pub fn get(&self, shard: ShardId) -> u64 {
-        self.0.get(&shard).copied().unwrap_or(0)
+        match self.point(shard) {
+            Point::From(p) | Point::After(p) => p,
+        }
     }
 
-    /// Sets where to read `shard` from.
+    /// Reads `shard` from `position` next.
     pub fn set(&mut self, shard: ShardId, position: u64) {
-        self.0.insert(shard, position);
+        self.0.insert(shard, Point::From(position));
+    }
+
+    /// Goes on in `shard` after the record at `position`.
+    pub fn set_after(&mut self, shard: ShardId, position: u64) {
+        self.0.insert(shard, Point::After(position));
     }
 
     /// The cursor's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(1 + self.0.len() * 6);
         put_varint(&mut out, CURSOR_VERSION);
-        for (shard, position) in &self.0 {
-            put_varint(&mut out, u64::from(shard.0));
-            put_varint(&mut out, *position);
+        for (shard, point) in &self.0 {
+            let (after, position) = match point {
+                Point::From(p) => (0, *p),
+                Point::After(p) => (1, *p),
+            };
+            put_varint(&mut out, u64::from(shard.0) * 2 + after);
+            put_varint(&mut out, position);
         }
         out
     }
@@ -92,17 +120,22 @@ impl Cursor {
         let shards = map.shards();
         let mut cursor = Cursor::default();
         while !rest.is_empty() {
-            let (Some(id), Some(position)) = (take_varint(&mut rest), take_varint(&mut rest))
+            let (Some(key), Some(position)) = (take_varint(&mut rest), take_varint(&mut rest))
             else {
                 return Err(bad("cut short"));
             };
-            let id = u32::try_from(id)
+            let id = u32::try_from(key / 2)
                 .map(ShardId)
                 .map_err(|_| bad("a shard id out of range"))?;
             if !shards.contains(&id) {
                 return Err(bad(&format!("{id} is not in the cluster map")));
             }
-            if cursor.0.insert(id, position).is_some() {
+            let point = if key % 2 == 1 {
+                Point::After(position)
+            } else {
+                Point::From(position)
+            };
+            if cursor.0.insert(id, point).is_some() {
                 return Err(bad(&format!("{id} named twice")));
             }
         }
@@ -196,12 +229,13 @@ mod tests {
         let map = ClusterMap::even(4096, 3).unwrap();
         let mut c = Cursor::at(&map.shards(), 0);
         c.set(ShardId(1), 1 << 40);
+        c.set_after(ShardId(2), 77);
         assert_eq!(Cursor::decode("c", &c.encode(), &map).unwrap(), c);
         assert_eq!(Cursor::decode("c", &[], &map).unwrap(), Cursor::default());
         for (bytes, says) in [
-            (vec![2u8], "unknown version"),
+            (vec![2], "unknown version"),
             (vec![1, 0], "cut short"),
-            (vec![1, 9, 0], "shard 9 is not in the cluster map"),
+            (vec![1, 18, 0], "shard 9 is not in the cluster map"),
             (vec![1, 0, 0, 0, 5], "shard 0 named twice"),
             (vec![1, 0, 0xff], "cut short"),
             (vec![0x80; CURSOR_BYTES_MAX + 1], "too long"),

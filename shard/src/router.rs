@@ -11,10 +11,10 @@
 //! An `AppendMulti` must stay within one shard (it is atomic there); across shards it is
 //! refused naming every stream's shard. An `AppendStream` message may mix shards: its appends
 //! are handed to their shards in the order sent (so each shard decides its own in that order)
-//! and answered in the order sent. Snapshot policies apply to every shard. `ReadAll` and
-//! `GetLog` span every shard: a page of each shard merged by timestamp, resumed from a cursor
-//! of per-shard positions (`merge.rs`). `$all` subscriptions answer UNIMPLEMENTED on a node of
-//! several shards until their merge lands (ARCHITECTURE.md, "Sharding", step 4).
+//! and answered in the order sent. Snapshot policies apply to every shard. `ReadAll`,
+//! `GetLog` and `$all` subscriptions span every shard: `ReadAll` pages of each shard merged by
+//! timestamp, subscriptions merged as records come (`all_subscription.rs`), both resumed from
+//! a cursor of per-shard points (`merge.rs`).
 
 use std::sync::Arc;
 
@@ -25,9 +25,10 @@ use tonic::{Request, Response, Status};
 
 use futures_util::future::join_all;
 
+use crate::all_subscription::Feed;
 use crate::append_stream::{Boxed, Outcomes, Submit};
 use crate::convert;
-use crate::merge::{merge, Cursor};
+use crate::merge::{merge, Cursor, Point};
 use crate::service::{ServiceConfig, StreamsService};
 use crate::stats::ServiceStats;
 use crate::status::invalid;
@@ -97,20 +98,67 @@ impl Router {
             .map(|i| &self.shards[i].1)
             .map_err(|_| Status::unavailable(format!("{id} is not served by this node")))
     }
-
-    /// The one shard's service, for a call spanning every shard.
-    fn whole(&self, call: &str) -> Result<&StreamsService, Status> {
-        if self.shards.len() == 1 {
-            return Ok(self.first());
-        }
-        Err(Status::unimplemented(format!(
-            "{call} across {} shards is not built yet (the merged $all, issue 15); read or subscribe to streams one by one",
-            self.shards.len()
-        )))
-    }
 }
 
 impl Router {
+    /// A `$all` subscription over the shards (or from a cursor): one per shard, merged.
+    async fn subscribe_all(
+        &self,
+        r: pb::SubscribeRequest,
+    ) -> Answer<crate::subscription::EventStream> {
+        use pb::subscribe_request::Start;
+        let several = || {
+            format!(
+                "names a place in one shard's log; on a node of {} shards start from a cursor",
+                self.shards.len()
+            )
+        };
+        let cursor = match &r.start {
+            None | Some(Start::AfterPosition(0)) | Some(Start::FromPosition(0)) => {
+                Cursor::default()
+            }
+            Some(Start::Cursor(bytes)) => Cursor::decode("cursor", bytes, &self.map)?,
+            Some(Start::FromEnd(_)) => {
+                let mut at_end = Cursor::default();
+                for (id, service) in self.shards.iter() {
+                    let (end, _) = service.log_point(pb::Consistency::Follower, None).await?;
+                    at_end.set(*id, end);
+                }
+                at_end
+            }
+            Some(Start::AfterPosition(_)) => return Err(invalid("after_position", several())),
+            Some(Start::FromPosition(_)) => return Err(invalid("from_position", several())),
+            Some(Start::FromVersion(_)) => {
+                return Err(invalid(
+                    "from_version",
+                    "is for stream subscriptions; $all starts from a cursor",
+                ))
+            }
+        };
+        let mut feeds = Vec::with_capacity(self.shards.len());
+        for (id, service) in self.shards.iter() {
+            let start = match cursor.point(*id) {
+                Point::From(0) => None,
+                Point::From(p) => Some(Start::FromPosition(p)),
+                Point::After(p) => Some(Start::AfterPosition(p)),
+            };
+            let (units, last) = service.open_subscription(pb::SubscribeRequest {
+                target: r.target.clone(),
+                start,
+                filter: r.filter.clone(),
+            })?;
+            feeds.push(Feed {
+                shard: *id,
+                units,
+                last,
+            });
+        }
+        let buffer = self.config().subscription_buffer_records_max;
+        Ok(Response::new(crate::all_subscription::start(
+            feeds, cursor, buffer,
+        )))
+    }
+
     /// `ReadAll` over several shards: a page of each from the cursor, merged.
     async fn read_all_merged(
         &self,
@@ -142,15 +190,25 @@ impl Router {
         let mut batches = Vec::with_capacity(pages.len());
         let mut closed = u64::MAX;
         for ((id, _), page) in self.shards.iter().zip(pages) {
-            let (batch, shard_closed) = page?;
+            let (mut batch, shard_closed) = page?;
             closed = closed.min(shard_closed);
+            // A subscription's cursor: the record there was delivered already.
+            if let Point::After(p) = cursor.point(*id) {
+                if batch.records.first().is_some_and(|r| r.position == p) {
+                    batch.records.remove(0);
+                }
+            }
             batches.push((*id, batch));
         }
         let bytes_max = self.config().response_bytes_max;
         let (events, next) = merge(batches, &cursor, limit, r.filter.as_ref(), bytes_max);
+        let next_position = match &self.shards[..] {
+            [(id, _)] => next.get(*id),
+            _ => 0,
+        };
         Ok(Response::new(pb::ReadAllResponse {
             events,
-            next_position: 0,
+            next_position,
             closed_timestamp_us: if closed == u64::MAX { 0 } else { closed },
             next_cursor: next.encode().into(),
         }))
@@ -274,18 +332,16 @@ impl pb::streams_server::Streams for Router {
                 "must be 0 with from_cursor: continue from one or the other",
             ));
         }
-        let cursor = Cursor::decode("from_cursor", &r.from_cursor, &self.map)?;
-        if let [(id, service)] = &self.shards[..] {
-            let (id, mut request) = (*id, request);
-            if !request.get_ref().from_cursor.is_empty() {
-                request.get_mut().from_position = cursor.get(id);
-            }
+        if let ([(id, service)], true) = (&self.shards[..], r.from_cursor.is_empty()) {
+            let id = *id;
             let mut answer = service.read_all(request).await?;
             let next = answer.get_ref().next_position;
             answer.get_mut().next_cursor = Cursor::at(&[id], next).encode().into();
             return Ok(answer);
         }
-        self.read_all_merged(request.into_inner(), cursor).await
+        let r = request.into_inner();
+        let cursor = Cursor::decode("from_cursor", &r.from_cursor, &self.map)?;
+        self.read_all_merged(r, cursor).await
     }
 
     type SubscribeStream = crate::subscription::EventStream;
@@ -294,12 +350,21 @@ impl pb::streams_server::Streams for Router {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Answer<Self::SubscribeStream> {
-        use pb::subscribe_request::Target;
-        let service = match &request.get_ref().target {
-            Some(Target::Stream(name)) => self.shard(name)?,
-            _ => self.whole("Subscribe to $all")?,
+        use pb::subscribe_request::{Start, Target};
+        let r = request.get_ref();
+        let service = match &r.target {
+            Some(Target::Stream(name)) => Some(self.shard(name)?),
+            // One shard without a cursor, or no target (its error): as on one shard.
+            Some(Target::All(_)) if !matches!(r.start, Some(Start::Cursor(_))) => {
+                (self.shards.len() == 1).then(|| self.first())
+            }
+            Some(Target::All(_)) => None,
+            None => Some(self.first()),
         };
-        service.subscribe(request).await
+        match service {
+            Some(service) => service.subscribe(request).await,
+            None => self.subscribe_all(request.into_inner()).await,
+        }
     }
 
     async fn get_stream(

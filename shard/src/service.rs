@@ -243,6 +243,52 @@ impl StreamsService {
             .await
     }
 
+    /// Starts a subscription's loop and returns its record units and final status (what
+    /// `Subscribe` streams; the router merges several shards' this way).
+    pub(crate) fn open_subscription(
+        &self,
+        r: pb::SubscribeRequest,
+    ) -> Result<
+        (
+            mpsc::Receiver<subscription::Unit>,
+            subscription::FinalStatus,
+        ),
+        Status,
+    > {
+        let reader = self.backend.reader();
+        let replicated = matches!(self.backend, Backend::Replicated(_));
+        let subscription = Subscription::from_request(&reader, r, replicated)?;
+        let (tx, rx) = mpsc::channel(self.config.subscription_buffer_records_max.max(1));
+        let last = subscription::FinalStatus::default();
+        let delivery = subscription::Delivery {
+            tx,
+            last: last.clone(),
+            stop: self.stop.clone(),
+            stall_timeout: self.config.subscription_stall_timeout,
+            pin: subscription
+                .all_from()
+                .map(|from| Arc::new(self.pins.pin(from))),
+            clock: self.clock.clone(),
+            source: match &self.backend {
+                Backend::Replicated(r) => {
+                    let shard = r.shard().clone();
+                    Some(subscription::ReaderSource {
+                        generation: shard.watch_generation(),
+                        fresh: Arc::new(move || shard.reader()),
+                    })
+                }
+                Backend::Single(_) => None,
+            },
+        };
+        let stats = self.stats.clone();
+        stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            subscription::run(reader, subscription, delivery).await;
+            stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok((rx, last))
+    }
+
     fn request_id(&self) -> u64 {
         self.stats.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -424,38 +470,7 @@ impl pb::streams_server::Streams for StreamsService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         self.traced("Subscribe", async move {
-            let r = request.into_inner();
-            let reader = self.backend.reader();
-            let replicated = matches!(self.backend, Backend::Replicated(_));
-            let subscription = Subscription::from_request(&reader, r, replicated)?;
-            let (tx, rx) = mpsc::channel(self.config.subscription_buffer_records_max.max(1));
-            let last = subscription::FinalStatus::default();
-            let delivery = subscription::Delivery {
-                tx,
-                last: last.clone(),
-                stop: self.stop.clone(),
-                stall_timeout: self.config.subscription_stall_timeout,
-                pin: subscription
-                    .all_from()
-                    .map(|from| Arc::new(self.pins.pin(from))),
-                clock: self.clock.clone(),
-                source: match &self.backend {
-                    Backend::Replicated(r) => {
-                        let shard = r.shard().clone();
-                        Some(subscription::ReaderSource {
-                            generation: shard.watch_generation(),
-                            fresh: Arc::new(move || shard.reader()),
-                        })
-                    }
-                    Backend::Single(_) => None,
-                },
-            };
-            let stats = self.stats.clone();
-            stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                subscription::run(reader, subscription, delivery).await;
-                stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
-            });
+            let (rx, last) = self.open_subscription(request.into_inner())?;
             Ok(Response::new(subscription::event_stream(rx, last)))
         })
         .await

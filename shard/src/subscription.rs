@@ -82,6 +82,10 @@ impl Subscription {
                             "from_position",
                             "is for $all subscriptions; a stream subscription starts from_version",
                         )),
+                        Some(Start::Cursor(_)) => return Err(invalid(
+                            "cursor",
+                            "is for $all subscriptions; a stream subscription starts from_version",
+                        )),
                     };
                 Cursor::Stream { name, next_version }
             }
@@ -148,6 +152,10 @@ impl Subscription {
                         "from_version",
                         "is for stream subscriptions; $all starts after_position",
                     ))
+                }
+                // The router turns a cursor into this shard's position before it comes here.
+                Some(Start::Cursor(_)) => {
+                    return Err(invalid("cursor", "is read by the node's router, not a shard"))
                 }
             },
         };
@@ -216,6 +224,7 @@ impl Stream for Units {
 fn event(e: RecordedEvent) -> Result<pb::SubscribeResponse, Status> {
     Ok(pb::SubscribeResponse {
         item: Some(pb::subscribe_response::Item::Event(convert::recorded(e))),
+        ..Default::default()
     })
 }
 
@@ -385,7 +394,10 @@ pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) 
                 let item = Some(pb::subscribe_response::Item::CaughtUp(pb::Empty {}));
                 if delivery
                     .tx
-                    .send(vec![Ok(pb::SubscribeResponse { item })])
+                    .send(vec![Ok(pb::SubscribeResponse {
+                        item,
+                        ..Default::default()
+                    })])
                     .await
                     .is_err()
                 {

@@ -266,6 +266,7 @@ async fn next_event(
         match stream.message().await? {
             Some(pb::SubscribeResponse {
                 item: Some(pb::subscribe_response::Item::Event(e)),
+                ..
             }) => return Ok(Some(e)),
             Some(_) => continue,
             None => return Ok(None),

@@ -3,8 +3,9 @@
 //! an `AppendMulti` across shards is refused naming each stream's shard, within one routing
 //! key it commits; an `AppendStream` message mixing shards is answered in order with a bad
 //! append failing alone; `$all` is read across shards in time order page by page from a
-//! cursor (also as of a time, and from `GetLog`'s cursors), a `$all` subscription answers
-//! UNIMPLEMENTED; the node reports its map and shares fdatasyncs; a restart finds everything.
+//! cursor (also as of a time, and from `GetLog`'s cursors); a `$all` subscription merges the
+//! shards (catch-up, caught_up once, live) and resumes from an event's cursor without gap or
+//! repeat; the node reports its map and shares fdatasyncs; a restart finds everything.
 
 // Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -312,13 +313,111 @@ async fn all_is_read_across_shards_in_time_order_page_by_page_without_gap_or_rep
     assert_eq!(e.code(), Code::InvalidArgument);
 }
 
+/// Reads a subscription until `n` events have come: (event, its cursor, more in its record),
+/// and whether `caught_up` came after exactly `caught_up_after` of them.
+async fn take(
+    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+    n: usize,
+) -> (Vec<(pb::RecordedEvent, Vec<u8>, bool)>, Option<usize>) {
+    let (mut events, mut caught_up) = (Vec::new(), None);
+    while events.len() < n {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap();
+        match r.item.unwrap() {
+            pb::subscribe_response::Item::Event(e) => {
+                events.push((e, r.cursor.to_vec(), r.more_in_record))
+            }
+            pb::subscribe_response::Item::CaughtUp(_) => {
+                assert!(caught_up.is_none(), "caught_up once");
+                caught_up = Some(events.len());
+            }
+        }
+    }
+    (events, caught_up)
+}
+
 #[tokio::test]
-async fn a_subscription_to_all_across_shards_says_it_is_not_built_yet() {
-    let node = TestNode::start_sharded(tempfile::tempdir().unwrap(), Some(2)).await;
+async fn a_subscription_to_all_merges_the_shards_and_resumes_from_a_cursor() {
+    let node = TestNode::start_sharded(tempfile::tempdir().unwrap(), Some(SHARDS)).await;
     let mut client = node.client().await;
-    let e = client.subscribe(subscribe_all()).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("across 2 shards"), "{}", e.message());
+    let mut ids = std::collections::BTreeSet::new();
+    let mut append_n = |client: &mut pb::streams_client::StreamsClient<_>, from: u64, n: u64| {
+        let client = client.clone();
+        let mut client: pb::streams_client::StreamsClient<tonic::transport::Channel> = client;
+        let batch: Vec<(String, String)> = (from..from + n)
+            .map(|i| (stream(i % STREAMS), uuid(u128::from(i) + 1)))
+            .collect();
+        ids.extend(batch.iter().map(|(_, id)| id.clone()));
+        async move {
+            for (s, id) in batch {
+                client
+                    .append(append(&s, None, vec![event(&id, "{}")]))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    append_n(&mut client, 0, 60).await;
+    let mut sub = client
+        .subscribe(subscribe_all())
+        .await
+        .unwrap()
+        .into_inner();
+    let (first, caught_up) = take(&mut sub, 60).await;
+    // Live: 20 more while subscribed.
+    append_n(&mut client, 60, 20).await;
+    let (live, late) = take(&mut sub, 20).await;
+    let caught_up = caught_up.or(late.map(|n| n + 60));
+    assert_eq!(caught_up, Some(60), "caught up after the 60 that existed");
+    let all: Vec<&(pb::RecordedEvent, Vec<u8>, bool)> = first.iter().chain(&live).collect();
+    let got: std::collections::BTreeSet<String> =
+        all.iter().map(|(e, _, _)| e.id.clone()).collect();
+    assert_eq!(got.len(), 80, "no event twice");
+    assert_eq!(got, ids, "every event");
+    // Each stream's versions in order; single-event records end at once.
+    let mut versions: std::collections::HashMap<&str, u64> = Default::default();
+    for (e, cursor, more) in &all {
+        assert!(!cursor.is_empty() && !more);
+        let next = versions.entry(e.stream.as_str()).or_insert(0);
+        assert_eq!(e.version, *next, "{} in order", e.stream);
+        *next += 1;
+    }
+    drop(sub);
+    // Resume after the 30th event: the rest, once each, none of the first 30.
+    let cursor = all[29].1.clone();
+    let mut resumed = client
+        .subscribe(pb::SubscribeRequest {
+            target: Some(pb::subscribe_request::Target::All(pb::Empty {})),
+            start: Some(pb::subscribe_request::Start::Cursor(cursor.into())),
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (rest, _) = take(&mut resumed, 50).await;
+    let head: std::collections::BTreeSet<&String> =
+        all[..30].iter().map(|(e, _, _)| &e.id).collect();
+    let tail: std::collections::BTreeSet<&String> = rest.iter().map(|(e, _, _)| &e.id).collect();
+    assert_eq!(tail.len(), 50);
+    assert!(head.is_disjoint(&tail));
+    // A position is one shard's: refused on several.
+    let e = client
+        .subscribe(pb::SubscribeRequest {
+            target: Some(pb::subscribe_request::Target::All(pb::Empty {})),
+            start: Some(pb::subscribe_request::Start::AfterPosition(40)),
+            filter: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("start from a cursor"),
+        "{}",
+        e.message()
+    );
 }
 
 #[tokio::test]

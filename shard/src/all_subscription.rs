@@ -1,0 +1,161 @@
+//! A `$all` subscription over several shards: one subscription per shard (each catching up,
+//! then following live, exactly as on a one-shard node), merged as their records come.
+//!
+//! ```text
+//!   shard 0 loop ──units (a record's events)──┐
+//!   shard 1 loop ──units──────────────────────┼──▶ merge: stamp each event with the cursor
+//!   …                                         │    after its record and `more_in_record`;
+//!   shard n loop ──units──────────────────────┘    caught_up once all shards are ──▶ client
+//! ```
+//!
+//! Each shard's records keep their log's order; the shards interleave as they deliver. The
+//! cursor stamped on a record's events holds, for every shard, the last record delivered from
+//! it (or where it started): a client resuming from the cursor of the last record it received
+//! whole misses and repeats nothing. Flow control is each shard loop's own: the merge forwards
+//! one unit at a time into a buffer of the same bound, so a slow client fills the shard
+//! buffers and is cut off as on one shard. When any shard's loop ends (shutdown, a stalled
+//! client, an error), the merged subscription ends with that status, after what it buffered.
+
+use futures_util::stream::{self, StreamExt};
+use strata_proto::routing::ShardId;
+use strata_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::merge::Cursor;
+use crate::subscription::{event_stream, EventStream, FinalStatus, Unit};
+
+/// One shard's subscription loop, as `StreamsService::open_subscription` started it.
+#[derive(Debug)]
+pub struct Feed {
+    /// The shard.
+    pub shard: ShardId,
+    /// Its record units.
+    pub units: mpsc::Receiver<Unit>,
+    /// The status it ends with.
+    pub last: FinalStatus,
+}
+
+/// Merges the feeds, starting from `cursor`, into the stream a client reads.
+pub fn start(feeds: Vec<Feed>, cursor: Cursor, buffer: usize) -> EventStream {
+    let (tx, rx) = mpsc::channel(buffer.max(1));
+    let last = FinalStatus::default();
+    tokio::spawn(run(feeds, cursor, tx, last.clone()));
+    event_stream(rx, last)
+}
+
+fn is_caught_up(unit: &Unit) -> bool {
+    matches!(
+        unit.as_slice(),
+        [Ok(pb::SubscribeResponse {
+            item: Some(pb::subscribe_response::Item::CaughtUp(_)),
+            ..
+        })]
+    )
+}
+
+/// Stamps a record's events with the cursor after it; returns the record's position.
+fn stamp(unit: &mut Unit, cursor: &mut Cursor, shard: ShardId) {
+    let position = unit.iter().find_map(|item| match item {
+        Ok(pb::SubscribeResponse {
+            item: Some(pb::subscribe_response::Item::Event(e)),
+            ..
+        }) => Some(e.position),
+        _ => None,
+    });
+    let Some(position) = position else {
+        return;
+    };
+    cursor.set_after(shard, position);
+    let bytes: bytes::Bytes = cursor.encode().into();
+    let events = unit.iter().filter(|i| i.is_ok()).count();
+    for (i, item) in unit.iter_mut().flatten().enumerate() {
+        item.cursor = bytes.clone();
+        item.more_in_record = i + 1 < events;
+    }
+}
+
+async fn run(feeds: Vec<Feed>, mut cursor: Cursor, tx: mpsc::Sender<Unit>, last: FinalStatus) {
+    let shards = feeds.len();
+    let mut lasts = Vec::with_capacity(shards);
+    let streams = feeds.into_iter().enumerate().map(|(i, feed)| {
+        lasts.push((feed.shard, feed.last));
+        let shard = feed.shard;
+        ReceiverStream::new(feed.units)
+            .map(move |u| (i, shard, Some(u)))
+            .chain(stream::once(async move { (i, shard, None) }))
+            .boxed()
+    });
+    let mut merged = stream::select_all(streams);
+    let mut caught_up = vec![false; shards];
+    while let Some((i, shard, unit)) = merged.next().await {
+        let Some(mut unit) = unit else {
+            // This shard's loop ended: so does the merged subscription.
+            let status = strata_engine::sync::lock(&lasts[i].1).take();
+            let status = status.map_or_else(
+                || Status::unavailable(format!("the subscription of {shard} ended")),
+                |s| {
+                    Status::new(
+                        s.code(),
+                        format!(
+                            "{shard}: {}; resume from the cursor of the last whole record",
+                            s.message()
+                        ),
+                    )
+                },
+            );
+            *strata_engine::sync::lock(&last) = Some(status);
+            return;
+        };
+        if is_caught_up(&unit) {
+            caught_up[i] = true;
+            if caught_up.iter().all(|c| *c) && tx.send(unit).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        stamp(&mut unit, &mut cursor, shard);
+        if tx.send(unit).await.is_err() {
+            // The client went away; dropping the feeds ends the shards' loops.
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use crate::merge::Point;
+
+    fn ev(position: u64) -> Result<pb::SubscribeResponse, Status> {
+        Ok(pb::SubscribeResponse {
+            item: Some(pb::subscribe_response::Item::Event(pb::RecordedEvent {
+                position,
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn every_event_of_a_record_carries_the_cursor_after_it_and_all_but_the_last_say_more() {
+        let mut cursor = Cursor::default();
+        cursor.set(ShardId(0), 7);
+        let mut unit = vec![ev(40), ev(40), ev(40)];
+        stamp(&mut unit, &mut cursor, ShardId(1));
+        assert_eq!(cursor.point(ShardId(1)), Point::After(40));
+        assert_eq!(cursor.point(ShardId(0)), Point::From(7));
+        let more: Vec<bool> = unit
+            .iter()
+            .map(|u| u.as_ref().unwrap().more_in_record)
+            .collect();
+        assert_eq!(more, vec![true, true, false]);
+        let bytes = cursor.encode();
+        assert!(unit
+            .iter()
+            .all(|u| u.as_ref().unwrap().cursor.as_ref() == bytes.as_slice()));
+    }
+}
