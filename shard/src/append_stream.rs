@@ -64,6 +64,19 @@ pub trait Submit: Clone + Send + Sync + 'static {
     fn stats(&self) -> &Arc<ServiceStats>;
 }
 
+/// The answer of an `AppendStream` call served by `service` within `window`.
+pub fn respond(
+    service: impl Submit,
+    request: tonic::Request<Streaming<pb::AppendStreamRequest>>,
+    window: Window,
+) -> Result<tonic::Response<AnswerStream>, Status> {
+    Ok(tonic::Response::new(start(
+        service,
+        request.into_inner(),
+        window,
+    )))
+}
+
 /// Starts serving one call.
 pub fn start(
     service: impl Submit,

@@ -297,12 +297,7 @@ impl pb::streams_server::Streams for Router {
         &self,
         request: Request<tonic::Streaming<pb::AppendStreamRequest>>,
     ) -> Answer<Self::AppendStreamStream> {
-        let window = self.config().window();
-        Ok(Response::new(crate::append_stream::start(
-            self.clone(),
-            request.into_inner(),
-            window,
-        )))
+        crate::append_stream::respond(self.clone(), request, self.config().window())
     }
 
     async fn append_multi(

@@ -371,12 +371,7 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<tonic::Streaming<pb::AppendStreamRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
-        let window = self.config.window();
-        Ok(Response::new(crate::append_stream::start(
-            self.clone(),
-            request.into_inner(),
-            window,
-        )))
+        crate::append_stream::respond(self.clone(), request, self.config.window())
     }
 
     async fn append_multi(

@@ -343,24 +343,28 @@ async fn node_addresses(server: &ServerArg) -> Result<Vec<String>, Failure> {
     })
 }
 
-/// CPU microseconds used so far by every node's process (`None` when one does not say).
-async fn cluster_cpu_us(server: &ServerArg, nodes: &[String]) -> Option<u64> {
+/// A counter of every node's `Cluster.Status` added up (`None` when one does not answer).
+async fn cluster_sum(
+    server: &ServerArg,
+    nodes: &[String],
+    counter: fn(&pb::ClusterStatus) -> u64,
+) -> Option<u64> {
     let client = server.client().ok()?;
     let mut total = 0;
     for n in nodes {
-        total += client.cluster_status(n).await.ok()?.process_cpu_us;
+        total += counter(&client.cluster_status(n).await.ok()?);
     }
     Some(total)
 }
 
-/// Log fdatasyncs issued so far by every node (`None` when one does not say or counts none).
+/// CPU microseconds used so far by every node's process.
+async fn cluster_cpu_us(server: &ServerArg, nodes: &[String]) -> Option<u64> {
+    cluster_sum(server, nodes, |s| s.process_cpu_us).await
+}
+
+/// Log fdatasyncs issued so far by every node (0 where not counted).
 async fn cluster_fdatasyncs(server: &ServerArg, nodes: &[String]) -> Option<u64> {
-    let client = server.client().ok()?;
-    let mut total = 0;
-    for n in nodes {
-        total += client.cluster_status(n).await.ok()?.log_fdatasyncs;
-    }
-    Some(total)
+    cluster_sum(server, nodes, |s| s.log_fdatasyncs).await
 }
 
 fn process_cpu_us() -> u64 {
