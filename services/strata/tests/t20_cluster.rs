@@ -313,6 +313,24 @@ async fn failover_restart_and_snapshot_rejoin_lose_nothing() {
 
     // Wipe a follower's data directory and restart it: it rejoins through a snapshot.
     let current = cluster.leader(Duration::from_secs(10)).await;
+    // It can only be made to take one once the leader has built a snapshot and dropped the
+    // entries before it (--snapshot-every-entries 300, --keep-entries 50). On a slow machine
+    // the writers above made fewer than 300 entries (CI: 286, and the wiped node caught up
+    // from the log): top the log up past two snapshots' worth first.
+    let mut filler = StreamsClient::new(channel(&cluster.addr(current)).await.unwrap());
+    let mut n = 0u128;
+    while status(&cluster.addr(current))
+        .await
+        .map_or(0, |s| s.last_log_index)
+        < 700
+    {
+        filler
+            .append(append_request("filler", (9 << 100) + n))
+            .await
+            .unwrap();
+        n += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let wiped = *cluster.nodes.keys().find(|id| **id != current).unwrap();
     {
         let node = cluster.nodes.get_mut(&wiped).unwrap();
