@@ -168,49 +168,69 @@ async fn propose(
             }
         }
         let batch = next_batch(&mut aside, &mut queue, bytes_max);
+        let (requests, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|p| (p.request.into(), p.reply))
+            .unzip();
+        let count = replies.len();
+        // Handed to Raft here, one entry after another, so entries are written in the order
+        // their appends were queued (an `AppendStream`'s appends on one stream, in consecutive
+        // entries, must be decided in the order sent); only the waits run concurrently.
+        let submitted = raft.client_write_ff(Command::Append(requests)).await;
         let raft = raft.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let (requests, replies): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .map(|p| (p.request.into(), p.reply))
-                .unzip();
-            let count = replies.len();
+            let answer = match submitted {
+                Ok(answer) => answer,
+                Err(fatal) => {
+                    let error = ReplicaError::Unavailable(format!("raft stopped: {fatal}"));
+                    for reply in replies {
+                        let _ = reply.send(Err(error.duplicate()));
+                    }
+                    return;
+                }
+            };
             // openraft answers a write when its entry is applied or truncated here; an entry
             // replaced some other way (a snapshot install after this node lost leadership)
             // would hold its slot for ever, so the wait is bounded.
-            let write =
-                tokio::time::timeout(wait_max, raft.client_write(Command::Append(requests)));
-            let outcomes: Vec<Result<AppendResult, ReplicaError>> = match write.await {
+            let outcomes: Vec<Result<AppendResult, ReplicaError>> = match tokio::time::timeout(
+                wait_max, answer,
+            )
+            .await
+            {
                 Err(_) => {
                     tracing::warn!(
                         appends = count,
                         "a Raft write went unanswered; its slot is released"
                     );
                     let error = ReplicaError::Unavailable(format!(
-                        "no answer from Raft within {wait_max:?}; the append may still commit, so retry it with the same event ids"
-                    ));
+                            "no answer from Raft within {wait_max:?}; the append may still commit, so retry it with the same event ids"
+                        ));
                     (0..count).map(|_| Err(error.duplicate())).collect()
                 }
-                Ok(written) => match written {
-                    Ok(response) => match response.data {
-                        Reply::Outcomes(o) if o.len() == count => o
-                            .into_iter()
-                            .map(|o| o.into_result().map_err(ReplicaError::Engine))
-                            .collect(),
-                        _ => (0..count)
-                            .map(|_| {
-                                Err(ReplicaError::Unavailable(
-                                    "the entry committed without outcomes".into(),
-                                ))
-                            })
-                            .collect(),
-                    },
-                    Err(e) => {
-                        let error = write_error(&raft, me, e);
-                        (0..count).map(|_| Err(error.duplicate())).collect()
-                    }
+                Ok(Err(_)) => {
+                    let error = ReplicaError::Unavailable(
+                            "raft stopped before answering; the append may still commit, so retry it with the same event ids".into(),
+                        );
+                    (0..count).map(|_| Err(error.duplicate())).collect()
+                }
+                Ok(Ok(Ok(response))) => match response.data {
+                    Reply::Outcomes(o) if o.len() == count => o
+                        .into_iter()
+                        .map(|o| o.into_result().map_err(ReplicaError::Engine))
+                        .collect(),
+                    _ => (0..count)
+                        .map(|_| {
+                            Err(ReplicaError::Unavailable(
+                                "the entry committed without outcomes".into(),
+                            ))
+                        })
+                        .collect(),
                 },
+                Ok(Ok(Err(e))) => {
+                    let error = write_error(&raft, me, RaftError::APIError(e));
+                    (0..count).map(|_| Err(error.duplicate())).collect()
+                }
             };
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome);
@@ -331,6 +351,7 @@ pub struct Status {
 #[derive(Clone)]
 pub struct Replica {
     raft: Raft,
+    shard_id: u64,
     shard: Shard,
     node_id: NodeId,
     node: StrataNode,
@@ -343,6 +364,7 @@ pub struct Replica {
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica")
+            .field("shard_id", &self.shard_id)
             .field("node_id", &self.node_id)
             .field("node", &self.node)
             .finish()
@@ -350,9 +372,11 @@ impl std::fmt::Debug for Replica {
 }
 
 impl Replica {
-    /// Starts the Raft node of `shard` (shard id 0). `members` are the configured members
-    /// (this node included) that [`Replica::init`] forms the cluster from.
+    /// Starts this node's Raft node of shard `shard_id` over its storage `shard`. `members`
+    /// are the configured members (this node included) that [`Replica::init`] forms the
+    /// shard's group from.
     pub async fn start<T: RaftTransport>(
+        shard_id: u64,
         shard: Shard,
         node: StrataNode,
         members: BTreeMap<NodeId, StrataNode>,
@@ -384,7 +408,7 @@ impl Replica {
             .filter(|(id, _)| **id != node_id)
             .map(|(id, n)| (*id, n.raft_addr.clone()))
             .collect();
-        let network = Network::new(0, node.clone(), transport, routes);
+        let network = Network::new(shard_id, node.clone(), transport, routes);
         let raft = Raft::new(node_id, config, network, log, sm)
             .await
             .map_err(|e| ReplicaError::Unavailable(format!("starting raft: {e}")))?;
@@ -411,6 +435,7 @@ impl Replica {
         ));
         Ok(Replica {
             raft,
+            shard_id,
             shard,
             node_id,
             node,
@@ -432,6 +457,16 @@ impl Replica {
     /// The Raft node.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// The members it was configured with (this node included).
+    pub fn configured_members(&self) -> &BTreeMap<NodeId, StrataNode> {
+        &self.members
+    }
+
+    /// The shard's id (its Raft messages carry it).
+    pub fn shard_id(&self) -> u64 {
+        self.shard_id
     }
 
     /// The storage.

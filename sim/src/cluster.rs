@@ -518,7 +518,7 @@ impl Cluster {
         let members = self.0.initial.clone();
         let started = with_clock_rate(rate, async {
             let shard = Shard::open(options).map_err(|e| e.to_string())?;
-            Replica::start(shard, me, members, settings, transport.clone())
+            Replica::start(0, shard, me, members, settings, transport.clone())
                 .await
                 .map_err(|e| e.to_string())
         })
