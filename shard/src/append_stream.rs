@@ -224,3 +224,63 @@ pub fn append_error(status: &Status) -> pb::AppendError {
         leader: md(LEADER_KEY).unwrap_or_default(),
     }
 }
+
+/// An [`pb::AppendError`] as the status it stands for (what a node that passed an append on
+/// answers with the leader's error): the inverse of [`append_error`].
+pub fn status_of(e: &pb::AppendError) -> Status {
+    let mut status = Status::new(tonic::Code::from(e.code), e.message.clone());
+    let md = status.metadata_mut();
+    let mut put = |key: &'static str, value: &str| {
+        if let Ok(v) = value.parse() {
+            md.insert(key, v);
+        }
+    };
+    if !e.kind.is_empty() {
+        put(ERROR_KIND_KEY, &e.kind);
+    }
+    match e.actual_version {
+        Some(v) => put(ACTUAL_VERSION_KEY, &v.to_string()),
+        None if e.kind == "wrong-expected-version" => put(ACTUAL_VERSION_KEY, "none"),
+        None => {}
+    }
+    if !e.leader.is_empty() {
+        put(LEADER_KEY, &e.leader);
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_append_error_turns_back_into_its_status() {
+        let mut wrong = Status::failed_precondition("expected 3");
+        let md = wrong.metadata_mut();
+        md.insert(
+            ERROR_KIND_KEY,
+            "wrong-expected-version"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+        );
+        md.insert(ACTUAL_VERSION_KEY, "none".parse().unwrap());
+        let mut moved = Status::unavailable("not the leader");
+        let md = moved.metadata_mut();
+        md.insert(ERROR_KIND_KEY, "not-leader".parse().unwrap());
+        md.insert(LEADER_KEY, "10.0.0.2:50051".parse().unwrap());
+        for status in [wrong, moved, Status::internal("x")] {
+            let back = status_of(&append_error(&status));
+            assert_eq!(back.code(), status.code());
+            assert_eq!(back.message(), status.message());
+            for key in [ERROR_KIND_KEY, ACTUAL_VERSION_KEY, LEADER_KEY] {
+                assert_eq!(
+                    strata_proto::metadata::text(&back, key),
+                    strata_proto::metadata::text(&status, key),
+                    "{key}"
+                );
+            }
+        }
+    }
+}

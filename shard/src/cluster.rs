@@ -1,12 +1,19 @@
-//! The `strata.v1.Cluster` service: forming a replicated shard, its status, and membership
-//! changes (learner → caught up → voter; removal). On a node without replication only
-//! `Status` answers (a one-node view); the rest fail with FAILED_PRECONDITION.
+//! The `strata.v1.Cluster` service: forming a replicated cluster (every shard's Raft group),
+//! its status, and membership changes (learner → caught up → voter; removal), applied to every
+//! shard's group: a node holds a replica of every shard. A group led by another node has its
+//! change forwarded there ([`crate::forward`], restricted to that shard). On a node without
+//! replication only `Status` answers (a one-node view); the rest fail with
+//! FAILED_PRECONDITION.
+
+use std::future::Future;
 
 use strata_proto::v1 as pb;
-use strata_raft::{Replica, StrataNode};
+use strata_raft::{Replica, ReplicaError, StrataNode};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::backend::replica_status;
+use crate::forward::{self, Peers};
 use crate::shards::LocalShards;
 
 /// The service.
@@ -15,31 +22,139 @@ pub struct ClusterService {
     shards: LocalShards,
     /// This node's client address (for the one-node view).
     addr: String,
+    /// The other nodes (membership changes of groups led there are forwarded).
+    peers: Option<Peers>,
 }
 
 impl ClusterService {
-    /// The service of a node's shards (a replica, or engines without replication).
-    pub fn new(shards: LocalShards, addr: String) -> ClusterService {
-        ClusterService { shards, addr }
+    /// The service of a node's shards (replicas, or engines without replication).
+    pub fn new(shards: LocalShards, addr: String, peers: Option<Peers>) -> ClusterService {
+        ClusterService {
+            shards,
+            addr,
+            peers,
+        }
     }
 
-    fn replica(&self) -> Result<&Replica, Status> {
-        self.shards.replica().ok_or_else(|| {
-            Status::failed_precondition(
+    /// The replicas a call is about: every shard's, or the one a forwarded call names.
+    fn replicas(&self, metadata: &MetadataMap) -> Result<Vec<&Replica>, Status> {
+        let all = self.shards.replicas();
+        if all.is_empty() {
+            return Err(Status::failed_precondition(
                 "this node runs without replication (strata dev); start it with `strata node --id N --peer …` to form a cluster",
-            )
-        })
+            ));
+        }
+        match forward::shard_of(metadata)? {
+            None => Ok(all),
+            Some(id) => all
+                .into_iter()
+                .find(|r| r.shard_id() == u64::from(id))
+                .map(|r| vec![r])
+                .ok_or_else(|| Status::not_found(format!("shard {id} is not on this node"))),
+        }
     }
 
-    /// Each shard with its slot ranges; `leader` and `replicas` as the caller knows them.
-    fn shard_statuses(&self, leader: u64, replicas: &[u64]) -> Vec<pb::ShardStatus> {
+    /// Runs a membership change on each replica's group: here where this node leads it, at its
+    /// leader otherwise (`remote` sends the forwarded call). Stops at the first failure.
+    async fn each_group<F, Fut, R, RFut>(
+        &self,
+        metadata: &MetadataMap,
+        local: F,
+        remote: R,
+    ) -> Result<(), Status>
+    where
+        F: Fn(Replica) -> Fut,
+        Fut: Future<Output = Result<(), ReplicaError>>,
+        R: Fn(pb::cluster_client::ClusterClient<tonic::transport::Channel>, u32) -> RFut,
+        RFut: Future<Output = Result<(), Status>>,
+    {
+        let forwarded = forward::is_forwarded(metadata);
+        for replica in self.replicas(metadata)? {
+            let leader = replica.leader().filter(|(id, _)| *id != replica.node_id());
+            match (leader, &self.peers, forwarded) {
+                (Some((_, node)), Some(peers), false) => {
+                    let shard = u32::try_from(replica.shard_id())
+                        .map_err(|_| Status::internal("a shard id past u32"))?;
+                    remote(peers.cluster(&node.addr)?, shard).await?;
+                }
+                _ => local(replica.clone()).await.map_err(replica_status)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Forms `replica`'s group from the node that should lead it (the node that initializes a
+    /// group calls its first election); from here when that node does not answer.
+    async fn init_at(
+        &self,
+        replica: &Replica,
+        shard: u32,
+        node: &StrataNode,
+    ) -> Result<(), Status> {
+        if let Some(peers) = &self.peers {
+            let request = forward::for_shard(pb::InitRequest {}, shard);
+            match peers.cluster(&node.addr)?.init(request).await {
+                Ok(_) => return Ok(()),
+                Err(e) => tracing::warn!(shard, addr = %node.addr, error = %e,
+                    "the preferred leader did not form the group; forming it here"),
+            }
+        }
+        replica.init().await.map_err(replica_status)
+    }
+
+    /// Refuses to form a cluster with a peer whose map differs from this node's (streams would
+    /// be routed to different shards by different nodes). A peer that does not answer is
+    /// passed over: Raft forms the groups once it runs, and a node started later with another
+    /// map serves none of the shards it lacks.
+    async fn check_peer_maps(&self) -> Result<(), Status> {
+        let (Some(peers), Some(replica)) = (&self.peers, self.shards.replica()) else {
+            return Ok(());
+        };
+        let mine = map_summary(&self.status());
+        for (id, node) in replica.configured_members() {
+            if *id == replica.node_id() {
+                continue;
+            }
+            let request = forward::forwarded(Request::new(pb::StatusRequest {}));
+            let theirs = match peers.cluster(&node.addr)?.status(request).await {
+                Ok(status) => map_summary(status.get_ref()),
+                Err(e) => {
+                    tracing::warn!(peer = id, addr = %node.addr, error = %e, "cannot compare maps with a peer");
+                    continue;
+                }
+            };
+            if theirs != mine {
+                return Err(Status::failed_precondition(format!(
+                    "node {id} ({}) holds {} shards over {} slots, this node {} over {}: start every node of a cluster with the same --shards (each on a new data directory)",
+                    node.addr,
+                    theirs.1.len(),
+                    theirs.0,
+                    mine.1.len(),
+                    mine.0
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each shard with its slot ranges, leader and replicas (from its group when replicated;
+    /// `one` — this node alone — otherwise).
+    fn shard_statuses(&self, one: u64) -> Vec<pb::ShardStatus> {
         self.shards
             .backends
             .iter()
-            .map(|(id, _)| pb::ShardStatus {
+            .map(|(id, backend)| pb::ShardStatus {
                 id: id.0,
-                leader,
-                replicas: replicas.to_vec(),
+                leader: match backend {
+                    crate::backend::Backend::Replicated(r) => r.leader().map_or(0, |(l, _)| l),
+                    crate::backend::Backend::Single(_) => one,
+                },
+                replicas: match backend {
+                    crate::backend::Backend::Replicated(r) => {
+                        r.status().members.iter().map(|m| m.id).collect()
+                    }
+                    crate::backend::Backend::Single(_) => vec![one],
+                },
                 slots: self
                     .shards
                     .map
@@ -76,17 +191,16 @@ impl ClusterService {
                 log_fdatasyncs: self.shards.fdatasyncs(),
                 map_epoch: map.epoch(),
                 slots: map.slots(),
-                shards: self.shard_statuses(0, &[0]),
+                shards: self.shard_statuses(0),
             };
         };
         let s = replica.status();
-        let members: Vec<u64> = s.members.iter().map(|m| m.id).collect();
         pb::ClusterStatus {
             node_id: s.node_id,
             leader: s.leader.unwrap_or(0),
             has_leader: s.leader.is_some(),
             term: s.term,
-            shards: self.shard_statuses(s.leader.unwrap_or(0), &members),
+            shards: self.shard_statuses(0),
             nodes: s
                 .members
                 .into_iter()
@@ -108,6 +222,29 @@ impl ClusterService {
     }
 }
 
+/// The node that should lead `replica`'s shard, when it is another node: the configured
+/// members in id order, shard `k` to the member at `k mod members` (leaders spread within ±1
+/// of even at formation).
+fn preferred_leader(replica: &Replica) -> Option<(u32, StrataNode)> {
+    let members = replica.configured_members();
+    let shard = u32::try_from(replica.shard_id()).ok()?;
+    let at = usize::try_from(shard).ok()? % members.len().max(1);
+    let (id, node) = members.iter().nth(at)?;
+    (*id != replica.node_id()).then(|| (shard, node.clone()))
+}
+
+/// What two nodes must agree on to route alike: the slot count and each shard's ranges.
+type MapSummary = (u32, Vec<(u32, Vec<(u32, u32)>)>);
+
+fn map_summary(status: &pb::ClusterStatus) -> MapSummary {
+    let shards = status
+        .shards
+        .iter()
+        .map(|s| (s.id, s.slots.iter().map(|r| (r.start, r.end)).collect()))
+        .collect();
+    (status.slots, shards)
+}
+
 /// CPU time this process has used (user + system), in microseconds; 0 if the OS will not say.
 pub fn process_cpu_us() -> u64 {
     // SAFETY: getrusage(2) fills the zeroed struct we own; RUSAGE_SELF needs nothing else.
@@ -123,9 +260,19 @@ pub fn process_cpu_us() -> u64 {
 impl pb::cluster_server::Cluster for ClusterService {
     async fn init(
         &self,
-        _request: Request<pb::InitRequest>,
+        request: Request<pb::InitRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        self.replica()?.init().await.map_err(replica_status)?;
+        let forwarded = forward::is_forwarded(request.metadata());
+        let replicas = self.replicas(request.metadata())?;
+        if !forwarded {
+            self.check_peer_maps().await?;
+        }
+        for replica in replicas {
+            match preferred_leader(replica).filter(|_| !forwarded) {
+                Some((shard, node)) => self.init_at(replica, shard, &node).await?,
+                None => replica.init().await.map_err(replica_status)?,
+            }
+        }
         Ok(Response::new(self.status()))
     }
 
@@ -140,7 +287,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         if r.addr.is_empty() {
             return Err(crate::status::invalid("addr", "must not be empty"));
         }
@@ -149,16 +296,32 @@ impl pb::cluster_server::Cluster for ClusterService {
         } else {
             r.raft_addr
         };
-        self.replica()?
-            .add_node(
-                r.id,
-                StrataNode {
-                    addr: r.addr,
-                    raft_addr,
-                },
-            )
-            .await
-            .map_err(replica_status)?;
+        let node = StrataNode {
+            addr: r.addr,
+            raft_addr,
+        };
+        let change = pb::AddNodeRequest {
+            id: r.id,
+            addr: node.addr.clone(),
+            raft_addr: node.raft_addr.clone(),
+        };
+        self.each_group(
+            &metadata,
+            |replica| {
+                let node = node.clone();
+                async move { replica.add_node(r.id, node).await }
+            },
+            |mut leader, shard| {
+                let change = change.clone();
+                async move {
+                    leader
+                        .add_node(forward::for_shard(change, shard))
+                        .await
+                        .map(drop)
+                }
+            },
+        )
+        .await?;
         Ok(Response::new(self.status()))
     }
 
@@ -166,11 +329,19 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        let id = request.into_inner().id;
-        self.replica()?
-            .remove_node(id)
-            .await
-            .map_err(replica_status)?;
+        let (metadata, _, r) = request.into_parts();
+        let id = r.id;
+        self.each_group(
+            &metadata,
+            |replica| async move { replica.remove_node(id).await },
+            |mut leader, shard| async move {
+                leader
+                    .remove_node(forward::for_shard(pb::RemoveNodeRequest { id }, shard))
+                    .await
+                    .map(drop)
+            },
+        )
+        .await?;
         Ok(Response::new(self.status()))
     }
 }

@@ -79,7 +79,7 @@ pub fn render(shards: &LocalShards, service: &ServiceStats, data_dir: &Path) -> 
         &mut out,
         "strata_log_fdatasyncs_total",
         "counter",
-        "fdatasyncs issued for the shards' logs (one sync round covers every shard on a device); 0 on a replica, which does not count them.",
+        "fdatasyncs issued for the shards' logs (one sync round covers every shard on a device).",
         shards.fdatasyncs(),
     );
     if let Some(round) = &shards.round {
@@ -227,20 +227,32 @@ pub fn render(shards: &LocalShards, service: &ServiceStats, data_dir: &Path) -> 
         "As-of reads before this time (µs since the epoch) are refused; 0 until retention reclaims.",
         load(&r.horizon_us),
     );
-    if let Some(replica) = shards.replica() {
+    let replicas = shards.replicas();
+    if let Some(replica) = replicas.first() {
+        let led = replicas
+            .iter()
+            .filter(|r| r.leader().is_some_and(|(id, _)| id == r.node_id()))
+            .count();
+        metric(
+            &mut out,
+            "strata_raft_shards_led",
+            "gauge",
+            "Shards whose Raft group this node leads.",
+            led as u64,
+        );
         let status = replica.status();
         metric(
             &mut out,
             "strata_raft_term",
             "gauge",
-            "Current Raft term.",
+            "Current Raft term (of the first shard's group).",
             status.term,
         );
         metric(
             &mut out,
             "strata_raft_is_leader",
             "gauge",
-            "1 if this node leads its shard.",
+            "1 if this node leads the first shard's group.",
             u64::from(status.leader == Some(status.node_id)),
         );
         metric(

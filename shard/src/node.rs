@@ -16,7 +16,7 @@ use strata_engine::index_store::{IndexCache, RocksIndexStore, INDEX_CACHE_BYTES_
 use strata_engine::sync_round::RoundFs;
 use strata_engine::{Engine, EngineConfig};
 use strata_proto::internal::raft_internal_server::RaftInternalServer;
-use strata_proto::routing::{ClusterMap, ShardId, SLOTS_DEFAULT};
+use strata_proto::routing::ShardId;
 use strata_proto::v1 as pb;
 use strata_raft::network::MESSAGE_BYTES_MAX;
 use strata_raft::{
@@ -30,6 +30,7 @@ use tokio_stream::StreamExt;
 use crate::backend::Backend;
 use crate::clock::SystemWallClock;
 use crate::cluster::ClusterService;
+use crate::forward::Peers;
 use crate::ids::RandomIds;
 use crate::router::Router;
 use crate::service::{ServiceConfig, ServiceStats, StreamsService};
@@ -73,9 +74,9 @@ pub struct NodeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Replication; `None` runs engines on their own.
     pub cluster: Option<ClusterConfig>,
-    /// Shards of a node without replication: `None` opens what `data_dir` holds (one shard
-    /// when new); `Some(n)` must match it, or makes `n` in a new directory (see
-    /// [`crate::shards`]).
+    /// Shards: `None` opens what `data_dir` holds (one shard when new); `Some(n)` must match
+    /// it, or makes `n` in a new directory (see [`crate::shards`]). A replicated node holds a
+    /// replica of every shard; every node of a cluster must be started with the same count.
     pub shards: Option<u32>,
 }
 
@@ -155,21 +156,8 @@ impl Node {
         let (shards, raft_listener, raft_service) = match &config.cluster {
             None => (open_engines(&config).await?, None, None),
             Some(cluster) => {
-                if config.shards.is_some_and(|n| n > 1) {
-                    return Err(NodeError::Shards(
-                        "a replicated node serves one shard today: --shards with --peer is not built yet"
-                            .into(),
-                    ));
-                }
-                let (replica, raft_listener, service) =
-                    open_replica(&config, cluster, local).await?;
-                let map = ClusterMap::even(SLOTS_DEFAULT, 1)
-                    .map_err(|e| NodeError::Shards(e.to_string()))?;
-                let shards = LocalShards {
-                    backends: vec![(ShardId(0), Backend::Replicated(Box::new(replica)))],
-                    map: Arc::new(map),
-                    round: None,
-                };
+                let (shards, raft_listener, service) =
+                    open_replicas(&config, cluster, local).await?;
                 (shards, raft_listener, Some(service))
             }
         };
@@ -190,8 +178,16 @@ impl Node {
                 (*id, service)
             })
             .collect();
-        let router = Router::new((*shards.map).clone(), services).map_err(NodeError::Shards)?;
-        let cluster = ClusterService::new(shards.clone(), local.to_string());
+        let peers = config.cluster.as_ref().map(|_| {
+            let limits = &config.engine.limits;
+            Peers::new(
+                crate::limits::request_bytes_max(limits),
+                crate::limits::encoded_answer_bytes_max(limits, config.service.response_bytes_max),
+            )
+        });
+        let router = Router::new((*shards.map).clone(), services, peers.clone())
+            .map_err(NodeError::Shards)?;
+        let cluster = ClusterService::new(shards.clone(), local.to_string(), peers);
         Ok(Node {
             shards,
             listener,
@@ -374,11 +370,7 @@ async fn open_blocking<T: Send + 'static>(
 /// Opens the engines of a node without replication: the shards its directory holds, over one
 /// sync round and one index cache.
 async fn open_engines(config: &NodeConfig) -> Result<LocalShards, NodeError> {
-    let (dir, shards) = (config.data_dir.clone(), config.shards);
-    let layout = tokio::task::spawn_blocking(move || crate::shards::layout(&dir, shards))
-        .await
-        .map_err(|e| NodeError::Shards(format!("reading the data directory: {e}")))?
-        .map_err(NodeError::Shards)?;
+    let layout = read_layout(config).await?;
     let round = RoundFs::new(Arc::new(StdFs));
     let cache = IndexCache::new(INDEX_CACHE_BYTES_DEFAULT)
         .map_err(|e| engine_error(&config.data_dir, e))?;
@@ -402,11 +394,20 @@ async fn open_engines(config: &NodeConfig) -> Result<LocalShards, NodeError> {
     })
 }
 
-async fn open_replica(
-    config: &NodeConfig,
+/// The layout of `config.data_dir` (see [`crate::shards`]), read or made on the blocking pool.
+async fn read_layout(config: &NodeConfig) -> Result<crate::shards::Layout, NodeError> {
+    let (dir, shards) = (config.data_dir.clone(), config.shards);
+    tokio::task::spawn_blocking(move || crate::shards::layout(&dir, shards))
+        .await
+        .map_err(|e| NodeError::Shards(format!("reading the data directory: {e}")))?
+        .map_err(NodeError::Shards)
+}
+
+/// The Raft listener (when Raft has its own port) and this node as peers reach it.
+async fn raft_endpoint(
     cluster: &ClusterConfig,
     local: SocketAddr,
-) -> Result<(Replica, Option<TcpListener>, RaftService<GrpcTransport>), NodeError> {
+) -> Result<(Option<TcpListener>, StrataNode), NodeError> {
     let raft_listener = match cluster.raft_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -432,29 +433,58 @@ async fn open_replica(
             .clone()
             .unwrap_or_else(|| raft_local.to_string()),
     };
+    Ok((raft_listener, me))
+}
+
+/// Opens this node's replica of every shard its directory holds: one Raft group per shard,
+/// all over one transport (messages carry the shard id), one sync round and one index cache.
+async fn open_replicas(
+    config: &NodeConfig,
+    cluster: &ClusterConfig,
+    local: SocketAddr,
+) -> Result<(LocalShards, Option<TcpListener>, RaftService<GrpcTransport>), NodeError> {
+    let (raft_listener, me) = raft_endpoint(cluster, local).await?;
+    let layout = read_layout(config).await?;
     let mut members = cluster.peers.clone();
     members.insert(cluster.node_id, me.clone());
-    let options = ShardOptions {
-        node_id: cluster.node_id,
-        dir: config.data_dir.clone(),
-        engine: config.engine.clone(),
-        fs: Arc::new(StdFs),
-        clock: Arc::new(MonotonicClock::default()),
-        open_index: Arc::new(|p| Ok(Box::new(RocksIndexStore::open(p)?))),
-        log_sync: Default::default(),
-    };
-    let shard = open_blocking(&config.data_dir, move || Shard::open(options)).await?;
+    let round = RoundFs::new(Arc::new(StdFs));
+    let cache = IndexCache::new(INDEX_CACHE_BYTES_DEFAULT)
+        .map_err(|e| engine_error(&config.data_dir, e))?;
     let transport = Arc::new(GrpcTransport::default());
-    let replica = Replica::start(shard, me, members, cluster.raft.clone(), transport.clone())
+    let mut backends = Vec::with_capacity(layout.dirs.len());
+    let mut served = HashMap::with_capacity(layout.dirs.len());
+    for (id, dir) in layout.dirs {
+        let cache = cache.clone();
+        let options = ShardOptions {
+            node_id: cluster.node_id,
+            dir: dir.clone(),
+            engine: config.engine.clone(),
+            fs: Arc::new(round.clone()),
+            clock: Arc::new(MonotonicClock::default()),
+            open_index: Arc::new(move |p| Ok(Box::new(RocksIndexStore::open_shared(p, &cache)?))),
+            log_sync: Default::default(),
+        };
+        let shard = open_blocking(&dir, move || Shard::open(options)).await?;
+        let replica = Replica::start(
+            u64::from(id.0),
+            shard,
+            me.clone(),
+            members.clone(),
+            cluster.raft.clone(),
+            transport.clone(),
+        )
         .await
-        .map_err(|e| {
-            engine_error(
-                &config.data_dir,
-                strata_engine::Error::Unavailable(e.to_string()),
-            )
-        })?;
-    let service = RaftService::new(HashMap::from([(0, replica.served())]), transport);
-    Ok((replica, raft_listener, service))
+        .map_err(|e| engine_error(&dir, strata_engine::Error::Unavailable(e.to_string())))?;
+        served.insert(u64::from(id.0), replica.served());
+        backends.push((id, Backend::Replicated(Box::new(replica))));
+    }
+    let shards = LocalShards {
+        backends,
+        map: Arc::new(layout.map),
+        round: Some(round),
+    };
+    let service = RaftService::new(served, transport);
+    Ok((shards, raft_listener, service))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -15,6 +15,13 @@
 //! `GetLog` and `$all` subscriptions span every shard: `ReadAll` pages of each shard merged by
 //! timestamp, subscriptions merged as records come (`all_subscription.rs`), both resumed from
 //! a cursor of per-shard points (`merge.rs`).
+//!
+//! On a replicated node each shard is a Raft group whose leader may be another node. A call
+//! that needs the leader (appends, writes, linearizable reads) for a shard led elsewhere is
+//! forwarded to it ([`crate::forward`]; an `AppendStream`'s parts over links,
+//! [`crate::remote_appends`]); follower reads and subscriptions are served here. A merged
+//! linearizable read asks each remote leader for its shard's end (a forwarded `GetLog`),
+//! waits until this node has applied that far, then reads here: a read index.
 
 use std::sync::Arc;
 
@@ -24,11 +31,15 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use futures_util::future::join_all;
+use tonic::metadata::MetadataMap;
 
 use crate::all_subscription::Feed;
 use crate::append_stream::{Boxed, Outcomes, Submit};
+use crate::backend::Backend;
 use crate::convert;
+use crate::forward::{self, forwarded, Peers};
 use crate::merge::{merge, Cursor, Point};
+use crate::remote_appends::RemoteAppends;
 use crate::service::{ServiceConfig, StreamsService};
 use crate::stats::ServiceStats;
 use crate::status::invalid;
@@ -40,13 +51,22 @@ pub struct Router {
     map: Arc<ClusterMap>,
     /// Sorted by id.
     shards: Arc<[(ShardId, StreamsService)]>,
+    /// The other nodes, on a replicated node (calls for shards led there are forwarded).
+    peers: Option<Peers>,
+    /// One `AppendStream` call's links to other leaders (set on the call's own router).
+    remote: Option<Arc<RemoteAppends>>,
 }
 
+/// How long a merged read waits for this node to apply what a remote leader has committed.
+pub const READ_INDEX_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Router {
-    /// Routes by `map` to `shards`, which must be exactly the map's shards.
+    /// Routes by `map` to `shards`, which must be exactly the map's shards; with `peers`, calls
+    /// for shards another node leads are forwarded there.
     pub fn new(
         map: ClusterMap,
         mut shards: Vec<(ShardId, StreamsService)>,
+        peers: Option<Peers>,
     ) -> Result<Router, String> {
         shards.sort_by_key(|(id, _)| *id);
         let have: Vec<ShardId> = shards.iter().map(|(id, _)| *id).collect();
@@ -60,6 +80,8 @@ impl Router {
         Ok(Router {
             map: Arc::new(map),
             shards: shards.into(),
+            peers,
+            remote: None,
         })
     }
 
@@ -87,17 +109,132 @@ impl Router {
         &self.shards[0].1
     }
 
-    /// The service of the shard holding `stream`.
-    fn shard(&self, stream: &str) -> Result<&StreamsService, Status> {
+    /// Where the shard holding `stream` is in [`Router::shards`].
+    fn index(&self, stream: &str) -> Result<usize, Status> {
         if self.shards.len() == 1 {
-            return Ok(self.first());
+            return Ok(0);
         }
         let id = self.map.shard_of(stream);
         self.shards
             .binary_search_by_key(&id, |(s, _)| *s)
-            .map(|i| &self.shards[i].1)
             .map_err(|_| Status::unavailable(format!("{id} is not served by this node")))
     }
+
+    /// The service of the shard holding `stream`.
+    fn shard(&self, stream: &str) -> Result<&StreamsService, Status> {
+        Ok(&self.shards[self.index(stream)?].1)
+    }
+
+    /// The client address of the leader of shard `at` when a call with `metadata` that needs
+    /// the leader must go there: another node leads it, and the call was not forwarded to
+    /// this node already.
+    fn leader_elsewhere(&self, at: usize, metadata: &MetadataMap) -> Option<String> {
+        if forward::is_forwarded(metadata) {
+            return None;
+        }
+        self.leader_addr(at)
+    }
+
+    /// The client address of the leader of shard `at` when another node leads it.
+    fn leader_addr(&self, at: usize) -> Option<String> {
+        self.peers.as_ref()?;
+        let Backend::Replicated(replica) = self.shards[at].1.backend() else {
+            return None;
+        };
+        match replica.leader() {
+            Some((id, node)) if id != replica.node_id() => Some(node.addr),
+            _ => None,
+        }
+    }
+
+    fn peers(&self) -> Result<&Peers, Status> {
+        self.peers
+            .as_ref()
+            .ok_or_else(|| Status::internal("forwarding without peers"))
+    }
+
+    /// Where this `AppendStream` call sends the appends of shard `at`: over a link to its
+    /// leader when another node leads it (`None`: here).
+    fn remote_leader(&self, at: usize) -> Option<(&RemoteAppends, String)> {
+        let remote = self.remote.as_deref()?;
+        Some((remote, self.leader_addr(at)?))
+    }
+
+    /// The router of one `AppendStream` call (its own links to other leaders).
+    fn for_call(&self, metadata: &MetadataMap) -> Router {
+        let mut call = self.clone();
+        if let Some(peers) = &self.peers {
+            if !forward::is_forwarded(metadata) {
+                call.remote = Some(Arc::new(RemoteAppends::new(
+                    peers.clone(),
+                    metadata.clone(),
+                )));
+            }
+        }
+        call
+    }
+
+    /// Makes a read of shard `at` at `consistency` servable from this node's replica, and
+    /// returns the consistency to read it at here: for a linearizable read of a shard led
+    /// elsewhere, the leader's end after its barrier, then this replica applied that far.
+    async fn read_index(
+        &self,
+        at: usize,
+        consistency: pb::Consistency,
+        metadata: &MetadataMap,
+    ) -> Result<pb::Consistency, Status> {
+        if consistency == pb::Consistency::Follower {
+            return Ok(consistency);
+        }
+        let Some(addr) = self.leader_elsewhere(at, metadata) else {
+            return Ok(consistency);
+        };
+        let (id, service) = &self.shards[at];
+        let request = forward::for_shard(
+            pb::GetLogRequest {
+                consistency: pb::Consistency::Linearizable as i32,
+                ..Default::default()
+            },
+            id.0,
+        );
+        let end = self
+            .peers()?
+            .streams(&addr)?
+            .get_log(request)
+            .await?
+            .into_inner()
+            .end_position;
+        let deadline = tokio::time::Instant::now() + READ_INDEX_WAIT_MAX;
+        while service.backend().reader().end() < end {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "{id} has not applied up to position {end} (its leader's end) within {READ_INDEX_WAIT_MAX:?}; retry"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(pb::Consistency::Follower)
+    }
+}
+
+/// A unary call about one stream: forwarded to the shard's leader when another node leads it
+/// and `$leader` (the call needs the leader), otherwise served by the shard here.
+macro_rules! routed {
+    ($self:ident, $request:ident, $stream:expr, $leader:expr, $method:ident) => {{
+        let at = $self.index($stream)?;
+        if $leader {
+            if let Some(addr) = $self.leader_elsewhere(at, $request.metadata()) {
+                let mut leader = $self.peers()?.streams(&addr)?;
+                return leader.$method(forwarded($request)).await;
+            }
+        }
+        $self.shards[at].1.$method($request).await
+    }};
+}
+
+/// Whether a read at `consistency` (the request's field) needs the leader.
+fn linearizable(consistency: i32) -> bool {
+    consistency == pb::Consistency::Linearizable as i32
 }
 
 impl Router {
@@ -164,6 +301,7 @@ impl Router {
         &self,
         r: pb::ReadAllRequest,
         cursor: Cursor,
+        metadata: &MetadataMap,
     ) -> Answer<pb::ReadAllResponse> {
         if r.from_position != 0 {
             return Err(invalid(
@@ -183,8 +321,12 @@ impl Router {
                 "names a place in one shard's log; read several shards as of a timestamp",
             ));
         }
-        let pages = join_all(self.shards.iter().map(|(id, service)| {
-            service.read_all_batch(cursor.get(*id), limit, consistency, as_of)
+        let pages = join_all(self.shards.iter().enumerate().map(|(at, (id, service))| {
+            let from = cursor.get(*id);
+            async move {
+                let here = self.read_index(at, consistency, metadata).await?;
+                service.read_all_batch(from, limit, here, as_of).await
+            }
         }))
         .await;
         let mut batches = Vec::with_capacity(pages.len());
@@ -228,7 +370,7 @@ impl Submit for Router {
     #[allow(clippy::async_yields_async)] // the answers to come are the point: see the trait
     fn submit_batch(&self, batch: Vec<pb::AppendRequest>) -> Boxed<'_, Outcomes> {
         Box::pin(async move {
-            if self.shards.len() == 1 {
+            if self.shards.len() == 1 && self.remote_leader(0).is_none() {
                 return self.first().submit_batch(batch).await;
             }
             // Each shard's appends in the order sent; the answers put back in that order.
@@ -257,7 +399,10 @@ impl Submit for Router {
             }
             let mut pending = Vec::with_capacity(parts.len());
             for (at, _, appends) in parts {
-                pending.push(self.shards[at].1.submit_batch(appends).await);
+                pending.push(match self.remote_leader(at) {
+                    Some((remote, addr)) => remote.submit(&addr, appends).await,
+                    None => self.shards[at].1.submit_batch(appends).await,
+                });
             }
             let outcomes: Outcomes = Box::pin(async move {
                 let mut answers = Vec::with_capacity(pending.len());
@@ -288,7 +433,8 @@ type Answer<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl pb::streams_server::Streams for Router {
     async fn append(&self, request: Request<pb::AppendRequest>) -> Answer<pb::AppendResponse> {
-        self.shard(&request.get_ref().stream)?.append(request).await
+        let stream = request.get_ref().stream.clone();
+        routed!(self, request, &stream, true, append)
     }
 
     type AppendStreamStream = crate::append_stream::AnswerStream;
@@ -297,7 +443,8 @@ impl pb::streams_server::Streams for Router {
         &self,
         request: Request<tonic::Streaming<pb::AppendStreamRequest>>,
     ) -> Answer<Self::AppendStreamStream> {
-        crate::append_stream::respond(self.clone(), request, self.config().window())
+        let call = self.for_call(request.metadata());
+        crate::append_stream::respond(call, request, self.config().window())
     }
 
     async fn append_multi(
@@ -308,15 +455,17 @@ impl pb::streams_server::Streams for Router {
         if let Err(e) = self.map.shard_of_all(names) {
             return Err(cross_shard(&e));
         }
-        let service = match request.get_ref().streams.first() {
-            Some(first) => self.shard(&first.stream)?,
-            None => self.first(),
+        let first = match request.get_ref().streams.first() {
+            Some(first) => first.stream.clone(),
+            None => return self.first().append_multi(request).await,
         };
-        service.append_multi(request).await
+        routed!(self, request, &first, true, append_multi)
     }
 
     async fn read(&self, request: Request<pb::ReadRequest>) -> Answer<pb::ReadResponse> {
-        self.shard(&request.get_ref().stream)?.read(request).await
+        let r = request.get_ref();
+        let (stream, leader) = (r.stream.clone(), linearizable(r.consistency));
+        routed!(self, request, &stream, leader, read)
     }
 
     async fn read_all(&self, request: Request<pb::ReadAllRequest>) -> Answer<pb::ReadAllResponse> {
@@ -329,14 +478,20 @@ impl pb::streams_server::Streams for Router {
         }
         if let ([(id, service)], true) = (&self.shards[..], r.from_cursor.is_empty()) {
             let id = *id;
+            if linearizable(r.consistency) {
+                if let Some(addr) = self.leader_elsewhere(0, request.metadata()) {
+                    let mut leader = self.peers()?.streams(&addr)?;
+                    return leader.read_all(forwarded(request)).await;
+                }
+            }
             let mut answer = service.read_all(request).await?;
             let next = answer.get_ref().next_position;
             answer.get_mut().next_cursor = Cursor::at(&[id], next).encode().into();
             return Ok(answer);
         }
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         let cursor = Cursor::decode("from_cursor", &r.from_cursor, &self.map)?;
-        self.read_all_merged(r, cursor).await
+        self.read_all_merged(r, cursor, &metadata).await
     }
 
     type SubscribeStream = crate::subscription::EventStream;
@@ -366,27 +521,39 @@ impl pb::streams_server::Streams for Router {
         &self,
         request: Request<pb::GetStreamRequest>,
     ) -> Answer<pb::GetStreamResponse> {
-        self.shard(&request.get_ref().stream)?
-            .get_stream(request)
-            .await
+        let r = request.get_ref();
+        let (stream, leader) = (r.stream.clone(), linearizable(r.consistency));
+        routed!(self, request, &stream, leader, get_stream)
     }
 
     async fn get_log(&self, request: Request<pb::GetLogRequest>) -> Answer<pb::GetLogResponse> {
-        let r = request.into_inner();
+        let only = forward::shard_of(request.metadata())?;
+        let (metadata, _, r) = request.into_parts();
         let consistency = convert::consistency(r.consistency)?;
-        let points = join_all(
-            self.shards
-                .iter()
-                .map(|(_, service)| service.log_point(consistency, r.at_timestamp_us)),
-        )
+        // A remote read index asks about one shard (see `read_index`).
+        let asked: Vec<usize> = match only {
+            None => (0..self.shards.len()).collect(),
+            Some(id) => vec![self
+                .shards
+                .binary_search_by_key(&ShardId(id), |(s, _)| *s)
+                .map_err(|_| Status::not_found(format!("shard {id} is not on this node")))?],
+        };
+        let points = join_all(asked.iter().map(|&at| {
+            let metadata = &metadata;
+            async move {
+                let here = self.read_index(at, consistency, metadata).await?;
+                self.shards[at].1.log_point(here, r.at_timestamp_us).await
+            }
+        }))
         .await;
         let (mut ends, mut firsts) = (Cursor::default(), Cursor::default());
         let mut answer = pb::GetLogResponse::default();
-        for ((id, _), point) in self.shards.iter().zip(points) {
+        for (&at, point) in asked.iter().zip(points) {
+            let id = &self.shards[at].0;
             let (end, first) = point?;
             ends.set(*id, end);
             firsts.set(*id, first.unwrap_or(end));
-            if self.shards.len() == 1 {
+            if asked.len() == 1 {
                 answer.end_position = end;
                 answer.first_position_at_or_after = first;
             }
@@ -402,36 +569,33 @@ impl pb::streams_server::Streams for Router {
         &self,
         request: Request<pb::SetStreamMetadataRequest>,
     ) -> Answer<pb::WriteResponse> {
-        self.shard(&request.get_ref().stream)?
-            .set_stream_metadata(request)
-            .await
+        let stream = request.get_ref().stream.clone();
+        routed!(self, request, &stream, true, set_stream_metadata)
     }
 
     async fn delete_stream(
         &self,
         request: Request<pb::DeleteStreamRequest>,
     ) -> Answer<pb::WriteResponse> {
-        self.shard(&request.get_ref().stream)?
-            .delete_stream(request)
-            .await
+        let stream = request.get_ref().stream.clone();
+        routed!(self, request, &stream, true, delete_stream)
     }
 
     async fn save_snapshot(
         &self,
         request: Request<pb::SaveSnapshotRequest>,
     ) -> Answer<pb::WriteResponse> {
-        self.shard(&request.get_ref().stream)?
-            .save_snapshot(request)
-            .await
+        let stream = request.get_ref().stream.clone();
+        routed!(self, request, &stream, true, save_snapshot)
     }
 
     async fn read_state(
         &self,
         request: Request<pb::ReadStateRequest>,
     ) -> Answer<pb::ReadStateResponse> {
-        self.shard(&request.get_ref().stream)?
-            .read_state(request)
-            .await
+        let r = request.get_ref();
+        let (stream, leader) = (r.stream.clone(), linearizable(r.consistency));
+        routed!(self, request, &stream, leader, read_state)
     }
 
     /// Sets the policy on every shard, in id order (a policy is a value: a retry after a

@@ -160,6 +160,11 @@ impl StreamsService {
         self.backend.reader().limits().clone()
     }
 
+    /// The storage it serves.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     /// The positions open `$all` subscriptions still have to deliver (retention's bound).
     pub fn pins(&self) -> &Pins {
         &self.pins

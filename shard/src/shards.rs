@@ -28,6 +28,9 @@ use crate::backend::Backend;
 
 /// The map's file in a data directory of several shards.
 pub const MAP_FILE: &str = "cluster.map";
+/// What a directory of one shard holds (an engine's log; a replica's generation pointer or
+/// Raft state): a directory with one of these and no map is a one-shard store.
+const ONE_SHARD_MARKS: [&str; 3] = ["log", "CURRENT", "raft-state"];
 /// Most shards one node opens: each has three pipeline threads and a RocksDB of its own.
 pub const SHARDS_PER_NODE_MAX: u32 = 64;
 
@@ -61,7 +64,7 @@ pub fn layout(dir: &Path, shards: Option<u32>) -> Result<Layout, String> {
         let text = std::fs::read_to_string(&map_file)
             .map_err(|e| format!("reading {}: {e}", map_file.display()))?;
         ClusterMap::decode(&text).map_err(|e| format!("{}: {e}", map_file.display()))?
-    } else if dir.join("log").exists() {
+    } else if ONE_SHARD_MARKS.iter().any(|m| dir.join(m).exists()) {
         return match shards {
             None | Some(1) => one(dir),
             Some(n) => Err(format!(
@@ -139,12 +142,21 @@ impl LocalShards {
             .map_or(0, |r| r.stats().fdatasyncs.load(Ordering::Relaxed))
     }
 
-    /// The replica, on a replicated node.
+    /// The replicas, by shard id, on a replicated node (empty on one without replication).
+    pub fn replicas(&self) -> Vec<&strata_raft::Replica> {
+        self.backends
+            .iter()
+            .filter_map(|(_, b)| match b {
+                Backend::Replicated(r) => Some(r.as_ref()),
+                Backend::Single(_) => None,
+            })
+            .collect()
+    }
+
+    /// The first shard's replica (the node's Raft view in one-shard terms), on a replicated
+    /// node.
     pub fn replica(&self) -> Option<&strata_raft::Replica> {
-        match self.backends.as_slice() {
-            [(_, Backend::Replicated(r))] => Some(r),
-            _ => None,
-        }
+        self.replicas().into_iter().next()
     }
 }
 

@@ -1,6 +1,8 @@
-//! `strata dev --nodes N`: a local replicated cluster of N node processes (this same binary,
-//! `strata node`), node N serving clients on port 50050+N with data under DIR/node-N. Once all
-//! answer, the cluster is formed through node 1 and its status printed. Ctrl-C (or SIGTERM)
+//! `strata dev --nodes N [--shards K]`: a local replicated cluster of N node processes (this
+//! same binary, `strata node`), node N serving clients on port 50050+N with data under
+//! DIR/node-N, each holding a replica of every one of the K shards. Once all answer, the
+//! cluster is formed through node 1 (each shard's group from the node that should lead it)
+//! and its status printed. Ctrl-C (or SIGTERM)
 //! stops every node gracefully.
 
 use std::net::IpAddr;
@@ -51,6 +53,7 @@ pub async fn run(
     host: IpAddr,
     metrics_host: Option<IpAddr>,
     nodes: u64,
+    shards: Option<u32>,
 ) -> Result<(), Failure> {
     if !(2..=9).contains(&nodes) {
         return Err(Failure {
@@ -76,6 +79,9 @@ pub async fn run(
             .arg(addr(n))
             .arg("--metrics")
             .arg(metrics_addr(n).unwrap_or_else(|| "off".to_string()));
+        if let Some(k) = shards {
+            cmd.arg("--shards").arg(k.to_string());
+        }
         for p in (1..=nodes).filter(|p| *p != n) {
             cmd.arg("--peer").arg(format!("{p}={}", addr(p)));
         }
@@ -117,7 +123,10 @@ pub async fn run(
             if let Some(c) = quick_client(&addr(1)) {
                 let _ = c.cluster_init().await;
             }
-            if let Some(s) = status(&addr(1)).await.filter(|s| s.has_leader) {
+            // Formed once every shard's group has a leader.
+            let led =
+                |s: &pb::ClusterStatus| s.has_leader && s.shards.iter().all(|g| g.leader != 0);
+            if let Some(s) = status(&addr(1)).await.filter(led) {
                 formed = Some(s);
             }
         }
@@ -126,12 +135,26 @@ pub async fn run(
         }
     }
     let s = formed.unwrap_or_default();
-    println!(
-        "strata dev: {nodes}-node cluster, leader is node {} (term {}), data in {}",
-        s.leader,
-        s.term,
-        data.display()
-    );
+    if s.shards.len() > 1 {
+        let leaders: Vec<String> = s
+            .shards
+            .iter()
+            .map(|g| format!("{}→{}", g.id, g.leader))
+            .collect();
+        println!(
+            "strata dev: {nodes}-node cluster of {} shards (shard→leader: {}), data in {}",
+            s.shards.len(),
+            leaders.join(" "),
+            data.display()
+        );
+    } else {
+        println!(
+            "strata dev: {nodes}-node cluster, leader is node {} (term {}), data in {}",
+            s.leader,
+            s.term,
+            data.display()
+        );
+    }
     for n in 1..=nodes {
         let metrics = metrics_addr(n)
             .map(|a| format!("  metrics http://{a}/metrics"))

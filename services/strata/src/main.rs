@@ -43,9 +43,10 @@ enum Command {
         /// of that many local processes.
         #[arg(long, default_value_t = 1)]
         nodes: u64,
-        /// Shards of the one node (1-64): streams spread over them by slot, each shard its own
-        /// engine, all sharing one fdatasync per round. A new data directory gets this many;
-        /// an existing one keeps what it holds.
+        /// Shards (1-64): streams spread over them by slot, each shard its own engine (with
+        /// --nodes, its own Raft group with a replica on every node), all of a node's shards
+        /// sharing one fdatasync per round. A new data directory gets this many; an existing
+        /// one keeps what it holds.
         #[arg(long)]
         shards: Option<u32>,
     },
@@ -137,13 +138,7 @@ fn main() -> ExitCode {
                 nodes,
                 shards,
             } if nodes > 1 => {
-                if shards.is_some_and(|n| n > 1) {
-                    return Err(Failure {
-                        message: "--shards with --nodes is not built yet (replicated shards by the map are the next part of sharding): use one or the other".into(),
-                        exit_code: 2,
-                    });
-                }
-                dev_cluster::run(data, listen.ip(), metrics.map(|m| m.ip()), nodes).await
+                dev_cluster::run(data, listen.ip(), metrics.map(|m| m.ip()), nodes, shards).await
             }
             Command::Dev {
                 data,

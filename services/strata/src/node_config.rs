@@ -53,8 +53,9 @@ pub struct NodeArgs {
     /// Data directory.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Shards of a node without replication (1-64): a new data directory gets this many;
-    /// an existing one must hold as many (default: what it holds, 1 when new).
+    /// Shards (1-64): a new data directory gets this many; an existing one must hold as many
+    /// (default: what it holds, 1 when new). Every node of a cluster must give the same
+    /// count: each holds a replica of every shard, one Raft group per shard.
     #[arg(long)]
     shards: Option<u32>,
     /// gRPC address.

@@ -136,24 +136,59 @@ async fn check_replicas(cluster: &Cluster, acked: &BTreeMap<String, Vec<u128>>) 
     }
 }
 
+/// A node's shard directories: `DIR/shards/<id>` when it holds several, else `DIR`.
+fn shard_dirs(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let several = data.join("shards");
+    if !several.exists() {
+        return vec![data.to_path_buf()];
+    }
+    let mut dirs: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(&several)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().parse().unwrap(), p))
+        .collect();
+    dirs.sort();
+    dirs.into_iter().map(|(_, p)| p).collect()
+}
+
 /// Stops every node and compares their committed logs record by record (all but the header's
-/// local fields). With `reclaimed`, replicas may each have reclaimed dead entries (retention):
-/// then only the entries all of them still hold are compared, and where the logs end.
+/// local fields), shard by shard. With `reclaimed`, replicas may each have reclaimed dead
+/// entries (retention): then only the entries all of them still hold are compared, and where
+/// the logs end.
 fn check_logs_identical(cluster: &mut Cluster, reclaimed: bool) {
     for n in cluster.nodes.values_mut() {
         n.stop();
     }
+    let live: Vec<&NodeProc> = cluster.nodes.values().filter(|n| n.data.exists()).collect();
+    let shards = shard_dirs(&live[0].data).len();
+    let mut compared = 0;
+    for at in 0..shards {
+        let dirs: Vec<(u64, std::path::PathBuf, &[String])> = live
+            .iter()
+            .map(|n| (n.id, shard_dirs(&n.data)[at].clone(), &n.args[..]))
+            .collect();
+        compared += check_shard_logs_identical(&dirs, reclaimed);
+    }
+    assert!(
+        compared > 10,
+        "the logs hold only {compared} entries in common"
+    );
+}
+
+/// Compares one shard's committed logs on the nodes `(id, shard directory, node args)`;
+/// returns how many entries all of them hold.
+fn check_shard_logs_identical(
+    dirs: &[(u64, std::path::PathBuf, &[String])],
+    reclaimed: bool,
+) -> usize {
     // (node, [(raft index, replicated bytes)])
     type Log = Vec<(u64, Vec<u8>)>;
     let mut logs: Vec<(u64, Log)> = Vec::new();
-    for n in cluster.nodes.values() {
-        if !n.data.exists() {
-            continue;
-        }
+    for (id, dir, args) in dirs {
         let shard = strata_raft::Shard::open(strata_raft::ShardOptions {
-            node_id: n.id,
-            dir: n.data.clone(),
-            engine: engine_config(&n.args),
+            node_id: *id,
+            dir: dir.clone(),
+            engine: engine_config(args),
             fs: Arc::new(strata_engine::fs::StdFs),
             clock: Arc::new(strata_engine::clock::MonotonicClock::default()),
             open_index: Arc::new(|p| {
@@ -164,7 +199,7 @@ fn check_logs_identical(cluster: &mut Cluster, reclaimed: bool) {
             log_sync: Default::default(),
         })
         .unwrap();
-        logs.push((n.id, shard.replicated_entries(0, u64::MAX).unwrap()));
+        logs.push((*id, shard.replicated_entries(0, u64::MAX).unwrap()));
     }
     // Each replica purges entries behind its own snapshots and reclaims dead ones on its own
     // clock: the entries every replica still holds must be byte-identical, and every log must
@@ -180,9 +215,9 @@ fn check_logs_identical(cluster: &mut Cluster, reclaimed: bool) {
         .filter(|seq| held.iter().all(|h| h.contains_key(seq)))
         .collect();
     assert!(
-        common.len() > 10,
-        "the logs hold only {} entries in common",
-        common.len()
+        !common.is_empty(),
+        "the logs of {} hold no entry in common",
+        dirs[0].1.display()
     );
     for ((id, _), log) in logs.iter().zip(&held).skip(1) {
         if !reclaimed {
@@ -206,6 +241,7 @@ fn check_logs_identical(cluster: &mut Cluster, reclaimed: bool) {
             );
         }
     }
+    common.len()
 }
 
 fn engine_config(args: &[String]) -> strata_engine::EngineConfig {
@@ -232,13 +268,25 @@ fn spawn_writers(
     acked: &Acked,
     stop: &Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<WriterReport>> {
+    spawn_writers_round(cluster, count, acked, stop, 0)
+}
+
+/// Writers of round `round`: event ids of their own (a later round appends new events to the
+/// same streams, where the same ids would be retries answered with the first round's results).
+fn spawn_writers_round(
+    cluster: &Cluster,
+    count: usize,
+    acked: &Acked,
+    stop: &Arc<AtomicBool>,
+    round: u128,
+) -> Vec<tokio::task::JoinHandle<WriterReport>> {
     let addrs: Vec<String> = cluster.nodes.keys().map(|id| cluster.addr(*id)).collect();
     (0..count)
         .map(|w| {
             tokio::spawn(writer(
                 addrs.clone(),
                 format!("w-{w}"),
-                (w as u128 + 1) << 64,
+                ((w as u128 + 1) << 64) | (round << 48),
                 acked.clone(),
                 stop.clone(),
             ))
@@ -985,4 +1033,210 @@ async fn the_largest_batch_the_limits_allow_replicates_to_every_replica() {
     let leader = cluster.leader(Duration::from_secs(10)).await;
     let mut c = big_client(channel(&cluster.addr(leader)).await.unwrap());
     c.append(append_request("after-edge", 1)).await.unwrap();
+}
+
+/// Every shard's leader as each live node sees it, once they all agree (waits up to 20 s).
+async fn shard_leaders(cluster: &Cluster) -> BTreeMap<u32, u64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut views = Vec::new();
+        for id in cluster.live() {
+            if let Some(s) = status(&cluster.addr(id)).await {
+                views.push(
+                    s.shards
+                        .iter()
+                        .map(|g| (g.id, g.leader))
+                        .collect::<BTreeMap<u32, u64>>(),
+                );
+            }
+        }
+        let agreed = views.len() == cluster.live().len()
+            && views.iter().all(|v| *v == views[0])
+            && views[0]
+                .values()
+                .all(|l| *l != 0 && cluster.live().contains(l));
+        if agreed {
+            return views.swap_remove(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed shard leaders: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every acknowledged event on every live node exactly once, at its version, by follower reads
+/// of each stream (each node's replica of the stream's shard), waiting for the node to apply.
+async fn check_sharded_replicas(cluster: &Cluster, acked: &BTreeMap<String, Vec<u128>>) {
+    for id in cluster.live() {
+        let ch = channel(&cluster.addr(id)).await.unwrap();
+        let mut client = StreamsClient::new(ch);
+        for (stream, ids) in acked {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let got: Vec<u128> = follower_read_all(&mut client, stream, id)
+                    .await
+                    .iter()
+                    .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128())
+                    .collect();
+                if got.len() >= ids.len() || Instant::now() > deadline {
+                    assert_eq!(
+                        &got, ids,
+                        "node {id}: stream {stream} differs from what was acknowledged"
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A three-node cluster of four shards (one Raft group each, a replica on every node): the
+/// groups' leaders are spread over the nodes at formation; appends sent to any node reach
+/// their shard's leader (forwarded: not one failed call while nothing fails), an
+/// `AppendStream` mixing shards through one node is answered in order, linearizable reads and
+/// a merged `$all` read through a node that does not lead every shard see every
+/// acknowledged event; then a node is SIGKILLed and restarted under the writers, and every
+/// acknowledged event is on every replica exactly once, each shard's logs byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sharded_cluster_forwards_to_each_leader_and_loses_nothing_through_a_kill() {
+    let _serial = SERIAL.lock().await;
+    let mut args = small_log_args();
+    args.extend(["--shards".to_string(), "4".to_string()]);
+    let mut cluster = Cluster::new(3, false, args);
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    cluster.start_all().await;
+    let leaders = shard_leaders(&cluster).await;
+    assert_eq!(leaders.len(), 4, "{leaders:?}");
+    for node in 1..=3u64 {
+        let led = leaders.values().filter(|l| **l == node).count();
+        assert!(
+            (1..=2).contains(&led),
+            "node {node} leads {led} of 4 shards: {leaders:?}"
+        );
+    }
+
+    // Nothing fails: every writer's first node (node 1) forwards what it does not lead.
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&cluster, 8, &acked, &stop);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let reports = join(writers).await;
+    let (acks, errors): (u64, u64) = reports
+        .iter()
+        .fold((0, 0), |(a, e), r| (a + r.acks, e + r.errors));
+    assert!(acks > 0);
+    assert_eq!(
+        errors, 0,
+        "calls failed with every node up ({acks} acknowledged)"
+    );
+
+    // One AppendStream through node 2 over streams of every shard, answered in order.
+    let mut client = StreamsClient::new(channel(&cluster.addr(2)).await.unwrap());
+    let batch: Vec<pb::AppendRequest> = (0..16u128)
+        .map(|i| append_request(&format!("s-{}", i % 8), (9u128 << 100) + i))
+        .collect();
+    let messages = vec![
+        pb::AppendStreamRequest {
+            appends: batch[..8].to_vec(),
+        },
+        pb::AppendStreamRequest {
+            appends: batch[8..].to_vec(),
+        },
+    ];
+    let mut answers = client
+        .append_stream(tokio_stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut versions = Vec::new();
+    while let Some(m) = answers.message().await.unwrap() {
+        for r in m.results {
+            match r.outcome {
+                Some(pb::append_result::Outcome::Appended(a)) => {
+                    versions.push(a.streams[0].first_version)
+                }
+                other => panic!("an append failed: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(versions, [vec![0u64; 8], vec![1u64; 8]].concat());
+    {
+        let mut a = acked.lock().unwrap();
+        for (i, append) in batch.iter().enumerate() {
+            a.entry(append.stream.clone())
+                .or_default()
+                .push((9u128 << 100) + i as u128);
+        }
+    }
+
+    // Linearizable reads through node 3 (forwarded where it does not lead) see every ack;
+    // so does a merged $all read, page by page (a read index per remote shard).
+    let mut client = StreamsClient::new(channel(&cluster.addr(3)).await.unwrap());
+    let snapshot = acked.lock().unwrap().clone();
+    for (stream, ids) in &snapshot {
+        let events = client
+            .read(pb::ReadRequest {
+                stream: stream.clone(),
+                limit: 4096,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        let got: Vec<u128> = events
+            .iter()
+            .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128())
+            .collect();
+        assert_eq!(&got, ids, "linearizable read of {stream} through node 3");
+    }
+    let mut all = Vec::new();
+    let mut cursor = Vec::new();
+    loop {
+        let page = client
+            .read_all(pb::ReadAllRequest {
+                from_cursor: cursor.clone().into(),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if page.events.is_empty() {
+            break;
+        }
+        all.extend(
+            page.events
+                .iter()
+                .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128()),
+        );
+        cursor = page.next_cursor.to_vec();
+    }
+    let total: usize = snapshot.values().map(Vec::len).sum();
+    let distinct: std::collections::BTreeSet<u128> = all.iter().copied().collect();
+    assert_eq!(
+        (all.len(), distinct.len()),
+        (total, total),
+        "the merged $all read"
+    );
+
+    // SIGKILL node 2 under the writers, then restart it.
+    stop.store(false, Ordering::Relaxed);
+    let writers = spawn_writers_round(&cluster, 8, &acked, &stop, 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.nodes.get_mut(&2).unwrap().kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.nodes.get_mut(&2).unwrap().start();
+    cluster.wait_up(2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    join(writers).await;
+    shard_leaders(&cluster).await;
+    let acked = acked.lock().unwrap().clone();
+    check_sharded_replicas(&cluster, &acked).await;
+    check_logs_identical(&mut cluster, false);
 }

@@ -1,0 +1,140 @@
+//! Calls passed on to the node that leads a shard. On a replicated node of several shards the
+//! groups' leaders are spread over the nodes, so the node a client calls often does not lead
+//! the shard a call is for; it forwards the call, once, to the leader it knows:
+//!
+//! ```text
+//!   client ──▶ node 1 (follower of shard k) ──forwarded, strata-forwarded: 1──▶ node 2 (leader of k)
+//!          ◀── the leader's answer, unchanged ◀──────────────────────────────────
+//! ```
+//!
+//! A forwarded call is never forwarded again: a node that got one and does not lead (the
+//! leader changed meanwhile) answers UNAVAILABLE naming the leader, which the client follows.
+//! The call's metadata (correlation ids, deadline) travels with it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strata_proto::v1 as pb;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+/// Metadata key marking a call one node passed on to another.
+pub const FORWARDED_KEY: &str = "strata-forwarded";
+/// Metadata key restricting a forwarded `GetLog` to one shard (a remote read barrier).
+pub const SHARD_KEY: &str = "strata-shard";
+/// How long connecting to a leader may take before the forwarded call fails UNAVAILABLE.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Lazily connected channels to the other nodes, one per client address, shared by every call.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Largest request and answer a forwarded call may carry (the server's own limits).
+    request_bytes_max: usize,
+    answer_bytes_max: usize,
+}
+
+impl Peers {
+    /// Peers whose calls carry at most these many bytes each way.
+    pub fn new(request_bytes_max: usize, answer_bytes_max: usize) -> Peers {
+        Peers {
+            channels: Arc::default(),
+            request_bytes_max,
+            answer_bytes_max,
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = strata_engine::sync::lock(&self.channels);
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("the leader's address {addr:?}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// The `Streams` service of the node at `addr`.
+    pub fn streams(
+        &self,
+        addr: &str,
+    ) -> Result<pb::streams_client::StreamsClient<Channel>, Status> {
+        Ok(pb::streams_client::StreamsClient::new(self.channel(addr)?)
+            .max_decoding_message_size(self.answer_bytes_max)
+            .max_encoding_message_size(self.request_bytes_max))
+    }
+
+    /// The `Cluster` service of the node at `addr`.
+    pub fn cluster(
+        &self,
+        addr: &str,
+    ) -> Result<pb::cluster_client::ClusterClient<Channel>, Status> {
+        Ok(pb::cluster_client::ClusterClient::new(self.channel(addr)?))
+    }
+}
+
+/// Whether another node passed this call on (it must not be passed on again).
+pub fn is_forwarded(metadata: &MetadataMap) -> bool {
+    metadata.contains_key(FORWARDED_KEY)
+}
+
+/// The call as passed on: its metadata and message, marked forwarded.
+pub fn forwarded<T>(request: Request<T>) -> Request<T> {
+    let (mut metadata, extensions, message) = request.into_parts();
+    metadata.insert(FORWARDED_KEY, MetadataValue::from_static("1"));
+    Request::from_parts(metadata, extensions, message)
+}
+
+/// A new call marked forwarded, about one shard.
+pub fn for_shard<T>(message: T, shard: u32) -> Request<T> {
+    let mut request = forwarded(Request::new(message));
+    if let Ok(v) = shard.to_string().parse() {
+        request.metadata_mut().insert(SHARD_KEY, v);
+    }
+    request
+}
+
+/// The shard a forwarded call is restricted to, if any.
+pub fn shard_of(metadata: &MetadataMap) -> Result<Option<u32>, Status> {
+    match metadata.get(SHARD_KEY) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .map(Some)
+            .ok_or_else(|| crate::status::invalid(SHARD_KEY, "must be a shard id")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_forwarded_call_keeps_its_metadata_and_is_marked() {
+        let mut request = Request::new(());
+        request
+            .metadata_mut()
+            .insert("x-request-id", MetadataValue::from_static("abc"));
+        assert!(!is_forwarded(request.metadata()));
+        let passed = forwarded(request);
+        assert!(is_forwarded(passed.metadata()));
+        assert_eq!(passed.metadata().get("x-request-id").unwrap(), "abc");
+        let one = for_shard((), 7);
+        assert_eq!(shard_of(one.metadata()).unwrap(), Some(7));
+        assert!(is_forwarded(one.metadata()));
+        let mut bad = Request::new(());
+        bad.metadata_mut()
+            .insert(SHARD_KEY, MetadataValue::from_static("x"));
+        assert!(shard_of(bad.metadata()).is_err());
+    }
+}
