@@ -64,7 +64,7 @@ impl Client {
     ) -> Result<pb::AppendResponse, Error> {
         with_ids(&mut request.events);
         self.conn
-            .call(true, |mut c| {
+            .call_for(&request.stream, true, |mut c| {
                 let r = request.clone();
                 async move { c.append(r).await }
             })
@@ -79,8 +79,13 @@ impl Client {
         for s in &mut request.streams {
             with_ids(&mut s.events);
         }
+        let first = request
+            .streams
+            .first()
+            .map(|s| s.stream.clone())
+            .unwrap_or_default();
         self.conn
-            .call(true, |mut c| {
+            .call_for(&first, true, |mut c| {
                 let r = request.clone();
                 async move { c.append_multi(r).await }
             })
@@ -90,7 +95,7 @@ impl Client {
     /// One page of a stream (see `ReadResponse.truncated`); as of a past point with `as_of`.
     pub async fn read(&self, request: pb::ReadRequest) -> Result<pb::ReadResponse, Error> {
         self.conn
-            .call(true, |mut c| {
+            .call_for(&request.stream, true, |mut c| {
                 let r = request.clone();
                 async move { c.read(r).await }
             })
@@ -152,7 +157,7 @@ impl Client {
             consistency: consistency as i32,
         };
         self.conn
-            .call(true, |mut c| {
+            .call_for(&request.stream, true, |mut c| {
                 let r = request.clone();
                 async move { c.get_stream(r).await }
             })
@@ -179,7 +184,7 @@ impl Client {
     ) -> Result<pb::WriteResponse, Error> {
         let idempotent = request.expected_metadata_version.is_none();
         self.conn
-            .call(idempotent, |mut c| {
+            .call_for(&request.stream, idempotent, |mut c| {
                 let r = request.clone();
                 async move { c.set_stream_metadata(r).await }
             })
@@ -193,7 +198,7 @@ impl Client {
         request: pb::DeleteStreamRequest,
     ) -> Result<pb::WriteResponse, Error> {
         self.conn
-            .call(false, |mut c| {
+            .call_for(&request.stream, false, |mut c| {
                 let r = request.clone();
                 async move { c.delete_stream(r).await }
             })
@@ -206,7 +211,7 @@ impl Client {
         request: pb::SaveSnapshotRequest,
     ) -> Result<pb::WriteResponse, Error> {
         self.conn
-            .call(true, |mut c| {
+            .call_for(&request.stream, true, |mut c| {
                 let r = request.clone();
                 async move { c.save_snapshot(r).await }
             })
@@ -219,7 +224,7 @@ impl Client {
         request: pb::ReadStateRequest,
     ) -> Result<pb::ReadStateResponse, Error> {
         self.conn
-            .call(true, |mut c| {
+            .call_for(&request.stream, true, |mut c| {
                 let r = request.clone();
                 async move { c.read_state(r).await }
             })
@@ -257,7 +262,7 @@ impl Client {
     /// initialised already).
     pub async fn cluster_init(&self) -> Result<pb::ClusterStatus, Error> {
         self.conn
-            .call_on(Connections::cluster, true, |mut c| async move {
+            .call_on(Connections::cluster, None, true, |mut c| async move {
                 c.init(pb::InitRequest {}).await
             })
             .await
@@ -269,7 +274,7 @@ impl Client {
         request: pb::AddNodeRequest,
     ) -> Result<pb::ClusterStatus, Error> {
         self.conn
-            .call_on(Connections::cluster, true, |mut c| {
+            .call_on(Connections::cluster, None, true, |mut c| {
                 let r = request.clone();
                 async move { c.add_node(r).await }
             })
@@ -282,7 +287,7 @@ impl Client {
         request: pb::RemoveNodeRequest,
     ) -> Result<pb::ClusterStatus, Error> {
         self.conn
-            .call_on(Connections::cluster, true, |mut c| async move {
+            .call_on(Connections::cluster, None, true, |mut c| async move {
                 c.remove_node(request).await
             })
             .await

@@ -8,7 +8,8 @@
 //! connection, a timeout) only for idempotent calls — reads, and appends whose every event
 //! carries an id (the client gives each event one before the first attempt, so a retry is
 //! answered with the original result). Attempts are bounded by `attempts_max` and the call's
-//! `deadline`.
+//! `deadline`. A call about one stream goes to the leader of the stream's shard when the
+//! client knows it (see [`crate::routes`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Failed, Retry};
+use crate::routes::{RouteState, Routes};
 
 /// Addresses a client learns from leader hints, beyond those it was given.
 const LEARNED_ADDRESSES_MAX: usize = 64;
@@ -40,6 +42,7 @@ struct Targets {
 pub(crate) struct Connections {
     config: Arc<ClientConfig>,
     targets: Arc<Mutex<Targets>>,
+    routes: Arc<Mutex<RouteState>>,
     jitter: Arc<AtomicU64>,
 }
 
@@ -54,6 +57,7 @@ impl Connections {
                 current: 0,
                 channels: HashMap::new(),
             })),
+            routes: Arc::default(),
             jitter: Arc::new(AtomicU64::new((uuid::Uuid::new_v4().as_u128() as u64) | 1)),
         };
         // Every address must at least parse (a channel is made lazily: no network yet).
@@ -209,7 +213,62 @@ impl Connections {
         F: FnMut(StreamsClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call_on(Connections::streams, idempotent, f).await
+        self.call_on(Connections::streams, None, idempotent, f)
+            .await
+    }
+
+    /// Makes a unary `Streams` call about `stream`: to its shard's leader when known.
+    pub(crate) async fn call_for<T, F, Fut>(
+        &self,
+        stream: &str,
+        idempotent: bool,
+        f: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(StreamsClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_on(Connections::streams, Some(stream), idempotent, f)
+            .await
+    }
+
+    fn lock_routes(&self) -> MutexGuard<'_, RouteState> {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The address of the leader of `stream`'s shard, reading the table from the target node
+    /// first when it is due (one quick attempt; without it calls go to the target).
+    async fn route(&self, stream: &str) -> Option<String> {
+        if self.lock_routes().read_due(Instant::now()) {
+            let addr = self.target();
+            let limit = self.config.attempt_timeout;
+            let read = async {
+                let mut c = self.cluster(&addr).ok()?;
+                let status = c.status(strata_proto::v1::StatusRequest {}).await.ok()?;
+                Routes::from_status(status.get_ref())
+            };
+            if let Ok(Some(routes)) = tokio::time::timeout(limit, read).await {
+                self.lock_routes().routes = Some(routes);
+            }
+        }
+        let state = self.lock_routes();
+        state.routes.as_ref()?.leader_of(stream).map(str::to_string)
+    }
+
+    /// What a failed call about `stream` at its shard's leader `addr` teaches the table.
+    fn reroute(&self, stream: &str, addr: &str, failed: &Failed) {
+        let mut state = self.lock_routes();
+        let Some(routes) = state.routes.as_mut() else {
+            return;
+        };
+        match &failed.retry {
+            Retry::Refused {
+                leader: Some(leader),
+            } if leader != addr => routes.learn(stream, leader),
+            Retry::Unknown => routes.forget(stream),
+            // Busy, or no leader known yet: the same node again after the backoff.
+            Retry::Refused { .. } | Retry::No => {}
+        }
     }
 
     /// Makes a unary call on the client `make` gives for the target node, retrying as the
@@ -217,6 +276,7 @@ impl Connections {
     pub(crate) async fn call_on<C, T, F, Fut>(
         &self,
         make: fn(&Connections, &str) -> Result<C, Error>,
+        stream: Option<&str>,
         idempotent: bool,
         mut f: F,
     ) -> Result<T, Error>
@@ -228,7 +288,11 @@ impl Connections {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let addr = self.target();
+            let routed = match stream {
+                Some(stream) => self.route(stream).await,
+                None => None,
+            };
+            let addr = routed.clone().unwrap_or_else(|| self.target());
             let left = self.config.deadline.saturating_sub(started.elapsed());
             let limit = self.config.attempt_timeout.min(left);
             let failed = match tokio::time::timeout(limit, f(make(self, &addr)?)).await {
@@ -240,6 +304,9 @@ impl Connections {
                 },
             };
             tracing::debug!(%addr, attempt, error = %failed.error, "call failed");
+            if let (Some(stream), Some(_)) = (stream, &routed) {
+                self.reroute(stream, &addr, &failed);
+            }
             self.after_failure(&addr, failed, idempotent, attempt, started)
                 .await?;
         }

@@ -62,6 +62,7 @@ mod error;
 mod events;
 pub mod group;
 mod pipeline;
+mod routes;
 mod subscribe;
 
 pub use client::Client;

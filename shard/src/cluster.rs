@@ -6,6 +6,8 @@
 //! FAILED_PRECONDITION.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use strata_proto::v1 as pb;
 use strata_raft::{Replica, ReplicaError, StrataNode};
@@ -15,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::backend::replica_status;
 use crate::forward::{self, Peers};
 use crate::shards::LocalShards;
+use crate::stats::ServiceStats;
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -24,15 +27,23 @@ pub struct ClusterService {
     addr: String,
     /// The other nodes (membership changes of groups led there are forwarded).
     peers: Option<Peers>,
+    /// The node's service counters (calls forwarded).
+    stats: Arc<ServiceStats>,
 }
 
 impl ClusterService {
     /// The service of a node's shards (replicas, or engines without replication).
-    pub fn new(shards: LocalShards, addr: String, peers: Option<Peers>) -> ClusterService {
+    pub fn new(
+        shards: LocalShards,
+        addr: String,
+        peers: Option<Peers>,
+        stats: Arc<ServiceStats>,
+    ) -> ClusterService {
         ClusterService {
             shards,
             addr,
             peers,
+            stats,
         }
     }
 
@@ -191,6 +202,7 @@ impl ClusterService {
                 log_fdatasyncs: self.shards.fdatasyncs(),
                 map_epoch: map.epoch(),
                 slots: map.slots(),
+                forwarded_calls: self.stats.forwarded.load(Ordering::Relaxed),
                 shards: self.shard_statuses(0),
             };
         };
@@ -218,6 +230,7 @@ impl ClusterService {
             log_fdatasyncs: self.shards.fdatasyncs(),
             map_epoch: map.epoch(),
             slots: map.slots(),
+            forwarded_calls: self.stats.forwarded.load(Ordering::Relaxed),
         }
     }
 }

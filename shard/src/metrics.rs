@@ -77,6 +77,13 @@ pub fn render(shards: &LocalShards, service: &ServiceStats, data_dir: &Path) -> 
     );
     metric(
         &mut out,
+        "strata_forwarded_calls_total",
+        "counter",
+        "Calls and AppendStream parts passed on to another node leading their shard.",
+        load(&service.forwarded),
+    );
+    metric(
+        &mut out,
         "strata_log_fdatasyncs_total",
         "counter",
         "fdatasyncs issued for the shards' logs (one sync round covers every shard on a device).",

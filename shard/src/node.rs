@@ -187,7 +187,7 @@ impl Node {
         });
         let router = Router::new((*shards.map).clone(), services, peers.clone())
             .map_err(NodeError::Shards)?;
-        let cluster = ClusterService::new(shards.clone(), local.to_string(), peers);
+        let cluster = ClusterService::new(shards.clone(), local.to_string(), peers, stats.clone());
         Ok(Node {
             shards,
             listener,

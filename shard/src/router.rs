@@ -147,6 +147,14 @@ impl Router {
         }
     }
 
+    /// Counts one call (or part) passed on, and the peers to pass it with.
+    fn forwarding(&self) -> Result<&Peers, Status> {
+        Submit::stats(self.first())
+            .forwarded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.peers()
+    }
+
     fn peers(&self) -> Result<&Peers, Status> {
         self.peers
             .as_ref()
@@ -224,7 +232,7 @@ macro_rules! routed {
         let at = $self.index($stream)?;
         if $leader {
             if let Some(addr) = $self.leader_elsewhere(at, $request.metadata()) {
-                let mut leader = $self.peers()?.streams(&addr)?;
+                let mut leader = $self.forwarding()?.streams(&addr)?;
                 return leader.$method(forwarded($request)).await;
             }
         }
@@ -400,7 +408,12 @@ impl Submit for Router {
             let mut pending = Vec::with_capacity(parts.len());
             for (at, _, appends) in parts {
                 pending.push(match self.remote_leader(at) {
-                    Some((remote, addr)) => remote.submit(&addr, appends).await,
+                    Some((remote, addr)) => {
+                        Submit::stats(self.first())
+                            .forwarded
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        remote.submit(&addr, appends).await
+                    }
                     None => self.shards[at].1.submit_batch(appends).await,
                 });
             }
@@ -480,7 +493,7 @@ impl pb::streams_server::Streams for Router {
             let id = *id;
             if linearizable(r.consistency) {
                 if let Some(addr) = self.leader_elsewhere(0, request.metadata()) {
-                    let mut leader = self.peers()?.streams(&addr)?;
+                    let mut leader = self.forwarding()?.streams(&addr)?;
                     return leader.read_all(forwarded(request)).await;
                 }
             }

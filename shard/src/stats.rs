@@ -33,6 +33,8 @@ pub struct ServiceStats {
     pub append_stream_call_peak: AtomicU64,
     /// Requests served, for request ids.
     pub requests: AtomicU64,
+    /// Calls and `AppendStream` parts passed on to another node leading their shard.
+    pub forwarded: AtomicU64,
     /// Append latency, request to durable answer.
     pub append_latency: LatencyHistogram,
     /// What retention did.
@@ -46,6 +48,7 @@ impl Default for ServiceStats {
             append_stream_in_flight: AtomicU64::new(0),
             append_stream_call_peak: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
             append_latency: LatencyHistogram::new(&APPEND_BUCKETS_US),
             retention: RetentionStats::default(),
         }

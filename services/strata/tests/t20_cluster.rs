@@ -1134,6 +1134,37 @@ async fn a_sharded_cluster_forwards_to_each_leader_and_loses_nothing_through_a_k
         "calls failed with every node up ({acks} acknowledged)"
     );
 
+    let forwarded = |cluster: &Cluster| {
+        let addrs: Vec<String> = cluster.live().iter().map(|id| cluster.addr(*id)).collect();
+        async move {
+            let mut sum = 0;
+            for a in addrs {
+                sum += status(&a).await.unwrap().forwarded_calls;
+            }
+            sum
+        }
+    };
+    let passed_on = forwarded(&cluster).await;
+    assert!(passed_on > 0, "node 1 led every shard?");
+
+    // strata-client sends each append to its shard's leader: nothing more is forwarded.
+    let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
+    let client = strata_client::Client::new(strata_client::ClientConfig::new(addrs)).unwrap();
+    for i in 0..32u128 {
+        let stream = format!("c-{}", i % 16);
+        let id = (5u128 << 100) + i;
+        client
+            .append_request(append_request(&stream, id))
+            .await
+            .unwrap();
+        acked.lock().unwrap().entry(stream).or_default().push(id);
+    }
+    assert_eq!(
+        forwarded(&cluster).await,
+        passed_on,
+        "strata-client's appends were forwarded"
+    );
+
     // One AppendStream through node 2 over streams of every shard, answered in order.
     let mut client = StreamsClient::new(channel(&cluster.addr(2)).await.unwrap());
     let batch: Vec<pb::AppendRequest> = (0..16u128)
