@@ -70,6 +70,7 @@ impl ClusterService {
     async fn each_group<F, Fut, R, RFut>(
         &self,
         metadata: &MetadataMap,
+        concerned: impl Fn(&Replica) -> bool,
         local: F,
         remote: R,
     ) -> Result<(), Status>
@@ -81,6 +82,9 @@ impl ClusterService {
     {
         let forwarded = forward::is_forwarded(metadata);
         for replica in self.replicas(metadata)? {
+            if !concerned(replica) {
+                continue;
+            }
             let leader = replica.leader().filter(|(id, _)| *id != replica.node_id());
             match (leader, &self.peers, forwarded) {
                 (Some((_, node)), Some(peers), false) => {
@@ -320,6 +324,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         };
         self.each_group(
             &metadata,
+            |_| true,
             |replica| {
                 let node = node.clone();
                 async move { replica.add_node(r.id, node).await }
@@ -344,8 +349,16 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let (metadata, _, r) = request.into_parts();
         let id = r.id;
+        // Only the groups it is a member of (an add that failed part way left it in some);
+        // a member of none gets the group's own precise error.
+        let member = |r: &Replica| r.status().members.iter().any(|m| m.id == id);
+        let replicas = self.replicas(&metadata)?;
+        if let (false, Some(first)) = (replicas.iter().any(|r| member(r)), replicas.first()) {
+            first.remove_node(id).await.map_err(replica_status)?;
+        }
         self.each_group(
             &metadata,
+            member,
             |replica| async move { replica.remove_node(id).await },
             |mut leader, shard| async move {
                 leader

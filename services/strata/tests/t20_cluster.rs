@@ -603,11 +603,25 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn membership_grows_and_shrinks_under_writes_without_a_failed_operation() {
+    membership_changes(1).await;
+}
+
+/// The same over three shards: every change reaches every shard's group (forwarded to the
+/// groups the node called does not lead), and the writers, all calling one node, see no
+/// failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_changes_reach_every_shards_group() {
+    membership_changes(3).await;
+}
+
+async fn membership_changes(shards: u32) {
     let _serial = SERIAL.lock().await;
     let mut args = small_log_args();
     args.extend([
         "--learner-catch-up-timeout-ms".to_string(),
         "1500".to_string(),
+        "--shards".to_string(),
+        shards.to_string(),
     ]);
     let mut cluster = Cluster::new(4, false, args);
     // Nodes 1–3 form the cluster; node 4 knows them but is not a member yet.
@@ -676,6 +690,29 @@ async fn membership_grows_and_shrinks_under_writes_without_a_failed_operation() 
             .count()
     };
     assert_eq!(voters(&grown), 4, "{grown}");
+    // Every shard's group holds the new node (and, once removed, no longer does).
+    let replicas_of_every_shard = |s: &serde_json::Value| -> Vec<Vec<u64>> {
+        s["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let mut r: Vec<u64> = g["replicas"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect();
+                r.sort();
+                r
+            })
+            .collect()
+    };
+    assert_eq!(
+        replicas_of_every_shard(&grown),
+        vec![vec![1, 2, 3, 4]; shards as usize],
+        "{grown}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let shrunk = run(&[
         "cluster",
@@ -686,6 +723,11 @@ async fn membership_grows_and_shrinks_under_writes_without_a_failed_operation() 
         &leader_addr,
     ]);
     assert_eq!(shrunk["nodes"].as_array().unwrap().len(), 3, "{shrunk}");
+    assert_eq!(
+        replicas_of_every_shard(&shrunk),
+        vec![vec![1, 2, 3]; shards as usize],
+        "{shrunk}"
+    );
     // A node nobody can reach is not made a voter: it stays a learner and the call fails.
     let out = Command::new(STRATA)
         .args(["cluster", "add-node", "--id", "5", "--addr", "127.0.0.1:1"])
@@ -727,9 +769,19 @@ async fn membership_grows_and_shrinks_under_writes_without_a_failed_operation() 
     assert_eq!(errors, 0, "operations failed during membership changes");
     let status_json = run(&["cluster", "status", "--json", "--server", &leader_addr]);
     assert_eq!(status_json["leader"], leader);
+    let after = run(&["cluster", "status", "--json", "--server", &leader_addr]);
+    assert_eq!(
+        replicas_of_every_shard(&after),
+        vec![vec![1, 2, 3]; shards as usize],
+        "{after}"
+    );
     cluster.nodes.get_mut(&4).unwrap().stop();
     let acked = acked.lock().unwrap().clone();
-    check_replicas(&cluster, &acked).await;
+    if shards == 1 {
+        check_replicas(&cluster, &acked).await;
+    } else {
+        check_sharded_replicas(&cluster, &acked).await;
+    }
     cluster.nodes.remove(&4);
     check_logs_identical(&mut cluster, false);
 }
@@ -1270,4 +1322,43 @@ async fn a_sharded_cluster_forwards_to_each_leader_and_loses_nothing_through_a_k
     let acked = acked.lock().unwrap().clone();
     check_sharded_replicas(&cluster, &acked).await;
     check_logs_identical(&mut cluster, false);
+}
+
+/// Nodes that would route streams to different shards do not form a cluster: `cluster init`
+/// is refused naming the node and both shard counts, and no group is formed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_different_shard_counts_are_refused_at_init() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::new(3, false, Vec::new());
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    for id in 1..=3 {
+        let shards = if id == 3 { "2" } else { "4" };
+        let node = cluster.nodes.get_mut(&id).unwrap();
+        node.args
+            .extend(["--shards".to_string(), shards.to_string()]);
+        node.start();
+    }
+    for id in 1..=3 {
+        cluster.wait_up(id).await;
+    }
+    let out = Command::new(STRATA)
+        .args(["cluster", "init", "--server", &cluster.addr(1)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("node 3")
+            && stderr.contains("holds 2 shards")
+            && stderr.contains("this node 4"),
+        "{stderr}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in 1..=3 {
+        let s = status(&cluster.addr(id)).await.unwrap();
+        assert!(
+            !s.has_leader && s.shards.iter().all(|g| g.leader == 0),
+            "node {id} formed a group: {s:?}"
+        );
+    }
 }
