@@ -1362,3 +1362,81 @@ async fn nodes_with_different_shard_counts_are_refused_at_init() {
         );
     }
 }
+
+/// The README's `strata dev --nodes 3 --shards 4`: three node processes on 50051–50053, every
+/// shard's group led (leaders spread), an append through one node read back through another
+/// (forwarded where needed), and Ctrl-C (SIGTERM) stops them all cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strata_dev_runs_a_sharded_cluster_and_stops_cleanly() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = std::process::Command::new(STRATA)
+        .args([
+            "dev",
+            "--nodes",
+            "3",
+            "--shards",
+            "4",
+            "--metrics",
+            "off",
+            "--data",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = dev.stdout.as_mut().unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut first)
+            .unwrap();
+    }
+    assert!(
+        first.starts_with("strata dev: 3-node cluster of 4 shards (shard→leader: "),
+        "{first}"
+    );
+    let led: std::collections::BTreeSet<&str> = first
+        .split("shard→leader: ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|pair| pair.split('→').nth(1).unwrap())
+        .collect();
+    assert_eq!(led.len(), 3, "leaders not spread over the nodes: {first}");
+    let cli = |args: &[&str]| Command::new(STRATA).args(args).output().unwrap();
+    for i in 0..8 {
+        let out = cli(&[
+            "append",
+            &format!("order-{i}"),
+            "--data",
+            "{}",
+            "--server",
+            "127.0.0.1:50052",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for i in 0..8 {
+        let out = cli(&["read", &format!("order-{i}"), "--server", "127.0.0.1:50053"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(dev.id() as i32, libc::SIGTERM) };
+    let out = dev.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped cleanly"));
+}
