@@ -55,6 +55,10 @@ pub enum Error {
     /// worker claimed it, or the group was reset. Nothing of the commit was written.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// What the store cannot do yet in its present shape (consumer groups on a store of
+    /// several shards).
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// A pipelined appender is closed, or its window is full (`try_append`).
     #[error("appender: {0}")]
     Appender(String),

@@ -90,6 +90,7 @@ impl Groups {
                 )));
             }
         }
+        self.refuse_several_shards().await?;
         self.check_position(start).await?;
         let definition = Definition {
             target,
@@ -231,6 +232,22 @@ impl Groups {
             parked,
             replayed,
         })
+    }
+
+    /// Refuses a store of several shards: a group's positions are one log's, and its streams
+    /// (created together) would fall in different shards. (When the node's status does not
+    /// answer, the creation goes on; on several shards its atomic append is then refused as
+    /// cross-shard.)
+    async fn refuse_several_shards(&self) -> Result<(), Error> {
+        let Ok(status) = self.client.cluster_status(&self.client.target()).await else {
+            return Ok(());
+        };
+        match status.shards.len() {
+            0 | 1 => Ok(()),
+            n => Err(Error::Unsupported(format!(
+                "consumer groups on a store of {n} shards are not built yet (a group's positions are one log's); use a store of one shard"
+            ))),
+        }
     }
 
     /// Refuses a position that is not a record's (or the log's end): the node names why.

@@ -397,3 +397,35 @@ async fn an_all_subscription_over_shards_resumes_by_cursor_across_a_kill_without
         );
     }
 }
+
+/// A consumer group cannot be created on a store of several shards (its positions are one
+/// log's): a precise error, and nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_on_several_shards_is_refused_and_nothing_is_written() {
+    use strata_client::group::{GroupTarget, Groups, Position};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, port) = (dir.path().join("node"), free_port());
+    let mut dev = sharded_dev(&data, port, 4);
+    let mut config = ClientConfig::new([addr(port)]);
+    config.attempts_max = 100;
+    config.deadline = Duration::from_secs(30);
+    let client = Client::new(config).unwrap();
+    // Up once a trivial call answers.
+    client.get_log(None).await.unwrap();
+    let refused = Groups::new(client.clone())
+        .create("billing", GroupTarget::All, 4, Position::From(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, strata_client::Error::Unsupported(m) if m.contains("4 shards")),
+        "{refused:?}"
+    );
+    let definition = Groups::new(client.clone()).definition("billing").await;
+    assert!(
+        matches!(definition, Err(strata_client::Error::NotFound(_))),
+        "{definition:?}"
+    );
+    dev.kill().unwrap();
+    dev.wait().unwrap();
+}
