@@ -21,7 +21,8 @@
 //! forwarded to it ([`crate::forward`]; an `AppendStream`'s parts over links,
 //! [`crate::remote_appends`]); follower reads and subscriptions are served here. A merged
 //! linearizable read asks each remote leader for its shard's end (a forwarded `GetLog`),
-//! waits until this node has applied that far, then reads here: a read index.
+//! waits until this node has applied that far (woken by its Raft metrics), then reads here:
+//! a read index.
 
 use std::sync::Arc;
 
@@ -212,16 +213,27 @@ impl Router {
             .await?
             .into_inner()
             .end_position;
-        let deadline = tokio::time::Instant::now() + READ_INDEX_WAIT_MAX;
-        while service.backend().reader().end() < end {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Status::unavailable(format!(
-                    "{id} has not applied up to position {end} (its leader's end) within {READ_INDEX_WAIT_MAX:?}; retry"
-                )));
+        let Backend::Replicated(replica) = service.backend() else {
+            return Ok(consistency);
+        };
+        // Woken by each change of the replica's Raft metrics (applying an entry is one; the
+        // records are readable before it is reported), taken before the first look.
+        let mut metrics = replica.raft().metrics();
+        let applied = async {
+            while service.backend().reader().end() < end {
+                if metrics.changed().await.is_err() {
+                    return Err(Status::unavailable(format!("{id}'s replica stopped")));
+                }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            Ok(())
+        };
+        match tokio::time::timeout(READ_INDEX_WAIT_MAX, applied).await {
+            Ok(Ok(())) => Ok(pb::Consistency::Follower),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(Status::unavailable(format!(
+                "{id} has not applied up to position {end} (its leader's end) within {READ_INDEX_WAIT_MAX:?}; retry"
+            ))),
         }
-        Ok(pb::Consistency::Follower)
     }
 }
 
