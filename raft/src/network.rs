@@ -94,6 +94,8 @@ pub enum Rpc {
     Vote,
     /// A whole snapshot.
     InstallSnapshot,
+    /// "Start an election now" from a leader handing over its leadership.
+    TimeoutNow,
 }
 
 /// How Raft messages reach other nodes: the real network or the simulator's.
@@ -162,6 +164,7 @@ impl RaftTransport for GrpcTransport {
                 Rpc::AppendEntries => client.append_entries(request).await,
                 Rpc::Vote => client.vote(request).await,
                 Rpc::InstallSnapshot => client.install_snapshot(request).await,
+                Rpc::TimeoutNow => client.timeout_now(request).await,
             }
         };
         match tokio::time::timeout(deadline, call).await {
@@ -213,7 +216,7 @@ pub struct SnapshotOffer {
 }
 
 /// openraft's network factory for one shard.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Network<T> {
     shard_id: u64,
     self_node: StrataNode,
@@ -221,6 +224,17 @@ pub struct Network<T> {
     /// Raft addresses this node was configured with for its peers; they win over the
     /// membership's (each node may reach a peer by its own route).
     routes: HashMap<NodeId, String>,
+}
+
+impl<T> Clone for Network<T> {
+    fn clone(&self) -> Self {
+        Network {
+            shard_id: self.shard_id,
+            self_node: self.self_node.clone(),
+            transport: self.transport.clone(),
+            routes: self.routes.clone(),
+        }
+    }
 }
 
 impl<T: RaftTransport> Network<T> {
@@ -256,6 +270,55 @@ impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for Network<T> {
             self_addr: self.self_node.raft_addr.clone(),
             transport: self.transport.clone(),
         }
+    }
+}
+
+/// Sends a shard's `TimeoutNow` whatever the transport (the replica holds it type-erased).
+pub trait Handover: Send + Sync + 'static {
+    /// Tells node `target` (at `node`) to start an election of this shard now, on behalf of a
+    /// leader whose vote is `vote` (see [`Rpc::TimeoutNow`]).
+    fn timeout_now<'a>(
+        &'a self,
+        target: NodeId,
+        node: &'a StrataNode,
+        vote: &'a Vote<NodeId>,
+        deadline: Duration,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Status>> + Send + 'a>>;
+}
+
+impl<T: RaftTransport> Handover for Network<T> {
+    fn timeout_now<'a>(
+        &'a self,
+        target: NodeId,
+        node: &'a StrataNode,
+        vote: &'a Vote<NodeId>,
+        deadline: Duration,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Status>> + Send + 'a>> {
+        Box::pin(self.send_timeout_now(target, node, vote, deadline))
+    }
+}
+
+impl<T: RaftTransport> Network<T> {
+    async fn send_timeout_now(
+        &self,
+        target: NodeId,
+        node: &StrataNode,
+        vote: &Vote<NodeId>,
+        deadline: Duration,
+    ) -> Result<(), Status> {
+        let addr = self
+            .routes
+            .get(&target)
+            .cloned()
+            .unwrap_or_else(|| node.raft_addr.clone());
+        let message = pb::RaftMessage {
+            shard_id: self.shard_id,
+            payload: encode(vote)?,
+        };
+        self.transport
+            .call(&addr, Rpc::TimeoutNow, message, deadline)
+            .await
+            .map(drop)
     }
 }
 
@@ -539,6 +602,28 @@ impl<T: RaftTransport> pb::raft_internal_server::RaftInternal for RaftService<T>
             tracing::warn!(error = %e, "snapshot not installed");
         }
         Ok(message(m.shard_id, encode(&result)?))
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        let served = self.shard(m.shard_id)?;
+        let theirs: Vote<NodeId> = decode(&m.payload)?;
+        let mine = served.raft.metrics().borrow().vote;
+        // A late one must not unsettle a leader of a later term than the sender's.
+        if !(mine.committed && mine.leader_id.term > theirs.leader_id.term) {
+            served
+                .raft
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| Status::unavailable(format!("raft stopped: {e}")))?;
+        } else {
+            tracing::info!(%mine, %theirs, "a stale TimeoutNow is ignored");
+        }
+        Ok(message(m.shard_id, Vec::new()))
     }
 
     async fn fetch_log(

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +15,12 @@ use strata_engine::validate::Validated;
 use strata_engine::{AppendRequest, AppendResult, Error, Limits};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::network::{Network, RaftTransport, ServedShard};
+use crate::network::{Handover, Network, RaftTransport, ServedShard};
 use crate::storage::Shard;
 use crate::types::{NodeId, Raft, StrataNode};
 use crate::wire::{Command, Reply};
+
+type RaftMetrics = openraft::RaftMetrics<NodeId, StrataNode>;
 
 /// Most appends one Raft entry carries.
 pub const BATCH_APPENDS_MAX: usize = 256;
@@ -156,21 +159,22 @@ async fn propose(
     raft: Raft,
     me: NodeId,
     mut queue: mpsc::Receiver<Proposal>,
-    bytes_max: usize,
-    wait_max: Duration,
+    slots: Arc<Semaphore>,
+    (bytes_max, wait_max): (usize, Duration),
 ) {
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
     let mut aside: VecDeque<Proposal> = VecDeque::new();
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         if aside.is_empty() {
             match queue.recv().await {
                 Some(p) => aside.push_back(p),
                 None => return,
             }
         }
+        // Taken once there is something to propose, so an idle proposer holds no slot (a
+        // handover takes them all to pause proposals).
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let batch = next_batch(&mut aside, &mut queue, bytes_max);
         let (requests, replies): (Vec<_>, Vec<_>) = batch
             .into_iter()
@@ -363,6 +367,14 @@ pub struct Replica {
     settings: RaftSettings,
     limits: Limits,
     proposals: mpsc::Sender<Proposal>,
+    /// The proposer's slots for entries in flight: a leadership handover takes them all, so
+    /// no entry is proposed while it runs.
+    slots: Arc<Semaphore>,
+    /// Sends `TimeoutNow` to the node taking over the leadership.
+    handover: Arc<dyn Handover>,
+    /// Set while a handover runs: linearizable reads are refused then (their leadership check
+    /// is a heartbeat round, which would renew the followers' leases the new leader waits out).
+    handing_over: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -413,6 +425,7 @@ impl Replica {
             .map(|(id, n)| (*id, n.raft_addr.clone()))
             .collect();
         let network = Network::new(shard_id, node.clone(), transport, routes);
+        let handover: Arc<dyn Handover> = Arc::new(network.clone());
         let raft = Raft::new(node_id, config, network, log, sm)
             .await
             .map_err(|e| ReplicaError::Unavailable(format!("starting raft: {e}")))?;
@@ -430,12 +443,13 @@ impl Replica {
             }
         });
         let (proposals, queue) = mpsc::channel(APPEND_QUEUE_MAX);
+        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
         tokio::spawn(propose(
             raft.clone(),
             node_id,
             queue,
-            limits.batch_bytes_max,
-            settings.append_timeout * 2,
+            slots.clone(),
+            (limits.batch_bytes_max, settings.append_timeout * 2),
         ));
         Ok(Replica {
             raft,
@@ -447,6 +461,9 @@ impl Replica {
             settings,
             limits,
             proposals,
+            slots,
+            handover,
+            handing_over: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -549,6 +566,12 @@ impl Replica {
     /// Waits until a read here reflects every append acknowledged before this call: this node
     /// confirms with a quorum that it still leads, then waits to apply up to the commit point.
     pub async fn linearizable_barrier(&self) -> Result<(), ReplicaError> {
+        if self.handing_over.load(Ordering::Acquire) {
+            return Err(ReplicaError::Unavailable(format!(
+                "shard {}'s leadership is being handed over; retry in a moment",
+                self.shard_id
+            )));
+        }
         let check = self.raft.ensure_linearizable();
         match tokio::time::timeout(self.settings.read_timeout, check).await {
             Err(_) => Err(ReplicaError::Unavailable(format!(
@@ -584,25 +607,15 @@ impl Replica {
         self.raft.add_learner(id, node, false).await.map_err(map)?;
         let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         let deadline = tokio::time::Instant::now() + self.settings.learner_catch_up_timeout;
-        loop {
-            let matched = self
-                .raft
-                .metrics()
-                .borrow()
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&id).cloned().flatten())
-                .map(|l| l.index);
-            if matched.is_some_and(|m| m >= target) {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ReplicaError::Unavailable(format!(
-                    "node {id} has not replicated the log up to index {target} within {:?}; it stays a learner (check that it runs and is reachable, or remove it with remove-node)",
-                    self.settings.learner_catch_up_timeout
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if self
+            .wait_metrics(deadline, |m| matched(m, id) >= target)
+            .await
+            .is_err()
+        {
+            return Err(ReplicaError::Unavailable(format!(
+                "node {id} has not replicated the log up to index {target} within {:?}; it stays a learner (check that it runs and is reachable, or remove it with remove-node)",
+                self.settings.learner_catch_up_timeout
+            )));
         }
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
@@ -635,17 +648,121 @@ impl Replica {
         Ok(())
     }
 
+    /// Hands this node's leadership of the group to voter `to` (Raft's leadership transfer):
+    /// new appends wait (proposals paused, heartbeats off), `to` catches up to the end of the
+    /// log, is told to start an election at once (`TimeoutNow`), and wins it with the longest
+    /// log before any follower's timer runs out; the appends waiting then go to the new leader
+    /// (answered "not the leader", naming it). Bounded by [`Replica::handover_wait`]: past
+    /// it, the heartbeats and proposals resume here and the call fails.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), ReplicaError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.node_id) {
+            return Err(ReplicaError::NotLeader {
+                leader: leader_of(&self.raft),
+            });
+        }
+        if to == self.node_id {
+            return Ok(());
+        }
+        let membership = metrics.membership_config.membership();
+        let node = membership.get_node(&to).cloned().ok_or_else(|| {
+            Error::invalid(
+                "to",
+                format!("node {to} is not a member of shard {}", self.shard_id),
+            )
+        })?;
+        if !membership.voter_ids().any(|v| v == to) {
+            return Err(Error::invalid(
+                "to",
+                format!(
+                    "node {to} is a learner of shard {}: only a voter can lead",
+                    self.shard_id
+                ),
+            )
+            .into());
+        }
+        let wait = self.handover_wait();
+        let deadline = tokio::time::Instant::now() + wait;
+        let late = |what: &str| {
+            ReplicaError::Unavailable(format!(
+                "handing shard {}'s leadership to node {to}: {what} within {wait:?}; this node leads on",
+                self.shard_id
+            ))
+        };
+        let permits = u32::try_from(BATCHES_IN_FLIGHT_MAX).unwrap_or(u32::MAX);
+        let _paused =
+            tokio::time::timeout_at(deadline, self.slots.clone().acquire_many_owned(permits))
+                .await
+                .map_err(|_| late("the entry in flight was not answered"))?
+                .map_err(|_| ReplicaError::Unavailable("the proposer stopped".into()))?;
+        let _quiet = Quiet::new(&self.raft, &self.handing_over);
+        let end = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        self.wait_metrics(deadline, |m| matched(m, to) >= end)
+            .await
+            .map_err(|()| late(&format!("it did not replicate the log up to index {end}")))?;
+        // Told twice: at once (a group of three elects it with this node's vote, the other
+        // follower's lease still running), and again once every follower's lease from this
+        // leader has run out (larger groups need their votes).
+        let lease = self.settings.election_timeout.1 + self.settings.heartbeat;
+        let other_leads = |m: &RaftMetrics| m.current_leader.is_some_and(|l| l != self.node_id);
+        for round in 0..2 {
+            let vote = self.raft.metrics().borrow().vote;
+            self.handover
+                .timeout_now(to, &node, &vote, wait)
+                .await
+                .map_err(|e| late(&format!("TimeoutNow failed ({})", e.message())))?;
+            let until = match round {
+                0 => deadline.min(tokio::time::Instant::now() + lease),
+                _ => deadline,
+            };
+            if self.wait_metrics(until, other_leads).await.is_ok() {
+                break;
+            }
+        }
+        if !other_leads(&self.raft.metrics().borrow()) {
+            return Err(late("no other node took the lead"));
+        }
+        match self.raft.metrics().borrow().current_leader {
+            Some(l) if l == to => Ok(()),
+            other => Err(ReplicaError::Unavailable(format!(
+                "shard {}'s leadership went to node {} instead of node {to}",
+                self.shard_id,
+                other.map_or_else(|| "none".to_string(), |l| l.to_string())
+            ))),
+        }
+    }
+
+    /// How long [`Replica::transfer_leader`] may take (and appends to the group wait at most):
+    /// three of the longest election timeouts, within which a follower's lease runs out.
+    pub fn handover_wait(&self) -> Duration {
+        self.settings.election_timeout.1 * 3
+    }
+
+    /// Waits until `done` holds for the Raft metrics, or `deadline`.
+    async fn wait_metrics(
+        &self,
+        deadline: tokio::time::Instant,
+        done: impl Fn(&RaftMetrics) -> bool,
+    ) -> Result<(), ()> {
+        let mut metrics = self.raft.metrics();
+        let waited = tokio::time::timeout_at(deadline, async {
+            loop {
+                if done(&metrics.borrow_and_update()) {
+                    return Ok(());
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(());
+                }
+            }
+        });
+        waited.await.unwrap_or(Err(()))
+    }
+
     /// This node's view of the cluster.
     pub fn status(&self) -> Status {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let matched = |id: &NodeId| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(id).cloned().flatten())
-                .map_or(0, |l| l.index)
-        };
         let members = membership
             .nodes()
             .map(|(id, node)| {
@@ -662,7 +779,7 @@ impl Replica {
                     id: *id,
                     node: node.clone(),
                     role,
-                    matched: matched(id),
+                    matched: matched(&m, *id),
                 }
             })
             .collect();
@@ -681,6 +798,38 @@ impl Replica {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown failed");
         }
+    }
+}
+
+/// How far node `id` has replicated the leader's log, by the leader's metrics (0: unknown).
+fn matched(m: &RaftMetrics, id: NodeId) -> u64 {
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map_or(0, |l| l.index)
+}
+
+/// Heartbeats off and linearizable reads refused for as long as it lives (a handover:
+/// followers must not hear from this leader while the new one is elected), back on when
+/// dropped, whatever happened.
+/// Its own elections are off too: once it votes for the new leader it would otherwise run
+/// for election itself on its short timer, ahead of the node it hands over to.
+struct Quiet<'a>(&'a Raft, &'a AtomicBool);
+
+impl<'a> Quiet<'a> {
+    fn new(raft: &'a Raft, handing_over: &'a AtomicBool) -> Quiet<'a> {
+        handing_over.store(true, Ordering::Release);
+        raft.runtime_config().heartbeat(false);
+        raft.runtime_config().elect(false);
+        Quiet(raft, handing_over)
+    }
+}
+
+impl Drop for Quiet<'_> {
+    fn drop(&mut self) {
+        self.0.runtime_config().heartbeat(true);
+        self.0.runtime_config().elect(true);
+        self.1.store(false, Ordering::Release);
     }
 }
 

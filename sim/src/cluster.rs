@@ -759,6 +759,7 @@ impl RaftTransport for SimNet {
                     Rpc::AppendEntries => service.append_entries(request).await,
                     Rpc::Vote => service.vote(request).await,
                     Rpc::InstallSnapshot => service.install_snapshot(request).await,
+                    Rpc::TimeoutNow => service.timeout_now(request).await,
                 }?;
                 Ok(answer.into_inner())
             }

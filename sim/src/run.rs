@@ -495,7 +495,18 @@ async fn nemesis(
                     .collect();
                 let removable: Vec<NodeId> = voters.iter().copied().filter(|v| *v != l).collect();
                 let no_corruption = lock(&tainted).is_empty();
-                if rng.chance(0.5) || voters.len() <= 3 || !no_corruption {
+                if rng.chance(0.25) {
+                    // A leadership handover: appends pause, the target is told to elect itself.
+                    let Some(to) = rng.pick(&removable) else {
+                        continue;
+                    };
+                    log.note(&cluster, "transfer lead", format!("n{l} to n{to}"));
+                    let c = cluster.clone();
+                    tokio::spawn(async move {
+                        let r = leader.transfer_leader(to).await;
+                        c.trace().log(format!("transfer lead n{l} to n{to}: {r:?}"));
+                    });
+                } else if rng.chance(0.5) || voters.len() <= 3 || !no_corruption {
                     let Some(id) = rng.pick(&spare) else { continue };
                     removing.remove(&id);
                     log.note(&cluster, "add node", format!("n{id} via n{l}"));
