@@ -293,6 +293,20 @@ impl Client {
             .await
     }
 
+    /// Hands one shard's leadership to one of its voters (at the shard's leader; its appends
+    /// wait meanwhile, about one election timeout at most). A retry once `to` leads is a
+    /// no-op.
+    pub async fn cluster_transfer_leader(
+        &self,
+        request: pb::TransferLeaderRequest,
+    ) -> Result<pb::ClusterStatus, Error> {
+        self.conn
+            .call_on(Connections::cluster, None, true, |mut c| async move {
+                c.transfer_leader(request).await
+            })
+            .await
+    }
+
     /// Follows a stream or the whole log from `start`: catches up, then live; reconnects and
     /// resumes after the last event delivered (no gap, no duplicate).
     pub fn subscribe(&self, target: Target, start: Start) -> Subscription {

@@ -15,6 +15,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::backend::replica_status;
+use crate::balance::{self, ShardLeads};
 use crate::forward::{self, Peers};
 use crate::shards::LocalShards;
 use crate::stats::ServiceStats;
@@ -150,6 +151,56 @@ impl ClusterService {
             }
         }
         Ok(())
+    }
+
+    /// Every shard's leader and voters as this node sees them (for the balance planner).
+    fn leads(&self) -> Vec<ShardLeads> {
+        self.shards
+            .replicas()
+            .into_iter()
+            .filter_map(|r| {
+                let status = r.status();
+                Some(ShardLeads {
+                    shard: u32::try_from(r.shard_id()).ok()?,
+                    leader: status.leader,
+                    voters: status
+                        .members
+                        .iter()
+                        .filter(|m| m.role != "learner")
+                        .map(|m| m.id)
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Before node `id` leaves: hands each shard it leads to the voter leading the fewest, so
+    /// those groups do not wait out an election. A handover that fails is logged and the
+    /// removal goes on (the group then elects a leader itself).
+    async fn hand_over_from(&self, id: u64) {
+        let mut shards = self.leads();
+        for at in 0..shards.len() {
+            if shards[at].leader != Some(id) {
+                continue;
+            }
+            let shares = balance::shares(&shards);
+            let Some(to) = shards[at]
+                .voters
+                .iter()
+                .filter(|v| **v != id)
+                .min_by_key(|v| (shares.get(v).copied().unwrap_or(0), **v))
+                .copied()
+            else {
+                continue;
+            };
+            let shard = shards[at].shard;
+            let request = Request::new(pb::TransferLeaderRequest { shard, to });
+            match pb::cluster_server::Cluster::transfer_leader(self, request).await {
+                Ok(_) => shards[at].leader = Some(to),
+                Err(e) => tracing::warn!(shard, from = id, to, error = %e.message(),
+                    "handing the leadership over before a removal failed; the group will elect one"),
+            }
+        }
     }
 
     /// Each shard with its slot ranges, leader and replicas (from its group when replicated;
@@ -343,6 +394,42 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(self.status()))
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let replicas = self.replicas(&metadata)?;
+        let count = replicas.len();
+        let replica = replicas
+            .into_iter()
+            .find(|rep| rep.shard_id() == u64::from(r.shard))
+            .ok_or_else(|| {
+                crate::status::invalid(
+                    "shard",
+                    format!(
+                        "no shard {}: the cluster has shards 0 to {}",
+                        r.shard,
+                        count.saturating_sub(1)
+                    ),
+                )
+            })?;
+        let leader = replica.leader().filter(|(id, _)| *id != replica.node_id());
+        match (leader, &self.peers, forward::is_forwarded(&metadata)) {
+            (Some((_, node)), Some(peers), false) => {
+                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                let request =
+                    forward::forwarded(Request::from_parts(metadata, Default::default(), r));
+                peers.cluster(&node.addr)?.transfer_leader(request).await?;
+            }
+            _ => replica
+                .transfer_leader(r.to)
+                .await
+                .map_err(replica_status)?,
+        }
+        Ok(Response::new(self.status()))
+    }
+
     async fn remove_node(
         &self,
         request: Request<pb::RemoveNodeRequest>,
@@ -352,6 +439,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         // Only the groups it is a member of (an add that failed part way left it in some);
         // a member of none gets the group's own precise error.
         let member = |r: &Replica| r.status().members.iter().any(|m| m.id == id);
+        if !forward::is_forwarded(&metadata) {
+            self.hand_over_from(id).await;
+        }
         let replicas = self.replicas(&metadata)?;
         if let (false, Some(first)) = (replicas.iter().any(|r| member(r)), replicas.first()) {
             first.remove_node(id).await.map_err(replica_status)?;

@@ -5,6 +5,7 @@
 pub mod all_subscription;
 pub mod append_stream;
 pub mod backend;
+pub mod balance;
 pub mod blocking;
 pub mod clock;
 pub mod cluster;

@@ -1,8 +1,12 @@
-//! `strata cluster init|status|add-node|remove-node`: membership of a replicated shard. Changes
-//! go to the leader (followed from any node); `status --json` prints one JSON object with at
-//! least `leader` (node id, or null) and `nodes` (`[{id, addr, role}]`).
+//! `strata cluster init|status|add-node|remove-node|transfer-leader|rebalance`: membership and
+//! leadership of a replicated cluster's shards. Changes go to the leader (followed from any
+//! node); `status --json` prints one JSON object with at least `leader` (node id, or null) and
+//! `nodes` (`[{id, addr, role}]`).
+
+use std::time::Instant;
 
 use strata_client::pb;
+use strata_shard::balance::{self, ShardLeads};
 
 use crate::client::{failure, ServerArg};
 use crate::{output, Failure};
@@ -42,6 +46,28 @@ pub enum ClusterCommand {
         /// The node's id.
         #[arg(long)]
         id: u64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Hand one shard's leadership to one of its voters (its appends wait meanwhile, about one
+    /// election timeout at most).
+    TransferLeader {
+        /// The shard (0 on a cluster of one shard).
+        #[arg(long, default_value_t = 0)]
+        shard: u32,
+        /// The node to lead it.
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Balance the shards' leaders: hand leaderships over, one at a time with a progress bar,
+    /// until every node leads within one of an even share (of the shards it holds). Waits
+    /// until done; a failure stops it, and running it again goes on from where things stand.
+    Rebalance {
+        /// Print the plan without running it.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -174,7 +200,77 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
                 .map_err(failure)?;
             output::line(&json(&s));
         }
+        ClusterCommand::TransferLeader { shard, to, server } => {
+            let s = server
+                .client()?
+                .cluster_transfer_leader(pb::TransferLeaderRequest { shard, to })
+                .await
+                .map_err(failure)?;
+            output::line(&json(&s));
+        }
+        ClusterCommand::Rebalance { dry_run, server } => rebalance(&server, dry_run).await?,
     }
+    Ok(())
+}
+
+/// The shards' leaders and replicas as the balance planner takes them.
+fn leads(s: &pb::ClusterStatus) -> Vec<ShardLeads> {
+    s.shards
+        .iter()
+        .map(|sh| ShardLeads {
+            shard: sh.id,
+            leader: (sh.leader != 0).then_some(sh.leader),
+            voters: sh.replicas.clone(),
+        })
+        .collect()
+}
+
+/// `cluster rebalance`: plans from the status, runs the handovers one after another, and
+/// prints `{"handovers": [...], "leaders": {node: count}}` (the counts after, as planned when
+/// `dry_run`).
+async fn rebalance(server: &ServerArg, dry_run: bool) -> Result<(), Failure> {
+    let before = leads(&status(server).await?);
+    let plan = balance::plan(&before);
+    let client = server.client()?;
+    let total = plan.len();
+    let mut done = Vec::with_capacity(total);
+    for (i, h) in plan.iter().enumerate() {
+        let step = format!("shard {}: leader {} → {}", h.shard, h.from, h.to);
+        if dry_run {
+            output::progress(i, total, &format!("would hand {step}"));
+            done.push(serde_json::json!({"shard": h.shard, "from": h.from, "to": h.to}));
+            continue;
+        }
+        let started = Instant::now();
+        let request = pb::TransferLeaderRequest {
+            shard: h.shard,
+            to: h.to,
+        };
+        if let Err(e) = client.cluster_transfer_leader(request).await {
+            return Err(Failure::new(format!(
+                "{step} failed after {i} of {total} handovers: {e}\nrun `strata cluster rebalance` again to go on from where things stand"
+            )));
+        }
+        let ms = started.elapsed().as_millis();
+        output::progress(i + 1, total, &format!("{step} ({ms} ms)"));
+        done.push(serde_json::json!({"shard": h.shard, "from": h.from, "to": h.to, "ms": ms}));
+    }
+    let after = if dry_run {
+        let mut planned = before.clone();
+        for h in &plan {
+            if let Some(s) = planned.iter_mut().find(|s| s.shard == h.shard) {
+                s.leader = Some(h.to);
+            }
+        }
+        planned
+    } else {
+        leads(&status(server).await?)
+    };
+    let counts: serde_json::Map<String, serde_json::Value> = balance::shares(&after)
+        .into_iter()
+        .map(|(node, n)| (node.to_string(), n.into()))
+        .collect();
+    output::line(&serde_json::json!({"handovers": done, "leaders": counts}));
     Ok(())
 }
 

@@ -37,3 +37,16 @@ pub fn event(e: &pb::RecordedEvent) -> serde_json::Value {
         "position": e.position,
     })
 }
+
+/// A progress bar on stderr for `done` of `total` steps, with what the last step was:
+/// `[#####-----] 2/4 shard 3: leader 1 → 4`. One line per step (a log, also where stderr is
+/// not a terminal).
+pub fn progress(done: usize, total: usize, what: &str) {
+    const WIDTH: usize = 20;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    eprintln!(
+        "[{}{}] {done}/{total} {what}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled)
+    );
+}

@@ -634,14 +634,7 @@ async fn membership_changes(shards: u32) {
     for id in 1..=3 {
         cluster.nodes.get_mut(&id).unwrap().start();
     }
-    for id in 1..=3 {
-        cluster.wait_up(id).await;
-    }
-    let out = Command::new(STRATA)
-        .args(["cluster", "init", "--server", &cluster.addr(1)])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    assert!(cluster.init(&[1, 2, 3]).await.status.success());
     cluster.nodes.get_mut(&4).unwrap().start();
     cluster.wait_up(4).await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
@@ -1089,10 +1082,15 @@ async fn the_largest_batch_the_limits_allow_replicates_to_every_replica() {
 
 /// Every shard's leader as each live node sees it, once they all agree (waits up to 20 s).
 async fn shard_leaders(cluster: &Cluster) -> BTreeMap<u32, u64> {
+    shard_leaders_among(cluster, &cluster.live()).await
+}
+
+/// The shard leaders nodes `ids` agree on (waits up to 20 s), each a live node.
+async fn shard_leaders_among(cluster: &Cluster, ids: &[u64]) -> BTreeMap<u32, u64> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut views = Vec::new();
-        for id in cluster.live() {
+        for id in ids.iter().copied() {
             if let Some(s) = status(&cluster.addr(id)).await {
                 views.push(
                     s.shards
@@ -1102,7 +1100,7 @@ async fn shard_leaders(cluster: &Cluster) -> BTreeMap<u32, u64> {
                 );
             }
         }
-        let agreed = views.len() == cluster.live().len()
+        let agreed = views.len() == ids.len()
             && views.iter().all(|v| *v == views[0])
             && views[0]
                 .values()
@@ -1324,6 +1322,212 @@ async fn a_sharded_cluster_forwards_to_each_leader_and_loses_nothing_through_a_k
     check_logs_identical(&mut cluster, false);
 }
 
+/// Runs `strata` with `args`; it must succeed. Returns its stdout's last line as JSON.
+fn strata_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(STRATA).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+}
+
+/// Shards led per node, every node of `nodes` counted.
+fn leaderships(leaders: &BTreeMap<u32, u64>, nodes: &[u64]) -> BTreeMap<u64, usize> {
+    let mut led: BTreeMap<u64, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+    for l in leaders.values() {
+        *led.entry(*l).or_default() += 1;
+    }
+    led
+}
+
+/// A sharded cluster grows 3 → 4 → 5 nodes and shrinks back to 3 under strata-client writers
+/// and a `$all` subscriber: each added node joins every shard's group (learner, caught up,
+/// promoted), `cluster rebalance` hands leaderships over until every node leads within one of
+/// an even share, and a removed node first hands over what it leads. Not one client operation
+/// fails (the client retries with the same ids), every acknowledged event is on every
+/// remaining replica exactly once, the subscriber sees each exactly once, and the leaders are
+/// balanced at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sharded_cluster_grows_to_five_and_back_with_balanced_leaders() {
+    let _serial = SERIAL.lock().await;
+    let mut args = small_log_args();
+    args.extend(["--shards".to_string(), "6".to_string()]);
+    let mut cluster = Cluster::new(5, false, args);
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    // Nodes 1–3 form the cluster; 4 and 5 know them but are not members yet.
+    for id in 1..=3 {
+        let args = &mut cluster.nodes.get_mut(&id).unwrap().args;
+        for other in ["4=", "5="] {
+            let at = args.iter().position(|a| a.starts_with(other)).unwrap();
+            args.drain(at - 1..=at);
+        }
+    }
+    for id in 1..=5 {
+        cluster.nodes.get_mut(&id).unwrap().start();
+    }
+    assert!(cluster.init(&[1, 2, 3]).await.status.success());
+    cluster.wait_up(4).await;
+    cluster.wait_up(5).await;
+    let first = cluster.addr(1);
+    // Bad handovers are refused, naming what is wrong; the leaders stay.
+    let before = shard_leaders_among(&cluster, &[1, 2, 3]).await;
+    for (shard, to, says) in [
+        ("99", "2", "no shard 99: the cluster has shards 0 to 5"),
+        ("0", "77", "node 77 is not a member of shard 0"),
+        ("0", "5", "node 5 is not a member of shard 0"),
+    ] {
+        let out = Command::new(STRATA)
+            .args(["cluster", "transfer-leader", "--shard", shard, "--to", to])
+            .args(["--server", &first])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{stderr}");
+    }
+    assert_eq!(shard_leaders_among(&cluster, &[1, 2, 3]).await, before);
+
+    let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
+    let client = strata_client::Client::new(strata_client::ClientConfig::new(addrs)).unwrap();
+    let acked: Acked = Arc::default();
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..6u128)
+        .map(|w| {
+            let (client, acked, failed, stop) =
+                (client.clone(), acked.clone(), failed.clone(), stop.clone());
+            tokio::spawn(async move {
+                let stream = format!("g-{w}");
+                let mut n = 0u128;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = ((w + 1) << 64) + n;
+                    match client.append_request(append_request(&stream, id)).await {
+                        Ok(_) => {
+                            acked
+                                .lock()
+                                .unwrap()
+                                .entry(stream.clone())
+                                .or_default()
+                                .push(id);
+                            n += 1;
+                        }
+                        Err(e) => {
+                            eprintln!("append {id} to {stream} failed: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let seen: Arc<Mutex<Vec<u128>>> = Arc::default();
+    let reader = {
+        let (seen, failed) = (seen.clone(), failed.clone());
+        let mut sub = client.subscribe(
+            strata_client::Target::All(None),
+            strata_client::Start::Beginning,
+        );
+        tokio::spawn(async move {
+            loop {
+                match sub.next().await {
+                    Ok(strata_client::Item::Event(e)) => seen
+                        .lock()
+                        .unwrap()
+                        .push(uuid::Uuid::parse_str(&e.id).unwrap().as_u128()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("the subscription failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        })
+    };
+
+    let balanced =
+        |led: &BTreeMap<u64, usize>| led.values().max().unwrap() - led.values().min().unwrap() <= 1;
+    for id in [4u64, 5] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let id_text = id.to_string();
+        let addr = cluster.addr(id);
+        let grown = strata_json(&[
+            "cluster", "add-node", "--id", &id_text, "--addr", &addr, "--server", &first,
+        ]);
+        for shard in grown["shards"].as_array().unwrap() {
+            assert!(
+                shard["replicas"].as_array().unwrap().contains(&id.into()),
+                "node {id} joined every shard's group: {grown}"
+            );
+        }
+        let report = strata_json(&["cluster", "rebalance", "--server", &first]);
+        eprintln!("rebalance onto node {id}: {report}");
+        let nodes: Vec<u64> = (1..=id).collect();
+        let led = leaderships(&shard_leaders_among(&cluster, &nodes).await, &nodes);
+        assert!(balanced(&led), "after adding node {id}: {led:?}");
+    }
+    for id in [5u64, 4] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let shrunk = strata_json(&[
+            "cluster",
+            "remove-node",
+            "--id",
+            &id.to_string(),
+            "--server",
+            &first,
+        ]);
+        for shard in shrunk["shards"].as_array().unwrap() {
+            assert!(
+                !shard["replicas"].as_array().unwrap().contains(&id.into()),
+                "node {id} left every shard's group: {shrunk}"
+            );
+            assert_ne!(
+                shard["leader"], id,
+                "node {id} handed over what it led: {shrunk}"
+            );
+        }
+        cluster.nodes.get_mut(&id).unwrap().stop();
+    }
+    let report = strata_json(&["cluster", "rebalance", "--server", &first]);
+    eprintln!("rebalance back on three nodes: {report}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let led = leaderships(&shard_leaders(&cluster).await, &[1, 2, 3]);
+    assert!(balanced(&led), "at the end: {led:?}");
+
+    let acked = acked.lock().unwrap().clone();
+    let total: usize = acked.values().map(Vec::len).sum();
+    assert!(total > 100, "only {total} events were acknowledged");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().len() < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reader.abort();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "client operations failed"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let distinct: std::collections::BTreeSet<u128> = seen.iter().copied().collect();
+    let wanted: std::collections::BTreeSet<u128> = acked.values().flatten().copied().collect();
+    assert_eq!(distinct.len(), seen.len(), "the subscriber saw a duplicate");
+    assert_eq!(
+        distinct, wanted,
+        "the subscriber saw other than what was acknowledged"
+    );
+    check_sharded_replicas(&cluster, &acked).await;
+    cluster.nodes.remove(&4);
+    cluster.nodes.remove(&5);
+    check_logs_identical(&mut cluster, false);
+}
+
 /// Nodes that would route streams to different shards do not form a cluster: `cluster init`
 /// is refused naming the node and both shard counts, and no group is formed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1338,13 +1542,7 @@ async fn nodes_with_different_shard_counts_are_refused_at_init() {
             .extend(["--shards".to_string(), shards.to_string()]);
         node.start();
     }
-    for id in 1..=3 {
-        cluster.wait_up(id).await;
-    }
-    let out = Command::new(STRATA)
-        .args(["cluster", "init", "--server", &cluster.addr(1)])
-        .output()
-        .unwrap();
+    let out = cluster.init(&[1, 2, 3]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -204,19 +204,24 @@ impl Cluster {
         for n in self.nodes.values_mut() {
             n.start();
         }
-        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
-            self.wait_up(id).await;
-        }
-        let first = self.addr(1);
-        let out = Command::new(STRATA)
-            .args(["cluster", "init", "--server", &first])
-            .output()
-            .unwrap();
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        let out = self.init(&ids).await;
         assert!(
             out.status.success(),
             "cluster init: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Waits for nodes `ids` to answer, then runs `strata cluster init` against node 1.
+    pub async fn init(&self, ids: &[u64]) -> std::process::Output {
+        for id in ids {
+            self.wait_up(*id).await;
+        }
+        Command::new(STRATA)
+            .args(["cluster", "init", "--server", &self.addr(1)])
+            .output()
+            .unwrap()
     }
 
     pub async fn wait_up(&self, id: u64) {
