@@ -1,7 +1,9 @@
 //! The `strata.v1.Cluster` service: forming a replicated cluster (every shard's Raft group),
 //! its status, and membership changes (learner → caught up → voter; removal), applied to every
 //! shard's group: a node holds a replica of every shard. A group led by another node has its
-//! change forwarded there ([`crate::forward`], restricted to that shard). On a node without
+//! change forwarded there ([`crate::forward`], restricted to that shard). Leadership handovers
+//! (`TransferLeader`) go to the shard's leader; a removal first hands over what the leaving
+//! node leads ([`crate::balance`] picks the voter leading the fewest). On a node without
 //! replication only `Status` answers (a one-node view); the rest fail with
 //! FAILED_PRECONDITION.
 

@@ -1,7 +1,8 @@
 //! Three-node clusters of real `strata node` processes on loopback: failover under continuous
 //! writers (SIGKILL the leader), restart and catch-up, a wiped follower rejoining through a
 //! snapshot, an isolated leader (fault-injecting TCP proxies on every Raft link), idempotent
-//! retries across a failover, and membership 3 → 4 → 3 under writes. Every test ends by
+//! retries across a failover, membership 3 → 4 → 3 under writes, and a sharded cluster grown to
+//! five nodes and back with its leaders rebalanced. Every test ends by
 //! checking that every acknowledged event is on every replica exactly once and that the
 //! replicas' committed logs are byte-identical.
 
