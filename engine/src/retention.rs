@@ -133,7 +133,9 @@ impl Judge<'_> {
             Some(SystemStream::Meta(s) | SystemStream::Snapshot(s)) => {
                 Ok(self.infos(s)?.0.hard_deleted)
             }
-            Some(SystemStream::Deleted(_) | SystemStream::Settings) => Ok(false),
+            Some(SystemStream::Deleted(_) | SystemStream::Settings | SystemStream::ClusterMap) => {
+                Ok(false)
+            }
             // Heartbeats and partition commits: only the newest matter; keep a history.
             Some(SystemStream::Group(_, GroupPart::Members | GroupPart::Partition(_))) => {
                 let head = self.infos(&e.stream)?.1.head;

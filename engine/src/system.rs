@@ -18,6 +18,8 @@
 //!   $group:G/parked   "$group-parked"   events a worker gave up on
 //!   $group:G/retry    "$group-parked"   parked events replayed, handled like partition events
 //! $groups        "$group-created" / "$group-deleted"   the registry of groups
+//! $cluster-map   "$cluster-map"  a whole cluster map (slots → shards), version + 1 its epoch;
+//!                only in the metadata group's log (a node writes it; never reclaimed)
 //! ```
 
 // Bytes decoded here come from disks, peers or clients: no input may index past a slice's end.
@@ -39,6 +41,10 @@ pub const DELETED_PREFIX: &str = "$deleted:";
 pub const GROUP_PREFIX: &str = "$group:";
 /// The registry of consumer groups: every group's creation and deletion.
 pub const GROUPS_STREAM: &str = "$groups";
+/// The cluster map's history (in the metadata group's log).
+pub const CLUSTER_MAP_STREAM: &str = "$cluster-map";
+/// Event type of a cluster map.
+pub const CLUSTER_MAP_TYPE: &str = "$cluster-map";
 /// Most bytes of a consumer group's name.
 pub const GROUP_NAME_BYTES_MAX: usize = 128;
 /// Most partitions a consumer group has.
@@ -65,6 +71,8 @@ pub enum SystemStream<'a> {
     Closed,
     /// `$settings`.
     Settings,
+    /// `$cluster-map`.
+    ClusterMap,
     /// `$meta:S`.
     Meta(&'a str),
     /// `$snap:S`.
@@ -159,6 +167,9 @@ pub fn parse(name: &str) -> Option<SystemStream<'_>> {
     if name == SETTINGS_STREAM {
         return Some(SystemStream::Settings);
     }
+    if name == CLUSTER_MAP_STREAM {
+        return Some(SystemStream::ClusterMap);
+    }
     if let Some(s) = name.strip_prefix(META_PREFIX) {
         return Some(SystemStream::Meta(s));
     }
@@ -182,7 +193,12 @@ pub fn deletable_base(name: &str) -> Option<&str> {
         Some(SystemStream::Meta(s) | SystemStream::Snapshot(s) | SystemStream::Deleted(s)) => {
             Some(s)
         }
-        Some(SystemStream::Closed | SystemStream::Settings | SystemStream::Group(..)) => None,
+        Some(
+            SystemStream::Closed
+            | SystemStream::Settings
+            | SystemStream::ClusterMap
+            | SystemStream::Group(..),
+        ) => None,
     }
 }
 

@@ -22,7 +22,12 @@ pub fn validate_stream_name(field: &str, stream: &str, limits: &Limits) -> Resul
 pub fn validate_system_name(field: &str, name: &str, limits: &Limits) -> Result<()> {
     use crate::system::{parse, SystemStream};
     match parse(name) {
-        Some(SystemStream::Closed | SystemStream::Settings | SystemStream::Group(..)) => Ok(()),
+        Some(
+            SystemStream::Closed
+            | SystemStream::Settings
+            | SystemStream::ClusterMap
+            | SystemStream::Group(..),
+        ) => Ok(()),
         Some(SystemStream::Meta(s) | SystemStream::Snapshot(s) | SystemStream::Deleted(s)) => {
             validate_user_stream_name(field, s, limits)
         }

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::backend::replica_status;
 use crate::balance::{self, ShardLeads};
 use crate::forward::{self, Peers};
+use crate::meta::Meta;
 use crate::shards::LocalShards;
 use crate::stats::ServiceStats;
 
@@ -50,14 +51,16 @@ impl ClusterService {
         }
     }
 
-    /// The replicas a call is about: every shard's, or the one a forwarded call names.
+    /// The replicas a call is about: every shard's and the metadata group's, or the one a
+    /// forwarded call names.
     fn replicas(&self, metadata: &MetadataMap) -> Result<Vec<&Replica>, Status> {
-        let all = self.shards.replicas();
+        let mut all = self.shards.replicas();
         if all.is_empty() {
             return Err(Status::failed_precondition(
                 "this node runs without replication (strata dev); start it with `strata node --id N --peer …` to form a cluster",
             ));
         }
+        all.extend(self.shards.meta.as_ref().map(Meta::replica));
         match forward::shard_of(metadata)? {
             None => Ok(all),
             Some(id) => all
@@ -155,11 +158,13 @@ impl ClusterService {
         Ok(())
     }
 
-    /// Every shard's leader and voters as this node sees them (for the balance planner).
+    /// Every group's leader and voters as this node sees them (for the balance planner; the
+    /// metadata group's as shard [`crate::meta::META_GROUP`]).
     fn leads(&self) -> Vec<ShardLeads> {
         self.shards
             .replicas()
             .into_iter()
+            .chain(self.shards.meta.as_ref().map(Meta::replica))
             .filter_map(|r| {
                 let status = r.status();
                 Some(ShardLeads {
@@ -208,6 +213,7 @@ impl ClusterService {
     /// Each shard with its slot ranges, leader and replicas (from its group when replicated;
     /// `one` — this node alone — otherwise).
     fn shard_statuses(&self, one: u64) -> Vec<pb::ShardStatus> {
+        let map = self.shards.map.get();
         self.shards
             .backends
             .iter()
@@ -223,9 +229,7 @@ impl ClusterService {
                     }
                     crate::backend::Backend::Single(_) => vec![one],
                 },
-                slots: self
-                    .shards
-                    .map
+                slots: map
                     .ranges()
                     .iter()
                     .filter(|(_, owner)| owner == id)
@@ -239,7 +243,7 @@ impl ClusterService {
     }
 
     fn status(&self) -> pb::ClusterStatus {
-        let map = &self.shards.map;
+        let map = self.shards.map.get();
         let Some(replica) = self.shards.replica() else {
             return pb::ClusterStatus {
                 node_id: 0,
@@ -261,6 +265,7 @@ impl ClusterService {
                 slots: map.slots(),
                 forwarded_calls: self.stats.forwarded.load(Ordering::Relaxed),
                 shards: self.shard_statuses(0),
+                meta_leader: 0,
             };
         };
         let s = replica.status();
@@ -288,6 +293,12 @@ impl ClusterService {
             map_epoch: map.epoch(),
             slots: map.slots(),
             forwarded_calls: self.stats.forwarded.load(Ordering::Relaxed),
+            meta_leader: self
+                .shards
+                .meta
+                .as_ref()
+                .and_then(|m| m.replica().leader())
+                .map_or(0, |(id, _)| id),
         }
     }
 }
@@ -402,7 +413,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let (metadata, _, r) = request.into_parts();
         let replicas = self.replicas(&metadata)?;
-        let count = replicas.len();
+        let count = self.shards.replicas().len();
         let replica = replicas
             .into_iter()
             .find(|rep| rep.shard_id() == u64::from(r.shard))

@@ -16,6 +16,7 @@ pub mod history;
 pub mod ids;
 pub mod limits;
 pub mod merge;
+pub mod meta;
 pub mod metrics;
 pub mod node;
 pub mod remote_appends;

@@ -32,9 +32,10 @@ use crate::clock::SystemWallClock;
 use crate::cluster::ClusterService;
 use crate::forward::Peers;
 use crate::ids::RandomIds;
+use crate::meta::{Meta, META_DIR, META_GROUP};
 use crate::router::Router;
 use crate::service::{ServiceConfig, ServiceStats, StreamsService};
-use crate::shards::LocalShards;
+use crate::shards::{LocalShards, MapCell};
 
 /// Largest HTTP/2 frame a client may send (h2's default is 16 KiB: a 100 KiB append took 7
 /// frames). Flow-control windows stay hyper's (1 MiB per call and per connection): they bound
@@ -185,8 +186,8 @@ impl Node {
                 crate::limits::encoded_answer_bytes_max(limits, config.service.response_bytes_max),
             )
         });
-        let router = Router::new((*shards.map).clone(), services, peers.clone())
-            .map_err(NodeError::Shards)?;
+        let router =
+            Router::new(shards.map.clone(), services, peers.clone()).map_err(NodeError::Shards)?;
         let cluster = ClusterService::new(shards.clone(), local.to_string(), peers, stats.clone());
         Ok(Node {
             shards,
@@ -253,6 +254,16 @@ impl Node {
                 ));
             }
         }
+        if let Some(meta) = &self.shards.meta {
+            let follower = crate::meta::Follower {
+                meta: meta.clone(),
+                cell: self.shards.map.clone(),
+                dir: self.data_dir.clone(),
+                opened: self.shards.backends.iter().map(|(id, _)| *id).collect(),
+                clock: Arc::new(SystemWallClock::default()),
+            };
+            tokio::spawn(crate::meta::follow(follower, self.stop.subscribe()));
+        }
         if let Some(listener) = self.metrics {
             tokio::spawn(crate::metrics::serve(
                 listener,
@@ -311,6 +322,9 @@ impl Node {
         // In-flight calls have finished; let queued appends finish too, then close.
         let closing = self.shards.backends.iter().map(|(_, b)| b.close());
         futures_util::future::join_all(closing).await;
+        if let Some(meta) = &self.shards.meta {
+            meta.replica().shutdown().await;
+        }
         result.map_err(NodeError::from)
     }
 }
@@ -389,8 +403,9 @@ async fn open_engines(config: &NodeConfig) -> Result<LocalShards, NodeError> {
     }
     Ok(LocalShards {
         backends,
-        map: Arc::new(layout.map),
+        map: MapCell::new(layout.map),
         round: Some(round),
+        meta: None,
     })
 }
 
@@ -452,8 +467,16 @@ async fn open_replicas(
         .map_err(|e| engine_error(&config.data_dir, e))?;
     let transport = Arc::new(GrpcTransport::default());
     let mut backends = Vec::with_capacity(layout.dirs.len());
-    let mut served = HashMap::with_capacity(layout.dirs.len());
-    for (id, dir) in layout.dirs {
+    let mut served = HashMap::with_capacity(layout.dirs.len() + 1);
+    // A cluster of several shards has a metadata group too (see `crate::meta`).
+    let meta_dir = (layout.dirs.len() > 1).then(|| config.data_dir.join(META_DIR));
+    let groups = layout
+        .dirs
+        .into_iter()
+        .map(|(id, dir)| (id.0, dir))
+        .chain(meta_dir.map(|dir| (META_GROUP, dir)));
+    let mut meta = None;
+    for (id, dir) in groups {
         let cache = cache.clone();
         let options = ShardOptions {
             node_id: cluster.node_id,
@@ -466,7 +489,7 @@ async fn open_replicas(
         };
         let shard = open_blocking(&dir, move || Shard::open(options)).await?;
         let replica = Replica::start(
-            u64::from(id.0),
+            u64::from(id),
             shard,
             me.clone(),
             members.clone(),
@@ -475,13 +498,18 @@ async fn open_replicas(
         )
         .await
         .map_err(|e| engine_error(&dir, strata_engine::Error::Unavailable(e.to_string())))?;
-        served.insert(u64::from(id.0), replica.served());
-        backends.push((id, Backend::Replicated(Box::new(replica))));
+        served.insert(u64::from(id), replica.served());
+        if id == META_GROUP {
+            meta = Some(Meta::new(replica));
+        } else {
+            backends.push((ShardId(id), Backend::Replicated(Box::new(replica))));
+        }
     }
     let shards = LocalShards {
         backends,
-        map: Arc::new(layout.map),
+        map: MapCell::new(layout.map),
         round: Some(round),
+        meta,
     };
     let service = RaftService::new(served, transport);
     Ok((shards, raft_listener, service))

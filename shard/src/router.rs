@@ -42,6 +42,7 @@ use crate::forward::{self, forwarded, Peers};
 use crate::merge::{merge, Cursor, Point};
 use crate::remote_appends::RemoteAppends;
 use crate::service::{ServiceConfig, StreamsService};
+use crate::shards::MapCell;
 use crate::stats::ServiceStats;
 use crate::status::invalid;
 use strata_proto::metadata::ERROR_KIND_KEY;
@@ -49,7 +50,8 @@ use strata_proto::metadata::ERROR_KIND_KEY;
 /// A node's shards and the map routing streams to them.
 #[derive(Debug, Clone)]
 pub struct Router {
-    map: Arc<ClusterMap>,
+    /// The map now (the metadata group may replace it).
+    map: MapCell,
     /// Sorted by id.
     shards: Arc<[(ShardId, StreamsService)]>,
     /// The other nodes, on a replicated node (calls for shards led there are forwarded).
@@ -65,30 +67,30 @@ impl Router {
     /// Routes by `map` to `shards`, which must be exactly the map's shards; with `peers`, calls
     /// for shards another node leads are forwarded there.
     pub fn new(
-        map: ClusterMap,
+        map: MapCell,
         mut shards: Vec<(ShardId, StreamsService)>,
         peers: Option<Peers>,
     ) -> Result<Router, String> {
         shards.sort_by_key(|(id, _)| *id);
         let have: Vec<ShardId> = shards.iter().map(|(id, _)| *id).collect();
-        if have != map.shards() {
+        if have != map.get().shards() {
             return Err(format!(
                 "the map has shards {:?}, the node opened {:?}",
-                map.shards(),
+                map.get().shards(),
                 have
             ));
         }
         Ok(Router {
-            map: Arc::new(map),
+            map,
             shards: shards.into(),
             peers,
             remote: None,
         })
     }
 
-    /// The map it routes by.
-    pub fn map(&self) -> &ClusterMap {
-        &self.map
+    /// The map it routes by now.
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.map.get()
     }
 
     /// The shards' services, by id.
@@ -115,7 +117,7 @@ impl Router {
         if self.shards.len() == 1 {
             return Ok(0);
         }
-        let id = self.map.shard_of(stream);
+        let id = self.map.get().shard_of(stream);
         self.shards
             .binary_search_by_key(&id, |(s, _)| *s)
             .map_err(|_| Status::unavailable(format!("{id} is not served by this node")))
@@ -274,7 +276,7 @@ impl Router {
             None | Some(Start::AfterPosition(0)) | Some(Start::FromPosition(0)) => {
                 Cursor::default()
             }
-            Some(Start::Cursor(bytes)) => Cursor::decode("cursor", bytes, &self.map)?,
+            Some(Start::Cursor(bytes)) => Cursor::decode("cursor", bytes, &self.map.get())?,
             Some(Start::FromEnd(_)) => {
                 let mut at_end = Cursor::default();
                 for (id, service) in self.shards.iter() {
@@ -396,8 +398,9 @@ impl Submit for Router {
             // Each shard's appends in the order sent; the answers put back in that order.
             let mut parts: Vec<(usize, Vec<usize>, Vec<pb::AppendRequest>)> = Vec::new();
             let mut routed: Vec<Result<usize, Status>> = Vec::with_capacity(batch.len());
+            let map = self.map.get();
             for (i, append) in batch.into_iter().enumerate() {
-                let id = self.map.shard_of(&append.stream);
+                let id = map.shard_of(&append.stream);
                 match self.shards.binary_search_by_key(&id, |(s, _)| *s) {
                     Ok(at) => {
                         let part = match parts.iter().position(|(s, _, _)| *s == at) {
@@ -477,7 +480,7 @@ impl pb::streams_server::Streams for Router {
         request: Request<pb::AppendMultiRequest>,
     ) -> Answer<pb::AppendResponse> {
         let names = request.get_ref().streams.iter().map(|s| s.stream.as_str());
-        if let Err(e) = self.map.shard_of_all(names) {
+        if let Err(e) = self.map.get().shard_of_all(names) {
             return Err(cross_shard(&e));
         }
         let first = match request.get_ref().streams.first() {
@@ -515,7 +518,7 @@ impl pb::streams_server::Streams for Router {
             return Ok(answer);
         }
         let (metadata, _, r) = request.into_parts();
-        let cursor = Cursor::decode("from_cursor", &r.from_cursor, &self.map)?;
+        let cursor = Cursor::decode("from_cursor", &r.from_cursor, &self.map.get())?;
         self.read_all_merged(r, cursor, &metadata).await
     }
 

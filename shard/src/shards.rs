@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use strata_engine::stats::Stats;
 use strata_engine::sync_round::RoundFs;
@@ -96,10 +96,16 @@ pub fn layout(dir: &Path, shards: Option<u32>) -> Result<Layout, String> {
     Ok(Layout { map, dirs })
 }
 
-/// Records the map of a new directory of `n` shards (written to a temporary file, synced,
-/// renamed, the directory synced: a crash leaves the map whole or absent).
+/// Records the map of a new directory of `n` shards.
 fn create(dir: &Path, n: u32) -> Result<ClusterMap, String> {
     let map = ClusterMap::even(SLOTS_DEFAULT, n).map_err(|e| e.to_string())?;
+    write_map(dir, &map)?;
+    Ok(map)
+}
+
+/// Writes `map` as `dir`'s map (to a temporary file, synced, renamed, the directory synced: a
+/// crash leaves the old map or the new one, whole).
+pub fn write_map(dir: &Path, map: &ClusterMap) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", dir.display());
     std::fs::create_dir_all(dir).map_err(|e| io("creating the directory", e))?;
     let tmp = dir.join(format!("{MAP_FILE}.tmp"));
@@ -113,8 +119,41 @@ fn create(dir: &Path, n: u32) -> Result<ClusterMap, String> {
     std::fs::rename(&tmp, dir.join(MAP_FILE)).map_err(|e| io("naming the map", e))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing the directory", e))?;
-    Ok(map)
+        .map_err(|e| io("syncing the directory", e))
+}
+
+/// The map a node routes by, shared by its router and services; replaced whole when the
+/// metadata group records a newer one (readers take the `Arc` of the moment).
+#[derive(Debug, Clone)]
+pub struct MapCell(Arc<RwLock<Arc<ClusterMap>>>);
+
+impl MapCell {
+    /// A cell holding `map`.
+    pub fn new(map: ClusterMap) -> MapCell {
+        MapCell(Arc::new(RwLock::new(Arc::new(map))))
+    }
+
+    /// The map now.
+    pub fn get(&self) -> Arc<ClusterMap> {
+        match self.0.read() {
+            Ok(map) => map.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the map with a newer one (a later epoch); an older or equal one is ignored.
+    /// Returns whether it was taken.
+    pub fn advance(&self, map: ClusterMap) -> bool {
+        let mut held = match self.0.write() {
+            Ok(held) => held,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.epoch() <= held.epoch() {
+            return false;
+        }
+        *held = Arc::new(map);
+        true
+    }
 }
 
 /// The shards a node serves, with its map and their shared sync round.
@@ -123,9 +162,11 @@ pub struct LocalShards {
     /// By id.
     pub backends: Vec<(ShardId, Backend)>,
     /// The map routing streams to them.
-    pub map: Arc<ClusterMap>,
+    pub map: MapCell,
     /// The sync round their logs share (`None`: a replica, which syncs on its own).
     pub round: Option<RoundFs>,
+    /// The node's replica of the metadata group, on a replicated node of several shards.
+    pub meta: Option<crate::meta::Meta>,
 }
 
 impl LocalShards {

@@ -84,6 +84,8 @@ fn json(s: &pb::ClusterStatus) -> serde_json::Value {
             "id": n.id, "addr": n.addr, "raft_addr": n.raft_addr, "role": n.role, "matched": n.matched,
         })).collect::<Vec<_>>(),
         "map_epoch": s.map_epoch,
+        // The metadata group's leader (several shards), or null.
+        "meta_leader": (s.meta_leader != 0).then_some(s.meta_leader),
         "slots": s.slots,
         "log_fdatasyncs": s.log_fdatasyncs,
         // Each shard's slot ranges as [first, one past the last].
@@ -128,8 +130,12 @@ fn table(s: &pb::ClusterStatus) {
     if s.shards.is_empty() {
         return;
     }
+    let meta = match s.meta_leader {
+        0 => String::new(),
+        l => format!(" (the map's history in the metadata group, led by node {l})"),
+    };
     println!(
-        "map epoch {}: {} slots over {} shards",
+        "map epoch {}: {} slots over {} shards{meta}",
         s.map_epoch,
         s.slots,
         s.shards.len()

@@ -1149,8 +1149,9 @@ async fn check_sharded_replicas(cluster: &Cluster, acked: &BTreeMap<String, Vec<
 /// their shard's leader (forwarded: not one failed call while nothing fails), an
 /// `AppendStream` mixing shards through one node is answered in order, linearizable reads and
 /// a merged `$all` read through a node that does not lead every shard see every
-/// acknowledged event; then a node is SIGKILLed and restarted under the writers, and every
-/// acknowledged event is on every replica exactly once, each shard's logs byte-identical.
+/// acknowledged event; then the metadata group's leader is SIGKILLed (another takes its place,
+/// the map's epoch unchanged) and restarted under the writers, and every acknowledged event
+/// is on every replica exactly once, each shard's logs byte-identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sharded_cluster_forwards_to_each_leader_and_loses_nothing_through_a_kill() {
     let _serial = SERIAL.lock().await;
@@ -1161,6 +1162,9 @@ async fn a_sharded_cluster_forwards_to_each_leader_and_loses_nothing_through_a_k
     cluster.start_all().await;
     let leaders = shard_leaders(&cluster).await;
     assert_eq!(leaders.len(), 4, "{leaders:?}");
+    // The map's history is in the metadata group: its leader recorded epoch 1.
+    let (meta_leader, epoch) = meta_view(&cluster, &[1, 2, 3]).await;
+    assert_eq!(epoch, 1);
     for node in 1..=3u64 {
         let led = leaders.values().filter(|l| **l == node).count();
         assert!(
@@ -1306,18 +1310,30 @@ async fn a_sharded_cluster_forwards_to_each_leader_and_loses_nothing_through_a_k
         "the merged $all read"
     );
 
-    // SIGKILL node 2 under the writers, then restart it.
+    // SIGKILL the metadata group's leader under the writers, then restart it.
     stop.store(false, Ordering::Relaxed);
     let writers = spawn_writers_round(&cluster, 8, &acked, &stop, 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.nodes.get_mut(&2).unwrap().kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.nodes.get_mut(&2).unwrap().start();
-    cluster.wait_up(2).await;
+    cluster.nodes.get_mut(&meta_leader).unwrap().kill();
+    let others: Vec<u64> = (1..=3).filter(|id| *id != meta_leader).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (next, epoch) = meta_view(&cluster, &others).await;
+        assert_eq!(epoch, 1);
+        if next != meta_leader {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new metadata leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.nodes.get_mut(&meta_leader).unwrap().start();
+    cluster.wait_up(meta_leader).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     join(writers).await;
     shard_leaders(&cluster).await;
+    meta_view(&cluster, &[1, 2, 3]).await;
     let acked = acked.lock().unwrap().clone();
     check_sharded_replicas(&cluster, &acked).await;
     check_logs_identical(&mut cluster, false);
@@ -1333,6 +1349,27 @@ fn strata_json(args: &[&str]) -> serde_json::Value {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+}
+
+/// The metadata group's leader and the map epoch nodes `ids` agree on (waits up to 20 s).
+async fn meta_view(cluster: &Cluster, ids: &[u64]) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut views = Vec::new();
+        for id in ids {
+            if let Some(s) = status(&cluster.addr(*id)).await {
+                views.push((s.meta_leader, s.map_epoch));
+            }
+        }
+        if views.len() == ids.len() && views.iter().all(|v| *v == views[0] && v.0 != 0) {
+            return views[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed metadata leader: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Shards led per node, every node of `nodes` counted.
@@ -1467,6 +1504,8 @@ async fn a_sharded_cluster_grows_to_five_and_back_with_balanced_leaders() {
         eprintln!("rebalance onto node {id}: {report}");
         let nodes: Vec<u64> = (1..=id).collect();
         let led = leaderships(&shard_leaders_among(&cluster, &nodes).await, &nodes);
+        // The metadata group grew too: the new node follows its leader, on map epoch 1.
+        assert_eq!(meta_view(&cluster, &nodes).await.1, 1);
         assert!(balanced(&led), "after adding node {id}: {led:?}");
     }
     for id in [5u64, 4] {
@@ -1500,6 +1539,11 @@ async fn a_sharded_cluster_grows_to_five_and_back_with_balanced_leaders() {
     }
     let led = leaderships(&shard_leaders(&cluster).await, &[1, 2, 3]);
     assert!(balanced(&led), "at the end: {led:?}");
+    let (meta_leader, _) = meta_view(&cluster, &[1, 2, 3]).await;
+    assert!(
+        (1..=3).contains(&meta_leader),
+        "metadata leader {meta_leader}"
+    );
 
     let acked = acked.lock().unwrap().clone();
     let total: usize = acked.values().map(Vec::len).sum();

@@ -1,0 +1,271 @@
+//! The metadata group: one more Raft group on the nodes of a sharded cluster (reserved id
+//! [`META_GROUP`], data in `DIR/meta/`), whose log holds the cluster map's history in the
+//! stream `$cluster-map`. Each event is a whole map (`ClusterMap::encode`); its version + 1 is
+//! the map's epoch. A change is an append expecting the version it was computed from
+//! (compare-and-set: of two changes computed from one map, one wins).
+//!
+//! Every node follows the stream in its own replica ([`follow`]): a map of a later epoch is
+//! checked (same slot count, only shards this node holds), written to `DIR/cluster.map` (the
+//! cache a restart routes by until it has caught up) and swapped into the node's [`MapCell`].
+//! The group's leader writes the first map, the one the node derived from `--shards`, if the
+//! stream is empty. Invariant: a node's map epoch never goes down, and every map it routes by
+//! was committed in the metadata group (or is the derived first one, epoch 1).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_engine::system::{CLUSTER_MAP_STREAM, CLUSTER_MAP_TYPE};
+use strata_engine::{AppendRequest, Direction, ExpectedVersion, NewEvent};
+use strata_proto::routing::{ClusterMap, ShardId};
+use strata_raft::{Replica, ReplicaError};
+use tokio::sync::watch;
+
+use crate::shards::{write_map, MapCell};
+
+/// The metadata group's id (as a shard id on the Raft transport): no data shard has it.
+pub const META_GROUP: u32 = u32::MAX;
+/// The metadata group's directory under a node's data directory.
+pub const META_DIR: &str = "meta";
+/// How often a node looks at the metadata group when nothing wakes it.
+const FOLLOW_IDLE: Duration = Duration::from_secs(1);
+
+/// A node's replica of the metadata group.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    replica: Replica,
+}
+
+impl Meta {
+    /// The metadata group over `replica` (started with [`META_GROUP`] as its shard id).
+    pub fn new(replica: Replica) -> Meta {
+        Meta { replica }
+    }
+
+    /// The replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The newest map this replica has applied, with its stream version (`None`: none yet).
+    /// A stored map whose epoch is not its version + 1 is refused, naming both.
+    pub fn latest(&self) -> Result<Option<(u64, ClusterMap)>, String> {
+        let reader = self.replica.shard().reader();
+        let events = reader
+            .read_stream(CLUSTER_MAP_STREAM, None, Direction::Backwards, 1)
+            .map_err(|e| format!("reading {CLUSTER_MAP_STREAM}: {e}"))?;
+        let Some(e) = events.into_iter().next() else {
+            return Ok(None);
+        };
+        let map = decode(&e.data, e.version)?;
+        Ok(Some((e.version, map)))
+    }
+
+    /// Records `map` as the next map: `map.epoch()` must be the current one + 1 (1 for the
+    /// first), and the stream must still be at that point — else the answer is the engine's
+    /// wrong-expected-version error and nothing is written. Only on the group's leader
+    /// (elsewhere: not the leader, naming it).
+    pub async fn propose(&self, map: &ClusterMap, now_us: u64) -> Result<(), ReplicaError> {
+        let epoch = map.epoch();
+        let expected = match epoch {
+            0 => {
+                return Err(strata_engine::Error::invalid("epoch", "epochs start at 1").into());
+            }
+            1 => ExpectedVersion::NoStream,
+            e => ExpectedVersion::Exact(e - 2),
+        };
+        let text = map.encode();
+        // The id names the map: a retry of this proposal is answered as the first was, and a
+        // different map for the same epoch is a different event.
+        let id = uuid::Uuid::from_u64_pair(epoch, u64::from(crc32fast::hash(text.as_bytes())));
+        let event = NewEvent {
+            id,
+            event_type: CLUSTER_MAP_TYPE.into(),
+            data: Bytes::from(text),
+            metadata: Bytes::new(),
+        };
+        let request = AppendRequest::single(CLUSTER_MAP_STREAM, expected, vec![event], now_us);
+        self.replica.append(request).await?;
+        Ok(())
+    }
+}
+
+/// Decodes the map stored at `version`, checking its epoch against it.
+fn decode(data: &[u8], version: u64) -> Result<ClusterMap, String> {
+    let text = std::str::from_utf8(data)
+        .map_err(|_| format!("{CLUSTER_MAP_STREAM}@{version} is not UTF-8"))?;
+    let map =
+        ClusterMap::decode(text).map_err(|e| format!("{CLUSTER_MAP_STREAM}@{version}: {e}"))?;
+    if map.epoch() != version + 1 {
+        return Err(format!(
+            "{CLUSTER_MAP_STREAM}@{version} holds epoch {}, not {}",
+            map.epoch(),
+            version + 1
+        ));
+    }
+    Ok(map)
+}
+
+/// Whether a node holding `opened` and routing by `current` can route by `next`: the same
+/// slot count (fixed at creation), and no shard it does not hold.
+pub fn check_next(
+    current: &ClusterMap,
+    next: &ClusterMap,
+    opened: &[ShardId],
+) -> Result<(), String> {
+    if next.slots() != current.slots() {
+        return Err(format!(
+            "map epoch {} has {} slots, this node's {}: the slot count is fixed at creation",
+            next.epoch(),
+            next.slots(),
+            current.slots()
+        ));
+    }
+    let missing: Vec<ShardId> = next
+        .shards()
+        .into_iter()
+        .filter(|s| !opened.contains(s))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "map epoch {} places slots on {missing:?}, which this node does not hold (groups added at run time are not built yet)",
+            next.epoch()
+        ));
+    }
+    Ok(())
+}
+
+/// What a node needs to follow the metadata group.
+#[derive(Debug, Clone)]
+pub struct Follower {
+    /// The node's replica of the group.
+    pub meta: Meta,
+    /// The map the node routes by.
+    pub cell: MapCell,
+    /// The node's data directory (the cache `cluster.map` lives there).
+    pub dir: PathBuf,
+    /// The shards the node holds.
+    pub opened: Vec<ShardId>,
+    /// The node's wall clock (the first map's timestamp).
+    pub clock: std::sync::Arc<dyn crate::clock::WallClock>,
+}
+
+/// Follows the metadata group until `stop`: adopts each later map (see the module), and on the
+/// group's leader writes the first one if there is none. Woken by the replica's Raft metrics.
+pub async fn follow(f: Follower, mut stop: watch::Receiver<bool>) {
+    let mut metrics = f.meta.replica.raft().metrics();
+    let mut seen_applied = None;
+    loop {
+        let applied = metrics.borrow_and_update().last_applied.map(|l| l.index);
+        if applied != seen_applied {
+            seen_applied = applied;
+            step(&f).await;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(FOLLOW_IDLE) => seen_applied = None,
+        }
+    }
+}
+
+/// One look at the group: adopt its newest map, or write the first one.
+async fn step(f: &Follower) {
+    match f.meta.latest() {
+        Ok(Some((_, map))) => adopt(f, map).await,
+        Ok(None) => {
+            let leads = f
+                .meta
+                .replica
+                .leader()
+                .is_some_and(|(id, _)| id == f.meta.replica.node_id());
+            let first = f.cell.get();
+            if leads && first.epoch() == 1 {
+                match f.meta.propose(&first, f.clock.now_us()).await {
+                    Ok(()) => tracing::info!(epoch = 1, "the first cluster map is recorded"),
+                    Err(e) => tracing::warn!(error = %e, "recording the first cluster map"),
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "the metadata group's map is unreadable"),
+    }
+}
+
+/// Routes by `map` from now on if it is later than the node's and the node can (see
+/// [`check_next`]); the cache file is written first.
+async fn adopt(f: &Follower, map: ClusterMap) {
+    let current = f.cell.get();
+    if map.epoch() <= current.epoch() {
+        return;
+    }
+    if let Err(e) = check_next(&current, &map, &f.opened) {
+        tracing::error!(error = %e, "not adopting the metadata group's map");
+        return;
+    }
+    let (dir, cached) = (f.dir.clone(), map.clone());
+    match tokio::task::spawn_blocking(move || write_map(&dir, &cached)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "caching the cluster map; routing by the old one");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "caching the cluster map; routing by the old one");
+            return;
+        }
+    }
+    let epoch = map.epoch();
+    if f.cell.advance(map) {
+        tracing::info!(epoch, "routing by a new cluster map");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_stored_map_must_carry_the_epoch_of_its_version() {
+        let map = ClusterMap::even(4096, 4).unwrap();
+        assert_eq!(decode(map.encode().as_bytes(), 0).unwrap(), map);
+        let e = decode(map.encode().as_bytes(), 3).unwrap_err();
+        assert!(e.contains("holds epoch 1, not 4"), "{e}");
+        assert!(decode(&[0xff, 0xfe], 0).unwrap_err().contains("not UTF-8"));
+    }
+
+    #[test]
+    fn a_node_refuses_a_map_of_other_slots_or_of_shards_it_lacks() {
+        let now = ClusterMap::even(4096, 4).unwrap();
+        let opened = now.shards();
+        let more = ClusterMap::even(4096, 5).unwrap();
+        let e = check_next(&now, &more, &opened).unwrap_err();
+        assert!(
+            e.contains("ShardId(4)") && e.contains("does not hold"),
+            "{e}"
+        );
+        let slots = ClusterMap::even(1024, 4).unwrap();
+        let e = check_next(&now, &slots, &opened).unwrap_err();
+        assert!(e.contains("1024 slots, this node's 4096"), "{e}");
+        let fewer = ClusterMap::even(4096, 2).unwrap();
+        assert!(check_next(&now, &fewer, &opened).is_ok());
+    }
+
+    #[test]
+    fn the_cell_only_moves_forward() {
+        let first = ClusterMap::even(4096, 4).unwrap();
+        let cell = MapCell::new(first.clone());
+        assert!(!cell.advance(first.clone()), "the same epoch");
+        let next = first
+            .with_range_moved(
+                strata_proto::routing::SlotRange { start: 0, end: 10 },
+                ShardId(1),
+            )
+            .unwrap();
+        assert_eq!(next.epoch(), 2);
+        assert!(cell.advance(next.clone()));
+        assert!(!cell.advance(first), "an older epoch");
+        assert_eq!(*cell.get(), next);
+    }
+}

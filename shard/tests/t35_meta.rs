@@ -1,0 +1,137 @@
+//! The metadata group on one node (a one-voter group over the real engine and Raft code): the
+//! first map is recorded by the leader, a change is a compare-and-set on the map's history (a
+//! second change computed from the same map is refused and changes nothing), and a node
+//! following the group routes by the newest map and caches it in `cluster.map`.
+
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_engine::clock::MonotonicClock;
+use strata_engine::fs::StdFs;
+use strata_engine::index_store::RocksIndexStore;
+use strata_engine::EngineConfig;
+use strata_proto::routing::{ClusterMap, ShardId, SlotRange};
+use strata_raft::{
+    GrpcTransport, RaftSettings, Replica, ReplicaError, Shard, ShardOptions, StrataNode,
+};
+use strata_shard::clock::SystemWallClock;
+use strata_shard::meta::{follow, Follower, Meta, META_GROUP};
+use strata_shard::shards::{layout, MapCell, MAP_FILE};
+use tokio::sync::watch;
+
+async fn one_voter_meta(dir: &std::path::Path) -> Meta {
+    let shard = Shard::open(ShardOptions {
+        node_id: 1,
+        dir: dir.join("meta"),
+        engine: EngineConfig::default(),
+        fs: Arc::new(StdFs),
+        clock: Arc::new(MonotonicClock::default()),
+        open_index: Arc::new(|p| Ok(Box::new(RocksIndexStore::open(p)?))),
+        log_sync: Default::default(),
+    })
+    .unwrap();
+    let me = StrataNode {
+        addr: "127.0.0.1:1".into(),
+        raft_addr: "127.0.0.1:1".into(),
+    };
+    let replica = Replica::start(
+        u64::from(META_GROUP),
+        shard,
+        me.clone(),
+        BTreeMap::from([(1, me)]),
+        RaftSettings::default(),
+        Arc::new(GrpcTransport::default()),
+    )
+    .await
+    .unwrap();
+    replica.init().await.unwrap();
+    Meta::new(replica)
+}
+
+/// Waits until `check` holds (10 s at most).
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_map_changes_by_compare_and_set_and_followers_route_by_the_newest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = layout(tmp.path(), Some(4)).unwrap().map;
+    assert_eq!(first.epoch(), 1);
+    let meta = one_voter_meta(tmp.path()).await;
+    let cell = MapCell::new(first.clone());
+    let (stop_tx, stop) = watch::channel(false);
+    let follower = Follower {
+        meta: meta.clone(),
+        cell: cell.clone(),
+        dir: tmp.path().to_path_buf(),
+        opened: first.shards(),
+        clock: Arc::new(SystemWallClock::default()),
+    };
+    let task = tokio::spawn(follow(follower, stop));
+
+    // The leader records the first map.
+    eventually("the first map is recorded", || {
+        meta.latest()
+            .unwrap()
+            .is_some_and(|(v, m)| v == 0 && m == first)
+    })
+    .await;
+
+    // Two changes computed from epoch 1: the first wins, the second is refused.
+    let moved = first
+        .with_range_moved(SlotRange { start: 0, end: 16 }, ShardId(3))
+        .unwrap();
+    let other = first
+        .with_range_moved(
+            SlotRange {
+                start: 100,
+                end: 116,
+            },
+            ShardId(2),
+        )
+        .unwrap();
+    assert_eq!((moved.epoch(), other.epoch()), (2, 2));
+    meta.propose(&moved, 1).await.unwrap();
+    match meta.propose(&other, 2).await {
+        Err(ReplicaError::Engine(strata_engine::Error::WrongExpectedVersion { .. })) => {}
+        other => panic!("a second change from the same map: {other:?}"),
+    }
+    // A retry of the winner is answered as it was, and writes nothing more.
+    meta.propose(&moved, 3).await.unwrap();
+    let (version, latest) = meta.latest().unwrap().unwrap();
+    assert_eq!((version, &latest), (1, &moved));
+
+    // The follower routes by it and caches it for a restart.
+    eventually("the follower takes epoch 2", || cell.get().epoch() == 2).await;
+    assert_eq!(*cell.get(), moved);
+    let cached =
+        ClusterMap::decode(&std::fs::read_to_string(tmp.path().join(MAP_FILE)).unwrap()).unwrap();
+    assert_eq!(cached, moved);
+    assert_eq!(layout(tmp.path(), None).unwrap().map, moved);
+
+    // A map naming a shard this node does not hold is not adopted.
+    let stranger = ClusterMap::decode(
+        &moved
+            .encode()
+            .replace("epoch 2", "epoch 3")
+            .replace("range 3072 4096 3", "range 3072 4096 9"),
+    )
+    .unwrap();
+    assert_eq!(stranger.shards().last(), Some(&ShardId(9)));
+    meta.propose(&stranger, 4).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cell.get().epoch(), 2, "a map of unknown shards was adopted");
+
+    stop_tx.send_replace(true);
+    task.await.unwrap();
+    meta.replica().shutdown().await;
+}
