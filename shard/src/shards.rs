@@ -7,8 +7,12 @@
 //!     DIR/log/  DIR/index/                     the engine (see ARCHITECTURE.md)
 //!   several shards (`--shards N`, N > 1, on a new directory):
 //!     DIR/cluster.map                          the map: slots → shards (ClusterMap::encode),
-//!                                              written once, synced, before any shard
+//!                                              written (synced) before any shard; on a
+//!                                              replicated node, the cache of the newest map
+//!                                              the metadata group committed
 //!     DIR/shards/<id>/log/  DIR/shards/<id>/index/   one engine per shard
+//!     DIR/meta/                                a replicated node's replica of the metadata
+//!                                              group (see `crate::meta`)
 //! ```
 //!
 //! A directory keeps the shards it was made with: `--shards` on an existing directory must
