@@ -192,14 +192,30 @@ async fn step(f: &Follower) {
 }
 
 /// Routes by `map` from now on if it is later than the node's and the node can (see
-/// [`check_next`]); the cache file is written first.
+/// [`check_next`]); the cache file is written first. A node that cannot route by the cluster's
+/// map (or holds another map of the same epoch: it was started with another `--shards`)
+/// refuses calls from then on, naming why, rather than route by its own.
 async fn adopt(f: &Follower, map: ClusterMap) {
     let current = f.cell.get();
-    if map.epoch() <= current.epoch() {
+    if map.epoch() < current.epoch() || (map.epoch() == current.epoch() && map == *current) {
         return;
     }
-    if let Err(e) = check_next(&current, &map, &f.opened) {
-        tracing::error!(error = %e, "not adopting the metadata group's map");
+    let conflict = if map.epoch() == current.epoch() {
+        Err(format!(
+            "this node's map ({} shards over {} slots) is not the cluster's map of the same epoch {} ({} shards over {} slots): it was started with another --shards; restart it with --shards {} on a new data directory",
+            current.shards().len(),
+            current.slots(),
+            map.epoch(),
+            map.shards().len(),
+            map.slots(),
+            map.shards().len()
+        ))
+    } else {
+        check_next(&current, &map, &f.opened)
+    };
+    if let Err(e) = conflict {
+        tracing::error!(error = %e, "this node cannot route by the cluster's map; it refuses calls");
+        f.cell.refuse(e);
         return;
     }
     let (dir, cached) = (f.dir.clone(), map.clone());
@@ -265,7 +281,20 @@ mod tests {
             .unwrap();
         assert_eq!(next.epoch(), 2);
         assert!(cell.advance(next.clone()));
-        assert!(!cell.advance(first), "an older epoch");
+        assert!(!cell.advance(first.clone()), "an older epoch");
         assert_eq!(*cell.get(), next);
+        // A refusal holds until a later map is taken.
+        cell.refuse("not this node's map".into());
+        assert_eq!(&*cell.routable().unwrap_err(), "not this node's map");
+        assert!(!cell.advance(first));
+        assert!(cell.routable().is_err());
+        let later = next
+            .with_range_moved(
+                strata_proto::routing::SlotRange { start: 10, end: 20 },
+                ShardId(2),
+            )
+            .unwrap();
+        assert!(cell.advance(later.clone()));
+        assert_eq!(*cell.routable().unwrap(), later);
     }
 }

@@ -112,12 +112,21 @@ impl Router {
         &self.shards[0].1
     }
 
+    /// The map to route by, or FAILED_PRECONDITION naming why this node must not route (its
+    /// map is not the cluster's: see [`crate::meta`]).
+    fn routing(&self) -> Result<Arc<ClusterMap>, Status> {
+        self.map
+            .routable()
+            .map_err(|why| Status::failed_precondition(why.to_string()))
+    }
+
     /// Where the shard holding `stream` is in [`Router::shards`].
     fn index(&self, stream: &str) -> Result<usize, Status> {
+        let map = self.routing()?;
         if self.shards.len() == 1 {
             return Ok(0);
         }
-        let id = self.map.get().shard_of(stream);
+        let id = map.shard_of(stream);
         self.shards
             .binary_search_by_key(&id, |(s, _)| *s)
             .map_err(|_| Status::unavailable(format!("{id} is not served by this node")))
@@ -276,7 +285,7 @@ impl Router {
             None | Some(Start::AfterPosition(0)) | Some(Start::FromPosition(0)) => {
                 Cursor::default()
             }
-            Some(Start::Cursor(bytes)) => Cursor::decode("cursor", bytes, &self.map.get())?,
+            Some(Start::Cursor(bytes)) => Cursor::decode("cursor", bytes, &*self.routing()?)?,
             Some(Start::FromEnd(_)) => {
                 let mut at_end = Cursor::default();
                 for (id, service) in self.shards.iter() {
@@ -398,9 +407,15 @@ impl Submit for Router {
             // Each shard's appends in the order sent; the answers put back in that order.
             let mut parts: Vec<(usize, Vec<usize>, Vec<pb::AppendRequest>)> = Vec::new();
             let mut routed: Vec<Result<usize, Status>> = Vec::with_capacity(batch.len());
-            let map = self.map.get();
+            let map = self.routing();
             for (i, append) in batch.into_iter().enumerate() {
-                let id = map.shard_of(&append.stream);
+                let id = match &map {
+                    Ok(map) => map.shard_of(&append.stream),
+                    Err(refused) => {
+                        routed.push(Err(refused.clone()));
+                        continue;
+                    }
+                };
                 match self.shards.binary_search_by_key(&id, |(s, _)| *s) {
                     Ok(at) => {
                         let part = match parts.iter().position(|(s, _, _)| *s == at) {
@@ -480,7 +495,7 @@ impl pb::streams_server::Streams for Router {
         request: Request<pb::AppendMultiRequest>,
     ) -> Answer<pb::AppendResponse> {
         let names = request.get_ref().streams.iter().map(|s| s.stream.as_str());
-        if let Err(e) = self.map.get().shard_of_all(names) {
+        if let Err(e) = self.routing()?.shard_of_all(names) {
             return Err(cross_shard(&e));
         }
         let first = match request.get_ref().streams.first() {
@@ -518,7 +533,7 @@ impl pb::streams_server::Streams for Router {
             return Ok(answer);
         }
         let (metadata, _, r) = request.into_parts();
-        let cursor = Cursor::decode("from_cursor", &r.from_cursor, &self.map.get())?;
+        let cursor = Cursor::decode("from_cursor", &r.from_cursor, &*self.routing()?)?;
         self.read_all_merged(r, cursor, &metadata).await
     }
 

@@ -127,36 +127,71 @@ pub fn write_map(dir: &Path, map: &ClusterMap) -> Result<(), String> {
 }
 
 /// The map a node routes by, shared by its router and services; replaced whole when the
-/// metadata group records a newer one (readers take the `Arc` of the moment).
+/// metadata group records a newer one (readers take the `Arc` of the moment). A node that
+/// finds it cannot route by the cluster's map (another shard count, a shard it lacks) holds a
+/// refusal instead, and its router answers every call with it until a map it can take comes.
 #[derive(Debug, Clone)]
-pub struct MapCell(Arc<RwLock<Arc<ClusterMap>>>);
+pub struct MapCell(Arc<RwLock<Held>>);
+
+#[derive(Debug)]
+struct Held {
+    map: Arc<ClusterMap>,
+    refusal: Option<Arc<str>>,
+}
 
 impl MapCell {
     /// A cell holding `map`.
     pub fn new(map: ClusterMap) -> MapCell {
-        MapCell(Arc::new(RwLock::new(Arc::new(map))))
+        MapCell(Arc::new(RwLock::new(Held {
+            map: Arc::new(map),
+            refusal: None,
+        })))
     }
 
-    /// The map now.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Held> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The map now (whether or not the node may route by it).
     pub fn get(&self) -> Arc<ClusterMap> {
-        match self.0.read() {
-            Ok(map) => map.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        self.read().map.clone()
+    }
+
+    /// The map to route by, or why this node must not route.
+    pub fn routable(&self) -> Result<Arc<ClusterMap>, Arc<str>> {
+        let held = self.read();
+        match &held.refusal {
+            Some(why) => Err(why.clone()),
+            None => Ok(held.map.clone()),
         }
     }
 
-    /// Replaces the map with a newer one (a later epoch); an older or equal one is ignored.
-    /// Returns whether it was taken.
+    /// Replaces the map with a newer one (a later epoch), lifting any refusal; an older or
+    /// equal one is ignored. Returns whether it was taken.
     pub fn advance(&self, map: ClusterMap) -> bool {
-        let mut held = match self.0.write() {
-            Ok(held) => held,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if map.epoch() <= held.epoch() {
+        let mut held = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.epoch() <= held.map.epoch() {
             return false;
         }
-        *held = Arc::new(map);
+        *held = Held {
+            map: Arc::new(map),
+            refusal: None,
+        };
         true
+    }
+
+    /// Stops routing: every call is answered `why` until [`MapCell::advance`] takes a map.
+    pub fn refuse(&self, why: String) {
+        let mut held = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.refusal = Some(why.into());
     }
 }
 

@@ -1574,7 +1574,8 @@ async fn a_sharded_cluster_grows_to_five_and_back_with_balanced_leaders() {
 }
 
 /// Nodes that would route streams to different shards do not form a cluster: `cluster init`
-/// is refused naming the node and both shard counts, and no group is formed.
+/// is refused naming the node and both shard counts, and no group is formed. A node that was
+/// down at init and comes up with another shard count refuses every call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_with_different_shard_counts_are_refused_at_init() {
     let _serial = SERIAL.lock().await;
@@ -1604,6 +1605,38 @@ async fn nodes_with_different_shard_counts_are_refused_at_init() {
             "node {id} formed a group: {s:?}"
         );
     }
+
+    // With node 3 down, init cannot compare with it and forms the cluster; once node 3 (two
+    // shards) comes up, it finds the cluster's map (four) in the metadata group and refuses
+    // every call rather than route by its own. Nodes 1 and 2 serve on.
+    cluster.nodes.get_mut(&3).unwrap().stop();
+    let out = cluster.init(&[1, 2]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.nodes.get_mut(&3).unwrap().start();
+    cluster.wait_up(3).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refusal = loop {
+        let mut client = StreamsClient::new(channel(&cluster.addr(3)).await.unwrap());
+        match client.append(append_request("order-1", 1)).await {
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => break status,
+            other => {
+                assert!(Instant::now() < deadline, "node 3 still answers: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        refusal.message().contains("started with another --shards")
+            && refusal.message().contains("--shards 4"),
+        "{}",
+        refusal.message()
+    );
+    let mut client = StreamsClient::new(channel(&cluster.addr(1)).await.unwrap());
+    client.append(append_request("order-2", 2)).await.unwrap();
 }
 
 /// The README's `strata dev --nodes 3 --shards 4`: three node processes on 50051–50053, every
