@@ -35,6 +35,9 @@ pub const BATCHES_IN_FLIGHT_MAX: usize = 1;
 pub const APPEND_QUEUE_MAX: usize = 4096;
 /// Appends set aside for a later entry (their stream is in the entry being made) at most.
 pub const SET_ASIDE_MAX: usize = 4096;
+/// How long a voter being removed is given to hear that it is a learner before it is dropped
+/// from the membership (a node that is down does not hear it; it is removed anyway).
+pub const REMOVED_HEARS_WAIT: Duration = Duration::from_secs(2);
 /// Bytes of a record besides its events.
 const RECORD_OVERHEAD: usize = FRAME_BYTES + HEADER_BYTES + 4;
 
@@ -624,7 +627,8 @@ impl Replica {
         Ok(())
     }
 
-    /// Removes a node from the membership (voter or learner).
+    /// Removes a node from the membership (voter or learner). A voter is demoted to a learner
+    /// first and given [`REMOVED_HEARS_WAIT`] to replicate that change, then removed.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), ReplicaError> {
         let map = |e| write_error(&self.raft, self.node_id, e);
         let membership = self.raft.metrics().borrow().membership_config.clone();
@@ -635,16 +639,26 @@ impl Replica {
             )));
         }
         if membership.voter_ids().any(|v| v == id) {
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            // First demoted to a learner, which it hears (it is still replicated to), so that
+            // once removed it does not stand for election for ever believing itself a voter.
+            let demoted = self
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
                 .await
                 .map_err(map)?;
-        } else {
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map_err(map)?;
+            let at = demoted.log_id.index;
+            let deadline = tokio::time::Instant::now() + REMOVED_HEARS_WAIT;
+            if self.wait_metrics(deadline, |m| matched(m, id) >= at).await.is_err() {
+                tracing::info!(
+                    node = id,
+                    "a removed voter did not hear of its demotion (down?); removing it anyway"
+                );
+            }
         }
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map_err(map)?;
         Ok(())
     }
 
