@@ -648,7 +648,11 @@ impl Replica {
                 .map_err(map)?;
             let at = demoted.log_id.index;
             let deadline = tokio::time::Instant::now() + REMOVED_HEARS_WAIT;
-            if self.wait_metrics(deadline, |m| matched(m, id) >= at).await.is_err() {
+            if self
+                .wait_metrics(deadline, |m| matched(m, id) >= at)
+                .await
+                .is_err()
+            {
                 tracing::info!(
                     node = id,
                     "a removed voter did not hear of its demotion (down?); removing it anyway"

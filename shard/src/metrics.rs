@@ -247,6 +247,34 @@ pub fn render(shards: &LocalShards, service: &ServiceStats, data_dir: &Path) -> 
             "Shards whose Raft group this node leads.",
             led as u64,
         );
+        let map = shards.map.get();
+        metric(
+            &mut out,
+            "strata_map_epoch",
+            "gauge",
+            "Epoch of the cluster map this node routes by (1 until a move changes it).",
+            map.epoch(),
+        );
+        metric(
+            &mut out,
+            "strata_map_refused",
+            "gauge",
+            "1 if this node refuses calls because it cannot route by the cluster's map (see its log).",
+            u64::from(shards.map.routable().is_err()),
+        );
+        if let Some(meta) = &shards.meta {
+            metric(
+                &mut out,
+                "strata_meta_is_leader",
+                "gauge",
+                "1 if this node leads the metadata group (the map's history).",
+                u64::from(
+                    meta.replica()
+                        .leader()
+                        .is_some_and(|(id, _)| id == meta.replica().node_id()),
+                ),
+            );
+        }
         let status = replica.status();
         metric(
             &mut out,
@@ -323,9 +351,19 @@ pub async fn serve(
                                 .header("content-type", "text/plain; version=0.0.4")
                                 .body(Full::new(Bytes::from(body)))
                         }
-                        "/health" => Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(b"{\"status\":\"serving\"}\n"))),
+                        "/health" => match shards.map.routable() {
+                            Ok(_) => Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(b"{\"status\":\"serving\"}\n"))),
+                            // Its map is not the cluster's: it answers no call (see `crate::meta`).
+                            Err(why) => Response::builder()
+                                .status(StatusCode::SERVICE_UNAVAILABLE)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(format!(
+                                    "{}\n",
+                                    serde_json::json!({"status": "refusing", "reason": &*why})
+                                )))),
+                        },
                         _ => Response::builder()
                             .status(StatusCode::NOT_FOUND)
                             .body(Full::new(Bytes::from_static(

@@ -1616,7 +1616,12 @@ async fn nodes_with_different_shard_counts_are_refused_at_init() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    cluster.nodes.get_mut(&3).unwrap().start();
+    let metrics = addr(free_port());
+    let node3 = cluster.nodes.get_mut(&3).unwrap();
+    node3
+        .args
+        .extend(["--metrics".to_string(), metrics.clone()]);
+    node3.start();
     cluster.wait_up(3).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let refusal = loop {
@@ -1634,6 +1639,19 @@ async fn nodes_with_different_shard_counts_are_refused_at_init() {
             && refusal.message().contains("--shards 4"),
         "{}",
         refusal.message()
+    );
+    // Its /health says so.
+    let mut health = TcpStream::connect(&metrics).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    health
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    health.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("\"refusing\""),
+        "{answer}"
     );
     let mut client = StreamsClient::new(channel(&cluster.addr(1)).await.unwrap());
     client.append(append_request("order-2", 2)).await.unwrap();

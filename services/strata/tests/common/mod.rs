@@ -62,7 +62,10 @@ impl NodeProc {
         let mut cmd = Command::new(STRATA);
         cmd.args(["node", "--id", &self.id.to_string(), "--data"])
             .arg(&self.data)
-            .args(["--listen", &addr(self.port), "--metrics", "off"]);
+            .args(["--listen", &addr(self.port)]);
+        if !self.args.iter().any(|a| a == "--metrics") {
+            cmd.args(["--metrics", "off"]);
+        }
         if let Some(r) = self.raft_port {
             cmd.args(["--raft-listen", &addr(r)]);
         }
