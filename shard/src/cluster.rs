@@ -210,6 +210,62 @@ impl ClusterService {
         }
     }
 
+    /// Balances the groups' leaders by itself until `stop`: every `interval`, on the node leading
+    /// the metadata group (one planner), when every group has a leader and none changed since
+    /// the last look, hands over the first leadership [`balance::plan`] names. One handover per
+    /// look, and a look after a change waits a whole interval: leaders that move (a failover,
+    /// a handover) settle before the next.
+    pub async fn balance_leaders(
+        self,
+        interval: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut last: Option<Vec<ShardLeads>> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let Some(meta) = &self.shards.meta else {
+                return;
+            };
+            let me = meta.replica().node_id();
+            if meta.replica().leader().map(|(id, _)| id) != Some(me) {
+                last = None;
+                continue;
+            }
+            // The data shards' leaders: the metadata group is idle, its leadership costs
+            // nothing to balance.
+            let mut now = self.leads();
+            now.retain(|s| s.shard != crate::meta::META_GROUP);
+            let settled = now.iter().all(|s| s.leader.is_some()) && last.as_ref() == Some(&now);
+            last = Some(now.clone());
+            if !settled {
+                continue;
+            }
+            let Some(step) = balance::plan(&now).into_iter().next() else {
+                continue;
+            };
+            let request = Request::new(pb::TransferLeaderRequest {
+                shard: step.shard,
+                to: step.to,
+            });
+            match pb::cluster_server::Cluster::transfer_leader(&self, request).await {
+                Ok(_) => {
+                    self.stats.handovers.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        shard = step.shard,
+                        from = step.from,
+                        to = step.to,
+                        "leaders balanced: a leadership handed over"
+                    );
+                }
+                Err(e) => tracing::warn!(shard = step.shard, from = step.from, to = step.to,
+                    error = %e.message(), "balancing leaders: a handover failed"),
+            }
+        }
+    }
+
     /// Each shard with its slot ranges, leader and replicas (from its group when replicated;
     /// `one` — this node alone — otherwise).
     fn shard_statuses(&self, one: u64) -> Vec<pb::ShardStatus> {

@@ -84,6 +84,13 @@ pub fn render(shards: &LocalShards, service: &ServiceStats, data_dir: &Path) -> 
     );
     metric(
         &mut out,
+        "strata_leader_handovers_total",
+        "counter",
+        "Leaderships this node's leader balancer handed over (on the metadata group's leader).",
+        load(&service.handovers),
+    );
+    metric(
+        &mut out,
         "strata_log_fdatasyncs_total",
         "counter",
         "fdatasyncs issued for the shards' logs (one sync round covers every shard on a device).",

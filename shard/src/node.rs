@@ -58,7 +58,13 @@ pub struct ClusterConfig {
     pub advertise_raft_addr: Option<String>,
     /// Raft timing and housekeeping.
     pub raft: RaftSettings,
+    /// How often the metadata group's leader balances the shards' leaders (see
+    /// [`ClusterService::balance_leaders`]); `None`: never by itself.
+    pub leader_balance_interval: Option<std::time::Duration>,
 }
+
+/// [`ClusterConfig::leader_balance_interval`] unless told otherwise, in milliseconds.
+pub const LEADER_BALANCE_INTERVAL_DEFAULT_MS: u64 = 30_000;
 
 /// How to run a node.
 #[derive(Debug, Clone)]
@@ -94,6 +100,7 @@ pub struct Node {
     stop: watch::Sender<bool>,
     metrics: Option<TcpListener>,
     data_dir: PathBuf,
+    leader_balance_interval: Option<std::time::Duration>,
 }
 
 /// Why a node could not start or stopped.
@@ -199,6 +206,10 @@ impl Node {
             stats,
             stop,
             metrics,
+            leader_balance_interval: config
+                .cluster
+                .as_ref()
+                .and_then(|c| c.leader_balance_interval),
             data_dir: config.data_dir,
         })
     }
@@ -253,6 +264,13 @@ impl Node {
                     self.stop.subscribe(),
                 ));
             }
+        }
+        if let (Some(_), Some(interval)) = (&self.shards.meta, self.leader_balance_interval) {
+            tokio::spawn(
+                self.cluster
+                    .clone()
+                    .balance_leaders(interval, self.stop.subscribe()),
+            );
         }
         if let Some(meta) = &self.shards.meta {
             let follower = crate::meta::Follower {

@@ -35,6 +35,8 @@ pub struct ServiceStats {
     pub requests: AtomicU64,
     /// Calls and `AppendStream` parts passed on to another node leading their shard.
     pub forwarded: AtomicU64,
+    /// Leaderships this node's leader balancer handed over.
+    pub handovers: AtomicU64,
     /// Append latency, request to durable answer.
     pub append_latency: LatencyHistogram,
     /// What retention did.
@@ -49,6 +51,7 @@ impl Default for ServiceStats {
             append_stream_call_peak: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
+            handovers: AtomicU64::new(0),
             append_latency: LatencyHistogram::new(&APPEND_BUCKETS_US),
             retention: RetentionStats::default(),
         }

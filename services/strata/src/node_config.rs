@@ -34,6 +34,7 @@
 //! keep_entries = 10000                # --keep-entries
 //! append_timeout_ms = 5000            # --append-timeout-ms
 //! learner_catch_up_timeout_ms = 60000 # --learner-catch-up-timeout-ms (add-node)
+//! leader_balance_interval_ms = 30000  # --leader-balance-interval-ms (several shards; 0: off)
 //! ```
 
 use std::net::SocketAddr;
@@ -137,6 +138,11 @@ pub struct NodeArgs {
     /// How long a node being added may take to catch up before it would be made a voter.
     #[arg(long)]
     learner_catch_up_timeout_ms: Option<u64>,
+    /// How often the metadata group's leader looks at the shards' leaders and, when they
+    /// have been stable that long and are uneven, hands one leadership over (several shards;
+    /// 0 turns it off). Default 30000.
+    #[arg(long)]
+    leader_balance_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,6 +177,7 @@ struct FileConfig {
     keep_entries: Option<u64>,
     append_timeout_ms: Option<u64>,
     learner_catch_up_timeout_ms: Option<u64>,
+    leader_balance_interval_ms: Option<u64>,
 }
 
 /// Parses `ID=ADDR` or `ID=ADDR,RAFT_ADDR`.
@@ -402,6 +409,10 @@ fn cluster(
     {
         raft.learner_catch_up_timeout = Duration::from_millis(v.max(1));
     }
+    let balance_ms = args
+        .leader_balance_interval_ms
+        .or(file.leader_balance_interval_ms)
+        .unwrap_or(strata_shard::node::LEADER_BALANCE_INTERVAL_DEFAULT_MS);
     Ok(Some(strata_shard::ClusterConfig {
         node_id,
         peers,
@@ -409,6 +420,7 @@ fn cluster(
         advertise_addr: args.advertise.clone().or(file.advertise.clone()),
         advertise_raft_addr: args.advertise_raft.clone().or(file.advertise_raft.clone()),
         raft,
+        leader_balance_interval: (balance_ms > 0).then(|| Duration::from_millis(balance_ms)),
     }))
 }
 
