@@ -15,6 +15,7 @@ pub mod groups;
 pub mod history;
 pub mod ids;
 pub mod limits;
+pub mod map_cell;
 pub mod merge;
 pub mod meta;
 pub mod metrics;

@@ -21,7 +21,7 @@ use strata_proto::routing::{ClusterMap, ShardId};
 use strata_raft::{Replica, ReplicaError};
 use tokio::sync::watch;
 
-use crate::shards::{write_map, MapCell};
+use crate::map_cell::{write_map, MapCell};
 
 /// The metadata group's id (as a shard id on the Raft transport): no data shard has it.
 pub const META_GROUP: u32 = u32::MAX;

@@ -32,10 +32,11 @@ use crate::clock::SystemWallClock;
 use crate::cluster::ClusterService;
 use crate::forward::Peers;
 use crate::ids::RandomIds;
+use crate::map_cell::MapCell;
 use crate::meta::{Meta, META_DIR, META_GROUP};
 use crate::router::Router;
 use crate::service::{ServiceConfig, ServiceStats, StreamsService};
-use crate::shards::{LocalShards, MapCell};
+use crate::shards::LocalShards;
 
 /// Largest HTTP/2 frame a client may send (h2's default is 16 KiB: a 100 KiB append took 7
 /// frames). Flow-control windows stay hyper's (1 MiB per call and per connection): they bound

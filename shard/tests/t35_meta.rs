@@ -19,8 +19,9 @@ use strata_raft::{
     GrpcTransport, RaftSettings, Replica, ReplicaError, Shard, ShardOptions, StrataNode,
 };
 use strata_shard::clock::SystemWallClock;
+use strata_shard::map_cell::{MapCell, MAP_FILE};
 use strata_shard::meta::{follow, Follower, Meta, META_GROUP};
-use strata_shard::shards::{layout, MapCell, MAP_FILE};
+use strata_shard::shards::layout;
 use tokio::sync::watch;
 
 async fn one_voter_meta(dir: &std::path::Path) -> Meta {

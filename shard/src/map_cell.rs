@@ -1,0 +1,99 @@
+//! The map a node routes by: the cell its router and services share ([`MapCell`]) and the
+//! file that keeps it in the data directory ([`write_map`]). Below both `shards` (which
+//! opens the directory) and `meta` (which replaces the map when the cluster's changes).
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use strata_proto::routing::ClusterMap;
+
+/// The map's file in a data directory of several shards.
+pub const MAP_FILE: &str = "cluster.map";
+
+/// Writes `map` as `dir`'s map (to a temporary file, synced, renamed, the directory synced: a
+/// crash leaves the old map or the new one, whole).
+pub fn write_map(dir: &Path, map: &ClusterMap) -> Result<(), String> {
+    let io = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(|e| io("creating the directory", e))?;
+    let tmp = dir.join(format!("{MAP_FILE}.tmp"));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating the map", e))?;
+        f.write_all(map.encode().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io("writing the map", e))?;
+    }
+    std::fs::rename(&tmp, dir.join(MAP_FILE)).map_err(|e| io("naming the map", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("syncing the directory", e))
+}
+
+/// The map a node routes by, shared by its router and services; replaced whole when the
+/// metadata group records a newer one (readers take the `Arc` of the moment). A node that
+/// finds it cannot route by the cluster's map (another shard count, a shard it lacks) holds a
+/// refusal instead, and its router answers every call with it until a map it can take comes.
+#[derive(Debug, Clone)]
+pub struct MapCell(Arc<RwLock<Held>>);
+
+#[derive(Debug)]
+struct Held {
+    map: Arc<ClusterMap>,
+    refusal: Option<Arc<str>>,
+}
+
+impl MapCell {
+    /// A cell holding `map`.
+    pub fn new(map: ClusterMap) -> MapCell {
+        MapCell(Arc::new(RwLock::new(Held {
+            map: Arc::new(map),
+            refusal: None,
+        })))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Held> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The map now (whether or not the node may route by it).
+    pub fn get(&self) -> Arc<ClusterMap> {
+        self.read().map.clone()
+    }
+
+    /// The map to route by, or why this node must not route.
+    pub fn routable(&self) -> Result<Arc<ClusterMap>, Arc<str>> {
+        let held = self.read();
+        match &held.refusal {
+            Some(why) => Err(why.clone()),
+            None => Ok(held.map.clone()),
+        }
+    }
+
+    /// Replaces the map with a newer one (a later epoch), lifting any refusal; an older or
+    /// equal one is ignored. Returns whether it was taken.
+    pub fn advance(&self, map: ClusterMap) -> bool {
+        let mut held = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.epoch() <= held.map.epoch() {
+            return false;
+        }
+        *held = Held {
+            map: Arc::new(map),
+            refusal: None,
+        };
+        true
+    }
+
+    /// Stops routing: every call is answered `why` until [`MapCell::advance`] takes a map.
+    pub fn refuse(&self, why: String) {
+        let mut held = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.refusal = Some(why.into());
+    }
+}
