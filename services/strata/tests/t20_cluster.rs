@@ -1728,6 +1728,21 @@ async fn strata_dev_runs_a_sharded_cluster_and_stops_cleanly() {
             .read_line(&mut first)
             .unwrap();
     }
+    if first.is_empty() {
+        // It stopped before forming the cluster: its own words say why.
+        let mut why = String::new();
+        use std::io::Read;
+        let _ = dev.stderr.as_mut().unwrap().read_to_string(&mut why);
+        let logs: Vec<String> = (1..=3)
+            .map(|n| {
+                let log = dir.path().join(format!("node-{n}/node.log"));
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(8).collect();
+                format!("node {n}: {}", tail.join("\n"))
+            })
+            .collect();
+        panic!("strata dev did not start: {why}\n{}", logs.join("\n"));
+    }
     assert!(
         first.starts_with("strata dev: 3-node cluster of 4 shards (shard→leader: "),
         "{first}"
