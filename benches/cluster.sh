@@ -21,15 +21,7 @@ secs=${1:-10}; kills=${2:-10}; parent=${3:-/tmp}; rounds=${4:-3}
 [[ $secs =~ ^[1-9][0-9]*$ && $kills =~ ^[0-9]+$ && $rounds =~ ^[1-9][0-9]*$ ]] ||
   { echo "usage: benches/cluster.sh [SECONDS>0] [KILLS>=0] [DATA_PARENT] [ROUNDS>0]" >&2; exit 2; }
 source benches/lib.sh
-data=$(mktemp -d "$parent/strata-cluster-bench.XXXXXX")
-declare -A pid port
-cleanup() {
-  for p in "${pid[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$data"
-}
-trap cleanup EXIT
-wait_up() { for _ in $(seq 300); do "$strata" cluster status --json --server "127.0.0.1:$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "node on $1 did not start" >&2; exit 1; }
+bench_dir "$parent" strata-cluster-bench
 # What a run costs, beside its speed: CPU seconds of the server processes (from /proc/PID/stat)
 # and of the bench client (bash's `time`), and cache flushes the data directory's disk completed
 # (/proc/diskstats; null where the kernel does not count them for that device).

@@ -15,14 +15,7 @@ secs=${1:-20}; shards=${2:-8}; rounds=${3:-3}; parent=${4:-/tmp}
 [[ $secs =~ ^[1-9][0-9]*$ && $shards =~ ^[1-9][0-9]*$ && $rounds =~ ^[1-9][0-9]*$ ]] ||
   { echo "usage: benches/handover.sh [SECONDS>0] [SHARDS>0] [ROUNDS>0] [DATA_PARENT]" >&2; exit 2; }
 source benches/lib.sh
-data=$(mktemp -d "$parent/strata-handover-bench.XXXXXX")
-declare -A pid port
-cleanup() {
-  for p in "${pid[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$data"
-}
-trap cleanup EXIT
+bench_dir "$parent" strata-handover-bench
 for n in 1 2 3; do port[$n]=$(free_port); done
 servers="127.0.0.1:${port[1]},127.0.0.1:${port[2]},127.0.0.1:${port[3]}"
 for n in 1 2 3; do
@@ -32,9 +25,7 @@ for n in 1 2 3; do
     --shards "$shards" "${peers[@]}" >>"$data/node-$n.log" 2>&1 &
   pid[$n]=$!
 done
-for n in 1 2 3; do
-  for _ in $(seq 300); do "$strata" cluster status --json --server "127.0.0.1:${port[$n]}" >/dev/null 2>&1 && break; sleep 0.1; done
-done
+for n in 1 2 3; do wait_up "${port[$n]}"; done
 "$strata" cluster init --server "127.0.0.1:${port[1]}" >/dev/null
 sleep 3
 run() { # clients rate seconds → the bench's JSON line

@@ -291,6 +291,15 @@ async fn subscriptions_resume_across_leader_kills_and_restarts_without_gap_or_du
     );
 }
 
+/// A client of the node on `port` that keeps retrying (100 attempts) within `deadline`: it
+/// outlasts a node's restart.
+fn patient_client(port: u16, deadline: Duration) -> Client {
+    let mut config = ClientConfig::new([addr(port)]);
+    config.attempts_max = 100;
+    config.deadline = deadline;
+    Client::new(config).unwrap()
+}
+
 /// A `strata dev --shards N` process on `port` over `data`.
 fn sharded_dev(data: &std::path::Path, port: u16, shards: u32) -> std::process::Child {
     std::process::Command::new(STRATA)
@@ -310,10 +319,7 @@ async fn an_all_subscription_over_shards_resumes_by_cursor_across_a_kill_without
     let dir = tempfile::tempdir().unwrap();
     let (data, port) = (dir.path().join("node"), free_port());
     let mut dev = sharded_dev(&data, port, 4);
-    let mut config = ClientConfig::new([addr(port)]);
-    config.attempts_max = 100;
-    config.deadline = Duration::from_secs(60);
-    let client = Client::new(config).unwrap();
+    let client = patient_client(port, Duration::from_secs(60));
     let stop = Arc::new(AtomicBool::new(false));
     // Stream → events acknowledged; every third append is a two-event record.
     let written: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
@@ -407,10 +413,7 @@ async fn a_consumer_group_on_several_shards_is_refused_and_nothing_is_written() 
     let dir = tempfile::tempdir().unwrap();
     let (data, port) = (dir.path().join("node"), free_port());
     let mut dev = sharded_dev(&data, port, 4);
-    let mut config = ClientConfig::new([addr(port)]);
-    config.attempts_max = 100;
-    config.deadline = Duration::from_secs(30);
-    let client = Client::new(config).unwrap();
+    let client = patient_client(port, Duration::from_secs(30));
     // Up once a trivial call answers.
     client.get_log(None).await.unwrap();
     let refused = Groups::new(client.clone())
