@@ -1,11 +1,12 @@
 //! `strata dev --nodes N [--shards K]`: a local replicated cluster of N node processes (this
-//! same binary, `strata node`), node N serving clients on port 50050+N with data under
+//! same binary, `strata node`), node N serving clients on --listen's port + N − 1 (by default
+//! 50051, 50052, …) and metrics on --metrics's port + N − 1, with data under
 //! DIR/node-N, each holding a replica of every one of the K shards. Once all answer, the
 //! cluster is formed through node 1 (each shard's group from the node that should lead it)
 //! and its status printed. Ctrl-C (or SIGTERM)
 //! stops every node gracefully.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,10 @@ use crate::Failure;
 /// How long the nodes get to start and elect a leader.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn client_port(n: u64) -> u64 {
-    50050 + n
+/// Node n's address: the base address with its port moved up by n − 1.
+fn nth(base: SocketAddr, n: u64) -> String {
+    let port = u64::from(base.port()) + n - 1;
+    format!("{}:{port}", base.ip())
 }
 
 /// A client of one starting node: one quick attempt per call (the caller polls).
@@ -50,8 +53,8 @@ fn stop(children: &mut [Child]) {
 /// Runs the cluster until Ctrl-C or SIGTERM.
 pub async fn run(
     data: PathBuf,
-    host: IpAddr,
-    metrics_host: Option<IpAddr>,
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
     nodes: u64,
     shards: Option<u32>,
 ) -> Result<(), Failure> {
@@ -62,8 +65,18 @@ pub async fn run(
         });
     }
     let exe = std::env::current_exe().map_err(|e| Failure::new(format!("finding strata: {e}")))?;
-    let addr = |n: u64| format!("{host}:{}", client_port(n));
-    let metrics_addr = |n: u64| metrics_host.map(|h| format!("{h}:{}", 9463 + n));
+    let top = |base: SocketAddr| u64::from(base.port()) + nodes - 1;
+    if top(listen) > u64::from(u16::MAX) || metrics.is_some_and(|m| top(m) > u64::from(u16::MAX)) {
+        return Err(Failure {
+            message: format!(
+                "--nodes {nodes} needs ports up to the base port + {}: past 65535",
+                nodes - 1
+            ),
+            exit_code: 2,
+        });
+    }
+    let addr = |n: u64| nth(listen, n);
+    let metrics_addr = |n: u64| metrics.map(|m| nth(m, n));
     let mut children = Vec::new();
     for n in 1..=nodes {
         let dir = data.join(format!("node-{n}"));

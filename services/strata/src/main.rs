@@ -33,10 +33,11 @@ enum Command {
         /// Data directory (a cluster puts node N under DIR/node-N).
         #[arg(long, default_value = "./strata-data")]
         data: PathBuf,
-        /// gRPC address (a cluster puts node N on port 50050+N of this address's host).
+        /// gRPC address (a cluster puts node N on this port + N − 1: 50051, 50052, …).
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: std::net::SocketAddr,
-        /// HTTP address of /metrics and /health (node N of a cluster: port 9463+N), or `off`.
+        /// HTTP address of /metrics and /health (node N of a cluster: this port + N − 1), or
+        /// `off`.
         #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics)]
         metrics: Metrics,
         /// Nodes: 1 runs one engine without replication; 3 (or 5) runs a replicated cluster
@@ -137,9 +138,7 @@ fn main() -> ExitCode {
                 metrics,
                 nodes,
                 shards,
-            } if nodes > 1 => {
-                dev_cluster::run(data, listen.ip(), metrics.map(|m| m.ip()), nodes, shards).await
-            }
+            } if nodes > 1 => dev_cluster::run(data, listen, metrics, nodes, shards).await,
             Command::Dev {
                 data,
                 listen,

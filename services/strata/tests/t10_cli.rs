@@ -179,6 +179,10 @@ fn commands_print_json_lines_and_exit_with_the_documented_codes() {
     let bad = dev.run(&["dev", "--metrics", "banana"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("HOST:PORT or `off`"));
+    // A cluster whose ports would run past 65535 is refused before any node starts.
+    let bad = dev.run(&["dev", "--nodes", "3", "--listen", "127.0.0.1:65534"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("past 65535"));
     // SIGTERM: a clean stop.
     let status = dev.signal(libc::SIGTERM);
     assert!(status.success(), "{status:?}");

@@ -1697,13 +1697,16 @@ async fn nodes_with_different_shard_counts_are_refused_at_init() {
     client.append(append_request("order-2", 2)).await.unwrap();
 }
 
-/// The README's `strata dev --nodes 3 --shards 4`: three node processes on 50051–50053, every
+/// The README's `strata dev --nodes 3 --shards 4`: three node processes on consecutive ports
+/// (50051–50053 by default; here a free run below the ephemeral range), every
 /// shard's group led (leaders spread), an append through one node read back through another
 /// (forwarded where needed), and Ctrl-C (SIGTERM) stops them all cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strata_dev_runs_a_sharded_cluster_and_stops_cleanly() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
+    let base = free_port_run(3);
+    let node = |n: u16| addr(base + n - 1);
     let mut dev = std::process::Command::new(STRATA)
         .args([
             "dev",
@@ -1713,6 +1716,8 @@ async fn strata_dev_runs_a_sharded_cluster_and_stops_cleanly() {
             "4",
             "--metrics",
             "off",
+            "--listen",
+            &node(1),
             "--data",
         ])
         .arg(dir.path())
@@ -1766,7 +1771,7 @@ async fn strata_dev_runs_a_sharded_cluster_and_stops_cleanly() {
             "--data",
             "{}",
             "--server",
-            "127.0.0.1:50052",
+            &node(2),
         ]);
         assert!(
             out.status.success(),
@@ -1775,7 +1780,7 @@ async fn strata_dev_runs_a_sharded_cluster_and_stops_cleanly() {
         );
     }
     for i in 0..8 {
-        let out = cli(&["read", &format!("order-{i}"), "--server", "127.0.0.1:50053"]);
+        let out = cli(&["read", &format!("order-{i}"), "--server", &node(3)]);
         assert!(
             out.status.success(),
             "{}",

@@ -38,6 +38,20 @@ pub fn free_port() -> u16 {
     panic!("no free port in {base}..{}", base + 1_000);
 }
 
+/// The first of `n` consecutive free ports (for `strata dev --nodes n`, node k on first + k − 1).
+pub fn free_port_run(n: u16) -> u16 {
+    let mut first = free_port();
+    let mut last = first;
+    while last - first + 1 < n {
+        let next = free_port();
+        if next != last + 1 {
+            first = next;
+        }
+        last = next;
+    }
+    first
+}
+
 pub fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
