@@ -42,6 +42,7 @@ pub fn one_each(streams: &[String], id_base: u128, bytes: usize) -> AppendReques
         })
         .collect();
     AppendRequest {
+        copy: false,
         streams: parts,
         conditions: Vec::new(),
         timestamp_us: 0,

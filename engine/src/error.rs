@@ -66,6 +66,10 @@ pub enum Error {
     /// The stream was hard-deleted (it has a tombstone); nothing can be appended to it again.
     #[error("stream `{stream}` is hard-deleted: it can neither be read nor appended to again (reads as of a point before the delete still answer)")]
     StreamDeleted { stream: String },
+    /// The stream's slot is fenced: a slot-range move hands (or has handed) it to another
+    /// shard, whose writes go there; retry after the cluster map changes.
+    #[error("stream `{stream}` is in slots being moved to shard {shard} (write fence); retry once the cluster map moves them")]
+    Moved { stream: String, shard: u32 },
     /// The replicated shard could not take the request now (no leader, leadership lost,
     /// replication failed); the message says why. Retrying later, or at the leader, may work.
     #[error("shard unavailable: {0}")]
@@ -161,6 +165,10 @@ impl Error {
             Error::Unavailable(why) => Error::Unavailable(why.clone()),
             Error::StreamDeleted { stream } => Error::StreamDeleted {
                 stream: stream.clone(),
+            },
+            Error::Moved { stream, shard } => Error::Moved {
+                stream: stream.clone(),
+                shard: *shard,
             },
         }
     }

@@ -88,6 +88,13 @@ pub struct AppendRequest {
     /// Timestamp given to every event of the request (microseconds since the Unix epoch, or a
     /// hybrid-logical-clock value); the engine never reads a clock itself.
     pub timestamp_us: u64,
+    /// A slot-range move's copy of another shard's record (only the mover sets it): each
+    /// part's `expected` is `Exact(first − 1)` (`NoStream` for version 0), and its events take
+    /// those versions whenever the stream's head here is at or before `first − 1` (or the
+    /// stream is absent: the source had reclaimed the versions between); write fences do not
+    /// apply; the record is flagged [`crate::format::FLAG_COPY`],
+    /// which leaves it out of `$all`. Retried, it deduplicates like any append.
+    pub copy: bool,
 }
 
 impl AppendRequest {
@@ -106,6 +113,7 @@ impl AppendRequest {
             }],
             conditions: Vec::new(),
             timestamp_us,
+            copy: false,
         }
     }
 
@@ -175,6 +183,8 @@ pub struct Record {
     pub timestamp_us: u64,
     /// The events, in append order.
     pub events: Vec<RecordedEvent>,
+    /// Whether it is a slot-range move's copy (`$all` leaves it out).
+    pub copy: bool,
 }
 
 /// Direction of a stream read.

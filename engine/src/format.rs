@@ -5,7 +5,7 @@
 //! ```text
 //! record = { len: u32 | crc: u32 | header | body }          len = |header| + |body|
 //!                                                           crc = crc32(header ++ body)
-//! header = { magic: u32 = "STRr" | kind: u8 | flags: u8 = 0 | reserved: u16 = 0 |
+//! header = { magic: u32 = "STRr" | kind: u8 | flags: u8 | reserved: u16 = 0 |
 //!            position: u64 | seq: u64 | synced_end: u64 | timestamp_us: u64 |
 //!            term: u64 | leader: u64 }                                      (56 bytes)
 //! body   = kind 1 (events):     { event_count: u32 | event * event_count }
@@ -20,6 +20,10 @@
 //!            data_len: u32 | data | metadata_len: u32 | metadata }
 //!          event_len = bytes after event_crc; event_crc = crc32 of those bytes
 //! ```
+//!
+//! `flags`: bit 0 ([`FLAG_COPY`]) marks a record of events copied from another shard by a
+//! slot-range move (their stream reads count them; `$all` leaves them out, since the source
+//! shard's log still holds the originals); the other bits are 0.
 //!
 //! `position` is the record's own position, so a read at a position that is not a record
 //! boundary is told apart from damage. `synced_end` is how far the log was known to be synced
@@ -61,6 +65,8 @@ pub const KIND_HOLE: u8 = 5;
 /// Bytes of a hole frame that are written (frame, header, record count, horizon); the rest is
 /// zeros.
 pub const HOLE_PREFIX_BYTES: usize = FRAME_BYTES + HEADER_BYTES + 16;
+/// Header flag of a record whose events a slot-range move copied from another shard.
+pub const FLAG_COPY: u8 = 1;
 /// Fixed bytes of an event frame besides its variable fields.
 pub const EVENT_FIXED_BYTES: usize = 4 + 4 + 2 + 8 + 16 + 8 + 2 + 4 + 4;
 
@@ -79,6 +85,15 @@ pub struct RecordHeader {
     pub term: u64,
     /// Raft node id of that leader (0 on a single node).
     pub leader: u64,
+    /// Flags ([`FLAG_COPY`]); 0 for records that are not copies.
+    pub flags: u8,
+}
+
+impl RecordHeader {
+    /// Whether the record is a slot-range move's copy (left out of `$all`).
+    pub fn is_copy(&self) -> bool {
+        self.flags & FLAG_COPY != 0
+    }
 }
 
 /// Where one event sits inside its record (for the stream index).
@@ -165,7 +180,7 @@ pub fn encode_meta_record(out: &mut Vec<u8>, kind: u8, header: RecordHeader, bod
 fn put_header(out: &mut Vec<u8>, kind: u8, header: &RecordHeader) {
     out.extend_from_slice(&[0u8; FRAME_BYTES]);
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
-    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&[kind, header.flags, 0, 0]);
     out.extend_from_slice(&header.position.to_le_bytes());
     out.extend_from_slice(&header.seq.to_le_bytes());
     out.extend_from_slice(&header.synced_end.to_le_bytes());
@@ -331,6 +346,7 @@ pub fn read_header(frame: &[u8]) -> RecordHeader {
         timestamp_us: field(32),
         term: field(40),
         leader: field(48),
+        flags: frame.get(FRAME_BYTES + 5).copied().unwrap_or(0),
     }
 }
 
@@ -513,6 +529,7 @@ mod tests {
             &mut frame,
             kind,
             &RecordHeader {
+                flags: 0,
                 position: 0,
                 seq: 1,
                 synced_end: 0,
@@ -559,6 +576,7 @@ mod tests {
     #[test]
     fn a_hole_is_a_valid_frame_once_its_zeros_follow() {
         let header = RecordHeader {
+            flags: 0,
             position: 4096,
             seq: 7,
             synced_end: 0,
@@ -604,6 +622,7 @@ mod tests {
         encode_record(
             out,
             RecordHeader {
+                flags: 0,
                 position,
                 seq: 7,
                 synced_end: position,

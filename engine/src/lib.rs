@@ -24,6 +24,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod fence;
 pub mod format;
 pub mod fs;
 pub mod id_filter;

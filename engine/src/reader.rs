@@ -342,6 +342,7 @@ impl Reader {
                 seq: r.header.seq,
                 timestamp_us: r.header.timestamp_us,
                 events,
+                copy: r.header.is_copy(),
             });
         }
         Ok(ReadAllBatch { records, next })

@@ -133,9 +133,12 @@ impl Judge<'_> {
             Some(SystemStream::Meta(s) | SystemStream::Snapshot(s)) => {
                 Ok(self.infos(s)?.0.hard_deleted)
             }
-            Some(SystemStream::Deleted(_) | SystemStream::Settings | SystemStream::ClusterMap) => {
-                Ok(false)
-            }
+            Some(
+                SystemStream::Deleted(_)
+                | SystemStream::Settings
+                | SystemStream::ClusterMap
+                | SystemStream::Fences,
+            ) => Ok(false),
             // Heartbeats and partition commits: only the newest matter; keep a history.
             Some(SystemStream::Group(_, GroupPart::Members | GroupPart::Partition(_))) => {
                 let head = self.infos(&e.stream)?.1.head;
@@ -327,6 +330,7 @@ impl Retention {
             let last = plan[j - 1].header;
             let hole_header = RecordHeader {
                 timestamp_us: last.timestamp_us,
+                flags: 0,
                 ..p.header
             };
             let prefix = format::hole_prefix(hole_header, records, horizon, len as usize);

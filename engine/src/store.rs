@@ -28,10 +28,11 @@ use crate::clock::Clock;
 use crate::config::{EngineConfig, SEGMENT_FOOTER_BYTES};
 use crate::error::{Error, Result};
 use crate::event::{
-    AppendRequest, AppendResult, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StreamAppendResult,
+    AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent,
+    StreamAppend, StreamAppendResult,
 };
-use crate::format::{self, EventFields, EventSlot, RecordHeader};
+use crate::fence::{FenceChange, Fences, FENCES_STREAM};
+use crate::format::{self, EventFields, EventSlot, RecordHeader, FLAG_COPY};
 use crate::fs::{FileHandle, FileSystem};
 use crate::id_filter::KnownIds;
 use crate::index::{self, Checkpoint, Index, IndexedEvent};
@@ -80,6 +81,8 @@ struct Effects {
     seq: u64,
     heads: HashMap<String, u64>,
     ids: HashMap<Uuid, PendingEvent>,
+    /// Changes to the write fences (`$fences` events), in order.
+    fences: Vec<FenceChange>,
 }
 
 type Inflight = Arc<Mutex<VecDeque<Arc<Effects>>>>;
@@ -379,7 +382,12 @@ pub struct Store {
     /// timestamp is its requests' (the writer's wall clock) or one microsecond past this,
     /// whichever is later, so timestamps increase along the log whatever the clocks do.
     last_timestamp_us: AtomicU64,
+    /// The write fences in force, including groups written and not yet indexed (`publish`).
+    fences: Fences,
 }
+
+/// Events of `$fences` read per index lookup when the fences are loaded.
+const FENCE_PAGE: usize = 256;
 
 impl Store {
     /// Opens the store whose log is in `dir/log`, with its indexes in `index_store`: recovers
@@ -398,7 +406,56 @@ impl Store {
         // The clock resumes past the newest timestamp: the index now covers every record.
         store.saw_timestamp(store.reader.index.last_timestamp()?.unwrap_or(0));
         store.reader.log.publish_end(store.log.next_position());
+        store.reload_fences()?;
         Ok(store)
+    }
+
+    /// The fences in force: those of the indexed log (what readers see), then the groups in
+    /// flight, in order. A change seen twice (indexed while still in flight) changes nothing
+    /// more: the last change of each range decides.
+    pub(crate) fn reload_fences(&mut self) -> Result<()> {
+        let mut fences = Fences::default();
+        let mut from = Some(0);
+        while let Some(version) = from {
+            let page = self.reader.read_stream(
+                FENCES_STREAM,
+                Some(version),
+                Direction::Forwards,
+                FENCE_PAGE,
+            )?;
+            for e in &page {
+                fences.apply(FenceChange::decode(&e.event_type, &e.data)?);
+            }
+            from = match page.last() {
+                Some(e) if page.len() == FENCE_PAGE => Some(e.version + 1),
+                _ => None,
+            };
+        }
+        for effects in lock(&self.inflight).iter() {
+            for change in &effects.fences {
+                fences.apply(*change);
+            }
+        }
+        self.fences = fences;
+        Ok(())
+    }
+
+    /// The fences in force: [`Store::fences`]'s list.
+    pub fn fences(&self) -> &Fences {
+        &self.fences
+    }
+
+    /// The shard a write to `stream` must go to, when a fence in force or set earlier in the
+    /// group being built (`current`) covers it.
+    fn fenced(&self, stream: &str, current: &Effects) -> Option<u32> {
+        if current.fences.is_empty() {
+            return self.fences.fenced(stream);
+        }
+        let mut fences = self.fences.clone();
+        for change in &current.fences {
+            fences.apply(*change);
+        }
+        fences.fenced(stream)
     }
 
     /// Opens the log and the index without reconciling them.
@@ -449,6 +506,7 @@ impl Store {
             ids: KnownIds::off(),
             raft: false,
             last_timestamp_us: AtomicU64::new(0),
+            fences: Fences::default(),
         };
         Ok(store)
     }
@@ -552,6 +610,9 @@ impl Store {
     /// the filter first: an id leaves `inflight` only once indexed, and the filter has it by
     /// then.
     fn publish(&mut self, effects: Effects) {
+        for change in &effects.fences {
+            self.fences.apply(*change);
+        }
         for id in effects.ids.keys() {
             self.ids.insert(*id);
         }
@@ -955,6 +1016,19 @@ impl Store {
         }
         let mut first_versions = Vec::with_capacity(request.streams.len());
         for part in &request.streams {
+            if !request.copy {
+                if let Some(shard) = self.fenced(&part.stream, current) {
+                    return Err(Error::Moved {
+                        stream: part.stream.clone(),
+                        shard,
+                    });
+                }
+            }
+            if part.stream == FENCES_STREAM {
+                for e in &part.events {
+                    FenceChange::decode(&e.event_type, &e.data)?;
+                }
+            }
             if let Some(base) = crate::system::deletable_base(&part.stream) {
                 // Decided here, at apply time, like the version check: a tombstone committed
                 // before this request (in this group, in flight or indexed) refuses it.
@@ -964,13 +1038,30 @@ impl Store {
                     });
                 }
             }
-            let head = self.head_as_expected(&part.stream, part.expected, current)?;
-            first_versions.push(head.map_or(0, |v| v + 1));
+            first_versions.push(self.first_version(part, request.copy, current)?);
         }
         for c in &request.conditions {
             self.head_as_expected(&c.stream, c.expected, current)?;
         }
         Ok(Plan::Write(first_versions))
+    }
+
+    /// The version `part`'s first event gets. A copy starts where its `expected` says when
+    /// that is past the stream's head here (or the stream is absent): the versions between
+    /// were reclaimed at its source before the copy read them.
+    fn first_version(&self, part: &StreamAppend, copy: bool, current: &Effects) -> Result<u64> {
+        if copy {
+            if let ExpectedVersion::Exact(v) = part.expected {
+                if self
+                    .stream_head(&part.stream, current)?
+                    .is_none_or(|head| head <= v)
+                {
+                    return Ok(v + 1);
+                }
+            }
+        }
+        let head = self.head_as_expected(&part.stream, part.expected, current)?;
+        Ok(head.map_or(0, |v| v + 1))
     }
 
     /// The stream's head (counting what `current` holds), if it is as `expected`.
@@ -1101,6 +1192,9 @@ impl Store {
                 .max()
                 .unwrap_or(0),
         );
+        // A copy is written alone (the Raft path refuses to mix it with other appends).
+        let copy = items.iter().all(|(_, r, _)| r.copy);
+        debug_assert!(copy || items.iter().all(|(_, r, _)| !r.copy));
         let mut fields = Vec::new();
         for (_, request, first_versions) in &items {
             for (part, first) in request.streams.iter().zip(first_versions) {
@@ -1123,6 +1217,7 @@ impl Store {
             timestamp_us,
             term,
             leader,
+            flags: if copy { FLAG_COPY } else { 0 },
         };
         let slots = format::encode_record(&mut group.buf, header, &fields);
         let indexed: Vec<IndexedEvent<'_>> = fields
@@ -1234,6 +1329,7 @@ impl Store {
         }
         self.heads.clear();
         self.untombstoned.clear();
+        self.reload_fences()?;
         Ok(dropped)
     }
 }
@@ -1250,6 +1346,13 @@ fn note_effects(
     for (part, first) in request.streams.into_iter().zip(first_versions) {
         let last = first + part.events.len() as u64 - 1;
         effects.heads.insert(part.stream.clone(), last);
+        if part.stream == FENCES_STREAM {
+            // Checked when planned.
+            let changes = part.events.iter();
+            effects
+                .fences
+                .extend(changes.filter_map(|e| FenceChange::decode(&e.event_type, &e.data).ok()));
+        }
         let stream: Arc<str> = Arc::from(part.stream.as_str());
         for (k, event) in part.events.into_iter().enumerate() {
             effects.ids.insert(

@@ -20,6 +20,8 @@
 //! $groups        "$group-created" / "$group-deleted"   the registry of groups
 //! $cluster-map   "$cluster-map"  a whole cluster map (slots → shards), version + 1 its epoch;
 //!                only in the metadata group's log (a node writes it; never reclaimed)
+//! $fences        "$fence" / "$unfence"  write fences of slot-range moves (`crate::fence`;
+//!                a node writes them; never reclaimed)
 //! ```
 
 // Bytes decoded here come from disks, peers or clients: no input may index past a slice's end.
@@ -43,6 +45,12 @@ pub const GROUP_PREFIX: &str = "$group:";
 pub const GROUPS_STREAM: &str = "$groups";
 /// The cluster map's history (in the metadata group's log).
 pub const CLUSTER_MAP_STREAM: &str = "$cluster-map";
+/// The stream of a shard's write fences (`crate::fence`).
+pub const FENCES_STREAM: &str = "$fences";
+/// Event type of a fence.
+pub const FENCE_TYPE: &str = "$fence";
+/// Event type of a lifted fence.
+pub const UNFENCE_TYPE: &str = "$unfence";
 /// Event type of a cluster map.
 pub const CLUSTER_MAP_TYPE: &str = "$cluster-map";
 /// Most bytes of a consumer group's name.
@@ -73,6 +81,8 @@ pub enum SystemStream<'a> {
     Settings,
     /// `$cluster-map`.
     ClusterMap,
+    /// `$fences`.
+    Fences,
     /// `$meta:S`.
     Meta(&'a str),
     /// `$snap:S`.
@@ -170,6 +180,9 @@ pub fn parse(name: &str) -> Option<SystemStream<'_>> {
     if name == CLUSTER_MAP_STREAM {
         return Some(SystemStream::ClusterMap);
     }
+    if name == FENCES_STREAM {
+        return Some(SystemStream::Fences);
+    }
     if let Some(s) = name.strip_prefix(META_PREFIX) {
         return Some(SystemStream::Meta(s));
     }
@@ -197,6 +210,7 @@ pub fn deletable_base(name: &str) -> Option<&str> {
             SystemStream::Closed
             | SystemStream::Settings
             | SystemStream::ClusterMap
+            | SystemStream::Fences
             | SystemStream::Group(..),
         ) => None,
     }

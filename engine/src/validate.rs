@@ -26,6 +26,7 @@ pub fn validate_system_name(field: &str, name: &str, limits: &Limits) -> Result<
             SystemStream::Closed
             | SystemStream::Settings
             | SystemStream::ClusterMap
+            | SystemStream::Fences
             | SystemStream::Group(..),
         ) => Ok(()),
         Some(SystemStream::Meta(s) | SystemStream::Snapshot(s) | SystemStream::Deleted(s)) => {

@@ -168,6 +168,7 @@ fn multi_stream_append_is_atomic() {
         .append_blocking(append("order-1", ExpectedVersion::Any, vec![event(1, "x")]))
         .unwrap();
     let both = |expected_b| AppendRequest {
+        copy: false,
         streams: vec![
             StreamAppend {
                 stream: "order-1".into(),

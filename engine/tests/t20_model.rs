@@ -352,6 +352,7 @@ impl Harness {
             });
         }
         AppendRequest {
+            copy: false,
             streams: parts,
             conditions: Vec::new(),
             timestamp_us: self.next_id as u64,

@@ -48,6 +48,7 @@ fn each_bad_request_is_a_typed_error_and_writes_nothing() {
         many.push(event(1000 + i, ""));
     }
     let two_streams_one_bad = AppendRequest {
+        copy: false,
         streams: vec![
             StreamAppend {
                 stream: "acct".into(),
@@ -116,6 +117,7 @@ fn each_bad_request_is_a_typed_error_and_writes_nothing() {
         (
             "no streams",
             AppendRequest {
+                copy: false,
                 streams: vec![],
                 conditions: Vec::new(),
                 timestamp_us: 1,

@@ -34,23 +34,7 @@ impl fmt::Display for ShardId {
     }
 }
 
-/// The part of a stream name that chooses its slot (see the module's notes).
-pub fn routing_key(stream: &str) -> &str {
-    if let Some(open) = stream.find('{') {
-        let rest = &stream[open + 1..];
-        if let Some(close) = rest.find('}') {
-            if close > 0 {
-                return &rest[..close];
-            }
-        }
-    }
-    stream
-}
-
-/// The slot of `stream` in a cluster of `slots` slots (1..=[`SLOTS_MAX`]; 0 is treated as 1).
-pub fn slot_of(stream: &str, slots: u32) -> u32 {
-    crc32fast::hash(routing_key(stream).as_bytes()) % slots.max(1)
-}
+pub use strata_slots::{routing_key, slot_of};
 
 /// Slots `start..end` (end excluded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -297,9 +297,14 @@ struct EntryBuilder {
 
 impl EntryBuilder {
     /// Takes `p` into the entry if it fits (count, bytes — the first always — and no stream
-    /// taken or blocked), else sets it aside.
+    /// taken or blocked; a slot-range move's copy only alone, its record flagged as a whole),
+    /// else sets it aside.
     fn consider(&mut self, p: Proposal) {
         let first = self.batch.is_empty();
+        let alone = match self.batch.first() {
+            Some(taken) => !taken.request.copy && !p.request.copy,
+            None => true,
+        };
         let free = p
             .request
             .streams
@@ -307,6 +312,7 @@ impl EntryBuilder {
             .all(|s| !self.taken.contains(&s.stream) && !self.blocked.contains(&s.stream));
         if self.batch.len() < BATCH_APPENDS_MAX
             && free
+            && alone
             && (first || self.bytes + p.bytes <= self.bytes_max)
         {
             self.taken
@@ -893,6 +899,32 @@ mod tests {
         assert_eq!(names(&second), vec![pair("a", 1), pair("b", 5)]);
         let third = next_batch(&mut aside, &mut queue, 1 << 20);
         assert_eq!(names(&third), vec![pair("a", 3)]);
+        assert!(aside.is_empty());
+    }
+
+    /// A slot-range move's copy takes an entry of its own (its record is flagged a copy as a
+    /// whole); appends around it keep their order.
+    #[tokio::test]
+    async fn a_copy_goes_alone_in_its_entry() {
+        let (tx, mut queue) = mpsc::channel(64);
+        for (i, s) in ["a", "b", "c", "d"].iter().enumerate() {
+            let mut p = proposal(s, i as u64);
+            p.request.copy = *s == "b" || *s == "c";
+            tx.send(p).await.unwrap();
+        }
+        let mut aside = VecDeque::new();
+        let pair = |s: &str, n| (s.to_string(), n);
+        let entries: Vec<_> = (0..3)
+            .map(|_| names(&next_batch(&mut aside, &mut queue, 1 << 20)))
+            .collect();
+        assert_eq!(
+            entries,
+            vec![
+                vec![pair("a", 0), pair("d", 3)],
+                vec![pair("b", 1)],
+                vec![pair("c", 2)]
+            ]
+        );
         assert!(aside.is_empty());
     }
 }

@@ -41,6 +41,8 @@ pub struct WireAppend {
     pub timestamp_us: u64,
     /// Version checks on streams the append does not write: `(stream, expected)`.
     pub conditions: Vec<(String, WireExpected)>,
+    /// A slot-range move's copy ([`AppendRequest::copy`]); proposed alone in its entry.
+    pub copy: bool,
 }
 
 /// A [`StreamAppend`].
@@ -106,6 +108,7 @@ impl From<WireExpected> for ExpectedVersion {
 impl From<AppendRequest> for WireAppend {
     fn from(r: AppendRequest) -> WireAppend {
         WireAppend {
+            copy: r.copy,
             timestamp_us: r.timestamp_us,
             streams: r
                 .streams
@@ -137,6 +140,7 @@ impl From<AppendRequest> for WireAppend {
 impl From<WireAppend> for AppendRequest {
     fn from(w: WireAppend) -> AppendRequest {
         AppendRequest {
+            copy: w.copy,
             timestamp_us: w.timestamp_us,
             streams: w
                 .streams
@@ -228,6 +232,13 @@ pub enum WireError {
         /// The stream.
         stream: String,
     },
+    /// The stream's slot is fenced by a slot-range move. (Added last, like the one before.)
+    Moved {
+        /// The stream.
+        stream: String,
+        /// The shard its slot moves to.
+        shard: u32,
+    },
 }
 
 impl From<Result<AppendResult, Error>> for Outcome {
@@ -262,6 +273,9 @@ impl From<Result<AppendResult, Error>> for Outcome {
             }
             Err(Error::StreamDeleted { stream }) => {
                 Outcome::Rejected(WireError::StreamDeleted { stream })
+            }
+            Err(Error::Moved { stream, shard }) => {
+                Outcome::Rejected(WireError::Moved { stream, shard })
             }
             Err(e) => Outcome::Rejected(WireError::Other(e.to_string())),
         }
@@ -307,6 +321,7 @@ impl Outcome {
                 }
                 WireError::Other(m) => Error::Unavailable(m),
                 WireError::StreamDeleted { stream } => Error::StreamDeleted { stream },
+                WireError::Moved { stream, shard } => Error::Moved { stream, shard },
             }),
         }
     }

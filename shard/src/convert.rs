@@ -5,7 +5,8 @@
 #![deny(clippy::indexing_slicing)]
 
 use strata_engine::{
-    AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend,
+    AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, Record, RecordedEvent,
+    StreamAppend,
 };
 use strata_proto::v1 as pb;
 use tonic::Status;
@@ -91,6 +92,7 @@ pub fn append_multi(
         })
         .collect::<Result<Vec<_>, Status>>()?;
     Ok(AppendRequest {
+        copy: false,
         streams,
         conditions: Vec::new(),
         timestamp_us,
@@ -139,6 +141,20 @@ pub fn matches(filter: Option<&pb::Filter>, e: &RecordedEvent) -> bool {
         e.stream.starts_with(&f.stream_prefix)
             && (f.event_types.is_empty() || f.event_types.contains(&e.event_type))
     })
+}
+
+/// The events of `record` that `$all` (`ReadAll`, `$all` subscriptions) shows through
+/// `filter`: none of a slot-range move's copy, whose originals the source shard's log holds
+/// (so a merged `$all` holds each event once, across moves).
+pub fn all_events(record: Record, filter: Option<&pb::Filter>) -> Vec<RecordedEvent> {
+    if record.copy {
+        return Vec::new();
+    }
+    record
+        .events
+        .into_iter()
+        .filter(|e| matches(filter, e))
+        .collect()
 }
 
 /// Refuses a system stream (`$…`) as an append target: the server writes those itself.
@@ -240,15 +256,14 @@ pub fn read_all_page(
     let mut events = Vec::new();
     let mut bytes = 0usize;
     for (i, record) in batch.records.into_iter().enumerate() {
-        let kept: Vec<_> = record
-            .events
+        let position = record.position;
+        let kept: Vec<_> = all_events(record, filter)
             .into_iter()
-            .filter(|e| matches(filter, e))
             .map(recorded)
             .collect();
         let record_bytes: usize = kept.iter().map(answer_bytes).sum();
         if i > 0 && bytes.saturating_add(record_bytes) > bytes_max {
-            return (events, record.position);
+            return (events, position);
         }
         bytes = bytes.saturating_add(record_bytes);
         events.extend(kept);

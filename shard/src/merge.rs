@@ -169,11 +169,8 @@ pub fn merge(
             break;
         };
         let record = &batches[i].1.records[taken[i]];
-        let kept: Vec<pb::RecordedEvent> = record
-            .events
-            .iter()
-            .filter(|e| convert::matches(filter, e))
-            .cloned()
+        let kept: Vec<pb::RecordedEvent> = convert::all_events(record.clone(), filter)
+            .into_iter()
             .map(convert::recorded)
             .collect();
         let record_bytes: usize = kept.iter().map(convert::answer_bytes).sum();
@@ -204,6 +201,7 @@ mod tests {
 
     fn record(position: u64, timestamp_us: u64, stream: &str) -> Record {
         Record {
+            copy: false,
             position,
             seq: position,
             timestamp_us,

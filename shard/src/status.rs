@@ -46,6 +46,8 @@ pub fn to_status(error: Error) -> Status {
         Error::StreamDeleted { .. } => {
             with_kind(Code::FailedPrecondition, message, "stream-deleted")
         }
+        // Retryable: the write pause of a slot-range move ends when the map switches.
+        Error::Moved { .. } => with_kind(Code::Unavailable, message, "moved"),
         Error::Io { .. } | Error::Index(_) => with_kind(Code::Internal, message, "internal"),
     }
 }

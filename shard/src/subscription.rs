@@ -289,12 +289,7 @@ async fn step(
                                     skip: Some(r.position),
                                 }
                             };
-                            let events = r
-                                .events
-                                .into_iter()
-                                .filter(|e| convert::matches(filter.as_ref(), e))
-                                .collect();
-                            (events, next)
+                            (convert::all_events(r, filter.as_ref()), next)
                         })
                         .collect())
                 }

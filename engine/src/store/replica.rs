@@ -122,6 +122,7 @@ impl Store {
         };
         store.reader.log.publish_end(from);
         store.load_id_filter();
+        store.reload_fences()?;
         // Opening the log synced the tail (and any segment it found sealed): every entry
         // handed back below is durable.
         let tail = store.log.tail_file();
@@ -245,8 +246,17 @@ impl Store {
                 let position = self.log.next_position();
                 let mut decided: Vec<Option<Result<AppendResult>>> = Vec::with_capacity(list.len());
                 let mut accepted = Vec::new();
+                let alone = list.len() == 1;
                 for validated in list {
                     let request = validated.into_request();
+                    if request.copy && !alone {
+                        // Its record must be flagged a copy as a whole.
+                        decided.push(Some(Err(Error::invalid(
+                            "copy",
+                            "a slot-range move's copy must be alone in its Raft entry",
+                        ))));
+                        continue;
+                    }
                     match self.plan(&request, &group.effects) {
                         Ok(Plan::Write(first_versions)) => {
                             // Visible to the rest of the batch before the record is encoded.
@@ -313,6 +323,7 @@ impl Store {
             timestamp_us,
             term,
             leader,
+            flags: 0,
         }
     }
 
