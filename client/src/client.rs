@@ -307,6 +307,20 @@ impl Client {
             .await
     }
 
+    /// Begins moving slots `start..end` to shard `to_shard` (see `Cluster.MoveSlots`); the
+    /// answer's `move` shows its progress, and so does [`Client::cluster_status`] after. Not
+    /// retried when the outcome is unknown (a second start would find the first running).
+    pub async fn cluster_move_slots(
+        &self,
+        request: pb::MoveSlotsRequest,
+    ) -> Result<pb::ClusterStatus, Error> {
+        self.conn
+            .call_on(Connections::cluster, None, false, |mut c| async move {
+                c.move_slots(request).await
+            })
+            .await
+    }
+
     /// Follows a stream or the whole log from `start`: catches up, then live; reconnects and
     /// resumes after the last event delivered (no gap, no duplicate).
     pub fn subscribe(&self, target: Target, start: Start) -> Subscription {

@@ -20,6 +20,7 @@ use crate::backend::replica_status;
 use crate::balance::{self, ShardLeads};
 use crate::forward::{self, Peers};
 use crate::meta::Meta;
+use crate::mover::{MoveError, Mover};
 use crate::shards::LocalShards;
 use crate::stats::ServiceStats;
 
@@ -33,6 +34,8 @@ pub struct ClusterService {
     peers: Option<Peers>,
     /// The node's service counters (calls forwarded).
     stats: Arc<ServiceStats>,
+    /// Slot-range moves, on a node of several shards without replication.
+    mover: Option<Mover>,
 }
 
 impl ClusterService {
@@ -48,7 +51,41 @@ impl ClusterService {
             addr,
             peers,
             stats,
+            mover: None,
         }
+    }
+
+    /// With slot-range moves by `mover`.
+    pub fn with_mover(mut self, mover: Mover) -> ClusterService {
+        self.mover = Some(mover);
+        self
+    }
+
+    /// The moves' runner, if the node moves slots.
+    pub fn mover(&self) -> Option<&Mover> {
+        self.mover.as_ref()
+    }
+
+    /// The latest move's progress, as `Status` shows it.
+    fn move_status(&self) -> Option<pb::MoveStatus> {
+        let mover = self.mover.as_ref()?;
+        let s = mover.status()?;
+        Some(pb::MoveStatus {
+            start: s.range.start,
+            end: s.range.end,
+            from_shard: s.from.0,
+            to_shard: s.to.0,
+            step: s.step.name().into(),
+            source_bytes: s.source_bytes,
+            scanned_bytes: s.scanned_bytes,
+            copied_events: s.copied_events,
+            copied_bytes: s.copied_bytes,
+            streams: s.streams,
+            pause_us: s.pause_us,
+            elapsed_us: s.elapsed_us,
+            error: s.error.unwrap_or_default(),
+            rate: mover.throttle().stats().rate.load(Ordering::Relaxed),
+        })
     }
 
     /// The replicas a call is about: every shard's and the metadata group's, or the one a
@@ -322,6 +359,7 @@ impl ClusterService {
                 forwarded_calls: self.stats.forwarded.load(Ordering::Relaxed),
                 shards: self.shard_statuses(0),
                 meta_leader: 0,
+                r#move: self.move_status(),
             };
         };
         let s = replica.status();
@@ -355,6 +393,7 @@ impl ClusterService {
                 .as_ref()
                 .and_then(|m| m.replica().leader())
                 .map_or(0, |(id, _)| id),
+            r#move: self.move_status(),
         }
     }
 }
@@ -497,6 +536,32 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .map_err(replica_status)?,
         }
         Ok(Response::new(self.status()))
+    }
+
+    async fn move_slots(
+        &self,
+        request: Request<pb::MoveSlotsRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let r = request.into_inner();
+        let Some(mover) = &self.mover else {
+            return Err(Status::failed_precondition(
+                if self.shards.replica().is_some() {
+                    "moving slots between the shards of a replicated cluster is not built yet; a node without replication (strata dev --shards N) moves them"
+                } else {
+                    "this node has one shard: there is nowhere to move slots (start a new directory with --shards N)"
+                },
+            ));
+        };
+        let range = strata_proto::routing::SlotRange {
+            start: r.start,
+            end: r.end,
+        };
+        match mover.start(range, strata_proto::routing::ShardId(r.to_shard)) {
+            Ok(_) => Ok(Response::new(self.status())),
+            Err(MoveError::Invalid(why)) => Err(crate::status::invalid("slots", why)),
+            Err(MoveError::Busy(why)) => Err(Status::failed_precondition(why)),
+            Err(e @ MoveError::Failed(_)) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn remove_node(

@@ -19,6 +19,7 @@ pub mod map_cell;
 pub mod merge;
 pub mod meta;
 pub mod metrics;
+pub mod mover;
 pub mod node;
 pub mod remote_appends;
 pub mod retention;
@@ -28,6 +29,7 @@ pub mod shards;
 pub mod stats;
 pub mod status;
 pub mod subscription;
+pub mod throttle;
 
 pub use backend::Backend;
 pub use node::{termination_signal, ClusterConfig, Node, NodeConfig, NodeError};

@@ -34,7 +34,7 @@ pub fn write_map(dir: &Path, map: &ClusterMap) -> Result<(), String> {
 /// finds it cannot route by the cluster's map (another shard count, a shard it lacks) holds a
 /// refusal instead, and its router answers every call with it until a map it can take comes.
 #[derive(Debug, Clone)]
-pub struct MapCell(Arc<RwLock<Held>>);
+pub struct MapCell(Arc<RwLock<Held>>, Arc<tokio::sync::watch::Sender<u64>>);
 
 #[derive(Debug)]
 struct Held {
@@ -45,10 +45,19 @@ struct Held {
 impl MapCell {
     /// A cell holding `map`.
     pub fn new(map: ClusterMap) -> MapCell {
-        MapCell(Arc::new(RwLock::new(Held {
-            map: Arc::new(map),
-            refusal: None,
-        })))
+        let epoch = map.epoch();
+        MapCell(
+            Arc::new(RwLock::new(Held {
+                map: Arc::new(map),
+                refusal: None,
+            })),
+            Arc::new(tokio::sync::watch::Sender::new(epoch)),
+        )
+    }
+
+    /// The epoch of the map held, changing whenever [`MapCell::advance`] takes one.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.1.subscribe()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Held> {
@@ -81,10 +90,13 @@ impl MapCell {
         if map.epoch() <= held.map.epoch() {
             return false;
         }
+        let epoch = map.epoch();
         *held = Held {
             map: Arc::new(map),
             refusal: None,
         };
+        drop(held);
+        self.1.send_replace(epoch);
         true
     }
 

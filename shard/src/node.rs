@@ -34,9 +34,11 @@ use crate::forward::Peers;
 use crate::ids::RandomIds;
 use crate::map_cell::MapCell;
 use crate::meta::{Meta, META_DIR, META_GROUP};
+use crate::mover::Mover;
 use crate::router::Router;
 use crate::service::{ServiceConfig, ServiceStats, StreamsService};
 use crate::shards::LocalShards;
+use crate::throttle::Throttle;
 
 /// Largest HTTP/2 frame a client may send (h2's default is 16 KiB: a 100 KiB append took 7
 /// frames). Flow-control windows stay hyper's (1 MiB per call and per connection): they bound
@@ -196,7 +198,11 @@ impl Node {
         });
         let router =
             Router::new(shards.map.clone(), services, peers.clone()).map_err(NodeError::Shards)?;
-        let cluster = ClusterService::new(shards.clone(), local.to_string(), peers, stats.clone());
+        let mut cluster =
+            ClusterService::new(shards.clone(), local.to_string(), peers, stats.clone());
+        if config.cluster.is_none() && shards.backends.len() > 1 {
+            cluster = cluster.with_mover(local_mover(&config, &shards, &stats));
+        }
         Ok(Node {
             shards,
             listener,
@@ -251,6 +257,11 @@ impl Node {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
+        if let Some(mover) = self.cluster.mover() {
+            // A move the node stopped in before its switch leaves its fence: lifted here,
+            // before any call is served.
+            mover.recover().await.map_err(NodeError::Shards)?;
+        }
         let settings = self.router.config().retention.clone();
         if settings.enabled {
             for ((_, backend), (_, service)) in
@@ -346,6 +357,31 @@ impl Node {
         }
         result.map_err(NodeError::from)
     }
+}
+
+/// The slot-range mover of a node of several shards without replication: the next map is
+/// written to the data directory (synced, renamed), then routed by.
+fn local_mover(config: &NodeConfig, shards: &LocalShards, stats: &Arc<ServiceStats>) -> Mover {
+    let (dir, cell) = (config.data_dir.clone(), shards.map.clone());
+    let switch: crate::mover::Switch = Arc::new(move |map| {
+        let (dir, cell) = (dir.clone(), cell.clone());
+        Box::pin(async move {
+            let written = map.clone();
+            tokio::task::spawn_blocking(move || crate::shards::write_map(&dir, &written))
+                .await
+                .map_err(|e| format!("the map's writer failed: {e}"))??;
+            cell.advance(map);
+            Ok(())
+        })
+    });
+    Mover::new(
+        shards.backends.clone(),
+        shards.map.clone(),
+        switch,
+        Arc::new(SystemWallClock::default()),
+        Arc::new(RandomIds),
+        Throttle::new(config.service.moves.clone(), stats.clone()),
+    )
 }
 
 /// The `Streams` service with its message limits derived from the engine's (see

@@ -389,6 +389,48 @@ impl Router {
 }
 
 /// The status of an `AppendMulti` over streams of several shards.
+/// A stream subscription on shard `shard` that ends (UNAVAILABLE, kind `moved`) once the map
+/// gives `stream` to another shard: the source takes none of its events any more, and the
+/// client resubscribes after its last version, reaching the new shard.
+fn ends_when_moved(
+    events: crate::subscription::EventStream,
+    map: MapCell,
+    stream: String,
+    shard: ShardId,
+) -> crate::subscription::EventStream {
+    use futures_util::StreamExt;
+    let epochs = map.watch();
+    Box::pin(futures_util::stream::unfold(
+        Some((events, epochs, true)),
+        move |state| {
+            let (map, stream) = (map.clone(), stream.clone());
+            async move {
+                let (mut events, mut epochs, mut watching) = state?;
+                loop {
+                    tokio::select! {
+                        item = events.next() => {
+                            return item.map(|item| (item, Some((events, epochs, watching))));
+                        }
+                        changed = epochs.changed(), if watching => {
+                            watching = changed.is_ok();
+                            let to = map.get().shard_of(&stream);
+                            if watching && to != shard {
+                                let mut status = Status::unavailable(format!(
+                                    "stream {stream:?} moved from {shard} to {to}; resubscribe after the last version received"
+                                ));
+                                status
+                                    .metadata_mut()
+                                    .insert(ERROR_KIND_KEY, MetadataValue::from_static("moved"));
+                                return Some((Err(status), None));
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
 fn cross_shard(e: &strata_proto::routing::CrossShard) -> Status {
     let mut status = Status::failed_precondition(e.to_string());
     status
@@ -546,6 +588,17 @@ impl pb::streams_server::Streams for Router {
         use pb::subscribe_request::{Start, Target};
         let r = request.get_ref();
         let service = match &r.target {
+            Some(Target::Stream(name)) if self.shards.len() > 1 => {
+                let at = self.index(name)?;
+                let (id, name) = (self.shards[at].0, name.clone());
+                let events = self.shards[at].1.subscribe(request).await?.into_inner();
+                return Ok(Response::new(ends_when_moved(
+                    events,
+                    self.map.clone(),
+                    name,
+                    id,
+                )));
+            }
             Some(Target::Stream(name)) => Some(self.shard(name)?),
             // One shard without a cursor, or no target (its error): as on one shard.
             Some(Target::All(_)) if !matches!(r.start, Some(Start::Cursor(_))) => {

@@ -44,6 +44,8 @@ pub struct ServiceConfig {
     /// Most bytes (encoded appends) one `AppendStream` call has in flight, plus at most one
     /// message. Default 32 MiB, 64 KiB to 1 GiB.
     pub append_window_bytes: usize,
+    /// The pace of slot-range moves' copies (see [`crate::throttle`]).
+    pub moves: crate::throttle::ThrottleConfig,
 }
 
 /// Bounds of [`ServiceConfig::append_window`].
@@ -70,7 +72,9 @@ impl ServiceConfig {
                 &APPEND_WINDOW_BYTES_RANGE,
             );
         }
-        Ok(())
+        self.moves
+            .validate()
+            .map_err(|why| strata_engine::Error::invalid("moves", why))
     }
 
     /// The `AppendStream` window.
@@ -91,6 +95,7 @@ impl Default for ServiceConfig {
             response_bytes_max: RESPONSE_BYTES_MAX_DEFAULT,
             append_window: 4096,
             append_window_bytes: 32 << 20,
+            moves: crate::throttle::ThrottleConfig::default(),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `strata cluster init|status|add-node|remove-node|transfer-leader|rebalance`: membership and
-//! leadership of a replicated cluster's shards. Changes go to the leader (followed from any
+//! `strata cluster init|status|add-node|remove-node|transfer-leader|rebalance|move-slots`:
+//! membership and leadership of a replicated cluster's shards, and slot-range moves. Changes go to the leader (followed from any
 //! node); `status --json` prints one JSON object with at least `leader` (node id, or null) and
 //! `nodes` (`[{id, addr, role}]`).
 
@@ -71,6 +71,44 @@ pub enum ClusterCommand {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Move a range of slots (all on one shard) to another shard, online: copy, fence the
+    /// slots' writes, copy the rest, verify, switch the map. Waits with a progress bar and
+    /// prints the move's numbers, unless --no-wait.
+    MoveSlots {
+        /// The slots, `START..END` (END excluded), e.g. `0..256`.
+        #[arg(value_parser = parse_slots)]
+        slots: (u32, u32),
+        /// The shard to own them.
+        #[arg(long)]
+        to: u32,
+        /// Answer once the move has begun (`cluster status` shows its progress).
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+/// `START..END` as two slot numbers.
+fn parse_slots(value: &str) -> Result<(u32, u32), String> {
+    let (start, end) = value
+        .split_once("..")
+        .ok_or_else(|| format!("expected START..END (END excluded), e.g. 0..256, not {value:?}"))?;
+    let num = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|e| format!("{s:?} in {value:?} is not a slot number: {e}"))
+    };
+    Ok((num(start)?, num(end)?))
+}
+
+fn move_json(m: &pb::MoveStatus) -> serde_json::Value {
+    serde_json::json!({
+        "slots": [m.start, m.end], "from": m.from_shard, "to": m.to_shard, "step": m.step,
+        "source_bytes": m.source_bytes, "scanned_bytes": m.scanned_bytes,
+        "copied_events": m.copied_events, "copied_bytes": m.copied_bytes, "streams": m.streams,
+        "pause_us": m.pause_us, "elapsed_us": m.elapsed_us, "rate": m.rate,
+        "error": (!m.error.is_empty()).then_some(&m.error),
+    })
 }
 
 fn json(s: &pb::ClusterStatus) -> serde_json::Value {
@@ -88,6 +126,8 @@ fn json(s: &pb::ClusterStatus) -> serde_json::Value {
         "meta_leader": (s.meta_leader != 0).then_some(s.meta_leader),
         "slots": s.slots,
         "log_fdatasyncs": s.log_fdatasyncs,
+        // The latest slot-range move, or null.
+        "move": s.r#move.as_ref().map(move_json),
         // Each shard's slot ranges as [first, one past the last].
         "shards": s.shards.iter().map(|sh| serde_json::json!({
             "id": sh.id,
@@ -144,6 +184,17 @@ fn table(s: &pb::ClusterStatus) {
         "{:>6}  {:>6}  {:<12} {:>6}  ranges",
         "shard", "leader", "replicas", "slots"
     );
+    if let Some(m) = &s.r#move {
+        let error = if m.error.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", m.error)
+        };
+        println!(
+            "move of slots {}..{} from shard {} to {}: {} ({} of {} bytes read, {} events copied){error}",
+            m.start, m.end, m.from_shard, m.to_shard, m.step, m.scanned_bytes, m.source_bytes, m.copied_events
+        );
+    }
     for sh in &s.shards {
         let replicas: Vec<String> = sh.replicas.iter().map(u64::to_string).collect();
         let ranges: Vec<String> = sh
@@ -215,6 +266,12 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
             output::line(&json(&s));
         }
         ClusterCommand::Rebalance { dry_run, server } => rebalance(&server, dry_run).await?,
+        ClusterCommand::MoveSlots {
+            slots: (start, end),
+            to,
+            no_wait,
+            server,
+        } => move_slots(&server, start, end, to, no_wait).await?,
     }
     Ok(())
 }
@@ -278,6 +335,61 @@ async fn rebalance(server: &ServerArg, dry_run: bool) -> Result<(), Failure> {
         .collect();
     output::line(&serde_json::json!({"handovers": done, "leaders": counts}));
     Ok(())
+}
+
+/// How often `move-slots` looks at the move's progress.
+const MOVE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `cluster move-slots`: begins the move, then (unless `no_wait`) shows its progress until it
+/// ends and prints its numbers; a failed move is a failure naming why (rolled back).
+async fn move_slots(
+    server: &ServerArg,
+    start: u32,
+    end: u32,
+    to: u32,
+    no_wait: bool,
+) -> Result<(), Failure> {
+    let request = pb::MoveSlotsRequest {
+        start,
+        end,
+        to_shard: to,
+    };
+    let mut s = server
+        .client()?
+        .cluster_move_slots(request)
+        .await
+        .map_err(failure)?;
+    let mut shown = String::new();
+    loop {
+        let m = s
+            .r#move
+            .clone()
+            .ok_or_else(|| Failure::new("the node did not report the move"))?;
+        if no_wait || m.step == "done" || m.step == "failed" {
+            if m.step == "failed" {
+                return Err(Failure::new(format!(
+                    "the move of slots {start}..{end} failed and was rolled back: {}",
+                    m.error
+                )));
+            }
+            output::line(&move_json(&m));
+            return Ok(());
+        }
+        let total = m.source_bytes.max(1) as usize;
+        let done = (m.scanned_bytes as usize).min(total);
+        let line = format!(
+            "{}: {} events copied, {} KiB/s",
+            m.step,
+            m.copied_events,
+            m.rate >> 10
+        );
+        if line != shown {
+            output::progress(done, total, &line);
+            shown = line;
+        }
+        tokio::time::sleep(MOVE_POLL).await;
+        s = status(server).await?;
+    }
 }
 
 /// The status as the first node of `--server` sees it.

@@ -432,3 +432,184 @@ async fn a_consumer_group_on_several_shards_is_refused_and_nothing_is_written() 
     dev.kill().unwrap();
     dev.wait().unwrap();
 }
+
+/// `strata cluster move-slots` on a node of four shards while writers append (with the
+/// client's own retries only) and a `$all` and a stream subscriber follow: the move finishes,
+/// no client operation fails, every acknowledged event is in its stream exactly once at its
+/// version (read through the map that now routes the moved slots to their new shard), the
+/// `$all` subscriber saw each once (the copies stay out of `$all`), the stream subscriber of a
+/// moved stream saw its every event in order, and bad moves are refused with the map unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slots_move_between_shards_online_under_writers_and_subscribers() {
+    use strata_proto::routing::slot_of;
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, port) = (dir.path().join("node"), free_port());
+    let mut dev = sharded_dev(&data, port, 4);
+    let client = patient_client(port, Duration::from_secs(60));
+    client.get_log(None).await.unwrap();
+    // 4 shards of 4096 slots: shard 0 holds 0..1024; slots 0..512 go to shard 1.
+    let streams: Vec<String> = (0..48).map(|k| format!("order-{{{k}}}")).collect();
+    let moving: Vec<&String> = streams.iter().filter(|s| slot_of(s, 4096) < 512).collect();
+    assert!(moving.len() >= 2, "{moving:?}");
+    let watched = moving[0].clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        let (client, stop, acked, streams) =
+            (client.clone(), stop.clone(), acked.clone(), streams.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = w;
+            while !stop.load(Ordering::Relaxed) {
+                let stream = &streams[(n % streams.len() as u64) as usize];
+                let id = uuid::Uuid::new_v4().to_string();
+                let mut e = event("T", "{}");
+                e.id = id.clone();
+                client
+                    .append(stream, ExpectedVersion::Any, vec![e])
+                    .await
+                    .unwrap();
+                acked
+                    .lock()
+                    .unwrap()
+                    .entry(stream.clone())
+                    .or_default()
+                    .push(id);
+                n += 2;
+            }
+        }));
+    }
+    let follow = |target: Target| {
+        let mut sub = client.subscribe(target, Start::Beginning);
+        let seen: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
+        let task = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Item::Event(e) = sub.next().await.unwrap() {
+                        seen.lock().unwrap().push((e.stream, e.version, e.id));
+                    }
+                }
+            })
+        };
+        (seen, task)
+    };
+    let (all_seen, all_task) = follow(Target::All(None));
+    let (one_seen, one_task) = follow(Target::Stream(watched.clone()));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let server = addr(port);
+    let cli = |args: &[&str]| {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--server", &server]);
+        std::process::Command::new(STRATA)
+            .args(&full)
+            .output()
+            .unwrap()
+    };
+    let moved = tokio::task::spawn_blocking({
+        let server = server.clone();
+        move || {
+            std::process::Command::new(STRATA)
+                .args([
+                    "cluster",
+                    "move-slots",
+                    "0..512",
+                    "--to",
+                    "1",
+                    "--server",
+                    &server,
+                ])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&moved.stdout).unwrap();
+    assert_eq!(report["step"], "done", "{report}");
+    assert!(report["copied_events"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["pause_us"].as_u64().unwrap() > 0, "{report}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&cli(&["cluster", "status", "--json"]).stdout).unwrap();
+    assert_eq!(status["map_epoch"], 2, "{status}");
+    assert_eq!(
+        status["shards"][0]["slots"],
+        serde_json::json!([[512, 1024]])
+    );
+    assert_eq!(
+        status["shards"][1]["slots"],
+        serde_json::json!([[0, 512], [1024, 2048]])
+    );
+    // Bad moves: each refused naming why; the map stays at epoch 2.
+    for (args, says) in [
+        (vec!["0..512", "--to", "1"], "on shard 1 already"),
+        (vec!["4000..5000", "--to", "1"], "not a range"),
+        (vec!["500..600", "--to", "2"], "span shards"),
+        (vec!["0..10", "--to", "9"], "not a shard"),
+        (vec!["10..0", "--to", "2"], "not a range"),
+    ] {
+        let mut full = vec!["cluster", "move-slots"];
+        full.extend(args.iter().copied());
+        let out = cli(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    let after: serde_json::Value =
+        serde_json::from_slice(&cli(&["cluster", "status", "--json"]).stdout).unwrap();
+    assert_eq!(after["map_epoch"], 2);
+    // Every acknowledged event once in its stream, at consecutive versions.
+    let acked = acked.lock().unwrap().clone();
+    let total: usize = acked.values().map(Vec::len).sum();
+    assert!(total > 100, "only {total} appends");
+    for (stream, ids) in &acked {
+        let events = client.read_stream(stream, None, 10_000).await.unwrap();
+        let held: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+        assert_eq!(
+            versions,
+            (0..events.len() as u64).collect::<Vec<_>>(),
+            "{stream}"
+        );
+        assert_eq!(
+            held,
+            ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            "{stream}"
+        );
+    }
+    // `$all` once each; the moved stream's subscriber saw all of it in order.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while all_seen.lock().unwrap().len() < total {
+        assert!(std::time::Instant::now() < deadline, "$all stalled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    all_task.abort();
+    one_task.abort();
+    let all = all_seen.lock().unwrap().clone();
+    assert_eq!(all.len(), total, "$all delivered an event twice");
+    let ids: HashSet<&str> = all.iter().map(|(_, _, id)| id.as_str()).collect();
+    assert_eq!(ids.len(), total);
+    let one: Vec<String> = one_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, id)| id.clone())
+        .collect();
+    assert_eq!(&one, &acked[&watched], "the moved stream's subscriber");
+    dev.kill().unwrap();
+    dev.wait().unwrap();
+}

@@ -1,0 +1,771 @@
+//! Slot-range moves: slots `A..B` handed from the shard that owns them (the source, S) to
+//! another shard of the node (the target, T), online. The steps, and why each is safe:
+//!
+//! ```text
+//!  1 copy      read S's log from its start; every record's events whose stream (or the stream
+//!              a `$meta:`/`$snap:`/`$deleted:` stream is about) falls in A..B are appended to
+//!              T as one copy (`AppendRequest::copy`: same ids, same versions, flagged so `$all`
+//!              skips them; a retry deduplicates). Passes repeat until one finds little new.
+//!  2 fence     a `$fence` event appended to S: from that record on, S refuses every append to
+//!              A..B (`Moved`, naming T), decided in S's log order, so nothing S acknowledges
+//!              for A..B can follow the fence.              ── the write pause of A..B starts
+//!  3 catch up  read S up to and including the fence record: the last of A..B's events.
+//!  4 verify    per stream: the events T holds from the first version copied, counted and
+//!              checksummed (version, id, type, data, metadata), equal what was read from S.
+//!  5 unfence T T's own fences over A..B (it owned them once and moved them away) are lifted.
+//!  6 switch    the map with A..B on T (next epoch), written where the node keeps it; calls
+//!              route to T from then on.                     ── the write pause ends
+//! ```
+//!
+//! A failure before the switch rolls back: S's fence is lifted by an `$unfence` event (T's
+//! copies stay, unrouted and outside `$all`; a later move of the same slots deduplicates
+//! against them). A crash before the switch leaves the fence: [`Mover::recover`], run when the
+//! node starts, lifts every fence whose slots the map still gives to its own shard. After the
+//! switch the move is done; S keeps the fence (a writer routing by an older map is told where
+//! the slots went) and its copies of the streams (its `$all` keeps delivering the originals;
+//! reads and writes of the streams go to T).
+//!
+//! Bounds: one move at a time per node; the copy reads [`COPY_RECORDS`] records per step and
+//! keeps them in flight to T at once; the verification holds one tally per stream moved (at
+//! most [`MOVE_STREAMS_MAX`]); the copy's pace is set by [`crate::throttle::Throttle`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use strata_engine::fence::{Fence, FenceChange, Fences, FENCES_STREAM};
+use strata_engine::system::deletable_base;
+use strata_engine::{
+    AppendRequest, Direction, ExpectedVersion, Limits, NewEvent, Position, Reader, Record,
+    RecordedEvent, StreamAppend,
+};
+use strata_proto::routing::{slot_of, ClusterMap, ShardId, SlotRange};
+
+use crate::backend::Backend;
+use crate::clock::WallClock;
+use crate::ids::IdSource;
+use crate::map_cell::MapCell;
+use crate::throttle::Throttle;
+
+/// Records read from the source per step of the copy.
+pub const COPY_RECORDS: usize = 256;
+/// Most streams one move carries (the verification keeps a tally of ~100 bytes per stream).
+pub const MOVE_STREAMS_MAX: usize = 1_000_000;
+/// Copy passes before the fence: a pass that copies at most [`CATCH_UP_CLOSE_RECORDS`]
+/// records ends them, and so does this many (a source written faster than the copy runs is
+/// fenced anyway, its write pause then covering the rest).
+pub const CATCH_UP_PASSES_MAX: usize = 8;
+/// A copy pass this short (in records) is close enough to the source's end to fence.
+pub const CATCH_UP_CLOSE_RECORDS: u64 = 64;
+/// How long the last catch-up waits for the fence record to become readable.
+const FENCE_VISIBLE_WAIT: Duration = Duration::from_secs(10);
+/// Events of a stream read per step of the verification.
+const VERIFY_EVENTS: usize = 512;
+
+/// Installs the next map: where the node keeps it and what it routes by.
+pub type Switch = Arc<dyn Fn(ClusterMap) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Where a move is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Copying the slots' streams while the source still takes writes.
+    Copying,
+    /// The source refuses the slots' writes; the last events are being copied and checked.
+    Fenced,
+    /// The map routes the slots to the target.
+    Done,
+    /// Stopped and rolled back (the error says why).
+    Failed,
+}
+
+impl Step {
+    /// Its name in status answers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Copying => "copying",
+            Step::Fenced => "fenced",
+            Step::Done => "done",
+            Step::Failed => "failed",
+        }
+    }
+}
+
+/// A move's progress (the latest move of the node, running or ended).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveStatus {
+    /// The slots moved.
+    pub range: SlotRange,
+    /// From which shard, to which.
+    pub from: ShardId,
+    pub to: ShardId,
+    /// Where it is.
+    pub step: Step,
+    /// The source log's end when the move began (what the first pass reads).
+    pub source_bytes: u64,
+    /// How far in the source's log the copy has read.
+    pub scanned_bytes: u64,
+    /// Events and bytes (event data and metadata) copied to the target, streams among them.
+    pub copied_events: u64,
+    pub copied_bytes: u64,
+    pub streams: u64,
+    /// Time from the fence to the switch: how long writes to the slots waited.
+    pub pause_us: u64,
+    /// Time since the move began (until it ended).
+    pub elapsed_us: u64,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Why a move was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoveError {
+    /// The request is impossible as asked; nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// Another move is running; nothing changed.
+    #[error("{0}")]
+    Busy(String),
+    /// The move stopped and was rolled back (the map unchanged).
+    #[error("the move failed and was rolled back: {0}")]
+    Failed(String),
+}
+
+/// A move decided valid: which shards, and the range.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    range: SlotRange,
+    slots: u32,
+    from: ShardId,
+    to: ShardId,
+}
+
+/// Runs the node's slot-range moves (one at a time).
+#[derive(Clone)]
+pub struct Mover {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Vec<(ShardId, Backend)>,
+    map: MapCell,
+    switch: Switch,
+    clock: Arc<dyn WallClock>,
+    ids: Arc<dyn IdSource>,
+    throttle: Throttle,
+    status: Mutex<Option<(MoveStatus, Instant)>>,
+}
+
+impl std::fmt::Debug for Mover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mover")
+            .field("shards", &self.inner.shards.len())
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// Per stream: what the copy sent, to check against what the target holds.
+#[derive(Debug, Clone)]
+struct Tally {
+    first: u64,
+    events: u64,
+    crc: crc32fast::Hasher,
+}
+
+fn feed(crc: &mut crc32fast::Hasher, version: u64, e: &NewEvent) {
+    crc.update(&version.to_le_bytes());
+    crc.update(e.id.as_bytes());
+    for part in [e.event_type.as_bytes(), &e.data, &e.metadata] {
+        crc.update(&(part.len() as u64).to_le_bytes());
+        crc.update(part);
+    }
+}
+
+fn new_event(e: &RecordedEvent) -> NewEvent {
+    NewEvent {
+        id: e.id,
+        event_type: e.event_type.clone(),
+        data: e.data.clone(),
+        metadata: e.metadata.clone(),
+    }
+}
+
+/// Whether `stream`'s events move with `range` (of `slots`): its own slot, or for a stream
+/// about another (`$meta:S`, …) S's; never a shard's own system streams.
+fn moves(stream: &str, range: SlotRange, slots: u32) -> bool {
+    deletable_base(stream).is_some_and(|base| {
+        let slot = slot_of(base, slots);
+        range.start <= slot && slot < range.end
+    })
+}
+
+/// The copies of `record`'s events that move: one request (several when the record's parts
+/// exceed one request's limits — a retry of an atomic append over them then finds its events
+/// in several records and is refused as a conflict instead of deduplicated).
+fn copies_of(record: &Record, range: SlotRange, slots: u32, limits: &Limits) -> Vec<AppendRequest> {
+    let mut parts: Vec<StreamAppend> = Vec::new();
+    for e in record
+        .events
+        .iter()
+        .filter(|e| moves(&e.stream, range, slots))
+    {
+        match parts.last_mut() {
+            Some(p) if p.stream == e.stream => p.events.push(new_event(e)),
+            _ => parts.push(StreamAppend {
+                stream: e.stream.clone(),
+                expected: match e.version {
+                    0 => ExpectedVersion::NoStream,
+                    v => ExpectedVersion::Exact(v - 1),
+                },
+                events: vec![new_event(e)],
+            }),
+        }
+    }
+    let request = |streams| AppendRequest {
+        streams,
+        conditions: Vec::new(),
+        timestamp_us: record.timestamp_us,
+        copy: true,
+    };
+    let size = |p: &StreamAppend| -> usize {
+        p.events
+            .iter()
+            .map(|e| p.stream.len() + e.event_type.len() + e.data.len() + e.metadata.len() + 64)
+            .sum()
+    };
+    let mut out = Vec::new();
+    let mut current: Vec<StreamAppend> = Vec::new();
+    let (mut events, mut bytes) = (0usize, 0usize);
+    for part in parts {
+        let (n, b) = (part.events.len(), size(&part));
+        let full = current.len() + 1 > limits.batch_streams_max
+            || events + n > limits.batch_events_max
+            || bytes + b > limits.batch_bytes_max;
+        if full && !current.is_empty() {
+            out.push(request(std::mem::take(&mut current)));
+            (events, bytes) = (0, 0);
+        }
+        events += n;
+        bytes += b;
+        current.push(part);
+    }
+    if !current.is_empty() {
+        out.push(request(current));
+    }
+    out
+}
+
+/// The fences recorded in `reader`'s `$fences` stream.
+fn fences_of(reader: &Reader) -> strata_engine::Result<Fences> {
+    let mut fences = Fences::default();
+    let mut from = Some(0);
+    while let Some(version) = from {
+        let page = reader.read_stream(FENCES_STREAM, Some(version), Direction::Forwards, 256)?;
+        for e in &page {
+            fences.apply(FenceChange::decode(&e.event_type, &e.data)?);
+        }
+        from = match page.last() {
+            Some(e) if page.len() == 256 => Some(e.version + 1),
+            _ => None,
+        };
+    }
+    Ok(fences)
+}
+
+/// Whether `map` gives every slot of `range` to `shard`.
+fn owns(map: &ClusterMap, range: SlotRange, shard: ShardId) -> bool {
+    map.ranges()
+        .iter()
+        .filter(|(r, _)| r.start < range.end && range.start < r.end)
+        .all(|(_, s)| *s == shard)
+}
+
+impl Mover {
+    /// A mover over the node's `shards`, routing by `map`, installing each next map by
+    /// `switch`.
+    pub fn new(
+        shards: Vec<(ShardId, Backend)>,
+        map: MapCell,
+        switch: Switch,
+        clock: Arc<dyn WallClock>,
+        ids: Arc<dyn IdSource>,
+        throttle: Throttle,
+    ) -> Mover {
+        Mover {
+            inner: Arc::new(Inner {
+                shards,
+                map,
+                switch,
+                clock,
+                ids,
+                throttle,
+                status: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The latest move's progress (running or ended).
+    pub fn status(&self) -> Option<MoveStatus> {
+        let held = strata_engine::sync::lock(&self.inner.status);
+        held.as_ref().map(|(s, began)| {
+            let mut s = s.clone();
+            if matches!(s.step, Step::Copying | Step::Fenced) {
+                s.elapsed_us = began.elapsed().as_micros() as u64;
+            }
+            s
+        })
+    }
+
+    /// The pace keeper of the copies (its state is shown as metrics).
+    pub fn throttle(&self) -> &Throttle {
+        &self.inner.throttle
+    }
+
+    fn backend(&self, id: ShardId) -> Result<&Backend, MoveError> {
+        self.inner
+            .shards
+            .iter()
+            .find(|(s, _)| *s == id)
+            .map(|(_, b)| b)
+            .ok_or_else(|| MoveError::Invalid(format!("{id} is not one of this node's shards")))
+    }
+
+    /// Checks a move of `range` to `to` against the map now.
+    fn plan(&self, range: SlotRange, to: ShardId) -> Result<Plan, MoveError> {
+        let map = self
+            .inner
+            .map
+            .routable()
+            .map_err(|why| MoveError::Invalid(why.to_string()))?;
+        let slots = map.slots();
+        if range.start >= range.end || range.end > slots {
+            return Err(MoveError::Invalid(format!(
+                "{range} is not a range of this cluster's {slots} slots (start < end ≤ {slots})"
+            )));
+        }
+        let owners: Vec<ShardId> = map
+            .ranges()
+            .iter()
+            .filter(|(r, _)| r.start < range.end && range.start < r.end)
+            .map(|(_, s)| *s)
+            .collect();
+        let from = match owners.as_slice() {
+            [one, rest @ ..] if rest.iter().all(|s| s == one) => *one,
+            _ => {
+                let names: Vec<String> = owners.iter().map(|s| s.0.to_string()).collect();
+                return Err(MoveError::Invalid(format!(
+                    "{range} span shards {}: move one shard's slots at a time",
+                    names.join(", ")
+                )));
+            }
+        };
+        if from == to {
+            return Err(MoveError::Invalid(format!("{range} are on {to} already")));
+        }
+        if self.backend(to).is_err() {
+            let held: Vec<String> = self
+                .inner
+                .shards
+                .iter()
+                .map(|(s, _)| s.0.to_string())
+                .collect();
+            return Err(MoveError::Invalid(format!(
+                "{to} is not a shard of this cluster (it has shards {}); moving slots to a new shard is not built yet",
+                held.join(", ")
+            )));
+        }
+        map.with_range_moved(range, to)
+            .map_err(|e| MoveError::Invalid(e.to_string()))?;
+        Ok(Plan {
+            range,
+            slots,
+            from,
+            to,
+        })
+    }
+
+    /// Takes the one move slot for `plan`, or says which move holds it.
+    fn begin(&self, plan: &Plan) -> Result<(), MoveError> {
+        let mut held = strata_engine::sync::lock(&self.inner.status);
+        if let Some((s, _)) = held.as_ref() {
+            if matches!(s.step, Step::Copying | Step::Fenced) {
+                return Err(MoveError::Busy(format!(
+                    "a move is in progress ({} from {} to {}, {}): one at a time",
+                    s.range,
+                    s.from,
+                    s.to,
+                    s.step.name()
+                )));
+            }
+        }
+        let source_bytes = self
+            .backend(plan.from)
+            .map(|b| b.reader().end())
+            .unwrap_or(0);
+        *held = Some((
+            MoveStatus {
+                range: plan.range,
+                from: plan.from,
+                to: plan.to,
+                step: Step::Copying,
+                source_bytes,
+                scanned_bytes: 0,
+                copied_events: 0,
+                copied_bytes: 0,
+                streams: 0,
+                pause_us: 0,
+                elapsed_us: 0,
+                error: None,
+            },
+            Instant::now(),
+        ));
+        Ok(())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut MoveStatus)) {
+        if let Some((s, _)) = strata_engine::sync::lock(&self.inner.status).as_mut() {
+            f(s);
+        }
+    }
+
+    /// Starts moving `range` to shard `to` in the background; answers once the move is
+    /// checked and begun (its progress is [`Mover::status`]).
+    pub fn start(&self, range: SlotRange, to: ShardId) -> Result<MoveStatus, MoveError> {
+        let plan = self.plan(range, to)?;
+        self.begin(&plan)?;
+        let mover = self.clone();
+        tokio::spawn(async move {
+            let _ = mover.execute(plan).await;
+        });
+        self.status()
+            .ok_or_else(|| MoveError::Failed("the move's status went missing".into()))
+    }
+
+    /// Moves `range` to shard `to`; answers when done (or failed and rolled back).
+    pub async fn run(&self, range: SlotRange, to: ShardId) -> Result<MoveStatus, MoveError> {
+        let plan = self.plan(range, to)?;
+        self.begin(&plan)?;
+        self.execute(plan).await
+    }
+
+    async fn execute(&self, plan: Plan) -> Result<MoveStatus, MoveError> {
+        let began = Instant::now();
+        let mut fence_set = None;
+        let outcome = self.steps(plan, &mut fence_set).await;
+        if let Err(e) = &outcome {
+            tracing::warn!(range = %plan.range, from = %plan.from, to = %plan.to, error = %e, "slot-range move failed; rolling back");
+            if let Some(fence) = fence_set {
+                if let Err(lift) = self.lift(plan.from, fence).await {
+                    tracing::error!(error = %lift, "lifting the fence failed; it is lifted when the node next starts");
+                }
+            }
+        }
+        self.update(|s| {
+            s.elapsed_us = began.elapsed().as_micros() as u64;
+            match &outcome {
+                Ok(()) => s.step = Step::Done,
+                Err(e) => {
+                    s.step = Step::Failed;
+                    s.error = Some(e.to_string());
+                }
+            }
+        });
+        outcome?;
+        let status = self
+            .status()
+            .ok_or_else(|| MoveError::Failed("the move's status went missing".into()))?;
+        tracing::info!(range = %plan.range, from = %plan.from, to = %plan.to, events = status.copied_events, pause_us = status.pause_us, "slot-range move done");
+        Ok(status)
+    }
+
+    async fn steps(&self, plan: Plan, fence_set: &mut Option<Fence>) -> Result<(), MoveError> {
+        let (source, target) = (self.backend(plan.from)?, self.backend(plan.to)?);
+        // The foreground's latency before the copy is the baseline the pace is set against.
+        self.inner.throttle.begin().await;
+        let mut tallies: HashMap<String, Tally> = HashMap::new();
+        let mut at: Position = 0;
+        for _ in 0..CATCH_UP_PASSES_MAX {
+            let copied = self
+                .copy_pass(source, target, &plan, &mut at, None, &mut tallies)
+                .await?;
+            if copied <= CATCH_UP_CLOSE_RECORDS {
+                break;
+            }
+        }
+        let fence = Fence {
+            slots: plan.slots,
+            start: plan.range.start,
+            end: plan.range.end,
+            to: plan.to.0,
+        };
+        let fenced = Instant::now();
+        let fence_at = self.record(plan.from, FenceChange::Set(fence)).await?;
+        *fence_set = Some(fence);
+        self.update(|s| s.step = Step::Fenced);
+        self.copy_pass(source, target, &plan, &mut at, Some(fence_at), &mut tallies)
+            .await?;
+        self.verify(target, &tallies).await?;
+        self.unfence_target(target, &plan).await?;
+        let map = self.inner.map.get();
+        if !owns(&map, plan.range, plan.from) {
+            return Err(MoveError::Failed(format!(
+                "the map changed during the move ({} no longer on {})",
+                plan.range, plan.from
+            )));
+        }
+        let next = map
+            .with_range_moved(plan.range, plan.to)
+            .map_err(|e| MoveError::Failed(e.to_string()))?;
+        (self.inner.switch)(next)
+            .await
+            .map_err(|e| MoveError::Failed(format!("switching the map: {e}")))?;
+        self.update(|s| s.pause_us = fenced.elapsed().as_micros() as u64);
+        Ok(())
+    }
+
+    /// Copies from `at` to the source's end (past `until` when given: the fence record, which
+    /// may take a moment to become readable); returns the records copied.
+    async fn copy_pass(
+        &self,
+        source: &Backend,
+        target: &Backend,
+        plan: &Plan,
+        at: &mut Position,
+        until: Option<Position>,
+        tallies: &mut HashMap<String, Tally>,
+    ) -> Result<u64, MoveError> {
+        let limits = source.reader().limits().clone();
+        let mut copied = 0;
+        let waited = Instant::now();
+        loop {
+            let from = *at;
+            let batch = source
+                .read(move |r| r.read_all(from, COPY_RECORDS))
+                .await
+                .map_err(|s| {
+                    MoveError::Failed(format!(
+                        "reading {}'s log at {from}: {}",
+                        plan.from,
+                        s.message()
+                    ))
+                })?;
+            if batch.records.is_empty() {
+                match until {
+                    Some(fence) if *at <= fence => {
+                        if waited.elapsed() > FENCE_VISIBLE_WAIT {
+                            return Err(MoveError::Failed(format!(
+                                "the fence at {fence} in {} was not readable within {FENCE_VISIBLE_WAIT:?}",
+                                plan.from
+                            )));
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        continue;
+                    }
+                    _ => return Ok(copied),
+                }
+            }
+            let mut pending = Vec::new();
+            let mut bytes = 0u64;
+            for record in &batch.records {
+                for request in copies_of(record, plan.range, plan.slots, &limits) {
+                    bytes += self.tally(&request, tallies)?;
+                    let submitted = target
+                        .submit(request)
+                        .await
+                        .map_err(|e| MoveError::Failed(format!("copying to {}: {e}", plan.to)))?;
+                    pending.push(submitted);
+                }
+            }
+            let events: u64 = pending.len() as u64;
+            for p in pending {
+                p.await
+                    .map_err(|e| MoveError::Failed(format!("copying to {}: {e}", plan.to)))?;
+            }
+            copied += batch.records.len() as u64;
+            *at = batch.next;
+            let (streams, next) = (tallies.len() as u64, batch.next);
+            self.update(|s| {
+                s.scanned_bytes = next;
+                s.copied_bytes += bytes;
+                s.streams = streams;
+            });
+            let _ = events;
+            self.inner.throttle.pace(bytes).await;
+        }
+    }
+
+    /// Counts a copy into the tallies; returns its bytes (data and metadata).
+    fn tally(
+        &self,
+        request: &AppendRequest,
+        tallies: &mut HashMap<String, Tally>,
+    ) -> Result<u64, MoveError> {
+        let mut bytes = 0;
+        let mut events = 0;
+        for part in &request.streams {
+            let first = match part.expected {
+                ExpectedVersion::Exact(v) => v + 1,
+                _ => 0,
+            };
+            if !tallies.contains_key(&part.stream) && tallies.len() >= MOVE_STREAMS_MAX {
+                return Err(MoveError::Failed(format!(
+                    "more than {MOVE_STREAMS_MAX} streams in the range: move a smaller one"
+                )));
+            }
+            let tally = tallies.entry(part.stream.clone()).or_insert_with(|| Tally {
+                first,
+                events: 0,
+                crc: crc32fast::Hasher::new(),
+            });
+            for (k, e) in part.events.iter().enumerate() {
+                feed(&mut tally.crc, first + k as u64, e);
+                tally.events += 1;
+                events += 1;
+                bytes += (e.data.len() + e.metadata.len()) as u64;
+            }
+        }
+        self.update(|s| s.copied_events += events);
+        Ok(bytes)
+    }
+
+    /// Checks that `target` holds, per stream, exactly what the copy read from the source.
+    async fn verify(
+        &self,
+        target: &Backend,
+        tallies: &HashMap<String, Tally>,
+    ) -> Result<(), MoveError> {
+        for (stream, tally) in tallies {
+            let (name, first) = (stream.clone(), tally.first);
+            let (events, crc) = target
+                .read(move |r| {
+                    let mut crc = crc32fast::Hasher::new();
+                    let mut events = 0u64;
+                    let mut from = first;
+                    loop {
+                        let page =
+                            r.read_stream(&name, Some(from), Direction::Forwards, VERIFY_EVENTS)?;
+                        for e in &page {
+                            feed(&mut crc, e.version, &new_event(e));
+                            events += 1;
+                        }
+                        match page.last() {
+                            Some(e) if page.len() == VERIFY_EVENTS => from = e.version + 1,
+                            _ => return Ok((events, crc.finalize())),
+                        }
+                    }
+                })
+                .await
+                .map_err(|s| MoveError::Failed(format!("verifying {stream}: {}", s.message())))?;
+            let want = (tally.events, tally.crc.clone().finalize());
+            if (events, crc) != want {
+                return Err(MoveError::Failed(format!(
+                    "verifying {stream:?}: the target holds {events} events from version {first} (checksum {crc:08x}), the source {} ({:08x})",
+                    want.0, want.1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one fence change to `shard`'s `$fences`; returns the record's position.
+    async fn record(&self, shard: ShardId, change: FenceChange) -> Result<Position, MoveError> {
+        self.record_all(shard, vec![change]).await
+    }
+
+    async fn record_all(
+        &self,
+        shard: ShardId,
+        changes: Vec<FenceChange>,
+    ) -> Result<Position, MoveError> {
+        let events = changes
+            .iter()
+            .map(|c| {
+                let (event_type, data) = c.encode();
+                NewEvent {
+                    id: self.inner.ids.new_id(),
+                    event_type: event_type.into(),
+                    data: data.into(),
+                    metadata: bytes::Bytes::new(),
+                }
+            })
+            .collect();
+        let request = AppendRequest::single(
+            FENCES_STREAM,
+            ExpectedVersion::Any,
+            events,
+            self.inner.clock.now_us(),
+        );
+        let answer = self
+            .backend(shard)?
+            .append(request)
+            .await
+            .map_err(|e| MoveError::Failed(format!("writing {shard}'s fences: {e}")))?;
+        Ok(answer.position)
+    }
+
+    async fn lift(&self, shard: ShardId, fence: Fence) -> Result<Position, MoveError> {
+        self.record(
+            shard,
+            FenceChange::Lift {
+                slots: fence.slots,
+                start: fence.start,
+                end: fence.end,
+            },
+        )
+        .await
+    }
+
+    /// Lifts the target's fences over the range (from moves away from it), keeping the parts
+    /// of them outside the range fenced as they were.
+    async fn unfence_target(&self, target: &Backend, plan: &Plan) -> Result<(), MoveError> {
+        let fences = target.read(|r| fences_of(&r)).await.map_err(|s| {
+            MoveError::Failed(format!("reading {}'s fences: {}", plan.to, s.message()))
+        })?;
+        let mut changes = Vec::new();
+        for f in fences.list() {
+            if f.slots != plan.slots || f.end <= plan.range.start || plan.range.end <= f.start {
+                continue;
+            }
+            changes.push(FenceChange::Lift {
+                slots: f.slots,
+                start: f.start,
+                end: f.end,
+            });
+            for (start, end) in [(f.start, plan.range.start), (plan.range.end, f.end)] {
+                if start < end {
+                    changes.push(FenceChange::Set(Fence { start, end, ..*f }));
+                }
+            }
+        }
+        if !changes.is_empty() {
+            self.record_all(plan.to, changes).await?;
+        }
+        Ok(())
+    }
+
+    /// After a restart: lifts every fence whose slots the map still gives to the shard that
+    /// holds it (a move that stopped before its switch). Returns the fences lifted.
+    pub async fn recover(&self) -> Result<Vec<(ShardId, Fence)>, String> {
+        let map = self.inner.map.get();
+        let mut lifted = Vec::new();
+        for (id, backend) in &self.inner.shards {
+            let fences = backend
+                .read(|r| fences_of(&r))
+                .await
+                .map_err(|s| format!("reading {id}'s fences: {}", s.message()))?;
+            for f in fences.list() {
+                let range = SlotRange {
+                    start: f.start,
+                    end: f.end,
+                };
+                if f.slots == map.slots() && owns(&map, range, *id) {
+                    self.lift(*id, *f).await.map_err(|e| e.to_string())?;
+                    tracing::warn!(shard = id.0, %range, to = f.to, "lifted the fence of a move that did not finish");
+                    lifted.push((*id, *f));
+                }
+            }
+        }
+        Ok(lifted)
+    }
+}

@@ -1,0 +1,271 @@
+//! Slot-range moves over a node's real engines (`strata_shard::mover`): a move copies the
+//! slots' streams (with the streams about them) and switches the map; a move whose switch
+//! fails rolls back (the source takes the slots' writes again, the map unchanged); a fence
+//! left by a move that stopped before its switch is lifted by `recover`, a finished move's is
+//! kept; slots moved away and back again lift the returning shard's old fence; bad input is
+//! refused with nothing changed.
+
+// Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use strata_engine::fence::{Fence, FenceChange, FENCES_STREAM};
+use strata_engine::{
+    AppendRequest, Direction, Engine, EngineConfig, Error, ExpectedVersion, NewEvent,
+};
+use strata_proto::routing::{slot_of, ClusterMap, ShardId, SlotRange};
+use strata_shard::clock::SystemWallClock;
+use strata_shard::ids::RandomIds;
+use strata_shard::map_cell::MapCell;
+use strata_shard::mover::{MoveError, Mover, Step, Switch};
+use strata_shard::stats::ServiceStats;
+use strata_shard::throttle::{Throttle, ThrottleConfig};
+use strata_shard::Backend;
+
+const SLOTS: u32 = 64;
+
+struct Node {
+    _dir: tempfile::TempDir,
+    shards: Vec<(ShardId, Backend)>,
+    map: MapCell,
+}
+
+fn node(shards: u32) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = (0..shards)
+        .map(|k| {
+            let engine =
+                Engine::open_dir(&dir.path().join(k.to_string()), EngineConfig::default()).unwrap();
+            (ShardId(k), Backend::Single(Arc::new(engine)))
+        })
+        .collect();
+    Node {
+        _dir: dir,
+        shards: backends,
+        map: MapCell::new(ClusterMap::even(SLOTS, shards).unwrap()),
+    }
+}
+
+/// A mover whose switch takes the map into the cell, or fails while `fail` is set.
+fn mover(node: &Node, fail: Arc<AtomicBool>) -> Mover {
+    let cell = node.map.clone();
+    let switch: Switch = Arc::new(move |map| {
+        let (cell, fail) = (cell.clone(), fail.clone());
+        Box::pin(async move {
+            if fail.load(Ordering::Relaxed) {
+                return Err("the map's store is down (planted)".to_string());
+            }
+            cell.advance(map);
+            Ok(())
+        })
+    });
+    let throttle = ThrottleConfig {
+        adaptive: false,
+        ..ThrottleConfig::default()
+    };
+    Mover::new(
+        node.shards.clone(),
+        node.map.clone(),
+        switch,
+        Arc::new(SystemWallClock::default()),
+        Arc::new(RandomIds),
+        Throttle::new(throttle, Arc::new(ServiceStats::default())),
+    )
+}
+
+fn backend(node: &Node, id: u32) -> &Backend {
+    &node.shards[id as usize].1
+}
+
+fn event(n: u128) -> NewEvent {
+    NewEvent {
+        id: uuid::Uuid::from_u128(n),
+        event_type: "T".into(),
+        data: Bytes::from(format!("{{\"n\": {n}}}")),
+        metadata: Bytes::new(),
+    }
+}
+
+async fn append(b: &Backend, stream: &str, n: u128) -> Result<u64, Error> {
+    let request = AppendRequest::single(stream, ExpectedVersion::Any, vec![event(n)], 1);
+    b.append(request)
+        .await
+        .map(|r| r.streams[0].last_version)
+        .map_err(|e| match e {
+            strata_raft::ReplicaError::Engine(e) => e,
+            other => Error::Unavailable(other.to_string()),
+        })
+}
+
+/// Streams whose slot is in `range`, and one whose slot is not.
+fn streams_in(range: SlotRange) -> (Vec<String>, String) {
+    let inside = |s: &String| (range.start..range.end).contains(&slot_of(s, SLOTS));
+    let all: Vec<String> = (0..400).map(|k| format!("s-{k}")).collect();
+    let outside = all.iter().find(|s| !inside(s)).unwrap().clone();
+    (all.into_iter().filter(inside).take(5).collect(), outside)
+}
+
+async fn versions(b: &Backend, stream: &str) -> Vec<u64> {
+    let stream = stream.to_string();
+    b.read(move |r| r.read_stream(&stream, None, Direction::Forwards, 1000))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.version)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_move_copies_the_slots_streams_and_switches_the_map() {
+    let n = node(2);
+    // Shard 0 holds 0..32; move 0..16 to shard 1.
+    let range = SlotRange { start: 0, end: 16 };
+    let (moving, staying) = streams_in(range);
+    let source = backend(&n, 0);
+    for (k, s) in moving.iter().enumerate() {
+        for v in 0..3 {
+            append(source, s, (k * 10 + v) as u128 + 1).await.unwrap();
+        }
+    }
+    // A stream about a moving one moves with it.
+    let meta = strata_engine::system::meta_stream(&moving[0]);
+    append(source, &meta, 900).await.unwrap();
+    append(source, &staying, 901).await.unwrap();
+    let m = mover(&n, Arc::default());
+    let status = m.run(range, ShardId(1)).await.unwrap();
+    assert_eq!(status.step, Step::Done);
+    assert_eq!(status.copied_events, moving.len() as u64 * 3 + 1);
+    assert_eq!(n.map.get().epoch(), 2);
+    assert_eq!(n.map.get().shard_of(&moving[0]), ShardId(1));
+    let target = backend(&n, 1);
+    for s in &moving {
+        assert_eq!(versions(target, s).await, vec![0, 1, 2], "{s}");
+        // The source keeps its copy and refuses the stream's writes, naming the target.
+        assert!(matches!(
+            append(source, s, 1000).await,
+            Err(Error::Moved { shard: 1, .. })
+        ));
+    }
+    assert_eq!(versions(target, &meta).await, vec![0]);
+    assert!(versions(target, &staying).await.is_empty());
+    append(source, &staying, 902).await.unwrap();
+    // On the target, the moved streams continue at their versions.
+    assert_eq!(append(target, &moving[0], 1001).await.unwrap(), 3);
+    // Bad input: nothing changes.
+    for (range, to, says) in [
+        (SlotRange { start: 0, end: 16 }, 1, "already"),
+        (SlotRange { start: 8, end: 24 }, 0, "span shards"),
+        (SlotRange { start: 40, end: 80 }, 0, "not a range"),
+        (SlotRange { start: 20, end: 24 }, 5, "not a shard"),
+    ] {
+        match m.run(range, ShardId(to)).await {
+            Err(MoveError::Invalid(why)) => assert!(why.contains(says), "{why}"),
+            other => panic!("{range} to {to}: {other:?}"),
+        }
+    }
+    assert_eq!(n.map.get().epoch(), 2);
+}
+
+#[tokio::test]
+async fn a_move_whose_switch_fails_rolls_back() {
+    let n = node(2);
+    let range = SlotRange { start: 0, end: 16 };
+    let (moving, _) = streams_in(range);
+    let source = backend(&n, 0);
+    append(source, &moving[0], 1).await.unwrap();
+    let fail = Arc::new(AtomicBool::new(true));
+    let m = mover(&n, fail.clone());
+    match m.run(range, ShardId(1)).await {
+        Err(MoveError::Failed(why)) => assert!(why.contains("planted"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.status().unwrap().step, Step::Failed);
+    assert_eq!(n.map.get().epoch(), 1, "the map unchanged");
+    // The fence was lifted: the source takes the slots' writes again.
+    assert_eq!(append(source, &moving[0], 2).await.unwrap(), 1);
+    // Tried again with the switch working: the copies of the first try deduplicate.
+    fail.store(false, Ordering::Relaxed);
+    let done = m.run(range, ShardId(1)).await.unwrap();
+    assert_eq!(done.step, Step::Done);
+    assert_eq!(versions(backend(&n, 1), &moving[0]).await, vec![0, 1]);
+}
+
+#[tokio::test]
+async fn recover_lifts_the_fence_of_an_unfinished_move_and_keeps_a_finished_ones() {
+    let n = node(2);
+    let (moving, _) = streams_in(SlotRange { start: 0, end: 16 });
+    let source = backend(&n, 0);
+    // A move stopped between its fence and its switch: the fence alone is there.
+    let fence = Fence {
+        slots: SLOTS,
+        start: 0,
+        end: 16,
+        to: 1,
+    };
+    let (kind, data) = FenceChange::Set(fence).encode();
+    let fenced = AppendRequest::single(
+        FENCES_STREAM,
+        ExpectedVersion::Any,
+        vec![NewEvent {
+            event_type: kind.into(),
+            data: data.into(),
+            ..event(77)
+        }],
+        1,
+    );
+    source.append(fenced).await.unwrap();
+    assert!(matches!(
+        append(source, &moving[0], 1).await,
+        Err(Error::Moved { .. })
+    ));
+    let m = mover(&n, Arc::default());
+    let lifted = m.recover().await.unwrap();
+    assert_eq!(lifted, vec![(ShardId(0), fence)]);
+    append(source, &moving[0], 2).await.unwrap();
+    // A finished move's fence stays: the map gives its slots to the target.
+    m.run(SlotRange { start: 0, end: 16 }, ShardId(1))
+        .await
+        .unwrap();
+    assert!(m.recover().await.unwrap().is_empty());
+    assert!(matches!(
+        append(source, &moving[0], 3).await,
+        Err(Error::Moved { .. })
+    ));
+}
+
+#[tokio::test]
+async fn slots_moved_away_and_back_are_written_where_they_are() {
+    let n = node(2);
+    let range = SlotRange { start: 0, end: 16 };
+    let (moving, _) = streams_in(range);
+    let returning = (0..400)
+        .map(|k| format!("r-{k}"))
+        .find(|s| slot_of(s, SLOTS) < 8)
+        .unwrap();
+    let (a, b) = (backend(&n, 0), backend(&n, 1));
+    append(a, &returning, 1).await.unwrap();
+    let m = mover(&n, Arc::default());
+    m.run(range, ShardId(1)).await.unwrap();
+    append(b, &returning, 2).await.unwrap();
+    // Back to shard 0, half of them: its old fence over 0..16 becomes one over 8..16.
+    m.run(SlotRange { start: 0, end: 8 }, ShardId(0))
+        .await
+        .unwrap();
+    assert_eq!(n.map.get().epoch(), 3);
+    for s in moving.iter().chain([&returning]) {
+        let slot = slot_of(s, SLOTS);
+        let (home, away) = if slot < 8 { (a, b) } else { (b, a) };
+        append(home, s, 100 + u128::from(slot) + 1000 * s.len() as u128)
+            .await
+            .unwrap();
+        assert!(
+            matches!(append(away, s, 5000).await, Err(Error::Moved { .. })),
+            "{s}"
+        );
+    }
+    // Its first event was here all along, its second came back as a copy.
+    assert_eq!(versions(a, &returning).await, vec![0, 1, 2]);
+}
