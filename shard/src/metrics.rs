@@ -64,7 +64,12 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// Renders every metric.
-pub fn render(shards: &LocalShards, service: &ServiceStats, data_dir: &Path) -> String {
+pub fn render(
+    shards: &LocalShards,
+    service: &ServiceStats,
+    data_dir: &Path,
+    mover: Option<&crate::mover::Mover>,
+) -> String {
     let s = shards.stats();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::with_capacity(4096);
@@ -324,7 +329,104 @@ pub fn render(shards: &LocalShards, service: &ServiceStats, data_dir: &Path) -> 
         "Append latency as the server sees it (request to durable answer).",
         &service.append_latency,
     );
+    if let Some(mover) = mover {
+        moves(&mut out, mover);
+    }
     out
+}
+
+/// The slot-range moves' progress and their throttle's state.
+fn moves(out: &mut String, mover: &crate::mover::Mover) {
+    use crate::mover::Step;
+    let status = mover.status();
+    let running = status
+        .as_ref()
+        .is_some_and(|s| matches!(s.step, Step::Copying | Step::Fenced));
+    let of = |f: fn(&crate::mover::MoveStatus) -> u64| status.as_ref().map_or(0, f);
+    let t = mover.throttle().stats();
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    for (name, kind, help, value) in [
+        (
+            "strata_move_running",
+            "gauge",
+            "1 while a slot-range move runs.",
+            u64::from(running),
+        ),
+        (
+            "strata_move_fenced",
+            "gauge",
+            "1 while a move's slots refuse writes (fence to switch).",
+            u64::from(status.as_ref().is_some_and(|s| s.step == Step::Fenced)),
+        ),
+        (
+            "strata_move_scanned_bytes",
+            "gauge",
+            "How far the latest move's copy has read the source log.",
+            of(|s| s.scanned_bytes),
+        ),
+        (
+            "strata_move_source_bytes",
+            "gauge",
+            "The source log's end when the latest move began.",
+            of(|s| s.source_bytes),
+        ),
+        (
+            "strata_move_copied_events",
+            "gauge",
+            "Events the latest move copied.",
+            of(|s| s.copied_events),
+        ),
+        (
+            "strata_move_pause_microseconds",
+            "gauge",
+            "The latest finished move's write pause (fence to switch).",
+            of(|s| s.pause_us),
+        ),
+        (
+            "strata_move_rate_bytes_per_second",
+            "gauge",
+            "The pace the throttle sets for a move's copy now.",
+            load(&t.rate),
+        ),
+        (
+            "strata_move_baseline_p99_microseconds",
+            "gauge",
+            "Foreground append p99 before the latest move's copy began.",
+            load(&t.baseline_p99_us),
+        ),
+        (
+            "strata_move_window_p99_microseconds",
+            "gauge",
+            "Foreground append p99 in the throttle's last window.",
+            load(&t.window_p99_us),
+        ),
+        (
+            "strata_move_throttle_decreases_total",
+            "counter",
+            "Times the throttle halved the copy's rate.",
+            load(&t.decreases),
+        ),
+        (
+            "strata_move_throttle_increases_total",
+            "counter",
+            "Times the throttle raised the copy's rate by a step.",
+            load(&t.increases),
+        ),
+        (
+            "strata_move_copied_bytes_total",
+            "counter",
+            "Bytes (data and metadata) moves have copied.",
+            load(&t.bytes),
+        ),
+        (
+            "strata_move_throttle_wait_microseconds_total",
+            "counter",
+            "Time copies waited on the throttle.",
+            load(&t.waited_us),
+        ),
+    ] {
+        metric(out, name, kind, help, value);
+    }
 }
 
 /// Serves `/metrics` and `/health` on `addr` until `stop` turns true.
@@ -333,6 +435,7 @@ pub async fn serve(
     shards: LocalShards,
     service: Arc<ServiceStats>,
     data_dir: PathBuf,
+    mover: Option<crate::mover::Mover>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -347,13 +450,18 @@ pub async fn serve(
                 continue;
             }
         };
-        let (shards, service, data_dir) = (shards.clone(), service.clone(), data_dir.clone());
+        let (shards, service, data_dir, mover) = (
+            shards.clone(),
+            service.clone(),
+            data_dir.clone(),
+            mover.clone(),
+        );
         tokio::spawn(async move {
             let handler =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let response = match request.uri().path() {
                         "/metrics" => {
-                            let body = render(&shards, &service, &data_dir);
+                            let body = render(&shards, &service, &data_dir, mover.as_ref());
                             Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4")
                                 .body(Full::new(Bytes::from(body)))

@@ -12,6 +12,8 @@
 //!  3 catch up  read S up to and including the fence record: the last of A..B's events.
 //!  4 verify    per stream: the events T holds from the first version copied, counted and
 //!              checksummed (version, id, type, data, metadata), equal what was read from S.
+//!              Most of it is checked before the fence (and once more after a last pass), so
+//!              the check inside the pause reads only what step 3 copied.
 //!  5 unfence T T's own fences over A..B (it owned them once and moved them away) are lifted.
 //!  6 switch    the map with A..B on T (next epoch), written where the node keeps it; calls
 //!              route to T from then on.                     ── the write pause ends
@@ -171,6 +173,8 @@ struct Tally {
     first: u64,
     events: u64,
     crc: crc32fast::Hasher,
+    /// After the last version counted (verification goes on from there).
+    next: Option<u64>,
 }
 
 fn feed(crc: &mut crc32fast::Hasher, version: u64, e: &NewEvent) {
@@ -493,6 +497,13 @@ impl Mover {
                 break;
             }
         }
+        // Checked before the fence (most of the reading), then caught up and checked again
+        // for what came meanwhile, so the fenced part is short.
+        let mut checked = HashMap::new();
+        self.verify(target, &tallies, &mut checked).await?;
+        self.copy_pass(source, target, &plan, &mut at, None, &mut tallies)
+            .await?;
+        self.verify(target, &tallies, &mut checked).await?;
         let fence = Fence {
             slots: plan.slots,
             start: plan.range.start,
@@ -505,7 +516,7 @@ impl Mover {
         self.update(|s| s.step = Step::Fenced);
         self.copy_pass(source, target, &plan, &mut at, Some(fence_at), &mut tallies)
             .await?;
-        self.verify(target, &tallies).await?;
+        self.verify(target, &tallies, &mut checked).await?;
         self.unfence_target(target, &plan).await?;
         let map = self.inner.map.get();
         if !owns(&map, plan.range, plan.from) {
@@ -617,10 +628,12 @@ impl Mover {
                 first,
                 events: 0,
                 crc: crc32fast::Hasher::new(),
+                next: None,
             });
             for (k, e) in part.events.iter().enumerate() {
                 feed(&mut tally.crc, first + k as u64, e);
                 tally.events += 1;
+                tally.next = Some(first + k as u64 + 1);
                 events += 1;
                 bytes += (e.data.len() + e.metadata.len()) as u64;
             }
@@ -629,41 +642,56 @@ impl Mover {
         Ok(bytes)
     }
 
-    /// Checks that `target` holds, per stream, exactly what the copy read from the source.
+    /// Checks that `target` holds, per stream, exactly what the copy read from the source,
+    /// going on from what earlier calls checked (`done`): only the events copied since are
+    /// read, so the check after the fence — inside the write pause — reads little.
     async fn verify(
         &self,
         target: &Backend,
         tallies: &HashMap<String, Tally>,
+        done: &mut HashMap<String, Tally>,
     ) -> Result<(), MoveError> {
         for (stream, tally) in tallies {
-            let (name, first) = (stream.clone(), tally.first);
-            let (events, crc) = target
+            let checked = done.get(stream).filter(|d| d.events == tally.events);
+            if checked.is_some() {
+                continue;
+            }
+            let start = done.remove(stream).unwrap_or(Tally {
+                first: tally.first,
+                events: 0,
+                crc: crc32fast::Hasher::new(),
+                next: None,
+            });
+            // Versions may have gaps (reclaimed at the source): go on after the last one read.
+            let (name, from) = (stream.clone(), start.next.unwrap_or(tally.first));
+            let held = target
                 .read(move |r| {
-                    let mut crc = crc32fast::Hasher::new();
-                    let mut events = 0u64;
-                    let mut from = first;
+                    let mut held = start;
+                    let mut from = from;
                     loop {
                         let page =
                             r.read_stream(&name, Some(from), Direction::Forwards, VERIFY_EVENTS)?;
                         for e in &page {
-                            feed(&mut crc, e.version, &new_event(e));
-                            events += 1;
+                            feed(&mut held.crc, e.version, &new_event(e));
+                            held.events += 1;
+                            held.next = Some(e.version + 1);
                         }
                         match page.last() {
                             Some(e) if page.len() == VERIFY_EVENTS => from = e.version + 1,
-                            _ => return Ok((events, crc.finalize())),
+                            _ => return Ok(held),
                         }
                     }
                 })
                 .await
                 .map_err(|s| MoveError::Failed(format!("verifying {stream}: {}", s.message())))?;
-            let want = (tally.events, tally.crc.clone().finalize());
-            if (events, crc) != want {
+            let (got, want) = (held.crc.clone().finalize(), tally.crc.clone().finalize());
+            if (held.events, got) != (tally.events, want) {
                 return Err(MoveError::Failed(format!(
-                    "verifying {stream:?}: the target holds {events} events from version {first} (checksum {crc:08x}), the source {} ({:08x})",
-                    want.0, want.1
+                    "verifying {stream:?}: the target holds {} events from version {} (checksum {got:08x}), the source {} ({want:08x})",
+                    held.events, tally.first, tally.events
                 )));
             }
+            done.insert(stream.clone(), held);
         }
         Ok(())
     }

@@ -300,6 +300,7 @@ impl Node {
                 self.shards.clone(),
                 self.stats.clone(),
                 self.data_dir.clone(),
+                self.cluster.mover().cloned(),
                 self.stop.subscribe(),
             ));
         }

@@ -61,6 +61,9 @@ impl Default for ThrottleConfig {
 impl ThrottleConfig {
     /// Refuses settings that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), String> {
+        if self.rate_max == 0 {
+            return Err("move_rate_max must be at least 1 byte per second".into());
+        }
         if self.rate_min == 0 || self.rate_min > self.rate_max {
             return Err(format!(
                 "move rate: the floor ({} B/s) must be above 0 and at most the ceiling ({} B/s)",

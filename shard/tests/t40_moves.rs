@@ -269,3 +269,22 @@ async fn slots_moved_away_and_back_are_written_where_they_are() {
     // Its first event was here all along, its second came back as a copy.
     assert_eq!(versions(a, &returning).await, vec![0, 1, 2]);
 }
+
+/// A target already holding other events of a moving stream (a history the copy would not
+/// continue): the move fails naming the stream and rolls back; the source keeps the writes.
+#[tokio::test]
+async fn a_target_whose_stream_differs_fails_the_move_and_it_rolls_back() {
+    let n = node(2);
+    let range = SlotRange { start: 0, end: 16 };
+    let (moving, _) = streams_in(range);
+    let (source, target) = (backend(&n, 0), backend(&n, 1));
+    append(source, &moving[0], 1).await.unwrap();
+    append(target, &moving[0], 2).await.unwrap();
+    let m = mover(&n, Arc::default());
+    match m.run(range, ShardId(1)).await {
+        Err(MoveError::Failed(why)) => assert!(why.contains(moving[0].as_str()), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(n.map.get().epoch(), 1);
+    assert_eq!(append(source, &moving[0], 3).await.unwrap(), 1);
+}

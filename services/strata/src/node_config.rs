@@ -15,6 +15,8 @@
 //! response_bytes_max = 4194304        # --response-bytes-max (largest read answer, encoded)
 //! append_window = 4096                # --append-window (appends in flight per AppendStream call)
 //! append_window_bytes = 33554432      # --append-window-bytes (their bytes)
+//! move_rate_max = 67108864            # --move-rate-max (slot-range moves' copy, bytes/s ceiling)
+//! move_throttle = true                # --move-throttle true|false (pace by foreground p99)
 //!
 //! # Retention (see docs/ARCHITECTURE.md "Retention")
 //! retention = true                    # --retention true|false
@@ -93,6 +95,12 @@ pub struct NodeArgs {
     /// Most bytes of appends one pipelined call has in flight.
     #[arg(long)]
     append_window_bytes: Option<usize>,
+    /// The ceiling of a slot-range move's copy, bytes per second (default 64 MiB/s).
+    #[arg(long)]
+    move_rate_max: Option<u64>,
+    /// Pace a move's copy by the foreground append p99 (true), or run it at the ceiling.
+    #[arg(long)]
+    move_throttle: Option<bool>,
     /// Reclaim the space of dead events in the background (true or false).
     #[arg(long)]
     retention: Option<bool>,
@@ -161,6 +169,8 @@ struct FileConfig {
     response_bytes_max: Option<usize>,
     append_window: Option<usize>,
     append_window_bytes: Option<usize>,
+    move_rate_max: Option<u64>,
+    move_throttle: Option<bool>,
     retention: Option<bool>,
     retention_interval_ms: Option<u64>,
     retention_as_of_window_s: Option<u64>,
@@ -298,6 +308,14 @@ pub fn resolve_text(
     }
     if let Some(v) = args.append_window_bytes.or(file.append_window_bytes) {
         service.append_window_bytes = v;
+    }
+    if let Some(v) = args.move_rate_max.or(file.move_rate_max) {
+        service.moves.rate_max = v;
+        service.moves.rate_start = service.moves.rate_start.min(v);
+        service.moves.rate_min = service.moves.rate_min.min(v);
+    }
+    if let Some(v) = args.move_throttle.or(file.move_throttle) {
+        service.moves.adaptive = v;
     }
     service.validate().map_err(|e| bad(e.to_string()))?;
     strata_shard::limits::check(
