@@ -176,6 +176,21 @@ impl LogReader {
         }
     }
 
+    /// The header of the record at `position` (a record position), as written.
+    pub fn read_record_header(&self, position: Position) -> Result<format::RecordHeader> {
+        let segment = self
+            .segment_at(position)
+            .ok_or_else(|| Error::corruption("<log>", position, "no segment holds the record"))?;
+        let mut buf = vec![0u8; format::FRAME_BYTES + format::HEADER_BYTES];
+        read_exact_at(segment.file.as_ref(), &mut buf, position - segment.base)
+            .map_err(|e| Error::io(format!("reading {}", segment.path.display()), e))?;
+        let header = format::read_header(&buf);
+        if header.position != position {
+            return Err(self.corruption_at(position, "no record header at this position"));
+        }
+        Ok(header)
+    }
+
     /// Reads and verifies one event frame.
     pub fn read_event(&self, position: Position, slot: EventSlot) -> Result<RecordedEvent> {
         let segment = self

@@ -781,7 +781,20 @@ impl Store {
                 continue;
             }
             let size = validated.bytes();
-            let request = validated.into_request();
+            let mut request = validated.into_request();
+            if request.copy {
+                match self.strip_copied(request, &group.effects) {
+                    Ok(Ok(rest)) => request = rest,
+                    Ok(Err(present)) => {
+                        now.push((tag, Ok(present)));
+                        continue;
+                    }
+                    Err(e) => {
+                        now.push((tag, Err(e)));
+                        continue;
+                    }
+                }
+            }
             let mut plan = self.plan(&request, &group.effects);
             if matches!(plan, Ok(Plan::Write(_)))
                 && (group.buf.len() + size) as u64 > self.log.room()
@@ -990,6 +1003,76 @@ impl Store {
             && stored.metadata == event.metadata)
     }
 
+    /// Whether the written record at `position` is a slot-range move's copy (`false` for one
+    /// not written yet).
+    fn is_copy_record(&self, position: Position) -> Result<bool> {
+        if position >= self.log.next_position() {
+            return Ok(false);
+        }
+        Ok(self.reader.log.read_record_header(position)?.is_copy())
+    }
+
+    /// A copy without the events already here, at the same stream and version (a move tried
+    /// again, or a step's events merged differently the second time); `Err` with the answer
+    /// when all of them are. An id here at another stream or version is a conflict.
+    fn strip_copied(
+        &self,
+        request: AppendRequest,
+        current: &Effects,
+    ) -> Result<std::result::Result<AppendRequest, AppendResult>> {
+        let mut parts = Vec::with_capacity(request.streams.len());
+        let mut seen_at = None;
+        for part in request.streams {
+            let first = match part.expected {
+                ExpectedVersion::Exact(v) => v + 1,
+                _ => 0,
+            };
+            let mut present = 0;
+            for (k, e) in part.events.iter().enumerate() {
+                let Some((position, version, stream)) = self.find_id(e.id, current)? else {
+                    continue;
+                };
+                if stream != part.stream || version != first + k as u64 || k != present {
+                    return Err(Error::IdempotencyConflict {
+                        event_id: e.id,
+                        reason: format!(
+                            "a copy of {}@{} finds the id at {stream}@{version}",
+                            part.stream,
+                            first + k as u64
+                        ),
+                    });
+                }
+                present += 1;
+                seen_at = Some(position);
+            }
+            if present == part.events.len() {
+                continue;
+            }
+            let mut events = part.events;
+            events.drain(..present);
+            let next = first + present as u64;
+            parts.push(StreamAppend {
+                stream: part.stream,
+                expected: match next {
+                    0 => ExpectedVersion::NoStream,
+                    v => ExpectedVersion::Exact(v - 1),
+                },
+                events,
+            });
+        }
+        if parts.is_empty() {
+            return Ok(Err(AppendResult {
+                position: seen_at.unwrap_or(0),
+                streams: Vec::new(),
+                deduplicated: true,
+            }));
+        }
+        Ok(Ok(AppendRequest {
+            streams: parts,
+            ..request
+        }))
+    }
+
     /// Decides what to do with a request given everything written before it.
     fn plan(&mut self, request: &AppendRequest, current: &Effects) -> Result<Plan> {
         self.ids.poll();
@@ -1132,7 +1215,10 @@ impl Store {
                 None => None,
             };
             let after = self.position_of(&part.stream, last + 1, current)?;
-            if before == Some(position) || after == Some(position) {
+            let more = before == Some(position) || after == Some(position);
+            // A move's copy holds several source records' events of a stream: a retry of one
+            // of those appends, arriving after the move, is answered as the original was.
+            if more && !self.is_copy_record(position)? {
                 return Err(conflict(
                     entries[0].0.id,
                     "the committed append held more events of this stream than the retry".into(),

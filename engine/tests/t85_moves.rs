@@ -224,3 +224,70 @@ fn copies_keep_versions_pass_fences_deduplicate_and_are_flagged() {
     let all = store.reader().read_all(0, 100).unwrap();
     assert!(all.records[1].copy && all.records[2].copy);
 }
+
+/// A copy tried again with more events (a move's second try, its steps merged differently)
+/// writes only the events not here yet; an id here at another version is a conflict. A
+/// client's retry of one of the source appends a copy record merged is answered as the
+/// original was.
+#[test]
+fn copies_skip_what_is_here_and_merged_copies_still_answer_retries() {
+    let (fs, index) = (SimFs::new(86), MemIndexStore::default());
+    let mut store = open_sim(&fs, &index, small_config()).unwrap();
+    // Two source appends of s (versions 0 and 1) copied as one record.
+    let merged = store
+        .commit(vec![copy("s", 0, vec![event(1, "a"), event(2, "b")])])
+        .remove(0)
+        .unwrap();
+    // Tried again with a third event: only it is written, at version 2.
+    let more = store
+        .commit(vec![copy(
+            "s",
+            0,
+            vec![event(1, "a"), event(2, "b"), event(3, "c")],
+        )])
+        .remove(0)
+        .unwrap();
+    assert_eq!(
+        (more.streams[0].first_version, more.streams[0].last_version),
+        (2, 2)
+    );
+    let all = store
+        .commit(vec![copy("s", 1, vec![event(2, "b")])])
+        .remove(0)
+        .unwrap();
+    assert!(all.deduplicated && all.streams.is_empty());
+    let clash = store
+        .commit(vec![copy("s", 5, vec![event(1, "a")])])
+        .remove(0);
+    assert!(
+        matches!(clash, Err(Error::IdempotencyConflict { .. })),
+        "{clash:?}"
+    );
+    // The client's retry of its second append (event 2 alone) after the move.
+    let retry = store
+        .commit(vec![AppendRequest::single(
+            "s",
+            ExpectedVersion::Any,
+            vec![event(2, "b")],
+            30,
+        )])
+        .remove(0)
+        .unwrap();
+    assert!(retry.deduplicated);
+    assert_eq!(retry.position, merged.position);
+    assert_eq!(
+        (
+            retry.streams[0].first_version,
+            retry.streams[0].last_version
+        ),
+        (1, 1)
+    );
+    let read = store
+        .reader()
+        .read_stream("s", None, Direction::Forwards, 10)
+        .unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+}

@@ -247,6 +247,16 @@ impl ClusterMap {
         })
     }
 
+    /// The same ranges at the next epoch: a change that moves nothing, recorded so that any
+    /// change computed from this map (a move's switch in flight elsewhere) is refused.
+    pub fn bumped(&self) -> ClusterMap {
+        ClusterMap {
+            epoch: self.epoch + 1,
+            slots: self.slots,
+            ranges: self.ranges.clone(),
+        }
+    }
+
     /// The map after `range` moves to shard `to` (the switch step of a slot-range move): the
     /// next epoch, neighbouring ranges of one shard merged. `to` must already own a range, or be
     /// the shard one past the highest (a new shard).

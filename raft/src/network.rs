@@ -35,6 +35,7 @@ use tonic::{Request, Response, Status};
 use crate::snapshot::{self, Manifest};
 use crate::storage::Shard;
 use crate::types::{NodeId, Raft, SnapshotMeta, StrataNode, TypeConfig};
+use crate::wire::{Outcome, WireAppend};
 
 /// Largest Raft message, either way. An AppendEntries carries at most
 /// [`crate::storage::ENTRIES_BYTES_MAX`] of entries or one entry whatever its size (one record,
@@ -96,6 +97,8 @@ pub enum Rpc {
     InstallSnapshot,
     /// "Start an election now" from a leader handing over its leadership.
     TimeoutNow,
+    /// An append proposed on behalf of another node.
+    Propose,
 }
 
 /// How Raft messages reach other nodes: the real network or the simulator's.
@@ -165,6 +168,7 @@ impl RaftTransport for GrpcTransport {
                 Rpc::Vote => client.vote(request).await,
                 Rpc::InstallSnapshot => client.install_snapshot(request).await,
                 Rpc::TimeoutNow => client.timeout_now(request).await,
+                Rpc::Propose => client.propose(request).await,
             }
         };
         match tokio::time::timeout(deadline, call).await {
@@ -284,6 +288,16 @@ pub trait Handover: Send + Sync + 'static {
         vote: &'a Vote<NodeId>,
         deadline: Duration,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Status>> + Send + 'a>>;
+
+    /// Proposes `appends`, in order, to this shard at node `target` (at `node`), which should
+    /// lead it (see [`Rpc::Propose`]); one answer per append.
+    fn propose<'a>(
+        &'a self,
+        target: NodeId,
+        node: &'a StrataNode,
+        appends: &'a [WireAppend],
+        deadline: Duration,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<ProposeAnswer>, Status>> + Send + 'a>>;
 }
 
 impl<T: RaftTransport> Handover for Network<T> {
@@ -296,9 +310,39 @@ impl<T: RaftTransport> Handover for Network<T> {
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Status>> + Send + 'a>> {
         Box::pin(self.send_timeout_now(target, node, vote, deadline))
     }
+
+    fn propose<'a>(
+        &'a self,
+        target: NodeId,
+        node: &'a StrataNode,
+        appends: &'a [WireAppend],
+        deadline: Duration,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<ProposeAnswer>, Status>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let message = pb::RaftMessage {
+                shard_id: self.shard_id,
+                payload: encode(&appends)?,
+            };
+            let answer = self
+                .transport
+                .call(&self.addr_of(target, node), Rpc::Propose, message, deadline)
+                .await?;
+            decode(&answer.payload)
+        })
+    }
 }
 
 impl<T: RaftTransport> Network<T> {
+    /// Where node `target` takes Raft traffic: its route (tests put proxies there), else its
+    /// Raft address.
+    fn addr_of(&self, target: NodeId, node: &StrataNode) -> String {
+        self.routes
+            .get(&target)
+            .cloned()
+            .unwrap_or_else(|| node.raft_addr.clone())
+    }
+
     async fn send_timeout_now(
         &self,
         target: NodeId,
@@ -306,11 +350,7 @@ impl<T: RaftTransport> Network<T> {
         vote: &Vote<NodeId>,
         deadline: Duration,
     ) -> Result<(), Status> {
-        let addr = self
-            .routes
-            .get(&target)
-            .cloned()
-            .unwrap_or_else(|| node.raft_addr.clone());
+        let addr = self.addr_of(target, node);
         let message = pb::RaftMessage {
             shard_id: self.shard_id,
             payload: encode(vote)?,
@@ -449,7 +489,27 @@ pub struct ServedShard {
     pub raft: Raft,
     /// Its storage.
     pub shard: Shard,
+    /// Proposes an append through the replica's proposer (for `Propose`).
+    pub propose: Proposer,
 }
+
+/// The answer to an append proposed on behalf of another node (`RaftInternal.Propose`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ProposeAnswer {
+    /// Decided at its log index: appended, or rejected there.
+    Decided(Outcome),
+    /// The receiver does not lead the shard; the leader's id and node, when known.
+    NotLeader(Option<(u64, StrataNode)>),
+    /// The shard cannot answer now (no quorum, timed out, stopping).
+    Unavailable(String),
+}
+
+/// Hands appends, in order, to a replica's proposer and answers how each was decided.
+pub type Proposer = Arc<
+    dyn Fn(Vec<WireAppend>) -> std::pin::Pin<Box<dyn Future<Output = Vec<ProposeAnswer>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The server side of `RaftInternal`: dispatches by shard id.
 #[derive(Clone)]
@@ -624,6 +684,17 @@ impl<T: RaftTransport> pb::raft_internal_server::RaftInternal for RaftService<T>
             tracing::info!(%mine, %theirs, "a stale TimeoutNow is ignored");
         }
         Ok(message(m.shard_id, Vec::new()))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let m = request.into_inner();
+        let served = self.shard(m.shard_id)?;
+        let appends: Vec<WireAppend> = decode(&m.payload)?;
+        let answers = (served.propose)(appends).await;
+        Ok(message(m.shard_id, encode(&answers)?))
     }
 
     async fn fetch_log(

@@ -15,10 +15,10 @@ use strata_engine::validate::Validated;
 use strata_engine::{AppendRequest, AppendResult, Error, Limits};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::network::{Handover, Network, RaftTransport, ServedShard};
+use crate::network::{Handover, Network, ProposeAnswer, RaftTransport, ServedShard};
 use crate::storage::Shard;
 use crate::types::{NodeId, Raft, StrataNode};
-use crate::wire::{Command, Reply};
+use crate::wire::{Command, Outcome, Reply, WireAppend};
 
 type RaftMetrics = openraft::RaftMetrics<NodeId, StrataNode>;
 
@@ -478,9 +478,96 @@ impl Replica {
 
     /// What the Raft server side needs.
     pub fn served(&self) -> ServedShard {
+        let replica = self.clone();
         ServedShard {
             raft: self.raft.clone(),
             shard: self.shard.clone(),
+            propose: Arc::new(move |appends: Vec<WireAppend>| {
+                let replica = replica.clone();
+                Box::pin(async move { replica.propose_in_order(appends).await })
+            }),
+        }
+    }
+
+    /// Queues `appends` one after another (decided in that order), then answers each.
+    async fn propose_in_order(&self, appends: Vec<WireAppend>) -> Vec<ProposeAnswer> {
+        let refused = |e: ReplicaError| match e {
+            ReplicaError::Engine(e) => ProposeAnswer::Decided(Outcome::from(Err(e))),
+            ReplicaError::NotLeader { leader } => ProposeAnswer::NotLeader(leader),
+            ReplicaError::Unavailable(m) => ProposeAnswer::Unavailable(m),
+        };
+        let mut pending = Vec::with_capacity(appends.len());
+        for append in appends {
+            pending.push(self.submit(append.into()).await);
+        }
+        let mut answers = Vec::with_capacity(pending.len());
+        for p in pending {
+            answers.push(match p {
+                Ok(answer) => match answer.await {
+                    Ok(r) => ProposeAnswer::Decided(Outcome::from(Ok(r))),
+                    Err(e) => refused(e),
+                },
+                Err(e) => refused(e),
+            });
+        }
+        answers
+    }
+
+    /// Appends `requests`, in order, at the shard's leader wherever it is: here when this node
+    /// leads it, else all proposed there in one `RaftInternal.Propose` (queued there in order,
+    /// so they pipeline). Follows leader changes and retries while the shard is unavailable —
+    /// the whole list, with the same event ids, so the ones already decided answer as they
+    /// did — for at most `wait`. For the server's own writes to shards led elsewhere (a
+    /// slot-range move's copies and fences). An append the log rejects ends it with that error.
+    pub async fn append_all_at_leader(
+        &self,
+        requests: Vec<AppendRequest>,
+        wait: Duration,
+    ) -> Result<Vec<AppendResult>, ReplicaError> {
+        let until = tokio::time::Instant::now() + wait;
+        let mut backoff = Duration::from_millis(20);
+        let appends: Vec<WireAppend> = requests.into_iter().map(WireAppend::from).collect();
+        loop {
+            let answers = match self.leader() {
+                Some((id, node)) if id != self.node_id => {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    let limit = left.min(self.settings.append_timeout);
+                    match self.handover.propose(id, &node, &appends, limit).await {
+                        Ok(answers) if answers.len() == appends.len() => answers,
+                        Ok(_) => vec![ProposeAnswer::Unavailable(format!(
+                            "node {id} answered a different number of appends"
+                        ))],
+                        Err(status) => vec![ProposeAnswer::Unavailable(format!(
+                            "proposing at node {id}: {}",
+                            status.message()
+                        ))],
+                    }
+                }
+                _ => self.propose_in_order(appends.clone()).await,
+            };
+            let mut results = Vec::with_capacity(answers.len());
+            let mut failed = None;
+            for answer in answers {
+                match answer {
+                    ProposeAnswer::Decided(o) => match o.into_result() {
+                        Ok(r) => results.push(r),
+                        Err(Error::Unavailable(m)) => failed = Some(ReplicaError::Unavailable(m)),
+                        Err(e) => return Err(ReplicaError::Engine(e)),
+                    },
+                    ProposeAnswer::NotLeader(leader) => {
+                        failed = Some(ReplicaError::NotLeader { leader })
+                    }
+                    ProposeAnswer::Unavailable(m) => failed = Some(ReplicaError::Unavailable(m)),
+                }
+            }
+            let Some(failed) = failed else {
+                return Ok(results);
+            };
+            if tokio::time::Instant::now() + backoff > until {
+                return Err(failed);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 

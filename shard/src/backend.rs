@@ -68,6 +68,30 @@ impl Backend {
         self.submit(request).await?.await
     }
 
+    /// Appends, in order, at the shard's leader wherever it is (the node's own writes, such
+    /// as a move's copies and fences): queued here, or proposed at the leader all at once,
+    /// following leader changes and retrying with the same event ids for at most `wait`.
+    pub async fn append_all_at_leader(
+        &self,
+        requests: Vec<AppendRequest>,
+        wait: std::time::Duration,
+    ) -> Result<Vec<AppendResult>, ReplicaError> {
+        match self {
+            Backend::Single(_) => {
+                let mut pending = Vec::with_capacity(requests.len());
+                for request in requests {
+                    pending.push(self.submit(request).await?);
+                }
+                let mut answers = Vec::with_capacity(pending.len());
+                for p in pending {
+                    answers.push(p.await?);
+                }
+                Ok(answers)
+            }
+            Backend::Replicated(r) => r.append_all_at_leader(requests, wait).await,
+        }
+    }
+
     /// Queues an append and returns its answer to come; appends submitted one after another
     /// are decided in that order (what `AppendStream` promises).
     pub async fn submit(&self, request: AppendRequest) -> Result<PendingAppend, ReplicaError> {

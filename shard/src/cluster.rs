@@ -252,6 +252,38 @@ impl ClusterService {
     /// the last look, hands over the first leadership [`balance::plan`] names. One handover per
     /// look, and a look after a change waits a whole interval: leaders that move (a failover,
     /// a handover) settle before the next.
+    /// On the metadata group's leader, every `interval`: lifts the fences of moves that did not
+    /// finish (a previous metadata leader's, stopped mid-move; see [`Mover::recover`]).
+    pub async fn recover_moves(
+        self,
+        interval: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let (Some(meta), Some(mover)) = (&self.shards.meta, &self.mover) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let me = meta.replica().node_id();
+            if meta.replica().leader().map(|(id, _)| id) != Some(me) {
+                continue;
+            }
+            match mover.recover().await {
+                Ok(lifted) if !lifted.is_empty() => {
+                    tracing::warn!(
+                        fences = lifted.len(),
+                        "rolled back moves that did not finish"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "looking for unfinished moves failed"),
+            }
+        }
+    }
+
     pub async fn balance_leaders(
         self,
         interval: std::time::Duration,
@@ -542,16 +574,30 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MoveSlotsRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         let Some(mover) = &self.mover else {
             return Err(Status::failed_precondition(
-                if self.shards.replica().is_some() {
-                    "moving slots between the shards of a replicated cluster is not built yet; a node without replication (strata dev --shards N) moves them"
-                } else {
-                    "this node has one shard: there is nowhere to move slots (start a new directory with --shards N)"
-                },
+                "this node has one shard: there is nowhere to move slots (start a new directory with --shards N)",
             ));
         };
+        // Replicated: the metadata group's leader runs moves (one planner for the cluster).
+        if let Some(meta) = &self.shards.meta {
+            let leader = meta.replica().leader();
+            match (leader, &self.peers, forward::is_forwarded(&metadata)) {
+                (Some((id, node)), Some(peers), false) if id != meta.replica().node_id() => {
+                    self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                    let request =
+                        forward::forwarded(Request::from_parts(metadata, Default::default(), r));
+                    return peers.cluster(&node.addr)?.move_slots(request).await;
+                }
+                (None, _, _) => {
+                    return Err(Status::unavailable(
+                        "the metadata group has no leader yet; retry",
+                    ))
+                }
+                _ => {}
+            }
+        }
         let range = strata_proto::routing::SlotRange {
             start: r.start,
             end: r.end,

@@ -2,10 +2,11 @@
 //! another shard of the node (the target, T), online. The steps, and why each is safe:
 //!
 //! ```text
-//!  1 copy      read S's log from its start; every record's events whose stream (or the stream
-//!              a `$meta:`/`$snap:`/`$deleted:` stream is about) falls in A..B are appended to
-//!              T as one copy (`AppendRequest::copy`: same ids, same versions, flagged so `$all`
-//!              skips them; a retry deduplicates). Passes repeat until one finds little new.
+//!  1 copy      read S's log from its start, 256 records a step; the events whose stream (or
+//!              the stream a `$meta:`/`$snap:`/`$deleted:` stream is about) falls in A..B are
+//!              appended to T as copies (`AppendRequest::copy`: same ids, same versions, each
+//!              stream's events of a step together, flagged so `$all` skips them; events
+//!              already on T are skipped). Passes repeat until one finds little new.
 //!  2 fence     a `$fence` event appended to S: from that record on, S refuses every append to
 //!              A..B (`Moved`, naming T), decided in S's log order, so nothing S acknowledges
 //!              for A..B can follow the fence.              ── the write pause of A..B starts
@@ -64,6 +65,9 @@ pub const CATCH_UP_CLOSE_RECORDS: u64 = 64;
 const FENCE_VISIBLE_WAIT: Duration = Duration::from_secs(10);
 /// Events of a stream read per step of the verification.
 const VERIFY_EVENTS: usize = 512;
+/// How long one of the move's own writes (a copy, a fence) may wait for its shard's leader
+/// (an election, a leader that moved) before the move fails and rolls back.
+pub const MOVE_WRITE_WAIT: Duration = Duration::from_secs(30);
 
 /// Installs the next map: where the node keeps it and what it routes by.
 pub type Switch = Arc<dyn Fn(ClusterMap) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
@@ -156,6 +160,8 @@ struct Inner {
     ids: Arc<dyn IdSource>,
     throttle: Throttle,
     status: Mutex<Option<(MoveStatus, Instant)>>,
+    /// Held by a running move and by [`Mover::recover`]: never both at once.
+    running: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Mover {
@@ -165,6 +171,14 @@ impl std::fmt::Debug for Mover {
             .field("status", &self.status())
             .finish()
     }
+}
+
+/// What a move's copy has sent: per stream, and how far in the target's log.
+#[derive(Debug, Default)]
+struct Copied {
+    tallies: HashMap<String, Tally>,
+    /// The position of the last copy's record in the target's log.
+    written_to: Position,
 }
 
 /// Per stream: what the copy sent, to check against what the target holds.
@@ -204,59 +218,78 @@ fn moves(stream: &str, range: SlotRange, slots: u32) -> bool {
     })
 }
 
-/// The copies of `record`'s events that move: one request (several when the record's parts
-/// exceed one request's limits — a retry of an atomic append over them then finds its events
-/// in several records and is refused as a conflict instead of deduplicated).
-fn copies_of(record: &Record, range: SlotRange, slots: u32, limits: &Limits) -> Vec<AppendRequest> {
-    let mut parts: Vec<StreamAppend> = Vec::new();
-    for e in record
-        .events
-        .iter()
-        .filter(|e| moves(&e.stream, range, slots))
-    {
-        match parts.last_mut() {
-            Some(p) if p.stream == e.stream => p.events.push(new_event(e)),
-            _ => parts.push(StreamAppend {
-                stream: e.stream.clone(),
-                expected: match e.version {
-                    0 => ExpectedVersion::NoStream,
-                    v => ExpectedVersion::Exact(v - 1),
-                },
-                events: vec![new_event(e)],
-            }),
-        }
-    }
-    let request = |streams| AppendRequest {
-        streams,
-        conditions: Vec::new(),
-        timestamp_us: record.timestamp_us,
-        copy: true,
-    };
-    let size = |p: &StreamAppend| -> usize {
-        p.events
-            .iter()
-            .map(|e| p.stream.len() + e.event_type.len() + e.data.len() + e.metadata.len() + 64)
-            .sum()
-    };
+/// The copies of a step's moving events (`records` in log order): each stream's events in
+/// one part while their versions run on, parts of distinct streams in one request while the
+/// limits allow — so a step is a few records on the target, not one per source record (a
+/// replicated target commits each record in a Raft round). A stream seen again after a gap in
+/// its versions (reclaimed at the source) starts a new request. Retried or merged differently
+/// the next time, the events already on the target are skipped there.
+fn copies_of(
+    records: &[Record],
+    range: SlotRange,
+    slots: u32,
+    limits: &Limits,
+) -> Vec<AppendRequest> {
     let mut out = Vec::new();
-    let mut current: Vec<StreamAppend> = Vec::new();
+    let mut parts: Vec<StreamAppend> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
     let (mut events, mut bytes) = (0usize, 0usize);
-    for part in parts {
-        let (n, b) = (part.events.len(), size(&part));
-        let full = current.len() + 1 > limits.batch_streams_max
-            || events + n > limits.batch_events_max
-            || bytes + b > limits.batch_bytes_max;
-        if full && !current.is_empty() {
-            out.push(request(std::mem::take(&mut current)));
-            (events, bytes) = (0, 0);
+    let mut timestamp_us = 0;
+    let flush = |parts: &mut Vec<StreamAppend>,
+                 at: &mut HashMap<String, usize>,
+                 ts: u64,
+                 out: &mut Vec<AppendRequest>| {
+        if !parts.is_empty() {
+            out.push(AppendRequest {
+                streams: std::mem::take(parts),
+                conditions: Vec::new(),
+                timestamp_us: ts,
+                copy: true,
+            });
         }
-        events += n;
-        bytes += b;
-        current.push(part);
+        at.clear();
+    };
+    for record in records {
+        for e in record
+            .events
+            .iter()
+            .filter(|e| moves(&e.stream, range, slots))
+        {
+            let size = e.stream.len() + e.event_type.len() + e.data.len() + e.metadata.len() + 64;
+            let next = at.get(&e.stream).and_then(|&i| parts.get(i)).map(|p| {
+                let first = match p.expected {
+                    ExpectedVersion::Exact(v) => v + 1,
+                    _ => 0,
+                };
+                first + p.events.len() as u64
+            });
+            let fits = events < limits.batch_events_max
+                && bytes + size <= limits.batch_bytes_max
+                && (next.is_some() || parts.len() < limits.batch_streams_max);
+            if !fits || next.is_some_and(|n| n != e.version) {
+                flush(&mut parts, &mut at, timestamp_us, &mut out);
+                (events, bytes) = (0, 0);
+            }
+            timestamp_us = record.timestamp_us;
+            events += 1;
+            bytes += size;
+            match at.get(&e.stream) {
+                Some(&i) => parts[i].events.push(new_event(e)),
+                None => {
+                    at.insert(e.stream.clone(), parts.len());
+                    parts.push(StreamAppend {
+                        stream: e.stream.clone(),
+                        expected: match e.version {
+                            0 => ExpectedVersion::NoStream,
+                            v => ExpectedVersion::Exact(v - 1),
+                        },
+                        events: vec![new_event(e)],
+                    });
+                }
+            }
+        }
     }
-    if !current.is_empty() {
-        out.push(request(current));
-    }
+    flush(&mut parts, &mut at, timestamp_us, &mut out);
     out
 }
 
@@ -305,6 +338,7 @@ impl Mover {
                 ids,
                 throttle,
                 status: Mutex::new(None),
+                running: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -454,6 +488,7 @@ impl Mover {
     }
 
     async fn execute(&self, plan: Plan) -> Result<MoveStatus, MoveError> {
+        let _running = self.inner.running.lock().await;
         let began = Instant::now();
         let mut fence_set = None;
         let outcome = self.steps(plan, &mut fence_set).await;
@@ -487,11 +522,11 @@ impl Mover {
         let (source, target) = (self.backend(plan.from)?, self.backend(plan.to)?);
         // The foreground's latency before the copy is the baseline the pace is set against.
         self.inner.throttle.begin().await;
-        let mut tallies: HashMap<String, Tally> = HashMap::new();
+        let mut copied = Copied::default();
         let mut at: Position = 0;
         for _ in 0..CATCH_UP_PASSES_MAX {
             let copied = self
-                .copy_pass(source, target, &plan, &mut at, None, &mut tallies)
+                .copy_pass(source, target, &plan, &mut at, None, &mut copied)
                 .await?;
             if copied <= CATCH_UP_CLOSE_RECORDS {
                 break;
@@ -500,10 +535,10 @@ impl Mover {
         // Checked before the fence (most of the reading), then caught up and checked again
         // for what came meanwhile, so the fenced part is short.
         let mut checked = HashMap::new();
-        self.verify(target, &tallies, &mut checked).await?;
-        self.copy_pass(source, target, &plan, &mut at, None, &mut tallies)
+        self.verify(target, &copied, &mut checked).await?;
+        self.copy_pass(source, target, &plan, &mut at, None, &mut copied)
             .await?;
-        self.verify(target, &tallies, &mut checked).await?;
+        self.verify(target, &copied, &mut checked).await?;
         let fence = Fence {
             slots: plan.slots,
             start: plan.range.start,
@@ -514,9 +549,9 @@ impl Mover {
         let fence_at = self.record(plan.from, FenceChange::Set(fence)).await?;
         *fence_set = Some(fence);
         self.update(|s| s.step = Step::Fenced);
-        self.copy_pass(source, target, &plan, &mut at, Some(fence_at), &mut tallies)
+        self.copy_pass(source, target, &plan, &mut at, Some(fence_at), &mut copied)
             .await?;
-        self.verify(target, &tallies, &mut checked).await?;
+        self.verify(target, &copied, &mut checked).await?;
         self.unfence_target(target, &plan).await?;
         let map = self.inner.map.get();
         if !owns(&map, plan.range, plan.from) {
@@ -535,8 +570,8 @@ impl Mover {
         Ok(())
     }
 
-    /// Copies from `at` to the source's end (past `until` when given: the fence record, which
-    /// may take a moment to become readable); returns the records copied.
+    /// Copies from `at` to the source's end as the pass starts (past `until` when given: the
+    /// fence record, which may take a moment to become readable); returns the records copied.
     async fn copy_pass(
         &self,
         source: &Backend,
@@ -544,12 +579,18 @@ impl Mover {
         plan: &Plan,
         at: &mut Position,
         until: Option<Position>,
-        tallies: &mut HashMap<String, Tally>,
+        sent: &mut Copied,
     ) -> Result<u64, MoveError> {
         let limits = source.reader().limits().clone();
+        // A pass ends at the log's end as it starts (or past the fence): a source written
+        // faster than the copy runs cannot keep it going for ever.
+        let end = source.reader().end();
         let mut copied = 0;
         let waited = Instant::now();
         loop {
+            if until.is_none() && *at >= end {
+                return Ok(copied);
+            }
             let from = *at;
             let batch = source
                 .read(move |r| r.read_all(from, COPY_RECORDS))
@@ -576,32 +617,25 @@ impl Mover {
                     _ => return Ok(copied),
                 }
             }
-            let mut pending = Vec::new();
+            let copies = copies_of(&batch.records, plan.range, plan.slots, &limits);
             let mut bytes = 0u64;
-            for record in &batch.records {
-                for request in copies_of(record, plan.range, plan.slots, &limits) {
-                    bytes += self.tally(&request, tallies)?;
-                    let submitted = target
-                        .submit(request)
-                        .await
-                        .map_err(|e| MoveError::Failed(format!("copying to {}: {e}", plan.to)))?;
-                    pending.push(submitted);
-                }
+            for request in &copies {
+                bytes += self.tally(request, &mut sent.tallies)?;
             }
-            let events: u64 = pending.len() as u64;
-            for p in pending {
-                p.await
-                    .map_err(|e| MoveError::Failed(format!("copying to {}: {e}", plan.to)))?;
-            }
+            let answers = target
+                .append_all_at_leader(copies, MOVE_WRITE_WAIT)
+                .await
+                .map_err(|e| MoveError::Failed(format!("copying to {}: {e}", plan.to)))?;
+            let last = answers.iter().map(|a| a.position).max();
+            sent.written_to = sent.written_to.max(last.unwrap_or(0));
             copied += batch.records.len() as u64;
             *at = batch.next;
-            let (streams, next) = (tallies.len() as u64, batch.next);
+            let (streams, next) = (sent.tallies.len() as u64, batch.next);
             self.update(|s| {
                 s.scanned_bytes = next;
                 s.copied_bytes += bytes;
                 s.streams = streams;
             });
-            let _ = events;
             self.inner.throttle.pace(bytes).await;
         }
     }
@@ -648,10 +682,21 @@ impl Mover {
     async fn verify(
         &self,
         target: &Backend,
-        tallies: &HashMap<String, Tally>,
+        sent: &Copied,
         done: &mut HashMap<String, Tally>,
     ) -> Result<(), MoveError> {
-        for (stream, tally) in tallies {
+        // Read here: a replica of the target may not have applied the last copies yet.
+        let waited = Instant::now();
+        while sent.written_to > 0 && target.reader().end() <= sent.written_to {
+            if waited.elapsed() > FENCE_VISIBLE_WAIT {
+                return Err(MoveError::Failed(format!(
+                    "this node's replica of the target did not apply the copies (to {}) within {FENCE_VISIBLE_WAIT:?}",
+                    sent.written_to
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for (stream, tally) in &sent.tallies {
             let checked = done.get(stream).filter(|d| d.events == tally.events);
             if checked.is_some() {
                 continue;
@@ -726,10 +771,13 @@ impl Mover {
         );
         let answer = self
             .backend(shard)?
-            .append(request)
+            .append_all_at_leader(vec![request], MOVE_WRITE_WAIT)
             .await
             .map_err(|e| MoveError::Failed(format!("writing {shard}'s fences: {e}")))?;
-        Ok(answer.position)
+        answer
+            .first()
+            .map(|a| a.position)
+            .ok_or_else(|| MoveError::Failed(format!("{shard} did not answer the fence")))
     }
 
     async fn lift(&self, shard: ShardId, fence: Fence) -> Result<Position, MoveError> {
@@ -774,9 +822,14 @@ impl Mover {
 
     /// After a restart: lifts every fence whose slots the map still gives to the shard that
     /// holds it (a move that stopped before its switch). Returns the fences lifted.
+    ///
+    /// Before lifting anything it records the map again at the next epoch (same ranges), so
+    /// a switch still in flight from a mover elsewhere (a metadata leader that lost its
+    /// leadership mid-move) is refused: its compare-and-set was computed from the old epoch.
     pub async fn recover(&self) -> Result<Vec<(ShardId, Fence)>, String> {
+        let _running = self.inner.running.lock().await;
         let map = self.inner.map.get();
-        let mut lifted = Vec::new();
+        let mut stale = Vec::new();
         for (id, backend) in &self.inner.shards {
             let fences = backend
                 .read(|r| fences_of(&r))
@@ -788,12 +841,26 @@ impl Mover {
                     end: f.end,
                 };
                 if f.slots == map.slots() && owns(&map, range, *id) {
-                    self.lift(*id, *f).await.map_err(|e| e.to_string())?;
-                    tracing::warn!(shard = id.0, %range, to = f.to, "lifted the fence of a move that did not finish");
-                    lifted.push((*id, *f));
+                    stale.push((*id, *f));
                 }
             }
         }
-        Ok(lifted)
+        if stale.is_empty() {
+            return Ok(stale);
+        }
+        (self.inner.switch)(map.bumped())
+            .await
+            .map_err(|e| format!("recording the map again before lifting fences: {e}"))?;
+        for (id, f) in &stale {
+            self.lift(*id, *f).await.map_err(|e| e.to_string())?;
+            tracing::warn!(
+                shard = id.0,
+                start = f.start,
+                end = f.end,
+                to = f.to,
+                "lifted the fence of a move that did not finish"
+            );
+        }
+        Ok(stale)
     }
 }

@@ -200,8 +200,8 @@ impl Node {
             Router::new(shards.map.clone(), services, peers.clone()).map_err(NodeError::Shards)?;
         let mut cluster =
             ClusterService::new(shards.clone(), local.to_string(), peers, stats.clone());
-        if config.cluster.is_none() && shards.backends.len() > 1 {
-            cluster = cluster.with_mover(local_mover(&config, &shards, &stats));
+        if shards.backends.len() > 1 {
+            cluster = cluster.with_mover(mover(&config, &shards, &stats));
         }
         Ok(Node {
             shards,
@@ -257,10 +257,21 @@ impl Node {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        if let Some(mover) = self.cluster.mover() {
+        match (self.cluster.mover(), &self.shards.meta) {
             // A move the node stopped in before its switch leaves its fence: lifted here,
             // before any call is served.
-            mover.recover().await.map_err(NodeError::Shards)?;
+            (Some(mover), None) => {
+                mover.recover().await.map_err(NodeError::Shards)?;
+            }
+            // Replicated: the metadata leader looks, now and then (its map is the cluster's).
+            (Some(_), Some(_)) => {
+                tokio::spawn(
+                    self.cluster
+                        .clone()
+                        .recover_moves(MOVE_RECOVERY_INTERVAL, self.stop.subscribe()),
+                );
+            }
+            _ => {}
         }
         let settings = self.router.config().retention.clone();
         if settings.enabled {
@@ -360,19 +371,49 @@ impl Node {
     }
 }
 
-/// The slot-range mover of a node of several shards without replication: the next map is
-/// written to the data directory (synced, renamed), then routed by.
-fn local_mover(config: &NodeConfig, shards: &LocalShards, stats: &Arc<ServiceStats>) -> Mover {
-    let (dir, cell) = (config.data_dir.clone(), shards.map.clone());
+/// How often a replicated cluster's metadata leader looks for moves that did not finish.
+const MOVE_RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a replicated switch waits for this node to route by the map it recorded.
+const SWITCH_ROUTED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The slot-range mover of a node of several shards. Without replication the next map is
+/// written to the data directory (synced, renamed), then routed by; replicated, it is recorded
+/// in the metadata group (compare-and-set), which every node follows, and the switch waits
+/// until this node routes by it.
+fn mover(config: &NodeConfig, shards: &LocalShards, stats: &Arc<ServiceStats>) -> Mover {
+    let (dir, cell, meta) = (
+        config.data_dir.clone(),
+        shards.map.clone(),
+        shards.meta.clone(),
+    );
     let switch: crate::mover::Switch = Arc::new(move |map| {
-        let (dir, cell) = (dir.clone(), cell.clone());
+        let (dir, cell, meta) = (dir.clone(), cell.clone(), meta.clone());
         Box::pin(async move {
-            let written = map.clone();
-            tokio::task::spawn_blocking(move || crate::shards::write_map(&dir, &written))
+            let Some(meta) = meta else {
+                let written = map.clone();
+                tokio::task::spawn_blocking(move || crate::shards::write_map(&dir, &written))
+                    .await
+                    .map_err(|e| format!("the map's writer failed: {e}"))??;
+                cell.advance(map);
+                return Ok(());
+            };
+            let now = crate::clock::WallClock::now_us(&SystemWallClock::default());
+            meta.propose(&map, now)
                 .await
-                .map_err(|e| format!("the map's writer failed: {e}"))??;
-            cell.advance(map);
-            Ok(())
+                .map_err(|e| format!("recording the map: {e}"))?;
+            let mut epochs = cell.watch();
+            let epoch = map.epoch();
+            let routed = tokio::time::timeout(SWITCH_ROUTED_WAIT, async {
+                epochs.wait_for(|e| *e >= epoch).await.is_ok()
+            })
+            .await;
+            match routed {
+                Ok(true) => Ok(()),
+                _ => Err(format!(
+                    "the map of epoch {epoch} is recorded, but this node did not route by it within {SWITCH_ROUTED_WAIT:?}"
+                )),
+            }
         })
     });
     Mover::new(

@@ -760,6 +760,7 @@ impl RaftTransport for SimNet {
                     Rpc::Vote => service.vote(request).await,
                     Rpc::InstallSnapshot => service.install_snapshot(request).await,
                     Rpc::TimeoutNow => service.timeout_now(request).await,
+                    Rpc::Propose => service.propose(request).await,
                 }?;
                 Ok(answer.into_inner())
             }

@@ -248,7 +248,7 @@ impl Store {
                 let mut accepted = Vec::new();
                 let alone = list.len() == 1;
                 for validated in list {
-                    let request = validated.into_request();
+                    let mut request = validated.into_request();
                     if request.copy && !alone {
                         // Its record must be flagged a copy as a whole.
                         decided.push(Some(Err(Error::invalid(
@@ -256,6 +256,19 @@ impl Store {
                             "a slot-range move's copy must be alone in its Raft entry",
                         ))));
                         continue;
+                    }
+                    if request.copy {
+                        match self.strip_copied(request, &group.effects) {
+                            Ok(Ok(rest)) => request = rest,
+                            Ok(Err(present)) => {
+                                decided.push(Some(Ok(present)));
+                                continue;
+                            }
+                            Err(e) => {
+                                decided.push(Some(Err(e)));
+                                continue;
+                            }
+                        }
                     }
                     match self.plan(&request, &group.effects) {
                         Ok(Plan::Write(first_versions)) => {

@@ -354,11 +354,16 @@ async fn move_slots(
         end,
         to_shard: to,
     };
-    let mut s = server
-        .client()?
-        .cluster_move_slots(request)
-        .await
-        .map_err(failure)?;
+    let client = server.client()?;
+    let mut s = client.cluster_move_slots(request).await.map_err(failure)?;
+    // The node running the move answered (a replicated cluster's metadata leader): its status
+    // shows the progress.
+    let runner = s
+        .nodes
+        .iter()
+        .find(|n| n.id == s.node_id)
+        .map(|n| n.addr.clone())
+        .unwrap_or_else(|| server.addresses().into_iter().next().unwrap_or_default());
     let mut shown = String::new();
     loop {
         let m = s
@@ -388,7 +393,7 @@ async fn move_slots(
             shown = line;
         }
         tokio::time::sleep(MOVE_POLL).await;
-        s = status(server).await?;
+        s = client.cluster_status(&runner).await.map_err(failure)?;
     }
 }
 

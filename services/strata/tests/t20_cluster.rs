@@ -1794,3 +1794,231 @@ async fn strata_dev_runs_a_sharded_cluster_and_stops_cleanly() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("stopped cleanly"));
 }
+
+/// What a move's test kills while the move runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MoveKill {
+    Nothing,
+    SourceLeader,
+    TargetLeader,
+    MetaLeader,
+}
+
+/// Whether some live node runs a slot-range move now.
+async fn a_move_runs(cluster: &Cluster) -> bool {
+    for id in cluster.live() {
+        if let Some(s) = status(&cluster.addr(id)).await {
+            if s.r#move
+                .is_some_and(|m| m.step == "copying" || m.step == "fenced")
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The shard owning `slot` in node `id`'s map.
+async fn owner_of(cluster: &Cluster, id: u64, slot: u32) -> Option<(u64, u32)> {
+    let s = status(&cluster.addr(id)).await?;
+    let owner = s
+        .shards
+        .iter()
+        .find(|sh| sh.slots.iter().any(|r| r.start <= slot && slot < r.end))?;
+    Some((s.map_epoch, owner.id))
+}
+
+/// Slot-range moves between the shards of a three-node cluster (one Raft group per shard)
+/// under eight writers, through whichever node is asked (the metadata group's leader runs
+/// them): one with nothing failing, then one each while the source shard's leader, the target
+/// shard's leader and the metadata leader (the mover itself) are SIGKILLed and restarted.
+/// Each move finishes or rolls back — never half-applied: every node ends with the same map,
+/// each moved slot's streams take writes where it lands — and every acknowledged event is on
+/// every replica exactly once at its version, the merged `$all` holds each once, and each
+/// shard's logs are byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slot_ranges_move_between_replicated_shards_through_kills() {
+    let _serial = SERIAL.lock().await;
+    let mut args = small_log_args();
+    args.extend(["--shards".to_string(), "4".to_string()]);
+    let mut cluster = Cluster::new(3, false, args);
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    cluster.start_all().await;
+    shard_leaders(&cluster).await;
+    meta_view(&cluster, &[1, 2, 3]).await;
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&cluster, 8, &acked, &stop);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut slots_moved = std::collections::BTreeSet::new();
+    for kill in [
+        MoveKill::Nothing,
+        MoveKill::SourceLeader,
+        MoveKill::TargetLeader,
+        MoveKill::MetaLeader,
+    ] {
+        // A writer's slot not moved yet, and a target, such that the node killed is not the
+        // mover (the metadata leader) unless the mover is what is killed.
+        let leaders = shard_leaders(&cluster).await;
+        let (meta, _) = meta_view(&cluster, &[1, 2, 3]).await;
+        let mut chosen = None;
+        for w in 0..8 {
+            let slot = strata_proto::routing::slot_of(&format!("w-{w}"), 4096);
+            if slots_moved.contains(&slot) {
+                continue;
+            }
+            let (epoch, from) = owner_of(&cluster, 1, slot).await.unwrap();
+            for to in (0..4).filter(|t| *t != from) {
+                let fits = match kill {
+                    MoveKill::SourceLeader => leaders[&from] != meta,
+                    MoveKill::TargetLeader => leaders[&to] != meta,
+                    _ => true,
+                };
+                if fits && chosen.is_none() {
+                    chosen = Some((w, slot, epoch, from, to));
+                }
+            }
+        }
+        let Some((w, slot, epoch, from, to)) = chosen else {
+            eprintln!("{kill:?}: no slot fits (leaders {leaders:?}, metadata leader {meta})");
+            continue;
+        };
+        slots_moved.insert(slot);
+        let range = format!("{slot}..{}", slot + 1);
+        // Asked of a node that does not run moves, when there is one.
+        let asked = cluster.addr((meta % 3) + 1);
+        let mut move_args = vec!["cluster", "move-slots", &range, "--to"];
+        let to_text = to.to_string();
+        move_args.extend([to_text.as_str(), "--server", &asked]);
+        if kill != MoveKill::Nothing {
+            move_args.push("--no-wait");
+        }
+        let report = strata_json(&move_args);
+        let victim = match kill {
+            MoveKill::Nothing => {
+                assert_eq!(report["step"], "done", "{report}");
+                None
+            }
+            MoveKill::SourceLeader => Some(leaders[&from]),
+            MoveKill::TargetLeader => Some(leaders[&to]),
+            MoveKill::MetaLeader => Some(meta),
+        };
+        if let Some(victim) = victim {
+            // Killed mid-copy (the shards' leaders) or once the source is fenced (the mover
+            // itself, so its successor must lift the fence), or when the move has ended.
+            let runner = cluster.addr(meta);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                let m = status(&runner).await.and_then(|s| s.r#move);
+                let now = match &m {
+                    Some(m) if kill == MoveKill::MetaLeader => m.step != "copying",
+                    Some(m) => m.step != "copying" || m.copied_events > 0,
+                    None => true,
+                };
+                if now {
+                    eprintln!("{kill:?}: killing node {victim} at {m:?}");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            cluster.nodes.get_mut(&victim).unwrap().kill();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            cluster.nodes.get_mut(&victim).unwrap().start();
+            cluster.wait_up(victim).await;
+        }
+        // Settled: every node routes the slot by one map, moved or not, and its writer goes on.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let settled = loop {
+            let mut views = Vec::new();
+            for id in 1..=3 {
+                views.push(owner_of(&cluster, id, slot).await);
+            }
+            let agreed = views.iter().all(|v| v.is_some() && *v == views[0]);
+            let agreed = agreed && !a_move_runs(&cluster).await;
+            if let (true, Some((e, owner))) = (agreed, views[0]) {
+                if e > epoch && owner == to || kill != MoveKill::Nothing && owner == from {
+                    break (e, owner);
+                }
+            }
+            if Instant::now() > deadline {
+                let mut moves = Vec::new();
+                for id in cluster.live() {
+                    moves.push((id, status(&cluster.addr(id)).await.and_then(|s| s.r#move)));
+                }
+                panic!("{kill:?}: slot {slot} {from} → {to}: no settled map: {views:?}; moves: {moves:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let moved = if settled.1 == to {
+            "moved"
+        } else {
+            "rolled back"
+        };
+        let mut why = Vec::new();
+        for id in cluster.live() {
+            if let Some(m) = status(&cluster.addr(id)).await.and_then(|s| s.r#move) {
+                why.push(format!("node {id}: {} {}", m.step, m.error));
+            }
+        }
+        eprintln!(
+            "{kill:?}: slot {slot} {from} → {to}: {moved} (map epoch {}; {why:?})",
+            settled.0
+        );
+        let before = acked
+            .lock()
+            .unwrap()
+            .get(&format!("w-{w}"))
+            .map_or(0, Vec::len);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked
+            .lock()
+            .unwrap()
+            .get(&format!("w-{w}"))
+            .map_or(0, Vec::len)
+            < before + 5
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{kill:?}: writes to slot {slot} stopped after the move (map {settled:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reports = join(writers).await;
+    assert!(reports.iter().all(|r| r.acks > 0));
+    let acked = acked.lock().unwrap().clone();
+    check_sharded_replicas(&cluster, &acked).await;
+    // The merged $all through node 3: each acknowledged event once (copies stay out).
+    let mut client = StreamsClient::new(channel(&cluster.addr(3)).await.unwrap());
+    let mut all = Vec::new();
+    let mut cursor = Vec::new();
+    loop {
+        let page = client
+            .read_all(pb::ReadAllRequest {
+                from_cursor: cursor.clone().into(),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if page.events.is_empty() {
+            break;
+        }
+        all.extend(
+            page.events
+                .iter()
+                .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128()),
+        );
+        cursor = page.next_cursor.to_vec();
+    }
+    let total: usize = acked.values().map(Vec::len).sum();
+    let distinct: std::collections::BTreeSet<u128> = all.iter().copied().collect();
+    assert_eq!(
+        (all.len(), distinct.len()),
+        (total, total),
+        "the merged $all read"
+    );
+    check_logs_identical(&mut cluster, false);
+}
