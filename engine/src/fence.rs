@@ -96,6 +96,32 @@ impl FenceChange {
     }
 }
 
+/// Events of `$fences` read per index lookup by [`read_fences`].
+const READ_PAGE: usize = 256;
+
+/// The fences in force as `reader` sees the log (its published end): the changes of
+/// `$fences` replayed.
+pub fn read_fences(reader: &crate::reader::Reader) -> Result<Fences> {
+    let mut fences = Fences::default();
+    let mut from = Some(0);
+    while let Some(version) = from {
+        let page = reader.read_stream(
+            FENCES_STREAM,
+            Some(version),
+            crate::event::Direction::Forwards,
+            READ_PAGE,
+        )?;
+        for e in &page {
+            fences.apply(FenceChange::decode(&e.event_type, &e.data)?);
+        }
+        from = match page.last() {
+            Some(e) if page.len() == READ_PAGE => Some(e.version + 1),
+            _ => None,
+        };
+    }
+    Ok(fences)
+}
+
 /// The fences in force: at most one per slot range moved away (a range moved back is lifted).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fences(Vec<Fence>);

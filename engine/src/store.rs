@@ -28,8 +28,8 @@ use crate::clock::Clock;
 use crate::config::{EngineConfig, SEGMENT_FOOTER_BYTES};
 use crate::error::{Error, Result};
 use crate::event::{
-    AppendRequest, AppendResult, Direction, ExpectedVersion, NewEvent, Position, RecordedEvent,
-    StreamAppend, StreamAppendResult,
+    AppendRequest, AppendResult, ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend,
+    StreamAppendResult,
 };
 use crate::fence::{FenceChange, Fences, FENCES_STREAM};
 use crate::format::{self, EventFields, EventSlot, RecordHeader, FLAG_COPY};
@@ -386,9 +386,6 @@ pub struct Store {
     fences: Fences,
 }
 
-/// Events of `$fences` read per index lookup when the fences are loaded.
-const FENCE_PAGE: usize = 256;
-
 impl Store {
     /// Opens the store whose log is in `dir/log`, with its indexes in `index_store`: recovers
     /// the log's tail, then catches the index up with the log (or rebuilds it).
@@ -414,23 +411,7 @@ impl Store {
     /// flight, in order. A change seen twice (indexed while still in flight) changes nothing
     /// more: the last change of each range decides.
     pub(crate) fn reload_fences(&mut self) -> Result<()> {
-        let mut fences = Fences::default();
-        let mut from = Some(0);
-        while let Some(version) = from {
-            let page = self.reader.read_stream(
-                FENCES_STREAM,
-                Some(version),
-                Direction::Forwards,
-                FENCE_PAGE,
-            )?;
-            for e in &page {
-                fences.apply(FenceChange::decode(&e.event_type, &e.data)?);
-            }
-            from = match page.last() {
-                Some(e) if page.len() == FENCE_PAGE => Some(e.version + 1),
-                _ => None,
-            };
-        }
+        let mut fences = crate::fence::read_fences(&self.reader)?;
         for effects in lock(&self.inflight).iter() {
             for change in &effects.fences {
                 fences.apply(*change);

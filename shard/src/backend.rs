@@ -151,6 +151,33 @@ impl Backend {
         }
     }
 
+    /// [`Backend::read_barrier`] for a read of `stream`. A linearizable read on a replica is
+    /// also refused (UNAVAILABLE, `moved`: the client retries) when a slot-range move has
+    /// fenced the stream's slots here: from the fence on, its newest writes may be on the
+    /// move's target, and a node that has not yet applied the map that says so would still
+    /// route the read here.
+    pub async fn stream_barrier(
+        &self,
+        stream: &str,
+        consistency: pb::Consistency,
+    ) -> Result<(), Status> {
+        self.read_barrier(consistency).await?;
+        if !matches!(self, Backend::Replicated(_)) || consistency == pb::Consistency::Follower {
+            return Ok(());
+        }
+        let name = stream.to_string();
+        let moved = self
+            .read(move |r| Ok(strata_engine::fence::read_fences(&r)?.fenced(&name)))
+            .await?;
+        match moved {
+            Some(shard) => Err(to_status(strata_engine::Error::Moved {
+                stream: stream.to_string(),
+                shard,
+            })),
+            None => Ok(()),
+        }
+    }
+
     /// Stops it: drains the engine's queue, or stops the Raft node.
     pub async fn close(&self) {
         match self {

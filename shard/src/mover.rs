@@ -295,19 +295,7 @@ fn copies_of(
 
 /// The fences recorded in `reader`'s `$fences` stream.
 fn fences_of(reader: &Reader) -> strata_engine::Result<Fences> {
-    let mut fences = Fences::default();
-    let mut from = Some(0);
-    while let Some(version) = from {
-        let page = reader.read_stream(FENCES_STREAM, Some(version), Direction::Forwards, 256)?;
-        for e in &page {
-            fences.apply(FenceChange::decode(&e.event_type, &e.data)?);
-        }
-        from = match page.last() {
-            Some(e) if page.len() == 256 => Some(e.version + 1),
-            _ => None,
-        };
-    }
-    Ok(fences)
+    strata_engine::fence::read_fences(reader)
 }
 
 /// Whether `map` gives every slot of `range` to `shard`.

@@ -416,7 +416,7 @@ impl pb::streams_server::Streams for StreamsService {
             let direction = convert::direction(r.direction)?;
             let consistency = convert::consistency(r.consistency)?;
             let as_of = convert::as_of(r.as_of);
-            self.backend.read_barrier(consistency).await?;
+            self.backend.stream_barrier(&r.stream, consistency).await?;
             let closed = self.close_for(as_of).await?;
             let now = self.clock.now_us();
             let page = self
@@ -488,7 +488,7 @@ impl pb::streams_server::Streams for StreamsService {
         self.traced("GetStream", async move {
             let r = request.into_inner();
             let consistency = convert::consistency(r.consistency)?;
-            self.backend.read_barrier(consistency).await?;
+            self.backend.stream_barrier(&r.stream, consistency).await?;
             Ok(Response::new(self.history.get_stream(r.stream).await?))
         })
         .await
@@ -557,7 +557,7 @@ impl pb::streams_server::Streams for StreamsService {
             let limit =
                 convert::read_limit(r.limit, self.backend.reader().limits().read_events_max)?;
             let consistency = convert::consistency(r.consistency)?;
-            self.backend.read_barrier(consistency).await?;
+            self.backend.stream_barrier(&r.stream, consistency).await?;
             let bytes_max = self.config.response_bytes_max;
             Ok(Response::new(
                 self.history.read_state(r, limit, bytes_max).await?,

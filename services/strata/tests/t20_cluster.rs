@@ -1117,6 +1117,32 @@ async fn shard_leaders_among(cluster: &Cluster, ids: &[u64]) -> BTreeMap<u32, u6
     }
 }
 
+/// Every event id of the merged `$all`, read page by page from a cursor through `client`.
+async fn merged_all_ids(client: &mut StreamsClient<Channel>) -> Vec<u128> {
+    let mut all = Vec::new();
+    let mut cursor = Vec::new();
+    loop {
+        let page = client
+            .read_all(pb::ReadAllRequest {
+                from_cursor: cursor.clone().into(),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if page.events.is_empty() {
+            return all;
+        }
+        all.extend(
+            page.events
+                .iter()
+                .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128()),
+        );
+        cursor = page.next_cursor.to_vec();
+    }
+}
+
 /// Every acknowledged event on every live node exactly once, at its version, by follower reads
 /// of each stream (each node's replica of the stream's shard), waiting for the node to apply.
 async fn check_sharded_replicas(cluster: &Cluster, acked: &BTreeMap<String, Vec<u128>>) {
@@ -1280,28 +1306,7 @@ async fn a_sharded_cluster_forwards_to_each_leader_and_loses_nothing_through_a_k
             .collect();
         assert_eq!(&got, ids, "linearizable read of {stream} through node 3");
     }
-    let mut all = Vec::new();
-    let mut cursor = Vec::new();
-    loop {
-        let page = client
-            .read_all(pb::ReadAllRequest {
-                from_cursor: cursor.clone().into(),
-                limit: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if page.events.is_empty() {
-            break;
-        }
-        all.extend(
-            page.events
-                .iter()
-                .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128()),
-        );
-        cursor = page.next_cursor.to_vec();
-    }
+    let all = merged_all_ids(&mut client).await;
     let total: usize = snapshot.values().map(Vec::len).sum();
     let distinct: std::collections::BTreeSet<u128> = all.iter().copied().collect();
     assert_eq!(
@@ -1989,30 +1994,34 @@ async fn slot_ranges_move_between_replicated_shards_through_kills() {
     assert!(reports.iter().all(|r| r.acks > 0));
     let acked = acked.lock().unwrap().clone();
     check_sharded_replicas(&cluster, &acked).await;
+    // Linearizable reads through every node (each routes by the moved map) see every ack.
+    for id in 1..=3 {
+        let mut client = StreamsClient::new(channel(&cluster.addr(id)).await.unwrap());
+        for (stream, ids) in &acked {
+            let mut got: Vec<u128> = Vec::new();
+            loop {
+                let request = pb::ReadRequest {
+                    stream: stream.clone(),
+                    from_version: Some(got.len() as u64),
+                    limit: 4096,
+                    ..Default::default()
+                };
+                let events = client.read(request).await.unwrap().into_inner().events;
+                if events.is_empty() {
+                    break;
+                }
+                got.extend(
+                    events
+                        .iter()
+                        .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128()),
+                );
+            }
+            assert_eq!(&got, ids, "linearizable read of {stream} through node {id}");
+        }
+    }
     // The merged $all through node 3: each acknowledged event once (copies stay out).
     let mut client = StreamsClient::new(channel(&cluster.addr(3)).await.unwrap());
-    let mut all = Vec::new();
-    let mut cursor = Vec::new();
-    loop {
-        let page = client
-            .read_all(pb::ReadAllRequest {
-                from_cursor: cursor.clone().into(),
-                limit: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if page.events.is_empty() {
-            break;
-        }
-        all.extend(
-            page.events
-                .iter()
-                .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128()),
-        );
-        cursor = page.next_cursor.to_vec();
-    }
+    let all = merged_all_ids(&mut client).await;
     let total: usize = acked.values().map(Vec::len).sum();
     let distinct: std::collections::BTreeSet<u128> = all.iter().copied().collect();
     assert_eq!(

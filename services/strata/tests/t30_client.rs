@@ -300,26 +300,70 @@ fn patient_client(port: u16, deadline: Duration) -> Client {
     Client::new(config).unwrap()
 }
 
-/// A `strata dev --shards N` process on `port` over `data`.
-fn sharded_dev(data: &std::path::Path, port: u16, shards: u32) -> std::process::Child {
-    std::process::Command::new(STRATA)
-        .args(["dev", "--shards", &shards.to_string(), "--data"])
-        .arg(data)
-        .args(["--listen", &addr(port), "--metrics", "off"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+/// A `strata dev --shards N` process on a port and a data directory of its own; killed when
+/// dropped, so a failed test leaves no process behind.
+struct ShardedDev {
+    dir: tempfile::TempDir,
+    port: u16,
+    shards: u32,
+    child: std::process::Child,
+}
+
+impl ShardedDev {
+    fn start(shards: u32) -> ShardedDev {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = ShardedDev::spawn(dir.path(), port, shards);
+        ShardedDev {
+            dir,
+            port,
+            shards,
+            child,
+        }
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16, shards: u32) -> std::process::Child {
+        std::process::Command::new(STRATA)
+            .args(["dev", "--shards", &shards.to_string(), "--data"])
+            .arg(dir.join("node"))
+            .args(["--listen", &addr(port), "--metrics", "off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Started again on its port and data.
+    fn restart(&mut self) {
+        self.child = ShardedDev::spawn(self.dir.path(), self.port, self.shards);
+    }
+
+    /// A client patient for `deadline`, once the node answers.
+    async fn client(&self, deadline: Duration) -> Client {
+        let client = patient_client(self.port, deadline);
+        client.get_log(None).await.unwrap();
+        client
+    }
+}
+
+impl Drop for ShardedDev {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_all_subscription_over_shards_resumes_by_cursor_across_a_kill_without_gap_or_duplicate()
 {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (data, port) = (dir.path().join("node"), free_port());
-    let mut dev = sharded_dev(&data, port, 4);
-    let client = patient_client(port, Duration::from_secs(60));
+    let mut dev = ShardedDev::start(4);
+    let client = dev.client(Duration::from_secs(60)).await;
     let stop = Arc::new(AtomicBool::new(false));
     // Stream → events acknowledged; every third append is a two-event record.
     let written: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
@@ -359,10 +403,9 @@ async fn an_all_subscription_over_shards_resumes_by_cursor_across_a_kill_without
     // SIGKILL the node twice while both run; it comes back on its port and data.
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        let _ = dev.kill();
-        let _ = dev.wait();
+        dev.kill();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        dev = sharded_dev(&data, port, 4);
+        dev.restart();
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
     stop.store(true, Ordering::Relaxed);
@@ -378,8 +421,7 @@ async fn an_all_subscription_over_shards_resumes_by_cursor_across_a_kill_without
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     reader.abort();
-    let _ = dev.kill();
-    let _ = dev.wait();
+    drop(dev);
     assert!(total > 50, "only {total} events were written");
     // Every acknowledged event once, each stream's in version order (the shards interleave).
     let seen = seen.lock().unwrap().clone();
@@ -410,12 +452,8 @@ async fn an_all_subscription_over_shards_resumes_by_cursor_across_a_kill_without
 async fn a_consumer_group_on_several_shards_is_refused_and_nothing_is_written() {
     use strata_client::group::{GroupTarget, Groups, Position};
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (data, port) = (dir.path().join("node"), free_port());
-    let mut dev = sharded_dev(&data, port, 4);
-    let client = patient_client(port, Duration::from_secs(30));
-    // Up once a trivial call answers.
-    client.get_log(None).await.unwrap();
+    let dev = ShardedDev::start(4);
+    let client = dev.client(Duration::from_secs(30)).await;
     let refused = Groups::new(client.clone())
         .create("billing", GroupTarget::All, 4, Position::From(0))
         .await
@@ -429,8 +467,6 @@ async fn a_consumer_group_on_several_shards_is_refused_and_nothing_is_written() 
         matches!(definition, Err(strata_client::Error::NotFound(_))),
         "{definition:?}"
     );
-    dev.kill().unwrap();
-    dev.wait().unwrap();
 }
 
 /// `strata cluster move-slots` on a node of four shards while writers append (with the
@@ -443,11 +479,8 @@ async fn a_consumer_group_on_several_shards_is_refused_and_nothing_is_written() 
 async fn slots_move_between_shards_online_under_writers_and_subscribers() {
     use strata_proto::routing::slot_of;
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (data, port) = (dir.path().join("node"), free_port());
-    let mut dev = sharded_dev(&data, port, 4);
-    let client = patient_client(port, Duration::from_secs(60));
-    client.get_log(None).await.unwrap();
+    let dev = ShardedDev::start(4);
+    let client = dev.client(Duration::from_secs(60)).await;
     // 4 shards of 4096 slots: shard 0 holds 0..1024; slots 0..512 go to shard 1.
     let streams: Vec<String> = (0..48).map(|k| format!("order-{{{k}}}")).collect();
     let moving: Vec<&String> = streams.iter().filter(|s| slot_of(s, 4096) < 512).collect();
@@ -498,7 +531,7 @@ async fn slots_move_between_shards_online_under_writers_and_subscribers() {
     let (all_seen, all_task) = follow(Target::All(None));
     let (one_seen, one_task) = follow(Target::Stream(watched.clone()));
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let server = addr(port);
+    let server = addr(dev.port);
     let cli = |args: &[&str]| {
         let mut full: Vec<&str> = args.to_vec();
         full.extend(["--server", &server]);
@@ -610,6 +643,4 @@ async fn slots_move_between_shards_online_under_writers_and_subscribers() {
         .map(|(_, _, id)| id.clone())
         .collect();
     assert_eq!(&one, &acked[&watched], "the moved stream's subscriber");
-    dev.kill().unwrap();
-    dev.wait().unwrap();
 }
