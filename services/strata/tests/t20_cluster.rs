@@ -1117,6 +1117,17 @@ async fn shard_leaders_among(cluster: &Cluster, ids: &[u64]) -> BTreeMap<u32, u6
     }
 }
 
+/// Three `strata node` processes of `shards` shards each (small logs), started, not yet known
+/// to have leaders.
+async fn three_nodes_of_shards(shards: u32) -> Cluster {
+    let mut args = small_log_args();
+    args.extend(["--shards".to_string(), shards.to_string()]);
+    let mut cluster = Cluster::new(3, false, args);
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    cluster.start_all().await;
+    cluster
+}
+
 /// Every event id of the merged `$all`, read page by page from a cursor through `client`.
 async fn merged_all_ids(client: &mut StreamsClient<Channel>) -> Vec<u128> {
     let mut all = Vec::new();
@@ -1181,11 +1192,7 @@ async fn check_sharded_replicas(cluster: &Cluster, acked: &BTreeMap<String, Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sharded_cluster_forwards_to_each_leader_and_loses_nothing_through_a_kill() {
     let _serial = SERIAL.lock().await;
-    let mut args = small_log_args();
-    args.extend(["--shards".to_string(), "4".to_string()]);
-    let mut cluster = Cluster::new(3, false, args);
-    cluster.peer_args(|_, _, peer| addr(peer.port));
-    cluster.start_all().await;
+    let mut cluster = three_nodes_of_shards(4).await;
     let leaders = shard_leaders(&cluster).await;
     assert_eq!(leaders.len(), 4, "{leaders:?}");
     // The map's history is in the metadata group: its leader recorded epoch 1.
@@ -1844,11 +1851,7 @@ async fn owner_of(cluster: &Cluster, id: u64, slot: u32) -> Option<(u64, u32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slot_ranges_move_between_replicated_shards_through_kills() {
     let _serial = SERIAL.lock().await;
-    let mut args = small_log_args();
-    args.extend(["--shards".to_string(), "4".to_string()]);
-    let mut cluster = Cluster::new(3, false, args);
-    cluster.peer_args(|_, _, peer| addr(peer.port));
-    cluster.start_all().await;
+    let mut cluster = three_nodes_of_shards(4).await;
     shard_leaders(&cluster).await;
     meta_view(&cluster, &[1, 2, 3]).await;
     let acked: Acked = Arc::default();
