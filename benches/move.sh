@@ -1,38 +1,74 @@
 #!/usr/bin/env bash
 # What a slot-range move costs the clients (release builds, all on this machine):
-#   1. one node of 8 shards without replication (`strata node --shards 8`) is filled for
-#      PRELOAD seconds at full speed (`strata bench append`, 64 unary clients, 1 KiB events),
-#      then its maximum measured (8 s);
-#   2. for the throttle on, then off (`--move-throttle true|false`, the node restarted on the
+#   1. a node of 8 shards without replication (`strata node --shards 8`), or with NODES=3 a
+#      three-process cluster of 8 shards (each a Raft group with a replica on every node), is
+#      filled for PRELOAD seconds at full speed (`strata bench append`, 64 unary clients,
+#      1 KiB events), then its maximum measured (8 s);
+#   2. for the throttle on, then off (`--move-throttle true|false`, the nodes restarted on the
 #      same data): ROUNDS times, SECONDS at half the maximum with nothing else going on, then
 #      SECONDS at the same load while slots 0..256 (half of shard 0's, 1/16 of the data) move
-#      to the other of shards 1 and 0 (`strata cluster move-slots`, started 2 s in).
+#      to the other of shards 1 and 0 (`strata cluster move-slots`, started 2 s in; on a
+#      cluster the metadata group's leader runs it).
 # Prints one line per run and a JSON summary per mode: medians of p99, p99.9 and throughput
 # with and without the move, their ratios, each move's duration, write pause (fence → switch),
-# bytes and events copied, and client errors (must be 0). The disk's own limits come first
-# (../shared/bench/disk-limits.sh, 5 s per job) when that script is there.
-#   usage: benches/move.sh [SECONDS=20] [ROUNDS=2] [PRELOAD=30] [DATA_PARENT=/tmp]
+# bytes and events copied, client errors (must be 0) and the servers' CPU per event. The
+# disk's own limits come first (../shared/bench/disk-limits.sh, 5 s per job) when that script
+# is there.
+#   usage: benches/move.sh [SECONDS=20] [ROUNDS=2] [PRELOAD=30] [DATA_PARENT=/tmp] [NODES=1|3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=${1:-20}; rounds=${2:-2}; preload=${3:-30}; parent=${4:-/tmp}
-[[ $secs =~ ^[1-9][0-9]*$ && $rounds =~ ^[1-9][0-9]*$ && $preload =~ ^[1-9][0-9]*$ ]] ||
-  { echo "usage: benches/move.sh [SECONDS>0] [ROUNDS>0] [PRELOAD>0] [DATA_PARENT]" >&2; exit 2; }
+secs=${1:-20}; rounds=${2:-2}; preload=${3:-30}; parent=${4:-/tmp}; nodes=${5:-1}
+[[ $secs =~ ^[1-9][0-9]*$ && $rounds =~ ^[1-9][0-9]*$ && $preload =~ ^[1-9][0-9]*$ ]] &&
+  [[ $nodes == 1 || $nodes == 3 ]] ||
+  { echo "usage: benches/move.sh [SECONDS>0] [ROUNDS>0] [PRELOAD>0] [DATA_PARENT] [NODES=1|3]" >&2; exit 2; }
 source benches/lib.sh
 limits=../shared/bench/disk-limits.sh
 [ -f "$limits" ] && bash "$limits" "$parent" 5 >&2
 bench_dir "$parent" strata-move-bench
-port[1]=$(free_port)
+for n in $(seq "$nodes"); do port[$n]=$(free_port); done
 server="127.0.0.1:${port[1]}"
+servers=$(for n in $(seq "$nodes"); do printf '127.0.0.1:%s,' "${port[$n]}"; done)
+servers=${servers%,}
+hz=$(getconf CLK_TCK)
+ticks() { local f; read -r -a f <"/proc/$1/stat"; echo $((f[13] + f[14])); } # utime + stime
+server_ticks() { local t=0 n; for n in $(seq "$nodes"); do t=$((t + $(ticks "${pid[$n]}"))); done; echo $t; }
 start_node() { # throttle true|false
-  "$strata" node --data "$data/node" --listen "$server" --metrics off --shards 8 \
-    --move-throttle "$1" >>"$data/node.log" 2>&1 &
-  pid[1]=$!
-  wait_up "${port[1]}"
+  local n peers
+  for n in $(seq "$nodes"); do
+    peers=()
+    if [ "$nodes" -gt 1 ]; then
+      peers=(--id "$n")
+      for p in $(seq "$nodes"); do [ "$p" != "$n" ] && peers+=(--peer "$p=127.0.0.1:${port[$p]}"); done
+    fi
+    "$strata" node --data "$data/node-$n" --listen "127.0.0.1:${port[$n]}" --metrics off \
+      --shards 8 --move-throttle "$1" "${peers[@]}" >>"$data/node-$n.log" 2>&1 &
+    pid[$n]=$!
+  done
+  for n in $(seq "$nodes"); do wait_up "${port[$n]}"; done
+  if [ "$nodes" -gt 1 ]; then
+    "$strata" cluster init --server "$server" >/dev/null
+    for _ in $(seq 300); do # every shard's group and the metadata group have a leader
+      "$strata" cluster status --json --server "$server" 2>/dev/null | python3 -c '
+import json,sys; s=json.load(sys.stdin)
+sys.exit(0 if s.get("meta_leader") and all(g.get("leader") for g in s["shards"]) else 1)' && break
+      sleep 0.1
+    done
+  fi
 }
-stop_node() { kill -TERM "${pid[1]}"; wait "${pid[1]}" || true; }
-run() { # clients rate seconds → the bench's JSON line
-  "$strata" bench append --server "$server" --clients "$1" --batch 1 --event-bytes 1024 \
-    --duration "$3" ${2:+--rate "$2"} 2>/dev/null
+stop_node() { local n; for n in $(seq "$nodes"); do kill -TERM "${pid[$n]}"; wait "${pid[$n]}" || true; done; }
+run() { # clients rate seconds → the bench's JSON line, with the servers' CPU per event
+  local t0 t1
+  t0=$(server_ticks)
+  "$strata" bench append --server "$servers" --clients "$1" --batch 1 --event-bytes 1024 \
+    --duration "$3" ${2:+--rate "$2"} 2>/dev/null >"$data/run.json"
+  t1=$(server_ticks)
+  python3 - "$data/run.json" "$((t1 - t0))" "$hz" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+events = r["appends"] * r["events_per_append"]
+r["server_cpu_us_per_event"] = round(int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / events, 1) if events else None
+print(json.dumps(r))
+PY
 }
 start_node true
 run 64 "" "$preload" >/dev/null
@@ -57,15 +93,15 @@ for throttle in true false; do
     to=$((1 - to))
   done
   summary+=("$(python3 - "$throttle" "$max" "$half" "$(printf '%s\n' "${calm[@]}")" \
-    "$(printf '%s\n' "${busy[@]}")" "$(printf '%s\n' "${moves[@]}")" <<'PY'
+    "$(printf '%s\n' "${busy[@]}")" "$(printf '%s\n' "${moves[@]}")" "$nodes" <<'PY'
 import json, statistics, sys
 throttle, mx, half = sys.argv[1] == "true", int(sys.argv[2]), int(sys.argv[3])
 lines = lambda k: [json.loads(l) for l in sys.argv[k].splitlines() if l.strip()]
 calm, busy, moves = lines(4), lines(5), lines(6)
 med = lambda runs, k: statistics.median(r[k] for r in runs)
-keys = ("events_per_s", "p50_ms", "p99_ms", "p999_ms")
+keys = ("events_per_s", "p50_ms", "p99_ms", "p999_ms", "server_cpu_us_per_event")
 out = {
-    "throttle": throttle, "max_events_per_s": mx, "offered_events_per_s": half,
+    "nodes": int(sys.argv[7]), "throttle": throttle, "max_events_per_s": mx, "offered_events_per_s": half,
     "calm": {k: med(calm, k) for k in keys},
     "moving": {k: med(busy, k) for k in keys},
     "moves": [{k: m[k] for k in ("step", "elapsed_us", "pause_us", "copied_bytes", "copied_events", "streams")} for m in moves],

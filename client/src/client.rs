@@ -321,6 +321,19 @@ impl Client {
             .await
     }
 
+    /// Splits a shard (see `Cluster.SplitShard`): answers once the move to the new shard has
+    /// begun; its progress is in `cluster_status().move`.
+    pub async fn cluster_split_shard(
+        &self,
+        request: pb::SplitShardRequest,
+    ) -> Result<pb::ClusterStatus, Error> {
+        self.conn
+            .call_on(Connections::cluster, None, false, |mut c| async move {
+                c.split_shard(request).await
+            })
+            .await
+    }
+
     /// Follows a stream or the whole log from `start`: catches up, then live; reconnects and
     /// resumes after the last event delivered (no gap, no duplicate).
     pub fn subscribe(&self, target: Target, start: Start) -> Subscription {

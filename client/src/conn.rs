@@ -296,7 +296,12 @@ impl Connections {
             let left = self.config.deadline.saturating_sub(started.elapsed());
             let limit = self.config.attempt_timeout.min(left);
             let failed = match tokio::time::timeout(limit, f(make(self, &addr)?)).await {
-                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Ok(r)) => {
+                    if let Some(epoch) = map_epoch(r.metadata()) {
+                        self.lock_routes().saw_epoch(epoch);
+                    }
+                    return Ok(r.into_inner());
+                }
                 Ok(Err(status)) => Failed::from_status(&status),
                 Err(_) => Failed {
                     error: Error::Unavailable(format!("no answer from {addr} within {limit:?}")),
@@ -311,6 +316,16 @@ impl Connections {
                 .await?;
         }
     }
+}
+
+/// The map epoch a node routed a call by, if it said.
+fn map_epoch(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
+    metadata
+        .get(strata_proto::metadata::MAP_EPOCH_KEY)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

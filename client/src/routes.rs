@@ -8,7 +8,9 @@
 //!
 //! The table is a cache: a node that is not the shard's leader names the leader (the entry
 //! is replaced), a node that does not answer drops the entry, and a table with dropped
-//! entries is read again from the cluster at most every [`RELOAD_EVERY`]. Without a table (a
+//! entries is read again from the cluster at most every [`RELOAD_EVERY`]. A node answers
+//! with the epoch of the map it routed by (`strata-map-epoch`): a newer one than the table's
+//! (slots moved, a shard split) has the table read again before the next call. Without a table (a
 //! node of one shard, no replication, or a status that did not answer) calls go to the
 //! client's target node as before, which forwards what it does not lead.
 
@@ -50,7 +52,9 @@ impl Routes {
                 })
             })
             .collect();
-        let map = ClusterMap::new(status.map_epoch, status.slots, ranges).ok()?;
+        let map = ClusterMap::new(status.map_epoch, status.slots, ranges)
+            .ok()?
+            .with_empty(status.shards.iter().map(|s| ShardId(s.id)));
         let addr_of: HashMap<u64, &str> = status
             .nodes
             .iter()
@@ -84,6 +88,11 @@ impl Routes {
         self.leaders.remove(&self.map.shard_of(stream));
     }
 
+    /// The epoch of the map the table was read with.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.map.epoch()
+    }
+
     /// Whether every shard's leader is known.
     pub(crate) fn complete(&self) -> bool {
         self.leaders.len() == self.map.shards().len()
@@ -96,6 +105,8 @@ pub(crate) struct RouteState {
     pub(crate) routes: Option<Routes>,
     /// `None`: never read.
     pub(crate) next_read: Option<Instant>,
+    /// A node answered by a newer map than the table's (slots moved): read it at once.
+    stale: bool,
 }
 
 impl RouteState {
@@ -104,11 +115,20 @@ impl RouteState {
     pub(crate) fn read_due(&mut self, now: Instant) -> bool {
         let wanted = self.routes.as_ref().is_none_or(|r| !r.complete());
         let due = self.next_read.is_none_or(|at| now >= at);
-        if wanted && due {
+        if self.stale || (wanted && due) {
+            self.stale = false;
             self.next_read = Some(now + RELOAD_EVERY);
             return true;
         }
         false
+    }
+
+    /// A node routed a call by the map of `epoch`: a table read with an older one is read
+    /// again before the next call.
+    pub(crate) fn saw_epoch(&mut self, epoch: u64) {
+        if self.routes.as_ref().is_some_and(|r| r.epoch() < epoch) {
+            self.stale = true;
+        }
     }
 }
 
@@ -185,5 +205,11 @@ mod tests {
         assert!(state.read_due(t0 + RELOAD_EVERY));
         state.routes = Routes::from_status(&status(&[1, 2]));
         assert!(!state.read_due(t0 + RELOAD_EVERY * 3), "complete: not read");
+        // A node answering by a newer map makes it due at once, for one caller.
+        state.saw_epoch(1);
+        assert!(!state.read_due(t0 + RELOAD_EVERY * 3), "the same epoch");
+        state.saw_epoch(2);
+        assert!(state.read_due(t0 + RELOAD_EVERY * 3), "a newer epoch");
+        assert!(!state.read_due(t0 + RELOAD_EVERY * 3), "one caller reads");
     }
 }

@@ -13,6 +13,9 @@ pub const ACTUAL_VERSION_KEY: &str = "strata-actual-version";
 pub const LEADER_KEY: &str = "strata-leader";
 /// Metadata key with the leader's node id, beside [`LEADER_KEY`].
 pub const LEADER_ID_KEY: &str = "strata-leader-id";
+/// Metadata key with the epoch of the cluster map a node of several shards routed a call by
+/// (on its answers about one stream): a client whose table is older reads it again.
+pub const MAP_EPOCH_KEY: &str = "strata-map-epoch";
 /// The error kind of a request that is not valid.
 pub const ERROR_KIND_INVALID_ARGUMENT: &str = "invalid-argument";
 /// The error kind of a request over a limit.

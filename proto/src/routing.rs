@@ -66,6 +66,8 @@ pub enum MapError {
     Overlap { slot: u32 },
     /// The shard named is not in the map.
     UnknownShard { shard: ShardId },
+    /// A shard added must be the one after the highest (ids are never reused).
+    NotNextShard { shard: ShardId, next: ShardId },
     /// A map's text ([`ClusterMap::decode`]) is not one.
     Text { line: usize, why: String },
 }
@@ -84,6 +86,10 @@ impl fmt::Display for MapError {
             MapError::Gap { range } => write!(f, "no shard owns {range}"),
             MapError::Overlap { slot } => write!(f, "slot {slot} is owned by two ranges"),
             MapError::UnknownShard { shard } => write!(f, "{shard} is not in the cluster map"),
+            MapError::NotNextShard { shard, next } => write!(
+                f,
+                "a new shard takes the next id ({next}), not {shard}: ids are never reused"
+            ),
             MapError::Text { line, why } => write!(f, "cluster map, line {line}: {why}"),
         }
     }
@@ -123,6 +129,8 @@ pub struct ClusterMap {
     slots: u32,
     /// Sorted by start; together they cover `0..slots` exactly once.
     ranges: Vec<(SlotRange, ShardId)>,
+    /// Shards that own no slot (a shard just added, before slots move to it), sorted.
+    empty: Vec<ShardId>,
 }
 
 impl ClusterMap {
@@ -172,7 +180,24 @@ impl ClusterMap {
             epoch,
             slots,
             ranges,
+            empty: Vec::new(),
         })
+    }
+
+    /// The map with shards that own no slot too (`empty`; owners of a range are ignored there).
+    pub fn with_empty(mut self, empty: impl IntoIterator<Item = ShardId>) -> ClusterMap {
+        let owners = self.owners();
+        self.empty = empty.into_iter().filter(|s| !owners.contains(s)).collect();
+        self.empty.sort();
+        self.empty.dedup();
+        self
+    }
+
+    fn owners(&self) -> Vec<ShardId> {
+        let mut ids: Vec<ShardId> = self.ranges.iter().map(|(_, s)| *s).collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// The first map of a new cluster (epoch 1): `shards` shards numbered from 0, each owning
@@ -252,14 +277,37 @@ impl ClusterMap {
     pub fn bumped(&self) -> ClusterMap {
         ClusterMap {
             epoch: self.epoch + 1,
-            slots: self.slots,
-            ranges: self.ranges.clone(),
+            ..self.clone()
         }
+    }
+
+    /// The shards that own no slot (added and not yet given any, or emptied by moves).
+    pub fn empty_shards(&self) -> &[ShardId] {
+        &self.empty
+    }
+
+    /// The id a shard added to this map takes: one past the highest it has.
+    pub fn next_shard(&self) -> ShardId {
+        ShardId(self.shards().last().map_or(0, |s| s.0 + 1))
+    }
+
+    /// The map with shard `shard` added, owning no slot yet (the first step of a split: every
+    /// node opens the shard's group, then slots move to it), at the next epoch. `shard` must be
+    /// [`ClusterMap::next_shard`].
+    pub fn with_shard_added(&self, shard: ShardId) -> Result<ClusterMap, MapError> {
+        let next = self.next_shard();
+        if shard != next {
+            return Err(MapError::NotNextShard { shard, next });
+        }
+        let mut map = self.bumped();
+        map.empty.push(shard);
+        Ok(map)
     }
 
     /// The map after `range` moves to shard `to` (the switch step of a slot-range move): the
     /// next epoch, neighbouring ranges of one shard merged. `to` must already own a range, or be
-    /// the shard one past the highest (a new shard).
+    /// `to` must be one of the map's shards (a new one is added first:
+    /// [`ClusterMap::with_shard_added`]); a shard left without slots stays in the map.
     pub fn with_range_moved(&self, range: SlotRange, to: ShardId) -> Result<ClusterMap, MapError> {
         if range.start >= range.end || range.end > self.slots {
             return Err(MapError::BadRange {
@@ -267,8 +315,7 @@ impl ClusterMap {
                 slots: self.slots,
             });
         }
-        let newest = self.ranges.iter().map(|(_, s)| s.0).max().unwrap_or(0);
-        if !self.ranges.iter().any(|(_, s)| *s == to) && to.0 != newest + 1 {
+        if !self.shards().contains(&to) {
             return Err(MapError::UnknownShard { shard: to });
         }
         let mut ranges = Vec::with_capacity(self.ranges.len() + 2);
@@ -298,7 +345,7 @@ impl ClusterMap {
                 _ => merged.push((r, shard)),
             }
         }
-        ClusterMap::new(self.epoch + 1, self.slots, merged)
+        Ok(ClusterMap::new(self.epoch + 1, self.slots, merged)?.with_empty(self.shards()))
     }
 }
 
@@ -314,6 +361,7 @@ impl ClusterMap {
     /// slots 4096
     /// range 0 2048 0        first slot, one past the last, shard
     /// range 2048 4096 1
+    /// shard 2               a shard owning no slot (only such shards are listed so)
     /// ```
     pub fn encode(&self) -> String {
         let mut out = format!(
@@ -322,6 +370,9 @@ impl ClusterMap {
         );
         for (r, shard) in &self.ranges {
             out.push_str(&format!("range {} {} {}\n", r.start, r.end, shard.0));
+        }
+        for shard in &self.empty {
+            out.push_str(&format!("shard {}\n", shard.0));
         }
         out
     }
@@ -342,7 +393,7 @@ impl ClusterMap {
                 ))
             }
         }
-        let (mut epoch, mut slots, mut ranges) = (None, None, Vec::new());
+        let (mut epoch, mut slots, mut ranges, mut empty) = (None, None, Vec::new(), Vec::new());
         for (n, line) in lines.filter(|(_, l)| !l.is_empty()) {
             let words: Vec<&str> = line.split_whitespace().collect();
             let number = |w: &str| {
@@ -364,20 +415,23 @@ impl ClusterMap {
                     },
                     ShardId(small(shard)?),
                 )),
+                ["shard", shard] => empty.push(ShardId(small(shard)?)),
                 _ => return Err(bad(n, format!("unexpected {line:?}"))),
             }
         }
         let missing = |what: &str| bad(0, format!("no {what} line"));
-        ClusterMap::new(
+        let map = ClusterMap::new(
             epoch.ok_or_else(|| missing("epoch"))?,
             slots.ok_or_else(|| missing("slots"))?,
             ranges,
-        )
+        )?;
+        Ok(map.with_empty(empty))
     }
 
-    /// The distinct shards of the map, in id order.
+    /// The map's shards, those owning slots and those owning none, in id order.
     pub fn shards(&self) -> Vec<ShardId> {
-        let mut ids: Vec<ShardId> = self.ranges.iter().map(|(_, s)| *s).collect();
+        let mut ids = self.owners();
+        ids.extend(&self.empty);
         ids.sort();
         ids.dedup();
         ids
@@ -488,8 +542,9 @@ mod tests {
             start: 1000,
             end: 1100,
         };
-        let moved = map.with_range_moved(range, ShardId(4)).unwrap();
-        assert_eq!(moved.epoch(), 2);
+        let added = map.with_shard_added(ShardId(4)).unwrap();
+        let moved = added.with_range_moved(range, ShardId(4)).unwrap();
+        assert_eq!(moved.epoch(), 3);
         for slot in 0..4096 {
             let want = if (1000..1100).contains(&slot) {
                 ShardId(4)
@@ -518,7 +573,9 @@ mod tests {
             })
             .unwrap();
         assert_eq!(back.ranges(), map.ranges());
-        assert_eq!(back.epoch(), 4);
+        assert_eq!(back.epoch(), 5);
+        // The emptied shard stays (its group holds the copies until retention).
+        assert_eq!(back.shards(), added.shards());
         // Refused, the map unchanged: an unknown shard, an empty or out-of-bounds range.
         assert_eq!(
             map.with_range_moved(range, ShardId(9)),
@@ -563,6 +620,8 @@ mod tests {
     fn a_map_survives_its_text_and_bad_text_is_refused_naming_the_line() {
         let map = ClusterMap::even(4096, 3)
             .unwrap()
+            .with_shard_added(ShardId(3))
+            .unwrap()
             .with_range_moved(SlotRange { start: 10, end: 20 }, ShardId(3))
             .unwrap();
         let text = map.encode();
@@ -570,6 +629,18 @@ mod tests {
         assert_eq!(
             map.shards(),
             vec![ShardId(0), ShardId(1), ShardId(2), ShardId(3)]
+        );
+        // A shard without slots is listed on a line of its own, and survives the text too.
+        let added = map.with_shard_added(ShardId(4)).unwrap();
+        assert!(added.encode().ends_with("shard 4\n"), "{}", added.encode());
+        assert_eq!(ClusterMap::decode(&added.encode()).unwrap(), added);
+        assert_eq!(added.shards().last(), Some(&ShardId(4)));
+        assert_eq!(
+            map.with_shard_added(ShardId(9)),
+            Err(MapError::NotNextShard {
+                shard: ShardId(9),
+                next: ShardId(4)
+            })
         );
         for (text, says) in [
             ("", "line 1"),

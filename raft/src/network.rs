@@ -514,14 +514,15 @@ pub type Proposer = Arc<
 /// The server side of `RaftInternal`: dispatches by shard id.
 #[derive(Clone)]
 pub struct RaftService<T> {
-    shards: Arc<HashMap<u64, ServedShard>>,
+    /// Groups may be added while it serves (a shard split adds one on every node).
+    shards: Arc<std::sync::RwLock<HashMap<u64, ServedShard>>>,
     transport: Arc<T>,
 }
 
 impl<T> std::fmt::Debug for RaftService<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RaftService")
-            .field("shards", &self.shards.keys().collect::<Vec<_>>())
+            .field("shards", &self.served().keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -530,17 +531,42 @@ impl<T: RaftTransport> RaftService<T> {
     /// Serves these shards; fetches for snapshot installs go through `transport`.
     pub fn new(shards: HashMap<u64, ServedShard>, transport: Arc<T>) -> RaftService<T> {
         RaftService {
-            shards: Arc::new(shards),
+            shards: Arc::new(std::sync::RwLock::new(shards)),
             transport,
         }
     }
 
-    fn shard(&self, id: u64) -> Result<&ServedShard, Status> {
+    /// Serves one more group from now on (one added while the node runs); refused if the
+    /// id is served already.
+    pub fn add(&self, id: u64, shard: ServedShard) -> Result<(), String> {
+        let mut shards = self
+            .shards
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if shards.contains_key(&id) {
+            return Err(format!("shard {id} is served already"));
+        }
+        shards.insert(id, shard);
+        Ok(())
+    }
+}
+
+impl<T> RaftService<T> {
+    fn served(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, ServedShard>> {
         self.shards
-            .get(&id)
-            .ok_or_else(|| Status::not_found(format!("shard {id} is not on this node")))
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn shard(&self, id: u64) -> Result<ServedShard, Status> {
+        self.served()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("shard {id} is not on this node")))
+    }
+}
+
+impl<T: RaftTransport> RaftService<T> {
     async fn take_snapshot(
         &self,
         shard_id: u64,
@@ -652,7 +678,7 @@ impl<T: RaftTransport> pb::raft_internal_server::RaftInternal for RaftService<T>
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let m = request.into_inner();
-        let served = self.shard(m.shard_id)?.clone();
+        let served = self.shard(m.shard_id)?;
         let offer: SnapshotOffer = decode(&m.payload)?;
         let result: Result<SnapshotResponse<NodeId>, RaftError<NodeId, SnapshotRefused>> = self
             .take_snapshot(m.shard_id, &served, offer)

@@ -90,14 +90,14 @@ impl ClusterService {
 
     /// The replicas a call is about: every shard's and the metadata group's, or the one a
     /// forwarded call names.
-    fn replicas(&self, metadata: &MetadataMap) -> Result<Vec<&Replica>, Status> {
+    fn replicas(&self, metadata: &MetadataMap) -> Result<Vec<Replica>, Status> {
         let mut all = self.shards.replicas();
         if all.is_empty() {
             return Err(Status::failed_precondition(
                 "this node runs without replication (strata dev); start it with `strata node --id N --peer …` to form a cluster",
             ));
         }
-        all.extend(self.shards.meta.as_ref().map(Meta::replica));
+        all.extend(self.shards.meta.as_ref().map(Meta::replica).cloned());
         match forward::shard_of(metadata)? {
             None => Ok(all),
             Some(id) => all
@@ -125,7 +125,7 @@ impl ClusterService {
     {
         let forwarded = forward::is_forwarded(metadata);
         for replica in self.replicas(metadata)? {
-            if !concerned(replica) {
+            if !concerned(&replica) {
                 continue;
             }
             let leader = replica.leader().filter(|(id, _)| *id != replica.node_id());
@@ -139,6 +139,41 @@ impl ClusterService {
             }
         }
         Ok(())
+    }
+
+    /// The node's mover, or why slots cannot move here.
+    fn mover_here(&self) -> Result<&Mover, Status> {
+        self.mover.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node has one shard: there is nowhere to move slots (start a new directory with --shards N)",
+            )
+        })
+    }
+
+    /// On a replicated node, the metadata group's leader runs moves (one planner for the
+    /// cluster): its `Cluster` client when another node leads it and the call was not
+    /// forwarded here already (`None`: run it here).
+    fn meta_leader_elsewhere(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<Option<pb::cluster_client::ClusterClient<tonic::transport::Channel>>, Status> {
+        let Some(meta) = &self.shards.meta else {
+            return Ok(None);
+        };
+        match (
+            meta.replica().leader(),
+            &self.peers,
+            forward::is_forwarded(metadata),
+        ) {
+            (Some((id, node)), Some(peers), false) if id != meta.replica().node_id() => {
+                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(peers.cluster(&node.addr)?))
+            }
+            (None, _, _) => Err(Status::unavailable(
+                "the metadata group has no leader yet; retry",
+            )),
+            _ => Ok(None),
+        }
     }
 
     /// Forms `replica`'s group from the node that should lead it (the node that initializes a
@@ -201,7 +236,7 @@ impl ClusterService {
         self.shards
             .replicas()
             .into_iter()
-            .chain(self.shards.meta.as_ref().map(Meta::replica))
+            .chain(self.shards.meta.as_ref().map(Meta::replica).cloned())
             .filter_map(|r| {
                 let status = r.status();
                 Some(ShardLeads {
@@ -340,7 +375,7 @@ impl ClusterService {
     fn shard_statuses(&self, one: u64) -> Vec<pb::ShardStatus> {
         let map = self.shards.map.get();
         self.shards
-            .backends
+            .backends()
             .iter()
             .map(|(id, backend)| pb::ShardStatus {
                 id: id.0,
@@ -441,6 +476,17 @@ fn preferred_leader(replica: &Replica) -> Option<(u32, StrataNode)> {
     (*id != replica.node_id()).then(|| (shard, node.clone()))
 }
 
+/// A move refused or failed, as a status: bad input INVALID_ARGUMENT, a move in progress
+/// FAILED_PRECONDITION, a failure UNAVAILABLE.
+/// `field` names the request's part at fault.
+fn move_status(field: &str, e: MoveError) -> Status {
+    match e {
+        MoveError::Invalid(why) => crate::status::invalid(field, why),
+        MoveError::Busy(why) => Status::failed_precondition(why),
+        e @ MoveError::Failed(_) => Status::unavailable(e.to_string()),
+    }
+}
+
 /// What two nodes must agree on to route alike: the slot count and each shard's ranges.
 type MapSummary = (u32, Vec<(u32, Vec<(u32, u32)>)>);
 
@@ -476,8 +522,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             self.check_peer_maps().await?;
         }
         for replica in replicas {
-            match preferred_leader(replica).filter(|_| !forwarded) {
-                Some((shard, node)) => self.init_at(replica, shard, &node).await?,
+            match preferred_leader(&replica).filter(|_| !forwarded) {
+                Some((shard, node)) => self.init_at(&replica, shard, &node).await?,
                 None => replica.init().await.map_err(replica_status)?,
             }
         }
@@ -575,39 +621,37 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MoveSlotsRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let (metadata, _, r) = request.into_parts();
-        let Some(mover) = &self.mover else {
-            return Err(Status::failed_precondition(
-                "this node has one shard: there is nowhere to move slots (start a new directory with --shards N)",
-            ));
-        };
-        // Replicated: the metadata group's leader runs moves (one planner for the cluster).
-        if let Some(meta) = &self.shards.meta {
-            let leader = meta.replica().leader();
-            match (leader, &self.peers, forward::is_forwarded(&metadata)) {
-                (Some((id, node)), Some(peers), false) if id != meta.replica().node_id() => {
-                    self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                    let request =
-                        forward::forwarded(Request::from_parts(metadata, Default::default(), r));
-                    return peers.cluster(&node.addr)?.move_slots(request).await;
-                }
-                (None, _, _) => {
-                    return Err(Status::unavailable(
-                        "the metadata group has no leader yet; retry",
-                    ))
-                }
-                _ => {}
-            }
+        let mover = self.mover_here()?;
+        if let Some(mut leader) = self.meta_leader_elsewhere(&metadata)? {
+            let request = forward::forwarded(Request::from_parts(metadata, Default::default(), r));
+            return leader.move_slots(request).await;
         }
         let range = strata_proto::routing::SlotRange {
             start: r.start,
             end: r.end,
         };
-        match mover.start(range, strata_proto::routing::ShardId(r.to_shard)) {
-            Ok(_) => Ok(Response::new(self.status())),
-            Err(MoveError::Invalid(why)) => Err(crate::status::invalid("slots", why)),
-            Err(MoveError::Busy(why)) => Err(Status::failed_precondition(why)),
-            Err(e @ MoveError::Failed(_)) => Err(Status::unavailable(e.to_string())),
+        mover
+            .start(range, strata_proto::routing::ShardId(r.to_shard))
+            .map_err(|e| move_status("slots", e))?;
+        Ok(Response::new(self.status()))
+    }
+
+    async fn split_shard(
+        &self,
+        request: Request<pb::SplitShardRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let mover = self.mover_here()?;
+        if let Some(mut leader) = self.meta_leader_elsewhere(&metadata)? {
+            let request = forward::forwarded(Request::from_parts(metadata, Default::default(), r));
+            return leader.split_shard(request).await;
         }
+        let at = (r.at != 0).then_some(r.at);
+        mover
+            .split(strata_proto::routing::ShardId(r.shard), at)
+            .await
+            .map_err(|e| move_status("shard", e))?;
+        Ok(Response::new(self.status()))
     }
 
     async fn remove_node(
@@ -623,7 +667,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             self.hand_over_from(id).await;
         }
         let replicas = self.replicas(&metadata)?;
-        if let (false, Some(first)) = (replicas.iter().any(|r| member(r)), replicas.first()) {
+        if let (false, Some(first)) = (replicas.iter().any(&member), replicas.first()) {
             first.remove_node(id).await.map_err(replica_status)?;
         }
         self.each_group(

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use strata_engine::fs::{FileSystem, OpenMode};
 use strata_proto::routing::ClusterMap;
 
 /// The map's file in a data directory of several shards.
@@ -13,20 +14,44 @@ pub const MAP_FILE: &str = "cluster.map";
 /// Writes `map` as `dir`'s map (to a temporary file, synced, renamed, the directory synced: a
 /// crash leaves the old map or the new one, whole).
 pub fn write_map(dir: &Path, map: &ClusterMap) -> Result<(), String> {
+    write_map_with(&strata_engine::fs::StdFs, dir, map)
+}
+
+/// [`write_map`] through the file system seam `fs` (the simulator's disks).
+pub fn write_map_with(fs: &dyn FileSystem, dir: &Path, map: &ClusterMap) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("{what} in {}: {e}", dir.display());
-    std::fs::create_dir_all(dir).map_err(|e| io("creating the directory", e))?;
+    fs.create_dir_all(dir)
+        .map_err(|e| io("creating the directory", e))?;
     let tmp = dir.join(format!("{MAP_FILE}.tmp"));
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating the map", e))?;
-        f.write_all(map.encode().as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io("writing the map", e))?;
+    let text = map.encode();
+    let file = fs
+        .open(&tmp, OpenMode::CreateTruncate)
+        .map_err(|e| io("creating the map", e))?;
+    file.write_all_at(text.as_bytes(), 0)
+        .and_then(|()| file.sync_data())
+        .map_err(|e| io("writing the map", e))?;
+    drop(file);
+    fs.rename(&tmp, &dir.join(MAP_FILE))
+        .map_err(|e| io("naming the map", e))?;
+    fs.sync_dir(dir).map_err(|e| io("syncing the directory", e))
+}
+
+/// The map `dir` holds through `fs` (`None`: none written).
+pub fn read_map_with(fs: &dyn FileSystem, dir: &Path) -> Result<Option<ClusterMap>, String> {
+    let path = dir.join(MAP_FILE);
+    let io = |e: std::io::Error| format!("reading {}: {e}", path.display());
+    if !fs.exists(&path).map_err(io)? {
+        return Ok(None);
     }
-    std::fs::rename(&tmp, dir.join(MAP_FILE)).map_err(|e| io("naming the map", e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing the directory", e))
+    let file = fs.open(&path, OpenMode::Read).map_err(io)?;
+    let len = file.len().map_err(io)?;
+    let mut bytes =
+        vec![0; usize::try_from(len).map_err(|_| format!("{} is too large", path.display()))?];
+    strata_engine::fs::read_exact_at(file.as_ref(), &mut bytes, 0).map_err(io)?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", path.display()))?;
+    ClusterMap::decode(&text)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The map a node routes by, shared by its router and services; replaced whole when the

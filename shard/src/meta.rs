@@ -5,12 +5,14 @@
 //! (compare-and-set: of two changes computed from one map, one wins).
 //!
 //! Every node follows the stream in its own replica ([`follow`]): a map of a later epoch is
-//! checked (same slot count, only shards this node holds), written to `DIR/cluster.map` (the
-//! cache a restart routes by until it has caught up) and swapped into the node's [`MapCell`].
+//! checked (same slot count), the shards it adds are opened (a split), then it is written to
+//! `DIR/cluster.map` (the cache a restart routes by until it has caught up) and swapped into
+//! the node's [`MapCell`]. So a node never routes a slot to a shard it has not opened.
 //! The group's leader writes the first map, the one the node derived from `--shards`, if the
 //! stream is empty. Invariant: a node's map epoch never goes down, and every map it routes by
 //! was committed in the metadata group (or is the derived first one, epoch 1).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,10 +20,10 @@ use bytes::Bytes;
 use strata_engine::system::{CLUSTER_MAP_STREAM, CLUSTER_MAP_TYPE};
 use strata_engine::{AppendRequest, Direction, ExpectedVersion, NewEvent};
 use strata_proto::routing::{ClusterMap, ShardId};
-use strata_raft::{Replica, ReplicaError};
+use strata_raft::{Replica, ReplicaError, StrataNode};
 use tokio::sync::watch;
 
-use crate::map_cell::{write_map, MapCell};
+use crate::map_cell::{write_map_with, MapCell};
 
 /// The metadata group's id (as a shard id on the Raft transport): no data shard has it.
 pub const META_GROUP: u32 = u32::MAX;
@@ -106,13 +108,9 @@ fn decode(data: &[u8], version: u64) -> Result<ClusterMap, String> {
     Ok(map)
 }
 
-/// Whether a node holding `opened` and routing by `current` can route by `next`: the same
-/// slot count (fixed at creation), and no shard it does not hold.
-pub fn check_next(
-    current: &ClusterMap,
-    next: &ClusterMap,
-    opened: &[ShardId],
-) -> Result<(), String> {
+/// Whether a node routing by `current` can route by `next`: the same slot count (fixed at
+/// creation). Shards of `next` the node lacks are opened before it routes by it.
+pub fn check_next(current: &ClusterMap, next: &ClusterMap) -> Result<(), String> {
     if next.slots() != current.slots() {
         return Err(format!(
             "map epoch {} has {} slots, this node's {}: the slot count is fixed at creation",
@@ -121,22 +119,23 @@ pub fn check_next(
             current.slots()
         ));
     }
-    let missing: Vec<ShardId> = next
-        .shards()
-        .into_iter()
-        .filter(|s| !opened.contains(s))
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "map epoch {} places slots on {missing:?}, which this node does not hold (groups added at run time are not built yet)",
-            next.epoch()
-        ));
-    }
     Ok(())
 }
 
+/// The shards a node holds, and opening one a newer map adds (see `crate::host`).
+pub trait Groups: Send + Sync {
+    /// The shards held now.
+    fn held(&self) -> Vec<ShardId>;
+    /// Opens shard `shard` and serves it, its group configured with `members`.
+    fn open(
+        &self,
+        shard: ShardId,
+        members: BTreeMap<u64, StrataNode>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+}
+
 /// What a node needs to follow the metadata group.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Follower {
     /// The node's replica of the group.
     pub meta: Meta,
@@ -144,8 +143,10 @@ pub struct Follower {
     pub cell: MapCell,
     /// The node's data directory (the cache `cluster.map` lives there).
     pub dir: PathBuf,
-    /// The shards the node holds.
-    pub opened: Vec<ShardId>,
+    /// The file system the cache is written through.
+    pub fs: std::sync::Arc<dyn strata_engine::fs::FileSystem>,
+    /// The shards the node holds, and how it opens more.
+    pub groups: std::sync::Arc<dyn Groups>,
     /// The node's wall clock (the first map's timestamp).
     pub clock: std::sync::Arc<dyn crate::clock::WallClock>,
 }
@@ -192,7 +193,8 @@ async fn step(f: &Follower) {
 }
 
 /// Routes by `map` from now on if it is later than the node's and the node can (see
-/// [`check_next`]); the cache file is written first. A node that cannot route by the cluster's
+/// [`check_next`]); shards it adds are opened (their groups' members: the metadata group's
+/// voters), then the cache file is written. A node that cannot route by the cluster's
 /// map (or holds another map of the same epoch: it was started with another `--shards`)
 /// refuses calls from then on, naming why, rather than route by its own.
 async fn adopt(f: &Follower, map: ClusterMap) {
@@ -211,29 +213,60 @@ async fn adopt(f: &Follower, map: ClusterMap) {
             map.shards().len()
         ))
     } else {
-        check_next(&current, &map, &f.opened)
+        match check_next(&current, &map) {
+            Ok(()) => open_added(f, &map).await,
+            Err(e) => Err(e),
+        }
     };
     if let Err(e) = conflict {
         tracing::error!(error = %e, "this node cannot route by the cluster's map; it refuses calls");
         f.cell.refuse(e);
         return;
     }
-    let (dir, cached) = (f.dir.clone(), map.clone());
-    match tokio::task::spawn_blocking(move || write_map(&dir, &cached)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "caching the cluster map; routing by the old one");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "caching the cluster map; routing by the old one");
-            return;
-        }
+    let (fs, dir, cached) = (f.fs.clone(), f.dir.clone(), map.clone());
+    let written = crate::blocking::run(move || write_map_with(fs.as_ref(), &dir, &cached)).await;
+    if let Err(e) = written.and_then(|w| w) {
+        tracing::error!(error = %e, "caching the cluster map; routing by the old one");
+        return;
     }
     let epoch = map.epoch();
     if f.cell.advance(map) {
         tracing::info!(epoch, "routing by a new cluster map");
     }
+}
+
+/// Opens the shards `map` has and this node does not (a split added them).
+async fn open_added(f: &Follower, map: &ClusterMap) -> Result<(), String> {
+    let held = f.groups.held();
+    let added: Vec<ShardId> = map
+        .shards()
+        .into_iter()
+        .filter(|s| !held.contains(s))
+        .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    let members = voters(&f.meta);
+    for shard in added {
+        f.groups.open(shard, members.clone()).await.map_err(|e| {
+            format!(
+                "map epoch {} adds {shard}, which this node could not open: {e}",
+                map.epoch()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The metadata group's voters (the cluster's nodes of the moment), with their addresses.
+pub fn voters(meta: &Meta) -> BTreeMap<u64, StrataNode> {
+    meta.replica
+        .status()
+        .members
+        .into_iter()
+        .filter(|m| m.role != "learner")
+        .map(|m| (m.id, m.node))
+        .collect()
 }
 
 #[cfg(test)]
@@ -252,20 +285,13 @@ mod tests {
     }
 
     #[test]
-    fn a_node_refuses_a_map_of_other_slots_or_of_shards_it_lacks() {
+    fn a_node_refuses_a_map_of_other_slots() {
         let now = ClusterMap::even(4096, 4).unwrap();
-        let opened = now.shards();
-        let more = ClusterMap::even(4096, 5).unwrap();
-        let e = check_next(&now, &more, &opened).unwrap_err();
-        assert!(
-            e.contains("ShardId(4)") && e.contains("does not hold"),
-            "{e}"
-        );
+        let more = now.with_shard_added(ShardId(4)).unwrap();
+        assert!(check_next(&now, &more).is_ok());
         let slots = ClusterMap::even(1024, 4).unwrap();
-        let e = check_next(&now, &slots, &opened).unwrap_err();
+        let e = check_next(&now, &slots).unwrap_err();
         assert!(e.contains("1024 slots, this node's 4096"), "{e}");
-        let fewer = ClusterMap::even(4096, 2).unwrap();
-        assert!(check_next(&now, &fewer, &opened).is_ok());
     }
 
     #[test]

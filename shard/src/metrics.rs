@@ -78,7 +78,7 @@ pub fn render(
         "strata_shards",
         "gauge",
         "Shards this node serves.",
-        shards.backends.len() as u64,
+        shards.set.get().len() as u64,
     );
     metric(
         &mut out,

@@ -49,8 +49,11 @@ use crate::backend::Backend;
 use crate::clock::WallClock;
 use crate::ids::IdSource;
 use crate::map_cell::MapCell;
+use crate::shard_set::ShardSet;
 use crate::throttle::Throttle;
 
+/// Most shards a cluster has (each node holds every shard: see `crate::shards`).
+pub const SHARDS_MAX: u32 = crate::shards::SHARDS_PER_NODE_MAX;
 /// Records read from the source per step of the copy.
 pub const COPY_RECORDS: usize = 256;
 /// Most streams one move carries (the verification keeps a tally of ~100 bytes per stream).
@@ -71,6 +74,11 @@ pub const MOVE_WRITE_WAIT: Duration = Duration::from_secs(30);
 
 /// Installs the next map: where the node keeps it and what it routes by.
 pub type Switch = Arc<dyn Fn(ClusterMap) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Installs a map that adds shard `ShardId` (owning no slot): answers once this node serves the
+/// shard and, replicated, its group has formed and has a leader.
+pub type AddShard =
+    Arc<dyn Fn(ClusterMap, ShardId) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// Where a move is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,9 +161,12 @@ pub struct Mover {
 }
 
 struct Inner {
-    shards: Vec<(ShardId, Backend)>,
+    shards: ShardSet,
     map: MapCell,
     switch: Switch,
+    add_shard: AddShard,
+    /// Held while a split adds its shard (one split at a time).
+    splitting: tokio::sync::Mutex<()>,
     clock: Arc<dyn WallClock>,
     ids: Arc<dyn IdSource>,
     throttle: Throttle,
@@ -167,7 +178,7 @@ struct Inner {
 impl std::fmt::Debug for Mover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mover")
-            .field("shards", &self.inner.shards.len())
+            .field("shards", &self.inner.shards.ids())
             .field("status", &self.status())
             .finish()
     }
@@ -298,6 +309,63 @@ fn fences_of(reader: &Reader) -> strata_engine::Result<Fences> {
     strata_engine::fence::read_fences(reader)
 }
 
+/// The slots a split of `shard` at `at` moves: from `at` to the end of `shard`'s range that
+/// holds it (`at` strictly inside, so slots stay on both sides); without `at`, the upper half
+/// of `shard`'s largest range.
+fn split_range(map: &ClusterMap, shard: ShardId, at: Option<u32>) -> Result<SlotRange, MoveError> {
+    if !map.shards().contains(&shard) {
+        let have: Vec<String> = map.shards().iter().map(|s| s.0.to_string()).collect();
+        return Err(MoveError::Invalid(format!(
+            "no {shard}: the cluster has shards {}",
+            have.join(", ")
+        )));
+    }
+    let ranges: Vec<SlotRange> = map
+        .ranges()
+        .iter()
+        .filter(|(_, s)| *s == shard)
+        .map(|(r, _)| *r)
+        .collect();
+    let listed = || {
+        let all: Vec<String> = ranges
+            .iter()
+            .map(|r| format!("{}..{}", r.start, r.end))
+            .collect();
+        if all.is_empty() {
+            "none".to_string()
+        } else {
+            all.join(", ")
+        }
+    };
+    let (range, at) = match at {
+        Some(at) => {
+            let Some(r) = ranges.iter().find(|r| r.start < at && at < r.end) else {
+                return Err(MoveError::Invalid(format!(
+                    "slot {at} is not inside one of {shard}'s ranges ({}): a split leaves slots on both sides",
+                    listed()
+                )));
+            };
+            (*r, at)
+        }
+        None => {
+            let largest = ranges.iter().max_by_key(|r| (r.end - r.start, r.start));
+            match largest {
+                Some(r) if r.end - r.start >= 2 => (*r, r.start + (r.end - r.start) / 2),
+                _ => {
+                    return Err(MoveError::Invalid(format!(
+                        "{shard} has no range of two slots or more to split (its slots: {})",
+                        listed()
+                    )))
+                }
+            }
+        }
+    };
+    Ok(SlotRange {
+        start: at,
+        end: range.end,
+    })
+}
+
 /// Whether `map` gives every slot of `range` to `shard`.
 fn owns(map: &ClusterMap, range: SlotRange, shard: ShardId) -> bool {
     map.ranges()
@@ -308,11 +376,11 @@ fn owns(map: &ClusterMap, range: SlotRange, shard: ShardId) -> bool {
 
 impl Mover {
     /// A mover over the node's `shards`, routing by `map`, installing each next map by
-    /// `switch`.
+    /// `switch` (and one that adds a shard by `add_shard`).
     pub fn new(
-        shards: Vec<(ShardId, Backend)>,
+        shards: ShardSet,
         map: MapCell,
-        switch: Switch,
+        (switch, add_shard): (Switch, AddShard),
         clock: Arc<dyn WallClock>,
         ids: Arc<dyn IdSource>,
         throttle: Throttle,
@@ -322,6 +390,8 @@ impl Mover {
                 shards,
                 map,
                 switch,
+                add_shard,
+                splitting: tokio::sync::Mutex::new(()),
                 clock,
                 ids,
                 throttle,
@@ -348,12 +418,10 @@ impl Mover {
         &self.inner.throttle
     }
 
-    fn backend(&self, id: ShardId) -> Result<&Backend, MoveError> {
+    fn backend(&self, id: ShardId) -> Result<Backend, MoveError> {
         self.inner
             .shards
-            .iter()
-            .find(|(s, _)| *s == id)
-            .map(|(_, b)| b)
+            .backend(id)
             .ok_or_else(|| MoveError::Invalid(format!("{id} is not one of this node's shards")))
     }
 
@@ -389,15 +457,10 @@ impl Mover {
         if from == to {
             return Err(MoveError::Invalid(format!("{range} are on {to} already")));
         }
-        if self.backend(to).is_err() {
-            let held: Vec<String> = self
-                .inner
-                .shards
-                .iter()
-                .map(|(s, _)| s.0.to_string())
-                .collect();
+        if self.backend(to).is_err() || !map.shards().contains(&to) {
+            let held: Vec<String> = map.shards().iter().map(|s| s.0.to_string()).collect();
             return Err(MoveError::Invalid(format!(
-                "{to} is not a shard of this cluster (it has shards {}); moving slots to a new shard is not built yet",
+                "{to} is not a shard of this cluster (it has shards {}); `split-shard` adds one",
                 held.join(", ")
             )));
         }
@@ -413,18 +476,8 @@ impl Mover {
 
     /// Takes the one move slot for `plan`, or says which move holds it.
     fn begin(&self, plan: &Plan) -> Result<(), MoveError> {
+        self.check_idle()?;
         let mut held = strata_engine::sync::lock(&self.inner.status);
-        if let Some((s, _)) = held.as_ref() {
-            if matches!(s.step, Step::Copying | Step::Fenced) {
-                return Err(MoveError::Busy(format!(
-                    "a move is in progress ({} from {} to {}, {}): one at a time",
-                    s.range,
-                    s.from,
-                    s.to,
-                    s.step.name()
-                )));
-            }
-        }
         let source_bytes = self
             .backend(plan.from)
             .map(|b| b.reader().end())
@@ -475,6 +528,58 @@ impl Mover {
         self.execute(plan).await
     }
 
+    /// Splits shard `shard`: its slots from `at` to the end of the range holding `at` (default:
+    /// the upper half of its largest range) move to a shard that owns none — one left empty
+    /// by an earlier split that stopped, or a new one, added to the map and opened on every
+    /// node first. Answers once the move has begun, like [`Mover::start`].
+    pub async fn split(&self, shard: ShardId, at: Option<u32>) -> Result<MoveStatus, MoveError> {
+        let _splitting = self.inner.splitting.lock().await;
+        self.check_idle()?;
+        let map = self
+            .inner
+            .map
+            .routable()
+            .map_err(|why| MoveError::Invalid(why.to_string()))?;
+        let range = split_range(&map, shard, at)?;
+        let to = match map.empty_shards().iter().find(|s| **s != shard) {
+            Some(empty) => *empty,
+            None => {
+                let next = map.next_shard();
+                if map.shards().len() >= SHARDS_MAX as usize {
+                    return Err(MoveError::Invalid(format!(
+                        "the cluster has {} shards, the most a node holds: move slots between them instead",
+                        map.shards().len()
+                    )));
+                }
+                let added = map
+                    .with_shard_added(next)
+                    .map_err(|e| MoveError::Invalid(e.to_string()))?;
+                (self.inner.add_shard)(added, next)
+                    .await
+                    .map_err(|e| MoveError::Failed(format!("adding {next}: {e}")))?;
+                next
+            }
+        };
+        self.start(range, to)
+    }
+
+    /// Refuses while a move runs (see [`Mover::begin`], which takes the slot).
+    fn check_idle(&self) -> Result<(), MoveError> {
+        let held = strata_engine::sync::lock(&self.inner.status);
+        match held.as_ref() {
+            Some((s, _)) if matches!(s.step, Step::Copying | Step::Fenced) => {
+                Err(MoveError::Busy(format!(
+                    "a move is in progress ({} from {} to {}, {}): one at a time",
+                    s.range,
+                    s.from,
+                    s.to,
+                    s.step.name()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn execute(&self, plan: Plan) -> Result<MoveStatus, MoveError> {
         let _running = self.inner.running.lock().await;
         let began = Instant::now();
@@ -507,7 +612,7 @@ impl Mover {
     }
 
     async fn steps(&self, plan: Plan, fence_set: &mut Option<Fence>) -> Result<(), MoveError> {
-        let (source, target) = (self.backend(plan.from)?, self.backend(plan.to)?);
+        let (source, target) = (&self.backend(plan.from)?, &self.backend(plan.to)?);
         // The foreground's latency before the copy is the baseline the pace is set against.
         self.inner.throttle.begin().await;
         let mut copied = Copied::default();
@@ -818,7 +923,7 @@ impl Mover {
         let _running = self.inner.running.lock().await;
         let map = self.inner.map.get();
         let mut stale = Vec::new();
-        for (id, backend) in &self.inner.shards {
+        for (id, backend) in &self.inner.shards.backends() {
             let fences = backend
                 .read(|r| fences_of(&r))
                 .await

@@ -10,18 +10,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use strata_engine::clock::MonotonicClock;
 use strata_engine::fs::StdFs;
-use strata_engine::index_store::{IndexCache, RocksIndexStore, INDEX_CACHE_BYTES_DEFAULT};
+use strata_engine::index_store::{IndexCache, INDEX_CACHE_BYTES_DEFAULT};
 use strata_engine::sync_round::RoundFs;
-use strata_engine::{Engine, EngineConfig};
+use strata_engine::EngineConfig;
 use strata_proto::internal::raft_internal_server::RaftInternalServer;
-use strata_proto::routing::ShardId;
+use strata_proto::routing::{ClusterMap, ShardId};
 use strata_proto::v1 as pb;
 use strata_raft::network::MESSAGE_BYTES_MAX;
-use strata_raft::{
-    GrpcTransport, RaftService, RaftSettings, Replica, Shard, ShardOptions, StrataNode,
-};
+use strata_raft::{GrpcTransport, RaftService, RaftSettings, StrataNode};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -31,12 +28,13 @@ use crate::backend::Backend;
 use crate::clock::SystemWallClock;
 use crate::cluster::ClusterService;
 use crate::forward::Peers;
+use crate::host::{Host, HostParts, RaftHost};
 use crate::ids::RandomIds;
 use crate::map_cell::MapCell;
 use crate::meta::{Meta, META_DIR, META_GROUP};
 use crate::mover::Mover;
 use crate::router::Router;
-use crate::service::{ServiceConfig, ServiceStats, StreamsService};
+use crate::service::{ServiceConfig, ServiceStats};
 use crate::shards::LocalShards;
 use crate::throttle::Throttle;
 
@@ -94,6 +92,7 @@ pub struct NodeConfig {
 #[derive(Debug)]
 pub struct Node {
     shards: LocalShards,
+    host: Host,
     listener: TcpListener,
     raft_listener: Option<TcpListener>,
     raft_service: Option<RaftService<GrpcTransport>>,
@@ -164,31 +163,32 @@ impl Node {
             ),
             None => None,
         };
-        let (shards, raft_listener, raft_service) = match &config.cluster {
-            None => (open_engines(&config).await?, None, None),
-            Some(cluster) => {
-                let (shards, raft_listener, service) =
-                    open_replicas(&config, cluster, local).await?;
-                (shards, raft_listener, Some(service))
-            }
-        };
         let stats = Arc::new(ServiceStats::default());
         let (stop, stopped) = watch::channel(false);
-        let services = shards
-            .backends
-            .iter()
-            .map(|(id, backend)| {
-                let service = StreamsService::new(
-                    backend.clone(),
-                    Arc::new(SystemWallClock::default()),
-                    Arc::new(RandomIds),
-                    config.service.clone(),
-                    stats.clone(),
-                    stopped.clone(),
-                );
-                (*id, service)
-            })
-            .collect();
+        let round = RoundFs::new(Arc::new(StdFs));
+        let cache = IndexCache::new(INDEX_CACHE_BYTES_DEFAULT)
+            .map_err(|e| engine_error(&config.data_dir, e))?;
+        let mut parts = HostParts {
+            data_dir: config.data_dir.clone(),
+            engine: config.engine.clone(),
+            service: config.service.clone(),
+            round,
+            cache,
+            stats: stats.clone(),
+            stop: stopped,
+            raft: None,
+        };
+        let (raft_listener, raft_service) = match &config.cluster {
+            None => (None, None),
+            Some(cluster) => {
+                let (listener, raft) = raft_host(cluster, local).await?;
+                let service = raft.service.clone();
+                parts.raft = Some(raft);
+                (listener, Some(service))
+            }
+        };
+        let host = Host::new(parts).map_err(NodeError::Shards)?;
+        let shards = open_shards(&config, &host).await?;
         let peers = config.cluster.as_ref().map(|_| {
             let limits = &config.engine.limits;
             Peers::new(
@@ -196,15 +196,16 @@ impl Node {
                 crate::limits::encoded_answer_bytes_max(limits, config.service.response_bytes_max),
             )
         });
-        let router =
-            Router::new(shards.map.clone(), services, peers.clone()).map_err(NodeError::Shards)?;
+        let router = Router::new(shards.map.clone(), shards.set.clone(), peers.clone())
+            .map_err(NodeError::Shards)?;
         let mut cluster =
             ClusterService::new(shards.clone(), local.to_string(), peers, stats.clone());
-        if shards.backends.len() > 1 {
-            cluster = cluster.with_mover(mover(&config, &shards, &stats));
+        if shards.set.get().len() > 1 {
+            cluster = cluster.with_mover(mover(&config, &shards, &host, &stats));
         }
         Ok(Node {
             shards,
+            host,
             listener,
             raft_listener,
             raft_service,
@@ -232,8 +233,8 @@ impl Node {
     }
 
     /// The storage it serves: its shards by id.
-    pub fn backends(&self) -> &[(ShardId, Backend)] {
-        &self.shards.backends
+    pub fn backends(&self) -> Vec<(ShardId, Backend)> {
+        self.shards.backends()
     }
 
     /// The bound Raft address, when Raft has its own port.
@@ -273,21 +274,7 @@ impl Node {
             }
             _ => {}
         }
-        let settings = self.router.config().retention.clone();
-        if settings.enabled {
-            for ((_, backend), (_, service)) in
-                self.shards.backends.iter().zip(self.router.shards())
-            {
-                tokio::spawn(crate::retention::run(
-                    backend.clone(),
-                    settings.clone(),
-                    Arc::new(SystemWallClock::default()),
-                    service.pins().clone(),
-                    self.stats.clone(),
-                    self.stop.subscribe(),
-                ));
-            }
-        }
+        self.host.start().await;
         if let (Some(_), Some(interval)) = (&self.shards.meta, self.leader_balance_interval) {
             tokio::spawn(
                 self.cluster
@@ -300,7 +287,8 @@ impl Node {
                 meta: meta.clone(),
                 cell: self.shards.map.clone(),
                 dir: self.data_dir.clone(),
-                opened: self.shards.backends.iter().map(|(id, _)| *id).collect(),
+                groups: Arc::new(self.host.clone()),
+                fs: Arc::new(StdFs),
                 clock: Arc::new(SystemWallClock::default()),
             };
             tokio::spawn(crate::meta::follow(follower, self.stop.subscribe()));
@@ -362,7 +350,8 @@ impl Node {
             }
         }
         // In-flight calls have finished; let queued appends finish too, then close.
-        let closing = self.shards.backends.iter().map(|(_, b)| b.close());
+        let backends = self.shards.backends();
+        let closing = backends.iter().map(|(_, b)| b.close());
         futures_util::future::join_all(closing).await;
         if let Some(meta) = &self.shards.meta {
             meta.replica().shutdown().await;
@@ -377,53 +366,111 @@ const MOVE_RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_se
 /// How long a replicated switch waits for this node to route by the map it recorded.
 const SWITCH_ROUTED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long adding a shard waits for its new group to elect a leader.
+const NEW_GROUP_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The slot-range mover of a node of several shards. Without replication the next map is
 /// written to the data directory (synced, renamed), then routed by; replicated, it is recorded
 /// in the metadata group (compare-and-set), which every node follows, and the switch waits
-/// until this node routes by it.
-fn mover(config: &NodeConfig, shards: &LocalShards, stats: &Arc<ServiceStats>) -> Mover {
-    let (dir, cell, meta) = (
-        config.data_dir.clone(),
-        shards.map.clone(),
-        shards.meta.clone(),
-    );
-    let switch: crate::mover::Switch = Arc::new(move |map| {
-        let (dir, cell, meta) = (dir.clone(), cell.clone(), meta.clone());
+/// until this node routes by it. A map that adds a shard is installed the same way, the shard
+/// opened first here (single node) or by each node's follower (replicated), whose group this
+/// node then forms.
+fn mover(
+    config: &NodeConfig,
+    shards: &LocalShards,
+    host: &Host,
+    stats: &Arc<ServiceStats>,
+) -> Mover {
+    let install = Installer {
+        dir: config.data_dir.clone(),
+        cell: shards.map.clone(),
+        meta: shards.meta.clone(),
+    };
+    let switch: crate::mover::Switch = {
+        let install = install.clone();
+        Arc::new(move |map| {
+            let install = install.clone();
+            Box::pin(async move { install.install(map).await })
+        })
+    };
+    let host = host.clone();
+    let add_shard: crate::mover::AddShard = Arc::new(move |map, id| {
+        let (install, host) = (install.clone(), host.clone());
         Box::pin(async move {
-            let Some(meta) = meta else {
-                let written = map.clone();
-                tokio::task::spawn_blocking(move || crate::shards::write_map(&dir, &written))
+            if install.meta.is_none() {
+                host.add(id, None)
                     .await
-                    .map_err(|e| format!("the map's writer failed: {e}"))??;
-                cell.advance(map);
+                    .map_err(|(dir, e)| format!("opening {}: {e}", dir.display()))?;
+            }
+            install.install(map).await?;
+            let Some(Backend::Replicated(replica)) = host.set().backend(id) else {
                 return Ok(());
             };
-            let now = crate::clock::WallClock::now_us(&SystemWallClock::default());
-            meta.propose(&map, now)
+            replica
+                .init()
                 .await
-                .map_err(|e| format!("recording the map: {e}"))?;
-            let mut epochs = cell.watch();
-            let epoch = map.epoch();
-            let routed = tokio::time::timeout(SWITCH_ROUTED_WAIT, async {
-                epochs.wait_for(|e| *e >= epoch).await.is_ok()
+                .map_err(|e| format!("forming {id}'s group: {e}"))?;
+            let mut metrics = replica.raft().metrics();
+            let led = tokio::time::timeout(NEW_GROUP_LEADER_WAIT, async {
+                metrics
+                    .wait_for(|m| m.current_leader.is_some())
+                    .await
+                    .is_ok()
             })
             .await;
-            match routed {
+            match led {
                 Ok(true) => Ok(()),
                 _ => Err(format!(
-                    "the map of epoch {epoch} is recorded, but this node did not route by it within {SWITCH_ROUTED_WAIT:?}"
+                    "{id}'s group has no leader within {NEW_GROUP_LEADER_WAIT:?} (are its nodes up?)"
                 )),
             }
         })
     });
     Mover::new(
-        shards.backends.clone(),
+        shards.set.clone(),
         shards.map.clone(),
-        switch,
+        (switch, add_shard),
         Arc::new(SystemWallClock::default()),
         Arc::new(RandomIds),
         Throttle::new(config.service.moves.clone(), stats.clone()),
     )
+}
+
+/// Installs a node's next map: see [`mover`].
+#[derive(Clone)]
+struct Installer {
+    dir: PathBuf,
+    cell: MapCell,
+    meta: Option<Meta>,
+}
+
+impl Installer {
+    async fn install(&self, map: ClusterMap) -> Result<(), String> {
+        let Some(meta) = &self.meta else {
+            let (dir, written) = (self.dir.clone(), map.clone());
+            tokio::task::spawn_blocking(move || crate::shards::write_map(&dir, &written))
+                .await
+                .map_err(|e| format!("the map's writer failed: {e}"))??;
+            self.cell.advance(map);
+            return Ok(());
+        };
+        let now = crate::clock::WallClock::now_us(&SystemWallClock::default());
+        meta.propose(&map, now)
+            .await
+            .map_err(|e| format!("recording the map: {e}"))?;
+        let mut epochs = self.cell.watch();
+        let epoch = map.epoch();
+        let routed = tokio::time::timeout(SWITCH_ROUTED_WAIT, async {
+            epochs.wait_for(|e| *e >= epoch).await.is_ok()
+        })
+        .await;
+        match routed {
+            Ok(true) => Ok(()),
+            _ => Err(format!(
+                "the map of epoch {epoch} is recorded, but this node did not route by it within {SWITCH_ROUTED_WAIT:?}"
+            )),
+        }
+    }
 }
 
 /// The `Streams` service with its message limits derived from the engine's (see
@@ -459,50 +506,37 @@ fn engine_error(dir: &std::path::Path, source: strata_engine::Error) -> NodeErro
     }
 }
 
-/// Opens storage in `dir` on the blocking pool (recovery reads and syncs files).
-async fn open_blocking<T: Send + 'static>(
-    dir: &std::path::Path,
-    open: impl FnOnce() -> strata_engine::Result<T> + Send + 'static,
-) -> Result<T, NodeError> {
-    tokio::task::spawn_blocking(open)
-        .await
-        .map_err(|e| {
-            engine_error(
-                dir,
-                strata_engine::Error::Io {
-                    context: "opening the store".into(),
-                    source: std::io::Error::other(e.to_string()),
-                },
-            )
-        })?
-        .map_err(|e| engine_error(dir, e))
-}
-
-/// Opens the engines of a node without replication: the shards its directory holds, over one
-/// sync round and one index cache.
-async fn open_engines(config: &NodeConfig) -> Result<LocalShards, NodeError> {
+/// Opens the shards `config.data_dir` holds (see [`crate::shards`]) into `host`, and on a
+/// replicated node of several shards its replica of the metadata group (see `crate::meta`).
+async fn open_shards(config: &NodeConfig, host: &Host) -> Result<LocalShards, NodeError> {
     let layout = read_layout(config).await?;
-    let round = RoundFs::new(Arc::new(StdFs));
-    let cache = IndexCache::new(INDEX_CACHE_BYTES_DEFAULT)
-        .map_err(|e| engine_error(&config.data_dir, e))?;
-    let mut backends = Vec::with_capacity(layout.dirs.len());
     let several = layout.dirs.len() > 1;
-    for (id, dir) in layout.dirs {
-        let (mut engine_config, fs, cache) = (config.engine.clone(), round.clone(), cache.clone());
-        // A lone append would wait for the other shards' rounds on a runtime thread.
-        engine_config.lone_appends &= !several;
-        let at = dir.clone();
-        let engine = open_blocking(&at, move || {
-            Engine::open_dir_with(&dir, engine_config, Arc::new(fs), &cache)
-        })
-        .await?;
-        backends.push((id, Backend::Single(Arc::new(engine))));
+    for (id, dir) in &layout.dirs {
+        host.open(*id, dir, several)
+            .await
+            .map_err(|(dir, e)| engine_error(&dir, e))?;
     }
+    let meta = match (host.raft(), several) {
+        (Some(_), true) => {
+            let dir = config.data_dir.join(META_DIR);
+            let replica = host
+                .open_meta(META_GROUP, &dir)
+                .await
+                .map_err(|(dir, e)| engine_error(&dir, e))?;
+            if let Some(raft) = host.raft() {
+                raft.service
+                    .add(u64::from(META_GROUP), replica.served())
+                    .map_err(NodeError::Shards)?;
+            }
+            Some(Meta::new(replica))
+        }
+        _ => None,
+    };
     Ok(LocalShards {
-        backends,
+        set: host.set().clone(),
         map: MapCell::new(layout.map),
-        round: Some(round),
-        meta: None,
+        round: Some(host.round().clone()),
+        meta,
     })
 }
 
@@ -515,11 +549,12 @@ async fn read_layout(config: &NodeConfig) -> Result<crate::shards::Layout, NodeE
         .map_err(NodeError::Shards)
 }
 
-/// The Raft listener (when Raft has its own port) and this node as peers reach it.
-async fn raft_endpoint(
+/// The Raft listener (when Raft has its own port) and what the node's groups are opened
+/// with: one transport (messages carry the group's id) and its server side.
+async fn raft_host(
     cluster: &ClusterConfig,
     local: SocketAddr,
-) -> Result<(Option<TcpListener>, StrataNode), NodeError> {
+) -> Result<(Option<TcpListener>, RaftHost), NodeError> {
     let raft_listener = match cluster.raft_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -545,71 +580,19 @@ async fn raft_endpoint(
             .clone()
             .unwrap_or_else(|| raft_local.to_string()),
     };
-    Ok((raft_listener, me))
-}
-
-/// Opens this node's replica of every shard its directory holds: one Raft group per shard,
-/// all over one transport (messages carry the shard id), one sync round and one index cache.
-async fn open_replicas(
-    config: &NodeConfig,
-    cluster: &ClusterConfig,
-    local: SocketAddr,
-) -> Result<(LocalShards, Option<TcpListener>, RaftService<GrpcTransport>), NodeError> {
-    let (raft_listener, me) = raft_endpoint(cluster, local).await?;
-    let layout = read_layout(config).await?;
     let mut members = cluster.peers.clone();
     members.insert(cluster.node_id, me.clone());
-    let round = RoundFs::new(Arc::new(StdFs));
-    let cache = IndexCache::new(INDEX_CACHE_BYTES_DEFAULT)
-        .map_err(|e| engine_error(&config.data_dir, e))?;
     let transport = Arc::new(GrpcTransport::default());
-    let mut backends = Vec::with_capacity(layout.dirs.len());
-    let mut served = HashMap::with_capacity(layout.dirs.len() + 1);
-    // A cluster of several shards has a metadata group too (see `crate::meta`).
-    let meta_dir = (layout.dirs.len() > 1).then(|| config.data_dir.join(META_DIR));
-    let groups = layout
-        .dirs
-        .into_iter()
-        .map(|(id, dir)| (id.0, dir))
-        .chain(meta_dir.map(|dir| (META_GROUP, dir)));
-    let mut meta = None;
-    for (id, dir) in groups {
-        let cache = cache.clone();
-        let options = ShardOptions {
-            node_id: cluster.node_id,
-            dir: dir.clone(),
-            engine: config.engine.clone(),
-            fs: Arc::new(round.clone()),
-            clock: Arc::new(MonotonicClock::default()),
-            open_index: Arc::new(move |p| Ok(Box::new(RocksIndexStore::open_shared(p, &cache)?))),
-            log_sync: Default::default(),
-        };
-        let shard = open_blocking(&dir, move || Shard::open(options)).await?;
-        let replica = Replica::start(
-            u64::from(id),
-            shard,
-            me.clone(),
-            members.clone(),
-            cluster.raft.clone(),
-            transport.clone(),
-        )
-        .await
-        .map_err(|e| engine_error(&dir, strata_engine::Error::Unavailable(e.to_string())))?;
-        served.insert(u64::from(id), replica.served());
-        if id == META_GROUP {
-            meta = Some(Meta::new(replica));
-        } else {
-            backends.push((ShardId(id), Backend::Replicated(Box::new(replica))));
-        }
-    }
-    let shards = LocalShards {
-        backends,
-        map: MapCell::new(layout.map),
-        round: Some(round),
-        meta,
+    let service = RaftService::new(HashMap::new(), transport.clone());
+    let raft = RaftHost {
+        node_id: cluster.node_id,
+        me,
+        members,
+        settings: cluster.raft.clone(),
+        transport,
+        service,
     };
-    let service = RaftService::new(served, transport);
-    Ok((shards, raft_listener, service))
+    Ok((raft_listener, raft))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

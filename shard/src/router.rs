@@ -43,17 +43,21 @@ use crate::map_cell::MapCell;
 use crate::merge::{merge, Cursor, Point};
 use crate::remote_appends::RemoteAppends;
 use crate::service::{ServiceConfig, StreamsService};
+use crate::shard_set::{Served, ShardSet};
 use crate::stats::ServiceStats;
 use crate::status::invalid;
-use strata_proto::metadata::ERROR_KIND_KEY;
+use strata_proto::metadata::{ERROR_KIND_KEY, MAP_EPOCH_KEY};
 
 /// A node's shards and the map routing streams to them.
 #[derive(Debug, Clone)]
 pub struct Router {
     /// The map now (the metadata group may replace it).
     map: MapCell,
-    /// Sorted by id.
-    shards: Arc<[(ShardId, StreamsService)]>,
+    /// The node's shards, growing while it runs. A shard is only ever added with an id past
+    /// every other's, so a shard's place in the set (an `at`) never changes.
+    set: ShardSet,
+    /// The lowest shard's service (its settings are every shard's; it is never removed).
+    first: StreamsService,
     /// The other nodes, on a replicated node (calls for shards led there are forwarded).
     peers: Option<Peers>,
     /// One `AppendStream` call's links to other leaders (set on the call's own router).
@@ -66,13 +70,8 @@ pub const READ_INDEX_WAIT_MAX: std::time::Duration = std::time::Duration::from_s
 impl Router {
     /// Routes by `map` to `shards`, which must be exactly the map's shards; with `peers`, calls
     /// for shards another node leads are forwarded there.
-    pub fn new(
-        map: MapCell,
-        mut shards: Vec<(ShardId, StreamsService)>,
-        peers: Option<Peers>,
-    ) -> Result<Router, String> {
-        shards.sort_by_key(|(id, _)| *id);
-        let have: Vec<ShardId> = shards.iter().map(|(id, _)| *id).collect();
+    pub fn new(map: MapCell, set: ShardSet, peers: Option<Peers>) -> Result<Router, String> {
+        let have = set.ids();
         if have != map.get().shards() {
             return Err(format!(
                 "the map has shards {:?}, the node opened {:?}",
@@ -80,9 +79,15 @@ impl Router {
                 have
             ));
         }
+        let first = set
+            .get()
+            .first()
+            .map(|(_, s)| s.clone())
+            .ok_or_else(|| "a node without shards".to_string())?;
         Ok(Router {
             map,
-            shards: shards.into(),
+            set,
+            first,
             peers,
             remote: None,
         })
@@ -93,9 +98,9 @@ impl Router {
         self.map.get()
     }
 
-    /// The shards' services, by id.
-    pub fn shards(&self) -> &[(ShardId, StreamsService)] {
-        &self.shards
+    /// The shards' services now, by id.
+    pub fn shards(&self) -> Served {
+        self.set.get()
     }
 
     /// Every shard's service settings (they are the same).
@@ -109,7 +114,7 @@ impl Router {
     }
 
     fn first(&self) -> &StreamsService {
-        &self.shards[0].1
+        &self.first
     }
 
     /// The map to route by, or FAILED_PRECONDITION naming why this node must not route (its
@@ -123,18 +128,28 @@ impl Router {
     /// Where the shard holding `stream` is in [`Router::shards`].
     fn index(&self, stream: &str) -> Result<usize, Status> {
         let map = self.routing()?;
-        if self.shards.len() == 1 {
+        let shards = self.shards();
+        if shards.len() == 1 {
             return Ok(0);
         }
         let id = map.shard_of(stream);
-        self.shards
+        shards
             .binary_search_by_key(&id, |(s, _)| *s)
             .map_err(|_| Status::unavailable(format!("{id} is not served by this node")))
     }
 
+    /// The shard at `at` in [`Router::shards`] (a place found by [`Router::index`]; places
+    /// never change).
+    fn at(&self, at: usize) -> Result<(ShardId, StreamsService), Status> {
+        self.shards()
+            .get(at)
+            .cloned()
+            .ok_or_else(|| Status::internal(format!("no shard at place {at}")))
+    }
+
     /// The service of the shard holding `stream`.
-    fn shard(&self, stream: &str) -> Result<&StreamsService, Status> {
-        Ok(&self.shards[self.index(stream)?].1)
+    fn shard(&self, stream: &str) -> Result<StreamsService, Status> {
+        Ok(self.at(self.index(stream)?)?.1)
     }
 
     /// The client address of the leader of shard `at` when a call with `metadata` that needs
@@ -150,13 +165,27 @@ impl Router {
     /// The client address of the leader of shard `at` when another node leads it.
     fn leader_addr(&self, at: usize) -> Option<String> {
         self.peers.as_ref()?;
-        let Backend::Replicated(replica) = self.shards[at].1.backend() else {
+        let (_, service) = self.at(at).ok()?;
+        let Backend::Replicated(replica) = service.backend() else {
             return None;
         };
         match replica.leader() {
             Some((id, node)) if id != replica.node_id() => Some(node.addr),
             _ => None,
         }
+    }
+
+    /// `answer` carrying the epoch of the map this node routes by ([`MAP_EPOCH_KEY`]), on a
+    /// node of several shards: a client routing by an older table reads it again.
+    fn with_epoch<T>(&self, answer: Answer<T>) -> Answer<T> {
+        let several = self.shards().len() > 1;
+        answer.map(|mut r| {
+            if several {
+                let epoch = MetadataValue::from(self.map.get().epoch());
+                r.metadata_mut().insert(MAP_EPOCH_KEY, epoch);
+            }
+            r
+        })
     }
 
     /// Counts one call (or part) passed on, and the peers to pass it with.
@@ -209,7 +238,7 @@ impl Router {
         let Some(addr) = self.leader_elsewhere(at, metadata) else {
             return Ok(consistency);
         };
-        let (id, service) = &self.shards[at];
+        let (id, service) = &self.at(at)?;
         let request = forward::for_shard(
             pb::GetLogRequest {
                 consistency: pb::Consistency::Linearizable as i32,
@@ -256,10 +285,12 @@ macro_rules! routed {
         if $leader {
             if let Some(addr) = $self.leader_elsewhere(at, $request.metadata()) {
                 let mut leader = $self.forwarding()?.streams(&addr)?;
-                return leader.$method(forwarded($request)).await;
+                let answer = leader.$method(forwarded($request)).await;
+                return $self.with_epoch(answer);
             }
         }
-        $self.shards[at].1.$method($request).await
+        let answer = $self.at(at)?.1.$method($request).await;
+        $self.with_epoch(answer)
     }};
 }
 
@@ -275,10 +306,11 @@ impl Router {
         r: pb::SubscribeRequest,
     ) -> Answer<crate::subscription::EventStream> {
         use pb::subscribe_request::Start;
+        let shards = self.shards();
         let several = || {
             format!(
                 "names a place in one shard's log; on a node of {} shards start from a cursor",
-                self.shards.len()
+                shards.len()
             )
         };
         let cursor = match &r.start {
@@ -288,7 +320,7 @@ impl Router {
             Some(Start::Cursor(bytes)) => Cursor::decode("cursor", bytes, &*self.routing()?)?,
             Some(Start::FromEnd(_)) => {
                 let mut at_end = Cursor::default();
-                for (id, service) in self.shards.iter() {
+                for (id, service) in shards.iter() {
                     let (end, _) = service.log_point(pb::Consistency::Follower, None).await?;
                     at_end.set(*id, end);
                 }
@@ -303,8 +335,8 @@ impl Router {
                 ))
             }
         };
-        let mut feeds = Vec::with_capacity(self.shards.len());
-        for (id, service) in self.shards.iter() {
+        let mut feeds = Vec::with_capacity(shards.len());
+        for (id, service) in shards.iter() {
             let start = match cursor.point(*id) {
                 Point::From(0) => None,
                 Point::From(p) => Some(Start::FromPosition(p)),
@@ -322,8 +354,11 @@ impl Router {
             });
         }
         let buffer = self.config().subscription_buffer_records_max;
-        Ok(Response::new(crate::all_subscription::start(
-            feeds, cursor, buffer,
+        let ids = shards.iter().map(|(id, _)| *id).collect();
+        Ok(Response::new(ends_when_shards_change(
+            crate::all_subscription::start(feeds, cursor, buffer),
+            self.map.clone(),
+            ids,
         )))
     }
 
@@ -334,12 +369,13 @@ impl Router {
         cursor: Cursor,
         metadata: &MetadataMap,
     ) -> Answer<pb::ReadAllResponse> {
+        let shards = self.shards();
         if r.from_position != 0 {
             return Err(invalid(
                 "from_position",
                 format!(
                     "names a place in one shard's log; on a node of {} shards continue from next_cursor (from_cursor)",
-                    self.shards.len()
+                    shards.len()
                 ),
             ));
         }
@@ -352,7 +388,7 @@ impl Router {
                 "names a place in one shard's log; read several shards as of a timestamp",
             ));
         }
-        let pages = join_all(self.shards.iter().enumerate().map(|(at, (id, service))| {
+        let pages = join_all(shards.iter().enumerate().map(|(at, (id, service))| {
             let from = cursor.get(*id);
             async move {
                 let here = self.read_index(at, consistency, metadata).await?;
@@ -362,7 +398,7 @@ impl Router {
         .await;
         let mut batches = Vec::with_capacity(pages.len());
         let mut closed = u64::MAX;
-        for ((id, _), page) in self.shards.iter().zip(pages) {
+        for ((id, _), page) in shards.iter().zip(pages) {
             let (mut batch, shard_closed) = page?;
             closed = closed.min(shard_closed);
             // A subscription's cursor: the record there was delivered already.
@@ -375,7 +411,7 @@ impl Router {
         }
         let bytes_max = self.config().response_bytes_max;
         let (events, next) = merge(batches, &cursor, limit, r.filter.as_ref(), bytes_max);
-        let next_position = match &self.shards[..] {
+        let next_position = match &shards[..] {
             [(id, _)] => next.get(*id),
             _ => 0,
         };
@@ -388,7 +424,6 @@ impl Router {
     }
 }
 
-/// The status of an `AppendMulti` over streams of several shards.
 /// A stream subscription on shard `shard` that ends (UNAVAILABLE, kind `moved`) once the map
 /// gives `stream` to another shard: the source takes none of its events any more, and the
 /// client resubscribes after its last version, reaching the new shard.
@@ -398,12 +433,47 @@ fn ends_when_moved(
     stream: String,
     shard: ShardId,
 ) -> crate::subscription::EventStream {
+    ends_when(events, map, move |map| {
+        let to = map.shard_of(&stream);
+        (to != shard).then(|| {
+            format!(
+                "stream {stream:?} moved from {shard} to {to}; resubscribe after the last version received"
+            )
+        })
+    })
+}
+
+/// A `$all` subscription over `shards` that ends (UNAVAILABLE, kind `moved`) once the map has
+/// other shards (a split added one): the client resubscribes from its cursor, over them all.
+fn ends_when_shards_change(
+    events: crate::subscription::EventStream,
+    map: MapCell,
+    shards: Vec<ShardId>,
+) -> crate::subscription::EventStream {
+    ends_when(events, map, move |map| {
+        let now = map.shards();
+        (now != shards).then(|| {
+            format!(
+                "the cluster's shards changed ({shards:?} to {now:?}); resubscribe from the last cursor received"
+            )
+        })
+    })
+}
+
+/// `events` until the map, each time it changes, makes `ended` say why the subscription must
+/// end: then one UNAVAILABLE of kind `moved` saying so, and the end.
+fn ends_when(
+    events: crate::subscription::EventStream,
+    map: MapCell,
+    ended: impl Fn(&ClusterMap) -> Option<String> + Send + Sync + 'static,
+) -> crate::subscription::EventStream {
     use futures_util::StreamExt;
     let epochs = map.watch();
+    let ended = Arc::new(ended);
     Box::pin(futures_util::stream::unfold(
         Some((events, epochs, true)),
         move |state| {
-            let (map, stream) = (map.clone(), stream.clone());
+            let (map, ended) = (map.clone(), ended.clone());
             async move {
                 let (mut events, mut epochs, mut watching) = state?;
                 loop {
@@ -413,11 +483,9 @@ fn ends_when_moved(
                         }
                         changed = epochs.changed(), if watching => {
                             watching = changed.is_ok();
-                            let to = map.get().shard_of(&stream);
-                            if watching && to != shard {
-                                let mut status = Status::unavailable(format!(
-                                    "stream {stream:?} moved from {shard} to {to}; resubscribe after the last version received"
-                                ));
+                            let why = if watching { ended(&map.get()) } else { None };
+                            if let Some(why) = why {
+                                let mut status = Status::unavailable(why);
                                 status
                                     .metadata_mut()
                                     .insert(ERROR_KIND_KEY, MetadataValue::from_static("moved"));
@@ -431,6 +499,7 @@ fn ends_when_moved(
     ))
 }
 
+/// The status of an `AppendMulti` over streams of several shards.
 fn cross_shard(e: &strata_proto::routing::CrossShard) -> Status {
     let mut status = Status::failed_precondition(e.to_string());
     status
@@ -443,7 +512,8 @@ impl Submit for Router {
     #[allow(clippy::async_yields_async)] // the answers to come are the point: see the trait
     fn submit_batch(&self, batch: Vec<pb::AppendRequest>) -> Boxed<'_, Outcomes> {
         Box::pin(async move {
-            if self.shards.len() == 1 && self.remote_leader(0).is_none() {
+            let shards = self.shards();
+            if shards.len() == 1 && self.remote_leader(0).is_none() {
                 return self.first().submit_batch(batch).await;
             }
             // Each shard's appends in the order sent; the answers put back in that order.
@@ -458,7 +528,7 @@ impl Submit for Router {
                         continue;
                     }
                 };
-                match self.shards.binary_search_by_key(&id, |(s, _)| *s) {
+                match shards.binary_search_by_key(&id, |(s, _)| *s) {
                     Ok(at) => {
                         let part = match parts.iter().position(|(s, _, _)| *s == at) {
                             Some(p) => p,
@@ -486,7 +556,14 @@ impl Submit for Router {
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         remote.submit(&addr, appends).await
                     }
-                    None => self.shards[at].1.submit_batch(appends).await,
+                    None => match shards.get(at) {
+                        Some((_, service)) => service.submit_batch(appends).await,
+                        None => {
+                            let lost = Status::internal(format!("no shard at place {at}"));
+                            let answers: Outcomes = Box::pin(std::future::ready(vec![Err(lost)]));
+                            answers
+                        }
+                    },
                 });
             }
             let outcomes: Outcomes = Box::pin(async move {
@@ -561,7 +638,8 @@ impl pb::streams_server::Streams for Router {
                 "must be 0 with from_cursor: continue from one or the other",
             ));
         }
-        if let ([(id, service)], true) = (&self.shards[..], r.from_cursor.is_empty()) {
+        let shards = self.shards();
+        if let ([(id, service)], true) = (&shards[..], r.from_cursor.is_empty()) {
             let id = *id;
             if linearizable(r.consistency) {
                 if let Some(addr) = self.leader_elsewhere(0, request.metadata()) {
@@ -587,11 +665,12 @@ impl pb::streams_server::Streams for Router {
     ) -> Answer<Self::SubscribeStream> {
         use pb::subscribe_request::{Start, Target};
         let r = request.get_ref();
+        let several = self.shards().len() > 1;
         let service = match &r.target {
-            Some(Target::Stream(name)) if self.shards.len() > 1 => {
-                let at = self.index(name)?;
-                let (id, name) = (self.shards[at].0, name.clone());
-                let events = self.shards[at].1.subscribe(request).await?.into_inner();
+            Some(Target::Stream(name)) if several => {
+                let (id, service) = self.at(self.index(name)?)?;
+                let name = name.clone();
+                let events = service.subscribe(request).await?.into_inner();
                 return Ok(Response::new(ends_when_moved(
                     events,
                     self.map.clone(),
@@ -602,10 +681,10 @@ impl pb::streams_server::Streams for Router {
             Some(Target::Stream(name)) => Some(self.shard(name)?),
             // One shard without a cursor, or no target (its error): as on one shard.
             Some(Target::All(_)) if !matches!(r.start, Some(Start::Cursor(_))) => {
-                (self.shards.len() == 1).then(|| self.first())
+                (!several).then(|| self.first().clone())
             }
             Some(Target::All(_)) => None,
-            None => Some(self.first()),
+            None => Some(self.first().clone()),
         };
         match service {
             Some(service) => service.subscribe(request).await,
@@ -627,10 +706,10 @@ impl pb::streams_server::Streams for Router {
         let (metadata, _, r) = request.into_parts();
         let consistency = convert::consistency(r.consistency)?;
         // A remote read index asks about one shard (see `read_index`).
+        let shards = self.shards();
         let asked: Vec<usize> = match only {
-            None => (0..self.shards.len()).collect(),
-            Some(id) => vec![self
-                .shards
+            None => (0..shards.len()).collect(),
+            Some(id) => vec![shards
                 .binary_search_by_key(&ShardId(id), |(s, _)| *s)
                 .map_err(|_| Status::not_found(format!("shard {id} is not on this node")))?],
         };
@@ -638,14 +717,14 @@ impl pb::streams_server::Streams for Router {
             let metadata = &metadata;
             async move {
                 let here = self.read_index(at, consistency, metadata).await?;
-                self.shards[at].1.log_point(here, r.at_timestamp_us).await
+                self.at(at)?.1.log_point(here, r.at_timestamp_us).await
             }
         }))
         .await;
         let (mut ends, mut firsts) = (Cursor::default(), Cursor::default());
         let mut answer = pb::GetLogResponse::default();
         for (&at, point) in asked.iter().zip(points) {
-            let id = &self.shards[at].0;
+            let id = &self.at(at)?.0;
             let (end, first) = point?;
             ends.set(*id, end);
             firsts.set(*id, first.unwrap_or(end));
@@ -702,7 +781,7 @@ impl pb::streams_server::Streams for Router {
     ) -> Answer<pb::SnapshotPolicies> {
         let policy = request.into_inner();
         let mut last = None;
-        for (_, service) in self.shards.iter() {
+        for (_, service) in self.shards().iter() {
             last = Some(
                 service
                     .set_snapshot_policy(Request::new(policy.clone()))

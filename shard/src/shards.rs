@@ -16,7 +16,9 @@
 //! ```
 //!
 //! A directory keeps the shards it was made with: `--shards` on an existing directory must
-//! match it (moving streams between shards is a slot-range move). The shards of a node share
+//! match it (moving streams between shards is a slot-range move), unless its map has changed
+//! since (a split adds shards: the map says which there are). A shard added while the node
+//! runs lives in `DIR/shards/<id>/` like the others. The shards of a node share
 //! one sync round ([`strata_engine::sync_round::RoundFs`]: one fdatasync per device per round
 //! whatever the shards) and one index block cache.
 
@@ -30,6 +32,7 @@ use strata_proto::routing::{ClusterMap, ShardId, SLOTS_DEFAULT};
 
 use crate::backend::Backend;
 pub use crate::map_cell::{write_map, MapCell, MAP_FILE};
+use crate::shard_set::ShardSet;
 
 /// What a directory of one shard holds (an engine's log; a replica's generation pointer or
 /// Raft state): a directory with one of these and no map is a one-shard store.
@@ -82,7 +85,9 @@ pub fn layout(dir: &Path, shards: Option<u32>) -> Result<Layout, String> {
         }
     };
     let have = map.shards().len();
-    if let Some(n) = shards {
+    // A map changed since creation (a split) holds the shards it holds, whatever `--shards`
+    // first made.
+    if let (Some(n), 1) = (shards, map.epoch()) {
         if n as usize != have {
             return Err(format!(
                 "{} holds {have} shards ({}), not {n}: start with --shards {have}, or give a new directory",
@@ -109,8 +114,8 @@ fn create(dir: &Path, n: u32) -> Result<ClusterMap, String> {
 /// The shards a node serves, with its map and their shared sync round.
 #[derive(Debug, Clone)]
 pub struct LocalShards {
-    /// By id.
-    pub backends: Vec<(ShardId, Backend)>,
+    /// By id; grows when a split adds a shard.
+    pub set: ShardSet,
     /// The map routing streams to them.
     pub map: MapCell,
     /// The sync round their logs share (`None`: a replica, which syncs on its own).
@@ -122,7 +127,7 @@ pub struct LocalShards {
 impl LocalShards {
     /// Every shard's engine counters added up.
     pub fn stats(&self) -> Stats {
-        let all: Vec<Arc<Stats>> = self.backends.iter().map(|(_, b)| b.stats()).collect();
+        let all: Vec<Arc<Stats>> = self.backends().iter().map(|(_, b)| b.stats()).collect();
         Stats::sum(all.iter().map(|s| s.as_ref()))
     }
 
@@ -133,12 +138,17 @@ impl LocalShards {
             .map_or(0, |r| r.stats().fdatasyncs.load(Ordering::Relaxed))
     }
 
+    /// The shards' storage now, by id.
+    pub fn backends(&self) -> Vec<(ShardId, Backend)> {
+        self.set.backends()
+    }
+
     /// The replicas, by shard id, on a replicated node (empty on one without replication).
-    pub fn replicas(&self) -> Vec<&strata_raft::Replica> {
-        self.backends
-            .iter()
+    pub fn replicas(&self) -> Vec<strata_raft::Replica> {
+        self.backends()
+            .into_iter()
             .filter_map(|(_, b)| match b {
-                Backend::Replicated(r) => Some(r.as_ref()),
+                Backend::Replicated(r) => Some(*r),
                 Backend::Single(_) => None,
             })
             .collect()
@@ -146,7 +156,7 @@ impl LocalShards {
 
     /// The first shard's replica (the node's Raft view in one-shard terms), on a replicated
     /// node.
-    pub fn replica(&self) -> Option<&strata_raft::Replica> {
+    pub fn replica(&self) -> Option<strata_raft::Replica> {
         self.replicas().into_iter().next()
     }
 }
@@ -171,6 +181,12 @@ mod tests {
             e.contains("holds 4 shards") && e.contains("--shards 4"),
             "{e}"
         );
+        // After a split the map says which shards there are; `--shards` is what made them.
+        let split = made.map.with_shard_added(ShardId(4)).unwrap();
+        write_map(&dir, &split).unwrap();
+        let grown = layout(&dir, Some(4)).unwrap();
+        assert_eq!(grown.dirs.len(), 5);
+        assert_eq!(grown.dirs[4], (ShardId(4), dir.join("shards").join("4")));
         for n in [0, SHARDS_PER_NODE_MAX + 1] {
             let e = layout(&tmp.path().join("new"), Some(n)).unwrap_err();
             assert!(e.contains("--shards must be 1 to 64"), "{e}");

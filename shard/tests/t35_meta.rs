@@ -20,9 +20,26 @@ use strata_raft::{
 };
 use strata_shard::clock::SystemWallClock;
 use strata_shard::map_cell::{MapCell, MAP_FILE};
-use strata_shard::meta::{follow, Follower, Meta, META_GROUP};
+use strata_shard::meta::{follow, Follower, Groups, Meta, META_GROUP};
 use strata_shard::shards::layout;
 use tokio::sync::watch;
+
+/// Holds the shards it was given and cannot open another (a node whose disk refuses).
+struct Refusing(Vec<ShardId>);
+
+impl Groups for Refusing {
+    fn held(&self) -> Vec<ShardId> {
+        self.0.clone()
+    }
+
+    fn open(
+        &self,
+        _shard: ShardId,
+        _members: BTreeMap<u64, StrataNode>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async { Err("planted: no disk".to_string()) })
+    }
+}
 
 async fn one_voter_meta(dir: &std::path::Path) -> Meta {
     let shard = Shard::open(ShardOptions {
@@ -74,7 +91,8 @@ async fn the_map_changes_by_compare_and_set_and_followers_route_by_the_newest() 
         meta: meta.clone(),
         cell: cell.clone(),
         dir: tmp.path().to_path_buf(),
-        opened: first.shards(),
+        groups: Arc::new(Refusing(first.shards())),
+        fs: Arc::new(StdFs),
         clock: Arc::new(SystemWallClock::default()),
     };
     let task = tokio::spawn(follow(follower, stop));
@@ -119,18 +137,21 @@ async fn the_map_changes_by_compare_and_set_and_followers_route_by_the_newest() 
     assert_eq!(cached, moved);
     assert_eq!(layout(tmp.path(), None).unwrap().map, moved);
 
-    // A map naming a shard this node does not hold is not adopted.
-    let stranger = ClusterMap::decode(
-        &moved
-            .encode()
-            .replace("epoch 2", "epoch 3")
-            .replace("range 3072 4096 3", "range 3072 4096 9"),
-    )
-    .unwrap();
-    assert_eq!(stranger.shards().last(), Some(&ShardId(9)));
-    meta.propose(&stranger, 4).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(cell.get().epoch(), 2, "a map of unknown shards was adopted");
+    // A map adding a shard this node cannot open is not adopted, and the node refuses to
+    // route (it would send the shard's slots nowhere).
+    let added = moved.with_shard_added(ShardId(4)).unwrap();
+    meta.propose(&added, 4).await.unwrap();
+    eventually("the node refuses to route", || cell.routable().is_err()).await;
+    let why = cell.routable().unwrap_err();
+    assert!(
+        why.contains("adds shard 4") && why.contains("planted: no disk"),
+        "{why}"
+    );
+    assert_eq!(
+        cell.get().epoch(),
+        2,
+        "a map of a shard not opened was adopted"
+    );
 
     stop_tx.send_replace(true);
     task.await.unwrap();

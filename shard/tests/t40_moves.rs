@@ -2,8 +2,9 @@
 //! slots' streams (with the streams about them) and switches the map; a move whose switch
 //! fails rolls back (the source takes the slots' writes again, the map unchanged); a fence
 //! left by a move that stopped before its switch is lifted by `recover`, a finished move's is
-//! kept; slots moved away and back again lift the returning shard's old fence; bad input is
-//! refused with nothing changed.
+//! kept; slots moved away and back again lift the returning shard's old fence; a split adds a
+//! shard (opened by the node's assembly) and moves half a shard to it; bad input is refused
+//! with nothing changed.
 
 // Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,17 +14,20 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use strata_engine::fence::{Fence, FenceChange, FENCES_STREAM};
-use strata_engine::{
-    AppendRequest, Direction, Engine, EngineConfig, Error, ExpectedVersion, NewEvent,
-};
+use strata_engine::fs::StdFs;
+use strata_engine::index_store::IndexCache;
+use strata_engine::sync_round::RoundFs;
+use strata_engine::{AppendRequest, Direction, EngineConfig, Error, ExpectedVersion, NewEvent};
 use strata_proto::routing::{slot_of, ClusterMap, ShardId, SlotRange};
 use strata_shard::clock::SystemWallClock;
+use strata_shard::host::{Host, HostParts};
 use strata_shard::ids::RandomIds;
 use strata_shard::map_cell::MapCell;
-use strata_shard::mover::{MoveError, Mover, Step, Switch};
+use strata_shard::mover::{AddShard, MoveError, Mover, Step, Switch};
 use strata_shard::stats::ServiceStats;
 use strata_shard::throttle::{Throttle, ThrottleConfig};
-use strata_shard::Backend;
+use strata_shard::{Backend, ServiceConfig};
+use tokio::sync::watch;
 
 const SLOTS: u32 = 64;
 
@@ -31,25 +35,40 @@ struct Node {
     _dir: tempfile::TempDir,
     shards: Vec<(ShardId, Backend)>,
     map: MapCell,
+    host: Host,
+    _stop: watch::Sender<bool>,
 }
 
-fn node(shards: u32) -> Node {
+/// A node of `shards` engines, assembled as a node without replication assembles them.
+async fn node(shards: u32) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let backends = (0..shards)
-        .map(|k| {
-            let engine =
-                Engine::open_dir(&dir.path().join(k.to_string()), EngineConfig::default()).unwrap();
-            (ShardId(k), Backend::Single(Arc::new(engine)))
-        })
-        .collect();
+    let (stop, stopped) = watch::channel(false);
+    let host = Host::new(HostParts {
+        data_dir: dir.path().to_path_buf(),
+        engine: EngineConfig::default(),
+        service: ServiceConfig::default(),
+        round: RoundFs::new(Arc::new(StdFs)),
+        cache: IndexCache::new(1 << 20).unwrap(),
+        stats: Arc::new(ServiceStats::default()),
+        stop: stopped,
+        raft: None,
+    })
+    .unwrap();
+    for k in 0..shards {
+        let id = ShardId(k);
+        host.open(id, &host.shard_dir(id), true).await.unwrap();
+    }
     Node {
         _dir: dir,
-        shards: backends,
+        shards: host.set().backends(),
         map: MapCell::new(ClusterMap::even(SLOTS, shards).unwrap()),
+        host,
+        _stop: stop,
     }
 }
 
-/// A mover whose switch takes the map into the cell, or fails while `fail` is set.
+/// A mover whose switch takes the map into the cell, or fails while `fail` is set; a shard
+/// it adds is opened by the node's assembly.
 fn mover(node: &Node, fail: Arc<AtomicBool>) -> Mover {
     let cell = node.map.clone();
     let switch: Switch = Arc::new(move |map| {
@@ -62,14 +81,23 @@ fn mover(node: &Node, fail: Arc<AtomicBool>) -> Mover {
             Ok(())
         })
     });
+    let (cell, host) = (node.map.clone(), node.host.clone());
+    let add_shard: AddShard = Arc::new(move |map, id| {
+        let (cell, host) = (cell.clone(), host.clone());
+        Box::pin(async move {
+            host.add(id, None).await.map_err(|(_, e)| e.to_string())?;
+            cell.advance(map);
+            Ok(())
+        })
+    });
     let throttle = ThrottleConfig {
         adaptive: false,
         ..ThrottleConfig::default()
     };
     Mover::new(
-        node.shards.clone(),
+        node.host.set().clone(),
         node.map.clone(),
-        switch,
+        (switch, add_shard),
         Arc::new(SystemWallClock::default()),
         Arc::new(RandomIds),
         Throttle::new(throttle, Arc::new(ServiceStats::default())),
@@ -120,7 +148,7 @@ async fn versions(b: &Backend, stream: &str) -> Vec<u64> {
 
 #[tokio::test]
 async fn a_move_copies_the_slots_streams_and_switches_the_map() {
-    let n = node(2);
+    let n = node(2).await;
     // Shard 0 holds 0..32; move 0..16 to shard 1.
     let range = SlotRange { start: 0, end: 16 };
     let (moving, staying) = streams_in(range);
@@ -171,7 +199,7 @@ async fn a_move_copies_the_slots_streams_and_switches_the_map() {
 
 #[tokio::test]
 async fn a_move_whose_switch_fails_rolls_back() {
-    let n = node(2);
+    let n = node(2).await;
     let range = SlotRange { start: 0, end: 16 };
     let (moving, _) = streams_in(range);
     let source = backend(&n, 0);
@@ -195,7 +223,7 @@ async fn a_move_whose_switch_fails_rolls_back() {
 
 #[tokio::test]
 async fn recover_lifts_the_fence_of_an_unfinished_move_and_keeps_a_finished_ones() {
-    let n = node(2);
+    let n = node(2).await;
     let (moving, _) = streams_in(SlotRange { start: 0, end: 16 });
     let source = backend(&n, 0);
     // A move stopped between its fence and its switch: the fence alone is there.
@@ -238,7 +266,7 @@ async fn recover_lifts_the_fence_of_an_unfinished_move_and_keeps_a_finished_ones
 
 #[tokio::test]
 async fn slots_moved_away_and_back_are_written_where_they_are() {
-    let n = node(2);
+    let n = node(2).await;
     let range = SlotRange { start: 0, end: 16 };
     let (moving, _) = streams_in(range);
     let returning = (0..400)
@@ -274,7 +302,7 @@ async fn slots_moved_away_and_back_are_written_where_they_are() {
 /// continue): the move fails naming the stream and rolls back; the source keeps the writes.
 #[tokio::test]
 async fn a_target_whose_stream_differs_fails_the_move_and_it_rolls_back() {
-    let n = node(2);
+    let n = node(2).await;
     let range = SlotRange { start: 0, end: 16 };
     let (moving, _) = streams_in(range);
     let (source, target) = (backend(&n, 0), backend(&n, 1));
@@ -287,4 +315,86 @@ async fn a_target_whose_stream_differs_fails_the_move_and_it_rolls_back() {
     }
     assert_eq!(n.map.get().epoch(), 1);
     assert_eq!(append(source, &moving[0], 3).await.unwrap(), 1);
+}
+
+/// Waits for the mover's move to end (10 s at most).
+async fn ended(m: &Mover) -> strata_shard::mover::MoveStatus {
+    for _ in 0..1000 {
+        let s = m.status().unwrap();
+        if matches!(s.step, Step::Done | Step::Failed) {
+            return s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the move did not end: {:?}", m.status());
+}
+
+#[tokio::test]
+async fn a_split_adds_a_shard_and_moves_the_upper_half_to_it() {
+    let n = node(2).await;
+    // Shard 0 holds 0..32: the default split moves 16..32 to a new shard 2.
+    let upper = SlotRange { start: 16, end: 32 };
+    let (moving, _) = streams_in(upper);
+    let (staying, _) = streams_in(SlotRange { start: 0, end: 16 });
+    let source = backend(&n, 0);
+    for (k, s) in moving.iter().chain(&staying).enumerate() {
+        append(source, s, k as u128 + 1).await.unwrap();
+    }
+    let fail = Arc::new(AtomicBool::new(true));
+    let m = mover(&n, fail.clone());
+    // The shard is added (epoch 2), then the move fails at its switch and rolls back: the new
+    // shard stays, owning nothing.
+    m.split(ShardId(0), None).await.unwrap();
+    assert_eq!(ended(&m).await.step, Step::Failed);
+    assert_eq!(n.host.set().ids(), vec![ShardId(0), ShardId(1), ShardId(2)]);
+    assert_eq!(n.map.get().epoch(), 2);
+    assert_eq!(n.map.get().empty_shards(), &[ShardId(2)]);
+    // Split again: the empty shard is taken, no other is added.
+    fail.store(false, Ordering::Relaxed);
+    let begun = m.split(ShardId(0), None).await.unwrap();
+    assert_eq!((begun.range, begun.to), (upper, ShardId(2)));
+    assert_eq!(ended(&m).await.step, Step::Done);
+    let map = n.map.get();
+    assert_eq!(map.epoch(), 3);
+    assert_eq!(map.shards(), vec![ShardId(0), ShardId(1), ShardId(2)]);
+    assert!(map.empty_shards().is_empty());
+    let added = n.host.set().backend(ShardId(2)).unwrap();
+    for s in &moving {
+        assert_eq!(map.shard_of(s), ShardId(2));
+        assert_eq!(versions(&added, s).await, vec![0], "{s}");
+    }
+    for s in &staying {
+        assert_eq!(map.shard_of(s), ShardId(0));
+        assert!(versions(&added, s).await.is_empty(), "{s}");
+    }
+    // Bad input, each refused with the map unchanged: an unknown shard, a split point outside
+    // the shard's ranges or at a range's first slot, a shard with no range to split.
+    for (shard, at, says) in [
+        (9, None, "no shard 9: the cluster has shards 0, 1, 2"),
+        (
+            0,
+            Some(40),
+            "slot 40 is not inside one of shard 0's ranges (0..16)",
+        ),
+        (0, Some(0), "not inside"),
+        (2, Some(16), "not inside"),
+    ] {
+        match m.split(ShardId(shard), at).await {
+            Err(MoveError::Invalid(why)) => assert!(why.contains(says), "{why}"),
+            other => panic!("split {shard} at {at:?}: {other:?}"),
+        }
+    }
+    assert_eq!(n.map.get().epoch(), 3);
+    // A split while a move runs is refused, naming the move.
+    m.start(SlotRange { start: 0, end: 8 }, ShardId(1)).unwrap();
+    match m.split(ShardId(1), None).await {
+        Err(MoveError::Busy(why)) => assert!(why.contains("in progress"), "{why}"),
+        other => panic!("a split during a move: {other:?}"),
+    }
+    assert_eq!(ended(&m).await.step, Step::Done);
+    assert_eq!(
+        n.host.set().ids().len(),
+        3,
+        "no shard added by the refused split"
+    );
 }

@@ -1,5 +1,5 @@
-//! `strata cluster init|status|add-node|remove-node|transfer-leader|rebalance|move-slots`:
-//! membership and leadership of a replicated cluster's shards, and slot-range moves. Changes go to the leader (followed from any
+//! `strata cluster init|status|add-node|remove-node|transfer-leader|rebalance|move-slots|split-shard`:
+//! membership and leadership of a replicated cluster's shards, slot-range moves and splits. Changes go to the leader (followed from any
 //! node); `status --json` prints one JSON object with at least `leader` (node id, or null) and
 //! `nodes` (`[{id, addr, role}]`).
 
@@ -81,6 +81,22 @@ pub enum ClusterCommand {
         /// The shard to own them.
         #[arg(long)]
         to: u32,
+        /// Answer once the move has begun (`cluster status` shows its progress).
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Split a shard: add a new shard (every node opens it), then move the shard's slots from
+    /// --at to the end of the range holding it there, online, as move-slots does. Waits with a
+    /// progress bar and prints the move's numbers, unless --no-wait.
+    SplitShard {
+        /// The shard to split.
+        shard: u32,
+        /// The first slot to move, inside one of the shard's ranges (default: the middle of
+        /// its largest range).
+        #[arg(long)]
+        at: Option<u32>,
         /// Answer once the move has begun (`cluster status` shows its progress).
         #[arg(long)]
         no_wait: bool,
@@ -271,7 +287,35 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
             to,
             no_wait,
             server,
-        } => move_slots(&server, start, end, to, no_wait).await?,
+        } => {
+            let request = pb::MoveSlotsRequest {
+                start,
+                end,
+                to_shard: to,
+            };
+            let client = server.client()?;
+            let s = client.cluster_move_slots(request).await.map_err(failure)?;
+            follow_move(&client, &server, s, no_wait).await?
+        }
+        ClusterCommand::SplitShard {
+            shard,
+            at,
+            no_wait,
+            server,
+        } => {
+            if at == Some(0) {
+                return Err(Failure::new(
+                    "--at 0 leaves no slot on the shard split: give a slot inside one of its ranges",
+                ));
+            }
+            let request = pb::SplitShardRequest {
+                shard,
+                at: at.unwrap_or(0),
+            };
+            let client = server.client()?;
+            let s = client.cluster_split_shard(request).await.map_err(failure)?;
+            follow_move(&client, &server, s, no_wait).await?
+        }
     }
     Ok(())
 }
@@ -340,22 +384,15 @@ async fn rebalance(server: &ServerArg, dry_run: bool) -> Result<(), Failure> {
 /// How often `move-slots` looks at the move's progress.
 const MOVE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// `cluster move-slots`: begins the move, then (unless `no_wait`) shows its progress until it
-/// ends and prints its numbers; a failed move is a failure naming why (rolled back).
-async fn move_slots(
+/// `cluster move-slots` and `split-shard` once the move has begun (`s`, the answer of the
+/// node running it): unless `no_wait`, shows its progress until it ends, then prints its
+/// numbers; a failed move is a failure naming why (rolled back).
+async fn follow_move(
+    client: &strata_client::Client,
     server: &ServerArg,
-    start: u32,
-    end: u32,
-    to: u32,
+    mut s: pb::ClusterStatus,
     no_wait: bool,
 ) -> Result<(), Failure> {
-    let request = pb::MoveSlotsRequest {
-        start,
-        end,
-        to_shard: to,
-    };
-    let client = server.client()?;
-    let mut s = client.cluster_move_slots(request).await.map_err(failure)?;
     // The node running the move answered (a replicated cluster's metadata leader): its status
     // shows the progress.
     let runner = s
@@ -373,8 +410,8 @@ async fn move_slots(
         if no_wait || m.step == "done" || m.step == "failed" {
             if m.step == "failed" {
                 return Err(Failure::new(format!(
-                    "the move of slots {start}..{end} failed and was rolled back: {}",
-                    m.error
+                    "the move of slots {}..{} to shard {} failed and was rolled back: {}",
+                    m.start, m.end, m.to_shard, m.error
                 )));
             }
             output::line(&move_json(&m));

@@ -1840,6 +1840,112 @@ async fn owner_of(cluster: &Cluster, id: u64, slot: u32) -> Option<(u64, u32)> {
     Some((s.map_epoch, owner.id))
 }
 
+/// Every acknowledged event, read linearizably through every node (each routes by its map,
+/// forwarding to each shard's leader): each stream holds exactly its acknowledged ids in order.
+async fn check_linearizable_reads(cluster: &Cluster, acked: &BTreeMap<String, Vec<u128>>) {
+    for id in cluster.live() {
+        let mut client = StreamsClient::new(channel(&cluster.addr(id)).await.unwrap());
+        for (stream, ids) in acked {
+            let mut got: Vec<u128> = Vec::new();
+            loop {
+                let request = pb::ReadRequest {
+                    stream: stream.clone(),
+                    from_version: Some(got.len() as u64),
+                    limit: 4096,
+                    ..Default::default()
+                };
+                let events = client.read(request).await.unwrap().into_inner().events;
+                if events.is_empty() {
+                    break;
+                }
+                got.extend(
+                    events
+                        .iter()
+                        .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128()),
+                );
+            }
+            assert_eq!(&got, ids, "linearizable read of {stream} through node {id}");
+        }
+    }
+}
+
+/// The merged `$all` through node `id`: each acknowledged event once (copies stay out).
+async fn check_merged_all(cluster: &Cluster, id: u64, acked: &BTreeMap<String, Vec<u128>>) {
+    let mut client = StreamsClient::new(channel(&cluster.addr(id)).await.unwrap());
+    let all = merged_all_ids(&mut client).await;
+    let total: usize = acked.values().map(Vec::len).sum();
+    let distinct: std::collections::BTreeSet<u128> = all.iter().copied().collect();
+    assert_eq!(
+        (all.len(), distinct.len()),
+        (total, total),
+        "the merged $all read through node {id}"
+    );
+}
+
+/// A shard split on a three-node cluster of two shards, under eight writers, asked of a node
+/// that does not run moves: a third shard is added to the map, every node opens its group
+/// (formed by the metadata leader, a replica on every node), and the upper half of shard 1
+/// moves to it. Then a node is SIGKILLed and restarted: it opens the added shard from its
+/// cached map. Every node routes by the same map and serves the new shard; every
+/// acknowledged event is on every replica exactly once, reads linearizably through every
+/// node, and once in the merged `$all`; each shard's logs, the new one's too, are identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replicated_shard_splits_online_under_writers() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = three_nodes_of_shards(2).await;
+    shard_leaders(&cluster).await;
+    let (meta, _) = meta_view(&cluster, &[1, 2, 3]).await;
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&cluster, 8, &acked, &stop);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Shard 1 holds 2048..4096 (every writer's stream): 3072..4096 goes to shard 2.
+    let asked = cluster.addr((meta % 3) + 1);
+    let report = strata_json(&["cluster", "split-shard", "1", "--server", &asked]);
+    assert_eq!(report["step"], "done", "{report}");
+    assert_eq!(report["to"], 2, "{report}");
+    assert_eq!(report["slots"], serde_json::json!([3072, 4096]), "{report}");
+    assert!(report["copied_events"].as_u64().unwrap() > 0, "{report}");
+    let leaders = shard_leaders(&cluster).await;
+    assert_eq!(leaders.len(), 3, "{leaders:?}");
+    for id in 1..=3 {
+        let s = status(&cluster.addr(id)).await.unwrap();
+        assert_eq!(s.map_epoch, 3, "node {id}");
+        let added = s.shards.iter().find(|g| g.id == 2).unwrap();
+        assert_eq!(added.replicas.len(), 3, "node {id}: {added:?}");
+        assert_eq!(
+            (added.slots[0].start, added.slots[0].end),
+            (3072, 4096),
+            "node {id}"
+        );
+    }
+    // A node other than the metadata leader, killed and restarted under the writers.
+    let victim = (meta % 3) + 1;
+    cluster.nodes.get_mut(&victim).unwrap().kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.nodes.get_mut(&victim).unwrap().start();
+    cluster.wait_up(victim).await;
+    assert_eq!(shard_leaders(&cluster).await.len(), 3);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let reports = join(writers).await;
+    let counts: Vec<(u64, u64)> = reports.iter().map(|r| (r.acks, r.errors)).collect();
+    assert!(counts.iter().all(|(acks, _)| *acks > 0), "{counts:?}");
+    eprintln!("writers (acks, errors retried): {counts:?}");
+    let acked = acked.lock().unwrap().clone();
+    let moved = acked
+        .keys()
+        .filter(|s| strata_proto::routing::slot_of(s, 4096) >= 3072)
+        .count();
+    assert!(moved >= 2, "streams on the new shard: {moved}");
+    check_sharded_replicas(&cluster, &acked).await;
+    check_linearizable_reads(&cluster, &acked).await;
+    check_merged_all(&cluster, victim, &acked).await;
+    check_logs_identical(&mut cluster, false);
+    let dirs = shard_dirs(&cluster.nodes[&1].data);
+    assert_eq!(dirs.len(), 3, "{dirs:?}");
+}
+
 /// Slot-range moves between the shards of a three-node cluster (one Raft group per shard)
 /// under eight writers, through whichever node is asked (the metadata group's leader runs
 /// them): one with nothing failing, then one each while the source shard's leader, the target
@@ -1998,39 +2104,7 @@ async fn slot_ranges_move_between_replicated_shards_through_kills() {
     let acked = acked.lock().unwrap().clone();
     check_sharded_replicas(&cluster, &acked).await;
     // Linearizable reads through every node (each routes by the moved map) see every ack.
-    for id in 1..=3 {
-        let mut client = StreamsClient::new(channel(&cluster.addr(id)).await.unwrap());
-        for (stream, ids) in &acked {
-            let mut got: Vec<u128> = Vec::new();
-            loop {
-                let request = pb::ReadRequest {
-                    stream: stream.clone(),
-                    from_version: Some(got.len() as u64),
-                    limit: 4096,
-                    ..Default::default()
-                };
-                let events = client.read(request).await.unwrap().into_inner().events;
-                if events.is_empty() {
-                    break;
-                }
-                got.extend(
-                    events
-                        .iter()
-                        .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128()),
-                );
-            }
-            assert_eq!(&got, ids, "linearizable read of {stream} through node {id}");
-        }
-    }
-    // The merged $all through node 3: each acknowledged event once (copies stay out).
-    let mut client = StreamsClient::new(channel(&cluster.addr(3)).await.unwrap());
-    let all = merged_all_ids(&mut client).await;
-    let total: usize = acked.values().map(Vec::len).sum();
-    let distinct: std::collections::BTreeSet<u128> = all.iter().copied().collect();
-    assert_eq!(
-        (all.len(), distinct.len()),
-        (total, total),
-        "the merged $all read"
-    );
+    check_linearizable_reads(&cluster, &acked).await;
+    check_merged_all(&cluster, 3, &acked).await;
     check_logs_identical(&mut cluster, false);
 }

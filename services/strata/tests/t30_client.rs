@@ -479,7 +479,7 @@ async fn a_consumer_group_on_several_shards_is_refused_and_nothing_is_written() 
 async fn slots_move_between_shards_online_under_writers_and_subscribers() {
     use strata_proto::routing::slot_of;
     let _serial = SERIAL.lock().await;
-    let dev = ShardedDev::start(4);
+    let mut dev = ShardedDev::start(4);
     let client = dev.client(Duration::from_secs(60)).await;
     // 4 shards of 4096 slots: shard 0 holds 0..1024; slots 0..512 go to shard 1.
     let streams: Vec<String> = (0..48).map(|k| format!("order-{{{k}}}")).collect();
@@ -540,34 +540,34 @@ async fn slots_move_between_shards_online_under_writers_and_subscribers() {
             .output()
             .unwrap()
     };
-    let moved = tokio::task::spawn_blocking({
+    // A CLI command that waits (run off the runtime: the writers go on), answered with its
+    // last line of JSON.
+    let waited = |args: &'static [&'static str]| {
         let server = server.clone();
-        move || {
-            std::process::Command::new(STRATA)
-                .args([
-                    "cluster",
-                    "move-slots",
-                    "0..512",
-                    "--to",
-                    "1",
-                    "--server",
-                    &server,
-                ])
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(STRATA)
+                .args(args)
+                .args(["--server", &server])
                 .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        moved.status.success(),
-        "{}",
-        String::from_utf8_lossy(&moved.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&moved.stdout).unwrap();
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{args:?}: {err}");
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        })
+    };
+    let report = waited(&["cluster", "move-slots", "0..512", "--to", "1"])
+        .await
+        .unwrap();
     assert_eq!(report["step"], "done", "{report}");
     assert!(report["copied_events"].as_u64().unwrap() > 0, "{report}");
     assert!(report["pause_us"].as_u64().unwrap() > 0, "{report}");
+    // Then a split of shard 0 (512..1024 now): a new shard 4 takes 768..1024, the writers and
+    // the `$all` subscriber going on through it.
+    let report = waited(&["cluster", "split-shard", "0"]).await.unwrap();
+    assert_eq!(report["step"], "done", "{report}");
+    assert_eq!(report["to"], 4, "{report}");
+    assert_eq!(report["slots"], serde_json::json!([768, 1024]), "{report}");
+    assert!(report["copied_events"].as_u64().unwrap() > 0, "{report}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -575,24 +575,46 @@ async fn slots_move_between_shards_online_under_writers_and_subscribers() {
     }
     let status: serde_json::Value =
         serde_json::from_slice(&cli(&["cluster", "status", "--json"]).stdout).unwrap();
-    assert_eq!(status["map_epoch"], 2, "{status}");
+    // Epochs: 2 the move, 3 the shard added, 4 the split's move.
+    assert_eq!(status["map_epoch"], 4, "{status}");
     assert_eq!(
         status["shards"][0]["slots"],
-        serde_json::json!([[512, 1024]])
+        serde_json::json!([[512, 768]])
+    );
+    assert_eq!(status["shards"][4]["id"], 4, "{status}");
+    assert_eq!(
+        status["shards"][4]["slots"],
+        serde_json::json!([[768, 1024]])
     );
     assert_eq!(
         status["shards"][1]["slots"],
         serde_json::json!([[0, 512], [1024, 2048]])
     );
-    // Bad moves: each refused naming why; the map stays at epoch 2.
+    // Bad moves and splits: each refused naming why; the map stays at epoch 4.
     for (args, says) in [
-        (vec!["0..512", "--to", "1"], "on shard 1 already"),
-        (vec!["4000..5000", "--to", "1"], "not a range"),
-        (vec!["500..600", "--to", "2"], "span shards"),
-        (vec!["0..10", "--to", "9"], "not a shard"),
-        (vec!["10..0", "--to", "2"], "not a range"),
+        (
+            vec!["move-slots", "0..512", "--to", "1"],
+            "on shard 1 already",
+        ),
+        (vec!["move-slots", "4000..5000", "--to", "1"], "not a range"),
+        (vec!["move-slots", "500..600", "--to", "2"], "span shards"),
+        (vec!["move-slots", "0..10", "--to", "9"], "not a shard"),
+        (vec!["move-slots", "10..0", "--to", "2"], "not a range"),
+        (
+            vec!["split-shard", "9"],
+            "no shard 9: the cluster has shards 0, 1, 2, 3, 4",
+        ),
+        (
+            vec!["split-shard", "0", "--at", "100"],
+            "slot 100 is not inside one of shard 0's ranges",
+        ),
+        (vec!["split-shard", "0", "--at", "512"], "not inside"),
+        (
+            vec!["split-shard", "0", "--at", "0"],
+            "--at 0 leaves no slot",
+        ),
     ] {
-        let mut full = vec!["cluster", "move-slots"];
+        let mut full = vec!["cluster"];
         full.extend(args.iter().copied());
         let out = cli(&full);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -603,7 +625,7 @@ async fn slots_move_between_shards_online_under_writers_and_subscribers() {
     }
     let after: serde_json::Value =
         serde_json::from_slice(&cli(&["cluster", "status", "--json"]).stdout).unwrap();
-    assert_eq!(after["map_epoch"], 2);
+    assert_eq!(after["map_epoch"], 4);
     // Every acknowledged event once in its stream, at consecutive versions.
     let acked = acked.lock().unwrap().clone();
     let total: usize = acked.values().map(Vec::len).sum();
@@ -643,4 +665,26 @@ async fn slots_move_between_shards_online_under_writers_and_subscribers() {
         .map(|(_, _, id)| id.clone())
         .collect();
     assert_eq!(&one, &acked[&watched], "the moved stream's subscriber");
+    // Killed and started again (with the --shards it was made with): the added shard is
+    // opened from the map, and every stream reads as before.
+    dev.kill();
+    dev.restart();
+    let client = dev.client(Duration::from_secs(60)).await;
+    for (stream, ids) in &acked {
+        let events = client.read_stream(stream, None, 10_000).await.unwrap();
+        let held: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(
+            held,
+            ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            "{stream} after a restart"
+        );
+    }
+    let restarted: serde_json::Value =
+        serde_json::from_slice(&cli(&["cluster", "status", "--json"]).stdout).unwrap();
+    assert_eq!(restarted["map_epoch"], 4, "{restarted}");
+    assert_eq!(
+        restarted["shards"].as_array().unwrap().len(),
+        5,
+        "{restarted}"
+    );
 }
