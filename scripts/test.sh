@@ -33,6 +33,11 @@ cargo build --release --locked -p strata-sim
 echo "==> simulator sweep, storage and membership faults (${STRATA_SIM_FOCUSED_SECS:-90} s)"
 "$CARGO_TARGET_DIR/release/strata-sim" run --seeds 1000000000 \
   --faults crashes,disk,membership,partitions --time-limit "${STRATA_SIM_FOCUSED_SECS:-90}"
+# Sharded clusters: slot ranges moving between 3 shards under network, partition, crash and
+# clock faults.
+echo "==> simulator sweep, sharded (${STRATA_SIM_SHARDED_SECS:-90} s)"
+"$CARGO_TARGET_DIR/release/strata-sim" run --seeds 1000000000 --shards 3 \
+  --time-limit "${STRATA_SIM_SHARDED_SECS:-90}"
 # One closing line with the totals over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

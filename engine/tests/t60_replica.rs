@@ -607,3 +607,63 @@ fn a_blank_records_position_is_a_record_position_to_read_from() {
     // Inside a record is still no record position.
     assert!(!reader.is_record_position(blank_at + 1).unwrap());
 }
+
+/// A follower that copied the leader's fence record refuses the fenced stream's appends once
+/// it decides them itself (a new leader). Found by the sharded simulator (seed 3, `--shards
+/// 3`): records absorbed as frames did not add their fences, so a follower that took over
+/// after a move's fence acknowledged writes the move never copied.
+#[test]
+fn a_follower_that_copied_a_fence_refuses_the_fenced_stream_once_it_decides() {
+    use strata_engine::fence::{Fence, FenceChange, FENCES_STREAM};
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let slot = strata_slots::slot_of("acct-f", 64);
+    let (event_type, data) = FenceChange::Set(Fence {
+        slots: 64,
+        start: slot,
+        end: slot + 1,
+        to: 0,
+    })
+    .encode();
+    let mut fence = event(77, "{}");
+    fence.event_type = event_type.into();
+    fence.data = data.into();
+    let (mut leader, _) = open(leader_dir.path());
+    let written = leader
+        .write_entries(vec![entry(
+            1,
+            appends(vec![append(
+                FENCES_STREAM,
+                ExpectedVersion::Any,
+                vec![fence],
+            )]),
+        )])
+        .unwrap();
+    apply(&leader, written);
+    let (mut follower, _) = open(follower_dir.path());
+    let frames = leader.read_entries(1, 2, usize::MAX).unwrap();
+    let copy: Vec<LogEntry> = frames
+        .iter()
+        .map(|r| entry(r.header.seq, EntryBody::Frame(r.frame.clone())))
+        .collect();
+    let copied = follower.write_entries(copy).unwrap();
+    apply(&follower, copied);
+    // The follower now leads: it decides the next entry's appends itself.
+    let written = follower
+        .write_entries(vec![entry(
+            2,
+            appends(vec![
+                append("acct-f", ExpectedVersion::Any, vec![event(78, "{}")]),
+                append("other-stream", ExpectedVersion::Any, vec![event(79, "{}")]),
+            ]),
+        )])
+        .unwrap();
+    let decided = written[0].decided.as_ref().unwrap();
+    assert!(
+        matches!(&decided[0], Err(Error::Moved { shard: 0, .. })),
+        "{:?}",
+        decided[0]
+    );
+    let answers = decided;
+    assert!(answers[1].is_ok(), "{:?}", answers[1]);
+}

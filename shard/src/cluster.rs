@@ -483,7 +483,7 @@ fn move_status(field: &str, e: MoveError) -> Status {
     match e {
         MoveError::Invalid(why) => crate::status::invalid(field, why),
         MoveError::Busy(why) => Status::failed_precondition(why),
-        e @ MoveError::Failed(_) => Status::unavailable(e.to_string()),
+        e @ (MoveError::Failed(_) | MoveError::Undecided(_)) => Status::unavailable(e.to_string()),
     }
 }
 

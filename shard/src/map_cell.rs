@@ -8,6 +8,17 @@ use std::sync::{Arc, RwLock};
 use strata_engine::fs::{FileSystem, OpenMode};
 use strata_proto::routing::ClusterMap;
 
+/// Why a map was not installed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwitchError {
+    /// It is not and never will be (another map took its epoch, or it was never sent).
+    #[error("{0}")]
+    Refused(String),
+    /// It may still be: the metadata group did not answer (the proposal may commit later).
+    #[error("{0}")]
+    Unknown(String),
+}
+
 /// The map's file in a data directory of several shards.
 pub const MAP_FILE: &str = "cluster.map";
 

@@ -23,7 +23,7 @@ use strata_proto::routing::{ClusterMap, ShardId};
 use strata_raft::{Replica, ReplicaError, StrataNode};
 use tokio::sync::watch;
 
-use crate::map_cell::{write_map_with, MapCell};
+use crate::map_cell::{write_map_with, MapCell, SwitchError};
 
 /// The metadata group's id (as a shard id on the Raft transport): no data shard has it.
 pub const META_GROUP: u32 = u32::MAX;
@@ -68,6 +68,68 @@ impl Meta {
     /// wrong-expected-version error and nothing is written. Only on the group's leader
     /// (elsewhere: not the leader, naming it).
     pub async fn propose(&self, map: &ClusterMap, now_us: u64) -> Result<(), ReplicaError> {
+        self.replica.append(proposal(map, now_us)?).await?;
+        Ok(())
+    }
+
+    /// [`Meta::propose`] at the group's leader wherever it is, asked again (the same event:
+    /// answered as decided) while the group does not answer, for at most `wait`.
+    pub async fn propose_at_leader(
+        &self,
+        map: &ClusterMap,
+        now_us: u64,
+        wait: Duration,
+    ) -> Result<(), ReplicaError> {
+        let request = proposal(map, now_us)?;
+        self.replica
+            .append_all_at_leader(vec![request], wait)
+            .await?;
+        Ok(())
+    }
+}
+
+/// How long a switch asks the metadata group to record its map before calling the outcome
+/// unknown.
+pub const RECORD_WAIT: Duration = Duration::from_secs(10);
+/// How long a switch whose map is recorded waits for this node to route by it (the switch is
+/// done either way: the map is the cluster's).
+pub const ROUTED_WAIT: Duration = Duration::from_secs(5);
+
+/// Records `map` as the cluster's next map — the commit point of a move or a split — then
+/// waits a while until `cell` routes by it. Refused when the group decided against it (another
+/// map holds its epoch); unknown when the group did not answer within [`RECORD_WAIT`] (the
+/// proposal may still commit: the caller must not act as if it will not).
+pub async fn install(
+    meta: &Meta,
+    cell: &MapCell,
+    map: ClusterMap,
+    now_us: u64,
+) -> Result<(), SwitchError> {
+    match meta.propose_at_leader(&map, now_us, RECORD_WAIT).await {
+        Ok(()) => {}
+        Err(ReplicaError::Engine(e)) => {
+            return Err(SwitchError::Refused(format!("recording the map: {e}")))
+        }
+        Err(e) => return Err(SwitchError::Unknown(format!("recording the map: {e}"))),
+    }
+    let epoch = map.epoch();
+    let mut epochs = cell.watch();
+    let routed = tokio::time::timeout(ROUTED_WAIT, async {
+        epochs.wait_for(|e| *e >= epoch).await.is_ok()
+    })
+    .await;
+    if !matches!(routed, Ok(true)) {
+        tracing::warn!(
+            epoch,
+            "the map is recorded, but this node does not route by it yet"
+        );
+    }
+    Ok(())
+}
+
+/// The append recording `map` (see [`Meta::propose`]).
+fn proposal(map: &ClusterMap, now_us: u64) -> Result<AppendRequest, ReplicaError> {
+    {
         let epoch = map.epoch();
         let expected = match epoch {
             0 => {
@@ -86,9 +148,12 @@ impl Meta {
             data: Bytes::from(text),
             metadata: Bytes::new(),
         };
-        let request = AppendRequest::single(CLUSTER_MAP_STREAM, expected, vec![event], now_us);
-        self.replica.append(request).await?;
-        Ok(())
+        Ok(AppendRequest::single(
+            CLUSTER_MAP_STREAM,
+            expected,
+            vec![event],
+            now_us,
+        ))
     }
 }
 

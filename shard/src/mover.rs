@@ -72,8 +72,12 @@ const VERIFY_EVENTS: usize = 512;
 /// (an election, a leader that moved) before the move fails and rolls back.
 pub const MOVE_WRITE_WAIT: Duration = Duration::from_secs(30);
 
-/// Installs the next map: where the node keeps it and what it routes by.
-pub type Switch = Arc<dyn Fn(ClusterMap) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// Installs the next map: where the node keeps it and what it routes by. The switch is a
+/// move's commit point, so its failure says whether the map may still be installed.
+pub type Switch =
+    Arc<dyn Fn(ClusterMap) -> BoxFuture<'static, Result<(), SwitchError>> + Send + Sync>;
+
+pub use crate::map_cell::SwitchError;
 
 /// Installs a map that adds shard `ShardId` (owning no slot): answers once this node serves the
 /// shard and, replicated, its group has formed and has a leader.
@@ -143,6 +147,11 @@ pub enum MoveError {
     /// The move stopped and was rolled back (the map unchanged).
     #[error("the move failed and was rolled back: {0}")]
     Failed(String),
+    /// The switch's outcome is unknown (the map may still be installed): the source's fence
+    /// stays until recovery decides — recording the map again at the next epoch (so the
+    /// switch can no longer land) lifts it; a switch that landed keeps it.
+    #[error("the move's switch is undecided; its slots stay fenced until recovery decides: {0}")]
+    Undecided(String),
 }
 
 /// A move decided valid: which shards, and the range.
@@ -366,6 +375,28 @@ fn split_range(map: &ClusterMap, shard: ShardId, at: Option<u32>) -> Result<Slot
     })
 }
 
+/// The changes that lift `shard`'s fence `f` over the slots `map` gives to `shard`: the fence
+/// lifted, and its parts owned by other shards fenced again, each naming its owner.
+fn refence(map: &ClusterMap, shard: ShardId, f: Fence) -> Vec<FenceChange> {
+    let mut changes = vec![FenceChange::Lift {
+        slots: f.slots,
+        start: f.start,
+        end: f.end,
+    }];
+    for (r, owner) in map.ranges() {
+        let (start, end) = (r.start.max(f.start), r.end.min(f.end));
+        if *owner != shard && start < end {
+            changes.push(FenceChange::Set(Fence {
+                start,
+                end,
+                to: owner.0,
+                ..f
+            }));
+        }
+    }
+    changes
+}
+
 /// Whether `map` gives every slot of `range` to `shard`.
 fn owns(map: &ClusterMap, range: SlotRange, shard: ShardId) -> bool {
     map.ranges()
@@ -587,7 +618,9 @@ impl Mover {
         let outcome = self.steps(plan, &mut fence_set).await;
         if let Err(e) = &outcome {
             tracing::warn!(range = %plan.range, from = %plan.from, to = %plan.to, error = %e, "slot-range move failed; rolling back");
-            if let Some(fence) = fence_set {
+            // An undecided switch may still land: lifting the fence then would let the source
+            // take writes the new owner never sees. Recovery decides it.
+            if let (Some(fence), false) = (fence_set, matches!(e, MoveError::Undecided(_))) {
                 if let Err(lift) = self.lift(plan.from, fence).await {
                     tracing::error!(error = %lift, "lifting the fence failed; it is lifted when the node next starts");
                 }
@@ -656,9 +689,10 @@ impl Mover {
         let next = map
             .with_range_moved(plan.range, plan.to)
             .map_err(|e| MoveError::Failed(e.to_string()))?;
-        (self.inner.switch)(next)
-            .await
-            .map_err(|e| MoveError::Failed(format!("switching the map: {e}")))?;
+        (self.inner.switch)(next).await.map_err(|e| match e {
+            SwitchError::Refused(why) => MoveError::Failed(format!("switching the map: {why}")),
+            SwitchError::Unknown(why) => MoveError::Undecided(format!("switching the map: {why}")),
+        })?;
         self.update(|s| s.pause_us = fenced.elapsed().as_micros() as u64);
         Ok(())
     }
@@ -913,8 +947,9 @@ impl Mover {
         Ok(())
     }
 
-    /// After a restart: lifts every fence whose slots the map still gives to the shard that
-    /// holds it (a move that stopped before its switch). Returns the fences lifted.
+    /// After a restart: lifts every fence over slots the map still gives (all or some of them)
+    /// to the shard that holds it (a move that stopped before its switch), keeping its parts
+    /// over other shards' slots fenced. Returns the fences lifted.
     ///
     /// Before lifting anything it records the map again at the next epoch (same ranges), so
     /// a switch still in flight from a mover elsewhere (a metadata leader that lost its
@@ -929,11 +964,13 @@ impl Mover {
                 .await
                 .map_err(|s| format!("reading {id}'s fences: {}", s.message()))?;
             for f in fences.list() {
-                let range = SlotRange {
-                    start: f.start,
-                    end: f.end,
-                };
-                if f.slots == map.slots() && owns(&map, range, *id) {
+                // Stale when the shard owns any of its slots: a fence over slots that moved
+                // away since (in part) would block the shard's own writes for ever.
+                let mine = map
+                    .ranges()
+                    .iter()
+                    .any(|(r, s)| s == id && r.start < f.end && f.start < r.end);
+                if f.slots == map.slots() && mine {
                     stale.push((*id, *f));
                 }
             }
@@ -945,7 +982,9 @@ impl Mover {
             .await
             .map_err(|e| format!("recording the map again before lifting fences: {e}"))?;
         for (id, f) in &stale {
-            self.lift(*id, *f).await.map_err(|e| e.to_string())?;
+            self.record_all(*id, refence(&map, *id, *f))
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::warn!(
                 shard = id.0,
                 start = f.start,

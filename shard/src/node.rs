@@ -32,7 +32,7 @@ use crate::host::{Host, HostParts, RaftHost};
 use crate::ids::RandomIds;
 use crate::map_cell::MapCell;
 use crate::meta::{Meta, META_DIR, META_GROUP};
-use crate::mover::Mover;
+use crate::mover::{Mover, Switch, SwitchError};
 use crate::router::Router;
 use crate::service::{ServiceConfig, ServiceStats};
 use crate::shards::LocalShards;
@@ -363,9 +363,6 @@ impl Node {
 /// How often a replicated cluster's metadata leader looks for moves that did not finish.
 const MOVE_RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// How long a replicated switch waits for this node to route by the map it recorded.
-const SWITCH_ROUTED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// How long adding a shard waits for its new group to elect a leader.
 const NEW_GROUP_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -386,7 +383,7 @@ fn mover(
         cell: shards.map.clone(),
         meta: shards.meta.clone(),
     };
-    let switch: crate::mover::Switch = {
+    let switch: Switch = {
         let install = install.clone();
         Arc::new(move |map| {
             let install = install.clone();
@@ -402,7 +399,21 @@ fn mover(
                     .await
                     .map_err(|(dir, e)| format!("opening {}: {e}", dir.display()))?;
             }
-            install.install(map).await?;
+            let epoch = map.epoch();
+            install.install(map).await.map_err(|e| e.to_string())?;
+            // The node's follower opens the shard before it routes by the map.
+            let held = tokio::time::timeout(crate::meta::ROUTED_WAIT, async {
+                while host.set().backend(id).is_none() {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            if held.is_err() {
+                return Err(format!(
+                    "the map of epoch {epoch} adds {id}, but this node has not opened it within {:?}",
+                    crate::meta::ROUTED_WAIT
+                ));
+            }
             let Some(Backend::Replicated(replica)) = host.set().backend(id) else {
                 return Ok(());
             };
@@ -445,31 +456,20 @@ struct Installer {
 }
 
 impl Installer {
-    async fn install(&self, map: ClusterMap) -> Result<(), String> {
+    async fn install(&self, map: ClusterMap) -> Result<(), SwitchError> {
         let Some(meta) = &self.meta else {
             let (dir, written) = (self.dir.clone(), map.clone());
-            tokio::task::spawn_blocking(move || crate::shards::write_map(&dir, &written))
-                .await
-                .map_err(|e| format!("the map's writer failed: {e}"))??;
+            let wrote =
+                tokio::task::spawn_blocking(move || crate::shards::write_map(&dir, &written))
+                    .await
+                    .map_err(|e| format!("the map's writer failed: {e}"))
+                    .and_then(|w| w);
+            wrote.map_err(SwitchError::Refused)?;
             self.cell.advance(map);
             return Ok(());
         };
         let now = crate::clock::WallClock::now_us(&SystemWallClock::default());
-        meta.propose(&map, now)
-            .await
-            .map_err(|e| format!("recording the map: {e}"))?;
-        let mut epochs = self.cell.watch();
-        let epoch = map.epoch();
-        let routed = tokio::time::timeout(SWITCH_ROUTED_WAIT, async {
-            epochs.wait_for(|e| *e >= epoch).await.is_ok()
-        })
-        .await;
-        match routed {
-            Ok(true) => Ok(()),
-            _ => Err(format!(
-                "the map of epoch {epoch} is recorded, but this node did not route by it within {SWITCH_ROUTED_WAIT:?}"
-            )),
-        }
+        crate::meta::install(meta, &self.cell, map, now).await
     }
 }
 

@@ -23,7 +23,7 @@ use strata_shard::clock::SystemWallClock;
 use strata_shard::host::{Host, HostParts};
 use strata_shard::ids::RandomIds;
 use strata_shard::map_cell::MapCell;
-use strata_shard::mover::{AddShard, MoveError, Mover, Step, Switch};
+use strata_shard::mover::{AddShard, MoveError, Mover, Step, Switch, SwitchError};
 use strata_shard::stats::ServiceStats;
 use strata_shard::throttle::{Throttle, ThrottleConfig};
 use strata_shard::{Backend, ServiceConfig};
@@ -75,7 +75,9 @@ fn mover(node: &Node, fail: Arc<AtomicBool>) -> Mover {
         let (cell, fail) = (cell.clone(), fail.clone());
         Box::pin(async move {
             if fail.load(Ordering::Relaxed) {
-                return Err("the map's store is down (planted)".to_string());
+                return Err(SwitchError::Refused(
+                    "the map's store is down (planted)".to_string(),
+                ));
             }
             cell.advance(map);
             Ok(())
@@ -397,4 +399,59 @@ async fn a_split_adds_a_shard_and_moves_the_upper_half_to_it() {
         3,
         "no shard added by the refused split"
     );
+}
+
+#[tokio::test]
+async fn a_move_whose_switch_is_undecided_keeps_its_fence_until_recovery_decides() {
+    let n = node(2).await;
+    let range = SlotRange { start: 0, end: 16 };
+    let (moving, _) = streams_in(range);
+    let source = backend(&n, 0);
+    append(source, &moving[0], 1).await.unwrap();
+    // The map's store does not answer: the map may still be installed.
+    let undecided = Arc::new(AtomicBool::new(true));
+    let cell = n.map.clone();
+    let flag = undecided.clone();
+    let switch: Switch = Arc::new(move |map| {
+        let (cell, flag) = (cell.clone(), flag.clone());
+        Box::pin(async move {
+            if flag.load(Ordering::Relaxed) {
+                return Err(SwitchError::Unknown("no answer (planted)".into()));
+            }
+            cell.advance(map);
+            Ok(())
+        })
+    });
+    let add_shard: AddShard = Arc::new(|_, _| Box::pin(async { Err("no splits here".into()) }));
+    let m = Mover::new(
+        n.host.set().clone(),
+        n.map.clone(),
+        (switch, add_shard),
+        Arc::new(SystemWallClock::default()),
+        Arc::new(RandomIds),
+        Throttle::new(
+            ThrottleConfig {
+                adaptive: false,
+                ..ThrottleConfig::default()
+            },
+            Arc::new(ServiceStats::default()),
+        ),
+    );
+    match m.run(range, ShardId(1)).await {
+        Err(MoveError::Undecided(why)) => assert!(why.contains("planted"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // Not rolled back: the source still refuses the slots' writes, the map is unchanged.
+    assert!(matches!(
+        append(source, &moving[0], 2).await,
+        Err(Error::Moved { shard: 1, .. })
+    ));
+    assert_eq!(n.map.get().epoch(), 1);
+    // Recovery decides: it records the map again (so the old switch can no longer land),
+    // then lifts the fence.
+    undecided.store(false, Ordering::Relaxed);
+    let lifted = m.recover().await.unwrap();
+    assert_eq!(lifted.len(), 1, "{lifted:?}");
+    assert_eq!(n.map.get().epoch(), 2, "the map recorded again");
+    assert_eq!(append(source, &moving[0], 3).await.unwrap(), 1);
 }

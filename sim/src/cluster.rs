@@ -155,8 +155,8 @@ impl IndexStore for SimIndex {
 
 /// A node's disk: its files and its index stores (by directory).
 #[derive(Debug, Clone)]
-struct Disk {
-    fs: SimFs,
+pub(crate) struct Disk {
+    pub(crate) fs: SimFs,
     indexes: Arc<Mutex<BTreeMap<PathBuf, MemIndexStore>>>,
     epoch: Arc<AtomicU64>,
 }
@@ -215,13 +215,18 @@ pub enum Down {
     Corrupt(String),
 }
 
-struct Up {
-    replica: Arc<Replica>,
-    service: Arc<RaftService<SimNet>>,
+pub(crate) struct Up {
+    /// Shard 0's replica (the only one of a run of one shard).
+    pub(crate) replica: Arc<Replica>,
+    /// Every group's replica, the metadata group's too (a sharded run).
+    pub(crate) groups: Vec<Arc<Replica>>,
+    /// A sharded run's node: its router, map and mover.
+    pub(crate) sharded: Option<crate::sharded_node::ShardedNode>,
+    pub(crate) service: Arc<RaftService<SimNet>>,
     /// The node's client API, in process: what simulated clients call.
-    streams: StreamsService,
+    pub(crate) streams: StreamsService,
     /// Tells the node's service to stop (ends its subscriptions), as a shutdown would.
-    stop: watch::Sender<bool>,
+    pub(crate) stop: watch::Sender<bool>,
 }
 
 /// A node's simulated wall clock, for the service code that asks for "now".
@@ -285,7 +290,20 @@ pub(crate) struct Shared {
     settings: RaftSettings,
     engine: EngineConfig,
     initial: BTreeMap<NodeId, StrataNode>,
+    /// Data shards per node (1: the one-group runs of [`crate::run`]).
+    shards: u32,
+    /// Opens a node of several shards (see `crate::sharded`).
+    open_sharded: Option<OpenNode>,
 }
+
+/// Opens node `NodeId` on its disk: its groups and what serves them.
+pub(crate) type OpenNode = for<'a> fn(
+    &'a Cluster,
+    NodeId,
+    &'a Disk,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Up, String>> + Send + 'a>,
+>;
 
 /// The cluster; cheap to clone.
 #[derive(Clone)]
@@ -328,6 +346,17 @@ pub fn sim_engine() -> EngineConfig {
 impl Cluster {
     /// `nodes` nodes (ids 1..=nodes) of which the first three form the initial membership.
     pub fn new(seed: u64, nodes: u64, trace: Trace) -> Cluster {
+        Cluster::with_shards(seed, nodes, (1, None), trace)
+    }
+
+    /// [`Cluster::new`] whose nodes each hold a replica of `shards` shards' groups, opened by
+    /// `open` when more than one (see `crate::sharded`).
+    pub(crate) fn with_shards(
+        seed: u64,
+        nodes: u64,
+        (shards, open_sharded): (u32, Option<OpenNode>),
+        trace: Trace,
+    ) -> Cluster {
         let rng = SimRng::new(seed);
         let mut states = BTreeMap::new();
         for id in 1..=nodes {
@@ -369,7 +398,22 @@ impl Cluster {
             settings: sim_settings(),
             engine: sim_engine(),
             initial,
+            shards,
+            open_sharded,
         }))
+    }
+
+    /// Data shards per node.
+    pub fn shards(&self) -> u32 {
+        self.0.shards
+    }
+
+    /// A running node of a sharded run.
+    pub fn sharded(&self, id: NodeId) -> Option<crate::sharded_node::ShardedNode> {
+        self.state()
+            .nodes
+            .get(&id)
+            .and_then(|n| n.up.as_ref().and_then(|u| u.sharded.clone()))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -491,63 +535,14 @@ impl Cluster {
             n.incarnations += 1;
             (n.disk.clone(), n.rate.clone())
         };
-        let shared = Arc::downgrade(&self.0);
-        let latency_rng = self.0.rng.clone();
-        let latency_of = Arc::downgrade(&self.0);
-        let opener_disk = disk.clone();
-        let options = ShardOptions {
-            node_id: id,
-            dir: PathBuf::from(format!("/n{id}")),
-            engine: self.0.engine.clone(),
-            fs: Arc::new(disk.fs.clone()),
-            clock: Arc::new(SimClock(self.0.epoch)),
-            open_index: Arc::new(move |p| opener_disk.open_index(p)),
-            log_sync: LogSync::Task(Arc::new(move || {
-                let max = latency_of
-                    .upgrade()
-                    .map_or(1, |s| lock(&s.state).disk_latency_max_ms);
-                latency_rng.millis(0, max)
-            })),
-        };
-        let me = StrataNode {
-            addr: addr(id),
-            raft_addr: addr(id),
-        };
-        let transport = Arc::new(SimNet { from: id, shared });
-        let settings = self.0.settings.clone();
-        let members = self.0.initial.clone();
-        let started = with_clock_rate(rate, async {
-            let shard = Shard::open(options).map_err(|e| e.to_string())?;
-            Replica::start(0, shard, me, members, settings, transport.clone())
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await;
+        let started = with_clock_rate(rate.clone(), self.open_node(id, &disk)).await;
         let mut state = self.state();
         let Some(n) = state.nodes.get_mut(&id) else {
             return Err(format!("no node {id}"));
         };
         match started {
-            Ok(replica) => {
-                let service = Arc::new(RaftService::new(
-                    HashMap::from([(0, replica.served())]),
-                    transport,
-                ));
-                let (stop, stopped) = watch::channel(false);
-                let streams = StreamsService::new(
-                    Backend::Replicated(Box::new(replica.clone())),
-                    self.node_clock(id),
-                    Arc::new(SeededIds::new(self.0.rng.next_u64())),
-                    sim_service(),
-                    Arc::new(ServiceStats::default()),
-                    stopped,
-                );
-                n.up = Some(Up {
-                    replica: Arc::new(replica),
-                    service,
-                    streams,
-                    stop,
-                });
+            Ok(up) => {
+                n.up = Some(up);
                 n.down = None;
                 drop(state);
                 self.trace().log(format!("node {id} started"));
@@ -568,6 +563,100 @@ impl Cluster {
         }
     }
 
+    /// Opens group `group` of node `id` in `dir` on `disk` and starts its replica.
+    pub(crate) async fn open_group(
+        &self,
+        id: NodeId,
+        disk: &Disk,
+        group: u64,
+        dir: PathBuf,
+    ) -> Result<Replica, String> {
+        let latency_rng = self.0.rng.clone();
+        let latency_of = Arc::downgrade(&self.0);
+        let opener_disk = disk.clone();
+        let options = ShardOptions {
+            node_id: id,
+            dir,
+            engine: self.0.engine.clone(),
+            fs: Arc::new(disk.fs.clone()),
+            clock: Arc::new(SimClock(self.0.epoch)),
+            open_index: Arc::new(move |p| opener_disk.open_index(p)),
+            log_sync: LogSync::Task(Arc::new(move || {
+                let max = latency_of
+                    .upgrade()
+                    .map_or(1, |s| lock(&s.state).disk_latency_max_ms);
+                latency_rng.millis(0, max)
+            })),
+        };
+        let me = StrataNode {
+            addr: addr(id),
+            raft_addr: addr(id),
+        };
+        let shard = Shard::open(options).map_err(|e| e.to_string())?;
+        Replica::start(
+            group,
+            shard,
+            me,
+            self.0.initial.clone(),
+            self.0.settings.clone(),
+            self.transport(id),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// Node `id`'s end of the simulated network.
+    pub(crate) fn transport(&self, id: NodeId) -> Arc<SimNet> {
+        Arc::new(SimNet {
+            from: id,
+            shared: Arc::downgrade(&self.0),
+        })
+    }
+
+    /// A service over `backend` as node `id` runs it.
+    pub(crate) fn streams_service(
+        &self,
+        id: NodeId,
+        backend: Backend,
+        stopped: watch::Receiver<bool>,
+        stats: Arc<ServiceStats>,
+    ) -> StreamsService {
+        StreamsService::new(
+            backend,
+            self.node_clock(id),
+            Arc::new(SeededIds::new(self.0.rng.next_u64())),
+            sim_service(),
+            stats,
+            stopped,
+        )
+    }
+
+    /// Opens node `id`'s groups: one, or every shard's and the metadata group's.
+    async fn open_node(&self, id: NodeId, disk: &Disk) -> Result<Up, String> {
+        if let (true, Some(open)) = (self.0.shards > 1, self.0.open_sharded) {
+            return open(self, id, disk).await;
+        }
+        let replica = self
+            .open_group(id, disk, 0, PathBuf::from(format!("/n{id}")))
+            .await?;
+        let service = Arc::new(RaftService::new(
+            HashMap::from([(0, replica.served())]),
+            self.transport(id),
+        ));
+        let (stop, stopped) = watch::channel(false);
+        let backend = Backend::Replicated(Box::new(replica.clone()));
+        let streams = self.streams_service(id, backend, stopped, Arc::new(ServiceStats::default()));
+        let replica = Arc::new(replica);
+        Ok(Up {
+            groups: vec![replica.clone()],
+            replica,
+            sharded: None,
+            service,
+            streams,
+            stop,
+        })
+    }
+
     /// Stops a node at once. `power`: the machine lost power too (unsynced writes are lost,
     /// or torn); otherwise only the process died (the OS keeps what it wrote).
     pub fn kill(&self, id: NodeId, power: Option<CrashMode>, why: &str) {
@@ -585,7 +674,11 @@ impl Cluster {
             up
         };
         self.trace().log(format!("node {id} down: {why}"));
-        tokio::spawn(async move { up.replica.shutdown().await });
+        tokio::spawn(async move {
+            for replica in &up.groups {
+                replica.shutdown().await;
+            }
+        });
     }
 
     /// Lets a node that stopped for corruption be started again, its data as it is (what an
@@ -622,7 +715,9 @@ impl Cluster {
                 .collect()
         };
         for up in ups {
-            up.replica.shutdown().await;
+            for replica in &up.groups {
+                replica.shutdown().await;
+            }
         }
     }
 
@@ -646,11 +741,15 @@ impl Cluster {
             .and_then(|n| n.up.as_ref().map(|u| u.service.clone()))
     }
 
-    fn shard(&self, to: NodeId) -> Option<Shard> {
-        self.state()
-            .nodes
-            .get(&to)
-            .and_then(|n| n.up.as_ref().map(|u| u.replica.shard().clone()))
+    /// Group `group`'s storage on node `to`.
+    fn shard(&self, to: NodeId, group: u64) -> Option<Shard> {
+        self.state().nodes.get(&to).and_then(|n| {
+            let up = n.up.as_ref()?;
+            up.groups
+                .iter()
+                .find(|r| r.shard_id() == group)
+                .map(|r| r.shard().clone())
+        })
     }
 }
 
@@ -777,7 +876,7 @@ impl RaftTransport for SimNet {
         let to = id_of(addr).ok_or_else(|| unreachable(format!("no node at {addr}")))?;
         self.carry(to, deadline, |cluster| async move {
             let shard = cluster
-                .shard(to)
+                .shard(to, request.shard_id)
                 .ok_or_else(|| unreachable(format!("n{to} is down")))?;
             shard
                 .fetch_chunk(request.position, request.max_bytes)

@@ -11,7 +11,10 @@
 pub mod check;
 pub mod cluster;
 pub mod models;
+pub mod nemesis;
 pub mod run;
+pub mod sharded;
+pub mod sharded_node;
 pub mod system_ops;
 pub mod trace;
 pub mod wgl;

@@ -14,7 +14,9 @@ use strata_proto::metadata::{ACTUAL_VERSION_KEY, ERROR_KIND_KEY, LEADER_ID_KEY};
 use strata_proto::v1 as pb;
 use strata_proto::v1::streams_server::Streams;
 use strata_raft::types::NodeId;
+use strata_shard::router::Router;
 use strata_shard::service::StreamsService;
+use strata_shard::subscription::EventStream;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tonic::{Request, Status};
@@ -90,7 +92,7 @@ struct HistoryState {
 pub struct History(Arc<Mutex<HistoryState>>);
 
 impl History {
-    fn invoke(&self, client: u64, input: Input) -> usize {
+    pub(crate) fn invoke(&self, client: u64, input: Input) -> usize {
         let mut h = lock(&self.0);
         let call = h.events;
         h.events += 1;
@@ -98,7 +100,7 @@ impl History {
         call
     }
 
-    fn complete(&self, call: usize, outcome: Outcome) {
+    pub(crate) fn complete(&self, call: usize, outcome: Outcome) {
         let mut h = lock(&self.0);
         let ret = (outcome != Outcome::Unknown).then_some(h.events);
         h.events += 1;
@@ -114,7 +116,7 @@ impl History {
     }
 
     /// Drops an operation that certainly had no effect (a failed read).
-    fn abandon(&self, call: usize) {
+    pub(crate) fn abandon(&self, call: usize) {
         lock(&self.0).open.remove(&call);
     }
 
@@ -180,21 +182,78 @@ fn pick_node(cluster: &Cluster, guess: Option<NodeId>) -> Option<NodeId> {
     }
 }
 
-/// One client: random operations until `until`.
+/// A run's clients and subscribers (see [`start`]).
+pub struct Clients {
+    /// What the clients did.
+    pub history: History,
+    /// Their reads as of positions.
+    pub as_of_reads: AsOfReads,
+    /// The clients' and subscribers' tasks (a run adds its own).
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each subscriber's name and what it received.
+    pub subscribers: Vec<(String, Received)>,
+    /// When the subscribers stop (the run moves it once recovered).
+    pub subscribers_until: tokio::sync::watch::Sender<Instant>,
+}
+
+/// Starts three clients on `streams` until `until`, and a subscriber to each of the first two
+/// streams until `subscribed_until` (or when the run says).
+pub fn start(
+    cluster: &Cluster,
+    streams: &'static [&'static str],
+    until: Instant,
+    subscribed_until: Instant,
+) -> Clients {
+    let history = History::default();
+    let as_of_reads = AsOfReads::default();
+    let mut tasks = Vec::new();
+    for c in 0..3 {
+        tasks.push(tokio::spawn(client(
+            cluster.clone(),
+            history.clone(),
+            as_of_reads.clone(),
+            (c, streams),
+            until,
+        )));
+    }
+    let mut subscribers = Vec::new();
+    let (subscribers_until, watched) = tokio::sync::watch::channel(subscribed_until);
+    for (i, stream) in streams.iter().take(2).enumerate() {
+        let received = Received::default();
+        subscribers.push((format!("s{i}-{stream}"), received.clone()));
+        tasks.push(tokio::spawn(subscriber(
+            cluster.clone(),
+            stream.to_string(),
+            received,
+            watched.clone(),
+        )));
+    }
+    Clients {
+        history,
+        as_of_reads,
+        tasks,
+        subscribers,
+        subscribers_until,
+    }
+}
+
+/// One client: random operations on `streams` until `until` (on a sharded run no as-of
+/// reads by position: a stream's positions change when it moves to another shard).
 pub async fn client(
     cluster: Cluster,
     history: History,
     as_of_reads: AsOfReads,
-    client: u64,
+    (client, streams): (u64, &'static [&'static str]),
     until: Instant,
 ) {
+    let sharded = cluster.shards() > 1;
     let mut leader: Option<NodeId> = None;
     let mut known: BTreeMap<String, Option<u64>> = BTreeMap::new();
     // Positions of this client's acknowledged appends.
     let mut acked: Vec<(String, u64)> = Vec::new();
     while Instant::now() < until {
         tokio::time::sleep(cluster.rng().millis(0, 40)).await;
-        let stream = cluster.rng().pick(&STREAMS).unwrap_or("acct-a").to_string();
+        let stream = cluster.rng().pick(streams).unwrap_or("acct-a").to_string();
         let roll = cluster.rng().below(100);
         if roll < 60 {
             let position =
@@ -204,6 +263,8 @@ pub async fn client(
             linearizable_read(&cluster, &history, client, &stream, &mut leader).await;
         } else if roll < 92 {
             follower_read(&cluster, &history, client, &stream).await;
+        } else if sharded {
+            continue;
         } else if let Some((stream, position)) = cluster.rng().pick(&acked) {
             as_of_read(&cluster, &as_of_reads, &stream, position).await;
         }
@@ -238,14 +299,62 @@ fn refusal(status: &Status) -> Refusal {
     }
 }
 
-/// A running node's service, chosen as [`pick_node`] does.
+/// A node's client API as a simulated client calls it: one shard's service, or a sharded
+/// node's router (which sends each call to its stream's shard).
+#[derive(Clone)]
+pub(crate) enum Api {
+    One(Box<StreamsService>),
+    Routed(Box<Router>),
+}
+
+impl Api {
+    async fn append(&self, r: Request<pb::AppendRequest>) -> Answer<pb::AppendResponse> {
+        match self {
+            Api::One(s) => s.append(r).await,
+            Api::Routed(s) => s.append(r).await,
+        }
+    }
+
+    async fn read(&self, r: Request<pb::ReadRequest>) -> Answer<pb::ReadResponse> {
+        match self {
+            Api::One(s) => s.read(r).await,
+            Api::Routed(s) => s.read(r).await,
+        }
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        r: Request<pb::SetStreamMetadataRequest>,
+    ) -> Answer<pb::WriteResponse> {
+        match self {
+            Api::One(s) => s.set_stream_metadata(r).await,
+            Api::Routed(s) => s.set_stream_metadata(r).await,
+        }
+    }
+
+    async fn subscribe(&self, r: Request<pb::SubscribeRequest>) -> Answer<EventStream> {
+        match self {
+            Api::One(s) => s.subscribe(r).await,
+            Api::Routed(s) => s.subscribe(r).await,
+        }
+    }
+}
+
+type Answer<T> = Result<tonic::Response<T>, Status>;
+
+/// A running node's client API, chosen as [`pick_node`] does, with its (first shard's)
+/// replica.
 fn pick_service(
     cluster: &Cluster,
     guess: Option<NodeId>,
-) -> Option<(NodeId, StreamsService, Arc<strata_raft::Replica>)> {
+) -> Option<(NodeId, Api, Arc<strata_raft::Replica>)> {
     let node = pick_node(cluster, guess)?;
     let (service, replica) = cluster.streams(node)?;
-    Some((node, service, replica))
+    let api = match cluster.sharded(node) {
+        Some(s) => Api::Routed(Box::new(s.router)),
+        None => Api::One(Box::new(service)),
+    };
+    Some((node, api, replica))
 }
 
 fn wire_expected(expected: ExpectedVersion) -> Option<pb::ExpectedVersion> {
@@ -418,7 +527,7 @@ async fn append(
 
 /// The ids of `stream`'s events through `Read`, page after page to the stream's end.
 async fn read_ids(
-    service: &StreamsService,
+    service: &Api,
     stream: &str,
     consistency: pb::Consistency,
     as_of: Option<pb::AsOf>,

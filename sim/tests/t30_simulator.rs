@@ -38,15 +38,21 @@ fn one_seed_gives_one_trace_in_process_and_across_processes() {
 #[test]
 fn regression_seeds_pass() {
     let list = include_str!("../regression-seeds.txt");
-    // `SEED` or `SEED@FAULTS` (the `--faults` the seed failed with).
+    // `SEED`, `SEED@FAULTS` (the `--faults` the seed failed with), then `/shards=N` for a
+    // sharded run.
     let runs: Vec<RunConfig> = list
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_whitespace().next())
         .map(|token| {
+            let (token, shards) = match token.split_once("/shards=") {
+                Some((t, n)) => (t, n.parse().expect("shards")),
+                None => (token, 1),
+            };
             let (seed, faults) = token.split_once('@').unwrap_or((token, "all"));
             RunConfig {
                 faults: FaultSet::parse(faults).expect("fault classes"),
+                shards,
                 ..RunConfig::new(seed.parse().expect("seed"))
             }
         })
@@ -61,6 +67,22 @@ fn regression_seeds_pass() {
             report.violations
         );
     }
+}
+
+#[test]
+fn checkers_catch_a_sharded_cluster_on_disks_that_lose_synced_data() {
+    let caught = (1..=4).any(|seed| {
+        let report = run(&RunConfig {
+            lying_disks: true,
+            shards: 3,
+            ..RunConfig::new(seed)
+        });
+        !report.violations.is_empty()
+    });
+    assert!(
+        caught,
+        "four sharded runs on lying disks passed every check"
+    );
 }
 
 #[test]

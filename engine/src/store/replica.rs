@@ -27,6 +27,7 @@ use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, NewEvent, Position};
+use crate::fence::{FenceChange, FENCES_STREAM};
 use crate::format::{
     self, check_frame, FrameCheck, RecordHeader, FRAME_BYTES, HEADER_BYTES, KIND_BLANK, KIND_GAP,
     KIND_HOLE, KIND_MEMBERSHIP,
@@ -424,6 +425,13 @@ impl Store {
         index::add_if_hole(&mut batch, header.position, frame);
         let mut effects = Effects::default();
         for (e, _) in &events {
+            // A fence written by the leader binds this replica too once it leads (decided where
+            // the leader decides expected versions: in the log, in order).
+            if e.stream == FENCES_STREAM {
+                effects
+                    .fences
+                    .extend(FenceChange::decode(&e.event_type, &e.data).ok());
+            }
             effects.heads.insert(e.stream.clone(), e.version);
             effects.ids.insert(
                 e.id,

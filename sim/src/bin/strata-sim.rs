@@ -3,7 +3,8 @@
 //! that cannot be read or parsed).
 //!
 //! `strata-sim run --seed S`: replays one simulated run with its trace; the last line is
-//! `trace-hash: HEX`. `strata-sim run --seeds N`: a sweep; prints seeds/s, the fault classes
+//! `trace-hash: HEX`. `--shards N` (2–8) simulates a sharded cluster whose slot ranges move.
+//! `strata-sim run --seeds N`: a sweep; prints seeds/s, the fault classes
 //! exercised, and every failing seed with the property it broke. Exit status 1 on a failure.
 
 use std::collections::BTreeMap;
@@ -82,6 +83,11 @@ enum Command {
         /// catch lost data).
         #[arg(long)]
         lying_disks: bool,
+        /// Shards per node: 1 simulates one Raft group; 2 to 8 a sharded cluster (three
+        /// nodes, a group per shard and the metadata group) whose slot ranges move between the
+        /// shards under the faults (network, partitions, crashes, clock).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+        shards: u32,
         /// With --seed: also print the nodes' own logs at this filter (e.g. `warn`,
         /// `openraft=debug`) to stderr.
         #[arg(long)]
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
             quiet,
             log,
             lying_disks,
+            shards,
         } => {
             if let Some(filter) = log {
                 tracing_subscriber::fmt()
@@ -131,6 +138,9 @@ fn main() -> ExitCode {
             if lying_disks {
                 replay_flags += " --lying-disks";
             }
+            if shards != 1 {
+                replay_flags += &format!(" --shards {shards}");
+            }
             let faults = match FaultSet::parse(&faults) {
                 Ok(f) => f,
                 Err(e) => {
@@ -143,6 +153,7 @@ fn main() -> ExitCode {
                 safety: Duration::from_secs(safety_secs),
                 liveness: Duration::from_secs(liveness_secs),
                 lying_disks,
+                shards,
                 ..RunConfig::new(seed)
             };
             match (seed, seeds) {

@@ -1,0 +1,717 @@
+//! Sharded runs (`strata-sim run --shards N`): three nodes, each holding a replica of every
+//! one of N shards' Raft groups and of the metadata group, with a node's real router, map
+//! follower and slot-range mover (`strata_shard::{router, meta, mover}`), over the simulated
+//! disks, network and clocks. While the clients of [`crate::workload`] append (with expected
+//! versions), read and subscribe through the nodes' routers, and the nemesis of
+//! [`crate::run`] delays, loses and duplicates messages, partitions nodes, kills them and skews
+//! their clocks, a mover driver keeps moving slot ranges that hold the clients' streams from
+//! one shard to another, from the metadata group's leader (a killed node's move dies with
+//! it), and that leader lifts the fences of moves that stopped, as a node's `recover_moves`
+//! does.
+//!
+//! After the liveness phase (faults off, nodes restarted, every group led, stale fences
+//! lifted, every node routing by the metadata group's newest map):
+//! - the nodes route by one map, and no fence is left on slots the map gives to its holder;
+//! - each stream, read from the shard the map gives it, is the history's log
+//!   ([`check::check_log`]: every acknowledged append there once, in place, versions
+//!   contiguous, refused appends absent, nothing no client appended) and the history is
+//!   linearizable per stream; follower reads and subscribers saw prefixes of it;
+//! - the shards' `$all` (copies left out) holds each of those events exactly once;
+//! - each shard's replicas hold the same records.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_engine::fence::read_fences;
+use strata_engine::Direction;
+use strata_proto::routing::{slot_of, ClusterMap, ShardId, SlotRange};
+use strata_raft::types::NodeId;
+use strata_raft::{RaftService, StrataNode};
+use strata_shard::backend::Backend;
+use strata_shard::map_cell::{read_map_with, MapCell};
+use strata_shard::meta::{follow, Follower, Groups, Meta, META_GROUP};
+use strata_shard::mover::{AddShard, Mover, Step, Switch};
+use strata_shard::router::Router;
+use strata_shard::service::{ServiceStats, StreamsService};
+use strata_shard::shard_set::ShardSet;
+use strata_shard::throttle::Throttle;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::check::{self, Final, Violations};
+use crate::cluster::{Cluster, Disk, Up};
+use crate::nemesis::{FaultLog, FaultSet, RunConfig, RunReport};
+use crate::trace::Trace;
+use crate::workload::{self, Received};
+
+/// Slots of a simulated sharded cluster: few, so a move of a few slots carries streams.
+pub const SLOTS: u32 = 64;
+/// The streams the clients of a sharded run write (spread over the slots and shards).
+pub const STREAMS: [&str; 8] = [
+    "acct-a", "acct-b", "acct-c", "acct-d", "acct-e", "acct-f", "acct-g", "acct-h",
+];
+/// Fault classes a sharded run injects (no membership changes: the groups' members are the
+/// three nodes; no disk faults: a node with a flipped bit stays down, and three are all).
+const SHARDED_FAULTS: FaultSet = FaultSet {
+    network: true,
+    partitions: true,
+    crashes: true,
+    disk: false,
+    clock: true,
+    membership: false,
+};
+
+pub use crate::sharded_node::ShardedNode;
+
+/// A node's shards: those it was started with (the simulator adds none).
+struct Fixed(Vec<ShardId>);
+
+impl Groups for Fixed {
+    fn held(&self) -> Vec<ShardId> {
+        self.0.clone()
+    }
+
+    fn open(
+        &self,
+        shard: ShardId,
+        _members: BTreeMap<u64, StrataNode>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move { Err(format!("the simulator adds no shard ({shard})")) })
+    }
+}
+
+fn open_boxed<'a>(
+    cluster: &'a Cluster,
+    id: NodeId,
+    disk: &'a Disk,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Up, String>> + Send + 'a>> {
+    Box::pin(open_node(cluster, id, disk))
+}
+
+/// Opens node `id` of a sharded run: every shard's group in `/nID/shards/K`, the metadata
+/// group in `/nID/meta`, the map from its cache `/nID/cluster.map` (else the first map), and
+/// the router, follower and mover over them.
+pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Result<Up, String> {
+    let mut groups = Vec::new();
+    let mut served = HashMap::new();
+    for k in 0..cluster.shards() {
+        let dir = PathBuf::from(format!("/n{id}/shards/{k}"));
+        let replica = cluster.open_group(id, disk, u64::from(k), dir).await?;
+        served.insert(u64::from(k), replica.served());
+        groups.push(Arc::new(replica));
+    }
+    let dir = PathBuf::from(format!("/n{id}/meta"));
+    let meta_replica = cluster
+        .open_group(id, disk, u64::from(META_GROUP), dir)
+        .await?;
+    served.insert(u64::from(META_GROUP), meta_replica.served());
+    let service = Arc::new(RaftService::new(served, cluster.transport(id)));
+    let (stop, stopped) = watch::channel(false);
+    let stats = Arc::new(ServiceStats::default());
+    let services: Vec<(ShardId, StreamsService)> = groups
+        .iter()
+        .zip(0..)
+        .map(|(r, k)| {
+            let backend = Backend::Replicated(Box::new((**r).clone()));
+            let service = cluster.streams_service(id, backend, stopped.clone(), stats.clone());
+            (ShardId(k), service)
+        })
+        .collect();
+    let first = services
+        .first()
+        .map(|(_, s)| s.clone())
+        .ok_or("a node without shards")?;
+    let set = ShardSet::new(services)?;
+    let home = PathBuf::from(format!("/n{id}"));
+    let map = match read_map_with(&disk.fs, &home)? {
+        Some(cached) => cached,
+        None => ClusterMap::even(SLOTS, cluster.shards()).map_err(|e| e.to_string())?,
+    };
+    let map = MapCell::new(map);
+    let meta = Meta::new(meta_replica.clone());
+    let router = Router::new(map.clone(), set.clone(), None)?;
+    let mover = mover(cluster, id, (&set, &map, &meta), stats);
+    let follower = Follower {
+        meta: meta.clone(),
+        cell: map.clone(),
+        dir: home,
+        groups: Arc::new(Fixed(set.ids())),
+        fs: Arc::new(disk.fs.clone()),
+        clock: cluster.node_clock(id),
+    };
+    tokio::spawn(follow(follower, stopped.clone()));
+    groups.push(Arc::new(meta_replica));
+    Ok(Up {
+        replica: groups[0].clone(),
+        groups,
+        sharded: Some(ShardedNode {
+            router,
+            set,
+            map,
+            meta,
+            mover,
+            stopped,
+        }),
+        service,
+        streams: first,
+        stop,
+    })
+}
+
+/// Node `id`'s mover: its switch records the map in the metadata group as a replicated node's
+/// does (`strata_shard::meta::install`).
+fn mover(
+    cluster: &Cluster,
+    id: NodeId,
+    (set, map, meta): (&ShardSet, &MapCell, &Meta),
+    stats: Arc<ServiceStats>,
+) -> Mover {
+    let (cell, recorder, clock) = (map.clone(), meta.clone(), cluster.node_clock(id));
+    let switch: Switch = Arc::new(move |next: ClusterMap| {
+        let (cell, meta, clock) = (cell.clone(), recorder.clone(), clock.clone());
+        Box::pin(async move {
+            let now = strata_shard::clock::WallClock::now_us(clock.as_ref());
+            strata_shard::meta::install(&meta, &cell, next, now).await
+        })
+    });
+    let add_shard: AddShard = Arc::new(|_, shard| {
+        Box::pin(async move { Err(format!("the simulator adds no shard ({shard})")) })
+    });
+    Mover::new(
+        set.clone(),
+        map.clone(),
+        (switch, add_shard),
+        cluster.node_clock(id),
+        Arc::new(strata_shard::ids::SeededIds::new(cluster.rng().next_u64())),
+        Throttle::new(Default::default(), stats),
+    )
+}
+
+/// Forms every group: shard k's from node (k mod 3) + 1, the metadata group's from node 1.
+async fn form(cluster: &Cluster, violations: &Violations) {
+    for id in cluster.up_ids() {
+        let Some(node) = cluster.sharded(id) else {
+            continue;
+        };
+        for (shard, backend) in node.set.backends() {
+            let Backend::Replicated(replica) = backend else {
+                continue;
+            };
+            if u64::from(shard.0 % 3) + 1 == id {
+                if let Err(e) = replica.init().await {
+                    violations.add(cluster, "cluster forms", format!("{shard}: {e}"));
+                }
+            }
+        }
+        if id == 1 {
+            if let Err(e) = node.meta.replica().init().await {
+                violations.add(cluster, "cluster forms", format!("metadata group: {e}"));
+            }
+        }
+    }
+}
+
+/// The node leading the metadata group, as the running nodes see it.
+fn meta_leader(cluster: &Cluster) -> Option<(NodeId, ShardedNode)> {
+    cluster.up_ids().into_iter().find_map(|id| {
+        let node = cluster.sharded(id)?;
+        let leads = node.meta.replica().leader().is_some_and(|(l, _)| l == id);
+        leads.then_some((id, node))
+    })
+}
+
+/// A range to move: a few slots around a client stream's slot, all on the shard owning it,
+/// and another shard to take them.
+fn pick_move(cluster: &Cluster, map: &ClusterMap) -> Option<(SlotRange, ShardId)> {
+    let rng = cluster.rng();
+    let stream = rng.pick(&STREAMS)?;
+    let slot = slot_of(stream, map.slots());
+    let (owned, from) = *map
+        .ranges()
+        .iter()
+        .find(|(r, _)| r.start <= slot && slot < r.end)?;
+    let start = slot.saturating_sub(rng.below(3) as u32).max(owned.start);
+    let end = (slot + 1 + rng.below(3) as u32).min(owned.end);
+    let others: Vec<ShardId> = map.shards().into_iter().filter(|s| *s != from).collect();
+    Some((SlotRange { start, end }, rng.pick(&others)?))
+}
+
+/// Moves slot ranges until `until`, one at a time from the metadata group's leader (a move
+/// dies with its node), and on that leader lifts the fences of moves that stopped.
+async fn mover_driver(cluster: Cluster, moves: Moves, until: Instant) {
+    loop {
+        tokio::time::sleep(cluster.rng().millis(300, 1500)).await;
+        if Instant::now() >= until {
+            return;
+        }
+        let Some((id, node)) = meta_leader(&cluster) else {
+            continue;
+        };
+        let mut stopped = node.stopped.clone();
+        let recovered = tokio::select! {
+            r = node.mover.recover() => r,
+            _ = stopped.wait_for(|s| *s) => continue,
+        };
+        match recovered {
+            Ok(lifted) if !lifted.is_empty() => {
+                cluster.trace().log(format!(
+                    "n{id}: lifted the fences of stopped moves: {lifted:?}"
+                ));
+                moves.note("recovered", lifted.len() as u64);
+            }
+            Ok(_) => {}
+            Err(e) => cluster.trace().log(format!("n{id}: recovering moves: {e}")),
+        }
+        let Ok(map) = node.map.routable() else {
+            continue;
+        };
+        let Some((range, to)) = pick_move(&cluster, &map) else {
+            continue;
+        };
+        cluster.trace().log(format!(
+            "n{id}: moving {range} to {to} (map epoch {})",
+            map.epoch()
+        ));
+        moves.note("begun", 1);
+        let outcome = tokio::select! {
+            r = node.mover.run(range, to) => Some(r),
+            _ = stopped.wait_for(|s| *s) => None,
+        };
+        match outcome {
+            Some(Ok(s)) => {
+                moves.note("done", 1);
+                cluster.trace().log(format!(
+                    "n{id}: moved {range} to {to}: {} events, pause {} us",
+                    s.copied_events, s.pause_us
+                ));
+            }
+            Some(Err(e)) => {
+                moves.note("failed", 1);
+                cluster
+                    .trace()
+                    .log(format!("n{id}: move of {range} to {to}: {e}"));
+            }
+            None => {
+                moves.note("killed", 1);
+                cluster
+                    .trace()
+                    .log(format!("n{id}: went down moving {range} to {to}"));
+            }
+        }
+    }
+}
+
+/// Moves by outcome.
+#[derive(Clone, Default)]
+struct Moves(Arc<std::sync::Mutex<BTreeMap<&'static str, u64>>>);
+
+impl Moves {
+    fn note(&self, what: &'static str, n: u64) {
+        *crate::cluster::lock(&self.0).entry(what).or_default() += n;
+    }
+
+    fn all(&self) -> BTreeMap<&'static str, u64> {
+        crate::cluster::lock(&self.0).clone()
+    }
+}
+
+/// One sharded run (see the module).
+pub(crate) async fn simulate(config: RunConfig) -> RunReport {
+    let trace = Trace::new(config.print);
+    let shards = config.shards;
+    let cluster = Cluster::with_shards(config.seed, 3, (shards, Some(open_boxed)), trace.clone());
+    let faults = FaultSet {
+        network: config.faults.network,
+        partitions: config.faults.partitions,
+        crashes: config.faults.crashes,
+        clock: config.faults.clock,
+        ..SHARDED_FAULTS
+    };
+    trace.log(format!(
+        "seed {} · 3 nodes · {shards} shards of {SLOTS} slots · faults {faults:?}",
+        config.seed
+    ));
+    if config.lying_disks {
+        for id in cluster.ids() {
+            if let Some(fs) = cluster.fs(id) {
+                fs.set_lying(true);
+            }
+        }
+    }
+    let violations = Violations::default();
+    for id in cluster.ids() {
+        if let Err(e) = cluster.start(id).await {
+            violations.add(&cluster, "nodes start", format!("n{id}: {e}"));
+        }
+    }
+    form(&cluster, &violations).await;
+    let start = Instant::now();
+    let safety_end = start + config.safety;
+    let workload::Clients {
+        history,
+        as_of_reads: _,
+        mut tasks,
+        subscribers,
+        subscribers_until,
+    } = workload::start(&cluster, &STREAMS, safety_end, safety_end + config.liveness);
+    let moves = Moves::default();
+    tasks.push(tokio::spawn(mover_driver(
+        cluster.clone(),
+        moves.clone(),
+        safety_end,
+    )));
+    let fault_log = FaultLog::default();
+    let tainted = Arc::default();
+    let _ = tokio::spawn(crate::nemesis::nemesis(
+        cluster.clone(),
+        faults,
+        fault_log.clone(),
+        tainted,
+        safety_end,
+    ))
+    .await;
+    trace.log("liveness phase: faults off, stopped nodes restarted");
+    let recovered = recover(&cluster, config.liveness).await;
+    subscribers_until.send_replace(Instant::now() + Duration::from_secs(2));
+    for t in tasks {
+        let _ = t.await;
+    }
+    // The driver's last move may have ended after the cluster first settled: settle again.
+    let recovered = match recovered {
+        Ok(_) => recover(&cluster, config.liveness).await,
+        Err(e) => Err(e),
+    };
+    let ops = history.ops();
+    match recovered {
+        Err(e) => violations.add(
+            &cluster,
+            "liveness",
+            format!("not recovered within {:?}: {e}", config.liveness),
+        ),
+        Ok(map) => {
+            let found = check_final(&cluster, &map, &ops, &subscribers).await;
+            for v in found {
+                violations.add(&cluster, v.property, v.detail);
+            }
+        }
+    }
+    let (lin, unknown_streams) = check::check_linearizable(&ops, config.check_time);
+    for v in lin {
+        violations.add(&cluster, v.property, v.detail);
+    }
+    let acked = ops
+        .iter()
+        .filter(|o| matches!(o.outcome, workload::Outcome::Appended(_)))
+        .count();
+    let mut fault_counts = crate::cluster::lock(&fault_log.0).clone();
+    for (what, n) in moves.all() {
+        let class = match what {
+            "done" => "moves done",
+            "failed" => "moves rolled back",
+            "killed" => "moves killed",
+            "recovered" => "fences recovered",
+            _ => "moves begun",
+        };
+        fault_counts.insert(class, n);
+    }
+    trace.log(format!(
+        "end: {} ops ({acked} acknowledged appends), moves {:?}",
+        ops.len(),
+        moves.all()
+    ));
+    let simulated = start.elapsed();
+    cluster.shutdown().await;
+    RunReport {
+        seed: config.seed,
+        trace_hash: trace.hash(),
+        violations: violations.all(),
+        faults: fault_counts,
+        ops: ops.len(),
+        acked,
+        entries: 0,
+        unknown_streams,
+        simulated,
+    }
+}
+
+/// The liveness phase: faults off, every node started; then every group led, the stopped
+/// moves' fences lifted, and every node routing by the metadata group's newest map — within
+/// `within`. Returns that map.
+async fn recover(cluster: &Cluster, within: Duration) -> Result<ClusterMap, String> {
+    cluster.set_net(|n| {
+        *n = crate::cluster::NetConditions {
+            delay_max_ms: 5,
+            ..Default::default()
+        }
+    });
+    for id in cluster.ids() {
+        cluster.set_clock(id, 1.0, 0);
+        let _ = cluster.start(id).await;
+    }
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match settled(cluster).await {
+            Ok(map) => return Ok(map),
+            Err(why) => last = why,
+        }
+    }
+    Err(last)
+}
+
+/// Whether the cluster has settled (see [`recover`]): the map every node routes by.
+async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
+    let ids = cluster.up_ids();
+    if ids.len() < 3 {
+        return Err(format!("nodes up: {ids:?}"));
+    }
+    // A move the driver began before the liveness phase runs to its end (or fails) first.
+    for id in &ids {
+        let n = cluster.sharded(*id).ok_or("a node without shards")?;
+        if let Some(s) = n.mover.status() {
+            if matches!(s.step, Step::Copying | Step::Fenced) {
+                return Err(format!(
+                    "n{id} is still moving {} ({})",
+                    s.range,
+                    s.step.name()
+                ));
+            }
+        }
+    }
+    let (leader, node) = meta_leader(cluster).ok_or("the metadata group has no leader")?;
+    for id in &ids {
+        let n = cluster.sharded(*id).ok_or("a node without shards")?;
+        for (shard, backend) in n.set.backends() {
+            if let Backend::Replicated(r) = backend {
+                if r.leader().is_none() {
+                    return Err(format!("n{id}: {shard} has no leader"));
+                }
+            }
+        }
+    }
+    node.mover
+        .recover()
+        .await
+        .map_err(|e| format!("n{leader}: recovering moves: {e}"))?;
+    let newest = match node.meta.latest()? {
+        Some((_, map)) => map,
+        None => return Err("no map recorded".into()),
+    };
+    for id in &ids {
+        let n = cluster.sharded(*id).ok_or("a node without shards")?;
+        let map = n.map.routable().map_err(|why| format!("n{id}: {why}"))?;
+        if *map != newest {
+            return Err(format!(
+                "n{id} routes by epoch {}, the cluster's is {}",
+                map.epoch(),
+                newest.epoch()
+            ));
+        }
+    }
+    // Every shard's replicas level: the same end on every node.
+    for k in 0..cluster.shards() {
+        let ends: BTreeSet<u64> = ids
+            .iter()
+            .filter_map(|id| cluster.sharded(*id)?.set.backend(ShardId(k)))
+            .map(|b| b.reader().end())
+            .collect();
+        if ends.len() != 1 {
+            return Err(format!("shard {k}'s replicas end at {ends:?}"));
+        }
+    }
+    Ok(newest)
+}
+
+/// The checks of the module's list, on the settled cluster routing by `map`.
+async fn check_final(
+    cluster: &Cluster,
+    map: &ClusterMap,
+    ops: &[workload::Op],
+    subscribers: &[(String, Received)],
+) -> Vec<check::Violation> {
+    let mut out = Vec::new();
+    let mut v = |property, detail: String| out.push(check::Violation { property, detail });
+    let ids = cluster.up_ids();
+    let Some(first) = ids.first().and_then(|id| cluster.sharded(*id)) else {
+        v("liveness", "no node up for the checks".into());
+        return out;
+    };
+    // Each stream from the shard the map gives it.
+    let mut last: Final = BTreeMap::new();
+    for stream in STREAMS {
+        let shard = map.shard_of(stream);
+        let Some(backend) = first.set.backend(shard) else {
+            v("sharded log", format!("{shard} is not on the node"));
+            continue;
+        };
+        match read_whole(&backend, stream) {
+            Ok(held) => {
+                last.insert(stream.to_string(), held);
+            }
+            Err(e) => v("sharded log", format!("reading {stream} on {shard}: {e}")),
+        }
+    }
+    out.extend(check::check_log(ops, &last));
+    out.extend(check::check_follower_reads(ops, &last));
+    let received: Vec<check::SubscriberLog> = subscribers
+        .iter()
+        .map(|(n, r)| (n.clone(), r.all()))
+        .collect();
+    out.extend(check::check_subscribers(&received, &last));
+    out.extend(check_all_once(&first, &last));
+    out.extend(check_fences(&first, map));
+    out.extend(check_replicas_alike(cluster, &ids));
+    out
+}
+
+/// Every event of `stream` in `backend`: (version, id), page after page.
+fn read_whole(backend: &Backend, stream: &str) -> strata_engine::Result<Vec<(u64, String)>> {
+    let reader = backend.reader();
+    let page = reader.limits().read_events_max;
+    let mut held: Vec<(u64, String)> = Vec::new();
+    loop {
+        let from = held.last().map(|(v, _)| v + 1);
+        let events = reader.read_stream(stream, from, Direction::Forwards, page)?;
+        let full = events.len() == page;
+        held.extend(events.into_iter().map(|e| (e.version, e.id.to_string())));
+        if !full {
+            return Ok(held);
+        }
+    }
+}
+
+/// The shards' `$all` together (copies left out) holds each client event exactly once.
+fn check_all_once(node: &ShardedNode, last: &Final) -> Vec<check::Violation> {
+    // id → (times, where it was last seen: shard, stream@version, position)
+    let mut seen: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (shard, backend) in node.set.backends() {
+        let reader = backend.reader();
+        let mut at = 0;
+        loop {
+            let batch = match reader.read_all(at, 4096) {
+                Ok(b) => b,
+                Err(e) => {
+                    out.push(check::Violation {
+                        property: "$all once",
+                        detail: format!("reading {shard}'s log at {at}: {e}"),
+                    });
+                    break;
+                }
+            };
+            if batch.records.is_empty() {
+                break;
+            }
+            for record in batch.records.iter().filter(|r| !r.copy) {
+                for e in record
+                    .events
+                    .iter()
+                    .filter(|e| STREAMS.contains(&e.stream.as_str()))
+                {
+                    let at = format!("{shard} {}@{} at {}", e.stream, e.version, record.position);
+                    let entry = seen.entry(e.id.to_string()).or_default();
+                    *entry = (entry.0 + 1, at);
+                }
+            }
+            at = batch.next;
+        }
+    }
+    for (stream, events) in last {
+        for (version, id) in events {
+            let n = seen.remove(id).map_or(0, |(n, _)| n);
+            if n != 1 {
+                out.push(check::Violation {
+                    property: "$all once",
+                    detail: format!("{stream}@{version} ({id}) is in the shards' $all {n} times"),
+                });
+            }
+        }
+    }
+    for (id, (n, at)) in seen {
+        out.push(check::Violation {
+            property: "$all once",
+            detail: format!("{id} is in the shards' $all {n} times ({at}) and in no stream"),
+        });
+    }
+    out
+}
+
+/// No shard keeps a fence over slots the map gives to it (a move neither finished nor rolled
+/// back).
+fn check_fences(node: &ShardedNode, map: &ClusterMap) -> Vec<check::Violation> {
+    let mut out = Vec::new();
+    for (shard, backend) in node.set.backends() {
+        let fences = match read_fences(&backend.reader()) {
+            Ok(f) => f,
+            Err(e) => {
+                out.push(check::Violation {
+                    property: "moves end",
+                    detail: format!("reading {shard}'s fences: {e}"),
+                });
+                continue;
+            }
+        };
+        for f in fences.list() {
+            let mine = map
+                .ranges()
+                .iter()
+                .any(|(r, s)| *s == shard && r.start < f.end && f.start < r.end);
+            if mine {
+                out.push(check::Violation {
+                    property: "moves end",
+                    detail: format!(
+                        "{shard} keeps a fence over slots {}..{} it owns (epoch {})",
+                        f.start,
+                        f.end,
+                        map.epoch()
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Each shard's replicas hold the same records (event ids in log order).
+fn check_replicas_alike(cluster: &Cluster, ids: &[NodeId]) -> Vec<check::Violation> {
+    let mut out = Vec::new();
+    for k in 0..cluster.shards() {
+        let mut logs: Vec<(NodeId, Vec<String>)> = Vec::new();
+        for id in ids {
+            let Some(backend) = cluster.sharded(*id).and_then(|n| n.set.backend(ShardId(k))) else {
+                continue;
+            };
+            let reader = backend.reader();
+            let (mut at, mut held) = (0, Vec::new());
+            while let Ok(batch) = reader.read_all(at, 4096) {
+                if batch.records.is_empty() {
+                    break;
+                }
+                for r in &batch.records {
+                    held.extend(r.events.iter().map(|e| e.id.to_string()));
+                }
+                at = batch.next;
+            }
+            logs.push((*id, held));
+        }
+        if let Some((first, log)) = logs.first() {
+            for (id, other) in &logs[1..] {
+                if other != log {
+                    out.push(check::Violation {
+                        property: "replicas alike",
+                        detail: format!(
+                            "shard {k}: n{first} holds {} events, n{id} {} (first difference at {})",
+                            log.len(),
+                            other.len(),
+                            log.iter().zip(other).take_while(|(a, b)| a == b).count()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
