@@ -127,6 +127,49 @@ pub async fn install(
     Ok(())
 }
 
+/// How long adding a shard waits for this node to open it, then for its new group to elect a
+/// leader.
+pub const NEW_GROUP_WAIT: Duration = Duration::from_secs(30);
+
+/// After a map that adds shard `id` is installed: waits until this node holds the shard (its
+/// follower opens it before routing by the map), forms its group from here (this node runs its
+/// first election; the others joined when their followers opened it) and waits for a leader.
+pub async fn form_added(set: &crate::shard_set::ShardSet, id: ShardId) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + NEW_GROUP_WAIT;
+    let backend = loop {
+        if let Some(b) = set.backend(id) {
+            break b;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "this node has not opened {id} within {NEW_GROUP_WAIT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let crate::backend::Backend::Replicated(replica) = backend else {
+        return Ok(());
+    };
+    replica
+        .init()
+        .await
+        .map_err(|e| format!("forming {id}'s group: {e}"))?;
+    let mut metrics = replica.raft().metrics();
+    let led = tokio::time::timeout_at(deadline, async {
+        metrics
+            .wait_for(|m| m.current_leader.is_some())
+            .await
+            .is_ok()
+    })
+    .await;
+    match led {
+        Ok(true) => Ok(()),
+        _ => Err(format!(
+            "{id}'s group has no leader within {NEW_GROUP_WAIT:?} (are its nodes up?)"
+        )),
+    }
+}
+
 /// The append recording `map` (see [`Meta::propose`]).
 fn proposal(map: &ClusterMap, now_us: u64) -> Result<AppendRequest, ReplicaError> {
     {

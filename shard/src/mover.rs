@@ -22,8 +22,11 @@
 //!
 //! A failure before the switch rolls back: S's fence is lifted by an `$unfence` event (T's
 //! copies stay, unrouted and outside `$all`; a later move of the same slots deduplicates
-//! against them). A crash before the switch leaves the fence: [`Mover::recover`], run when the
-//! node starts, lifts every fence whose slots the map still gives to its own shard. After the
+//! against them). A switch whose outcome is unknown (its map may still be installed) keeps the
+//! fence. A crash before the switch leaves it too: [`Mover::recover`], run when the node
+//! starts (replicated: by the metadata leader, every 2 s), records the map again at the next
+//! epoch (so no switch computed before can land), then lifts every fence over slots the map
+//! still gives to its own shard. After the
 //! switch the move is done; S keeps the fence (a writer routing by an older map is told where
 //! the slots went) and its copies of the streams (its `$all` keeps delivering the originals;
 //! reads and writes of the streams go to T).
@@ -564,6 +567,18 @@ impl Mover {
     /// by an earlier split that stopped, or a new one, added to the map and opened on every
     /// node first. Answers once the move has begun, like [`Mover::start`].
     pub async fn split(&self, shard: ShardId, at: Option<u32>) -> Result<MoveStatus, MoveError> {
+        let (range, to) = self.split_target(shard, at).await?;
+        self.start(range, to)
+    }
+
+    /// A split's first step: the slots it moves and the shard owning none that takes them
+    /// (added to the map, opened on every node, its group formed, when there is none). The
+    /// move is the caller's ([`Mover::start`] or [`Mover::run`]).
+    pub async fn split_target(
+        &self,
+        shard: ShardId,
+        at: Option<u32>,
+    ) -> Result<(SlotRange, ShardId), MoveError> {
         let _splitting = self.inner.splitting.lock().await;
         self.check_idle()?;
         let map = self
@@ -572,26 +587,59 @@ impl Mover {
             .routable()
             .map_err(|why| MoveError::Invalid(why.to_string()))?;
         let range = split_range(&map, shard, at)?;
-        let to = match map.empty_shards().iter().find(|s| **s != shard) {
-            Some(empty) => *empty,
-            None => {
-                let next = map.next_shard();
-                if map.shards().len() >= SHARDS_MAX as usize {
-                    return Err(MoveError::Invalid(format!(
-                        "the cluster has {} shards, the most a node holds: move slots between them instead",
-                        map.shards().len()
-                    )));
-                }
-                let added = map
-                    .with_shard_added(next)
-                    .map_err(|e| MoveError::Invalid(e.to_string()))?;
-                (self.inner.add_shard)(added, next)
-                    .await
-                    .map_err(|e| MoveError::Failed(format!("adding {next}: {e}")))?;
-                next
+        if let Some(empty) = map.empty_shards().iter().find(|s| **s != shard) {
+            return Ok((range, *empty));
+        }
+        let next = map.next_shard();
+        if map.shards().len() >= SHARDS_MAX as usize {
+            return Err(MoveError::Invalid(format!(
+                "the cluster has {} shards, the most a node holds: move slots between them instead",
+                map.shards().len()
+            )));
+        }
+        let added = map
+            .with_shard_added(next)
+            .map_err(|e| MoveError::Invalid(e.to_string()))?;
+        (self.inner.add_shard)(added, next)
+            .await
+            .map_err(|e| MoveError::Failed(format!("adding {next}: {e}")))?;
+        Ok((range, next))
+    }
+
+    /// Forms the groups of shards a split added whose splitter stopped before forming them:
+    /// a shard of `map` owning no slot whose replica here has never had a membership (the
+    /// group was never formed) is formed from here. (Run by recovery, on one node: a node
+    /// added to the cluster joins existing groups as a learner and never forms one — but
+    /// should it lead the metadata group before it joins an empty shard's group, it would
+    /// form a second one; see ARCHITECTURE.md, "splits".)
+    async fn form_added(&self, map: &ClusterMap) {
+        for shard in map.empty_shards() {
+            let Some(Backend::Replicated(replica)) = self.inner.shards.backend(*shard) else {
+                continue;
+            };
+            let unformed = {
+                let m = replica.raft().metrics();
+                let m = m.borrow();
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .next()
+                    .is_none()
+                    && m.last_log_index.is_none()
+            };
+            if !unformed {
+                continue;
             }
-        };
-        self.start(range, to)
+            match replica.init().await {
+                Ok(()) => tracing::warn!(
+                    shard = shard.0,
+                    "formed the group of a shard a stopped split added"
+                ),
+                Err(e) => {
+                    tracing::warn!(shard = shard.0, error = %e, "forming an added shard's group")
+                }
+            }
+        }
     }
 
     /// Refuses while a move runs (see [`Mover::begin`], which takes the slot).
@@ -957,6 +1005,7 @@ impl Mover {
     pub async fn recover(&self) -> Result<Vec<(ShardId, Fence)>, String> {
         let _running = self.inner.running.lock().await;
         let map = self.inner.map.get();
+        self.form_added(&map).await;
         let mut stale = Vec::new();
         for (id, backend) in &self.inner.shards.backends() {
             let fences = backend

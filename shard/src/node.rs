@@ -363,9 +363,6 @@ impl Node {
 /// How often a replicated cluster's metadata leader looks for moves that did not finish.
 const MOVE_RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// How long adding a shard waits for its new group to elect a leader.
-const NEW_GROUP_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// The slot-range mover of a node of several shards. Without replication the next map is
 /// written to the data directory (synced, renamed), then routed by; replicated, it is recorded
 /// in the metadata group (compare-and-set), which every node follows, and the switch waits
@@ -399,42 +396,8 @@ fn mover(
                     .await
                     .map_err(|(dir, e)| format!("opening {}: {e}", dir.display()))?;
             }
-            let epoch = map.epoch();
             install.install(map).await.map_err(|e| e.to_string())?;
-            // The node's follower opens the shard before it routes by the map.
-            let held = tokio::time::timeout(crate::meta::ROUTED_WAIT, async {
-                while host.set().backend(id).is_none() {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-            })
-            .await;
-            if held.is_err() {
-                return Err(format!(
-                    "the map of epoch {epoch} adds {id}, but this node has not opened it within {:?}",
-                    crate::meta::ROUTED_WAIT
-                ));
-            }
-            let Some(Backend::Replicated(replica)) = host.set().backend(id) else {
-                return Ok(());
-            };
-            replica
-                .init()
-                .await
-                .map_err(|e| format!("forming {id}'s group: {e}"))?;
-            let mut metrics = replica.raft().metrics();
-            let led = tokio::time::timeout(NEW_GROUP_LEADER_WAIT, async {
-                metrics
-                    .wait_for(|m| m.current_leader.is_some())
-                    .await
-                    .is_ok()
-            })
-            .await;
-            match led {
-                Ok(true) => Ok(()),
-                _ => Err(format!(
-                    "{id}'s group has no leader within {NEW_GROUP_LEADER_WAIT:?} (are its nodes up?)"
-                )),
-            }
+            crate::meta::form_added(host.set(), id).await
         })
     });
     Mover::new(

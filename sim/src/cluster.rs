@@ -408,6 +408,20 @@ impl Cluster {
         self.0.shards
     }
 
+    /// Adds a group opened while node `id` runs (a split) to what its shutdown stops and what
+    /// its snapshot fetches read. Refused if the node is down (or restarted: another `up`).
+    pub(crate) fn push_group(&self, id: NodeId, replica: Arc<Replica>, up: &Arc<Replica>) -> bool {
+        let mut state = self.state();
+        let Some(running) = state.nodes.get_mut(&id).and_then(|n| n.up.as_mut()) else {
+            return false;
+        };
+        if !Arc::ptr_eq(&running.replica, up) {
+            return false;
+        }
+        running.groups.push(replica);
+        true
+    }
+
     /// A running node of a sharded run.
     pub fn sharded(&self, id: NodeId) -> Option<crate::sharded_node::ShardedNode> {
         self.state()

@@ -52,6 +52,8 @@ pub const SLOTS: u32 = 64;
 pub const STREAMS: [&str; 8] = [
     "acct-a", "acct-b", "acct-c", "acct-d", "acct-e", "acct-f", "acct-g", "acct-h",
 ];
+/// Shards a sharded run's splits stop at.
+const SPLIT_SHARDS_MAX: usize = 6;
 /// Fault classes a sharded run injects (no membership changes: the groups' members are the
 /// three nodes; no disk faults: a node with a flipped bit stays down, and three are all).
 const SHARDED_FAULTS: FaultSet = FaultSet {
@@ -65,12 +67,22 @@ const SHARDED_FAULTS: FaultSet = FaultSet {
 
 pub use crate::sharded_node::ShardedNode;
 
-/// A node's shards: those it was started with (the simulator adds none).
-struct Fixed(Vec<ShardId>);
+/// A node's shards, and opening one a map adds (a split), as a node's assembly does.
+struct SimGroups {
+    cluster: Cluster,
+    id: NodeId,
+    disk: Disk,
+    set: ShardSet,
+    service: Arc<RaftService<crate::cluster::SimNet>>,
+    stopped: watch::Receiver<bool>,
+    stats: Arc<ServiceStats>,
+    /// The node's first replica: which incarnation this is.
+    first: Arc<strata_raft::Replica>,
+}
 
-impl Groups for Fixed {
+impl Groups for SimGroups {
     fn held(&self) -> Vec<ShardId> {
-        self.0.clone()
+        self.set.ids()
     }
 
     fn open(
@@ -78,7 +90,30 @@ impl Groups for Fixed {
         shard: ShardId,
         _members: BTreeMap<u64, StrataNode>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(async move { Err(format!("the simulator adds no shard ({shard})")) })
+        Box::pin(async move {
+            let dir = PathBuf::from(format!("/n{}/shards/{}", self.id, shard.0));
+            let replica = self
+                .cluster
+                .open_group(self.id, &self.disk, u64::from(shard.0), dir)
+                .await?;
+            let replica = Arc::new(replica);
+            if !self
+                .cluster
+                .push_group(self.id, replica.clone(), &self.first)
+            {
+                replica.shutdown().await;
+                return Err(format!("n{} went down", self.id));
+            }
+            self.service.add(u64::from(shard.0), replica.served())?;
+            let backend = Backend::Replicated(Box::new((*replica).clone()));
+            let service = self.cluster.streams_service(
+                self.id,
+                backend,
+                self.stopped.clone(),
+                self.stats.clone(),
+            );
+            self.set.insert(shard, service)
+        })
     }
 }
 
@@ -94,9 +129,15 @@ fn open_boxed<'a>(
 /// group in `/nID/meta`, the map from its cache `/nID/cluster.map` (else the first map), and
 /// the router, follower and mover over them.
 pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Result<Up, String> {
+    // The shards the cached map has (a split adds some), else the first map's.
+    let home = PathBuf::from(format!("/n{id}"));
+    let map = match read_map_with(&disk.fs, &home)? {
+        Some(cached) => cached,
+        None => ClusterMap::even(SLOTS, cluster.shards()).map_err(|e| e.to_string())?,
+    };
     let mut groups = Vec::new();
     let mut served = HashMap::new();
-    for k in 0..cluster.shards() {
+    for ShardId(k) in map.shards() {
         let dir = PathBuf::from(format!("/n{id}/shards/{k}"));
         let replica = cluster.open_group(id, disk, u64::from(k), dir).await?;
         served.insert(u64::from(k), replica.served());
@@ -112,8 +153,8 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
     let stats = Arc::new(ServiceStats::default());
     let services: Vec<(ShardId, StreamsService)> = groups
         .iter()
-        .zip(0..)
-        .map(|(r, k)| {
+        .zip(map.shards())
+        .map(|(r, ShardId(k))| {
             let backend = Backend::Replicated(Box::new((**r).clone()));
             let service = cluster.streams_service(id, backend, stopped.clone(), stats.clone());
             (ShardId(k), service)
@@ -124,20 +165,25 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
         .map(|(_, s)| s.clone())
         .ok_or("a node without shards")?;
     let set = ShardSet::new(services)?;
-    let home = PathBuf::from(format!("/n{id}"));
-    let map = match read_map_with(&disk.fs, &home)? {
-        Some(cached) => cached,
-        None => ClusterMap::even(SLOTS, cluster.shards()).map_err(|e| e.to_string())?,
-    };
     let map = MapCell::new(map);
     let meta = Meta::new(meta_replica.clone());
     let router = Router::new(map.clone(), set.clone(), None)?;
-    let mover = mover(cluster, id, (&set, &map, &meta), stats);
+    let mover = mover(cluster, id, (&set, &map, &meta), stats.clone());
+    let groups_of = SimGroups {
+        cluster: cluster.clone(),
+        id,
+        disk: disk.clone(),
+        set: set.clone(),
+        service: service.clone(),
+        stopped: stopped.clone(),
+        stats,
+        first: groups[0].clone(),
+    };
     let follower = Follower {
         meta: meta.clone(),
         cell: map.clone(),
         dir: home,
-        groups: Arc::new(Fixed(set.ids())),
+        groups: Arc::new(groups_of),
         fs: Arc::new(disk.fs.clone()),
         clock: cluster.node_clock(id),
     };
@@ -176,8 +222,22 @@ fn mover(
             strata_shard::meta::install(&meta, &cell, next, now).await
         })
     });
-    let add_shard: AddShard = Arc::new(|_, shard| {
-        Box::pin(async move { Err(format!("the simulator adds no shard ({shard})")) })
+    let (cell, recorder, clock, held) = (
+        map.clone(),
+        meta.clone(),
+        cluster.node_clock(id),
+        set.clone(),
+    );
+    let add_shard: AddShard = Arc::new(move |next: ClusterMap, shard| {
+        let (cell, meta, clock, held) =
+            (cell.clone(), recorder.clone(), clock.clone(), held.clone());
+        Box::pin(async move {
+            let now = strata_shard::clock::WallClock::now_us(clock.as_ref());
+            strata_shard::meta::install(&meta, &cell, next, now)
+                .await
+                .map_err(|e| e.to_string())?;
+            strata_shard::meta::form_added(&held, shard).await
+        })
     });
     Mover::new(
         set.clone(),
@@ -267,7 +327,30 @@ async fn mover_driver(cluster: Cluster, moves: Moves, until: Instant) {
         let Ok(map) = node.map.routable() else {
             continue;
         };
-        let Some((range, to)) = pick_move(&cluster, &map) else {
+        // One in four a split of a client stream's shard (while there are fewer than 6).
+        let split = map.shards().len() < SPLIT_SHARDS_MAX && cluster.rng().chance(0.25);
+        let picked = if split {
+            let stream = cluster.rng().pick(&STREAMS).unwrap_or("acct-a");
+            let shard = map.shard_of(stream);
+            cluster.trace().log(format!("n{id}: splitting {shard}"));
+            let target = tokio::select! {
+                r = node.mover.split_target(shard, None) => r,
+                _ = stopped.wait_for(|s| *s) => continue,
+            };
+            match target {
+                Ok(t) => {
+                    moves.note("split", 1);
+                    Some(t)
+                }
+                Err(e) => {
+                    cluster.trace().log(format!("n{id}: split of {shard}: {e}"));
+                    None
+                }
+            }
+        } else {
+            pick_move(&cluster, &map)
+        };
+        let Some((range, to)) = picked else {
             continue;
         };
         cluster.trace().log(format!(
@@ -412,6 +495,7 @@ pub(crate) async fn simulate(config: RunConfig) -> RunReport {
             "failed" => "moves rolled back",
             "killed" => "moves killed",
             "recovered" => "fences recovered",
+            "split" => "shards added",
             _ => "moves begun",
         };
         fault_counts.insert(class, n);
@@ -482,6 +566,8 @@ async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
         }
     }
     let (leader, node) = meta_leader(cluster).ok_or("the metadata group has no leader")?;
+    // Recovery first: it also forms the groups of shards a stopped split added.
+    let recovered = node.mover.recover().await;
     for id in &ids {
         let n = cluster.sharded(*id).ok_or("a node without shards")?;
         for (shard, backend) in n.set.backends() {
@@ -492,10 +578,7 @@ async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
             }
         }
     }
-    node.mover
-        .recover()
-        .await
-        .map_err(|e| format!("n{leader}: recovering moves: {e}"))?;
+    recovered.map_err(|e| format!("n{leader}: recovering moves: {e}"))?;
     let newest = match node.meta.latest()? {
         Some((_, map)) => map,
         None => return Err("no map recorded".into()),
@@ -512,14 +595,15 @@ async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
         }
     }
     // Every shard's replicas level: the same end on every node.
-    for k in 0..cluster.shards() {
-        let ends: BTreeSet<u64> = ids
+    for shard in newest.shards() {
+        let ends: Vec<u64> = ids
             .iter()
-            .filter_map(|id| cluster.sharded(*id)?.set.backend(ShardId(k)))
+            .filter_map(|id| cluster.sharded(*id)?.set.backend(shard))
             .map(|b| b.reader().end())
             .collect();
-        if ends.len() != 1 {
-            return Err(format!("shard {k}'s replicas end at {ends:?}"));
+        let distinct: BTreeSet<u64> = ends.iter().copied().collect();
+        if ends.len() != ids.len() || distinct.len() != 1 {
+            return Err(format!("{shard}'s replicas end at {ends:?}"));
         }
     }
     Ok(newest)
@@ -563,7 +647,7 @@ async fn check_final(
     out.extend(check::check_subscribers(&received, &last));
     out.extend(check_all_once(&first, &last));
     out.extend(check_fences(&first, map));
-    out.extend(check_replicas_alike(cluster, &ids));
+    out.extend(check_replicas_alike(cluster, &ids, map));
     out
 }
 
@@ -676,9 +760,13 @@ fn check_fences(node: &ShardedNode, map: &ClusterMap) -> Vec<check::Violation> {
 }
 
 /// Each shard's replicas hold the same records (event ids in log order).
-fn check_replicas_alike(cluster: &Cluster, ids: &[NodeId]) -> Vec<check::Violation> {
+fn check_replicas_alike(
+    cluster: &Cluster,
+    ids: &[NodeId],
+    map: &ClusterMap,
+) -> Vec<check::Violation> {
     let mut out = Vec::new();
-    for k in 0..cluster.shards() {
+    for ShardId(k) in map.shards() {
         let mut logs: Vec<(NodeId, Vec<String>)> = Vec::new();
         for id in ids {
             let Some(backend) = cluster.sharded(*id).and_then(|n| n.set.backend(ShardId(k))) else {
