@@ -564,6 +564,16 @@ impl<T> RaftService<T> {
             .cloned()
             .ok_or_else(|| Status::not_found(format!("shard {id} is not on this node")))
     }
+
+    /// A Raft message's group id, the group served here, and its payload decoded.
+    fn unpack<P: DeserializeOwned>(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<(u64, ServedShard, P), Status> {
+        let m = request.into_inner();
+        let served = self.shard(m.shard_id)?;
+        Ok((m.shard_id, served, decode(&m.payload)?))
+    }
 }
 
 impl<T: RaftTransport> RaftService<T> {
@@ -655,48 +665,42 @@ impl<T: RaftTransport> pb::raft_internal_server::RaftInternal for RaftService<T>
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
-        let served = self.shard(m.shard_id)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&m.payload)?;
+        let (shard_id, served, rpc): (u64, ServedShard, AppendEntriesRequest<TypeConfig>) =
+            self.unpack(request)?;
         let result = served.raft.append_entries(rpc).await;
-        Ok(message(m.shard_id, encode(&result)?))
+        Ok(message(shard_id, encode(&result)?))
     }
 
     async fn vote(
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
-        let served = self.shard(m.shard_id)?;
-        let rpc: VoteRequest<NodeId> = decode(&m.payload)?;
+        let (shard_id, served, rpc): (u64, ServedShard, VoteRequest<NodeId>) =
+            self.unpack(request)?;
         let result = served.raft.vote(rpc).await;
-        Ok(message(m.shard_id, encode(&result)?))
+        Ok(message(shard_id, encode(&result)?))
     }
 
     async fn install_snapshot(
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
-        let served = self.shard(m.shard_id)?;
-        let offer: SnapshotOffer = decode(&m.payload)?;
+        let (shard_id, served, offer): (u64, ServedShard, SnapshotOffer) = self.unpack(request)?;
         let result: Result<SnapshotResponse<NodeId>, RaftError<NodeId, SnapshotRefused>> = self
-            .take_snapshot(m.shard_id, &served, offer)
+            .take_snapshot(shard_id, &served, offer)
             .await
             .map_err(RaftError::APIError);
         if let Err(e) = &result {
             tracing::warn!(error = %e, "snapshot not installed");
         }
-        Ok(message(m.shard_id, encode(&result)?))
+        Ok(message(shard_id, encode(&result)?))
     }
 
     async fn timeout_now(
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
-        let served = self.shard(m.shard_id)?;
-        let theirs: Vote<NodeId> = decode(&m.payload)?;
+        let (shard_id, served, theirs): (u64, ServedShard, Vote<NodeId>) = self.unpack(request)?;
         let mine = served.raft.metrics().borrow().vote;
         // A late one must not unsettle a leader of a later term than the sender's.
         if !(mine.committed && mine.leader_id.term > theirs.leader_id.term) {
@@ -709,18 +713,17 @@ impl<T: RaftTransport> pb::raft_internal_server::RaftInternal for RaftService<T>
         } else {
             tracing::info!(%mine, %theirs, "a stale TimeoutNow is ignored");
         }
-        Ok(message(m.shard_id, Vec::new()))
+        Ok(message(shard_id, Vec::new()))
     }
 
     async fn propose(
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let m = request.into_inner();
-        let served = self.shard(m.shard_id)?;
-        let appends: Vec<WireAppend> = decode(&m.payload)?;
+        let (shard_id, served, appends): (u64, ServedShard, Vec<WireAppend>) =
+            self.unpack(request)?;
         let answers = (served.propose)(appends).await;
-        Ok(message(m.shard_id, encode(&answers)?))
+        Ok(message(shard_id, encode(&answers)?))
     }
 
     async fn fetch_log(
