@@ -51,6 +51,17 @@ impl fmt::Display for SlotRange {
     }
 }
 
+/// A node that formed an added shard's group (see [`ClusterMap::founders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Founder {
+    /// Its node id.
+    pub id: u64,
+    /// Its client address.
+    pub addr: String,
+    /// Its Raft address.
+    pub raft_addr: String,
+}
+
 /// A cluster map that cannot be built or changed as asked; the map is left as it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MapError {
@@ -68,6 +79,10 @@ pub enum MapError {
     UnknownShard { shard: ShardId },
     /// A shard added must be the one after the highest (ids are never reused).
     NotNextShard { shard: ShardId, next: ShardId },
+    /// A shard's group formed by no node.
+    NoFounders { shard: ShardId },
+    /// A founder's address is empty or holds a space or comma.
+    BadAddress { node: u64, addr: String },
     /// A map's text ([`ClusterMap::decode`]) is not one.
     Text { line: usize, why: String },
 }
@@ -89,6 +104,13 @@ impl fmt::Display for MapError {
             MapError::NotNextShard { shard, next } => write!(
                 f,
                 "a new shard takes the next id ({next}), not {shard}: ids are never reused"
+            ),
+            MapError::NoFounders { shard } => {
+                write!(f, "{shard}'s group needs at least one founding node")
+            }
+            MapError::BadAddress { node, addr } => write!(
+                f,
+                "node {node}'s address {addr:?} is empty or holds a space or comma"
             ),
             MapError::Text { line, why } => write!(f, "cluster map, line {line}: {why}"),
         }
@@ -131,6 +153,10 @@ pub struct ClusterMap {
     ranges: Vec<(SlotRange, ShardId)>,
     /// Shards that own no slot (a shard just added, before slots move to it), sorted.
     empty: Vec<ShardId>,
+    /// The voters a shard's group was formed with, sorted, for the shards a split added:
+    /// every node opening such a shard configures it with these, so whichever of them forms
+    /// the group forms the same one (see [`ClusterMap::founders`]).
+    founders: std::collections::BTreeMap<ShardId, Vec<Founder>>,
 }
 
 impl ClusterMap {
@@ -181,6 +207,7 @@ impl ClusterMap {
             slots,
             ranges,
             empty: Vec::new(),
+            founders: Default::default(),
         })
     }
 
@@ -345,7 +372,48 @@ impl ClusterMap {
                 _ => merged.push((r, shard)),
             }
         }
-        Ok(ClusterMap::new(self.epoch + 1, self.slots, merged)?.with_empty(self.shards()))
+        let mut next =
+            ClusterMap::new(self.epoch + 1, self.slots, merged)?.with_empty(self.shards());
+        next.founders = self.founders.clone();
+        Ok(next)
+    }
+
+    /// The node ids shard `shard`'s group was formed with, when recorded (a shard a split
+    /// added; `None` for the shards made at creation, formed from the nodes' `--peer`s). Only
+    /// these nodes may form the group, each configured with exactly these voters: two nodes
+    /// forming it with different voters could elect two leaders. Members that join or leave
+    /// later (`cluster add-node`, `remove-node`) change the group, not this record.
+    pub fn founders(&self, shard: ShardId) -> Option<&[Founder]> {
+        self.founders.get(&shard).map(Vec::as_slice)
+    }
+
+    /// This map, at the same epoch, recording `nodes` as shard `shard`'s founders (a part of
+    /// a change built from several: the change itself is at the next epoch). Refused when
+    /// the shard is not in the map, `nodes` is empty, or an address is empty or holds a space
+    /// or comma (the text's separators).
+    pub fn with_founders(
+        mut self,
+        shard: ShardId,
+        nodes: &[Founder],
+    ) -> Result<ClusterMap, MapError> {
+        if !self.shards().contains(&shard) {
+            return Err(MapError::UnknownShard { shard });
+        }
+        let mut nodes = nodes.to_vec();
+        nodes.sort_by_key(|f| f.id);
+        nodes.dedup_by_key(|f| f.id);
+        let bad = |a: &str| a.is_empty() || a.contains(|c: char| c == ',' || c.is_whitespace());
+        if let Some(f) = nodes.iter().find(|f| bad(&f.addr) || bad(&f.raft_addr)) {
+            return Err(MapError::BadAddress {
+                node: f.id,
+                addr: format!("{} / {}", f.addr, f.raft_addr),
+            });
+        }
+        if nodes.is_empty() {
+            return Err(MapError::NoFounders { shard });
+        }
+        self.founders.insert(shard, nodes);
+        Ok(self)
     }
 }
 
@@ -362,6 +430,8 @@ impl ClusterMap {
     /// range 0 2048 0        first slot, one past the last, shard
     /// range 2048 4096 1
     /// shard 2               a shard owning no slot (only such shards are listed so)
+    /// founders 2 1,A1,R1 2,A2,R2    the voters shard 2's group was formed with: id, client
+    ///                               address, Raft address (added shards only)
     /// ```
     pub fn encode(&self) -> String {
         let mut out = format!(
@@ -373,6 +443,13 @@ impl ClusterMap {
         }
         for shard in &self.empty {
             out.push_str(&format!("shard {}\n", shard.0));
+        }
+        for (shard, nodes) in &self.founders {
+            out.push_str(&format!("founders {}", shard.0));
+            for f in nodes {
+                out.push_str(&format!(" {},{},{}", f.id, f.addr, f.raft_addr));
+            }
+            out.push('\n');
         }
         out
     }
@@ -394,6 +471,7 @@ impl ClusterMap {
             }
         }
         let (mut epoch, mut slots, mut ranges, mut empty) = (None, None, Vec::new(), Vec::new());
+        let mut placed = Vec::new();
         for (n, line) in lines.filter(|(_, l)| !l.is_empty()) {
             let words: Vec<&str> = line.split_whitespace().collect();
             let number = |w: &str| {
@@ -416,6 +494,18 @@ impl ClusterMap {
                     ShardId(small(shard)?),
                 )),
                 ["shard", shard] => empty.push(ShardId(small(shard)?)),
+                ["founders", shard, nodes @ ..] => {
+                    let founder = |w: &&str| match w.split(',').collect::<Vec<_>>()[..] {
+                        [id, addr, raft_addr] => Ok(Founder {
+                            id: number(id)?,
+                            addr: addr.to_string(),
+                            raft_addr: raft_addr.to_string(),
+                        }),
+                        _ => Err(bad(n, format!("{w:?} is not ID,ADDR,RAFT_ADDR"))),
+                    };
+                    let nodes: Result<Vec<Founder>, MapError> = nodes.iter().map(founder).collect();
+                    placed.push((n, ShardId(small(shard)?), nodes?));
+                }
                 _ => return Err(bad(n, format!("unexpected {line:?}"))),
             }
         }
@@ -425,7 +515,16 @@ impl ClusterMap {
             slots.ok_or_else(|| missing("slots"))?,
             ranges,
         )?;
-        Ok(map.with_empty(empty))
+        let mut map = map.with_empty(empty);
+        for (n, shard, nodes) in placed {
+            if map.founders.contains_key(&shard) {
+                return Err(bad(n, format!("{shard}'s founders are listed twice")));
+            }
+            map = map
+                .with_founders(shard, &nodes)
+                .map_err(|e| bad(n, e.to_string()))?;
+        }
+        Ok(map)
     }
 
     /// The map's shards, those owning slots and those owning none, in id order.
@@ -635,13 +734,43 @@ mod tests {
         assert!(added.encode().ends_with("shard 4\n"), "{}", added.encode());
         assert_eq!(ClusterMap::decode(&added.encode()).unwrap(), added);
         assert_eq!(added.shards().last(), Some(&ShardId(4)));
+        // An added shard's founders survive the text, and moves of slots.
+        let f = |id: u64| Founder {
+            id,
+            addr: format!("h:{id}"),
+            raft_addr: format!("h:{}", id + 100),
+        };
+        let placed = added
+            .clone()
+            .with_founders(ShardId(4), &[f(3), f(1), f(2), f(1)])
+            .unwrap();
+        assert_eq!(placed.epoch(), added.epoch(), "a part of a change, not one");
+        assert_eq!(placed.founders(ShardId(4)), Some(&[f(1), f(2), f(3)][..]));
+        assert!(placed
+            .encode()
+            .ends_with("shard 4\nfounders 4 1,h:1,h:101 2,h:2,h:102 3,h:3,h:103\n"));
+        assert_eq!(ClusterMap::decode(&placed.encode()).unwrap(), placed);
+        let moved = placed
+            .with_range_moved(SlotRange { start: 0, end: 5 }, ShardId(4))
+            .unwrap();
+        assert_eq!(moved.founders(ShardId(4)), Some(&[f(1), f(2), f(3)][..]));
+        assert_eq!(moved.founders(ShardId(0)), None);
         assert_eq!(
-            map.with_shard_added(ShardId(9)),
-            Err(MapError::NotNextShard {
-                shard: ShardId(9),
-                next: ShardId(4)
-            })
+            added.clone().with_founders(ShardId(4), &[]),
+            Err(MapError::NoFounders { shard: ShardId(4) })
         );
+        assert_eq!(
+            added.clone().with_founders(ShardId(5), &[f(1)]),
+            Err(MapError::UnknownShard { shard: ShardId(5) })
+        );
+        let spaced = Founder {
+            addr: "a b".into(),
+            ..f(1)
+        };
+        assert!(matches!(
+            added.clone().with_founders(ShardId(4), &[spaced]),
+            Err(MapError::BadAddress { node: 1, .. })
+        ));
         for (text, says) in [
             ("", "line 1"),
             (
@@ -664,6 +793,22 @@ mod tests {
             (
                 "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 99999999999\n",
                 "32 bits",
+            ),
+            (
+                "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 0\nfounders 0\n",
+                "line 5: shard 0's group needs at least one founding node",
+            ),
+            (
+                "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 0\nfounders 1 2,a,b\n",
+                "line 5: shard 1 is not in the cluster map",
+            ),
+            (
+                "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 0\nfounders 0 1,a\n",
+                "line 5: \"1,a\" is not ID,ADDR,RAFT_ADDR",
+            ),
+            (
+                "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 0\nfounders 0 1,a,b\nfounders 0 2,a,b\n",
+                "line 6: shard 0's founders are listed twice",
             ),
         ] {
             let e = ClusterMap::decode(text).unwrap_err().to_string();

@@ -134,9 +134,16 @@ impl Host {
 
     /// Opens shard `id` in `dir` and adds it to the set (at start; see [`Host::add`] for a
     /// running node). `several`: the node holds more than one shard (a lone append would then
-    /// wait for the others' sync rounds on a runtime thread).
-    pub async fn open(&self, id: ShardId, dir: &Path, several: bool) -> Result<(), OpenError> {
-        let members = self.inner.raft.as_ref().map(|r| r.members.clone());
+    /// wait for the others' sync rounds on a runtime thread). Replicated, its group is
+    /// configured with `members` (default: the node's `--peer`s and itself).
+    pub async fn open(
+        &self,
+        id: ShardId,
+        dir: &Path,
+        several: bool,
+        members: Option<BTreeMap<u64, StrataNode>>,
+    ) -> Result<(), OpenError> {
+        let members = members.or_else(|| self.inner.raft.as_ref().map(|r| r.members.clone()));
         let backend = self.open_storage(id.0, dir, several, members).await?;
         self.insert(id, backend, dir)
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use strata_engine::system::{CLUSTER_MAP_STREAM, CLUSTER_MAP_TYPE};
 use strata_engine::{AppendRequest, Direction, ExpectedVersion, NewEvent};
-use strata_proto::routing::{ClusterMap, ShardId};
+use strata_proto::routing::{ClusterMap, Founder, ShardId};
 use strata_raft::{Replica, ReplicaError, StrataNode};
 use tokio::sync::watch;
 
@@ -170,6 +170,52 @@ pub async fn form_added(set: &crate::shard_set::ShardSet, id: ShardId) -> Result
     }
 }
 
+/// Adds shard `shard` by `map` (a split's first step; `map` from
+/// [`ClusterMap::with_shard_added`]): recorded with the metadata group's voters of the moment
+/// as the group's founders (every node opens it configured with them, and only they form it),
+/// installed, then its group formed from here.
+pub async fn add_shard(
+    meta: &Meta,
+    cell: &MapCell,
+    set: &crate::shard_set::ShardSet,
+    (map, shard): (ClusterMap, ShardId),
+    now_us: u64,
+) -> Result<(), String> {
+    let founders: Vec<Founder> = voters(meta)
+        .into_iter()
+        .map(|(id, node)| Founder {
+            id,
+            addr: node.addr,
+            raft_addr: node.raft_addr,
+        })
+        .collect();
+    let map = map
+        .with_founders(shard, &founders)
+        .map_err(|e| e.to_string())?;
+    install(meta, cell, map, now_us)
+        .await
+        .map_err(|e| e.to_string())?;
+    form_added(set, shard).await
+}
+
+/// The voters shard `shard`'s group is configured with, when `map` records its founders (a
+/// shard a split added; `None`: the node's own configuration).
+pub fn founding_members(map: &ClusterMap, shard: ShardId) -> Option<BTreeMap<u64, StrataNode>> {
+    let founders = map.founders(shard)?;
+    Some(
+        founders
+            .iter()
+            .map(|f| {
+                let node = StrataNode {
+                    addr: f.addr.clone(),
+                    raft_addr: f.raft_addr.clone(),
+                };
+                (f.id, node)
+            })
+            .collect(),
+    )
+}
+
 /// The append recording `map` (see [`Meta::propose`]).
 fn proposal(map: &ClusterMap, now_us: u64) -> Result<AppendRequest, ReplicaError> {
     {
@@ -301,8 +347,8 @@ async fn step(f: &Follower) {
 }
 
 /// Routes by `map` from now on if it is later than the node's and the node can (see
-/// [`check_next`]); shards it adds are opened (their groups' members: the metadata group's
-/// voters), then the cache file is written. A node that cannot route by the cluster's
+/// [`check_next`]); shards it adds are opened (their groups configured with the founders the
+/// map records), then the cache file is written. A node that cannot route by the cluster's
 /// map (or holds another map of the same epoch: it was started with another `--shards`)
 /// refuses calls from then on, naming why, rather than route by its own.
 async fn adopt(f: &Follower, map: ClusterMap) {
@@ -354,9 +400,9 @@ async fn open_added(f: &Follower, map: &ClusterMap) -> Result<(), String> {
     if added.is_empty() {
         return Ok(());
     }
-    let members = voters(&f.meta);
     for shard in added {
-        f.groups.open(shard, members.clone()).await.map_err(|e| {
+        let members = founding_members(map, shard).unwrap_or_else(|| voters(&f.meta));
+        f.groups.open(shard, members).await.map_err(|e| {
             format!(
                 "map epoch {} adds {shard}, which this node could not open: {e}",
                 map.epoch()

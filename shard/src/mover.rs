@@ -611,12 +611,19 @@ impl Mover {
     /// group was never formed) is formed from here. (Run by recovery, on one node: a node
     /// added to the cluster joins existing groups as a learner and never forms one — but
     /// should it lead the metadata group before it joins an empty shard's group, it would
-    /// form a second one; see ARCHITECTURE.md, "splits".)
+    /// form a second one — unless the map records the group's founders, as every split since
+    /// does: then only a founder forms it; see ARCHITECTURE.md, "splits".)
     async fn form_added(&self, map: &ClusterMap) {
         for shard in map.empty_shards() {
             let Some(Backend::Replicated(replica)) = self.inner.shards.backend(*shard) else {
                 continue;
             };
+            // Only a founder forms it, configured as every founder is (see `ClusterMap::founders`).
+            let founder =
+                |f: &[strata_proto::routing::Founder]| f.iter().any(|f| f.id == replica.node_id());
+            if !map.founders(*shard).is_none_or(founder) {
+                continue;
+            }
             let unformed = {
                 let m = replica.raft().metrics();
                 let m = m.borrow();

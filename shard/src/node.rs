@@ -391,13 +391,15 @@ fn mover(
     let add_shard: crate::mover::AddShard = Arc::new(move |map, id| {
         let (install, host) = (install.clone(), host.clone());
         Box::pin(async move {
-            if install.meta.is_none() {
-                host.add(id, None)
-                    .await
-                    .map_err(|(dir, e)| format!("opening {}: {e}", dir.display()))?;
+            if let Some(meta) = &install.meta {
+                let now = crate::clock::WallClock::now_us(&SystemWallClock::default());
+                return crate::meta::add_shard(meta, &install.cell, host.set(), (map, id), now)
+                    .await;
             }
-            install.install(map).await.map_err(|e| e.to_string())?;
-            crate::meta::form_added(host.set(), id).await
+            host.add(id, None)
+                .await
+                .map_err(|(dir, e)| format!("opening {}: {e}", dir.display()))?;
+            install.install(map).await.map_err(|e| e.to_string())
         })
     });
     Mover::new(
@@ -475,7 +477,8 @@ async fn open_shards(config: &NodeConfig, host: &Host) -> Result<LocalShards, No
     let layout = read_layout(config).await?;
     let several = layout.dirs.len() > 1;
     for (id, dir) in &layout.dirs {
-        host.open(*id, dir, several)
+        let members = crate::meta::founding_members(&layout.map, *id);
+        host.open(*id, dir, several, members)
             .await
             .map_err(|(dir, e)| engine_error(&dir, e))?;
     }

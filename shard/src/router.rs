@@ -53,8 +53,7 @@ use strata_proto::metadata::{ERROR_KIND_KEY, MAP_EPOCH_KEY};
 pub struct Router {
     /// The map now (the metadata group may replace it).
     map: MapCell,
-    /// The node's shards, growing while it runs. A shard is only ever added with an id past
-    /// every other's, so a shard's place in the set (an `at`) never changes.
+    /// The node's shards of the moment (found by id: the set changes while the node runs).
     set: ShardSet,
     /// The lowest shard's service (its settings are every shard's; it is never removed).
     first: StreamsService,
@@ -125,47 +124,44 @@ impl Router {
             .map_err(|why| Status::failed_precondition(why.to_string()))
     }
 
-    /// Where the shard holding `stream` is in [`Router::shards`].
-    fn index(&self, stream: &str) -> Result<usize, Status> {
+    /// The shard holding `stream`.
+    fn owner(&self, stream: &str) -> Result<ShardId, Status> {
         let map = self.routing()?;
         let shards = self.shards();
-        if shards.len() == 1 {
-            return Ok(0);
+        if let [(only, _)] = &shards[..] {
+            return Ok(*only);
         }
-        let id = map.shard_of(stream);
-        shards
-            .binary_search_by_key(&id, |(s, _)| *s)
-            .map_err(|_| Status::unavailable(format!("{id} is not served by this node")))
+        Ok(map.shard_of(stream))
     }
 
-    /// The shard at `at` in [`Router::shards`] (a place found by [`Router::index`]; places
-    /// never change).
-    fn at(&self, at: usize) -> Result<(ShardId, StreamsService), Status> {
-        self.shards()
-            .get(at)
-            .cloned()
-            .ok_or_else(|| Status::internal(format!("no shard at place {at}")))
+    /// Shard `id`'s service on this node.
+    fn at(&self, id: ShardId) -> Result<StreamsService, Status> {
+        let shards = self.shards();
+        shards
+            .binary_search_by_key(&id, |(s, _)| *s)
+            .map(|at| shards[at].1.clone())
+            .map_err(|_| Status::unavailable(format!("{id} is not served by this node")))
     }
 
     /// The service of the shard holding `stream`.
     fn shard(&self, stream: &str) -> Result<StreamsService, Status> {
-        Ok(self.at(self.index(stream)?)?.1)
+        self.at(self.owner(stream)?)
     }
 
-    /// The client address of the leader of shard `at` when a call with `metadata` that needs
+    /// The client address of the leader of shard `id` when a call with `metadata` that needs
     /// the leader must go there: another node leads it, and the call was not forwarded to
     /// this node already.
-    fn leader_elsewhere(&self, at: usize, metadata: &MetadataMap) -> Option<String> {
+    fn leader_elsewhere(&self, id: ShardId, metadata: &MetadataMap) -> Option<String> {
         if forward::is_forwarded(metadata) {
             return None;
         }
-        self.leader_addr(at)
+        self.leader_addr(id)
     }
 
-    /// The client address of the leader of shard `at` when another node leads it.
-    fn leader_addr(&self, at: usize) -> Option<String> {
+    /// The client address of the leader of shard `id` when another node leads it.
+    fn leader_addr(&self, id: ShardId) -> Option<String> {
         self.peers.as_ref()?;
-        let (_, service) = self.at(at).ok()?;
+        let service = self.at(id).ok()?;
         let Backend::Replicated(replica) = service.backend() else {
             return None;
         };
@@ -202,11 +198,11 @@ impl Router {
             .ok_or_else(|| Status::internal("forwarding without peers"))
     }
 
-    /// Where this `AppendStream` call sends the appends of shard `at`: over a link to its
+    /// Where this `AppendStream` call sends the appends of shard `id`: over a link to its
     /// leader when another node leads it (`None`: here).
-    fn remote_leader(&self, at: usize) -> Option<(&RemoteAppends, String)> {
+    fn remote_leader(&self, id: ShardId) -> Option<(&RemoteAppends, String)> {
         let remote = self.remote.as_deref()?;
-        Some((remote, self.leader_addr(at)?))
+        Some((remote, self.leader_addr(id)?))
     }
 
     /// The router of one `AppendStream` call (its own links to other leaders).
@@ -223,22 +219,22 @@ impl Router {
         call
     }
 
-    /// Makes a read of shard `at` at `consistency` servable from this node's replica, and
+    /// Makes a read of shard `id` at `consistency` servable from this node's replica, and
     /// returns the consistency to read it at here: for a linearizable read of a shard led
     /// elsewhere, the leader's end after its barrier, then this replica applied that far.
     async fn read_index(
         &self,
-        at: usize,
+        id: ShardId,
         consistency: pb::Consistency,
         metadata: &MetadataMap,
     ) -> Result<pb::Consistency, Status> {
         if consistency == pb::Consistency::Follower {
             return Ok(consistency);
         }
-        let Some(addr) = self.leader_elsewhere(at, metadata) else {
+        let Some(addr) = self.leader_elsewhere(id, metadata) else {
             return Ok(consistency);
         };
-        let (id, service) = &self.at(at)?;
+        let service = &self.at(id)?;
         let request = forward::for_shard(
             pb::GetLogRequest {
                 consistency: pb::Consistency::Linearizable as i32,
@@ -281,15 +277,15 @@ impl Router {
 /// and `$leader` (the call needs the leader), otherwise served by the shard here.
 macro_rules! routed {
     ($self:ident, $request:ident, $stream:expr, $leader:expr, $method:ident) => {{
-        let at = $self.index($stream)?;
+        let id = $self.owner($stream)?;
         if $leader {
-            if let Some(addr) = $self.leader_elsewhere(at, $request.metadata()) {
+            if let Some(addr) = $self.leader_elsewhere(id, $request.metadata()) {
                 let mut leader = $self.forwarding()?.streams(&addr)?;
                 let answer = leader.$method(forwarded($request)).await;
                 return $self.with_epoch(answer);
             }
         }
-        let answer = $self.at(at)?.1.$method($request).await;
+        let answer = $self.at(id)?.$method($request).await;
         $self.with_epoch(answer)
     }};
 }
@@ -388,10 +384,10 @@ impl Router {
                 "names a place in one shard's log; read several shards as of a timestamp",
             ));
         }
-        let pages = join_all(shards.iter().enumerate().map(|(at, (id, service))| {
+        let pages = join_all(shards.iter().map(|(id, service)| {
             let from = cursor.get(*id);
             async move {
-                let here = self.read_index(at, consistency, metadata).await?;
+                let here = self.read_index(*id, consistency, metadata).await?;
                 service.read_all_batch(from, limit, here, as_of).await
             }
         }))
@@ -513,27 +509,30 @@ impl Submit for Router {
     fn submit_batch(&self, batch: Vec<pb::AppendRequest>) -> Boxed<'_, Outcomes> {
         Box::pin(async move {
             let shards = self.shards();
-            if shards.len() == 1 && self.remote_leader(0).is_none() {
-                return self.first().submit_batch(batch).await;
+            if let [(only, service)] = &shards[..] {
+                if self.remote_leader(*only).is_none() {
+                    return service.submit_batch(batch).await;
+                }
             }
             // Each shard's appends in the order sent; the answers put back in that order.
-            let mut parts: Vec<(usize, Vec<usize>, Vec<pb::AppendRequest>)> = Vec::new();
+            let mut parts: Vec<(ShardId, Vec<usize>, Vec<pb::AppendRequest>)> = Vec::new();
             let mut routed: Vec<Result<usize, Status>> = Vec::with_capacity(batch.len());
             let map = self.routing();
             for (i, append) in batch.into_iter().enumerate() {
-                let id = match &map {
-                    Ok(map) => map.shard_of(&append.stream),
-                    Err(refused) => {
+                let id = match (&map, &shards[..]) {
+                    (Ok(_), [(only, _)]) => *only,
+                    (Ok(map), _) => map.shard_of(&append.stream),
+                    (Err(refused), _) => {
                         routed.push(Err(refused.clone()));
                         continue;
                     }
                 };
                 match shards.binary_search_by_key(&id, |(s, _)| *s) {
-                    Ok(at) => {
-                        let part = match parts.iter().position(|(s, _, _)| *s == at) {
+                    Ok(_) => {
+                        let part = match parts.iter().position(|(s, _, _)| *s == id) {
                             Some(p) => p,
                             None => {
-                                parts.push((at, Vec::new(), Vec::new()));
+                                parts.push((id, Vec::new(), Vec::new()));
                                 parts.len() - 1
                             }
                         };
@@ -548,18 +547,17 @@ impl Submit for Router {
                 }
             }
             let mut pending = Vec::with_capacity(parts.len());
-            for (at, _, appends) in parts {
-                pending.push(match self.remote_leader(at) {
+            for (id, _, appends) in parts {
+                pending.push(match self.remote_leader(id) {
                     Some((remote, addr)) => {
                         Submit::stats(self.first())
                             .forwarded
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         remote.submit(&addr, appends).await
                     }
-                    None => match shards.get(at) {
-                        Some((_, service)) => service.submit_batch(appends).await,
-                        None => {
-                            let lost = Status::internal(format!("no shard at place {at}"));
+                    None => match self.at(id) {
+                        Ok(service) => service.submit_batch(appends).await,
+                        Err(lost) => {
                             let answers: Outcomes = Box::pin(std::future::ready(vec![Err(lost)]));
                             answers
                         }
@@ -642,7 +640,7 @@ impl pb::streams_server::Streams for Router {
         if let ([(id, service)], true) = (&shards[..], r.from_cursor.is_empty()) {
             let id = *id;
             if linearizable(r.consistency) {
-                if let Some(addr) = self.leader_elsewhere(0, request.metadata()) {
+                if let Some(addr) = self.leader_elsewhere(id, request.metadata()) {
                     let mut leader = self.forwarding()?.streams(&addr)?;
                     return leader.read_all(forwarded(request)).await;
                 }
@@ -668,7 +666,8 @@ impl pb::streams_server::Streams for Router {
         let several = self.shards().len() > 1;
         let service = match &r.target {
             Some(Target::Stream(name)) if several => {
-                let (id, service) = self.at(self.index(name)?)?;
+                let id = self.owner(name)?;
+                let service = self.at(id)?;
                 let name = name.clone();
                 let events = service.subscribe(request).await?.into_inner();
                 return Ok(Response::new(ends_when_moved(
@@ -707,27 +706,27 @@ impl pb::streams_server::Streams for Router {
         let consistency = convert::consistency(r.consistency)?;
         // A remote read index asks about one shard (see `read_index`).
         let shards = self.shards();
-        let asked: Vec<usize> = match only {
-            None => (0..shards.len()).collect(),
-            Some(id) => vec![shards
-                .binary_search_by_key(&ShardId(id), |(s, _)| *s)
-                .map_err(|_| Status::not_found(format!("shard {id} is not on this node")))?],
+        let asked: Vec<ShardId> = match only {
+            None => shards.iter().map(|(id, _)| *id).collect(),
+            Some(id) => match shards.binary_search_by_key(&ShardId(id), |(s, _)| *s) {
+                Ok(_) => vec![ShardId(id)],
+                Err(_) => return Err(Status::not_found(format!("shard {id} is not on this node"))),
+            },
         };
-        let points = join_all(asked.iter().map(|&at| {
+        let points = join_all(asked.iter().map(|&id| {
             let metadata = &metadata;
             async move {
-                let here = self.read_index(at, consistency, metadata).await?;
-                self.at(at)?.1.log_point(here, r.at_timestamp_us).await
+                let here = self.read_index(id, consistency, metadata).await?;
+                self.at(id)?.log_point(here, r.at_timestamp_us).await
             }
         }))
         .await;
         let (mut ends, mut firsts) = (Cursor::default(), Cursor::default());
         let mut answer = pb::GetLogResponse::default();
-        for (&at, point) in asked.iter().zip(points) {
-            let id = &self.at(at)?.0;
+        for (&id, point) in asked.iter().zip(points) {
             let (end, first) = point?;
-            ends.set(*id, end);
-            firsts.set(*id, first.unwrap_or(end));
+            ends.set(id, end);
+            firsts.set(id, first.unwrap_or(end));
             if asked.len() == 1 {
                 answer.end_position = end;
                 answer.first_position_at_or_after = first;

@@ -157,3 +157,75 @@ async fn the_map_changes_by_compare_and_set_and_followers_route_by_the_newest() 
     task.await.unwrap();
     meta.replica().shutdown().await;
 }
+
+/// Holds its shards, records the members each shard it opens is configured with.
+#[derive(Default)]
+struct Recording(
+    std::sync::Mutex<BTreeMap<ShardId, BTreeMap<u64, StrataNode>>>,
+    Vec<ShardId>,
+);
+
+impl Groups for Recording {
+    fn held(&self) -> Vec<ShardId> {
+        let mut held = self.1.clone();
+        held.extend(self.0.lock().unwrap().keys());
+        held
+    }
+
+    fn open(
+        &self,
+        shard: ShardId,
+        members: BTreeMap<u64, StrataNode>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        self.0.lock().unwrap().insert(shard, members);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A shard a split added is opened configured with the founders its map records, not with
+/// the metadata group's voters of the moment (a node that joined since must not form it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_shard_is_opened_with_the_founders_its_map_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = layout(tmp.path(), Some(2)).unwrap().map;
+    let meta = one_voter_meta(tmp.path()).await;
+    let cell = MapCell::new(first.clone());
+    let (stop_tx, stop) = watch::channel(false);
+    let groups = Arc::new(Recording(Default::default(), first.shards()));
+    let follower = Follower {
+        meta: meta.clone(),
+        cell: cell.clone(),
+        dir: tmp.path().to_path_buf(),
+        groups: groups.clone(),
+        fs: Arc::new(StdFs),
+        clock: Arc::new(SystemWallClock::default()),
+    };
+    let task = tokio::spawn(follow(follower, stop));
+    eventually("the first map is recorded", || {
+        meta.latest().unwrap().is_some()
+    })
+    .await;
+    let founder = |id: u64| strata_proto::routing::Founder {
+        id,
+        addr: format!("10.0.0.{id}:5000"),
+        raft_addr: format!("10.0.0.{id}:6000"),
+    };
+    let added = first
+        .with_shard_added(ShardId(2))
+        .unwrap()
+        .with_founders(ShardId(2), &[founder(7), founder(8), founder(9)])
+        .unwrap();
+    meta.propose(&added, 1).await.unwrap();
+    eventually("the follower takes epoch 2", || cell.get().epoch() == 2).await;
+    let opened = groups.0.lock().unwrap().clone();
+    let members = opened.get(&ShardId(2)).expect("shard 2 opened");
+    assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![7, 8, 9]);
+    assert_eq!(members[&8].raft_addr, "10.0.0.8:6000");
+    assert!(
+        !members.contains_key(&1),
+        "the metadata group's voter is no founder"
+    );
+    stop_tx.send_replace(true);
+    task.await.unwrap();
+    meta.replica().shutdown().await;
+}

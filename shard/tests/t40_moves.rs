@@ -56,7 +56,9 @@ async fn node(shards: u32) -> Node {
     .unwrap();
     for k in 0..shards {
         let id = ShardId(k);
-        host.open(id, &host.shard_dir(id), true).await.unwrap();
+        host.open(id, &host.shard_dir(id), true, None)
+            .await
+            .unwrap();
     }
     Node {
         _dir: dir,

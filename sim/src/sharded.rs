@@ -233,10 +233,7 @@ fn mover(
             (cell.clone(), recorder.clone(), clock.clone(), held.clone());
         Box::pin(async move {
             let now = strata_shard::clock::WallClock::now_us(clock.as_ref());
-            strata_shard::meta::install(&meta, &cell, next, now)
-                .await
-                .map_err(|e| e.to_string())?;
-            strata_shard::meta::form_added(&held, shard).await
+            strata_shard::meta::add_shard(&meta, &cell, &held, (next, shard), now).await
         })
     });
     Mover::new(
