@@ -29,9 +29,6 @@ for n in $(seq "$nodes"); do port[$n]=$(free_port); done
 server="127.0.0.1:${port[1]}"
 servers=$(for n in $(seq "$nodes"); do printf '127.0.0.1:%s,' "${port[$n]}"; done)
 servers=${servers%,}
-hz=$(getconf CLK_TCK)
-ticks() { local f; read -r -a f <"/proc/$1/stat"; echo $((f[13] + f[14])); } # utime + stime
-server_ticks() { local t=0 n; for n in $(seq "$nodes"); do t=$((t + $(ticks "${pid[$n]}"))); done; echo $t; }
 start_node() { # throttle true|false
   local n peers
   for n in $(seq "$nodes"); do
@@ -46,30 +43,11 @@ start_node() { # throttle true|false
   done
   for n in $(seq "$nodes"); do wait_up "${port[$n]}"; done
   if [ "$nodes" -gt 1 ]; then
-    "$strata" cluster init --server "$server" >/dev/null
-    for _ in $(seq 300); do # every shard's group and the metadata group have a leader
-      "$strata" cluster status --json --server "$server" 2>/dev/null | python3 -c '
-import json,sys; s=json.load(sys.stdin)
-sys.exit(0 if s.get("meta_leader") and all(g.get("leader") for g in s["shards"]) else 1)' && break
-      sleep 0.1
-    done
+    init_cluster "$server"
   fi
 }
 stop_node() { local n; for n in $(seq "$nodes"); do kill -TERM "${pid[$n]}"; wait "${pid[$n]}" || true; done; }
-run() { # clients rate seconds → the bench's JSON line, with the servers' CPU per event
-  local t0 t1
-  t0=$(server_ticks)
-  "$strata" bench append --server "$servers" --clients "$1" --batch 1 --event-bytes 1024 \
-    --duration "$3" ${2:+--rate "$2"} 2>/dev/null >"$data/run.json"
-  t1=$(server_ticks)
-  python3 - "$data/run.json" "$((t1 - t0))" "$hz" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-events = r["appends"] * r["events_per_append"]
-r["server_cpu_us_per_event"] = round(int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / events, 1) if events else None
-print(json.dumps(r))
-PY
-}
+run() { bench_run "$1" "$2" "$3" "$servers"; } # clients rate seconds → JSON line
 start_node true
 run 64 "" "$preload" >/dev/null
 max=$(run 64 "" 8 | python3 -c 'import json,sys;print(int(json.load(sys.stdin)["events_per_s"]))')

@@ -334,6 +334,19 @@ impl Client {
             .await
     }
 
+    /// Moves a shard's replica from one node to another (see `Cluster.MoveShard`): answers
+    /// when done.
+    pub async fn cluster_move_shard(
+        &self,
+        request: pb::MoveShardRequest,
+    ) -> Result<pb::ClusterStatus, Error> {
+        self.conn
+            .call_on(Connections::cluster, None, false, |mut c| async move {
+                c.move_shard(request).await
+            })
+            .await
+    }
+
     /// Follows a stream or the whole log from `start`: catches up, then live; reconnects and
     /// resumes after the last event delivered (no gap, no duplicate).
     pub fn subscribe(&self, target: Target, start: Start) -> Subscription {

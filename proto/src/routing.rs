@@ -79,6 +79,14 @@ pub enum MapError {
     UnknownShard { shard: ShardId },
     /// A shard added must be the one after the highest (ids are never reused).
     NotNextShard { shard: ShardId, next: ShardId },
+    /// A shard placed on no node.
+    NoReplicas { shard: ShardId },
+    /// Another replica move of the shard is under way.
+    ReplicaMoving { shard: ShardId, from: u64, to: u64 },
+    /// A replica move whose source holds no replica or whose target holds one.
+    NotAMove { shard: ShardId, from: u64, to: u64 },
+    /// No replica move of the shard is under way.
+    NoReplicaMove { shard: ShardId },
     /// A shard's group formed by no node.
     NoFounders { shard: ShardId },
     /// A founder's address is empty or holds a space or comma.
@@ -105,6 +113,21 @@ impl fmt::Display for MapError {
                 f,
                 "a new shard takes the next id ({next}), not {shard}: ids are never reused"
             ),
+            MapError::NoReplicas { shard } => {
+                write!(f, "{shard} needs a replica on at least one node")
+            }
+            MapError::ReplicaMoving { shard, from, to } => write!(
+                f,
+                "a replica move of {shard} from node {from} to node {to} is unfinished: run it again to finish it (`strata cluster move-shard {} --from {from} --to {to}`); one at a time per shard",
+                shard.0
+            ),
+            MapError::NotAMove { shard, from, to } => write!(
+                f,
+                "moving {shard}'s replica from node {from} to node {to}: the source must hold one and the target none"
+            ),
+            MapError::NoReplicaMove { shard } => {
+                write!(f, "no replica move of {shard} is under way")
+            }
             MapError::NoFounders { shard } => {
                 write!(f, "{shard}'s group needs at least one founding node")
             }
@@ -157,6 +180,12 @@ pub struct ClusterMap {
     /// every node opening such a shard configures it with these, so whichever of them forms
     /// the group forms the same one (see [`ClusterMap::founders`]).
     founders: std::collections::BTreeMap<ShardId, Vec<Founder>>,
+    /// The nodes holding a shard's replicas (its group's voters), sorted, for the shards whose
+    /// replicas moved (`cluster move-shard`); a shard not listed has a replica on every node.
+    replicas: std::collections::BTreeMap<ShardId, Vec<u64>>,
+    /// The replica moves under way: shard → (from node, to node). The target is among the
+    /// shard's replicas already; the source leaves them when the move ends.
+    moving: std::collections::BTreeMap<ShardId, (u64, u64)>,
 }
 
 impl ClusterMap {
@@ -208,6 +237,8 @@ impl ClusterMap {
             ranges,
             empty: Vec::new(),
             founders: Default::default(),
+            replicas: Default::default(),
+            moving: Default::default(),
         })
     }
 
@@ -375,6 +406,8 @@ impl ClusterMap {
         let mut next =
             ClusterMap::new(self.epoch + 1, self.slots, merged)?.with_empty(self.shards());
         next.founders = self.founders.clone();
+        next.replicas = self.replicas.clone();
+        next.moving = self.moving.clone();
         Ok(next)
     }
 
@@ -385,6 +418,107 @@ impl ClusterMap {
     /// later (`cluster add-node`, `remove-node`) change the group, not this record.
     pub fn founders(&self, shard: ShardId) -> Option<&[Founder]> {
         self.founders.get(&shard).map(Vec::as_slice)
+    }
+
+    /// The nodes holding shard `shard`'s replicas, when placed (`None`: every node).
+    pub fn replicas(&self, shard: ShardId) -> Option<&[u64]> {
+        self.replicas.get(&shard).map(Vec::as_slice)
+    }
+
+    /// Whether node `node` holds a replica of shard `shard` by this map.
+    pub fn holds(&self, node: u64, shard: ShardId) -> bool {
+        self.replicas(shard)
+            .is_none_or(|nodes| nodes.contains(&node))
+    }
+
+    /// The map with shard `shard`'s replicas on `nodes` (a step of a replica move), at the
+    /// next epoch. Refused when the shard is not in the map or `nodes` is empty.
+    pub fn with_replicas(&self, shard: ShardId, nodes: &[u64]) -> Result<ClusterMap, MapError> {
+        self.bumped().placing(shard, nodes)
+    }
+
+    /// The map with every shard not placed yet placed on `nodes` (the cluster's nodes of the
+    /// moment: where such a shard is), at the next epoch; `None` when every shard is placed.
+    pub fn with_unplaced_on(&self, nodes: &[u64]) -> Result<Option<ClusterMap>, MapError> {
+        let unplaced: Vec<ShardId> = self
+            .shards()
+            .into_iter()
+            .filter(|s| !self.replicas.contains_key(s))
+            .collect();
+        if unplaced.is_empty() {
+            return Ok(None);
+        }
+        let mut next = self.bumped();
+        for shard in unplaced {
+            next = next.placing(shard, nodes)?;
+        }
+        Ok(Some(next))
+    }
+
+    /// The replica move of shard `shard` under way, `(from, to)`, if any.
+    pub fn replica_move(&self, shard: ShardId) -> Option<(u64, u64)> {
+        self.moving.get(&shard).copied()
+    }
+
+    /// The first step of moving shard `shard`'s replica from node `from` to node `to`: the
+    /// shard placed on `holders` (its nodes now) and `to`, the move recorded, at the next
+    /// epoch. Refused while another replica move of the shard is under way, or when `from` is
+    /// not among `holders` or `to` is.
+    pub fn with_replica_move_begun(
+        &self,
+        shard: ShardId,
+        holders: &[u64],
+        (from, to): (u64, u64),
+    ) -> Result<ClusterMap, MapError> {
+        if let Some((from, to)) = self.replica_move(shard) {
+            return Err(MapError::ReplicaMoving { shard, from, to });
+        }
+        if !holders.contains(&from) || holders.contains(&to) {
+            return Err(MapError::NotAMove { shard, from, to });
+        }
+        let mut nodes = holders.to_vec();
+        nodes.push(to);
+        let mut next = self.bumped().placing(shard, &nodes)?;
+        next.moving.insert(shard, (from, to));
+        Ok(next)
+    }
+
+    /// The last step of shard `shard`'s replica move: the source no longer among its
+    /// replicas, the move no longer recorded, at the next epoch.
+    pub fn with_replica_move_ended(&self, shard: ShardId) -> Result<ClusterMap, MapError> {
+        let (from, _) = self
+            .replica_move(shard)
+            .ok_or(MapError::NoReplicaMove { shard })?;
+        let nodes: Vec<u64> = self
+            .replicas(shard)
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .filter(|n| *n != from)
+            .collect();
+        let mut next = self.bumped().placing(shard, &nodes)?;
+        next.moving.remove(&shard);
+        Ok(next)
+    }
+
+    /// This map, at the same epoch, with shard `shard` placed on `nodes` (a part of a change
+    /// built from several, e.g. a split's new shard placed where the split one is).
+    pub fn placed_on(self, shard: ShardId, nodes: &[u64]) -> Result<ClusterMap, MapError> {
+        self.placing(shard, nodes)
+    }
+
+    fn placing(mut self, shard: ShardId, nodes: &[u64]) -> Result<ClusterMap, MapError> {
+        if !self.shards().contains(&shard) {
+            return Err(MapError::UnknownShard { shard });
+        }
+        let mut nodes = nodes.to_vec();
+        nodes.sort_unstable();
+        nodes.dedup();
+        if nodes.is_empty() {
+            return Err(MapError::NoReplicas { shard });
+        }
+        self.replicas.insert(shard, nodes);
+        Ok(self)
     }
 
     /// This map, at the same epoch, recording `nodes` as shard `shard`'s founders (a part of
@@ -432,6 +566,8 @@ impl ClusterMap {
     /// shard 2               a shard owning no slot (only such shards are listed so)
     /// founders 2 1,A1,R1 2,A2,R2    the voters shard 2's group was formed with: id, client
     ///                               address, Raft address (added shards only)
+    /// replicas 2 2 3 4              the nodes holding shard 2 (once placed; else every node)
+    /// moving 2 1 4                  shard 2's replica moving from node 1 to node 4
     /// ```
     pub fn encode(&self) -> String {
         let mut out = format!(
@@ -450,6 +586,16 @@ impl ClusterMap {
                 out.push_str(&format!(" {},{},{}", f.id, f.addr, f.raft_addr));
             }
             out.push('\n');
+        }
+        for (shard, nodes) in &self.replicas {
+            out.push_str(&format!("replicas {}", shard.0));
+            for node in nodes {
+                out.push_str(&format!(" {node}"));
+            }
+            out.push('\n');
+        }
+        for (shard, (from, to)) in &self.moving {
+            out.push_str(&format!("moving {} {from} {to}\n", shard.0));
         }
         out
     }
@@ -471,7 +617,7 @@ impl ClusterMap {
             }
         }
         let (mut epoch, mut slots, mut ranges, mut empty) = (None, None, Vec::new(), Vec::new());
-        let mut placed = Vec::new();
+        let (mut placed, mut held, mut moving) = (Vec::new(), Vec::new(), Vec::new());
         for (n, line) in lines.filter(|(_, l)| !l.is_empty()) {
             let words: Vec<&str> = line.split_whitespace().collect();
             let number = |w: &str| {
@@ -494,6 +640,14 @@ impl ClusterMap {
                     ShardId(small(shard)?),
                 )),
                 ["shard", shard] => empty.push(ShardId(small(shard)?)),
+                ["moving", shard, from, to] => {
+                    moving.push((n, ShardId(small(shard)?), number(from)?, number(to)?));
+                }
+                ["replicas", shard, nodes @ ..] => {
+                    let nodes: Result<Vec<u64>, MapError> =
+                        nodes.iter().map(|w| number(w)).collect();
+                    held.push((n, ShardId(small(shard)?), nodes?));
+                }
                 ["founders", shard, nodes @ ..] => {
                     let founder = |w: &&str| match w.split(',').collect::<Vec<_>>()[..] {
                         [id, addr, raft_addr] => Ok(Founder {
@@ -523,6 +677,26 @@ impl ClusterMap {
             map = map
                 .with_founders(shard, &nodes)
                 .map_err(|e| bad(n, e.to_string()))?;
+        }
+        for (n, shard, nodes) in held {
+            if map.replicas.contains_key(&shard) {
+                return Err(bad(n, format!("{shard}'s replicas are listed twice")));
+            }
+            map = map
+                .placing(shard, &nodes)
+                .map_err(|e| bad(n, e.to_string()))?;
+        }
+        for (n, shard, from, to) in moving {
+            let placed = map.replicas(shard).unwrap_or_default();
+            if !placed.contains(&from) || !placed.contains(&to) || map.moving.contains_key(&shard) {
+                return Err(bad(
+                    n,
+                    format!(
+                        "{shard}'s replica move {from} → {to} needs both among its replicas, once"
+                    ),
+                ));
+            }
+            map.moving.insert(shard, (from, to));
         }
         Ok(map)
     }
@@ -763,6 +937,68 @@ mod tests {
             added.clone().with_founders(ShardId(5), &[f(1)]),
             Err(MapError::UnknownShard { shard: ShardId(5) })
         );
+        // A replica move's placement survives the text and later changes, at the next epoch.
+        let placed = moved.with_replicas(ShardId(1), &[4, 2, 3]).unwrap();
+        assert_eq!(placed.epoch(), moved.epoch() + 1);
+        assert_eq!(placed.replicas(ShardId(1)), Some(&[2, 3, 4][..]));
+        assert!(placed.holds(4, ShardId(1)) && !placed.holds(1, ShardId(1)));
+        assert!(
+            placed.holds(1, ShardId(0)),
+            "a shard not placed is on every node"
+        );
+        assert!(placed.encode().ends_with("replicas 1 2 3 4\n"));
+        assert_eq!(ClusterMap::decode(&placed.encode()).unwrap(), placed);
+        let later = placed.with_shard_added(ShardId(5)).unwrap();
+        assert_eq!(later.replicas(ShardId(1)), Some(&[2, 3, 4][..]));
+        assert_eq!(
+            moved.with_replicas(ShardId(1), &[]),
+            Err(MapError::NoReplicas { shard: ShardId(1) })
+        );
+        assert_eq!(
+            moved.with_replicas(ShardId(9), &[1]),
+            Err(MapError::UnknownShard { shard: ShardId(9) })
+        );
+        // A replica move: begun (the target placed too, the move recorded), then ended.
+        let begun = placed
+            .with_replica_move_begun(ShardId(1), &[2, 3, 4], (2, 1))
+            .unwrap();
+        assert_eq!(begun.replicas(ShardId(1)), Some(&[1, 2, 3, 4][..]));
+        assert_eq!(begun.replica_move(ShardId(1)), Some((2, 1)));
+        assert!(begun.encode().ends_with("moving 1 2 1\n"));
+        assert_eq!(ClusterMap::decode(&begun.encode()).unwrap(), begun);
+        assert_eq!(
+            begun.with_replica_move_begun(ShardId(1), &[1, 3, 4], (3, 5)),
+            Err(MapError::ReplicaMoving {
+                shard: ShardId(1),
+                from: 2,
+                to: 1
+            }),
+            "one at a time per shard"
+        );
+        assert_eq!(
+            placed.with_replica_move_begun(ShardId(1), &[2, 3, 4], (2, 3)),
+            Err(MapError::NotAMove {
+                shard: ShardId(1),
+                from: 2,
+                to: 3
+            })
+        );
+        let ended = begun.with_replica_move_ended(ShardId(1)).unwrap();
+        assert_eq!(ended.replicas(ShardId(1)), Some(&[1, 3, 4][..]));
+        assert_eq!(
+            (ended.replica_move(ShardId(1)), ended.epoch()),
+            (None, begun.epoch() + 1)
+        );
+        assert_eq!(
+            ended.with_replica_move_ended(ShardId(1)),
+            Err(MapError::NoReplicaMove { shard: ShardId(1) })
+        );
+        // Placing the rest: every shard not placed yet, at once.
+        let all = placed.with_unplaced_on(&[1, 2, 3]).unwrap().unwrap();
+        assert_eq!(all.epoch(), placed.epoch() + 1);
+        assert_eq!(all.replicas(ShardId(0)), Some(&[1, 2, 3][..]));
+        assert_eq!(all.replicas(ShardId(1)), Some(&[2, 3, 4][..]), "kept");
+        assert_eq!(all.with_unplaced_on(&[1]), Ok(None));
         let spaced = Founder {
             addr: "a b".into(),
             ..f(1)
@@ -809,6 +1045,18 @@ mod tests {
             (
                 "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 0\nfounders 0 1,a,b\nfounders 0 2,a,b\n",
                 "line 6: shard 0's founders are listed twice",
+            ),
+            (
+                "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 0\nreplicas 0\n",
+                "line 5: shard 0 needs a replica on at least one node",
+            ),
+            (
+                "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 0\nreplicas 0 1\nreplicas 0 2\n",
+                "line 6: shard 0's replicas are listed twice",
+            ),
+            (
+                "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 0\nreplicas 0 1 2\nmoving 0 1 3\n",
+                "line 6: shard 0's replica move 1 → 3 needs both among its replicas",
             ),
         ] {
             let e = ClusterMap::decode(text).unwrap_err().to_string();

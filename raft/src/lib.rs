@@ -21,5 +21,5 @@ pub mod wire;
 
 pub use network::{GrpcTransport, RaftService, RaftTransport};
 pub use replica::{RaftSettings, Replica, ReplicaError};
-pub use storage::{LogStore, LogSync, Shard, ShardOptions, StateMachine};
+pub use storage::{LogStore, LogSync, Shard, ShardGone, ShardOptions, StateMachine};
 pub use types::{NodeId, Raft, StrataNode, TypeConfig};

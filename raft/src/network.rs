@@ -549,6 +549,15 @@ impl<T: RaftTransport> RaftService<T> {
         shards.insert(id, shard);
         Ok(())
     }
+
+    /// Stops serving group `id` (its replica here was removed); `false` if it was not served.
+    pub fn remove(&self, id: u64) -> bool {
+        self.shards
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id)
+            .is_some()
+    }
 }
 
 impl<T> RaftService<T> {

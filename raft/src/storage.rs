@@ -149,6 +149,25 @@ pub struct Shard {
     inner: Arc<Inner>,
 }
 
+/// A handle that does not keep a [`Shard`] open: says when every handle to it is gone (its
+/// files closed, its index's lock released).
+#[derive(Debug, Clone)]
+pub struct ShardGone(std::sync::Weak<Inner>);
+
+impl ShardGone {
+    /// Whether the shard is closed.
+    pub fn is_gone(&self) -> bool {
+        self.0.strong_count() == 0
+    }
+}
+
+impl Shard {
+    /// A handle saying when this shard is closed.
+    pub fn gone(&self) -> ShardGone {
+        ShardGone(Arc::downgrade(&self.inner))
+    }
+}
+
 impl Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shard")

@@ -45,6 +45,29 @@ pub fn start(feeds: Vec<Feed>, cursor: Cursor, buffer: usize) -> EventStream {
     event_stream(rx, last)
 }
 
+/// One shard's subscription as a node merging it elsewhere takes it (see
+/// `crate::remote_shard`): its events, each marked whether more of its record follows, so the
+/// merging node receives records whole.
+pub fn whole_records(units: mpsc::Receiver<Unit>, last: FinalStatus) -> EventStream {
+    let marked = ReceiverStream::new(units).map(|mut unit| {
+        let events = unit.iter().filter(|i| i.is_ok()).count();
+        for (i, item) in unit.iter_mut().flatten().enumerate() {
+            item.more_in_record = i + 1 < events;
+        }
+        unit
+    });
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut marked = std::pin::pin!(marked);
+        while let Some(unit) = marked.next().await {
+            if tx.send(unit).await.is_err() {
+                return;
+            }
+        }
+    });
+    event_stream(rx, last)
+}
+
 fn is_caught_up(unit: &Unit) -> bool {
     matches!(
         unit.as_slice(),

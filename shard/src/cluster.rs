@@ -1,6 +1,7 @@
 //! The `strata.v1.Cluster` service: forming a replicated cluster (every shard's Raft group),
 //! its status, and membership changes (learner → caught up → voter; removal), applied to every
-//! shard's group: a node holds a replica of every shard. A group led by another node has its
+//! shard's group the node holds (a node holds every shard unless replicas moved:
+//! [`crate::replica_move`], `MoveShard`). A group led by another node has its
 //! change forwarded there ([`crate::forward`], restricted to that shard). Leadership handovers
 //! (`TransferLeader`) go to the shard's leader; a removal first hands over what the leaving
 //! node leads ([`crate::balance`] picks the voter leading the fewest). On a node without
@@ -11,6 +12,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use strata_proto::routing::ShardId;
 use strata_proto::v1 as pb;
 use strata_raft::{Replica, ReplicaError, StrataNode};
 use tonic::metadata::MetadataMap;
@@ -21,6 +23,7 @@ use crate::balance::{self, ShardLeads};
 use crate::forward::{self, Peers};
 use crate::meta::Meta;
 use crate::mover::{MoveError, Mover};
+use crate::replica_move::ReplicaMover;
 use crate::shards::LocalShards;
 use crate::stats::ServiceStats;
 
@@ -36,6 +39,8 @@ pub struct ClusterService {
     stats: Arc<ServiceStats>,
     /// Slot-range moves, on a node of several shards without replication.
     mover: Option<Mover>,
+    /// Replica moves, on a replicated node of several shards.
+    replica_mover: Option<ReplicaMover>,
 }
 
 impl ClusterService {
@@ -52,7 +57,14 @@ impl ClusterService {
             peers,
             stats,
             mover: None,
+            replica_mover: None,
         }
+    }
+
+    /// With replica moves by `mover`.
+    pub fn with_replica_mover(mut self, mover: ReplicaMover) -> ClusterService {
+        self.replica_mover = Some(mover);
+        self
     }
 
     /// With slot-range moves by `mover`.
@@ -139,6 +151,72 @@ impl ClusterService {
             }
         }
         Ok(())
+    }
+
+    /// Records where every shard not placed yet is (on each voter of the metadata group, as
+    /// every node holds it) before the cluster's nodes change: a node added from then on holds
+    /// no replica until replicas move to it.
+    async fn pin_placement(&self) -> Result<(), Status> {
+        let Some(meta) = &self.shards.meta else {
+            return Ok(());
+        };
+        let map = self
+            .shards
+            .map
+            .routable()
+            .map_err(|why| Status::failed_precondition(why.to_string()))?;
+        let voters: Vec<u64> = crate::meta::voters(meta).into_keys().collect();
+        let next = map
+            .with_unplaced_on(&voters)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let Some(next) = next else {
+            return Ok(());
+        };
+        let now = crate::clock::WallClock::now_us(&crate::clock::SystemWallClock::default());
+        crate::meta::install(meta, &self.shards.map, next, now)
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "recording where the shards are before the node joins: {e}; retry"
+                ))
+            })
+    }
+
+    /// The client address of a node the map places shard `shard` on, other than this one.
+    fn holder_addr(&self, shard: ShardId) -> Option<String> {
+        let meta = self.shards.meta.as_ref()?;
+        let me = meta.replica().node_id();
+        let nodes = crate::meta::voters(meta);
+        let map = self.shards.map.get();
+        map.replicas(shard)?
+            .iter()
+            .filter(|n| **n != me)
+            .find_map(|n| nodes.get(n).map(|node| node.addr.clone()))
+    }
+
+    fn peers(&self) -> Result<&Peers, Status> {
+        self.peers
+            .as_ref()
+            .ok_or_else(|| Status::internal("forwarding without peers"))
+    }
+
+    /// Refuses to remove node `id` while the map places replicas on it: they must move first
+    /// (the command line's `remove-node` moves them), or their groups would lose a voter the
+    /// map still counts — or their last replica.
+    fn check_drained(&self, id: u64) -> Result<(), Status> {
+        let map = self.shards.map.get();
+        let held: Vec<u32> = map
+            .shards()
+            .into_iter()
+            .filter(|s| map.replicas(*s).is_some_and(|r| r.contains(&id)))
+            .map(|s| s.0)
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "node {id} holds replicas of shards {held:?}: move them to other nodes first (`strata cluster move-shard`; `strata cluster remove-node` does it for you)"
+        )))
     }
 
     /// The node's mover, or why slots cannot move here.
@@ -256,10 +334,10 @@ impl ClusterService {
     /// Before node `id` leaves: hands each shard it leads to the voter leading the fewest, so
     /// those groups do not wait out an election. A handover that fails is logged and the
     /// removal goes on (the group then elects a leader itself).
-    async fn hand_over_from(&self, id: u64) {
+    async fn hand_over_from(&self, id: u64, only: Option<u32>) {
         let mut shards = self.leads();
         for at in 0..shards.len() {
-            if shards[at].leader != Some(id) {
+            if shards[at].leader != Some(id) || only.is_some_and(|o| o != shards[at].shard) {
                 continue;
             }
             let shares = balance::shares(&shards);
@@ -372,39 +450,45 @@ impl ClusterService {
 
     /// Each shard with its slot ranges, leader and replicas (from its group when replicated;
     /// `one` — this node alone — otherwise).
+    /// Every shard's status: as this node's replica sees it, or (a shard whose replicas are
+    /// on other nodes) its replicas by the map and no leader known here.
     fn shard_statuses(&self, one: u64) -> Vec<pb::ShardStatus> {
         let map = self.shards.map.get();
-        self.shards
-            .backends()
-            .iter()
-            .map(|(id, backend)| pb::ShardStatus {
-                id: id.0,
-                leader: match backend {
-                    crate::backend::Backend::Replicated(r) => r.leader().map_or(0, |(l, _)| l),
-                    crate::backend::Backend::Single(_) => one,
-                },
-                replicas: match backend {
-                    crate::backend::Backend::Replicated(r) => {
-                        r.status().members.iter().map(|m| m.id).collect()
-                    }
-                    crate::backend::Backend::Single(_) => vec![one],
-                },
-                slots: map
-                    .ranges()
-                    .iter()
-                    .filter(|(_, owner)| owner == id)
-                    .map(|(r, _)| pb::SlotRange {
-                        start: r.start,
-                        end: r.end,
-                    })
-                    .collect(),
+        let held = self.shards.backends();
+        map.shards()
+            .into_iter()
+            .map(|id| {
+                let (leader, replicas) = match held.iter().find(|(h, _)| *h == id) {
+                    Some((_, crate::backend::Backend::Replicated(r))) => (
+                        r.leader().map_or(0, |(l, _)| l),
+                        r.status().members.iter().map(|m| m.id).collect(),
+                    ),
+                    Some((_, crate::backend::Backend::Single(_))) => (one, vec![one]),
+                    None => (0, map.replicas(id).map(<[u64]>::to_vec).unwrap_or_default()),
+                };
+                pb::ShardStatus {
+                    id: id.0,
+                    leader,
+                    replicas,
+                    slots: map
+                        .ranges()
+                        .iter()
+                        .filter(|(_, owner)| *owner == id)
+                        .map(|(r, _)| pb::SlotRange {
+                            start: r.start,
+                            end: r.end,
+                        })
+                        .collect(),
+                }
             })
             .collect()
     }
 
     fn status(&self) -> pb::ClusterStatus {
         let map = self.shards.map.get();
-        let Some(replica) = self.shards.replica() else {
+        let held = self.shards.replica();
+        let Some(replica) = held.or_else(|| self.shards.meta.as_ref().map(|m| m.replica().clone()))
+        else {
             return pb::ClusterStatus {
                 node_id: 0,
                 leader: 0,
@@ -430,14 +514,19 @@ impl ClusterService {
             };
         };
         let s = replica.status();
+        // The cluster's nodes: the metadata group's members where there is one (a node may
+        // hold no replica of the first shard).
+        let members = match &self.shards.meta {
+            Some(meta) => meta.replica().status().members,
+            None => s.members,
+        };
         pb::ClusterStatus {
             node_id: s.node_id,
             leader: s.leader.unwrap_or(0),
             has_leader: s.leader.is_some(),
             term: s.term,
             shards: self.shard_statuses(0),
-            nodes: s
-                .members
+            nodes: members
                 .into_iter()
                 .map(|m| pb::NodeStatus {
                     id: m.id,
@@ -559,9 +648,23 @@ impl pb::cluster_server::Cluster for ClusterService {
             addr: node.addr.clone(),
             raft_addr: node.raft_addr.clone(),
         };
+        // A call about one shard (a replica move's step) changes that group; otherwise the
+        // node joins the metadata group only, once every shard's place is recorded: replicas
+        // move to it by `move-shard` (`rebalance`).
+        let only = forward::shard_of(&metadata)?;
+        if only.is_none() {
+            self.pin_placement().await?;
+        }
+        let map = self.shards.map.get();
+        let concerned = |r: &Replica| {
+            let group = u32::try_from(r.shard_id()).unwrap_or(crate::meta::META_GROUP);
+            only.is_some()
+                || group == crate::meta::META_GROUP
+                || map.replicas(ShardId(group)).is_none()
+        };
         self.each_group(
             &metadata,
-            |_| true,
+            concerned,
             |replica| {
                 let node = node.clone();
                 async move { replica.add_node(r.id, node).await }
@@ -586,20 +689,35 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let (metadata, _, r) = request.into_parts();
         let replicas = self.replicas(&metadata)?;
-        let count = self.shards.replicas().len();
-        let replica = replicas
+        let shards = self.shards.map.get().shards();
+        let Some(replica) = replicas
             .into_iter()
             .find(|rep| rep.shard_id() == u64::from(r.shard))
-            .ok_or_else(|| {
-                crate::status::invalid(
-                    "shard",
-                    format!(
-                        "no shard {}: the cluster has shards 0 to {}",
-                        r.shard,
-                        count.saturating_sub(1)
-                    ),
-                )
-            })?;
+        else {
+            if let (true, false, Some(addr)) = (
+                shards.contains(&ShardId(r.shard)),
+                forward::is_passed_on(&metadata),
+                self.holder_addr(ShardId(r.shard)),
+            ) {
+                // Its replicas are on other nodes: one of them passes it on to the leader.
+                let request = forward::for_shard_via_holder(r, r.shard);
+                return self.peers()?.cluster(&addr)?.transfer_leader(request).await;
+            }
+            if shards.contains(&ShardId(r.shard)) {
+                return Err(Status::unavailable(format!(
+                    "shard {} is not on this node and no node holding it is known; retry",
+                    r.shard
+                )));
+            }
+            return Err(crate::status::invalid(
+                "shard",
+                format!(
+                    "no shard {}: the cluster has shards 0 to {}",
+                    r.shard,
+                    shards.last().map_or(0, |s| s.0)
+                ),
+            ));
+        };
         let leader = replica.leader().filter(|(id, _)| *id != replica.node_id());
         match (leader, &self.peers, forward::is_forwarded(&metadata)) {
             (Some((_, node)), Some(peers), false) => {
@@ -654,17 +772,38 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(self.status()))
     }
 
+    async fn move_shard(
+        &self,
+        request: Request<pb::MoveShardRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let mover = self.replica_mover.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "replicas move between the nodes of a replicated cluster of several shards; this node is not one",
+            )
+        })?;
+        if let Some(mut leader) = self.meta_leader_elsewhere(&metadata)? {
+            let request = forward::forwarded(Request::from_parts(metadata, Default::default(), r));
+            return leader.move_shard(request).await;
+        }
+        mover.run(r.shard, r.from, r.to).await?;
+        Ok(Response::new(self.status()))
+    }
+
     async fn remove_node(
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let (metadata, _, r) = request.into_parts();
         let id = r.id;
+        if forward::shard_of(&metadata)?.is_none() {
+            self.check_drained(id)?;
+        }
         // Only the groups it is a member of (an add that failed part way left it in some);
         // a member of none gets the group's own precise error.
         let member = |r: &Replica| r.status().members.iter().any(|m| m.id == id);
         if !forward::is_forwarded(&metadata) {
-            self.hand_over_from(id).await;
+            self.hand_over_from(id, forward::shard_of(&metadata)?).await;
         }
         let replicas = self.replicas(&metadata)?;
         if let (false, Some(first)) = (replicas.iter().any(&member), replicas.first()) {

@@ -10,6 +10,12 @@
 //! A forwarded call is never forwarded again: a node that got one and does not lead (the
 //! leader changed meanwhile) answers UNAVAILABLE naming the leader, which the client follows.
 //! The call's metadata (correlation ids, deadline) travels with it.
+//!
+//! A node holding no replica of the shard (its replicas moved to other nodes: `cluster
+//! move-shard`) does not know the shard's leader; it passes the call to a node the map says
+//! holds one, marked `strata-forwarded: holder`, which may pass it on once more — to the
+//! shard's leader only, marked `1`. So a call takes at most two hops, and a node given a
+//! marked call for a shard it does not hold answers UNAVAILABLE instead of passing it on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +28,9 @@ use tonic::{Request, Status};
 
 /// Metadata key marking a call one node passed on to another.
 pub const FORWARDED_KEY: &str = "strata-forwarded";
+/// [`FORWARDED_KEY`]'s value on a call passed to a node holding the shard, not known to
+/// lead it: that node may pass it on to the leader.
+pub const VIA_HOLDER: &str = "holder";
 /// Metadata key restricting a forwarded `GetLog` to one shard (a remote read barrier).
 pub const SHARD_KEY: &str = "strata-shard";
 /// How long connecting to a leader may take before the forwarded call fails UNAVAILABLE.
@@ -79,9 +88,25 @@ impl Peers {
     }
 }
 
-/// Whether another node passed this call on (it must not be passed on again).
+/// Whether another node passed this call on to this one as the shard's leader (it must not
+/// be passed on again).
 pub fn is_forwarded(metadata: &MetadataMap) -> bool {
+    metadata
+        .get(FORWARDED_KEY)
+        .is_some_and(|v| v.as_bytes() != VIA_HOLDER.as_bytes())
+}
+
+/// Whether another node passed this call on at all (as leader or as holder): a shard this
+/// node does not hold is then not looked for elsewhere.
+pub fn is_passed_on(metadata: &MetadataMap) -> bool {
     metadata.contains_key(FORWARDED_KEY)
+}
+
+/// The call as passed on to a node holding its shard (see the module).
+pub fn via_holder<T>(request: Request<T>) -> Request<T> {
+    let (mut metadata, extensions, message) = request.into_parts();
+    metadata.insert(FORWARDED_KEY, MetadataValue::from_static(VIA_HOLDER));
+    Request::from_parts(metadata, extensions, message)
 }
 
 /// The call as passed on: its metadata and message, marked forwarded.
@@ -94,6 +119,16 @@ pub fn forwarded<T>(request: Request<T>) -> Request<T> {
 /// A new call marked forwarded, about one shard.
 pub fn for_shard<T>(message: T, shard: u32) -> Request<T> {
     let mut request = forwarded(Request::new(message));
+    if let Ok(v) = shard.to_string().parse() {
+        request.metadata_mut().insert(SHARD_KEY, v);
+    }
+    request
+}
+
+/// A new call about one shard, passed to a node holding it (which may pass it on to the
+/// shard's leader: see the module).
+pub fn for_shard_via_holder<T>(message: T, shard: u32) -> Request<T> {
+    let mut request = via_holder(Request::new(message));
     if let Ok(v) = shard.to_string().parse() {
         request.metadata_mut().insert(SHARD_KEY, v);
     }
@@ -132,6 +167,13 @@ mod tests {
         let one = for_shard((), 7);
         assert_eq!(shard_of(one.metadata()).unwrap(), Some(7));
         assert!(is_forwarded(one.metadata()));
+        let held = via_holder(Request::new(()));
+        assert!(
+            !is_forwarded(held.metadata()),
+            "a holder may pass it to the leader"
+        );
+        assert!(is_passed_on(held.metadata()));
+        assert!(is_forwarded(forwarded(held).metadata()), "the last hop");
         let mut bad = Request::new(());
         bad.metadata_mut()
             .insert(SHARD_KEY, MetadataValue::from_static("x"));

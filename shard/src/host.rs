@@ -9,7 +9,7 @@
 //! the metadata group's voters of the moment, and the node that added it to the map forms
 //! the group ([`strata_raft::Replica::init`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -29,6 +29,9 @@ use crate::ids::RandomIds;
 use crate::service::{ServiceConfig, StreamsService};
 use crate::shard_set::ShardSet;
 use crate::stats::ServiceStats;
+
+/// How long removing a shard waits for everything holding it to let go.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a shard's storage could not be opened: the directory and the engine's error.
 pub type OpenError = (PathBuf, strata_engine::Error);
@@ -67,9 +70,15 @@ struct Inner {
     stop: watch::Receiver<bool>,
     raft: Option<RaftHost>,
     set: ShardSet,
-    /// Held while a shard is added (one at a time), and while the node starts its shards'
-    /// background work; `true` once it has (shards added later start theirs themselves).
+    /// Held while a shard is added or removed (one at a time), and while the node starts its
+    /// shards' background work; `true` once it has (shards added later start theirs
+    /// themselves).
     adding: tokio::sync::Mutex<bool>,
+    /// Each shard's stop (set when the node stops, or when the shard is removed): its
+    /// subscriptions and background work end with it.
+    stops: std::sync::Mutex<HashMap<ShardId, Arc<watch::Sender<bool>>>>,
+    /// Shards removed whose directories are not deleted yet.
+    closing: std::sync::Mutex<std::collections::BTreeSet<ShardId>>,
 }
 
 /// The parts a [`Host`] is made of.
@@ -108,6 +117,8 @@ impl Host {
                 raft: parts.raft,
                 set: ShardSet::new(Vec::new())?,
                 adding: tokio::sync::Mutex::new(false),
+                stops: Default::default(),
+                closing: Default::default(),
             }),
         })
     }
@@ -170,6 +181,9 @@ impl Host {
             return Ok(held);
         }
         let dir = self.shard_dir(id);
+        self.wait_closed(id)
+            .await
+            .map_err(|e| unavailable(&dir, e))?;
         let members = members.or_else(|| self.inner.raft.as_ref().map(|r| r.members.clone()));
         let backend = self.open_storage(id.0, &dir, true, members).await?;
         self.insert(id, backend.clone(), &dir)?;
@@ -206,9 +220,110 @@ impl Host {
                 Arc::new(SystemWallClock::default()),
                 service.pins().clone(),
                 self.inner.stats.clone(),
-                self.inner.stop.clone(),
+                self.stop_of(id),
             ));
         }
+    }
+
+    /// Shard `id`'s stop, made when first asked: set once the node stops or the shard is
+    /// removed.
+    fn stop_of(&self, id: ShardId) -> watch::Receiver<bool> {
+        let mut stops = strata_engine::sync::lock(&self.inner.stops);
+        if let Some(tx) = stops.get(&id) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(false);
+        let tx = Arc::new(tx);
+        stops.insert(id, tx.clone());
+        let mut node = self.inner.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = node.wait_for(|s| *s) => { tx.send_replace(true); }
+                () = tx.closed() => {}
+            }
+        });
+        rx
+    }
+
+    /// Removes shard `id` from this node (a replica move took its replica away; the group no
+    /// longer counts it): out of the set and the Raft server, its subscriptions and background
+    /// work stopped, its replica shut down; its directory is deleted in the background once
+    /// nothing holds the store (an [`Host::add`] of the shard waits for that). A shard not
+    /// held is left.
+    pub async fn remove(&self, id: ShardId) -> Result<(), String> {
+        let _removing = self.inner.adding.lock().await;
+        let Some(service) = self.inner.set.remove(id) else {
+            return Ok(());
+        };
+        if let Some(raft) = &self.inner.raft {
+            raft.service.remove(u64::from(id.0));
+        }
+        if let Some(tx) = strata_engine::sync::lock(&self.inner.stops).remove(&id) {
+            tx.send_replace(true);
+        }
+        let gone = match service.backend() {
+            Backend::Replicated(replica) => {
+                replica.shutdown().await;
+                Some(replica.shard().gone())
+            }
+            Backend::Single(_) => None,
+        };
+        drop(service);
+        strata_engine::sync::lock(&self.inner.closing).insert(id);
+        let host = self.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let dir = host.shard_dir(id);
+            match host.delete_when_gone(gone, &dir).await {
+                Ok(()) => tracing::info!(shard = id.0, dir = %dir.display(),
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "a shard was removed from this node"),
+                Err(e) => tracing::error!(shard = id.0, error = %e, "removing a shard's directory"),
+            }
+            strata_engine::sync::lock(&host.inner.closing).remove(&id);
+        });
+        Ok(())
+    }
+
+    /// Deletes `dir` once `gone` says nothing holds its store (at most [`CLOSE_WAIT`]).
+    async fn delete_when_gone(
+        &self,
+        gone: Option<strata_raft::ShardGone>,
+        dir: &Path,
+    ) -> Result<(), String> {
+        if let Some(gone) = gone {
+            let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+            while !gone.is_gone() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "still held {CLOSE_WAIT:?} after its removal; {} stays",
+                        dir.display()
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        let doomed = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&doomed) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| format!("removing {}: {e}", dir.display()))?
+        .map_err(|e| format!("removing {}: {e}", dir.display()))
+    }
+
+    /// Waits (at most [`CLOSE_WAIT`] and a second) until a removal of shard `id` has deleted
+    /// its directory.
+    async fn wait_closed(&self, id: ShardId) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT + std::time::Duration::from_secs(1);
+        while strata_engine::sync::lock(&self.inner.closing).contains(&id) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("{id}'s earlier replica here is still closing"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Builds `backend`'s service and adds both to the set (and, replicated, to the Raft
@@ -225,7 +340,7 @@ impl Host {
             Arc::new(RandomIds),
             self.inner.service.clone(),
             self.inner.stats.clone(),
-            self.inner.stop.clone(),
+            self.stop_of(id),
         );
         self.inner
             .set
@@ -298,6 +413,13 @@ async fn blocking<T: Send + 'static>(
 impl crate::meta::Groups for Host {
     fn held(&self) -> Vec<ShardId> {
         self.inner.set.ids()
+    }
+
+    fn close(
+        &self,
+        shard: ShardId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(self.remove(shard))
     }
 
     fn open(

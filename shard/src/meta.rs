@@ -171,9 +171,10 @@ pub async fn form_added(set: &crate::shard_set::ShardSet, id: ShardId) -> Result
 }
 
 /// Adds shard `shard` by `map` (a split's first step; `map` from
-/// [`ClusterMap::with_shard_added`]): recorded with the metadata group's voters of the moment
-/// as the group's founders (every node opens it configured with them, and only they form it),
-/// installed, then its group formed from here.
+/// [`ClusterMap::with_shard_added`], the shard placed where the split one is, if placed):
+/// recorded with the metadata group's voters of the moment it is placed on as the group's
+/// founders (every node opens it configured with them, and only they form it), installed,
+/// then its group formed from here.
 pub async fn add_shard(
     meta: &Meta,
     cell: &MapCell,
@@ -181,8 +182,11 @@ pub async fn add_shard(
     (map, shard): (ClusterMap, ShardId),
     now_us: u64,
 ) -> Result<(), String> {
+    // Its founders: the nodes the map places it on, else every voter.
+    let placed = map.replicas(shard).map(<[u64]>::to_vec);
     let founders: Vec<Founder> = voters(meta)
         .into_iter()
+        .filter(|(id, _)| placed.as_ref().is_none_or(|p| p.contains(id)))
         .map(|(id, node)| Founder {
             id,
             addr: node.addr,
@@ -286,6 +290,11 @@ pub trait Groups: Send + Sync {
         shard: ShardId,
         members: BTreeMap<u64, StrataNode>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+    /// Stops serving shard `shard` and deletes its replica (the map places it elsewhere).
+    fn close(
+        &self,
+        shard: ShardId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
 }
 
 /// What a node needs to follow the metadata group.
@@ -384,18 +393,41 @@ async fn adopt(f: &Follower, map: ClusterMap) {
         return;
     }
     let epoch = map.epoch();
-    if f.cell.advance(map) {
+    if f.cell.advance(map.clone()) {
         tracing::info!(epoch, "routing by a new cluster map");
+    }
+    close_moved(f, &map).await;
+}
+
+/// Removes the shards this node holds that `map` places on other nodes only (a replica move
+/// took them away), once the node routes by it.
+async fn close_moved(f: &Follower, map: &ClusterMap) {
+    let me = f.meta.replica.node_id();
+    for shard in f.groups.held() {
+        if map.holds(me, shard) {
+            continue;
+        }
+        match f.groups.close(shard).await {
+            Ok(()) => tracing::info!(
+                shard = shard.0,
+                epoch = map.epoch(),
+                "this node's replica of the shard moved away; removed"
+            ),
+            Err(e) => {
+                tracing::error!(shard = shard.0, error = %e, "removing a replica that moved away")
+            }
+        }
     }
 }
 
-/// Opens the shards `map` has and this node does not (a split added them).
+/// Opens the shards `map` places on this node and it does not hold (a split added them, or a
+/// replica move brings one here).
 async fn open_added(f: &Follower, map: &ClusterMap) -> Result<(), String> {
-    let held = f.groups.held();
+    let (held, me) = (f.groups.held(), f.meta.replica.node_id());
     let added: Vec<ShardId> = map
         .shards()
         .into_iter()
-        .filter(|s| !held.contains(s))
+        .filter(|s| !held.contains(s) && map.holds(me, *s))
         .collect();
     if added.is_empty() {
         return Ok(());

@@ -456,7 +456,11 @@ impl Mover {
         self.inner
             .shards
             .backend(id)
-            .ok_or_else(|| MoveError::Invalid(format!("{id} is not one of this node's shards")))
+            .ok_or_else(|| {
+                MoveError::Invalid(format!(
+                    "{id} has no replica on this node, which runs slot-range moves (the metadata group's leader on a cluster): a move needs both shards here — move a replica of {id} to it first (`strata cluster move-shard`)"
+                ))
+            })
     }
 
     /// Checks a move of `range` to `to` against the map now.
@@ -597,9 +601,15 @@ impl Mover {
                 map.shards().len()
             )));
         }
-        let added = map
+        let mut added = map
             .with_shard_added(next)
             .map_err(|e| MoveError::Invalid(e.to_string()))?;
+        // The new shard's replicas are where the shard split is (its slots' data is there).
+        if let Some(nodes) = map.replicas(shard) {
+            added = added
+                .placed_on(next, nodes)
+                .map_err(|e| MoveError::Invalid(e.to_string()))?;
+        }
         (self.inner.add_shard)(added, next)
             .await
             .map_err(|e| MoveError::Failed(format!("adding {next}: {e}")))?;
@@ -611,8 +621,8 @@ impl Mover {
     /// group was never formed) is formed from here. (Run by recovery, on one node: a node
     /// added to the cluster joins existing groups as a learner and never forms one — but
     /// should it lead the metadata group before it joins an empty shard's group, it would
-    /// form a second one — unless the map records the group's founders, as every split since
-    /// does: then only a founder forms it; see ARCHITECTURE.md, "splits".)
+    /// form a second one, so only a founder the map records forms it, and a shard without
+    /// recorded founders is never formed here; see ARCHITECTURE.md, "splits".)
     async fn form_added(&self, map: &ClusterMap) {
         for shard in map.empty_shards() {
             let Some(Backend::Replicated(replica)) = self.inner.shards.backend(*shard) else {
@@ -621,7 +631,7 @@ impl Mover {
             // Only a founder forms it, configured as every founder is (see `ClusterMap::founders`).
             let founder =
                 |f: &[strata_proto::routing::Founder]| f.iter().any(|f| f.id == replica.node_id());
-            if !map.founders(*shard).is_none_or(founder) {
+            if !map.founders(*shard).is_some_and(founder) {
                 continue;
             }
             let unformed = {

@@ -33,7 +33,8 @@ use crate::ids::RandomIds;
 use crate::map_cell::MapCell;
 use crate::meta::{Meta, META_DIR, META_GROUP};
 use crate::mover::{Mover, Switch, SwitchError};
-use crate::router::Router;
+use crate::replica_move::ReplicaMover;
+use crate::router::{Directory, Router};
 use crate::service::{ServiceConfig, ServiceStats};
 use crate::shards::LocalShards;
 use crate::throttle::Throttle;
@@ -196,12 +197,28 @@ impl Node {
                 crate::limits::encoded_answer_bytes_max(limits, config.service.response_bytes_max),
             )
         });
-        let router = Router::new(shards.map.clone(), shards.set.clone(), peers.clone())
+        let mut router = Router::new(shards.map.clone(), shards.set.clone(), peers.clone())
             .map_err(NodeError::Shards)?;
-        let mut cluster =
-            ClusterService::new(shards.clone(), local.to_string(), peers, stats.clone());
-        if shards.set.get().len() > 1 {
+        if let Some(meta) = &shards.meta {
+            router = router.with_directory(directory(meta));
+        }
+        let mut cluster = ClusterService::new(
+            shards.clone(),
+            local.to_string(),
+            peers.clone(),
+            stats.clone(),
+        );
+        if shards.map.get().shards().len() > 1 {
             cluster = cluster.with_mover(mover(&config, &shards, &host, &stats));
+        }
+        if let (Some(meta), Some(peers)) = (&shards.meta, &peers) {
+            cluster = cluster.with_replica_mover(ReplicaMover::new(
+                meta.clone(),
+                shards.map.clone(),
+                peers.clone(),
+                local.to_string(),
+                Arc::new(SystemWallClock::default()),
+            ));
         }
         Ok(Node {
             shards,
@@ -471,12 +488,34 @@ fn engine_error(dir: &std::path::Path, source: strata_engine::Error) -> NodeErro
     }
 }
 
-/// Opens the shards `config.data_dir` holds (see [`crate::shards`]) into `host`, and on a
-/// replicated node of several shards its replica of the metadata group (see `crate::meta`).
+/// Where the cluster's nodes are, by the metadata group's membership (see [`Directory`]).
+fn directory(meta: &Meta) -> Directory {
+    let replica = meta.replica().clone();
+    Directory {
+        me: replica.node_id(),
+        addr_of: Arc::new(move |id| {
+            let members = replica.status().members;
+            members
+                .into_iter()
+                .find(|m| m.id == id)
+                .map(|m| m.node.addr)
+        }),
+    }
+}
+
+/// Opens the shards `config.data_dir` holds (see [`crate::shards`]) into `host` — those its
+/// map places on this node; the directories of others (their replicas moved away while the
+/// node was down) are deleted — and on a replicated node of several shards its replica of the
+/// metadata group (see `crate::meta`).
 async fn open_shards(config: &NodeConfig, host: &Host) -> Result<LocalShards, NodeError> {
     let layout = read_layout(config).await?;
     let several = layout.dirs.len() > 1;
+    let me = host.raft().map(|r| r.node_id);
     for (id, dir) in &layout.dirs {
+        if me.is_some_and(|me| !layout.map.holds(me, *id)) {
+            remove_moved(*id, dir).await?;
+            continue;
+        }
         let members = crate::meta::founding_members(&layout.map, *id);
         host.open(*id, dir, several, members)
             .await
@@ -504,6 +543,21 @@ async fn open_shards(config: &NodeConfig, host: &Host) -> Result<LocalShards, No
         round: Some(host.round().clone()),
         meta,
     })
+}
+
+/// Deletes `dir`, the replica of shard `id` the map places on other nodes.
+async fn remove_moved(id: ShardId, dir: &std::path::Path) -> Result<(), NodeError> {
+    let gone = dir.to_path_buf();
+    let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&gone) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+        _ => Ok(()),
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    removed.map_err(|e| NodeError::Shards(format!("removing {}: {e}", dir.display())))?;
+    tracing::info!(shard = id.0, dir = %dir.display(), "this node's replica of the shard moved away while it was down; removed");
+    Ok(())
 }
 
 /// The layout of `config.data_dir` (see [`crate::shards`]), read or made on the blocking pool.

@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::append_stream::{status_of, Outcomes, ANSWERS_BUFFERED};
-use crate::forward::{forwarded, Peers};
+use crate::forward::{forwarded, via_holder, Peers};
 
 type Answer = Result<Vec<pb::AppendResult>, Status>;
 
@@ -41,6 +41,9 @@ pub struct RemoteAppends {
     peers: Peers,
     /// The call's metadata (correlation ids), passed on with each link.
     metadata: MetadataMap,
+    /// The call came through a node that does not hold every shard: its links go to leaders
+    /// only and are not passed on again (see [`crate::forward`]).
+    last_hop: bool,
     links: Mutex<HashMap<String, Link>>,
 }
 
@@ -51,13 +54,19 @@ impl std::fmt::Debug for RemoteAppends {
 }
 
 impl RemoteAppends {
-    /// Links of a call with this metadata.
-    pub fn new(peers: Peers, metadata: MetadataMap) -> RemoteAppends {
+    /// Links of a call with this metadata (`last_hop`: see the field).
+    pub fn new(peers: Peers, metadata: MetadataMap, last_hop: bool) -> RemoteAppends {
         RemoteAppends {
             peers,
             metadata,
+            last_hop,
             links: Mutex::default(),
         }
+    }
+
+    /// Whether this call's links are its last hop (see the field).
+    pub fn last_hop(&self) -> bool {
+        self.last_hop
     }
 
     /// Sends `appends` (one shard's part of a message) to the leader at `addr`; their outcomes
@@ -102,7 +111,10 @@ impl RemoteAppends {
         let mut links = strata_engine::sync::lock(&self.links);
         if links.get(addr).is_none_or(|l| l.requests.is_closed()) {
             let client = self.peers.streams(addr)?;
-            links.insert(addr.to_string(), open(client, self.metadata.clone()));
+            links.insert(
+                addr.to_string(),
+                open(client, self.metadata.clone(), self.last_hop),
+            );
         }
         let link = links
             .get(addr)
@@ -133,22 +145,32 @@ fn outcome(result: pb::AppendResult) -> Result<pb::AppendResponse, Status> {
 }
 
 /// Opens a link: a task running the forwarded call, answering waiting parts in order.
-fn open(client: pb::streams_client::StreamsClient<Channel>, metadata: MetadataMap) -> Link {
+fn open(
+    client: pb::streams_client::StreamsClient<Channel>,
+    metadata: MetadataMap,
+    last_hop: bool,
+) -> Link {
     let (requests, outbound) = mpsc::channel(ANSWERS_BUFFERED);
     let (waiting, queue) = mpsc::unbounded_channel();
-    tokio::spawn(run(client, metadata, outbound, queue));
+    tokio::spawn(run(client, (metadata, last_hop), outbound, queue));
     Link { requests, waiting }
 }
 
 async fn run(
     mut client: pb::streams_client::StreamsClient<Channel>,
-    metadata: MetadataMap,
+    (metadata, last_hop): (MetadataMap, bool),
     outbound: mpsc::Receiver<pb::AppendStreamRequest>,
     mut queue: mpsc::UnboundedReceiver<oneshot::Sender<Answer>>,
 ) {
     let mut request = Request::new(ReceiverStream::new(outbound));
     *request.metadata_mut() = metadata;
-    let error = match client.append_stream(forwarded(request)).await {
+    // A link is passed on once more only to a leader (see `crate::forward`).
+    let request = if last_hop {
+        forwarded(request)
+    } else {
+        via_holder(request)
+    };
+    let error = match client.append_stream(request).await {
         Err(status) => status,
         Ok(answers) => {
             let mut answers = answers.into_inner();

@@ -42,11 +42,12 @@ use crate::forward::{self, forwarded, Peers};
 use crate::map_cell::MapCell;
 use crate::merge::{merge, Cursor, Point};
 use crate::remote_appends::RemoteAppends;
+use crate::remote_shard::RemoteShard;
 use crate::service::{ServiceConfig, StreamsService};
 use crate::shard_set::{Served, ShardSet};
 use crate::stats::ServiceStats;
 use crate::status::invalid;
-use strata_proto::metadata::{ERROR_KIND_KEY, MAP_EPOCH_KEY};
+use strata_proto::metadata::{ERROR_KIND_KEY, LEADER_KEY, MAP_EPOCH_KEY};
 
 /// A node's shards and the map routing streams to them.
 #[derive(Debug, Clone)]
@@ -55,41 +56,81 @@ pub struct Router {
     map: MapCell,
     /// The node's shards of the moment (found by id: the set changes while the node runs).
     set: ShardSet,
-    /// The lowest shard's service (its settings are every shard's; it is never removed).
-    first: StreamsService,
+    /// Every shard's settings and limits (the same on all), and the node's counters — taken
+    /// from the first shard at start, not holding it (a shard may be removed).
+    config: ServiceConfig,
+    limits: strata_engine::Limits,
+    stats: Arc<ServiceStats>,
     /// The other nodes, on a replicated node (calls for shards led there are forwarded).
     peers: Option<Peers>,
     /// One `AppendStream` call's links to other leaders (set on the call's own router).
     remote: Option<Arc<RemoteAppends>>,
+    /// Where the other nodes are, to pass calls for shards this node holds no replica of.
+    directory: Option<Directory>,
+}
+
+/// This node's id and the client addresses of the cluster's nodes (on a replicated node of
+/// several shards: the metadata group's members), to find a node holding a shard whose
+/// replicas are on other nodes.
+#[derive(Clone)]
+pub struct Directory {
+    /// This node's id.
+    pub me: u64,
+    /// A node's client address, if it is a member.
+    pub addr_of: Arc<dyn Fn(u64) -> Option<String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory").field("me", &self.me).finish()
+    }
+}
+
+/// Where a call about one shard goes.
+enum Route {
+    /// This node's replica serves it.
+    Here(Box<StreamsService>),
+    /// To the shard's leader, at this address.
+    Leader(String),
+    /// To a node holding the shard, at this address (this node holds none).
+    Holder(String),
 }
 
 /// How long a merged read waits for this node to apply what a remote leader has committed.
 pub const READ_INDEX_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Router {
-    /// Routes by `map` to `shards`, which must be exactly the map's shards; with `peers`, calls
-    /// for shards another node leads are forwarded there.
+    /// Routes by `map` to `shards`, which must be some of the map's shards (on one node, or
+    /// without a [`Directory`], all of them); with `peers`, calls for shards another node leads
+    /// are forwarded there.
     pub fn new(map: MapCell, set: ShardSet, peers: Option<Peers>) -> Result<Router, String> {
-        let have = set.ids();
-        if have != map.get().shards() {
+        let (have, all) = (set.ids(), map.get().shards());
+        if have.iter().any(|id| !all.contains(id)) {
             return Err(format!(
-                "the map has shards {:?}, the node opened {:?}",
-                map.get().shards(),
-                have
+                "the map has shards {all:?}, the node opened {have:?}"
             ));
         }
-        let first = set
+        let (config, limits, stats) = set
             .get()
             .first()
-            .map(|(_, s)| s.clone())
+            .map(|(_, s)| (s.config().clone(), s.limits(), Submit::stats(s).clone()))
             .ok_or_else(|| "a node without shards".to_string())?;
         Ok(Router {
             map,
             set,
-            first,
+            config,
+            limits,
+            stats,
             peers,
             remote: None,
+            directory: None,
         })
+    }
+
+    /// The router passing calls for shards this node holds no replica of to nodes that do.
+    pub fn with_directory(mut self, directory: Directory) -> Router {
+        self.directory = Some(directory);
+        self
     }
 
     /// The map it routes by now.
@@ -104,16 +145,21 @@ impl Router {
 
     /// Every shard's service settings (they are the same).
     pub fn config(&self) -> &ServiceConfig {
-        self.first().config()
+        &self.config
     }
 
     /// The limits requests are checked against (the same on every shard).
     pub fn limits(&self) -> strata_engine::Limits {
-        self.first().limits()
+        self.limits.clone()
     }
 
-    fn first(&self) -> &StreamsService {
-        &self.first
+    /// The lowest shard held now (what a call on a one-shard cluster, or a call refused for
+    /// its own fault, goes to).
+    fn first(&self) -> Result<StreamsService, Status> {
+        self.shards()
+            .first()
+            .map(|(_, s)| s.clone())
+            .ok_or_else(|| Status::unavailable("this node holds no shard now"))
     }
 
     /// The map to route by, or FAILED_PRECONDITION naming why this node must not route (its
@@ -126,12 +172,73 @@ impl Router {
 
     /// The shard holding `stream`.
     fn owner(&self, stream: &str) -> Result<ShardId, Status> {
-        let map = self.routing()?;
-        let shards = self.shards();
-        if let [(only, _)] = &shards[..] {
-            return Ok(*only);
+        Ok(self.routing()?.shard_of(stream))
+    }
+
+    /// Whether the cluster has several shards (by the map, not by what this node holds).
+    fn several(&self) -> bool {
+        self.map.get().shards().len() > 1
+    }
+
+    /// The client address of a node the map says holds shard `id` (this node holds none).
+    fn holder_addr(&self, id: ShardId) -> Option<String> {
+        let directory = self.directory.as_ref()?;
+        let map = self.map.get();
+        map.replicas(id)?
+            .iter()
+            .filter(|n| **n != directory.me)
+            .find_map(|n| (directory.addr_of)(*n))
+    }
+
+    /// Where a call with `metadata` about shard `id` goes: here, to the leader when `leader`
+    /// (the call needs it) and another node leads, or to a holder when this node holds no
+    /// replica — unless another node passed the call on already (see [`crate::forward`]).
+    fn route(&self, id: ShardId, leader: bool, metadata: &MetadataMap) -> Result<Route, Status> {
+        match self.at(id) {
+            Ok(service) => Ok(
+                match self.leader_elsewhere(id, metadata).filter(|_| leader) {
+                    Some(addr) => Route::Leader(addr),
+                    None => Route::Here(Box::new(service)),
+                },
+            ),
+            Err(not_here) if forward::is_passed_on(metadata) => Err(not_here),
+            Err(not_here) => self.holder_addr(id).map(Route::Holder).ok_or(not_here),
         }
-        Ok(map.shard_of(stream))
+    }
+
+    /// Shard `id` at a node holding it (this node holds none), or UNAVAILABLE.
+    fn remote_shard(&self, id: ShardId) -> Result<RemoteShard<'_>, Status> {
+        let addr = self.holder_addr(id).ok_or_else(|| {
+            Status::unavailable(format!(
+                "{id} is not on this node and no node holding it is known; retry"
+            ))
+        })?;
+        Ok(RemoteShard {
+            peers: self.forwarding()?,
+            addr,
+            shard: id,
+        })
+    }
+
+    /// Shard `id`'s log end at `consistency` and, with `at`, its first record stamped at or
+    /// after it: here, or at a node holding it.
+    async fn log_point_of(
+        &self,
+        id: ShardId,
+        consistency: pb::Consistency,
+        at: Option<u64>,
+        metadata: &MetadataMap,
+    ) -> Result<(u64, Option<u64>), Status> {
+        match self.at(id) {
+            Ok(service) => {
+                let here = self.read_index(id, consistency, metadata).await?;
+                service.log_point(here, at).await
+            }
+            Err(_) => {
+                let remote = self.remote_shard(id)?;
+                remote.log_point(consistency as i32, at).await
+            }
+        }
     }
 
     /// Shard `id`'s service on this node.
@@ -174,7 +281,7 @@ impl Router {
     /// `answer` carrying the epoch of the map this node routes by ([`MAP_EPOCH_KEY`]), on a
     /// node of several shards: a client routing by an older table reads it again.
     fn with_epoch<T>(&self, answer: Answer<T>) -> Answer<T> {
-        let several = self.shards().len() > 1;
+        let several = self.several();
         answer.map(|mut r| {
             if several {
                 let epoch = MetadataValue::from(self.map.get().epoch());
@@ -186,7 +293,7 @@ impl Router {
 
     /// Counts one call (or part) passed on, and the peers to pass it with.
     fn forwarding(&self) -> Result<&Peers, Status> {
-        Submit::stats(self.first())
+        self.stats
             .forwarded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.peers()
@@ -205,6 +312,16 @@ impl Router {
         Some((remote, self.leader_addr(id)?))
     }
 
+    /// Where this `AppendStream` call sends the appends of shard `id` when this node holds no
+    /// replica of it: over a link to a node that does (not on a call passed on already).
+    fn remote_holder(&self, id: ShardId) -> Option<(&RemoteAppends, String)> {
+        let remote = self.remote.as_deref()?;
+        if self.at(id).is_ok() || remote.last_hop() {
+            return None;
+        }
+        Some((remote, self.holder_addr(id)?))
+    }
+
     /// The router of one `AppendStream` call (its own links to other leaders).
     fn for_call(&self, metadata: &MetadataMap) -> Router {
         let mut call = self.clone();
@@ -213,6 +330,7 @@ impl Router {
                 call.remote = Some(Arc::new(RemoteAppends::new(
                     peers.clone(),
                     metadata.clone(),
+                    forward::is_passed_on(metadata),
                 )));
             }
         }
@@ -274,20 +392,47 @@ impl Router {
 }
 
 /// A unary call about one stream: forwarded to the shard's leader when another node leads it
-/// and `$leader` (the call needs the leader), otherwise served by the shard here.
+/// and `$leader` (the call needs the leader), to a node holding the shard when this one holds
+/// none, otherwise served by the shard here (see [`Router::route`]).
 macro_rules! routed {
     ($self:ident, $request:ident, $stream:expr, $leader:expr, $method:ident) => {{
         let id = $self.owner($stream)?;
-        if $leader {
-            if let Some(addr) = $self.leader_elsewhere(id, $request.metadata()) {
+        let answer = match $self.route(id, $leader, $request.metadata())? {
+            Route::Here(service) => service.$method($request).await,
+            Route::Leader(addr) => {
+                let again = ($request.metadata().clone(), $request.get_ref().clone());
                 let mut leader = $self.forwarding()?.streams(&addr)?;
-                let answer = leader.$method(forwarded($request)).await;
-                return $self.with_epoch(answer);
+                match leader.$method(forwarded($request)).await {
+                    // The leader changed meanwhile (a handover): once more, at the new one.
+                    Err(status) => match moved_leader(&status, &addr) {
+                        Some(next) => {
+                            let request = Request::from_parts(again.0, Default::default(), again.1);
+                            let mut leader = $self.forwarding()?.streams(&next)?;
+                            leader.$method(forwarded(request)).await
+                        }
+                        None => Err(status),
+                    },
+                    answer => answer,
+                }
             }
-        }
-        let answer = $self.at(id)?.$method($request).await;
+            Route::Holder(addr) => {
+                let mut holder = $self.forwarding()?.streams(&addr)?;
+                holder.$method(forward::via_holder($request)).await
+            }
+        };
         $self.with_epoch(answer)
     }};
+}
+
+/// The leader a forwarded call's answer names when the node it went to no longer leads (an
+/// UNAVAILABLE naming another node): the call is refused there, not decided, so it may go to
+/// the named leader once more (an append carries its ids: a retry is never a duplicate).
+fn moved_leader(status: &Status, tried: &str) -> Option<String> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let named = status.metadata().get(LEADER_KEY)?.to_str().ok()?;
+    (!named.is_empty() && named != tried).then(|| named.to_string())
 }
 
 /// Whether a read at `consistency` (the request's field) needs the leader.
@@ -302,11 +447,11 @@ impl Router {
         r: pb::SubscribeRequest,
     ) -> Answer<crate::subscription::EventStream> {
         use pb::subscribe_request::Start;
-        let shards = self.shards();
+        let ids = self.routing()?.shards();
         let several = || {
             format!(
-                "names a place in one shard's log; on a node of {} shards start from a cursor",
-                shards.len()
+                "names a place in one shard's log; on a cluster of {} shards start from a cursor",
+                ids.len()
             )
         };
         let cursor = match &r.start {
@@ -316,8 +461,10 @@ impl Router {
             Some(Start::Cursor(bytes)) => Cursor::decode("cursor", bytes, &*self.routing()?)?,
             Some(Start::FromEnd(_)) => {
                 let mut at_end = Cursor::default();
-                for (id, service) in shards.iter() {
-                    let (end, _) = service.log_point(pb::Consistency::Follower, None).await?;
+                for id in &ids {
+                    let (end, _) = self
+                        .log_point_of(*id, pb::Consistency::Follower, None, &MetadataMap::new())
+                        .await?;
                     at_end.set(*id, end);
                 }
                 at_end
@@ -331,26 +478,31 @@ impl Router {
                 ))
             }
         };
-        let mut feeds = Vec::with_capacity(shards.len());
-        for (id, service) in shards.iter() {
+        let buffer = self.config().subscription_buffer_records_max;
+        let mut feeds = Vec::with_capacity(ids.len());
+        for id in &ids {
             let start = match cursor.point(*id) {
                 Point::From(0) => None,
                 Point::From(p) => Some(Start::FromPosition(p)),
                 Point::After(p) => Some(Start::AfterPosition(p)),
             };
-            let (units, last) = service.open_subscription(pb::SubscribeRequest {
+            let request = pb::SubscribeRequest {
                 target: r.target.clone(),
                 start,
                 filter: r.filter.clone(),
-            })?;
-            feeds.push(Feed {
-                shard: *id,
-                units,
-                last,
+            };
+            feeds.push(match self.at(*id) {
+                Ok(service) => {
+                    let (units, last) = service.open_subscription(request)?;
+                    Feed {
+                        shard: *id,
+                        units,
+                        last,
+                    }
+                }
+                Err(_) => self.remote_shard(*id)?.feed(request, buffer).await?,
             });
         }
-        let buffer = self.config().subscription_buffer_records_max;
-        let ids = shards.iter().map(|(id, _)| *id).collect();
         Ok(Response::new(ends_when_shards_change(
             crate::all_subscription::start(feeds, cursor, buffer),
             self.map.clone(),
@@ -365,13 +517,13 @@ impl Router {
         cursor: Cursor,
         metadata: &MetadataMap,
     ) -> Answer<pb::ReadAllResponse> {
-        let shards = self.shards();
+        let ids = self.routing()?.shards();
         if r.from_position != 0 {
             return Err(invalid(
                 "from_position",
                 format!(
-                    "names a place in one shard's log; on a node of {} shards continue from next_cursor (from_cursor)",
-                    shards.len()
+                    "names a place in one shard's log; on a cluster of {} shards continue from next_cursor (from_cursor)",
+                    ids.len()
                 ),
             ));
         }
@@ -384,9 +536,19 @@ impl Router {
                 "names a place in one shard's log; read several shards as of a timestamp",
             ));
         }
-        let pages = join_all(shards.iter().map(|(id, service)| {
+        let pages = join_all(ids.iter().map(|id| {
             let from = cursor.get(*id);
+            let r = &r;
             async move {
+                let Ok(service) = self.at(*id) else {
+                    let page = pb::ReadAllRequest {
+                        from_position: from,
+                        from_cursor: Default::default(),
+                        filter: None,
+                        ..r.clone()
+                    };
+                    return self.remote_shard(*id)?.page(page).await;
+                };
                 let here = self.read_index(*id, consistency, metadata).await?;
                 service.read_all_batch(from, limit, here, as_of).await
             }
@@ -394,7 +556,7 @@ impl Router {
         .await;
         let mut batches = Vec::with_capacity(pages.len());
         let mut closed = u64::MAX;
-        for ((id, _), page) in shards.iter().zip(pages) {
+        for (id, page) in ids.iter().zip(pages) {
             let (mut batch, shard_closed) = page?;
             closed = closed.min(shard_closed);
             // A subscription's cursor: the record there was delivered already.
@@ -407,8 +569,8 @@ impl Router {
         }
         let bytes_max = self.config().response_bytes_max;
         let (events, next) = merge(batches, &cursor, limit, r.filter.as_ref(), bytes_max);
-        let next_position = match &shards[..] {
-            [(id, _)] => next.get(*id),
+        let next_position = match &ids[..] {
+            [id] => next.get(*id),
             _ => 0,
         };
         Ok(Response::new(pb::ReadAllResponse {
@@ -527,8 +689,9 @@ impl Submit for Router {
                         continue;
                     }
                 };
-                match shards.binary_search_by_key(&id, |(s, _)| *s) {
-                    Ok(_) => {
+                let held = shards.binary_search_by_key(&id, |(s, _)| *s).is_ok();
+                match held || self.remote_holder(id).is_some() {
+                    true => {
                         let part = match parts.iter().position(|(s, _, _)| *s == id) {
                             Some(p) => p,
                             None => {
@@ -540,7 +703,7 @@ impl Submit for Router {
                         parts[part].2.push(append);
                         routed.push(Ok(part));
                     }
-                    Err(_) => routed.push(Err(Status::unavailable(format!(
+                    false => routed.push(Err(Status::unavailable(format!(
                         "the shard of {:?} is not served by this node",
                         append.stream
                     )))),
@@ -548,21 +711,24 @@ impl Submit for Router {
             }
             let mut pending = Vec::with_capacity(parts.len());
             for (id, _, appends) in parts {
-                pending.push(match self.remote_leader(id) {
-                    Some((remote, addr)) => {
-                        Submit::stats(self.first())
-                            .forwarded
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        remote.submit(&addr, appends).await
-                    }
-                    None => match self.at(id) {
-                        Ok(service) => service.submit_batch(appends).await,
-                        Err(lost) => {
-                            let answers: Outcomes = Box::pin(std::future::ready(vec![Err(lost)]));
-                            answers
+                pending.push(
+                    match self.remote_leader(id).or_else(|| self.remote_holder(id)) {
+                        Some((remote, addr)) => {
+                            self.stats
+                                .forwarded
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            remote.submit(&addr, appends).await
                         }
+                        None => match self.at(id) {
+                            Ok(service) => service.submit_batch(appends).await,
+                            Err(lost) => {
+                                let answers: Outcomes =
+                                    Box::pin(std::future::ready(vec![Err(lost)]));
+                                answers
+                            }
+                        },
                     },
-                });
+                );
             }
             let outcomes: Outcomes = Box::pin(async move {
                 let mut answers = Vec::with_capacity(pending.len());
@@ -584,7 +750,7 @@ impl Submit for Router {
     }
 
     fn stats(&self) -> &Arc<ServiceStats> {
-        Submit::stats(self.first())
+        &self.stats
     }
 }
 
@@ -617,7 +783,7 @@ impl pb::streams_server::Streams for Router {
         }
         let first = match request.get_ref().streams.first() {
             Some(first) => first.stream.clone(),
-            None => return self.first().append_multi(request).await,
+            None => return self.first()?.append_multi(request).await,
         };
         routed!(self, request, &first, true, append_multi)
     }
@@ -636,8 +802,22 @@ impl pb::streams_server::Streams for Router {
                 "must be 0 with from_cursor: continue from one or the other",
             ));
         }
+        if let Some(only) = forward::shard_of(request.metadata())? {
+            // A merged read elsewhere asks for one shard's page (see `crate::remote_shard`).
+            let id = ShardId(only);
+            return match self.route(id, linearizable(r.consistency), request.metadata())? {
+                Route::Here(service) => service.read_all(request).await,
+                Route::Leader(addr) => {
+                    let mut leader = self.forwarding()?.streams(&addr)?;
+                    leader.read_all(forwarded(request)).await
+                }
+                Route::Holder(_) => Err(Status::unavailable(format!("{id} is not on this node"))),
+            };
+        }
         let shards = self.shards();
-        if let ([(id, service)], true) = (&shards[..], r.from_cursor.is_empty()) {
+        if let ([(id, service)], false, true) =
+            (&shards[..], self.several(), r.from_cursor.is_empty())
+        {
             let id = *id;
             if linearizable(r.consistency) {
                 if let Some(addr) = self.leader_elsewhere(id, request.metadata()) {
@@ -663,13 +843,30 @@ impl pb::streams_server::Streams for Router {
     ) -> Answer<Self::SubscribeStream> {
         use pb::subscribe_request::{Start, Target};
         let r = request.get_ref();
-        let several = self.shards().len() > 1;
+        if let (Some(only), Some(Target::All(_))) =
+            (forward::shard_of(request.metadata())?, &r.target)
+        {
+            // A merged subscription elsewhere follows one shard (see `crate::remote_shard`).
+            let service = self.at(ShardId(only))?;
+            let (units, last) = service.open_subscription(request.into_inner())?;
+            return Ok(Response::new(crate::all_subscription::whole_records(
+                units, last,
+            )));
+        }
+        let several = self.several();
         let service = match &r.target {
             Some(Target::Stream(name)) if several => {
                 let id = self.owner(name)?;
-                let service = self.at(id)?;
                 let name = name.clone();
-                let events = service.subscribe(request).await?.into_inner();
+                let events: crate::subscription::EventStream =
+                    match self.route(id, false, request.metadata())? {
+                        Route::Here(service) => service.subscribe(request).await?.into_inner(),
+                        Route::Leader(addr) | Route::Holder(addr) => {
+                            let mut holder = self.forwarding()?.streams(&addr)?;
+                            let events = holder.subscribe(forward::via_holder(request)).await?;
+                            Box::pin(events.into_inner())
+                        }
+                    };
                 return Ok(Response::new(ends_when_moved(
                     events,
                     self.map.clone(),
@@ -680,10 +877,10 @@ impl pb::streams_server::Streams for Router {
             Some(Target::Stream(name)) => Some(self.shard(name)?),
             // One shard without a cursor, or no target (its error): as on one shard.
             Some(Target::All(_)) if !matches!(r.start, Some(Start::Cursor(_))) => {
-                (!several).then(|| self.first().clone())
+                (!several).then(|| self.first()).transpose()?
             }
             Some(Target::All(_)) => None,
-            None => Some(self.first().clone()),
+            None => Some(self.first()?),
         };
         match service {
             Some(service) => service.subscribe(request).await,
@@ -705,20 +902,16 @@ impl pb::streams_server::Streams for Router {
         let (metadata, _, r) = request.into_parts();
         let consistency = convert::consistency(r.consistency)?;
         // A remote read index asks about one shard (see `read_index`).
-        let shards = self.shards();
         let asked: Vec<ShardId> = match only {
-            None => shards.iter().map(|(id, _)| *id).collect(),
-            Some(id) => match shards.binary_search_by_key(&ShardId(id), |(s, _)| *s) {
+            None => self.routing()?.shards(),
+            Some(id) => match self.at(ShardId(id)) {
                 Ok(_) => vec![ShardId(id)],
                 Err(_) => return Err(Status::not_found(format!("shard {id} is not on this node"))),
             },
         };
         let points = join_all(asked.iter().map(|&id| {
             let metadata = &metadata;
-            async move {
-                let here = self.read_index(id, consistency, metadata).await?;
-                self.at(id)?.log_point(here, r.at_timestamp_us).await
-            }
+            self.log_point_of(id, consistency, r.at_timestamp_us, metadata)
         }))
         .await;
         let (mut ends, mut firsts) = (Cursor::default(), Cursor::default());
@@ -778,15 +971,26 @@ impl pb::streams_server::Streams for Router {
         &self,
         request: Request<pb::SnapshotPolicy>,
     ) -> Answer<pb::SnapshotPolicies> {
+        let only = forward::shard_of(request.metadata())?;
+        let ids = match only {
+            Some(id) => vec![ShardId(id)],
+            None => self.routing()?.shards(),
+        };
         let policy = request.into_inner();
         let mut last = None;
-        for (_, service) in self.shards().iter() {
-            last = Some(
-                service
-                    .set_snapshot_policy(Request::new(policy.clone()))
-                    .await?,
-            );
+        for id in ids {
+            let request = Request::new(policy.clone());
+            last = Some(match (self.at(id), only) {
+                (Ok(service), _) => service.set_snapshot_policy(request).await?,
+                (Err(not_here), Some(_)) => return Err(not_here),
+                (Err(_), None) => {
+                    let remote = self.remote_shard(id)?;
+                    let mut holder = remote.peers.streams(&remote.addr)?;
+                    let request = forward::for_shard_via_holder(policy.clone(), id.0);
+                    holder.set_snapshot_policy(request).await?
+                }
+            });
         }
-        last.ok_or_else(|| Status::internal("a node without shards"))
+        last.ok_or_else(|| Status::internal("a cluster without shards"))
     }
 }

@@ -1,5 +1,5 @@
-//! The shards a node serves, as one set that grows while the node runs (a split adds a shard
-//! on every node): each with its `Streams` service over its storage. Readers take the set of
+//! The shards a node serves, as one set that changes while the node runs (a split adds a
+//! shard on every node; a replica move adds one on its target and removes it from its source): each with its `Streams` service over its storage. Readers take the set of
 //! the moment (an `Arc`), so a call sees one set from start to end; a shard is added whole
 //! (its storage open, its service built) before any map routes a slot to it.
 
@@ -69,5 +69,19 @@ impl ShardSet {
         *held = next.into();
         debug_assert!(held.windows(2).all(|w| w[0].0 < w[1].0));
         Ok(())
+    }
+
+    /// Takes shard `id` out of the set (its replicas moved to other nodes), returning its
+    /// service; `None` if it is not held.
+    pub fn remove(&self, id: ShardId) -> Option<StreamsService> {
+        let mut held = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = held.binary_search_by_key(&id, |(s, _)| *s).ok()?;
+        let mut next: Vec<(ShardId, StreamsService)> = held.to_vec();
+        let (_, service) = next.remove(at);
+        *held = next.into();
+        Some(service)
     }
 }

@@ -28,6 +28,13 @@ use tokio::sync::watch;
 struct Refusing(Vec<ShardId>);
 
 impl Groups for Refusing {
+    fn close(
+        &self,
+        _shard: ShardId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async { Err("planted: not removable".to_string()) })
+    }
+
     fn held(&self) -> Vec<ShardId> {
         self.0.clone()
     }
@@ -166,6 +173,13 @@ struct Recording(
 );
 
 impl Groups for Recording {
+    fn close(
+        &self,
+        _shard: ShardId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async { Err("planted: not removable".to_string()) })
+    }
+
     fn held(&self) -> Vec<ShardId> {
         let mut held = self.1.clone();
         held.extend(self.0.lock().unwrap().keys());

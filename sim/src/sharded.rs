@@ -85,6 +85,21 @@ impl Groups for SimGroups {
         self.set.ids()
     }
 
+    fn close(
+        &self,
+        shard: ShardId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            self.service.remove(u64::from(shard.0));
+            if let Some(service) = self.set.remove(shard) {
+                if let Backend::Replicated(replica) = service.backend() {
+                    replica.shutdown().await;
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn open(
         &self,
         shard: ShardId,

@@ -1,5 +1,6 @@
-//! `strata cluster init|status|add-node|remove-node|transfer-leader|rebalance|move-slots|split-shard`:
-//! membership and leadership of a replicated cluster's shards, slot-range moves and splits. Changes go to the leader (followed from any
+//! `strata cluster init|status|add-node|remove-node|transfer-leader|rebalance|move-shard|move-slots|split-shard`:
+//! membership, replica placement and leadership of a replicated cluster's shards, slot-range
+//! moves and splits. Changes go to the leader (followed from any
 //! node); `status --json` prints one JSON object with at least `leader` (node id, or null) and
 //! `nodes` (`[{id, addr, role}]`).
 
@@ -7,6 +8,7 @@ use std::time::Instant;
 
 use strata_client::pb;
 use strata_shard::balance::{self, ShardLeads};
+use strata_shard::placement::{self, Placed, ReplicaMove};
 
 use crate::client::{failure, ServerArg};
 use crate::{output, Failure};
@@ -27,7 +29,9 @@ pub enum ClusterCommand {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Add a node: as a learner first, promoted to voter once it has caught up.
+    /// Add a node: as a learner first, promoted to voter once it has caught up. On a cluster of
+    /// several shards it joins the metadata group and holds no replica yet: `rebalance` moves
+    /// replicas to it.
     AddNode {
         /// The new node's id.
         #[arg(long)]
@@ -41,7 +45,8 @@ pub enum ClusterCommand {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Remove a node from the membership.
+    /// Remove a node from the cluster: its replicas move to the other nodes first (one at a
+    /// time, with a progress bar), then it leaves every group.
     RemoveNode {
         /// The node's id.
         #[arg(long)]
@@ -61,9 +66,10 @@ pub enum ClusterCommand {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Balance the shards' leaders: hand leaderships over, one at a time with a progress bar,
-    /// until every node leads within one of an even share (of the shards it holds). Waits
-    /// until done; a failure stops it, and running it again goes on from where things stand.
+    /// Balance the cluster: move replicas until every node holds within one of an even share
+    /// of them, then hand leaderships over until every node leads within one of an even share
+    /// (of the shards it holds); one step at a time with a progress bar. Waits until done; a
+    /// failure stops it, and running it again goes on from where things stand.
     Rebalance {
         /// Print the plan without running it.
         #[arg(long)]
@@ -87,6 +93,21 @@ pub enum ClusterCommand {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Move a shard's replica from one node to another, online: the new node joins the shard's
+    /// group as a learner, catches up and is promoted, then the old one leaves and deletes its
+    /// replica. Waits until done; after a failure, running it again finishes it.
+    MoveShard {
+        /// The shard.
+        shard: u32,
+        /// The node holding the replica now.
+        #[arg(long)]
+        from: u64,
+        /// The node to hold it (a member holding no replica of the shard).
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Split a shard: add a new shard (every node opens it), then move the shard's slots from
     /// --at to the end of the range holding it there, online, as move-slots does. Waits with a
     /// progress bar and prints the move's numbers, unless --no-wait.
@@ -104,6 +125,9 @@ pub enum ClusterCommand {
         server: ServerArg,
     },
 }
+
+/// How long `move-shard` waits for the move (a new replica catching up included).
+const MOVE_SHARD_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// `START..END` as two slot numbers.
 fn parse_slots(value: &str) -> Result<(u32, u32), String> {
@@ -240,7 +264,7 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
             json: as_json,
             server,
         } => {
-            let s = status(&server).await?;
+            let s = merged_status(&server).await?;
             if as_json {
                 output::line(&json(&s));
             } else {
@@ -266,6 +290,7 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
             output::line(&json(&s));
         }
         ClusterCommand::RemoveNode { id, server } => {
+            drain(&server, id).await?;
             let s = server
                 .client()?
                 .cluster_remove_node(pb::RemoveNodeRequest { id })
@@ -296,6 +321,21 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
             let client = server.client()?;
             let s = client.cluster_move_slots(request).await.map_err(failure)?;
             follow_move(&client, &server, s, no_wait).await?
+        }
+        ClusterCommand::MoveShard {
+            shard,
+            from,
+            to,
+            server,
+        } => {
+            let request = pb::MoveShardRequest { shard, from, to };
+            // A replica catching up may take minutes; the move answers when done.
+            let client = server.client_with(|c| {
+                c.attempt_timeout = MOVE_SHARD_WAIT;
+                c.deadline = MOVE_SHARD_WAIT;
+            })?;
+            let s = client.cluster_move_shard(request).await.map_err(failure)?;
+            output::line(&json(&s));
         }
         ClusterCommand::SplitShard {
             shard,
@@ -336,7 +376,10 @@ fn leads(s: &pb::ClusterStatus) -> Vec<ShardLeads> {
 /// prints `{"handovers": [...], "leaders": {node: count}}` (the counts after, as planned when
 /// `dry_run`).
 async fn rebalance(server: &ServerArg, dry_run: bool) -> Result<(), Failure> {
-    let before = leads(&status(server).await?);
+    let view = merged_status(server).await?;
+    let plan = placement::plan(&placed(&view), &voters(&view), &[]);
+    let moved = run_moves(server, &plan, dry_run).await?;
+    let before = leads(&merged_status(server).await?);
     let plan = balance::plan(&before);
     let client = server.client()?;
     let total = plan.len();
@@ -371,14 +414,121 @@ async fn rebalance(server: &ServerArg, dry_run: bool) -> Result<(), Failure> {
         }
         planned
     } else {
-        leads(&status(server).await?)
+        leads(&merged_status(server).await?)
     };
     let counts: serde_json::Map<String, serde_json::Value> = balance::shares(&after)
         .into_iter()
         .map(|(node, n)| (node.to_string(), n.into()))
         .collect();
-    output::line(&serde_json::json!({"handovers": done, "leaders": counts}));
+    let view = merged_status(server).await?;
+    let replicas: serde_json::Map<String, serde_json::Value> =
+        placement::loads(&placed(&view), &voters(&view))
+            .into_iter()
+            .map(|(node, n)| (node.to_string(), n.into()))
+            .collect();
+    output::line(&serde_json::json!({
+        "moves": moved, "replicas": replicas, "handovers": done, "leaders": counts
+    }));
     Ok(())
+}
+
+/// The shards' replicas as the placement planner takes them.
+fn placed(s: &pb::ClusterStatus) -> Vec<Placed> {
+    s.shards
+        .iter()
+        .map(|sh| Placed {
+            shard: sh.id,
+            replicas: sh.replicas.clone(),
+        })
+        .collect()
+}
+
+/// The cluster's voting nodes.
+fn voters(s: &pb::ClusterStatus) -> Vec<u64> {
+    s.nodes
+        .iter()
+        .filter(|n| n.role != "learner")
+        .map(|n| n.id)
+        .collect()
+}
+
+/// Before node `id` leaves a cluster of several shards: moves each replica it holds to the
+/// node holding the fewest (see `strata_shard::placement`).
+async fn drain(server: &ServerArg, id: u64) -> Result<(), Failure> {
+    let view = merged_status(server).await?;
+    if view.shards.len() < 2 {
+        return Ok(());
+    }
+    let plan = placement::plan(&placed(&view), &voters(&view), &[id]);
+    run_moves(server, &plan, false).await.map(drop)
+}
+
+/// Runs replica moves one at a time with a progress bar (or, `dry_run`, shows them); returns
+/// what was done.
+async fn run_moves(
+    server: &ServerArg,
+    plan: &[ReplicaMove],
+    dry_run: bool,
+) -> Result<Vec<serde_json::Value>, Failure> {
+    let client = server.client_with(|c| {
+        c.attempt_timeout = MOVE_SHARD_WAIT;
+        c.deadline = MOVE_SHARD_WAIT;
+    })?;
+    let total = plan.len();
+    let mut done = Vec::with_capacity(total);
+    for (i, m) in plan.iter().enumerate() {
+        let step = format!("shard {}: replica {} → {}", m.shard, m.from, m.to);
+        if dry_run {
+            output::progress(i, total, &format!("would move {step}"));
+            done.push(serde_json::json!({"shard": m.shard, "from": m.from, "to": m.to}));
+            continue;
+        }
+        let started = Instant::now();
+        let request = pb::MoveShardRequest {
+            shard: m.shard,
+            from: m.from,
+            to: m.to,
+        };
+        if let Err(e) = client.cluster_move_shard(request).await {
+            return Err(Failure::new(format!(
+                "{step} failed after {i} of {total} replica moves: {e}\nrun the command again to go on from where things stand"
+            )));
+        }
+        let ms = started.elapsed().as_millis();
+        output::progress(i + 1, total, &format!("{step} ({ms} ms)"));
+        done.push(serde_json::json!({"shard": m.shard, "from": m.from, "to": m.to, "ms": ms}));
+    }
+    Ok(done)
+}
+
+/// The cluster as every node sees it, merged: the node at `server`'s status, each shard it
+/// holds no replica of completed from a node that does (its leader and replicas). Nodes that
+/// do not answer are passed over.
+async fn merged_status(server: &ServerArg) -> Result<pb::ClusterStatus, Failure> {
+    let mut s = status(server).await?;
+    if s.shards.iter().all(|sh| sh.leader != 0) {
+        return Ok(s);
+    }
+    let client = server.client()?;
+    for node in s.nodes.clone() {
+        if node.id == s.node_id {
+            continue;
+        }
+        let Ok(theirs) = client.cluster_status(&node.addr).await else {
+            continue;
+        };
+        for sh in &mut s.shards {
+            let known = theirs
+                .shards
+                .iter()
+                .find(|t| t.id == sh.id && t.leader != 0);
+            if let (0, Some(t)) = (sh.leader, known) {
+                sh.leader = t.leader;
+                sh.replicas.clone_from(&t.replicas);
+            }
+        }
+    }
+    Ok(s)
 }
 
 /// How often `move-slots` looks at the move's progress.
