@@ -2378,7 +2378,7 @@ enum MoveVictim {
     MetaLeader,
 }
 
-/// A replica move (shard 0, node 1 → node 4) under writers through nodes 2 and 3, its
+/// A replica move (shard 0, node 1 → node 4) under writers through every node, its
 /// `victim` SIGKILLed half a second in and restarted: running the move again finishes it,
 /// not one acknowledged event is lost or doubled, and each shard's logs are identical.
 async fn a_replica_move_survives_a_kill_of(victim: MoveVictim) {
@@ -2399,18 +2399,7 @@ async fn a_replica_move_survives_a_kill_of(victim: MoveVictim) {
     ]);
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let addrs = vec![cluster.addr(2), cluster.addr(3)];
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            tokio::spawn(writer(
-                addrs.clone(),
-                format!("k-{w}"),
-                (w as u128 + 1) << 64,
-                acked.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let writers = spawn_writers(&cluster, 4, &acked, &stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let killed = match victim {
         MoveVictim::Source => 1,
