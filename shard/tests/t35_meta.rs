@@ -24,14 +24,15 @@ use strata_shard::meta::{follow, Follower, Groups, Meta, META_GROUP};
 use strata_shard::shards::layout;
 use tokio::sync::watch;
 
+/// What `Groups::open` and `close` answer.
+type Opening<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
 /// Holds the shards it was given and cannot open another (a node whose disk refuses).
 struct Refusing(Vec<ShardId>);
 
 impl Groups for Refusing {
-    fn close(
-        &self,
-        _shard: ShardId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+    fn close(&self, _shard: ShardId) -> Opening<'_> {
         Box::pin(async { Err("planted: not removable".to_string()) })
     }
 
@@ -39,11 +40,7 @@ impl Groups for Refusing {
         self.0.clone()
     }
 
-    fn open(
-        &self,
-        _shard: ShardId,
-        _members: BTreeMap<u64, StrataNode>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+    fn open(&self, _shard: ShardId, _members: BTreeMap<u64, StrataNode>) -> Opening<'_> {
         Box::pin(async { Err("planted: no disk".to_string()) })
     }
 }
@@ -173,10 +170,7 @@ struct Recording(
 );
 
 impl Groups for Recording {
-    fn close(
-        &self,
-        _shard: ShardId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+    fn close(&self, _shard: ShardId) -> Opening<'_> {
         Box::pin(async { Err("planted: not removable".to_string()) })
     }
 
@@ -186,11 +180,7 @@ impl Groups for Recording {
         held
     }
 
-    fn open(
-        &self,
-        shard: ShardId,
-        members: BTreeMap<u64, StrataNode>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+    fn open(&self, shard: ShardId, members: BTreeMap<u64, StrataNode>) -> Opening<'_> {
         self.0.lock().unwrap().insert(shard, members);
         Box::pin(async { Ok(()) })
     }

@@ -141,6 +141,23 @@ async fn three_formed_of(total: u64, args: Vec<String>) -> Cluster {
     cluster
 }
 
+/// Four nodes of `args`: 1–3 form the cluster, then node 4 is added (`cluster add-node`; on
+/// several shards it joins the metadata group and holds no replica).
+async fn four_with_node_4_added(args: Vec<String>) -> Cluster {
+    let cluster = three_formed_of(4, args).await;
+    strata_json(&[
+        "cluster",
+        "add-node",
+        "--id",
+        "4",
+        "--addr",
+        &cluster.addr(4),
+        "--server",
+        &cluster.addr(1),
+    ]);
+    cluster
+}
+
 /// Every acknowledged event is on every live replica exactly once, in order, nothing else.
 async fn check_replicas(cluster: &Cluster, acked: &BTreeMap<String, Vec<u128>>) {
     cluster.converge().await;
@@ -2207,18 +2224,8 @@ async fn replica_moves_refuse_bad_input_and_resume_after_a_failure() {
         ]
         .map(String::from),
     );
-    let mut cluster = three_formed_of(4, args).await;
+    let mut cluster = four_with_node_4_added(args).await;
     let first = cluster.addr(1);
-    strata_json(&[
-        "cluster",
-        "add-node",
-        "--id",
-        "4",
-        "--addr",
-        &cluster.addr(4),
-        "--server",
-        &first,
-    ]);
     let epoch = meta_view(&cluster, &[1, 2, 3, 4]).await.1;
     let move_shard = |shard: &str, from: &str, to: &str| {
         Command::new(STRATA)
@@ -2385,18 +2392,8 @@ async fn a_replica_move_survives_a_kill_of(victim: MoveVictim) {
     let _serial = SERIAL.lock().await;
     let mut args = small_log_args();
     args.extend(["--shards", "2", "--leader-balance-interval-ms", "0"].map(String::from));
-    let mut cluster = three_formed_of(4, args).await;
+    let mut cluster = four_with_node_4_added(args).await;
     let first = cluster.addr(2);
-    strata_json(&[
-        "cluster",
-        "add-node",
-        "--id",
-        "4",
-        "--addr",
-        &cluster.addr(4),
-        "--server",
-        &first,
-    ]);
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = spawn_writers(&cluster, 4, &acked, &stop);
