@@ -159,6 +159,11 @@ impl ShardGone {
     pub fn is_gone(&self) -> bool {
         self.0.strong_count() == 0
     }
+
+    /// How many handles still hold the shard open (for a message saying why it stays).
+    pub fn holders(&self) -> usize {
+        self.0.strong_count()
+    }
 }
 
 impl Shard {

@@ -296,7 +296,8 @@ impl Host {
             while !gone.is_gone() {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(format!(
-                        "still held {CLOSE_WAIT:?} after its removal; {} stays",
+                        "still held by {} handles {CLOSE_WAIT:?} after its removal; {} stays",
+                        gone.holders(),
                         dir.display()
                     ));
                 }

@@ -353,7 +353,42 @@ impl Delivery {
     fn end(&self, status: Status) {
         *strata_engine::sync::lock(&self.last) = Some(status);
     }
+
+    /// Puts `unit` in the buffer towards the client, waiting while it is full; ends the
+    /// subscription (`Err`) when the node or shard stops, the client goes away, or the buffer
+    /// stays full for `stall_timeout`. Every wait of the loop goes through here or watches
+    /// `stop` itself: a removed shard's store is released only once its loops have ended.
+    async fn send(&self, unit: Unit, sub: &Subscription) -> Result<(), Ended> {
+        let mut stop = self.stop.clone();
+        let waited = tokio::select! {
+            waited = tokio::time::timeout(self.stall_timeout, self.tx.reserve()) => waited,
+            _ = stop.wait_for(|stopping| *stopping) => {
+                self.end(Status::unavailable(format!("the node is shutting down; {}", sub.resume_hint())));
+                return Err(Ended);
+            }
+        };
+        match waited {
+            Ok(Ok(permit)) => {
+                permit.send(unit);
+                Ok(())
+            }
+            // The client went away.
+            Ok(Err(_)) => Err(Ended),
+            Err(_) => {
+                self.end(Status::resource_exhausted(format!(
+                    "subscriber too slow: its buffer of {} records (subscription_buffer_records_max) stayed full for {} ms (subscription_stall_timeout); {}",
+                    self.tx.max_capacity(),
+                    self.stall_timeout.as_millis(),
+                    sub.resume_hint()
+                )));
+                Err(Ended)
+            }
+        }
+    }
 }
+
+/// The subscription ended (its status, if any, is in [`Delivery::last`]).
+struct Ended;
 
 /// Delivers the subscription until the client goes away, the node stops, the log fails, or
 /// the client stalls.
@@ -387,15 +422,11 @@ pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) 
         if units.is_empty() {
             if !caught_up {
                 let item = Some(pb::subscribe_response::Item::CaughtUp(pb::Empty {}));
-                if delivery
-                    .tx
-                    .send(vec![Ok(pb::SubscribeResponse {
-                        item,
-                        ..Default::default()
-                    })])
-                    .await
-                    .is_err()
-                {
+                let unit = vec![Ok(pb::SubscribeResponse {
+                    item,
+                    ..Default::default()
+                })];
+                if delivery.send(unit, &sub).await.is_err() {
                     return;
                 }
                 caught_up = true;
@@ -411,34 +442,99 @@ pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) 
         }
         for (events, next) in units {
             if !events.is_empty() {
-                let mut stop = delivery.stop.clone();
-                let waited = tokio::select! {
-                    waited = tokio::time::timeout(delivery.stall_timeout, delivery.tx.reserve()) => waited,
-                    _ = stop.wait_for(|stopping| *stopping) => {
-                        delivery.end(Status::unavailable(format!("the node is shutting down; {}", sub.resume_hint())));
-                        return;
-                    }
-                };
-                let permit = match waited {
-                    Ok(Ok(permit)) => permit,
-                    // The client went away.
-                    Ok(Err(_)) => return,
-                    Err(_) => {
-                        delivery.end(Status::resource_exhausted(format!(
-                            "subscriber too slow: its buffer of {} records (subscription_buffer_records_max) stayed full for {} ms (subscription_stall_timeout); {}",
-                            delivery.tx.max_capacity(),
-                            delivery.stall_timeout.as_millis(),
-                            sub.resume_hint()
-                        )));
-                        return;
-                    }
-                };
-                permit.send(events.into_iter().map(event).collect());
+                let unit = events.into_iter().map(event).collect();
+                if delivery.send(unit, &sub).await.is_err() {
+                    return;
+                }
             }
             if let (Some(pin), Cursor::All { from, .. }) = (&delivery.pin, &next) {
                 pin.advance(*from);
             }
             sub.cursor = next;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::clock::SystemWallClock;
+    use strata_engine::{Engine, EngineConfig};
+
+    /// A subscription on an empty log whose buffer (one unit) a consumer filled and does not
+    /// read: its loop waits to say it caught up.
+    fn stuck(
+        engine: &Engine,
+        stall_timeout: Duration,
+    ) -> (
+        Delivery,
+        Subscription,
+        mpsc::Receiver<Unit>,
+        watch::Sender<bool>,
+    ) {
+        let reader = engine.reader().clone();
+        let request = pb::SubscribeRequest {
+            target: Some(Target::All(pb::Empty {})),
+            start: None,
+            filter: None,
+        };
+        let sub = Subscription::from_request(&reader, request, false).unwrap();
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(Vec::new()).unwrap();
+        let (stop_tx, stop) = watch::channel(false);
+        let delivery = Delivery {
+            tx,
+            last: FinalStatus::default(),
+            stop,
+            stall_timeout,
+            source: None,
+            pin: None,
+            clock: Arc::new(SystemWallClock::default()),
+        };
+        (delivery, sub, rx, stop_tx)
+    }
+
+    /// A loop blocked on a full buffer (even to say it caught up) ends when its shard stops:
+    /// a removed shard's store is released only once its subscriptions have ended.
+    #[tokio::test]
+    async fn a_loop_waiting_on_a_full_buffer_ends_when_the_shard_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open_dir(dir.path(), EngineConfig::default()).unwrap();
+        let (delivery, sub, _rx, stop) = stuck(&engine, Duration::from_secs(3600));
+        let last = delivery.last.clone();
+        let running = tokio::spawn(run(engine.reader().clone(), sub, delivery));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!running.is_finished(), "waits while the buffer is full");
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("the loop ends on stop")
+            .unwrap();
+        let status = last.lock().unwrap().clone().unwrap();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("shutting down"), "{status:?}");
+    }
+
+    /// The same wait is cut off after the stall timeout, naming the limits.
+    #[tokio::test]
+    async fn a_loop_waiting_on_a_full_buffer_is_cut_off_after_the_stall_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open_dir(dir.path(), EngineConfig::default()).unwrap();
+        let (delivery, sub, _rx, _stop) = stuck(&engine, Duration::from_millis(50));
+        let last = delivery.last.clone();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            run(engine.reader().clone(), sub, delivery),
+        )
+        .await
+        .expect("the loop gives up on a stalled consumer");
+        let status = last.lock().unwrap().clone().unwrap();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("subscription_stall_timeout"),
+            "{status:?}"
+        );
     }
 }

@@ -118,9 +118,17 @@ impl NodeProc {
             .take(3)
             .map(|(i, _)| lines[i..(i + 3).min(lines.len())].join("\n"))
             .collect();
+        // Openraft's own warnings repeat many times a second while a peer is away: Strata's
+        // lines are shown apart, so they are not pushed out of the tail.
+        let own: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| !l.contains("openraft::"))
+            .collect();
         format!(
-            "{}\n...\n{}",
+            "{}\n... Strata's last {tail} lines:\n{}\n... the log's last {tail} lines:\n{}",
             panics.join("\n"),
+            own[own.len().saturating_sub(tail)..].join("\n"),
             lines[lines.len().saturating_sub(tail)..].join("\n")
         )
     }
@@ -140,7 +148,7 @@ impl Drop for Cluster {
         }
         for node in self.nodes.values() {
             eprintln!(
-                "--- node {} log: its panics, then its last 40 lines ---\n{}",
+                "--- node {} log: its panics, Strata's last 40 lines, then the last 40 ---\n{}",
                 node.id,
                 node.log_tail(40)
             );
