@@ -162,6 +162,7 @@ mod tests {
                         start: r.start,
                         end: r.end,
                     }],
+                    moving: None,
                 })
                 .collect(),
             ..Default::default()

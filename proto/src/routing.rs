@@ -486,15 +486,32 @@ impl ClusterMap {
     /// The last step of shard `shard`'s replica move: the source no longer among its
     /// replicas, the move no longer recorded, at the next epoch.
     pub fn with_replica_move_ended(&self, shard: ShardId) -> Result<ClusterMap, MapError> {
-        let (from, _) = self
-            .replica_move(shard)
-            .ok_or(MapError::NoReplicaMove { shard })?;
+        self.replica_move_settled(shard, |(from, _)| from)
+    }
+
+    /// Shard `shard`'s replica move undone: the target no longer among its replicas, the move
+    /// no longer recorded, at the next epoch (the source holds its replica throughout).
+    pub fn with_replica_move_cancelled(&self, shard: ShardId) -> Result<ClusterMap, MapError> {
+        self.replica_move_settled(shard, |(_, to)| to)
+    }
+
+    /// Shard `shard`'s replica move no longer recorded, and the end of it that `dropped` picks
+    /// (from the move's `(from, to)`) no longer among the shard's replicas, at the next epoch.
+    fn replica_move_settled(
+        &self,
+        shard: ShardId,
+        dropped: fn((u64, u64)) -> u64,
+    ) -> Result<ClusterMap, MapError> {
+        let gone = dropped(
+            self.replica_move(shard)
+                .ok_or(MapError::NoReplicaMove { shard })?,
+        );
         let nodes: Vec<u64> = self
             .replicas(shard)
             .unwrap_or_default()
             .iter()
             .copied()
-            .filter(|n| *n != from)
+            .filter(|n| *n != gone)
             .collect();
         let mut next = self.bumped().placing(shard, &nodes)?;
         next.moving.remove(&shard);
@@ -991,6 +1008,17 @@ mod tests {
         );
         assert_eq!(
             ended.with_replica_move_ended(ShardId(1)),
+            Err(MapError::NoReplicaMove { shard: ShardId(1) })
+        );
+        // Or cancelled: the target no longer placed, the source kept.
+        let cancelled = begun.with_replica_move_cancelled(ShardId(1)).unwrap();
+        assert_eq!(cancelled.replicas(ShardId(1)), Some(&[2, 3, 4][..]));
+        assert_eq!(
+            (cancelled.replica_move(ShardId(1)), cancelled.epoch()),
+            (None, begun.epoch() + 1)
+        );
+        assert_eq!(
+            ended.with_replica_move_cancelled(ShardId(1)),
             Err(MapError::NoReplicaMove { shard: ShardId(1) })
         );
         // Placing the rest: every shard not placed yet, at once.

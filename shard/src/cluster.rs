@@ -448,28 +448,42 @@ impl ClusterService {
         }
     }
 
-    /// Each shard with its slot ranges, leader and replicas (from its group when replicated;
-    /// `one` — this node alone — otherwise).
-    /// Every shard's status: as this node's replica sees it, or (a shard whose replicas are
-    /// on other nodes) its replicas by the map and no leader known here.
+    /// Every shard with its slot ranges, leader and replicas: as this node's replica sees it
+    /// (`one` — this node alone — when not replicated), or (a shard whose replicas are on
+    /// other nodes) its replicas by the map and no leader known here; and the replica move
+    /// the map records for it.
     fn shard_statuses(&self, one: u64) -> Vec<pb::ShardStatus> {
         let map = self.shards.map.get();
         let held = self.shards.backends();
+        let steps = self
+            .replica_mover
+            .as_ref()
+            .map(ReplicaMover::steps)
+            .unwrap_or_default();
         map.shards()
             .into_iter()
             .map(|id| {
-                let (leader, replicas) = match held.iter().find(|(h, _)| *h == id) {
-                    Some((_, crate::backend::Backend::Replicated(r))) => (
-                        r.leader().map_or(0, |(l, _)| l),
-                        r.status().members.iter().map(|m| m.id).collect(),
-                    ),
-                    Some((_, crate::backend::Backend::Single(_))) => (one, vec![one]),
-                    None => (0, map.replicas(id).map(<[u64]>::to_vec).unwrap_or_default()),
+                let replica = match held.iter().find(|(h, _)| *h == id) {
+                    Some((_, crate::backend::Backend::Replicated(r))) => Some(r.status()),
+                    _ => None,
                 };
+                let (leader, replicas) = match (&replica, held.iter().any(|(h, _)| *h == id)) {
+                    (Some(s), _) => (
+                        s.leader.unwrap_or(0),
+                        s.members.iter().map(|m| m.id).collect(),
+                    ),
+                    (None, true) => (one, vec![one]),
+                    (None, false) => (0, map.replicas(id).map(<[u64]>::to_vec).unwrap_or_default()),
+                };
+                let moving = map.replica_move(id).map(|(from, to)| {
+                    let step = steps.get(&id).copied().unwrap_or("recorded");
+                    replica_move_status((from, to), step, replica.as_ref())
+                });
                 pb::ShardStatus {
                     id: id.0,
                     leader,
                     replicas,
+                    moving,
                     slots: map
                         .ranges()
                         .iter()
@@ -786,7 +800,19 @@ impl pb::cluster_server::Cluster for ClusterService {
             let request = forward::forwarded(Request::from_parts(metadata, Default::default(), r));
             return leader.move_shard(request).await;
         }
-        mover.run(r.shard, r.from, r.to).await?;
+        if r.cancel {
+            mover.cancel(r.shard, r.from, r.to).await?;
+        } else if r.no_wait {
+            let begun = mover.begin(r.shard, r.from, r.to).await?;
+            let (mover, shard) = (mover.clone(), r.shard);
+            tokio::spawn(async move {
+                if let Err(e) = mover.finish(begun).await {
+                    tracing::warn!(shard, error = %e.message(), "a replica move stopped");
+                }
+            });
+        } else {
+            mover.run(r.shard, r.from, r.to).await?;
+        }
         Ok(Response::new(self.status()))
     }
 
@@ -822,5 +848,25 @@ impl pb::cluster_server::Cluster for ClusterService {
         )
         .await?;
         Ok(Response::new(self.status()))
+    }
+}
+
+/// A replica move `from` → `to` at `step`, with the new replica's catch-up when `replica` (this
+/// node's replica of the shard) leads the group.
+fn replica_move_status(
+    (from, to): (u64, u64),
+    step: &str,
+    replica: Option<&strata_raft::replica::Status>,
+) -> pb::ReplicaMoveStatus {
+    let leading = replica.filter(|s| s.leader == Some(s.node_id));
+    let matched = leading
+        .and_then(|s| s.members.iter().find(|m| m.id == to))
+        .map_or(0, |m| m.matched);
+    pb::ReplicaMoveStatus {
+        from,
+        to,
+        step: step.to_string(),
+        matched,
+        last_log_index: leading.map_or(0, |s| s.last_log_index),
     }
 }

@@ -197,8 +197,18 @@ impl Node {
                 crate::limits::encoded_answer_bytes_max(limits, config.service.response_bytes_max),
             )
         });
-        let mut router = Router::new(shards.map.clone(), shards.set.clone(), peers.clone())
-            .map_err(NodeError::Shards)?;
+        let settings = (
+            config.service.clone(),
+            config.engine.limits.clone(),
+            stats.clone(),
+        );
+        let mut router = Router::serving(
+            shards.map.clone(),
+            shards.set.clone(),
+            peers.clone(),
+            settings,
+        )
+        .map_err(NodeError::Shards)?;
         if let Some(meta) = &shards.meta {
             router = router.with_directory(directory(meta));
         }

@@ -20,16 +20,19 @@
 //! holds across metadata leaders. Every step is a no-op when done already, so a move that
 //! failed part way (a node down, the metadata leader changed) is finished by running it again
 //! (`cluster status` shows it in the map; another move of the shard is refused naming it).
-//! T must be a voter of the metadata group (`cluster add-node` first). A node may be left
-//! holding no shard (one being drained to leave the cluster); it serves on, passing every call
-//! to the nodes holding the shards, but does not start again without one.
+//! Until step 4 a move can be cancelled instead ([`ReplicaMover::cancel`]): a run of it here
+//! stops, T hands back any leadership and leaves the group, and the map places K where it
+//! was (T's follower deletes the replica it opened). T must be a voter of the metadata group
+//! (`cluster add-node` first). A node may hold no shard (added, or drained to leave the
+//! cluster); it serves, passing every call to the nodes holding the shards, and restarts so.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use strata_proto::routing::{ClusterMap, ShardId};
 use strata_proto::v1 as pb;
 use strata_raft::StrataNode;
+use tokio::sync::watch;
 use tonic::Status;
 
 use crate::clock::WallClock;
@@ -42,6 +45,8 @@ use crate::status::invalid;
 pub const STEP_ATTEMPTS: u32 = 8;
 /// The pause between two tries of a step.
 const STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long a cancel waits for the move it cancels to stop.
+pub const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs replica moves (on the metadata group's leader).
 #[derive(Clone)]
@@ -52,8 +57,17 @@ pub struct ReplicaMover {
     /// This node's client address (a step about a shard held here calls this node).
     here: String,
     clock: Arc<dyn WallClock>,
-    /// The shards a replica move runs on now.
-    busy: Arc<Mutex<BTreeSet<ShardId>>>,
+    /// The replica moves running here now, by shard.
+    busy: Busy,
+}
+
+/// The replica moves running on a node: each one's step and cancel.
+type Busy = Arc<Mutex<BTreeMap<ShardId, Running>>>;
+
+/// A replica move running here.
+struct Running {
+    step: &'static str,
+    cancel: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for ReplicaMover {
@@ -64,16 +78,46 @@ impl std::fmt::Debug for ReplicaMover {
     }
 }
 
-/// Marks a shard busy for as long as it lives.
+/// Marks a shard busy for as long as it lives: its move's step, and whether it was cancelled.
 struct Claim {
-    busy: Arc<Mutex<BTreeSet<ShardId>>>,
+    busy: Busy,
     shard: ShardId,
+    cancelled: watch::Receiver<bool>,
+}
+
+impl Claim {
+    fn step(&self, step: &'static str) {
+        if let Some(r) = strata_engine::sync::lock(&self.busy).get_mut(&self.shard) {
+            r.step = step;
+        }
+    }
+
+    /// `work`, unless the move is cancelled first (ABORTED).
+    async fn unless_cancelled<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let mut cancelled = self.cancelled.clone();
+        tokio::select! {
+            done = work => done,
+            _ = cancelled.wait_for(|c| *c) => Err(Status::aborted(format!(
+                "the replica move of {} was cancelled", self.shard
+            ))),
+        }
+    }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         strata_engine::sync::lock(&self.busy).remove(&self.shard);
     }
+}
+
+/// A replica move begun (the map records it), to be finished.
+pub struct Begun {
+    claim: Claim,
+    c: Checked,
+    at: String,
 }
 
 /// A move's request, checked against the map and the cluster's nodes.
@@ -112,11 +156,19 @@ impl ReplicaMover {
     /// Moves shard `shard`'s replica from node `from` to node `to` (see the module); answers
     /// when done.
     pub async fn run(&self, shard: u32, from: u64, to: u64) -> Result<(), Status> {
+        let begun = self.begin(shard, from, to).await?;
+        self.finish(begun).await
+    }
+
+    /// Checks the move and records its first step in the map (a no-op when the map records
+    /// it already: a move resumed); [`ReplicaMover::finish`] runs the rest.
+    pub async fn begin(&self, shard: u32, from: u64, to: u64) -> Result<Begun, Status> {
         let shard = ShardId(shard);
-        let _claim = self.claim(shard)?;
+        let claim = self.claim(shard)?;
+        claim.step("beginning");
         let map = self.routing()?;
         let c = self.check(&map, shard, from, to)?;
-        let at = self.step_node(&c)?;
+        let at = self.step_node(shard, &c.holders, (c.from, c.to.0), &c.nodes)?;
         if c.ended && !self.member(&at, shard, from).await? {
             return Err(invalid(
                 "from",
@@ -126,28 +178,31 @@ impl ReplicaMover {
                 ),
             ));
         }
-        if !c.ended {
-            if map.replica_move(shard).is_none() {
-                let begun = map.with_replica_move_begun(shard, &c.holders, (c.from, c.to.0));
-                self.install(begun).await?;
-            }
-            self.add(&c, &at).await?;
-            self.hand_over(&c, &at).await?;
-            let map = self.routing()?;
-            self.install(map.with_replica_move_ended(shard)).await?;
+        if !c.ended && map.replica_move(shard).is_none() {
+            let begun = map.with_replica_move_begun(shard, &c.holders, (c.from, c.to.0));
+            self.install(begun).await?;
         }
-        self.step("removing the old replica from the group", || async {
-            if !self.member(&at, shard, c.from).await? {
-                return Ok(());
-            }
-            let remove = pb::RemoveNodeRequest { id: c.from };
-            self.peers
-                .cluster(&at)?
-                .remove_node(forward::for_shard_via_holder(remove, shard.0))
-                .await
-                .map(drop)
-        })
-        .await?;
+        Ok(Begun { claim, c, at })
+    }
+
+    /// The rest of a move [`ReplicaMover::begin`] began; answers when done, or ABORTED once
+    /// [`ReplicaMover::cancel`] stops it.
+    pub async fn finish(&self, begun: Begun) -> Result<(), Status> {
+        let Begun { claim, c, at } = begun;
+        let shard = c.shard;
+        if !c.ended {
+            claim.step("adding");
+            claim.unless_cancelled(self.add(&c, &at)).await?;
+            claim.step("handing over");
+            claim.unless_cancelled(self.hand_over(&c, &at)).await?;
+            claim.step("ending");
+            let map = self.routing()?;
+            claim
+                .unless_cancelled(self.install(map.with_replica_move_ended(shard)))
+                .await?;
+        }
+        claim.step("removing");
+        self.remove_member(shard, &at, c.from).await?;
         tracing::info!(
             shard = shard.0,
             from = c.from,
@@ -155,6 +210,100 @@ impl ReplicaMover {
             "a replica moved"
         );
         Ok(())
+    }
+
+    /// Undoes shard `shard`'s replica move in progress (a move running here stops first):
+    /// the new replica hands back any leadership and leaves the group, and the map places the
+    /// shard where it was. `from` and `to` are 0 or the move's own.
+    pub async fn cancel(&self, shard: u32, from: u64, to: u64) -> Result<(), Status> {
+        let shard = ShardId(shard);
+        self.stop_running(shard).await?;
+        let claim = self.claim(shard)?;
+        claim.step("cancelling");
+        let map = self.routing()?;
+        let Some((f, t)) = map.replica_move(shard) else {
+            return Err(Status::failed_precondition(format!(
+                "no replica move of {shard} is in progress (its replicas: {:?}): nothing to cancel",
+                self.holders(&map, shard)
+            )));
+        };
+        for (field, asked, is) in [("from", from, f), ("to", to, t)] {
+            if asked != 0 && asked != is {
+                return Err(invalid(
+                    field,
+                    format!("the replica move of {shard} in progress is {f} → {t}"),
+                ));
+            }
+        }
+        let holders = self.holders(&map, shard);
+        let nodes = crate::meta::voters(&self.meta);
+        let at = self.step_node(shard, &holders, (f, t), &nodes)?;
+        self.step("handing the new replica's leadership back", || async {
+            if self.group(&at, shard).await?.leader != t {
+                return Ok(());
+            }
+            let request = pb::TransferLeaderRequest {
+                shard: shard.0,
+                to: f,
+            };
+            self.peers
+                .cluster(&at)?
+                .transfer_leader(forward::for_shard_via_holder(request, shard.0))
+                .await
+                .map(drop)
+        })
+        .await?;
+        self.remove_member(shard, &at, t).await?;
+        self.install(map.with_replica_move_cancelled(shard)).await?;
+        tracing::info!(
+            shard = shard.0,
+            from = f,
+            to = t,
+            "a replica move was cancelled"
+        );
+        Ok(())
+    }
+
+    /// The step of each replica move running here.
+    pub fn steps(&self) -> BTreeMap<ShardId, &'static str> {
+        strata_engine::sync::lock(&self.busy)
+            .iter()
+            .map(|(shard, r)| (*shard, r.step))
+            .collect()
+    }
+
+    /// Cancels the move of `shard` running here, if any, and waits (at most
+    /// [`CANCEL_WAIT`]) until it has stopped.
+    async fn stop_running(&self, shard: ShardId) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+        loop {
+            match strata_engine::sync::lock(&self.busy).get(&shard) {
+                Some(r) => r.cancel.send_replace(true),
+                None => return Ok(()),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "the replica move of {shard} running here did not stop within {CANCEL_WAIT:?}; cancel again"
+                )));
+            }
+            tokio::time::sleep(STEP_PAUSE / 5).await;
+        }
+    }
+
+    /// Removes node `id` from `shard`'s group (asked at `at`), if it is a member.
+    async fn remove_member(&self, shard: ShardId, at: &str, id: u64) -> Result<(), Status> {
+        self.step("removing a replica from the group", || async {
+            if !self.member(at, shard, id).await? {
+                return Ok(());
+            }
+            let remove = pb::RemoveNodeRequest { id };
+            self.peers
+                .cluster(at)?
+                .remove_node(forward::for_shard_via_holder(remove, shard.0))
+                .await
+                .map(drop)
+        })
+        .await
     }
 
     /// Step 2: the group adds the target (learner, caught up, voter), asked at `at`.
@@ -226,14 +375,23 @@ impl ReplicaMover {
 
     fn claim(&self, shard: ShardId) -> Result<Claim, Status> {
         let mut busy = strata_engine::sync::lock(&self.busy);
-        if !busy.insert(shard) {
+        if busy.contains_key(&shard) {
             return Err(Status::failed_precondition(format!(
                 "a replica move of {shard} is in progress: one at a time per shard"
             )));
         }
+        let (cancel, cancelled) = watch::channel(false);
+        busy.insert(
+            shard,
+            Running {
+                step: "checking",
+                cancel,
+            },
+        );
         Ok(Claim {
             busy: self.busy.clone(),
             shard,
+            cancelled,
         })
     }
 
@@ -326,27 +484,31 @@ impl ReplicaMover {
         })
     }
 
-    /// Where the group's membership steps are asked: this node when it holds the shard (and
-    /// is not the node leaving), else another holder.
-    fn step_node(&self, c: &Checked) -> Result<String, Status> {
+    /// Where the group's membership steps of a move `from` → `to` are asked: this node when
+    /// it holds the shard (and is neither end of the move), else another holder.
+    fn step_node(
+        &self,
+        shard: ShardId,
+        holders: &[u64],
+        (from, to): (u64, u64),
+        nodes: &BTreeMap<u64, StrataNode>,
+    ) -> Result<String, Status> {
         let me = self.meta.replica().node_id();
-        let staying: Vec<u64> = c
-            .holders
+        let staying: Vec<u64> = holders
             .iter()
             .copied()
-            .filter(|n| *n != c.from && *n != c.to.0)
+            .filter(|n| *n != from && *n != to)
             .collect();
         if staying.contains(&me) {
             return Ok(self.here.clone());
         }
         let found = staying
             .iter()
-            .chain([&c.from])
-            .find_map(|n| c.nodes.get(n).map(|node| node.addr.clone()));
+            .chain([&from])
+            .find_map(|n| nodes.get(n).map(|node| node.addr.clone()));
         found.ok_or_else(|| {
             Status::unavailable(format!(
-                "no node holding {} is a member of the cluster",
-                c.shard
+                "no node holding {shard} is a member of the cluster"
             ))
         })
     }

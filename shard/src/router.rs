@@ -104,17 +104,29 @@ impl Router {
     /// without a [`Directory`], all of them); with `peers`, calls for shards another node leads
     /// are forwarded there.
     pub fn new(map: MapCell, set: ShardSet, peers: Option<Peers>) -> Result<Router, String> {
+        let settings = set
+            .get()
+            .first()
+            .map(|(_, s)| (s.config().clone(), s.limits(), Submit::stats(s).clone()))
+            .ok_or_else(|| "a node without shards".to_string())?;
+        Router::serving(map, set, peers, settings)
+    }
+
+    /// [`Router::new`] with the services' settings, limits and counters given, so a node may
+    /// hold no shard (it was added and holds none yet, or its replicas moved away): it passes
+    /// every call on to the nodes holding the shards.
+    pub fn serving(
+        map: MapCell,
+        set: ShardSet,
+        peers: Option<Peers>,
+        (config, limits, stats): (ServiceConfig, strata_engine::Limits, Arc<ServiceStats>),
+    ) -> Result<Router, String> {
         let (have, all) = (set.ids(), map.get().shards());
         if have.iter().any(|id| !all.contains(id)) {
             return Err(format!(
                 "the map has shards {all:?}, the node opened {have:?}"
             ));
         }
-        let (config, limits, stats) = set
-            .get()
-            .first()
-            .map(|(_, s)| (s.config().clone(), s.limits(), Submit::stats(s).clone()))
-            .ok_or_else(|| "a node without shards".to_string())?;
         Ok(Router {
             map,
             set,

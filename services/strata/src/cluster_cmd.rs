@@ -95,16 +95,24 @@ pub enum ClusterCommand {
     },
     /// Move a shard's replica from one node to another, online: the new node joins the shard's
     /// group as a learner, catches up and is promoted, then the old one leaves and deletes its
-    /// replica. Waits until done; after a failure, running it again finishes it.
+    /// replica. Waits with a progress bar (the new replica's catch-up) unless --no-wait; after
+    /// a failure, running it again finishes it, and --cancel undoes it.
     MoveShard {
         /// The shard.
         shard: u32,
         /// The node holding the replica now.
-        #[arg(long)]
-        from: u64,
+        #[arg(long, required_unless_present = "cancel")]
+        from: Option<u64>,
         /// The node to hold it (a member holding no replica of the shard).
+        #[arg(long, required_unless_present = "cancel")]
+        to: Option<u64>,
+        /// Answer once the move has begun (`cluster status` shows its step).
         #[arg(long)]
-        to: u64,
+        no_wait: bool,
+        /// Cancel the shard's replica move in progress instead: the new replica leaves the
+        /// group and the shard stays where it was (one past its map's end is finished instead).
+        #[arg(long, conflicts_with = "no_wait")]
+        cancel: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -175,6 +183,11 @@ fn json(s: &pb::ClusterStatus) -> serde_json::Value {
             "replicas": sh.replicas,
             "slots": sh.slots.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
             "slot_count": slot_count(sh),
+            // The replica move in progress, or null.
+            "moving": sh.moving.as_ref().map(|m| serde_json::json!({
+                "from": m.from, "to": m.to, "step": m.step,
+                "matched": m.matched, "last_log_index": m.last_log_index,
+            })),
         })).collect::<Vec<_>>(),
     })
 }
@@ -233,6 +246,16 @@ fn table(s: &pb::ClusterStatus) {
         println!(
             "move of slots {}..{} from shard {} to {}: {} ({} of {} bytes read, {} events copied){error}",
             m.start, m.end, m.from_shard, m.to_shard, m.step, m.scanned_bytes, m.source_bytes, m.copied_events
+        );
+    }
+    for (sh, m) in s
+        .shards
+        .iter()
+        .filter_map(|sh| sh.moving.as_ref().map(|m| (sh, m)))
+    {
+        println!(
+            "replica move of shard {}: node {} → {}: {}",
+            sh.id, m.from, m.to, m.step
         );
     }
     for sh in &s.shards {
@@ -326,15 +349,25 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
             shard,
             from,
             to,
+            no_wait,
+            cancel,
             server,
         } => {
-            let request = pb::MoveShardRequest { shard, from, to };
-            // A replica catching up may take minutes; the move answers when done.
-            let client = server.client_with(|c| {
-                c.attempt_timeout = MOVE_SHARD_WAIT;
-                c.deadline = MOVE_SHARD_WAIT;
-            })?;
-            let s = client.cluster_move_shard(request).await.map_err(failure)?;
+            let request = pb::MoveShardRequest {
+                shard,
+                from: from.unwrap_or(0),
+                to: to.unwrap_or(0),
+                no_wait,
+                cancel,
+            };
+            let s = if no_wait || cancel {
+                mover_client(&server)?
+                    .cluster_move_shard(request)
+                    .await
+                    .map_err(failure)?
+            } else {
+                move_replica(&server, request, "").await?
+            };
             output::line(&json(&s));
         }
         ClusterCommand::SplitShard {
@@ -470,10 +503,6 @@ async fn run_moves(
     plan: &[ReplicaMove],
     dry_run: bool,
 ) -> Result<Vec<serde_json::Value>, Failure> {
-    let client = server.client_with(|c| {
-        c.attempt_timeout = MOVE_SHARD_WAIT;
-        c.deadline = MOVE_SHARD_WAIT;
-    })?;
     let total = plan.len();
     let mut done = Vec::with_capacity(total);
     for (i, m) in plan.iter().enumerate() {
@@ -488,10 +517,13 @@ async fn run_moves(
             shard: m.shard,
             from: m.from,
             to: m.to,
+            ..Default::default()
         };
-        if let Err(e) = client.cluster_move_shard(request).await {
+        let of = format!("{}/{total} ", i + 1);
+        if let Err(e) = move_replica(server, request, &of).await {
             return Err(Failure::new(format!(
-                "{step} failed after {i} of {total} replica moves: {e}\nrun the command again to go on from where things stand"
+                "{step} failed after {i} of {total} replica moves: {}\nrun the command again to go on from where things stand",
+                e.message
             )));
         }
         let ms = started.elapsed().as_millis();
@@ -499,6 +531,92 @@ async fn run_moves(
         done.push(serde_json::json!({"shard": m.shard, "from": m.from, "to": m.to, "ms": ms}));
     }
     Ok(done)
+}
+
+/// A client for replica moves: a new replica catching up may take minutes, and a move
+/// answers when done.
+fn mover_client(server: &ServerArg) -> Result<strata_client::Client, Failure> {
+    server.client_with(|c| {
+        c.attempt_timeout = MOVE_SHARD_WAIT;
+        c.deadline = MOVE_SHARD_WAIT;
+    })
+}
+
+/// Runs replica move `request` to its end, showing its step and the new replica's catch-up
+/// (each line prefixed with `of`) while it runs.
+async fn move_replica(
+    server: &ServerArg,
+    request: pb::MoveShardRequest,
+    of: &str,
+) -> Result<pb::ClusterStatus, Failure> {
+    let shard = request.shard;
+    let client = mover_client(server)?;
+    let call = client.cluster_move_shard(request);
+    tokio::pin!(call);
+    let mut shown = String::new();
+    loop {
+        tokio::select! {
+            answer = &mut call => return answer.map_err(failure),
+            () = tokio::time::sleep(MOVE_POLL) => {}
+        }
+        let Some(p) = replica_move_progress(server, shard).await else {
+            continue;
+        };
+        let line = format!(
+            "{of}shard {shard}: replica {} → {}: {}",
+            p.from, p.to, p.step
+        );
+        let (done, total) = (p.matched.min(p.last_log_index), p.last_log_index);
+        let now = format!("{line} {done}/{total}");
+        if now != shown {
+            output::progress(done as usize, total as usize, &line);
+            shown = now;
+        }
+    }
+}
+
+/// Shard `shard`'s replica move as the cluster shows it: its step from the metadata leader
+/// (running it), the new replica's catch-up from the shard's leader. `None` while unknown.
+async fn replica_move_progress(server: &ServerArg, shard: u32) -> Option<pb::ReplicaMoveStatus> {
+    let view = merged_status(server).await.ok()?;
+    let client = server.client().ok()?;
+    let addr = |id: u64| {
+        view.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.addr.clone())
+    };
+    let moving_at = |s: &pb::ClusterStatus| {
+        s.shards
+            .iter()
+            .find(|sh| sh.id == shard)
+            .and_then(|sh| sh.moving.clone())
+    };
+    let mut progress = moving_at(&view)?;
+    if let Some(runner) = addr(view.meta_leader) {
+        if let Some(m) = client
+            .cluster_status(&runner)
+            .await
+            .ok()
+            .as_ref()
+            .and_then(moving_at)
+        {
+            progress.step = m.step;
+        }
+    }
+    let leader = view.shards.iter().find(|sh| sh.id == shard)?.leader;
+    if let Some(at) = addr(leader) {
+        if let Some(m) = client
+            .cluster_status(&at)
+            .await
+            .ok()
+            .as_ref()
+            .and_then(moving_at)
+        {
+            (progress.matched, progress.last_log_index) = (m.matched, m.last_log_index);
+        }
+    }
+    Some(progress)
 }
 
 /// The cluster as every node sees it, merged: the node at `server`'s status, each shard it

@@ -2265,22 +2265,6 @@ async fn replica_moves_refuse_bad_input_and_resume_after_a_failure() {
     );
     wait_deleted(&cluster, 1, 0).await;
     let view = strata_json(&["cluster", "status", "--json", "--server", &first]);
-    let replicas_of = |view: &serde_json::Value, shard: u64| -> Vec<u64> {
-        let s = view["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["id"] == shard)
-            .unwrap();
-        let mut r: Vec<u64> = s["replicas"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .collect();
-        r.sort_unstable();
-        r
-    };
     assert_eq!(replicas_of(&view, 0), vec![2, 3, 4], "{view}");
     let map = strata_proto::routing::ClusterMap::even(4096, 2).unwrap();
     let stream = (0..)
@@ -2350,6 +2334,28 @@ async fn replica_moves_refuse_bad_input_and_resume_after_a_failure() {
     check_logs_identical(&mut cluster, true);
 }
 
+/// Shard `shard` in `cluster status --json` output.
+fn shard_view(view: &serde_json::Value, shard: u64) -> &serde_json::Value {
+    view["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == shard)
+        .unwrap()
+}
+
+/// Shard `shard`'s replicas in `cluster status --json` output, sorted.
+fn replicas_of(view: &serde_json::Value, shard: u64) -> Vec<u64> {
+    let mut r: Vec<u64> = shard_view(view, shard)["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    r.sort_unstable();
+    r
+}
+
 /// Waits (30 s at most) until node `id` has deleted its replica of shard `shard`.
 async fn wait_deleted(cluster: &Cluster, id: u64, shard: u32) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -2376,11 +2382,150 @@ async fn read_stream_ids(client: &mut StreamsClient<Channel>, stream: &str) -> V
         .collect()
 }
 
+/// A replica move answered at once (`--no-wait`) shows its step at the metadata leader; one
+/// whose target is down waits for it to catch up, and `--cancel` undoes it: the target leaves
+/// the group, the map places the shard where it was, and the target deletes the replica it
+/// opened once it is back. Cancelling again, or naming other nodes, is refused. The move then
+/// runs to its end with a progress bar; nothing acknowledged is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_move_in_progress_shows_its_step_and_can_be_cancelled() {
+    let _serial = SERIAL.lock().await;
+    let mut w = UnderWriters::two_shards_on_four(3).await;
+    let (cluster, first) = (&mut w.cluster, w.first.clone());
+    let before = strata_json(&["cluster", "status", "--json", "--server", &first]);
+    assert_eq!(replicas_of(&before, 0), vec![1, 2, 3], "{before}");
+
+    cluster.nodes.get_mut(&4).unwrap().stop();
+    let move_shard = |extra: &[&str]| {
+        Command::new(STRATA)
+            .args(["cluster", "move-shard", "0"])
+            .args(extra)
+            .args(["--server", &first])
+            .output()
+            .unwrap()
+    };
+    let out = move_shard(&["--from", "1", "--to", "4", "--no-wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (meta_leader, _) = meta_view(cluster, &[1, 2, 3]).await;
+    let runner = cluster.addr(meta_leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = strata_json(&["cluster", "status", "--json", "--server", &runner]);
+        let moving = &shard_view(&view, 0)["moving"];
+        assert_eq!(
+            (&moving["from"], &moving["to"]),
+            (&1.into(), &4.into()),
+            "{view}"
+        );
+        if moving["step"] == "adding" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never adding: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Another move of the shard, or a cancel naming other nodes, is refused.
+    for (extra, says) in [
+        (
+            &["--from", "2", "--to", "4"][..],
+            "a replica move of shard 0 is in progress",
+        ),
+        (
+            &["--cancel", "--to", "3"][..],
+            "the replica move of shard 0 in progress is 1 → 4",
+        ),
+    ] {
+        let out = move_shard(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{extra:?}: {stderr}"
+        );
+    }
+    let out = move_shard(&["--cancel"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view = strata_json(&["cluster", "status", "--json", "--server", &runner]);
+    assert!(shard_view(&view, 0)["moving"].is_null(), "{view}");
+    assert_eq!(replicas_of(&view, 0), vec![1, 2, 3], "{view}");
+    let out = move_shard(&["--cancel"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no replica move of shard 0 is in progress"),
+        "{stderr}"
+    );
+    // Back, the target deletes the replica the cancelled move had it open.
+    cluster.nodes.get_mut(&4).unwrap().start();
+    cluster.wait_up(4).await;
+    wait_deleted(cluster, 4, 0).await;
+
+    // The move again, waited for: a progress bar, then done.
+    let out = move_shard(&["--from", "1", "--to", "4"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("shard 0: replica 1 → 4"), "{stderr}");
+    let view = strata_json(&["cluster", "status", "--json", "--server", &first]);
+    assert_eq!(replicas_of(&view, 0), vec![2, 3, 4], "{view}");
+    wait_deleted(cluster, 1, 0).await;
+    w.stop_and_check().await;
+}
+
+/// Two shards of three replicas on nodes 1–3 of four (node 4 added, holding none), with
+/// writers through every node running for a second already.
+struct UnderWriters {
+    cluster: Cluster,
+    /// Node 2's client address.
+    first: String,
+    acked: Acked,
+    stop: Arc<AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<WriterReport>>,
+}
+
+impl UnderWriters {
+    async fn two_shards_on_four(writers: usize) -> UnderWriters {
+        let mut args = small_log_args();
+        args.extend(["--shards", "2", "--leader-balance-interval-ms", "0"].map(String::from));
+        let cluster = four_with_node_4_added(args).await;
+        let first = cluster.addr(2);
+        let acked: Acked = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers = spawn_writers(&cluster, writers, &acked, &stop);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        UnderWriters {
+            cluster,
+            first,
+            acked,
+            stop,
+            writers,
+        }
+    }
+
+    /// Stops the writers half a second on: some appends were acknowledged, each is on every
+    /// replica of its shard exactly once, and each shard's logs are identical.
+    async fn stop_and_check(mut self) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.stop.store(true, Ordering::Relaxed);
+        let reports = join(self.writers).await;
+        assert!(reports.iter().map(|r| r.acks).sum::<u64>() > 0);
+        let acked = self.acked.lock().unwrap().clone();
+        check_sharded_replicas(&self.cluster, &acked).await;
+        check_logs_identical(&mut self.cluster, true);
+    }
+}
+
 /// Which node a replica-move kill test SIGKILLs mid-move.
 #[derive(Debug, Clone, Copy)]
 enum MoveVictim {
     /// The node the replica moves from.
     Source,
+    /// The node the replica moves to.
+    Target,
     /// The metadata group's leader, which runs the move.
     MetaLeader,
 }
@@ -2390,17 +2535,12 @@ enum MoveVictim {
 /// not one acknowledged event is lost or doubled, and each shard's logs are identical.
 async fn a_replica_move_survives_a_kill_of(victim: MoveVictim) {
     let _serial = SERIAL.lock().await;
-    let mut args = small_log_args();
-    args.extend(["--shards", "2", "--leader-balance-interval-ms", "0"].map(String::from));
-    let mut cluster = four_with_node_4_added(args).await;
-    let first = cluster.addr(2);
-    let acked: Acked = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = spawn_writers(&cluster, 4, &acked, &stop);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut w = UnderWriters::two_shards_on_four(4).await;
+    let (cluster, first) = (&mut w.cluster, w.first.clone());
     let killed = match victim {
         MoveVictim::Source => 1,
-        MoveVictim::MetaLeader => meta_view(&cluster, &[1, 2, 3, 4]).await.0,
+        MoveVictim::Target => 4,
+        MoveVictim::MetaLeader => meta_view(cluster, &[1, 2, 3, 4]).await.0,
     };
     let move_args = ["cluster", "move-shard", "0", "--from", "1", "--to", "4"];
     let mut moving = Command::new(STRATA)
@@ -2412,10 +2552,11 @@ async fn a_replica_move_survives_a_kill_of(victim: MoveVictim) {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.nodes.get_mut(&killed).unwrap().kill();
-    let _ = moving.wait();
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.nodes.get_mut(&killed).unwrap().start();
     cluster.wait_up(killed).await;
+    // The first run ends one way or the other (its target back, or its runner gone).
+    let _ = moving.wait();
     // Run again until it is done (the metadata group may be electing a leader at first).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -2435,35 +2576,20 @@ async fn a_replica_move_survives_a_kill_of(victim: MoveVictim) {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    wait_deleted(&cluster, 1, 0).await;
+    wait_deleted(cluster, 1, 0).await;
     let view = strata_json(&["cluster", "status", "--json", "--server", &first]);
-    let shard0 = view["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == 0)
-        .unwrap()
-        .clone();
-    let mut replicas: Vec<u64> = shard0["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .collect();
-    replicas.sort_unstable();
-    assert_eq!(replicas, vec![2, 3, 4], "{view}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let reports = join(writers).await;
-    assert!(reports.iter().map(|r| r.acks).sum::<u64>() > 0);
-    let acked = acked.lock().unwrap().clone();
-    check_sharded_replicas(&cluster, &acked).await;
-    check_logs_identical(&mut cluster, true);
+    assert_eq!(replicas_of(&view, 0), vec![2, 3, 4], "{view}");
+    w.stop_and_check().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_move_survives_a_kill_of_its_source() {
     a_replica_move_survives_a_kill_of(MoveVictim::Source).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_move_survives_a_kill_of_its_target() {
+    a_replica_move_survives_a_kill_of(MoveVictim::Target).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
