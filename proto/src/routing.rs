@@ -480,6 +480,9 @@ impl ClusterMap {
         nodes.push(to);
         let mut next = self.bumped().placing(shard, &nodes)?;
         next.moving.insert(shard, (from, to));
+        // Its group formed (a leader adds the target) and its membership changes from here:
+        // no node may form it from the founders any more.
+        next.founders.remove(&shard);
         Ok(next)
     }
 
@@ -981,6 +984,18 @@ mod tests {
             .unwrap();
         assert_eq!(begun.replicas(ShardId(1)), Some(&[1, 2, 3, 4][..]));
         assert_eq!(begun.replica_move(ShardId(1)), Some((2, 1)));
+        let founded = placed
+            .clone()
+            .with_founders(ShardId(1), &[f(2), f(3), f(4)])
+            .unwrap();
+        let moving = founded
+            .with_replica_move_begun(ShardId(1), &[2, 3, 4], (2, 1))
+            .unwrap();
+        assert_eq!(
+            moving.founders(ShardId(1)),
+            None,
+            "formed: founders forgotten"
+        );
         assert!(begun.encode().ends_with("moving 1 2 1\n"));
         assert_eq!(ClusterMap::decode(&begun.encode()).unwrap(), begun);
         assert_eq!(

@@ -606,6 +606,26 @@ impl Replica {
         }
     }
 
+    /// Forms the group from the configured members if this replica is new (no membership, no
+    /// log): whether it did. Safe on every one of the members at once, as long as each was
+    /// configured with the same members (see ARCHITECTURE.md, "splits").
+    pub async fn form_if_new(&self) -> Result<bool, ReplicaError> {
+        let new = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_none()
+                && m.last_log_index.is_none()
+        };
+        if new {
+            self.init().await?;
+        }
+        Ok(new)
+    }
+
     /// The leader's id and node, if known.
     pub fn leader(&self) -> Option<(NodeId, StrataNode)> {
         leader_of(&self.raft)

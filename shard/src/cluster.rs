@@ -27,6 +27,10 @@ use crate::replica_move::ReplicaMover;
 use crate::shards::LocalShards;
 use crate::stats::ServiceStats;
 
+/// How many of [`ClusterService::recover_moves`]'s intervals pass between two looks for
+/// members a replica move left in a group.
+pub const TIDY_EVERY: u64 = 5;
+
 /// The service.
 #[derive(Debug, Clone)]
 pub struct ClusterService {
@@ -360,22 +364,19 @@ impl ClusterService {
         }
     }
 
-    /// Balances the groups' leaders by itself until `stop`: every `interval`, on the node leading
-    /// the metadata group (one planner), when every group has a leader and none changed since
-    /// the last look, hands over the first leadership [`balance::plan`] names. One handover per
-    /// look, and a look after a change waits a whole interval: leaders that move (a failover,
-    /// a handover) settle before the next.
     /// On the metadata group's leader, every `interval`: lifts the fences of moves that did not
-    /// finish (a previous metadata leader's, stopped mid-move; see [`Mover::recover`]).
+    /// finish (a previous metadata leader's, stopped mid-move; see [`Mover::recover`]), and
+    /// takes out of each shard's group the members a replica move left that the map does not
+    /// place it on (see [`ReplicaMover::tidy`]; every [`TIDY_EVERY`] intervals).
     pub async fn recover_moves(
         self,
         interval: std::time::Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        let (Some(meta), Some(mover)) = (&self.shards.meta, &self.mover) else {
+        let Some(meta) = &self.shards.meta else {
             return;
         };
-        loop {
+        for round in 1u64.. {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stop.wait_for(|s| *s) => return,
@@ -384,19 +385,42 @@ impl ClusterService {
             if meta.replica().leader().map(|(id, _)| id) != Some(me) {
                 continue;
             }
-            match mover.recover().await {
-                Ok(lifted) if !lifted.is_empty() => {
-                    tracing::warn!(
-                        fences = lifted.len(),
-                        "rolled back moves that did not finish"
-                    )
+            if let Some(mover) = &self.mover {
+                match mover.recover().await {
+                    Ok(lifted) if !lifted.is_empty() => {
+                        tracing::warn!(
+                            fences = lifted.len(),
+                            "rolled back moves that did not finish"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "looking for unfinished moves failed"),
                 }
+            }
+            // Each group's view is a call to a node: less often.
+            let Some(replicas) = self
+                .replica_mover
+                .as_ref()
+                .filter(|_| round % TIDY_EVERY == 0)
+            else {
+                continue;
+            };
+            match replicas.tidy().await {
+                Ok(removed) if !removed.is_empty() => tracing::warn!(
+                    ?removed,
+                    "took replicas the map no longer places out of their groups"
+                ),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "looking for unfinished moves failed"),
+                Err(e) => tracing::warn!(error = %e.message(), "tidying the groups failed"),
             }
         }
     }
 
+    /// Balances the groups' leaders by itself until `stop`: every `interval`, on the node leading
+    /// the metadata group (one planner), when every group has a leader and none changed since
+    /// the last look, hands over the first leadership [`balance::plan`] names. One handover per
+    /// look, and a look after a change waits a whole interval: leaders that move (a failover,
+    /// a handover) settle before the next.
     pub async fn balance_leaders(
         self,
         interval: std::time::Duration,

@@ -423,6 +423,21 @@ impl crate::meta::Groups for Host {
         Box::pin(self.remove(shard))
     }
 
+    fn form(
+        &self,
+        shard: ShardId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + '_>>
+    {
+        Box::pin(async move {
+            match self.inner.set.backend(shard) {
+                Some(Backend::Replicated(replica)) => {
+                    replica.form_if_new().await.map_err(|e| e.to_string())
+                }
+                _ => Ok(false),
+            }
+        })
+    }
+
     fn open(
         &self,
         shard: ShardId,

@@ -290,6 +290,12 @@ pub trait Groups: Send + Sync {
         shard: ShardId,
         members: BTreeMap<u64, StrataNode>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+    /// Forms shard `shard`'s group from the members it was opened with, if its replica here
+    /// is new (see [`strata_raft::Replica::form_if_new`]); whether it did.
+    fn form(
+        &self,
+        shard: ShardId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + '_>>;
     /// Stops serving shard `shard` and deletes its replica (the map places it elsewhere).
     fn close(
         &self,
@@ -333,10 +339,14 @@ pub async fn follow(f: Follower, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// One look at the group: adopt its newest map, or write the first one.
+/// One look at the group: adopt its newest map (and form the groups this node founds), or
+/// write the first one.
 async fn step(f: &Follower) {
     match f.meta.latest() {
-        Ok(Some((_, map))) => adopt(f, map).await,
+        Ok(Some((_, map))) => {
+            adopt(f, map).await;
+            form_founded(f).await;
+        }
         Ok(None) => {
             let leads = f
                 .meta
@@ -416,6 +426,27 @@ async fn close_moved(f: &Follower, map: &ClusterMap) {
             Err(e) => {
                 tracing::error!(shard = shard.0, error = %e, "removing a replica that moved away")
             }
+        }
+    }
+}
+
+/// Forms the groups of the shards this node holds whose founders the map it routes by
+/// records with this node among them, where its replica is new: every founder does, with the
+/// same members, so a split's new shard is formed whichever of them lives (the map forgets
+/// a shard's founders once a replica move begins: its membership changes from then on).
+async fn form_founded(f: &Follower) {
+    let (map, me) = (f.cell.get(), f.meta.replica.node_id());
+    for shard in f.groups.held() {
+        let founder = map
+            .founders(shard)
+            .is_some_and(|founders| founders.iter().any(|n| n.id == me));
+        if !founder {
+            continue;
+        }
+        match f.groups.form(shard).await {
+            Ok(true) => tracing::info!(shard = shard.0, "formed an added shard's group"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(shard = shard.0, error = %e, "forming an added shard's group"),
         }
     }
 }

@@ -634,24 +634,12 @@ impl Mover {
             if !map.founders(*shard).is_some_and(founder) {
                 continue;
             }
-            let unformed = {
-                let m = replica.raft().metrics();
-                let m = m.borrow();
-                m.membership_config
-                    .membership()
-                    .voter_ids()
-                    .next()
-                    .is_none()
-                    && m.last_log_index.is_none()
-            };
-            if !unformed {
-                continue;
-            }
-            match replica.init().await {
-                Ok(()) => tracing::warn!(
+            match replica.form_if_new().await {
+                Ok(true) => tracing::warn!(
                     shard = shard.0,
                     "formed the group of a shard a stopped split added"
                 ),
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(shard = shard.0, error = %e, "forming an added shard's group")
                 }

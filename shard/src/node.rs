@@ -33,7 +33,7 @@ use crate::ids::RandomIds;
 use crate::map_cell::MapCell;
 use crate::meta::{Meta, META_DIR, META_GROUP};
 use crate::mover::{Mover, Switch, SwitchError};
-use crate::replica_move::ReplicaMover;
+use crate::replica_move::{GrpcGroups, ReplicaMover};
 use crate::router::{Directory, Router};
 use crate::service::{ServiceConfig, ServiceStats};
 use crate::shards::LocalShards;
@@ -225,7 +225,7 @@ impl Node {
             cluster = cluster.with_replica_mover(ReplicaMover::new(
                 meta.clone(),
                 shards.map.clone(),
-                peers.clone(),
+                Arc::new(GrpcGroups(peers.clone())),
                 local.to_string(),
                 Arc::new(SystemWallClock::default()),
             ));

@@ -53,7 +53,7 @@ pub const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct ReplicaMover {
     meta: Meta,
     cell: MapCell,
-    peers: Peers,
+    groups: Arc<dyn GroupOps>,
     /// This node's client address (a step about a shard held here calls this node).
     here: String,
     clock: Arc<dyn WallClock>,
@@ -135,18 +135,18 @@ struct Checked {
 }
 
 impl ReplicaMover {
-    /// A mover recording maps in `meta`, routing by `cell`, reaching nodes through `peers`.
+    /// A mover recording maps in `meta`, routing by `cell`, changing groups through `groups`.
     pub fn new(
         meta: Meta,
         cell: MapCell,
-        peers: Peers,
+        groups: Arc<dyn GroupOps>,
         here: String,
         clock: Arc<dyn WallClock>,
     ) -> ReplicaMover {
         ReplicaMover {
             meta,
             cell,
-            peers,
+            groups,
             here,
             clock,
             busy: Arc::default(),
@@ -239,18 +239,10 @@ impl ReplicaMover {
         let nodes = crate::meta::voters(&self.meta);
         let at = self.step_node(shard, &holders, (f, t), &nodes)?;
         self.step("handing the new replica's leadership back", || async {
-            if self.group(&at, shard).await?.leader != t {
+            if self.groups.view(&at, shard).await?.leader != t {
                 return Ok(());
             }
-            let request = pb::TransferLeaderRequest {
-                shard: shard.0,
-                to: f,
-            };
-            self.peers
-                .cluster(&at)?
-                .transfer_leader(forward::for_shard_via_holder(request, shard.0))
-                .await
-                .map(drop)
+            self.groups.transfer(&at, shard, f).await
         })
         .await?;
         self.remove_member(shard, &at, t).await?;
@@ -262,6 +254,40 @@ impl ReplicaMover {
             "a replica move was cancelled"
         );
         Ok(())
+    }
+
+    /// Takes out of each shard's group the members the map does not place it on, when the map
+    /// records no move of it (a move whose last step failed after the map's end: its source
+    /// stays a member, or a learner, until removed). Run by the metadata leader now and then;
+    /// a shard a move runs on here is passed over. Returns what it removed.
+    pub async fn tidy(&self) -> Result<Vec<(ShardId, u64)>, Status> {
+        let map = self.routing()?;
+        let nodes = crate::meta::voters(&self.meta);
+        let mut removed = Vec::new();
+        for shard in map.shards() {
+            let Some(placed) = map.replicas(shard) else {
+                continue;
+            };
+            if map.replica_move(shard).is_some() {
+                continue;
+            }
+            let Ok(claim) = self.claim(shard) else {
+                continue;
+            };
+            claim.step("tidying");
+            let at = self.step_node(shard, placed, (0, 0), &nodes)?;
+            let view = self.groups.view(&at, shard).await?;
+            for member in view.members.iter().filter(|m| !placed.contains(m)) {
+                self.remove_member(shard, &at, *member).await?;
+                tracing::info!(
+                    shard = shard.0,
+                    node = member,
+                    "a replica the map no longer places left its group"
+                );
+                removed.push((shard, *member));
+            }
+        }
+        Ok(removed)
     }
 
     /// The step of each replica move running here.
@@ -296,31 +322,15 @@ impl ReplicaMover {
             if !self.member(at, shard, id).await? {
                 return Ok(());
             }
-            let remove = pb::RemoveNodeRequest { id };
-            self.peers
-                .cluster(at)?
-                .remove_node(forward::for_shard_via_holder(remove, shard.0))
-                .await
-                .map(drop)
+            self.groups.remove(at, shard, id).await
         })
         .await
     }
 
     /// Step 2: the group adds the target (learner, caught up, voter), asked at `at`.
     async fn add(&self, c: &Checked, at: &str) -> Result<(), Status> {
-        let add = pb::AddNodeRequest {
-            id: c.to.0,
-            addr: c.to.1.addr.clone(),
-            raft_addr: c.to.1.raft_addr.clone(),
-        };
         self.step("adding the new replica", || {
-            let (cluster, add) = (self.peers.cluster(at), add.clone());
-            async move {
-                cluster?
-                    .add_node(forward::for_shard_via_holder(add, c.shard.0))
-                    .await
-                    .map(drop)
-            }
+            self.groups.add(at, c.shard, c.to.0, &c.to.1)
         })
         .await?;
         tracing::info!(
@@ -335,18 +345,10 @@ impl ReplicaMover {
     /// (before its replica closes, so the group does not wait out an election).
     async fn hand_over(&self, c: &Checked, at: &str) -> Result<(), Status> {
         self.step("handing the old replica's leadership over", || async {
-            if self.group(at, c.shard).await?.leader != c.from {
+            if self.groups.view(at, c.shard).await?.leader != c.from {
                 return Ok(());
             }
-            let request = pb::TransferLeaderRequest {
-                shard: c.shard.0,
-                to: c.to.0,
-            };
-            self.peers
-                .cluster(at)?
-                .transfer_leader(forward::for_shard_via_holder(request, c.shard.0))
-                .await
-                .map(drop)
+            self.groups.transfer(at, c.shard, c.to.0).await
         })
         .await
     }
@@ -513,25 +515,9 @@ impl ReplicaMover {
         })
     }
 
-    /// Shard `shard`'s group as the node at `at` (holding a replica of it) sees it.
-    async fn group(&self, at: &str, shard: ShardId) -> Result<pb::ShardStatus, Status> {
-        let request = forward::forwarded(tonic::Request::new(pb::StatusRequest {}));
-        let status = self.peers.cluster(at)?.status(request).await?.into_inner();
-        let me = status.node_id;
-        status
-            .shards
-            .into_iter()
-            .find(|s| s.id == shard.0 && s.replicas.contains(&me))
-            .ok_or_else(|| {
-                Status::unavailable(format!(
-                    "the node at {at} holds no replica of {shard}; retry"
-                ))
-            })
-    }
-
     /// Whether node `id` is a member of `shard`'s group, asked of the node at `at`.
     async fn member(&self, at: &str, shard: ShardId, id: u64) -> Result<bool, Status> {
-        Ok(self.group(at, shard).await?.replicas.contains(&id))
+        Ok(self.groups.view(at, shard).await?.members.contains(&id))
     }
 
     /// Records `map` with `shard` on `nodes` in the metadata group, and waits until this node
@@ -548,6 +534,110 @@ impl ReplicaMover {
                     "recording the shard's replicas: {e}; run the move again to finish it"
                 ))
             })
+    }
+}
+
+/// A future a [`GroupOps`] call answers with.
+pub type GroupFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Status>> + Send + 'a>>;
+
+/// A shard's group as a node holding a replica of it sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    /// Its leader (0: none known).
+    pub leader: u64,
+    /// Its members, voters and learners.
+    pub members: Vec<u64>,
+}
+
+/// How a replica move reaches a shard's group: each call is asked of the node at client
+/// address `at` (holding a replica of the shard), which passes membership changes on to the
+/// group's leader. Over gRPC between nodes ([`GrpcGroups`]); the simulator calls its nodes'
+/// replicas.
+pub trait GroupOps: Send + Sync {
+    /// The group as the node at `at` sees it (UNAVAILABLE when it holds no replica).
+    fn view<'a>(&'a self, at: &'a str, shard: ShardId) -> GroupFuture<'a, GroupView>;
+    /// Adds node `id` (learner, caught up, voter); done already is no error.
+    fn add<'a>(
+        &'a self,
+        at: &'a str,
+        shard: ShardId,
+        id: u64,
+        node: &'a StrataNode,
+    ) -> GroupFuture<'a, ()>;
+    /// Hands the group's leadership to voter `to`.
+    fn transfer<'a>(&'a self, at: &'a str, shard: ShardId, to: u64) -> GroupFuture<'a, ()>;
+    /// Removes member `id` from the group.
+    fn remove<'a>(&'a self, at: &'a str, shard: ShardId, id: u64) -> GroupFuture<'a, ()>;
+}
+
+/// [`GroupOps`] over the `Cluster` service of the node at `at` (the call names the shard).
+#[derive(Clone)]
+pub struct GrpcGroups(pub Peers);
+
+impl GroupOps for GrpcGroups {
+    fn view<'a>(&'a self, at: &'a str, shard: ShardId) -> GroupFuture<'a, GroupView> {
+        Box::pin(async move {
+            let request = forward::forwarded(tonic::Request::new(pb::StatusRequest {}));
+            let status = self.0.cluster(at)?.status(request).await?.into_inner();
+            let me = status.node_id;
+            status
+                .shards
+                .into_iter()
+                .find(|s| s.id == shard.0 && s.replicas.contains(&me))
+                .map(|s| GroupView {
+                    leader: s.leader,
+                    members: s.replicas,
+                })
+                .ok_or_else(|| {
+                    Status::unavailable(format!(
+                        "the node at {at} holds no replica of {shard}; retry"
+                    ))
+                })
+        })
+    }
+
+    fn add<'a>(
+        &'a self,
+        at: &'a str,
+        shard: ShardId,
+        id: u64,
+        node: &'a StrataNode,
+    ) -> GroupFuture<'a, ()> {
+        let add = pb::AddNodeRequest {
+            id,
+            addr: node.addr.clone(),
+            raft_addr: node.raft_addr.clone(),
+        };
+        Box::pin(async move {
+            self.0
+                .cluster(at)?
+                .add_node(forward::for_shard_via_holder(add, shard.0))
+                .await
+                .map(drop)
+        })
+    }
+
+    fn transfer<'a>(&'a self, at: &'a str, shard: ShardId, to: u64) -> GroupFuture<'a, ()> {
+        let request = pb::TransferLeaderRequest { shard: shard.0, to };
+        Box::pin(async move {
+            self.0
+                .cluster(at)?
+                .transfer_leader(forward::for_shard_via_holder(request, shard.0))
+                .await
+                .map(drop)
+        })
+    }
+
+    fn remove<'a>(&'a self, at: &'a str, shard: ShardId, id: u64) -> GroupFuture<'a, ()> {
+        let remove = pb::RemoveNodeRequest { id };
+        Box::pin(async move {
+            self.0
+                .cluster(at)?
+                .remove_node(forward::for_shard_via_holder(remove, shard.0))
+                .await
+                .map(drop)
+        })
     }
 }
 

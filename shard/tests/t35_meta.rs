@@ -27,6 +27,9 @@ use tokio::sync::watch;
 /// What `Groups::open` and `close` answer.
 type Opening<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+/// What `Groups::form` answers.
+type Forming<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + 'a>>;
 
 /// Holds the shards it was given and cannot open another (a node whose disk refuses).
 struct Refusing(Vec<ShardId>);
@@ -41,6 +44,10 @@ impl Groups for Refusing {
     }
 
     fn open(&self, _shard: ShardId, _members: BTreeMap<u64, StrataNode>) -> Opening<'_> {
+        Box::pin(async { Err("planted: no disk".to_string()) })
+    }
+
+    fn form(&self, _shard: ShardId) -> Forming<'_> {
         Box::pin(async { Err("planted: no disk".to_string()) })
     }
 }
@@ -162,11 +169,13 @@ async fn the_map_changes_by_compare_and_set_and_followers_route_by_the_newest() 
     meta.replica().shutdown().await;
 }
 
-/// Holds its shards, records the members each shard it opens is configured with.
+/// Holds its shards, records the members each shard it opens is configured with, and the
+/// shards it is asked to form.
 #[derive(Default)]
 struct Recording(
     std::sync::Mutex<BTreeMap<ShardId, BTreeMap<u64, StrataNode>>>,
     Vec<ShardId>,
+    std::sync::Mutex<std::collections::BTreeSet<ShardId>>,
 );
 
 impl Groups for Recording {
@@ -184,10 +193,16 @@ impl Groups for Recording {
         self.0.lock().unwrap().insert(shard, members);
         Box::pin(async { Ok(()) })
     }
+
+    fn form(&self, shard: ShardId) -> Forming<'_> {
+        self.2.lock().unwrap().insert(shard);
+        Box::pin(async { Ok(false) })
+    }
 }
 
 /// A shard a split added is opened configured with the founders its map records, not with
-/// the metadata group's voters of the moment (a node that joined since must not form it).
+/// the metadata group's voters of the moment (a node that joined since must not form it);
+/// a founder forms the group it opened, a node that is none does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_added_shard_is_opened_with_the_founders_its_map_records() {
     let tmp = tempfile::tempdir().unwrap();
@@ -195,7 +210,11 @@ async fn an_added_shard_is_opened_with_the_founders_its_map_records() {
     let meta = one_voter_meta(tmp.path()).await;
     let cell = MapCell::new(first.clone());
     let (stop_tx, stop) = watch::channel(false);
-    let groups = Arc::new(Recording(Default::default(), first.shards()));
+    let groups = Arc::new(Recording(
+        Default::default(),
+        first.shards(),
+        Default::default(),
+    ));
     let follower = Follower {
         meta: meta.clone(),
         cell: cell.clone(),
@@ -228,6 +247,21 @@ async fn an_added_shard_is_opened_with_the_founders_its_map_records() {
     assert!(
         !members.contains_key(&1),
         "the metadata group's voter is no founder"
+    );
+    // Every founder forms the group it opened (the same one); this node is none of shard 2's.
+    let also = added
+        .with_shard_added(ShardId(3))
+        .unwrap()
+        .with_founders(ShardId(3), &[founder(1), founder(8), founder(9)])
+        .unwrap();
+    meta.propose(&also, 1).await.unwrap();
+    eventually("a founder forms its shard", || {
+        groups.2.lock().unwrap().contains(&ShardId(3))
+    })
+    .await;
+    assert!(
+        !groups.2.lock().unwrap().contains(&ShardId(2)),
+        "only a founder forms a shard"
     );
     stop_tx.send_replace(true);
     task.await.unwrap();

@@ -80,7 +80,8 @@ pub fn addr(id: NodeId) -> String {
     format!("n{id}")
 }
 
-fn id_of(addr: &str) -> Option<NodeId> {
+/// The node at simulated address `addr`.
+pub(crate) fn id_of(addr: &str) -> Option<NodeId> {
     addr.strip_prefix('n')?.parse().ok()
 }
 
@@ -577,13 +578,27 @@ impl Cluster {
         }
     }
 
-    /// Opens group `group` of node `id` in `dir` on `disk` and starts its replica.
+    /// Opens group `group` of node `id` in `dir` on `disk` and starts its replica, the
+    /// group's first members the run's initial ones.
     pub(crate) async fn open_group(
         &self,
         id: NodeId,
         disk: &Disk,
         group: u64,
         dir: PathBuf,
+    ) -> Result<Replica, String> {
+        let members = self.0.initial.clone();
+        self.open_group_with(id, disk, (group, dir), members).await
+    }
+
+    /// [`Cluster::open_group`] with the group's first members given (a shard placed on some
+    /// of the nodes; a replica that is not among them waits to be added).
+    pub(crate) async fn open_group_with(
+        &self,
+        id: NodeId,
+        disk: &Disk,
+        (group, dir): (u64, PathBuf),
+        members: BTreeMap<NodeId, StrataNode>,
     ) -> Result<Replica, String> {
         let latency_rng = self.0.rng.clone();
         let latency_of = Arc::downgrade(&self.0);
@@ -611,7 +626,7 @@ impl Cluster {
             group,
             shard,
             me,
-            self.0.initial.clone(),
+            members,
             self.0.settings.clone(),
             self.transport(id),
         )

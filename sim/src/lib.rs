@@ -12,6 +12,7 @@ pub mod check;
 pub mod cluster;
 pub mod models;
 pub mod nemesis;
+pub(crate) mod replica_ops;
 pub mod run;
 pub mod sharded;
 pub mod sharded_node;

@@ -1,23 +1,31 @@
-//! Sharded runs (`strata-sim run --shards N`): three nodes, each holding a replica of every
-//! one of N shards' Raft groups and of the metadata group, with a node's real router, map
-//! follower and slot-range mover (`strata_shard::{router, meta, mover}`), over the simulated
-//! disks, network and clocks. While the clients of [`crate::workload`] append (with expected
-//! versions), read and subscribe through the nodes' routers, and the nemesis of
-//! [`crate::run`] delays, loses and duplicates messages, partitions nodes, kills them and skews
-//! their clocks, a mover driver keeps moving slot ranges that hold the clients' streams from
-//! one shard to another, from the metadata group's leader (a killed node's move dies with
-//! it), and that leader lifts the fences of moves that stopped, as a node's `recover_moves`
-//! does.
+//! Sharded runs (`strata-sim run --shards N`): four nodes, each shard's Raft group on three of
+//! them (placed by the map; shard k at first on every node but k mod 4 + 1) and the metadata
+//! group on all four, with a node's real router, map follower, slot-range mover and replica
+//! mover (`strata_shard::{router, meta, mover, replica_move}`), over the simulated disks,
+//! network and clocks. While the clients of [`crate::workload`] append (with expected
+//! versions), read and subscribe through the nodes' routers (a node holding no replica of a
+//! stream's shard refuses, and the client tries another: the simulated routers do not pass
+//! calls between nodes), and the nemesis of [`crate::run`] delays, loses and duplicates
+//! messages, partitions nodes, kills them and skews their clocks, a mover driver on the
+//! metadata group's leader keeps moving: slot ranges that hold the clients' streams from one
+//! shard to another, splits, and replicas from a node to one not holding the shard (never a
+//! node's last), finishing or cancelling a replica move a killed leader left recorded; a
+//! killed node's move dies with it, and that leader lifts the fences of moves that stopped,
+//! as a node's `recover_moves` does. A replica move's group calls go straight to the named
+//! node's replica ([`crate::replica_ops`]); the Raft messages they cause cross the simulated
+//! network.
 //!
 //! After the liveness phase (faults off, nodes restarted, every group led, stale fences
-//! lifted, every node routing by the metadata group's newest map):
+//! lifted, recorded replica moves finished, every node routing by the metadata group's newest
+//! map and holding exactly the shards it places there):
 //! - the nodes route by one map, and no fence is left on slots the map gives to its holder;
 //! - each stream, read from the shard the map gives it, is the history's log
 //!   ([`check::check_log`]: every acknowledged append there once, in place, versions
 //!   contiguous, refused appends absent, nothing no client appended) and the history is
 //!   linearizable per stream; follower reads and subscribers saw prefixes of it;
 //! - the shards' `$all` (copies left out) holds each of those events exactly once;
-//! - each shard's replicas hold the same records.
+//! - each shard's replicas hold the same records, and its group is exactly the nodes the map
+//!   places it on, all voters.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -33,6 +41,7 @@ use strata_shard::backend::Backend;
 use strata_shard::map_cell::{read_map_with, MapCell};
 use strata_shard::meta::{follow, Follower, Groups, Meta, META_GROUP};
 use strata_shard::mover::{AddShard, Mover, Step, Switch};
+use strata_shard::replica_move::ReplicaMover;
 use strata_shard::router::Router;
 use strata_shard::service::{ServiceStats, StreamsService};
 use strata_shard::shard_set::ShardSet;
@@ -43,6 +52,7 @@ use tokio::time::Instant;
 use crate::check::{self, Final, Violations};
 use crate::cluster::{Cluster, Disk, Up};
 use crate::nemesis::{FaultLog, FaultSet, RunConfig, RunReport};
+use crate::replica_ops::SimGroupOps;
 use crate::trace::Trace;
 use crate::workload::{self, Received};
 
@@ -52,6 +62,8 @@ pub const SLOTS: u32 = 64;
 pub const STREAMS: [&str; 8] = [
     "acct-a", "acct-b", "acct-c", "acct-d", "acct-e", "acct-f", "acct-g", "acct-h",
 ];
+/// Nodes of a sharded run: each shard has three replicas, so one node holds none of it.
+pub const NODES: u64 = 4;
 /// Shards a sharded run's splits stop at.
 const SPLIT_SHARDS_MAX: usize = 6;
 /// Fault classes a sharded run injects (no membership changes: the groups' members are the
@@ -100,16 +112,33 @@ impl Groups for SimGroups {
         })
     }
 
+    fn form(
+        &self,
+        shard: ShardId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + '_>>
+    {
+        Box::pin(async move {
+            match self.set.backend(shard) {
+                Some(Backend::Replicated(replica)) => {
+                    replica.form_if_new().await.map_err(|e| e.to_string())
+                }
+                _ => Ok(false),
+            }
+        })
+    }
+
     fn open(
         &self,
         shard: ShardId,
-        _members: BTreeMap<u64, StrataNode>,
+        members: BTreeMap<u64, StrataNode>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
-            let dir = PathBuf::from(format!("/n{}/shards/{}", self.id, shard.0));
+            // A replica the node held before (moved away since) is not taken up again.
+            let dir = shard_dir(self.id, shard);
+            remove_stale(&self.disk, &dir)?;
             let replica = self
                 .cluster
-                .open_group(self.id, &self.disk, u64::from(shard.0), dir)
+                .open_group_with(self.id, &self.disk, (u64::from(shard.0), dir), members)
                 .await?;
             let replica = Arc::new(replica);
             if !self
@@ -140,27 +169,34 @@ fn open_boxed<'a>(
     Box::pin(open_node(cluster, id, disk))
 }
 
-/// Opens node `id` of a sharded run: every shard's group in `/nID/shards/K`, the metadata
-/// group in `/nID/meta`, the map from its cache `/nID/cluster.map` (else the first map), and
-/// the router, follower and mover over them.
+/// Opens node `id` of a sharded run: the groups of the shards the map places on it in
+/// `/nID/shards/K` (a replica moved away is deleted), the metadata group in `/nID/meta`, the
+/// map from its cache `/nID/cluster.map` (else the first map), and the router, follower and
+/// movers over them.
 pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Result<Up, String> {
-    // The shards the cached map has (a split adds some), else the first map's.
     let home = PathBuf::from(format!("/n{id}"));
     let map = match read_map_with(&disk.fs, &home)? {
         Some(cached) => cached,
-        None => ClusterMap::even(SLOTS, cluster.shards()).map_err(|e| e.to_string())?,
+        None => first_map(cluster.shards())?,
     };
     let mut groups = Vec::new();
     let mut served = HashMap::new();
-    for ShardId(k) in map.shards() {
-        let dir = PathBuf::from(format!("/n{id}/shards/{k}"));
-        let replica = cluster.open_group(id, disk, u64::from(k), dir).await?;
-        served.insert(u64::from(k), replica.served());
-        groups.push(Arc::new(replica));
+    for shard in map.shards() {
+        let dir = shard_dir(id, shard);
+        if !map.holds(id, shard) {
+            remove_stale(disk, &dir)?;
+            continue;
+        }
+        let members = members_of(cluster, &map, shard);
+        let replica = cluster
+            .open_group_with(id, disk, (u64::from(shard.0), dir), members)
+            .await?;
+        served.insert(u64::from(shard.0), replica.served());
+        groups.push((shard, Arc::new(replica)));
     }
     let dir = PathBuf::from(format!("/n{id}/meta"));
     let meta_replica = cluster
-        .open_group(id, disk, u64::from(META_GROUP), dir)
+        .open_group_with(id, disk, (u64::from(META_GROUP), dir), every_node(cluster))
         .await?;
     served.insert(u64::from(META_GROUP), meta_replica.served());
     let service = Arc::new(RaftService::new(served, cluster.transport(id)));
@@ -168,11 +204,10 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
     let stats = Arc::new(ServiceStats::default());
     let services: Vec<(ShardId, StreamsService)> = groups
         .iter()
-        .zip(map.shards())
-        .map(|(r, ShardId(k))| {
+        .map(|(shard, r)| {
             let backend = Backend::Replicated(Box::new((**r).clone()));
             let service = cluster.streams_service(id, backend, stopped.clone(), stats.clone());
-            (ShardId(k), service)
+            (*shard, service)
         })
         .collect();
     let first = services
@@ -184,6 +219,14 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
     let meta = Meta::new(meta_replica.clone());
     let router = Router::new(map.clone(), set.clone(), None)?;
     let mover = mover(cluster, id, (&set, &map, &meta), stats.clone());
+    let replicas = ReplicaMover::new(
+        meta.clone(),
+        map.clone(),
+        Arc::new(SimGroupOps(cluster.clone())),
+        crate::cluster::addr(id),
+        cluster.node_clock(id),
+    );
+    let mut groups: Vec<Arc<strata_raft::Replica>> = groups.into_iter().map(|(_, r)| r).collect();
     let groups_of = SimGroups {
         cluster: cluster.clone(),
         id,
@@ -213,12 +256,72 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
             map,
             meta,
             mover,
+            replicas,
             stopped,
         }),
         service,
         streams: first,
         stop,
     })
+}
+
+/// Shard `shard`'s directory on node `id`.
+fn shard_dir(id: NodeId, shard: ShardId) -> PathBuf {
+    PathBuf::from(format!("/n{id}/shards/{}", shard.0))
+}
+
+/// Deletes `dir` if it is there: a replica the map no longer places on the node, as a node
+/// deletes one at start.
+fn remove_stale(disk: &Disk, dir: &std::path::Path) -> Result<(), String> {
+    use strata_engine::fs::FileSystem;
+    match disk.fs.exists(dir) {
+        Ok(true) => disk
+            .fs
+            .remove_dir_all(dir)
+            .map_err(|e| format!("removing {}: {e}", dir.display())),
+        Ok(false) => Ok(()),
+        Err(e) => Err(format!("looking for {}: {e}", dir.display())),
+    }
+}
+
+/// The first map of a sharded run: the slots even over the shards, shard k placed on every
+/// node but one (node k mod 4 + 1), so replicas have somewhere to move.
+fn first_map(shards: u32) -> Result<ClusterMap, String> {
+    let mut map = ClusterMap::even(SLOTS, shards).map_err(|e| e.to_string())?;
+    for shard in map.shards() {
+        let skipped = u64::from(shard.0) % NODES + 1;
+        let nodes: Vec<NodeId> = (1..=NODES).filter(|n| *n != skipped).collect();
+        map = map.placed_on(shard, &nodes).map_err(|e| e.to_string())?;
+    }
+    Ok(map)
+}
+
+/// The first members of shard `shard`'s group: its founders when the map records them (a
+/// split added it), else the nodes the map places it on.
+fn members_of(cluster: &Cluster, map: &ClusterMap, shard: ShardId) -> BTreeMap<u64, StrataNode> {
+    if let Some(founders) = strata_shard::meta::founding_members(map, shard) {
+        return founders;
+    }
+    match map.replicas(shard) {
+        Some(nodes) => nodes.iter().map(|n| (*n, sim_node(*n))).collect(),
+        None => every_node(cluster),
+    }
+}
+
+/// Every node of the run, as a group's members (the metadata group's).
+fn every_node(cluster: &Cluster) -> BTreeMap<u64, StrataNode> {
+    cluster
+        .ids()
+        .into_iter()
+        .map(|n| (n, sim_node(n)))
+        .collect()
+}
+
+fn sim_node(id: NodeId) -> StrataNode {
+    StrataNode {
+        addr: crate::cluster::addr(id),
+        raft_addr: crate::cluster::addr(id),
+    }
 }
 
 /// Node `id`'s mover: its switch records the map in the metadata group as a replicated node's
@@ -261,17 +364,19 @@ fn mover(
     )
 }
 
-/// Forms every group: shard k's from node (k mod 3) + 1, the metadata group's from node 1.
+/// Forms every group: each shard's from the first node it is placed on, the metadata
+/// group's from node 1.
 async fn form(cluster: &Cluster, violations: &Violations) {
     for id in cluster.up_ids() {
         let Some(node) = cluster.sharded(id) else {
             continue;
         };
+        let map = node.map.get();
         for (shard, backend) in node.set.backends() {
             let Backend::Replicated(replica) = backend else {
                 continue;
             };
-            if u64::from(shard.0 % 3) + 1 == id {
+            if map.replicas(shard).and_then(|r| r.first().copied()) == Some(id) {
                 if let Err(e) = replica.init().await {
                     violations.add(cluster, "cluster forms", format!("{shard}: {e}"));
                 }
@@ -339,6 +444,10 @@ async fn mover_driver(cluster: Cluster, moves: Moves, until: Instant) {
         let Ok(map) = node.map.routable() else {
             continue;
         };
+        if cluster.rng().chance(0.4) {
+            move_replica(&cluster, (id, &node), &map, &moves).await;
+            continue;
+        }
         // One in four a split of a client stream's shard (while there are fewer than 6).
         let split = map.shards().len() < SPLIT_SHARDS_MAX && cluster.rng().chance(0.25);
         let picked = if split {
@@ -398,6 +507,65 @@ async fn mover_driver(cluster: Cluster, moves: Moves, until: Instant) {
     }
 }
 
+/// One replica move from the metadata leader `id`: a move the map records (its runner went
+/// down) finished or cancelled, else a new one — a shard's replica from a node holding it to
+/// one that does not, never the last replica a node holds.
+async fn move_replica(
+    cluster: &Cluster,
+    (id, node): (NodeId, &ShardedNode),
+    map: &ClusterMap,
+    moves: &Moves,
+) {
+    let recorded = map
+        .shards()
+        .into_iter()
+        .find_map(|s| map.replica_move(s).map(|m| (s, m)));
+    let (shard, (from, to), cancel) = match recorded {
+        Some((s, m)) => (s, m, cluster.rng().chance(0.5)),
+        None => match pick_replica_move(cluster, map) {
+            Some((s, m)) => (s, m, false),
+            None => return,
+        },
+    };
+    let what = if cancel { "cancelling" } else { "moving" };
+    let about = format!("{what} {shard}'s replica n{from} → n{to}");
+    cluster
+        .trace()
+        .log(format!("n{id}: {about} (map epoch {})", map.epoch()));
+    let run = async {
+        match cancel {
+            true => node.replicas.cancel(shard.0, from, to).await,
+            false => node.replicas.run(shard.0, from, to).await,
+        }
+    };
+    let mut stopped = node.stopped.clone();
+    let outcome = tokio::select! {
+        r = run => Some(r),
+        _ = stopped.wait_for(|s| *s) => None,
+    };
+    let (note, said) = match (outcome, cancel) {
+        (Some(Ok(())), true) => ("replica moves cancelled", "done".to_string()),
+        (Some(Ok(())), false) => ("replica moves done", "done".to_string()),
+        (Some(Err(e)), _) => ("replica moves failed", e.message().to_string()),
+        (None, _) => ("replica moves killed", "went down".to_string()),
+    };
+    moves.note(note, 1);
+    cluster.trace().log(format!("n{id}: {about}: {said}"));
+}
+
+/// A replica move to begin: a shard, a node holding it that holds another shard too, and a
+/// node not holding it.
+fn pick_replica_move(cluster: &Cluster, map: &ClusterMap) -> Option<(ShardId, (u64, u64))> {
+    let rng = cluster.rng();
+    let shards = map.shards();
+    let shard = rng.pick(&shards)?;
+    let holders = map.replicas(shard)?.to_vec();
+    let load = |n: u64| shards.iter().filter(|s| map.holds(n, **s)).count();
+    let sources: Vec<u64> = holders.iter().copied().filter(|n| load(*n) > 1).collect();
+    let targets: Vec<u64> = (1..=NODES).filter(|n| !holders.contains(n)).collect();
+    Some((shard, (rng.pick(&sources)?, rng.pick(&targets)?)))
+}
+
 /// Moves by outcome.
 #[derive(Clone, Default)]
 struct Moves(Arc<std::sync::Mutex<BTreeMap<&'static str, u64>>>);
@@ -416,7 +584,12 @@ impl Moves {
 pub(crate) async fn simulate(config: RunConfig) -> RunReport {
     let trace = Trace::new(config.print);
     let shards = config.shards;
-    let cluster = Cluster::with_shards(config.seed, 3, (shards, Some(open_boxed)), trace.clone());
+    let cluster = Cluster::with_shards(
+        config.seed,
+        NODES,
+        (shards, Some(open_boxed)),
+        trace.clone(),
+    );
     let faults = FaultSet {
         network: config.faults.network,
         partitions: config.faults.partitions,
@@ -425,7 +598,7 @@ pub(crate) async fn simulate(config: RunConfig) -> RunReport {
         ..SHARDED_FAULTS
     };
     trace.log(format!(
-        "seed {} · 3 nodes · {shards} shards of {SLOTS} slots · faults {faults:?}",
+        "seed {} · {NODES} nodes · {shards} shards of {SLOTS} slots, 3 replicas each · faults {faults:?}",
         config.seed
     ));
     if config.lying_disks {
@@ -508,6 +681,7 @@ pub(crate) async fn simulate(config: RunConfig) -> RunReport {
             "killed" => "moves killed",
             "recovered" => "fences recovered",
             "split" => "shards added",
+            replica if replica.starts_with("replica") => replica,
             _ => "moves begun",
         };
         fault_counts.insert(class, n);
@@ -561,7 +735,7 @@ async fn recover(cluster: &Cluster, within: Duration) -> Result<ClusterMap, Stri
 /// Whether the cluster has settled (see [`recover`]): the map every node routes by.
 async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
     let ids = cluster.up_ids();
-    if ids.len() < 3 {
+    if ids.len() < NODES as usize {
         return Err(format!("nodes up: {ids:?}"));
     }
     // A move the driver began before the liveness phase runs to its end (or fails) first.
@@ -580,6 +754,30 @@ async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
     let (leader, node) = meta_leader(cluster).ok_or("the metadata group has no leader")?;
     // Recovery first: it also forms the groups of shards a stopped split added.
     let recovered = node.mover.recover().await;
+    let newest = match node.meta.latest()? {
+        Some((_, map)) => map,
+        None => return Err("no map recorded".into()),
+    };
+    // A replica move the driver left recorded (its runner went down) is finished (before the
+    // groups' leaders are looked at: its target is no member yet, and knows no leader).
+    for shard in newest.shards() {
+        if let Some((from, to)) = newest.replica_move(shard) {
+            node.replicas
+                .run(shard.0, from, to)
+                .await
+                .map_err(|e| format!("n{leader}: finishing {shard}'s replica move: {e}"))?;
+            return Err(format!("n{leader} finished {shard}'s replica move"));
+        }
+    }
+    // A member a move left in a group (its last step failed after the map's end) is taken out.
+    let removed = node
+        .replicas
+        .tidy()
+        .await
+        .map_err(|e| format!("n{leader}: tidying the groups: {}", e.message()))?;
+    if !removed.is_empty() {
+        return Err(format!("n{leader} took {removed:?} out of their groups"));
+    }
     for id in &ids {
         let n = cluster.sharded(*id).ok_or("a node without shards")?;
         for (shard, backend) in n.set.backends() {
@@ -591,10 +789,6 @@ async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
         }
     }
     recovered.map_err(|e| format!("n{leader}: recovering moves: {e}"))?;
-    let newest = match node.meta.latest()? {
-        Some((_, map)) => map,
-        None => return Err("no map recorded".into()),
-    };
     for id in &ids {
         let n = cluster.sharded(*id).ok_or("a node without shards")?;
         let map = n.map.routable().map_err(|why| format!("n{id}: {why}"))?;
@@ -605,16 +799,29 @@ async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
                 newest.epoch()
             ));
         }
+        // It holds what the map places on it, and nothing else.
+        let placed: Vec<ShardId> = newest
+            .shards()
+            .into_iter()
+            .filter(|s| newest.holds(*id, *s))
+            .collect();
+        if n.set.ids() != placed {
+            return Err(format!(
+                "n{id} holds {:?}, the map places {placed:?} on it",
+                n.set.ids()
+            ));
+        }
     }
-    // Every shard's replicas level: the same end on every node.
+    // Every shard's replicas level: the same end on every node holding it.
     for shard in newest.shards() {
+        let holders = ids.iter().filter(|id| newest.holds(**id, shard)).count();
         let ends: Vec<u64> = ids
             .iter()
             .filter_map(|id| cluster.sharded(*id)?.set.backend(shard))
             .map(|b| b.reader().end())
             .collect();
         let distinct: BTreeSet<u64> = ends.iter().copied().collect();
-        if ends.len() != ids.len() || distinct.len() != 1 {
+        if ends.len() != holders || distinct.len() != 1 {
             return Err(format!("{shard}'s replicas end at {ends:?}"));
         }
     }
@@ -631,16 +838,22 @@ async fn check_final(
     let mut out = Vec::new();
     let mut v = |property, detail: String| out.push(check::Violation { property, detail });
     let ids = cluster.up_ids();
-    let Some(first) = ids.first().and_then(|id| cluster.sharded(*id)) else {
-        v("liveness", "no node up for the checks".into());
-        return out;
-    };
+    // Each shard as the first node holding it has it.
+    let mut held: Vec<(ShardId, Backend)> = Vec::new();
+    for shard in map.shards() {
+        match ids
+            .iter()
+            .find_map(|id| cluster.sharded(*id)?.set.backend(shard))
+        {
+            Some(backend) => held.push((shard, backend)),
+            None => v("sharded log", format!("no node up holds {shard}")),
+        }
+    }
     // Each stream from the shard the map gives it.
     let mut last: Final = BTreeMap::new();
     for stream in STREAMS {
         let shard = map.shard_of(stream);
-        let Some(backend) = first.set.backend(shard) else {
-            v("sharded log", format!("{shard} is not on the node"));
+        let Some((_, backend)) = held.iter().find(|(s, _)| *s == shard) else {
             continue;
         };
         match read_whole(&backend, stream) {
@@ -657,9 +870,10 @@ async fn check_final(
         .map(|(n, r)| (n.clone(), r.all()))
         .collect();
     out.extend(check::check_subscribers(&received, &last));
-    out.extend(check_all_once(&first, &last));
-    out.extend(check_fences(&first, map));
+    out.extend(check_all_once(&held, &last));
+    out.extend(check_fences(&held, map));
     out.extend(check_replicas_alike(cluster, &ids, map));
+    out.extend(check_groups_placed(cluster, &ids, map));
     out
 }
 
@@ -680,11 +894,11 @@ fn read_whole(backend: &Backend, stream: &str) -> strata_engine::Result<Vec<(u64
 }
 
 /// The shards' `$all` together (copies left out) holds each client event exactly once.
-fn check_all_once(node: &ShardedNode, last: &Final) -> Vec<check::Violation> {
+fn check_all_once(held: &[(ShardId, Backend)], last: &Final) -> Vec<check::Violation> {
     // id → (times, where it was last seen: shard, stream@version, position)
     let mut seen: BTreeMap<String, (usize, String)> = BTreeMap::new();
     let mut out = Vec::new();
-    for (shard, backend) in node.set.backends() {
+    for (shard, backend) in held {
         let reader = backend.reader();
         let mut at = 0;
         loop {
@@ -737,9 +951,9 @@ fn check_all_once(node: &ShardedNode, last: &Final) -> Vec<check::Violation> {
 
 /// No shard keeps a fence over slots the map gives to it (a move neither finished nor rolled
 /// back).
-fn check_fences(node: &ShardedNode, map: &ClusterMap) -> Vec<check::Violation> {
+fn check_fences(held: &[(ShardId, Backend)], map: &ClusterMap) -> Vec<check::Violation> {
     let mut out = Vec::new();
-    for (shard, backend) in node.set.backends() {
+    for (shard, backend) in held {
         let fences = match read_fences(&backend.reader()) {
             Ok(f) => f,
             Err(e) => {
@@ -754,7 +968,7 @@ fn check_fences(node: &ShardedNode, map: &ClusterMap) -> Vec<check::Violation> {
             let mine = map
                 .ranges()
                 .iter()
-                .any(|(r, s)| *s == shard && r.start < f.end && f.start < r.end);
+                .any(|(r, s)| *s == *shard && r.start < f.end && f.start < r.end);
             if mine {
                 out.push(check::Violation {
                     property: "moves end",
@@ -762,6 +976,56 @@ fn check_fences(node: &ShardedNode, map: &ClusterMap) -> Vec<check::Violation> {
                         "{shard} keeps a fence over slots {}..{} it owns (epoch {})",
                         f.start,
                         f.end,
+                        map.epoch()
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Each shard's group is the nodes the map places it on, all voters: every replica move
+/// ended (or was cancelled) in the groups as in the map.
+fn check_groups_placed(
+    cluster: &Cluster,
+    ids: &[NodeId],
+    map: &ClusterMap,
+) -> Vec<check::Violation> {
+    let mut out = Vec::new();
+    for shard in map.shards() {
+        let placed = map.replicas(shard).map(<[u64]>::to_vec).unwrap_or_default();
+        for id in ids {
+            let Some(Backend::Replicated(r)) =
+                cluster.sharded(*id).and_then(|n| n.set.backend(shard))
+            else {
+                continue;
+            };
+            let members: Vec<(u64, &str)> = r
+                .status()
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.id,
+                        if m.role == "learner" {
+                            "learner"
+                        } else {
+                            "voter"
+                        },
+                    )
+                })
+                .collect();
+            let voters: Vec<u64> = members
+                .iter()
+                .filter(|(_, role)| *role == "voter")
+                .map(|(m, _)| *m)
+                .collect();
+            if voters != placed || members.len() != placed.len() {
+                out.push(check::Violation {
+                    property: "replicas placed",
+                    detail: format!(
+                        "{shard}: n{id}'s group is {members:?}, the map places it on {placed:?} (epoch {})",
                         map.epoch()
                     ),
                 });

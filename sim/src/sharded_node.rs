@@ -1,9 +1,10 @@
 //! A running node of a sharded run (see [`crate::sharded`]): the node's router, map,
-//! metadata replica and mover, held by [`crate::cluster`] beside its replicas.
+//! metadata replica and movers, held by [`crate::cluster`] beside its replicas.
 
 use strata_shard::map_cell::MapCell;
 use strata_shard::meta::Meta;
 use strata_shard::mover::Mover;
+use strata_shard::replica_move::ReplicaMover;
 use strata_shard::router::Router;
 use strata_shard::shard_set::ShardSet;
 use tokio::sync::watch;
@@ -21,6 +22,8 @@ pub struct ShardedNode {
     pub meta: Meta,
     /// Its slot-range mover.
     pub mover: Mover,
+    /// Its replica mover.
+    pub replicas: ReplicaMover,
     /// Set when the node goes down.
     pub stopped: watch::Receiver<bool>,
 }
