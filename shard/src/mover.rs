@@ -321,6 +321,18 @@ fn fences_of(reader: &Reader) -> strata_engine::Result<Fences> {
     strata_engine::fence::read_fences(reader)
 }
 
+/// Refuses while `map` records a replica move of `shard`: one move at a time per shard (a
+/// slot move writes through the shard's group, whose membership such a move changes).
+fn no_replica_move(map: &ClusterMap, shard: ShardId) -> Result<(), MoveError> {
+    match map.replica_move(shard) {
+        Some((from, to)) => Err(MoveError::Busy(format!(
+            "{shard}'s replica is moving from node {from} to node {to}: one move at a time per shard (let it finish, or cancel it: `strata cluster move-shard {} --cancel`)",
+            shard.0
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The slots a split of `shard` at `at` moves: from `at` to the end of `shard`'s range that
 /// holds it (`at` strictly inside, so slots stay on both sides); without `at`, the upper half
 /// of `shard`'s largest range.
@@ -495,6 +507,9 @@ impl Mover {
         if from == to {
             return Err(MoveError::Invalid(format!("{range} are on {to} already")));
         }
+        for shard in [from, to] {
+            no_replica_move(&map, shard)?;
+        }
         if self.backend(to).is_err() || !map.shards().contains(&to) {
             let held: Vec<String> = map.shards().iter().map(|s| s.0.to_string()).collect();
             return Err(MoveError::Invalid(format!(
@@ -591,6 +606,7 @@ impl Mover {
             .routable()
             .map_err(|why| MoveError::Invalid(why.to_string()))?;
         let range = split_range(&map, shard, at)?;
+        no_replica_move(&map, shard)?;
         if let Some(empty) = map.empty_shards().iter().find(|s| **s != shard) {
             return Ok((range, *empty));
         }

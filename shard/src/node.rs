@@ -222,13 +222,17 @@ impl Node {
             cluster = cluster.with_mover(mover(&config, &shards, &host, &stats));
         }
         if let (Some(meta), Some(peers)) = (&shards.meta, &peers) {
-            cluster = cluster.with_replica_mover(ReplicaMover::new(
+            let mut replicas = ReplicaMover::new(
                 meta.clone(),
                 shards.map.clone(),
                 Arc::new(GrpcGroups(peers.clone())),
                 local.to_string(),
                 Arc::new(SystemWallClock::default()),
-            ));
+            );
+            if let Some(slots) = cluster.mover() {
+                replicas = replicas.with_slot_mover(slots.clone());
+            }
+            cluster = cluster.with_replica_mover(replicas);
         }
         Ok(Node {
             shards,

@@ -21,8 +21,10 @@
 //! failed part way (a node down, the metadata leader changed) is finished by running it again
 //! (`cluster status` shows it in the map; another move of the shard is refused naming it).
 //! Until step 4 a move can be cancelled instead ([`ReplicaMover::cancel`]): a run of it here
-//! stops, T hands back any leadership and leaves the group, and the map places K where it
-//! was (T's follower deletes the replica it opened). T must be a voter of the metadata group
+//! stops, T hands back any leadership, the map places K where it was (T's follower deletes
+//! the replica it opened), and T leaves the group. A group member the map does not place
+//! (a move's or cancel's last step failed) is taken out by [`ReplicaMover::tidy`], which the
+//! metadata leader runs now and then, and before the next move of the shard begins. T must be a voter of the metadata group
 //! (`cluster add-node` first). A node may hold no shard (added, or drained to leave the
 //! cluster); it serves, passing every call to the nodes holding the shards, and restarts so.
 
@@ -59,6 +61,9 @@ pub struct ReplicaMover {
     clock: Arc<dyn WallClock>,
     /// The replica moves running here now, by shard.
     busy: Busy,
+    /// This node's slot-range mover, when it has one (a shard it moves slots of or to does
+    /// not move a replica meanwhile).
+    slots: Option<crate::mover::Mover>,
 }
 
 /// The replica moves running on a node: each one's step and cancel.
@@ -150,7 +155,14 @@ impl ReplicaMover {
             here,
             clock,
             busy: Arc::default(),
+            slots: None,
         }
+    }
+
+    /// The mover refusing a replica move of a shard `slots` moves slots of or to now.
+    pub fn with_slot_mover(mut self, slots: crate::mover::Mover) -> ReplicaMover {
+        self.slots = Some(slots);
+        self
     }
 
     /// Moves shard `shard`'s replica from node `from` to node `to` (see the module); answers
@@ -179,6 +191,10 @@ impl ReplicaMover {
             ));
         }
         if !c.ended && map.replica_move(shard).is_none() {
+            self.no_slot_move(shard)?;
+            // Members an earlier move left (its source, when its last step failed) go first:
+            // the target may be one, and must join afresh (its old replica is deleted).
+            self.remove_strays(shard, &at, &c.holders).await?;
             let begun = map.with_replica_move_begun(shard, &c.holders, (c.from, c.to.0));
             self.install(begun).await?;
         }
@@ -245,8 +261,14 @@ impl ReplicaMover {
             self.groups.transfer(&at, shard, f).await
         })
         .await?;
-        self.remove_member(shard, &at, t).await?;
+        // The map first (from the map as it is now: it may have changed meanwhile), then the
+        // group, as a move ends: the target's follower closes its replica once the map no
+        // longer places it, and a replica a group removed is never one the map places (it
+        // would be taken up again with what it held). A removal that fails leaves a member
+        // the map does not place, which `tidy` (or the next move of the shard) takes out.
+        let map = self.routing()?;
         self.install(map.with_replica_move_cancelled(shard)).await?;
+        self.remove_member(shard, &at, t).await?;
         tracing::info!(
             shard = shard.0,
             from = f,
@@ -276,18 +298,53 @@ impl ReplicaMover {
             };
             claim.step("tidying");
             let at = self.step_node(shard, placed, (0, 0), &nodes)?;
-            let view = self.groups.view(&at, shard).await?;
-            for member in view.members.iter().filter(|m| !placed.contains(m)) {
-                self.remove_member(shard, &at, *member).await?;
-                tracing::info!(
-                    shard = shard.0,
-                    node = member,
-                    "a replica the map no longer places left its group"
-                );
-                removed.push((shard, *member));
-            }
+            let strays = self.remove_strays(shard, &at, placed).await?;
+            removed.extend(strays.into_iter().map(|n| (shard, n)));
         }
         Ok(removed)
+    }
+
+    /// Removes from `shard`'s group (asked at `at`) the members not among `placed`; returns
+    /// them.
+    async fn remove_strays(
+        &self,
+        shard: ShardId,
+        at: &str,
+        placed: &[u64],
+    ) -> Result<Vec<u64>, Status> {
+        let view = self.groups.view(at, shard).await?;
+        let strays: Vec<u64> = view
+            .members
+            .into_iter()
+            .filter(|m| !placed.contains(m))
+            .collect();
+        for member in &strays {
+            self.remove_member(shard, at, *member).await?;
+            tracing::info!(
+                shard = shard.0,
+                node = member,
+                "a replica the map no longer places left its group"
+            );
+        }
+        Ok(strays)
+    }
+
+    /// Refuses while this node's slot mover moves slots of or to `shard`: one move at a time
+    /// per shard.
+    fn no_slot_move(&self, shard: ShardId) -> Result<(), Status> {
+        let moving = self.slots.as_ref().and_then(crate::mover::Mover::status);
+        match moving {
+            Some(m)
+                if (m.from == shard || m.to == shard)
+                    && matches!(m.step, crate::mover::Step::Copying | crate::mover::Step::Fenced) =>
+            {
+                Err(Status::failed_precondition(format!(
+                    "slots {} are moving from {} to {}: one move at a time per shard; move the replica once it ends",
+                    m.range, m.from, m.to
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The step of each replica move running here.
@@ -555,7 +612,8 @@ pub struct GroupView {
 /// group's leader. Over gRPC between nodes ([`GrpcGroups`]); the simulator calls its nodes'
 /// replicas.
 pub trait GroupOps: Send + Sync {
-    /// The group as the node at `at` sees it (UNAVAILABLE when it holds no replica).
+    /// The group as its leader sees it, asked of the node at `at` (as `at` sees it while no
+    /// leader is known; UNAVAILABLE when `at` holds no replica).
     fn view<'a>(&'a self, at: &'a str, shard: ShardId) -> GroupFuture<'a, GroupView>;
     /// Adds node `id` (learner, caught up, voter); done already is no error.
     fn add<'a>(
@@ -575,25 +633,48 @@ pub trait GroupOps: Send + Sync {
 #[derive(Clone)]
 pub struct GrpcGroups(pub Peers);
 
+impl GrpcGroups {
+    /// The group as the node at `at` sees it, and the cluster's nodes.
+    async fn view_at(
+        &self,
+        at: &str,
+        shard: ShardId,
+    ) -> Result<(GroupView, Vec<pb::NodeStatus>), Status> {
+        let request = forward::forwarded(tonic::Request::new(pb::StatusRequest {}));
+        let status = self.0.cluster(at)?.status(request).await?.into_inner();
+        let me = status.node_id;
+        let view = status
+            .shards
+            .into_iter()
+            .find(|s| s.id == shard.0 && s.replicas.contains(&me))
+            .map(|s| GroupView {
+                leader: s.leader,
+                members: s.replicas,
+            })
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "the node at {at} holds no replica of {shard}; retry"
+                ))
+            })?;
+        Ok((view, status.nodes))
+    }
+}
+
 impl GroupOps for GrpcGroups {
     fn view<'a>(&'a self, at: &'a str, shard: ShardId) -> GroupFuture<'a, GroupView> {
         Box::pin(async move {
-            let request = forward::forwarded(tonic::Request::new(pb::StatusRequest {}));
-            let status = self.0.cluster(at)?.status(request).await?.into_inner();
-            let me = status.node_id;
-            status
-                .shards
-                .into_iter()
-                .find(|s| s.id == shard.0 && s.replicas.contains(&me))
-                .map(|s| GroupView {
-                    leader: s.leader,
-                    members: s.replicas,
-                })
-                .ok_or_else(|| {
-                    Status::unavailable(format!(
-                        "the node at {at} holds no replica of {shard}; retry"
-                    ))
-                })
+            let (here, nodes) = self.view_at(at, shard).await?;
+            let leader = nodes
+                .iter()
+                .find(|n| n.id == here.leader && n.addr != at)
+                .map(|n| n.addr.clone());
+            match leader {
+                Some(addr) => match self.view_at(&addr, shard).await {
+                    Ok((theirs, _)) if theirs.leader == here.leader => Ok(theirs),
+                    _ => Ok(here),
+                },
+                None => Ok(here),
+            }
         })
     }
 

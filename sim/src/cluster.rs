@@ -423,6 +423,18 @@ impl Cluster {
         true
     }
 
+    /// Drops group `group`'s replica from what node `id`'s shutdown stops (a replica move
+    /// took it away and the node closed it), if the node still runs as `up`.
+    pub(crate) fn drop_group(&self, id: NodeId, group: u64, up: &Arc<Replica>) {
+        let mut state = self.state();
+        let Some(running) = state.nodes.get_mut(&id).and_then(|n| n.up.as_mut()) else {
+            return;
+        };
+        if Arc::ptr_eq(&running.replica, up) {
+            running.groups.retain(|r| r.shard_id() != group);
+        }
+    }
+
     /// A running node of a sharded run.
     pub fn sharded(&self, id: NodeId) -> Option<crate::sharded_node::ShardedNode> {
         self.state()

@@ -47,7 +47,10 @@ impl SimGroupOps {
 impl GroupOps for SimGroupOps {
     fn view<'a>(&'a self, at: &'a str, shard: ShardId) -> GroupFuture<'a, GroupView> {
         Box::pin(async move {
-            let (_, r) = self.replica_at(at, shard)?;
+            let r = match self.leader(at, shard) {
+                Ok(leader) => leader,
+                Err(_) => self.replica_at(at, shard)?.1,
+            };
             Ok(GroupView {
                 leader: r.leader().map_or(0, |(l, _)| l),
                 members: r.status().members.iter().map(|m| m.id).collect(),

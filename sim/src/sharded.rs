@@ -88,8 +88,34 @@ struct SimGroups {
     service: Arc<RaftService<crate::cluster::SimNet>>,
     stopped: watch::Receiver<bool>,
     stats: Arc<ServiceStats>,
-    /// The node's first replica: which incarnation this is.
+    /// The node's metadata replica: which incarnation this is.
     first: Arc<strata_raft::Replica>,
+    /// The stores of replicas closed here, until nothing holds them (then their directories
+    /// may go, as a node deletes them).
+    closing: Arc<std::sync::Mutex<BTreeMap<ShardId, strata_raft::ShardGone>>>,
+}
+
+impl SimGroups {
+    /// Waits (at most 30 s of simulated time) until the replica of `shard` closed here is
+    /// gone, so its directory can be deleted.
+    async fn wait_closed(&self, shard: ShardId) -> Result<(), String> {
+        let gone = crate::cluster::lock(&self.closing).get(&shard).cloned();
+        if let Some(gone) = gone {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !gone.is_gone() {
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "n{}: {shard}'s closed replica is still held by {} handles",
+                        self.id,
+                        gone.holders()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            crate::cluster::lock(&self.closing).remove(&shard);
+        }
+        Ok(())
+    }
 }
 
 impl Groups for SimGroups {
@@ -103,9 +129,13 @@ impl Groups for SimGroups {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             self.service.remove(u64::from(shard.0));
+            self.cluster
+                .drop_group(self.id, u64::from(shard.0), &self.first);
             if let Some(service) = self.set.remove(shard) {
                 if let Backend::Replicated(replica) = service.backend() {
                     replica.shutdown().await;
+                    let gone = replica.shard().gone();
+                    crate::cluster::lock(&self.closing).insert(shard, gone);
                 }
             }
             Ok(())
@@ -133,7 +163,9 @@ impl Groups for SimGroups {
         members: BTreeMap<u64, StrataNode>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
-            // A replica the node held before (moved away since) is not taken up again.
+            // A replica the node held before (moved away since) is not taken up again: once
+            // nothing holds it, it is deleted.
+            self.wait_closed(shard).await?;
             let dir = shard_dir(self.id, shard);
             remove_stale(&self.disk, &dir)?;
             let replica = self
@@ -210,10 +242,11 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
             (*shard, service)
         })
         .collect();
-    let first = services
-        .first()
-        .map(|(_, s)| s.clone())
-        .ok_or("a node without shards")?;
+    // The node's identity (which incarnation runs) and the monitor's group: the metadata
+    // replica, which no move takes away.
+    let meta_arc = Arc::new(meta_replica.clone());
+    let meta_backend = Backend::Replicated(Box::new(meta_replica.clone()));
+    let first = cluster.streams_service(id, meta_backend, stopped.clone(), stats.clone());
     let set = ShardSet::new(services)?;
     let map = MapCell::new(map);
     let meta = Meta::new(meta_replica.clone());
@@ -225,7 +258,8 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
         Arc::new(SimGroupOps(cluster.clone())),
         crate::cluster::addr(id),
         cluster.node_clock(id),
-    );
+    )
+    .with_slot_mover(mover.clone());
     let mut groups: Vec<Arc<strata_raft::Replica>> = groups.into_iter().map(|(_, r)| r).collect();
     let groups_of = SimGroups {
         cluster: cluster.clone(),
@@ -235,7 +269,8 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
         service: service.clone(),
         stopped: stopped.clone(),
         stats,
-        first: groups[0].clone(),
+        first: meta_arc.clone(),
+        closing: Arc::default(),
     };
     let follower = Follower {
         meta: meta.clone(),
@@ -246,9 +281,9 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
         clock: cluster.node_clock(id),
     };
     tokio::spawn(follow(follower, stopped.clone()));
-    groups.push(Arc::new(meta_replica));
+    groups.push(meta_arc.clone());
     Ok(Up {
-        replica: groups[0].clone(),
+        replica: meta_arc,
         groups,
         sharded: Some(ShardedNode {
             router,
@@ -732,6 +767,26 @@ async fn recover(cluster: &Cluster, within: Duration) -> Result<ClusterMap, Stri
     Err(last)
 }
 
+/// A shard that node `leader` holds no replica of and that keeps a fence over slots it owns
+/// (a slot move stopped with it), with a node holding it.
+fn fenced_elsewhere(
+    cluster: &Cluster,
+    ids: &[NodeId],
+    map: &ClusterMap,
+    leader: NodeId,
+) -> Option<(ShardId, NodeId)> {
+    map.shards()
+        .into_iter()
+        .filter(|shard| !map.holds(leader, *shard))
+        .find_map(|shard| {
+            let (holder, backend) = ids
+                .iter()
+                .find_map(|id| Some((*id, cluster.sharded(*id)?.set.backend(shard)?)))?;
+            let held = [(shard, backend)];
+            (!check_fences(&held, map).is_empty()).then_some((shard, holder))
+        })
+}
+
 /// Whether the cluster has settled (see [`recover`]): the map every node routes by.
 async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
     let ids = cluster.up_ids();
@@ -766,8 +821,23 @@ async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
                 .run(shard.0, from, to)
                 .await
                 .map_err(|e| format!("n{leader}: finishing {shard}'s replica move: {e}"))?;
-            return Err(format!("n{leader} finished {shard}'s replica move"));
+            let after = node.meta.latest()?.map_or(0, |(_, m)| m.epoch());
+            return Err(format!(
+                "n{leader} finished {shard}'s replica move (map epoch {} → {after}, routing by {})",
+                newest.epoch(),
+                node.map.get().epoch()
+            ));
         }
+    }
+    // A stopped slot move's fence on a shard the metadata leader holds no replica of stays
+    // until a leader holding one recovers it: the operator moves a replica there (as the
+    // docs say), and recovery lifts the fence.
+    if let Some((shard, from)) = fenced_elsewhere(cluster, &ids, &newest, leader) {
+        node.replicas
+            .run(shard.0, from, leader)
+            .await
+            .map_err(|e| format!("n{leader}: taking a replica of fenced {shard}: {e}"))?;
+        return Err(format!("n{leader} took a replica of fenced {shard}"));
     }
     // A member a move left in a group (its last step failed after the map's end) is taken out.
     let removed = node
@@ -856,7 +926,7 @@ async fn check_final(
         let Some((_, backend)) = held.iter().find(|(s, _)| *s == shard) else {
             continue;
         };
-        match read_whole(&backend, stream) {
+        match read_whole(backend, stream) {
             Ok(held) => {
                 last.insert(stream.to_string(), held);
             }
