@@ -93,6 +93,31 @@ struct SimGroups {
     /// The stores of replicas closed here, until nothing holds them (then their directories
     /// may go, as a node deletes them).
     closing: Arc<std::sync::Mutex<BTreeMap<ShardId, strata_raft::ShardGone>>>,
+    /// Each held shard's stop (set when the node stops or the shard is closed here), as a
+    /// node's assembly gives each shard's service and subscriptions.
+    stops: ShardStops,
+}
+
+/// Each held shard's stop, by shard.
+type ShardStops = Arc<std::sync::Mutex<BTreeMap<ShardId, Arc<watch::Sender<bool>>>>>;
+
+/// A new stop for shard `shard`, set when `node` (the node's stop) is, or when closed.
+fn shard_stop(
+    stops: &ShardStops,
+    shard: ShardId,
+    node: &watch::Receiver<bool>,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let tx = Arc::new(tx);
+    crate::cluster::lock(stops).insert(shard, tx.clone());
+    let mut node = node.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = node.wait_for(|s| *s) => { tx.send_replace(true); }
+            () = tx.closed() => {}
+        }
+    });
+    rx
 }
 
 impl SimGroups {
@@ -131,6 +156,9 @@ impl Groups for SimGroups {
             self.service.remove(u64::from(shard.0));
             self.cluster
                 .drop_group(self.id, u64::from(shard.0), &self.first);
+            if let Some(stop) = crate::cluster::lock(&self.stops).remove(&shard) {
+                stop.send_replace(true);
+            }
             if let Some(service) = self.set.remove(shard) {
                 if let Backend::Replicated(replica) = service.backend() {
                     replica.shutdown().await;
@@ -165,7 +193,12 @@ impl Groups for SimGroups {
         Box::pin(async move {
             // A replica the node held before (moved away since) is not taken up again: once
             // nothing holds it, it is deleted.
-            self.wait_closed(shard).await?;
+            if let Err(e) = self.wait_closed(shard).await {
+                self.cluster
+                    .trace()
+                    .log(format!("n{}: opening {shard}: {e}", self.id));
+                return Err(e);
+            }
             let dir = shard_dir(self.id, shard);
             remove_stale(&self.disk, &dir)?;
             let replica = self
@@ -182,12 +215,10 @@ impl Groups for SimGroups {
             }
             self.service.add(u64::from(shard.0), replica.served())?;
             let backend = Backend::Replicated(Box::new((*replica).clone()));
-            let service = self.cluster.streams_service(
-                self.id,
-                backend,
-                self.stopped.clone(),
-                self.stats.clone(),
-            );
+            let stop = shard_stop(&self.stops, shard, &self.stopped);
+            let service = self
+                .cluster
+                .streams_service(self.id, backend, stop, self.stats.clone());
             self.set.insert(shard, service)
         })
     }
@@ -234,11 +265,13 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
     let service = Arc::new(RaftService::new(served, cluster.transport(id)));
     let (stop, stopped) = watch::channel(false);
     let stats = Arc::new(ServiceStats::default());
+    let stops = ShardStops::default();
     let services: Vec<(ShardId, StreamsService)> = groups
         .iter()
         .map(|(shard, r)| {
             let backend = Backend::Replicated(Box::new((**r).clone()));
-            let service = cluster.streams_service(id, backend, stopped.clone(), stats.clone());
+            let stop = shard_stop(&stops, *shard, &stopped);
+            let service = cluster.streams_service(id, backend, stop, stats.clone());
             (*shard, service)
         })
         .collect();
@@ -271,6 +304,7 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
         stats,
         first: meta_arc.clone(),
         closing: Arc::default(),
+        stops,
     };
     let follower = Follower {
         meta: meta.clone(),
@@ -761,7 +795,12 @@ async fn recover(cluster: &Cluster, within: Duration) -> Result<ClusterMap, Stri
         tokio::time::sleep(Duration::from_millis(200)).await;
         match settled(cluster).await {
             Ok(map) => return Ok(map),
-            Err(why) => last = why,
+            Err(why) => {
+                if why != last {
+                    cluster.trace().log(format!("settling: {why}"));
+                }
+                last = why;
+            }
         }
     }
     Err(last)
@@ -796,6 +835,9 @@ async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
     // A move the driver began before the liveness phase runs to its end (or fails) first.
     for id in &ids {
         let n = cluster.sharded(*id).ok_or("a node without shards")?;
+        if let Some((shard, step)) = n.replicas.steps().into_iter().next() {
+            return Err(format!("n{id} is still moving {shard}'s replica ({step})"));
+        }
         if let Some(s) = n.mover.status() {
             if matches!(s.step, Step::Copying | Step::Fenced) {
                 return Err(format!(
