@@ -33,8 +33,10 @@ use std::sync::{Arc, Mutex};
 
 use strata_proto::routing::{ClusterMap, ShardId};
 use strata_proto::v1 as pb;
+use strata_proto::v1::cluster_client::ClusterClient;
 use strata_raft::StrataNode;
 use tokio::sync::watch;
+use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::clock::WallClock;
@@ -634,6 +636,28 @@ pub trait GroupOps: Send + Sync {
 pub struct GrpcGroups(pub Peers);
 
 impl GrpcGroups {
+    /// `call` on the `Cluster` service of the node at `at` with `request` about `shard`
+    /// (passed on to a holder, then to the group's leader); the answer dropped.
+    fn ask<'a, R, Fut>(
+        &'a self,
+        at: &'a str,
+        (shard, request): (ShardId, R),
+        call: impl FnOnce(ClusterClient<Channel>, tonic::Request<R>) -> Fut + Send + 'a,
+    ) -> GroupFuture<'a, ()>
+    where
+        R: Send + 'a,
+        Fut: std::future::Future<Output = Result<tonic::Response<pb::ClusterStatus>, Status>>
+            + Send
+            + 'a,
+    {
+        Box::pin(async move {
+            let client = self.0.cluster(at)?;
+            call(client, forward::for_shard_via_holder(request, shard.0))
+                .await
+                .map(drop)
+        })
+    }
+
     /// The group as the node at `at` sees it, and the cluster's nodes.
     async fn view_at(
         &self,
@@ -690,34 +714,24 @@ impl GroupOps for GrpcGroups {
             addr: node.addr.clone(),
             raft_addr: node.raft_addr.clone(),
         };
-        Box::pin(async move {
-            self.0
-                .cluster(at)?
-                .add_node(forward::for_shard_via_holder(add, shard.0))
-                .await
-                .map(drop)
-        })
+        self.ask(
+            at,
+            (shard, add),
+            |mut c, r| async move { c.add_node(r).await },
+        )
     }
 
     fn transfer<'a>(&'a self, at: &'a str, shard: ShardId, to: u64) -> GroupFuture<'a, ()> {
         let request = pb::TransferLeaderRequest { shard: shard.0, to };
-        Box::pin(async move {
-            self.0
-                .cluster(at)?
-                .transfer_leader(forward::for_shard_via_holder(request, shard.0))
-                .await
-                .map(drop)
+        self.ask(at, (shard, request), |mut c, r| async move {
+            c.transfer_leader(r).await
         })
     }
 
     fn remove<'a>(&'a self, at: &'a str, shard: ShardId, id: u64) -> GroupFuture<'a, ()> {
         let remove = pb::RemoveNodeRequest { id };
-        Box::pin(async move {
-            self.0
-                .cluster(at)?
-                .remove_node(forward::for_shard_via_holder(remove, shard.0))
-                .await
-                .map(drop)
+        self.ask(at, (shard, remove), |mut c, r| async move {
+            c.remove_node(r).await
         })
     }
 }

@@ -31,6 +31,22 @@ impl SimGroupOps {
         }
     }
 
+    /// `change` on the replica leading `shard`'s group (as the node at `at` knows it).
+    fn at_leader<'a, Fut>(
+        &'a self,
+        at: &'a str,
+        shard: ShardId,
+        change: impl FnOnce(Replica) -> Fut + Send + 'a,
+    ) -> GroupFuture<'a, ()>
+    where
+        Fut: std::future::Future<Output = Result<(), strata_raft::ReplicaError>> + Send + 'a,
+    {
+        Box::pin(async move {
+            let leader = self.leader(at, shard)?;
+            change(leader).await.map_err(replica_status)
+        })
+    }
+
     /// The replica leading `shard`'s group, as the node at `at` knows it.
     fn leader(&self, at: &str, shard: ShardId) -> Result<Replica, Status> {
         let (id, here) = self.replica_at(at, shard)?;
@@ -65,26 +81,23 @@ impl GroupOps for SimGroupOps {
         id: u64,
         node: &'a StrataNode,
     ) -> GroupFuture<'a, ()> {
-        Box::pin(async move {
-            let leader = self.leader(at, shard)?;
-            leader
-                .add_node(id, node.clone())
-                .await
-                .map_err(replica_status)
-        })
+        let node = node.clone();
+        self.at_leader(
+            at,
+            shard,
+            move |r| async move { r.add_node(id, node).await },
+        )
     }
 
     fn transfer<'a>(&'a self, at: &'a str, shard: ShardId, to: u64) -> GroupFuture<'a, ()> {
-        Box::pin(async move {
-            let leader = self.leader(at, shard)?;
-            leader.transfer_leader(to).await.map_err(replica_status)
-        })
+        self.at_leader(
+            at,
+            shard,
+            move |r| async move { r.transfer_leader(to).await },
+        )
     }
 
     fn remove<'a>(&'a self, at: &'a str, shard: ShardId, id: u64) -> GroupFuture<'a, ()> {
-        Box::pin(async move {
-            let leader = self.leader(at, shard)?;
-            leader.remove_node(id).await.map_err(replica_status)
-        })
+        self.at_leader(at, shard, move |r| async move { r.remove_node(id).await })
     }
 }
