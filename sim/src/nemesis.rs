@@ -95,6 +95,8 @@ pub struct RunConfig {
     /// Shards per node: 1 runs one Raft group; more runs [`crate::sharded`] (three nodes,
     /// a group per shard and the metadata group, slot-range moves).
     pub shards: u32,
+    /// A sharded run moves replicas between its four nodes too (see [`crate::sharded`]).
+    pub replica_moves: bool,
 }
 
 impl RunConfig {
@@ -109,6 +111,7 @@ impl RunConfig {
             check_time: Duration::from_secs(10),
             lying_disks: false,
             shards: 1,
+            replica_moves: false,
         }
     }
 }

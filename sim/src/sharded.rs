@@ -8,8 +8,9 @@
 //! calls between nodes), and the nemesis of [`crate::run`] delays, loses and duplicates
 //! messages, partitions nodes, kills them and skews their clocks, a mover driver on the
 //! metadata group's leader keeps moving: slot ranges that hold the clients' streams from one
-//! shard to another, splits, and replicas from a node to one not holding the shard (never a
-//! node's last), finishing or cancelling a replica move a killed leader left recorded; a
+//! shard to another, splits, and (with `--replica-moves`) replicas from a node to one not
+//! holding the shard (never a node's last), finishing or cancelling a replica move a killed
+//! leader left recorded; a
 //! killed node's move dies with it, and that leader lifts the fences of moves that stopped,
 //! as a node's `recover_moves` does. A replica move's group calls go straight to the named
 //! node's replica ([`crate::replica_ops`]); the Raft messages they cause cross the simulated
@@ -486,7 +487,7 @@ fn pick_move(cluster: &Cluster, map: &ClusterMap) -> Option<(SlotRange, ShardId)
 
 /// Moves slot ranges until `until`, one at a time from the metadata group's leader (a move
 /// dies with its node), and on that leader lifts the fences of moves that stopped.
-async fn mover_driver(cluster: Cluster, moves: Moves, until: Instant) {
+async fn mover_driver(cluster: Cluster, moves: Moves, (until, replicas): (Instant, bool)) {
     loop {
         tokio::time::sleep(cluster.rng().millis(300, 1500)).await;
         if Instant::now() >= until {
@@ -513,7 +514,7 @@ async fn mover_driver(cluster: Cluster, moves: Moves, until: Instant) {
         let Ok(map) = node.map.routable() else {
             continue;
         };
-        if cluster.rng().chance(0.4) {
+        if replicas && cluster.rng().chance(0.4) {
             move_replica(&cluster, (id, &node), &map, &moves).await;
             continue;
         }
@@ -697,7 +698,7 @@ pub(crate) async fn simulate(config: RunConfig) -> RunReport {
     tasks.push(tokio::spawn(mover_driver(
         cluster.clone(),
         moves.clone(),
-        safety_end,
+        (safety_end, config.replica_moves),
     )));
     let fault_log = FaultLog::default();
     let tainted = Arc::default();

@@ -39,20 +39,24 @@ fn one_seed_gives_one_trace_in_process_and_across_processes() {
 fn regression_seeds_pass() {
     let list = include_str!("../regression-seeds.txt");
     // `SEED`, `SEED@FAULTS` (the `--faults` the seed failed with), then `/shards=N` for a
-    // sharded run.
+    // sharded run (`/shards=N+replicas` moving replicas too).
     let runs: Vec<RunConfig> = list
         .lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .filter_map(|l| l.split_whitespace().next())
         .map(|token| {
-            let (token, shards) = match token.split_once("/shards=") {
-                Some((t, n)) => (t, n.parse().expect("shards")),
-                None => (token, 1),
+            let (token, shards, replica_moves) = match token.split_once("/shards=") {
+                Some((t, n)) => match n.strip_suffix("+replicas") {
+                    Some(n) => (t, n.parse().expect("shards"), true),
+                    None => (t, n.parse().expect("shards"), false),
+                },
+                None => (token, 1, false),
             };
             let (seed, faults) = token.split_once('@').unwrap_or((token, "all"));
             RunConfig {
                 faults: FaultSet::parse(faults).expect("fault classes"),
                 shards,
+                replica_moves,
                 ..RunConfig::new(seed.parse().expect("seed"))
             }
         })
