@@ -36,7 +36,7 @@ echo "==> simulator sweep, storage and membership faults (${STRATA_SIM_FOCUSED_S
 # Sharded clusters: slot ranges moving between 3 shards under network, partition, crash and
 # clock faults.
 echo "==> simulator sweep, sharded (${STRATA_SIM_SHARDED_SECS:-90} s)"
-"$CARGO_TARGET_DIR/release/strata-sim" run --seeds 1000000000 --shards 3 \
+"$CARGO_TARGET_DIR/release/strata-sim" run --seeds 1000000000 --shards 3 --replica-moves \
   --time-limit "${STRATA_SIM_SHARDED_SECS:-90}"
 # One closing line with the totals over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }

@@ -80,6 +80,32 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn exists(&self, path: &Path) -> io::Result<bool>;
 }
 
+/// Removes `dir` and everything in it so that a power cut cannot bring any of it back. A
+/// removal is only durable once its parent directory is synced, and the entries inside a
+/// removed tree have no parent left to sync: after a crash, part of the tree could reappear
+/// (a replica's files where the node had deleted it). So `dir` is first renamed to
+/// [`removed_name`] and the rename synced — from then on `dir` is durably gone — and only
+/// then deleted. A leftover from an interrupted removal is deleted too.
+pub fn remove_dir_durably(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
+    let tomb = removed_name(dir);
+    fs.remove_dir_all(&tomb)?;
+    if !fs.exists(dir)? {
+        return Ok(());
+    }
+    fs.rename(dir, &tomb)?;
+    if let Some(parent) = dir.parent() {
+        fs.sync_dir(parent)?;
+    }
+    fs.remove_dir_all(&tomb)
+}
+
+/// Where [`remove_dir_durably`] moves `dir` before deleting it: `DIR.removed` beside it.
+pub fn removed_name(dir: &Path) -> std::path::PathBuf {
+    let mut name = dir.as_os_str().to_os_string();
+    name.push(".removed");
+    std::path::PathBuf::from(name)
+}
+
 /// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.
 pub fn read_exact_at(file: &dyn FileHandle, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
     while !buf.is_empty() {
@@ -211,5 +237,45 @@ impl FileSystem for StdFs {
     }
     fn exists(&self, path: &Path) -> io::Result<bool> {
         path.try_exists()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim_fs::{CrashMode, SimFs};
+
+    /// A synced file in a synced directory `/n/shards/1`.
+    fn replica_dir(fs: &SimFs) -> std::path::PathBuf {
+        let dir = Path::new("/n/shards/1");
+        fs.create_dir_all(dir).unwrap();
+        let file = fs
+            .open(&dir.join("raft-state"), OpenMode::CreateTruncate)
+            .unwrap();
+        file.write_all_at(b"vote", 0).unwrap();
+        file.sync_data().unwrap();
+        fs.sync_dir(dir).unwrap();
+        fs.sync_dir(Path::new("/n/shards")).unwrap();
+        dir.to_path_buf()
+    }
+
+    #[test]
+    fn a_durable_removal_stays_removed_through_a_power_cut() {
+        // A plain removal does not: the files come back.
+        let fs = SimFs::new(1);
+        let dir = replica_dir(&fs);
+        fs.remove_dir_all(&dir).unwrap();
+        fs.crash(CrashMode::DropUnsynced);
+        assert!(fs.exists(&dir.join("raft-state")).unwrap());
+
+        let fs = SimFs::new(2);
+        let dir = replica_dir(&fs);
+        remove_dir_durably(&fs, &dir).unwrap();
+        fs.crash(CrashMode::DropUnsynced);
+        assert!(!fs.exists(&dir.join("raft-state")).unwrap());
+        // What the crash may leave of the renamed tree goes with the next removal.
+        remove_dir_durably(&fs, &dir).unwrap();
+        assert!(!fs.exists(&removed_name(&dir).join("raft-state")).unwrap());
+        assert_eq!(removed_name(&dir), Path::new("/n/shards/1.removed"));
     }
 }

@@ -185,7 +185,7 @@ pub struct ClusterMap {
     replicas: std::collections::BTreeMap<ShardId, Vec<u64>>,
     /// The replica moves under way: shard → (from node, to node). The target is among the
     /// shard's replicas already; the source leaves them when the move ends.
-    moving: std::collections::BTreeMap<ShardId, (u64, u64)>,
+    moving: std::collections::BTreeMap<ShardId, (u64, u64, u64)>,
 }
 
 impl ClusterMap {
@@ -457,7 +457,18 @@ impl ClusterMap {
 
     /// The replica move of shard `shard` under way, `(from, to)`, if any.
     pub fn replica_move(&self, shard: ShardId) -> Option<(u64, u64)> {
-        self.moving.get(&shard).copied()
+        self.moving.get(&shard).map(|&(from, to, _)| (from, to))
+    }
+
+    /// The incarnation (see `strata_raft::StrataNode`) node `node`'s replica of shard `shard`
+    /// takes if it is created now: the epoch of the map that began the move when `node` is a
+    /// replica move's target, else 0 (a founder of the group). Unique per node and group:
+    /// epochs only grow, and a move ends before another of the shard begins.
+    pub fn incarnation(&self, shard: ShardId, node: u64) -> u64 {
+        match self.moving.get(&shard) {
+            Some(&(_, to, since)) if to == node => since,
+            _ => 0,
+        }
     }
 
     /// The first step of moving shard `shard`'s replica from node `from` to node `to`: the
@@ -479,7 +490,8 @@ impl ClusterMap {
         let mut nodes = holders.to_vec();
         nodes.push(to);
         let mut next = self.bumped().placing(shard, &nodes)?;
-        next.moving.insert(shard, (from, to));
+        let since = next.epoch;
+        next.moving.insert(shard, (from, to, since));
         // Its group formed (a leader adds the target) and its membership changes from here:
         // no node may form it from the founders any more.
         next.founders.remove(&shard);
@@ -587,7 +599,8 @@ impl ClusterMap {
     /// founders 2 1,A1,R1 2,A2,R2    the voters shard 2's group was formed with: id, client
     ///                               address, Raft address (added shards only)
     /// replicas 2 2 3 4              the nodes holding shard 2 (once placed; else every node)
-    /// moving 2 1 4                  shard 2's replica moving from node 1 to node 4
+    /// moving 2 1 4 9                shard 2's replica moving from node 1 to node 4, begun at
+    ///                               epoch 9 (the target's incarnation; none: 0)
     /// ```
     pub fn encode(&self) -> String {
         let mut out = format!(
@@ -614,8 +627,8 @@ impl ClusterMap {
             }
             out.push('\n');
         }
-        for (shard, (from, to)) in &self.moving {
-            out.push_str(&format!("moving {} {from} {to}\n", shard.0));
+        for (shard, (from, to, since)) in &self.moving {
+            out.push_str(&format!("moving {} {from} {to} {since}\n", shard.0));
         }
         out
     }
@@ -660,8 +673,11 @@ impl ClusterMap {
                     ShardId(small(shard)?),
                 )),
                 ["shard", shard] => empty.push(ShardId(small(shard)?)),
-                ["moving", shard, from, to] => {
-                    moving.push((n, ShardId(small(shard)?), number(from)?, number(to)?));
+                ["moving", shard, from, to, since @ ..] if since.len() <= 1 => {
+                    // A map from before incarnations has no epoch here: its target is 0.
+                    let since = since.first().map_or(Ok(0), |w| number(w))?;
+                    let shard = ShardId(small(shard)?);
+                    moving.push((n, shard, (number(from)?, number(to)?, since)));
                 }
                 ["replicas", shard, nodes @ ..] => {
                     let nodes: Result<Vec<u64>, MapError> =
@@ -706,7 +722,7 @@ impl ClusterMap {
                 .placing(shard, &nodes)
                 .map_err(|e| bad(n, e.to_string()))?;
         }
-        for (n, shard, from, to) in moving {
+        for (n, shard, (from, to, since)) in moving {
             let placed = map.replicas(shard).unwrap_or_default();
             if !placed.contains(&from) || !placed.contains(&to) || map.moving.contains_key(&shard) {
                 return Err(bad(
@@ -716,7 +732,7 @@ impl ClusterMap {
                     ),
                 ));
             }
-            map.moving.insert(shard, (from, to));
+            map.moving.insert(shard, (from, to, since));
         }
         Ok(map)
     }
@@ -996,8 +1012,23 @@ mod tests {
             None,
             "formed: founders forgotten"
         );
-        assert!(begun.encode().ends_with("moving 1 2 1\n"));
+        let since = begun.epoch();
+        assert!(begun.encode().ends_with(&format!("moving 1 2 1 {since}\n")));
         assert_eq!(ClusterMap::decode(&begun.encode()).unwrap(), begun);
+        // The target's new replica is the move's own incarnation; every other one a founder's.
+        assert_eq!(begun.incarnation(ShardId(1), 1), since);
+        assert_eq!(begun.incarnation(ShardId(1), 2), 0);
+        assert_eq!(placed.incarnation(ShardId(1), 1), 0);
+        // A map written before incarnations decodes with the target as incarnation 0.
+        let legacy = begun
+            .encode()
+            .replace(&format!("moving 1 2 1 {since}\n"), "moving 1 2 1\n");
+        assert_eq!(
+            ClusterMap::decode(&legacy)
+                .unwrap()
+                .incarnation(ShardId(1), 1),
+            0
+        );
         assert_eq!(
             begun.with_replica_move_begun(ShardId(1), &[1, 3, 4], (3, 5)),
             Err(MapError::ReplicaMoving {

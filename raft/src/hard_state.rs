@@ -40,6 +40,11 @@ pub struct HardState {
     pub committed: Option<LogId>,
     /// Entries up to here are no longer Raft log entries (they stay in the log as data).
     pub purged: Option<LogId>,
+    /// Which incarnation of this node's replica of the group this is (see
+    /// [`crate::StrataNode`]); recorded when the replica is created (`None`: a replica from
+    /// before incarnations, or one not yet opened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<u64>,
 }
 
 /// The file holding a [`HardState`].

@@ -228,6 +228,9 @@ pub struct Network<T> {
     /// Raft addresses this node was configured with for its peers; they win over the
     /// membership's (each node may reach a peer by its own route).
     routes: HashMap<NodeId, String>,
+    /// This replica's storage, whose saved vote an AppendEntries must still carry when sent
+    /// (see [`Connection::append_entries`]); `None`: not checked.
+    local: Option<Shard>,
 }
 
 impl<T> Clone for Network<T> {
@@ -237,6 +240,7 @@ impl<T> Clone for Network<T> {
             self_node: self.self_node.clone(),
             transport: self.transport.clone(),
             routes: self.routes.clone(),
+            local: self.local.clone(),
         }
     }
 }
@@ -255,7 +259,15 @@ impl<T: RaftTransport> Network<T> {
             self_node,
             transport,
             routes,
+            local: None,
         }
+    }
+
+    /// The network of the replica over `shard`: an AppendEntries is sent only while the
+    /// replica's saved vote is still the one the request carries.
+    pub fn voting_in(mut self, shard: &Shard) -> Network<T> {
+        self.local = Some(shard.clone());
+        self
     }
 }
 
@@ -266,6 +278,7 @@ impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for Network<T> {
         Connection {
             shard_id: self.shard_id,
             target,
+            to_incarnation: node.incarnation,
             addr: self
                 .routes
                 .get(&target)
@@ -273,6 +286,7 @@ impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for Network<T> {
                 .unwrap_or_else(|| node.raft_addr.clone()),
             self_addr: self.self_node.raft_addr.clone(),
             transport: self.transport.clone(),
+            local: self.local.clone(),
         }
     }
 }
@@ -323,6 +337,7 @@ impl<T: RaftTransport> Handover for Network<T> {
             let message = pb::RaftMessage {
                 shard_id: self.shard_id,
                 payload: encode(&appends)?,
+                to_incarnation: Some(node.incarnation),
             };
             let answer = self
                 .transport
@@ -354,6 +369,7 @@ impl<T: RaftTransport> Network<T> {
         let message = pb::RaftMessage {
             shard_id: self.shard_id,
             payload: encode(vote)?,
+            to_incarnation: Some(node.incarnation),
         };
         self.transport
             .call(&addr, Rpc::TimeoutNow, message, deadline)
@@ -367,15 +383,26 @@ impl<T: RaftTransport> Network<T> {
 pub struct Connection<T> {
     shard_id: u64,
     target: NodeId,
+    /// The incarnation of the target's replica this node's membership names.
+    to_incarnation: u64,
     addr: String,
     self_addr: String,
     transport: Arc<T>,
+    local: Option<Shard>,
 }
 
+/// Whether a failed call is the target being out of reach — down, or holding no replica of
+/// the group (removed, or not yet opened: NOT_FOUND), or another one than addressed
+/// (FAILED_PRECONDITION) — which openraft retries after a backoff. Any other failure it
+/// retries at once.
 fn is_unreachable(status: &Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::NotFound
+            | tonic::Code::FailedPrecondition
     )
 }
 
@@ -393,6 +420,7 @@ impl<T: RaftTransport> Connection<T> {
         let message = pb::RaftMessage {
             shard_id: self.shard_id,
             payload,
+            to_incarnation: Some(self.to_incarnation),
         };
         let answer = match self
             .transport
@@ -418,6 +446,25 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for Connection<T> {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, StrataNode, RaftError<NodeId>>>
     {
+        // openraft's replication task reads the entries it sends from the log while the core
+        // goes on: a leader that stepped down and had its log truncated by the next leader can
+        // send entries of the new log after a `prev_log_id` of the old one (openraft issue
+        // #1077), which a follower whose vote is still the old leader's would take. A vote
+        // saved before any truncation, unchanged once the entries are read, proves they are
+        // the old leader's own log: otherwise the request is not sent.
+        if let Some(local) = &self.local {
+            let now = local.vote();
+            if now != Some(rpc.vote) {
+                // As unreachable: openraft backs off (a network error is retried at once)
+                // until its core closes the stale replication.
+                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                    format!(
+                        "not sent: this replica's vote moved from {} to {now:?} since the request was built (its log may have changed)",
+                        rpc.vote
+                    ),
+                ))));
+            }
+        }
         self.rpc(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
     }
 
@@ -581,6 +628,7 @@ impl<T> RaftService<T> {
     ) -> Result<(u64, ServedShard, P), Status> {
         let m = request.into_inner();
         let served = self.shard(m.shard_id)?;
+        addressed(m.shard_id, served.shard.incarnation(), m.to_incarnation)?;
         Ok((m.shard_id, served, decode(&m.payload)?))
     }
 }
@@ -664,8 +712,23 @@ impl<T: RaftTransport> RaftService<T> {
     }
 }
 
+/// Refuses a message for another incarnation of group `shard_id`'s replica here than `mine`
+/// (`to`: the one the sender's membership names; `None`: not said, not checked).
+fn addressed(shard_id: u64, mine: u64, to: Option<u64>) -> Result<(), Status> {
+    match to {
+        Some(theirs) if theirs != mine => Err(Status::failed_precondition(format!(
+            "shard {shard_id}'s replica here is incarnation {mine}; the message is for incarnation {theirs}, a replica this node held before (the sender's membership is stale)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn message(shard_id: u64, payload: Vec<u8>) -> Response<pb::RaftMessage> {
-    Response::new(pb::RaftMessage { shard_id, payload })
+    Response::new(pb::RaftMessage {
+        shard_id,
+        payload,
+        to_incarnation: None,
+    })
 }
 
 #[tonic::async_trait]
@@ -758,6 +821,91 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
     use prost::Message;
 
+    #[test]
+    fn a_message_for_another_incarnation_is_refused_and_backed_off_from() {
+        assert!(addressed(4, 7, Some(7)).is_ok());
+        assert!(addressed(4, 7, None).is_ok(), "a sender that names none");
+        let refused = addressed(4, 7, Some(0)).expect_err("a stale member's message");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("incarnation 7"), "{refused}");
+        assert!(
+            is_unreachable(&refused),
+            "backed off from, not retried at once"
+        );
+        assert!(is_unreachable(&Status::not_found(
+            "shard 4 is not on this node"
+        )));
+        assert!(!is_unreachable(&Status::internal("a bug")));
+    }
+
+    /// A transport that records what it is asked to send and answers nothing.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<pb::RaftMessage>>);
+
+    impl RaftTransport for Recording {
+        async fn call(
+            &self,
+            _addr: &str,
+            _rpc: Rpc,
+            message: pb::RaftMessage,
+            _deadline: Duration,
+        ) -> Result<pb::RaftMessage, Status> {
+            strata_engine::sync::lock(&self.0).push(message);
+            Err(Status::unavailable("recorded"))
+        }
+
+        async fn fetch_log(
+            &self,
+            _addr: &str,
+            _request: pb::FetchLogRequest,
+            _deadline: Duration,
+        ) -> Result<Vec<u8>, Status> {
+            Err(Status::unavailable("recorded"))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_append_entries_is_sent_only_while_its_vote_is_the_replicas() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let shard = Shard::open(crate::storage::ShardOptions::on_disk(
+            2,
+            tmp.path(),
+            strata_engine::EngineConfig::default(),
+        ))
+        .expect("open shard");
+        let transport = Arc::new(Recording::default());
+        let me = StrataNode::at("n2", "n2");
+        let mut network = Network::new(4, me, transport.clone(), HashMap::new()).voting_in(&shard);
+        let target = StrataNode::at("n3", "n3").incarnation(6);
+        let mut connection = network.new_client(3, &target).await;
+        let request = |term| AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(term, 2),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        let option = RPCOption::new(Duration::from_secs(1));
+        // This replica leads in term 2 (as saved); a request of term 1 is a stale one.
+        let mut raft_log = shard.split().0;
+        openraft::storage::RaftLogStorage::save_vote(&mut raft_log, &Vote::new_committed(2, 2))
+            .await
+            .expect("save vote");
+        let stale = connection.append_entries(request(1), option.clone()).await;
+        assert!(matches!(stale, Err(RPCError::Unreachable(_))), "{stale:?}");
+        assert!(
+            strata_engine::sync::lock(&transport.0).is_empty(),
+            "not sent"
+        );
+        let _ = connection.append_entries(request(2), option).await;
+        let sent = strata_engine::sync::lock(&transport.0).clone();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            sent[0].to_incarnation,
+            Some(6),
+            "the target's incarnation named"
+        );
+    }
+
     fn worst_append_entries(entries: usize, frame_bytes: usize) -> usize {
         let log_id = LogId::new(CommittedLeaderId::new(u64::MAX, u64::MAX), u64::MAX);
         let entry = Entry {
@@ -777,6 +925,7 @@ mod tests {
         let message = pb::RaftMessage {
             shard_id: u64::MAX,
             payload,
+            to_incarnation: Some(u64::MAX),
         };
         // gRPC's frame: a compression flag and a 4-byte length.
         message.encoded_len() + 5

@@ -14,10 +14,11 @@ use strata_engine::format::{FRAME_BYTES, HEADER_BYTES};
 use strata_engine::validate::Validated;
 use strata_engine::{AppendRequest, AppendResult, Error, Limits};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::Instrument;
 
 use crate::network::{Handover, Network, ProposeAnswer, RaftTransport, ServedShard};
 use crate::storage::Shard;
-use crate::types::{NodeId, Raft, StrataNode};
+use crate::types::{NodeId, Raft, StrataNode, TypeConfig};
 use crate::wire::{Command, Outcome, Reply, WireAppend};
 
 type RaftMetrics = openraft::RaftMetrics<NodeId, StrataNode>;
@@ -38,6 +39,10 @@ pub const SET_ASIDE_MAX: usize = 4096;
 /// How long a voter being removed is given to hear that it is a learner before it is dropped
 /// from the membership (a node that is down does not hear it; it is removed anyway).
 pub const REMOVED_HEARS_WAIT: Duration = Duration::from_secs(2);
+/// How long one membership change (its joint configuration and its final one) may take to
+/// commit before the call answers that its outcome is unknown (a quorum out of reach would
+/// otherwise hold it for ever).
+pub const MEMBERSHIP_CHANGE_WAIT: Duration = Duration::from_secs(10);
 /// Bytes of a record besides its events.
 const RECORD_OVERHEAD: usize = FRAME_BYTES + HEADER_BYTES + 4;
 
@@ -139,6 +144,17 @@ fn not_leader(raft: &Raft, me: NodeId, hint: ForwardToLeader<NodeId, StrataNode>
 }
 
 /// A failed Raft write (client write or membership change) as this layer's error.
+/// `change` (a membership change) if it answers within [`MEMBERSHIP_CHANGE_WAIT`].
+async fn bounded<T>(change: impl Future<Output = T>) -> Result<T, ReplicaError> {
+    tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, change)
+        .await
+        .map_err(|_| {
+            ReplicaError::Unavailable(format!(
+                "the membership change did not commit within {MEMBERSHIP_CHANGE_WAIT:?} (is a quorum reachable?); it may still: look at the group's members, then run the call again"
+            ))
+        })
+}
+
 fn write_error(
     raft: &Raft,
     me: NodeId,
@@ -426,6 +442,8 @@ impl Replica {
                 .map_err(|e| ReplicaError::Unavailable(format!("raft settings: {e}")))?,
         );
         let node_id = shard.node_id();
+        // This replica as the group's memberships name it.
+        let node = node.incarnation(shard.incarnation());
         let limits = shard.options().engine.limits.clone();
         let (log, sm) = shard.split();
         let routes = members
@@ -433,9 +451,12 @@ impl Replica {
             .filter(|(id, _)| **id != node_id)
             .map(|(id, n)| (*id, n.raft_addr.clone()))
             .collect();
-        let network = Network::new(shard_id, node.clone(), transport, routes);
+        let network = Network::new(shard_id, node.clone(), transport, routes).voting_in(&shard);
         let handover: Arc<dyn Handover> = Arc::new(network.clone());
+        // Its tasks log with the group's id (see `runtime`: spawns keep the span).
+        let span = tracing::info_span!("group", id = shard_id);
         let raft = Raft::new(node_id, config, network, log, sm)
+            .instrument(span)
             .await
             .map_err(|e| ReplicaError::Unavailable(format!("starting raft: {e}")))?;
         // A replica that finds its own data corrupt stops: leading (or voting) on damaged data
@@ -708,19 +729,32 @@ impl Replica {
     /// unreachable node never becomes a voter that the quorum would have to count.
     pub async fn add_node(&self, id: NodeId, node: StrataNode) -> Result<(), ReplicaError> {
         let map = |e| write_error(&self.raft, self.node_id, e);
-        let already_voter = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .voter_ids()
-            .any(|v| v == id);
-        if already_voter {
-            return Ok(());
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voter = membership.voter_ids().any(|v| v == id);
+        match membership.membership().get_node(&id) {
+            Some(known) if known.incarnation == node.incarnation && voter => return Ok(()),
+            Some(known) if known.incarnation != node.incarnation => {
+                if voter {
+                    return Err(ReplicaError::Engine(Error::invalid(
+                        "id",
+                        format!(
+                            "node {id} is a voter of this group as another of its replicas (incarnation {}, not {}): remove it first",
+                            known.incarnation, node.incarnation
+                        ),
+                    )));
+                }
+                // A learner left of an earlier replica of the node: adding would keep its
+                // entry (and send the new replica messages for the old one).
+                self.change_members(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    .await?;
+            }
+            _ => {}
         }
         // openraft's own "blocking" add only waits until the learner lags less than its
         // replication threshold, which a short log always meets.
-        self.raft.add_learner(id, node, false).await.map_err(map)?;
+        bounded(self.raft.add_learner(id, node, false))
+            .await?
+            .map_err(map)?;
         let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         let deadline = tokio::time::Instant::now() + self.settings.learner_catch_up_timeout;
         if self
@@ -733,17 +767,25 @@ impl Replica {
                 self.settings.learner_catch_up_timeout
             )));
         }
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(map)?;
+        self.change_members(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await?;
         Ok(())
+    }
+
+    /// openraft's membership change, at most [`MEMBERSHIP_CHANGE_WAIT`].
+    async fn change_members(
+        &self,
+        change: ChangeMembers<NodeId, StrataNode>,
+        retain: bool,
+    ) -> Result<openraft::raft::ClientWriteResponse<TypeConfig>, ReplicaError> {
+        bounded(self.raft.change_membership(change, retain))
+            .await?
+            .map_err(|e| write_error(&self.raft, self.node_id, e))
     }
 
     /// Removes a node from the membership (voter or learner). A voter is demoted to a learner
     /// first and given [`REMOVED_HEARS_WAIT`] to replicate that change, then removed.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), ReplicaError> {
-        let map = |e| write_error(&self.raft, self.node_id, e);
         let membership = self.raft.metrics().borrow().membership_config.clone();
         if membership.membership().get_node(&id).is_none() {
             return Err(ReplicaError::Engine(Error::invalid(
@@ -755,10 +797,8 @@ impl Replica {
             // First demoted to a learner, which it hears (it is still replicated to), so that
             // once removed it does not stand for election for ever believing itself a voter.
             let demoted = self
-                .raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
-                .await
-                .map_err(map)?;
+                .change_members(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
+                .await?;
             let at = demoted.log_id.index;
             let deadline = tokio::time::Instant::now() + REMOVED_HEARS_WAIT;
             if self
@@ -772,10 +812,8 @@ impl Replica {
                 );
             }
         }
-        self.raft
-            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-            .await
-            .map_err(map)?;
+        self.change_members(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await?;
         Ok(())
     }
 

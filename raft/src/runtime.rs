@@ -104,6 +104,8 @@ impl AsyncRuntime for StrataRuntime {
         T: Future + OptionalSend + 'static,
         T::Output: OptionalSend + 'static,
     {
+        // The task keeps the spawner's span (a simulated node's id in its logs).
+        let future = tracing::Instrument::in_current_span(future);
         match rate() {
             Some(r) => tokio::spawn(CLOCK_RATE.scope(r, future)),
             None => tokio::spawn(future),

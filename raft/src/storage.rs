@@ -90,6 +90,32 @@ pub struct ShardOptions {
     pub open_index: IndexOpener,
     /// Where log syncs run.
     pub log_sync: LogSync,
+    /// The incarnation a new replica records (see [`crate::StrataNode`]): 0 for a founder of
+    /// the group, the epoch of the map that began the move for a replica move's target. A
+    /// replica that exists keeps its own.
+    pub incarnation: u64,
+}
+
+impl ShardOptions {
+    /// A replica of node `node_id` in `dir` on the local disk (its own RocksDB index, the
+    /// monotonic clock, syncs on a thread), with `engine`'s settings: for tools and tests that
+    /// open one replica's storage by itself (a node shares an index cache between its shards).
+    pub fn on_disk(node_id: NodeId, dir: &Path, engine: EngineConfig) -> ShardOptions {
+        ShardOptions {
+            node_id,
+            dir: dir.to_path_buf(),
+            engine,
+            fs: Arc::new(strata_engine::fs::StdFs),
+            clock: Arc::new(strata_engine::clock::MonotonicClock::default()),
+            open_index: Arc::new(|p| {
+                Ok(Box::new(strata_engine::index_store::RocksIndexStore::open(
+                    p,
+                )?))
+            }),
+            log_sync: LogSync::default(),
+            incarnation: 0,
+        }
+    }
 }
 
 impl Debug for ShardOptions {
@@ -114,6 +140,8 @@ struct State {
 
 struct Inner {
     options: ShardOptions,
+    /// Which incarnation of this node's replica of the group this is (recorded in `hard`).
+    incarnation: u64,
     state: Mutex<State>,
     hard: Mutex<HardStateFile>,
     committed: Mutex<HardStateFile>,
@@ -200,6 +228,27 @@ fn current_path(dir: &Path) -> PathBuf {
 /// The directory of data generation `generation`.
 pub fn generation_dir(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("gen-{generation}"))
+}
+
+/// Records `incarnation` in a replica that has none yet. A replica that never voted has
+/// accepted nothing (a vote is saved before any entry), so it is new and takes `incarnation`;
+/// one that voted before incarnations existed is a founder's (0).
+fn record_incarnation(hard: &mut HardStateFile, incarnation: u64) -> Result<u64> {
+    let state = hard.get();
+    if let Some(recorded) = state.incarnation {
+        tracing::debug!(incarnation = recorded, "this replica's incarnation");
+        return Ok(recorded);
+    }
+    let mut state = state.clone();
+    let recorded = if state.vote.is_none() { incarnation } else { 0 };
+    tracing::info!(
+        incarnation = recorded,
+        new = state.vote.is_none(),
+        "this replica records its incarnation"
+    );
+    state.incarnation = Some(recorded);
+    hard.save(state)?;
+    Ok(recorded)
 }
 
 fn read_generation(options: &ShardOptions) -> Result<u64> {
@@ -396,6 +445,12 @@ impl Shard {
         remove_stale(&options, generation)?;
         let (store, pending) = open_generation(&options, generation)?;
         let applied = read_applied(&store)?;
+        tracing::debug!(
+            dir = %options.dir.display(),
+            generation,
+            next = store.next_position(),
+            "opened a replica's log"
+        );
         if !pending.is_empty() {
             tracing::info!(
                 entries = pending.len(),
@@ -418,6 +473,7 @@ impl Shard {
             state.purged = applied.last;
             hard.save(state)?;
         }
+        let incarnation = record_incarnation(&mut hard, options.incarnation)?;
         let committed = HardStateFile::open(
             options.fs.as_ref(),
             &options.dir.join("raft-committed"),
@@ -438,6 +494,7 @@ impl Shard {
         Ok(Shard {
             inner: Arc::new(Inner {
                 options,
+                incarnation,
                 state: Mutex::new(State {
                     store,
                     applied,
@@ -475,6 +532,12 @@ impl Shard {
     }
 
     /// The options it was opened with.
+    /// Which incarnation of this node's replica of the group this is (see
+    /// [`crate::StrataNode`]).
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
+    }
+
     pub fn options(&self) -> &ShardOptions {
         &self.inner.options
     }
@@ -612,6 +675,11 @@ impl Shard {
     /// Whether this log holds the entry `log_id` (same index, same leader).
     pub fn holds(&self, log_id: LogId) -> Result<bool> {
         Ok(record_of(&lock(&self.inner.state).store, log_id)?.is_some())
+    }
+
+    /// The vote this replica last saved (durably: it is saved before openraft acts on it).
+    pub fn vote(&self) -> Option<openraft::Vote<NodeId>> {
+        lock(&self.inner.hard).get().vote
     }
 
     fn hard(&self) -> HardState {
@@ -1248,21 +1316,16 @@ impl Shard {
 
 #[cfg(test)]
 mod tests {
-    use strata_engine::clock::MonotonicClock;
-    use strata_engine::fs::StdFs;
-    use strata_engine::index_store::RocksIndexStore;
-
     use super::*;
 
     fn open(dir: &Path) -> Shard {
+        open_with(dir, 0)
+    }
+
+    fn open_with(dir: &Path, incarnation: u64) -> Shard {
         Shard::open(ShardOptions {
-            node_id: 1,
-            dir: dir.to_path_buf(),
-            engine: EngineConfig::default(),
-            fs: Arc::new(StdFs),
-            clock: Arc::new(MonotonicClock::default()),
-            open_index: Arc::new(|p| Ok(Box::new(RocksIndexStore::open(p)?))),
-            log_sync: Default::default(),
+            incarnation,
+            ..ShardOptions::on_disk(1, dir, EngineConfig::default())
         })
         .expect("open shard")
     }
@@ -1285,6 +1348,26 @@ mod tests {
 
     fn indexes(entries: Vec<Entry>) -> Vec<u64> {
         entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[test]
+    fn a_new_replica_records_its_incarnation_and_keeps_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let new = tmp.path().join("new");
+        assert_eq!(open_with(&new, 9).incarnation(), 9);
+        // Reopened where the map no longer records its move (0 asked): still 9.
+        assert_eq!(open_with(&new, 0).incarnation(), 9);
+        // A replica from before incarnations (it voted, none recorded) is a founder's.
+        let old = tmp.path().join("old");
+        let shard = open_with(&old, 0);
+        shard
+            .save_hard(|h| {
+                h.vote = Some(Vote::new(3, 1));
+                h.incarnation = None;
+            })
+            .expect("save");
+        drop(shard);
+        assert_eq!(open_with(&old, 5).incarnation(), 0);
     }
 
     #[test]

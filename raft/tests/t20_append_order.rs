@@ -36,11 +36,13 @@ async fn appends_queued_in_order_are_decided_in_order() {
         clock: Arc::new(MonotonicClock::default()),
         open_index: Arc::new(|p| Ok(Box::new(RocksIndexStore::open(p)?))),
         log_sync: Default::default(),
+        incarnation: 0,
     })
     .unwrap();
     let me = StrataNode {
         addr: "127.0.0.1:1".into(),
         raft_addr: "127.0.0.1:1".into(),
+        incarnation: 0,
     };
     let members = BTreeMap::from([(1, me.clone())]);
     let replica = Replica::start(

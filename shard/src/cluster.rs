@@ -680,11 +680,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         let node = StrataNode {
             addr: r.addr,
             raft_addr,
+            incarnation: r.incarnation,
         };
         let change = pb::AddNodeRequest {
             id: r.id,
             addr: node.addr.clone(),
             raft_addr: node.raft_addr.clone(),
+            incarnation: node.incarnation,
         };
         // A call about one shard (a replica move's step) changes that group; otherwise the
         // node joins the metadata group only, once every shard's place is recorded: replicas

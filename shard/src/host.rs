@@ -146,35 +146,39 @@ impl Host {
     /// Opens shard `id` in `dir` and adds it to the set (at start; see [`Host::add`] for a
     /// running node). `several`: the node holds more than one shard (a lone append would then
     /// wait for the others' sync rounds on a runtime thread). Replicated, its group is
-    /// configured with `members` (default: the node's `--peer`s and itself).
+    /// configured with `members` (default: the node's `--peer`s and itself), and a new replica
+    /// records `incarnation` (see [`strata_raft::StrataNode`]).
     pub async fn open(
         &self,
         id: ShardId,
         dir: &Path,
         several: bool,
-        members: Option<BTreeMap<u64, StrataNode>>,
+        (members, incarnation): (Option<BTreeMap<u64, StrataNode>>, u64),
     ) -> Result<(), OpenError> {
         let members = members.or_else(|| self.inner.raft.as_ref().map(|r| r.members.clone()));
-        let backend = self.open_storage(id.0, dir, several, members).await?;
+        let backend = self
+            .open_storage(id.0, dir, several, (members, incarnation))
+            .await?;
         self.insert(id, backend, dir)
     }
 
     /// Opens the metadata group's replica in `dir` (a replicated node of several shards).
     pub async fn open_meta(&self, group: u32, dir: &Path) -> Result<Replica, OpenError> {
         let members = self.inner.raft.as_ref().map(|r| r.members.clone());
-        match self.open_storage(group, dir, true, members).await? {
+        match self.open_storage(group, dir, true, (members, 0)).await? {
             Backend::Replicated(replica) => Ok(*replica),
             Backend::Single(_) => Err(unavailable(dir, "the metadata group needs replication")),
         }
     }
 
     /// Adds shard `id` while the node runs (a split): opened in its directory, served by Raft
-    /// (replicated: with `members` as its group's configured members), added to the set, its
-    /// background work started. A shard held already is left as it is.
+    /// (replicated: with `members` as its group's configured members, a new replica recording
+    /// `incarnation`), added to the set, its background work started. A shard held already is
+    /// left as it is.
     pub async fn add(
         &self,
         id: ShardId,
-        members: Option<BTreeMap<u64, StrataNode>>,
+        (members, incarnation): (Option<BTreeMap<u64, StrataNode>>, u64),
     ) -> Result<Backend, OpenError> {
         let started = self.inner.adding.lock().await;
         if let Some(held) = self.inner.set.backend(id) {
@@ -185,7 +189,9 @@ impl Host {
             .await
             .map_err(|e| unavailable(&dir, e))?;
         let members = members.or_else(|| self.inner.raft.as_ref().map(|r| r.members.clone()));
-        let backend = self.open_storage(id.0, &dir, true, members).await?;
+        let backend = self
+            .open_storage(id.0, &dir, true, (members, incarnation))
+            .await?;
         self.insert(id, backend.clone(), &dir)?;
         if *started {
             self.start_background(id, &backend);
@@ -305,9 +311,8 @@ impl Host {
             }
         }
         let doomed = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&doomed) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        tokio::task::spawn_blocking(move || {
+            strata_engine::fs::remove_dir_durably(&strata_engine::fs::StdFs, &doomed)
         })
         .await
         .map_err(|e| format!("removing {}: {e}", dir.display()))?
@@ -350,13 +355,14 @@ impl Host {
     }
 
     /// Opens the storage of group `group` in `dir`: an engine, or a replica started with
-    /// `members` (on the blocking pool: recovery reads and syncs files).
+    /// `members`, a new one recording `incarnation` (on the blocking pool: recovery reads and
+    /// syncs files).
     async fn open_storage(
         &self,
         group: u32,
         dir: &Path,
         several: bool,
-        members: Option<BTreeMap<u64, StrataNode>>,
+        (members, incarnation): (Option<BTreeMap<u64, StrataNode>>, u64),
     ) -> Result<Backend, OpenError> {
         let inner = &self.inner;
         let (fs, cache, at) = (inner.round.clone(), inner.cache.clone(), dir.to_path_buf());
@@ -377,6 +383,7 @@ impl Host {
             clock: Arc::new(MonotonicClock::default()),
             open_index: Arc::new(move |p| Ok(Box::new(RocksIndexStore::open_shared(p, &cache)?))),
             log_sync: Default::default(),
+            incarnation,
         };
         let shard = blocking(dir, move || Shard::open(options)).await?;
         let replica = Replica::start(
@@ -416,6 +423,13 @@ impl crate::meta::Groups for Host {
         self.inner.set.ids()
     }
 
+    fn incarnation(&self, shard: ShardId) -> Option<u64> {
+        match self.inner.set.backend(shard) {
+            Some(Backend::Replicated(replica)) => Some(replica.shard().incarnation()),
+            _ => None,
+        }
+    }
+
     fn close(
         &self,
         shard: ShardId,
@@ -441,11 +455,11 @@ impl crate::meta::Groups for Host {
     fn open(
         &self,
         shard: ShardId,
-        members: BTreeMap<u64, StrataNode>,
+        (members, incarnation): (BTreeMap<u64, StrataNode>, u64),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             let members = (!members.is_empty()).then_some(members);
-            self.add(shard, members)
+            self.add(shard, (members, incarnation))
                 .await
                 .map(drop)
                 .map_err(|(dir, e)| format!("opening {}: {e}", dir.display()))

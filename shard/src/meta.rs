@@ -213,6 +213,7 @@ pub fn founding_members(map: &ClusterMap, shard: ShardId) -> Option<BTreeMap<u64
                 let node = StrataNode {
                     addr: f.addr.clone(),
                     raft_addr: f.raft_addr.clone(),
+                    incarnation: 0,
                 };
                 (f.id, node)
             })
@@ -284,11 +285,12 @@ pub fn check_next(current: &ClusterMap, next: &ClusterMap) -> Result<(), String>
 pub trait Groups: Send + Sync {
     /// The shards held now.
     fn held(&self) -> Vec<ShardId>;
-    /// Opens shard `shard` and serves it, its group configured with `members`.
+    /// Opens shard `shard` and serves it, its group configured with `members`; a new replica
+    /// records `incarnation` (see [`ClusterMap::incarnation`]).
     fn open(
         &self,
         shard: ShardId,
-        members: BTreeMap<u64, StrataNode>,
+        members_and_incarnation: (BTreeMap<u64, StrataNode>, u64),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
     /// Forms shard `shard`'s group from the members it was opened with, if its replica here
     /// is new (see [`strata_raft::Replica::form_if_new`]); whether it did.
@@ -296,6 +298,9 @@ pub trait Groups: Send + Sync {
         &self,
         shard: ShardId,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + '_>>;
+    /// The incarnation of the replica of shard `shard` held here (see
+    /// [`strata_raft::StrataNode`]); `None` when none is held (or it is not replicated).
+    fn incarnation(&self, shard: ShardId) -> Option<u64>;
     /// Stops serving shard `shard` and deletes its replica (the map places it elsewhere).
     fn close(
         &self,
@@ -387,7 +392,10 @@ async fn adopt(f: &Follower, map: ClusterMap) {
         ))
     } else {
         match check_next(&current, &map) {
-            Ok(()) => open_added(f, &map).await,
+            Ok(()) => {
+                close_replaced(f, &map).await;
+                open_added(f, &map).await
+            }
             Err(e) => Err(e),
         }
     };
@@ -430,6 +438,31 @@ async fn close_moved(f: &Follower, map: &ClusterMap) {
     }
 }
 
+/// Removes the replicas this node holds of shards `map` moves a replica to this node of, when
+/// they are not that move's replica (another incarnation): an older one, kept because this
+/// node missed the map that took it away (down, or slow) — its group removed it, and the
+/// move adds a new, empty one, which [`open_added`] then opens.
+async fn close_replaced(f: &Follower, map: &ClusterMap) {
+    let me = f.meta.replica.node_id();
+    for shard in f.groups.held() {
+        let (wanted, held) = (map.incarnation(shard, me), f.groups.incarnation(shard));
+        if wanted == 0 || held.is_none_or(|h| h == wanted) {
+            continue;
+        }
+        match f.groups.close(shard).await {
+            Ok(()) => tracing::info!(
+                shard = shard.0,
+                held,
+                wanted,
+                "this node's replica of the shard is an older one than the map's move brings; removed"
+            ),
+            Err(e) => {
+                tracing::error!(shard = shard.0, error = %e, "removing an older replica")
+            }
+        }
+    }
+}
+
 /// Forms the groups of the shards this node holds whose founders the map it routes by
 /// records with this node among them, where its replica is new: every founder does, with the
 /// same members, so a split's new shard is formed whichever of them lives (the map forgets
@@ -465,12 +498,16 @@ async fn open_added(f: &Follower, map: &ClusterMap) -> Result<(), String> {
     }
     for shard in added {
         let members = founding_members(map, shard).unwrap_or_else(|| voters(&f.meta));
-        f.groups.open(shard, members).await.map_err(|e| {
-            format!(
-                "map epoch {} adds {shard}, which this node could not open: {e}",
-                map.epoch()
-            )
-        })?;
+        let incarnation = map.incarnation(shard, me);
+        f.groups
+            .open(shard, (members, incarnation))
+            .await
+            .map_err(|e| {
+                format!(
+                    "map epoch {} adds {shard}, which this node could not open: {e}",
+                    map.epoch()
+                )
+            })?;
     }
     Ok(())
 }

@@ -427,7 +427,7 @@ fn mover(
                 return crate::meta::add_shard(meta, &install.cell, host.set(), (map, id), now)
                     .await;
             }
-            host.add(id, None)
+            host.add(id, (None, 0))
                 .await
                 .map_err(|(dir, e)| format!("opening {}: {e}", dir.display()))?;
             install.install(map).await.map_err(|e| e.to_string())
@@ -530,8 +530,10 @@ async fn open_shards(config: &NodeConfig, host: &Host) -> Result<LocalShards, No
             remove_moved(*id, dir).await?;
             continue;
         }
+        remove_leftover(dir).await?;
         let members = crate::meta::founding_members(&layout.map, *id);
-        host.open(*id, dir, several, members)
+        let incarnation = me.map_or(0, |me| layout.map.incarnation(*id, me));
+        host.open(*id, dir, several, (members, incarnation))
             .await
             .map_err(|(dir, e)| engine_error(&dir, e))?;
     }
@@ -559,12 +561,25 @@ async fn open_shards(config: &NodeConfig, host: &Host) -> Result<LocalShards, No
     })
 }
 
+/// Deletes what an interrupted removal of an earlier replica in `dir` left (see
+/// [`strata_engine::fs::remove_dir_durably`]).
+async fn remove_leftover(dir: &std::path::Path) -> Result<(), NodeError> {
+    use strata_engine::fs::FileSystem;
+    let tomb = strata_engine::fs::removed_name(dir);
+    let shown = tomb.display().to_string();
+    tokio::task::spawn_blocking(move || strata_engine::fs::StdFs.remove_dir_all(&tomb))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|e| NodeError::Shards(format!("removing {shown}: {e}")))
+}
+
 /// Deletes `dir`, the replica of shard `id` the map places on other nodes.
 async fn remove_moved(id: ShardId, dir: &std::path::Path) -> Result<(), NodeError> {
     let gone = dir.to_path_buf();
-    let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&gone) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-        _ => Ok(()),
+    let removed = tokio::task::spawn_blocking(move || {
+        strata_engine::fs::remove_dir_durably(&strata_engine::fs::StdFs, &gone)
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())
@@ -613,6 +628,7 @@ async fn raft_host(
             .advertise_raft_addr
             .clone()
             .unwrap_or_else(|| raft_local.to_string()),
+        incarnation: 0,
     };
     let mut members = cluster.peers.clone();
     members.insert(cluster.node_id, me.clone());

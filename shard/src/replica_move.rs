@@ -180,8 +180,8 @@ impl ReplicaMover {
         let shard = ShardId(shard);
         let claim = self.claim(shard)?;
         claim.step("beginning");
-        let map = self.routing()?;
-        let c = self.check(&map, shard, from, to)?;
+        let map = self.current().await?;
+        let mut c = self.check(&map, shard, from, to)?;
         let at = self.step_node(shard, &c.holders, (c.from, c.to.0), &c.nodes)?;
         if c.ended && !self.member(&at, shard, from).await? {
             return Err(invalid(
@@ -198,7 +198,12 @@ impl ReplicaMover {
             // the target may be one, and must join afresh (its old replica is deleted).
             self.remove_strays(shard, &at, &c.holders).await?;
             let begun = map.with_replica_move_begun(shard, &c.holders, (c.from, c.to.0));
+            let incarnation = begun.as_ref().map_or(0, |b| b.incarnation(shard, c.to.0));
             self.install(begun).await?;
+            c.to.1.incarnation = incarnation;
+        } else {
+            // Resumed: the target's replica is the one the recorded move created.
+            c.to.1.incarnation = map.incarnation(shard, c.to.0);
         }
         Ok(Begun { claim, c, at })
     }
@@ -214,7 +219,7 @@ impl ReplicaMover {
             claim.step("handing over");
             claim.unless_cancelled(self.hand_over(&c, &at)).await?;
             claim.step("ending");
-            let map = self.routing()?;
+            let map = self.current().await?;
             claim
                 .unless_cancelled(self.install(map.with_replica_move_ended(shard)))
                 .await?;
@@ -238,7 +243,7 @@ impl ReplicaMover {
         self.stop_running(shard).await?;
         let claim = self.claim(shard)?;
         claim.step("cancelling");
-        let map = self.routing()?;
+        let map = self.current().await?;
         let Some((f, t)) = map.replica_move(shard) else {
             return Err(Status::failed_precondition(format!(
                 "no replica move of {shard} is in progress (its replicas: {:?}): nothing to cancel",
@@ -268,7 +273,7 @@ impl ReplicaMover {
         // longer places it, and a replica a group removed is never one the map places (it
         // would be taken up again with what it held). A removal that fails leaves a member
         // the map does not place, which `tidy` (or the next move of the shard) takes out.
-        let map = self.routing()?;
+        let map = self.current().await?;
         self.install(map.with_replica_move_cancelled(shard)).await?;
         self.remove_member(shard, &at, t).await?;
         tracing::info!(
@@ -285,7 +290,7 @@ impl ReplicaMover {
     /// stays a member, or a learner, until removed). Run by the metadata leader now and then;
     /// a shard a move runs on here is passed over. Returns what it removed.
     pub async fn tidy(&self) -> Result<Vec<(ShardId, u64)>, Status> {
-        let map = self.routing()?;
+        let map = self.current().await?;
         let nodes = crate::meta::voters(&self.meta);
         let mut removed = Vec::new();
         for shard in map.shards() {
@@ -388,8 +393,9 @@ impl ReplicaMover {
 
     /// Step 2: the group adds the target (learner, caught up, voter), asked at `at`.
     async fn add(&self, c: &Checked, at: &str) -> Result<(), Status> {
-        self.step("adding the new replica", || {
-            self.groups.add(at, c.shard, c.to.0, &c.to.1)
+        self.step("adding the new replica", || async {
+            self.still_recorded(c).await?;
+            self.groups.add(at, c.shard, c.to.0, &c.to.1).await
         })
         .await?;
         tracing::info!(
@@ -404,6 +410,7 @@ impl ReplicaMover {
     /// (before its replica closes, so the group does not wait out an election).
     async fn hand_over(&self, c: &Checked, at: &str) -> Result<(), Status> {
         self.step("handing the old replica's leadership over", || async {
+            self.still_recorded(c).await?;
             if self.groups.view(at, c.shard).await?.leader != c.from {
                 return Ok(());
             }
@@ -456,10 +463,41 @@ impl ReplicaMover {
         })
     }
 
-    fn routing(&self) -> Result<Arc<ClusterMap>, Status> {
-        self.cell
+    /// The cluster's map as the metadata group has it now: read after this node confirms it
+    /// leads the group, not the map it routes by (which may lag: a move cancelled or ended by
+    /// another node's run would look still under way). A node that refuses calls runs no move.
+    async fn current(&self) -> Result<Arc<ClusterMap>, Status> {
+        let routed = self
+            .cell
             .routable()
-            .map_err(|why| Status::failed_precondition(why.to_string()))
+            .map_err(|why| Status::failed_precondition(why.to_string()))?;
+        self.meta
+            .replica()
+            .linearizable_barrier()
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "reading the cluster map at the metadata group's leader: {e}"
+                ))
+            })?;
+        match self.meta.latest() {
+            Ok(Some((_, map))) => Ok(Arc::new(map)),
+            Ok(None) => Ok(routed),
+            Err(e) => Err(Status::internal(e)),
+        }
+    }
+
+    /// Fails (not to be retried) once the map no longer records `c`'s move: it was cancelled,
+    /// or another node's run finished it.
+    async fn still_recorded(&self, c: &Checked) -> Result<(), Status> {
+        let map = self.current().await?;
+        if map.replica_move(c.shard) == Some((c.from, c.to.0)) {
+            return Ok(());
+        }
+        Err(Status::aborted(format!(
+            "{}'s replica move {} → {} is no longer recorded in the map (cancelled, or finished by another run): stopped",
+            c.shard, c.from, c.to.0
+        )))
     }
 
     /// The nodes holding `shard` by `map` (a shard not placed: every member of the cluster).
@@ -713,6 +751,7 @@ impl GroupOps for GrpcGroups {
             id,
             addr: node.addr.clone(),
             raft_addr: node.raft_addr.clone(),
+            incarnation: node.incarnation,
         };
         self.ask(
             at,
@@ -742,6 +781,10 @@ fn ids(shards: &[ShardId]) -> Vec<u32> {
 
 /// A failed step's status: its own code, saying which step and that a rerun finishes it.
 fn step_failed(step: &str, e: &Status) -> Status {
+    if e.code() == tonic::Code::Aborted {
+        // Stopped on purpose (cancelled, or no longer recorded): running it again is no fix.
+        return Status::aborted(format!("{step}: {}", e.message()));
+    }
     Status::new(
         e.code(),
         format!("{step}: {}; run the move again to finish it", e.message()),

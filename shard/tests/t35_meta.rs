@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_engine::clock::MonotonicClock;
 use strata_engine::fs::StdFs;
-use strata_engine::index_store::RocksIndexStore;
 use strata_engine::EngineConfig;
 use strata_proto::routing::{ClusterMap, ShardId, SlotRange};
 use strata_raft::{
@@ -43,8 +41,12 @@ impl Groups for Refusing {
         self.0.clone()
     }
 
-    fn open(&self, _shard: ShardId, _members: BTreeMap<u64, StrataNode>) -> Opening<'_> {
+    fn open(&self, _shard: ShardId, _with: (BTreeMap<u64, StrataNode>, u64)) -> Opening<'_> {
         Box::pin(async { Err("planted: no disk".to_string()) })
+    }
+
+    fn incarnation(&self, _shard: ShardId) -> Option<u64> {
+        Some(0)
     }
 
     fn form(&self, _shard: ShardId) -> Forming<'_> {
@@ -52,20 +54,32 @@ impl Groups for Refusing {
     }
 }
 
-async fn one_voter_meta(dir: &std::path::Path) -> Meta {
-    let shard = Shard::open(ShardOptions {
-        node_id: 1,
-        dir: dir.join("meta"),
-        engine: EngineConfig::default(),
+/// A follower of `meta` into `cell` over `groups`, its cache in `dir`, running until `stop`.
+fn following(
+    meta: &Meta,
+    cell: &MapCell,
+    dir: &std::path::Path,
+    groups: Arc<dyn Groups>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let follower = Follower {
+        meta: meta.clone(),
+        cell: cell.clone(),
+        dir: dir.to_path_buf(),
+        groups,
         fs: Arc::new(StdFs),
-        clock: Arc::new(MonotonicClock::default()),
-        open_index: Arc::new(|p| Ok(Box::new(RocksIndexStore::open(p)?))),
-        log_sync: Default::default(),
-    })
-    .unwrap();
+        clock: Arc::new(SystemWallClock::default()),
+    };
+    tokio::spawn(follow(follower, stop))
+}
+
+async fn one_voter_meta(dir: &std::path::Path) -> Meta {
+    let options = ShardOptions::on_disk(1, &dir.join("meta"), EngineConfig::default());
+    let shard = Shard::open(options).unwrap();
     let me = StrataNode {
         addr: "127.0.0.1:1".into(),
         raft_addr: "127.0.0.1:1".into(),
+        incarnation: 0,
     };
     let replica = Replica::start(
         u64::from(META_GROUP),
@@ -98,15 +112,8 @@ async fn the_map_changes_by_compare_and_set_and_followers_route_by_the_newest() 
     let meta = one_voter_meta(tmp.path()).await;
     let cell = MapCell::new(first.clone());
     let (stop_tx, stop) = watch::channel(false);
-    let follower = Follower {
-        meta: meta.clone(),
-        cell: cell.clone(),
-        dir: tmp.path().to_path_buf(),
-        groups: Arc::new(Refusing(first.shards())),
-        fs: Arc::new(StdFs),
-        clock: Arc::new(SystemWallClock::default()),
-    };
-    let task = tokio::spawn(follow(follower, stop));
+    let refusing = Arc::new(Refusing(first.shards()));
+    let task = following(&meta, &cell, tmp.path(), refusing, stop);
 
     // The leader records the first map.
     eventually("the first map is recorded", || {
@@ -169,33 +176,51 @@ async fn the_map_changes_by_compare_and_set_and_followers_route_by_the_newest() 
     meta.replica().shutdown().await;
 }
 
-/// Holds its shards, records the members each shard it opens is configured with, and the
-/// shards it is asked to form.
+/// How a shard was opened: its group's members and its new replica's incarnation.
+type Opened = (BTreeMap<u64, StrataNode>, u64);
+
+/// Holds `held` (with their replicas' incarnations) and every shard it opens, recording how
+/// it opened each, which it formed and which it closed.
 #[derive(Default)]
-struct Recording(
-    std::sync::Mutex<BTreeMap<ShardId, BTreeMap<u64, StrataNode>>>,
-    Vec<ShardId>,
-    std::sync::Mutex<std::collections::BTreeSet<ShardId>>,
-);
+struct Recording {
+    opened: std::sync::Mutex<BTreeMap<ShardId, Opened>>,
+    held: std::sync::Mutex<BTreeMap<ShardId, u64>>,
+    formed: std::sync::Mutex<std::collections::BTreeSet<ShardId>>,
+    closed: std::sync::Mutex<Vec<ShardId>>,
+}
+
+impl Recording {
+    fn holding(shards: &[(ShardId, u64)]) -> Recording {
+        Recording {
+            held: std::sync::Mutex::new(shards.iter().copied().collect()),
+            ..Recording::default()
+        }
+    }
+}
 
 impl Groups for Recording {
-    fn close(&self, _shard: ShardId) -> Opening<'_> {
-        Box::pin(async { Err("planted: not removable".to_string()) })
-    }
-
-    fn held(&self) -> Vec<ShardId> {
-        let mut held = self.1.clone();
-        held.extend(self.0.lock().unwrap().keys());
-        held
-    }
-
-    fn open(&self, shard: ShardId, members: BTreeMap<u64, StrataNode>) -> Opening<'_> {
-        self.0.lock().unwrap().insert(shard, members);
+    fn close(&self, shard: ShardId) -> Opening<'_> {
+        self.held.lock().unwrap().remove(&shard);
+        self.closed.lock().unwrap().push(shard);
         Box::pin(async { Ok(()) })
     }
 
+    fn held(&self) -> Vec<ShardId> {
+        self.held.lock().unwrap().keys().copied().collect()
+    }
+
+    fn open(&self, shard: ShardId, with: (BTreeMap<u64, StrataNode>, u64)) -> Opening<'_> {
+        self.held.lock().unwrap().insert(shard, with.1);
+        self.opened.lock().unwrap().insert(shard, with);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn incarnation(&self, shard: ShardId) -> Option<u64> {
+        self.held.lock().unwrap().get(&shard).copied()
+    }
+
     fn form(&self, shard: ShardId) -> Forming<'_> {
-        self.2.lock().unwrap().insert(shard);
+        self.formed.lock().unwrap().insert(shard);
         Box::pin(async { Ok(false) })
     }
 }
@@ -210,20 +235,9 @@ async fn an_added_shard_is_opened_with_the_founders_its_map_records() {
     let meta = one_voter_meta(tmp.path()).await;
     let cell = MapCell::new(first.clone());
     let (stop_tx, stop) = watch::channel(false);
-    let groups = Arc::new(Recording(
-        Default::default(),
-        first.shards(),
-        Default::default(),
-    ));
-    let follower = Follower {
-        meta: meta.clone(),
-        cell: cell.clone(),
-        dir: tmp.path().to_path_buf(),
-        groups: groups.clone(),
-        fs: Arc::new(StdFs),
-        clock: Arc::new(SystemWallClock::default()),
-    };
-    let task = tokio::spawn(follow(follower, stop));
+    let held: Vec<(ShardId, u64)> = first.shards().into_iter().map(|s| (s, 0)).collect();
+    let groups = Arc::new(Recording::holding(&held));
+    let task = following(&meta, &cell, tmp.path(), groups.clone(), stop);
     eventually("the first map is recorded", || {
         meta.latest().unwrap().is_some()
     })
@@ -240,8 +254,9 @@ async fn an_added_shard_is_opened_with_the_founders_its_map_records() {
         .unwrap();
     meta.propose(&added, 1).await.unwrap();
     eventually("the follower takes epoch 2", || cell.get().epoch() == 2).await;
-    let opened = groups.0.lock().unwrap().clone();
-    let members = opened.get(&ShardId(2)).expect("shard 2 opened");
+    let opened = groups.opened.lock().unwrap().clone();
+    let (members, incarnation) = opened.get(&ShardId(2)).expect("shard 2 opened");
+    assert_eq!(*incarnation, 0, "a founder's replica is incarnation 0");
     assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![7, 8, 9]);
     assert_eq!(members[&8].raft_addr, "10.0.0.8:6000");
     assert!(
@@ -256,13 +271,47 @@ async fn an_added_shard_is_opened_with_the_founders_its_map_records() {
         .unwrap();
     meta.propose(&also, 1).await.unwrap();
     eventually("a founder forms its shard", || {
-        groups.2.lock().unwrap().contains(&ShardId(3))
+        groups.formed.lock().unwrap().contains(&ShardId(3))
     })
     .await;
     assert!(
-        !groups.2.lock().unwrap().contains(&ShardId(2)),
+        !groups.formed.lock().unwrap().contains(&ShardId(2)),
         "only a founder forms a shard"
     );
+    stop_tx.send_replace(true);
+    task.await.unwrap();
+    meta.replica().shutdown().await;
+}
+
+/// A node that missed the map ending a move of its replica away (down, or slow) still holds
+/// that replica when a later move brings the shard back: the follower replaces it with the
+/// move's own (a new incarnation) rather than take the old one up again — the group removed
+/// it, and a member whose membership is stale would take it for the replica it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_a_missed_map_took_away_is_replaced_when_a_move_brings_the_shard_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = layout(tmp.path(), Some(2)).unwrap().map;
+    let meta = one_voter_meta(tmp.path()).await;
+    meta.propose(&first, 1).await.unwrap();
+    // Epoch 2 moves shard 1 off this node (1); epoch 3 begins moving it back.
+    let away = first.with_replicas(ShardId(1), &[2, 3]).unwrap();
+    meta.propose(&away, 1).await.unwrap();
+    let back = away
+        .with_replica_move_begun(ShardId(1), &[2, 3], (2, 1))
+        .unwrap();
+    meta.propose(&back, 1).await.unwrap();
+    // The follower starts now: it never sees epoch 2.
+    let groups = Arc::new(Recording::holding(&[(ShardId(0), 0), (ShardId(1), 0)]));
+    let cell = MapCell::new(first.clone());
+    let (stop_tx, stop) = watch::channel(false);
+    let task = following(&meta, &cell, tmp.path(), groups.clone(), stop);
+    eventually("the follower takes epoch 3", || cell.get().epoch() == 3).await;
+    assert_eq!(*groups.closed.lock().unwrap(), vec![ShardId(1)]);
+    let opened = groups.opened.lock().unwrap().clone();
+    let (_, incarnation) = opened.get(&ShardId(1)).expect("shard 1 opened again");
+    assert_eq!(*incarnation, back.epoch(), "the move's own replica");
+    assert_eq!(groups.incarnation(ShardId(1)), Some(3));
+    assert!(!opened.contains_key(&ShardId(0)), "shard 0 was never moved");
     stop_tx.send_replace(true);
     task.await.unwrap();
     meta.replica().shutdown().await;

@@ -56,7 +56,7 @@ async fn node(shards: u32) -> Node {
     .unwrap();
     for k in 0..shards {
         let id = ShardId(k);
-        host.open(id, &host.shard_dir(id), true, None)
+        host.open(id, &host.shard_dir(id), true, (None, 0))
             .await
             .unwrap();
     }
@@ -89,7 +89,9 @@ fn mover(node: &Node, fail: Arc<AtomicBool>) -> Mover {
     let add_shard: AddShard = Arc::new(move |map, id| {
         let (cell, host) = (cell.clone(), host.clone());
         Box::pin(async move {
-            host.add(id, None).await.map_err(|(_, e)| e.to_string())?;
+            host.add(id, (None, 0))
+                .await
+                .map_err(|(_, e)| e.to_string())?;
             cell.advance(map);
             Ok(())
         })

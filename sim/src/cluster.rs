@@ -380,6 +380,7 @@ impl Cluster {
                     StrataNode {
                         addr: addr(id),
                         raft_addr: addr(id),
+                        incarnation: 0,
                     },
                 )
             })
@@ -562,7 +563,11 @@ impl Cluster {
             n.incarnations += 1;
             (n.disk.clone(), n.rate.clone())
         };
-        let started = with_clock_rate(rate.clone(), self.open_node(id, &disk)).await;
+        // Everything the node logs while opening (and every task spawned from there that keeps
+        // the current span) carries its id.
+        let span = tracing::info_span!("node", id);
+        let opening = tracing::Instrument::instrument(self.open_node(id, &disk), span);
+        let started = with_clock_rate(rate.clone(), opening).await;
         let mut state = self.state();
         let Some(n) = state.nodes.get_mut(&id) else {
             return Err(format!("no node {id}"));
@@ -600,7 +605,8 @@ impl Cluster {
         dir: PathBuf,
     ) -> Result<Replica, String> {
         let members = self.0.initial.clone();
-        self.open_group_with(id, disk, (group, dir), members).await
+        self.open_group_with(id, disk, (group, dir, 0), members)
+            .await
     }
 
     /// [`Cluster::open_group`] with the group's first members given (a shard placed on some
@@ -609,7 +615,7 @@ impl Cluster {
         &self,
         id: NodeId,
         disk: &Disk,
-        (group, dir): (u64, PathBuf),
+        (group, dir, incarnation): (u64, PathBuf, u64),
         members: BTreeMap<NodeId, StrataNode>,
     ) -> Result<Replica, String> {
         let latency_rng = self.0.rng.clone();
@@ -628,10 +634,12 @@ impl Cluster {
                     .map_or(1, |s| lock(&s.state).disk_latency_max_ms);
                 latency_rng.millis(0, max)
             })),
+            incarnation,
         };
         let me = StrataNode {
             addr: addr(id),
             raft_addr: addr(id),
+            incarnation: 0,
         };
         let shard = Shard::open(options).map_err(|e| e.to_string())?;
         Replica::start(

@@ -438,6 +438,7 @@ pub(crate) async fn nemesis(
                         let node = StrataNode {
                             addr: addr(id),
                             raft_addr: addr(id),
+                            incarnation: 0,
                         };
                         let r = leader.add_node(id, node).await;
                         c.trace().log(format!("add n{id}: {r:?}"));

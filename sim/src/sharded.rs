@@ -149,6 +149,13 @@ impl Groups for SimGroups {
         self.set.ids()
     }
 
+    fn incarnation(&self, shard: ShardId) -> Option<u64> {
+        match self.set.backend(shard) {
+            Some(Backend::Replicated(replica)) => Some(replica.shard().incarnation()),
+            _ => None,
+        }
+    }
+
     fn close(
         &self,
         shard: ShardId,
@@ -189,7 +196,7 @@ impl Groups for SimGroups {
     fn open(
         &self,
         shard: ShardId,
-        members: BTreeMap<u64, StrataNode>,
+        (members, incarnation): (BTreeMap<u64, StrataNode>, u64),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             // A replica the node held before (moved away since) is not taken up again: once
@@ -204,7 +211,12 @@ impl Groups for SimGroups {
             remove_stale(&self.disk, &dir)?;
             let replica = self
                 .cluster
-                .open_group_with(self.id, &self.disk, (u64::from(shard.0), dir), members)
+                .open_group_with(
+                    self.id,
+                    &self.disk,
+                    (u64::from(shard.0), dir, incarnation),
+                    members,
+                )
                 .await?;
             let replica = Arc::new(replica);
             if !self
@@ -252,15 +264,21 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
             continue;
         }
         let members = members_of(cluster, &map, shard);
+        let incarnation = map.incarnation(shard, id);
         let replica = cluster
-            .open_group_with(id, disk, (u64::from(shard.0), dir), members)
+            .open_group_with(id, disk, (u64::from(shard.0), dir, incarnation), members)
             .await?;
         served.insert(u64::from(shard.0), replica.served());
         groups.push((shard, Arc::new(replica)));
     }
     let dir = PathBuf::from(format!("/n{id}/meta"));
     let meta_replica = cluster
-        .open_group_with(id, disk, (u64::from(META_GROUP), dir), every_node(cluster))
+        .open_group_with(
+            id,
+            disk,
+            (u64::from(META_GROUP), dir, 0),
+            every_node(cluster),
+        )
         .await?;
     served.insert(u64::from(META_GROUP), meta_replica.served());
     let service = Arc::new(RaftService::new(served, cluster.transport(id)));
@@ -315,7 +333,10 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
         fs: Arc::new(disk.fs.clone()),
         clock: cluster.node_clock(id),
     };
-    tokio::spawn(follow(follower, stopped.clone()));
+    tokio::spawn(tracing::Instrument::in_current_span(follow(
+        follower,
+        stopped.clone(),
+    )));
     groups.push(meta_arc.clone());
     Ok(Up {
         replica: meta_arc,
@@ -343,15 +364,8 @@ fn shard_dir(id: NodeId, shard: ShardId) -> PathBuf {
 /// Deletes `dir` if it is there: a replica the map no longer places on the node, as a node
 /// deletes one at start.
 fn remove_stale(disk: &Disk, dir: &std::path::Path) -> Result<(), String> {
-    use strata_engine::fs::FileSystem;
-    match disk.fs.exists(dir) {
-        Ok(true) => disk
-            .fs
-            .remove_dir_all(dir)
-            .map_err(|e| format!("removing {}: {e}", dir.display())),
-        Ok(false) => Ok(()),
-        Err(e) => Err(format!("looking for {}: {e}", dir.display())),
-    }
+    strata_engine::fs::remove_dir_durably(&disk.fs, dir)
+        .map_err(|e| format!("removing {}: {e}", dir.display()))
 }
 
 /// The first map of a sharded run: the slots even over the shards, shard k placed on every
@@ -391,6 +405,7 @@ fn sim_node(id: NodeId) -> StrataNode {
     StrataNode {
         addr: crate::cluster::addr(id),
         raft_addr: crate::cluster::addr(id),
+        incarnation: 0,
     }
 }
 

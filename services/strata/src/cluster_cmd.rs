@@ -304,6 +304,7 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
                 id,
                 addr,
                 raft_addr: raft_addr.unwrap_or_default(),
+                incarnation: 0,
             };
             let s = server
                 .client()?

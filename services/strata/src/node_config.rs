@@ -216,6 +216,7 @@ pub fn parse_peer(text: &str) -> Result<(u64, strata_raft::StrataNode), String> 
         strata_raft::StrataNode {
             addr: addr.to_string(),
             raft_addr: raft_addr.to_string(),
+            incarnation: 0,
         },
     ))
 }

@@ -238,20 +238,8 @@ fn check_shard_logs_identical(
     type Log = Vec<(u64, Vec<u8>)>;
     let mut logs: Vec<(u64, Log)> = Vec::new();
     for (id, dir, args) in dirs {
-        let shard = strata_raft::Shard::open(strata_raft::ShardOptions {
-            node_id: *id,
-            dir: dir.clone(),
-            engine: engine_config(args),
-            fs: Arc::new(strata_engine::fs::StdFs),
-            clock: Arc::new(strata_engine::clock::MonotonicClock::default()),
-            open_index: Arc::new(|p| {
-                Ok(Box::new(strata_engine::index_store::RocksIndexStore::open(
-                    p,
-                )?))
-            }),
-            log_sync: Default::default(),
-        })
-        .unwrap();
+        let options = strata_raft::ShardOptions::on_disk(*id, dir, engine_config(args));
+        let shard = strata_raft::Shard::open(options).unwrap();
         logs.push((*id, shard.replicated_entries(0, u64::MAX).unwrap()));
     }
     // Each replica purges entries behind its own snapshots and reclaims dead ones on its own
