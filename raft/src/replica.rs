@@ -729,7 +729,7 @@ impl Replica {
     /// unreachable node never becomes a voter that the quorum would have to count.
     pub async fn add_node(&self, id: NodeId, node: StrataNode) -> Result<(), ReplicaError> {
         let map = |e| write_error(&self.raft, self.node_id, e);
-        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let membership = self.settled_membership().await;
         let voter = membership.voter_ids().any(|v| v == id);
         match membership.membership().get_node(&id) {
             Some(known) if known.incarnation == node.incarnation && voter => return Ok(()),
@@ -770,6 +770,17 @@ impl Replica {
         self.change_members(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await?;
         Ok(())
+    }
+
+    /// The membership in effect here once it is applied (so committed): a membership a
+    /// leader appended and did not commit before it went down may yet be replaced, and a
+    /// node it makes a voter must not be taken for one. Waits at most
+    /// [`MEMBERSHIP_CHANGE_WAIT`], then answers the one in effect.
+    async fn settled_membership(&self) -> crate::types::StoredMembership {
+        let deadline = tokio::time::Instant::now() + MEMBERSHIP_CHANGE_WAIT;
+        let applied = |m: &RaftMetrics| m.last_applied >= *m.membership_config.log_id();
+        let _ = self.wait_metrics(deadline, applied).await;
+        (*self.raft.metrics().borrow().membership_config).clone()
     }
 
     /// openraft's membership change, at most [`MEMBERSHIP_CHANGE_WAIT`].
