@@ -12,6 +12,7 @@
 
 pub mod hard_state;
 pub mod network;
+pub mod pacing;
 pub mod replica;
 pub mod runtime;
 pub mod snapshot;
@@ -20,6 +21,7 @@ pub mod types;
 pub mod wire;
 
 pub use network::{GrpcTransport, RaftService, RaftTransport};
+pub use pacing::CatchUpPacer;
 pub use replica::{RaftSettings, Replica, ReplicaError};
 pub use storage::{LogStore, LogSync, Shard, ShardGone, ShardOptions, StateMachine};
 pub use types::{NodeId, Raft, StrataNode, TypeConfig};

@@ -19,7 +19,7 @@ use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
     StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     SnapshotResponse, VoteRequest, VoteResponse,
@@ -32,6 +32,7 @@ use strata_proto::internal::raft_internal_client::RaftInternalClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::pacing::CatchUpPacer;
 use crate::snapshot::{self, Manifest};
 use crate::storage::Shard;
 use crate::types::{NodeId, Raft, SnapshotMeta, StrataNode, TypeConfig};
@@ -43,6 +44,8 @@ use crate::wire::{Outcome, WireAppend};
 /// whose AppendEntries would not fit ([`check_limits`]); a fetch carries at most
 /// [`crate::snapshot::FETCH_CHUNK_BYTES`].
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// How long openraft waits before it tries an unreachable peer again (its own default).
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(500);
 /// Most entries one AppendEntries carries (openraft's `max_payload_entries`).
 pub const ENTRIES_PER_MESSAGE_MAX: u64 = 512;
 /// Most bytes the wire adds to one entry's record bytes (its log id, the payload's and the
@@ -231,6 +234,8 @@ pub struct Network<T> {
     /// This replica's storage, whose saved vote an AppendEntries must still carry when sent
     /// (see [`Connection::append_entries`]); `None`: not checked.
     local: Option<Shard>,
+    /// Paces what this leader sends new replicas (see [`crate::pacing`]); `None`: unpaced.
+    pacer: Option<Arc<dyn CatchUpPacer>>,
 }
 
 impl<T> Clone for Network<T> {
@@ -241,6 +246,7 @@ impl<T> Clone for Network<T> {
             transport: self.transport.clone(),
             routes: self.routes.clone(),
             local: self.local.clone(),
+            pacer: self.pacer.clone(),
         }
     }
 }
@@ -260,6 +266,7 @@ impl<T: RaftTransport> Network<T> {
             transport,
             routes,
             local: None,
+            pacer: None,
         }
     }
 
@@ -267,6 +274,13 @@ impl<T: RaftTransport> Network<T> {
     /// replica's saved vote is still the one the request carries.
     pub fn voting_in(mut self, shard: &Shard) -> Network<T> {
         self.local = Some(shard.clone());
+        self
+    }
+
+    /// Entries sent to a member that is not a voter by the replica's applied membership (a
+    /// move's new replica) are paced by `pacer` (needs [`Network::voting_in`]).
+    pub fn paced_by(mut self, pacer: Option<Arc<dyn CatchUpPacer>>) -> Network<T> {
+        self.pacer = pacer;
         self
     }
 }
@@ -287,6 +301,8 @@ impl<T: RaftTransport> RaftNetworkFactory<TypeConfig> for Network<T> {
             self_addr: self.self_node.raft_addr.clone(),
             transport: self.transport.clone(),
             local: self.local.clone(),
+            pacer: self.pacer.clone(),
+            paced_for: Duration::ZERO,
         }
     }
 }
@@ -389,6 +405,9 @@ pub struct Connection<T> {
     self_addr: String,
     transport: Arc<T>,
     local: Option<Shard>,
+    pacer: Option<Arc<dyn CatchUpPacer>>,
+    /// The pacer's wait when it last held a message back (openraft's backoff then).
+    paced_for: Duration,
 }
 
 /// Whether a failed call is the target being out of reach — down, or holding no replica of
@@ -417,6 +436,19 @@ impl<T: RaftTransport> Connection<T> {
         E: std::error::Error + DeserializeOwned,
     {
         let payload = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(rpc, payload, deadline).await
+    }
+
+    /// Sends an encoded request and decodes the answer.
+    async fn send<Resp: DeserializeOwned, E>(
+        &self,
+        rpc: Rpc,
+        payload: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Resp, RPCError<NodeId, StrataNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
         let message = pb::RaftMessage {
             shard_id: self.shard_id,
             payload,
@@ -436,6 +468,38 @@ impl<T: RaftTransport> Connection<T> {
         let result: Result<Resp, RaftError<NodeId, E>> =
             decode(&answer.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl<T> Connection<T> {
+    /// Before an AppendEntries of `bytes` to a new replica (see [`crate::pacing`]): sleeps the
+    /// pacer's wait if short, else holds the message back as unreachable for that wait.
+    async fn pace<E: std::error::Error>(
+        &mut self,
+        bytes: usize,
+    ) -> Result<(), RPCError<NodeId, StrataNode, RaftError<NodeId, E>>> {
+        self.paced_for = Duration::ZERO;
+        let (Some(pacer), Some(local)) = (&self.pacer, &self.local) else {
+            return Ok(());
+        };
+        if !crate::pacing::is_new_replica(local, self.target) {
+            return Ok(());
+        }
+        let due = pacer.due();
+        if due > crate::pacing::PACED_SLEEP_MAX {
+            self.paced_for = due;
+            return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                format!(
+                    "not sent yet: new replica {}'s catch-up is paced by the move throttle (next in {due:?})",
+                    self.target
+                ),
+            ))));
+        }
+        if !due.is_zero() {
+            tokio::time::sleep(due).await;
+        }
+        pacer.take(bytes as u64);
+        Ok(())
     }
 }
 
@@ -465,7 +529,20 @@ impl<T: RaftTransport> RaftNetwork<TypeConfig> for Connection<T> {
                 ))));
             }
         }
-        self.rpc(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+        let payload = encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.pace(payload.len()).await?;
+        self.send(Rpc::AppendEntries, payload, option.hard_ttl())
+            .await
+    }
+
+    fn backoff(&self) -> Backoff {
+        // Held back by the pacer: the first retry comes when its wait is over.
+        let first = if self.paced_for.is_zero() {
+            UNREACHABLE_BACKOFF
+        } else {
+            self.paced_for
+        };
+        Backoff::new(std::iter::once(first).chain(std::iter::repeat(UNREACHABLE_BACKOFF)))
     }
 
     async fn vote(
@@ -564,6 +641,8 @@ pub struct RaftService<T> {
     /// Groups may be added while it serves (a shard split adds one on every node).
     shards: Arc<std::sync::RwLock<HashMap<u64, ServedShard>>>,
     transport: Arc<T>,
+    /// Paces fetches of new replicas (see [`crate::pacing`]); `None`: unpaced.
+    pacer: Option<Arc<dyn CatchUpPacer>>,
 }
 
 impl<T> std::fmt::Debug for RaftService<T> {
@@ -580,6 +659,44 @@ impl<T: RaftTransport> RaftService<T> {
         RaftService {
             shards: Arc::new(std::sync::RwLock::new(shards)),
             transport,
+            pacer: None,
+        }
+    }
+
+    /// Fetches for new replicas' catch-up (`FetchLogRequest::new_replica`) are paced by
+    /// `pacer` from now on.
+    pub fn with_pacer(mut self, pacer: Option<Arc<dyn CatchUpPacer>>) -> RaftService<T> {
+        self.pacer = pacer;
+        self
+    }
+
+    /// Serves a fetch on this task (the simulator's, where nothing may run on other threads):
+    /// paced as [`pb::raft_internal_server::RaftInternal::fetch_log`] is.
+    pub async fn fetch_here(&self, r: pb::FetchLogRequest) -> Result<Vec<u8>, Status> {
+        let served = self.shard(r.shard_id)?;
+        self.pace_fetch(&r).await;
+        let data = served
+            .shard
+            .fetch_chunk(r.position, r.max_bytes)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.took(&r, data.len());
+        Ok(data)
+    }
+
+    /// Waits out the pacer before a new replica's fetch.
+    async fn pace_fetch(&self, r: &pb::FetchLogRequest) {
+        if let (true, Some(pacer)) = (r.new_replica, &self.pacer) {
+            let due = pacer.due();
+            if !due.is_zero() {
+                tokio::time::sleep(due).await;
+            }
+        }
+    }
+
+    /// Counts a new replica's fetched bytes with the pacer.
+    fn took(&self, r: &pb::FetchLogRequest, bytes: usize) {
+        if let (true, Some(pacer)) = (r.new_replica, &self.pacer) {
+            pacer.take(bytes as u64);
         }
     }
 
@@ -663,6 +780,7 @@ impl<T: RaftTransport> RaftService<T> {
                 "fetching snapshot segments"
             );
             let options = served.shard.options().clone();
+            let new_replica = crate::pacing::is_new_replica(&served.shard, options.node_id);
             let transport = self.transport.clone();
             let source = offer.source_addr.clone();
             let mut last_report = 0u64;
@@ -682,6 +800,7 @@ impl<T: RaftTransport> RaftService<T> {
                                     shard_id,
                                     position,
                                     max_bytes: len as u32,
+                                    new_replica,
                                 },
                                 Duration::from_secs(30),
                             )
@@ -804,11 +923,14 @@ impl<T: RaftTransport> pb::raft_internal_server::RaftInternal for RaftService<T>
     ) -> Result<Response<pb::FetchLogResponse>, Status> {
         let r = request.into_inner();
         let served = self.shard(r.shard_id)?;
+        self.pace_fetch(&r).await;
         let shard = served.shard.clone();
-        let data = tokio::task::spawn_blocking(move || shard.fetch_chunk(r.position, r.max_bytes))
+        let (position, max_bytes) = (r.position, r.max_bytes);
+        let data = tokio::task::spawn_blocking(move || shard.fetch_chunk(position, max_bytes))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.took(&r, data.len());
         Ok(Response::new(pb::FetchLogResponse { data }))
     }
 }
@@ -864,15 +986,20 @@ mod tests {
         }
     }
 
+    /// Node 2's replica of a group, in `dir`.
+    fn node_2_shard(dir: &std::path::Path) -> Shard {
+        Shard::open(crate::storage::ShardOptions::on_disk(
+            2,
+            dir,
+            strata_engine::EngineConfig::default(),
+        ))
+        .expect("open shard")
+    }
+
     #[tokio::test]
     async fn an_append_entries_is_sent_only_while_its_vote_is_the_replicas() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let shard = Shard::open(crate::storage::ShardOptions::on_disk(
-            2,
-            tmp.path(),
-            strata_engine::EngineConfig::default(),
-        ))
-        .expect("open shard");
+        let shard = node_2_shard(tmp.path());
         let transport = Arc::new(Recording::default());
         let me = StrataNode::at("n2", "n2");
         let mut network = Network::new(4, me, transport.clone(), HashMap::new()).voting_in(&shard);
@@ -903,6 +1030,101 @@ mod tests {
             sent[0].to_incarnation,
             Some(6),
             "the target's incarnation named"
+        );
+    }
+
+    /// A pacer whose wait is set by the test; it counts the bytes taken.
+    #[derive(Debug, Default)]
+    struct Fixed(Mutex<(Duration, u64)>);
+
+    impl CatchUpPacer for Fixed {
+        fn due(&self) -> Duration {
+            strata_engine::sync::lock(&self.0).0
+        }
+
+        fn take(&self, bytes: u64) {
+            strata_engine::sync::lock(&self.0).1 += bytes;
+        }
+    }
+
+    /// Applies a membership of `voters` (and learner 3, when not a voter) at `index`.
+    async fn apply_membership(shard: &Shard, index: u64, voters: &[NodeId]) {
+        let voters: std::collections::BTreeSet<NodeId> = voters.iter().copied().collect();
+        let nodes: std::collections::BTreeMap<NodeId, StrataNode> = [2, 3]
+            .into_iter()
+            .map(|n| (n, StrataNode::at(format!("n{n}"), format!("n{n}"))))
+            .collect();
+        let membership = openraft::Membership::new(vec![voters], nodes);
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 2), index),
+            payload: EntryPayload::Membership(membership),
+        };
+        let mut sm = shard.split().1;
+        openraft::storage::RaftStateMachine::apply(&mut sm, vec![entry])
+            .await
+            .expect("apply");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_to_a_new_replica_are_paced_and_to_a_voter_not() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let shard = node_2_shard(tmp.path());
+        let mut raft_log = shard.split().0;
+        openraft::storage::RaftLogStorage::save_vote(&mut raft_log, &Vote::new_committed(2, 2))
+            .await
+            .expect("save vote");
+        let transport = Arc::new(Recording::default());
+        let pacer = Arc::new(Fixed::default());
+        let mut network = Network::new(
+            4,
+            StrataNode::at("n2", "n2"),
+            transport.clone(),
+            HashMap::new(),
+        )
+        .voting_in(&shard)
+        .paced_by(Some(pacer.clone()));
+        let mut connection = network.new_client(3, &StrataNode::at("n3", "n3")).await;
+        let request = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(2, 2),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        let option = RPCOption::new(Duration::from_secs(1));
+        let sent = || strata_engine::sync::lock(&transport.0).len();
+        let taken = || strata_engine::sync::lock(&pacer.0).1;
+        let set_due = |d| strata_engine::sync::lock(&pacer.0).0 = d;
+        // Node 3 is a learner: a short wait is slept, then the message goes and is counted.
+        apply_membership(&shard, 1, &[2]).await;
+        set_due(Duration::from_millis(5));
+        let started = tokio::time::Instant::now();
+        let _ = connection
+            .append_entries(request.clone(), option.clone())
+            .await;
+        assert_eq!(started.elapsed(), Duration::from_millis(5));
+        assert_eq!(sent(), 1);
+        assert_eq!(taken(), encode(&request).expect("encodes").len() as u64);
+        // A long wait: not sent; openraft backs off for exactly that long.
+        set_due(Duration::from_secs(3));
+        let held = connection
+            .append_entries(request.clone(), option.clone())
+            .await;
+        assert!(matches!(held, Err(RPCError::Unreachable(_))), "{held:?}");
+        assert_eq!(sent(), 1, "held back");
+        let mut backoff = connection.backoff();
+        assert_eq!(backoff.next(), Some(Duration::from_secs(3)));
+        assert_eq!(backoff.next(), Some(UNREACHABLE_BACKOFF));
+        // A voter is never paced, whatever the wait.
+        apply_membership(&shard, 2, &[2, 3]).await;
+        let before = taken();
+        let _ = connection.append_entries(request, option).await;
+        assert_eq!(sent(), 2);
+        assert_eq!(taken(), before, "a voter's entries are not counted");
+        let mut backoff = connection.backoff();
+        assert_eq!(
+            backoff.next(),
+            Some(UNREACHABLE_BACKOFF),
+            "not paced: the usual"
         );
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::Instrument;
 
 use crate::network::{Handover, Network, ProposeAnswer, RaftTransport, ServedShard};
+use crate::pacing::CatchUpPacer;
 use crate::storage::Shard;
 use crate::types::{NodeId, Raft, StrataNode, TypeConfig};
 use crate::wire::{Command, Outcome, Reply, WireAppend};
@@ -77,6 +78,9 @@ pub struct RaftSettings {
     /// when it was added, before it is promoted to voter. Default 60 s; past it the node stays
     /// a learner and the call fails.
     pub learner_catch_up_timeout: Duration,
+    /// Paces a new replica's catch-up from this node (see [`crate::pacing`]). Default `None`:
+    /// unpaced; a node sets its move throttle here.
+    pub catch_up: Option<Arc<dyn CatchUpPacer>>,
 }
 
 impl Default for RaftSettings {
@@ -89,6 +93,7 @@ impl Default for RaftSettings {
             append_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(2),
             learner_catch_up_timeout: Duration::from_secs(60),
+            catch_up: None,
         }
     }
 }
@@ -451,7 +456,9 @@ impl Replica {
             .filter(|(id, _)| **id != node_id)
             .map(|(id, n)| (*id, n.raft_addr.clone()))
             .collect();
-        let network = Network::new(shard_id, node.clone(), transport, routes).voting_in(&shard);
+        let network = Network::new(shard_id, node.clone(), transport, routes)
+            .voting_in(&shard)
+            .paced_by(settings.catch_up.clone());
         let handover: Arc<dyn Handover> = Arc::new(network.clone());
         // Its tasks log with the group's id (see `runtime`: spawns keep the span).
         let span = tracing::info_span!("group", id = shard_id);

@@ -677,6 +677,17 @@ impl Shard {
         Ok(record_of(&lock(&self.inner.state).store, log_id)?.is_some())
     }
 
+    /// Whether node `id` is a voter of the membership this replica last applied (`false`
+    /// before it applied any: a new replica).
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        lock(&self.inner.state)
+            .applied
+            .membership
+            .membership()
+            .voter_ids()
+            .any(|v| v == id)
+    }
+
     /// The vote this replica last saved (durably: it is saved before openraft acts on it).
     pub fn vote(&self) -> Option<openraft::Vote<NodeId>> {
         lock(&self.inner.hard).get().vote

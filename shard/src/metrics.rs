@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::shards::LocalShards;
 use crate::stats::ServiceStats;
 pub use crate::stats::APPEND_BUCKETS_US;
+use crate::throttle::Throttle;
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &LatencyHistogram) {
     let (buckets, sum_us) = h.snapshot();
@@ -68,7 +69,7 @@ pub fn render(
     shards: &LocalShards,
     service: &ServiceStats,
     data_dir: &Path,
-    mover: Option<&crate::mover::Mover>,
+    (mover, throttle): (Option<&crate::mover::Mover>, &Throttle),
 ) -> String {
     let s = shards.stats();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -329,21 +330,20 @@ pub fn render(
         "Append latency as the server sees it (request to durable answer).",
         &service.append_latency,
     );
-    if let Some(mover) = mover {
-        moves(&mut out, mover);
-    }
+    moves(&mut out, mover, throttle);
     out
 }
 
-/// The slot-range moves' progress and their throttle's state.
-fn moves(out: &mut String, mover: &crate::mover::Mover) {
+/// The slot-range moves' progress (none without a mover) and the move throttle's state (it
+/// paces slot copies and new replicas' catch-up).
+fn moves(out: &mut String, mover: Option<&crate::mover::Mover>, throttle: &Throttle) {
     use crate::mover::Step;
-    let status = mover.status();
+    let status = mover.and_then(|m| m.status());
     let running = status
         .as_ref()
         .is_some_and(|s| matches!(s.step, Step::Copying | Step::Fenced));
     let of = |f: fn(&crate::mover::MoveStatus) -> u64| status.as_ref().map_or(0, f);
-    let t = mover.throttle().stats();
+    let t = throttle.stats();
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     for (name, kind, help, value) in [
         (
@@ -385,7 +385,7 @@ fn moves(out: &mut String, mover: &crate::mover::Mover) {
         (
             "strata_move_rate_bytes_per_second",
             "gauge",
-            "The pace the throttle sets for a move's copy now.",
+            "The pace the move throttle sets now (slot copies, new replicas' catch-up).",
             load(&t.rate),
         ),
         (
@@ -415,13 +415,13 @@ fn moves(out: &mut String, mover: &crate::mover::Mover) {
         (
             "strata_move_copied_bytes_total",
             "counter",
-            "Bytes (data and metadata) moves have copied.",
+            "Bytes moves have sent through the throttle (slot copies; new replicas' entries and snapshot segments).",
             load(&t.bytes),
         ),
         (
             "strata_move_throttle_wait_microseconds_total",
             "counter",
-            "Time copies waited on the throttle.",
+            "Time moves waited on the throttle.",
             load(&t.waited_us),
         ),
     ] {
@@ -435,7 +435,7 @@ pub async fn serve(
     shards: LocalShards,
     service: Arc<ServiceStats>,
     data_dir: PathBuf,
-    mover: Option<crate::mover::Mover>,
+    (mover, throttle): (Option<crate::mover::Mover>, Throttle),
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -450,18 +450,20 @@ pub async fn serve(
                 continue;
             }
         };
-        let (shards, service, data_dir, mover) = (
+        let (shards, service, data_dir, mover, throttle) = (
             shards.clone(),
             service.clone(),
             data_dir.clone(),
             mover.clone(),
+            throttle.clone(),
         );
         tokio::spawn(async move {
             let handler =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let response = match request.uri().path() {
                         "/metrics" => {
-                            let body = render(&shards, &service, &data_dir, mover.as_ref());
+                            let body =
+                                render(&shards, &service, &data_dir, (mover.as_ref(), &throttle));
                             Response::builder()
                                 .header("content-type", "text/plain; version=0.0.4")
                                 .body(Full::new(Bytes::from(body)))

@@ -37,7 +37,7 @@ use crate::replica_move::{GrpcGroups, ReplicaMover};
 use crate::router::{Directory, Router};
 use crate::service::{ServiceConfig, ServiceStats};
 use crate::shards::LocalShards;
-use crate::throttle::Throttle;
+use crate::throttle::{CatchUpThrottle, Throttle};
 
 /// Largest HTTP/2 frame a client may send (h2's default is 16 KiB: a 100 KiB append took 7
 /// frames). Flow-control windows stay hyper's (1 MiB per call and per connection): they bound
@@ -100,6 +100,8 @@ pub struct Node {
     router: Router,
     cluster: ClusterService,
     stats: Arc<ServiceStats>,
+    /// The node's move throttle (slot copies, new replicas' catch-up).
+    throttle: Throttle,
     stop: watch::Sender<bool>,
     metrics: Option<TcpListener>,
     data_dir: PathBuf,
@@ -165,6 +167,8 @@ impl Node {
             None => None,
         };
         let stats = Arc::new(ServiceStats::default());
+        // One budget for the node's moves: slot copies and new replicas' catch-up.
+        let throttle = Throttle::new(config.service.moves.clone(), stats.clone());
         let (stop, stopped) = watch::channel(false);
         let round = RoundFs::new(Arc::new(StdFs));
         let cache = IndexCache::new(INDEX_CACHE_BYTES_DEFAULT)
@@ -182,7 +186,8 @@ impl Node {
         let (raft_listener, raft_service) = match &config.cluster {
             None => (None, None),
             Some(cluster) => {
-                let (listener, raft) = raft_host(cluster, local).await?;
+                let pacer = Arc::new(CatchUpThrottle::new(throttle.clone()));
+                let (listener, raft) = raft_host(cluster, local, pacer).await?;
                 let service = raft.service.clone();
                 parts.raft = Some(raft);
                 (listener, Some(service))
@@ -219,7 +224,7 @@ impl Node {
             stats.clone(),
         );
         if shards.map.get().shards().len() > 1 {
-            cluster = cluster.with_mover(mover(&config, &shards, &host, &stats));
+            cluster = cluster.with_mover(mover(&config, &shards, &host, throttle.clone()));
         }
         if let (Some(meta), Some(peers)) = (&shards.meta, &peers) {
             let mut replicas = ReplicaMover::new(
@@ -243,6 +248,7 @@ impl Node {
             router,
             cluster,
             stats,
+            throttle,
             stop,
             metrics,
             leader_balance_interval: config
@@ -330,7 +336,7 @@ impl Node {
                 self.shards.clone(),
                 self.stats.clone(),
                 self.data_dir.clone(),
-                self.cluster.mover().cloned(),
+                (self.cluster.mover().cloned(), self.throttle.clone()),
                 self.stop.subscribe(),
             ));
         }
@@ -400,12 +406,7 @@ const MOVE_RECOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_se
 /// until this node routes by it. A map that adds a shard is installed the same way, the shard
 /// opened first here (single node) or by each node's follower (replicated), whose group this
 /// node then forms.
-fn mover(
-    config: &NodeConfig,
-    shards: &LocalShards,
-    host: &Host,
-    stats: &Arc<ServiceStats>,
-) -> Mover {
+fn mover(config: &NodeConfig, shards: &LocalShards, host: &Host, throttle: Throttle) -> Mover {
     let install = Installer {
         dir: config.data_dir.clone(),
         cell: shards.map.clone(),
@@ -439,7 +440,7 @@ fn mover(
         (switch, add_shard),
         Arc::new(SystemWallClock::default()),
         Arc::new(RandomIds),
-        Throttle::new(config.service.moves.clone(), stats.clone()),
+        throttle,
     )
 }
 
@@ -599,10 +600,12 @@ async fn read_layout(config: &NodeConfig) -> Result<crate::shards::Layout, NodeE
 }
 
 /// The Raft listener (when Raft has its own port) and what the node's groups are opened
-/// with: one transport (messages carry the group's id) and its server side.
+/// with: one transport (messages carry the group's id), its server side, and `pacer` for
+/// new replicas' catch-up from this node.
 async fn raft_host(
     cluster: &ClusterConfig,
     local: SocketAddr,
+    pacer: Arc<dyn strata_raft::CatchUpPacer>,
 ) -> Result<(Option<TcpListener>, RaftHost), NodeError> {
     let raft_listener = match cluster.raft_listen {
         Some(addr) => Some(
@@ -633,12 +636,15 @@ async fn raft_host(
     let mut members = cluster.peers.clone();
     members.insert(cluster.node_id, me.clone());
     let transport = Arc::new(GrpcTransport::default());
-    let service = RaftService::new(HashMap::new(), transport.clone());
+    let service =
+        RaftService::new(HashMap::new(), transport.clone()).with_pacer(Some(pacer.clone()));
+    let mut settings = cluster.raft.clone();
+    settings.catch_up = Some(pacer);
     let raft = RaftHost {
         node_id: cluster.node_id,
         me,
         members,
-        settings: cluster.raft.clone(),
+        settings,
         transport,
         service,
     };

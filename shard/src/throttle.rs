@@ -183,24 +183,54 @@ impl Throttle {
     /// Starts a move: the rate back to its start, the baseline measured over the next
     /// interval (waited here, before the first byte is copied).
     pub async fn begin(&self) {
-        {
-            let mut s = strata_engine::sync::lock(&self.state);
-            s.rate = if self.config.adaptive {
-                self.config
-                    .rate_start
-                    .clamp(self.config.rate_min, self.config.rate_max)
-            } else {
-                self.config.rate_max
-            };
-            s.baseline_p99_us = None;
-            s.window = (Instant::now(), self.latency.append_latency.snapshot().0);
-            s.free_at = Instant::now();
-            self.stats.rate.store(s.rate, Ordering::Relaxed);
-        }
+        self.restart();
         if self.config.adaptive {
             tokio::time::sleep(self.config.interval).await;
             self.adjust();
         }
+    }
+
+    /// The rate back to its start and the baseline unknown: the first window with enough
+    /// appends sets it (without [`Throttle::begin`]'s wait, that window carries the move's
+    /// first bytes at the starting rate).
+    pub fn restart(&self) {
+        let mut s = strata_engine::sync::lock(&self.state);
+        s.rate = if self.config.adaptive {
+            self.config
+                .rate_start
+                .clamp(self.config.rate_min, self.config.rate_max)
+        } else {
+            self.config.rate_max
+        };
+        s.baseline_p99_us = None;
+        s.window = (Instant::now(), self.latency.append_latency.snapshot().0);
+        s.free_at = Instant::now();
+        self.stats.rate.store(s.rate, Ordering::Relaxed);
+    }
+
+    /// How long until the bytes taken so far have gone at the rate now (adjusting it first
+    /// when a window has passed).
+    pub fn due(&self) -> Duration {
+        self.adjust();
+        strata_engine::sync::lock(&self.state)
+            .free_at
+            .saturating_duration_since(Instant::now())
+    }
+
+    /// Counts `bytes` as sent once those before them have gone: returns when that is, from
+    /// now.
+    pub fn take(&self, bytes: u64) -> Duration {
+        let mut s = strata_engine::sync::lock(&self.state);
+        let now = Instant::now();
+        let start = s.free_at.max(now);
+        s.free_at = start + Duration::from_secs_f64(bytes as f64 / s.rate.max(1) as f64);
+        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        s.free_at.saturating_duration_since(now)
+    }
+
+    /// When the bytes taken so far will all have gone.
+    fn free_at(&self) -> Instant {
+        strata_engine::sync::lock(&self.state).free_at
     }
 
     /// Ends a window when its interval has passed: sets the baseline (first window) or
@@ -218,10 +248,16 @@ impl Throttle {
             self.stats.window_p99_us.store(p, Ordering::Relaxed);
         }
         let Some(baseline) = s.baseline_p99_us else {
-            // No foreground traffic before the move: the first window that has some sets it.
+            // No foreground traffic before the move: the first window that has some sets it;
+            // until then there is nothing to protect, and the rate grows.
             s.baseline_p99_us = p99;
-            if let Some(p) = p99 {
-                self.stats.baseline_p99_us.store(p, Ordering::Relaxed);
+            match p99 {
+                Some(p) => self.stats.baseline_p99_us.store(p, Ordering::Relaxed),
+                None => {
+                    s.rate = (s.rate + self.config.step).min(self.config.rate_max);
+                    self.stats.increases.fetch_add(1, Ordering::Relaxed);
+                    self.stats.rate.store(s.rate, Ordering::Relaxed);
+                }
             }
             return;
         };
@@ -241,20 +277,50 @@ impl Throttle {
     /// Waits until `bytes` more may go at the rate now.
     pub async fn pace(&self, bytes: u64) {
         self.adjust();
-        let wait = {
-            let mut s = strata_engine::sync::lock(&self.state);
-            let now = Instant::now();
-            let start = s.free_at.max(now);
-            s.free_at = start + Duration::from_secs_f64(bytes as f64 / s.rate.max(1) as f64);
-            s.free_at.saturating_duration_since(now)
-        };
-        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let wait = self.take(bytes);
         if !wait.is_zero() {
             self.stats
                 .waited_us
                 .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// The node's move throttle pacing new replicas' catch-up (see `strata_raft::pacing`). A
+/// catch-up that starts after [`QUIET_INTERVALS`] intervals without one restarts the
+/// throttle (rate back to its start, a new baseline); the slot mover's copies share its rate.
+#[derive(Debug, Clone)]
+pub struct CatchUpThrottle(Throttle);
+
+/// Intervals without paced bytes after which the next catch-up is a new one.
+pub const QUIET_INTERVALS: u32 = 4;
+
+impl CatchUpThrottle {
+    /// Paces with `throttle`.
+    pub fn new(throttle: Throttle) -> CatchUpThrottle {
+        CatchUpThrottle(throttle)
+    }
+}
+
+impl strata_raft::CatchUpPacer for CatchUpThrottle {
+    fn due(&self) -> Duration {
+        let due = self.0.due();
+        if !due.is_zero() {
+            self.0
+                .stats
+                .waited_us
+                .fetch_add(due.as_micros() as u64, Ordering::Relaxed);
+        }
+        due
+    }
+
+    fn take(&self, bytes: u64) {
+        let quiet = self.0.config.interval * QUIET_INTERVALS;
+        if self.0.free_at() + quiet < Instant::now() {
+            self.0.restart();
+        }
+        self.0.take(bytes);
     }
 }
 
@@ -270,6 +336,31 @@ mod tests {
         assert_eq!(p99_us(&b([900, 100, 0])), Some(100 + 135));
         // In the open-ended last bucket: twice the last bound at most.
         assert_eq!(p99_us(&b([0, 0, 100])), Some(250 + 247));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_catch_up_is_paced_at_the_rate_and_a_new_one_starts_afresh() {
+        use strata_raft::CatchUpPacer;
+        let config = ThrottleConfig::default();
+        let throttle = Throttle::new(config.clone(), Arc::new(ServiceStats::default()));
+        let pacer = CatchUpThrottle::new(throttle.clone());
+        let rate = |t: &Throttle| t.stats().rate.load(Ordering::Relaxed);
+        assert_eq!(pacer.due(), Duration::ZERO, "nothing taken: go");
+        // 1 MiB at the starting 4 MiB/s: the next bytes are due in a quarter second.
+        pacer.take(config.rate_start / 4);
+        assert_eq!(pacer.due(), Duration::from_millis(250));
+        // Windows without foreground appends raise the rate a step each.
+        tokio::time::sleep(config.interval * 2).await;
+        pacer.due();
+        assert_eq!(rate(&throttle), config.rate_start + config.step);
+        // A quiet spell: the next catch-up starts again at the starting rate.
+        tokio::time::sleep(config.interval * (QUIET_INTERVALS + 1)).await;
+        pacer.take(1);
+        assert_eq!(rate(&throttle), config.rate_start);
+        assert_eq!(
+            throttle.stats().bytes.load(Ordering::Relaxed),
+            config.rate_start / 4 + 1
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,11 +23,12 @@ use strata_raft::runtime::{with_clock_rate, ClockRate};
 use strata_raft::types::NodeId;
 use strata_raft::StrataNode;
 use strata_raft::{
-    LogSync, RaftService, RaftSettings, RaftTransport, Replica, Shard, ShardOptions,
+    CatchUpPacer, LogSync, RaftService, RaftSettings, RaftTransport, Replica, Shard, ShardOptions,
 };
 use strata_shard::backend::Backend;
 use strata_shard::ids::SeededIds;
 use strata_shard::service::{ServiceConfig, ServiceStats, StreamsService};
+use strata_shard::throttle::{CatchUpThrottle, Throttle, ThrottleConfig};
 use tokio::sync::watch;
 use tonic::{Request, Status};
 
@@ -260,6 +261,8 @@ struct NodeState {
     down: Option<Down>,
     /// Times started.
     incarnations: u64,
+    /// Paces new replicas' catch-up from this node (its move throttle; new at each start).
+    pacer: Option<Arc<dyn CatchUpPacer>>,
 }
 
 /// Network conditions.
@@ -323,6 +326,17 @@ pub fn sim_settings() -> RaftSettings {
     }
 }
 
+/// The move throttle of a simulated node: the defaults scaled to the simulator's small logs
+/// (kilobytes, not gigabytes), so that pacing holds catch-ups back within a run.
+pub fn sim_throttle() -> ThrottleConfig {
+    ThrottleConfig {
+        rate_start: 64 << 10,
+        rate_min: 16 << 10,
+        step: 32 << 10,
+        ..ThrottleConfig::default()
+    }
+}
+
 /// The service settings of a simulated node: the defaults, with a subscriber cut off after a
 /// stall longer than any fault lasts.
 pub fn sim_service() -> ServiceConfig {
@@ -370,6 +384,7 @@ impl Cluster {
                     up: None,
                     down: Some(Down::Stopped("not started".into())),
                     incarnations: 0,
+                    pacer: None,
                 },
             );
         }
@@ -642,19 +657,33 @@ impl Cluster {
             incarnation: 0,
         };
         let shard = Shard::open(options).map_err(|e| e.to_string())?;
-        Replica::start(
-            group,
-            shard,
-            me,
-            members,
-            self.0.settings.clone(),
-            self.transport(id),
-        )
-        .await
-        .map_err(|e| e.to_string())
+        let mut settings = self.0.settings.clone();
+        settings.catch_up = self.pacer(id);
+        Replica::start(group, shard, me, members, settings, self.transport(id))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Node `id`'s end of the simulated network.
+    /// Node `id`'s pacer of new replicas' catch-up from now on: a move throttle reading
+    /// `latency` (the node's append latency), at the simulator's rates.
+    pub(crate) fn pace_with(
+        &self,
+        id: NodeId,
+        latency: Arc<ServiceStats>,
+    ) -> Arc<dyn CatchUpPacer> {
+        let throttle = Throttle::new(sim_throttle(), latency);
+        let pacer: Arc<dyn CatchUpPacer> = Arc::new(CatchUpThrottle::new(throttle));
+        if let Some(n) = self.state().nodes.get_mut(&id) {
+            n.pacer = Some(pacer.clone());
+        }
+        pacer
+    }
+
+    fn pacer(&self, id: NodeId) -> Option<Arc<dyn CatchUpPacer>> {
+        self.state().nodes.get(&id).and_then(|n| n.pacer.clone())
+    }
+
     pub(crate) fn transport(&self, id: NodeId) -> Arc<SimNet> {
         Arc::new(SimNet {
             from: id,
@@ -685,16 +714,18 @@ impl Cluster {
         if let (true, Some(open)) = (self.0.shards > 1, self.0.open_sharded) {
             return open(self, id, disk).await;
         }
+        let stats = Arc::new(ServiceStats::default());
+        let pacer = self.pace_with(id, stats.clone());
         let replica = self
             .open_group(id, disk, 0, PathBuf::from(format!("/n{id}")))
             .await?;
-        let service = Arc::new(RaftService::new(
-            HashMap::from([(0, replica.served())]),
-            self.transport(id),
-        ));
+        let service = Arc::new(
+            RaftService::new(HashMap::from([(0, replica.served())]), self.transport(id))
+                .with_pacer(Some(pacer)),
+        );
         let (stop, stopped) = watch::channel(false);
         let backend = Backend::Replicated(Box::new(replica.clone()));
-        let streams = self.streams_service(id, backend, stopped, Arc::new(ServiceStats::default()));
+        let streams = self.streams_service(id, backend, stopped, stats);
         let replica = Arc::new(replica);
         Ok(Up {
             groups: vec![replica.clone()],
@@ -788,17 +819,6 @@ impl Cluster {
             .nodes
             .get(&to)
             .and_then(|n| n.up.as_ref().map(|u| u.service.clone()))
-    }
-
-    /// Group `group`'s storage on node `to`.
-    fn shard(&self, to: NodeId, group: u64) -> Option<Shard> {
-        self.state().nodes.get(&to).and_then(|n| {
-            let up = n.up.as_ref()?;
-            up.groups
-                .iter()
-                .find(|r| r.shard_id() == group)
-                .map(|r| r.shard().clone())
-        })
     }
 }
 
@@ -924,12 +944,10 @@ impl RaftTransport for SimNet {
     ) -> Result<Vec<u8>, Status> {
         let to = id_of(addr).ok_or_else(|| unreachable(format!("no node at {addr}")))?;
         self.carry(to, deadline, |cluster| async move {
-            let shard = cluster
-                .shard(to, request.shard_id)
+            let service = cluster
+                .service(to)
                 .ok_or_else(|| unreachable(format!("n{to} is down")))?;
-            shard
-                .fetch_chunk(request.position, request.max_bytes)
-                .map_err(|e| Status::failed_precondition(e.to_string()))
+            service.fetch_here(request).await
         })
         .await
     }

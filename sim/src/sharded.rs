@@ -255,6 +255,8 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
         Some(cached) => cached,
         None => first_map(cluster.shards())?,
     };
+    let stats = Arc::new(ServiceStats::default());
+    let pacer = cluster.pace_with(id, stats.clone());
     let mut groups = Vec::new();
     let mut served = HashMap::new();
     for shard in map.shards() {
@@ -281,9 +283,8 @@ pub(crate) async fn open_node(cluster: &Cluster, id: NodeId, disk: &Disk) -> Res
         )
         .await?;
     served.insert(u64::from(META_GROUP), meta_replica.served());
-    let service = Arc::new(RaftService::new(served, cluster.transport(id)));
+    let service = Arc::new(RaftService::new(served, cluster.transport(id)).with_pacer(Some(pacer)));
     let (stop, stopped) = watch::channel(false);
-    let stats = Arc::new(ServiceStats::default());
     let stops = ShardStops::default();
     let services: Vec<(ShardId, StreamsService)> = groups
         .iter()
