@@ -22,7 +22,7 @@ use crate::backend::replica_status;
 use crate::balance::{self, ShardLeads};
 use crate::forward::{self, Peers};
 use crate::meta::Meta;
-use crate::mover::{MoveError, Mover};
+use crate::mover::{MoveError, Mover, ABANDONED_FENCE_GRACE};
 use crate::replica_move::ReplicaMover;
 use crate::shards::LocalShards;
 use crate::stats::ServiceStats;
@@ -367,7 +367,10 @@ impl ClusterService {
     /// On the metadata group's leader, every `interval`: lifts the fences of moves that did not
     /// finish (a previous metadata leader's, stopped mid-move; see [`Mover::recover`]), and
     /// takes out of each shard's group the members a replica move left that the map does not
-    /// place it on (see [`ReplicaMover::tidy`]; every [`TIDY_EVERY`] intervals).
+    /// place it on (see [`ReplicaMover::tidy`]; every [`TIDY_EVERY`] intervals). On every
+    /// other node: lifts the fences of shards it leads that stayed stale for
+    /// [`ABANDONED_FENCE_GRACE`] (the metadata leader may hold no replica of them; see
+    /// [`Mover::recover_abandoned`]).
     pub async fn recover_moves(
         self,
         interval: std::time::Duration,
@@ -383,6 +386,16 @@ impl ClusterService {
             }
             let me = meta.replica().node_id();
             if meta.replica().leader().map(|(id, _)| id) != Some(me) {
+                if let Some(mover) = &self.mover {
+                    match mover.recover_abandoned(me, ABANDONED_FENCE_GRACE).await {
+                        Ok(lifted) if !lifted.is_empty() => tracing::warn!(
+                            ?lifted,
+                            "rolled back moves that did not finish (their metadata leader holds no replica of the shard)"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "looking for abandoned fences failed"),
+                    }
+                }
                 continue;
             }
             if let Some(mover) = &self.mover {

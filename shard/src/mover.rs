@@ -185,6 +185,9 @@ struct Inner {
     status: Mutex<Option<(MoveStatus, Instant)>>,
     /// Held by a running move and by [`Mover::recover`]: never both at once.
     running: tokio::sync::Mutex<()>,
+    /// Stale fences [`Mover::recover_abandoned`] has seen, by shard and `$fences` version:
+    /// since when.
+    abandoned: Mutex<HashMap<(ShardId, Option<u64>), tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for Mover {
@@ -321,6 +324,25 @@ fn fences_of(reader: &Reader) -> strata_engine::Result<Fences> {
     strata_engine::fence::read_fences(reader)
 }
 
+/// The version of `$fences`' last event (`None`: none).
+fn fences_version(reader: &Reader) -> strata_engine::Result<Option<u64>> {
+    let last = reader.read_stream(FENCES_STREAM, None, Direction::Backwards, 1)?;
+    Ok(last.first().map(|e| e.version))
+}
+
+/// A fence over slots the map gives to its shard, and the shard's `$fences` version when it
+/// was read.
+#[derive(Debug, Clone, Copy)]
+struct StaleFence {
+    shard: ShardId,
+    version: Option<u64>,
+    fence: Fence,
+}
+
+/// How long a stale fence stays unchanged before a node other than the metadata leader lifts
+/// it ([`Mover::recover_abandoned`]): far longer than a running move keeps its fence.
+pub const ABANDONED_FENCE_GRACE: Duration = Duration::from_secs(30);
+
 /// Refuses while `map` records a replica move of `shard`: one move at a time per shard (a
 /// slot move writes through the shard's group, whose membership such a move changes).
 fn no_replica_move(map: &ClusterMap, shard: ShardId) -> Result<(), MoveError> {
@@ -443,6 +465,7 @@ impl Mover {
                 throttle,
                 status: Mutex::new(None),
                 running: tokio::sync::Mutex::new(()),
+                abandoned: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -947,6 +970,17 @@ impl Mover {
         shard: ShardId,
         changes: Vec<FenceChange>,
     ) -> Result<Position, MoveError> {
+        self.record_expecting(shard, changes, ExpectedVersion::Any)
+            .await
+    }
+
+    /// Appends `changes` to `shard`'s `$fences` as one record, the stream `expected` so.
+    async fn record_expecting(
+        &self,
+        shard: ShardId,
+        changes: Vec<FenceChange>,
+        expected: ExpectedVersion,
+    ) -> Result<Position, MoveError> {
         let events = changes
             .iter()
             .map(|c| {
@@ -959,12 +993,8 @@ impl Mover {
                 }
             })
             .collect();
-        let request = AppendRequest::single(
-            FENCES_STREAM,
-            ExpectedVersion::Any,
-            events,
-            self.inner.clock.now_us(),
-        );
+        let request =
+            AppendRequest::single(FENCES_STREAM, expected, events, self.inner.clock.now_us());
         let answer = self
             .backend(shard)?
             .append_all_at_leader(vec![request], MOVE_WRITE_WAIT)
@@ -1027,10 +1057,53 @@ impl Mover {
         let _running = self.inner.running.lock().await;
         let map = self.inner.map.get();
         self.form_added(&map).await;
+        let stale = self.stale_fences(&map, None).await?;
+        self.lift_stale(&map, stale, false).await
+    }
+
+    /// On a node that does not lead the metadata group (whose [`Mover::recover`] sees only
+    /// the shards it holds): lifts the stale fences of the shards whose group this node
+    /// (`me`) leads once they have stayed unchanged for `grace` — longer than a running
+    /// move keeps its fence, so no move is cut short. As `recover`, it records the map again
+    /// first; each shard's lift is appended with `$fences` expected at the version read
+    /// before its fences, so a fence set since (a new move's) is never lifted.
+    pub async fn recover_abandoned(
+        &self,
+        me: u64,
+        grace: Duration,
+    ) -> Result<Vec<(ShardId, Fence)>, String> {
+        let _running = self.inner.running.lock().await;
+        let map = self.inner.map.get();
+        let stale = self.stale_fences(&map, Some(me)).await?;
+        let now = tokio::time::Instant::now();
+        let ripe: Vec<StaleFence> = {
+            let mut seen = strata_engine::sync::lock(&self.inner.abandoned);
+            seen.retain(|k, _| stale.iter().any(|f| (f.shard, f.version) == *k));
+            stale
+                .into_iter()
+                .filter(|f| *seen.entry((f.shard, f.version)).or_insert(now) + grace <= now)
+                .collect()
+        };
+        self.lift_stale(&map, ripe, true).await
+    }
+
+    /// The fences of the held shards (only those `leader` leads, when given) over slots `map`
+    /// still gives them — stale when no move runs — each with its `$fences` version, read
+    /// before the fences.
+    async fn stale_fences(
+        &self,
+        map: &ClusterMap,
+        leader: Option<u64>,
+    ) -> Result<Vec<StaleFence>, String> {
         let mut stale = Vec::new();
         for (id, backend) in &self.inner.shards.backends() {
-            let fences = backend
-                .read(|r| fences_of(&r))
+            if let (Some(me), Backend::Replicated(r)) = (leader, backend) {
+                if r.leader().map(|(l, _)| l) != Some(me) {
+                    continue;
+                }
+            }
+            let (version, fences) = backend
+                .read(|r| Ok((fences_version(&r)?, fences_of(&r)?)))
                 .await
                 .map_err(|s| format!("reading {id}'s fences: {}", s.message()))?;
             for f in fences.list() {
@@ -1041,28 +1114,57 @@ impl Mover {
                     .iter()
                     .any(|(r, s)| s == id && r.start < f.end && f.start < r.end);
                 if f.slots == map.slots() && mine {
-                    stale.push((*id, *f));
+                    stale.push(StaleFence {
+                        shard: *id,
+                        version,
+                        fence: *f,
+                    });
                 }
             }
         }
+        Ok(stale)
+    }
+
+    /// Records `map` again at the next epoch, then lifts the `stale` fences (see
+    /// [`refence`]), each shard's in one append — expecting its `$fences` version when
+    /// `expect`.
+    async fn lift_stale(
+        &self,
+        map: &ClusterMap,
+        stale: Vec<StaleFence>,
+        expect: bool,
+    ) -> Result<Vec<(ShardId, Fence)>, String> {
         if stale.is_empty() {
-            return Ok(stale);
+            return Ok(Vec::new());
         }
         (self.inner.switch)(map.bumped())
             .await
             .map_err(|e| format!("recording the map again before lifting fences: {e}"))?;
-        for (id, f) in &stale {
-            self.record_all(*id, refence(&map, *id, *f))
+        let mut shards: Vec<ShardId> = stale.iter().map(|f| f.shard).collect();
+        shards.dedup();
+        for shard in shards {
+            let of_shard: Vec<&StaleFence> = stale.iter().filter(|f| f.shard == shard).collect();
+            let changes = of_shard
+                .iter()
+                .flat_map(|f| refence(map, shard, f.fence))
+                .collect();
+            let expected = match of_shard.first().and_then(|f| f.version) {
+                Some(v) if expect => ExpectedVersion::Exact(v),
+                _ => ExpectedVersion::Any,
+            };
+            self.record_expecting(shard, changes, expected)
                 .await
                 .map_err(|e| e.to_string())?;
-            tracing::warn!(
-                shard = id.0,
-                start = f.start,
-                end = f.end,
-                to = f.to,
-                "lifted the fence of a move that did not finish"
-            );
+            for f in of_shard {
+                tracing::warn!(
+                    shard = shard.0,
+                    start = f.fence.start,
+                    end = f.fence.end,
+                    to = f.fence.to,
+                    "lifted the fence of a move that did not finish"
+                );
+            }
         }
-        Ok(stale)
+        Ok(stale.into_iter().map(|f| (f.shard, f.fence)).collect())
     }
 }

@@ -11,6 +11,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use strata_engine::fence::{Fence, FenceChange, FENCES_STREAM};
@@ -85,6 +86,11 @@ fn mover(node: &Node, fail: Arc<AtomicBool>) -> Mover {
             Ok(())
         })
     });
+    mover_switching(node, switch)
+}
+
+/// A mover whose switch is `switch`.
+fn mover_switching(node: &Node, switch: Switch) -> Mover {
     let (cell, host) = (node.map.clone(), node.host.clone());
     let add_shard: AddShard = Arc::new(move |map, id| {
         let (cell, host) = (cell.clone(), host.clone());
@@ -239,18 +245,7 @@ async fn recover_lifts_the_fence_of_an_unfinished_move_and_keeps_a_finished_ones
         end: 16,
         to: 1,
     };
-    let (kind, data) = FenceChange::Set(fence).encode();
-    let fenced = AppendRequest::single(
-        FENCES_STREAM,
-        ExpectedVersion::Any,
-        vec![NewEvent {
-            event_type: kind.into(),
-            data: data.into(),
-            ..event(77)
-        }],
-        1,
-    );
-    source.append(fenced).await.unwrap();
+    set_fence(source, fence, 77).await;
     assert!(matches!(
         append(source, &moving[0], 1).await,
         Err(Error::Moved { .. })
@@ -268,6 +263,79 @@ async fn recover_lifts_the_fence_of_an_unfinished_move_and_keeps_a_finished_ones
         append(source, &moving[0], 3).await,
         Err(Error::Moved { .. })
     ));
+}
+
+/// Sets `fence` on `shard`'s `$fences`, as a move does before its switch.
+async fn set_fence(b: &Backend, fence: Fence, n: u128) {
+    let (kind, data) = FenceChange::Set(fence).encode();
+    let fenced = AppendRequest::single(
+        FENCES_STREAM,
+        ExpectedVersion::Any,
+        vec![NewEvent {
+            event_type: kind.into(),
+            data: data.into(),
+            ..event(n)
+        }],
+        1,
+    );
+    b.append(fenced).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_abandoned_fence_is_lifted_after_its_grace_unless_a_fence_changed_meanwhile() {
+    let n = node(2).await;
+    let (moving, _) = streams_in(SlotRange { start: 0, end: 16 });
+    let source = backend(&n, 0).clone();
+    let fence = |end| Fence {
+        slots: SLOTS,
+        start: 0,
+        end,
+        to: 1,
+    };
+    set_fence(&source, fence(16), 77).await;
+    // A new move fences the same shard while the first recovery records the map again.
+    let (cell, racing, fenced_again) = (
+        n.map.clone(),
+        source.clone(),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let once = fenced_again.clone();
+    let switch: Switch = Arc::new(move |map| {
+        let (cell, racing, once) = (cell.clone(), racing.clone(), once.clone());
+        Box::pin(async move {
+            if !once.swap(true, Ordering::Relaxed) {
+                set_fence(&racing, fence(8), 78).await;
+            }
+            cell.advance(map);
+            Ok(())
+        })
+    });
+    let m = mover_switching(&n, switch);
+    // Seen for the first time: not yet lifted, whatever the grace.
+    let hour = Duration::from_secs(3600);
+    assert!(m.recover_abandoned(1, hour).await.unwrap().is_empty());
+    assert!(
+        m.recover_abandoned(1, hour).await.unwrap().is_empty(),
+        "within its grace"
+    );
+    // Past the grace, but a fence was set after the fences were read: nothing is lifted.
+    let raced = m.recover_abandoned(1, Duration::ZERO).await;
+    assert!(fenced_again.load(Ordering::Relaxed));
+    let refused = raced.expect_err("the lift expected the fences read");
+    assert!(refused.contains("version"), "{refused}");
+    assert!(matches!(
+        append(&source, &moving[0], 1).await,
+        Err(Error::Moved { .. })
+    ));
+    // Seen anew (the fences changed): lifted once the grace has passed again.
+    assert!(m.recover_abandoned(1, hour).await.unwrap().is_empty());
+    let mut lifted = m.recover_abandoned(1, Duration::ZERO).await.unwrap();
+    lifted.sort_by_key(|(_, f)| f.end);
+    assert_eq!(
+        lifted,
+        vec![(ShardId(0), fence(8)), (ShardId(0), fence(16))]
+    );
+    append(&source, &moving[0], 2).await.unwrap();
 }
 
 #[tokio::test]

@@ -12,7 +12,8 @@
 //! holding the shard (never a node's last), finishing or cancelling a replica move a killed
 //! leader left recorded; a
 //! killed node's move dies with it, and that leader lifts the fences of moves that stopped,
-//! as a node's `recover_moves` does. A replica move's group calls go straight to the named
+//! as a node's `recover_moves` does (the other nodes lift those on shards they lead once
+//! they have stayed for [`FENCE_GRACE`]). A replica move's group calls go straight to the named
 //! node's replica ([`crate::replica_ops`]); the Raft messages they cause cross the simulated
 //! network.
 //!
@@ -527,6 +528,8 @@ async fn mover_driver(cluster: Cluster, moves: Moves, (until, replicas): (Instan
             Ok(_) => {}
             Err(e) => cluster.trace().log(format!("n{id}: recovering moves: {e}")),
         }
+        let lifted = recover_abandoned(&cluster, id).await;
+        moves.note("recovered", lifted as u64);
         let Ok(map) = node.map.routable() else {
             continue;
         };
@@ -823,6 +826,40 @@ async fn recover(cluster: &Cluster, within: Duration) -> Result<ClusterMap, Stri
     Err(last)
 }
 
+/// How long a stale fence stays before a node other than the metadata leader lifts it (the
+/// nodes' [`strata_shard::mover::ABANDONED_FENCE_GRACE`], shortened to fit a run's liveness
+/// phase: a move it cuts short rolls back).
+const FENCE_GRACE: Duration = Duration::from_secs(5);
+
+/// On every node up but the metadata leader `leader`: lifts the fences that stayed stale for
+/// [`FENCE_GRACE`] on the shards it leads, as a node's `recover_moves` does. Returns how many.
+async fn recover_abandoned(cluster: &Cluster, leader: NodeId) -> usize {
+    let mut lifted = 0;
+    for id in cluster.up_ids() {
+        let Some(node) = cluster.sharded(id).filter(|_| id != leader) else {
+            continue;
+        };
+        let mut stopped = node.stopped.clone();
+        let recovered = tokio::select! {
+            r = node.mover.recover_abandoned(id, FENCE_GRACE) => r,
+            _ = stopped.wait_for(|s| *s) => continue,
+        };
+        match recovered {
+            Ok(fences) if !fences.is_empty() => {
+                cluster
+                    .trace()
+                    .log(format!("n{id}: lifted abandoned fences: {fences:?}"));
+                lifted += fences.len();
+            }
+            Ok(_) => {}
+            Err(e) => cluster
+                .trace()
+                .log(format!("n{id}: recovering abandoned fences: {e}")),
+        }
+    }
+    lifted
+}
+
 /// A shard that node `leader` holds no replica of and that keeps a fence over slots it owns
 /// (a slot move stopped with it), with a node holding it.
 fn fenced_elsewhere(
@@ -888,15 +925,13 @@ async fn settled(cluster: &Cluster) -> Result<ClusterMap, String> {
             ));
         }
     }
-    // A stopped slot move's fence on a shard the metadata leader holds no replica of stays
-    // until a leader holding one recovers it: the operator moves a replica there (as the
-    // docs say), and recovery lifts the fence.
-    if let Some((shard, from)) = fenced_elsewhere(cluster, &ids, &newest, leader) {
-        node.replicas
-            .run(shard.0, from, leader)
-            .await
-            .map_err(|e| format!("n{leader}: taking a replica of fenced {shard}: {e}"))?;
-        return Err(format!("n{leader} took a replica of fenced {shard}"));
+    // A stopped slot move's fence on a shard the metadata leader holds no replica of: the
+    // shard's leader lifts it once it has stayed for the grace.
+    recover_abandoned(cluster, leader).await;
+    if let Some((shard, holder)) = fenced_elsewhere(cluster, &ids, &newest, leader) {
+        return Err(format!(
+            "{shard} (held by n{holder}, not by the metadata leader n{leader}) keeps a stale fence; its leader lifts it after {FENCE_GRACE:?}"
+        ));
     }
     // A member a move left in a group (its last step failed after the map's end) is taken out.
     let removed = node
