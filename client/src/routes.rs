@@ -163,6 +163,7 @@ mod tests {
                         end: r.end,
                     }],
                     moving: None,
+                    preferred_leader: 0,
                 })
                 .collect(),
             ..Default::default()

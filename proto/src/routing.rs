@@ -87,6 +87,8 @@ pub enum MapError {
     NotAMove { shard: ShardId, from: u64, to: u64 },
     /// No replica move of the shard is under way.
     NoReplicaMove { shard: ShardId },
+    /// A preferred leader that holds no replica of the shard.
+    NotAReplica { shard: ShardId, node: u64 },
     /// A shard's group formed by no node.
     NoFounders { shard: ShardId },
     /// A founder's address is empty or holds a space or comma.
@@ -128,6 +130,10 @@ impl fmt::Display for MapError {
             MapError::NoReplicaMove { shard } => {
                 write!(f, "no replica move of {shard} is under way")
             }
+            MapError::NotAReplica { shard, node } => write!(
+                f,
+                "node {node} holds no replica of {shard}: only a node holding one may lead it"
+            ),
             MapError::NoFounders { shard } => {
                 write!(f, "{shard}'s group needs at least one founding node")
             }
@@ -186,6 +192,10 @@ pub struct ClusterMap {
     /// The replica moves under way: shard → (from node, to node). The target is among the
     /// shard's replicas already; the source leaves them when the move ends.
     moving: std::collections::BTreeMap<ShardId, (u64, u64, u64)>,
+    /// The node each shard should be led by when it can (an operator's choice; the leader
+    /// balancer hands the leadership there). Always a node holding a replica: a change of
+    /// the shard's replicas without it drops it.
+    preferred: std::collections::BTreeMap<ShardId, u64>,
 }
 
 impl ClusterMap {
@@ -239,6 +249,7 @@ impl ClusterMap {
             founders: Default::default(),
             replicas: Default::default(),
             moving: Default::default(),
+            preferred: Default::default(),
         })
     }
 
@@ -455,6 +466,36 @@ impl ClusterMap {
         Ok(Some(next))
     }
 
+    /// The node shard `shard` should be led by when it can, if any.
+    pub fn preferred_leader(&self, shard: ShardId) -> Option<u64> {
+        self.preferred.get(&shard).copied()
+    }
+
+    /// The map with node `node` as shard `shard`'s preferred leader (`None`: no preference),
+    /// at the next epoch. Refused when the shard is not in the map or `node` holds no replica
+    /// of it.
+    pub fn with_preferred_leader(
+        &self,
+        shard: ShardId,
+        node: Option<u64>,
+    ) -> Result<ClusterMap, MapError> {
+        self.bumped().preferring(shard, node)
+    }
+
+    fn preferring(mut self, shard: ShardId, node: Option<u64>) -> Result<ClusterMap, MapError> {
+        if !self.shards().contains(&shard) {
+            return Err(MapError::UnknownShard { shard });
+        }
+        match node {
+            Some(node) if !self.holds(node, shard) => {
+                return Err(MapError::NotAReplica { shard, node })
+            }
+            Some(node) => self.preferred.insert(shard, node),
+            None => self.preferred.remove(&shard),
+        };
+        Ok(self)
+    }
+
     /// The replica move of shard `shard` under way, `(from, to)`, if any.
     pub fn replica_move(&self, shard: ShardId) -> Option<(u64, u64)> {
         self.moving.get(&shard).map(|&(from, to, _)| (from, to))
@@ -549,6 +590,13 @@ impl ClusterMap {
         if nodes.is_empty() {
             return Err(MapError::NoReplicas { shard });
         }
+        if self
+            .preferred
+            .get(&shard)
+            .is_some_and(|p| !nodes.contains(p))
+        {
+            self.preferred.remove(&shard);
+        }
         self.replicas.insert(shard, nodes);
         Ok(self)
     }
@@ -601,6 +649,7 @@ impl ClusterMap {
     /// replicas 2 2 3 4              the nodes holding shard 2 (once placed; else every node)
     /// moving 2 1 4 9                shard 2's replica moving from node 1 to node 4, begun at
     ///                               epoch 9 (the target's incarnation; none: 0)
+    /// prefers 2 3                   shard 2 should be led by node 3 when it can
     /// ```
     pub fn encode(&self) -> String {
         let mut out = format!(
@@ -630,6 +679,9 @@ impl ClusterMap {
         for (shard, (from, to, since)) in &self.moving {
             out.push_str(&format!("moving {} {from} {to} {since}\n", shard.0));
         }
+        for (shard, node) in &self.preferred {
+            out.push_str(&format!("prefers {} {node}\n", shard.0));
+        }
         out
     }
 
@@ -651,6 +703,7 @@ impl ClusterMap {
         }
         let (mut epoch, mut slots, mut ranges, mut empty) = (None, None, Vec::new(), Vec::new());
         let (mut placed, mut held, mut moving) = (Vec::new(), Vec::new(), Vec::new());
+        let mut prefers = Vec::new();
         for (n, line) in lines.filter(|(_, l)| !l.is_empty()) {
             let words: Vec<&str> = line.split_whitespace().collect();
             let number = |w: &str| {
@@ -673,6 +726,9 @@ impl ClusterMap {
                     ShardId(small(shard)?),
                 )),
                 ["shard", shard] => empty.push(ShardId(small(shard)?)),
+                ["prefers", shard, node] => {
+                    prefers.push((n, ShardId(small(shard)?), number(node)?));
+                }
                 ["moving", shard, from, to, since @ ..] if since.len() <= 1 => {
                     // A map from before incarnations has no epoch here: its target is 0.
                     let since = since.first().map_or(Ok(0), |w| number(w))?;
@@ -733,6 +789,17 @@ impl ClusterMap {
                 ));
             }
             map.moving.insert(shard, (from, to, since));
+        }
+        for (n, shard, node) in prefers {
+            if map.preferred.contains_key(&shard) {
+                return Err(bad(
+                    n,
+                    format!("{shard}'s preferred leader is listed twice"),
+                ));
+            }
+            map = map
+                .preferring(shard, Some(node))
+                .map_err(|e| bad(n, e.to_string()))?;
         }
         Ok(map)
     }
@@ -923,6 +990,64 @@ mod tests {
         );
         let text = err.to_string();
         assert!(text.contains(a) && text.contains(&b) && text.contains("routing key"));
+    }
+
+    #[test]
+    fn a_preferred_leader_holds_a_replica_survives_the_text_and_leaves_with_it() {
+        let map = ClusterMap::even(8, 2)
+            .unwrap()
+            .with_replicas(ShardId(1), &[1, 2, 3])
+            .unwrap();
+        assert_eq!(map.preferred_leader(ShardId(1)), None);
+        let prefers = map.with_preferred_leader(ShardId(1), Some(2)).unwrap();
+        assert_eq!(prefers.preferred_leader(ShardId(1)), Some(2));
+        assert_eq!(prefers.epoch(), map.epoch() + 1);
+        assert_eq!(ClusterMap::decode(&prefers.encode()), Ok(prefers.clone()));
+        // Shard 0 is on every node (not placed): any node may be preferred.
+        assert!(map.with_preferred_leader(ShardId(0), Some(9)).is_ok());
+        assert_eq!(
+            map.with_preferred_leader(ShardId(1), Some(4)),
+            Err(MapError::NotAReplica {
+                shard: ShardId(1),
+                node: 4
+            })
+        );
+        assert_eq!(
+            map.with_preferred_leader(ShardId(7), Some(1)),
+            Err(MapError::UnknownShard { shard: ShardId(7) })
+        );
+        // Cleared; or dropped when its node's replica moves away, kept when another's does.
+        let cleared = prefers.with_preferred_leader(ShardId(1), None).unwrap();
+        assert_eq!(cleared.preferred_leader(ShardId(1)), None);
+        let begun = prefers
+            .with_replica_move_begun(ShardId(1), &[1, 2, 3], (2, 4))
+            .unwrap();
+        assert_eq!(
+            begun.preferred_leader(ShardId(1)),
+            Some(2),
+            "still a replica"
+        );
+        let ended = begun.with_replica_move_ended(ShardId(1)).unwrap();
+        assert_eq!(ended.preferred_leader(ShardId(1)), None);
+        let other = prefers
+            .with_replica_move_begun(ShardId(1), &[1, 2, 3], (3, 4))
+            .unwrap()
+            .with_replica_move_ended(ShardId(1))
+            .unwrap();
+        assert_eq!(other.preferred_leader(ShardId(1)), Some(2));
+        for (text, says) in [
+            (
+                "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 0\nreplicas 0 1 2\nprefers 0 3\n",
+                "line 6: node 3 holds no replica of shard 0",
+            ),
+            (
+                "strata-cluster-map 1\nepoch 1\nslots 8\nrange 0 8 0\nprefers 0 1\nprefers 0 2\n",
+                "line 6: shard 0's preferred leader is listed twice",
+            ),
+        ] {
+            let e = ClusterMap::decode(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{e:?} should say {says:?}");
+        }
     }
 
     #[test]

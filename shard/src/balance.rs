@@ -2,11 +2,13 @@
 //! one of an even share. Pure (no I/O): the CLI's `cluster rebalance` runs its plan now, and
 //! the planner of moves will later.
 //!
-//! The rule: a node's *share* counts the shards it leads; only a shard's voters may lead it.
-//! Each step hands one shard from the node leading the most to the voter of it leading the
-//! fewest, and only when that narrows their gap by two or more (a difference of at least
-//! two), so the sum of squared shares falls with every step and the plan ends; it ends when no
-//! such step is left. Where every node holds every shard that means max − min ≤ 1.
+//! The rule: a shard with a preferred leader (the map's, an operator's choice) that is one of
+//! its voters is handed to it first, and stays there. Then a node's *share* counts the shards
+//! it leads; only a shard's voters may lead it. Each step hands one shard without such a
+//! preference from the node leading the most to the voter of it leading the fewest, and only
+//! when that narrows their gap by two or more (a difference of at least two), so the sum of
+//! squared shares falls with every step and the plan ends; it ends when no such step is left.
+//! Where every node holds every shard and nothing is preferred that means max − min ≤ 1.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +21,15 @@ pub struct ShardLeads {
     pub leader: Option<u64>,
     /// Its voters (the leader among them).
     pub voters: Vec<u64>,
+    /// The node the map prefers to lead it, if any (ignored unless a voter).
+    pub preferred: Option<u64>,
+}
+
+impl ShardLeads {
+    /// The voter it should be led by, if the map prefers one of its voters.
+    fn pinned_to(&self) -> Option<u64> {
+        self.preferred.filter(|p| self.voters.contains(p))
+    }
 }
 
 /// One handover of the plan.
@@ -56,6 +67,21 @@ pub fn plan(shards: &[ShardLeads]) -> Vec<Handover> {
     let mut shards: Vec<ShardLeads> = shards.to_vec();
     let mut shares = shares(&shards);
     let mut plan = Vec::new();
+    for shard in &mut shards {
+        let (Some(from), Some(to)) = (shard.leader, shard.pinned_to()) else {
+            continue;
+        };
+        if from != to {
+            *shares.entry(from).or_default() -= 1;
+            *shares.entry(to).or_default() += 1;
+            shard.leader = Some(to);
+            plan.push(Handover {
+                shard: shard.shard,
+                from,
+                to,
+            });
+        }
+    }
     while plan.len() < HANDOVERS_MAX {
         let Some(step) = next_step(&shards, &shares) else {
             break;
@@ -90,7 +116,9 @@ fn next_step(shards: &[ShardLeads], shares: &BTreeMap<u64, usize>) -> Option<(us
     }
     let mut best: Option<(usize, usize, u64)> = None; // (gap, shard index, to)
     for (at, s) in shards.iter().enumerate() {
-        let Some(from) = s.leader else { continue };
+        let Some(from) = s.leader.filter(|_| s.pinned_to().is_none()) else {
+            continue;
+        };
         let mine = shares.get(&from).copied().unwrap_or(0);
         let Some((theirs, _, to)) = s
             .voters
@@ -127,6 +155,7 @@ mod tests {
                 shard: i as u32,
                 leader: Some(*l),
                 voters: (1..=nodes).collect(),
+                preferred: None,
             })
             .collect()
     }
@@ -168,16 +197,19 @@ mod tests {
                 shard: 0,
                 leader: Some(1),
                 voters: vec![1, 2, 3],
+                preferred: None,
             },
             ShardLeads {
                 shard: 1,
                 leader: Some(1),
                 voters: vec![1, 2],
+                preferred: None,
             },
             ShardLeads {
                 shard: 2,
                 leader: Some(1),
                 voters: vec![1, 2],
+                preferred: None,
             },
         ];
         let plan = plan(&shards);
@@ -186,6 +218,44 @@ mod tests {
             assert!(s.voters.contains(&h.to), "{h:?}");
         }
         assert_eq!(plan.len(), 2, "{plan:?}");
+    }
+
+    #[test]
+    fn a_preferred_voter_is_handed_its_shard_first_and_keeps_it() {
+        // Six shards all led by node 1; shards 0 and 1 prefer node 3, shard 2 prefers node 9
+        // (no voter: ignored).
+        let mut shards = everywhere(&[1, 1, 1, 1, 1, 1], 3);
+        shards[0].preferred = Some(3);
+        shards[1].preferred = Some(3);
+        shards[2].preferred = Some(9);
+        let steps = plan(&shards);
+        assert_eq!(
+            steps[..2],
+            [
+                Handover {
+                    shard: 0,
+                    from: 1,
+                    to: 3
+                },
+                Handover {
+                    shard: 1,
+                    from: 1,
+                    to: 3
+                }
+            ]
+        );
+        let mut after = shards.clone();
+        for h in &steps {
+            after[h.shard as usize].leader = Some(h.to);
+        }
+        assert_eq!(shares(&after), BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+        // Once there, a preferred shard is not moved to even the others out.
+        let mut pinned = everywhere(&[3, 3, 3, 1], 3);
+        for s in &mut pinned[..3] {
+            s.preferred = Some(3);
+        }
+        let none = plan(&pinned);
+        assert!(none.is_empty(), "{none:?}");
     }
 
     proptest! {

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use strata_proto::routing::ShardId;
+use strata_proto::routing::{MapError, ShardId};
 use strata_proto::v1 as pb;
 use strata_raft::{Replica, ReplicaError, StrataNode};
 use tonic::metadata::MetadataMap;
@@ -186,6 +186,92 @@ impl ClusterService {
             })
     }
 
+    /// `TransferLeader` without a preference: at the shard's leader (passed on there).
+    async fn hand_over(
+        &self,
+        metadata: MetadataMap,
+        r: pb::TransferLeaderRequest,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let replicas = self.replicas(&metadata)?;
+        let shards = self.shards.map.get().shards();
+        let Some(replica) = replicas
+            .into_iter()
+            .find(|rep| rep.shard_id() == u64::from(r.shard))
+        else {
+            if let (true, false, Some(addr)) = (
+                shards.contains(&ShardId(r.shard)),
+                forward::is_passed_on(&metadata),
+                self.holder_addr(ShardId(r.shard)),
+            ) {
+                // Its replicas are on other nodes: one of them passes it on to the leader.
+                let request = forward::for_shard_via_holder(r, r.shard);
+                return self.peers()?.cluster(&addr)?.transfer_leader(request).await;
+            }
+            if shards.contains(&ShardId(r.shard)) {
+                return Err(Status::unavailable(format!(
+                    "shard {} is not on this node and no node holding it is known; retry",
+                    r.shard
+                )));
+            }
+            return Err(crate::status::invalid(
+                "shard",
+                format!(
+                    "no shard {}: the cluster has shards 0 to {}",
+                    r.shard,
+                    shards.last().map_or(0, |s| s.0)
+                ),
+            ));
+        };
+        let leader = replica.leader().filter(|(id, _)| *id != replica.node_id());
+        match (leader, &self.peers, forward::is_forwarded(&metadata)) {
+            (Some((_, node)), Some(peers), false) => {
+                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                let request =
+                    forward::forwarded(Request::from_parts(metadata, Default::default(), r));
+                peers.cluster(&node.addr)?.transfer_leader(request).await?;
+            }
+            _ => replica
+                .transfer_leader(r.to)
+                .await
+                .map_err(replica_status)?,
+        }
+        Ok(Response::new(self.status()))
+    }
+
+    /// Records node `to` (0: none) as shard `shard`'s preferred leader in the map, here at
+    /// the metadata group's leader (from the group's newest map, compare-and-set).
+    async fn record_preference(&self, shard: u32, to: u64) -> Result<(), Status> {
+        let Some(meta) = &self.shards.meta else {
+            return Err(Status::failed_precondition(
+                "a node without replication leads its shards itself: no leader to prefer",
+            ));
+        };
+        meta.replica()
+            .linearizable_barrier()
+            .await
+            .map_err(replica_status)?;
+        if to != 0 && !crate::meta::voters(meta).contains_key(&to) {
+            return Err(crate::status::invalid(
+                "to",
+                format!("node {to} is not a member of the cluster"),
+            ));
+        }
+        let map = match meta.latest().map_err(Status::internal)? {
+            Some((_, map)) => map,
+            None => return Err(Status::unavailable("no cluster map is recorded yet; retry")),
+        };
+        let next = map
+            .with_preferred_leader(ShardId(shard), (to != 0).then_some(to))
+            .map_err(|e| match e {
+                MapError::NotAReplica { .. } => crate::status::invalid("to", e.to_string()),
+                e => crate::status::invalid("shard", e.to_string()),
+            })?;
+        let now = crate::clock::WallClock::now_us(&crate::clock::SystemWallClock::default());
+        crate::meta::install(meta, &self.shards.map, next, now)
+            .await
+            .map_err(|e| Status::unavailable(format!("recording the preference: {e}; retry")))
+    }
+
     /// The client address of a node the map places shard `shard` on, other than this one.
     fn holder_addr(&self, shard: ShardId) -> Option<String> {
         let meta = self.shards.meta.as_ref()?;
@@ -315,14 +401,17 @@ impl ClusterService {
     /// Every group's leader and voters as this node sees them (for the balance planner; the
     /// metadata group's as shard [`crate::meta::META_GROUP`]).
     fn leads(&self) -> Vec<ShardLeads> {
+        let map = self.shards.map.get();
         self.shards
             .replicas()
             .into_iter()
             .chain(self.shards.meta.as_ref().map(Meta::replica).cloned())
             .filter_map(|r| {
                 let status = r.status();
+                let shard = u32::try_from(r.shard_id()).ok()?;
                 Some(ShardLeads {
-                    shard: u32::try_from(r.shard_id()).ok()?,
+                    shard,
+                    preferred: map.preferred_leader(ShardId(shard)),
                     leader: status.leader,
                     voters: status
                         .members
@@ -355,7 +444,11 @@ impl ClusterService {
                 continue;
             };
             let shard = shards[at].shard;
-            let request = Request::new(pb::TransferLeaderRequest { shard, to });
+            let request = Request::new(pb::TransferLeaderRequest {
+                shard,
+                to,
+                prefer: false,
+            });
             match pb::cluster_server::Cluster::transfer_leader(self, request).await {
                 Ok(_) => shards[at].leader = Some(to),
                 Err(e) => tracing::warn!(shard, from = id, to, error = %e.message(),
@@ -468,6 +561,7 @@ impl ClusterService {
             let request = Request::new(pb::TransferLeaderRequest {
                 shard: step.shard,
                 to: step.to,
+                prefer: false,
             });
             match pb::cluster_server::Cluster::transfer_leader(&self, request).await {
                 Ok(_) => {
@@ -521,6 +615,7 @@ impl ClusterService {
                     leader,
                     replicas,
                     moving,
+                    preferred_leader: map.preferred_leader(id).unwrap_or(0),
                     slots: map
                         .ranges()
                         .iter()
@@ -741,50 +836,19 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let (metadata, _, r) = request.into_parts();
-        let replicas = self.replicas(&metadata)?;
-        let shards = self.shards.map.get().shards();
-        let Some(replica) = replicas
-            .into_iter()
-            .find(|rep| rep.shard_id() == u64::from(r.shard))
-        else {
-            if let (true, false, Some(addr)) = (
-                shards.contains(&ShardId(r.shard)),
-                forward::is_passed_on(&metadata),
-                self.holder_addr(ShardId(r.shard)),
-            ) {
-                // Its replicas are on other nodes: one of them passes it on to the leader.
-                let request = forward::for_shard_via_holder(r, r.shard);
-                return self.peers()?.cluster(&addr)?.transfer_leader(request).await;
-            }
-            if shards.contains(&ShardId(r.shard)) {
-                return Err(Status::unavailable(format!(
-                    "shard {} is not on this node and no node holding it is known; retry",
-                    r.shard
-                )));
-            }
-            return Err(crate::status::invalid(
-                "shard",
-                format!(
-                    "no shard {}: the cluster has shards 0 to {}",
-                    r.shard,
-                    shards.last().map_or(0, |s| s.0)
-                ),
-            ));
-        };
-        let leader = replica.leader().filter(|(id, _)| *id != replica.node_id());
-        match (leader, &self.peers, forward::is_forwarded(&metadata)) {
-            (Some((_, node)), Some(peers), false) => {
-                self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                let request =
-                    forward::forwarded(Request::from_parts(metadata, Default::default(), r));
-                peers.cluster(&node.addr)?.transfer_leader(request).await?;
-            }
-            _ => replica
-                .transfer_leader(r.to)
-                .await
-                .map_err(replica_status)?,
+        if !r.prefer {
+            return self.hand_over(metadata, r).await;
         }
-        Ok(Response::new(self.status()))
+        if let Some(mut leader) = self.meta_leader_elsewhere(&metadata)? {
+            let request = forward::forwarded(Request::from_parts(metadata, Default::default(), r));
+            return leader.transfer_leader(request).await;
+        }
+        self.record_preference(r.shard, r.to).await?;
+        if r.to == 0 {
+            return Ok(Response::new(self.status()));
+        }
+        let handover = pb::TransferLeaderRequest { prefer: false, ..r };
+        self.hand_over(MetadataMap::new(), handover).await
     }
 
     async fn move_slots(

@@ -761,7 +761,11 @@ impl GroupOps for GrpcGroups {
     }
 
     fn transfer<'a>(&'a self, at: &'a str, shard: ShardId, to: u64) -> GroupFuture<'a, ()> {
-        let request = pb::TransferLeaderRequest { shard: shard.0, to };
+        let request = pb::TransferLeaderRequest {
+            shard: shard.0,
+            to,
+            prefer: false,
+        };
         self.ask(at, (shard, request), |mut c, r| async move {
             c.transfer_leader(r).await
         })

@@ -55,14 +55,22 @@ pub enum ClusterCommand {
         server: ServerArg,
     },
     /// Hand one shard's leadership to one of its voters (its appends wait meanwhile, about one
-    /// election timeout at most).
+    /// election timeout at most). With `--prefer`, the map records that node as the shard's
+    /// preferred leader: the leader balancer hands the leadership back to it whenever it can
+    /// (`cluster status` shows it; a replica move taking its replica away drops it).
     TransferLeader {
         /// The shard (0 on a cluster of one shard).
         #[arg(long, default_value_t = 0)]
         shard: u32,
         /// The node to lead it.
+        #[arg(long, required_unless_present = "clear_preference")]
+        to: Option<u64>,
+        /// Also record the node as the shard's preferred leader.
         #[arg(long)]
-        to: u64,
+        prefer: bool,
+        /// Forget the shard's preferred leader instead (no handover).
+        #[arg(long, conflicts_with_all = ["to", "prefer"])]
+        clear_preference: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -180,6 +188,8 @@ fn json(s: &pb::ClusterStatus) -> serde_json::Value {
         "shards": s.shards.iter().map(|sh| serde_json::json!({
             "id": sh.id,
             "leader": sh.leader,
+            // The node the map prefers to lead it, or null.
+            "preferred_leader": (sh.preferred_leader != 0).then_some(sh.preferred_leader),
             "replicas": sh.replicas,
             "slots": sh.slots.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
             "slot_count": slot_count(sh),
@@ -258,6 +268,12 @@ fn table(s: &pb::ClusterStatus) {
             sh.id, m.from, m.to, m.step
         );
     }
+    for sh in s.shards.iter().filter(|sh| sh.preferred_leader != 0) {
+        println!(
+            "shard {} prefers node {} as its leader",
+            sh.id, sh.preferred_leader
+        );
+    }
     for sh in &s.shards {
         let replicas: Vec<String> = sh.replicas.iter().map(u64::to_string).collect();
         let ranges: Vec<String> = sh
@@ -322,10 +338,21 @@ pub async fn run(command: ClusterCommand) -> Result<(), Failure> {
                 .map_err(failure)?;
             output::line(&json(&s));
         }
-        ClusterCommand::TransferLeader { shard, to, server } => {
+        ClusterCommand::TransferLeader {
+            shard,
+            to,
+            prefer,
+            clear_preference,
+            server,
+        } => {
+            let request = pb::TransferLeaderRequest {
+                shard,
+                to: to.unwrap_or(0),
+                prefer: prefer || clear_preference,
+            };
             let s = server
                 .client()?
-                .cluster_transfer_leader(pb::TransferLeaderRequest { shard, to })
+                .cluster_transfer_leader(request)
                 .await
                 .map_err(failure)?;
             output::line(&json(&s));
@@ -402,6 +429,7 @@ fn leads(s: &pb::ClusterStatus) -> Vec<ShardLeads> {
             shard: sh.id,
             leader: (sh.leader != 0).then_some(sh.leader),
             voters: sh.replicas.clone(),
+            preferred: (sh.preferred_leader != 0).then_some(sh.preferred_leader),
         })
         .collect()
 }
@@ -429,6 +457,7 @@ async fn rebalance(server: &ServerArg, dry_run: bool) -> Result<(), Failure> {
         let request = pb::TransferLeaderRequest {
             shard: h.shard,
             to: h.to,
+            prefer: false,
         };
         if let Err(e) = client.cluster_transfer_leader(request).await {
             return Err(Failure::new(format!(

@@ -1408,7 +1408,8 @@ async fn a_sharded_cluster_forwards_to_each_leader_and_loses_nothing_through_a_k
 
 /// After a failover the leaders pile up on the nodes that stayed; once the lost node is back
 /// the metadata group's leader hands leaderships over by itself (one per look, looks 500 ms
-/// apart here) until every node leads within one of an even share.
+/// apart here) until every node leads within one of an even share. Shards whose preferred
+/// leader the map records go back to it after its failover; bad preferences change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leaders_rebalance_by_themselves_after_a_failover() {
     let _serial = SERIAL.lock().await;
@@ -1443,6 +1444,89 @@ async fn leaders_rebalance_by_themselves_after_a_failover() {
         assert!(Instant::now() < deadline, "not rebalanced: {leaders:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Shards 0 and 1 prefer the victim: through a failover of it, they come back to it, and
+    // the rest balance around them.
+    let first = cluster.addr(1);
+    let to = victim.to_string();
+    for shard in ["0", "1"] {
+        strata_json(&[
+            "cluster",
+            "transfer-leader",
+            "--shard",
+            shard,
+            "--to",
+            &to,
+            "--prefer",
+            "--server",
+            &first,
+        ]);
+    }
+    let (_, epoch) = meta_view(&cluster, &[1, 2, 3]).await;
+    let view = strata_json(&["cluster", "status", "--json", "--server", &first]);
+    let preferred: Vec<u64> = view["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["preferred_leader"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(preferred, vec![victim, victim, 0, 0, 0, 0], "{view}");
+    // Bad input: a node outside the cluster, an unknown shard; the map unchanged.
+    for (shard, node, says) in [("0", "9", "not a member"), ("7", &*to, "shard 7")] {
+        let out = Command::new(STRATA)
+            .args([
+                "cluster",
+                "transfer-leader",
+                "--shard",
+                shard,
+                "--to",
+                node,
+                "--prefer",
+            ])
+            .args(["--server", &first])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{err}");
+    }
+    assert_eq!(
+        meta_view(&cluster, &[1, 2, 3]).await.1,
+        epoch,
+        "bad input changed the map"
+    );
+    cluster.nodes.get_mut(&victim).unwrap().kill();
+    loop {
+        let leaders = shard_leaders(&cluster).await;
+        if leaders.len() == 6 && !leaders.values().any(|l| *l == victim) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.nodes.get_mut(&victim).unwrap().start();
+    cluster.wait_up(victim).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaders = shard_leaders(&cluster).await;
+        if leaders.get(&0) == Some(&victim) && leaders.get(&1) == Some(&victim) && even(&leaders) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "preferences not honoured: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Cleared: the map forgets it.
+    strata_json(&[
+        "cluster",
+        "transfer-leader",
+        "--shard",
+        "0",
+        "--clear-preference",
+        "--server",
+        &first,
+    ]);
+    let view = strata_json(&["cluster", "status", "--json", "--server", &first]);
+    assert!(view["shards"][0]["preferred_leader"].is_null(), "{view}");
 }
 
 /// Runs `strata` with `args`; it must succeed. Returns its stdout's last line as JSON.
