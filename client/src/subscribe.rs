@@ -33,7 +33,7 @@ pub enum Target {
 }
 
 /// Where a subscription starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
     /// The first event.
     Beginning,
@@ -43,6 +43,9 @@ pub enum Start {
     AfterPosition(u64),
     /// A `$all` subscription: the record at this position and those after it.
     FromPosition(u64),
+    /// A `$all` subscription: from a cursor (`strata_proto::cursor`: a point in each shard's
+    /// log; a node of one shard takes it too).
+    Cursor(bytes::Bytes),
     /// What is appended from now on. Resuming is exact from the first event delivered; a
     /// stream subscription pins "now" to a version when it starts.
     End,
@@ -81,8 +84,10 @@ pub struct Subscription {
     skip: usize,
     /// `$all` on several shards: the events of a record not yet received whole.
     partial: Vec<pb::RecordedEvent>,
-    /// Items received and not yet handed on.
-    ready: VecDeque<Item>,
+    /// The shard of the last item handed on.
+    last_shard: u32,
+    /// Items received and not yet handed on, with their records' shards.
+    ready: VecDeque<(Item, u32)>,
     caught_up: bool,
     failures: u32,
     failing_since: Option<Instant>,
@@ -98,6 +103,7 @@ impl Subscription {
             call: None,
             skip: 0,
             partial: Vec::new(),
+            last_shard: 0,
             ready: VecDeque::new(),
             caught_up: false,
             failures: 0,
@@ -119,7 +125,11 @@ impl Subscription {
                 filter,
             };
         }
-        let start = match (self.cursor.next_version, self.cursor.after, self.start) {
+        let start = match (
+            self.cursor.next_version,
+            self.cursor.after,
+            self.start.clone(),
+        ) {
             (Some(v), _, _) => Some(S::FromVersion(v)),
             (_, Some(p), _) => Some(S::AfterPosition(p)),
             // Nothing finished yet: the original start (a record being delivered is skipped
@@ -128,6 +138,7 @@ impl Subscription {
             (_, _, Start::Version(v)) => Some(S::FromVersion(v)),
             (_, _, Start::AfterPosition(p)) => Some(S::AfterPosition(p)),
             (_, _, Start::FromPosition(p)) => Some(S::FromPosition(p)),
+            (_, _, Start::Cursor(c)) => Some(S::Cursor(c)),
             (_, _, Start::End) => Some(S::FromEnd(pb::Empty {})),
         };
         pb::SubscribeRequest {
@@ -140,7 +151,7 @@ impl Subscription {
     /// A stream subscription from the end starts at the version after the current one, so a
     /// reconnect before the first event misses nothing.
     async fn pin_end(&mut self) -> Result<(), Error> {
-        if let (Target::Stream(stream), Start::End) = (&self.target, self.start) {
+        if let (Target::Stream(stream), Start::End) = (&self.target, &self.start) {
             let request = pb::GetStreamRequest {
                 stream: stream.clone(),
                 consistency: pb::Consistency::Linearizable as i32,
@@ -166,7 +177,8 @@ impl Subscription {
     /// it ends with an error when it cannot resume.
     pub async fn next(&mut self) -> Result<Item, Error> {
         loop {
-            if let Some(item) = self.ready.pop_front() {
+            if let Some((item, shard)) = self.ready.pop_front() {
+                self.last_shard = shard;
                 return Ok(item);
             }
             let failed = match self.call.as_mut() {
@@ -179,8 +191,9 @@ impl Subscription {
                         item: Some(item),
                         cursor,
                         more_in_record,
+                        shard,
                     })) => {
-                        if let Some(out) = self.deliver(item, cursor, more_in_record) {
+                        if let Some(out) = self.deliver(item, cursor, more_in_record, shard) {
                             return Ok(out);
                         }
                         continue;
@@ -253,6 +266,7 @@ impl Subscription {
         item: pb::subscribe_response::Item,
         cursor: bytes::Bytes,
         more_in_record: bool,
+        shard: u32,
     ) -> Option<Item> {
         use pb::subscribe_response::Item as I;
         let event = match item {
@@ -269,10 +283,13 @@ impl Subscription {
                 return None;
             }
             self.cursor.merged = Some(cursor);
-            self.ready.extend(self.partial.drain(..).map(Item::Event));
+            self.ready
+                .extend(self.partial.drain(..).map(|e| (Item::Event(e), shard)));
             self.failures = 0;
             self.failing_since = None;
-            return self.ready.pop_front();
+            let (item, shard) = self.ready.pop_front()?;
+            self.last_shard = shard;
+            return Some(item);
         }
         if let Target::Stream(_) = self.target {
             self.cursor.next_version = event.version.checked_add(1);
@@ -296,7 +313,14 @@ impl Subscription {
         }
         self.failures = 0;
         self.failing_since = None;
+        self.last_shard = shard;
         Some(Item::Event(event))
+    }
+
+    /// The shard whose log holds the record of the last event handed on (its `position` is a
+    /// place in that shard's log; 0 on a node of one shard).
+    pub fn last_shard(&self) -> u32 {
+        self.last_shard
     }
 }
 
@@ -330,7 +354,7 @@ mod tests {
 
     impl Subscription {
         fn deliver_plain(&mut self, item: pb::subscribe_response::Item) -> Option<Item> {
-            self.deliver(item, bytes::Bytes::new(), false)
+            self.deliver(item, bytes::Bytes::new(), false, 0)
         }
     }
 
@@ -339,18 +363,33 @@ mod tests {
         use pb::subscribe_request::Start as S;
         let mut s = sub(Target::All(None), Start::Beginning);
         let c1 = bytes::Bytes::from_static(&[1, 2, 10]);
-        assert!(s.deliver(ev(10, 0), c1.clone(), true).is_none());
-        assert!(s.deliver(ev(10, 1), c1.clone(), false).is_some());
-        assert!(matches!(s.ready.pop_front(), Some(Item::Event(e)) if e.version == 1));
+        assert!(s.deliver(ev(10, 0), c1.clone(), true, 1).is_none());
+        assert!(s.deliver(ev(10, 1), c1.clone(), false, 1).is_some());
+        assert_eq!(s.last_shard(), 1);
+        assert!(matches!(s.ready.pop_front(), Some((Item::Event(e), 1)) if e.version == 1));
         assert_eq!(s.request().start, Some(S::Cursor(c1.clone())));
         // A record received in part is not handed on; the resume starts after the last whole one.
         let c2 = bytes::Bytes::from_static(&[1, 3, 20]);
-        assert!(s.deliver(ev(20, 0), c2.clone(), true).is_none());
+        assert!(s.deliver(ev(20, 0), c2.clone(), true, 0).is_none());
         assert_eq!(s.request().start, Some(S::Cursor(c1)));
         s.partial.clear();
-        assert!(s.deliver(ev(20, 0), c2.clone(), true).is_none());
-        assert!(s.deliver(ev(20, 1), c2.clone(), false).is_some());
+        assert!(s.deliver(ev(20, 0), c2.clone(), true, 0).is_none());
+        assert!(s.deliver(ev(20, 1), c2.clone(), false, 0).is_some());
+        assert_eq!(s.last_shard(), 0);
         assert_eq!(s.request().start, Some(S::Cursor(c2)));
+    }
+
+    #[test]
+    fn a_subscription_from_a_cursor_resumes_there_until_a_whole_record_came() {
+        use pb::subscribe_request::Start as S;
+        let c = bytes::Bytes::from_static(&[1, 1, 7]);
+        let mut s = sub(Target::All(None), Start::Cursor(c.clone()));
+        assert_eq!(s.request().start, Some(S::Cursor(c.clone())));
+        // A node of one shard stamps no cursor: positions from then on.
+        assert!(s.deliver_plain(ev(10, 0)).is_some());
+        assert_eq!(s.request().start, Some(S::Cursor(c)));
+        assert!(s.deliver_plain(ev(20, 0)).is_some());
+        assert_eq!(s.request().start, Some(S::AfterPosition(10)));
     }
 
     fn sub(target: Target, start: Start) -> Subscription {

@@ -12,12 +12,13 @@
 //! ```
 //!
 //! A stream's slot is its routing key's ([`strata_slots::slot_of`]); a system stream about a
-//! stream (`$meta:S`, `$snap:S`, `$deleted:S`) is fenced with S, the shard's own ones
-//! (`$closed`, `$settings`, `$fences`, …) never. Copies (`AppendRequest::copy`) pass fences:
+//! stream (`$meta:S`, `$snap:S`, `$deleted:S`) is fenced with S, a consumer group's streams
+//! with their group's name, the shard's own ones (`$closed`, `$settings`, `$fences`, …)
+//! never ([`crate::system::slot_base`]). Copies (`AppendRequest::copy`) pass fences:
 //! they are the mover's own writes into the target.
 
 use crate::error::{Error, Result};
-use crate::system::deletable_base;
+use crate::system::slot_base;
 pub use crate::system::{FENCES_STREAM, FENCE_TYPE, UNFENCE_TYPE};
 
 /// Slots `start..end` of `slots` fenced: their writes go to shard `to`.
@@ -147,7 +148,7 @@ impl Fences {
         if self.0.is_empty() {
             return None;
         }
-        let base = deletable_base(stream)?;
+        let base = slot_base(stream)?;
         self.0.iter().find_map(|f| {
             let slot = strata_slots::slot_of(base, f.slots);
             (f.start..f.end).contains(&slot).then_some(f.to)

@@ -216,6 +216,18 @@ pub fn deletable_base(name: &str) -> Option<&str> {
     }
 }
 
+/// The stream whose slot `name` follows in slot-range moves (its fence and its copy): a user
+/// stream itself; S for `$meta:S`, `$snap:S` and `$deleted:S`; a consumer group's streams and
+/// the group registry themselves (their routing key is the group's name,
+/// `strata_slots::routing_key`). `None` for a shard's own streams (`$closed`, `$settings`,
+/// `$cluster`, `$fences`), which never move.
+pub fn slot_base(name: &str) -> Option<&str> {
+    match parse(name) {
+        Some(SystemStream::Group(..)) => Some(name),
+        _ => deletable_base(name),
+    }
+}
+
 /// `$meta:S`.
 pub fn meta_stream(stream: &str) -> String {
     format!("{META_PREFIX}{stream}")
@@ -417,6 +429,10 @@ mod tests {
         assert_eq!(deletable_base("$snap:x"), Some("x"));
         assert_eq!(deletable_base("$closed"), None);
         assert_eq!(deletable_base("x"), Some("x"));
+        assert_eq!(slot_base("$snap:x"), Some("x"));
+        assert_eq!(slot_base("$group:g/p/1"), Some("$group:g/p/1"));
+        assert_eq!(slot_base(GROUPS_STREAM), Some(GROUPS_STREAM));
+        assert_eq!(slot_base("$fences"), None);
     }
 
     #[test]

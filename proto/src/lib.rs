@@ -2,6 +2,7 @@
 //! new fields get new numbers, nothing is renumbered or removed.
 
 pub mod codec;
+pub mod cursor;
 pub mod metadata;
 pub mod routing;
 

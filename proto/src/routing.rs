@@ -829,6 +829,15 @@ mod tests {
         assert_eq!(routing_key("order-{42"), "order-{42");
         assert_eq!(routing_key("order-42}"), "order-42}");
         assert_eq!(routing_key("plain"), "plain");
+        // A consumer group's streams route by the group's name; its registry by itself.
+        assert_eq!(routing_key("$group:billing"), "billing");
+        assert_eq!(routing_key("$group:billing/p/3"), "billing");
+        assert_eq!(routing_key("$group:/p/3"), "$group:/p/3");
+        assert_eq!(routing_key("$groups"), "$groups");
+        assert_eq!(
+            slot_of("$group:billing/members", 4096),
+            slot_of("invoices-{billing}", 4096)
+        );
         assert_eq!(slot_of("order-{42}", 4096), slot_of("invoice-{42}-x", 4096));
     }
 

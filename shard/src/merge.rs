@@ -1,10 +1,9 @@
 //! `$all` over several shards: the cursor (a position per shard) and the merge of the shards'
 //! pages.
 //!
-//! A cursor is opaque to users. Its bytes: a version (1), then for each shard in id order
-//! `id × 2 + after` and a position, each a LEB128 varint: read that shard from the position
-//! (`after` 0: `ReadAll`'s `next_cursor`, `GetLog`'s cursors) or after the record there
-//! (`after` 1: a subscription's cursor, the last record it delivered). Both kinds are accepted
+//! A cursor is opaque to users; its bytes are `strata_proto::cursor`'s: a point per shard,
+//! read from a position (`ReadAll`'s `next_cursor`, `GetLog`'s cursors) or after the record
+//! there (a subscription's cursor, the last record it delivered). Both kinds are accepted
 //! wherever a cursor is. A shard the cursor does not name (one made by a split after the
 //! cursor was) is read from its start.
 //!
@@ -23,43 +22,11 @@ use tonic::Status;
 use crate::convert;
 use crate::status::invalid;
 
-const CURSOR_VERSION: u64 = 1;
-/// Most bytes a cursor may have: 64 shards of (5 + 10) bytes, and the version.
-pub const CURSOR_BYTES_MAX: usize = 1 + 64 * 15;
-
-/// Where to go on in one shard's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Point {
-    /// From the record at this position (0: the start).
-    From(u64),
-    /// After the record at this position.
-    After(u64),
-}
+pub use strata_proto::cursor::{Point, CURSOR_BYTES_MAX};
 
 /// A point in every shard's log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor(BTreeMap<ShardId, Point>);
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&b, rest) = bytes.split_first()?;
-        *bytes = rest;
-        v |= u64::from(b & 0x7f).checked_shl(shift)?;
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
 
 impl Cursor {
     /// Every shard from `position`.
@@ -89,57 +56,23 @@ impl Cursor {
         self.0.insert(shard, Point::After(position));
     }
 
-    /// The cursor's bytes.
+    /// The cursor's bytes (`strata_proto::cursor`).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + self.0.len() * 6);
-        put_varint(&mut out, CURSOR_VERSION);
-        for (shard, point) in &self.0 {
-            let (after, position) = match point {
-                Point::From(p) => (0, *p),
-                Point::After(p) => (1, *p),
-            };
-            put_varint(&mut out, u64::from(shard.0) * 2 + after);
-            put_varint(&mut out, position);
-        }
-        out
+        let points = self.0.iter().map(|(s, p)| (s.0, *p)).collect();
+        strata_proto::cursor::encode(&points)
     }
 
     /// A cursor from its bytes, for `map`'s shards; `field` names it in errors.
     pub fn decode(field: &str, bytes: &[u8], map: &ClusterMap) -> Result<Cursor, Status> {
         let bad = |why: &str| invalid(field, format!("is not a cursor from this cluster: {why}"));
-        if bytes.is_empty() {
-            return Ok(Cursor::default());
-        }
-        if bytes.len() > CURSOR_BYTES_MAX {
-            return Err(bad("too long"));
-        }
-        let mut rest = bytes;
-        if take_varint(&mut rest) != Some(CURSOR_VERSION) {
-            return Err(bad("unknown version"));
-        }
+        let points = strata_proto::cursor::decode(bytes).map_err(|why| bad(&why))?;
         let shards = map.shards();
-        let mut cursor = Cursor::default();
-        while !rest.is_empty() {
-            let (Some(key), Some(position)) = (take_varint(&mut rest), take_varint(&mut rest))
-            else {
-                return Err(bad("cut short"));
-            };
-            let id = u32::try_from(key / 2)
-                .map(ShardId)
-                .map_err(|_| bad("a shard id out of range"))?;
-            if !shards.contains(&id) {
-                return Err(bad(&format!("{id} is not in the cluster map")));
-            }
-            let point = if key % 2 == 1 {
-                Point::After(position)
-            } else {
-                Point::From(position)
-            };
-            if cursor.0.insert(id, point).is_some() {
-                return Err(bad(&format!("{id} named twice")));
-            }
+        if let Some(id) = points.keys().find(|id| !shards.contains(&ShardId(**id))) {
+            return Err(bad(&format!("shard {id} is not in the cluster map")));
         }
-        Ok(cursor)
+        Ok(Cursor(
+            points.into_iter().map(|(id, p)| (ShardId(id), p)).collect(),
+        ))
     }
 }
 

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use strata_engine::fence::{Fence, FenceChange, Fences, FENCES_STREAM};
-use strata_engine::system::deletable_base;
+use strata_engine::system::slot_base;
 use strata_engine::{
     AppendRequest, Direction, ExpectedVersion, Limits, NewEvent, Position, Reader, Record,
     RecordedEvent, StreamAppend,
@@ -236,9 +236,10 @@ fn new_event(e: &RecordedEvent) -> NewEvent {
 }
 
 /// Whether `stream`'s events move with `range` (of `slots`): its own slot, or for a stream
-/// about another (`$meta:S`, …) S's; never a shard's own system streams.
+/// about another (`$meta:S`, …) S's, for a consumer group's its group's; never a shard's own
+/// system streams.
 fn moves(stream: &str, range: SlotRange, slots: u32) -> bool {
-    deletable_base(stream).is_some_and(|base| {
+    slot_base(stream).is_some_and(|base| {
         let slot = slot_of(base, slots);
         range.start <= slot && slot < range.end
     })

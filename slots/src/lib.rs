@@ -4,7 +4,9 @@
 //! engine and the wire contract (`strata-proto` re-exports it beside the cluster map).
 //!
 //! - **Routing key**: the text between the first `{` and the next `}` when that text is not
-//!   empty, else the whole name. `order-{42}` and `order-{42}-payments` share a slot.
+//!   empty, else the whole name. `order-{42}` and `order-{42}-payments` share a slot. A
+//!   consumer group's streams (`$group:G`, `$group:G/…`) have G for key, so a group's
+//!   streams share a shard, and with them the streams named `…{G}…` (its outputs).
 //! - **Hash**: CRC-32 (ISO-HDLC, the zlib/Ethernet one) of the key's UTF-8 bytes, modulo the
 //!   number of slots, which is fixed when a cluster is created.
 //!
@@ -12,6 +14,12 @@
 
 /// The part of a stream name that chooses its slot (see the crate's notes).
 pub fn routing_key(stream: &str) -> &str {
+    if let Some(group) = stream.strip_prefix("$group:") {
+        let name = group.split('/').next().unwrap_or_default();
+        if !name.is_empty() {
+            return name;
+        }
+    }
     if let Some(open) = stream.find('{') {
         let rest = stream.get(open + 1..).unwrap_or_default();
         if let Some(close) = rest.find('}') {

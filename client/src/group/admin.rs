@@ -3,7 +3,7 @@
 
 use strata_proto::v1 as pb;
 
-use super::protocol::{self as p, Definition, GroupTarget, ParkedFrom, PartitionEvent, Position};
+use super::protocol::{self as p, Definition, GroupTarget, ParkedFrom, PartitionEvent, Progress};
 use crate::client::Client;
 use crate::error::Error;
 use crate::events::ExpectedVersion;
@@ -38,7 +38,7 @@ pub struct PartitionInfo {
     /// Its owner ("" when none).
     pub owner: String,
     /// Handled through here.
-    pub position: Position,
+    pub position: Progress,
     /// Commits and claims so far (its stream's version + 1).
     pub events: u64,
 }
@@ -68,14 +68,20 @@ impl Groups {
 
     /// Creates group `name` on `target` with `partitions` partitions (1 to
     /// [`p::PARTITIONS_MAX`] − 1; one more is its retry partition), new partitions starting at
-    /// `start`. Fails if it exists.
+    /// `start` (a [`p::Position`] is shard 0's; [`Groups::position_at`] gives every shard's).
+    /// Fails if it exists.
+    ///
+    /// The group's streams share a shard (their routing key is `name`); the registry
+    /// (`$groups`) is another stream, so on several shards the group is recorded first and
+    /// listed second: a failure between leaves it unlisted until `create` is called again.
     pub async fn create(
         &self,
         name: &str,
         target: GroupTarget,
         partitions: u32,
-        start: Position,
+        start: impl Into<Progress>,
     ) -> Result<Definition, Error> {
+        let start = start.into();
         p::check_name(name)?;
         if partitions == 0 || partitions >= p::PARTITIONS_MAX {
             return Err(Error::InvalidArgument(format!(
@@ -90,38 +96,42 @@ impl Groups {
                 )));
             }
         }
-        self.refuse_several_shards().await?;
-        self.check_position(start).await?;
+        self.check_position(&start).await?;
         let definition = Definition {
             target,
             partitions,
             start,
         };
-        let created = |stream: String, expected: ExpectedVersion, data: Vec<u8>| pb::StreamAppend {
-            stream,
-            expected: Some(expected.wire()),
-            events: vec![crate::events::event("$group-created", data)],
-        };
-        let request = pb::AppendMultiRequest {
-            streams: vec![
-                created(
-                    p::definition_stream(name),
-                    ExpectedVersion::NoStream,
-                    p::to_json(&definition),
-                ),
-                created(
-                    p::REGISTRY.into(),
-                    ExpectedVersion::Any,
-                    p::to_json(&p::RegistryEvent { name: name.into() }),
-                ),
-            ],
-        };
-        match self.client.append_multi(request).await {
-            Ok(_) => Ok(definition),
-            Err(Error::WrongExpectedVersion { .. }) => Err(Error::InvalidArgument(format!(
+        let created = vec![crate::events::event(
+            "$group-created",
+            p::to_json(&definition),
+        )];
+        let recorded = self
+            .client
+            .append(
+                &p::definition_stream(name),
+                ExpectedVersion::NoStream,
+                created,
+            )
+            .await;
+        let exists = matches!(recorded, Err(Error::WrongExpectedVersion { .. }));
+        if let (Err(e), false) = (&recorded, exists) {
+            return Err(e.clone());
+        }
+        if !self.list().await?.iter().any(|n| n == name) {
+            let listed = crate::events::event(
+                "$group-created",
+                p::to_json(&p::RegistryEvent { name: name.into() }),
+            );
+            self.client
+                .append(p::REGISTRY, ExpectedVersion::Any, vec![listed])
+                .await?;
+        }
+        match exists {
+            true => Err(Error::InvalidArgument(format!(
                 "group `{name}` exists already"
             ))),
-            Err(e) => Err(e),
+            false => Ok(definition),
         }
     }
 
@@ -196,7 +206,7 @@ impl Groups {
                     None,
                     PartitionEvent {
                         member: String::new(),
-                        position: definition.start,
+                        position: definition.start.clone(),
                     },
                 ),
             };
@@ -234,31 +244,12 @@ impl Groups {
         })
     }
 
-    /// Refuses a store of several shards: a group's positions are one log's, and its streams
-    /// (created together) would fall in different shards. (When the node's status does not
-    /// answer, the creation goes on; on several shards its atomic append is then refused as
-    /// cross-shard.)
-    async fn refuse_several_shards(&self) -> Result<(), Error> {
-        let Ok(status) = self.client.cluster_status(&self.client.target()).await else {
-            return Ok(());
-        };
-        match status.shards.len() {
-            0 | 1 => Ok(()),
-            n => Err(Error::Unsupported(format!(
-                "consumer groups on a store of {n} shards are not built yet (a group's positions are one log's); use a store of one shard"
-            ))),
-        }
-    }
-
-    /// Refuses a position that is not a record's (or the log's end): the node names why.
-    async fn check_position(&self, position: Position) -> Result<(), Error> {
-        let (Position::After(at) | Position::From(at)) = position;
-        if at == 0 {
-            return Ok(());
-        }
+    /// Refuses a progress that is not a cursor of this cluster or names a place that is not a
+    /// record's (or a log's end): the node names why.
+    async fn check_position(&self, progress: &Progress) -> Result<(), Error> {
         self.client
             .read_all(pb::ReadAllRequest {
-                from_position: at,
+                from_cursor: progress.cursor().into(),
                 limit: 1,
                 ..Default::default()
             })
@@ -266,19 +257,25 @@ impl Groups {
             .map(|_| ())
     }
 
-    /// Where "the end now" and "time T" are, as a position to consume from.
-    pub async fn position_at(&self, at_timestamp_us: Option<u64>) -> Result<Position, Error> {
+    /// Where "the end now" and "time T" are, in every shard, to consume from.
+    pub async fn position_at(&self, at_timestamp_us: Option<u64>) -> Result<Progress, Error> {
         let log = self.client.get_log(at_timestamp_us).await?;
-        Ok(Position::From(
-            log.first_position_at_or_after.unwrap_or(log.end_position),
-        ))
+        let cursor = match at_timestamp_us {
+            Some(_) => &log.cursor_at_or_after,
+            None => &log.end_cursor,
+        };
+        if !cursor.is_empty() {
+            return Progress::from_cursor(cursor);
+        }
+        Ok(p::Position::From(log.first_position_at_or_after.unwrap_or(log.end_position)).into())
     }
 
     /// Moves every partition (not the retry partition) to `position`, releasing them: their
     /// workers' next commits fail, and they (or others) go on from there. One atomic append.
-    pub async fn reset(&self, name: &str, position: Position) -> Result<(), Error> {
+    pub async fn reset(&self, name: &str, position: impl Into<Progress>) -> Result<(), Error> {
+        let position = position.into();
         let definition = self.definition(name).await?;
-        self.check_position(position).await?;
+        self.check_position(&position).await?;
         let event = |stream: String, event_type: &str, data: Vec<u8>| pb::StreamAppend {
             stream,
             expected: Some(ExpectedVersion::Any.wire()),
@@ -286,7 +283,7 @@ impl Groups {
         };
         let released = p::to_json(&PartitionEvent {
             member: String::new(),
-            position,
+            position: position.clone(),
         });
         let mut streams = vec![event(
             p::definition_stream(name),

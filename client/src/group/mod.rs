@@ -25,5 +25,5 @@ pub mod protocol;
 mod worker;
 
 pub use admin::{GroupInfo, Groups, Parked, PartitionInfo, REGISTRY_EVENTS_MAX, REPLAY_EVENTS_MAX};
-pub use protocol::{Definition, GroupTarget, ParkedFrom, Position, PARTITIONS_DEFAULT};
+pub use protocol::{Definition, GroupTarget, ParkedFrom, Position, Progress, PARTITIONS_DEFAULT};
 pub use worker::{members, Batch, Worker, WorkerConfig};

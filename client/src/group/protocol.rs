@@ -17,7 +17,10 @@
 //! event alone is the state, and its version is the fencing token: a worker commits with the
 //! version it last saw, and a claim by another worker (or a reset) in between fails the commit.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use strata_proto::cursor::{self, Point};
 
 use crate::error::Error;
 
@@ -122,23 +125,161 @@ pub enum Position {
 impl Position {
     /// Whether a record at `position` is still to be handled.
     pub fn wants(self, position: u64) -> bool {
-        match self {
-            Position::After(p) => position > p,
-            Position::From(p) => position >= p,
-        }
-    }
-
-    /// An order on positions: the earlier one starts reading first.
-    fn key(self) -> (u64, u8) {
-        match self {
-            Position::From(p) => (p, 0),
-            Position::After(p) => (p, 1),
-        }
+        self.point().wants(position)
     }
 
     /// The earliest of some positions.
     pub fn earliest(positions: impl IntoIterator<Item = Position>) -> Option<Position> {
-        positions.into_iter().min_by_key(|p| p.key())
+        positions.into_iter().min_by_key(|p| p.point().key())
+    }
+
+    fn point(self) -> Point {
+        match self {
+            Position::After(p) => Point::After(p),
+            Position::From(p) => Point::From(p),
+        }
+    }
+
+    fn of(point: Point) -> Position {
+        match point {
+            Point::After(p) => Position::After(p),
+            Point::From(p) => Position::From(p),
+        }
+    }
+}
+
+/// Where a group (a partition, its start) is in the log: a [`Position`] in each shard's log.
+/// A store of one shard has only shard 0's; a shard not named is read from its start (one
+/// made by a split later, say). In JSON shard 0's position is the object itself, as before
+/// shards, and the others are under `shards`: `{"after":42,"shards":{"1":{"from":7}}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ProgressJson", into = "ProgressJson")]
+pub struct Progress(BTreeMap<u32, Position>);
+
+#[derive(Serialize, Deserialize)]
+struct ProgressJson {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    shards: BTreeMap<u32, Position>,
+}
+
+impl From<Position> for Progress {
+    /// Shard 0's position (a store of one shard).
+    fn from(position: Position) -> Progress {
+        Progress(BTreeMap::from([(0, position)]))
+    }
+}
+
+impl TryFrom<ProgressJson> for Progress {
+    type Error = String;
+    fn try_from(j: ProgressJson) -> Result<Progress, String> {
+        let zero = match (j.after, j.from) {
+            (Some(p), None) => Position::After(p),
+            (None, Some(p)) => Position::From(p),
+            _ => return Err("a position has exactly one of `after` and `from`".into()),
+        };
+        let mut points = j.shards;
+        if points.insert(0, zero).is_some() {
+            return Err("shard 0's position is the object's own, not under `shards`".into());
+        }
+        Ok(Progress(points))
+    }
+}
+
+impl From<Progress> for ProgressJson {
+    fn from(mut p: Progress) -> ProgressJson {
+        let (after, from) = match p.0.remove(&0).unwrap_or(Position::From(0)) {
+            Position::After(at) => (Some(at), None),
+            Position::From(at) => (None, Some(at)),
+        };
+        ProgressJson {
+            after,
+            from,
+            shards: p.0,
+        }
+    }
+}
+
+impl Progress {
+    /// A progress from a `$all` cursor's bytes (`GetLog`'s, `ReadAll`'s).
+    pub fn from_cursor(bytes: &[u8]) -> Result<Progress, Error> {
+        let points = cursor::decode(bytes)
+            .map_err(|why| Error::InvalidArgument(format!("not a cursor: {why}")))?;
+        let mut progress = Progress::from(Position::From(0));
+        progress
+            .0
+            .extend(points.into_iter().map(|(s, p)| (s, Position::of(p))));
+        Ok(progress)
+    }
+
+    /// The cursor to read from here on.
+    pub fn cursor(&self) -> Vec<u8> {
+        let points = self.0.iter().map(|(s, p)| (*s, p.point())).collect();
+        cursor::encode(&points)
+    }
+
+    /// Shard `shard`'s position.
+    pub fn get(&self, shard: u32) -> Position {
+        self.0.get(&shard).copied().unwrap_or(Position::From(0))
+    }
+
+    /// Each named shard's position.
+    pub fn shards(&self) -> &BTreeMap<u32, Position> {
+        &self.0
+    }
+
+    /// Whether a record at `position` of shard `shard`'s log is still to be handled.
+    pub fn wants(&self, shard: u32, position: u64) -> bool {
+        self.get(shard).wants(position)
+    }
+
+    /// Handled through the record at `position` of shard `shard` too.
+    pub fn handled(&mut self, shard: u32, position: u64) {
+        if self.wants(shard, position) {
+            self.0.insert(shard, Position::After(position));
+        }
+    }
+
+    /// The earliest of some progresses, shard by shard (a shard one of them does not name is
+    /// read from its start); `None` for none.
+    pub fn earliest<'a>(all: impl IntoIterator<Item = &'a Progress>) -> Option<Progress> {
+        let mut all = all.into_iter();
+        let mut out = all.next()?.clone();
+        for p in all {
+            out.0.retain(|shard, mine| match p.0.get(shard) {
+                Some(theirs) => {
+                    *mine = Position::earliest([*mine, *theirs]).unwrap_or(*mine);
+                    true
+                }
+                None => false,
+            });
+        }
+        Some(out)
+    }
+}
+
+impl std::fmt::Display for Progress {
+    /// `after 42` on one shard; `0: after 42, 1: from 7` on several.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let one = |p: &Position| match p {
+            Position::After(at) => format!("after {at}"),
+            Position::From(at) => format!("from {at}"),
+        };
+        match self.0.len() {
+            0 => write!(f, "from 0"),
+            1 if self.0.contains_key(&0) => write!(f, "{}", one(&self.get(0))),
+            _ => {
+                let parts: Vec<String> = self
+                    .0
+                    .iter()
+                    .map(|(s, p)| format!("{s}: {}", one(p)))
+                    .collect();
+                write!(f, "{}", parts.join(", "))
+            }
+        }
     }
 }
 
@@ -150,7 +291,7 @@ pub struct Definition {
     /// Partitions of the target (the retry stream is one more).
     pub partitions: u32,
     /// Where a partition without a commit starts.
-    pub start: Position,
+    pub start: Progress,
 }
 
 /// A partition event's data: its whole state after the event.
@@ -159,7 +300,7 @@ pub struct PartitionEvent {
     /// The owner; "" when released (or after a reset).
     pub member: String,
     /// Handled through here.
-    pub position: Position,
+    pub position: Progress,
 }
 
 /// `$group-heartbeat` / `$group-left` data.
@@ -190,7 +331,7 @@ pub struct ParkedFrom {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reset {
     /// Where every partition starts again.
-    pub position: Position,
+    pub position: Progress,
 }
 
 /// `$group-created` / `$group-deleted` data in the registry.
@@ -280,10 +421,49 @@ mod tests {
     }
 
     #[test]
+    fn a_progress_reads_as_before_on_one_shard_and_keeps_each_shards_place() {
+        // One shard: the JSON of a position, as before shards.
+        let one: Progress = from_json("s", br#"{"after":42}"#).unwrap();
+        assert_eq!(one, Progress::from(Position::After(42)));
+        assert_eq!(to_json(&one), br#"{"after":42}"#);
+        // Several: shard 0's is the object's own, the others under `shards`.
+        let mut p = Progress::from_cursor(&Progress::from(Position::From(0)).cursor()).unwrap();
+        p.handled(2, 70);
+        p.handled(0, 9);
+        p.handled(2, 50); // earlier than what was handled: no change
+        assert_eq!(
+            String::from_utf8(to_json(&p)).unwrap(),
+            r#"{"after":9,"shards":{"2":{"after":70}}}"#
+        );
+        assert_eq!(from_json::<Progress>("s", &to_json(&p)).unwrap(), p);
+        assert_eq!(Progress::from_cursor(&p.cursor()).unwrap(), p);
+        assert!(p.wants(2, 71) && !p.wants(2, 70) && p.wants(1, 0) && !p.wants(0, 9));
+        assert_eq!(p.to_string(), "0: after 9, 2: after 70");
+        // Bad JSON: no position, both kinds, shard 0 twice; a bad cursor.
+        for bad in [
+            &br#"{}"#[..],
+            br#"{"after":1,"from":2}"#,
+            br#"{"after":1,"shards":{"0":{"from":2}}}"#,
+        ] {
+            assert!(from_json::<Progress>("s", bad).is_err());
+        }
+        assert!(Progress::from_cursor(&[9]).is_err());
+        // The earliest, shard by shard; a shard one does not name is read from its start.
+        let mut q = Progress::from(Position::After(3));
+        q.handled(2, 90);
+        q.handled(5, 1);
+        let e = Progress::earliest([&p, &q]).unwrap();
+        assert_eq!(e.get(0), Position::After(3));
+        assert_eq!(e.get(2), Position::After(70));
+        assert_eq!(e.get(5), Position::From(0));
+        assert_eq!(Progress::earliest([]), None);
+    }
+
+    #[test]
     fn events_round_trip_as_json_and_names_are_checked() {
         let e = PartitionEvent {
             member: "w1".into(),
-            position: Position::After(42),
+            position: Position::After(42).into(),
         };
         let json = to_json(&e);
         assert_eq!(

@@ -20,7 +20,7 @@ use strata_proto::v1 as pb;
 use tokio::time::Instant;
 
 use super::admin::Groups;
-use super::protocol::{self as p, Definition, MemberEvent, ParkedFrom, PartitionEvent, Position};
+use super::protocol::{self as p, Definition, MemberEvent, ParkedFrom, PartitionEvent, Progress};
 use crate::client::Client;
 use crate::error::Error;
 use crate::events::{event, ExpectedVersion};
@@ -85,20 +85,16 @@ pub struct Batch {
     pub events: Vec<pb::RecordedEvent>,
     /// The partition stream's version when it was handed out (the fencing token).
     pub token: u64,
-}
-
-impl Batch {
-    fn last_position(&self) -> u64 {
-        self.events.last().map_or(0, |e| e.position)
-    }
+    /// Each event's shard (whose log its `position` is a place in).
+    shards: Vec<u32>,
 }
 
 /// A partition this worker holds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Held {
     /// Its stream's version after this worker's last event there.
     version: u64,
-    position: Position,
+    position: Progress,
 }
 
 /// One worker of a group (see the module docs).
@@ -108,7 +104,8 @@ pub struct Worker {
     config: WorkerConfig,
     definition: Definition,
     held: BTreeMap<u32, Held>,
-    buffers: BTreeMap<u32, VecDeque<pb::RecordedEvent>>,
+    /// Events read ahead for each partition, with their shards.
+    buffers: BTreeMap<u32, VecDeque<(pb::RecordedEvent, u32)>>,
     buffered: usize,
     source: Option<Subscription>,
     retry: Option<Subscription>,
@@ -194,13 +191,13 @@ impl Worker {
     ) -> Result<pb::AppendResponse, Error> {
         let stream = p::partition_stream(&self.group, batch.partition);
         let held = match self.held.get(&batch.partition) {
-            Some(h) if h.version == batch.token => *h,
+            Some(h) if h.version == batch.token => h.clone(),
             _ => return Err(self.fenced(batch.partition)),
         };
-        let position = match held.position {
-            Position::After(p) if p >= batch.last_position() => held.position,
-            _ => Position::After(batch.last_position()),
-        };
+        let mut position = held.position.clone();
+        for (e, shard) in batch.events.iter().zip(&batch.shards) {
+            position.handled(*shard, e.position);
+        }
         outputs.push(pb::StreamAppend {
             stream: stream.clone(),
             expected: Some(ExpectedVersion::Exact(held.version).wire()),
@@ -208,7 +205,7 @@ impl Worker {
                 "$group-commit",
                 p::to_json(&PartitionEvent {
                     member: self.config.member.clone(),
-                    position,
+                    position: position.clone(),
                 }),
             )],
         });
@@ -302,22 +299,29 @@ impl Worker {
         ))
     }
 
-    /// The next item of either subscription.
-    async fn pull(&mut self) -> Result<(u32, Item), Error> {
+    /// The next item of either subscription: (0 or the retry partition, the item, its shard).
+    async fn pull(&mut self) -> Result<(u32, Item, u32), Error> {
         let k = self.definition.partitions;
-        match (self.source.as_mut(), self.retry.as_mut()) {
+        let (from, item) = match (self.source.as_mut(), self.retry.as_mut()) {
             (Some(s), Some(r)) => tokio::select! {
-                item = s.next() => item.map(|i| (0, i)),
-                item = r.next() => item.map(|i| (k, i)),
+                item = s.next() => (0, item),
+                item = r.next() => (k, item),
             },
-            (Some(s), None) => s.next().await.map(|i| (0, i)),
-            (None, Some(r)) => r.next().await.map(|i| (k, i)),
+            (Some(s), None) => (0, s.next().await),
+            (None, Some(r)) => (k, r.next().await),
             (None, None) => std::future::pending().await,
-        }
+        };
+        let item = item?;
+        let shard = match (from == k, &self.retry, &self.source) {
+            (true, Some(r), _) => r.last_shard(),
+            (false, _, Some(s)) => s.last_shard(),
+            _ => 0,
+        };
+        Ok((from, item, shard))
     }
 
     /// Files an event under its partition if it is still to be handled there.
-    fn dispatch(&mut self, (from, item): (u32, Item)) {
+    fn dispatch(&mut self, (from, item, shard): (u32, Item, u32)) {
         let Item::Event(e) = item else { return };
         let k = self.definition.partitions;
         let n = if from == k {
@@ -330,9 +334,9 @@ impl Worker {
         if self
             .held
             .get(&n)
-            .is_some_and(|h| h.position.wants(e.position))
+            .is_some_and(|h| h.position.wants(shard, e.position))
         {
-            self.buffers.entry(n).or_default().push_back(e);
+            self.buffers.entry(n).or_default().push_back((e, shard));
             self.buffered += 1;
         }
     }
@@ -347,13 +351,16 @@ impl Worker {
         let token = self.held.get(&n)?.version;
         let buffer = self.buffers.get_mut(&n)?;
         let mut events: Vec<pb::RecordedEvent> = Vec::new();
-        while let Some(e) = buffer.front() {
-            let same_record = events.last().is_some_and(|l| l.position == e.position);
+        let mut shards = Vec::new();
+        while let Some((e, shard)) = buffer.front() {
+            let same_record = events.last().is_some_and(|l| l.position == e.position)
+                && shards.last() == Some(shard);
             if events.len() >= self.config.batch_events_max && !same_record {
                 break;
             }
-            if let Some(e) = buffer.pop_front() {
+            if let Some((e, shard)) = buffer.pop_front() {
                 events.push(e);
+                shards.push(shard);
             }
         }
         self.buffered -= events.len();
@@ -361,6 +368,7 @@ impl Worker {
             partition: n,
             events,
             token,
+            shards,
         })
     }
 
@@ -376,21 +384,18 @@ impl Worker {
     /// The held set changed: read again from the earliest position it needs.
     fn restart_reading(&mut self) {
         let k = self.definition.partitions;
-        let start = |p: Position| match p {
-            Position::After(at) => Start::AfterPosition(at),
-            Position::From(at) => Start::FromPosition(at),
-        };
+        let start = |p: &Progress| Start::Cursor(p.cursor().into());
         let sources = self
             .held
             .iter()
             .filter(|(n, _)| **n < k)
-            .map(|(_, h)| h.position);
-        self.source = Position::earliest(sources).map(|at| {
+            .map(|(_, h)| &h.position);
+        self.source = Progress::earliest(sources).map(|at| {
             let filter = pb::Filter {
                 stream_prefix: self.definition.target.filter_prefix().into(),
                 event_types: Vec::new(),
             };
-            self.client.subscribe(Target::All(Some(filter)), start(at))
+            self.client.subscribe(Target::All(Some(filter)), start(&at))
         });
         self.retry = self.held.get(&k).map(|h| {
             let filter = pb::Filter {
@@ -398,7 +403,7 @@ impl Worker {
                 event_types: Vec::new(),
             };
             self.client
-                .subscribe(Target::All(Some(filter)), start(h.position))
+                .subscribe(Target::All(Some(filter)), start(&h.position))
         });
         // What was read ahead is read again from the new start.
         self.buffers.clear();
@@ -418,8 +423,11 @@ impl Worker {
             .map(|(m, _, _)| m)
             .collect();
         let groups = Groups::new(self.client.clone());
-        let before: Vec<(u32, Position)> =
-            self.held.iter().map(|(n, h)| (*n, h.position)).collect();
+        let before: Vec<(u32, Progress)> = self
+            .held
+            .iter()
+            .map(|(n, h)| (*n, h.position.clone()))
+            .collect();
         // Still ours? A claim by another, or a reset, moved the version on.
         for (n, _) in &before {
             let head = groups.partition(&self.group, *n).await?;
@@ -436,7 +444,11 @@ impl Worker {
             }
         }
         // Reclaimed after a reset: same partitions, new positions — read again too.
-        let after: Vec<(u32, Position)> = self.held.iter().map(|(n, h)| (*n, h.position)).collect();
+        let after: Vec<(u32, Progress)> = self
+            .held
+            .iter()
+            .map(|(n, h)| (*n, h.position.clone()))
+            .collect();
         if after != before {
             tracing::debug!(member = %self.config.member, partitions = ?self.partitions(), "partitions moved");
             self.restart_reading();
@@ -455,14 +467,14 @@ impl Worker {
             {
                 return Ok(());
             }
-            Some((v, s)) => (ExpectedVersion::Exact(*v), s.position),
-            None => (ExpectedVersion::NoStream, self.definition.start),
+            Some((v, s)) => (ExpectedVersion::Exact(*v), s.position.clone()),
+            None => (ExpectedVersion::NoStream, self.definition.start.clone()),
         };
         let claim = event(
             "$group-claim",
             p::to_json(&PartitionEvent {
                 member: self.config.member.clone(),
-                position,
+                position: position.clone(),
             }),
         );
         match self

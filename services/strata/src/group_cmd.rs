@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use strata_client::group::{Batch, GroupTarget, Groups, Position, Worker, WorkerConfig};
+use strata_client::group::{Batch, GroupTarget, Groups, Position, Progress, Worker, WorkerConfig};
 use strata_client::{pb, Client, Error};
 
 use crate::client::{failure, usage, ServerArg};
@@ -53,7 +53,8 @@ pub struct CreateArgs {
     /// Partitions the work is split into (a stream is in one).
     #[arg(long, default_value_t = strata_client::group::PARTITIONS_DEFAULT)]
     partitions: u32,
-    /// Where to start: `beginning`, `end`, or a log position (that record on).
+    /// Where to start: `beginning`, `end` (every shard's), or a log position (that record
+    /// on; of shard 0's log on a store of several shards).
     #[arg(long, default_value = "beginning")]
     from: String,
     #[command(flatten)]
@@ -65,7 +66,8 @@ pub struct CreateArgs {
 pub struct ResetArgs {
     /// Group name.
     name: String,
-    /// `beginning`, `end`, or a log position (that record on).
+    /// `beginning`, `end` (every shard's), or a log position (that record on; of shard 0's log
+    /// on a store of several shards).
     #[arg(long, required_unless_present = "to_time", conflicts_with = "to_time")]
     to: Option<String>,
     /// The first record stamped at or after this time (RFC 3339).
@@ -145,11 +147,11 @@ fn groups(server: &ServerArg) -> Result<Groups, Failure> {
 }
 
 /// `beginning`, `end` or a position.
-async fn point(groups: &Groups, text: &str) -> Result<Position, Failure> {
+async fn point(groups: &Groups, text: &str) -> Result<Progress, Failure> {
     match text {
-        "beginning" => Ok(Position::From(0)),
+        "beginning" => Ok(Position::From(0).into()),
         "end" => groups.position_at(None).await.map_err(failure),
-        n => n.parse().map(Position::From).map_err(|_| {
+        n => n.parse().map(|n| Position::From(n).into()).map_err(|_| {
             usage(format!(
                 "expected `beginning`, `end` or a log position, not `{n}`"
             ))
@@ -157,11 +159,9 @@ async fn point(groups: &Groups, text: &str) -> Result<Position, Failure> {
     }
 }
 
-fn position_json(p: Position) -> serde_json::Value {
-    match p {
-        Position::After(at) => json!({ "after": at }),
-        Position::From(at) => json!({ "from": at }),
-    }
+/// `{"after": N}` on one shard; shard 0's, then the others' under `shards` on several.
+fn position_json(p: &Progress) -> serde_json::Value {
+    serde_json::to_value(p).unwrap_or_default()
 }
 
 async fn create(args: CreateArgs) -> Result<(), Failure> {
@@ -181,7 +181,7 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
         "name": args.name,
         "target": serde_json::to_value(&d.target).unwrap_or_default(),
         "partitions": d.partitions,
-        "start": position_json(d.start),
+        "start": position_json(&d.start),
     }));
     Ok(())
 }
@@ -193,12 +193,12 @@ async fn info(name: &str, server: &ServerArg) -> Result<(), Failure> {
         "name": i.name,
         "target": serde_json::to_value(&i.definition.target).unwrap_or_default(),
         "partitions": k,
-        "start": position_json(i.definition.start),
+        "start": position_json(&i.definition.start),
         "members": i.members.iter().map(|(m, at, live)| json!({"member": m, "last_heartbeat_us": at, "live": live})).collect::<Vec<_>>(),
         "positions": i.partitions.iter().map(|p| json!({
             "partition": if p.number == k { json!("retry") } else { json!(p.number) },
             "owner": p.owner,
-            "position": position_json(p.position),
+            "position": position_json(&p.position),
             "events": p.events,
         })).collect::<Vec<_>>(),
         "parked": i.parked,
@@ -214,8 +214,11 @@ async fn reset(args: ResetArgs) -> Result<(), Failure> {
         (None, Some(t)) => groups.position_at(Some(t)).await.map_err(failure)?,
         (None, None) => return Err(usage("give --to or --to-time")),
     };
-    groups.reset(&args.name, to).await.map_err(failure)?;
-    output::line(&json!({ "name": args.name, "reset_to": position_json(to) }));
+    groups
+        .reset(&args.name, to.clone())
+        .await
+        .map_err(failure)?;
+    output::line(&json!({ "name": args.name, "reset_to": position_json(&to) }));
     Ok(())
 }
 

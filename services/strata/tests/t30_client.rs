@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use strata_client::{event, Client, ClientConfig, ExpectedVersion, Item, Start, Target};
+use strata_client::{event, pb, Client, ClientConfig, ExpectedVersion, Item, Start, Target};
 use strata_proto::v1::streams_client::StreamsClient;
 
 async fn three_nodes() -> Cluster {
@@ -446,27 +446,92 @@ async fn an_all_subscription_over_shards_resumes_by_cursor_across_a_kill_without
     }
 }
 
-/// A consumer group cannot be created on a store of several shards (its positions are one
-/// log's): a precise error, and nothing written.
+/// On a node of four shards a consumer group's streams share one shard (its name is their
+/// routing key); a worker hands out events of every shard and commits a place in each shard's
+/// log; an exactly-once output outside the group's shard is refused naming the shards, with
+/// nothing written, and one named with the group's routing key commits; creating it twice is
+/// refused and lists it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_group_on_several_shards_is_refused_and_nothing_is_written() {
-    use strata_client::group::{GroupTarget, Groups, Position};
+async fn a_consumer_group_on_several_shards_keeps_its_streams_on_one_shard() {
+    use strata_client::group::{GroupTarget, Groups, Position, Worker, WorkerConfig};
+    use strata_proto::routing::slot_of;
     let _serial = SERIAL.lock().await;
     let dev = ShardedDev::start(4);
     let client = dev.client(Duration::from_secs(30)).await;
-    let refused = Groups::new(client.clone())
-        .create("billing", GroupTarget::All, 4, Position::From(0))
+    let groups = Groups::new(client.clone());
+    groups
+        .create(
+            "billing",
+            GroupTarget::Prefix("in-".into()),
+            4,
+            Position::From(0),
+        )
+        .await
+        .unwrap();
+    let again = groups
+        .create("billing", GroupTarget::All, 2, Position::From(0))
         .await
         .unwrap_err();
-    assert!(
-        matches!(&refused, strata_client::Error::Unsupported(m) if m.contains("4 shards")),
-        "{refused:?}"
-    );
-    let definition = Groups::new(client.clone()).definition("billing").await;
-    assert!(
-        matches!(definition, Err(strata_client::Error::NotFound(_))),
-        "{definition:?}"
-    );
+    assert!(again.to_string().contains("exists already"), "{again}");
+    assert_eq!(groups.list().await.unwrap(), vec!["billing".to_string()]);
+    let slot = slot_of("$group:billing", 4096);
+    for s in [
+        "$group:billing/members",
+        "$group:billing/p/3",
+        "out-{billing}",
+    ] {
+        assert_eq!(slot_of(s, 4096), slot, "{s}");
+    }
+    // Sixteen streams: spread over the four shards.
+    let streams: Vec<String> = (0..16).map(|k| format!("in-{k}")).collect();
+    for s in &streams {
+        client
+            .append(s, ExpectedVersion::Any, vec![event("T", "{}")])
+            .await
+            .unwrap();
+    }
+    let mut worker = Worker::join(client.clone(), "billing", WorkerConfig::new("w1"))
+        .await
+        .unwrap();
+    // An output stream in another shard than the group's (4 even ranges of 1024 slots).
+    let elsewhere = (0..)
+        .map(|k| format!("elsewhere-{k}"))
+        .find(|s| slot_of(s, 4096) / 1024 != slot / 1024)
+        .unwrap();
+    let mut handled = 0;
+    while handled < streams.len() {
+        let batch = worker.next_batch().await.unwrap();
+        handled += batch.events.len();
+        let outside = pb::StreamAppend {
+            stream: elsewhere.clone(),
+            expected: None,
+            events: vec![event("Out", "{}")],
+        };
+        let refused = worker.commit_with(&batch, vec![outside]).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("different shards"),
+            "{refused}"
+        );
+        let output = pb::StreamAppend {
+            stream: "out-{billing}".into(),
+            expected: None,
+            events: vec![event("Out", "{}")],
+        };
+        worker.commit_with(&batch, vec![output]).await.unwrap();
+    }
+    let info = client
+        .stream_info(&elsewhere, pb::Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert!(!info.exists, "a refused output was written");
+    let info = groups.info("billing").await.unwrap();
+    let shards: std::collections::BTreeSet<u32> = info
+        .partitions
+        .iter()
+        .flat_map(|p| p.position.shards().keys().copied())
+        .collect();
+    assert!(shards.len() > 1, "positions in one shard only: {info:?}");
+    worker.leave().await.unwrap();
 }
 
 /// `strata cluster move-slots` on a node of four shards while writers append (with the

@@ -52,34 +52,59 @@ fn worker(addr: &str, member: &str, extra: &[&str]) -> Child {
         .unwrap()
 }
 
+/// `strata group create g --prefix src- --partitions 6` through node `addr`.
+fn create_group(addr: &str) {
+    ok(strata(&[
+        "group",
+        "create",
+        "g",
+        "--prefix",
+        "src-",
+        "--partitions",
+        "6",
+        "--server",
+        addr,
+    ]));
+}
+
 fn signal(child: &Child, sig: i32) {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, sig) };
 }
 
-/// `n` events to each source stream, `from` onwards, a few streams per append.
-async fn write(client: &Client, from: usize, n: usize) {
+/// `n` events to each source stream, `from` onwards: every stream in one append, or (on
+/// several shards, where the streams are spread) one append per stream.
+async fn write(client: &Client, from: usize, n: usize, together: bool) {
     for i in from..from + n {
-        let streams = (0..STREAMS)
+        let streams: Vec<pb::StreamAppend> = (0..STREAMS)
             .map(|s| pb::StreamAppend {
                 stream: format!("src-{s}"),
                 expected: None,
                 events: vec![event("T", format!("{{\"i\":{i}}}"))],
             })
             .collect();
-        client
-            .append_multi(pb::AppendMultiRequest { streams })
-            .await
-            .unwrap();
+        if together {
+            client
+                .append_multi(pb::AppendMultiRequest { streams })
+                .await
+                .unwrap();
+            continue;
+        }
+        for one in streams {
+            client
+                .append_multi(pb::AppendMultiRequest { streams: vec![one] })
+                .await
+                .unwrap();
+        }
     }
 }
 
-/// Each output stream's copies: the source versions in the order written.
-async fn copies(client: &Client) -> BTreeMap<String, Vec<u64>> {
+/// Each output stream's copies (`OUT` + its stream): the source versions in the order written.
+async fn copies_to(client: &Client, out_prefix: &str) -> BTreeMap<String, Vec<u64>> {
     let mut out = BTreeMap::new();
     for s in 0..STREAMS {
         let events = client
-            .read_stream(&format!("out-src-{s}"), None, 1 << 20)
+            .read_stream(&format!("{out_prefix}src-{s}"), None, 1 << 20)
             .await
             .unwrap();
         let versions = events
@@ -96,13 +121,22 @@ async fn copies(client: &Client) -> BTreeMap<String, Vec<u64>> {
 
 /// Waits until every output stream holds at least `n` copies.
 async fn wait_copies(client: &Client, n: usize, what: &str) -> BTreeMap<String, Vec<u64>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_copies_to(client, "out-", n, what).await
+}
+
+async fn wait_copies_to(
+    client: &Client,
+    out_prefix: &str,
+    n: usize,
+    what: &str,
+) -> BTreeMap<String, Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let c = copies(client).await;
+        let c = copies_to(client, out_prefix).await;
         if c.values().all(|v| v.len() >= n) {
             // Late duplicates would show within a moment.
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            return copies(client).await;
+            return copies_to(client, out_prefix).await;
         }
         assert!(
             Instant::now() < deadline,
@@ -113,9 +147,25 @@ async fn wait_copies(client: &Client, n: usize, what: &str) -> BTreeMap<String, 
     }
 }
 
+/// Each stream's events `0..total` copied exactly once, in order.
+fn assert_once_in_order(copies: &BTreeMap<String, Vec<u64>>, total: u64) {
+    for (stream, versions) in copies {
+        assert_eq!(
+            versions,
+            &(0..total).collect::<Vec<_>>(),
+            "{stream}: each event copied exactly once, in order"
+        );
+    }
+}
+
 /// Starts three workers, writes more while one is SIGKILLed and one paused past its session;
 /// returns the workers still running.
-async fn run_with_faults(client: &Client, addr: &str, extra: &[&str]) -> Vec<Child> {
+async fn run_with_faults(
+    client: &Client,
+    addr: &str,
+    extra: &[&str],
+    together: bool,
+) -> Vec<Child> {
     let mut workers: Vec<Child> = (1..=3)
         .map(|w| worker(addr, &format!("w{w}"), extra))
         .collect();
@@ -123,7 +173,7 @@ async fn run_with_faults(client: &Client, addr: &str, extra: &[&str]) -> Vec<Chi
         let client = client.clone();
         tokio::spawn(async move {
             for chunk in 0..6 {
-                write(&client, 40 + chunk * 10, 10).await;
+                write(&client, 40 + chunk * 10, 10, together).await;
                 tokio::time::sleep(Duration::from_millis(400)).await;
             }
         })
@@ -155,31 +205,15 @@ async fn atomic_commits_copy_every_event_exactly_once_through_a_kill_and_a_pause
     let cluster = one_node().await;
     let addr = cluster.addr(1);
     let client = Client::connect([addr.clone()]).unwrap();
-    write(&client, 0, 40).await;
-    ok(strata(&[
-        "group",
-        "create",
-        "g",
-        "--prefix",
-        "src-",
-        "--partitions",
-        "6",
-        "--server",
-        &addr,
-    ]));
+    write(&client, 0, 40, true).await;
+    create_group(&addr);
     // Handling (100 ms a batch) is slower than the writes: the workers are always mid-batch,
     // so the kill and the pause land inside one.
     let extra = ["--exactly-once", "--batch", "7", "--handle-ms", "100"];
-    let workers = run_with_faults(&client, &addr, &extra).await;
+    let workers = run_with_faults(&client, &addr, &extra, true).await;
     let total = 100u64;
     let once = wait_copies(&client, total as usize, "exactly-once").await;
-    for (stream, versions) in &once {
-        assert_eq!(
-            versions,
-            &(0..total).collect::<Vec<_>>(),
-            "{stream}: each event copied exactly once, in order"
-        );
-    }
+    assert_once_in_order(&once, total);
     // Every partition's position is committed past the last record.
     let info: serde_json::Value =
         serde_json::from_str(&ok(strata(&["group", "info", "g", "--server", &addr]))).unwrap();
@@ -237,17 +271,121 @@ async fn atomic_commits_copy_every_event_exactly_once_through_a_kill_and_a_pause
     stop(workers);
 }
 
+/// The shard owning `slot`, by node `addr`'s map.
+async fn owner_of(addr: &str, slot: u32) -> u32 {
+    let view = status(addr).await.unwrap();
+    view.shards
+        .iter()
+        .find(|s| s.slots.iter().any(|r| r.start <= slot && slot < r.end))
+        .unwrap()
+        .id
+}
+
+/// Moves slot `slot` to the next shard (of `shards`) through node `addr`; waits for the move.
+fn move_slot(addr: &str, slot: u32, from: u32, shards: u32) -> u32 {
+    let to = (from + 1) % shards;
+    let range = format!("{slot}..{}", slot + 1);
+    ok(strata(&[
+        "cluster",
+        "move-slots",
+        &range,
+        "--to",
+        &to.to_string(),
+        "--server",
+        addr,
+    ]));
+    to
+}
+
+/// On three replicated nodes of four shards, the group's streams share a shard (its name is
+/// their routing key), its positions are a place in each shard's log, and its exactly-once
+/// outputs (`out-{g}-…`, the group's routing key) commit with its positions. Through a
+/// worker's SIGKILL, another's pause, and slot moves of the group's own streams and of a
+/// source stream while the workers run: every event copied exactly once, in its stream's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_several_shards_a_group_copies_exactly_once_through_faults_and_slot_moves() {
+    let _serial = SERIAL.lock().await;
+    let mut args = small_log_args();
+    args.extend(["--shards", "4"].map(String::from));
+    let mut cluster = Cluster::new(3, false, args);
+    cluster.peer_args(|_, _, peer| addr(peer.port));
+    cluster.start_all().await;
+    let addr = cluster.addr(1);
+    let client = Client::connect((1..=3).map(|id| cluster.addr(id))).unwrap();
+    write(&client, 0, 40, false).await;
+    create_group(&addr);
+    let slots = status(&addr).await.unwrap().slots;
+    let group_slot = strata_proto::routing::slot_of("$group:g/p/0", slots);
+    assert_eq!(
+        group_slot,
+        strata_proto::routing::slot_of("out-{g}-src-3", slots)
+    );
+    let source_slot = strata_proto::routing::slot_of("src-0", slots);
+    let group_from = owner_of(&addr, group_slot).await;
+    let source_from = owner_of(&addr, source_slot).await;
+    let moves = {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let group_to = tokio::task::spawn_blocking({
+                let addr = addr.clone();
+                move || move_slot(&addr, group_slot, group_from, 4)
+            });
+            let group_to = group_to.await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let source_to = tokio::task::spawn_blocking({
+                let addr = addr.clone();
+                move || move_slot(&addr, source_slot, source_from, 4)
+            });
+            (group_to, source_to.await.unwrap())
+        })
+    };
+    let extra = [
+        "--exactly-once",
+        "--output-prefix",
+        "out-{g}-",
+        "--batch",
+        "7",
+        "--handle-ms",
+        "100",
+    ];
+    let workers = run_with_faults(&client, &addr, &extra, false).await;
+    let (group_to, source_to) = moves.await.unwrap();
+    assert_eq!(owner_of(&addr, group_slot).await, group_to);
+    assert_eq!(owner_of(&addr, source_slot).await, source_to);
+    let total = 100u64;
+    let once = wait_copies_to(&client, "out-{g}-", total as usize, "several shards").await;
+    assert_once_in_order(&once, total);
+    // The positions name places in several shards' logs.
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(strata(&["group", "info", "g", "--server", &addr]))).unwrap();
+    let several = info["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["position"]["shards"].is_object())
+        .count();
+    assert!(several > 0, "{info}");
+    stop(workers);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_workers_lose_nothing_and_keep_each_streams_order() {
     let _serial = SERIAL.lock().await;
     let cluster = one_node().await;
     let addr = cluster.addr(1);
     let client = Client::connect([addr.clone()]).unwrap();
-    write(&client, 0, 40).await;
+    write(&client, 0, 40, true).await;
     ok(strata(&[
         "group", "create", "g", "--prefix", "src-", "--server", &addr,
     ]));
-    let workers = run_with_faults(&client, &addr, &["--batch", "5", "--handle-ms", "100"]).await;
+    let workers = run_with_faults(
+        &client,
+        &addr,
+        &["--batch", "5", "--handle-ms", "100"],
+        true,
+    )
+    .await;
     let total = 100u64;
     let copied = wait_copies(&client, total as usize, "at-least-once").await;
     let mut duplicates = 0;
