@@ -579,6 +579,103 @@ impl ClusterService {
         }
     }
 
+    /// Runs on every node of a replicated cluster of several shards; acts on the metadata
+    /// group's leader: every `interval`, when the map records no replica move and every
+    /// member of the metadata group answers, it plans from the map's placement
+    /// ([`crate::placement::plan`]: replicas per node within one of even) and, when two looks
+    /// in a row plan the same first move, runs it to its end. One move at a time; a failed
+    /// move is left to the mover's recovery (resumed or rolled back) and planned afresh.
+    pub async fn balance_replicas(
+        self,
+        interval: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut last: Option<crate::placement::ReplicaMove> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let (Some(meta), Some(mover)) = (&self.shards.meta, &self.replica_mover) else {
+                return;
+            };
+            let next = self.replica_move_to_make(meta).await;
+            let settled = next.is_some() && next == last;
+            last = next;
+            let Some(step) = next.filter(|_| settled) else {
+                continue;
+            };
+            last = None;
+            tracing::info!(
+                shard = step.shard,
+                from = step.from,
+                to = step.to,
+                "replicas balanced: a replica move begins"
+            );
+            let moved = async {
+                let begun = mover.begin(step.shard, step.from, step.to).await?;
+                mover.finish(begun).await
+            };
+            tokio::select! {
+                result = moved => match result {
+                    Ok(()) => {
+                        self.stats.replica_moves.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(shard = step.shard, from = step.from, to = step.to,
+                            "replicas balanced: a replica moved");
+                    }
+                    Err(e) => tracing::warn!(shard = step.shard, from = step.from, to = step.to,
+                        error = %e.message(), "balancing replicas: a move stopped"),
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// The first replica move the placement plan names, here at the metadata group's leader,
+    /// when no move is recorded and every member of the metadata group answers its status.
+    async fn replica_move_to_make(&self, meta: &Meta) -> Option<crate::placement::ReplicaMove> {
+        let me = meta.replica().node_id();
+        if meta.replica().leader().map(|(id, _)| id) != Some(me) {
+            return None;
+        }
+        let map = self.shards.map.get();
+        let shards = map.shards();
+        if shards.iter().any(|s| map.replica_move(*s).is_some()) {
+            return None;
+        }
+        let voters = crate::meta::voters(meta);
+        for (id, node) in &voters {
+            if *id != me && !self.answers(&node.addr).await {
+                return None;
+            }
+        }
+        let nodes: Vec<u64> = voters.keys().copied().collect();
+        let placed: Vec<crate::placement::Placed> = shards
+            .iter()
+            .map(|s| crate::placement::Placed {
+                shard: s.0,
+                replicas: map
+                    .replicas(*s)
+                    .map_or_else(|| nodes.clone(), <[u64]>::to_vec),
+            })
+            .collect();
+        crate::placement::plan(&placed, &nodes, &[])
+            .into_iter()
+            .next()
+    }
+
+    /// Whether the node at `addr` answers `Cluster.Status` within a second.
+    async fn answers(&self, addr: &str) -> bool {
+        let Ok(mut client) = self.peers().and_then(|p| p.cluster(addr)) else {
+            return false;
+        };
+        let asked = client.status(pb::StatusRequest::default());
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(1), asked).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Every shard with its slot ranges, leader and replicas: as this node's replica sees it
     /// (`one` — this node alone — when not replicated), or (a shard whose replicas are on
     /// other nodes) its replicas by the map and no leader known here; and the replica move

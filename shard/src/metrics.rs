@@ -97,6 +97,13 @@ pub fn render(
     );
     metric(
         &mut out,
+        "strata_replica_balance_moves_total",
+        "counter",
+        "Replica moves this node's replica balancer finished (on the metadata group's leader).",
+        load(&service.replica_moves),
+    );
+    metric(
+        &mut out,
         "strata_log_fdatasyncs_total",
         "counter",
         "fdatasyncs issued for the shards' logs (one sync round covers every shard on a device).",

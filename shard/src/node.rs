@@ -63,10 +63,16 @@ pub struct ClusterConfig {
     /// How often the metadata group's leader balances the shards' leaders (see
     /// [`ClusterService::balance_leaders`]); `None`: never by itself.
     pub leader_balance_interval: Option<std::time::Duration>,
+    /// How often the metadata group's leader looks for a replica move to balance the
+    /// replicas per node (see [`ClusterService::balance_replicas`]); `None`: never by itself
+    /// (`strata cluster rebalance` does it).
+    pub replica_balance_interval: Option<std::time::Duration>,
 }
 
 /// [`ClusterConfig::leader_balance_interval`] unless told otherwise, in milliseconds.
 pub const LEADER_BALANCE_INTERVAL_DEFAULT_MS: u64 = 30_000;
+/// [`ClusterConfig::replica_balance_interval`] unless told otherwise, in milliseconds (0: off).
+pub const REPLICA_BALANCE_INTERVAL_DEFAULT_MS: u64 = 0;
 
 /// How to run a node.
 #[derive(Debug, Clone)]
@@ -106,6 +112,7 @@ pub struct Node {
     metrics: Option<TcpListener>,
     data_dir: PathBuf,
     leader_balance_interval: Option<std::time::Duration>,
+    replica_balance_interval: Option<std::time::Duration>,
 }
 
 /// Why a node could not start or stopped.
@@ -255,6 +262,10 @@ impl Node {
                 .cluster
                 .as_ref()
                 .and_then(|c| c.leader_balance_interval),
+            replica_balance_interval: config
+                .cluster
+                .as_ref()
+                .and_then(|c| c.replica_balance_interval),
             data_dir: config.data_dir,
         })
     }
@@ -317,6 +328,13 @@ impl Node {
                 self.cluster
                     .clone()
                     .balance_leaders(interval, self.stop.subscribe()),
+            );
+        }
+        if let (Some(_), Some(interval)) = (&self.shards.meta, self.replica_balance_interval) {
+            tokio::spawn(
+                self.cluster
+                    .clone()
+                    .balance_replicas(interval, self.stop.subscribe()),
             );
         }
         if let Some(meta) = &self.shards.meta {

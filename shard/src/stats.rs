@@ -37,6 +37,8 @@ pub struct ServiceStats {
     pub forwarded: AtomicU64,
     /// Leaderships this node's leader balancer handed over.
     pub handovers: AtomicU64,
+    /// Replica moves this node's replica balancer finished.
+    pub replica_moves: AtomicU64,
     /// Append latency, request to durable answer.
     pub append_latency: LatencyHistogram,
     /// What retention did.
@@ -52,6 +54,7 @@ impl Default for ServiceStats {
             requests: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             handovers: AtomicU64::new(0),
+            replica_moves: AtomicU64::new(0),
             append_latency: LatencyHistogram::new(&APPEND_BUCKETS_US),
             retention: RetentionStats::default(),
         }

@@ -37,6 +37,7 @@
 //! append_timeout_ms = 5000            # --append-timeout-ms
 //! learner_catch_up_timeout_ms = 60000 # --learner-catch-up-timeout-ms (add-node)
 //! leader_balance_interval_ms = 30000  # --leader-balance-interval-ms (several shards; 0: off)
+//! replica_balance_interval_ms = 0     # --replica-balance-interval-ms (several shards; 0: off)
 //! ```
 
 use std::net::SocketAddr;
@@ -151,6 +152,11 @@ pub struct NodeArgs {
     /// 0 turns it off). Default 30000.
     #[arg(long)]
     leader_balance_interval_ms: Option<u64>,
+    /// How often (ms) the metadata group's leader looks for a replica move that brings every
+    /// node within one replica of an even share, and runs it (several shards, replicated;
+    /// 0 turns it off, leaving it to `strata cluster rebalance`). Default 0.
+    #[arg(long)]
+    replica_balance_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +194,7 @@ struct FileConfig {
     append_timeout_ms: Option<u64>,
     learner_catch_up_timeout_ms: Option<u64>,
     leader_balance_interval_ms: Option<u64>,
+    replica_balance_interval_ms: Option<u64>,
 }
 
 /// Parses `ID=ADDR` or `ID=ADDR,RAFT_ADDR`.
@@ -432,6 +439,10 @@ fn cluster(
         .leader_balance_interval_ms
         .or(file.leader_balance_interval_ms)
         .unwrap_or(strata_shard::node::LEADER_BALANCE_INTERVAL_DEFAULT_MS);
+    let replicas_ms = args
+        .replica_balance_interval_ms
+        .or(file.replica_balance_interval_ms)
+        .unwrap_or(strata_shard::node::REPLICA_BALANCE_INTERVAL_DEFAULT_MS);
     Ok(Some(strata_shard::ClusterConfig {
         node_id,
         peers,
@@ -440,6 +451,7 @@ fn cluster(
         advertise_raft_addr: args.advertise_raft.clone().or(file.advertise_raft.clone()),
         raft,
         leader_balance_interval: (balance_ms > 0).then(|| Duration::from_millis(balance_ms)),
+        replica_balance_interval: (replicas_ms > 0).then(|| Duration::from_millis(replicas_ms)),
     }))
 }
 

@@ -1575,15 +1575,114 @@ fn leaderships(leaders: &BTreeMap<u32, u64>, nodes: &[u64]) -> BTreeMap<u64, usi
 /// `nodes` counted; asserts every shard has three.
 fn replica_loads(first: &str, nodes: &[u64]) -> BTreeMap<u64, usize> {
     let view = strata_json(&["cluster", "status", "--json", "--server", first]);
+    for shard in view["shards"].as_array().unwrap() {
+        assert_eq!(shard["replicas"].as_array().unwrap().len(), 3, "{view}");
+    }
+    loads_of(&view, nodes)
+}
+
+/// Replicas per node in `cluster status --json`'s `view`.
+fn loads_of(view: &serde_json::Value, nodes: &[u64]) -> BTreeMap<u64, usize> {
     let mut loads: BTreeMap<u64, usize> = nodes.iter().map(|n| (*n, 0)).collect();
     for shard in view["shards"].as_array().unwrap() {
-        let replicas = shard["replicas"].as_array().unwrap();
-        assert_eq!(replicas.len(), 3, "{view}");
-        for r in replicas {
+        for r in shard["replicas"].as_array().unwrap() {
             *loads.entry(r.as_u64().unwrap()).or_default() += 1;
         }
     }
     loads
+}
+
+/// With `--replica-balance-interval-ms` the metadata group's leader balances the replicas by
+/// itself (4 shards × 3 replicas): node 4 added gets its share (3 on each of 4 nodes) with no
+/// `cluster rebalance`; node 5 added while node 4 does not answer gets nothing until node 4
+/// is back, then every node holds 2 or 3. What was written before is there, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_balance_by_themselves_onto_added_nodes_while_every_node_answers() {
+    let _serial = SERIAL.lock().await;
+    let mut args = small_log_args();
+    args.extend(["--shards", "4", "--replica-balance-interval-ms", "300"].map(String::from));
+    let mut cluster = three_formed_of(5, args).await;
+    let first = cluster.addr(1);
+    let client =
+        strata_client::Client::new(strata_client::ClientConfig::new([first.clone()])).unwrap();
+    let mut acked: BTreeMap<String, Vec<u128>> = BTreeMap::new();
+    for k in 0..8u128 {
+        let stream = format!("b-{k}");
+        for n in 0..10u128 {
+            let id = ((k + 1) << 64) + n;
+            client
+                .append_request(append_request(&stream, id))
+                .await
+                .unwrap();
+            acked.entry(stream.clone()).or_default().push(id);
+        }
+    }
+    let addrs: BTreeMap<u64, String> = (4..=5).map(|id| (id, cluster.addr(id))).collect();
+    let add = |id: u64| {
+        strata_json(&[
+            "cluster",
+            "add-node",
+            "--id",
+            &id.to_string(),
+            "--addr",
+            &addrs[&id],
+            "--server",
+            &first,
+        ])
+    };
+    add(4);
+    settled_loads(&first, &[1, 2, 3, 4], |l| l.values().all(|n| *n == 3)).await;
+    cluster.nodes.get_mut(&4).unwrap().kill();
+    add(5);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let loads = settled_loads(&first, &[1, 2, 3, 4, 5], |_| true).await;
+    assert_eq!(
+        loads[&5], 0,
+        "a move while node 4 does not answer: {loads:?}"
+    );
+    cluster.nodes.get_mut(&4).unwrap().start();
+    cluster.wait_up(4).await;
+    settled_loads(&first, &[1, 2, 3, 4, 5], |l| {
+        l.values().all(|n| (2..=3).contains(n))
+    })
+    .await;
+    for (stream, ids) in &acked {
+        let got: Vec<u128> = client
+            .read_stream(stream, None, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128())
+            .collect();
+        assert_eq!(&got, ids, "{stream}");
+    }
+}
+
+/// Waits (up to 90 s) for the map to record no replica move and the replicas per node of
+/// `nodes` to satisfy `good`; returns them.
+async fn settled_loads(
+    first: &str,
+    nodes: &[u64],
+    good: impl Fn(&BTreeMap<u64, usize>) -> bool,
+) -> BTreeMap<u64, usize> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let view = strata_json(&["cluster", "status", "--json", "--server", first]);
+        // A move ended in the map still has its old replica in the group until removed.
+        let moving =
+            view["shards"].as_array().unwrap().iter().any(|s| {
+                !s["moving"].is_null() || s["replicas"].as_array().map_or(0, Vec::len) != 3
+            });
+        if !moving {
+            let loads = loads_of(&view, nodes);
+            if good(&loads) {
+                return loads;
+            }
+            assert!(Instant::now() < deadline, "not balanced: {loads:?}");
+        }
+        assert!(Instant::now() < deadline, "a move did not end: {view}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// A sharded cluster (6 shards, 3 replicas each) grows 3 → 4 → 5 nodes and shrinks back to 3
