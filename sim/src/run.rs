@@ -19,14 +19,26 @@ pub use crate::nemesis::{FaultSet, RunConfig, RunReport};
 use crate::trace::Trace;
 use crate::workload::{self, STREAMS};
 
-/// Panics seen on this thread since the last [`take_panics`] (a panic inside a node's task
-/// is caught by tokio and would otherwise only stop that node).
+/// Panics seen inside runs since the last [`take_panics`] (a panic inside a node's task is
+/// caught by tokio and would otherwise only stop that node).
 static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+thread_local! {
+    /// Whether this thread is running a simulation (its panics are the run's findings).
+    static IN_RUN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Records the panics of threads running a simulation; any other thread's panic (a test's
+/// failed assertion beside a run) goes to the hook that was there before, so it is printed.
 fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_RUN.with(std::cell::Cell::get) {
+                previous(info);
+                return;
+            }
             let message = info
                 .payload()
                 .downcast_ref::<String>()
@@ -51,6 +63,7 @@ pub fn run(config: &RunConfig) -> RunReport {
     let seed = config.seed;
     install_panic_hook();
     take_panics();
+    IN_RUN.with(|r| r.set(true));
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -66,6 +79,7 @@ pub fn run(config: &RunConfig) -> RunReport {
         };
         Ok::<RunReport, String>(report)
     }));
+    IN_RUN.with(|r| r.set(false));
     let panics = take_panics();
     match outcome {
         Ok(Ok(mut report)) => {

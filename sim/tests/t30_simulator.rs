@@ -21,7 +21,10 @@ fn hash_from_binary(seed: u64) -> String {
 
 #[test]
 fn one_seed_gives_one_trace_in_process_and_across_processes() {
-    let seed = 7;
+    // Seed 8: a run busy enough for the check below (seed 7, used before, now spends 10 of
+    // its 23 simulated seconds adding a node whose paced catch-up times out under faults,
+    // and makes 40 operations).
+    let seed = 8;
     let a = run(&RunConfig::new(seed));
     let b = run(&RunConfig::new(seed));
     assert!(a.violations.is_empty(), "{:?}", a.violations);
