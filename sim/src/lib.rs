@@ -9,8 +9,8 @@
 //!   string key-value map, Strata stream), behind `strata-sim check-history`.
 
 pub mod check;
+pub use strata_check::{models, wgl};
 pub mod cluster;
-pub mod models;
 pub mod nemesis;
 pub(crate) mod replica_ops;
 pub mod run;
@@ -18,7 +18,6 @@ pub mod sharded;
 pub mod sharded_node;
 pub mod system_ops;
 pub mod trace;
-pub mod wgl;
 pub mod workload;
 
 use std::time::{Duration, Instant};

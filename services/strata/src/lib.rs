@@ -10,6 +10,7 @@ pub mod cluster_cmd;
 pub mod dev_cluster;
 pub mod group_cmd;
 pub mod history_cmd;
+pub mod jepsen;
 pub mod node_config;
 pub mod output;
 

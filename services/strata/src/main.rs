@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use strata::{
-    bench, client, cluster_cmd, dev_cluster, group_cmd, history_cmd, node_config, output, Failure,
+    bench, client, cluster_cmd, dev_cluster, group_cmd, history_cmd, jepsen, node_config, output,
+    Failure,
 };
 
 /// mimalloc instead of glibc's allocator: requests, answers and index batches allocate per
@@ -84,6 +85,9 @@ enum Command {
     /// Consumer groups: create, list, info, reset, parked events, and a worker.
     #[command(subcommand)]
     Group(group_cmd::GroupCommand),
+    /// Jepsen-style testing: a local cluster of real nodes, a workload, faults, a checked
+    /// history (exit 0 when linearizable, 1 when not).
+    Jepsen(jepsen::JepsenArgs),
     /// Verify a data directory offline (every segment, record and footer).
     Check {
         /// The node's data directory.
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
             Command::Bench(command) => bench::run(command).await,
             Command::Cluster(command) => cluster_cmd::run(command).await,
             Command::Group(command) => group_cmd::run(command).await,
+            Command::Jepsen(args) => jepsen::run(args).await,
             Command::Check { dir } => check(dir),
         }
     });

@@ -1,0 +1,291 @@
+//! The register workload: one stream (`jepsen-register`) used as a compare-and-set register,
+//! its value the data (an integer) of its last event. Each client, in a loop:
+//!
+//! - `read`: a linearizable read of the stream's last event → its value, or nil;
+//! - `write V`: an append of V (any expected version) — V unique to the run;
+//! - `cas A B`: a linearizable read; if the value is not A, the cas fails (observed at the
+//!   read); else an append of B expecting the version read: `ok`, or no effect when another
+//!   write came in between (wrong expected version).
+//!
+//! An append the client could not confirm (unavailable, deadline) is `info`: strata-client
+//! retried it with the same event ids, so it happened once or not at all. The history is
+//! checked with the WGL search against the register model (`strata_check::models::Register`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+use strata_check::models::RegisterOp;
+use strata_check::wgl::Operation;
+use strata_client::{event, pb, Client, Error, ExpectedVersion};
+
+use super::history::{History, Kind};
+use super::rng::Rng;
+
+/// The register's stream.
+pub const STREAM: &str = "jepsen-register";
+
+/// One operation as it ended, for the checker and the statistics.
+#[derive(Debug, Clone)]
+pub struct Done {
+    /// The checker's operation; `None` when it had no effect and observed nothing.
+    pub op: Option<Operation<RegisterOp>>,
+    /// How it ended.
+    pub kind: Kind,
+    /// Whether it wrote (write or cas).
+    pub writes: bool,
+    /// Invocation and completion, µs since the run began.
+    pub call_us: u64,
+    /// Completion, µs since the run began.
+    pub ret_us: u64,
+}
+
+/// What an operation observed.
+enum Outcome {
+    /// It happened; for a read, the value.
+    Ok(Option<i64>),
+    /// A cas whose read saw another value: it failed, observed.
+    CasMismatch(Option<i64>),
+    /// It certainly had no effect and observed nothing.
+    NoEffect(String),
+    /// Unknown.
+    Unknown(String),
+}
+
+/// Whether an append's error means nothing was written.
+fn certainly_not_written(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::WrongExpectedVersion { .. }
+            | Error::InvalidArgument(_)
+            | Error::LimitExceeded(_)
+            | Error::NotFound(_)
+            | Error::Deleted(_)
+            | Error::IdempotencyConflict(_)
+            | Error::Config(_)
+    )
+}
+
+/// The register's version and value now (linearizable), `None` before its first write.
+async fn read(client: &Client) -> Result<Option<(u64, i64)>, Error> {
+    let page = client
+        .read(pb::ReadRequest {
+            stream: STREAM.into(),
+            direction: pb::Direction::Backwards as i32,
+            limit: 1,
+            consistency: pb::Consistency::Linearizable as i32,
+            ..Default::default()
+        })
+        .await;
+    let page = match page {
+        Ok(p) => p,
+        Err(Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(e) = page.events.first() else {
+        return Ok(None);
+    };
+    let value = std::str::from_utf8(&e.data)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| Error::InvalidArgument(format!("the register holds {:?}", e.data)))?;
+    Ok(Some((e.version, value)))
+}
+
+async fn write(client: &Client, expected: ExpectedVersion, value: i64) -> Outcome {
+    match client
+        .append(STREAM, expected, vec![event("set", value.to_string())])
+        .await
+    {
+        Ok(_) => Outcome::Ok(None),
+        Err(e) if certainly_not_written(&e) => Outcome::NoEffect(e.to_string()),
+        Err(e) => Outcome::Unknown(e.to_string()),
+    }
+}
+
+async fn cas(client: &Client, from: i64, to: i64) -> Outcome {
+    match read(client).await {
+        Ok(Some((version, value))) if value == from => {
+            write(client, ExpectedVersion::Exact(version), to).await
+        }
+        Ok(other) => Outcome::CasMismatch(other.map(|(_, v)| v)),
+        Err(e) => Outcome::NoEffect(e.to_string()),
+    }
+}
+
+/// The operation a client runs next.
+#[derive(Debug, Clone, Copy)]
+enum Input {
+    Read,
+    Write(i64),
+    Cas(i64, i64),
+}
+
+impl Input {
+    fn name(self) -> &'static str {
+        match self {
+            Input::Read => "read",
+            Input::Write(_) => "write",
+            Input::Cas(..) => "cas",
+        }
+    }
+
+    fn json(self) -> serde_json::Value {
+        match self {
+            Input::Read => serde_json::Value::Null,
+            Input::Write(v) => json!(v),
+            Input::Cas(a, b) => json!([a, b]),
+        }
+    }
+}
+
+/// One client: runs operations until `stop`, each recorded in `history`; returns them.
+pub async fn client_loop(
+    client: Client,
+    number: u64,
+    clients: u64,
+    seed: u64,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+) -> Vec<Done> {
+    let mut rng = Rng::new(seed ^ number.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut process = number;
+    let mut seen: Option<i64> = None;
+    let mut done = Vec::new();
+    let mut n: i64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        // Unique per run: client number in the high digits.
+        let fresh = (number as i64 + 1) * 1_000_000_000 + n;
+        let input = match rng.below(4) {
+            0 | 1 => Input::Read,
+            2 => Input::Write(fresh),
+            _ => Input::Cas(seen.unwrap_or(fresh - 1), fresh),
+        };
+        let Some((call, call_us)) =
+            history.record(process, Kind::Invoke, input.name(), input.json())
+        else {
+            break;
+        };
+        let outcome = match input {
+            Input::Read => match read(&client).await {
+                Ok(v) => Outcome::Ok(v.map(|(_, v)| v)),
+                Err(e) => Outcome::NoEffect(e.to_string()),
+            },
+            Input::Write(v) => write(&client, ExpectedVersion::Any, v).await,
+            Input::Cas(a, b) => cas(&client, a, b).await,
+        };
+        let (kind, value) = match &outcome {
+            Outcome::Ok(Some(v)) => (Kind::Ok, json!(v)),
+            Outcome::Ok(None) if matches!(input, Input::Read) => (Kind::Ok, json!(null)),
+            Outcome::Ok(None) => (Kind::Ok, input.json()),
+            Outcome::CasMismatch(v) => (Kind::Fail, json!(v)),
+            Outcome::NoEffect(why) => (Kind::Fail, json!(why)),
+            Outcome::Unknown(why) => (Kind::Info, json!(why)),
+        };
+        let Some((ret, ret_us)) = history.record(process, kind, input.name(), value) else {
+            break;
+        };
+        if let (Input::Read, Outcome::Ok(v)) | (_, Outcome::CasMismatch(v)) = (input, &outcome) {
+            seen = *v;
+        }
+        if let (Input::Write(v) | Input::Cas(_, v), Outcome::Ok(_)) = (input, &outcome) {
+            seen = Some(v);
+        }
+        done.push(Done {
+            op: operation(process, input, &outcome, call, ret),
+            kind,
+            writes: !matches!(input, Input::Read),
+            call_us,
+            ret_us,
+        });
+        if kind == Kind::Info {
+            // Its operation stays pending: the client goes on as a new process.
+            process += clients;
+        }
+    }
+    done
+}
+
+/// The checker's view of one operation (`None`: no effect, nothing observed).
+fn operation(
+    process: u64,
+    input: Input,
+    outcome: &Outcome,
+    call: usize,
+    ret: usize,
+) -> Option<Operation<RegisterOp>> {
+    let (op, ret) = match (input, outcome) {
+        (_, Outcome::NoEffect(_)) => return None,
+        (Input::Read, Outcome::Ok(v)) => (RegisterOp::Read(*v), Some(ret)),
+        (Input::Write(v), Outcome::Ok(_)) => (RegisterOp::Write(v), Some(ret)),
+        (Input::Write(v), _) => (RegisterOp::Write(v), None),
+        (Input::Cas(a, b), Outcome::Ok(_)) => (RegisterOp::Cas(a, b, Some(true)), Some(ret)),
+        (Input::Cas(a, b), Outcome::CasMismatch(_)) => {
+            (RegisterOp::Cas(a, b, Some(false)), Some(ret))
+        }
+        (Input::Cas(a, b), _) => (RegisterOp::Cas(a, b, None), None),
+        (Input::Read, _) => return None,
+    };
+    Some(Operation {
+        client: process,
+        op,
+        call,
+        ret,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use strata_check::models::Register;
+    use strata_check::wgl::{self, Budget, Verdict};
+
+    fn check(ops: Vec<Option<Operation<RegisterOp>>>) -> Verdict {
+        let ops: Vec<_> = ops.into_iter().flatten().collect();
+        let budget = Budget {
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(5),
+            states_max: 1 << 20,
+        };
+        wgl::check(&Register, &ops, budget)
+    }
+
+    #[test]
+    fn the_operations_the_checker_gets_catch_a_stale_read_and_pass_a_good_history() {
+        let write = |p, v, call, ret| operation(p, Input::Write(v), &Outcome::Ok(None), call, ret);
+        let read = |p, v, call, ret| operation(p, Input::Read, &Outcome::Ok(v), call, ret);
+        // Write 1, then write 2, then a read of 1 after both acknowledged: stale.
+        let stale = vec![write(0, 1, 0, 1), write(1, 2, 2, 3), read(2, Some(1), 4, 5)];
+        assert_eq!(check(stale), Verdict::NotLinearizable);
+        // The same with the second write unknown: it may not have happened, so reading 1 is fine.
+        let unknown = vec![
+            write(0, 1, 0, 1),
+            operation(
+                1,
+                Input::Write(2),
+                &Outcome::Unknown("timeout".into()),
+                2,
+                3,
+            ),
+            read(2, Some(1), 4, 5),
+        ];
+        assert_eq!(check(unknown), Verdict::Linearizable);
+        // A cas that saw another value failed, observed: it contradicts a register holding 1.
+        let mismatch = vec![
+            write(0, 1, 0, 1),
+            operation(1, Input::Cas(1, 5), &Outcome::CasMismatch(Some(7)), 2, 3),
+        ];
+        assert_eq!(check(mismatch), Verdict::NotLinearizable);
+        // Operations with no effect and nothing observed are left out.
+        assert!(operation(
+            0,
+            Input::Cas(1, 2),
+            &Outcome::NoEffect("conflict".into()),
+            0,
+            1
+        )
+        .is_none());
+    }
+}
