@@ -524,6 +524,9 @@ impl Proxy {
                     let Ok(outbound) = TcpStream::connect(addr(target)).await else {
                         return;
                     };
+                    // Nagle's algorithm would hold small Raft messages back ~40 ms a hop.
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
                     let (mut a, mut b) = (inbound, outbound);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}

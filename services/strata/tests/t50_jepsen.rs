@@ -48,10 +48,10 @@ async fn the_register_stays_linearizable_under_partitions_kills_and_pauses() {
         for f in ["\"read\"", "\"write\"", "\"cas\""] {
             assert!(history.contains(f), "{nemesis}: no {f} in the history");
         }
-        // Writes were acknowledged again after every fault but maybe the last.
+        // After every fault began, a write was acknowledged again (the run ends healed).
         let recovered = report["recovery_ms"].as_array().unwrap();
         assert!(
-            recovered.iter().filter(|r| r.is_number()).count() + 1 >= recovered.len(),
+            recovered.iter().all(serde_json::Value::is_number),
             "{nemesis}: {report}"
         );
     }

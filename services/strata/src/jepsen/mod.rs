@@ -160,7 +160,8 @@ pub struct Report {
     pub during_faults: Latency,
     /// The faults, in order.
     pub faults: Vec<Fault>,
-    /// For each fault: ms from its heal to the first write acknowledged after it.
+    /// For each fault: ms from its start to the acknowledgement of the first write invoked
+    /// after it began (how long writes were unavailable; `None`: none until the end).
     pub recovery_ms: Vec<Option<f64>>,
     /// `linearizable`, `not-linearizable` or `unknown`.
     pub verdict: String,
@@ -345,8 +346,8 @@ fn judge(
         .iter()
         .map(|f| {
             done.iter()
-                .filter(|d| d.writes && d.kind == Kind::Ok && d.ret_us >= f.end_us)
-                .map(|d| (d.ret_us - f.end_us) as f64 / 1000.0)
+                .filter(|d| d.writes && d.kind == Kind::Ok && d.call_us >= f.start_us)
+                .map(|d| (d.ret_us - f.start_us) as f64 / 1000.0)
                 .reduce(f64::min)
         })
         .collect();
