@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use strata::jepsen::proxy::Proxy;
 use strata_proto::v1 as pb;
 use strata_proto::v1::streams_client::StreamsClient;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
 mod common;
@@ -499,50 +499,6 @@ async fn failover_restart_and_snapshot_rejoin_lose_nothing() {
     assert_ne!(current.trim(), "0");
 }
 
-/// A TCP proxy that can cut its link: new connections are refused and open ones dropped.
-struct Proxy {
-    port: u16,
-    blocked: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(target: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (blocked, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut rx = rx.clone();
-                if *rx.borrow() {
-                    drop(inbound);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(addr(target)).await else {
-                        return;
-                    };
-                    // Nagle's algorithm would hold small Raft messages back ~40 ms a hop.
-                    let _ = inbound.set_nodelay(true);
-                    let _ = outbound.set_nodelay(true);
-                    let (mut a, mut b) = (inbound, outbound);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-                        _ = rx.wait_for(|b| *b) => {}
-                    }
-                });
-            }
-        });
-        Proxy { port, blocked }
-    }
-
-    fn block(&self, on: bool) {
-        self.blocked.send_replace(on);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
     let _serial = SERIAL.lock().await;
@@ -555,11 +511,13 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
         for j in 1..=3u64 {
             if i != j {
                 let target = cluster.nodes[&j].raft_port.unwrap();
-                proxies.insert((i, j), Proxy::start(target).await);
+                let target = std::net::SocketAddr::from(([127, 0, 0, 1], target));
+                proxies.insert((i, j), Proxy::start(target).await.unwrap());
             }
         }
     }
-    let routes: HashMap<(u64, u64), u16> = proxies.iter().map(|(k, p)| (*k, p.port)).collect();
+    let routes: HashMap<(u64, u64), u16> =
+        proxies.iter().map(|(k, p)| (*k, p.addr().port())).collect();
     cluster.peer_args(|i, j, _| addr(routes[&(i, j)]));
     cluster.start_all().await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
@@ -572,7 +530,7 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
     // Cut every Raft link to and from the leader; clients still reach it directly.
     for ((i, j), p) in &proxies {
         if *i == leader || *j == leader {
-            p.block(true);
+            p.cut(true);
         }
     }
     let ch = channel(&cluster.addr(leader)).await.unwrap();
@@ -617,7 +575,7 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
     );
     // Heal.
     for p in proxies.values() {
-        p.block(false);
+        p.cut(false);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
