@@ -46,6 +46,12 @@ pub struct ClientConfig {
     /// Most bytes (encoded) of appends in one pipelined message; one larger append goes
     /// alone. Default 1 MiB, 1 KiB to [`strata_proto::MESSAGE_BYTES_HARD_MAX`].
     pub batch_bytes_max: usize,
+    /// Whether calls follow the leader (the default, `true`): to the leader a node names
+    /// when it refuses, and for a stream straight to its shard's leader (the table read from
+    /// the node). `false` binds the client to the given addresses, in order, moving on only
+    /// when one does not answer: the node it talks to forwards to the leader. For clients that
+    /// must stay with one node (in one zone; Jepsen's node-bound clients).
+    pub follow_leaders: bool,
     /// TLS for `https://` addresses (the `tls` feature).
     #[cfg(feature = "tls")]
     pub tls: Option<tonic::transport::ClientTlsConfig>,
@@ -65,6 +71,7 @@ impl Default for ClientConfig {
             linger: Duration::ZERO,
             batch_appends_max: 256,
             batch_bytes_max: 1 << 20,
+            follow_leaders: true,
             #[cfg(feature = "tls")]
             tls: None,
         }

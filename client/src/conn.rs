@@ -180,7 +180,7 @@ impl Connections {
             Retry::Unknown if !idempotent => return Err(failed.error),
             Retry::Refused {
                 leader: Some(leader),
-            } if leader != addr => {
+            } if leader != addr && self.config.follow_leaders => {
                 self.follow(leader);
                 std::time::Duration::ZERO
             }
@@ -239,6 +239,9 @@ impl Connections {
     /// The address of the leader of `stream`'s shard, reading the table from the target node
     /// first when it is due (one quick attempt; without it calls go to the target).
     async fn route(&self, stream: &str) -> Option<String> {
+        if !self.config.follow_leaders {
+            return None;
+        }
         if self.lock_routes().read_due(Instant::now()) {
             let addr = self.target();
             let limit = self.config.attempt_timeout;
@@ -346,6 +349,37 @@ mod tests {
         assert_eq!(c.target(), "d:1");
         c.skip("d:1");
         assert_eq!(c.target(), "a:1");
+    }
+
+    #[tokio::test]
+    async fn a_client_bound_to_its_nodes_ignores_leader_hints_and_routes() {
+        let hint = || Failed {
+            error: Error::Unavailable("not the leader".into()),
+            retry: Retry::Refused {
+                leader: Some("c:1".into()),
+            },
+        };
+        let bound = Connections::new(ClientConfig {
+            follow_leaders: false,
+            backoff_base: std::time::Duration::from_millis(1),
+            ..ClientConfig::new(["a:1", "b:1"])
+        })
+        .unwrap();
+        bound
+            .after_failure("a:1", hint(), true, 1, Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(bound.target(), "a:1");
+        assert_eq!(bound.route("s").await, None);
+        // Not answering still moves it on, within its own addresses.
+        bound.skip("a:1");
+        assert_eq!(bound.target(), "b:1");
+        let following = Connections::new(ClientConfig::new(["a:1", "b:1"])).unwrap();
+        following
+            .after_failure("a:1", hint(), true, 1, Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(following.target(), "c:1");
     }
 
     #[test]
