@@ -31,6 +31,8 @@ pub mod id_filter;
 pub mod index;
 pub mod index_store;
 pub mod log;
+pub mod lossy_fs;
+pub mod planted;
 pub mod reader;
 pub mod reclaimed;
 pub mod retention;

@@ -716,6 +716,12 @@ impl Replica {
                 self.shard_id
             )));
         }
+        if strata_engine::planted::bug(strata_engine::planted::Bug::ReadWithoutReadIndex)
+            && self.raft.metrics().borrow().current_leader == Some(self.node_id)
+        {
+            // A planted bug (test builds only): a leader serves without confirming it leads.
+            return Ok(());
+        }
         let check = self.raft.ensure_linearizable();
         match tokio::time::timeout(self.settings.read_timeout, check).await {
             Err(_) => Err(ReplicaError::Unavailable(format!(

@@ -177,7 +177,7 @@ impl Node {
         // One budget for the node's moves: slot copies and new replicas' catch-up.
         let throttle = Throttle::new(config.service.moves.clone(), stats.clone());
         let (stop, stopped) = watch::channel(false);
-        let round = RoundFs::new(Arc::new(StdFs));
+        let round = RoundFs::new(node_fs());
         let cache = IndexCache::new(INDEX_CACHE_BYTES_DEFAULT)
             .map_err(|e| engine_error(&config.data_dir, e))?;
         let mut parts = HostParts {
@@ -540,6 +540,19 @@ fn directory(meta: &Meta) -> Directory {
 /// map places on this node; the directories of others (their replicas moved away while the
 /// node was down) are deleted — and on a replicated node of several shards its replica of the
 /// metadata group (see `crate::meta`).
+/// The file system the node's logs live on: the real one, or in a test build asked for it
+/// (`STRATA_TEST_DISK=lose-unsynced`), one that loses unsynced writes when the process dies.
+fn node_fs() -> Arc<dyn strata_engine::fs::FileSystem> {
+    if strata_engine::planted::lose_unsynced_writes() {
+        tracing::warn!("this node's disk loses unsynced writes on a kill (test build)");
+        Arc::new(strata_engine::lossy_fs::LoseUnsyncedFs::new(Arc::new(
+            StdFs,
+        )))
+    } else {
+        Arc::new(StdFs)
+    }
+}
+
 async fn open_shards(config: &NodeConfig, host: &Host) -> Result<LocalShards, NodeError> {
     let layout = read_layout(config).await?;
     let several = layout.dirs.len() > 1;
