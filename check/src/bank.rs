@@ -33,6 +33,8 @@ pub struct Verdict {
     pub violations: Vec<Violation>,
     /// How many there were in all.
     pub count: usize,
+    /// How many of each class.
+    pub counts: Vec<(String, usize)>,
     /// Reads checked.
     pub reads: usize,
 }
@@ -79,6 +81,10 @@ pub fn check(reads: &[Read], accounts: usize, total: i64) -> Verdict {
         };
         if let Some((class, explanation)) = found {
             verdict.count += 1;
+            match verdict.counts.iter_mut().find(|(c, _)| c == class) {
+                Some((_, n)) => *n += 1,
+                None => verdict.counts.push((class.to_string(), 1)),
+            }
             if verdict.violations.len() < VIOLATIONS_MAX {
                 verdict.violations.push(Violation {
                     class,
@@ -121,6 +127,7 @@ mod tests {
         let reads: Vec<Read> = (0..40).map(|i| read(i, &[1, 1])).collect();
         let v = check(&reads, 2, 3);
         assert_eq!(v.count, 40);
+        assert_eq!(v.counts, [("wrong-total".to_string(), 40)]);
         assert_eq!(v.violations.len(), VIOLATIONS_MAX);
     }
 }

@@ -226,7 +226,13 @@ fn origins(txns: &[Txn]) -> Result<HashMap<(Key, Value), Origin>, InputError> {
                 .iter()
                 .any(|x| matches!(x, Mop::Append(k2, _) if k2 == k));
             if origin
-                .insert((*k, *v), Origin { txn: i, intermediate })
+                .insert(
+                    (*k, *v),
+                    Origin {
+                        txn: i,
+                        intermediate,
+                    },
+                )
                 .is_some()
             {
                 return Err(InputError(format!(
@@ -435,7 +441,10 @@ impl Graph {
                     Self::writer(facts, *k, pair[1]),
                 ) {
                     self.add(a, b, Edge::Ww, || {
-                        format!("T{a} appended {} to key {k}, T{b} appended {} next", pair[0], pair[1])
+                        format!(
+                            "T{a} appended {} to key {k}, T{b} appended {} next",
+                            pair[0], pair[1]
+                        )
                     });
                 }
             }
@@ -455,7 +464,9 @@ impl Graph {
             if let Some(next) = order.get(list.len()) {
                 if let Some(w) = Self::writer(facts, k, *next) {
                     self.add(r, w, Edge::Rw, || {
-                        format!("T{r} read key {k} = {list:?}, T{w} appended {next}, the next element")
+                        format!(
+                            "T{r} read key {k} = {list:?}, T{w} appended {next}, the next element"
+                        )
                     });
                 }
             }
@@ -503,8 +514,16 @@ const CLASSES: [(&str, &[Edge], RwCount); 8] = [
     ("G-single", &[Edge::Ww, Edge::Wr, Edge::Rw], RwCount::One),
     ("G2", &[Edge::Ww, Edge::Wr, Edge::Rw], RwCount::Many),
     ("G0-realtime", &[Edge::Ww, Edge::Rt], RwCount::Zero),
-    ("G1c-realtime", &[Edge::Ww, Edge::Wr, Edge::Rt], RwCount::Zero),
-    ("G-single-realtime", &[Edge::Ww, Edge::Wr, Edge::Rw, Edge::Rt], RwCount::One),
+    (
+        "G1c-realtime",
+        &[Edge::Ww, Edge::Wr, Edge::Rt],
+        RwCount::Zero,
+    ),
+    (
+        "G-single-realtime",
+        &[Edge::Ww, Edge::Wr, Edge::Rw, Edge::Rt],
+        RwCount::One,
+    ),
     ("G2-realtime", &Edge::ALL, RwCount::Many),
 ];
 
@@ -575,10 +594,9 @@ fn find_cycle(
             // The first edge a → b, then a path back b ⇝ a.
             let (first, rest_mask) = match rw {
                 RwCount::Zero if bits & no_rw != 0 => (first_kind(bits & no_rw), no_rw),
-                RwCount::One | RwCount::Many if bits & Edge::Rw.bit() != 0 => (
-                    Edge::Rw,
-                    if rw == RwCount::One { no_rw } else { allowed },
-                ),
+                RwCount::One | RwCount::Many if bits & Edge::Rw.bit() != 0 => {
+                    (Edge::Rw, if rw == RwCount::One { no_rw } else { allowed })
+                }
                 _ => continue,
             };
             let Some(back) = bfs(graph, inside, b, a, rest_mask) else {
@@ -597,7 +615,11 @@ fn find_cycle(
                 from,
                 to,
                 edge,
-                why: graph.why.get(&(from, to, edge)).cloned().unwrap_or_default(),
+                why: graph
+                    .why
+                    .get(&(from, to, edge))
+                    .cloned()
+                    .unwrap_or_default(),
             })
             .collect()
     })

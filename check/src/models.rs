@@ -148,6 +148,40 @@ impl Model for Register {
     }
 }
 
+/// Drops the unknown-outcome writes and compare-and-sets whose written value no operation
+/// observed: the search then has far fewer pending operations to place. Sound: in any
+/// linearization holding such an operation, the value it wrote is never read, so the next
+/// operation that depends on the value (a read, a successful cas — both observe it) cannot come
+/// before the next write; removing it leaves every other result as it was. A failed cas whose
+/// observed value is unknown (`Cas(_, _, Some(false))`) depends on the value without naming
+/// it, so a history with one is returned unpruned (record the value a failed cas saw as a
+/// `Read` instead, as `strata jepsen` does).
+pub fn prune_unobserved_writes(ops: Vec<Operation<RegisterOp>>) -> Vec<Operation<RegisterOp>> {
+    if ops
+        .iter()
+        .any(|o| matches!(o.op, RegisterOp::Cas(_, _, Some(false))))
+    {
+        return ops;
+    }
+    let observed: std::collections::HashSet<i64> = ops
+        .iter()
+        .filter_map(|o| match o.op {
+            RegisterOp::Read(v) => v,
+            RegisterOp::Cas(from, _, Some(true)) => Some(from),
+            _ => None,
+        })
+        .collect();
+    ops.into_iter()
+        .filter(|o| {
+            let written = match o.op {
+                RegisterOp::Write(v) | RegisterOp::Cas(_, v, None) => v,
+                _ => return true,
+            };
+            o.ret.is_some() || observed.contains(&written)
+        })
+        .collect()
+}
+
 enum RegisterInput {
     Read,
     Write(i64),
@@ -598,4 +632,68 @@ pub fn parse_stream(text: &str) -> Result<Partitions<StreamOp>, ParseError> {
             (s, ops)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+    use crate::wgl::{check, Budget, Verdict};
+
+    fn op(client: u64, op: RegisterOp, call: usize, ret: Option<usize>) -> Operation<RegisterOp> {
+        Operation {
+            client,
+            op,
+            call,
+            ret,
+        }
+    }
+
+    fn verdict(ops: &[Operation<RegisterOp>]) -> Verdict {
+        let budget = Budget {
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(5),
+            states_max: 1 << 20,
+        };
+        check(&Register, ops, budget)
+    }
+
+    #[test]
+    fn unobserved_unknown_writes_go_and_verdicts_stay() {
+        use RegisterOp::*;
+        // Write 1; an unknown write of 2 nobody saw; a read of 1: fine either way.
+        let ok = vec![
+            op(0, Write(1), 0, Some(1)),
+            op(1, Write(2), 2, None),
+            op(2, Read(Some(1)), 3, Some(4)),
+        ];
+        let pruned = prune_unobserved_writes(ok.clone());
+        assert_eq!(pruned.len(), 2);
+        assert_eq!(verdict(&ok), Verdict::Linearizable);
+        assert_eq!(verdict(&pruned), Verdict::Linearizable);
+        // Seen by a read (or as a successful cas's from): kept.
+        let seen = vec![
+            op(1, Write(2), 0, None),
+            op(2, Read(Some(2)), 1, Some(2)),
+            op(3, Cas(9, 4, None), 3, None),
+            op(4, Cas(4, 5, Some(true)), 4, Some(5)),
+        ];
+        assert_eq!(prune_unobserved_writes(seen.clone()).len(), 4);
+        // A stale read stays a stale read.
+        let stale = vec![
+            op(0, Write(1), 0, Some(1)),
+            op(1, Write(3), 2, None),
+            op(2, Write(2), 3, Some(4)),
+            op(3, Read(Some(1)), 5, Some(6)),
+        ];
+        assert_eq!(verdict(&stale), Verdict::NotLinearizable);
+        assert_eq!(
+            verdict(&prune_unobserved_writes(stale)),
+            Verdict::NotLinearizable
+        );
+        // A failed cas depends on a value it does not name: nothing is pruned.
+        let failed = vec![
+            op(1, Write(2), 0, None),
+            op(2, Cas(1, 3, Some(false)), 1, Some(2)),
+        ];
+        assert_eq!(prune_unobserved_writes(failed).len(), 2);
+    }
 }

@@ -245,8 +245,14 @@ fn incompatible_orders_garbage_and_duplicates() {
         .ok(vec![r(1, &[1, 2])])
         .ok(vec![r(1, &[1, 3])]);
     let v = h.check();
-    assert!(classes(&v).contains(&"incompatible-order"), "{:?}", v.anomalies);
-    let h = H::new().ok(vec![a(1, 1)]).ok(vec![r(1, &[1, 1]), r(2, &[7])]);
+    assert!(
+        classes(&v).contains(&"incompatible-order"),
+        "{:?}",
+        v.anomalies
+    );
+    let h = H::new()
+        .ok(vec![a(1, 1)])
+        .ok(vec![r(1, &[1, 1]), r(2, &[7])]);
     let v = h.check();
     assert_eq!(classes(&v), ["duplicate-elements", "garbage-read"]);
 }

@@ -1,7 +1,8 @@
-//! `strata jepsen` as CI runs it: short runs of the register workload under each nemesis on
-//! its own three-node cluster, each required to end linearizable (exit 0, verdict on the last
-//! line), with faults actually injected and operations of every kind in the history; and bad
-//! usage refused with exit 2. The long version: `strata jepsen --time 600` per nemesis.
+//! `strata jepsen` as CI runs it: short runs of each workload (register, list-append, bank)
+//! under each nemesis on its own three-node cluster, each required to end with a clean verdict
+//! (exit 0, verdict on the last line), with faults actually injected and operations of every
+//! kind in the history; and bad usage refused with exit 2. The long version:
+//! `strata jepsen --time 600` per workload and nemesis.
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,10 +13,20 @@ use std::process::Command;
 
 use common::*;
 
-fn jepsen(nemesis: &str, dir: &std::path::Path) -> (std::process::Output, serde_json::Value) {
+fn jepsen(
+    workload: &str,
+    nemesis: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Output, serde_json::Value) {
     let out = Command::new(STRATA)
-        .args(["jepsen", "--workload", "register", "--nemesis", nemesis])
-        .args(["--time", "10", "--fault-secs", "2", "--clients", "4"])
+        .args(["jepsen", "--workload", workload, "--nemesis", nemesis])
+        .args(if extra.contains(&"--time") {
+            &[][..]
+        } else {
+            &["--time", "10", "--fault-secs", "2", "--clients", "4"][..]
+        })
+        .args(extra)
         .arg("--dir")
         .arg(dir)
         .output()
@@ -27,34 +38,133 @@ fn jepsen(nemesis: &str, dir: &std::path::Path) -> (std::process::Output, serde_
     (out, report)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_register_stays_linearizable_under_partitions_kills_and_pauses() {
-    let _serial = SERIAL.lock().await;
-    for nemesis in ["partition", "kill", "pause"] {
+/// Short runs of `workload` under each nemesis: each must end with the clean verdict, faults
+/// injected, operations of each kind `fs` in the history, and writes acknowledged again after
+/// every fault.
+fn clean_under(workload: &str, nemeses: &[&str], extra: &[&str], verdict: &str, fs: &[&str]) {
+    for nemesis in nemeses {
         let dir = tempfile::tempdir().unwrap();
-        let (out, report) = jepsen(nemesis, dir.path());
+        let (out, report) = jepsen(workload, nemesis, dir.path(), extra);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let last = stdout.lines().last().unwrap_or_default().to_string();
         assert!(
-            out.status.success() && last.contains(": linearizable"),
-            "{nemesis}: {last}\n{}",
+            out.status.success() && last.contains(&format!(": {verdict} (")),
+            "{workload} {nemesis}: {last}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        eprintln!("{nemesis}: {last}");
+        eprintln!("{workload} {nemesis}: {last}");
         let faults = report["faults"].as_array().unwrap();
         assert!(faults.len() >= 2, "{nemesis}: {report}");
         assert!(report["ok"].as_u64().unwrap() > 50, "{nemesis}: {report}");
         let history = std::fs::read_to_string(dir.path().join("history.jsonl")).unwrap();
-        for f in ["\"read\"", "\"write\"", "\"cas\""] {
+        for f in fs {
             assert!(history.contains(f), "{nemesis}: no {f} in the history");
         }
-        // After every fault began, a write was acknowledged again (the run ends healed).
         let recovered = report["recovery_ms"].as_array().unwrap();
         assert!(
             recovered.iter().all(serde_json::Value::is_number),
             "{nemesis}: {report}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_register_stays_linearizable_under_partitions_kills_and_pauses() {
+    let _serial = SERIAL.lock().await;
+    clean_under(
+        "register",
+        &["partition", "kill", "pause"],
+        &[],
+        "linearizable",
+        &["\"read\"", "\"write\"", "\"cas\""],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_append_transactions_stay_strict_serializable_under_every_nemesis() {
+    let _serial = SERIAL.lock().await;
+    clean_under(
+        "list-append",
+        &["partition", "bridge", "one-way", "kill", "pause"],
+        &[],
+        "valid",
+        &["[\"r\",", "[\"append\","],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bank_conserves_money_under_every_nemesis() {
+    let _serial = SERIAL.lock().await;
+    clean_under(
+        "bank",
+        &["majority", "kill", "pause"],
+        &[],
+        "valid",
+        &["\"read\"", "\"transfer\""],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster() {
+    let _serial = SERIAL.lock().await;
+    // Every node killed at once, each on a disk that loses what it had not synced.
+    clean_under(
+        "register",
+        &["kill-all"],
+        &["--lose-unsynced"],
+        "linearizable",
+        &["\"write\""],
+    );
+}
+
+/// Runs `workload` under `nemesis` with `bug` planted, up to `attempts` times, until a run
+/// ends with a violation (exit 1, the bad verdict on the last line); returns the attempt.
+fn caught(bug: &str, workload: &str, nemesis: &str, extra: &[&str], attempts: u32) -> u32 {
+    for attempt in 1..=attempts {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["--planted-bug", bug];
+        args.extend_from_slice(extra);
+        let (out, report) = jepsen(workload, nemesis, dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let verdict = report["verdict"].as_str().unwrap_or_default().to_string();
+        assert_eq!(report["planted_bug"], bug, "{stderr}");
+        if out.status.code() == Some(1)
+            && matches!(verdict.as_str(), "not-linearizable" | "invalid")
+        {
+            eprintln!("{bug}: caught by {workload} under {nemesis}, attempt {attempt}");
+            return attempt;
+        }
+        assert_eq!(out.status.code(), Some(0), "{bug}: {stderr}");
+    }
+    panic!("{bug}: not caught by {workload} under {nemesis} in {attempts} runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_planted_bug_is_caught() {
+    let _serial = SERIAL.lock().await;
+    // Two writers both pass a compare-and-set's version check: two cas of one value succeed.
+    caught("skip-expected-version", "register", "none", &[], 1);
+    // ...and two transfers both spend the same balance: money appears or vanishes.
+    caught("skip-expected-version", "bank", "none", &[], 1);
+    // A deposed leader, cut off, keeps answering its clients' reads from its stale state.
+    // (Faults of 4 s: the rest need 1 to 2 s to elect a leader and write; 10 clients, so the
+    // deposed leader's clients read often enough between their stuck writes.)
+    let long = ["--time", "16", "--fault-secs", "4", "--clients", "10"];
+    caught(
+        "read-without-read-index",
+        "register",
+        "isolate-leader",
+        &long,
+        3,
+    );
+    // Appends acknowledged before their fdatasync die with a whole-cluster power cut.
+    caught(
+        "ack-before-fsync",
+        "register",
+        "kill-all",
+        &["--lose-unsynced"],
+        3,
+    );
 }
 
 #[test]
@@ -64,6 +174,10 @@ fn bad_usage_is_refused_with_exit_2() {
         (&["--nodes", "4"][..], "--nodes"),
         (&["--clients", "65"][..], "--clients"),
         (&["--fault-secs", "0"][..], "--fault-secs"),
+        (
+            &["--planted-bug", "no-such-bug"][..],
+            "--planted-bug: one of",
+        ),
     ] {
         let out = Command::new(STRATA)
             .arg("jepsen")

@@ -1,10 +1,12 @@
 //! The run's own cluster: `nodes` real `strata node` processes (this binary) on loopback, each
-//! with its client port and a Raft port of its own, and a [`Proxy`] on every directed Raft
-//! link, so a partition can cut any link in either direction while clients still reach every
-//! node. Node n's data and log are under DIR/node-n.
+//! with its client port and a Raft port of its own, and a [`Proxy`] on every directed link
+//! between nodes (Raft, and the client port a node forwards appends and reads to), so a
+//! partition can cut any link in either direction while clients still reach every node. Node
+//! n's data and log are under DIR/node-n.
 //!
 //! ```text
-//!   node i ──dials──▶ proxy (i→j) ──▶ node j's Raft port        clients ──▶ client ports
+//!   node i ──dials──▶ proxy (i→j, raft)   ──▶ node j's Raft port
+//!   node i ──dials──▶ proxy (i→j, client) ──▶ node j's client port     clients ──▶ client ports
 //! ```
 
 use std::collections::BTreeMap;
@@ -36,7 +38,11 @@ pub struct LocalCluster {
     exe: PathBuf,
     nodes: BTreeMap<u64, NodeProc>,
     clients: BTreeMap<u64, SocketAddr>,
-    links: BTreeMap<(u64, u64), Proxy>,
+    /// Node i's links to node j: its Raft connections, and its client-port ones (forwarded
+    /// appends and reads, status).
+    links: BTreeMap<(u64, u64), [Proxy; 2]>,
+    /// Environment given to every node (planted bugs, a lossy disk: test builds only).
+    env: Vec<(String, String)>,
 }
 
 /// A free loopback port below the kernel's ephemeral range (32768 and up on Linux): a killed
@@ -71,7 +77,11 @@ fn quick_client(addr: SocketAddr) -> Option<Client> {
 
 impl LocalCluster {
     /// Starts `nodes` nodes under `dir`, forms the cluster and waits for its leader.
-    pub async fn start(dir: &Path, nodes: u64) -> Result<LocalCluster, Failure> {
+    pub async fn start(
+        dir: &Path,
+        nodes: u64,
+        env: Vec<(String, String)>,
+    ) -> Result<LocalCluster, Failure> {
         let exe =
             std::env::current_exe().map_err(|e| Failure::new(format!("finding strata: {e}")))?;
         let ids: Vec<u64> = (1..=nodes).collect();
@@ -84,10 +94,12 @@ impl LocalCluster {
         let mut links = BTreeMap::new();
         for i in &ids {
             for j in ids.iter().filter(|j| *j != i) {
-                let proxy = Proxy::start(rafts[j])
-                    .await
-                    .map_err(|e| Failure::new(format!("starting the proxy {i}→{j}: {e}")))?;
-                links.insert((*i, *j), proxy);
+                let proxy = |to: SocketAddr| async move {
+                    Proxy::start(to)
+                        .await
+                        .map_err(|e| Failure::new(format!("starting a proxy {i}→{j}: {e}")))
+                };
+                links.insert((*i, *j), [proxy(rafts[j]).await?, proxy(clients[j]).await?]);
             }
         }
         let mut procs = BTreeMap::new();
@@ -110,7 +122,8 @@ impl LocalCluster {
             ];
             for j in ids.iter().filter(|j| *j != id) {
                 args.push("--peer".into());
-                args.push(format!("{j}={},{}", clients[j], links[&(*id, *j)].addr()));
+                let [raft, client] = &links[&(*id, *j)];
+                args.push(format!("{j}={},{}", client.addr(), raft.addr()));
             }
             procs.insert(
                 *id,
@@ -127,6 +140,7 @@ impl LocalCluster {
             nodes: procs,
             clients,
             links,
+            env,
         };
         for id in &ids {
             cluster.start_node(*id)?;
@@ -202,6 +216,7 @@ impl LocalCluster {
         let child = Command::new(&self.exe)
             .args(&node.args)
             .env("STRATA_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -233,6 +248,22 @@ impl LocalCluster {
         }
     }
 
+    /// SIGKILLs every node of `ids` at once (signals first, then reaping), so none outlives
+    /// another by more than the time to send a signal.
+    pub fn kill_all(&mut self, ids: &[u64]) {
+        for id in ids {
+            self.signal(*id, libc::SIGKILL);
+        }
+        for id in ids {
+            if let Some(mut child) = self.nodes.get_mut(id).and_then(|n| n.child.take()) {
+                // Reaped in the background: the process is dead already.
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
+        }
+    }
+
     /// Starts node `id` again if it is not running.
     pub fn restart(&mut self, id: u64) -> Result<(), Failure> {
         match self.nodes.get(&id) {
@@ -249,18 +280,19 @@ impl LocalCluster {
         }
     }
 
-    /// Cuts (`true`) or heals every link between the nodes of `a` and those of `b`, both ways.
-    pub fn partition(&self, a: &[u64], b: &[u64], on: bool) {
-        for ((i, j), proxy) in &self.links {
-            if (a.contains(i) && b.contains(j)) || (b.contains(i) && a.contains(j)) {
-                proxy.cut(on);
+    /// Cuts (`true`) or heals the directed links `(i, j)`: node i's connections to node j
+    /// (its requests, and j's answers to them). Cutting both directions separates the nodes.
+    pub fn cut(&self, links: &[(u64, u64)], on: bool) {
+        for (link, proxies) in &self.links {
+            if links.contains(link) {
+                proxies.iter().for_each(|p| p.cut(on));
             }
         }
     }
 
     /// Ends every fault: links healed, paused nodes continued, killed nodes started.
     pub fn heal(&mut self) -> Result<(), Failure> {
-        for proxy in self.links.values() {
+        for proxy in self.links.values().flatten() {
             proxy.cut(false);
         }
         for id in self.ids() {

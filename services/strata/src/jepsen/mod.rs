@@ -3,33 +3,41 @@
 //! workload of concurrent clients for `--time` seconds while a nemesis injects faults,
 //! records the history (invoke / ok / fail / info with times), heals, and checks it.
 //!
-//! Built: the register workload (linearizability, the WGL search of `strata-check`) under
-//! the `none`, `partition`, `kill` and `pause` nemeses. Output in `--dir`: the nodes' data and
+//! Workloads: register (linearizability, the WGL search of `strata-check`), list-append
+//! (transactions over several streams, checked Elle-style for strict serializability) and bank
+//! (conservation of money). Nemeses: `none`, `partition`, `kill`, `pause`. Output in `--dir`: the nodes' data and
 //! logs, `history.jsonl`, `report.json`; the last line printed names the verdict. Exit 0 when
-//! linearizable, 1 when not (or unknown within the checker's budget), 2 for bad usage.
+//! linearizable (register) or valid (the others), 1 when not (or unknown within the checker's
+//! budget), 2 for bad usage.
 
+mod bank;
 mod cluster;
 mod history;
+mod listappend;
 mod nemesis;
 pub mod proxy;
 mod register;
 mod rng;
+mod snapshot;
+mod workload;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use strata_check::wgl::{self, Budget, Verdict};
+use strata_check::{bank as bank_check, elle};
 use strata_client::{Client, ClientConfig};
+use strata_engine::planted;
 
 use self::cluster::LocalCluster;
 use self::history::{History, Kind};
 use self::nemesis::Fault;
 pub use self::nemesis::NemesisKind;
-use self::register::Done;
 use self::rng::Rng;
+use self::workload::{client_loop, Ctx, Done, Record};
 use crate::Failure;
 
 /// Longest run (`--time`), seconds.
@@ -45,10 +53,17 @@ const SETTLE: Duration = Duration::from_secs(3);
 
 /// Which workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Workload {
-    /// One stream as a compare-and-set register (read, write, cas through expected versions).
+    /// One stream as a compare-and-set register (read, write, cas through expected versions);
+    /// checked for linearizability.
     Register,
+    /// Transactions over several streams: snapshot reads, `AppendMulti` appends and
+    /// read-modify-writes through expected versions; checked Elle-style for strict
+    /// serializability.
+    ListAppend,
+    /// Transfers between accounts; every snapshot of the balances must hold the same total.
+    Bank,
 }
 
 /// `strata jepsen`.
@@ -57,7 +72,7 @@ pub struct JepsenArgs {
     /// The workload.
     #[arg(long, value_enum, default_value = "register")]
     pub workload: Workload,
-    /// The faults: none, partition, kill or pause.
+    /// The faults (see the nemesis list in the README).
     #[arg(long, value_enum, default_value = "partition")]
     pub nemesis: NemesisKind,
     /// Seconds of workload under faults (1 to 3600); 3 healed seconds follow.
@@ -79,6 +94,13 @@ pub struct JepsenArgs {
     /// system's temporary one, kept).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Test builds only: break one guarantee in every node (ack-before-fsync,
+    /// read-without-read-index, skip-expected-version), to see the run catch it.
+    #[arg(long)]
+    pub planted_bug: Option<String>,
+    /// Test builds only: the nodes' disks lose unsynced writes when killed (a power cut).
+    #[arg(long)]
+    pub lose_unsynced: bool,
 }
 
 impl JepsenArgs {
@@ -107,7 +129,36 @@ impl JepsenArgs {
         if !(1..=60).contains(&self.fault_secs) {
             return usage(format!("--fault-secs: 1 to 60, not {}", self.fault_secs));
         }
+        let test_only = self.planted_bug.is_some() || self.lose_unsynced;
+        if test_only && !planted::AVAILABLE {
+            return usage(
+                "--planted-bug and --lose-unsynced need a test build (cargo test builds the \
+                 strata binary with the planted-bugs feature); this one cannot plant anything"
+                    .into(),
+            );
+        }
+        if let Some(name) = &self.planted_bug {
+            if planted::Bug::named(name).is_none() {
+                let names: Vec<&str> = planted::Bug::ALL.iter().map(|(n, _)| *n).collect();
+                return usage(format!(
+                    "--planted-bug: one of {}, not {name:?}",
+                    names.join(", ")
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// What the nodes' environment gets.
+    fn node_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some(bug) = &self.planted_bug {
+            env.push((planted::BUG_VAR.to_string(), bug.clone()));
+        }
+        if self.lose_unsynced {
+            env.push((planted::DISK_VAR.to_string(), "lose-unsynced".to_string()));
+        }
+        env
     }
 }
 
@@ -142,6 +193,10 @@ pub struct Report {
     pub workload: Workload,
     /// The nemesis.
     pub nemesis: NemesisKind,
+    /// The bug planted in the nodes, if any (test builds).
+    pub planted_bug: Option<String>,
+    /// Whether the nodes' disks lost unsynced writes when killed (test builds).
+    pub lose_unsynced: bool,
     /// The seed.
     pub seed: u64,
     /// Seconds of workload.
@@ -163,8 +218,13 @@ pub struct Report {
     /// For each fault: ms from its start to the acknowledgement of the first write invoked
     /// after it began (how long writes were unavailable; `None`: none until the end).
     pub recovery_ms: Vec<Option<f64>>,
-    /// `linearizable`, `not-linearizable` or `unknown`.
+    /// `linearizable`, `not-linearizable` or `unknown` (register); `valid` or `invalid`
+    /// (list-append: strict serializable or not; bank: money conserved or not).
     pub verdict: String,
+    /// Anomalies found, each with its witness, in words (at most 8 of each class).
+    pub anomalies: Vec<String>,
+    /// How many anomalies of each class.
+    pub anomaly_counts: Vec<(String, usize)>,
     /// Where the run's files are.
     pub dir: PathBuf,
 }
@@ -191,15 +251,23 @@ pub async fn run(args: JepsenArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| Failure::new(format!("creating {}: {e}", dir.display())))?;
     eprintln!(
-        "strata jepsen: {} under {} for {} s, {} clients, {} nodes, seed {seed}, in {}",
+        "strata jepsen: {} under {} for {} s, {} clients, {} nodes, seed {seed}, in {}{}{}",
         name(args.workload),
         name(args.nemesis),
         args.time,
         args.clients,
         args.nodes,
-        dir.display()
+        dir.display(),
+        args.planted_bug
+            .as_ref()
+            .map_or(String::new(), |b| format!(", planted bug {b}")),
+        if args.lose_unsynced {
+            ", disks losing unsynced writes"
+        } else {
+            ""
+        }
     );
-    let mut cluster = LocalCluster::start(&dir, args.nodes).await?;
+    let mut cluster = LocalCluster::start(&dir, args.nodes, args.node_env()).await?;
     let outcome = drive(&args, seed, &mut cluster).await;
     cluster.stop().await;
     let (history, done, faults) = outcome?;
@@ -219,8 +287,11 @@ pub async fn run(args: JepsenArgs) -> Result<(), Failure> {
         report.info,
         dir.display()
     );
+    for a in &report.anomalies {
+        eprintln!("strata jepsen: {a}");
+    }
     match report.verdict.as_str() {
-        "linearizable" => Ok(()),
+        "linearizable" | "valid" => Ok(()),
         _ => Err(Failure::new(format!(
             "the history is {}; see {}/history.jsonl",
             report.verdict,
@@ -239,23 +310,47 @@ async fn drive(
 ) -> Result<Driven, Failure> {
     let history = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
+    // Short timeouts, as Jepsen's clients have: an operation stuck behind a fault gives up
+    // (info) within a second and the client goes on, so every node keeps being asked.
     let config = ClientConfig {
-        connect_timeout: Duration::from_millis(500),
-        attempt_timeout: Duration::from_secs(1),
-        deadline: Duration::from_secs(3),
+        connect_timeout: Duration::from_millis(300),
+        attempt_timeout: Duration::from_millis(500),
+        deadline: Duration::from_secs(1),
         ..ClientConfig::new(cluster.client_addrs())
     };
+    if args.workload == Workload::Bank {
+        let client = Client::new(config.clone()).map_err(|e| Failure::new(e.to_string()))?;
+        bank::open(&client)
+            .await
+            .map_err(|e| Failure::new(format!("opening the accounts: {e}")))?;
+    }
+    let begun = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for number in 0..args.clients {
-        let client = Client::new(config.clone()).map_err(|e| Failure::new(e.to_string()))?;
-        clients.push(tokio::spawn(register::client_loop(
-            client,
+        // Bound to one node as Jepsen's clients are (client i to node i mod n, whatever
+        // happens to it): the node forwards to the leader, so a deposed leader still hears
+        // from its clients, and a dead node's clients fail until it is back.
+        let all = &config.addresses;
+        let bound = ClientConfig {
+            addresses: vec![all[number as usize % all.len()].clone()],
+            follow_leaders: false,
+            ..config.clone()
+        };
+        let ctx = Ctx {
+            client: Client::new(bound).map_err(|e| Failure::new(e.to_string()))?,
             number,
-            args.clients,
+            clients: args.clients,
             seed,
-            history.clone(),
-            stop.clone(),
-        )));
+            history: history.clone(),
+            stop: stop.clone(),
+        };
+        clients.push(match args.workload {
+            Workload::Register => tokio::spawn(client_loop(register::Register::default(), ctx)),
+            Workload::ListAppend => {
+                tokio::spawn(client_loop(listappend::ListAppend::new(begun.clone()), ctx))
+            }
+            Workload::Bank => tokio::spawn(client_loop(bank::Bank::new(), ctx)),
+        });
     }
     let faults = nemesis_loop(args, seed, cluster, &history).await;
     let healed = cluster.heal();
@@ -322,16 +417,7 @@ fn judge(
     let path = dir.join("history.jsonl");
     std::fs::write(&path, lines)
         .map_err(|e| Failure::new(format!("writing {}: {e}", path.display())))?;
-    let ops: Vec<_> = done.iter().filter_map(|d| d.op.clone()).collect();
-    let budget = Budget {
-        deadline: Instant::now() + CHECK_TIME,
-        states_max: CHECK_STATES_MAX,
-    };
-    let verdict = match wgl::check(&strata_check::models::Register, &ops, budget) {
-        Verdict::Linearizable => "linearizable",
-        Verdict::NotLinearizable => "not-linearizable",
-        Verdict::Unknown => "unknown",
-    };
+    let checked = check(args.workload, done)?;
     let in_fault = |us: u64| faults.iter().any(|f| f.start_us <= us && us < f.end_us);
     let (during, calm): (Vec<&Done>, Vec<&Done>) = done.iter().partition(|d| in_fault(d.call_us));
     let took = |ds: Vec<&Done>| {
@@ -355,6 +441,8 @@ fn judge(
     let report = Report {
         workload: args.workload,
         nemesis: args.nemesis,
+        planted_bug: args.planted_bug.clone(),
+        lose_unsynced: args.lose_unsynced,
         seed,
         time_secs: args.time,
         ops: done.len(),
@@ -365,7 +453,9 @@ fn judge(
         during_faults: took(during),
         faults,
         recovery_ms,
-        verdict: verdict.into(),
+        verdict: checked.verdict,
+        anomalies: checked.anomalies,
+        anomaly_counts: checked.counts,
         dir: dir.to_path_buf(),
     };
     let path = dir.join("report.json");
@@ -375,4 +465,101 @@ fn judge(
     )
     .map_err(|e| Failure::new(format!("writing {}: {e}", path.display())))?;
     Ok(report)
+}
+
+/// A checker's answer.
+struct Checked {
+    verdict: String,
+    anomalies: Vec<String>,
+    counts: Vec<(String, usize)>,
+}
+
+/// Checks the operations with the workload's checker.
+fn check(workload: Workload, done: &[Done]) -> Result<Checked, Failure> {
+    let records = done.iter().filter_map(|d| d.record.clone());
+    Ok(match workload {
+        Workload::Register => {
+            let ops: Vec<_> = records
+                .filter_map(|r| match r {
+                    Record::Register(op) => Some(op),
+                    _ => None,
+                })
+                .collect();
+            let ops = strata_check::models::prune_unobserved_writes(ops);
+            let budget = Budget {
+                deadline: Instant::now() + CHECK_TIME,
+                states_max: CHECK_STATES_MAX,
+            };
+            let verdict = match wgl::check(&strata_check::models::Register, &ops, budget) {
+                Verdict::Linearizable => "linearizable",
+                Verdict::NotLinearizable => "not-linearizable",
+                Verdict::Unknown => "unknown",
+            };
+            Checked {
+                verdict: verdict.into(),
+                anomalies: Vec::new(),
+                counts: Vec::new(),
+            }
+        }
+        Workload::ListAppend => {
+            let txns: Vec<_> = records
+                .filter_map(|r| match r {
+                    Record::Txn(t) => Some(t),
+                    _ => None,
+                })
+                .collect();
+            let v = elle::check(&txns).map_err(|e| Failure::new(e.0))?;
+            Checked {
+                verdict: if v.valid() { "valid" } else { "invalid" }.into(),
+                anomalies: v.anomalies.iter().map(|a| witness(a, &txns)).collect(),
+                counts: v.counts,
+            }
+        }
+        Workload::Bank => {
+            let reads: Vec<_> = records
+                .filter_map(|r| match r {
+                    Record::Bank(read) => Some(read),
+                    _ => None,
+                })
+                .collect();
+            let v = bank_check::check(&reads, bank::ACCOUNTS as usize, bank::TOTAL);
+            Checked {
+                verdict: if v.valid() { "valid" } else { "invalid" }.into(),
+                anomalies: v
+                    .violations
+                    .iter()
+                    .map(|x| format!("{}: {}", x.class, x.explanation))
+                    .collect(),
+                counts: v.counts,
+            }
+        }
+    })
+}
+
+/// An anomaly with the transactions that show it, as the history has them.
+fn witness(a: &elle::Anomaly, txns: &[elle::Txn]) -> String {
+    let mut out = a.to_string();
+    for t in &a.txns {
+        if let Some(txn) = txns.get(*t) {
+            let mops: Vec<String> = txn
+                .mops
+                .iter()
+                .map(|m| match m {
+                    elle::Mop::Append(k, v) => format!("append {k} {v}"),
+                    elle::Mop::Read(k, Some(l)) => format!("r {k} {l:?}"),
+                    elle::Mop::Read(k, None) => format!("r {k} ?"),
+                })
+                .collect();
+            out.push_str(&format!(
+                "\n  T{t} = process {}, history events {}..{}, {:?}: [{}]",
+                txn.process,
+                txn.call,
+                txn.ret
+                    .map_or("(no completion)".to_string(), |r| r.to_string()),
+                txn.outcome,
+                mops.join(", ")
+            ));
+        }
+    }
+    out
 }

@@ -1,10 +1,22 @@
 //! The faults a run injects, one at a time: `--fault-secs` healthy, then a fault for
 //! `--fault-secs`, healed, and so on until the workload's time is up.
 //!
-//! - `partition`: the Raft links between two sides are cut both ways (clients still reach
-//!   every node): half the time the leader alone against the rest, else a random minority
-//!   against the majority;
+//! Partitions cut Raft links through the run's proxies; clients still reach every node (so a
+//! deposed leader still gets their requests, as a real client behind a load balancer would):
+//!
+//! - `isolate-leader`: the leader alone against the rest, both ways;
+//! - `majority`: a random minority against the majority, both ways;
+//! - `bridge`: two halves that cannot talk, and one node talking to both (Jepsen's bridge;
+//!   on three nodes: 1 – 2 – 3 with 1 and 3 cut);
+//! - `one-way`: the leader's connections to the others are cut, theirs to it are not (it can
+//!   neither send heartbeats nor answer; it still hears them);
+//! - `partition`: one of the four above, at random each time.
+//!
+//! Processes:
+//!
 //! - `kill`: SIGKILL of a node (the leader half the time), started again at the heal;
+//! - `kill-all`: SIGKILL of every node at once (a power cut, when the nodes run on a disk
+//!   that loses unsynced writes: `--lose-unsynced`), all started again at the heal;
 //! - `pause`: SIGSTOP of a node (the leader half the time), SIGCONT at the heal;
 //! - `none`: no fault (a baseline).
 
@@ -16,14 +28,24 @@ use crate::Failure;
 
 /// Which faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum NemesisKind {
     /// No fault.
     None,
-    /// Network partitions.
+    /// A network partition of a random kind (isolate-leader, majority, bridge, one-way).
     Partition,
-    /// SIGKILL and restart.
+    /// The leader cut off from the rest.
+    IsolateLeader,
+    /// A minority cut off from the majority.
+    Majority,
+    /// Two halves joined by one node.
+    Bridge,
+    /// The leader's outgoing links cut.
+    OneWay,
+    /// SIGKILL and restart of one node.
     Kill,
+    /// SIGKILL and restart of every node.
+    KillAll,
     /// SIGSTOP and SIGCONT.
     Pause,
 }
@@ -42,10 +64,10 @@ pub struct Fault {
 /// The fault under way, to heal.
 #[derive(Debug)]
 pub enum Active {
-    /// Links cut between the two sides.
-    Partition(Vec<u64>, Vec<u64>),
-    /// A node killed.
-    Killed(u64),
+    /// These directed links cut.
+    Cut(Vec<(u64, u64)>),
+    /// These nodes killed.
+    Killed(Vec<u64>),
     /// A node paused.
     Paused(u64),
 }
@@ -58,9 +80,93 @@ async fn victim(cluster: &LocalCluster, rng: &mut Rng) -> u64 {
             return leader;
         }
     }
+    pick(&ids, rng)
+}
+
+fn pick(ids: &[u64], rng: &mut Rng) -> u64 {
     ids.get(rng.below(ids.len() as u64) as usize)
         .copied()
         .unwrap_or(1)
+}
+
+fn shuffled(ids: &[u64], rng: &mut Rng) -> Vec<u64> {
+    let mut v = ids.to_vec();
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    v
+}
+
+/// Every link between `a` and `b`, both ways.
+fn between(a: &[u64], b: &[u64]) -> Vec<(u64, u64)> {
+    let mut links = Vec::new();
+    for i in a {
+        for j in b {
+            links.push((*i, *j));
+            links.push((*j, *i));
+        }
+    }
+    links
+}
+
+/// The links a partition of `kind` cuts now, and what it is in words.
+async fn partition(
+    kind: NemesisKind,
+    cluster: &LocalCluster,
+    rng: &mut Rng,
+) -> (String, Vec<(u64, u64)>) {
+    let ids = cluster.ids();
+    let kind = match kind {
+        NemesisKind::Partition => [
+            NemesisKind::IsolateLeader,
+            NemesisKind::Majority,
+            NemesisKind::Bridge,
+            NemesisKind::OneWay,
+        ][rng.below(4) as usize],
+        k => k,
+    };
+    let leader = match kind {
+        NemesisKind::IsolateLeader | NemesisKind::OneWay => cluster.leader().await,
+        _ => None,
+    };
+    let leader = leader.unwrap_or_else(|| pick(&ids, rng));
+    let others =
+        |x: &[u64]| -> Vec<u64> { ids.iter().copied().filter(|i| !x.contains(i)).collect() };
+    match kind {
+        NemesisKind::IsolateLeader => {
+            let rest = others(&[leader]);
+            (
+                format!("isolated leader {leader} from {rest:?}"),
+                between(&[leader], &rest),
+            )
+        }
+        NemesisKind::OneWay => {
+            let rest = others(&[leader]);
+            (
+                format!("one-way: leader {leader} cannot reach {rest:?} (they reach it)"),
+                rest.iter().map(|j| (leader, *j)).collect(),
+            )
+        }
+        NemesisKind::Bridge => {
+            let order = shuffled(&ids, rng);
+            let half = ids.len() / 2;
+            let (a, rest) = order.split_at(half);
+            let (bridge, b) = rest.split_at(1);
+            (
+                format!("bridge: {a:?} | {b:?}, joined by {bridge:?}"),
+                between(a, b),
+            )
+        }
+        _ => {
+            let mut minority = shuffled(&ids, rng);
+            minority.truncate((ids.len() - 1) / 2);
+            let majority = others(&minority);
+            (
+                format!("partition {minority:?} | {majority:?}"),
+                between(&minority, &majority),
+            )
+        }
+    }
 }
 
 /// Begins a fault of `kind`; returns what it is and how to heal it (`None` for `none`).
@@ -71,35 +177,24 @@ pub async fn begin(
 ) -> Option<(String, Active)> {
     match kind {
         NemesisKind::None => None,
-        NemesisKind::Partition => {
-            let ids = cluster.ids();
-            let lone = match rng.below(2) {
-                0 => cluster.leader().await,
-                _ => None,
-            };
-            let minority: Vec<u64> = match lone {
-                Some(leader) => vec![leader],
-                None => {
-                    let mut shuffled = ids.clone();
-                    for i in (1..shuffled.len()).rev() {
-                        shuffled.swap(i, rng.below(i as u64 + 1) as usize);
-                    }
-                    shuffled.truncate((ids.len() - 1) / 2);
-                    shuffled
-                }
-            };
-            let majority: Vec<u64> = ids.into_iter().filter(|i| !minority.contains(i)).collect();
-            cluster.partition(&minority, &majority, true);
-            let what = match lone {
-                Some(l) => format!("isolated leader {l} from {majority:?}"),
-                None => format!("partition {minority:?} | {majority:?}"),
-            };
-            Some((what, Active::Partition(minority, majority)))
+        NemesisKind::Partition
+        | NemesisKind::IsolateLeader
+        | NemesisKind::Majority
+        | NemesisKind::Bridge
+        | NemesisKind::OneWay => {
+            let (what, links) = partition(kind, cluster, rng).await;
+            cluster.cut(&links, true);
+            Some((what, Active::Cut(links)))
         }
         NemesisKind::Kill => {
             let id = victim(cluster, rng).await;
             cluster.kill(id).await;
-            Some((format!("kill -9 node {id}"), Active::Killed(id)))
+            Some((format!("kill -9 node {id}"), Active::Killed(vec![id])))
+        }
+        NemesisKind::KillAll => {
+            let ids = cluster.ids();
+            cluster.kill_all(&ids);
+            Some((format!("kill -9 nodes {ids:?}"), Active::Killed(ids)))
         }
         NemesisKind::Pause => {
             let id = victim(cluster, rng).await;
@@ -112,14 +207,26 @@ pub async fn begin(
 /// Heals `active`.
 pub fn heal(active: Active, cluster: &mut LocalCluster) -> Result<(), Failure> {
     match active {
-        Active::Partition(a, b) => {
-            cluster.partition(&a, &b, false);
+        Active::Cut(links) => {
+            cluster.cut(&links, false);
             Ok(())
         }
-        Active::Killed(id) => cluster.restart(id),
+        Active::Killed(ids) => ids.into_iter().try_for_each(|id| cluster.restart(id)),
         Active::Paused(id) => {
             cluster.pause(id, false);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn between_cuts_every_link_both_ways() {
+        let mut links = between(&[1], &[2, 3]);
+        links.sort_unstable();
+        assert_eq!(links, [(1, 2), (1, 3), (2, 1), (3, 1)]);
     }
 }

@@ -8,40 +8,26 @@
 //!   write came in between (wrong expected version).
 //!
 //! An append the client could not confirm (unavailable, deadline) is `info`: strata-client
-//! retried it with the same event ids, so it happened once or not at all. The history is
-//! checked with the WGL search against the register model (`strata_check::models::Register`).
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+//! retried it with the same event ids, so it happened once or not at all. A cas that failed at
+//! its read is recorded as the read it was (it saw the value). The history is checked with the
+//! WGL search against the register model (`strata_check::models::Register`), after dropping
+//! the unknown writes nobody saw (`prune_unobserved_writes`).
 
 use serde_json::json;
 use strata_check::models::RegisterOp;
 use strata_check::wgl::Operation;
 use strata_client::{event, pb, Client, Error, ExpectedVersion};
 
-use super::history::{History, Kind};
+use super::history::Kind;
 use super::rng::Rng;
+use super::workload::{certainly_not_written, Ended, Place, Record, Workload};
 
 /// The register's stream.
 pub const STREAM: &str = "jepsen-register";
 
-/// One operation as it ended, for the checker and the statistics.
-#[derive(Debug, Clone)]
-pub struct Done {
-    /// The checker's operation; `None` when it had no effect and observed nothing.
-    pub op: Option<Operation<RegisterOp>>,
-    /// How it ended.
-    pub kind: Kind,
-    /// Whether it wrote (write or cas).
-    pub writes: bool,
-    /// Invocation and completion, µs since the run began.
-    pub call_us: u64,
-    /// Completion, µs since the run began.
-    pub ret_us: u64,
-}
-
 /// What an operation observed.
-enum Outcome {
+#[derive(Debug, Clone)]
+pub enum Outcome {
     /// It happened; for a read, the value.
     Ok(Option<i64>),
     /// A cas whose read saw another value: it failed, observed.
@@ -50,20 +36,6 @@ enum Outcome {
     NoEffect(String),
     /// Unknown.
     Unknown(String),
-}
-
-/// Whether an append's error means nothing was written.
-fn certainly_not_written(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::WrongExpectedVersion { .. }
-            | Error::InvalidArgument(_)
-            | Error::LimitExceeded(_)
-            | Error::NotFound(_)
-            | Error::Deleted(_)
-            | Error::IdempotencyConflict(_)
-            | Error::Config(_)
-    )
 }
 
 /// The register's version and value now (linearizable), `None` before its first write.
@@ -115,21 +87,16 @@ async fn cas(client: &Client, from: i64, to: i64) -> Outcome {
 
 /// The operation a client runs next.
 #[derive(Debug, Clone, Copy)]
-enum Input {
+pub enum Input {
+    /// Read the value.
     Read,
+    /// Write a value.
     Write(i64),
+    /// Compare and set.
     Cas(i64, i64),
 }
 
 impl Input {
-    fn name(self) -> &'static str {
-        match self {
-            Input::Read => "read",
-            Input::Write(_) => "write",
-            Input::Cas(..) => "cas",
-        }
-    }
-
     fn json(self) -> serde_json::Value {
         match self {
             Input::Read => serde_json::Value::Null,
@@ -139,41 +106,47 @@ impl Input {
     }
 }
 
-/// One client: runs operations until `stop`, each recorded in `history`; returns them.
-pub async fn client_loop(
-    client: Client,
-    number: u64,
-    clients: u64,
-    seed: u64,
-    history: Arc<History>,
-    stop: Arc<AtomicBool>,
-) -> Vec<Done> {
-    let mut rng = Rng::new(seed ^ number.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut process = number;
-    let mut seen: Option<i64> = None;
-    let mut done = Vec::new();
-    let mut n: i64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        // Unique per run: client number in the high digits.
-        let fresh = (number as i64 + 1) * 1_000_000_000 + n;
-        let input = match rng.below(4) {
+/// The register workload of one client: it remembers the last value it saw, to make its
+/// compare-and-sets likely to succeed.
+#[derive(Debug, Default)]
+pub struct Register {
+    seen: Option<i64>,
+}
+
+impl Workload for Register {
+    type Input = Input;
+    type Outcome = Outcome;
+
+    fn next(&mut self, rng: &mut Rng, fresh: u64) -> Input {
+        let fresh = fresh as i64;
+        match rng.below(4) {
             0 | 1 => Input::Read,
             2 => Input::Write(fresh),
-            _ => Input::Cas(seen.unwrap_or(fresh - 1), fresh),
+            _ => Input::Cas(self.seen.unwrap_or(fresh - 1), fresh),
+        }
+    }
+
+    fn describe(&self, input: &Input) -> (&'static str, serde_json::Value) {
+        let f = match input {
+            Input::Read => "read",
+            Input::Write(_) => "write",
+            Input::Cas(..) => "cas",
         };
-        let Some((call, call_us)) =
-            history.record(process, Kind::Invoke, input.name(), input.json())
-        else {
-            break;
-        };
+        (f, input.json())
+    }
+
+    fn writes(&self, input: &Input) -> bool {
+        !matches!(input, Input::Read)
+    }
+
+    async fn run(&mut self, client: &Client, input: Input) -> Ended<Outcome> {
         let outcome = match input {
-            Input::Read => match read(&client).await {
+            Input::Read => match read(client).await {
                 Ok(v) => Outcome::Ok(v.map(|(_, v)| v)),
                 Err(e) => Outcome::NoEffect(e.to_string()),
             },
-            Input::Write(v) => write(&client, ExpectedVersion::Any, v).await,
-            Input::Cas(a, b) => cas(&client, a, b).await,
+            Input::Write(v) => write(client, ExpectedVersion::Any, v).await,
+            Input::Cas(a, b) => cas(client, a, b).await,
         };
         let (kind, value) = match &outcome {
             Outcome::Ok(Some(v)) => (Kind::Ok, json!(v)),
@@ -183,28 +156,22 @@ pub async fn client_loop(
             Outcome::NoEffect(why) => (Kind::Fail, json!(why)),
             Outcome::Unknown(why) => (Kind::Info, json!(why)),
         };
-        let Some((ret, ret_us)) = history.record(process, kind, input.name(), value) else {
-            break;
-        };
         if let (Input::Read, Outcome::Ok(v)) | (_, Outcome::CasMismatch(v)) = (input, &outcome) {
-            seen = *v;
+            self.seen = *v;
         }
         if let (Input::Write(v) | Input::Cas(_, v), Outcome::Ok(_)) = (input, &outcome) {
-            seen = Some(v);
+            self.seen = Some(v);
         }
-        done.push(Done {
-            op: operation(process, input, &outcome, call, ret),
+        Ended {
             kind,
-            writes: !matches!(input, Input::Read),
-            call_us,
-            ret_us,
-        });
-        if kind == Kind::Info {
-            // Its operation stays pending: the client goes on as a new process.
-            process += clients;
+            value,
+            outcome,
         }
     }
-    done
+
+    fn record(&self, input: &Input, ended: &Ended<Outcome>, at: Place) -> Option<Record> {
+        operation(at.process, *input, &ended.outcome, at.call, at.ret).map(Record::Register)
+    }
 }
 
 /// The checker's view of one operation (`None`: no effect, nothing observed).
@@ -221,9 +188,8 @@ fn operation(
         (Input::Write(v), Outcome::Ok(_)) => (RegisterOp::Write(v), Some(ret)),
         (Input::Write(v), _) => (RegisterOp::Write(v), None),
         (Input::Cas(a, b), Outcome::Ok(_)) => (RegisterOp::Cas(a, b, Some(true)), Some(ret)),
-        (Input::Cas(a, b), Outcome::CasMismatch(_)) => {
-            (RegisterOp::Cas(a, b, Some(false)), Some(ret))
-        }
+        // The cas read another value and stopped there: a read of that value.
+        (Input::Cas(..), Outcome::CasMismatch(v)) => (RegisterOp::Read(*v), Some(ret)),
         (Input::Cas(a, b), _) => (RegisterOp::Cas(a, b, None), None),
         (Input::Read, _) => return None,
     };
@@ -272,7 +238,7 @@ mod tests {
             read(2, Some(1), 4, 5),
         ];
         assert_eq!(check(unknown), Verdict::Linearizable);
-        // A cas that saw another value failed, observed: it contradicts a register holding 1.
+        // A cas that saw another value is a read of it: it contradicts a register holding 1.
         let mismatch = vec![
             write(0, 1, 0, 1),
             operation(1, Input::Cas(1, 5), &Outcome::CasMismatch(Some(7)), 2, 3),
