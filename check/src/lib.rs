@@ -8,3 +8,4 @@ pub mod bank;
 pub mod elle;
 pub mod models;
 pub mod wgl;
+pub mod witness;

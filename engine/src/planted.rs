@@ -9,7 +9,11 @@
 //!   `read-without-read-index`, `skip-expected-version`), or unset for none;
 //! - `STRATA_TEST_DISK=lose-unsynced`: the node's log files keep every write in memory until
 //!   it is synced ([`crate::lossy_fs::LoseUnsyncedFs`]), so a SIGKILL loses what a power cut
-//!   would.
+//!   would;
+//! - `STRATA_TEST_CLOCK_FILE`: a file whose offset and drift skew the node's wall clock
+//!   ([`clock_offset_us`]). A test-only offset rather than libfaketime: it moves the wall clock
+//!   alone (libfaketime also fakes the monotonic clock unless told not to, and re-reading its
+//!   file costs a `stat` per clock read), and it needs no package on the machine.
 
 /// Whether this build can plant bugs at all.
 pub const AVAILABLE: bool = cfg!(feature = "planted-bugs");
@@ -98,6 +102,69 @@ pub fn skip_sync() -> bool {
     #[cfg(not(feature = "planted-bugs"))]
     {
         false
+    }
+}
+
+/// The environment variable naming a node's clock file (`strata jepsen --nemesis clock`).
+pub const CLOCK_VAR: &str = "STRATA_TEST_CLOCK_FILE";
+/// How often the clock file is read again, milliseconds.
+pub const CLOCK_REREAD_MS: u64 = 50;
+
+/// Microseconds to add to this node's wall clock: from the file [`CLOCK_VAR`] names, holding
+/// `OFFSET_US [DRIFT_PPM]` — a step of the clock, and a drift rate (parts per million, since
+/// the file was written). Read at most every [`CLOCK_REREAD_MS`]; 0 without the file, and
+/// always 0 in a build without the feature. Monotonic time (Raft's timers) is not skewed: a
+/// machine's clock skew moves its wall clock only.
+pub fn clock_offset_us() -> i64 {
+    #[cfg(feature = "planted-bugs")]
+    {
+        clock::offset_us()
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        0
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+mod clock {
+    use std::time::{Duration, Instant, SystemTime};
+
+    #[derive(Clone, Copy)]
+    struct Skew {
+        read_at: Instant,
+        offset_us: i64,
+        drift_ppm: i64,
+        written: SystemTime,
+    }
+
+    pub(super) fn offset_us() -> i64 {
+        static SKEW: std::sync::Mutex<Option<Skew>> = std::sync::Mutex::new(None);
+        let Some(path) = std::env::var_os(super::CLOCK_VAR) else {
+            return 0;
+        };
+        let mut skew = crate::sync::lock(&SKEW);
+        let stale = skew
+            .is_none_or(|s| s.read_at.elapsed() >= Duration::from_millis(super::CLOCK_REREAD_MS));
+        if stale {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let mut words = text
+                .split_whitespace()
+                .map(|w| w.parse::<i64>().unwrap_or(0));
+            let written = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| SystemTime::now());
+            *skew = Some(Skew {
+                read_at: Instant::now(),
+                offset_us: words.next().unwrap_or(0),
+                drift_ppm: words.next().unwrap_or(0),
+                written,
+            });
+        }
+        skew.map_or(0, |s| {
+            let since_us = s.written.elapsed().map_or(0, |d| d.as_micros() as i64);
+            s.offset_us + since_us.saturating_mul(s.drift_ppm) / 1_000_000
+        })
     }
 }
 

@@ -21,7 +21,9 @@ impl WallClock for SystemWallClock {
     fn now_us(&self) -> u64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+            .map_or(0, |d| d.as_micros() as u64)
+            // A skewed clock in a test build (`strata jepsen --nemesis clock`); 0 otherwise.
+            .saturating_add_signed(strata_engine::planted::clock_offset_us());
         let mut last = self.last_us.load(Ordering::Relaxed);
         loop {
             let next = now.max(last + 1);

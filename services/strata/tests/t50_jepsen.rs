@@ -60,6 +60,11 @@ fn clean_under(workload: &str, nemeses: &[&str], extra: &[&str], verdict: &str, 
         for f in fs {
             assert!(history.contains(f), "{nemesis}: no {f} in the history");
         }
+        let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+        assert!(
+            html.contains("<svg") && html.contains(&format!(">{verdict}</span>")),
+            "{nemesis}: report.html"
+        );
         let recovered = report["recovery_ms"].as_array().unwrap();
         assert!(
             recovered.iter().all(serde_json::Value::is_number),
@@ -73,7 +78,7 @@ async fn the_register_stays_linearizable_under_partitions_kills_and_pauses() {
     let _serial = SERIAL.lock().await;
     clean_under(
         "register",
-        &["partition", "kill", "pause"],
+        &["partition", "kill", "pause", "membership"],
         &[],
         "linearizable",
         &["\"read\"", "\"write\"", "\"cas\""],
@@ -85,7 +90,7 @@ async fn list_append_transactions_stay_strict_serializable_under_every_nemesis()
     let _serial = SERIAL.lock().await;
     clean_under(
         "list-append",
-        &["partition", "bridge", "one-way", "kill", "pause"],
+        &["partition", "bridge", "one-way", "kill", "pause", "regions"],
         &[],
         "valid",
         &["[\"r\",", "[\"append\","],
@@ -97,7 +102,7 @@ async fn the_bank_conserves_money_under_every_nemesis() {
     let _serial = SERIAL.lock().await;
     clean_under(
         "bank",
-        &["majority", "kill", "pause"],
+        &["majority", "kill", "pause", "clock"],
         &[],
         "valid",
         &["\"read\"", "\"transfer\""],
@@ -131,7 +136,12 @@ fn caught(bug: &str, workload: &str, nemesis: &str, extra: &[&str], attempts: u3
         if out.status.code() == Some(1)
             && matches!(verdict.as_str(), "not-linearizable" | "invalid")
         {
-            eprintln!("{bug}: caught by {workload} under {nemesis}, attempt {attempt}");
+            let witnesses = report["anomalies"].as_array().unwrap();
+            assert!(!witnesses.is_empty(), "{bug}: no witness: {report}");
+            eprintln!(
+                "{bug}: caught by {workload} under {nemesis}, attempt {attempt}: {}",
+                witnesses[0]
+            );
             return attempt;
         }
         assert_eq!(out.status.code(), Some(0), "{bug}: {stderr}");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use strata_client::{pb, Client, ClientConfig};
 use tokio::process::{Child, Command};
 
-use super::proxy::Proxy;
+use super::proxy::{Proxy, Shape};
 use crate::Failure;
 
 /// How long the nodes get to start and elect a leader.
@@ -43,6 +43,9 @@ pub struct LocalCluster {
     links: BTreeMap<(u64, u64), [Proxy; 2]>,
     /// Environment given to every node (planted bugs, a lossy disk: test builds only).
     env: Vec<(String, String)>,
+    rafts: BTreeMap<u64, SocketAddr>,
+    /// Where each node's clock file goes (`--nemesis clock`), if the nodes read one.
+    clocks: Option<PathBuf>,
 }
 
 /// A free loopback port below the kernel's ephemeral range (32768 and up on Linux): a killed
@@ -81,6 +84,7 @@ impl LocalCluster {
         dir: &Path,
         nodes: u64,
         env: Vec<(String, String)>,
+        clocks: bool,
     ) -> Result<LocalCluster, Failure> {
         let exe =
             std::env::current_exe().map_err(|e| Failure::new(format!("finding strata: {e}")))?;
@@ -141,6 +145,8 @@ impl LocalCluster {
             clients,
             links,
             env,
+            rafts,
+            clocks: clocks.then(|| dir.to_path_buf()),
         };
         for id in &ids {
             cluster.start_node(*id)?;
@@ -216,7 +222,13 @@ impl LocalCluster {
         let child = Command::new(&self.exe)
             .args(&node.args)
             .env("STRATA_LOG", "info,openraft=warn")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .envs(self.clocks.as_ref().map(|dir| {
+                (
+                    strata_engine::planted::CLOCK_VAR.to_string(),
+                    dir.join(format!("node-{id}.clock")).display().to_string(),
+                )
+            }))
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -290,10 +302,90 @@ impl LocalCluster {
         }
     }
 
+    /// Slows the directed links `links` down (`Shape::default()` restores them).
+    pub fn shape(&self, links: &[(u64, u64)], shape: Shape) {
+        for (link, proxies) in &self.links {
+            if links.contains(link) {
+                proxies.iter().for_each(|p| p.shape(shape));
+            }
+        }
+    }
+
+    /// Skews node `id`'s wall clock by `offset_us` plus `drift_ppm` from now (both 0: its
+    /// true time). Only with `clocks`.
+    pub fn skew(&self, id: u64, offset_us: i64, drift_ppm: i64) -> Result<(), Failure> {
+        let Some(dir) = &self.clocks else {
+            return Err(Failure::new("the nodes read no clock file".to_string()));
+        };
+        let path = dir.join(format!("node-{id}.clock"));
+        std::fs::write(&path, format!("{offset_us} {drift_ppm}\n"))
+            .map_err(|e| Failure::new(format!("writing {}: {e}", path.display())))
+    }
+
+    /// Removes node `id` from the cluster (asking the other nodes, one after another).
+    pub async fn remove(&self, id: u64) -> Result<(), String> {
+        self.ask_others(id, |c| async move {
+            c.cluster_remove_node(pb::RemoveNodeRequest { id })
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Adds node `id` back (as a learner that catches up, then a voter).
+    pub async fn add(&self, id: u64) -> Result<(), String> {
+        let (Some(addr), Some(raft)) = (self.clients.get(&id), self.rafts.get(&id)) else {
+            return Err(format!("no node {id}"));
+        };
+        let request = pb::AddNodeRequest {
+            id,
+            addr: addr.to_string(),
+            raft_addr: raft.to_string(),
+            incarnation: 0,
+        };
+        self.ask_others(id, |c| {
+            let r = request.clone();
+            async move { c.cluster_add_node(r).await.map(|_| ()) }
+        })
+        .await
+    }
+
+    async fn ask_others<F, Fut>(&self, id: u64, call: F) -> Result<(), String>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<(), strata_client::Error>>,
+    {
+        let mut last = String::from("no other node");
+        for (other, addr) in &self.clients {
+            if *other == id {
+                continue;
+            }
+            let Ok(c) = Client::new(ClientConfig {
+                connect_timeout: Duration::from_millis(300),
+                attempt_timeout: Duration::from_secs(10),
+                deadline: Duration::from_secs(20),
+                ..ClientConfig::new([addr.to_string()])
+            }) else {
+                continue;
+            };
+            match call(c).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = format!("node {other}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
     /// Ends every fault: links healed, paused nodes continued, killed nodes started.
     pub fn heal(&mut self) -> Result<(), Failure> {
         for proxy in self.links.values().flatten() {
             proxy.cut(false);
+            proxy.shape(Shape::default());
+        }
+        if self.clocks.is_some() {
+            for id in self.ids() {
+                self.skew(id, 0, 0)?;
+            }
         }
         for id in self.ids() {
             if self.nodes.get(&id).is_some_and(|n| n.paused) {

@@ -6,13 +6,15 @@
 //! Workloads: register (linearizability, the WGL search of `strata-check`), list-append
 //! (transactions over several streams, checked Elle-style for strict serializability) and bank
 //! (conservation of money). Nemeses: `none`, `partition`, `kill`, `pause`. Output in `--dir`: the nodes' data and
-//! logs, `history.jsonl`, `report.json`; the last line printed names the verdict. Exit 0 when
+//! logs, `history.jsonl`, `report.json`, `report.html` (latency and throughput over time with
+//! the faults shaded, the verdict, any witness); the last line printed names the verdict. Exit 0 when
 //! linearizable (register) or valid (the others), 1 when not (or unknown within the checker's
 //! budget), 2 for bad usage.
 
 mod bank;
 mod cluster;
 mod history;
+mod html;
 mod listappend;
 mod nemesis;
 pub mod proxy;
@@ -47,6 +49,8 @@ pub const CLIENTS_MAX: u64 = 64;
 /// How long the checker may search, and the memoised states it may keep.
 const CHECK_TIME: Duration = Duration::from_secs(120);
 const CHECK_STATES_MAX: usize = 20_000_000;
+/// How long the search for a small witness of a register violation may take.
+const WITNESS_TIME: Duration = Duration::from_secs(30);
 /// After the workload, with every fault healed: clients keep going this long, so the
 /// history ends with the cluster whole.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -129,10 +133,11 @@ impl JepsenArgs {
         if !(1..=60).contains(&self.fault_secs) {
             return usage(format!("--fault-secs: 1 to 60, not {}", self.fault_secs));
         }
-        let test_only = self.planted_bug.is_some() || self.lose_unsynced;
+        let test_only =
+            self.planted_bug.is_some() || self.lose_unsynced || self.nemesis == NemesisKind::Clock;
         if test_only && !planted::AVAILABLE {
             return usage(
-                "--planted-bug and --lose-unsynced need a test build (cargo test builds the \
+                "--planted-bug, --lose-unsynced and --nemesis clock need a test build (cargo test builds the \
                  strata binary with the planted-bugs feature); this one cannot plant anything"
                     .into(),
             );
@@ -267,7 +272,8 @@ pub async fn run(args: JepsenArgs) -> Result<(), Failure> {
             ""
         }
     );
-    let mut cluster = LocalCluster::start(&dir, args.nodes, args.node_env()).await?;
+    let clocks = args.nemesis == NemesisKind::Clock;
+    let mut cluster = LocalCluster::start(&dir, args.nodes, args.node_env(), clocks).await?;
     let outcome = drive(&args, seed, &mut cluster).await;
     cluster.stop().await;
     let (history, done, faults) = outcome?;
@@ -390,7 +396,13 @@ async fn nemesis_loop(
         };
         eprintln!("strata jepsen: {what}");
         tokio::time::sleep(step).await;
-        nemesis::heal(active, cluster)?;
+        let what = match nemesis::heal(active, cluster).await? {
+            Some(note) => {
+                eprintln!("strata jepsen: {note}");
+                format!("{what}; {note}")
+            }
+            None => what,
+        };
         faults.push(Fault {
             what,
             start_us,
@@ -464,6 +476,9 @@ fn judge(
         serde_json::to_vec_pretty(&report).unwrap_or_default(),
     )
     .map_err(|e| Failure::new(format!("writing {}: {e}", path.display())))?;
+    let path = dir.join("report.html");
+    std::fs::write(&path, html::render(&report, done))
+        .map_err(|e| Failure::new(format!("writing {}: {e}", path.display())))?;
     Ok(report)
 }
 
@@ -495,10 +510,18 @@ fn check(workload: Workload, done: &[Done]) -> Result<Checked, Failure> {
                 Verdict::NotLinearizable => "not-linearizable",
                 Verdict::Unknown => "unknown",
             };
+            let anomalies = if verdict == "not-linearizable" {
+                strata_check::witness::reduce(&ops, Instant::now() + WITNESS_TIME)
+                    .map(|w| register_witness(&w))
+                    .into_iter()
+                    .collect()
+            } else {
+                Vec::new()
+            };
             Checked {
                 verdict: verdict.into(),
-                anomalies: Vec::new(),
-                counts: Vec::new(),
+                counts: vec![("not-linearizable".to_string(), anomalies.len())],
+                anomalies,
             }
         }
         Workload::ListAppend => {
@@ -560,6 +583,28 @@ fn witness(a: &elle::Anomaly, txns: &[elle::Txn]) -> String {
                 mops.join(", ")
             ));
         }
+    }
+    out
+}
+
+/// A register witness in words: its operations in the order invoked, with their history
+/// events (`history.jsonl`'s `index`).
+fn register_witness(ops: &[wgl::Operation<strata_check::models::RegisterOp>]) -> String {
+    let mut ops = ops.to_vec();
+    ops.sort_by_key(|o| o.call);
+    let mut out = format!(
+        "not linearizable: no order of these {} operations explains what they saw",
+        ops.len()
+    );
+    for o in &ops {
+        out.push_str(&format!(
+            "\n  process {}, history events {}..{}: {:?}",
+            o.client,
+            o.call,
+            o.ret
+                .map_or("(no completion)".to_string(), |r| r.to_string()),
+            o.op
+        ));
     }
     out
 }

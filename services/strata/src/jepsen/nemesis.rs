@@ -18,11 +18,22 @@
 //! - `kill-all`: SIGKILL of every node at once (a power cut, when the nodes run on a disk
 //!   that loses unsynced writes: `--lose-unsynced`), all started again at the heal;
 //! - `pause`: SIGSTOP of a node (the leader half the time), SIGCONT at the heal;
+//! - `membership`: a node (the leader half the time) removed from the cluster, added back at
+//!   the heal (as a learner that catches up, then a voter);
 //! - `none`: no fault (a baseline).
+//!
+//! Network quality and time:
+//!
+//! - `regions`: the nodes split in two "regions"; every link between them delayed 30–100 ms
+//!   one way (plus up to 20 ms of jitter) and 2–5 % of its chunks "lost" (delayed by a TCP
+//!   retransmission, 200 ms);
+//! - `clock` (test builds): one or more nodes' wall clocks stepped by ±0.1–10 s and drifting
+//!   by up to ±2000 ppm (`strata_engine::planted::clock_offset_us`), reset at the heal.
 
 use serde::Serialize;
 
 use super::cluster::LocalCluster;
+use super::proxy::Shape;
 use super::rng::Rng;
 use crate::Failure;
 
@@ -48,6 +59,12 @@ pub enum NemesisKind {
     KillAll,
     /// SIGSTOP and SIGCONT.
     Pause,
+    /// A node removed from the cluster and added back.
+    Membership,
+    /// Slow, lossy links between two groups of nodes.
+    Regions,
+    /// Skewed, drifting wall clocks (test builds).
+    Clock,
 }
 
 /// One fault as it happened.
@@ -70,6 +87,12 @@ pub enum Active {
     Killed(Vec<u64>),
     /// A node paused.
     Paused(u64),
+    /// A node removed from the cluster.
+    Removed(u64),
+    /// These directed links slowed down.
+    Shaped(Vec<(u64, u64)>),
+    /// These nodes' clocks skewed.
+    Skewed(Vec<u64>),
 }
 
 /// A node to hit: the leader half the time (when one is known), else any.
@@ -201,22 +224,75 @@ pub async fn begin(
             cluster.pause(id, true);
             Some((format!("pause node {id}"), Active::Paused(id)))
         }
+        NemesisKind::Membership => {
+            let id = victim(cluster, rng).await;
+            match cluster.remove(id).await {
+                Ok(()) => Some((format!("removed node {id}"), Active::Removed(id))),
+                Err(e) => Some((
+                    format!("removing node {id} failed: {e}"),
+                    Active::Cut(Vec::new()),
+                )),
+            }
+        }
+        NemesisKind::Regions => {
+            let ids = shuffled(&cluster.ids(), rng);
+            let split = 1 + rng.below(ids.len() as u64 / 2) as usize;
+            let (a, b) = ids.split_at(split);
+            let shape = Shape {
+                delay_ms: 30 + rng.below(71),
+                jitter_ms: 20,
+                loss_per_mille: 20 + rng.below(31),
+            };
+            let links = between(a, b);
+            cluster.shape(&links, shape);
+            Some((
+                format!(
+                    "regions {a:?} | {b:?}: {} ms (+ up to {} ms), {}‰ lost",
+                    shape.delay_ms, shape.jitter_ms, shape.loss_per_mille
+                ),
+                Active::Shaped(links),
+            ))
+        }
+        NemesisKind::Clock => {
+            let ids = shuffled(&cluster.ids(), rng);
+            let n = 1 + rng.below(ids.len() as u64) as usize;
+            let mut what = Vec::new();
+            for id in &ids[..n] {
+                let step_ms = 100 + rng.below(9_901) as i64;
+                let sign = if rng.below(2) == 0 { -1 } else { 1 };
+                let drift = rng.below(4_001) as i64 - 2_000;
+                if let Err(e) = cluster.skew(*id, sign * step_ms * 1000, drift) {
+                    return Some((
+                        format!("skewing clocks failed: {}", e.message),
+                        Active::Cut(Vec::new()),
+                    ));
+                }
+                what.push(format!("node {id} {:+} ms, {drift:+} ppm", sign * step_ms));
+            }
+            Some((
+                format!("clocks: {}", what.join(", ")),
+                Active::Skewed(ids[..n].to_vec()),
+            ))
+        }
     }
 }
 
-/// Heals `active`.
-pub fn heal(active: Active, cluster: &mut LocalCluster) -> Result<(), Failure> {
+/// Heals `active`; returns a note on how it went when worth telling (a node that could not be
+/// added back).
+pub async fn heal(active: Active, cluster: &mut LocalCluster) -> Result<Option<String>, Failure> {
     match active {
-        Active::Cut(links) => {
-            cluster.cut(&links, false);
-            Ok(())
+        Active::Cut(links) => cluster.cut(&links, false),
+        Active::Killed(ids) => ids.into_iter().try_for_each(|id| cluster.restart(id))?,
+        Active::Paused(id) => cluster.pause(id, false),
+        Active::Removed(id) => {
+            if let Err(e) = cluster.add(id).await {
+                return Ok(Some(format!("adding node {id} back failed: {e}")));
+            }
         }
-        Active::Killed(ids) => ids.into_iter().try_for_each(|id| cluster.restart(id)),
-        Active::Paused(id) => {
-            cluster.pause(id, false);
-            Ok(())
-        }
+        Active::Shaped(links) => cluster.shape(&links, Shape::default()),
+        Active::Skewed(ids) => ids.into_iter().try_for_each(|id| cluster.skew(id, 0, 0))?,
     }
+    Ok(None)
 }
 
 #[cfg(test)]
