@@ -21,6 +21,7 @@ pub mod proxy;
 mod register;
 mod rng;
 mod snapshot;
+mod streams;
 mod workload;
 
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ pub enum Workload {
     ListAppend,
     /// Transfers between accounts; every snapshot of the balances must hold the same total.
     Bank,
+    /// Appends with and without expected versions and whole-stream reads on a few streams;
+    /// checked for linearizability against the stream model, stream by stream.
+    Stream,
 }
 
 /// `strata jepsen`.
@@ -356,6 +360,9 @@ async fn drive(
                 tokio::spawn(client_loop(listappend::ListAppend::new(begun.clone()), ctx))
             }
             Workload::Bank => tokio::spawn(client_loop(bank::Bank::new(), ctx)),
+            Workload::Stream => {
+                tokio::spawn(client_loop(streams::Streams::new(begun.clone()), ctx))
+            }
         });
     }
     let faults = nemesis_loop(args, seed, cluster, &history).await;
@@ -536,6 +543,41 @@ fn check(workload: Workload, done: &[Done]) -> Result<Checked, Failure> {
                 verdict: if v.valid() { "valid" } else { "invalid" }.into(),
                 anomalies: v.anomalies.iter().map(|a| witness(a, &txns)).collect(),
                 counts: v.counts,
+            }
+        }
+        Workload::Stream => {
+            let mut by_stream: std::collections::BTreeMap<u64, Vec<_>> = Default::default();
+            for r in records {
+                if let Record::Stream(k, op) = r {
+                    by_stream.entry(k).or_default().push(op);
+                }
+            }
+            let deadline = Instant::now() + CHECK_TIME;
+            let mut verdict = "linearizable";
+            let mut anomalies = Vec::new();
+            for (k, ops) in &by_stream {
+                let budget = Budget {
+                    deadline,
+                    states_max: CHECK_STATES_MAX,
+                };
+                match wgl::check(&strata_check::models::Stream, ops, budget) {
+                    Verdict::Linearizable => {}
+                    Verdict::NotLinearizable => {
+                        verdict = "not-linearizable";
+                        anomalies.push(format!(
+                            "not linearizable: stream {}{k} ({} operations; its lines in history.jsonl)",
+                            streams::PREFIX,
+                            ops.len()
+                        ));
+                    }
+                    Verdict::Unknown if verdict == "linearizable" => verdict = "unknown",
+                    Verdict::Unknown => {}
+                }
+            }
+            Checked {
+                verdict: verdict.into(),
+                counts: vec![("not-linearizable".to_string(), anomalies.len())],
+                anomalies,
             }
         }
         Workload::Bank => {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use strata_check::models::RegisterOp;
+use strata_check::models::{RegisterOp, StreamOp};
 use strata_check::wgl::Operation;
 use strata_check::{bank, elle};
 use strata_client::{Client, Error};
@@ -22,6 +22,8 @@ pub enum Record {
     Txn(elle::Txn),
     /// A read of every bank account (conservation).
     Bank(bank::Read),
+    /// An append to or read of stream K (linearizability, stream by stream).
+    Stream(u64, Operation<StreamOp>),
 }
 
 /// One operation as it ended, for the checker and the statistics.
