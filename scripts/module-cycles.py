@@ -11,7 +11,8 @@ import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CRATES = ["engine", "raft", "shard", "sim", "proto", "client", "services/strata"]
+CRATES = ["engine", "raft", "shard", "sim", "proto", "client", "check", "services/common",
+          "services/consistency", "services/strata"]
 
 
 def top_module(src: pathlib.Path, path: pathlib.Path) -> str:

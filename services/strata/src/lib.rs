@@ -10,28 +10,11 @@ pub mod cluster_cmd;
 pub mod dev_cluster;
 pub mod group_cmd;
 pub mod history_cmd;
-pub mod jepsen;
 pub mod node_config;
 pub mod output;
+pub mod serve_cmd;
 
 /// Exit status for a wrong expected version.
 pub const EXIT_WRONG_VERSION: u8 = 3;
 
-/// A command's failure: what to print and the exit status.
-#[derive(Debug)]
-pub struct Failure {
-    /// The message for stderr.
-    pub message: String,
-    /// The exit status.
-    pub exit_code: u8,
-}
-
-impl Failure {
-    /// A failure with exit status 1.
-    pub fn new(message: impl Into<String>) -> Failure {
-        Failure {
-            message: message.into(),
-            exit_code: 1,
-        }
-    }
-}
+pub use strata_service::Failure;

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use strata::{
-    bench, client, cluster_cmd, dev_cluster, group_cmd, history_cmd, jepsen, node_config, output,
-    Failure,
+    bench, client, cluster_cmd, dev_cluster, group_cmd, history_cmd, node_config, output,
+    serve_cmd, Failure,
 };
+use strata_consistency::jepsen;
 
 /// mimalloc instead of glibc's allocator: requests, answers and index batches allocate per
 /// event, and glibc's malloc/free took ~8 % of a node's CPU under pipelined appends.
@@ -51,6 +52,9 @@ enum Command {
         /// one keeps what it holds.
         #[arg(long)]
         shards: Option<u32>,
+        /// Also start every service (consistency on 8095, …) over this node.
+        #[arg(long)]
+        services: bool,
     },
     /// Run a node for deployments, configured by --config FILE (TOML) and flags.
     Node(Box<node_config::NodeArgs>),
@@ -86,8 +90,10 @@ enum Command {
     #[command(subcommand)]
     Group(group_cmd::GroupCommand),
     /// Jepsen-style testing: a local cluster of real nodes, a workload, faults, a checked
-    /// history (exit 0 when linearizable, 1 when not).
+    /// history (exit 0 when linearizable or valid, 1 when not).
     Jepsen(jepsen::JepsenArgs),
+    /// Run a service (consistency: Jepsen runs over HTTP on port 8095).
+    Serve(serve_cmd::ServeArgs),
     /// Verify a data directory offline (every segment, record and footer).
     Check {
         /// The node's data directory.
@@ -110,13 +116,16 @@ fn parse_metrics(value: &str) -> Result<Metrics, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // A service sets up its own logs (JSON by default) once its settings are known.
+    if !matches!(cli.command, Command::Serve(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // Reads run on the blocking pool; bound it (tokio's default allows 512 threads).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = worker_threads(&cli.command) {
@@ -142,14 +151,24 @@ fn main() -> ExitCode {
                 metrics,
                 nodes,
                 shards,
-            } if nodes > 1 => dev_cluster::run(data, listen, metrics, nodes, shards).await,
+                services,
+            } if nodes > 1 => {
+                if services {
+                    serve_cmd::start_all_for_dev(listen);
+                }
+                dev_cluster::run(data, listen, metrics, nodes, shards).await
+            }
             Command::Dev {
                 data,
                 listen,
                 metrics,
                 nodes,
                 shards,
+                services,
             } => {
+                if services {
+                    serve_cmd::start_all_for_dev(listen);
+                }
                 if nodes == 0 {
                     return Err(Failure {
                         message: "--nodes must be at least 1".into(),
@@ -185,7 +204,11 @@ fn main() -> ExitCode {
             Command::Bench(command) => bench::run(command).await,
             Command::Cluster(command) => cluster_cmd::run(command).await,
             Command::Group(command) => group_cmd::run(command).await,
-            Command::Jepsen(args) => jepsen::run(args).await,
+            Command::Jepsen(mut args) => {
+                args.test_build = strata_engine::planted::AVAILABLE;
+                jepsen::run(args).await
+            }
+            Command::Serve(args) => serve_cmd::run(args).await,
             Command::Check { dir } => check(dir),
         }
     });

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata::jepsen::proxy::Proxy;
+use strata_consistency::jepsen::proxy::Proxy;
 use strata_proto::v1 as pb;
 use strata_proto::v1::streams_client::StreamsClient;
 use tokio::net::TcpStream;

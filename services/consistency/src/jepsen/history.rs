@@ -77,7 +77,10 @@ impl History {
         f: &'static str,
         value: serde_json::Value,
     ) -> Option<(usize, u64)> {
-        let mut events = strata_engine::sync::lock(&self.events);
+        let mut events = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if events.len() >= EVENTS_MAX {
             return None;
         }
@@ -97,7 +100,10 @@ impl History {
 
     /// The events recorded.
     pub fn events(&self) -> Vec<Event> {
-        strata_engine::sync::lock(&self.events).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

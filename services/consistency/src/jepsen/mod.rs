@@ -29,11 +29,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::test_build;
 use serde::Serialize;
 use strata_check::wgl::{self, Budget, Verdict};
 use strata_check::{bank as bank_check, elle};
 use strata_client::{Client, ClientConfig};
-use strata_engine::planted;
 
 use self::cluster::LocalCluster;
 use self::history::{History, Kind};
@@ -75,7 +75,7 @@ pub enum Workload {
 }
 
 /// `strata jepsen`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct JepsenArgs {
     /// The workload.
     #[arg(long, value_enum, default_value = "register")]
@@ -109,10 +109,14 @@ pub struct JepsenArgs {
     /// Test builds only: the nodes' disks lose unsynced writes when killed (a power cut).
     #[arg(long)]
     pub lose_unsynced: bool,
+    /// Whether this binary is a test build (set by the caller, not a flag).
+    #[arg(skip)]
+    pub test_build: bool,
 }
 
 impl JepsenArgs {
-    fn validate(&self) -> Result<(), Failure> {
+    /// Checks every argument: bad usage is exit status 2.
+    pub fn validate(&self) -> Result<(), Failure> {
         let usage = |m: String| {
             Err(Failure {
                 message: m,
@@ -139,7 +143,7 @@ impl JepsenArgs {
         }
         let test_only =
             self.planted_bug.is_some() || self.lose_unsynced || self.nemesis == NemesisKind::Clock;
-        if test_only && !planted::AVAILABLE {
+        if test_only && !self.test_build {
             return usage(
                 "--planted-bug, --lose-unsynced and --nemesis clock need a test build (cargo test builds the \
                  strata binary with the planted-bugs feature); this one cannot plant anything"
@@ -147,11 +151,10 @@ impl JepsenArgs {
             );
         }
         if let Some(name) = &self.planted_bug {
-            if planted::Bug::named(name).is_none() {
-                let names: Vec<&str> = planted::Bug::ALL.iter().map(|(n, _)| *n).collect();
+            if !test_build::BUGS.contains(&name.as_str()) {
                 return usage(format!(
                     "--planted-bug: one of {}, not {name:?}",
-                    names.join(", ")
+                    test_build::BUGS.join(", ")
                 ));
             }
         }
@@ -162,10 +165,13 @@ impl JepsenArgs {
     fn node_env(&self) -> Vec<(String, String)> {
         let mut env = Vec::new();
         if let Some(bug) = &self.planted_bug {
-            env.push((planted::BUG_VAR.to_string(), bug.clone()));
+            env.push((test_build::BUG_VAR.to_string(), bug.clone()));
         }
         if self.lose_unsynced {
-            env.push((planted::DISK_VAR.to_string(), "lose-unsynced".to_string()));
+            env.push((
+                test_build::DISK_VAR.to_string(),
+                "lose-unsynced".to_string(),
+            ));
         }
         env
     }
@@ -238,15 +244,73 @@ pub struct Report {
     pub dir: PathBuf,
 }
 
+impl Report {
+    /// Whether the verdict is clean (`linearizable` or `valid`).
+    pub fn clean(&self) -> bool {
+        matches!(self.verdict.as_str(), "linearizable" | "valid")
+    }
+}
+
 /// A flag value's name (`register`, `partition`, …).
-fn name(value: impl clap::ValueEnum) -> String {
+pub fn name(value: impl clap::ValueEnum) -> String {
     value
         .to_possible_value()
         .map_or_else(String::new, |v| v.get_name().to_string())
 }
 
 /// Runs `strata jepsen` (see the module docs).
+/// Runs `strata jepsen` (see the module docs): prints the report line and the verdict line.
 pub async fn run(args: JepsenArgs) -> Result<(), Failure> {
+    eprintln!(
+        "strata jepsen: {} under {} for {} s, {} clients, {} nodes{}{}",
+        name(args.workload),
+        name(args.nemesis),
+        args.time,
+        args.clients,
+        args.nodes,
+        args.planted_bug
+            .as_ref()
+            .map_or(String::new(), |b| format!(", planted bug {b}")),
+        if args.lose_unsynced {
+            ", disks losing unsynced writes"
+        } else {
+            ""
+        }
+    );
+    let report = execute(&args).await?;
+    println!(
+        "{}",
+        serde_json::to_string(&report).unwrap_or_else(|e| e.to_string())
+    );
+    println!(
+        "strata jepsen: {} under {}: {} ({} operations: {} ok, {} fail, {} info; seed {}; report {}/report.json)",
+        name(args.workload),
+        name(args.nemesis),
+        report.verdict,
+        report.ops,
+        report.ok,
+        report.fail,
+        report.info,
+        report.seed,
+        report.dir.display()
+    );
+    for a in &report.anomalies {
+        eprintln!("strata jepsen: {a}");
+    }
+    if report.clean() {
+        Ok(())
+    } else {
+        Err(Failure::new(format!(
+            "the history is {}; see {}/history.jsonl",
+            report.verdict,
+            report.dir.display()
+        )))
+    }
+}
+
+/// One run: checks the arguments, starts the cluster, drives the workload and the nemesis,
+/// stops the cluster and checks the history; writes the run's files and returns the report.
+pub async fn execute(args: &JepsenArgs) -> Result<Report, Failure> {
     args.validate()?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -259,55 +323,24 @@ pub async fn run(args: JepsenArgs) -> Result<(), Failure> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("strata-jepsen-{seed}")));
     std::fs::create_dir_all(&dir)
         .map_err(|e| Failure::new(format!("creating {}: {e}", dir.display())))?;
-    eprintln!(
-        "strata jepsen: {} under {} for {} s, {} clients, {} nodes, seed {seed}, in {}{}{}",
-        name(args.workload),
-        name(args.nemesis),
-        args.time,
-        args.clients,
-        args.nodes,
-        dir.display(),
-        args.planted_bug
-            .as_ref()
-            .map_or(String::new(), |b| format!(", planted bug {b}")),
-        if args.lose_unsynced {
-            ", disks losing unsynced writes"
-        } else {
-            ""
-        }
+    tracing::info!(
+        workload = %name(args.workload),
+        nemesis = %name(args.nemesis),
+        time_secs = args.time,
+        clients = args.clients,
+        nodes = args.nodes,
+        seed,
+        dir = %dir.display(),
+        planted_bug = ?args.planted_bug,
+        lose_unsynced = args.lose_unsynced,
+        "jepsen run starting"
     );
     let clocks = args.nemesis == NemesisKind::Clock;
     let mut cluster = LocalCluster::start(&dir, args.nodes, args.node_env(), clocks).await?;
-    let outcome = drive(&args, seed, &mut cluster).await;
+    let outcome = drive(args, seed, &mut cluster).await;
     cluster.stop().await;
     let (history, done, faults) = outcome?;
-    let report = judge(&args, seed, &dir, &history, &done, faults)?;
-    println!(
-        "{}",
-        serde_json::to_string(&report).unwrap_or_else(|e| e.to_string())
-    );
-    println!(
-        "strata jepsen: {} under {}: {} ({} operations: {} ok, {} fail, {} info; seed {seed}; report {}/report.json)",
-        name(args.workload),
-        name(args.nemesis),
-        report.verdict,
-        report.ops,
-        report.ok,
-        report.fail,
-        report.info,
-        dir.display()
-    );
-    for a in &report.anomalies {
-        eprintln!("strata jepsen: {a}");
-    }
-    match report.verdict.as_str() {
-        "linearizable" | "valid" => Ok(()),
-        _ => Err(Failure::new(format!(
-            "the history is {}; see {}/history.jsonl",
-            report.verdict,
-            dir.display()
-        ))),
-    }
+    judge(args, seed, &dir, &history, &done, faults)
 }
 
 type Driven = (Arc<History>, Vec<Done>, Vec<Fault>);
@@ -401,11 +434,11 @@ async fn nemesis_loop(
         let Some((what, active)) = nemesis::begin(args.nemesis, cluster, &mut rng).await else {
             continue;
         };
-        eprintln!("strata jepsen: {what}");
+        tracing::info!(fault = %what, "fault");
         tokio::time::sleep(step).await;
         let what = match nemesis::heal(active, cluster).await? {
             Some(note) => {
-                eprintln!("strata jepsen: {note}");
+                tracing::warn!(note = %note, "healing");
                 format!("{what}; {note}")
             }
             None => what,

@@ -225,7 +225,7 @@ impl LocalCluster {
             .envs(self.env.iter().map(|(k, v)| (k.clone(), v.clone())))
             .envs(self.clocks.as_ref().map(|dir| {
                 (
-                    strata_engine::planted::CLOCK_VAR.to_string(),
+                    crate::test_build::CLOCK_VAR.to_string(),
                     dir.join(format!("node-{id}.clock")).display().to_string(),
                 )
             }))
