@@ -6,6 +6,7 @@
 
 pub mod bank;
 pub mod elle;
+pub mod follower;
 pub mod models;
 pub mod wgl;
 pub mod witness;

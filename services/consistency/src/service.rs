@@ -187,7 +187,7 @@ impl Consistency {
     fn args(&self, r: RunRequest) -> Result<JepsenArgs, String> {
         let workload = match &r.workload {
             Some(w) => Workload::from_str(w, false).map_err(|_| {
-                format!("workload: register, list-append, bank or stream, not {w:?}")
+                format!("workload: register, list-append, bank, stream or follower, not {w:?}")
             })?,
             None => Workload::Register,
         };

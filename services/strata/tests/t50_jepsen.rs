@@ -1,5 +1,5 @@
-//! `strata jepsen` as CI runs it (about 5 minutes): short runs of each workload (register,
-//! list-append, bank, stream) under the nemeses, each on its own three-node cluster and
+//! `strata jepsen` as CI runs it (about 6 minutes): short runs of each workload (register,
+//! list-append, bank, stream, follower) under the nemeses, each on its own three-node cluster and
 //! required to end with a clean verdict (exit 0, verdict on the last line), with faults
 //! actually injected, operations of every kind in the history and a report.html; each planted
 //! bug caught with a witness; bad usage refused with exit 2. The long version:
@@ -119,6 +119,18 @@ async fn streams_stay_linearizable_under_partitions_and_kills() {
         &[],
         "linearizable",
         &["\"append\"", "\"read\""],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_reads_stay_prefixes_and_closed_reads_final_under_partitions_and_kills() {
+    let _serial = SERIAL.lock().await;
+    clean_under(
+        "follower",
+        &["partition", "kill"],
+        &[],
+        "valid",
+        &["\"read\"", "\"read-as-of\"", "\"append\""],
     );
 }
 

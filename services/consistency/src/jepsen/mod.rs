@@ -13,6 +13,7 @@
 
 mod bank;
 mod cluster;
+mod follower;
 mod history;
 mod html;
 mod listappend;
@@ -72,6 +73,9 @@ pub enum Workload {
     /// Appends with and without expected versions and whole-stream reads on a few streams;
     /// checked for linearizability against the stream model, stream by stream.
     Stream,
+    /// Appends, and reads at follower consistency (whole streams, or as of a past time):
+    /// prefix consistency, monotonic reads, closed timestamps; staleness measured.
+    Follower,
 }
 
 /// `strata jepsen`.
@@ -240,6 +244,9 @@ pub struct Report {
     pub anomalies: Vec<String>,
     /// How many anomalies of each class.
     pub anomaly_counts: Vec<(String, usize)>,
+    /// What the workload measures besides (follower: reads checked, closed reads checked,
+    /// staleness p50 / p99 / max in ms); null for the others.
+    pub measured: serde_json::Value,
     /// Where the run's files are.
     pub dir: PathBuf,
 }
@@ -396,6 +403,10 @@ async fn drive(
             Workload::Stream => {
                 tokio::spawn(client_loop(streams::Streams::new(begun.clone()), ctx))
             }
+            Workload::Follower => tokio::spawn(client_loop(
+                follower::Followers::new(begun.clone(), number),
+                ctx,
+            )),
         });
     }
     let faults = nemesis_loop(args, seed, cluster, &history).await;
@@ -508,6 +519,7 @@ fn judge(
         verdict: checked.verdict,
         anomalies: checked.anomalies,
         anomaly_counts: checked.counts,
+        measured: checked.measured,
         dir: dir.to_path_buf(),
     };
     let path = dir.join("report.json");
@@ -527,6 +539,7 @@ struct Checked {
     verdict: String,
     anomalies: Vec<String>,
     counts: Vec<(String, usize)>,
+    measured: serde_json::Value,
 }
 
 /// Checks the operations with the workload's checker.
@@ -562,6 +575,7 @@ fn check(workload: Workload, done: &[Done]) -> Result<Checked, Failure> {
                 verdict: verdict.into(),
                 counts: vec![("not-linearizable".to_string(), anomalies.len())],
                 anomalies,
+                measured: serde_json::Value::Null,
             }
         }
         Workload::ListAppend => {
@@ -576,6 +590,7 @@ fn check(workload: Workload, done: &[Done]) -> Result<Checked, Failure> {
                 verdict: if v.valid() { "valid" } else { "invalid" }.into(),
                 anomalies: v.anomalies.iter().map(|a| witness(a, &txns)).collect(),
                 counts: v.counts,
+                measured: serde_json::Value::Null,
             }
         }
         Workload::Stream => {
@@ -611,6 +626,39 @@ fn check(workload: Workload, done: &[Done]) -> Result<Checked, Failure> {
                 verdict: verdict.into(),
                 counts: vec![("not-linearizable".to_string(), anomalies.len())],
                 anomalies,
+                measured: serde_json::Value::Null,
+            }
+        }
+        Workload::Follower => {
+            let (mut writes, mut reads) = (Vec::new(), Vec::new());
+            for r in records {
+                match r {
+                    Record::FollowerWrite(w) => writes.push(w),
+                    Record::FollowerRead(r) => reads.push(r),
+                    _ => {}
+                }
+            }
+            let v = strata_check::follower::check(&writes, &reads);
+            let at = |q: f64| {
+                let n = v.staleness_ms.len();
+                v.staleness_ms
+                    .get(((n as f64 - 1.0) * q).round() as usize)
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            Checked {
+                verdict: if v.valid() { "valid" } else { "invalid" }.into(),
+                anomalies: v
+                    .violations
+                    .iter()
+                    .map(|x| format!("{}: {}", x.class, x.explanation))
+                    .collect(),
+                measured: serde_json::json!({
+                    "reads": v.reads,
+                    "closed_reads_checked": v.closed_checked,
+                    "staleness_ms": { "p50": at(0.5), "p99": at(0.99), "max": at(1.0) },
+                }),
+                counts: v.counts,
             }
         }
         Workload::Bank => {
@@ -629,6 +677,7 @@ fn check(workload: Workload, done: &[Done]) -> Result<Checked, Failure> {
                     .map(|x| format!("{}: {}", x.class, x.explanation))
                     .collect(),
                 counts: v.counts,
+                measured: serde_json::Value::Null,
             }
         }
     })

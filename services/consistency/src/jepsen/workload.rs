@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use strata_check::models::{RegisterOp, StreamOp};
 use strata_check::wgl::Operation;
-use strata_check::{bank, elle};
+use strata_check::{bank, elle, follower};
 use strata_client::{Client, Error};
 
 use super::history::{History, Kind};
@@ -24,6 +24,10 @@ pub enum Record {
     Bank(bank::Read),
     /// An append to or read of stream K (linearizability, stream by stream).
     Stream(u64, Operation<StreamOp>),
+    /// An append of the follower-read workload.
+    FollowerWrite(follower::Write),
+    /// A follower read.
+    FollowerRead(follower::Read),
 }
 
 /// One operation as it ended, for the checker and the statistics.
@@ -61,6 +65,10 @@ pub struct Place {
     pub call: usize,
     /// Its completion's event index.
     pub ret: usize,
+    /// Its invocation, µs since the run began.
+    pub call_us: u64,
+    /// Its completion, µs since the run began.
+    pub ret_us: u64,
 }
 
 /// One client's workload.
@@ -129,7 +137,13 @@ pub async fn client_loop<W: Workload>(mut w: W, ctx: Ctx) -> Vec<Done> {
         else {
             break;
         };
-        let at = Place { process, call, ret };
+        let at = Place {
+            process,
+            call,
+            ret,
+            call_us,
+            ret_us,
+        };
         done.push(Done {
             record: w.record(&input, &ended, at),
             kind: ended.kind,
