@@ -771,7 +771,6 @@ impl Mover {
         self.copy_pass(source, target, &plan, &mut at, Some(fence_at), &mut copied)
             .await?;
         self.verify(target, &copied, &mut checked).await?;
-        self.unfence_target(target, &plan).await?;
         let map = self.inner.map.get();
         if !owns(&map, plan.range, plan.from) {
             return Err(MoveError::Failed(format!(
@@ -786,6 +785,14 @@ impl Mover {
             SwitchError::Refused(why) => MoveError::Failed(format!("switching the map: {why}")),
             SwitchError::Unknown(why) => MoveError::Undecided(format!("switching the map: {why}")),
         })?;
+        // Only now may the target take the slots' writes. Its fences over them (from a move
+        // away from it) also stop routers on maps older than that move; lifted before the
+        // switch, a router still on such a map wrote to the target while the source owned
+        // the slots, and a move that then stopped lost those writes. Past the switch the
+        // move is done whatever happens here: a fence left is stale, and recovery lifts it.
+        if let Err(e) = self.unfence_target(target, &plan).await {
+            tracing::warn!(shard = plan.to.0, error = %e, "lifting the target's old fences after the switch failed; recovery lifts them");
+        }
         self.update(|s| s.pause_us = fenced.elapsed().as_micros() as u64);
         Ok(())
     }

@@ -372,6 +372,73 @@ async fn slots_moved_away_and_back_are_written_where_they_are() {
     assert_eq!(versions(a, &returning).await, vec![0, 1, 2]);
 }
 
+/// Slots coming back to a shard they left keep its fence from the first move until the switch
+/// gives them back: a router on a map older than that move (a partitioned node) must not write
+/// there while the source still owns them. Lifted before the switch, such a write was
+/// acknowledged on the old owner and lost when the move back stopped (CI's sharded sweep,
+/// seed 1796451701289282829). A move back that fails keeps the fence.
+#[tokio::test]
+async fn slots_coming_back_stay_fenced_on_their_old_owner_until_the_switch() {
+    let n = node(2).await;
+    let range = SlotRange { start: 0, end: 16 };
+    let stream = streams_in(range).0[0].clone();
+    let (a, b) = (backend(&n, 0), backend(&n, 1));
+    append(a, &stream, 1).await.unwrap();
+    mover(&n, Arc::default())
+        .run(range, ShardId(1))
+        .await
+        .unwrap();
+    append(b, &stream, 2).await.unwrap();
+    let refused_at_switch = Arc::new(AtomicBool::new(false));
+    let fail = Arc::new(AtomicBool::new(true));
+    let (cell, old_owner, written) = (n.map.clone(), a.clone(), stream.clone());
+    let (seen, failing) = (refused_at_switch.clone(), fail.clone());
+    let switch: Switch = Arc::new(move |map| {
+        let (cell, old_owner, written) = (cell.clone(), old_owner.clone(), written.clone());
+        let (seen, failing) = (seen.clone(), failing.clone());
+        Box::pin(async move {
+            let refused = append(&old_owner, &written, 9).await;
+            seen.store(
+                matches!(refused, Err(Error::Moved { shard: 1, .. })),
+                Ordering::Relaxed,
+            );
+            if failing.load(Ordering::Relaxed) {
+                return Err(SwitchError::Refused("planted".to_string()));
+            }
+            cell.advance(map);
+            Ok(())
+        })
+    });
+    let m = mover_switching(&n, switch);
+    assert!(matches!(
+        m.run(range, ShardId(0)).await,
+        Err(MoveError::Failed(_))
+    ));
+    assert!(
+        refused_at_switch.load(Ordering::Relaxed),
+        "taken before the switch"
+    );
+    // Rolled back: the old owner still refuses, the owner takes the writes.
+    assert!(matches!(
+        append(a, &stream, 3).await,
+        Err(Error::Moved { shard: 1, .. })
+    ));
+    assert_eq!(append(b, &stream, 4).await.unwrap(), 2);
+    // With the switch working: refused up to the switch, taken after it.
+    fail.store(false, Ordering::Relaxed);
+    refused_at_switch.store(false, Ordering::Relaxed);
+    m.run(range, ShardId(0)).await.unwrap();
+    assert!(
+        refused_at_switch.load(Ordering::Relaxed),
+        "taken before the switch"
+    );
+    assert_eq!(append(a, &stream, 5).await.unwrap(), 3);
+    assert!(matches!(
+        append(b, &stream, 6).await,
+        Err(Error::Moved { shard: 0, .. })
+    ));
+}
+
 /// A target already holding other events of a moving stream (a history the copy would not
 /// continue): the move fails naming the stream and rolls back; the source keeps the writes.
 #[tokio::test]

@@ -83,13 +83,14 @@ enum Command {
         /// catch lost data).
         #[arg(long)]
         lying_disks: bool,
-        /// Shards per node: 1 simulates one Raft group; 2 to 8 a sharded cluster (three
-        /// nodes, a group per shard and the metadata group) whose slot ranges move between the
-        /// shards under the faults (network, partitions, crashes, clock).
+        /// Shards per node: 1 simulates one Raft group; 2 to 8 a sharded cluster (four
+        /// nodes, a group of three per shard and the metadata group on all four) whose slot
+        /// ranges move between the shards under the faults (network, partitions, crashes,
+        /// clock).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
         shards: u32,
-        /// With --shards: the mover driver moves replicas between the four nodes too (not
-        /// yet in CI's sweep: see the open bug in ARCHITECTURE.md, "Sharded runs").
+        /// With --shards: the mover driver moves replicas between the four nodes too (as CI's
+        /// sharded sweep does).
         #[arg(long)]
         replica_moves: bool,
         /// With --seed: also print the nodes' own logs at this filter (e.g. `warn`,
