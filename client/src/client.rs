@@ -36,6 +36,24 @@ impl Client {
         self.conn.config()
     }
 
+    /// This client (sharing its connections) with `key: value` in the gRPC metadata of every
+    /// call it makes: e.g. a service's correlation id, so the store's logs of the calls it makes
+    /// for one request name it. A key is lowercase letters, digits, `-`, `_` and `.`, not
+    /// `grpc-…` or `strata-…`; a value printable ASCII of at most 256 bytes; at most 8 entries
+    /// (else [`Error::InvalidArgument`], nothing changed).
+    pub fn with_metadata(&self, key: &str, value: &str) -> Result<Client, Error> {
+        Ok(Client {
+            conn: self.conn.with_header(key, value)?,
+        })
+    }
+
+    /// [`Client::with_metadata`] of `x-request-id`; an id that cannot be sent as one
+    /// (non-ASCII, too long) leaves the client as it is.
+    pub fn with_correlation_id(&self, id: &str) -> Client {
+        self.with_metadata(strata_proto::metadata::REQUEST_ID_KEY, id)
+            .unwrap_or_else(|_| self.clone())
+    }
+
     /// The node calls go to now (the leader, once one has been named).
     pub fn target(&self) -> String {
         self.conn.target()

@@ -19,6 +19,8 @@ use std::time::Instant;
 
 use strata_proto::v1::cluster_client::ClusterClient;
 use strata_proto::v1::streams_client::StreamsClient;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ClientConfig;
@@ -27,6 +29,74 @@ use crate::routes::{RouteState, Routes};
 
 /// Addresses a client learns from leader hints, beyond those it was given.
 const LEARNED_ADDRESSES_MAX: usize = 64;
+/// Most metadata entries a client adds to its calls ([`crate::Client::with_metadata`]).
+pub const HEADERS_MAX: usize = 8;
+/// Longest value of one of them, bytes.
+pub const HEADER_VALUE_BYTES_MAX: usize = 256;
+
+/// The gRPC metadata a client adds to every call (a correlation id, a `traceparent`).
+#[derive(Debug, Clone, Default)]
+pub struct Headers(Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>);
+
+impl Headers {
+    /// These headers with `key` set to `value` (replacing it): a key of lowercase letters,
+    /// digits, `-`, `_` or `.`, not a reserved one (`grpc-…`, `strata-…`); a value of
+    /// printable ASCII, at most [`HEADER_VALUE_BYTES_MAX`] bytes; at most [`HEADERS_MAX`].
+    pub(crate) fn with(&self, key: &str, value: &str) -> Result<Headers, Error> {
+        let bad = |why: &str| Err(Error::InvalidArgument(format!("metadata `{key}`: {why}")));
+        let key_ok = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+        if !key_ok {
+            return bad("a key is lowercase letters, digits, `-`, `_` and `.`");
+        }
+        if key.starts_with("grpc-") || key.starts_with("strata-") {
+            return bad("keys starting `grpc-` or `strata-` are the protocol's");
+        }
+        if value.len() > HEADER_VALUE_BYTES_MAX
+            || !value.bytes().all(|b| (b' '..=b'~').contains(&b))
+        {
+            return bad(&format!(
+                "a value is printable ASCII, at most {HEADER_VALUE_BYTES_MAX} bytes"
+            ));
+        }
+        let (Ok(k), Ok(v)) = (
+            key.parse::<AsciiMetadataKey>(),
+            value.parse::<AsciiMetadataValue>(),
+        ) else {
+            return bad("not valid gRPC metadata");
+        };
+        let mut all: Vec<_> = self
+            .0
+            .iter()
+            .filter(|(old, _)| *old != k)
+            .cloned()
+            .collect();
+        if all.len() >= HEADERS_MAX {
+            return bad(&format!("at most {HEADERS_MAX} entries"));
+        }
+        all.push((k, v));
+        Ok(Headers(Arc::new(all)))
+    }
+}
+
+impl tonic::service::Interceptor for Headers {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        for (k, v) in self.0.iter() {
+            request.metadata_mut().insert(k.clone(), v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A `Streams` client of one node, adding the client's [`Headers`].
+pub(crate) type StreamsApi = StreamsClient<InterceptedService<Channel, Headers>>;
+/// A `Cluster` client of one node, adding the client's [`Headers`].
+pub(crate) type ClusterApi = ClusterClient<InterceptedService<Channel, Headers>>;
 
 #[derive(Debug)]
 struct Targets {
@@ -44,6 +114,8 @@ pub(crate) struct Connections {
     targets: Arc<Mutex<Targets>>,
     routes: Arc<Mutex<RouteState>>,
     jitter: Arc<AtomicU64>,
+    /// This handle's own (clones made by `with_headers` share the rest).
+    headers: Headers,
 }
 
 impl Connections {
@@ -59,6 +131,7 @@ impl Connections {
             })),
             routes: Arc::default(),
             jitter: Arc::new(AtomicU64::new((uuid::Uuid::new_v4().as_u128() as u64) | 1)),
+            headers: Headers::default(),
         };
         // Every address must at least parse (a channel is made lazily: no network yet).
         for a in &connections.config.addresses {
@@ -69,6 +142,14 @@ impl Connections {
 
     pub(crate) fn config(&self) -> &ClientConfig {
         &self.config
+    }
+
+    /// The same connections, their calls carrying `key: value` besides this handle's headers.
+    pub(crate) fn with_header(&self, key: &str, value: &str) -> Result<Connections, Error> {
+        Ok(Connections {
+            headers: self.headers.with(key, value)?,
+            ..self.clone()
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Targets> {
@@ -114,15 +195,20 @@ impl Connections {
     }
 
     /// A `Streams` client of `addr`, with Strata's message limits.
-    pub(crate) fn streams(&self, addr: &str) -> Result<StreamsClient<Channel>, Error> {
-        Ok(StreamsClient::new(self.channel(addr)?)
-            .max_decoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
-            .max_encoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX))
+    pub(crate) fn streams(&self, addr: &str) -> Result<StreamsApi, Error> {
+        Ok(
+            StreamsClient::with_interceptor(self.channel(addr)?, self.headers.clone())
+                .max_decoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
+                .max_encoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX),
+        )
     }
 
     /// A `Cluster` client of `addr`.
-    pub(crate) fn cluster(&self, addr: &str) -> Result<ClusterClient<Channel>, Error> {
-        Ok(ClusterClient::new(self.channel(addr)?))
+    pub(crate) fn cluster(&self, addr: &str) -> Result<ClusterApi, Error> {
+        Ok(ClusterClient::with_interceptor(
+            self.channel(addr)?,
+            self.headers.clone(),
+        ))
     }
 
     /// Calls go to `leader` from now on.
@@ -210,7 +296,7 @@ impl Connections {
     /// Makes a unary `Streams` call, retrying as the module says.
     pub(crate) async fn call<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T, Error>
     where
-        F: FnMut(StreamsClient<Channel>) -> Fut,
+        F: FnMut(StreamsApi) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_on(Connections::streams, None, idempotent, f)
@@ -225,7 +311,7 @@ impl Connections {
         f: F,
     ) -> Result<T, Error>
     where
-        F: FnMut(StreamsClient<Channel>) -> Fut,
+        F: FnMut(StreamsApi) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.call_on(Connections::streams, Some(stream), idempotent, f)
@@ -349,6 +435,38 @@ mod tests {
         assert_eq!(c.target(), "d:1");
         c.skip("d:1");
         assert_eq!(c.target(), "a:1");
+    }
+
+    #[test]
+    fn headers_are_checked_replaced_and_put_on_every_call() {
+        use tonic::service::Interceptor;
+        let h = Headers::default().with("x-request-id", "order-17").unwrap();
+        let mut h = h.with("x-request-id", "order-18").unwrap();
+        let called = h.call(tonic::Request::new(())).unwrap();
+        assert_eq!(called.metadata().get("x-request-id").unwrap(), "order-18");
+        assert_eq!(called.metadata().len(), 1);
+        for (key, value, says) in [
+            ("X-Upper", "v", "lowercase"),
+            ("", "v", "lowercase"),
+            ("grpc-timeout", "1S", "the protocol's"),
+            ("strata-leader", "x", "the protocol's"),
+            ("k", "caf\u{e9}", "printable ASCII"),
+            ("k", "line\nbreak", "printable ASCII"),
+        ] {
+            match Headers::default().with(key, value) {
+                Err(Error::InvalidArgument(why)) => assert!(why.contains(says), "{key}: {why}"),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        let long = "v".repeat(HEADER_VALUE_BYTES_MAX + 1);
+        assert!(Headers::default().with("k", &long).is_err());
+        let mut full = Headers::default();
+        for i in 0..HEADERS_MAX {
+            full = full.with(&format!("k{i}"), "v").unwrap();
+        }
+        assert!(full.with("one-more", "v").is_err());
+        // Replacing one is not adding one.
+        assert!(full.with("k0", "w").is_ok());
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use strata_proto::metadata::correlation_id;
 use strata_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
@@ -139,13 +140,20 @@ impl StreamsService {
         }
     }
 
-    /// Runs one call in a span carrying its method and a request id, logging rejections.
+    /// Runs one call in a span carrying its method, a request id and the caller's correlation
+    /// id (`x-request-id`, else a `traceparent`'s trace id; empty without), logging rejections.
     async fn traced<T>(
         &self,
         method: &'static str,
+        correlation: Option<String>,
         call: impl std::future::Future<Output = Result<T, Status>>,
     ) -> Result<T, Status> {
-        let span = tracing::debug_span!("rpc", method, request_id = self.request_id());
+        let span = tracing::debug_span!(
+            "rpc",
+            method,
+            request_id = self.request_id(),
+            correlation_id = %correlation.as_deref().unwrap_or_default()
+        );
         let result = call.instrument(span.clone()).await;
         if let Err(status) = &result {
             span.in_scope(
@@ -370,9 +378,13 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        self.traced("Append", self.append_one(request.into_inner()))
-            .await
-            .map(Response::new)
+        self.traced(
+            "Append",
+            correlation_id(request.metadata()),
+            self.append_one(request.into_inner()),
+        )
+        .await
+        .map(Response::new)
     }
 
     type AppendStreamStream = crate::append_stream::AnswerStream;
@@ -388,20 +400,24 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::AppendMultiRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        self.traced("AppendMulti", async move {
-            let request = convert::append_multi(
-                request.into_inner(),
-                self.clock.now_us(),
-                self.ids.as_ref(),
-            )?;
-            tracing::debug!(streams = request.streams.len(), "append multi");
-            let started = std::time::Instant::now();
-            let result = self.backend.append(request).await.map_err(replica_status)?;
-            self.stats
-                .append_latency
-                .observe_us(started.elapsed().as_micros() as u64);
-            Ok(Response::new(convert::append_response(result)))
-        })
+        self.traced(
+            "AppendMulti",
+            correlation_id(request.metadata()),
+            async move {
+                let request = convert::append_multi(
+                    request.into_inner(),
+                    self.clock.now_us(),
+                    self.ids.as_ref(),
+                )?;
+                tracing::debug!(streams = request.streams.len(), "append multi");
+                let started = std::time::Instant::now();
+                let result = self.backend.append(request).await.map_err(replica_status)?;
+                self.stats
+                    .append_latency
+                    .observe_us(started.elapsed().as_micros() as u64);
+                Ok(Response::new(convert::append_response(result)))
+            },
+        )
         .await
     }
 
@@ -409,7 +425,7 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
-        self.traced("Read", async move {
+        self.traced("Read", correlation_id(request.metadata()), async move {
             let r = request.into_inner();
             let reader = self.backend.reader();
             let limit = convert::read_limit(r.limit, reader.limits().read_events_max)?;
@@ -447,7 +463,7 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::ReadAllRequest>,
     ) -> Result<Response<pb::ReadAllResponse>, Status> {
-        self.traced("ReadAll", async move {
+        self.traced("ReadAll", correlation_id(request.metadata()), async move {
             let r = request.into_inner();
             let limit =
                 convert::read_limit(r.limit, self.backend.reader().limits().read_records_max)?;
@@ -474,10 +490,14 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        self.traced("Subscribe", async move {
-            let (rx, last) = self.open_subscription(request.into_inner())?;
-            Ok(Response::new(subscription::event_stream(rx, last)))
-        })
+        self.traced(
+            "Subscribe",
+            correlation_id(request.metadata()),
+            async move {
+                let (rx, last) = self.open_subscription(request.into_inner())?;
+                Ok(Response::new(subscription::event_stream(rx, last)))
+            },
+        )
         .await
     }
 
@@ -485,12 +505,16 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::GetStreamRequest>,
     ) -> Result<Response<pb::GetStreamResponse>, Status> {
-        self.traced("GetStream", async move {
-            let r = request.into_inner();
-            let consistency = convert::consistency(r.consistency)?;
-            self.backend.stream_barrier(&r.stream, consistency).await?;
-            Ok(Response::new(self.history.get_stream(r.stream).await?))
-        })
+        self.traced(
+            "GetStream",
+            correlation_id(request.metadata()),
+            async move {
+                let r = request.into_inner();
+                let consistency = convert::consistency(r.consistency)?;
+                self.backend.stream_barrier(&r.stream, consistency).await?;
+                Ok(Response::new(self.history.get_stream(r.stream).await?))
+            },
+        )
         .await
     }
 
@@ -498,7 +522,7 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::GetLogRequest>,
     ) -> Result<Response<pb::GetLogResponse>, Status> {
-        self.traced("GetLog", async move {
+        self.traced("GetLog", correlation_id(request.metadata()), async move {
             let r = request.into_inner();
             let consistency = convert::consistency(r.consistency)?;
             let (end, first) = self.log_point(consistency, r.at_timestamp_us).await?;
@@ -516,11 +540,15 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::SetStreamMetadataRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        self.traced("SetStreamMetadata", async move {
-            Ok(Response::new(
-                self.history.set_metadata(request.into_inner()).await?,
-            ))
-        })
+        self.traced(
+            "SetStreamMetadata",
+            correlation_id(request.metadata()),
+            async move {
+                Ok(Response::new(
+                    self.history.set_metadata(request.into_inner()).await?,
+                ))
+            },
+        )
         .await
     }
 
@@ -528,11 +556,15 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::DeleteStreamRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        self.traced("DeleteStream", async move {
-            Ok(Response::new(
-                self.history.delete(request.into_inner()).await?,
-            ))
-        })
+        self.traced(
+            "DeleteStream",
+            correlation_id(request.metadata()),
+            async move {
+                Ok(Response::new(
+                    self.history.delete(request.into_inner()).await?,
+                ))
+            },
+        )
         .await
     }
 
@@ -540,11 +572,15 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::SaveSnapshotRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        self.traced("SaveSnapshot", async move {
-            Ok(Response::new(
-                self.history.save_snapshot(request.into_inner()).await?,
-            ))
-        })
+        self.traced(
+            "SaveSnapshot",
+            correlation_id(request.metadata()),
+            async move {
+                Ok(Response::new(
+                    self.history.save_snapshot(request.into_inner()).await?,
+                ))
+            },
+        )
         .await
     }
 
@@ -552,17 +588,21 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::ReadStateRequest>,
     ) -> Result<Response<pb::ReadStateResponse>, Status> {
-        self.traced("ReadState", async move {
-            let r = request.into_inner();
-            let limit =
-                convert::read_limit(r.limit, self.backend.reader().limits().read_events_max)?;
-            let consistency = convert::consistency(r.consistency)?;
-            self.backend.stream_barrier(&r.stream, consistency).await?;
-            let bytes_max = self.config.response_bytes_max;
-            Ok(Response::new(
-                self.history.read_state(r, limit, bytes_max).await?,
-            ))
-        })
+        self.traced(
+            "ReadState",
+            correlation_id(request.metadata()),
+            async move {
+                let r = request.into_inner();
+                let limit =
+                    convert::read_limit(r.limit, self.backend.reader().limits().read_events_max)?;
+                let consistency = convert::consistency(r.consistency)?;
+                self.backend.stream_barrier(&r.stream, consistency).await?;
+                let bytes_max = self.config.response_bytes_max;
+                Ok(Response::new(
+                    self.history.read_state(r, limit, bytes_max).await?,
+                ))
+            },
+        )
         .await
     }
 
@@ -570,11 +610,15 @@ impl pb::streams_server::Streams for StreamsService {
         &self,
         request: Request<pb::SnapshotPolicy>,
     ) -> Result<Response<pb::SnapshotPolicies>, Status> {
-        self.traced("SetSnapshotPolicy", async move {
-            Ok(Response::new(
-                self.history.set_policy(request.into_inner()).await?,
-            ))
-        })
+        self.traced(
+            "SetSnapshotPolicy",
+            correlation_id(request.metadata()),
+            async move {
+                Ok(Response::new(
+                    self.history.set_policy(request.into_inner()).await?,
+                ))
+            },
+        )
         .await
     }
 }

@@ -8,38 +8,26 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use strata_client::metadata::{trace_id, usable_id as usable};
 use tracing::Instrument;
 
 /// The header carrying the id, both ways.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: &str = strata_client::metadata::REQUEST_ID_KEY;
 /// The W3C trace-context header.
-pub const TRACEPARENT: &str = "traceparent";
+pub const TRACEPARENT: &str = strata_client::metadata::TRACEPARENT_KEY;
 /// Longest id taken from a caller (longer ones are replaced by a new id).
-pub const ID_BYTES_MAX: usize = 128;
+pub const ID_BYTES_MAX: usize = strata_client::metadata::CORRELATION_BYTES_MAX;
 
 /// A request's correlation id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorrelationId(pub String);
 
-/// The trace id of a `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed and not
-/// all zeros.
-pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(version, 2)
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && parts.next().is_none()
-        && trace.bytes().any(|b| b != b'0'))
-    .then_some(trace)
-}
-
-/// Whether a caller's id can be used as it is: printable ASCII, no spaces, not too long.
-fn usable(id: &str) -> bool {
-    !id.is_empty() && id.len() <= ID_BYTES_MAX && id.bytes().all(|b| b.is_ascii_graphic())
+impl CorrelationId {
+    /// `store` carrying this id in every call (`x-request-id`), so the store's logs of the
+    /// calls made for a request name it.
+    pub fn on(&self, store: &strata_client::Client) -> strata_client::Client {
+        store.with_correlation_id(&self.0)
+    }
 }
 
 /// The id for a request with these headers.

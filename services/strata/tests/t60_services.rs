@@ -1,8 +1,8 @@
 //! The services' shared shape, through the consistency service (`strata serve consistency`)
 //! against a real `strata dev` node: settings from a TOML file, `/health` (200 while the
 //! store answers, 503 once it is gone), `/metrics`, correlation ids (taken from
-//! `X-Request-Id`, answered, in the JSON logs and in the metadata of the event the run is
-//! recorded with), bad input refused with 400 naming the field, one run at a time (409), a
+//! `X-Request-Id`, answered, in the JSON logs, in the metadata of the event the run is
+//! recorded with, and in the gRPC metadata of the call recording it: the store's log names it), bad input refused with 400 naming the field, one run at a time (409), a
 //! run followed to its report (JSON and HTML), and a graceful stop on SIGTERM.
 
 // Test code: a panic is a failed test.
@@ -66,6 +66,24 @@ impl Drop for Proc {
     }
 }
 
+/// `text` without ANSI colour codes (`ESC [ … m`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 async fn wait_http(port: u16) {
     for _ in 0..300 {
         if tokio::net::TcpStream::connect(addr(port)).await.is_ok() {
@@ -81,6 +99,8 @@ async fn the_consistency_service_runs_jepsen_over_http_in_the_services_shape() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (store_port, port) = (free_port(), free_port());
+    // The store logs each call with the caller's correlation id (at debug).
+    let store_log = dir.path().join("store.log");
     let mut store = Proc(
         Command::new(STRATA)
             .args([
@@ -92,8 +112,9 @@ async fn the_consistency_service_runs_jepsen_over_http_in_the_services_shape() {
                 "--data",
             ])
             .arg(dir.path().join("store"))
+            .env("STRATA_LOG", "info,strata_shard::service=debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&store_log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -188,6 +209,20 @@ async fn the_consistency_service_runs_jepsen_over_http_in_the_services_shape() {
     assert_eq!(event.r#type, "run-finished");
     let meta: serde_json::Value = serde_json::from_slice(&event.metadata).unwrap();
     assert_eq!(meta["correlation_id"], "jepsen-run-t60");
+    // ...and the call that recorded it carried the id: the store's log of it names it.
+    let logged = without_colours(&std::fs::read_to_string(&store_log).unwrap());
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("correlation_id=jepsen-run-t60") && l.contains("Append")),
+        "no call with the correlation id in the store's log: {}",
+        logged
+            .lines()
+            .filter(|l| l.contains("rpc"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let data: serde_json::Value = serde_json::from_slice(&event.data).unwrap();
     assert_eq!(data["verdict"], "linearizable");
 
