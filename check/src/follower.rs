@@ -56,6 +56,12 @@ pub struct Violation {
     pub explanation: String,
 }
 
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.class, self.explanation)
+    }
+}
+
 /// Most violations kept (all are counted).
 pub const VIOLATIONS_MAX: usize = 16;
 

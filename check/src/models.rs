@@ -639,15 +639,6 @@ mod prune_tests {
     use super::*;
     use crate::wgl::{check, Budget, Verdict};
 
-    fn op(client: u64, op: RegisterOp, call: usize, ret: Option<usize>) -> Operation<RegisterOp> {
-        Operation {
-            client,
-            op,
-            call,
-            ret,
-        }
-    }
-
     fn verdict(ops: &[Operation<RegisterOp>]) -> Verdict {
         let budget = Budget {
             deadline: std::time::Instant::now() + std::time::Duration::from_secs(5),
@@ -661,9 +652,9 @@ mod prune_tests {
         use RegisterOp::*;
         // Write 1; an unknown write of 2 nobody saw; a read of 1: fine either way.
         let ok = vec![
-            op(0, Write(1), 0, Some(1)),
-            op(1, Write(2), 2, None),
-            op(2, Read(Some(1)), 3, Some(4)),
+            Operation::new(0, Write(1), 0, Some(1)),
+            Operation::new(1, Write(2), 2, None),
+            Operation::new(2, Read(Some(1)), 3, Some(4)),
         ];
         let pruned = prune_unobserved_writes(ok.clone());
         assert_eq!(pruned.len(), 2);
@@ -671,18 +662,18 @@ mod prune_tests {
         assert_eq!(verdict(&pruned), Verdict::Linearizable);
         // Seen by a read (or as a successful cas's from): kept.
         let seen = vec![
-            op(1, Write(2), 0, None),
-            op(2, Read(Some(2)), 1, Some(2)),
-            op(3, Cas(9, 4, None), 3, None),
-            op(4, Cas(4, 5, Some(true)), 4, Some(5)),
+            Operation::new(1, Write(2), 0, None),
+            Operation::new(2, Read(Some(2)), 1, Some(2)),
+            Operation::new(3, Cas(9, 4, None), 3, None),
+            Operation::new(4, Cas(4, 5, Some(true)), 4, Some(5)),
         ];
         assert_eq!(prune_unobserved_writes(seen.clone()).len(), 4);
         // A stale read stays a stale read.
         let stale = vec![
-            op(0, Write(1), 0, Some(1)),
-            op(1, Write(3), 2, None),
-            op(2, Write(2), 3, Some(4)),
-            op(3, Read(Some(1)), 5, Some(6)),
+            Operation::new(0, Write(1), 0, Some(1)),
+            Operation::new(1, Write(3), 2, None),
+            Operation::new(2, Write(2), 3, Some(4)),
+            Operation::new(3, Read(Some(1)), 5, Some(6)),
         ];
         assert_eq!(verdict(&stale), Verdict::NotLinearizable);
         assert_eq!(
@@ -691,8 +682,8 @@ mod prune_tests {
         );
         // A failed cas depends on a value it does not name: nothing is pruned.
         let failed = vec![
-            op(1, Write(2), 0, None),
-            op(2, Cas(1, 3, Some(false)), 1, Some(2)),
+            Operation::new(1, Write(2), 0, None),
+            Operation::new(2, Cas(1, 3, Some(false)), 1, Some(2)),
         ];
         assert_eq!(prune_unobserved_writes(failed).len(), 2);
     }

@@ -42,6 +42,19 @@ pub struct Operation<Op> {
     pub ret: Option<usize>,
 }
 
+impl<Op> Operation<Op> {
+    /// An operation of `client`, invoked at event `call`, completed at `ret` (`None`: never,
+    /// its outcome unknown).
+    pub fn new(client: u64, op: Op, call: usize, ret: Option<usize>) -> Self {
+        Operation {
+            client,
+            op,
+            call,
+            ret,
+        }
+    }
+}
+
 /// The answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -1,4 +1,4 @@
-//! The bank workload: [`ACCOUNTS`] accounts, each a stream (`jepsen-bank-N`) whose last event
+//! The bank workload: [`ACCOUNTS`] accounts, each a stream (`bank-N` after the run's prefix) whose last event
 //! holds its balance (so a read costs one event per account however long the run). Set up
 //! with one `AppendMulti` opening each with [`OPENING`]. Each client then runs:
 //!
@@ -16,10 +16,10 @@ use strata_client::{event, pb, Client, Error, ExpectedVersion};
 use super::history::Kind;
 use super::rng::Rng;
 use super::snapshot::Snapshots;
-use super::workload::{certainly_not_written, Ended, Place, Record, Workload};
+use super::workload::{certainly_not_written, Ended, Names, Place, Record, Workload};
 
-/// The accounts' stream prefix.
-pub const PREFIX: &str = "jepsen-bank-";
+/// The accounts' streams, after the run's prefix: `bank-0`, `bank-1`, ….
+pub const PREFIX: &str = "bank-";
 /// How many accounts.
 pub const ACCOUNTS: u64 = 5;
 /// Each account's opening balance.
@@ -29,8 +29,8 @@ pub const AMOUNT_MAX: u64 = 5;
 /// Money in the bank, always.
 pub const TOTAL: i64 = ACCOUNTS as i64 * OPENING;
 
-fn stream(a: u64) -> String {
-    format!("{PREFIX}{a}")
+fn stream(names: &Names, a: u64) -> String {
+    names.of(format_args!("{PREFIX}{a}"))
 }
 
 fn amount(data: &[u8]) -> Result<i64, Error> {
@@ -42,11 +42,11 @@ fn amount(data: &[u8]) -> Result<i64, Error> {
 
 /// Opens the accounts (once: a second run's opening finds them open). Retries until the
 /// cluster answers.
-pub async fn open(client: &Client) -> Result<(), Error> {
+pub async fn open(client: &Client, names: &Names) -> Result<(), Error> {
     let request = pb::AppendMultiRequest {
         streams: (0..ACCOUNTS)
             .map(|a| pb::StreamAppend {
-                stream: stream(a),
+                stream: stream(names, a),
                 expected: Some(ExpectedVersion::NoStream.wire()),
                 events: vec![event("deposit", OPENING.to_string())],
             })
@@ -88,13 +88,15 @@ pub struct Outcome {
 /// One client's bank workload.
 pub struct Bank {
     snapshots: Snapshots,
+    names: Names,
 }
 
 impl Bank {
     /// A client's workload.
-    pub fn new() -> Bank {
+    pub fn new(names: Names) -> Bank {
         Bank {
-            snapshots: Snapshots::new(PREFIX),
+            snapshots: Snapshots::new(&names.of(PREFIX)),
+            names,
         }
     }
 
@@ -104,7 +106,7 @@ impl Bank {
         client: &Client,
         accounts: &[u64],
     ) -> Result<Vec<(i64, Option<u64>)>, Error> {
-        let names: Vec<String> = accounts.iter().map(|a| stream(*a)).collect();
+        let names: Vec<String> = accounts.iter().map(|a| stream(&self.names, *a)).collect();
         let states = self.snapshots.read(client, &names, true).await?;
         states
             .into_iter()
@@ -138,7 +140,7 @@ impl Bank {
             return ended(Kind::Fail, json!(format!("insufficient: {balance}")));
         }
         let leg = |a: u64, version: Option<u64>, balance: i64| pb::StreamAppend {
-            stream: stream(a),
+            stream: stream(&self.names, a),
             expected: Some(
                 version
                     .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
@@ -157,12 +159,6 @@ impl Bank {
             Err(e) if certainly_not_written(&e) => ended(Kind::Fail, json!(e.to_string())),
             Err(e) => ended(Kind::Info, json!(e.to_string())),
         }
-    }
-}
-
-impl Default for Bank {
-    fn default() -> Self {
-        Bank::new()
     }
 }
 

@@ -1,4 +1,4 @@
-//! The follower-read workload: a few streams (`jepsen-follower-K`, a window of
+//! The follower-read workload: a few streams (`follower-K` after the run's prefix, a window of
 //! [`KEYS_ACTIVE`] moving on every [`OPS_PER_KEY_STEP`] operations) that clients append to
 //! (through their node, forwarded to the leader) and read at `Consistency::Follower` from the
 //! node they are bound to — whole streams, or as of a timestamp [`AS_OF_LAG_MS`] in the past
@@ -15,10 +15,10 @@ use strata_client::{event, pb, Client, Error, ExpectedVersion};
 
 use super::history::Kind;
 use super::rng::Rng;
-use super::workload::{certainly_not_written, Ended, Place, Record, Workload};
+use super::workload::{certainly_not_written, Ended, Names, Place, Record, Workload};
 
-/// The streams' prefix.
-pub const PREFIX: &str = "jepsen-follower-";
+/// The streams' names after the run's prefix: `follower-0`, `follower-1`, ….
+pub const PREFIX: &str = "follower-";
 /// Streams in use at once.
 pub const KEYS_ACTIVE: u64 = 2;
 /// Operations (of all clients) after which the window moves by one stream.
@@ -48,17 +48,22 @@ pub struct Outcome {
 pub struct Followers {
     begun: Arc<AtomicU64>,
     client: u64,
+    names: Names,
 }
 
 impl Followers {
     /// A client's workload; `begun` is shared by all clients.
-    pub fn new(begun: Arc<AtomicU64>, client: u64) -> Followers {
-        Followers { begun, client }
+    pub fn new(begun: Arc<AtomicU64>, client: u64, names: Names) -> Followers {
+        Followers {
+            begun,
+            client,
+            names,
+        }
     }
-}
 
-fn name(k: u64) -> String {
-    format!("{PREFIX}{k}")
+    fn name(&self, k: u64) -> String {
+        self.names.of(format_args!("{PREFIX}{k}"))
+    }
 }
 
 fn now_us() -> u64 {
@@ -67,10 +72,14 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-async fn read(client: &Client, k: u64, as_of: Option<u64>) -> Result<pb::ReadResponse, Error> {
+async fn read(
+    client: &Client,
+    stream: &str,
+    as_of: Option<u64>,
+) -> Result<pb::ReadResponse, Error> {
     let r = client
         .read(pb::ReadRequest {
-            stream: name(k),
+            stream: stream.to_string(),
             limit: 4096,
             consistency: pb::Consistency::Follower as i32,
             as_of: as_of.map(|t| pb::AsOf {
@@ -81,8 +90,7 @@ async fn read(client: &Client, k: u64, as_of: Option<u64>) -> Result<pb::ReadRes
         .await;
     match r {
         Ok(p) if p.truncated || p.events.len() >= 4096 => Err(Error::LimitExceeded(format!(
-            "{} holds more than a page",
-            name(k)
+            "{stream} holds more than a page"
         ))),
         Err(Error::NotFound(_)) => Ok(pb::ReadResponse::default()),
         other => other,
@@ -105,9 +113,9 @@ impl Workload for Followers {
 
     fn describe(&self, input: &Input) -> (&'static str, serde_json::Value) {
         match input {
-            Input::Append(k, v) => ("append", json!({ "stream": name(*k), "value": v })),
-            Input::Read(k) => ("read", json!({ "stream": name(*k) })),
-            Input::ReadAsOf(k) => ("read-as-of", json!({ "stream": name(*k) })),
+            Input::Append(k, v) => ("append", json!({ "stream": self.name(*k), "value": v })),
+            Input::Read(k) => ("read", json!({ "stream": self.name(*k) })),
+            Input::ReadAsOf(k) => ("read-as-of", json!({ "stream": self.name(*k) })),
         }
     }
 
@@ -124,7 +132,7 @@ impl Workload for Followers {
             Input::Append(k, v) => {
                 let answer = client
                     .append(
-                        &name(k),
+                        &self.name(k),
                         ExpectedVersion::Any,
                         vec![event("append", v.to_string())],
                     )
@@ -147,7 +155,7 @@ impl Workload for Followers {
             Input::Read(k) => (k, None),
             Input::ReadAsOf(k) => (k, Some(now_us().saturating_sub(AS_OF_LAG_MS * 1000))),
         };
-        match read(client, k, as_of).await {
+        match read(client, &self.name(k), as_of).await {
             Ok(page) => {
                 let events: Vec<(u64, u64)> = page
                     .events

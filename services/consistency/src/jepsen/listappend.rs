@@ -1,4 +1,4 @@
-//! The list-append workload (Elle's): keys are streams (`jepsen-la-K`), a key's list is its
+//! The list-append workload (Elle's): keys are streams (`la-K` after the run's prefix), a key's list is its
 //! events' data, and each client runs transactions of three shapes:
 //!
 //! - read: a snapshot of 1–3 keys ([`super::snapshot`]);
@@ -20,17 +20,17 @@ use strata_client::{event, pb, Client, ExpectedVersion};
 use super::history::Kind;
 use super::rng::Rng;
 use super::snapshot::Snapshots;
-use super::workload::{certainly_not_written, Ended, Place, Record, Workload};
+use super::workload::{certainly_not_written, Ended, Names, Place, Record, Workload};
 
-/// The keys' stream prefix.
-pub const PREFIX: &str = "jepsen-la-";
+/// The keys' streams after the run's prefix: `la-0`, `la-1`, ….
+pub const PREFIX: &str = "la-";
 /// Keys in use at once.
 pub const KEYS_ACTIVE: u64 = 6;
 /// Transactions (of all clients) after which the window of keys moves by one.
 pub const TXNS_PER_KEY_STEP: u64 = 64;
 
-fn stream(k: Key) -> String {
-    format!("{PREFIX}{k}")
+fn stream(names: &Names, k: Key) -> String {
+    names.of(format_args!("{PREFIX}{k}"))
 }
 
 /// A transaction to run.
@@ -55,14 +55,16 @@ pub struct ListAppend {
     snapshots: Snapshots,
     /// Transactions begun by all clients.
     begun: Arc<AtomicU64>,
+    names: Names,
 }
 
 impl ListAppend {
     /// A client's workload; `begun` is shared by all clients.
-    pub fn new(begun: Arc<AtomicU64>) -> ListAppend {
+    pub fn new(begun: Arc<AtomicU64>, names: Names) -> ListAppend {
         ListAppend {
-            snapshots: Snapshots::new(PREFIX),
+            snapshots: Snapshots::new(&names.of(PREFIX)),
             begun,
+            names,
         }
     }
 
@@ -86,7 +88,7 @@ impl ListAppend {
         client: &Client,
         keys: &[Key],
     ) -> Result<(Vec<Mop>, Vec<Option<u64>>), String> {
-        let names: Vec<String> = keys.iter().map(|k| stream(*k)).collect();
+        let names: Vec<String> = keys.iter().map(|k| stream(&self.names, *k)).collect();
         let states = self
             .snapshots
             .read(client, &names, false)
@@ -120,12 +122,16 @@ fn mops_json(mops: &[Mop]) -> serde_json::Value {
 }
 
 /// One `AppendMulti`: ok, certainly not written (fail), or unknown (info).
-async fn append(client: &Client, appends: Vec<(Key, Vec<Value>, ExpectedVersion)>) -> Kind {
+async fn append(
+    client: &Client,
+    names: &Names,
+    appends: Vec<(Key, Vec<Value>, ExpectedVersion)>,
+) -> Kind {
     let request = pb::AppendMultiRequest {
         streams: appends
             .into_iter()
             .map(|(k, values, expected)| pb::StreamAppend {
-                stream: stream(k),
+                stream: stream(names, k),
                 expected: Some(expected.wire()),
                 events: values
                     .iter()
@@ -218,7 +224,7 @@ impl Workload for ListAppend {
                     .into_iter()
                     .map(|(k, vs)| (k, vs, ExpectedVersion::Any))
                     .collect();
-                (append(client, with).await, mops, None)
+                (append(client, &self.names, with).await, mops, None)
             }
             Input::Rmw(kvs) => self.rmw(client, kvs).await,
         };
@@ -274,7 +280,7 @@ impl ListAppend {
                 (*k, vec![*v], expected)
             })
             .collect();
-        let kind = append(client, with).await;
+        let kind = append(client, &self.names, with).await;
         (kind, mops, None)
     }
 }

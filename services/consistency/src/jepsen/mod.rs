@@ -16,6 +16,7 @@ mod cluster;
 mod follower;
 mod history;
 mod html;
+mod judge;
 mod listappend;
 mod nemesis;
 pub mod proxy;
@@ -32,8 +33,6 @@ use std::time::{Duration, Instant};
 
 use crate::test_build;
 use serde::Serialize;
-use strata_check::wgl::{self, Budget, Verdict};
-use strata_check::{bank as bank_check, elle};
 use strata_client::{Client, ClientConfig};
 
 use self::cluster::LocalCluster;
@@ -41,18 +40,15 @@ use self::history::{History, Kind};
 use self::nemesis::Fault;
 pub use self::nemesis::NemesisKind;
 use self::rng::Rng;
-use self::workload::{client_loop, Ctx, Done, Record};
+use self::workload::{client_loop, Ctx, Done, Names};
 use crate::Failure;
 
 /// Longest run (`--time`), seconds.
 pub const TIME_MAX_SECS: u64 = 3600;
 /// Most clients.
 pub const CLIENTS_MAX: u64 = 64;
-/// How long the checker may search, and the memoised states it may keep.
-const CHECK_TIME: Duration = Duration::from_secs(120);
-const CHECK_STATES_MAX: usize = 20_000_000;
-/// How long the search for a small witness of a register violation may take.
-const WITNESS_TIME: Duration = Duration::from_secs(30);
+/// Most `--target` addresses.
+pub const TARGETS_MAX: usize = 16;
 /// After the workload, with every fault healed: clients keep going this long, so the
 /// history ends with the cluster whole.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -93,9 +89,14 @@ pub struct JepsenArgs {
     /// Concurrent clients (1 to 64).
     #[arg(long, default_value_t = 5)]
     pub clients: u64,
-    /// Nodes of the cluster: 3 or 5.
+    /// Nodes of the run's own cluster: 3 or 5 (not used with --target).
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
+    /// Runs against an existing cluster, at these client addresses (HOST:PORT, comma-separated,
+    /// at most 16), instead of starting one: only `--nemesis none` (faults need the run's own
+    /// processes and proxies). Its streams are named `jepsen-SEED-…`, so runs never meet.
+    #[arg(long, value_delimiter = ',')]
+    pub target: Vec<String>,
     /// Seconds healthy between faults, and each fault's length (1 to 60).
     #[arg(long, default_value_t = 5)]
     pub fault_secs: u64,
@@ -145,6 +146,12 @@ impl JepsenArgs {
         if !(1..=60).contains(&self.fault_secs) {
             return usage(format!("--fault-secs: 1 to 60, not {}", self.fault_secs));
         }
+        if !self.target.is_empty() {
+            self.validate_target().map_err(|m| Failure {
+                message: m,
+                exit_code: 2,
+            })?;
+        }
         let test_only =
             self.planted_bug.is_some() || self.lose_unsynced || self.nemesis == NemesisKind::Clock;
         if test_only && !self.test_build {
@@ -163,6 +170,51 @@ impl JepsenArgs {
             }
         }
         Ok(())
+    }
+
+    /// `--target`: addresses that parse, and no fault or planted bug (those need the run's own
+    /// nodes).
+    fn validate_target(&self) -> Result<(), String> {
+        if self.target.len() > TARGETS_MAX {
+            return Err(format!(
+                "--target: at most {TARGETS_MAX} addresses, not {}",
+                self.target.len()
+            ));
+        }
+        for a in &self.target {
+            let port = a
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+                return Err(format!("--target: {a:?} is not HOST:PORT"));
+            }
+        }
+        if self.nemesis != NemesisKind::None {
+            return Err(format!(
+                "--target: only --nemesis none (the faults need the run's own nodes and proxies), not {}",
+                name(self.nemesis)
+            ));
+        }
+        if self.planted_bug.is_some() || self.lose_unsynced {
+            return Err(
+                "--target: --planted-bug and --lose-unsynced act on the run's own nodes".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the nodes' clocks are to be skewed (`clock`, or `all` in a test build).
+    fn clocks(&self) -> bool {
+        self.nemesis == NemesisKind::Clock || (self.nemesis == NemesisKind::All && self.test_build)
+    }
+
+    /// The run's stream names: see [`Names`].
+    fn names(&self, seed: u64) -> Names {
+        if self.target.is_empty() {
+            Names::new("jepsen-")
+        } else {
+            Names::new(&format!("jepsen-{seed}-"))
+        }
     }
 
     /// What the nodes' environment gets.
@@ -212,6 +264,8 @@ pub struct Report {
     pub workload: Workload,
     /// The nemesis.
     pub nemesis: NemesisKind,
+    /// The cluster's client addresses when the run targeted an existing one (else empty).
+    pub target: Vec<String>,
     /// The bug planted in the nodes, if any (test builds).
     pub planted_bug: Option<String>,
     /// Whether the nodes' disks lost unsynced writes when killed (test builds).
@@ -342,21 +396,33 @@ pub async fn execute(args: &JepsenArgs) -> Result<Report, Failure> {
         lose_unsynced = args.lose_unsynced,
         "jepsen run starting"
     );
-    let clocks = args.nemesis == NemesisKind::Clock;
-    let mut cluster = LocalCluster::start(&dir, args.nodes, args.node_env(), clocks).await?;
-    let outcome = drive(args, seed, &mut cluster).await;
-    cluster.stop().await;
-    let (history, done, faults) = outcome?;
-    judge(args, seed, &dir, &history, &done, faults)
+    let names = args.names(seed);
+    let (history, done, faults) = if args.target.is_empty() {
+        let mut cluster =
+            LocalCluster::start(&dir, args.nodes, args.node_env(), args.clocks()).await?;
+        let addrs = cluster.client_addrs();
+        let outcome = drive(args, (seed, &names), addrs, Some(&mut cluster)).await;
+        cluster.stop().await;
+        outcome?
+    } else {
+        drive(args, (seed, &names), args.target.clone(), None).await?
+    };
+    // The checker's search runs for up to minutes: off the runtime's workers.
+    let args = args.clone();
+    tokio::task::spawn_blocking(move || judge(&args, seed, &dir, &history, &done, faults))
+        .await
+        .map_err(|e| Failure::new(format!("the checker failed: {e}")))?
 }
 
 type Driven = (Arc<History>, Vec<Done>, Vec<Fault>);
 
-/// Runs the clients and the nemesis; heals; returns the history.
+/// Runs the clients against `addrs` and, on the run's own cluster, the nemesis; heals;
+/// returns the history.
 async fn drive(
     args: &JepsenArgs,
-    seed: u64,
-    cluster: &mut LocalCluster,
+    (seed, names): (u64, &Names),
+    addrs: Vec<String>,
+    cluster: Option<&mut LocalCluster>,
 ) -> Result<Driven, Failure> {
     let history = Arc::new(History::new());
     let stop = Arc::new(AtomicBool::new(false));
@@ -366,11 +432,11 @@ async fn drive(
         connect_timeout: Duration::from_millis(300),
         attempt_timeout: Duration::from_millis(500),
         deadline: Duration::from_secs(1),
-        ..ClientConfig::new(cluster.client_addrs())
+        ..ClientConfig::new(addrs)
     };
     if args.workload == Workload::Bank {
         let client = Client::new(config.clone()).map_err(|e| Failure::new(e.to_string()))?;
-        bank::open(&client)
+        bank::open(&client, names)
             .await
             .map_err(|e| Failure::new(format!("opening the accounts: {e}")))?;
     }
@@ -394,23 +460,34 @@ async fn drive(
             history: history.clone(),
             stop: stop.clone(),
         };
+        let names = names.clone();
         clients.push(match args.workload {
-            Workload::Register => tokio::spawn(client_loop(register::Register::default(), ctx)),
-            Workload::ListAppend => {
-                tokio::spawn(client_loop(listappend::ListAppend::new(begun.clone()), ctx))
-            }
-            Workload::Bank => tokio::spawn(client_loop(bank::Bank::new(), ctx)),
-            Workload::Stream => {
-                tokio::spawn(client_loop(streams::Streams::new(begun.clone()), ctx))
-            }
+            Workload::Register => tokio::spawn(client_loop(register::Register::new(&names), ctx)),
+            Workload::ListAppend => tokio::spawn(client_loop(
+                listappend::ListAppend::new(begun.clone(), names),
+                ctx,
+            )),
+            Workload::Bank => tokio::spawn(client_loop(bank::Bank::new(names), ctx)),
+            Workload::Stream => tokio::spawn(client_loop(
+                streams::Streams::new(begun.clone(), names),
+                ctx,
+            )),
             Workload::Follower => tokio::spawn(client_loop(
-                follower::Followers::new(begun.clone(), number),
+                follower::Followers::new(begun.clone(), number, names),
                 ctx,
             )),
         });
     }
-    let faults = nemesis_loop(args, seed, cluster, &history).await;
-    let healed = cluster.heal();
+    let (faults, healed) = match cluster {
+        Some(cluster) => {
+            let faults = nemesis_loop(args, seed, cluster, &history).await;
+            (faults, cluster.heal())
+        }
+        None => {
+            tokio::time::sleep(Duration::from_secs(args.time)).await;
+            (Ok(Vec::new()), Ok(()))
+        }
+    };
     tokio::time::sleep(SETTLE).await;
     stop.store(true, Ordering::Relaxed);
     let mut done = Vec::new();
@@ -442,7 +519,8 @@ async fn nemesis_loop(
             return Ok(faults);
         }
         let start_us = history.now_us();
-        let Some((what, active)) = nemesis::begin(args.nemesis, cluster, &mut rng).await else {
+        let kind = nemesis::turn(args.nemesis, faults.len(), args.clocks());
+        let Some((what, active)) = nemesis::begin(kind, cluster, &mut rng).await else {
             continue;
         };
         tracing::info!(fault = %what, "fault");
@@ -455,6 +533,7 @@ async fn nemesis_loop(
             None => what,
         };
         faults.push(Fault {
+            class: name(kind),
             what,
             start_us,
             end_us: history.now_us(),
@@ -480,7 +559,7 @@ fn judge(
     let path = dir.join("history.jsonl");
     std::fs::write(&path, lines)
         .map_err(|e| Failure::new(format!("writing {}: {e}", path.display())))?;
-    let checked = check(args.workload, done)?;
+    let checked = judge::check(args.workload, done, &args.names(seed))?;
     let in_fault = |us: u64| faults.iter().any(|f| f.start_us <= us && us < f.end_us);
     let (during, calm): (Vec<&Done>, Vec<&Done>) = done.iter().partition(|d| in_fault(d.call_us));
     let took = |ds: Vec<&Done>| {
@@ -504,6 +583,7 @@ fn judge(
     let report = Report {
         workload: args.workload,
         nemesis: args.nemesis,
+        target: args.target.clone(),
         planted_bug: args.planted_bug.clone(),
         lose_unsynced: args.lose_unsynced,
         seed,
@@ -532,203 +612,4 @@ fn judge(
     std::fs::write(&path, html::render(&report, done))
         .map_err(|e| Failure::new(format!("writing {}: {e}", path.display())))?;
     Ok(report)
-}
-
-/// A checker's answer.
-struct Checked {
-    verdict: String,
-    anomalies: Vec<String>,
-    counts: Vec<(String, usize)>,
-    measured: serde_json::Value,
-}
-
-/// Checks the operations with the workload's checker.
-fn check(workload: Workload, done: &[Done]) -> Result<Checked, Failure> {
-    let records = done.iter().filter_map(|d| d.record.clone());
-    Ok(match workload {
-        Workload::Register => {
-            let ops: Vec<_> = records
-                .filter_map(|r| match r {
-                    Record::Register(op) => Some(op),
-                    _ => None,
-                })
-                .collect();
-            let ops = strata_check::models::prune_unobserved_writes(ops);
-            let budget = Budget {
-                deadline: Instant::now() + CHECK_TIME,
-                states_max: CHECK_STATES_MAX,
-            };
-            let verdict = match wgl::check(&strata_check::models::Register, &ops, budget) {
-                Verdict::Linearizable => "linearizable",
-                Verdict::NotLinearizable => "not-linearizable",
-                Verdict::Unknown => "unknown",
-            };
-            let anomalies = if verdict == "not-linearizable" {
-                strata_check::witness::reduce(&ops, Instant::now() + WITNESS_TIME)
-                    .map(|w| register_witness(&w))
-                    .into_iter()
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            Checked {
-                verdict: verdict.into(),
-                counts: vec![("not-linearizable".to_string(), anomalies.len())],
-                anomalies,
-                measured: serde_json::Value::Null,
-            }
-        }
-        Workload::ListAppend => {
-            let txns: Vec<_> = records
-                .filter_map(|r| match r {
-                    Record::Txn(t) => Some(t),
-                    _ => None,
-                })
-                .collect();
-            let v = elle::check(&txns).map_err(|e| Failure::new(e.0))?;
-            Checked {
-                verdict: if v.valid() { "valid" } else { "invalid" }.into(),
-                anomalies: v.anomalies.iter().map(|a| witness(a, &txns)).collect(),
-                counts: v.counts,
-                measured: serde_json::Value::Null,
-            }
-        }
-        Workload::Stream => {
-            let mut by_stream: std::collections::BTreeMap<u64, Vec<_>> = Default::default();
-            for r in records {
-                if let Record::Stream(k, op) = r {
-                    by_stream.entry(k).or_default().push(op);
-                }
-            }
-            let deadline = Instant::now() + CHECK_TIME;
-            let mut verdict = "linearizable";
-            let mut anomalies = Vec::new();
-            for (k, ops) in &by_stream {
-                let budget = Budget {
-                    deadline,
-                    states_max: CHECK_STATES_MAX,
-                };
-                match wgl::check(&strata_check::models::Stream, ops, budget) {
-                    Verdict::Linearizable => {}
-                    Verdict::NotLinearizable => {
-                        verdict = "not-linearizable";
-                        anomalies.push(format!(
-                            "not linearizable: stream {}{k} ({} operations; its lines in history.jsonl)",
-                            streams::PREFIX,
-                            ops.len()
-                        ));
-                    }
-                    Verdict::Unknown if verdict == "linearizable" => verdict = "unknown",
-                    Verdict::Unknown => {}
-                }
-            }
-            Checked {
-                verdict: verdict.into(),
-                counts: vec![("not-linearizable".to_string(), anomalies.len())],
-                anomalies,
-                measured: serde_json::Value::Null,
-            }
-        }
-        Workload::Follower => {
-            let (mut writes, mut reads) = (Vec::new(), Vec::new());
-            for r in records {
-                match r {
-                    Record::FollowerWrite(w) => writes.push(w),
-                    Record::FollowerRead(r) => reads.push(r),
-                    _ => {}
-                }
-            }
-            let v = strata_check::follower::check(&writes, &reads);
-            let at = |q: f64| {
-                let n = v.staleness_ms.len();
-                v.staleness_ms
-                    .get(((n as f64 - 1.0) * q).round() as usize)
-                    .copied()
-                    .unwrap_or(0.0)
-            };
-            Checked {
-                verdict: if v.valid() { "valid" } else { "invalid" }.into(),
-                anomalies: v
-                    .violations
-                    .iter()
-                    .map(|x| format!("{}: {}", x.class, x.explanation))
-                    .collect(),
-                measured: serde_json::json!({
-                    "reads": v.reads,
-                    "closed_reads_checked": v.closed_checked,
-                    "staleness_ms": { "p50": at(0.5), "p99": at(0.99), "max": at(1.0) },
-                }),
-                counts: v.counts,
-            }
-        }
-        Workload::Bank => {
-            let reads: Vec<_> = records
-                .filter_map(|r| match r {
-                    Record::Bank(read) => Some(read),
-                    _ => None,
-                })
-                .collect();
-            let v = bank_check::check(&reads, bank::ACCOUNTS as usize, bank::TOTAL);
-            Checked {
-                verdict: if v.valid() { "valid" } else { "invalid" }.into(),
-                anomalies: v
-                    .violations
-                    .iter()
-                    .map(|x| format!("{}: {}", x.class, x.explanation))
-                    .collect(),
-                counts: v.counts,
-                measured: serde_json::Value::Null,
-            }
-        }
-    })
-}
-
-/// An anomaly with the transactions that show it, as the history has them.
-fn witness(a: &elle::Anomaly, txns: &[elle::Txn]) -> String {
-    let mut out = a.to_string();
-    for t in &a.txns {
-        if let Some(txn) = txns.get(*t) {
-            let mops: Vec<String> = txn
-                .mops
-                .iter()
-                .map(|m| match m {
-                    elle::Mop::Append(k, v) => format!("append {k} {v}"),
-                    elle::Mop::Read(k, Some(l)) => format!("r {k} {l:?}"),
-                    elle::Mop::Read(k, None) => format!("r {k} ?"),
-                })
-                .collect();
-            out.push_str(&format!(
-                "\n  T{t} = process {}, history events {}..{}, {:?}: [{}]",
-                txn.process,
-                txn.call,
-                txn.ret
-                    .map_or("(no completion)".to_string(), |r| r.to_string()),
-                txn.outcome,
-                mops.join(", ")
-            ));
-        }
-    }
-    out
-}
-
-/// A register witness in words: its operations in the order invoked, with their history
-/// events (`history.jsonl`'s `index`).
-fn register_witness(ops: &[wgl::Operation<strata_check::models::RegisterOp>]) -> String {
-    let mut ops = ops.to_vec();
-    ops.sort_by_key(|o| o.call);
-    let mut out = format!(
-        "not linearizable: no order of these {} operations explains what they saw",
-        ops.len()
-    );
-    for o in &ops {
-        out.push_str(&format!(
-            "\n  process {}, history events {}..{}: {:?}",
-            o.client,
-            o.call,
-            o.ret
-                .map_or("(no completion)".to_string(), |r| r.to_string()),
-            o.op
-        ));
-    }
-    out
 }

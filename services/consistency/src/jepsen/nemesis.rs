@@ -29,6 +29,9 @@
 //!   retransmission, 200 ms);
 //! - `clock` (test builds): one or more nodes' wall clocks stepped by ±0.1–10 s and drifting
 //!   by up to ±2000 ppm (`strata_engine::planted::clock_offset_us`), reset at the heal.
+//!
+//! And `all`: each class in turn ([`CLASSES`]: partition, kill, pause, membership, regions,
+//! then clock where the build can skew clocks), one class per fault — every class in one run.
 
 use serde::Serialize;
 
@@ -65,11 +68,39 @@ pub enum NemesisKind {
     Regions,
     /// Skewed, drifting wall clocks (test builds).
     Clock,
+    /// Each class in turn, one per fault (clock only in test builds).
+    All,
+}
+
+/// The classes `all` takes in turn.
+pub const CLASSES: [NemesisKind; 6] = [
+    NemesisKind::Partition,
+    NemesisKind::Kill,
+    NemesisKind::Pause,
+    NemesisKind::Membership,
+    NemesisKind::Regions,
+    NemesisKind::Clock,
+];
+
+/// The kind of a run's `n`th fault (0-based) under `kind`: itself, or under `all` the next of
+/// [`CLASSES`] (skipping clock when the nodes' clocks cannot be skewed: `clocks` false).
+pub fn turn(kind: NemesisKind, n: usize, clocks: bool) -> NemesisKind {
+    if kind != NemesisKind::All {
+        return kind;
+    }
+    let classes = if clocks {
+        &CLASSES[..]
+    } else {
+        &CLASSES[..CLASSES.len() - 1]
+    };
+    classes[n % classes.len()]
 }
 
 /// One fault as it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fault {
+    /// Its class (`partition`, `kill`, …: the nemesis, or under `all` the class of its turn).
+    pub class: String,
     /// What it was.
     pub what: String,
     /// When it began, µs since the run began.
@@ -199,7 +230,7 @@ pub async fn begin(
     rng: &mut Rng,
 ) -> Option<(String, Active)> {
     match kind {
-        NemesisKind::None => None,
+        NemesisKind::None | NemesisKind::All => None,
         NemesisKind::Partition
         | NemesisKind::IsolateLeader
         | NemesisKind::Majority
@@ -298,6 +329,17 @@ pub async fn heal(active: Active, cluster: &mut LocalCluster) -> Result<Option<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_takes_every_class_in_turn() {
+        let with: Vec<_> = (0..7).map(|n| turn(NemesisKind::All, n, true)).collect();
+        assert_eq!(with[..6], CLASSES);
+        assert_eq!(with[6], NemesisKind::Partition);
+        let without: Vec<_> = (0..6).map(|n| turn(NemesisKind::All, n, false)).collect();
+        assert!(!without.contains(&NemesisKind::Clock));
+        assert_eq!(without[5], NemesisKind::Partition);
+        assert_eq!(turn(NemesisKind::Kill, 3, true), NemesisKind::Kill);
+    }
 
     #[test]
     fn between_cuts_every_link_both_ways() {

@@ -1,4 +1,4 @@
-//! The register workload: one stream (`jepsen-register`) used as a compare-and-set register,
+//! The register workload: one stream (`register` after the run's prefix) used as a compare-and-set register,
 //! its value the data (an integer) of its last event. Each client, in a loop:
 //!
 //! - `read`: a linearizable read of the stream's last event → its value, or nil;
@@ -20,10 +20,10 @@ use strata_client::{event, pb, Client, Error, ExpectedVersion};
 
 use super::history::Kind;
 use super::rng::Rng;
-use super::workload::{certainly_not_written, Ended, Place, Record, Workload};
+use super::workload::{certainly_not_written, Ended, Names, Place, Record, Workload};
 
-/// The register's stream.
-pub const STREAM: &str = "jepsen-register";
+/// The register's stream, after the run's prefix.
+pub const STREAM: &str = "register";
 
 /// What an operation observed.
 #[derive(Debug, Clone)]
@@ -39,10 +39,10 @@ pub enum Outcome {
 }
 
 /// The register's version and value now (linearizable), `None` before its first write.
-async fn read(client: &Client) -> Result<Option<(u64, i64)>, Error> {
+async fn read(client: &Client, stream: &str) -> Result<Option<(u64, i64)>, Error> {
     let page = client
         .read(pb::ReadRequest {
-            stream: STREAM.into(),
+            stream: stream.to_string(),
             direction: pb::Direction::Backwards as i32,
             limit: 1,
             consistency: pb::Consistency::Linearizable as i32,
@@ -64,9 +64,9 @@ async fn read(client: &Client) -> Result<Option<(u64, i64)>, Error> {
     Ok(Some((e.version, value)))
 }
 
-async fn write(client: &Client, expected: ExpectedVersion, value: i64) -> Outcome {
+async fn write(client: &Client, stream: &str, expected: ExpectedVersion, value: i64) -> Outcome {
     match client
-        .append(STREAM, expected, vec![event("set", value.to_string())])
+        .append(stream, expected, vec![event("set", value.to_string())])
         .await
     {
         Ok(_) => Outcome::Ok(None),
@@ -75,10 +75,10 @@ async fn write(client: &Client, expected: ExpectedVersion, value: i64) -> Outcom
     }
 }
 
-async fn cas(client: &Client, from: i64, to: i64) -> Outcome {
-    match read(client).await {
+async fn cas(client: &Client, stream: &str, from: i64, to: i64) -> Outcome {
+    match read(client, stream).await {
         Ok(Some((version, value))) if value == from => {
-            write(client, ExpectedVersion::Exact(version), to).await
+            write(client, stream, ExpectedVersion::Exact(version), to).await
         }
         Ok(other) => Outcome::CasMismatch(other.map(|(_, v)| v)),
         Err(e) => Outcome::NoEffect(e.to_string()),
@@ -108,9 +108,20 @@ impl Input {
 
 /// The register workload of one client: it remembers the last value it saw, to make its
 /// compare-and-sets likely to succeed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Register {
     seen: Option<i64>,
+    stream: String,
+}
+
+impl Register {
+    /// A client's workload on the register of `names`.
+    pub fn new(names: &Names) -> Register {
+        Register {
+            seen: None,
+            stream: names.of(STREAM),
+        }
+    }
 }
 
 impl Workload for Register {
@@ -141,12 +152,12 @@ impl Workload for Register {
 
     async fn run(&mut self, client: &Client, input: Input) -> Ended<Outcome> {
         let outcome = match input {
-            Input::Read => match read(client).await {
+            Input::Read => match read(client, &self.stream).await {
                 Ok(v) => Outcome::Ok(v.map(|(_, v)| v)),
                 Err(e) => Outcome::NoEffect(e.to_string()),
             },
-            Input::Write(v) => write(client, ExpectedVersion::Any, v).await,
-            Input::Cas(a, b) => cas(client, a, b).await,
+            Input::Write(v) => write(client, &self.stream, ExpectedVersion::Any, v).await,
+            Input::Cas(a, b) => cas(client, &self.stream, a, b).await,
         };
         let (kind, value) = match &outcome {
             Outcome::Ok(Some(v)) => (Kind::Ok, json!(v)),

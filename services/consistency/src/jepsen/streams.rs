@@ -1,4 +1,4 @@
-//! The stream-append workload: Strata's own model. Keys are streams (`jepsen-stream-K`, a
+//! The stream-append workload: Strata's own model. Keys are streams (`stream-K` after the run's prefix, a
 //! window of [`KEYS_ACTIVE`] moving on every [`OPS_PER_KEY_STEP`] operations so each stays
 //! short); each client appends one or two events (unique values), half the time expecting the
 //! last version it saw, else any version, and reads whole streams (linearizable). An append
@@ -17,10 +17,10 @@ use strata_client::{event, pb, Client, Error, ExpectedVersion};
 
 use super::history::Kind;
 use super::rng::Rng;
-use super::workload::{certainly_not_written, Ended, Place, Record, Workload};
+use super::workload::{certainly_not_written, Ended, Names, Place, Record, Workload};
 
-/// The streams' prefix.
-pub const PREFIX: &str = "jepsen-stream-";
+/// The streams' names after the run's prefix: `stream-0`, `stream-1`, ….
+pub const PREFIX: &str = "stream-";
 /// Streams in use at once.
 pub const KEYS_ACTIVE: u64 = 4;
 /// Operations (of all clients) after which the window moves by one stream.
@@ -45,26 +45,28 @@ pub struct Outcome {
 pub struct Streams {
     begun: Arc<AtomicU64>,
     seen: HashMap<u64, Option<u64>>,
+    names: Names,
 }
 
 impl Streams {
     /// A client's workload; `begun` is shared by all clients.
-    pub fn new(begun: Arc<AtomicU64>) -> Streams {
+    pub fn new(begun: Arc<AtomicU64>, names: Names) -> Streams {
         Streams {
             begun,
             seen: HashMap::new(),
+            names,
         }
+    }
+
+    fn name(&self, k: u64) -> String {
+        self.names.of(format_args!("{PREFIX}{k}"))
     }
 }
 
-fn name(k: u64) -> String {
-    format!("{PREFIX}{k}")
-}
-
-async fn read(client: &Client, k: u64) -> Result<Vec<String>, Error> {
+async fn read(client: &Client, stream: &str) -> Result<Vec<String>, Error> {
     let page = client
         .read(pb::ReadRequest {
-            stream: name(k),
+            stream: stream.to_string(),
             limit: 4096,
             consistency: pb::Consistency::Linearizable as i32,
             ..Default::default()
@@ -72,8 +74,7 @@ async fn read(client: &Client, k: u64) -> Result<Vec<String>, Error> {
         .await;
     match page {
         Ok(p) if p.truncated || p.events.len() >= 4096 => Err(Error::LimitExceeded(format!(
-            "{} holds more than a page",
-            name(k)
+            "{stream} holds more than a page"
         ))),
         Ok(p) => Ok(p
             .events
@@ -115,10 +116,10 @@ impl Workload for Streams {
 
     fn describe(&self, input: &Input) -> (&'static str, serde_json::Value) {
         match input {
-            Input::Read(k) => ("read", json!({ "stream": name(*k) })),
+            Input::Read(k) => ("read", json!({ "stream": self.name(*k) })),
             Input::Append(k, e, vs) => (
                 "append",
-                json!({ "stream": name(*k), "expected": e, "events": vs }),
+                json!({ "stream": self.name(*k), "expected": e, "events": vs }),
             ),
         }
     }
@@ -129,7 +130,7 @@ impl Workload for Streams {
 
     async fn run(&mut self, client: &Client, input: Input) -> Ended<Outcome> {
         match input {
-            Input::Read(k) => match read(client, k).await {
+            Input::Read(k) => match read(client, &self.name(k)).await {
                 Ok(events) => {
                     self.seen.insert(k, (events.len() as u64).checked_sub(1));
                     Ended {
@@ -149,7 +150,7 @@ impl Workload for Streams {
             Input::Append(k, expected, values) => {
                 let events = values.iter().map(|v| event("append", v.clone())).collect();
                 let answer = client
-                    .append(&name(k), expected_wire(expected), events)
+                    .append(&self.name(k), expected_wire(expected), events)
                     .await;
                 let op = |result| StreamOp::Append {
                     expected,

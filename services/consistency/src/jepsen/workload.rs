@@ -13,6 +13,24 @@ use strata_client::{Client, Error};
 use super::history::{History, Kind};
 use super::rng::Rng;
 
+/// The names of a run's streams: each starts with the run's prefix — `jepsen-` on the run's
+/// own cluster, `jepsen-SEED-` against given addresses (`--target`), so runs on one cluster
+/// never read each other's streams.
+#[derive(Debug, Clone)]
+pub struct Names(Arc<str>);
+
+impl Names {
+    /// Names under `prefix`.
+    pub fn new(prefix: &str) -> Names {
+        Names(prefix.into())
+    }
+
+    /// The prefix's stream named `rest`.
+    pub fn of(&self, rest: impl std::fmt::Display) -> String {
+        format!("{}{rest}", self.0)
+    }
+}
+
 /// What the checker gets of one operation.
 #[derive(Debug, Clone)]
 pub enum Record {
