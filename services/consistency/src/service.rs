@@ -2,7 +2,7 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `POST /runs` | starts a run: JSON `{"workload", "nemesis", "time", "clients", "nodes", "fault_secs", "seed", "target"}` (each optional, as `strata jepsen`'s flags; `time` default 60; `target` a list of client addresses of an existing cluster, with `"nemesis": "none"`) → 202 with its id; 409 while another run is under way (one at a time: each run is a cluster of its own on this machine, or load on the target); 400 naming a bad field |
+//! | `POST /runs` | starts a run: JSON `{"workload", "nemesis", "time", "clients", "nodes", "shards", "fault_secs", "seed", "target"}` (each optional, as `strata jepsen`'s flags; `time` default 60; `target` a list of client addresses of an existing cluster, with `"nemesis": "none"`) → 202 with its id; 409 while another run is under way (one at a time: each run is a cluster of its own on this machine, or load on the target); 400 naming a bad field |
 //! | `GET /runs` | the runs kept (the last [`RUNS_KEPT`]), newest first |
 //! | `GET /runs/{id}` | one run: state (`running`, `done`, `failed`), progress (0 to 1, by time), the verdict and counts when done |
 //! | `GET /runs/{id}/report` | its `report.json` (404 until done) |
@@ -52,6 +52,7 @@ pub struct RunRequest {
     time: Option<u64>,
     clients: Option<u64>,
     nodes: Option<u64>,
+    shards: Option<u32>,
     fault_secs: Option<u64>,
     seed: Option<u64>,
     target: Option<Vec<String>>,
@@ -213,6 +214,7 @@ impl Consistency {
             time: r.time.unwrap_or(60),
             clients: r.clients.unwrap_or(5),
             nodes: r.nodes.unwrap_or(3),
+            shards: r.shards.unwrap_or(1),
             target: r.target.unwrap_or_default(),
             fault_secs: r.fault_secs.unwrap_or(5),
             seed: r.seed,

@@ -82,18 +82,23 @@ fn clean_run(
     report
 }
 
+/// The classes of a report's faults, in order.
+fn classes(report: &serde_json::Value) -> Vec<&str> {
+    report["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["class"].as_str().unwrap())
+        .collect()
+}
+
 /// Every nemesis class, one after the other in one run (`--nemesis all`, faults of 2 s after
 /// 2 s healthy: six in 24 s, and slack for the faults' own steps), for `workload`; each class
 /// must have acted.
 fn clean_under_every_class(workload: &str, verdict: &str, fs: &[&str]) {
     let extra = ["--time", "27", "--fault-secs", "2", "--clients", "4"];
     let report = clean_run(workload, "all", &extra, verdict, fs);
-    let classes: Vec<&str> = report["faults"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["class"].as_str().unwrap())
-        .collect();
+    let classes = classes(&report);
     let every = [
         "partition",
         "kill",
@@ -160,6 +165,39 @@ async fn acknowledged_writes_survive_power_cuts_of_the_whole_cluster() {
     );
 }
 
+/// A cluster of three shards (`--shards 3`): single streams spread over the shards, the
+/// transactional workloads' streams in one (they share a routing key); every class but
+/// membership in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_clusters_stay_consistent_under_every_nemesis_class() {
+    let _serial = SERIAL.lock().await;
+    let extra = [
+        "--shards",
+        "3",
+        "--time",
+        "23",
+        "--fault-secs",
+        "2",
+        "--clients",
+        "4",
+    ];
+    for (workload, verdict, fs) in [
+        ("register", "linearizable", &["\"write\"", "\"cas\""][..]),
+        ("stream", "linearizable", &["\"append\""][..]),
+        ("list-append", "valid", &["[\"append\","][..]),
+        ("bank", "valid", &["\"transfer\""][..]),
+    ] {
+        let report = clean_run(workload, "all", &extra, verdict, fs);
+        assert_eq!(report["shards"], 3, "{report}");
+        let classes = classes(&report);
+        assert_eq!(
+            classes,
+            ["partition", "kill", "pause", "regions", "clock"],
+            "{workload}: {report}"
+        );
+    }
+}
+
 /// Against a cluster it did not start (`--target`): a real three-node cluster started here;
 /// runs one after another on it, each clean. Each run's streams are its own (`jepsen-SEED-…`):
 /// a second register run on the first one's stream would read values its history never
@@ -198,7 +236,7 @@ async fn runs_against_a_given_cluster_keep_to_streams_of_their_own() {
     for stream in [
         "jepsen-11-register",
         "jepsen-12-register",
-        "jepsen-13-bank-0",
+        "jepsen-13-{bank}-0",
     ] {
         let read = client.read_stream(stream, None, 1).await;
         assert!(read.is_ok_and(|events| events.len() == 1), "{stream}");
@@ -277,6 +315,11 @@ fn bad_usage_is_refused_with_exit_2() {
         (
             &["--planted-bug", "no-such-bug"][..],
             "--planted-bug: one of",
+        ),
+        (&["--shards", "9"][..], "--shards: 1 to 8"),
+        (
+            &["--shards", "2", "--nemesis", "membership"][..],
+            "one shard only",
         ),
         // --target: faults need the run's own nodes; addresses must parse.
         (&["--target", "127.0.0.1:1"][..], "only --nemesis none"),

@@ -1,4 +1,4 @@
-//! The bank workload: [`ACCOUNTS`] accounts, each a stream (`bank-N` after the run's prefix) whose last event
+//! The bank workload: [`ACCOUNTS`] accounts, each a stream (`{bank}-N` after the run's prefix) whose last event
 //! holds its balance (so a read costs one event per account however long the run). Set up
 //! with one `AppendMulti` opening each with [`OPENING`]. Each client then runs:
 //!
@@ -18,8 +18,9 @@ use super::rng::Rng;
 use super::snapshot::Snapshots;
 use super::workload::{certainly_not_written, Ended, Names, Place, Record, Workload};
 
-/// The accounts' streams, after the run's prefix: `bank-0`, `bank-1`, ….
-pub const PREFIX: &str = "bank-";
+/// The accounts' streams, after the run's prefix: `{bank}-0`, `{bank}-1`, … (one routing key:
+/// one shard, so a snapshot is one log's prefix).
+pub const PREFIX: &str = "{bank}-";
 /// How many accounts.
 pub const ACCOUNTS: u64 = 5;
 /// Each account's opening balance.

@@ -79,10 +79,11 @@ fn quick_client(addr: SocketAddr) -> Option<Client> {
 }
 
 impl LocalCluster {
-    /// Starts `nodes` nodes under `dir`, forms the cluster and waits for its leader.
+    /// Starts `nodes` nodes of `shards` shards each under `dir`, forms the cluster and waits
+    /// until every shard has a leader.
     pub async fn start(
         dir: &Path,
-        nodes: u64,
+        (nodes, shards): (u64, u32),
         env: Vec<(String, String)>,
         clocks: bool,
     ) -> Result<LocalCluster, Failure> {
@@ -124,6 +125,9 @@ impl LocalCluster {
                 "--metrics".into(),
                 "off".into(),
             ];
+            if shards > 1 {
+                args.extend(["--shards".into(), shards.to_string()]);
+            }
             for j in ids.iter().filter(|j| *j != id) {
                 args.push("--peer".into());
                 let [raft, client] = &links[&(*id, *j)];
@@ -174,7 +178,7 @@ impl LocalCluster {
                 if let Some(c) = self.clients.get(&1).and_then(|a| quick_client(*a)) {
                     let _ = c.cluster_init().await;
                 }
-                if self.leader().await.is_some() {
+                if self.led().await {
                     return Ok(());
                 }
             }
@@ -199,7 +203,18 @@ impl LocalCluster {
         self.clients.values().map(ToString::to_string).collect()
     }
 
-    /// The leader the answering nodes name (the first that names one), if any.
+    /// Whether node 1 sees a leader of every shard (and of the cluster).
+    async fn led(&self) -> bool {
+        let Some(addr) = self.clients.get(&1) else {
+            return false;
+        };
+        self.status_of(*addr)
+            .await
+            .is_some_and(|s| s.has_leader && s.shards.iter().all(|g| g.leader != 0))
+    }
+
+    /// The leader the answering nodes name (the first that names one), if any: on a cluster
+    /// of several shards, the leader of the first shard each node holds.
     pub async fn leader(&self) -> Option<u64> {
         for addr in self.clients.values() {
             if let Some(s) = self.status_of(*addr).await.filter(|s| s.has_leader) {

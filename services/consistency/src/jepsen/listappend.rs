@@ -1,4 +1,4 @@
-//! The list-append workload (Elle's): keys are streams (`la-K` after the run's prefix), a key's list is its
+//! The list-append workload (Elle's): keys are streams (`{la}-K` after the run's prefix), a key's list is its
 //! events' data, and each client runs transactions of three shapes:
 //!
 //! - read: a snapshot of 1–3 keys ([`super::snapshot`]);
@@ -22,8 +22,9 @@ use super::rng::Rng;
 use super::snapshot::Snapshots;
 use super::workload::{certainly_not_written, Ended, Names, Place, Record, Workload};
 
-/// The keys' streams after the run's prefix: `la-0`, `la-1`, ….
-pub const PREFIX: &str = "la-";
+/// The keys' streams after the run's prefix: `{la}-0`, `{la}-1`, … (one routing key: one
+/// shard, so a snapshot is one log's prefix and an `AppendMulti` over them is atomic).
+pub const PREFIX: &str = "{la}-";
 /// Keys in use at once.
 pub const KEYS_ACTIVE: u64 = 6;
 /// Transactions (of all clients) after which the window of keys moves by one.

@@ -49,6 +49,8 @@ pub const TIME_MAX_SECS: u64 = 3600;
 pub const CLIENTS_MAX: u64 = 64;
 /// Most `--target` addresses.
 pub const TARGETS_MAX: usize = 16;
+/// Most shards of a run's own cluster.
+pub const SHARDS_MAX: u32 = 8;
 /// After the workload, with every fault healed: clients keep going this long, so the
 /// history ends with the cluster whole.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -92,6 +94,10 @@ pub struct JepsenArgs {
     /// Nodes of the run's own cluster: 3 or 5 (not used with --target).
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
+    /// Shards of the run's own cluster, 1 to 8 (each a Raft group with a replica on every
+    /// node); on more than one, the transactional workloads' streams share a routing key.
+    #[arg(long, default_value_t = 1)]
+    pub shards: u32,
     /// Runs against an existing cluster, at these client addresses (HOST:PORT, comma-separated,
     /// at most 16), instead of starting one: only `--nemesis none` (faults need the run's own
     /// processes and proxies). Its streams are named `jepsen-SEED-…`, so runs never meet.
@@ -142,6 +148,15 @@ impl JepsenArgs {
         }
         if !matches!(self.nodes, 3 | 5) {
             return usage(format!("--nodes: 3 or 5, not {}", self.nodes));
+        }
+        if !(1..=SHARDS_MAX).contains(&self.shards) {
+            return usage(format!("--shards: 1 to {SHARDS_MAX}, not {}", self.shards));
+        }
+        if self.shards > 1 && self.nemesis == NemesisKind::Membership {
+            return usage(
+                "--nemesis membership: one shard only (on several, a node's replicas must move before it leaves)"
+                    .into(),
+            );
         }
         if !(1..=60).contains(&self.fault_secs) {
             return usage(format!("--fault-secs: 1 to 60, not {}", self.fault_secs));
@@ -195,9 +210,10 @@ impl JepsenArgs {
                 name(self.nemesis)
             ));
         }
-        if self.planted_bug.is_some() || self.lose_unsynced {
+        if self.planted_bug.is_some() || self.lose_unsynced || self.shards != 1 {
             return Err(
-                "--target: --planted-bug and --lose-unsynced act on the run's own nodes".into(),
+                "--target: --planted-bug, --lose-unsynced and --shards act on the run's own nodes"
+                    .into(),
             );
         }
         Ok(())
@@ -266,6 +282,8 @@ pub struct Report {
     pub nemesis: NemesisKind,
     /// The cluster's client addresses when the run targeted an existing one (else empty).
     pub target: Vec<String>,
+    /// Shards of the run's own cluster.
+    pub shards: u32,
     /// The bug planted in the nodes, if any (test builds).
     pub planted_bug: Option<String>,
     /// Whether the nodes' disks lost unsynced writes when killed (test builds).
@@ -398,8 +416,13 @@ pub async fn execute(args: &JepsenArgs) -> Result<Report, Failure> {
     );
     let names = args.names(seed);
     let (history, done, faults) = if args.target.is_empty() {
-        let mut cluster =
-            LocalCluster::start(&dir, args.nodes, args.node_env(), args.clocks()).await?;
+        let mut cluster = LocalCluster::start(
+            &dir,
+            (args.nodes, args.shards),
+            args.node_env(),
+            args.clocks(),
+        )
+        .await?;
         let addrs = cluster.client_addrs();
         let outcome = drive(args, (seed, &names), addrs, Some(&mut cluster)).await;
         cluster.stop().await;
@@ -519,7 +542,7 @@ async fn nemesis_loop(
             return Ok(faults);
         }
         let start_us = history.now_us();
-        let kind = nemesis::turn(args.nemesis, faults.len(), args.clocks());
+        let kind = nemesis::turn(args.nemesis, faults.len(), args.clocks(), args.shards == 1);
         let Some((what, active)) = nemesis::begin(kind, cluster, &mut rng).await else {
             continue;
         };
@@ -584,6 +607,7 @@ fn judge(
         workload: args.workload,
         nemesis: args.nemesis,
         target: args.target.clone(),
+        shards: args.shards,
         planted_bug: args.planted_bug.clone(),
         lose_unsynced: args.lose_unsynced,
         seed,

@@ -83,16 +83,17 @@ pub const CLASSES: [NemesisKind; 6] = [
 ];
 
 /// The kind of a run's `n`th fault (0-based) under `kind`: itself, or under `all` the next of
-/// [`CLASSES`] (skipping clock when the nodes' clocks cannot be skewed: `clocks` false).
-pub fn turn(kind: NemesisKind, n: usize, clocks: bool) -> NemesisKind {
+/// [`CLASSES`], skipping clock when the nodes' clocks cannot be skewed (`clocks` false) and
+/// membership when the cluster has several shards (`membership` false).
+pub fn turn(kind: NemesisKind, n: usize, clocks: bool, membership: bool) -> NemesisKind {
     if kind != NemesisKind::All {
         return kind;
     }
-    let classes = if clocks {
-        &CLASSES[..]
-    } else {
-        &CLASSES[..CLASSES.len() - 1]
-    };
+    let classes: Vec<NemesisKind> = CLASSES
+        .into_iter()
+        .filter(|c| *c != NemesisKind::Clock || clocks)
+        .filter(|c| *c != NemesisKind::Membership || membership)
+        .collect();
     classes[n % classes.len()]
 }
 
@@ -332,13 +333,22 @@ mod tests {
 
     #[test]
     fn all_takes_every_class_in_turn() {
-        let with: Vec<_> = (0..7).map(|n| turn(NemesisKind::All, n, true)).collect();
+        let with: Vec<_> = (0..7)
+            .map(|n| turn(NemesisKind::All, n, true, true))
+            .collect();
         assert_eq!(with[..6], CLASSES);
         assert_eq!(with[6], NemesisKind::Partition);
-        let without: Vec<_> = (0..6).map(|n| turn(NemesisKind::All, n, false)).collect();
+        let without: Vec<_> = (0..6)
+            .map(|n| turn(NemesisKind::All, n, false, true))
+            .collect();
         assert!(!without.contains(&NemesisKind::Clock));
         assert_eq!(without[5], NemesisKind::Partition);
-        assert_eq!(turn(NemesisKind::Kill, 3, true), NemesisKind::Kill);
+        let sharded: Vec<_> = (0..5)
+            .map(|n| turn(NemesisKind::All, n, true, false))
+            .collect();
+        assert!(!sharded.contains(&NemesisKind::Membership));
+        assert!(sharded.contains(&NemesisKind::Clock));
+        assert_eq!(turn(NemesisKind::Kill, 3, true, true), NemesisKind::Kill);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! each stream as of that position. The empty page is the snapshot's moment: every append
 //! acknowledged before the read began is in it, and nothing of the workload's after it.
 //!
+//! The workload's streams must share one shard (on a cluster of several, their names share a
+//! routing key: `…{bank}-N`), so the position is one log's; the `ReadAll` pages by cursor,
+//! which a cluster of any number of shards takes.
+//!
 //! The cursor only saves re-reading: the streams themselves are read from the log every time,
 //! so a node that lost acknowledged records shows it.
 
@@ -17,8 +21,8 @@ pub const STREAM_EVENTS_MAX: usize = 4096;
 #[derive(Debug)]
 pub struct Snapshots {
     prefix: String,
-    /// Where the next `ReadAll` page starts.
-    cursor: u64,
+    /// Where the next `ReadAll` page starts (a `next_cursor`; empty: the start).
+    cursor: Vec<u8>,
     /// The position of the last record seen with one of the streams.
     last: Option<u64>,
 }
@@ -38,7 +42,7 @@ impl Snapshots {
     pub fn new(prefix: &str) -> Snapshots {
         Snapshots {
             prefix: prefix.into(),
-            cursor: 0,
+            cursor: Vec::new(),
             last: None,
         }
     }
@@ -48,7 +52,7 @@ impl Snapshots {
         loop {
             let page = client
                 .read_all(pb::ReadAllRequest {
-                    from_position: self.cursor,
+                    from_cursor: self.cursor.clone().into(),
                     limit: 4096,
                     filter: Some(pb::Filter {
                         stream_prefix: self.prefix.clone(),
@@ -60,9 +64,9 @@ impl Snapshots {
                 .await;
             let page = match page {
                 Ok(p) => p,
-                Err(Error::InvalidArgument(_)) if self.cursor != 0 => {
+                Err(Error::InvalidArgument(_)) if !self.cursor.is_empty() => {
                     // The log no longer reaches the cursor (it lost records): start over.
-                    self.cursor = 0;
+                    self.cursor.clear();
                     self.last = None;
                     continue;
                 }
@@ -71,10 +75,10 @@ impl Snapshots {
             if let Some(e) = page.events.last() {
                 self.last = Some(e.position);
             }
-            if page.next_position == self.cursor {
+            if page.next_cursor[..] == self.cursor[..] {
                 return Ok(self.last);
             }
-            self.cursor = page.next_position;
+            self.cursor = page.next_cursor.to_vec();
         }
     }
 
