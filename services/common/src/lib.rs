@@ -1,18 +1,24 @@
 //! What every Strata service shares, built once:
 //!
+//! - [`api`]: the JSON error answer, and the store's errors mapped to HTTP statuses;
 //! - [`config`]: flags, environment and a TOML file, resolved and checked;
 //! - [`correlation`]: a correlation id per request (`X-Request-Id` or W3C `traceparent`),
 //!   in every log line and in the answer;
+//! - [`http_client`]: JSON over HTTP/1.1 to what services call besides the store;
 //! - [`metrics`]: Prometheus text at `/metrics`;
 //! - [`server`]: the axum server with `/health` (JSON; 503 while the store is unreachable),
-//!   `/metrics`, request counting and timing, JSON logs, graceful shutdown on SIGINT/SIGTERM.
+//!   `/metrics`, request counting and timing, JSON logs, graceful shutdown on SIGINT/SIGTERM;
+//! - [`time`]: RFC 3339 times, parsed and formatted.
 //!
 //! A service talks to the store only through `strata-client`.
 
+pub mod api;
 pub mod config;
 pub mod correlation;
+pub mod http_client;
 pub mod metrics;
 pub mod server;
+pub mod time;
 
 pub use config::{CommonArgs, ConfigError, LogFormat, Settings};
 

@@ -183,6 +183,12 @@ pub fn router(service: &Service) -> Router {
         .layer(axum::middleware::from_fn(crate::correlation::layer))
 }
 
+/// Resolves once `stop` turns true (or its sender is gone). A `select!` branch on this holds
+/// no lock guard across its await, as one on `wait_for` itself would.
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Serves `service` until `shutdown` resolves; then lets requests under way finish (at most
 /// [`SHUTDOWN_GRACE`]).
 pub async fn serve(

@@ -124,75 +124,7 @@ impl AsOfArg {
     }
 }
 
-/// Microseconds since the Unix epoch of an RFC 3339 time (`YYYY-MM-DDTHH:MM:SS[.fraction]`
-/// then `Z` or `±HH:MM`).
-pub fn parse_rfc3339_us(text: &str) -> Result<u64, String> {
-    let bad = || format!("`{text}` is not an RFC 3339 time such as 2026-11-25T14:00:00Z");
-    let b = text.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return Err(bad());
-    }
-    let num = |from: usize, to: usize| -> Result<i64, String> {
-        text.get(from..to)
-            .filter(|d| d.bytes().all(|c| c.is_ascii_digit()))
-            .and_then(|d| d.parse().ok())
-            .ok_or_else(bad)
-    };
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    if b[13] != b':' || b[16] != b':' {
-        return Err(bad());
-    }
-    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    let mut at = 19;
-    let mut micros = 0i64;
-    if b[at] == b'.' {
-        let start = at + 1;
-        at = start;
-        while at < b.len() && b[at].is_ascii_digit() {
-            at += 1;
-        }
-        let digits = &text[start..at];
-        if digits.is_empty() {
-            return Err(bad());
-        }
-        let six: String = digits
-            .chars()
-            .chain(std::iter::repeat('0'))
-            .take(6)
-            .collect();
-        micros = six.parse().map_err(|_| bad())?;
-    }
-    let offset_s = match &text[at..] {
-        "Z" | "z" => 0,
-        zone if zone.len() == 6 && matches!(&zone[..1], "+" | "-") && &zone[3..4] == ":" => {
-            let sign = if &zone[..1] == "-" { -1 } else { 1 };
-            sign * (num(at + 1, at + 3)? * 3600 + num(at + 4, at + 6)? * 60)
-        }
-        _ => return Err(bad()),
-    };
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return Err(bad());
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
-    let us = secs
-        .checked_mul(1_000_000)
-        .and_then(|s| s.checked_add(micros))
-        .ok_or_else(bad)?;
-    u64::try_from(us).map_err(|_| format!("`{text}` is before 1970"))
-}
+pub use strata_service::time::parse_rfc3339_us;
 
 /// `strata read`.
 #[derive(Debug, clap::Args)]
@@ -536,34 +468,4 @@ pub async fn stream_info(args: StreamInfoArgs) -> Result<(), Failure> {
         "metadata_version": r.metadata_version,
     }));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_rfc3339_us;
-
-    #[test]
-    fn rfc3339_times_parse_to_unix_microseconds() {
-        assert_eq!(parse_rfc3339_us("1970-01-01T00:00:00Z"), Ok(0));
-        assert_eq!(
-            parse_rfc3339_us("2026-11-25T14:00:00Z"),
-            Ok(1_795_615_200_000_000)
-        );
-        assert_eq!(
-            parse_rfc3339_us("2026-11-25T15:00:00.25+01:00"),
-            Ok(1_795_615_200_250_000)
-        );
-        assert_eq!(
-            parse_rfc3339_us("2000-02-29T00:00:00Z"),
-            Ok(951_782_400_000_000)
-        );
-        for bad in [
-            "2026-11-25",
-            "2026-13-01T00:00:00Z",
-            "yesterday",
-            "2026-11-25T14:00:00",
-        ] {
-            assert!(parse_rfc3339_us(bad).is_err(), "{bad}");
-        }
-    }
 }

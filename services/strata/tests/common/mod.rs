@@ -15,6 +15,8 @@ use strata_proto::v1::cluster_client::ClusterClient;
 use strata_proto::v1::streams_client::StreamsClient;
 use tonic::transport::Channel;
 
+pub mod http;
+
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
 /// One cluster at a time: three clusters plus their writers on a 2-core machine would turn the
