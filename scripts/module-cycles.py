@@ -12,7 +12,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CRATES = ["engine", "raft", "shard", "sim", "proto", "client", "check", "services/common",
-          "services/consistency", "services/strata"]
+          "services/consistency", "services/gateway", "services/inventory",
+          "services/notification", "services/payment", "services/saga", "services/strata"]
 
 
 def top_module(src: pathlib.Path, path: pathlib.Path) -> str:

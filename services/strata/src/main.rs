@@ -92,8 +92,19 @@ enum Command {
     /// Jepsen-style testing: a local cluster of real nodes, a workload, faults, a checked
     /// history (exit 0 when linearizable or valid, 1 when not).
     Jepsen(jepsen::JepsenArgs),
-    /// Run a service (consistency: Jepsen runs over HTTP on port 8095).
+    /// Run a service: saga (8080), inventory (8081), payment (8082), notification (8083),
+    /// gateway (8090), consistency (8095).
     Serve(serve_cmd::ServeArgs),
+    /// The fake payment provider for tests and the demo: charges, refunds and a ledger, with
+    /// faults on request (`PUT /faults`).
+    FakeProvider {
+        /// Where it listens.
+        #[arg(long, default_value = serve_cmd::FAKE_PROVIDER)]
+        listen: std::net::SocketAddr,
+        /// The seed of its random faults.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Verify a data directory offline (every segment, record and footer).
     Check {
         /// The node's data directory.
@@ -209,6 +220,9 @@ fn main() -> ExitCode {
                 jepsen::run(args).await
             }
             Command::Serve(args) => serve_cmd::run(args).await,
+            Command::FakeProvider { listen, seed } => {
+                serve_cmd::run_fake_provider(Some(listen), seed).await
+            }
             Command::Check { dir } => check(dir),
         }
     });

@@ -1,0 +1,210 @@
+//! A participant's side: its consumer group on its command streams (`PARTICIPANT-cmd-…`),
+//! each command handled by the participant's [`Handler`] and answered in the saga's journal,
+//! then the group's position committed. Handled at least once; the effects are idempotent
+//! (each handler keys them on the saga), and the reply's event id is derived from the
+//! command's, so a command handled twice (a worker killed between its reply and its commit)
+//! replies once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use strata_client::group::{GroupTarget, Groups, Position, Worker, WorkerConfig};
+use strata_client::{pb, Client, Error, ExpectedVersion};
+use strata_service::server::stopped;
+use tokio::sync::watch;
+
+use crate::journal::{command_prefix, journal_stream, Command, Entry};
+
+/// Partitions of a participant's group (how many workers can share its commands).
+pub const PARTITIONS: u32 = 8;
+/// Tries of one command while its handler fails by itself.
+pub const HANDLE_TRIES: u32 = 3;
+/// How long a worker waits after the store failed it before it tries again.
+const BACKOFF: Duration = Duration::from_millis(500);
+/// The namespace of reply ids (derived from command ids).
+const REPLY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x91d2_4c6a_7b3e_4f08_a5c1_3e9d_20b7_6f44);
+
+/// A participant's answer to a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Done (or found done: handlers are idempotent); what it did.
+    Done(serde_json::Value),
+    /// Not done, and why; `retriable` when another attempt may succeed.
+    Failed {
+        /// Why.
+        reason: String,
+        /// Whether another attempt may succeed.
+        retriable: bool,
+    },
+}
+
+/// What a participant does with a command. An `Err` is a failure of its own (the store or a
+/// provider unreachable, with an unknown outcome): the command is handled again later, and must
+/// then have the same effect once.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `command`, created under correlation id `correlation`.
+    fn handle(
+        &self,
+        command: &Command,
+        correlation: &str,
+    ) -> impl Future<Output = Result<Reply, String>> + Send;
+}
+
+/// The reply's journal entry.
+pub fn reply_entry(command: &Command, reply: &Reply) -> Entry {
+    match reply {
+        Reply::Done(result) => Entry::StepSucceeded {
+            step: command.step.clone(),
+            compensation: command.compensation,
+            command_id: command.command_id.clone(),
+            result: result.clone(),
+        },
+        Reply::Failed { reason, retriable } => Entry::StepFailed {
+            step: command.step.clone(),
+            compensation: command.compensation,
+            command_id: command.command_id.clone(),
+            reason: reason.clone(),
+            retriable: *retriable,
+        },
+    }
+}
+
+/// Appends `reply` to the command's saga journal (once, whatever the retries).
+pub async fn answer(
+    store: &Client,
+    command: &Command,
+    reply: &Reply,
+    correlation: &str,
+) -> Result<(), Error> {
+    let entry = reply_entry(command, reply);
+    let id = uuid::Uuid::new_v5(&REPLY_NAMESPACE, command.command_id.as_bytes());
+    let event = pb::NewEvent {
+        id: id.to_string(),
+        r#type: entry.event_type().into(),
+        data: entry.data().into(),
+        metadata: serde_json::to_vec(&json!({ "correlation_id": correlation }))
+            .unwrap_or_default()
+            .into(),
+    };
+    match store
+        .append(
+            &journal_stream(&command.saga_id),
+            ExpectedVersion::Any,
+            vec![event],
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Replied before with other words (a handler that answered differently the second
+        // time): the first answer stands.
+        Err(Error::IdempotencyConflict(why)) => {
+            tracing::warn!(command = %command.command_id, %why, "a command was answered before; the first answer stands");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The correlation id in an event's metadata.
+pub fn correlation_of(e: &pb::RecordedEvent) -> String {
+    serde_json::from_slice::<serde_json::Value>(&e.metadata)
+        .ok()
+        .and_then(|m| m["correlation_id"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Creates the participant's group if it does not exist.
+async fn ensure_group(store: &Client, participant: &str) -> Result<(), Error> {
+    let groups = Groups::new(store.clone());
+    match groups.info(participant).await {
+        Ok(_) => Ok(()),
+        Err(Error::NotFound(_)) => {
+            let target = GroupTarget::Prefix(command_prefix(participant));
+            match groups
+                .create(participant, target, PARTITIONS, Position::From(0))
+                .await
+            {
+                Ok(_) => Ok(()),
+                // Created meanwhile by another worker.
+                Err(Error::InvalidArgument(m)) if m.contains("exists already") => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Handles `participant`'s commands as worker `member` until `stop`.
+pub async fn serve<H: Handler>(
+    store: Client,
+    participant: &'static str,
+    member: String,
+    handler: Arc<H>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let outcome = tokio::select! {
+            r = work(&store, participant, &member, handler.as_ref()) => r,
+            _ = stopped(&mut stop) => return,
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(participant, error = %e, "handling commands failed; starting again");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BACKOFF) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// A command handled, tried [`HANDLE_TRIES`] times while the handler fails by itself; then
+/// answered as a failure that may pass (the saga's retry policy takes over: its next attempt is
+/// the same idempotent command).
+async fn handle<H: Handler>(handler: &H, command: &Command, correlation: &str) -> Reply {
+    let mut why = String::new();
+    for _ in 0..HANDLE_TRIES {
+        match handler.handle(command, correlation).await {
+            Ok(reply) => return reply,
+            Err(e) => {
+                tracing::warn!(command = %command.command_id, error = %e, "handling a command failed");
+                why = e;
+                tokio::time::sleep(BACKOFF).await;
+            }
+        }
+    }
+    Reply::Failed {
+        reason: why,
+        retriable: true,
+    }
+}
+
+/// Joins the group and handles batches until the store fails it.
+async fn work<H: Handler>(
+    store: &Client,
+    participant: &str,
+    member: &str,
+    handler: &H,
+) -> Result<(), Error> {
+    ensure_group(store, participant).await?;
+    let mut worker = Worker::join(store.clone(), participant, WorkerConfig::new(member)).await?;
+    loop {
+        let batch = worker.next_batch().await?;
+        for e in &batch.events {
+            let command: Command = match serde_json::from_slice(&e.data) {
+                Ok(c) => c,
+                Err(err) => {
+                    worker.park(e, &format!("not a command: {err}")).await?;
+                    continue;
+                }
+            };
+            let correlation = correlation_of(e);
+            let store = store.with_correlation_id(&correlation);
+            let reply = handle(handler, &command, &correlation).await;
+            answer(&store, &command, &reply, &correlation).await?;
+        }
+        worker.commit(&batch).await?;
+    }
+}
