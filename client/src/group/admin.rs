@@ -153,6 +153,30 @@ impl Groups {
         Ok(names)
     }
 
+    /// Creates group `name` unless it exists (a group that exists keeps its definition):
+    /// what a service's workers call at start, racing each other.
+    pub async fn ensure(
+        &self,
+        name: &str,
+        target: GroupTarget,
+        partitions: u32,
+        start: impl Into<Progress>,
+    ) -> Result<(), Error> {
+        match self.definition(name).await {
+            Ok(_) => return Ok(()),
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        match self.create(name, target, partitions, start).await {
+            Ok(_) => Ok(()),
+            // Created meanwhile by another worker.
+            Err(e) => match self.definition(name).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(e),
+            },
+        }
+    }
+
     /// A group's definition; `NotFound` when there is no such group.
     pub async fn definition(&self, name: &str) -> Result<Definition, Error> {
         p::check_name(name)?;

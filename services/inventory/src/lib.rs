@@ -4,12 +4,13 @@
 //! | method and path | what |
 //! |---|---|
 //! | `POST /api/v1/inventory/{sku}/restock` | adds `{"quantity": N}` units (1 to 10⁹) → the stock |
-//! | `GET /api/v1/inventory/{sku}` | `{sku, on_hand, reserved, available, version}`; as it was at a past time with `?as_of=RFC3339` (a time-travel read of the SKU's stream) |
+//! | `GET /api/v1/inventory/{sku}` | `{sku, on_hand, reserved, available, version}` from the stock-levels read model ([`projection`]: a consumer group's output, trailing the aggregate by its delivery); `?source=aggregate` folds the SKU's stream instead (the newest); `?as_of=RFC3339` as it was at a past time (a time-travel read of the stream) |
 //!
 //! As a participant it handles the saga commands `reserve` (the saga's `quantity` of its `sku`,
 //! held under the saga's id; too few free units is a failure no retry mends), `release` and
 //! `commit`, each idempotent on the reservation.
 
+pub mod projection;
 pub mod stock;
 
 use std::sync::Arc;
@@ -72,6 +73,7 @@ struct RestockBody {
 #[serde(deny_unknown_fields)]
 struct LevelsQuery {
     as_of: Option<String>,
+    source: Option<String>,
 }
 
 impl Inventory {
@@ -130,17 +132,40 @@ async fn levels_of(
 ) -> Response {
     let answer = async {
         check_sku(&sku)?;
-        let as_of = match &q.as_of {
-            Some(t) => {
-                Some(parse_rfc3339_us(t).map_err(|e| ApiError::invalid(format!("as_of: {e}")))?)
+        let store = correlation.on(&inv.store);
+        let mut body = match (q.as_of.as_deref(), q.source.as_deref()) {
+            (Some(t), None | Some("aggregate")) => {
+                let at =
+                    parse_rfc3339_us(t).map_err(|e| ApiError::invalid(format!("as_of: {e}")))?;
+                let mut b = levels(&sku, &stock::load(&store, &sku, Some(at)).await?);
+                b["as_of"] = json!(t);
+                b
             }
-            None => None,
+            (None, Some("aggregate")) => levels(&sku, &stock::load(&store, &sku, None).await?),
+            (None, None | Some("projection")) => {
+                let l = projection::read(&store, &sku)
+                    .await?
+                    .map(|(l, _)| l)
+                    .unwrap_or_default();
+                json!({
+                    "sku": sku,
+                    "on_hand": l.on_hand,
+                    "reserved": l.reserved,
+                    "available": l.available(),
+                    "version": l.stock_version,
+                })
+            }
+            (_, Some(other)) => {
+                return Err(ApiError::invalid(format!(
+                    "source: projection or aggregate (as_of reads the aggregate), not {other:?}"
+                )))
+            }
         };
-        let s = stock::load(&correlation.on(&inv.store), &sku, as_of).await?;
-        let mut body = levels(&sku, &s);
-        if let (Some(t), Some(obj)) = (&q.as_of, body.as_object_mut()) {
-            obj.insert("as_of".into(), json!(t));
-        }
+        body["source"] = json!(if q.source.is_some() || q.as_of.is_some() {
+            "aggregate"
+        } else {
+            "projection"
+        });
         Ok::<_, ApiError>(Json(body).into_response())
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)

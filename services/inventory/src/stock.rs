@@ -1,6 +1,7 @@
 //! One SKU's stock: an event-sourced aggregate in the stream `stock-SKU`. Its events:
-//! `restocked {quantity}`, `reserved {reservation, quantity}`, `released {reservation}`,
-//! `committed {reservation}`. Its state is their fold; every change is decided on the state
+//! `restocked {quantity}`, `reserved {reservation, quantity}`, `released {reservation,
+//! quantity}`, `committed {reservation, quantity}` (each carries its units, so a projection
+//! needs no memory of the reservations). Its state is their fold; every change is decided on the state
 //! read and appended expecting the version read (a concurrent change makes it decide again),
 //! so stock is never reserved twice: `available = on_hand − reserved ≥ 0` holds after every
 //! event. Operations on a reservation are idempotent (keyed by its id, the saga's).
@@ -36,11 +37,15 @@ pub enum StockEvent {
     Released {
         /// The reservation.
         reservation: String,
+        /// Its units.
+        quantity: u64,
     },
     /// A reservation taken out of stock for good.
     Committed {
         /// The reservation.
         reservation: String,
+        /// Its units.
+        quantity: u64,
     },
 }
 
@@ -103,12 +108,21 @@ impl Stock {
                 self.reservations
                     .insert(reservation.clone(), (*quantity, Held::Open));
             }
-            StockEvent::Released { reservation } | StockEvent::Committed { reservation } => {
+            StockEvent::Released {
+                reservation,
+                quantity,
+            }
+            | StockEvent::Committed {
+                reservation,
+                quantity,
+            } => {
                 let Some((q, held)) = self.reservations.get_mut(reservation) else {
                     return Err(format!("reservation {reservation} is not held"));
                 };
-                if *held != Held::Open {
-                    return Err(format!("reservation {reservation} is closed"));
+                if *held != Held::Open || *q != *quantity {
+                    return Err(format!(
+                        "reservation {reservation} is closed, or of other units"
+                    ));
                 }
                 self.reserved -= *q;
                 *held = if matches!(e, StockEvent::Committed { .. }) {
@@ -257,8 +271,9 @@ pub async fn reserve(
 /// Gives `reservation` back (nothing to do when it is not held, or closed).
 pub async fn release(store: &Client, sku: &str, reservation: &str) -> Result<Stock, Error> {
     let r = change(store, sku, |s| match s.reservations.get(reservation) {
-        Some((_, Held::Open)) => Decided::Append(StockEvent::Released {
+        Some((q, Held::Open)) => Decided::Append(StockEvent::Released {
             reservation: reservation.to_string(),
+            quantity: *q,
         }),
         _ => Decided::Answer(Ok(s.clone())),
     })
@@ -273,8 +288,9 @@ pub async fn commit(
     reservation: &str,
 ) -> Result<Result<Stock, Refused>, Error> {
     change(store, sku, |s| match s.reservations.get(reservation) {
-        Some((_, Held::Open)) => Decided::Append(StockEvent::Committed {
+        Some((q, Held::Open)) => Decided::Append(StockEvent::Committed {
             reservation: reservation.to_string(),
+            quantity: *q,
         }),
         Some((_, Held::Committed)) => Decided::Answer(Ok(s.clone())),
         Some((_, Held::Released)) => Decided::Answer(Err(Refused::Released)),
@@ -290,8 +306,7 @@ mod tests {
     #[test]
     fn the_fold_keeps_the_rules() {
         let mut s = Stock::default();
-        s.apply(&StockEvent::Restocked { quantity: 5 })
-            .unwrap_or_default();
+        assert!(s.apply(&StockEvent::Restocked { quantity: 5 }).is_ok());
         let r = |id: &str, q| StockEvent::Reserved {
             reservation: id.into(),
             quantity: q,
@@ -300,23 +315,18 @@ mod tests {
         assert_eq!(s.available(), 2);
         assert!(s.apply(&r("b", 3)).is_err(), "oversells");
         assert!(s.apply(&r("a", 1)).is_err(), "repeats");
-        assert!(s
-            .apply(&StockEvent::Committed {
-                reservation: "a".into()
-            })
-            .is_ok());
+        let done = |id: &str, q| StockEvent::Committed {
+            reservation: id.into(),
+            quantity: q,
+        };
+        let back = |id: &str, q| StockEvent::Released {
+            reservation: id.into(),
+            quantity: q,
+        };
+        assert!(s.apply(&done("a", 2)).is_err(), "other units");
+        assert!(s.apply(&done("a", 3)).is_ok());
         assert_eq!((s.on_hand, s.reserved, s.available()), (2, 0, 2));
-        assert!(
-            s.apply(&StockEvent::Released {
-                reservation: "a".into()
-            })
-            .is_err(),
-            "closed"
-        );
-        assert!(s
-            .apply(&StockEvent::Released {
-                reservation: "zz".into()
-            })
-            .is_err());
+        assert!(s.apply(&back("a", 3)).is_err(), "closed");
+        assert!(s.apply(&back("zz", 1)).is_err());
     }
 }

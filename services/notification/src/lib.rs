@@ -2,16 +2,21 @@
 //! for `notify` — it tells the customer of a completed order on each configured channel, once
 //! per notification (the saga's id) and channel.
 //!
-//! Channels: `log` (a JSON log line) and `webhook` (`POST` of the notification to the
-//! configured URL, with `Idempotency-Key: ID/webhook`). Each delivery is recorded in the stream
+//! Channels: `log` (a JSON log line), `webhook` (`POST` of the notification to the
+//! configured URL, with `Idempotency-Key: ID/webhook`) and `email` (SMTP to the saga's
+//! `customer`, through the configured relay, `Message-ID: <ID.email@strata>`; a saga without a
+//! customer address gets no email). Each delivery is recorded in the stream
 //! `notification-ID` (`delivered {channel}`, its event id derived from ID and the channel);
 //! a channel already recorded is not delivered again. Between a delivery and its record a
 //! crash can happen: the command is then handled again and the channel delivered again, with
-//! the same idempotency key — the receiver sees one notification (exactly once for a receiver
-//! that honours the key, at least once for one that does not). Email (SMTP) is not built yet.
+//! the same idempotency key or Message-ID — the receiver sees one notification (exactly once
+//! for a receiver that honours the key, at least once for one that does not).
 //!
-//! Settings: `[notification] channels = "log,webhook"` (default `log`) and `webhook =
-//! "http://HOST:PORT/PATH"` (or `STRATA_NOTIFICATION_WEBHOOK`).
+//! Settings: `[notification] channels = "log,webhook,email"` (default `log`), `webhook =
+//! "http://HOST:PORT/PATH"` (or `STRATA_NOTIFICATION_WEBHOOK`), `smtp = "HOST:PORT"` (or
+//! `STRATA_NOTIFICATION_SMTP`) and `from` (default `orders@strata.local`).
+
+pub mod smtp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +44,8 @@ pub enum Channel {
     Log,
     /// An HTTP POST.
     Webhook,
+    /// An email over SMTP.
+    Email,
 }
 
 impl Channel {
@@ -46,6 +53,7 @@ impl Channel {
         match self {
             Channel::Log => "log",
             Channel::Webhook => "webhook",
+            Channel::Email => "email",
         }
     }
 }
@@ -56,6 +64,8 @@ pub struct Notification {
     store: Client,
     channels: Vec<Channel>,
     webhook: Option<String>,
+    smtp: Option<String>,
+    from: String,
     http: HttpClient,
     metrics: Arc<Metrics>,
 }
@@ -81,7 +91,12 @@ impl Notification {
             channels.push(match n {
                 "log" => Channel::Log,
                 "webhook" => Channel::Webhook,
-                other => return Err(format!("[notification] channels: log or webhook, not {other:?} (email is not built yet)")),
+                "email" => Channel::Email,
+                other => {
+                    return Err(format!(
+                        "[notification] channels: log, webhook or email, not {other:?}"
+                    ))
+                }
             });
         }
         let webhook = match settings.section_str("webhook").map_err(|e| e.to_string())? {
@@ -95,10 +110,31 @@ impl Notification {
                 "[notification] webhook: an http:// URL, needed by the webhook channel".into(),
             );
         }
+        let smtp = match settings.section_str("smtp").map_err(|e| e.to_string())? {
+            Some(a) => Some(a),
+            None => std::env::var("STRATA_NOTIFICATION_SMTP").ok(),
+        };
+        if channels.contains(&Channel::Email) && !smtp.as_deref().is_some_and(|a| a.contains(':')) {
+            return Err(
+                "[notification] smtp: HOST:PORT of an SMTP relay, needed by the email channel"
+                    .into(),
+            );
+        }
+        let from = settings
+            .section_str("from")
+            .map_err(|e| e.to_string())?
+            .unwrap_or_else(|| "orders@strata.local".into());
+        if !smtp::plausible(&from) {
+            return Err(format!(
+                "[notification] from: an email address, not {from:?}"
+            ));
+        }
         Ok(Notification {
             store,
             channels,
             webhook,
+            smtp,
+            from,
             http: HttpClient::new(),
             metrics,
         })
@@ -112,7 +148,7 @@ impl Notification {
     /// What `/health` adds.
     pub fn details(&self) -> serde_json::Value {
         let names: Vec<&str> = self.channels.iter().map(|c| c.name()).collect();
-        json!({ "channels": names, "webhook": self.webhook })
+        json!({ "channels": names, "webhook": self.webhook, "smtp": self.smtp })
     }
 
     /// The channels already delivered for notification `id`.
@@ -145,6 +181,31 @@ impl Notification {
             Channel::Log => {
                 tracing::info!(notification = %id, correlation_id = correlation, message = %message, "notification delivered");
                 Ok(())
+            }
+            Channel::Email => {
+                let Some(to) = command.data["customer"]
+                    .as_str()
+                    .filter(|a| smtp::plausible(a))
+                else {
+                    tracing::warn!(notification = %id, "no customer address: no email");
+                    return Ok(());
+                };
+                let mail = smtp::Mail {
+                    from: self.from.clone(),
+                    to: to.to_string(),
+                    subject: format!(
+                        "Order {}",
+                        command.data["order_id"].as_str().unwrap_or_default()
+                    ),
+                    message_id: format!("{id}.email@strata"),
+                    body: message["text"].as_str().unwrap_or_default().to_string(),
+                };
+                smtp::send(
+                    self.smtp.as_deref().unwrap_or_default(),
+                    &mail,
+                    WEBHOOK_DEADLINE,
+                )
+                .await
             }
             Channel::Webhook => {
                 let url = self.webhook.as_deref().unwrap_or_default();

@@ -244,7 +244,28 @@ impl Orchestrator {
 
     /// Runs until `stop`: recovery, then the journals' subscription, the timers and the lanes.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let cursor = loop {
+        let receivers = std::mem::take(&mut *lock(&self.receivers));
+        for rx in receivers {
+            tokio::spawn(self.clone().lane(rx));
+        }
+        tokio::spawn(self.clone().timers(stop.clone()));
+        // Recover, then follow; when the subscription gives up (the store away longer than
+        // the client's deadline), recover again from the journals.
+        loop {
+            let Some(cursor) = self.recover(&mut stop).await else {
+                return;
+            };
+            if !self.follow(cursor, &mut stop).await {
+                return;
+            }
+            tracing::warn!("the journals' subscription failed; recovering from the journals again");
+        }
+    }
+
+    /// Finds the unfinished sagas (retrying while the store does not answer) and schedules
+    /// each; the cursor after the scan, `None` once stopped.
+    async fn recover(&self, stop: &mut watch::Receiver<bool>) -> Option<bytes::Bytes> {
+        loop {
             match self.unfinished().await {
                 Ok((open, cursor)) => {
                     tracing::info!(unfinished = open.len(), "resuming the unfinished sagas");
@@ -252,7 +273,7 @@ impl Orchestrator {
                         self.note(id, Status::Running);
                         self.schedule(0, id);
                     }
-                    break cursor;
+                    return Some(cursor);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "finding the unfinished sagas failed; retrying")
@@ -260,14 +281,14 @@ impl Orchestrator {
             }
             tokio::select! {
                 _ = tokio::time::sleep(RETRY_AFTER) => {}
-                _ = stopped(&mut stop) => return,
+                _ = stopped(stop) => return None,
             }
-        };
-        let receivers = std::mem::take(&mut *lock(&self.receivers));
-        for rx in receivers {
-            tokio::spawn(self.clone().lane(rx));
         }
-        tokio::spawn(self.clone().timers(stop.clone()));
+    }
+
+    /// Advances the saga of every journal entry from `cursor` on; `false` once stopped, `true`
+    /// when the subscription failed.
+    async fn follow(&self, cursor: bytes::Bytes, stop: &mut watch::Receiver<bool>) -> bool {
         let filter = pb::Filter {
             stream_prefix: "saga-".into(),
             event_types: Vec::new(),
@@ -285,11 +306,11 @@ impl Orchestrator {
                     }
                     Ok(Item::CaughtUp) => {}
                     Err(e) => {
-                        tracing::error!(error = %e, "the journals' subscription failed; the orchestrator stops following them");
-                        return;
+                        tracing::error!(error = %e, "the journals' subscription failed");
+                        return true;
                     }
                 },
-                _ = stopped(&mut stop) => return,
+                _ = stopped(stop) => return false,
             }
         }
     }

@@ -1,10 +1,12 @@
 //! A participant's side: its consumer group on its command streams (`PARTICIPANT-cmd-…`),
 //! each command handled by the participant's [`Handler`] and answered in the saga's journal,
-//! then the group's position committed. Handled at least once; the effects are idempotent
+//! then the group's position committed. A batch's sagas are handled at once, each saga's
+//! commands in order. Handled at least once; the effects are idempotent
 //! (each handler keys them on the saga), and the reply's event id is derived from the
 //! command's, so a command handled twice (a worker killed between its reply and its commit)
 //! replies once.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,27 +118,6 @@ pub fn correlation_of(e: &pb::RecordedEvent) -> String {
         .unwrap_or_default()
 }
 
-/// Creates the participant's group if it does not exist.
-async fn ensure_group(store: &Client, participant: &str) -> Result<(), Error> {
-    let groups = Groups::new(store.clone());
-    match groups.info(participant).await {
-        Ok(_) => Ok(()),
-        Err(Error::NotFound(_)) => {
-            let target = GroupTarget::Prefix(command_prefix(participant));
-            match groups
-                .create(participant, target, PARTITIONS, Position::From(0))
-                .await
-            {
-                Ok(_) => Ok(()),
-                // Created meanwhile by another worker.
-                Err(Error::InvalidArgument(m)) if m.contains("exists already") => Ok(()),
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// Handles `participant`'s commands as worker `member` until `stop`.
 pub async fn serve<H: Handler>(
     store: Client,
@@ -188,23 +169,39 @@ async fn work<H: Handler>(
     member: &str,
     handler: &H,
 ) -> Result<(), Error> {
-    ensure_group(store, participant).await?;
+    let target = GroupTarget::Prefix(command_prefix(participant));
+    Groups::new(store.clone())
+        .ensure(participant, target, PARTITIONS, Position::From(0))
+        .await?;
     let mut worker = Worker::join(store.clone(), participant, WorkerConfig::new(member)).await?;
     loop {
         let batch = worker.next_batch().await?;
+        // Commands of one saga in order; sagas at once (a slow provider call for one does not
+        // hold up the others: measured, one at a time made queued commands outlive their
+        // steps' deadlines under late provider answers).
+        let mut by_saga: BTreeMap<&str, Vec<Command>> = BTreeMap::new();
+        let mut correlations: HashMap<&str, String> = HashMap::new();
         for e in &batch.events {
-            let command: Command = match serde_json::from_slice(&e.data) {
-                Ok(c) => c,
-                Err(err) => {
-                    worker.park(e, &format!("not a command: {err}")).await?;
-                    continue;
+            match serde_json::from_slice::<Command>(&e.data) {
+                Ok(c) => {
+                    correlations.insert(e.stream.as_str(), correlation_of(e));
+                    by_saga.entry(e.stream.as_str()).or_default().push(c);
                 }
-            };
-            let correlation = correlation_of(e);
-            let store = store.with_correlation_id(&correlation);
-            let reply = handle(handler, &command, &correlation).await;
-            answer(&store, &command, &reply, &correlation).await?;
+                Err(err) => worker.park(e, &format!("not a command: {err}")).await?,
+            }
         }
+        let sagas = by_saga.into_iter().map(|(stream, commands)| {
+            let correlation = correlations.get(stream).cloned().unwrap_or_default();
+            async move {
+                let store = store.with_correlation_id(&correlation);
+                for command in &commands {
+                    let reply = handle(handler, command, &correlation).await;
+                    answer(&store, command, &reply, &correlation).await?;
+                }
+                Ok::<(), Error>(())
+            }
+        });
+        futures_util::future::try_join_all(sagas).await?;
         worker.commit(&batch).await?;
     }
 }

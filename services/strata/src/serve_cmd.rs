@@ -187,6 +187,10 @@ fn assemble(service: ServiceName, settings: &Settings, p: &Parts) -> Result<Asse
         ServiceName::Inventory => {
             let inv = strata_inventory::Inventory::new(p.store.clone(), p.metrics.clone());
             p.commands("inventory", inv.handler());
+            let member = format!("inventory-levels-{}", std::process::id());
+            let levels =
+                strata_inventory::projection::serve(p.store.clone(), member, p.stopping.clone());
+            tokio::spawn(levels);
             (inv.routes(), None)
         }
         ServiceName::Payment => {

@@ -17,7 +17,20 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr(port)).await.unwrap();
+    try_http(port, method, path, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} on {port}: {e}"))
+}
+
+/// [`http`], or why the exchange failed (nothing listening, the connection cut).
+pub async fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String, String), std::io::Error> {
+    let mut s = tokio::net::TcpStream::connect(addr(port)).await?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
     if !body.is_empty() {
         req.push_str("content-type: application/json\r\n");
@@ -27,9 +40,9 @@ pub async fn http(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(req.as_bytes()).await?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
+    s.read_to_end(&mut out).await?;
     let text = String::from_utf8_lossy(&out).to_string();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -39,7 +52,7 @@ pub async fn http(
         .parse()
         .unwrap_or(0);
     // Chunked bodies: good enough to search in.
-    (status, head.to_lowercase(), rest.to_string())
+    Ok((status, head.to_lowercase(), rest.to_string()))
 }
 
 pub fn json(body: &str) -> serde_json::Value {
