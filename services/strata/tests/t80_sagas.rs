@@ -312,25 +312,38 @@ impl Env {
     async fn ledger(&self) -> serde_json::Value {
         self.call("provider", "GET", "/ledger", &[], "").await.1
     }
+
+    /// How many webhook POSTs and emails came for saga `id`'s notification.
+    fn deliveries(&self, id: &str) -> (Option<u32>, Option<u32>) {
+        let hooks = self
+            .hooks
+            .lock()
+            .unwrap()
+            .get(&format!("{id}/webhook"))
+            .copied();
+        let mails = self
+            .mails
+            .lock()
+            .unwrap()
+            .get(&format!("{id}.email@strata"))
+            .copied();
+        (hooks, mails)
+    }
+}
+
+/// How many entries of the ledger's `list` name saga `id`'s charge key under `field`.
+fn ledger_entries(ledger: &serde_json::Value, list: &str, field: &str, saga: &str) -> usize {
+    let key = format!("{saga}/charge");
+    let entries = ledger[list].as_array().unwrap();
+    entries.iter().filter(|c| c[field] == key.as_str()).count()
 }
 
 fn charges_of(ledger: &serde_json::Value, saga: &str) -> usize {
-    let key = format!("{saga}/charge");
-    ledger["charges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["key"] == key.as_str())
-        .count()
+    ledger_entries(ledger, "charges", "key", saga)
 }
 
 fn refunded(ledger: &serde_json::Value, saga: &str) -> bool {
-    let key = format!("{saga}/charge");
-    ledger["refunds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|r| r["charge_key"] == key.as_str())
+    ledger_entries(ledger, "refunds", "charge_key", saga) > 0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,17 +358,7 @@ async fn orders_complete_or_compensate_and_every_effect_happens_once() {
     assert_eq!(saga["state"], "completed", "{saga}");
     env.stock_is("a1", 7, 0).await;
     assert_eq!(charges_of(&env.ledger().await, &id), 1);
-    assert_eq!(
-        env.hooks.lock().unwrap().get(&format!("{id}/webhook")),
-        Some(&1)
-    );
-    let mails = env
-        .mails
-        .lock()
-        .unwrap()
-        .get(&format!("{id}.email@strata"))
-        .copied();
-    assert_eq!(mails, Some(1));
+    assert_eq!(env.deliveries(&id), (Some(1), Some(1)));
     // The same key: the same saga; the key with other data: 409.
     let again = r#"{"type": "order_processing", "data": {"order_id": "order-1", "sku": "a1", "quantity": 3, "amount": 500, "customer": "buyer@example.com"}}"#;
     let (code, same) = env
@@ -414,12 +417,7 @@ async fn orders_complete_or_compensate_and_every_effect_happens_once() {
     assert_eq!(saga["state"], "compensated", "{saga}");
     assert_eq!(charges_of(&env.ledger().await, &id), 0);
     env.stock_is("a1", 7, 0).await;
-    assert!(env
-        .hooks
-        .lock()
-        .unwrap()
-        .get(&format!("{id}/webhook"))
-        .is_none());
+    assert_eq!(env.deliveries(&id), (None, None));
 
     // Ambiguous answers: recorded charges answered 502, and late answers. Each order is still
     // charged once; retried under the same key.
@@ -531,18 +529,7 @@ async fn sagas_survive_kills_of_the_orchestrator_and_a_participant() {
     let ledger = env.ledger().await;
     for id in &ids {
         assert_eq!(charges_of(&ledger, id), 1, "{id}");
-        assert_eq!(
-            env.hooks.lock().unwrap().get(&format!("{id}/webhook")),
-            Some(&1),
-            "{id}"
-        );
-        let mails = env
-            .mails
-            .lock()
-            .unwrap()
-            .get(&format!("{id}.email@strata"))
-            .copied();
-        assert_eq!(mails, Some(1), "{id}");
+        assert_eq!(env.deliveries(id), (Some(1), Some(1)), "{id}");
     }
     env.stock_is("k1", 1000 - 24, 0).await;
 }
@@ -641,18 +628,7 @@ async fn chaos_kills_during_many_sagas_leave_every_effect_once() {
     for (id, sku, quantity) in &orders {
         let saga = env.finished(id, ledger_wait).await;
         let ledger = env.ledger().await;
-        let hooks = env
-            .hooks
-            .lock()
-            .unwrap()
-            .get(&format!("{id}/webhook"))
-            .copied();
-        let mails = env
-            .mails
-            .lock()
-            .unwrap()
-            .get(&format!("{id}.email@strata"))
-            .copied();
+        let (hooks, mails) = env.deliveries(id);
         match saga["state"].as_str().unwrap() {
             "completed" => {
                 completed += 1;
