@@ -55,6 +55,45 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Reply, String>> + Send;
 }
 
+/// The points of a command's handling where a crash can land (for crash tests: see
+/// [`serve_with_crashes`]): with the command received and nothing done, with its handler's
+/// effects done but no reply, with the reply appended but the group's position not committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// The command is in a batch; nothing done.
+    Received,
+    /// The handler ran (its effects written); no reply.
+    Handled,
+    /// The reply is in the journal; the batch is not committed.
+    Answered,
+}
+
+/// Decides where a worker crashes: a seam for tests; in service, [`NoCrashes`].
+pub trait Crashes: Send + Sync + 'static {
+    /// Whether `participant`'s worker crashes at `point` of handling `command`.
+    fn at(&self, participant: &str, command: &Command, point: Point) -> bool;
+}
+
+/// Never crashes.
+pub struct NoCrashes;
+
+impl Crashes for NoCrashes {
+    fn at(&self, _: &str, _: &Command, _: Point) -> bool {
+        false
+    }
+}
+
+/// Why a worker's run ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    /// The store failed it.
+    #[error(transparent)]
+    Store(#[from] Error),
+    /// A crash was injected there.
+    #[error("crashed at {0:?} of {1}")]
+    Crashed(Point, String),
+}
+
 /// The reply's journal entry.
 pub fn reply_entry(command: &Command, reply: &Reply) -> Entry {
     match reply {
@@ -124,11 +163,37 @@ pub async fn serve<H: Handler>(
     participant: &'static str,
     member: String,
     handler: Arc<H>,
+    stop: watch::Receiver<bool>,
+) {
+    serve_with_crashes(
+        store,
+        participant,
+        member,
+        handler,
+        Arc::new(NoCrashes),
+        stop,
+    )
+    .await
+}
+
+/// [`serve`], crashing where `crashes` says: the worker's run ends there, as in a killed
+/// process (nothing more written, the batch not committed, the worker gone without leaving),
+/// and starts again after a pause, as a restarted process would.
+pub async fn serve_with_crashes<H: Handler>(
+    store: Client,
+    participant: &'static str,
+    member: String,
+    handler: Arc<H>,
+    crashes: Arc<dyn Crashes>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let stops = Stops {
+        participant,
+        crashes: crashes.as_ref(),
+    };
     loop {
         let outcome = tokio::select! {
-            r = work(&store, participant, &member, handler.as_ref()) => r,
+            r = work(&store, stops, &member, handler.as_ref()) => r,
             _ = stopped(&mut stop) => return,
         };
         if let Err(e) = outcome {
@@ -162,13 +227,30 @@ async fn handle<H: Handler>(handler: &H, command: &Command, correlation: &str) -
     }
 }
 
-/// Joins the group and handles batches until the store fails it.
+/// A participant's name and where its worker crashes.
+#[derive(Clone, Copy)]
+struct Stops<'a> {
+    participant: &'static str,
+    crashes: &'a dyn Crashes,
+}
+
+impl Stops<'_> {
+    fn check(&self, command: &Command, point: Point) -> Result<(), Ended> {
+        if self.crashes.at(self.participant, command, point) {
+            return Err(Ended::Crashed(point, command.command_id.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// Joins the group and handles batches until the store fails it (or a crash is injected).
 async fn work<H: Handler>(
     store: &Client,
-    participant: &str,
+    stops: Stops<'_>,
     member: &str,
     handler: &H,
-) -> Result<(), Error> {
+) -> Result<(), Ended> {
+    let participant = stops.participant;
     let target = GroupTarget::Prefix(command_prefix(participant));
     Groups::new(store.clone())
         .ensure(participant, target, PARTITIONS, Position::From(0))
@@ -195,10 +277,13 @@ async fn work<H: Handler>(
             async move {
                 let store = store.with_correlation_id(&correlation);
                 for command in &commands {
+                    stops.check(command, Point::Received)?;
                     let reply = handle(handler, command, &correlation).await;
+                    stops.check(command, Point::Handled)?;
                     answer(&store, command, &reply, &correlation).await?;
+                    stops.check(command, Point::Answered)?;
                 }
-                Ok::<(), Error>(())
+                Ok::<(), Ended>(())
             }
         });
         futures_util::future::try_join_all(sagas).await?;

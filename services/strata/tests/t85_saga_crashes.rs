@@ -1,18 +1,21 @@
-//! A saga's orchestrator crashing at every one of its journal writes, before and after it, in
-//! turn: the orchestrator's own steps (load, decide, act) run here in-process up to the chosen
-//! write, then stop, as a killed process would; a fresh orchestrator (`Orchestrator::run`,
-//! recovering from the journals) finishes the saga. Every run must end `completed` with each
-//! effect once: one reservation committed, one charge at the (real, fake) provider, one
-//! delivery recorded. The participants run in-process as real consumer-group workers over a
-//! `strata dev` node.
+//! Crashes at every write of a saga, in turn. The orchestrator's: its own steps (load, decide,
+//! act) run here in-process up to the chosen journal write, before or after it, then stop, as a
+//! killed process would; a fresh orchestrator (`Orchestrator::run`, recovering from the
+//! journals) finishes the saga. The participants': each command of a saga in turn, a worker
+//! crashes with the command received, with its effects written but no reply, or with the reply
+//! written but the batch not committed (`participant::serve_with_crashes`), and starts again.
+//! Every run must end as it would have without the crash, with each effect once: one
+//! reservation committed, one charge at the (real, fake) provider, one delivery recorded. The
+//! participants run in-process as real consumer-group workers over a `strata dev` node.
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::collections::HashMap;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::http::*;
@@ -20,8 +23,9 @@ use common::*;
 use strata_client::Client;
 use strata_saga::decide::{decide, Decision};
 use strata_saga::definition::order_processing;
+use strata_saga::journal::Command as SagaCommand;
 use strata_saga::orchestrator::{Events, Orchestrator, SystemClock};
-use strata_saga::participant;
+use strata_saga::participant::{self, Crashes, NoCrashes, Point};
 use strata_saga::state::Status;
 use strata_saga::store;
 use strata_service::{CommonArgs, Metrics, Settings};
@@ -42,6 +46,195 @@ fn settings(name: &'static str, dir: &std::path::Path, section: &str) -> Setting
     Settings::resolve(name, 1, &args, &|_| None).unwrap()
 }
 
+/// A `strata dev` node, the fake provider, and the three participants in-process as their
+/// services run them, crashing where `crashes` says.
+struct Rig {
+    _dir: tempfile::TempDir,
+    _store: Proc,
+    _provider: Proc,
+    provider_port: u16,
+    client: Client,
+    http: strata_service::http_client::HttpClient,
+    stop: tokio::sync::watch::Receiver<bool>,
+    _stop_tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl Rig {
+    async fn start(crashes: Arc<dyn Crashes>) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let (store_port, provider_port) = (free_port(), free_port());
+        let store = dev_store(dir.path(), store_port, &[], None);
+        let provider = Proc(
+            Command::new(STRATA)
+                .args(["fake-provider", "--listen", &addr(provider_port)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_http(store_port).await;
+        wait_http(provider_port).await;
+        let client = Client::connect([addr(store_port)]).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let inventory = strata_inventory::Inventory::new(client.clone(), metrics.clone());
+        strata_inventory::stock::restock(&client, "c1", 100)
+            .await
+            .unwrap();
+        let provider_url = format!("provider = \"http://{}\"", addr(provider_port));
+        let payment = strata_payment::Payment::new(
+            &settings("payment", dir.path(), &provider_url),
+            metrics.clone(),
+        )
+        .unwrap();
+        let notification = strata_notification::Notification::new(
+            &settings("notification", dir.path(), "channels = \"log\""),
+            client.clone(),
+            metrics.clone(),
+        )
+        .unwrap();
+        let serve = |name: &'static str, member: &str| {
+            (
+                client.clone(),
+                name,
+                member.to_string(),
+                crashes.clone(),
+                stop.clone(),
+            )
+        };
+        let (c, n, m, k, s) = serve("inventory", "i1");
+        tokio::spawn(participant::serve_with_crashes(
+            c,
+            n,
+            m,
+            inventory.handler(),
+            k,
+            s,
+        ));
+        let (c, n, m, k, s) = serve("payment", "p1");
+        tokio::spawn(participant::serve_with_crashes(
+            c,
+            n,
+            m,
+            Arc::new(payment),
+            k,
+            s,
+        ));
+        let (c, n, m, k, s) = serve("notification", "n1");
+        tokio::spawn(participant::serve_with_crashes(
+            c,
+            n,
+            m,
+            Arc::new(notification),
+            k,
+            s,
+        ));
+        Rig {
+            _dir: dir,
+            _store: store,
+            _provider: provider,
+            provider_port,
+            client,
+            http: strata_service::http_client::HttpClient::new(),
+            stop,
+            _stop_tx: stop_tx,
+        }
+    }
+
+    /// A fresh orchestrator, recovering and following the journals until the rig ends.
+    fn orchestrate(&self) {
+        let o = Orchestrator::new(self.client.clone(), Arc::new(SystemClock), Arc::new(Quiet));
+        tokio::spawn(o.run(self.stop.clone()));
+    }
+
+    /// Saga `id` once it ended (`None`: never created), within a minute.
+    async fn ended(&self, id: &str, created: bool) -> Option<strata_saga::state::Saga> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match store::load(&self.client, id).await.unwrap() {
+                None if !created => return None,
+                Some(l) if l.saga.status.is_final() => return Some(l.saga),
+                _ => {}
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{id} did not end");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn provider(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let url = format!("http://{}{path}", addr(self.provider_port));
+        let r = self
+            .http
+            .call(method, &url, &[], &body, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert!(
+            r.status < 300 || r.status == 404,
+            "{method} {path}: {}",
+            r.status
+        );
+        if r.status == 404 {
+            return serde_json::Value::Null;
+        }
+        r.json
+    }
+
+    /// Checks completed saga `id`'s effects: each step asked once, its charge at the provider,
+    /// its notification recorded once.
+    async fn completed_once(&self, id: &str, saga: &strata_saga::state::Saga, why: &str) {
+        assert_eq!(saga.status, Status::Completed, "{id} ({why}): {saga:?}");
+        for s in &saga.steps {
+            assert_eq!(
+                s.action.attempts, 1,
+                "{id} ({why}): {} asked more than once",
+                s.name
+            );
+        }
+        let charge = self
+            .provider(
+                "GET",
+                &format!("/charges/{id}%2Fcharge"),
+                serde_json::Value::Null,
+            )
+            .await;
+        assert!(!charge.is_null(), "{id} ({why}): no charge");
+        let delivered = self
+            .client
+            .read_stream(&strata_notification::stream(id), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            delivered.len(),
+            1,
+            "{id} ({why}): delivered {} times",
+            delivered.len()
+        );
+    }
+
+    async fn charges(&self) -> usize {
+        let ledger = self
+            .provider("GET", "/ledger", serde_json::Value::Null)
+            .await;
+        ledger["charges"].as_array().unwrap().len()
+    }
+
+    async fn stock(&self) -> (u64, u64) {
+        let stock = strata_inventory::stock::load(&self.client, "c1", None)
+            .await
+            .unwrap();
+        (stock.on_hand, stock.reserved)
+    }
+}
+
+fn order(id: &str) -> serde_json::Value {
+    serde_json::json!({"order_id": id, "sku": "c1", "quantity": 1, "amount": 300})
+}
+
 /// Where a crash lands: at the orchestrator's `write`-th journal write (0: creating the saga),
 /// before it or after it.
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +246,7 @@ struct Crash {
 /// Runs saga `id`'s orchestrator steps in-process until the crash.
 async fn until_crash(client: &Client, id: &str, crash: Crash) {
     let def = order_processing();
-    let data = serde_json::json!({"order_id": id, "sku": "c1", "quantity": 1, "amount": 300});
+    let data = order(id);
     if crash.write == 0 && !crash.after {
         return;
     }
@@ -93,141 +286,120 @@ async fn until_crash(client: &Client, id: &str, crash: Crash) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_before_or_after_any_journal_write_resumes_to_one_outcome() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (store_port, provider_port) = (free_port(), free_port());
-    let _store = dev_store(dir.path(), store_port, &[], None);
-    let _provider = Proc(
-        Command::new(STRATA)
-            .args(["fake-provider", "--listen", &addr(provider_port)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_http(store_port).await;
-    wait_http(provider_port).await;
-    let client = Client::connect([addr(store_port)]).unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    // The participants, as their services run them.
-    let inventory = strata_inventory::Inventory::new(client.clone(), metrics.clone());
-    strata_inventory::stock::restock(&client, "c1", 100)
-        .await
-        .unwrap();
-    let provider = format!("provider = \"http://{}\"", addr(provider_port));
-    let payment =
-        strata_payment::Payment::new(&settings("payment", dir.path(), &provider), metrics.clone())
-            .unwrap();
-    let notification = strata_notification::Notification::new(
-        &settings("notification", dir.path(), "channels = \"log\""),
-        client.clone(),
-        metrics.clone(),
-    )
-    .unwrap();
-    tokio::spawn(participant::serve(
-        client.clone(),
-        "inventory",
-        "i1".into(),
-        inventory.handler(),
-        stop.clone(),
-    ));
-    tokio::spawn(participant::serve(
-        client.clone(),
-        "payment",
-        "p1".into(),
-        Arc::new(payment),
-        stop.clone(),
-    ));
-    tokio::spawn(participant::serve(
-        client.clone(),
-        "notification",
-        "n1".into(),
-        Arc::new(notification),
-        stop.clone(),
-    ));
-
+    let rig = Rig::start(Arc::new(NoCrashes)).await;
     // The orchestrator's writes on the happy path: the saga's creation, four requests, the end.
     let mut crashes = Vec::new();
     for write in 0..=5 {
         for after in [false, true] {
             let crash = Crash { write, after };
             let id = format!("crash-{write}-{after}");
-            until_crash(&client, &id, crash).await;
+            until_crash(&rig.client, &id, crash).await;
             crashes.push((id, crash));
         }
     }
     // A fresh orchestrator resumes them all.
-    let o = Orchestrator::new(client.clone(), Arc::new(SystemClock), Arc::new(Quiet));
-    tokio::spawn(o.clone().run(stop.clone()));
-    let http = strata_service::http_client::HttpClient::new();
-    let mut committed = 0;
+    rig.orchestrate();
+    let mut completed = 0;
     for (id, crash) in &crashes {
         let created = crash.write > 0 || crash.after;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let saga = loop {
-            let loaded = store::load(&client, id).await.unwrap();
-            match loaded {
-                None if !created => break None,
-                Some(l) if l.saga.status.is_final() => break Some(l.saga),
-                _ => {}
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} ({crash:?}) did not end"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(saga) = rig.ended(id, created).await else {
+            continue;
         };
-        let Some(saga) = saga else { continue };
-        assert_eq!(saga.status, Status::Completed, "{id} ({crash:?}): {saga:?}");
-        for s in &saga.steps {
-            assert_eq!(
-                s.action.attempts, 1,
-                "{id} ({crash:?}): {} asked more than once",
-                s.name
-            );
-        }
-        let url = format!("http://{}/charges/{id}%2Fcharge", addr(provider_port));
-        let charge = http
-            .call(
-                "GET",
-                &url,
-                &[],
-                &serde_json::Value::Null,
-                Duration::from_secs(3),
-            )
-            .await
-            .unwrap();
-        assert_eq!(charge.status, 200, "{id}: no charge");
-        let delivered = client
-            .read_stream(&strata_notification::stream(id), None, 10)
-            .await
-            .unwrap();
-        assert_eq!(
-            delivered.len(),
-            1,
-            "{id}: delivered {} times",
-            delivered.len()
-        );
-        committed += 1;
+        rig.completed_once(id, &saga, &format!("{crash:?}")).await;
+        completed += 1;
     }
-    let ledger = http
-        .call(
-            "GET",
-            &format!("http://{}/ledger", addr(provider_port)),
-            &[],
-            &serde_json::Value::Null,
-            Duration::from_secs(3),
+    assert_eq!(rig.charges().await, completed, "one charge per saga");
+    assert_eq!(rig.stock().await, (100 - completed as u64, 0));
+    assert_eq!(completed, crashes.len() - 1, "every created saga completed");
+}
+
+/// Crashes planned per saga: at the `n`-th command (in the order the participants first see
+/// them) and `Point` of saga `id`, once.
+#[derive(Default)]
+struct Plan {
+    planned: Mutex<HashMap<String, (usize, Point)>>,
+    seen: Mutex<HashMap<String, Vec<String>>>,
+    fired: Mutex<Vec<(String, String, Point)>>,
+}
+
+impl Crashes for Plan {
+    fn at(&self, participant: &str, command: &SagaCommand, point: Point) -> bool {
+        let mut seen = self.seen.lock().unwrap();
+        let commands = seen.entry(command.saga_id.clone()).or_default();
+        if !commands.contains(&command.command_id) {
+            commands.push(command.command_id.clone());
+        }
+        let n = commands.iter().position(|c| *c == command.command_id);
+        let mut planned = self.planned.lock().unwrap();
+        if planned.get(&command.saga_id) != n.map(|n| (n, point)).as_ref() {
+            return false;
+        }
+        planned.remove(&command.saga_id);
+        let fired = (participant.to_string(), command.command_id.clone(), point);
+        self.fired.lock().unwrap().push(fired);
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_crash_at_any_point_of_any_command_resumes_to_one_outcome() {
+    let _serial = SERIAL.lock().await;
+    let plan = Arc::new(Plan::default());
+    let rig = Rig::start(plan.clone()).await;
+    rig.orchestrate();
+    let points = [Point::Received, Point::Handled, Point::Answered];
+    // Completed sagas: four commands (reserve, charge, commit, notify); compensated ones (the
+    // provider declines every charge): four too (reserve, charge, refund — a void of the key, in
+    // case the charge went through after all — and release).
+    for (phase, commands, declines) in [("ok", 4, 0), ("declined", 4, 100)] {
+        rig.provider(
+            "PUT",
+            "/faults",
+            serde_json::json!({"decline_percent": declines}),
         )
-        .await
-        .unwrap();
+        .await;
+        let mut ids = Vec::new();
+        for n in 0..commands {
+            for point in points {
+                let id = format!("{phase}-{n}-{point:?}");
+                plan.planned.lock().unwrap().insert(id.clone(), (n, point));
+                let def = order_processing();
+                store::create(&rig.client, (&id, &def), order(&id), None, "t85")
+                    .await
+                    .unwrap();
+                ids.push(id);
+            }
+        }
+        for id in &ids {
+            let saga = rig.ended(id, true).await.unwrap();
+            if declines == 0 {
+                rig.completed_once(id, &saga, phase).await;
+            } else {
+                assert_eq!(saga.status, Status::Compensated, "{id}: {saga:?}");
+                let sides = saga.steps.iter().flat_map(|s| [&s.action, &s.compensation]);
+                let attempts: Vec<u32> = sides.map(|s| s.attempts).collect();
+                assert!(attempts.iter().all(|a| *a <= 1), "{id}: {attempts:?}");
+                let sent = attempts.iter().sum::<u32>() as usize;
+                assert_eq!(sent, commands, "{id}: commands sent");
+            }
+        }
+        let left = plan.planned.lock().unwrap().clone();
+        assert!(
+            left.is_empty(),
+            "crashes planned but never reached: {left:?}"
+        );
+    }
+    let fired = plan.fired.lock().unwrap().len();
     assert_eq!(
-        ledger.json["charges"].as_array().unwrap().len(),
-        committed,
-        "one charge per saga"
+        fired,
+        (4 + 4) * points.len(),
+        "every planned crash happened"
     );
-    let stock = strata_inventory::stock::load(&client, "c1", None)
-        .await
-        .unwrap();
-    assert_eq!((stock.on_hand, stock.reserved), (100 - committed as u64, 0));
-    assert_eq!(committed, crashes.len() - 1, "every created saga completed");
+    // Effects: the completed sagas' charges and committed stock, nothing of the declined ones.
+    assert_eq!(
+        rig.charges().await,
+        4 * points.len(),
+        "one charge per completed saga"
+    );
+    assert_eq!(rig.stock().await, (100 - 4 * points.len() as u64, 0));
 }
