@@ -13,10 +13,12 @@
 //! A service talks to the store only through `strata-client`.
 
 pub mod api;
+pub mod arrivals;
 pub mod config;
 pub mod correlation;
 pub mod http_client;
 pub mod metrics;
+pub mod process;
 pub mod server;
 pub mod time;
 

@@ -75,6 +75,16 @@ pub struct Orchestrator {
     timers: Mutex<BTreeSet<(u64, String)>>,
     timer_added: Notify,
     index: Mutex<Index>,
+    recovered: Mutex<Option<Recovery>>,
+}
+
+/// The last recovery from the journals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Recovery {
+    /// Unfinished sagas it found (and scheduled).
+    pub unfinished: usize,
+    /// How long the scan of the journals took, µs.
+    pub scan_us: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,12 +109,19 @@ impl Orchestrator {
             timers: Mutex::default(),
             timer_added: Notify::new(),
             index: Mutex::default(),
+            recovered: Mutex::default(),
         })
     }
 
     /// Its store client.
     pub fn store(&self) -> &Client {
         &self.store
+    }
+
+    /// The last recovery, once one finished (until then, sagas from before this process
+    /// started are not being advanced).
+    pub fn recovered(&self) -> Option<Recovery> {
+        *lock(&self.recovered)
     }
 
     /// Queues saga `id` to be advanced (waits while its lane's queue is full).
@@ -266,13 +283,23 @@ impl Orchestrator {
     /// each; the cursor after the scan, `None` once stopped.
     async fn recover(&self, stop: &mut watch::Receiver<bool>) -> Option<bytes::Bytes> {
         loop {
+            let began = self.clock.now_us();
             match self.unfinished().await {
                 Ok((open, cursor)) => {
-                    tracing::info!(unfinished = open.len(), "resuming the unfinished sagas");
+                    let scan_us = self.clock.now_us().saturating_sub(began);
+                    tracing::info!(
+                        unfinished = open.len(),
+                        scan_ms = scan_us / 1000,
+                        "resuming the unfinished sagas"
+                    );
                     for id in &open {
                         self.note(id, Status::Running);
                         self.schedule(0, id);
                     }
+                    *lock(&self.recovered) = Some(Recovery {
+                        unfinished: open.len(),
+                        scan_us,
+                    });
                     return Some(cursor);
                 }
                 Err(e) => {

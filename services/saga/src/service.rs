@@ -155,7 +155,8 @@ impl Sagas {
             .with_state(self)
     }
 
-    /// What `/health` adds: the sagas known, by state.
+    /// What `/health` adds: the sagas known, by state, and the last recovery from the journals
+    /// (`null` while the first is under way: `{unfinished, scan_us}`).
     pub fn details(&self) -> serde_json::Value {
         let all = self.orchestrator.list(None, usize::MAX);
         let count = |s: Status| all.iter().filter(|(_, x)| *x == s).count();
@@ -164,6 +165,7 @@ impl Sagas {
             "compensating": count(Status::Compensating),
             "needs_attention": count(Status::NeedsAttention),
             "known": all.len(),
+            "recovery": self.orchestrator.recovered(),
         })
     }
 }

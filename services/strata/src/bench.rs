@@ -72,6 +72,10 @@ pub enum BenchCommand {
     State(crate::bench_state::BenchStateArgs),
     /// A consumer group's workers handling events already written, committing positions.
     Group(BenchGroupArgs),
+    /// The saga flow end to end: a node, the fake provider and the four services started here;
+    /// sagas/s and latency at several client counts, then the orchestrator's recovery after a
+    /// kill -9 with many sagas in flight.
+    Sagas(crate::bench_sagas::BenchSagasArgs),
 }
 
 /// `strata bench group`.
@@ -110,7 +114,7 @@ impl BenchCommand {
             BenchCommand::Append(a) => Some(a.clients),
             BenchCommand::GetStream(a) => Some(a.clients),
             BenchCommand::Group(a) => Some(a.workers),
-            BenchCommand::State(_) => None,
+            BenchCommand::State(_) | BenchCommand::Sagas(_) => None,
         }
     }
 }
@@ -129,6 +133,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         BenchCommand::GetStream(args) => return get_stream(args).await,
         BenchCommand::State(args) => return crate::bench_state::run(args).await,
         BenchCommand::Group(args) => return group(args).await,
+        BenchCommand::Sagas(args) => return crate::bench_sagas::run(args).await,
     };
     if args.clients == 0 || args.batch == 0 || args.duration == 0 {
         return Err(bad_usage(
