@@ -411,7 +411,7 @@ pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) 
             )));
             return;
         }
-        end.borrow_and_update();
+        let seen_end = *end.borrow_and_update();
         let units = match step(&reader, &sub, delivery.clock.now_us()).await {
             Ok(units) => units,
             Err(status) => {
@@ -431,12 +431,8 @@ pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) 
                 }
                 caught_up = true;
             }
-            let mut source = delivery.source.clone();
-            tokio::select! {
-                changed = end.changed() => if changed.is_err() { return },
-                _ = delivery.stop.changed() => {},
-                _ = delivery.tx.closed() => return,
-                _ = replaced(&mut source) => {},
+            if !wait_for_more(&mut end, &mut delivery).await {
+                return;
             }
             continue;
         }
@@ -452,6 +448,28 @@ pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) 
             }
             sub.cursor = next;
         }
+        // Live, and this read reached the end seen before it: wait for the log to grow rather
+        // than read once more to find nothing (a read is a trip to the blocking pool, and
+        // every subscription makes it on every append). An end that moved during the read
+        // wakes the wait at once.
+        if caught_up
+            && matches!(sub.cursor, Cursor::All { from, skip: None } if from >= seen_end)
+            && !wait_for_more(&mut end, &mut delivery).await
+        {
+            return;
+        }
+    }
+}
+
+/// Waits until the log's end moves, the node begins to stop or the shard's reader is replaced
+/// (`true`: look again), or the subscriber went away (`false`).
+async fn wait_for_more(end: &mut watch::Receiver<Position>, delivery: &mut Delivery) -> bool {
+    let mut source = delivery.source.clone();
+    tokio::select! {
+        changed = end.changed() => changed.is_ok(),
+        _ = delivery.stop.changed() => true,
+        _ = delivery.tx.closed() => false,
+        _ = replaced(&mut source) => true,
     }
 }
 

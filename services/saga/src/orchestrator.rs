@@ -7,10 +7,23 @@
 //! again until the saga waits or is over. Several orchestrators may run: a decision lands only
 //! on the version it was made from.
 //!
+//! The cache: the folded state of up to [`CACHE_MAX`] unfinished sagas, each at a journal
+//! version. Advancing a cached saga reads only the entries after that version; a decision that
+//! landed is folded on without reading it back; the subscription's entries at or below the
+//! cached version (the orchestrator's own decisions) wake nothing. A cached state is never
+//! wrong, only possibly behind: every decision is appended expecting its version, and a miss
+//! reads what came after.
+//!
+//! Turns: at most [`COMMANDS_OUT_MAX`] sagas have a command out at once; a saga that would send
+//! one beyond that waits its turn (oldest first) before the command is sent, so its deadline
+//! starts only then — a backlog (10,000 sagas resumed at once after a crash) waits here rather
+//! than timing out in the participants' queues. A saga keeps its turn from step to step and
+//! passes it on when it waits for time or ends.
+//!
 //! Work is spread over [`LANES`] lanes by saga id, each advancing one saga at a time (a saga's
 //! advances never overlap in one process), each with a queue of at most [`LANE_QUEUE`] ids.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,6 +43,11 @@ pub const LANES: usize = 16;
 pub const LANE_QUEUE: usize = 4096;
 /// Sagas whose status the list keeps (the oldest final ones go first).
 pub const INDEX_MAX: usize = 100_000;
+/// Sagas with a command out at once (see the module).
+pub const COMMANDS_OUT_MAX: usize = 256;
+/// Unfinished sagas whose state the orchestrator keeps (beyond it, one is dropped: it is read
+/// again when next advanced).
+pub const CACHE_MAX: usize = 32_768;
 /// Decisions one advance makes at most before yielding (a saga makes a few per step).
 const DECISIONS_PER_ADVANCE: usize = 64;
 /// When an advance failed (the store unreachable), the saga is tried again after this.
@@ -76,6 +94,17 @@ pub struct Orchestrator {
     timer_added: Notify,
     index: Mutex<Index>,
     recovered: Mutex<Option<Recovery>>,
+    cache: Mutex<HashMap<String, Loaded>>,
+    turns: Mutex<Turns>,
+}
+
+/// Who has a command out, and who waits for a turn (each saga once; at most every unfinished
+/// saga this orchestrator knows of).
+#[derive(Default)]
+struct Turns {
+    out: HashSet<String>,
+    waiting: VecDeque<String>,
+    queued: HashSet<String>,
 }
 
 /// The last recovery from the journals.
@@ -110,6 +139,8 @@ impl Orchestrator {
             timer_added: Notify::new(),
             index: Mutex::default(),
             recovered: Mutex::default(),
+            cache: Mutex::default(),
+            turns: Mutex::default(),
         })
     }
 
@@ -168,31 +199,123 @@ impl Orchestrator {
 
     /// Advances saga `id` until it waits or is over.
     pub async fn advance(&self, id: &str) -> Result<(), StoreError> {
+        let cached = lock(&self.cache).remove(id);
+        let current = match cached {
+            Some(c) => store::refresh(&self.store, c).await?,
+            None => store::load(&self.store, id).await?,
+        };
+        let Some(mut loaded) = current else {
+            return Ok(());
+        };
+        let Some(def) = saga_type(&loaded.saga.saga_type) else {
+            return Err(StoreError::Journal(format!("saga {id}: unknown type")));
+        };
+        if loaded.saga.pending.is_some() {
+            // Sent before this process knew it (a restart, another orchestrator): it holds a turn.
+            lock(&self.turns).out.insert(id.to_string());
+        }
         for _ in 0..DECISIONS_PER_ADVANCE {
-            let Some(loaded) = store::load(&self.store, id).await? else {
-                return Ok(());
-            };
-            let Some(def) = saga_type(&loaded.saga.saga_type) else {
-                return Err(StoreError::Journal(format!("saga {id}: unknown type")));
-            };
             self.note(id, loaded.saga.status);
             match decide(&def, &loaded.saga, self.clock.now_us()) {
-                Decision::Done => return Ok(()),
+                Decision::Done => {
+                    self.pass_turn(id);
+                    return Ok(());
+                }
                 Decision::Wait(at) => {
                     if let Some(at) = at {
                         self.schedule(at, id);
                     }
+                    if loaded.saga.pending.is_none() {
+                        self.pass_turn(id);
+                    }
+                    self.keep(loaded);
+                    return Ok(());
+                }
+                Decision::Act {
+                    command: Some(_), ..
+                } if !self.take_turn(id) => {
+                    self.keep(loaded);
                     return Ok(());
                 }
                 decision => {
                     if store::act(&self.store, &loaded, &decision).await? {
                         self.report(&loaded, &decision);
+                        store::acted(&mut loaded, &decision, self.clock.now_us())?;
+                    } else {
+                        // The journal moved on (a reply, another orchestrator): read what came.
+                        match store::refresh(&self.store, loaded).await? {
+                            Some(l) => loaded = l,
+                            None => return Ok(()),
+                        }
                     }
                 }
             }
         }
+        self.keep(loaded);
         self.schedule(self.clock.now_us(), id);
         Ok(())
+    }
+
+    /// Whether saga `id` may send a command now: it holds a turn, or one is free (it takes
+    /// it); otherwise it waits in line (and is advanced again when its turn comes).
+    fn take_turn(&self, id: &str) -> bool {
+        let mut turns = lock(&self.turns);
+        if turns.out.contains(id) {
+            return true;
+        }
+        if turns.out.len() < COMMANDS_OUT_MAX {
+            turns.out.insert(id.to_string());
+            return true;
+        }
+        if turns.queued.insert(id.to_string()) {
+            turns.waiting.push_back(id.to_string());
+        }
+        false
+    }
+
+    /// Saga `id` has no command out any more (it waits for time, or is over): its turn goes to
+    /// the first in line, advanced at once.
+    fn pass_turn(&self, id: &str) {
+        let next = {
+            let mut turns = lock(&self.turns);
+            if !turns.out.remove(id) {
+                return;
+            }
+            let next = turns.waiting.pop_front();
+            if let Some(n) = &next {
+                turns.queued.remove(n);
+                turns.out.insert(n.clone());
+            }
+            next
+        };
+        if let Some(n) = next {
+            self.schedule(self.clock.now_us(), &n);
+        }
+    }
+
+    /// Sagas with a command out, and waiting for a turn.
+    pub fn turns(&self) -> (usize, usize) {
+        let turns = lock(&self.turns);
+        (turns.out.len(), turns.waiting.len())
+    }
+
+    /// Caches an unfinished saga's state (without its history).
+    fn keep(&self, mut loaded: Loaded) {
+        loaded.history = Vec::new();
+        let mut cache = lock(&self.cache);
+        if cache.len() >= CACHE_MAX {
+            if let Some(any) = cache.keys().next().cloned() {
+                cache.remove(&any);
+            }
+        }
+        cache.insert(loaded.saga.id.clone(), loaded);
+    }
+
+    /// Whether the journal entry at `version` of saga `id` is already in its cached state.
+    fn known(&self, id: &str, version: u64) -> bool {
+        lock(&self.cache)
+            .get(id)
+            .is_some_and(|l| version <= l.saga.version)
     }
 
     /// Logs and counts a decision that changed the saga's status.
@@ -328,7 +451,9 @@ impl Orchestrator {
                 item = journals.next() => match item {
                     Ok(Item::Event(e)) => {
                         if let Some(id) = saga_of(&e.stream) {
-                            self.enqueue(id).await;
+                            if !self.known(id, e.version) {
+                                self.enqueue(id).await;
+                            }
                         }
                     }
                     Ok(Item::CaughtUp) => {}
@@ -379,5 +504,41 @@ impl Orchestrator {
                 _ = stopped(&mut stop) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    struct Quiet;
+
+    impl Events for Quiet {
+        fn reached(&self, _: &str, _: Status, _: Option<&str>) {}
+    }
+
+    #[tokio::test]
+    async fn turns_are_kept_from_step_to_step_and_passed_on_in_order() {
+        // No store is reached: turns are the orchestrator's own bookkeeping.
+        let store = Client::connect(["127.0.0.1:9"]).unwrap();
+        let o = Orchestrator::new(store, Arc::new(SystemClock), Arc::new(Quiet));
+        for n in 0..COMMANDS_OUT_MAX {
+            assert!(o.take_turn(&format!("s{n}")));
+        }
+        assert!(o.take_turn("s0"), "a saga keeps its turn for its next command");
+        assert!(!o.take_turn("late-1"));
+        assert!(!o.take_turn("late-2"));
+        assert!(!o.take_turn("late-1"), "asking again does not queue twice");
+        assert_eq!(o.turns(), (COMMANDS_OUT_MAX, 2));
+        o.pass_turn("s0");
+        assert_eq!(o.turns(), (COMMANDS_OUT_MAX, 1));
+        assert!(o.take_turn("late-1"), "the first in line has the turn");
+        assert!(!o.take_turn("late-2"));
+        let scheduled: Vec<String> = lock(&o.timers).iter().map(|t| t.1.clone()).collect();
+        assert_eq!(scheduled, ["late-1"], "and is advanced at once");
+        o.pass_turn("not-holding");
+        assert_eq!(o.turns(), (COMMANDS_OUT_MAX, 1));
     }
 }

@@ -1,16 +1,19 @@
 //! A participant's side: its consumer group on its command streams (`PARTICIPANT-cmd-…`),
 //! each command handled by the participant's [`Handler`] and answered in the saga's journal,
-//! then the group's position committed. A batch's sagas are handled at once, each saga's
-//! commands in order. Handled at least once; the effects are idempotent
-//! (each handler keys them on the saga), and the reply's event id is derived from the
-//! command's, so a command handled twice (a worker killed between its reply and its commit)
-//! replies once.
+//! and the group's position committed. A batch's sagas are handled at once, each saga's
+//! commands in order. When the whole batch is handled within [`COMBINE_WITHIN`], its answers
+//! and its commit are one atomic append (on one shard; the store refuses it across shards, and
+//! then answers go alone); otherwise each saga is answered alone as soon as it is handled, and
+//! the commit follows. Handled at least once; the effects are idempotent (each handler keys
+//! them on the saga), and the reply's event id is derived from the command's, so a command
+//! handled twice (a worker killed between its reply and its commit) replies once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 use strata_client::group::{GroupTarget, Groups, Position, Worker, WorkerConfig};
 use strata_client::{pb, Client, Error, ExpectedVersion};
@@ -21,6 +24,10 @@ use crate::journal::{command_prefix, journal_stream, Command, Entry};
 
 /// Partitions of a participant's group (how many workers can share its commands).
 pub const PARTITIONS: u32 = 8;
+/// How long a batch's answers wait to go with its commit in one append. Sagas handled within
+/// it are answered together with the commit; past it, each is answered alone as soon as it is
+/// handled (a slow provider call does not hold up the others' answers), then the commit.
+pub const COMBINE_WITHIN: Duration = Duration::from_millis(50);
 /// Tries of one command while its handler fails by itself.
 pub const HANDLE_TRIES: u32 = 3;
 /// How long a worker waits after the store failed it before it tries again.
@@ -64,7 +71,8 @@ pub enum Point {
     Received,
     /// The handler ran (its effects written); no reply.
     Handled,
-    /// The reply is in the journal; the batch is not committed.
+    /// The reply is in the journal; the batch is not committed (or, when the batch's answers
+    /// went with its commit in one append, it is).
     Answered,
 }
 
@@ -113,6 +121,21 @@ pub fn reply_entry(command: &Command, reply: &Reply) -> Entry {
     }
 }
 
+/// The reply's event: its id derived from the command's, so it is written once whatever the
+/// retries.
+fn reply_event(command: &Command, reply: &Reply, correlation: &str) -> pb::NewEvent {
+    let entry = reply_entry(command, reply);
+    let id = uuid::Uuid::new_v5(&REPLY_NAMESPACE, command.command_id.as_bytes());
+    pb::NewEvent {
+        id: id.to_string(),
+        r#type: entry.event_type().into(),
+        data: entry.data().into(),
+        metadata: serde_json::to_vec(&json!({ "correlation_id": correlation }))
+            .unwrap_or_default()
+            .into(),
+    }
+}
+
 /// Appends `reply` to the command's saga journal (once, whatever the retries).
 pub async fn answer(
     store: &Client,
@@ -120,21 +143,11 @@ pub async fn answer(
     reply: &Reply,
     correlation: &str,
 ) -> Result<(), Error> {
-    let entry = reply_entry(command, reply);
-    let id = uuid::Uuid::new_v5(&REPLY_NAMESPACE, command.command_id.as_bytes());
-    let event = pb::NewEvent {
-        id: id.to_string(),
-        r#type: entry.event_type().into(),
-        data: entry.data().into(),
-        metadata: serde_json::to_vec(&json!({ "correlation_id": correlation }))
-            .unwrap_or_default()
-            .into(),
-    };
     match store
         .append(
             &journal_stream(&command.saga_id),
             ExpectedVersion::Any,
-            vec![event],
+            vec![reply_event(command, reply, correlation)],
         )
         .await
     {
@@ -256,6 +269,8 @@ async fn work<H: Handler>(
         .ensure(participant, target, PARTITIONS, Position::From(0))
         .await?;
     let mut worker = Worker::join(store.clone(), participant, WorkerConfig::new(member)).await?;
+    // Answers go with the commit until the store says they cannot (other shards).
+    let mut combined = true;
     loop {
         let batch = worker.next_batch().await?;
         // Commands of one saga in order; sagas at once (a slow provider call for one does not
@@ -275,18 +290,104 @@ async fn work<H: Handler>(
         let sagas = by_saga.into_iter().map(|(stream, commands)| {
             let correlation = correlations.get(stream).cloned().unwrap_or_default();
             async move {
-                let store = store.with_correlation_id(&correlation);
-                for command in &commands {
-                    stops.check(command, Point::Received)?;
-                    let reply = handle(handler, command, &correlation).await;
-                    stops.check(command, Point::Handled)?;
-                    answer(&store, command, &reply, &correlation).await?;
-                    stops.check(command, Point::Answered)?;
+                let mut answers = Vec::with_capacity(commands.len());
+                for command in commands {
+                    stops.check(&command, Point::Received)?;
+                    let reply = handle(handler, &command, &correlation).await;
+                    stops.check(&command, Point::Handled)?;
+                    answers.push(Answer {
+                        command,
+                        reply,
+                        correlation: correlation.clone(),
+                    });
                 }
-                Ok::<(), Ended>(())
+                Ok::<Vec<Answer>, Ended>(answers)
             }
         });
-        futures_util::future::try_join_all(sagas).await?;
-        worker.commit(&batch).await?;
+        let mut pending: FuturesUnordered<_> = sagas.collect();
+        let window = tokio::time::sleep(COMBINE_WITHIN);
+        tokio::pin!(window);
+        let (mut ready, mut alone) = (Vec::new(), false);
+        loop {
+            tokio::select! {
+                next = pending.next() => match next {
+                    Some(answers) if alone => answer_each(store, &answers?, stops).await?,
+                    Some(answers) => ready.extend(answers?),
+                    None => break,
+                },
+                _ = &mut window, if !alone => {
+                    alone = true;
+                    answer_each(store, &std::mem::take(&mut ready), stops).await?;
+                }
+            }
+        }
+        if alone || !combined {
+            answer_each(store, &ready, stops).await?;
+            worker.commit(&batch).await?;
+        } else {
+            combined = answer_with_commit(store, &mut worker, &batch, &ready, stops).await?;
+        }
     }
+}
+
+/// A command handled, its reply to append.
+struct Answer {
+    command: Command,
+    reply: Reply,
+    correlation: String,
+}
+
+/// Appends each answer alone (crashing after each where planned).
+async fn answer_each(store: &Client, answers: &[Answer], stops: Stops<'_>) -> Result<(), Ended> {
+    for a in answers {
+        let store = store.with_correlation_id(&a.correlation);
+        answer(&store, &a.command, &a.reply, &a.correlation).await?;
+        stops.check(&a.command, Point::Answered)?;
+    }
+    Ok(())
+}
+
+/// Appends a batch's answers and its commit in one atomic append; `Ok(false)` when the store
+/// refuses that because the journals and the group's partition are on different shards (then,
+/// and on an answer given before with other words, each answer goes alone, then the commit).
+async fn answer_with_commit(
+    store: &Client,
+    worker: &mut Worker,
+    batch: &strata_client::group::Batch,
+    answers: &[Answer],
+    stops: Stops<'_>,
+) -> Result<bool, Ended> {
+    let mut journals: BTreeMap<String, Vec<pb::NewEvent>> = BTreeMap::new();
+    for a in answers {
+        let event = reply_event(&a.command, &a.reply, &a.correlation);
+        journals
+            .entry(journal_stream(&a.command.saga_id))
+            .or_default()
+            .push(event);
+    }
+    let outputs = journals
+        .into_iter()
+        .map(|(stream, events)| pb::StreamAppend {
+            stream,
+            expected: Some(ExpectedVersion::Any.wire()),
+            events,
+        })
+        .collect();
+    let combined = match worker.commit_with(batch, outputs).await {
+        Ok(_) => {
+            for a in answers {
+                stops.check(&a.command, Point::Answered)?;
+            }
+            return Ok(true);
+        }
+        Err(Error::Server { kind, .. }) if kind == "cross-shard" => {
+            tracing::info!("the journals are on other shards than the group: answers go alone");
+            false
+        }
+        Err(Error::IdempotencyConflict(_)) => true,
+        Err(e) => return Err(e.into()),
+    };
+    answer_each(store, answers, stops).await?;
+    worker.commit(batch).await?;
+    Ok(combined)
 }

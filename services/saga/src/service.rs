@@ -155,12 +155,16 @@ impl Sagas {
             .with_state(self)
     }
 
-    /// What `/health` adds: the sagas known, by state, and the last recovery from the journals
-    /// (`null` while the first is under way: `{unfinished, scan_us}`).
+    /// What `/health` adds: the sagas known, by state, those with a command out and those
+    /// waiting for a turn to send one, and the last recovery from the journals (`null` while
+    /// the first is under way: `{unfinished, scan_us}`).
     pub fn details(&self) -> serde_json::Value {
         let all = self.orchestrator.list(None, usize::MAX);
         let count = |s: Status| all.iter().filter(|(_, x)| *x == s).count();
+        let (commands_out, waiting_turn) = self.orchestrator.turns();
         json!({
+            "commands_out": commands_out,
+            "waiting_turn": waiting_turn,
             "running": count(Status::Running),
             "compensating": count(Status::Compensating),
             "needs_attention": count(Status::NeedsAttention),

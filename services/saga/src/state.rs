@@ -201,6 +201,28 @@ pub fn fold(
     Ok(saga)
 }
 
+/// Folds the entries after `saga.version` (`(version, entry)` in order, each the next version)
+/// onto it: the same saga [`fold`] gives for the whole journal.
+pub fn extend(saga: &mut Saga, entries: &[(u64, Entry)]) -> Result<(), String> {
+    for (version, entry) in entries {
+        if *version != saga.version + 1 {
+            return Err(format!(
+                "saga {}: entry {version} after version {}",
+                saga.id, saga.version
+            ));
+        }
+        if matches!(entry, Entry::SagaStarted { .. }) {
+            return Err(format!(
+                "saga {}: a second saga-started at version {version}",
+                saga.id
+            ));
+        }
+        apply(saga, entry)?;
+        saga.version = *version;
+    }
+    Ok(())
+}
+
 /// One entry's effect.
 fn apply(saga: &mut Saga, entry: &Entry) -> Result<(), String> {
     match entry {

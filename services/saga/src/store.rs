@@ -9,7 +9,7 @@ use strata_client::{pb, Client, Error, ExpectedVersion};
 use crate::decide::Decision;
 use crate::definition::{saga_type, SagaType};
 use crate::journal::{command_stream, journal_stream, Entry};
-use crate::state::{fold, Saga};
+use crate::state::{extend, fold, Saga};
 
 /// Most entries one journal may hold (a saga that retries every step to its cap stays far
 /// below).
@@ -111,6 +111,51 @@ pub async fn load(store: &Client, id: &str) -> Result<Option<Loaded>, StoreError
         correlation,
         history,
     }))
+}
+
+/// Brings `loaded` up to date: reads only the entries after its version and folds them on
+/// (its history grows with them). `None` when the journal is gone.
+pub async fn refresh(store: &Client, mut loaded: Loaded) -> Result<Option<Loaded>, StoreError> {
+    let id = loaded.saga.id.clone();
+    let from = loaded.saga.version + 1;
+    let room = JOURNAL_ENTRIES_MAX
+        .saturating_sub(loaded.history.len())
+        .max(1);
+    let events = match store
+        .read_stream(&journal_stream(&id), Some(from), room)
+        .await
+    {
+        Ok(e) => e,
+        Err(Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut entries = Vec::with_capacity(events.len());
+    for e in &events {
+        let entry = Entry::parse(&e.data)
+            .map_err(|m| StoreError::Journal(format!("saga {id} at {}: {m}", e.version)))?;
+        loaded
+            .history
+            .push((e.version, e.timestamp_us, entry.clone()));
+        entries.push((e.version, entry));
+    }
+    extend(&mut loaded.saga, &entries).map_err(StoreError::Journal)?;
+    Ok(Some(loaded))
+}
+
+/// Folds a decision that [`act`] appended onto `loaded` without reading it back (its entries
+/// are the journal's next versions: the append expected the saga's version). Their history
+/// timestamps are `now_us`, not the store's.
+pub fn acted(loaded: &mut Loaded, decision: &Decision, now_us: u64) -> Result<(), StoreError> {
+    let Decision::Act { entries, .. } = decision else {
+        return Ok(());
+    };
+    let base = loaded.saga.version;
+    let numbered: Vec<(u64, Entry)> = (base + 1..).zip(entries.iter().cloned()).collect();
+    extend(&mut loaded.saga, &numbered).map_err(StoreError::Journal)?;
+    for (v, e) in numbered {
+        loaded.history.push((v, now_us, e));
+    }
+    Ok(())
 }
 
 /// Creates saga `id` of type `def` unless its journal exists; returns whether this call

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use crate::decide::{decide, Decision};
 use crate::definition::{order_processing, saga_type};
 use crate::journal::{Command, Entry};
-use crate::state::{fold, Status};
+use crate::state::{extend, fold, Status};
 
 /// How a participant answers one attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -294,4 +294,27 @@ fn a_journal_that_does_not_fit_its_type_is_an_error() {
         not_before_us: 0,
     };
     assert!(fold("s", saga_type, &[(0, started), (1, unknown)]).is_err());
+}
+
+#[test]
+fn a_state_extended_from_any_prefix_is_the_whole_journal_fold() {
+    // The orchestrator's cache: a saga folded to some version, then the rest folded on.
+    let script = HashMap::from([
+        (("charge_payment", false, 1), Reply::Silent),
+        (
+            ("charge_payment", false, 2),
+            Reply::Fail { retriable: false },
+        ),
+    ]);
+    let (journal, _) = drive(&script);
+    let whole = fold("s1", saga_type, &journal).unwrap();
+    for k in 1..journal.len() {
+        let mut saga = fold("s1", saga_type, &journal[..k]).unwrap();
+        extend(&mut saga, &journal[k..]).unwrap();
+        assert_eq!(saga, whole, "extended after {k} entries");
+    }
+    // Not the next version, or a second start: refused.
+    let mut saga = fold("s1", saga_type, &journal[..2]).unwrap();
+    assert!(extend(&mut saga, &journal[3..]).is_err());
+    assert!(extend(&mut saga, &journal[..1]).is_err());
 }

@@ -350,14 +350,17 @@ async fn a_participant_crash_at_any_point_of_any_command_resumes_to_one_outcome(
     let points = [Point::Received, Point::Handled, Point::Answered];
     // Completed sagas: four commands (reserve, charge, commit, notify); compensated ones (the
     // provider declines every charge): four too (reserve, charge, refund — a void of the key, in
-    // case the charge went through after all — and release).
-    for (phase, commands, declines) in [("ok", 4, 0), ("declined", 4, 100)] {
-        rig.provider(
-            "PUT",
-            "/faults",
-            serde_json::json!({"decline_percent": declines}),
-        )
-        .await;
+    // case the charge went through after all — and release). Fast handling answers with the
+    // batch's commit in one append; a provider slower than `COMBINE_WITHIN` makes the payment
+    // worker answer alone, then commit: the "slow" phase crashes between those too.
+    let phases = [
+        ("ok", 4, 0, 0),
+        ("declined", 4, 100, 0),
+        ("slow", 4, 0, 150),
+    ];
+    for (phase, commands, declines, latency_ms) in phases {
+        let faults = serde_json::json!({"decline_percent": declines, "latency_ms": latency_ms});
+        rig.provider("PUT", "/faults", faults).await;
         let mut ids = Vec::new();
         for n in 0..commands {
             for point in points {
@@ -392,14 +395,14 @@ async fn a_participant_crash_at_any_point_of_any_command_resumes_to_one_outcome(
     let fired = plan.fired.lock().unwrap().len();
     assert_eq!(
         fired,
-        (4 + 4) * points.len(),
+        (4 + 4 + 4) * points.len(),
         "every planned crash happened"
     );
     // Effects: the completed sagas' charges and committed stock, nothing of the declined ones.
     assert_eq!(
         rig.charges().await,
-        4 * points.len(),
+        8 * points.len(),
         "one charge per completed saga"
     );
-    assert_eq!(rig.stock().await, (100 - 4 * points.len() as u64, 0));
+    assert_eq!(rig.stock().await, (100 - 8 * points.len() as u64, 0));
 }
