@@ -41,6 +41,7 @@ pub const SKU_BYTES_MAX: usize = 128;
 pub struct Inventory {
     store: Client,
     metrics: Arc<Metrics>,
+    stocks: Arc<stock::Cache>,
 }
 
 fn levels(sku: &str, s: &Stock) -> serde_json::Value {
@@ -79,7 +80,11 @@ struct LevelsQuery {
 impl Inventory {
     /// The service over `store`.
     pub fn new(store: Client, metrics: Arc<Metrics>) -> Inventory {
-        Inventory { store, metrics }
+        Inventory {
+            store,
+            metrics,
+            stocks: Arc::default(),
+        }
     }
 
     /// Its routes.
@@ -112,7 +117,12 @@ async fn restock(
                 body.quantity
             )));
         }
-        let s = stock::restock(&correlation.on(&inv.store), &sku, body.quantity).await?;
+        let s = stock::restock(
+            (&correlation.on(&inv.store), &inv.stocks),
+            &sku,
+            body.quantity,
+        )
+        .await?;
         inv.metrics.add(
             "strata_inventory_restocked_units_total",
             "Units restocked.",
@@ -182,9 +192,11 @@ impl Handler for Inventory {
             retriable: false,
         };
         let outcome = match command.action.as_str() {
-            "reserve" => stock::reserve(&store, &sku, id, quantity).await,
-            "release" => stock::release(&store, &sku, id).await.map(Ok),
-            "commit" => stock::commit(&store, &sku, id).await,
+            "reserve" => stock::reserve((&store, &self.stocks), &sku, id, quantity).await,
+            "release" => stock::release((&store, &self.stocks), &sku, id)
+                .await
+                .map(Ok),
+            "commit" => stock::commit((&store, &self.stocks), &sku, id).await,
             other => {
                 return Ok(failed(format!(
                     "inventory does not know the command {other:?}"

@@ -5,6 +5,11 @@
 //! read and appended expecting the version read (a concurrent change makes it decide again),
 //! so stock is never reserved twice: `available = on_hand − reserved ≥ 0` holds after every
 //! event. Operations on a reservation are idempotent (keyed by its id, the saga's).
+//!
+//! A [`Cache`] keeps the fold of up to [`SKUS_CACHED_MAX`] SKUs at a version: a change reads
+//! only the events after it (a SKU's stream grows with every order; folding it whole for each
+//! one grew with its history). A cached fold is never wrong, only possibly behind: the change
+//! is appended expecting its version, and a conflict reads what came after.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -14,6 +19,8 @@ use strata_client::{event, Client, Error, ExpectedVersion};
 pub const CONFLICT_RETRIES: u32 = 64;
 /// Most events one SKU's stream may hold for a fold (reads stop there).
 pub const STOCK_EVENTS_MAX: usize = 1_000_000;
+/// SKUs whose fold a [`Cache`] keeps (beyond it, one is dropped and read whole next time).
+pub const SKUS_CACHED_MAX: usize = 4096;
 /// Largest quantity of one change.
 pub const QUANTITY_MAX: u64 = 1_000_000_000;
 
@@ -142,10 +149,50 @@ pub fn stream(sku: &str) -> String {
     format!("stock-{sku}")
 }
 
+/// The folds of recently changed SKUs (see the module).
+#[derive(Default)]
+pub struct Cache(std::sync::Mutex<std::collections::HashMap<String, Stock>>);
+
+impl Cache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Stock>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `sku`'s cached fold, or an empty one (to be read whole).
+    fn get(&self, sku: &str) -> Stock {
+        self.lock().get(sku).cloned().unwrap_or_default()
+    }
+
+    fn put(&self, sku: &str, stock: &Stock) {
+        let mut skus = self.lock();
+        let newer = skus
+            .get(sku)
+            .is_none_or(|cached| cached.version <= stock.version);
+        if !newer {
+            return;
+        }
+        if skus.len() >= SKUS_CACHED_MAX && !skus.contains_key(sku) {
+            if let Some(any) = skus.keys().next().cloned() {
+                skus.remove(&any);
+            }
+        }
+        skus.insert(sku.to_string(), stock.clone());
+    }
+}
+
 /// Reads `sku`'s stock (now, or as of `as_of_us`).
 pub async fn load(store: &Client, sku: &str, as_of_us: Option<u64>) -> Result<Stock, Error> {
-    let mut stock = Stock::default();
-    let mut from = None;
+    fold_from(store, sku, Stock::default(), as_of_us).await
+}
+
+/// `stock` with the events of `sku` after its version folded on (as of `as_of_us`).
+async fn fold_from(
+    store: &Client,
+    sku: &str,
+    mut stock: Stock,
+    as_of_us: Option<u64>,
+) -> Result<Stock, Error> {
+    let mut from = stock.version.map(|v| v + 1);
     loop {
         let page = store
             .read(strata_client::pb::ReadRequest {
@@ -201,14 +248,17 @@ pub enum Refused {
     Unknown,
 }
 
-/// Decides on the stock read and appends expecting its version, again on a conflict.
+/// Decides on the stock (the cached fold brought up to date) and appends expecting its
+/// version, again on a conflict.
 async fn change(
-    store: &Client,
+    (store, cache): (&Client, &Cache),
     sku: &str,
     decide: impl Fn(&Stock) -> Decided,
 ) -> Result<Result<Stock, Refused>, Error> {
+    let mut stock = cache.get(sku);
     for _ in 0..CONFLICT_RETRIES {
-        let mut stock = load(store, sku, None).await?;
+        stock = fold_from(store, sku, stock, None).await?;
+        cache.put(sku, &stock);
         let e = match decide(&stock) {
             Decided::Answer(a) => return Ok(a),
             Decided::Append(e) => e,
@@ -224,6 +274,7 @@ async fn change(
             Ok(r) => {
                 stock.apply(&e).map_err(Error::InvalidArgument)?;
                 stock.version = r.streams.first().map(|s| s.last_version);
+                cache.put(sku, &stock);
                 return Ok(Ok(stock));
             }
             Err(Error::WrongExpectedVersion { .. }) => continue,
@@ -236,7 +287,7 @@ async fn change(
 }
 
 /// Adds `quantity` units.
-pub async fn restock(store: &Client, sku: &str, quantity: u64) -> Result<Stock, Error> {
+pub async fn restock(store: (&Client, &Cache), sku: &str, quantity: u64) -> Result<Stock, Error> {
     change(store, sku, |_| {
         Decided::Append(StockEvent::Restocked { quantity })
     })
@@ -246,7 +297,7 @@ pub async fn restock(store: &Client, sku: &str, quantity: u64) -> Result<Stock, 
 
 /// Holds `quantity` units for `reservation` (once: a second call finds it held).
 pub async fn reserve(
-    store: &Client,
+    store: (&Client, &Cache),
     sku: &str,
     reservation: &str,
     quantity: u64,
@@ -269,7 +320,11 @@ pub async fn reserve(
 }
 
 /// Gives `reservation` back (nothing to do when it is not held, or closed).
-pub async fn release(store: &Client, sku: &str, reservation: &str) -> Result<Stock, Error> {
+pub async fn release(
+    store: (&Client, &Cache),
+    sku: &str,
+    reservation: &str,
+) -> Result<Stock, Error> {
     let r = change(store, sku, |s| match s.reservations.get(reservation) {
         Some((q, Held::Open)) => Decided::Append(StockEvent::Released {
             reservation: reservation.to_string(),
@@ -283,7 +338,7 @@ pub async fn release(store: &Client, sku: &str, reservation: &str) -> Result<Sto
 
 /// Takes `reservation`'s units out of stock for good.
 pub async fn commit(
-    store: &Client,
+    store: (&Client, &Cache),
     sku: &str,
     reservation: &str,
 ) -> Result<Result<Stock, Refused>, Error> {
@@ -302,6 +357,24 @@ pub async fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_keeps_the_newest_fold_and_a_bounded_number() {
+        let cache = Cache::default();
+        assert_eq!(cache.get("a"), Stock::default(), "unknown: read whole");
+        let at = |v| Stock {
+            on_hand: v,
+            version: Some(v),
+            ..Stock::default()
+        };
+        cache.put("a", &at(5));
+        cache.put("a", &at(3));
+        assert_eq!(cache.get("a"), at(5), "an older fold does not replace a newer one");
+        for n in 0..SKUS_CACHED_MAX + 10 {
+            cache.put(&format!("sku-{n}"), &at(1));
+        }
+        assert_eq!(cache.lock().len(), SKUS_CACHED_MAX);
+    }
 
     #[test]
     fn the_fold_keeps_the_rules() {

@@ -527,7 +527,10 @@ mod tests {
         for n in 0..COMMANDS_OUT_MAX {
             assert!(o.take_turn(&format!("s{n}")));
         }
-        assert!(o.take_turn("s0"), "a saga keeps its turn for its next command");
+        assert!(
+            o.take_turn("s0"),
+            "a saga keeps its turn for its next command"
+        );
         assert!(!o.take_turn("late-1"));
         assert!(!o.take_turn("late-2"));
         assert!(!o.take_turn("late-1"), "asking again does not queue twice");

@@ -78,7 +78,7 @@ impl Rig {
         let metrics = Arc::new(Metrics::default());
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let inventory = strata_inventory::Inventory::new(client.clone(), metrics.clone());
-        strata_inventory::stock::restock(&client, "c1", 100)
+        strata_inventory::stock::restock((&client, &Default::default()), "c1", 100)
             .await
             .unwrap();
         let provider_url = format!("provider = \"http://{}\"", addr(provider_port));
