@@ -369,7 +369,11 @@ mod tests {
         };
         cache.put("a", &at(5));
         cache.put("a", &at(3));
-        assert_eq!(cache.get("a"), at(5), "an older fold does not replace a newer one");
+        assert_eq!(
+            cache.get("a"),
+            at(5),
+            "an older fold does not replace a newer one"
+        );
         for n in 0..SKUS_CACHED_MAX + 10 {
             cache.put(&format!("sku-{n}"), &at(1));
         }
