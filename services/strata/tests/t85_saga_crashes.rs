@@ -60,10 +60,24 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start(crashes: Arc<dyn Crashes>) -> Rig {
+    /// The rig over a node of `shards` shards.
+    async fn start(crashes: Arc<dyn Crashes>, shards: u32) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let (store_port, provider_port) = (free_port(), free_port());
-        let store = dev_store(dir.path(), store_port, &[], None);
+        let store = if shards == 1 {
+            dev_store(dir.path(), store_port, &[], None)
+        } else {
+            Proc(
+                Command::new(STRATA)
+                    .args(["dev", "--metrics", "off", "--listen", &addr(store_port)])
+                    .args(["--shards", &shards.to_string(), "--data"])
+                    .arg(dir.path().join("store"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        };
         let provider = Proc(
             Command::new(STRATA)
                 .args(["fake-provider", "--listen", &addr(provider_port)])
@@ -286,7 +300,7 @@ async fn until_crash(client: &Client, id: &str, crash: Crash) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_before_or_after_any_journal_write_resumes_to_one_outcome() {
     let _serial = SERIAL.lock().await;
-    let rig = Rig::start(Arc::new(NoCrashes)).await;
+    let rig = Rig::start(Arc::new(NoCrashes), 1).await;
     // The orchestrator's writes on the happy path: the saga's creation, four requests, the end.
     let mut crashes = Vec::new();
     for write in 0..=5 {
@@ -345,7 +359,7 @@ impl Crashes for Plan {
 async fn a_participant_crash_at_any_point_of_any_command_resumes_to_one_outcome() {
     let _serial = SERIAL.lock().await;
     let plan = Arc::new(Plan::default());
-    let rig = Rig::start(plan.clone()).await;
+    let rig = Rig::start(plan.clone(), 1).await;
     rig.orchestrate();
     let points = [Point::Received, Point::Handled, Point::Answered];
     // Completed sagas: four commands (reserve, charge, commit, notify); compensated ones (the
@@ -405,4 +419,28 @@ async fn a_participant_crash_at_any_point_of_any_command_resumes_to_one_outcome(
         "one charge per completed saga"
     );
     assert_eq!(rig.stock().await, (100 - 8 * points.len() as u64, 0));
+}
+
+/// On several shards a saga's journal and a participant group's partition stream are mostly
+/// on different shards: the store refuses an answer and the commit in one append there, and
+/// the participants answer alone, then commit. Every saga must still complete with each
+/// effect once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_several_shards_participants_answer_alone_and_every_saga_completes() {
+    let _serial = SERIAL.lock().await;
+    let rig = Rig::start(Arc::new(NoCrashes), 4).await;
+    rig.orchestrate();
+    let ids: Vec<String> = (0..12).map(|n| format!("sharded-{n}")).collect();
+    let def = order_processing();
+    for id in &ids {
+        store::create(&rig.client, (id, &def), order(id), None, "t85")
+            .await
+            .unwrap();
+    }
+    for id in &ids {
+        let saga = rig.ended(id, true).await.unwrap();
+        rig.completed_once(id, &saga, "4 shards").await;
+    }
+    assert_eq!(rig.charges().await, ids.len(), "one charge per saga");
+    assert_eq!(rig.stock().await, (100 - ids.len() as u64, 0));
 }
