@@ -110,6 +110,29 @@ impl Client {
             .await
     }
 
+    /// The last event of `stream` read at `consistency` (`None`: no such stream, or no event
+    /// in it).
+    pub async fn last_event(
+        &self,
+        stream: &str,
+        consistency: pb::Consistency,
+    ) -> Result<Option<pb::RecordedEvent>, Error> {
+        let page = self
+            .read(pb::ReadRequest {
+                stream: stream.to_string(),
+                direction: pb::Direction::Backwards as i32,
+                limit: 1,
+                consistency: consistency as i32,
+                ..Default::default()
+            })
+            .await;
+        match page {
+            Ok(p) => Ok(p.events.into_iter().next()),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One page of a stream (see `ReadResponse.truncated`); as of a past point with `as_of`.
     pub async fn read(&self, request: pb::ReadRequest) -> Result<pb::ReadResponse, Error> {
         self.conn

@@ -43,6 +43,12 @@ impl HttpClient {
     }
 
     /// `method url` with `body` as JSON (none when null) and `headers`, answered within
+    /// `GET url` with no headers, within `deadline`.
+    pub async fn get(&self, url: &str, deadline: Duration) -> Result<Answer, String> {
+        self.call("GET", url, &[], &serde_json::Value::Null, deadline)
+            .await
+    }
+
     /// `deadline`. An error is a request that got no answer (its outcome unknown).
     pub async fn call(
         &self,

@@ -71,20 +71,9 @@ pub fn stream(sku: &str) -> String {
 
 /// `sku`'s levels as projected, with their stream's version (`None`: nothing projected yet).
 pub async fn read(store: &Client, sku: &str) -> Result<Option<(Levels, u64)>, Error> {
-    let page = store
-        .read(pb::ReadRequest {
-            stream: stream(sku),
-            direction: pb::Direction::Backwards as i32,
-            limit: 1,
-            ..Default::default()
-        })
-        .await;
-    let page = match page {
-        Ok(p) => p,
-        Err(Error::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let Some(e) = page.events.first() else {
+    // A read request's default consistency, as before.
+    let name = stream(sku);
+    let Some(e) = store.last_event(&name, pb::Consistency::default()).await? else {
         return Ok(None);
     };
     let levels = serde_json::from_slice(&e.data)

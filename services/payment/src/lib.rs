@@ -168,17 +168,7 @@ impl Handler for Payment {
 
 async fn payment_of(State(p): State<Payment>, Path(saga): Path<String>) -> Response {
     let url = format!("{}/charges/{}", p.provider, charge_key(&saga));
-    match p
-        .http
-        .call(
-            "GET",
-            &url,
-            &[],
-            &serde_json::Value::Null,
-            PROVIDER_DEADLINE,
-        )
-        .await
-    {
+    match p.http.get(&url, PROVIDER_DEADLINE).await {
         Ok(a) if a.status == 200 => Json(json!({ "saga": saga, "charge": a.json })).into_response(),
         Ok(a) if a.status == 404 => {
             ApiError::not_found(format!("no charge for saga {saga}")).into_response()

@@ -256,17 +256,7 @@ impl Rig {
     /// `/health` of `name`, when it answers.
     async fn health(&self, name: &str) -> Option<serde_json::Value> {
         let url = format!("{}/health", self.url(name));
-        let a = self
-            .http
-            .call(
-                "GET",
-                &url,
-                &[],
-                &serde_json::Value::Null,
-                Duration::from_secs(2),
-            )
-            .await
-            .ok()?;
+        let a = self.http.get(&url, Duration::from_secs(2)).await.ok()?;
         (a.status == 200 && a.json["status"] != "unhealthy").then_some(a.json)
     }
 

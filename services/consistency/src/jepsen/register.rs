@@ -40,21 +40,8 @@ pub enum Outcome {
 
 /// The register's version and value now (linearizable), `None` before its first write.
 async fn read(client: &Client, stream: &str) -> Result<Option<(u64, i64)>, Error> {
-    let page = client
-        .read(pb::ReadRequest {
-            stream: stream.to_string(),
-            direction: pb::Direction::Backwards as i32,
-            limit: 1,
-            consistency: pb::Consistency::Linearizable as i32,
-            ..Default::default()
-        })
-        .await;
-    let page = match page {
-        Ok(p) => p,
-        Err(Error::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let Some(e) = page.events.first() else {
+    let last = client.last_event(stream, pb::Consistency::Linearizable);
+    let Some(e) = last.await? else {
         return Ok(None);
     };
     let value = std::str::from_utf8(&e.data)
