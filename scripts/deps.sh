@@ -4,7 +4,9 @@
 # and points cargo at one persistent target directory outside the clone.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
 need=()
-for pkg in librocksdb-dev libclang-dev libsnappy-dev liblz4-dev libzstd-dev libbz2-dev zlib1g-dev; do
+# The ETL tests' real sinks: PostgreSQL (with wal2json) and ClickHouse, from Debian.
+for pkg in librocksdb-dev libclang-dev libsnappy-dev liblz4-dev libzstd-dev libbz2-dev zlib1g-dev \
+  postgresql postgresql-15-wal2json clickhouse-server clickhouse-client; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -11,7 +11,7 @@ import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CRATES = ["engine", "raft", "shard", "sim", "proto", "client", "check", "services/common",
+CRATES = ["engine", "raft", "shard", "sim", "proto", "client", "check", "services/common", "services/etl",
           "services/consistency", "services/gateway", "services/inventory",
           "services/notification", "services/payment", "services/saga", "services/strata"]
 

@@ -89,6 +89,25 @@ pub struct Batch {
     shards: Vec<u32>,
 }
 
+impl Batch {
+    /// Each event's shard, beside [`Batch::events`]: `(shards()[i], events[i].position)` is
+    /// where event `i` is in the log.
+    pub fn shards(&self) -> &[u32] {
+        &self.shards
+    }
+
+    /// Appends `later`, the next batch handed out for the same partition under the same
+    /// token, so both are committed by one commit; gives `later` back when it is not.
+    pub fn absorb(&mut self, later: Batch) -> Result<(), Batch> {
+        if later.partition != self.partition || later.token != self.token {
+            return Err(later);
+        }
+        self.events.extend(later.events);
+        self.shards.extend(later.shards);
+        Ok(())
+    }
+}
+
 /// A partition this worker holds.
 #[derive(Debug, Clone)]
 struct Held {
@@ -173,6 +192,16 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Heart-beats when one is due, without handing anything out: for a worker that holds a
+    /// batch longer than `session_timeout` (waiting for its output's destination) and wants to
+    /// keep its partitions meanwhile.
+    pub async fn keep_alive(&mut self) -> Result<(), Error> {
+        if Instant::now() >= self.next_tick {
+            self.tick().await?;
+        }
+        Ok(())
     }
 
     /// Records that `batch` was handled (at-least-once: a crash before this hands its events

@@ -68,9 +68,43 @@ impl HttpClient {
             request = request.header("content-type", "application/json");
             Bytes::from(serde_json::to_vec(body).map_err(|e| e.to_string())?)
         };
+        let (status, body) = self.send(request, bytes, deadline).await?;
+        Ok(Answer {
+            status,
+            json: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        })
+    }
+
+    /// `method url` with `body` as it is (content type `text/plain`), answered within
+    /// `deadline`: the status and the body (at most [`ANSWER_BYTES_MAX`]).
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        url: &str,
+        body: Bytes,
+        deadline: Duration,
+    ) -> Result<(u16, Bytes), String> {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", "text/plain");
+        self.send(request, body, deadline).await
+    }
+
+    async fn send(
+        &self,
+        request: axum::http::request::Builder,
+        bytes: Bytes,
+        deadline: Duration,
+    ) -> Result<(u16, Bytes), String> {
+        let what = format!(
+            "{} {}",
+            request.method_ref().map_or("?", |m| m.as_str()),
+            request.uri_ref().map_or(String::new(), |u| u.to_string())
+        );
         let request = request
             .body(Full::new(bytes))
-            .map_err(|e| format!("{method} {url}: {e}"))?;
+            .map_err(|e| format!("{what}: {e}"))?;
         let exchange = async {
             let response = self
                 .inner
@@ -83,14 +117,11 @@ impl HttpClient {
                 .await
                 .map_err(|e| e.to_string())?
                 .to_bytes();
-            Ok::<_, String>(Answer {
-                status,
-                json: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-            })
+            Ok::<_, String>((status, body))
         };
         match tokio::time::timeout(deadline, exchange).await {
-            Ok(r) => r.map_err(|e| format!("{method} {url}: {e}")),
-            Err(_) => Err(format!("{method} {url}: no answer within {deadline:?}")),
+            Ok(r) => r.map_err(|e| format!("{what}: {e}")),
+            Err(_) => Err(format!("{what}: no answer within {deadline:?}")),
         }
     }
 }

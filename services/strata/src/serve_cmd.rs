@@ -1,5 +1,5 @@
 //! `strata serve NAME`: runs one of the services (saga, inventory, payment, notification,
-//! gateway, consistency) with the
+//! gateway, consistency, etl) with the
 //! shared shape of `strata-service`: settings from flags, environment and TOML, JSON logs with
 //! correlation ids, `/health` and `/metrics`, graceful shutdown.
 
@@ -26,17 +26,20 @@ pub enum ServiceName {
     Gateway,
     /// Jepsen runs over HTTP (port 8095).
     Consistency,
+    /// Pipelines into PostgreSQL and ClickHouse (port 8092).
+    Etl,
 }
 
 impl ServiceName {
     /// Every service `strata dev --services` starts.
-    pub const ALL: [ServiceName; 6] = [
+    pub const ALL: [ServiceName; 7] = [
         ServiceName::Saga,
         ServiceName::Inventory,
         ServiceName::Payment,
         ServiceName::Notification,
         ServiceName::Gateway,
         ServiceName::Consistency,
+        ServiceName::Etl,
     ];
 
     /// Its name (in settings, environment variables and logs).
@@ -48,6 +51,7 @@ impl ServiceName {
             ServiceName::Notification => "notification",
             ServiceName::Gateway => "gateway",
             ServiceName::Consistency => "consistency",
+            ServiceName::Etl => "etl",
         }
     }
 
@@ -60,6 +64,7 @@ impl ServiceName {
             ServiceName::Notification => strata_notification::PORT,
             ServiceName::Gateway => strata_gateway::PORT,
             ServiceName::Consistency => strata_consistency::service::PORT,
+            ServiceName::Etl => strata_etl::service::PORT,
         }
     }
 }
@@ -234,6 +239,18 @@ fn assemble(service: ServiceName, settings: &Settings, p: &Parts) -> Result<Asse
             (
                 c.clone().routes(),
                 details(c, strata_consistency::service::Consistency::details),
+            )
+        }
+        ServiceName::Etl => {
+            let e = strata_etl::service::Etl::new(
+                settings,
+                p.store.clone(),
+                p.metrics.clone(),
+                p.stopping.clone(),
+            )?;
+            (
+                e.clone().routes(),
+                details(e, strata_etl::service::Etl::details),
             )
         }
     })

@@ -16,6 +16,7 @@ use strata_proto::v1::streams_client::StreamsClient;
 use tonic::transport::Channel;
 
 pub mod http;
+pub mod sinks;
 
 pub const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 

@@ -1,0 +1,19 @@
+//! The analytics ETL service (`strata serve etl`, port 8092): runs pipelines from Strata's log
+//! into PostgreSQL and ClickHouse, each event in the sink exactly once.
+//!
+//! - [`pipeline`]: the pipeline file (source, batching, sink, columns, quality, throttle),
+//!   checked with line numbers;
+//! - [`mapping`]: events to rows, with the quality rules ([`mapping::Transform`] for code);
+//! - [`sink`]: the sinks and their exactly-once rules;
+//! - [`runner`]: a pipeline's loop (group worker → write → commit), the quarantine stream, the
+//!   throttle;
+//! - [`service`]: the HTTP API.
+//!
+//! Settings: `[etl] pipelines = ["orders.toml", …]` in the service's TOML file, or
+//! `STRATA_ETL_PIPELINES=orders.toml,…`.
+
+pub mod mapping;
+pub mod pipeline;
+pub mod runner;
+pub mod service;
+pub mod sink;

@@ -1,0 +1,476 @@
+//! The ETL service (`strata serve etl`) against a real `strata dev` node, a private
+//! PostgreSQL and a private ClickHouse: orders appended while the service is killed -9 at
+//! random moments and each sink server is stopped and started once; at the end each sink holds
+//! every good event exactly once (per stream: count, distinct versions, sums of versions and
+//! amounts equal to the source's; PostgreSQL in per-stream order), bad events are in the
+//! quarantine stream once each with the reason, and ClickHouse's materialized view agrees with
+//! its table. Sizes: `STRATA_ETL_KILL_EVENTS` (default 20,000) and `STRATA_ETL_KILLS` (default 5);
+//! the long run is 1,000,000 and 20 (README).
+
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http::*;
+use common::sinks::{ClickHouse, Postgres};
+use common::*;
+use strata_client::{pb, Client, ClientConfig, ExpectedVersion};
+
+fn env_or(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+const STREAMS: u64 = 100;
+
+fn pipeline_file(dir: &Path, name: &str, kind: &str, url: &str, extra_columns: &str) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "{name}"
+[source]
+prefix = "order-"
+event_types = ["OrderPlaced"]
+partitions = 4
+[batch]
+events_max = 2000
+linger_ms = 50
+[sink]
+kind = "{kind}"
+url = "{url}"
+table = "orders"
+[[column]]
+name = "stream"
+from = "$stream"
+type = "text"
+[[column]]
+name = "version"
+from = "$version"
+type = "int"
+[[column]]
+name = "sku"
+from = "/sku"
+type = "text"
+required = true
+[[column]]
+name = "amount"
+from = "/amount"
+type = "float"
+required = true
+min = 0
+[[column]]
+name = "at"
+from = "$time"
+type = "time"
+{extra_columns}"#
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn serve_etl(dir: &Path, port: u16, store: u16, pipelines: &[String]) -> Proc {
+    serve_etl_crashing(dir, port, store, pipelines, None)
+}
+
+/// [`serve_etl`], aborting after its `crash_after`-th sink write (before the group commit).
+fn serve_etl_crashing(
+    dir: &Path,
+    port: u16,
+    store: u16,
+    pipelines: &[String],
+    crash_after: Option<u64>,
+) -> Proc {
+    let config = dir.join("etl.toml");
+    let list: Vec<String> = pipelines.iter().map(|p| format!("{p:?}")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{}\"\nstore = [\"{}\"]\n[etl]\npipelines = [{}]\n",
+            addr(port),
+            addr(store),
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("etl.log"))
+        .unwrap();
+    Proc(
+        Command::new(STRATA)
+            .args(["serve", "etl", "--config"])
+            .arg(&config)
+            .env("STRATA_LOG", "info")
+            .env(
+                "STRATA_ETL_CRASH_AFTER_WRITES",
+                crash_after.map_or(String::new(), |n| n.to_string()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// An order event: every 97th has a negative amount (quarantined), every 13th is another type
+/// (passed over).
+fn order(n: u64) -> pb::NewEvent {
+    let amount = if n % 97 == 5 {
+        -1.0
+    } else {
+        (n % 1000) as f64 / 4.0
+    };
+    let ty = if n % 13 == 7 {
+        "OrderViewed"
+    } else {
+        "OrderPlaced"
+    };
+    pb::NewEvent {
+        id: uuid::Uuid::from_u128(0xe71_0000_0000 + u128::from(n)).to_string(),
+        r#type: ty.into(),
+        data: format!(r#"{{"sku":"sku-{}","amount":{amount}}}"#, n % 20)
+            .into_bytes()
+            .into(),
+        metadata: Default::default(),
+    }
+}
+
+/// Per stream: (count, sum of versions, sum of amount × 100), from the source.
+type Tally = BTreeMap<String, (u64, u64, i64)>;
+
+async fn source_tally(client: &Client) -> (Tally, u64) {
+    let mut tally = Tally::new();
+    let mut bad = 0;
+    for s in 0..STREAMS {
+        let stream = format!("order-{s}");
+        let events = client
+            .read_stream(&stream, None, 1_000_000)
+            .await
+            .unwrap_or_default();
+        for e in events {
+            if e.r#type != "OrderPlaced" {
+                continue;
+            }
+            let d: serde_json::Value = serde_json::from_slice(&e.data).unwrap();
+            let amount = d["amount"].as_f64().unwrap();
+            if amount < 0.0 {
+                bad += 1;
+                continue;
+            }
+            let t = tally.entry(stream.clone()).or_default();
+            t.0 += 1;
+            t.1 += e.version;
+            t.2 += (amount * 100.0).round() as i64;
+        }
+    }
+    (tally, bad)
+}
+
+fn parse_tally(text: &str, sep: char) -> (Tally, u64) {
+    let mut tally = Tally::new();
+    let mut distinct_short = 0;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split(sep).collect();
+        let (count, distinct): (u64, u64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        distinct_short += count - distinct;
+        tally.insert(
+            f[0].to_string(),
+            (
+                count,
+                f[3].parse().unwrap(),
+                f[4].parse::<f64>().unwrap() as i64,
+            ),
+        );
+    }
+    (tally, distinct_short)
+}
+
+async fn state_of(port: u16, name: &str) -> Option<serde_json::Value> {
+    let (code, _, body) = try_http(port, "GET", &format!("/api/v1/pipelines/{name}"), &[], "")
+        .await
+        .ok()?;
+    (code == 200).then(|| json(&body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etl_into_postgres_and_clickhouse_exactly_once_under_kill_loops() {
+    let _serial = SERIAL.lock().await;
+    let events = env_or("STRATA_ETL_KILL_EVENTS", 20_000);
+    let kills = env_or("STRATA_ETL_KILLS", 5);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (store_port, port) = (free_port(), free_port());
+    let _store = dev_store(d, store_port, &[], Some(&d.join("store.log")));
+    wait_http(store_port).await;
+    let pg = Postgres::start(d);
+    pg.psql("CREATE TABLE orders (seq bigserial PRIMARY KEY, stream text NOT NULL, version bigint NOT NULL, sku text, amount double precision, at timestamptz)");
+    let mut ch = ClickHouse::start(d).await;
+    ch.query("CREATE TABLE orders (stream String, version UInt64, sku String, amount Float64, at DateTime, _strata_partition UInt32, _strata_shard UInt32, _strata_position UInt64) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMMDD(at) ORDER BY (stream, version)").await;
+    ch.query("CREATE MATERIALIZED VIEW revenue_per_minute ENGINE = SummingMergeTree PARTITION BY toYYYYMMDD(minute) ORDER BY (minute, sku) AS SELECT toStartOfMinute(at) AS minute, sku, count() AS orders, sum(amount) AS revenue FROM orders GROUP BY minute, sku").await;
+    let pipelines = [
+        pipeline_file(d, "pg", "postgres", &pg.url(), ""),
+        pipeline_file(d, "ch", "clickhouse", &ch.url(), ""),
+    ];
+    let mut etl = serve_etl(d, port, store_port, &pipelines);
+    wait_http(port).await;
+
+    let client = Client::new(ClientConfig::new(vec![addr(store_port)])).unwrap();
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while n < events {
+                let stream = format!("order-{}", (n / 7) % STREAMS);
+                let batch: Vec<pb::NewEvent> = (n..(n + 50).min(events)).map(order).collect();
+                n += batch.len() as u64;
+                client
+                    .append(&stream, ExpectedVersion::Any, batch)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+
+    // Kills at random moments while the writer runs (and after, for the short runs).
+    let mut seed = events ^ (kills << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    let mut pause_ms = move || {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        300 + (seed >> 33) % 1200
+    };
+    let started = Instant::now();
+    let mut crashes = 0;
+    for k in 0..kills {
+        tokio::time::sleep(Duration::from_millis(pause_ms())).await;
+        etl.0.kill().unwrap();
+        etl.0.wait().unwrap();
+        if k == 1 {
+            // PostgreSQL down: the pipeline waits and says so; it drops nothing.
+            pg.down();
+            etl = serve_etl(d, port, store_port, &pipelines);
+            wait_http(port).await;
+            let mut saw_waiting = false;
+            for _ in 0..100 {
+                if let Some(s) = state_of(port, "pg").await {
+                    if s["state"] == "waiting"
+                        && s["error"].as_str().unwrap_or("").contains("postgres")
+                    {
+                        saw_waiting = true;
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(
+                saw_waiting,
+                "the pg pipeline never said it was waiting for PostgreSQL"
+            );
+            pg.up();
+            continue;
+        }
+        if k == 2 {
+            ch.kill();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            ch.up().await;
+        }
+        // Half the restarts also abort on their own between a sink write and its group
+        // commit (the window a kill at a random moment seldom hits).
+        let crash_after = (k % 2 == 0).then(|| 1 + pause_ms() % 8);
+        etl = serve_etl_crashing(d, port, store_port, &pipelines, crash_after);
+        wait_http(port).await;
+        if crash_after.is_some() {
+            // Until it aborts, then on without crash points.
+            let _ = tokio::time::timeout(Duration::from_secs(20), async {
+                while etl.0.try_wait().unwrap().is_none() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await;
+            let _ = etl.0.kill();
+            let _ = etl.0.wait();
+            crashes += 1;
+            etl = serve_etl(d, port, store_port, &pipelines);
+            wait_http(port).await;
+        }
+    }
+    writer.await.unwrap();
+    eprintln!(
+        "appended {events} events with {kills} kills and {crashes} crash points in {:?}",
+        started.elapsed()
+    );
+
+    let (want, bad) = source_tally(&client).await;
+    let wanted: u64 = want.values().map(|t| t.0).sum();
+    let pg_sql = "SELECT stream, count(*), count(DISTINCT version), sum(version), sum(round(amount * 100)) FROM orders GROUP BY stream ORDER BY stream";
+    let ch_sql = "SELECT stream, count(), uniqExact(version), sum(version), sum(round(amount * 100)) FROM orders GROUP BY stream ORDER BY stream FORMAT TSV";
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let pg_rows: u64 = pg.psql("SELECT count(*) FROM orders").parse().unwrap();
+        let ch_rows: u64 = ch
+            .query("SELECT count() FROM orders")
+            .await
+            .parse()
+            .unwrap();
+        if pg_rows >= wanted && ch_rows >= wanted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sinks hold {pg_rows} (postgres) and {ch_rows} (clickhouse) of {wanted} rows; {:?} {:?}",
+            state_of(port, "pg").await,
+            state_of(port, "ch").await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Exactly once, with no FINAL in ClickHouse: nothing was inserted twice.
+    let (pg_tally, pg_dups) = parse_tally(&pg.psql(pg_sql), '|');
+    assert_eq!(pg_dups, 0, "postgres holds duplicates");
+    assert_eq!(pg_tally, want, "postgres differs from the source");
+    let (ch_tally, ch_dups) = parse_tally(&ch.query(ch_sql).await, '\t');
+    assert_eq!(ch_dups, 0, "clickhouse holds duplicates");
+    assert_eq!(ch_tally, want, "clickhouse differs from the source");
+    // The materialized view counted each row once.
+    let mv: u64 = ch
+        .query("SELECT sum(orders) FROM revenue_per_minute")
+        .await
+        .parse()
+        .unwrap();
+    assert_eq!(mv, wanted, "the materialized view's count");
+    // PostgreSQL keeps per-stream order (its rows' seq follows the versions).
+    let order = pg.psql("SELECT stream, version FROM orders ORDER BY seq");
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for line in order.lines() {
+        let (s, v) = line.split_once('|').unwrap();
+        let v: u64 = v.parse().unwrap();
+        let prev = last.insert(s, v);
+        assert!(
+            prev.is_none_or(|p| p < v),
+            "{s}: version {v} after {prev:?}"
+        );
+    }
+    // Bad events: quarantined once each per pipeline, with the reason.
+    for name in ["pg", "ch"] {
+        let q = client
+            .read_stream(&format!("etl-quarantine-{name}"), None, 1_000_000)
+            .await
+            .unwrap_or_default();
+        assert_eq!(q.len() as u64, bad, "{name}'s quarantine");
+        let first: serde_json::Value = serde_json::from_slice(&q[0].data).unwrap();
+        assert!(
+            first["reason"].as_str().unwrap().contains("outside [0"),
+            "{first}"
+        );
+        let s = state_of(port, name).await.unwrap();
+        assert_eq!(s["state"], "running", "{s}");
+    }
+    let (_, _, metrics) = http(port, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("strata_etl_lag_seconds_bucket{pipeline=\"ch\""),
+        "{metrics}"
+    );
+    eprintln!(
+        "postgres and clickhouse: {wanted} rows each, exactly once; {bad} quarantined; {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etl_refuses_bad_pipeline_files_with_their_line() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (store_port, port) = (free_port(), free_port());
+    // An unknown sink: the service does not start; the error names the file and line.
+    let bad = pipeline_file(d, "bad", "postgre", "host=x", "");
+    let out = Command::new(STRATA)
+        .args([
+            "serve",
+            "etl",
+            "--store",
+            &addr(store_port),
+            "--listen",
+            &addr(port),
+        ])
+        .env("STRATA_ETL_PIPELINES", &bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{bad}:10: sink.kind: \"postgre\" is not a sink")),
+        "{err}"
+    );
+
+    // A missing table and a missing column: the pipeline is refused with the line; the other
+    // pipeline of the same service runs.
+    let _store = dev_store(d, store_port, &[], None);
+    wait_http(store_port).await;
+    let pg = Postgres::start(d);
+    pg.psql("CREATE TABLE orders (stream text, version bigint, sku text, amount double precision)");
+    let no_table = pipeline_file(d, "notable", "postgres", &pg.url(), "");
+    std::fs::write(
+        &no_table,
+        std::fs::read_to_string(&no_table)
+            .unwrap()
+            .replace("table = \"orders\"", "table = \"missing\""),
+    )
+    .unwrap();
+    let no_column = pipeline_file(d, "nocolumn", "postgres", &pg.url(), "");
+    let good = pipeline_file(d, "good", "postgres", &pg.url(), "");
+    let without_at = std::fs::read_to_string(&good).unwrap().replace(
+        "[[column]]\nname = \"at\"\nfrom = \"$time\"\ntype = \"time\"\n",
+        "",
+    );
+    assert!(!without_at.contains("\"at\""));
+    std::fs::write(&good, without_at).unwrap();
+    let _etl = serve_etl(
+        d,
+        port,
+        store_port,
+        &[no_table.clone(), no_column.clone(), good],
+    );
+    wait_http(port).await;
+    let client = Client::new(ClientConfig::new(vec![addr(store_port)])).unwrap();
+    client
+        .append("order-1", ExpectedVersion::Any, vec![order(1), order(2)])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = state_of(port, "notable").await;
+        let b = state_of(port, "nocolumn").await;
+        let rows: u64 = pg.psql("SELECT count(*) FROM orders").parse().unwrap();
+        if let (Some(a), Some(b)) = (&a, &b) {
+            if a["state"] == "refused" && b["state"] == "refused" && rows == 2 {
+                assert_eq!(a["error"], format!("{no_table}:12: sink.table: PostgreSQL has no table missing (create it first)"));
+                assert_eq!(
+                    b["error"],
+                    format!("{no_column}:32: column at: table orders has no such column")
+                );
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "{a:?} {b:?} rows {rows}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, _, body) = http(port, "GET", "/health", &[], "").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("refused"), "{body}");
+    // Pause and resume.
+    let (code, _, body) = http(port, "POST", "/api/v1/pipelines/good/pause", &[], "").await;
+    assert_eq!(code, 200, "{body}");
+    let (code, _, _) = http(port, "POST", "/api/v1/pipelines/nope/pause", &[], "").await;
+    assert_eq!(code, 404);
+}
