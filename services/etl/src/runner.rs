@@ -58,6 +58,19 @@ pub enum Control {
     Run,
     /// Hold its partitions but write nothing.
     Pause,
+    /// (Paused) move the pipeline, then stay paused.
+    Reset(ResetTo),
+}
+
+/// Where a reset moves a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetTo {
+    /// Rebuild: the sink's table emptied and every event written again from the log's start
+    /// (views derived from the table inside the sink are the operator's to rebuild).
+    Start,
+    /// Skip: the group moves to the log's end; what the sink holds stays.
+    End,
 }
 
 /// Where a pipeline is.
@@ -169,6 +182,8 @@ impl Handle {
 /// Why a session ended.
 enum End {
     Stopped,
+    /// Start a new session at once (after a reset).
+    Restart,
     Retry(String),
     Refused(String),
 }
@@ -266,6 +281,7 @@ impl Runner {
             let p = &self.handle.pipeline;
             match end {
                 End::Stopped => break,
+                End::Restart => continue,
                 End::Refused(why) => {
                     tracing::error!(pipeline = %p.name, error = %why, "the sink cannot take this pipeline");
                     self.update(|s| {
@@ -386,11 +402,17 @@ impl Session<'_> {
             if self.runner.stopping() {
                 return End::Stopped;
             }
-            if *self.runner.control.borrow() == Control::Pause {
-                if let Err(e) = self.pause().await {
-                    return e.into();
+            // Seen here, so the clones `gather` and `pause` wait on wake only for what is newer.
+            let control = *self.runner.control.borrow_and_update();
+            match control {
+                Control::Run => {}
+                Control::Pause => {
+                    if let Err(e) = self.pause().await {
+                        return e.into();
+                    }
+                    continue;
                 }
-                continue;
+                Control::Reset(to) => return self.reset(to).await,
             }
             let gathered = match self.gather().await {
                 Ok(Some(g)) => g,
@@ -406,6 +428,31 @@ impl Session<'_> {
                 tokio::time::sleep(self.pace).await;
             }
         }
+    }
+
+    /// Resets the pipeline (see [`ResetTo`]): the group first, then the sink, so a crash
+    /// between leaves the sink's checkpoints to skip what it holds. Paused after.
+    async fn reset(&mut self, to: ResetTo) -> End {
+        let p = self.pipeline();
+        let groups = Groups::new(self.runner.store.clone());
+        let position: Progress = match to {
+            ResetTo::Start => Position::From(0).into(),
+            ResetTo::End => match groups.position_at(None).await {
+                Ok(at) => at,
+                Err(e) => return e.into(),
+            },
+        };
+        if let Err(e) = groups.reset(&p.group(), position.clone()).await {
+            return e.into();
+        }
+        if to == ResetTo::Start {
+            if let Err(e) = self.sink.clear(p.source.partitions).await {
+                return e.into();
+            }
+        }
+        tracing::info!(pipeline = %p.name, to = ?to, position = %position, "pipeline reset");
+        self.runner.handle.control.send_replace(Control::Pause);
+        End::Restart
     }
 
     /// Paused: heart-beat, wait for resume or stop.

@@ -6,6 +6,7 @@
 //! | `GET /api/v1/pipelines/{name}` | one |
 //! | `POST /api/v1/pipelines/{name}/pause` | holds its partitions, writes nothing (→ its state) |
 //! | `POST /api/v1/pipelines/{name}/resume` | writes again |
+//! | `POST /api/v1/pipelines/{name}/reset` | a paused pipeline, `{"to": "start"}`: its table emptied and every event written again; `{"to": "end"}`: the backlog skipped. It stays paused (409 when not paused) |
 //!
 //! `/health` lists each pipeline's state; `/metrics` has `strata_etl_events_total`,
 //! `_rows_total`, `_quarantined_total`, `_errors_total`, `_lag_seconds` (a histogram from
@@ -25,7 +26,7 @@ use strata_service::{Metrics, Settings};
 use tokio::sync::watch;
 
 use crate::pipeline;
-use crate::runner::{self, Control, Handle};
+use crate::runner::{self, Control, Handle, ResetTo, State as PipelineState};
 
 /// The service's port.
 pub const PORT: u16 = 8092;
@@ -115,6 +116,7 @@ impl Etl {
             .route("/api/v1/pipelines/{name}", get(one))
             .route("/api/v1/pipelines/{name}/pause", post(pause))
             .route("/api/v1/pipelines/{name}/resume", post(resume))
+            .route("/api/v1/pipelines/{name}/reset", post(reset))
             .with_state(self)
     }
 
@@ -157,6 +159,35 @@ async fn pause(State(etl): State<Etl>, Path(name): Path<String>) -> Response {
 
 async fn resume(State(etl): State<Etl>, Path(name): Path<String>) -> Response {
     set(&etl, &name, Control::Run).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    to: ResetTo,
+}
+
+async fn reset(
+    State(etl): State<Etl>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let answer = async {
+        let h = etl.find(&name)?;
+        let body: ResetBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid(format!(
+                "the body: {{\"to\": \"start\"}} or {{\"to\": \"end\"}} ({e})"
+            ))
+        })?;
+        let state = h.status().state;
+        if state != PipelineState::Paused {
+            return Err(ApiError::conflict(format!(
+                "pipeline {name:?} is {state:?}; pause it first"
+            )));
+        }
+        Ok(set(&etl, &name, Control::Reset(body.to)).await)
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn set(etl: &Etl, name: &str, control: Control) -> Response {

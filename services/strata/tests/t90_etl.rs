@@ -468,9 +468,73 @@ async fn etl_refuses_bad_pipeline_files_with_their_line() {
     let (code, _, body) = http(port, "GET", "/health", &[], "").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("refused"), "{body}");
-    // Pause and resume.
+    // Reset: only when paused; to the start, the table is emptied and written again.
+    let (code, _, body) = http(
+        port,
+        "POST",
+        "/api/v1/pipelines/good/reset",
+        &[],
+        r#"{"to":"start"}"#,
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
     let (code, _, body) = http(port, "POST", "/api/v1/pipelines/good/pause", &[], "").await;
     assert_eq!(code, 200, "{body}");
     let (code, _, _) = http(port, "POST", "/api/v1/pipelines/nope/pause", &[], "").await;
     assert_eq!(code, 404);
+    let paused = |s: &Option<serde_json::Value>| s.as_ref().is_some_and(|s| s["state"] == "paused");
+    while !paused(&state_of(port, "good").await) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, _, body) = http(
+        port,
+        "POST",
+        "/api/v1/pipelines/good/reset",
+        &[],
+        r#"{"to":"middle"}"#,
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, _, body) = http(
+        port,
+        "POST",
+        "/api/v1/pipelines/good/reset",
+        &[],
+        r#"{"to":"start"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.psql("SELECT count(*) FROM orders") != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the reset did not empty the table"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        paused(&state_of(port, "good").await),
+        "paused after a reset"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM orders"),
+        "0",
+        "paused: nothing written"
+    );
+    let (code, _, body) = http(port, "POST", "/api/v1/pipelines/good/resume", &[], "").await;
+    assert_eq!(code, 200, "{body}");
+    while pg.psql("SELECT count(*) FROM orders") != "2" {
+        assert!(
+            Instant::now() < deadline,
+            "the reset pipeline did not write again: {:?}",
+            state_of(port, "good").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        pg.psql("SELECT count(DISTINCT version) || '/' || count(*) FROM orders"),
+        "2/2"
+    );
 }

@@ -221,6 +221,10 @@ impl ClickHouse {
             let Some((part, text)) = line.split_once('\t') else {
                 continue;
             };
+            if text.is_empty() {
+                // Cleared by a reset.
+                continue;
+            }
             let part: u32 = part
                 .parse()
                 .map_err(|_| down(format!("a checkpoint row {line:?}")))?;
@@ -273,6 +277,23 @@ impl ClickHouse {
             self.run(sql, Bytes::from(row.to_string())).await?;
         }
         Ok(Written::Done)
+    }
+
+    /// Empties the table after checkpoint rows saying "none" for every partition (a crash
+    /// between leaves the rows, and their greatest positions as the checkpoints).
+    pub async fn clear(&self, partitions: u32) -> Result<(), SinkError> {
+        let mut rows = String::new();
+        let written_us = now_us();
+        for part in 0..partitions {
+            let row = json!({"pipeline": self.pipeline, "part": part, "progress": "", "written_us": written_us});
+            rows.push_str(&row.to_string());
+            rows.push('\n');
+        }
+        let sql = "INSERT INTO strata_etl_checkpoints (pipeline, part, progress, written_us) FORMAT JSONEachRow";
+        self.run(sql, Bytes::from(rows)).await?;
+        self.run(&format!("TRUNCATE TABLE {}", self.table), Bytes::new())
+            .await
+            .map(|_| ())
     }
 
     /// The table partition a row goes to (days or months since 1970; 0 unpartitioned).

@@ -107,6 +107,14 @@ impl Sink {
         }
     }
 
+    /// Empties the table and forgets every partition's checkpoint (a reset to the start).
+    pub async fn clear(&self, partitions: u32) -> Result<(), SinkError> {
+        match self {
+            Sink::Postgres(s) => s.clear().await,
+            Sink::ClickHouse(s) => s.clear(partitions).await,
+        }
+    }
+
     /// The sink's own measure of strain besides write latency: ClickHouse's active parts of
     /// the table; none for PostgreSQL.
     pub async fn strain(&self) -> Result<Option<u64>, SinkError> {

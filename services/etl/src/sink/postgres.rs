@@ -35,6 +35,8 @@ const CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS strata_etl_checkpoints (
 pub struct Postgres {
     url: String,
     pipeline: String,
+    /// The table, quoted.
+    table: String,
     copy: String,
     conn: Mutex<Option<tokio_postgres::Client>>,
 }
@@ -93,6 +95,7 @@ impl Postgres {
         let sink = Postgres {
             url: p.sink.url.clone(),
             pipeline: p.name.clone(),
+            table: quoted(&p.sink.table),
             copy: format!(
                 "COPY {} ({}) FROM STDIN",
                 quoted(&p.sink.table),
@@ -221,6 +224,29 @@ impl Postgres {
         .map_err(classify)?;
         tx.commit().await.map_err(classify)?;
         Ok(Written::Done)
+    }
+}
+
+impl Postgres {
+    /// `TRUNCATE` of the table and the checkpoints set to none, in one transaction.
+    pub async fn clear(&self) -> Result<(), SinkError> {
+        let mut guard = self.conn.lock().await;
+        let client = self.connected(&mut guard).await?;
+        let result = async {
+            let tx = client.transaction().await?;
+            tx.batch_execute(&format!("TRUNCATE {}", self.table)).await?;
+            tx.execute(
+                "UPDATE strata_etl_checkpoints SET progress = NULL, updated_at = now() WHERE pipeline = $1",
+                &[&self.pipeline],
+            )
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        result.map_err(|e| {
+            *guard = None;
+            down(error_text(&e))
+        })
     }
 }
 
