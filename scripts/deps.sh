@@ -15,3 +15,16 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The MongoDB sink's tests talk to secantusdb (a MongoDB wire-protocol server from PyPI; MongoDB
+# itself is not installable here), in a venv of its own. `--pre` is needed for it alone.
+export STRATA_VENV="${STRATA_VENV:-$HOME/.cache/strata/venv}"
+if [ ! -x "$STRATA_VENV/bin/secantusd-py" ]; then
+  echo "==> installing secantusdb into $STRATA_VENV" >&2
+  dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed" || {
+    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv >/dev/null
+  }
+  python3 -m venv "$STRATA_VENV"
+  "$STRATA_VENV/bin/pip" install -q --pre secantusdb
+fi

@@ -18,9 +18,10 @@
 //! linger_ms = 20                 # wait this long for more before a short write (default 20; ≤ 10,000)
 //!
 //! [sink]
-//! kind = "clickhouse"            # postgres | clickhouse
-//! url = "http://127.0.0.1:8123"  # postgres: a connection string ("host=… port=… user=… dbname=…")
-//! table = "orders"               # must exist, with the columns below
+//! kind = "clickhouse"            # postgres | clickhouse | mongo
+//! url = "http://127.0.0.1:8123"  # postgres: a connection string ("host=… port=… user=… dbname=…");
+//!                                # mongo: mongodb://HOST:PORT/DATABASE?replicaSet=…
+//! table = "orders"               # must exist, with the columns below (mongo: a collection)
 //! ttl_days = 90                  # clickhouse, a table partitioned by day or month: partitions
 //!                                # older than this are dropped (18.16 has no TTL clause)
 //!
@@ -98,6 +99,8 @@ pub enum SinkKind {
     Postgres,
     /// ClickHouse over HTTP (atomic inserts, resumed from what the table holds).
     ClickHouse,
+    /// MongoDB (documents by deterministic `_id`, checkpoint in the same transaction).
+    Mongo,
 }
 
 /// A column's type.
@@ -254,8 +257,10 @@ pub struct Sink {
     pub kind: SinkKind,
     /// Where (a PostgreSQL connection string or ClickHouse's HTTP URL).
     pub url: String,
-    /// The table written.
+    /// The table written (MongoDB: the collection).
     pub table: String,
+    /// The url's line in the file.
+    pub url_line: usize,
     /// The table's line in the file.
     pub table_line: usize,
     /// ClickHouse: partitions older than this many days are dropped.
@@ -573,13 +578,23 @@ fn sink(at: &Lines, s: SinkToml) -> Result<Sink, PipelineError> {
     let kind = match s.kind.get_ref().as_str() {
         "postgres" => SinkKind::Postgres,
         "clickhouse" => SinkKind::ClickHouse,
+        "mongo" => SinkKind::Mongo,
         other => {
             return at.err(
                 &s.kind,
-                format!("sink.kind: {other:?} is not a sink (postgres, clickhouse)"),
+                format!("sink.kind: {other:?} is not a sink (postgres, clickhouse, mongo)"),
             )
         }
     };
+    if kind == SinkKind::Mongo && !s.url.get_ref().starts_with("mongodb://") {
+        return at.err(
+            &s.url,
+            format!(
+                "sink.url: a MongoDB URI, mongodb://HOST:PORT/DATABASE, not {:?}",
+                s.url.get_ref()
+            ),
+        );
+    }
     let url = s.url.get_ref();
     if kind == SinkKind::ClickHouse && !url.starts_with("http://") {
         return at.err(
@@ -608,6 +623,7 @@ fn sink(at: &Lines, s: SinkToml) -> Result<Sink, PipelineError> {
     };
     Ok(Sink {
         kind,
+        url_line: at.line(s.url.span().start),
         url: url.clone(),
         table_line: at.line(s.table.span().start),
         table: s.table.into_inner(),

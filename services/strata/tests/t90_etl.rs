@@ -1,7 +1,8 @@
 //! The ETL service (`strata serve etl`) against a real `strata dev` node, a private
-//! PostgreSQL and a private ClickHouse: orders appended while the service is killed -9 at
-//! random moments and each sink server is stopped and started once; at the end each sink holds
-//! every good event exactly once (per stream: count, distinct versions, sums of versions and
+//! PostgreSQL, a private ClickHouse and a private secantusdb (MongoDB wire protocol): orders
+//! appended while the service is killed -9 at random moments (and aborts at crash points
+//! between a sink write and its group commit), and each sink server is stopped and started
+//! once; at the end each sink holds every good event exactly once (per stream: count, distinct versions, sums of versions and
 //! amounts equal to the source's; PostgreSQL in per-stream order), bad events are in the
 //! quarantine stream once each with the reason, and ClickHouse's materialized view agrees with
 //! its table. Sizes: `STRATA_ETL_KILL_EVENTS` (default 20,000) and `STRATA_ETL_KILLS` (default 5);
@@ -18,8 +19,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http::*;
-use common::sinks::{ClickHouse, Postgres};
+use common::sinks::{ClickHouse, Mongo, Postgres};
 use common::*;
+use mongodb::bson;
 use strata_client::{pb, Client, ClientConfig, ExpectedVersion};
 
 fn env_or(key: &str, default: u64) -> u64 {
@@ -196,6 +198,43 @@ fn parse_tally(text: &str, sep: char) -> (Tally, u64) {
     (tally, distinct_short)
 }
 
+async fn mongo_orders(m: &Mongo) -> mongodb::Collection<bson::Document> {
+    let client = mongodb::Client::with_uri_str(m.url()).await.unwrap();
+    client.database("etl").collection("orders")
+}
+
+/// The documents' tally, by one aggregation (the `_id`s are the events' keys, so a document
+/// cannot be there twice; the count shows none is missing).
+async fn mongo_tally(m: &Mongo) -> Tally {
+    use futures_util::TryStreamExt;
+    let group = bson::doc! {"$group": {"_id": "$stream", "n": {"$sum": 1}, "v": {"$sum": "$version"}, "a": {"$sum": "$amount"}}};
+    let rows: Vec<bson::Document> = mongo_orders(m)
+        .await
+        .aggregate(vec![group])
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let number = |d: &bson::Document, k: &str| match d.get(k) {
+        Some(bson::Bson::Int32(i)) => f64::from(*i),
+        Some(bson::Bson::Int64(i)) => *i as f64,
+        Some(bson::Bson::Double(f)) => *f,
+        other => panic!("{k}: {other:?}"),
+    };
+    rows.iter()
+        .map(|d| {
+            let stream = d.get_str("_id").unwrap().to_string();
+            let t = (
+                number(d, "n") as u64,
+                number(d, "v") as u64,
+                (number(d, "a") * 100.0).round() as i64,
+            );
+            (stream, t)
+        })
+        .collect()
+}
+
 async fn state_of(port: u16, name: &str) -> Option<serde_json::Value> {
     let (code, _, body) = try_http(port, "GET", &format!("/api/v1/pipelines/{name}"), &[], "")
         .await
@@ -204,7 +243,7 @@ async fn state_of(port: u16, name: &str) -> Option<serde_json::Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etl_into_postgres_and_clickhouse_exactly_once_under_kill_loops() {
+async fn etl_into_postgres_clickhouse_and_mongo_exactly_once_under_kill_loops() {
     let _serial = SERIAL.lock().await;
     let events = env_or("STRATA_ETL_KILL_EVENTS", 20_000);
     let kills = env_or("STRATA_ETL_KILLS", 5);
@@ -218,9 +257,11 @@ async fn etl_into_postgres_and_clickhouse_exactly_once_under_kill_loops() {
     let mut ch = ClickHouse::start(d).await;
     ch.query("CREATE TABLE orders (stream String, version UInt64, sku String, amount Float64, at DateTime, _strata_partition UInt32, _strata_shard UInt32, _strata_position UInt64) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMMDD(at) ORDER BY (stream, version)").await;
     ch.query("CREATE MATERIALIZED VIEW revenue_per_minute ENGINE = SummingMergeTree PARTITION BY toYYYYMMDD(minute) ORDER BY (minute, sku) AS SELECT toStartOfMinute(at) AS minute, sku, count() AS orders, sum(amount) AS revenue FROM orders GROUP BY minute, sku").await;
+    let mut mongo = Mongo::start(d).await;
     let pipelines = [
         pipeline_file(d, "pg", "postgres", &pg.url(), ""),
         pipeline_file(d, "ch", "clickhouse", &ch.url(), ""),
+        pipeline_file(d, "mg", "mongo", &mongo.url(), ""),
     ];
     let mut etl = serve_etl(d, port, store_port, &pipelines);
     wait_http(port).await;
@@ -285,6 +326,11 @@ async fn etl_into_postgres_and_clickhouse_exactly_once_under_kill_loops() {
             tokio::time::sleep(Duration::from_millis(500)).await;
             ch.up().await;
         }
+        if k == 3 {
+            mongo.kill();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            mongo.up().await;
+        }
         // Half the restarts also abort on their own between a sink write and its group
         // commit (the window a kill at a random moment seldom hits).
         let crash_after = (k % 2 == 0).then(|| 1 + pause_ms() % 8);
@@ -323,14 +369,20 @@ async fn etl_into_postgres_and_clickhouse_exactly_once_under_kill_loops() {
             .await
             .parse()
             .unwrap();
-        if pg_rows >= wanted && ch_rows >= wanted {
+        let mg_rows = mongo_orders(&mongo)
+            .await
+            .count_documents(bson::doc! {})
+            .await
+            .unwrap_or(0);
+        if pg_rows >= wanted && ch_rows >= wanted && mg_rows >= wanted {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "sinks hold {pg_rows} (postgres) and {ch_rows} (clickhouse) of {wanted} rows; {:?} {:?}",
+            "sinks hold {pg_rows} (postgres), {ch_rows} (clickhouse), {mg_rows} (mongo) of {wanted} rows; {:?} {:?} {:?}",
             state_of(port, "pg").await,
-            state_of(port, "ch").await
+            state_of(port, "ch").await,
+            state_of(port, "mg").await
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -341,6 +393,11 @@ async fn etl_into_postgres_and_clickhouse_exactly_once_under_kill_loops() {
     let (ch_tally, ch_dups) = parse_tally(&ch.query(ch_sql).await, '\t');
     assert_eq!(ch_dups, 0, "clickhouse holds duplicates");
     assert_eq!(ch_tally, want, "clickhouse differs from the source");
+    assert_eq!(
+        mongo_tally(&mongo).await,
+        want,
+        "mongo differs from the source"
+    );
     // The materialized view counted each row once.
     let mv: u64 = ch
         .query("SELECT sum(orders) FROM revenue_per_minute")
@@ -361,7 +418,7 @@ async fn etl_into_postgres_and_clickhouse_exactly_once_under_kill_loops() {
         );
     }
     // Bad events: quarantined once each per pipeline, with the reason.
-    for name in ["pg", "ch"] {
+    for name in ["pg", "ch", "mg"] {
         let q = client
             .read_stream(&format!("etl-quarantine-{name}"), None, 1_000_000)
             .await
@@ -381,13 +438,13 @@ async fn etl_into_postgres_and_clickhouse_exactly_once_under_kill_loops() {
         "{metrics}"
     );
     eprintln!(
-        "postgres and clickhouse: {wanted} rows each, exactly once; {bad} quarantined; {:?}",
+        "postgres, clickhouse and mongo: {wanted} rows each, exactly once; {bad} quarantined; {:?}",
         started.elapsed()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etl_refuses_bad_pipeline_files_with_their_line() {
+async fn etl_bad_pipeline_files_refused_with_their_line_and_a_postgres_reset() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -9,6 +9,9 @@
 //! - [`postgres`]: the rows (by `COPY`) and the partition's checkpoint row in one transaction,
 //!   which first locks that checkpoint and finds it at `from` (else it writes nothing: another
 //!   writer got there first).
+//! - [`mongo`]: documents keyed by their event (`STREAM/VERSION`) and the checkpoint in one
+//!   transaction, found at `from` first; without transactions, unordered inserts where a
+//!   duplicate `_id` counts as written, then the checkpoint.
 //! - [`clickhouse`]: no transactions, but one `INSERT` into one table partition is one part,
 //!   all or nothing. Each row carries its group partition, shard and position; inserts go in
 //!   log order, one per run of rows in the same table partition; a partition's checkpoint is
@@ -17,6 +20,8 @@
 //!   racing (a paused worker whose lease passed) could both insert; read it with `FINAL`.
 
 pub mod clickhouse;
+#[cfg(feature = "mongo")]
+pub mod mongo;
 pub mod postgres;
 
 use std::collections::BTreeMap;
@@ -79,6 +84,9 @@ pub enum Sink {
     Postgres(postgres::Postgres),
     /// ClickHouse.
     ClickHouse(clickhouse::ClickHouse),
+    /// MongoDB.
+    #[cfg(feature = "mongo")]
+    Mongo(mongo::Mongo),
 }
 
 impl Sink {
@@ -88,6 +96,15 @@ impl Sink {
         Ok(match pipeline.sink.kind {
             SinkKind::Postgres => Sink::Postgres(postgres::Postgres::open(pipeline).await?),
             SinkKind::ClickHouse => Sink::ClickHouse(clickhouse::ClickHouse::open(pipeline).await?),
+            #[cfg(feature = "mongo")]
+            SinkKind::Mongo => Sink::Mongo(mongo::Mongo::open(pipeline).await?),
+            #[cfg(not(feature = "mongo"))]
+            SinkKind::Mongo => {
+                return Err(SinkError::Refused(pipeline.error_at(
+                    0,
+                    "sink.kind: this strata was built without the mongo feature",
+                )))
+            }
         })
     }
 
@@ -96,6 +113,8 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.checkpoints().await,
             Sink::ClickHouse(s) => s.checkpoints().await,
+            #[cfg(feature = "mongo")]
+            Sink::Mongo(s) => s.checkpoints().await,
         }
     }
 
@@ -104,6 +123,8 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.write(w).await,
             Sink::ClickHouse(s) => s.write(w).await,
+            #[cfg(feature = "mongo")]
+            Sink::Mongo(s) => s.write(w).await,
         }
     }
 
@@ -112,6 +133,8 @@ impl Sink {
         match self {
             Sink::Postgres(s) => s.clear().await,
             Sink::ClickHouse(s) => s.clear(partitions).await,
+            #[cfg(feature = "mongo")]
+            Sink::Mongo(s) => s.clear().await,
         }
     }
 
@@ -119,8 +142,8 @@ impl Sink {
     /// the table; none for PostgreSQL.
     pub async fn strain(&self) -> Result<Option<u64>, SinkError> {
         match self {
-            Sink::Postgres(_) => Ok(None),
             Sink::ClickHouse(s) => s.active_parts().await.map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -128,8 +151,8 @@ impl Sink {
     /// the partitions dropped.
     pub async fn expire(&self, now_us: u64) -> Result<Vec<String>, SinkError> {
         match self {
-            Sink::Postgres(_) => Ok(Vec::new()),
             Sink::ClickHouse(s) => s.expire(now_us).await,
+            _ => Ok(Vec::new()),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Real sink servers for the ETL tests, each private to the test: PostgreSQL (Debian's
 //! `initdb` + `pg_ctl`, as user `postgres` when the test runs as root) and ClickHouse
-//! (`clickhouse-server` with a config of our own), on loopback ports, data in the test's
+//! (`clickhouse-server` with a config of our own) and secantusdb (a MongoDB wire-protocol
+//! server, from the venv `scripts/deps.sh` makes), on loopback ports, data in the test's
 //! directory, stopped when dropped. `scripts/deps.sh` installs both.
 
 use std::path::{Path, PathBuf};
@@ -259,4 +260,81 @@ fn dechunk(body: &str) -> String {
         rest = after[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// A private secantusdb (MongoDB wire protocol; a replica-set primary named `secantus`).
+pub struct Mongo {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mongo {
+    pub async fn start(parent: &Path) -> Mongo {
+        let dir = parent.join("mongo");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut m = Mongo {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        m.up().await;
+        m
+    }
+
+    /// Starts the server (again, over the same storage) and waits until it listens.
+    pub async fn up(&mut self) {
+        let venv = std::env::var("STRATA_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/strata/venv")
+            });
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let child = Command::new(venv.join("bin/secantusd-py"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--storage-path",
+            ])
+            .arg(self.dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("secantusd-py is not installed (scripts/deps.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("secantusdb did not listen on {}", self.port);
+    }
+
+    /// Kills it (-9).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/etl?replicaSet=secantus", self.port)
+    }
+}
+
+impl Drop for Mongo {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
