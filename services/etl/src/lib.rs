@@ -7,12 +7,14 @@
 //! - [`sink`]: the sinks and their exactly-once rules;
 //! - [`runner`]: a pipeline's loop (group worker → write → commit), the quarantine stream, the
 //!   throttle;
+//! - [`outbox`]: the PostgreSQL outbox source (logical decoding into Strata, exactly once);
 //! - [`service`]: the HTTP API.
 //!
-//! Settings: `[etl] pipelines = ["orders.toml", …]` in the service's TOML file, or
-//! `STRATA_ETL_PIPELINES=orders.toml,…`.
+//! Settings: `[etl] pipelines = ["orders.toml", …]` and `outboxes = ["shop.toml", …]` in the
+//! service's TOML file, or `STRATA_ETL_PIPELINES=orders.toml,…` and `STRATA_ETL_OUTBOXES=…`.
 
 pub mod mapping;
+pub mod outbox;
 pub mod pipeline;
 pub mod runner;
 pub mod service;

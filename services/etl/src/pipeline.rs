@@ -448,13 +448,13 @@ pub fn parse(file: &str, text: &str) -> Result<Pipeline, PipelineError> {
 }
 
 /// Turns byte offsets into lines of one file.
-struct Lines<'a> {
-    file: &'a str,
-    text: &'a str,
+pub(crate) struct Lines<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) text: &'a str,
 }
 
 impl Lines<'_> {
-    fn line(&self, offset: usize) -> usize {
+    pub(crate) fn line(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
         1 + self.text.as_bytes()[..end]
             .iter()
@@ -462,7 +462,11 @@ impl Lines<'_> {
             .count()
     }
 
-    fn err<T, V>(&self, at: &Spanned<V>, message: impl Into<String>) -> Result<T, PipelineError> {
+    pub(crate) fn err<T, V>(
+        &self,
+        at: &Spanned<V>,
+        message: impl Into<String>,
+    ) -> Result<T, PipelineError> {
         Err(PipelineError {
             file: self.file.into(),
             line: self.line(at.span().start),
@@ -471,7 +475,7 @@ impl Lines<'_> {
     }
 
     /// `value` within `lo..=hi`, or `default` when absent.
-    fn within<V: PartialOrd + Copy + std::fmt::Display>(
+    pub(crate) fn within<V: PartialOrd + Copy + std::fmt::Display>(
         &self,
         key: &str,
         value: Option<Spanned<V>>,
@@ -486,7 +490,7 @@ impl Lines<'_> {
     }
 }
 
-fn check_name(at: &Lines, name: &Spanned<String>) -> Result<String, PipelineError> {
+pub(crate) fn check_name(at: &Lines, name: &Spanned<String>) -> Result<String, PipelineError> {
     let n = name.get_ref();
     let ok = (1..=64).contains(&n.len())
         && n.bytes()
@@ -562,7 +566,7 @@ fn batching(at: &Lines, b: BatchToml) -> Result<Batching, PipelineError> {
 
 /// A table name both sinks take unquoted: a letter or `_`, then letters, digits and `_`
 /// (ClickHouse: an optional `database.` before it).
-fn table_name_ok(name: &str) -> bool {
+pub(crate) fn table_name_ok(name: &str) -> bool {
     let part_ok = |p: &str| {
         !p.is_empty()
             && p.len() <= 63

@@ -862,11 +862,11 @@ impl Session<'_> {
 }
 
 /// Appends `events`; ids already there (quarantined before a crash) are not appended again.
-async fn append_idempotent(
+pub(crate) async fn append_idempotent(
     store: &Client,
     stream: &str,
     events: Vec<pb::NewEvent>,
-) -> Result<(), End> {
+) -> Result<(), Error> {
     match store
         .append(stream, ExpectedVersion::Any, events.clone())
         .await
@@ -878,12 +878,12 @@ async fn append_idempotent(
             for e in events {
                 match store.append(stream, ExpectedVersion::Any, vec![e]).await {
                     Ok(_) | Err(Error::IdempotencyConflict(_)) => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
             }
             Ok(())
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -954,7 +954,7 @@ fn rate(s: &Status, events: u64, now: u64) -> f64 {
     0.8 * s.rate + 0.2 * instant
 }
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /api/v1/pipelines` | every pipeline: state, error, events, rows, quarantined, positions, lag, rate, throttle |
 //! | `GET /api/v1/pipelines/{name}` | one |
+//! | `GET /api/v1/outboxes` | each PostgreSQL outbox source: state, error, events, refused rows, slot position, WAL lag in bytes |
 //! | `POST /api/v1/pipelines/{name}/pause` | holds its partitions, writes nothing (→ its state) |
 //! | `POST /api/v1/pipelines/{name}/resume` | writes again |
 //! | `POST /api/v1/pipelines/{name}/reset` | a paused pipeline, `{"to": "start"}`: its table emptied and every event written again; `{"to": "end"}`: the backlog skipped. It stays paused (409 when not paused) |
@@ -25,8 +26,8 @@ use strata_service::api::ApiError;
 use strata_service::{Metrics, Settings};
 use tokio::sync::watch;
 
-use crate::pipeline;
 use crate::runner::{self, Control, Handle, ResetTo, State as PipelineState};
+use crate::{outbox, pipeline};
 
 /// The service's port.
 pub const PORT: u16 = 8092;
@@ -37,22 +38,20 @@ pub const PIPELINES_MAX: usize = 64;
 #[derive(Clone)]
 pub struct Etl {
     handles: Arc<Vec<Handle>>,
+    outboxes: Arc<Vec<outbox::OutboxHandle>>,
 }
 
-/// The pipeline files the settings name: `[etl] pipelines = […]`, else
-/// `STRATA_ETL_PIPELINES` (comma-separated).
-fn pipeline_files(settings: &Settings) -> Result<Vec<PathBuf>, String> {
-    let files: Vec<PathBuf> = match settings.section.get("pipelines") {
+/// The files the settings name under `key`: `[etl] KEY = […]`, else the environment's
+/// `STRATA_ETL_KEY` (comma-separated).
+fn files(settings: &Settings, key: &str) -> Result<Vec<PathBuf>, String> {
+    let list = || format!("[etl] {key}: a list of file names");
+    let files: Vec<PathBuf> = match settings.section.get(key) {
         Some(toml::Value::Array(a)) => a
             .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(PathBuf::from)
-                    .ok_or("[etl] pipelines: a list of file names")
-            })
+            .map(|v| v.as_str().map(PathBuf::from).ok_or_else(list))
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err("[etl] pipelines: a list of file names".into()),
-        None => std::env::var("STRATA_ETL_PIPELINES")
+        Some(_) => return Err(list()),
+        None => std::env::var(format!("STRATA_ETL_{}", key.to_uppercase()))
             .unwrap_or_default()
             .split(',')
             .filter(|s| !s.trim().is_empty())
@@ -60,10 +59,7 @@ fn pipeline_files(settings: &Settings) -> Result<Vec<PathBuf>, String> {
             .collect(),
     };
     if files.len() > PIPELINES_MAX {
-        return Err(format!(
-            "{} pipelines; at most {PIPELINES_MAX}",
-            files.len()
-        ));
+        return Err(format!("{} {key}; at most {PIPELINES_MAX}", files.len()));
     }
     Ok(files)
 }
@@ -78,7 +74,7 @@ impl Etl {
         stopping: watch::Receiver<bool>,
     ) -> Result<Etl, String> {
         let mut pipelines = Vec::new();
-        for f in pipeline_files(settings)? {
+        for f in files(settings, "pipelines")? {
             let p = pipeline::load(&f).map_err(|e| e.to_string())?;
             if pipelines
                 .iter()
@@ -91,6 +87,21 @@ impl Etl {
             }
             pipelines.push(p);
         }
+        let mut outboxes = Vec::new();
+        for f in files(settings, "outboxes")? {
+            let o = outbox::load(&f).map_err(|e| e.to_string())?;
+            if outboxes.iter().any(|q: &outbox::Outbox| q.name == o.name) {
+                return Err(format!(
+                    "{}: an outbox named {:?} is defined twice",
+                    o.file, o.name
+                ));
+            }
+            outboxes.push(o);
+        }
+        let outboxes = outboxes
+            .into_iter()
+            .map(|o| outbox::start(o, store.clone(), stopping.clone()))
+            .collect();
         let member = format!("etl-{}", std::process::id());
         let handles = pipelines
             .into_iter()
@@ -106,6 +117,7 @@ impl Etl {
             .collect();
         Ok(Etl {
             handles: Arc::new(handles),
+            outboxes: Arc::new(outboxes),
         })
     }
 
@@ -117,6 +129,7 @@ impl Etl {
             .route("/api/v1/pipelines/{name}/pause", post(pause))
             .route("/api/v1/pipelines/{name}/resume", post(resume))
             .route("/api/v1/pipelines/{name}/reset", post(reset))
+            .route("/api/v1/outboxes", get(outboxes))
             .with_state(self)
     }
 
@@ -130,7 +143,15 @@ impl Etl {
                 json!({"name": s.name, "state": s.state, "error": s.error})
             })
             .collect();
-        json!({ "pipelines": pipelines })
+        let outboxes: Vec<serde_json::Value> = self
+            .outboxes
+            .iter()
+            .map(|h| {
+                let s = h.status();
+                json!({"name": s.name, "state": s.state, "error": s.error})
+            })
+            .collect();
+        json!({ "pipelines": pipelines, "outboxes": outboxes })
     }
 
     fn find(&self, name: &str) -> Result<&Handle, ApiError> {
@@ -144,6 +165,11 @@ impl Etl {
 async fn list(State(etl): State<Etl>) -> Response {
     let all: Vec<runner::Status> = etl.handles.iter().map(Handle::status).collect();
     Json(json!({ "pipelines": all })).into_response()
+}
+
+async fn outboxes(State(etl): State<Etl>) -> Response {
+    let all: Vec<outbox::OutboxStatus> = etl.outboxes.iter().map(|h| h.status()).collect();
+    Json(json!({ "outboxes": all })).into_response()
 }
 
 async fn one(State(etl): State<Etl>, Path(name): Path<String>) -> Response {

@@ -595,3 +595,150 @@ async fn etl_bad_pipeline_files_refused_with_their_line_and_a_postgres_reset() {
         "2/2"
     );
 }
+
+/// Outbox rows committed (and some rolled back) in PostgreSQL while the ETL service is killed
+/// -9 and the node is killed -9 and restarted: each committed row is exactly one event (found
+/// by its `outbox_id`), each rolled-back row none. `STRATA_ETL_OUTBOX_TXNS` (default 3,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etl_postgres_outbox_rows_become_events_exactly_once_under_kills() {
+    let _serial = SERIAL.lock().await;
+    let txns = env_or("STRATA_ETL_OUTBOX_TXNS", 3_000);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (store_port, port) = (free_port(), free_port());
+    let mut store = dev_store(d, store_port, &[], Some(&d.join("store.log")));
+    wait_http(store_port).await;
+    let pg = Postgres::start(d);
+    pg.psql("CREATE TABLE orders (id bigserial PRIMARY KEY, item text NOT NULL)");
+    pg.psql("CREATE TABLE outbox (id bigserial PRIMARY KEY, stream text NOT NULL, type text NOT NULL, data jsonb NOT NULL, metadata jsonb)");
+    let file = d.join("shop.toml");
+    std::fs::write(&file, format!("name = \"shop\"\nurl = \"{}\"\ntable = \"public.outbox\"\nbatch_max = 500\npoll_ms = 20\n", pg.url())).unwrap();
+    let config = d.join("etl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{}\"\nstore = [\"{}\"]\n[etl]\noutboxes = [{:?}]\n",
+            addr(port),
+            addr(store_port),
+            file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let start_etl = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("etl.log"))
+            .unwrap();
+        Proc(
+            Command::new(STRATA)
+                .args(["serve", "etl", "--config"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut etl = start_etl();
+    wait_http(port).await;
+
+    // The application: an order and one or two outbox rows per transaction; every 10th rolled back.
+    let (app, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let writer = tokio::spawn(async move {
+        let mut app = app;
+        let (mut committed, mut rolled_back) = (Vec::new(), Vec::new());
+        for t in 0..txns {
+            let tx = app.transaction().await.unwrap();
+            tx.execute(
+                "INSERT INTO orders (item) VALUES ($1)",
+                &[&format!("item-{t}")],
+            )
+            .await
+            .unwrap();
+            let mut ids = Vec::new();
+            for k in 0..(1 + t % 2) {
+                let stream = format!("shop-{}", (t + k) % 20);
+                let data = format!(r#"{{"order":{t},"part":{k}}}"#);
+                let row = tx
+                    .query_one("INSERT INTO outbox (stream, type, data) VALUES ($1, 'OrderPlaced', $2::text::jsonb) RETURNING id", &[&stream, &data])
+                    .await
+                    .unwrap();
+                ids.push(row.get::<_, i64>(0));
+            }
+            if t % 10 == 9 {
+                tx.rollback().await.unwrap();
+                rolled_back.extend(ids);
+            } else {
+                tx.commit().await.unwrap();
+                committed.extend(ids);
+            }
+        }
+        (committed, rolled_back)
+    });
+
+    let mut seed = txns ^ 0x5851_f42d_4c95_7f2d;
+    let mut pause_ms = move || {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        200 + (seed >> 33) % 800
+    };
+    for k in 0..5 {
+        tokio::time::sleep(Duration::from_millis(pause_ms())).await;
+        if k == 2 {
+            // The node: killed -9 and restarted on its data; the outbox waits meanwhile.
+            store.0.kill().unwrap();
+            store.0.wait().unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            store = dev_store(d, store_port, &[], Some(&d.join("store2.log")));
+            wait_http(store_port).await;
+            continue;
+        }
+        etl.0.kill().unwrap();
+        etl.0.wait().unwrap();
+        etl = start_etl();
+        wait_http(port).await;
+    }
+    let (committed, rolled_back) = writer.await.unwrap();
+
+    let client = Client::new(ClientConfig::new(vec![addr(store_port)])).unwrap();
+    let want: std::collections::BTreeSet<i64> = committed.iter().copied().collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let events = loop {
+        let mut ids = Vec::new();
+        for s in 0..20 {
+            for e in client
+                .read_stream(&format!("shop-{s}"), None, 1_000_000)
+                .await
+                .unwrap_or_default()
+            {
+                let m: serde_json::Value = serde_json::from_slice(&e.metadata).unwrap();
+                ids.push(m["outbox_id"].as_i64().unwrap());
+            }
+        }
+        if ids.len() >= want.len() || Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let got: std::collections::BTreeSet<i64> = events.iter().copied().collect();
+    assert_eq!(events.len(), got.len(), "an outbox row became two events");
+    assert_eq!(got, want, "the events are not the committed rows");
+    assert!(
+        rolled_back.iter().all(|id| !got.contains(id)),
+        "a rolled-back row became an event"
+    );
+    let (_, _, body) = http(port, "GET", "/api/v1/outboxes", &[], "").await;
+    let status = json(&body);
+    assert_eq!(status["outboxes"][0]["state"], "running", "{body}");
+    eprintln!(
+        "outbox: {} committed rows, {} events, {} rolled back, none of them events; {body}",
+        want.len(),
+        events.len(),
+        rolled_back.len()
+    );
+}
