@@ -34,14 +34,14 @@ pub const CRASH_VAR: &str = "STRATA_ETL_CRASH_AFTER_WRITES";
 
 /// Longest wait between tries while the sink or the store is down.
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
-/// Most events a worker hands out at once (a write gathers several).
-pub const HAND_OUT_MAX: usize = 500;
 /// Most quarantined events in one append to the quarantine stream.
 pub const QUARANTINE_APPEND_EVENTS_MAX: usize = 100;
 /// Most bytes of quarantined events in one append.
 pub const QUARANTINE_APPEND_BYTES_MAX: usize = 1 << 20;
 /// Longest a quarantined event's data kept (longer is cut, and says so).
 pub const QUARANTINE_DATA_BYTES_MAX: usize = 64 * 1024;
+/// Rows whose lag (append to sink) the status's percentiles are taken over.
+pub const LAG_SAMPLES_MAX: usize = 4096;
 /// How often ClickHouse's part count is read for the throttle, in writes.
 const STRAIN_EVERY: u64 = 10;
 /// How often the sink's TTL is applied.
@@ -129,6 +129,10 @@ pub struct Status {
     pub positions: BTreeMap<u32, String>,
     /// Seconds from the last written event's append to its write.
     pub lag_seconds: f64,
+    /// Median of the same over the last [`LAG_SAMPLES_MAX`] rows, ms.
+    pub lag_p50_ms: f64,
+    /// Its 99th percentile, ms.
+    pub lag_p99_ms: f64,
     /// Events per second over the last writes.
     pub rate: f64,
     /// The throttle.
@@ -151,6 +155,8 @@ impl Status {
             passed_over: 0,
             positions: BTreeMap::new(),
             lag_seconds: 0.0,
+            lag_p50_ms: 0.0,
+            lag_p99_ms: 0.0,
             rate: 0.0,
             throttle: ThrottleState::default(),
             last_write_us: 0,
@@ -342,7 +348,9 @@ impl Runner {
             return e.into();
         }
         let mut config = WorkerConfig::new(self.member.clone());
-        config.batch_events_max = HAND_OUT_MAX.min(p.batch.events_max);
+        // A hand-out is at most a write's events (a write still ends at `bytes_max`); the worker
+        // reads ahead at most four writes' worth.
+        config.batch_events_max = p.batch.events_max;
         config.buffer_events_max = (4 * p.batch.events_max).max(4096);
         let worker = match Worker::join(self.store.clone(), &p.group(), config).await {
             Ok(w) => w,
@@ -358,6 +366,7 @@ impl Runner {
             pace: Duration::ZERO,
             writes: 0,
             expired_at: Instant::now(),
+            lags: std::collections::VecDeque::with_capacity(LAG_SAMPLES_MAX),
         };
         let end = session.go().await;
         let Session { worker, .. } = session;
@@ -381,6 +390,8 @@ struct Session<'a> {
     pace: Duration,
     writes: u64,
     expired_at: Instant,
+    /// The last rows' lags, µs (at most [`LAG_SAMPLES_MAX`]).
+    lags: std::collections::VecDeque<u64>,
 }
 
 impl Session<'_> {
@@ -676,7 +687,12 @@ impl Session<'_> {
         let name = p.name.as_str();
         let m = self.runner.metrics.clone();
         for r in rows {
-            let lag = now.saturating_sub(r.appended_us) as f64 / 1e6;
+            let lag_us = now.saturating_sub(r.appended_us);
+            if self.lags.len() == LAG_SAMPLES_MAX {
+                self.lags.pop_front();
+            }
+            self.lags.push_back(lag_us);
+            let lag = lag_us as f64 / 1e6;
             m.observe(
                 "strata_etl_lag_seconds",
                 "From an event's append to its row in the sink.",
@@ -719,7 +735,10 @@ impl Session<'_> {
             .last()
             .map_or(0.0, |r| now.saturating_sub(r.appended_us) as f64 / 1e6);
         let pace = self.pace;
+        let (p50, p99) = percentiles(&self.lags);
         self.runner.update(|s| {
+            s.lag_p50_ms = p50;
+            s.lag_p99_ms = p99;
             s.rate = rate(s, events, now);
             s.events += events;
             s.rows += rows.len() as u64;
@@ -943,6 +962,20 @@ fn write_end(b: &Batch, i: usize, events_max: usize, bytes_max: usize) -> usize 
         j += 1;
     }
     j
+}
+
+/// The median and 99th percentile of `lags` (µs), in ms.
+fn percentiles(lags: &std::collections::VecDeque<u64>) -> (f64, f64) {
+    if lags.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mut sorted: Vec<u64> = lags.iter().copied().collect();
+    sorted.sort_unstable();
+    let at = |q: f64| {
+        let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+        sorted.get(i).copied().unwrap_or(0) as f64 / 1e3
+    };
+    (at(0.5), at(0.99))
 }
 
 /// Events per second: over the time since the last write, smoothed.

@@ -76,6 +76,8 @@ pub enum BenchCommand {
     /// sagas/s and latency at several client counts, then the orchestrator's recovery after a
     /// kill -9 with many sagas in flight.
     Sagas(crate::bench_sagas::BenchSagasArgs),
+    /// Order events for the ETL benchmark (benches/etl.sh), as fast as they go or at a rate.
+    Orders(crate::bench_orders::BenchOrdersArgs),
 }
 
 /// `strata bench group`.
@@ -114,7 +116,7 @@ impl BenchCommand {
             BenchCommand::Append(a) => Some(a.clients),
             BenchCommand::GetStream(a) => Some(a.clients),
             BenchCommand::Group(a) => Some(a.workers),
-            BenchCommand::State(_) | BenchCommand::Sagas(_) => None,
+            BenchCommand::State(_) | BenchCommand::Sagas(_) | BenchCommand::Orders(_) => None,
         }
     }
 }
@@ -134,6 +136,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         BenchCommand::State(args) => return crate::bench_state::run(args).await,
         BenchCommand::Group(args) => return group(args).await,
         BenchCommand::Sagas(args) => return crate::bench_sagas::run(args).await,
+        BenchCommand::Orders(args) => return crate::bench_orders::run(args).await,
     };
     if args.clients == 0 || args.batch == 0 || args.duration == 0 {
         return Err(bad_usage(
