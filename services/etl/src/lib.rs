@@ -7,6 +7,7 @@
 //! - [`sink`]: the sinks and their exactly-once rules;
 //! - [`runner`]: a pipeline's loop (group worker → write → commit), the quarantine stream, the
 //!   throttle;
+//! - [`reconcile`]: a window's rows, source against sink (count and checksum);
 //! - [`outbox`]: the PostgreSQL outbox source (logical decoding into Strata, exactly once);
 //! - [`service`]: the HTTP API.
 //!
@@ -16,6 +17,7 @@
 pub mod mapping;
 pub mod outbox;
 pub mod pipeline;
+pub mod reconcile;
 pub mod runner;
 pub mod service;
 pub mod sink;

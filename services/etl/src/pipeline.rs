@@ -37,6 +37,8 @@
 //! [quality]
 //! unique = "order_id"            # a column whose values must not repeat …
 //! unique_window = 10000          # … within this many of the pipeline's events (default 10,000)
+//! reconcile_window_s = 60        # compare each minute's rows, source against sink (needs columns
+//!                                # from $stream, $version and $time; see crate::reconcile)
 //!
 //! [throttle]
 //! latency_target_ms = 1000       # a write slower than this slows the pipeline (default 1,000)
@@ -274,6 +276,8 @@ pub struct Quality {
     pub unique: Option<usize>,
     /// The window, events.
     pub unique_window: usize,
+    /// Reconcile each window of this many seconds once settled (see [`crate::reconcile`]).
+    pub reconcile_window_s: Option<u64>,
 }
 
 /// The throttle's settings.
@@ -390,6 +394,7 @@ struct ColumnToml {
 struct QualityToml {
     unique: Option<Spanned<String>>,
     unique_window: Option<Spanned<usize>>,
+    reconcile_window_s: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -750,6 +755,16 @@ fn quality(at: &Lines, q: QualityToml, columns: &[Column]) -> Result<Quality, Pi
             }
         },
     };
+    let reconcile_window_s = match q.reconcile_window_s {
+        None => None,
+        Some(w) => {
+            let meta = |m: Meta| columns.iter().any(|c| c.from == From::Meta(m));
+            if !(meta(Meta::Stream) && meta(Meta::Version) && meta(Meta::Time)) {
+                return at.err(&w, "quality.reconcile_window_s: the pipeline must write columns from $stream, $version and $time");
+            }
+            Some(at.within("quality.reconcile_window_s", Some(w), (1, 86_400), 60)?)
+        }
+    };
     Ok(Quality {
         unique,
         unique_window: at.within(
@@ -758,6 +773,7 @@ fn quality(at: &Lines, q: QualityToml, columns: &[Column]) -> Result<Quality, Pi
             (1, UNIQUE_WINDOW_MAX),
             10_000,
         )?,
+        reconcile_window_s,
     })
 }
 
@@ -827,7 +843,7 @@ unique = "id"
         let e = error(&GOOD.replace("\"postgres\"", "\"postgre\""));
         assert_eq!(
             e,
-            "p.toml:6: sink.kind: \"postgre\" is not a sink (postgres, clickhouse)"
+            "p.toml:6: sink.kind: \"postgre\" is not a sink (postgres, clickhouse, mongo)"
         );
         let e = error(&GOOD.replace("\"float\"", "\"decimal\""));
         assert!(e.starts_with("p.toml:16: column type"), "{e}");

@@ -139,6 +139,8 @@ pub struct Status {
     pub throttle: ThrottleState,
     /// When the last write was, µs since the epoch.
     pub last_write_us: u64,
+    /// The last window reconciled.
+    pub reconcile: Option<crate::reconcile::Report>,
 }
 
 impl Status {
@@ -160,6 +162,7 @@ impl Status {
             rate: 0.0,
             throttle: ThrottleState::default(),
             last_write_us: 0,
+            reconcile: None,
         }
     }
 }
@@ -176,6 +179,14 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// Changes its status.
+    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+        match self.status.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
     /// A copy of its status.
     pub fn status(&self) -> Status {
         match self.status.lock() {
@@ -255,10 +266,7 @@ struct Gathered {
 
 impl Runner {
     fn update(&self, f: impl FnOnce(&mut Status)) {
-        match self.handle.status.lock() {
-            Ok(mut s) => f(&mut s),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        self.handle.update(f);
     }
 
     /// The fault-injection seam: with [`CRASH_VAR`]`=N` the process aborts after its N-th

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /api/v1/pipelines` | every pipeline: state, error, events, rows, quarantined, positions, lag, rate, throttle |
 //! | `GET /api/v1/pipelines/{name}` | one |
+//! | `POST /api/v1/pipelines/{name}/reconcile` | `{"from": RFC3339, "to": RFC3339}` (whole seconds): the window's rows, source against sink (count, checksum, `ok`); see `reconcile` |
 //! | `GET /api/v1/outboxes` | each PostgreSQL outbox source: state, error, events, refused rows, slot position, WAL lag in bytes |
 //! | `POST /api/v1/pipelines/{name}/pause` | holds its partitions, writes nothing (→ its state) |
 //! | `POST /api/v1/pipelines/{name}/resume` | writes again |
@@ -27,7 +28,7 @@ use strata_service::{Metrics, Settings};
 use tokio::sync::watch;
 
 use crate::runner::{self, Control, Handle, ResetTo, State as PipelineState};
-use crate::{outbox, pipeline};
+use crate::{outbox, pipeline, reconcile};
 
 /// The service's port.
 pub const PORT: u16 = 8092;
@@ -38,6 +39,8 @@ pub const PIPELINES_MAX: usize = 64;
 #[derive(Clone)]
 pub struct Etl {
     handles: Arc<Vec<Handle>>,
+    store: Client,
+    metrics: Arc<Metrics>,
     outboxes: Arc<Vec<outbox::OutboxHandle>>,
 }
 
@@ -117,6 +120,8 @@ impl Etl {
             .collect();
         Ok(Etl {
             handles: Arc::new(handles),
+            store,
+            metrics,
             outboxes: Arc::new(outboxes),
         })
     }
@@ -129,6 +134,7 @@ impl Etl {
             .route("/api/v1/pipelines/{name}/pause", post(pause))
             .route("/api/v1/pipelines/{name}/resume", post(resume))
             .route("/api/v1/pipelines/{name}/reset", post(reset))
+            .route("/api/v1/pipelines/{name}/reconcile", post(reconcile_window))
             .route("/api/v1/outboxes", get(outboxes))
             .with_state(self)
     }
@@ -212,6 +218,47 @@ async fn reset(
             )));
         }
         Ok(set(&etl, &name, Control::Reset(body.to)).await)
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowBody {
+    from: String,
+    to: String,
+}
+
+async fn reconcile_window(
+    State(etl): State<Etl>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let answer = async {
+        let h = etl.find(&name)?;
+        let body: WindowBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid(format!(
+                "the body: {{\"from\": RFC3339, \"to\": RFC3339}} ({e})"
+            ))
+        })?;
+        let time = |field: &str, t: &str| {
+            strata_service::time::parse_rfc3339_us(t)
+                .map_err(|e| ApiError::invalid(format!("{field}: {e}")))
+        };
+        let (from, to) = (time("from", &body.from)?, time("to", &body.to)?);
+        reconcile::key_columns(&h.pipeline).map_err(ApiError::invalid)?;
+        let sink = crate::sink::Sink::open(&h.pipeline).await.map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        })?;
+        let report = reconcile::window(&h.pipeline, &etl.store, &sink, from, to)
+            .await
+            .map_err(ApiError::invalid)?;
+        reconcile::record(h, &etl.metrics, &report);
+        Ok::<_, ApiError>(Json(report).into_response())
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }

@@ -341,6 +341,30 @@ impl ClickHouse {
         out
     }
 
+    /// Rows and checksum of a window (see [`crate::reconcile`]), without `FINAL`.
+    pub async fn tally(
+        &self,
+        (stream, version, time): &(String, String, String),
+        (from_us, to_us): (u64, u64),
+    ) -> Result<(u64, u64), SinkError> {
+        let sql = format!(
+            "SELECT count(), sum(toUInt64({version}) * 1000003 + length({stream})) FROM {} \
+             WHERE {time} >= toDateTime({}) AND {time} < toDateTime({}) FORMAT TSV",
+            self.table,
+            from_us / 1_000_000,
+            to_us / 1_000_000
+        );
+        let text = self.run(&sql, Bytes::new()).await?;
+        let f: Vec<u64> = text
+            .split('\t')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        match f[..] {
+            [rows, sum] => Ok((rows, sum)),
+            _ => Err(down(format!("a tally {text:?}"))),
+        }
+    }
+
     /// Active parts of the table.
     pub async fn active_parts(&self) -> Result<u64, SinkError> {
         let sql = format!(

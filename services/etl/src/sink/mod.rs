@@ -147,6 +147,21 @@ impl Sink {
         }
     }
 
+    /// Rows and checksum ([`crate::reconcile::checksum`]) of the rows whose time column
+    /// (`columns`: the stream, version and time columns) is in `[from_us, to_us)`.
+    pub async fn tally(
+        &self,
+        columns: &(String, String, String),
+        window: (u64, u64),
+    ) -> Result<(u64, u64), SinkError> {
+        match self {
+            Sink::Postgres(s) => s.tally(columns, window).await,
+            Sink::ClickHouse(s) => s.tally(columns, window).await,
+            #[cfg(feature = "mongo")]
+            Sink::Mongo(s) => s.tally(columns, window).await,
+        }
+    }
+
     /// Drops what is past the pipeline's TTL (ClickHouse partitions older than `ttl_days`);
     /// the partitions dropped.
     pub async fn expire(&self, now_us: u64) -> Result<Vec<String>, SinkError> {

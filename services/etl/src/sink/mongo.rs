@@ -194,6 +194,35 @@ impl Mongo {
         Ok(Written::Done)
     }
 
+    /// Rows and checksum of a window (see [`crate::reconcile`]): the documents read (at most
+    /// [`crate::reconcile::WINDOW_EVENTS_MAX`]) and summed here.
+    pub async fn tally(
+        &self,
+        (stream, version, time): &(String, String, String),
+        (from_us, to_us): (u64, u64),
+    ) -> Result<(u64, u64), SinkError> {
+        use futures_util::TryStreamExt;
+        let ms = |us: u64| mongodb::bson::DateTime::from_millis((us / 1000) as i64);
+        let filter = doc! {time.as_str(): {"$gte": ms(from_us), "$lt": ms(to_us)}};
+        let mut cursor = self
+            .rows
+            .find(filter)
+            .projection(doc! {stream.as_str(): 1, version.as_str(): 1})
+            .await
+            .map_err(down)?;
+        let (mut rows, mut sum) = (0u64, 0u64);
+        while let Some(d) = cursor.try_next().await.map_err(down)? {
+            rows += 1;
+            if rows > crate::reconcile::WINDOW_EVENTS_MAX {
+                return Err(down("more documents in the window than a tally reads"));
+            }
+            let s = d.get_str(stream).unwrap_or_default();
+            let v = d.get_i64(version).unwrap_or_default() as u64;
+            sum = sum.wrapping_add(crate::reconcile::checksum([(s, v)]));
+        }
+        Ok((rows, sum))
+    }
+
     fn documents(&self, partition: u32, rows: &[Row]) -> Vec<Document> {
         rows.iter()
             .map(|r| {

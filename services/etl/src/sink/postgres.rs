@@ -228,6 +228,32 @@ impl Postgres {
 }
 
 impl Postgres {
+    /// Rows and checksum of a window (see [`crate::reconcile`]).
+    pub async fn tally(
+        &self,
+        (stream, version, time): &(String, String, String),
+        (from_us, to_us): (u64, u64),
+    ) -> Result<(u64, u64), SinkError> {
+        let sql = format!(
+            "SELECT count(*)::bigint, coalesce(sum(\"{version}\"::numeric * 1000003 + length(\"{stream}\")), 0)::text \
+             FROM {} WHERE \"{time}\" >= to_timestamp($1::float8) AND \"{time}\" < to_timestamp($2::float8)",
+            self.table
+        );
+        let (from, to) = (from_us as f64 / 1e6, to_us as f64 / 1e6);
+        let mut guard = self.conn.lock().await;
+        let client = self.connected(&mut guard).await?;
+        let row = client.query_one(&sql, &[&from, &to]).await.map_err(|e| {
+            *guard = None;
+            down(error_text(&e))
+        })?;
+        let rows: i64 = row.try_get(0).map_err(|e| down(error_text(&e)))?;
+        let sum: String = row.try_get(1).map_err(|e| down(error_text(&e)))?;
+        let sum: u128 = sum
+            .parse()
+            .map_err(|_| down(format!("a checksum that is not a number: {sum}")))?;
+        Ok((rows as u64, sum as u64))
+    }
+
     /// `TRUNCATE` of the table and the checkpoints set to none, in one transaction.
     pub async fn clear(&self) -> Result<(), SinkError> {
         let mut guard = self.conn.lock().await;
