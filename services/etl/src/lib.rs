@@ -14,6 +14,7 @@
 //! Settings: `[etl] pipelines = ["orders.toml", …]` and `outboxes = ["shop.toml", …]` in the
 //! service's TOML file, or `STRATA_ETL_PIPELINES=orders.toml,…` and `STRATA_ETL_OUTBOXES=…`.
 
+pub mod clock;
 pub mod mapping;
 pub mod outbox;
 pub mod pipeline;

@@ -34,8 +34,9 @@ use tokio::sync::watch;
 use tokio_postgres::NoTls;
 use toml::Spanned;
 
+use crate::clock::now_us;
 use crate::pipeline::{self, Lines, PipelineError, FILE_BYTES_MAX};
-use crate::runner::{append_idempotent, now_us, RETRY_MAX};
+use crate::runner::{append_idempotent, RETRY_MAX};
 
 /// Most changes decoded in one round.
 pub const BATCH_MAX: usize = 100_000;

@@ -20,33 +20,14 @@ use std::collections::HashSet;
 use serde::Serialize;
 use strata_client::{pb, Client};
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use strata_service::Metrics;
-use tokio::sync::watch;
-
 use crate::pipeline::{From, Meta, Pipeline};
-use crate::runner::{now_us, Handle};
 use crate::sink::Sink;
+pub use crate::sink::{checksum, WINDOW_EVENTS_MAX};
 
-/// Most source events one window may hold (a larger one is refused: take a smaller window).
-pub const WINDOW_EVENTS_MAX: u64 = 2_000_000;
 /// Longest window, seconds.
 pub const WINDOW_SECONDS_MAX: u64 = 86_400;
 /// Events per read of the store.
 const PAGE: u32 = 1000;
-
-/// The checksum of rows by their keys (see the module docs).
-pub fn checksum<'a>(keys: impl IntoIterator<Item = (&'a str, u64)>) -> u64 {
-    keys.into_iter().fold(0u64, |acc, (stream, version)| {
-        acc.wrapping_add(
-            version
-                .wrapping_mul(1_000_003)
-                .wrapping_add(stream.len() as u64),
-        )
-    })
-}
 
 /// One window's comparison.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -126,72 +107,6 @@ pub async fn window(
         sink_checksum,
         ok: source_rows == sink_rows && source_checksum == sink_checksum,
     })
-}
-
-/// Books `r` (metrics, the pipeline's status).
-pub fn record(h: &Handle, metrics: &Metrics, r: &Report) {
-    let name = h.pipeline.name.as_str();
-    let result = if r.ok { "match" } else { "mismatch" };
-    metrics.add(
-        "strata_etl_reconcile_windows_total",
-        "Windows reconciled, source against sink, by result.",
-        &[("pipeline", name), ("result", result)],
-        1.0,
-    );
-    metrics.set(
-        "strata_etl_reconcile_source_rows",
-        "The last reconciled window's rows, as the source says.",
-        &[("pipeline", name)],
-        r.source_rows as f64,
-    );
-    metrics.set(
-        "strata_etl_reconcile_sink_rows",
-        "The last reconciled window's rows, as the sink holds them.",
-        &[("pipeline", name)],
-        r.sink_rows as f64,
-    );
-    if !r.ok {
-        tracing::error!(pipeline = name, report = ?r, "reconciliation: the sink differs from the source");
-    }
-    h.update(|s| s.reconcile = Some(r.clone()));
-}
-
-/// Reconciles each settled window of `every` seconds from the service's start on, until
-/// stopped (see the module docs).
-pub async fn every(
-    h: Handle,
-    store: Client,
-    metrics: Arc<Metrics>,
-    every: u64,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let step = every * 1_000_000;
-    let mut next_from = now_us().div_ceil(step) * step;
-    let mut sink: Option<Sink> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(every.min(10))) => {}
-            _ = stopping.wait_for(|s| *s) => return,
-        }
-        let lag_us = (h.status().lag_seconds.max(0.0) * 2e6) as u64;
-        if next_from + step + 10_000_000 + lag_us > now_us() {
-            continue;
-        }
-        if sink.is_none() {
-            sink = Sink::open(&h.pipeline).await.ok();
-        }
-        let Some(s) = &sink else { continue };
-        match window(&h.pipeline, &store, s, next_from, next_from + step).await {
-            Ok(r) => {
-                record(&h, &metrics, &r);
-                next_from += step;
-            }
-            Err(why) => {
-                tracing::warn!(pipeline = %h.pipeline.name, error = %why, "reconciliation failed; trying again");
-                sink = None;
-            }
-        }
-    }
 }
 
 /// (stream, version) of the events quarantined from the window.

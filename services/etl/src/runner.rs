@@ -25,6 +25,7 @@ use strata_service::Metrics;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::clock::now_us;
 use crate::mapping::{Located, Mapping, Row, Transform};
 use crate::pipeline::{Pipeline, Start};
 use crate::sink::{Sink, SinkError, Write, Written};
@@ -993,12 +994,6 @@ fn rate(s: &Status, events: u64, now: u64) -> f64 {
     }
     let instant = events as f64 / ((now - s.last_write_us) as f64 / 1e6);
     0.8 * s.rate + 0.2 * instant
-}
-
-pub(crate) fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn data_bytes(b: &Batch) -> usize {

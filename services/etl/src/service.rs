@@ -16,6 +16,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +27,8 @@ use strata_client::Client;
 use strata_service::api::ApiError;
 use strata_service::{Metrics, Settings};
 use tokio::sync::watch;
+
+use crate::clock::now_us;
 
 use crate::runner::{self, Control, Handle, ResetTo, State as PipelineState};
 use crate::{outbox, pipeline, reconcile};
@@ -106,7 +109,7 @@ impl Etl {
             .map(|o| outbox::start(o, store.clone(), stopping.clone()))
             .collect();
         let member = format!("etl-{}", std::process::id());
-        let handles = pipelines
+        let handles: Vec<Handle> = pipelines
             .into_iter()
             .map(|p| {
                 runner::start(
@@ -118,6 +121,18 @@ impl Etl {
                 )
             })
             .collect();
+        for h in &handles {
+            if let Some(seconds) = h.pipeline.quality.reconcile_window_s {
+                let task = every(
+                    h.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                    seconds,
+                    stopping.clone(),
+                );
+                tokio::spawn(task);
+            }
+        }
         Ok(Etl {
             handles: Arc::new(handles),
             store,
@@ -257,7 +272,7 @@ async fn reconcile_window(
         let report = reconcile::window(&h.pipeline, &etl.store, &sink, from, to)
             .await
             .map_err(ApiError::invalid)?;
-        reconcile::record(h, &etl.metrics, &report);
+        record(h, &etl.metrics, &report);
         Ok::<_, ApiError>(Json(report).into_response())
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
@@ -271,4 +286,70 @@ async fn set(etl: &Etl, name: &str, control: Control) -> Response {
     h.control.send_replace(control);
     tracing::info!(pipeline = name, control = ?control, "pipeline control");
     Json(json!({"name": name, "control": control, "status": h.status()})).into_response()
+}
+
+/// Books `r` (metrics, the pipeline's status).
+fn record(h: &Handle, metrics: &Metrics, r: &reconcile::Report) {
+    let name = h.pipeline.name.as_str();
+    let result = if r.ok { "match" } else { "mismatch" };
+    metrics.add(
+        "strata_etl_reconcile_windows_total",
+        "Windows reconciled, source against sink, by result.",
+        &[("pipeline", name), ("result", result)],
+        1.0,
+    );
+    metrics.set(
+        "strata_etl_reconcile_source_rows",
+        "The last reconciled window's rows, as the source says.",
+        &[("pipeline", name)],
+        r.source_rows as f64,
+    );
+    metrics.set(
+        "strata_etl_reconcile_sink_rows",
+        "The last reconciled window's rows, as the sink holds them.",
+        &[("pipeline", name)],
+        r.sink_rows as f64,
+    );
+    if !r.ok {
+        tracing::error!(pipeline = name, report = ?r, "reconciliation: the sink differs from the source");
+    }
+    h.update(|s| s.reconcile = Some(r.clone()));
+}
+
+/// Reconciles (see [`reconcile`]) each settled window of `every` seconds from the service's start on, until
+/// stopped (see the module docs).
+async fn every(
+    h: Handle,
+    store: Client,
+    metrics: Arc<Metrics>,
+    every: u64,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let step = every * 1_000_000;
+    let mut next_from = now_us().div_ceil(step) * step;
+    let mut sink: Option<crate::sink::Sink> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(every.min(10))) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let lag_us = (h.status().lag_seconds.max(0.0) * 2e6) as u64;
+        if next_from + step + 10_000_000 + lag_us > now_us() {
+            continue;
+        }
+        if sink.is_none() {
+            sink = crate::sink::Sink::open(&h.pipeline).await.ok();
+        }
+        let Some(s) = &sink else { continue };
+        match reconcile::window(&h.pipeline, &store, s, next_from, next_from + step).await {
+            Ok(r) => {
+                record(&h, &metrics, &r);
+                next_from += step;
+            }
+            Err(why) => {
+                tracing::warn!(pipeline = %h.pipeline.name, error = %why, "reconciliation failed; trying again");
+                sink = None;
+            }
+        }
+    }
 }

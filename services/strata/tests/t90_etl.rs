@@ -270,7 +270,13 @@ async fn etl_into_postgres_clickhouse_and_mongo_exactly_once_under_kill_loops() 
     ch.query("CREATE MATERIALIZED VIEW revenue_per_minute ENGINE = SummingMergeTree PARTITION BY toYYYYMMDD(minute) ORDER BY (minute, sku) AS SELECT toStartOfMinute(at) AS minute, sku, count() AS orders, sum(amount) AS revenue FROM orders GROUP BY minute, sku").await;
     let mut mongo = Mongo::start(d).await;
     let pipelines = [
-        pipeline_file(d, "pg", "postgres", &pg.url(), ""),
+        pipeline_file(
+            d,
+            "pg",
+            "postgres",
+            &pg.url(),
+            "[quality]\nreconcile_window_s = 1\n",
+        ),
         pipeline_file(d, "ch", "clickhouse", &ch.url(), ""),
         pipeline_file(d, "mg", "mongo", &mongo.url(), ""),
     ];
@@ -431,6 +437,16 @@ async fn etl_into_postgres_clickhouse_and_mongo_exactly_once_under_kill_loops() 
             prev.is_none_or(|p| p < v),
             "{s}: version {v} after {prev:?}"
         );
+    }
+    // The pg pipeline reconciles each settled second on its own: a window matched.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = state_of(port, "pg").await.unwrap();
+        if s["reconcile"]["ok"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no window reconciled: {s}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Reconciliation of the whole run, source against each sink; then one row deleted from
     // PostgreSQL shows as a mismatch.

@@ -28,6 +28,7 @@ use strata_service::http_client::HttpClient;
 use strata_service::time::{civil_from_days, days_from_civil};
 
 use super::{SinkError, Write, Written};
+use crate::clock::now_us;
 use crate::mapping::{Row, Value};
 use crate::pipeline::{ColumnType, Pipeline};
 
@@ -341,7 +342,7 @@ impl ClickHouse {
         out
     }
 
-    /// Rows and checksum of a window (see [`crate::reconcile`]), without `FINAL`.
+    /// Rows and checksum ([`super::checksum`]) of a window, without `FINAL`.
     pub async fn tally(
         &self,
         (stream, version, time): &(String, String, String),
@@ -455,12 +456,6 @@ fn rejected(text: &str) -> bool {
         "Code: 70,",
     ];
     DATA_CODES.iter().any(|c| text.starts_with(c))
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]

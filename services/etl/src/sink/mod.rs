@@ -147,7 +147,7 @@ impl Sink {
         }
     }
 
-    /// Rows and checksum ([`crate::reconcile::checksum`]) of the rows whose time column
+    /// Rows and checksum ([`checksum`]) of the rows whose time column
     /// (`columns`: the stream, version and time columns) is in `[from_us, to_us)`.
     pub async fn tally(
         &self,
@@ -209,4 +209,21 @@ pub(crate) fn check_columns(
         }
     }
     Ok(())
+}
+
+/// Most rows one window's reconciliation reads, on either side (a larger window is refused:
+/// take a smaller one).
+pub const WINDOW_EVENTS_MAX: u64 = 2_000_000;
+
+/// The checksum of rows by their keys: the sum, modulo 2⁶⁴, of `version × 1,000,003 +
+/// length(stream)` — what each sink's SQL computes for [`Sink::tally`] (see
+/// [`crate::reconcile`]).
+pub fn checksum<'a>(keys: impl IntoIterator<Item = (&'a str, u64)>) -> u64 {
+    keys.into_iter().fold(0u64, |acc, (stream, version)| {
+        acc.wrapping_add(
+            version
+                .wrapping_mul(1_000_003)
+                .wrapping_add(stream.len() as u64),
+        )
+    })
 }

@@ -194,8 +194,8 @@ impl Mongo {
         Ok(Written::Done)
     }
 
-    /// Rows and checksum of a window (see [`crate::reconcile`]): the documents read (at most
-    /// [`crate::reconcile::WINDOW_EVENTS_MAX`]) and summed here.
+    /// Rows and checksum of a window: the documents read (at most
+    /// [`super::WINDOW_EVENTS_MAX`]) and summed here.
     pub async fn tally(
         &self,
         (stream, version, time): &(String, String, String),
@@ -213,12 +213,12 @@ impl Mongo {
         let (mut rows, mut sum) = (0u64, 0u64);
         while let Some(d) = cursor.try_next().await.map_err(down)? {
             rows += 1;
-            if rows > crate::reconcile::WINDOW_EVENTS_MAX {
+            if rows > super::WINDOW_EVENTS_MAX {
                 return Err(down("more documents in the window than a tally reads"));
             }
             let s = d.get_str(stream).unwrap_or_default();
             let v = d.get_i64(version).unwrap_or_default() as u64;
-            sum = sum.wrapping_add(crate::reconcile::checksum([(s, v)]));
+            sum = sum.wrapping_add(super::checksum([(s, v)]));
         }
         Ok((rows, sum))
     }

@@ -228,7 +228,7 @@ impl Postgres {
 }
 
 impl Postgres {
-    /// Rows and checksum of a window (see [`crate::reconcile`]).
+    /// Rows and checksum ([`super::checksum`]) of a window.
     pub async fn tally(
         &self,
         (stream, version, time): &(String, String, String),
