@@ -234,12 +234,13 @@ fn in_range(c: &Column, v: &Value) -> Result<(), String> {
     let low = c.min.is_some_and(|m| x < m);
     let high = c.max.is_some_and(|m| x > m);
     if low || high {
-        let bound = |b: Option<f64>| b.map_or("-".to_string(), |b| b.to_string());
+        let (lo, hi) = (
+            c.min.map_or("-inf".to_string(), |b| b.to_string()),
+            c.max.map_or("inf".to_string(), |b| b.to_string()),
+        );
         return Err(format!(
             "quality: column {} is {x}, outside [{}, {}]",
-            c.name,
-            bound(c.min),
-            bound(c.max)
+            c.name, lo, hi
         ));
     }
     Ok(())

@@ -65,8 +65,24 @@ pub fn key_columns(p: &Pipeline) -> Result<(String, String, String), String> {
     }
 }
 
-/// Compares window `[from_us, to_us)` (whole seconds) of pipeline `p`.
+/// Longest one window's reconciliation may take.
+pub const WINDOW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Compares window `[from_us, to_us)` (whole seconds) of pipeline `p` (within
+/// [`WINDOW_TIMEOUT`]).
 pub async fn window(
+    p: &Pipeline,
+    store: &Client,
+    sink: &Sink,
+    from_us: u64,
+    to_us: u64,
+) -> Result<Report, String> {
+    tokio::time::timeout(WINDOW_TIMEOUT, compare(p, store, sink, from_us, to_us))
+        .await
+        .unwrap_or_else(|_| Err(format!("the window took over {WINDOW_TIMEOUT:?}")))
+}
+
+async fn compare(
     p: &Pipeline,
     store: &Client,
     sink: &Sink,
@@ -166,14 +182,20 @@ async fn for_each_event(
         ..Default::default()
     };
     let mut seen = 0u64;
+    let mut last = None;
     loop {
         let page = store
             .read_all(request.clone())
             .await
             .map_err(|e| format!("store: {e}"))?;
-        if page.events.is_empty() {
+        // A filtered page can be empty and still move on (the store scans a bounded number of
+        // records per page); at the end, reading from where the last page said to go on gives
+        // an empty page saying the same place again.
+        let next = (page.next_position, page.next_cursor.clone());
+        if page.events.is_empty() && last.as_ref() == Some(&next) {
             return Ok(());
         }
+        last = Some(next);
         for e in &page.events {
             if e.timestamp_us >= to_us {
                 return Ok(());

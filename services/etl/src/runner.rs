@@ -740,9 +740,10 @@ impl Session<'_> {
             _ => None,
         };
         self.throttle(took, parts);
+        // A write of no rows (all quarantined or passed over) keeps the last lag shown.
         let lag = rows
             .last()
-            .map_or(0.0, |r| now.saturating_sub(r.appended_us) as f64 / 1e6);
+            .map(|r| now.saturating_sub(r.appended_us) as f64 / 1e6);
         let pace = self.pace;
         let (p50, p99) = percentiles(&self.lags);
         self.runner.update(|s| {
@@ -752,7 +753,9 @@ impl Session<'_> {
             s.events += events;
             s.rows += rows.len() as u64;
             s.quarantined += quarantined;
-            s.lag_seconds = lag;
+            if let Some(lag) = lag {
+                s.lag_seconds = lag;
+            }
             s.last_write_us = now;
             s.error = None;
             s.state = State::Running;
@@ -768,12 +771,14 @@ impl Session<'_> {
             &[("pipeline", name)],
             pace.as_secs_f64(),
         );
-        m.set(
-            "strata_etl_lag_last_seconds",
-            "The last write's lag from append to sink.",
-            &[("pipeline", name)],
-            lag,
-        );
+        if let Some(lag) = lag {
+            m.set(
+                "strata_etl_lag_last_seconds",
+                "The last write's lag from append to sink.",
+                &[("pipeline", name)],
+                lag,
+            );
+        }
         self.show_positions();
     }
 

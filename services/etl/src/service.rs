@@ -316,8 +316,9 @@ fn record(h: &Handle, metrics: &Metrics, r: &reconcile::Report) {
     h.update(|s| s.reconcile = Some(r.clone()));
 }
 
-/// Reconciles (see [`reconcile`]) each settled window of `every` seconds from the service's start on, until
-/// stopped (see the module docs).
+/// Reconciles (see [`reconcile`]) each settled window of `every` seconds from the service's
+/// start on, until stopped: a window whose end is 10 s past, plus twice the pipeline's lag while
+/// it is writing; only while it runs.
 async fn every(
     h: Handle,
     store: Client,
@@ -333,8 +334,16 @@ async fn every(
             _ = tokio::time::sleep(Duration::from_secs(every.min(10))) => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
-        let lag_us = (h.status().lag_seconds.max(0.0) * 2e6) as u64;
-        if next_from + step + 10_000_000 + lag_us > now_us() {
+        // Settled: its end 10 s past, plus twice the lag while events flow (a pipeline that
+        // has written nothing for 5 s while running has nothing waiting).
+        let st = h.status();
+        let now = now_us();
+        let flowing = now.saturating_sub(st.last_write_us) < 5_000_000;
+        let lag_us = match flowing {
+            true => (st.lag_seconds.max(0.0) * 2e6) as u64,
+            false => 0,
+        };
+        if st.state != PipelineState::Running || next_from + step + 10_000_000 + lag_us > now {
             continue;
         }
         if sink.is_none() {

@@ -445,7 +445,11 @@ async fn etl_into_postgres_clickhouse_and_mongo_exactly_once_under_kill_loops() 
         if s["reconcile"]["ok"] == true {
             break;
         }
-        assert!(Instant::now() < deadline, "no window reconciled: {s}");
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(d.join("etl.log")).unwrap_or_default();
+            let said: Vec<&str> = log.lines().filter(|l| l.contains("reconcil")).collect();
+            panic!("no window reconciled: {s}\n{}", said.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Reconciliation of the whole run, source against each sink; then one row deleted from
