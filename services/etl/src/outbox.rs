@@ -35,7 +35,7 @@ use tokio_postgres::NoTls;
 use toml::Spanned;
 
 use crate::clock::now_us;
-use crate::pipeline::{self, Lines, PipelineError, FILE_BYTES_MAX};
+use crate::pipeline::{self, Lines, PipelineError};
 use crate::runner::{append_idempotent, RETRY_MAX};
 
 /// Most changes decoded in one round.
@@ -93,19 +93,7 @@ struct OutboxToml {
 
 /// Reads and checks the outbox file at `path`.
 pub fn load(path: &Path) -> Result<Outbox, PipelineError> {
-    let file = path.display().to_string();
-    let whole = |message: String| PipelineError {
-        file: file.clone(),
-        line: 0,
-        message,
-    };
-    let size = std::fs::metadata(path)
-        .map_err(|e| whole(format!("cannot read it: {e}")))?
-        .len();
-    if size > FILE_BYTES_MAX {
-        return Err(whole(format!("{size} bytes; at most {FILE_BYTES_MAX}")));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read it: {e}")))?;
+    let (file, text) = pipeline::read(path)?;
     parse(&file, &text)
 }
 

@@ -407,6 +407,12 @@ struct ThrottleToml {
 
 /// Reads and checks the pipeline file at `path`.
 pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
+    let (file, text) = read(path)?;
+    parse(&file, &text)
+}
+
+/// A configuration file's name and text, at most [`FILE_BYTES_MAX`] bytes.
+pub(crate) fn read(path: &Path) -> Result<(String, String), PipelineError> {
     let file = path.display().to_string();
     let whole = |message: String| PipelineError {
         file: file.clone(),
@@ -418,11 +424,11 @@ pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
         .len();
     if size > FILE_BYTES_MAX {
         return Err(whole(format!(
-            "{size} bytes; a pipeline file is at most {FILE_BYTES_MAX}"
+            "{size} bytes; a file is at most {FILE_BYTES_MAX}"
         )));
     }
     let text = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read it: {e}")))?;
-    parse(&file, &text)
+    Ok((file, text))
 }
 
 /// Checks pipeline file `text` (named `file` in errors).
