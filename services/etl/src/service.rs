@@ -208,6 +208,11 @@ async fn resume(State(etl): State<Etl>, Path(name): Path<String>) -> Response {
     set(&etl, &name, Control::Run).await
 }
 
+/// A request body as JSON of the shape `shape` (named in the 400 when it is not).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the body: {shape} ({e})")))
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResetBody {
@@ -221,11 +226,7 @@ async fn reset(
 ) -> Response {
     let answer = async {
         let h = etl.find(&name)?;
-        let body: ResetBody = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::invalid(format!(
-                "the body: {{\"to\": \"start\"}} or {{\"to\": \"end\"}} ({e})"
-            ))
-        })?;
+        let body: ResetBody = json_body(&body, r#"{"to": "start"} or {"to": "end"}"#)?;
         let state = h.status().state;
         if state != PipelineState::Paused {
             return Err(ApiError::conflict(format!(
@@ -251,11 +252,7 @@ async fn reconcile_window(
 ) -> Response {
     let answer = async {
         let h = etl.find(&name)?;
-        let body: WindowBody = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::invalid(format!(
-                "the body: {{\"from\": RFC3339, \"to\": RFC3339}} ({e})"
-            ))
-        })?;
+        let body: WindowBody = json_body(&body, r#"{"from": RFC3339, "to": RFC3339}"#)?;
         let time = |field: &str, t: &str| {
             strata_service::time::parse_rfc3339_us(t)
                 .map_err(|e| ApiError::invalid(format!("{field}: {e}")))
