@@ -44,6 +44,8 @@
 //! latency_target_ms = 1000       # a write slower than this slows the pipeline (default 1,000)
 //! parts_max = 300                # clickhouse: active parts of the table above this slow it
 //! pace_max_ms = 5000             # the longest pause between writes when slowed (default 5,000)
+//! slot_lag_max_bytes = 1073741824 # postgres: a replication slot of the sink's server further
+//!                                # behind than this many bytes of WAL slows it (default 1 GiB)
 //! ```
 
 use std::path::Path;
@@ -71,6 +73,11 @@ pub const LINGER_MS_MAX: u64 = 10_000;
 pub const UNIQUE_WINDOW_MAX: usize = 1_000_000;
 /// Longest pause between writes the throttle may be set to, milliseconds.
 pub const PACE_MS_MAX: u64 = 60_000;
+
+/// Least replication slot lag a throttle may be set to, bytes.
+pub const SLOT_LAG_BYTES_MIN: u64 = 64 * 1024;
+/// Greatest, bytes.
+pub const SLOT_LAG_BYTES_MAX: u64 = 1 << 40;
 
 /// A pipeline file that cannot be used: where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,6 +296,9 @@ pub struct Throttle {
     pub parts_max: u64,
     /// The longest pause between writes, milliseconds.
     pub pace_max_ms: u64,
+    /// PostgreSQL: a replication slot further behind than this, bytes of WAL, slows the
+    /// pipeline.
+    pub slot_lag_max_bytes: u64,
 }
 
 /// A checked pipeline.
@@ -403,6 +413,7 @@ struct ThrottleToml {
     latency_target_ms: Option<Spanned<u64>>,
     parts_max: Option<Spanned<u64>>,
     pace_max_ms: Option<Spanned<u64>>,
+    slot_lag_max_bytes: Option<Spanned<u64>>,
 }
 
 /// Reads and checks the pipeline file at `path`.
@@ -798,6 +809,12 @@ fn throttle(at: &Lines, t: ThrottleToml) -> Result<Throttle, PipelineError> {
             (0, PACE_MS_MAX),
             5000,
         )?,
+        slot_lag_max_bytes: at.within(
+            "throttle.slot_lag_max_bytes",
+            t.slot_lag_max_bytes,
+            (SLOT_LAG_BYTES_MIN, SLOT_LAG_BYTES_MAX),
+            1 << 30,
+        )?,
     })
 }
 
@@ -875,5 +892,12 @@ unique = "id"
             e.starts_with("p.toml:12: column id: $version is int"),
             "{e}"
         );
+        let e = error(&format!("{GOOD}[throttle]\nslot_lag_max_bytes = 1000\n"));
+        assert_eq!(
+            e,
+            "p.toml:22: throttle.slot_lag_max_bytes: 65536 to 1099511627776, not 1000"
+        );
+        let p = parse("p.toml", GOOD).unwrap();
+        assert_eq!(p.throttle.slot_lag_max_bytes, 1 << 30);
     }
 }

@@ -11,8 +11,11 @@
 //! table or column) is `refused` until the service restarts.
 //!
 //! The throttle: after each write the pause before the next (`pace`) doubles, from 10 ms up to
-//! `pace_max_ms`, while the write took longer than `latency_target_ms` or ClickHouse's table
-//! has more than `parts_max` active parts; it halves (to 0) while neither holds.
+//! `pace_max_ms`, while the write took longer than `latency_target_ms`, ClickHouse's table
+//! has more than `parts_max` active parts, or a replication slot of the PostgreSQL sink's
+//! server is more than `slot_lag_max_bytes` behind (a replica or a logical consumer falling
+//! behind the WAL the writes add); it halves (to 0) while none holds. The sink's strain is
+//! read at most every [`STRAIN_EVERY`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -28,7 +31,7 @@ use tokio::time::Instant;
 use crate::clock::now_us;
 use crate::mapping::{Located, Mapping, Row, Transform};
 use crate::pipeline::{Pipeline, Start};
-use crate::sink::{Sink, SinkError, Write, Written};
+use crate::sink::{Sink, SinkError, SlotLag, Strain, Write, Written};
 
 /// The environment variable of the crash point (see `Runner::crash_point`).
 pub const CRASH_VAR: &str = "STRATA_ETL_CRASH_AFTER_WRITES";
@@ -43,8 +46,9 @@ pub const QUARANTINE_APPEND_BYTES_MAX: usize = 1 << 20;
 pub const QUARANTINE_DATA_BYTES_MAX: usize = 64 * 1024;
 /// Rows whose lag (append to sink) the status's percentiles are taken over.
 pub const LAG_SAMPLES_MAX: usize = 4096;
-/// How often ClickHouse's part count is read for the throttle, in writes.
-const STRAIN_EVERY: u64 = 10;
+/// How often the sink's strain (ClickHouse's part count, PostgreSQL's slot lag) is read for
+/// the throttle, at most.
+pub const STRAIN_EVERY: Duration = Duration::from_secs(1);
 /// How often the sink's TTL is applied.
 const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 
@@ -103,6 +107,8 @@ pub struct ThrottleState {
     pub write_ms: f64,
     /// ClickHouse: the table's active parts at the last look.
     pub parts: Option<u64>,
+    /// PostgreSQL: the replication slot furthest behind at the last look.
+    pub slot: Option<SlotLag>,
 }
 
 /// A pipeline's state for `GET /api/v1/pipelines`.
@@ -128,6 +134,14 @@ pub struct Status {
     pub passed_over: u64,
     /// Each partition's checkpoint in the sink.
     pub positions: BTreeMap<u32, String>,
+    /// Events of the source not yet in the sink, at the last count (see [`crate::backlog`]).
+    pub lag_events: u64,
+    /// Whether that count stopped at its bound (there may be more).
+    pub lag_events_at_least: bool,
+    /// How long the oldest of them had been waiting at that count, seconds (0: none).
+    pub lag_oldest_seconds: f64,
+    /// When the backlog was last counted, µs since the epoch (0: not yet).
+    pub lag_counted_us: u64,
     /// Seconds from the last written event's append to its write.
     pub lag_seconds: f64,
     /// Median of the same over the last [`LAG_SAMPLES_MAX`] rows, ms.
@@ -157,6 +171,10 @@ impl Status {
             quarantined: 0,
             passed_over: 0,
             positions: BTreeMap::new(),
+            lag_events: 0,
+            lag_events_at_least: false,
+            lag_oldest_seconds: 0.0,
+            lag_counted_us: 0,
             lag_seconds: 0.0,
             lag_p50_ms: 0.0,
             lag_p99_ms: 0.0,
@@ -197,6 +215,15 @@ impl Handle {
     }
 }
 
+/// Makes a pipeline's transform: once per session (a restart after a crash or a reset makes a
+/// fresh one, so state it keeps — a uniqueness window, say — starts empty again).
+pub type TransformFactory = Arc<dyn Fn(&Pipeline) -> Box<dyn Transform> + Send + Sync>;
+
+/// The declarative transform the pipeline file describes ([`Mapping`]).
+pub fn declarative() -> TransformFactory {
+    Arc::new(|p: &Pipeline| Box::new(Mapping::new(p)) as Box<dyn Transform>)
+}
+
 /// Why a session ended.
 enum End {
     Stopped,
@@ -230,15 +257,19 @@ pub struct Runner {
     control: watch::Receiver<Control>,
     stopping: watch::Receiver<bool>,
     crash_after: Option<u64>,
+    transform: TransformFactory,
 }
 
-/// Starts `pipeline` over `store` as group member `member` in the background; its handle.
+/// Starts `pipeline` over `store` as group member `member` in the background, its events
+/// turned into rows by what `transform` makes (the file's columns name the table's columns and
+/// types; the transform gives their values in that order); its handle.
 pub fn start(
     pipeline: Pipeline,
     store: Client,
     member: String,
     metrics: Arc<Metrics>,
     stopping: watch::Receiver<bool>,
+    transform: TransformFactory,
 ) -> Handle {
     let (control_tx, control) = watch::channel(Control::Run);
     let handle = Handle {
@@ -254,6 +285,7 @@ pub fn start(
         control,
         stopping,
         crash_after: std::env::var(CRASH_VAR).ok().and_then(|v| v.parse().ok()),
+        transform,
     };
     tokio::spawn(runner.run());
     handle
@@ -365,16 +397,18 @@ impl Runner {
             Ok(w) => w,
             Err(e) => return e.into(),
         };
+        let mapping = (self.transform)(&p);
         let mut session = Session {
             runner: self,
             sink,
             worker,
-            mapping: Mapping::new(&p),
+            mapping,
             checkpoints: BTreeMap::new(),
             held: None,
             pace: Duration::ZERO,
             writes: 0,
             expired_at: Instant::now(),
+            strained_at: None,
             lags: std::collections::VecDeque::with_capacity(LAG_SAMPLES_MAX),
         };
         let end = session.go().await;
@@ -391,7 +425,7 @@ struct Session<'a> {
     runner: &'a mut Runner,
     sink: Sink,
     worker: Worker,
-    mapping: Mapping,
+    mapping: Box<dyn Transform>,
     /// The sink's checkpoints as last read or written.
     checkpoints: BTreeMap<u32, Progress>,
     /// A batch handed out for another partition while gathering.
@@ -399,6 +433,7 @@ struct Session<'a> {
     pace: Duration,
     writes: u64,
     expired_at: Instant,
+    strained_at: Option<Instant>,
     /// The last rows' lags, µs (at most [`LAG_SAMPLES_MAX`]).
     lags: std::collections::VecDeque<u64>,
 }
@@ -735,11 +770,8 @@ impl Session<'_> {
         );
         self.checkpoints.insert(part, to);
         self.writes += 1;
-        let parts = match self.writes % STRAIN_EVERY {
-            0 => self.sink.strain().await.unwrap_or(None),
-            _ => None,
-        };
-        self.throttle(took, parts);
+        let strain = self.strain().await;
+        self.throttle(took, strain.as_ref());
         // A write of no rows (all quarantined or passed over) keeps the last lag shown.
         let lag = rows
             .last()
@@ -761,8 +793,9 @@ impl Session<'_> {
             s.state = State::Running;
             s.throttle.write_ms = took.as_secs_f64() * 1e3;
             s.throttle.pace_ms = pace.as_millis() as u64;
-            if parts.is_some() {
-                s.throttle.parts = parts;
+            if let Some(strain) = strain {
+                s.throttle.parts = strain.parts;
+                s.throttle.slot = strain.slot;
             }
         });
         m.set(
@@ -782,22 +815,47 @@ impl Session<'_> {
         self.show_positions();
     }
 
-    fn throttle(&mut self, took: Duration, parts: Option<u64>) {
+    /// The sink's strain when it was last read [`STRAIN_EVERY`] ago or more (a failure to read
+    /// it is no strain: the write itself finds a sink that is down).
+    async fn strain(&mut self) -> Option<Strain> {
+        if self
+            .strained_at
+            .is_some_and(|at| at.elapsed() < STRAIN_EVERY)
+        {
+            return None;
+        }
+        self.strained_at = Some(Instant::now());
+        match self.sink.strain().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(pipeline = %self.pipeline().name, error = %e, "reading the sink's strain failed");
+                None
+            }
+        }
+    }
+
+    /// Sets the pace after a write that took `took`, with the sink's `strain` when read now
+    /// (else as last read).
+    fn throttle(&mut self, took: Duration, strain: Option<&Strain>) {
         let t = self.pipeline().throttle;
-        let slow = took > Duration::from_millis(t.latency_target_ms);
-        let crowded = parts.is_some_and(|n| n > t.parts_max);
-        let reason = match (slow, crowded) {
-            (true, _) => Some(format!(
+        let shown = self.runner.handle.status().throttle;
+        let parts = strain.map_or(shown.parts, |s| s.parts);
+        let slot = strain.map_or(shown.slot, |s| s.slot.clone());
+        let reason = if took > Duration::from_millis(t.latency_target_ms) {
+            Some(format!(
                 "a write took {} ms (target {} ms)",
                 took.as_millis(),
                 t.latency_target_ms
-            )),
-            (_, true) => Some(format!(
-                "{} active parts (most {})",
-                parts.unwrap_or(0),
-                t.parts_max
-            )),
-            _ => None,
+            ))
+        } else if let Some(n) = parts.filter(|n| *n > t.parts_max) {
+            Some(format!("{n} active parts (most {})", t.parts_max))
+        } else if let Some(lag) = slot.filter(|l| l.bytes > t.slot_lag_max_bytes) {
+            Some(format!(
+                "replication slot {} is {} bytes of WAL behind (most {})",
+                lag.slot, lag.bytes, t.slot_lag_max_bytes
+            ))
+        } else {
+            None
         };
         let ceiling = Duration::from_millis(t.pace_max_ms);
         self.pace = match reason {

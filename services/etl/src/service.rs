@@ -10,9 +10,14 @@
 //! | `POST /api/v1/pipelines/{name}/resume` | writes again |
 //! | `POST /api/v1/pipelines/{name}/reset` | a paused pipeline, `{"to": "start"}`: its table emptied and every event written again; `{"to": "end"}`: the backlog skipped. It stays paused (409 when not paused) |
 //!
+//! A pipeline's lag is shown in events (`lag_events`: appended to its source and not yet in
+//! the sink, counted by reading the log every few seconds, see [`backlog`];
+//! `lag_oldest_seconds`: how long the oldest of them has waited) and in seconds from append to
+//! sink (`lag_seconds` of the last write, `lag_p50_ms` and `lag_p99_ms` of the last rows).
+//!
 //! `/health` lists each pipeline's state; `/metrics` has `strata_etl_events_total`,
 //! `_rows_total`, `_quarantined_total`, `_errors_total`, `_lag_seconds` (a histogram from
-//! append to sink), `_write_seconds`, `_pace_seconds` per pipeline.
+//! append to sink), `_lag_events`, `_write_seconds`, `_pace_seconds` per pipeline.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +36,7 @@ use tokio::sync::watch;
 use crate::clock::now_us;
 
 use crate::runner::{self, Control, Handle, ResetTo, State as PipelineState};
-use crate::{outbox, pipeline, reconcile};
+use crate::{backlog, outbox, pipeline, reconcile};
 
 /// The service's port.
 pub const PORT: u16 = 8092;
@@ -70,14 +75,29 @@ fn files(settings: &Settings, key: &str) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
+/// Transforms in code, by the name of the pipeline each is for (see [`Etl::with_transforms`]).
+pub type Transforms = std::collections::HashMap<String, runner::TransformFactory>;
+
 impl Etl {
     /// Reads and checks every pipeline file (the first bad one is the error, with its line),
-    /// then starts them.
+    /// then starts them, each with the declarative mapping of its file.
     pub fn new(
         settings: &Settings,
         store: Client,
         metrics: Arc<Metrics>,
         stopping: watch::Receiver<bool>,
+    ) -> Result<Etl, String> {
+        Etl::with_transforms(settings, store, metrics, stopping, Transforms::new())
+    }
+
+    /// [`Etl::new`], where the pipelines `transforms` names turn events into rows by code (a
+    /// program of its own embedding this crate); a name that is no pipeline's is an error.
+    pub fn with_transforms(
+        settings: &Settings,
+        store: Client,
+        metrics: Arc<Metrics>,
+        stopping: watch::Receiver<bool>,
+        mut transforms: Transforms,
     ) -> Result<Etl, String> {
         let mut pipelines = Vec::new();
         for f in files(settings, "pipelines")? {
@@ -92,6 +112,14 @@ impl Etl {
                 ));
             }
             pipelines.push(p);
+        }
+        let mut unknown: Vec<&String> = transforms
+            .keys()
+            .filter(|name| !pipelines.iter().any(|p| &&p.name == name))
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort();
+            return Err(format!("transforms for no pipeline: {unknown:?}"));
         }
         let mut outboxes = Vec::new();
         for f in files(settings, "outboxes")? {
@@ -112,16 +140,26 @@ impl Etl {
         let handles: Vec<Handle> = pipelines
             .into_iter()
             .map(|p| {
+                let transform = transforms
+                    .remove(&p.name)
+                    .unwrap_or_else(runner::declarative);
                 runner::start(
                     p,
                     store.clone(),
                     member.clone(),
                     metrics.clone(),
                     stopping.clone(),
+                    transform,
                 )
             })
             .collect();
         for h in &handles {
+            tokio::spawn(count_backlog(
+                h.clone(),
+                store.clone(),
+                metrics.clone(),
+                stopping.clone(),
+            ));
             if let Some(seconds) = h.pipeline.quality.reconcile_window_s {
                 let task = every(
                     h.clone(),
@@ -357,5 +395,48 @@ async fn every(
                 sink = None;
             }
         }
+    }
+}
+
+/// Counts the pipeline's backlog (see [`backlog`]) until stopped: every
+/// [`backlog::COUNT_EVERY`], or ten times as long as the last count took.
+async fn count_backlog(
+    h: Handle,
+    store: Client,
+    metrics: Arc<Metrics>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut pause = backlog::COUNT_EVERY;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        let started = std::time::Instant::now();
+        let counted = backlog::count(&store, &h.pipeline, backlog::COUNT_EVENTS_MAX).await;
+        pause = backlog::COUNT_EVERY.max(started.elapsed() * 10);
+        let b = match counted {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(pipeline = %h.pipeline.name, error = %e, "counting the backlog failed");
+                continue;
+            }
+        };
+        let now = now_us();
+        metrics.set(
+            "strata_etl_lag_events",
+            "Events of the pipeline's source not yet in the sink (at least, when counting stopped at its bound).",
+            &[("pipeline", &h.pipeline.name)],
+            b.events as f64,
+        );
+        h.update(|s| {
+            s.lag_events = b.events;
+            s.lag_events_at_least = b.at_least;
+            s.lag_oldest_seconds = b
+                .oldest_us
+                .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e6);
+            s.lag_counted_us = now;
+        });
     }
 }

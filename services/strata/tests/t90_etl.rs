@@ -246,6 +246,23 @@ fn rfc3339(us: u64) -> String {
     strata_service::time::format_rfc3339_us(us)
 }
 
+/// Pipeline `name`'s state once `ok` holds of it (within 30 s, else the test fails).
+async fn wait_state(
+    port: u16,
+    name: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = state_of(port, name).await;
+        if let Some(s) = s.as_ref().filter(|s| ok(s)) {
+            return s.clone();
+        }
+        assert!(Instant::now() < deadline, "{name}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn state_of(port: u16, name: &str) -> Option<serde_json::Value> {
     let (code, _, body) = try_http(port, "GET", &format!("/api/v1/pipelines/{name}"), &[], "")
         .await
@@ -506,9 +523,26 @@ async fn etl_into_postgres_clickhouse_and_mongo_exactly_once_under_kill_loops() 
         let s = state_of(port, name).await.unwrap();
         assert_eq!(s["state"], "running", "{s}");
     }
+    // Nothing is waiting: each pipeline's backlog, counted after the end, is 0 events.
+    let counted_after = now_us();
+    for name in ["pg", "ch", "mg"] {
+        let s = wait_state(port, name, |s| {
+            s["lag_counted_us"].as_u64() > Some(counted_after)
+        })
+        .await;
+        assert_eq!(
+            (s["lag_events"].as_u64(), s["lag_events_at_least"].as_bool()),
+            (Some(0), Some(false)),
+            "{name}: {s}"
+        );
+    }
     let (_, _, metrics) = http(port, "GET", "/metrics", &[], "").await;
     assert!(
         metrics.contains("strata_etl_lag_seconds_bucket{pipeline=\"ch\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("strata_etl_lag_events{pipeline=\"mg\"} 0"),
         "{metrics}"
     );
     eprintln!(
@@ -559,7 +593,13 @@ async fn etl_bad_pipeline_files_refused_with_their_line_and_a_postgres_reset() {
     )
     .unwrap();
     let no_column = pipeline_file(d, "nocolumn", "postgres", &pg.url(), "");
-    let good = pipeline_file(d, "good", "postgres", &pg.url(), "");
+    let good = pipeline_file(
+        d,
+        "good",
+        "postgres",
+        &pg.url(),
+        "[throttle]\nslot_lag_max_bytes = 1048576\n",
+    );
     let without_at = std::fs::read_to_string(&good).unwrap().replace(
         "[[column]]\nname = \"at\"\nfrom = \"$time\"\ntype = \"time\"\n",
         "",
@@ -648,6 +688,14 @@ async fn etl_bad_pipeline_files_refused_with_their_line_and_a_postgres_reset() {
         paused(&state_of(port, "good").await),
         "paused after a reset"
     );
+    // Paused after the reset, the group is at the start: both events wait, counted.
+    let counted_after = now_us();
+    let s = wait_state(port, "good", |s| {
+        s["lag_counted_us"].as_u64() > Some(counted_after)
+    })
+    .await;
+    assert_eq!(s["lag_events"], 2, "{s}");
+    assert!(s["lag_oldest_seconds"].as_f64().unwrap() > 0.0, "{s}");
     assert_eq!(
         pg.psql("SELECT count(*) FROM orders"),
         "0",
@@ -668,6 +716,179 @@ async fn etl_bad_pipeline_files_refused_with_their_line_and_a_postgres_reset() {
         pg.psql("SELECT count(DISTINCT version) || '/' || count(*) FROM orders"),
         "2/2"
     );
+    let counted_after = now_us();
+    let s = wait_state(port, "good", |s| {
+        s["lag_counted_us"].as_u64() > Some(counted_after)
+    })
+    .await;
+    assert_eq!(
+        (s["lag_events"].clone(), s["lag_oldest_seconds"].clone()),
+        (0.into(), 0.0.into()),
+        "{s}"
+    );
+
+    // The throttle reads the sink server's replication slots: a slot left behind by more WAL
+    // than `slot_lag_max_bytes` (1 MiB here) slows the pipeline, naming the slot; dropped, the
+    // pace goes back to 0.
+    pg.psql("SELECT pg_create_physical_replication_slot('lagging', true)");
+    pg.psql(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 10000) g",
+    );
+    let mut n = 100;
+    let throttled = |s: &serde_json::Value| {
+        s["throttle"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("replication slot lagging is "))
+            && s["throttle"]["pace_ms"].as_u64() > Some(0)
+            && s["throttle"]["slot"]["bytes"].as_u64() > Some(1 << 20)
+    };
+    append_until(&client, port, &mut n, throttled, "not slowed by the slot").await;
+    pg.psql("SELECT pg_drop_replication_slot('lagging')");
+    let s = append_until(
+        &client,
+        port,
+        &mut n,
+        |s| s["throttle"]["pace_ms"] == 0 && s["throttle"]["reason"].is_null(),
+        "still slowed",
+    )
+    .await;
+    assert!(s["throttle"]["slot"].is_null(), "{s}");
+}
+
+/// Appends an order to `order-2` every 300 ms until pipeline `good`'s state is `ok` (within
+/// 30 s, else the test fails saying `what`); that state.
+async fn append_until(
+    client: &Client,
+    port: u16,
+    n: &mut u64,
+    ok: impl Fn(&serde_json::Value) -> bool,
+    what: &str,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        client
+            .append("order-2", ExpectedVersion::Any, vec![order(*n)])
+            .await
+            .unwrap();
+        *n += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let s = state_of(port, "good").await.unwrap();
+        if ok(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s}");
+    }
+}
+
+/// A transform in code ([`strata_etl::mapping::Transform`]): the pipeline file names the
+/// table's columns, the code fills them (here: the SKU in capitals, the amount doubled), and
+/// what it refuses is quarantined with its reason. Run in this process over a real node and a
+/// private PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etl_code_transform_into_postgres() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use strata_etl::mapping::{Located, Row, Transform, Value};
+    use strata_etl::runner::{self, TransformFactory};
+
+    struct Capitals;
+    impl Transform for Capitals {
+        fn row(&mut self, at: Located<'_>) -> Result<Row, String> {
+            let e = at.event;
+            let data: serde_json::Value =
+                serde_json::from_slice(&e.data).map_err(|e| e.to_string())?;
+            let amount = data["amount"].as_f64().ok_or("no amount")?;
+            if amount > 90.0 {
+                return Err(format!("amount {amount} needs a manager"));
+            }
+            let sku = data["sku"].as_str().ok_or("no sku")?.to_uppercase();
+            Ok(Row {
+                values: vec![
+                    Value::Text(e.stream.clone()),
+                    Value::Int(e.version as i64),
+                    Value::Text(sku),
+                    Value::Float(amount * 2.0),
+                    Value::Time(e.timestamp_us),
+                ],
+                shard: at.shard,
+                position: e.position,
+                stream: e.stream.clone(),
+                version: e.version,
+                appended_us: e.timestamp_us,
+            })
+        }
+    }
+
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let store_port = free_port();
+    let _store = dev_store(d, store_port, &[], None);
+    wait_http(store_port).await;
+    let pg = Postgres::start(d);
+    pg.psql("CREATE TABLE orders (stream text, version bigint, sku text, amount double precision, at timestamptz)");
+    let file = pipeline_file(d, "coded", "postgres", &pg.url(), "");
+    let pipeline = strata_etl::pipeline::load(Path::new(&file)).unwrap();
+    let client = Client::new(ClientConfig::new(vec![addr(store_port)])).unwrap();
+    let made = Arc::new(AtomicUsize::new(0));
+    let counter = made.clone();
+    let factory: TransformFactory = Arc::new(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Box::new(Capitals)
+    });
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let h = runner::start(
+        pipeline,
+        client.clone(),
+        "test".into(),
+        Arc::new(strata_service::Metrics::default()),
+        stopping,
+        factory,
+    );
+    for n in 1..=100u64 {
+        let e = pb::NewEvent {
+            id: uuid::Uuid::from_u128(0xc0de_0000 + u128::from(n)).to_string(),
+            r#type: "OrderPlaced".into(),
+            data: format!(r#"{{"sku":"sku-{}","amount":{n}}}"#, n % 5)
+                .into_bytes()
+                .into(),
+            metadata: Default::default(),
+        };
+        let stream = format!("order-{}", n % 7);
+        client
+            .append(&stream, ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.status().events < 100 {
+        assert!(Instant::now() < deadline, "{:?}", h.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        pg.psql("SELECT count(*) || ' ' || count(*) FILTER (WHERE sku LIKE 'SKU-_') || ' ' || sum(amount) FROM orders"),
+        format!("90 90 {}", 2 * (1..=90).sum::<u64>())
+    );
+    let q = client
+        .read_stream("etl-quarantine-coded", None, 1000)
+        .await
+        .unwrap();
+    let mut reasons: Vec<String> = q
+        .iter()
+        .map(|e| {
+            let q: serde_json::Value = serde_json::from_slice(&e.data).unwrap();
+            q["reason"].as_str().unwrap().to_string()
+        })
+        .collect();
+    reasons.sort();
+    let mut wanted: Vec<String> = (91..=100)
+        .map(|n| format!("amount {n} needs a manager"))
+        .collect();
+    wanted.sort();
+    assert_eq!(reasons, wanted);
+    assert_eq!(h.status().quarantined, 10);
+    assert_eq!(made.load(Ordering::SeqCst), 1, "one transform per session");
+    stop.send_replace(true);
 }
 
 /// Outbox rows committed (and some rolled back) in PostgreSQL while the ETL service is killed

@@ -78,6 +78,24 @@ pub enum Written {
     Elsewhere(Option<Progress>),
 }
 
+/// A replication slot's lag: how many bytes of WAL its consumer is behind.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SlotLag {
+    /// The slot's name.
+    pub slot: String,
+    /// Bytes of WAL behind.
+    pub bytes: u64,
+}
+
+/// What a sink says of its strain (see [`Sink::strain`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Strain {
+    /// ClickHouse: the table's active parts.
+    pub parts: Option<u64>,
+    /// PostgreSQL: the slot furthest behind, if the server has slots.
+    pub slot: Option<SlotLag>,
+}
+
 /// A sink of one pipeline.
 pub enum Sink {
     /// PostgreSQL.
@@ -138,13 +156,21 @@ impl Sink {
         }
     }
 
-    /// The sink's own measure of strain besides write latency: ClickHouse's active parts of
-    /// the table; none for PostgreSQL.
-    pub async fn strain(&self) -> Result<Option<u64>, SinkError> {
-        match self {
-            Sink::ClickHouse(s) => s.active_parts().await.map(Some),
-            _ => Ok(None),
-        }
+    /// The sink's own measures of strain besides write latency: ClickHouse's active parts of
+    /// the table; PostgreSQL's replication slot furthest behind.
+    pub async fn strain(&self) -> Result<Strain, SinkError> {
+        Ok(match self {
+            Sink::ClickHouse(s) => Strain {
+                parts: Some(s.active_parts().await?),
+                slot: None,
+            },
+            Sink::Postgres(s) => Strain {
+                parts: None,
+                slot: s.slot_lag().await?,
+            },
+            #[cfg(feature = "mongo")]
+            Sink::Mongo(_) => Strain::default(),
+        })
     }
 
     /// Rows and checksum ([`checksum`]) of the rows whose time column

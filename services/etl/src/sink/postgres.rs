@@ -254,6 +254,32 @@ impl Postgres {
         Ok((rows as u64, sum as u64))
     }
 
+    /// The replication slot furthest behind on the sink's server and how far, in bytes of WAL
+    /// from the server's current position to what the slot's consumer has confirmed (a logical
+    /// slot) or needs kept (a physical one); `None` without slots. Writes add WAL every
+    /// replica and logical consumer must take in: the throttle slows down while one lags.
+    pub async fn slot_lag(&self) -> Result<Option<super::SlotLag>, SinkError> {
+        const SQL: &str = "SELECT slot_name::text, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(confirmed_flush_lsn, restart_lsn))::bigint \
+             FROM pg_replication_slots WHERE coalesce(confirmed_flush_lsn, restart_lsn) IS NOT NULL \
+             ORDER BY 2 DESC LIMIT 1";
+        let mut guard = self.conn.lock().await;
+        let client = self.connected(&mut guard).await?;
+        let rows = client.query(SQL, &[]).await.map_err(|e| {
+            *guard = None;
+            down(error_text(&e))
+        })?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let name: String = row.try_get(0).map_err(|e| down(error_text(&e)))?;
+        let bytes: i64 = row.try_get(1).map_err(|e| down(error_text(&e)))?;
+        Ok(Some(super::SlotLag {
+            slot: name,
+            bytes: bytes.max(0) as u64,
+        }))
+    }
+
     /// `TRUNCATE` of the table and the checkpoints set to none, in one transaction.
     pub async fn clear(&self) -> Result<(), SinkError> {
         let mut guard = self.conn.lock().await;
