@@ -3,7 +3,7 @@ first). Starts a node, PostgreSQL, ClickHouse and secantusdb in a fresh director
 events, drains them into each sink alone, runs the peers on the same rows, then all three
 pipelines at a fixed rate for the lag. Prints one JSON line per run, then a summary."""
 
-import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -279,7 +279,23 @@ def lag(s, rate, secs):
     etl, port = serve_etl(s, files, "lag")
     time.sleep(2)  # every pipeline started at the end
     n = int(rate * secs)
+    names = [f"{k[:2]}lag" for k in ("postgres", "clickhouse", "mongo")]
+    waiting = {name: [] for name in names}  # each pipeline's counted backlog while loading
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            for name in names:
+                st = status(port, name)
+                if st["lag_counted_us"]:
+                    waiting[name].append(st["lag_events"])
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     load(s, n, "lag", rate)
+    done.set()
+    sampler.join()
     t0 = time.time()
     out = []
     for k in ("postgres", "clickhouse", "mongo"):
@@ -287,8 +303,10 @@ def lag(s, rate, secs):
         while status(port, name)["events"] < n and time.time() - t0 < 600:
             time.sleep(0.1)
         st = status(port, name)
+        w = sorted(waiting[name]) or [0]
         r = {"run": "lag", "sink": k, "rate": rate, "seconds": secs, "events": st["events"],
-             "lag_p50_ms": st["lag_p50_ms"], "lag_p99_ms": st["lag_p99_ms"]}
+             "lag_p50_ms": st["lag_p50_ms"], "lag_p99_ms": st["lag_p99_ms"],
+             "lag_events_median": w[len(w) // 2], "lag_events_max": w[-1], "lag_counts": len(waiting[name])}
         print(json.dumps(r), flush=True)
         out.append(r)
     etl.send_signal(signal.SIGTERM)
@@ -321,7 +339,8 @@ def main():
                 line += f"  vs {p[k]['how']}: {p[k]['rows_per_s']} rows/s ({d['events_per_s'] / p[k]['rows_per_s']:.2f}x)"
             print(line)
         for r in lags:
-            print(f"  {r['sink']:10} at {r['rate']:.0f} events/s: lag p50 {r['lag_p50_ms']:.1f} ms, p99 {r['lag_p99_ms']:.1f} ms")
+            print(f"  {r['sink']:10} at {r['rate']:.0f} events/s: lag p50 {r['lag_p50_ms']:.1f} ms, p99 {r['lag_p99_ms']:.1f} ms;"
+                  f" events waiting (counted): median {r['lag_events_median']}, max {r['lag_events_max']} over {r['lag_counts']} looks")
     finally:
         s.stop()
 

@@ -6,8 +6,9 @@
 //! Counted by reading the log from the earliest of the group's partition positions to the end
 //! as it was when the count began, each event checked against its own partition's position. At
 //! most [`COUNT_EVENTS_MAX`] events are read (a larger backlog is shown as "at least") within
-//! [`COUNT_TIME_MAX`]; the service counts every [`COUNT_EVERY`], or ten times as long as the
-//! last count took when that is longer (the count's reading stays under a tenth of the time).
+//! [`COUNT_TIME_MAX`]; the service counts every [`COUNT_EVERY`], or [`COUNT_SPACING`] times as
+//! long as the last count took when that is longer (the count's reading stays under a
+//! twentieth of the time: a backlog of 100,000 events or more is counted every ~4 s).
 
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub const COUNT_EVENTS_MAX: u64 = 100_000;
 pub const COUNT_TIME_MAX: Duration = Duration::from_secs(10);
 /// How often the service counts, at least.
 pub const COUNT_EVERY: Duration = Duration::from_secs(2);
+/// The pause after a count, at least this many times as long as the count took.
+pub const COUNT_SPACING: u32 = 20;
 
 /// A pipeline's backlog.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -399,7 +399,7 @@ async fn every(
 }
 
 /// Counts the pipeline's backlog (see [`backlog`]) until stopped: every
-/// [`backlog::COUNT_EVERY`], or ten times as long as the last count took.
+/// [`backlog::COUNT_EVERY`], or [`backlog::COUNT_SPACING`] times as long as the last count took.
 async fn count_backlog(
     h: Handle,
     store: Client,
@@ -414,7 +414,7 @@ async fn count_backlog(
         }
         let started = std::time::Instant::now();
         let counted = backlog::count(&store, &h.pipeline, backlog::COUNT_EVENTS_MAX).await;
-        pause = backlog::COUNT_EVERY.max(started.elapsed() * 10);
+        pause = backlog::COUNT_EVERY.max(started.elapsed() * backlog::COUNT_SPACING);
         let b = match counted {
             Ok(Some(b)) => b,
             Ok(None) => continue,
