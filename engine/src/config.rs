@@ -80,8 +80,9 @@ pub struct EngineConfig {
     pub tail_recovery: TailRecovery,
     /// Most bytes of memory the event-id filter may take (`id_filter.rs`: 16 bits per id, so
     /// 256 MiB covers ~134 million ids before its false-positive rate starts to rise). It
-    /// spares the append path an index lookup per new event id; 0 turns it off. Built at
-    /// open from the index (one scan of the ids). Default 256 MiB.
+    /// spares the append path an index lookup per new event id; 0 turns it off (every new id
+    /// is then a RocksDB get: the memtable's skip list, then each level's bloom filter). Built
+    /// at open from the index (one scan of the ids). Default 256 MiB.
     pub id_filter_bytes_max: usize,
     /// Whether a lone append, with appenders coming one at a time, is written, synced and
     /// indexed by the appender's own thread ([`crate::Engine::submit`]): one client's latency
