@@ -35,8 +35,10 @@ use crate::index_store::{IndexBatch, IndexStore};
 
 const CHECKPOINT_KEY: &[u8] = b"c";
 const FORMAT_KEY: &[u8] = b"v";
-/// The layout described above. 1 had one stream key per event (and no `"v"` key).
-const FORMAT: u32 = 2;
+/// The layout described above. 1 had one stream key per event (and no `"v"` key); 2 kept
+/// every kind of key in RocksDB's default column family (`RocksIndexStore` now keeps ids,
+/// streams and times in families of their own; a 2 index is rebuilt, which clears them all).
+const FORMAT: u32 = 3;
 /// Runs read per index scan while expanding a stream range.
 const RUNS_PER_SCAN: usize = 64;
 
