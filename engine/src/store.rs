@@ -100,15 +100,21 @@ struct Group<T> {
 }
 
 impl<T> Group<T> {
-    fn new(buf: Vec<u8>) -> Group<T> {
+    /// An empty group for about `requests` appends: its maps are sized for one event and one
+    /// stream each up front (growing them by rehashing was 1.6 % of a node's CPU pipelined).
+    fn new(buf: Vec<u8>, requests: usize) -> Group<T> {
         debug_assert!(buf.is_empty());
         Group {
             buf,
             records: 0,
             events: 0,
             batch: IndexBatch::default(),
-            answers: Vec::new(),
-            effects: Effects::default(),
+            answers: Vec::with_capacity(requests),
+            effects: Effects {
+                heads: HashMap::with_capacity(requests),
+                ids: HashMap::with_capacity(requests),
+                ..Effects::default()
+            },
         }
     }
 }
@@ -760,7 +766,8 @@ impl Store {
     ) -> (Answers<T>, Vec<WrittenGroup<T>>) {
         let mut now = Vec::new();
         let mut written = Vec::new();
-        let mut group = Group::new(std::mem::take(&mut self.spare_buf));
+        let expected = requests.len();
+        let mut group = Group::new(std::mem::take(&mut self.spare_buf), expected);
         for (tag, validated) in requests {
             if let Err(e) = self.check_poison() {
                 now.push((tag, Err(e)));
@@ -785,7 +792,7 @@ impl Store {
             if matches!(plan, Ok(Plan::Write(_)))
                 && (group.buf.len() + size) as u64 > self.log.room()
             {
-                let next = Group::new(std::mem::take(&mut self.spare_buf));
+                let next = Group::new(std::mem::take(&mut self.spare_buf), expected);
                 self.write_group(std::mem::replace(&mut group, next), &mut written, &mut now);
                 if let Err(e) = self.log.roll() {
                     now.push((tag, Err(e)));

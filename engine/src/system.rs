@@ -240,7 +240,12 @@ pub fn snapshot_stream(stream: &str) -> String {
 
 /// `$deleted:S`.
 pub fn deleted_stream(stream: &str) -> String {
-    format!("{DELETED_PREFIX}{stream}")
+    // Sized once: the writer builds one per append (its tombstone check), and `format!` grew
+    // the string by reallocating.
+    let mut name = String::with_capacity(DELETED_PREFIX.len() + stream.len());
+    name.push_str(DELETED_PREFIX);
+    name.push_str(stream);
+    name
 }
 
 /// A stream's metadata: what readers see of it, and so what retention may reclaim. Every

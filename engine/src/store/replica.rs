@@ -241,7 +241,11 @@ impl Store {
         if needed > self.log.room() {
             self.log.roll()?;
         }
-        let mut group = Group::new(std::mem::take(&mut self.spare_buf));
+        let requests = match &entry.body {
+            EntryBody::Appends(list) => list.len(),
+            _ => 1,
+        };
+        let mut group = Group::new(std::mem::take(&mut self.spare_buf), requests);
         let decided = match entry.body {
             EntryBody::Appends(list) => {
                 let position = self.log.next_position();
