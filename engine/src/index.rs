@@ -125,18 +125,26 @@ fn corrupt_index(what: &str) -> Error {
 /// Key of a stream index entry.
 pub fn stream_key(stream: &str, version: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(stream.len() + 10);
+    write_stream_key(&mut key, stream, version);
+    key
+}
+
+fn write_stream_key(key: &mut Vec<u8>, stream: &str, version: u64) {
     key.push(b's');
     key.extend_from_slice(stream.as_bytes());
     key.push(0);
     key.extend_from_slice(&version.to_be_bytes());
-    key
 }
 
 fn id_key(id: Uuid) -> Vec<u8> {
     let mut key = Vec::with_capacity(17);
+    write_id_key(&mut key, id);
+    key
+}
+
+fn write_id_key(key: &mut Vec<u8>, id: Uuid) {
     key.push(b'e');
     key.extend_from_slice(id.as_bytes());
-    key
 }
 
 fn seq_key(seq: u64) -> Vec<u8> {
@@ -162,10 +170,14 @@ fn hole_key(start: Position) -> Vec<u8> {
 
 fn time_key(timestamp_us: u64, position: Position) -> Vec<u8> {
     let mut key = Vec::with_capacity(17);
+    write_time_key(&mut key, timestamp_us, position);
+    key
+}
+
+fn write_time_key(key: &mut Vec<u8>, timestamp_us: u64, position: Position) {
     key.push(b't');
     key.extend_from_slice(&timestamp_us.to_be_bytes());
     key.extend_from_slice(&position.to_be_bytes());
-    key
 }
 
 /// The indexes over one index store.
@@ -520,31 +532,37 @@ pub fn add_record(
     events: &[IndexedEvent<'_>],
 ) {
     if let Some(seq) = seq {
-        batch.put(seq_key(seq), position.to_le_bytes().to_vec());
+        batch.put(seq_key(seq), position.to_le_bytes());
     }
     for (start, end) in run_bounds(events) {
         let run = events.get(start..end).unwrap_or_default();
         let (Some(first), Some(last)) = (run.first(), run.last()) else {
             continue;
         };
-        let mut value = Vec::with_capacity(16 + 8 * run.len());
-        value.extend_from_slice(&position.to_le_bytes());
-        value.extend_from_slice(&first.version.to_le_bytes());
-        for e in run {
-            value.extend_from_slice(&e.slot.offset.to_le_bytes());
-            value.extend_from_slice(&e.slot.len.to_le_bytes());
-        }
-        batch.put(stream_key(last.stream, last.version), value);
+        batch.put_with(
+            |key| write_stream_key(key, last.stream, last.version),
+            |value| {
+                value.extend_from_slice(&position.to_le_bytes());
+                value.extend_from_slice(&first.version.to_le_bytes());
+                for e in run {
+                    value.extend_from_slice(&e.slot.offset.to_le_bytes());
+                    value.extend_from_slice(&e.slot.len.to_le_bytes());
+                }
+            },
+        );
     }
     for e in events {
-        let mut id = Vec::with_capacity(16 + e.stream.len());
-        id.extend_from_slice(&position.to_le_bytes());
-        id.extend_from_slice(&e.version.to_le_bytes());
-        id.extend_from_slice(e.stream.as_bytes());
-        batch.put(id_key(e.id), id);
+        batch.put_with(
+            |key| write_id_key(key, e.id),
+            |value| {
+                value.extend_from_slice(&position.to_le_bytes());
+                value.extend_from_slice(&e.version.to_le_bytes());
+                value.extend_from_slice(e.stream.as_bytes());
+            },
+        );
     }
     if !events.is_empty() {
-        batch.put(time_key(timestamp_us, position), Vec::new());
+        batch.put_with(|key| write_time_key(key, timestamp_us, position), |_| {});
     }
 }
 
@@ -559,14 +577,14 @@ pub fn remove_record(
     batch.delete(seq_key(seq));
     for (_, end) in run_bounds(events) {
         if let Some(last) = end.checked_sub(1).and_then(|i| events.get(i)) {
-            batch.delete(stream_key(last.stream, last.version));
+            batch.delete_with(|key| write_stream_key(key, last.stream, last.version));
         }
     }
     for e in events {
-        batch.delete(id_key(e.id));
+        batch.delete_with(|key| write_id_key(key, e.id));
     }
     if !events.is_empty() {
-        batch.delete(time_key(timestamp_us, position));
+        batch.delete_with(|key| write_time_key(key, timestamp_us, position));
     }
 }
 
@@ -593,8 +611,8 @@ pub fn set_checkpoint(batch: &mut IndexBatch, checkpoint: Checkpoint) {
     let mut v = Vec::with_capacity(16);
     v.extend_from_slice(&checkpoint.next_position.to_le_bytes());
     v.extend_from_slice(&checkpoint.next_seq.to_le_bytes());
-    batch.put(CHECKPOINT_KEY.to_vec(), v);
-    batch.put(FORMAT_KEY.to_vec(), FORMAT.to_le_bytes().to_vec());
+    batch.put(CHECKPOINT_KEY, v);
+    batch.put(FORMAT_KEY, FORMAT.to_le_bytes());
 }
 
 /// Stores a value for the layer above, in the same atomic batch as the records it describes.
@@ -751,7 +769,7 @@ mod tests {
             let mut v = Vec::new();
             v.extend_from_slice(&5u64.to_le_bytes());
             v.extend_from_slice(&1u64.to_le_bytes());
-            batch.put(CHECKPOINT_KEY.to_vec(), v);
+            batch.put(CHECKPOINT_KEY, v);
             batch
         };
         store.write(old_layout, false).expect("write");

@@ -313,7 +313,7 @@ impl Finisher {
         let (mut events, mut bytes) = (0, 0);
         let holes = groups.iter().any(|g| g.holes);
         for g in &mut groups {
-            batch.ops.append(&mut g.batch.ops);
+            batch.append(&mut g.batch);
             events += g.events;
             bytes += g.bytes;
         }
@@ -549,10 +549,7 @@ impl Store {
                 self.reader
                     .log
                     .scan(position, end, CATCH_UP_RECORDS_MAX, 32 << 20)?;
-            let mut batch = IndexBatch {
-                clear_all: clear,
-                ..IndexBatch::default()
-            };
+            let mut batch = IndexBatch::clearing(clear);
             clear = false;
             let mut last_seq = None;
             for r in &raw {

@@ -398,7 +398,7 @@ fn an_index_in_an_older_layout_is_rebuilt_at_open() {
     {
         let index = RocksIndexStore::open(&dir.path().join("index")).unwrap();
         let mut batch = IndexBatch::default();
-        batch.delete(b"v".to_vec());
+        batch.delete(b"v");
         let mut old_key = b"sx\0".to_vec();
         old_key.extend_from_slice(&1u64.to_be_bytes());
         batch.put(old_key, vec![0; 16]);

@@ -110,13 +110,7 @@ impl Store {
                     log_end = end,
                     "index does not match the log; dropping it (Raft re-applies the log)"
                 );
-                store.reader.index.write(
-                    IndexBatch {
-                        clear_all: true,
-                        ..IndexBatch::default()
-                    },
-                    true,
-                )?;
+                store.reader.index.write(IndexBatch::clearing(true), true)?;
                 0
             }
             None => 0,
