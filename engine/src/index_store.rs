@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, Result};
 
@@ -179,6 +179,12 @@ pub const KEY_PASS_CHUNK: usize = 4096;
 /// does), so it reads one family.
 pub struct RocksIndexStore {
     db: rocksdb::DB,
+    /// Held shared by each write, exclusively by a flush: a flush goes family by family (the
+    /// C API has no flush of several), and a write landing between two of them would reach the
+    /// default family's flush (its checkpoint) but not an earlier family's (its entries); a
+    /// crash then left a checkpoint covering entries no family held — stream versions missing
+    /// from the middle of a stream, seen on replicas SIGKILLed under writers.
+    flush_lock: std::sync::RwLock<()>,
 }
 
 /// The column families, by the first byte of the keys they hold (anything else: "default").
@@ -259,7 +265,10 @@ impl RocksIndexStore {
             .chain(FAMILIES.iter().map(|(name, _)| *name))
             .map(|name| rocksdb::ColumnFamilyDescriptor::new(name, options.clone()));
         let db = rocksdb::DB::open_cf_descriptors(&options, dir, families).map_err(rocks_err)?;
-        Ok(RocksIndexStore { db })
+        Ok(RocksIndexStore {
+            db,
+            flush_lock: std::sync::RwLock::new(()),
+        })
     }
 
     /// The family holding keys that start with `key`'s first byte.
@@ -315,7 +324,13 @@ impl IndexStore for RocksIndexStore {
         // No WAL: the log is the write-ahead log. The checkpoint travels in the same batch, so
         // whatever survives a crash is a consistent prefix and open re-indexes the rest.
         options.disable_wal(true);
-        self.db.write_opt(wb, &options).map_err(rocks_err)?;
+        {
+            let _no_flush = self
+                .flush_lock
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.db.write_opt(wb, &options).map_err(rocks_err)?;
+        }
         if sync {
             self.flush()?;
         }
@@ -327,7 +342,12 @@ impl IndexStore for RocksIndexStore {
         // checkpoint, goes last: a crash between two calls leaves the other families holding
         // entries of records past the checkpoint — records already synced, which open
         // re-indexes anyway (the same keys again) — or, mid-truncation, a checkpoint past the
-        // log's end, which open detects and rebuilds from (see `Store::truncate_from`).
+        // log's end, which open detects and rebuilds from (see `Store::truncate_from`). No write
+        // lands between the calls: every family is flushed at one point of the batch order.
+        let _no_writes = self
+            .flush_lock
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         for family in self.families()? {
             self.db.flush_cf(family).map_err(rocks_err)?;
         }
@@ -592,6 +612,79 @@ mod tests {
             db.get(b"e1").expect("get"),
             None,
             "the rebuild cleared the default family"
+        );
+    }
+
+    const CRASH_CHILD_DIR: &str = "STRATA_INDEX_CRASH_CHILD_DIR";
+
+    /// The child of the crash test: one thread writes batches (an entry in each busy family
+    /// and the checkpoint saying it is covered) while another flushes, until SIGKILLed.
+    fn write_and_flush_until_killed(dir: &Path) -> ! {
+        let store = Arc::new(RocksIndexStore::open(dir).expect("open"));
+        let flusher = Arc::clone(&store);
+        std::thread::spawn(move || loop {
+            flusher.flush().expect("flush");
+        });
+        for i in 0u64.. {
+            let mut batch = IndexBatch::default();
+            for kind in [b'e', b's', b't'] {
+                put(&mut batch, &[&[kind][..], &i.to_be_bytes()].concat(), b"");
+            }
+            put(&mut batch, b"c", &i.to_be_bytes());
+            store.write(batch, false).expect("write");
+        }
+        unreachable!("the writer stops when it is killed")
+    }
+
+    /// Index writes are durable only through flushes: a process SIGKILLed while it writes and
+    /// flushes keeps, in every family, at least the entries its checkpoint says are covered.
+    #[test]
+    fn a_kill_during_flushes_never_leaves_the_checkpoint_ahead_of_a_family() {
+        if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
+            write_and_flush_until_killed(Path::new(&dir));
+        }
+        let mut progressed = 0;
+        for round in 0..6u64 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+                .args([
+                    "--exact",
+                    "index_store::tests::a_kill_during_flushes_never_leaves_the_checkpoint_ahead_of_a_family",
+                    "--test-threads=1",
+                ])
+                .env(CRASH_CHILD_DIR, dir.path())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn");
+            std::thread::sleep(std::time::Duration::from_millis(300 + 90 * round));
+            child.kill().expect("SIGKILL");
+            child.wait().expect("wait");
+            let store = RocksIndexStore::open(dir.path()).expect("reopen");
+            let Some(covered) = store.get(b"c").expect("get") else {
+                continue;
+            };
+            let covered = u64::from_be_bytes(covered.try_into().expect("8 bytes"));
+            progressed += 1;
+            for kind in [b'e', b's', b't'] {
+                let mut held = 0u64;
+                let end = [&[kind][..], &(covered + 1).to_be_bytes()].concat();
+                store
+                    .for_each_key(&[kind], &end, &mut |_| {
+                        held += 1;
+                        true
+                    })
+                    .expect("pass");
+                assert_eq!(
+                    held,
+                    covered + 1,
+                    "round {round}: the checkpoint covers 0..={covered}, family {:?} holds {held} of them",
+                    kind as char
+                );
+            }
+        }
+        assert!(
+            progressed > 0,
+            "no child flushed a checkpoint before it was killed"
         );
     }
 }
