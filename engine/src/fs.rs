@@ -7,7 +7,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use crate::cache_trim::{CacheTrim, CACHE_KEEP_BYTES_DEFAULT};
 
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,9 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     fn device(&self) -> Option<u64> {
         None
     }
+    /// Drops the file's synced pages from the OS page cache (a hint that changes no byte:
+    /// later reads go to the device). Only for a file written for good (a sealed segment).
+    fn drop_cache(&self) {}
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
     /// Whether the file is empty.
@@ -130,6 +136,41 @@ pub struct StdFs;
 struct StdFile {
     file: File,
     device: Option<u64>,
+    /// What of it the page cache keeps once synced (see [`crate::cache_trim`]).
+    cache: CacheTrim,
+}
+
+/// Bytes of each file's newest synced data the page cache keeps, for files opened from now
+/// on (0: all of it, as the kernel decides). Set once at start from the node's configuration.
+static CACHE_KEEP_BYTES: AtomicU64 = AtomicU64::new(CACHE_KEEP_BYTES_DEFAULT);
+
+/// Sets how many bytes of each file's newest synced data the page cache keeps, for files
+/// opened from now on (0: no trimming). See [`crate::cache_trim`].
+pub fn set_cache_keep_bytes(bytes: u64) {
+    CACHE_KEEP_BYTES.store(bytes, Ordering::Relaxed);
+}
+
+impl StdFile {
+    /// Drops the pages a sync covering up to `synced_end` made due (a hint: failures ignored).
+    fn trim_cache(&self, synced_end: u64) {
+        #[cfg(target_os = "linux")]
+        if let Some((offset, len)) = self.cache.due(synced_end) {
+            use std::os::fd::AsRawFd;
+            let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+                return;
+            };
+            // SAFETY: the descriptor is open while `self.file` lives; the range and advice are
+            // plain values, and DONTNEED only drops clean cached pages.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    offset,
+                    len,
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
+        }
+    }
 }
 
 /// `sync_file_range(2)` over the whole file.
@@ -151,10 +192,15 @@ impl FileHandle for StdFile {
         self.file.read_at(buf, offset)
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        self.file.write_all_at(buf, offset)?;
+        self.cache.wrote(offset.saturating_add(buf.len() as u64));
+        Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.file.sync_data()
+        let covers = self.cache.sync_covers();
+        self.file.sync_data()?;
+        self.trim_cache(covers);
+        Ok(())
     }
     #[cfg(target_os = "linux")]
     fn start_writeback(&self) -> io::Result<bool> {
@@ -162,21 +208,31 @@ impl FileHandle for StdFile {
     }
     #[cfg(target_os = "linux")]
     fn wait_writeback(&self) -> io::Result<()> {
+        let covers = self.cache.sync_covers();
         sync_file_range(
             &self.file,
             libc::SYNC_FILE_RANGE_WAIT_BEFORE
                 | libc::SYNC_FILE_RANGE_WRITE
                 | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        )
+        )?;
+        // Its pages are on the device (maybe in its volatile cache: the round's flush makes
+        // them durable); clean, they can leave the page cache.
+        self.trim_cache(covers);
+        Ok(())
     }
     fn device(&self) -> Option<u64> {
         self.device
+    }
+    fn drop_cache(&self) {
+        self.trim_cache(u64::MAX);
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)
+        self.file.set_len(len)?;
+        self.cache.truncated(len);
+        Ok(())
     }
 }
 
@@ -196,7 +252,11 @@ impl FileSystem for StdFs {
             use std::os::unix::fs::MetadataExt;
             file.metadata().ok().map(|m| m.dev())
         };
-        Ok(Arc::new(StdFile { file, device }))
+        Ok(Arc::new(StdFile {
+            file,
+            device,
+            cache: CacheTrim::new(CACHE_KEEP_BYTES.load(Ordering::Relaxed)),
+        }))
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
@@ -244,6 +304,77 @@ impl FileSystem for StdFs {
 mod tests {
     use super::*;
     use crate::sim_fs::{CrashMode, SimFs};
+
+    /// Pages of `[offset, offset + len)` of the file at `path` in the page cache (`mincore`).
+    #[cfg(target_os = "linux")]
+    fn cached_pages(path: &Path, offset: u64, len: usize) -> usize {
+        use std::os::fd::AsRawFd;
+        let file = File::open(path).unwrap();
+        // SAFETY: a read-only shared mapping of an open file, unmapped before returning;
+        // mincore writes one byte per page into a vector of that many.
+        unsafe {
+            let at = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            );
+            assert_ne!(at, libc::MAP_FAILED);
+            let mut pages = vec![0u8; len.div_ceil(4096)];
+            assert_eq!(libc::mincore(at, len, pages.as_mut_ptr()), 0);
+            libc::munmap(at, len);
+            pages.iter().filter(|p| *p & 1 == 1).count()
+        }
+    }
+
+    /// A file written and synced past the keep window keeps only its newest bytes cached, and
+    /// drops every page once written for good; its bytes stay what was written.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn synced_pages_past_the_keep_window_leave_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: statfs fills the struct it is given for a valid C path.
+        let tmpfs = unsafe {
+            let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+            let mut st: libc::statfs = std::mem::zeroed();
+            libc::statfs(path.as_ptr(), &mut st) == 0 && st.f_type == libc::TMPFS_MAGIC
+        };
+        let path = dir.path().join("segment");
+        let file = StdFs.open(&path, OpenMode::CreateTruncate).unwrap();
+        const MIB: usize = 1 << 20;
+        let total = CACHE_KEEP_BYTES_DEFAULT as usize + 32 * MIB;
+        for i in 0..total / MIB {
+            file.write_all_at(&vec![i as u8; MIB], (i * MIB) as u64)
+                .unwrap();
+            if i % 8 == 7 {
+                file.sync_data().unwrap();
+            }
+        }
+        if tmpfs {
+            return; // tmpfs pages are the file itself: they cannot be dropped.
+        }
+        let (head, tail) = (
+            cached_pages(&path, 0, 16 * MIB),
+            cached_pages(&path, (total - 16 * MIB) as u64, 16 * MIB),
+        );
+        assert!(head < 64, "{head} pages of the oldest 16 MiB still cached");
+        assert!(
+            tail > 4096 - 64,
+            "only {tail} pages of the newest 16 MiB cached"
+        );
+        file.drop_cache();
+        assert!(
+            cached_pages(&path, 0, total) < 64,
+            "cached after drop_cache"
+        );
+        let mut buf = vec![0u8; MIB];
+        for i in [0, total / MIB / 2, total / MIB - 1] {
+            read_exact_at(file.as_ref(), &mut buf, (i * MIB) as u64).unwrap();
+            assert!(buf.iter().all(|b| *b == i as u8), "MiB {i}");
+        }
+    }
 
     /// A synced file in a synced directory `/n/shards/1`.
     fn replica_dir(fs: &SimFs) -> std::path::PathBuf {

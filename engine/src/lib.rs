@@ -19,6 +19,7 @@ macro_rules! invariant {
     };
 }
 
+pub mod cache_trim;
 pub mod clock;
 pub mod config;
 pub mod engine;

@@ -1153,6 +1153,10 @@ impl LogWriter {
             .file
             .sync_data()
             .map_err(io_err(format!("syncing {}", path.display())))?;
+        // Written for good: its pages leave the page cache (readers of it go to the device),
+        // so the new segment's writes reuse them instead of taking fresh memory (see
+        // `cache_trim`).
+        self.tail.file.drop_cache();
         let file_len = self.tail_len + SEGMENT_FOOTER_BYTES;
         let new_base = self.tail.base + file_len;
         let (new_path, new_file) =

@@ -142,6 +142,10 @@ impl FileHandle for LossyFile {
         self.write_through(&mut pending)?;
         self.inner.set_len(len)
     }
+
+    fn drop_cache(&self) {
+        self.inner.drop_cache();
+    }
 }
 
 impl FileSystem for LoseUnsyncedFs {

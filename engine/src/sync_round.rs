@@ -111,6 +111,9 @@ impl FileHandle for RoundFile {
     fn sync_data(&self) -> io::Result<()> {
         self.round.sync(&self.core)
     }
+    fn drop_cache(&self) {
+        self.core.file.drop_cache();
+    }
     fn len(&self) -> io::Result<u64> {
         self.core.file.len()
     }

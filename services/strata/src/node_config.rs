@@ -10,6 +10,8 @@
 //! queue_depth_max = 4096              # --queue-depth-max
 //! batch_bytes_max = 16777216          # --batch-bytes-max (largest append)
 //! id_filter_bytes_max = 268435456     # --id-filter-bytes-max (memory for new-id checks; 0 = off)
+//! page_cache_keep_bytes = 67108864    # --page-cache-keep-bytes (newest synced log bytes a file
+//!                                     #   keeps in the OS page cache; 0 = leave it to the kernel)
 //! subscription_buffer_records_max = 256    # --subscription-buffer-records-max
 //! subscription_stall_timeout_ms = 10000    # --subscription-stall-timeout-ms
 //! response_bytes_max = 4194304        # --response-bytes-max (largest read answer, encoded)
@@ -80,6 +82,10 @@ pub struct NodeArgs {
     /// Memory in bytes for the event-id filter (16 bits per id; 0 turns it off).
     #[arg(long)]
     id_filter_bytes_max: Option<usize>,
+    /// Bytes of each log file's newest synced data kept in the OS page cache; older pages
+    /// are dropped so new writes reuse them (0: leave it to the kernel). Default 64 MiB.
+    #[arg(long)]
+    page_cache_keep_bytes: Option<u64>,
     /// Records buffered per subscription.
     #[arg(long)]
     subscription_buffer_records_max: Option<usize>,
@@ -170,6 +176,7 @@ struct FileConfig {
     queue_depth_max: Option<usize>,
     batch_bytes_max: Option<usize>,
     id_filter_bytes_max: Option<usize>,
+    page_cache_keep_bytes: Option<u64>,
     subscription_buffer_records_max: Option<usize>,
     subscription_stall_timeout_ms: Option<u64>,
     response_bytes_max: Option<usize>,
@@ -293,6 +300,10 @@ pub fn resolve_text(
     }
     if let Some(v) = args.id_filter_bytes_max.or(file.id_filter_bytes_max) {
         engine.id_filter_bytes_max = v;
+    }
+    if let Some(v) = args.page_cache_keep_bytes.or(file.page_cache_keep_bytes) {
+        // Process-wide, for every file opened from now on (`strata_engine::cache_trim`).
+        strata_engine::fs::set_cache_keep_bytes(v);
     }
     engine.validate().map_err(|e| bad(e.to_string()))?;
     let mut service = strata_shard::ServiceConfig::default();
