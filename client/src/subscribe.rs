@@ -86,8 +86,11 @@ pub struct Subscription {
     partial: Vec<pb::RecordedEvent>,
     /// The shard of the last item handed on.
     last_shard: u32,
-    /// Items received and not yet handed on, with their records' shards.
-    ready: VecDeque<(Item, u32)>,
+    /// Whether more of the last handed-on event's record is to come.
+    in_record: bool,
+    /// Items received and not yet handed on, with their records' shards and whether more of
+    /// their record follows.
+    ready: VecDeque<(Item, u32, bool)>,
     caught_up: bool,
     failures: u32,
     failing_since: Option<Instant>,
@@ -104,6 +107,7 @@ impl Subscription {
             skip: 0,
             partial: Vec::new(),
             last_shard: 0,
+            in_record: false,
             ready: VecDeque::new(),
             caught_up: false,
             failures: 0,
@@ -177,8 +181,9 @@ impl Subscription {
     /// it ends with an error when it cannot resume.
     pub async fn next(&mut self) -> Result<Item, Error> {
         loop {
-            if let Some((item, shard)) = self.ready.pop_front() {
+            if let Some((item, shard, more)) = self.ready.pop_front() {
                 self.last_shard = shard;
+                self.in_record = more;
                 return Ok(item);
             }
             let failed = match self.call.as_mut() {
@@ -273,6 +278,7 @@ impl Subscription {
             I::CaughtUp(_) if self.caught_up => return None,
             I::CaughtUp(_) => {
                 self.caught_up = true;
+                self.in_record = false;
                 return Some(Item::CaughtUp);
             }
             I::Event(e) => e,
@@ -283,12 +289,18 @@ impl Subscription {
                 return None;
             }
             self.cursor.merged = Some(cursor);
-            self.ready
-                .extend(self.partial.drain(..).map(|e| (Item::Event(e), shard)));
+            let events = self.partial.len();
+            self.ready.extend(
+                self.partial
+                    .drain(..)
+                    .enumerate()
+                    .map(|(i, e)| (Item::Event(e), shard, i + 1 < events)),
+            );
             self.failures = 0;
             self.failing_since = None;
-            let (item, shard) = self.ready.pop_front()?;
+            let (item, shard, more) = self.ready.pop_front()?;
             self.last_shard = shard;
+            self.in_record = more;
             return Some(item);
         }
         if let Target::Stream(_) = self.target {
@@ -314,7 +326,16 @@ impl Subscription {
         self.failures = 0;
         self.failing_since = None;
         self.last_shard = shard;
+        self.in_record = more_in_record;
         Some(Item::Event(event))
+    }
+
+    /// Whether more events of the last handed-on event's record are still to come (`$all`: a
+    /// record's events are handed on one `next` at a time, and a consumer that must not split
+    /// a record, a consumer group's batches, waits for its last). Always false for a stream
+    /// subscription and from a node that does not say (`more_in_record`).
+    pub fn in_record(&self) -> bool {
+        self.in_record
     }
 
     /// The shard whose log holds the record of the last event handed on (its `position` is a
@@ -359,6 +380,21 @@ mod tests {
     }
 
     #[test]
+    fn it_says_whether_more_of_the_last_events_record_is_to_come() {
+        let mut s = sub(Target::All(None), Start::Beginning);
+        assert!(!s.in_record());
+        assert!(s.deliver(ev(10, 0), bytes::Bytes::new(), true, 0).is_some());
+        assert!(s.in_record());
+        assert!(s
+            .deliver(ev(10, 1), bytes::Bytes::new(), false, 0)
+            .is_some());
+        assert!(!s.in_record());
+        let caught_up = pb::subscribe_response::Item::CaughtUp(pb::Empty {});
+        assert!(s.deliver_plain(caught_up).is_some());
+        assert!(!s.in_record());
+    }
+
+    #[test]
     fn on_several_shards_a_record_is_handed_on_whole_and_resumes_from_its_cursor() {
         use pb::subscribe_request::Start as S;
         let mut s = sub(Target::All(None), Start::Beginning);
@@ -366,7 +402,8 @@ mod tests {
         assert!(s.deliver(ev(10, 0), c1.clone(), true, 1).is_none());
         assert!(s.deliver(ev(10, 1), c1.clone(), false, 1).is_some());
         assert_eq!(s.last_shard(), 1);
-        assert!(matches!(s.ready.pop_front(), Some((Item::Event(e), 1)) if e.version == 1));
+        assert!(s.in_record(), "event 0 of 2 handed on");
+        assert!(matches!(s.ready.pop_front(), Some((Item::Event(e), 1, false)) if e.version == 1));
         assert_eq!(s.request().start, Some(S::Cursor(c1.clone())));
         // A record received in part is not handed on; the resume starts after the last whole one.
         let c2 = bytes::Bytes::from_static(&[1, 3, 20]);

@@ -210,13 +210,32 @@ impl Stream for Units {
                 return Poll::Ready(Some(item));
             }
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(unit)) => self.pending.extend(unit),
+                Poll::Ready(Some(mut unit)) => {
+                    mark_record(&mut unit);
+                    self.pending.extend(unit)
+                }
                 Poll::Ready(None) => {
                     let last = strata_engine::sync::lock(&self.last).take();
                     return Poll::Ready(last.map(Err));
                 }
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+}
+
+/// Marks each event of a record's unit whether more of the record follows
+/// (`more_in_record`), so a client can tell a record it has received whole.
+fn mark_record(unit: &mut Unit) {
+    let events = unit
+        .iter()
+        .filter(|i| matches!(i, Ok(r) if matches!(r.item, Some(pb::subscribe_response::Item::Event(_)))))
+        .count();
+    let mut seen = 0;
+    for r in unit.iter_mut().flatten() {
+        if let Some(pb::subscribe_response::Item::Event(_)) = r.item {
+            seen += 1;
+            r.more_in_record = seen < events;
         }
     }
 }
@@ -480,6 +499,35 @@ mod tests {
     use super::*;
     use crate::clock::SystemWallClock;
     use strata_engine::{Engine, EngineConfig};
+
+    /// Each event says whether more of its record follows; a lone `caught_up` says nothing.
+    #[tokio::test]
+    async fn the_event_stream_marks_each_events_record_as_more_to_come_or_ended() {
+        use tokio_stream::StreamExt;
+        let e = |v: u64| {
+            Ok(pb::SubscribeResponse {
+                item: Some(pb::subscribe_response::Item::Event(pb::RecordedEvent {
+                    version: v,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+        };
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(vec![e(0), e(1), e(2)]).await.unwrap();
+        tx.send(vec![e(3)]).await.unwrap();
+        let caught_up = pb::SubscribeResponse {
+            item: Some(pb::subscribe_response::Item::CaughtUp(pb::Empty {})),
+            ..Default::default()
+        };
+        tx.send(vec![Ok(caught_up)]).await.unwrap();
+        drop(tx);
+        let marks: Vec<bool> = event_stream(rx, FinalStatus::default())
+            .map(|r| r.unwrap().more_in_record)
+            .collect()
+            .await;
+        assert_eq!(marks, [true, true, false, false, false]);
+    }
 
     /// A subscription on an empty log whose buffer (one unit) a consumer filled and does not
     /// read: its loop waits to say it caught up.

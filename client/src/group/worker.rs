@@ -11,7 +11,14 @@
 //! called for `session_timeout` (killed, paused, or stuck in a handler) has lost its lease: it
 //! re-checks before handing out anything more, and its commits fail (`Fenced`) once another
 //! worker has claimed the partition, so a stream is handled by one worker at a time and the
-//! group's position never goes back. Commit (or drop) a batch before asking for the next.
+//! group's position never goes back.
+//!
+//! Batches hold whole records (a record's events for a partition are never split, however
+//! small the read-ahead: a commit after part of a record would pass its rest by). An event is
+//! handed out once while the worker holds its partition, also when it reads again after the
+//! partitions moved, so several batches may be out before their commits (the ETL gathers
+//! them); events of a batch never committed are handed out again once the partition moves
+//! (to another worker, or back to this one after a reset) or a new worker joins in its place.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -39,7 +46,9 @@ pub struct WorkerConfig {
     /// Most events in one batch (a batch ends at a record's end, so one record's events for a
     /// partition are never split). Default 100.
     pub batch_events_max: usize,
-    /// Most events read ahead and held for handing out. Default 4096.
+    /// Most events read ahead and held for handing out. Default 4096. A record being read is
+    /// read to its end past it (a batch holds whole records): at most one append's events
+    /// more (the node's `batch_events_max`, default 4096 events, 16 MiB).
     pub buffer_events_max: usize,
 }
 
@@ -113,7 +122,21 @@ impl Batch {
 struct Held {
     /// Its stream's version after this worker's last event there.
     version: u64,
+    /// Its committed position.
     position: Progress,
+    /// Through where this worker has handed its events out (at or past `position`): not
+    /// handed out again while it holds the partition, even when it reads again.
+    handed: Progress,
+}
+
+impl Held {
+    fn new(version: u64, position: Progress) -> Held {
+        Held {
+            version,
+            handed: position.clone(),
+            position,
+        }
+    }
 }
 
 /// One worker of a group (see the module docs).
@@ -128,6 +151,10 @@ pub struct Worker {
     buffered: usize,
     source: Option<Subscription>,
     retry: Option<Subscription>,
+    /// The record (shard, position) each subscription is inside of, when its last event was
+    /// not its record's last: that record is not handed out until it is whole.
+    source_open: Option<(u32, u64)>,
+    retry_open: Option<(u32, u64)>,
     next_tick: Instant,
     lease_until: Instant,
 }
@@ -149,6 +176,8 @@ impl Worker {
             buffered: 0,
             source: None,
             retry: None,
+            source_open: None,
+            retry_open: None,
             next_tick: now,
             lease_until: now,
         };
@@ -184,8 +213,9 @@ impl Worker {
                 Err(_) => continue,
                 Ok(item) => self.dispatch(item?),
             }
-            // What is already here joins the batch without waiting.
-            while self.buffered < self.config.buffer_events_max {
+            // What is already here joins the batch without waiting; a record is read to its end
+            // (a batch holds whole records), the buffer's bound notwithstanding.
+            while self.buffered < self.config.buffer_events_max || self.reading_record() {
                 match tokio::time::timeout(Duration::ZERO, self.pull()).await {
                     Ok(item) => self.dispatch(item?),
                     Err(_) => break,
@@ -249,8 +279,10 @@ impl Worker {
                     .iter()
                     .find(|s| s.stream == stream)
                     .map_or(held.version + 1, |s| s.last_version);
-                self.held
-                    .insert(batch.partition, Held { version, position });
+                if let Some(h) = self.held.get_mut(&batch.partition) {
+                    h.version = version;
+                    h.position = position;
+                }
                 Ok(r)
             }
             Err(Error::WrongExpectedVersion { message, .. }) if message.contains(&stream) => {
@@ -341,12 +373,48 @@ impl Worker {
             (None, None) => std::future::pending().await,
         };
         let item = item?;
-        let shard = match (from == k, &self.retry, &self.source) {
-            (true, Some(r), _) => r.last_shard(),
-            (false, _, Some(s)) => s.last_shard(),
-            _ => 0,
+        let sub = if from == k {
+            self.retry.as_ref()
+        } else {
+            self.source.as_ref()
         };
+        let shard = sub.map_or(0, Subscription::last_shard);
+        if let Item::Event(e) = &item {
+            let open = sub.filter(|s| s.in_record()).map(|_| (shard, e.position));
+            if from == k {
+                self.retry_open = open;
+            } else {
+                self.source_open = open;
+            }
+        }
         Ok((from, item, shard))
+    }
+
+    /// Whether a subscription is inside a record.
+    fn reading_record(&self) -> bool {
+        self.source_open.is_some() || self.retry_open.is_some()
+    }
+
+    /// How many of partition `n`'s buffered events form whole records (the rest are the
+    /// first events of a record still being read).
+    fn whole(&self, n: u32) -> usize {
+        let Some(buffer) = self.buffers.get(&n) else {
+            return 0;
+        };
+        let open = if n == self.definition.partitions {
+            self.retry_open
+        } else {
+            self.source_open
+        };
+        let Some(open) = open else {
+            return buffer.len();
+        };
+        let partial = buffer
+            .iter()
+            .rev()
+            .take_while(|(e, shard)| (*shard, e.position) == open)
+            .count();
+        buffer.len() - partial
     }
 
     /// Files an event under its partition if it is still to be handled there.
@@ -363,31 +431,37 @@ impl Worker {
         if self
             .held
             .get(&n)
-            .is_some_and(|h| h.position.wants(shard, e.position))
+            .is_some_and(|h| h.handed.wants(shard, e.position))
         {
             self.buffers.entry(n).or_default().push_back((e, shard));
             self.buffered += 1;
         }
     }
 
-    /// A batch of the partition with the most waiting, ending at a record's end.
+    /// A batch of the partition with the most waiting in whole records, of whole records.
     fn take_batch(&mut self) -> Option<Batch> {
-        let (&n, _) = self
+        let (n, whole) = self
             .buffers
-            .iter()
-            .filter(|(_, b)| !b.is_empty())
-            .max_by_key(|(_, b)| b.len())?;
-        let token = self.held.get(&n)?.version;
+            .keys()
+            .map(|n| (*n, self.whole(*n)))
+            .filter(|(_, whole)| *whole > 0)
+            .max_by_key(|(_, whole)| *whole)?;
+        let events_max = self.config.batch_events_max;
+        let held = self.held.get_mut(&n)?;
         let buffer = self.buffers.get_mut(&n)?;
         let mut events: Vec<pb::RecordedEvent> = Vec::new();
         let mut shards = Vec::new();
-        while let Some((e, shard)) = buffer.front() {
+        while events.len() < whole {
+            let Some((e, shard)) = buffer.front() else {
+                break;
+            };
             let same_record = events.last().is_some_and(|l| l.position == e.position)
                 && shards.last() == Some(shard);
-            if events.len() >= self.config.batch_events_max && !same_record {
+            if events.len() >= events_max && !same_record {
                 break;
             }
             if let Some((e, shard)) = buffer.pop_front() {
+                held.handed.handled(shard, e.position);
                 events.push(e);
                 shards.push(shard);
             }
@@ -396,7 +470,7 @@ impl Worker {
         Some(Batch {
             partition: n,
             events,
-            token,
+            token: held.version,
             shards,
         })
     }
@@ -410,7 +484,7 @@ impl Worker {
         self.restart_reading();
     }
 
-    /// The held set changed: read again from the earliest position it needs.
+    /// The held set changed: read again from the earliest position not handed out yet.
     fn restart_reading(&mut self) {
         let k = self.definition.partitions;
         let start = |p: &Progress| Start::Cursor(p.cursor().into());
@@ -418,7 +492,7 @@ impl Worker {
             .held
             .iter()
             .filter(|(n, _)| **n < k)
-            .map(|(_, h)| &h.position);
+            .map(|(_, h)| &h.handed);
         self.source = Progress::earliest(sources).map(|at| {
             let filter = pb::Filter {
                 stream_prefix: self.definition.target.filter_prefix().into(),
@@ -432,11 +506,13 @@ impl Worker {
                 event_types: Vec::new(),
             };
             self.client
-                .subscribe(Target::All(Some(filter)), start(&h.position))
+                .subscribe(Target::All(Some(filter)), start(&h.handed))
         });
         // What was read ahead is read again from the new start.
         self.buffers.clear();
         self.buffered = 0;
+        self.source_open = None;
+        self.retry_open = None;
     }
 
     /// Heartbeat, liveness, and the partitions' moves (see the module docs).
@@ -452,11 +528,7 @@ impl Worker {
             .map(|(m, _, _)| m)
             .collect();
         let groups = Groups::new(self.client.clone());
-        let before: Vec<(u32, Progress)> = self
-            .held
-            .iter()
-            .map(|(n, h)| (*n, h.position.clone()))
-            .collect();
+        let before: Vec<(u32, u64)> = self.held.iter().map(|(n, h)| (*n, h.version)).collect();
         // Still ours? A claim by another, or a reset, moved the version on.
         for (n, _) in &before {
             let head = groups.partition(&self.group, *n).await?;
@@ -472,12 +544,8 @@ impl Worker {
                 _ => {}
             }
         }
-        // Reclaimed after a reset: same partitions, new positions — read again too.
-        let after: Vec<(u32, Progress)> = self
-            .held
-            .iter()
-            .map(|(n, h)| (*n, h.position.clone()))
-            .collect();
+        // Reclaimed (after a reset, say): same partitions, new versions — read again too.
+        let after: Vec<(u32, u64)> = self.held.iter().map(|(n, h)| (*n, h.version)).collect();
         if after != before {
             tracing::debug!(member = %self.config.member, partitions = ?self.partitions(), "partitions moved");
             self.restart_reading();
@@ -513,7 +581,7 @@ impl Worker {
         {
             Ok(r) => {
                 let version = r.streams.first().map_or(0, |s| s.last_version);
-                self.held.insert(n, Held { version, position });
+                self.held.insert(n, Held::new(version, position));
                 Ok(())
             }
             // Someone else was quicker; the next tick looks again.

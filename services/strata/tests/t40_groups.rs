@@ -530,3 +530,129 @@ async fn parked_events_are_listed_and_replayed_and_bad_input_is_refused() {
     let list = ok(strata(&["group", "list", "--server", &addr]));
     assert_eq!(list.trim(), "{\"name\":\"g\"}");
 }
+
+/// Records larger than a worker's read-ahead (300 events against a buffer of 10): each is
+/// handed out whole — a batch never ends inside a record, whose rest a commit after it would
+/// pass by — and every event is handed out, also when the partitions move while a batch is out
+/// (a second worker joins and takes a partition from the first); no worker hands out an event
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_larger_than_the_read_ahead_are_handed_out_whole_and_once() {
+    use strata_client::group::protocol::owner;
+    use strata_client::group::{Batch, GroupTarget, Groups, Position, Worker, WorkerConfig};
+    let _serial = SERIAL.lock().await;
+    let cluster = one_node().await;
+    let addr = cluster.addr(1);
+    let client = Client::connect([addr.clone()]).unwrap();
+    const RECORDS: u64 = 6;
+    const PER_STREAM: u64 = 100;
+    for r in 0..RECORDS {
+        // Each record: three streams' events (in up to three partitions).
+        let streams: Vec<pb::StreamAppend> = ["big-a", "big-b", "big-c"]
+            .iter()
+            .map(|s| pb::StreamAppend {
+                stream: s.to_string(),
+                expected: None,
+                events: (0..PER_STREAM)
+                    .map(|i| event("T", format!("{{\"r\":{r},\"i\":{i}}}")))
+                    .collect(),
+            })
+            .collect();
+        client
+            .append_multi(pb::AppendMultiRequest { streams })
+            .await
+            .unwrap();
+    }
+    let groups = Groups::new(client.clone());
+    groups
+        .create(
+            "big",
+            GroupTarget::Prefix("big-".into()),
+            3,
+            Position::From(0),
+        )
+        .await
+        .unwrap();
+    let small = |member: &str| {
+        let mut c = WorkerConfig::new(member);
+        c.batch_events_max = 10;
+        c.buffer_events_max = 10;
+        c.heartbeat_interval = Duration::from_millis(100);
+        c.session_timeout = Duration::from_millis(2000);
+        c
+    };
+    // (worker, stream, version) -> times handed out.
+    type Seen = BTreeMap<(usize, String, u64), u32>;
+    fn take(seen: &mut Seen, worker: usize, batch: &Batch) {
+        // Whole records: each stream's part of a record is all in the batch.
+        let mut per_record: BTreeMap<(u64, &str), u64> = BTreeMap::new();
+        for e in &batch.events {
+            *per_record.entry((e.position, &e.stream)).or_default() += 1;
+            *seen
+                .entry((worker, e.stream.clone(), e.version))
+                .or_default() += 1;
+        }
+        for ((position, stream), n) in per_record {
+            assert_eq!(
+                n, PER_STREAM,
+                "record at {position} handed out in part: {n} of {stream}'s"
+            );
+        }
+    }
+    let distinct = |seen: &Seen| {
+        let all: std::collections::BTreeSet<_> = seen.keys().map(|(_, s, v)| (s, v)).collect();
+        all.len() as u64
+    };
+    let mut seen = Seen::new();
+    let mut w1 = Worker::join(client.clone(), "big", small("w1"))
+        .await
+        .unwrap();
+    // One batch out, uncommitted, while a second worker joins and the partitions move.
+    let first = w1.next_batch().await.unwrap();
+    take(&mut seen, 1, &first);
+    // A second member that takes another partition and leaves `first`'s with w1: w1 then
+    // reads again while `first` is out.
+    let k = 3;
+    let live = |name: &str| vec!["w1".to_string(), name.to_string()];
+    let second = (0..)
+        .map(|i| format!("w2-{i}"))
+        .find(|name| {
+            let l = live(name);
+            owner(&l, first.partition) == Some("w1")
+                && (0..k).any(|n| owner(&l, n) == Some(name.as_str()))
+        })
+        .unwrap();
+    let w2 = Worker::join(client.clone(), "big", small(&second))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut pending = Some(first);
+    let mut workers = [w1, w2];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while distinct(&seen) < RECORDS * PER_STREAM * 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events",
+            distinct(&seen),
+            RECORDS * PER_STREAM * 3
+        );
+        for (k, w) in workers.iter_mut().enumerate() {
+            if let Ok(Ok(batch)) =
+                tokio::time::timeout(Duration::from_millis(200), w.next_batch()).await
+            {
+                take(&mut seen, k + 1, &batch);
+                let _ = w.commit(&batch).await;
+            }
+        }
+        if let Some(b) = pending.take() {
+            let _ = workers[0].commit(&b).await;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} events handed out twice by one worker, the first: {:?}",
+        twice.len(),
+        twice.first()
+    );
+}
