@@ -60,20 +60,23 @@ impl CacheTrim {
         self.written_end.load(Ordering::Acquire)
     }
 
-    /// The range to drop once everything before `synced_end` is on the device, if it is due;
+    /// The range to drop once everything before `synced_end` is on the device, if it is due
+    /// (a step past the window; `u64::MAX`: a file written for good, all of it at once);
     /// claims it, so concurrent syncs do not drop it twice.
     pub(crate) fn due(&self, synced_end: u64) -> Option<(u64, u64)> {
         if self.keep == 0 {
             return None;
         }
-        let upto = if synced_end == u64::MAX {
-            // Everything (a file written for good): to the end of what was written.
+        let everything = synced_end == u64::MAX;
+        let upto = if everything {
+            // A file written for good: to the end of what was written, however little.
             self.written_end.load(Ordering::Acquire)
         } else {
             synced_end.checked_sub(self.keep)?
         };
         let from = self.trimmed_to.load(Ordering::Acquire);
-        if upto < from.saturating_add(TRIM_STEP_BYTES) {
+        let step = if everything { 1 } else { TRIM_STEP_BYTES };
+        if upto < from.saturating_add(step) {
             return None;
         }
         self.trimmed_to
@@ -112,6 +115,10 @@ mod tests {
         assert_eq!(t.sync_covers(), 20 * MIB);
         t.wrote(60 * MIB);
         assert_eq!(t.due(60 * MIB), Some((20 * MIB, 24 * MIB)));
+        // A file written for good drops all of it, less than a step too.
+        t.wrote(65 * MIB);
+        assert_eq!(t.due(u64::MAX), Some((44 * MIB, 21 * MIB)));
+        assert_eq!(t.due(u64::MAX), None, "nothing left");
         let off = CacheTrim::new(0);
         off.wrote(1 << 40);
         assert_eq!(off.due(1 << 40), None);
