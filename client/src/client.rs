@@ -6,7 +6,7 @@ use crate::config::ClientConfig;
 use crate::conn::Connections;
 use crate::error::Error;
 use crate::events::{with_ids, ExpectedVersion};
-use crate::pipeline::Appender;
+use crate::pipeline::{Appender, SharedAppender};
 use crate::subscribe::{Start, Subscription, Target};
 
 /// A connection to a Strata cluster (or a single node). Cheap to clone; clones share
@@ -14,6 +14,9 @@ use crate::subscribe::{Start, Subscription, Target};
 #[derive(Debug, Clone)]
 pub struct Client {
     conn: Connections,
+    /// The `AppendStream` call its appends share ([`ClientConfig::append_over_stream`]);
+    /// `None` for a handle with metadata of its own.
+    shared: Option<SharedAppender>,
 }
 
 impl Client {
@@ -21,6 +24,7 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
         Ok(Client {
             conn: Connections::new(config)?,
+            shared: Some(SharedAppender::default()),
         })
     }
 
@@ -44,6 +48,7 @@ impl Client {
     pub fn with_metadata(&self, key: &str, value: &str) -> Result<Client, Error> {
         Ok(Client {
             conn: self.conn.with_header(key, value)?,
+            shared: None,
         })
     }
 
@@ -81,12 +86,29 @@ impl Client {
         mut request: pb::AppendRequest,
     ) -> Result<pb::AppendResponse, Error> {
         with_ids(&mut request.events);
+        if let Some(appender) = self.shared_appender(&request.stream).await {
+            return appender.append_and_wait(request).await;
+        }
         self.conn
             .call_for(&request.stream, true, |mut c| {
                 let r = request.clone();
                 async move { c.append(r).await }
             })
             .await
+    }
+
+    /// The shared appender an append to `stream` goes through, if any: when the client's
+    /// settings ask for one, this handle has no metadata of its own, and the node calls go to
+    /// leads the stream's shard (or the client knows no shards).
+    async fn shared_appender(&self, stream: &str) -> Option<Appender> {
+        let shared = self.shared.as_ref()?;
+        if !self.conn.config().append_over_stream {
+            return None;
+        }
+        match self.conn.route(stream).await {
+            Some(leader) if leader != self.conn.target() => None,
+            _ => Some(shared.get_or_start(&self.conn)),
+        }
     }
 
     /// Appends to several streams in one atomic append (ids given as by [`Client::append`]).

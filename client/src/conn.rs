@@ -324,7 +324,7 @@ impl Connections {
 
     /// The address of the leader of `stream`'s shard, reading the table from the target node
     /// first when it is due (one quick attempt; without it calls go to the target).
-    async fn route(&self, stream: &str) -> Option<String> {
+    pub(crate) async fn route(&self, stream: &str) -> Option<String> {
         if !self.config.follow_leaders {
             return None;
         }

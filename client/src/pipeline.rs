@@ -34,6 +34,10 @@ use crate::events::{with_ids, ExpectedVersion};
 
 /// Messages handed to the transport and not yet sent.
 const MESSAGES_QUEUED: usize = 4;
+/// How long a call with nothing in flight stays open for the next append (appends made one
+/// after another, as [`crate::Client::append`]'s are, then share one call instead of each
+/// opening its own).
+pub const IDLE_CALL_KEPT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Reply = oneshot::Sender<Result<pb::AppendResponse, Error>>;
 
@@ -67,6 +71,7 @@ pub struct Appender {
     queue: mpsc::UnboundedSender<Item>,
     room: Arc<Semaphore>,
     window: usize,
+    deadline: std::time::Duration,
 }
 
 impl Appender {
@@ -74,12 +79,14 @@ impl Appender {
         // Unbounded in type, bounded by `room`: every queued item holds a window permit.
         let (queue, rx) = mpsc::unbounded_channel();
         let window = conn.config().window;
+        let deadline = conn.config().deadline;
         let room = Arc::new(Semaphore::new(window));
         tokio::spawn(Pipeline::new(conn, rx).run());
         Appender {
             queue,
             room,
             window,
+            deadline,
         }
     }
 
@@ -144,6 +151,53 @@ impl Appender {
     }
 }
 
+/// The appender a [`crate::Client`]'s appends share, started by the first of them. It lives
+/// as long as the client's handles (its task holds only the connections); one whose task has
+/// gone (its runtime shut down) is replaced by the next append.
+#[derive(Clone, Default)]
+pub(crate) struct SharedAppender(Arc<std::sync::Mutex<Option<Appender>>>);
+
+impl std::fmt::Debug for SharedAppender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedAppender").finish_non_exhaustive()
+    }
+}
+
+impl SharedAppender {
+    pub(crate) fn get_or_start(&self, conn: &Connections) -> Appender {
+        // A plain cache: a panic elsewhere cannot leave it inconsistent.
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(a) if !a.queue.is_closed() => a.clone(),
+            _ => slot.insert(Appender::start(conn.clone())).clone(),
+        }
+    }
+}
+
+impl Appender {
+    /// Appends and waits for the answer, within the client's `deadline` (past it the append
+    /// may still commit: a retry with the same event ids is answered with its result).
+    pub(crate) async fn append_and_wait(
+        &self,
+        request: pb::AppendRequest,
+    ) -> Result<pb::AppendResponse, Error> {
+        let deadline = self.deadline;
+        let answer = async { self.append_request(request).await?.await };
+        tokio::time::timeout(deadline, answer)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::DeadlineExceeded {
+                    deadline,
+                    attempts: 1,
+                    last: "no answer on the shared append stream".into(),
+                })
+            })
+    }
+}
+
 fn prost_len(request: &pb::AppendRequest) -> usize {
     prost::Message::encoded_len(request)
 }
@@ -191,7 +245,7 @@ impl Pipeline {
                 if !self.queue_open {
                     return;
                 }
-                // No call is kept open while there is nothing to send.
+                // No call is kept open longer than IDLE_CALL_KEPT with nothing to send.
                 match self.queue.recv().await {
                     Some(item) => self.take(item),
                     None => return,
@@ -277,6 +331,7 @@ impl Pipeline {
                 })
             }
         };
+        let mut idle_until = None;
         loop {
             if self.idle() && !self.queue_open {
                 return None;
@@ -285,6 +340,11 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 answer = answers.message() => {
+                    if idle_until.is_some() {
+                        // Nothing in flight: the node ended (or broke) an idle call; nothing
+                        // is lost, and the next append opens a new one.
+                        return None;
+                    }
                     let failed = match answer {
                         Ok(Some(answer)) => self.answered(answer),
                         Ok(None) => Some(Failed { error: Error::Unavailable(format!("{addr} ended the append stream")), retry: Retry::Unknown }),
@@ -315,11 +375,14 @@ impl Pipeline {
                     }
                 },
                 _ = sleep_until(flush_at), if flush_at.is_some() => self.flush(),
+                // Idle for IDLE_CALL_KEPT: end this call; the next append opens a new one.
+                _ = sleep_until(idle_until), if idle_until.is_some() => return None,
             }
-            if self.in_flight.is_empty() && self.outbox.is_empty() && self.pending.is_empty() {
-                // Idle: end this call; the next append opens a new one.
-                return None;
-            }
+            idle_until = match (self.idle(), idle_until) {
+                (false, _) => None,
+                (true, None) => Some(TokioInstant::now() + IDLE_CALL_KEPT),
+                (true, kept) => kept,
+            };
         }
     }
 

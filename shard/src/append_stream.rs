@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use strata_proto::v1 as pb;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -62,6 +62,10 @@ pub trait Submit: Clone + Send + Sync + 'static {
 
     /// The node's counters.
     fn stats(&self) -> &Arc<ServiceStats>;
+
+    /// Set when the node stops (`None`: never): a call then takes no further message, answers
+    /// what it holds and ends, so the server can drain.
+    fn stop(&self) -> Option<watch::Receiver<bool>>;
 }
 
 /// The answer of an `AppendStream` call served by `service` within `window`.
@@ -83,6 +87,10 @@ pub fn start(
     inbound: Streaming<pb::AppendStreamRequest>,
     window: Window,
 ) -> AnswerStream {
+    service
+        .stats()
+        .append_stream_calls
+        .fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(ANSWERS_BUFFERED);
     tokio::spawn(run(service, inbound, tx, window));
     ReceiverStream::new(rx)
@@ -118,6 +126,8 @@ async fn run(
     };
     let mut in_flight = FuturesOrdered::new();
     let mut reading = true;
+    let mut stop = service.stop();
+    let mut ending = None;
     loop {
         let room = count.appends < window.appends && count.bytes < window.bytes;
         tokio::select! {
@@ -127,6 +137,12 @@ async fn run(
                 if tx.send(Ok(answer)).await.is_err() {
                     return;
                 }
+            }
+            _ = stopping(&mut stop), if reading => {
+                reading = false;
+                ending = Some(Status::unavailable(
+                    "the node is shutting down: the call ends once the appends it took are answered; send the others elsewhere (with the same ids)",
+                ));
             }
             message = inbound.message(), if reading && room => match message.and_then(|m| m.map(appends_of).transpose()) {
                 Ok(Some((batch, size))) => {
@@ -146,8 +162,23 @@ async fn run(
                     return;
                 }
             },
-            else => return,
+            else => {
+                if let Some(status) = ending {
+                    let _ = tx.send(Err(status)).await;
+                }
+                return;
+            }
         }
+    }
+}
+
+/// Resolves once the node stops (at once if its stop is gone); never without one.
+async fn stopping(stop: &mut Option<watch::Receiver<bool>>) {
+    match stop {
+        Some(stop) => {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -189,6 +189,13 @@ pub fn render(
     );
     metric(
         &mut out,
+        "strata_append_stream_calls_total",
+        "counter",
+        "AppendStream calls opened (a client's appends share one: see ClientConfig::append_over_stream).",
+        load(&service.append_stream_calls),
+    );
+    metric(
+        &mut out,
         "strata_append_stream_call_peak",
         "gauge",
         "The most appends one AppendStream call has had in flight (its window bounds it).",

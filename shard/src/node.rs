@@ -220,7 +220,8 @@ impl Node {
             peers.clone(),
             settings,
         )
-        .map_err(NodeError::Shards)?;
+        .map_err(NodeError::Shards)?
+        .with_stop(stop.subscribe());
         if let Some(meta) = &shards.meta {
             router = router.with_directory(directory(meta));
         }

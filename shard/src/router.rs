@@ -25,6 +25,7 @@
 //! a read index.
 
 use std::sync::Arc;
+use tokio::sync::watch;
 
 use strata_proto::routing::{ClusterMap, ShardId};
 use strata_proto::v1 as pb;
@@ -67,6 +68,8 @@ pub struct Router {
     remote: Option<Arc<RemoteAppends>>,
     /// Where the other nodes are, to pass calls for shards this node holds no replica of.
     directory: Option<Directory>,
+    /// Set when the node stops: its `AppendStream` calls end (see [`Submit::stop`]).
+    stop: Option<watch::Receiver<bool>>,
 }
 
 /// This node's id and the client addresses of the cluster's nodes (on a replicated node of
@@ -136,7 +139,14 @@ impl Router {
             peers,
             remote: None,
             directory: None,
+            stop: None,
         })
+    }
+
+    /// The router whose `AppendStream` calls end when `stop` is set (the node's).
+    pub fn with_stop(mut self, stop: watch::Receiver<bool>) -> Router {
+        self.stop = Some(stop);
+        self
     }
 
     /// The router passing calls for shards this node holds no replica of to nodes that do.
@@ -683,8 +693,11 @@ impl Submit for Router {
     fn submit_batch(&self, batch: Vec<pb::AppendRequest>) -> Boxed<'_, Outcomes> {
         Box::pin(async move {
             let shards = self.shards();
+            // Every append goes to a node's one shard only when the cluster has one: a node
+            // holding one replica of several shards routes by the map like any other.
+            let several = self.several();
             if let [(only, service)] = &shards[..] {
-                if self.remote_leader(*only).is_none() {
+                if !several && self.remote_leader(*only).is_none() {
                     return service.submit_batch(batch).await;
                 }
             }
@@ -694,7 +707,7 @@ impl Submit for Router {
             let map = self.routing();
             for (i, append) in batch.into_iter().enumerate() {
                 let id = match (&map, &shards[..]) {
-                    (Ok(_), [(only, _)]) => *only,
+                    (Ok(_), [(only, _)]) if !several => *only,
                     (Ok(map), _) => map.shard_of(&append.stream),
                     (Err(refused), _) => {
                         routed.push(Err(refused.clone()));
@@ -763,6 +776,10 @@ impl Submit for Router {
 
     fn stats(&self) -> &Arc<ServiceStats> {
         &self.stats
+    }
+
+    fn stop(&self) -> Option<watch::Receiver<bool>> {
+        self.stop.clone()
     }
 }
 

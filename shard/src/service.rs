@@ -326,6 +326,10 @@ impl crate::append_stream::Submit for StreamsService {
     fn stats(&self) -> &Arc<ServiceStats> {
         &self.stats
     }
+
+    fn stop(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.stop.clone())
+    }
 }
 
 impl StreamsService {

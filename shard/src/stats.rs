@@ -31,6 +31,8 @@ pub struct ServiceStats {
     pub append_stream_in_flight: AtomicU64,
     /// The most appends one `AppendStream` call has had in flight (bounded by its window).
     pub append_stream_call_peak: AtomicU64,
+    /// `AppendStream` calls opened (forwarded ones too).
+    pub append_stream_calls: AtomicU64,
     /// Requests served, for request ids.
     pub requests: AtomicU64,
     /// Calls and `AppendStream` parts passed on to another node leading their shard.
@@ -51,6 +53,7 @@ impl Default for ServiceStats {
             subscriptions: AtomicU64::new(0),
             append_stream_in_flight: AtomicU64::new(0),
             append_stream_call_peak: AtomicU64::new(0),
+            append_stream_calls: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             handovers: AtomicU64::new(0),

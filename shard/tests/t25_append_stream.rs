@@ -293,3 +293,29 @@ async fn stored_ids(node: &TestNode, stream: &str) -> Vec<u128> {
         .map(|e| uuid::Uuid::parse_str(&e.id).unwrap().as_u128())
         .collect()
 }
+
+#[tokio::test]
+async fn a_stopping_node_ends_an_open_call_after_its_answers_and_drains() {
+    let node = TestNode::start(ServiceConfig::default()).await;
+    let (tx, mut answers) = open(&node).await;
+    tx.send(message(vec![one("open-call", no_stream(), 1)]))
+        .await
+        .unwrap();
+    let first = answers.message().await.unwrap().unwrap();
+    assert_eq!(ok(&first.results[0]).streams[0].last_version, 0);
+    // The client keeps the call open (`tx` lives on); the node must still stop.
+    let stopped = tokio::time::timeout(Duration::from_secs(20), node.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "the node did not stop while a call was open"
+    );
+    let end = answers.message().await;
+    match end {
+        Err(status) => {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert!(status.message().contains("shutting down"), "{status:?}");
+        }
+        other => panic!("the call ended with {other:?}"),
+    }
+    drop(tx);
+}

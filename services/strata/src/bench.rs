@@ -44,6 +44,11 @@ pub struct BenchAppendArgs {
     /// the first (0: send what is queued at once).
     #[arg(long, default_value_t = 0)]
     linger_us: u64,
+    /// Without --pipeline: each append its own unary Append call, instead of the client's
+    /// default (a connection's appends share one AppendStream call, each waiting for its own
+    /// answer).
+    #[arg(long)]
+    unary_calls: bool,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -255,7 +260,7 @@ fn one_at_a_time(
 ) -> Result<Vec<ClientTask>, Failure> {
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS.min(args.clients) {
-        clients.push(server.client()?);
+        clients.push(server.client_with(|c| c.append_over_stream = !args.unary_calls)?);
     }
     // Each client sends one append per `period`, offset so the load is even.
     let period = args
@@ -409,6 +414,7 @@ fn report(
         "clients": args.clients,
         "pipeline": args.pipeline,
         "linger_us": args.linger_us,
+        "unary_calls": args.unary_calls,
         "event_bytes": args.event_bytes,
         "events_per_append": args.batch,
         "seconds": elapsed,
@@ -425,8 +431,8 @@ fn report(
         "fdatasyncs_per_s": fdatasyncs.map(|n| (n as f64 / elapsed).round()),
     });
     eprintln!(
-        "strata    clients={} pipeline={} linger_us={} events_per_append={} event_bytes={}  events/s={:.0}  MiB/s={:.1}  append p50={:.2}ms p99={:.2}ms p99.9={:.2}ms  server_cpu_us/event={}  client_cpu_us/event={:.1}  fdatasyncs/s={}  errors={}",
-        args.clients, args.pipeline, args.linger_us, args.batch, args.event_bytes, events / elapsed, mib, pct(0.5), pct(0.99), pct(0.999),
+        "strata    clients={} pipeline={} linger_us={}{} events_per_append={} event_bytes={}  events/s={:.0}  MiB/s={:.1}  append p50={:.2}ms p99={:.2}ms p99.9={:.2}ms  server_cpu_us/event={}  client_cpu_us/event={:.1}  fdatasyncs/s={}  errors={}",
+        args.clients, args.pipeline, args.linger_us, if args.unary_calls { " unary_calls" } else { "" }, args.batch, args.event_bytes, events / elapsed, mib, pct(0.5), pct(0.99), pct(0.999),
         server_us.map_or("?".to_string(), |u| format!("{u:.1}")), client_us,
         fdatasyncs.map_or("?".to_string(), |n| format!("{:.0}", n as f64 / elapsed)), errors
     );

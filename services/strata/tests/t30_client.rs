@@ -753,3 +753,88 @@ async fn slots_move_between_shards_online_under_writers_and_subscribers() {
         "{restarted}"
     );
 }
+
+/// A node's counter from its `/metrics`.
+async fn counter(metrics_port: u16, name: &str) -> u64 {
+    let (_, _, body) = http::http(metrics_port, "GET", "/metrics", &[], "").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+#[tokio::test]
+async fn a_clients_appends_share_one_append_stream_each_answered_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics) = (free_port(), free_port());
+    let _node = http::Proc(
+        std::process::Command::new(STRATA)
+            .args(["dev", "--listen", &addr(port), "--metrics", &addr(metrics)])
+            .arg("--data")
+            .arg(dir.path().join("node"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    http::wait_http(metrics).await;
+    let calls = || counter(metrics, "strata_append_stream_calls_total");
+    let client = Client::connect([addr(port)]).unwrap();
+    // 32 tasks append one at a time at exact versions, each to its own stream; one of them
+    // also makes an append that must fail, between its others.
+    let tasks: Vec<_> = (0..32u64)
+        .map(|t| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let stream = format!("shared-{t}");
+                for v in 0..10u64 {
+                    let expected = match v {
+                        0 => ExpectedVersion::NoStream,
+                        v => ExpectedVersion::Exact(v - 1),
+                    };
+                    let r = client
+                        .append(&stream, expected, vec![event("E", "{}")])
+                        .await
+                        .unwrap();
+                    assert_eq!(r.streams[0].last_version, v, "{stream}");
+                    if t == 7 && v == 4 {
+                        let stale = ExpectedVersion::Exact(1);
+                        match client.append(&stream, stale, vec![event("E", "{}")]).await {
+                            Err(strata_client::Error::WrongExpectedVersion { actual, .. }) => {
+                                assert_eq!(actual, Some(4))
+                            }
+                            other => panic!("a stale append answered {other:?}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Then one task, one append after another with pauses (well under IDLE_CALL_KEPT).
+    for v in 10..15u64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let expected = ExpectedVersion::Exact(v - 1);
+        let r = client
+            .append("shared-0", expected, vec![event("E", "{}")])
+            .await
+            .unwrap();
+        assert_eq!(r.streams[0].last_version, v);
+    }
+    assert_eq!(calls().await, 1, "326 appends should have shared one call");
+    // A handle with metadata of its own, and a client told not to, make calls of their own.
+    let appended = counter(metrics, "strata_appends_total").await;
+    let tagged = client.with_metadata("x-request-id", "t30-shared").unwrap();
+    let mut config = ClientConfig::new([addr(port)]);
+    config.append_over_stream = false;
+    let unary = Client::new(config).unwrap();
+    for c in [&tagged, &unary] {
+        c.append("own-calls", ExpectedVersion::Any, vec![event("E", "{}")])
+            .await
+            .unwrap();
+    }
+    assert_eq!(counter(metrics, "strata_appends_total").await, appended + 2);
+    assert_eq!(calls().await, 1);
+}

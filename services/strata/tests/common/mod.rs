@@ -184,7 +184,15 @@ pub fn small_log_args() -> Vec<String> {
 impl Cluster {
     /// `n` nodes; `routes(i, j)` is how node i reaches node j's Raft port (`None`: directly).
     pub fn new(n: u64, separate_raft: bool, extra: Vec<String>) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
+        // STRATA_TEST_KEEP_DIRS=1 keeps the nodes' data and logs for a look after a failure.
+        let keep = std::env::var_os("STRATA_TEST_KEEP_DIRS").is_some();
+        let dir = tempfile::Builder::new()
+            .disable_cleanup(keep)
+            .tempdir()
+            .unwrap();
+        if keep {
+            eprintln!("the cluster's data: {}", dir.path().display());
+        }
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             nodes.insert(
