@@ -65,7 +65,9 @@ impl Client {
     }
 
     /// Appends `events` to `stream` atomically if it is at `expected`. Events without an id
-    /// get one first, so the append is retried safely when its outcome is unknown.
+    /// get one first, so the append is retried safely when its outcome is unknown. Sent over
+    /// the call the client's appends share ([`ClientConfig::append_over_stream`]), or as a
+    /// call of its own.
     pub async fn append(
         &self,
         stream: &str,
