@@ -92,6 +92,15 @@ async fn one_voter_meta(dir: &std::path::Path) -> Meta {
     .await
     .unwrap();
     replica.init().await.unwrap();
+    // It elects itself a moment later: a proposal before then is refused (NotLeader).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while replica.leader().map(|(id, _)| id) != Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the one voter never led"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Meta::new(replica)
 }
 
