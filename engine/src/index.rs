@@ -6,7 +6,7 @@
 //!                                        (offset: u32 | len: u32) × (last-first+1) } one run
 //! "v"                               -> { format: u32 }               this layout's version
 //! "e" event_id: [u8; 16]            -> { position: u64 | version: u64 | stream }  idempotency
-//! "t" timestamp_us: u64 BE position: u64 BE -> {}                                 time index
+//! "t" timestamp_us: u64 BE position: u64 BE -> {}                        time index (sparse)
 //! "q" seq: u64 BE                    -> { position: u64 }          Raft index (replicas only)
 //! "r" name                           -> opaque                                   Raft state
 //! "h" start: u64 BE                  -> { end: u64 | horizon_us: u64 }  a range of the log
@@ -22,6 +22,14 @@
 //! not fit the log and is rebuilt from it. The checkpoint is written in the same atomic batch
 //! as the entries it covers: the index always describes exactly the records before
 //! `next_position`.
+//!
+//! The time index is sparse: a record of events gets a `"t"` key when it is the first of its
+//! write batch or starts [`TIME_KEY_SPACING_BYTES`] or more after the last keyed record of the
+//! batch ([`TimeKeys`]). Timestamps increase along the log, so the first record stamped at or
+//! after `t` lies between the last key before `t` and the first key at or after it; the reader
+//! finds it by reading the records between (`Reader::first_stamped_at_or_after`), at most
+//! about the spacing in bytes. A key per record was a third of the keys a single-event append
+//! wrote, and ~1.1 µs of a node's 6.7 µs CPU per pipelined 1 KiB append.
 
 // Bytes decoded here come from disks, peers or clients: no input may index past a slice's end.
 #![deny(clippy::indexing_slicing)]
@@ -41,6 +49,29 @@ const FORMAT_KEY: &[u8] = b"v";
 const FORMAT: u32 = 3;
 /// Runs read per index scan while expanding a stream range.
 const RUNS_PER_SCAN: usize = 64;
+/// Bytes of log (64 KiB) after a keyed record within a write batch before another record gets
+/// a time key: what a timestamp lookup reads at most beyond one record.
+pub const TIME_KEY_SPACING_BYTES: u64 = 64 << 10;
+
+/// Which records of one write batch get a time key: the first, then each that starts
+/// [`TIME_KEY_SPACING_BYTES`] or more after the last keyed one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TimeKeys {
+    keyed_at: Option<Position>,
+}
+
+impl TimeKeys {
+    /// Whether the record at `position` gets a key (and notes it if so).
+    pub fn due(&mut self, position: Position) -> bool {
+        let due = self
+            .keyed_at
+            .is_none_or(|at| position >= at.saturating_add(TIME_KEY_SPACING_BYTES));
+        if due {
+            self.keyed_at = Some(position);
+        }
+        due
+    }
+}
 
 /// How far the index covers the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,27 +393,21 @@ impl Index {
         Ok(runs)
     }
 
-    /// The first record whose timestamp is at or after `timestamp_us`.
-    pub fn first_position_at_or_after(&self, timestamp_us: u64) -> Result<Option<Position>> {
-        Ok(self.first_at_or_after(timestamp_us)?.map(|(_, p)| p))
-    }
-
-    /// The timestamp and position of the first record stamped at or after `timestamp_us`.
-    pub fn first_at_or_after(&self, timestamp_us: u64) -> Result<Option<(u64, Position)>> {
+    /// The timestamp and position of the first time key at or after `timestamp_us` (the index
+    /// is sparse: an unkeyed record before it may be stamped at or after `timestamp_us` too).
+    pub fn time_key_at_or_after(&self, timestamp_us: u64) -> Result<Option<(u64, Position)>> {
         let found = self
             .store
             .scan(&time_key(timestamp_us, 0), b"u", false, 1)?;
         found.first().map(|(k, _)| time_key_fields(k)).transpose()
     }
 
-    /// The largest timestamp in the time index.
-    pub fn last_timestamp(&self) -> Result<Option<u64>> {
-        let found = self.store.scan(&time_key(0, 0), b"u", true, 1)?;
-        Ok(found
-            .first()
-            .map(|(k, _)| time_key_fields(k))
-            .transpose()?
-            .map(|(timestamp, _)| timestamp))
+    /// The timestamp and position of the last time key before `timestamp_us`.
+    pub fn time_key_before(&self, timestamp_us: u64) -> Result<Option<(u64, Position)>> {
+        let found = self
+            .store
+            .scan(&time_key(0, 0), &time_key(timestamp_us, 0), true, 1)?;
+        found.first().map(|(k, _)| time_key_fields(k)).transpose()
     }
 
     /// Position of the indexed record with sequence number (Raft index) `seq`.
@@ -524,11 +549,12 @@ pub fn indexed_events(decoded: &[(RecordedEvent, EventSlot)]) -> Vec<IndexedEven
 /// Adds a record's entries. Events of one stream must come in ascending versions.
 /// `seq` is indexed only when given (a Raft log looks entries up by index; a single node never
 /// does, and skipping the key saves a fourth of its index writes for one-event appends).
+/// Adds a record's entries; its time key only when `time_key` (see [`TimeKeys`]).
 pub fn add_record(
     batch: &mut IndexBatch,
     position: Position,
     seq: Option<u64>,
-    timestamp_us: u64,
+    (timestamp_us, time_key): (u64, bool),
     events: &[IndexedEvent<'_>],
 ) {
     if let Some(seq) = seq {
@@ -561,7 +587,7 @@ pub fn add_record(
             },
         );
     }
-    if !events.is_empty() {
+    if time_key && !events.is_empty() {
         batch.put_with(|key| write_time_key(key, timestamp_us, position), |_| {});
     }
 }
@@ -648,7 +674,7 @@ mod tests {
             })
             .collect();
         let mut batch = IndexBatch::default();
-        add_record(&mut batch, position, None, position, &indexed);
+        add_record(&mut batch, position, None, (position, true), &indexed);
         index.write(batch, false).expect("write");
     }
 

@@ -36,6 +36,11 @@ pub enum AsOf {
     Timestamp(u64),
 }
 
+/// Records and bytes one log read of a timestamp lookup takes (it reads about
+/// `index::TIME_KEY_SPACING_BYTES` in all).
+const STAMP_SCAN_RECORDS: usize = 256;
+const STAMP_SCAN_BYTES: usize = 256 << 10;
+
 /// The read side of a store; cheap to clone and share between threads.
 #[derive(Debug, Clone)]
 pub struct Reader {
@@ -415,9 +420,76 @@ impl Reader {
     /// Position of the first record whose timestamp is at or after `timestamp_us`.
     pub fn position_at_or_after(&self, timestamp_us: u64) -> Result<Option<Position>> {
         Ok(self
-            .index
-            .first_position_at_or_after(timestamp_us)?
+            .first_stamped_at_or_after(timestamp_us)?
+            .map(|(_, p)| p)
             .filter(|p| *p < self.log.end()))
+    }
+
+    /// The timestamp and position of the first record of events stamped at or after
+    /// `timestamp_us` (possibly past the end readers see: callers compare). The time index
+    /// is sparse (`index::TimeKeys`): the records between the last key before `timestamp_us`
+    /// and the first at or after it are read, about `TIME_KEY_SPACING_BYTES` at most.
+    pub fn first_stamped_at_or_after(&self, timestamp_us: u64) -> Result<Option<(u64, Position)>> {
+        let after = self.index.time_key_at_or_after(timestamp_us)?;
+        let from = self
+            .index
+            .time_key_before(timestamp_us)?
+            .map_or(0, |(_, p)| p);
+        let to = after.map_or(self.log.end(), |(_, p)| p.min(self.log.end()));
+        let mut found = None;
+        self.scan_stamps(from, to, |t, p| {
+            if t >= timestamp_us {
+                found = Some((t, p));
+            }
+            found.is_none()
+        })?;
+        Ok(found.or(after))
+    }
+
+    /// The newest timestamp of the records before `end` (0 if none): the last time key's
+    /// record and the unkeyed ones after it.
+    pub(crate) fn last_timestamp(&self, end: Position) -> Result<u64> {
+        let last_key = self.index.time_key_before(u64::MAX)?;
+        let mut last = last_key.map_or(0, |(t, _)| t);
+        self.scan_stamps(last_key.map_or(0, |(_, p)| p), end, |t, _| {
+            last = last.max(t);
+            true
+        })?;
+        Ok(last)
+    }
+
+    /// Calls `f` with the timestamp and position of each record of events in `from..to`
+    /// that is still in the log (reclaimed runs are skipped) until it returns false.
+    fn scan_stamps(
+        &self,
+        from: Position,
+        to: Position,
+        mut f: impl FnMut(u64, Position) -> bool,
+    ) -> Result<()> {
+        let mut at = from;
+        while at != 0 && at < to && self.is_reclaimed(at) {
+            let next = self.reclaimed_end(at);
+            if next <= at {
+                break;
+            }
+            at = next;
+        }
+        while at < to {
+            let (raw, next) = self
+                .log
+                .scan(at, to, STAMP_SCAN_RECORDS, STAMP_SCAN_BYTES)?;
+            for r in &raw {
+                let events = format::read_kind(&r.frame) == format::KIND_EVENTS;
+                if events && !f(r.header.timestamp_us, r.header.position) {
+                    return Ok(());
+                }
+            }
+            if raw.is_empty() || next <= at {
+                break;
+            }
+            at = next;
+        }
+        Ok(())
     }
 
     /// The end of the log as readers see it: every record before it is durable.

@@ -97,6 +97,8 @@ struct Group<T> {
     batch: IndexBatch,
     answers: Vec<(T, AppendResult)>,
     effects: Effects,
+    /// Which of its records get a time key.
+    time_keys: index::TimeKeys,
 }
 
 impl<T> Group<T> {
@@ -110,6 +112,7 @@ impl<T> Group<T> {
             events: 0,
             batch: IndexBatch::default(),
             answers: Vec::with_capacity(requests),
+            time_keys: index::TimeKeys::default(),
             effects: Effects {
                 heads: HashMap::with_capacity(requests),
                 ids: HashMap::with_capacity(requests),
@@ -412,7 +415,7 @@ impl Store {
         store.load_id_filter();
         store.reload_reclaimed()?;
         // The clock resumes past the newest timestamp: the index now covers every record.
-        store.saw_timestamp(store.reader.index.last_timestamp()?.unwrap_or(0));
+        store.saw_timestamp(store.reader.last_timestamp(store.log.next_position())?);
         store.reader.log.publish_end(store.log.next_position());
         store.reload_fences()?;
         Ok(store)
@@ -552,13 +555,14 @@ impl Store {
             let mut batch = IndexBatch::clearing(clear);
             clear = false;
             let mut last_seq = None;
+            let mut time_keys = index::TimeKeys::default();
             for r in &raw {
                 let events = self.decode(&r.frame, r.header.position)?;
                 index::add_record(
                     &mut batch,
                     r.header.position,
                     self.raft.then_some(r.header.seq),
-                    r.header.timestamp_us,
+                    (r.header.timestamp_us, time_keys.due(r.header.position)),
                     &index::indexed_events(&events),
                 );
                 index::add_if_hole(&mut batch, r.header.position, &r.frame);
@@ -1308,7 +1312,14 @@ impl Store {
             })
             .collect();
         let seq = self.raft.then_some(seq);
-        index::add_record(&mut group.batch, position, seq, timestamp_us, &indexed);
+        let time_key = group.time_keys.due(position);
+        index::add_record(
+            &mut group.batch,
+            position,
+            seq,
+            (timestamp_us, time_key),
+            &indexed,
+        );
         group.records += 1;
         group.events += fields.len() as u64;
         for (tag, request, first_versions) in items {

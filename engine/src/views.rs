@@ -161,8 +161,8 @@ impl Reader {
         end: Position,
         head: u64,
     ) -> Result<u64> {
-        match self.index.first_position_at_or_after(timestamp_us)? {
-            Some(p) if p < end => Ok(self.version_before(stream, p)?.map_or(0, |v| v + 1)),
+        match self.first_stamped_at_or_after(timestamp_us)? {
+            Some((_, p)) if p < end => Ok(self.version_before(stream, p)?.map_or(0, |v| v + 1)),
             _ => Ok(head + 1),
         }
     }
@@ -326,8 +326,7 @@ impl Reader {
     /// the log). Returns that record's timestamp: the log is closed through it.
     pub fn closed_through(&self, timestamp_us: u64) -> Result<Option<u64>> {
         Ok(self
-            .index
-            .first_at_or_after(timestamp_us)?
+            .first_stamped_at_or_after(timestamp_us)?
             .filter(|(_, p)| *p < self.end())
             .map(|(t, _)| t))
     }

@@ -1,5 +1,7 @@
 //! As-of reads: random histories (timestamps from a clock that wanders backwards too) read as
-//! of random versions, positions and times must equal a model of the log.
+//! of random versions, positions and times must equal a model of the log. Appends are
+//! committed in batches of several records, most of which the sparse time index leaves
+//! without a key: timestamp lookups read the log between keys.
 
 // Test code (helpers too, which clippy does not count as tests): a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -24,9 +26,18 @@ fn streams() -> [&'static str; 3] {
     ["a", "b", "c"]
 }
 
-/// Appends: (stream index, events, clock step in µs — may be negative).
-fn history() -> impl Strategy<Value = Vec<(usize, usize, i64)>> {
-    prop::collection::vec((0..3usize, 1..4usize, -3_000i64..5_000), 1..60)
+/// Appends: (stream index, events, clock step in µs — may be negative, whether the batch
+/// being gathered is committed after this append).
+fn history() -> impl Strategy<Value = Vec<(usize, usize, i64, bool)>> {
+    prop::collection::vec(
+        (
+            0..3usize,
+            1..4usize,
+            -3_000i64..5_000,
+            prop::bool::weighted(0.2),
+        ),
+        1..60,
+    )
 }
 
 proptest! {
@@ -41,21 +52,29 @@ proptest! {
         let mut heads = [0u64; 3];
         let mut clock: i64 = 1_000_000;
         let mut id = 0u128;
-        for (s, n, step) in ops {
+        let mut batch = Vec::new();
+        let last = ops.len() - 1;
+        for (i, (s, n, step, commit)) in ops.into_iter().enumerate() {
             clock = (clock + step).max(1);
             let stream = streams()[s];
             let events: Vec<_> = (0..n).map(|_| { id += 1; event(id, "e") }).collect();
             let ids: Vec<u128> = (id + 1 - n as u128..=id).collect();
-            let request = AppendRequest::single(stream, ExpectedVersion::Any, events, clock as u64);
-            let result = store.commit(vec![request]).remove(0).unwrap();
-            let record = store.reader().read_all(result.position, 1).unwrap().records.remove(0);
-            let first = heads[s];
-            heads[s] += n as u64;
-            model.push(Rec {
-                position: result.position,
-                timestamp_us: record.timestamp_us,
-                events: ids.iter().enumerate().map(|(k, i)| (stream.to_string(), first + k as u64, *i)).collect(),
-            });
+            batch.push((AppendRequest::single(stream, ExpectedVersion::Any, events, clock as u64), s, ids));
+            if !commit && i != last {
+                continue;
+            }
+            let (requests, meta): (Vec<_>, Vec<_>) = batch.drain(..).map(|(r, s, ids)| (r, (s, ids))).unzip();
+            for (result, (s, ids)) in store.commit(requests).into_iter().zip(meta) {
+                let result = result.unwrap();
+                let record = store.reader().read_all(result.position, 1).unwrap().records.remove(0);
+                let first = heads[s];
+                heads[s] += ids.len() as u64;
+                model.push(Rec {
+                    position: result.position,
+                    timestamp_us: record.timestamp_us,
+                    events: ids.iter().enumerate().map(|(k, i)| (streams()[s].to_string(), first + k as u64, *i)).collect(),
+                });
+            }
         }
         // The hybrid logical clock: timestamps increase along the log.
         prop_assert!(model.windows(2).all(|w| w[0].timestamp_us < w[1].timestamp_us));
@@ -152,4 +171,50 @@ fn as_of_a_position_that_is_no_record_is_refused() {
         .read_all_as_of(0, 10, Some(AsOf::Version(0)))
         .unwrap_err();
     assert!(err.to_string().contains("as_of_version"), "{err}");
+}
+
+/// A batch's records after its first have no time key; at open the clock still resumes past
+/// the newest record (read from the log after the last key), so timestamps keep increasing.
+#[test]
+fn the_clock_resumes_past_unkeyed_records_at_open() {
+    use strata_engine::index_store::IndexStore;
+    let fs = SimFs::new(1);
+    let index = MemIndexStore::new();
+    let mut store = open_sim(&fs, &index, small_config()).unwrap();
+    let requests = (0..20u128)
+        .map(|i| AppendRequest::single("a", ExpectedVersion::Any, vec![event(i + 1, "x")], 1_000))
+        .collect();
+    let results: Vec<_> = store
+        .commit(requests)
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let stamps = |store: &strata_engine::Store| {
+        let records = store.reader().read_all(0, 100).unwrap().records;
+        records.iter().map(|r| r.timestamp_us).collect::<Vec<_>>()
+    };
+    assert_eq!(stamps(&store), (1_000..1_020).collect::<Vec<_>>());
+    let keys = index.scan(b"t", b"u", false, usize::MAX).unwrap().len();
+    assert!(
+        keys < results.len() / 2,
+        "{keys} time keys for {} records",
+        results.len()
+    );
+    drop(store);
+    let mut store = open_sim(&fs, &index, small_config()).unwrap();
+    store
+        .commit(vec![AppendRequest::single(
+            "a",
+            ExpectedVersion::Any,
+            vec![event(99, "x")],
+            5,
+        )])
+        .remove(0)
+        .unwrap();
+    assert_eq!(stamps(&store).last(), Some(&1_020));
+    // Every record is found by its own timestamp, keyed or not.
+    for (r, t) in results.iter().zip(1_000u64..) {
+        let at = store.reader().position_at_or_after(t).unwrap();
+        assert_eq!(at, Some(r.position), "timestamp {t}");
+    }
 }

@@ -122,7 +122,7 @@ impl Store {
         // handed back below is durable.
         let tail = store.log.tail_file();
         // The clock resumes past the newest timestamp: the indexed records', then the tail's.
-        store.saw_timestamp(store.reader.index.last_timestamp()?.unwrap_or(0));
+        store.saw_timestamp(store.reader.last_timestamp(store.log.next_position())?);
         let mut out = Vec::new();
         let mut position = from;
         while position < end || (position == 0 && !store.log.is_empty()) {
@@ -342,7 +342,13 @@ impl Store {
     fn encode_meta(&self, kind: u8, body: &[u8], group: &mut Group<()>, leader: (u64, u64)) {
         let header = self.header_here(leader, 0);
         format::encode_meta_record(&mut group.buf, kind, header, body);
-        index::add_record(&mut group.batch, header.position, Some(header.seq), 0, &[]);
+        index::add_record(
+            &mut group.batch,
+            header.position,
+            Some(header.seq),
+            (0, false),
+            &[],
+        );
         group.records = 1;
     }
 
@@ -416,7 +422,8 @@ impl Store {
             &mut batch,
             header.position,
             Some(header.seq),
-            header.timestamp_us,
+            // One record per entry here: every one is the first of its write batch.
+            (header.timestamp_us, true),
             &index::indexed_events(&events),
         );
         // A run of records the source's retention reclaimed (copied with a snapshot).
