@@ -45,8 +45,12 @@ const CHECKPOINT_KEY: &[u8] = b"c";
 const FORMAT_KEY: &[u8] = b"v";
 /// The layout described above. 1 had one stream key per event (and no `"v"` key); 2 kept
 /// every kind of key in RocksDB's default column family (`RocksIndexStore` now keeps ids,
-/// streams and times in families of their own; a 2 index is rebuilt, which clears them all).
-const FORMAT: u32 = 3;
+/// streams and times in families of their own; a 2 index is rebuilt, which clears them all);
+/// 3 had a time key per record. A 3 index is a valid 4 one (a sparse index may hold any subset
+/// of the keys) and is kept; the next checkpoint marks it 4, which an older build, trusting the
+/// time keys alone, rebuilds instead of misreading.
+const FORMAT: u32 = 4;
+const FORMAT_DENSE_TIMES: u32 = 3;
 /// Runs read per index scan while expanding a stream range.
 const RUNS_PER_SCAN: usize = 64;
 /// Bytes of log (64 KiB) after a keyed record within a write batch before another record gets
@@ -241,7 +245,10 @@ impl Index {
     /// in any layout).
     pub fn format_is_current(&self) -> Result<bool> {
         Ok(match self.store.get(FORMAT_KEY)? {
-            Some(v) => u32_at(&v, 0) == Some(FORMAT) && v.len() == 4,
+            Some(v) => {
+                v.len() == 4
+                    && u32_at(&v, 0).is_some_and(|f| f == FORMAT || f == FORMAT_DENSE_TIMES)
+            }
             None => self.checkpoint()?.is_none(),
         })
     }
@@ -814,6 +821,17 @@ mod tests {
         assert!(Index::new(Box::new(MemIndexStore::new()))
             .format_is_current()
             .expect("empty"));
+        // A key per record (3) is a sparse index too; 2 and 5 are not this layout.
+        for (format, current) in [(2u32, false), (3, true), (4, true), (5, false)] {
+            let mut batch = IndexBatch::default();
+            batch.put(FORMAT_KEY, format.to_le_bytes());
+            index.write(batch, false).expect("write");
+            assert_eq!(
+                index.format_is_current().expect("format"),
+                current,
+                "{format}"
+            );
+        }
     }
 
     #[test]
