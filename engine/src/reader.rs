@@ -446,8 +446,9 @@ impl Reader {
         Ok(found.or(after))
     }
 
-    /// The newest timestamp of the records before `end` (0 if none): the last time key's
-    /// record and the unkeyed ones after it.
+    /// The newest timestamp of the records before `end` (0 if none): the last time key's (the
+    /// last indexed record's, see `index::TimeKeys::finish`) and those of the records after
+    /// it, not indexed yet (a replica's unapplied tail).
     pub(crate) fn last_timestamp(&self, end: Position) -> Result<u64> {
         let last_key = self.index.time_key_before(u64::MAX)?;
         let mut last = last_key.map_or(0, |(t, _)| t);

@@ -560,14 +560,18 @@ impl Store {
                 let events = self.decode(&r.frame, r.header.position)?;
                 index::add_record(
                     &mut batch,
-                    r.header.position,
-                    self.raft.then_some(r.header.seq),
-                    (r.header.timestamp_us, time_keys.due(r.header.position)),
+                    (
+                        r.header.position,
+                        self.raft.then_some(r.header.seq),
+                        r.header.timestamp_us,
+                    ),
                     &index::indexed_events(&events),
+                    &mut time_keys,
                 );
                 index::add_if_hole(&mut batch, r.header.position, &r.frame);
                 last_seq = Some(r.header.seq + format::records_in(&r.frame) - 1);
             }
+            time_keys.finish(&mut batch);
             records += raw.len() as u64;
             let done = raw.is_empty() || next >= end;
             let checkpoint = if done {
@@ -833,6 +837,7 @@ impl Store {
             return;
         }
         let mut group = group;
+        group.time_keys.finish(&mut group.batch);
         group.effects.position = self.log.next_position();
         group.effects.seq = self.log.next_seq();
         match self.log.write(&group.buf, group.records) {
@@ -1312,13 +1317,11 @@ impl Store {
             })
             .collect();
         let seq = self.raft.then_some(seq);
-        let time_key = group.time_keys.due(position);
         index::add_record(
             &mut group.batch,
-            position,
-            seq,
-            (timestamp_us, time_key),
+            (position, seq, timestamp_us),
             &indexed,
+            &mut group.time_keys,
         );
         group.records += 1;
         group.events += fields.len() as u64;

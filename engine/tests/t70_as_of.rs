@@ -173,10 +173,10 @@ fn as_of_a_position_that_is_no_record_is_refused() {
     assert!(err.to_string().contains("as_of_version"), "{err}");
 }
 
-/// A batch's records after its first have no time key; at open the clock still resumes past
-/// the newest record (read from the log after the last key), so timestamps keep increasing.
+/// A batch's records between its first and its last have no time key; the last key is the
+/// last record's, and at open the clock resumes past it, so timestamps keep increasing.
 #[test]
-fn the_clock_resumes_past_unkeyed_records_at_open() {
+fn the_clock_resumes_past_the_newest_record_at_open() {
     use strata_engine::index_store::IndexStore;
     let fs = SimFs::new(1);
     let index = MemIndexStore::new();
@@ -194,13 +194,33 @@ fn the_clock_resumes_past_unkeyed_records_at_open() {
         records.iter().map(|r| r.timestamp_us).collect::<Vec<_>>()
     };
     assert_eq!(stamps(&store), (1_000..1_020).collect::<Vec<_>>());
-    let keys = index.scan(b"t", b"u", false, usize::MAX).unwrap().len();
-    assert!(
-        keys < results.len() / 2,
-        "{keys} time keys for {} records",
-        results.len()
-    );
+    let last = results.last().unwrap().position;
+    let sparse_ending_at_the_last_record = |index: &MemIndexStore| {
+        let keys = index.scan(b"t", b"u", false, usize::MAX).unwrap();
+        assert!(
+            keys.len() < results.len() / 2,
+            "{} time keys for {} records",
+            keys.len(),
+            results.len()
+        );
+        let (last_key, _) = keys.last().unwrap();
+        assert_eq!(
+            last_key[1..9],
+            1_019u64.to_be_bytes(),
+            "the last key's timestamp"
+        );
+        assert_eq!(
+            last_key[9..17],
+            last.to_be_bytes(),
+            "the last key's position"
+        );
+    };
+    sparse_ending_at_the_last_record(&index);
     drop(store);
+    // An index built again from the log (catch-up at open) keys the same way.
+    let rebuilt = MemIndexStore::new();
+    drop(open_sim(&fs, &rebuilt, small_config()).unwrap());
+    sparse_ending_at_the_last_record(&rebuilt);
     let mut store = open_sim(&fs, &index, small_config()).unwrap();
     store
         .commit(vec![AppendRequest::single(

@@ -344,10 +344,9 @@ impl Store {
         format::encode_meta_record(&mut group.buf, kind, header, body);
         index::add_record(
             &mut group.batch,
-            header.position,
-            Some(header.seq),
-            (0, false),
+            (header.position, Some(header.seq), 0),
             &[],
+            &mut index::TimeKeys::default(),
         );
         group.records = 1;
     }
@@ -420,11 +419,10 @@ impl Store {
         let mut batch = IndexBatch::default();
         index::add_record(
             &mut batch,
-            header.position,
-            Some(header.seq),
-            // One record per entry here: every one is the first of its write batch.
-            (header.timestamp_us, true),
+            (header.position, Some(header.seq), header.timestamp_us),
             &index::indexed_events(&events),
+            // One record per entry here: the first of its write batch, so keyed.
+            &mut index::TimeKeys::default(),
         );
         // A run of records the source's retention reclaimed (copied with a snapshot).
         index::add_if_hole(&mut batch, header.position, frame);
