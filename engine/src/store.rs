@@ -16,7 +16,11 @@
 //! so decisions never miss them; the index checkpoint equals the published end after every
 //! finish and truncation; a request's events are all in one record or not written.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+// The writer hashes every event id and stream name a few times per append: foldhash (seeded per
+// process) instead of SipHash.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
