@@ -141,20 +141,25 @@ proptest! {
     }
 }
 
+/// Commits one event (id `id`, stamped 5) to stream `a`.
+fn append_one(store: &mut strata_engine::Store, id: u128) -> strata_engine::AppendResult {
+    store
+        .commit(vec![AppendRequest::single(
+            "a",
+            ExpectedVersion::Any,
+            vec![event(id, "x")],
+            5,
+        )])
+        .remove(0)
+        .unwrap()
+}
+
 #[test]
 fn as_of_a_position_that_is_no_record_is_refused() {
     let fs = SimFs::new(1);
     let index = MemIndexStore::new();
     let mut store = open_sim(&fs, &index, small_config()).unwrap();
-    let r = store
-        .commit(vec![AppendRequest::single(
-            "a",
-            ExpectedVersion::Any,
-            vec![event(1, "x")],
-            5,
-        )])
-        .remove(0)
-        .unwrap();
+    let r = append_one(&mut store, 1);
     let err = store
         .reader()
         .read_stream_as_of(
@@ -222,15 +227,7 @@ fn the_clock_resumes_past_the_newest_record_at_open() {
     drop(open_sim(&fs, &rebuilt, small_config()).unwrap());
     sparse_ending_at_the_last_record(&rebuilt);
     let mut store = open_sim(&fs, &index, small_config()).unwrap();
-    store
-        .commit(vec![AppendRequest::single(
-            "a",
-            ExpectedVersion::Any,
-            vec![event(99, "x")],
-            5,
-        )])
-        .remove(0)
-        .unwrap();
+    append_one(&mut store, 99);
     assert_eq!(stamps(&store).last(), Some(&1_020));
     // Every record is found by its own timestamp, keyed or not.
     for (r, t) in results.iter().zip(1_000u64..) {
