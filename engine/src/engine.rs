@@ -19,8 +19,9 @@
 //! thread — tens of µs on a virtual machine — and an idle pipeline has nothing to overlap, so
 //! one appender waiting for each answer is answered sooner. At most one caller at a time
 //! does this, for one group's write and fdatasync; anything submitted meanwhile queues behind
-//! it, so order is kept. Only while appenders come one at a time: once the writer's last
-//! group held more than one request, appends queue until a group of one says the load is gone.
+//! it, so order is kept. Only while appenders come one at a time: after a group of more than
+//! one request, or an append that found another under way, appends queue until
+//! `LONE_AFTER_SINGLES` groups of one in a row say the load is gone.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -129,18 +130,19 @@ enum ToIndexer {
 struct Shared {
     /// `None` once the writer has stopped (and dropped it, flushing the index).
     store: Mutex<Option<Store>>,
-    /// Commands sent to the writer that it has not finished handling, plus one while a lone
-    /// append runs (and one for ever once shutdown is sent). A lone append starts only by
+    /// Commands sent to the writer that it has not finished handling (it counts a group
+    /// finished before sending the answers it decided), plus one while a lone append runs (and one for ever once shutdown is sent). A lone append starts only by
     /// moving this from 0 to 1, so it never overtakes a command sent before it, and nothing
     /// sent after it is handled before it is answered (the writer waits for the store).
     unhandled: AtomicUsize,
-    /// Requests in the last group the writer formed. More than one means appenders are
-    /// arriving together: a lone append would then block its caller's thread (a gRPC runtime
-    /// thread) for an fdatasync while others queue behind it anyway, so it queues too. At 64
-    /// unary clients this cut the groups run alone from 36 % to 16 %; throughput was within
-    /// run-to-run noise with the lone path on, off, or before it existed (4 rounds of three
-    /// alternating runs, 12.6–16.4k appends/s each).
-    last_group_requests: AtomicUsize,
+    /// Groups in a row that held one request (formed by the writer, or run alone), capped at
+    /// [`LONE_AFTER_SINGLES`]; reset by a group of more than one and by an append that found
+    /// another one under way. A lone append runs only after that many singles: while
+    /// appenders arrive together it would block its caller's thread (a gRPC runtime thread)
+    /// for an fdatasync while the others queue behind it anyway, and forgo group commit.
+    /// Measured: 4 clients lost 12–25 % of their throughput when one group of one was enough,
+    /// 2 clients ~9 % without the reset on contention (docs/ARCHITECTURE.md).
+    single_groups: AtomicUsize,
 }
 
 impl std::fmt::Debug for Shared {
@@ -148,6 +150,21 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("unhandled", &self.unhandled.load(Ordering::Relaxed))
             .finish_non_exhaustive()
+    }
+}
+
+/// Groups of one request in a row after which an append may run alone
+/// ([`Shared::single_groups`]).
+const LONE_AFTER_SINGLES: usize = 4;
+
+impl Shared {
+    /// Counts a group of `n` requests towards (or against) the lone path.
+    fn count_group(&self, n: usize) {
+        let singles = match n {
+            1 => (self.single_groups.load(Ordering::Relaxed) + 1).min(LONE_AFTER_SINGLES),
+            _ => 0,
+        };
+        self.single_groups.store(singles, Ordering::Relaxed);
     }
 }
 
@@ -246,7 +263,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             store: Mutex::new(Some(store)),
             unhandled: AtomicUsize::new(0),
-            last_group_requests: AtomicUsize::new(1),
+            single_groups: AtomicUsize::new(0),
         });
         let writer = {
             let shared = shared.clone();
@@ -317,11 +334,16 @@ impl Engine {
     ) -> std::result::Result<Result<AppendResult>, Validated> {
         let unhandled = &self.shared.unhandled;
         if !self.lone_appends
-            || self.shared.last_group_requests.load(Ordering::Relaxed) > 1
-            || unhandled
-                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
+            || self.shared.single_groups.load(Ordering::Relaxed) < LONE_AFTER_SINGLES
         {
+            return Err(request);
+        }
+        if unhandled
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Another append is queued or under way: appenders are arriving together.
+            self.shared.single_groups.store(0, Ordering::Relaxed);
             return Err(request);
         }
         let answer = {
@@ -332,6 +354,7 @@ impl Engine {
                 Some(store) if store.inflight_groups() > 0 => Err(request),
                 Some(store) => {
                     self.stats.appends_alone.fetch_add(1, Ordering::Relaxed);
+                    self.shared.count_group(1);
                     Ok(write_alone(store, &self.finisher, request))
                 }
             }
@@ -372,7 +395,8 @@ impl Engine {
 
     /// Queues several independent appends one after another (each decided on its own, in
     /// this order; an invalid one is answered at once) and returns all their answers to come,
-    /// together: one wake-up for the batch instead of one per append.
+    /// together: one wake-up for the batch instead of one per append. A single append alone
+    /// in an idle pipeline is decided on the caller's thread, as [`Engine::submit`] does.
     pub async fn submit_many(
         &self,
         requests: Vec<AppendRequest>,
@@ -388,6 +412,18 @@ impl Engine {
                     gather.put(slot, Err(e));
                     continue;
                 }
+            };
+            // One append alone in an idle pipeline is decided here, as `submit` decides it.
+            let request = if n == 1 {
+                match self.append_alone(request) {
+                    Ok(answer) => {
+                        gather.put(slot, answer);
+                        continue;
+                    }
+                    Err(request) => request,
+                }
+            } else {
+                request
             };
             self.counted(1);
             let command = Command::Append {
@@ -539,21 +575,21 @@ fn run_writer(
                 None => break,
             },
         };
-        let handled = match command {
+        let (handled, answers) = match command {
             Command::Shutdown => break,
             Command::Truncate { position, reply } => {
                 drain(&to_syncer);
                 let _ = reply.send(with_store(shared, |s| s.truncate_from(position)));
-                1
+                (1, Vec::new())
             }
             Command::DropReclaimed { reply } => {
                 let _ = reply.send(with_store(shared, |s| s.drop_reclaimed(Position::MAX)));
-                1
+                (1, Vec::new())
             }
             Command::Append { request, reply } => {
                 let requests = gather(vec![(reply, request)], &mut rx, &mut next, config);
                 let n = requests.len();
-                shared.last_group_requests.store(n, Ordering::Relaxed);
+                shared.count_group(n);
                 stats.queue_depth.fetch_sub(n as u64, Ordering::Relaxed);
                 let mut store = crate::sync::lock(&shared.store);
                 match store.as_mut() {
@@ -563,16 +599,25 @@ fn run_writer(
                         // appends queue meanwhile and go as one larger group next (measured:
                         // ~10-20 % less CPU per event on 8 shards than handing it on).
                         let alone = rx.is_empty();
-                        write(store, finisher, requests, &to_syncer, alone)
+                        (n, write(store, finisher, requests, &to_syncer, alone))
                     }
-                    None => requests
-                        .into_iter()
-                        .for_each(|(reply, _)| reply.send(Err(Error::Closed))),
+                    None => (
+                        n,
+                        requests
+                            .into_iter()
+                            .map(|(reply, _)| (reply, Err(Error::Closed)))
+                            .collect(),
+                    ),
                 }
-                n
             }
         };
+        // Handled before the answers go: an appender answered here may submit its next append
+        // at once, and should find the pipeline idle (free to run alone) if nothing else is.
         shared.unhandled.fetch_sub(handled, Ordering::AcqRel);
+        for (reply, answer) in answers {
+            // The caller may have stopped waiting; nothing to do then.
+            reply.send(answer);
+        }
     }
     // Let every written group finish before the store (and its index) is closed.
     drain(&to_syncer);
@@ -612,28 +657,23 @@ fn gather(
 }
 
 /// Writes one group of requests and hands what was written to the syncer, or (alone in an
-/// idle pipeline) syncs and finishes it here.
+/// idle pipeline) syncs and finishes it here. Returns the answers decided here, for the
+/// caller to send once it has counted the group handled.
 fn write(
     store: &mut Store,
     finisher: &Finisher,
     requests: Vec<(Reply, Validated)>,
     to_syncer: &std_mpsc::SyncSender<ToSyncer>,
     idle: bool,
-) {
-    let (now, written) = store.write_validated(requests);
-    for (reply, answer) in now {
-        // The caller may have stopped waiting; nothing to do then.
-        reply.send(answer);
-    }
+) -> Vec<(Reply, Result<AppendResult>)> {
+    let (mut answers, written) = store.write_validated(requests);
     // Alone in an idle pipeline (nothing else in flight or queued): sync and finish here,
     // sparing the appenders two thread hops. Order is kept: no other group is between the
     // writer and the answers.
     if written.len() == 1 && store.inflight_groups() == 1 && idle {
         let synced = finisher.sync(&written);
-        for (reply, answer) in finisher.finish(written, &synced) {
-            reply.send(answer);
-        }
-        return;
+        answers.extend(finisher.finish(written, &synced));
+        return answers;
     }
     for group in written {
         if let Err(std_mpsc::SendError(ToSyncer::Written(group))) =
@@ -645,6 +685,7 @@ fn write(
             }
         }
     }
+    answers
 }
 
 /// A lone append, on the caller's thread: write, sync, index, answer.

@@ -204,8 +204,10 @@ type Pending =
 /// `Engine::submit` promises that appends submitted one after another are decided in that
 /// order, whether an append finds the pipeline idle and runs alone on the caller's thread or
 /// queues for the writer. A chain of appends, each expecting the version the one before it
-/// creates, is submitted in bursts (some find the pipeline idle) while other tasks keep it busy
-/// part of the time: every link must land, in order, and both paths must have been taken.
+/// creates, is submitted in bursts while other tasks keep it busy, then without them (runs of
+/// single links find the pipeline idle and go alone once four groups of one came in a row,
+/// each run followed by a queued link and one submitted at once): every link must land, in
+/// order, and both paths must have been taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn submitted_appends_keep_their_order_whether_alone_or_queued() {
     const LINKS: u64 = 400;
@@ -215,7 +217,7 @@ async fn submitted_appends_keep_their_order_whether_alone_or_queued() {
         ..small_config()
     };
     let engine = Arc::new(Engine::open_dir(dir.path(), config).unwrap());
-    let noise: Vec<_> = (1..=3u128)
+    let mut noise: Vec<_> = (1..=3u128)
         .map(|t| {
             let engine = engine.clone();
             tokio::spawn(async move {
@@ -232,21 +234,43 @@ async fn submitted_appends_keep_their_order_whether_alone_or_queued() {
         .collect();
     let mut burst = Vec::new();
     for i in 0..LINKS {
+        if i == LINKS - 100 {
+            // The last links find no other appender: their runs of singles go alone.
+            for task in noise.drain(..) {
+                task.await.unwrap();
+            }
+        }
         let expected = match i {
             0 => ExpectedVersion::NoStream,
             _ => ExpectedVersion::Exact(i - 1),
         };
         let request = append("chain", expected, vec![event(u128::from(i) + 1, "c")]);
-        // Every third link goes through `submit_many`, which always queues: the next link,
-        // submitted at once, must wait behind it rather than run alone.
-        let answer: Pending = if i % 3 == 1 {
+        let quiet = i >= LINKS - 100;
+        // Every third link goes through `submit_many` (alone or queued like `submit`): the
+        // next link, submitted at once, must wait behind it. Once quiet, every tenth goes
+        // with a side append (two in one `submit_many` always queue) right after six singles
+        // (so the next link may run alone): the next, submitted at once, must wait behind it.
+        let answer: Pending = if quiet && i % 10 == 6 {
+            let side = append(
+                "side",
+                ExpectedVersion::Any,
+                vec![event(1_000_000 + u128::from(i), "s")],
+            );
+            let answers = engine.submit_many(vec![request, side]).await;
+            Box::pin(async move { answers.await.swap_remove(0) })
+        } else if i % 3 == 1 {
             let answers = engine.submit_many(vec![request]).await;
             Box::pin(async move { answers.await.pop().unwrap() })
         } else {
             Box::pin(engine.submit(request).await.unwrap())
         };
         burst.push((i, answer));
-        if burst.len() == (i % 5 + 1) as usize {
+        let burst_len = match (quiet, i % 10) {
+            (true, 6) => 2,
+            (true, _) => 1,
+            (false, _) => i % 5 + 1,
+        };
+        if burst.len() >= burst_len as usize {
             for (link, answer) in burst.drain(..) {
                 let result = answer.await.unwrap_or_else(|e| panic!("link {link}: {e}"));
                 assert_eq!(result.streams[0].first_version, link, "link {link}");
@@ -255,9 +279,6 @@ async fn submitted_appends_keep_their_order_whether_alone_or_queued() {
     }
     for (link, answer) in burst {
         assert_eq!(answer.await.unwrap().streams[0].first_version, link);
-    }
-    for task in noise {
-        task.await.unwrap();
     }
     let stats = engine.stats();
     let alone = stats
@@ -268,4 +289,45 @@ async fn submitted_appends_keep_their_order_whether_alone_or_queued() {
         alone > 0 && alone < all,
         "both paths taken: {alone} of {all} appends alone"
     );
+}
+
+/// The lone path's rule: appends go through the writer until four groups of one came in a
+/// row, then one appender waiting for each answer runs alone; a burst (groups of more than
+/// one: appenders arriving together) sends the next appends back through the writer until
+/// four singles came again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_run_alone_only_after_four_single_groups_in_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    let alone = || {
+        engine
+            .stats()
+            .appends_alone
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut id = 0u128;
+    let mut one = || {
+        id += 1;
+        append("s", ExpectedVersion::Any, vec![event(id, "e")])
+    };
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        engine.append(one()).await.unwrap();
+        seen.push(alone());
+    }
+    assert_eq!(seen, [0, 0, 0, 0, 1, 2]);
+    // 64 appends queued at once: the writer groups them (its first group's fdatasync alone
+    // outlasts the queueing of all the rest), so the last groups held more than one.
+    let burst: Vec<_> = (0..64).map(|_| one()).collect();
+    let answers = engine.submit_many(burst).await.await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert_eq!(alone(), 2, "a burst never runs alone");
+    let mut after = Vec::new();
+    for _ in 0..6 {
+        engine.append(one()).await.unwrap();
+        after.push(alone() - 2);
+    }
+    // At most one of the burst's groups (its last) held a single append.
+    assert_eq!(after[..3], [0, 0, 0], "{after:?}");
+    assert!(after[5] >= 1, "alone again after four singles: {after:?}");
 }
