@@ -3,7 +3,9 @@
 # disk's own limits measured in the same run (../shared/bench/disk-limits.sh on the same
 # directory): pipelined 1 KiB appends at 16 and 64 connections, unpipelined single-event
 # appends at 1 and 64 clients, 16 clients x 100-event appends, and a consumer group handling
-# events with a commit every 100. Prints one line per run and a summary of ratios.
+# events with a commit every 100. Prints one line per run and a summary of ratios, with each
+# run's CPU ceiling: the machine's cores over the node's and the client's CPU per event (they
+# share the cores), the most events/s that CPU cost allows whatever the disk does.
 #   usage: benches/client.sh [SECONDS=10] [DATA_PARENT=/tmp]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,13 +24,17 @@ run() { # bench args…
   kill -INT $dev; wait $dev 2>/dev/null || true; rm -rf "$data"
 }
 run append --clients 16 --pipeline 256 --duration "$secs"
+# The same 256 events in flight per connection as 16-event appends: the difference in CPU per
+# event is what a record (and an answer) per append costs.
+run append --clients 16 --pipeline 16 --batch 16 --duration "$secs"
 run append --clients 64 --pipeline 64 --duration "$secs"
 run append --clients 1 --duration "$secs"
 run append --clients 64 --duration "$secs"
 run append --clients 16 --batch 100 --duration "$secs"
 run group --events 200000 --workers 2 --commit-every 100
-LIMITS="$limits" python3 - "$out" <<'PY'
+LIMITS="$limits" CORES=$(nproc) python3 - "$out" <<'PY'
 import json, os, re, sys
+cores = int(os.environ["CORES"])
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 limit = {m.group(1): float(m.group(3)) for m in re.finditer(r"^(\S+)\s+(write|read)\s+\d+ ops/s\s+([\d.]+) MiB/s", os.environ["LIMITS"], re.M)}
 seq = limit.get("seq_write_1m_fsync")
@@ -37,6 +43,12 @@ for r in runs:
         print(f"clients={r['clients']} pipeline={r['pipeline']} batch={r['events_per_append']}: "
               f"{r['events_per_s']:.0f} events/s = {r['mib_per_s']:.1f} MiB/s = {r['mib_per_s']/seq:.1%} of the disk's "
               f"sequential fsync'd {seq:.0f} MiB/s; server {r['server_cpu_us_per_event']:.1f} µs CPU/event")
+        cpu = (r.get("server_cpu_us_per_event") or 0) + (r.get("client_cpu_us_per_event") or 0)
+        if cpu > 0 and r["clients"] * max(r["pipeline"], 1) > 1:  # one append at a time waits, it is not CPU-bound
+            cap = cores * 1e6 / cpu
+            cap_mib = cap * r["mib_per_s"] / r["events_per_s"]
+            print(f"  CPU ceiling: {cores} cores / ({r['server_cpu_us_per_event']:.1f} node + {r['client_cpu_us_per_event']:.1f} client µs/event) "
+                  f"= {cap:.0f} events/s = {cap_mib/seq:.1%} of the disk; reached {r['events_per_s']/cap:.0%} of it")
 fsync_ops = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\S+)\s+write\s+(\d+) ops/s", os.environ["LIMITS"], re.M)}.get("fsync_4k_seq")
 for r in runs:
     if r.get("clients") == 1 and r.get("pipeline") == 0 and r.get("events_per_append") == 1 and fsync_ops:
