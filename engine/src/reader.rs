@@ -447,7 +447,7 @@ impl Reader {
     }
 
     /// The newest timestamp of the records before `end` (0 if none): the last time key's (the
-    /// last indexed record's, see `index::TimeKeys::finish`) and those of the records after
+    /// last indexed record's, see `index::BatchKeys::finish`) and those of the records after
     /// it, not indexed yet (a replica's unapplied tail).
     pub(crate) fn last_timestamp(&self, end: Position) -> Result<u64> {
         let last_key = self.index.time_key_before(u64::MAX)?;

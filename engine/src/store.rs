@@ -101,8 +101,8 @@ struct Group<T> {
     batch: IndexBatch,
     answers: Vec<(T, AppendResult)>,
     effects: Effects,
-    /// Which of its records get a time key.
-    time_keys: index::TimeKeys,
+    /// Index keys held back until the group ends.
+    index_keys: index::BatchKeys,
 }
 
 impl<T> Group<T> {
@@ -116,7 +116,7 @@ impl<T> Group<T> {
             events: 0,
             batch: IndexBatch::default(),
             answers: Vec::with_capacity(requests),
-            time_keys: index::TimeKeys::default(),
+            index_keys: index::BatchKeys::default(),
             effects: Effects {
                 heads: HashMap::with_capacity(requests),
                 ids: HashMap::with_capacity(requests),
@@ -559,7 +559,7 @@ impl Store {
             let mut batch = IndexBatch::clearing(clear);
             clear = false;
             let mut last_seq = None;
-            let mut time_keys = index::TimeKeys::default();
+            let mut index_keys = index::BatchKeys::default();
             for r in &raw {
                 let events = self.decode(&r.frame, r.header.position)?;
                 index::add_record(
@@ -570,12 +570,12 @@ impl Store {
                         r.header.timestamp_us,
                     ),
                     &index::indexed_events(&events),
-                    &mut time_keys,
+                    &mut index_keys,
                 );
                 index::add_if_hole(&mut batch, r.header.position, &r.frame);
                 last_seq = Some(r.header.seq + format::records_in(&r.frame) - 1);
             }
-            time_keys.finish(&mut batch);
+            index_keys.finish(&mut batch);
             records += raw.len() as u64;
             let done = raw.is_empty() || next >= end;
             let checkpoint = if done {
@@ -841,7 +841,7 @@ impl Store {
             return;
         }
         let mut group = group;
-        group.time_keys.finish(&mut group.batch);
+        group.index_keys.finish(&mut group.batch);
         group.effects.position = self.log.next_position();
         group.effects.seq = self.log.next_seq();
         match self.log.write(&group.buf, group.records) {
@@ -1325,7 +1325,7 @@ impl Store {
             &mut group.batch,
             (position, seq, timestamp_us),
             &indexed,
-            &mut group.time_keys,
+            &mut group.index_keys,
         );
         group.records += 1;
         group.events += fields.len() as u64;
@@ -1393,8 +1393,14 @@ impl Store {
                 .reader
                 .log
                 .scan(position, indexed_end, usize::MAX, usize::MAX)?;
+            // Each stream's first version going: an index entry spanning records may hold
+            // versions before it too, which stay.
+            let mut first_gone: HashMap<String, u64> = HashMap::new();
             for r in &raw {
                 let events = self.decode(&r.frame, r.header.position)?;
+                for (e, _) in &events {
+                    first_gone.entry(e.stream.clone()).or_insert(e.version);
+                }
                 index::remove_record(
                     &mut batch,
                     r.header.position,
@@ -1402,6 +1408,11 @@ impl Store {
                     r.header.timestamp_us,
                     &index::indexed_events(&events),
                 );
+            }
+            for (stream, version) in &first_gone {
+                self.reader
+                    .index
+                    .keep_before(&mut batch, stream, *version)?;
             }
         }
         // Log first: a crash between the two leaves the index ahead of the log, which open

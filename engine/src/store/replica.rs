@@ -346,7 +346,7 @@ impl Store {
             &mut group.batch,
             (header.position, Some(header.seq), 0),
             &[],
-            &mut index::TimeKeys::default(),
+            &mut index::BatchKeys::default(),
         );
         group.records = 1;
     }
@@ -417,13 +417,15 @@ impl Store {
     fn absorb(&self, frame: &Bytes, header: RecordHeader) -> Result<(Effects, IndexBatch, u64)> {
         let events = self.decode(frame, header.position)?;
         let mut batch = IndexBatch::default();
+        let mut keys = index::BatchKeys::default();
         index::add_record(
             &mut batch,
             (header.position, Some(header.seq), header.timestamp_us),
             &index::indexed_events(&events),
-            // One record per entry here: the first of its write batch, so keyed.
-            &mut index::TimeKeys::default(),
+            &mut keys,
         );
+        // One record per entry here: the first and last of its write batch.
+        keys.finish(&mut batch);
         // A run of records the source's retention reclaimed (copied with a snapshot).
         index::add_if_hole(&mut batch, header.position, frame);
         let mut effects = Effects::default();
