@@ -79,7 +79,7 @@ const RUNS_PER_SCAN: usize = 64;
 pub const TIME_KEY_SPACING_BYTES: u64 = 64 << 10;
 
 /// Which records of events of one write batch get a time key: the first, each that starts
-/// [`TIME_KEY_SPACING_BYTES`] or more after the last keyed one, and the last ([`TimeKeys::finish`]).
+/// [`TIME_KEY_SPACING_BYTES`] or more after the last keyed one, and the last (put by [`BatchKeys::finish`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TimeKeys {
     keyed_at: Option<Position>,
@@ -154,6 +154,13 @@ impl BatchKeys {
     /// a batch's bytes follow from its records) and the last record's time key when due.
     pub fn finish(&mut self, batch: &mut IndexBatch) {
         self.times.finish(batch);
+        if self.runs.len() <= 1 {
+            // A lone append's group: no order to keep, nothing to sort.
+            for (stream, run) in self.runs.drain() {
+                run.put(batch, &stream);
+            }
+            return;
+        }
         let mut runs: Vec<(String, OpenRun)> = self.runs.drain().collect();
         runs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (stream, run) in &runs {

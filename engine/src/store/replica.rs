@@ -59,7 +59,7 @@ pub enum EntryBody {
     Membership(Vec<u8>),
     /// A whole record frame as the leader wrote it (a follower replicating it).
     Frame(Bytes),
-    /// Stands for an index the Raft log skipped (see [`GAP_ENTRIES_MAX`]).
+    /// Stands for an index the Raft log skipped (see `GAP_ENTRIES_MAX`).
     Gap,
 }
 
