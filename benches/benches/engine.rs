@@ -1,5 +1,6 @@
 //! Engine benchmarks (criterion): durable appends of 1 KiB events at several concurrencies,
-//! reading the last 100 events of one stream among 100,000, and reading the whole log.
+//! reading the last 100 events of one stream among 100,000, reading the whole log, and
+//! reading a long stream whose index entries span records beside one whose entries do not.
 //! Run: `cargo bench -p strata-benches --bench engine`. Besides criterion's report, each bench
 //! prints a summary line with events/s, MiB/s and latency percentiles; compare appends with
 //! the disk's own limits measured on the same directory (`../shared/bench/disk-limits.sh`).
@@ -169,5 +170,103 @@ fn reads(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, durable_appends, reads);
+/// Versions of each stream `spanning_entries` reads.
+const LONG_STREAM_EVENTS: u64 = 10_240;
+
+/// Reads of a stream whose index entries span records (one-event appends from 64 threads at
+/// once: a write group merges each stream's consecutive runs, up to 256 versions per entry)
+/// beside one whose entries are one record each (the same appends from one thread): the last
+/// 100 events, and one event at a random version (the lookup decodes its whole entry).
+fn spanning_entries(c: &mut Criterion) {
+    let dir = bench_dir();
+    let engine = Arc::new(Engine::open_dir(dir.path(), EngineConfig::default()).expect("open"));
+    let ids = Arc::new(AtomicU64::new(1));
+    let append = |engine: &Engine, ids: &AtomicU64, stream: &str| {
+        let base = ids.fetch_add(1, Ordering::Relaxed) as u128;
+        let request = AppendRequest::single(
+            stream,
+            ExpectedVersion::Any,
+            events(base << 20, 1, EVENT_BYTES),
+            0,
+        );
+        engine.append_blocking(request).expect("append");
+    };
+    let threads: Vec<_> = (0..64)
+        .map(|_| {
+            let (engine, ids) = (engine.clone(), ids.clone());
+            std::thread::spawn(move || {
+                for _ in 0..LONG_STREAM_EVENTS / 64 {
+                    append(&engine, &ids, "spanning");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("appender thread");
+    }
+    for _ in 0..LONG_STREAM_EVENTS {
+        append(&engine, &ids, "separate");
+    }
+    let mut group = c.benchmark_group("read_long_stream");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4));
+    let mut summaries = Vec::new();
+    for stream in ["spanning", "separate"] {
+        let last = Latencies::default();
+        group.throughput(Throughput::Elements(100));
+        group.bench_function(format!("last_100_events_{stream}"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let mut lat = Vec::with_capacity(iters as usize);
+                for _ in 0..iters {
+                    let t = Instant::now();
+                    let got = engine
+                        .reader()
+                        .read_stream(stream, None, Direction::Backwards, 100)
+                        .expect("read");
+                    lat.push(t.elapsed());
+                    assert_eq!(got.len(), 100);
+                }
+                let elapsed = start.elapsed();
+                last.record(lat, elapsed);
+                elapsed
+            })
+        });
+        let one = Latencies::default();
+        let mut rng = SplitMix64::new(11);
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("one_event_at_a_random_version_{stream}"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let mut lat = Vec::with_capacity(iters as usize);
+                for _ in 0..iters {
+                    let version = rng.below(LONG_STREAM_EVENTS);
+                    let t = Instant::now();
+                    let got = engine
+                        .reader()
+                        .read_stream(stream, Some(version), Direction::Forwards, 1)
+                        .expect("read");
+                    lat.push(t.elapsed());
+                    assert_eq!(got.first().map(|e| e.version), Some(version));
+                }
+                let elapsed = start.elapsed();
+                one.record(lat, elapsed);
+                elapsed
+            })
+        });
+        summaries.push(last.summary(&format!("read last 100 of `{stream}`"), 100, EVENT_BYTES));
+        summaries.push(one.summary(
+            &format!("read 1 at a random version of `{stream}`"),
+            1,
+            EVENT_BYTES,
+        ));
+    }
+    group.finish();
+    for s in summaries {
+        println!("SUMMARY {s}");
+    }
+}
+
+criterion_group!(benches, durable_appends, reads, spanning_entries);
 criterion_main!(benches);
