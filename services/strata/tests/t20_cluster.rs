@@ -2396,8 +2396,7 @@ async fn replica_moves_refuse_bad_input_and_resume_after_a_failure() {
         String::from_utf8_lossy(&out.stderr)
     );
     wait_deleted(&cluster, 1, 0).await;
-    let view = strata_json(&["cluster", "status", "--json", "--server", &first]);
-    assert_eq!(replicas_of(&view, 0), vec![2, 3, 4], "{view}");
+    wait_replicas(&first, 0, &[2, 3, 4]).await;
     let map = strata_proto::routing::ClusterMap::even(4096, 2).unwrap();
     let stream = (0..)
         .map(|i| format!("via-1-{i}"))
@@ -2459,8 +2458,7 @@ async fn replica_moves_refuse_bad_input_and_resume_after_a_failure() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let view = strata_json(&["cluster", "status", "--json", "--server", &first]);
-    assert_eq!(replicas_of(&view, 1), vec![2, 3, 4], "{view}");
+    wait_replicas(&first, 1, &[2, 3, 4]).await;
     wait_deleted(&cluster, 1, 1).await;
     assert_eq!(read_stream_ids(&mut via_1, &stream).await.len(), 5);
     check_logs_identical(&mut cluster, true);
@@ -2486,6 +2484,25 @@ fn replicas_of(view: &serde_json::Value, shard: u64) -> Vec<u64> {
         .collect();
     r.sort_unstable();
     r
+}
+
+/// Waits (10 s at most) until `cluster status` through `server` shows `want` as the replicas
+/// of `shard`. A move answers once the metadata leader has the final map; the node asked
+/// shows the membership its own replica has applied, which can lag a moment behind (seen in
+/// CI, also after the moved-away replica was already deleted).
+async fn wait_replicas(server: &str, shard: u64, want: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = strata_json(&["cluster", "status", "--json", "--server", server]);
+        if replicas_of(&view, shard) == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shard {shard}: want {want:?}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits (30 s at most) until node `id` has deleted its replica of shard `shard`.
@@ -2602,17 +2619,7 @@ async fn a_replica_move_in_progress_shows_its_step_and_can_be_cancelled() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("shard 0: replica 1 → 4"), "{stderr}");
-    // The move answers once the metadata leader has the final map; the node asked here shows
-    // the map it has applied, which can be an epoch behind for a moment (seen in CI).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let view = strata_json(&["cluster", "status", "--json", "--server", &first]);
-        if replicas_of(&view, 0) == vec![2, 3, 4] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_replicas(&first, 0, &[2, 3, 4]).await;
     wait_deleted(cluster, 1, 0).await;
     w.stop_and_check().await;
 }
@@ -2718,8 +2725,7 @@ async fn a_replica_move_survives_a_kill_of(victim: MoveVictim) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     wait_deleted(cluster, 1, 0).await;
-    let view = strata_json(&["cluster", "status", "--json", "--server", &first]);
-    assert_eq!(replicas_of(&view, 0), vec![2, 3, 4], "{view}");
+    wait_replicas(&first, 0, &[2, 3, 4]).await;
     w.stop_and_check().await;
 }
 
