@@ -84,6 +84,20 @@ fn durable_appends(c: &mut Criterion) {
     }
 }
 
+/// Runs `op` `iters` times, each one timed into `latencies`; the whole run's time.
+fn timed(iters: u64, latencies: &Latencies, mut op: impl FnMut()) -> Duration {
+    let mut lat = Vec::with_capacity(iters as usize);
+    let start = Instant::now();
+    for _ in 0..iters {
+        let t = Instant::now();
+        op();
+        lat.push(t.elapsed());
+    }
+    let elapsed = start.elapsed();
+    latencies.record(lat, elapsed);
+    elapsed
+}
+
 fn reads(c: &mut Criterion) {
     let dir = bench_dir();
     let engine = Engine::open_dir(dir.path(), EngineConfig::default()).expect("open engine");
@@ -118,21 +132,14 @@ fn reads(c: &mut Criterion) {
     group.throughput(Throughput::Elements(100));
     group.bench_function("last_100_events_of_1_in_100k_streams", |b| {
         b.iter_custom(|iters| {
-            let mut lat = Vec::with_capacity(iters as usize);
-            let start = Instant::now();
-            for _ in 0..iters {
+            timed(iters, &latencies, || {
                 let stream = &hot[rng.below(hot.len() as u64) as usize];
-                let t = Instant::now();
                 let got = engine
                     .reader()
                     .read_stream(stream, None, Direction::Backwards, 100)
                     .expect("read stream");
-                lat.push(t.elapsed());
                 assert_eq!(got.len(), 100);
-            }
-            let elapsed = start.elapsed();
-            latencies.record(lat, elapsed);
-            elapsed
+            })
         })
     });
     let all = Latencies::default();
@@ -217,20 +224,13 @@ fn spanning_entries(c: &mut Criterion) {
         group.throughput(Throughput::Elements(100));
         group.bench_function(format!("last_100_events_{stream}"), |b| {
             b.iter_custom(|iters| {
-                let start = Instant::now();
-                let mut lat = Vec::with_capacity(iters as usize);
-                for _ in 0..iters {
-                    let t = Instant::now();
+                timed(iters, &last, || {
                     let got = engine
                         .reader()
                         .read_stream(stream, None, Direction::Backwards, 100)
                         .expect("read");
-                    lat.push(t.elapsed());
                     assert_eq!(got.len(), 100);
-                }
-                let elapsed = start.elapsed();
-                last.record(lat, elapsed);
-                elapsed
+                })
             })
         });
         let one = Latencies::default();
@@ -238,21 +238,14 @@ fn spanning_entries(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1));
         group.bench_function(format!("one_event_at_a_random_version_{stream}"), |b| {
             b.iter_custom(|iters| {
-                let start = Instant::now();
-                let mut lat = Vec::with_capacity(iters as usize);
-                for _ in 0..iters {
+                timed(iters, &one, || {
                     let version = rng.below(LONG_STREAM_EVENTS);
-                    let t = Instant::now();
                     let got = engine
                         .reader()
                         .read_stream(stream, Some(version), Direction::Forwards, 1)
                         .expect("read");
-                    lat.push(t.elapsed());
                     assert_eq!(got.first().map(|e| e.version), Some(version));
-                }
-                let elapsed = start.elapsed();
-                one.record(lat, elapsed);
-                elapsed
+                })
             })
         });
         summaries.push(last.summary(&format!("read last 100 of `{stream}`"), 100, EVENT_BYTES));
