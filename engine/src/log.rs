@@ -489,51 +489,29 @@ fn scan_segment(
         if off == len {
             return Ok(SegmentScan::ended(off, record_count, crc));
         }
-        if off + SEGMENT_FOOTER_BYTES == len {
-            let bytes = window.get(off, SEGMENT_FOOTER_BYTES as usize)?;
-            if Footer::looks_like_footer(bytes) {
-                let footer = Footer::decode(bytes, path, off)?;
-                if footer.records_end != base + off || footer.record_count != record_count {
-                    return Err(Error::corruption(
-                        path,
-                        off,
-                        "footer does not match the segment's records",
-                    ));
-                }
+        let reason = match footer_at(&mut window, off, base, record_count)? {
+            FooterAt::Sealed(footer) => {
                 return Ok(SegmentScan {
                     records_len: off,
                     record_count,
                     crc,
                     footer: Some(footer),
                     torn_at: None,
-                });
+                })
             }
-        }
-        let (check, frame) = window.frame(off, record_len_max)?;
-        let damage = match check {
-            FrameCheck::Valid(n) => {
-                let header = read_header(frame);
-                if header.position != base + off {
-                    Some(format!("record claims position {}", header.position))
-                } else if header.seq != seq {
-                    Some(format!(
-                        "record has sequence number {}, expected {seq}",
-                        header.seq
-                    ))
-                } else {
-                    crc.update(&frame[..n]);
-                    off += n as u64;
-                    let records = format::records_in(&frame[..n]);
-                    seq += records;
-                    record_count += records;
-                    None
+            FooterAt::Damaged(reason) => reason,
+            FooterAt::Absent => {
+                match next_record(&mut window, off, base, seq, record_len_max, &mut crc)? {
+                    Ok((n, records)) => {
+                        off += n;
+                        seq += records;
+                        record_count += records;
+                        continue;
+                    }
+                    Err(reason) => reason,
                 }
             }
-            FrameCheck::Incomplete => Some("record cut short".to_string()),
-            FrameCheck::NotARecord => Some("bad record magic or length".to_string()),
-            FrameCheck::BadChecksum => Some("record checksum mismatch".to_string()),
         };
-        let Some(reason) = damage else { continue };
         if window.zeros_from(off)? {
             // Preallocated zeros (see PREALLOCATE_BYTES), or a last write none of which
             // reached the disk: the records end here.
@@ -573,6 +551,81 @@ fn scan_segment(
             torn_at: Some(off),
         });
     }
+}
+
+/// What ends a segment's records at `off`, if anything but the next record does.
+enum FooterAt {
+    /// No footer: a record, damage or the end of the file follows.
+    Absent,
+    /// A footer that checks and matches the records before it: the segment is sealed.
+    Sealed(Footer),
+    /// Footer-shaped bytes that do not check: a roll writes the footer after the records and
+    /// syncs it before the manifest lists the segment as sealed, so a crash in between can tear
+    /// it (records that end exactly where the writer's preallocated zeros did leave the file
+    /// its full length). A sealed segment's footer is checked by `open_sealed` instead.
+    Damaged(String),
+}
+
+/// Looks for a footer at `off`: one can only sit in the file's last `SEGMENT_FOOTER_BYTES`.
+/// A footer whose checksum holds but which disagrees with the records is corruption.
+fn footer_at(
+    window: &mut Window<'_>,
+    off: u64,
+    base: Position,
+    record_count: u64,
+) -> Result<FooterAt> {
+    if off + SEGMENT_FOOTER_BYTES != window.len {
+        return Ok(FooterAt::Absent);
+    }
+    let path = window.path;
+    let bytes = window.get(off, SEGMENT_FOOTER_BYTES as usize)?;
+    if !Footer::looks_like_footer(bytes) {
+        return Ok(FooterAt::Absent);
+    }
+    let footer = match Footer::decode(bytes, path, off) {
+        Ok(footer) => footer,
+        Err(e) => return Ok(FooterAt::Damaged(format!("damaged footer ({e})"))),
+    };
+    if footer.records_end != base + off || footer.record_count != record_count {
+        return Err(Error::corruption(
+            path,
+            off,
+            "footer does not match the segment's records",
+        ));
+    }
+    Ok(FooterAt::Sealed(footer))
+}
+
+/// The record at `off`: its length and event count (its bytes join `crc`), or why it is no
+/// record of this segment.
+fn next_record(
+    window: &mut Window<'_>,
+    off: u64,
+    base: Position,
+    seq: u64,
+    record_len_max: usize,
+    crc: &mut crc32fast::Hasher,
+) -> Result<std::result::Result<(u64, u64), String>> {
+    let (check, frame) = window.frame(off, record_len_max)?;
+    Ok(match check {
+        FrameCheck::Valid(n) => {
+            let header = read_header(frame);
+            if header.position != base + off {
+                Err(format!("record claims position {}", header.position))
+            } else if header.seq != seq {
+                Err(format!(
+                    "record has sequence number {}, expected {seq}",
+                    header.seq
+                ))
+            } else {
+                crc.update(&frame[..n]);
+                Ok((n as u64, format::records_in(&frame[..n])))
+            }
+        }
+        FrameCheck::Incomplete => Err("record cut short".to_string()),
+        FrameCheck::NotARecord => Err("bad record magic or length".to_string()),
+        FrameCheck::BadChecksum => Err("record checksum mismatch".to_string()),
+    })
 }
 
 /// The offset of an intact record after `off` written once `position` had been synced.

@@ -394,3 +394,52 @@ fn preallocated_zeros_past_the_records_are_a_clean_end() {
     let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
     assert_eq!(engine.reader().stream_version("s").unwrap(), Some(50));
 }
+
+/// A roll writes the footer after the records and syncs it before the manifest lists the
+/// segment as sealed. A crash in between can tear the footer; when the records end exactly
+/// where the preallocated zeros did (a full segment), the torn footer is left at the file's
+/// last bytes, where a footer belongs. That is a torn tail, not corruption (seen in CI:
+/// t20_model refused to reopen with "segment footer checksum mismatch").
+#[test]
+fn a_torn_footer_ending_the_tail_file_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 50);
+    let (_, sealed) = segments(dir.path()).remove(0);
+    let sealed_len = std::fs::metadata(&sealed).unwrap().len();
+    let mut footer = [0u8; 56];
+    OpenOptions::new()
+        .read(true)
+        .open(&sealed)
+        .unwrap()
+        .read_exact_at(&mut footer, sealed_len - 56)
+        .unwrap();
+    // The first 20 bytes of a footer reached the disk (its magic among them), the zeros
+    // preallocated there stayed.
+    footer[20..].fill(0);
+    let (_, tail, end) = tail_records_end(dir.path());
+    let file = OpenOptions::new().write(true).open(&tail).unwrap();
+    file.set_len(end + 56).unwrap();
+    file.write_all_at(&footer, end).unwrap();
+    drop(file);
+
+    let strict = EngineConfig {
+        tail_recovery: TailRecovery::Refuse,
+        ..small_config()
+    };
+    match Engine::open_dir(dir.path(), strict) {
+        Err(Error::Corruption { file, offset, .. }) => {
+            assert_eq!((file, offset), (tail.clone(), end))
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    assert_eq!(engine.recovery().torn_tail, Some((tail.clone(), end)));
+    assert_eq!(engine.recovery().torn_bytes, 56);
+    assert_eq!(std::fs::metadata(&tail).unwrap().len(), end);
+    assert_eq!(engine.reader().stream_version("s").unwrap(), Some(49));
+    append_51st(&engine, 500);
+    engine.close();
+    drop(engine);
+    let engine = Engine::open_dir(dir.path(), small_config()).unwrap();
+    assert_eq!(engine.reader().stream_version("s").unwrap(), Some(50));
+}
