@@ -145,6 +145,9 @@ fn classify(
         (Code::NotFound, _) => error(Error::NotFound(message)),
         (_, "not-leader") => refused(leader),
         (_, "busy") => refused(None),
+        // Not tried: an earlier append of the same pipelined call failed (see the node's
+        // order fence); it is sent again after that one.
+        (_, "not-tried") => refused(None),
         // The node is stopping, Raft did not answer in time, the connection broke, or the
         // attempt's own timeout passed: the call may or may not have taken effect.
         (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown, _) => {
@@ -203,10 +206,13 @@ mod tests {
                 leader: Some("10.0.0.2:50051".into())
             }
         );
-        assert_eq!(
-            Failed::from_status(&status(Code::Unavailable, "busy")).retry,
-            Retry::Refused { leader: None }
-        );
+        for kind in ["busy", "not-tried"] {
+            assert_eq!(
+                Failed::from_status(&status(Code::Unavailable, kind)).retry,
+                Retry::Refused { leader: None },
+                "{kind}"
+            );
+        }
         let broken = Failed::from_status(&tonic::Status::unavailable("connection reset"));
         assert_eq!(broken.retry, Retry::Unknown);
         for (s, want) in [

@@ -10,6 +10,7 @@
 //! - [`replica`]: the Raft node and the operations the server needs.
 //! - [`runtime`]: openraft's async runtime, with seedable randomness and per-node timer pace.
 
+pub mod fence;
 pub mod hard_state;
 pub mod network;
 pub mod pacing;
@@ -20,6 +21,7 @@ pub mod storage;
 pub mod types;
 pub mod wire;
 
+pub use fence::Fence;
 pub use network::{GrpcTransport, RaftService, RaftTransport};
 pub use pacing::CatchUpPacer;
 pub use replica::{RaftSettings, Replica, ReplicaError};

@@ -16,6 +16,7 @@ use strata_engine::{AppendRequest, AppendResult, Error, Limits};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::Instrument;
 
+use crate::fence::Fence;
 use crate::network::{Handover, Network, ProposeAnswer, RaftTransport, ServedShard};
 use crate::pacing::CatchUpPacer;
 use crate::storage::Shard;
@@ -52,7 +53,31 @@ struct Proposal {
     request: AppendRequest,
     /// Its events' encoded bytes.
     bytes: usize,
+    waiting: Waiting,
+}
+
+/// Who waits for a proposal's answer.
+struct Waiting {
     reply: oneshot::Sender<Result<AppendResult, ReplicaError>>,
+    /// The order fence of the call it came on, if any (see [`crate::fence`]).
+    fence: Option<Fence>,
+}
+
+impl Waiting {
+    /// Whether an earlier append of its call failed.
+    fn fenced(&self) -> bool {
+        self.fence.as_ref().is_some_and(Fence::is_set)
+    }
+
+    /// Answers it; a failure its client retries sets its call's fence first.
+    fn answer(self, outcome: Result<AppendResult, ReplicaError>) {
+        if let (Err(e), Some(fence)) = (&outcome, &self.fence) {
+            if e.retried() {
+                fence.set();
+            }
+        }
+        let _ = self.reply.send(outcome);
+    }
 }
 
 /// Raft timing and housekeeping.
@@ -113,6 +138,10 @@ pub enum ReplicaError {
     /// The shard cannot answer now (no quorum, timed out, shutting down).
     #[error("shard unavailable: {0}")]
     Unavailable(String),
+    /// Not proposed: an earlier append of the same call failed and its client sends it again
+    /// before this one (see [`crate::fence`]).
+    #[error("not tried: an earlier append of this call was not appended (refused, or its outcome unknown); send this one again after it, with the same event ids")]
+    NotTried,
 }
 
 impl ReplicaError {
@@ -124,6 +153,26 @@ impl ReplicaError {
                 leader: leader.clone(),
             },
             ReplicaError::Unavailable(m) => ReplicaError::Unavailable(m.clone()),
+            ReplicaError::NotTried => ReplicaError::NotTried,
+        }
+    }
+
+    /// Whether a client sends the append again (it was refused, or its outcome is unknown),
+    /// rather than taking this as the append's answer.
+    pub fn retried(&self) -> bool {
+        match self {
+            // As `strata-shard` maps them: UNAVAILABLE, which clients retry.
+            ReplicaError::Engine(e) => matches!(
+                e,
+                Error::Busy { .. }
+                    | Error::Closed
+                    | Error::Poisoned(_)
+                    | Error::Unavailable(_)
+                    | Error::Moved { .. }
+            ),
+            ReplicaError::NotLeader { .. }
+            | ReplicaError::Unavailable(_)
+            | ReplicaError::NotTried => true,
         }
     }
 }
@@ -199,12 +248,15 @@ async fn propose(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let batch = next_batch(&mut aside, &mut queue, bytes_max);
-        let (requests, replies): (Vec<_>, Vec<_>) = batch
+        let batch = proposable(&raft, me, next_batch(&mut aside, &mut queue, bytes_max));
+        if batch.is_empty() {
+            continue;
+        }
+        let (requests, waiting): (Vec<_>, Vec<_>) = batch
             .into_iter()
-            .map(|p| (p.request.into(), p.reply))
+            .map(|p| (p.request.into(), p.waiting))
             .unzip();
-        let count = replies.len();
+        let count = waiting.len();
         // Handed to Raft here, one entry after another, so entries are written in the order
         // their appends were queued (an `AppendStream`'s appends on one stream, in consecutive
         // entries, must be decided in the order sent); only the waits run concurrently.
@@ -216,8 +268,8 @@ async fn propose(
                 Ok(answer) => answer,
                 Err(fatal) => {
                     let error = ReplicaError::Unavailable(format!("raft stopped: {fatal}"));
-                    for reply in replies {
-                        let _ = reply.send(Err(error.duplicate()));
+                    for w in waiting {
+                        w.answer(Err(error.duplicate()));
                     }
                     return;
                 }
@@ -264,11 +316,34 @@ async fn propose(
                     (0..count).map(|_| Err(error.duplicate())).collect()
                 }
             };
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(outcome);
+            for (w, outcome) in waiting.into_iter().zip(outcomes) {
+                w.answer(outcome);
             }
         });
     }
+}
+
+/// The appends of `batch` that go to Raft. One whose call's fence is set is answered untried.
+/// When this node does not lead (as its metrics say), each is refused here, in order, setting
+/// its call's fence before the next entry is made — not by Raft a moment later, by when a
+/// later append of the call may already be in an entry Raft takes once this node has won an
+/// election (see [`crate::fence`]).
+fn proposable(raft: &Raft, me: NodeId, batch: Vec<Proposal>) -> Vec<Proposal> {
+    let leads = raft.metrics().borrow().current_leader == Some(me);
+    let leader = (!leads).then(|| leader_of(raft).filter(|(id, _)| *id != me));
+    let mut out = Vec::with_capacity(batch.len());
+    for p in batch {
+        if p.waiting.fenced() {
+            p.waiting.answer(Err(ReplicaError::NotTried));
+        } else if let Some(leader) = &leader {
+            p.waiting.answer(Err(ReplicaError::NotLeader {
+                leader: leader.clone(),
+            }));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// The next entry's appends: first from those set aside (in order), then from the queue,
@@ -523,6 +598,7 @@ impl Replica {
             ReplicaError::Engine(e) => ProposeAnswer::Decided(Outcome::from(Err(e))),
             ReplicaError::NotLeader { leader } => ProposeAnswer::NotLeader(leader),
             ReplicaError::Unavailable(m) => ProposeAnswer::Unavailable(m),
+            e @ ReplicaError::NotTried => ProposeAnswer::Unavailable(e.to_string()),
         };
         let mut pending = Vec::with_capacity(appends.len());
         for append in appends {
@@ -677,13 +753,33 @@ impl Replica {
         impl Future<Output = Result<AppendResult, ReplicaError>> + Send + 'static,
         ReplicaError,
     > {
+        self.submit_fenced(request, None).await
+    }
+
+    /// [`Replica::submit`] of an append of a pipelined call with this order fence: refused
+    /// untried once it is set, and set when this append fails in a way its client retries
+    /// (see [`crate::fence`]).
+    pub async fn submit_fenced(
+        &self,
+        request: AppendRequest,
+        fence: Option<&Fence>,
+    ) -> Result<
+        impl Future<Output = Result<AppendResult, ReplicaError>> + Send + 'static,
+        ReplicaError,
+    > {
+        if fence.is_some_and(Fence::is_set) {
+            return Err(ReplicaError::NotTried);
+        }
         let validated = Validated::new(request, &self.limits)?;
         let bytes = validated.bytes().saturating_sub(RECORD_OVERHEAD);
         let (reply, answer) = oneshot::channel();
         let proposal = Proposal {
             request: validated.into_request(),
             bytes,
-            reply,
+            waiting: Waiting {
+                reply,
+                fence: fence.cloned(),
+            },
         };
         let timeout = self.settings.append_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -693,17 +789,28 @@ impl Replica {
             ))
         };
         let stopping = || ReplicaError::Unavailable("the node is stopping".into());
-        match tokio::time::timeout_at(deadline, self.proposals.send(proposal)).await {
-            Err(_) => return Err(late()),
-            Ok(Err(_)) => return Err(stopping()),
-            Ok(Ok(())) => {}
+        let queued = match tokio::time::timeout_at(deadline, self.proposals.send(proposal)).await {
+            Err(_) => Err(late()),
+            Ok(Err(_)) => Err(stopping()),
+            Ok(Ok(())) => Ok(()),
+        };
+        if let (Err(_), Some(fence)) = (&queued, fence) {
+            fence.set();
         }
+        queued?;
+        let fence = fence.cloned();
         Ok(async move {
-            match tokio::time::timeout_at(deadline, answer).await {
+            let outcome = match tokio::time::timeout_at(deadline, answer).await {
                 Err(_) => Err(late()),
                 Ok(Err(_)) => Err(stopping()),
                 Ok(Ok(result)) => result,
+            };
+            if let (Err(e), Some(fence)) = (&outcome, &fence) {
+                if e.retried() {
+                    fence.set();
+                }
             }
+            outcome
         })
     }
 
@@ -1038,7 +1145,7 @@ mod tests {
         Proposal {
             request,
             bytes: 10,
-            reply,
+            waiting: Waiting { reply, fence: None },
         }
     }
 

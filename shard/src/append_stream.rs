@@ -16,15 +16,23 @@
 //! the client, and a call holds at most the window plus one message. A client that goes away
 //! loses nothing acknowledged: appends already handed on still commit (their answers are
 //! dropped); a retry with the same ids is answered with the original result.
+//!
+//! Once an append of a call fails in a way the client retries (refused, or its outcome
+//! unknown), every later append of the call is refused untried (kind `not-tried`), so that a
+//! retry, which the client sends after them, cannot land behind a later append of the same
+//! stream (see [`strata_raft::fence`]). The call sets its fence when such an answer leaves and
+//! passes it down, so the Raft proposer sets and checks it where it decides.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures_util::future::Either;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use strata_proto::v1 as pb;
+use strata_raft::Fence;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 use crate::stats::ServiceStats;
 use crate::status::invalid;
@@ -57,8 +65,12 @@ pub type Outcomes = Boxed<'static, Vec<Result<pb::AppendResponse, Status>>>;
 /// import the service that imports it).
 pub trait Submit: Clone + Send + Sync + 'static {
     /// Checks and queues a message's appends one after another (resolving once they are
-    /// queued) and returns their outcomes to come, in order.
-    fn submit_batch(&self, batch: Vec<pb::AppendRequest>) -> Boxed<'_, Outcomes>;
+    /// queued) and returns their outcomes to come, in order; behind the call's order `fence`.
+    fn submit_batch<'a>(
+        &'a self,
+        batch: Vec<pb::AppendRequest>,
+        fence: &'a Fence,
+    ) -> Boxed<'a, Outcomes>;
 
     /// The node's counters.
     fn stats(&self) -> &Arc<ServiceStats>;
@@ -126,6 +138,7 @@ async fn run(
     };
     let mut in_flight = FuturesOrdered::new();
     let mut reading = true;
+    let fence = Fence::new();
     let mut stop = service.stop();
     let mut ending = None;
     loop {
@@ -133,7 +146,11 @@ async fn run(
         tokio::select! {
             biased;
             Some((answer, n, b)) = in_flight.next(), if !in_flight.is_empty() => {
+                let answer: pb::AppendStreamResponse = answer;
                 count.sub(n, b);
+                if answer.results.iter().any(retried) {
+                    fence.set();
+                }
                 if tx.send(Ok(answer)).await.is_err() {
                     return;
                 }
@@ -148,7 +165,7 @@ async fn run(
                 Ok(Some((batch, size))) => {
                     let n = batch.len();
                     count.add(n, size);
-                    in_flight.push_back(submit(&service, batch, n, size).await);
+                    in_flight.push_back(submit(&service, batch, n, size, &fence).await);
                 }
                 Ok(None) => reading = false,
                 Err(status) => {
@@ -225,11 +242,44 @@ async fn submit(
     batch: Vec<pb::AppendRequest>,
     n: usize,
     size: usize,
+    fence: &Fence,
 ) -> impl std::future::Future<Output = (pb::AppendStreamResponse, usize, usize)> {
-    let answers = service.submit_batch(batch).await;
-    async move {
+    if fence.is_set() {
+        let results = (0..n).map(|_| result(Err(not_tried()))).collect();
+        let answer = (pb::AppendStreamResponse { results }, n, size);
+        return Either::Left(std::future::ready(answer));
+    }
+    let answers = service.submit_batch(batch, fence).await;
+    Either::Right(async move {
         let results = answers.await.into_iter().map(result).collect();
         (pb::AppendStreamResponse { results }, n, size)
+    })
+}
+
+/// The answer of an append not tried because an earlier one of its call failed.
+pub fn not_tried() -> Status {
+    let mut status = Status::unavailable(strata_raft::ReplicaError::NotTried.to_string());
+    if let Ok(kind) = "not-tried".parse() {
+        status.metadata_mut().insert(ERROR_KIND_KEY, kind);
+    }
+    status
+}
+
+/// Whether a client sends this append again rather than taking its answer (what
+/// `strata-client` does): a refusal, or an outcome unknown.
+fn retried(result: &pb::AppendResult) -> bool {
+    let Some(pb::append_result::Outcome::Error(e)) = &result.outcome else {
+        return false;
+    };
+    match e.kind.as_str() {
+        "wrong-expected-version" | "stream-deleted" | "idempotency-conflict" | "limit-exceeded" => {
+            false
+        }
+        "not-leader" | "busy" | "not-tried" => true,
+        _ => matches!(
+            Code::from(e.code),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        ),
     }
 }
 
@@ -285,6 +335,99 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// Counts the messages handed on; answers every append with `answer`.
+    #[derive(Clone)]
+    struct Fake {
+        submitted: Arc<std::sync::atomic::AtomicUsize>,
+        answer: Result<pb::AppendResponse, Status>,
+        stats: Arc<ServiceStats>,
+    }
+
+    impl Submit for Fake {
+        fn submit_batch<'a>(
+            &'a self,
+            batch: Vec<pb::AppendRequest>,
+            _fence: &'a Fence,
+        ) -> Boxed<'a, Outcomes> {
+            self.submitted.fetch_add(1, Ordering::Relaxed);
+            let outcomes: Outcomes =
+                Box::pin(std::future::ready(vec![self.answer.clone(); batch.len()]));
+            Box::pin(std::future::ready(outcomes))
+        }
+
+        fn stats(&self) -> &Arc<ServiceStats> {
+            &self.stats
+        }
+
+        fn stop(&self) -> Option<watch::Receiver<bool>> {
+            None
+        }
+    }
+
+    fn with_kind(code: Code, kind: &str) -> Status {
+        let mut s = Status::new(code, "x");
+        s.metadata_mut()
+            .insert(ERROR_KIND_KEY, kind.parse().unwrap());
+        s
+    }
+
+    #[tokio::test]
+    async fn a_fenced_call_answers_not_tried_without_handing_the_message_on() {
+        let fake = Fake {
+            submitted: Arc::default(),
+            answer: Ok(pb::AppendResponse::default()),
+            stats: Arc::default(),
+        };
+        let appends = || vec![pb::AppendRequest::default(); 3];
+        let fence = Fence::new();
+        let (answer, _, _) = submit(&fake, appends(), 3, 30, &fence).await.await;
+        assert!(answer.results.iter().all(|r| !retried(r)));
+        assert_eq!(fake.submitted.load(Ordering::Relaxed), 1);
+        fence.set();
+        let (answer, n, bytes) = submit(&fake, appends(), 3, 30, &fence).await.await;
+        assert_eq!((n, bytes), (3, 30));
+        assert_eq!(fake.submitted.load(Ordering::Relaxed), 1, "not handed on");
+        assert_eq!(answer.results.len(), 3);
+        for r in &answer.results {
+            assert!(retried(r));
+            let Some(pb::append_result::Outcome::Error(e)) = &r.outcome else {
+                panic!("{r:?}")
+            };
+            assert_eq!(
+                (e.code, e.kind.as_str()),
+                (Code::Unavailable as i32, "not-tried")
+            );
+        }
+    }
+
+    #[test]
+    fn the_answers_a_client_retries_are_the_ones_that_fence_a_call() {
+        let answer = |status: Status| result(Err(status));
+        for (status, fences) in [
+            (with_kind(Code::Unavailable, "not-leader"), true),
+            (with_kind(Code::Unavailable, "busy"), true),
+            (with_kind(Code::Unavailable, "moved"), true),
+            (not_tried(), true),
+            (Status::unavailable("the forwarded call ended"), true),
+            (Status::deadline_exceeded("late"), true),
+            (
+                with_kind(Code::FailedPrecondition, "wrong-expected-version"),
+                false,
+            ),
+            (with_kind(Code::FailedPrecondition, "stream-deleted"), false),
+            (
+                with_kind(Code::AlreadyExists, "idempotency-conflict"),
+                false,
+            ),
+            (with_kind(Code::ResourceExhausted, "limit-exceeded"), false),
+            (with_kind(Code::InvalidArgument, "invalid-argument"), false),
+            (Status::internal("x"), false),
+        ] {
+            assert_eq!(retried(&answer(status.clone())), fences, "{status:?}");
+        }
+        assert!(!retried(&result(Ok(pb::AppendResponse::default()))));
+    }
 
     #[test]
     fn an_append_error_turns_back_into_its_status() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use strata_engine::stats::Stats;
 use strata_engine::{AppendRequest, AppendResult, Engine, Reader};
 use strata_proto::v1 as pb;
-use strata_raft::{Replica, ReplicaError};
+use strata_raft::{Fence, Replica, ReplicaError};
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
@@ -106,8 +106,9 @@ impl Backend {
 
     /// Queues independent appends one after another (decided in this order) and returns their
     /// answers to come together: one engine wake-up per batch on a single node; through Raft
-    /// each is proposed as [`Backend::submit`] does (the proposer packs them into entries).
-    pub async fn submit_many(&self, requests: Vec<AppendRequest>) -> PendingAppends {
+    /// each is proposed as [`Backend::submit`] does (the proposer packs them into entries),
+    /// behind the call's order `fence` (see [`strata_raft::fence`]).
+    pub async fn submit_many(&self, requests: Vec<AppendRequest>, fence: &Fence) -> PendingAppends {
         match self {
             Backend::Single(e) => {
                 let answers = e.submit_many(requests).await;
@@ -122,7 +123,7 @@ impl Backend {
             Backend::Replicated(r) => {
                 let mut pending = Vec::with_capacity(requests.len());
                 for request in requests {
-                    pending.push(r.submit(request).await);
+                    pending.push(r.submit_fenced(request, Some(fence)).await);
                 }
                 Box::pin(async move {
                     let mut out = Vec::with_capacity(pending.len());
@@ -219,5 +220,6 @@ pub fn replica_status(error: ReplicaError) -> Status {
                 .insert(ERROR_KIND_KEY, MetadataValue::from_static("unavailable"));
             status
         }
+        ReplicaError::NotTried => crate::append_stream::not_tried(),
     }
 }

@@ -14,19 +14,21 @@
 //! the order the client sent them. What waits on a link is bounded by the call's window. A
 //! link that fails answers every part it holds with its status (the client retries them with
 //! the same ids: a retry of an append that did commit is answered with the original result);
-//! the next part for that leader opens a new link.
+//! the next part for that leader is refused untried, like every later append of the call
+//! (the call's order fence: see [`strata_raft::fence`]); the client sends them again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use strata_proto::v1 as pb;
+use strata_raft::Fence;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use crate::append_stream::{status_of, Outcomes, ANSWERS_BUFFERED};
+use crate::append_stream::{not_tried, status_of, Outcomes, ANSWERS_BUFFERED};
 use crate::forward::{forwarded, via_holder, Peers};
 
 type Answer = Result<Vec<pb::AppendResult>, Status>;
@@ -70,27 +72,47 @@ impl RemoteAppends {
     }
 
     /// Sends `appends` (one shard's part of a message) to the leader at `addr`; their outcomes
-    /// to come, in order. Parts are answered in the order this is called.
-    pub async fn submit(&self, addr: &str, appends: Vec<pb::AppendRequest>) -> Outcomes {
+    /// to come, in order. Parts are answered in the order this is called. Behind the call's
+    /// order `fence`, which a failed link sets.
+    pub async fn submit(
+        &self,
+        addr: &str,
+        appends: Vec<pb::AppendRequest>,
+        fence: &Fence,
+    ) -> Outcomes {
         let n = appends.len();
+        if fence.is_set() {
+            return failed(n, not_tried());
+        }
         let (reply, answer) = oneshot::channel();
         let requests = match self.link(addr, reply) {
             Ok(r) => r,
-            Err(status) => return failed(n, status),
+            Err(status) => {
+                fence.set();
+                return failed(n, status);
+            }
         };
         if requests
             .send(pb::AppendStreamRequest { appends })
             .await
             .is_err()
         {
+            fence.set();
             return failed(n, lost(addr));
         }
         let addr = addr.to_string();
+        let fence = fence.clone();
         Box::pin(async move {
             let results = match answer.await {
                 Ok(Ok(results)) => results,
-                Ok(Err(status)) => return vec![Err(status); n],
-                Err(_) => return vec![Err(lost(&addr)); n],
+                Ok(Err(status)) => {
+                    fence.set();
+                    return vec![Err(status); n];
+                }
+                Err(_) => {
+                    fence.set();
+                    return vec![Err(lost(&addr)); n];
+                }
             };
             let mut out: Vec<Result<pb::AppendResponse, Status>> =
                 results.into_iter().map(outcome).collect();
@@ -102,14 +124,19 @@ impl RemoteAppends {
         })
     }
 
-    /// The link to `addr` (opened if there is none or it failed), with `reply` queued on it.
+    /// The link to `addr` (opened if there is none), with `reply` queued on it. A link that
+    /// failed is not opened again: what it held may not have been appended, and what this call
+    /// sends next must not go in before it.
     fn link(
         &self,
         addr: &str,
         reply: oneshot::Sender<Answer>,
     ) -> Result<mpsc::Sender<pb::AppendStreamRequest>, Status> {
         let mut links = strata_engine::sync::lock(&self.links);
-        if links.get(addr).is_none_or(|l| l.requests.is_closed()) {
+        if links.get(addr).is_some_and(|l| l.requests.is_closed()) {
+            return Err(not_tried());
+        }
+        if links.get(addr).is_none() {
             let client = self.peers.streams(addr)?;
             links.insert(
                 addr.to_string(),

@@ -49,6 +49,7 @@ use crate::shard_set::{Served, ShardSet};
 use crate::stats::ServiceStats;
 use crate::status::invalid;
 use strata_proto::metadata::{ERROR_KIND_KEY, LEADER_KEY, MAP_EPOCH_KEY};
+use strata_raft::Fence;
 
 /// A node's shards and the map routing streams to them.
 #[derive(Debug, Clone)]
@@ -690,7 +691,11 @@ fn cross_shard(e: &strata_proto::routing::CrossShard) -> Status {
 
 impl Submit for Router {
     #[allow(clippy::async_yields_async)] // the answers to come are the point: see the trait
-    fn submit_batch(&self, batch: Vec<pb::AppendRequest>) -> Boxed<'_, Outcomes> {
+    fn submit_batch<'a>(
+        &'a self,
+        batch: Vec<pb::AppendRequest>,
+        fence: &'a Fence,
+    ) -> Boxed<'a, Outcomes> {
         Box::pin(async move {
             let shards = self.shards();
             // Every append goes to a node's one shard only when the cluster has one: a node
@@ -698,7 +703,7 @@ impl Submit for Router {
             let several = self.several();
             if let [(only, service)] = &shards[..] {
                 if !several && self.remote_leader(*only).is_none() {
-                    return service.submit_batch(batch).await;
+                    return service.submit_batch(batch, fence).await;
                 }
             }
             // Each shard's appends in the order sent; the answers put back in that order.
@@ -742,13 +747,15 @@ impl Submit for Router {
                             self.stats
                                 .forwarded
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            remote.submit(&addr, appends).await
+                            remote.submit(&addr, appends, fence).await
                         }
                         None => match self.at(id) {
-                            Ok(service) => service.submit_batch(appends).await,
+                            Ok(service) => service.submit_batch(appends, fence).await,
                             Err(lost) => {
+                                // Every append of the part gets the answer (one alone left
+                                // the others "unanswered", an internal error).
                                 let answers: Outcomes =
-                                    Box::pin(std::future::ready(vec![Err(lost)]));
+                                    Box::pin(std::future::ready(vec![Err(lost); appends.len()]));
                                 answers
                             }
                         },

@@ -316,11 +316,12 @@ impl crate::append_stream::Submit for StreamsService {
     /// Checks and queues a pipelined message's appends one after another (decided in that
     /// order; one that fails its checks is answered at once) and returns their outcomes to
     /// come, in order.
-    fn submit_batch(
-        &self,
+    fn submit_batch<'a>(
+        &'a self,
         batch: Vec<pb::AppendRequest>,
-    ) -> crate::append_stream::Boxed<'_, crate::append_stream::Outcomes> {
-        Box::pin(self.submit_batch_now(batch))
+        fence: &'a strata_raft::Fence,
+    ) -> crate::append_stream::Boxed<'a, crate::append_stream::Outcomes> {
+        Box::pin(self.submit_batch_now(batch, fence))
     }
 
     fn stats(&self) -> &Arc<ServiceStats> {
@@ -336,6 +337,7 @@ impl StreamsService {
     async fn submit_batch_now(
         &self,
         batch: Vec<pb::AppendRequest>,
+        fence: &strata_raft::Fence,
     ) -> crate::append_stream::Outcomes {
         let started = std::time::Instant::now();
         let now = self.clock.now_us();
@@ -350,7 +352,7 @@ impl StreamsService {
                 Err(status) => outcomes.push(Some(Err(status))),
             }
         }
-        let answers = self.backend.submit_many(requests).await;
+        let answers = self.backend.submit_many(requests, fence).await;
         let stats = self.stats.clone();
         Box::pin(async move {
             let mut answers = answers.await.into_iter();

@@ -40,10 +40,10 @@ fn client_of(cluster: &Cluster, tune: impl FnOnce(&mut ClientConfig)) -> Client 
 type Acked = Arc<Mutex<BTreeMap<String, Vec<String>>>>;
 
 /// Every event of `stream` on every live node (follower reads): each id at most once, and
-/// every acknowledged one present. Returns how many events the stream holds.
-async fn check_exactly_once(cluster: &Cluster, stream: &str, acked: &[String]) -> usize {
+/// every acknowledged one present. Returns the stream's event ids, in log order.
+async fn check_exactly_once(cluster: &Cluster, stream: &str, acked: &[String]) -> Vec<String> {
     cluster.converge().await;
-    let mut held = 0;
+    let mut held = Vec::new();
     for id in cluster.live() {
         let ch = channel(&cluster.addr(id)).await.unwrap();
         let mut client = StreamsClient::new(ch);
@@ -61,7 +61,7 @@ async fn check_exactly_once(cluster: &Cluster, stream: &str, acked: &[String]) -
                 "node {id}: acknowledged {a} of {stream} is missing"
             );
         }
-        held = ids.len();
+        held = ids.iter().map(|id| id.to_string()).collect();
     }
     held
 }
@@ -164,9 +164,16 @@ async fn appends_ride_out_a_leader_kill_on_the_clients_own_retries_exactly_once(
     for (stream, ids) in &acked {
         let held = check_exactly_once(&cluster, stream, ids).await;
         assert_eq!(
-            held,
+            held.len(),
             ids.len(),
             "{stream}: every append was acknowledged, so all are there"
+        );
+        // Each writer sends its next append only after the one before it (one at a time), or
+        // in order on one pipelined call, retried in order: the log keeps that order.
+        assert!(
+            held == *ids,
+            "{stream}: the log's order is not the order sent (first difference at {:?})",
+            held.iter().zip(ids).position(|(h, i)| h != i)
         );
     }
 }
