@@ -84,6 +84,15 @@ fn durable_appends(c: &mut Criterion) {
     }
 }
 
+/// Reads a stream's last 100 events (it has at least that many).
+fn read_last_100(engine: &Engine, stream: &str) {
+    let got = engine
+        .reader()
+        .read_stream(stream, None, Direction::Backwards, 100)
+        .expect("read stream");
+    assert_eq!(got.len(), 100);
+}
+
 /// Runs `op` `iters` times, each one timed into `latencies`; the whole run's time.
 fn timed(iters: u64, latencies: &Latencies, mut op: impl FnMut()) -> Duration {
     let mut lat = Vec::with_capacity(iters as usize);
@@ -133,12 +142,7 @@ fn reads(c: &mut Criterion) {
     group.bench_function("last_100_events_of_1_in_100k_streams", |b| {
         b.iter_custom(|iters| {
             timed(iters, &latencies, || {
-                let stream = &hot[rng.below(hot.len() as u64) as usize];
-                let got = engine
-                    .reader()
-                    .read_stream(stream, None, Direction::Backwards, 100)
-                    .expect("read stream");
-                assert_eq!(got.len(), 100);
+                read_last_100(&engine, &hot[rng.below(hot.len() as u64) as usize])
             })
         })
     });
@@ -223,15 +227,7 @@ fn spanning_entries(c: &mut Criterion) {
         let last = Latencies::default();
         group.throughput(Throughput::Elements(100));
         group.bench_function(format!("last_100_events_{stream}"), |b| {
-            b.iter_custom(|iters| {
-                timed(iters, &last, || {
-                    let got = engine
-                        .reader()
-                        .read_stream(stream, None, Direction::Backwards, 100)
-                        .expect("read");
-                    assert_eq!(got.len(), 100);
-                })
-            })
+            b.iter_custom(|iters| timed(iters, &last, || read_last_100(&engine, stream)))
         });
         let one = Latencies::default();
         let mut rng = SplitMix64::new(11);
