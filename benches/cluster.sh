@@ -4,7 +4,8 @@
 #      64 and 256 clients) against one `strata dev` node, then the same against a three-process
 #      cluster (`strata node` ×3 on loopback). Runs on this 2-core machine vary by ±15 % from
 #      one to the next, so rounds alternate and the summary takes medians. A setup's maximum
-#      load is its best median over the client counts (256 clients saturate both here);
+#      load is its best median over the client counts (256 clients saturate both here). Each
+#      round also runs 16 connections with 256 pipelined appends each (`--pipeline 256`);
 #   2. the last round's cluster offered half its maximum load (`--rate`, 256 clients, so the
 #      offered rate does not depend on the latency) three times, for p99 at half load (median);
 #   3. failover: KILLS times, SIGKILL the leader and time until an append succeeds again
@@ -29,9 +30,10 @@ hz=$(getconf CLK_TCK)
 disk=$(basename "$(df --output=source "$parent" | tail -1)")
 ticks() { local f; read -r -a f <"/proc/$1/stat"; echo $((f[13] + f[14])); } # utime + stime
 flushes() { awk -v d="$disk" '$3 == d && NF >= 20 { print $19; found = 1 } END { if (!found) print "" }' /proc/diskstats; }
-bench() { # server clients [rate]; the servers' pids in $servers
+bench() { # server clients [rate] [pipeline]; the servers' pids in $servers
   local extra=() each0=() each1=() f0 f1 client p
   [ -n "${3:-}" ] && extra=(--rate "$3")
+  [ -n "${4:-}" ] && extra+=(--pipeline "$4")
   for p in $servers; do each0+=("$(ticks "$p")"); done
   f0=$(flushes)
   client=$( { TIMEFORMAT='%U %S'; time "$strata" bench append --server "$1" --clients "$2" --batch 1 \
@@ -75,6 +77,8 @@ for r in $(seq "$rounds"); do
   s16=$(bench "127.0.0.1:$sp" 16); s64=$(bench "127.0.0.1:$sp" 64); s256=$(bench "127.0.0.1:$sp" 256)
   echo "round $r single   16 clients: $s16"; echo "round $r single   64 clients: $s64"
   echo "round $r single  256 clients: $s256"
+  bench "127.0.0.1:$sp" 16 "" 256 >"$data/piped-single-$r.json"
+  echo "round $r single   16 connections x 256 pipelined: $(cat "$data/piped-single-$r.json")"
   stop single; rm -rf "$data/round-$r/single"
   # 1b. Three-process cluster.
   for n in 1 2 3; do port[$n]=$(free_port); done
@@ -87,6 +91,8 @@ for r in $(seq "$rounds"); do
   c256=$(bench "127.0.0.1:${port[1]}" 256)
   echo "round $r cluster  16 clients: $c16"; echo "round $r cluster  64 clients: $c64"
   echo "round $r cluster 256 clients: $c256"
+  bench "127.0.0.1:${port[1]}" 16 "" 256 >"$data/piped-cluster-$r.json"
+  echo "round $r cluster  16 connections x 256 pipelined: $(cat "$data/piped-cluster-$r.json")"
   echo "round $r cluster leader: node $(leader 1)"
   results+=("$s16" "$s64" "$s256" "$c16" "$c64" "$c256")
   if [ "$r" -lt "$rounds" ]; then for n in 1 2 3; do stop "$n"; done; rm -rf "$data/round-$r"; fi
@@ -108,6 +114,10 @@ if mode == "half":
     print(round(maximum["cluster"] / 2))
     sys.exit()
 halves = [json.load(open(f"{data}/half-{k}.json")) for k in (1, 2, 3)]
+# Pipelined appends (16 connections, 256 in flight on each, one stream per connection).
+piped = {setup: [json.load(open(f"{data}/piped-{setup}-{k}.json")) for k in range(1, len(rs) // 6 + 1)]
+         for setup in ("single", "cluster")}
+piped_med = {k: statistics.median(r["events_per_s"] for r in v) for k, v in piped.items()}
 times = sorted(int(t) for t in times.split())
 p99 = {k: statistics.median(r["p99_ms"] for r in v) for k, v in runs.items()}
 cores = os.cpu_count()
@@ -130,6 +140,10 @@ print(json.dumps({
         c: [round(a / b, 3) for a, b in zip(rate[f"cluster_{c}"], rate[f"single_{c}"])] for c in counts},
     "maximum_load": maximum,
     "cluster_over_single_at_maximum_load": round(maximum["cluster"] / maximum["single"], 3),
+    "pipelined_16x256_median_events_per_s": piped_med,
+    "pipelined_16x256_median_server_cpu_us_per_event": {
+        k: statistics.median(r["server_cpu_us_per_event"] for r in v) for k, v in piped.items()},
+    "pipelined_cluster_over_single": round(piped_med["cluster"] / piped_med["single"], 3),
     "median_p99_ms": {k: round(v, 2) for k, v in p99.items()},
     "cores": cores,
     "median_server_cpu_us_per_event": cpu("server_cpu_us_per_event"),

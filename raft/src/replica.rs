@@ -2,8 +2,9 @@
 //! the operations the server needs — append through Raft, linearizable-read barriers, cluster
 //! formation and safe membership changes, and a status view.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use strata_engine::format::{FRAME_BYTES, HEADER_BYTES};
 use strata_engine::validate::Validated;
 use strata_engine::{AppendRequest, AppendResult, Error, Limits};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::fence::Fence;
@@ -27,17 +28,23 @@ type RaftMetrics = openraft::RaftMetrics<NodeId, StrataNode>;
 
 /// Most appends one Raft entry carries.
 pub const BATCH_APPENDS_MAX: usize = 256;
-/// Entries of appends proposed and not yet answered at once. While they are out, new appends
-/// queue and then go together in one entry: the group commit of the replicated path. One, not
-/// two (2026-12-03, three local nodes, 64 unary clients, alternating runs): each entry costs
-/// ~1 ms of CPU over the three nodes whatever it carries, so fuller entries pay — 8 shards
-/// 2,998 and 2,816 events/s against 2,583 and 2,076 with two; one shard 6,883 and 7,069
-/// against 6,793 and 6,278, with a third fewer fdatasyncs.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 1;
+/// Entries of appends proposed and not yet answered at once, at most. Appends that arrive
+/// while an entry is out queue and then go together in one entry, which waits until no entry
+/// is out: the group commit of the replicated path. One entry out at a time, not two, for such
+/// appends (2026-12-03, three local nodes, 64 unary clients, alternating runs): each entry
+/// costs ~1 ms of CPU over the three nodes whatever it carries, so fuller entries pay — 8
+/// shards 2,998 and 2,816 events/s against 2,583 and 2,076 with two; one shard 6,883 and 7,069
+/// against 6,793 and 6,278, with a third fewer fdatasyncs. But appends that one entry could
+/// not take (set aside: their stream is in it, or it is full) cannot get fuller by waiting —
+/// a pipelined call sends runs of appends on one stream, and an entry takes one per stream —
+/// so their entries go at once, up to this many out; Raft writes the entries it holds with
+/// one fdatasync and sends them to a follower in one message.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 16;
 /// Appends waiting to be proposed; past it callers wait (within their append timeout).
 pub const APPEND_QUEUE_MAX: usize = 4096;
 /// Appends set aside for a later entry (their stream is in the entry being made) at most.
-pub const SET_ASIDE_MAX: usize = 4096;
+/// Making an entry looks at each once, so this bounds that work too.
+pub const SET_ASIDE_MAX: usize = 512;
 /// How long a voter being removed is given to hear that it is a learner before it is dropped
 /// from the membership (a node that is down does not hear it; it is removed anyway).
 pub const REMOVED_HEARS_WAIT: Duration = Duration::from_secs(2);
@@ -220,8 +227,9 @@ fn write_error(
     }
 }
 
-/// Proposes queued appends: while [`BATCHES_IN_FLIGHT_MAX`] entries are out, appends queue; the
-/// next entry takes as many as are waiting on distinct streams (one record holds at most one
+/// Proposes queued appends: while an entry is out, appends queue (see [`BATCHES_IN_FLIGHT_MAX`]
+/// for when the next entry goes without waiting for it); the next entry takes as many as are
+/// waiting on distinct streams (one record holds at most one
 /// append per stream, so that every version a stream had is a record boundary for as-of
 /// reads), within `bytes_max` and [`BATCH_APPENDS_MAX`]. An append on a stream the entry
 /// already has is set aside, in order, for the next entry — and so is every later one on a
@@ -237,7 +245,9 @@ async fn propose(
 ) {
     let mut aside: VecDeque<Proposal> = VecDeque::new();
     loop {
-        if aside.is_empty() {
+        // Appends the last entry could not take go at once; others wait for no entry out.
+        let left = !aside.is_empty();
+        if !left {
             match queue.recv().await {
                 Some(p) => aside.push_back(p),
                 None => return,
@@ -245,7 +255,7 @@ async fn propose(
         }
         // Taken once there is something to propose, so an idle proposer holds no slot (a
         // handover takes them all to pause proposals).
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let Some(slot) = entry_slot(&slots, left).await else {
             return;
         };
         let batch = proposable(&raft, me, next_batch(&mut aside, &mut queue, bytes_max));
@@ -323,6 +333,17 @@ async fn propose(
     }
 }
 
+/// A slot for the next entry: any free one for appends an entry left (`left`), else one
+/// taken once no entry is out (the group commit). None once the proposer is to stop.
+async fn entry_slot(slots: &Arc<Semaphore>, left: bool) -> Option<OwnedSemaphorePermit> {
+    if left {
+        return slots.clone().acquire_owned().await.ok();
+    }
+    let permits = u32::try_from(BATCHES_IN_FLIGHT_MAX).unwrap_or(u32::MAX);
+    let mut all = slots.clone().acquire_many_owned(permits).await.ok()?;
+    all.split(1)
+}
+
 /// The appends of `batch` that go to Raft. One whose call's fence is set is answered untried.
 /// When this node does not lead (as its metrics say), each is refused here, in order, setting
 /// its call's fence before the next entry is made — not by Raft a moment later, by when a
@@ -356,8 +377,8 @@ fn next_batch(
     let mut entry = EntryBuilder {
         batch: Vec::new(),
         kept: VecDeque::new(),
-        taken: HashSet::new(),
-        blocked: HashSet::new(),
+        taken: foldhash::HashSet::default(),
+        blocked: foldhash::HashSet::default(),
         bytes: RECORD_OVERHEAD,
         bytes_max,
     };
@@ -382,10 +403,11 @@ struct EntryBuilder {
     batch: Vec<Proposal>,
     /// Appends set aside for a later entry, in order.
     kept: VecDeque<Proposal>,
-    /// Streams the entry holds.
-    taken: HashSet<String>,
-    /// Streams of appends set aside: a later append on one waits behind them.
-    blocked: HashSet<String>,
+    /// Streams the entry holds, by [`stream_key`].
+    taken: foldhash::HashSet<u64>,
+    /// Streams of appends set aside, by [`stream_key`]: a later append on one waits behind
+    /// them.
+    blocked: foldhash::HashSet<u64>,
     /// The entry's size so far, and its bound.
     bytes: usize,
     bytes_max: usize,
@@ -401,26 +423,27 @@ impl EntryBuilder {
             Some(taken) => !taken.request.copy && !p.request.copy,
             None => true,
         };
-        let free = p
-            .request
-            .streams
-            .iter()
-            .all(|s| !self.taken.contains(&s.stream) && !self.blocked.contains(&s.stream));
+        let keys = || p.request.streams.iter().map(|s| stream_key(&s.stream));
+        let free = keys().all(|k| !self.taken.contains(&k) && !self.blocked.contains(&k));
         if self.batch.len() < BATCH_APPENDS_MAX
             && free
             && alone
             && (first || self.bytes + p.bytes <= self.bytes_max)
         {
-            self.taken
-                .extend(p.request.streams.iter().map(|s| s.stream.clone()));
+            self.taken.extend(keys());
             self.bytes += p.bytes;
             self.batch.push(p);
         } else {
-            self.blocked
-                .extend(p.request.streams.iter().map(|s| s.stream.clone()));
+            self.blocked.extend(keys());
             self.kept.push_back(p);
         }
     }
+}
+
+/// A stream's name as a key of [`EntryBuilder`]'s sets (a fixed 64-bit hash). Two streams of
+/// one key only make an append wait for a later entry than it needed to: never out of order.
+fn stream_key(stream: &str) -> u64 {
+    foldhash::fast::FixedState::default().hash_one(stream)
 }
 
 fn leader_hint(leader: &Option<(NodeId, StrataNode)>) -> String {
@@ -1176,6 +1199,32 @@ mod tests {
         let third = next_batch(&mut aside, &mut queue, 1 << 20);
         assert_eq!(names(&third), vec![pair("a", 3)]);
         assert!(aside.is_empty());
+    }
+
+    /// Appends an entry left (a pipelined call's run on one stream) go while entries are out,
+    /// up to the bound; fresh ones wait until none is out (the group commit).
+    #[tokio::test]
+    async fn left_appends_go_while_entries_are_out_fresh_ones_wait_for_none() {
+        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+        let first = entry_slot(&slots, false).await.unwrap();
+        let mut out = vec![first];
+        for _ in 1..BATCHES_IN_FLIGHT_MAX {
+            out.push(entry_slot(&slots, true).await.unwrap());
+        }
+        let soon = Duration::from_millis(50);
+        let over = tokio::time::timeout(soon, entry_slot(&slots, true)).await;
+        assert!(over.is_err(), "no more than the bound out at once");
+        out.truncate(1);
+        let fresh = tokio::time::timeout(soon, entry_slot(&slots, false)).await;
+        assert!(fresh.is_err(), "a fresh entry waits while one is out");
+        assert!(tokio::time::timeout(soon, entry_slot(&slots, true))
+            .await
+            .is_ok());
+        out.clear();
+        let fresh = tokio::time::timeout(soon, entry_slot(&slots, false)).await;
+        assert!(fresh.is_ok_and(|s| s.is_some()), "none out: it goes");
+        slots.close();
+        assert!(entry_slot(&slots, true).await.is_none());
     }
 
     /// A slot-range move's copy takes an entry of its own (its record is flagged a copy as a
