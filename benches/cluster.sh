@@ -36,8 +36,11 @@ bench() { # server clients [rate] [pipeline]; the servers' pids in $servers
   [ -n "${4:-}" ] && extra+=(--pipeline "$4")
   for p in $servers; do each0+=("$(ticks "$p")"); done
   f0=$(flushes)
-  client=$( { TIMEFORMAT='%U %S'; time "$strata" bench append --server "$1" --clients "$2" --batch 1 \
-      --event-bytes 1024 --duration "$secs" "${extra[@]}" >"$data/bench.json" 2>/dev/null; } 2>&1 )
+  if ! client=$( { TIMEFORMAT='%U %S'; time "$strata" bench append --server "$1" --clients "$2" --batch 1 \
+      --event-bytes 1024 --duration "$secs" "${extra[@]}" >"$data/bench.json" 2>"$data/bench.err"; } 2>&1 ); then
+    echo "strata bench append --clients $2 ${extra[*]} against $1 failed: $(tail -5 "$data/bench.err")" >&2
+    exit 1
+  fi
   f1=$(flushes)
   for p in $servers; do each1+=("$(ticks "$p")"); done
   python3 - "$data/bench.json" "$hz" "$client" "$f0" "$f1" "${each0[*]}" "${each1[*]}" <<'PY'
