@@ -183,17 +183,23 @@ impl KnownIds {
         let Some(rx) = &self.base else { return };
         match rx.try_recv() {
             Err(TryRecvError::Empty) => return,
-            Ok(Ok(mut base)) => {
-                base.segments.append(&mut self.filter.segments);
-                self.filter = base;
-                self.complete = true;
-            }
+            Ok(Ok(base)) => self.take_base(base),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "reading the event ids failed; every id is looked up in the index");
             }
             Err(TryRecvError::Disconnected) => {}
         }
         self.base = None;
+    }
+
+    /// Puts the base read from the index before the live segments. Its empty segments are
+    /// dropped (a fresh log's base is one empty 2 MiB segment: every lookup would read a cache
+    /// line of it for nothing).
+    fn take_base(&mut self, mut base: IdFilter) {
+        base.segments.retain(|s| s.ids > 0);
+        base.segments.append(&mut self.filter.segments);
+        self.filter.segments = base.segments;
+        self.complete = true;
     }
 
     /// Notes `id` as (possibly) in the log.
@@ -338,6 +344,30 @@ mod tests {
         assert_eq!(f.segments.len(), 2);
         assert!(f.bytes() <= bound);
         assert!((0..FIRST_SEGMENT_IDS as u128 * 3).all(|n| f.may_contain(id(n))));
+    }
+
+    #[test]
+    fn an_empty_base_adds_no_segment_and_a_filled_one_goes_first() {
+        let bound = 64 << 20;
+        let mut known = KnownIds::off();
+        known.filter = IdFilter::new(bound);
+        known.insert(id(1));
+        known.take_base(IdFilter::new(bound));
+        assert_eq!(known.filter.segments.len(), 1, "the empty base was kept");
+        assert!(known.certainly_absent(id(2)) && !known.certainly_absent(id(1)));
+
+        let mut known = KnownIds::off();
+        known.filter = IdFilter::new(bound);
+        known.insert(id(1));
+        let mut base = IdFilter::new(bound);
+        base.insert(id(7));
+        known.take_base(base);
+        assert_eq!(known.filter.segments.len(), 2);
+        assert_eq!(known.filter.segments[0].ids, 1);
+        assert!(!known.certainly_absent(id(7)) && !known.certainly_absent(id(1)));
+        // New ids go into the live segment, the last one.
+        known.insert(id(9));
+        assert_eq!(known.filter.segments[1].ids, 2);
     }
 
     #[test]
