@@ -3,7 +3,9 @@
 # disk's own limits measured in the same run (../shared/bench/disk-limits.sh on the same
 # directory): pipelined 1 KiB appends at 16 and 64 connections, unpipelined single-event
 # appends at 1 and 64 clients, 16 clients x 100-event appends, and a consumer group handling
-# events with a commit every 100. Prints one line per run and a summary of ratios, with each
+# events with a commit every 100; then the pipelined and 100-event shapes again against
+# `strata bench null-server` (answers appends, stores nothing): what the append interface alone
+# reaches on this machine, the floor under the node's numbers. Prints one line per run and a summary of ratios, with each
 # run's CPU ceiling: the machine's cores over the node's and the client's CPU per event (they
 # share the cores), the most events/s that CPU cost allows whatever the disk does.
 #   usage: benches/client.sh [SECONDS=10] [DATA_PARENT=/tmp]
@@ -32,7 +34,20 @@ run append --clients 1 --duration "$secs"
 run append --clients 64 --duration "$secs"
 run append --clients 16 --batch 100 --duration "$secs"
 run group --events 200000 --workers 2 --commit-every 100
-LIMITS="$limits" CORES=$(nproc) python3 - "$out" <<'PY'
+nullout=$(mktemp)
+run_null() { # bench args…
+  local port null
+  port=$(free_port)
+  "$strata" bench null-server --listen "127.0.0.1:$port" 2>/dev/null &
+  null=$!
+  for _ in $(seq 100); do "$strata" cluster status --server "127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.1; done
+  echo -n "null server: "
+  "$strata" bench "$@" --server "127.0.0.1:$port" 2>&1 | tee -a "$nullout" | grep -v '^{' | sed 's/  */ /g'
+  kill -INT $null; wait $null 2>/dev/null || true
+}
+run_null append --clients 16 --pipeline 256 --duration "$secs"
+run_null append --clients 16 --batch 100 --duration "$secs"
+LIMITS="$limits" CORES=$(nproc) python3 - "$out" "$nullout" <<'PY'
 import json, os, re, sys
 cores = int(os.environ["CORES"])
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
@@ -49,6 +64,17 @@ for r in runs:
             cap_mib = cap * r["mib_per_s"] / r["events_per_s"]
             print(f"  CPU ceiling: {cores} cores / ({r['server_cpu_us_per_event']:.1f} node + {r['client_cpu_us_per_event']:.1f} client µs/event) "
                   f"= {cap:.0f} events/s = {cap_mib/seq:.1%} of the disk; reached {r['events_per_s']/cap:.0%} of it")
+# The interface alone: the same shape against the null server, and the node as a share of it.
+for n in [json.loads(l) for l in open(sys.argv[2]) if l.startswith("{")]:
+    if not seq:
+        break
+    shape = lambda r: (r["clients"], r["pipeline"], r["events_per_append"])
+    node = next((r for r in runs if "mib_per_s" in r and shape(r) == shape(n)), None)
+    cpu = (n.get("server_cpu_us_per_event") or 0) + (n.get("client_cpu_us_per_event") or 0)
+    print(f"null server, clients={n['clients']} pipeline={n['pipeline']} batch={n['events_per_append']}: "
+          f"{n['events_per_s']:.0f} events/s = {n['mib_per_s']/seq:.1%} of the disk with nothing stored "
+          f"({n['server_cpu_us_per_event']:.1f} server + {n['client_cpu_us_per_event']:.1f} client µs/event = {cpu:.1f})"
+          + (f"; the node reached {node['events_per_s']/n['events_per_s']:.0%} of it" if node else ""))
 fsync_ops = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\S+)\s+write\s+(\d+) ops/s", os.environ["LIMITS"], re.M)}.get("fsync_4k_seq")
 for r in runs:
     if r.get("clients") == 1 and r.get("pipeline") == 0 and r.get("events_per_append") == 1 and fsync_ops:
@@ -57,4 +83,4 @@ for r in runs:
         print(f"one client: append p50 {r['p50_ms']:.3f} ms against a 4 KiB write + fdatasync of {sync_ms:.3f} ms "
               f"(fio, same run) + 0.1 ms = {bound:.3f} ms: {'within' if r['p50_ms'] <= bound else 'above'}")
 PY
-rm -f "$out"
+rm -f "$out" "$nullout"

@@ -83,6 +83,9 @@ pub enum BenchCommand {
     Sagas(crate::bench_sagas::BenchSagasArgs),
     /// Order events for the ETL benchmark (benches/etl.sh), as fast as they go or at a rate.
     Orders(crate::bench_orders::BenchOrdersArgs),
+    /// A server that answers appends and stores nothing: what the append interface alone
+    /// costs here, a floor under `strata bench append`'s numbers. Never a store.
+    NullServer(crate::bench_null::NullServerArgs),
 }
 
 /// `strata bench group`.
@@ -121,7 +124,10 @@ impl BenchCommand {
             BenchCommand::Append(a) => Some(a.clients),
             BenchCommand::GetStream(a) => Some(a.clients),
             BenchCommand::Group(a) => Some(a.workers),
-            BenchCommand::State(_) | BenchCommand::Sagas(_) | BenchCommand::Orders(_) => None,
+            BenchCommand::State(_)
+            | BenchCommand::Sagas(_)
+            | BenchCommand::Orders(_)
+            | BenchCommand::NullServer(_) => None,
         }
     }
 }
@@ -142,6 +148,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Group(args) => return group(args).await,
         BenchCommand::Sagas(args) => return crate::bench_sagas::run(args).await,
         BenchCommand::Orders(args) => return crate::bench_orders::run(args).await,
+        BenchCommand::NullServer(args) => return crate::bench_null::run(args).await,
     };
     if args.clients == 0 || args.batch == 0 || args.duration == 0 {
         return Err(bad_usage(

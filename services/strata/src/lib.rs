@@ -4,6 +4,7 @@
 //! the same functions the command uses.
 
 pub mod bench;
+pub mod bench_null;
 pub mod bench_orders;
 pub mod bench_sagas;
 pub mod bench_state;
