@@ -1,6 +1,7 @@
 //! `strata bench append`: a load generator over real gRPC. N clients append K events of B bytes
 //! per append, as fast as acknowledgements come back, for a fixed time; prints events/s, MiB/s
-//! and append latency percentiles. Bounded: it stops at the deadline.
+//! and append latency percentiles (from a histogram of fixed size per client, within 1.6 %:
+//! [`crate::latency`]). Bounded: it stops at the deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use strata_client::pb;
 
 use crate::client::ServerArg;
+use crate::latency::Latencies;
 use crate::{output, Failure};
 
 /// `strata bench append`.
@@ -203,13 +205,13 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
     } else {
         one_at_a_time(&args, &server, &load, &stream_name, started)?
     };
-    let mut latencies = Vec::new();
+    let mut latencies = Latencies::default();
     let mut errors = 0;
     for t in tasks {
         let (l, e) = t
             .await
             .map_err(|e| Failure::new(format!("a bench client failed: {e}")))?;
-        latencies.extend(l);
+        latencies.merge(&l);
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -254,7 +256,7 @@ impl Load {
     }
 }
 
-type ClientTask = tokio::task::JoinHandle<(Vec<Duration>, u64)>;
+type ClientTask = tokio::task::JoinHandle<(Latencies, u64)>;
 
 /// `--clients` tasks each waiting for its append before the next (unary `Append`), over
 /// [`CONNECTIONS`] connections.
@@ -280,7 +282,7 @@ fn one_at_a_time(
             let count = args.clients as u32;
             let stream = stream_name(c);
             tokio::spawn(async move {
-                let mut latencies = Vec::new();
+                let mut latencies = Latencies::default();
                 let mut errors = 0u64;
                 let mut next = period.map(|p| started + p * c as u32 / count);
                 while Instant::now() < load.deadline {
@@ -290,7 +292,7 @@ fn one_at_a_time(
                     }
                     let t = Instant::now();
                     match client.append_request(load.request(stream.clone())).await {
-                        Ok(_) => latencies.push(t.elapsed()),
+                        Ok(_) => latencies.record(t.elapsed()),
                         Err(_) => errors += 1,
                     }
                 }
@@ -335,11 +337,11 @@ fn pipelined(
             }
         });
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut latencies = Latencies::default();
             let mut errors = 0u64;
             while let Some((t, pending)) = rx.recv().await {
                 match pending.await {
-                    Ok(_) => latencies.push(t.elapsed()),
+                    Ok(_) => latencies.record(t.elapsed()),
                     Err(_) => errors += 1,
                 }
             }
@@ -393,23 +395,19 @@ fn process_cpu_us() -> u64 {
 
 fn report(
     args: &BenchAppendArgs,
-    mut latencies: Vec<Duration>,
+    latencies: Latencies,
     errors: u64,
     elapsed: f64,
     (cpu_before, cpu_after): ((Option<u64>, u64), (Option<u64>, u64)),
     fdatasyncs: Option<u64>,
 ) -> Result<(), Failure> {
-    latencies.sort();
     if latencies.is_empty() {
         return Err(Failure::new(format!(
             "no append succeeded ({errors} errors)"
         )));
     }
-    let pct = |p: f64| {
-        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
-            * 1e3
-    };
-    let events = (latencies.len() * args.batch) as f64;
+    let pct = |p: f64| latencies.percentile(p).unwrap_or_default().as_secs_f64() * 1e3;
+    let events = latencies.len() as f64 * args.batch as f64;
     let per_event = |before: u64, after: u64| after.saturating_sub(before) as f64 / events;
     let server_us = match (cpu_before.0, cpu_after.0) {
         (Some(b), Some(a)) => Some(per_event(b, a)),

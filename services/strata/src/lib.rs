@@ -13,6 +13,7 @@ pub mod cluster_cmd;
 pub mod dev_cluster;
 pub mod group_cmd;
 pub mod history_cmd;
+pub mod latency;
 pub mod node_config;
 pub mod output;
 pub mod serve_cmd;
