@@ -339,3 +339,55 @@ fn snapshots_state_diff_metadata_and_deletion_from_the_command_line() {
         serde_json::json!({"prefix": "acct-", "every": 100})
     );
 }
+
+#[test]
+fn the_null_server_answers_appends_and_stores_nothing() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut null = Dev {
+        child: Command::new(STRATA)
+            .args(["bench", "null-server", "--listen", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        addr,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !null.run(&["cluster", "status"]).status.success() {
+        assert!(Instant::now() < deadline, "the null server did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `strata bench append` runs against it as against a node, pipelined and not, and reports
+    // the server's CPU per event from its status.
+    for extra in [&["--pipeline", "8"][..], &[][..]] {
+        let mut args = vec!["bench", "append", "--clients", "2", "--duration", "1"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--event-bytes", "64"]);
+        let out = null.run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .expect("a JSON summary line");
+        assert!(line["appends"].as_u64().unwrap() > 0, "{line}");
+        assert_eq!(line["errors"], 0, "{line}");
+        assert!(line["server_cpu_us_per_event"].is_number(), "{line}");
+    }
+    // It keeps nothing, and says so.
+    let read = null.run(&["read", "anything"]);
+    assert!(!read.status.success());
+    assert!(
+        String::from_utf8_lossy(&read.stderr).contains("stores nothing"),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    assert!(
+        null.signal(libc::SIGTERM).success(),
+        "SIGTERM is a clean stop"
+    );
+}
