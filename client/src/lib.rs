@@ -75,7 +75,7 @@ pub use config::{
 };
 pub use error::Error;
 pub use events::{event, ExpectedVersion};
-pub use pipeline::{Appender, PendingAppend};
+pub use pipeline::{Appender, PendingAppend, IDLE_CALL_KEPT};
 pub use strata_proto::metadata;
 pub use strata_proto::v1 as pb;
 pub use subscribe::{Item, Start, Subscription, Target};

@@ -331,16 +331,26 @@ impl Pipeline {
                 })
             }
         };
-        let mut idle_until = None;
+        // Two timers, each registered once and moved only when its deadline changes: a new
+        // timer per turn of the loop would wake the runtime's I/O driver (a syscall and an
+        // extra poll) on every answer.
+        let mut flush_timer = Timer::new();
+        // Armed for the end of an idle spell and left alone when appends come and go: when it
+        // fires it looks at `idle_since` (at most once per IDLE_CALL_KEPT while busy).
+        let mut idle_timer = Timer::new();
+        let mut idle_since: Option<TokioInstant> = None;
         loop {
             if self.idle() && !self.queue_open {
                 return None;
             }
-            let flush_at = self.flush_at;
+            flush_timer.set(self.flush_at);
+            if let (Some(since), false) = (idle_since, idle_timer.armed()) {
+                idle_timer.set(Some(since + IDLE_CALL_KEPT));
+            }
             tokio::select! {
                 biased;
                 answer = answers.message() => {
-                    if idle_until.is_some() {
+                    if idle_since.is_some() {
                         // Nothing in flight: the node ended (or broke) an idle call; nothing
                         // is lost, and the next append opens a new one.
                         return None;
@@ -374,14 +384,18 @@ impl Pipeline {
                         self.flush();
                     }
                 },
-                _ = sleep_until(flush_at), if flush_at.is_some() => self.flush(),
-                // Idle for IDLE_CALL_KEPT: end this call; the next append opens a new one.
-                _ = sleep_until(idle_until), if idle_until.is_some() => return None,
+                () = flush_timer.fired(), if flush_timer.armed() => self.flush(),
+                () = idle_timer.fired(), if idle_timer.armed() => {
+                    // Idle for IDLE_CALL_KEPT: end this call; the next append opens a new one.
+                    if idle_since.is_some_and(|s| s + IDLE_CALL_KEPT <= TokioInstant::now()) {
+                        return None;
+                    }
+                }
             }
-            idle_until = match (self.idle(), idle_until) {
+            idle_since = match (self.idle(), idle_since) {
                 (false, _) => None,
-                (true, None) => Some(TokioInstant::now() + IDLE_CALL_KEPT),
-                (true, kept) => kept,
+                (true, None) => Some(TokioInstant::now()),
+                (true, since) => since,
             };
         }
     }
@@ -480,9 +494,66 @@ impl Pipeline {
     }
 }
 
-async fn sleep_until(at: Option<TokioInstant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// A deadline kept registered with the runtime's timer across turns of a loop: setting the
+/// deadline it already has does nothing.
+struct Timer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    at: Option<TokioInstant>,
+}
+
+impl Timer {
+    fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(TokioInstant::now())),
+            at: None,
+        }
+    }
+
+    fn armed(&self) -> bool {
+        self.at.is_some()
+    }
+
+    /// Arms it for `at`, or disarms it with `None`.
+    fn set(&mut self, at: Option<TokioInstant>) {
+        if at != self.at {
+            if let Some(at) = at {
+                self.sleep.as_mut().reset(at);
+            }
+            self.at = at;
+        }
+    }
+
+    /// Resolves at the deadline and disarms; poll only while armed.
+    async fn fired(&mut self) {
+        self.sleep.as_mut().await;
+        self.at = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_fires_at_its_deadline_keeps_it_when_set_again_and_can_be_disarmed() {
+        let start = TokioInstant::now();
+        let mut timer = Timer::new();
+        assert!(!timer.armed());
+        timer.set(Some(start + Duration::from_secs(5)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // The same deadline again keeps it: it fires at 5 s, not 2 + 5.
+        timer.set(Some(start + Duration::from_secs(5)));
+        timer.fired().await;
+        assert_eq!(TokioInstant::now() - start, Duration::from_secs(5));
+        assert!(!timer.armed(), "fired disarms");
+        timer.set(Some(start + Duration::from_secs(9)));
+        timer.set(None);
+        assert!(!timer.armed());
+        // Re-armed, a later deadline is the one it keeps.
+        timer.set(Some(start + Duration::from_secs(7)));
+        timer.set(Some(start + Duration::from_secs(8)));
+        timer.fired().await;
+        assert_eq!(TokioInstant::now() - start, Duration::from_secs(8));
     }
 }

@@ -844,4 +844,16 @@ async fn a_clients_appends_share_one_append_stream_each_answered_alone() {
     }
     assert_eq!(counter(metrics, "strata_appends_total").await, appended + 2);
     assert_eq!(calls().await, 1);
+    // Idle past IDLE_CALL_KEPT, the shared call ends; the next append opens a new one.
+    tokio::time::sleep(strata_client::IDLE_CALL_KEPT + Duration::from_secs(1)).await;
+    let r = client
+        .append(
+            "shared-0",
+            ExpectedVersion::Exact(14),
+            vec![event("E", "{}")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.streams[0].last_version, 15);
+    assert_eq!(calls().await, 2, "an idle call should have ended");
 }
