@@ -185,6 +185,9 @@ struct State {
     queue: Vec<(u64, Arc<Core>)>,
     next_ticket: u64,
     running: bool,
+    /// Callers waiting on `done` for a round to end (a wake-up with none is a syscall for
+    /// nothing: std's condition variable does not count its waiters).
+    waiting: usize,
     /// A leader is waiting for the files of the last round to queue again.
     lingering: bool,
     /// Distinct files of each of the last [`ROUNDS_REMEMBERED`] rounds, newest last: a leader
@@ -227,7 +230,9 @@ impl Round {
                 return outcome.map_err(|(kind, message)| io::Error::new(kind, message));
             }
             if state.running {
+                state.waiting += 1;
                 state = self.done.wait(state).unwrap_or_else(|p| p.into_inner());
+                state.waiting -= 1;
                 continue;
             }
             state.running = true;
@@ -245,7 +250,9 @@ impl Round {
             state.last_round = started.elapsed();
             state.running = false;
             state.outcomes.extend(outcomes);
-            self.done.notify_all();
+            if state.waiting > 0 {
+                self.done.notify_all();
+            }
         }
     }
 
