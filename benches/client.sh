@@ -5,7 +5,8 @@
 # appends at 1 and 64 clients, 16 clients x 100-event appends, and a consumer group handling
 # events with a commit every 100; then the pipelined and 100-event shapes again against
 # `strata bench null-server` (answers appends, stores nothing): what the append interface alone
-# reaches on this machine, the floor under the node's numbers. Prints one line per run and a summary of ratios, with each
+# reaches on this machine, the floor under the node's numbers (and one client's round trip with
+# nothing stored, the floor under its latency). Prints one line per run and a summary of ratios, with each
 # run's CPU ceiling: the machine's cores over the node's and the client's CPU per event (they
 # share the cores), the most events/s that CPU cost allows whatever the disk does.
 #   usage: benches/client.sh [SECONDS=10] [DATA_PARENT=/tmp]
@@ -47,6 +48,7 @@ run_null() { # bench args…
 }
 run_null append --clients 16 --pipeline 256 --duration "$secs"
 run_null append --clients 16 --batch 100 --duration "$secs"
+run_null append --clients 1 --duration "$secs"
 LIMITS="$limits" CORES=$(nproc) python3 - "$out" "$nullout" <<'PY'
 import json, os, re, sys
 cores = int(os.environ["CORES"])
@@ -65,9 +67,10 @@ for r in runs:
             print(f"  CPU ceiling: {cores} cores / ({r['server_cpu_us_per_event']:.1f} node + {r['client_cpu_us_per_event']:.1f} client µs/event) "
                   f"= {cap:.0f} events/s = {cap_mib/seq:.1%} of the disk; reached {r['events_per_s']/cap:.0%} of it")
 # The interface alone: the same shape against the null server, and the node as a share of it.
-for n in [json.loads(l) for l in open(sys.argv[2]) if l.startswith("{")]:
-    if not seq:
-        break
+nulls = [json.loads(l) for l in open(sys.argv[2]) if l.startswith("{")]
+for n in nulls:
+    if not seq or n["clients"] * max(n["pipeline"], 1) == 1:
+        continue
     shape = lambda r: (r["clients"], r["pipeline"], r["events_per_append"])
     node = next((r for r in runs if "mib_per_s" in r and shape(r) == shape(n)), None)
     cpu = (n.get("server_cpu_us_per_event") or 0) + (n.get("client_cpu_us_per_event") or 0)
@@ -82,5 +85,10 @@ for r in runs:
         bound = sync_ms + 0.1
         print(f"one client: append p50 {r['p50_ms']:.3f} ms against a 4 KiB write + fdatasync of {sync_ms:.3f} ms "
               f"(fio, same run) + 0.1 ms = {bound:.3f} ms: {'within' if r['p50_ms'] <= bound else 'above'}")
+        # The round trip through the interface with nothing stored: what of the 0.1 ms it takes.
+        for n in nulls:
+            if n["clients"] == 1 and n["pipeline"] == 0 and n["events_per_append"] == 1:
+                print(f"  the same append against the null server (nothing stored): p50 {n['p50_ms']:.3f} ms; "
+                      f"the node's p50 less it and the fdatasync: {r['p50_ms'] - n['p50_ms'] - sync_ms:+.3f} ms")
 PY
 rm -f "$out" "$nullout"

@@ -67,6 +67,63 @@ pub fn validate_user_stream_name(field: &str, stream: &str, limits: &Limits) -> 
     Ok(())
 }
 
+/// `result`, an invalid argument in it naming `field()` (formatted only on failure: the
+/// checks of a good request allocate nothing).
+fn naming<T>(result: Result<T>, field: impl FnOnce() -> String) -> Result<T> {
+    result.map_err(|e| match e {
+        Error::InvalidArgument { reason, .. } => Error::InvalidArgument {
+            field: field(),
+            reason,
+        },
+        other => other,
+    })
+}
+
+/// Up to this many names or ids, a repeat is looked for by scanning those seen (most appends
+/// carry one stream and a few events); past it, in a hash set.
+const SCAN_MAX: usize = 8;
+
+/// What a request has named so far, to find a repeat: up to [`SCAN_MAX`] in place (no
+/// allocation), more in a hash set.
+enum Seen<T> {
+    Few { items: [T; SCAN_MAX], len: usize },
+    Many(HashSet<T>),
+}
+
+impl<T: Eq + std::hash::Hash + Copy + Default> Seen<T> {
+    /// Room for `n`.
+    fn new(n: usize) -> Self {
+        if n <= SCAN_MAX {
+            Seen::Few {
+                items: [T::default(); SCAN_MAX],
+                len: 0,
+            }
+        } else {
+            Seen::Many(HashSet::with_capacity(n))
+        }
+    }
+
+    /// Whether `item` is new (then it is remembered).
+    fn insert(&mut self, item: T) -> bool {
+        match self {
+            Seen::Few { items, len } if items[..*len].contains(&item) => false,
+            Seen::Few { items, len } if *len < SCAN_MAX => {
+                items[*len] = item;
+                *len += 1;
+                true
+            }
+            // More than the room asked for: on in a set.
+            Seen::Few { items, .. } => {
+                let mut set: HashSet<T> = items.iter().copied().collect();
+                set.insert(item);
+                *self = Seen::Many(set);
+                true
+            }
+            Seen::Many(set) => set.insert(item),
+        }
+    }
+}
+
 /// Checks a whole append request; returns the size of the record it encodes to.
 pub fn validate_request(request: &AppendRequest, limits: &Limits) -> Result<usize> {
     if request.streams.is_empty() {
@@ -91,11 +148,13 @@ pub fn validate_request(request: &AppendRequest, limits: &Limits) -> Result<usiz
             max: limits.batch_events_max as u64,
         });
     }
-    let mut streams = HashSet::with_capacity(request.streams.len());
-    let mut ids = HashSet::with_capacity(events);
+    let mut streams = Seen::new(named);
+    let mut ids = Seen::new(events);
     let mut bytes = FRAME_BYTES + HEADER_BYTES + 4;
     for (i, part) in request.streams.iter().enumerate() {
-        validate_stream_name(&format!("streams[{i}].stream"), &part.stream, limits)?;
+        naming(validate_stream_name("", &part.stream, limits), || {
+            format!("streams[{i}].stream")
+        })?;
         if !streams.insert(part.stream.as_str()) {
             return Err(Error::invalid(
                 format!("streams[{i}].stream"),
@@ -147,11 +206,12 @@ pub fn validate_request(request: &AppendRequest, limits: &Limits) -> Result<usiz
         }
     }
     for (i, c) in request.conditions.iter().enumerate() {
-        let field = format!("conditions[{i}].stream");
-        validate_stream_name(&field, &c.stream, limits)?;
+        naming(validate_stream_name("", &c.stream, limits), || {
+            format!("conditions[{i}].stream")
+        })?;
         if !streams.insert(c.stream.as_str()) {
             return Err(Error::invalid(
-                field,
+                format!("conditions[{i}].stream"),
                 format!("stream `{}` appears twice in one append", c.stream),
             ));
         }
@@ -189,5 +249,66 @@ impl Validated {
     /// The request, taken out.
     pub fn into_request(self) -> AppendRequest {
         self.request
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ExpectedVersion, NewEvent};
+    use uuid::Uuid;
+
+    fn event(id: u128) -> NewEvent {
+        NewEvent {
+            id: Uuid::from_u128(id),
+            event_type: "E".into(),
+            data: bytes::Bytes::from_static(b"{}"),
+            metadata: bytes::Bytes::new(),
+        }
+    }
+
+    fn field_of(request: &AppendRequest) -> String {
+        match validate_request(request, &Limits::default()) {
+            Err(Error::InvalidArgument { field, .. }) => field,
+            other => panic!("expected an invalid argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_repeated_id_or_stream_is_found_among_few_and_among_many() {
+        for n in [2, SCAN_MAX, SCAN_MAX + 1, 40] {
+            let mut events: Vec<NewEvent> = (1..n as u128).map(event).collect();
+            events.push(event(n as u128 / 2));
+            let r = AppendRequest::single("s", ExpectedVersion::Any, events, 1);
+            assert_eq!(
+                field_of(&r),
+                format!("streams[0].events[{}].id", n - 1),
+                "{n} events"
+            );
+            let mut r = AppendRequest::single("s0", ExpectedVersion::Any, vec![event(1)], 1);
+            for i in 1..n {
+                r = r.on_condition(format!("s{i}"), ExpectedVersion::Any);
+            }
+            r = r.on_condition(format!("s{}", n / 2), ExpectedVersion::Any);
+            assert_eq!(
+                field_of(&r),
+                format!("conditions[{}].stream", n - 1),
+                "{n} streams"
+            );
+        }
+        let mut many: Seen<u32> = Seen::new(2);
+        for i in 0..3 * SCAN_MAX as u32 {
+            assert!(many.insert(i), "{i} is new, past the room asked for too");
+        }
+        assert!(!many.insert(SCAN_MAX as u32 - 1) && !many.insert(2 * SCAN_MAX as u32));
+    }
+
+    #[test]
+    fn a_bad_name_is_reported_at_its_field() {
+        let r = AppendRequest::single("", ExpectedVersion::Any, vec![event(1)], 1);
+        assert_eq!(field_of(&r), "streams[0].stream");
+        let r = AppendRequest::single("s", ExpectedVersion::Any, vec![event(1)], 1)
+            .on_condition("$nope", ExpectedVersion::Any);
+        assert_eq!(field_of(&r), "conditions[0].stream");
     }
 }

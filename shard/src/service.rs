@@ -341,7 +341,8 @@ impl StreamsService {
     ) -> crate::append_stream::Outcomes {
         let started = std::time::Instant::now();
         let now = self.clock.now_us();
-        let mut outcomes: Vec<Option<Result<pb::AppendResponse, Status>>> = Vec::new();
+        let mut outcomes: Vec<Option<Result<pb::AppendResponse, Status>>> =
+            Vec::with_capacity(batch.len());
         let mut requests = Vec::with_capacity(batch.len());
         for append in batch {
             match convert::append(append, now, self.ids.as_ref()) {
