@@ -127,17 +127,17 @@ pub fn event_frame_len(stream: &str, event_type: &str, data: usize, metadata: us
     EVENT_FIXED_BYTES + stream.len() + event_type.len() + data + metadata
 }
 
+/// Where each event of a record landed, in order: held in place for records of up to two
+/// events (most appends), so encoding one allocates nothing for it.
+pub type Slots = smallvec::SmallVec<[EventSlot; 2]>;
+
 /// Appends one record frame to `out`; returns where each event landed.
 #[allow(clippy::indexing_slicing)] // indexes only bytes it has just written
-pub fn encode_record(
-    out: &mut Vec<u8>,
-    header: RecordHeader,
-    events: &[EventFields<'_>],
-) -> Vec<EventSlot> {
+pub fn encode_record(out: &mut Vec<u8>, header: RecordHeader, events: &[EventFields<'_>]) -> Slots {
     let start = out.len();
     put_header(out, KIND_EVENTS, &header);
     out.extend_from_slice(&(events.len() as u32).to_le_bytes());
-    let mut slots = Vec::with_capacity(events.len());
+    let mut slots = Slots::with_capacity(events.len());
     for e in events {
         let event_start = out.len();
         out.extend_from_slice(&[0u8; 8]);
@@ -600,7 +600,7 @@ mod tests {
         }
     }
 
-    fn sample(out: &mut Vec<u8>, position: u64) -> Vec<EventSlot> {
+    fn sample(out: &mut Vec<u8>, position: u64) -> Slots {
         let events = [
             EventFields {
                 stream: "orders-1",

@@ -45,6 +45,7 @@ use crate::log::{LogWriter, RecoveryReport};
 use crate::reader::Reader;
 use crate::stats::Stats;
 use crate::validate::Validated;
+use smallvec::SmallVec;
 
 mod replica;
 pub use replica::{EntryBody, LogEntry, WrittenEntry};
@@ -64,8 +65,12 @@ enum Plan {
     /// A retry of an append already committed: answer with the original result.
     Duplicate(AppendResult),
     /// Write it; the first version of each stream part.
-    Write(Vec<u64>),
+    Write(FirstVersions),
 }
+
+/// The first version of each stream part of a request, in place for up to two parts (most
+/// appends name one stream): deciding an append allocates nothing for it.
+type FirstVersions = SmallVec<[u64; 2]>;
 
 /// An event written but not yet indexed.
 #[derive(Debug)]
@@ -87,6 +92,9 @@ struct Effects {
     ids: HashMap<Uuid, PendingEvent>,
     /// Changes to the write fences (`$fences` events), in order.
     fences: Vec<FenceChange>,
+    /// The stream name the last pending events share, handed to the next append to the same
+    /// stream instead of a fresh copy.
+    last_stream: Option<Arc<str>>,
 }
 
 type Inflight = Arc<Mutex<VecDeque<Arc<Effects>>>>;
@@ -387,6 +395,9 @@ pub struct Store {
     /// is in `heads` (or in a group not yet written), and this set is cleared whenever `heads`
     /// is, so a stream here needs no index lookup. At most [`STREAM_HEADS_CACHED_MAX`].
     untombstoned: HashSet<String>,
+    /// The name of a stream's tombstone stream, rebuilt in place for each append's check
+    /// (allocating it per append was one of the writer's allocations per event).
+    tombstone_name: String,
     /// A written group's buffer, cleared, for the next group (at most [`GROUP_BUF_KEPT_MAX`]
     /// bytes of capacity kept): growing a fresh one was 5 % of the writer's CPU.
     spare_buf: Vec<u8>,
@@ -501,6 +512,7 @@ impl Store {
             synced_end,
             heads: HashMap::new(),
             untombstoned: HashSet::new(),
+            tombstone_name: String::new(),
             spare_buf: Vec::new(),
             ids: KnownIds::off(),
             raft: false,
@@ -922,12 +934,14 @@ impl Store {
     /// group being built, in flight, or indexed (a point lookup: a bloom-filtered miss for
     /// nearly every stream).
     fn tombstoned(&mut self, stream: &str, current: &Effects) -> Result<bool> {
-        let tombstone = crate::system::deleted_stream(stream);
+        let mut tombstone = std::mem::take(&mut self.tombstone_name);
+        crate::system::deleted_stream_into(stream, &mut tombstone);
         let pending = current.heads.contains_key(&tombstone)
             || self.heads.contains_key(&tombstone)
             || lock(&self.inflight)
                 .iter()
                 .any(|e| e.heads.contains_key(&tombstone));
+        self.tombstone_name = tombstone;
         if pending {
             return Ok(true);
         }
@@ -1100,7 +1114,7 @@ impl Store {
                 .original_result(request, current, &found)
                 .map(Plan::Duplicate);
         }
-        let mut first_versions = Vec::with_capacity(request.streams.len());
+        let mut first_versions = FirstVersions::with_capacity(request.streams.len());
         for part in &request.streams {
             if !request.copy {
                 if let Some(shard) = self.fenced(&part.stream, current) {
@@ -1246,7 +1260,7 @@ impl Store {
         &self,
         tag: T,
         request: AppendRequest,
-        first_versions: Vec<u64>,
+        first_versions: FirstVersions,
         group: &mut Group<T>,
     ) {
         self.encode_as(tag, request, first_versions, group, (0, 0))
@@ -1257,36 +1271,38 @@ impl Store {
         &self,
         tag: T,
         request: AppendRequest,
-        first_versions: Vec<u64>,
+        first_versions: FirstVersions,
         group: &mut Group<T>,
         leader: (u64, u64),
     ) {
-        self.encode_many(vec![(tag, request, first_versions)], group, leader)
+        self.encode_many([(tag, request, first_versions)], group, leader)
     }
 
     /// Encodes planned requests (on distinct streams) as ONE record of the group: they share
     /// its position and commit together. The record's timestamp is the latest request's.
-    fn encode_many<T>(
-        &self,
-        items: Vec<(T, AppendRequest, Vec<u64>)>,
-        group: &mut Group<T>,
-        (term, leader): (u64, u64),
-    ) {
+    fn encode_many<T, I>(&self, items: I, group: &mut Group<T>, (term, leader): (u64, u64))
+    where
+        // A Vec, or an array of one (no allocation for a lone append).
+        I: AsRef<[(T, AppendRequest, FirstVersions)]>
+            + IntoIterator<Item = (T, AppendRequest, FirstVersions)>,
+    {
         let position = self.log.next_position() + group.buf.len() as u64;
         let seq = self.log.next_seq() + group.records;
         let synced_end = self.synced_end.load(Ordering::Acquire);
         let timestamp_us = self.next_timestamp(
             items
+                .as_ref()
                 .iter()
                 .map(|(_, r, _)| r.timestamp_us)
                 .max()
                 .unwrap_or(0),
         );
         // A copy is written alone (the Raft path refuses to mix it with other appends).
-        let copy = items.iter().all(|(_, r, _)| r.copy);
-        debug_assert!(copy || items.iter().all(|(_, r, _)| !r.copy));
-        let mut fields = Vec::new();
-        for (_, request, first_versions) in &items {
+        let copy = items.as_ref().iter().all(|(_, r, _)| r.copy);
+        debug_assert!(copy || items.as_ref().iter().all(|(_, r, _)| !r.copy));
+        // In place for records of up to two events (most appends): no allocation per record.
+        let mut fields: SmallVec<[EventFields<'_>; 2]> = SmallVec::new();
+        for (_, request, first_versions) in items.as_ref() {
             for (part, first) in request.streams.iter().zip(first_versions) {
                 for (k, e) in part.events.iter().enumerate() {
                     fields.push(EventFields {
@@ -1310,7 +1326,7 @@ impl Store {
             flags: if copy { FLAG_COPY } else { 0 },
         };
         let slots = format::encode_record(&mut group.buf, header, &fields);
-        let indexed: Vec<IndexedEvent<'_>> = fields
+        let indexed: SmallVec<[IndexedEvent<'_>; 2]> = fields
             .iter()
             .zip(&slots)
             .map(|(f, slot)| IndexedEvent {
@@ -1329,6 +1345,8 @@ impl Store {
         );
         group.records += 1;
         group.events += fields.len() as u64;
+        // They borrow `items`, which the effects take next.
+        drop((indexed, fields));
         for (tag, request, first_versions) in items {
             let streams = note_effects(&mut group.effects, position, request, &first_versions);
             group.answers.push((
@@ -1451,7 +1469,13 @@ fn note_effects(
     let mut streams = Vec::with_capacity(request.streams.len());
     for (part, first) in request.streams.into_iter().zip(first_versions) {
         let last = first + part.events.len() as u64 - 1;
-        effects.heads.insert(part.stream.clone(), last);
+        // A stream the group already wrote keeps its key (no copy of the name).
+        match effects.heads.get_mut(part.stream.as_str()) {
+            Some(head) => *head = last,
+            None => {
+                effects.heads.insert(part.stream.clone(), last);
+            }
+        }
         if part.stream == FENCES_STREAM {
             // Checked when planned.
             let changes = part.events.iter();
@@ -1459,7 +1483,14 @@ fn note_effects(
                 .fences
                 .extend(changes.filter_map(|e| FenceChange::decode(&e.event_type, &e.data).ok()));
         }
-        let stream: Arc<str> = Arc::from(part.stream.as_str());
+        let stream = match &effects.last_stream {
+            Some(name) if **name == *part.stream => name.clone(),
+            _ => {
+                let name: Arc<str> = Arc::from(part.stream.as_str());
+                effects.last_stream = Some(name.clone());
+                name
+            }
+        };
         for (k, event) in part.events.into_iter().enumerate() {
             effects.ids.insert(
                 event.id,

@@ -240,12 +240,17 @@ pub fn snapshot_stream(stream: &str) -> String {
 
 /// `$deleted:S`.
 pub fn deleted_stream(stream: &str) -> String {
-    // Sized once: the writer builds one per append (its tombstone check), and `format!` grew
-    // the string by reallocating.
     let mut name = String::with_capacity(DELETED_PREFIX.len() + stream.len());
+    deleted_stream_into(stream, &mut name);
+    name
+}
+
+/// [`deleted_stream`] written into `name` (cleared first), reusing its memory: the writer
+/// builds one per append (its tombstone check).
+pub fn deleted_stream_into(stream: &str, name: &mut String) {
+    name.clear();
     name.push_str(DELETED_PREFIX);
     name.push_str(stream);
-    name
 }
 
 /// A stream's metadata: what readers see of it, and so what retention may reclaim. Every
