@@ -789,6 +789,15 @@ impl Store {
         let mut written = Vec::new();
         let expected = requests.len();
         let mut group = Group::new(std::mem::take(&mut self.spare_buf), expected);
+        // Every append looks its ids up in the filter (`plan`): read their blocks first, all
+        // at once (4.8 % of a node's CPU pipelined was those lookups waiting on memory).
+        self.ids.poll();
+        self.ids.warm(requests.iter().flat_map(|(_, v)| {
+            v.request()
+                .streams
+                .iter()
+                .flat_map(|part| part.events.iter().map(|e| e.id))
+        }));
         for (tag, validated) in requests {
             if let Err(e) = self.check_poison() {
                 now.push((tag, Err(e)));

@@ -246,6 +246,11 @@ impl Validated {
         self.bytes
     }
 
+    /// The request.
+    pub fn request(&self) -> &AppendRequest {
+        &self.request
+    }
+
     /// The request, taken out.
     pub fn into_request(self) -> AppendRequest {
         self.request
