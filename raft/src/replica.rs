@@ -191,7 +191,12 @@ impl ReplicaError {
 }
 
 fn leader_of(raft: &Raft) -> Option<(NodeId, StrataNode)> {
-    let metrics = raft.metrics().borrow().clone();
+    leader_in(&raft.metrics().borrow())
+}
+
+/// The leader named in `metrics`, with its node, if known (the metrics are read in place: a
+/// clone of them would copy their replication map on every routed call).
+fn leader_in(metrics: &RaftMetrics) -> Option<(NodeId, StrataNode)> {
     let id = metrics.current_leader?;
     let node = metrics
         .membership_config
@@ -762,6 +767,31 @@ impl Replica {
     /// The leader's id and node, if known.
     pub fn leader(&self) -> Option<(NodeId, StrataNode)> {
         leader_of(&self.raft)
+    }
+
+    /// Resolves once this replica knows a leader whose client address is not `addr`, with it:
+    /// a call forwarded to the leader at `addr` then went to a node that no longer leads (or
+    /// that was cut off while the others elected another). Never resolves once Raft stopped.
+    /// It watches Raft's server metrics (vote, state, leader, membership), which change only
+    /// with those — not the full metrics, which change with every applied entry and would wake
+    /// each forwarded call waiting on them.
+    pub async fn leader_other_than(&self, addr: &str) -> (NodeId, StrataNode) {
+        let mut server = self.raft.server_metrics();
+        loop {
+            let leader = {
+                let m = server.borrow_and_update();
+                m.current_leader.and_then(|id| {
+                    let node = m.membership_config.membership().get_node(&id)?;
+                    (node.addr != addr).then(|| (id, node.clone()))
+                })
+            };
+            if let Some(leader) = leader {
+                return leader;
+            }
+            if server.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Appends through Raft: answered once committed (on a majority, each after fdatasync) and

@@ -11,6 +11,13 @@
 //! leader changed meanwhile) answers UNAVAILABLE naming the leader, which the client follows.
 //! The call's metadata (correlation ids, deadline) travels with it.
 //!
+//! The forwarding node keeps watching its own replica's view of the leader while the call
+//! waits. A leader cut off from the others still takes calls on its client port but cannot
+//! commit them; once the forwarding node learns of the leader the others elected, it stops
+//! waiting there (`Router::leader_moved_from`): a read or an append (whose ids make a repeat
+//! answer as the first) goes once more to the new leader, any other call — and each part of a
+//! pipelined call — is answered UNAVAILABLE naming the new leader, outcome unknown.
+//!
 //! A node holding no replica of the shard (its replicas moved to other nodes: `cluster
 //! move-shard`) does not know the shard's leader; it passes the call to a node the map says
 //! holds one, marked `strata-forwarded: holder`, which may pass it on once more — to the

@@ -18,6 +18,7 @@
 //! (the call's order fence: see [`strata_raft::fence`]); the client sends them again.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 
 use strata_proto::v1 as pb;
@@ -149,6 +150,29 @@ impl RemoteAppends {
         link.waiting.send(reply).map_err(|_| lost(addr))?;
         Ok(link.requests.clone())
     }
+}
+
+/// A part's `answers` from a leader, unless `moved` (this node learnt of another leader of
+/// the part's shard) comes first: then each of the part's `n` appends is answered with it,
+/// UNAVAILABLE naming the new leader — the outcome at the old one is unknown, so the client
+/// retries them there with the same ids — and the call's order `fence` is set, so none of its
+/// later appends goes in before those retries.
+pub fn unless_moved(
+    answers: Outcomes,
+    moved: impl Future<Output = Status> + Send + 'static,
+    n: usize,
+    fence: &Fence,
+) -> Outcomes {
+    let fence = fence.clone();
+    Box::pin(async move {
+        tokio::select! {
+            answers = answers => answers,
+            status = moved => {
+                fence.set();
+                vec![Err(status); n]
+            }
+        }
+    })
 }
 
 fn lost(addr: &str) -> Status {

@@ -24,6 +24,7 @@
 //! waits until this node has applied that far (woken by its Raft metrics), then reads here:
 //! a read index.
 
+use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -301,6 +302,38 @@ impl Router {
         }
     }
 
+    /// Resolves once this node knows shard `id`'s leader is no longer the node at `tried`,
+    /// which a call was forwarded to: UNAVAILABLE naming the new leader, which
+    /// [`moved_leader`] sends the call to once more. Without it a call forwarded to a leader
+    /// that was cut off waited out the append timeout there while the others elected another.
+    /// Never resolves when no replica of `id` is here.
+    fn leader_moved_from(
+        &self,
+        id: ShardId,
+        tried: &str,
+    ) -> impl Future<Output = Status> + Send + 'static {
+        let replica = match self.at(id).map(|s| s.backend().clone()) {
+            Ok(Backend::Replicated(replica)) => Some(replica),
+            _ => None,
+        };
+        let tried = tried.to_string();
+        async move {
+            let Some(replica) = replica else {
+                return std::future::pending().await;
+            };
+            let (_, node) = replica.leader_other_than(&tried).await;
+            let mut status = Status::unavailable(format!(
+                "{id}'s leader changed from {tried} to {} while the call was forwarded; it may \
+                 have committed there, so retry it with the same event ids",
+                node.addr
+            ));
+            if let Ok(v) = node.addr.parse() {
+                status.metadata_mut().insert(LEADER_KEY, v);
+            }
+            status
+        }
+    }
+
     /// `answer` carrying the epoch of the map this node routes by ([`MAP_EPOCH_KEY`]), on a
     /// node of several shards: a client routing by an older table reads it again.
     fn with_epoch<T>(&self, answer: Answer<T>) -> Answer<T> {
@@ -416,18 +449,29 @@ impl Router {
 
 /// A unary call about one stream: forwarded to the shard's leader when another node leads it
 /// and `$leader` (the call needs the leader), to a node holding the shard when this one holds
-/// none, otherwise served by the shard here (see [`Router::route`]).
+/// none, otherwise served by the shard here (see [`Router::route`]). A forwarded call this
+/// node learns went to a leader no longer leading is sent once more to the new leader when
+/// `$idempotent` (a read, or appends, whose ids make a repeat answer as the first); otherwise
+/// its client gets UNAVAILABLE, outcome unknown, and decides.
 macro_rules! routed {
-    ($self:ident, $request:ident, $stream:expr, $leader:expr, $method:ident) => {{
+    ($self:ident, $request:ident, $stream:expr, $leader:expr, $method:ident, $idempotent:expr) => {{
         let id = $self.owner($stream)?;
         let answer = match $self.route(id, $leader, $request.metadata())? {
             Route::Here(service) => service.$method($request).await,
             Route::Leader(addr) => {
                 let again = ($request.metadata().clone(), $request.get_ref().clone());
                 let mut leader = $self.forwarding()?.streams(&addr)?;
-                match leader.$method(forwarded($request)).await {
-                    // The leader changed meanwhile (a handover): once more, at the new one.
-                    Err(status) => match moved_leader(&status, &addr) {
+                let (first, unknown) = tokio::select! {
+                    answer = leader.$method(forwarded($request)) => (answer, false),
+                    moved = $self.leader_moved_from(id, &addr) => (Err(moved), true),
+                };
+                match first {
+                    // The leader changed meanwhile (a handover refusing the call, or this node
+                    // learnt of a new one while the call waited at the old): once more, at the
+                    // new one.
+                    Err(status) => match moved_leader(&status, &addr)
+                        .filter(|_| $idempotent || !unknown)
+                    {
                         Some(next) => {
                             let request = Request::from_parts(again.0, Default::default(), again.1);
                             let mut leader = $self.forwarding()?.streams(&next)?;
@@ -747,7 +791,10 @@ impl Submit for Router {
                             self.stats
                                 .forwarded
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            remote.submit(&addr, appends, fence).await
+                            let moved = self.leader_moved_from(id, &addr);
+                            let n = appends.len();
+                            let answers = remote.submit(&addr, appends, fence).await;
+                            crate::remote_appends::unless_moved(answers, moved, n, fence)
                         }
                         None => match self.at(id) {
                             Ok(service) => service.submit_batch(appends, fence).await,
@@ -796,7 +843,7 @@ type Answer<T> = Result<Response<T>, Status>;
 impl pb::streams_server::Streams for Router {
     async fn append(&self, request: Request<pb::AppendRequest>) -> Answer<pb::AppendResponse> {
         let stream = request.get_ref().stream.clone();
-        routed!(self, request, &stream, true, append)
+        routed!(self, request, &stream, true, append, true)
     }
 
     type AppendStreamStream = crate::append_stream::AnswerStream;
@@ -821,13 +868,13 @@ impl pb::streams_server::Streams for Router {
             Some(first) => first.stream.clone(),
             None => return self.first()?.append_multi(request).await,
         };
-        routed!(self, request, &first, true, append_multi)
+        routed!(self, request, &first, true, append_multi, true)
     }
 
     async fn read(&self, request: Request<pb::ReadRequest>) -> Answer<pb::ReadResponse> {
         let r = request.get_ref();
         let (stream, leader) = (r.stream.clone(), linearizable(r.consistency));
-        routed!(self, request, &stream, leader, read)
+        routed!(self, request, &stream, leader, read, true)
     }
 
     async fn read_all(&self, request: Request<pb::ReadAllRequest>) -> Answer<pb::ReadAllResponse> {
@@ -930,7 +977,7 @@ impl pb::streams_server::Streams for Router {
     ) -> Answer<pb::GetStreamResponse> {
         let r = request.get_ref();
         let (stream, leader) = (r.stream.clone(), linearizable(r.consistency));
-        routed!(self, request, &stream, leader, get_stream)
+        routed!(self, request, &stream, leader, get_stream, true)
     }
 
     async fn get_log(&self, request: Request<pb::GetLogRequest>) -> Answer<pb::GetLogResponse> {
@@ -973,7 +1020,7 @@ impl pb::streams_server::Streams for Router {
         request: Request<pb::SetStreamMetadataRequest>,
     ) -> Answer<pb::WriteResponse> {
         let stream = request.get_ref().stream.clone();
-        routed!(self, request, &stream, true, set_stream_metadata)
+        routed!(self, request, &stream, true, set_stream_metadata, false)
     }
 
     async fn delete_stream(
@@ -981,7 +1028,7 @@ impl pb::streams_server::Streams for Router {
         request: Request<pb::DeleteStreamRequest>,
     ) -> Answer<pb::WriteResponse> {
         let stream = request.get_ref().stream.clone();
-        routed!(self, request, &stream, true, delete_stream)
+        routed!(self, request, &stream, true, delete_stream, false)
     }
 
     async fn save_snapshot(
@@ -989,7 +1036,7 @@ impl pb::streams_server::Streams for Router {
         request: Request<pb::SaveSnapshotRequest>,
     ) -> Answer<pb::WriteResponse> {
         let stream = request.get_ref().stream.clone();
-        routed!(self, request, &stream, true, save_snapshot)
+        routed!(self, request, &stream, true, save_snapshot, false)
     }
 
     async fn read_state(
@@ -998,7 +1045,7 @@ impl pb::streams_server::Streams for Router {
     ) -> Answer<pb::ReadStateResponse> {
         let r = request.get_ref();
         let (stream, leader) = (r.stream.clone(), linearizable(r.consistency));
-        routed!(self, request, &stream, leader, read_state)
+        routed!(self, request, &stream, leader, read_state, true)
     }
 
     /// Sets the policy on every shard, in id order (a policy is a value: a retry after a

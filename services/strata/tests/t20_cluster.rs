@@ -499,13 +499,15 @@ async fn failover_restart_and_snapshot_rejoin_lose_nothing() {
     assert_ne!(current.trim(), "0");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
-    let _serial = SERIAL.lock().await;
+/// Three nodes started whose Raft links each go through a proxy of their own, keyed by the
+/// directed link (i, j); clients reach every node directly.
+async fn proxied_three(append_timeout_ms: u64) -> (Cluster, HashMap<(u64, u64), Proxy>) {
     let mut extra = small_log_args();
-    extra.extend(["--append-timeout-ms".to_string(), "1500".to_string()]);
+    extra.extend([
+        "--append-timeout-ms".to_string(),
+        append_timeout_ms.to_string(),
+    ]);
     let mut cluster = Cluster::new(3, true, extra);
-    // One proxy per directed Raft link i → j.
     let mut proxies: HashMap<(u64, u64), Proxy> = HashMap::new();
     for i in 1..=3u64 {
         for j in 1..=3u64 {
@@ -520,6 +522,22 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
         proxies.iter().map(|(k, p)| (*k, p.addr().port())).collect();
     cluster.peer_args(|i, j, _| addr(routes[&(i, j)]));
     cluster.start_all().await;
+    (cluster, proxies)
+}
+
+/// Cuts (or heals) every Raft link to and from `node`.
+fn cut_off(proxies: &HashMap<(u64, u64), Proxy>, node: u64, cut: bool) {
+    for ((i, j), p) in proxies {
+        if *i == node || *j == node {
+            p.cut(cut);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
+    let _serial = SERIAL.lock().await;
+    let (mut cluster, proxies) = proxied_three(1500).await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
 
     let acked: Acked = Arc::default();
@@ -528,11 +546,7 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Cut every Raft link to and from the leader; clients still reach it directly.
-    for ((i, j), p) in &proxies {
-        if *i == leader || *j == leader {
-            p.cut(true);
-        }
-    }
+    cut_off(&proxies, leader, true);
     let ch = channel(&cluster.addr(leader)).await.unwrap();
     let mut old = StreamsClient::new(ch);
     let lost_id = 9u128 << 100;
@@ -584,9 +598,7 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
         elected.elapsed()
     );
     // Heal.
-    for p in proxies.values() {
-        p.cut(false);
-    }
+    cut_off(&proxies, leader, false);
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     join(writers).await;
@@ -611,6 +623,75 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
         assert!(events.is_empty(), "node {id} kept an uncommitted write");
     }
     check_logs_identical(&mut cluster, false);
+}
+
+/// A follower forwards an append to the leader it knows; that leader is cut off from the
+/// others, so the append cannot commit there (the append timeout, 20 s, is far away). Once the
+/// follower learns of the leader the others elected, it sends the append there instead, and
+/// the client gets its acknowledgement — not the old leader's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_forwarded_to_a_leader_cut_off_goes_on_to_the_new_one() {
+    let _serial = SERIAL.lock().await;
+    let (cluster, proxies) = proxied_three(20_000).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let forwarded = || async {
+        status(&cluster.addr(follower))
+            .await
+            .unwrap()
+            .forwarded_calls
+    };
+    let before = forwarded().await;
+
+    cut_off(&proxies, leader, true);
+    // Sent at once: the follower still knows the old leader (no election can end within the
+    // 400 ms election timeout) and forwards the append there.
+    let ch = channel(&cluster.addr(follower)).await.unwrap();
+    let id = 11u128 << 100;
+    let answer = StreamsClient::new(ch)
+        .append(append_request("moved", id))
+        .await
+        .expect("the append went on to the new leader")
+        .into_inner();
+    assert_eq!(answer.streams[0].first_version, 0);
+    assert_eq!(
+        forwarded().await - before,
+        2,
+        "forwarded twice: to the old leader, then to the new one"
+    );
+    let new_leader = status(&cluster.addr(follower)).await.unwrap().leader;
+    assert_ne!(new_leader, leader);
+
+    // Healed, every replica holds the event once: the old leader's uncommitted copy is gone.
+    cut_off(&proxies, leader, false);
+    let acked: BTreeMap<String, Vec<u128>> = [("moved".to_string(), vec![id])].into();
+    check_replicas(&cluster, &acked).await;
+
+    // A pipelined call's part forwarded to a leader cut off is answered, once the follower
+    // learns of the next leader, UNAVAILABLE naming it (the client sends it there again).
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cut_off(&proxies, leader, true);
+    let mut client = StreamsClient::new(channel(&cluster.addr(follower)).await.unwrap());
+    let message = pb::AppendStreamRequest {
+        appends: vec![append_request("moved", id + 1)],
+    };
+    let mut answers = client
+        .append_stream(tokio_stream::iter([message]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().expect("an answer");
+    let Some(pb::append_result::Outcome::Error(e)) = &answer.results[0].outcome else {
+        panic!("the cut-off leader's part was not refused: {answer:?}");
+    };
+    assert_eq!(e.code, tonic::Code::Unavailable as i32, "{e:?}");
+    assert!(e.message.contains("leader changed"), "{e:?}");
+    assert!(
+        !e.leader.is_empty() && e.leader != cluster.addr(leader),
+        "{e:?}"
+    );
+    cut_off(&proxies, leader, false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
