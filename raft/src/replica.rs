@@ -14,7 +14,7 @@ use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use strata_engine::format::{FRAME_BYTES, HEADER_BYTES};
 use strata_engine::validate::Validated;
 use strata_engine::{AppendRequest, AppendResult, Error, Limits};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::fence::Fence;
@@ -110,6 +110,13 @@ pub struct RaftSettings {
     /// How long an append may wait to commit before the client is told the outcome is unknown.
     /// Default 5 s.
     pub append_timeout: Duration,
+    /// A leader that has heard from no majority of its group for this long (cut off from the
+    /// others, which elect a leader of their own) refuses new appends and answers those
+    /// waiting on Raft, outcome unknown, instead of holding them for the whole
+    /// `append_timeout`: its clients go to another node sooner. Default 1.6 s, twice the
+    /// longest election timeout (the others have usually elected a leader by then). Zero
+    /// turns it off. See [`Replica::cut_off`].
+    pub cut_off_after: Duration,
     /// How long a linearizable read may wait to confirm leadership. Default 2 s.
     pub read_timeout: Duration,
     /// How long a node being added may take, as a learner, to replicate the log as it stood
@@ -129,6 +136,7 @@ impl Default for RaftSettings {
             snapshot_every_entries: 50_000,
             keep_entries: 10_000,
             append_timeout: Duration::from_secs(5),
+            cut_off_after: Duration::from_millis(1600),
             read_timeout: Duration::from_secs(2),
             learner_catch_up_timeout: Duration::from_secs(60),
             catch_up: None,
@@ -251,7 +259,7 @@ async fn propose(
     raft: Raft,
     me: NodeId,
     mut queue: mpsc::Receiver<Proposal>,
-    slots: Arc<Semaphore>,
+    (slots, cut_off): (Arc<Semaphore>, watch::Receiver<bool>),
     (bytes_max, wait_max): (usize, Duration),
 ) {
     let mut aside: VecDeque<Proposal> = VecDeque::new();
@@ -283,6 +291,7 @@ async fn propose(
         // entries, must be decided in the order sent); only the waits run concurrently.
         let submitted = raft.client_write_ff(Command::Append(requests)).await;
         let raft = raft.clone();
+        let mut cut_off = cut_off.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let answer = match submitted {
@@ -298,11 +307,20 @@ async fn propose(
             // openraft answers a write when its entry is applied or truncated here; an entry
             // replaced some other way (a snapshot install after this node lost leadership)
             // would hold its slot for ever, so the wait is bounded.
-            let outcomes: Vec<Result<AppendResult, ReplicaError>> = match tokio::time::timeout(
-                wait_max, answer,
-            )
-            .await
-            {
+            // The entry is answered once decided, or at once when this leader is cut off (its
+            // slot released then: the entry stays in Raft, decided by whoever leads next).
+            let answer = tokio::select! {
+                answer = tokio::time::timeout(wait_max, answer) => answer,
+                // (A watch no task keeps — cut-offs turned off — ends in an error: not a cut.)
+                Ok(_) = cut_off.wait_for(|cut| *cut) => {
+                    let error = cut_off_error();
+                    for w in waiting {
+                        w.answer(Err(error.duplicate()));
+                    }
+                    return;
+                }
+            };
+            let outcomes: Vec<Result<AppendResult, ReplicaError>> = match answer {
                 Err(_) => {
                     tracing::warn!(
                         appends = count,
@@ -340,6 +358,51 @@ async fn propose(
             for (w, outcome) in waiting.into_iter().zip(outcomes) {
                 w.answer(outcome);
             }
+        });
+    }
+}
+
+/// The answer to an append at a leader cut off (see [`RaftSettings::cut_off_after`]).
+fn cut_off_error() -> ReplicaError {
+    ReplicaError::Unavailable(
+        "this node leads its group but has heard from no majority of it lately (cut off from \
+         the others?); the append may still commit, so retry it with the same event ids at \
+         another node"
+            .into(),
+    )
+}
+
+/// Keeps `cut` true while this node leads its group and no majority of it has answered for
+/// longer than `after` (openraft's `millis_since_quorum_ack`, refreshed at every heartbeat),
+/// looking once per `tick`. Ends with Raft, or when no replica holds the watch any more.
+async fn watch_contact(raft: Raft, after: Duration, tick: Duration, cut: watch::Sender<bool>) {
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    let metrics = raft.metrics();
+    loop {
+        ticks.tick().await;
+        if cut.is_closed() || metrics.has_changed().is_err() {
+            return;
+        }
+        let now = {
+            let m = metrics.borrow();
+            m.state == ServerState::Leader
+                && m.millis_since_quorum_ack.is_some_and(|ms| ms > after_ms)
+        };
+        cut.send_if_modified(|was| {
+            if *was != now {
+                tracing::warn!(
+                    cut_off = now,
+                    "this leader {} a majority of its group",
+                    if now {
+                        "has heard from no"
+                    } else {
+                        "hears again from"
+                    }
+                );
+            }
+            std::mem::replace(was, now) != now
         });
     }
 }
@@ -509,6 +572,9 @@ pub struct Replica {
     /// The proposer's slots for entries in flight: a leadership handover takes them all, so
     /// no entry is proposed while it runs.
     slots: Arc<Semaphore>,
+    /// True while this node leads but no majority has answered it for
+    /// [`RaftSettings::cut_off_after`] (see [`Replica::cut_off`]).
+    cut_off: watch::Receiver<bool>,
     /// Sends `TimeoutNow` to the node taking over the leadership.
     handover: Arc<dyn Handover>,
     /// Set while a handover runs: linearizable reads are refused then (their leadership check
@@ -590,11 +656,20 @@ impl Replica {
         });
         let (proposals, queue) = mpsc::channel(APPEND_QUEUE_MAX);
         let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+        let (cut, cut_off) = watch::channel(false);
+        if !settings.cut_off_after.is_zero() {
+            tokio::spawn(watch_contact(
+                raft.clone(),
+                settings.cut_off_after,
+                settings.heartbeat,
+                cut,
+            ));
+        }
         tokio::spawn(propose(
             raft.clone(),
             node_id,
             queue,
-            slots.clone(),
+            (slots.clone(), cut_off.clone()),
             (limits.batch_bytes_max, settings.append_timeout * 2),
         ));
         Ok(Replica {
@@ -608,6 +683,7 @@ impl Replica {
             limits,
             proposals,
             slots,
+            cut_off,
             handover,
             handing_over: Arc::new(AtomicBool::new(false)),
         })
@@ -764,6 +840,15 @@ impl Replica {
         Ok(new)
     }
 
+    /// Whether this node leads its group but has heard from no majority of it for
+    /// [`RaftSettings::cut_off_after`]: appends here are refused, and those waiting on Raft
+    /// answered, outcome unknown (a leader cut off from the others cannot commit; they elect
+    /// a leader of their own, and its clients are better off going there than waiting out the
+    /// append timeout). It leads again as soon as a majority answers.
+    pub fn cut_off(&self) -> bool {
+        *self.cut_off.borrow()
+    }
+
     /// The leader's id and node, if known.
     pub fn leader(&self) -> Option<(NodeId, StrataNode)> {
         leader_of(&self.raft)
@@ -828,6 +913,12 @@ impl Replica {
     > {
         if fence.is_some_and(Fence::is_set) {
             return Err(ReplicaError::NotTried);
+        }
+        if self.cut_off() {
+            if let Some(fence) = fence {
+                fence.set();
+            }
+            return Err(cut_off_error());
         }
         let validated = Validated::new(request, &self.limits)?;
         let bytes = validated.bytes().saturating_sub(RECORD_OVERHEAD);

@@ -37,6 +37,7 @@
 //! snapshot_every_entries = 50000      # --snapshot-every-entries
 //! keep_entries = 10000                # --keep-entries
 //! append_timeout_ms = 5000            # --append-timeout-ms
+//! cut_off_ms = 1600                   # --cut-off-ms (a leader no majority answers refuses; 0: off)
 //! learner_catch_up_timeout_ms = 60000 # --learner-catch-up-timeout-ms (add-node)
 //! leader_balance_interval_ms = 30000  # --leader-balance-interval-ms (several shards; 0: off)
 //! replica_balance_interval_ms = 0     # --replica-balance-interval-ms (several shards; 0: off)
@@ -150,6 +151,10 @@ pub struct NodeArgs {
     /// How long an append may wait to commit.
     #[arg(long)]
     append_timeout_ms: Option<u64>,
+    /// A leader that has heard from no majority of its group for this long refuses appends
+    /// and answers those waiting, outcome unknown (0 turns it off). Default 1600.
+    #[arg(long)]
+    cut_off_ms: Option<u64>,
     /// How long a node being added may take to catch up before it would be made a voter.
     #[arg(long)]
     learner_catch_up_timeout_ms: Option<u64>,
@@ -199,6 +204,7 @@ struct FileConfig {
     snapshot_every_entries: Option<u64>,
     keep_entries: Option<u64>,
     append_timeout_ms: Option<u64>,
+    cut_off_ms: Option<u64>,
     learner_catch_up_timeout_ms: Option<u64>,
     leader_balance_interval_ms: Option<u64>,
     replica_balance_interval_ms: Option<u64>,
@@ -440,6 +446,17 @@ fn cluster(
     if let Some(v) = args.append_timeout_ms.or(file.append_timeout_ms) {
         raft.append_timeout = Duration::from_millis(v.max(1));
     }
+    if let Some(v) = args.cut_off_ms.or(file.cut_off_ms) {
+        raft.cut_off_after = Duration::from_millis(v);
+    }
+    if !raft.cut_off_after.is_zero() && raft.cut_off_after <= raft.election_timeout.1 {
+        return Err(bad(format!(
+            "--cut-off-ms ({} ms) must be longer than the longest election timeout ({} ms), or 0 \
+             (off): a leader would refuse appends before the others could elect another",
+            raft.cut_off_after.as_millis(),
+            raft.election_timeout.1.as_millis()
+        )));
+    }
     if let Some(v) = args
         .learner_catch_up_timeout_ms
         .or(file.learner_catch_up_timeout_ms)
@@ -544,6 +561,22 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.message.contains("--id"), "{}", err.message);
+        let (_d, path) = write("data = \"/srv/a\"\nid = 1\ncut_off_ms = 3000\n");
+        let with = |cut_off_ms| NodeArgs {
+            config: Some(path.clone()),
+            cut_off_ms,
+            ..NodeArgs::default()
+        };
+        let raft = |args| resolve(args).map(|c| c.cluster.unwrap().raft.cut_off_after);
+        assert_eq!(raft(with(None)).unwrap(), Duration::from_millis(3000));
+        assert_eq!(raft(with(Some(0))).unwrap(), Duration::ZERO);
+        let err = raft(with(Some(800))).unwrap_err();
+        assert!(
+            err.message.contains("--cut-off-ms (800 ms)"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.exit_code, 2);
         for bad_peer in ["2", "x=127.0.0.1:1", "2=nohost", "1=127.0.0.1:5"] {
             let err = resolve(NodeArgs {
                 data: Some("/srv/a".into()),

@@ -501,12 +501,9 @@ async fn failover_restart_and_snapshot_rejoin_lose_nothing() {
 
 /// Three nodes started whose Raft links each go through a proxy of their own, keyed by the
 /// directed link (i, j); clients reach every node directly.
-async fn proxied_three(append_timeout_ms: u64) -> (Cluster, HashMap<(u64, u64), Proxy>) {
+async fn proxied_three(args: &[&str]) -> (Cluster, HashMap<(u64, u64), Proxy>) {
     let mut extra = small_log_args();
-    extra.extend([
-        "--append-timeout-ms".to_string(),
-        append_timeout_ms.to_string(),
-    ]);
+    extra.extend(args.iter().map(|a| a.to_string()));
     let mut cluster = Cluster::new(3, true, extra);
     let mut proxies: HashMap<(u64, u64), Proxy> = HashMap::new();
     for i in 1..=3u64 {
@@ -537,7 +534,7 @@ fn cut_off(proxies: &HashMap<(u64, u64), Proxy>, node: u64, cut: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
     let _serial = SERIAL.lock().await;
-    let (mut cluster, proxies) = proxied_three(1500).await;
+    let (mut cluster, proxies) = proxied_three(&["--append-timeout-ms", "1500"]).await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
 
     let acked: Acked = Arc::default();
@@ -626,13 +623,15 @@ async fn an_isolated_leader_cannot_acknowledge_and_its_tail_is_truncated() {
 }
 
 /// A follower forwards an append to the leader it knows; that leader is cut off from the
-/// others, so the append cannot commit there (the append timeout, 20 s, is far away). Once the
+/// others, so the append cannot commit there (the append timeout, 20 s, is far away; the old
+/// leader's own cut-off is turned off, so only the follower can end the wait). Once the
 /// follower learns of the leader the others elected, it sends the append there instead, and
 /// the client gets its acknowledgement — not the old leader's timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_forwarded_to_a_leader_cut_off_goes_on_to_the_new_one() {
     let _serial = SERIAL.lock().await;
-    let (cluster, proxies) = proxied_three(20_000).await;
+    let (cluster, proxies) =
+        proxied_three(&["--append-timeout-ms", "20000", "--cut-off-ms", "0"]).await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let forwarded = || async {
@@ -692,6 +691,48 @@ async fn a_call_forwarded_to_a_leader_cut_off_goes_on_to_the_new_one() {
         "{e:?}"
     );
     cut_off(&proxies, leader, false);
+}
+
+/// A leader cut off from the others answers an append sent to it, once no majority has
+/// answered it for `--cut-off-ms` (the default), UNAVAILABLE saying so — not with the append
+/// timeout's answer (20 s here) — and refuses the next at once; healed, it follows the new
+/// leader and its clients' appends go through it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_answers_its_appends_before_the_append_timeout() {
+    let _serial = SERIAL.lock().await;
+    let (cluster, proxies) = proxied_three(&["--append-timeout-ms", "20000"]).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let mut old = StreamsClient::new(channel(&cluster.addr(leader)).await.unwrap());
+    let base = 13u128 << 100;
+    old.append(append_request("contact", base)).await.unwrap();
+
+    cut_off(&proxies, leader, true);
+    for n in 1..=2 {
+        let refused = old
+            .append(append_request("contact", base + n))
+            .await
+            .expect_err("a leader cut off acknowledged an append");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(
+            refused.message().contains("heard from no majority"),
+            "append {n}: {refused:?}"
+        );
+    }
+
+    // Healed: the first refused append was proposed, and whether it committed is unknown
+    // (another leader may have kept it); its retry with the same ids settles it either way.
+    // The second was never proposed. Both go through the old leader's node again.
+    cut_off(&proxies, leader, false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for n in 1..=2 {
+        while let Err(e) = old.append(append_request("contact", base + n)).await {
+            assert!(Instant::now() < deadline, "healed, still refused: {e:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let acked: BTreeMap<String, Vec<u128>> =
+        [("contact".to_string(), vec![base, base + 1, base + 2])].into();
+    check_replicas(&cluster, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
