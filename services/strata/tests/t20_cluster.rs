@@ -707,11 +707,13 @@ async fn a_leader_cut_off_answers_its_appends_before_the_append_timeout() {
     old.append(append_request("contact", base)).await.unwrap();
 
     cut_off(&proxies, leader, true);
+    let cut_at = Instant::now();
     for n in 1..=2 {
         let refused = old
             .append(append_request("contact", base + n))
             .await
             .expect_err("a leader cut off acknowledged an append");
+        eprintln!("append {n} refused {:?} after the cut", cut_at.elapsed());
         assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
         assert!(
             refused.message().contains("heard from no majority"),
