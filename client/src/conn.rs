@@ -7,7 +7,9 @@
 //! always after a refusal (not the leader, busy), and after an unknown outcome (a broken
 //! connection, a timeout) only for idempotent calls — reads, and appends whose every event
 //! carries an id (the client gives each event one before the first attempt, so a retry is
-//! answered with the original result). Attempts are bounded by `attempts_max` and the call's
+//! answered with the original result); an unknown outcome that names the leader (a node that
+//! forwarded the call learnt meanwhile that the leader changed) sends that retry to it at
+//! once. Attempts are bounded by `attempts_max` and the call's
 //! `deadline`. A call about one stream goes to the leader of the stream's shard when the
 //! client knows it (see [`crate::routes`]).
 
@@ -263,15 +265,18 @@ impl Connections {
     ) -> Result<(), Error> {
         let wait = match &failed.retry {
             Retry::No => return Err(failed.error),
-            Retry::Unknown if !idempotent => return Err(failed.error),
+            Retry::Unknown | Retry::Moved { .. } if !idempotent => return Err(failed.error),
             Retry::Refused {
                 leader: Some(leader),
-            } if leader != addr && self.config.follow_leaders => {
+            }
+            | Retry::Moved { leader }
+                if leader != addr && self.config.follow_leaders =>
+            {
                 self.follow(leader);
                 std::time::Duration::ZERO
             }
             Retry::Refused { .. } => self.backoff(attempt),
-            Retry::Unknown => {
+            Retry::Unknown | Retry::Moved { .. } => {
                 self.skip(addr);
                 self.backoff(attempt)
             }
@@ -353,8 +358,13 @@ impl Connections {
         match &failed.retry {
             Retry::Refused {
                 leader: Some(leader),
-            } if leader != addr => routes.learn(stream, leader),
-            Retry::Unknown => routes.forget(stream),
+            }
+            | Retry::Moved { leader }
+                if leader != addr =>
+            {
+                routes.learn(stream, leader)
+            }
+            Retry::Unknown | Retry::Moved { .. } => routes.forget(stream),
             // Busy, or no leader known yet: the same node again after the backoff.
             Retry::Refused { .. } | Retry::No => {}
         }
@@ -435,6 +445,36 @@ mod tests {
         assert_eq!(c.target(), "d:1");
         c.skip("d:1");
         assert_eq!(c.target(), "a:1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_outcome_naming_the_leader_goes_there_at_once_when_idempotent() {
+        let c = Connections::new(ClientConfig::new(["a:1", "b:1", "c:1"])).unwrap();
+        let moved = |leader: &str| Failed {
+            error: Error::Unavailable("the leader changed while forwarded".into()),
+            retry: Retry::Moved {
+                leader: leader.into(),
+            },
+        };
+        let started = Instant::now();
+        let before = tokio::time::Instant::now();
+        c.after_failure("a:1", moved("c:1"), true, 1, started)
+            .await
+            .unwrap();
+        assert_eq!(c.target(), "c:1");
+        assert_eq!(before.elapsed(), std::time::Duration::ZERO, "no backoff");
+        // Not idempotent: the outcome is unknown, so the error is the caller's.
+        let err = c
+            .after_failure("c:1", moved("b:1"), false, 1, started)
+            .await;
+        assert!(matches!(err, Err(Error::Unavailable(_))), "{err:?}");
+        assert_eq!(c.target(), "c:1");
+        // Naming the node tried: skipped, after a backoff, like any unknown outcome.
+        c.after_failure("c:1", moved("c:1"), true, 1, started)
+            .await
+            .unwrap();
+        assert_eq!(c.target(), "a:1");
+        assert!(before.elapsed() > std::time::Duration::ZERO);
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub(crate) enum Retry {
     /// The outcome is unknown (the connection broke, a timeout, Raft did not answer): safe
     /// only for idempotent calls (reads, appends whose events all carry ids).
     Unknown,
+    /// The outcome is unknown, and the node named the leader to retry at: a call it forwarded
+    /// to a leader that no longer leads (it learnt of the new one while the call waited).
+    /// Retried, like [`Retry::Unknown`], only when idempotent — there, at once.
+    Moved { leader: String },
 }
 
 /// One failed attempt: the error it would be, and whether to retry.
@@ -153,7 +157,10 @@ fn classify(
         (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown, _) => {
             Failed {
                 error: Error::Unavailable(message),
-                retry: Retry::Unknown,
+                retry: match leader {
+                    Some(leader) => Retry::Moved { leader },
+                    None => Retry::Unknown,
+                },
             }
         }
         _ => error(Error::Server {
@@ -215,6 +222,16 @@ mod tests {
         }
         let broken = Failed::from_status(&tonic::Status::unavailable("connection reset"));
         assert_eq!(broken.retry, Retry::Unknown);
+        let mut moved = tonic::Status::unavailable("the leader changed while forwarded");
+        moved
+            .metadata_mut()
+            .insert(LEADER_KEY, MetadataValue::from_static("10.0.0.3:50051"));
+        assert_eq!(
+            Failed::from_status(&moved).retry,
+            Retry::Moved {
+                leader: "10.0.0.3:50051".into()
+            }
+        );
         for (s, want) in [
             (
                 status(Code::ResourceExhausted, "limit-exceeded"),
