@@ -203,18 +203,36 @@ impl Groups {
         n: u32,
     ) -> Result<Option<(u64, PartitionEvent)>, Error> {
         let stream = p::partition_stream(name, n);
+        match self.last_event(&stream).await? {
+            Some(e) => Ok(Some((e.version, p::from_json(&stream, &e.data)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// `stream`'s last event (`None` when it has none).
+    async fn last_event(&self, stream: &str) -> Result<Option<pb::RecordedEvent>, Error> {
         let page = self
             .client
             .read(pb::ReadRequest {
-                stream: stream.clone(),
+                stream: stream.into(),
                 direction: pb::Direction::Backwards as i32,
                 limit: 1,
                 ..Default::default()
             })
             .await?;
-        match page.events.first() {
-            Some(e) => Ok(Some((e.version, p::from_json(&stream, &e.data)?))),
-            None => Ok(None),
+        Ok(page.events.into_iter().next())
+    }
+
+    /// The earliest place the group may consume from: its last reset's position, or its
+    /// start before any reset.
+    pub(crate) async fn floor(&self, name: &str) -> Result<Progress, Error> {
+        let stream = p::definition_stream(name);
+        match self.last_event(&stream).await? {
+            Some(e) if e.r#type == "$group-reset" => {
+                Ok(p::from_json::<p::Reset>(&stream, &e.data)?.position)
+            }
+            Some(e) => Ok(p::from_json::<Definition>(&stream, &e.data)?.start),
+            None => Err(Error::NotFound(format!("no consumer group `{name}`"))),
         }
     }
 

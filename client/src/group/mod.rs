@@ -26,4 +26,4 @@ mod worker;
 
 pub use admin::{GroupInfo, Groups, Parked, PartitionInfo, REGISTRY_EVENTS_MAX, REPLAY_EVENTS_MAX};
 pub use protocol::{Definition, GroupTarget, ParkedFrom, Position, Progress, PARTITIONS_DEFAULT};
-pub use worker::{members, Batch, Worker, WorkerConfig};
+pub use worker::{members, Batch, Next, Worker, WorkerConfig};

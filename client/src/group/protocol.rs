@@ -4,7 +4,7 @@
 //! ```text
 //! $groups            $group-created {name}                    registry (list)
 //! $group:G           $group-created {target, partitions, from} definition (first event)
-//!                    $group-reset   {from | after, at_us?}     a reset (also written to every partition)
+//!                    $group-reset   {position}                 a reset (also written to every partition)
 //! $group:G/members   $group-heartbeat {member}  $group-left {member}
 //! $group:G/p/N       $group-claim  {member, from | after}      owner changes; "" = released
 //!                    $group-commit {member, from | after}      position: handled through here
@@ -259,6 +259,50 @@ impl Progress {
         }
         Some(out)
     }
+
+    /// A record this has handled that `other` still wants: in some shard this is after a
+    /// record `other` would read. (A `From` point says nothing was handled there, so only
+    /// `After` points count.)
+    pub fn handled_past(&self, other: &Progress) -> Option<(u32, u64)> {
+        self.0.iter().find_map(|(shard, p)| match p {
+            Position::After(at) if other.wants(*shard, *at) => Some((*shard, *at)),
+            _ => None,
+        })
+    }
+
+    /// Shard by shard the later of this and `floor` (a shard neither names stays unnamed).
+    pub fn at_least(&self, floor: &Progress) -> Progress {
+        self.merge(floor, |mine, theirs| {
+            mine.point().key() >= theirs.point().key()
+        })
+    }
+
+    /// Shard by shard the earlier of this and `ceiling`.
+    pub fn at_most(&self, ceiling: &Progress) -> Progress {
+        self.merge(ceiling, |mine, theirs| {
+            mine.point().key() <= theirs.point().key()
+        })
+    }
+
+    /// Every shard either names, each taking this one's point where `keep_mine` says so.
+    fn merge(&self, other: &Progress, keep_mine: impl Fn(Position, Position) -> bool) -> Progress {
+        let shards = self.0.keys().chain(other.0.keys());
+        Progress(
+            shards
+                .map(|s| {
+                    let (mine, theirs) = (self.get(*s), other.get(*s));
+                    (
+                        *s,
+                        if keep_mine(mine, theirs) {
+                            mine
+                        } else {
+                            theirs
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
 }
 
 impl std::fmt::Display for Progress {
@@ -457,6 +501,31 @@ mod tests {
         assert_eq!(e.get(2), Position::After(70));
         assert_eq!(e.get(5), Position::From(0));
         assert_eq!(Progress::earliest([]), None);
+    }
+
+    #[test]
+    fn what_one_progress_handled_past_another_and_the_bounds_between() {
+        // The group handled shard 0 through 40 and shard 2 through 9; the output holds shard 0
+        // through 30 and shard 2 through 9.
+        let mut group = Progress::from(Position::After(40));
+        group.handled(2, 9);
+        let mut output = Progress::from(Position::After(30));
+        output.handled(2, 9);
+        assert_eq!(group.handled_past(&output), Some((0, 40)));
+        assert_eq!(output.handled_past(&group), None);
+        assert_eq!(group.handled_past(&group), None);
+        // A `From` point handled nothing: a start at the log's end is not ahead of anything.
+        let start = Progress::from(Position::From(500));
+        assert_eq!(start.handled_past(&output), None);
+        // Bounds: never before the floor, never after the ceiling; unnamed shards are From(0).
+        let floor = Progress::from(Position::From(35));
+        let back = output.at_least(&floor).at_most(&group);
+        assert_eq!(back.get(0), Position::From(35));
+        assert_eq!(back.get(2), Position::After(9));
+        assert_eq!(group.at_most(&output).get(0), Position::After(30));
+        assert_eq!(group.at_least(&output).get(0), Position::After(40));
+        assert_eq!(output.at_least(&floor).get(1), Position::From(0));
+        assert_eq!(back.handled_past(&output), None);
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! called for `session_timeout` (killed, paused, or stuck in a handler) has lost its lease: it
 //! re-checks before handing out anything more, and its commits fail (`Fenced`) once another
 //! worker has claimed the partition, so a stream is handled by one worker at a time and the
-//! group's position never goes back.
+//! group's position never goes back — but by a reset, or by [`Worker::rewind`] when the
+//! output a consumer commits after (a database with positions of its own) lost writes it had
+//! acknowledged: [`Worker::next`] says which partitions were just claimed, before their events,
+//! for the consumer to compare.
 //!
 //! Batches hold whole records (a record's events for a partition are never split, however
 //! small the read-ahead: a commit after part of a record would pass its rest by). An event is
@@ -157,6 +160,18 @@ pub struct Worker {
     retry_open: Option<(u32, u64)>,
     next_tick: Instant,
     lease_until: Instant,
+    /// Partitions claimed (or claimed again) since [`Worker::next`] last said so.
+    claimed: Vec<u32>,
+}
+
+/// What [`Worker::next`] brings.
+#[derive(Debug)]
+pub enum Next {
+    /// Events to handle.
+    Batch(Batch),
+    /// These partitions were just claimed (or claimed again after a reset): the moment to
+    /// compare their committed positions with what the output holds ([`Worker::rewind`]).
+    Claimed(Vec<u32>),
 }
 
 impl Worker {
@@ -180,6 +195,7 @@ impl Worker {
             retry_open: None,
             next_tick: now,
             lease_until: now,
+            claimed: Vec::new(),
         };
         worker.tick().await?;
         Ok(worker)
@@ -198,12 +214,25 @@ impl Worker {
     /// The next batch: waits for events of its partitions (heart-beating meanwhile).
     pub async fn next_batch(&mut self) -> Result<Batch, Error> {
         loop {
+            if let Next::Batch(b) = self.next().await? {
+                return Ok(b);
+            }
+        }
+    }
+
+    /// The next batch, or the partitions just claimed (said once, before any of their
+    /// events), for a consumer whose output keeps positions of its own.
+    pub async fn next(&mut self) -> Result<Next, Error> {
+        loop {
             let now = Instant::now();
             if now >= self.next_tick || now >= self.lease_until {
                 self.tick().await?;
             }
+            if !self.claimed.is_empty() {
+                return Ok(Next::Claimed(std::mem::take(&mut self.claimed)));
+            }
             if let Some(batch) = self.take_batch() {
-                return Ok(batch);
+                return Ok(Next::Batch(batch));
             }
             if self.held.is_empty() {
                 tokio::time::sleep_until(self.next_tick).await;
@@ -288,6 +317,72 @@ impl Worker {
             Err(Error::WrongExpectedVersion { message, .. }) if message.contains(&stream) => {
                 self.lose(batch.partition);
                 Err(self.fenced(batch.partition))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `batch` was handed out under this worker's current hold of its partition: not
+    /// before the partition moved away (or back, see [`Worker::rewind`]). A batch no longer
+    /// current is handed out again to whoever holds the partition; its commit fails.
+    pub fn holds(&self, batch: &Batch) -> bool {
+        self.held
+            .get(&batch.partition)
+            .is_some_and(|h| h.version == batch.token)
+    }
+
+    /// Partition `n`'s committed position (`None` when this worker does not hold it).
+    pub fn committed(&self, n: u32) -> Option<&Progress> {
+        self.held.get(&n).map(|h| &h.position)
+    }
+
+    /// Moves held partition `n` back to `holds`, where the output it commits after says it
+    /// holds the partition's events through, when the group's committed position has handled
+    /// a record `holds` has not: the output lost writes it had acknowledged (a database's
+    /// unjournaled commits lost in a crash, a restore from an older backup). Never before the
+    /// group's last reset (or its start); never forward. The events after are handed out
+    /// again (batches handed out before are no longer [`Worker::holds`]).
+    ///
+    /// Returns where the partition went back to, or `None` when nothing was missing. `Fenced`
+    /// when the partition was taken meanwhile.
+    pub async fn rewind(&mut self, n: u32, holds: &Progress) -> Result<Option<Progress>, Error> {
+        let Some(held) = self.held.get(&n).cloned() else {
+            return Err(self.fenced(n));
+        };
+        if held.position.handled_past(holds).is_none() {
+            return Ok(None);
+        }
+        let floor = Groups::new(self.client.clone()).floor(&self.group).await?;
+        let back = holds.at_least(&floor).at_most(&held.position);
+        if held.position.handled_past(&back).is_none() {
+            return Ok(None);
+        }
+        let stream = p::partition_stream(&self.group, n);
+        let commit = event(
+            "$group-commit",
+            p::to_json(&PartitionEvent {
+                member: self.config.member.clone(),
+                position: back.clone(),
+            }),
+        );
+        match self
+            .client
+            .append(&stream, ExpectedVersion::Exact(held.version), vec![commit])
+            .await
+        {
+            Ok(r) => {
+                let version = r
+                    .streams
+                    .first()
+                    .map_or(held.version + 1, |s| s.last_version);
+                debug_assert!(version > held.version, "a partition's version only grows");
+                self.held.insert(n, Held::new(version, back.clone()));
+                self.restart_reading();
+                Ok(Some(back))
+            }
+            Err(Error::WrongExpectedVersion { .. }) => {
+                self.lose(n);
+                Err(self.fenced(n))
             }
             Err(e) => Err(e),
         }
@@ -546,6 +641,11 @@ impl Worker {
         }
         // Reclaimed (after a reset, say): same partitions, new versions — read again too.
         let after: Vec<(u32, u64)> = self.held.iter().map(|(n, h)| (*n, h.version)).collect();
+        for taken in after.iter().filter(|held| !before.contains(held)) {
+            if !self.claimed.contains(&taken.0) {
+                self.claimed.push(taken.0);
+            }
+        }
         if after != before {
             tracing::debug!(member = %self.config.member, partitions = ?self.partitions(), "partitions moved");
             self.restart_reading();

@@ -656,3 +656,104 @@ async fn records_larger_than_the_read_ahead_are_handed_out_whole_and_once() {
         twice.first()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_goes_back_to_what_its_output_holds_but_never_before_a_reset_or_forward() {
+    use strata_client::group::{
+        GroupTarget, Groups, Next, Position, Progress, Worker, WorkerConfig,
+    };
+    use strata_client::Error;
+    let _serial = SERIAL.lock().await;
+    let cluster = one_node().await;
+    let client = Client::connect([cluster.addr(1)]).unwrap();
+    // Ten records of one event each; their positions.
+    let mut at = Vec::new();
+    for i in 0..10 {
+        let r = client
+            .append(
+                "rw-a",
+                ExpectedVersion::Any,
+                vec![event("T", format!("{i}"))],
+            )
+            .await
+            .unwrap();
+        at.push(r.position);
+    }
+    let groups = Groups::new(client.clone());
+    groups
+        .create(
+            "rw",
+            GroupTarget::Prefix("rw-".into()),
+            1,
+            Position::From(0),
+        )
+        .await
+        .unwrap();
+    let mut config = WorkerConfig::new("w1");
+    config.heartbeat_interval = Duration::from_millis(100);
+    let mut w = Worker::join(client.clone(), "rw", config).await.unwrap();
+    // The claim is said before any event.
+    match w.next().await.unwrap() {
+        Next::Claimed(parts) => assert!(parts.contains(&0), "{parts:?}"),
+        Next::Batch(b) => panic!("a batch before the claim: {b:?}"),
+    }
+    let versions = |b: &strata_client::group::Batch| -> Vec<u64> {
+        b.events.iter().map(|e| e.version).collect()
+    };
+    let mut handed = Vec::new();
+    while handed.len() < 10 {
+        let b = w.next_batch().await.unwrap();
+        handed.extend(versions(&b));
+        w.commit(&b).await.unwrap();
+    }
+    assert_eq!(handed, (0..10).collect::<Vec<u64>>());
+    let committed = w.committed(0).unwrap().clone();
+    assert_eq!(committed, Progress::from(Position::After(at[9])));
+    // The output holds everything, or more: nothing moves.
+    assert_eq!(w.rewind(0, &committed).await.unwrap(), None);
+    let ahead = Progress::from(Position::After(at[9] + 1000));
+    assert_eq!(w.rewind(0, &ahead).await.unwrap(), None);
+    // The output holds through the fifth event: back there, the rest handed out again.
+    let b = {
+        client
+            .append("rw-a", ExpectedVersion::Any, vec![event("T", "10")])
+            .await
+            .unwrap();
+        w.next_batch().await.unwrap()
+    };
+    assert_eq!(versions(&b), vec![10]);
+    let holds = Progress::from(Position::After(at[4]));
+    assert_eq!(w.rewind(0, &holds).await.unwrap(), Some(holds.clone()));
+    assert!(
+        !w.holds(&b),
+        "a batch handed out before going back is still current"
+    );
+    assert!(matches!(w.commit(&b).await, Err(Error::Fenced(_))));
+    let mut again = Vec::new();
+    while again.len() < 6 {
+        let b = w.next_batch().await.unwrap();
+        assert!(w.holds(&b));
+        again.extend(versions(&b));
+        w.commit(&b).await.unwrap();
+    }
+    assert_eq!(again, (5..=10).collect::<Vec<u64>>());
+    // After a reset to the eighth event, the output's older position is not gone back to.
+    groups
+        .reset("rw", Progress::from(Position::After(at[7])))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), w.next()).await {
+            Ok(Ok(Next::Claimed(parts))) if parts.contains(&0) => break,
+            Ok(Ok(Next::Batch(b))) => assert!(!w.holds(&b) || versions(&b)[0] == 8),
+            other => panic!("no claim again after the reset: {other:?}"),
+        }
+    }
+    assert_eq!(
+        w.committed(0),
+        Some(&Progress::from(Position::After(at[7])))
+    );
+    assert_eq!(w.rewind(0, &holds).await.unwrap(), None);
+    // A partition it does not hold: fenced.
+    assert!(matches!(w.rewind(7, &holds).await, Err(Error::Fenced(_))));
+}
