@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use strata_client::group::{Batch, GroupTarget, Groups, Position, Progress, Worker, WorkerConfig};
+use strata_client::group::{
+    Batch, GroupTarget, Groups, Next, Position, Progress, Worker, WorkerConfig,
+};
 use strata_client::{pb, Client, Error, ExpectedVersion};
 use strata_service::Metrics;
 use tokio::sync::watch;
@@ -132,6 +134,9 @@ pub struct Status {
     pub quarantined: u64,
     /// Events passed over (another type, or already in the sink).
     pub passed_over: u64,
+    /// Partitions moved back to the sink's checkpoint because the sink held less than the
+    /// group had committed (see `Session::claimed`).
+    pub rewinds: u64,
     /// Each partition's checkpoint in the sink.
     pub positions: BTreeMap<u32, String>,
     /// Events of the source not yet in the sink, at the last count (see [`crate::backlog`]).
@@ -170,6 +175,7 @@ impl Status {
             rows: 0,
             quarantined: 0,
             passed_over: 0,
+            rewinds: 0,
             positions: BTreeMap::new(),
             lag_events: 0,
             lag_events_at_least: false,
@@ -473,7 +479,7 @@ impl Session<'_> {
                 Ok(Some(g)) => g,
                 // Stopping or paused: the loop's top says which.
                 Ok(None) => continue,
-                Err(e) => return e.into(),
+                Err(end) => return end,
             };
             if let Err(end) = self.handle(gathered).await {
                 return end;
@@ -529,7 +535,7 @@ impl Session<'_> {
 
     /// The next write's events: worker batches of one partition gathered up to the limits or
     /// the linger; `None` when the service stops or the control changes.
-    async fn gather(&mut self) -> Result<Option<Gathered>, Error> {
+    async fn gather(&mut self) -> Result<Option<Gathered>, End> {
         let p = self.pipeline();
         let first = match self.held.take() {
             Some(b) => b,
@@ -537,7 +543,7 @@ impl Session<'_> {
                 let mut stopping = self.runner.stopping.clone();
                 let mut control = self.runner.control.clone();
                 tokio::select! {
-                    b = self.worker.next_batch() => b?,
+                    b = self.next_batch() => b?,
                     _ = stopping.wait_for(|s| *s) => return Ok(None),
                     _ = control.changed() => return Ok(None),
                 }
@@ -549,7 +555,7 @@ impl Session<'_> {
         };
         let until = Instant::now() + Duration::from_millis(p.batch.linger_ms);
         while g.batch.events.len() < p.batch.events_max && g.bytes < p.batch.bytes_max {
-            let Ok(next) = tokio::time::timeout_at(until, self.worker.next_batch()).await else {
+            let Ok(next) = tokio::time::timeout_at(until, self.next_batch()).await else {
                 break;
             };
             let next = next?;
@@ -567,10 +573,60 @@ impl Session<'_> {
 }
 
 impl Session<'_> {
+    /// The worker's next batch; partitions it claims on the way are first checked against
+    /// the sink ([`Session::claimed`]).
+    async fn next_batch(&mut self) -> Result<Batch, End> {
+        loop {
+            match self.worker.next().await? {
+                Next::Batch(b) => return Ok(b),
+                Next::Claimed(parts) => self.claimed(&parts).await?,
+            }
+        }
+    }
+
+    /// Partitions just claimed: their checkpoints are read from the sink again (another
+    /// worker may have written since), and a partition whose group position is past what the
+    /// sink holds — the sink lost writes it had acknowledged (a server's unjournaled commits
+    /// lost in a crash, a restore from an older backup) — is moved back to the sink's
+    /// checkpoint, so those events are written again. A partition without a checkpoint in the
+    /// sink is left as it is (a sink that never had it, or whose checkpoints were cleared).
+    async fn claimed(&mut self, parts: &[u32]) -> Result<(), End> {
+        let mut found = self.sink.checkpoints().await?;
+        for n in parts {
+            match found.remove(n) {
+                Some(at) => self.checkpoints.insert(*n, at),
+                None => self.checkpoints.remove(n),
+            };
+            let Some(at) = self.checkpoints.get(n).cloned() else {
+                continue;
+            };
+            let committed = self.worker.committed(*n).map(|c| c.to_string());
+            if let Some(back) = self.worker.rewind(*n, &at).await? {
+                let p = self.pipeline();
+                tracing::warn!(pipeline = %p.name, partition = n, group = ?committed, sink = %at, to = %back,
+                    "the sink holds less than the group committed (it lost acknowledged writes, or was restored from a backup); going back to write the rest again");
+                self.runner.metrics.add(
+                    "strata_etl_rewinds_total",
+                    "Partitions moved back to the sink's checkpoint: the sink held less than the group had committed.",
+                    &[("pipeline", p.name.as_str())],
+                    1.0,
+                );
+                self.runner.update(|s| s.rewinds += 1);
+            }
+        }
+        self.show_positions();
+        Ok(())
+    }
+
     /// Writes `g` in writes within the limits, then commits it to the group.
     async fn handle(&mut self, g: Gathered) -> Result<(), End> {
         let p = self.pipeline();
         let batch = g.batch;
+        if !self.worker.holds(&batch) {
+            // Handed out before the partition moved (or was moved back): it comes again to
+            // whoever holds it now, so nothing of it is written from here.
+            return Ok(());
+        }
         let mut i = 0;
         while i < batch.events.len() {
             let j = write_end(&batch, i, p.batch.events_max, p.batch.bytes_max);

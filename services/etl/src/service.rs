@@ -2,7 +2,7 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `GET /api/v1/pipelines` | every pipeline: state, error, events, rows, quarantined, positions, lag, rate, throttle |
+//! | `GET /api/v1/pipelines` | every pipeline: state, error, events, rows, quarantined, rewinds, positions, lag, rate, throttle |
 //! | `GET /api/v1/pipelines/{name}` | one |
 //! | `POST /api/v1/pipelines/{name}/reconcile` | `{"from": RFC3339, "to": RFC3339}` (whole seconds): the window's rows, source against sink (count, checksum, `ok`); see `reconcile` |
 //! | `GET /api/v1/outboxes` | each PostgreSQL outbox source: state, error, events, refused rows, slot position, WAL lag in bytes |
@@ -16,7 +16,8 @@
 //! sink (`lag_seconds` of the last write, `lag_p50_ms` and `lag_p99_ms` of the last rows).
 //!
 //! `/health` lists each pipeline's state; `/metrics` has `strata_etl_events_total`,
-//! `_rows_total`, `_quarantined_total`, `_errors_total`, `_lag_seconds` (a histogram from
+//! `_rows_total`, `_quarantined_total`, `_errors_total`, `_rewinds_total` (partitions moved back
+//! to a sink that held less than the group had committed), `_lag_seconds` (a histogram from
 //! append to sink), `_lag_events`, `_write_seconds`, `_pace_seconds` per pipeline.
 
 use std::path::PathBuf;

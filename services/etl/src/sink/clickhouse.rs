@@ -268,30 +268,37 @@ impl ClickHouse {
             reached.handled(r.shard, r.position);
         }
         if &reached != w.to {
-            let row = json!({
-                "pipeline": self.pipeline,
-                "part": w.partition,
-                "progress": serde_json::to_string(w.to).map_err(down)?,
-                "written_us": now_us(),
-            });
-            let sql = "INSERT INTO strata_etl_checkpoints (pipeline, part, progress, written_us) FORMAT JSONEachRow";
-            self.run(sql, Bytes::from(row.to_string())).await?;
+            let to = serde_json::to_string(w.to).map_err(down)?;
+            self.put_checkpoints([(w.partition, to)]).await?;
         }
         Ok(Written::Done)
+    }
+
+    /// Rows of `strata_etl_checkpoints`, one insert: each partition's progress as JSON, ""
+    /// for none.
+    async fn put_checkpoints(
+        &self,
+        progress: impl IntoIterator<Item = (u32, String)>,
+    ) -> Result<(), SinkError> {
+        let written_us = now_us();
+        let mut rows = String::new();
+        for (part, progress) in progress {
+            let row = json!({"pipeline": self.pipeline, "part": part, "progress": progress, "written_us": written_us});
+            rows.push_str(&row.to_string());
+            rows.push('\n');
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sql = "INSERT INTO strata_etl_checkpoints (pipeline, part, progress, written_us) FORMAT JSONEachRow";
+        self.run(sql, Bytes::from(rows)).await.map(|_| ())
     }
 
     /// Empties the table after checkpoint rows saying "none" for every partition (a crash
     /// between leaves the rows, and their greatest positions as the checkpoints).
     pub async fn clear(&self, partitions: u32) -> Result<(), SinkError> {
-        let mut rows = String::new();
-        let written_us = now_us();
-        for part in 0..partitions {
-            let row = json!({"pipeline": self.pipeline, "part": part, "progress": "", "written_us": written_us});
-            rows.push_str(&row.to_string());
-            rows.push('\n');
-        }
-        let sql = "INSERT INTO strata_etl_checkpoints (pipeline, part, progress, written_us) FORMAT JSONEachRow";
-        self.run(sql, Bytes::from(rows)).await?;
+        self.put_checkpoints((0..partitions).map(|part| (part, String::new())))
+            .await?;
         self.run(&format!("TRUNCATE TABLE {}", self.table), Bytes::new())
             .await
             .map(|_| ())
@@ -387,16 +394,29 @@ impl ClickHouse {
             "SELECT DISTINCT partition FROM system.parts WHERE {} AND active FORMAT TSV",
             self.where_table()
         );
+        let parts = self.run(&sql, Bytes::new()).await?;
+        let old: Vec<&str> = parts
+            .lines()
+            .filter(|part| last_day(part).is_some_and(|d| d < cutoff))
+            .collect();
+        if old.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The checkpoints first, as rows of their own: a partition's dropped rows may hold
+        // its greatest positions, and a checkpoint gone back would have them written again.
+        let mut held = Vec::new();
+        for (part, progress) in self.checkpoints().await? {
+            held.push((part, serde_json::to_string(&progress).map_err(down)?));
+        }
+        self.put_checkpoints(held).await?;
         let mut dropped = Vec::new();
-        for part in self.run(&sql, Bytes::new()).await?.lines() {
-            if last_day(part).is_some_and(|d| d < cutoff) {
-                self.run(
-                    &format!("ALTER TABLE {} DROP PARTITION {part}", self.table),
-                    Bytes::new(),
-                )
-                .await?;
-                dropped.push(part.to_string());
-            }
+        for part in old {
+            self.run(
+                &format!("ALTER TABLE {} DROP PARTITION {part}", self.table),
+                Bytes::new(),
+            )
+            .await?;
+            dropped.push(part.to_string());
         }
         Ok(dropped)
     }
