@@ -410,6 +410,7 @@ impl Runner {
             worker,
             mapping,
             checkpoints: BTreeMap::new(),
+            unchecked: Vec::new(),
             held: None,
             pace: Duration::ZERO,
             writes: 0,
@@ -434,6 +435,8 @@ struct Session<'a> {
     mapping: Box<dyn Transform>,
     /// The sink's checkpoints as last read or written.
     checkpoints: BTreeMap<u32, Progress>,
+    /// Partitions claimed and not yet checked against the sink ([`Session::claimed`]).
+    unchecked: Vec<u32>,
     /// A batch handed out for another partition while gathering.
     held: Option<Batch>,
     pace: Duration,
@@ -575,46 +578,65 @@ impl Session<'_> {
 impl Session<'_> {
     /// The worker's next batch; partitions it claims on the way are first checked against
     /// the sink ([`Session::claimed`]).
+    ///
+    /// Cancel-safe (the linger's timeout and a pause drop it): a claimed partition stays in
+    /// `unchecked` until its check is done, and no batch is taken while one is there.
     async fn next_batch(&mut self) -> Result<Batch, End> {
         loop {
+            self.check_claimed().await?;
             match self.worker.next().await? {
                 Next::Batch(b) => return Ok(b),
-                Next::Claimed(parts) => self.claimed(&parts).await?,
+                Next::Claimed(parts) => self.unchecked.extend(parts),
             }
         }
     }
 
-    /// Partitions just claimed: their checkpoints are read from the sink again (another
-    /// worker may have written since), and a partition whose group position is past what the
-    /// sink holds — the sink lost writes it had acknowledged (a server's unjournaled commits
-    /// lost in a crash, a restore from an older backup) — is moved back to the sink's
-    /// checkpoint, so those events are written again. A partition without a checkpoint in the
-    /// sink is left as it is (a sink that never had it, or whose checkpoints were cleared).
-    async fn claimed(&mut self, parts: &[u32]) -> Result<(), End> {
+    /// [`Session::claimed`] for each partition in `unchecked`, each taken off once done.
+    async fn check_claimed(&mut self) -> Result<(), End> {
+        if self.unchecked.is_empty() {
+            return Ok(());
+        }
         let mut found = self.sink.checkpoints().await?;
-        for n in parts {
-            match found.remove(n) {
-                Some(at) => self.checkpoints.insert(*n, at),
-                None => self.checkpoints.remove(n),
+        while let Some(&n) = self.unchecked.first() {
+            match found.remove(&n) {
+                Some(at) => self.checkpoints.insert(n, at),
+                None => self.checkpoints.remove(&n),
             };
-            let Some(at) = self.checkpoints.get(n).cloned() else {
-                continue;
-            };
-            let committed = self.worker.committed(*n).map(|c| c.to_string());
-            if let Some(back) = self.worker.rewind(*n, &at).await? {
-                let p = self.pipeline();
-                tracing::warn!(pipeline = %p.name, partition = n, group = ?committed, sink = %at, to = %back,
-                    "the sink holds less than the group committed (it lost acknowledged writes, or was restored from a backup); going back to write the rest again");
-                self.runner.metrics.add(
-                    "strata_etl_rewinds_total",
-                    "Partitions moved back to the sink's checkpoint: the sink held less than the group had committed.",
-                    &[("pipeline", p.name.as_str())],
-                    1.0,
-                );
-                self.runner.update(|s| s.rewinds += 1);
-            }
+            self.claimed(n).await?;
+            self.unchecked.remove(0);
         }
         self.show_positions();
+        Ok(())
+    }
+
+    /// Partition `n`, just claimed, its checkpoint just read from the sink again (another
+    /// worker may have written since): when its group position is past what the sink holds —
+    /// the sink lost writes it had acknowledged (a server's unjournaled commits lost in a
+    /// crash, a restore from an older backup) — it is moved back to the sink's checkpoint, so
+    /// those events are written again. A partition without a checkpoint in the sink is left
+    /// as it is (a sink that never had it, or whose checkpoints were cleared).
+    async fn claimed(&mut self, n: u32) -> Result<(), End> {
+        let Some(at) = self.checkpoints.get(&n).cloned() else {
+            return Ok(());
+        };
+        let committed = self.worker.committed(n).map(|c| c.to_string());
+        let back = match self.worker.rewind(n, &at).await {
+            Ok(Some(back)) => back,
+            // Taken meanwhile (or a rewind cut short): the worker dropped it, and says so
+            // again when it claims it next.
+            Ok(None) | Err(Error::Fenced(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let p = self.pipeline();
+        tracing::warn!(pipeline = %p.name, partition = n, group = ?committed, sink = %at, to = %back,
+            "the sink holds less than the group committed (it lost acknowledged writes, or was restored from a backup); going back to write the rest again");
+        self.runner.metrics.add(
+            "strata_etl_rewinds_total",
+            "Partitions moved back to the sink's checkpoint: the sink held less than the group had committed.",
+            &[("pipeline", p.name.as_str())],
+            1.0,
+        );
+        self.runner.update(|s| s.rewinds += 1);
         Ok(())
     }
 
