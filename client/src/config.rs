@@ -39,7 +39,9 @@ pub struct ClientConfig {
     /// `append` waits for room past it. Default 1024, within [`WINDOW_RANGE`].
     pub window: usize,
     /// How long a pipelined appender waits for more appends to batch into one message after
-    /// the first; zero sends what is queued at once. Default 0, at most [`LINGER_MAX`].
+    /// the first, while other appends are out (with none out, or once the last is answered,
+    /// it sends at once); zero sends what is queued at once. Default 0, at most
+    /// [`LINGER_MAX`].
     pub linger: Duration,
     /// Most appends in one pipelined message. Default 256, 1 to [`BATCH_APPENDS_LIMIT`].
     pub batch_appends_max: usize,

@@ -1,5 +1,7 @@
 //! Pipelined appends: an [`Appender`] keeps up to `window` appends in flight on one
-//! `AppendStream` call and batches those that arrive within `linger` into one message.
+//! `AppendStream` call and batches those that arrive within `linger` into one message — while
+//! appends are out only (Nagle's rule): with nothing sent and unanswered an append goes at
+//! once, and what lingers goes as soon as the last answer comes.
 //!
 //! ```text
 //!  append() ──(window: a semaphore)──▶ queue ──▶ pending ──linger/full──▶ outbox ──▶ call ──▶ node
@@ -235,6 +237,12 @@ impl Pipeline {
         }
     }
 
+    /// Nothing sent and unanswered, nothing waiting to be sent: the linger only waits while
+    /// appends are out (as Nagle's rule does), so a lone append goes at once.
+    fn nothing_out(&self) -> bool {
+        self.in_flight.is_empty() && self.outbox.is_empty()
+    }
+
     fn idle(&self) -> bool {
         self.pending.is_empty() && self.outbox.is_empty() && self.in_flight.is_empty()
     }
@@ -275,7 +283,7 @@ impl Pipeline {
         }
         let linger = self.conn.config().linger;
         let full = self.pending.len() >= self.conn.config().batch_appends_max;
-        if linger.is_zero() || full {
+        if linger.is_zero() || full || self.nothing_out() {
             self.flush();
         } else if self.flush_at.is_none() {
             self.flush_at = Some(TokioInstant::now() + linger);
@@ -366,6 +374,10 @@ impl Pipeline {
                     // A good answer: the node serves us.
                     self.failures = 0;
                     self.failing_since = None;
+                    if self.nothing_out() && !self.pending.is_empty() {
+                        // The last answer came: what lingers goes now.
+                        self.flush();
+                    }
                 }
                 permit = tx.reserve(), if !self.outbox.is_empty() => {
                     let Ok(permit) = permit else {

@@ -857,3 +857,84 @@ async fn a_clients_appends_share_one_append_stream_each_answered_alone() {
     assert_eq!(r.streams[0].last_version, 15);
     assert_eq!(calls().await, 2, "an idle call should have ended");
 }
+
+/// A pipelined appender lingers only while appends are out (Nagle's rule): a lone append goes
+/// at once, and what lingers goes when the last answer comes — neither waits the (here
+/// 1 s) linger out.
+#[tokio::test]
+async fn the_linger_waits_only_while_appends_are_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _node = http::Proc(
+        std::process::Command::new(STRATA)
+            .args(["dev", "--listen", &addr(port), "--metrics", "off"])
+            .arg("--data")
+            .arg(dir.path().join("node"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let linger = Duration::from_secs(1);
+    let mut config = ClientConfig::new([addr(port)]);
+    config.linger = linger;
+    let client = Client::new(config).unwrap();
+    // The node up (a first append may wait for it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while client
+        .append("linger", ExpectedVersion::Any, vec![event("E", "{}")])
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let appender = client.appender();
+    for _ in 0..3 {
+        let began = std::time::Instant::now();
+        appender
+            .append("linger", ExpectedVersion::Any, vec![event("E", "{}")])
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let took = began.elapsed();
+        assert!(
+            took < linger,
+            "a lone append waited {took:?} (linger {linger:?})"
+        );
+    }
+    // One, and once it is out, forty-nine more: they linger until its answer, then go.
+    let began = std::time::Instant::now();
+    let mut pending = vec![appender
+        .append("linger", ExpectedVersion::Any, vec![event("E", "{}")])
+        .await
+        .unwrap()];
+    // (This test's runtime has one thread: the appender's task sends it meanwhile.)
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..49 {
+        let p = appender
+            .append("linger", ExpectedVersion::Any, vec![event("E", "{}")])
+            .await
+            .unwrap();
+        pending.push(p);
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    let took = began.elapsed();
+    assert!(
+        took < linger,
+        "50 appends took {took:?} (linger {linger:?})"
+    );
+    let info = client
+        .stream_info("linger", Default::default())
+        .await
+        .unwrap();
+    assert!(info.current_version >= 53, "{info:?}");
+}
