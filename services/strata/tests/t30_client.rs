@@ -770,21 +770,27 @@ async fn counter(metrics_port: u16, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
-#[tokio::test]
-async fn a_clients_appends_share_one_append_stream_each_answered_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let (port, metrics) = (free_port(), free_port());
-    let _node = http::Proc(
+/// A `strata dev` node in `dir` on `port`, its metrics on `metrics`, once it answers.
+async fn dev_node(dir: &std::path::Path, port: u16, metrics: u16) -> http::Proc {
+    let node = http::Proc(
         std::process::Command::new(STRATA)
             .args(["dev", "--listen", &addr(port), "--metrics", &addr(metrics)])
             .arg("--data")
-            .arg(dir.path().join("node"))
+            .arg(dir.join("node"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );
     http::wait_http(metrics).await;
+    node
+}
+
+#[tokio::test]
+async fn a_clients_appends_share_one_append_stream_each_answered_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics) = (free_port(), free_port());
+    let _node = dev_node(dir.path(), port, metrics).await;
     let calls = || counter(metrics, "strata_append_stream_calls_total");
     let client = Client::connect([addr(port)]).unwrap();
     // 32 tasks append one at a time at exact versions, each to its own stream; one of them
@@ -864,34 +870,16 @@ async fn a_clients_appends_share_one_append_stream_each_answered_alone() {
 #[tokio::test]
 async fn the_linger_waits_only_while_appends_are_out() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _node = http::Proc(
-        std::process::Command::new(STRATA)
-            .args(["dev", "--listen", &addr(port), "--metrics", "off"])
-            .arg("--data")
-            .arg(dir.path().join("node"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (port, metrics) = (free_port(), free_port());
+    let _node = dev_node(dir.path(), port, metrics).await;
     let linger = Duration::from_secs(1);
     let mut config = ClientConfig::new([addr(port)]);
     config.linger = linger;
     let client = Client::new(config).unwrap();
-    // The node up (a first append may wait for it).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while client
+    client
         .append("linger", ExpectedVersion::Any, vec![event("E", "{}")])
         .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the node did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .unwrap();
     let appender = client.appender();
     for _ in 0..3 {
         let began = std::time::Instant::now();
