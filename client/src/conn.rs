@@ -97,6 +97,8 @@ impl tonic::service::Interceptor for Headers {
 
 /// A `Streams` client of one node, adding the client's [`Headers`].
 pub(crate) type StreamsApi = StreamsClient<InterceptedService<Channel, Headers>>;
+/// A raw gRPC client of one node, adding the client's [`Headers`].
+pub(crate) type RawApi = tonic::client::Grpc<InterceptedService<Channel, Headers>>;
 /// A `Cluster` client of one node, adding the client's [`Headers`].
 pub(crate) type ClusterApi = ClusterClient<InterceptedService<Channel, Headers>>;
 
@@ -203,6 +205,17 @@ impl Connections {
                 .max_decoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
                 .max_encoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX),
         )
+    }
+
+    /// A raw gRPC client of `addr`, for a call the generated clients cannot make (the
+    /// pipelined appender sends [`strata_proto::shared::SharedAppends`]).
+    pub(crate) fn grpc(&self, addr: &str) -> Result<RawApi, Error> {
+        Ok(tonic::client::Grpc::new(InterceptedService::new(
+            self.channel(addr)?,
+            self.headers.clone(),
+        ))
+        .max_decoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
+        .max_encoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX))
     }
 
     /// A `Cluster` client of `addr`.

@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use strata_proto::codec::StrictCodec;
+use strata_proto::shared::SharedAppends;
 use strata_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant as TokioInstant;
@@ -43,9 +45,10 @@ pub const IDLE_CALL_KEPT: std::time::Duration = std::time::Duration::from_secs(1
 
 type Reply = oneshot::Sender<Result<pb::AppendResponse, Error>>;
 
-/// One append on its way.
+/// One append on its way. Shared with the messages that carry it: it is kept until answered
+/// (to be sent again on a broken call) and sending it costs no copy.
 struct Item {
-    request: pb::AppendRequest,
+    request: Arc<pb::AppendRequest>,
     bytes: usize,
     reply: Reply,
     /// Calls it was in flight on that failed.
@@ -137,7 +140,7 @@ impl Appender {
         let bytes = prost_len(&request);
         self.queue
             .send(Item {
-                request,
+                request: Arc::new(request),
                 bytes,
                 reply,
                 attempts: 0,
@@ -198,6 +201,31 @@ impl Appender {
                 })
             })
     }
+}
+
+/// Opens an `AppendStream` call sending the messages `rx` gives: the generated client's
+/// `append_stream`, but with [`SharedAppends`] for the request messages (the same bytes).
+async fn open_call(
+    client: &mut crate::conn::RawApi,
+    rx: mpsc::Receiver<SharedAppends>,
+) -> Result<tonic::Response<tonic::Streaming<pb::AppendStreamResponse>>, tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("the connection is not ready: {e}")))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new("strata.v1.Streams", "AppendStream"));
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/strata.v1.Streams/AppendStream");
+    client
+        .streaming(
+            request,
+            path,
+            StrictCodec::<SharedAppends, pb::AppendStreamResponse>::default(),
+        )
+        .await
 }
 
 fn prost_len(request: &pb::AppendRequest) -> usize {
@@ -314,7 +342,7 @@ impl Pipeline {
 
     /// Runs one call until it breaks (`Some`) or there is nothing left to do (`None`).
     async fn call(&mut self, addr: &str) -> Option<Failed> {
-        let mut client = match self.conn.streams(addr) {
+        let mut client = match self.conn.grpc(addr) {
             Ok(c) => c,
             Err(error) => {
                 return Some(Failed {
@@ -326,7 +354,7 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel(MESSAGES_QUEUED);
         let opened = tokio::time::timeout(
             self.conn.config().attempt_timeout,
-            client.append_stream(ReceiverStream::new(rx)),
+            open_call(&mut client, rx),
         )
         .await;
         let mut answers = match opened {
@@ -385,7 +413,7 @@ impl Pipeline {
                     };
                     if let Some(batch) = self.outbox.pop_front() {
                         let appends = batch.iter().map(|i| i.request.clone()).collect();
-                        permit.send(pb::AppendStreamRequest { appends });
+                        permit.send(SharedAppends(appends));
                         self.in_flight.push_back(batch);
                     }
                 }

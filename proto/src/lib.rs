@@ -5,6 +5,7 @@ pub mod codec;
 pub mod cursor;
 pub mod metadata;
 pub mod routing;
+pub mod shared;
 
 /// The largest gRPC message Strata's own clients accept and any node may send: a node refuses
 /// at start-up limits that would make a larger one (`strata_shard::limits`). gRPC's default
