@@ -318,27 +318,25 @@ impl Groups {
         let position = position.into();
         let definition = self.definition(name).await?;
         self.check_position(&position).await?;
-        let event = |stream: String, event_type: &str, data: Vec<u8>| pb::StreamAppend {
+        let append = |stream: String, event: pb::NewEvent| pb::StreamAppend {
             stream,
             expected: Some(ExpectedVersion::Any.wire()),
-            events: vec![crate::events::event(event_type, data)],
+            events: vec![event],
         };
-        let released = p::to_json(&PartitionEvent {
-            member: String::new(),
-            position: position.clone(),
-        });
-        let mut streams = vec![event(
-            p::definition_stream(name),
-            "$group-reset",
-            p::to_json(&p::Reset { position }),
-        )];
-        for n in 0..definition.partitions {
-            streams.push(event(
-                p::partition_stream(name, n),
-                "$group-commit",
-                released.clone(),
-            ));
-        }
+        let mut streams: Vec<_> = (0..definition.partitions)
+            .map(|n| {
+                let released = p::partition_event(p::COMMIT, "", position.clone());
+                append(p::partition_stream(name, n), released)
+            })
+            .collect();
+        let reset = p::to_json(&p::Reset { position });
+        streams.insert(
+            0,
+            append(
+                p::definition_stream(name),
+                crate::events::event("$group-reset", reset),
+            ),
+        );
         self.client
             .append_multi(pb::AppendMultiRequest { streams })
             .await

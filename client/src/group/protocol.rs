@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use strata_proto::cursor::{self, Point};
+use strata_proto::v1 as pb;
 
 use crate::error::Error;
 
@@ -345,6 +346,21 @@ pub struct PartitionEvent {
     pub member: String,
     /// Handled through here.
     pub position: Progress,
+}
+
+/// A partition's event saying who holds it: a claim or a release.
+pub const CLAIM: &str = "$group-claim";
+/// A partition's event saying how far it is handled (a commit, a rewind, a reset).
+pub const COMMIT: &str = "$group-commit";
+
+/// A partition event of type `kind` ([`CLAIM`] or [`COMMIT`]): `member` ("" for nobody) holds
+/// the partition, handled through `position`.
+pub fn partition_event(kind: &str, member: &str, position: Progress) -> pb::NewEvent {
+    let state = PartitionEvent {
+        member: member.to_string(),
+        position,
+    };
+    crate::events::event(kind, to_json(&state))
 }
 
 /// `$group-heartbeat` / `$group-left` data.

@@ -30,7 +30,7 @@ use strata_proto::v1 as pb;
 use tokio::time::Instant;
 
 use super::admin::Groups;
-use super::protocol::{self as p, Definition, MemberEvent, ParkedFrom, PartitionEvent, Progress};
+use super::protocol::{self as p, Definition, MemberEvent, ParkedFrom, Progress};
 use crate::client::Client;
 use crate::error::Error;
 use crate::events::{event, ExpectedVersion};
@@ -289,12 +289,10 @@ impl Worker {
         outputs.push(pb::StreamAppend {
             stream: stream.clone(),
             expected: Some(ExpectedVersion::Exact(held.version).wire()),
-            events: vec![event(
-                "$group-commit",
-                p::to_json(&PartitionEvent {
-                    member: self.config.member.clone(),
-                    position: position.clone(),
-                }),
+            events: vec![p::partition_event(
+                p::COMMIT,
+                &self.config.member,
+                position.clone(),
             )],
         });
         match self
@@ -358,13 +356,7 @@ impl Worker {
             return Ok(None);
         }
         let stream = p::partition_stream(&self.group, n);
-        let commit = event(
-            "$group-commit",
-            p::to_json(&PartitionEvent {
-                member: self.config.member.clone(),
-                position: back.clone(),
-            }),
-        );
+        let commit = p::partition_event(p::COMMIT, &self.config.member, back.clone());
         match self
             .client
             .append(&stream, ExpectedVersion::Exact(held.version), vec![commit])
@@ -667,13 +659,7 @@ impl Worker {
             Some((v, s)) => (ExpectedVersion::Exact(*v), s.position.clone()),
             None => (ExpectedVersion::NoStream, self.definition.start.clone()),
         };
-        let claim = event(
-            "$group-claim",
-            p::to_json(&PartitionEvent {
-                member: self.config.member.clone(),
-                position: position.clone(),
-            }),
-        );
+        let claim = p::partition_event(p::CLAIM, &self.config.member, position.clone());
         match self
             .client
             .append(&p::partition_stream(&self.group, n), expected, vec![claim])
@@ -695,13 +681,7 @@ impl Worker {
         let Some(held) = self.held.remove(&n) else {
             return;
         };
-        let released = event(
-            "$group-claim",
-            p::to_json(&PartitionEvent {
-                member: String::new(),
-                position: held.position,
-            }),
-        );
+        let released = p::partition_event(p::CLAIM, "", held.position);
         // Failing is fine: then it was not ours any more anyway.
         let _ = self
             .client
