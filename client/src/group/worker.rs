@@ -160,9 +160,17 @@ pub struct Worker {
     retry_open: Option<(u32, u64)>,
     next_tick: Instant,
     lease_until: Instant,
+    /// Ticks in a row that found a partition assigned to it still held by another member.
+    waiting_ticks: u32,
     /// Partitions claimed (or claimed again) since [`Worker::next`] last said so.
     claimed: Vec<u32>,
 }
+
+/// How soon a worker looks again for a partition assigned to it that another member still
+/// holds (see `Worker::look_again_soon`).
+pub const CLAIM_RETRY: Duration = Duration::from_millis(50);
+/// Most such quick looks in a row (then it waits `heartbeat_interval` as usual).
+pub const CLAIM_RETRIES_MAX: u32 = 40;
 
 /// What [`Worker::next`] brings.
 #[derive(Debug)]
@@ -195,6 +203,7 @@ impl Worker {
             retry_open: None,
             next_tick: now,
             lease_until: now,
+            waiting_ticks: 0,
             claimed: Vec::new(),
         };
         worker.tick().await?;
@@ -623,14 +632,19 @@ impl Worker {
                 self.held.remove(n);
             }
         }
+        let mut waiting = false;
         for n in 0..=self.definition.partitions {
             let mine = p::owner(&live, n) == Some(self.config.member.as_str());
             match (mine, self.held.contains_key(&n)) {
                 (false, true) => self.release(n).await,
-                (true, false) => self.claim(&groups, n, &live).await?,
+                (true, false) => {
+                    self.claim(&groups, n, &live).await?;
+                    waiting |= !self.held.contains_key(&n);
+                }
                 _ => {}
             }
         }
+        self.look_again_soon(waiting, sent);
         // Reclaimed (after a reset, say): same partitions, new versions — read again too.
         let after: Vec<(u32, u64)> = self.held.iter().map(|(n, h)| (*n, h.version)).collect();
         for taken in after.iter().filter(|held| !before.contains(held)) {
@@ -643,6 +657,23 @@ impl Worker {
             self.restart_reading();
         }
         Ok(())
+    }
+
+    /// A partition assigned to this member is still held by its previous owner, who lets it go
+    /// at its own next tick: look again after [`CLAIM_RETRY`] rather than a whole
+    /// `heartbeat_interval`, or the partition sits unread for up to an interval after its
+    /// release (on every rebalance). At most [`CLAIM_RETRIES_MAX`] ticks in a row, so two
+    /// members that disagree on who is live (different `session_timeout`s) do not keep
+    /// heart-beating at that pace.
+    fn look_again_soon(&mut self, waiting: bool, sent: Instant) {
+        if !waiting {
+            self.waiting_ticks = 0;
+            return;
+        }
+        self.waiting_ticks += 1;
+        if self.waiting_ticks <= CLAIM_RETRIES_MAX {
+            self.next_tick = sent + CLAIM_RETRY.min(self.config.heartbeat_interval);
+        }
     }
 
     /// Takes partition `n` if its owner released it or is not live.

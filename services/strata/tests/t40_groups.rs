@@ -757,3 +757,62 @@ async fn a_worker_goes_back_to_what_its_output_holds_but_never_before_a_reset_or
     // A partition it does not hold: fenced.
     assert!(matches!(w.rewind(7, &holds).await, Err(Error::Fenced(_))));
 }
+
+/// A worker joining a group takes its share as soon as the holder lets go, not at its own next
+/// heartbeat: with the newcomer's heartbeat at 30 s it still holds its partitions within
+/// seconds of the holder's release (before, it looked again only a heartbeat later, so on
+/// every rebalance a partition sat unread for up to an interval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_takes_its_partitions_once_released_not_at_its_next_heartbeat() {
+    use strata_client::group::{GroupTarget, Groups, Next, Position, Worker, WorkerConfig};
+    let _serial = SERIAL.lock().await;
+    let cluster = one_node().await;
+    let client = Client::connect([cluster.addr(1)]).unwrap();
+    Groups::new(client.clone())
+        .create(
+            "nc",
+            GroupTarget::Prefix("nc-".into()),
+            8,
+            Position::From(0),
+        )
+        .await
+        .unwrap();
+    let config = |member: &str, heartbeat: u64| {
+        let mut c = WorkerConfig::new(member);
+        c.heartbeat_interval = Duration::from_millis(heartbeat);
+        c.session_timeout = Duration::from_secs(120);
+        c
+    };
+    let mut old = Worker::join(client.clone(), "nc", config("old", 100))
+        .await
+        .unwrap();
+    assert_eq!(old.partitions().len(), 9, "8 partitions and the retry one");
+    // The holder keeps ticking (every 100 ms) in the background.
+    let ticking = tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(Duration::from_millis(50), old.next()).await;
+            tokio::task::yield_now().await;
+        }
+    });
+    let joined = Instant::now();
+    let mut new = Worker::join(client.clone(), "nc", config("new", 30_000))
+        .await
+        .unwrap();
+    let mut taken = new.partitions();
+    while taken.is_empty() && joined.elapsed() < Duration::from_secs(20) {
+        if let Ok(Ok(Next::Claimed(parts))) =
+            tokio::time::timeout(Duration::from_millis(200), new.next()).await
+        {
+            taken = parts;
+        }
+    }
+    ticking.abort();
+    let after = joined.elapsed();
+    assert!(!taken.is_empty(), "nothing taken in {after:?}");
+    // Its heartbeat is 30 s: taken well before it, so not at a heartbeat.
+    assert!(
+        after < Duration::from_secs(10),
+        "the newcomer took {taken:?} only after {after:?}"
+    );
+    println!("the newcomer took {taken:?} {after:?} after joining");
+}
