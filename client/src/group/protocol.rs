@@ -439,7 +439,7 @@ pub fn partition_of(stream: &str, partitions: u32) -> u32 {
 /// The live member that owns partition `n` (rendezvous hashing: a member leaving moves only
 /// its own partitions). `None` with no live member.
 ///
-/// A member's weight for a partition is FNV-1a of both, finished by [`mix64`]. FNV-1a alone
+/// A member's weight for a partition is FNV-1a of both, finished by `mix64`. FNV-1a alone
 /// changes its high bits little between names that differ in one character, and the highest
 /// weight wins: two members named `w{i}-0` and `w{i}-1` (i < 200) split 8 partitions 8 : 0 for
 /// 28 % of the pairs (36 % for `worker-{N}` names), where random weights give 8 : 0 for
