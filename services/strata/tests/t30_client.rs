@@ -460,21 +460,12 @@ async fn an_all_subscription_over_shards_resumes_by_cursor_across_a_kill_without
 /// refused and lists it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_on_several_shards_keeps_its_streams_on_one_shard() {
-    use strata_client::group::{GroupTarget, Groups, Position, Worker, WorkerConfig};
+    use strata_client::group::{GroupTarget, Position, Worker, WorkerConfig};
     use strata_proto::routing::slot_of;
     let _serial = SERIAL.lock().await;
     let dev = ShardedDev::start(4);
     let client = dev.client(Duration::from_secs(30)).await;
-    let groups = Groups::new(client.clone());
-    groups
-        .create(
-            "billing",
-            GroupTarget::Prefix("in-".into()),
-            4,
-            Position::From(0),
-        )
-        .await
-        .unwrap();
+    let groups = prefix_group(&client, "billing", "in-", 4).await;
     let again = groups
         .create("billing", GroupTarget::All, 2, Position::From(0))
         .await

@@ -539,7 +539,7 @@ async fn parked_events_are_listed_and_replayed_and_bad_input_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_larger_than_the_read_ahead_are_handed_out_whole_and_once() {
     use strata_client::group::protocol::owner;
-    use strata_client::group::{Batch, GroupTarget, Groups, Position, Worker, WorkerConfig};
+    use strata_client::group::{Batch, Worker, WorkerConfig};
     let _serial = SERIAL.lock().await;
     let cluster = one_node().await;
     let addr = cluster.addr(1);
@@ -563,16 +563,7 @@ async fn records_larger_than_the_read_ahead_are_handed_out_whole_and_once() {
             .await
             .unwrap();
     }
-    let groups = Groups::new(client.clone());
-    groups
-        .create(
-            "big",
-            GroupTarget::Prefix("big-".into()),
-            3,
-            Position::From(0),
-        )
-        .await
-        .unwrap();
+    prefix_group(&client, "big", "big-", 3).await;
     let small = |member: &str| {
         let mut c = WorkerConfig::new(member);
         c.batch_events_max = 10;
@@ -659,9 +650,7 @@ async fn records_larger_than_the_read_ahead_are_handed_out_whole_and_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_goes_back_to_what_its_output_holds_but_never_before_a_reset_or_forward() {
-    use strata_client::group::{
-        GroupTarget, Groups, Next, Position, Progress, Worker, WorkerConfig,
-    };
+    use strata_client::group::{Next, Position, Progress, Worker, WorkerConfig};
     use strata_client::Error;
     let _serial = SERIAL.lock().await;
     let cluster = one_node().await;
@@ -679,16 +668,7 @@ async fn a_worker_goes_back_to_what_its_output_holds_but_never_before_a_reset_or
             .unwrap();
         at.push(r.position);
     }
-    let groups = Groups::new(client.clone());
-    groups
-        .create(
-            "rw",
-            GroupTarget::Prefix("rw-".into()),
-            1,
-            Position::From(0),
-        )
-        .await
-        .unwrap();
+    let groups = prefix_group(&client, "rw", "rw-", 1).await;
     let mut config = WorkerConfig::new("w1");
     config.heartbeat_interval = Duration::from_millis(100);
     let mut w = Worker::join(client.clone(), "rw", config).await.unwrap();
@@ -764,19 +744,11 @@ async fn a_worker_goes_back_to_what_its_output_holds_but_never_before_a_reset_or
 /// every rebalance a partition sat unread for up to an interval).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newcomer_takes_its_partitions_once_released_not_at_its_next_heartbeat() {
-    use strata_client::group::{GroupTarget, Groups, Next, Position, Worker, WorkerConfig};
+    use strata_client::group::{Next, Worker, WorkerConfig};
     let _serial = SERIAL.lock().await;
     let cluster = one_node().await;
     let client = Client::connect([cluster.addr(1)]).unwrap();
-    Groups::new(client.clone())
-        .create(
-            "nc",
-            GroupTarget::Prefix("nc-".into()),
-            8,
-            Position::From(0),
-        )
-        .await
-        .unwrap();
+    prefix_group(&client, "nc", "nc-", 8).await;
     let config = |member: &str, heartbeat: u64| {
         let mut c = WorkerConfig::new(member);
         c.heartbeat_interval = Duration::from_millis(heartbeat);

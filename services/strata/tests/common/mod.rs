@@ -389,3 +389,25 @@ pub async fn follower_read_all(
         }
     }
 }
+
+/// Creates consumer group `name` over the streams starting with `prefix`, from the log's
+/// start, in `partitions` partitions; the group's admin handle.
+pub async fn prefix_group(
+    client: &strata_client::Client,
+    name: &str,
+    prefix: &str,
+    partitions: u32,
+) -> strata_client::group::Groups {
+    use strata_client::group::{GroupTarget, Groups, Position};
+    let groups = Groups::new(client.clone());
+    groups
+        .create(
+            name,
+            GroupTarget::Prefix(prefix.into()),
+            partitions,
+            Position::From(0),
+        )
+        .await
+        .unwrap();
+    groups
+}
