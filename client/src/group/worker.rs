@@ -1,5 +1,5 @@
-//! A worker of a consumer group: heart-beats, takes the partitions the live members' rendezvous
-//! hashing gives it, reads their events in log order and hands them out in batches of one
+//! A worker of a consumer group: heart-beats, takes the partitions the live members' even,
+//! rendezvous-placed shares give it ([`p::assignment`]), reads their events in log order and hands them out in batches of one
 //! partition; commits positions (at-least-once), or commits them in the same atomic append as
 //! its own output (exactly-once inside Strata); parks events it gives up on.
 //!
@@ -633,8 +633,9 @@ impl Worker {
             }
         }
         let mut waiting = false;
+        let owners = p::assignment(&live, self.definition.partitions + 1);
         for n in 0..=self.definition.partitions {
-            let mine = p::owner(&live, n) == Some(self.config.member.as_str());
+            let mine = owners[n as usize] == Some(self.config.member.as_str());
             match (mine, self.held.contains_key(&n)) {
                 (false, true) => self.release(n).await,
                 (true, false) => {

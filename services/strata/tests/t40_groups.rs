@@ -538,7 +538,7 @@ async fn parked_events_are_listed_and_replayed_and_bad_input_is_refused() {
 /// twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_larger_than_the_read_ahead_are_handed_out_whole_and_once() {
-    use strata_client::group::protocol::owner;
+    use strata_client::group::protocol::assignment;
     use strata_client::group::{Batch, Worker, WorkerConfig};
     let _serial = SERIAL.lock().await;
     let cluster = one_node().await;
@@ -609,8 +609,10 @@ async fn records_larger_than_the_read_ahead_are_handed_out_whole_and_once() {
         .map(|i| format!("w2-{i}"))
         .find(|name| {
             let l = live(name);
-            owner(&l, first.partition) == Some("w1")
-                && (0..k).any(|n| owner(&l, n) == Some(name.as_str()))
+            // The group's k partitions and its retry partition.
+            let owners = assignment(&l, k + 1);
+            owners[first.partition as usize] == Some("w1")
+                && (0..k).any(|n| owners[n as usize] == Some(name.as_str()))
         })
         .unwrap();
     let w2 = Worker::join(client.clone(), "big", small(&second))
