@@ -330,10 +330,11 @@ impl Subscription {
         Some(Item::Event(event))
     }
 
-    /// Whether more events of the last handed-on event's record are still to come (`$all`: a
-    /// record's events are handed on one `next` at a time, and a consumer that must not split
-    /// a record, a consumer group's batches, waits for its last). Always false for a stream
-    /// subscription and from a node that does not say (`more_in_record`).
+    /// Whether more events of the last handed-on event's record are still to come (a record's
+    /// events are handed on one `next` at a time, and a consumer that must not split a record,
+    /// a consumer group's batches, waits for its last). For a stream subscription, more of
+    /// that stream's events in the record. Always false from a node that does not say
+    /// (`more_in_record`; nodes before 2026-12-07 did not for stream subscriptions).
     pub fn in_record(&self) -> bool {
         self.in_record
     }

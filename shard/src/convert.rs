@@ -137,6 +137,12 @@ pub fn matches(filter: Option<&pb::Filter>, e: &RecordedEvent) -> bool {
     if e.stream.starts_with('$') && !prefix.starts_with('$') {
         return false;
     }
+    passes(filter, e)
+}
+
+/// Whether `filter` passes `e` (its stream prefix and types): what a stream subscription
+/// applies. The stream was named, so a system stream's events are not hidden.
+pub fn passes(filter: Option<&pb::Filter>, e: &RecordedEvent) -> bool {
     filter.is_none_or(|f| {
         e.stream.starts_with(&f.stream_prefix)
             && (f.event_types.is_empty() || f.event_types.contains(&e.event_type))

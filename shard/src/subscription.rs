@@ -225,7 +225,8 @@ impl Stream for Units {
 }
 
 /// Marks each event of a record's unit whether more of the record follows
-/// (`more_in_record`), so a client can tell a record it has received whole.
+/// (`more_in_record`), so a client can tell a record it has received whole. An event already
+/// marked stays marked (a part of a stream's record larger than a read, see `stream_units`).
 fn mark_record(unit: &mut Unit) {
     let events = unit
         .iter()
@@ -235,7 +236,7 @@ fn mark_record(unit: &mut Unit) {
     for r in unit.iter_mut().flatten() {
         if let Some(pb::subscribe_response::Item::Event(_)) = r.item {
             seen += 1;
-            r.more_in_record = seen < events;
+            r.more_in_record |= seen < events;
         }
     }
 }
@@ -247,77 +248,115 @@ fn event(e: RecordedEvent) -> Result<pb::SubscribeResponse, Status> {
     })
 }
 
+/// One unit of a read step: its events, the cursor after it, and whether its record goes on
+/// past it (a part of a stream's record larger than a read).
+type Step = (Vec<RecordedEvent>, Cursor, bool);
+
 /// One read step: the units to deliver and the cursor after each.
-async fn step(
-    reader: &Reader,
-    sub: &Subscription,
-    now_us: u64,
-) -> Result<Vec<(Vec<RecordedEvent>, Cursor)>, Status> {
+async fn step(reader: &Reader, sub: &Subscription, now_us: u64) -> Result<Vec<Step>, Status> {
     let reader = reader.clone();
     let cursor = sub.cursor.clone();
     let filter = sub.filter.clone();
-    let read = crate::blocking::run(
-        move || -> strata_engine::Result<Vec<(Vec<RecordedEvent>, Cursor)>> {
-            match cursor {
-                Cursor::Stream { name, next_version } => {
-                    // As a read would: versions below the stream's floor (its metadata) are
-                    // skipped; a tombstone ends the subscription.
-                    let events = reader.read_stream_visible(
+    let read = crate::blocking::run(move || -> strata_engine::Result<Vec<Step>> {
+        match cursor {
+            Cursor::Stream { name, next_version } => {
+                // As a read would: versions below the stream's floor (its metadata) are
+                // skipped; a tombstone ends the subscription. The event after the batch
+                // says whether the batch's last record goes on past it: one event more
+                // than a batch, or, when the byte bound cut the page, a read of one.
+                let read = |from: u64, limit: usize| {
+                    reader.read_stream_visible(
                         &name,
-                        Some(next_version),
+                        Some(from),
                         Direction::Forwards,
-                        READ_BATCH,
+                        limit,
                         None,
                         now_us,
-                    )?;
-                    Ok(events
-                        .events
-                        .into_iter()
-                        .map(|e| {
-                            let next = Cursor::Stream {
-                                name: name.clone(),
-                                next_version: e.version + 1,
-                            };
-                            let keep = if convert::matches(filter.as_ref(), &e) {
-                                vec![e]
-                            } else {
-                                Vec::new()
-                            };
-                            (keep, next)
-                        })
-                        .collect())
-                }
-                Cursor::All { from, skip } => {
-                    let batch = reader.read_all(from, READ_BATCH)?;
-                    let count = batch.records.len();
-                    Ok(batch
-                        .records
-                        .into_iter()
-                        .enumerate()
-                        .filter(|(_, r)| Some(r.position) != skip)
-                        .map(|(i, r)| {
-                            // After the last record, continue from where the read ended.
-                            let next = if i + 1 == count {
-                                Cursor::All {
-                                    from: batch.next,
-                                    skip: None,
-                                }
-                            } else {
-                                Cursor::All {
-                                    from: r.position,
-                                    skip: Some(r.position),
-                                }
-                            };
-                            (convert::all_events(r, filter.as_ref()), next)
-                        })
-                        .collect())
-                }
+                    )
+                };
+                let page = read(next_version, READ_BATCH + 1)?;
+                let mut events = page.events;
+                let beyond = match events.last() {
+                    Some(_) if events.len() > READ_BATCH => events.pop(),
+                    Some(last) if page.cut => read(last.version + 1, 1)?.events.pop(),
+                    _ => None,
+                };
+                Ok(stream_units(&name, events, beyond, filter.as_ref()))
             }
-        },
-    );
+            Cursor::All { from, skip } => {
+                let batch = reader.read_all(from, READ_BATCH)?;
+                let count = batch.records.len();
+                Ok(batch
+                    .records
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, r)| Some(r.position) != skip)
+                    .map(|(i, r)| {
+                        // After the last record, continue from where the read ended.
+                        let next = if i + 1 == count {
+                            Cursor::All {
+                                from: batch.next,
+                                skip: None,
+                            }
+                        } else {
+                            Cursor::All {
+                                from: r.position,
+                                skip: Some(r.position),
+                            }
+                        };
+                        (convert::all_events(r, filter.as_ref()), next, false)
+                    })
+                    .collect())
+            }
+        }
+    });
     read.await
         .map_err(|e| Status::internal(format!("subscription read failed: {e}")))?
         .map_err(to_status)
+}
+
+/// A stream's events as units of one record each (its events at one position), with the
+/// cursor after each, so each event can say whether more of its record follows. A last record
+/// that goes on past the read (`beyond`, the next event, is at its position) is left for the
+/// next step, unless it is all that was read: a record with more of the stream's events than
+/// a read takes is delivered in parts, each of its events marked as more to come.
+fn stream_units(
+    name: &str,
+    events: Vec<RecordedEvent>,
+    beyond: Option<RecordedEvent>,
+    filter: Option<&pb::Filter>,
+) -> Vec<Step> {
+    let mut units: Vec<Vec<RecordedEvent>> = Vec::new();
+    for e in events {
+        match units.last_mut() {
+            Some(unit) if unit.last().map(|l| l.position) == Some(e.position) => unit.push(e),
+            _ => units.push(vec![e]),
+        }
+    }
+    let goes_on = match (units.last().and_then(|u| u.last()), &beyond) {
+        (Some(last), Some(next)) => last.position == next.position,
+        _ => false,
+    };
+    // Left for the next step, or (all that was read) delivered as a part.
+    let part = goes_on && units.len() == 1;
+    if goes_on && !part {
+        units.pop();
+    }
+    units
+        .into_iter()
+        .map(|unit| {
+            let next_version = unit.last().map_or(0, |e| e.version + 1);
+            let kept = unit
+                .into_iter()
+                .filter(|e| convert::passes(filter, e))
+                .collect();
+            let next = Cursor::Stream {
+                name: name.to_string(),
+                next_version,
+            };
+            (kept, next, part)
+        })
+        .collect()
 }
 
 /// Where a replica's subscriptions get a fresh reader when a snapshot install replaces its
@@ -455,9 +494,14 @@ pub async fn run(reader: Reader, mut sub: Subscription, mut delivery: Delivery) 
             }
             continue;
         }
-        for (events, next) in units {
+        for (events, next, goes_on) in units {
             if !events.is_empty() {
-                let unit = events.into_iter().map(event).collect();
+                let mut unit: Unit = events.into_iter().map(event).collect();
+                if goes_on {
+                    for r in unit.iter_mut().flatten() {
+                        r.more_in_record = true;
+                    }
+                }
                 if delivery.send(unit, &sub).await.is_err() {
                     return;
                 }
@@ -527,6 +571,110 @@ mod tests {
             .collect()
             .await;
         assert_eq!(marks, [true, true, false, false, false]);
+    }
+
+    /// A stream subscription says where each record of the stream ends, also for a record
+    /// with more of the stream's events than one read takes (300 > `READ_BATCH`), for records
+    /// cut by a read's end, and for pages the byte bound cut (`read_bytes_max` of 2 KiB, events
+    /// of 100 bytes): each event is marked as more to come but the last of its record. A
+    /// consumer group's retry partition reads its stream so, never splitting a record; a
+    /// system stream named by a stream subscription is not hidden as in `$all` (it was: a
+    /// subscription to `$group:g/retry` delivered nothing).
+    #[tokio::test]
+    async fn a_stream_subscription_marks_where_each_of_its_records_ends() {
+        let small_pages = {
+            let mut c = EngineConfig::default();
+            c.limits.read_bytes_max = 2048;
+            c
+        };
+        for (stream, config, data_bytes) in [
+            ("s", EngineConfig::default(), 2),
+            ("$group:g/retry", small_pages, 100),
+        ] {
+            stream_records_end_where_marked(stream, config, data_bytes).await;
+        }
+    }
+
+    async fn stream_records_end_where_marked(
+        stream: &str,
+        config: EngineConfig,
+        data_bytes: usize,
+    ) {
+        use strata_engine::{AppendRequest, ExpectedVersion, NewEvent};
+        use tokio_stream::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open_dir(dir.path(), config).unwrap();
+        let new = |n: usize| -> Vec<NewEvent> {
+            (0..n)
+                .map(|_| NewEvent {
+                    id: uuid::Uuid::new_v4(),
+                    event_type: "T".into(),
+                    data: bytes::Bytes::from(vec![b'1'; data_bytes]),
+                    metadata: bytes::Bytes::new(),
+                })
+                .collect()
+        };
+        // Records of s: 300 events, 2, 1 (then another stream's record), then 150 of 2: one
+        // straddles the second read's end (256 + 44 + 2 + 1 + 2 × 104 ...).
+        let mut sizes = vec![300, 2, 1];
+        sizes.extend(std::iter::repeat_n(2, 150));
+        for (i, n) in sizes.iter().enumerate() {
+            let r = AppendRequest::single(stream, ExpectedVersion::Any, new(*n), 0);
+            engine.append(r).await.unwrap();
+            if i == 2 {
+                let other = AppendRequest::single("other", ExpectedVersion::Any, new(3), 0);
+                engine.append(other).await.unwrap();
+            }
+        }
+        let last_of_record: std::collections::BTreeSet<u64> = sizes
+            .iter()
+            .scan(0u64, |end, n| {
+                *end += *n as u64;
+                Some(*end - 1)
+            })
+            .collect();
+        let total: u64 = sizes.iter().map(|n| *n as u64).sum();
+        let request = pb::SubscribeRequest {
+            target: Some(Target::Stream(stream.into())),
+            start: None,
+            filter: None,
+        };
+        let reader = engine.reader().clone();
+        let sub = Subscription::from_request(&reader, request, false).unwrap();
+        let (tx, rx) = mpsc::channel(1024);
+        let (_stop_tx, stop) = watch::channel(false);
+        let delivery = Delivery {
+            tx,
+            last: FinalStatus::default(),
+            stop,
+            stall_timeout: Duration::from_secs(3600),
+            source: None,
+            pin: None,
+            clock: Arc::new(SystemWallClock::default()),
+        };
+        let running = tokio::spawn(run(reader, sub, delivery));
+        let mut events = event_stream(rx, FinalStatus::default());
+        let mut versions = Vec::new();
+        while (versions.len() as u64) < total {
+            let next = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+            let Ok(Some(Ok(r))) = next else {
+                panic!(
+                    "{stream}: {} of {total} events, then nothing",
+                    versions.len()
+                );
+            };
+            if let Some(pb::subscribe_response::Item::Event(e)) = r.item {
+                assert_eq!(
+                    r.more_in_record,
+                    !last_of_record.contains(&e.version),
+                    "version {} ({data_bytes}-byte events)",
+                    e.version
+                );
+                versions.push(e.version);
+            }
+        }
+        assert_eq!(versions, (0..total).collect::<Vec<_>>());
+        running.abort();
     }
 
     /// A subscription on an empty log whose buffer (one unit) a consumer filled and does not
