@@ -23,7 +23,7 @@
 //! them); events of a batch never committed are handed out again once the partition moves
 //! (to another worker, or back to this one after a reset) or a new worker joins in its place.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use strata_proto::v1 as pb;
@@ -164,6 +164,10 @@ pub struct Worker {
     waiting_ticks: u32,
     /// Partitions claimed (or claimed again) since [`Worker::next`] last said so.
     claimed: Vec<u32>,
+    /// Partitions whose claim was cut short (the call's future dropped while the claim was on
+    /// its way): the node may name this member their owner though it does not hold them. The
+    /// next tick looks.
+    doubt: BTreeSet<u32>,
 }
 
 /// How soon a worker looks again for a partition assigned to it that another member still
@@ -205,6 +209,7 @@ impl Worker {
             lease_until: now,
             waiting_ticks: 0,
             claimed: Vec::new(),
+            doubt: BTreeSet::new(),
         };
         worker.tick().await?;
         Ok(worker)
@@ -221,6 +226,7 @@ impl Worker {
     }
 
     /// The next batch: waits for events of its partitions (heart-beating meanwhile).
+    /// Cancel-safe, as [`Worker::next`].
     pub async fn next_batch(&mut self) -> Result<Batch, Error> {
         loop {
             if let Next::Batch(b) = self.next().await? {
@@ -231,6 +237,13 @@ impl Worker {
 
     /// The next batch, or the partitions just claimed (said once, before any of their
     /// events), for a consumer whose output keeps positions of its own.
+    ///
+    /// Cancel-safe: dropped at any point (a timeout, a `select!`), it loses no event and leaves
+    /// no partition claimed but not held or released but held; a heartbeat-and-assignment
+    /// round it was in is done again from the start by the next call. Each such round takes
+    /// a few round trips to the node (a heartbeat, a read of the members, a read per partition
+    /// held, claims and releases): a caller that always gives up sooner never sees partitions
+    /// move.
     pub async fn next(&mut self) -> Result<Next, Error> {
         loop {
             let now = Instant::now();
@@ -589,7 +602,9 @@ impl Worker {
             .iter()
             .filter(|(n, _)| **n < k)
             .map(|(_, h)| &h.handed);
-        self.source = Progress::earliest(sources).map(|at| {
+        let earliest = Progress::earliest(sources);
+        let sources_start = earliest.as_ref().map(ToString::to_string);
+        self.source = earliest.map(|at| {
             let filter = pb::Filter {
                 stream_prefix: self.definition.target.filter_prefix().into(),
                 event_types: Vec::new(),
@@ -604,6 +619,12 @@ impl Worker {
             self.client
                 .subscribe(Target::All(Some(filter)), start(&h.handed))
         });
+        tracing::debug!(
+            member = %self.config.member,
+            source = ?sources_start,
+            retry = ?self.held.get(&k).map(|h| h.handed.to_string()),
+            "reading again"
+        );
         // What was read ahead is read again from the new start.
         self.buffers.clear();
         self.buffered = 0;
@@ -612,11 +633,31 @@ impl Worker {
     }
 
     /// Heartbeat, liveness, and the partitions' moves (see the module docs).
+    ///
+    /// Cut short (the caller's future dropped at one of its awaits), it sets no next tick, so
+    /// the next call ticks again before handing anything out; what the cut tick already did
+    /// stays consistent: a partition is let go of only once its release is answered, a claim
+    /// on its way is looked at again (`doubt`), and reading starts again at each change of the
+    /// held set, not at the tick's end.
     async fn tick(&mut self) -> Result<(), Error> {
+        let sent = Instant::now();
+        let before = self.partitions();
+        let looked = self.look_around().await;
+        self.next_tick = sent + self.config.heartbeat_interval;
+        if self.partitions() != before {
+            tracing::debug!(member = %self.config.member, partitions = ?self.partitions(), "partitions moved");
+        }
+        self.look_again_soon(looked?, sent);
+        Ok(())
+    }
+
+    /// The tick's work: heartbeat, who is live, which partitions are still this member's, and
+    /// the claims and releases the assignment asks for. Whether a partition assigned to this
+    /// member is still held by another.
+    async fn look_around(&mut self) -> Result<bool, Error> {
         let sent = Instant::now();
         self.say("$group-heartbeat").await?;
         self.lease_until = sent + self.config.session_timeout;
-        self.next_tick = sent + self.config.heartbeat_interval;
         let members = members(&self.client, &self.group, Some(self.config.session_timeout)).await?;
         let live: Vec<String> = members
             .into_iter()
@@ -624,14 +665,15 @@ impl Worker {
             .map(|(m, _, _)| m)
             .collect();
         let groups = Groups::new(self.client.clone());
-        let before: Vec<(u32, u64)> = self.held.iter().map(|(n, h)| (*n, h.version)).collect();
         // Still ours? A claim by another, or a reset, moved the version on.
-        for (n, _) in &before {
-            let head = groups.partition(&self.group, *n).await?;
-            if head.map(|(v, _)| v) != self.held.get(n).map(|h| h.version) {
-                self.held.remove(n);
+        let held: Vec<(u32, u64)> = self.held.iter().map(|(n, h)| (*n, h.version)).collect();
+        for (n, version) in held {
+            let head = groups.partition(&self.group, n).await?;
+            if head.map(|(v, _)| v) != Some(version) {
+                self.lose(n);
             }
         }
+        self.settle_doubts(&groups).await?;
         let mut waiting = false;
         let owners = p::assignment(&live, self.definition.partitions + 1);
         for n in 0..=self.definition.partitions {
@@ -645,19 +687,34 @@ impl Worker {
                 _ => {}
             }
         }
-        self.look_again_soon(waiting, sent);
-        // Reclaimed (after a reset, say): same partitions, new versions — read again too.
-        let after: Vec<(u32, u64)> = self.held.iter().map(|(n, h)| (*n, h.version)).collect();
-        for taken in after.iter().filter(|held| !before.contains(held)) {
-            if !self.claimed.contains(&taken.0) {
-                self.claimed.push(taken.0);
+        Ok(waiting)
+    }
+
+    /// Claims cut short: a partition whose stream names this member as its owner is held
+    /// (then kept or released like any other); the others were not taken.
+    async fn settle_doubts(&mut self, groups: &Groups) -> Result<(), Error> {
+        let doubts: Vec<u32> = self.doubt.iter().copied().collect();
+        for n in doubts {
+            if !self.held.contains_key(&n) {
+                if let Some((version, s)) = groups.partition(&self.group, n).await? {
+                    if s.member == self.config.member {
+                        self.take(n, Held::new(version, s.position));
+                    }
+                }
             }
-        }
-        if after != before {
-            tracing::debug!(member = %self.config.member, partitions = ?self.partitions(), "partitions moved");
-            self.restart_reading();
+            self.doubt.remove(&n);
         }
         Ok(())
+    }
+
+    /// Partition `n` is held from now on: said by the next [`Worker::next`], read from its
+    /// committed position.
+    fn take(&mut self, n: u32, held: Held) {
+        self.held.insert(n, held);
+        if !self.claimed.contains(&n) {
+            self.claimed.push(n);
+        }
+        self.restart_reading();
     }
 
     /// A partition assigned to this member is still held by its previous owner, who lets it go
@@ -692,40 +749,46 @@ impl Worker {
             None => (ExpectedVersion::NoStream, self.definition.start.clone()),
         };
         let claim = p::partition_event(p::CLAIM, &self.config.member, position.clone());
-        match self
+        self.doubt.insert(n);
+        let claimed = self
             .client
             .append(&p::partition_stream(&self.group, n), expected, vec![claim])
-            .await
-        {
+            .await;
+        self.doubt.remove(&n);
+        match claimed {
             Ok(r) => {
                 let version = r.streams.first().map_or(0, |s| s.last_version);
-                self.held.insert(n, Held::new(version, position));
+                self.take(n, Held::new(version, position));
                 Ok(())
             }
             // Someone else was quicker; the next tick looks again.
             Err(Error::WrongExpectedVersion { .. }) => Ok(()),
-            Err(e) => Err(e),
+            // Its outcome unknown (the client's retries gave up): looked at again next tick.
+            Err(e) => {
+                self.doubt.insert(n);
+                Err(e)
+            }
         }
     }
 
-    /// Gives partition `n` up at its last commit (if still ours).
+    /// Gives partition `n` up at its last commit (if still ours). Held until the release is
+    /// answered: cut short, the next tick releases it again (or finds it moved on).
     async fn release(&mut self, n: u32) {
-        let Some(held) = self.held.remove(&n) else {
+        let Some(held) = self.held.get(&n) else {
             return;
         };
-        let released = p::partition_event(p::CLAIM, "", held.position);
+        let released = p::partition_event(p::CLAIM, "", held.position.clone());
+        let version = held.version;
         // Failing is fine: then it was not ours any more anyway.
         let _ = self
             .client
             .append(
                 &p::partition_stream(&self.group, n),
-                ExpectedVersion::Exact(held.version),
+                ExpectedVersion::Exact(version),
                 vec![released],
             )
             .await;
-        if let Some(b) = self.buffers.remove(&n) {
-            self.buffered -= b.len();
-        }
+        self.lose(n);
     }
 }
 
