@@ -611,13 +611,12 @@ impl Worker {
             };
             self.client.subscribe(Target::All(Some(filter)), start(&at))
         });
-        self.retry = self.held.get(&k).map(|h| {
-            let filter = pb::Filter {
-                stream_prefix: p::retry_stream(&self.group),
-                event_types: Vec::new(),
-            };
-            self.client
-                .subscribe(Target::All(Some(filter)), start(&h.handed))
+        // The retry stream read as a stream (its events after `handed` kept by `dispatch`):
+        // read as `$all` with its name as a prefix, every restart made the node scan the whole
+        // log from the partition's position (the group's start while nothing was replayed).
+        self.retry = self.held.get(&k).map(|_| {
+            let retry = Target::Stream(p::retry_stream(&self.group));
+            self.client.subscribe(retry, Start::Beginning)
         });
         tracing::debug!(
             member = %self.config.member,
