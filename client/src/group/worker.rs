@@ -164,6 +164,9 @@ pub struct Worker {
     waiting_ticks: u32,
     /// Partitions claimed (or claimed again) since [`Worker::next`] last said so.
     claimed: Vec<u32>,
+    /// Whether the retry stream has events (a replay wrote it): until then the retry
+    /// partition's holder does not read it, only looks at each tick whether it exists.
+    retry_seen: bool,
     /// Partitions whose claim was cut short (the call's future dropped while the claim was on
     /// its way): the node may name this member their owner though it does not hold them. The
     /// next tick looks.
@@ -210,6 +213,7 @@ impl Worker {
             waiting_ticks: 0,
             claimed: Vec::new(),
             doubt: BTreeSet::new(),
+            retry_seen: false,
         };
         worker.tick().await?;
         Ok(worker)
@@ -611,12 +615,18 @@ impl Worker {
             };
             self.client.subscribe(Target::All(Some(filter)), start(&at))
         });
-        // The retry stream read as a stream (its events after `handed` kept by `dispatch`):
-        // read as `$all` with its name as a prefix, every restart made the node scan the whole
-        // log from the partition's position (the group's start while nothing was replayed).
-        self.retry = self.held.get(&k).map(|_| {
-            let retry = Target::Stream(p::retry_stream(&self.group));
-            self.client.subscribe(retry, Start::Beginning)
+        // Only once a replay wrote the retry stream: each start of this reading makes the node
+        // scan the log from the partition's position (the group's start until a retried event
+        // is committed). It is `$all` filtered by the stream's name, not a stream subscription,
+        // because its positions are those of `$all`, which a slot-range move keeps (a stream
+        // read after a move gives the copies, at other positions in another shard's log).
+        self.retry = self.held.get(&k).filter(|_| self.retry_seen).map(|h| {
+            let filter = pb::Filter {
+                stream_prefix: p::retry_stream(&self.group),
+                event_types: Vec::new(),
+            };
+            self.client
+                .subscribe(Target::All(Some(filter)), start(&h.handed))
         });
         tracing::debug!(
             member = %self.config.member,
@@ -686,7 +696,26 @@ impl Worker {
                 _ => {}
             }
         }
+        self.look_for_retries().await?;
         Ok(waiting)
+    }
+
+    /// The retry partition's holder starts reading the retry stream once a replay wrote it.
+    async fn look_for_retries(&mut self) -> Result<(), Error> {
+        let k = self.definition.partitions;
+        if self.retry_seen || !self.held.contains_key(&k) {
+            return Ok(());
+        }
+        let retry = p::retry_stream(&self.group);
+        let info = self
+            .client
+            .stream_info(&retry, pb::Consistency::Linearizable)
+            .await?;
+        if info.exists {
+            self.retry_seen = true;
+            self.restart_reading();
+        }
+        Ok(())
     }
 
     /// Claims cut short: a partition whose stream names this member as its owner is held

@@ -448,7 +448,10 @@ async fn parked_events_are_listed_and_replayed_and_bad_input_is_refused() {
     );
     assert_eq!(first["type"], "Poison");
     stop(vec![w]);
-    // Replayed to a worker that takes them: copied with their origin.
+    // Replayed to a worker that takes them: copied with their origin. The worker runs before
+    // the replay (it reads the retry stream once it finds it exists, at a tick).
+    let w = worker(&addr, "p2", &[]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let replayed = ok(strata(&[
         "group", "parked", "g", "--replay", "--server", &addr,
     ]));
@@ -460,7 +463,6 @@ async fn parked_events_are_listed_and_replayed_and_bad_input_is_refused() {
         again.contains("\"replayed\":0"),
         "a second replay copies nothing new: {again}"
     );
-    let w = worker(&addr, "p2", &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let copies = client.read_stream("out-src-0", None, 100).await.unwrap();
