@@ -576,10 +576,10 @@ mod tests {
     /// A stream subscription says where each record of the stream ends, also for a record
     /// with more of the stream's events than one read takes (300 > `READ_BATCH`), for records
     /// cut by a read's end, and for pages the byte bound cut (`read_bytes_max` of 2 KiB, events
-    /// of 100 bytes): each event is marked as more to come but the last of its record. A
-    /// consumer group's retry partition reads its stream so, never splitting a record; a
-    /// system stream named by a stream subscription is not hidden as in `$all` (it was: a
-    /// subscription to `$group:g/retry` delivered nothing).
+    /// of 100 bytes): each event is marked as more to come but the last of its record, so a
+    /// stream's subscriber can hold an atomic append whole; a system stream named by a stream
+    /// subscription is not hidden as in `$all` (it was: a subscription to `$group:g/retry`
+    /// delivered nothing while a read showed its events).
     #[tokio::test]
     async fn a_stream_subscription_marks_where_each_of_its_records_ends() {
         let small_pages = {
