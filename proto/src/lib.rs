@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod cursor;
+pub mod groups;
 pub mod metadata;
 pub mod routing;
 pub mod shared;

@@ -140,13 +140,26 @@ pub fn matches(filter: Option<&pb::Filter>, e: &RecordedEvent) -> bool {
     passes(filter, e)
 }
 
-/// Whether `filter` passes `e` (its stream prefix and types): what a stream subscription
-/// applies. The stream was named, so a system stream's events are not hidden.
+/// Whether `filter` passes `e` (its stream prefix, types and partitions): what a stream
+/// subscription applies. The stream was named, so a system stream's events are not hidden.
+/// `filter` has passed [`check_filter`].
 pub fn passes(filter: Option<&pb::Filter>, e: &RecordedEvent) -> bool {
     filter.is_none_or(|f| {
         e.stream.starts_with(&f.stream_prefix)
             && (f.event_types.is_empty() || f.event_types.contains(&e.event_type))
+            && f.partitions
+                .as_ref()
+                .is_none_or(|p| strata_proto::groups::holds(p, &e.stream))
     })
+}
+
+/// Checks a request's filter before anything is read (its partitions: see
+/// [`strata_proto::groups::check`]).
+pub fn check_filter(filter: Option<&pb::Filter>) -> Result<(), Status> {
+    match filter.and_then(|f| f.partitions.as_ref()) {
+        Some(p) => strata_proto::groups::check(p).map_err(|e| invalid("filter.partitions", e)),
+        None => Ok(()),
+    }
 }
 
 /// The events of `record` that `$all` (`ReadAll`, `$all` subscriptions) shows through

@@ -514,6 +514,7 @@ impl Router {
         r: pb::SubscribeRequest,
     ) -> Answer<crate::subscription::EventStream> {
         use pb::subscribe_request::Start;
+        convert::check_filter(r.filter.as_ref())?;
         let ids = self.routing()?.shards();
         let several = || {
             format!(
@@ -584,6 +585,7 @@ impl Router {
         cursor: Cursor,
         metadata: &MetadataMap,
     ) -> Answer<pb::ReadAllResponse> {
+        convert::check_filter(r.filter.as_ref())?;
         let ids = self.routing()?.shards();
         if r.from_position != 0 {
             return Err(invalid(

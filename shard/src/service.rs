@@ -472,6 +472,7 @@ impl pb::streams_server::Streams for StreamsService {
     ) -> Result<Response<pb::ReadAllResponse>, Status> {
         self.traced("ReadAll", correlation_id(request.metadata()), async move {
             let r = request.into_inner();
+            convert::check_filter(r.filter.as_ref())?;
             let limit =
                 convert::read_limit(r.limit, self.backend.reader().limits().read_records_max)?;
             let consistency = convert::consistency(r.consistency)?;

@@ -62,6 +62,7 @@ impl Subscription {
         r: pb::SubscribeRequest,
         replicated: bool,
     ) -> Result<Subscription, Status> {
+        convert::check_filter(r.filter.as_ref())?;
         let cursor = match r.target {
             None => return Err(invalid("target", "set `stream` or `all`")),
             Some(Target::Stream(name)) => {
@@ -642,16 +643,7 @@ mod tests {
         let reader = engine.reader().clone();
         let sub = Subscription::from_request(&reader, request, false).unwrap();
         let (tx, rx) = mpsc::channel(1024);
-        let (_stop_tx, stop) = watch::channel(false);
-        let delivery = Delivery {
-            tx,
-            last: FinalStatus::default(),
-            stop,
-            stall_timeout: Duration::from_secs(3600),
-            source: None,
-            pin: None,
-            clock: Arc::new(SystemWallClock::default()),
-        };
+        let (delivery, _stop) = delivery_to(tx, Duration::from_secs(3600));
         let running = tokio::spawn(run(reader, sub, delivery));
         let mut events = event_stream(rx, FinalStatus::default());
         let mut versions = Vec::new();
@@ -677,6 +669,104 @@ mod tests {
         running.abort();
     }
 
+    /// A `$all` subscription filtered to some consumer-group partitions delivers exactly
+    /// their streams' events, in log order, each record's last passing event marked as its
+    /// end (records here mix streams of held and other partitions, so a record's last event
+    /// is often not the last delivered); a malformed partition filter is refused before
+    /// anything is read, naming what is wrong.
+    #[tokio::test]
+    async fn an_all_subscription_to_some_partitions_delivers_theirs_with_record_ends() {
+        use strata_engine::{AppendRequest, ExpectedVersion, NewEvent, StreamAppend};
+        use strata_proto::groups::partition_of;
+        use tokio_stream::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open_dir(dir.path(), EngineConfig::default()).unwrap();
+        let part = |stream: String, n: usize| StreamAppend {
+            stream,
+            expected: ExpectedVersion::Any,
+            events: (0..n)
+                .map(|_| NewEvent {
+                    id: uuid::Uuid::new_v4(),
+                    event_type: "T".into(),
+                    data: bytes::Bytes::from_static(b"{}"),
+                    metadata: bytes::Bytes::new(),
+                })
+                .collect(),
+        };
+        // 60 records of three streams each (1 to 3 events a stream), and the (stream,
+        // record) of every event in log order.
+        let mut log = Vec::new();
+        for r in 0..60usize {
+            let streams: Vec<StreamAppend> = (0..3)
+                .map(|k| part(format!("s-{}", (r * 7 + k * 13) % 40), 1 + (r + k) % 3))
+                .collect();
+            for s in &streams {
+                log.extend(s.events.iter().map(|_| (s.stream.clone(), r)));
+            }
+            let request = AppendRequest {
+                streams,
+                conditions: Vec::new(),
+                timestamp_us: 0,
+                copy: false,
+            };
+            engine.append(request).await.unwrap();
+        }
+        let held = vec![1, 2, 6];
+        let expected: Vec<(String, usize)> = log
+            .into_iter()
+            .filter(|(s, _)| held.contains(&partition_of(s, 8)))
+            .collect();
+        assert!(expected.len() > 20, "a test that filters something in");
+        let filter = |count, held| pb::Filter {
+            stream_prefix: "s-".into(),
+            event_types: Vec::new(),
+            partitions: Some(pb::Partitions { count, held }),
+        };
+        let request = |filter| pb::SubscribeRequest {
+            target: Some(Target::All(pb::Empty {})),
+            start: None,
+            filter: Some(filter),
+        };
+        let reader = engine.reader().clone();
+        for (bad, says) in [
+            (filter(0, vec![]), "count must be 1 to 1024, not 0"),
+            (filter(8, vec![2, 1]), "increasing order"),
+            (filter(8, vec![8]), "partition 8"),
+        ] {
+            let e = Subscription::from_request(&reader, request(bad), false).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(
+                e.message().contains("`filter.partitions`") && e.message().contains(says),
+                "{e:?}"
+            );
+        }
+        let sub = Subscription::from_request(&reader, request(filter(8, held)), false).unwrap();
+        let (tx, rx) = mpsc::channel(1024);
+        let (delivery, _stop) = delivery_to(tx, Duration::from_secs(3600));
+        let running = tokio::spawn(run(reader, sub, delivery));
+        let mut events = event_stream(rx, FinalStatus::default());
+        let mut got = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+            let Ok(Some(Ok(r))) = next else {
+                panic!("{} of {} events, then nothing", got.len(), expected.len())
+            };
+            match r.item {
+                Some(pb::subscribe_response::Item::Event(e)) => got.push((e, r.more_in_record)),
+                Some(pb::subscribe_response::Item::CaughtUp(_)) => break,
+                _ => {}
+            }
+        }
+        running.abort();
+        let streams: Vec<&str> = got.iter().map(|(e, _)| e.stream.as_str()).collect();
+        let wanted: Vec<&str> = expected.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(streams, wanted);
+        for (i, ((e, more), (_, record))) in got.iter().zip(&expected).enumerate() {
+            let last = expected.get(i + 1).is_none_or(|(_, next)| next != record);
+            assert_eq!(*more, !last, "event {i} ({}, record {record})", e.stream);
+        }
+    }
+
     /// A subscription on an empty log whose buffer (one unit) a consumer filled and does not
     /// read: its loop waits to say it caught up.
     fn stuck(
@@ -697,6 +787,15 @@ mod tests {
         let sub = Subscription::from_request(&reader, request, false).unwrap();
         let (tx, rx) = mpsc::channel(1);
         tx.try_send(Vec::new()).unwrap();
+        let (delivery, stop_tx) = delivery_to(tx, stall_timeout);
+        (delivery, sub, rx, stop_tx)
+    }
+
+    /// A delivery into `tx` from a local reader, and the stop it watches.
+    fn delivery_to(
+        tx: mpsc::Sender<Unit>,
+        stall_timeout: Duration,
+    ) -> (Delivery, watch::Sender<bool>) {
         let (stop_tx, stop) = watch::channel(false);
         let delivery = Delivery {
             tx,
@@ -707,7 +806,7 @@ mod tests {
             pin: None,
             clock: Arc::new(SystemWallClock::default()),
         };
-        (delivery, sub, rx, stop_tx)
+        (delivery, stop_tx)
     }
 
     /// A loop blocked on a full buffer (even to say it caught up) ends when its shard stops:

@@ -128,6 +128,7 @@ async fn an_as_of_time_read_of_all_under_writers_never_changes_later() {
             filter: Some(pb::Filter {
                 stream_prefix: "$closed".into(),
                 event_types: Vec::new(),
+                partitions: None,
             }),
             consistency: 0,
             as_of: None,

@@ -29,8 +29,9 @@ use crate::error::Error;
 pub const MEMBERS_MAX: usize = 64;
 /// Events of the members stream a worker reads (the newest) to see who is alive.
 pub const MEMBERS_WINDOW_EVENTS: u32 = 1024;
-/// Most partitions of a group (the node's bound).
-pub const PARTITIONS_MAX: u32 = 1024;
+// Which partition a stream belongs to, and the most partitions of a group (the node's bound):
+// computed alike by nodes, which send a worker only its partitions' events.
+pub use strata_proto::groups::{fnv1a, partition_of, PARTITIONS_MAX};
 /// Partitions of a group unless told otherwise.
 pub const PARTITIONS_DEFAULT: u32 = 8;
 
@@ -416,24 +417,26 @@ pub fn from_json<T: for<'a> Deserialize<'a>>(stream: &str, data: &[u8]) -> Resul
     })
 }
 
-/// FNV-1a, 64-bit: a hash every client computes the same, in every language and version.
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // A separator, so ("ab","c") and ("a","bc") differ.
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// The filter a worker reads its partitions' events with: the target's prefix, and the
+/// partitions of `0..partitions` among `held` (increasing; the retry partition, `partitions`,
+/// is read apart) unless that is all of them. The node then sends only their events instead
+/// of the whole target to every worker; a node that does not know the field sends all, and the
+/// worker files each event by [`partition_of`] either way.
+pub fn source_filter(
+    target: &GroupTarget,
+    partitions: u32,
+    held: impl Iterator<Item = u32>,
+) -> pb::Filter {
+    let held: Vec<u32> = held.filter(|n| *n < partitions).collect();
+    debug_assert!(held.windows(2).all(|w| w.first() < w.get(1)), "{held:?}");
+    pb::Filter {
+        stream_prefix: target.filter_prefix().into(),
+        event_types: Vec::new(),
+        partitions: (held.len() < partitions as usize).then_some(pb::Partitions {
+            count: partitions,
+            held,
+        }),
     }
-    h
-}
-
-/// The partition of a stream's events.
-pub fn partition_of(stream: &str, partitions: u32) -> u32 {
-    (fnv1a(&[stream.as_bytes()]) % u64::from(partitions.max(1))) as u32
 }
 
 /// Which live member owns each of the partitions `0..count` (`None` for all with no live
@@ -530,6 +533,32 @@ mod tests {
         live.iter()
             .map(|m| owners.iter().filter(|o| **o == Some(m.as_str())).count())
             .collect()
+    }
+
+    #[test]
+    fn a_worker_asks_for_the_partitions_it_holds_unless_it_holds_all() {
+        let prefix = GroupTarget::Prefix("order-".into());
+        let f = source_filter(&prefix, 8, [1, 4, 6, 8].into_iter());
+        assert_eq!(f.stream_prefix, "order-");
+        let p = f.partitions.expect("some partitions");
+        assert_eq!(
+            (p.count, p.held),
+            (8, vec![1, 4, 6]),
+            "not the retry partition"
+        );
+        assert_eq!(
+            source_filter(&prefix, 3, 0..4).partitions,
+            None,
+            "all of them"
+        );
+        let none = source_filter(&GroupTarget::All, 3, [3].into_iter());
+        assert_eq!(none.partitions.map(|p| p.held), Some(vec![]));
+        // The node checks the filter the same way it is built.
+        let built = source_filter(&prefix, PARTITIONS_MAX - 1, [0, 5, 1022, 1023].into_iter());
+        assert_eq!(
+            strata_proto::groups::check(&built.partitions.expect("some")),
+            Ok(())
+        );
     }
 
     #[test]

@@ -608,13 +608,9 @@ impl Worker {
             .map(|(_, h)| &h.handed);
         let earliest = Progress::earliest(sources);
         let sources_start = earliest.as_ref().map(ToString::to_string);
-        self.source = earliest.map(|at| {
-            let filter = pb::Filter {
-                stream_prefix: self.definition.target.filter_prefix().into(),
-                event_types: Vec::new(),
-            };
-            self.client.subscribe(Target::All(Some(filter)), start(&at))
-        });
+        let filter = p::source_filter(&self.definition.target, k, self.held.keys().copied());
+        self.source =
+            earliest.map(|at| self.client.subscribe(Target::All(Some(filter)), start(&at)));
         // Only once a replay wrote the retry stream: each start of this reading makes the node
         // scan the log from the partition's position (the group's start until a retried event
         // is committed). It is `$all` filtered by the stream's name, not a stream subscription,
@@ -624,6 +620,7 @@ impl Worker {
             let filter = pb::Filter {
                 stream_prefix: p::retry_stream(&self.group),
                 event_types: Vec::new(),
+                partitions: None,
             };
             self.client
                 .subscribe(Target::All(Some(filter)), start(&h.handed))

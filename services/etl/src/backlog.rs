@@ -66,6 +66,7 @@ pub async fn count(
     let filter = pb::Filter {
         stream_prefix: info.definition.target.filter_prefix().into(),
         event_types: pipeline.source.event_types.clone(),
+        partitions: None,
     };
     let mut sub = store.subscribe(
         Target::All(Some(filter)),

@@ -177,6 +177,7 @@ async fn for_each_event(
         filter: Some(pb::Filter {
             stream_prefix: prefix.into(),
             event_types: Vec::new(),
+            partitions: None,
         }),
         from_cursor: log.cursor_at_or_after.clone(),
         ..Default::default()

@@ -359,6 +359,7 @@ impl Orchestrator {
                         ]
                         .map(String::from)
                         .to_vec(),
+                        partitions: None,
                     }),
                     ..Default::default()
                 })
@@ -442,6 +443,7 @@ impl Orchestrator {
         let filter = pb::Filter {
             stream_prefix: "saga-".into(),
             event_types: Vec::new(),
+            partitions: None,
         };
         let mut journals = self
             .store

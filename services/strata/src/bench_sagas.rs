@@ -356,6 +356,7 @@ impl Ends {
             event_types: ["saga-completed", "saga-compensated", "saga-needs-attention"]
                 .map(String::from)
                 .to_vec(),
+            partitions: None,
         };
         let mut sub = store.subscribe(Target::All(Some(filter)), Start::End);
         match tokio::time::timeout(START_WAIT, sub.next()).await {

@@ -57,6 +57,7 @@ impl Snapshots {
                     filter: Some(pb::Filter {
                         stream_prefix: self.prefix.clone(),
                         event_types: Vec::new(),
+                        partitions: None,
                     }),
                     consistency: pb::Consistency::Linearizable as i32,
                     ..Default::default()
