@@ -200,11 +200,24 @@ impl Connections {
 
     /// A `Streams` client of `addr`, with Strata's message limits.
     pub(crate) fn streams(&self, addr: &str) -> Result<StreamsApi, Error> {
-        Ok(
-            StreamsClient::with_interceptor(self.channel(addr)?, self.headers.clone())
-                .max_decoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
-                .max_encoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX),
-        )
+        Ok(self.streams_over(self.channel(addr)?))
+    }
+
+    /// A `Streams` client of `addr` over a connection of its own, for one subscription. A
+    /// subscription's answers wait in its connection's HTTP/2 flow-control windows until they
+    /// are read (hyper's: 2 MiB a call, 5 MiB a connection): on the shared connection, three
+    /// subscriptions their readers were not reading filled the connection's window, and every
+    /// other call on it got no answer, also those their readers waited for before reading on
+    /// (`strata bench group --workers 4`: each worker's commit, 10 s and again, until its 30 s
+    /// deadline). Apart, a subscription not read holds back only itself.
+    pub(crate) fn streams_apart(&self, addr: &str) -> Result<StreamsApi, Error> {
+        Ok(self.streams_over(self.endpoint(addr)?.connect_lazy()))
+    }
+
+    fn streams_over(&self, channel: Channel) -> StreamsApi {
+        StreamsClient::with_interceptor(channel, self.headers.clone())
+            .max_decoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
+            .max_encoding_message_size(strata_proto::MESSAGE_BYTES_HARD_MAX)
     }
 
     /// A raw gRPC client of `addr`, for a call the generated clients cannot make (the

@@ -80,6 +80,8 @@ pub struct Subscription {
     start: Start,
     cursor: Cursor,
     call: Option<tonic::Streaming<pb::SubscribeResponse>>,
+    /// The call's own connection ([`Connections::streams_apart`]), held while the call runs.
+    link: Option<crate::conn::StreamsApi>,
     /// Events of the current record to drop after a resume.
     skip: usize,
     /// `$all` on several shards: the events of a record not yet received whole.
@@ -104,6 +106,7 @@ impl Subscription {
             start,
             cursor: Cursor::default(),
             call: None,
+            link: None,
             skip: 0,
             partial: Vec::new(),
             last_shard: 0,
@@ -228,7 +231,7 @@ impl Subscription {
         };
         self.pin_end().await.map_err(unavailable)?;
         let addr = self.conn.target();
-        let mut client = self.conn.streams(&addr).map_err(unavailable)?;
+        let mut client = self.conn.streams_apart(&addr).map_err(unavailable)?;
         let request = self.request();
         self.skip = if self.cursor.next_version.is_none() {
             self.cursor.current.map_or(0, |(_, n)| n)
@@ -243,6 +246,7 @@ impl Subscription {
         match opened {
             Ok(Ok(r)) => {
                 self.call = Some(r.into_inner());
+                self.link = Some(client);
                 Ok(())
             }
             Ok(Err(status)) => Err(resumable(Failed::from_status(&status))),

@@ -67,11 +67,7 @@ impl Peers {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("the leader's address {addr:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = endpoint(addr)?.connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
@@ -81,9 +77,25 @@ impl Peers {
         &self,
         addr: &str,
     ) -> Result<pb::streams_client::StreamsClient<Channel>, Status> {
-        Ok(pb::streams_client::StreamsClient::new(self.channel(addr)?)
+        Ok(self.streams_over(self.channel(addr)?))
+    }
+
+    /// The `Streams` service of the node at `addr` over a connection of its own, for one
+    /// subscription: what it sends waits in the connection's HTTP/2 windows until the
+    /// subscriber here reads it (hyper's: 2 MiB a call, 5 MiB a connection), so on the shared
+    /// connection a few slow subscribers would hold back every call passed on to that node
+    /// (appends to the shards it leads among them). Hold the client as long as the call.
+    pub fn streams_apart(
+        &self,
+        addr: &str,
+    ) -> Result<pb::streams_client::StreamsClient<Channel>, Status> {
+        Ok(self.streams_over(endpoint(addr)?.connect_lazy()))
+    }
+
+    fn streams_over(&self, channel: Channel) -> pb::streams_client::StreamsClient<Channel> {
+        pb::streams_client::StreamsClient::new(channel)
             .max_decoding_message_size(self.answer_bytes_max)
-            .max_encoding_message_size(self.request_bytes_max))
+            .max_encoding_message_size(self.request_bytes_max)
     }
 
     /// The `Cluster` service of the node at `addr`.
@@ -93,6 +105,13 @@ impl Peers {
     ) -> Result<pb::cluster_client::ClusterClient<Channel>, Status> {
         Ok(pb::cluster_client::ClusterClient::new(self.channel(addr)?))
     }
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, Status> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Status::internal(format!("the leader's address {addr:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true))
 }
 
 /// Whether another node passed this call on to this one as the shard's leader (it must not

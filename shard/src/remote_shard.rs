@@ -77,15 +77,16 @@ impl RemoteShard<'_> {
     /// units at most in flight).
     pub async fn feed(&self, r: pb::SubscribeRequest, buffer: usize) -> Result<Feed, Status> {
         let request = forward::for_shard_via_holder(r, self.shard.0);
-        let events = self
-            .peers
-            .streams(&self.addr)?
-            .subscribe(request)
-            .await?
-            .into_inner();
+        let mut link = self.peers.streams_apart(&self.addr)?;
+        let events = link.subscribe(request).await?.into_inner();
         let (tx, units) = mpsc::channel(buffer.max(1));
         let last = FinalStatus::default();
-        tokio::spawn(pump(events, tx, last.clone()));
+        let status = last.clone();
+        tokio::spawn(async move {
+            pump(events, tx, status).await;
+            // The call's own connection lives as long as the call.
+            drop(link);
+        });
         Ok(Feed {
             shard: self.shard,
             units,

@@ -947,9 +947,15 @@ impl pb::streams_server::Streams for Router {
                     match self.route(id, false, request.metadata())? {
                         Route::Here(service) => service.subscribe(request).await?.into_inner(),
                         Route::Leader(addr) | Route::Holder(addr) => {
-                            let mut holder = self.forwarding()?.streams(&addr)?;
+                            let mut holder = self.forwarding()?.streams_apart(&addr)?;
                             let events = holder.subscribe(forward::via_holder(request)).await?;
-                            Box::pin(events.into_inner())
+                            // Its connection lives as long as the call.
+                            Box::pin(futures_util::StreamExt::inspect(
+                                events.into_inner(),
+                                move |_| {
+                                    let _ = &holder;
+                                },
+                            ))
                         }
                     };
                 return Ok(Response::new(ends_when_moved(

@@ -917,3 +917,54 @@ async fn the_linger_waits_only_while_appends_are_out() {
         .unwrap();
     assert!(info.current_version >= 53, "{info:?}");
 }
+
+/// Subscriptions a reader is not reading hold back no other call of the same client. Four
+/// subscriptions of ~4 MiB each are opened and read one event each; the node then sends each
+/// what HTTP/2 lets it (hyper's windows: 2 MiB a call, 5 MiB a connection), which waits unread.
+/// On the shared connection that filled the connection's window and the read below got no
+/// answer (10 s, again, until its deadline); each subscription on a connection of its own
+/// holds back only itself. All four are then read to their end, none missing an event.
+#[tokio::test]
+async fn subscriptions_not_being_read_hold_back_no_other_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics) = (free_port(), free_port());
+    let _node = dev_node(dir.path(), port, metrics).await;
+    let mut config = ClientConfig::new([addr(port)]);
+    config.deadline = Duration::from_secs(25);
+    let client = Client::new(config).unwrap();
+    let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
+    let events = 4000u64;
+    for _ in 0..events / 100 {
+        let batch = (0..100)
+            .map(|_| event("E", data.as_bytes().to_vec()))
+            .collect();
+        client
+            .append("wide", ExpectedVersion::Any, batch)
+            .await
+            .unwrap();
+    }
+    let mut subs = Vec::new();
+    for _ in 0..4 {
+        let mut sub = client.subscribe(Target::Stream("wide".into()), Start::Beginning);
+        assert!(matches!(sub.next().await.unwrap(), Item::Event(_)));
+        subs.push(sub);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let page = client
+        .read(pb::ReadRequest {
+            stream: "wide".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("a read beside subscriptions nobody reads");
+    assert_eq!(page.events.len(), 10);
+    for mut sub in subs {
+        for version in 1..events {
+            match sub.next().await.unwrap() {
+                Item::Event(e) => assert_eq!(e.version, version),
+                other => panic!("{other:?} before version {version}"),
+            }
+        }
+    }
+}
