@@ -493,3 +493,57 @@ async fn a_directory_refuses_another_number_of_shards() {
         "{e}"
     );
 }
+
+/// The feeds a node reads from another node's shards (a merged `$all` subscription's remote
+/// parts) hold back no other call it passes to that node when the subscriber is slow: four
+/// feeds of ~4 MiB each, each taken one record and then left, each of which the sending node
+/// pushes as far as HTTP/2's windows allow (hyper's: 2 MiB a call, 5 MiB a connection); then a
+/// call over the nodes' shared connection. With the feeds on that connection, the third feed
+/// filled it and the fourth got nothing (nor would the call); on connections of their own
+/// (`Peers::streams_apart`) the call is answered, and each feed is then read to its end.
+#[tokio::test]
+async fn remote_feeds_nobody_reads_hold_back_no_other_call_to_their_node() {
+    use strata_shard::forward::Peers;
+    use strata_shard::remote_shard::RemoteShard;
+    let node = TestNode::start(Default::default()).await;
+    let mut client = node.client().await;
+    let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
+    let appends = 40u128;
+    for a in 0..appends {
+        let events = (0..100)
+            .map(|i| event(&uuid(a * 100 + i + 1), &data))
+            .collect();
+        client.append(append("wide", None, events)).await.unwrap();
+    }
+    let peers = Peers::new(64 << 20, 64 << 20);
+    let remote = RemoteShard {
+        peers: &peers,
+        addr: node.addr.to_string(),
+        shard: ShardId(0),
+    };
+    let patience = std::time::Duration::from_secs(20);
+    let mut feeds = Vec::new();
+    for n in 0..4 {
+        let mut feed = remote.feed(subscribe_all(), 1).await.unwrap();
+        let first = tokio::time::timeout(patience, feed.units.recv()).await;
+        let first = first.unwrap_or_else(|_| panic!("feed {n} got nothing"));
+        assert_eq!(first.unwrap().len(), 100, "a whole record");
+        feeds.push(feed);
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut shared = peers.streams(&node.addr.to_string()).unwrap();
+    let read = shared.read(pb::ReadRequest {
+        stream: "wide".into(),
+        limit: 10,
+        ..Default::default()
+    });
+    let answered = tokio::time::timeout(patience, read).await;
+    let page = answered.expect("a call beside feeds nobody reads").unwrap();
+    assert_eq!(page.into_inner().events.len(), 10);
+    for mut feed in feeds {
+        for _ in 1..appends {
+            let unit = tokio::time::timeout(patience, feed.units.recv()).await;
+            assert_eq!(unit.expect("the rest of a feed").unwrap().len(), 100);
+        }
+    }
+}
